@@ -1,0 +1,147 @@
+//! Records the kernel writes into the `EVENTS` ring buffer.
+//!
+//! Every record starts with an [`EventHeader`]; `kind` says which struct it
+//! is. A [`DataEvent`] is followed by `captured` payload bytes.
+
+/// Discriminant stored in [`EventHeader::kind`].
+pub mod kind {
+    /// A read/write-family syscall moved bytes on a tracked socket.
+    pub const DATA: u8 = 1;
+    /// `connect()` returned on a TCP socket (0 or EINPROGRESS).
+    pub const CONNECT: u8 = 2;
+    /// `accept()`/`accept4()` returned a new socket.
+    pub const ACCEPT: u8 = 3;
+    /// The 4-tuple of a client socket, once TCP reached ESTABLISHED.
+    pub const TUPLE: u8 = 4;
+    /// `close()` of a tracked socket or listener.
+    pub const CLOSE: u8 = 5;
+    /// `listen()` on a TCP socket.
+    pub const LISTEN: u8 = 6;
+    /// The thread-group leader exited: all its sockets are gone.
+    pub const PROC_EXIT: u8 = 7;
+    /// The process called execve: CLOEXEC sockets are gone.
+    pub const PROC_EXEC: u8 = 8;
+}
+
+/// Which syscall produced a [`DataEvent`].
+pub mod syscall {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const READV: u8 = 3;
+    pub const WRITEV: u8 = 4;
+    pub const SENDTO: u8 = 5;
+    pub const RECVFROM: u8 = 6;
+    pub const SENDMSG: u8 = 7;
+    pub const RECVMSG: u8 = 8;
+    pub const SENDMMSG: u8 = 9;
+    pub const RECVMMSG: u8 = 10;
+    pub const SENDFILE: u8 = 11;
+    // Not data syscalls, but tracked across enter/exit the same way.
+    pub const CONNECT: u8 = 20;
+    pub const ACCEPT: u8 = 21;
+    pub const LISTEN: u8 = 22;
+
+    /// Whether the syscall sends (egress) rather than receives.
+    pub const fn is_egress(sc: u8) -> bool {
+        matches!(sc, WRITE | WRITEV | SENDTO | SENDMSG | SENDMMSG | SENDFILE)
+    }
+}
+
+pub mod direction {
+    pub const EGRESS: u8 = 1;
+    pub const INGRESS: u8 = 2;
+}
+
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    /// The socket came from `connect()`.
+    pub const CLIENT: u8 = 1;
+    /// The socket came from `accept()`.
+    pub const SERVER: u8 = 2;
+}
+
+/// Bits of [`DataEvent::flags`].
+pub mod data_flags {
+    /// User space marked the connection quiet: timing and byte counts only.
+    pub const PAYLOAD_SKIPPED: u8 = 1;
+    /// The syscall has no user buffer to copy from (sendfile).
+    pub const NO_PAYLOAD_SOURCE: u8 = 2;
+    /// Fewer bytes were captured than transferred.
+    pub const TRUNCATED: u8 = 4;
+    /// Reading the user buffer faulted; the payload is missing or partial.
+    pub const READ_FAULT: u8 = 8;
+}
+
+/// Bits of [`ConnEvent::flags`].
+pub mod conn_flags {
+    /// `tuple` holds both ends.
+    pub const HAS_TUPLE: u16 = 1;
+    /// Only the remote end of `tuple` is set (from the syscall's sockaddr).
+    pub const HAS_REMOTE: u16 = 2;
+    /// The kernel saw TCP state changes for this socket, or its listener is a
+    /// TCP listener: it is certainly TCP. Without it user space must check.
+    pub const TCP_CONFIRMED: u16 = 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// Process id (thread-group id) in the root pid namespace.
+    pub tgid: u32,
+    /// Thread id in the root pid namespace.
+    pub tid: u32,
+    pub fd: i32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was produced.
+    pub ts_ns: u64,
+}
+
+/// An address pair. IPv4 addresses use the first 4 bytes of the arrays.
+/// Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u16,
+    pub lport: u16,
+    pub rport: u16,
+    pub _pad: u16,
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEvent {
+    pub hdr: EventHeader,
+    /// Timestamp at syscall entry; `hdr.ts_ns` is the exit.
+    pub enter_ns: u64,
+    /// Bytes transferred by this call (for mmsg: by this message).
+    pub bytes: i64,
+    pub syscall: u8,
+    pub direction: u8,
+    pub role: u8,
+    pub flags: u8,
+    /// Payload bytes following this header in the record.
+    pub captured: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub hdr: EventHeader,
+    pub enter_ns: u64,
+    /// Syscall return value (0/-EINPROGRESS for connect, new fd for accept).
+    pub ret: i64,
+    pub tuple: Tuple,
+    pub flags: u16,
+    pub role: u8,
+    pub _pad: u8,
+    /// accept: the listening fd. Otherwise 0.
+    pub aux: i32,
+}
+
+pub const DATA_EVENT_SIZE: usize = core::mem::size_of::<DataEvent>();
+pub const CONN_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
+pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();

@@ -1,0 +1,57 @@
+//! Types shared by the eBPF programs (`sonde-ebpf`) and user space (`sonde`).
+//!
+//! Everything here is `#[repr(C)]` and plain old data: the kernel writes these
+//! structs into the ring buffer and the maps, and user space reads them back
+//! byte for byte. Changing a layout is a protocol change between the two
+//! halves; both are built from the same tree, so they never disagree at
+//! runtime, but keep fields naturally aligned and padding explicit.
+#![no_std]
+
+pub mod event;
+pub mod maps;
+
+pub use event::*;
+pub use maps::*;
+// `kind`, `syscall`, ... are modules of constants; re-export them at the root.
+
+
+/// Hard ceiling of payload bytes copied per syscall. The per-CPU scratch
+/// buffer is sized from it and the verifier proves every copy against it.
+/// `--capture-size` may pick anything from 0 up to this.
+pub const MAX_CAPTURE: usize = 8192;
+
+/// Default payload prefix: large enough for a typical HTTP header block with
+/// cookies, or a long SQL statement.
+pub const DEFAULT_CAPTURE: u32 = 2048;
+
+/// iovec entries walked per vectored call (readv/writev/sendmsg/recvmsg).
+/// Bytes in later entries are still counted, just not copied.
+pub const MAX_IOV: usize = 12;
+
+/// Messages of a sendmmsg/recvmmsg batch that get a data event each.
+pub const MAX_MMSG: usize = 4;
+
+/// Names of the load-time globals user space sets with `EbpfLoader::set_global`.
+pub mod globals {
+    pub const SELF_TGID: &str = "SONDE_SELF_TGID";
+    pub const CAPTURE_SIZE: &str = "SONDE_CAPTURE_SIZE";
+    pub const FILTER_PIDS: &str = "SONDE_FILTER_PIDS";
+    pub const FILTER_CGROUPS: &str = "SONDE_FILTER_CGROUPS";
+    pub const WAKEUP_BYTES: &str = "SONDE_WAKEUP_BYTES";
+}
+
+/// Names of the maps user space opens.
+pub mod map_names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const PID_FILTER: &str = "PID_FILTER";
+    pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
+    pub const STATS: &str = "STATS";
+}
+
+/// Packs a (tgid, fd) pair into the u64 key of `SOCKS` and `LISTENERS`.
+#[inline(always)]
+pub const fn sock_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}

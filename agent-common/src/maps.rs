@@ -1,0 +1,45 @@
+//! Values stored in maps that both sides read or write.
+
+/// Value of `SOCKS`, keyed by [`crate::sock_key`]: one tracked TCP socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    /// [`crate::role`] value.
+    pub role: u8,
+    /// [`sock_flags`] bits; user space sets `QUIET`.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+pub mod sock_flags {
+    /// Stop copying payload for this socket: user space classified it as
+    /// uninteresting. Timing and byte counts are still reported.
+    pub const QUIET: u8 = 1;
+}
+
+/// Indices of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Records written to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Records lost because the ring buffer was full.
+    pub const RINGBUF_DROPS: u32 = 1;
+    /// Faults while copying from user memory.
+    pub const READ_FAULTS: u32 = 2;
+    /// Inserts refused by a full (non-LRU) map.
+    pub const MAP_FULL: u32 = 3;
+    /// Exit seen without a matching enter (agent attached mid-call, or map evicted).
+    pub const ORPHAN_EXITS: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::SockInfo;
+    use crate::event::{ConnEvent, DataEvent, EventHeader, Tuple};
+    // SAFETY: all of these are repr(C), Copy, and valid for any bit pattern.
+    unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for Tuple {}
+    unsafe impl aya::Pod for DataEvent {}
+    unsafe impl aya::Pod for ConnEvent {}
+}

@@ -1,0 +1,297 @@
+//! Data syscalls: remember the arguments at enter, copy the payload at exit.
+//!
+//! At exit the return value says how many bytes moved; for reads the user
+//! buffer now holds them, for writes it still does. Only fds in `SOCKS` are
+//! considered, so files and pipes cost one hash lookup.
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sonde_common::{
+    data_flags, direction, kind, sock_flags, sock_key, stat, syscall, DataEvent, SockInfo,
+    DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_MMSG,
+};
+
+use crate::{
+    ctx::{arg, ret},
+    filter::should_trace,
+    maps::{capture_size, count, wakeup_bytes, ActiveCall, ACTIVE, EVENTS, SCRATCH, SOCKS},
+};
+
+/// `struct iovec` from the user ABI.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+// Offsets in `struct user_msghdr` / `struct mmsghdr` (x86_64 and all LP64).
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+const MMSGHDR_SIZE: u64 = 64;
+const MMSGHDR_LEN: u64 = 56;
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, sc: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let fd = arg(ctx, 0) as i32;
+    if fd < 0 || !should_trace(tgid) {
+        return;
+    }
+    if unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.is_none() {
+        return;
+    }
+    let call = ActiveCall {
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        arg0: arg(ctx, 1),
+        arg1: arg(ctx, 2),
+        fd,
+        syscall: sc,
+        tcp_seen: 0,
+        _pad: [0; 2],
+    };
+    if ACTIVE.insert(&id, &call, 0).is_err() {
+        count(stat::MAP_FULL);
+    }
+}
+
+#[inline(always)]
+fn exit(ctx: &TracePointContext, sc: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let call = match unsafe { ACTIVE.get(&id) } {
+        Some(c) => *c,
+        None => return,
+    };
+    let _ = ACTIVE.remove(&id);
+    // A stale entry from a call whose exit we missed (attach race): ignore.
+    if call.syscall != sc {
+        count(stat::ORPHAN_EXITS);
+        return;
+    }
+    let rv = ret(ctx);
+    if rv <= 0 {
+        return;
+    }
+    let tgid = (id >> 32) as u32;
+    // The socket may have been closed by another thread meanwhile; report the
+    // bytes anyway, user space knows the connection.
+    let info = unsafe { SOCKS.get(&sock_key(tgid, call.fd as u32)) }
+        .copied()
+        .unwrap_or(SockInfo::default());
+    match call.syscall {
+        syscall::READ | syscall::WRITE | syscall::SENDTO | syscall::RECVFROM => {
+            emit(id, &call, rv, &info, Source::Buf(call.arg0));
+        }
+        syscall::READV | syscall::WRITEV => {
+            emit(id, &call, rv, &info, Source::Iov(call.arg0, call.arg1));
+        }
+        syscall::SENDMSG | syscall::RECVMSG => {
+            let (iov, iovlen) = read_msghdr_iov(call.arg0);
+            emit(id, &call, rv, &info, Source::Iov(iov, iovlen));
+        }
+        syscall::SENDMMSG | syscall::RECVMMSG => {
+            // rv is the number of messages; each reports its own length.
+            for i in 0..MAX_MMSG {
+                if i as i64 >= rv {
+                    break;
+                }
+                let mh = call.arg0 + i as u64 * MMSGHDR_SIZE;
+                let len: u32 =
+                    unsafe { bpf_probe_read_user((mh + MMSGHDR_LEN) as *const u32) }.unwrap_or(0);
+                if len == 0 {
+                    continue;
+                }
+                let (iov, iovlen) = read_msghdr_iov(mh);
+                emit(id, &call, len as i64, &info, Source::Iov(iov, iovlen));
+            }
+        }
+        syscall::SENDFILE => emit(id, &call, rv, &info, Source::None),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn read_msghdr_iov(msg: u64) -> (u64, u64) {
+    let iov = unsafe { bpf_probe_read_user((msg + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
+    let n = unsafe { bpf_probe_read_user((msg + MSGHDR_IOVLEN) as *const u64) }.unwrap_or(0);
+    (iov, n)
+}
+
+enum Source {
+    /// A flat user buffer.
+    Buf(u64),
+    /// An iovec array and its length.
+    Iov(u64, u64),
+    /// No user buffer (sendfile).
+    None,
+}
+
+#[inline(always)]
+fn emit(id: u64, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let base = unsafe { (*scratch).buf.as_mut_ptr() };
+    let mut flags = 0u8;
+    let mut want = capture_size() as u64;
+    if (bytes as u64) < want {
+        want = bytes as u64;
+    }
+    if info.flags & sock_flags::QUIET != 0 {
+        flags |= data_flags::PAYLOAD_SKIPPED;
+        want = 0;
+    }
+    let (captured, fault) = match src {
+        Source::Buf(p) => copy_buf(base, p, want),
+        Source::Iov(iov, n) => copy_iov(base, iov, n, want),
+        Source::None => {
+            flags |= data_flags::NO_PAYLOAD_SOURCE;
+            (0, false)
+        }
+    };
+    if fault {
+        flags |= data_flags::READ_FAULT;
+        count(stat::READ_FAULTS);
+    }
+    if (captured as i64) < bytes {
+        flags |= data_flags::TRUNCATED;
+    }
+    let ev = DataEvent {
+        hdr: sonde_common::EventHeader {
+            kind: kind::DATA,
+            _pad: [0; 3],
+            tgid: (id >> 32) as u32,
+            tid: id as u32,
+            fd: call.fd,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        enter_ns: call.enter_ns,
+        bytes,
+        syscall: call.syscall,
+        direction: if syscall::is_egress(call.syscall) {
+            direction::EGRESS
+        } else {
+            direction::INGRESS
+        },
+        role: info.role,
+        flags,
+        captured: captured as u32,
+    };
+    unsafe { core::ptr::write_unaligned(base as *mut DataEvent, ev) };
+    let mut len = DATA_EVENT_SIZE + captured;
+    if len > DATA_EVENT_SIZE + MAX_CAPTURE {
+        len = DATA_EVENT_SIZE + MAX_CAPTURE;
+    }
+    let record = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
+    output(record);
+}
+
+/// Writes a record, waking the reader only once enough data is queued: the
+/// reader also drains on a short timer, so batching costs no lost events.
+#[inline(always)]
+pub fn output(record: &[u8]) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<[u8]>(record, flags as u64).is_ok() {
+        count(stat::EVENTS);
+    } else {
+        count(stat::RINGBUF_DROPS);
+    }
+}
+
+#[inline(always)]
+fn copy_buf(base: *mut u8, src: u64, want: u64) -> (usize, bool) {
+    let mut n = want as usize;
+    if n > MAX_CAPTURE {
+        n = MAX_CAPTURE;
+    }
+    if n == 0 {
+        return (0, false);
+    }
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            base.add(DATA_EVENT_SIZE) as *mut _,
+            n as u32,
+            src as *const _,
+        )
+    };
+    if rc < 0 { (0, true) } else { (n, false) }
+}
+
+/// Const-bounded iovec walk: copies up to `want` bytes across the first
+/// MAX_IOV segments, packed one after the other.
+#[inline(always)]
+fn copy_iov(base: *mut u8, iov: u64, iovcnt: u64, want: u64) -> (usize, bool) {
+    let want = if want as usize > MAX_CAPTURE { MAX_CAPTURE } else { want as usize };
+    let mut off: usize = 0;
+    for i in 0..MAX_IOV {
+        if i as u64 >= iovcnt || off >= want {
+            break;
+        }
+        let v: Iovec = match unsafe { bpf_probe_read_user((iov as *const Iovec).add(i)) } {
+            Ok(v) => v,
+            Err(_) => return (off, true),
+        };
+        let mut n = v.len as usize;
+        if n > want - off {
+            n = want - off;
+        }
+        if n > MAX_CAPTURE {
+            n = MAX_CAPTURE;
+        }
+        // off < want <= MAX_CAPTURE, so the mask changes nothing at runtime;
+        // it lets the verifier bound the destination.
+        let o = off & (MAX_CAPTURE - 1);
+        if n == 0 {
+            continue;
+        }
+        let rc = unsafe {
+            generated::bpf_probe_read_user(
+                base.add(DATA_EVENT_SIZE + o) as *mut _,
+                n as u32,
+                v.base as *const _,
+            )
+        };
+        if rc < 0 {
+            return (off, true);
+        }
+        off += n;
+    }
+    (off, false)
+}
+
+macro_rules! data_probes {
+    ($($enter:ident, $exit:ident, $sc:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter(&ctx, $sc);
+            0
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit(&ctx, $sc);
+            0
+        }
+    )*};
+}
+
+data_probes! {
+    sys_enter_read, sys_exit_read, syscall::READ;
+    sys_enter_write, sys_exit_write, syscall::WRITE;
+    sys_enter_readv, sys_exit_readv, syscall::READV;
+    sys_enter_writev, sys_exit_writev, syscall::WRITEV;
+    sys_enter_sendto, sys_exit_sendto, syscall::SENDTO;
+    sys_enter_recvfrom, sys_exit_recvfrom, syscall::RECVFROM;
+    sys_enter_sendmsg, sys_exit_sendmsg, syscall::SENDMSG;
+    sys_enter_recvmsg, sys_exit_recvmsg, syscall::RECVMSG;
+    sys_enter_sendmmsg, sys_exit_sendmmsg, syscall::SENDMMSG;
+    sys_enter_recvmmsg, sys_exit_recvmmsg, syscall::RECVMMSG;
+    sys_enter_sendfile64, sys_exit_sendfile64, syscall::SENDFILE;
+}

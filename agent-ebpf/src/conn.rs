@@ -1,0 +1,358 @@
+//! TCP connection lifecycle from tracepoints only (no kprobes, no CO-RE).
+//!
+//! * connect: `sock:inet_sock_set_state` CLOSE->SYN_SENT fires inside the
+//!   connect() syscall, in the caller's context. That proves the fd is TCP
+//!   and ties the kernel `struct sock *` to (tgid, fd). When the socket later
+//!   reaches ESTABLISHED (in softirq, any context) its 4-tuple is reported
+//!   against that owner.
+//! * listen: LISTEN fires inside listen(); the fd joins `LISTENERS`.
+//! * accept: the child socket reaches ESTABLISHED before accept() returns it.
+//!   Its tuple is parked in `PEER_ESTAB` under its remote end, which accept()
+//!   reports through its sockaddr argument. A NULL sockaddr (libuv does this)
+//!   leaves the tuple to user space's /proc lookup.
+//! * close: the fd leaves the maps.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use aya_log_ebpf::debug;
+use sonde_common::{
+    conn_flags, kind, role, sock_key, stat, syscall, ConnEvent, EventHeader, SockInfo, Tuple,
+    CONN_EVENT_SIZE,
+};
+
+use crate::{
+    capture::output,
+    ctx::{arg, field, ret},
+    filter::should_trace,
+    maps::{
+        count, ActiveCall, PeerKey, ACTIVE, LISTENERS, PEER_ESTAB, SK_OWNER, SOCKS,
+    },
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const EINPROGRESS: i64 = 115;
+
+// TCP states (include/net/tcp_states.h).
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+// `sock:inet_sock_set_state` field offsets, unchanged since Linux 4.16.
+// User space checks them against the tracepoint's format file before attaching.
+pub const SK_SKADDR: usize = 8;
+pub const SK_OLDSTATE: usize = 16;
+pub const SK_NEWSTATE: usize = 20;
+pub const SK_SPORT: usize = 24;
+pub const SK_DPORT: usize = 26;
+pub const SK_FAMILY: usize = 28;
+pub const SK_PROTOCOL: usize = 30;
+pub const SK_SADDR: usize = 32;
+pub const SK_DADDR: usize = 36;
+pub const SK_SADDR_V6: usize = 40;
+pub const SK_DADDR_V6: usize = 56;
+
+/// Saves the pending call. `with_args`: whether the syscall has the two
+/// pointer arguments after the fd; reading slots past a syscall's last
+/// argument reads past its context, which the kernel refuses at attach.
+#[inline(always)]
+fn remember(ctx: &TracePointContext, sc: u8, with_args: bool) {
+    let id = bpf_get_current_pid_tgid();
+    let fd = arg(ctx, 0) as i32;
+    if fd < 0 || !should_trace((id >> 32) as u32) {
+        return;
+    }
+    let call = ActiveCall {
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        arg0: if with_args { arg(ctx, 1) } else { 0 },
+        arg1: if with_args { arg(ctx, 2) } else { 0 },
+        fd,
+        syscall: sc,
+        tcp_seen: 0,
+        _pad: [0; 2],
+    };
+    if ACTIVE.insert(&id, &call, 0).is_err() {
+        count(stat::MAP_FULL);
+    }
+}
+
+/// Takes this thread's pending call of kind `sc`, if any.
+#[inline(always)]
+fn take(id: u64, sc: u8) -> Option<ActiveCall> {
+    let call = *unsafe { ACTIVE.get(&id) }?;
+    let _ = ACTIVE.remove(&id);
+    if call.syscall != sc {
+        count(stat::ORPHAN_EXITS);
+        return None;
+    }
+    Some(call)
+}
+
+#[inline(always)]
+fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
+    ConnEvent {
+        hdr: EventHeader {
+            kind: k,
+            _pad: [0; 3],
+            tgid,
+            tid,
+            fd,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        ..ConnEvent::default()
+    }
+}
+
+#[inline(always)]
+fn send(ev: &ConnEvent) {
+    let bytes =
+        unsafe { core::slice::from_raw_parts(ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE) };
+    output(bytes);
+}
+
+/// Reads the family, port and address of a user `struct sockaddr_in{,6}`.
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
+    if ptr == 0 {
+        return None;
+    }
+    let family: u16 = unsafe { bpf_probe_read_user(ptr as *const u16) }.ok()?;
+    let port_be: u16 = unsafe { bpf_probe_read_user((ptr + 2) as *const u16) }.ok()?;
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => {
+            let a: [u8; 4] = unsafe { bpf_probe_read_user((ptr + 4) as *const [u8; 4]) }.ok()?;
+            addr[..4].copy_from_slice(&a);
+        }
+        AF_INET6 => {
+            addr = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) }.ok()?;
+        }
+        _ => return Some((family, 0, addr)),
+    }
+    Some((family, u16::from_be(port_be), addr))
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    remember(&ctx, syscall::CONNECT, true);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = take(id, syscall::CONNECT) else { return 0 };
+    let rv = ret(&ctx);
+    // Not TCP (UDP, unix), or failed before sending a SYN.
+    if call.tcp_seen == 0 || (rv != 0 && rv != -EINPROGRESS) {
+        return 0;
+    }
+    let tgid = (id >> 32) as u32;
+    let info = SockInfo { role: role::CLIENT, ..SockInfo::default() };
+    if SOCKS.insert(&sock_key(tgid, call.fd as u32), &info, 0).is_err() {
+        count(stat::MAP_FULL);
+    }
+    let mut ev = conn_event(kind::CONNECT, tgid, id as u32, call.fd);
+    ev.enter_ns = call.enter_ns;
+    ev.ret = rv;
+    ev.role = role::CLIENT;
+    ev.flags = conn_flags::TCP_CONFIRMED;
+    if let Some((family, port, addr)) = read_sockaddr(call.arg0) {
+        ev.tuple.family = family;
+        ev.tuple.rport = port;
+        ev.tuple.raddr = addr;
+        ev.flags |= conn_flags::HAS_REMOTE;
+    }
+    send(&ev);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    remember(&ctx, syscall::LISTEN, false);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = take(id, syscall::LISTEN) else { return 0 };
+    if ret(&ctx) != 0 || call.tcp_seen == 0 {
+        return 0;
+    }
+    let tgid = (id >> 32) as u32;
+    let _ = LISTENERS.insert(&sock_key(tgid, call.fd as u32), &1u8, 0);
+    debug!(&ctx, "tcp listener pid={} fd={}", tgid, call.fd);
+    let mut ev = conn_event(kind::LISTEN, tgid, id as u32, call.fd);
+    ev.enter_ns = call.enter_ns;
+    ev.flags = conn_flags::TCP_CONFIRMED;
+    send(&ev);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    remember(&ctx, syscall::ACCEPT, true);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    remember(&ctx, syscall::ACCEPT, true);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    accept_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    accept_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn accept_exit(ctx: &TracePointContext) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = take(id, syscall::ACCEPT) else { return };
+    let newfd = ret(ctx);
+    if newfd < 0 {
+        return;
+    }
+    let tgid = (id >> 32) as u32;
+    let mut ev = conn_event(kind::ACCEPT, tgid, id as u32, newfd as i32);
+    ev.enter_ns = call.enter_ns;
+    ev.ret = newfd;
+    ev.aux = call.fd;
+    ev.role = role::SERVER;
+    let mut tcp = unsafe { LISTENERS.get(&sock_key(tgid, call.fd as u32)) }.is_some();
+    if let Some((family, port, addr)) = read_sockaddr(call.arg0) {
+        if family != AF_INET && family != AF_INET6 {
+            return; // unix or other: not ours
+        }
+        // accept() only serves stream sockets; an inet stream socket is TCP.
+        tcp = true;
+        ev.tuple.family = family;
+        ev.tuple.rport = port;
+        ev.tuple.raddr = addr;
+        ev.flags |= conn_flags::HAS_REMOTE;
+        let key = PeerKey { family, port, _pad: 0, addr };
+        if let Some(t) = unsafe { PEER_ESTAB.get(&key) } {
+            ev.tuple = *t;
+            ev.flags |= conn_flags::HAS_TUPLE;
+            let _ = PEER_ESTAB.remove(&key);
+        }
+    }
+    if tcp {
+        ev.flags |= conn_flags::TCP_CONFIRMED;
+        let info = SockInfo { role: role::SERVER, ..SockInfo::default() };
+        if SOCKS.insert(&sock_key(tgid, newfd as u32), &info, 0).is_err() {
+            count(stat::MAP_FULL);
+        }
+    } else {
+        debug!(ctx, "accept without sockaddr on unknown listener pid={} fd={}", tgid, call.fd);
+    }
+    send(&ev);
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let fd = arg(&ctx, 0) as i32;
+    if fd < 0 || tgid == crate::maps::self_tgid() {
+        return 0;
+    }
+    let key = sock_key(tgid, fd as u32);
+    let role = match unsafe { SOCKS.get(&key) } {
+        Some(info) => info.role,
+        None => {
+            if unsafe { LISTENERS.get(&key) }.is_none() {
+                return 0;
+            }
+            let _ = LISTENERS.remove(&key);
+            role::UNKNOWN
+        }
+    };
+    let _ = SOCKS.remove(&key);
+    let mut ev = conn_event(kind::CLOSE, tgid, id as u32, fd);
+    ev.role = role;
+    send(&ev);
+    0
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if field::<u16>(&ctx, SK_PROTOCOL) != IPPROTO_TCP {
+        return 0;
+    }
+    let sk: u64 = field(&ctx, SK_SKADDR);
+    let old: i32 = field(&ctx, SK_OLDSTATE);
+    let new: i32 = field(&ctx, SK_NEWSTATE);
+    match new {
+        TCP_SYN_SENT | TCP_LISTEN => {
+            // Runs inside connect()/listen(): mark the pending call as TCP.
+            let id = bpf_get_current_pid_tgid();
+            if let Some(call) = ACTIVE.get_ptr_mut(&id) {
+                let call = unsafe { &mut *call };
+                if new == TCP_SYN_SENT && call.syscall == syscall::CONNECT {
+                    call.tcp_seen = 1;
+                    let owner = sock_key((id >> 32) as u32, call.fd as u32);
+                    let _ = SK_OWNER.insert(&sk, &owner, 0);
+                } else if new == TCP_LISTEN && call.syscall == syscall::LISTEN {
+                    call.tcp_seen = 1;
+                }
+            }
+        }
+        TCP_ESTABLISHED => {
+            let t = read_tuple(&ctx);
+            if old == TCP_SYN_SENT {
+                if let Some(owner) = unsafe { SK_OWNER.get(&sk) } {
+                    let owner = *owner;
+                    let mut ev = conn_event(kind::TUPLE, (owner >> 32) as u32, 0, owner as u32 as i32);
+                    ev.tuple = t;
+                    ev.role = role::CLIENT;
+                    ev.flags = conn_flags::HAS_TUPLE | conn_flags::TCP_CONFIRMED;
+                    send(&ev);
+                }
+            } else if old == TCP_SYN_RECV {
+                let key = PeerKey { family: t.family, port: t.rport, _pad: 0, addr: t.raddr };
+                let _ = PEER_ESTAB.insert(&key, &t, 0);
+            }
+        }
+        TCP_CLOSE => {
+            let _ = SK_OWNER.remove(&sk);
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn read_tuple(ctx: &TracePointContext) -> Tuple {
+    let family: u16 = field(ctx, SK_FAMILY);
+    let mut t = Tuple {
+        family,
+        lport: field(ctx, SK_SPORT),
+        rport: field(ctx, SK_DPORT),
+        ..Tuple::default()
+    };
+    if family == AF_INET6 {
+        t.laddr = field(ctx, SK_SADDR_V6);
+        t.raddr = field(ctx, SK_DADDR_V6);
+    } else {
+        let s: [u8; 4] = field(ctx, SK_SADDR);
+        let d: [u8; 4] = field(ctx, SK_DADDR);
+        t.laddr[..4].copy_from_slice(&s);
+        t.raddr[..4].copy_from_slice(&d);
+    }
+    t
+}

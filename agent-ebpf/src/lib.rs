@@ -1,0 +1,3 @@
+//! Placeholder library target: lets `sonde` name this crate as a build
+//! dependency so cargo rebuilds the probes when their sources change.
+#![no_std]

@@ -1,0 +1,27 @@
+//! sonde's kernel half: syscall tracepoints that copy socket payload and
+//! classify TCP connections. See ARCHITECTURE.md, "Kernel side".
+//!
+//! Only tracepoints are required. Optional programs (kprobe, fentry, uprobe,
+//! sk_msg) exist so `sonde doctor` can test what the running kernel allows.
+#![no_std]
+#![no_main]
+
+mod capture;
+mod conn;
+mod ctx;
+mod filter;
+mod maps;
+mod optional;
+mod proc;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in practice: the programs avoid panicking paths, and the
+    // verifier would reject any reachable infinite loop.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,123 @@
+//! Maps and load-time globals. Every hash map is LRU, so an agent that misses
+//! a close can never fill it; user space also removes entries on close and
+//! process exit.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use sonde_common::{stat, SockInfo, Tuple, DATA_EVENT_SIZE, MAX_CAPTURE};
+
+// Globals, set by user space before load (rodata, so the verifier sees their
+// values as constants). Read through `read_volatile` so LLVM does not fold
+// the defaults in.
+#[unsafe(no_mangle)]
+static SONDE_SELF_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static SONDE_CAPTURE_SIZE: u32 = sonde_common::DEFAULT_CAPTURE;
+#[unsafe(no_mangle)]
+static SONDE_FILTER_PIDS: u8 = 0;
+#[unsafe(no_mangle)]
+static SONDE_FILTER_CGROUPS: u8 = 0;
+#[unsafe(no_mangle)]
+static SONDE_WAKEUP_BYTES: u64 = 256 * 1024;
+
+#[inline(always)]
+pub fn self_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&SONDE_SELF_TGID) }
+}
+#[inline(always)]
+pub fn capture_size() -> u32 {
+    unsafe { core::ptr::read_volatile(&SONDE_CAPTURE_SIZE) }
+}
+#[inline(always)]
+pub fn filter_pids() -> bool {
+    unsafe { core::ptr::read_volatile(&SONDE_FILTER_PIDS) != 0 }
+}
+#[inline(always)]
+pub fn filter_cgroups() -> bool {
+    unsafe { core::ptr::read_volatile(&SONDE_FILTER_CGROUPS) != 0 }
+}
+#[inline(always)]
+pub fn wakeup_bytes() -> u64 {
+    unsafe { core::ptr::read_volatile(&SONDE_WAKEUP_BYTES) }
+}
+
+/// Records to user space. Size is overridden at load (`--ringbuf-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Tracked TCP sockets: sock_key(tgid, fd) -> SockInfo. Fed by connect and
+/// accept here and by user space's /proc scan; only these fds are reported.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// TCP listening sockets: sock_key(tgid, fd) -> 1.
+#[map]
+pub static LISTENERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// A syscall between enter and exit, keyed by pid_tgid (one per thread).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ActiveCall {
+    pub enter_ns: u64,
+    /// Buffer, iovec array, msghdr, mmsghdr array or sockaddr pointer.
+    pub arg0: u64,
+    /// Length, iovec count, mmsg count, or addrlen pointer.
+    pub arg1: u64,
+    pub fd: i32,
+    pub syscall: u8,
+    /// Set by inet_sock_set_state while this call runs: the socket is TCP.
+    pub tcp_seen: u8,
+    pub _pad: [u8; 2],
+}
+
+#[map]
+pub static ACTIVE: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
+/// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.
+#[map]
+pub static SK_OWNER: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Remote end of a freshly established server-side socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerKey {
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// Server sockets that reached ESTABLISHED but were not accepted yet, keyed
+/// by their remote end, which accept() reports through its sockaddr.
+#[map]
+pub static PEER_ESTAB: LruHashMap<PeerKey, Tuple> = LruHashMap::with_max_entries(16384, 0);
+
+/// Optional filters: when enabled, only these tgids / cgroup v2 ids are traced.
+#[map]
+pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+#[map]
+pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-CPU staging area for one data record: header + payload. Twice
+/// MAX_CAPTURE so that "offset (< MAX) + length (<= MAX)" is provably in
+/// bounds for the verifier, whatever the iovec split.
+#[repr(C)]
+pub struct Scratch {
+    pub buf: [u8; DATA_EVENT_SIZE + 2 * MAX_CAPTURE],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(c) = STATS.get_ptr_mut(idx) {
+        // Per-CPU value: no other CPU writes it, a plain add is race-free.
+        unsafe { *c += 1 };
+    }
+}

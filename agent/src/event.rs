@@ -1,0 +1,342 @@
+//! Decoding of ring-buffer records into owned Rust values.
+//!
+//! The kernel writes the `repr(C)` structs of `sonde-common`; records are
+//! validated for length and kind here so later stages never see a torn or
+//! unknown record. A malformed record is an error, counted by the reader.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use sonde_common as common;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
+    #[error("data record claims {claimed} payload bytes but carries {actual}")]
+    PayloadLength { claimed: u32, actual: usize },
+}
+
+/// One record from the kernel.
+#[derive(Debug, Clone)]
+pub enum KernelEvent {
+    Data(DataRecord),
+    Conn(ConnRecord),
+}
+
+/// Payload movement on a tracked socket.
+#[derive(Debug, Clone)]
+pub struct DataRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// CLOCK_MONOTONIC nanoseconds at syscall entry and exit.
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    /// Bytes the syscall moved (may exceed `payload.len()`).
+    pub bytes: u64,
+    pub syscall: Syscall,
+    pub direction: Direction,
+    /// Role as the kernel knew it (`SOCKS`); the table's value wins.
+    pub role: Role,
+    pub flags: u8,
+    pub payload: Vec<u8>,
+}
+
+impl DataRecord {
+    pub fn truncated(&self) -> bool {
+        self.flags & common::data_flags::TRUNCATED != 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    Connect,
+    Accept,
+    Tuple,
+    Close,
+    Listen,
+    ProcExit,
+    ProcExec,
+}
+
+/// Connection or process lifecycle.
+#[derive(Debug, Clone)]
+pub struct ConnRecord {
+    pub kind: ConnKind,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub ts_ns: u64,
+    pub ret: i64,
+    pub role: Role,
+    pub flags: u16,
+    /// Both ends, when `HAS_TUPLE`.
+    pub tuple: Option<SocketTuple>,
+    /// Remote end only, when `HAS_REMOTE` (from the syscall's sockaddr).
+    pub remote: Option<SocketAddr>,
+    /// accept: the listening fd.
+    pub listen_fd: i32,
+}
+
+impl ConnRecord {
+    pub fn tcp_confirmed(&self) -> bool {
+        self.flags & common::conn_flags::TCP_CONFIRMED != 0
+    }
+}
+
+/// Local and remote address of a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct SocketTuple {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Unknown,
+    Client,
+    Server,
+}
+
+impl Role {
+    pub fn from_raw(r: u8) -> Self {
+        match r {
+            common::role::CLIENT => Role::Client,
+            common::role::SERVER => Role::Server,
+            _ => Role::Unknown,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The process sent these bytes.
+    Egress,
+    /// The process received these bytes.
+    Ingress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Syscall {
+    Read,
+    Write,
+    Readv,
+    Writev,
+    Sendto,
+    Recvfrom,
+    Sendmsg,
+    Recvmsg,
+    Sendmmsg,
+    Recvmmsg,
+    Sendfile,
+    Unknown,
+}
+
+impl Syscall {
+    pub fn from_raw(s: u8) -> Self {
+        use common::syscall as s_;
+        match s {
+            s_::READ => Syscall::Read,
+            s_::WRITE => Syscall::Write,
+            s_::READV => Syscall::Readv,
+            s_::WRITEV => Syscall::Writev,
+            s_::SENDTO => Syscall::Sendto,
+            s_::RECVFROM => Syscall::Recvfrom,
+            s_::SENDMSG => Syscall::Sendmsg,
+            s_::RECVMSG => Syscall::Recvmsg,
+            s_::SENDMMSG => Syscall::Sendmmsg,
+            s_::RECVMMSG => Syscall::Recvmmsg,
+            s_::SENDFILE => Syscall::Sendfile,
+            _ => Syscall::Unknown,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Syscall::Read => "read",
+            Syscall::Write => "write",
+            Syscall::Readv => "readv",
+            Syscall::Writev => "writev",
+            Syscall::Sendto => "sendto",
+            Syscall::Recvfrom => "recvfrom",
+            Syscall::Sendmsg => "sendmsg",
+            Syscall::Recvmsg => "recvmsg",
+            Syscall::Sendmmsg => "sendmmsg",
+            Syscall::Recvmmsg => "recvmmsg",
+            Syscall::Sendfile => "sendfile",
+            Syscall::Unknown => "unknown",
+        }
+    }
+}
+
+fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is a repr(C) Pod from sonde-common and the
+    // read is unaligned-safe.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == libc::AF_INET6 as u16 {
+        let v6 = Ipv6Addr::from(*raw);
+        // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d.
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+pub fn tuple_from_raw(t: &common::Tuple) -> SocketTuple {
+    SocketTuple {
+        local: SocketAddr::new(ip(t.family, &t.laddr), t.lport),
+        remote: SocketAddr::new(ip(t.family, &t.raddr), t.rport),
+    }
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let hdr: common::EventHeader = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+    match hdr.kind {
+        common::kind::DATA => {
+            let ev: common::DataEvent = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+            let payload = &bytes[common::DATA_EVENT_SIZE..];
+            if payload.len() < ev.captured as usize {
+                return Err(DecodeError::PayloadLength {
+                    claimed: ev.captured,
+                    actual: payload.len(),
+                });
+            }
+            Ok(KernelEvent::Data(DataRecord {
+                pid: hdr.tgid,
+                tid: hdr.tid,
+                fd: hdr.fd,
+                enter_ns: ev.enter_ns,
+                exit_ns: hdr.ts_ns,
+                bytes: ev.bytes.max(0) as u64,
+                syscall: Syscall::from_raw(ev.syscall),
+                direction: if ev.direction == common::direction::EGRESS {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                },
+                role: Role::from_raw(ev.role),
+                flags: ev.flags,
+                payload: payload[..ev.captured as usize].to_vec(),
+            }))
+        }
+        k @ common::kind::CONNECT..=common::kind::PROC_EXEC => {
+            let ev: common::ConnEvent = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+            let kind = match k {
+                common::kind::CONNECT => ConnKind::Connect,
+                common::kind::ACCEPT => ConnKind::Accept,
+                common::kind::TUPLE => ConnKind::Tuple,
+                common::kind::CLOSE => ConnKind::Close,
+                common::kind::LISTEN => ConnKind::Listen,
+                common::kind::PROC_EXIT => ConnKind::ProcExit,
+                _ => ConnKind::ProcExec,
+            };
+            let has = |f: u16| ev.flags & f != 0;
+            let tuple = has(common::conn_flags::HAS_TUPLE).then(|| tuple_from_raw(&ev.tuple));
+            let remote = (has(common::conn_flags::HAS_REMOTE) || tuple.is_some())
+                .then(|| tuple_from_raw(&ev.tuple).remote);
+            Ok(KernelEvent::Conn(ConnRecord {
+                kind,
+                pid: hdr.tgid,
+                tid: hdr.tid,
+                fd: hdr.fd,
+                ts_ns: hdr.ts_ns,
+                ret: ev.ret,
+                role: Role::from_raw(ev.role),
+                flags: ev.flags,
+                tuple,
+                remote,
+                listen_fd: ev.aux,
+            }))
+        }
+        k => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_bytes<T>(v: &T) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_data_with_payload() {
+        let ev = common::DataEvent {
+            hdr: common::EventHeader { kind: common::kind::DATA, tgid: 7, tid: 8, fd: 3, ts_ns: 20, ..Default::default() },
+            enter_ns: 10,
+            bytes: 100,
+            syscall: common::syscall::WRITEV,
+            direction: common::direction::EGRESS,
+            role: common::role::CLIENT,
+            flags: common::data_flags::TRUNCATED,
+            captured: 4,
+        };
+        let mut b = as_bytes(&ev);
+        b.extend_from_slice(b"GET ");
+        let KernelEvent::Data(d) = decode(&b).unwrap() else { panic!("not data") };
+        assert_eq!((d.pid, d.tid, d.fd, d.enter_ns, d.exit_ns, d.bytes), (7, 8, 3, 10, 20, 100));
+        assert_eq!(d.syscall, Syscall::Writev);
+        assert_eq!(d.direction, Direction::Egress);
+        assert_eq!(d.role, Role::Client);
+        assert!(d.truncated());
+        assert_eq!(d.payload, b"GET ");
+    }
+
+    #[test]
+    fn rejects_short_and_lying_records() {
+        assert_eq!(decode(&[1, 0, 0]).unwrap_err(), DecodeError::Short(3));
+        let ev = common::DataEvent {
+            hdr: common::EventHeader { kind: common::kind::DATA, ..Default::default() },
+            captured: 50,
+            ..Default::default()
+        };
+        let b = as_bytes(&ev);
+        assert!(matches!(decode(&b), Err(DecodeError::PayloadLength { claimed: 50, actual: 0 })));
+        let mut h = as_bytes(&common::ConnEvent::default());
+        h[0] = 99;
+        assert_eq!(decode(&h).unwrap_err(), DecodeError::UnknownKind(99));
+    }
+
+    #[test]
+    fn maps_v4_in_v6_tuples_to_v4() {
+        let mut t = common::Tuple { family: 10, lport: 80, rport: 5000, ..Default::default() };
+        t.laddr[10] = 0xff;
+        t.laddr[11] = 0xff;
+        t.laddr[12..].copy_from_slice(&[127, 0, 0, 1]);
+        t.raddr = Ipv6Addr::LOCALHOST.octets();
+        let s = tuple_from_raw(&t);
+        assert_eq!(s.local, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(s.remote, "[::1]:5000".parse().unwrap());
+    }
+}

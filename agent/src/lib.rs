@@ -1,0 +1,7 @@
+//! sonde: an eBPF node agent that turns the socket traffic of unmodified
+//! processes into OpenTelemetry traces and RED metrics.
+//!
+//! The pipeline runs one way, one module per stage; see ARCHITECTURE.md.
+pub mod caps;
+pub mod event;
+pub mod probes;

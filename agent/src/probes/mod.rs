@@ -1,0 +1,309 @@
+//! Stage 1: load the eBPF object, set its globals and filters, and attach
+//! every tracepoint program, recording per probe whether it attached.
+pub mod programs;
+pub mod tracefs;
+
+use std::path::PathBuf;
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use sonde_common::{globals, map_names, stat, SockInfo};
+
+use crate::caps;
+use programs::{Need, TRACEPOINTS};
+
+/// The compiled eBPF object, embedded at build time by build.rs.
+#[cfg(not(sonde_no_ebpf))]
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde"));
+#[cfg(sonde_no_ebpf)]
+pub static EBPF_OBJECT: &[u8] = &[];
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Payload bytes copied per syscall (0..=MAX_CAPTURE).
+    pub capture_size: u32,
+    /// Ring buffer size in bytes; rounded up to a power of two pages.
+    pub ringbuf_bytes: u32,
+    /// Queued bytes that trigger an immediate reader wakeup.
+    pub wakeup_bytes: u64,
+    /// Trace only these pids (and whatever user space adds later), if non-empty.
+    pub pids: Vec<u32>,
+    /// Trace only these cgroup v2 directories, if non-empty.
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            capture_size: sonde_common::DEFAULT_CAPTURE,
+            ringbuf_bytes: 8 << 20,
+            wakeup_bytes: 256 << 10,
+            pids: vec![],
+            cgroups: vec![],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this sonde was built without its eBPF programs (AYA_BUILD_SKIP). \
+         Fix: rebuild without AYA_BUILD_SKIP after `cargo xtask setup`"
+    )]
+    NotBuilt,
+    #[error("cannot load eBPF programs: {0}")]
+    Privilege(String),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(
+        "required probe {hook} could not attach: {reason}. Capture needs it; \
+         run `sonde doctor` to see what this kernel supports"
+    )]
+    Required { hook: String, reason: String },
+    #[error("loading the eBPF object failed: {0}. Run `sonde doctor` for a per-feature report")]
+    Load(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachState {
+    Attached,
+    /// Not attempted: the kernel lacks the hook or its format differs.
+    Skipped(String),
+    /// Attempted and refused (verifier, permission).
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeStatus {
+    pub hook: String,
+    pub need: Need,
+    pub covers: &'static str,
+    pub state: AttachState,
+}
+
+/// The loaded, attached probes. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub report: Vec<ProbeStatus>,
+}
+
+fn set_memlock_unlimited() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!("raising RLIMIT_MEMLOCK failed; fine on kernels >= 5.11");
+    }
+}
+
+/// Reads the cgroup v2 id (the directory's inode) of a cgroup path.
+fn cgroup_id(path: &PathBuf) -> Result<u64, LoadError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| LoadError::Config(format!("cgroup {}: {e}", path.display())))
+}
+
+/// Rounds a ring buffer size to what the kernel accepts: a power of two,
+/// at least one page.
+pub fn ringbuf_size(requested: u32) -> u32 {
+    let page = 4096u32;
+    requested.max(page).checked_next_power_of_two().unwrap_or(1 << 31)
+}
+
+impl Probes {
+    /// Loads the object with `cfg` and attaches every program of the table.
+    pub fn load(cfg: &ProbeConfig) -> Result<Probes, LoadError> {
+        let mut probes = Self::load_object(cfg)?;
+        probes.attach_all()?;
+        Ok(probes)
+    }
+
+    /// Loads the object and fills the filter maps, attaching nothing.
+    pub fn load_object(cfg: &ProbeConfig) -> Result<Probes, LoadError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(LoadError::NotBuilt);
+        }
+        if cfg.capture_size as usize > sonde_common::MAX_CAPTURE {
+            return Err(LoadError::Config(format!(
+                "capture size {} exceeds the maximum of {} bytes",
+                cfg.capture_size,
+                sonde_common::MAX_CAPTURE
+            )));
+        }
+        if let Some(why) = caps::missing_for_tracing(caps::effective()) {
+            return Err(LoadError::Privilege(why));
+        }
+        set_memlock_unlimited();
+        let self_tgid = std::process::id();
+        let filter_pids = u8::from(!cfg.pids.is_empty());
+        let filter_cgroups = u8::from(!cfg.cgroups.is_empty());
+        let cgroup_ids =
+            cfg.cgroups.iter().map(cgroup_id).collect::<Result<Vec<_>, _>>()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::SELF_TGID, &self_tgid, true)
+            .override_global(globals::CAPTURE_SIZE, &cfg.capture_size, true)
+            .override_global(globals::FILTER_PIDS, &filter_pids, true)
+            .override_global(globals::FILTER_CGROUPS, &filter_cgroups, true)
+            .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
+            .map_max_entries(map_names::EVENTS, ringbuf_size(cfg.ringbuf_bytes))
+            .load(EBPF_OBJECT)
+            .map_err(|e| LoadError::Load(format!("{e:#}")))?;
+        {
+            let mut pids: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(ebpf.map_mut(map_names::PID_FILTER).expect("PID_FILTER"))
+                    .map_err(|e| LoadError::Load(e.to_string()))?;
+            for pid in &cfg.pids {
+                pids.insert(pid, 1, 0).map_err(|e| LoadError::Load(e.to_string()))?;
+            }
+        }
+        {
+            let mut cgs: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
+                ebpf.map_mut(map_names::CGROUP_FILTER).expect("CGROUP_FILTER"),
+            )
+            .map_err(|e| LoadError::Load(e.to_string()))?;
+            for id in &cgroup_ids {
+                cgs.insert(id, 1, 0).map_err(|e| LoadError::Load(e.to_string()))?;
+            }
+        }
+        Ok(Probes { ebpf, report: vec![] })
+    }
+
+    /// Attaches every tracepoint of the table, skipping what this kernel
+    /// lacks. Fails only when a `Required` probe cannot attach.
+    pub fn attach_all(&mut self) -> Result<(), LoadError> {
+        let root = tracefs::ensure_mounted()?;
+        for spec in TRACEPOINTS {
+            let hook = format!("tracepoint/{}/{}", spec.category, spec.name);
+            let state = if !tracefs::has_tracepoint(&root, spec.category, spec.name) {
+                AttachState::Skipped("tracepoint not present on this kernel".into())
+            } else if let Some(reason) = self.layout_mismatch(&root, spec.category, spec.name) {
+                AttachState::Skipped(reason)
+            } else {
+                match self.attach_tracepoint(spec.program, spec.category, spec.name) {
+                    Ok(()) => AttachState::Attached,
+                    Err(e) => AttachState::Failed(e),
+                }
+            };
+            if spec.need == Need::Required {
+                if let AttachState::Skipped(r) | AttachState::Failed(r) = &state {
+                    return Err(LoadError::Required { hook, reason: r.clone() });
+                }
+            } else if state != AttachState::Attached {
+                tracing::warn!(%hook, covers = spec.covers, ?state, "optional probe not attached");
+            }
+            self.report.push(ProbeStatus { hook, need: spec.need, covers: spec.covers, state });
+        }
+        Ok(())
+    }
+
+    fn layout_mismatch(&self, root: &std::path::Path, category: &str, name: &str) -> Option<String> {
+        if name != "inet_sock_set_state" {
+            return None;
+        }
+        let path = root.join("events").join(category).join(name).join("format");
+        let format = std::fs::read_to_string(&path).ok()?;
+        tracefs::check_layout(&format, &tracefs::INET_SOCK_SET_STATE_LAYOUT)
+            .err()
+            .map(|r| format!("unexpected tracepoint format: {r}"))
+    }
+
+    fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<(), String> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        prog.load().map_err(|e| format!("verifier/load: {e:#}"))?;
+        prog.attach(category, name).map_err(|e| format!("attach: {e:?}"))?;
+        Ok(())
+    }
+
+    /// Takes the event ring buffer (once).
+    pub fn take_events(&mut self) -> RingBuf<MapData> {
+        let map = self.ebpf.take_map(map_names::EVENTS).expect("EVENTS map");
+        RingBuf::try_from(map).expect("EVENTS is a ring buffer")
+    }
+
+    /// Takes the maps user space writes: tracked sockets and listeners.
+    pub fn take_socket_maps(&mut self) -> KernelSockets {
+        let socks = self.ebpf.take_map(map_names::SOCKS).expect("SOCKS map");
+        let listeners = self.ebpf.take_map(map_names::LISTENERS).expect("LISTENERS map");
+        KernelSockets {
+            socks: BpfHashMap::try_from(socks).expect("SOCKS is a hash map"),
+            listeners: BpfHashMap::try_from(listeners).expect("LISTENERS is a hash map"),
+        }
+    }
+
+    /// Takes the per-CPU counters.
+    pub fn take_stats(&mut self) -> KernelStats {
+        let map = self.ebpf.take_map(map_names::STATS).expect("STATS map");
+        KernelStats { map: PerCpuArray::try_from(map).expect("STATS is a per-CPU array") }
+    }
+}
+
+/// The kernel's socket maps, as user space writes them.
+pub struct KernelSockets {
+    socks: BpfHashMap<MapData, u64, SockInfo>,
+    listeners: BpfHashMap<MapData, u64, u8>,
+}
+
+/// What the connection table needs from the kernel maps. A trait so the
+/// table's unit tests can run without BPF.
+pub trait SocketRegistry: Send {
+    fn track(&mut self, pid: u32, fd: i32, info: SockInfo);
+    fn untrack(&mut self, pid: u32, fd: i32);
+    fn track_listener(&mut self, pid: u32, fd: i32);
+    fn untrack_listener(&mut self, pid: u32, fd: i32);
+}
+
+impl SocketRegistry for KernelSockets {
+    fn track(&mut self, pid: u32, fd: i32, info: SockInfo) {
+        if let Err(e) = self.socks.insert(sonde_common::sock_key(pid, fd as u32), info, 0) {
+            tracing::debug!(pid, fd, "SOCKS insert: {e}");
+        }
+    }
+    fn untrack(&mut self, pid: u32, fd: i32) {
+        let _ = self.socks.remove(&sonde_common::sock_key(pid, fd as u32));
+    }
+    fn track_listener(&mut self, pid: u32, fd: i32) {
+        let _ = self.listeners.insert(sonde_common::sock_key(pid, fd as u32), 1, 0);
+    }
+    fn untrack_listener(&mut self, pid: u32, fd: i32) {
+        let _ = self.listeners.remove(&sonde_common::sock_key(pid, fd as u32));
+    }
+}
+
+/// The kernel-side counters, summed over CPUs.
+pub struct KernelStats {
+    map: PerCpuArray<MapData, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct KernelCounters {
+    pub events: u64,
+    pub ringbuf_drops: u64,
+    pub read_faults: u64,
+    pub map_full: u64,
+    pub orphan_exits: u64,
+}
+
+impl KernelStats {
+    pub fn read(&self) -> KernelCounters {
+        let get = |i: u32| -> u64 {
+            self.map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        KernelCounters {
+            events: get(stat::EVENTS),
+            ringbuf_drops: get(stat::RINGBUF_DROPS),
+            read_faults: get(stat::READ_FAULTS),
+            map_full: get(stat::MAP_FULL),
+            orphan_exits: get(stat::ORPHAN_EXITS),
+        }
+    }
+}
