@@ -95,6 +95,9 @@ pub struct EventHeader {
     pub fd: i32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was produced.
     pub ts_ns: u64,
+    /// `comm` of the current task. Names short-lived processes that exit
+    /// before user space reads /proc. Zero for records made in softirq (TUPLE).
+    pub comm: [u8; 16],
 }
 
 /// An address pair. IPv4 addresses use the first 4 bytes of the arrays.

@@ -5,7 +5,7 @@
 //! considered, so files and pipes cost one hash lookup.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -168,6 +168,7 @@ fn emit(id: u64, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
             tid: id as u32,
             fd: call.fd,
             ts_ns: unsafe { bpf_ktime_get_ns() },
+            comm: bpf_get_current_comm().unwrap_or_default(),
         },
         enter_ns: call.enter_ns,
         bytes,

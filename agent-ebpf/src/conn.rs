@@ -12,7 +12,7 @@
 //!   leaves the tuple to user space's /proc lookup.
 //! * close: the fd leaves the maps.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -103,6 +103,8 @@ fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
             tid,
             fd,
             ts_ns: unsafe { bpf_ktime_get_ns() },
+            // In softirq (TUPLE) `current` is unrelated to the socket's owner.
+            comm: if k == kind::TUPLE { [0; 16] } else { bpf_get_current_comm().unwrap_or_default() },
         },
         ..ConnEvent::default()
     }

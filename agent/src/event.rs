@@ -40,6 +40,8 @@ pub struct DataRecord {
     /// Role as the kernel knew it (`SOCKS`); the table's value wins.
     pub role: Role,
     pub flags: u8,
+    /// The task's comm at the time of the call.
+    pub comm: Comm,
     pub payload: Vec<u8>,
 }
 
@@ -77,6 +79,19 @@ pub struct ConnRecord {
     pub remote: Option<SocketAddr>,
     /// accept: the listening fd.
     pub listen_fd: i32,
+    /// The task's comm; empty for TUPLE records.
+    pub comm: Comm,
+}
+
+/// A task name as the kernel stores it: up to 15 bytes, NUL-padded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_string(&self) -> String {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.0[..end]).into_owned()
+    }
 }
 
 impl ConnRecord {
@@ -245,6 +260,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 },
                 role: Role::from_raw(ev.role),
                 flags: ev.flags,
+                comm: Comm(hdr.comm),
                 payload: payload[..ev.captured as usize].to_vec(),
             }))
         }
@@ -275,6 +291,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 tuple,
                 remote,
                 listen_fd: ev.aux,
+                comm: Comm(hdr.comm),
             }))
         }
         k => Err(DecodeError::UnknownKind(k)),

@@ -5,3 +5,11 @@
 pub mod caps;
 pub mod event;
 pub mod probes;
+pub mod conntrack;
+pub mod stats;
+pub mod reader;
+pub mod session;
+pub mod cli;
+pub mod commands;
+pub mod doctor;
+pub mod output;

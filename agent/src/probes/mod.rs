@@ -120,6 +120,7 @@ impl Probes {
     pub fn load(cfg: &ProbeConfig) -> Result<Probes, LoadError> {
         let mut probes = Self::load_object(cfg)?;
         probes.attach_all()?;
+        probes.check_required()?;
         Ok(probes)
     }
 
@@ -174,7 +175,7 @@ impl Probes {
     }
 
     /// Attaches every tracepoint of the table, skipping what this kernel
-    /// lacks. Fails only when a `Required` probe cannot attach.
+    /// lacks, and records the outcome of each in `report`.
     pub fn attach_all(&mut self) -> Result<(), LoadError> {
         let root = tracefs::ensure_mounted()?;
         for spec in TRACEPOINTS {
@@ -189,14 +190,20 @@ impl Probes {
                     Err(e) => AttachState::Failed(e),
                 }
             };
-            if spec.need == Need::Required {
-                if let AttachState::Skipped(r) | AttachState::Failed(r) = &state {
-                    return Err(LoadError::Required { hook, reason: r.clone() });
-                }
-            } else if state != AttachState::Attached {
+            if spec.need == Need::Optional && state != AttachState::Attached {
                 tracing::warn!(%hook, covers = spec.covers, ?state, "optional probe not attached");
             }
             self.report.push(ProbeStatus { hook, need: spec.need, covers: spec.covers, state });
+        }
+        Ok(())
+    }
+
+    /// The first required probe that did not attach, as an error.
+    pub fn check_required(&self) -> Result<(), LoadError> {
+        for p in &self.report {
+            if let (Need::Required, AttachState::Skipped(r) | AttachState::Failed(r)) = (p.need, &p.state) {
+                return Err(LoadError::Required { hook: p.hook.clone(), reason: r.clone() });
+            }
         }
         Ok(())
     }

@@ -1,0 +1,102 @@
+//! Command line. Every flag can also be set through `SONDE_<FLAG>`.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{probes::ProbeConfig, session::SessionConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "sonde", version, about = "eBPF node agent: socket traffic to OpenTelemetry traces and RED metrics")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sonde=debug`.
+    #[arg(long, global = true, env = "SONDE_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default when no command is given).
+    Run(CaptureArgs),
+    /// Print live socket data events.
+    Capture(CaptureCmd),
+    /// Report what this kernel allows; exits non-zero if capture is impossible.
+    Doctor(DoctorCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaptureArgs {
+    /// Only trace these process ids (repeat or comma-separate).
+    #[arg(long = "pid", env = "SONDE_PID", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Only trace processes in these cgroup v2 directories.
+    #[arg(long = "cgroup", env = "SONDE_CGROUP", value_delimiter = ',')]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Payload bytes copied per syscall (0 to 8192).
+    #[arg(long, env = "SONDE_CAPTURE_SIZE", default_value_t = sonde_common::DEFAULT_CAPTURE,
+          value_parser = clap::value_parser!(u32).range(0..=sonde_common::MAX_CAPTURE as i64))]
+    pub capture_size: u32,
+
+    /// Kernel ring buffer size in bytes (rounded up to a power of two).
+    #[arg(long, env = "SONDE_RINGBUF_SIZE", default_value_t = 8 << 20,
+          value_parser = clap::value_parser!(u32).range(4096..=1 << 30))]
+    pub ringbuf_size: u32,
+
+    /// How often the reader drains the ring buffer when the kernel sends no wakeup.
+    #[arg(long, env = "SONDE_POLL_INTERVAL_MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub poll_interval_ms: u64,
+
+    /// Skip the startup scan of /proc for connections that predate the agent.
+    #[arg(long, env = "SONDE_NO_SCAN")]
+    pub no_scan: bool,
+}
+
+impl CaptureArgs {
+    pub fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            probes: ProbeConfig {
+                capture_size: self.capture_size,
+                ringbuf_bytes: self.ringbuf_size,
+                pids: self.pids.clone(),
+                cgroups: self.cgroups.clone(),
+                ..ProbeConfig::default()
+            },
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            scan_existing: !self.no_scan,
+            ..SessionConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CaptureCmd {
+    #[command(flatten)]
+    pub common: CaptureArgs,
+
+    /// One JSON object per line instead of text.
+    #[arg(long, env = "SONDE_JSON")]
+    pub json: bool,
+
+    /// Payload bytes shown per event in text mode (JSON shows all captured).
+    #[arg(long, env = "SONDE_SHOW_BYTES", default_value_t = 96)]
+    pub show_bytes: usize,
+
+    /// Also print connection open/close events.
+    #[arg(long, env = "SONDE_CONNECTIONS")]
+    pub connections: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorCmd {
+    /// Machine-readable output.
+    #[arg(long, env = "SONDE_JSON")]
+    pub json: bool,
+    /// List every probe, not only those that did not attach.
+    #[arg(long, short)]
+    pub verbose: bool,
+}

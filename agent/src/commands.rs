@@ -1,0 +1,120 @@
+//! The subcommands' bodies.
+use std::process::ExitCode;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::{
+    cli::{CaptureArgs, CaptureCmd, Command, DoctorCmd},
+    conntrack::StreamEvent,
+    doctor,
+    output::{json_line, text_line, Clock},
+    session::Session,
+};
+
+pub async fn dispatch(cmd: Command) -> ExitCode {
+    match cmd {
+        Command::Doctor(d) => doctor_cmd(d),
+        Command::Capture(c) => capture_cmd(c).await,
+        Command::Run(r) => run_cmd(r).await,
+    }
+}
+
+fn doctor_cmd(d: DoctorCmd) -> ExitCode {
+    let report = doctor::run();
+    if d.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+    } else {
+        print!("{}", doctor::render(&report, d.verbose));
+    }
+    if report.capture_possible { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn start(args: &CaptureArgs) -> Result<Session, ExitCode> {
+    Session::start(args.session_config()).map_err(|e| {
+        eprintln!("sonde: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn capture_cmd(c: CaptureCmd) -> ExitCode {
+    let mut session = match start(&c.common) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let clock = Clock::new();
+    let mut stdout = tokio::io::stdout();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    eprintln!("sonde: capturing; Ctrl-C to stop");
+    loop {
+        let ev = tokio::select! {
+            ev = session.events.recv() => match ev { Some(ev) => ev, None => break },
+            _ = &mut stop => break,
+        };
+        if !c.connections && !matches!(ev, StreamEvent::Data(..)) {
+            continue;
+        }
+        let mut line = if c.json { json_line(&ev, &clock) } else { text_line(&ev, c.show_bytes) };
+        line.push('\n');
+        if stdout.write_all(line.as_bytes()).await.is_err() {
+            break; // stdout closed (e.g. piped into head)
+        }
+        let _ = stdout.flush().await;
+    }
+    report_counters(&session);
+    ExitCode::SUCCESS
+}
+
+fn report_counters(session: &Session) {
+    let k = session.kernel_counters();
+    let u = session.stats();
+    eprintln!(
+        "sonde: kernel events={} ringbuf_drops={} read_faults={} map_full={}; \
+         user records={} decode_errors={} channel_drops={} unresolved={}",
+        k.events,
+        k.ringbuf_drops,
+        k.read_faults,
+        k.map_full,
+        u.ringbuf_records,
+        u.decode_errors,
+        u.reader_channel_drops + u.stream_channel_drops,
+        u.unresolved_sockets
+    );
+}
+
+/// The daemon. Until the protocol stages land it logs connection activity;
+/// the stream it consumes is the one they will consume.
+async fn run_cmd(args: CaptureArgs) -> ExitCode {
+    let mut session = match start(&args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let attached = session.probe_report.iter().filter(|p| p.state == crate::probes::AttachState::Attached).count();
+    tracing::info!(probes = attached, "sonde running; Ctrl-C to stop");
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            ev = session.events.recv() => match ev {
+                Some(ev @ (StreamEvent::Open(_) | StreamEvent::Close(..))) => println!("{}", text_line(&ev, 0)),
+                Some(StreamEvent::Data(..)) => {}
+                None => break,
+            },
+            _ = every.tick() => report_counters(&session),
+            _ = &mut stop => break,
+        }
+    }
+    report_counters(&session);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,294 @@
+//! The connection table proper.
+//!
+//! Kernel records for one connection can arrive slightly out of order (they
+//! come from different CPUs and contexts: the client's tuple is reported
+//! from softirq, often before connect() returns), so every record upserts.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use sonde_common::{role as raw_role, SockInfo};
+
+use super::{
+    process::{ProcessCache, ProcessInfo},
+    procnet,
+};
+use crate::{
+    event::{ConnKind, ConnRecord, DataRecord, KernelEvent, Role, SocketTuple},
+    probes::SocketRegistry,
+    stats::Stats,
+};
+
+/// What downstream stages know about a connection. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Unique for the agent's lifetime; (pid, fd) pairs are reused.
+    pub id: u64,
+    pub pid: u32,
+    pub fd: i32,
+    pub role: Role,
+    pub tuple: Option<SocketTuple>,
+    pub process: Arc<ProcessInfo>,
+    /// CLOCK_MONOTONIC ns of the connect/accept (0 for pre-existing ones).
+    pub opened_ns: u64,
+    /// Found by the startup scan rather than seen opening.
+    pub preexisting: bool,
+}
+
+impl ConnInfo {
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.tuple.map(|t| t.remote)
+    }
+}
+
+/// The per-connection stream the protocol stages consume.
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    Open(ConnInfo),
+    Data(ConnInfo, DataRecord),
+    Close(ConnInfo, u64),
+}
+
+impl StreamEvent {
+    pub fn conn(&self) -> &ConnInfo {
+        match self {
+            StreamEvent::Open(c) | StreamEvent::Data(c, _) | StreamEvent::Close(c, _) => c,
+        }
+    }
+}
+
+struct Conn {
+    info: ConnInfo,
+    /// Opened by connect/accept (or the scan); a Tuple record alone does not
+    /// count, it may precede its connect().
+    confirmed: bool,
+    /// A /proc lookup for the tuple was tried already.
+    resolve_tried: bool,
+}
+
+pub struct ConnTable<R: SocketRegistry> {
+    conns: BTreeMap<(u32, i32), Conn>,
+    processes: ProcessCache,
+    registry: R,
+    stats: Arc<Stats>,
+    next_id: u64,
+}
+
+fn raw(role: Role) -> u8 {
+    match role {
+        Role::Client => raw_role::CLIENT,
+        Role::Server => raw_role::SERVER,
+        Role::Unknown => raw_role::UNKNOWN,
+    }
+}
+
+impl<R: SocketRegistry> ConnTable<R> {
+    pub fn new(registry: R, stats: Arc<Stats>) -> Self {
+        ConnTable { conns: BTreeMap::new(), processes: ProcessCache::default(), registry, stats, next_id: 1 }
+    }
+
+    pub fn processes(&mut self) -> &mut ProcessCache {
+        &mut self.processes
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Registers what the startup scan found, in the kernel and here.
+    pub fn seed(&mut self, scan: &procnet::ScanResult, out: &mut Vec<StreamEvent>) {
+        for &(pid, fd) in &scan.listeners {
+            self.registry.track_listener(pid, fd);
+        }
+        for s in &scan.sockets {
+            self.registry.track(s.pid, s.fd, SockInfo { role: raw(s.role), ..Default::default() });
+            let c = self.open(s.pid, s.fd, s.role, 0, "", out);
+            c.info.tuple = Some(s.tuple);
+            c.info.preexisting = true;
+            c.confirmed = true;
+            Stats::inc(&self.stats.preexisting_connections);
+        }
+    }
+
+    /// Applies one kernel record, appending what it means downstream to `out`.
+    pub fn apply(&mut self, ev: KernelEvent, out: &mut Vec<StreamEvent>) {
+        match ev {
+            KernelEvent::Data(d) => self.on_data(d, out),
+            KernelEvent::Conn(c) => match c.kind {
+                ConnKind::Connect => self.on_connect(c, out),
+                ConnKind::Accept => self.on_accept(c, out),
+                ConnKind::Tuple => self.on_tuple(c, out),
+                ConnKind::Close => self.close(c.pid, c.fd, c.ts_ns, out),
+                ConnKind::Listen => {}
+                ConnKind::ProcExit => self.on_exit(c.pid, c.ts_ns, out),
+                ConnKind::ProcExec => self.on_exec(c.pid, c.ts_ns, out),
+            },
+        }
+    }
+
+    /// Creates a connection, closing a stale one on the same (pid, fd).
+    fn open(&mut self, pid: u32, fd: i32, role: Role, ts: u64, comm: &str, out: &mut Vec<StreamEvent>) -> &mut Conn {
+        if self.conns.contains_key(&(pid, fd)) {
+            // The fd was reused without us seeing close: end the old one.
+            self.close(pid, fd, ts, out);
+        }
+        let info = ConnInfo {
+            id: self.next_id,
+            pid,
+            fd,
+            role,
+            tuple: None,
+            process: self.processes.get(pid, comm),
+            opened_ns: ts,
+            preexisting: false,
+        };
+        self.next_id += 1;
+        Stats::inc(&self.stats.connections_opened);
+        self.conns.entry((pid, fd)).or_insert(Conn { info, confirmed: false, resolve_tried: false })
+    }
+
+    fn on_connect(&mut self, c: ConnRecord, out: &mut Vec<StreamEvent>) {
+        let key = (c.pid, c.fd);
+        // A Tuple record that raced ahead of its connect() made a provisional entry.
+        let provisional = matches!(self.conns.get(&key), Some(x) if !x.confirmed && x.info.role == Role::Client);
+        if !provisional {
+            self.open(c.pid, c.fd, Role::Client, c.ts_ns, &c.comm.as_string(), out);
+        }
+        // A provisional entry was opened from softirq, without a comm.
+        let process = self.processes.get(c.pid, &c.comm.as_string());
+        let conn = self.conns.get_mut(&key).expect("just inserted");
+        conn.info.process = process;
+        conn.confirmed = true;
+        conn.info.opened_ns = c.ts_ns;
+        if conn.info.tuple.is_none() {
+            // Remote only for now; the Tuple record completes it.
+            if let Some(remote) = c.remote {
+                let unspecified = SocketAddr::new(
+                    if remote.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() },
+                    0,
+                );
+                conn.info.tuple = Some(SocketTuple { local: unspecified, remote });
+            }
+        }
+        out.push(StreamEvent::Open(conn.info.clone()));
+    }
+
+    fn on_tuple(&mut self, c: ConnRecord, out: &mut Vec<StreamEvent>) {
+        let Some(tuple) = c.tuple else { return };
+        let key = (c.pid, c.fd);
+        match self.conns.get_mut(&key) {
+            Some(conn) => conn.info.tuple = Some(tuple),
+            None => {
+                let conn = self.open(c.pid, c.fd, Role::Client, c.ts_ns, "", out);
+                conn.info.tuple = Some(tuple);
+            }
+        }
+    }
+
+    fn on_accept(&mut self, c: ConnRecord, out: &mut Vec<StreamEvent>) {
+        let mut tuple = c.tuple;
+        if !c.tcp_confirmed() || tuple.is_none() {
+            // The kernel lacked the sockaddr: ask /proc, which also tells
+            // whether this is TCP at all.
+            match procnet::resolve(c.pid, c.fd) {
+                Some(found) => {
+                    if !c.tcp_confirmed() {
+                        self.registry.track(c.pid, c.fd, SockInfo { role: raw_role::SERVER, ..Default::default() });
+                        self.registry.track_listener(c.pid, c.listen_fd);
+                    }
+                    tuple = Some(found.tuple);
+                }
+                None if !c.tcp_confirmed() => return, // unix socket or already gone
+                None => Stats::inc(&self.stats.unresolved_sockets),
+            }
+        }
+        let conn = self.open(c.pid, c.fd, Role::Server, c.ts_ns, &c.comm.as_string(), out);
+        conn.confirmed = true;
+        conn.info.tuple = tuple;
+        out.push(StreamEvent::Open(conn.info.clone()));
+    }
+
+    fn on_data(&mut self, d: DataRecord, out: &mut Vec<StreamEvent>) {
+        let key = (d.pid, d.fd);
+        if !self.conns.contains_key(&key) {
+            // Data before (or without) its open record: place it via /proc.
+            let role = d.role;
+            let found = procnet::resolve(d.pid, d.fd);
+            if found.is_none() {
+                Stats::inc(&self.stats.unresolved_sockets);
+            }
+            let role = found.as_ref().map_or(role, |f| if role == Role::Unknown { f.role } else { role });
+            let conn = self.open(d.pid, d.fd, role, d.enter_ns, &d.comm.as_string(), out);
+            conn.confirmed = true;
+            conn.resolve_tried = true;
+            conn.info.tuple = found.map(|f| f.tuple);
+            out.push(StreamEvent::Open(conn.info.clone()));
+        }
+        let conn = self.conns.get_mut(&key).expect("present");
+        let incomplete = conn.info.tuple.map_or(true, |t| t.local.port() == 0);
+        if incomplete && !conn.resolve_tried {
+            conn.resolve_tried = true;
+            if let Some(found) = procnet::resolve(d.pid, d.fd) {
+                conn.info.tuple = Some(found.tuple);
+            }
+        }
+        out.push(StreamEvent::Data(conn.info.clone(), d));
+    }
+
+    fn close(&mut self, pid: u32, fd: i32, ts: u64, out: &mut Vec<StreamEvent>) {
+        self.registry.untrack_listener(pid, fd);
+        if let Some(conn) = self.conns.remove(&(pid, fd)) {
+            self.registry.untrack(pid, fd);
+            Stats::inc(&self.stats.connections_closed);
+            out.push(StreamEvent::Close(conn.info, ts));
+        }
+    }
+
+    fn fds_of(&self, pid: u32) -> Vec<i32> {
+        self.conns.range((pid, i32::MIN)..=(pid, i32::MAX)).map(|(&(_, fd), _)| fd).collect()
+    }
+
+    fn on_exit(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
+        for fd in self.fds_of(pid) {
+            self.close(pid, fd, ts, out);
+        }
+        self.processes.forget(pid);
+    }
+
+    /// After execve the process has a new name, and CLOEXEC sockets are gone.
+    fn on_exec(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
+        self.processes.forget(pid);
+        for fd in self.fds_of(pid) {
+            if procnet::is_socket(pid, fd) {
+                let process = self.processes.get(pid, "");
+                if let Some(c) = self.conns.get_mut(&(pid, fd)) {
+                    c.info.process = process;
+                }
+            } else {
+                self.close(pid, fd, ts, out);
+            }
+        }
+    }
+
+    /// Drops connections of processes that no longer exist: the safety net
+    /// for exits whose record was lost. Call periodically.
+    pub fn sweep(&mut self, out: &mut Vec<StreamEvent>) {
+        let mut pids: Vec<u32> = self.conns.keys().map(|&(p, _)| p).collect();
+        pids.dedup();
+        for pid in pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                self.on_exit(pid, 0, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

@@ -1,0 +1,215 @@
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+
+use sonde_common::{conn_flags, SockInfo};
+
+use super::*;
+use crate::event::{ConnKind, ConnRecord, DataRecord, Direction, KernelEvent, Role, Syscall};
+
+/// Pids far above any pid_max: /proc lookups for them find nothing, so the
+/// tests exercise the table alone.
+const PID: u32 = 0x7fff_ff00;
+const OTHER: u32 = 0x7fff_ff01;
+
+#[derive(Default)]
+struct Recorder {
+    calls: Vec<String>,
+}
+
+impl SocketRegistry for Recorder {
+    fn track(&mut self, pid: u32, fd: i32, info: SockInfo) {
+        self.calls.push(format!("track {pid} {fd} role={}", info.role));
+    }
+    fn untrack(&mut self, pid: u32, fd: i32) {
+        self.calls.push(format!("untrack {pid} {fd}"));
+    }
+    fn track_listener(&mut self, pid: u32, fd: i32) {
+        self.calls.push(format!("listener {pid} {fd}"));
+    }
+    fn untrack_listener(&mut self, _pid: u32, _fd: i32) {}
+}
+
+fn table() -> ConnTable<Recorder> {
+    let mut t = ConnTable::new(Recorder::default(), Arc::new(Stats::default()));
+    for pid in [PID, OTHER] {
+        t.processes().insert(ProcessInfo { pid, comm: format!("p{pid}"), ..Default::default() });
+    }
+    t
+}
+
+fn conn(kind: ConnKind, pid: u32, fd: i32) -> ConnRecord {
+    ConnRecord {
+        kind,
+        pid,
+        tid: pid,
+        fd,
+        ts_ns: 100,
+        ret: 0,
+        role: Role::Unknown,
+        flags: conn_flags::TCP_CONFIRMED,
+        tuple: None,
+        remote: None,
+        listen_fd: 0,
+        comm: Default::default(),
+    }
+}
+
+fn tuple(local: &str, remote: &str) -> SocketTuple {
+    SocketTuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() }
+}
+
+fn data(pid: u32, fd: i32, payload: &[u8]) -> KernelEvent {
+    KernelEvent::Data(DataRecord {
+        pid,
+        tid: pid,
+        fd,
+        enter_ns: 200,
+        exit_ns: 210,
+        bytes: payload.len() as u64,
+        syscall: Syscall::Write,
+        direction: Direction::Egress,
+        role: Role::Client,
+        flags: 0,
+        comm: Default::default(),
+        payload: payload.to_vec(),
+    })
+}
+
+fn apply(t: &mut ConnTable<Recorder>, ev: KernelEvent) -> Vec<StreamEvent> {
+    let mut out = vec![];
+    t.apply(ev, &mut out);
+    out
+}
+
+#[test]
+fn connect_then_tuple_completes_the_connection() {
+    let mut t = table();
+    let mut c = conn(ConnKind::Connect, PID, 5);
+    c.remote = Some("10.0.0.1:80".parse().unwrap());
+    let out = apply(&mut t, KernelEvent::Conn(c));
+    let [StreamEvent::Open(info)] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(info.role, Role::Client);
+    assert_eq!(info.remote(), Some("10.0.0.1:80".parse().unwrap()));
+    assert_eq!(info.process.comm, format!("p{PID}"));
+
+    let mut tu = conn(ConnKind::Tuple, PID, 5);
+    tu.tuple = Some(tuple("10.0.0.2:4000", "10.0.0.1:80"));
+    assert!(apply(&mut t, KernelEvent::Conn(tu)).is_empty());
+
+    let out = apply(&mut t, data(PID, 5, b"GET /"));
+    let [StreamEvent::Data(info2, d)] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(info2.id, info.id);
+    assert_eq!(info2.tuple, Some(tuple("10.0.0.2:4000", "10.0.0.1:80")));
+    assert_eq!(d.payload, b"GET /");
+}
+
+#[test]
+fn tuple_racing_ahead_of_connect_makes_one_connection() {
+    let mut t = table();
+    let mut tu = conn(ConnKind::Tuple, PID, 7);
+    tu.tuple = Some(tuple("127.0.0.1:5000", "127.0.0.1:80"));
+    assert!(apply(&mut t, KernelEvent::Conn(tu)).is_empty());
+    let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 7)));
+    let [StreamEvent::Open(info)] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(info.tuple, Some(tuple("127.0.0.1:5000", "127.0.0.1:80")));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.stats.connections_opened.load(Relaxed), 1);
+}
+
+#[test]
+fn accept_with_kernel_tuple_is_a_server_connection() {
+    let mut t = table();
+    let mut a = conn(ConnKind::Accept, PID, 9);
+    a.tuple = Some(tuple("127.0.0.1:80", "127.0.0.1:5000"));
+    let out = apply(&mut t, KernelEvent::Conn(a));
+    let [StreamEvent::Open(info)] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(info.role, Role::Server);
+    assert_eq!(info.tuple, Some(tuple("127.0.0.1:80", "127.0.0.1:5000")));
+    // The kernel already tracks confirmed sockets: no extra registry writes.
+    assert!(t.registry.calls.is_empty(), "{:?}", t.registry.calls);
+}
+
+#[test]
+fn unconfirmed_accept_that_proc_does_not_know_is_ignored() {
+    let mut t = table();
+    let mut a = conn(ConnKind::Accept, PID, 9);
+    a.flags = 0; // NULL sockaddr, unknown listener: maybe a unix socket
+    assert!(apply(&mut t, KernelEvent::Conn(a)).is_empty());
+    assert!(t.is_empty());
+}
+
+#[test]
+fn close_ends_the_stream_and_untracks() {
+    let mut t = table();
+    apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 5)));
+    let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Close, PID, 5)));
+    assert!(matches!(out.as_slice(), [StreamEvent::Close(c, 100)] if c.fd == 5));
+    assert!(t.is_empty());
+    assert!(t.registry.calls.contains(&format!("untrack {PID} 5")));
+    // A second close of the same fd is a no-op.
+    assert!(apply(&mut t, KernelEvent::Conn(conn(ConnKind::Close, PID, 5))).is_empty());
+}
+
+#[test]
+fn fd_reuse_without_close_starts_a_new_connection() {
+    let mut t = table();
+    let first = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 5)));
+    let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 5)));
+    let [StreamEvent::Close(old, _), StreamEvent::Open(new)] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(old.id, first[0].conn().id);
+    assert_ne!(new.id, old.id);
+}
+
+#[test]
+fn process_exit_closes_only_that_process() {
+    let mut t = table();
+    for fd in [3, 4] {
+        apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, fd)));
+    }
+    apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, OTHER, 3)));
+    let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::ProcExit, PID, -1)));
+    let closed: Vec<_> = out.iter().map(|e| (e.conn().pid, e.conn().fd)).collect();
+    assert_eq!(closed, vec![(PID, 3), (PID, 4)]);
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn sweep_removes_connections_of_dead_processes() {
+    let mut t = table();
+    apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 3)));
+    let mut out = vec![];
+    t.sweep(&mut out);
+    assert_eq!(out.len(), 1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn data_for_an_unknown_socket_opens_it_and_counts_the_miss() {
+    let mut t = table();
+    let out = apply(&mut t, data(PID, 11, b"x"));
+    let [StreamEvent::Open(o), StreamEvent::Data(d, _)] = out.as_slice() else { panic!("{out:?}") };
+    assert_eq!(o.id, d.id);
+    assert_eq!(o.role, Role::Client); // the kernel's role
+    assert_eq!(t.stats.unresolved_sockets.load(Relaxed), 1);
+}
+
+#[test]
+fn seed_registers_preexisting_sockets_in_kernel_and_table() {
+    let mut t = table();
+    let scan = procnet::ScanResult {
+        sockets: vec![procnet::FoundSocket {
+            pid: PID,
+            fd: 4,
+            inode: 1,
+            tuple: tuple("127.0.0.1:80", "127.0.0.1:5555"),
+            role: Role::Server,
+        }],
+        listeners: vec![(PID, 3)],
+    };
+    let mut out = vec![];
+    t.seed(&scan, &mut out);
+    assert_eq!(t.registry.calls, vec![format!("listener {PID} 3"), format!("track {PID} 4 role=2")]);
+    let out = apply(&mut t, data(PID, 4, b"HTTP/1.1 200 OK"));
+    let [StreamEvent::Data(info, _)] = out.as_slice() else { panic!("{out:?}") };
+    assert!(info.preexisting);
+    assert_eq!(info.role, Role::Server);
+}

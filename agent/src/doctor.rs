@@ -1,0 +1,260 @@
+//! `sonde doctor`: what this kernel and this process allow, feature by
+//! feature, each tested by actually loading or attaching rather than by
+//! guessing from the kernel version.
+use std::path::Path;
+
+use aya::{
+    programs::{FEntry, KProbe, SkMsg, UProbe},
+    Btf,
+};
+use serde::Serialize;
+
+use crate::{
+    caps,
+    probes::{programs::Need, tracefs, AttachState, ProbeConfig, Probes},
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TracepointCheck {
+    pub hook: String,
+    pub required: bool,
+    pub state: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub checks: Vec<Check>,
+    pub tracepoints: Vec<TracepointCheck>,
+    /// Whether `sonde run`/`capture` can work here.
+    pub capture_possible: bool,
+    pub capture_problem: Option<String>,
+}
+
+/// The function the uprobe check attaches to: part of this binary, never
+/// inlined, so it has a symbol.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sonde_doctor_uprobe_target() -> u64 {
+    std::hint::black_box(42)
+}
+
+fn check(name: &'static str, result: Result<String, String>) -> Check {
+    match result {
+        Ok(detail) => Check { name, available: true, detail },
+        Err(detail) => Check { name, available: false, detail },
+    }
+}
+
+fn kernel_release() -> String {
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    let f = |a: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(a.as_ptr()) }.to_string_lossy().into_owned();
+    format!("{} {} {}", f(&u.sysname), f(&u.release), f(&u.machine))
+}
+
+fn cgroup2_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).unwrap_or("?").to_string())
+    })
+}
+
+pub fn run() -> Report {
+    let mut checks = vec![];
+    let capset = caps::effective();
+    checks.push(check(
+        "privileges",
+        match caps::missing_for_tracing(capset) {
+            None => Ok(format!("CapEff={capset:#x}")),
+            Some(why) => Err(why),
+        },
+    ));
+    let read_proc = caps::has(capset, caps::CAP_SYS_PTRACE) || caps::has(capset, caps::CAP_SYS_ADMIN);
+    checks.push(check(
+        "proc access",
+        if read_proc {
+            Ok("CAP_SYS_PTRACE: other processes' fds and sockets are readable".into())
+        } else {
+            Err("missing CAP_SYS_PTRACE: pre-existing connections and process names of other users \
+                 cannot be read. Fix: run as root or add CAP_SYS_PTRACE"
+                .into())
+        },
+    ));
+    let btf_path = Path::new("/sys/kernel/btf/vmlinux");
+    checks.push(check(
+        "btf",
+        if btf_path.exists() {
+            Ok(btf_path.display().to_string())
+        } else {
+            Err("no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=n): not needed by the tracepoint \
+                 probes; only fentry would use it"
+                .into())
+        },
+    ));
+    let tracefs_root = tracefs::ensure_mounted();
+    checks.push(check(
+        "tracefs",
+        tracefs_root.as_ref().map(|p| p.display().to_string()).map_err(|e| e.to_string()),
+    ));
+    checks.push(check(
+        "cgroup v2",
+        cgroup2_mount().map(|m| format!("mounted at {m}")).ok_or_else(|| {
+            "no cgroup2 mount: the cgroup filter needs cgroup v2; container ids still work from v1 paths".to_string()
+        }),
+    ));
+
+    let mut tracepoints = vec![];
+    let mut capture_problem = None;
+    match Probes::load_object(&ProbeConfig { ringbuf_bytes: 4096 * 16, ..Default::default() }) {
+        Err(e) => {
+            checks.push(check("ringbuf", Err(format!("object did not load: {e}"))));
+            capture_problem = Some(e.to_string());
+        }
+        Ok(mut probes) => {
+            checks.push(check("ringbuf", Ok("BPF_MAP_TYPE_RINGBUF created".into())));
+            if let Err(e) = probes.attach_all() {
+                capture_problem = Some(e.to_string());
+            }
+            for p in &probes.report {
+                let (state, detail) = match &p.state {
+                    AttachState::Attached => ("attached", String::new()),
+                    AttachState::Skipped(r) => ("skipped", r.clone()),
+                    AttachState::Failed(r) => ("failed", r.clone()),
+                };
+                tracepoints.push(TracepointCheck {
+                    hook: p.hook.clone(),
+                    required: p.need == Need::Required,
+                    state: state.into(),
+                    detail: if detail.is_empty() { p.covers.to_string() } else { detail },
+                });
+            }
+            if capture_problem.is_none() {
+                capture_problem = probes.check_required().err().map(|e| e.to_string());
+            }
+            let attached = probes.report.iter().filter(|p| p.state == AttachState::Attached).count();
+            checks.push(check(
+                "tracepoints",
+                if attached > 0 {
+                    Ok(format!("{attached}/{} attached", probes.report.len()))
+                } else {
+                    Err("no tracepoint could be attached".into())
+                },
+            ));
+            checks.push(check("kprobes", kprobe_check(&mut probes)));
+            checks.push(check("fentry", fentry_check(&mut probes)));
+            checks.push(check("uprobes", uprobe_check(&mut probes)));
+            checks.push(check("sk_msg", sk_msg_check(&mut probes)));
+        }
+    }
+    Report {
+        kernel: kernel_release(),
+        checks,
+        tracepoints,
+        capture_possible: capture_problem.is_none(),
+        capture_problem,
+    }
+}
+
+fn kprobe_check(probes: &mut Probes) -> Result<String, String> {
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe");
+    let events = tracefs::find().map(|r| r.join("kprobe_events"));
+    if !pmu.exists() && !events.as_ref().is_some_and(|e| e.exists()) {
+        return Err("unavailable: no kprobe PMU and no kprobe_events in tracefs (CONFIG_KPROBES=n)".into());
+    }
+    let prog: &mut KProbe = program(probes, "sonde_doctor_kprobe")?;
+    prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
+    let link = prog.attach("tcp_sendmsg", 0).map_err(|e| format!("unavailable: attach: {e}"))?;
+    let _ = prog.detach(link);
+    Ok("available (attached to tcp_sendmsg)".into())
+}
+
+fn fentry_check(probes: &mut Probes) -> Result<String, String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("unavailable: no kernel BTF: {e}"))?;
+    let prog: &mut FEntry = program(probes, "sonde_doctor_fentry")?;
+    prog.load("tcp_sendmsg", &btf).map_err(|e| format!("unavailable: load: {e}"))?;
+    let link = prog.attach().map_err(|e| format!("unavailable: attach: {}", root_cause(&e)))?;
+    let _ = prog.detach(link);
+    Ok("available (attached to tcp_sendmsg)".into())
+}
+
+fn uprobe_check(probes: &mut Probes) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("unavailable: own executable: {e}"))?;
+    let prog: &mut UProbe = program(probes, "sonde_doctor_uprobe")?;
+    prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
+    let link = prog
+        .attach(
+            aya::programs::uprobe::UProbeAttachLocation::Symbol("sonde_doctor_uprobe_target"),
+            &exe,
+            aya::programs::uprobe::UProbeScope::CallingProcess,
+        )
+        .map_err(|e| format!("unavailable: attach: {}", root_cause(&e)))?;
+    sonde_doctor_uprobe_target();
+    let _ = prog.detach(link);
+    Ok("available".into())
+}
+
+fn sk_msg_check(probes: &mut Probes) -> Result<String, String> {
+    let prog: &mut SkMsg = program(probes, "sonde_doctor_sk_msg")?;
+    prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
+    Ok("available (program loads)".into())
+}
+
+fn program<'a, T>(probes: &'a mut Probes, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    probes
+        .ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
+}
+
+/// Human-readable rendering.
+pub fn render(r: &Report, verbose: bool) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "sonde doctor: {}", r.kernel);
+    for c in &r.checks {
+        let mark = if c.available { "ok " } else { "no " };
+        let _ = writeln!(s, "  [{mark}] {:<12} {}", c.name, c.detail);
+    }
+    for t in &r.tracepoints {
+        if verbose || t.state != "attached" {
+            let need = if t.required { "required" } else { "optional" };
+            let _ = writeln!(s, "        {:<8} {:<46} {need}: {}", t.state, t.hook, t.detail);
+        }
+    }
+    match &r.capture_problem {
+        None => {
+            let _ = writeln!(s, "capture: possible (tracepoint probes; kprobes/fentry not needed)");
+        }
+        Some(p) => {
+            let _ = writeln!(s, "capture: IMPOSSIBLE: {p}");
+        }
+    }
+    s
+}

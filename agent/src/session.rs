@@ -1,0 +1,148 @@
+//! Wiring of the capture stages: probes -> reader -> connection table, ending
+//! in a channel of [`StreamEvent`]s for whichever consumer runs (the capture
+//! printer now, the protocol parsers later).
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{
+    conntrack::{procnet, ConnTable, StreamEvent},
+    probes::{KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes},
+    reader,
+    stats::{Stats, StatsSnapshot},
+};
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub probes: ProbeConfig,
+    /// Reader drain interval when the kernel sends no wakeup.
+    pub poll_interval: Duration,
+    /// Capacity of each inter-stage channel, in events.
+    pub channel_capacity: usize,
+    /// Scan /proc for connections that predate the agent.
+    pub scan_existing: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            probes: ProbeConfig::default(),
+            poll_interval: Duration::from_millis(20),
+            channel_capacity: 65536,
+            scan_existing: true,
+        }
+    }
+}
+
+/// A running capture. Dropping it stops the tasks and detaches the probes.
+pub struct Session {
+    pub events: mpsc::Receiver<StreamEvent>,
+    pub stats: Arc<Stats>,
+    pub probe_report: Vec<ProbeStatus>,
+    kernel_stats: KernelStats,
+    tasks: Vec<JoinHandle<()>>,
+    _probes: Probes,
+}
+
+impl Session {
+    /// Loads and attaches the probes, seeds pre-existing connections and
+    /// starts the stages. Must run inside a tokio runtime.
+    pub fn start(cfg: SessionConfig) -> Result<Session, crate::probes::LoadError> {
+        let stats = Arc::new(Stats::default());
+        let mut probes = Probes::load(&cfg.probes)?;
+        spawn_ebpf_logger(&mut probes);
+        let ring = probes.take_events();
+        let sockets = probes.take_socket_maps();
+        let kernel_stats = probes.take_stats();
+
+        let mut table = ConnTable::new(sockets, stats.clone());
+        let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
+        let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity);
+
+        // Probes are attached before the scan, so a connection opened during
+        // the scan is seen by one or the other (or both: upserts make that harmless).
+        let mut seeded = vec![];
+        if cfg.scan_existing {
+            let scan = procnet::scan(std::process::id());
+            table.seed(&scan, &mut seeded);
+        }
+
+        let reader_stats = stats.clone();
+        let poll = cfg.poll_interval;
+        let reader = tokio::spawn(async move {
+            if let Err(e) = reader::run(ring, raw_tx, reader_stats, poll).await {
+                tracing::error!("ring buffer reader stopped: {e}");
+            }
+        });
+
+        let table_stats = stats.clone();
+        let conntrack = tokio::spawn(async move {
+            let mut out = seeded;
+            let mut sweep = tokio::time::interval(Duration::from_secs(10));
+            sweep.tick().await;
+            loop {
+                for ev in out.drain(..) {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = out_tx.try_send(ev) {
+                        Stats::inc(&table_stats.stream_channel_drops);
+                    }
+                }
+                if out_tx.is_closed() {
+                    return;
+                }
+                tokio::select! {
+                    ev = raw_rx.recv() => match ev {
+                        Some(ev) => table.apply(ev, &mut out),
+                        None => return,
+                    },
+                    _ = sweep.tick() => table.sweep(&mut out),
+                }
+            }
+        });
+
+        Ok(Session {
+            events: out_rx,
+            stats,
+            probe_report: probes.report.clone(),
+            kernel_stats,
+            tasks: vec![reader, conntrack],
+            _probes: probes,
+        })
+    }
+
+    pub fn kernel_counters(&self) -> KernelCounters {
+        self.kernel_stats.read()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Forwards the eBPF programs' aya-log records to `log` (and so to tracing).
+fn spawn_ebpf_logger(probes: &mut Probes) {
+    match aya_log::EbpfLogger::init(&mut probes.ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its map fd for as long as the AsyncFd owns it.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+            };
+            let Ok(mut fd) = registered else { return };
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else { return };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => tracing::debug!("eBPF logger not initialised: {e}"),
+    }
+}

@@ -1,0 +1,52 @@
+//! Health counters of the user-space stages. Every drop is counted at the
+//! place it happens; the kernel's own counters live in `probes::KernelStats`.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records read from the ring buffer.
+    pub ringbuf_records: AtomicU64,
+    /// Records that failed to decode (never expected; a bug if non-zero).
+    pub decode_errors: AtomicU64,
+    /// Events dropped because the reader -> connection table channel was full.
+    pub reader_channel_drops: AtomicU64,
+    /// Events dropped because the connection table -> consumer channel was full.
+    pub stream_channel_drops: AtomicU64,
+    /// Data on sockets the table could not place (fd gone before lookup).
+    pub unresolved_sockets: AtomicU64,
+    /// Connections found by the startup /proc scan.
+    pub preexisting_connections: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub ringbuf_records: u64,
+    pub decode_errors: u64,
+    pub reader_channel_drops: u64,
+    pub stream_channel_drops: u64,
+    pub unresolved_sockets: u64,
+    pub preexisting_connections: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+}
+
+impl Stats {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            ringbuf_records: self.ringbuf_records.load(Relaxed),
+            decode_errors: self.decode_errors.load(Relaxed),
+            reader_channel_drops: self.reader_channel_drops.load(Relaxed),
+            stream_channel_drops: self.stream_channel_drops.load(Relaxed),
+            unresolved_sockets: self.unresolved_sockets.load(Relaxed),
+            preexisting_connections: self.preexisting_connections.load(Relaxed),
+            connections_opened: self.connections_opened.load(Relaxed),
+            connections_closed: self.connections_closed.load(Relaxed),
+        }
+    }
+}
