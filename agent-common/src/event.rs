@@ -21,6 +21,9 @@ pub mod kind {
     pub const PROC_EXIT: u8 = 7;
     /// The process called execve: CLOEXEC sockets are gone.
     pub const PROC_EXEC: u8 = 8;
+    /// A server-side socket reached ESTABLISHED (softirq; owner unknown yet).
+    /// Lets user space give a tuple to an accept() that passed no sockaddr.
+    pub const SERVER_ESTAB: u8 = 9;
 }
 
 /// Which syscall produced a [`DataEvent`].

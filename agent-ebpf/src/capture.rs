@@ -195,7 +195,14 @@ fn emit(id: u64, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
 /// reader also drains on a short timer, so batching costs no lost events.
 #[inline(always)]
 pub fn output(record: &[u8]) {
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes() {
+    output_with(record, false)
+}
+
+/// `urgent`: wake the reader now, because user space must act while the
+/// socket still exists (a /proc lookup).
+#[inline(always)]
+pub fn output_with(record: &[u8], urgent: bool) {
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes() {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

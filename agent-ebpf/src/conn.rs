@@ -23,7 +23,7 @@ use sonde_common::{
 };
 
 use crate::{
-    capture::output,
+    capture::{output, output_with},
     ctx::{arg, field, ret},
     filter::should_trace,
     maps::{
@@ -104,7 +104,7 @@ fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
             fd,
             ts_ns: unsafe { bpf_ktime_get_ns() },
             // In softirq (TUPLE) `current` is unrelated to the socket's owner.
-            comm: if k == kind::TUPLE { [0; 16] } else { bpf_get_current_comm().unwrap_or_default() },
+            comm: if k == kind::TUPLE || k == kind::SERVER_ESTAB { [0; 16] } else { bpf_get_current_comm().unwrap_or_default() },
         },
         ..ConnEvent::default()
     }
@@ -188,11 +188,13 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (id >> 32) as u32;
-    let _ = LISTENERS.insert(&sock_key(tgid, call.fd as u32), &1u8, 0);
+    let port = call.arg1 as u32;
+    let _ = LISTENERS.insert(&sock_key(tgid, call.fd as u32), &port, 0);
     debug!(&ctx, "tcp listener pid={} fd={}", tgid, call.fd);
     let mut ev = conn_event(kind::LISTEN, tgid, id as u32, call.fd);
     ev.enter_ns = call.enter_ns;
     ev.flags = conn_flags::TCP_CONFIRMED;
+    ev.tuple.lport = port as u16;
     send(&ev);
     0
 }
@@ -262,7 +264,9 @@ fn accept_exit(ctx: &TracePointContext) {
     } else {
         debug!(ctx, "accept without sockaddr on unknown listener pid={} fd={}", tgid, call.fd);
     }
-    send(&ev);
+    // Without a tuple user space must look the socket up before it closes.
+    let bytes = unsafe { core::slice::from_raw_parts(&ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE) };
+    output_with(bytes, ev.flags & conn_flags::HAS_TUPLE == 0);
 }
 
 #[tracepoint]
@@ -311,6 +315,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     let _ = SK_OWNER.insert(&sk, &owner, 0);
                 } else if new == TCP_LISTEN && call.syscall == syscall::LISTEN {
                     call.tcp_seen = 1;
+                    call.arg1 = field::<u16>(&ctx, SK_SPORT) as u64;
                 }
             }
         }
@@ -328,6 +333,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             } else if old == TCP_SYN_RECV {
                 let key = PeerKey { family: t.family, port: t.rport, _pad: 0, addr: t.raddr };
                 let _ = PEER_ESTAB.insert(&key, &t, 0);
+                let mut ev = conn_event(kind::SERVER_ESTAB, 0, 0, -1);
+                ev.tuple = t;
+                ev.role = role::SERVER;
+                ev.flags = conn_flags::HAS_TUPLE | conn_flags::TCP_CONFIRMED;
+                send(&ev);
             }
         }
         TCP_CLOSE => {

@@ -51,9 +51,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
 
-/// TCP listening sockets: sock_key(tgid, fd) -> 1.
+/// TCP listening sockets: sock_key(tgid, fd) -> local port (0 if unknown).
 #[map]
-pub static LISTENERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
+pub static LISTENERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// A syscall between enter and exit, keyed by pid_tgid (one per thread).
 #[repr(C)]
@@ -62,7 +62,8 @@ pub struct ActiveCall {
     pub enter_ns: u64,
     /// Buffer, iovec array, msghdr, mmsghdr array or sockaddr pointer.
     pub arg0: u64,
-    /// Length, iovec count, mmsg count, or addrlen pointer.
+    /// Length, iovec count, mmsg count, or addrlen pointer. For listen():
+    /// the local port, filled in by inet_sock_set_state.
     pub arg1: u64,
     pub fd: i32,
     pub syscall: u8,

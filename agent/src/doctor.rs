@@ -63,14 +63,6 @@ fn kernel_release() -> String {
     format!("{} {} {}", f(&u.sysname), f(&u.release), f(&u.machine))
 }
 
-fn cgroup2_mount() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).unwrap_or("?").to_string())
-    })
-}
-
 pub fn run() -> Report {
     let mut checks = vec![];
     let capset = caps::effective();
@@ -110,7 +102,7 @@ pub fn run() -> Report {
     ));
     checks.push(check(
         "cgroup v2",
-        cgroup2_mount().map(|m| format!("mounted at {m}")).ok_or_else(|| {
+        crate::conntrack::cgroup::cgroup2_mount().map(|m| format!("mounted at {}", m.display())).ok_or_else(|| {
             "no cgroup2 mount: the cgroup filter needs cgroup v2; container ids still work from v1 paths".to_string()
         }),
     ));

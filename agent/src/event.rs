@@ -60,6 +60,7 @@ pub enum ConnKind {
     Listen,
     ProcExit,
     ProcExec,
+    ServerEstab,
 }
 
 /// Connection or process lifecycle.
@@ -79,6 +80,8 @@ pub struct ConnRecord {
     pub remote: Option<SocketAddr>,
     /// accept: the listening fd.
     pub listen_fd: i32,
+    /// listen: the local port (0 if unknown).
+    pub listen_port: u16,
     /// The task's comm; empty for TUPLE records.
     pub comm: Comm,
 }
@@ -264,7 +267,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 payload: payload[..ev.captured as usize].to_vec(),
             }))
         }
-        k @ common::kind::CONNECT..=common::kind::PROC_EXEC => {
+        k @ common::kind::CONNECT..=common::kind::SERVER_ESTAB => {
             let ev: common::ConnEvent = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
             let kind = match k {
                 common::kind::CONNECT => ConnKind::Connect,
@@ -273,7 +276,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 common::kind::CLOSE => ConnKind::Close,
                 common::kind::LISTEN => ConnKind::Listen,
                 common::kind::PROC_EXIT => ConnKind::ProcExit,
-                _ => ConnKind::ProcExec,
+                common::kind::PROC_EXEC => ConnKind::ProcExec,
+                _ => ConnKind::ServerEstab,
             };
             let has = |f: u16| ev.flags & f != 0;
             let tuple = has(common::conn_flags::HAS_TUPLE).then(|| tuple_from_raw(&ev.tuple));
@@ -291,6 +295,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 tuple,
                 remote,
                 listen_fd: ev.aux,
+                listen_port: ev.tuple.lport,
                 comm: Comm(hdr.comm),
             }))
         }

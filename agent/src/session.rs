@@ -63,7 +63,7 @@ impl Session {
         // the scan is seen by one or the other (or both: upserts make that harmless).
         let mut seeded = vec![];
         if cfg.scan_existing {
-            let scan = procnet::scan(std::process::id());
+            let scan = procnet::scan(scan_filter(&cfg.probes));
             table.seed(&scan, &mut seeded);
         }
 
@@ -123,6 +123,24 @@ impl Drop for Session {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// Which pids the startup scan may seed: the kernel filters every later
+/// event, so the scan must apply the same filters (and skip the agent).
+fn scan_filter(p: &ProbeConfig) -> impl Fn(u32) -> bool {
+    let me = std::process::id();
+    let pids = p.pids.clone();
+    let cgroups: Vec<u64> = p.cgroups.iter().filter_map(|c| crate::probes::cgroup_id(c).ok()).collect();
+    let mount = crate::conntrack::cgroup::cgroup2_mount();
+    move |pid| {
+        pid != me
+            && (pids.is_empty() || pids.contains(&pid))
+            && (cgroups.is_empty()
+                || mount
+                    .as_deref()
+                    .and_then(|m| crate::conntrack::cgroup::cgroup2_id_of(pid, m))
+                    .is_some_and(|id| cgroups.contains(&id)))
     }
 }
 

@@ -33,6 +33,25 @@ fn segment_id(seg: &str) -> Option<String> {
     is_container_id(s).then(|| s.to_string())
 }
 
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid systems).
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(Into::into))?
+    })
+}
+
+/// The cgroup v2 id of a process: the inode of its cgroup directory, which
+/// is what `bpf_get_current_cgroup_id()` returns in the kernel.
+pub fn cgroup2_id_of(pid: u32, mount: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = f.lines().find_map(|l| l.strip_prefix("0::"))?;
+    std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+}
+
 fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }

@@ -23,8 +23,8 @@ pub struct FoundSocket {
 #[derive(Debug, Default)]
 pub struct ScanResult {
     pub sockets: Vec<FoundSocket>,
-    /// (pid, fd) of TCP listening sockets.
-    pub listeners: Vec<(u32, i32)>,
+    /// (pid, fd, local port) of TCP listening sockets.
+    pub listeners: Vec<(u32, i32, u16)>,
 }
 
 /// The TCP tables of one network namespace.
@@ -76,14 +76,14 @@ fn connected(state: &TcpState) -> bool {
     !matches!(state, TcpState::Listen | TcpState::Close | TcpState::TimeWait)
 }
 
-/// Scans every process except `skip_pid` for TCP sockets.
-pub fn scan(skip_pid: u32) -> ScanResult {
+/// Scans the processes `wanted` accepts for TCP sockets.
+pub fn scan(wanted: impl Fn(u32) -> bool) -> ScanResult {
     let mut out = ScanResult::default();
     let mut tables: HashMap<u64, Option<NetTables>> = HashMap::new();
     let Ok(procs) = procfs::process::all_processes() else { return out };
     for p in procs.flatten() {
         let pid = p.pid as u32;
-        if pid == skip_pid {
+        if !wanted(pid) {
             continue;
         }
         let Ok(fds) = p.fd() else { continue };
@@ -103,7 +103,7 @@ pub fn scan(skip_pid: u32) -> ScanResult {
         for (fd, inode) in sockets {
             let Some(e) = t.by_inode.get(&inode) else { continue }; // not TCP
             if e.state == TcpState::Listen {
-                out.listeners.push((pid, fd));
+                out.listeners.push((pid, fd, e.local_address.port()));
             } else if connected(&e.state) {
                 let tuple = tuple_of(e);
                 out.sockets.push(FoundSocket { pid, fd, inode, tuple, role: t.role_of(tuple.local) });

@@ -4,7 +4,7 @@
 //! come from different CPUs and contexts: the client's tuple is reported
 //! from softirq, often before connect() returns), so every record upserts.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     sync::Arc,
 };
@@ -68,8 +68,19 @@ struct Conn {
     resolve_tried: bool,
 }
 
+/// Server sockets established but not yet accepted are forgotten after this
+/// long (kernel clock): an accept queue that old belongs to a process we do
+/// not trace.
+const PENDING_TTL_NS: u64 = 2_000_000_000;
+/// Bound on the pending list, whatever the rate of untraced accepts.
+const PENDING_MAX: usize = 4096;
+
 pub struct ConnTable<R: SocketRegistry> {
     conns: BTreeMap<(u32, i32), Conn>,
+    /// Listening sockets: (pid, fd) -> local port.
+    listeners: HashMap<(u32, i32), u16>,
+    /// Tuples of server sockets established and not yet accepted, oldest first.
+    pending: VecDeque<(u64, SocketTuple)>,
     processes: ProcessCache,
     registry: R,
     stats: Arc<Stats>,
@@ -86,7 +97,15 @@ fn raw(role: Role) -> u8 {
 
 impl<R: SocketRegistry> ConnTable<R> {
     pub fn new(registry: R, stats: Arc<Stats>) -> Self {
-        ConnTable { conns: BTreeMap::new(), processes: ProcessCache::default(), registry, stats, next_id: 1 }
+        ConnTable {
+            conns: BTreeMap::new(),
+            listeners: HashMap::new(),
+            pending: VecDeque::new(),
+            processes: ProcessCache::default(),
+            registry,
+            stats,
+            next_id: 1,
+        }
     }
 
     pub fn processes(&mut self) -> &mut ProcessCache {
@@ -103,8 +122,9 @@ impl<R: SocketRegistry> ConnTable<R> {
 
     /// Registers what the startup scan found, in the kernel and here.
     pub fn seed(&mut self, scan: &procnet::ScanResult, out: &mut Vec<StreamEvent>) {
-        for &(pid, fd) in &scan.listeners {
-            self.registry.track_listener(pid, fd);
+        for &(pid, fd, port) in &scan.listeners {
+            self.registry.track_listener(pid, fd, port);
+            self.listeners.insert((pid, fd), port);
         }
         for s in &scan.sockets {
             self.registry.track(s.pid, s.fd, SockInfo { role: raw(s.role), ..Default::default() });
@@ -125,7 +145,10 @@ impl<R: SocketRegistry> ConnTable<R> {
                 ConnKind::Accept => self.on_accept(c, out),
                 ConnKind::Tuple => self.on_tuple(c, out),
                 ConnKind::Close => self.close(c.pid, c.fd, c.ts_ns, out),
-                ConnKind::Listen => {}
+                ConnKind::Listen => {
+                    self.listeners.insert((c.pid, c.fd), c.listen_port);
+                }
+                ConnKind::ServerEstab => self.on_server_estab(c),
                 ConnKind::ProcExit => self.on_exit(c.pid, c.ts_ns, out),
                 ConnKind::ProcExec => self.on_exec(c.pid, c.ts_ns, out),
             },
@@ -191,8 +214,37 @@ impl<R: SocketRegistry> ConnTable<R> {
         }
     }
 
+    fn on_server_estab(&mut self, c: ConnRecord) {
+        let Some(t) = c.tuple else { return };
+        while let Some(&(ts, _)) = self.pending.front() {
+            if self.pending.len() < PENDING_MAX && c.ts_ns.saturating_sub(ts) < PENDING_TTL_NS {
+                break;
+            }
+            self.pending.pop_front();
+        }
+        self.pending.push_back((c.ts_ns, t));
+    }
+
+    /// The tuple of a socket accept() returned without a sockaddr: the
+    /// pending established socket on the listener's port, if it is the only
+    /// one. Several candidates (a backlog, or the same port in several
+    /// network namespaces) are ambiguous and left to /proc.
+    fn claim_pending(&mut self, pid: u32, listen_fd: i32) -> Option<SocketTuple> {
+        let port = *self.listeners.get(&(pid, listen_fd))?;
+        let mut matches = self.pending.iter().enumerate().filter(|(_, (_, t))| t.local.port() == port);
+        let (i, _) = matches.next()?;
+        if matches.next().is_some() {
+            return None;
+        }
+        self.pending.remove(i).map(|(_, t)| t)
+    }
+
     fn on_accept(&mut self, c: ConnRecord, out: &mut Vec<StreamEvent>) {
         let mut tuple = c.tuple;
+        match tuple {
+            Some(t) => self.pending.retain(|(_, p)| *p != t),
+            None => tuple = self.claim_pending(c.pid, c.listen_fd),
+        }
         if !c.tcp_confirmed() || tuple.is_none() {
             // The kernel lacked the sockaddr: ask /proc, which also tells
             // whether this is TCP at all.
@@ -200,7 +252,9 @@ impl<R: SocketRegistry> ConnTable<R> {
                 Some(found) => {
                     if !c.tcp_confirmed() {
                         self.registry.track(c.pid, c.fd, SockInfo { role: raw_role::SERVER, ..Default::default() });
-                        self.registry.track_listener(c.pid, c.listen_fd);
+                        let port = found.tuple.local.port();
+                        self.registry.track_listener(c.pid, c.listen_fd, port);
+                        self.listeners.insert((c.pid, c.listen_fd), port);
                     }
                     tuple = Some(found.tuple);
                 }
@@ -242,7 +296,9 @@ impl<R: SocketRegistry> ConnTable<R> {
     }
 
     fn close(&mut self, pid: u32, fd: i32, ts: u64, out: &mut Vec<StreamEvent>) {
-        self.registry.untrack_listener(pid, fd);
+        if self.listeners.remove(&(pid, fd)).is_some() {
+            self.registry.untrack_listener(pid, fd);
+        }
         if let Some(conn) = self.conns.remove(&(pid, fd)) {
             self.registry.untrack(pid, fd);
             Stats::inc(&self.stats.connections_closed);
@@ -257,6 +313,11 @@ impl<R: SocketRegistry> ConnTable<R> {
     fn on_exit(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
         for fd in self.fds_of(pid) {
             self.close(pid, fd, ts, out);
+        }
+        let listeners: Vec<_> = self.listeners.keys().filter(|(p, _)| *p == pid).copied().collect();
+        for (p, fd) in listeners {
+            self.listeners.remove(&(p, fd));
+            self.registry.untrack_listener(p, fd);
         }
         self.processes.forget(pid);
     }

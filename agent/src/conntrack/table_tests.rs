@@ -22,8 +22,8 @@ impl SocketRegistry for Recorder {
     fn untrack(&mut self, pid: u32, fd: i32) {
         self.calls.push(format!("untrack {pid} {fd}"));
     }
-    fn track_listener(&mut self, pid: u32, fd: i32) {
-        self.calls.push(format!("listener {pid} {fd}"));
+    fn track_listener(&mut self, pid: u32, fd: i32, port: u16) {
+        self.calls.push(format!("listener {pid} {fd} :{port}"));
     }
     fn untrack_listener(&mut self, _pid: u32, _fd: i32) {}
 }
@@ -49,6 +49,7 @@ fn conn(kind: ConnKind, pid: u32, fd: i32) -> ConnRecord {
         tuple: None,
         remote: None,
         listen_fd: 0,
+        listen_port: 0,
         comm: Default::default(),
     }
 }
@@ -203,13 +204,78 @@ fn seed_registers_preexisting_sockets_in_kernel_and_table() {
             tuple: tuple("127.0.0.1:80", "127.0.0.1:5555"),
             role: Role::Server,
         }],
-        listeners: vec![(PID, 3)],
+        listeners: vec![(PID, 3, 80)],
     };
     let mut out = vec![];
     t.seed(&scan, &mut out);
-    assert_eq!(t.registry.calls, vec![format!("listener {PID} 3"), format!("track {PID} 4 role=2")]);
+    assert_eq!(t.registry.calls, vec![format!("listener {PID} 3 :80"), format!("track {PID} 4 role=2")]);
     let out = apply(&mut t, data(PID, 4, b"HTTP/1.1 200 OK"));
     let [StreamEvent::Data(info, _)] = out.as_slice() else { panic!("{out:?}") };
     assert!(info.preexisting);
     assert_eq!(info.role, Role::Server);
+}
+
+fn listen(t: &mut ConnTable<Recorder>, pid: u32, fd: i32, port: u16) {
+    let mut l = conn(ConnKind::Listen, pid, fd);
+    l.listen_port = port;
+    apply(t, KernelEvent::Conn(l));
+}
+
+fn estab(t: &mut ConnTable<Recorder>, ts: u64, local: &str, remote: &str) {
+    let mut e = conn(ConnKind::ServerEstab, 0, -1);
+    e.ts_ns = ts;
+    e.tuple = Some(tuple(local, remote));
+    apply(t, KernelEvent::Conn(e));
+}
+
+fn accept_null(t: &mut ConnTable<Recorder>, pid: u32, listen_fd: i32, fd: i32) -> Option<SocketTuple> {
+    let mut a = conn(ConnKind::Accept, pid, fd);
+    a.listen_fd = listen_fd;
+    a.ts_ns = 150;
+    let out = apply(t, KernelEvent::Conn(a));
+    match out.as_slice() {
+        [StreamEvent::Open(info)] => info.tuple,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn accept_without_sockaddr_takes_the_only_pending_tuple_of_its_port() {
+    let mut t = table();
+    listen(&mut t, PID, 3, 8080);
+    estab(&mut t, 100, "127.0.0.1:9999", "127.0.0.1:1111"); // another port
+    estab(&mut t, 110, "127.0.0.1:8080", "127.0.0.1:2222");
+    assert_eq!(accept_null(&mut t, PID, 3, 10), Some(tuple("127.0.0.1:8080", "127.0.0.1:2222")));
+    // Claimed: a second accept has nothing left to take.
+    assert_eq!(accept_null(&mut t, PID, 3, 11), None);
+}
+
+#[test]
+fn two_pending_tuples_on_one_port_are_ambiguous() {
+    let mut t = table();
+    listen(&mut t, PID, 3, 8080);
+    estab(&mut t, 100, "127.0.0.1:8080", "127.0.0.1:2222");
+    estab(&mut t, 101, "10.1.0.5:8080", "10.1.0.9:3333"); // same port, other netns
+    assert_eq!(accept_null(&mut t, PID, 3, 10), None);
+}
+
+#[test]
+fn accepts_with_a_tuple_clear_their_pending_entry() {
+    let mut t = table();
+    listen(&mut t, PID, 3, 8080);
+    estab(&mut t, 100, "127.0.0.1:8080", "127.0.0.1:2222");
+    estab(&mut t, 101, "127.0.0.1:8080", "127.0.0.1:3333");
+    let mut a = conn(ConnKind::Accept, PID, 10);
+    a.tuple = Some(tuple("127.0.0.1:8080", "127.0.0.1:2222"));
+    apply(&mut t, KernelEvent::Conn(a));
+    assert_eq!(accept_null(&mut t, PID, 3, 11), Some(tuple("127.0.0.1:8080", "127.0.0.1:3333")));
+}
+
+#[test]
+fn stale_pending_tuples_expire() {
+    let mut t = table();
+    listen(&mut t, PID, 3, 8080);
+    estab(&mut t, 100, "127.0.0.1:8080", "127.0.0.1:2222"); // never accepted by us
+    estab(&mut t, 100 + PENDING_TTL_NS, "127.0.0.1:8080", "127.0.0.1:3333");
+    assert_eq!(accept_null(&mut t, PID, 3, 10), Some(tuple("127.0.0.1:8080", "127.0.0.1:3333")));
 }

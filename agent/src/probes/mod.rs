@@ -101,7 +101,7 @@ fn set_memlock_unlimited() {
 }
 
 /// Reads the cgroup v2 id (the directory's inode) of a cgroup path.
-fn cgroup_id(path: &PathBuf) -> Result<u64, LoadError> {
+pub fn cgroup_id(path: &PathBuf) -> Result<u64, LoadError> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
         .map(|m| m.ino())
@@ -257,7 +257,7 @@ impl Probes {
 /// The kernel's socket maps, as user space writes them.
 pub struct KernelSockets {
     socks: BpfHashMap<MapData, u64, SockInfo>,
-    listeners: BpfHashMap<MapData, u64, u8>,
+    listeners: BpfHashMap<MapData, u64, u32>,
 }
 
 /// What the connection table needs from the kernel maps. A trait so the
@@ -265,7 +265,7 @@ pub struct KernelSockets {
 pub trait SocketRegistry: Send {
     fn track(&mut self, pid: u32, fd: i32, info: SockInfo);
     fn untrack(&mut self, pid: u32, fd: i32);
-    fn track_listener(&mut self, pid: u32, fd: i32);
+    fn track_listener(&mut self, pid: u32, fd: i32, port: u16);
     fn untrack_listener(&mut self, pid: u32, fd: i32);
 }
 
@@ -278,8 +278,8 @@ impl SocketRegistry for KernelSockets {
     fn untrack(&mut self, pid: u32, fd: i32) {
         let _ = self.socks.remove(&sonde_common::sock_key(pid, fd as u32));
     }
-    fn track_listener(&mut self, pid: u32, fd: i32) {
-        let _ = self.listeners.insert(sonde_common::sock_key(pid, fd as u32), 1, 0);
+    fn track_listener(&mut self, pid: u32, fd: i32, port: u16) {
+        let _ = self.listeners.insert(sonde_common::sock_key(pid, fd as u32), port as u32, 0);
     }
     fn untrack_listener(&mut self, pid: u32, fd: i32) {
         let _ = self.listeners.remove(&sonde_common::sock_key(pid, fd as u32));

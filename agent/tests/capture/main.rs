@@ -1,0 +1,335 @@
+//! Privileged integration tests: the real probes on the running kernel,
+//! observing real child processes that exchange known payloads over loopback.
+//!
+//! Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE). Run through
+//! `cargo xtask test`, which explains what is missing otherwise.
+mod peer;
+mod support;
+
+use libtest_mimic::{Arguments, Trial};
+use sonde::{
+    conntrack::StreamEvent,
+    event::{Direction, Role, Syscall},
+    session::SessionConfig,
+};
+use support::*;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("peer") {
+        peer::main(&args[2..]);
+        return;
+    }
+    let mut args = Arguments::from_args();
+    // Tests load their own probes and watch the whole machine: run one at a time.
+    args.test_threads = Some(1);
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "capture tests need root to load eBPF programs (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE).\n\
+             Run `sudo -E cargo xtask test`, or `cargo xtask test --unit` for the unprivileged tests."
+        );
+        std::process::exit(1);
+    }
+    let trials = vec![
+        Trial::test("write_read", || exchange("write", Syscall::Write, Syscall::Read)),
+        Trial::test("writev_readv_three_iovecs", || exchange("writev", Syscall::Writev, Syscall::Readv)),
+        Trial::test("sendto_recvfrom", || exchange("sendto", Syscall::Sendto, Syscall::Recvfrom)),
+        Trial::test("sendmsg_recvmsg_three_iovecs", || exchange("sendmsg", Syscall::Sendmsg, Syscall::Recvmsg)),
+        Trial::test("accept_without_sockaddr_still_gets_its_tuple", || {
+            exchange("null-accept", Syscall::Write, Syscall::Read)
+        }),
+        Trial::test("payload_larger_than_capture_size", || { payload_larger_than_capture(); Ok(()) }),
+        Trial::test("connection_opened_before_agent", || { preexisting_connection(); Ok(()) }),
+        Trial::test("agent_traffic_is_not_reported", || { own_traffic_is_filtered(); Ok(()) }),
+        Trial::test("pid_filter_limits_capture", || { pid_filter(); Ok(()) }),
+        Trial::test("flood_counts_drops_and_keeps_delivered_events_intact", || { flood(); Ok(()) }),
+        Trial::test("capture_cli_shows_curl_against_python_http_server", || { cli_curl(); Ok(()) }),
+        Trial::test("doctor_reports_this_kernel", || { doctor(); Ok(()) }),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// One request/response through `mode`'s syscall family, checked field by
+/// field on both ends.
+fn exchange(mode: &str, send: Syscall, recv: Syscall) -> Result<(), libtest_mimic::Failed> {
+    let rt = runtime();
+    let mut session = start(&rt, SessionConfig::default());
+    let (server, client) = pair(mode, &[]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let (s_local, c_local) = (server.local, client.local);
+    assert_eq!(client.remote, s_local);
+    client.finish();
+    server.finish();
+    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+
+    let req = peer::request(mode);
+    let resp = peer::response(mode);
+    for (pid, fd, role, local, remote, sent, received) in [
+        (c.0, c.1, Role::Client, c_local, s_local, &req, &resp),
+        (s.0, s.1, Role::Server, s_local, c_local, &resp, &req),
+    ] {
+        let data = data_of(&events, pid);
+        assert!(!data.is_empty(), "no data events for {role:?} pid {pid}");
+        let mut egress = vec![];
+        let mut ingress = vec![];
+        for (conn, d) in &data {
+            // Only the socket: the peer's file writes and stdout pipe are not reported.
+            assert_eq!(d.fd, fd, "event on a non-socket fd: {d:?}");
+            assert!(!d.payload.windows(9).any(|w| w == b"FILE-DATA"), "file write captured");
+            assert_eq!(conn.role, role);
+            let tuple = conn.tuple.expect("tuple known");
+            assert_eq!((tuple.local, tuple.remote), (local, remote), "tuple of {role:?}");
+            assert!(d.enter_ns <= d.exit_ns, "enter {} > exit {}", d.enter_ns, d.exit_ns);
+            assert_eq!(d.bytes as usize, d.payload.len(), "small payloads are captured whole");
+            match d.direction {
+                Direction::Egress => {
+                    assert_eq!(d.syscall, send);
+                    egress.extend_from_slice(&d.payload);
+                }
+                Direction::Ingress => {
+                    assert_eq!(d.syscall, recv);
+                    ingress.extend_from_slice(&d.payload);
+                }
+            }
+        }
+        assert_eq!(&egress, sent, "{role:?} egress bytes");
+        assert_eq!(&ingress, received, "{role:?} ingress bytes");
+    }
+    // Exactly one connection per side, opened and closed.
+    for (pid, fd) in [s, c] {
+        let opens = events.iter().filter(|e| matches!(e, StreamEvent::Open(i) if (i.pid, i.fd) == (pid, fd))).count();
+        assert_eq!(opens, 1, "open events for pid {pid} fd {fd}");
+    }
+    Ok(())
+}
+
+fn payload_larger_than_capture() {
+    let rt = runtime();
+    let mut cfg = SessionConfig::default();
+    cfg.probes.capture_size = 1024;
+    let mut session = start(&rt, cfg);
+    let (server, client) = pair("big", &[]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    client.finish();
+    server.finish();
+    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    for (pid, tag) in [(c.0, b'Q'), (s.0, b'R')] {
+        let sent: Vec<_> = data_of(&events, pid).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
+        let total: u64 = sent.iter().map(|(_, d)| d.bytes).sum();
+        assert_eq!(total as usize, peer::BIG, "byte counts cover the whole payload");
+        let (_, first) = sent[0];
+        assert_eq!(first.payload.len(), 1024, "capture stops at --capture-size");
+        assert!(first.truncated());
+        assert_eq!(first.payload[..], peer::big_payload(tag)[..1024], "captured prefix");
+    }
+}
+
+fn preexisting_connection() {
+    let (mut server, mut client) = pair("write", &["--wait"]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let (s_local, c_local) = (server.local, client.local);
+    // The connection exists before the agent starts.
+    let rt = runtime();
+    let mut session = start(&rt, SessionConfig::default());
+    assert!(session.stats().preexisting_connections >= 2, "scan found {:?}", session.stats());
+    server.go();
+    client.go();
+    client.finish();
+    server.finish();
+    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let cdata = data_of(&events, c.0);
+    let (conn, d) = cdata.iter().find(|(_, d)| d.direction == Direction::Egress).expect("client egress");
+    assert!(conn.preexisting);
+    assert_eq!(conn.role, Role::Client);
+    assert_eq!(conn.tuple.map(|t| (t.local, t.remote)), Some((c_local, s_local)));
+    assert_eq!(d.payload, peer::request("write"));
+    let sdata = data_of(&events, s.0);
+    let (conn, d) = sdata.iter().find(|(_, d)| d.direction == Direction::Egress).expect("server egress");
+    assert_eq!(conn.role, Role::Server, "role from the listening socket");
+    assert_eq!(d.payload, peer::response("write"));
+}
+
+fn own_traffic_is_filtered() {
+    use std::io::{Read, Write};
+    let rt = runtime();
+    let mut session = start(&rt, SessionConfig::default());
+    // The agent's own process talks to itself over TCP...
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut b, _) = l.accept().unwrap();
+    a.write_all(b"SELF-TRAFFIC").unwrap();
+    let mut buf = [0u8; 12];
+    b.read_exact(&mut buf).unwrap();
+    drop((a, b));
+    // ...while a peer pair, traced as usual, proves the probes are live.
+    let (server, client) = pair("write", &[]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    client.finish();
+    server.finish();
+    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    assert!(!data_of(&events, c.0).is_empty(), "peer traffic seen");
+    let me = std::process::id();
+    for e in &events {
+        assert_ne!(e.conn().pid, me, "agent's own socket reported: {e:?}");
+        if let StreamEvent::Data(_, d) = e {
+            assert!(!d.payload.windows(12).any(|w| w == b"SELF-TRAFFIC"));
+        }
+    }
+}
+
+fn pid_filter() {
+    let (mut server, mut client) = pair("write", &["--wait"]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let rt = runtime();
+    let mut cfg = SessionConfig::default();
+    cfg.probes.pids = vec![c.0];
+    let mut session = start(&rt, cfg);
+    server.go();
+    client.go();
+    client.finish();
+    server.finish();
+    // The server answers before the client's close, so its events, had the
+    // kernel let them through, would be in the stream by then.
+    let events = collect(&rt, &mut session, |ev| closed(ev, c));
+    assert!(!data_of(&events, c.0).is_empty(), "the filtered-in pid is traced");
+    let pids: Vec<u32> = events.iter().map(|e| e.conn().pid).collect();
+    assert!(!pids.contains(&s.0), "server pid {} leaked through the filter: {pids:?}", s.0);
+    assert!(pids.iter().all(|&p| p == c.0), "only pid {} expected: {pids:?}", c.0);
+}
+
+fn flood() {
+    let rt = runtime();
+    let mut cfg = SessionConfig::default();
+    // A ring far smaller than the burst, drained only by the timer.
+    cfg.probes.ringbuf_bytes = 16 * 1024;
+    cfg.probes.capture_size = 1024;
+    cfg.probes.wakeup_bytes = u64::MAX;
+    cfg.poll_interval = std::time::Duration::from_millis(50);
+    let mut session = start(&rt, cfg);
+    let (server, client) = pair("flood", &[]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    client.finish();
+    server.finish();
+    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let k = session.kernel_counters();
+    assert!(k.ringbuf_drops > 0, "expected ring buffer drops, counters: {k:?}");
+    // Every delivered client write is intact: its payload is exactly the
+    // message its own sequence number names.
+    let sent: Vec<_> = data_of(&events, c.0).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
+    assert!(!sent.is_empty(), "some flood events delivered");
+    assert!(sent.len() < peer::FLOOD_COUNT, "not all delivered, yet drops counted: {}", sent.len());
+    let mut last = None;
+    for (_, d) in &sent {
+        assert_eq!(d.bytes as usize, peer::FLOOD_MSG);
+        let seq: u32 = std::str::from_utf8(&d.payload[4..12]).unwrap().parse().unwrap();
+        assert_eq!(d.payload, peer::flood_message(seq), "payload of seq {seq}");
+        assert!(last < Some(seq), "in order");
+        last = Some(seq);
+    }
+    // The agent is still alive and capturing after the flood.
+    let (server, client) = pair("write", &[]);
+    let (s2, c2) = ((server.pid, server.fd), (client.pid, client.fd));
+    client.finish();
+    server.finish();
+    let after = collect(&rt, &mut session, |ev| closed(ev, s2) && closed(ev, c2));
+    let egress: Vec<u8> = data_of(&after, c2.0).iter().filter(|(_, d)| d.direction == Direction::Egress)
+        .flat_map(|(_, d)| d.payload.clone()).collect();
+    assert_eq!(egress, peer::request("write"));
+}
+
+fn cli_curl() {
+    use std::{io::BufRead, process::{Command, Stdio}};
+    let sonde = env!("CARGO_BIN_EXE_sonde");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut http = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    // python prints "Serving HTTP" once it listens.
+    let mut err = std::io::BufReader::new(http.stderr.take().unwrap());
+    let mut capture = Command::new(sonde)
+        .args(["capture", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sonde capture");
+    let mut cerr = std::io::BufReader::new(capture.stderr.take().unwrap());
+    let mut line = String::new();
+    cerr.read_line(&mut line).unwrap();
+    assert!(line.contains("capturing"), "sonde capture did not start: {line}");
+    // Wait until the HTTP server is accepting.
+    let mut ready = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ready, "http.server never listened");
+    let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}/")]).output().expect("curl");
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    // Read JSON lines until both sides of curl's exchange are seen.
+    let mut lines = std::io::BufReader::new(capture.stdout.take().unwrap()).lines();
+    let (mut request, mut response) = (false, false);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !(request && response) {
+        assert!(std::time::Instant::now() < deadline, "curl exchange not captured");
+        let Some(Ok(l)) = lines.next() else { panic!("sonde capture ended") };
+        let v: serde_json::Value = serde_json::from_str(&l).expect("JSON line");
+        let payload = v["data"]["payload"].as_str().unwrap_or("");
+        let egress = v["data"]["direction"] == "egress";
+        if v["comm"] == "curl" && egress && payload.starts_with("GET / HTTP/1.1\\r\\n") {
+            assert_eq!(v["role"], "client");
+            assert_eq!(v["remote"], format!("127.0.0.1:{port}"));
+            request = true;
+        }
+        if v["comm"] == "python3" && egress && payload.starts_with("HTTP/1.0 200 OK\\r\\n") {
+            assert_eq!(v["role"], "server");
+            assert_eq!(v["local"], format!("127.0.0.1:{port}"));
+            response = true;
+        }
+    }
+    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
+    let status = capture.wait().unwrap();
+    assert!(status.success(), "sonde capture exit: {status}");
+    let _ = http.kill();
+    let _ = http.wait();
+    drop(err.fill_buf());
+}
+
+fn doctor() {
+    let sonde = env!("CARGO_BIN_EXE_sonde");
+    let out = std::process::Command::new(sonde).args(["doctor", "--json"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor says capture is impossible: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let check = |name: &str| {
+        v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check")).clone()
+    };
+    assert_eq!(check("tracepoints")["available"], true);
+    for tp in v["tracepoints"].as_array().unwrap() {
+        if tp["required"] == true {
+            assert_eq!(tp["state"], "attached", "{tp}");
+        }
+    }
+    // kprobes: compare with the kernel's own interfaces.
+    let kprobes_exist = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    assert_eq!(check("kprobes")["available"], kprobes_exist, "{}", check("kprobes"));
+    if !kprobes_exist {
+        assert!(check("kprobes")["detail"].as_str().unwrap().contains("CONFIG_KPROBES=n"));
+    }
+    // fentry: whichever way it goes, an unavailable verdict carries its reason.
+    let fentry = check("fentry");
+    if fentry["available"] == false {
+        assert!(fentry["detail"].as_str().unwrap().starts_with("unavailable: "), "{fentry}");
+    }
+    let human = std::process::Command::new(sonde).arg("doctor").output().unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("capture: possible"), "{human}");
+}

@@ -1,0 +1,244 @@
+//! The traffic peer: this test binary re-executed as a child process, so its
+//! traffic is not the agent's own. It speaks one syscall family, chosen on
+//! the command line, and reports its socket's fd and tuple on stdout.
+//!
+//! `peer server <mode> [--wait] [--null-accept]` listens on 127.0.0.1:0 and
+//! prints `LISTEN <port>`; `peer client <mode> <port> [--wait]` connects.
+//! Both print `SOCKET fd=<fd> local=<addr> remote=<addr>`, then (with
+//! `--wait`) `READY` and wait for a line on stdin, then exchange one request
+//! and one response, print `DONE` and close.
+use std::{
+    io::{BufRead, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::{AsRawFd, IntoRawFd},
+};
+
+pub const FLOOD_MSG: usize = 512;
+pub const FLOOD_COUNT: usize = 20_000;
+
+/// The request a client of `mode` sends.
+pub fn request(mode: &str) -> Vec<u8> {
+    let mut v = format!("PING:{mode}:").into_bytes();
+    v.extend((0..40u8).map(|i| b'a' + i % 26));
+    v
+}
+
+/// The response a server of `mode` sends.
+pub fn response(mode: &str) -> Vec<u8> {
+    let mut v = format!("PONG:{mode}:").into_bytes();
+    v.extend((0..40u8).map(|i| b'A' + i % 26));
+    v
+}
+
+/// The large-payload mode sends this many bytes each way.
+pub const BIG: usize = 64 * 1024;
+
+pub fn big_payload(tag: u8) -> Vec<u8> {
+    let mut v = vec![tag; 8];
+    v.extend((0..BIG - 8).map(|i| (i % 251) as u8));
+    v
+}
+
+/// Flood message `seq`: a header carrying the sequence number, then bytes
+/// derived from it, so every delivered copy can be checked on its own.
+pub fn flood_message(seq: u32) -> Vec<u8> {
+    let mut v = format!("SEQ:{seq:08}:").into_bytes();
+    while v.len() < FLOOD_MSG {
+        v.push(b'0' + ((seq as usize + v.len()) % 10) as u8);
+    }
+    v
+}
+
+fn out(line: String) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn check(rc: isize, what: &str) -> usize {
+    if rc < 0 {
+        panic!("{what}: {}", std::io::Error::last_os_error());
+    }
+    rc as usize
+}
+
+/// Sends all of `data` with the syscall family of `mode`.
+fn send(fd: i32, mode: &str, data: &[u8]) {
+    let mut off = 0;
+    while off < data.len() {
+        let rest = &data[off..];
+        let n = unsafe {
+            match mode {
+                "write" | "big" | "null-accept" => check(libc::write(fd, rest.as_ptr().cast(), rest.len()), "write"),
+                "sendto" => check(
+                    libc::sendto(fd, rest.as_ptr().cast(), rest.len(), 0, std::ptr::null(), 0),
+                    "sendto",
+                ),
+                "writev" | "sendmsg" => {
+                    // Three iovecs (or fewer for a short tail).
+                    let a = rest.len().min(5);
+                    let b = (rest.len() - a).min(7);
+                    let iov = [
+                        libc::iovec { iov_base: rest.as_ptr() as *mut _, iov_len: a },
+                        libc::iovec { iov_base: rest[a..].as_ptr() as *mut _, iov_len: b },
+                        libc::iovec { iov_base: rest[a + b..].as_ptr() as *mut _, iov_len: rest.len() - a - b },
+                    ];
+                    if mode == "writev" {
+                        check(libc::writev(fd, iov.as_ptr(), 3), "writev")
+                    } else {
+                        let mut msg: libc::msghdr = std::mem::zeroed();
+                        msg.msg_iov = iov.as_ptr() as *mut _;
+                        msg.msg_iovlen = 3;
+                        check(libc::sendmsg(fd, &msg, 0), "sendmsg")
+                    }
+                }
+                m => panic!("unknown mode {m}"),
+            }
+        };
+        off += n;
+    }
+}
+
+/// Receives exactly `len` bytes with the syscall family of `mode`.
+fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
+    let mut got = Vec::with_capacity(len);
+    while got.len() < len {
+        let want = len - got.len();
+        let mut buf = vec![0u8; want];
+        let n = unsafe {
+            match mode {
+                "write" | "big" | "null-accept" => check(libc::read(fd, buf.as_mut_ptr().cast(), want), "read"),
+                "sendto" => check(
+                    libc::recvfrom(fd, buf.as_mut_ptr().cast(), want, 0, std::ptr::null_mut(), std::ptr::null_mut()),
+                    "recvfrom",
+                ),
+                "writev" | "sendmsg" => {
+                    // Spread the bytes over three buffers: 5, 7 and the rest.
+                    let a = want.min(5);
+                    let b = (want - a).min(7);
+                    let (x, rest) = buf.split_at_mut(a);
+                    let (y, z) = rest.split_at_mut(b);
+                    let iov = [
+                        libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: x.len() },
+                        libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: y.len() },
+                        libc::iovec { iov_base: z.as_mut_ptr().cast(), iov_len: z.len() },
+                    ];
+                    if mode == "writev" {
+                        check(libc::readv(fd, iov.as_ptr(), 3), "readv")
+                    } else {
+                        let mut msg: libc::msghdr = std::mem::zeroed();
+                        msg.msg_iov = iov.as_ptr() as *mut _;
+                        msg.msg_iovlen = 3;
+                        check(libc::recvmsg(fd, &mut msg, 0), "recvmsg")
+                    }
+                }
+                m => panic!("unknown mode {m}"),
+            }
+        };
+        if n == 0 {
+            panic!("peer closed after {} of {len} bytes", got.len());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+fn wait_for_go(wait: bool) {
+    if wait {
+        out("READY".into());
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+}
+
+fn report(fd: i32) {
+    let (local, remote) = unsafe { names(fd) };
+    out(format!("SOCKET fd={fd} local={local} remote={remote}"));
+}
+
+unsafe fn names(fd: i32) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let s = std::mem::ManuallyDrop::new(unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    (s.local_addr().unwrap(), s.peer_addr().unwrap())
+}
+
+/// A file write between socket calls: it must never show up in capture.
+fn write_a_file() {
+    let path = std::env::temp_dir().join(format!("sonde-peer-{}", std::process::id()));
+    let f = std::fs::File::create(&path).unwrap();
+    let data = b"FILE-DATA-MUST-NOT-BE-CAPTURED";
+    unsafe { libc::write(f.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    drop(f);
+    let _ = std::fs::remove_file(path);
+}
+
+pub fn main(args: &[String]) {
+    let role = args[0].as_str();
+    let mode = args[1].as_str();
+    let wait = args.iter().any(|a| a == "--wait");
+    match role {
+        "server" => {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            out(format!("LISTEN {}", l.local_addr().unwrap().port()));
+            let fd = if mode == "null-accept" {
+                // Like libuv: no sockaddr, so the kernel cannot tell the tuple.
+                check(unsafe { libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), 0) } as isize, "accept4") as i32
+            } else {
+                l.accept().unwrap().0.into_raw_fd()
+            };
+            report(fd);
+            wait_for_go(wait);
+            match mode {
+                "flood" => {
+                    let mut total = 0;
+                    let mut buf = vec![0u8; 65536];
+                    while total < FLOOD_MSG * FLOOD_COUNT {
+                        let n = check(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }, "read");
+                        assert!(n > 0, "flood client went away");
+                        total += n;
+                    }
+                    send(fd, "write", b"FLOOD-OVER");
+                }
+                "big" => {
+                    let req = recv(fd, mode, BIG);
+                    assert_eq!(req, big_payload(b'Q'));
+                    send(fd, mode, &big_payload(b'R'));
+                }
+                _ => {
+                    let req = recv(fd, mode, request(mode).len());
+                    assert_eq!(req, request(mode));
+                    send(fd, mode, &response(mode));
+                }
+            }
+            unsafe { libc::close(fd) };
+            out("DONE".into());
+            drop(l);
+        }
+        "client" => {
+            let port: u16 = args[2].parse().unwrap();
+            let fd = TcpStream::connect(("127.0.0.1", port)).unwrap().into_raw_fd();
+            report(fd);
+            wait_for_go(wait);
+            match mode {
+                "flood" => {
+                    for seq in 0..FLOOD_COUNT as u32 {
+                        send(fd, "write", &flood_message(seq));
+                    }
+                    assert_eq!(recv(fd, "write", 10), b"FLOOD-OVER");
+                }
+                "big" => {
+                    send(fd, mode, &big_payload(b'Q'));
+                    assert_eq!(recv(fd, mode, BIG), big_payload(b'R'));
+                }
+                _ => {
+                    write_a_file();
+                    send(fd, mode, &request(mode));
+                    write_a_file();
+                    assert_eq!(recv(fd, mode, response(mode).len()), response(mode));
+                }
+            }
+            unsafe { libc::close(fd) };
+            out("DONE".into());
+        }
+        r => panic!("unknown peer role {r}"),
+    }
+}
