@@ -1,1 +1,65 @@
-fn main(){}
+//! `cargo xtask <task>`: everything a fresh machine needs to build, test and
+//! run sonde, done by the repo itself.
+mod apt;
+mod run;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src for the nightly,
+    /// bpf-linker built against the nightly's LLVM (cached), Debian packages.
+    Setup {
+        /// Skip the Debian packages (toolchain only).
+        #[arg(long)]
+        no_apt: bool,
+    },
+    /// Build the agent (debug) with its eBPF programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Unit tests, then the privileged integration suite on this kernel.
+    Test {
+        /// Only the unprivileged unit tests.
+        #[arg(long, conflicts_with = "privileged")]
+        unit: bool,
+        /// Only the privileged integration suite.
+        #[arg(long)]
+        privileged: bool,
+        /// Passed to the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build and run `sonde` (default: `sonde run`) as root.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for sonde, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.task {
+        Task::Setup { no_apt } => toolchain::setup(!no_apt),
+        Task::Build { release } => toolchain::setup(false).and_then(|()| run::build(release)),
+        Task::Test { unit, privileged, args } => run::test(!privileged, !unit, &args),
+        Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,48 @@
+//! Debian packages the test suites drive as real peers.
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::run::sh;
+
+/// What the privileged suite runs against.
+pub const TEST_PACKAGES: &[&str] = &["curl", "iproute2", "procps"];
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+pub fn ensure(pkgs: &[&str]) -> Result<()> {
+    let mut missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    // The image may ship python3 outside Debian (pyenv); any python3 will do.
+    if Command::new("python3").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        missing.push("python3");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if unsafe_geteuid() != 0 {
+        bail!("missing Debian packages {missing:?}; install them as root: apt-get install -y {}", missing.join(" "));
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    sh(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive")).context("apt-get update")?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("apt-get install")
+}
+
+pub fn unsafe_geteuid() -> u32 {
+    // `id -u` avoids a libc dependency for one call.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}

@@ -1,0 +1,68 @@
+//! Building, testing and running.
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{apt::unsafe_geteuid, toolchain};
+
+/// Runs a command with inherited stdio, failing on a non-zero exit.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} exited with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Let build.rs find the cached bpf-linker even without a PATH entry.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![toolchain::bpf_linker_bin()];
+    paths.extend(std::env::split_paths(&path));
+    c.env("PATH", std::env::join_paths(paths).expect("PATH"));
+    c
+}
+
+pub fn build(release: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--package", "sonde"]);
+    if release {
+        c.arg("--release");
+    }
+    sh(&mut c)
+}
+
+pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
+    toolchain::setup(privileged)?;
+    if unit {
+        eprintln!("xtask: unit tests");
+        sh(cargo().args(["test", "--lib", "--bins"]).arg("--").args(args))?;
+    }
+    if privileged {
+        if unsafe_geteuid() != 0 {
+            bail!(
+                "the privileged suite loads eBPF programs and needs root (CAP_BPF, CAP_PERFMON, \
+                 CAP_SYS_PTRACE). Run `sudo -E cargo xtask test`, or `cargo xtask test --unit`"
+            );
+        }
+        eprintln!("xtask: privileged integration suite on this kernel");
+        sh(cargo().args(["test", "--package", "sonde", "--test", "capture", "--"]).args(args))?;
+    }
+    Ok(())
+}
+
+pub fn run(release: bool, args: &[String]) -> Result<()> {
+    build(release)?;
+    let bin = format!("target/{}/sonde", if release { "release" } else { "debug" });
+    let args: Vec<String> = if args.is_empty() { vec!["run".into()] } else { args.to_vec() };
+    let mut cmd = if unsafe_geteuid() == 0 {
+        Command::new(&bin)
+    } else {
+        eprintln!("xtask: sonde needs root to load its probes; using sudo");
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&bin);
+        c
+    };
+    sh(cmd.args(&args))
+}
