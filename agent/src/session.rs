@@ -1,13 +1,16 @@
 //! Wiring of the capture stages: probes -> reader -> connection table, ending
 //! in a channel of [`StreamEvent`]s for whichever consumer runs (the capture
 //! printer now, the protocol parsers later).
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     conntrack::{procnet, ConnTable, StreamEvent},
-    probes::{KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes},
+    probes::{KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes, QuietError, SharedSockets},
     reader,
     stats::{Stats, StatsSnapshot},
 };
@@ -40,6 +43,7 @@ pub struct Session {
     pub stats: Arc<Stats>,
     pub probe_report: Vec<ProbeStatus>,
     kernel_stats: KernelStats,
+    sockets: SharedSockets,
     tasks: Vec<JoinHandle<()>>,
     _probes: Probes,
 }
@@ -52,10 +56,10 @@ impl Session {
         let mut probes = Probes::load(&cfg.probes)?;
         spawn_ebpf_logger(&mut probes);
         let ring = probes.take_events();
-        let sockets = probes.take_socket_maps();
+        let sockets: SharedSockets = Arc::new(Mutex::new(probes.take_socket_maps()));
         let kernel_stats = probes.take_stats();
 
-        let mut table = ConnTable::new(sockets, stats.clone());
+        let mut table = ConnTable::new(sockets.clone(), stats.clone());
         let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
         let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity);
 
@@ -104,9 +108,16 @@ impl Session {
             stats,
             probe_report: probes.report.clone(),
             kernel_stats,
+            sockets,
             tasks: vec![reader, conntrack],
             _probes: probes,
         })
+    }
+
+    /// Stops payload copying for a connection classified as uninteresting;
+    /// its data events keep their timing and byte counts.
+    pub fn set_quiet(&self, pid: u32, fd: i32) -> Result<(), QuietError> {
+        self.sockets.lock().expect("socket maps lock").set_quiet(pid, fd)
     }
 
     pub fn kernel_counters(&self) -> KernelCounters {

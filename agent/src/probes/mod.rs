@@ -254,7 +254,31 @@ impl Probes {
     }
 }
 
-/// The kernel's socket maps, as user space writes them.
+/// The kernel's socket maps, as user space writes them. Shared by the
+/// connection table (which mirrors opens and closes into them) and the
+/// session (which marks connections quiet for the protocol stages).
+pub type SharedSockets = std::sync::Arc<std::sync::Mutex<KernelSockets>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuietError {
+    #[error("pid {0} fd {1} is not a tracked socket")]
+    NotTracked(u32, i32),
+    #[error("updating the socket map: {0}")]
+    Map(String),
+}
+
+impl KernelSockets {
+    /// Stops payload copying for one socket: the kernel keeps reporting
+    /// timing and byte counts, with `PAYLOAD_SKIPPED` set.
+    pub fn set_quiet(&mut self, pid: u32, fd: i32) -> Result<(), QuietError> {
+        let key = sonde_common::sock_key(pid, fd as u32);
+        let mut info = self.socks.get(&key, 0).map_err(|_| QuietError::NotTracked(pid, fd))?;
+        info.flags |= sonde_common::sock_flags::QUIET;
+        // BPF_EXIST: never resurrect a socket that closed meanwhile.
+        self.socks.insert(key, info, 2).map_err(|e| QuietError::Map(e.to_string()))
+    }
+}
+
 pub struct KernelSockets {
     socks: BpfHashMap<MapData, u64, SockInfo>,
     listeners: BpfHashMap<MapData, u64, u32>,
@@ -267,6 +291,21 @@ pub trait SocketRegistry: Send {
     fn untrack(&mut self, pid: u32, fd: i32);
     fn track_listener(&mut self, pid: u32, fd: i32, port: u16);
     fn untrack_listener(&mut self, pid: u32, fd: i32);
+}
+
+impl SocketRegistry for SharedSockets {
+    fn track(&mut self, pid: u32, fd: i32, info: SockInfo) {
+        self.lock().expect("socket maps lock").track(pid, fd, info)
+    }
+    fn untrack(&mut self, pid: u32, fd: i32) {
+        self.lock().expect("socket maps lock").untrack(pid, fd)
+    }
+    fn track_listener(&mut self, pid: u32, fd: i32, port: u16) {
+        self.lock().expect("socket maps lock").track_listener(pid, fd, port)
+    }
+    fn untrack_listener(&mut self, pid: u32, fd: i32) {
+        self.lock().expect("socket maps lock").untrack_listener(pid, fd)
+    }
 }
 
 impl SocketRegistry for KernelSockets {

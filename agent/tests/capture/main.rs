@@ -35,6 +35,9 @@ fn main() {
         Trial::test("writev_readv_three_iovecs", || exchange("writev", Syscall::Writev, Syscall::Readv)),
         Trial::test("sendto_recvfrom", || exchange("sendto", Syscall::Sendto, Syscall::Recvfrom)),
         Trial::test("sendmsg_recvmsg_three_iovecs", || exchange("sendmsg", Syscall::Sendmsg, Syscall::Recvmsg)),
+        Trial::test("sendmmsg_recvmmsg_two_messages", || exchange("mmsg", Syscall::Sendmmsg, Syscall::Recvmmsg)),
+        Trial::test("sendfile_reports_bytes_and_timing", || { sendfile(); Ok(()) }),
+        Trial::test("quiet_connection_keeps_counts_without_payload", || { quiet(); Ok(()) }),
         Trial::test("accept_without_sockaddr_still_gets_its_tuple", || {
             exchange("null-accept", Syscall::Write, Syscall::Read)
         }),
@@ -101,6 +104,61 @@ fn exchange(mode: &str, send: Syscall, recv: Syscall) -> Result<(), libtest_mimi
         assert_eq!(opens, 1, "open events for pid {pid} fd {fd}");
     }
     Ok(())
+}
+
+fn sendfile() {
+    let rt = runtime();
+    let mut session = start(&rt, SessionConfig::default());
+    let (server, client) = pair("sendfile", &[]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    client.finish();
+    server.finish();
+    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let out: Vec<_> = data_of(&events, s.0).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
+    assert!(!out.is_empty(), "no server egress");
+    let total: u64 = out.iter().map(|(_, d)| d.bytes).sum();
+    assert_eq!(total as usize, peer::response("sendfile").len());
+    for (conn, d) in out {
+        assert_eq!(d.syscall, Syscall::Sendfile);
+        assert_eq!(conn.role, Role::Server);
+        assert!(d.payload.is_empty(), "sendfile has no user buffer to copy");
+        assert_ne!(d.flags & sonde_common::data_flags::NO_PAYLOAD_SOURCE, 0);
+        assert!(d.enter_ns <= d.exit_ns);
+    }
+    // The client read it with read(2), payload and all.
+    let got: Vec<u8> = data_of(&events, c.0).iter().filter(|(_, d)| d.direction == Direction::Ingress)
+        .flat_map(|(_, d)| d.payload.clone()).collect();
+    assert_eq!(got, peer::response("sendfile"));
+}
+
+fn quiet() {
+    let (mut server, mut client) = pair("write", &["--wait"]);
+    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let rt = runtime();
+    let mut session = start(&rt, SessionConfig::default());
+    session.set_quiet(c.0, c.1).expect("client socket is tracked");
+    assert!(session.set_quiet(c.0, 9999).is_err(), "an untracked fd is refused");
+    server.go();
+    client.go();
+    client.finish();
+    server.finish();
+    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let quiet = data_of(&events, c.0);
+    assert!(!quiet.is_empty());
+    let mut sent = 0;
+    for (_, d) in &quiet {
+        assert!(d.payload.is_empty(), "payload copied for a quiet socket: {d:?}");
+        assert_ne!(d.flags & sonde_common::data_flags::PAYLOAD_SKIPPED, 0);
+        assert!(d.enter_ns <= d.exit_ns);
+        if d.direction == Direction::Egress {
+            sent += d.bytes;
+        }
+    }
+    assert_eq!(sent as usize, peer::request("write").len(), "byte counts kept");
+    // The other end of the same connection is unaffected.
+    let loud: Vec<u8> = data_of(&events, s.0).iter().filter(|(_, d)| d.direction == Direction::Ingress)
+        .flat_map(|(_, d)| d.payload.clone()).collect();
+    assert_eq!(loud, peer::request("write"));
 }
 
 fn payload_larger_than_capture() {

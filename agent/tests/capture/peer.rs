@@ -69,7 +69,25 @@ fn send(fd: i32, mode: &str, data: &[u8]) {
         let rest = &data[off..];
         let n = unsafe {
             match mode {
-                "write" | "big" | "null-accept" => check(libc::write(fd, rest.as_ptr().cast(), rest.len()), "write"),
+                "write" | "big" | "null-accept" | "sendfile" => {
+                    check(libc::write(fd, rest.as_ptr().cast(), rest.len()), "write")
+                }
+                "mmsg" => {
+                    // Two messages: the first 10 bytes, then the rest.
+                    let a = rest.len().min(10);
+                    let iov = [
+                        libc::iovec { iov_base: rest.as_ptr() as *mut _, iov_len: a },
+                        libc::iovec { iov_base: rest[a..].as_ptr() as *mut _, iov_len: rest.len() - a },
+                    ];
+                    let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
+                    for (m, v) in msgs.iter_mut().zip(&iov) {
+                        m.msg_hdr.msg_iov = v as *const _ as *mut _;
+                        m.msg_hdr.msg_iovlen = 1;
+                    }
+                    let vlen = if rest.len() > a { 2 } else { 1 };
+                    let sent = check(libc::sendmmsg(fd, msgs.as_mut_ptr(), vlen, 0) as isize, "sendmmsg");
+                    msgs[..sent].iter().map(|m| m.msg_len as usize).sum()
+                }
                 "sendto" => check(
                     libc::sendto(fd, rest.as_ptr().cast(), rest.len(), 0, std::ptr::null(), 0),
                     "sendto",
@@ -107,7 +125,34 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; want];
         let n = unsafe {
             match mode {
-                "write" | "big" | "null-accept" => check(libc::read(fd, buf.as_mut_ptr().cast(), want), "read"),
+                "write" | "big" | "null-accept" | "sendfile" => {
+                    check(libc::read(fd, buf.as_mut_ptr().cast(), want), "read")
+                }
+                "mmsg" => {
+                    // Two buffers: the first message takes up to 10 bytes.
+                    let a = want.min(10);
+                    let (x, y) = buf.split_at_mut(a);
+                    let iov = [
+                        libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: x.len() },
+                        libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: y.len() },
+                    ];
+                    let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
+                    for (m, v) in msgs.iter_mut().zip(&iov) {
+                        m.msg_hdr.msg_iov = v as *const _ as *mut _;
+                        m.msg_hdr.msg_iovlen = 1;
+                    }
+                    let vlen = if y.is_empty() { 1 } else { 2 };
+                    let n = check(
+                        libc::recvmmsg(fd, msgs.as_mut_ptr(), vlen, libc::MSG_WAITFORONE, std::ptr::null_mut()) as isize,
+                        "recvmmsg",
+                    );
+                    // Bytes of a short first message and the second are not
+                    // contiguous in `buf`: compact them.
+                    let l0 = msgs[0].msg_len as usize;
+                    let l1 = if n > 1 { msgs[1].msg_len as usize } else { 0 };
+                    buf.copy_within(a..a + l1, l0);
+                    l0 + l1
+                }
                 "sendto" => check(
                     libc::recvfrom(fd, buf.as_mut_ptr().cast(), want, 0, std::ptr::null_mut(), std::ptr::null_mut()),
                     "recvfrom",
@@ -161,6 +206,19 @@ unsafe fn names(fd: i32) -> (std::net::SocketAddr, std::net::SocketAddr) {
     (s.local_addr().unwrap(), s.peer_addr().unwrap())
 }
 
+/// Sends `data` from a temporary file with sendfile(2).
+fn send_file(fd: i32, data: &[u8]) {
+    let path = std::env::temp_dir().join(format!("sonde-sendfile-{}", std::process::id()));
+    std::fs::write(&path, data).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let mut off: libc::off_t = 0;
+    while (off as usize) < data.len() {
+        let left = data.len() - off as usize;
+        check(unsafe { libc::sendfile(fd, f.as_raw_fd(), &mut off, left) }, "sendfile");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 /// A file write between socket calls: it must never show up in capture.
 fn write_a_file() {
     let path = std::env::temp_dir().join(format!("sonde-peer-{}", std::process::id()));
@@ -202,6 +260,11 @@ pub fn main(args: &[String]) {
                     let req = recv(fd, mode, BIG);
                     assert_eq!(req, big_payload(b'Q'));
                     send(fd, mode, &big_payload(b'R'));
+                }
+                "sendfile" => {
+                    let req = recv(fd, mode, request(mode).len());
+                    assert_eq!(req, request(mode));
+                    send_file(fd, &response(mode));
                 }
                 _ => {
                     let req = recv(fd, mode, request(mode).len());
