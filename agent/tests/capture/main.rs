@@ -58,12 +58,10 @@ fn exchange(mode: &str, send: Syscall, recv: Syscall) -> Result<(), libtest_mimi
     let rt = runtime();
     let mut session = start(&rt, SessionConfig::default());
     let (server, client) = pair(mode, &[]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let (s, c) = (server.key(), client.key());
     let (s_local, c_local) = (server.local, client.local);
     assert_eq!(client.remote, s_local);
-    client.finish();
-    server.finish();
-    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let events = complete(&rt, &mut session, server, client);
 
     let req = peer::request(mode);
     let resp = peer::response(mode);
@@ -110,10 +108,8 @@ fn sendfile() {
     let rt = runtime();
     let mut session = start(&rt, SessionConfig::default());
     let (server, client) = pair("sendfile", &[]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
-    client.finish();
-    server.finish();
-    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let (s, c) = (server.key(), client.key());
+    let events = complete(&rt, &mut session, server, client);
     let out: Vec<_> = data_of(&events, s.0).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
     assert!(!out.is_empty(), "no server egress");
     let total: u64 = out.iter().map(|(_, d)| d.bytes).sum();
@@ -126,23 +122,17 @@ fn sendfile() {
         assert!(d.enter_ns <= d.exit_ns);
     }
     // The client read it with read(2), payload and all.
-    let got: Vec<u8> = data_of(&events, c.0).iter().filter(|(_, d)| d.direction == Direction::Ingress)
-        .flat_map(|(_, d)| d.payload.clone()).collect();
-    assert_eq!(got, peer::response("sendfile"));
+    assert_eq!(bytes_of(&events, c.0, Direction::Ingress), peer::response("sendfile"));
 }
 
 fn quiet() {
-    let (mut server, mut client) = pair("write", &["--wait"]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let (server, client) = pair("write", &["--wait"]);
+    let (s, c) = (server.key(), client.key());
     let rt = runtime();
     let mut session = start(&rt, SessionConfig::default());
     session.set_quiet(c.0, c.1).expect("client socket is tracked");
     assert!(session.set_quiet(c.0, 9999).is_err(), "an untracked fd is refused");
-    server.go();
-    client.go();
-    client.finish();
-    server.finish();
-    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let events = complete(&rt, &mut session, server, client);
     let quiet = data_of(&events, c.0);
     assert!(!quiet.is_empty());
     let mut sent = 0;
@@ -156,9 +146,7 @@ fn quiet() {
     }
     assert_eq!(sent as usize, peer::request("write").len(), "byte counts kept");
     // The other end of the same connection is unaffected.
-    let loud: Vec<u8> = data_of(&events, s.0).iter().filter(|(_, d)| d.direction == Direction::Ingress)
-        .flat_map(|(_, d)| d.payload.clone()).collect();
-    assert_eq!(loud, peer::request("write"));
+    assert_eq!(bytes_of(&events, s.0, Direction::Ingress), peer::request("write"));
 }
 
 fn payload_larger_than_capture() {
@@ -167,10 +155,8 @@ fn payload_larger_than_capture() {
     cfg.probes.capture_size = 1024;
     let mut session = start(&rt, cfg);
     let (server, client) = pair("big", &[]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
-    client.finish();
-    server.finish();
-    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let (s, c) = (server.key(), client.key());
+    let events = complete(&rt, &mut session, server, client);
     for (pid, tag) in [(c.0, b'Q'), (s.0, b'R')] {
         let sent: Vec<_> = data_of(&events, pid).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
         let total: u64 = sent.iter().map(|(_, d)| d.bytes).sum();
@@ -183,18 +169,14 @@ fn payload_larger_than_capture() {
 }
 
 fn preexisting_connection() {
-    let (mut server, mut client) = pair("write", &["--wait"]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let (server, client) = pair("write", &["--wait"]);
+    let (s, c) = (server.key(), client.key());
     let (s_local, c_local) = (server.local, client.local);
     // The connection exists before the agent starts.
     let rt = runtime();
     let mut session = start(&rt, SessionConfig::default());
     assert!(session.stats().preexisting_connections >= 2, "scan found {:?}", session.stats());
-    server.go();
-    client.go();
-    client.finish();
-    server.finish();
-    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let events = complete(&rt, &mut session, server, client);
     let cdata = data_of(&events, c.0);
     let (conn, d) = cdata.iter().find(|(_, d)| d.direction == Direction::Egress).expect("client egress");
     assert!(conn.preexisting);
@@ -221,11 +203,9 @@ fn own_traffic_is_filtered() {
     drop((a, b));
     // ...while a peer pair, traced as usual, proves the probes are live.
     let (server, client) = pair("write", &[]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
-    client.finish();
-    server.finish();
-    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
-    assert!(!data_of(&events, c.0).is_empty(), "peer traffic seen");
+    let c = client.pid;
+    let events = complete(&rt, &mut session, server, client);
+    assert!(!data_of(&events, c).is_empty(), "peer traffic seen");
     let me = std::process::id();
     for e in &events {
         assert_ne!(e.conn().pid, me, "agent's own socket reported: {e:?}");
@@ -236,18 +216,20 @@ fn own_traffic_is_filtered() {
 }
 
 fn pid_filter() {
-    let (mut server, mut client) = pair("write", &["--wait"]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
+    let (server, client) = pair("write", &["--wait"]);
+    let (s, c) = (server.key(), client.key());
     let rt = runtime();
     let mut cfg = SessionConfig::default();
     cfg.probes.pids = vec![c.0];
     let mut session = start(&rt, cfg);
+    // The server answers before the client's close, so its events, had the
+    // kernel let them through, would be in the stream by then. (Its own
+    // close is never reported: that is the point.)
+    let (mut server, mut client) = (server, client);
     server.go();
     client.go();
     client.finish();
     server.finish();
-    // The server answers before the client's close, so its events, had the
-    // kernel let them through, would be in the stream by then.
     let events = collect(&rt, &mut session, |ev| closed(ev, c));
     assert!(!data_of(&events, c.0).is_empty(), "the filtered-in pid is traced");
     let pids: Vec<u32> = events.iter().map(|e| e.conn().pid).collect();
@@ -265,10 +247,8 @@ fn flood() {
     cfg.poll_interval = std::time::Duration::from_millis(50);
     let mut session = start(&rt, cfg);
     let (server, client) = pair("flood", &[]);
-    let (s, c) = ((server.pid, server.fd), (client.pid, client.fd));
-    client.finish();
-    server.finish();
-    let events = collect(&rt, &mut session, |ev| closed(ev, s) && closed(ev, c));
+    let c = client.key();
+    let events = complete(&rt, &mut session, server, client);
     let k = session.kernel_counters();
     assert!(k.ringbuf_drops > 0, "expected ring buffer drops, counters: {k:?}");
     // Every delivered client write is intact: its payload is exactly the
@@ -286,13 +266,9 @@ fn flood() {
     }
     // The agent is still alive and capturing after the flood.
     let (server, client) = pair("write", &[]);
-    let (s2, c2) = ((server.pid, server.fd), (client.pid, client.fd));
-    client.finish();
-    server.finish();
-    let after = collect(&rt, &mut session, |ev| closed(ev, s2) && closed(ev, c2));
-    let egress: Vec<u8> = data_of(&after, c2.0).iter().filter(|(_, d)| d.direction == Direction::Egress)
-        .flat_map(|(_, d)| d.payload.clone()).collect();
-    assert_eq!(egress, peer::request("write"));
+    let c2 = client.pid;
+    let after = complete(&rt, &mut session, server, client);
+    assert_eq!(bytes_of(&after, c2, Direction::Egress), peer::request("write"));
 }
 
 fn cli_curl() {

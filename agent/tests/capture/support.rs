@@ -18,6 +18,8 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Peer {
     pub child: Child,
+    /// Started with `--wait`: holds its exchange until `go`.
+    waiting: bool,
     out: BufReader<ChildStdout>,
     pub pid: u32,
     pub fd: i32,
@@ -51,7 +53,7 @@ impl Peer {
         }
     }
 
-    fn from(child: Child, mut out: BufReader<ChildStdout>) -> Peer {
+    fn from(child: Child, mut out: BufReader<ChildStdout>, waiting: bool) -> Peer {
         let sock = Self::line(&mut out, "SOCKET");
         let field = |k: &str| {
             sock.split_whitespace()
@@ -65,8 +67,14 @@ impl Peer {
             local: field("local").parse().unwrap(),
             remote: field("remote").parse().unwrap(),
             child,
+            waiting,
             out,
         }
+    }
+
+    /// (pid, fd) of the peer's socket.
+    pub fn key(&self) -> (u32, i32) {
+        (self.pid, self.fd)
     }
 
     /// Lets a `--wait` peer go on.
@@ -94,9 +102,28 @@ pub fn pair(mode: &str, extra: &[&str]) -> (Peer, Peer) {
     let mut args: Vec<String> = vec!["client".into(), mode.into(), port];
     args.extend(extra.iter().map(|s| s.to_string()));
     let (cchild, cout) = Peer::spawn(&args);
-    let client = Peer::from(cchild, cout);
-    let server = Peer::from(schild, sout);
+    let waiting = extra.contains(&"--wait");
+    let client = Peer::from(cchild, cout, waiting);
+    let server = Peer::from(schild, sout, waiting);
     (server, client)
+}
+
+/// Lets both peers finish their exchange and returns every event up to the
+/// close of both sockets.
+pub fn complete(rt: &tokio::runtime::Runtime, session: &mut Session, mut server: Peer, mut client: Peer) -> Vec<StreamEvent> {
+    let (s, c) = (server.key(), client.key());
+    if server.waiting {
+        server.go();
+        client.go();
+    }
+    client.finish();
+    server.finish();
+    collect(rt, session, |ev| closed(ev, s) && closed(ev, c))
+}
+
+/// The payload bytes `pid` moved in one direction, concatenated in order.
+pub fn bytes_of(events: &[StreamEvent], pid: u32, dir: sonde::event::Direction) -> Vec<u8> {
+    data_of(events, pid).iter().filter(|(_, d)| d.direction == dir).flat_map(|(_, d)| d.payload.clone()).collect()
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
