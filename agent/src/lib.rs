@@ -13,3 +13,4 @@ pub mod cli;
 pub mod commands;
 pub mod doctor;
 pub mod output;
+pub mod protocols;

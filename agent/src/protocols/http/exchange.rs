@@ -1,0 +1,104 @@
+//! Pairing of requests and responses on one connection (stage 5 for HTTP).
+//! HTTP/1.x answers in order, so pipelined requests queue up and each
+//! final response takes the oldest; interim 1xx responses take none.
+use std::collections::VecDeque;
+
+use super::{
+    head::Kind,
+    stream::{Message, MessageStream, StreamError},
+};
+use crate::protocols::Segment;
+
+/// Requests waiting for their response beyond this are dropped (counted):
+/// a peer that never answers must not grow memory.
+const MAX_PENDING: usize = 256;
+
+/// One request with its final response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub request: Message,
+    pub response: Message,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeCounters {
+    /// Responses with no request to pair (the request predates capture).
+    pub unmatched_responses: u64,
+    /// Requests dropped unanswered (queue overflow or connection closed).
+    pub unanswered_requests: u64,
+}
+
+#[derive(Debug)]
+pub struct HttpConnection {
+    requests: MessageStream,
+    responses: MessageStream,
+    pending: VecDeque<Message>,
+    pub counters: ExchangeCounters,
+}
+
+impl Default for HttpConnection {
+    fn default() -> Self {
+        HttpConnection {
+            requests: MessageStream::new(Kind::Request),
+            responses: MessageStream::new(Kind::Response),
+            pending: VecDeque::new(),
+            counters: ExchangeCounters::default(),
+        }
+    }
+}
+
+impl HttpConnection {
+    /// Feeds a segment of the request side (egress of a client, ingress of
+    /// a server) or the response side.
+    pub fn push(&mut self, side: Kind, seg: Segment<'_>, out: &mut Vec<Exchange>) -> Result<(), StreamError> {
+        let mut msgs = Vec::new();
+        match side {
+            Kind::Request => {
+                self.requests.push(seg, &mut msgs)?;
+                for m in msgs {
+                    self.responses.expect(&m.head.method);
+                    if self.pending.len() >= MAX_PENDING {
+                        self.pending.pop_front();
+                        self.counters.unanswered_requests += 1;
+                    }
+                    self.pending.push_back(m);
+                }
+            }
+            Kind::Response => {
+                self.responses.push(seg, &mut msgs)?;
+                self.pair(msgs, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn pair(&mut self, msgs: Vec<Message>, out: &mut Vec<Exchange>) {
+        for m in msgs {
+            if (100..200).contains(&m.head.status) && m.head.status != 101 {
+                continue; // interim: 100 Continue, 103 Early Hints
+            }
+            match self.pending.pop_front() {
+                Some(request) => out.push(Exchange { request, response: m }),
+                None => self.counters.unmatched_responses += 1,
+            }
+        }
+    }
+
+    /// The connection closed: finish a response delimited by the close.
+    pub fn close(&mut self, out: &mut Vec<Exchange>) {
+        let mut msgs = Vec::new();
+        self.responses.close(&mut msgs);
+        self.pair(msgs, out);
+        self.counters.unanswered_requests += self.pending.len() as u64;
+        self.pending.clear();
+    }
+
+    /// After a 101 the connection speaks another protocol.
+    pub fn is_upgraded(&self) -> bool {
+        self.responses.is_upgraded()
+    }
+
+    pub fn parse_errors(&self) -> u64 {
+        self.requests.parse_errors + self.responses.parse_errors
+    }
+}
