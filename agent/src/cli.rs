@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent (the default when no command is given).
-    Run(CaptureArgs),
+    Run(RunArgs),
     /// Print live socket data events.
     Capture(CaptureCmd),
     /// Report what this kernel allows; exits non-zero if capture is impossible.
@@ -69,6 +69,48 @@ impl CaptureArgs {
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             scan_existing: !self.no_scan,
             ..SessionConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+
+    /// OTLP endpoint for traces and metrics (overrides OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, env = "SONDE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc or http/protobuf (overrides OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, env = "SONDE_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Prometheus /metrics address, or "off" [default: 127.0.0.1:9464].
+    #[arg(long, env = "SONDE_PROMETHEUS_LISTEN")]
+    pub prometheus_listen: Option<String>,
+
+    /// Print spans to stdout (default: only when no OTLP endpoint is set).
+    #[arg(long, env = "SONDE_STDOUT")]
+    pub stdout: Option<bool>,
+
+    /// Keep query-string values in url.query / url.full (default: REDACTED).
+    #[arg(long, env = "SONDE_KEEP_QUERY_VALUES")]
+    pub keep_query_values: bool,
+
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, env = "SONDE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    pub fn flags(&self) -> crate::config::RunFlags {
+        crate::config::RunFlags {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_protocol: self.otlp_protocol.clone(),
+            prometheus_listen: self.prometheus_listen.clone(),
+            stdout: self.stdout,
+            keep_query_values: self.keep_query_values,
         }
     }
 }

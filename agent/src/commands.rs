@@ -15,7 +15,7 @@ pub async fn dispatch(cmd: Command) -> ExitCode {
     match cmd {
         Command::Doctor(d) => doctor_cmd(d),
         Command::Capture(c) => capture_cmd(c).await,
-        Command::Run(r) => run_cmd(r).await,
+        Command::Run(r) => crate::run::run(r).await,
     }
 }
 
@@ -36,15 +36,6 @@ fn start(args: &CaptureArgs) -> Result<Session, ExitCode> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
 
 async fn capture_cmd(c: CaptureCmd) -> ExitCode {
     let mut session = match start(&c.common) {
@@ -53,7 +44,7 @@ async fn capture_cmd(c: CaptureCmd) -> ExitCode {
     };
     let clock = Clock::new();
     let mut stdout = tokio::io::stdout();
-    let stop = shutdown_signal();
+    let stop = crate::run::shutdown_signal();
     tokio::pin!(stop);
     eprintln!("sonde: capturing; Ctrl-C to stop");
     loop {
@@ -92,29 +83,3 @@ fn report_counters(session: &Session) {
     );
 }
 
-/// The daemon. Until the protocol stages land it logs connection activity;
-/// the stream it consumes is the one they will consume.
-async fn run_cmd(args: CaptureArgs) -> ExitCode {
-    let mut session = match start(&args) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let attached = session.probe_report.iter().filter(|p| p.state == crate::probes::AttachState::Attached).count();
-    tracing::info!(probes = attached, "sonde running; Ctrl-C to stop");
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            ev = session.events.recv() => match ev {
-                Some(ev @ (StreamEvent::Open(_) | StreamEvent::Close(..))) => println!("{}", text_line(&ev, 0)),
-                Some(StreamEvent::Data(..)) => {}
-                None => break,
-            },
-            _ = every.tick() => report_counters(&session),
-            _ = &mut stop => break,
-        }
-    }
-    report_counters(&session);
-    ExitCode::SUCCESS
-}

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     rt.block_on(sonde::commands::dispatch(command))
 }
 
-fn default_run_args() -> sonde::cli::CaptureArgs {
+fn default_run_args() -> sonde::cli::RunArgs {
     // Parse an empty `run` so env vars and defaults apply as for `sonde run`.
     match Cli::parse_from(["sonde", "run"]).command {
         Some(Command::Run(a)) => a,

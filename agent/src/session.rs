@@ -42,7 +42,7 @@ pub struct Session {
     pub events: mpsc::Receiver<StreamEvent>,
     pub stats: Arc<Stats>,
     pub probe_report: Vec<ProbeStatus>,
-    kernel_stats: KernelStats,
+    kernel_stats: Arc<KernelStats>,
     sockets: SharedSockets,
     tasks: Vec<JoinHandle<()>>,
     _probes: Probes,
@@ -57,7 +57,7 @@ impl Session {
         spawn_ebpf_logger(&mut probes);
         let ring = probes.take_events();
         let sockets: SharedSockets = Arc::new(Mutex::new(probes.take_socket_maps()));
-        let kernel_stats = probes.take_stats();
+        let kernel_stats = Arc::new(probes.take_stats());
 
         let mut table = ConnTable::new(sockets.clone(), stats.clone());
         let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
@@ -122,6 +122,19 @@ impl Session {
 
     pub fn kernel_counters(&self) -> KernelCounters {
         self.kernel_stats.read()
+    }
+
+    /// A handle on the kernel counters that outlives borrows of the session.
+    pub fn kernel_stats(&self) -> Arc<KernelStats> {
+        self.kernel_stats.clone()
+    }
+
+    /// A handle that releases connections (stops payload copying).
+    pub fn releaser(&self) -> impl FnMut(u32, i32) + Send + 'static {
+        let sockets = self.sockets.clone();
+        move |pid, fd| {
+            let _ = sockets.lock().expect("socket maps lock").set_quiet(pid, fd);
+        }
     }
 
     pub fn stats(&self) -> StatsSnapshot {

@@ -15,6 +15,12 @@ pub struct ProcessInfo {
     pub container_id: Option<String>,
     /// Inode of the network namespace: tuples are only unique within one.
     pub netns: Option<u64>,
+    /// Start time in clock ticks after boot (with pid, identifies the process).
+    pub start_ticks: u64,
+    /// `OTEL_SERVICE_NAME` from the process's own environment.
+    pub otel_service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES` from the process's own environment.
+    pub otel_resource_attributes: Vec<(String, String)>,
 }
 
 impl ProcessInfo {
@@ -39,9 +45,79 @@ impl ProcessInfo {
             .ok()
             .and_then(|s| cgroup::container_id(&s));
         let netns = netns_of(pid);
-        ProcessInfo { pid, comm, exe_name, cmdline, container_id, netns }
+        let start_ticks = std::fs::read_to_string(format!("{dir}/stat"))
+            .ok()
+            .and_then(|s| parse_start_ticks(&s))
+            .unwrap_or(0);
+        let env = std::fs::read(format!("{dir}/environ")).unwrap_or_default();
+        let (otel_service_name, otel_resource_attributes) = otel_env(&env);
+        ProcessInfo {
+            pid,
+            comm,
+            exe_name,
+            cmdline,
+            container_id,
+            netns,
+            start_ticks,
+            otel_service_name,
+            otel_resource_attributes,
+        }
     }
 }
+
+/// Field 22 of /proc/<pid>/stat. The command name (field 2) may contain
+/// spaces and parentheses, so count from the last ')'.
+pub fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Parses `OTEL_RESOURCE_ATTRIBUTES` syntax: `k=v,k2=v2`, values
+/// percent-encoded. Malformed pairs are skipped.
+pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        if let (b'%', Some(Ok(v))) = (b[i], hex.map(|h| u8::from_str_radix(h, 16))) {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The OTel variables of a NUL-separated environment block.
+fn otel_env(env: &[u8]) -> (Option<String>, Vec<(String, String)>) {
+    let mut name = None;
+    let mut attrs = vec![];
+    for var in env.split(|&b| b == 0) {
+        let var = String::from_utf8_lossy(var);
+        if let Some(v) = var.strip_prefix("OTEL_SERVICE_NAME=") {
+            if !v.trim().is_empty() {
+                name = Some(v.trim().to_string());
+            }
+        } else if let Some(v) = var.strip_prefix("OTEL_RESOURCE_ATTRIBUTES=") {
+            attrs = parse_resource_attributes(v);
+        }
+    }
+    (name, attrs)
+}
+
 
 /// Inode of a process's network namespace, from the `net:[N]` link.
 pub fn netns_of(pid: u32) -> Option<u64> {
@@ -82,5 +158,33 @@ impl ProcessCache {
 
     pub fn is_empty(&self) -> bool {
         self.by_pid.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_otel_variables_from_an_environment_block() {
+        let env = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0OTEL_RESOURCE_ATTRIBUTES=service.namespace=shop,deployment.environment=prod%2Ceu,bad\0";
+        let (name, attrs) = otel_env(env);
+        assert_eq!(name.as_deref(), Some("checkout"));
+        assert_eq!(
+            attrs,
+            vec![
+                ("service.namespace".to_string(), "shop".to_string()),
+                ("deployment.environment".to_string(), "prod,eu".to_string())
+            ]
+        );
+        assert_eq!(otel_env(b"OTEL_SERVICE_NAME=\0"), (None, vec![]));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn start_ticks_survive_odd_command_names() {
+        let stat = "42 (we (ird) name) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_ticks(stat), Some(987654));
+        assert_eq!(parse_start_ticks("garbage"), None);
     }
 }

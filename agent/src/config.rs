@@ -1,0 +1,218 @@
+//! Run configuration: flags (and their `SONDE_*` variables) win over the
+//! standard `OTEL_*` variables, which win over the config file, which wins
+//! over defaults.
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    conntrack::process::parse_resource_attributes,
+    export::{
+        batch::BatchConfig,
+        otlp::{self, Protocol, Signal, Target},
+    },
+    spans::{http::HttpSpanOptions, sampler::Sampler},
+};
+
+pub const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
+
+/// The config file (`--config`, TOML). Every key is optional.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    /// `k=v,k2=v2`, as OTEL_EXPORTER_OTLP_HEADERS.
+    pub otlp_headers: Option<String>,
+    /// An address, or "off".
+    pub prometheus_listen: Option<String>,
+    pub sampler: Option<String>,
+    pub sampler_arg: Option<String>,
+    /// `k=v,...`, as OTEL_RESOURCE_ATTRIBUTES.
+    pub resource_attributes: Option<String>,
+    pub stdout: Option<bool>,
+    pub keep_query_values: Option<bool>,
+    pub metric_export_interval_ms: Option<u64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+}
+
+/// What `sonde run` was asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunFlags {
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub prometheus_listen: Option<String>,
+    pub stdout: Option<bool>,
+    pub keep_query_values: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub traces: Option<Target>,
+    pub metrics: Option<Target>,
+    pub prometheus_listen: Option<SocketAddr>,
+    pub sampler: Sampler,
+    /// Node-wide resource attributes (the agent's OTEL_RESOURCE_ATTRIBUTES).
+    pub resource_attributes: Vec<(String, String)>,
+    pub stdout: bool,
+    pub http: HttpSpanOptions,
+    pub batch: BatchConfig,
+    pub metric_interval: Duration,
+}
+
+fn ms(env: &dyn Fn(&str) -> Option<String>, k: &str) -> Option<Duration> {
+    env(k).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis)
+}
+
+pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<RunConfig, String> {
+    let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let protocol: Option<Protocol> = match flags.otlp_protocol.as_deref() {
+        Some(p) => Some(p.parse()?),
+        None => None,
+    };
+    // File values stand in for the OTEL_* variables when those are unset.
+    let file_protocol = file.otlp_protocol.clone();
+    let file_headers = file.otlp_headers.clone();
+    let with_file = |k: &str| {
+        env(k).or_else(|| match k {
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => file_protocol.clone(),
+            "OTEL_EXPORTER_OTLP_HEADERS" => file_headers.clone(),
+            _ => None,
+        })
+    };
+    let endpoint_from_env = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]
+        .iter()
+        .any(|k| env(k).is_some());
+    let endpoint = flags.otlp_endpoint.clone().or(if endpoint_from_env { None } else { file.otlp_endpoint.clone() });
+    let disabled = |k: &str| env(k).is_some_and(|v| v.trim() == "none");
+    let traces = if disabled("OTEL_TRACES_EXPORTER") {
+        None
+    } else {
+        otlp::target(Signal::Traces, &with_file, endpoint.as_deref(), protocol)?
+    };
+    let metrics = if disabled("OTEL_METRICS_EXPORTER") {
+        None
+    } else {
+        otlp::target(Signal::Metrics, &with_file, endpoint.as_deref(), protocol)?
+    };
+
+    let listen = flags
+        .prometheus_listen
+        .clone()
+        .or_else(|| file.prometheus_listen.clone())
+        .unwrap_or_else(|| DEFAULT_PROMETHEUS_LISTEN.into());
+    let prometheus_listen = match listen.trim() {
+        "off" | "none" | "" => None,
+        a => Some(a.parse().map_err(|e| format!("--prometheus-listen {a:?}: {e} (expected ip:port, or off)"))?),
+    };
+
+    let sampler_name = env("OTEL_TRACES_SAMPLER").or_else(|| file.sampler.clone());
+    let sampler_arg = env("OTEL_TRACES_SAMPLER_ARG").or_else(|| file.sampler_arg.clone());
+    let sampler = match sampler_name {
+        Some(n) => Sampler::from_env(&n, sampler_arg.as_deref()).map_err(|e| e.to_string())?,
+        None => Sampler::default(),
+    };
+
+    let mut resource_attributes =
+        file.resource_attributes.as_deref().map(parse_resource_attributes).unwrap_or_default();
+    if let Some(r) = env("OTEL_RESOURCE_ATTRIBUTES") {
+        for (k, v) in parse_resource_attributes(&r) {
+            resource_attributes.retain(|(k2, _)| *k2 != k);
+            resource_attributes.push((k, v));
+        }
+    }
+
+    let mut batch = BatchConfig::default();
+    if let Some(d) = ms(&env, "OTEL_BSP_SCHEDULE_DELAY") {
+        batch.delay = d;
+    }
+    if let Some(n) = env("OTEL_BSP_MAX_QUEUE_SIZE").and_then(|v| v.trim().parse().ok()) {
+        batch.max_queue = n;
+    }
+    if let Some(n) = env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").and_then(|v| v.trim().parse().ok()) {
+        batch.max_batch = n;
+    }
+    batch.max_batch = batch.max_batch.clamp(1, batch.max_queue.max(1));
+    let metric_interval = ms(&env, "OTEL_METRIC_EXPORT_INTERVAL")
+        .or(file.metric_export_interval_ms.map(Duration::from_millis))
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_millis(100));
+
+    // Without a trace backend, spans go to stdout so `sonde run` shows something.
+    let stdout = flags.stdout.or(file.stdout).unwrap_or(traces.is_none());
+    Ok(RunConfig {
+        traces,
+        metrics,
+        prometheus_listen,
+        sampler,
+        resource_attributes,
+        stdout,
+        http: HttpSpanOptions { keep_query_values: flags.keep_query_values || file.keep_query_values.unwrap_or(false) },
+        batch,
+        metric_interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn defaults_print_spans_and_serve_prometheus() {
+        let c = resolve(&RunFlags::default(), &FileConfig::default(), &env(&[])).unwrap();
+        assert!(c.traces.is_none() && c.metrics.is_none());
+        assert!(c.stdout);
+        assert_eq!(c.prometheus_listen, Some(DEFAULT_PROMETHEUS_LISTEN.parse().unwrap()));
+        assert_eq!(c.sampler, Sampler::default());
+        assert_eq!(c.metric_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn precedence_flag_env_file() {
+        let file: FileConfig = toml::from_str(
+            "otlp_endpoint = \"http://file:4317\"\nprometheus_listen = \"off\"\nsampler = \"always_off\"\nresource_attributes = \"a=file,b=file\"\n",
+        )
+        .unwrap();
+        let c = resolve(&RunFlags::default(), &file, &env(&[])).unwrap();
+        assert_eq!(c.traces.as_ref().unwrap().url, "http://file:4317");
+        assert!(!c.stdout, "an OTLP backend turns stdout off by default");
+        assert_eq!(c.prometheus_listen, None);
+        assert_eq!(c.sampler, Sampler::AlwaysOff);
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "b=env"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ]);
+        let c = resolve(&RunFlags::default(), &file, &e).unwrap();
+        assert_eq!(c.traces.as_ref().unwrap().url, "http://env:4317");
+        assert!(c.metrics.is_none());
+        assert_eq!(c.sampler, Sampler::TraceIdRatio(0.1));
+        assert_eq!(c.resource_attributes, vec![("a".into(), "file".into()), ("b".into(), "env".into())]);
+        assert_eq!(c.metric_interval, Duration::from_millis(1500));
+        let flags = RunFlags { otlp_endpoint: Some("http://flag:4318".into()), otlp_protocol: Some("http/protobuf".into()), ..Default::default() };
+        let c = resolve(&flags, &file, &e).unwrap();
+        assert_eq!(c.traces.as_ref().unwrap().url, "http://flag:4318/v1/traces");
+    }
+
+    #[test]
+    fn bad_values_name_the_fix() {
+        let flags = RunFlags { prometheus_listen: Some("9464".into()), ..Default::default() };
+        assert!(resolve(&flags, &FileConfig::default(), &env(&[])).unwrap_err().contains("expected ip:port"));
+        let e = env(&[("OTEL_TRACES_SAMPLER", "sometimes")]);
+        assert!(resolve(&RunFlags::default(), &FileConfig::default(), &e).unwrap_err().contains("not supported"));
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! RED metrics, aggregated once and rendered twice: as Prometheus text for
+//! `/metrics` and as OTLP for the metrics exporter.
+//!
+//! OTel SDKs tie a meter provider to one resource; sonde reports for every
+//! process on the node, each with its own resource, so it aggregates here.
+pub mod prometheus;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use crate::spans::Resource;
+
+/// Semconv default buckets for HTTP durations, in seconds.
+pub const DURATION_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Buckets for body sizes, in bytes.
+pub const SIZE_BUCKETS: &[f64] =
+    &[0.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0];
+
+/// A histogram instrument.
+#[derive(Debug)]
+pub struct Instrument {
+    /// OTel name, e.g. `http.server.request.duration`.
+    pub name: &'static str,
+    /// Prometheus base name, e.g. `http_server_request_duration_seconds`.
+    pub prom_name: &'static str,
+    pub unit: &'static str,
+    pub description: &'static str,
+    pub buckets: &'static [f64],
+}
+
+pub const HTTP_SERVER_DURATION: Instrument = Instrument {
+    name: "http.server.request.duration",
+    prom_name: "http_server_request_duration_seconds",
+    unit: "s",
+    description: "Duration of HTTP server requests.",
+    buckets: DURATION_BUCKETS,
+};
+pub const HTTP_CLIENT_DURATION: Instrument = Instrument {
+    name: "http.client.request.duration",
+    prom_name: "http_client_request_duration_seconds",
+    unit: "s",
+    description: "Duration of HTTP client requests.",
+    buckets: DURATION_BUCKETS,
+};
+pub const HTTP_SERVER_REQUEST_SIZE: Instrument = Instrument {
+    name: "http.server.request.body.size",
+    prom_name: "http_server_request_body_size_bytes",
+    unit: "By",
+    description: "Size of HTTP server request bodies.",
+    buckets: SIZE_BUCKETS,
+};
+pub const HTTP_SERVER_RESPONSE_SIZE: Instrument = Instrument {
+    name: "http.server.response.body.size",
+    prom_name: "http_server_response_body_size_bytes",
+    unit: "By",
+    description: "Size of HTTP server response bodies.",
+    buckets: SIZE_BUCKETS,
+};
+pub const HTTP_CLIENT_REQUEST_SIZE: Instrument = Instrument {
+    name: "http.client.request.body.size",
+    prom_name: "http_client_request_body_size_bytes",
+    unit: "By",
+    description: "Size of HTTP client request bodies.",
+    buckets: SIZE_BUCKETS,
+};
+pub const HTTP_CLIENT_RESPONSE_SIZE: Instrument = Instrument {
+    name: "http.client.response.body.size",
+    prom_name: "http_client_response_body_size_bytes",
+    unit: "By",
+    description: "Size of HTTP client response bodies.",
+    buckets: SIZE_BUCKETS,
+};
+
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); one more than the bounds (+Inf).
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    fn record(&mut self, bounds: &[f64], v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; bounds.len() + 1];
+        }
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// Metric attributes of one series, sorted by key.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// One series: an instrument, the resource it belongs to, its attributes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SeriesKey {
+    instrument: &'static str,
+    instance: String,
+    labels: Labels,
+}
+
+#[derive(Debug)]
+struct Series {
+    instrument: &'static Instrument,
+    resource: Arc<Resource>,
+    hist: Histogram,
+}
+
+/// All series, cumulative since `start_unix_ns`.
+#[derive(Debug)]
+pub struct Registry {
+    series: BTreeMap<SeriesKey, Series>,
+    pub start_unix_ns: u64,
+    /// Series beyond this are refused (and counted), bounding memory.
+    max_series: usize,
+    pub refused_series: u64,
+}
+
+pub type SharedRegistry = Arc<Mutex<Registry>>;
+
+fn instance_of(r: &Resource) -> String {
+    r.attributes
+        .iter()
+        .find(|(k, _)| k == "service.instance.id")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| r.service_name.clone())
+}
+
+impl Registry {
+    pub fn new(start_unix_ns: u64) -> Registry {
+        Registry { series: BTreeMap::new(), start_unix_ns, max_series: 50_000, refused_series: 0 }
+    }
+
+    pub fn shared(start_unix_ns: u64) -> SharedRegistry {
+        Arc::new(Mutex::new(Registry::new(start_unix_ns)))
+    }
+
+    pub fn record(&mut self, inst: &'static Instrument, resource: &Arc<Resource>, mut labels: Labels, v: f64) {
+        labels.sort();
+        let key = SeriesKey { instrument: inst.name, instance: instance_of(resource), labels };
+        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+            self.refused_series += 1;
+            return;
+        }
+        self.series
+            .entry(key)
+            .or_insert_with(|| Series { instrument: inst, resource: resource.clone(), hist: Histogram::default() })
+            .hist
+            .record(inst.buckets, v);
+    }
+
+    /// Every series as (instrument, resource, labels, histogram).
+    pub fn each(&self) -> impl Iterator<Item = (&'static Instrument, &Arc<Resource>, &Labels, &Histogram)> {
+        self.series.iter().map(|(k, s)| (s.instrument, &s.resource, &k.labels, &s.hist))
+    }
+}

@@ -1,0 +1,172 @@
+//! HTTP exchanges to SERVER / CLIENT spans with the stable HTTP semantic
+//! conventions.
+use std::net::SocketAddr;
+
+use super::{new_span_id, new_trace_id, traceparent, Attributes, Span, SpanKind, Status, Value};
+use crate::{
+    conntrack::ConnInfo,
+    event::Role,
+    output::Clock,
+    protocols::http::{route, Exchange},
+};
+
+/// Methods the semantic conventions name; anything else is `_OTHER`.
+const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpSpanOptions {
+    /// Keep `url.query` values (off: values become REDACTED).
+    pub keep_query_values: bool,
+}
+
+/// What a span needs besides the exchange: which end we saw it from.
+pub struct Built {
+    pub span: Span,
+    /// The incoming traceparent's sampled flag, for parent-based sampling.
+    pub parent_sampled: Option<bool>,
+    pub route: String,
+}
+
+fn method(m: &str) -> (String, Option<String>) {
+    if KNOWN_METHODS.contains(&m) {
+        (m.to_string(), None)
+    } else {
+        ("_OTHER".into(), Some(m.to_string()))
+    }
+}
+
+/// `host[:port]` from a Host header.
+fn split_host(h: &str) -> (String, Option<u16>) {
+    if let Some(rest) = h.strip_prefix('[') {
+        // [v6]:port
+        let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
+        return (ip.to_string(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (host.to_string(), port.parse().ok()),
+        _ => (h.to_string(), None),
+    }
+}
+
+pub fn build(
+    conn: &ConnInfo,
+    ex: &Exchange,
+    clock: &Clock,
+    opts: HttpSpanOptions,
+    resource: std::sync::Arc<super::Resource>,
+) -> Built {
+    let req = &ex.request.head;
+    let resp = &ex.response.head;
+    let server = conn.role == Role::Server;
+    let (m, original) = method(&req.method);
+    let r = route::route(&req.target);
+    // Server: from the read that delivered the first request byte (its
+    // entry may be an idle wait). Client: from the write of the first byte.
+    let start = if server { ex.request.first.exit_ns } else { ex.request.first.enter_ns };
+    let end = ex.response.last.exit_ns.max(start);
+    let status = resp.status;
+
+    let mut a: Attributes = vec![("http.request.method", m.clone().into())];
+    if let Some(o) = original {
+        a.push(("http.request.method_original", o.into()));
+    }
+    a.push(("http.response.status_code", Value::Int(status as i64)));
+    a.push(("network.protocol.name", "http".into()));
+    a.push(("network.protocol.version", format!("1.{}", req.minor).into()));
+    let tuple = conn.tuple;
+    let peer: Option<SocketAddr> = tuple.map(|t| t.remote);
+    if let Some(p) = peer {
+        a.push(("network.peer.address", p.ip().to_string().into()));
+        a.push(("network.peer.port", Value::Int(p.port() as i64)));
+    }
+    let host = req.host.as_deref().map(split_host);
+    let query = route::query(&req.target).map(|q| if opts.keep_query_values { q.to_string() } else { route::redact_query(q) });
+    if server {
+        a.push(("url.path", route::path(&req.target).to_string().into()));
+        if let Some(q) = &query {
+            a.push(("url.query", q.clone().into()));
+        }
+        a.push(("url.scheme", "http".into()));
+        a.push(("http.route", r.clone().into()));
+        let local = tuple.map(|t| t.local);
+        match (&host, local) {
+            (Some((h, port)), l) => {
+                a.push(("server.address", h.clone().into()));
+                if let Some(port) = port.or(l.map(|l| l.port())) {
+                    a.push(("server.port", Value::Int(port as i64)));
+                }
+            }
+            (None, Some(l)) => {
+                a.push(("server.address", l.ip().to_string().into()));
+                a.push(("server.port", Value::Int(l.port() as i64)));
+            }
+            (None, None) => {}
+        }
+        if let Some(p) = peer {
+            a.push(("client.address", p.ip().to_string().into()));
+        }
+    } else {
+        let (addr, port) = match (&host, peer) {
+            (Some((h, p)), peer) => (h.clone(), p.or(peer.map(|x| x.port())).unwrap_or(80)),
+            (None, Some(p)) => (p.ip().to_string(), p.port()),
+            (None, None) => ("unknown".into(), 80),
+        };
+        a.push(("server.address", addr.clone().into()));
+        a.push(("server.port", Value::Int(port as i64)));
+        let authority = if port == 80 { addr } else { format!("{addr}:{port}") };
+        let q = query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
+        a.push(("url.full", format!("http://{authority}{}{q}", route::path(&req.target)).into()));
+    }
+    if let Some(ua) = &req.user_agent {
+        a.push(("user_agent.original", ua.clone().into()));
+    }
+    a.push(("http.request.body.size", Value::Int(ex.request.body_bytes as i64)));
+    a.push(("http.response.body.size", Value::Int(ex.response.body_bytes as i64)));
+    let error = if server { status >= 500 } else { status >= 400 };
+    if error {
+        a.push(("error.type", status.to_string().into()));
+    }
+
+    // Trace context. A server joins an incoming traceparent as its child;
+    // a client's outgoing traceparent names the client span itself.
+    let tp = req.traceparent.as_deref().and_then(traceparent::parse);
+    let (trace_id, span_id, parent_span_id) = match (tp, server) {
+        (Some(tp), true) => (tp.trace_id, new_span_id(), Some(tp.parent_id)),
+        (Some(tp), false) => (tp.trace_id, tp.parent_id, None),
+        (None, _) => (new_trace_id(), new_span_id(), None),
+    };
+    let name = if m == "_OTHER" { "HTTP".to_string() } else { format!("{m} {r}") };
+    let span = Span {
+        trace_id,
+        span_id,
+        parent_span_id,
+        trace_state: if tp.is_some() { req.tracestate.clone().unwrap_or_default() } else { String::new() },
+        kind: if server { SpanKind::Server } else { SpanKind::Client },
+        name,
+        start_unix_ns: clock.unix_ns(start),
+        end_unix_ns: clock.unix_ns(end),
+        attributes: a,
+        status: if error { Status::Error(format!("HTTP {status}")) } else { Status::Unset },
+        resource,
+    };
+    Built { span, parent_sampled: if server { tp.map(|t| t.sampled) } else { None }, route: r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_headers() {
+        assert_eq!(split_host("example.com:8080"), ("example.com".into(), Some(8080)));
+        assert_eq!(split_host("example.com"), ("example.com".into(), None));
+        assert_eq!(split_host("[::1]:9000"), ("::1".into(), Some(9000)));
+        assert_eq!(split_host("::1"), ("::1".into(), None));
+    }
+
+    #[test]
+    fn unknown_methods_are_other() {
+        assert_eq!(method("PURGE"), ("_OTHER".into(), Some("PURGE".into())));
+        assert_eq!(method("GET"), ("GET".into(), None));
+    }
+}
