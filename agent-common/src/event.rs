@@ -84,6 +84,9 @@ pub mod conn_flags {
     /// The kernel saw TCP state changes for this socket, or its listener is a
     /// TCP listener: it is certainly TCP. Without it user space must check.
     pub const TCP_CONFIRMED: u16 = 4;
+    /// TUPLE/CLOSE of one of the agent's own sockets: the far end of such a
+    /// connection (a local collector) must not be traced either.
+    pub const OWN: u16 = 8;
 }
 
 #[repr(C)]

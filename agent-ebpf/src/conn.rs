@@ -43,6 +43,9 @@ const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
 
+/// `SK_OWNER` value marking a socket of the agent itself.
+const SELF_MARK: u64 = u64::MAX;
+
 // `sock:inet_sock_set_state` field offsets, unchanged since Linux 4.16.
 // User space checks them against the tracepoint's format file before attaching.
 pub const SK_SKADDR: usize = 8;
@@ -317,6 +320,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     call.tcp_seen = 1;
                     call.arg1 = field::<u16>(&ctx, SK_SPORT) as u64;
                 }
+            } else if new == TCP_SYN_SENT && (id >> 32) as u32 == crate::maps::self_tgid() {
+                // The agent's own connect (never in ACTIVE: it is filtered).
+                let _ = SK_OWNER.insert(&sk, &SELF_MARK, 0);
             }
         }
         TCP_ESTABLISHED => {
@@ -328,6 +334,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     ev.tuple = t;
                     ev.role = role::CLIENT;
                     ev.flags = conn_flags::HAS_TUPLE | conn_flags::TCP_CONFIRMED;
+                    if owner == SELF_MARK {
+                        ev.hdr.tgid = crate::maps::self_tgid();
+                        ev.hdr.fd = -1;
+                        ev.flags |= conn_flags::OWN;
+                    }
                     send(&ev);
                 }
             } else if old == TCP_SYN_RECV {
@@ -341,6 +352,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             }
         }
         TCP_CLOSE => {
+            if unsafe { SK_OWNER.get(&sk) }.is_some_and(|o| *o == SELF_MARK) {
+                let mut ev = conn_event(kind::CLOSE, crate::maps::self_tgid(), 0, -1);
+                ev.tuple = read_tuple(&ctx);
+                ev.flags = conn_flags::HAS_TUPLE | conn_flags::OWN;
+                send(&ev);
+            }
             let _ = SK_OWNER.remove(&sk);
         }
         _ => {}

@@ -101,6 +101,11 @@ impl ConnRecord {
     pub fn tcp_confirmed(&self) -> bool {
         self.flags & common::conn_flags::TCP_CONFIRMED != 0
     }
+
+    /// About one of the agent's own sockets.
+    pub fn own(&self) -> bool {
+        self.flags & common::conn_flags::OWN != 0
+    }
 }
 
 /// Local and remote address of a TCP connection.

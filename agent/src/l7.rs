@@ -111,9 +111,10 @@ impl L7 {
             if d.payload.is_empty() {
                 return; // nothing to detect on (quiet socket or sendfile)
             }
+            // The far end of the agent's own traffic (a local OTLP collector).
             match http::detect(side, &d.payload) {
-                Detect::Yes | Detect::NeedMore => *state = Proto::Http(HttpConnection::default()),
-                Detect::No => {
+                Detect::Yes | Detect::NeedMore if !c.peer_is_agent => *state = Proto::Http(HttpConnection::default()),
+                _ => {
                     *state = Proto::Released;
                     self.stats.released_connections.fetch_add(1, Relaxed);
                     (self.release)(c.pid, c.fd);

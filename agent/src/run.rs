@@ -99,6 +99,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
         });
     }
     describe(&cfg);
+    let attached = session.probe_report.iter().filter(|p| p.state == crate::probes::AttachState::Attached).count();
+    tracing::info!(probes = attached, "capturing; Ctrl-C or SIGTERM to stop");
 
     let stop = shutdown_signal();
     tokio::pin!(stop);

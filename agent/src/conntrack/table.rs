@@ -4,7 +4,7 @@
 //! come from different CPUs and contexts: the client's tuple is reported
 //! from softirq, often before connect() returns), so every record upserts.
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::SocketAddr,
     sync::Arc,
 };
@@ -35,6 +35,9 @@ pub struct ConnInfo {
     pub opened_ns: u64,
     /// Found by the startup scan rather than seen opening.
     pub preexisting: bool,
+    /// The remote end is one of the agent's own sockets (sonde's export
+    /// traffic arriving at a local collector): never traced.
+    pub peer_is_agent: bool,
 }
 
 impl ConnInfo {
@@ -81,6 +84,8 @@ pub struct ConnTable<R: SocketRegistry> {
     listeners: HashMap<(u32, i32), u16>,
     /// Tuples of server sockets established and not yet accepted, oldest first.
     pending: VecDeque<(u64, SocketTuple)>,
+    /// Local endpoints of the agent's own connections.
+    own: HashSet<SocketAddr>,
     processes: ProcessCache,
     registry: R,
     stats: Arc<Stats>,
@@ -101,6 +106,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             conns: BTreeMap::new(),
             listeners: HashMap::new(),
             pending: VecDeque::new(),
+            own: HashSet::new(),
             processes: ProcessCache::default(),
             registry,
             stats,
@@ -140,6 +146,7 @@ impl<R: SocketRegistry> ConnTable<R> {
     pub fn apply(&mut self, ev: KernelEvent, out: &mut Vec<StreamEvent>) {
         match ev {
             KernelEvent::Data(d) => self.on_data(d, out),
+            KernelEvent::Conn(c) if c.own() => self.on_own(&c),
             KernelEvent::Conn(c) => match c.kind {
                 ConnKind::Connect => self.on_connect(c, out),
                 ConnKind::Accept => self.on_accept(c, out),
@@ -170,6 +177,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             process: self.processes.get(pid, comm),
             opened_ns: ts,
             preexisting: false,
+            peer_is_agent: false,
         };
         self.next_id += 1;
         Stats::inc(&self.stats.connections_opened);
@@ -211,6 +219,20 @@ impl<R: SocketRegistry> ConnTable<R> {
                 let conn = self.open(c.pid, c.fd, Role::Client, c.ts_ns, "", out);
                 conn.info.tuple = Some(tuple);
             }
+        }
+    }
+
+    /// The agent's own socket connected or closed.
+    fn on_own(&mut self, c: &ConnRecord) {
+        let Some(t) = c.tuple else { return };
+        match c.kind {
+            ConnKind::Tuple if self.own.len() < 65536 => {
+                self.own.insert(t.local);
+            }
+            ConnKind::Close => {
+                self.own.remove(&t.local);
+            }
+            _ => {}
         }
     }
 
@@ -262,9 +284,11 @@ impl<R: SocketRegistry> ConnTable<R> {
                 None => Stats::inc(&self.stats.unresolved_sockets),
             }
         }
+        let peer_is_agent = tuple.is_some_and(|t| self.own.contains(&t.remote));
         let conn = self.open(c.pid, c.fd, Role::Server, c.ts_ns, &c.comm.as_string(), out);
         conn.confirmed = true;
         conn.info.tuple = tuple;
+        conn.info.peer_is_agent = peer_is_agent;
         out.push(StreamEvent::Open(conn.info.clone()));
     }
 

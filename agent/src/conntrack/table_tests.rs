@@ -174,6 +174,25 @@ fn process_exit_closes_only_that_process() {
 }
 
 #[test]
+fn connections_from_the_agent_itself_are_marked() {
+    let mut t = table();
+    let mut own = conn(ConnKind::Tuple, 1, -1);
+    own.flags |= sonde_common::conn_flags::OWN;
+    own.tuple = Some(tuple("127.0.0.1:43000", "127.0.0.1:4317"));
+    assert!(apply(&mut t, KernelEvent::Conn(own.clone())).is_empty(), "no connection for the agent's socket");
+    let mut a = conn(ConnKind::Accept, PID, 9);
+    a.tuple = Some(tuple("127.0.0.1:4317", "127.0.0.1:43000"));
+    let out = apply(&mut t, KernelEvent::Conn(a.clone()));
+    assert!(matches!(out.as_slice(), [StreamEvent::Open(i)] if i.peer_is_agent));
+    // Once the agent's socket closes, the address is anyone's again.
+    own.kind = ConnKind::Close;
+    apply(&mut t, KernelEvent::Conn(own));
+    a.fd = 10;
+    let out = apply(&mut t, KernelEvent::Conn(a));
+    assert!(matches!(out.as_slice(), [StreamEvent::Open(i)] if !i.peer_is_agent));
+}
+
+#[test]
 fn sweep_removes_connections_of_dead_processes() {
     let mut t = table();
     apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 3)));

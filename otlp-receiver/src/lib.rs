@@ -1,0 +1,257 @@
+//! An OTLP receiver for tests, standing in for Jaeger or a Collector.
+//!
+//! It serves OTLP/gRPC (TraceService, MetricsService) and OTLP/HTTP
+//! (`POST /v1/traces`, `/v1/metrics`, protobuf), decodes every request with
+//! the official opentelemetry-proto definitions and keeps it for assertions.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router};
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
+    },
+    common::v1::{any_value, AnyValue, KeyValue},
+    metrics::v1::{metric, Metric},
+    trace::v1::Span,
+};
+use prost::Message;
+
+pub use opentelemetry_proto::tonic as proto;
+
+#[derive(Default)]
+pub struct Store {
+    traces: Mutex<Vec<ExportTraceServiceRequest>>,
+    metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
+}
+
+/// A span with the attributes of its resource, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub resource: HashMap<String, String>,
+    pub span: Span,
+}
+
+impl ReceivedSpan {
+    pub fn attr(&self, key: &str) -> Option<String> {
+        attr(&self.span.attributes, key)
+    }
+    pub fn service(&self) -> &str {
+        self.resource.get("service.name").map(String::as_str).unwrap_or("")
+    }
+    pub fn duration_ns(&self) -> u64 {
+        self.span.end_time_unix_nano.saturating_sub(self.span.start_time_unix_nano)
+    }
+}
+
+/// The value of `key` among `attrs`, rendered as a string.
+pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).map(value_string)
+}
+
+pub fn value_string(v: &AnyValue) -> String {
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A histogram data point with its resource, flattened.
+#[derive(Debug, Clone)]
+pub struct ReceivedPoint {
+    pub resource: HashMap<String, String>,
+    pub metric: String,
+    pub attributes: HashMap<String, String>,
+    pub count: u64,
+    pub sum: f64,
+    pub time_unix_nano: u64,
+}
+
+impl Store {
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        let mut out = vec![];
+        for req in self.traces.lock().unwrap().iter() {
+            for rs in &req.resource_spans {
+                let res: HashMap<String, String> = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?))))
+                    .collect();
+                for ss in &rs.scope_spans {
+                    for s in &ss.spans {
+                        out.push(ReceivedSpan { resource: res.clone(), span: s.clone() });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Every histogram point received (cumulative: later ones supersede).
+    pub fn histogram_points(&self) -> Vec<ReceivedPoint> {
+        let mut out = vec![];
+        for req in self.metrics.lock().unwrap().iter() {
+            for rm in &req.resource_metrics {
+                let res: HashMap<String, String> = rm
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?))))
+                    .collect();
+                for sm in &rm.scope_metrics {
+                    for Metric { name, data, .. } in &sm.metrics {
+                        if let Some(metric::Data::Histogram(h)) = data {
+                            for p in &h.data_points {
+                                out.push(ReceivedPoint {
+                                    resource: res.clone(),
+                                    metric: name.clone(),
+                                    attributes: p
+                                        .attributes
+                                        .iter()
+                                        .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?))))
+                                        .collect(),
+                                    count: p.count,
+                                    sum: p.sum.unwrap_or(0.0),
+                                    time_unix_nano: p.time_unix_nano,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn trace_requests(&self) -> usize {
+        self.traces.lock().unwrap().len()
+    }
+
+    pub fn clear(&self) {
+        self.traces.lock().unwrap().clear();
+        self.metrics.lock().unwrap().clear();
+    }
+}
+
+#[derive(Clone)]
+struct Svc(Arc<Store>);
+
+#[tonic::async_trait]
+impl TraceService for Svc {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.traces.lock().unwrap().push(req.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Svc {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.metrics.lock().unwrap().push(req.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+async fn http_traces(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCode, Vec<u8>) {
+    match ExportTraceServiceRequest::decode(body) {
+        Ok(r) => {
+            store.traces.lock().unwrap().push(r);
+            (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+        }
+        Err(_) => (StatusCode::BAD_REQUEST, vec![]),
+    }
+}
+
+async fn http_metrics(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCode, Vec<u8>) {
+    match ExportMetricsServiceRequest::decode(body) {
+        Ok(r) => {
+            store.metrics.lock().unwrap().push(r);
+            (StatusCode::OK, ExportMetricsServiceResponse::default().encode_to_vec())
+        }
+        Err(_) => (StatusCode::BAD_REQUEST, vec![]),
+    }
+}
+
+/// A running receiver. Dropping it (or `stop`) closes both listeners.
+pub struct Receiver {
+    pub store: Arc<Store>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Binds gRPC and HTTP listeners (port 0 picks free ports) and serves
+    /// into `store`, which may be shared with an earlier receiver.
+    pub async fn start(grpc: SocketAddr, http: SocketAddr, store: Arc<Store>) -> std::io::Result<Receiver> {
+        let grpc_l = tokio::net::TcpListener::bind(grpc).await?;
+        let http_l = tokio::net::TcpListener::bind(http).await?;
+        let (grpc_addr, http_addr) = (grpc_l.local_addr()?, http_l.local_addr()?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tx_http, rx_http) = tokio::sync::oneshot::channel::<()>();
+        let svc = Svc(store.clone());
+        let g = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_l);
+            let _ = tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(svc.clone()))
+                .add_service(MetricsServiceServer::new(svc))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                    let _ = tx_http.send(());
+                })
+                .await;
+        });
+        let app = Router::new()
+            .route("/v1/traces", post(http_traces))
+            .route("/v1/metrics", post(http_metrics))
+            .with_state(store.clone());
+        let h = tokio::spawn(async move {
+            let _ = axum::serve(http_l, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx_http.await;
+                })
+                .await;
+        });
+        Ok(Receiver { store, grpc_addr, http_addr, stop: Some(tx), tasks: vec![g, h] })
+    }
+
+    /// Stops both servers and waits until their listeners are closed.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `sonde-otlp-receiver [GRPC_ADDR] [HTTP_ADDR]`: prints each received span
+//! as one line. Defaults: 127.0.0.1:4317 and 127.0.0.1:4318.
+use std::{sync::Arc, time::Duration};
+
+use sonde_otlp_receiver::{Receiver, Store};
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let grpc = args.next().unwrap_or_else(|| "127.0.0.1:4317".into());
+    let http = args.next().unwrap_or_else(|| "127.0.0.1:4318".into());
+    let parse = |s: &str| s.parse().unwrap_or_else(|e| panic!("address {s:?}: {e}"));
+    let store = Arc::new(Store::default());
+    let r = Receiver::start(parse(&grpc), parse(&http), store.clone()).await.expect("bind");
+    eprintln!("OTLP receiver: gRPC on {}, HTTP on {}", r.grpc_addr, r.http_addr);
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let spans = store.spans();
+        for s in &spans[seen..] {
+            println!(
+                "{} {} {:?} trace={} parent={} {}ms",
+                s.service(),
+                s.span.name,
+                s.span.kind,
+                hex(&s.span.trace_id),
+                hex(&s.span.parent_span_id),
+                s.duration_ns() / 1_000_000
+            );
+        }
+        seen = spans.len();
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
