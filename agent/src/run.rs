@@ -123,7 +123,22 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     }
     tracing::info!("shutting down: flushing spans and metrics");
-    drop(session); // detach the probes first
+    // Events already captured still deserve spans: drain until the stream
+    // has been idle for a few reader polls (bounded).
+    let idle = args.capture.session_config().poll_interval * 3;
+    let drain_until = tokio::time::Instant::now() + Duration::from_millis(1000);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(drain_until.min(tokio::time::Instant::now() + idle), session.events.recv()).await {
+        l7.on_event(ev, &mut spans);
+    }
+    for s in spans.drain(..) {
+        if cfg.stdout {
+            println!("{}", stdout::line(&s));
+        }
+        if let Some(q) = &span_queue {
+            q.push(s);
+        }
+    }
+    drop(session); // detach the probes
     let _ = stop_tx.send(true);
     drop(span_queue);
     let flush = async {

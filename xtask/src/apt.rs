@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use crate::run::sh;
 
 /// What the privileged suite runs against.
-pub const TEST_PACKAGES: &[&str] = &["curl", "iproute2", "procps"];
+pub const TEST_PACKAGES: &[&str] = &["curl", "iproute2", "procps", "nginx-light", "prometheus"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

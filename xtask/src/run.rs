@@ -24,6 +24,9 @@ fn cargo() -> Command {
     c
 }
 
+/// Integration suites that load probes (each a libtest-mimic binary).
+const PRIVILEGED_SUITES: [&str; 2] = ["capture", "http"];
+
 pub fn build(release: bool) -> Result<()> {
     let mut c = cargo();
     c.args(["build", "--package", "sonde"]);
@@ -47,7 +50,9 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
             );
         }
         eprintln!("xtask: privileged integration suite on this kernel");
-        sh(cargo().args(["test", "--package", "sonde", "--test", "capture", "--"]).args(args))?;
+        for suite in PRIVILEGED_SUITES {
+            sh(cargo().args(["test", "--package", "sonde", "--test", suite, "--"]).args(args))?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,163 @@
+//! Running sonde, the servers and the receiver for the HTTP suite.
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sonde_otlp_receiver::{ReceivedSpan, Receiver, Store};
+
+/// Turns a hang into a failure; never an assertion on speed.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    /// SIGTERM first, so servers like nginx take their workers down with
+    /// them; SIGKILL if that has not worked after a while.
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+pub fn receiver(rt: &tokio::runtime::Runtime, store: Arc<Store>, grpc: u16, http: u16) -> Receiver {
+    rt.block_on(Receiver::start(
+        SocketAddr::from(([127, 0, 0, 1], grpc)),
+        SocketAddr::from(([127, 0, 0, 1], http)),
+        store,
+    ))
+    .expect("receiver binds")
+}
+
+/// Starts `sonde run` with `env`, returning once its probes are attached.
+pub fn sonde(args: &[&str], env: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sonde"));
+    cmd.arg("run").args(args).stdout(Stdio::null()).stderr(Stdio::piped()).env("SONDE_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn sonde");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut l = String::new();
+        if err.read_line(&mut l).unwrap() == 0 {
+            panic!("sonde exited before capturing:\n{seen}");
+        }
+        seen.push_str(&l);
+        if l.contains("capturing;") {
+            break;
+        }
+    }
+    // Keep draining stderr so sonde never blocks on a full pipe.
+    std::thread::spawn(move || for _ in err.lines() {});
+    Proc(child)
+}
+
+/// Starts the Python fixture server with a service name; waits for READY.
+pub fn python_server(port: u16, service: &str) -> Proc {
+    let mut child = Command::new("python3")
+        .arg(fixture("http_server.py"))
+        .arg(port.to_string())
+        .env("OTEL_SERVICE_NAME", service)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut l = String::new();
+    out.read_line(&mut l).unwrap();
+    assert_eq!(l.trim(), "READY");
+    Proc(child)
+}
+
+/// One request as the client saw it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub start: u64,
+    pub end: u64,
+    pub traceparent: Option<String>,
+    pub req_body: u64,
+    pub resp_body: u64,
+}
+
+/// Runs the keep-alive client to completion; returns its pid and calls.
+pub fn python_client(port: u16, n: usize) -> (u32, Vec<Call>) {
+    let child = Command::new("python3")
+        .arg(fixture("http_client.py"))
+        .args([port.to_string(), n.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "client failed");
+    let calls = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (pid, calls)
+}
+
+/// Waits until `pred` holds for the received spans.
+pub fn wait_spans(store: &Store, mut pred: impl FnMut(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let spans = store.spans();
+        if pred(&spans) {
+            return spans;
+        }
+        if Instant::now() > end {
+            panic!("spans never matched; have {}: {:#?}", spans.len(), spans.iter().rev().take(5).collect::<Vec<_>>());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn pid_of(s: &ReceivedSpan) -> u32 {
+    s.resource.get("process.pid").and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// GET over a fresh connection, returning the body.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
