@@ -23,7 +23,7 @@ fn run(resp: &[u8], split: Option<usize>, capture: Option<usize>) -> usize {
                 }
             }
             (None, Some(cap)) => {
-                let seg = Segment { data: &resp[..cap.min(resp.len())], total: resp.len() as u64, enter_ns: i, exit_ns: i + 1 };
+                let seg = Segment { data: &resp[..cap.min(resp.len())], total: resp.len() as u64, enter_ns: i, exit_ns: i + 1, tid: 0 };
                 let _ = c.push(Kind::Response, seg, &mut out);
             }
             (None, None) => {

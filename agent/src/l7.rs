@@ -123,7 +123,7 @@ impl L7 {
             }
         }
         let Proto::Http(h) = state else { return };
-        let seg = Segment { data: &d.payload, total: d.bytes, enter_ns: d.enter_ns, exit_ns: d.exit_ns };
+        let seg = Segment { data: &d.payload, total: d.bytes, enter_ns: d.enter_ns, exit_ns: d.exit_ns, tid: d.tid };
         let mut ex = vec![];
         let failed = h.push(side, seg, &mut ex).is_err();
         if failed || h.is_upgraded() {

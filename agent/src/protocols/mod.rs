@@ -1,7 +1,10 @@
 //! Stage 4: protocol detection and parsers. Parsers consume the per-connection
 //! byte stream as [`Segment`]s (one per syscall) and produce messages; they
 //! never see kernel types and never panic on hostile input.
+pub mod db;
 pub mod http;
+pub mod redis;
+pub mod sql;
 
 /// What one syscall contributed to a direction of a connection's stream.
 #[derive(Debug, Clone, Copy)]
@@ -14,17 +17,31 @@ pub struct Segment<'a> {
     /// CLOCK_MONOTONIC ns at syscall entry and exit.
     pub enter_ns: u64,
     pub exit_ns: u64,
+    /// The thread that made the syscall (0 when unknown).
+    pub tid: u32,
 }
 
 impl<'a> Segment<'a> {
     pub fn whole(data: &'a [u8], enter_ns: u64, exit_ns: u64) -> Self {
-        Segment { data, total: data.len() as u64, enter_ns, exit_ns }
+        Segment { data, total: data.len() as u64, enter_ns, exit_ns, tid: 0 }
+    }
+
+    pub fn time(&self) -> SegTime {
+        SegTime { enter_ns: self.enter_ns, exit_ns: self.exit_ns, tid: self.tid }
     }
 
     /// Uncaptured bytes after `data`.
     pub fn gap(&self) -> u64 {
         self.total.saturating_sub(self.data.len() as u64)
     }
+}
+
+/// Timing of the syscall that carried a message's first or last byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegTime {
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    pub tid: u32,
 }
 
 /// Tri-state answer of protocol detection on a stream's first bytes.

@@ -29,6 +29,7 @@ fn main() {
             t("otlp_http_protobuf_transport", http_protobuf),
             t("receiver_outage_under_load", receiver_outage),
             t("sigterm_flushes_queued_spans", sigterm_flush),
+            t("no_backend_prints_spans_and_serves_metrics", no_backend),
         ],
     )
     .exit();
@@ -385,4 +386,34 @@ fn sigterm_flush() {
     assert!(status.success(), "{status}");
     assert_eq!(store.spans().iter().filter(|x| pid_of(x) == spid).count(), 7, "queued spans flushed at exit");
     drop(recv);
+}
+
+/// The README's default: no endpoint anywhere, spans on stdout, metrics on
+/// the default Prometheus address.
+fn no_backend() {
+    use std::io::BufRead;
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let (_p, mut out) = sonde_printing(&["--prometheus-listen", &listen], &[]);
+    let port = free_port();
+    let _server = python_server(port, "plain-web");
+    let (_, calls) = python_client(port, 3);
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while seen < calls.len() {
+        assert!(std::time::Instant::now() < deadline, "spans not printed");
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "sonde stdout closed");
+        if l.contains("SERVER") && l.contains("service=plain-web") {
+            assert!(l.contains(&format!("server.port={port}")), "{l}");
+            seen += 1;
+        }
+    }
+    let text = http_get(&listen, "/metrics").unwrap();
+    let count: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{service_name=\"plain-web\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(count, calls.len() as u64, "{text}");
 }

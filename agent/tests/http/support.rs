@@ -61,8 +61,23 @@ pub fn receiver(rt: &tokio::runtime::Runtime, store: Arc<Store>, grpc: u16, http
 
 /// Starts `sonde run` with `env`, returning once its probes are attached.
 pub fn sonde(args: &[&str], env: &[(&str, String)]) -> Proc {
+    start_sonde(args, env, Stdio::null())
+}
+
+/// Like [`sonde`], with its stdout (the span printer) readable.
+pub fn sonde_printing(args: &[&str], env: &[(&str, String)]) -> (Proc, BufReader<std::process::ChildStdout>) {
+    let mut p = start_sonde(args, env, Stdio::piped());
+    let out = BufReader::new(p.0.stdout.take().unwrap());
+    (p, out)
+}
+
+fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sonde"));
-    cmd.arg("run").args(args).stdout(Stdio::null()).stderr(Stdio::piped()).env("SONDE_LOG", "info");
+    cmd.arg("run").args(args).stdout(stdout).stderr(Stdio::piped()).env("SONDE_LOG", "info");
+    // The defaults under test must not be overridden by the caller's environment.
+    for k in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] {
+        cmd.env_remove(k);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

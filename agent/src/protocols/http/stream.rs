@@ -12,19 +12,13 @@ use super::{
     detect,
     head::{self, Framing, Head, Kind},
 };
+pub use crate::protocols::SegTime;
 use crate::protocols::{Detect, Segment};
 
 /// Heads larger than this are treated as garbage.
 const MAX_HEAD: usize = 64 * 1024;
 /// Chunk-size and trailer lines longer than this are treated as garbage.
 const MAX_LINE: usize = 1024;
-
-/// Timing of the syscall that carried a message's first or last byte.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SegTime {
-    pub enter_ns: u64,
-    pub exit_ns: u64,
-}
 
 /// One framed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +107,7 @@ impl MessageStream {
 
     /// Feeds one syscall's bytes; completed messages are appended to `out`.
     pub fn push(&mut self, seg: Segment<'_>, out: &mut Vec<Message>) -> Result<(), StreamError> {
-        let t = SegTime { enter_ns: seg.enter_ns, exit_ns: seg.exit_ns };
+        let t = seg.time();
         if self.state == State::Resync {
             // Only a segment that starts a message ends the resync.
             if detect(self.kind, seg.data) == Detect::No {

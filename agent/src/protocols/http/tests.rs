@@ -146,7 +146,7 @@ fn body_beyond_capture_is_skipped_by_count() {
     s.expect("GET");
     let mut out = vec![];
     // Only 300 bytes captured of the whole response, then a second response whole.
-    s.push(Segment { data: &data[..300], total: data.len() as u64, enter_ns: 0, exit_ns: 1 }, &mut out).unwrap();
+    s.push(Segment { data: &data[..300], total: data.len() as u64, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out).unwrap();
     s.push(Segment::whole(fixture!("nginx_404.resp"), 2, 3), &mut out).unwrap();
     assert_eq!(out.iter().map(|m| (m.head.status, m.complete)).collect::<Vec<_>>(), vec![(200, true), (404, true)]);
     assert_eq!(Some(out[0].body_bytes), out[0].head.content_length);
@@ -160,7 +160,7 @@ fn head_cut_by_capture_keeps_the_start_line() {
     for (cut, usable) in [(20usize, false), (40, true), (60, true)] {
         let mut s = MessageStream::new(Kind::Request);
         let mut out = vec![];
-        s.push(Segment { data: &data[..cut], total: data.len() as u64, enter_ns: 0, exit_ns: 1 }, &mut out).unwrap();
+        s.push(Segment { data: &data[..cut], total: data.len() as u64, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out).unwrap();
         assert_eq!(out.len(), usize::from(usable), "cut at {cut}");
         if usable {
             assert!(out[0].head.truncated && !out[0].complete);
@@ -180,7 +180,7 @@ fn gap_inside_chunked_body_resyncs_on_the_next_message() {
     s.expect("GET");
     s.expect("GET");
     let mut out = vec![];
-    s.push(Segment { data: &data[..110], total: data.len() as u64, enter_ns: 0, exit_ns: 1 }, &mut out).unwrap();
+    s.push(Segment { data: &data[..110], total: data.len() as u64, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out).unwrap();
     assert_eq!(out.len(), 1);
     assert!(!out[0].complete);
     s.push(Segment::whole(fixture!("python_500.resp"), 2, 3), &mut out).unwrap();
@@ -242,7 +242,7 @@ fn hostile_bytes_never_panic() {
             for kind in [Kind::Request, Kind::Response] {
                 let mut c = HttpConnection::default();
                 let mut out = vec![];
-                let seg = Segment { data: &v[..cut], total: cut as u64 + gap, enter_ns: 0, exit_ns: 1 };
+                let seg = Segment { data: &v[..cut], total: cut as u64 + gap, enter_ns: 0, exit_ns: 1, tid: 0 };
                 let _ = c.push(kind, seg, &mut out);
                 let _ = c.push(kind, Segment::whole(&v[cut..], 2, 3), &mut out);
                 c.close(&mut out);
