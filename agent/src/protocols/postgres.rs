@@ -1,0 +1,404 @@
+//! PostgreSQL frontend/backend protocol v3, client connections.
+//!
+//! A call is a simple Query (answered when ReadyForQuery arrives) or one
+//! Execute of the extended protocol (answered by its CommandComplete,
+//! EmptyQueryResponse, PortalSuspended or ErrorResponse). Statements and
+//! portals are tracked so an Execute knows the SQL its Parse carried, across
+//! messages and syscalls. After an error the server skips to the next Sync:
+//! Executes it skipped are dropped at ReadyForQuery.
+use std::collections::{HashMap, VecDeque};
+
+use super::{
+    db::{DbCall, DbError, DbSystem},
+    sql, Detect, SegTime, Segment,
+};
+
+const PROTOCOL_3: u32 = 196_608;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+/// Message bodies kept for parsing (SQL text, error fields); the rest of a
+/// longer body is skipped by count.
+const KEEP: usize = 16 * 1024;
+const MAX_LEN: u32 = 1 << 30;
+
+/// Whether a client's first bytes are a startup, SSL or GSS request.
+pub fn detect_client(data: &[u8]) -> Detect {
+    if data.len() < 8 {
+        return if data.is_empty() || data[0] == 0 { Detect::NeedMore } else { Detect::No };
+    }
+    let len = u32::from_be_bytes(data[0..4].try_into().expect("4"));
+    let code = u32::from_be_bytes(data[4..8].try_into().expect("4"));
+    let ok = (8..=10_000).contains(&len) && matches!(code, PROTOCOL_3 | SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST);
+    if ok { Detect::Yes } else { Detect::No }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PgError {
+    #[error("the connection switched to TLS/GSS encryption")]
+    Encrypted,
+}
+
+/// One message: type (0 for untyped startup packets), body prefix, timing.
+#[derive(Debug)]
+struct Msg {
+    kind: u8,
+    body: Vec<u8>,
+    /// Part of the body was not captured.
+    truncated: bool,
+    first: SegTime,
+    last: SegTime,
+}
+
+#[derive(Debug, Default)]
+struct Framer {
+    /// Untyped packets expected next (client before startup completes).
+    untyped: bool,
+    hdr: Vec<u8>,
+    remaining: u64,
+    cur: Option<Msg>,
+    lost: bool,
+}
+
+impl Framer {
+    fn hdr_len(&self) -> usize {
+        if self.untyped { 4 } else { 5 }
+    }
+
+    fn feed(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Msg>) -> Result<(), ()> {
+        while !data.is_empty() {
+            if let Some(m) = self.cur.as_mut() {
+                let n = self.remaining.min(data.len() as u64) as usize;
+                let room = KEEP.saturating_sub(m.body.len());
+                m.body.extend_from_slice(&data[..n.min(room)]);
+                m.truncated |= n > room;
+                m.last = t;
+                self.remaining -= n as u64;
+                data = &data[n..];
+                if self.remaining == 0 {
+                    self.complete(out);
+                }
+                continue;
+            }
+            let need = self.hdr_len() - self.hdr.len();
+            let n = need.min(data.len());
+            self.hdr.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.hdr.len() < self.hdr_len() {
+                return Ok(());
+            }
+            let (kind, len_bytes) = if self.untyped { (0, &self.hdr[0..4]) } else { (self.hdr[0], &self.hdr[1..5]) };
+            let len = u32::from_be_bytes(len_bytes.try_into().expect("4"));
+            if !(4..=MAX_LEN).contains(&len) {
+                return Err(());
+            }
+            self.hdr.clear();
+            self.remaining = (len - 4) as u64;
+            self.cur = Some(Msg { kind, body: vec![], truncated: false, first: t, last: t });
+            if self.remaining == 0 {
+                self.complete(out);
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, out: &mut Vec<Msg>) {
+        if let Some(m) = self.cur.take() {
+            // After the StartupMessage every packet is typed, from the very
+            // next byte of this same segment.
+            if self.untyped && m.body.get(0..4) == Some(&PROTOCOL_3.to_be_bytes()[..]) {
+                self.untyped = false;
+            }
+            out.push(m);
+        }
+    }
+
+    /// Skips `gap` uncaptured bytes; false if that loses the framing.
+    fn skip(&mut self, gap: u64, out: &mut Vec<Msg>) -> bool {
+        if gap == 0 {
+            return true;
+        }
+        match self.cur.as_mut() {
+            Some(m) if self.remaining >= gap => {
+                m.truncated = true;
+                self.remaining -= gap;
+                if self.remaining == 0 {
+                    self.complete(out);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().position(|&c| c == 0) {
+        Some(i) => (&b[..i], &b[i + 1..]),
+        None => (b, &[]),
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A simple Query: rows and error gathered until ReadyForQuery.
+    Simple { sql: String, first: SegTime, rows: Option<u64>, error: Option<DbError> },
+    Execute { sql: String, first: SegTime },
+    Sync,
+}
+
+#[derive(Default)]
+pub struct PgConnection {
+    client: Framer,
+    server: Framer,
+    /// The client asked for SSL/GSS: the server's next byte answers.
+    encryption_asked: bool,
+    /// The startup's ReadyForQuery was seen (or the stream began mid-way):
+    /// from now on each ReadyForQuery ends a query or a Sync.
+    ready: bool,
+    database: Option<String>,
+    statements: HashMap<String, String>,
+    portals: HashMap<String, String>,
+    pending: VecDeque<Pending>,
+    pub parse_errors: u64,
+    pub unmatched: u64,
+}
+
+/// Rows from a CommandComplete tag: the last number ("INSERT 0 5" -> 5).
+fn tag_rows(tag: &str) -> Option<u64> {
+    let mut words = tag.split_whitespace();
+    let verb = words.next()?;
+    if !matches!(verb, "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE") {
+        return None;
+    }
+    words.last()?.parse().ok()
+}
+
+fn error_fields(body: &[u8]) -> DbError {
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut rest = body;
+    while let Some((&f, r)) = rest.split_first() {
+        if f == 0 {
+            break;
+        }
+        let (v, r) = cstr(r);
+        match f {
+            b'C' => code = text(v),
+            b'M' => message = text(v),
+            _ => {}
+        }
+        rest = r;
+    }
+    DbError { code, message }
+}
+
+const MAX_STATEMENTS: usize = 4096;
+
+impl PgConnection {
+    pub fn new() -> Self {
+        PgConnection { client: Framer { untyped: true, ..Default::default() }, ..Default::default() }
+    }
+
+    /// A connection first seen mid-stream (the agent started later): typed
+    /// messages only, database unknown.
+    pub fn mid_stream() -> Self {
+        PgConnection { ready: true, ..Default::default() }
+    }
+
+    /// Feeds the client side (true) or the server side (false).
+    pub fn push(&mut self, client: bool, seg: Segment<'_>, out: &mut Vec<DbCall>) -> Result<(), PgError> {
+        let t = seg.time();
+        let mut data = seg.data;
+        if !client && self.encryption_asked && self.server.cur.is_none() && self.server.hdr.is_empty() {
+            // The one-byte answer to SSLRequest/GSSENCRequest.
+            match data.first() {
+                Some(b'S') | Some(b'G') => return Err(PgError::Encrypted),
+                Some(b'N') => {
+                    self.encryption_asked = false;
+                    data = &data[1..];
+                }
+                _ => {}
+            }
+        }
+        let framer = if client { &mut self.client } else { &mut self.server };
+        if framer.lost {
+            // Resynchronise on a segment that starts with a plausible message.
+            let ok = data.len() >= 5
+                && data[0].is_ascii_alphabetic()
+                && (4..1 << 24).contains(&u32::from_be_bytes(data[1..5].try_into().expect("4")));
+            if !ok {
+                return Ok(());
+            }
+            *framer = Framer::default();
+        }
+        let mut msgs = vec![];
+        let ok = framer.feed(data, t, &mut msgs).is_ok() && framer.skip(seg.gap(), &mut msgs);
+        if !ok {
+            *framer = Framer { lost: true, ..Default::default() };
+            self.parse_errors += 1;
+            self.unmatched += self.pending.iter().filter(|p| !matches!(p, Pending::Sync)).count() as u64;
+            self.pending.clear();
+        }
+        for m in msgs {
+            if client {
+                self.on_client(m);
+            } else {
+                self.on_server(m, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_client(&mut self, m: Msg) {
+        if m.kind == 0 {
+            if m.body.len() >= 4 {
+                let code = u32::from_be_bytes(m.body[0..4].try_into().expect("4"));
+                match code {
+                    SSL_REQUEST | GSSENC_REQUEST => self.encryption_asked = true,
+                    PROTOCOL_3 => {
+                        let mut rest = &m.body[4..];
+                        let mut user = None;
+                        while !rest.is_empty() && rest[0] != 0 {
+                            let (k, r) = cstr(rest);
+                            let (v, r) = cstr(r);
+                            match k {
+                                b"database" => self.database = Some(text(v)),
+                                b"user" => user = Some(text(v)),
+                                _ => {}
+                            }
+                            rest = r;
+                        }
+                        // The database defaults to the user name.
+                        if self.database.is_none() {
+                            self.database = user;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        }
+        match m.kind {
+            b'Q' => {
+                let (q, _) = cstr(&m.body);
+                self.queue(Pending::Simple { sql: text(q), first: m.first, rows: None, error: None });
+            }
+            b'P' => {
+                let (name, rest) = cstr(&m.body);
+                let (q, _) = cstr(rest);
+                if self.statements.len() < MAX_STATEMENTS || self.statements.contains_key(&text(name)) {
+                    self.statements.insert(text(name), text(q));
+                }
+            }
+            b'B' => {
+                let (portal, rest) = cstr(&m.body);
+                let (stmt, _) = cstr(rest);
+                let sql = self.statements.get(&text(stmt)).cloned().unwrap_or_default();
+                if self.portals.len() < MAX_STATEMENTS || self.portals.contains_key(&text(portal)) {
+                    self.portals.insert(text(portal), sql);
+                }
+            }
+            b'E' => {
+                let (portal, _) = cstr(&m.body);
+                let sql = self.portals.get(&text(portal)).cloned().unwrap_or_default();
+                self.queue(Pending::Execute { sql, first: m.first });
+            }
+            b'S' => self.queue(Pending::Sync),
+            b'C' => {
+                let (&what, rest) = m.body.split_first().unwrap_or((&0, &[]));
+                let (name, _) = cstr(rest);
+                match what {
+                    b'S' => {
+                        self.statements.remove(&text(name));
+                    }
+                    b'P' => {
+                        self.portals.remove(&text(name));
+                    }
+                    _ => {}
+                }
+            }
+            // Describe, Flush, CopyData/Done/Fail, Terminate, password: no call.
+            _ => {}
+        }
+    }
+
+    fn queue(&mut self, p: Pending) {
+        if self.pending.len() >= 1024 {
+            self.pending.pop_front();
+            self.unmatched += 1;
+        }
+        self.pending.push_back(p);
+    }
+
+    fn call(&self, sql_text: &str, rows: Option<u64>, error: Option<DbError>, first: SegTime, last: SegTime) -> DbCall {
+        let st = sql::statement(sql_text);
+        DbCall {
+            system: DbSystem::Postgresql,
+            namespace: self.database.clone(),
+            operation: st.operation,
+            collection: st.collection,
+            query_text: st.sanitized,
+            rows,
+            error,
+            first,
+            last,
+        }
+    }
+
+    fn on_server(&mut self, m: Msg, out: &mut Vec<DbCall>) {
+        match m.kind {
+            b'C' | b'I' | b's' | b'E' => {
+                let rows = (m.kind == b'C').then(|| tag_rows(&text(cstr(&m.body).0))).flatten();
+                let error = (m.kind == b'E').then(|| error_fields(&m.body));
+                match self.pending.front_mut() {
+                    Some(Pending::Simple { rows: r, error: e, .. }) => {
+                        // A multi-statement query: the last tag, the first error.
+                        if rows.is_some() {
+                            *r = rows;
+                        }
+                        if e.is_none() {
+                            *e = error;
+                        }
+                    }
+                    Some(Pending::Execute { .. }) => {
+                        if let Some(Pending::Execute { sql, first }) = self.pending.pop_front() {
+                            out.push(self.call(&sql, rows, error, first, m.last));
+                        }
+                    }
+                    Some(Pending::Sync) | None => {
+                        // An error outside any call (e.g. failed Parse before
+                        // Execute was sent): nothing to attach it to.
+                        if m.kind != b'E' {
+                            self.unmatched += 1;
+                        }
+                    }
+                }
+            }
+            b'Z' if !self.ready => self.ready = true,
+            b'Z' => {
+                // ReadyForQuery ends a simple query, or a Sync: Executes the
+                // server skipped after an error are dropped.
+                while let Some(p) = self.pending.pop_front() {
+                    match p {
+                        Pending::Simple { sql, first, rows, error } => {
+                            out.push(self.call(&sql, rows, error, first, m.last));
+                            break;
+                        }
+                        Pending::Sync => break,
+                        Pending::Execute { .. } => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "postgres_tests.rs"]
+mod tests;

@@ -1,0 +1,129 @@
+use super::*;
+
+const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/db/postgres_session.c2s"));
+const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/db/postgres_session.s2c"));
+
+/// Replays a recording in conversation order: the client's bytes up to each
+/// Sync/Query boundary, then the server's up to the matching ReadyForQuery.
+fn replay(client_parts: &[&[u8]], server_parts: &[&[u8]]) -> (PgConnection, Vec<DbCall>) {
+    let mut c = PgConnection::new();
+    let mut out = vec![];
+    for p in client_parts {
+        c.push(true, Segment::whole(p, 0, 1), &mut out).unwrap();
+    }
+    for p in server_parts {
+        c.push(false, Segment::whole(p, 2, 3), &mut out).unwrap();
+    }
+    (c, out)
+}
+
+type Summary = Vec<(String, Option<String>, String, Option<u64>, Option<String>)>;
+
+fn summary(calls: &[DbCall]) -> Summary {
+    calls
+        .iter()
+        .map(|c| (c.operation.clone(), c.collection.clone(), c.query_text.clone(), c.rows, c.error.as_ref().map(|e| e.code.clone())))
+        .collect()
+}
+
+#[test]
+fn recorded_psycopg_session() {
+    let (c, calls) = replay(&[C2S], &[S2C]);
+    let got = summary(&calls);
+    let ops: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(
+        ops,
+        vec!["CREATE", "INSERT", "SELECT", "INSERT", "SELECT", "SELECT", "SELECT", "SELECT", "UPDATE", "DELETE", "SELECT", "COPY"],
+        "{got:#?}"
+    );
+    assert!(calls.iter().all(|c| c.namespace.as_deref() == Some("sonde")), "db.namespace from the startup message");
+    // Simple protocol: literals sanitized.
+    assert_eq!(got[1].2, "INSERT INTO items VALUES (?, ?)");
+    assert_eq!(got[2].2, "SELECT * FROM items WHERE name = ?");
+    assert_eq!(got[2].3, Some(1));
+    // Extended: SQL comes from Parse, via Bind, to Execute.
+    assert_eq!(got[3].2, "INSERT INTO items VALUES ($1, $2)");
+    assert_eq!(got[3].3, Some(1));
+    // A named prepared statement, parsed once, executed three times.
+    for g in &got[4..7] {
+        assert_eq!((g.1.as_deref(), g.2.as_str()), (Some("items"), "SELECT name FROM items WHERE id = $1"));
+    }
+    // The failing statement: SQLSTATE 42P01 undefined_table.
+    assert_eq!(got[7].4.as_deref(), Some("42P01"));
+    assert!(calls[7].error.as_ref().unwrap().message.contains("missing_table"));
+    // Pipelined extended queries answered in order.
+    assert_eq!((got[8].1.as_deref(), got[8].3), (Some("items"), Some(1)));
+    assert_eq!(got[9].3, Some(0));
+    // COPY FROM STDIN: the CopyData is not mistaken for calls.
+    assert_eq!((got[11].1.as_deref(), got[11].3), (Some("items"), Some(2)));
+    assert_eq!((c.parse_errors, c.unmatched), (0, 0));
+}
+
+#[test]
+fn every_split_point_gives_the_same_calls() {
+    let want = summary(&replay(&[C2S], &[S2C]).1);
+    for i in 0..=C2S.len() {
+        assert_eq!(summary(&replay(&[&C2S[..i], &C2S[i..]], &[S2C]).1), want, "client split at {i}");
+    }
+    for i in 0..=S2C.len() {
+        assert_eq!(summary(&replay(&[C2S], &[&S2C[..i], &S2C[i..]]).1), want, "server split at {i}");
+    }
+}
+
+#[test]
+fn byte_by_byte() {
+    let want = summary(&replay(&[C2S], &[S2C]).1);
+    let c: Vec<&[u8]> = C2S.chunks(1).collect();
+    let s: Vec<&[u8]> = S2C.chunks(1).collect();
+    assert_eq!(summary(&replay(&c, &s).1), want);
+}
+
+#[test]
+fn large_rows_beyond_the_capture_are_skipped_by_count() {
+    // A DataRow of 100 kB captured to 64 bytes, then CommandComplete, Z.
+    let mut c = PgConnection::mid_stream();
+    let mut out = vec![];
+    let q = b"Q\0\0\0\x15SELECT big FROM t\0";
+    c.push(true, Segment::whole(q, 0, 1), &mut out).unwrap();
+    let mut row = vec![b'D'];
+    row.extend_from_slice(&(100_004u32).to_be_bytes());
+    row.resize(100_005, b'x');
+    c.push(false, Segment { data: &row[..64], total: row.len() as u64, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out).unwrap();
+    c.push(false, Segment::whole(b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I", 4, 5), &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].operation.as_str(), out[0].rows, out[0].last.exit_ns), ("SELECT", Some(1), 5));
+}
+
+#[test]
+fn ssl_accepted_means_encrypted() {
+    let mut c = PgConnection::new();
+    let mut out = vec![];
+    assert_eq!(detect_client(b"\0\0\0\x08\x04\xd2\x16\x2f"), crate::protocols::Detect::Yes);
+    c.push(true, Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1), &mut out).unwrap();
+    assert_eq!(c.push(false, Segment::whole(b"S", 2, 3), &mut out), Err(PgError::Encrypted));
+    // Refused SSL: the startup follows in the clear.
+    let mut c = PgConnection::new();
+    c.push(true, Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1), &mut out).unwrap();
+    assert_eq!(c.push(false, Segment::whole(b"N", 2, 3), &mut out), Ok(()));
+}
+
+#[test]
+fn hostile_bytes_never_panic() {
+    let mut seed = 11u64;
+    for n in 0..600 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut c2s = C2S.to_vec();
+        let mut s2c = S2C.to_vec();
+        let v = if n % 2 == 0 { &mut c2s } else { &mut s2c };
+        let i = (seed as usize) % v.len();
+        v[i] = (seed >> 8) as u8;
+        let cut = (seed as usize >> 4) % s2c.len();
+        let mut c = PgConnection::new();
+        let mut out = vec![];
+        let _ = c.push(true, Segment::whole(&c2s, 0, 1), &mut out);
+        let _ = c.push(false, Segment { data: &s2c[..cut], total: s2c.len() as u64 + seed % 7, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out);
+        let _ = c.push(false, Segment::whole(&s2c[cut..], 4, 5), &mut out);
+    }
+}
