@@ -3,6 +3,7 @@
 //! never see kernel types and never panic on hostile input.
 pub mod db;
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
