@@ -1,7 +1,8 @@
 //! Stages 4-7 driver: per connection, detect the protocol, feed the parser,
-//! pair requests with responses, and turn exchanges into spans (sampled) and
-//! RED metrics (always). Connections that speak nothing sonde parses are
-//! released: the kernel stops copying their payload.
+//! pair requests with responses, link client calls to the request that made
+//! them, and turn the results into spans (sampled) and RED metrics (always).
+//! Connections that speak nothing sonde parses are released: the kernel
+//! stops copying their payload.
 use std::{
     collections::HashMap,
     sync::{
@@ -13,11 +14,16 @@ use std::{
 use crate::{
     conntrack::{ConnInfo, StreamEvent},
     event::{DataRecord, Direction, Role},
+    linker::{Linker, SpanCtx},
     metrics::{self, Labels, SharedRegistry},
     output::Clock,
     protocols::{
+        db::DbCall,
         http::{self, Exchange, HttpConnection, Kind},
-        Detect, Segment,
+        mysql::{self, MysqlConnection},
+        postgres::{self, PgConnection},
+        redis::{self, RedisConnection},
+        Detect, SegTime, Segment,
     },
     spans::{self, http::HttpSpanOptions, sampler::Sampler, Resource, ResourceBuilder, Span, Value},
 };
@@ -28,6 +34,9 @@ pub struct L7Stats {
     pub http_parse_errors: AtomicU64,
     pub http_unmatched_responses: AtomicU64,
     pub http_unanswered_requests: AtomicU64,
+    pub db_calls: AtomicU64,
+    pub db_parse_errors: AtomicU64,
+    pub db_unmatched: AtomicU64,
     /// Connections released because no parser recognised them.
     pub released_connections: AtomicU64,
     pub spans_sampled_out: AtomicU64,
@@ -36,6 +45,9 @@ pub struct L7Stats {
 enum Proto {
     Detecting,
     Http(HttpConnection),
+    Redis(RedisConnection),
+    Postgres(PgConnection),
+    Mysql(Box<MysqlConnection>),
     Released,
 }
 
@@ -44,6 +56,7 @@ pub type Release = Box<dyn FnMut(u32, i32) + Send>;
 
 pub struct L7 {
     conns: HashMap<u64, Proto>,
+    linker: Linker,
     resources: ResourceBuilder,
     registry: SharedRegistry,
     sampler: Sampler,
@@ -51,6 +64,36 @@ pub struct L7 {
     http_opts: HttpSpanOptions,
     release: Release,
     pub stats: Arc<L7Stats>,
+}
+
+/// Which protocol a connection's first bytes speak.
+fn detect(role: Role, dir: Direction, data: &[u8]) -> Option<Proto> {
+    let yes = |d: Detect| d != Detect::No;
+    match (role, dir) {
+        (Role::Server, Direction::Ingress) => yes(http::detect(Kind::Request, data)).then(|| Proto::Http(HttpConnection::default())),
+        // A database or other server's side: client spans come from the clients.
+        (Role::Server, Direction::Egress) => None,
+        (_, Direction::Egress) => {
+            if yes(http::detect(Kind::Request, data)) {
+                Some(Proto::Http(HttpConnection::default()))
+            } else if yes(redis::detect_request(data)) {
+                Some(Proto::Redis(RedisConnection::default()))
+            } else if yes(postgres::detect_client(data)) {
+                Some(Proto::Postgres(PgConnection::new()))
+            } else {
+                None
+            }
+        }
+        (_, Direction::Ingress) => {
+            if yes(mysql::detect_greeting(data)) {
+                Some(Proto::Mysql(Box::new(MysqlConnection::new())))
+            } else if http::detect(Kind::Response, data) == Detect::Yes {
+                Some(Proto::Http(HttpConnection::default()))
+            } else {
+                None
+            }
+        }
+    }
 }
 
 impl L7 {
@@ -63,6 +106,7 @@ impl L7 {
     ) -> L7 {
         L7 {
             conns: HashMap::new(),
+            linker: Linker::default(),
             resources,
             registry,
             sampler,
@@ -81,63 +125,125 @@ impl L7 {
             }
             StreamEvent::Data(c, d) => self.on_data(&c, &d, spans),
             StreamEvent::Close(c, _) => {
-                if let Some(Proto::Http(mut h)) = self.conns.remove(&c.id) {
+                let state = self.conns.remove(&c.id);
+                if let Some(Proto::Http(mut h)) = state {
                     let mut ex = vec![];
                     h.close(&mut ex);
-                    self.account(&h);
-                    self.emit(&c, ex, spans);
+                    self.account_http(&h);
+                    self.emit_http(&c, ex, spans);
+                } else if let Some(p) = state {
+                    self.account_db(&p);
                 }
+                self.linker.connection_closed(c.pid, c.id);
             }
         }
     }
 
-    fn account(&self, h: &HttpConnection) {
+    fn account_http(&self, h: &HttpConnection) {
         self.stats.http_parse_errors.fetch_add(h.parse_errors(), Relaxed);
         self.stats.http_unmatched_responses.fetch_add(h.counters.unmatched_responses, Relaxed);
         self.stats.http_unanswered_requests.fetch_add(h.counters.unanswered_requests, Relaxed);
     }
 
-    fn on_data(&mut self, c: &ConnInfo, d: &DataRecord, spans: &mut Vec<Span>) {
-        // Which side of an exchange these bytes are: requests flow into a
-        // server and out of a client.
-        let side = match (c.role, d.direction) {
-            (Role::Server, Direction::Ingress) | (Role::Client, Direction::Egress) => Kind::Request,
-            (Role::Server, Direction::Egress) | (Role::Client, Direction::Ingress) => Kind::Response,
-            (Role::Unknown, Direction::Ingress) => Kind::Request,
-            (Role::Unknown, Direction::Egress) => Kind::Response,
+    fn account_db(&self, p: &Proto) {
+        let (e, u) = match p {
+            Proto::Redis(r) => (r.parse_errors, r.unmatched),
+            Proto::Postgres(r) => (r.parse_errors, r.unmatched),
+            Proto::Mysql(r) => (r.parse_errors, r.unmatched),
+            _ => return,
         };
+        self.stats.db_parse_errors.fetch_add(e, Relaxed);
+        self.stats.db_unmatched.fetch_add(u, Relaxed);
+    }
+
+    fn release(&mut self, c: &ConnInfo) {
+        if let Some(old) = self.conns.insert(c.id, Proto::Released) {
+            if let Proto::Http(h) = &old {
+                self.account_http(h);
+            } else {
+                self.account_db(&old);
+            }
+        }
+        self.stats.released_connections.fetch_add(1, Relaxed);
+        (self.release)(c.pid, c.fd);
+    }
+
+    fn on_data(&mut self, c: &ConnInfo, d: &DataRecord, spans: &mut Vec<Span>) {
         let state = self.conns.entry(c.id).or_insert(Proto::Detecting);
         if let Proto::Detecting = state {
             if d.payload.is_empty() {
                 return; // nothing to detect on (quiet socket or sendfile)
             }
             // The far end of the agent's own traffic (a local OTLP collector).
-            match http::detect(side, &d.payload) {
-                Detect::Yes | Detect::NeedMore if !c.peer_is_agent => *state = Proto::Http(HttpConnection::default()),
-                _ => {
-                    *state = Proto::Released;
-                    self.stats.released_connections.fetch_add(1, Relaxed);
-                    (self.release)(c.pid, c.fd);
-                    return;
-                }
+            match detect(c.role, d.direction, &d.payload) {
+                Some(p) if !c.peer_is_agent => *state = p,
+                _ => return self.release(c),
             }
         }
-        let Proto::Http(h) = state else { return };
         let seg = Segment { data: &d.payload, total: d.bytes, enter_ns: d.enter_ns, exit_ns: d.exit_ns, tid: d.tid };
-        let mut ex = vec![];
-        let failed = h.push(side, seg, &mut ex).is_err();
-        if failed || h.is_upgraded() {
-            // Not HTTP after all, or switched protocols (WebSocket, h2c).
-            if let Some(Proto::Http(h)) = self.conns.insert(c.id, Proto::Released) {
-                self.account(&h);
+        // Requests flow out of a client and into a server.
+        let outbound = d.direction == Direction::Egress;
+        let request_side = match c.role {
+            Role::Server => !outbound,
+            _ => outbound,
+        };
+        let mut calls: Vec<DbCall> = vec![];
+        let mut exchanges = vec![];
+        let mut fresh = vec![];
+        let failed = match self.conns.get_mut(&c.id) {
+            Some(Proto::Http(h)) => {
+                let side = if request_side { Kind::Request } else { Kind::Response };
+                let failed = h.push(side, seg, &mut exchanges).is_err() || h.is_upgraded();
+                if c.role == Role::Server {
+                    fresh = h.take_new_requests();
+                }
+                failed
             }
-            self.stats.released_connections.fetch_add(1, Relaxed);
-            (self.release)(c.pid, c.fd);
+            Some(Proto::Redis(r)) => {
+                r.push(request_side, seg, &mut calls);
+                false
+            }
+            Some(Proto::Postgres(p)) => p.push(request_side, seg, &mut calls).is_err(),
+            Some(Proto::Mysql(m)) => m.push(request_side, seg, &mut calls).is_err(),
+            _ => return,
+        };
+        for req in fresh {
+            let tp = req.head.traceparent.as_deref().and_then(spans::traceparent::parse);
+            self.linker.request_started(c.pid, c.id, req.first.tid, req.first.exit_ns, tp, &self.sampler);
         }
-        self.emit(c, ex, spans);
+        if failed {
+            // Not the protocol after all, encrypted, or switched protocols.
+            self.release(c);
+        }
+        self.emit_http(c, exchanges, spans);
+        self.emit_db(c, calls, spans);
     }
 
-    fn emit(&mut self, c: &ConnInfo, exchanges: Vec<Exchange>, spans: &mut Vec<Span>) {
+    /// Gives a client span its parent: the request in flight it was made
+    /// for. `own_context`: the call carried its own traceparent (an
+    /// instrumented app), whose trace wins if it differs.
+    fn link(&self, c: &ConnInfo, first: SegTime, own_context: bool, span: &mut Span) -> bool {
+        match self.linker.parent_of(c.pid, first.tid, first.enter_ns) {
+            Some(parent) => {
+                if !own_context || span.trace_id == parent.trace_id {
+                    span.trace_id = parent.trace_id;
+                    span.parent_span_id = Some(parent.span_id);
+                }
+                parent.sampled
+            }
+            None => self.sampler.should_sample(&span.trace_id, None),
+        }
+    }
+
+    fn keep(&self, span: Span, sampled: bool, spans: &mut Vec<Span>) {
+        if sampled {
+            spans.push(span);
+        } else {
+            self.stats.spans_sampled_out.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn emit_http(&mut self, c: &ConnInfo, exchanges: Vec<Exchange>, spans: &mut Vec<Span>) {
         if exchanges.is_empty() {
             return;
         }
@@ -145,16 +251,63 @@ impl L7 {
         for ex in exchanges {
             self.stats.http_exchanges.fetch_add(1, Relaxed);
             let built = spans::http::build(c, &ex, &self.clock, self.http_opts, resource.clone());
-            self.record_metrics(c, &ex, &built.span, &built.route, &resource);
-            if self.sampler.should_sample(&built.span.trace_id, built.parent_sampled) {
-                spans.push(built.span);
+            self.record_http_metrics(c, &ex, &built.span, &built.route, &resource);
+            let mut span = built.span;
+            let sampled = if c.role == Role::Server {
+                match self.linker.request_finished(c.pid, c.id) {
+                    Some(SpanCtx { trace_id, span_id, parent_span_id, sampled }) => {
+                        span.trace_id = trace_id;
+                        span.span_id = span_id;
+                        span.parent_span_id = parent_span_id;
+                        sampled
+                    }
+                    None => self.sampler.should_sample(&span.trace_id, built.parent_sampled),
+                }
             } else {
-                self.stats.spans_sampled_out.fetch_add(1, Relaxed);
-            }
+                let own = ex.request.head.traceparent.as_deref().and_then(spans::traceparent::parse).is_some();
+                self.link(c, ex.request.first, own, &mut span)
+            };
+            self.keep(span, sampled, spans);
         }
     }
 
-    fn record_metrics(&self, c: &ConnInfo, ex: &Exchange, span: &Span, route: &str, resource: &Arc<Resource>) {
+    fn emit_db(&mut self, c: &ConnInfo, calls: Vec<DbCall>, spans: &mut Vec<Span>) {
+        if calls.is_empty() {
+            return;
+        }
+        let resource = self.resources.get(&c.process);
+        for call in calls {
+            self.stats.db_calls.fetch_add(1, Relaxed);
+            let mut span = spans::db::build(c, &call, &self.clock, resource.clone());
+            self.record_db_metrics(c, &call, &span, &resource);
+            let sampled = self.link(c, call.first, false, &mut span);
+            self.keep(span, sampled, spans);
+        }
+    }
+
+    fn record_db_metrics(&self, c: &ConnInfo, call: &DbCall, span: &Span, resource: &Arc<Resource>) {
+        let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
+        let mut labels: Labels = vec![("db.system.name", call.system.as_str().to_string())];
+        if !call.operation.is_empty() {
+            labels.push(("db.operation.name", call.operation.clone()));
+        }
+        if let Some(col) = &call.collection {
+            labels.push(("db.collection.name", col.clone()));
+        }
+        if let Some(ns) = &call.namespace {
+            labels.push(("db.namespace", ns.clone()));
+        }
+        if let Some(e) = &call.error {
+            labels.push(("error.type", e.code.clone()));
+        }
+        if let Some(peer) = c.remote() {
+            labels.push(("server.address", peer.ip().to_string()));
+            labels.push(("server.port", peer.port().to_string()));
+        }
+        self.registry.lock().expect("registry lock").record(&metrics::DB_CLIENT_DURATION, resource, labels, secs);
+    }
+
+    fn record_http_metrics(&self, c: &ConnInfo, ex: &Exchange, span: &Span, route: &str, resource: &Arc<Resource>) {
         let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
         let get = |k: &str| span.attr(k).map(|v| match v {
             Value::Str(s) => s.clone(),

@@ -20,3 +20,4 @@ pub mod metrics;
 pub mod config;
 pub mod l7;
 pub mod run;
+pub mod linker;

@@ -15,6 +15,8 @@ use crate::spans::Resource;
 /// Semconv default buckets for HTTP durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Semconv buckets for database call durations, in seconds.
+pub const DB_DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// Buckets for body sizes, in bytes.
 pub const SIZE_BUCKETS: &[f64] =
     &[0.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0];
@@ -44,6 +46,13 @@ pub const HTTP_CLIENT_DURATION: Instrument = Instrument {
     unit: "s",
     description: "Duration of HTTP client requests.",
     buckets: DURATION_BUCKETS,
+};
+pub const DB_CLIENT_DURATION: Instrument = Instrument {
+    name: "db.client.operation.duration",
+    prom_name: "db_client_operation_duration_seconds",
+    unit: "s",
+    description: "Duration of database client operations.",
+    buckets: DB_DURATION_BUCKETS,
 };
 pub const HTTP_SERVER_REQUEST_SIZE: Instrument = Instrument {
     name: "http.server.request.body.size",

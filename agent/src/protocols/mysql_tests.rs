@@ -33,7 +33,7 @@ fn replay(c2s: &[u8], s2c: &[u8], split: usize) -> (MysqlConnection, Vec<DbCall>
     }
     let mut c = MysqlConnection::new();
     let mut out = vec![];
-    let mut feed = |c: &mut MysqlConnection, client: bool, data: &[u8], out: &mut Vec<DbCall>| {
+    let feed = |c: &mut MysqlConnection, client: bool, data: &[u8], out: &mut Vec<DbCall>| {
         let k = split.min(data.len());
         for part in [&data[..k], &data[k..]] {
             c.push(client, Segment::whole(part, 0, 1), out).unwrap();

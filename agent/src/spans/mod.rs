@@ -1,5 +1,6 @@
 //! Stage 6: spans. The model here is exporter-neutral; `export/` turns it
 //! into OTLP protobuf or text.
+pub mod db;
 pub mod http;
 pub mod resource;
 pub mod sampler;

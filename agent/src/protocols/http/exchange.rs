@@ -33,6 +33,8 @@ pub struct HttpConnection {
     requests: MessageStream,
     responses: MessageStream,
     pending: VecDeque<Message>,
+    /// Requests framed since the last `take_new_requests`.
+    fresh: Vec<Message>,
     pub counters: ExchangeCounters,
 }
 
@@ -42,6 +44,7 @@ impl Default for HttpConnection {
             requests: MessageStream::new(Kind::Request),
             responses: MessageStream::new(Kind::Response),
             pending: VecDeque::new(),
+            fresh: Vec::new(),
             counters: ExchangeCounters::default(),
         }
     }
@@ -57,6 +60,9 @@ impl HttpConnection {
                 self.requests.push(seg, &mut msgs)?;
                 for m in msgs {
                     self.responses.expect(&m.head.method);
+                    if self.fresh.len() < MAX_PENDING {
+                        self.fresh.push(m.clone());
+                    }
                     if self.pending.len() >= MAX_PENDING {
                         self.pending.pop_front();
                         self.counters.unanswered_requests += 1;
@@ -91,6 +97,12 @@ impl HttpConnection {
         self.pair(msgs, out);
         self.counters.unanswered_requests += self.pending.len() as u64;
         self.pending.clear();
+    }
+
+    /// Requests framed since the last call, in order: a server learns here
+    /// that a request is in flight, before its response exists.
+    pub fn take_new_requests(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// After a 101 the connection speaks another protocol.

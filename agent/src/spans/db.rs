@@ -1,0 +1,57 @@
+//! Database calls to CLIENT spans with the stable DB semantic conventions.
+use std::sync::Arc;
+
+use super::{new_span_id, new_trace_id, Attributes, Resource, Span, SpanKind, Status, Value};
+use crate::{conntrack::ConnInfo, output::Clock, protocols::db::DbCall};
+
+pub fn build(conn: &ConnInfo, call: &DbCall, clock: &Clock, resource: Arc<Resource>) -> Span {
+    let mut a: Attributes = vec![("db.system.name", call.system.as_str().into())];
+    if let Some(ns) = &call.namespace {
+        a.push(("db.namespace", ns.clone().into()));
+    }
+    if !call.operation.is_empty() {
+        a.push(("db.operation.name", call.operation.clone().into()));
+    }
+    if let Some(c) = &call.collection {
+        a.push(("db.collection.name", c.clone().into()));
+    }
+    if !call.query_text.is_empty() {
+        a.push(("db.query.text", call.query_text.clone().into()));
+    }
+    if let Some(rows) = call.rows {
+        a.push(("db.response.returned_rows", Value::Int(rows as i64)));
+    }
+    if let Some(peer) = conn.remote() {
+        a.push(("server.address", peer.ip().to_string().into()));
+        a.push(("server.port", Value::Int(peer.port() as i64)));
+        a.push(("network.peer.address", peer.ip().to_string().into()));
+        a.push(("network.peer.port", Value::Int(peer.port() as i64)));
+    }
+    let status = match &call.error {
+        Some(e) => {
+            a.push(("db.response.status_code", e.code.clone().into()));
+            a.push(("error.type", e.code.clone().into()));
+            Status::Error(e.message.clone())
+        }
+        None => Status::Unset,
+    };
+    let name = match (&call.operation, &call.collection) {
+        (op, Some(c)) if !op.is_empty() => format!("{op} {c}"),
+        (op, None) if !op.is_empty() => op.clone(),
+        _ => call.system.as_str().to_string(),
+    };
+    let start = call.first.enter_ns;
+    Span {
+        trace_id: new_trace_id(),
+        span_id: new_span_id(),
+        parent_span_id: None,
+        trace_state: String::new(),
+        kind: SpanKind::Client,
+        name,
+        start_unix_ns: clock.unix_ns(start),
+        end_unix_ns: clock.unix_ns(call.last.exit_ns.max(start)),
+        attributes: a,
+        status,
+        resource,
+    }
+}
