@@ -6,7 +6,38 @@ use anyhow::{bail, Context, Result};
 use crate::run::sh;
 
 /// What the privileged suite runs against.
-pub const TEST_PACKAGES: &[&str] = &["curl", "iproute2", "procps", "nginx-light", "prometheus"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "iproute2",
+    "procps",
+    "util-linux",
+    "nginx-light",
+    "prometheus",
+    "postgresql",
+    "mariadb-server",
+    "redis-server",
+];
+
+/// Python clients the test services use (from PyPI), and the module each provides.
+pub const PYTHON_PACKAGES: &[(&str, &str)] =
+    &[("psycopg[binary]", "psycopg"), ("pymysql", "pymysql"), ("redis", "redis"), ("mysql-connector-python", "mysql.connector")];
+
+/// Installs the Python clients that are not importable yet.
+pub fn ensure_python() -> Result<()> {
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(_, module)| {
+            !Command::new("python3").args(["-c", &format!("import {module}")]).output().map(|o| o.status.success()).unwrap_or(false)
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: pip installing {}", missing.join(" "));
+    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
+        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] pymysql redis mysql-connector-python")
+}
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

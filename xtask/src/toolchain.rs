@@ -32,6 +32,7 @@ pub fn setup(with_apt: bool) -> Result<()> {
     ensure_bpf_linker()?;
     if with_apt {
         apt::ensure(apt::TEST_PACKAGES)?;
+        apt::ensure_python()?;
     }
     Ok(())
 }
