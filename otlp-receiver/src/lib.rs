@@ -59,6 +59,11 @@ pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).map(value_string)
 }
 
+/// Attributes as a map of strings.
+pub fn kv_map<'a>(attrs: impl IntoIterator<Item = &'a KeyValue>) -> HashMap<String, String> {
+    attrs.into_iter().filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?)))).collect()
+}
+
 pub fn value_string(v: &AnyValue) -> String {
     match &v.value {
         Some(any_value::Value::StringValue(s)) => s.clone(),
@@ -85,12 +90,7 @@ impl Store {
         let mut out = vec![];
         for req in self.traces.lock().unwrap().iter() {
             for rs in &req.resource_spans {
-                let res: HashMap<String, String> = rs
-                    .resource
-                    .iter()
-                    .flat_map(|r| &r.attributes)
-                    .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?))))
-                    .collect();
+                let res = kv_map(rs.resource.iter().flat_map(|r| &r.attributes));
                 for ss in &rs.scope_spans {
                     for s in &ss.spans {
                         out.push(ReceivedSpan { resource: res.clone(), span: s.clone() });
@@ -106,12 +106,7 @@ impl Store {
         let mut out = vec![];
         for req in self.metrics.lock().unwrap().iter() {
             for rm in &req.resource_metrics {
-                let res: HashMap<String, String> = rm
-                    .resource
-                    .iter()
-                    .flat_map(|r| &r.attributes)
-                    .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?))))
-                    .collect();
+                let res = kv_map(rm.resource.iter().flat_map(|r| &r.attributes));
                 for sm in &rm.scope_metrics {
                     for Metric { name, data, .. } in &sm.metrics {
                         if let Some(metric::Data::Histogram(h)) = data {
@@ -119,11 +114,7 @@ impl Store {
                                 out.push(ReceivedPoint {
                                     resource: res.clone(),
                                     metric: name.clone(),
-                                    attributes: p
-                                        .attributes
-                                        .iter()
-                                        .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?))))
-                                        .collect(),
+                                    attributes: kv_map(&p.attributes),
                                     count: p.count,
                                     sum: p.sum.unwrap_or(0.0),
                                     time_unix_nano: p.time_unix_nano,

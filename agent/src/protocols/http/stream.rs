@@ -20,6 +20,17 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Chunk-size and trailer lines longer than this are treated as garbage.
 const MAX_LINE: usize = 1024;
 
+/// Adds `b` to a chunk-size or trailer line; true at the line's end.
+/// Lines over MAX_LINE set `bad`.
+fn line_done(line: &mut Vec<u8>, b: u8, bad: &mut bool) -> bool {
+    if b == b'\n' {
+        return true;
+    }
+    line.push(b);
+    *bad = line.len() > MAX_LINE;
+    false
+}
+
 /// One framed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -278,9 +289,7 @@ impl MessageStream {
                 Chunk::Size(line) => {
                     let b = data[i];
                     i += 1;
-                    if b != b'\n' {
-                        line.push(b);
-                        bad = line.len() > MAX_LINE;
+                    if !line_done(line, b, &mut bad) {
                         continue;
                     }
                     let text = String::from_utf8_lossy(line);
@@ -309,9 +318,7 @@ impl MessageStream {
                 Chunk::Trailer(line) => {
                     let b = data[i];
                     i += 1;
-                    if b != b'\n' {
-                        line.push(b);
-                        bad = line.len() > MAX_LINE;
+                    if !line_done(line, b, &mut bad) {
                         continue;
                     }
                     if line.iter().all(|&c| c == b'\r') {
