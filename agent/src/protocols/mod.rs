@@ -1,6 +1,7 @@
 //! Stage 4: protocol detection and parsers. Parsers consume the per-connection
 //! byte stream as [`Segment`]s (one per syscall) and produce messages; they
 //! never see kernel types and never panic on hostile input.
+pub mod amqp;
 pub mod db;
 pub mod http;
 pub mod mysql;

@@ -1,0 +1,512 @@
+//! AMQP 0-9-1 (RabbitMQ) client connections.
+//!
+//! Frames (method, content header, body, heartbeat) are framed per direction
+//! and assembled per channel: a Basic.Publish / Deliver / GetOk method is
+//! followed by a content header (properties, body size) and body frames
+//! until the body size is reached; channels interleave freely. Out come the
+//! messaging operations spans are made of: publishes (with their publisher
+//! confirm and return), deliveries starting and finishing (ack, nack,
+//! reject, or auto-ack), and Basic.Get receives.
+pub mod table;
+
+use std::collections::{HashMap, VecDeque};
+
+use table::{Cursor, Properties};
+
+use super::{Detect, SegTime, Segment};
+
+const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
+const FRAME_METHOD: u8 = 1;
+const FRAME_HEADER: u8 = 2;
+const FRAME_BODY: u8 = 3;
+const FRAME_END: u8 = 0xCE;
+/// Method and header payloads kept for decoding; bodies keep a prefix.
+const KEEP: usize = 64 * 1024;
+pub const BODY_PREFIX: usize = 256;
+const MAX_FRAME: u32 = 1 << 28;
+
+pub fn detect_client(data: &[u8]) -> Detect {
+    let n = data.len().min(PROTOCOL_HEADER.len());
+    if data[..n] != PROTOCOL_HEADER[..n] {
+        Detect::No
+    } else if n < 4 {
+        Detect::NeedMore
+    } else {
+        Detect::Yes
+    }
+}
+
+/// A message as seen on the wire.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    pub props: Properties,
+    pub body_size: u64,
+    pub body_prefix: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ack,
+    Nack,
+    Reject,
+    /// No-ack consumer: processing ended at the next read of the channel.
+    AutoAck,
+    /// Channel or connection closed before any acknowledgement.
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AmqpOut {
+    /// A publish completed: sent (no confirms) or confirmed/nacked by the broker.
+    Published {
+        channel: u16,
+        msg: Message,
+        first: SegTime,
+        last: SegTime,
+        confirmed: Option<bool>,
+        /// Basic.Return before the confirm: (reply code, text).
+        returned: Option<(u16, String)>,
+        seq: Option<u64>,
+    },
+    /// A delivery was read: processing starts now.
+    DeliveryStarted { channel: u16, delivery_tag: u64, queue: Option<String>, redelivered: bool, msg: Message, at: SegTime },
+    /// Its processing ended.
+    DeliveryFinished { channel: u16, delivery_tag: u64, outcome: Outcome, at: SegTime },
+    /// A Basic.Get answered (None: GetEmpty).
+    Received { channel: u16, queue: String, msg: Option<Message>, delivery_tag: Option<u64>, first: SegTime, last: SegTime },
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    channel: u16,
+    payload: Vec<u8>,
+    size: u32,
+    first: SegTime,
+    last: SegTime,
+}
+
+#[derive(Default)]
+struct Framer {
+    skip_header: usize,
+    hdr: Vec<u8>,
+    /// Payload bytes + the frame-end byte still to come.
+    remaining: u64,
+    cur: Option<Frame>,
+    lost: bool,
+}
+
+impl Framer {
+    fn feed(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Frame>) -> Result<(), ()> {
+        while !data.is_empty() {
+            if self.skip_header > 0 {
+                let n = self.skip_header.min(data.len());
+                self.skip_header -= n;
+                data = &data[n..];
+                continue;
+            }
+            if let Some(f) = self.cur.as_mut() {
+                let n = self.remaining.min(data.len() as u64) as usize;
+                // The last of `remaining` is the frame-end octet.
+                let payload_left = self.remaining.saturating_sub(1) as usize;
+                let take = n.min(payload_left);
+                let room = KEEP.saturating_sub(f.payload.len());
+                f.payload.extend_from_slice(&data[..take.min(room)]);
+                f.last = t;
+                if n > payload_left && data[payload_left] != FRAME_END {
+                    return Err(());
+                }
+                self.remaining -= n as u64;
+                data = &data[n..];
+                if self.remaining == 0 {
+                    out.extend(self.cur.take());
+                }
+                continue;
+            }
+            let n = (7 - self.hdr.len()).min(data.len());
+            self.hdr.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.hdr.len() < 7 {
+                return Ok(());
+            }
+            let kind = self.hdr[0];
+            let channel = u16::from_be_bytes([self.hdr[1], self.hdr[2]]);
+            let size = u32::from_be_bytes(self.hdr[3..7].try_into().expect("4"));
+            self.hdr.clear();
+            if !matches!(kind, 1 | 2 | 3 | 8) || size > MAX_FRAME {
+                return Err(());
+            }
+            self.remaining = size as u64 + 1;
+            self.cur = Some(Frame { kind, channel, payload: vec![], size, first: t, last: t });
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, gap: u64, out: &mut Vec<Frame>) -> bool {
+        if gap == 0 {
+            return true;
+        }
+        // Only payload bytes can be skipped; the frame-end must be seen... or
+        // be the last byte of the gap, which we then trust.
+        if self.cur.is_some() && self.remaining >= gap {
+            self.remaining -= gap;
+            if self.remaining == 0 {
+                out.extend(self.cur.take());
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// Content being assembled on a channel.
+#[derive(Debug)]
+enum Incoming {
+    Publish { msg: Message, first: SegTime },
+    Deliver { msg: Message, tag: u64, redelivered: bool, consumer: String, first: SegTime },
+    GetOk { msg: Message, tag: u64, first: SegTime },
+    Return { code: u16, text: String },
+}
+
+#[derive(Default)]
+struct Channel {
+    /// Content expected after a method: (what, body bytes left, header seen).
+    client_content: Option<(Incoming, u64, bool)>,
+    server_content: Option<(Incoming, u64, bool)>,
+    confirms: bool,
+    next_seq: u64,
+    /// Publishes awaiting the broker's confirm: seq -> publish.
+    unconfirmed: VecDeque<(u64, Message, SegTime, SegTime, Option<(u16, String)>)>,
+    pending_consumes: VecDeque<(String, bool)>,
+    /// Consumer tag -> (queue, no-ack).
+    consumers: HashMap<String, (String, bool)>,
+    /// Deliveries read and not yet acknowledged, by tag, with no-ack.
+    open_deliveries: VecDeque<(u64, bool)>,
+    pending_gets: VecDeque<(String, SegTime)>,
+}
+
+pub struct AmqpConnection {
+    client: Framer,
+    server: Framer,
+    channels: HashMap<u16, Channel>,
+    pub vhost: Option<String>,
+    pub parse_errors: u64,
+}
+
+impl Default for AmqpConnection {
+    fn default() -> Self {
+        AmqpConnection {
+            client: Framer { skip_header: PROTOCOL_HEADER.len(), ..Default::default() },
+            server: Framer::default(),
+            channels: HashMap::new(),
+            vhost: None,
+            parse_errors: 0,
+        }
+    }
+}
+
+const MAX_CHANNELS: usize = 2048;
+const MAX_QUEUED: usize = 4096;
+
+fn bounded_push<T>(q: &mut VecDeque<T>, v: T) {
+    if q.len() >= MAX_QUEUED {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+impl AmqpConnection {
+    pub fn push(&mut self, client: bool, seg: Segment<'_>, out: &mut Vec<AmqpOut>) {
+        let t = seg.time();
+        let framer = if client { &mut self.client } else { &mut self.server };
+        if framer.lost {
+            // Resync on a segment that starts with a method frame.
+            if seg.data.first() != Some(&FRAME_METHOD) {
+                return;
+            }
+            *framer = Framer::default();
+        }
+        let mut frames = vec![];
+        let ok = framer.feed(seg.data, t, &mut frames).is_ok() && framer.skip(seg.gap(), &mut frames);
+        if !ok {
+            *framer = Framer { lost: true, ..Default::default() };
+            self.parse_errors += 1;
+        }
+        for f in frames {
+            self.on_frame(client, f, out);
+        }
+    }
+
+    /// The connection closed: open deliveries end unacknowledged.
+    pub fn close(&mut self, at: SegTime, out: &mut Vec<AmqpOut>) {
+        for (&channel, ch) in self.channels.iter_mut() {
+            for (tag, _) in ch.open_deliveries.drain(..) {
+                out.push(AmqpOut::DeliveryFinished { channel, delivery_tag: tag, outcome: Outcome::Closed, at });
+            }
+        }
+    }
+
+    fn channel(&mut self, id: u16) -> Option<&mut Channel> {
+        if !self.channels.contains_key(&id) && self.channels.len() >= MAX_CHANNELS {
+            return None;
+        }
+        Some(self.channels.entry(id).or_default())
+    }
+
+    fn on_frame(&mut self, client: bool, f: Frame, out: &mut Vec<AmqpOut>) {
+        let channel = f.channel;
+        match f.kind {
+            FRAME_METHOD => {
+                let mut c = Cursor::new(&f.payload);
+                let (Some(class), Some(method)) = (c.u16(), c.u16()) else {
+                    self.parse_errors += 1;
+                    return;
+                };
+                // Auto-ack deliveries end at the next activity on their channel.
+                if !client {
+                    self.finish_auto_acked(channel, f.first, out);
+                }
+                if client {
+                    self.on_client_method(channel, class, method, c, &f, out);
+                } else {
+                    self.on_server_method(channel, class, method, c, &f, out);
+                }
+            }
+            FRAME_HEADER | FRAME_BODY => self.on_content(client, &f, out),
+            _ => {} // heartbeat
+        }
+    }
+
+    fn finish_auto_acked(&mut self, channel: u16, at: SegTime, out: &mut Vec<AmqpOut>) {
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            while let Some(&(tag, true)) = ch.open_deliveries.front() {
+                ch.open_deliveries.pop_front();
+                out.push(AmqpOut::DeliveryFinished { channel, delivery_tag: tag, outcome: Outcome::AutoAck, at });
+            }
+        }
+    }
+
+    fn on_client_method(&mut self, id: u16, class: u16, method: u16, mut c: Cursor<'_>, f: &Frame, out: &mut Vec<AmqpOut>) {
+        match (class, method) {
+            (10, 40) => {
+                self.vhost = c.shortstr();
+            }
+            (60, 40) => {
+                let _reserved = c.u16();
+                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
+                if let Some(ch) = self.channel(id) {
+                    let msg = Message { exchange, routing_key, ..Default::default() };
+                    ch.client_content = Some((Incoming::Publish { msg, first: f.first }, 0, false));
+                }
+            }
+            (60, 20) => {
+                let _reserved = c.u16();
+                let queue = c.shortstr().unwrap_or_default();
+                let _tag = c.shortstr();
+                let bits = c.u8().unwrap_or(0);
+                if let Some(ch) = self.channel(id) {
+                    bounded_push(&mut ch.pending_consumes, (queue, bits & 0b10 != 0));
+                }
+            }
+            (60, 70) => {
+                let _reserved = c.u16();
+                let queue = c.shortstr().unwrap_or_default();
+                if let Some(ch) = self.channel(id) {
+                    bounded_push(&mut ch.pending_gets, (queue, f.first));
+                }
+            }
+            (60, 80) | (60, 120) | (60, 90) => {
+                let tag = c.u64().unwrap_or(0);
+                let bits = c.u8().unwrap_or(0);
+                let (outcome, multiple) = match method {
+                    80 => (Outcome::Ack, bits & 1 != 0),
+                    120 => (Outcome::Nack, bits & 1 != 0),
+                    _ => (Outcome::Reject, false),
+                };
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    let done: Vec<u64> = ch
+                        .open_deliveries
+                        .iter()
+                        .filter(|(t, _)| if multiple { *t <= tag || tag == 0 } else { *t == tag })
+                        .map(|(t, _)| *t)
+                        .collect();
+                    ch.open_deliveries.retain(|(t, _)| !done.contains(t));
+                    for t in done {
+                        out.push(AmqpOut::DeliveryFinished { channel: id, delivery_tag: t, outcome, at: f.first });
+                    }
+                }
+            }
+            (85, 10) => {
+                if let Some(ch) = self.channel(id) {
+                    ch.confirms = true;
+                    ch.next_seq = 1;
+                }
+            }
+            (20, 40) | (20, 41) => self.close_channel(id, f.first, out),
+            _ => {}
+        }
+    }
+
+    fn close_channel(&mut self, id: u16, at: SegTime, out: &mut Vec<AmqpOut>) {
+        if let Some(mut ch) = self.channels.remove(&id) {
+            for (tag, _) in ch.open_deliveries.drain(..) {
+                out.push(AmqpOut::DeliveryFinished { channel: id, delivery_tag: tag, outcome: Outcome::Closed, at });
+            }
+            for (seq, msg, first, last, returned) in ch.unconfirmed.drain(..) {
+                out.push(AmqpOut::Published { channel: id, msg, first, last, confirmed: None, returned, seq: Some(seq) });
+            }
+        }
+    }
+
+    fn on_server_method(&mut self, id: u16, class: u16, method: u16, mut c: Cursor<'_>, f: &Frame, out: &mut Vec<AmqpOut>) {
+        match (class, method) {
+            (60, 21) => {
+                let tag = c.shortstr().unwrap_or_default();
+                if let Some(ch) = self.channel(id) {
+                    if let Some((queue, no_ack)) = ch.pending_consumes.pop_front() {
+                        if ch.consumers.len() < MAX_QUEUED {
+                            ch.consumers.insert(tag, (queue, no_ack));
+                        }
+                    }
+                }
+            }
+            (60, 60) => {
+                let consumer = c.shortstr().unwrap_or_default();
+                let tag = c.u64().unwrap_or(0);
+                let redelivered = c.u8().unwrap_or(0) & 1 != 0;
+                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
+                if let Some(ch) = self.channel(id) {
+                    let msg = Message { exchange, routing_key, ..Default::default() };
+                    ch.server_content = Some((Incoming::Deliver { msg, tag, redelivered, consumer, first: f.first }, 0, false));
+                }
+            }
+            (60, 71) => {
+                let tag = c.u64().unwrap_or(0);
+                let _redelivered = c.u8();
+                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
+                if let Some(ch) = self.channel(id) {
+                    let msg = Message { exchange, routing_key, ..Default::default() };
+                    ch.server_content = Some((Incoming::GetOk { msg, tag, first: f.first }, 0, false));
+                }
+            }
+            (60, 72) => {
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    if let Some((queue, first)) = ch.pending_gets.pop_front() {
+                        out.push(AmqpOut::Received { channel: id, queue, msg: None, delivery_tag: None, first, last: f.last });
+                    }
+                }
+            }
+            (60, 50) => {
+                let code = c.u16().unwrap_or(0);
+                let text = c.shortstr().unwrap_or_default();
+                if let Some(ch) = self.channel(id) {
+                    ch.server_content = Some((Incoming::Return { code, text }, 0, false));
+                }
+            }
+            (60, 80) | (60, 120) => {
+                // Publisher confirms.
+                let tag = c.u64().unwrap_or(0);
+                let multiple = c.u8().unwrap_or(0) & 1 != 0;
+                let ok = method == 80;
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    while let Some(front) = ch.unconfirmed.front() {
+                        let covered = if multiple { front.0 <= tag } else { front.0 == tag };
+                        if !covered {
+                            if !multiple && front.0 < tag {
+                                // A lone confirm past older publishes: keep looking.
+                                let pos = ch.unconfirmed.iter().position(|u| u.0 == tag);
+                                if let Some(p) = pos {
+                                    let (seq, msg, first, _, returned) = ch.unconfirmed.remove(p).expect("position");
+                                    out.push(AmqpOut::Published { channel: id, msg, first, last: f.last, confirmed: Some(ok), returned, seq: Some(seq) });
+                                }
+                            }
+                            break;
+                        }
+                        let (seq, msg, first, _, returned) = ch.unconfirmed.pop_front().expect("front");
+                        out.push(AmqpOut::Published { channel: id, msg, first, last: f.last, confirmed: Some(ok), returned, seq: Some(seq) });
+                    }
+                }
+            }
+            (20, 40) | (20, 41) => self.close_channel(id, f.first, out),
+            _ => {}
+        }
+    }
+
+    fn on_content(&mut self, client: bool, f: &Frame, out: &mut Vec<AmqpOut>) {
+        let Some(ch) = self.channels.get_mut(&f.channel) else { return };
+        let slot = if client { &mut ch.client_content } else { &mut ch.server_content };
+        let Some((incoming, left, header_seen)) = slot.as_mut() else { return };
+        let msg = match incoming {
+            Incoming::Publish { msg, .. } | Incoming::Deliver { msg, .. } | Incoming::GetOk { msg, .. } => Some(msg),
+            Incoming::Return { .. } => None,
+        };
+        if f.kind == FRAME_HEADER {
+            let mut c = Cursor::new(&f.payload);
+            let (_class, _weight, size) = (c.u16(), c.u16(), c.u64());
+            let Some(size) = size else {
+                self.parse_errors += 1;
+                *slot = None;
+                return;
+            };
+            if let Some(m) = msg {
+                m.body_size = size;
+                m.props = Properties::parse(&mut c).unwrap_or_default();
+            }
+            *left = size;
+            *header_seen = true;
+        } else {
+            if !*header_seen {
+                return;
+            }
+            if let Some(m) = msg {
+                let room = BODY_PREFIX.saturating_sub(m.body_prefix.len());
+                m.body_prefix.extend_from_slice(&f.payload[..f.payload.len().min(room)]);
+            }
+            *left = left.saturating_sub(f.size as u64);
+        }
+        if *header_seen && *left == 0 {
+            let (incoming, _, _) = slot.take().expect("some");
+            self.complete(f.channel, incoming, f.last, out);
+        }
+    }
+
+    fn complete(&mut self, id: u16, incoming: Incoming, last: SegTime, out: &mut Vec<AmqpOut>) {
+        let Some(ch) = self.channels.get_mut(&id) else { return };
+        match incoming {
+            Incoming::Publish { msg, first } => {
+                if ch.confirms {
+                    let seq = ch.next_seq;
+                    ch.next_seq += 1;
+                    bounded_push(&mut ch.unconfirmed, (seq, msg, first, last, None));
+                } else {
+                    out.push(AmqpOut::Published { channel: id, msg, first, last, confirmed: None, returned: None, seq: None });
+                }
+            }
+            Incoming::Deliver { msg, tag, redelivered, consumer, first } => {
+                let (queue, no_ack) = match ch.consumers.get(&consumer) {
+                    Some((q, n)) => (Some(q.clone()), *n),
+                    None => (None, false),
+                };
+                bounded_push(&mut ch.open_deliveries, (tag, no_ack));
+                let _ = first;
+                out.push(AmqpOut::DeliveryStarted { channel: id, delivery_tag: tag, queue, redelivered, msg, at: last });
+            }
+            Incoming::GetOk { msg, tag, first: _ } => {
+                let (queue, first) = ch.pending_gets.pop_front().unwrap_or_default();
+                out.push(AmqpOut::Received { channel: id, queue, msg: Some(msg), delivery_tag: Some(tag), first, last });
+            }
+            Incoming::Return { code, text } => {
+                // Unroutable: the oldest unconfirmed publish it answers.
+                if let Some(u) = ch.unconfirmed.iter_mut().find(|u| u.4.is_none()) {
+                    u.4 = Some((code, text));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
