@@ -18,6 +18,7 @@ use crate::{
     metrics::{self, Labels, SharedRegistry},
     output::Clock,
     protocols::{
+        amqp::{self, AmqpConnection, AmqpOut, Message},
         db::DbCall,
         http::{self, Exchange, HttpConnection, Kind},
         mysql::{self, MysqlConnection},
@@ -48,7 +49,16 @@ enum Proto {
     Redis(RedisConnection),
     Postgres(PgConnection),
     Mysql(Box<MysqlConnection>),
+    Amqp(Box<AmqpConnection>),
     Released,
+}
+
+/// A delivery being processed: its span is built at the acknowledgement.
+struct Delivery {
+    msg: Message,
+    queue: Option<String>,
+    start: SegTime,
+    key: u64,
 }
 
 /// Asks the kernel to stop copying a connection's payload.
@@ -57,6 +67,9 @@ pub type Release = Box<dyn FnMut(u32, i32) + Send>;
 pub struct L7 {
     conns: HashMap<u64, Proto>,
     linker: Linker,
+    /// Deliveries in processing, by (connection, channel, delivery tag).
+    deliveries: HashMap<(u64, u16, u64), Delivery>,
+    continuity: spans::messaging::Continuity,
     resources: ResourceBuilder,
     registry: SharedRegistry,
     sampler: Sampler,
@@ -80,6 +93,8 @@ fn detect(role: Role, dir: Direction, data: &[u8]) -> Option<Proto> {
                 Some(Proto::Redis(RedisConnection::default()))
             } else if yes(postgres::detect_client(data)) {
                 Some(Proto::Postgres(PgConnection::new()))
+            } else if amqp::detect_client(data) == Detect::Yes {
+                Some(Proto::Amqp(Box::default()))
             } else {
                 None
             }
@@ -107,6 +122,8 @@ impl L7 {
         L7 {
             conns: HashMap::new(),
             linker: Linker::default(),
+            deliveries: HashMap::new(),
+            continuity: Default::default(),
             resources,
             registry,
             sampler,
@@ -126,7 +143,13 @@ impl L7 {
             StreamEvent::Data(c, d) => self.on_data(&c, &d, spans),
             StreamEvent::Close(c, _) => {
                 let state = self.conns.remove(&c.id);
-                if let Some(Proto::Http(mut h)) = state {
+                if let Some(Proto::Amqp(mut a)) = state {
+                    let mut outs = vec![];
+                    let at = SegTime { enter_ns: c.opened_ns, exit_ns: c.opened_ns, tid: 0 };
+                    a.close(at, &mut outs);
+                    self.stats.db_parse_errors.fetch_add(a.parse_errors, Relaxed);
+                    self.emit_amqp(&c, outs, spans);
+                } else if let Some(Proto::Http(mut h)) = state {
                     let mut ex = vec![];
                     h.close(&mut ex);
                     self.account_http(&h);
@@ -188,6 +211,7 @@ impl L7 {
             _ => outbound,
         };
         let mut calls: Vec<DbCall> = vec![];
+        let mut amqp_outs: Vec<AmqpOut> = vec![];
         let mut exchanges = vec![];
         let mut fresh = vec![];
         let failed = match self.conns.get_mut(&c.id) {
@@ -205,6 +229,10 @@ impl L7 {
             }
             Some(Proto::Postgres(p)) => p.push(request_side, seg, &mut calls).is_err(),
             Some(Proto::Mysql(m)) => m.push(request_side, seg, &mut calls).is_err(),
+            Some(Proto::Amqp(a)) => {
+                a.push(request_side, seg, &mut amqp_outs);
+                false
+            }
             _ => return,
         };
         for req in fresh {
@@ -217,6 +245,86 @@ impl L7 {
         }
         self.emit_http(c, exchanges, spans);
         self.emit_db(c, calls, spans);
+        self.emit_amqp(c, amqp_outs, spans);
+    }
+
+    fn emit_amqp(&mut self, c: &ConnInfo, outs: Vec<AmqpOut>, spans: &mut Vec<Span>) {
+        if outs.is_empty() {
+            return;
+        }
+        let resource = self.resources.get(&c.process);
+        for o in outs {
+            match o {
+                AmqpOut::Published { msg, first, last, confirmed, returned, .. } => {
+                    let mut span = spans::messaging::publish(c, &msg, first, last, confirmed, &returned, &self.clock, resource.clone());
+                    // An instrumented publisher names its own context in the headers.
+                    let own = msg.props.header("traceparent").as_deref().and_then(spans::traceparent::parse);
+                    if let Some(tp) = own {
+                        span.trace_id = tp.trace_id;
+                    }
+                    let sampled = self.link(c, first, own.is_some(), &mut span);
+                    self.continuity.published(
+                        spans::messaging::message_key(&msg),
+                        first.enter_ns,
+                        SpanCtx { trace_id: span.trace_id, span_id: span.span_id, parent_span_id: span.parent_span_id, sampled },
+                    );
+                    self.record_messaging(&metrics::MESSAGING_CLIENT_DURATION, "publish", &msg.exchange, &span, &resource);
+                    self.keep(span, sampled, spans);
+                }
+                AmqpOut::DeliveryStarted { channel, delivery_tag, queue, msg, at, .. } => {
+                    // The parent: the context in the headers, else the publish seen here.
+                    let incoming = msg.props.header("traceparent").as_deref().and_then(spans::traceparent::parse).or_else(|| {
+                        self.continuity.lookup(spans::messaging::message_key(&msg), at.exit_ns).map(|p| spans::traceparent::TraceParent {
+                            trace_id: p.trace_id,
+                            parent_id: p.span_id,
+                            sampled: p.sampled,
+                        })
+                    });
+                    let key = delivery_key(c.id, channel, delivery_tag);
+                    self.linker.request_started(c.pid, key, at.tid, at.exit_ns, incoming, &self.sampler);
+                    if self.deliveries.len() < 65536 {
+                        self.deliveries.insert((c.id, channel, delivery_tag), Delivery { msg, queue, start: at, key });
+                    }
+                }
+                AmqpOut::DeliveryFinished { channel, delivery_tag, outcome, at } => {
+                    let Some(d) = self.deliveries.remove(&(c.id, channel, delivery_tag)) else { continue };
+                    let Some(ctx) = self.linker.request_finished(c.pid, d.key) else { continue };
+                    let end = if outcome == amqp::Outcome::Closed { d.start.exit_ns } else { at.enter_ns };
+                    let mut span = spans::messaging::consume(
+                        c, &d.msg, d.queue.as_deref(), Some(delivery_tag), "process", Some(outcome), d.start.exit_ns, end, &self.clock, resource.clone(),
+                    );
+                    span.trace_id = ctx.trace_id;
+                    span.span_id = ctx.span_id;
+                    span.parent_span_id = ctx.parent_span_id;
+                    let dest = d.queue.clone().unwrap_or_default();
+                    self.record_messaging(&metrics::MESSAGING_PROCESS_DURATION, "process", &dest, &span, &resource);
+                    self.keep(span, ctx.sampled, spans);
+                }
+                AmqpOut::Received { queue, msg, delivery_tag, first, last, .. } => {
+                    let empty = Message::default();
+                    let m = msg.as_ref().unwrap_or(&empty);
+                    let mut span = spans::messaging::consume(
+                        c, m, Some(&queue), delivery_tag, "receive", None, first.enter_ns, last.exit_ns, &self.clock, resource.clone(),
+                    );
+                    let sampled = self.link(c, first, false, &mut span);
+                    self.record_messaging(&metrics::MESSAGING_CLIENT_DURATION, "get", &queue, &span, &resource);
+                    self.keep(span, sampled, spans);
+                }
+            }
+        }
+    }
+
+    fn record_messaging(&self, inst: &'static metrics::Instrument, op: &str, dest: &str, span: &Span, resource: &Arc<Resource>) {
+        let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
+        let mut labels: Labels = vec![
+            ("messaging.system", "rabbitmq".into()),
+            ("messaging.operation.name", op.into()),
+            ("messaging.destination.name", if dest.is_empty() { "amq.default".into() } else { dest.to_string() }),
+        ];
+        if let Some(Value::Str(e)) = span.attr("error.type") {
+            labels.push(("error.type", e.clone()));
+        }
+        self.registry.lock().expect("registry lock").record(inst, resource, labels, secs);
     }
 
     /// Gives a client span its parent: the request in flight it was made
@@ -340,4 +448,12 @@ impl L7 {
             reg.record(&metrics::HTTP_CLIENT_RESPONSE_SIZE, resource, labels, ex.response.body_bytes as f64);
         }
     }
+}
+
+/// A linker key for one delivery (distinct from connection ids, which are small).
+fn delivery_key(conn: u64, channel: u16, tag: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (conn, channel, tag).hash(&mut h);
+    h.finish() | 1 << 63
 }

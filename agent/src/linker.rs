@@ -90,7 +90,7 @@ impl Linker {
     /// `start_ns`, belongs to.
     pub fn parent_of(&self, pid: u32, tid: u32, start_ns: u64) -> Option<SpanCtx> {
         let list = self.by_pid.get(&pid)?;
-        let same_thread = list.iter().filter(|f| f.tid == tid && f.since_ns <= start_ns).max_by_key(|f| f.since_ns);
+        let same_thread = list.iter().filter(|f| f.tid == tid && f.since_ns <= start_ns).min_by_key(|f| f.since_ns);
         if let Some(f) = same_thread {
             return Some(f.ctx);
         }
@@ -124,6 +124,16 @@ mod tests {
         assert_eq!(l.parent_of(2, 100, 7), None, "other process");
         l.connection_closed(1, 10);
         assert_eq!(l.parent_of(1, 100, 7), None, "outside any request: a root");
+    }
+
+    #[test]
+    fn prefetched_work_on_one_thread_is_handled_oldest_first() {
+        let mut l = Linker::default();
+        let first = started(&mut l, 1, 10, 100, 5);
+        let second = started(&mut l, 1, 11, 100, 6); // read in the same batch
+        assert_eq!(l.parent_of(1, 100, 7), Some(first));
+        l.request_finished(1, 10);
+        assert_eq!(l.parent_of(1, 100, 8), Some(second));
     }
 
     #[test]

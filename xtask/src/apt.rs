@@ -16,11 +16,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     "postgresql",
     "mariadb-server",
     "redis-server",
+    "rabbitmq-server",
 ];
 
 /// Python clients the test services use (from PyPI), and the module each provides.
 pub const PYTHON_PACKAGES: &[(&str, &str)] =
-    &[("psycopg[binary]", "psycopg"), ("pymysql", "pymysql"), ("redis", "redis"), ("mysql-connector-python", "mysql.connector")];
+    &[("psycopg[binary]", "psycopg"), ("pymysql", "pymysql"), ("redis", "redis"), ("mysql-connector-python", "mysql.connector"), ("pika", "pika")];
 
 /// Installs the Python clients that are not importable yet.
 pub fn ensure_python() -> Result<()> {

@@ -54,6 +54,20 @@ pub const DB_CLIENT_DURATION: Instrument = Instrument {
     description: "Duration of database client operations.",
     buckets: DB_DURATION_BUCKETS,
 };
+pub const MESSAGING_CLIENT_DURATION: Instrument = Instrument {
+    name: "messaging.client.operation.duration",
+    prom_name: "messaging_client_operation_duration_seconds",
+    unit: "s",
+    description: "Duration of messaging operations (publish, get).",
+    buckets: DB_DURATION_BUCKETS,
+};
+pub const MESSAGING_PROCESS_DURATION: Instrument = Instrument {
+    name: "messaging.process.duration",
+    prom_name: "messaging_process_duration_seconds",
+    unit: "s",
+    description: "Duration of processing a delivered message, delivery to acknowledgement.",
+    buckets: DB_DURATION_BUCKETS,
+};
 pub const HTTP_SERVER_REQUEST_SIZE: Instrument = Instrument {
     name: "http.server.request.body.size",
     prom_name: "http_server_request_body_size_bytes",

@@ -2,6 +2,7 @@
 //! into OTLP protobuf or text.
 pub mod db;
 pub mod http;
+pub mod messaging;
 pub mod resource;
 pub mod sampler;
 pub mod traceparent;

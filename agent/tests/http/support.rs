@@ -152,7 +152,21 @@ pub fn wait_spans(store: &Store, mut pred: impl FnMut(&[ReceivedSpan]) -> bool) 
             return spans;
         }
         if Instant::now() > end {
-            panic!("spans never matched; have {}: {:#?}", spans.len(), spans.iter().rev().take(5).collect::<Vec<_>>());
+            let lines: Vec<String> = spans
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{:<12} {:?} {:<28} trace={} span={} parent={}",
+                        s.service(),
+                        s.span.kind,
+                        s.span.name,
+                        &hex(&s.span.trace_id)[..8],
+                        &hex(&s.span.span_id)[..8],
+                        hex(&s.span.parent_span_id).get(..8).unwrap_or("-")
+                    )
+                })
+                .collect();
+            panic!("spans never matched; have {}:\n{}", spans.len(), lines.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

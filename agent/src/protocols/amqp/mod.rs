@@ -165,8 +165,8 @@ impl Framer {
 #[derive(Debug)]
 enum Incoming {
     Publish { msg: Message, first: SegTime },
-    Deliver { msg: Message, tag: u64, redelivered: bool, consumer: String, first: SegTime },
-    GetOk { msg: Message, tag: u64, first: SegTime },
+    Deliver { msg: Message, tag: u64, redelivered: bool, consumer: String },
+    GetOk { msg: Message, tag: u64 },
     Return { code: u16, text: String },
 }
 
@@ -379,7 +379,7 @@ impl AmqpConnection {
                 let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
                 if let Some(ch) = self.channel(id) {
                     let msg = Message { exchange, routing_key, ..Default::default() };
-                    ch.server_content = Some((Incoming::Deliver { msg, tag, redelivered, consumer, first: f.first }, 0, false));
+                    ch.server_content = Some((Incoming::Deliver { msg, tag, redelivered, consumer }, 0, false));
                 }
             }
             (60, 71) => {
@@ -388,7 +388,7 @@ impl AmqpConnection {
                 let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
                 if let Some(ch) = self.channel(id) {
                     let msg = Message { exchange, routing_key, ..Default::default() };
-                    ch.server_content = Some((Incoming::GetOk { msg, tag, first: f.first }, 0, false));
+                    ch.server_content = Some((Incoming::GetOk { msg, tag }, 0, false));
                 }
             }
             (60, 72) => {
@@ -484,16 +484,15 @@ impl AmqpConnection {
                     out.push(AmqpOut::Published { channel: id, msg, first, last, confirmed: None, returned: None, seq: None });
                 }
             }
-            Incoming::Deliver { msg, tag, redelivered, consumer, first } => {
+            Incoming::Deliver { msg, tag, redelivered, consumer } => {
                 let (queue, no_ack) = match ch.consumers.get(&consumer) {
                     Some((q, n)) => (Some(q.clone()), *n),
                     None => (None, false),
                 };
                 bounded_push(&mut ch.open_deliveries, (tag, no_ack));
-                let _ = first;
                 out.push(AmqpOut::DeliveryStarted { channel: id, delivery_tag: tag, queue, redelivered, msg, at: last });
             }
-            Incoming::GetOk { msg, tag, first: _ } => {
+            Incoming::GetOk { msg, tag } => {
                 let (queue, first) = ch.pending_gets.pop_front().unwrap_or_default();
                 out.push(AmqpOut::Received { channel: id, queue, msg: Some(msg), delivery_tag: Some(tag), first, last });
             }

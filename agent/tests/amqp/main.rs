@@ -1,0 +1,147 @@
+//! End-to-end RabbitMQ suite on the real kernel: rabbitmq-server from
+//! Debian, pika clients without tracing code. An HTTP service publishes per
+//! request to a fan-out exchange; two consumers (one per queue) query
+//! PostgreSQL and call another HTTP service per message. The receiver must
+//! show SERVER -> PRODUCER -> CONSUMER (x2) -> DB and HTTP CLIENT, one trace
+//! per request; a publisher-set traceparent is joined instead.
+//!
+//! Needs root; run through `cargo xtask test`.
+#[path = "../http/support.rs"]
+#[allow(dead_code)] // shared with the HTTP suite, which uses all of it
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, Read, Write},
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use libtest_mimic::{Arguments, Trial};
+use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan, Store};
+use support::*;
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the AMQP suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        std::process::exit(1);
+    }
+    libtest_mimic::run(&args, vec![Trial::test("publish_consume_in_one_trace", || {
+        publish_consume();
+        Ok(())
+    })])
+    .exit();
+}
+
+/// Runs a fixture script that prints one JSON line of ports, then waits on stdin.
+fn server_script(path: &str) -> (Proc, HashMap<String, u16>) {
+    let mut child = Command::new("python3").arg(fixture(path)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ports = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path}: {e}: {line:?}"));
+    (Proc(child), ports)
+}
+
+/// Starts a fixture that prints READY.
+fn ready(mut cmd: Command) -> Proc {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3");
+    let mut l = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut l).unwrap();
+    assert_eq!(l.trim(), "READY", "{cmd:?}");
+    Proc(child)
+}
+
+fn get(port: u16, path: &str, extra: &str) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    assert!(buf.starts_with("HTTP/1.0 202") || buf.starts_with("HTTP/1.1 202"), "{buf}");
+}
+
+fn kind_of(s: &ReceivedSpan) -> SpanKind {
+    SpanKind::try_from(s.span.kind).unwrap_or(SpanKind::Unspecified)
+}
+
+fn publish_consume() {
+    const N: usize = 5;
+    let (_dbs, db_ports) = server_script("db/db_servers.py");
+    let (_rabbit, rabbit) = server_script("amqp/rabbitmq_server.py");
+    let amqp = rabbit["amqp"];
+    let rt = runtime();
+    let store = Arc::new(Store::default());
+    let recv = receiver(&rt, store.clone(), 0, 0);
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+    ];
+    let _sonde = sonde(&["--prometheus-listen", "off"], &env);
+    let downstream = free_port();
+    let _down = python_server(downstream, "downstream");
+    let orders_port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("amqp/orders_service.py")).args([orders_port.to_string(), amqp.to_string()]).env("OTEL_SERVICE_NAME", "orders");
+    let _orders = ready(cmd);
+    let mut consumers = vec![];
+    for (queue, service) in [("q.status", "status"), ("q.mail", "mail")] {
+        let mut cmd = Command::new("python3");
+        cmd.arg(fixture("amqp/consumer.py"))
+            .args([amqp.to_string(), queue.to_string(), db_ports["postgres"].to_string(), downstream.to_string()])
+            .env("OTEL_SERVICE_NAME", service);
+        consumers.push(ready(cmd));
+    }
+
+    for i in 0..N {
+        get(orders_port, &format!("/order/{i}"), "");
+    }
+    let tp_trace = "0af7651916cd43dd8448eb211c80319c";
+    let tp_parent = "b7ad6b7169203331";
+    get(orders_port, "/traced", &format!("x-test-traceparent: 00-{tp_trace}-{tp_parent}-01\r\n"));
+
+    let is_consumer = |s: &ReceivedSpan| kind_of(s) == SpanKind::Consumer && s.span.name.starts_with("process ");
+    let spans = wait_spans(&store, |s| {
+        let consumers: Vec<&ReceivedSpan> = s.iter().filter(|x| is_consumer(x)).collect();
+        consumers.len() >= 2 * (N + 1)
+            && consumers.iter().all(|c| s.iter().filter(|k| k.span.parent_span_id == c.span.span_id).count() >= 2)
+    });
+    let by_parent = |id: &[u8]| -> Vec<&ReceivedSpan> { spans.iter().filter(|s| s.span.parent_span_id == id).collect() };
+    let servers: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| s.service() == "orders" && kind_of(s) == SpanKind::Server && s.span.name.starts_with("GET /order")).collect();
+    assert_eq!(servers.len(), N, "one SERVER span per request");
+    for srv in &servers {
+        let producers: Vec<_> = by_parent(&srv.span.span_id).into_iter().filter(|s| kind_of(s) == SpanKind::Producer).collect();
+        assert_eq!(producers.len(), 1, "the publish nests under its request");
+        let p = producers[0];
+        assert_eq!(p.span.trace_id, srv.span.trace_id);
+        assert_eq!(p.span.name, "publish events");
+        assert_eq!(p.attr("messaging.system").as_deref(), Some("rabbitmq"));
+        assert_eq!(p.attr("messaging.operation.type").as_deref(), Some("send"));
+        assert_eq!(p.attr("messaging.destination.name").as_deref(), Some("events"));
+        assert_eq!(p.attr("messaging.rabbitmq.destination.routing_key").as_deref(), Some("order.created"));
+        assert!(p.attr("messaging.message.id").is_some());
+        let cons: Vec<_> = by_parent(&p.span.span_id).into_iter().filter(|s| is_consumer(s)).collect();
+        let mut names: Vec<&str> = cons.iter().map(|c| c.span.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["process q.mail", "process q.status"], "fan-out: one consumer child per queue");
+        for c in cons {
+            assert_eq!(c.span.trace_id, srv.span.trace_id, "one trace from request to consumer");
+            assert_eq!(c.attr("messaging.message.id"), p.attr("messaging.message.id"));
+            assert!(c.attr("messaging.rabbitmq.message.delivery_tag").is_some());
+            let kids = by_parent(&c.span.span_id);
+            assert!(kids.iter().any(|k| k.attr("db.system.name").as_deref() == Some("postgresql")), "DB call under the consumer");
+            assert!(
+                kids.iter().any(|k| kind_of(k) == SpanKind::Client && k.attr("http.request.method").as_deref() == Some("GET")),
+                "HTTP call under the consumer"
+            );
+            assert!(kids.iter().all(|k| k.span.trace_id == srv.span.trace_id));
+        }
+    }
+    // The publisher set a traceparent: consumers join that trace instead.
+    let joined: Vec<_> = spans.iter().filter(|s| is_consumer(s) && hex(&s.span.trace_id) == tp_trace).collect();
+    assert_eq!(joined.len(), 2, "both consumers of the traced message");
+    assert!(joined.iter().all(|c| hex(&c.span.parent_span_id) == tp_parent));
+    drop(recv);
+    drop(consumers);
+}
