@@ -269,6 +269,7 @@ impl L7 {
                         SpanCtx { trace_id: span.trace_id, span_id: span.span_id, parent_span_id: span.parent_span_id, sampled },
                     );
                     self.record_messaging(&metrics::MESSAGING_CLIENT_DURATION, "publish", &msg.exchange, &span, &resource);
+                    self.record_messaging(&metrics::MESSAGING_SENT, "publish", &msg.exchange, &span, &resource);
                     self.keep(span, sampled, spans);
                 }
                 AmqpOut::DeliveryStarted { channel, delivery_tag, queue, msg, at, .. } => {
@@ -298,6 +299,7 @@ impl L7 {
                     span.parent_span_id = ctx.parent_span_id;
                     let dest = d.queue.clone().unwrap_or_default();
                     self.record_messaging(&metrics::MESSAGING_PROCESS_DURATION, "process", &dest, &span, &resource);
+                    self.record_messaging(&metrics::MESSAGING_CONSUMED, "process", &dest, &span, &resource);
                     self.keep(span, ctx.sampled, spans);
                 }
                 AmqpOut::Received { queue, msg, delivery_tag, first, last, .. } => {
@@ -308,6 +310,9 @@ impl L7 {
                     );
                     let sampled = self.link(c, first, false, &mut span);
                     self.record_messaging(&metrics::MESSAGING_CLIENT_DURATION, "get", &queue, &span, &resource);
+                    if msg.is_some() {
+                        self.record_messaging(&metrics::MESSAGING_CONSUMED, "get", &queue, &span, &resource);
+                    }
                     self.keep(span, sampled, spans);
                 }
             }
@@ -315,7 +320,10 @@ impl L7 {
     }
 
     fn record_messaging(&self, inst: &'static metrics::Instrument, op: &str, dest: &str, span: &Span, resource: &Arc<Resource>) {
-        let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
+        let value = match inst.kind {
+            metrics::InstrumentKind::Counter => 1.0,
+            metrics::InstrumentKind::Histogram => span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9,
+        };
         let mut labels: Labels = vec![
             ("messaging.system", "rabbitmq".into()),
             ("messaging.operation.name", op.into()),
@@ -324,7 +332,7 @@ impl L7 {
         if let Some(Value::Str(e)) = span.attr("error.type") {
             labels.push(("error.type", e.clone()));
         }
-        self.registry.lock().expect("registry lock").record(inst, resource, labels, secs);
+        self.registry.lock().expect("registry lock").record(inst, resource, labels, value);
     }
 
     /// Gives a client span its parent: the request in flight it was made

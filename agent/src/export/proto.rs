@@ -6,15 +6,15 @@ use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
     metrics::v1::{
-        metric, AggregationTemporality, Histogram as PHistogram, HistogramDataPoint, Metric, ResourceMetrics,
-        ScopeMetrics,
+        metric, number_data_point, AggregationTemporality, Histogram as PHistogram, HistogramDataPoint, Metric,
+        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     },
     resource::v1::Resource as PResource,
     trace::v1::{span, status, ResourceSpans, ScopeSpans, Span as PSpan, Status as PStatus},
 };
 
 use crate::{
-    metrics::Registry,
+    metrics::{InstrumentKind, Registry},
     spans::{Resource, Span, SpanKind, Status, Value},
 };
 
@@ -117,22 +117,39 @@ pub fn metrics(reg: &Registry, now_unix_ns: u64) -> ExportMetricsServiceRequest 
         let m = match ms.iter().position(|m| m.name == inst.name) {
             Some(i) => &mut ms[i],
             None => {
+                let data = match inst.kind {
+                    InstrumentKind::Histogram => metric::Data::Histogram(PHistogram {
+                        data_points: vec![],
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    }),
+                    InstrumentKind::Counter => metric::Data::Sum(Sum {
+                        data_points: vec![],
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        is_monotonic: true,
+                    }),
+                };
                 ms.push(Metric {
                     name: inst.name.into(),
                     description: inst.description.into(),
                     unit: inst.unit.into(),
-                    data: Some(metric::Data::Histogram(PHistogram {
-                        data_points: vec![],
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                    })),
+                    data: Some(data),
                     ..Default::default()
                 });
                 ms.last_mut().expect("pushed")
             }
         };
-        if let Some(metric::Data::Histogram(ph)) = &mut m.data {
+        let attributes: Vec<KeyValue> = labels.iter().map(|(k, v)| kv(k, &Value::Str(v.clone()))).collect();
+        if let Some(metric::Data::Sum(sum)) = &mut m.data {
+            sum.data_points.push(NumberDataPoint {
+                attributes,
+                start_time_unix_nano: reg.start_unix_ns,
+                time_unix_nano: now_unix_ns,
+                value: Some(number_data_point::Value::AsInt(h.sum as i64)),
+                ..Default::default()
+            });
+        } else if let Some(metric::Data::Histogram(ph)) = &mut m.data {
             ph.data_points.push(HistogramDataPoint {
-                attributes: labels.iter().map(|(k, v)| kv(k, &Value::Str(v.clone()))).collect(),
+                attributes,
                 start_time_unix_nano: reg.start_unix_ns,
                 time_unix_nano: now_unix_ns,
                 count: h.count,

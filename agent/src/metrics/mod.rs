@@ -21,9 +21,17 @@ pub const DB_DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.
 pub const SIZE_BUCKETS: &[f64] =
     &[0.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0];
 
-/// A histogram instrument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstrumentKind {
+    Histogram,
+    /// Monotonic sum; each record adds its value.
+    Counter,
+}
+
+/// A histogram or counter instrument.
 #[derive(Debug)]
 pub struct Instrument {
+    pub kind: InstrumentKind,
     /// OTel name, e.g. `http.server.request.duration`.
     pub name: &'static str,
     /// Prometheus base name, e.g. `http_server_request_duration_seconds`.
@@ -34,6 +42,7 @@ pub struct Instrument {
 }
 
 pub const HTTP_SERVER_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "http.server.request.duration",
     prom_name: "http_server_request_duration_seconds",
     unit: "s",
@@ -41,6 +50,7 @@ pub const HTTP_SERVER_DURATION: Instrument = Instrument {
     buckets: DURATION_BUCKETS,
 };
 pub const HTTP_CLIENT_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "http.client.request.duration",
     prom_name: "http_client_request_duration_seconds",
     unit: "s",
@@ -48,6 +58,7 @@ pub const HTTP_CLIENT_DURATION: Instrument = Instrument {
     buckets: DURATION_BUCKETS,
 };
 pub const DB_CLIENT_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "db.client.operation.duration",
     prom_name: "db_client_operation_duration_seconds",
     unit: "s",
@@ -55,6 +66,7 @@ pub const DB_CLIENT_DURATION: Instrument = Instrument {
     buckets: DB_DURATION_BUCKETS,
 };
 pub const MESSAGING_CLIENT_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "messaging.client.operation.duration",
     prom_name: "messaging_client_operation_duration_seconds",
     unit: "s",
@@ -62,13 +74,31 @@ pub const MESSAGING_CLIENT_DURATION: Instrument = Instrument {
     buckets: DB_DURATION_BUCKETS,
 };
 pub const MESSAGING_PROCESS_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "messaging.process.duration",
     prom_name: "messaging_process_duration_seconds",
     unit: "s",
     description: "Duration of processing a delivered message, delivery to acknowledgement.",
     buckets: DB_DURATION_BUCKETS,
 };
+pub const MESSAGING_SENT: Instrument = Instrument {
+    kind: InstrumentKind::Counter,
+    name: "messaging.client.sent.messages",
+    prom_name: "messaging_client_sent_messages_total",
+    unit: "{message}",
+    description: "Messages published.",
+    buckets: &[],
+};
+pub const MESSAGING_CONSUMED: Instrument = Instrument {
+    kind: InstrumentKind::Counter,
+    name: "messaging.client.consumed.messages",
+    prom_name: "messaging_client_consumed_messages_total",
+    unit: "{message}",
+    description: "Messages delivered to consumers or fetched.",
+    buckets: &[],
+};
 pub const HTTP_SERVER_REQUEST_SIZE: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "http.server.request.body.size",
     prom_name: "http_server_request_body_size_bytes",
     unit: "By",
@@ -76,6 +106,7 @@ pub const HTTP_SERVER_REQUEST_SIZE: Instrument = Instrument {
     buckets: SIZE_BUCKETS,
 };
 pub const HTTP_SERVER_RESPONSE_SIZE: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "http.server.response.body.size",
     prom_name: "http_server_response_body_size_bytes",
     unit: "By",
@@ -83,6 +114,7 @@ pub const HTTP_SERVER_RESPONSE_SIZE: Instrument = Instrument {
     buckets: SIZE_BUCKETS,
 };
 pub const HTTP_CLIENT_REQUEST_SIZE: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "http.client.request.body.size",
     prom_name: "http_client_request_body_size_bytes",
     unit: "By",
@@ -90,6 +122,7 @@ pub const HTTP_CLIENT_REQUEST_SIZE: Instrument = Instrument {
     buckets: SIZE_BUCKETS,
 };
 pub const HTTP_CLIENT_RESPONSE_SIZE: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
     name: "http.client.response.body.size",
     prom_name: "http_client_response_body_size_bytes",
     unit: "By",
@@ -107,6 +140,12 @@ pub struct Histogram {
 
 impl Histogram {
     fn record(&mut self, bounds: &[f64], v: f64) {
+        if bounds.is_empty() {
+            // A counter: only sum and count.
+            self.sum += v;
+            self.count += 1;
+            return;
+        }
         if self.counts.is_empty() {
             self.counts = vec![0; bounds.len() + 1];
         }

@@ -2,7 +2,7 @@
 //! agent's health counters, served on `/metrics`.
 use std::{collections::BTreeMap, fmt::Write, net::SocketAddr};
 
-use super::{Histogram, Registry, SharedRegistry};
+use super::{Histogram, Instrument, InstrumentKind, Registry, SharedRegistry};
 
 /// A counter or gauge of the agent itself.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ fn num(v: f64) -> String {
 pub fn render(reg: &Registry, health: &[HealthMetric]) -> String {
     let mut out = String::new();
     // (prom name) -> (labels) -> histogram
-    type Merged = BTreeMap<&'static str, (&'static str, &'static [f64], BTreeMap<Vec<(String, String)>, Histogram>)>;
+    type Merged = BTreeMap<&'static str, (&'static Instrument, BTreeMap<Vec<(String, String)>, Histogram>)>;
     let mut merged: Merged = BTreeMap::new();
     for (inst, res, labels, h) in reg.each() {
         let mut l = vec![("service_name".to_string(), res.service_name.clone())];
@@ -46,7 +46,7 @@ pub fn render(reg: &Registry, health: &[HealthMetric]) -> String {
             l.push(("service_namespace".to_string(), ns.clone()));
         }
         l.extend(labels.iter().map(|(k, v)| (prom_label(k), v.clone())));
-        let entry = merged.entry(inst.prom_name).or_insert((inst.description, inst.buckets, BTreeMap::new())).2.entry(l).or_default();
+        let entry = merged.entry(inst.prom_name).or_insert((inst, BTreeMap::new())).1.entry(l).or_default();
         if entry.counts.is_empty() {
             entry.counts = vec![0; h.counts.len()];
         }
@@ -56,8 +56,16 @@ pub fn render(reg: &Registry, health: &[HealthMetric]) -> String {
         entry.sum += h.sum;
         entry.count += h.count;
     }
-    for (name, (help, bounds, series)) in &merged {
-        let _ = writeln!(out, "# HELP {name} {help}");
+    for (name, (inst, series)) in &merged {
+        let _ = writeln!(out, "# HELP {name} {}", inst.description);
+        if inst.kind == InstrumentKind::Counter {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (labels, h) in series {
+                let _ = writeln!(out, "{name}{} {}", label_str(labels, None), h.sum);
+            }
+            continue;
+        }
+        let bounds = inst.buckets;
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (labels, h) in series {
             let mut cum = 0;
@@ -143,6 +151,17 @@ mod tests {
         assert!(text.contains(&format!("http_server_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} 3")), "{text}");
         assert!(text.contains(&format!("http_server_request_duration_seconds_count{{{l}}} 3")), "{text}");
         assert!(text.contains("sonde_up 1"));
+    }
+
+    #[test]
+    fn counters_render_as_totals() {
+        let mut reg = Registry::new(0);
+        for _ in 0..3 {
+            reg.record(&crate::metrics::MESSAGING_SENT, &res("1"), vec![("messaging.destination.name", "events".into())], 1.0);
+        }
+        let text = render(&reg, &[]);
+        assert!(text.contains("# TYPE messaging_client_sent_messages_total counter"), "{text}");
+        assert!(text.contains("messaging_client_sent_messages_total{service_name=\"web\",service_namespace=\"shop\",messaging_destination_name=\"events\"} 3"), "{text}");
     }
 
     #[test]

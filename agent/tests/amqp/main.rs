@@ -77,7 +77,8 @@ fn publish_consume() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
     ];
-    let _sonde = sonde(&["--prometheus-listen", "off"], &env);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _sonde = sonde(&["--prometheus-listen", &listen], &env);
     let downstream = free_port();
     let _down = python_server(downstream, "downstream");
     let orders_port = free_port();
@@ -142,6 +143,23 @@ fn publish_consume() {
     let joined: Vec<_> = spans.iter().filter(|s| is_consumer(s) && hex(&s.span.trace_id) == tp_trace).collect();
     assert_eq!(joined.len(), 2, "both consumers of the traced message");
     assert!(joined.iter().all(|c| hex(&c.span.parent_span_id) == tp_parent));
+    // Metrics: sent per exchange, consumed and processed per queue.
+    let text = http_get(&listen, "/metrics").unwrap();
+    let value = |name: &str, needles: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let total = (N + 1) as f64;
+    assert_eq!(value("messaging_client_sent_messages_total{", &["service_name=\"orders\"", "messaging_destination_name=\"events\""]), total, "{text}");
+    for (svc, q) in [("status", "q.status"), ("mail", "q.mail")] {
+        let s = format!("service_name=\"{svc}\"");
+        let d = format!("messaging_destination_name=\"{q}\"");
+        assert_eq!(value("messaging_client_consumed_messages_total{", &[&s, &d]), total, "{text}");
+        assert_eq!(value("messaging_process_duration_seconds_count{", &[&s, &d]), total, "{text}");
+    }
+    assert_eq!(value("messaging_client_operation_duration_seconds_count{", &["service_name=\"orders\"", "messaging_operation_name=\"publish\""]), total);
     drop(recv);
     drop(consumers);
 }
