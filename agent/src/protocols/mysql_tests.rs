@@ -140,3 +140,46 @@ fn hostile_bytes_never_panic() {
         let _ = c.push(false, Segment::whole(&s2c[cut..], 4, 5), &mut out);
     }
 }
+
+/// A MySQL 8 style exchange with CLIENT_DEPRECATE_EOF on both sides: no EOF
+/// after column definitions, and the result set ends with an OK (0xfe).
+#[test]
+fn deprecate_eof_result_sets() {
+    fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![body.len() as u8, (body.len() >> 8) as u8, 0, seq];
+        v.extend_from_slice(body);
+        v
+    }
+    let caps: u32 = CLIENT_DEPRECATE_EOF | CLIENT_SECURE_CONNECTION | CLIENT_CONNECT_WITH_DB | CLIENT_PLUGIN_AUTH_LENENC;
+    let mut greeting = vec![0x0a];
+    greeting.extend_from_slice(b"8.0.36\0");
+    greeting.extend_from_slice(&[1, 0, 0, 0]); // connection id
+    greeting.extend_from_slice(b"abcdefgh\0"); // auth data 1 + filler
+    greeting.extend_from_slice(&(caps as u16).to_le_bytes());
+    greeting.push(0x21);
+    greeting.extend_from_slice(&[2, 0]);
+    greeting.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    let mut hello = caps.to_le_bytes().to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 1, 0x21]);
+    hello.extend_from_slice(&[0; 23]);
+    hello.extend_from_slice(b"app\0");
+    hello.extend_from_slice(&[1, b'x']); // lenenc auth response
+    hello.extend_from_slice(b"shop\0");
+    let mut c = MysqlConnection::new();
+    let mut out = vec![];
+    let mut push = |c: &mut MysqlConnection, client: bool, bytes: Vec<u8>| c.push(client, Segment::whole(&bytes, 0, 1), &mut out).unwrap();
+    push(&mut c, false, pkt(0, &greeting));
+    push(&mut c, true, pkt(1, &hello));
+    push(&mut c, false, pkt(2, &[0, 0, 0, 2, 0, 0, 0]));
+    push(&mut c, true, pkt(0, b"\x03SELECT a, b FROM t WHERE a = 5"));
+    let mut resp = pkt(1, &[2]); // two columns
+    resp.extend(pkt(2, b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
+    resp.extend(pkt(3, b"\x03def\x04shop\x01t\x01t\x01b\x01b\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
+    resp.extend(pkt(4, b"\x015\x011")); // row (no EOF before it)
+    resp.extend(pkt(5, b"\x015\x012"));
+    resp.extend(pkt(6, &[0xfe, 0, 0, 2, 0, 0, 0])); // OK terminator
+    push(&mut c, false, resp);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].rows, out[0].namespace.as_deref(), out[0].system), (Some(2), Some("shop"), DbSystem::Mysql));
+    assert_eq!(out[0].query_text, "SELECT a, b FROM t WHERE a = ?");
+}

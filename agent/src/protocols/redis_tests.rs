@@ -100,3 +100,32 @@ fn garbage_and_truncation_never_panic() {
         c.push(n % 2 == 1, Segment::whole(&v[cut..], 2, 3), &mut out);
     }
 }
+
+#[test]
+fn resp3_replies_and_pushes() {
+    // HELLO 3 answers with a map; a RESP3 push (client-side caching
+    // invalidation) arrives between replies and pairs with nothing.
+    let req = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$4\r\nHGET\r\n$1\r\nh\r\n*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let rep = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n|1\r\n+ttl\r\n:10\r\n$1\r\nv\r\n_\r\n!21\r\nSYNTAX invalid syntax\r\n";
+    let (c, calls) = call_all(&[req], &[rep]);
+    let got = summary(&calls);
+    assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), vec!["HELLO", "HGET h", "PING", "GET k"]);
+    assert_eq!(got[0].2, Some(2), "a map of two pairs");
+    assert_eq!(got[3].1.as_deref(), Some("SYNTAX"), "blob error code");
+    assert_eq!(c.unmatched, 0, "the push and the attribute paired with nothing");
+}
+
+#[test]
+fn pubsub_messages_pair_with_no_command() {
+    let req = b"*3\r\n$9\r\nSUBSCRIBE\r\n$1\r\na\r\n$1\r\nb\r\n*1\r\n$4\r\nPING\r\n";
+    let rep = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n";
+    let (_, calls) = call_all(&[req], &[rep]);
+    let texts: Vec<_> = calls.iter().map(|c| c.query_text.as_str()).collect();
+    assert_eq!(texts, vec!["SUBSCRIBE a", "PING"], "messages and extra confirmations take no command");
+}
+
+#[test]
+fn inline_commands() {
+    let (_, calls) = call_all(&[b"PING\r\nSET k v\r\n"], &[b"+PONG\r\n+OK\r\n"]);
+    assert_eq!(calls.iter().map(|c| c.query_text.as_str()).collect::<Vec<_>>(), vec!["PING", "SET k"]);
+}
