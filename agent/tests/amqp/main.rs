@@ -7,13 +7,11 @@
 //!
 //! Needs root; run through `cargo xtask test`.
 #[path = "../http/support.rs"]
-#[allow(dead_code)] // shared with the HTTP suite, which uses all of it
 mod support;
 
 use std::{
-    collections::HashMap,
-    io::{BufRead, Read, Write},
-    process::{Command, Stdio},
+    io::{Read, Write},
+    process::Command,
     sync::Arc,
 };
 
@@ -33,24 +31,6 @@ fn main() {
         Ok(())
     })])
     .exit();
-}
-
-/// Runs a fixture script that prints one JSON line of ports, then waits on stdin.
-fn server_script(path: &str) -> (Proc, HashMap<String, u16>) {
-    let mut child = Command::new("python3").arg(fixture(path)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let ports = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path}: {e}: {line:?}"));
-    (Proc(child), ports)
-}
-
-/// Starts a fixture that prints READY.
-fn ready(mut cmd: Command) -> Proc {
-    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3");
-    let mut l = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut l).unwrap();
-    assert_eq!(l.trim(), "READY", "{cmd:?}");
-    Proc(child)
 }
 
 fn get(port: u16, path: &str, extra: &str) {

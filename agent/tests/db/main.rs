@@ -5,15 +5,9 @@
 //!
 //! Needs root; run through `cargo xtask test`.
 #[path = "../http/support.rs"]
-#[allow(dead_code)] // shared with the HTTP suite, which uses all of it
 mod support;
 
-use std::{
-    collections::HashMap,
-    io::BufRead,
-    process::{Command, Stdio},
-    sync::Arc,
-};
+use std::{process::Command, sync::Arc};
 
 use libtest_mimic::{Arguments, Trial};
 use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan, Store};
@@ -33,32 +27,13 @@ fn main() {
     .exit();
 }
 
-/// The throwaway servers of db_servers.py; stopped when dropped.
-struct DbServers {
-    proc: Proc,
-    ports: HashMap<String, u16>,
-}
-
-fn db_servers() -> DbServers {
-    let mut child = Command::new("python3")
-        .arg(fixture("db/db_servers.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let ports: HashMap<String, u16> = serde_json::from_str(&line).unwrap_or_else(|e| panic!("db_servers.py: {e}: {line:?}"));
-    DbServers { proc: Proc(child), ports }
-}
-
 fn kind_of(s: &ReceivedSpan) -> SpanKind {
     SpanKind::try_from(s.span.kind).unwrap_or(SpanKind::Unspecified)
 }
 
 fn db_calls_nest() {
     const N: usize = 20;
-    let dbs = db_servers();
+    let (dbs_proc, db_ports) = server_script("db/db_servers.py");
     let rt = runtime();
     let store = Arc::new(Store::default());
     let recv = receiver(&rt, store.clone(), 0, 0);
@@ -70,17 +45,11 @@ fn db_calls_nest() {
     ];
     let _sonde = sonde(&["--prometheus-listen", &listen], &env);
     let port = free_port();
-    let mut svc = Command::new("python3")
-        .arg(fixture("db_service.py"))
-        .args([port, dbs.ports["postgres"], dbs.ports["mysql"], dbs.ports["redis"]].map(|p| p.to_string()))
-        .env("OTEL_SERVICE_NAME", "db-web")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 db_service.py");
-    let mut l = String::new();
-    std::io::BufReader::new(svc.stdout.take().unwrap()).read_line(&mut l).unwrap();
-    assert_eq!(l.trim(), "READY", "db_service.py did not start");
-    let svc = Proc(svc);
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("db_service.py"))
+        .args([port, db_ports["postgres"], db_ports["mysql"], db_ports["redis"]].map(|p| p.to_string()))
+        .env("OTEL_SERVICE_NAME", "db-web");
+    let svc = ready(cmd);
     let spid = svc.pid();
     let (_, calls) = python_client(port, N);
     let fails = calls.iter().filter(|c| c.path.starts_with("/fail")).count();
@@ -134,7 +103,7 @@ fn db_calls_nest() {
         assert_eq!(insert.attr("db.namespace").as_deref(), Some("sonde"));
         assert_eq!(insert.attr("db.collection.name").as_deref(), Some("items"));
         assert_eq!(insert.span.name, "INSERT items");
-        assert_eq!(insert.attr("server.port"), Some(dbs.ports["postgres"].to_string()));
+        assert_eq!(insert.attr("server.port"), Some(db_ports["postgres"].to_string()));
         if failing {
             let bad = kids.iter().find(|k| k.attr("db.collection.name").as_deref() == Some("missing_table")).expect("failing SQL span");
             assert_eq!(bad.span.status.as_ref().map(|s| s.code), Some(2), "status error");
@@ -166,5 +135,5 @@ fn db_calls_nest() {
     assert_eq!(count(&[svc_l, "error_type=\"42P01\""]), fails as u64);
     drop(recv);
     drop(svc);
-    drop(dbs.proc);
+    drop(dbs_proc);
 }

@@ -1,4 +1,6 @@
-//! Running sonde, the servers and the receiver for the HTTP suite.
+//! Running sonde, the servers and the receiver: shared by the HTTP, DB and
+//! AMQP suites, none of which uses every helper.
+#![allow(dead_code)]
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener},
@@ -189,4 +191,23 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Runs a fixture script that prints one JSON line (ports), then serves
+/// until its stdin closes (when the returned process is dropped).
+pub fn server_script(path: &str) -> (Proc, std::collections::HashMap<String, u16>) {
+    let mut child = Command::new("python3").arg(fixture(path)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ports = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path}: {e}: {line:?}"));
+    (Proc(child), ports)
+}
+
+/// Starts a fixture command that prints READY once serving.
+pub fn ready(mut cmd: Command) -> Proc {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3");
+    let mut l = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut l).unwrap();
+    assert_eq!(l.trim(), "READY", "{cmd:?}");
+    Proc(child)
 }
