@@ -4,7 +4,8 @@
 //! Connections that speak nothing sonde parses are released: the kernel
 //! stops copying their payload.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
@@ -69,6 +70,12 @@ pub struct L7 {
     linker: Linker,
     /// Deliveries in processing, by (connection, channel, delivery tag).
     deliveries: HashMap<(u64, u16, u64), Delivery>,
+    /// Socket-pair stitching: contexts of HTTP client requests written and
+    /// not yet read by a server on this node, by the client's (local, remote)
+    /// endpoints, in request order.
+    stitch: HashMap<(SocketAddr, SocketAddr), VecDeque<SpanCtx>>,
+    /// The same contexts per client connection, for the client span itself.
+    client_requests: HashMap<u64, VecDeque<SpanCtx>>,
     continuity: spans::messaging::Continuity,
     resources: ResourceBuilder,
     registry: SharedRegistry,
@@ -124,6 +131,8 @@ impl L7 {
             linker: Linker::default(),
             deliveries: HashMap::new(),
             continuity: Default::default(),
+            stitch: HashMap::new(),
+            client_requests: HashMap::new(),
             resources,
             registry,
             sampler,
@@ -158,6 +167,10 @@ impl L7 {
                     self.account_db(&p);
                 }
                 self.linker.connection_closed(c.pid, c.id);
+                self.client_requests.remove(&c.id);
+                if let Some(t) = c.tuple {
+                    self.stitch.remove(&(t.local, t.remote));
+                }
             }
         }
     }
@@ -218,9 +231,7 @@ impl L7 {
             Some(Proto::Http(h)) => {
                 let side = if request_side { Kind::Request } else { Kind::Response };
                 let failed = h.push(side, seg, &mut exchanges).is_err() || h.is_upgraded();
-                if c.role == Role::Server {
-                    fresh = h.take_new_requests();
-                }
+                fresh = h.take_new_requests();
                 failed
             }
             Some(Proto::Redis(r)) => {
@@ -237,7 +248,25 @@ impl L7 {
         };
         for req in fresh {
             let tp = req.head.traceparent.as_deref().and_then(spans::traceparent::parse);
-            self.linker.request_started(c.pid, c.id, req.first.tid, req.first.exit_ns, tp, &self.sampler);
+            if c.role == Role::Server {
+                // The client end on this node, if its request was seen: the
+                // same connection from the other side, same position.
+                let partner = c.tuple.and_then(|t| self.stitch.get_mut(&(t.remote, t.local))).and_then(|q| q.pop_front());
+                let incoming = tp.or(partner.map(|p| spans::traceparent::TraceParent {
+                    trace_id: p.trace_id,
+                    parent_id: p.span_id,
+                    sampled: p.sampled,
+                }));
+                self.linker.request_started(c.pid, c.id, req.first.tid, req.first.exit_ns, incoming, &self.sampler);
+            } else {
+                let ctx = self.client_context(c, req.first, tp);
+                push_bounded(self.client_requests.entry(c.id).or_default(), ctx);
+                if let Some(t) = c.tuple {
+                    if self.stitch.len() < MAX_STITCH || self.stitch.contains_key(&(t.local, t.remote)) {
+                        push_bounded(self.stitch.entry((t.local, t.remote)).or_default(), ctx);
+                    }
+                }
+            }
         }
         if failed {
             // Not the protocol after all, encrypted, or switched protocols.
@@ -335,6 +364,26 @@ impl L7 {
         self.registry.lock().expect("registry lock").record(inst, resource, labels, value);
     }
 
+    /// The context of an outgoing HTTP request, fixed when it is written: its
+    /// own traceparent (an instrumented app), or a child of the request in
+    /// flight it was made for, or a new trace.
+    fn client_context(&self, c: &ConnInfo, first: SegTime, own: Option<spans::traceparent::TraceParent>) -> SpanCtx {
+        let parent = self.linker.parent_of(c.pid, first.tid, first.enter_ns);
+        match (own, parent) {
+            (Some(tp), p) => SpanCtx {
+                trace_id: tp.trace_id,
+                span_id: tp.parent_id,
+                parent_span_id: p.filter(|p| p.trace_id == tp.trace_id).map(|p| p.span_id),
+                sampled: tp.sampled,
+            },
+            (None, Some(p)) => SpanCtx { trace_id: p.trace_id, span_id: spans::new_span_id(), parent_span_id: Some(p.span_id), sampled: p.sampled },
+            (None, None) => {
+                let trace_id = spans::new_trace_id();
+                SpanCtx { trace_id, span_id: spans::new_span_id(), parent_span_id: None, sampled: self.sampler.should_sample(&trace_id, None) }
+            }
+        }
+    }
+
     /// Gives a client span its parent: the request in flight it was made
     /// for. `own_context`: the call carried its own traceparent (an
     /// instrumented app), whose trace wins if it differs.
@@ -380,8 +429,19 @@ impl L7 {
                     None => self.sampler.should_sample(&span.trace_id, built.parent_sampled),
                 }
             } else {
-                let own = ex.request.head.traceparent.as_deref().and_then(spans::traceparent::parse).is_some();
-                self.link(c, ex.request.first, own, &mut span)
+                match self.client_requests.get_mut(&c.id).and_then(|q| q.pop_front()) {
+                    Some(ctx) => {
+                        span.trace_id = ctx.trace_id;
+                        span.span_id = ctx.span_id;
+                        span.parent_span_id = ctx.parent_span_id;
+                        ctx.sampled
+                    }
+                    // A request written before the agent started.
+                    None => {
+                        let own = ex.request.head.traceparent.as_deref().and_then(spans::traceparent::parse).is_some();
+                        self.link(c, ex.request.first, own, &mut span)
+                    }
+                }
             };
             self.keep(span, sampled, spans);
         }
@@ -464,4 +524,14 @@ fn delivery_key(conn: u64, channel: u16, tag: u64) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (conn, channel, tag).hash(&mut h);
     h.finish() | 1 << 63
+}
+
+/// Bound on connections with requests awaiting their partner.
+const MAX_STITCH: usize = 65536;
+
+fn push_bounded(q: &mut VecDeque<SpanCtx>, ctx: SpanCtx) {
+    if q.len() >= 256 {
+        q.pop_front();
+    }
+    q.push_back(ctx);
 }

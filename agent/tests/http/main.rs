@@ -116,8 +116,11 @@ fn python_keepalive() {
                 assert_eq!(hex(&cli.span.span_id), parts[2]);
             }
             None => {
-                assert!(srv.span.parent_span_id.is_empty(), "root server span");
-                assert_ne!(srv.span.trace_id, cli.span.trace_id, "unlinked without traceparent (linking is later work)");
+                // Socket-pair stitching: both ends are on this node, so the
+                // server span is the child of the client span.
+                assert!(cli.span.parent_span_id.is_empty(), "the client started the trace");
+                assert_eq!(srv.span.trace_id, cli.span.trace_id, "one trace across the two processes");
+                assert_eq!(srv.span.parent_span_id, cli.span.span_id, "server is the client's child");
             }
         }
     }
@@ -279,6 +282,10 @@ fn nginx_and_curl() {
     }
     let curl: Vec<_> = spans.iter().filter(|x| x.service() == "curl" && x.attr("server.port") == Some(port.to_string())).collect();
     assert_eq!(curl.len(), paths.len(), "one CLIENT span per curl");
+    for s in &srv {
+        let parent = curl.iter().find(|c| c.span.span_id == s.span.parent_span_id).expect("nginx span stitched to its curl span");
+        assert_eq!(parent.span.trace_id, s.span.trace_id);
+    }
     drop(recv);
 }
 
