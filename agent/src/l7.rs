@@ -41,6 +41,10 @@ pub struct L7Stats {
     pub db_unmatched: AtomicU64,
     /// Connections released because no parser recognised them.
     pub released_connections: AtomicU64,
+    /// Server requests whose client record arrived after them, and joined.
+    pub late_partners_adopted: AtomicU64,
+    /// Server requests still waiting for a partner when the wait overflowed.
+    pub late_partners_missed: AtomicU64,
     pub spans_sampled_out: AtomicU64,
 }
 
@@ -76,6 +80,10 @@ pub struct L7 {
     stitch: HashMap<(SocketAddr, SocketAddr), VecDeque<SpanCtx>>,
     /// The same contexts per client connection, for the client span itself.
     client_requests: HashMap<u64, VecDeque<SpanCtx>>,
+    /// Server requests that found no partner yet, by the server's (remote,
+    /// local) endpoints: the client's record may enter the ring a little
+    /// after the server's (its thread was preempted before the syscall exit).
+    unpartnered: HashMap<(SocketAddr, SocketAddr), VecDeque<(u32, u64, u64)>>,
     continuity: spans::messaging::Continuity,
     resources: ResourceBuilder,
     registry: SharedRegistry,
@@ -133,6 +141,7 @@ impl L7 {
             continuity: Default::default(),
             stitch: HashMap::new(),
             client_requests: HashMap::new(),
+            unpartnered: HashMap::new(),
             resources,
             registry,
             sampler,
@@ -170,6 +179,7 @@ impl L7 {
                 self.client_requests.remove(&c.id);
                 if let Some(t) = c.tuple {
                     self.stitch.remove(&(t.local, t.remote));
+                    self.unpartnered.remove(&(t.remote, t.local));
                 }
             }
         }
@@ -252,6 +262,17 @@ impl L7 {
                 // The client end on this node, if its request was seen: the
                 // same connection from the other side, same position.
                 let partner = c.tuple.and_then(|t| self.stitch.get_mut(&(t.remote, t.local))).and_then(|q| q.pop_front());
+                let full = self.unpartnered.len() >= MAX_STITCH;
+                let room = |t: &crate::event::SocketTuple| !full || self.unpartnered.contains_key(&(t.remote, t.local));
+                if let (None, None, Some(t)) = (partner, tp, c.tuple.filter(room)) {
+                    // Wait (bounded) for a client record that may come late.
+                    let q = self.unpartnered.entry((t.remote, t.local)).or_default();
+                    if q.len() >= 256 {
+                        q.pop_front();
+                        self.stats.late_partners_missed.fetch_add(1, Relaxed);
+                    }
+                    q.push_back((c.pid, c.id, req.first.exit_ns));
+                }
                 let incoming = tp.or(partner.map(|p| spans::traceparent::TraceParent {
                     trace_id: p.trace_id,
                     parent_id: p.span_id,
@@ -261,6 +282,14 @@ impl L7 {
             } else {
                 let ctx = self.client_context(c, req.first, tp);
                 push_bounded(self.client_requests.entry(c.id).or_default(), ctx);
+                // The server end already read it: its request adopts this context.
+                let waiting = c.tuple.and_then(|t| self.unpartnered.get_mut(&(t.local, t.remote))).and_then(|q| q.pop_front());
+                if let Some((pid, conn, since)) = waiting {
+                    if since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS && self.linker.adopt(pid, conn, &ctx) {
+                        self.stats.late_partners_adopted.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                }
                 if let Some(t) = c.tuple {
                     if self.stitch.len() < MAX_STITCH || self.stitch.contains_key(&(t.local, t.remote)) {
                         push_bounded(self.stitch.entry((t.local, t.remote)).or_default(), ctx);
@@ -528,6 +557,9 @@ fn delivery_key(conn: u64, channel: u16, tag: u64) -> u64 {
 
 /// Bound on connections with requests awaiting their partner.
 const MAX_STITCH: usize = 65536;
+/// How far a server's read may precede its client's write record and still
+/// be stitched (the client's syscall exit was delayed, not the data).
+const LATE_PARTNER_WINDOW_NS: u64 = 1_000_000_000;
 
 fn push_bounded(q: &mut VecDeque<SpanCtx>, ctx: SpanCtx) {
     if q.len() >= 256 {

@@ -76,6 +76,20 @@ impl Linker {
         Some(f.ctx)
     }
 
+    /// A late partner: the oldest request in flight on `conn` that started
+    /// its own trace (no parent) joins `parent`'s instead. Returns false if
+    /// there is no such request (answered already, or it had a parent).
+    pub fn adopt(&mut self, pid: u32, conn: u64, parent: &SpanCtx) -> bool {
+        let Some(f) = self.by_pid.get_mut(&pid).and_then(|l| l.iter_mut().find(|f| f.conn == conn)) else { return false };
+        if f.ctx.parent_span_id.is_some() {
+            return false;
+        }
+        f.ctx.trace_id = parent.trace_id;
+        f.ctx.parent_span_id = Some(parent.span_id);
+        f.ctx.sampled = parent.sampled;
+        true
+    }
+
     /// A server connection closed: its unanswered requests are over.
     pub fn connection_closed(&mut self, pid: u32, conn: u64) {
         if let Some(list) = self.by_pid.get_mut(&pid) {
@@ -134,6 +148,18 @@ mod tests {
         assert_eq!(l.parent_of(1, 100, 7), Some(first));
         l.request_finished(1, 10);
         assert_eq!(l.parent_of(1, 100, 8), Some(second));
+    }
+
+    #[test]
+    fn a_late_client_record_is_adopted_by_the_waiting_request() {
+        let mut l = Linker::default();
+        let own = started(&mut l, 1, 10, 100, 5);
+        let client = SpanCtx { trace_id: [9; 16], span_id: [8; 8], parent_span_id: None, sampled: true };
+        assert!(l.adopt(1, 10, &client));
+        let now = l.parent_of(1, 100, 6).unwrap();
+        assert_eq!((now.trace_id, now.span_id, now.parent_span_id), (client.trace_id, own.span_id, Some(client.span_id)));
+        assert!(!l.adopt(1, 10, &client), "only once");
+        assert!(!l.adopt(1, 99, &client), "unknown connection");
     }
 
     #[test]

@@ -251,6 +251,8 @@ fn health_fn(
             c("sonde_http_unanswered_requests_total", "HTTP requests dropped without a response.", vec![], l7.http_unanswered_requests.load(Relaxed)),
             c("sonde_http_exchanges_total", "HTTP request/response pairs seen.", vec![], l7.http_exchanges.load(Relaxed)),
             c("sonde_released_connections_total", "Connections no parser recognised (payload copy stopped).", vec![], l7.released_connections.load(Relaxed)),
+            c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "adopted")], l7.late_partners_adopted.load(Relaxed)),
+            c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "missed")], l7.late_partners_missed.load(Relaxed)),
             c("sonde_spans_sampled_out_total", "Spans not exported by sampling decision.", vec![], l7.spans_sampled_out.load(Relaxed)),
             c("sonde_spans_exported_total", "Spans accepted by the OTLP backend.", vec![], export.spans_exported.load(Relaxed)),
             c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "traces")], export.trace_export_failures.load(Relaxed)),

@@ -84,7 +84,11 @@ fn publish_consume() {
     let is_consumer = |s: &ReceivedSpan| kind_of(s) == SpanKind::Consumer && s.span.name.starts_with("process ");
     let spans = wait_spans(&store, |s| {
         let consumers: Vec<&ReceivedSpan> = s.iter().filter(|x| is_consumer(x)).collect();
-        consumers.len() >= 2 * (N + 1)
+        // Every part of the tree: a request's SERVER span may end after its
+        // consumers (the handler can be descheduled between publish and reply).
+        let servers = s.iter().filter(|x| x.service() == "orders" && kind_of(x) == SpanKind::Server).count();
+        servers >= N + 1
+            && consumers.len() >= 2 * (N + 1)
             && consumers.iter().all(|c| s.iter().filter(|k| k.span.parent_span_id == c.span.span_id).count() >= 2)
     });
     let by_parent = |id: &[u8]| -> Vec<&ReceivedSpan> { spans.iter().filter(|s| s.span.parent_span_id == id).collect() };
