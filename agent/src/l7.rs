@@ -67,7 +67,7 @@ struct Delivery {
 }
 
 /// Asks the kernel to stop copying a connection's payload.
-pub type Release = Box<dyn FnMut(u32, i32) + Send>;
+pub type Release = Box<dyn FnMut(u64, u32, i32) + Send>;
 
 pub struct L7 {
     conns: HashMap<u64, Proto>,
@@ -203,6 +203,7 @@ impl L7 {
     }
 
     fn release(&mut self, c: &ConnInfo) {
+        tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "l7 release");
         if let Some(old) = self.conns.insert(c.id, Proto::Released) {
             if let Proto::Http(h) = &old {
                 self.account_http(h);
@@ -211,7 +212,7 @@ impl L7 {
             }
         }
         self.stats.released_connections.fetch_add(1, Relaxed);
-        (self.release)(c.pid, c.fd);
+        (self.release)(c.id, c.pid, c.fd);
     }
 
     fn on_data(&mut self, c: &ConnInfo, d: &DataRecord, spans: &mut Vec<Span>) {
@@ -227,6 +228,7 @@ impl L7 {
             }
         }
         let seg = Segment { data: &d.payload, total: d.bytes, enter_ns: d.enter_ns, exit_ns: d.exit_ns, tid: d.tid };
+        tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, dir = ?d.direction, bytes = d.bytes, "l7 data");
         // Requests flow out of a client and into a server.
         let outbound = d.direction == Direction::Egress;
         let request_side = match c.role {
@@ -300,6 +302,9 @@ impl L7 {
         if failed {
             // Not the protocol after all, encrypted, or switched protocols.
             self.release(c);
+        }
+        if !exchanges.is_empty() {
+            tracing::debug!(conn = c.id, n = exchanges.len(), "l7 exchanges");
         }
         self.emit_http(c, exchanges, spans);
         self.emit_db(c, calls, spans);
@@ -430,6 +435,7 @@ impl L7 {
     }
 
     fn keep(&self, span: Span, sampled: bool, spans: &mut Vec<Span>) {
+        tracing::debug!(name = %span.name, kind = span.kind.as_str(), trace = %spans::hex(&span.trace_id), sampled, "l7 span");
         if sampled {
             spans.push(span);
         } else {

@@ -44,6 +44,7 @@ pub struct Session {
     pub probe_report: Vec<ProbeStatus>,
     kernel_stats: Arc<KernelStats>,
     sockets: SharedSockets,
+    owners: crate::conntrack::table::Owners,
     tasks: Vec<JoinHandle<()>>,
     _probes: Probes,
 }
@@ -60,6 +61,7 @@ impl Session {
         let kernel_stats = Arc::new(probes.take_stats());
 
         let mut table = ConnTable::new(sockets.clone(), stats.clone());
+        let owners = table.owners();
         let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
         let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity);
 
@@ -109,6 +111,7 @@ impl Session {
             probe_report: probes.report.clone(),
             kernel_stats,
             sockets,
+            owners,
             tasks: vec![reader, conntrack],
             _probes: probes,
         })
@@ -129,11 +132,15 @@ impl Session {
         self.kernel_stats.clone()
     }
 
-    /// A handle that releases connections (stops payload copying).
-    pub fn releaser(&self) -> impl FnMut(u32, i32) + Send + 'static {
+    /// A handle that releases connections (stops payload copying), unless
+    /// their fd already belongs to a newer connection.
+    pub fn releaser(&self) -> impl FnMut(u64, u32, i32) + Send + 'static {
         let sockets = self.sockets.clone();
-        move |pid, fd| {
-            let _ = sockets.lock().expect("socket maps lock").set_quiet(pid, fd);
+        let owners = self.owners.clone();
+        move |conn, pid, fd| {
+            if owners.lock().expect("owners lock").get(&(pid, fd)) == Some(&conn) {
+                let _ = sockets.lock().expect("socket maps lock").set_quiet(pid, fd);
+            }
         }
     }
 

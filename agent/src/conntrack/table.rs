@@ -62,6 +62,17 @@ impl StreamEvent {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Untrack {
+    Yes,
+    No,
+}
+
+/// Which connection currently owns each (pid, fd), shared with whoever
+/// writes per-socket kernel flags later (the release of a connection must
+/// not hit a newer socket that reused its fd).
+pub type Owners = Arc<std::sync::Mutex<HashMap<(u32, i32), u64>>>;
+
 struct Conn {
     info: ConnInfo,
     /// Opened by connect/accept (or the scan); a Tuple record alone does not
@@ -86,6 +97,7 @@ pub struct ConnTable<R: SocketRegistry> {
     pending: VecDeque<(u64, SocketTuple)>,
     /// Local endpoints of the agent's own connections.
     own: HashSet<SocketAddr>,
+    owners: Owners,
     processes: ProcessCache,
     registry: R,
     stats: Arc<Stats>,
@@ -107,11 +119,17 @@ impl<R: SocketRegistry> ConnTable<R> {
             listeners: HashMap::new(),
             pending: VecDeque::new(),
             own: HashSet::new(),
+            owners: Owners::default(),
             processes: ProcessCache::default(),
             registry,
             stats,
             next_id: 1,
         }
+    }
+
+    /// The shared (pid, fd) -> connection id map.
+    pub fn owners(&self) -> Owners {
+        self.owners.clone()
     }
 
     pub fn processes(&mut self) -> &mut ProcessCache {
@@ -151,7 +169,8 @@ impl<R: SocketRegistry> ConnTable<R> {
                 ConnKind::Connect => self.on_connect(c, out),
                 ConnKind::Accept => self.on_accept(c, out),
                 ConnKind::Tuple => self.on_tuple(c, out),
-                ConnKind::Close => self.close(c.pid, c.fd, c.ts_ns, out),
+                // The kernel removed its map entries itself at close().
+                ConnKind::Close => self.close(c.pid, c.fd, c.ts_ns, Untrack::No, out),
                 ConnKind::Listen => {
                     self.listeners.insert((c.pid, c.fd), c.listen_port);
                 }
@@ -165,8 +184,9 @@ impl<R: SocketRegistry> ConnTable<R> {
     /// Creates a connection, closing a stale one on the same (pid, fd).
     fn open(&mut self, pid: u32, fd: i32, role: Role, ts: u64, comm: &str, out: &mut Vec<StreamEvent>) -> &mut Conn {
         if self.conns.contains_key(&(pid, fd)) {
-            // The fd was reused without us seeing close: end the old one.
-            self.close(pid, fd, ts, out);
+            // The fd was reused without us seeing close: end the old one. Its
+            // kernel entry already belongs to the new socket: keep it.
+            self.close(pid, fd, ts, Untrack::No, out);
         }
         let info = ConnInfo {
             id: self.next_id,
@@ -180,6 +200,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             peer_is_agent: false,
         };
         self.next_id += 1;
+        self.owners.lock().expect("owners lock").insert((pid, fd), info.id);
         Stats::inc(&self.stats.connections_opened);
         self.conns.entry((pid, fd)).or_insert(Conn { info, confirmed: false, resolve_tried: false })
     }
@@ -319,12 +340,20 @@ impl<R: SocketRegistry> ConnTable<R> {
         out.push(StreamEvent::Data(conn.info.clone(), d));
     }
 
-    fn close(&mut self, pid: u32, fd: i32, ts: u64, out: &mut Vec<StreamEvent>) {
-        if self.listeners.remove(&(pid, fd)).is_some() {
+    /// Ends a connection. `untrack`: also remove the kernel's map entries,
+    /// which only user space can do when a socket vanished without close()
+    /// (exit, exec). After a close() the kernel already removed them, and by
+    /// the time this runs the fd may belong to a new socket whose entry a
+    /// removal here would wipe out.
+    fn close(&mut self, pid: u32, fd: i32, ts: u64, untrack: Untrack, out: &mut Vec<StreamEvent>) {
+        if self.listeners.remove(&(pid, fd)).is_some() && untrack == Untrack::Yes {
             self.registry.untrack_listener(pid, fd);
         }
         if let Some(conn) = self.conns.remove(&(pid, fd)) {
-            self.registry.untrack(pid, fd);
+            if untrack == Untrack::Yes {
+                self.registry.untrack(pid, fd);
+            }
+            self.owners.lock().expect("owners lock").remove(&(pid, fd));
             Stats::inc(&self.stats.connections_closed);
             out.push(StreamEvent::Close(conn.info, ts));
         }
@@ -336,7 +365,7 @@ impl<R: SocketRegistry> ConnTable<R> {
 
     fn on_exit(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
         for fd in self.fds_of(pid) {
-            self.close(pid, fd, ts, out);
+            self.close(pid, fd, ts, Untrack::Yes, out);
         }
         let listeners: Vec<_> = self.listeners.keys().filter(|(p, _)| *p == pid).copied().collect();
         for (p, fd) in listeners {
@@ -356,7 +385,7 @@ impl<R: SocketRegistry> ConnTable<R> {
                     c.info.process = process;
                 }
             } else {
-                self.close(pid, fd, ts, out);
+                self.close(pid, fd, ts, Untrack::Yes, out);
             }
         }
     }

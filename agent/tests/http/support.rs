@@ -75,7 +75,8 @@ pub fn sonde_printing(args: &[&str], env: &[(&str, String)]) -> (Proc, BufReader
 
 fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sonde"));
-    cmd.arg("run").args(args).stdout(stdout).stderr(Stdio::piped()).env("SONDE_LOG", "info");
+    let log = std::env::var("SONDE_TEST_AGENT_LOG_FILTER").unwrap_or_else(|_| "info".into());
+    cmd.arg("run").args(args).stdout(stdout).stderr(Stdio::piped()).env("SONDE_LOG", log);
     // The defaults under test must not be overridden by the caller's environment.
     for k in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] {
         cmd.env_remove(k);
@@ -96,8 +97,18 @@ fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
             break;
         }
     }
-    // Keep draining stderr so sonde never blocks on a full pipe.
-    std::thread::spawn(move || for _ in err.lines() {});
+    // Keep draining stderr so sonde never blocks on a full pipe; with
+    // SONDE_TEST_AGENT_LOG=<file> the agent's log is kept there.
+    let keep = std::env::var_os("SONDE_TEST_AGENT_LOG").map(|p| std::fs::File::create(p).expect("agent log file"));
+    std::thread::spawn(move || {
+        let mut keep = keep;
+        for l in err.lines().map_while(Result::ok) {
+            if let Some(f) = keep.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{l}");
+            }
+        }
+    });
     Proc(child)
 }
 
