@@ -80,6 +80,10 @@ pub struct L7 {
     stitch: HashMap<(SocketAddr, SocketAddr), VecDeque<SpanCtx>>,
     /// The same contexts per client connection, for the client span itself.
     client_requests: HashMap<u64, VecDeque<SpanCtx>>,
+    /// Service graph: server halves of stitched pairs, by their parent (the
+    /// client span id), until the client half completes: (server service,
+    /// server seconds, server failed).
+    graph_pending: HashMap<[u8; 8], (String, f64, bool)>,
     /// Server requests that found no partner yet, by the server's (remote,
     /// local) endpoints: the client's record may enter the ring a little
     /// after the server's (its thread was preempted before the syscall exit).
@@ -142,6 +146,7 @@ impl L7 {
             stitch: HashMap::new(),
             client_requests: HashMap::new(),
             unpartnered: HashMap::new(),
+            graph_pending: HashMap::new(),
             resources,
             registry,
             sampler,
@@ -434,6 +439,33 @@ impl L7 {
         }
     }
 
+    /// Records one service-graph edge for a finished client span: to the
+    /// server process it was stitched to, or (uninstrumented peer) to the
+    /// peer's address.
+    fn graph_edge(&mut self, c: &ConnInfo, span: &Span, resource: &Arc<Resource>, kind: Option<&str>) {
+        let (server, server_secs, server_failed, kind) = match self.graph_pending.remove(&span.span_id) {
+            Some((svc, secs, failed)) => (svc, Some(secs), failed, kind.unwrap_or("")),
+            None => {
+                let peer = c.remote().map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+                (peer, None, false, kind.unwrap_or("virtual_node"))
+            }
+        };
+        let mut labels: Labels = vec![("client", resource.service_name.clone()), ("server", server)];
+        if !kind.is_empty() {
+            labels.push(("connection_type", kind.to_string()));
+        }
+        let failed = server_failed || matches!(span.status, spans::Status::Error(_));
+        let mut reg = self.registry.lock().expect("registry lock");
+        reg.record(&metrics::GRAPH_REQUESTS, resource, labels.clone(), 1.0);
+        if failed {
+            reg.record(&metrics::GRAPH_FAILED, resource, labels.clone(), 1.0);
+        }
+        reg.record(&metrics::GRAPH_CLIENT_SECONDS, resource, labels.clone(), duration_secs(span));
+        if let Some(s) = server_secs {
+            reg.record(&metrics::GRAPH_SERVER_SECONDS, resource, labels, s);
+        }
+    }
+
     fn keep(&self, span: Span, sampled: bool, spans: &mut Vec<Span>) {
         tracing::debug!(name = %span.name, kind = span.kind.as_str(), trace = %spans::hex(&span.trace_id), sampled, "l7 span");
         if sampled {
@@ -454,7 +486,7 @@ impl L7 {
             self.record_http_metrics(c, &ex, &built.span, &built.route, &resource);
             let mut span = built.span;
             let sampled = if c.role == Role::Server {
-                match self.linker.request_finished(c.pid, c.id) {
+                let sampled = match self.linker.request_finished(c.pid, c.id) {
                     Some(SpanCtx { trace_id, span_id, parent_span_id, sampled }) => {
                         span.trace_id = trace_id;
                         span.span_id = span_id;
@@ -462,9 +494,19 @@ impl L7 {
                         sampled
                     }
                     None => self.sampler.should_sample(&span.trace_id, built.parent_sampled),
+                };
+                // The server half of a service-graph edge, completed when its
+                // client half (the parent span) finishes.
+                if let Some(parent) = span.parent_span_id {
+                    if self.graph_pending.len() >= MAX_STITCH {
+                        self.graph_pending.clear();
+                    }
+                    let failed = matches!(span.status, spans::Status::Error(_));
+                    self.graph_pending.insert(parent, (resource.service_name.clone(), duration_secs(&span), failed));
                 }
+                sampled
             } else {
-                match self.client_requests.get_mut(&c.id).and_then(|q| q.pop_front()) {
+                let sampled = match self.client_requests.get_mut(&c.id).and_then(|q| q.pop_front()) {
                     Some(ctx) => {
                         span.trace_id = ctx.trace_id;
                         span.span_id = ctx.span_id;
@@ -476,7 +518,9 @@ impl L7 {
                         let own = ex.request.head.traceparent.as_deref().and_then(spans::traceparent::parse).is_some();
                         self.link(c, ex.request.first, own, &mut span)
                     }
-                }
+                };
+                self.graph_edge(c, &span, &resource, None);
+                sampled
             };
             self.keep(span, sampled, spans);
         }
@@ -492,6 +536,7 @@ impl L7 {
             let mut span = spans::db::build(c, &call, &self.clock, resource.clone());
             self.record_db_metrics(c, &call, &span, &resource);
             let sampled = self.link(c, call.first, false, &mut span);
+            self.graph_edge(c, &span, &resource, Some("database"));
             self.keep(span, sampled, spans);
         }
     }
@@ -572,4 +617,8 @@ fn push_bounded(q: &mut VecDeque<SpanCtx>, ctx: SpanCtx) {
         q.pop_front();
     }
     q.push_back(ctx);
+}
+
+fn duration_secs(span: &Span) -> f64 {
+    span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9
 }

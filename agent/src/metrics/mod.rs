@@ -97,6 +97,40 @@ pub const MESSAGING_CONSUMED: Instrument = Instrument {
     description: "Messages delivered to consumers or fetched.",
     buckets: &[],
 };
+/// Service graph (Tempo servicegraph / Jaeger dependencies style) buckets.
+pub const GRAPH_BUCKETS: &[f64] = &[0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8];
+pub const GRAPH_REQUESTS: Instrument = Instrument {
+    kind: InstrumentKind::Counter,
+    name: "traces_service_graph_request_total",
+    prom_name: "traces_service_graph_request_total",
+    unit: "{request}",
+    description: "Requests between two services (an edge of the service graph).",
+    buckets: &[],
+};
+pub const GRAPH_FAILED: Instrument = Instrument {
+    kind: InstrumentKind::Counter,
+    name: "traces_service_graph_request_failed_total",
+    prom_name: "traces_service_graph_request_failed_total",
+    unit: "{request}",
+    description: "Failed requests between two services.",
+    buckets: &[],
+};
+pub const GRAPH_CLIENT_SECONDS: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
+    name: "traces_service_graph_request_client_seconds",
+    prom_name: "traces_service_graph_request_client_seconds",
+    unit: "s",
+    description: "Edge request duration seen by the client.",
+    buckets: GRAPH_BUCKETS,
+};
+pub const GRAPH_SERVER_SECONDS: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
+    name: "traces_service_graph_request_server_seconds",
+    prom_name: "traces_service_graph_request_server_seconds",
+    unit: "s",
+    description: "Edge request duration seen by the server.",
+    buckets: GRAPH_BUCKETS,
+};
 pub const HTTP_SERVER_REQUEST_SIZE: Instrument = Instrument {
     kind: InstrumentKind::Histogram,
     name: "http.server.request.body.size",

@@ -216,6 +216,18 @@ fn prometheus_scrape() {
     }
     // sonde's own health series are there beside the RED ones.
     let text = http_get(&listen, "/metrics").unwrap();
+    // Service graph: the client -> prom-web edge counts every request, and
+    // failed ones (the client sees 4xx and 5xx as errors).
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("server=\"prom-web\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("traces_service_graph_request_total{"), calls.len() as u64, "{text}");
+    let failed = calls.iter().filter(|c| c.status >= 400).count() as u64;
+    assert_eq!(sum("traces_service_graph_request_failed_total{"), failed, "{text}");
+    assert_eq!(sum("traces_service_graph_request_server_seconds_count{"), calls.len() as u64, "stitched: server side known");
     assert!(text.contains("sonde_dropped_total{stage=\"ringbuf\"}"), "{text}");
     assert!(text.contains("sonde_parse_errors_total{protocol=\"http\"}"));
     assert!(text.contains("sonde_export_failures_total{signal=\"traces\"}"));
