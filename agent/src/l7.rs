@@ -39,6 +39,7 @@ pub struct L7Stats {
     pub db_calls: AtomicU64,
     pub db_parse_errors: AtomicU64,
     pub db_unmatched: AtomicU64,
+    pub amqp_parse_errors: AtomicU64,
     /// Connections released because no parser recognised them.
     pub released_connections: AtomicU64,
     /// Server requests whose client record arrived after them, and joined.
@@ -164,21 +165,23 @@ impl L7 {
                 self.conns.insert(c.id, Proto::Detecting);
             }
             StreamEvent::Data(c, d) => self.on_data(&c, &d, spans),
-            StreamEvent::Close(c, _) => {
-                let state = self.conns.remove(&c.id);
-                if let Some(Proto::Amqp(mut a)) = state {
-                    let mut outs = vec![];
-                    let at = SegTime { enter_ns: c.opened_ns, exit_ns: c.opened_ns, tid: 0 };
-                    a.close(at, &mut outs);
-                    self.stats.db_parse_errors.fetch_add(a.parse_errors, Relaxed);
-                    self.emit_amqp(&c, outs, spans);
-                } else if let Some(Proto::Http(mut h)) = state {
-                    let mut ex = vec![];
-                    h.close(&mut ex);
-                    self.account_http(&h);
-                    self.emit_http(&c, ex, spans);
-                } else if let Some(p) = state {
-                    self.account_db(&p);
+            StreamEvent::Close(c, ts) => {
+                let mut state = self.conns.remove(&c.id);
+                match &mut state {
+                    Some(Proto::Amqp(a)) => {
+                        let mut outs = vec![];
+                        a.close(SegTime { enter_ns: ts, exit_ns: ts, tid: 0 }, &mut outs);
+                        self.emit_amqp(&c, outs, spans);
+                    }
+                    Some(Proto::Http(h)) => {
+                        let mut ex = vec![];
+                        h.close(&mut ex);
+                        self.emit_http(&c, ex, spans);
+                    }
+                    _ => {}
+                }
+                if let Some(p) = &state {
+                    self.account(p);
                 }
                 self.linker.connection_closed(c.pid, c.id);
                 self.client_requests.remove(&c.id);
@@ -190,18 +193,23 @@ impl L7 {
         }
     }
 
-    fn account_http(&self, h: &HttpConnection) {
-        self.stats.http_parse_errors.fetch_add(h.parse_errors(), Relaxed);
-        self.stats.http_unmatched_responses.fetch_add(h.counters.unmatched_responses, Relaxed);
-        self.stats.http_unanswered_requests.fetch_add(h.counters.unanswered_requests, Relaxed);
-    }
-
-    fn account_db(&self, p: &Proto) {
+    /// Adds a finished (closed or released) connection's parser counters.
+    fn account(&self, p: &Proto) {
         let (e, u) = match p {
+            Proto::Http(h) => {
+                self.stats.http_parse_errors.fetch_add(h.parse_errors(), Relaxed);
+                self.stats.http_unmatched_responses.fetch_add(h.counters.unmatched_responses, Relaxed);
+                self.stats.http_unanswered_requests.fetch_add(h.counters.unanswered_requests, Relaxed);
+                return;
+            }
+            Proto::Amqp(a) => {
+                self.stats.amqp_parse_errors.fetch_add(a.parse_errors, Relaxed);
+                return;
+            }
             Proto::Redis(r) => (r.parse_errors, r.unmatched),
             Proto::Postgres(r) => (r.parse_errors, r.unmatched),
             Proto::Mysql(r) => (r.parse_errors, r.unmatched),
-            _ => return,
+            Proto::Detecting | Proto::Released => return,
         };
         self.stats.db_parse_errors.fetch_add(e, Relaxed);
         self.stats.db_unmatched.fetch_add(u, Relaxed);
@@ -210,11 +218,7 @@ impl L7 {
     fn release(&mut self, c: &ConnInfo) {
         tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "l7 release");
         if let Some(old) = self.conns.insert(c.id, Proto::Released) {
-            if let Proto::Http(h) = &old {
-                self.account_http(h);
-            } else {
-                self.account_db(&old);
-            }
+            self.account(&old);
         }
         self.stats.released_connections.fetch_add(1, Relaxed);
         (self.release)(c.id, c.pid, c.fd);
@@ -390,7 +394,7 @@ impl L7 {
     fn record_messaging(&self, inst: &'static metrics::Instrument, op: &str, dest: &str, span: &Span, resource: &Arc<Resource>) {
         let value = match inst.kind {
             metrics::InstrumentKind::Counter => 1.0,
-            metrics::InstrumentKind::Histogram => span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9,
+            metrics::InstrumentKind::Histogram => duration_secs(span),
         };
         let mut labels: Labels = vec![
             ("messaging.system", "rabbitmq".into()),
@@ -542,7 +546,7 @@ impl L7 {
     }
 
     fn record_db_metrics(&self, c: &ConnInfo, call: &DbCall, span: &Span, resource: &Arc<Resource>) {
-        let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
+        let secs = duration_secs(span);
         let mut labels: Labels = vec![("db.system.name", call.system.as_str().to_string())];
         if !call.operation.is_empty() {
             labels.push(("db.operation.name", call.operation.clone()));
@@ -564,7 +568,7 @@ impl L7 {
     }
 
     fn record_http_metrics(&self, c: &ConnInfo, ex: &Exchange, span: &Span, route: &str, resource: &Arc<Resource>) {
-        let secs = span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9;
+        let secs = duration_secs(span);
         let get = |k: &str| span.attr(k).map(|v| match v {
             Value::Str(s) => s.clone(),
             other => other.to_string(),

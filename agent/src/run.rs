@@ -113,14 +113,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             },
             _ = &mut stop => break,
         }
-        for s in spans.drain(..) {
-            if cfg.stdout {
-                println!("{}", stdout::line(&s));
-            }
-            if let Some(q) = &span_queue {
-                q.push(s);
-            }
-        }
+        deliver(&mut spans, cfg.stdout, span_queue.as_ref());
     }
     tracing::info!("shutting down: flushing spans and metrics");
     // Events already captured still deserve spans: drain until the stream
@@ -130,14 +123,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     while let Ok(Some(ev)) = tokio::time::timeout_at(drain_until.min(tokio::time::Instant::now() + idle), session.events.recv()).await {
         l7.on_event(ev, &mut spans);
     }
-    for s in spans.drain(..) {
-        if cfg.stdout {
-            println!("{}", stdout::line(&s));
-        }
-        if let Some(q) = &span_queue {
-            q.push(s);
-        }
-    }
+    deliver(&mut spans, cfg.stdout, span_queue.as_ref());
     drop(session); // detach the probes
     let _ = stop_tx.send(true);
     drop(span_queue);
@@ -153,6 +139,18 @@ pub async fn run(args: RunArgs) -> ExitCode {
         tracing::warn!("flush did not finish within {SHUTDOWN_BUDGET:?}; exiting anyway");
     }
     ExitCode::SUCCESS
+}
+
+/// Hands finished spans to the stdout printer and/or the OTLP queue.
+fn deliver(spans: &mut Vec<crate::spans::Span>, to_stdout: bool, queue: Option<&batch::SpanQueue>) {
+    for s in spans.drain(..) {
+        if to_stdout {
+            println!("{}", stdout::line(&s));
+        }
+        if let Some(q) = queue {
+            q.push(s);
+        }
+    }
 }
 
 fn describe(cfg: &RunConfig) {
@@ -245,6 +243,7 @@ fn health_fn(
             c("sonde_decode_errors_total", "Ring buffer records that failed to decode.", vec![], u.decode_errors),
             c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", vec![("protocol", "http")], l7.http_parse_errors.load(Relaxed)),
             c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", vec![("protocol", "db")], l7.db_parse_errors.load(Relaxed)),
+            c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", vec![("protocol", "amqp")], l7.amqp_parse_errors.load(Relaxed)),
             c("sonde_db_calls_total", "Database calls seen.", vec![], l7.db_calls.load(Relaxed)),
             c("sonde_db_unmatched_total", "Database requests or responses that could not be paired.", vec![], l7.db_unmatched.load(Relaxed)),
             c("sonde_http_unmatched_responses_total", "HTTP responses without a captured request.", vec![], l7.http_unmatched_responses.load(Relaxed)),

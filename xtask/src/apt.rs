@@ -57,7 +57,7 @@ pub fn ensure(pkgs: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if unsafe_geteuid() != 0 {
+    if effective_uid() != 0 {
         bail!("missing Debian packages {missing:?}; install them as root: apt-get install -y {}", missing.join(" "));
     }
     eprintln!("xtask: installing {}", missing.join(" "));
@@ -69,7 +69,8 @@ pub fn ensure(pkgs: &[&str]) -> Result<()> {
     .context("apt-get install")
 }
 
-pub fn unsafe_geteuid() -> u32 {
+/// The effective user id, from `id -u`.
+pub fn effective_uid() -> u32 {
     // `id -u` avoids a libc dependency for one call.
     Command::new("id")
         .arg("-u")

@@ -3,7 +3,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{apt::unsafe_geteuid, toolchain};
+use crate::{apt::effective_uid, toolchain};
 
 /// Runs a command with inherited stdio, failing on a non-zero exit.
 pub fn sh(cmd: &mut Command) -> Result<()> {
@@ -43,7 +43,7 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
         sh(cargo().args(["test", "--lib", "--bins"]).arg("--").args(args))?;
     }
     if privileged {
-        if unsafe_geteuid() != 0 {
+        if effective_uid() != 0 {
             bail!(
                 "the privileged suite loads eBPF programs and needs root (CAP_BPF, CAP_PERFMON, \
                  CAP_SYS_PTRACE). Run `sudo -E cargo xtask test`, or `cargo xtask test --unit`"
@@ -61,7 +61,7 @@ pub fn run(release: bool, args: &[String]) -> Result<()> {
     build(release)?;
     let bin = format!("target/{}/sonde", if release { "release" } else { "debug" });
     let args: Vec<String> = if args.is_empty() { vec!["run".into()] } else { args.to_vec() };
-    let mut cmd = if unsafe_geteuid() == 0 {
+    let mut cmd = if effective_uid() == 0 {
         Command::new(&bin)
     } else {
         eprintln!("xtask: sonde needs root to load its probes; using sudo");

@@ -103,16 +103,18 @@ pub fn traces(spans: &[Span]) -> ExportTraceServiceRequest {
 
 /// A cumulative snapshot of the registry at `now_unix_ns`.
 pub fn metrics(reg: &Registry, now_unix_ns: u64) -> ExportMetricsServiceRequest {
-    // resource instance -> instrument -> points
+    // resource -> instrument -> points. Series of one process share one Arc;
+    // an equal resource behind another Arc (cache rebuilt) still merges, but
+    // that comparison runs once per Arc, not once per series.
     let mut by_res: Vec<(Arc<Resource>, Vec<Metric>)> = vec![];
+    let mut index: HashMap<*const Resource, usize> = HashMap::new();
     for (inst, res, labels, h) in reg.each() {
-        let idx = match by_res.iter().position(|(r, _)| Arc::ptr_eq(r, res) || **r == **res) {
-            Some(i) => i,
-            None => {
+        let idx = *index.entry(Arc::as_ptr(res)).or_insert_with(|| {
+            by_res.iter().position(|(r, _)| **r == **res).unwrap_or_else(|| {
                 by_res.push((res.clone(), vec![]));
                 by_res.len() - 1
-            }
-        };
+            })
+        });
         let ms = &mut by_res[idx].1;
         let m = match ms.iter().position(|m| m.name == inst.name) {
             Some(i) => &mut ms[i],
