@@ -65,6 +65,8 @@ struct Delivery {
     queue: Option<String>,
     start: SegTime,
     key: u64,
+    /// The matched publish, for the producer -> consumer graph edge.
+    publish: Option<spans::messaging::Publish>,
 }
 
 /// Asks the kernel to stop copying a connection's payload.
@@ -89,6 +91,11 @@ pub struct L7 {
     /// local) endpoints: the client's record may enter the ring a little
     /// after the server's (its thread was preempted before the syscall exit).
     unpartnered: HashMap<(SocketAddr, SocketAddr), VecDeque<(u32, u64, u64)>>,
+    /// Server ends of connections on this node, by their (local, remote)
+    /// endpoints: names the peer of a client call whose server side makes
+    /// no spans (a database server process). Removed when the client end
+    /// closes; cleared when full (servers of off-node clients).
+    servers: HashMap<(SocketAddr, SocketAddr), Arc<Resource>>,
     continuity: spans::messaging::Continuity,
     resources: ResourceBuilder,
     registry: SharedRegistry,
@@ -147,6 +154,7 @@ impl L7 {
             stitch: HashMap::new(),
             client_requests: HashMap::new(),
             unpartnered: HashMap::new(),
+            servers: HashMap::new(),
             graph_pending: HashMap::new(),
             resources,
             registry,
@@ -162,7 +170,9 @@ impl L7 {
     pub fn on_event(&mut self, ev: StreamEvent, spans: &mut Vec<Span>) {
         match ev {
             StreamEvent::Open(c) => {
+                tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "l7 open");
                 self.conns.insert(c.id, Proto::Detecting);
+                self.note_server(&c);
             }
             StreamEvent::Data(c, d) => self.on_data(&c, &d, spans),
             StreamEvent::Close(c, ts) => {
@@ -188,8 +198,21 @@ impl L7 {
                 if let Some(t) = c.tuple {
                     self.stitch.remove(&(t.local, t.remote));
                     self.unpartnered.remove(&(t.remote, t.local));
+                    // Keyed from the client's side: a server that forks per
+                    // connection (PostgreSQL) closes its copy at once.
+                    self.servers.remove(&(t.remote, t.local));
                 }
             }
+        }
+    }
+
+    /// Remembers which process serves a server-side connection.
+    fn note_server(&mut self, c: &ConnInfo) {
+        if let (Role::Server, Some(t)) = (c.role, c.tuple) {
+            if self.servers.len() >= MAX_STITCH {
+                self.servers.clear();
+            }
+            self.servers.insert((t.local, t.remote), self.resources.get(&c.process));
         }
     }
 
@@ -225,14 +248,16 @@ impl L7 {
     }
 
     fn on_data(&mut self, c: &ConnInfo, d: &DataRecord, spans: &mut Vec<Span>) {
-        let state = self.conns.entry(c.id).or_insert(Proto::Detecting);
-        if let Proto::Detecting = state {
+        if let Proto::Detecting = self.conns.entry(c.id).or_insert(Proto::Detecting) {
             if d.payload.is_empty() {
                 return; // nothing to detect on (quiet socket or sendfile)
             }
+            self.note_server(c); // its tuple may have been resolved since the open
             // The far end of the agent's own traffic (a local OTLP collector).
             match detect(c.role, d.direction, &d.payload) {
-                Some(p) if !c.peer_is_agent => *state = p,
+                Some(p) if !c.peer_is_agent => {
+                    self.conns.insert(c.id, p);
+                }
                 _ => return self.release(c),
             }
         }
@@ -335,28 +360,29 @@ impl L7 {
                         span.trace_id = tp.trace_id;
                     }
                     let sampled = self.link(c, first, own.is_some(), &mut span);
-                    self.continuity.published(
-                        spans::messaging::message_key(&msg),
-                        first.enter_ns,
-                        SpanCtx { trace_id: span.trace_id, span_id: span.span_id, parent_span_id: span.parent_span_id, sampled },
-                    );
+                    let ctx = SpanCtx { trace_id: span.trace_id, span_id: span.span_id, parent_span_id: span.parent_span_id, sampled };
+                    let publish = spans::messaging::Publish { ctx, producer: resource.clone(), secs: duration_secs(&span) };
+                    self.continuity.published(spans::messaging::message_key(&msg), first.enter_ns, publish);
                     self.record_messaging(&metrics::MESSAGING_CLIENT_DURATION, "publish", &msg.exchange, &span, &resource);
                     self.record_messaging(&metrics::MESSAGING_SENT, "publish", &msg.exchange, &span, &resource);
                     self.keep(span, sampled, spans);
                 }
                 AmqpOut::DeliveryStarted { channel, delivery_tag, queue, msg, at, .. } => {
                     // The parent: the context in the headers, else the publish seen here.
-                    let incoming = msg.props.header("traceparent").as_deref().and_then(spans::traceparent::parse).or_else(|| {
-                        self.continuity.lookup(spans::messaging::message_key(&msg), at.exit_ns).map(|p| spans::traceparent::TraceParent {
-                            trace_id: p.trace_id,
-                            parent_id: p.span_id,
-                            sampled: p.sampled,
-                        })
-                    });
+                    let header = msg.props.header("traceparent").as_deref().and_then(spans::traceparent::parse);
+                    let publish = match header {
+                        Some(_) => None,
+                        None => self.continuity.lookup(spans::messaging::message_key(&msg), at.exit_ns),
+                    };
+                    let incoming = header.or(publish.as_ref().map(|p| spans::traceparent::TraceParent {
+                        trace_id: p.ctx.trace_id,
+                        parent_id: p.ctx.span_id,
+                        sampled: p.ctx.sampled,
+                    }));
                     let key = delivery_key(c.id, channel, delivery_tag);
                     self.linker.request_started(c.pid, key, at.tid, at.exit_ns, incoming, &self.sampler);
                     if self.deliveries.len() < 65536 {
-                        self.deliveries.insert((c.id, channel, delivery_tag), Delivery { msg, queue, start: at, key });
+                        self.deliveries.insert((c.id, channel, delivery_tag), Delivery { msg, queue, start: at, key, publish });
                     }
                 }
                 AmqpOut::DeliveryFinished { channel, delivery_tag, outcome, at } => {
@@ -372,6 +398,11 @@ impl L7 {
                     let dest = d.queue.clone().unwrap_or_default();
                     self.record_messaging(&metrics::MESSAGING_PROCESS_DURATION, "process", &dest, &span, &resource);
                     self.record_messaging(&metrics::MESSAGING_CONSUMED, "process", &dest, &span, &resource);
+                    if let Some(p) = &d.publish {
+                        let failed = outcome != amqp::Outcome::Ack && outcome != amqp::Outcome::AutoAck;
+                        let server = resource.service_name.clone();
+                        self.record_edge(&p.producer, server, "messaging_system", failed, p.secs, Some(duration_secs(&span)));
+                    }
                     self.keep(span, ctx.sampled, spans);
                 }
                 AmqpOut::Received { queue, msg, delivery_tag, first, last, .. } => {
@@ -444,29 +475,36 @@ impl L7 {
     }
 
     /// Records one service-graph edge for a finished client span: to the
-    /// server process it was stitched to, or (uninstrumented peer) to the
+    /// server process it was stitched to, else (uninstrumented peer) to the
+    /// process known to serve the other end on this node, else to the
     /// peer's address.
     fn graph_edge(&mut self, c: &ConnInfo, span: &Span, resource: &Arc<Resource>, kind: Option<&str>) {
         let (server, server_secs, server_failed, kind) = match self.graph_pending.remove(&span.span_id) {
             Some((svc, secs, failed)) => (svc, Some(secs), failed, kind.unwrap_or("")),
             None => {
-                let peer = c.remote().map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+                let known = c.tuple.and_then(|t| self.servers.get(&(t.remote, t.local))).map(|r| r.service_name.clone());
+                let peer = known.or_else(|| c.remote().map(|p| p.to_string())).unwrap_or_else(|| "unknown".into());
                 (peer, None, false, kind.unwrap_or("virtual_node"))
             }
         };
-        let mut labels: Labels = vec![("client", resource.service_name.clone()), ("server", server)];
+        let failed = server_failed || matches!(span.status, spans::Status::Error(_));
+        self.record_edge(resource, server, kind, failed, duration_secs(span), server_secs);
+    }
+
+    /// One request over a service-graph edge, recorded on the client's resource.
+    fn record_edge(&self, client: &Arc<Resource>, server: String, kind: &str, failed: bool, client_secs: f64, server_secs: Option<f64>) {
+        let mut labels: Labels = vec![("client", client.service_name.clone()), ("server", server)];
         if !kind.is_empty() {
             labels.push(("connection_type", kind.to_string()));
         }
-        let failed = server_failed || matches!(span.status, spans::Status::Error(_));
         let mut reg = self.registry.lock().expect("registry lock");
-        reg.record(&metrics::GRAPH_REQUESTS, resource, labels.clone(), 1.0);
+        reg.record(&metrics::GRAPH_REQUESTS, client, labels.clone(), 1.0);
         if failed {
-            reg.record(&metrics::GRAPH_FAILED, resource, labels.clone(), 1.0);
+            reg.record(&metrics::GRAPH_FAILED, client, labels.clone(), 1.0);
         }
-        reg.record(&metrics::GRAPH_CLIENT_SECONDS, resource, labels.clone(), duration_secs(span));
+        reg.record(&metrics::GRAPH_CLIENT_SECONDS, client, labels.clone(), client_secs);
         if let Some(s) = server_secs {
-            reg.record(&metrics::GRAPH_SERVER_SECONDS, resource, labels, s);
+            reg.record(&metrics::GRAPH_SERVER_SECONDS, client, labels, s);
         }
     }
 

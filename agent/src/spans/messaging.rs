@@ -132,8 +132,17 @@ pub fn consume(
 /// messages published within the window are ambiguous: the latest wins.
 #[derive(Default)]
 pub struct Continuity {
-    by_key: HashMap<u64, VecDeque<(u64, SpanCtx)>>,
+    by_key: HashMap<u64, VecDeque<(u64, Publish)>>,
     order: VecDeque<(u64, u64)>,
+}
+
+/// What a delivery learns from the publish it matched: its parent, and the
+/// publisher's side of the service-graph edge.
+#[derive(Clone)]
+pub struct Publish {
+    pub ctx: SpanCtx,
+    pub producer: Arc<Resource>,
+    pub secs: f64,
 }
 
 pub const WINDOW_NS: u64 = 60_000_000_000;
@@ -146,15 +155,15 @@ pub fn message_key(m: &Message) -> u64 {
 }
 
 impl Continuity {
-    pub fn published(&mut self, key: u64, at_ns: u64, ctx: SpanCtx) {
+    pub fn published(&mut self, key: u64, at_ns: u64, publish: Publish) {
         self.expire(at_ns);
-        self.by_key.entry(key).or_default().push_back((at_ns, ctx));
+        self.by_key.entry(key).or_default().push_back((at_ns, publish));
         self.order.push_back((at_ns, key));
     }
 
-    pub fn lookup(&mut self, key: u64, at_ns: u64) -> Option<SpanCtx> {
+    pub fn lookup(&mut self, key: u64, at_ns: u64) -> Option<Publish> {
         self.expire(at_ns);
-        self.by_key.get(&key)?.iter().rev().find(|(t, _)| *t <= at_ns).map(|(_, c)| *c)
+        self.by_key.get(&key)?.iter().rev().find(|(t, _)| *t <= at_ns).map(|(_, p)| p.clone())
     }
 
     fn expire(&mut self, now: u64) {
@@ -181,15 +190,20 @@ mod tests {
         SpanCtx { trace_id: [n; 16], span_id: [n; 8], parent_span_id: None, sampled: true }
     }
 
+    fn publish(n: u8) -> Publish {
+        Publish { ctx: ctx(n), producer: Arc::new(Resource { service_name: "producer".into(), service_namespace: None, attributes: vec![] }), secs: 0.001 }
+    }
+
     #[test]
     fn latest_publish_within_the_window_wins_and_fan_out_shares_it() {
         let mut c = Continuity::default();
-        c.published(1, 100, ctx(1));
-        c.published(1, 200, ctx(2));
-        assert_eq!(c.lookup(1, 300), Some(ctx(2)));
-        assert_eq!(c.lookup(1, 301), Some(ctx(2)), "a second queue of the fan-out");
-        assert_eq!(c.lookup(1, 150), Some(ctx(1)), "not a publish from the future");
-        assert_eq!(c.lookup(2, 300), None);
-        assert_eq!(c.lookup(1, 200 + WINDOW_NS + 1), None, "expired");
+        c.published(1, 100, publish(1));
+        c.published(1, 200, publish(2));
+        let found = |c: &mut Continuity, key, at| c.lookup(key, at).map(|p| p.ctx);
+        assert_eq!(found(&mut c, 1, 300), Some(ctx(2)));
+        assert_eq!(found(&mut c, 1, 301), Some(ctx(2)), "a second queue of the fan-out");
+        assert_eq!(found(&mut c, 1, 150), Some(ctx(1)), "not a publish from the future");
+        assert_eq!(found(&mut c, 2, 300), None);
+        assert_eq!(found(&mut c, 1, 200 + WINDOW_NS + 1), None, "expired");
     }
 }

@@ -29,6 +29,18 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// The name a process without a configured service name is known by: its
+/// executable's file name, unless it was started through a link under
+/// another name (Debian's `redis-server` is a link to `redis-check-rdb`),
+/// which `comm` keeps (up to 15 bytes).
+fn invoked_name(p: &ProcessInfo, exe: &str) -> String {
+    if p.comm.is_empty() || exe.starts_with(p.comm.as_str()) {
+        exe.to_string()
+    } else {
+        p.comm.clone()
+    }
+}
+
 /// Secrets in argv: values of flags named like credentials, and URL userinfo.
 pub fn redact_command_line(args: &[String]) -> String {
     const SECRET: [&str; 6] = ["pass", "secret", "token", "key", "auth", "cred"];
@@ -97,7 +109,7 @@ impl ResourceBuilder {
             .otel_service_name
             .clone()
             .or_else(|| attrs.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
-            .unwrap_or_else(|| exe.clone());
+            .unwrap_or_else(|| invoked_name(p, &exe));
         let service_namespace = attrs.iter().find(|(k, _)| k == "service.namespace").map(|(_, v)| v.clone());
         attrs.retain(|(k, _)| k != "service.name");
         let mut out: Vec<(String, Value)> = vec![("service.name".into(), service_name.clone().into())];
@@ -149,6 +161,8 @@ mod tests {
         let b = ResourceBuilder::new(vec![("deployment.environment".into(), "prod".into())]);
         let mut p = proc_info();
         assert_eq!(b.build(&p).service_name, "python3.11", "executable name last");
+        let linked = ProcessInfo { comm: "redis-server".into(), exe_name: Some("redis-check-rdb".into()), ..proc_info() };
+        assert_eq!(b.build(&linked).service_name, "redis-server", "the name it was started by, through a link");
         p.otel_resource_attributes = vec![("service.name".into(), "from-attrs".into()), ("service.namespace".into(), "shop".into())];
         assert_eq!(b.build(&p).service_name, "from-attrs");
         p.otel_service_name = Some("from-env".into());

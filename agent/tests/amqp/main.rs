@@ -47,8 +47,8 @@ fn kind_of(s: &ReceivedSpan) -> SpanKind {
 
 fn publish_consume() {
     const N: usize = 5;
-    let (_dbs, db_ports) = server_script("db/db_servers.py");
-    let (_rabbit, rabbit) = server_script("amqp/rabbitmq_server.py");
+    let (_dbs, db_ports) = server_script("db_servers.py");
+    let (_rabbit, rabbit) = server_script("rabbitmq_server.py");
     let amqp = rabbit["amqp"];
     let rt = runtime();
     let store = Arc::new(Store::default());

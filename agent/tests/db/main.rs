@@ -33,7 +33,7 @@ fn kind_of(s: &ReceivedSpan) -> SpanKind {
 
 fn db_calls_nest() {
     const N: usize = 20;
-    let (dbs_proc, db_ports) = server_script("db/db_servers.py");
+    let (dbs_proc, db_ports) = server_script("db_servers.py");
     let rt = runtime();
     let store = Arc::new(Store::default());
     let recv = receiver(&rt, store.clone(), 0, 0);

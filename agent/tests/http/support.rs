@@ -204,10 +204,17 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
 
-/// Runs a fixture script that prints one JSON line (ports), then serves
-/// until its stdin closes (when the returned process is dropped).
+/// A file of the demo system (`demo/`), which the suites share.
+pub fn demo_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo").join(name)
+}
+
+/// Runs an infrastructure script of the demo (`demo/infra/`) that prints
+/// one JSON line (ports), then serves until its stdin closes (when the
+/// returned process is dropped).
 pub fn server_script(path: &str) -> (Proc, std::collections::HashMap<String, u16>) {
-    let mut child = Command::new("python3").arg(fixture(path)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3");
+    let mut child =
+        Command::new("python3").arg(demo_file("infra").join(path)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let ports = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path}: {e}: {line:?}"));
