@@ -13,7 +13,9 @@ then runs until stdin closes (or SIGINT/SIGTERM) and stops everything.
 In docker mode every service runs in its own container on the `sonde-demo`
 network, from a FROM scratch image holding only services/; the Python
 runtime is the host's, mounted read-only. The entry services are published
-on 127.0.0.1 (through docker-proxy); the others are reached by container IP.
+on 127.0.0.1 (through docker-proxy) and on the network's gateway address
+(through iptables DNAT): "nat" in the JSON line. The other services are
+reached by container IP.
 """
 import argparse, json, os, signal, socket, subprocess, sys, time
 
@@ -78,7 +80,7 @@ class Demo:
         dbs = self.infra("db_servers.py", *bind)
         amqp = self.infra("rabbitmq_server.py", host)
         base_env = {"PG": f"{host}:{dbs['postgres']}", "REDIS": f"{host}:{dbs['redis']}", "AMQP": f"{host}:{amqp['amqp']}"}
-        urls, entry, pids = {}, {}, {}
+        urls, entry, nat, pids = {}, {}, {}, {}
         # Downstream services first, so their callers find them serving.
         for name, (deps, _) in list(HTTP.items()) + list(CONSUMERS.items()):
             env = dict(base_env, **{d: urls[d] for d in deps})
@@ -89,13 +91,15 @@ class Demo:
                 entry[name] = f"127.0.0.1:{port}"
             else:
                 ip = f"172.30.0.{10 + len(pids)}"
-                published = free_port() if name in ENTRY else None
+                published = (free_port(), free_port()) if name in ENTRY else None
                 pids[name] = self.container(name, ip, dict(env, PORT="8080"), published)
                 urls[f"{name.upper()}_URL"] = f"http://{ip}:8080"
-                entry[name] = f"127.0.0.1:{published}"
+                if published:
+                    entry[name], nat[name] = f"127.0.0.1:{published[0]}", f"{GATEWAY}:{published[1]}"
         out = {"mode": self.mode, **{n: entry[n] for n in ENTRY}, "services": pids, "postgres": dbs["postgres"], "redis": dbs["redis"],
                "amqp": amqp["amqp"]}
         if self.mode == "docker":
+            out["nat"] = nat
             out["containers"] = {n: f"sonde-demo-{n}" for n in pids}
         return out
 
@@ -131,7 +135,7 @@ class Demo:
             if os.path.exists(path):
                 args += ["-v", f"{path}:{path}:ro"]
         if published:
-            args += ["-p", f"127.0.0.1:{published}:8080"]
+            args += ["-p", f"127.0.0.1:{published[0]}:8080", "-p", f"{GATEWAY}:{published[1]}:8080"]
         self.containers.append(cname)
         self.docker(*args, IMAGE, os.path.realpath(sys.executable), f"/app/{name}.py")
         end = time.time() + 60
@@ -141,7 +145,7 @@ class Demo:
                 raise SystemExit(f"container {cname} failed to start:\n" + self.docker("logs", cname, check=False).stderr)
             time.sleep(0.2)
         if published:
-            wait_port("127.0.0.1", published, cname)
+            wait_port("127.0.0.1", published[0], cname)
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", cname).stdout.strip())
 
     def cleanup_docker(self):

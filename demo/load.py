@@ -8,7 +8,7 @@ fleet and its users would:
 Usage: load.py LOGIN_ADDR INGESTION_ADDR GATES_ADDR [--count N] [--users U] [--interval S]
 Addresses are host:port. With --count, sends N requests per flow and prints
 {"login": ok, "data": ok, "gates": ok, "errors": n}; without it, runs until
-interrupted. Users cycle through 1..U (a cache miss the first time each).
+interrupted. Users cycle through 1..U from --first-user (a cache miss the first time each).
 """
 import argparse, http.client, json, sys, time
 
@@ -31,6 +31,7 @@ def main():
     ap.add_argument("login"); ap.add_argument("ingestion"); ap.add_argument("gates")
     ap.add_argument("--count", type=int)
     ap.add_argument("--users", type=int, default=20)
+    ap.add_argument("--first-user", type=int, default=1)
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between rounds when running until interrupted")
     args = ap.parse_args()
     login, ingestion, gates = Client(args.login), Client(args.ingestion), Client(args.gates)
@@ -38,7 +39,7 @@ def main():
     i = 0
     try:
         while args.count is None or i < args.count:
-            for flow, status in [("login", login.call("POST", "/login", {"user": i % args.users + 1})),
+            for flow, status in [("login", login.call("POST", "/login", {"user": (args.first_user - 1 + i) % args.users + 1})),
                                  ("data", ingestion.call("POST", "/data", {"device": i % 7 + 1, "value": (i * 13) % 100})),
                                  ("gates", gates.call("GET", f"/gates/{i % 5 + 1}"))]:
                 if status < 400:

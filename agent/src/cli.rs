@@ -98,6 +98,15 @@ pub struct RunArgs {
     #[arg(long, env = "SONDE_KEEP_QUERY_VALUES")]
     pub keep_query_values: bool,
 
+    /// Relay processes to see through, pairing their inbound and outbound
+    /// connections (repeat or comma-separate) [default: docker-proxy].
+    #[arg(long = "relay-process", env = "SONDE_RELAY_PROCESSES", value_delimiter = ',')]
+    pub relay_processes: Option<Vec<String>>,
+
+    /// Processes never traced, by name (comm or executable; repeat or comma-separate).
+    #[arg(long = "exclude-process", env = "SONDE_EXCLUDE_PROCESSES", value_delimiter = ',')]
+    pub exclude_processes: Vec<String>,
+
     /// TOML config file; flags and environment variables override it.
     #[arg(long, env = "SONDE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -111,6 +120,8 @@ impl RunArgs {
             prometheus_listen: self.prometheus_listen.clone(),
             stdout: self.stdout,
             keep_query_values: self.keep_query_values,
+            relay_processes: self.relay_processes.clone(),
+            exclude_processes: self.exclude_processes.clone(),
         }
     }
 }

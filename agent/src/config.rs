@@ -33,6 +33,10 @@ pub struct FileConfig {
     pub stdout: Option<bool>,
     pub keep_query_values: Option<bool>,
     pub metric_export_interval_ms: Option<u64>,
+    /// Relay processes to see through (default: docker-proxy).
+    pub relay_processes: Option<Vec<String>>,
+    /// Processes never traced, added to the flag's.
+    pub exclude_processes: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -50,6 +54,8 @@ pub struct RunFlags {
     pub prometheus_listen: Option<String>,
     pub stdout: Option<bool>,
     pub keep_query_values: bool,
+    pub relay_processes: Option<Vec<String>>,
+    pub exclude_processes: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +70,8 @@ pub struct RunConfig {
     pub http: HttpSpanOptions,
     pub batch: BatchConfig,
     pub metric_interval: Duration,
+    pub relay_processes: Vec<String>,
+    pub exclude_processes: Vec<String>,
 }
 
 fn ms(env: &dyn Fn(&str) -> Option<String>, k: &str) -> Option<Duration> {
@@ -156,6 +164,15 @@ pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option
         http: HttpSpanOptions { keep_query_values: flags.keep_query_values || file.keep_query_values.unwrap_or(false) },
         batch,
         metric_interval,
+        relay_processes: flags
+            .relay_processes
+            .clone()
+            .or_else(|| file.relay_processes.clone())
+            .unwrap_or_else(|| vec!["docker-proxy".into()])
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
+        exclude_processes: flags.exclude_processes.iter().chain(file.exclude_processes.iter().flatten()).cloned().collect(),
     })
 }
 

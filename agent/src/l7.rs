@@ -18,6 +18,7 @@ use crate::{
     linker::{Linker, SpanCtx},
     metrics::{self, Labels, SharedRegistry},
     output::Clock,
+    relay::{ClientKey, Relays},
     protocols::{
         amqp::{self, AmqpConnection, AmqpOut, Message},
         db::DbCall,
@@ -46,6 +47,8 @@ pub struct L7Stats {
     pub late_partners_adopted: AtomicU64,
     /// Server requests still waiting for a partner when the wait overflowed.
     pub late_partners_missed: AtomicU64,
+    /// Server connections matched to their client through conntrack (DNAT).
+    pub nat_resolved: AtomicU64,
     pub spans_sampled_out: AtomicU64,
 }
 
@@ -81,6 +84,11 @@ pub struct L7 {
     /// not yet read by a server on this node, by the client's (local, remote)
     /// endpoints, in request order.
     stitch: HashMap<(SocketAddr, SocketAddr), VecDeque<SpanCtx>>,
+    /// The same clients by their local endpoint alone (-> remote): a server
+    /// that sees this endpoint but another local address is behind DNAT.
+    stitch_local: HashMap<SocketAddr, SocketAddr>,
+    /// Server connections resolved through conntrack -> the client's view.
+    nat: HashMap<u64, ClientKey>,
     /// The same contexts per client connection, for the client span itself.
     client_requests: HashMap<u64, VecDeque<SpanCtx>>,
     /// Service graph: server halves of stitched pairs, by their parent (the
@@ -97,6 +105,9 @@ pub struct L7 {
     /// closes; cleared when full (servers of off-node clients).
     servers: HashMap<(SocketAddr, SocketAddr), Arc<Resource>>,
     continuity: spans::messaging::Continuity,
+    relays: Relays,
+    /// Processes (comm or executable name) never traced.
+    excluded: Vec<String>,
     resources: ResourceBuilder,
     registry: SharedRegistry,
     sampler: Sampler,
@@ -139,7 +150,10 @@ fn detect(role: Role, dir: Direction, data: &[u8]) -> Option<Proto> {
 }
 
 impl L7 {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        relays: Relays,
+        excluded: Vec<String>,
         resources: ResourceBuilder,
         registry: SharedRegistry,
         sampler: Sampler,
@@ -151,7 +165,11 @@ impl L7 {
             linker: Linker::default(),
             deliveries: HashMap::new(),
             continuity: Default::default(),
+            relays,
+            excluded,
             stitch: HashMap::new(),
+            stitch_local: HashMap::new(),
+            nat: HashMap::new(),
             client_requests: HashMap::new(),
             unpartnered: HashMap::new(),
             servers: HashMap::new(),
@@ -172,7 +190,22 @@ impl L7 {
             StreamEvent::Open(c) => {
                 tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "l7 open");
                 self.conns.insert(c.id, Proto::Detecting);
-                self.note_server(&c);
+                let relay = self.relays.is_relay(&c);
+                if relay || self.is_excluded(&c) {
+                    // Never parsed: a relay's bytes are its peers', and
+                    // excluded processes are invisible.
+                    self.release(&c);
+                }
+                if relay {
+                    self.relays.on_known(&c);
+                } else if !self.is_excluded(&c) {
+                    self.note_server(&c);
+                }
+            }
+            StreamEvent::Tuple(c) => {
+                if self.relays.is_relay(&c) {
+                    self.relays.on_known(&c);
+                }
             }
             StreamEvent::Data(c, d) => self.on_data(&c, &d, spans),
             StreamEvent::Close(c, ts) => {
@@ -194,9 +227,13 @@ impl L7 {
                     self.account(p);
                 }
                 self.linker.connection_closed(c.pid, c.id);
+                self.relays.on_close(&c);
                 self.client_requests.remove(&c.id);
+                self.nat.remove(&c.id);
                 if let Some(t) = c.tuple {
-                    self.stitch.remove(&(t.local, t.remote));
+                    if self.stitch.remove(&(t.local, t.remote)).is_some() {
+                        self.stitch_local.remove(&t.local);
+                    }
                     self.unpartnered.remove(&(t.remote, t.local));
                     // Keyed from the client's side: a server that forks per
                     // connection (PostgreSQL) closes its copy at once.
@@ -204,6 +241,37 @@ impl L7 {
                 }
             }
         }
+    }
+
+    /// How the client end names a server connection: its own tuple
+    /// reversed, or through a relay the relayed client's, or through DNAT
+    /// (a client with this source endpoint waits on another destination)
+    /// the original tuple conntrack holds, resolved once per connection.
+    fn client_view(&mut self, conn: u64, t: crate::event::SocketTuple) -> ClientKey {
+        let key = self.relays.origin((t.remote, t.local));
+        if self.stitch.contains_key(&key) {
+            return key;
+        }
+        if let Some(k) = self.nat.get(&conn) {
+            return *k;
+        }
+        match self.stitch_local.get(&t.remote) {
+            Some(dst) if *dst != t.local => match crate::nat::lookup(t.local, t.remote) {
+                Some(orig) if orig == (t.remote, *dst) => {
+                    self.stats.nat_resolved.fetch_add(1, Relaxed);
+                    if self.nat.len() < MAX_STITCH {
+                        self.nat.insert(conn, orig);
+                    }
+                    orig
+                }
+                _ => key,
+            },
+            _ => key,
+        }
+    }
+
+    fn is_excluded(&self, c: &ConnInfo) -> bool {
+        self.excluded.iter().any(|n| *n == c.process.comm || c.process.exe_name.as_deref() == Some(n))
     }
 
     /// Remembers which process serves a server-side connection.
@@ -297,12 +365,14 @@ impl L7 {
             if c.role == Role::Server {
                 // The client end on this node, if its request was seen: the
                 // same connection from the other side, same position.
-                let partner = c.tuple.and_then(|t| self.stitch.get_mut(&(t.remote, t.local))).and_then(|q| q.pop_front());
+                // The client's view of this connection, through any relay or NAT.
+                let key = c.tuple.map(|t| self.client_view(c.id, t));
+                let partner = key.and_then(|k| self.stitch.get_mut(&k)).and_then(|q| q.pop_front());
                 let full = self.unpartnered.len() >= MAX_STITCH;
-                let room = |t: &crate::event::SocketTuple| !full || self.unpartnered.contains_key(&(t.remote, t.local));
-                if let (None, None, Some(t)) = (partner, tp, c.tuple.filter(room)) {
+                let room = |k: &ClientKey| !full || self.unpartnered.contains_key(k);
+                if let (None, None, Some(k)) = (partner, tp, key.filter(room)) {
                     // Wait (bounded) for a client record that may come late.
-                    let q = self.unpartnered.entry((t.remote, t.local)).or_default();
+                    let q = self.unpartnered.entry(k).or_default();
                     if q.len() >= 256 {
                         q.pop_front();
                         self.stats.late_partners_missed.fetch_add(1, Relaxed);
@@ -329,6 +399,7 @@ impl L7 {
                 if let Some(t) = c.tuple {
                     if self.stitch.len() < MAX_STITCH || self.stitch.contains_key(&(t.local, t.remote)) {
                         push_bounded(self.stitch.entry((t.local, t.remote)).or_default(), ctx);
+                        self.stitch_local.insert(t.local, t.remote);
                     }
                 }
             }
@@ -482,7 +553,8 @@ impl L7 {
         let (server, server_secs, server_failed, kind) = match self.graph_pending.remove(&span.span_id) {
             Some((svc, secs, failed)) => (svc, Some(secs), failed, kind.unwrap_or("")),
             None => {
-                let known = c.tuple.and_then(|t| self.servers.get(&(t.remote, t.local))).map(|r| r.service_name.clone());
+                let server_end = c.tuple.map(|t| self.relays.destination((t.local, t.remote))).map(|(l, r)| (r, l));
+                let known = server_end.and_then(|k| self.servers.get(&k)).map(|r| r.service_name.clone());
                 let peer = known.or_else(|| c.remote().map(|p| p.to_string())).unwrap_or_else(|| "unknown".into());
                 (peer, None, false, kind.unwrap_or("virtual_node"))
             }

@@ -86,6 +86,7 @@ fn base<'a>(event: &'static str, c: &'a ConnInfo, ts_unix_ns: u64) -> JsonEvent<
 pub fn json_line(ev: &StreamEvent, clock: &Clock) -> String {
     let v = match ev {
         StreamEvent::Open(c) => base("open", c, clock.unix_ns(c.opened_ns)),
+        StreamEvent::Tuple(c) => base("tuple", c, clock.unix_ns(c.opened_ns)),
         StreamEvent::Close(c, ts) => base("close", c, clock.unix_ns(*ts)),
         StreamEvent::Data(c, d) => {
             let mut v = base("data", c, clock.unix_ns(d.exit_ns));
@@ -118,6 +119,7 @@ fn who(c: &ConnInfo) -> String {
 pub fn text_line(ev: &StreamEvent, show: usize) -> String {
     match ev {
         StreamEvent::Open(c) => format!("open  {}", who(c)),
+        StreamEvent::Tuple(c) => format!("tuple {}", who(c)),
         StreamEvent::Close(c, _) => format!("close {}", who(c)),
         StreamEvent::Data(c, d) => data_line(c, d, show),
     }

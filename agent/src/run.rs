@@ -11,6 +11,7 @@ use crate::{
     config::{self, FileConfig, RunConfig},
     export::{batch, otlp, proto, stdout},
     l7::{L7Stats, L7},
+    relay::Relays,
     metrics::{prometheus::HealthMetric, Registry, SharedRegistry},
     output::Clock,
     probes::KernelStats,
@@ -81,6 +82,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
 
     let mut l7 = L7::new(
+        Relays::new(cfg.relay_processes.clone()),
+        cfg.exclude_processes.clone(),
         ResourceBuilder::new(cfg.resource_attributes.clone()),
         registry.clone(),
         cfg.sampler.clone(),
@@ -252,6 +255,7 @@ fn health_fn(
             c("sonde_released_connections_total", "Connections no parser recognised (payload copy stopped).", vec![], l7.released_connections.load(Relaxed)),
             c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "adopted")], l7.late_partners_adopted.load(Relaxed)),
             c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "missed")], l7.late_partners_missed.load(Relaxed)),
+            c("sonde_nat_resolved_total", "Server connections matched to their client through conntrack (DNAT).", vec![], l7.nat_resolved.load(Relaxed)),
             c("sonde_spans_sampled_out_total", "Spans not exported by sampling decision.", vec![], l7.spans_sampled_out.load(Relaxed)),
             c("sonde_spans_exported_total", "Spans accepted by the OTLP backend.", vec![], export.spans_exported.load(Relaxed)),
             c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "traces")], export.trace_export_failures.load(Relaxed)),

@@ -50,6 +50,9 @@ impl ConnInfo {
 #[derive(Debug, Clone)]
 pub enum StreamEvent {
     Open(ConnInfo),
+    /// A client connection's local endpoint became known after its open
+    /// (the ESTABLISHED record comes from softirq, after connect()).
+    Tuple(ConnInfo),
     Data(ConnInfo, DataRecord),
     Close(ConnInfo, u64),
 }
@@ -57,7 +60,7 @@ pub enum StreamEvent {
 impl StreamEvent {
     pub fn conn(&self) -> &ConnInfo {
         match self {
-            StreamEvent::Open(c) | StreamEvent::Data(c, _) | StreamEvent::Close(c, _) => c,
+            StreamEvent::Open(c) | StreamEvent::Tuple(c) | StreamEvent::Data(c, _) | StreamEvent::Close(c, _) => c,
         }
     }
 }
@@ -235,7 +238,13 @@ impl<R: SocketRegistry> ConnTable<R> {
         let Some(tuple) = c.tuple else { return };
         let key = (c.pid, c.fd);
         match self.conns.get_mut(&key) {
-            Some(conn) => conn.info.tuple = Some(tuple),
+            Some(conn) => {
+                let changed = conn.info.tuple != Some(tuple);
+                conn.info.tuple = Some(tuple);
+                if changed && conn.confirmed {
+                    out.push(StreamEvent::Tuple(conn.info.clone()));
+                }
+            }
             None => {
                 let conn = self.open(c.pid, c.fd, Role::Client, c.ts_ns, "", out);
                 conn.info.tuple = Some(tuple);

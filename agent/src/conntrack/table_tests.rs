@@ -94,7 +94,9 @@ fn connect_then_tuple_completes_the_connection() {
 
     let mut tu = conn(ConnKind::Tuple, PID, 5);
     tu.tuple = Some(tuple("10.0.0.2:4000", "10.0.0.1:80"));
-    assert!(apply(&mut t, KernelEvent::Conn(tu)).is_empty());
+    let out = apply(&mut t, KernelEvent::Conn(tu));
+    let [StreamEvent::Tuple(known)] = out.as_slice() else { panic!("the completed tuple is announced: {out:?}") };
+    assert_eq!((known.id, known.tuple), (info.id, Some(tuple("10.0.0.2:4000", "10.0.0.1:80"))));
 
     let out = apply(&mut t, data(PID, 5, b"GET /"));
     let [StreamEvent::Data(info2, d)] = out.as_slice() else { panic!("{out:?}") };

@@ -84,16 +84,26 @@ fn demo(mode: &str) {
 
     let before = http_get(&listen, "/metrics").unwrap();
     let load_start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let out = Command::new("python3")
-        .arg(demo_file("load.py"))
-        .args([addr("login"), addr("ingestion"), addr("gates")])
-        .args(["--count", &N.to_string(), "--users", &N.to_string()])
-        .env("OTEL_SERVICE_NAME", "loadgen")
-        .output()
-        .expect("load.py");
-    assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
-    let made: HashMap<String, usize> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(made["errors"], 0, "{made:?}");
+    // Containers: once through docker-proxy (loopback), once through DNAT
+    // (the network's gateway address); each round with its own users.
+    let mut rounds = vec![[addr("login"), addr("ingestion"), addr("gates")]];
+    if mode == "docker" {
+        let nat = |k: &str| info["nat"][k].as_str().unwrap().to_string();
+        rounds.push([nat("login"), nat("ingestion"), nat("gates")]);
+    }
+    let per_round = N / rounds.len();
+    for (i, entry) in rounds.iter().enumerate() {
+        let out = Command::new("python3")
+            .arg(demo_file("load.py"))
+            .args(entry)
+            .args(["--count", &per_round.to_string(), "--users", &N.to_string(), "--first-user", &(i * per_round + 1).to_string()])
+            .env("OTEL_SERVICE_NAME", "loadgen")
+            .output()
+            .expect("load.py");
+        assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
+        let made: HashMap<String, usize> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((made["login"], made["data"], made["gates"], made["errors"]), (per_round, per_round, per_round, 0), "{made:?}");
+    }
 
     // Wait for every tree: each flow's root plus its expected span count.
     let want: Vec<(Flow, usize)> = Flow::ALL.iter().map(|f| (*f, expected(*f).lines().count())).collect();
@@ -142,6 +152,10 @@ fn demo(mode: &str) {
 
     // Service graph: the delta over the load equals the calls made per edge.
     let after = http_get(&listen, "/metrics").unwrap();
+    if mode == "docker" {
+        let nat = prom_sum(&after, "sonde_nat_resolved_total", &[]) - prom_sum(&before, "sonde_nat_resolved_total", &[]);
+        assert_eq!(nat, 3.0, "one conntrack lookup per DNAT'ed connection (one per entry service)");
+    }
     let n = N as f64;
     let pg = "postgres";
     let mut edges: Vec<(&str, String, f64)> = vec![
