@@ -17,6 +17,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "mariadb-server",
     "redis-server",
     "rabbitmq-server",
+    "docker.io",
 ];
 
 /// Python clients the test services use (from PyPI), and the module each provides.

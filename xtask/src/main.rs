@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: everything a fresh machine needs to build, test and
 //! run sonde, done by the repo itself.
 mod apt;
+mod demo;
+mod docker;
 mod run;
 mod toolchain;
 
@@ -40,6 +42,19 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Start the demo system (demo/) with sonde watching it and a load on
+    /// all flows; spans print on stdout, metrics on 127.0.0.1:9464.
+    Demo {
+        /// host: services as processes; docker: as containers behind published ports.
+        #[arg(long, default_value = "host", value_parser = ["host", "docker"])]
+        mode: String,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Arguments for `sonde run`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build and run `sonde` (default: `sonde run`) as root.
     Run {
         #[arg(long)]
@@ -56,6 +71,7 @@ fn main() {
         Task::Setup { no_apt } => toolchain::setup(!no_apt),
         Task::Build { release } => toolchain::setup(false).and_then(|()| run::build(release)),
         Task::Test { unit, privileged, args } => run::test(!privileged, !unit, &args),
+        Task::Demo { mode, duration, args } => demo::demo(&mode, duration, &args),
         Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),
     };
     if let Err(e) = result {

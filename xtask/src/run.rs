@@ -49,6 +49,8 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
                  CAP_SYS_PTRACE). Run `sudo -E cargo xtask test`, or `cargo xtask test --unit`"
             );
         }
+        // The demo suite's container run.
+        crate::docker::ensure_engine()?;
         eprintln!("xtask: privileged integration suite on this kernel");
         for suite in PRIVILEGED_SUITES {
             sh(cargo().args(["test", "--package", "sonde", "--test", suite, "--"]).args(args))?;
