@@ -15,7 +15,7 @@ use std::{
 use crate::{
     conntrack::{ConnInfo, StreamEvent},
     event::{DataRecord, Direction, Role},
-    linker::{Linker, SpanCtx},
+    linker::{Linker, Parent, SpanCtx},
     metrics::{self, Labels, SharedRegistry},
     output::Clock,
     relay::{ClientKey, Relays},
@@ -45,10 +45,13 @@ pub struct L7Stats {
     pub released_connections: AtomicU64,
     /// Server requests whose client record arrived after them, and joined.
     pub late_partners_adopted: AtomicU64,
-    /// Server requests still waiting for a partner when the wait overflowed.
+    /// Server requests whose partner came too late (outside the window,
+    /// or after the response), or never (the wait list overflowed).
     pub late_partners_missed: AtomicU64,
     /// Server connections matched to their client through conntrack (DNAT).
     pub nat_resolved: AtomicU64,
+    /// Client calls left as roots: several requests could have made them.
+    pub calls_ambiguous: AtomicU64,
     pub spans_sampled_out: AtomicU64,
 }
 
@@ -384,7 +387,7 @@ impl L7 {
                     parent_id: p.span_id,
                     sampled: p.sampled,
                 }));
-                self.linker.request_started(c.pid, c.id, req.first.tid, req.first.exit_ns, incoming, &self.sampler);
+                self.linker.request_started(c.pid, c.id, c.id, req.first.tid, req.first.exit_ns, incoming, &self.sampler);
             } else {
                 let ctx = self.client_context(c, req.first, tp);
                 push_bounded(self.client_requests.entry(c.id).or_default(), ctx);
@@ -395,6 +398,8 @@ impl L7 {
                         self.stats.late_partners_adopted.fetch_add(1, Relaxed);
                         continue;
                     }
+                    // Too late (or already answered): both spans stand as they are.
+                    self.stats.late_partners_missed.fetch_add(1, Relaxed);
                 }
                 if let Some(t) = c.tuple {
                     if self.stitch.len() < MAX_STITCH || self.stitch.contains_key(&(t.local, t.remote)) {
@@ -451,7 +456,7 @@ impl L7 {
                         sampled: p.ctx.sampled,
                     }));
                     let key = delivery_key(c.id, channel, delivery_tag);
-                    self.linker.request_started(c.pid, key, at.tid, at.exit_ns, incoming, &self.sampler);
+                    self.linker.request_started(c.pid, key, c.id, at.tid, at.exit_ns, incoming, &self.sampler);
                     if self.deliveries.len() < 65536 {
                         self.deliveries.insert((c.id, channel, delivery_tag), Delivery { msg, queue, start: at, key, publish });
                     }
@@ -513,7 +518,7 @@ impl L7 {
     /// own traceparent (an instrumented app), or a child of the request in
     /// flight it was made for, or a new trace.
     fn client_context(&self, c: &ConnInfo, first: SegTime, own: Option<spans::traceparent::TraceParent>) -> SpanCtx {
-        let parent = self.linker.parent_of(c.pid, first.tid, first.enter_ns);
+        let parent = self.parent_of(c, first);
         match (own, parent) {
             (Some(tp), p) => SpanCtx {
                 trace_id: tp.trace_id,
@@ -529,11 +534,24 @@ impl L7 {
         }
     }
 
+    /// The request a client call was made for (the linker's rules), with
+    /// ambiguous calls counted.
+    fn parent_of(&self, c: &ConnInfo, first: SegTime) -> Option<SpanCtx> {
+        match self.linker.parent_of(c.pid, first.tid, first.enter_ns) {
+            Parent::Request(ctx) => Some(ctx),
+            Parent::Ambiguous => {
+                self.stats.calls_ambiguous.fetch_add(1, Relaxed);
+                None
+            }
+            Parent::None => None,
+        }
+    }
+
     /// Gives a client span its parent: the request in flight it was made
     /// for. `own_context`: the call carried its own traceparent (an
     /// instrumented app), whose trace wins if it differs.
     fn link(&self, c: &ConnInfo, first: SegTime, own_context: bool, span: &mut Span) -> bool {
-        match self.linker.parent_of(c.pid, first.tid, first.enter_ns) {
+        match self.parent_of(c, first) {
             Some(parent) => {
                 if !own_context || span.trace_id == parent.trace_id {
                     span.trace_id = parent.trace_id;
@@ -736,3 +754,7 @@ fn push_bounded(q: &mut VecDeque<SpanCtx>, ctx: SpanCtx) {
 fn duration_secs(span: &Span) -> f64 {
     span.end_unix_ns.saturating_sub(span.start_unix_ns) as f64 / 1e9
 }
+
+#[cfg(test)]
+#[path = "l7_tests.rs"]
+mod tests;

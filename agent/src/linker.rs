@@ -3,11 +3,16 @@
 //!
 //! When a server connection finishes reading a request, the request is *in
 //! flight* until its response is written; its span ids and sampling decision
-//! are fixed at that moment. A client call made by a process nests under:
-//! 1. the most recent request in flight on the same thread (thread-per-request
-//!    servers: the thread that read the request makes the calls), else
-//! 2. the only request in flight in that process (one request at a time on an
-//!    event loop, or work handed to another thread), else
+//! are fixed at that moment. Only requests already read when the call starts
+//! count. A client call made by a process nests under:
+//! 1. the request in flight on the same thread (thread-per-request servers:
+//!    the thread that read the request makes the calls). Several on that
+//!    thread from one source (pipelined requests of a connection, prefetched
+//!    deliveries of a channel) are handled in order: the oldest. Several from
+//!    different sources (an event loop serving two connections at once) are
+//!    ambiguous: no parent, counted. Else
+//! 2. the only request in flight in that process (work handed to another
+//!    thread), else
 //! 3. nothing: it stays a root span (ambiguous, or outside any request).
 use std::collections::HashMap;
 
@@ -22,9 +27,31 @@ pub struct SpanCtx {
     pub sampled: bool,
 }
 
+/// What [`Linker::parent_of`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    Request(SpanCtx),
+    /// Several requests could have made the call: it stays a root.
+    Ambiguous,
+    /// Outside any request.
+    None,
+}
+
+impl Parent {
+    pub fn ctx(self) -> Option<SpanCtx> {
+        match self {
+            Parent::Request(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct InFlight {
+    /// The request's key (a connection, or a delivery).
     conn: u64,
+    /// The connection it came from: requests of one source are sequential.
+    source: u64,
     tid: u32,
     /// CLOCK_MONOTONIC ns the request was fully read.
     since_ns: u64,
@@ -41,11 +68,14 @@ pub struct Linker {
 
 impl Linker {
     /// A server connection of `pid` read a request on thread `tid`; its
-    /// context comes from the incoming traceparent, if any.
+    /// context comes from the incoming traceparent, if any. `conn` keys the
+    /// request; `source` is the connection it arrived on.
+    #[allow(clippy::too_many_arguments)]
     pub fn request_started(
         &mut self,
         pid: u32,
         conn: u64,
+        source: u64,
         tid: u32,
         since_ns: u64,
         incoming: Option<crate::spans::traceparent::TraceParent>,
@@ -62,7 +92,7 @@ impl Linker {
         if list.len() >= MAX_PER_PROCESS {
             list.remove(0);
         }
-        list.push(InFlight { conn, tid, since_ns, ctx });
+        list.push(InFlight { conn, source, tid, since_ns, ctx });
     }
 
     /// The response of the oldest request in flight on `conn` was written.
@@ -102,15 +132,27 @@ impl Linker {
 
     /// The request a client call of `pid` on thread `tid`, started at
     /// `start_ns`, belongs to.
-    pub fn parent_of(&self, pid: u32, tid: u32, start_ns: u64) -> Option<SpanCtx> {
-        let list = self.by_pid.get(&pid)?;
-        let same_thread = list.iter().filter(|f| f.tid == tid && f.since_ns <= start_ns).min_by_key(|f| f.since_ns);
-        if let Some(f) = same_thread {
-            return Some(f.ctx);
+    pub fn parent_of(&self, pid: u32, tid: u32, start_ns: u64) -> Parent {
+        let Some(list) = self.by_pid.get(&pid) else { return Parent::None };
+        let begun = || list.iter().filter(|f| f.since_ns <= start_ns);
+        let mut same_thread = begun().filter(|f| f.tid == tid);
+        if let Some(first) = same_thread.next() {
+            let mut oldest = first;
+            for f in same_thread {
+                if f.source != first.source {
+                    return Parent::Ambiguous;
+                }
+                if f.since_ns < oldest.since_ns {
+                    oldest = f;
+                }
+            }
+            return Parent::Request(oldest.ctx);
         }
-        match list.as_slice() {
-            [only] if only.since_ns <= start_ns => Some(only.ctx),
-            _ => None,
+        let mut all = begun();
+        match (all.next(), all.next()) {
+            (Some(only), None) => Parent::Request(only.ctx),
+            (Some(_), Some(_)) => Parent::Ambiguous,
+            _ => Parent::None,
         }
     }
 }
@@ -120,7 +162,7 @@ mod tests {
     use super::*;
 
     fn started(l: &mut Linker, pid: u32, conn: u64, tid: u32, at: u64) -> SpanCtx {
-        l.request_started(pid, conn, tid, at, None, &Sampler::AlwaysOn);
+        l.request_started(pid, conn, conn, tid, at, None, &Sampler::AlwaysOn);
         l.by_pid[&pid].last().unwrap().ctx
     }
 
@@ -129,25 +171,38 @@ mod tests {
         let mut l = Linker::default();
         let a = started(&mut l, 1, 10, 100, 5);
         let b = started(&mut l, 1, 11, 101, 6);
-        assert_eq!(l.parent_of(1, 100, 7), Some(a), "thread 100 handles request a");
-        assert_eq!(l.parent_of(1, 101, 7), Some(b));
-        assert_eq!(l.parent_of(1, 999, 7), None, "two in flight, other thread: ambiguous");
-        assert_eq!(l.parent_of(1, 100, 4), None, "a call before the request arrived is not its child");
+        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(a), "thread 100 handles request a");
+        assert_eq!(l.parent_of(1, 101, 7), Parent::Request(b));
+        assert_eq!(l.parent_of(1, 999, 7), Parent::Ambiguous, "two in flight, other thread");
+        assert_eq!(l.parent_of(1, 100, 4), Parent::None, "a call before the request arrived is not its child");
         assert_eq!(l.request_finished(1, 11), Some(b));
-        assert_eq!(l.parent_of(1, 999, 7), Some(a), "the only request in flight (event loop, worker thread)");
-        assert_eq!(l.parent_of(2, 100, 7), None, "other process");
+        assert_eq!(l.parent_of(1, 999, 7), Parent::Request(a), "the only request in flight (event loop, worker thread)");
+        assert_eq!(l.parent_of(2, 100, 7), Parent::None, "other process");
         l.connection_closed(1, 10);
-        assert_eq!(l.parent_of(1, 100, 7), None, "outside any request: a root");
+        assert_eq!(l.parent_of(1, 100, 7), Parent::None, "outside any request: a root");
     }
 
     #[test]
     fn prefetched_work_on_one_thread_is_handled_oldest_first() {
         let mut l = Linker::default();
-        let first = started(&mut l, 1, 10, 100, 5);
-        let second = started(&mut l, 1, 11, 100, 6); // read in the same batch
-        assert_eq!(l.parent_of(1, 100, 7), Some(first));
+        // Two deliveries of one channel, read in the same batch.
+        l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+        l.request_started(1, 11, 3, 100, 6, None, &Sampler::AlwaysOn);
+        let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
+        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(first));
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, 100, 8), Some(second));
+        assert_eq!(l.parent_of(1, 100, 8), Parent::Request(second));
+    }
+
+    #[test]
+    fn an_event_loop_serving_two_connections_at_once_is_ambiguous() {
+        let mut l = Linker::default();
+        let a = started(&mut l, 1, 10, 100, 5);
+        assert_eq!(l.parent_of(1, 100, 6), Parent::Request(a), "b not read yet: a's call");
+        let b = started(&mut l, 1, 11, 100, 7);
+        assert_eq!(l.parent_of(1, 100, 8), Parent::Ambiguous, "a and b in flight on one thread");
+        l.request_finished(1, 10);
+        assert_eq!(l.parent_of(1, 100, 9), Parent::Request(b), "a answered: b's call");
     }
 
     #[test]
@@ -156,7 +211,7 @@ mod tests {
         let own = started(&mut l, 1, 10, 100, 5);
         let client = SpanCtx { trace_id: [9; 16], span_id: [8; 8], parent_span_id: None, sampled: true };
         assert!(l.adopt(1, 10, &client));
-        let now = l.parent_of(1, 100, 6).unwrap();
+        let now = l.parent_of(1, 100, 6).ctx().unwrap();
         assert_eq!((now.trace_id, now.span_id, now.parent_span_id), (client.trace_id, own.span_id, Some(client.span_id)));
         assert!(!l.adopt(1, 10, &client), "only once");
         assert!(!l.adopt(1, 99, &client), "unknown connection");
@@ -166,8 +221,8 @@ mod tests {
     fn incoming_traceparent_and_sampling_are_fixed_at_request_time() {
         let mut l = Linker::default();
         let tp = crate::spans::traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
-        l.request_started(1, 10, 100, 5, Some(tp), &Sampler::default());
-        let ctx = l.parent_of(1, 100, 6).unwrap();
+        l.request_started(1, 10, 10, 100, 5, Some(tp), &Sampler::default());
+        let ctx = l.parent_of(1, 100, 6).ctx().unwrap();
         assert_eq!(ctx.trace_id, tp.trace_id);
         assert_eq!(ctx.parent_span_id, Some(tp.parent_id));
         assert!(!ctx.sampled, "parent-based: the caller did not sample");

@@ -256,6 +256,7 @@ fn health_fn(
             c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "adopted")], l7.late_partners_adopted.load(Relaxed)),
             c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "missed")], l7.late_partners_missed.load(Relaxed)),
             c("sonde_nat_resolved_total", "Server connections matched to their client through conntrack (DNAT).", vec![], l7.nat_resolved.load(Relaxed)),
+            c("sonde_calls_ambiguous_total", "Client calls left as roots because several requests in flight could have made them.", vec![], l7.calls_ambiguous.load(Relaxed)),
             c("sonde_spans_sampled_out_total", "Spans not exported by sampling decision.", vec![], l7.spans_sampled_out.load(Relaxed)),
             c("sonde_spans_exported_total", "Spans accepted by the OTLP backend.", vec![], export.spans_exported.load(Relaxed)),
             c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "traces")], export.trace_export_failures.load(Relaxed)),

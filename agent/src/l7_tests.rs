@@ -1,0 +1,108 @@
+//! Event orders the kernel can deliver but a live test cannot force:
+//! stream events fed to the protocol stage in that order.
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+
+use super::*;
+use crate::{
+    conntrack::process::ProcessInfo,
+    event::{Comm, SocketTuple, Syscall},
+    metrics::Registry,
+};
+
+fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str, service: &str) -> ConnInfo {
+    ConnInfo {
+        id,
+        pid,
+        fd: 3,
+        role,
+        tuple: Some(SocketTuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() }),
+        process: Arc::new(ProcessInfo { pid, comm: service.into(), otel_service_name: Some(service.into()), ..Default::default() }),
+        opened_ns: 1,
+        preexisting: false,
+        peer_is_agent: false,
+    }
+}
+
+fn data(c: &ConnInfo, dir: Direction, at: u64, bytes: &[u8]) -> StreamEvent {
+    StreamEvent::Data(
+        c.clone(),
+        DataRecord {
+            pid: c.pid,
+            tid: c.pid,
+            fd: c.fd,
+            enter_ns: at,
+            exit_ns: at + 10,
+            bytes: bytes.len() as u64,
+            syscall: if dir == Direction::Egress { Syscall::Write } else { Syscall::Read },
+            direction: dir,
+            role: c.role,
+            flags: 0,
+            comm: Comm::default(),
+            payload: bytes.to_vec(),
+        },
+    )
+}
+
+fn l7() -> L7 {
+    L7::new(
+        Relays::new(vec![]),
+        vec![],
+        ResourceBuilder::new(vec![]),
+        Registry::shared(0),
+        Sampler::AlwaysOn,
+        HttpSpanOptions::default(),
+        Box::new(|_, _, _| {}),
+    )
+}
+
+const REQ: &[u8] = b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n";
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+#[test]
+fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace() {
+    let mut l7 = l7();
+    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
+    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
+    let mut spans = vec![];
+    for ev in [
+        StreamEvent::Open(client.clone()),
+        StreamEvent::Open(server.clone()),
+        // The client's thread was preempted before its write syscall
+        // returned: the server's read enters the ring first.
+        data(&server, Direction::Ingress, 1_000, REQ),
+        data(&client, Direction::Egress, 900, REQ),
+        data(&server, Direction::Egress, 2_000, RESP),
+        data(&client, Direction::Ingress, 2_100, RESP),
+    ] {
+        l7.on_event(ev, &mut spans);
+    }
+    let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
+    assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
+    assert_eq!(srv.trace_id, cli.trace_id, "one trace");
+    assert_eq!(srv.parent_span_id, Some(cli.span_id), "the server span is the client span's child");
+    assert_eq!(l7.stats.late_partners_adopted.load(Relaxed), 1, "counted");
+}
+
+#[test]
+fn a_partner_later_than_the_window_is_not_adopted() {
+    let mut l7 = l7();
+    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
+    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
+    let mut spans = vec![];
+    let late = LATE_PARTNER_WINDOW_NS + 10_000;
+    for ev in [
+        StreamEvent::Open(client.clone()),
+        StreamEvent::Open(server.clone()),
+        data(&server, Direction::Ingress, late, REQ),
+        data(&client, Direction::Egress, 1_000, REQ),
+        data(&server, Direction::Egress, late + 1_000, RESP),
+        data(&client, Direction::Ingress, late + 2_000, RESP),
+    ] {
+        l7.on_event(ev, &mut spans);
+    }
+    let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
+    assert_ne!(srv.trace_id, cli.trace_id, "not stitched: exported as they are");
+    assert_eq!(srv.parent_span_id, None);
+    assert_eq!(l7.stats.late_partners_adopted.load(Relaxed), 0);
+    assert_eq!(l7.stats.late_partners_missed.load(Relaxed), 1, "counted as missed");
+}
