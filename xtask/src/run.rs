@@ -25,7 +25,7 @@ fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 5] = ["capture", "http", "db", "amqp", "demo"];
+const PRIVILEGED_SUITES: [&str; 6] = ["capture", "http", "db", "amqp", "linking", "demo"];
 
 pub fn build(release: bool) -> Result<()> {
     let mut c = cargo();
