@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub relay_processes: Option<Vec<String>>,
     /// Processes never traced, added to the flag's.
     pub exclude_processes: Option<Vec<String>>,
+    /// Kubernetes namespaces whose pods are never traced.
+    pub exclude_namespaces: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -72,6 +74,7 @@ pub struct RunConfig {
     pub metric_interval: Duration,
     pub relay_processes: Vec<String>,
     pub exclude_processes: Vec<String>,
+    pub exclude_namespaces: Vec<String>,
 }
 
 fn ms(env: &dyn Fn(&str) -> Option<String>, k: &str) -> Option<Duration> {
@@ -173,6 +176,7 @@ pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option
             .filter(|n| !n.is_empty())
             .collect(),
         exclude_processes: flags.exclude_processes.iter().chain(file.exclude_processes.iter().flatten()).cloned().collect(),
+        exclude_namespaces: file.exclude_namespaces.clone().unwrap_or_default(),
     })
 }
 
@@ -231,5 +235,21 @@ mod tests {
         let e = env(&[("OTEL_TRACES_SAMPLER", "sometimes")]);
         assert!(resolve(&RunFlags::default(), &FileConfig::default(), &e).unwrap_err().contains("not supported"));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    /// The shape the Helm chart's ConfigMap renders (xtask/tests/chart.rs).
+    #[test]
+    fn the_helm_charts_config_file_is_accepted() {
+        let file: FileConfig = toml::from_str(
+            "prometheus_listen = \"0.0.0.0:9464\"\nsampler = \"parentbased_always_on\"\nsampler_arg = \"0.5\"\n\
+             relay_processes = [\"docker-proxy\"]\nexclude_processes = [\"envoy\"]\nexclude_namespaces = [\"kube-system\"]\n",
+        )
+        .unwrap();
+        let flags = RunFlags { exclude_processes: vec!["pause".into()], ..Default::default() };
+        let c = resolve(&flags, &file, &env(&[])).unwrap();
+        assert_eq!(c.prometheus_listen, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(c.relay_processes, ["docker-proxy"]);
+        assert_eq!(c.exclude_processes, ["pause", "envoy"]);
+        assert_eq!(c.exclude_namespaces, ["kube-system"]);
     }
 }

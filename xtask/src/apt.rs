@@ -22,7 +22,7 @@ pub const TEST_PACKAGES: &[&str] = &[
 
 /// Python clients the test services use (from PyPI), and the module each provides.
 pub const PYTHON_PACKAGES: &[(&str, &str)] =
-    &[("psycopg[binary]", "psycopg"), ("pymysql", "pymysql"), ("redis", "redis"), ("mysql-connector-python", "mysql.connector"), ("pika", "pika")];
+    &[("psycopg[binary]", "psycopg"), ("pymysql", "pymysql"), ("redis", "redis"), ("mysql-connector-python", "mysql.connector"), ("pika", "pika"), ("kubernetes-validate", "kubernetes_validate")];
 
 /// Installs the Python clients that are not importable yet.
 pub fn ensure_python() -> Result<()> {

@@ -3,6 +3,7 @@
 mod apt;
 mod demo;
 mod docker;
+mod k8s_tools;
 mod run;
 mod toolchain;
 

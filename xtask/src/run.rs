@@ -39,8 +39,12 @@ pub fn build(release: bool) -> Result<()> {
 pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
     toolchain::setup(privileged)?;
     if unit {
+        crate::apt::ensure_python()?;
+        crate::k8s_tools::ensure()?;
         eprintln!("xtask: unit tests");
         sh(cargo().args(["test", "--lib", "--bins"]).arg("--").args(args))?;
+        eprintln!("xtask: Helm chart tests (helm lint, helm template, Kubernetes schemas)");
+        sh(cargo().args(["test", "--package", "xtask", "--test", "chart", "--"]).args(args).env("SONDE_HELM", crate::k8s_tools::helm()))?;
     }
     if privileged {
         if effective_uid() != 0 {

@@ -33,6 +33,7 @@ pub fn setup(with_apt: bool) -> Result<()> {
     if with_apt {
         apt::ensure(apt::TEST_PACKAGES)?;
         apt::ensure_python()?;
+        crate::k8s_tools::ensure()?;
     }
     Ok(())
 }
