@@ -120,8 +120,10 @@ class Demo:
             raise SystemExit("docker mode needs a running Docker engine (start dockerd, or use --mode host)")
         self.cleanup_docker()
         # An image with only the demo's code: the runtime is mounted from the host.
-        subprocess.run(["docker", "build", "-q", "-t", IMAGE, "-f", "-", SERVICES], check=True, stdout=subprocess.DEVNULL,
-                       input="FROM scratch\nCOPY . /app\nWORKDIR /app\n", text=True)
+        built = subprocess.run(["docker", "build", "-q", "-t", IMAGE, "-f", "-", SERVICES], capture_output=True,
+                               input="FROM scratch\nCOPY . /app\nWORKDIR /app\n", text=True)
+        if built.returncode != 0:
+            raise SystemExit(f"docker build of {IMAGE} failed:\n{built.stderr}")
         self.docker("network", "create", "--subnet", SUBNET, "--gateway", GATEWAY, NETWORK)
 
     def container(self, name, ip, env, published):

@@ -3,6 +3,7 @@
 mod apt;
 mod demo;
 mod docker;
+mod image;
 mod k8s_tools;
 mod run;
 mod toolchain;
@@ -56,6 +57,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the container image `sonde:dev`: a static (musl) sonde in a
+    /// FROM scratch image, with the local Docker engine (no registry).
+    Image,
     /// Build and run `sonde` (default: `sonde run`) as root.
     Run {
         #[arg(long)]
@@ -72,6 +76,7 @@ fn main() {
         Task::Setup { no_apt } => toolchain::setup(!no_apt),
         Task::Build { release } => toolchain::setup(false).and_then(|()| run::build(release)),
         Task::Test { unit, privileged, args } => run::test(!privileged, !unit, &args),
+        Task::Image => image::build(),
         Task::Demo { mode, duration, args } => demo::demo(&mode, duration, &args),
         Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),
     };

@@ -14,7 +14,7 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // Let build.rs find the cached bpf-linker even without a PATH entry.
     let path = std::env::var_os("PATH").unwrap_or_default();
