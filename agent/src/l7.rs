@@ -75,6 +75,16 @@ struct Delivery {
     publish: Option<spans::messaging::Publish>,
 }
 
+/// What is never traced.
+#[derive(Debug, Clone, Default)]
+pub struct Exclusions {
+    /// Processes, by comm or executable name.
+    pub processes: Vec<String>,
+    /// Kubernetes namespaces (needs pod metadata; a pod not yet known when
+    /// its first connection opens is traced until it is).
+    pub namespaces: Vec<String>,
+}
+
 /// Asks the kernel to stop copying a connection's payload.
 pub type Release = Box<dyn FnMut(u64, u32, i32) + Send>;
 
@@ -109,8 +119,7 @@ pub struct L7 {
     servers: HashMap<(SocketAddr, SocketAddr), Arc<Resource>>,
     continuity: spans::messaging::Continuity,
     relays: Relays,
-    /// Processes (comm or executable name) never traced.
-    excluded: Vec<String>,
+    excluded: Exclusions,
     resources: ResourceBuilder,
     registry: SharedRegistry,
     sampler: Sampler,
@@ -156,7 +165,7 @@ impl L7 {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         relays: Relays,
-        excluded: Vec<String>,
+        excluded: Exclusions,
         resources: ResourceBuilder,
         registry: SharedRegistry,
         sampler: Sampler,
@@ -274,7 +283,10 @@ impl L7 {
     }
 
     fn is_excluded(&self, c: &ConnInfo) -> bool {
-        self.excluded.iter().any(|n| *n == c.process.comm || c.process.exe_name.as_deref() == Some(n))
+        let p = &c.process;
+        self.excluded.processes.iter().any(|n| *n == p.comm || p.exe_name.as_deref() == Some(n))
+            || (!self.excluded.namespaces.is_empty()
+                && self.resources.namespace(p).is_some_and(|ns| self.excluded.namespaces.contains(&ns)))
     }
 
     /// Remembers which process serves a server-side connection.

@@ -46,7 +46,7 @@ fn data(c: &ConnInfo, dir: Direction, at: u64, bytes: &[u8]) -> StreamEvent {
 fn l7() -> L7 {
     L7::new(
         Relays::new(vec![]),
-        vec![],
+        Exclusions::default(),
         ResourceBuilder::new(vec![]),
         Registry::shared(0),
         Sampler::AlwaysOn,

@@ -19,6 +19,7 @@ pub mod export;
 pub mod metrics;
 pub mod config;
 pub mod l7;
+pub mod metadata;
 pub mod relay;
 pub mod nat;
 pub mod run;

@@ -10,7 +10,7 @@ use crate::{
     cli::RunArgs,
     config::{self, FileConfig, RunConfig},
     export::{batch, otlp, proto, stdout},
-    l7::{L7Stats, L7},
+    l7::{Exclusions, L7Stats, L7},
     relay::Relays,
     metrics::{prometheus::HealthMetric, Registry, SharedRegistry},
     output::Clock,
@@ -81,10 +81,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         None => None,
     };
 
+    // Container names and images, for resources (absent engines degrade to ids).
+    let metadata = crate::metadata::SharedStore::default();
+    let docker_task = tokio::spawn(crate::metadata::docker::follow(metadata.clone(), crate::metadata::docker::socket_path()));
+    let kube_task = tokio::spawn(crate::metadata::kube::start(metadata.clone(), std::env::var("SONDE_NODE_NAME").ok()));
     let mut l7 = L7::new(
         Relays::new(cfg.relay_processes.clone()),
-        cfg.exclude_processes.clone(),
-        ResourceBuilder::new(cfg.resource_attributes.clone()),
+        Exclusions { processes: cfg.exclude_processes.clone(), namespaces: cfg.exclude_namespaces.clone() },
+        ResourceBuilder::new(cfg.resource_attributes.clone()).with_metadata(metadata),
         registry.clone(),
         cfg.sampler.clone(),
         cfg.http,
@@ -128,6 +132,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
     deliver(&mut spans, cfg.stdout, span_queue.as_ref());
     drop(session); // detach the probes
+    docker_task.abort();
+    kube_task.abort();
     let _ = stop_tx.send(true);
     drop(span_queue);
     let flush = async {

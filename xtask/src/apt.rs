@@ -18,6 +18,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "redis-server",
     "rabbitmq-server",
     "docker.io",
+    "docker-compose",
 ];
 
 /// Python clients the test services use (from PyPI), and the module each provides.

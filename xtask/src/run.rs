@@ -25,7 +25,7 @@ pub fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 6] = ["capture", "http", "db", "amqp", "linking", "demo"];
+const PRIVILEGED_SUITES: [&str; 7] = ["capture", "http", "db", "amqp", "linking", "demo", "container"];
 
 pub fn build(release: bool) -> Result<()> {
     let mut c = cargo();
@@ -53,8 +53,9 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
                  CAP_SYS_PTRACE). Run `sudo -E cargo xtask test`, or `cargo xtask test --unit`"
             );
         }
-        // The demo suite's container run.
+        // The demo suite's container run, and the container suite's image.
         crate::docker::ensure_engine()?;
+        crate::image::build()?;
         eprintln!("xtask: privileged integration suite on this kernel");
         for suite in PRIVILEGED_SUITES {
             sh(cargo().args(["test", "--package", "sonde", "--test", suite, "--"]).args(args))?;

@@ -1,13 +1,21 @@
 //! The OTel resource of each traced process.
 //!
-//! `service.name` precedence: `OTEL_SERVICE_NAME` in the process's own
-//! environment, then `service.name` in its `OTEL_RESOURCE_ATTRIBUTES`, then
-//! the executable name (container and Kubernetes names join this list with
-//! the metadata sources).
+//! `service.name` precedence:
+//! 1. `OTEL_SERVICE_NAME` in the process's own environment, then
+//!    `service.name` in its `OTEL_RESOURCE_ATTRIBUTES`;
+//! 2. the pod annotation `resource.opentelemetry.io/service.name`;
+//! 3. the pod label `app.kubernetes.io/name`;
+//! 4. the pod's owning workload (a Deployment through its ReplicaSet);
+//! 5. the Compose service (`com.docker.compose.service` label);
+//! 6. the container's name (Docker's, else the pod's container);
+//! 7. the executable's name.
 use std::{collections::HashMap, sync::Arc};
 
 use super::Value;
-use crate::conntrack::process::ProcessInfo;
+use crate::{
+    conntrack::process::ProcessInfo,
+    metadata::{ContainerMeta, PodContainer, SharedStore},
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
@@ -22,7 +30,9 @@ pub struct ResourceBuilder {
     /// The agent's own `OTEL_RESOURCE_ATTRIBUTES`: node-wide attributes
     /// (cluster, region) added to every resource, process values winning.
     base: Vec<(String, String)>,
-    cache: HashMap<(u32, u64), Arc<Resource>>,
+    /// Resources by process, with the metadata generation they were built at.
+    cache: HashMap<(u32, u64), (Arc<Resource>, u64)>,
+    metadata: Option<SharedStore>,
 }
 
 fn host_name() -> String {
@@ -82,7 +92,13 @@ fn redact_userinfo(a: &str) -> String {
 
 impl ResourceBuilder {
     pub fn new(base: Vec<(String, String)>) -> Self {
-        ResourceBuilder { host_name: host_name(), base, cache: HashMap::new() }
+        ResourceBuilder { host_name: host_name(), base, cache: HashMap::new(), metadata: None }
+    }
+
+    /// Container and pod names from the metadata sources.
+    pub fn with_metadata(mut self, store: SharedStore) -> Self {
+        self.metadata = Some(store);
+        self
     }
 
     pub fn get(&mut self, p: &ProcessInfo) -> Arc<Resource> {
@@ -90,15 +106,32 @@ impl ResourceBuilder {
             self.cache.clear();
         }
         let key = (p.pid, p.start_ticks);
-        if let Some(r) = self.cache.get(&key) {
-            return r.clone();
+        // A containerized process's resource is rebuilt when its metadata
+        // may have changed (it often arrives after the first spans).
+        let (generation, meta, pod) = match (&self.metadata, &p.container_id) {
+            (Some(store), Some(id)) => {
+                let s = store.read().expect("metadata lock");
+                (s.generation(), s.container(id), s.pod(id))
+            }
+            _ => (0, None, None),
+        };
+        if let Some((r, built_at)) = self.cache.get(&key) {
+            if *built_at == generation {
+                return r.clone();
+            }
         }
-        let r = Arc::new(self.build(p));
-        self.cache.insert(key, r.clone());
+        let r = Arc::new(self.build(p, meta.as_deref(), pod.as_ref()));
+        self.cache.insert(key, (r.clone(), generation));
         r
     }
 
-    pub fn build(&self, p: &ProcessInfo) -> Resource {
+    /// The Kubernetes namespace of a process's pod, if known.
+    pub fn namespace(&self, p: &ProcessInfo) -> Option<String> {
+        let s = self.metadata.as_ref()?.read().expect("metadata lock");
+        s.pod(p.container_id.as_deref()?).map(|(pod, _)| pod.namespace.clone())
+    }
+
+    pub fn build(&self, p: &ProcessInfo, container: Option<&ContainerMeta>, pod: Option<&PodContainer>) -> Resource {
         let mut attrs: Vec<(String, String)> = self.base.clone();
         for (k, v) in &p.otel_resource_attributes {
             attrs.retain(|(k2, _)| k2 != k);
@@ -109,6 +142,10 @@ impl ResourceBuilder {
             .otel_service_name
             .clone()
             .or_else(|| attrs.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
+            .or_else(|| pod.and_then(|(pm, _)| pm.service_name()).map(String::from))
+            .or_else(|| container.and_then(|c| c.compose_service()).map(String::from))
+            .or_else(|| container.map(|c| c.name.clone()).filter(|n| !n.is_empty()))
+            .or_else(|| pod.map(|(_, name)| name.clone()).filter(|n| !n.is_empty()))
             .unwrap_or_else(|| invoked_name(p, &exe));
         let service_namespace = attrs.iter().find(|(k, _)| k == "service.namespace").map(|(_, v)| v.clone());
         attrs.retain(|(k, _)| k != "service.name");
@@ -127,6 +164,25 @@ impl ResourceBuilder {
         }
         if let Some(c) = &p.container_id {
             set("container.id", c.clone().into());
+        }
+        if let Some((pm, name)) = pod {
+            for (k, v) in pm.attributes() {
+                set(k, v.into());
+            }
+            set("k8s.container.name", name.clone().into());
+        }
+        if let Some(c) = container {
+            set("container.name", c.name.clone().into());
+            set("container.image.name", c.image_name.clone().into());
+            if let Some(tag) = &c.image_tag {
+                set("container.image.tag", tag.clone().into());
+            }
+            if let Some(svc) = c.compose_service() {
+                set("docker.compose.service", svc.into());
+            }
+            if let Some(project) = c.labels.get("com.docker.compose.project") {
+                set("docker.compose.project", project.clone().into());
+            }
         }
         set("host.name", self.host_name.clone().into());
         set("telemetry.sdk.name", "sonde".into());
@@ -160,19 +216,50 @@ mod tests {
     fn service_name_precedence() {
         let b = ResourceBuilder::new(vec![("deployment.environment".into(), "prod".into())]);
         let mut p = proc_info();
-        assert_eq!(b.build(&p).service_name, "python3.11", "executable name last");
+        assert_eq!(b.build(&p, None, None).service_name, "python3.11", "executable name last");
         let linked = ProcessInfo { comm: "redis-server".into(), exe_name: Some("redis-check-rdb".into()), ..proc_info() };
-        assert_eq!(b.build(&linked).service_name, "redis-server", "the name it was started by, through a link");
+        assert_eq!(b.build(&linked, None, None).service_name, "redis-server", "the name it was started by, through a link");
         p.otel_resource_attributes = vec![("service.name".into(), "from-attrs".into()), ("service.namespace".into(), "shop".into())];
-        assert_eq!(b.build(&p).service_name, "from-attrs");
+        assert_eq!(b.build(&p, None, None).service_name, "from-attrs");
         p.otel_service_name = Some("from-env".into());
-        let r = b.build(&p);
+        let r = b.build(&p, None, None);
         assert_eq!(r.service_name, "from-env");
         assert_eq!(r.service_namespace.as_deref(), Some("shop"));
         assert_eq!(attr(&r, "deployment.environment"), Some(&Value::Str("prod".into())));
         assert_eq!(r.attributes.iter().filter(|(k, _)| k == "service.name").count(), 1);
         assert_eq!(attr(&r, "process.pid"), Some(&Value::Int(42)));
         assert_eq!(attr(&r, "container.id"), Some(&Value::Str("c0ffee".into())));
+    }
+
+    #[test]
+    fn containers_name_services_after_the_process_own_setting() {
+        let b = ResourceBuilder::new(vec![]);
+        let mut p = proc_info();
+        let mut c = ContainerMeta { name: "shop-web-1".into(), image_name: "registry/shop".into(), image_tag: Some("2.1".into()), ..Default::default() };
+        let r = b.build(&p, Some(&c), None);
+        assert_eq!(r.service_name, "shop-web-1", "container name before the executable");
+        assert_eq!(attr(&r, "container.name"), Some(&Value::Str("shop-web-1".into())));
+        assert_eq!(attr(&r, "container.image.name"), Some(&Value::Str("registry/shop".into())));
+        assert_eq!(attr(&r, "container.image.tag"), Some(&Value::Str("2.1".into())));
+        c.labels.insert("com.docker.compose.service".into(), "web".into());
+        c.labels.insert("com.docker.compose.project".into(), "shop".into());
+        let r = b.build(&p, Some(&c), None);
+        assert_eq!(r.service_name, "web", "the Compose service before the container name");
+        assert_eq!(attr(&r, "docker.compose.project"), Some(&Value::Str("shop".into())));
+        p.otel_service_name = Some("checkout".into());
+        assert_eq!(b.build(&p, Some(&c), None).service_name, "checkout", "the process's own setting first");
+    }
+
+    #[test]
+    fn metadata_arriving_later_rebuilds_the_resource() {
+        let store = SharedStore::default();
+        let mut b = ResourceBuilder::new(vec![]).with_metadata(store.clone());
+        let p = proc_info();
+        assert_eq!(b.get(&p).service_name, "python3.11");
+        store.write().unwrap().set_container("c0ffee".into(), ContainerMeta { name: "api".into(), ..Default::default() });
+        assert_eq!(b.get(&p).service_name, "api");
+        let again = b.get(&p);
+        assert!(Arc::ptr_eq(&again, &b.get(&p)), "cached while nothing changes");
     }
 
     #[test]
