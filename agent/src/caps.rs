@@ -39,7 +39,7 @@ pub fn missing_for_tracing(set: u64) -> Option<String> {
     Some(format!(
         "missing {} (or CAP_SYS_ADMIN). Fix: run as root, e.g. `sudo sonde ...`, or grant \
          them: `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep $(which sonde)`; \
-         in Docker add `--cap-add BPF --cap-add PERFMON`",
+         in Docker add `--cap-add BPF --cap-add PERFMON` (engines that do not know them, such as Docker 20.10: `--cap-add SYS_ADMIN`)",
         missing.join(" and ")
     ))
 }

@@ -23,13 +23,12 @@ use support::*;
 const IMAGE: &str = "sonde:dev";
 const APP_IMAGE: &str = "sonde-test-web:dev";
 
-/// The documented minimal flags (README, "Docker"), minus the OTLP settings.
+/// The documented minimal flags (README, "Docker"), minus the OTLP settings
+/// and the capabilities that depend on the engine (`capabilities()`).
 const MINIMAL: &[&str] = &[
     "--pid=host",
     "--network=host",
     "--cap-drop=ALL",
-    "--cap-add=BPF",
-    "--cap-add=PERFMON",
     "--cap-add=SYS_PTRACE",
     "--cap-add=DAC_READ_SEARCH",
     "--security-opt=seccomp=unconfined",
@@ -58,12 +57,28 @@ fn main() {
             compose();
             Ok(())
         }),
-        Trial::test("without_tracefs_mount_the_agent_says_how_to_fix_it", || {
+        Trial::test("without_tracefs_mount_or_capabilities", || {
             no_tracefs();
             Ok(())
         }),
     ];
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// BPF and PERFMON where the engine knows them; engines that predate them
+/// (Docker 20.10: "unknown capability") need SYS_ADMIN instead, as the
+/// README says. Returns the flags, and the added set as `docker inspect` names it (sorted).
+fn capabilities() -> (Vec<&'static str>, Vec<&'static str>) {
+    let probe = docker(&["run", "--rm", "--cap-drop=ALL", "--cap-add=BPF", "--cap-add=PERFMON", IMAGE, "--version"]);
+    let text = String::from_utf8_lossy(&probe.stderr);
+    if probe.status.success() {
+        (vec!["--cap-add=BPF", "--cap-add=PERFMON"], vec!["CAP_BPF", "CAP_DAC_READ_SEARCH", "CAP_PERFMON", "CAP_SYS_PTRACE"])
+    } else if text.contains("unknown capability") {
+        eprintln!("this Docker engine predates CAP_BPF/CAP_PERFMON: using SYS_ADMIN, as documented");
+        (vec!["--cap-add=SYS_ADMIN"], vec!["CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"])
+    } else {
+        panic!("probing the engine's capabilities: {text}");
+    }
 }
 
 fn docker(args: &[&str]) -> Output {
@@ -145,8 +160,10 @@ fn names_containers() {
     let agent = format!("sonde-test-agent-{}", std::process::id());
     let mut guard = Containers(vec![agent.clone()]);
     let endpoint = format!("OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{}", recv.grpc_addr.port());
+    let (caps, caps_shown) = capabilities();
     let mut args = vec!["run", "-d", "--name", &agent];
     args.extend_from_slice(MINIMAL);
+    args.extend(caps);
     args.extend(["-e", &endpoint, "-e", "OTEL_BSP_SCHEDULE_DELAY=100", IMAGE, "run", "--prometheus-listen", &metrics]);
     docker_ok(&args);
     let end = Instant::now() + Duration::from_secs(60);
@@ -157,7 +174,9 @@ fn names_containers() {
     }
     // Least privilege, as started.
     assert_eq!(docker_ok(&["inspect", "-f", "{{.HostConfig.Privileged}}", &agent]), "false");
-    assert_eq!(docker_ok(&["inspect", "-f", "{{json .HostConfig.CapAdd}}", &agent]), r#"["CAP_BPF","CAP_PERFMON","CAP_SYS_PTRACE","CAP_DAC_READ_SEARCH"]"#);
+    let mut added: Vec<String> = serde_json::from_str(&docker_ok(&["inspect", "-f", "{{json .HostConfig.CapAdd}}", &agent])).unwrap();
+    added.sort();
+    assert_eq!(added, caps_shown, "exactly the documented capabilities");
 
     // Three services, each in its own network namespace.
     let pid = std::process::id();
@@ -209,20 +228,59 @@ fn names_containers() {
 fn no_tracefs() {
     require_image();
     // The minimal flags without the tracefs mount ("-v" and its argument).
-    let mut args = vec!["run", "--rm"];
+    let mut base = vec!["run"];
     let mut flags = MINIMAL.iter().copied().peekable();
     while let Some(f) = flags.next() {
         if f == "-v" && flags.peek().is_some_and(|m| m.starts_with("/sys/kernel/tracing")) {
             flags.next();
             continue;
         }
-        args.push(f);
+        base.push(f);
     }
-    args.extend([IMAGE, "run", "--prometheus-listen", "off"]);
-    let out = docker(&args);
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "the agent cannot run without tracefs: {text}");
-    assert!(text.contains("tracefs") && text.contains("/sys/kernel/tracing"), "the error names the cause and the mount: {text}");
+    let (caps, _) = capabilities();
+    let output = |args: &[&str]| {
+        let out = docker(args);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout))
+    };
+    if caps.contains(&"--cap-add=BPF") {
+        // BPF and PERFMON cannot mount tracefs: a clear error.
+        let mut args = base.clone();
+        args.insert(1, "--rm");
+        args.extend(caps);
+        args.extend([IMAGE, "run", "--prometheus-listen", "off"]);
+        let (ok, text) = output(&args);
+        assert!(!ok, "the agent cannot run without tracefs: {text}");
+        assert!(
+            text.contains("tracefs is not mounted") && text.contains("bind-mount the host's /sys/kernel/tracing"),
+            "the error names the cause and the fix: {text}"
+        );
+    } else {
+        // SYS_ADMIN (old engines) lets the agent mount tracefs itself.
+        let name = format!("sonde-test-notracefs-{}", std::process::id());
+        let _guard = Containers(vec![name.clone()]);
+        let mut args = base.clone();
+        args.extend(["-d", "--name", &name]);
+        args.extend(caps);
+        args.extend([IMAGE, "run", "--prometheus-listen", "off"]);
+        docker_ok(&args);
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, logs) = output(&["logs", &name]);
+            if logs.contains("mounted tracefs") && logs.contains("capturing") {
+                break;
+            }
+            assert!(Instant::now() < end, "the agent neither mounted tracefs nor said why: {logs}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Without SYS_ADMIN, such an engine cannot grant what the agent
+        // needs: the error says which capabilities, and the way out.
+        let mut args = base.clone();
+        args.insert(1, "--rm");
+        args.extend([IMAGE, "run", "--prometheus-listen", "off"]);
+        let (ok, text) = output(&args);
+        assert!(!ok, "{text}");
+        assert!(text.contains("missing CAP_BPF and CAP_PERFMON") && text.contains("--cap-add SYS_ADMIN"), "{text}");
+    }
 }
 
 /// The sonde service of deploy/docker-compose.yml (Jaeger and Prometheus
@@ -246,10 +304,12 @@ fn compose() {
     struct Down<'a>(&'a dyn Fn(&[&str]) -> Output);
     impl Drop for Down<'_> {
         fn drop(&mut self) {
-            let _ = (self.0)(&["down", "--timeout", "5"]);
+            let _ = (self.0)(&["--profile", "docker-20", "down", "--timeout", "5"]);
         }
     }
-    let out = compose(&["up", "-d", "--no-deps", "sonde"]);
+    // The engine decides which of the file's two sonde services applies.
+    let service = if capabilities().0.contains(&"--cap-add=BPF") { "sonde" } else { "sonde-docker20" };
+    let out = compose(&["--profile", "docker-20", "up", "-d", "--no-deps", service]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _down = Down(&compose);
     let end = Instant::now() + Duration::from_secs(60);
