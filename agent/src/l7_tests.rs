@@ -106,3 +106,32 @@ fn a_partner_later_than_the_window_is_not_adopted() {
     assert_eq!(l7.stats.late_partners_adopted.load(Relaxed), 0);
     assert_eq!(l7.stats.late_partners_missed.load(Relaxed), 1, "counted as missed");
 }
+
+#[test]
+fn excluded_namespaces_are_released_at_open() {
+    use crate::metadata::{kube::PodMeta, SharedStore};
+    let store = SharedStore::default();
+    let pod = Arc::new(PodMeta { namespace: "kube-system".into(), name: "coredns-1".into(), uid: "u1".into(), ..Default::default() });
+    store.write().unwrap().set_pod(pod, vec![("c1".into(), "coredns".into())]);
+    let released = Arc::new(std::sync::Mutex::new(vec![]));
+    let r = released.clone();
+    let mut l7 = L7::new(
+        Relays::new(vec![]),
+        Exclusions { processes: vec![], namespaces: vec!["kube-system".into()] },
+        ResourceBuilder::new(vec![]).with_metadata(store),
+        Registry::shared(0),
+        Sampler::AlwaysOn,
+        HttpSpanOptions::default(),
+        Box::new(move |id, _, _| r.lock().unwrap().push(id)),
+    );
+    let mut dns = conn(1, 100, Role::Server, "10.0.0.2:53", "10.0.0.9:4000", "coredns");
+    Arc::get_mut(&mut dns.process).unwrap().container_id = Some("c1".into());
+    let other = conn(2, 200, Role::Server, "10.0.0.3:80", "10.0.0.9:4001", "web");
+    let mut spans = vec![];
+    l7.on_event(StreamEvent::Open(dns.clone()), &mut spans);
+    l7.on_event(StreamEvent::Open(other.clone()), &mut spans);
+    l7.on_event(data(&dns, Direction::Ingress, 1_000, REQ), &mut spans);
+    l7.on_event(data(&dns, Direction::Egress, 2_000, RESP), &mut spans);
+    assert_eq!(*released.lock().unwrap(), vec![1], "only the excluded namespace's connection");
+    assert!(spans.is_empty(), "and it makes no spans");
+}

@@ -84,3 +84,33 @@ pub async fn follow(store: SharedStore, socket: String) {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that is not a Docker engine: one warning, an empty store,
+    /// and the agent goes on.
+    #[tokio::test]
+    async fn an_unreachable_engine_leaves_the_store_empty() {
+        let dir = std::env::temp_dir().join(format!("sonde-docker-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("docker.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepts = tokio::spawn(async move {
+            // Accept and hang up at once.
+            while let Ok((s, _)) = listener.accept().await {
+                drop(s);
+            }
+        });
+        let store = SharedStore::default();
+        let task = tokio::spawn(follow(store.clone(), path.to_string_lossy().into_owned()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!task.is_finished(), "still following (it retries)");
+        task.abort();
+        accepts.abort();
+        assert_eq!(store.read().unwrap().generation(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
