@@ -37,6 +37,10 @@ pub struct Report {
     /// Whether `sonde run`/`capture` can work here.
     pub capture_possible: bool,
     pub capture_problem: Option<String>,
+    /// The oldest kernel the agent's programs run on (`probes/compat.rs`).
+    pub minimum_kernel: String,
+    /// Which kind of hook the loader uses here, per hook family.
+    pub strategy: String,
 }
 
 /// The function the uprobe check attaches to: part of this binary, never
@@ -150,12 +154,17 @@ pub fn run() -> Report {
             checks.push(check("sk_msg", sk_msg_check(&mut probes)));
         }
     }
+    let ((maj, min), why) = crate::probes::compat::agent_minimum();
+    let has = |name: &str| checks.iter().any(|c| c.name == name && c.available);
+    let strategy = strategy(has("kprobes"), has("fentry"));
     Report {
         kernel: kernel_release(),
         checks,
         tracepoints,
         capture_possible: capture_problem.is_none(),
         capture_problem,
+        minimum_kernel: format!("{maj}.{min} ({why})"),
+        strategy,
     }
 }
 
@@ -225,6 +234,21 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// The loader's choice of hook per family on this kernel. Tracepoints
+/// everywhere: they exist on every supported kernel, need no CO-RE, and
+/// carry the syscall arguments sonde reads. kprobes and fentry are detected
+/// and reported; no hook family uses them yet, because none of the
+/// candidates (io_uring and splice payloads through tcp_sendmsg/
+/// tcp_recvmsg) is built.
+pub fn strategy(kprobes: bool, fentry: bool) -> String {
+    let avail = |b: bool| if b { "available" } else { "unavailable" };
+    format!(
+        "connections, data and lifecycle: tracepoints (syscalls, sock, sched); kprobes {}, fentry {}: not used by any hook",
+        avail(kprobes),
+        avail(fentry)
+    )
+}
+
 /// Human-readable rendering.
 pub fn render(r: &Report, verbose: bool) -> String {
     use std::fmt::Write;
@@ -240,6 +264,8 @@ pub fn render(r: &Report, verbose: bool) -> String {
             let _ = writeln!(s, "        {:<8} {:<46} {need}: {}", t.state, t.hook, t.detail);
         }
     }
+    let _ = writeln!(s, "strategy: {}", r.strategy);
+    let _ = writeln!(s, "minimum kernel: {}", r.minimum_kernel);
     match &r.capture_problem {
         None => {
             let _ = writeln!(s, "capture: possible (tracepoint probes; kprobes/fentry not needed)");

@@ -7,6 +7,7 @@ mod image;
 mod k8s_tools;
 mod run;
 mod toolchain;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -60,6 +61,13 @@ enum Task {
     /// Build the container image `sonde:dev`: a static (musl) sonde in a
     /// FROM scratch image, with the local Docker engine (no registry).
     Image,
+    /// The capture and HTTP suites inside qemu, per kernel, with a pass/fail
+    /// table. Default matrix: Debian's 5.10 cloud, 6.1 and 6.12 kernels.
+    VmTest {
+        /// SUITE:PACKAGE (e.g. bookworm:linux-image-amd64) or a vmlinuz path; repeatable.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+    },
     /// Build and run `sonde` (default: `sonde run`) as root.
     Run {
         #[arg(long)]
@@ -77,6 +85,7 @@ fn main() {
         Task::Build { release } => toolchain::setup(false).and_then(|()| run::build(release)),
         Task::Test { unit, privileged, args } => run::test(!privileged, !unit, &args),
         Task::Image => image::build(),
+        Task::VmTest { kernels } => toolchain::setup(false).and_then(|()| vm::vm_test(&kernels)),
         Task::Demo { mode, duration, args } => demo::demo(&mode, duration, &args),
         Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),
     };

@@ -1,5 +1,6 @@
 //! Stage 1: load the eBPF object, set its globals and filters, and attach
 //! every tracepoint program, recording per probe whether it attached.
+pub mod compat;
 pub mod programs;
 pub mod tracefs;
 
@@ -178,9 +179,13 @@ impl Probes {
     /// lacks, and records the outcome of each in `report`.
     pub fn attach_all(&mut self) -> Result<(), LoadError> {
         let root = tracefs::ensure_mounted()?;
+        let kernel = compat::running();
         for spec in TRACEPOINTS {
             let hook = format!("tracepoint/{}/{}", spec.category, spec.name);
-            let state = if !tracefs::has_tracepoint(&root, spec.category, spec.name) {
+            let too_old = compat::of(spec.program).map(|c| c.minimum()).filter(|(v, _)| kernel.is_some_and(|k| k < *v));
+            let state = if let Some(((maj, min), why)) = too_old {
+                AttachState::Skipped(format!("needs Linux >= {maj}.{min} ({why})"))
+            } else if !tracefs::has_tracepoint(&root, spec.category, spec.name) {
                 AttachState::Skipped("tracepoint not present on this kernel".into())
             } else if let Some(reason) = self.layout_mismatch(&root, spec.category, spec.name) {
                 AttachState::Skipped(reason)

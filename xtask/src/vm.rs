@@ -1,0 +1,526 @@
+//! `cargo xtask vm-test`: the privileged suites inside qemu, on a matrix of
+//! Debian kernels (or local vmlinuz files).
+//!
+//! - Kernels come from Debian with `apt-get download`, against the
+//!   repository's own sources list (`xtask/vm/sources.list`) and apt state
+//!   under the cache, never the system's apt configuration.
+//! - The guest boots a self-contained initramfs: busybox, an init script,
+//!   the test binaries and `sonde` at their host paths, the shared libraries
+//!   they load, and a trimmed Python for the HTTP fixtures. No disk, no
+//!   network beyond loopback, no modules (everything used is built in).
+//! - KVM is used when it works (a guest that prints nothing in time means
+//!   it hangs here); otherwise TCG.
+//! - The console is parsed for libtest's lines and the init's markers; a
+//!   panic or a timeout ends that kernel's row without wedging the run.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run, toolchain};
+
+/// The default matrix: (apt suite, package).
+pub const DEFAULT_KERNELS: [&str; 3] =
+    ["bullseye:linux-image-cloud-amd64", "bookworm:linux-image-amd64", "bookworm-backports:linux-image-amd64"];
+
+/// What runs in the guest: (suite, test binary arguments). From the capture
+/// suite: plain, vectored and message I/O, the payload prefix, the drop
+/// counter, and doctor (every program loads); from the HTTP suite, the span
+/// test. The rest of the capture suite adds little per kernel and costs
+/// minutes each under TCG.
+const SUITES: [(&str, &[&str]); 2] = [
+    (
+        "capture",
+        &[
+            "--skip=sendto_recvfrom",
+            "--skip=sendmmsg_recvmmsg_two_messages",
+            "--skip=sendfile_reports_bytes_and_timing",
+            "--skip=quiet_connection_keeps_counts_without_payload",
+            "--skip=accept_without_sockaddr_still_gets_its_tuple",
+            "--skip=connection_opened_before_agent",
+            "--skip=agent_traffic_is_not_reported",
+            "--skip=pid_filter_limits_capture",
+            "--skip=capture_cli_shows_curl_against_python_http_server",
+        ],
+    ),
+    ("http", &["--exact", "python_keepalive_spans_metrics_and_traceparent"]),
+];
+
+/// Per-kernel time limit, TCG being slow.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+fn cache() -> PathBuf {
+    toolchain::cache_dir().join("vm")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root")
+}
+
+/// apt-get/apt-cache with the repository's sources list and private state.
+fn apt(tool: &str) -> Command {
+    let state = cache().join("apt");
+    let mut c = Command::new(tool);
+    for (k, v) in [
+        ("Dir::Etc::SourceList", repo().join("xtask/vm/sources.list")),
+        ("Dir::Etc::SourceParts", PathBuf::from("/dev/null")),
+        ("Dir::State::Lists", state.join("lists")),
+        ("Dir::State::status", state.join("status")),
+        ("Dir::Cache", state.join("cache")),
+    ] {
+        c.arg("-o").arg(format!("{k}={}", v.display()));
+    }
+    c
+}
+
+/// A kernel of the matrix: its name in the table and its vmlinuz.
+struct Kernel {
+    name: String,
+    vmlinuz: PathBuf,
+}
+
+fn fetch(spec: &str, updated: &mut bool) -> Result<Kernel> {
+    if Path::new(spec).is_file() {
+        return Ok(Kernel { name: spec.to_string(), vmlinuz: PathBuf::from(spec) });
+    }
+    let (suite, package) = spec.split_once(':').with_context(|| format!("kernel spec {spec:?}: want SUITE:PACKAGE or a vmlinuz path"))?;
+    let state = cache().join("apt");
+    if !*updated {
+        for d in ["lists/partial", "cache/archives/partial"] {
+            std::fs::create_dir_all(state.join(d))?;
+        }
+        std::fs::write(state.join("status"), "")?;
+        eprintln!("xtask: apt-get update (xtask/vm/sources.list)");
+        run::sh(apt("apt-get").args(["-q", "update"]).stdout(Stdio::null())).context("apt-get update for the kernel matrix")?;
+        *updated = true;
+    }
+    // A metapackage (linux-image-amd64) names the versioned image it depends on.
+    let depends = String::from_utf8(apt("apt-cache").args(["depends", &format!("{package}/{suite}")]).output()?.stdout)?;
+    let image = depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-"))
+        .unwrap_or(package)
+        .to_string();
+    let dir = cache().join("kernels").join(&image);
+    let vmlinuz_of = |dir: &Path| -> Option<PathBuf> {
+        std::fs::read_dir(dir.join("boot")).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+    };
+    if let Some(v) = vmlinuz_of(&dir) {
+        return Ok(Kernel { name: format!("{suite} {image}"), vmlinuz: v });
+    }
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("xtask: downloading {image} ({suite})");
+    run::sh(apt("apt-get").args(["-q", "download", &format!("{image}/{suite}")]).current_dir(&dir).stdout(Stdio::null()))?;
+    let deb = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "deb")).context("no .deb downloaded")?;
+    // Only the kernel image: the guest loads no modules.
+    let tar = Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb).stdout(Stdio::piped()).spawn()?;
+    run::sh(Command::new("tar").args(["-x", "--wildcards", "./boot/vmlinuz-*"]).current_dir(&dir).stdin(tar.stdout.context("dpkg-deb stdout")?))?;
+    std::fs::remove_file(&deb)?;
+    let v = vmlinuz_of(&dir).context("no vmlinuz in the package")?;
+    Ok(Kernel { name: format!("{suite} {image}"), vmlinuz: v })
+}
+
+/// Test binaries by suite, built (not run) by cargo.
+fn build_tests() -> Result<BTreeMap<String, PathBuf>> {
+    run::build(false)?;
+    let mut c = run::cargo();
+    c.args(["test", "--no-run", "--package", "sonde", "--message-format=json"]);
+    for (suite, _) in SUITES {
+        c.args(["--test", suite]);
+    }
+    let out = c.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut bins = BTreeMap::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) {
+            if SUITES.iter().any(|(s, _)| *s == name) {
+                bins.insert(name.to_string(), PathBuf::from(exe));
+            }
+        }
+    }
+    Ok(bins)
+}
+
+/// A copy of a binary without its debug info.
+fn strip(bin: &Path) -> Result<PathBuf> {
+    let dir = cache().join("stripped");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(bin.file_name().context("binary name")?);
+    run::sh(Command::new("strip").arg("--strip-debug").arg("-o").arg(&out).arg(bin)).context("strip (binutils)")?;
+    Ok(out)
+}
+
+/// Files and symlinks for the initramfs, by guest path.
+#[derive(Default)]
+struct Tree {
+    files: BTreeMap<PathBuf, Entry>,
+}
+
+enum Entry {
+    File(PathBuf, u32),
+    Data(Vec<u8>, u32),
+    Link(PathBuf),
+    Dir,
+}
+
+impl Tree {
+    /// A host file at the same path (symlinks followed), with its libraries.
+    fn host_file(&mut self, path: &Path) -> Result<()> {
+        if self.files.contains_key(path) {
+            return Ok(());
+        }
+        let real = path.canonicalize().with_context(|| format!("{}", path.display()))?;
+        if real != path {
+            self.files.insert(path.to_path_buf(), Entry::Link(real.clone()));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&real)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        // Debug builds carry hundreds of MiB of debug info the guest never reads.
+        let source = if mode & 0o111 != 0 && meta.len() > 8 << 20 { strip(&real)? } else { real.clone() };
+        self.files.insert(real.clone(), Entry::File(source, mode));
+        if mode & 0o111 != 0 || real.to_string_lossy().contains(".so") {
+            self.libraries_of(&real)?;
+        }
+        Ok(())
+    }
+
+    fn libraries_of(&mut self, bin: &Path) -> Result<()> {
+        let out = Command::new("ldd").arg(bin).output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = line.split("=>").nth(1).unwrap_or(line).split_whitespace().next().unwrap_or("");
+            if path.starts_with('/') {
+                self.host_file(Path::new(path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A host directory tree, skipping names in `skip`.
+    fn host_dir(&mut self, dir: &Path, skip: &[&str]) -> Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if skip.iter().any(|s| name == *s) {
+                continue;
+            }
+            let t = e.file_type()?;
+            if t.is_dir() {
+                self.host_dir(&p, skip)?;
+            } else if t.is_file() || t.is_symlink() {
+                if p.exists() {
+                    self.host_file(&p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The archive, in the kernel's "newc" cpio format (uncompressed).
+    fn cpio(&self, out: &Path) -> Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for p in self.files.keys() {
+            let mut a = p.parent();
+            while let Some(d) = a.filter(|d| *d != Path::new("/") && !d.as_os_str().is_empty()) {
+                dirs.insert(d.to_path_buf());
+                a = d.parent();
+            }
+        }
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
+        let mut ino = 1u32;
+        let mut entry = |w: &mut dyn Write, name: &Path, mode: u32, data: &[u8]| -> Result<()> {
+            let name = name.strip_prefix("/").unwrap_or(name).to_string_lossy().into_owned();
+            let header = format!(
+                "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+                0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+            );
+            ino += 1;
+            w.write_all(header.as_bytes())?;
+            w.write_all(name.as_bytes())?;
+            w.write_all(&[0])?;
+            w.write_all(&vec![0u8; (4 - (110 + name.len() + 1) % 4) % 4])?;
+            w.write_all(data)?;
+            w.write_all(&vec![0u8; (4 - data.len() % 4) % 4])?;
+            Ok(())
+        };
+        for d in &dirs {
+            entry(&mut w, d, 0o040755, &[])?;
+        }
+        for (path, e) in &self.files {
+            match e {
+                Entry::Dir => entry(&mut w, path, 0o040755, &[])?,
+                Entry::File(src, mode) => {
+                    let mut data = vec![];
+                    std::fs::File::open(src)?.read_to_end(&mut data)?;
+                    entry(&mut w, path, 0o100000 | mode, &data)?
+                }
+                Entry::Data(data, mode) => entry(&mut w, path, 0o100000 | mode, data)?,
+                Entry::Link(target) => entry(&mut w, path, 0o120777, target.to_string_lossy().as_bytes())?,
+            }
+        }
+        entry(&mut w, Path::new("TRAILER!!!"), 0, &[])?;
+        w.flush()?;
+        Ok(())
+    }
+}
+
+fn initramfs(bins: &BTreeMap<String, PathBuf>) -> Result<PathBuf> {
+    let mut t = Tree::default();
+    let busybox = which("busybox").context("busybox (Debian's busybox-static)")?;
+    t.files.insert("/bin/busybox".into(), Entry::File(busybox, 0o755));
+    for d in ["/proc", "/sys", "/dev", "/tmp", "/root", "/etc", "/usr/bin", "/sys/kernel/tracing"] {
+        t.files.insert(d.into(), Entry::Dir);
+    }
+    let sonde = repo().join("target/debug/sonde");
+    t.host_file(&sonde)?;
+    for b in bins.values() {
+        t.host_file(b)?;
+    }
+    // The HTTP fixtures, at the path compiled into the tests.
+    t.host_dir(&repo().join("agent/tests/fixtures"), &["db", "amqp", "k8s"])?;
+    // Python for them: the interpreter the host tests use, its stdlib trimmed.
+    let python = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sys,os;print(os.path.realpath(sys.executable))"]).output()?.stdout)?.trim());
+    let stdlib = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sysconfig;print(sysconfig.get_paths()['stdlib'])"]).output()?.stdout)?.trim());
+    t.host_file(&python)?;
+    t.files.insert("/usr/bin/python3".into(), Entry::Link(python));
+    t.host_dir(
+        &stdlib,
+        &["site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "__pycache__", "distutils"],
+    )?;
+    let mut script = String::from(INIT_HEAD);
+    for (suite, filters) in SUITES {
+        if let Some(b) = bins.get(suite) {
+            script += &format!("run_suite {suite} {} --test-threads 1 --color never {}\n", b.display(), filters.join(" "));
+        }
+    }
+    script += &format!("echo \"SONDE-VM-DOCTOR $({} doctor --json 2>/dev/null | tr -d '\\n')\"\n", sonde.display());
+    script += "echo SONDE-VM-DONE\npoweroff -f\n";
+    t.files.insert("/init".into(), Entry::Data(script.into_bytes(), 0o755));
+    let out = cache().join("initramfs.cpio");
+    std::fs::create_dir_all(cache())?;
+    t.cpio(&out)?;
+    Ok(out)
+}
+
+const INIT_HEAD: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/bin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+ip link set lo up
+echo "SONDE-VM-INIT $(uname -r)"
+run_suite() {
+  name=$1; shift
+  echo "SONDE-VM-SUITE $name"
+  "$@" 2>&1
+  echo "SONDE-VM-RC $name $?"
+}
+"#;
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(cmd)).find(|p| p.is_file()))
+}
+
+/// One kernel's results.
+#[derive(Default)]
+struct Row {
+    release: String,
+    accel: &'static str,
+    tests: BTreeMap<String, String>,
+    suites: BTreeMap<String, String>,
+    probes: String,
+    failure: Option<String>,
+    secs: u64,
+}
+
+/// Boots one kernel and parses its console. `first_line` is how long to
+/// wait for the init's first marker before deciding the guest hangs.
+fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) -> Result<Row> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none"])
+        .args(["-accel", accel, "-cpu", if accel == "kvm" { "host" } else { "max" }])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("qemu-system-x86_64 (Debian's qemu-system-x86)")?;
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let log_path = cache().join(format!("console-{}.log", k.name.replace([' ', '/'], "_")));
+    let mut log = std::fs::File::create(&log_path)?;
+    let mut row = Row { accel, ..Default::default() };
+    let mut suite = String::new();
+    let mut seen_init = false;
+    loop {
+        let limit = if seen_init { GUEST_TIMEOUT } else { first_line };
+        let left = limit.saturating_sub(started.elapsed());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                row.failure = Some(if seen_init { format!("timed out after {limit:?}") } else { "no output: the guest hangs".into() });
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if !row.tests.is_empty() || seen_init {
+                    row.failure.get_or_insert_with(|| "the guest stopped before finishing".into());
+                } else {
+                    row.failure = Some("qemu exited before the guest started".into());
+                }
+                break;
+            }
+        };
+        writeln!(log, "{line}")?;
+        let line = line.trim_end_matches('\r');
+        if let Some(r) = line.strip_prefix("SONDE-VM-INIT ") {
+            seen_init = true;
+            row.release = r.to_string();
+        } else if let Some(s) = line.strip_prefix("SONDE-VM-SUITE ") {
+            suite = s.to_string();
+        } else if let Some(rc) = line.strip_prefix("SONDE-VM-RC ") {
+            let mut parts = rc.split_whitespace();
+            if let (Some(s), Some(code)) = (parts.next(), parts.next()) {
+                row.suites.insert(s.to_string(), if code == "0" { "pass".into() } else { format!("fail (exit {code})") });
+            }
+        } else if let Some(json) = line.strip_prefix("SONDE-VM-DOCTOR ") {
+            row.probes = probes_summary(json);
+        } else if line.starts_with("SONDE-VM-DONE") {
+            break;
+        } else if line.contains("Kernel panic") {
+            row.failure = Some(format!("kernel panic: {line}"));
+            let _ = child.kill();
+            break;
+        } else if let Some(rest) = line.strip_prefix("test ") {
+            // libtest: "test NAME ... ok" (padded)
+            if let Some((name, result)) = rest.rsplit_once(" ... ") {
+                row.tests.insert(format!("{suite}::{}", name.trim()), result.trim().to_string());
+            }
+        }
+    }
+    let _ = child.wait();
+    row.secs = started.elapsed().as_secs();
+    Ok(row)
+}
+
+/// "attached/total (skipped: a, b)" from `sonde doctor --json`.
+fn probes_summary(json: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return "doctor output unreadable".into() };
+    let Some(probes) = v["tracepoints"].as_array() else { return "no probe list".into() };
+    let attached = probes.iter().filter(|p| p["state"] == "attached").count();
+    let others: Vec<String> = probes
+        .iter()
+        .filter(|p| p["state"] != "attached")
+        .map(|p| format!("{} {}", p["hook"].as_str().unwrap_or("?"), p["state"].as_str().unwrap_or("?")))
+        .collect();
+    let strategy = v["strategy"].as_str().map(|s| format!("; {s}")).unwrap_or_default();
+    if others.is_empty() {
+        format!("{attached}/{} attached{strategy}", probes.len())
+    } else {
+        format!("{attached}/{} attached ({}){strategy}", probes.len(), others.join(", "))
+    }
+}
+
+/// Whether KVM may work: /dev/kvm opens. (On some hosts it opens but
+/// guests hang: the first boot tells, by its first-line limit.)
+fn kvm_present() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+pub fn vm_test(specs: &[String]) -> Result<()> {
+    if which("qemu-system-x86_64").is_none() || which("busybox").is_none() {
+        crate::apt::ensure(&["qemu-system-x86", "busybox-static"])?;
+    }
+    let specs: Vec<String> = if specs.is_empty() { DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect() } else { specs.to_vec() };
+    let mut updated = false;
+    let kernels: Vec<Kernel> = specs.iter().map(|s| fetch(s, &mut updated)).collect::<Result<_>>()?;
+    let bins = build_tests()?;
+    let initrd = initramfs(&bins)?;
+    eprintln!("xtask: initramfs {} ({} MiB)", initrd.display(), std::fs::metadata(&initrd)?.len() >> 20);
+    let mut accel: Option<&'static str> = None;
+    let mut rows = vec![];
+    for k in &kernels {
+        eprintln!("xtask: booting {}", k.name);
+        let row = match accel {
+            Some(a) => boot(k, &initrd, a, Duration::from_secs(600))?,
+            None if kvm_present() => {
+                let r = boot(k, &initrd, "kvm", Duration::from_secs(60))?;
+                if r.failure.as_deref() == Some("no output: the guest hangs") {
+                    eprintln!("xtask: KVM guests hang on this host: using TCG");
+                    accel = Some("tcg");
+                    boot(k, &initrd, "tcg", Duration::from_secs(600))?
+                } else {
+                    accel = Some("kvm");
+                    r
+                }
+            }
+            None => {
+                accel = Some("tcg");
+                boot(k, &initrd, "tcg", Duration::from_secs(600))?
+            }
+        };
+        print_row(k, &row);
+        rows.push((k, row));
+    }
+    print_table(&rows);
+    let failed = rows.iter().any(|(_, r)| r.failure.is_some() || r.suites.values().any(|s| s != "pass") || r.suites.len() < SUITES.len());
+    if failed {
+        bail!("the VM matrix has failures (consoles in {})", cache().display());
+    }
+    Ok(())
+}
+
+fn print_row(k: &Kernel, r: &Row) {
+    let verdict = r.failure.clone().unwrap_or_else(|| format!("{} suites run", r.suites.len()));
+    eprintln!("xtask: {} ({}, {}s, {}): {verdict}", k.name, r.release, r.secs, r.accel);
+}
+
+fn print_table(rows: &[(&Kernel, Row)]) {
+    let mut tests: Vec<&String> = rows.iter().flat_map(|(_, r)| r.tests.keys()).collect();
+    tests.sort();
+    tests.dedup();
+    let w = tests.iter().map(|t| t.len()).max().unwrap_or(10).max(24);
+    let cols: Vec<String> = rows.iter().map(|(_, r)| if r.release.is_empty() { "?".to_string() } else { r.release.clone() }).collect();
+    println!("\n{:<w$} | {}", "test", cols.join(" | "));
+    println!("{}", "-".repeat(w + cols.iter().map(|c| c.len() + 3).sum::<usize>()));
+    for t in &tests {
+        let cells: Vec<String> =
+            rows.iter().zip(&cols).map(|((_, r), c)| format!("{:<width$}", r.tests.get(*t).map(String::as_str).unwrap_or("-"), width = c.len())).collect();
+        println!("{t:<w$} | {}", cells.join(" | "));
+    }
+    println!();
+    for ((k, r), c) in rows.iter().zip(&cols) {
+        println!("{c}: {} via {} in {}s; probes: {}", k.name, r.accel, r.secs, if r.probes.is_empty() { "-" } else { &r.probes });
+        if let Some(f) = &r.failure {
+            println!("  stopped: {f}");
+        }
+        for (s, v) in &r.suites {
+            println!("  {s}: {v}");
+        }
+    }
+}
