@@ -377,6 +377,8 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) ->
     let mut row = Row { accel, ..Default::default() };
     let mut suite = String::new();
     let mut seen_init = false;
+    // A test whose result comes on a later line (its panic message between).
+    let mut pending: Option<String> = None;
     loop {
         let limit = if seen_init { GUEST_TIMEOUT } else { first_line };
         let left = limit.saturating_sub(started.elapsed());
@@ -397,7 +399,14 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) ->
             }
         };
         writeln!(log, "{line}")?;
-        let line = line.trim_end_matches('\r');
+        let clean = strip_ansi(&line);
+        // The firmware's screen codes may precede the init's first marker.
+        let line = clean.find("SONDE-VM-").map_or(clean.as_str(), |i| &clean[i..]).trim_end();
+        if let (Some(name), "ok" | "FAILED" | "ignored") = (pending.as_ref(), line.trim()) {
+            row.tests.insert(name.clone(), line.trim().to_string());
+            pending = None;
+            continue;
+        }
         if let Some(r) = line.strip_prefix("SONDE-VM-INIT ") {
             seen_init = true;
             row.release = r.to_string();
@@ -417,15 +426,46 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) ->
             let _ = child.kill();
             break;
         } else if let Some(rest) = line.strip_prefix("test ") {
-            // libtest: "test NAME ... ok" (padded)
-            if let Some((name, result)) = rest.rsplit_once(" ... ") {
-                row.tests.insert(format!("{suite}::{}", name.trim()), result.trim().to_string());
+            // libtest: "test NAME ... ok" (padded), or the result on a later line.
+            if let Some((name, result)) = rest.split_once(" ...") {
+                let name = format!("{suite}::{}", name.trim());
+                match result.trim() {
+                    "" => pending = Some(name),
+                    r => {
+                        row.tests.insert(name, r.to_string());
+                    }
+                }
             }
         }
     }
     let _ = child.wait();
     row.secs = started.elapsed().as_secs();
     Ok(row)
+}
+
+/// A console line without terminal escape sequences.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte, or ESC and one character.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                while let Some(&n) = chars.peek() {
+                    chars.next();
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// "attached/total (skipped: a, b)" from `sonde doctor --json`.
@@ -522,5 +562,16 @@ fn print_table(rows: &[(&Kernel, Row)]) {
         for (s, v) in &r.suites {
             println!("  {s}: {v}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn console_escapes_are_stripped() {
+        assert_eq!(strip_ansi("\u{1b}c\u{1b}[?7l\u{1b}[2JSONDE-VM-INIT 6.1.0\r"), "SONDE-VM-INIT 6.1.0");
+        assert_eq!(strip_ansi("test a ... \u{1b}[32mok\u{1b}[0m"), "test a ... ok");
     }
 }
