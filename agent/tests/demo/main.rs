@@ -15,11 +15,10 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::{BufRead, BufReader},
     process::{Command, Stdio},
-    sync::Arc,
 };
 
 use libtest_mimic::{Arguments, Trial};
-use sonde_otlp_receiver::{ReceivedSpan, Store};
+use sonde_otlp_receiver::ReceivedSpan;
 use support::*;
 use trees::{expected, render, Flow};
 
@@ -61,28 +60,13 @@ fn start_demo(mode: &str) -> (Proc, serde_json::Value) {
     (Proc(child), info)
 }
 
-/// Sum of a Prometheus series' samples over the lines that contain every needle.
-fn prom_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn demo(mode: &str) {
-    let rt = runtime();
-    let store = Arc::new(Store::default());
-    let recv = receiver(&rt, store.clone(), 0, 0);
-    let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-    ];
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _sonde = sonde(&["--prometheus-listen", &listen], &env);
+    let agent = agent(&[]);
+    let (store, listen) = (&agent.store, &agent.metrics);
     let (demo_proc, info) = start_demo(mode);
     let addr = |k: &str| info[k].as_str().unwrap().to_string();
 
-    let before = http_get(&listen, "/metrics").unwrap();
+    let before = http_get(listen, "/metrics").unwrap();
     let load_start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     // Containers: once through docker-proxy (loopback), once through DNAT
     // (the network's gateway address); each round with its own users.
@@ -108,7 +92,7 @@ fn demo(mode: &str) {
     // Wait for every tree: each flow's root plus its expected span count.
     let want: Vec<(Flow, usize)> = Flow::ALL.iter().map(|f| (*f, expected(*f).lines().count())).collect();
     let total: usize = want.iter().map(|(_, n)| n * N).sum();
-    let spans = wait_spans(&store, |s| {
+    let spans = wait_spans(store, |s| {
         let roots = s.iter().filter(|x| x.service() == "loadgen").count();
         let in_traces = {
             let ids: HashSet<&[u8]> = s.iter().filter(|x| x.service() == "loadgen").map(|x| x.span.trace_id.as_slice()).collect();
@@ -151,7 +135,7 @@ fn demo(mode: &str) {
     }
 
     // Service graph: the delta over the load equals the calls made per edge.
-    let after = http_get(&listen, "/metrics").unwrap();
+    let after = http_get(listen, "/metrics").unwrap();
     if mode == "docker" {
         let nat = prom_sum(&after, "sonde_nat_resolved_total", &[]) - prom_sum(&before, "sonde_nat_resolved_total", &[]);
         assert_eq!(nat, 3.0, "one conntrack lookup per DNAT'ed connection (one per entry service)");
@@ -189,5 +173,5 @@ fn demo(mode: &str) {
         assert_eq!(delta(&after) - delta(&before), calls, "{mode}: edge {client} -> {server}\n{after}");
     }
     drop(demo_proc);
-    drop(recv);
+    drop(agent);
 }

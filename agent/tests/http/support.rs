@@ -229,3 +229,37 @@ pub fn ready(mut cmd: Command) -> Proc {
     assert_eq!(l.trim(), "READY", "{cmd:?}");
     Proc(child)
 }
+
+/// Sum of a Prometheus series' samples, over the lines that start with
+/// `name` and contain every needle.
+pub fn prom_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A test receiver and an agent exporting to it (fast batches), with the
+/// agent's Prometheus address. Everything stops on drop.
+pub struct Agent {
+    pub store: Arc<Store>,
+    pub metrics: String,
+    _sonde: Proc,
+    _recv: Receiver,
+    _rt: tokio::runtime::Runtime,
+}
+
+pub fn agent(extra: &[&str]) -> Agent {
+    let rt = runtime();
+    let store = Arc::new(Store::default());
+    let recv = receiver(&rt, store.clone(), 0, 0);
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+    ];
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--prometheus-listen", metrics.as_str()];
+    args.extend_from_slice(extra);
+    let sonde = sonde(&args, &env);
+    Agent { store, metrics, _sonde: sonde, _recv: recv, _rt: rt }
+}

@@ -17,11 +17,10 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     process::{Command, Stdio},
-    sync::Arc,
 };
 
 use libtest_mimic::{Arguments, Trial};
-use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan, Store};
+use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan};
 use support::*;
 
 fn main() {
@@ -50,37 +49,6 @@ fn main() {
 
 fn kind_of(s: &ReceivedSpan) -> SpanKind {
     SpanKind::try_from(s.span.kind).unwrap_or(SpanKind::Unspecified)
-}
-
-/// A receiver and an agent exporting to it; the agent's Prometheus address.
-struct Agent {
-    _rt: tokio::runtime::Runtime,
-    store: Arc<Store>,
-    _recv: sonde_otlp_receiver::Receiver,
-    _sonde: Proc,
-    metrics: String,
-}
-
-fn agent(extra: &[&str]) -> Agent {
-    let rt = runtime();
-    let store = Arc::new(Store::default());
-    let recv = receiver(&rt, store.clone(), 0, 0);
-    let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-    ];
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut args = vec!["--prometheus-listen", metrics.as_str()];
-    args.extend_from_slice(extra);
-    let sonde = sonde(&args, &env);
-    Agent { _rt: rt, store, _recv: recv, _sonde: sonde, metrics }
-}
-
-fn prom_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn send(port: u16, path: &str) -> TcpStream {
