@@ -202,15 +202,14 @@ impl L7 {
             StreamEvent::Open(c) => {
                 tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "l7 open");
                 self.conns.insert(c.id, Proto::Detecting);
-                let relay = self.relays.is_relay(&c);
-                if relay || self.is_excluded(&c) {
-                    // Never parsed: a relay's bytes are its peers', and
-                    // excluded processes are invisible.
+                // Never parsed: a relay's bytes are its peers', and excluded
+                // processes are invisible (not even as a graph peer).
+                if self.relays.is_relay(&c) {
                     self.release(&c);
-                }
-                if relay {
                     self.relays.on_known(&c);
-                } else if !self.is_excluded(&c) {
+                } else if self.is_excluded(&c) {
+                    self.release(&c);
+                } else {
                     self.note_server(&c);
                 }
             }
