@@ -9,6 +9,8 @@ Usage: load.py LOGIN_ADDR INGESTION_ADDR GATES_ADDR [--count N] [--users U] [--i
 Addresses are host:port. With --count, sends N requests per flow and prints
 {"login": ok, "data": ok, "gates": ok, "errors": n}; without it, runs until
 interrupted. Users cycle through 1..U from --first-user (a cache miss the first time each).
+With --hold, it stays alive after the summary until stdin closes: a process
+that has exited can no longer be named from its environment.
 """
 import argparse, http.client, json, sys, time
 
@@ -32,6 +34,7 @@ def main():
     ap.add_argument("--count", type=int)
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--first-user", type=int, default=1)
+    ap.add_argument("--hold", action="store_true")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between rounds when running until interrupted")
     args = ap.parse_args()
     login, ingestion, gates = Client(args.login), Client(args.ingestion), Client(args.gates)
@@ -53,6 +56,8 @@ def main():
     except KeyboardInterrupt:
         pass
     print(json.dumps(ok), flush=True)
+    if args.hold:
+        sys.stdin.read()
 
 
 if __name__ == "__main__":

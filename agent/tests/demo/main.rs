@@ -76,16 +76,23 @@ fn demo(mode: &str) {
         rounds.push([nat("login"), nat("ingestion"), nat("gates")]);
     }
     let per_round = N / rounds.len();
+    // The load generators stay alive (stdin open) until the spans are in.
+    let mut loads = vec![];
     for (i, entry) in rounds.iter().enumerate() {
-        let out = Command::new("python3")
+        let mut load = Command::new("python3")
             .arg(demo_file("load.py"))
             .args(entry)
             .args(["--count", &per_round.to_string(), "--users", &N.to_string(), "--first-user", &(i * per_round + 1).to_string()])
+            .arg("--hold")
             .env("OTEL_SERVICE_NAME", "loadgen")
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
             .expect("load.py");
-        assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
-        let made: HashMap<String, usize> = serde_json::from_slice(&out.stdout).unwrap();
+        let mut line = String::new();
+        BufReader::new(load.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        loads.push(Proc(load));
+        let made: HashMap<String, usize> = serde_json::from_str(&line).unwrap_or_else(|e| panic!("load.py: {e}: {line:?}"));
         assert_eq!((made["login"], made["data"], made["gates"], made["errors"]), (per_round, per_round, per_round, 0), "{made:?}");
     }
 

@@ -111,18 +111,24 @@ fn keep_alive_pool() {
     let a = agent(&[]);
     let port = free_port();
     let _srv = python_server(port, "pooled");
-    let out = Command::new("python3")
+    // The client stays alive (stdin open) until its spans are in.
+    let mut client = Command::new("python3")
         .arg(fixture("linking/pool_client.py"))
         .args([port.to_string(), N.to_string(), "2".into(), "4".into()])
         .env("OTEL_SERVICE_NAME", "pool-client")
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let used: Vec<(String, String)> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.split_once(' ').map(|(i, p)| (i.to_string(), p.to_string())).unwrap())
-        .collect();
+    let mut used: Vec<(String, String)> = vec![];
+    for line in std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap())) {
+        let line = line.unwrap();
+        if line == "DONE" {
+            break;
+        }
+        used.push(line.split_once(' ').map(|(i, p)| (i.to_string(), p.to_string())).unwrap());
+    }
+    let _client = Proc(client);
     assert_eq!(used.len(), N);
     let conns: std::collections::HashSet<&str> = used.iter().map(|(_, p)| p.as_str()).collect();
     assert_eq!(conns.len(), 2, "the pool's two connections carried all requests");
