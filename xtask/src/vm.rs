@@ -53,7 +53,7 @@ const SUITES: [(&str, &[&str]); 2] = [
 ];
 
 /// Per-kernel time limit, TCG being slow.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 fn cache() -> PathBuf {
     toolchain::cache_dir().join("vm")
