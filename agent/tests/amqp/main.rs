@@ -12,11 +12,10 @@ mod support;
 use std::{
     io::{Read, Write},
     process::Command,
-    sync::Arc,
 };
 
 use libtest_mimic::{Arguments, Trial};
-use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan, Store};
+use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan};
 use support::*;
 
 fn main() {
@@ -50,15 +49,8 @@ fn publish_consume() {
     let (_dbs, db_ports) = server_script("db_servers.py");
     let (_rabbit, rabbit) = server_script("rabbitmq_server.py");
     let amqp = rabbit["amqp"];
-    let rt = runtime();
-    let store = Arc::new(Store::default());
-    let recv = receiver(&rt, store.clone(), 0, 0);
-    let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-    ];
-    let listen = format!("127.0.0.1:{}", free_port());
-    let _sonde = sonde(&["--prometheus-listen", &listen], &env);
+    let agent = agent(&[]);
+    let (store, listen) = (&agent.store, &agent.metrics);
     let downstream = free_port();
     let _down = python_server(downstream, "downstream");
     let orders_port = free_port();
@@ -82,7 +74,7 @@ fn publish_consume() {
     get(orders_port, "/traced", &format!("x-test-traceparent: 00-{tp_trace}-{tp_parent}-01\r\n"));
 
     let is_consumer = |s: &ReceivedSpan| kind_of(s) == SpanKind::Consumer && s.span.name.starts_with("process ");
-    let spans = wait_spans(&store, |s| {
+    let spans = wait_spans(store, |s| {
         let consumers: Vec<&ReceivedSpan> = s.iter().filter(|x| is_consumer(x)).collect();
         // Every part of the tree: a request's SERVER span may end after its
         // consumers (the handler can be descheduled between publish and reply).
@@ -128,13 +120,8 @@ fn publish_consume() {
     assert_eq!(joined.len(), 2, "both consumers of the traced message");
     assert!(joined.iter().all(|c| hex(&c.span.parent_span_id) == tp_parent));
     // Metrics: sent per exchange, consumed and processed per queue.
-    let text = http_get(&listen, "/metrics").unwrap();
-    let value = |name: &str, needles: &[&str]| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let text = http_get(listen, "/metrics").unwrap();
+    let value = |name: &str, needles: &[&str]| prom_sum(&text, name, needles);
     let total = (N + 1) as f64;
     assert_eq!(value("messaging_client_sent_messages_total{", &["service_name=\"orders\"", "messaging_destination_name=\"events\""]), total, "{text}");
     for (svc, q) in [("status", "q.status"), ("mail", "q.mail")] {
@@ -144,6 +131,6 @@ fn publish_consume() {
         assert_eq!(value("messaging_process_duration_seconds_count{", &[&s, &d]), total, "{text}");
     }
     assert_eq!(value("messaging_client_operation_duration_seconds_count{", &["service_name=\"orders\"", "messaging_operation_name=\"publish\""]), total);
-    drop(recv);
+    drop(agent);
     drop(consumers);
 }

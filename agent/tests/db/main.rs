@@ -7,10 +7,10 @@
 #[path = "../http/support.rs"]
 mod support;
 
-use std::{process::Command, sync::Arc};
+use std::process::Command;
 
 use libtest_mimic::{Arguments, Trial};
-use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan, Store};
+use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan};
 use support::*;
 
 fn main() {
@@ -34,16 +34,8 @@ fn kind_of(s: &ReceivedSpan) -> SpanKind {
 fn db_calls_nest() {
     const N: usize = 20;
     let (dbs_proc, db_ports) = server_script("db_servers.py");
-    let rt = runtime();
-    let store = Arc::new(Store::default());
-    let recv = receiver(&rt, store.clone(), 0, 0);
-    let metrics_port = free_port();
-    let listen = format!("127.0.0.1:{metrics_port}");
-    let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-    ];
-    let _sonde = sonde(&["--prometheus-listen", &listen], &env);
+    let agent = agent(&[]);
+    let (store, listen) = (&agent.store, &agent.metrics);
     let port = free_port();
     let mut cmd = Command::new("python3");
     cmd.arg(fixture("db_service.py"))
@@ -59,7 +51,7 @@ fn db_calls_nest() {
     let per_request = 6;
     let want_children = N * per_request + fails;
     let is_db = |s: &ReceivedSpan| s.attr("db.system.name").is_some();
-    let spans = wait_spans(&store, |s| {
+    let spans = wait_spans(store, |s| {
         s.iter().filter(|x| pid_of(x) == spid && kind_of(x) == SpanKind::Server).count() >= N
             && s.iter()
                 .filter(|x| pid_of(x) == spid && is_db(x) && !x.span.parent_span_id.is_empty())
@@ -121,7 +113,7 @@ fn db_calls_nest() {
     );
 
     // Prometheus: the DB call counts match the calls made.
-    let text = http_get(&listen, "/metrics").unwrap();
+    let text = http_get(listen, "/metrics").unwrap();
     let count = |needles: &[&str]| -> u64 {
         text.lines()
             .filter(|l| l.starts_with("db_client_operation_duration_seconds_count{") && needles.iter().all(|n| l.contains(n)))
@@ -144,7 +136,7 @@ fn db_calls_nest() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(edge, pg_calls, "{text}");
-    drop(recv);
+    drop(agent);
     drop(svc);
     drop(dbs_proc);
 }
