@@ -39,6 +39,10 @@ pub mod syscall {
     pub const SENDMMSG: u8 = 9;
     pub const RECVMMSG: u8 = 10;
     pub const SENDFILE: u8 = 11;
+    /// Not syscalls: `tcp_sendmsg` / `tcp_recvmsg` seen by kprobe outside
+    /// any traced syscall (io_uring), where the kernel offers kprobes.
+    pub const TCP_SENDMSG: u8 = 12;
+    pub const TCP_RECVMSG: u8 = 13;
     // Not data syscalls, but tracked across enter/exit the same way.
     pub const CONNECT: u8 = 20;
     pub const ACCEPT: u8 = 21;
@@ -46,7 +50,7 @@ pub mod syscall {
 
     /// Whether the syscall sends (egress) rather than receives.
     pub const fn is_egress(sc: u8) -> bool {
-        matches!(sc, WRITE | WRITEV | SENDTO | SENDMSG | SENDMMSG | SENDFILE)
+        matches!(sc, WRITE | WRITEV | SENDTO | SENDMSG | SENDMMSG | SENDFILE | TCP_SENDMSG)
     }
 }
 

@@ -8,9 +8,11 @@
 #![no_std]
 
 pub mod event;
+pub mod layout;
 pub mod maps;
 
 pub use event::*;
+pub use layout::KernelLayout;
 pub use maps::*;
 // `kind`, `syscall`, ... are modules of constants; re-export them at the root.
 
@@ -38,6 +40,7 @@ pub mod globals {
     pub const FILTER_PIDS: &str = "SONDE_FILTER_PIDS";
     pub const FILTER_CGROUPS: &str = "SONDE_FILTER_CGROUPS";
     pub const WAKEUP_BYTES: &str = "SONDE_WAKEUP_BYTES";
+    pub const KERNEL_LAYOUT: &str = "SONDE_KERNEL_LAYOUT";
 }
 
 /// Names of the maps user space opens.

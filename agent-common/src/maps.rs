@@ -35,6 +35,7 @@ pub mod stat {
 #[cfg(feature = "user")]
 mod pod {
     use super::SockInfo;
+    use crate::layout::KernelLayout;
     use crate::event::{ConnEvent, DataEvent, EventHeader, Tuple};
     // SAFETY: all of these are repr(C), Copy, and valid for any bit pattern.
     unsafe impl aya::Pod for SockInfo {}
@@ -42,4 +43,5 @@ mod pod {
     unsafe impl aya::Pod for Tuple {}
     unsafe impl aya::Pod for DataEvent {}
     unsafe impl aya::Pod for ConnEvent {}
+    unsafe impl aya::Pod for KernelLayout {}
 }

@@ -5,7 +5,10 @@
 //! considered, so files and pipes cost one hash lookup.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -84,14 +87,14 @@ fn exit(ctx: &TracePointContext, sc: u8) {
         .unwrap_or(SockInfo::default());
     match call.syscall {
         syscall::READ | syscall::WRITE | syscall::SENDTO | syscall::RECVFROM => {
-            emit(id, &call, rv, &info, Source::Buf(call.arg0));
+            emit(id, tgid, &call, rv, &info, Source::Buf(call.arg0));
         }
         syscall::READV | syscall::WRITEV => {
-            emit(id, &call, rv, &info, Source::Iov(call.arg0, call.arg1));
+            emit(id, tgid, &call, rv, &info, Source::Iov(call.arg0, call.arg1));
         }
         syscall::SENDMSG | syscall::RECVMSG => {
             let (iov, iovlen) = read_msghdr_iov(call.arg0);
-            emit(id, &call, rv, &info, Source::Iov(iov, iovlen));
+            emit(id, tgid, &call, rv, &info, Source::Iov(iov, iovlen));
         }
         syscall::SENDMMSG | syscall::RECVMMSG => {
             // rv is the number of messages; each reports its own length.
@@ -106,10 +109,10 @@ fn exit(ctx: &TracePointContext, sc: u8) {
                     continue;
                 }
                 let (iov, iovlen) = read_msghdr_iov(mh);
-                emit(id, &call, len as i64, &info, Source::Iov(iov, iovlen));
+                emit(id, tgid, &call, len as i64, &info, Source::Iov(iov, iovlen));
             }
         }
-        syscall::SENDFILE => emit(id, &call, rv, &info, Source::None),
+        syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None),
         _ => {}
     }
 }
@@ -121,17 +124,22 @@ fn read_msghdr_iov(msg: u64) -> (u64, u64) {
     (iov, n)
 }
 
-enum Source {
+pub enum Source {
     /// A flat user buffer.
     Buf(u64),
-    /// An iovec array and its length.
+    /// A user iovec array and its length.
     Iov(u64, u64),
+    /// A kernel copy of a user iovec array (a `struct iov_iter`'s), and its
+    /// length. The segments still point into user memory.
+    KernelIov(u64, u64),
     /// No user buffer (sendfile).
     None,
 }
 
+/// Sends one data record for `call`'s connection. `tgid` owns the socket;
+/// `id`'s thread made the call (an io_uring worker may act for its owner).
 #[inline(always)]
-fn emit(id: u64, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
+pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -147,7 +155,8 @@ fn emit(id: u64, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
     }
     let (captured, fault) = match src {
         Source::Buf(p) => copy_buf(base, p, want),
-        Source::Iov(iov, n) => copy_iov(base, iov, n, want),
+        Source::Iov(iov, n) => copy_iov(base, iov, n, want, false),
+        Source::KernelIov(iov, n) => copy_iov(base, iov, n, want, true),
         Source::None => {
             flags |= data_flags::NO_PAYLOAD_SOURCE;
             (0, false)
@@ -164,7 +173,7 @@ fn emit(id: u64, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
         hdr: sonde_common::EventHeader {
             kind: kind::DATA,
             _pad: [0; 3],
-            tgid: (id >> 32) as u32,
+            tgid,
             tid: id as u32,
             fd: call.fd,
             ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -234,16 +243,19 @@ fn copy_buf(base: *mut u8, src: u64, want: u64) -> (usize, bool) {
 }
 
 /// Const-bounded iovec walk: copies up to `want` bytes across the first
-/// MAX_IOV segments, packed one after the other.
+/// MAX_IOV segments, packed one after the other. `kernel_array`: the iovec
+/// array itself is in kernel memory (the segments never are).
 #[inline(always)]
-fn copy_iov(base: *mut u8, iov: u64, iovcnt: u64, want: u64) -> (usize, bool) {
+fn copy_iov(base: *mut u8, iov: u64, iovcnt: u64, want: u64, kernel_array: bool) -> (usize, bool) {
     let want = if want as usize > MAX_CAPTURE { MAX_CAPTURE } else { want as usize };
     let mut off: usize = 0;
     for i in 0..MAX_IOV {
         if i as u64 >= iovcnt || off >= want {
             break;
         }
-        let v: Iovec = match unsafe { bpf_probe_read_user((iov as *const Iovec).add(i)) } {
+        let at = unsafe { (iov as *const Iovec).add(i) };
+        let v = if kernel_array { unsafe { bpf_probe_read_kernel(at) } } else { unsafe { bpf_probe_read_user(at) } };
+        let v: Iovec = match v {
             Ok(v) => v,
             Err(_) => return (off, true),
         };

@@ -359,6 +359,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 send(&ev);
             }
             let _ = SK_OWNER.remove(&sk);
+            let _ = crate::kernel_io::SK_SOCK.remove(&sk);
         }
         _ => {}
     }

@@ -10,6 +10,7 @@ mod capture;
 mod conn;
 mod ctx;
 mod filter;
+mod kernel_io;
 mod maps;
 mod optional;
 mod proc;

@@ -95,7 +95,7 @@ pub fn run() -> Report {
             Ok(btf_path.display().to_string())
         } else {
             Err("no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=n): not needed by the tracepoint \
-                 probes; only fentry would use it"
+                 probes; the io_uring path (kprobes) needs it for the msghdr layout"
                 .into())
         },
     ));
@@ -113,6 +113,7 @@ pub fn run() -> Report {
 
     let mut tracepoints = vec![];
     let mut capture_problem = None;
+    let mut kernel_io = Err("the eBPF object did not load".to_string());
     match Probes::load_object(&ProbeConfig { ringbuf_bytes: 4096 * 16, ..Default::default() }) {
         Err(e) => {
             checks.push(check("ringbuf", Err(format!("object did not load: {e}"))));
@@ -139,6 +140,7 @@ pub fn run() -> Report {
             if capture_problem.is_none() {
                 capture_problem = probes.check_required().err().map(|e| e.to_string());
             }
+            kernel_io = kernel_io_state(&probes);
             let attached = probes.report.iter().filter(|p| p.state == AttachState::Attached).count();
             checks.push(check(
                 "tracepoints",
@@ -156,7 +158,7 @@ pub fn run() -> Report {
     }
     let ((maj, min), why) = crate::probes::compat::agent_minimum();
     let has = |name: &str| checks.iter().any(|c| c.name == name && c.available);
-    let strategy = strategy(has("kprobes"), has("fentry"));
+    let strategy = strategy(&kernel_io, has("fentry"));
     Report {
         kernel: kernel_release(),
         checks,
@@ -234,18 +236,42 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// Whether the io_uring path runs, or the first reason it does not.
+fn kernel_io_state(probes: &Probes) -> Result<(), String> {
+    if probes.kernel_io_active() {
+        return Ok(());
+    }
+    if let Some(why) = &probes.kernel_io_off {
+        return Err(why.clone());
+    }
+    let io: Vec<String> = crate::probes::programs::KERNEL_IO.iter().map(|k| k.hook_name()).collect();
+    Err(probes
+        .report
+        .iter()
+        .filter(|p| io.contains(&p.hook))
+        .find_map(|p| match &p.state {
+            AttachState::Skipped(r) | AttachState::Failed(r) => Some(format!("{}: {r}", p.hook)),
+            AttachState::Attached => None,
+        })
+        .unwrap_or_else(|| "not attached".into()))
+}
+
 /// The loader's choice of hook per family on this kernel. Tracepoints
 /// everywhere: they exist on every supported kernel, need no CO-RE, and
-/// carry the syscall arguments sonde reads. kprobes and fentry are detected
-/// and reported; no hook family uses them yet, because none of the
-/// candidates (io_uring and splice payloads through tcp_sendmsg/
-/// tcp_recvmsg) is built.
-pub fn strategy(kprobes: bool, fentry: bool) -> String {
-    let avail = |b: bool| if b { "available" } else { "unavailable" };
+/// carry the syscall arguments sonde reads. io_uring's sends and receives
+/// make no syscall of their own, so where the kernel has kprobes they are
+/// read at tcp_sendmsg/tcp_recvmsg. fentry would reach the same two
+/// functions more cheaply, but it is missing wherever kprobes are (it needs
+/// BTF and trampolines) and refused in some sandboxes that allow kprobes,
+/// so it adds no coverage; it is detected and reported only.
+pub fn strategy(kernel_io: &Result<(), String>, fentry: bool) -> String {
+    let io = match kernel_io {
+        Ok(()) => "kprobes on tcp_sendmsg/tcp_recvmsg (msghdr layout from BTF)".to_string(),
+        Err(why) => format!("not captured ({why})"),
+    };
     format!(
-        "connections, data and lifecycle: tracepoints (syscalls, sock, sched); kprobes {}, fentry {}: not used by any hook",
-        avail(kprobes),
-        avail(fentry)
+        "connections, data and lifecycle: tracepoints (syscalls, sock, sched); io_uring socket payload: {io}; fentry {}: not used",
+        if fentry { "available" } else { "unavailable" }
     )
 }
 

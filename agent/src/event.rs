@@ -172,6 +172,12 @@ pub enum Syscall {
     Sendmmsg,
     Recvmmsg,
     Sendfile,
+    /// `tcp_sendmsg` / `tcp_recvmsg` outside a traced syscall (io_uring),
+    /// seen by kprobe.
+    #[serde(rename = "tcp_sendmsg")]
+    TcpSendmsg,
+    #[serde(rename = "tcp_recvmsg")]
+    TcpRecvmsg,
     Unknown,
 }
 
@@ -190,6 +196,8 @@ impl Syscall {
             s_::SENDMMSG => Syscall::Sendmmsg,
             s_::RECVMMSG => Syscall::Recvmmsg,
             s_::SENDFILE => Syscall::Sendfile,
+            s_::TCP_SENDMSG => Syscall::TcpSendmsg,
+            s_::TCP_RECVMSG => Syscall::TcpRecvmsg,
             _ => Syscall::Unknown,
         }
     }
@@ -206,6 +214,8 @@ impl Syscall {
             Syscall::Sendmmsg => "sendmmsg",
             Syscall::Recvmmsg => "recvmmsg",
             Syscall::Sendfile => "sendfile",
+            Syscall::TcpSendmsg => "tcp_sendmsg",
+            Syscall::TcpRecvmsg => "tcp_recvmsg",
             Syscall::Unknown => "unknown",
         }
     }

@@ -4,8 +4,8 @@
 //! Connections that speak nothing sonde parses are released: the kernel
 //! stops copying their payload.
 use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
+    collections::{HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
@@ -85,6 +85,19 @@ pub struct Exclusions {
     pub namespaces: Vec<String>,
 }
 
+/// A finished server span held back for its late client (see `L7::held`).
+struct Held {
+    /// The client's (local, remote) endpoints, and the request's first read.
+    key: ClientKey,
+    conn: u64,
+    since: u64,
+    until: std::time::Instant,
+    span: Span,
+    sampled: bool,
+    /// The server half of its service-graph edge: (service, seconds, failed).
+    graph: (String, f64, bool),
+}
+
 /// Asks the kernel to stop copying a connection's payload.
 pub type Release = Box<dyn FnMut(u64, u32, i32) + Send>;
 
@@ -117,6 +130,14 @@ pub struct L7 {
     /// no spans (a database server process). Removed when the client end
     /// closes; cleared when full (servers of off-node clients).
     servers: HashMap<(SocketAddr, SocketAddr), Arc<Resource>>,
+    /// Finished server spans still waiting for their client's record, in
+    /// finishing order: the client thread was preempted before its syscall
+    /// exit for longer than the whole request took.
+    held: VecDeque<Held>,
+    /// Addresses of this node (and its containers): the local ends of the
+    /// connections seen. Only requests from them can have a late partner,
+    /// so only their server spans are held.
+    node_ips: HashSet<IpAddr>,
     continuity: spans::messaging::Continuity,
     relays: Relays,
     excluded: Exclusions,
@@ -184,6 +205,8 @@ impl L7 {
             nat: HashMap::new(),
             client_requests: HashMap::new(),
             unpartnered: HashMap::new(),
+            held: VecDeque::new(),
+            node_ips: HashSet::new(),
             servers: HashMap::new(),
             graph_pending: HashMap::new(),
             resources,
@@ -288,9 +311,17 @@ impl L7 {
                 && self.resources.namespace(p).is_some_and(|ns| self.excluded.namespaces.contains(&ns)))
     }
 
+    fn note_node_ip(&mut self, ip: IpAddr) {
+        if self.node_ips.len() >= MAX_STITCH {
+            self.node_ips.clear();
+        }
+        self.node_ips.insert(ip);
+    }
+
     /// Remembers which process serves a server-side connection.
     fn note_server(&mut self, c: &ConnInfo) {
         if let (Role::Server, Some(t)) = (c.role, c.tuple) {
+            self.note_node_ip(t.local.ip());
             if self.servers.len() >= MAX_STITCH {
                 self.servers.clear();
             }
@@ -403,19 +434,28 @@ impl L7 {
                 let ctx = self.client_context(c, req.first, tp);
                 push_bounded(self.client_requests.entry(c.id).or_default(), ctx);
                 // The server end already read it: its request adopts this context.
-                let waiting = c.tuple.and_then(|t| self.unpartnered.get_mut(&(t.local, t.remote))).and_then(|q| q.pop_front());
+                // Or it already answered, and its span is held for this one.
+                let key = c.tuple.map(|t| (t.local, t.remote));
+                let waiting = key.and_then(|k| self.unpartnered.get_mut(&k)).and_then(|q| q.pop_front());
                 if let Some((pid, conn, since)) = waiting {
-                    if since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS && self.linker.adopt(pid, conn, &ctx) {
+                    if since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS
+                        && (self.linker.adopt(pid, conn, &ctx) || self.adopt_held(|h| h.conn == conn && h.since == since, &ctx, spans))
+                    {
                         self.stats.late_partners_adopted.fetch_add(1, Relaxed);
                         continue;
                     }
-                    // Too late (or already answered): both spans stand as they are.
+                    // Too late: both spans stand as they are.
                     self.stats.late_partners_missed.fetch_add(1, Relaxed);
+                } else if key.is_some_and(|k| self.adopt_held(|h| h.key == k, &ctx, spans)) {
+                    // The server closed the connection before this record came.
+                    self.stats.late_partners_adopted.fetch_add(1, Relaxed);
+                    continue;
                 }
                 if let Some(t) = c.tuple {
                     if self.stitch.len() < MAX_STITCH || self.stitch.contains_key(&(t.local, t.remote)) {
                         push_bounded(self.stitch.entry((t.local, t.remote)).or_default(), ctx);
                         self.stitch_local.insert(t.local, t.remote);
+                        self.note_node_ip(t.local.ip());
                     }
                 }
             }
@@ -638,14 +678,16 @@ impl L7 {
                     }
                     None => self.sampler.should_sample(&span.trace_id, built.parent_sampled),
                 };
-                // The server half of a service-graph edge, completed when its
-                // client half (the parent span) finishes.
-                if let Some(parent) = span.parent_span_id {
-                    if self.graph_pending.len() >= MAX_STITCH {
-                        self.graph_pending.clear();
+                let graph = (resource.service_name.clone(), duration_secs(&span), matches!(span.status, spans::Status::Error(_)));
+                match span.parent_span_id {
+                    Some(parent) => self.pend_graph(parent, graph),
+                    None => {
+                        let since = ex.request.first.exit_ns;
+                        if let Some(key) = self.awaits_local_client(c, since) {
+                            self.hold(Held { key, conn: c.id, since, until: std::time::Instant::now() + LATE_PARTNER_HOLD, span, sampled, graph }, spans);
+                            continue;
+                        }
                     }
-                    let failed = matches!(span.status, spans::Status::Error(_));
-                    self.graph_pending.insert(parent, (resource.service_name.clone(), duration_secs(&span), failed));
                 }
                 sampled
             } else {
@@ -666,6 +708,55 @@ impl L7 {
                 sampled
             };
             self.keep(span, sampled, spans);
+        }
+    }
+
+    /// The server half of a service-graph edge, completed when its client
+    /// half (the parent span) finishes.
+    fn pend_graph(&mut self, parent: [u8; 8], graph: (String, f64, bool)) {
+        if self.graph_pending.len() >= MAX_STITCH {
+            self.graph_pending.clear();
+        }
+        self.graph_pending.insert(parent, graph);
+    }
+
+    /// The client key of a finished server request that still waits for
+    /// its partner, when that partner would be a client on this node.
+    fn awaits_local_client(&mut self, c: &ConnInfo, since: u64) -> Option<ClientKey> {
+        let key = self.client_view(c.id, c.tuple?);
+        let waiting = self.unpartnered.get(&key)?.iter().any(|(_, conn, s)| *conn == c.id && *s == since);
+        (waiting && self.node_ips.contains(&key.0.ip())).then_some(key)
+    }
+
+    fn hold(&mut self, h: Held, spans: &mut Vec<Span>) {
+        if self.held.len() >= MAX_HELD {
+            if let Some(old) = self.held.pop_front() {
+                self.keep(old.span, old.sampled, spans);
+            }
+        }
+        self.held.push_back(h);
+    }
+
+    /// Gives the first held span `matches` accepts its late client's context.
+    fn adopt_held(&mut self, matches: impl Fn(&Held) -> bool, ctx: &SpanCtx, spans: &mut Vec<Span>) -> bool {
+        let Some(i) = self.held.iter().position(matches) else { return false };
+        let Some(mut h) = self.held.remove(i) else { return false };
+        h.span.trace_id = ctx.trace_id;
+        h.span.parent_span_id = Some(ctx.span_id);
+        self.pend_graph(ctx.span_id, h.graph);
+        self.keep(h.span, ctx.sampled, spans);
+        true
+    }
+
+    /// Releases held server spans whose client did not come in time (all
+    /// of them with `now` = None, at shutdown).
+    pub fn release_held(&mut self, now: Option<std::time::Instant>, spans: &mut Vec<Span>) {
+        while let Some(h) = self.held.front() {
+            if now.is_some_and(|n| h.until > n) {
+                break;
+            }
+            let h = self.held.pop_front().expect("front exists");
+            self.keep(h.span, h.sampled, spans);
         }
     }
 
@@ -754,6 +845,10 @@ const MAX_STITCH: usize = 65536;
 /// How far a server's read may precede its client's write record and still
 /// be stitched (the client's syscall exit was delayed, not the data).
 const LATE_PARTNER_WINDOW_NS: u64 = 1_000_000_000;
+/// How long a finished server span waits for a late client on this node.
+const LATE_PARTNER_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+/// Bound on held server spans; the oldest goes out as it is when full.
+const MAX_HELD: usize = 4096;
 
 fn push_bounded(q: &mut VecDeque<SpanCtx>, ctx: SpanCtx) {
     if q.len() >= 256 {

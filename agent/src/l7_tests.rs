@@ -84,6 +84,70 @@ fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace
 }
 
 #[test]
+fn a_server_span_finished_before_its_local_clients_write_record_is_held_and_joins() {
+    let mut l7 = l7();
+    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
+    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
+    let mut spans = vec![];
+    for ev in [
+        StreamEvent::Open(client.clone()),
+        StreamEvent::Open(server.clone()),
+        // The client's thread stayed preempted for the whole request.
+        data(&server, Direction::Ingress, 1_000, REQ),
+        data(&server, Direction::Egress, 2_000, RESP),
+    ] {
+        l7.on_event(ev, &mut spans);
+    }
+    assert!(spans.is_empty(), "held for its client: {spans:?}");
+    for ev in [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)] {
+        l7.on_event(ev, &mut spans);
+    }
+    let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
+    assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
+    assert_eq!(srv.trace_id, cli.trace_id, "one trace");
+    assert_eq!(srv.parent_span_id, Some(cli.span_id), "the server span is the client span's child");
+    assert_eq!(l7.stats.late_partners_adopted.load(Relaxed), 1, "counted");
+    l7.release_held(None, &mut spans);
+    assert_eq!(spans.len(), 2, "nothing else was held");
+}
+
+#[test]
+fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
+    let mut l7 = l7();
+    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
+    let mut spans = vec![];
+    for ev in [
+        StreamEvent::Open(server.clone()),
+        data(&server, Direction::Ingress, 1_000, REQ),
+        data(&server, Direction::Egress, 2_000, RESP),
+    ] {
+        l7.on_event(ev, &mut spans);
+    }
+    assert!(spans.is_empty());
+    l7.release_held(Some(std::time::Instant::now()), &mut spans);
+    assert!(spans.is_empty(), "its wait is not over yet");
+    l7.release_held(Some(std::time::Instant::now() + LATE_PARTNER_HOLD), &mut spans);
+    let [srv] = spans.as_slice() else { panic!("{spans:?}") };
+    assert_eq!((srv.kind.as_str(), srv.parent_span_id), ("SERVER", None));
+}
+
+#[test]
+fn server_spans_of_off_node_clients_are_not_held() {
+    let mut l7 = l7();
+    let server = conn(2, 200, Role::Server, "10.0.0.1:80", "192.0.2.7:5000", "callee");
+    let mut spans = vec![];
+    for ev in [
+        StreamEvent::Open(server.clone()),
+        data(&server, Direction::Ingress, 1_000, REQ),
+        data(&server, Direction::Egress, 2_000, RESP),
+    ] {
+        l7.on_event(ev, &mut spans);
+    }
+    let [srv] = spans.as_slice() else { panic!("exported at once: {spans:?}") };
+    assert_eq!(srv.kind.as_str(), "SERVER");
+}
+
+#[test]
 fn a_partner_later_than_the_window_is_not_adopted() {
     let mut l7 = l7();
     let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");

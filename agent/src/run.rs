@@ -112,12 +112,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let stop = shutdown_signal();
     tokio::pin!(stop);
     let mut spans = vec![];
+    // Server spans held for a late client go out when their wait is over.
+    let mut held_tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             ev = session.events.recv() => match ev {
                 Some(ev) => l7.on_event(ev, &mut spans),
                 None => break,
             },
+            _ = held_tick.tick() => l7.release_held(Some(std::time::Instant::now()), &mut spans),
             _ = &mut stop => break,
         }
         deliver(&mut spans, cfg.stdout, span_queue.as_ref());
@@ -130,6 +133,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     while let Ok(Some(ev)) = tokio::time::timeout_at(drain_until.min(tokio::time::Instant::now() + idle), session.events.recv()).await {
         l7.on_event(ev, &mut spans);
     }
+    l7.release_held(None, &mut spans);
     deliver(&mut spans, cfg.stdout, span_queue.as_ref());
     drop(session); // detach the probes
     docker_task.abort();

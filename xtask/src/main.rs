@@ -67,6 +67,12 @@ enum Task {
         /// SUITE:PACKAGE (e.g. bookworm:linux-image-amd64) or a vmlinuz path; repeatable.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Only this suite (capture, http); repeatable.
+        #[arg(long = "suite")]
+        suites: Vec<String>,
+        /// Print the agent's debug log on the console after a failing suite.
+        #[arg(long)]
+        agent_log: bool,
     },
     /// Build and run `sonde` (default: `sonde run`) as root.
     Run {
@@ -85,7 +91,9 @@ fn main() {
         Task::Build { release } => toolchain::setup(false).and_then(|()| run::build(release)),
         Task::Test { unit, privileged, args } => run::test(!privileged, !unit, &args),
         Task::Image => image::build(),
-        Task::VmTest { kernels } => toolchain::setup(false).and_then(|()| vm::vm_test(&kernels)),
+        Task::VmTest { kernels, suites, agent_log } => {
+            toolchain::setup(false).and_then(|()| vm::vm_test(&kernels, &vm::Options { suites, agent_log }))
+        }
         Task::Demo { mode, duration, args } => demo::demo(&mode, duration, &args),
         Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),
     };

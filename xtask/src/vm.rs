@@ -276,7 +276,17 @@ impl Tree {
     }
 }
 
-fn initramfs(bins: &BTreeMap<String, PathBuf>) -> Result<PathBuf> {
+/// What a run asks of the guest beyond the defaults.
+#[derive(Default)]
+pub struct Options {
+    /// Only these suites (all when empty).
+    pub suites: Vec<String>,
+    /// Keep each agent's debug log and print it on the console after a
+    /// failing suite (lines prefixed `SONDE-VM-LOG`).
+    pub agent_log: bool,
+}
+
+fn initramfs(bins: &BTreeMap<String, PathBuf>, opts: &Options) -> Result<PathBuf> {
     let mut t = Tree::default();
     let busybox = which("busybox").context("busybox (Debian's busybox-static)")?;
     t.files.insert("/bin/busybox".into(), Entry::File(busybox, 0o755));
@@ -300,8 +310,11 @@ fn initramfs(bins: &BTreeMap<String, PathBuf>) -> Result<PathBuf> {
         &["site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "__pycache__", "distutils"],
     )?;
     let mut script = String::from(INIT_HEAD);
-    for (suite, filters) in SUITES {
-        if let Some(b) = bins.get(suite) {
+    if opts.agent_log {
+        script += "export SONDE_TEST_AGENT_LOG=/tmp/agent.log SONDE_TEST_AGENT_LOG_FILTER=sonde=debug\n";
+    }
+    for (suite, filters) in selected(opts) {
+        if let Some(b) = bins.get(*suite) {
             script += &format!("run_suite {suite} {} --test-threads 1 --color never {}\n", b.display(), filters.join(" "));
         }
     }
@@ -327,7 +340,9 @@ run_suite() {
   name=$1; shift
   echo "SONDE-VM-SUITE $name"
   "$@" 2>&1
-  echo "SONDE-VM-RC $name $?"
+  rc=$?
+  if [ $rc != 0 ] && [ -f /tmp/agent.log ]; then sed 's/^/SONDE-VM-LOG /' /tmp/agent.log; fi
+  echo "SONDE-VM-RC $name $rc"
 }
 "#;
 
@@ -492,7 +507,14 @@ fn kvm_present() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
 }
 
-pub fn vm_test(specs: &[String]) -> Result<()> {
+fn selected(opts: &Options) -> impl Iterator<Item = &(&'static str, &'static [&'static str])> {
+    SUITES.iter().filter(|(s, _)| opts.suites.is_empty() || opts.suites.iter().any(|o| o == s))
+}
+
+pub fn vm_test(specs: &[String], opts: &Options) -> Result<()> {
+    if let Some(bad) = opts.suites.iter().find(|s| !SUITES.iter().any(|(n, _)| n == s)) {
+        bail!("no VM suite {bad:?}: the VM runs {}", SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+    }
     if which("qemu-system-x86_64").is_none() || which("busybox").is_none() {
         crate::apt::ensure(&["qemu-system-x86", "busybox-static"])?;
     }
@@ -500,7 +522,7 @@ pub fn vm_test(specs: &[String]) -> Result<()> {
     let mut updated = false;
     let kernels: Vec<Kernel> = specs.iter().map(|s| fetch(s, &mut updated)).collect::<Result<_>>()?;
     let bins = build_tests()?;
-    let initrd = initramfs(&bins)?;
+    let initrd = initramfs(&bins, opts)?;
     eprintln!("xtask: initramfs {} ({} MiB)", initrd.display(), std::fs::metadata(&initrd)?.len() >> 20);
     let mut accel: Option<&'static str> = None;
     let mut rows = vec![];
@@ -528,7 +550,7 @@ pub fn vm_test(specs: &[String]) -> Result<()> {
         rows.push((k, row));
     }
     print_table(&rows);
-    let failed = rows.iter().any(|(_, r)| r.failure.is_some() || r.suites.values().any(|s| s != "pass") || r.suites.len() < SUITES.len());
+    let failed = rows.iter().any(|(_, r)| r.failure.is_some() || r.suites.values().any(|s| s != "pass") || r.suites.len() < selected(opts).count());
     if failed {
         bail!("the VM matrix has failures (consoles in {})", cache().display());
     }

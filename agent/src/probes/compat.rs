@@ -118,6 +118,14 @@ pub const TABLE: &[Compat] = &[
     c!(sched_process_exit, 2, 6, EVENT),
     // sched_process_exec arrived in 3.4.
     c!(sched_process_exec, 3, 4, EVENT),
+    // The io_uring path: its tracepoints came with io_uring's in 5.5 (the
+    // syscall itself in 5.1); the kprobed functions are as old as TCP.
+    c!(io_uring_file_get, 5, 5, EVENT),
+    c!(sys_exit_io_uring_enter, 5, 1, EVENT),
+    c!(tcp_sendmsg_entry, 2, 6, EVENT),
+    c!(tcp_sendmsg_return, 2, 6, VECTORED),
+    c!(tcp_recvmsg_entry, 2, 6, EVENT),
+    c!(tcp_recvmsg_return, 2, 6, VECTORED),
 ];
 
 pub fn of(program: &str) -> Option<&'static Compat> {
@@ -151,15 +159,16 @@ pub fn running() -> Option<Version> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::programs::TRACEPOINTS;
+    use crate::probes::programs::{KERNEL_IO, TRACEPOINTS};
 
     #[test]
     fn every_program_has_an_entry_and_the_ring_buffer_sets_the_floor() {
-        for t in TRACEPOINTS {
-            let c = of(t.program).unwrap_or_else(|| panic!("{} has no compat entry", t.program));
-            assert!(c.minimum().0 >= (5, 8), "{}", t.program);
+        let programs = TRACEPOINTS.iter().map(|t| t.program).chain(KERNEL_IO.iter().map(|k| k.program));
+        for p in programs {
+            let c = of(p).unwrap_or_else(|| panic!("{p} has no compat entry"));
+            assert!(c.minimum().0 >= (5, 8), "{p}");
         }
-        assert_eq!(TABLE.len(), TRACEPOINTS.len());
+        assert_eq!(TABLE.len(), TRACEPOINTS.len() + KERNEL_IO.len());
         assert_eq!(agent_minimum(), ((5, 8), "BPF ring buffer".into()));
         let mmsg = of("sys_exit_sendmmsg").unwrap().minimum();
         assert_eq!(mmsg.0, (6, 12), "the mmsg exits: refused by 6.1's verifier in the VM matrix");

@@ -1,6 +1,7 @@
 //! Stage 1: load the eBPF object, set its globals and filters, and attach
 //! every tracepoint program, recording per probe whether it attached.
 pub mod compat;
+pub mod layout;
 pub mod programs;
 pub mod tracefs;
 
@@ -8,13 +9,13 @@ use std::path::PathBuf;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sonde_common::{globals, map_names, stat, SockInfo};
+use sonde_common::{globals, map_names, stat, KernelLayout, SockInfo};
 
 use crate::caps;
-use programs::{Need, TRACEPOINTS};
+use programs::{KernelIoHook, Need, KERNEL_IO, KERNEL_IO_COVERS, TRACEPOINTS};
 
 /// The compiled eBPF object, embedded at build time by build.rs.
 #[cfg(not(sonde_no_ebpf))]
@@ -91,6 +92,23 @@ pub struct ProbeStatus {
 pub struct Probes {
     pub ebpf: Ebpf,
     pub report: Vec<ProbeStatus>,
+    /// Why the io_uring (kprobe) path is off on this kernel, if it is.
+    pub kernel_io_off: Option<String>,
+}
+
+/// Whether this kernel offers kprobes at all (none with CONFIG_KPROBES=n).
+pub fn kprobes_present() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || tracefs::find().is_some_and(|r| r.join("kprobe_events").exists())
+}
+
+/// The layout the io_uring path needs, or why it stays off.
+fn kernel_io_layout() -> Result<KernelLayout, String> {
+    if !kprobes_present() {
+        return Err("this kernel has no kprobes (CONFIG_KPROBES=n)".into());
+    }
+    let root = tracefs::find().ok_or("tracefs is not mounted")?;
+    layout::resolve(std::path::Path::new(layout::VMLINUX_BTF), &root)
 }
 
 fn set_memlock_unlimited() {
@@ -146,12 +164,18 @@ impl Probes {
         let filter_cgroups = u8::from(!cfg.cgroups.is_empty());
         let cgroup_ids =
             cfg.cgroups.iter().map(cgroup_id).collect::<Result<Vec<_>, _>>()?;
+        let _ = tracefs::ensure_mounted(); // attach_all reports it if this failed
+        let (layout, kernel_io_off) = match kernel_io_layout() {
+            Ok(l) => (l, None),
+            Err(why) => (KernelLayout::default(), Some(why)),
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::CAPTURE_SIZE, &cfg.capture_size, true)
             .override_global(globals::FILTER_PIDS, &filter_pids, true)
             .override_global(globals::FILTER_CGROUPS, &filter_cgroups, true)
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
+            .override_global(globals::KERNEL_LAYOUT, &layout, true)
             .map_max_entries(map_names::EVENTS, ringbuf_size(cfg.ringbuf_bytes))
             .load(EBPF_OBJECT)
             .map_err(|e| LoadError::Load(format!("{e:#}")))?;
@@ -172,7 +196,7 @@ impl Probes {
                 cgs.insert(id, 1, 0).map_err(|e| LoadError::Load(e.to_string()))?;
             }
         }
-        Ok(Probes { ebpf, report: vec![] })
+        Ok(Probes { ebpf, report: vec![], kernel_io_off })
     }
 
     /// Attaches every tracepoint of the table, skipping what this kernel
@@ -200,6 +224,51 @@ impl Probes {
             }
             self.report.push(ProbeStatus { hook, need: spec.need, covers: spec.covers, state });
         }
+        self.attach_kernel_io();
+        Ok(())
+    }
+
+    /// The io_uring path: where the kernel has kprobes and the layout
+    /// resolved, its tracepoints and kprobes; else each is skipped with why.
+    fn attach_kernel_io(&mut self) {
+        let kernel = compat::running();
+        for spec in KERNEL_IO {
+            let too_old = compat::of(spec.program).map(|c| c.minimum()).filter(|(v, _)| kernel.is_some_and(|k| k < *v));
+            let state = if let Some(why) = &self.kernel_io_off {
+                AttachState::Skipped(format!("{why}: io_uring socket I/O is not captured"))
+            } else if let Some(((maj, min), why)) = too_old {
+                AttachState::Skipped(format!("needs Linux >= {maj}.{min} ({why})"))
+            } else {
+                let attached = match spec.hook {
+                    KernelIoHook::Tracepoint(cat) => self.attach_tracepoint(spec.program, cat, spec.target),
+                    KernelIoHook::Kprobe | KernelIoHook::Kretprobe => self.attach_kprobe(spec.program, spec.target),
+                };
+                match attached {
+                    Ok(()) => AttachState::Attached,
+                    Err(e) => AttachState::Failed(e),
+                }
+            };
+            if state != AttachState::Attached {
+                tracing::info!(hook = %spec.hook_name(), ?state, "io_uring path probe not attached");
+            }
+            self.report.push(ProbeStatus { hook: spec.hook_name(), need: Need::Optional, covers: KERNEL_IO_COVERS, state });
+        }
+    }
+
+    /// Whether every program of the io_uring path is attached.
+    pub fn kernel_io_active(&self) -> bool {
+        KERNEL_IO.iter().all(|k| self.report.iter().any(|p| p.hook == k.hook_name() && p.state == AttachState::Attached))
+    }
+
+    fn attach_kprobe(&mut self, program: &str, function: &str) -> Result<(), String> {
+        let prog: &mut KProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing from the object"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        prog.load().map_err(|e| format!("verifier/load: {e:#}"))?;
+        prog.attach(function, 0).map_err(|e| format!("attach: {e:?}"))?;
         Ok(())
     }
 

@@ -69,3 +69,44 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
     tp!("sched", sched_process_exit, Optional, "prompt cleanup at process exit"),
     tp!("sched", sched_process_exec, Optional, "prompt cleanup at exec"),
 ];
+
+/// How an io_uring-path program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelIoHook {
+    /// A tracepoint in this category.
+    Tracepoint(&'static str),
+    Kprobe,
+    Kretprobe,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct KernelIoSpec {
+    pub program: &'static str,
+    pub hook: KernelIoHook,
+    /// The tracepoint or kernel function.
+    pub target: &'static str,
+}
+
+impl KernelIoSpec {
+    pub fn hook_name(&self) -> String {
+        match self.hook {
+            KernelIoHook::Tracepoint(cat) => format!("tracepoint/{cat}/{}", self.target),
+            KernelIoHook::Kprobe => format!("kprobe/{}", self.target),
+            KernelIoHook::Kretprobe => format!("kretprobe/{}", self.target),
+        }
+    }
+}
+
+/// What the io_uring path covers, for the report.
+pub const KERNEL_IO_COVERS: &str = "io_uring socket payload (send/recv not made by a syscall)";
+
+/// The io_uring path (`agent-ebpf/src/kernel_io.rs`): all optional, used
+/// only where the kernel has kprobes and its BTF gives the msghdr layout.
+pub const KERNEL_IO: &[KernelIoSpec] = &[
+    KernelIoSpec { program: "io_uring_file_get", hook: KernelIoHook::Tracepoint("io_uring"), target: "io_uring_file_get" },
+    KernelIoSpec { program: "sys_exit_io_uring_enter", hook: KernelIoHook::Tracepoint("syscalls"), target: "sys_exit_io_uring_enter" },
+    KernelIoSpec { program: "tcp_sendmsg_entry", hook: KernelIoHook::Kprobe, target: "tcp_sendmsg" },
+    KernelIoSpec { program: "tcp_sendmsg_return", hook: KernelIoHook::Kretprobe, target: "tcp_sendmsg" },
+    KernelIoSpec { program: "tcp_recvmsg_entry", hook: KernelIoHook::Kprobe, target: "tcp_recvmsg" },
+    KernelIoSpec { program: "tcp_recvmsg_return", hook: KernelIoHook::Kretprobe, target: "tcp_recvmsg" },
+];

@@ -36,6 +36,8 @@ fn main() {
         Trial::test("sendto_recvfrom", || exchange("sendto", Syscall::Sendto, Syscall::Recvfrom)),
         Trial::test("sendmsg_recvmsg_three_iovecs", || exchange("sendmsg", Syscall::Sendmsg, Syscall::Recvmsg)),
         Trial::test("sendmmsg_recvmmsg_two_messages", || exchange("mmsg", Syscall::Sendmmsg, Syscall::Recvmmsg)),
+        Trial::test("io_uring_send_recv", || { uring("uring"); Ok(()) }),
+        Trial::test("io_uring_sendmsg_recvmsg_three_iovecs", || { uring("uring-msg"); Ok(()) }),
         Trial::test("sendfile_reports_bytes_and_timing", || { sendfile(); Ok(()) }),
         Trial::test("quiet_connection_keeps_counts_without_payload", || { quiet(); Ok(()) }),
         Trial::test("accept_without_sockaddr_still_gets_its_tuple", || {
@@ -102,6 +104,32 @@ fn exchange(mode: &str, send: Syscall, recv: Syscall) -> Result<(), libtest_mimi
         assert_eq!(opens, 1, "open events for pid {pid} fd {fd}");
     }
     Ok(())
+}
+
+/// Whether this kernel has kprobes, by its own interfaces (not sonde's).
+fn kernel_has_kprobes() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+}
+
+/// io_uring I/O: captured through the kprobe path where the kernel has
+/// kprobes, with the same checks as the syscall families; invisible (and
+/// so reported by doctor) where it has none.
+fn uring(mode: &str) {
+    if kernel_has_kprobes() {
+        exchange(mode, Syscall::TcpSendmsg, Syscall::TcpRecvmsg).unwrap();
+        return;
+    }
+    let rt = runtime();
+    let mut session = start(&rt, SessionConfig::default());
+    let (server, client) = pair(mode, &[]);
+    let (s, c) = (server.key(), client.key());
+    let events = complete(&rt, &mut session, server, client);
+    for (pid, fd) in [s, c] {
+        let opens = events.iter().filter(|e| matches!(e, StreamEvent::Open(i) if (i.pid, i.fd) == (pid, fd))).count();
+        assert_eq!(opens, 1, "the connection itself is still seen (pid {pid} fd {fd})");
+        assert!(data_of(&events, pid).is_empty(), "no syscall carried payload, and there are no kprobes here");
+    }
 }
 
 fn sendfile() {
@@ -352,11 +380,30 @@ fn doctor() {
         }
     }
     // kprobes: compare with the kernel's own interfaces.
-    let kprobes_exist = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
-        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    let kprobes_exist = kernel_has_kprobes();
     assert_eq!(check("kprobes")["available"], kprobes_exist, "{}", check("kprobes"));
     if !kprobes_exist {
         assert!(check("kprobes")["detail"].as_str().unwrap().contains("CONFIG_KPROBES=n"));
+    }
+    // The probe strategy: the io_uring path runs on kprobes exactly where
+    // they exist, and says why not elsewhere.
+    let strategy = v["strategy"].as_str().unwrap();
+    let hook = |name: &str| {
+        v["tracepoints"].as_array().unwrap().iter().find(|t| t["hook"] == name).unwrap_or_else(|| panic!("no {name} row")).clone()
+    };
+    for h in ["kprobe/tcp_sendmsg", "kretprobe/tcp_sendmsg", "kprobe/tcp_recvmsg", "kretprobe/tcp_recvmsg", "tracepoint/io_uring/io_uring_file_get"] {
+        let row = hook(h);
+        if kprobes_exist {
+            assert_eq!(row["state"], "attached", "{row}");
+        } else {
+            assert_eq!(row["state"], "skipped", "{row}");
+            assert!(row["detail"].as_str().unwrap().contains("CONFIG_KPROBES=n"), "{row}");
+        }
+    }
+    if kprobes_exist {
+        assert!(strategy.contains("io_uring socket payload: kprobes on tcp_sendmsg/tcp_recvmsg"), "{strategy}");
+    } else {
+        assert!(strategy.contains("io_uring socket payload: not captured (this kernel has no kprobes"), "{strategy}");
     }
     // fentry: whichever way it goes, an unavailable verdict carries its reason.
     let fentry = check("fentry");

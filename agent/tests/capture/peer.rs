@@ -110,6 +110,7 @@ fn send(fd: i32, mode: &str, data: &[u8]) {
                         check(libc::sendmsg(fd, &msg, 0), "sendmsg")
                     }
                 }
+                "uring" | "uring-msg" => uring::send(fd, mode, rest),
                 m => panic!("unknown mode {m}"),
             }
         };
@@ -177,6 +178,7 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
                         check(libc::recvmsg(fd, &mut msg, 0), "recvmsg")
                     }
                 }
+                "uring" | "uring-msg" => uring::recv(fd, mode, &mut buf),
                 m => panic!("unknown mode {m}"),
             }
         };
@@ -186,6 +188,69 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
         got.extend_from_slice(&buf[..n]);
     }
     got
+}
+
+/// Sends and receives through io_uring: no read/write/send/recv syscall
+/// carries the payload, only io_uring_enter.
+mod uring {
+    use io_uring::{opcode, types::Fd, IoUring};
+
+    fn run(entry: io_uring::squeue::Entry) -> usize {
+        thread_local! {
+            static RING: std::cell::RefCell<IoUring> = std::cell::RefCell::new(
+                IoUring::new(4).unwrap_or_else(|e| panic!("io_uring_setup: {e} (io_uring disabled on this kernel?)")),
+            );
+        }
+        RING.with(|r| {
+            let mut ring = r.borrow_mut();
+            unsafe { ring.submission().push(&entry.user_data(1)) }.expect("submission queue has room");
+            ring.submit_and_wait(1).expect("io_uring_enter");
+            let cqe = ring.completion().next().expect("a completion");
+            if cqe.result() < 0 {
+                panic!("io_uring op: {}", std::io::Error::from_raw_os_error(-cqe.result()));
+            }
+            cqe.result() as usize
+        })
+    }
+
+    /// `uring`: one flat buffer (IORING_OP_SEND); `uring-msg`: three iovecs
+    /// (IORING_OP_SENDMSG).
+    pub fn send(fd: i32, mode: &str, data: &[u8]) -> usize {
+        if mode == "uring" {
+            return run(opcode::Send::new(Fd(fd), data.as_ptr(), data.len() as u32).build());
+        }
+        let a = data.len().min(5);
+        let b = (data.len() - a).min(7);
+        let iov = [
+            libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: a },
+            libc::iovec { iov_base: data[a..].as_ptr() as *mut _, iov_len: b },
+            libc::iovec { iov_base: data[a + b..].as_ptr() as *mut _, iov_len: data.len() - a - b },
+        ];
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut _;
+        msg.msg_iovlen = 3;
+        run(opcode::SendMsg::new(Fd(fd), &msg).build())
+    }
+
+    pub fn recv(fd: i32, mode: &str, buf: &mut [u8]) -> usize {
+        if mode == "uring" {
+            return run(opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), buf.len() as u32).build());
+        }
+        let want = buf.len();
+        let a = want.min(5);
+        let b = (want - a).min(7);
+        let (x, rest) = buf.split_at_mut(a);
+        let (y, z) = rest.split_at_mut(b);
+        let iov = [
+            libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: x.len() },
+            libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: y.len() },
+            libc::iovec { iov_base: z.as_mut_ptr().cast(), iov_len: z.len() },
+        ];
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut _;
+        msg.msg_iovlen = 3;
+        run(opcode::RecvMsg::new(Fd(fd), &mut msg).build())
+    }
 }
 
 fn wait_for_go(wait: bool) {

@@ -119,8 +119,8 @@ fn python_keepalive() {
                 // Socket-pair stitching: both ends are on this node, so the
                 // server span is the child of the client span.
                 assert!(cli.span.parent_span_id.is_empty(), "the client started the trace");
-                assert_eq!(srv.span.trace_id, cli.span.trace_id, "one trace across the two processes");
-                assert_eq!(srv.span.parent_span_id, cli.span.span_id, "server is the client's child");
+                assert_eq!(srv.span.trace_id, cli.span.trace_id, "one trace across the two processes for {call:?}");
+                assert_eq!(srv.span.parent_span_id, cli.span.span_id, "server is the client's child for {call:?}");
             }
         }
     }

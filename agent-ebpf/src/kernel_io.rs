@@ -1,0 +1,196 @@
+//! Socket I/O that no syscall tracepoint sees: io_uring's sends and
+//! receives. Optional, and only where the kernel has kprobes.
+//!
+//! * `io_uring:io_uring_file_get` fires when io_uring resolves a request's
+//!   (non-fixed) fd, just before it issues the request on the same thread.
+//!   For a tracked socket it parks (tgid, fd) for that thread in `URING_FD`.
+//! * The next `tcp_sendmsg`/`tcp_recvmsg` on that thread ties the kernel
+//!   socket to (tgid, fd) in `SK_SOCK`, so later calls on that socket (poll
+//!   retries in task_work, io-wq workers) are known by the socket alone.
+//! * A call inside a traced syscall (`ACTIVE` holds it) is left to the
+//!   tracepoints, so nothing is reported twice.
+//! * The payload is found through `msghdr.msg_iter`, whose layout differs
+//!   between releases: user space reads it from BTF into
+//!   `SONDE_KERNEL_LAYOUT` (no CO-RE relocations from Rust).
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{kprobe, kretprobe, map, tracepoint},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+use sonde_common::{sock_key, syscall, KernelLayout, SockInfo};
+
+use crate::{
+    capture::{emit, Source},
+    ctx::field,
+    filter::should_trace,
+    maps::{ActiveCall, ACTIVE, SOCKS},
+};
+
+#[unsafe(no_mangle)]
+static SONDE_KERNEL_LAYOUT: KernelLayout = KernelLayout {
+    msg_iter: 0,
+    iter_type: 0,
+    iter_count: 0,
+    iter_ptr: 0,
+    iter_nr_segs: 0,
+    iter_offset: 0,
+    uring_fd: 0,
+    iter_type_mask: 0,
+    iter_iovec: 0,
+    iter_ubuf: 0,
+    valid: 0,
+};
+
+#[inline(always)]
+fn layout() -> KernelLayout {
+    unsafe { core::ptr::read_volatile(&SONDE_KERNEL_LAYOUT) }
+}
+
+/// Kernel socket (`struct sock *`) -> sock_key of the fd io_uring used for it.
+#[map]
+pub static SK_SOCK: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Thread (pid_tgid) -> sock_key of the request io_uring is issuing on it.
+#[map]
+static URING_FD: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+const SRC_UBUF: u8 = 1;
+const SRC_IOVEC: u8 = 2;
+
+/// A `tcp_sendmsg`/`tcp_recvmsg` between entry and return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KernelCall {
+    /// fd, syscall kind, entry time; arg0/arg1: buffer, or iovec array and count.
+    call: ActiveCall,
+    /// The socket's owner (the thread may be an io_uring worker).
+    tgid: u32,
+    src: u8,
+    _pad: [u8; 3],
+}
+
+#[map]
+static KCALLS: LruHashMap<u64, KernelCall> = LruHashMap::with_max_entries(16384, 0);
+
+#[tracepoint]
+pub fn io_uring_file_get(ctx: TracePointContext) -> u32 {
+    let l = layout();
+    if l.valid == 0 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let fd: i32 = field(&ctx, l.uring_fd as usize);
+    if fd < 0 || !should_trace(tgid) {
+        return 0;
+    }
+    let key = sock_key(tgid, fd as u32);
+    if unsafe { SOCKS.get(&key) }.is_some() {
+        let _ = URING_FD.insert(&id, &key, 0);
+    } else {
+        let _ = URING_FD.remove(&id);
+    }
+    0
+}
+
+/// A request whose fd was resolved but never reached TCP (a poll, a
+/// shutdown) must not name the next socket this thread touches.
+#[tracepoint]
+pub fn sys_exit_io_uring_enter(_ctx: TracePointContext) -> u32 {
+    let _ = URING_FD.remove(&bpf_get_current_pid_tgid());
+    0
+}
+
+#[inline(always)]
+fn read<T: Default>(addr: u64) -> T {
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.unwrap_or_default()
+}
+
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext, sc: u8) {
+    let l = layout();
+    if l.valid == 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if unsafe { ACTIVE.get(&id) }.is_some() {
+        return; // inside a traced syscall: its tracepoints report it
+    }
+    let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return };
+    let key = match unsafe { URING_FD.get(&id) } {
+        Some(k) => {
+            let k = *k;
+            let _ = URING_FD.remove(&id);
+            let _ = SK_SOCK.insert(&sk, &k, 0);
+            k
+        }
+        None => match unsafe { SK_SOCK.get(&sk) } {
+            Some(k) => *k,
+            None => return,
+        },
+    };
+    let it = msg + l.msg_iter as u64;
+    let ty = read::<u8>(it + l.iter_type as u64) & l.iter_type_mask;
+    let ptr: u64 = read(it + l.iter_ptr as u64);
+    let (src, arg0, arg1) = if ty == l.iter_ubuf {
+        (SRC_UBUF, ptr + read::<u64>(it + l.iter_offset as u64), 0)
+    } else if ty == l.iter_iovec {
+        (SRC_IOVEC, ptr, read::<u64>(it + l.iter_nr_segs as u64))
+    } else {
+        return; // kernel pages (splice, sendfile): no user buffer to copy
+    };
+    let kc = KernelCall {
+        call: ActiveCall {
+            enter_ns: unsafe { bpf_ktime_get_ns() },
+            arg0,
+            arg1,
+            fd: key as u32 as i32,
+            syscall: sc,
+            tcp_seen: 1,
+            _pad: [0; 2],
+        },
+        tgid: (key >> 32) as u32,
+        src,
+        _pad: [0; 3],
+    };
+    let _ = KCALLS.insert(&id, &kc, 0);
+}
+
+#[inline(always)]
+fn on_return(ctx: &RetProbeContext, sc: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let Some(kc) = (unsafe { KCALLS.get(&id) }).copied() else { return };
+    let _ = KCALLS.remove(&id);
+    let rv: i64 = ctx.ret();
+    if kc.call.syscall != sc || rv <= 0 {
+        return;
+    }
+    let info = unsafe { SOCKS.get(&sock_key(kc.tgid, kc.call.fd as u32)) }.copied().unwrap_or(SockInfo::default());
+    let src = if kc.src == SRC_UBUF { Source::Buf(kc.call.arg0) } else { Source::KernelIov(kc.call.arg0, kc.call.arg1) };
+    emit(id, kc.tgid, &kc.call, rv, &info, src);
+}
+
+#[kprobe]
+pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx, syscall::TCP_SENDMSG);
+    0
+}
+
+#[kretprobe]
+pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx, syscall::TCP_SENDMSG);
+    0
+}
+
+#[kprobe]
+pub fn tcp_recvmsg_entry(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx, syscall::TCP_RECVMSG);
+    0
+}
+
+#[kretprobe]
+pub fn tcp_recvmsg_return(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx, syscall::TCP_RECVMSG);
+    0
+}

@@ -1,0 +1,133 @@
+//! The running kernel's struct offsets for the kprobe path (see
+//! `agent-ebpf/src/kernel_io.rs`), read from its BTF and the io_uring
+//! tracepoint's format file. Doing this here, once at load, keeps CO-RE
+//! relocations out of the Rust eBPF code, which cannot emit them reliably.
+use std::path::Path;
+
+use btf_rs::{Btf, Struct, Type};
+use sonde_common::KernelLayout;
+
+use super::tracefs;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads the layout from `btf_path` and the tracefs at `tracefs_root`.
+/// The error names what is missing; the kprobe path stays off then.
+pub fn resolve(btf_path: &Path, tracefs_root: &Path) -> Result<KernelLayout, String> {
+    let btf = Btf::from_file(btf_path).map_err(|e| format!("no kernel BTF at {}: {e}", btf_path.display()))?;
+    let format_path = tracefs_root.join("events/io_uring/io_uring_file_get/format");
+    let format = std::fs::read_to_string(&format_path)
+        .map_err(|e| format!("no io_uring:io_uring_file_get tracepoint ({}: {e})", format_path.display()))?;
+    let uring_fd = tracefs::field_offsets(&format)
+        .into_iter()
+        .find(|(n, _)| n == "fd")
+        .map(|(_, o)| o as u32)
+        .ok_or("io_uring_file_get has no fd field")?;
+    from_btf(&btf, uring_fd)
+}
+
+fn from_btf(btf: &Btf, uring_fd: u32) -> Result<KernelLayout, String> {
+    let msghdr = named_struct(btf, "msghdr")?;
+    let iter = named_struct(btf, "iov_iter")?;
+    let msg_iter = offset(btf, &msghdr, "msg_iter")?;
+    // 6.0 split the old `type` (iter type | direction bit) into `iter_type`.
+    let (iter_type, iter_type_mask) = match offset(btf, &iter, "iter_type") {
+        Ok(o) => (o, 0xff),
+        Err(_) => (offset(btf, &iter, "type")?, 0xfe),
+    };
+    // The segment pointer: `ubuf`/`__iov` (6.4+) or `iov` share one union.
+    let iter_ptr = ["ubuf", "__iov", "iov"]
+        .iter()
+        .find_map(|f| offset(btf, &iter, f).ok())
+        .ok_or("struct iov_iter has no iov/__iov/ubuf member")?;
+    let iter_ubuf = enumerator(btf, "iter_type", "ITER_UBUF").map(|v| v as u8).unwrap_or(KernelLayout::NO_UBUF);
+    let iter_iovec = enumerator(btf, "iter_type", "ITER_IOVEC").ok_or("enum iter_type has no ITER_IOVEC")? as u8;
+    Ok(KernelLayout {
+        msg_iter,
+        iter_type,
+        iter_count: offset(btf, &iter, "count")?,
+        iter_ptr,
+        iter_nr_segs: offset(btf, &iter, "nr_segs")?,
+        iter_offset: offset(btf, &iter, "iov_offset")?,
+        uring_fd,
+        iter_type_mask,
+        iter_iovec,
+        iter_ubuf,
+        valid: 1,
+    })
+}
+
+fn named_struct(btf: &Btf, name: &str) -> Result<Struct, String> {
+    btf.resolve_types_by_name(name)
+        .map_err(|e| format!("struct {name}: {e}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no struct {name} in the kernel's BTF"))
+}
+
+/// Byte offset of `field` in `s`, looking inside anonymous structs and
+/// unions as C does.
+fn offset(btf: &Btf, s: &Struct, field: &str) -> Result<u32, String> {
+    find(btf, s, field, 0).map(|bits| bits / 8).ok_or_else(|| format!("no member {field}"))
+}
+
+fn find(btf: &Btf, s: &Struct, field: &str, base_bits: u32) -> Option<u32> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let at = base_bits + m.bit_offset();
+        if name == field {
+            return Some(at);
+        }
+        if name.is_empty() {
+            if let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m) {
+                if let Some(found) = find(btf, &inner, field, at) {
+                    return Some(found);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn enumerator(btf: &Btf, enum_name: &str, name: &str) -> Option<u32> {
+    btf.resolve_types_by_name(enum_name).ok()?.into_iter().find_map(|t| match t {
+        Type::Enum(e) => e.members.iter().find(|m| btf.resolve_name(*m).is_ok_and(|n| n == name)).map(|m| m.val()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's BTF (every kernel sonde supports has it; the
+    /// VM matrix runs this on 5.10, 6.1 and 6.12 too through the capture
+    /// suite, which proves the offsets by capturing io_uring payload).
+    #[test]
+    fn this_kernels_layout_resolves_consistently() {
+        let Ok(btf) = Btf::from_file(VMLINUX_BTF) else {
+            panic!("{VMLINUX_BTF} is missing: this kernel has no BTF");
+        };
+        let l = from_btf(&btf, 24).expect("layout");
+        eprintln!("{l:?}");
+        assert_eq!(l.valid, 1);
+        // Members of one struct at distinct offsets, inside its size.
+        let iter_size = named_struct(&btf, "iov_iter").unwrap().size() as u32;
+        let mut offs = [l.iter_type, l.iter_count, l.iter_ptr, l.iter_nr_segs, l.iter_offset];
+        assert!(offs.iter().all(|o| *o < iter_size), "{l:?}");
+        offs.sort();
+        assert!(offs.windows(2).all(|w| w[0] < w[1]), "distinct: {l:?}");
+        let msghdr_size = named_struct(&btf, "msghdr").unwrap().size() as u32;
+        assert!(l.msg_iter + iter_size <= msghdr_size, "{l:?}");
+        assert_ne!(l.iter_iovec, l.iter_ubuf);
+    }
+
+    #[test]
+    fn a_missing_tracepoint_is_named() {
+        let err = resolve(Path::new(VMLINUX_BTF), Path::new("/nonexistent")).unwrap_err();
+        assert!(err.contains("io_uring_file_get"), "{err}");
+    }
+}
