@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use sonde_common::{
     data_flags, direction, kind, sock_flags, sock_key, stat, syscall, DataEvent, SockInfo,
-    DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_MMSG,
+    DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_MMSG, MAX_MMSG_IOV,
 };
 
 use crate::{
@@ -109,7 +109,7 @@ fn exit(ctx: &TracePointContext, sc: u8) {
                     continue;
                 }
                 let (iov, iovlen) = read_msghdr_iov(mh);
-                emit(id, tgid, &call, len as i64, &info, Source::Iov(iov, iovlen));
+                emit(id, tgid, &call, len as i64, &info, Source::MmsgIov(iov, iovlen));
             }
         }
         syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None),
@@ -129,6 +129,10 @@ pub enum Source {
     Buf(u64),
     /// A user iovec array and its length.
     Iov(u64, u64),
+    /// One message's iovec array in an mmsg batch: fewer segments are
+    /// walked, which keeps the message x iovec walk within what older
+    /// verifiers accept.
+    MmsgIov(u64, u64),
     /// A kernel copy of a user iovec array (a `struct iov_iter`'s), and its
     /// length. The segments still point into user memory.
     KernelIov(u64, u64),
@@ -155,8 +159,9 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
     }
     let (captured, fault) = match src {
         Source::Buf(p) => copy_buf(base, p, want),
-        Source::Iov(iov, n) => copy_iov(base, iov, n, want, false),
-        Source::KernelIov(iov, n) => copy_iov(base, iov, n, want, true),
+        Source::Iov(iov, n) => copy_iov::<MAX_IOV>(base, iov, n, want, false),
+        Source::MmsgIov(iov, n) => copy_iov::<MAX_MMSG_IOV>(base, iov, n, want, false),
+        Source::KernelIov(iov, n) => copy_iov::<MAX_IOV>(base, iov, n, want, true),
         Source::None => {
             flags |= data_flags::NO_PAYLOAD_SOURCE;
             (0, false)
@@ -243,13 +248,13 @@ fn copy_buf(base: *mut u8, src: u64, want: u64) -> (usize, bool) {
 }
 
 /// Const-bounded iovec walk: copies up to `want` bytes across the first
-/// MAX_IOV segments, packed one after the other. `kernel_array`: the iovec
+/// `N` segments, packed one after the other. `kernel_array`: the iovec
 /// array itself is in kernel memory (the segments never are).
 #[inline(always)]
-fn copy_iov(base: *mut u8, iov: u64, iovcnt: u64, want: u64, kernel_array: bool) -> (usize, bool) {
+fn copy_iov<const N: usize>(base: *mut u8, iov: u64, iovcnt: u64, want: u64, kernel_array: bool) -> (usize, bool) {
     let want = if want as usize > MAX_CAPTURE { MAX_CAPTURE } else { want as usize };
     let mut off: usize = 0;
-    for i in 0..MAX_IOV {
+    for i in 0..N {
         if i as u64 >= iovcnt || off >= want {
             break;
         }

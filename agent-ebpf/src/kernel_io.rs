@@ -162,7 +162,9 @@ fn on_return(ctx: &RetProbeContext, sc: u8) {
     let id = bpf_get_current_pid_tgid();
     let Some(kc) = (unsafe { KCALLS.get(&id) }).copied() else { return };
     let _ = KCALLS.remove(&id);
-    let rv: i64 = ctx.ret();
+    // Both functions return int: the upper half of the register is not
+    // the sign (-EAGAIN arrives as 0x00000000fffffff5).
+    let rv = ctx.ret::<i32>() as i64;
     if kc.call.syscall != sc || rv <= 0 {
         return;
     }

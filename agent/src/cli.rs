@@ -54,6 +54,11 @@ pub struct CaptureArgs {
     /// Skip the startup scan of /proc for connections that predate the agent.
     #[arg(long, env = "SONDE_NO_SCAN")]
     pub no_scan: bool,
+
+    /// Never attach kprobes, even where the kernel has them: io_uring socket
+    /// payload then goes uncaptured (`sonde doctor` shows the choice).
+    #[arg(long, env = "SONDE_NO_KPROBES")]
+    pub no_kprobes: bool,
 }
 
 impl CaptureArgs {
@@ -64,6 +69,7 @@ impl CaptureArgs {
                 ringbuf_bytes: self.ringbuf_size,
                 pids: self.pids.clone(),
                 cgroups: self.cgroups.clone(),
+                kprobes: !self.no_kprobes,
                 ..ProbeConfig::default()
             },
             poll_interval: Duration::from_millis(self.poll_interval_ms),

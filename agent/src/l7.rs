@@ -85,17 +85,18 @@ pub struct Exclusions {
     pub namespaces: Vec<String>,
 }
 
-/// A finished server span held back for its late client (see `L7::held`).
-struct Held {
-    /// The client's (local, remote) endpoints, and the request's first read.
-    key: ClientKey,
+/// The spans of a server request whose client record is late (see
+/// `L7::provisional`).
+struct Provisional {
+    /// The server connection and the request's first read.
     conn: u64,
     since: u64,
-    until: std::time::Instant,
-    span: Span,
-    sampled: bool,
-    /// The server half of its service-graph edge: (service, seconds, failed).
-    graph: (String, f64, bool),
+    /// The client's (local, remote) endpoints, once the server closed.
+    key: ClientKey,
+    spans: Vec<(Span, bool)>,
+    /// The server half of its service-graph edge, once the server span is
+    /// in: (service, seconds, failed).
+    graph: Option<(String, f64, bool)>,
 }
 
 /// Asks the kernel to stop copying a connection's payload.
@@ -130,10 +131,14 @@ pub struct L7 {
     /// no spans (a database server process). Removed when the client end
     /// closes; cleared when full (servers of off-node clients).
     servers: HashMap<(SocketAddr, SocketAddr), Arc<Resource>>,
-    /// Finished server spans still waiting for their client's record, in
-    /// finishing order: the client thread was preempted before its syscall
-    /// exit for longer than the whole request took.
-    held: VecDeque<Held>,
+    /// Traces of server requests still waiting for a client on this node,
+    /// by their provisional trace id: their spans (the server span and the
+    /// calls it made) are held until the client's record names the real
+    /// trace, or the wait is over. See "Socket-pair stitching" in
+    /// ARCHITECTURE.md.
+    provisional: HashMap<[u8; 16], Provisional>,
+    /// The same trace ids in the order their wait ends.
+    provisional_order: VecDeque<([u8; 16], std::time::Instant)>,
     /// Addresses of this node (and its containers): the local ends of the
     /// connections seen. Only requests from them can have a late partner,
     /// so only their server spans are held.
@@ -205,7 +210,8 @@ impl L7 {
             nat: HashMap::new(),
             client_requests: HashMap::new(),
             unpartnered: HashMap::new(),
-            held: VecDeque::new(),
+            provisional: HashMap::new(),
+            provisional_order: VecDeque::new(),
             node_ips: HashSet::new(),
             servers: HashMap::new(),
             graph_pending: HashMap::new(),
@@ -429,7 +435,14 @@ impl L7 {
                     parent_id: p.span_id,
                     sampled: p.sampled,
                 }));
-                self.linker.request_started(c.pid, c.id, c.id, req.first.tid, req.first.exit_ns, incoming, &self.sampler);
+                let ctx = self.linker.request_started(c.pid, c.id, c.id, req.first.tid, req.first.exit_ns, incoming, &self.sampler);
+                // Its client is on this node but not seen yet: hold the
+                // trace's spans until it is (or the wait is over).
+                if let (None, Some(k)) = (incoming, key) {
+                    if self.node_ips.contains(&k.0.ip()) && self.unpartnered.contains_key(&k) {
+                        self.provisional_start(ctx.trace_id, Provisional { conn: c.id, since: req.first.exit_ns, key: k, spans: vec![], graph: None }, spans);
+                    }
+                }
             } else {
                 let ctx = self.client_context(c, req.first, tp);
                 push_bounded(self.client_requests.entry(c.id).or_default(), ctx);
@@ -438,15 +451,18 @@ impl L7 {
                 let key = c.tuple.map(|t| (t.local, t.remote));
                 let waiting = key.and_then(|k| self.unpartnered.get_mut(&k)).and_then(|q| q.pop_front());
                 if let Some((pid, conn, since)) = waiting {
-                    if since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS
-                        && (self.linker.adopt(pid, conn, &ctx) || self.adopt_held(|h| h.conn == conn && h.since == since, &ctx, spans))
-                    {
-                        self.stats.late_partners_adopted.fetch_add(1, Relaxed);
-                        continue;
+                    if since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS {
+                        let in_flight = self.linker.adopt(pid, conn, &ctx);
+                        let held = self.adopt_provisional(|p| p.conn == conn && p.since == since, &ctx, spans);
+                        if in_flight || held {
+                            self.stats.late_partners_adopted.fetch_add(1, Relaxed);
+                            continue;
+                        }
                     }
                     // Too late: both spans stand as they are.
                     self.stats.late_partners_missed.fetch_add(1, Relaxed);
-                } else if key.is_some_and(|k| self.adopt_held(|h| h.key == k, &ctx, spans)) {
+                    self.end_provisional(|p| p.conn == conn && p.since == since, spans);
+                } else if key.is_some_and(|k| self.adopt_provisional(|p| p.key == k, &ctx, spans)) {
                     // The server closed the connection before this record came.
                     self.stats.late_partners_adopted.fetch_add(1, Relaxed);
                     continue;
@@ -649,7 +665,11 @@ impl L7 {
         }
     }
 
-    fn keep(&self, span: Span, sampled: bool, spans: &mut Vec<Span>) {
+    fn keep(&mut self, span: Span, sampled: bool, spans: &mut Vec<Span>) {
+        if let Some(p) = self.provisional.get_mut(&span.trace_id) {
+            p.spans.push((span, sampled));
+            return;
+        }
         tracing::debug!(name = %span.name, kind = span.kind.as_str(), trace = %spans::hex(&span.trace_id), sampled, "l7 span");
         if sampled {
             spans.push(span);
@@ -679,15 +699,10 @@ impl L7 {
                     None => self.sampler.should_sample(&span.trace_id, built.parent_sampled),
                 };
                 let graph = (resource.service_name.clone(), duration_secs(&span), matches!(span.status, spans::Status::Error(_)));
-                match span.parent_span_id {
-                    Some(parent) => self.pend_graph(parent, graph),
-                    None => {
-                        let since = ex.request.first.exit_ns;
-                        if let Some(key) = self.awaits_local_client(c, since) {
-                            self.hold(Held { key, conn: c.id, since, until: std::time::Instant::now() + LATE_PARTNER_HOLD, span, sampled, graph }, spans);
-                            continue;
-                        }
-                    }
+                match (span.parent_span_id, self.provisional.get_mut(&span.trace_id)) {
+                    (Some(parent), _) => self.pend_graph(parent, graph),
+                    (None, Some(p)) => p.graph = Some(graph),
+                    (None, None) => {}
                 }
                 sampled
             } else {
@@ -720,43 +735,72 @@ impl L7 {
         self.graph_pending.insert(parent, graph);
     }
 
-    /// The client key of a finished server request that still waits for
-    /// its partner, when that partner would be a client on this node.
-    fn awaits_local_client(&mut self, c: &ConnInfo, since: u64) -> Option<ClientKey> {
-        let key = self.client_view(c.id, c.tuple?);
-        let waiting = self.unpartnered.get(&key)?.iter().any(|(_, conn, s)| *conn == c.id && *s == since);
-        (waiting && self.node_ips.contains(&key.0.ip())).then_some(key)
+    fn provisional_start(&mut self, trace_id: [u8; 16], p: Provisional, spans: &mut Vec<Span>) {
+        if self.provisional_order.len() >= MAX_HELD {
+            self.release_oldest(spans);
+        }
+        self.provisional.insert(trace_id, p);
+        self.provisional_order.push_back((trace_id, std::time::Instant::now() + LATE_PARTNER_HOLD));
     }
 
-    fn hold(&mut self, h: Held, spans: &mut Vec<Span>) {
-        if self.held.len() >= MAX_HELD {
-            if let Some(old) = self.held.pop_front() {
-                self.keep(old.span, old.sampled, spans);
+    fn release_oldest(&mut self, spans: &mut Vec<Span>) {
+        if let Some((trace_id, _)) = self.provisional_order.pop_front() {
+            self.release_trace(trace_id, spans);
+        }
+    }
+
+    /// Ends a wait: the trace's spans go out as they are.
+    fn release_trace(&mut self, trace_id: [u8; 16], spans: &mut Vec<Span>) {
+        if let Some(p) = self.provisional.remove(&trace_id) {
+            for (span, sampled) in p.spans {
+                self.keep(span, sampled, spans);
             }
         }
-        self.held.push_back(h);
     }
 
-    /// Gives the first held span `matches` accepts its late client's context.
-    fn adopt_held(&mut self, matches: impl Fn(&Held) -> bool, ctx: &SpanCtx, spans: &mut Vec<Span>) -> bool {
-        let Some(i) = self.held.iter().position(matches) else { return false };
-        let Some(mut h) = self.held.remove(i) else { return false };
-        h.span.trace_id = ctx.trace_id;
-        h.span.parent_span_id = Some(ctx.span_id);
-        self.pend_graph(ctx.span_id, h.graph);
-        self.keep(h.span, ctx.sampled, spans);
+    /// Takes the first held request `matches` accepts out of the wait.
+    fn take_provisional(&mut self, matches: impl Fn(&Provisional) -> bool) -> Option<Provisional> {
+        let trace_id = self.provisional.iter().find(|(_, p)| matches(p)).map(|(t, _)| *t)?;
+        self.provisional_order.retain(|(t, _)| *t != trace_id);
+        self.provisional.remove(&trace_id)
+    }
+
+    /// Ends the wait of the held request `matches` accepts, whose client
+    /// came too late to be stitched: its spans go out as they are.
+    fn end_provisional(&mut self, matches: impl Fn(&Provisional) -> bool, spans: &mut Vec<Span>) {
+        if let Some(p) = self.take_provisional(matches) {
+            for (span, sampled) in p.spans {
+                self.keep(span, sampled, spans);
+            }
+        }
+    }
+
+    /// The late client's context names the real trace of the first held
+    /// request `matches` accepts: its spans move into it, the server span
+    /// (the held trace's root) as the client span's child.
+    fn adopt_provisional(&mut self, matches: impl Fn(&Provisional) -> bool, ctx: &SpanCtx, spans: &mut Vec<Span>) -> bool {
+        let Some(p) = self.take_provisional(matches) else { return false };
+        if let Some(graph) = p.graph {
+            self.pend_graph(ctx.span_id, graph);
+        }
+        for (mut span, _) in p.spans {
+            span.trace_id = ctx.trace_id;
+            if span.parent_span_id.is_none() {
+                span.parent_span_id = Some(ctx.span_id);
+            }
+            self.keep(span, ctx.sampled, spans);
+        }
         true
     }
 
-    /// Releases held server spans whose client did not come in time (all
-    /// of them with `now` = None, at shutdown).
+    /// Ends the waits that are over (all of them with `now` = None, at
+    /// shutdown): their spans go out as they are.
     pub fn release_held(&mut self, now: Option<std::time::Instant>, spans: &mut Vec<Span>) {
-        while let Some(h) = self.held.front() {
-            if now.is_some_and(|n| h.until > n) {
+        while let Some((_, until)) = self.provisional_order.front() {
+            if now.is_some_and(|n| *until > n) {
                 break;
             }
-            let h = self.held.pop_front().expect("front exists");
-            self.keep(h.span, h.sampled, spans);
+            self.release_oldest(spans);
         }
     }
 

@@ -112,6 +112,36 @@ fn a_server_span_finished_before_its_local_clients_write_record_is_held_and_join
 }
 
 #[test]
+fn the_calls_a_late_partnered_request_made_move_into_its_clients_trace_too() {
+    let mut l7 = l7();
+    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
+    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
+    // The server's own downstream call, on the thread serving the request.
+    let downstream = conn(3, 200, Role::Client, "127.0.0.1:6000", "10.9.9.9:8080", "callee");
+    let mut spans = vec![];
+    for ev in [
+        StreamEvent::Open(client.clone()),
+        StreamEvent::Open(server.clone()),
+        StreamEvent::Open(downstream.clone()),
+        data(&server, Direction::Ingress, 1_000, REQ),
+        data(&downstream, Direction::Egress, 1_100, b"GET /down HTTP/1.1\r\nHost: d\r\n\r\n"),
+        data(&downstream, Direction::Ingress, 1_200, RESP),
+        data(&server, Direction::Egress, 2_000, RESP),
+    ] {
+        l7.on_event(ev, &mut spans);
+    }
+    assert!(spans.is_empty(), "the whole provisional trace is held: {spans:?}");
+    for ev in [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)] {
+        l7.on_event(ev, &mut spans);
+    }
+    let [down, srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
+    assert_eq!((down.kind.as_str(), srv.kind.as_str(), cli.kind.as_str()), ("CLIENT", "SERVER", "CLIENT"));
+    assert!(spans.iter().all(|s| s.trace_id == cli.trace_id), "one trace: {spans:?}");
+    assert_eq!(srv.parent_span_id, Some(cli.span_id));
+    assert_eq!(down.parent_span_id, Some(srv.span_id), "the downstream call stays under its request");
+}
+
+#[test]
 fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
     let mut l7 = l7();
     let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");

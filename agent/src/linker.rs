@@ -80,7 +80,7 @@ impl Linker {
         since_ns: u64,
         incoming: Option<crate::spans::traceparent::TraceParent>,
         sampler: &Sampler,
-    ) {
+    ) -> SpanCtx {
         let trace_id = incoming.map_or_else(crate::spans::new_trace_id, |t| t.trace_id);
         let ctx = SpanCtx {
             trace_id,
@@ -93,6 +93,7 @@ impl Linker {
             list.remove(0);
         }
         list.push(InFlight { conn, source, tid, since_ns, ctx });
+        ctx
     }
 
     /// The response of the oldest request in flight on `conn` was written.

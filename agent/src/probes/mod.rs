@@ -35,6 +35,8 @@ pub struct ProbeConfig {
     pub pids: Vec<u32>,
     /// Trace only these cgroup v2 directories, if non-empty.
     pub cgroups: Vec<PathBuf>,
+    /// Use kprobes where the kernel has them (the io_uring path).
+    pub kprobes: bool,
 }
 
 impl Default for ProbeConfig {
@@ -45,6 +47,7 @@ impl Default for ProbeConfig {
             wakeup_bytes: 256 << 10,
             pids: vec![],
             cgroups: vec![],
+            kprobes: true,
         }
     }
 }
@@ -165,7 +168,8 @@ impl Probes {
         let cgroup_ids =
             cfg.cgroups.iter().map(cgroup_id).collect::<Result<Vec<_>, _>>()?;
         let _ = tracefs::ensure_mounted(); // attach_all reports it if this failed
-        let (layout, kernel_io_off) = match kernel_io_layout() {
+        let layout = if cfg.kprobes { kernel_io_layout() } else { Err("kprobes turned off (--no-kprobes)".into()) };
+        let (layout, kernel_io_off) = match layout {
             Ok(l) => (l, None),
             Err(why) => (KernelLayout::default(), Some(why)),
         };
