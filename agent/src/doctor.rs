@@ -171,9 +171,7 @@ pub fn run() -> Report {
 }
 
 fn kprobe_check(probes: &mut Probes) -> Result<String, String> {
-    let pmu = Path::new("/sys/bus/event_source/devices/kprobe");
-    let events = tracefs::find().map(|r| r.join("kprobe_events"));
-    if !pmu.exists() && !events.as_ref().is_some_and(|e| e.exists()) {
+    if !crate::probes::kprobes_present() {
         return Err("unavailable: no kprobe PMU and no kprobe_events in tracefs (CONFIG_KPROBES=n)".into());
     }
     let prog: &mut KProbe = program(probes, "sonde_doctor_kprobe")?;

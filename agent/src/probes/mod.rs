@@ -105,6 +105,12 @@ pub fn kprobes_present() -> bool {
         || tracefs::find().is_some_and(|r| r.join("kprobe_events").exists())
 }
 
+/// Why `program` cannot run on `kernel` (per `compat.rs`), if it cannot.
+fn too_old(program: &str, kernel: Option<compat::Version>) -> Option<String> {
+    let ((maj, min), why) = compat::of(program)?.minimum();
+    kernel.is_some_and(|k| k < (maj, min)).then(|| format!("needs Linux >= {maj}.{min} ({why})"))
+}
+
 /// The layout the io_uring path needs, or why it stays off.
 fn kernel_io_layout() -> Result<KernelLayout, String> {
     if !kprobes_present() {
@@ -210,9 +216,8 @@ impl Probes {
         let kernel = compat::running();
         for spec in TRACEPOINTS {
             let hook = format!("tracepoint/{}/{}", spec.category, spec.name);
-            let too_old = compat::of(spec.program).map(|c| c.minimum()).filter(|(v, _)| kernel.is_some_and(|k| k < *v));
-            let state = if let Some(((maj, min), why)) = too_old {
-                AttachState::Skipped(format!("needs Linux >= {maj}.{min} ({why})"))
+            let state = if let Some(why) = too_old(spec.program, kernel) {
+                AttachState::Skipped(why)
             } else if !tracefs::has_tracepoint(&root, spec.category, spec.name) {
                 AttachState::Skipped("tracepoint not present on this kernel".into())
             } else if let Some(reason) = self.layout_mismatch(&root, spec.category, spec.name) {
@@ -237,11 +242,10 @@ impl Probes {
     fn attach_kernel_io(&mut self) {
         let kernel = compat::running();
         for spec in KERNEL_IO {
-            let too_old = compat::of(spec.program).map(|c| c.minimum()).filter(|(v, _)| kernel.is_some_and(|k| k < *v));
             let state = if let Some(why) = &self.kernel_io_off {
                 AttachState::Skipped(format!("{why}: io_uring socket I/O is not captured"))
-            } else if let Some(((maj, min), why)) = too_old {
-                AttachState::Skipped(format!("needs Linux >= {maj}.{min} ({why})"))
+            } else if let Some(why) = too_old(spec.program, kernel) {
+                AttachState::Skipped(why)
             } else {
                 let attached = match spec.hook {
                     KernelIoHook::Tracepoint(cat) => self.attach_tracepoint(spec.program, cat, spec.target),

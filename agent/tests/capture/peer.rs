@@ -93,14 +93,7 @@ fn send(fd: i32, mode: &str, data: &[u8]) {
                     "sendto",
                 ),
                 "writev" | "sendmsg" => {
-                    // Three iovecs (or fewer for a short tail).
-                    let a = rest.len().min(5);
-                    let b = (rest.len() - a).min(7);
-                    let iov = [
-                        libc::iovec { iov_base: rest.as_ptr() as *mut _, iov_len: a },
-                        libc::iovec { iov_base: rest[a..].as_ptr() as *mut _, iov_len: b },
-                        libc::iovec { iov_base: rest[a + b..].as_ptr() as *mut _, iov_len: rest.len() - a - b },
-                    ];
+                    let iov = three_iovecs(rest.as_ptr() as *mut u8, rest.len());
                     if mode == "writev" {
                         check(libc::writev(fd, iov.as_ptr(), 3), "writev")
                     } else {
@@ -159,16 +152,7 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
                     "recvfrom",
                 ),
                 "writev" | "sendmsg" => {
-                    // Spread the bytes over three buffers: 5, 7 and the rest.
-                    let a = want.min(5);
-                    let b = (want - a).min(7);
-                    let (x, rest) = buf.split_at_mut(a);
-                    let (y, z) = rest.split_at_mut(b);
-                    let iov = [
-                        libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: x.len() },
-                        libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: y.len() },
-                        libc::iovec { iov_base: z.as_mut_ptr().cast(), iov_len: z.len() },
-                    ];
+                    let iov = three_iovecs(buf.as_mut_ptr(), want);
                     if mode == "writev" {
                         check(libc::readv(fd, iov.as_ptr(), 3), "readv")
                     } else {
@@ -188,6 +172,19 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
         got.extend_from_slice(&buf[..n]);
     }
     got
+}
+
+/// `len` bytes at `p` as three iovecs: 5 bytes, 7 bytes and the rest (empty
+/// segments for a short tail).
+fn three_iovecs(p: *mut u8, len: usize) -> [libc::iovec; 3] {
+    let a = len.min(5);
+    let b = (len - a).min(7);
+    let at = |off: usize| p.wrapping_add(off).cast();
+    [
+        libc::iovec { iov_base: at(0), iov_len: a },
+        libc::iovec { iov_base: at(a), iov_len: b },
+        libc::iovec { iov_base: at(a + b), iov_len: len - a - b },
+    ]
 }
 
 /// Sends and receives through io_uring: no read/write/send/recv syscall
@@ -219,13 +216,7 @@ mod uring {
         if mode == "uring" {
             return run(opcode::Send::new(Fd(fd), data.as_ptr(), data.len() as u32).build());
         }
-        let a = data.len().min(5);
-        let b = (data.len() - a).min(7);
-        let iov = [
-            libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: a },
-            libc::iovec { iov_base: data[a..].as_ptr() as *mut _, iov_len: b },
-            libc::iovec { iov_base: data[a + b..].as_ptr() as *mut _, iov_len: data.len() - a - b },
-        ];
+        let iov = super::three_iovecs(data.as_ptr() as *mut u8, data.len());
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov.as_ptr() as *mut _;
         msg.msg_iovlen = 3;
@@ -236,16 +227,7 @@ mod uring {
         if mode == "uring" {
             return run(opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), buf.len() as u32).build());
         }
-        let want = buf.len();
-        let a = want.min(5);
-        let b = (want - a).min(7);
-        let (x, rest) = buf.split_at_mut(a);
-        let (y, z) = rest.split_at_mut(b);
-        let iov = [
-            libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: x.len() },
-            libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: y.len() },
-            libc::iovec { iov_base: z.as_mut_ptr().cast(), iov_len: z.len() },
-        ];
+        let iov = super::three_iovecs(buf.as_mut_ptr(), buf.len());
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = iov.as_ptr() as *mut _;
         msg.msg_iovlen = 3;
