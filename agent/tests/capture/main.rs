@@ -374,9 +374,15 @@ fn doctor() {
             .unwrap_or_else(|| panic!("no {name} check")).clone()
     };
     assert_eq!(check("tracepoints")["available"], true);
+    // Every program of the compat table loads here, or is skipped with its
+    // reason; none is refused (the VM matrix runs this on each kernel).
     for tp in v["tracepoints"].as_array().unwrap() {
         if tp["required"] == true {
             assert_eq!(tp["state"], "attached", "{tp}");
+        }
+        assert!(tp["state"] == "attached" || tp["state"] == "skipped", "refused by this kernel: {tp}");
+        if tp["state"] == "skipped" {
+            assert!(!tp["detail"].as_str().unwrap().is_empty(), "skipped without a reason: {tp}");
         }
     }
     // kprobes: compare with the kernel's own interfaces.
