@@ -141,7 +141,7 @@ pub struct L7 {
     provisional_order: VecDeque<([u8; 16], std::time::Instant)>,
     /// Addresses of this node (and its containers): the local ends of the
     /// connections seen. Only requests from them can have a late partner,
-    /// so only their server spans are held.
+    /// so only their traces are held.
     node_ips: HashSet<IpAddr>,
     continuity: spans::messaging::Continuity,
     relays: Relays,
@@ -752,9 +752,13 @@ impl L7 {
     /// Ends a wait: the trace's spans go out as they are.
     fn release_trace(&mut self, trace_id: [u8; 16], spans: &mut Vec<Span>) {
         if let Some(p) = self.provisional.remove(&trace_id) {
-            for (span, sampled) in p.spans {
-                self.keep(span, sampled, spans);
-            }
+            self.keep_all(p.spans, spans);
+        }
+    }
+
+    fn keep_all(&mut self, held: Vec<(Span, bool)>, spans: &mut Vec<Span>) {
+        for (span, sampled) in held {
+            self.keep(span, sampled, spans);
         }
     }
 
@@ -769,9 +773,7 @@ impl L7 {
     /// came too late to be stitched: its spans go out as they are.
     fn end_provisional(&mut self, matches: impl Fn(&Provisional) -> bool, spans: &mut Vec<Span>) {
         if let Some(p) = self.take_provisional(matches) {
-            for (span, sampled) in p.spans {
-                self.keep(span, sampled, spans);
-            }
+            self.keep_all(p.spans, spans);
         }
     }
 

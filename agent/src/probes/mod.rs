@@ -240,6 +240,9 @@ impl Probes {
     /// The io_uring path: where the kernel has kprobes and the layout
     /// resolved, its tracepoints and kprobes; else each is skipped with why.
     fn attach_kernel_io(&mut self) {
+        if let Some(why) = &self.kernel_io_off {
+            tracing::info!("io_uring socket payload is not captured: {why}");
+        }
         let kernel = compat::running();
         for spec in KERNEL_IO {
             let state = if let Some(why) = &self.kernel_io_off {
@@ -256,8 +259,8 @@ impl Probes {
                     Err(e) => AttachState::Failed(e),
                 }
             };
-            if state != AttachState::Attached {
-                tracing::info!(hook = %spec.hook_name(), ?state, "io_uring path probe not attached");
+            if let AttachState::Failed(why) = &state {
+                tracing::warn!(hook = %spec.hook_name(), %why, "io_uring path probe refused");
             }
             self.report.push(ProbeStatus { hook: spec.hook_name(), need: Need::Optional, covers: KERNEL_IO_COVERS, state });
         }

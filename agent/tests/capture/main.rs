@@ -318,10 +318,16 @@ fn cli_curl() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("sonde capture");
+    // Startup logs what it attached, then "capturing".
     let mut cerr = std::io::BufReader::new(capture.stderr.take().unwrap());
-    let mut line = String::new();
-    cerr.read_line(&mut line).unwrap();
-    assert!(line.contains("capturing"), "sonde capture did not start: {line}");
+    let mut seen = String::new();
+    while !seen.lines().last().is_some_and(|l| l.contains("capturing")) {
+        let mut line = String::new();
+        if cerr.read_line(&mut line).unwrap() == 0 {
+            panic!("sonde capture did not start:\n{seen}");
+        }
+        seen.push_str(&line);
+    }
     // Wait until the HTTP server is accepting.
     let mut ready = false;
     for _ in 0..200 {
