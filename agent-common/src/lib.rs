@@ -56,6 +56,7 @@ pub mod map_names {
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
     pub const STATS: &str = "STATS";
+    pub const URING_SEEN: &str = "URING_SEEN";
 }
 
 /// Packs a (tgid, fd) pair into the u64 key of `SOCKS` and `LISTENERS`.

@@ -9,13 +9,17 @@
 //!   retries in task_work, io-wq workers) are known by the socket alone.
 //! * A call inside a traced syscall (`ACTIVE` holds it) is left to the
 //!   tracepoints, so nothing is reported twice.
+//! * The kprobes cost something on every TCP send and receive of the node,
+//!   so user space attaches them only once `URING_SEEN` says io_uring was
+//!   used on a tracked socket; the tracepoints above are cheap (io_uring
+//!   users only) and attached from the start.
 //! * The payload is found through `msghdr.msg_iter`, whose layout differs
 //!   between releases: user space reads it from BTF into
 //!   `SONDE_KERNEL_LAYOUT` (no CO-RE relocations from Rust).
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{kprobe, kretprobe, map, tracepoint},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use sonde_common::{sock_key, syscall, KernelLayout, SockInfo};
@@ -55,6 +59,11 @@ pub static SK_SOCK: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0
 #[map]
 static URING_FD: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Set to 1 by the first io_uring request on a tracked socket: user space
+/// then attaches the kprobes.
+#[map]
+pub static URING_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
 const SRC_UBUF: u8 = 1;
 const SRC_IOVEC: u8 = 2;
 
@@ -88,6 +97,9 @@ pub fn io_uring_file_get(ctx: TracePointContext) -> u32 {
     let key = sock_key(tgid, fd as u32);
     if unsafe { SOCKS.get(&key) }.is_some() {
         let _ = URING_FD.insert(&id, &key, 0);
+        if let Some(seen) = URING_SEEN.get_ptr_mut(0) {
+            unsafe { *seen = 1 };
+        }
     } else {
         let _ = URING_FD.remove(&id);
     }

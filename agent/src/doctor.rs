@@ -124,11 +124,15 @@ pub fn run() -> Report {
             if let Err(e) = probes.attach_all() {
                 capture_problem = Some(e.to_string());
             }
+            // The agent attaches these when io_uring comes into use; doctor
+            // proves now that they would load.
+            probes.attach_deferred();
             for p in &probes.report {
                 let (state, detail) = match &p.state {
                     AttachState::Attached => ("attached", String::new()),
                     AttachState::Skipped(r) => ("skipped", r.clone()),
                     AttachState::Failed(r) => ("failed", r.clone()),
+                    AttachState::Deferred(r) => ("deferred", r.clone()),
                 };
                 tracepoints.push(TracepointCheck {
                     hook: p.hook.clone(),
@@ -248,7 +252,7 @@ fn kernel_io_state(probes: &Probes) -> Result<(), String> {
         .iter()
         .filter(|p| io.contains(&p.hook))
         .find_map(|p| match &p.state {
-            AttachState::Skipped(r) | AttachState::Failed(r) => Some(format!("{}: {r}", p.hook)),
+            AttachState::Skipped(r) | AttachState::Failed(r) | AttachState::Deferred(r) => Some(format!("{}: {r}", p.hook)),
             AttachState::Attached => None,
         })
         .unwrap_or_else(|| "not attached".into()))
@@ -264,7 +268,7 @@ fn kernel_io_state(probes: &Probes) -> Result<(), String> {
 /// so it adds no coverage; it is detected and reported only.
 pub fn strategy(kernel_io: &Result<(), String>, fentry: bool) -> String {
     let io = match kernel_io {
-        Ok(()) => "kprobes on tcp_sendmsg/tcp_recvmsg (msghdr layout from BTF)".to_string(),
+        Ok(()) => "kprobes on tcp_sendmsg/tcp_recvmsg (msghdr layout from BTF), attached at the first io_uring request on a traced socket".to_string(),
         Err(why) => format!("not captured ({why})"),
     };
     format!(

@@ -46,7 +46,9 @@ pub struct Session {
     sockets: SharedSockets,
     owners: crate::conntrack::table::Owners,
     tasks: Vec<JoinHandle<()>>,
-    _probes: Probes,
+    /// Whether the io_uring kprobes are attached (they wait for io_uring).
+    kernel_io: Arc<std::sync::atomic::AtomicBool>,
+    _probes: Arc<Mutex<Probes>>,
 }
 
 impl Session {
@@ -105,16 +107,21 @@ impl Session {
             }
         });
 
-        Ok(Session {
-            events: out_rx,
-            stats,
-            probe_report: probes.report.clone(),
-            kernel_stats,
-            sockets,
-            owners,
-            tasks: vec![reader, conntrack],
-            _probes: probes,
-        })
+        let mut tasks = vec![reader, conntrack];
+        let kernel_io = Arc::new(std::sync::atomic::AtomicBool::new(probes.kernel_io_active()));
+        let uring_seen = probes.take_uring_seen();
+        let probe_report = probes.report.clone();
+        let probes = Arc::new(Mutex::new(probes));
+        if let Some(seen) = uring_seen {
+            // Weak: dropping the session detaches everything at once.
+            tasks.push(tokio::spawn(attach_when_uring_seen(seen, Arc::downgrade(&probes), kernel_io.clone())));
+        }
+        Ok(Session { events: out_rx, stats, probe_report, kernel_stats, sockets, owners, tasks, kernel_io, _probes: probes })
+    }
+
+    /// Whether io_uring payload is being captured (the kprobes are attached).
+    pub fn kernel_io_attached(&self) -> bool {
+        self.kernel_io.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stops payload copying for a connection classified as uninteresting;
@@ -194,4 +201,26 @@ fn spawn_ebpf_logger(probes: &mut Probes) {
         }
         Err(e) => tracing::debug!("eBPF logger not initialised: {e}"),
     }
+}
+
+/// Attaches the io_uring kprobes once the kernel flags the first io_uring
+/// request on a traced socket. Until then they cost nothing; requests made
+/// before they are attached (within one poll) are not captured.
+async fn attach_when_uring_seen(
+    seen: aya::maps::Array<aya::maps::MapData, u32>,
+    probes: std::sync::Weak<Mutex<Probes>>,
+    attached: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    while seen.get(&0, 0).unwrap_or(0) == 0 {
+        poll.tick().await;
+    }
+    let Some(probes) = probes.upgrade() else { return };
+    let mut p = probes.lock().expect("probes lock");
+    p.attach_deferred();
+    let active = p.kernel_io_active();
+    if active {
+        tracing::info!("io_uring is in use on a traced socket: kprobes attached to tcp_sendmsg/tcp_recvmsg");
+    }
+    attached.store(active, std::sync::atomic::Ordering::Relaxed);
 }

@@ -9,7 +9,7 @@
 //!   they load, and a trimmed Python for the HTTP fixtures. No disk, no
 //!   network beyond loopback, no modules (everything used is built in).
 //! - KVM is used when it works (a guest that prints nothing in time means
-//!   it hangs here); otherwise TCG.
+//!   it hangs here); otherwise single-threaded TCG.
 //! - The console is parsed for libtest's lines and the init's markers; a
 //!   panic or a timeout ends that kernel's row without wedging the run.
 use std::{

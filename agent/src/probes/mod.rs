@@ -8,7 +8,7 @@ pub mod tracefs;
 use std::path::PathBuf;
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
@@ -81,6 +81,8 @@ pub enum AttachState {
     Skipped(String),
     /// Attempted and refused (verifier, permission).
     Failed(String),
+    /// Loaded later, when it is needed (the io_uring kprobes).
+    Deferred(String),
 }
 
 #[derive(Debug, Clone)]
@@ -250,13 +252,16 @@ impl Probes {
             } else if let Some(why) = too_old(spec.program, kernel) {
                 AttachState::Skipped(why)
             } else {
-                let attached = match spec.hook {
-                    KernelIoHook::Tracepoint(cat) => self.attach_tracepoint(spec.program, cat, spec.target),
-                    KernelIoHook::Kprobe | KernelIoHook::Kretprobe => self.attach_kprobe(spec.program, spec.target),
-                };
-                match attached {
-                    Ok(()) => AttachState::Attached,
-                    Err(e) => AttachState::Failed(e),
+                match spec.hook {
+                    KernelIoHook::Tracepoint(cat) => match self.attach_tracepoint(spec.program, cat, spec.target) {
+                        Ok(()) => AttachState::Attached,
+                        Err(e) => AttachState::Failed(e),
+                    },
+                    // They fire on every TCP send and receive of the node:
+                    // not before something uses io_uring on a traced socket.
+                    KernelIoHook::Kprobe | KernelIoHook::Kretprobe => {
+                        AttachState::Deferred("attached at the first io_uring request on a traced socket".into())
+                    }
                 }
             };
             if let AttachState::Failed(why) = &state {
@@ -264,6 +269,33 @@ impl Probes {
             }
             self.report.push(ProbeStatus { hook: spec.hook_name(), need: Need::Optional, covers: KERNEL_IO_COVERS, state });
         }
+    }
+
+    /// Attaches what was deferred (io_uring came into use, or doctor tests
+    /// that it would load).
+    pub fn attach_deferred(&mut self) {
+        for i in 0..self.report.len() {
+            if !matches!(self.report[i].state, AttachState::Deferred(_)) {
+                continue;
+            }
+            let Some(spec) = KERNEL_IO.iter().find(|k| k.hook_name() == self.report[i].hook) else { continue };
+            self.report[i].state = match self.attach_kprobe(spec.program, spec.target) {
+                Ok(()) => AttachState::Attached,
+                Err(why) => {
+                    tracing::warn!(hook = %self.report[i].hook, %why, "io_uring path probe refused");
+                    AttachState::Failed(why)
+                }
+            };
+        }
+    }
+
+    /// The flag the kernel raises at the first io_uring request on a traced
+    /// socket, when something waits for it.
+    pub fn take_uring_seen(&mut self) -> Option<Array<MapData, u32>> {
+        if !self.report.iter().any(|p| matches!(p.state, AttachState::Deferred(_))) {
+            return None;
+        }
+        Array::try_from(self.ebpf.take_map(map_names::URING_SEEN)?).ok()
     }
 
     /// Whether every program of the io_uring path is attached.
