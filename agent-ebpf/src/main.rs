@@ -1,8 +1,10 @@
 //! sonde's kernel half: syscall tracepoints that copy socket payload and
 //! classify TCP connections. See ARCHITECTURE.md, "Kernel side".
 //!
-//! Only tracepoints are required. Optional programs (kprobe, fentry, uprobe,
-//! sk_msg) exist so `sonde doctor` can test what the running kernel allows.
+//! Only tracepoints are required. `kernel_io.rs` adds optional kprobes for
+//! io_uring where the kernel has them. The programs of `optional.rs`
+//! (kprobe, fentry, uprobe, sk_msg) exist so `sonde doctor` can test what
+//! the running kernel allows.
 #![no_std]
 #![no_main]
 

@@ -1,5 +1,7 @@
 //! Stage 1: load the eBPF object, set its globals and filters, and attach
-//! every tracepoint program, recording per probe whether it attached.
+//! every tracepoint program, recording per probe whether it attached; where
+//! the kernel has kprobes, also the io_uring path (its kprobes deferred
+//! until io_uring is used).
 pub mod compat;
 pub mod layout;
 pub mod programs;
