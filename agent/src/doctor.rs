@@ -178,7 +178,7 @@ fn kprobe_check(probes: &mut Probes) -> Result<String, String> {
     if !crate::probes::kprobes_present() {
         return Err("unavailable: no kprobe PMU and no kprobe_events in tracefs (CONFIG_KPROBES=n)".into());
     }
-    let prog: &mut KProbe = program(probes, "sonde_doctor_kprobe")?;
+    let prog: &mut KProbe = probes.program("sonde_doctor_kprobe")?;
     prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
     let link = prog.attach("tcp_sendmsg", 0).map_err(|e| format!("unavailable: attach: {e}"))?;
     let _ = prog.detach(link);
@@ -187,7 +187,7 @@ fn kprobe_check(probes: &mut Probes) -> Result<String, String> {
 
 fn fentry_check(probes: &mut Probes) -> Result<String, String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("unavailable: no kernel BTF: {e}"))?;
-    let prog: &mut FEntry = program(probes, "sonde_doctor_fentry")?;
+    let prog: &mut FEntry = probes.program("sonde_doctor_fentry")?;
     prog.load("tcp_sendmsg", &btf).map_err(|e| format!("unavailable: load: {e}"))?;
     let link = prog.attach().map_err(|e| format!("unavailable: attach: {}", root_cause(&e)))?;
     let _ = prog.detach(link);
@@ -196,7 +196,7 @@ fn fentry_check(probes: &mut Probes) -> Result<String, String> {
 
 fn uprobe_check(probes: &mut Probes) -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("unavailable: own executable: {e}"))?;
-    let prog: &mut UProbe = program(probes, "sonde_doctor_uprobe")?;
+    let prog: &mut UProbe = probes.program("sonde_doctor_uprobe")?;
     prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
     let link = prog
         .attach(
@@ -211,21 +211,9 @@ fn uprobe_check(probes: &mut Probes) -> Result<String, String> {
 }
 
 fn sk_msg_check(probes: &mut Probes) -> Result<String, String> {
-    let prog: &mut SkMsg = program(probes, "sonde_doctor_sk_msg")?;
+    let prog: &mut SkMsg = probes.program("sonde_doctor_sk_msg")?;
     prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
     Ok("available (program loads)".into())
-}
-
-fn program<'a, T>(probes: &'a mut Probes, name: &str) -> Result<&'a mut T, String>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    probes
-        .ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

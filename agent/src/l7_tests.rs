@@ -55,16 +55,30 @@ fn l7() -> L7 {
     )
 }
 
+/// A client and a server end of one loopback connection, on this node.
+fn loopback_pair() -> (ConnInfo, ConnInfo) {
+    (
+        conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller"),
+        conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee"),
+    )
+}
+
+/// Feeds `events` in order, adding the spans they make to `spans`.
+fn feed(l7: &mut L7, mut spans: Vec<Span>, events: impl IntoIterator<Item = StreamEvent>) -> Vec<Span> {
+    for ev in events {
+        l7.on_event(ev, &mut spans);
+    }
+    spans
+}
+
 const REQ: &[u8] = b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n";
 const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
 #[test]
 fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace() {
     let mut l7 = l7();
-    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
-    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
-    let mut spans = vec![];
-    for ev in [
+    let (client, server) = loopback_pair();
+    let spans = feed(&mut l7, vec![], [
         StreamEvent::Open(client.clone()),
         StreamEvent::Open(server.clone()),
         // The client's thread was preempted before its write syscall
@@ -73,9 +87,7 @@ fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace
         data(&client, Direction::Egress, 900, REQ),
         data(&server, Direction::Egress, 2_000, RESP),
         data(&client, Direction::Ingress, 2_100, RESP),
-    ] {
-        l7.on_event(ev, &mut spans);
-    }
+    ]);
     let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
     assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
     assert_eq!(srv.trace_id, cli.trace_id, "one trace");
@@ -86,22 +98,16 @@ fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace
 #[test]
 fn a_server_span_finished_before_its_local_clients_write_record_is_held_and_joins() {
     let mut l7 = l7();
-    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
-    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
-    let mut spans = vec![];
-    for ev in [
+    let (client, server) = loopback_pair();
+    let mut spans = feed(&mut l7, vec![], [
         StreamEvent::Open(client.clone()),
         StreamEvent::Open(server.clone()),
         // The client's thread stayed preempted for the whole request.
         data(&server, Direction::Ingress, 1_000, REQ),
         data(&server, Direction::Egress, 2_000, RESP),
-    ] {
-        l7.on_event(ev, &mut spans);
-    }
+    ]);
     assert!(spans.is_empty(), "held for its client: {spans:?}");
-    for ev in [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)] {
-        l7.on_event(ev, &mut spans);
-    }
+    spans = feed(&mut l7, spans, [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)]);
     let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
     assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
     assert_eq!(srv.trace_id, cli.trace_id, "one trace");
@@ -114,12 +120,10 @@ fn a_server_span_finished_before_its_local_clients_write_record_is_held_and_join
 #[test]
 fn the_calls_a_late_partnered_request_made_move_into_its_clients_trace_too() {
     let mut l7 = l7();
-    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
-    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
+    let (client, server) = loopback_pair();
     // The server's own downstream call, on the thread serving the request.
     let downstream = conn(3, 200, Role::Client, "127.0.0.1:6000", "10.9.9.9:8080", "callee");
-    let mut spans = vec![];
-    for ev in [
+    let mut spans = feed(&mut l7, vec![], [
         StreamEvent::Open(client.clone()),
         StreamEvent::Open(server.clone()),
         StreamEvent::Open(downstream.clone()),
@@ -127,13 +131,9 @@ fn the_calls_a_late_partnered_request_made_move_into_its_clients_trace_too() {
         data(&downstream, Direction::Egress, 1_100, b"GET /down HTTP/1.1\r\nHost: d\r\n\r\n"),
         data(&downstream, Direction::Ingress, 1_200, RESP),
         data(&server, Direction::Egress, 2_000, RESP),
-    ] {
-        l7.on_event(ev, &mut spans);
-    }
+    ]);
     assert!(spans.is_empty(), "the whole provisional trace is held: {spans:?}");
-    for ev in [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)] {
-        l7.on_event(ev, &mut spans);
-    }
+    spans = feed(&mut l7, spans, [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)]);
     let [down, srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
     assert_eq!((down.kind.as_str(), srv.kind.as_str(), cli.kind.as_str()), ("CLIENT", "SERVER", "CLIENT"));
     assert!(spans.iter().all(|s| s.trace_id == cli.trace_id), "one trace: {spans:?}");
@@ -145,14 +145,11 @@ fn the_calls_a_late_partnered_request_made_move_into_its_clients_trace_too() {
 fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
     let mut l7 = l7();
     let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
-    let mut spans = vec![];
-    for ev in [
+    let mut spans = feed(&mut l7, vec![], [
         StreamEvent::Open(server.clone()),
         data(&server, Direction::Ingress, 1_000, REQ),
         data(&server, Direction::Egress, 2_000, RESP),
-    ] {
-        l7.on_event(ev, &mut spans);
-    }
+    ]);
     assert!(spans.is_empty());
     l7.release_held(Some(std::time::Instant::now()), &mut spans);
     assert!(spans.is_empty(), "its wait is not over yet");
@@ -165,14 +162,11 @@ fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
 fn server_spans_of_off_node_clients_are_not_held() {
     let mut l7 = l7();
     let server = conn(2, 200, Role::Server, "10.0.0.1:80", "192.0.2.7:5000", "callee");
-    let mut spans = vec![];
-    for ev in [
+    let spans = feed(&mut l7, vec![], [
         StreamEvent::Open(server.clone()),
         data(&server, Direction::Ingress, 1_000, REQ),
         data(&server, Direction::Egress, 2_000, RESP),
-    ] {
-        l7.on_event(ev, &mut spans);
-    }
+    ]);
     let [srv] = spans.as_slice() else { panic!("exported at once: {spans:?}") };
     assert_eq!(srv.kind.as_str(), "SERVER");
 }
@@ -180,20 +174,16 @@ fn server_spans_of_off_node_clients_are_not_held() {
 #[test]
 fn a_partner_later_than_the_window_is_not_adopted() {
     let mut l7 = l7();
-    let client = conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller");
-    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
-    let mut spans = vec![];
+    let (client, server) = loopback_pair();
     let late = LATE_PARTNER_WINDOW_NS + 10_000;
-    for ev in [
+    let spans = feed(&mut l7, vec![], [
         StreamEvent::Open(client.clone()),
         StreamEvent::Open(server.clone()),
         data(&server, Direction::Ingress, late, REQ),
         data(&client, Direction::Egress, 1_000, REQ),
         data(&server, Direction::Egress, late + 1_000, RESP),
         data(&client, Direction::Ingress, late + 2_000, RESP),
-    ] {
-        l7.on_event(ev, &mut spans);
-    }
+    ]);
     let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
     assert_ne!(srv.trace_id, cli.trace_id, "not stitched: exported as they are");
     assert_eq!(srv.parent_span_id, None);

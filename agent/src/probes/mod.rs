@@ -305,13 +305,20 @@ impl Probes {
         KERNEL_IO.iter().all(|k| self.report.iter().any(|p| p.hook == k.hook_name() && p.state == AttachState::Attached))
     }
 
-    fn attach_kprobe(&mut self, program: &str, function: &str) -> Result<(), String> {
-        let prog: &mut KProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing from the object"))?
+    /// The object's program `name`, as its type.
+    pub fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T, String>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?
             .try_into()
-            .map_err(|e| format!("{e}"))?;
+            .map_err(|e| format!("{e}"))
+    }
+
+    fn attach_kprobe(&mut self, program: &str, function: &str) -> Result<(), String> {
+        let prog: &mut KProbe = self.program(program)?;
         prog.load().map_err(|e| format!("verifier/load: {e:#}"))?;
         prog.attach(function, 0).map_err(|e| format!("attach: {e:?}"))?;
         Ok(())
@@ -339,12 +346,7 @@ impl Probes {
     }
 
     fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<(), String> {
-        let prog: &mut TracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing from the object"))?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
+        let prog: &mut TracePoint = self.program(program)?;
         prog.load().map_err(|e| format!("verifier/load: {e:#}"))?;
         prog.attach(category, name).map_err(|e| format!("attach: {e:?}"))?;
         Ok(())
