@@ -2,9 +2,9 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sonde::protocols::{amqp::AmqpConnection, Segment};
 
-const C2S: &[u8] = include_bytes!("../tests/fixtures/amqp/session.c2s");
-const S2C: &[u8] = include_bytes!("../tests/fixtures/amqp/session.s2c");
-const ORDER: &str = include_str!("../tests/fixtures/amqp/session.order");
+const C2S: &[u8] = include_bytes!("../src/protocols/amqp/captures/session.c2s");
+const S2C: &[u8] = include_bytes!("../src/protocols/amqp/captures/session.s2c");
+const ORDER: &str = include_str!("../src/protocols/amqp/captures/session.order");
 
 fn bench(c: &mut Criterion) {
     // The recorded chunks, in the order they crossed the wire.

@@ -4,13 +4,13 @@ use sonde::protocols::{mysql::MysqlConnection, postgres::PgConnection, redis::Re
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!("../tests/fixtures/db/", $name)).as_slice()
+        include_bytes!(concat!("../src/protocols/", $name)).as_slice()
     };
 }
 
-const REDIS: (&[u8], &[u8]) = (fixture!("redis_session.c2s"), fixture!("redis_session.s2c"));
-const PG: (&[u8], &[u8]) = (fixture!("postgres_session.c2s"), fixture!("postgres_session.s2c"));
-const MYSQL: (&[u8], &[u8]) = (fixture!("mysql_session.c2s"), fixture!("mysql_session.s2c"));
+const REDIS: (&[u8], &[u8]) = (fixture!("redis/captures/session.c2s"), fixture!("redis/captures/session.s2c"));
+const PG: (&[u8], &[u8]) = (fixture!("postgres/captures/session.c2s"), fixture!("postgres/captures/session.s2c"));
+const MYSQL: (&[u8], &[u8]) = (fixture!("mysql/captures/session.c2s"), fixture!("mysql/captures/session.s2c"));
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("db");

@@ -5,9 +5,9 @@ use sonde::protocols::{
     Segment,
 };
 
-const REQ: &[u8] = include_bytes!("../tests/fixtures/http/curl_get.req");
-const RESP: &[u8] = include_bytes!("../tests/fixtures/http/nginx_get.resp");
-const CHUNKED: &[u8] = include_bytes!("../tests/fixtures/http/python_chunked.resp");
+const REQ: &[u8] = include_bytes!("../src/protocols/http/captures/curl_get.req");
+const RESP: &[u8] = include_bytes!("../src/protocols/http/captures/nginx_get.resp");
+const CHUNKED: &[u8] = include_bytes!("../src/protocols/http/captures/python_chunked.resp");
 const EXCHANGES: usize = 100;
 
 /// `EXCHANGES` request/response pairs on one keep-alive connection.

@@ -5,9 +5,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{
     cli::{CaptureArgs, CaptureCmd, Command, DoctorCmd},
-    conntrack::StreamEvent,
+    connections::StreamEvent,
     doctor,
-    output::{json_line, text_line, Clock},
+    clock::Clock,
+    output::{json_line, text_line},
     session::Session,
 };
 

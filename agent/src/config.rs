@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use serde::Deserialize;
 
 use crate::{
-    conntrack::process::parse_resource_attributes,
+    connections::process::parse_resource_attributes,
     export::{
         batch::BatchConfig,
         otlp::{self, Protocol, Signal, Target},

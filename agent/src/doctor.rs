@@ -106,7 +106,7 @@ pub fn run() -> Report {
     ));
     checks.push(check(
         "cgroup v2",
-        crate::conntrack::cgroup::cgroup2_mount().map(|m| format!("mounted at {}", m.display())).ok_or_else(|| {
+        crate::connections::cgroup::cgroup2_mount().map(|m| format!("mounted at {}", m.display())).ok_or_else(|| {
             "no cgroup2 mount: the cgroup filter needs cgroup v2; container ids still work from v1 paths".to_string()
         }),
     ));

@@ -8,16 +8,15 @@ use std::{
 
 use crate::{
     cli::RunArgs,
+    clock::{monotonic_now, Clock},
     config::{self, FileConfig, RunConfig},
-    export::{batch, otlp, proto, stdout},
-    l7::{Exclusions, L7Stats, L7},
-    relay::Relays,
-    metrics::{prometheus::HealthMetric, Registry, SharedRegistry},
-    output::Clock,
-    probes::KernelStats,
+    correlation::relay::Relays,
+    export::{batch, otlp, proto},
+    metrics::{Registry, SharedRegistry},
+    pipeline::{self, Pipeline, PipelineConfig},
+    protocols::dispatch::{Command, Exclusions, PARSER_BUDGET},
     session::Session,
     spans::ResourceBuilder,
-    stats::Stats,
 };
 
 /// Everything after SIGINT/SIGTERM, flushes included, stays under this.
@@ -85,18 +84,36 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let metadata = crate::metadata::SharedStore::default();
     let docker_task = tokio::spawn(crate::metadata::docker::follow(metadata.clone(), crate::metadata::docker::socket_path()));
     let kube_task = tokio::spawn(crate::metadata::kube::start(metadata.clone(), std::env::var("SONDE_NODE_NAME").ok()));
-    let mut l7 = L7::new(
-        Relays::new(cfg.relay_processes.clone()),
-        Exclusions { processes: cfg.exclude_processes.clone(), namespaces: cfg.exclude_namespaces.clone() },
-        ResourceBuilder::new(cfg.resource_attributes.clone()).with_metadata(metadata),
-        registry.clone(),
-        cfg.sampler.clone(),
-        cfg.http,
-        Box::new(session.releaser()),
-    );
+    let pipeline = Pipeline::new(PipelineConfig {
+        relays: Relays::new(cfg.relay_processes.clone()),
+        excluded: Exclusions { processes: cfg.exclude_processes.clone(), namespaces: cfg.exclude_namespaces.clone() },
+        metadata: Some(metadata),
+        resources: ResourceBuilder::new(cfg.resource_attributes.clone()),
+        registry: registry.clone(),
+        sampler: cfg.sampler.clone(),
+        http: cfg.http,
+        nat_lookup: Box::new(crate::correlation::nat::lookup),
+        parser_budget: PARSER_BUDGET,
+        series_ttl: crate::metrics::SERIES_TTL,
+    });
+    // The one backward edge: connections to release, applied to the kernel.
+    let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<Command>(4096);
+    let mut release = session.releaser();
+    let commands_task = tokio::spawn(async move {
+        while let Some(Command::Release { conn, pid, fd }) = cmd_rx.recv().await {
+            release(conn, pid, fd);
+        }
+    });
+    let (pipe_stop_tx, pipe_stop_rx) = tokio::sync::watch::channel(false);
+    let idle = args.capture.session_config().poll_interval * 3;
+    let sinks = pipeline::Sinks { stdout: cfg.stdout, queue: span_queue };
+    let (pipe, mut pipe_done, pipe_stats) = match pipeline::spawn(pipeline, session.take_events(), sinks, cmd_tx, pipe_stop_rx, idle) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot start the pipeline thread: {e}")),
+    };
     if let Some(l) = listener {
         let addr = l.local_addr().ok();
-        let health = health_fn(session.stats.clone(), session.kernel_stats(), l7.stats.clone(), export_stats.clone(), registry.clone());
+        let health = crate::health::health_fn(session.stats.clone(), session.kernel_stats(), pipe_stats, export_stats.clone(), registry.clone());
         tracing::info!(?addr, "serving Prometheus metrics at /metrics");
         let reg = registry.clone();
         tokio::spawn(async move {
@@ -111,35 +128,30 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
     let stop = shutdown_signal();
     tokio::pin!(stop);
-    let mut spans = vec![];
-    // Server spans held for a late client go out when their wait is over.
-    let mut held_tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            ev = session.events.recv() => match ev {
-                Some(ev) => l7.on_event(ev, &mut spans),
-                None => break,
-            },
-            _ = held_tick.tick() => l7.release_held(Some(std::time::Instant::now()), &mut spans),
-            _ = &mut stop => break,
+    let stopped = tokio::select! {
+        _ = &mut stop => true,
+        _ = &mut pipe_done => false,
+    };
+    if stopped {
+        tracing::info!("shutting down: flushing spans and metrics");
+    }
+    // Events already captured still deserve spans: the pipeline drains
+    // until the stream has been idle for a few reader polls (bounded).
+    let _ = pipe_stop_tx.send(true);
+    let ended = tokio::task::spawn_blocking(move || pipe.join()).await;
+    let failure = match ended {
+        Ok(Ok(pipeline::Ended::Stopped)) => None,
+        Ok(Ok(pipeline::Ended::InputClosed)) => {
+            Some(session.failure().unwrap_or_else(|| "the capture stream closed unexpectedly".into()))
         }
-        deliver(&mut spans, cfg.stdout, span_queue.as_ref());
-    }
-    tracing::info!("shutting down: flushing spans and metrics");
-    // Events already captured still deserve spans: drain until the stream
-    // has been idle for a few reader polls (bounded).
-    let idle = args.capture.session_config().poll_interval * 3;
-    let drain_until = tokio::time::Instant::now() + Duration::from_millis(1000);
-    while let Ok(Some(ev)) = tokio::time::timeout_at(drain_until.min(tokio::time::Instant::now() + idle), session.events.recv()).await {
-        l7.on_event(ev, &mut spans);
-    }
-    l7.release_held(None, &mut spans);
-    deliver(&mut spans, cfg.stdout, span_queue.as_ref());
+        Ok(Err(panic)) => Some(format!("the pipeline thread panicked: {}", panic_message(&panic))),
+        Err(e) => Some(format!("the pipeline thread could not be joined: {e}")),
+    };
+    commands_task.abort();
     drop(session); // detach the probes
     docker_task.abort();
     kube_task.abort();
     let _ = stop_tx.send(true);
-    drop(span_queue);
     let flush = async {
         for t in tasks {
             let _ = t.await;
@@ -151,31 +163,24 @@ pub async fn run(args: RunArgs) -> ExitCode {
     if tokio::time::timeout(SHUTDOWN_BUDGET, flush).await.is_err() {
         tracing::warn!("flush did not finish within {SHUTDOWN_BUDGET:?}; exiting anyway");
     }
-    ExitCode::SUCCESS
-}
-
-/// Hands finished spans to the stdout printer and/or the OTLP queue.
-fn deliver(spans: &mut Vec<crate::spans::Span>, to_stdout: bool, queue: Option<&batch::SpanQueue>) {
-    for s in spans.drain(..) {
-        if to_stdout {
-            println!("{}", stdout::line(&s));
-        }
-        if let Some(q) = queue {
-            q.push(s);
+    match failure {
+        None => ExitCode::SUCCESS,
+        Some(cause) => {
+            tracing::error!("{cause}");
+            fail(format!("stopped because of a failure: {cause}"))
         }
     }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
 }
 
 fn describe(cfg: &RunConfig) {
     if cfg.traces.is_none() {
         tracing::info!("no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint): printing spans to stdout");
     }
-}
-
-fn monotonic_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 async fn metric_loop(
@@ -195,7 +200,7 @@ async fn metric_loop(
             _ = stop.changed() => true,
         };
         let req = {
-            let reg = registry.lock().expect("registry lock");
+            let reg = registry.lock().unwrap_or_else(|e| e.into_inner());
             proto::metrics(&reg, clock.unix_ns(monotonic_now()))
         };
         if !req.resource_metrics.is_empty() {
@@ -221,61 +226,6 @@ async fn metric_loop(
             return;
         }
     }
-}
-
-/// The agent's own counters, read at each scrape.
-fn health_fn(
-    stats: Arc<Stats>,
-    kernel: Arc<KernelStats>,
-    l7: Arc<L7Stats>,
-    export: Arc<batch::ExportStats>,
-    registry: SharedRegistry,
-) -> Arc<dyn Fn() -> Vec<HealthMetric> + Send + Sync> {
-    Arc::new(move || {
-        let k = kernel.read();
-        let u = stats.snapshot();
-        let c = |name, help, labels: Vec<(&'static str, &str)>, v: u64| HealthMetric {
-            name,
-            help,
-            kind: "counter",
-            labels: labels.into_iter().map(|(a, b)| (a, b.to_string())).collect(),
-            value: v as f64,
-        };
-        let drops = "Events dropped, by the stage that dropped them.";
-        vec![
-            c("sonde_kernel_events_total", "Records the kernel wrote to the ring buffer.", vec![], k.events),
-            c("sonde_events_read_total", "Records user space read from the ring buffer.", vec![], u.ringbuf_records),
-            c("sonde_dropped_total", drops, vec![("stage", "ringbuf")], k.ringbuf_drops),
-            c("sonde_dropped_total", drops, vec![("stage", "reader_channel")], u.reader_channel_drops),
-            c("sonde_dropped_total", drops, vec![("stage", "stream_channel")], u.stream_channel_drops),
-            c("sonde_dropped_total", drops, vec![("stage", "export_queue")], export.spans_dropped_queue.load(Relaxed)),
-            c("sonde_dropped_total", drops, vec![("stage", "export_failed")], export.spans_dropped_failed.load(Relaxed)),
-            c("sonde_dropped_total", drops, vec![("stage", "metric_series_limit")], registry.lock().map(|r| r.refused_series).unwrap_or(0)),
-            c("sonde_kernel_read_faults_total", "Faults copying user memory in the kernel.", vec![], k.read_faults),
-            c("sonde_kernel_map_full_total", "Kernel map inserts refused.", vec![], k.map_full),
-            c("sonde_decode_errors_total", "Ring buffer records that failed to decode.", vec![], u.decode_errors),
-            c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", vec![("protocol", "http")], l7.http_parse_errors.load(Relaxed)),
-            c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", vec![("protocol", "db")], l7.db_parse_errors.load(Relaxed)),
-            c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", vec![("protocol", "amqp")], l7.amqp_parse_errors.load(Relaxed)),
-            c("sonde_db_calls_total", "Database calls seen.", vec![], l7.db_calls.load(Relaxed)),
-            c("sonde_db_unmatched_total", "Database requests or responses that could not be paired.", vec![], l7.db_unmatched.load(Relaxed)),
-            c("sonde_http_unmatched_responses_total", "HTTP responses without a captured request.", vec![], l7.http_unmatched_responses.load(Relaxed)),
-            c("sonde_http_unanswered_requests_total", "HTTP requests dropped without a response.", vec![], l7.http_unanswered_requests.load(Relaxed)),
-            c("sonde_http_exchanges_total", "HTTP request/response pairs seen.", vec![], l7.http_exchanges.load(Relaxed)),
-            c("sonde_released_connections_total", "Connections no parser recognised (payload copy stopped).", vec![], l7.released_connections.load(Relaxed)),
-            c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "adopted")], l7.late_partners_adopted.load(Relaxed)),
-            c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "missed")], l7.late_partners_missed.load(Relaxed)),
-            c("sonde_nat_resolved_total", "Server connections matched to their client through conntrack (DNAT).", vec![], l7.nat_resolved.load(Relaxed)),
-            c("sonde_calls_ambiguous_total", "Client calls left as roots because several requests in flight could have made them.", vec![], l7.calls_ambiguous.load(Relaxed)),
-            c("sonde_spans_sampled_out_total", "Spans not exported by sampling decision.", vec![], l7.spans_sampled_out.load(Relaxed)),
-            c("sonde_spans_exported_total", "Spans accepted by the OTLP backend.", vec![], export.spans_exported.load(Relaxed)),
-            c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "traces")], export.trace_export_failures.load(Relaxed)),
-            c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "metrics")], export.metric_export_failures.load(Relaxed)),
-            c("sonde_connections_opened_total", "TCP connections tracked.", vec![], u.connections_opened),
-            c("sonde_connections_closed_total", "TCP connections closed.", vec![], u.connections_closed),
-            c("sonde_unresolved_sockets_total", "Sockets whose tuple could not be found.", vec![], u.unresolved_sockets),
-        ]
-    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

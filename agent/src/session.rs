@@ -1,6 +1,6 @@
 //! Wiring of the capture stages: probes -> reader -> connection table, ending
 //! in a channel of [`StreamEvent`]s for whichever consumer runs (the capture
-//! printer now, the protocol parsers later).
+//! printer, or the pipeline).
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -9,7 +9,7 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
-    conntrack::{procnet, ConnTable, StreamEvent},
+    connections::{procnet, ConnTable, StreamEvent},
     probes::{KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes, QuietError, SharedSockets},
     reader,
     stats::{Stats, StatsSnapshot},
@@ -44,7 +44,7 @@ pub struct Session {
     pub probe_report: Vec<ProbeStatus>,
     kernel_stats: Arc<KernelStats>,
     sockets: SharedSockets,
-    owners: crate::conntrack::table::Owners,
+    owners: crate::connections::table::Owners,
     tasks: Vec<JoinHandle<()>>,
     /// Whether the io_uring kprobes are attached (they wait for io_uring).
     kernel_io: Arc<std::sync::atomic::AtomicBool>,
@@ -84,14 +84,30 @@ impl Session {
         });
 
         let table_stats = stats.clone();
-        let conntrack = tokio::spawn(async move {
+        // Its /proc reads (process names, unresolved sockets) block, so the
+        // table runs on a thread of the blocking pool, not on a worker.
+        let rt = tokio::runtime::Handle::current();
+        let conntrack = tokio::task::spawn_blocking(move || rt.block_on(async move {
             let mut out = seeded;
             let mut sweep = tokio::time::interval(Duration::from_secs(10));
             sweep.tick().await;
             loop {
                 for ev in out.drain(..) {
-                    if let Err(mpsc::error::TrySendError::Full(_)) = out_tx.try_send(ev) {
-                        Stats::inc(&table_stats.stream_channel_drops);
+                    match ev {
+                        // Payload may be dropped (counted) when the pipeline
+                        // lags; opens and closes never are: a lost close would
+                        // leak a connection's parser state. They wait for room
+                        // (the reader then drops and counts instead).
+                        StreamEvent::Data(..) => {
+                            if let Err(mpsc::error::TrySendError::Full(_)) = out_tx.try_send(ev) {
+                                Stats::inc(&table_stats.stream_channel_drops);
+                            }
+                        }
+                        _ => {
+                            if out_tx.send(ev).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
                 if out_tx.is_closed() {
@@ -105,7 +121,7 @@ impl Session {
                     _ = sweep.tick() => table.sweep(&mut out),
                 }
             }
-        });
+        }));
 
         let mut tasks = vec![reader, conntrack];
         let kernel_io = Arc::new(std::sync::atomic::AtomicBool::new(probes.kernel_io_active()));
@@ -119,6 +135,27 @@ impl Session {
         Ok(Session { events: out_rx, stats, probe_report, kernel_stats, sockets, owners, tasks, kernel_io, _probes: probes })
     }
 
+    /// Takes the event stream (for a consumer on another thread).
+    pub fn take_events(&mut self) -> mpsc::Receiver<StreamEvent> {
+        std::mem::replace(&mut self.events, mpsc::channel(1).1)
+    }
+
+    /// Why a capture task ended early (a panic, or an error it logged),
+    /// if one did.
+    pub fn failure(&mut self) -> Option<String> {
+        use futures_util::FutureExt;
+        for (name, t) in ["ring buffer reader", "connection table"].iter().zip(self.tasks.iter_mut()) {
+            if !t.is_finished() {
+                continue;
+            }
+            return Some(match t.now_or_never() {
+                Some(Err(e)) if e.is_panic() => format!("the {name} task panicked: {}", crate::run::panic_message(&e.into_panic())),
+                _ => format!("the {name} task stopped (see the log above)"),
+            });
+        }
+        None
+    }
+
     /// Whether io_uring payload is being captured (the kprobes are attached).
     pub fn kernel_io_attached(&self) -> bool {
         self.kernel_io.load(std::sync::atomic::Ordering::Relaxed)
@@ -127,7 +164,7 @@ impl Session {
     /// Stops payload copying for a connection classified as uninteresting;
     /// its data events keep their timing and byte counts.
     pub fn set_quiet(&self, pid: u32, fd: i32) -> Result<(), QuietError> {
-        self.sockets.lock().expect("socket maps lock").set_quiet(pid, fd)
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).set_quiet(pid, fd)
     }
 
     pub fn kernel_counters(&self) -> KernelCounters {
@@ -145,8 +182,8 @@ impl Session {
         let sockets = self.sockets.clone();
         let owners = self.owners.clone();
         move |conn, pid, fd| {
-            if owners.lock().expect("owners lock").get(&(pid, fd)) == Some(&conn) {
-                let _ = sockets.lock().expect("socket maps lock").set_quiet(pid, fd);
+            if owners.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, fd)) == Some(&conn) {
+                let _ = sockets.lock().unwrap_or_else(|e| e.into_inner()).set_quiet(pid, fd);
             }
         }
     }
@@ -170,14 +207,14 @@ fn scan_filter(p: &ProbeConfig) -> impl Fn(u32) -> bool {
     let me = std::process::id();
     let pids = p.pids.clone();
     let cgroups: Vec<u64> = p.cgroups.iter().filter_map(|c| crate::probes::cgroup_id(c).ok()).collect();
-    let mount = crate::conntrack::cgroup::cgroup2_mount();
+    let mount = crate::connections::cgroup::cgroup2_mount();
     move |pid| {
         pid != me
             && (pids.is_empty() || pids.contains(&pid))
             && (cgroups.is_empty()
                 || mount
                     .as_deref()
-                    .and_then(|m| crate::conntrack::cgroup::cgroup2_id_of(pid, m))
+                    .and_then(|m| crate::connections::cgroup::cgroup2_id_of(pid, m))
                     .is_some_and(|id| cgroups.contains(&id)))
     }
 }
@@ -216,7 +253,7 @@ async fn attach_when_uring_seen(
         poll.tick().await;
     }
     let Some(probes) = probes.upgrade() else { return };
-    let mut p = probes.lock().expect("probes lock");
+    let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
     p.attach_deferred();
     let active = p.kernel_io_active();
     if active {

@@ -299,7 +299,7 @@ fn initramfs(bins: &BTreeMap<String, PathBuf>, opts: &Options) -> Result<PathBuf
         t.host_file(b)?;
     }
     // The HTTP fixtures, at the path compiled into the tests.
-    t.host_dir(&repo().join("agent/tests/fixtures"), &["db", "amqp", "k8s"])?;
+    t.host_dir(&repo().join("agent/tests/fixtures"), &["amqp", "k8s"])?;
     // Python for them: the interpreter the host tests use, its stdlib trimmed.
     let python = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sys,os;print(os.path.realpath(sys.executable))"]).output()?.stdout)?.trim());
     let stdlib = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sysconfig;print(sysconfig.get_paths()['stdlib'])"]).output()?.stdout)?.trim());

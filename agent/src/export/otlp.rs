@@ -59,7 +59,7 @@ impl Signal {
 
 /// Parses `OTEL_EXPORTER_OTLP_HEADERS` syntax: `k=v,k2=v2`.
 pub fn parse_headers(s: &str) -> Vec<(String, String)> {
-    crate::conntrack::process::parse_resource_attributes(s)
+    crate::connections::process::parse_resource_attributes(s)
 }
 
 /// Resolves a signal's target from OTEL_* variables (read through `env`)

@@ -55,7 +55,7 @@ pub async fn follow(store: SharedStore, socket: String) {
             let docker = Docker::connect_with_unix(&socket, 10, API_DEFAULT_VERSION)?;
             let all = list(&docker, None).await?;
             tracing::info!(containers = all.len(), "docker metadata: following {socket}");
-            store.write().expect("metadata lock").replace_containers(all);
+            store.write().unwrap_or_else(|e| e.into_inner()).replace_containers(all);
             let filters = HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
                 ("event".to_string(), vec!["start".into(), "rename".into(), "destroy".into()]),
@@ -65,10 +65,10 @@ pub async fn follow(store: SharedStore, socket: String) {
                 let ev = ev?;
                 let Some(id) = ev.actor.and_then(|a| a.id) else { continue };
                 if ev.action.as_deref() == Some("destroy") {
-                    store.write().expect("metadata lock").remove_container(&id);
+                    store.write().unwrap_or_else(|e| e.into_inner()).remove_container(&id);
                 } else {
                     for (id, m) in list(&docker, Some(&id)).await? {
-                        store.write().expect("metadata lock").set_container(id, m);
+                        store.write().unwrap_or_else(|e| e.into_inner()).set_container(id, m);
                     }
                 }
             }

@@ -135,14 +135,14 @@ pub async fn follow(store: SharedStore, client: Client, node: String) {
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = relist.take() {
-                    store.write().expect("metadata lock").retain_pods(&seen);
+                    store.write().unwrap_or_else(|e| e.into_inner()).retain_pods(&seen);
                     tracing::info!(pods = seen.len(), %node, "kubernetes metadata: following this node's pods");
                 }
                 continue;
             }
             Ok(watcher::Event::Delete(pod)) => {
                 if let Some(uid) = pod.metadata.uid.as_deref() {
-                    store.write().expect("metadata lock").remove_pod(uid);
+                    store.write().unwrap_or_else(|e| e.into_inner()).remove_pod(uid);
                 }
                 continue;
             }
@@ -181,7 +181,7 @@ pub async fn follow(store: SharedStore, client: Client, node: String) {
             seen.insert(meta.uid.clone());
         }
         let ids = containers(&pod);
-        store.write().expect("metadata lock").set_pod(Arc::new(meta), ids);
+        store.write().unwrap_or_else(|e| e.into_inner()).set_pod(Arc::new(meta), ids);
     }
 }
 

@@ -19,7 +19,7 @@ use axum::{
 
 use super::*;
 use crate::{
-    conntrack::process::ProcessInfo,
+    connections::process::ProcessInfo,
     metadata::{SharedStore, Store},
     spans::{ResourceBuilder, Value},
 };

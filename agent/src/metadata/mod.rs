@@ -1,6 +1,6 @@
 //! Names for what runs in containers: Docker's container names, images and
 //! labels, and Kubernetes' pods and workloads, keyed by container id (the
-//! id `conntrack/cgroup.rs` reads from each process's cgroup). Background
+//! id `connections/cgroup.rs` reads from each process's cgroup). Background
 //! tasks fill the store from each source; the resource builder reads it.
 //! A source that is absent or unreachable leaves its part empty, with one
 //! log line saying why and how to enable it.

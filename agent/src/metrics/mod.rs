@@ -206,6 +206,8 @@ struct Series {
     instrument: &'static Instrument,
     resource: Arc<Resource>,
     hist: Histogram,
+    /// Last record, for expiry.
+    updated: std::time::Instant,
 }
 
 /// All series, cumulative since `start_unix_ns`.
@@ -216,7 +218,13 @@ pub struct Registry {
     /// Series beyond this are refused (and counted), bounding memory.
     max_series: usize,
     pub refused_series: u64,
+    /// Series removed after their TTL without a record (pod churn must not
+    /// fill `max_series`).
+    pub expired_series: u64,
 }
+
+/// Default: a series not recorded for this long is removed.
+pub const SERIES_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub type SharedRegistry = Arc<Mutex<Registry>>;
 
@@ -230,7 +238,7 @@ fn instance_of(r: &Resource) -> String {
 
 impl Registry {
     pub fn new(start_unix_ns: u64) -> Registry {
-        Registry { series: BTreeMap::new(), start_unix_ns, max_series: 50_000, refused_series: 0 }
+        Registry { series: BTreeMap::new(), start_unix_ns, max_series: 50_000, refused_series: 0, expired_series: 0 }
     }
 
     pub fn shared(start_unix_ns: u64) -> SharedRegistry {
@@ -244,15 +252,57 @@ impl Registry {
             self.refused_series += 1;
             return;
         }
-        self.series
-            .entry(key)
-            .or_insert_with(|| Series { instrument: inst, resource: resource.clone(), hist: Histogram::default() })
-            .hist
-            .record(inst.buckets, v);
+        let now = std::time::Instant::now();
+        let series = self.series.entry(key).or_insert_with(|| Series { instrument: inst, resource: resource.clone(), hist: Histogram::default(), updated: now });
+        series.hist.record(inst.buckets, v);
+        series.updated = now;
+    }
+
+    /// Removes the series not recorded within `ttl` of `now`. A series that
+    /// comes back starts again from zero (a counter reset to consumers).
+    pub fn expire(&mut self, now: std::time::Instant, ttl: std::time::Duration) {
+        let before = self.series.len();
+        self.series.retain(|_, s| now.saturating_duration_since(s.updated) < ttl);
+        self.expired_series += (before - self.series.len()) as u64;
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
     }
 
     /// Every series as (instrument, resource, labels, histogram).
     pub fn each(&self) -> impl Iterator<Item = (&'static Instrument, &Arc<Resource>, &Labels, &Histogram)> {
         self.series.iter().map(|(k, s)| (s.instrument, &s.resource, &k.labels, &s.hist))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str) -> Arc<Resource> {
+        Arc::new(Resource { service_name: name.into(), service_namespace: None, attributes: vec![] })
+    }
+
+    #[test]
+    fn series_expire_after_their_ttl_and_free_room_under_the_limit() {
+        let mut r = Registry::new(0);
+        r.max_series = 2;
+        r.record(&HTTP_SERVER_DURATION, &resource("old-pod"), vec![], 0.1);
+        r.record(&HTTP_SERVER_DURATION, &resource("live"), vec![], 0.1);
+        r.record(&HTTP_SERVER_DURATION, &resource("new-pod"), vec![], 0.1);
+        assert_eq!((r.len(), r.refused_series), (2, 1), "full: the new pod's series is refused");
+        use std::time::Duration;
+        let later = std::time::Instant::now() + Duration::from_secs(30);
+        r.expire(later, Duration::from_secs(60));
+        assert_eq!((r.len(), r.expired_series), (2, 0), "within the TTL nothing expires");
+        r.expire(later + Duration::from_secs(60), Duration::from_secs(60));
+        assert_eq!((r.len(), r.expired_series), (0, 2));
+        r.record(&HTTP_SERVER_DURATION, &resource("new-pod"), vec![], 0.1);
+        assert_eq!(r.len(), 1, "room again");
     }
 }

@@ -105,7 +105,7 @@ pub async fn serve(
                 let health = health.clone();
                 async move {
                     let h = health();
-                    let body = render(&registry.lock().expect("registry lock"), &h);
+                    let body = render(&registry.lock().unwrap_or_else(|e| e.into_inner()), &h);
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
                 }
             }),

@@ -416,16 +416,16 @@ pub trait SocketRegistry: Send {
 
 impl SocketRegistry for SharedSockets {
     fn track(&mut self, pid: u32, fd: i32, info: SockInfo) {
-        self.lock().expect("socket maps lock").track(pid, fd, info)
+        self.lock().unwrap_or_else(|e| e.into_inner()).track(pid, fd, info)
     }
     fn untrack(&mut self, pid: u32, fd: i32) {
-        self.lock().expect("socket maps lock").untrack(pid, fd)
+        self.lock().unwrap_or_else(|e| e.into_inner()).untrack(pid, fd)
     }
     fn track_listener(&mut self, pid: u32, fd: i32, port: u16) {
-        self.lock().expect("socket maps lock").track_listener(pid, fd, port)
+        self.lock().unwrap_or_else(|e| e.into_inner()).track_listener(pid, fd, port)
     }
     fn untrack_listener(&mut self, pid: u32, fd: i32) {
-        self.lock().expect("socket maps lock").untrack_listener(pid, fd)
+        self.lock().unwrap_or_else(|e| e.into_inner()).untrack_listener(pid, fd)
     }
 }
 

@@ -1,13 +1,25 @@
-//! Stage 4: protocol detection and parsers. Parsers consume the per-connection
-//! byte stream as [`Segment`]s (one per syscall) and produce messages; they
-//! never see kernel types and never panic on hostile input.
+//! Stage 3, protocols: bytes of one connection to typed records.
+//!
+//! Every protocol implements [`Protocol`] and has one line in
+//! [`registry::REGISTRY`]; [`dispatch`] detects which one a connection speaks
+//! and feeds it. A protocol is a folder: its parser, `protocol.rs` (the
+//! trait impl, its [`Spec`] and its recorded captures), tests and
+//! `captures/`. The fuzz targets and the parser bench iterate the registry,
+//! so a new protocol is fuzzed and benched without further edits.
+//!
+//! Parsers consume the per-connection byte stream as [`Segment`]s (one per
+//! syscall); they never see kernel types and never panic on hostile input.
 pub mod amqp;
 pub mod db;
+pub mod dispatch;
 pub mod http;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod registry;
 pub mod sql;
+
+use crate::event::{Direction, Role};
 
 /// What one syscall contributed to a direction of a connection's stream.
 #[derive(Debug, Clone, Copy)]
@@ -54,4 +66,128 @@ pub enum Detect {
     No,
     /// Too few bytes to tell.
     NeedMore,
+}
+
+/// Which half of the conversation a segment belongs to: requests flow out
+/// of a client and into a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    pub fn of(role: Role, dir: Direction) -> Side {
+        match (role, dir) {
+            (Role::Server, Direction::Ingress) | (Role::Client | Role::Unknown, Direction::Egress) => Side::Request,
+            _ => Side::Response,
+        }
+    }
+}
+
+/// The typed records protocols produce; correlation and telemetry consume
+/// them, and nothing downstream reads bytes or span attributes back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// An HTTP request was framed: read by a server (it is now in flight)
+    /// or written by a client (its context is fixed now). Comes before the
+    /// [`Record::Http`] that completes it.
+    HttpRequest(http::RequestSeen),
+    /// A request with its final response.
+    Http(Box<http::Exchange>),
+    /// A database call with its outcome.
+    Db(Box<db::DbCall>),
+    /// A messaging operation (AMQP 0-9-1).
+    Messaging(Box<amqp::AmqpOut>),
+}
+
+/// Why a parser stopped following a connection: the dispatcher releases it
+/// (the kernel stops copying its payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GiveUp(pub &'static str);
+
+/// Counters a parser accumulated since the last [`Protocol::take_stats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ParserStats {
+    /// Bytes the parser rejected (framing lost, then resynchronised).
+    pub parse_errors: u64,
+    /// Requests or responses that could not be paired: a response with no
+    /// request, a request dropped unanswered (overflow, framing lost, close).
+    pub unpaired: u64,
+}
+
+impl ParserStats {
+    /// `now - before`, for parsers that keep running totals.
+    pub fn since(now: ParserStats, before: &mut ParserStats) -> ParserStats {
+        let d = ParserStats {
+            parse_errors: now.parse_errors.saturating_sub(before.parse_errors),
+            unpaired: now.unpaired.saturating_sub(before.unpaired),
+        };
+        *before = now;
+        d
+    }
+
+    pub fn add(&mut self, o: ParserStats) {
+        self.parse_errors += o.parse_errors;
+        self.unpaired += o.unpaired;
+    }
+}
+
+/// One connection's parser.
+pub trait Protocol: Send {
+    /// Feeds one segment of `side`; finished records are appended to `out`.
+    /// `Err` means the connection is not (or no longer) this protocol, or
+    /// cannot be followed (encrypted, upgraded): records already appended
+    /// stand, and the connection is released.
+    fn feed(&mut self, side: Side, seg: Segment<'_>, out: &mut Vec<Record>) -> Result<(), GiveUp>;
+    /// The connection closed at `at`: what the close completes.
+    fn close(&mut self, at: SegTime, out: &mut Vec<Record>);
+    /// Counters since the last call (called after every feed, so they move
+    /// while the connection lives).
+    fn take_stats(&mut self) -> ParserStats;
+    /// Approximate heap bytes held, for the global parser memory budget.
+    fn heap_bytes(&self) -> usize;
+}
+
+/// A recorded conversation: real bytes from real clients and servers,
+/// replayed by tests, the fuzzers (as seeds) and the parser bench.
+pub struct Capture {
+    pub name: &'static str,
+    /// The end the capture is seen from (detection input).
+    pub role: Role,
+    /// Segments in the order they were really sent.
+    pub turns: Vec<(Side, &'static [u8])>,
+}
+
+impl Capture {
+    pub fn bytes(&self) -> usize {
+        self.turns.iter().map(|(_, b)| b.len()).sum()
+    }
+}
+
+/// A protocol's registry entry.
+pub struct Spec {
+    /// Its `protocol` label in metrics.
+    pub name: &'static str,
+    /// Whether a connection whose first payload, seen from `role` going
+    /// `dir`, is `bytes`, speaks it. `NeedMore` commits to it.
+    pub detect: fn(Role, Direction, &[u8]) -> Detect,
+    pub new: fn() -> Box<dyn Protocol>,
+    pub captures: fn() -> Vec<Capture>,
+}
+
+/// Splits a capture file by a recorded order: (side, length) per relayed chunk.
+pub fn interleave(c2s: &'static [u8], s2c: &'static [u8], order: &str) -> Vec<(Side, &'static [u8])> {
+    let (mut c, mut s) = (0usize, 0usize);
+    let mut turns = vec![];
+    for line in order.lines() {
+        let Some((dir, n)) = line.split_once(' ') else { continue };
+        let Ok(n) = n.trim().parse::<usize>() else { continue };
+        let (side, buf, at) = if dir == "c2s" { (Side::Request, c2s, &mut c) } else { (Side::Response, s2c, &mut s) };
+        let end = (*at + n).min(buf.len());
+        turns.push((side, &buf[*at..end]));
+        *at = end;
+    }
+    turns
 }

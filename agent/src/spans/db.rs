@@ -1,10 +1,10 @@
 //! Database calls to CLIENT spans with the stable DB semantic conventions.
 use std::sync::Arc;
 
-use super::{new_span_id, new_trace_id, Attributes, Resource, Span, SpanKind, Status, Value};
-use crate::{conntrack::ConnInfo, output::Clock, protocols::db::DbCall};
+use super::{Attributes, Resource, Span, SpanCtx, SpanKind, Status, Value};
+use crate::{clock::Clock, connections::ConnInfo, protocols::db::DbCall};
 
-pub fn build(conn: &ConnInfo, call: &DbCall, clock: &Clock, resource: Arc<Resource>) -> Span {
+pub fn build(conn: &ConnInfo, call: &DbCall, ctx: &SpanCtx, clock: &Clock, resource: Arc<Resource>) -> Span {
     let mut a: Attributes = vec![("db.system.name", call.system.as_str().into())];
     if let Some(ns) = &call.namespace {
         a.push(("db.namespace", ns.clone().into()));
@@ -42,9 +42,9 @@ pub fn build(conn: &ConnInfo, call: &DbCall, clock: &Clock, resource: Arc<Resour
     };
     let start = call.first.enter_ns;
     Span {
-        trace_id: new_trace_id(),
-        span_id: new_span_id(),
-        parent_span_id: None,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent_span_id,
         trace_state: String::new(),
         kind: SpanKind::Client,
         name,

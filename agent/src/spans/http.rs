@@ -2,11 +2,11 @@
 //! conventions.
 use std::net::SocketAddr;
 
-use super::{new_span_id, new_trace_id, traceparent, Attributes, Span, SpanKind, Status, Value};
+use super::{traceparent, Attributes, Span, SpanCtx, SpanKind, Status, Value};
 use crate::{
-    conntrack::ConnInfo,
+    clock::Clock,
+    connections::ConnInfo,
     event::Role,
-    output::Clock,
     protocols::http::{route, Exchange},
 };
 
@@ -19,15 +19,9 @@ pub struct HttpSpanOptions {
     pub keep_query_values: bool,
 }
 
-/// What a span needs besides the exchange: which end we saw it from.
-pub struct Built {
-    pub span: Span,
-    /// The incoming traceparent's sampled flag, for parent-based sampling.
-    pub parent_sampled: Option<bool>,
-    pub route: String,
-}
 
-fn method(m: &str) -> (String, Option<String>) {
+/// The `http.request.method` value, and the original when it is not a known one.
+pub fn method(m: &str) -> (String, Option<String>) {
     if KNOWN_METHODS.contains(&m) {
         (m.to_string(), None)
     } else {
@@ -48,13 +42,34 @@ fn split_host(h: &str) -> (String, Option<u16>) {
     }
 }
 
+/// A client's `server.address` and `server.port`: the Host header, else
+/// the peer.
+pub fn server_of(host: Option<(String, Option<u16>)>, peer: Option<SocketAddr>) -> (String, u16) {
+    match (host, peer) {
+        (Some((h, p)), peer) => (h, p.or(peer.map(|x| x.port())).unwrap_or(80)),
+        (None, Some(p)) => (p.ip().to_string(), p.port()),
+        (None, None) => ("unknown".into(), 80),
+    }
+}
+
+/// The client's view of the server it called.
+pub fn client_server(conn: &ConnInfo, ex: &Exchange) -> (String, u16) {
+    server_of(ex.request.head.host.as_deref().map(split_host), conn.remote())
+}
+
+/// Whether the exchange failed, seen from `role` (a client also counts 4xx).
+pub fn failed(role: Role, status: u16) -> bool {
+    if role == Role::Server { status >= 500 } else { status >= 400 }
+}
+
 pub fn build(
     conn: &ConnInfo,
     ex: &Exchange,
+    ctx: &SpanCtx,
     clock: &Clock,
     opts: HttpSpanOptions,
     resource: std::sync::Arc<super::Resource>,
-) -> Built {
+) -> Span {
     let req = &ex.request.head;
     let resp = &ex.response.head;
     let server = conn.role == Role::Server;
@@ -106,11 +121,7 @@ pub fn build(
             a.push(("client.address", p.ip().to_string().into()));
         }
     } else {
-        let (addr, port) = match (&host, peer) {
-            (Some((h, p)), peer) => (h.clone(), p.or(peer.map(|x| x.port())).unwrap_or(80)),
-            (None, Some(p)) => (p.ip().to_string(), p.port()),
-            (None, None) => ("unknown".into(), 80),
-        };
+        let (addr, port) = server_of(host, peer);
         a.push(("server.address", addr.clone().into()));
         a.push(("server.port", Value::Int(port as i64)));
         let authority = if port == 80 { addr } else { format!("{addr}:{port}") };
@@ -122,24 +133,18 @@ pub fn build(
     }
     a.push(("http.request.body.size", Value::Int(ex.request.body_bytes as i64)));
     a.push(("http.response.body.size", Value::Int(ex.response.body_bytes as i64)));
-    let error = if server { status >= 500 } else { status >= 400 };
+    let error = failed(conn.role, status);
     if error {
         a.push(("error.type", status.to_string().into()));
     }
 
-    // Trace context. A server joins an incoming traceparent as its child;
-    // a client's outgoing traceparent names the client span itself.
-    let tp = req.traceparent.as_deref().and_then(traceparent::parse);
-    let (trace_id, span_id, parent_span_id) = match (tp, server) {
-        (Some(tp), true) => (tp.trace_id, new_span_id(), Some(tp.parent_id)),
-        (Some(tp), false) => (tp.trace_id, tp.parent_id, None),
-        (None, _) => (new_trace_id(), new_span_id(), None),
-    };
+    // The tracestate travels with the traceparent's trace.
+    let tp = req.traceparent.as_deref().and_then(traceparent::parse).filter(|tp| tp.trace_id == ctx.trace_id);
     let name = if m == "_OTHER" { "HTTP".to_string() } else { format!("{m} {r}") };
-    let span = Span {
-        trace_id,
-        span_id,
-        parent_span_id,
+    Span {
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent_span_id,
         trace_state: if tp.is_some() { req.tracestate.clone().unwrap_or_default() } else { String::new() },
         kind: if server { SpanKind::Server } else { SpanKind::Client },
         name,
@@ -148,8 +153,7 @@ pub fn build(
         attributes: a,
         status: if error { Status::Error(format!("HTTP {status}")) } else { Status::Unset },
         resource,
-    };
-    Built { span, parent_sampled: if server { tp.map(|t| t.sampled) } else { None }, route: r }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! Stage 6: spans. The model here is exporter-neutral; `export/` turns it
-//! into OTLP protobuf or text.
+//! The span model and its builders (semantic conventions per protocol).
+//! The model is exporter-neutral; `export/` turns it into OTLP protobuf or
+//! text. Builders take the ids correlation decided ([`SpanCtx`]); they
+//! never make or change them.
 pub mod db;
 pub mod http;
 pub mod messaging;
@@ -75,6 +77,28 @@ pub enum Status {
     Error(String),
 }
 
+/// The ids a span gets, decided by correlation before it is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub sampled: bool,
+}
+
+impl SpanCtx {
+    /// A new trace, sampled by `sampled`.
+    pub fn root(sampled: impl FnOnce(&[u8; 16]) -> bool) -> SpanCtx {
+        let trace_id = new_trace_id();
+        SpanCtx { trace_id, span_id: new_span_id(), parent_span_id: None, sampled: sampled(&trace_id) }
+    }
+
+    /// A new span under `self`, in its trace and sampling decision.
+    pub fn child(&self) -> SpanCtx {
+        SpanCtx { trace_id: self.trace_id, span_id: new_span_id(), parent_span_id: Some(self.span_id), sampled: self.sampled }
+    }
+}
+
 /// A span rebuilt from the wire, with its real timing and ids.
 #[derive(Debug, Clone)]
 pub struct Span {
@@ -92,6 +116,14 @@ pub struct Span {
 }
 
 impl Span {
+    pub fn duration_secs(&self) -> f64 {
+        self.end_unix_ns.saturating_sub(self.start_unix_ns) as f64 / 1e9
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self.status, Status::Error(_))
+    }
+
     pub fn attr(&self, key: &str) -> Option<&Value> {
         self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }

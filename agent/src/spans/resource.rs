@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::Value;
 use crate::{
-    conntrack::process::ProcessInfo,
+    connections::process::ProcessInfo,
     metadata::{ContainerMeta, PodContainer, SharedStore},
 };
 
@@ -32,6 +32,8 @@ pub struct ResourceBuilder {
     base: Vec<(String, String)>,
     /// Resources by process, with the metadata generation they were built at.
     cache: HashMap<(u32, u64), (Arc<Resource>, u64)>,
+    /// Cached resources dropped because the cache was full (rebuilt on use).
+    pub evicted: u64,
     metadata: Option<SharedStore>,
 }
 
@@ -92,7 +94,7 @@ fn redact_userinfo(a: &str) -> String {
 
 impl ResourceBuilder {
     pub fn new(base: Vec<(String, String)>) -> Self {
-        ResourceBuilder { host_name: host_name(), base, cache: HashMap::new(), metadata: None }
+        ResourceBuilder { host_name: host_name(), base, cache: HashMap::new(), evicted: 0, metadata: None }
     }
 
     /// Container and pod names from the metadata sources.
@@ -103,6 +105,7 @@ impl ResourceBuilder {
 
     pub fn get(&mut self, p: &ProcessInfo) -> Arc<Resource> {
         if self.cache.len() > 65536 {
+            self.evicted += self.cache.len() as u64;
             self.cache.clear();
         }
         let key = (p.pid, p.start_ticks);
@@ -110,7 +113,7 @@ impl ResourceBuilder {
         // may have changed (it often arrives after the first spans).
         let (generation, meta, pod) = match (&self.metadata, &p.container_id) {
             (Some(store), Some(id)) => {
-                let s = store.read().expect("metadata lock");
+                let s = store.read().unwrap_or_else(|e| e.into_inner());
                 (s.generation(), s.container(id), s.pod(id))
             }
             _ => (0, None, None),
@@ -123,12 +126,6 @@ impl ResourceBuilder {
         let r = Arc::new(self.build(p, meta.as_deref(), pod.as_ref()));
         self.cache.insert(key, (r.clone(), generation));
         r
-    }
-
-    /// The Kubernetes namespace of a process's pod, if known.
-    pub fn namespace(&self, p: &ProcessInfo) -> Option<String> {
-        let s = self.metadata.as_ref()?.read().expect("metadata lock");
-        s.pod(p.container_id.as_deref()?).map(|(pod, _)| pod.namespace.clone())
     }
 
     pub fn build(&self, p: &ProcessInfo, container: Option<&ContainerMeta>, pod: Option<&PodContainer>) -> Resource {

@@ -8,7 +8,7 @@ mod support;
 
 use libtest_mimic::{Arguments, Trial};
 use sonde::{
-    conntrack::StreamEvent,
+    connections::StreamEvent,
     event::{Direction, Role, Syscall},
     session::SessionConfig,
 };

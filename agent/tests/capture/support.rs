@@ -7,7 +7,7 @@ use std::{
 };
 
 use sonde::{
-    conntrack::StreamEvent,
+    connections::StreamEvent,
     event::DataRecord,
     session::{Session, SessionConfig},
 };
@@ -166,7 +166,7 @@ pub fn closed(events: &[StreamEvent], peer: (u32, i32)) -> bool {
 }
 
 /// Data events of one process.
-pub fn data_of(events: &[StreamEvent], pid: u32) -> Vec<(&sonde::conntrack::ConnInfo, &DataRecord)> {
+pub fn data_of(events: &[StreamEvent], pid: u32) -> Vec<(&sonde::connections::ConnInfo, &DataRecord)> {
     events
         .iter()
         .filter_map(|e| match e {

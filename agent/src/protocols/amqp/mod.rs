@@ -7,7 +7,10 @@
 //! messaging operations spans are made of: publishes (with their publisher
 //! confirm and return), deliveries starting and finishing (ack, nack,
 //! reject, or auto-ack), and Basic.Get receives.
+pub mod protocol;
 pub mod table;
+
+pub use protocol::SPEC;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -99,6 +102,10 @@ struct Framer {
 }
 
 impl Framer {
+    fn heap_bytes(&self) -> usize {
+        self.hdr.capacity() + self.cur.as_ref().map_or(0, |f| f.payload.capacity())
+    }
+
     fn feed(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Frame>) -> Result<(), ()> {
         while !data.is_empty() {
             if self.skip_header > 0 {
@@ -193,6 +200,8 @@ pub struct AmqpConnection {
     channels: HashMap<u16, Channel>,
     pub vhost: Option<String>,
     pub parse_errors: u64,
+    /// Counters already handed out by `take_stats`.
+    reported: crate::protocols::ParserStats,
 }
 
 impl Default for AmqpConnection {
@@ -203,6 +212,7 @@ impl Default for AmqpConnection {
             channels: HashMap::new(),
             vhost: None,
             parse_errors: 0,
+            reported: Default::default(),
         }
     }
 }
@@ -237,6 +247,16 @@ impl AmqpConnection {
         for f in frames {
             self.on_frame(client, f, out);
         }
+    }
+
+    /// Heap bytes held: partial frames, channels and their queues.
+    pub fn heap_bytes(&self) -> usize {
+        let queued = |c: &Channel| {
+            c.unconfirmed.len() * std::mem::size_of::<(u64, Message, SegTime, SegTime, Option<(u16, String)>)>()
+                + c.open_deliveries.len() * 16
+                + (c.pending_consumes.len() + c.consumers.len() + c.pending_gets.len()) * 64
+        };
+        self.client.heap_bytes() + self.server.heap_bytes() + self.channels.values().map(|c| std::mem::size_of::<Channel>() + queued(c)).sum::<usize>()
     }
 
     /// The connection closed: open deliveries end unacknowledged.

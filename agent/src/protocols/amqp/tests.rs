@@ -1,31 +1,17 @@
 //! Golden tests on a pika session recorded against RabbitMQ
-//! (tests/fixtures/amqp/record.py): publisher confirms, headers of every
+//! (captures/record.py): publisher confirms, headers of every
 //! type, a body over three frames, an unroutable return, fan-out to two
 //! queues, consume with a multiple ack, get, reject and get-empty, on two
 //! interleaved channels.
 use super::{table::Field, *};
 
-const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/amqp/session.c2s"));
-const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/amqp/session.s2c"));
-const ORDER: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/amqp/session.order"));
+const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.c2s"));
+const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.s2c"));
+const ORDER: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.order"));
 
 /// The recorded chunks in the order they crossed the proxy.
 fn chunks() -> Vec<(bool, &'static [u8])> {
-    let (mut c, mut s) = (0, 0);
-    ORDER
-        .lines()
-        .map(|l| {
-            let (dir, n) = l.split_once(' ').unwrap();
-            let n: usize = n.parse().unwrap();
-            if dir == "c2s" {
-                c += n;
-                (true, &C2S[c - n..c])
-            } else {
-                s += n;
-                (false, &S2C[s - n..s])
-            }
-        })
-        .collect()
+    crate::protocols::interleave(C2S, S2C, ORDER).into_iter().map(|(side, b)| (side == crate::protocols::Side::Request, b)).collect()
 }
 
 /// Replays the session, each chunk split at `split` (or whole).

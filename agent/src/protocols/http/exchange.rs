@@ -110,6 +110,12 @@ impl HttpConnection {
         self.responses.is_upgraded()
     }
 
+    /// Heap bytes held: buffered heads and requests awaiting responses.
+    pub fn heap_bytes(&self) -> usize {
+        let msgs = self.pending.len() + self.fresh.len();
+        self.requests.buffered() + self.responses.buffered() + msgs * std::mem::size_of::<Message>()
+    }
+
     pub fn parse_errors(&self) -> u64 {
         self.requests.parse_errors + self.responses.parse_errors
     }

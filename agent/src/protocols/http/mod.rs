@@ -2,11 +2,13 @@
 //! pairing per connection ([`exchange`]), and low-cardinality routes ([`route`]).
 pub mod exchange;
 pub mod head;
+pub mod protocol;
 pub mod route;
 pub mod stream;
 
 pub use exchange::{Exchange, HttpConnection};
 pub use head::{Head, Kind};
+pub use protocol::{HttpProtocol, RequestSeen, SPEC};
 pub use stream::{Message, MessageStream};
 
 use super::Detect;

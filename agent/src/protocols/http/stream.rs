@@ -112,6 +112,11 @@ impl MessageStream {
         }
     }
 
+    /// Heap bytes held by a partial head.
+    pub fn buffered(&self) -> usize {
+        self.head_buf.capacity()
+    }
+
     pub fn is_upgraded(&self) -> bool {
         self.state == State::Upgraded
     }

@@ -1,12 +1,12 @@
 //! Golden tests on bytes recorded from curl, nginx and Python's http.server
-//! (agent/tests/fixtures/http, see record.py there), fed whole, byte by
+//! (captures/, see record.py there), fed whole, byte by
 //! byte, split at every point, and cut by a capture size.
 use super::*;
 use crate::protocols::Segment;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/http/", $name)).as_slice()
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/http/captures/", $name)).as_slice()
     };
 }
 

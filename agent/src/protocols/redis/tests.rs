@@ -21,8 +21,8 @@ fn pipelined_commands_pair_in_order() {
     assert_eq!(texts, vec!["SET user:1", "GET user:1", "PING"], "arguments after the key are dropped");
 }
 
-const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/db/redis_session.c2s"));
-const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/db/redis_session.s2c"));
+const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/redis/captures/session.c2s"));
+const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/redis/captures/session.s2c"));
 
 fn summary(calls: &[DbCall]) -> Vec<(String, Option<String>, Option<u64>, String)> {
     calls

@@ -12,7 +12,7 @@
 //! client's endpoint from the server and is not resolved.
 use std::net::SocketAddr;
 
-use crate::relay::ClientKey;
+use super::relay::ClientKey;
 
 /// Through pid 1, the host's network namespace even when the agent runs in
 /// a container of its own (it needs the host's pid namespace anyway).

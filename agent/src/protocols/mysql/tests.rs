@@ -2,7 +2,7 @@ use super::*;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/db/", $name)).as_slice()
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/mysql/captures/", $name)).as_slice()
     };
 }
 
@@ -63,7 +63,7 @@ fn summary(calls: &[DbCall]) -> Vec<(String, Option<String>, String, Option<u64>
 
 #[test]
 fn recorded_pymysql_session() {
-    let (c, calls) = replay(fixture!("mysql_session.c2s"), fixture!("mysql_session.s2c"), usize::MAX);
+    let (c, calls) = replay(fixture!("session.c2s"), fixture!("session.s2c"), usize::MAX);
     let got = summary(&calls);
     let ops: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
     assert_eq!(ops, vec!["SET", "CREATE", "INSERT", "SELECT", "SELECT", "USE", "PING"], "{got:#?}");
@@ -79,7 +79,7 @@ fn recorded_pymysql_session() {
 
 #[test]
 fn recorded_prepared_statements() {
-    let (c, calls) = replay(fixture!("mysql_prepared.c2s"), fixture!("mysql_prepared.s2c"), usize::MAX);
+    let (c, calls) = replay(fixture!("prepared.c2s"), fixture!("prepared.s2c"), usize::MAX);
     let got = summary(&calls);
     let execs: Vec<_> = got.iter().filter(|g| g.2.contains("items")).collect();
     assert_eq!(execs.len(), 2, "two COM_STMT_EXECUTE of one COM_STMT_PREPARE: {got:#?}");
@@ -95,8 +95,8 @@ fn recorded_prepared_statements() {
 #[test]
 fn packets_split_across_syscalls() {
     for (c2s, s2c) in [
-        (fixture!("mysql_session.c2s"), fixture!("mysql_session.s2c")),
-        (fixture!("mysql_prepared.c2s"), fixture!("mysql_prepared.s2c")),
+        (fixture!("session.c2s"), fixture!("session.s2c")),
+        (fixture!("prepared.c2s"), fixture!("prepared.s2c")),
     ] {
         let want = summary(&replay(c2s, s2c, usize::MAX).1);
         for split in 0..40 {
@@ -107,7 +107,7 @@ fn packets_split_across_syscalls() {
 
 #[test]
 fn greeting_detection_and_ssl() {
-    let s2c = fixture!("mysql_session.s2c");
+    let s2c = fixture!("session.s2c");
     assert_eq!(detect_greeting(s2c), Detect::Yes);
     assert_eq!(detect_greeting(b"GET / HTTP/1.1\r\n"), Detect::No);
     let mut c = MysqlConnection::new();
@@ -127,8 +127,8 @@ fn hostile_bytes_never_panic() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut c2s = fixture!("mysql_session.c2s").to_vec();
-        let mut s2c = fixture!("mysql_prepared.s2c").to_vec();
+        let mut c2s = fixture!("session.c2s").to_vec();
+        let mut s2c = fixture!("prepared.s2c").to_vec();
         let v = if n % 2 == 0 { &mut c2s } else { &mut s2c };
         let i = (seed as usize) % v.len();
         v[i] = (seed >> 8) as u8;

@@ -1,5 +1,5 @@
-//! Stage 7, intra-process causality: which request a client call (DB or
-//! outgoing HTTP) was made for.
+//! Causality within a process: which request a client call (DB, outgoing
+//! HTTP, publish) was made for.
 //!
 //! When a server connection finishes reading a request, the request is *in
 //! flight* until its response is written; its span ids and sampling decision
@@ -16,21 +16,14 @@
 //! 3. nothing: it stays a root span (ambiguous, or outside any request).
 use std::collections::HashMap;
 
-use crate::spans::sampler::Sampler;
-
-/// The trace context a request fixed for its span and its children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanCtx {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: Option<[u8; 8]>,
-    pub sampled: bool,
-}
+use super::Evidence;
+use crate::spans::{sampler::Sampler, SpanCtx};
 
 /// What [`Linker::parent_of`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parent {
-    Request(SpanCtx),
+    /// The request, and the rule that chose it.
+    Request(SpanCtx, Evidence),
     /// Several requests could have made the call: it stays a root.
     Ambiguous,
     /// Outside any request.
@@ -40,7 +33,7 @@ pub enum Parent {
 impl Parent {
     pub fn ctx(self) -> Option<SpanCtx> {
         match self {
-            Parent::Request(c) => Some(c),
+            Parent::Request(c, _) => Some(c),
             _ => None,
         }
     }
@@ -64,6 +57,8 @@ const MAX_PER_PROCESS: usize = 4096;
 #[derive(Default)]
 pub struct Linker {
     by_pid: HashMap<u32, Vec<InFlight>>,
+    /// Requests forgotten in flight because their process had too many.
+    pub evicted: u64,
 }
 
 impl Linker {
@@ -82,6 +77,7 @@ impl Linker {
         sampler: &Sampler,
     ) -> SpanCtx {
         let trace_id = incoming.map_or_else(crate::spans::new_trace_id, |t| t.trace_id);
+        // A request with a parent: its ids continue the caller's trace.
         let ctx = SpanCtx {
             trace_id,
             span_id: crate::spans::new_span_id(),
@@ -91,9 +87,15 @@ impl Linker {
         let list = self.by_pid.entry(pid).or_default();
         if list.len() >= MAX_PER_PROCESS {
             list.remove(0);
+            self.evicted += 1;
         }
         list.push(InFlight { conn, source, tid, since_ns, ctx });
         ctx
+    }
+
+    /// Requests in flight, all processes.
+    pub fn len(&self) -> usize {
+        self.by_pid.values().map(Vec::len).sum()
     }
 
     /// The response of the oldest request in flight on `conn` was written.
@@ -124,7 +126,7 @@ impl Linker {
     /// A server connection closed: its unanswered requests are over.
     pub fn connection_closed(&mut self, pid: u32, conn: u64) {
         if let Some(list) = self.by_pid.get_mut(&pid) {
-            list.retain(|f| f.conn != conn);
+            list.retain(|f| f.conn != conn && f.source != conn);
             if list.is_empty() {
                 self.by_pid.remove(&pid);
             }
@@ -147,11 +149,11 @@ impl Linker {
                     oldest = f;
                 }
             }
-            return Parent::Request(oldest.ctx);
+            return Parent::Request(oldest.ctx, Evidence::SameThread);
         }
         let mut all = begun();
         match (all.next(), all.next()) {
-            (Some(only), None) => Parent::Request(only.ctx),
+            (Some(only), None) => Parent::Request(only.ctx, Evidence::OnlyInFlight),
             (Some(_), Some(_)) => Parent::Ambiguous,
             _ => Parent::None,
         }
@@ -172,12 +174,12 @@ mod tests {
         let mut l = Linker::default();
         let a = started(&mut l, 1, 10, 100, 5);
         let b = started(&mut l, 1, 11, 101, 6);
-        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(a), "thread 100 handles request a");
-        assert_eq!(l.parent_of(1, 101, 7), Parent::Request(b));
+        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(a, Evidence::SameThread), "thread 100 handles request a");
+        assert_eq!(l.parent_of(1, 101, 7), Parent::Request(b, Evidence::SameThread));
         assert_eq!(l.parent_of(1, 999, 7), Parent::Ambiguous, "two in flight, other thread");
         assert_eq!(l.parent_of(1, 100, 4), Parent::None, "a call before the request arrived is not its child");
         assert_eq!(l.request_finished(1, 11), Some(b));
-        assert_eq!(l.parent_of(1, 999, 7), Parent::Request(a), "the only request in flight (event loop, worker thread)");
+        assert_eq!(l.parent_of(1, 999, 7), Parent::Request(a, Evidence::OnlyInFlight), "the only request in flight (event loop, worker thread)");
         assert_eq!(l.parent_of(2, 100, 7), Parent::None, "other process");
         l.connection_closed(1, 10);
         assert_eq!(l.parent_of(1, 100, 7), Parent::None, "outside any request: a root");
@@ -190,20 +192,20 @@ mod tests {
         l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
         l.request_started(1, 11, 3, 100, 6, None, &Sampler::AlwaysOn);
         let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
-        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(first));
+        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(first, Evidence::SameThread));
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, 100, 8), Parent::Request(second));
+        assert_eq!(l.parent_of(1, 100, 8), Parent::Request(second, Evidence::SameThread));
     }
 
     #[test]
     fn an_event_loop_serving_two_connections_at_once_is_ambiguous() {
         let mut l = Linker::default();
         let a = started(&mut l, 1, 10, 100, 5);
-        assert_eq!(l.parent_of(1, 100, 6), Parent::Request(a), "b not read yet: a's call");
+        assert_eq!(l.parent_of(1, 100, 6), Parent::Request(a, Evidence::SameThread), "b not read yet: a's call");
         let b = started(&mut l, 1, 11, 100, 7);
         assert_eq!(l.parent_of(1, 100, 8), Parent::Ambiguous, "a and b in flight on one thread");
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, 100, 9), Parent::Request(b), "a answered: b's call");
+        assert_eq!(l.parent_of(1, 100, 9), Parent::Request(b, Evidence::SameThread), "a answered: b's call");
     }
 
     #[test]

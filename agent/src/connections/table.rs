@@ -203,7 +203,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             peer_is_agent: false,
         };
         self.next_id += 1;
-        self.owners.lock().expect("owners lock").insert((pid, fd), info.id);
+        self.owners.lock().unwrap_or_else(|e| e.into_inner()).insert((pid, fd), info.id);
         Stats::inc(&self.stats.connections_opened);
         self.conns.entry((pid, fd)).or_insert(Conn { info, confirmed: false, resolve_tried: false })
     }
@@ -362,7 +362,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             if untrack == Untrack::Yes {
                 self.registry.untrack(pid, fd);
             }
-            self.owners.lock().expect("owners lock").remove(&(pid, fd));
+            self.owners.lock().unwrap_or_else(|e| e.into_inner()).remove(&(pid, fd));
             Stats::inc(&self.stats.connections_closed);
             out.push(StreamEvent::Close(conn.info, ts));
         }

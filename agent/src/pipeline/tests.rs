@@ -1,13 +1,42 @@
 //! Event orders the kernel can deliver but a live test cannot force:
-//! stream events fed to the protocol stage in that order.
-use std::sync::{atomic::Ordering::Relaxed, Arc};
+//! stream events fed through dispatch, correlation and telemetry in that
+//! order.
+use std::sync::Arc;
 
 use super::*;
 use crate::{
-    conntrack::process::ProcessInfo,
-    event::{Comm, SocketTuple, Syscall},
+    connections::{process::ProcessInfo, ConnInfo},
+    correlation::holds::HOLD_NS,
+    event::{Comm, DataRecord, Direction, Role, SocketTuple, Syscall},
     metrics::Registry,
 };
+
+/// The pipeline's clock in these tests (CLOCK_MONOTONIC ns).
+const NOW: u64 = 10_000_000_000;
+const LATE_PARTNER_WINDOW_NS: u64 = 1_000_000_000;
+
+struct L7 {
+    p: Pipeline,
+    commands: Vec<Command>,
+}
+
+impl L7 {
+    fn on_event(&mut self, ev: StreamEvent, spans: &mut Vec<Span>) {
+        self.p.on_event(ev, NOW, spans, &mut self.commands);
+    }
+
+    fn release_held(&mut self, now: Option<u64>, spans: &mut Vec<Span>) {
+        self.p.release_held(now, spans);
+    }
+
+    fn counts(&self) -> crate::correlation::Counts {
+        self.p.correlation.counts()
+    }
+
+    fn drops(&self) -> crate::correlation::Drops {
+        self.p.correlation.drops()
+    }
+}
 
 fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str, service: &str) -> ConnInfo {
     ConnInfo {
@@ -44,15 +73,7 @@ fn data(c: &ConnInfo, dir: Direction, at: u64, bytes: &[u8]) -> StreamEvent {
 }
 
 fn l7() -> L7 {
-    L7::new(
-        Relays::new(vec![]),
-        Exclusions::default(),
-        ResourceBuilder::new(vec![]),
-        Registry::shared(0),
-        Sampler::AlwaysOn,
-        HttpSpanOptions::default(),
-        Box::new(|_, _, _| {}),
-    )
+    L7 { p: Pipeline::new(PipelineConfig::new(Registry::shared(0), Sampler::AlwaysOn)), commands: vec![] }
 }
 
 /// A client and a server end of one loopback connection, on this node.
@@ -92,7 +113,7 @@ fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace
     assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
     assert_eq!(srv.trace_id, cli.trace_id, "one trace");
     assert_eq!(srv.parent_span_id, Some(cli.span_id), "the server span is the client span's child");
-    assert_eq!(l7.stats.late_partners_adopted.load(Relaxed), 1, "counted");
+    assert_eq!(l7.counts().late_partners_adopted, 1, "counted");
 }
 
 #[test]
@@ -112,7 +133,7 @@ fn a_server_span_finished_before_its_local_clients_write_record_is_held_and_join
     assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
     assert_eq!(srv.trace_id, cli.trace_id, "one trace");
     assert_eq!(srv.parent_span_id, Some(cli.span_id), "the server span is the client span's child");
-    assert_eq!(l7.stats.late_partners_adopted.load(Relaxed), 1, "counted");
+    assert_eq!(l7.counts().late_partners_adopted, 1, "counted");
     l7.release_held(None, &mut spans);
     assert_eq!(spans.len(), 2, "nothing else was held");
 }
@@ -151,9 +172,9 @@ fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
         data(&server, Direction::Egress, 2_000, RESP),
     ]);
     assert!(spans.is_empty());
-    l7.release_held(Some(std::time::Instant::now()), &mut spans);
+    l7.release_held(Some(NOW + HOLD_NS - 1), &mut spans);
     assert!(spans.is_empty(), "its wait is not over yet");
-    l7.release_held(Some(std::time::Instant::now() + LATE_PARTNER_HOLD), &mut spans);
+    l7.release_held(Some(NOW + HOLD_NS), &mut spans);
     let [srv] = spans.as_slice() else { panic!("{spans:?}") };
     assert_eq!((srv.kind.as_str(), srv.parent_span_id), ("SERVER", None));
 }
@@ -187,8 +208,8 @@ fn a_partner_later_than_the_window_is_not_adopted() {
     let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
     assert_ne!(srv.trace_id, cli.trace_id, "not stitched: exported as they are");
     assert_eq!(srv.parent_span_id, None);
-    assert_eq!(l7.stats.late_partners_adopted.load(Relaxed), 0);
-    assert_eq!(l7.stats.late_partners_missed.load(Relaxed), 1, "counted as missed");
+    assert_eq!(l7.counts().late_partners_adopted, 0);
+    assert_eq!(l7.drops().late_partners_missed, 1, "counted as missed");
 }
 
 #[test]
@@ -197,17 +218,10 @@ fn excluded_namespaces_are_released_at_open() {
     let store = SharedStore::default();
     let pod = Arc::new(PodMeta { namespace: "kube-system".into(), name: "coredns-1".into(), uid: "u1".into(), ..Default::default() });
     store.write().unwrap().set_pod(pod, vec![("c1".into(), "coredns".into())]);
-    let released = Arc::new(std::sync::Mutex::new(vec![]));
-    let r = released.clone();
-    let mut l7 = L7::new(
-        Relays::new(vec![]),
-        Exclusions { processes: vec![], namespaces: vec!["kube-system".into()] },
-        ResourceBuilder::new(vec![]).with_metadata(store),
-        Registry::shared(0),
-        Sampler::AlwaysOn,
-        HttpSpanOptions::default(),
-        Box::new(move |id, _, _| r.lock().unwrap().push(id)),
-    );
+    let mut cfg = PipelineConfig::new(Registry::shared(0), Sampler::AlwaysOn);
+    cfg.excluded = Exclusions { processes: vec![], namespaces: vec!["kube-system".into()] };
+    cfg.metadata = Some(store);
+    let mut l7 = L7 { p: Pipeline::new(cfg), commands: vec![] };
     let mut dns = conn(1, 100, Role::Server, "10.0.0.2:53", "10.0.0.9:4000", "coredns");
     Arc::get_mut(&mut dns.process).unwrap().container_id = Some("c1".into());
     let other = conn(2, 200, Role::Server, "10.0.0.3:80", "10.0.0.9:4001", "web");
@@ -216,6 +230,6 @@ fn excluded_namespaces_are_released_at_open() {
     l7.on_event(StreamEvent::Open(other.clone()), &mut spans);
     l7.on_event(data(&dns, Direction::Ingress, 1_000, REQ), &mut spans);
     l7.on_event(data(&dns, Direction::Egress, 2_000, RESP), &mut spans);
-    assert_eq!(*released.lock().unwrap(), vec![1], "only the excluded namespace's connection");
+    assert_eq!(l7.commands, vec![Command::Release { conn: 1, pid: 100, fd: 3 }], "only the excluded namespace's connection");
     assert!(spans.is_empty(), "and it makes no spans");
 }

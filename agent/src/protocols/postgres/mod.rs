@@ -6,6 +6,9 @@
 //! portals are tracked so an Execute knows the SQL its Parse carried, across
 //! messages and syscalls. After an error the server skips to the next Sync:
 //! Executes it skipped are dropped at ReadyForQuery.
+pub mod protocol;
+pub use protocol::SPEC;
+
 use std::collections::{HashMap, VecDeque};
 
 use super::{
@@ -400,5 +403,4 @@ impl PgConnection {
 }
 
 #[cfg(test)]
-#[path = "postgres_tests.rs"]
 mod tests;

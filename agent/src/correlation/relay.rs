@@ -14,12 +14,12 @@ use std::{
     net::SocketAddr,
 };
 
-use crate::{conntrack::ConnInfo, event::Role};
+use crate::{connections::ConnInfo, event::Role};
 
 /// A connection as its client sees it: (client's local, client's remote).
 pub type ClientKey = (SocketAddr, SocketAddr);
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Relays {
     names: Vec<String>,
     /// Per relay process: accepted connections (keys of their clients) and
@@ -124,7 +124,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        conntrack::process::ProcessInfo,
+        connections::process::ProcessInfo,
         event::{Role, SocketTuple},
     };
 

@@ -1,7 +1,7 @@
 use super::*;
 
-const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/db/postgres_session.c2s"));
-const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/db/postgres_session.s2c"));
+const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/postgres/captures/session.c2s"));
+const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/postgres/captures/session.s2c"));
 
 /// Replays a recording in conversation order: the client's bytes up to each
 /// Sync/Query boundary, then the server's up to the matching ReadyForQuery.

@@ -5,6 +5,9 @@
 //! (sequence 0) is answered by OK, ERR, or a result set (column count,
 //! column definitions, [EOF], rows, EOF or OK with CLIENT_DEPRECATE_EOF).
 //! Prepared statements map their id (from COM_STMT_PREPARE_OK) to the SQL.
+pub mod protocol;
+pub use protocol::SPEC;
+
 use std::collections::{HashMap, VecDeque};
 
 use super::{
@@ -444,5 +447,4 @@ impl Default for MysqlConnection {
 }
 
 #[cfg(test)]
-#[path = "mysql_tests.rs"]
 mod tests;

@@ -1,6 +1,9 @@
 //! Redis (RESP2 and RESP3) client connections: commands paired with replies
 //! in order (pipelining), pub/sub pushes set aside, bulk payloads beyond the
 //! capture skipped by count.
+pub mod protocol;
+pub use protocol::SPEC;
+
 use std::collections::VecDeque;
 
 use super::{
@@ -369,5 +372,4 @@ impl RedisConnection {
 }
 
 #[cfg(test)]
-#[path = "redis_tests.rs"]
 mod tests;

@@ -1,0 +1,88 @@
+//! Provisional traces: a server request from a client on this node whose
+//! client record has not come yet. Everything of its trace (the server
+//! span and the calls it made) is held until the client's record names the
+//! real trace, or the wait is over. See "Socket-pair stitching" in
+//! ARCHITECTURE.md.
+use std::collections::{HashMap, VecDeque};
+
+use super::{relay::ClientKey, Linked};
+
+/// How long a finished server span waits for a late client on this node.
+pub const HOLD_NS: u64 = 1_000_000_000;
+/// Bound on held traces; the oldest goes out as it is when full.
+const MAX_HELD: usize = 4096;
+
+pub struct Held {
+    /// The server connection and its request's first read.
+    pub conn: u64,
+    pub since: u64,
+    /// The client's (local, remote) endpoints.
+    pub key: ClientKey,
+    pub items: Vec<Linked>,
+}
+
+#[derive(Default)]
+pub struct Holds {
+    by_trace: HashMap<[u8; 16], Held>,
+    /// Trace ids in the order their wait ends (monotonic ns).
+    order: VecDeque<([u8; 16], u64)>,
+    /// Traces let go before their wait ended, because too many were held.
+    pub released_early: u64,
+}
+
+impl Holds {
+    /// Starts holding `trace_id`'s items until `now_ns + HOLD_NS`.
+    pub fn start(&mut self, trace_id: [u8; 16], held: Held, now_ns: u64, out: &mut Vec<Linked>) {
+        if self.order.len() >= MAX_HELD {
+            self.released_early += 1;
+            self.release_oldest(out);
+        }
+        self.by_trace.insert(trace_id, held);
+        self.order.push_back((trace_id, now_ns + HOLD_NS));
+    }
+
+    /// Holds `item` if its trace is held; else hands it back.
+    pub fn hold(&mut self, item: Linked) -> Option<Linked> {
+        match self.by_trace.get_mut(&item.ctx.trace_id) {
+            Some(h) => {
+                h.items.push(item);
+                None
+            }
+            None => Some(item),
+        }
+    }
+
+    /// Takes the first held trace `matches` accepts out of the wait.
+    pub fn take(&mut self, matches: impl Fn(&Held) -> bool) -> Option<Held> {
+        let trace_id = self.by_trace.iter().find(|(_, h)| matches(h)).map(|(t, _)| *t)?;
+        self.order.retain(|(t, _)| *t != trace_id);
+        self.by_trace.remove(&trace_id)
+    }
+
+    fn release_oldest(&mut self, out: &mut Vec<Linked>) {
+        if let Some((trace_id, _)) = self.order.pop_front() {
+            if let Some(h) = self.by_trace.remove(&trace_id) {
+                out.extend(h.items);
+            }
+        }
+    }
+
+    /// Ends the waits that are over at `now_ns` (all of them with None, at
+    /// shutdown): their items go out as they are.
+    pub fn release_due(&mut self, now_ns: Option<u64>, out: &mut Vec<Linked>) {
+        while let Some((_, until)) = self.order.front() {
+            if now_ns.is_some_and(|n| *until > n) {
+                break;
+            }
+            self.release_oldest(out);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_trace.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_trace.is_empty()
+    }
+}

@@ -1,0 +1,371 @@
+//! Stage 4, correlation: decides every span's ids and parent from the typed
+//! records, before any span is built. Pure logic: no I/O (the one conntrack
+//! read is handed in as [`stitch::NatLookup`]), no locks, no clocks (time
+//! comes with each call), so it is unit-testable from event sequences.
+//!
+//! - [`causality`]: which request in flight in a process a call was made for;
+//! - [`stitch`]: socket-pair stitching across processes on this node,
+//!   through [`relay`]s and DNAT ([`nat`]);
+//! - [`holds`]: traces held for a late client record;
+//! - [`continuity`]: publish -> consume for messages with no traceparent.
+//!
+//! Every [`Linked`] carries the [`Evidence`] for its parent. Where the
+//! evidence is not confident the span stays a root, and that is counted.
+pub mod causality;
+pub mod continuity;
+pub mod holds;
+pub mod nat;
+pub mod relay;
+pub mod stitch;
+
+mod messaging;
+
+use std::{collections::HashMap, sync::Arc};
+
+use causality::{Linker, Parent};
+use continuity::Continuity;
+use holds::{Held, Holds};
+use stitch::{NatLookup, Stitcher, Waiting};
+
+use crate::{
+    connections::{process::ProcessInfo, ConnInfo},
+    event::Role,
+    protocols::{
+        db::DbCall,
+        dispatch::Flow,
+        http::{Exchange, RequestSeen},
+        Record, SegTime,
+    },
+    spans::{sampler::Sampler, traceparent, traceparent::TraceParent, SpanCtx},
+};
+
+pub use messaging::Consumed;
+
+/// How far a server's read may precede its client's write record and still
+/// be stitched (the client's syscall exit was delayed, not the data).
+const LATE_PARTNER_WINDOW_NS: u64 = 1_000_000_000;
+
+/// Why a span has the parent it has (or none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// A `traceparent` in the request or message headers.
+    Header,
+    /// The same connection's client end on this node wrote it.
+    SocketPair,
+    /// Its client's record came after it, within the window.
+    LatePartner,
+    /// The request in flight on the thread that made the call.
+    SameThread,
+    /// The only request in flight in the process.
+    OnlyInFlight,
+    /// The publish seen on this node that sent the delivered message.
+    PublishMatch,
+    /// No parent: several requests could have made the call.
+    Ambiguous,
+    /// No parent: made outside any request, or nothing on this node sent it.
+    Root,
+}
+
+impl Evidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::Header => "header",
+            Evidence::SocketPair => "socket_pair",
+            Evidence::LatePartner => "late_partner",
+            Evidence::SameThread => "same_thread",
+            Evidence::OnlyInFlight => "only_in_flight",
+            Evidence::PublishMatch => "publish_match",
+            Evidence::Ambiguous => "ambiguous",
+            Evidence::Root => "root",
+        }
+    }
+}
+
+/// What telemetry turns into a span and metrics.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// `peer`: the process serving the other end of a client call on this
+    /// node, when known (for the service graph).
+    Http { exchange: Box<Exchange>, peer: Option<Arc<ProcessInfo>> },
+    Db { call: Box<DbCall>, peer: Option<Arc<ProcessInfo>> },
+    /// A `Published` messaging operation.
+    Publish(Box<crate::protocols::amqp::AmqpOut>),
+    /// A delivery processed, from its read to its acknowledgement.
+    Process(Box<Consumed>),
+    /// A `Received` messaging operation (Basic.Get).
+    Receive(Box<crate::protocols::amqp::AmqpOut>),
+}
+
+/// A record with the ids correlation decided for it.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    pub conn: ConnInfo,
+    pub ctx: SpanCtx,
+    pub evidence: Evidence,
+    pub item: Item,
+}
+
+/// Entries evicted or refused by correlation's bounded indexes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drops {
+    /// Requests in flight forgotten (a process had too many).
+    pub in_flight: u64,
+    /// Client contexts pushed out of a full per-connection queue.
+    pub stitch_queue: u64,
+    /// Client contexts not queued: too many connections waiting.
+    pub stitch_full: u64,
+    /// Server requests whose partner came too late, or never.
+    pub late_partners_missed: u64,
+    pub nat_cache: u64,
+    pub node_ips: u64,
+    pub server_index: u64,
+    /// Held traces let go before their wait ended.
+    pub held_early: u64,
+    /// Deliveries not tracked (too many unacknowledged).
+    pub deliveries: u64,
+    /// Publishes evicted from the continuity index before their window ended.
+    pub continuity: u64,
+}
+
+/// Outcomes worth counting besides drops.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub late_partners_adopted: u64,
+    pub calls_ambiguous: u64,
+    pub nat_resolved: u64,
+}
+
+pub struct Correlator {
+    linker: Linker,
+    stitch: Stitcher,
+    holds: Holds,
+    continuity: Continuity,
+    /// Deliveries in processing, by (connection, channel, delivery tag).
+    deliveries: HashMap<(u64, u16, u64), messaging::Delivery>,
+    sampler: Sampler,
+    drops: Drops,
+    counts: Counts,
+}
+
+impl Correlator {
+    pub fn new(relays: relay::Relays, sampler: Sampler, nat_lookup: NatLookup) -> Correlator {
+        Correlator {
+            linker: Linker::default(),
+            stitch: Stitcher::new(relays, nat_lookup),
+            holds: Holds::default(),
+            continuity: Continuity::default(),
+            deliveries: HashMap::new(),
+            sampler,
+            drops: Drops::default(),
+            counts: Counts::default(),
+        }
+    }
+
+    pub fn drops(&self) -> Drops {
+        Drops {
+            in_flight: self.linker.evicted,
+            held_early: self.holds.released_early,
+            continuity: self.continuity.evicted,
+            ..self.drops
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts { nat_resolved: self.stitch.nat_resolved, ..self.counts }
+    }
+
+    /// Entries held across all indexes (bounded; cleaned on close).
+    pub fn len(&self) -> usize {
+        self.linker.len() + self.stitch.len() + self.holds.len() + self.deliveries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Handles one flow event at `now_ns` (CLOCK_MONOTONIC); what is ready
+    /// for telemetry is appended to `out`.
+    pub fn on_flow(&mut self, flow: Flow, now_ns: u64, out: &mut Vec<Linked>) {
+        match flow {
+            Flow::Opened(c) | Flow::Detected(c) => self.stitch.note_server(&c, &mut self.drops),
+            Flow::RelayKnown(c) => self.stitch.relays.on_known(&c),
+            Flow::Record(c, r) => self.on_record(c, r, now_ns, out),
+            Flow::Closed(c) => {
+                self.linker.connection_closed(c.pid, c.id);
+                self.forget_deliveries(c.id);
+                self.stitch.on_close(&c);
+            }
+        }
+    }
+
+    /// Ends the holds that are over (all of them with None, at shutdown).
+    pub fn release_held(&mut self, now_ns: Option<u64>, out: &mut Vec<Linked>) {
+        self.holds.release_due(now_ns, out);
+    }
+
+    fn on_record(&mut self, c: ConnInfo, r: Record, now_ns: u64, out: &mut Vec<Linked>) {
+        match r {
+            Record::HttpRequest(req) if c.role == Role::Server => self.server_request(&c, req, now_ns, out),
+            Record::HttpRequest(req) => self.client_request(&c, req, out),
+            Record::Http(ex) => self.exchange(c, ex, out),
+            Record::Db(call) => {
+                let (ctx, evidence) = self.call_context(&c, call.first, None);
+                let peer = self.stitch.server_of(&c);
+                self.emit(Linked { conn: c, ctx, evidence, item: Item::Db { call, peer } }, out);
+            }
+            Record::Messaging(op) => self.messaging(c, *op, out),
+        }
+    }
+
+    /// A server read a request: it is in flight from now, in the trace of
+    /// its header, else of its client end on this node (now or late).
+    fn server_request(&mut self, c: &ConnInfo, req: RequestSeen, now_ns: u64, out: &mut Vec<Linked>) {
+        let tp = req.traceparent.as_deref().and_then(traceparent::parse);
+        let key = c.tuple.map(|t| self.stitch.client_view(c.id, t, &mut self.drops));
+        let partner = key.and_then(|k| self.stitch.take_partner(k));
+        let waiting = Waiting { pid: c.pid, conn: c.id, since: req.first.exit_ns };
+        if let (None, None, Some(k)) = (partner, tp, key) {
+            // Wait (bounded) for a client record that may come late.
+            self.stitch.wait(k, waiting, &mut self.drops);
+        }
+        let incoming = tp.or(partner.map(|p| TraceParent { trace_id: p.trace_id, parent_id: p.span_id, sampled: p.sampled }));
+        let ctx = self.linker.request_started(c.pid, c.id, c.id, req.first.tid, req.first.exit_ns, incoming, &self.sampler);
+        // Its client is on this node but not seen yet: hold the trace's
+        // items until it is (or the wait is over).
+        if let (None, Some(k)) = (incoming, key) {
+            if self.stitch.is_node_ip(k.0.ip()) && self.stitch.is_waiting(&k) {
+                let held = Held { conn: c.id, since: waiting.since, key: k, items: vec![] };
+                self.holds.start(ctx.trace_id, held, now_ns, out);
+            }
+        }
+    }
+
+    /// A client wrote a request: its context is fixed now, for its own span
+    /// and for the server end that will read it.
+    fn client_request(&mut self, c: &ConnInfo, req: RequestSeen, out: &mut Vec<Linked>) {
+        let own = req.traceparent.as_deref().and_then(traceparent::parse);
+        let (ctx, evidence) = self.call_context(c, req.first, own);
+        self.stitch.client_wrote(c, ctx, evidence, &mut self.drops);
+        // The server end already read it: its request adopts this context.
+        // Or it already answered, and its trace is held for this one.
+        let key = c.tuple.map(|t| (t.local, t.remote));
+        if let Some(w) = key.and_then(|k| self.stitch.take_waiting(k)) {
+            if w.since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS {
+                let in_flight = self.linker.adopt(w.pid, w.conn, &ctx);
+                let held = self.adopt_held(|h| h.conn == w.conn && h.since == w.since, &ctx, out);
+                if in_flight || held {
+                    self.counts.late_partners_adopted += 1;
+                    return;
+                }
+            }
+            // Too late: both stand as they are.
+            self.drops.late_partners_missed += 1;
+            if let Some(h) = self.holds.take(|h| h.conn == w.conn && h.since == w.since) {
+                self.emit_all(h.items, out);
+            }
+        } else if key.is_some_and(|k| self.adopt_held(|h| h.key == k, &ctx, out)) {
+            // The server closed the connection before this record came.
+            self.counts.late_partners_adopted += 1;
+            return;
+        }
+        self.stitch.queue_for_server(c, ctx, &mut self.drops);
+    }
+
+    /// A late client's context names the real trace of the first held
+    /// request `matches` accepts: its items move into it, the server span
+    /// (the held trace's root) as the client span's child.
+    fn adopt_held(&mut self, matches: impl Fn(&Held) -> bool, ctx: &SpanCtx, out: &mut Vec<Linked>) -> bool {
+        let Some(h) = self.holds.take(matches) else { return false };
+        for mut l in h.items {
+            l.ctx.trace_id = ctx.trace_id;
+            l.ctx.sampled = ctx.sampled;
+            if l.ctx.parent_span_id.is_none() {
+                l.ctx.parent_span_id = Some(ctx.span_id);
+                l.evidence = Evidence::LatePartner;
+            }
+            self.emit(l, out);
+        }
+        true
+    }
+
+    /// An HTTP exchange finished: its ids were fixed when its request was
+    /// read (server) or written (client).
+    fn exchange(&mut self, c: ConnInfo, exchange: Box<Exchange>, out: &mut Vec<Linked>) {
+        let tp = exchange.request.head.traceparent.as_deref().and_then(traceparent::parse);
+        let (ctx, evidence, peer) = if c.role == Role::Server {
+            let ctx = match (self.linker.request_finished(c.pid, c.id), tp) {
+                (Some(ctx), _) => ctx,
+                // A request read before the agent started.
+                (None, Some(tp)) => SpanCtx {
+                    trace_id: tp.trace_id,
+                    span_id: crate::spans::new_span_id(),
+                    parent_span_id: Some(tp.parent_id),
+                    sampled: self.sampler.should_sample(&tp.trace_id, Some(tp.sampled)),
+                },
+                (None, None) => SpanCtx::root(|t| self.sampler.should_sample(t, None)),
+            };
+            let evidence = match (ctx.parent_span_id, tp) {
+                (None, _) => Evidence::Root,
+                (Some(p), Some(tp)) if tp.parent_id == p => Evidence::Header,
+                (Some(_), _) => Evidence::SocketPair,
+            };
+            (ctx, evidence, None)
+        } else {
+            let (ctx, evidence) = match self.stitch.client_exchange_done(c.id) {
+                Some(fixed) => fixed,
+                // A request written before the agent started.
+                None => self.call_context(&c, exchange.request.first, tp),
+            };
+            (ctx, evidence, self.stitch.server_of(&c))
+        };
+        self.emit(Linked { conn: c, ctx, evidence, item: Item::Http { exchange, peer } }, out);
+    }
+
+    /// The context of a client call made at `first`: a child of the request
+    /// in flight it was made for, or a new trace. `own`: the call carries
+    /// its own traceparent (an instrumented app), which names the span and
+    /// whose trace wins if it differs from the parent's.
+    fn call_context(&mut self, c: &ConnInfo, first: SegTime, own: Option<TraceParent>) -> (SpanCtx, Evidence) {
+        let parent = match self.linker.parent_of(c.pid, first.tid, first.enter_ns) {
+            Parent::Request(ctx, evidence) => Some((ctx, evidence)),
+            Parent::Ambiguous => {
+                self.counts.calls_ambiguous += 1;
+                return match own {
+                    Some(tp) => (own_ctx(tp, None), Evidence::Header),
+                    None => (SpanCtx::root(|t| self.sampler.should_sample(t, None)), Evidence::Ambiguous),
+                };
+            }
+            Parent::None => None,
+        };
+        match (own, parent) {
+            (Some(tp), p) => (own_ctx(tp, p.map(|p| p.0)), Evidence::Header),
+            (None, Some((p, evidence))) => (p.child(), evidence),
+            (None, None) => (SpanCtx::root(|t| self.sampler.should_sample(t, None)), Evidence::Root),
+        }
+    }
+
+    /// Hands an item to telemetry, unless its trace is held.
+    fn emit(&mut self, l: Linked, out: &mut Vec<Linked>) {
+        if let Some(l) = self.holds.hold(l) {
+            out.push(l);
+        }
+    }
+
+    fn emit_all(&mut self, items: Vec<Linked>, out: &mut Vec<Linked>) {
+        for l in items {
+            self.emit(l, out);
+        }
+    }
+}
+
+/// The context an instrumented client wrote: its span id is the one in
+/// its traceparent; its parent is the request it was made for, when that
+/// request is in the same trace.
+fn own_ctx(tp: TraceParent, parent: Option<SpanCtx>) -> SpanCtx {
+    SpanCtx {
+        trace_id: tp.trace_id,
+        span_id: tp.parent_id,
+        parent_span_id: parent.filter(|p| p.trace_id == tp.trace_id).map(|p| p.span_id),
+        sampled: tp.sampled,
+    }
+}

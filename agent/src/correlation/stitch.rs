@@ -1,0 +1,226 @@
+//! Socket-pair stitching on one node: an HTTP client's request and the
+//! server's read of the same bytes are one hop. The client's context is
+//! queued under its (local, remote) endpoints; the server pops it under its
+//! (remote, local) ones, seen through relays and DNAT. See "Socket-pair
+//! stitching" in ARCHITECTURE.md.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use super::{
+    relay::{ClientKey, Relays},
+    Drops, Evidence,
+};
+use crate::{
+    connections::{process::ProcessInfo, ConnInfo},
+    event::{Role, SocketTuple},
+    spans::SpanCtx,
+};
+
+/// Bound on connections with requests awaiting their partner.
+pub const MAX_STITCH: usize = 65536;
+/// Bound on requests queued per connection.
+const MAX_QUEUED: usize = 256;
+
+/// Reads the host's connection tracking table (I/O, so it is handed in:
+/// correlation itself does none). Server's (local, remote) -> the client's
+/// original view.
+pub type NatLookup = Box<dyn FnMut(SocketAddr, SocketAddr) -> Option<ClientKey> + Send>;
+
+/// A server request still waiting for its client's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    pub pid: u32,
+    pub conn: u64,
+    /// Exit of the read that delivered its first byte.
+    pub since: u64,
+}
+
+pub struct Stitcher {
+    /// Contexts of HTTP client requests written and not yet read by a
+    /// server on this node, by the client's (local, remote), in order.
+    queued: HashMap<ClientKey, VecDeque<SpanCtx>>,
+    /// The same clients by their local endpoint alone (-> remote): a server
+    /// that sees this endpoint but another local address is behind DNAT.
+    by_local: HashMap<SocketAddr, SocketAddr>,
+    /// Server connections resolved through conntrack -> the client's view.
+    nat: HashMap<u64, ClientKey>,
+    nat_lookup: NatLookup,
+    /// The same contexts per client connection, for the client span itself.
+    client_requests: HashMap<u64, VecDeque<(SpanCtx, Evidence)>>,
+    /// Server requests that found no partner yet, by the client's view: the
+    /// client's record may enter the ring a little after the server's.
+    unpartnered: HashMap<ClientKey, VecDeque<Waiting>>,
+    /// Server ends on this node by their client's (local, remote): names
+    /// the peer of a call whose server makes no spans (a database). Keyed
+    /// from the client's side, because a forking server (PostgreSQL) closes
+    /// its copy at once.
+    servers: HashMap<ClientKey, Arc<ProcessInfo>>,
+    /// Addresses of this node: the local ends of the connections seen.
+    node_ips: HashSet<IpAddr>,
+    pub relays: Relays,
+    /// Server connections matched through conntrack.
+    pub nat_resolved: u64,
+}
+
+impl Stitcher {
+    pub fn new(relays: Relays, nat_lookup: NatLookup) -> Stitcher {
+        Stitcher {
+            queued: HashMap::new(),
+            by_local: HashMap::new(),
+            nat: HashMap::new(),
+            nat_lookup,
+            client_requests: HashMap::new(),
+            unpartnered: HashMap::new(),
+            servers: HashMap::new(),
+            node_ips: HashSet::new(),
+            relays,
+            nat_resolved: 0,
+        }
+    }
+
+    /// How the client end names a server connection: its own tuple
+    /// reversed, or through a relay the relayed client's, or through DNAT
+    /// (a client with this source endpoint waits on another destination)
+    /// the original tuple conntrack holds, resolved once per connection.
+    pub fn client_view(&mut self, conn: u64, t: SocketTuple, drops: &mut Drops) -> ClientKey {
+        let key = self.relays.origin((t.remote, t.local));
+        if self.queued.contains_key(&key) {
+            return key;
+        }
+        if let Some(k) = self.nat.get(&conn) {
+            return *k;
+        }
+        match self.by_local.get(&t.remote) {
+            Some(dst) if *dst != t.local => match (self.nat_lookup)(t.local, t.remote) {
+                Some(orig) if orig == (t.remote, *dst) => {
+                    self.nat_resolved += 1;
+                    if self.nat.len() < MAX_STITCH {
+                        self.nat.insert(conn, orig);
+                    } else {
+                        drops.nat_cache += 1;
+                    }
+                    orig
+                }
+                _ => key,
+            },
+            _ => key,
+        }
+    }
+
+    pub fn is_node_ip(&self, ip: IpAddr) -> bool {
+        self.node_ips.contains(&ip)
+    }
+
+    fn note_node_ip(&mut self, ip: IpAddr, drops: &mut Drops) {
+        if self.node_ips.len() >= MAX_STITCH && !self.node_ips.contains(&ip) {
+            drops.node_ips += self.node_ips.len() as u64;
+            self.node_ips.clear();
+        }
+        self.node_ips.insert(ip);
+    }
+
+    /// Remembers which process serves a server-side connection.
+    pub fn note_server(&mut self, c: &ConnInfo, drops: &mut Drops) {
+        if let (Role::Server, Some(t)) = (c.role, c.tuple) {
+            self.note_node_ip(t.local.ip(), drops);
+            let key = (t.remote, t.local);
+            if self.servers.len() >= MAX_STITCH && !self.servers.contains_key(&key) {
+                drops.server_index += self.servers.len() as u64;
+                self.servers.clear();
+            }
+            self.servers.insert(key, c.process.clone());
+        }
+    }
+
+    /// The process known to serve the other end of a client connection.
+    pub fn server_of(&self, c: &ConnInfo) -> Option<Arc<ProcessInfo>> {
+        let t = c.tuple?;
+        let (local, remote) = self.relays.destination((t.local, t.remote));
+        self.servers.get(&(local, remote)).cloned()
+    }
+
+    /// A server read a request: the context its client queued, if seen.
+    pub fn take_partner(&mut self, key: ClientKey) -> Option<SpanCtx> {
+        self.queued.get_mut(&key).and_then(|q| q.pop_front())
+    }
+
+    /// Parks a server request until its client's record comes. False when
+    /// the wait list is full (it is not waited for).
+    pub fn wait(&mut self, key: ClientKey, w: Waiting, drops: &mut Drops) -> bool {
+        if self.unpartnered.len() >= MAX_STITCH && !self.unpartnered.contains_key(&key) {
+            return false;
+        }
+        let q = self.unpartnered.entry(key).or_default();
+        if q.len() >= MAX_QUEUED {
+            q.pop_front();
+            drops.late_partners_missed += 1;
+        }
+        q.push_back(w);
+        true
+    }
+
+    pub fn is_waiting(&self, key: &ClientKey) -> bool {
+        self.unpartnered.contains_key(key)
+    }
+
+    /// A client wrote a request: the server request that read it first, if any.
+    pub fn take_waiting(&mut self, key: ClientKey) -> Option<Waiting> {
+        self.unpartnered.get_mut(&key).and_then(|q| q.pop_front())
+    }
+
+    /// A client wrote a request with this context: its own span takes it,
+    /// and a server on this node will pop it.
+    pub fn client_wrote(&mut self, c: &ConnInfo, ctx: SpanCtx, evidence: Evidence, drops: &mut Drops) {
+        push_bounded(self.client_requests.entry(c.id).or_default(), (ctx, evidence), drops);
+    }
+
+    /// Queues the context for the server end.
+    pub fn queue_for_server(&mut self, c: &ConnInfo, ctx: SpanCtx, drops: &mut Drops) {
+        let Some(t) = c.tuple else { return };
+        let key = (t.local, t.remote);
+        if self.queued.len() >= MAX_STITCH && !self.queued.contains_key(&key) {
+            drops.stitch_full += 1;
+            return;
+        }
+        push_bounded(self.queued.entry(key).or_default(), ctx, drops);
+        self.by_local.insert(t.local, t.remote);
+        self.note_node_ip(t.local.ip(), drops);
+    }
+
+    /// The context fixed when the client wrote its oldest unanswered request.
+    pub fn client_exchange_done(&mut self, conn: u64) -> Option<(SpanCtx, Evidence)> {
+        self.client_requests.get_mut(&conn).and_then(|q| q.pop_front())
+    }
+
+    /// A connection closed: whatever waits on it goes.
+    pub fn on_close(&mut self, c: &ConnInfo) {
+        self.relays.on_close(c);
+        self.client_requests.remove(&c.id);
+        self.nat.remove(&c.id);
+        if let Some(t) = c.tuple {
+            if self.queued.remove(&(t.local, t.remote)).is_some() {
+                self.by_local.remove(&t.local);
+            }
+            // A server's waits end with it; a server end is forgotten when
+            // its client closes (keys are the client's view).
+            self.unpartnered.remove(&(t.remote, t.local));
+            self.servers.remove(&(t.local, t.remote));
+        }
+    }
+
+    /// Entries held, for the churn test's plateau check.
+    pub fn len(&self) -> usize {
+        self.queued.len() + self.by_local.len() + self.nat.len() + self.client_requests.len() + self.unpartnered.len() + self.servers.len()
+    }
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, ctx: T, drops: &mut Drops) {
+    if q.len() >= MAX_QUEUED {
+        q.pop_front();
+        drops.stitch_queue += 1;
+    }
+    q.push_back(ctx);
+}

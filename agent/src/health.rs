@@ -1,0 +1,100 @@
+//! The agent's own health series (`sonde_*`), read at each scrape. Every
+//! drop and eviction of every stage is one `sonde_dropped_total{stage}`
+//! series, so that generated = exported + counted drops can be checked.
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+
+use crate::{
+    export::batch::ExportStats,
+    metrics::{prometheus::HealthMetric, SharedRegistry},
+    pipeline::PipelineStats,
+    probes::KernelStats,
+    protocols::registry::REGISTRY,
+    stats::Stats,
+};
+
+const DROPS: &str = "Events and entries dropped or evicted, by the stage that dropped them.";
+
+pub fn health_fn(
+    stats: Arc<Stats>,
+    kernel: Arc<KernelStats>,
+    pipeline: Arc<PipelineStats>,
+    export: Arc<ExportStats>,
+    registry: SharedRegistry,
+) -> Arc<dyn Fn() -> Vec<HealthMetric> + Send + Sync> {
+    Arc::new(move || {
+        let k = kernel.read();
+        let u = stats.snapshot();
+        let d = pipeline.drops();
+        let counts = pipeline.counts();
+        let t = pipeline.telemetry();
+        let (graph_evicted, resources_evicted) = pipeline.telemetry_drops();
+        let disp = &pipeline.dispatch;
+        let (refused_series, expired_series) =
+            registry.lock().map(|r| (r.refused_series, r.expired_series)).unwrap_or_else(|e| (e.get_ref().refused_series, e.get_ref().expired_series));
+        let metric = |name, help, kind, labels: Vec<(&'static str, &str)>, v: u64| HealthMetric {
+            name,
+            help,
+            kind,
+            labels: labels.into_iter().map(|(a, b)| (a, b.to_string())).collect(),
+            value: v as f64,
+        };
+        let c = |name, help, labels, v| metric(name, help, "counter", labels, v);
+        let drop = |stage: &'static str, v: u64| c("sonde_dropped_total", DROPS, vec![("stage", stage)], v);
+        let mut m = vec![
+            c("sonde_kernel_events_total", "Records the kernel wrote to the ring buffer.", vec![], k.events),
+            c("sonde_events_read_total", "Records user space read from the ring buffer.", vec![], u.ringbuf_records),
+            drop("ringbuf", k.ringbuf_drops),
+            drop("kernel_orphan_exit", k.orphan_exits),
+            drop("kernel_map_full", k.map_full),
+            drop("reader_channel", u.reader_channel_drops),
+            drop("stream_channel", u.stream_channel_drops),
+            drop("parser_memory", disp.over_budget.load(Relaxed)),
+            drop("in_flight", d.in_flight),
+            drop("stitch_queue", d.stitch_queue),
+            drop("stitch_full", d.stitch_full),
+            drop("late_partner", d.late_partners_missed),
+            drop("nat_cache", d.nat_cache),
+            drop("node_ips", d.node_ips),
+            drop("server_index", d.server_index),
+            drop("held_early", d.held_early),
+            drop("deliveries", d.deliveries),
+            drop("continuity_index", d.continuity),
+            drop("graph_pending", graph_evicted),
+            drop("resource_cache", resources_evicted),
+            drop("kernel_commands", pipeline.commands_dropped.load(Relaxed)),
+            drop("export_queue", export.spans_dropped_queue.load(Relaxed)),
+            drop("export_failed", export.spans_dropped_failed.load(Relaxed)),
+            drop("metric_series_limit", refused_series),
+            c("sonde_metric_series_expired_total", "Metric series removed after their TTL without updates.", vec![], expired_series),
+            c("sonde_kernel_read_faults_total", "Faults copying user memory in the kernel.", vec![], k.read_faults),
+            c("sonde_kernel_map_full_total", "Kernel map inserts refused.", vec![], k.map_full),
+            c("sonde_decode_errors_total", "Ring buffer records that failed to decode.", vec![], u.decode_errors),
+            c("sonde_unrecognised_connections_total", "Connections no parser recognised (payload copy stopped).", vec![], disp.unrecognised.load(Relaxed)),
+            metric("sonde_parser_memory_bytes", "Heap bytes held by protocol parsers (approximate).", "gauge", vec![], disp.parser_bytes.load(Relaxed)),
+            metric("sonde_pipeline_entries", "Entries held by the pipeline's indexes.", "gauge", vec![], pipeline.entries.load(Relaxed)),
+            c("sonde_http_exchanges_total", "HTTP request/response pairs seen.", vec![], t.http_exchanges),
+            c("sonde_db_calls_total", "Database calls seen.", vec![], t.db_calls),
+            c("sonde_messaging_operations_total", "Messaging operations seen.", vec![], t.messaging_ops),
+            c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "adopted")], counts.late_partners_adopted),
+            c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "missed")], d.late_partners_missed),
+            c("sonde_nat_resolved_total", "Server connections matched to their client through conntrack (DNAT).", vec![], counts.nat_resolved),
+            c("sonde_calls_ambiguous_total", "Client calls left as roots because several requests in flight could have made them.", vec![], counts.calls_ambiguous),
+            c("sonde_spans_sampled_out_total", "Spans not exported by sampling decision.", vec![], t.spans_sampled_out),
+            c("sonde_spans_exported_total", "Spans accepted by the OTLP backend.", vec![], export.spans_exported.load(Relaxed)),
+            c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "traces")], export.trace_export_failures.load(Relaxed)),
+            c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "metrics")], export.metric_export_failures.load(Relaxed)),
+            c("sonde_connections_opened_total", "TCP connections tracked.", vec![], u.connections_opened),
+            c("sonde_connections_closed_total", "TCP connections closed.", vec![], u.connections_closed),
+            c("sonde_unresolved_sockets_total", "Sockets whose tuple could not be found.", vec![], u.unresolved_sockets),
+        ];
+        for (spec, p) in REGISTRY.iter().zip(&disp.protocols) {
+            let l = || vec![("protocol", spec.name)];
+            m.push(c("sonde_protocol_connections_total", "Connections detected as this protocol.", l(), p.connections.load(Relaxed)));
+            m.push(c("sonde_protocol_records_total", "Records (exchanges, calls, operations) parsed.", l(), p.records.load(Relaxed)));
+            m.push(c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", l(), p.parse_errors.load(Relaxed)));
+            m.push(c("sonde_unpaired_total", "Requests or responses that could not be paired.", l(), p.unpaired.load(Relaxed)));
+            m.push(c("sonde_parser_gave_up_total", "Connections a parser gave up on (released).", l(), p.gave_up.load(Relaxed)));
+        }
+        m
+    })
+}

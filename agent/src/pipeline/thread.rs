@@ -1,0 +1,143 @@
+//! The pipeline's own OS thread: parsing, correlation and span building are
+//! CPU work, and the conntrack lookup is file I/O, so none of it runs on
+//! the async runtime's workers.
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    runtime::Handle,
+    sync::{mpsc, oneshot, watch},
+};
+
+use super::{Pipeline, PipelineStats};
+use crate::{
+    clock::monotonic_now,
+    connections::StreamEvent,
+    export::{batch::SpanQueue, stdout},
+    protocols::dispatch::Command,
+    spans::Span,
+};
+
+/// Where finished spans go.
+pub struct Sinks {
+    pub stdout: bool,
+    pub queue: Option<SpanQueue>,
+}
+
+impl Sinks {
+    fn deliver(&self, spans: &mut Vec<Span>) {
+        for s in spans.drain(..) {
+            if self.stdout {
+                println!("{}", stdout::line(&s));
+            }
+            if let Some(q) = &self.queue {
+                q.push(s);
+            }
+        }
+    }
+}
+
+/// Events taken per batch: large enough to amortise the wakeup, small
+/// enough that holds are released on time.
+const BATCH: usize = 1024;
+/// How often held traces are checked for an expired wait.
+const TICK: Duration = Duration::from_millis(100);
+/// At shutdown, events already captured are drained until the stream has
+/// been idle this long, for at most `DRAIN_LIMIT`.
+const DRAIN_LIMIT: Duration = Duration::from_millis(1000);
+
+/// Why the pipeline thread ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop; drained and flushed.
+    Stopped,
+    /// Its input closed without a stop: a capture task ended.
+    InputClosed,
+}
+
+/// Starts the pipeline on its own thread. `done` fires when it ends, also
+/// by a panic (its `JoinHandle` then holds the panic).
+pub fn spawn(
+    mut pipeline: Pipeline,
+    mut events: mpsc::Receiver<StreamEvent>,
+    sinks: Sinks,
+    commands: mpsc::Sender<Command>,
+    mut stop: watch::Receiver<bool>,
+    idle: Duration,
+) -> std::io::Result<(std::thread::JoinHandle<Ended>, oneshot::Receiver<()>, Arc<PipelineStats>)> {
+    let rt = Handle::current();
+    let stats = pipeline.stats.clone();
+    let stats_out = stats.clone();
+    let (done_tx, done) = oneshot::channel();
+    let handle = std::thread::Builder::new().name("sonde-pipeline".into()).spawn(move || {
+        // Fires on return and on unwind alike.
+        let _done = Notify(Some(done_tx));
+        let mut batch = Vec::with_capacity(BATCH);
+        let (mut spans, mut cmds) = (vec![], vec![]);
+        let mut next_tick = Instant::now() + TICK;
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            let wait = match drain_until {
+                Some(_) => idle,
+                None => next_tick.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+            };
+            let got = rt.block_on(async {
+                tokio::select! {
+                    n = events.recv_many(&mut batch, BATCH) => Some(n),
+                    _ = tokio::time::sleep(wait) => Some(usize::MAX),
+                    _ = stop.changed(), if drain_until.is_none() => None,
+                }
+            });
+            match got {
+                None => {
+                    drain_until = Some(Instant::now() + DRAIN_LIMIT);
+                    continue;
+                }
+                Some(0) => {
+                    pipeline.release_held(None, &mut spans);
+                    sinks.deliver(&mut spans);
+                    pipeline.publish_stats();
+                    return if drain_until.is_some() || *stop.borrow() { Ended::Stopped } else { Ended::InputClosed };
+                }
+                // Idle: while draining, the stream is done.
+                Some(usize::MAX) if drain_until.is_some() => break,
+                _ => {}
+            }
+            let now_ns = monotonic_now();
+            for ev in batch.drain(..) {
+                pipeline.on_event(ev, now_ns, &mut spans, &mut cmds);
+            }
+            if Instant::now() >= next_tick {
+                pipeline.release_held(Some(monotonic_now()), &mut spans);
+                next_tick = Instant::now() + TICK;
+            }
+            for c in cmds.drain(..) {
+                if commands.try_send(c).is_err() {
+                    stats.commands_dropped.fetch_add(1, Relaxed);
+                }
+            }
+            sinks.deliver(&mut spans);
+            pipeline.publish_stats();
+            if drain_until.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        pipeline.release_held(None, &mut spans);
+        sinks.deliver(&mut spans);
+        pipeline.publish_stats();
+        Ended::Stopped
+    })?;
+    Ok((handle, done, stats_out))
+}
+
+struct Notify(Option<oneshot::Sender<()>>);
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Protocol dispatch: per connection, detect the protocol from its first
+//! payload (through the registry), feed its parser, and turn the stream
+//! into [`Flow`] for correlation. A connection that speaks nothing sonde
+//! parses, or whose parser gives up, is released: a [`Command`] asks the
+//! kernel to stop copying its payload.
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use super::{
+    registry::{self, REGISTRY},
+    ParserStats, Protocol, Record, SegTime, Segment, Side,
+};
+use crate::{
+    connections::{ConnInfo, StreamEvent},
+    event::Direction,
+    correlation::relay::Relays,
+    metadata::SharedStore,
+};
+
+/// What correlation consumes, in stream order per connection.
+#[derive(Debug, Clone)]
+pub enum Flow {
+    /// A traced connection opened.
+    Opened(ConnInfo),
+    /// A relay's connection whose endpoints are known (open, or tuple).
+    RelayKnown(ConnInfo),
+    /// A connection's first payload arrived (its tuple may have been
+    /// resolved since its open).
+    Detected(ConnInfo),
+    Record(ConnInfo, Record),
+    /// The connection closed; records its close completed come first.
+    Closed(ConnInfo),
+}
+
+/// The one backward edge, to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop copying this connection's payload (timing and counts go on).
+    Release { conn: u64, pid: u32, fd: i32 },
+}
+
+/// What is never traced.
+#[derive(Debug, Clone, Default)]
+pub struct Exclusions {
+    /// Processes, by comm or executable name.
+    pub processes: Vec<String>,
+    /// Kubernetes namespaces (needs pod metadata; a pod not yet known when
+    /// its first connection opens is traced until it is).
+    pub namespaces: Vec<String>,
+}
+
+/// Counters per registered protocol (same order as the registry).
+#[derive(Debug, Default)]
+pub struct ProtocolCounters {
+    pub connections: AtomicU64,
+    pub records: AtomicU64,
+    pub parse_errors: AtomicU64,
+    pub unpaired: AtomicU64,
+    /// Connections the parser gave up on (released).
+    pub gave_up: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct DispatchStats {
+    pub protocols: Vec<ProtocolCounters>,
+    /// Connections released because no parser recognised them.
+    pub unrecognised: AtomicU64,
+    /// Parsers dropped because parser memory went over its budget.
+    pub over_budget: AtomicU64,
+    /// Parser heap bytes held now (approximate).
+    pub parser_bytes: AtomicU64,
+}
+
+impl Default for DispatchStats {
+    fn default() -> Self {
+        DispatchStats {
+            protocols: REGISTRY.iter().map(|_| ProtocolCounters::default()).collect(),
+            unrecognised: AtomicU64::new(0),
+            over_budget: AtomicU64::new(0),
+            parser_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+enum State {
+    Detecting,
+    Parsing { proto: usize, parser: Box<dyn Protocol>, bytes: usize },
+    Released,
+}
+
+/// Default global budget for parser state.
+pub const PARSER_BUDGET: usize = 256 << 20;
+
+pub struct Dispatcher {
+    conns: HashMap<u64, State>,
+    relays: Relays,
+    excluded: Exclusions,
+    metadata: Option<SharedStore>,
+    budget: usize,
+    used: usize,
+    pub stats: std::sync::Arc<DispatchStats>,
+}
+
+impl Dispatcher {
+    pub fn new(relays: Relays, excluded: Exclusions, metadata: Option<SharedStore>, budget: usize) -> Dispatcher {
+        Dispatcher { conns: HashMap::new(), relays, excluded, metadata, budget, used: 0, stats: Default::default() }
+    }
+
+    /// Connections tracked (cleaned on close).
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn on_event(&mut self, ev: StreamEvent, flows: &mut Vec<Flow>, commands: &mut Vec<Command>) {
+        match ev {
+            StreamEvent::Open(c) => {
+                tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "open");
+                self.drop_state(c.id);
+                self.conns.insert(c.id, State::Detecting);
+                // Never parsed: a relay's bytes are its peers', and excluded
+                // processes are invisible (not even as a graph peer).
+                if self.relays.is_relay(&c) {
+                    self.release(&c, commands);
+                    flows.push(Flow::RelayKnown(c));
+                } else if self.is_excluded(&c) {
+                    self.release(&c, commands);
+                } else {
+                    flows.push(Flow::Opened(c));
+                }
+            }
+            StreamEvent::Tuple(c) => {
+                if self.relays.is_relay(&c) {
+                    flows.push(Flow::RelayKnown(c));
+                }
+            }
+            StreamEvent::Data(c, d) => {
+                let seg = Segment { data: &d.payload, total: d.bytes, enter_ns: d.enter_ns, exit_ns: d.exit_ns, tid: d.tid };
+                self.on_data(c, d.direction, seg, flows, commands);
+            }
+            StreamEvent::Close(c, ts) => {
+                if let Some(State::Parsing { proto, mut parser, bytes }) = self.conns.remove(&c.id) {
+                    let mut records = vec![];
+                    parser.close(SegTime { enter_ns: ts, exit_ns: ts, tid: 0 }, &mut records);
+                    self.account(proto, parser.take_stats(), records.len());
+                    self.used -= bytes;
+                    flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
+                }
+                flows.push(Flow::Closed(c));
+            }
+        }
+        self.stats.parser_bytes.store(self.used as u64, Relaxed);
+    }
+
+    fn on_data(&mut self, c: ConnInfo, dir: Direction, seg: Segment<'_>, flows: &mut Vec<Flow>, commands: &mut Vec<Command>) {
+        let side = Side::of(c.role, dir);
+        let state = self.conns.entry(c.id).or_insert(State::Detecting);
+        if let State::Detecting = state {
+            if seg.data.is_empty() {
+                return; // nothing to detect on (quiet socket or sendfile)
+            }
+            flows.push(Flow::Detected(c.clone()));
+            // The far end of the agent's own traffic (a local OTLP collector)
+            // is never parsed.
+            match registry::detect(c.role, dir, seg.data) {
+                Some(proto) if !c.peer_is_agent => {
+                    self.stats.protocols[proto].connections.fetch_add(1, Relaxed);
+                    *state = State::Parsing { proto, parser: (REGISTRY[proto].new)(), bytes: 0 };
+                }
+                _ => {
+                    self.stats.unrecognised.fetch_add(1, Relaxed);
+                    return self.release(&c, commands);
+                }
+            }
+        }
+        let State::Parsing { proto, parser, bytes } = state else { return };
+        let proto = *proto;
+        tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, side = ?side, bytes = seg.total, "data");
+        let mut records = vec![];
+        let res = parser.feed(side, seg, &mut records);
+        let stats = parser.take_stats();
+        let now = parser.heap_bytes();
+        self.used = self.used + now - *bytes;
+        *bytes = now;
+        self.account(proto, stats, records.len());
+        flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
+        if let Err(why) = res {
+            tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, %why, "parser gave up");
+            self.stats.protocols[proto].gave_up.fetch_add(1, Relaxed);
+            self.release(&c, commands);
+        } else if self.used > self.budget {
+            // The connection that grew past the budget loses its parser:
+            // bounded memory beats one connection's spans.
+            self.stats.over_budget.fetch_add(1, Relaxed);
+            self.release(&c, commands);
+        }
+    }
+
+    fn account(&self, proto: usize, s: ParserStats, records: usize) {
+        let p = &self.stats.protocols[proto];
+        if records > 0 {
+            p.records.fetch_add(records as u64, Relaxed);
+        }
+        if s != ParserStats::default() {
+            p.parse_errors.fetch_add(s.parse_errors, Relaxed);
+            p.unpaired.fetch_add(s.unpaired, Relaxed);
+        }
+    }
+
+    fn drop_state(&mut self, conn: u64) {
+        if let Some(State::Parsing { bytes, .. }) = self.conns.remove(&conn) {
+            self.used -= bytes;
+        }
+    }
+
+    fn release(&mut self, c: &ConnInfo, commands: &mut Vec<Command>) {
+        tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "release");
+        self.drop_state(c.id);
+        self.conns.insert(c.id, State::Released);
+        commands.push(Command::Release { conn: c.id, pid: c.pid, fd: c.fd });
+    }
+
+    fn is_excluded(&self, c: &ConnInfo) -> bool {
+        let p = &c.process;
+        self.excluded.processes.iter().any(|n| *n == p.comm || p.exe_name.as_deref() == Some(n))
+            || (!self.excluded.namespaces.is_empty() && self.namespace(c).is_some_and(|ns| self.excluded.namespaces.contains(&ns)))
+    }
+
+    /// The Kubernetes namespace of a connection's pod, if known.
+    fn namespace(&self, c: &ConnInfo) -> Option<String> {
+        let store = self.metadata.as_ref()?.read().unwrap_or_else(|e| e.into_inner());
+        store.pod(c.process.container_id.as_deref()?).map(|(pod, _)| pod.namespace.clone())
+    }
+}

@@ -1,0 +1,116 @@
+//! HTTP/1.x behind the [`Protocol`] interface.
+use super::{detect as detect_kind, Exchange, HttpConnection, Kind};
+use crate::{
+    event::{Direction, Role},
+    protocols::{Capture, Detect, GiveUp, ParserStats, Protocol, Record, SegTime, Segment, Side, Spec},
+};
+
+pub const SPEC: Spec = Spec { name: "http", detect, new: || Box::<HttpProtocol>::default(), captures };
+
+/// A framed request, as correlation needs it before its response exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSeen {
+    /// The syscall that carried its first byte.
+    pub first: SegTime,
+    /// Its `traceparent` header, if any (an instrumented client).
+    pub traceparent: Option<String>,
+}
+
+/// Servers see requests arrive; clients write them, or (a connection seen
+/// from its first response, the agent started late) read responses.
+fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
+    match (role, dir) {
+        (Role::Server, Direction::Ingress) => detect_kind(Kind::Request, data),
+        // A server's first write: the client's request was not seen.
+        (Role::Server, Direction::Egress) => Detect::No,
+        (_, Direction::Egress) => detect_kind(Kind::Request, data),
+        // Only a whole status line: a client's first read is rarely HTTP.
+        (_, Direction::Ingress) => match detect_kind(Kind::Response, data) {
+            Detect::Yes => Detect::Yes,
+            _ => Detect::No,
+        },
+    }
+}
+
+#[derive(Default)]
+pub struct HttpProtocol {
+    conn: HttpConnection,
+    reported: ParserStats,
+}
+
+impl HttpProtocol {
+    fn emit(&mut self, exchanges: Vec<Exchange>, out: &mut Vec<Record>) {
+        // Requests framed by this segment come first: their context is fixed
+        // before any exchange they complete is built.
+        for m in self.conn.take_new_requests() {
+            out.push(Record::HttpRequest(RequestSeen { first: m.first, traceparent: m.head.traceparent }));
+        }
+        out.extend(exchanges.into_iter().map(|e| Record::Http(Box::new(e))));
+    }
+}
+
+impl Protocol for HttpProtocol {
+    fn feed(&mut self, side: Side, seg: Segment<'_>, out: &mut Vec<Record>) -> Result<(), GiveUp> {
+        let kind = if side == Side::Request { Kind::Request } else { Kind::Response };
+        let mut exchanges = vec![];
+        let res = self.conn.push(kind, seg, &mut exchanges);
+        self.emit(exchanges, out);
+        match res {
+            Err(_) => Err(GiveUp("not HTTP/1.x")),
+            Ok(()) if self.conn.is_upgraded() => Err(GiveUp("switched protocols")),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    fn close(&mut self, _at: SegTime, out: &mut Vec<Record>) {
+        let mut exchanges = vec![];
+        self.conn.close(&mut exchanges);
+        self.emit(exchanges, out);
+    }
+
+    fn take_stats(&mut self) -> ParserStats {
+        let now = ParserStats {
+            parse_errors: self.conn.parse_errors(),
+            unpaired: self.conn.counters.unmatched_responses + self.conn.counters.unanswered_requests,
+        };
+        ParserStats::since(now, &mut self.reported)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.conn.heap_bytes()
+    }
+}
+
+macro_rules! capture {
+    ($name:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/http/captures/", $name)).as_slice()
+    };
+}
+
+/// Requests from curl, answered by nginx and Python's http.server.
+fn captures() -> Vec<Capture> {
+    let pair = |name, req: &'static [u8], resp: &'static [u8]| {
+        [Role::Client, Role::Server].map(|role| Capture { name, role, turns: vec![(Side::Request, req), (Side::Response, resp)] })
+    };
+    let get = capture!("curl_get.req");
+    [
+        pair("nginx_get", get, capture!("nginx_get.resp")),
+        pair("nginx_404", get, capture!("nginx_404.resp")),
+        pair("python_chunked", get, capture!("python_chunked.resp")),
+        pair("python_close", get, capture!("python_close.resp")),
+        pair("python_500", get, capture!("python_500.resp")),
+        pair("curl_post", capture!("curl_post.req"), capture!("python_204.resp")),
+        pair("expect_continue", capture!("curl_expect_continue.req"), capture!("python_continue.resp")),
+        pair("chunked_upload", capture!("curl_chunked_upload.req"), capture!("nginx_get.resp")),
+        pair("pipelined", two_gets(get), capture!("nginx_pipelined.resp")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Two pipelined GETs, for the pipelined responses.
+fn two_gets(get: &'static [u8]) -> &'static [u8] {
+    static TWO: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TWO.get_or_init(|| [get, get].concat())
+}

@@ -1,0 +1,93 @@
+//! RED metrics from typed records (never from span attributes).
+use std::sync::Arc;
+
+use crate::{
+    connections::ConnInfo,
+    event::Role,
+    metrics::{self, Labels, Registry},
+    protocols::{db::DbCall, http::route, http::Exchange},
+    spans::{self, Resource},
+};
+
+pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource: &Arc<Resource>) {
+    let status = ex.response.head.status;
+    let mut labels: Labels = vec![
+        ("http.request.method", spans::http::method(&ex.request.head.method).0),
+        ("http.response.status_code", status.to_string()),
+        ("network.protocol.version", format!("1.{}", ex.request.head.minor)),
+    ];
+    if spans::http::failed(c.role, status) {
+        labels.push(("error.type", status.to_string()));
+    }
+    let (duration, request_size, response_size) = if c.role == Role::Server {
+        labels.push(("http.route", route::route(&ex.request.head.target)));
+        labels.push(("url.scheme", "http".into()));
+        (&metrics::HTTP_SERVER_DURATION, &metrics::HTTP_SERVER_REQUEST_SIZE, &metrics::HTTP_SERVER_RESPONSE_SIZE)
+    } else {
+        let (address, port) = spans::http::client_server(c, ex);
+        labels.push(("server.address", address));
+        labels.push(("server.port", port.to_string()));
+        (&metrics::HTTP_CLIENT_DURATION, &metrics::HTTP_CLIENT_REQUEST_SIZE, &metrics::HTTP_CLIENT_RESPONSE_SIZE)
+    };
+    reg.record(duration, resource, labels.clone(), secs);
+    reg.record(request_size, resource, labels.clone(), ex.request.body_bytes as f64);
+    reg.record(response_size, resource, labels, ex.response.body_bytes as f64);
+}
+
+pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: &Arc<Resource>) {
+    let mut labels: Labels = vec![("db.system.name", call.system.as_str().to_string())];
+    if !call.operation.is_empty() {
+        labels.push(("db.operation.name", call.operation.clone()));
+    }
+    if let Some(col) = &call.collection {
+        labels.push(("db.collection.name", col.clone()));
+    }
+    if let Some(ns) = &call.namespace {
+        labels.push(("db.namespace", ns.clone()));
+    }
+    if let Some(e) = &call.error {
+        labels.push(("error.type", e.code.clone()));
+    }
+    if let Some(peer) = c.remote() {
+        labels.push(("server.address", peer.ip().to_string()));
+        labels.push(("server.port", peer.port().to_string()));
+    }
+    reg.record(&metrics::DB_CLIENT_DURATION, resource, labels, secs);
+}
+
+/// The messaging operations metrics are recorded for.
+pub enum Messaging {
+    Publish,
+    Process,
+    /// A Basic.Get; `got`: a message came (not GetEmpty).
+    Get { got: bool },
+}
+
+/// `error.type` of a publish: the broker returned it, or nacked it.
+pub fn publish_error(confirmed: Option<bool>, returned: &Option<(u16, String)>) -> Option<String> {
+    match (returned, confirmed) {
+        (Some((code, _)), _) => Some(code.to_string()),
+        (None, Some(false)) => Some("nack".into()),
+        _ => None,
+    }
+}
+
+pub fn messaging(reg: &mut Registry, op: Messaging, dest: &str, secs: f64, error: Option<&str>, resource: &Arc<Resource>) {
+    let (name, duration, count) = match op {
+        Messaging::Publish => ("publish", &metrics::MESSAGING_CLIENT_DURATION, Some(&metrics::MESSAGING_SENT)),
+        Messaging::Process => ("process", &metrics::MESSAGING_PROCESS_DURATION, Some(&metrics::MESSAGING_CONSUMED)),
+        Messaging::Get { got } => ("get", &metrics::MESSAGING_CLIENT_DURATION, got.then_some(&metrics::MESSAGING_CONSUMED)),
+    };
+    let mut labels: Labels = vec![
+        ("messaging.system", "rabbitmq".into()),
+        ("messaging.operation.name", name.into()),
+        ("messaging.destination.name", if dest.is_empty() { "amq.default".into() } else { dest.to_string() }),
+    ];
+    if let Some(e) = error {
+        labels.push(("error.type", e.to_string()));
+    }
+    reg.record(duration, resource, labels.clone(), secs);
+    if let Some(count) = count {
+        reg.record(count, resource, labels, 1.0);
+    }
+}
