@@ -8,10 +8,13 @@
 //!   the test binaries and `sonde` at their host paths, the shared libraries
 //!   they load, and a trimmed Python for the HTTP fixtures. No disk, no
 //!   network beyond loopback, no modules (everything used is built in).
-//! - KVM is used when it works (a guest that prints nothing in time means
-//!   it hangs here); otherwise single-threaded TCG.
+//! - KVM is used while it works; once it fails in any way (qemu aborts or
+//!   exits before the guest starts, the guest prints nothing in time, qemu
+//!   reports a KVM error) the run goes on with single-threaded TCG. See
+//!   `accel` and `--accel`.
 //! - The console is parsed for libtest's lines and the init's markers; a
 //!   panic or a timeout ends that kernel's row without wedging the run.
+mod accel;
 mod initramfs;
 
 use std::{
@@ -25,6 +28,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub use self::accel::Accel;
+use self::accel::End;
 use crate::{run, toolchain};
 
 /// The default matrix: (apt suite, package).
@@ -161,6 +166,8 @@ pub struct Options {
     /// Keep each agent's debug log and print it on the console after a
     /// failing suite (lines prefixed `SONDE-VM-LOG`).
     pub agent_log: bool,
+    /// KVM, TCG, or KVM falling back to TCG.
+    pub accel: Accel,
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
@@ -176,12 +183,21 @@ struct Row {
     suites: BTreeMap<String, String>,
     probes: String,
     failure: Option<String>,
+    /// Under KVM: why the boot failed because of KVM (to be retried under TCG).
+    kvm_failure: Option<String>,
     secs: u64,
 }
 
-/// Boots one kernel and parses its console. `first_line` is how long to
-/// wait for the init's first marker before deciding the guest hangs.
-fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) -> Result<Row> {
+/// A line from qemu: the guest's console (stdout) or qemu's own (stderr).
+enum Output {
+    Console(String),
+    Qemu(String),
+}
+
+/// Boots one kernel and parses its console.
+fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
+    // How long to wait for the init's first marker before deciding the guest hangs.
+    let first_line = Duration::from_secs(if accel == "kvm" { 60 } else { 600 });
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none"])
         // Single-threaded TCG: with one host thread per vCPU, a 6.12 guest
@@ -199,37 +215,61 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) ->
         .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().context("qemu-system-x86_64 (Debian's qemu-system-x86)")?;
+    // stderr is read as it comes too: a KVM error may leave qemu running
+    // with the guest paused, silent until the time limit.
     let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("piped");
+    let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let tx_err = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+            if tx.send(Output::Console(line)).is_err() {
                 break;
             }
         }
     });
-    let log_path = cache().join(format!("console-{}.log", k.name.replace([' ', '/'], "_")));
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx_err.send(Output::Qemu(line)).is_err() {
+                break;
+            }
+        }
+    });
+    let log_path = cache().join(format!("console-{}-{accel}.log", k.name.replace([' ', '/'], "_")));
     let mut log = std::fs::File::create(&log_path)?;
     let mut row = Row { accel, ..Default::default() };
     let mut suite = String::new();
     let mut seen_init = false;
+    let mut stderr = String::new();
+    let mut silent = false;
     // A test whose result comes on a later line (its panic message between).
     let mut pending: Option<String> = None;
     loop {
         let limit = if seen_init { GUEST_TIMEOUT } else { first_line };
         let left = limit.saturating_sub(started.elapsed());
         let line = match rx.recv_timeout(left) {
-            Ok(l) => l,
+            Ok(Output::Console(l)) => l,
+            Ok(Output::Qemu(l)) => {
+                writeln!(log, "qemu: {l}")?;
+                stderr += &l;
+                stderr.push('\n');
+                if accel == "kvm" && accel::kvm_error(&l) {
+                    let _ = child.kill();
+                    break;
+                }
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                row.failure = Some(if seen_init { format!("timed out after {limit:?}") } else { "no output: the guest hangs".into() });
+                if seen_init {
+                    row.failure = Some(format!("timed out after {limit:?}"));
+                } else {
+                    silent = true;
+                }
                 break;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if !row.tests.is_empty() || seen_init {
                     row.failure.get_or_insert_with(|| "the guest stopped before finishing".into());
-                } else {
-                    row.failure = Some("qemu exited before the guest started".into());
                 }
                 break;
             }
@@ -274,7 +314,24 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) ->
             }
         }
     }
-    let _ = child.wait();
+    let status = child.wait()?;
+    // What qemu printed after the loop ended (the pipes close once it is gone).
+    while let Ok(out) = rx.recv_timeout(Duration::from_secs(5)) {
+        if let Output::Qemu(l) = out {
+            writeln!(log, "qemu: {l}")?;
+            stderr += &l;
+            stderr.push('\n');
+        }
+    }
+    let end = if silent { End::Silent(first_line) } else { End::of(status) };
+    let startup = accel::kvm_failure(end, &stderr, seen_init);
+    if !seen_init {
+        // Whatever the accelerator, the row says why the guest never ran.
+        row.failure = row.failure.take().or(startup.clone());
+    }
+    if accel == "kvm" {
+        row.kvm_failure = startup;
+    }
     row.secs = started.elapsed().as_secs();
     Ok(row)
 }
@@ -322,12 +379,6 @@ fn probes_summary(json: &str) -> String {
     }
 }
 
-/// Whether KVM may work: /dev/kvm opens. (On some hosts it opens but
-/// guests hang: the first boot tells, by its first-line limit.)
-fn kvm_present() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
-}
-
 fn selected(opts: &Options) -> impl Iterator<Item = &(&'static str, &'static [&'static str])> {
     SUITES.iter().filter(|(s, _)| opts.suites.is_empty() || opts.suites.iter().any(|o| o == s))
 }
@@ -345,28 +396,29 @@ pub fn vm_test(specs: &[String], opts: &Options) -> Result<()> {
     let bins = build_tests()?;
     let initrd = initramfs::initramfs(&bins, opts)?;
     eprintln!("xtask: initramfs {} ({} MiB)", initrd.display(), std::fs::metadata(&initrd)?.len() >> 20);
-    let mut accel: Option<&'static str> = None;
+    let suggest = "`--accel tcg` runs the guests without KVM";
+    let mut accel = match (opts.accel, accel::kvm_device()) {
+        (Accel::Tcg, _) => "tcg",
+        (_, Ok(())) => "kvm",
+        (Accel::Kvm, Err(e)) => bail!("KVM is not usable ({e}); {suggest}"),
+        (Accel::Auto, Err(e)) => {
+            eprintln!("xtask: not using KVM ({e}): single-threaded TCG");
+            "tcg"
+        }
+    };
     let mut rows = vec![];
     for k in &kernels {
-        eprintln!("xtask: booting {}", k.name);
-        let row = match accel {
-            Some(a) => boot(k, &initrd, a, Duration::from_secs(600))?,
-            None if kvm_present() => {
-                let r = boot(k, &initrd, "kvm", Duration::from_secs(60))?;
-                if r.failure.as_deref() == Some("no output: the guest hangs") {
-                    eprintln!("xtask: KVM guests hang on this host: using TCG");
-                    accel = Some("tcg");
-                    boot(k, &initrd, "tcg", Duration::from_secs(600))?
-                } else {
-                    accel = Some("kvm");
-                    r
-                }
+        eprintln!("xtask: booting {} ({accel})", k.name);
+        let mut row = boot(k, &initrd, accel)?;
+        if let Some(cause) = row.kvm_failure.take() {
+            if opts.accel == Accel::Kvm {
+                bail!("KVM failed on {}: {cause}; {suggest}", k.name);
             }
-            None => {
-                accel = Some("tcg");
-                boot(k, &initrd, "tcg", Duration::from_secs(600))?
-            }
-        };
+            // Once: the next kernels would fail the same way, at a minute each for a hang.
+            eprintln!("xtask: KVM failed ({cause}): using single-threaded TCG for this and the remaining kernels");
+            accel = "tcg";
+            row = boot(k, &initrd, accel)?;
+        }
         print_row(k, &row);
         rows.push((k, row));
     }
