@@ -134,8 +134,10 @@ fn fetch(spec: &str, updated: &mut bool) -> Result<Kernel> {
     Ok(Kernel { name: format!("{suite} {image}"), vmlinuz: v })
 }
 
-/// Test binaries by suite, built (not run) by cargo.
-fn build_tests() -> Result<BTreeMap<String, PathBuf>> {
+/// Test binaries by suite, built (not run) by cargo, and the `sonde` they
+/// run. Paths come from cargo: the target directory may be anywhere
+/// (CARGO_TARGET_DIR), and the tests run sonde at its compiled-in path.
+fn build_tests() -> Result<(BTreeMap<String, PathBuf>, PathBuf)> {
     run::build(false)?;
     let mut c = run::cargo();
     c.args(["test", "--no-run", "--package", "sonde", "--message-format=json"]);
@@ -146,16 +148,18 @@ fn build_tests() -> Result<BTreeMap<String, PathBuf>> {
     if !out.status.success() {
         bail!("building the test binaries failed");
     }
-    let mut bins = BTreeMap::new();
+    let (mut bins, mut sonde) = (BTreeMap::new(), None);
     for line in String::from_utf8(out.stdout)?.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         if let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) {
             if SUITES.iter().any(|(s, _)| *s == name) {
                 bins.insert(name.to_string(), PathBuf::from(exe));
+            } else if name == "sonde" && v["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")) {
+                sonde = Some(PathBuf::from(exe));
             }
         }
     }
-    Ok(bins)
+    Ok((bins, sonde.context("cargo reported no sonde binary")?))
 }
 
 /// What a run asks of the guest beyond the defaults.
@@ -393,8 +397,8 @@ pub fn vm_test(specs: &[String], opts: &Options) -> Result<()> {
     let specs: Vec<String> = if specs.is_empty() { DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect() } else { specs.to_vec() };
     let mut updated = false;
     let kernels: Vec<Kernel> = specs.iter().map(|s| fetch(s, &mut updated)).collect::<Result<_>>()?;
-    let bins = build_tests()?;
-    let initrd = initramfs::initramfs(&bins, opts)?;
+    let (bins, sonde) = build_tests()?;
+    let initrd = initramfs::initramfs(&bins, &sonde, opts)?;
     eprintln!("xtask: initramfs {} ({} MiB)", initrd.display(), std::fs::metadata(&initrd)?.len() >> 20);
     let suggest = "`--accel tcg` runs the guests without KVM";
     let mut accel = match (opts.accel, accel::kvm_device()) {

@@ -138,15 +138,14 @@ impl Tree {
     }
 }
 
-pub(super) fn initramfs(bins: &BTreeMap<String, PathBuf>, opts: &Options) -> Result<PathBuf> {
+pub(super) fn initramfs(bins: &BTreeMap<String, PathBuf>, sonde: &Path, opts: &Options) -> Result<PathBuf> {
     let mut t = Tree::default();
     let busybox = which("busybox").context("busybox (Debian's busybox-static)")?;
     t.files.insert("/bin/busybox".into(), Entry::File(busybox, 0o755));
     for d in ["/proc", "/sys", "/dev", "/tmp", "/root", "/etc", "/usr/bin", "/sys/kernel/tracing"] {
         t.files.insert(d.into(), Entry::Dir);
     }
-    let sonde = repo().join("target/debug/sonde");
-    t.host_file(&sonde)?;
+    t.host_file(sonde)?;
     for b in bins.values() {
         t.host_file(b)?;
     }
