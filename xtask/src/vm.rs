@@ -257,6 +257,12 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
                 stderr += &l;
                 stderr.push('\n');
                 if accel == "kvm" && accel::kvm_error(&l) {
+                    // qemu may abort on its own (its status then tells how)
+                    // or stay up with the guest paused: a moment, then kill.
+                    let grace = Instant::now() + Duration::from_secs(5);
+                    while child.try_wait()?.is_none() && Instant::now() < grace {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                     let _ = child.kill();
                     break;
                 }

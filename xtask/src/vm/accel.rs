@@ -63,7 +63,7 @@ pub fn kvm_failure(end: End, stderr: &str, guest_started: bool) -> Option<String
     let how = match end {
         End::Silent(limit) => format!("the guest printed nothing in {}s (it hangs)", limit.as_secs()),
         End::Exited(c) => format!("qemu exited with status {c} before the guest started"),
-        End::Signaled(s) => format!("qemu was killed by {} before the guest started", signal_name(s)),
+        End::Signaled(s) => format!("qemu died of {} before the guest started", signal_name(s)),
     };
     Some(match error {
         Some(e) => format!("{how}: {e}"),
