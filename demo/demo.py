@@ -8,7 +8,9 @@ Usage: demo.py [--mode host|docker]
 Prints one JSON line once everything is ready:
   {"mode": ..., "login": "127.0.0.1:port", "ingestion": ..., "gates": ...,
    "services": {name: pid}}
-then runs until stdin closes (or SIGINT/SIGTERM) and stops everything.
+then runs until stdin closes (or SIGINT/SIGTERM/SIGHUP) and stops everything.
+If it is killed outright, its children get a parent-death signal: the
+infra scripts then stop their servers, the services exit.
 
 In docker mode every service runs in its own container on the `sonde-demo`
 network, from a FROM scratch image holding only services/; the Python
@@ -20,6 +22,8 @@ reached by container IP.
 import argparse, json, os, signal, socket, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "infra"))
+from lifetime import dies_with_parent, stop_on_signals  # noqa: E402
 SERVICES = os.path.join(HERE, "services")
 NETWORK, SUBNET, GATEWAY, IMAGE = "sonde-demo", "172.30.0.0/24", "172.30.0.1", "sonde-demo:dev"
 
@@ -64,8 +68,9 @@ class Demo:
         self.procs, self.containers = [], []
 
     def infra(self, script, *bind):
+        # SIGTERM: the script stops its servers before it exits.
         p = subprocess.Popen([sys.executable, os.path.join(HERE, "infra", script), *bind],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=dies_with_parent(signal.SIGTERM))
         self.procs.append(p)
         line = p.stdout.readline()
         if not line:
@@ -105,7 +110,8 @@ class Demo:
 
     def host_service(self, name, env):
         p = subprocess.Popen([sys.executable, os.path.join(SERVICES, f"{name}.py")], stdout=subprocess.PIPE, text=True,
-                             env=dict(os.environ, OTEL_SERVICE_NAME=name, PYTHONDONTWRITEBYTECODE="1", **env))
+                             env=dict(os.environ, OTEL_SERVICE_NAME=name, PYTHONDONTWRITEBYTECODE="1", **env),
+                             preexec_fn=dies_with_parent())
         self.procs.append(p)
         if p.stdout.readline().strip() != "READY":
             raise SystemExit(f"{name} failed to start")
@@ -176,12 +182,10 @@ def main():
     ap.add_argument("--mode", choices=["host", "docker"], default="host")
     args = ap.parse_args()
     demo = Demo(args.mode)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stop_on_signals()
     try:
         print(json.dumps(demo.start()), flush=True)
         sys.stdin.read()
-    except KeyboardInterrupt:
-        pass
     finally:
         demo.stop()
 

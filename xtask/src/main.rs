@@ -73,6 +73,9 @@ enum Task {
         /// Print the agent's debug log on the console after a failing suite.
         #[arg(long)]
         agent_log: bool,
+        /// qemu's accelerator for the guests.
+        #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
+        accel: vm::Accel,
     },
     /// Build and run `sonde` (default: `sonde run`) as root.
     Run {
@@ -91,8 +94,8 @@ fn main() {
         Task::Build { release } => toolchain::setup(false).and_then(|()| run::build(release)),
         Task::Test { unit, privileged, args } => run::test(!privileged, !unit, &args),
         Task::Image => image::build(),
-        Task::VmTest { kernels, suites, agent_log } => {
-            toolchain::setup(false).and_then(|()| vm::vm_test(&kernels, &vm::Options { suites, agent_log }))
+        Task::VmTest { kernels, suites, agent_log, accel } => {
+            toolchain::setup(false).and_then(|()| vm::vm_test(&kernels, &vm::Options { suites, agent_log, accel }))
         }
         Task::Demo { mode, duration, args } => demo::demo(&mode, duration, &args),
         Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),

@@ -8,13 +8,18 @@
 //!   the test binaries and `sonde` at their host paths, the shared libraries
 //!   they load, and a trimmed Python for the HTTP fixtures. No disk, no
 //!   network beyond loopback, no modules (everything used is built in).
-//! - KVM is used when it works (a guest that prints nothing in time means
-//!   it hangs here); otherwise single-threaded TCG.
+//! - KVM is used while it works; once it fails in any way (qemu aborts or
+//!   exits before the guest starts, the guest prints nothing in time, qemu
+//!   reports a KVM error) the run goes on with single-threaded TCG. See
+//!   `accel` and `--accel`.
 //! - The console is parsed for libtest's lines and the init's markers; a
 //!   panic or a timeout ends that kernel's row without wedging the run.
+mod accel;
+mod initramfs;
+
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -23,6 +28,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub use self::accel::Accel;
+use self::accel::End;
 use crate::{run, toolchain};
 
 /// The default matrix: (apt suite, package).
@@ -127,8 +134,10 @@ fn fetch(spec: &str, updated: &mut bool) -> Result<Kernel> {
     Ok(Kernel { name: format!("{suite} {image}"), vmlinuz: v })
 }
 
-/// Test binaries by suite, built (not run) by cargo.
-fn build_tests() -> Result<BTreeMap<String, PathBuf>> {
+/// Test binaries by suite, built (not run) by cargo, and the `sonde` they
+/// run. Paths come from cargo: the target directory may be anywhere
+/// (CARGO_TARGET_DIR), and the tests run sonde at its compiled-in path.
+fn build_tests() -> Result<(BTreeMap<String, PathBuf>, PathBuf)> {
     run::build(false)?;
     let mut c = run::cargo();
     c.args(["test", "--no-run", "--package", "sonde", "--message-format=json"]);
@@ -139,141 +148,18 @@ fn build_tests() -> Result<BTreeMap<String, PathBuf>> {
     if !out.status.success() {
         bail!("building the test binaries failed");
     }
-    let mut bins = BTreeMap::new();
+    let (mut bins, mut sonde) = (BTreeMap::new(), None);
     for line in String::from_utf8(out.stdout)?.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         if let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) {
             if SUITES.iter().any(|(s, _)| *s == name) {
                 bins.insert(name.to_string(), PathBuf::from(exe));
+            } else if name == "sonde" && v["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")) {
+                sonde = Some(PathBuf::from(exe));
             }
         }
     }
-    Ok(bins)
-}
-
-/// A copy of a binary without its debug info.
-fn strip(bin: &Path) -> Result<PathBuf> {
-    let dir = cache().join("stripped");
-    std::fs::create_dir_all(&dir)?;
-    let out = dir.join(bin.file_name().context("binary name")?);
-    run::sh(Command::new("strip").arg("--strip-debug").arg("-o").arg(&out).arg(bin)).context("strip (binutils)")?;
-    Ok(out)
-}
-
-/// Files and symlinks for the initramfs, by guest path.
-#[derive(Default)]
-struct Tree {
-    files: BTreeMap<PathBuf, Entry>,
-}
-
-enum Entry {
-    File(PathBuf, u32),
-    Data(Vec<u8>, u32),
-    Link(PathBuf),
-    Dir,
-}
-
-impl Tree {
-    /// A host file at the same path (symlinks followed), with its libraries.
-    fn host_file(&mut self, path: &Path) -> Result<()> {
-        if self.files.contains_key(path) {
-            return Ok(());
-        }
-        let real = path.canonicalize().with_context(|| format!("{}", path.display()))?;
-        if real != path {
-            self.files.insert(path.to_path_buf(), Entry::Link(real.clone()));
-        }
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(&real)?;
-        let mode = meta.permissions().mode() & 0o7777;
-        // Debug builds carry hundreds of MiB of debug info the guest never reads.
-        let source = if mode & 0o111 != 0 && meta.len() > 8 << 20 { strip(&real)? } else { real.clone() };
-        self.files.insert(real.clone(), Entry::File(source, mode));
-        if mode & 0o111 != 0 || real.to_string_lossy().contains(".so") {
-            self.libraries_of(&real)?;
-        }
-        Ok(())
-    }
-
-    fn libraries_of(&mut self, bin: &Path) -> Result<()> {
-        let out = Command::new("ldd").arg(bin).output()?;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-            let path = line.split("=>").nth(1).unwrap_or(line).split_whitespace().next().unwrap_or("");
-            if path.starts_with('/') {
-                self.host_file(Path::new(path))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A host directory tree, skipping names in `skip`.
-    fn host_dir(&mut self, dir: &Path, skip: &[&str]) -> Result<()> {
-        for e in std::fs::read_dir(dir)? {
-            let e = e?;
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if skip.iter().any(|s| name == *s) {
-                continue;
-            }
-            let t = e.file_type()?;
-            if t.is_dir() {
-                self.host_dir(&p, skip)?;
-            } else if t.is_file() || t.is_symlink() {
-                if p.exists() {
-                    self.host_file(&p)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The archive, in the kernel's "newc" cpio format (uncompressed).
-    fn cpio(&self, out: &Path) -> Result<()> {
-        let mut dirs = std::collections::BTreeSet::new();
-        for p in self.files.keys() {
-            let mut a = p.parent();
-            while let Some(d) = a.filter(|d| *d != Path::new("/") && !d.as_os_str().is_empty()) {
-                dirs.insert(d.to_path_buf());
-                a = d.parent();
-            }
-        }
-        let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
-        let mut ino = 1u32;
-        let mut entry = |w: &mut dyn Write, name: &Path, mode: u32, data: &[u8]| -> Result<()> {
-            let name = name.strip_prefix("/").unwrap_or(name).to_string_lossy().into_owned();
-            let header = format!(
-                "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-                0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
-            );
-            ino += 1;
-            w.write_all(header.as_bytes())?;
-            w.write_all(name.as_bytes())?;
-            w.write_all(&[0])?;
-            w.write_all(&vec![0u8; (4 - (110 + name.len() + 1) % 4) % 4])?;
-            w.write_all(data)?;
-            w.write_all(&vec![0u8; (4 - data.len() % 4) % 4])?;
-            Ok(())
-        };
-        for d in &dirs {
-            entry(&mut w, d, 0o040755, &[])?;
-        }
-        for (path, e) in &self.files {
-            match e {
-                Entry::Dir => entry(&mut w, path, 0o040755, &[])?,
-                Entry::File(src, mode) => {
-                    let mut data = vec![];
-                    std::fs::File::open(src)?.read_to_end(&mut data)?;
-                    entry(&mut w, path, 0o100000 | mode, &data)?
-                }
-                Entry::Data(data, mode) => entry(&mut w, path, 0o100000 | mode, data)?,
-                Entry::Link(target) => entry(&mut w, path, 0o120777, target.to_string_lossy().as_bytes())?,
-            }
-        }
-        entry(&mut w, Path::new("TRAILER!!!"), 0, &[])?;
-        w.flush()?;
-        Ok(())
-    }
+    Ok((bins, sonde.context("cargo reported no sonde binary")?))
 }
 
 /// What a run asks of the guest beyond the defaults.
@@ -284,67 +170,9 @@ pub struct Options {
     /// Keep each agent's debug log and print it on the console after a
     /// failing suite (lines prefixed `SONDE-VM-LOG`).
     pub agent_log: bool,
+    /// KVM, TCG, or KVM falling back to TCG.
+    pub accel: Accel,
 }
-
-fn initramfs(bins: &BTreeMap<String, PathBuf>, opts: &Options) -> Result<PathBuf> {
-    let mut t = Tree::default();
-    let busybox = which("busybox").context("busybox (Debian's busybox-static)")?;
-    t.files.insert("/bin/busybox".into(), Entry::File(busybox, 0o755));
-    for d in ["/proc", "/sys", "/dev", "/tmp", "/root", "/etc", "/usr/bin", "/sys/kernel/tracing"] {
-        t.files.insert(d.into(), Entry::Dir);
-    }
-    let sonde = repo().join("target/debug/sonde");
-    t.host_file(&sonde)?;
-    for b in bins.values() {
-        t.host_file(b)?;
-    }
-    // The HTTP fixtures, at the path compiled into the tests.
-    t.host_dir(&repo().join("agent/tests/fixtures"), &["amqp", "k8s"])?;
-    // Python for them: the interpreter the host tests use, its stdlib trimmed.
-    let python = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sys,os;print(os.path.realpath(sys.executable))"]).output()?.stdout)?.trim());
-    let stdlib = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sysconfig;print(sysconfig.get_paths()['stdlib'])"]).output()?.stdout)?.trim());
-    t.host_file(&python)?;
-    t.files.insert("/usr/bin/python3".into(), Entry::Link(python));
-    t.host_dir(
-        &stdlib,
-        &["site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "__pycache__", "distutils"],
-    )?;
-    let mut script = String::from(INIT_HEAD);
-    if opts.agent_log {
-        script += "export SONDE_TEST_AGENT_LOG=/tmp/agent.log SONDE_TEST_AGENT_LOG_FILTER=sonde=debug\n";
-    }
-    for (suite, filters) in selected(opts) {
-        if let Some(b) = bins.get(*suite) {
-            script += &format!("run_suite {suite} {} --test-threads 1 --color never {}\n", b.display(), filters.join(" "));
-        }
-    }
-    script += &format!("echo \"SONDE-VM-DOCTOR $({} doctor --json 2>/dev/null | tr -d '\\n')\"\n", sonde.display());
-    script += "echo SONDE-VM-DONE\npoweroff -f\n";
-    t.files.insert("/init".into(), Entry::Data(script.into_bytes(), 0o755));
-    let out = cache().join("initramfs.cpio");
-    std::fs::create_dir_all(cache())?;
-    t.cpio(&out)?;
-    Ok(out)
-}
-
-const INIT_HEAD: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/usr/bin:/bin HOME=/root
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-ip link set lo up
-echo "SONDE-VM-INIT $(uname -r)"
-run_suite() {
-  name=$1; shift
-  echo "SONDE-VM-SUITE $name"
-  "$@" 2>&1
-  rc=$?
-  if [ $rc != 0 ] && [ -f /tmp/agent.log ]; then sed 's/^/SONDE-VM-LOG /' /tmp/agent.log; fi
-  echo "SONDE-VM-RC $name $rc"
-}
-"#;
 
 fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(cmd)).find(|p| p.is_file()))
@@ -359,12 +187,21 @@ struct Row {
     suites: BTreeMap<String, String>,
     probes: String,
     failure: Option<String>,
+    /// Under KVM: why the boot failed because of KVM (to be retried under TCG).
+    kvm_failure: Option<String>,
     secs: u64,
 }
 
-/// Boots one kernel and parses its console. `first_line` is how long to
-/// wait for the init's first marker before deciding the guest hangs.
-fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) -> Result<Row> {
+/// A line from qemu: the guest's console (stdout) or qemu's own (stderr).
+enum Output {
+    Console(String),
+    Qemu(String),
+}
+
+/// Boots one kernel and parses its console.
+fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
+    // How long to wait for the init's first marker before deciding the guest hangs.
+    let first_line = Duration::from_secs(if accel == "kvm" { 60 } else { 600 });
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none"])
         // Single-threaded TCG: with one host thread per vCPU, a 6.12 guest
@@ -382,37 +219,67 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) ->
         .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().context("qemu-system-x86_64 (Debian's qemu-system-x86)")?;
+    // stderr is read as it comes too: a KVM error may leave qemu running
+    // with the guest paused, silent until the time limit.
     let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("piped");
+    let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let tx_err = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+            if tx.send(Output::Console(line)).is_err() {
                 break;
             }
         }
     });
-    let log_path = cache().join(format!("console-{}.log", k.name.replace([' ', '/'], "_")));
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx_err.send(Output::Qemu(line)).is_err() {
+                break;
+            }
+        }
+    });
+    let log_path = cache().join(format!("console-{}-{accel}.log", k.name.replace([' ', '/'], "_")));
     let mut log = std::fs::File::create(&log_path)?;
     let mut row = Row { accel, ..Default::default() };
     let mut suite = String::new();
     let mut seen_init = false;
+    let mut stderr = String::new();
+    let mut silent = false;
     // A test whose result comes on a later line (its panic message between).
     let mut pending: Option<String> = None;
     loop {
         let limit = if seen_init { GUEST_TIMEOUT } else { first_line };
         let left = limit.saturating_sub(started.elapsed());
         let line = match rx.recv_timeout(left) {
-            Ok(l) => l,
+            Ok(Output::Console(l)) => l,
+            Ok(Output::Qemu(l)) => {
+                writeln!(log, "qemu: {l}")?;
+                stderr += &l;
+                stderr.push('\n');
+                if accel == "kvm" && accel::kvm_error(&l) {
+                    // qemu may abort on its own (its status then tells how)
+                    // or stay up with the guest paused: a moment, then kill.
+                    let grace = Instant::now() + Duration::from_secs(5);
+                    while child.try_wait()?.is_none() && Instant::now() < grace {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    let _ = child.kill();
+                    break;
+                }
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                row.failure = Some(if seen_init { format!("timed out after {limit:?}") } else { "no output: the guest hangs".into() });
+                if seen_init {
+                    row.failure = Some(format!("timed out after {limit:?}"));
+                } else {
+                    silent = true;
+                }
                 break;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if !row.tests.is_empty() || seen_init {
                     row.failure.get_or_insert_with(|| "the guest stopped before finishing".into());
-                } else {
-                    row.failure = Some("qemu exited before the guest started".into());
                 }
                 break;
             }
@@ -457,7 +324,24 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str, first_line: Duration) ->
             }
         }
     }
-    let _ = child.wait();
+    let status = child.wait()?;
+    // What qemu printed after the loop ended (the pipes close once it is gone).
+    while let Ok(out) = rx.recv_timeout(Duration::from_secs(5)) {
+        if let Output::Qemu(l) = out {
+            writeln!(log, "qemu: {l}")?;
+            stderr += &l;
+            stderr.push('\n');
+        }
+    }
+    let end = if silent { End::Silent(first_line) } else { End::of(status) };
+    let startup = accel::kvm_failure(end, &stderr, seen_init);
+    if !seen_init {
+        // Whatever the accelerator, the row says why the guest never ran.
+        row.failure = row.failure.take().or(startup.clone());
+    }
+    if accel == "kvm" {
+        row.kvm_failure = startup;
+    }
     row.secs = started.elapsed().as_secs();
     Ok(row)
 }
@@ -505,12 +389,6 @@ fn probes_summary(json: &str) -> String {
     }
 }
 
-/// Whether KVM may work: /dev/kvm opens. (On some hosts it opens but
-/// guests hang: the first boot tells, by its first-line limit.)
-fn kvm_present() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
-}
-
 fn selected(opts: &Options) -> impl Iterator<Item = &(&'static str, &'static [&'static str])> {
     SUITES.iter().filter(|(s, _)| opts.suites.is_empty() || opts.suites.iter().any(|o| o == s))
 }
@@ -525,31 +403,32 @@ pub fn vm_test(specs: &[String], opts: &Options) -> Result<()> {
     let specs: Vec<String> = if specs.is_empty() { DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect() } else { specs.to_vec() };
     let mut updated = false;
     let kernels: Vec<Kernel> = specs.iter().map(|s| fetch(s, &mut updated)).collect::<Result<_>>()?;
-    let bins = build_tests()?;
-    let initrd = initramfs(&bins, opts)?;
+    let (bins, sonde) = build_tests()?;
+    let initrd = initramfs::initramfs(&bins, &sonde, opts)?;
     eprintln!("xtask: initramfs {} ({} MiB)", initrd.display(), std::fs::metadata(&initrd)?.len() >> 20);
-    let mut accel: Option<&'static str> = None;
+    let suggest = "`--accel tcg` runs the guests without KVM";
+    let mut accel = match (opts.accel, accel::kvm_device()) {
+        (Accel::Tcg, _) => "tcg",
+        (_, Ok(())) => "kvm",
+        (Accel::Kvm, Err(e)) => bail!("KVM is not usable ({e}); {suggest}"),
+        (Accel::Auto, Err(e)) => {
+            eprintln!("xtask: not using KVM ({e}): single-threaded TCG");
+            "tcg"
+        }
+    };
     let mut rows = vec![];
     for k in &kernels {
-        eprintln!("xtask: booting {}", k.name);
-        let row = match accel {
-            Some(a) => boot(k, &initrd, a, Duration::from_secs(600))?,
-            None if kvm_present() => {
-                let r = boot(k, &initrd, "kvm", Duration::from_secs(60))?;
-                if r.failure.as_deref() == Some("no output: the guest hangs") {
-                    eprintln!("xtask: KVM guests hang on this host: using TCG");
-                    accel = Some("tcg");
-                    boot(k, &initrd, "tcg", Duration::from_secs(600))?
-                } else {
-                    accel = Some("kvm");
-                    r
-                }
+        eprintln!("xtask: booting {} ({accel})", k.name);
+        let mut row = boot(k, &initrd, accel)?;
+        if let Some(cause) = row.kvm_failure.take() {
+            if opts.accel == Accel::Kvm {
+                bail!("KVM failed on {}: {cause}; {suggest}", k.name);
             }
-            None => {
-                accel = Some("tcg");
-                boot(k, &initrd, "tcg", Duration::from_secs(600))?
-            }
-        };
+            // Once: the next kernels would fail the same way, at a minute each for a hang.
+            eprintln!("xtask: KVM failed ({cause}): using single-threaded TCG for this and the remaining kernels");
+            accel = "tcg";
+            row = boot(k, &initrd, accel)?;
+        }
         print_row(k, &row);
         rows.push((k, row));
     }

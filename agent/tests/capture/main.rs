@@ -318,23 +318,22 @@ fn cli_curl() {
     use std::{io::BufRead, process::{Command, Stdio}};
     let sonde = env!("CARGO_BIN_EXE_sonde");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut http = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
+    let mut http = Killed(
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
     // python prints "Serving HTTP" once it listens.
-    let mut err = std::io::BufReader::new(http.stderr.take().unwrap());
-    let mut capture = Command::new(sonde)
-        .args(["capture", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sonde capture");
+    let mut err = std::io::BufReader::new(http.0.stderr.take().unwrap());
+    let mut capture = Killed(
+        Command::new(sonde).args(["capture", "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sonde capture"),
+    );
     // Startup logs what it attached, then "capturing".
-    let mut cerr = std::io::BufReader::new(capture.stderr.take().unwrap());
+    let mut cerr = std::io::BufReader::new(capture.0.stderr.take().unwrap());
     let mut seen = String::new();
     while !seen.lines().last().is_some_and(|l| l.contains("capturing")) {
         let mut line = String::new();
@@ -356,7 +355,7 @@ fn cli_curl() {
     let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}/")]).output().expect("curl");
     assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
     // Read JSON lines until both sides of curl's exchange are seen.
-    let mut lines = std::io::BufReader::new(capture.stdout.take().unwrap()).lines();
+    let mut lines = std::io::BufReader::new(capture.0.stdout.take().unwrap()).lines();
     let (mut request, mut response) = (false, false);
     let deadline = std::time::Instant::now() + DEADLINE;
     while !(request && response) {
@@ -376,11 +375,10 @@ fn cli_curl() {
             response = true;
         }
     }
-    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
-    let status = capture.wait().unwrap();
+    unsafe { libc::kill(capture.0.id() as i32, libc::SIGINT) };
+    let status = capture.0.wait().unwrap();
     assert!(status.success(), "sonde capture exit: {status}");
-    let _ = http.kill();
-    let _ = http.wait();
+    drop(http);
     drop(err.fill_buf());
 }
 

@@ -16,6 +16,18 @@ use sonde::{
 /// instead of hanging it. Never an assertion on speed.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A child killed and reaped on drop: a failing test leaves no server
+/// (or capturing agent) behind.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // A no-op once the child has been waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Peer {
     pub child: Child,
     /// Started with `--wait`: holds its exchange until `go`.

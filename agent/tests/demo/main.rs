@@ -46,18 +46,12 @@ fn main() {
 }
 
 /// The demo's orchestrator, stopped (stdin closed) on drop.
-fn start_demo(mode: &str) -> (Proc, serde_json::Value) {
-    let mut child = Command::new("python3")
-        .arg(demo_file("demo.py"))
-        .args(["--mode", mode])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+fn start_demo(mode: &str) -> (Servers, serde_json::Value) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(demo_file("demo.py")).args(["--mode", mode]);
+    let (servers, line) = Servers::start(cmd);
     let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("demo.py: {e}: {line:?}"));
-    (Proc(child), info)
+    (servers, info)
 }
 
 fn demo(mode: &str) {

@@ -211,14 +211,55 @@ pub fn demo_file(name: &str) -> PathBuf {
 
 /// Runs an infrastructure script of the demo (`demo/infra/`) that prints
 /// one JSON line (ports), then serves until its stdin closes (when the
-/// returned process is dropped).
-pub fn server_script(path: &str) -> (Proc, std::collections::HashMap<String, u16>) {
-    let mut child =
-        Command::new("python3").arg(demo_file("infra").join(path)).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+/// returned guard is dropped).
+pub fn server_script(path: &str) -> (Servers, std::collections::HashMap<String, u16>) {
+    let mut cmd = Command::new("python3");
+    cmd.arg(demo_file("infra").join(path));
+    let (servers, line) = Servers::start(cmd);
     let ports = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{path}: {e}: {line:?}"));
-    (Proc(child), ports)
+    (servers, ports)
+}
+
+/// A script that starts servers (`demo/infra/*.py`, `demo.py`) and stops
+/// them when its stdin closes, in a process group of its own. Dropped (at
+/// the end of a test or while a failing one unwinds) it closes that stdin
+/// and waits for the script; whatever is still in the group after that
+/// gets SIGKILL (the script's servers get its parent-death signals).
+pub struct Servers(Child);
+
+impl Servers {
+    /// Starts `cmd` and returns with its first line of output.
+    pub fn start(mut cmd: Command) -> (Servers, String) {
+        use std::os::unix::process::CommandExt;
+        let child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).process_group(0).spawn().expect("python3");
+        // Guarded before reading: a script failing to start is stopped too.
+        let mut servers = Servers(child);
+        let mut line = String::new();
+        BufReader::new(servers.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        (servers, line)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let pid = self.0.id() as i32;
+        // The demo's docker mode takes longest: containers, then two scripts.
+        let end = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < end && !exited(pid) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Not reaped yet, the script's pid (the group's id) cannot have been reused.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether a child has exited, without reaping it.
+fn exited(pid: i32) -> bool {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+    r != 0 || unsafe { info.si_pid() } != 0
 }
 
 /// Starts a fixture command that prints READY once serving.
