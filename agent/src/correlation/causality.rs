@@ -94,7 +94,7 @@ impl Linker {
     }
 
     /// Requests in flight, all processes.
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.by_pid.values().map(Vec::len).sum()
     }
 

@@ -176,7 +176,7 @@ impl Correlator {
 
     /// Entries held across all indexes (bounded; cleaned on close).
     pub fn len(&self) -> usize {
-        self.linker.len() + self.stitch.len() + self.holds.len() + self.deliveries.len()
+        self.linker.entries() + self.stitch.entries() + self.holds.len() + self.deliveries.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -212,7 +212,7 @@ impl Stitcher {
     }
 
     /// Entries held, for the churn test's plateau check.
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.queued.len() + self.by_local.len() + self.nat.len() + self.client_requests.len() + self.unpartnered.len() + self.servers.len()
     }
 }

@@ -158,7 +158,7 @@ impl Pipeline {
 
     /// Entries held by every stage's indexes (bounded, cleaned on close).
     pub fn entries(&self) -> usize {
-        self.dispatch.len() + self.correlation.len() + self.telemetry.len()
+        self.dispatch.len() + self.correlation.len() + self.telemetry.entries()
     }
 
     /// Copies the stages' counters where `/metrics` reads them.

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 use crate::{
     connections::ConnInfo,
     metrics::{self, Labels, Registry},
-    spans::{Resource, Span},
+    spans::Resource,
 };
 
 /// Bound on server halves waiting for their client half.
@@ -21,7 +21,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn len(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.by_parent.len()
     }
 
@@ -37,8 +37,18 @@ impl Pending {
     /// A client span finished: one edge to the server process it was
     /// stitched to, else (uninstrumented peer) to the process known to serve
     /// the other end on this node, else to the peer's address.
-    pub fn client_done(&mut self, reg: &mut Registry, c: &ConnInfo, span: &Span, client: &Arc<Resource>, peer: Option<&Resource>, kind: &str) {
-        let (server, server_secs, server_failed, kind) = match self.by_parent.remove(&span.span_id) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn client_done(
+        &mut self,
+        reg: &mut Registry,
+        c: &ConnInfo,
+        span_id: [u8; 8],
+        (secs, failed): (f64, bool),
+        client: &Arc<Resource>,
+        peer: Option<&Resource>,
+        kind: &str,
+    ) {
+        let (server, server_secs, server_failed, kind) = match self.by_parent.remove(&span_id) {
             Some((svc, secs, failed)) => (svc, Some(secs), failed, if kind == "database" { kind } else { "" }),
             None => {
                 let peer = peer.map(|r| r.service_name.clone());
@@ -46,7 +56,7 @@ impl Pending {
                 (server, None, false, kind)
             }
         };
-        record_edge(reg, client, server, kind, server_failed || span.is_error(), span.duration_secs(), server_secs);
+        record_edge(reg, client, server, kind, server_failed || failed, secs, server_secs);
     }
 }
 

@@ -4,12 +4,16 @@
 pub mod graph;
 pub mod red;
 
+use std::sync::Arc;
+
 use crate::{
     clock::Clock,
-    correlation::{Item, Linked},
+    connections::ConnInfo,
+    correlation::{Evidence, Item, Linked},
+    event::Role,
     metrics::SharedRegistry,
-    protocols::amqp::{AmqpOut, Message},
-    spans::{self, http::HttpSpanOptions, ResourceBuilder, Span},
+    protocols::amqp::{AmqpOut, Message, Outcome},
+    spans::{self, http::HttpSpanOptions, Resource, ResourceBuilder, Span, SpanCtx},
 };
 
 /// Counters of the telemetry stage.
@@ -54,12 +58,9 @@ impl Telemetry {
         (self.graph.evicted, self.resources.evicted)
     }
 
-    pub fn len(&self) -> usize {
-        self.graph.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.graph.len() == 0
+    /// Entries held (server halves of graph edges).
+    pub fn entries(&self) -> usize {
+        self.graph.entries()
     }
 
     /// Removes metric series not recorded within `ttl` (checked every 10 s).
@@ -71,79 +72,99 @@ impl Telemetry {
         self.registry.lock().unwrap_or_else(|e| e.into_inner()).expire(now, ttl);
     }
 
-    /// Builds the span and records the metrics of one linked record.
+    /// Records the metrics of one linked record, and builds its span if
+    /// it is sampled (an unsampled record costs no span at all).
     pub fn on_linked(&mut self, l: Linked, spans: &mut Vec<Span>) {
         let Linked { conn, ctx, evidence, item } = l;
         let resource = self.resources.get(&conn.process);
         let registry = self.registry.clone();
         let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
-        let mut span = match &item {
-            Item::Http { exchange, peer } => {
+        match &item {
+            Item::Http { exchange: ex, peer } => {
                 self.counts.http_exchanges += 1;
-                let span = spans::http::build(&conn, exchange, &ctx, &self.clock, self.http_opts, resource.clone());
-                red::http(&mut reg, &conn, exchange, span.duration_secs(), &resource);
-                if conn.role == crate::event::Role::Server {
+                let server = conn.role == Role::Server;
+                let start = if server { ex.request.first.exit_ns } else { ex.request.first.enter_ns };
+                let secs = secs(start, ex.response.last.exit_ns);
+                let failed = spans::http::failed(conn.role, ex.response.head.status);
+                red::http(&mut reg, &conn, ex, secs, &resource);
+                if server {
                     if let Some(parent) = ctx.parent_span_id {
-                        self.graph.pend(parent, resource.service_name.clone(), span.duration_secs(), span.is_error());
+                        self.graph.pend(parent, resource.service_name.clone(), secs, failed);
                     }
                 } else {
                     let peer = peer.as_ref().map(|p| self.resources.get(p));
-                    self.graph.client_done(&mut reg, &conn, &span, &resource, peer.as_deref(), "virtual_node");
+                    self.graph.client_done(&mut reg, &conn, ctx.span_id, (secs, failed), &resource, peer.as_deref(), "virtual_node");
                 }
-                span
             }
             Item::Db { call, peer } => {
                 self.counts.db_calls += 1;
-                let span = spans::db::build(&conn, call, &ctx, &self.clock, resource.clone());
-                red::db(&mut reg, &conn, call, span.duration_secs(), &resource);
+                let secs = secs(call.first.enter_ns, call.last.exit_ns);
+                red::db(&mut reg, &conn, call, secs, &resource);
                 let peer = peer.as_ref().map(|p| self.resources.get(p));
-                self.graph.client_done(&mut reg, &conn, &span, &resource, peer.as_deref(), "database");
-                span
+                self.graph.client_done(&mut reg, &conn, ctx.span_id, (secs, call.error.is_some()), &resource, peer.as_deref(), "database");
             }
             Item::Publish(op) => {
                 self.counts.messaging_ops += 1;
                 let AmqpOut::Published { msg, first, last, confirmed, returned, .. } = op.as_ref() else { return };
-                let span = spans::messaging::publish(&conn, msg, *first, *last, *confirmed, returned, &ctx, &self.clock, resource.clone());
                 let error = red::publish_error(*confirmed, returned);
-                red::messaging(&mut reg, red::Messaging::Publish, &msg.exchange, span.duration_secs(), error.as_deref(), &resource);
-                span
+                red::messaging(&mut reg, red::Messaging::Publish, &msg.exchange, secs(first.enter_ns, last.exit_ns), error.as_deref(), &resource);
             }
             Item::Process(d) => {
                 self.counts.messaging_ops += 1;
-                let span = spans::messaging::consume(
-                    &conn, &d.msg, d.queue.as_deref(), Some(d.delivery_tag), "process", Some(d.outcome), d.start_ns, d.end_ns, &ctx, &self.clock, resource.clone(),
-                );
+                let secs = secs(d.start_ns, d.end_ns);
                 let dest = d.queue.clone().unwrap_or_default();
-                red::messaging(&mut reg, red::Messaging::Process, &dest, span.duration_secs(), None, &resource);
+                red::messaging(&mut reg, red::Messaging::Process, &dest, secs, None, &resource);
                 if let Some(p) = &d.publish {
-                    let failed = !matches!(d.outcome, crate::protocols::amqp::Outcome::Ack | crate::protocols::amqp::Outcome::AutoAck);
+                    let failed = !matches!(d.outcome, Outcome::Ack | Outcome::AutoAck);
                     let producer = self.resources.get(&p.producer);
                     let consumer = resource.service_name.clone();
-                    graph::record_edge(&mut reg, &producer, consumer, "messaging_system", failed, p.secs, Some(span.duration_secs()));
+                    graph::record_edge(&mut reg, &producer, consumer, "messaging_system", failed, p.secs, Some(secs));
                 }
-                span
             }
             Item::Receive(op) => {
                 self.counts.messaging_ops += 1;
-                let AmqpOut::Received { queue, msg, delivery_tag, first, last, .. } = op.as_ref() else { return };
-                let empty = Message::default();
-                let m = msg.as_ref().unwrap_or(&empty);
-                let span = spans::messaging::consume(
-                    &conn, m, Some(queue), *delivery_tag, "receive", None, first.enter_ns, last.exit_ns, &ctx, &self.clock, resource.clone(),
-                );
-                red::messaging(&mut reg, red::Messaging::Get { got: msg.is_some() }, queue, span.duration_secs(), None, &resource);
-                span
+                let AmqpOut::Received { queue, msg, first, last, .. } = op.as_ref() else { return };
+                let got = msg.is_some();
+                red::messaging(&mut reg, red::Messaging::Get { got }, queue, secs(first.enter_ns, last.exit_ns), None, &resource);
             }
-        };
+        }
         drop(reg);
-        if ctx.parent_span_id.is_some() || evidence == crate::correlation::Evidence::Ambiguous {
+        if !ctx.sampled {
+            self.counts.spans_sampled_out += 1;
+            return;
+        }
+        let Some(mut span) = self.build(&conn, &ctx, &item, resource) else { return };
+        if ctx.parent_span_id.is_some() || evidence == Evidence::Ambiguous {
             span.attributes.push(("sonde.link.evidence", evidence.as_str().into()));
         }
-        tracing::debug!(name = %span.name, kind = span.kind.as_str(), trace = %spans::hex(&span.trace_id), sampled = ctx.sampled, "span");
-        if ctx.sampled {
-            spans.push(span);
-        } else {
-            self.counts.spans_sampled_out += 1;
-        }
+        tracing::debug!(name = %span.name, kind = span.kind.as_str(), trace = %spans::hex(&span.trace_id), "span");
+        spans.push(span);
     }
+
+    fn build(&self, conn: &ConnInfo, ctx: &SpanCtx, item: &Item, resource: Arc<Resource>) -> Option<Span> {
+        let clock = &self.clock;
+        Some(match item {
+            Item::Http { exchange, .. } => spans::http::build(conn, exchange, ctx, clock, self.http_opts, resource),
+            Item::Db { call, .. } => spans::db::build(conn, call, ctx, clock, resource),
+            Item::Publish(op) => {
+                let AmqpOut::Published { msg, first, last, confirmed, returned, .. } = op.as_ref() else { return None };
+                spans::messaging::publish(conn, msg, *first, *last, *confirmed, returned, ctx, clock, resource)
+            }
+            Item::Process(d) => spans::messaging::consume(
+                conn, &d.msg, d.queue.as_deref(), Some(d.delivery_tag), "process", Some(d.outcome), d.start_ns, d.end_ns, ctx, clock, resource,
+            ),
+            Item::Receive(op) => {
+                let AmqpOut::Received { queue, msg, delivery_tag, first, last, .. } = op.as_ref() else { return None };
+                let empty = Message::default();
+                let m = msg.as_ref().unwrap_or(&empty);
+                spans::messaging::consume(conn, m, Some(queue), *delivery_tag, "receive", None, first.enter_ns, last.exit_ns, ctx, clock, resource)
+            }
+        })
+    }
+}
+
+/// Seconds from `start` to `end` (CLOCK_MONOTONIC ns; an end before its
+/// start, from clocks of two CPUs, is zero).
+fn secs(start: u64, end: u64) -> f64 {
+    end.saturating_sub(start) as f64 / 1e9
 }
