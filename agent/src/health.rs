@@ -72,6 +72,7 @@ pub fn health_fn(
             c("sonde_unrecognised_connections_total", "Connections no parser recognised (payload copy stopped).", vec![], disp.unrecognised.load(Relaxed)),
             metric("sonde_parser_memory_bytes", "Heap bytes held by protocol parsers (approximate).", "gauge", vec![], disp.parser_bytes.load(Relaxed)),
             metric("sonde_pipeline_entries", "Entries held by the pipeline's indexes.", "gauge", vec![], pipeline.entries.load(Relaxed)),
+            metric("sonde_connection_table_entries", "Connections, listeners and pending accepts in the connection table.", "gauge", vec![], u.table_entries),
             c("sonde_http_exchanges_total", "HTTP request/response pairs seen.", vec![], t.http_exchanges),
             c("sonde_db_calls_total", "Database calls seen.", vec![], t.db_calls),
             c("sonde_messaging_operations_total", "Messaging operations seen.", vec![], t.messaging_ops),

@@ -120,6 +120,7 @@ impl Session {
                     },
                     _ = sweep.tick() => table.sweep(&mut out),
                 }
+                table_stats.table_entries.store(table.entries() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }));
 

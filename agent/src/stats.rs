@@ -18,6 +18,8 @@ pub struct Stats {
     pub preexisting_connections: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
+    /// Connections and listeners in the table now (a gauge).
+    pub table_entries: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -30,6 +32,7 @@ pub struct StatsSnapshot {
     pub preexisting_connections: u64,
     pub connections_opened: u64,
     pub connections_closed: u64,
+    pub table_entries: u64,
 }
 
 impl Stats {
@@ -47,6 +50,7 @@ impl Stats {
             preexisting_connections: self.preexisting_connections.load(Relaxed),
             connections_opened: self.connections_opened.load(Relaxed),
             connections_closed: self.connections_closed.load(Relaxed),
+            table_entries: self.table_entries.load(Relaxed),
         }
     }
 }

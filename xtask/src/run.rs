@@ -25,7 +25,7 @@ pub fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 7] = ["capture", "http", "db", "amqp", "linking", "demo", "container"];
+const PRIVILEGED_SUITES: [&str; 8] = ["capture", "http", "db", "amqp", "linking", "churn", "demo", "container"];
 
 pub fn build(release: bool) -> Result<()> {
     let mut c = cargo();

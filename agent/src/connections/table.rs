@@ -401,6 +401,11 @@ impl<R: SocketRegistry> ConnTable<R> {
 
     /// Drops connections of processes that no longer exist: the safety net
     /// for exits whose record was lost. Call periodically.
+    /// Connections, listeners, pending accepts and own endpoints held.
+    pub fn entries(&self) -> usize {
+        self.conns.len() + self.listeners.len() + self.pending.len() + self.own.len()
+    }
+
     pub fn sweep(&mut self, out: &mut Vec<StreamEvent>) {
         let mut pids: Vec<u32> = self.conns.keys().map(|&(p, _)| p).collect();
         pids.dedup();

@@ -77,6 +77,7 @@ pub fn spawn(
         let mut batch = Vec::with_capacity(BATCH);
         let (mut spans, mut cmds) = (vec![], vec![]);
         let mut next_tick = Instant::now() + TICK;
+        let mut panic_after = test_panic_after();
         let mut drain_until: Option<Instant> = None;
         loop {
             let wait = match drain_until {
@@ -107,6 +108,10 @@ pub fn spawn(
             }
             let now_ns = monotonic_now();
             for ev in batch.drain(..) {
+                if let Some(n) = panic_after.as_mut() {
+                    *n = n.saturating_sub(1);
+                    assert!(*n > 0, "test hook: SONDE_TEST_PANIC_AFTER_EVENTS reached");
+                }
                 pipeline.on_event(ev, now_ns, &mut spans, &mut cmds);
             }
             if Instant::now() >= next_tick {
@@ -130,6 +135,15 @@ pub fn spawn(
         Ended::Stopped
     })?;
     Ok((handle, done, stats_out))
+}
+
+/// Debug builds only: panic after this many events, so the test suite can
+/// prove that a crash makes `sonde run` exit non-zero.
+fn test_panic_after() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var("SONDE_TEST_PANIC_AFTER_EVENTS").ok()?.parse().ok()
 }
 
 struct Notify(Option<oneshot::Sender<()>>);
