@@ -249,7 +249,8 @@ impl Correlator {
         // The server end already read it: its request adopts this context.
         // Or it already answered, and its trace is held for this one.
         let key = c.tuple.map(|t| (t.local, t.remote));
-        if let Some(w) = key.and_then(|k| self.stitch.take_waiting(k)) {
+        let waiting = key.and_then(|k| self.stitch.take_waiting(k).or_else(|| self.stitch.take_waiting_behind_nat(k, &mut self.drops)));
+        if let Some(w) = waiting {
             if w.since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS {
                 let in_flight = self.linker.adopt(w.pid, w.conn, &ctx);
                 let held = self.adopt_held(|h| h.conn == w.conn && h.since == w.since, &ctx, out);

@@ -53,6 +53,9 @@ pub struct Stitcher {
     /// Server requests that found no partner yet, by the client's view: the
     /// client's record may enter the ring a little after the server's.
     unpartnered: HashMap<ClientKey, VecDeque<Waiting>>,
+    /// The same waits by the server's remote endpoint (the client's source):
+    /// a late client that connected to another address is behind DNAT.
+    waiting_from: HashMap<SocketAddr, ClientKey>,
     /// Server ends on this node by their client's (local, remote): names
     /// the peer of a call whose server makes no spans (a database). Keyed
     /// from the client's side, because a forking server (PostgreSQL) closes
@@ -74,6 +77,7 @@ impl Stitcher {
             nat_lookup,
             client_requests: HashMap::new(),
             unpartnered: HashMap::new(),
+            waiting_from: HashMap::new(),
             servers: HashMap::new(),
             node_ips: HashSet::new(),
             relays,
@@ -159,6 +163,7 @@ impl Stitcher {
             drops.late_partners_missed += 1;
         }
         q.push_back(w);
+        self.waiting_from.insert(key.0, key);
         true
     }
 
@@ -168,7 +173,32 @@ impl Stitcher {
 
     /// A client wrote a request: the server request that read it first, if any.
     pub fn take_waiting(&mut self, key: ClientKey) -> Option<Waiting> {
-        self.unpartnered.get_mut(&key).and_then(|q| q.pop_front())
+        let q = self.unpartnered.get_mut(&key)?;
+        let w = q.pop_front();
+        if q.is_empty() {
+            self.unpartnered.remove(&key);
+            self.waiting_from.remove(&key.0);
+        }
+        w
+    }
+
+    /// The same, for a client behind DNAT: a server waits on a request from
+    /// this client's source endpoint, but on another address. Conntrack
+    /// confirms the pair (read once per such server connection, then cached
+    /// for its later requests).
+    pub fn take_waiting_behind_nat(&mut self, key: ClientKey, drops: &mut Drops) -> Option<Waiting> {
+        let server_view = *self.waiting_from.get(&key.0)?;
+        if server_view.1 == key.1 || (self.nat_lookup)(server_view.1, server_view.0) != Some(key) {
+            return None;
+        }
+        let w = self.take_waiting(server_view)?;
+        self.nat_resolved += 1;
+        if self.nat.len() < MAX_STITCH {
+            self.nat.insert(w.conn, key);
+        } else {
+            drops.nat_cache += 1;
+        }
+        Some(w)
     }
 
     /// A client wrote a request with this context: its own span takes it,
@@ -206,14 +236,22 @@ impl Stitcher {
             }
             // A server's waits end with it; a server end is forgotten when
             // its client closes (keys are the client's view).
-            self.unpartnered.remove(&(t.remote, t.local));
+            if self.unpartnered.remove(&(t.remote, t.local)).is_some() {
+                self.waiting_from.remove(&t.remote);
+            }
             self.servers.remove(&(t.local, t.remote));
         }
     }
 
     /// Entries held, for the churn test's plateau check.
     pub fn entries(&self) -> usize {
-        self.queued.len() + self.by_local.len() + self.nat.len() + self.client_requests.len() + self.unpartnered.len() + self.servers.len()
+        self.queued.len()
+            + self.by_local.len()
+            + self.nat.len()
+            + self.client_requests.len()
+            + self.unpartnered.len()
+            + self.waiting_from.len()
+            + self.servers.len()
     }
 }
 

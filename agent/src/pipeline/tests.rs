@@ -233,3 +233,83 @@ fn excluded_namespaces_are_released_at_open() {
     assert_eq!(l7.commands, vec![Command::Release { conn: 1, pid: 100, fd: 3 }], "only the excluded namespace's connection");
     assert!(spans.is_empty(), "and it makes no spans");
 }
+
+#[test]
+fn a_late_client_behind_dnat_is_found_through_conntrack_and_cached() {
+    // The client connected to a published address; DNAT sent it to the
+    // container, whose server sees another local address.
+    let client = conn(1, 100, Role::Client, "172.30.0.1:5000", "172.30.0.1:8080", "loadgen");
+    let server = conn(2, 200, Role::Server, "172.30.0.5:80", "172.30.0.1:5000", "login");
+    let mut cfg = PipelineConfig::new(Registry::shared(0), Sampler::AlwaysOn);
+    let lookups = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let n = lookups.clone();
+    cfg.nat_lookup = Box::new(move |local, remote| {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (local == "172.30.0.5:80".parse().unwrap() && remote == "172.30.0.1:5000".parse().unwrap())
+            .then(|| ("172.30.0.1:5000".parse().unwrap(), "172.30.0.1:8080".parse().unwrap()))
+    });
+    let mut l7 = L7 { p: Pipeline::new(cfg), commands: vec![] };
+    let spans = feed(&mut l7, vec![], [
+        StreamEvent::Open(client.clone()),
+        StreamEvent::Open(server.clone()),
+        // The first request's client record is late (its thread was preempted).
+        data(&server, Direction::Ingress, 1_000, REQ),
+        data(&client, Direction::Egress, 900, REQ),
+        data(&server, Direction::Egress, 2_000, RESP),
+        data(&client, Direction::Ingress, 2_100, RESP),
+        // The next one is in order, and resolves from the cache.
+        data(&client, Direction::Egress, 3_000, REQ),
+        data(&server, Direction::Ingress, 3_100, REQ),
+        data(&server, Direction::Egress, 4_000, RESP),
+        data(&client, Direction::Ingress, 4_100, RESP),
+    ]);
+    let [srv1, cli1, srv2, cli2] = spans.as_slice() else { panic!("{spans:?}") };
+    assert_eq!((srv1.trace_id, srv1.parent_span_id), (cli1.trace_id, Some(cli1.span_id)), "the late first request joins");
+    assert_eq!((srv2.trace_id, srv2.parent_span_id), (cli2.trace_id, Some(cli2.span_id)), "the second stitches at once");
+    assert_ne!(cli1.trace_id, cli2.trace_id);
+    assert_eq!((l7.counts().late_partners_adopted, l7.counts().nat_resolved), (1, 1));
+    assert_eq!(lookups.load(std::sync::atomic::Ordering::Relaxed), 1, "conntrack read once for the connection");
+}
+
+#[test]
+fn concurrent_clients_each_get_their_own_server_child() {
+    // Eight connections of one client process to one server process, their
+    // requests interleaved on the wire: each server span is the child of
+    // its own client span, by socket pair, whatever the order.
+    let mut l7 = l7();
+    let mut events = vec![];
+    let pairs: Vec<_> = (0..8u16)
+        .map(|i| {
+            let cport = 5000 + i;
+            let c = conn(10 + i as u64, 100, Role::Client, &format!("127.0.0.1:{cport}"), "127.0.0.1:80", "caller");
+            let s = conn(100 + i as u64, 200, Role::Server, "127.0.0.1:80", &format!("127.0.0.1:{cport}"), "callee");
+            events.push(StreamEvent::Open(c.clone()));
+            events.push(StreamEvent::Open(s.clone()));
+            (c, s)
+        })
+        .collect();
+    let req = |i: usize| format!("GET /item/{i} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+    for (i, (c, _)) in pairs.iter().enumerate() {
+        events.push(data(c, Direction::Egress, 1_000 + i as u64, &req(i)));
+    }
+    for (i, (_, s)) in pairs.iter().enumerate().rev() {
+        events.push(data(s, Direction::Ingress, 2_000 + i as u64, &req(i)));
+    }
+    for (i, (c, s)) in pairs.iter().enumerate() {
+        events.push(data(s, Direction::Egress, 3_000 + i as u64, RESP));
+        events.push(data(c, Direction::Ingress, 4_000 + i as u64, RESP));
+    }
+    let spans = feed(&mut l7, vec![], events);
+    assert_eq!(spans.len(), 16);
+    for i in 0..8 {
+        let path = format!("/item/{i}");
+        let of = |kind: &str| {
+            spans
+                .iter()
+                .find(|s| s.kind.as_str() == kind && s.attributes.iter().any(|(_, v)| v.to_string().contains(&path)))
+                .unwrap_or_else(|| panic!("{kind} {path}: {spans:?}"))
+        };
+        let (cli, srv) = (of("CLIENT"), of("SERVER"));
+        assert_eq!((srv.trace_id, srv.parent_span_id), (cli.trace_id, Some(cli.span_id)), "{path}");
+    }
+}
