@@ -10,7 +10,6 @@ use crate::{
     cli::RunArgs,
     clock::{monotonic_now, Clock},
     config::{self, FileConfig, RunConfig},
-    correlation::relay::Relays,
     export::{batch, otlp, proto},
     metrics::{Registry, SharedRegistry},
     pipeline::{self, Pipeline, PipelineConfig},
@@ -85,7 +84,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let docker_task = tokio::spawn(crate::metadata::docker::follow(metadata.clone(), crate::metadata::docker::socket_path()));
     let kube_task = tokio::spawn(crate::metadata::kube::start(metadata.clone(), std::env::var("SONDE_NODE_NAME").ok()));
     let pipeline = Pipeline::new(PipelineConfig {
-        relays: Relays::new(cfg.relay_processes.clone()),
+        relay_processes: cfg.relay_processes.clone(),
         excluded: Exclusions { processes: cfg.exclude_processes.clone(), namespaces: cfg.exclude_namespaces.clone() },
         metadata: Some(metadata),
         resources: ResourceBuilder::new(cfg.resource_attributes.clone()),

@@ -24,6 +24,11 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// Whether one of `names` names this process (its comm or executable).
+    pub fn named(&self, names: &[String]) -> bool {
+        names.iter().any(|n| *n == self.comm || self.exe_name.as_deref() == Some(n))
+    }
+
     /// Reads what /proc offers; a process that already exited gets a bare record.
     pub fn read(pid: u32) -> ProcessInfo {
         let dir = format!("/proc/{pid}");

@@ -21,7 +21,6 @@ pub type ClientKey = (SocketAddr, SocketAddr);
 
 #[derive(Default, Clone)]
 pub struct Relays {
-    names: Vec<String>,
     /// Per relay process: accepted connections (keys of their clients) and
     /// backend connections (keys as the relay's client end), not yet paired.
     accepted: HashMap<u32, VecDeque<(u64, ClientKey)>>,
@@ -37,15 +36,6 @@ pub struct Relays {
 const MAX_PAIRS: usize = 65536;
 
 impl Relays {
-    pub fn new(names: Vec<String>) -> Relays {
-        Relays { names, ..Default::default() }
-    }
-
-    /// Whether the connection belongs to a relay process.
-    pub fn is_relay(&self, c: &ConnInfo) -> bool {
-        !self.names.is_empty() && self.names.iter().any(|n| *n == c.process.comm || c.process.exe_name.as_deref() == Some(n))
-    }
-
     /// A relay connection whose endpoints are known (open, or its tuple
     /// arrived): queue it, and pair the oldest accepted with the oldest
     /// backend connection.
@@ -144,12 +134,12 @@ mod tests {
 
     #[test]
     fn pairs_in_order_and_maps_both_ways() {
-        let mut r = Relays::new(vec!["docker-proxy".into()]);
+        let mut r = Relays::default();
         let in1 = conn(1, Role::Server, "127.0.0.1:8080", "127.0.0.1:5001");
         let in2 = conn(2, Role::Server, "127.0.0.1:8080", "127.0.0.1:5002");
         let out1 = conn(3, Role::Client, "172.17.0.1:6001", "172.17.0.2:80");
         let out2 = conn(4, Role::Client, "172.17.0.1:6002", "172.17.0.2:80");
-        assert!(r.is_relay(&in1));
+        assert!(in1.process.named(&["docker-proxy".into()]));
         for c in [&in1, &in2, &out1, &out2] {
             r.on_known(c);
         }
@@ -166,7 +156,7 @@ mod tests {
 
     #[test]
     fn an_accept_whose_backend_failed_does_not_shift_the_pairing() {
-        let mut r = Relays::new(vec!["docker-proxy".into()]);
+        let mut r = Relays::default();
         let dead = conn(1, Role::Server, "127.0.0.1:8080", "127.0.0.1:5001");
         r.on_known(&dead);
         r.on_close(&dead); // the dial failed: the relay closed the inbound end

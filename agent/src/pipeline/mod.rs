@@ -27,7 +27,8 @@ use crate::{
 
 /// What the pipeline needs besides its inputs.
 pub struct PipelineConfig {
-    pub relays: Relays,
+    /// Relay processes (by name), seen through rather than parsed.
+    pub relay_processes: Vec<String>,
     pub excluded: Exclusions,
     pub metadata: Option<SharedStore>,
     pub resources: ResourceBuilder,
@@ -45,7 +46,7 @@ impl PipelineConfig {
     /// Defaults for tests and tools: no relays, exclusions or metadata.
     pub fn new(registry: SharedRegistry, sampler: Sampler) -> PipelineConfig {
         PipelineConfig {
-            relays: Relays::new(vec![]),
+            relay_processes: vec![],
             excluded: Exclusions::default(),
             metadata: None,
             resources: ResourceBuilder::new(vec![]),
@@ -119,7 +120,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Pipeline {
-        let dispatch = Dispatcher::new(cfg.relays.clone(), cfg.excluded, cfg.metadata.clone(), cfg.parser_budget);
+        let dispatch = Dispatcher::new(cfg.relay_processes, cfg.excluded, cfg.metadata.clone(), cfg.parser_budget);
         let resources = match cfg.metadata {
             Some(m) => cfg.resources.with_metadata(m),
             None => cfg.resources,
@@ -127,7 +128,7 @@ impl Pipeline {
         let stats = Arc::new(PipelineStats { dispatch: dispatch.stats.clone(), ..Default::default() });
         Pipeline {
             dispatch,
-            correlation: Correlator::new(cfg.relays, cfg.sampler, cfg.nat_lookup),
+            correlation: Correlator::new(Relays::default(), cfg.sampler, cfg.nat_lookup),
             telemetry: Telemetry::new(resources, cfg.registry, Clock::new(), cfg.http),
             flows: vec![],
             linked: vec![],

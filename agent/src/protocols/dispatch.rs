@@ -15,7 +15,6 @@ use super::{
 use crate::{
     connections::{ConnInfo, StreamEvent},
     event::Direction,
-    correlation::relay::Relays,
     metadata::SharedStore,
 };
 
@@ -95,7 +94,9 @@ pub const PARSER_BUDGET: usize = 256 << 20;
 
 pub struct Dispatcher {
     conns: HashMap<u64, State>,
-    relays: Relays,
+    /// Relay processes (docker-proxy): never parsed; correlation pairs
+    /// their connections.
+    relays: Vec<String>,
     excluded: Exclusions,
     metadata: Option<SharedStore>,
     budget: usize,
@@ -104,7 +105,7 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(relays: Relays, excluded: Exclusions, metadata: Option<SharedStore>, budget: usize) -> Dispatcher {
+    pub fn new(relays: Vec<String>, excluded: Exclusions, metadata: Option<SharedStore>, budget: usize) -> Dispatcher {
         Dispatcher { conns: HashMap::new(), relays, excluded, metadata, budget, used: 0, stats: Default::default() }
     }
 
@@ -125,7 +126,7 @@ impl Dispatcher {
                 self.conns.insert(c.id, State::Detecting);
                 // Never parsed: a relay's bytes are its peers', and excluded
                 // processes are invisible (not even as a graph peer).
-                if self.relays.is_relay(&c) {
+                if c.process.named(&self.relays) {
                     self.release(&c, commands);
                     flows.push(Flow::RelayKnown(c));
                 } else if self.is_excluded(&c) {
@@ -135,7 +136,7 @@ impl Dispatcher {
                 }
             }
             StreamEvent::Tuple(c) => {
-                if self.relays.is_relay(&c) {
+                if c.process.named(&self.relays) {
                     flows.push(Flow::RelayKnown(c));
                 }
             }
@@ -227,7 +228,7 @@ impl Dispatcher {
 
     fn is_excluded(&self, c: &ConnInfo) -> bool {
         let p = &c.process;
-        self.excluded.processes.iter().any(|n| *n == p.comm || p.exe_name.as_deref() == Some(n))
+        p.named(&self.excluded.processes)
             || (!self.excluded.namespaces.is_empty() && self.namespace(c).is_some_and(|ns| self.excluded.namespaces.contains(&ns)))
     }
 
