@@ -40,7 +40,7 @@ pub fn demo(mode: &str, duration: Option<u64>, sonde_args: &[String]) -> Result<
     let root = std::env::current_dir()?;
     let mut args = vec!["run".to_string()];
     args.extend(sonde_args.iter().cloned());
-    let sonde = Stopped(Command::new(root.join("target/debug/sonde")).args(&args).spawn().context("starting sonde")?);
+    let sonde = Stopped(Command::new(root.join(run::target_dir()).join("debug/sonde")).args(&args).spawn().context("starting sonde")?);
     // Give the probes a moment to attach before the services connect.
     std::thread::sleep(Duration::from_secs(2));
     eprintln!("xtask: starting the demo system ({mode}): PostgreSQL, Redis, RabbitMQ and twelve services");

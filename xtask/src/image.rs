@@ -19,7 +19,8 @@ pub fn build() -> Result<()> {
     docker::ensure_engine()?;
     let context = std::env::current_dir()?.join("target/image");
     std::fs::create_dir_all(&context)?;
-    std::fs::copy(format!("target/{TARGET}/release/sonde"), context.join("sonde")).context("copying the musl binary")?;
+    let binary = run::target_dir().join(TARGET).join("release/sonde");
+    std::fs::copy(&binary, context.join("sonde")).with_context(|| format!("copying the musl binary {}", binary.display()))?;
     run::sh(Command::new("docker").args(["build", "--quiet", "--tag", TAG, "--file", "deploy/image.Dockerfile"]).arg(&context))?;
     eprintln!("xtask: built image {TAG}");
     Ok(())

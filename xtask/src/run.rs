@@ -27,6 +27,11 @@ pub fn cargo() -> Command {
 /// Integration suites that load probes (each a libtest-mimic binary).
 const PRIVILEGED_SUITES: [&str; 8] = ["capture", "http", "db", "amqp", "linking", "churn", "demo", "container"];
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target`.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| std::path::PathBuf::from("target"), std::path::PathBuf::from)
+}
+
 pub fn build(release: bool) -> Result<()> {
     let mut c = cargo();
     c.args(["build", "--package", "sonde"]);
@@ -66,7 +71,7 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
 
 pub fn run(release: bool, args: &[String]) -> Result<()> {
     build(release)?;
-    let bin = format!("target/{}/sonde", if release { "release" } else { "debug" });
+    let bin = target_dir().join(if release { "release" } else { "debug" }).join("sonde");
     let args: Vec<String> = if args.is_empty() { vec!["run".into()] } else { args.to_vec() };
     let mut cmd = if effective_uid() == 0 {
         Command::new(&bin)
