@@ -71,7 +71,6 @@ pub fn health_fn(
             c("sonde_decode_errors_total", "Ring buffer records that failed to decode.", vec![], u.decode_errors),
             c("sonde_unrecognised_connections_total", "Connections no parser recognised (payload copy stopped).", vec![], disp.unrecognised.load(Relaxed)),
             metric("sonde_parser_memory_bytes", "Heap bytes held by protocol parsers (approximate).", "gauge", vec![], disp.parser_bytes.load(Relaxed)),
-            metric("sonde_pipeline_entries", "Entries held by the pipeline's indexes.", "gauge", vec![], pipeline.entries.load(Relaxed)),
             metric("sonde_connection_table_entries", "Connections, listeners and pending accepts in the connection table.", "gauge", vec![], u.table_entries),
             c("sonde_http_exchanges_total", "HTTP request/response pairs seen.", vec![], t.http_exchanges),
             c("sonde_db_calls_total", "Database calls seen.", vec![], t.db_calls),
@@ -86,8 +85,12 @@ pub fn health_fn(
             c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "metrics")], export.metric_export_failures.load(Relaxed)),
             c("sonde_connections_opened_total", "TCP connections tracked.", vec![], u.connections_opened),
             c("sonde_connections_closed_total", "TCP connections closed.", vec![], u.connections_closed),
+            c("sonde_swept_closes_total", "Connections found closed by the periodic sweep (their close record was lost).", vec![], u.swept_closes),
             c("sonde_unresolved_sockets_total", "Sockets whose tuple could not be found.", vec![], u.unresolved_sockets),
         ];
+        for (index, n) in crate::pipeline::ENTRY_INDEXES.iter().zip(&pipeline.entries) {
+            m.push(metric("sonde_pipeline_entries", "Entries held by the pipeline's indexes.", "gauge", vec![("index", index)], n.load(Relaxed)));
+        }
         for (spec, p) in REGISTRY.iter().zip(&disp.protocols) {
             let l = || vec![("protocol", spec.name)];
             m.push(c("sonde_protocol_connections_total", "Connections detected as this protocol.", l(), p.connections.load(Relaxed)));

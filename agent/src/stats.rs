@@ -18,6 +18,8 @@ pub struct Stats {
     pub preexisting_connections: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
+    /// Connections found closed by the sweep (their close record was lost).
+    pub swept_closes: AtomicU64,
     /// Connections and listeners in the table now (a gauge).
     pub table_entries: AtomicU64,
 }
@@ -33,6 +35,7 @@ pub struct StatsSnapshot {
     pub connections_opened: u64,
     pub connections_closed: u64,
     pub table_entries: u64,
+    pub swept_closes: u64,
 }
 
 impl Stats {
@@ -51,6 +54,7 @@ impl Stats {
             connections_opened: self.connections_opened.load(Relaxed),
             connections_closed: self.connections_closed.load(Relaxed),
             table_entries: self.table_entries.load(Relaxed),
+            swept_closes: self.swept_closes.load(Relaxed),
         }
     }
 }

@@ -412,6 +412,16 @@ impl<R: SocketRegistry> ConnTable<R> {
         for pid in pids {
             if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                 self.on_exit(pid, 0, out);
+                continue;
+            }
+            // A close whose record the kernel dropped (ring buffer full)
+            // leaves its connection behind: its fd is no longer a socket.
+            // (An fd reused by a new socket is handled at that socket's open.)
+            for fd in self.fds_of(pid) {
+                if !procnet::is_socket(pid, fd) {
+                    Stats::inc(&self.stats.swept_closes);
+                    self.close(pid, fd, 0, Untrack::No, out);
+                }
             }
         }
     }

@@ -174,20 +174,22 @@ impl Correlator {
         Counts { nat_resolved: self.stitch.nat_resolved, ..self.counts }
     }
 
-    /// Entries held across all indexes (bounded; cleaned on close).
-    pub fn len(&self) -> usize {
-        self.linker.entries() + self.stitch.entries() + self.holds.len() + self.deliveries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Entries held per index (bounded; cleaned on close): in flight, the
+    /// five stitching maps, held traces, deliveries.
+    pub fn entries(&self) -> [usize; 8] {
+        let [queued, clients, waits, servers, nat] = self.stitch.entries();
+        [self.linker.entries(), queued, clients, waits, servers, nat, self.holds.len(), self.deliveries.len()]
     }
 
     /// Handles one flow event at `now_ns` (CLOCK_MONOTONIC); what is ready
     /// for telemetry is appended to `out`.
     pub fn on_flow(&mut self, flow: Flow, now_ns: u64, out: &mut Vec<Linked>) {
         match flow {
-            Flow::Opened(c) | Flow::Detected(c) => self.stitch.note_server(&c, &mut self.drops),
+            Flow::Opened(c) => self.stitch.note_server(&c, &mut self.drops),
+            Flow::Detected(c) => {
+                self.stitch.note_server(&c, &mut self.drops);
+                self.stitch.note_served(&c);
+            }
             Flow::RelayKnown(c) => self.stitch.relays.on_known(&c),
             Flow::Record(c, r) => self.on_record(c, r, now_ns, out),
             Flow::Closed(c) => {

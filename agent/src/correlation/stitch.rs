@@ -61,6 +61,10 @@ pub struct Stitcher {
     /// from the client's side, because a forking server (PostgreSQL) closes
     /// its copy at once.
     servers: HashMap<ClientKey, Arc<ProcessInfo>>,
+    /// Server connections that carried payload themselves: not a forking
+    /// server's hand-off copy, so their server end is forgotten at their own
+    /// close (their client may never have been seen).
+    served: HashSet<u64>,
     /// Addresses of this node: the local ends of the connections seen.
     node_ips: HashSet<IpAddr>,
     pub relays: Relays,
@@ -79,6 +83,7 @@ impl Stitcher {
             unpartnered: HashMap::new(),
             waiting_from: HashMap::new(),
             servers: HashMap::new(),
+            served: HashSet::new(),
             node_ips: HashSet::new(),
             relays,
             nat_resolved: 0,
@@ -136,6 +141,13 @@ impl Stitcher {
                 self.servers.clear();
             }
             self.servers.insert(key, c.process.clone());
+        }
+    }
+
+    /// A server connection's first payload: it serves its requests itself.
+    pub fn note_served(&mut self, c: &ConnInfo) {
+        if c.role == Role::Server {
+            self.served.insert(c.id);
         }
     }
 
@@ -227,6 +239,7 @@ impl Stitcher {
 
     /// A connection closed: whatever waits on it goes.
     pub fn on_close(&mut self, c: &ConnInfo) {
+        let served = self.served.remove(&c.id);
         self.relays.on_close(c);
         self.client_requests.remove(&c.id);
         self.nat.remove(&c.id);
@@ -240,18 +253,23 @@ impl Stitcher {
                 self.waiting_from.remove(&t.remote);
             }
             self.servers.remove(&(t.local, t.remote));
+            if served {
+                self.servers.remove(&(t.remote, t.local));
+            }
         }
     }
 
-    /// Entries held, for the churn test's plateau check.
-    pub fn entries(&self) -> usize {
-        self.queued.len()
-            + self.by_local.len()
-            + self.nat.len()
-            + self.client_requests.len()
-            + self.unpartnered.len()
-            + self.waiting_from.len()
-            + self.servers.len()
+    /// Entries held per map: client contexts queued for servers (and their
+    /// local-endpoint index), per client connection, server waits (and their
+    /// source index), server ends, DNAT resolutions.
+    pub fn entries(&self) -> [usize; 5] {
+        [
+            self.queued.len() + self.by_local.len(),
+            self.client_requests.len(),
+            self.unpartnered.len() + self.waiting_from.len(),
+            self.servers.len() + self.served.len(),
+            self.nat.len(),
+        ]
     }
 }
 

@@ -60,6 +60,20 @@ impl PipelineConfig {
     }
 }
 
+/// The indexes `sonde_pipeline_entries{index}` reports.
+pub const ENTRY_INDEXES: [&str; 10] = [
+    "connections",
+    "in_flight",
+    "stitch_queued",
+    "stitch_clients",
+    "stitch_waiting",
+    "stitch_servers",
+    "stitch_nat",
+    "held",
+    "deliveries",
+    "graph_pending",
+];
+
 /// Counters of the stages, published after every batch for `/metrics`.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -71,8 +85,8 @@ pub struct PipelineStats {
     resources_evicted: AtomicU64,
     /// Release commands dropped because the command channel was full.
     pub commands_dropped: AtomicU64,
-    /// Entries held by the stages' indexes now.
-    pub entries: AtomicU64,
+    /// Entries held by the stages' indexes now, per [`ENTRY_INDEXES`].
+    pub entries: [AtomicU64; 10],
 }
 
 impl PipelineStats {
@@ -151,6 +165,9 @@ impl Pipeline {
     /// Ends the holds that are over at `now_ns` (all, with None).
     pub fn release_held(&mut self, now_ns: Option<u64>, spans: &mut Vec<Span>) {
         self.telemetry.expire_series(std::time::Instant::now(), self.series_ttl);
+        if let Some(now) = now_ns {
+            self.telemetry.expire_graph(now);
+        }
         self.correlation.release_held(now_ns, &mut self.linked);
         for l in self.linked.drain(..) {
             self.telemetry.on_linked(l, spans);
@@ -158,8 +175,9 @@ impl Pipeline {
     }
 
     /// Entries held by every stage's indexes (bounded, cleaned on close).
-    pub fn entries(&self) -> usize {
-        self.dispatch.len() + self.correlation.len() + self.telemetry.entries()
+    pub fn entries(&self) -> [usize; 10] {
+        let [in_flight, queued, clients, waits, servers, nat, holds, deliveries] = self.correlation.entries();
+        [self.dispatch.len(), in_flight, queued, clients, waits, servers, nat, holds, deliveries, self.telemetry.entries()]
     }
 
     /// Copies the stages' counters where `/metrics` reads them.
@@ -192,7 +210,9 @@ impl Pipeline {
         let (graph, resources) = self.telemetry.drops();
         s.graph_evicted.store(graph, Relaxed);
         s.resources_evicted.store(resources, Relaxed);
-        s.entries.store(self.entries() as u64, Relaxed);
+        for (a, v) in s.entries.iter().zip(self.entries()) {
+            a.store(v as u64, Relaxed);
+        }
     }
 }
 

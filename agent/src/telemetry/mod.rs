@@ -63,6 +63,11 @@ impl Telemetry {
         self.graph.entries()
     }
 
+    /// Drops server halves of graph edges whose client half never came.
+    pub fn expire_graph(&mut self, now_ns: u64) {
+        self.graph.expire(now_ns);
+    }
+
     /// Removes metric series not recorded within `ttl` (checked every 10 s).
     pub fn expire_series(&mut self, now: std::time::Instant, ttl: std::time::Duration) {
         if now.saturating_duration_since(self.expired_at) < EXPIRY_EVERY {
@@ -89,7 +94,7 @@ impl Telemetry {
                 red::http(&mut reg, &conn, ex, secs, &resource);
                 if server {
                     if let Some(parent) = ctx.parent_span_id {
-                        self.graph.pend(parent, resource.service_name.clone(), secs, failed);
+                        self.graph.pend(parent, resource.service_name.clone(), secs, failed, ex.response.last.exit_ns);
                     }
                 } else {
                     let peer = peer.as_ref().map(|p| self.resources.get(p));
