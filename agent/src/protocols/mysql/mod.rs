@@ -117,11 +117,28 @@ fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
     }
 }
 
+/// Little-endian integers at `at`; None when the body was cut short.
+fn le16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(*b.get(at..)?.first_chunk()?))
+}
+
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*b.get(at..)?.first_chunk()?))
+}
+
 fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
     match b.iter().position(|&c| c == 0) {
         Some(i) => (&b[..i], &b[i + 1..]),
         None => (b, &[]),
     }
+}
+
+/// The status flags of an OK packet (header, affected rows, last insert
+/// id, status); None when the capture ends before them.
+fn ok_status(b: &[u8]) -> Option<u16> {
+    let (_, a) = lenenc(b.get(1..)?)?;
+    let (_, c) = lenenc(b.get(1 + a..)?)?;
+    le16(b, 1 + a + c)
 }
 
 #[derive(Debug, Clone)]
@@ -220,14 +237,16 @@ impl MysqlConnection {
     fn on_client(&mut self, p: Packet) -> Result<(), MysqlError> {
         match self.phase {
             Phase::Greeting | Phase::Auth if p.seq == 1 && p.body.len() >= 32 => {
-                let caps = u32::from_le_bytes(p.body[0..4].try_into().expect("4"));
+                let caps = le32(&p.body, 0).unwrap_or(0);
                 if caps & CLIENT_SSL != 0 && p.len == 32 {
                     return Err(MysqlError::Encrypted);
                 }
                 self.deprecate_eof = caps & self.server_caps & CLIENT_DEPRECATE_EOF != 0;
-                let (_user, rest) = cstr(&p.body[32..]);
+                let (_user, rest) = cstr(p.body.get(32..).unwrap_or(&[]));
                 let rest = if caps & CLIENT_PLUGIN_AUTH_LENENC != 0 {
-                    lenenc(rest).and_then(|(n, used)| rest.get(used + n as usize..)).unwrap_or(&[])
+                    // A hostile length must not overflow the offset.
+                    let skip = |(n, used): (u64, usize)| usize::try_from(n).ok()?.checked_add(used);
+                    lenenc(rest).and_then(skip).and_then(|at| rest.get(at..)).unwrap_or(&[])
                 } else if caps & CLIENT_SECURE_CONNECTION != 0 {
                     rest.split_first().and_then(|(&n, r)| r.get(n as usize..)).unwrap_or(&[])
                 } else {
@@ -248,12 +267,12 @@ impl MysqlConnection {
                     0x03 => Cmd::Query(text()),
                     0x16 => Cmd::Prepare(text()),
                     0x17 => {
-                        let id = arg.get(0..4).map(|b| u32::from_le_bytes(b.try_into().expect("4"))).unwrap_or(0);
+                        let id = le32(arg, 0).unwrap_or(0);
                         Cmd::Execute(self.statements.get(&id).cloned().unwrap_or_default())
                     }
                     0x19 => {
-                        if let Some(b) = arg.get(0..4) {
-                            self.statements.remove(&u32::from_le_bytes(b.try_into().expect("4")));
+                        if let Some(id) = le32(arg, 0) {
+                            self.statements.remove(&id);
                         }
                         return Ok(()); // COM_STMT_CLOSE has no response
                     }
@@ -279,14 +298,14 @@ impl MysqlConnection {
         match self.phase {
             Phase::Greeting => {
                 if b.first() == Some(&0x0a) {
-                    let (version, rest) = cstr(&b[1..]);
+                    let (version, rest) = cstr(b.get(1..).unwrap_or(&[]));
                     if String::from_utf8_lossy(version).contains("MariaDB") {
                         self.system = DbSystem::Mariadb;
                     }
                     // conn id (4), auth data 1 (8), filler (1), caps low (2),
                     // charset (1), status (2), caps high (2).
-                    let lo = rest.get(13..15).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u32).unwrap_or(0);
-                    let hi = rest.get(18..20).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u32).unwrap_or(0);
+                    let lo = le16(rest, 13).map_or(0, u32::from);
+                    let hi = le16(rest, 18).map_or(0, u32::from);
                     self.server_caps = lo | hi << 16;
                 }
                 self.phase = Phase::Auth;
@@ -343,9 +362,9 @@ impl MysqlConnection {
         match self.resp.clone() {
             Resp::Start => match first {
                 Some(0x00) if matches!(self.pending.front(), Some((Cmd::Prepare(_), _))) => {
-                    let id = b.get(1..5).map(|x| u32::from_le_bytes(x.try_into().expect("4"))).unwrap_or(0);
-                    let columns = b.get(5..7).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u64).unwrap_or(0);
-                    let params = b.get(7..9).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u64).unwrap_or(0);
+                    let id = le32(b, 1).unwrap_or(0);
+                    let columns = le16(b, 5).map_or(0, u64::from);
+                    let params = le16(b, 7).map_or(0, u64::from);
                     if let Some((Cmd::Prepare(q), _)) = self.pending.front() {
                         if self.statements.len() < 4096 {
                             self.statements.insert(id, q.clone());
@@ -359,11 +378,11 @@ impl MysqlConnection {
                     }
                 }
                 Some(0x00) => {
-                    let affected = lenenc(&b[1..]).map(|(n, _)| n);
+                    let affected = b.get(1..).and_then(lenenc).map(|(n, _)| n);
                     self.finish(affected, None, p.last, out);
                 }
                 Some(0xff) => {
-                    let code = b.get(1..3).map(|x| u16::from_le_bytes(x.try_into().expect("2"))).unwrap_or(0);
+                    let code = le16(b, 1).unwrap_or(0);
                     let (state, msg) = if b.get(3) == Some(&b'#') {
                         (b.get(4..9).map(|s| String::from_utf8_lossy(s).into_owned()), b.get(9..).unwrap_or(&[]))
                     } else {
@@ -406,13 +425,7 @@ impl MysqlConnection {
             }
             Resp::Rows if eof => {
                 // EOF: warnings (2), status (2); OK terminator: lenenc x2, status.
-                let status = if p.len < 9 {
-                    b.get(3..5).map(|x| u16::from_le_bytes(x.try_into().expect("2"))).unwrap_or(0)
-                } else {
-                    let (_, a) = lenenc(&b[1..]).unwrap_or((0, 1));
-                    let (_, c) = lenenc(&b[1 + a..]).unwrap_or((0, 1));
-                    b.get(1 + a + c..3 + a + c).map(|x| u16::from_le_bytes(x.try_into().expect("2"))).unwrap_or(0)
-                };
+                let status = if p.len < 9 { le16(b, 3) } else { ok_status(b) }.unwrap_or(0);
                 if status & SERVER_MORE_RESULTS_EXISTS != 0 {
                     // Another result set of the same call follows.
                     self.resp = Resp::Start;

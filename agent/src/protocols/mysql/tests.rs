@@ -141,15 +141,19 @@ fn hostile_bytes_never_panic() {
     }
 }
 
-/// A MySQL 8 style exchange with CLIENT_DEPRECATE_EOF on both sides: no EOF
-/// after column definitions, and the result set ends with an OK (0xfe).
-#[test]
-fn deprecate_eof_result_sets() {
-    fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
-        let mut v = vec![body.len() as u8, (body.len() >> 8) as u8, 0, seq];
-        v.extend_from_slice(body);
-        v
-    }
+fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![body.len() as u8, (body.len() >> 8) as u8, (body.len() >> 16) as u8, seq];
+    v.extend_from_slice(body);
+    v
+}
+
+fn push(c: &mut MysqlConnection, client: bool, bytes: &[u8], out: &mut Vec<DbCall>) {
+    c.push(client, Segment::whole(bytes, 0, 1), out).unwrap();
+}
+
+/// A MySQL 8 handshake with CLIENT_DEPRECATE_EOF on both sides, the auth
+/// response as given (lenenc-prefixed), up to the auth OK.
+fn mysql8_handshake(auth: &[u8]) -> MysqlConnection {
     let caps: u32 = CLIENT_DEPRECATE_EOF | CLIENT_SECURE_CONNECTION | CLIENT_CONNECT_WITH_DB | CLIENT_PLUGIN_AUTH_LENENC;
     let mut greeting = vec![0x0a];
     greeting.extend_from_slice(b"8.0.36\0");
@@ -163,23 +167,103 @@ fn deprecate_eof_result_sets() {
     hello.extend_from_slice(&[0, 0, 0, 1, 0x21]);
     hello.extend_from_slice(&[0; 23]);
     hello.extend_from_slice(b"app\0");
-    hello.extend_from_slice(&[1, b'x']); // lenenc auth response
+    hello.extend_from_slice(auth);
     hello.extend_from_slice(b"shop\0");
     let mut c = MysqlConnection::new();
     let mut out = vec![];
-    let mut push = |c: &mut MysqlConnection, client: bool, bytes: Vec<u8>| c.push(client, Segment::whole(&bytes, 0, 1), &mut out).unwrap();
-    push(&mut c, false, pkt(0, &greeting));
-    push(&mut c, true, pkt(1, &hello));
-    push(&mut c, false, pkt(2, &[0, 0, 0, 2, 0, 0, 0]));
-    push(&mut c, true, pkt(0, b"\x03SELECT a, b FROM t WHERE a = 5"));
-    let mut resp = pkt(1, &[2]); // two columns
+    push(&mut c, false, &pkt(0, &greeting), &mut out);
+    push(&mut c, true, &pkt(1, &hello), &mut out);
+    push(&mut c, false, &pkt(2, &[0, 0, 0, 2, 0, 0, 0]), &mut out);
+    assert!(out.is_empty());
+    c
+}
+
+/// Column count, two column definitions and two rows, without the
+/// terminator (no EOF after the definitions with DEPRECATE_EOF).
+fn two_rows() -> Vec<u8> {
+    let mut resp = pkt(1, &[2]);
     resp.extend(pkt(2, b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
     resp.extend(pkt(3, b"\x03def\x04shop\x01t\x01t\x01b\x01b\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
-    resp.extend(pkt(4, b"\x015\x011")); // row (no EOF before it)
+    resp.extend(pkt(4, b"\x015\x011"));
     resp.extend(pkt(5, b"\x015\x012"));
+    resp
+}
+
+/// A MySQL 8 style exchange with CLIENT_DEPRECATE_EOF on both sides: no EOF
+/// after column definitions, and the result set ends with an OK (0xfe).
+#[test]
+fn deprecate_eof_result_sets() {
+    let mut c = mysql8_handshake(&[1, b'x']);
+    let mut out = vec![];
+    push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t WHERE a = 5"), &mut out);
+    let mut resp = two_rows();
     resp.extend(pkt(6, &[0xfe, 0, 0, 2, 0, 0, 0])); // OK terminator
-    push(&mut c, false, resp);
+    push(&mut c, false, &resp, &mut out);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!((out[0].rows, out[0].namespace.as_deref(), out[0].system), (Some(2), Some("shop"), DbSystem::Mysql));
     assert_eq!(out[0].query_text, "SELECT a, b FROM t WHERE a = ?");
+}
+
+/// Issue #13: with DEPRECATE_EOF, an OK terminator long enough to carry
+/// session state, captured only to its 0xfe header, made the status read
+/// slice past the end of the body.
+#[test]
+fn ok_terminator_cut_after_its_header() {
+    let mut c = mysql8_handshake(&[1, b'x']);
+    let mut out = vec![];
+    push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t"), &mut out);
+    push(&mut c, false, &two_rows(), &mut out);
+    let ok = pkt(6, &[0xfe, 0, 0, 2, 0, 0, 0, 4, b'i', b'n', b'f', b'o']);
+    c.push(false, Segment { data: &ok[..5], total: ok.len() as u64, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out).unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].rows, out[0].last.exit_ns), (Some(2), 3));
+    // The next command pairs with its own answer.
+    push(&mut c, true, &pkt(0, b"\x0e"), &mut out);
+    push(&mut c, false, &pkt(1, &[0, 0, 0, 2, 0, 0, 0]), &mut out);
+    assert_eq!(out.last().map(|c| c.operation.as_str()), Some("PING"));
+}
+
+/// OK and EOF packets cut anywhere: never a panic, and the call still ends.
+#[test]
+fn truncated_terminators_end_the_call() {
+    let ok = [0xfe, 0xfc, 0x10, 0x27, 0xfd, 1, 2, 3, 2, 0, 0, 0];
+    for cut in 1..ok.len() {
+        let mut c = mysql8_handshake(&[1, b'x']);
+        let mut out = vec![];
+        push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t"), &mut out);
+        push(&mut c, false, &two_rows(), &mut out);
+        let p = pkt(6, &ok);
+        c.push(false, Segment { data: &p[..4 + cut], total: p.len() as u64, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out).unwrap();
+        assert_eq!(out.iter().map(|c| c.rows).collect::<Vec<_>>(), vec![Some(2)], "cut at {cut}");
+    }
+}
+
+/// A lenenc auth-response length near u64::MAX must not overflow the
+/// offset of the schema name (a debug-build panic, a wrong slice in release).
+#[test]
+fn hostile_auth_length_is_skipped() {
+    let c = mysql8_handshake(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(c.schema, None);
+}
+
+/// Server packets with an empty or one-byte body (whole, or cut after the
+/// header) after a prepare and a result set cut at various points.
+#[test]
+fn one_byte_bodies_in_every_state() {
+    for first in [None, Some(0x00), Some(0xfe), Some(0xff), Some(0xfb), Some(0xfc), Some(0x02)] {
+        let body: Vec<u8> = first.into_iter().collect();
+        for prefix in 0..4 {
+            let mut c = mysql8_handshake(&[1, b'x']);
+            let mut out = vec![];
+            push(&mut c, true, &pkt(0, b"\x16SELECT ?"), &mut out);
+            push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t"), &mut out);
+            push(&mut c, false, &pkt(1, &[0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]), &mut out);
+            let mut rows = two_rows();
+            rows.truncate([0, 5, 44, rows.len()][prefix]);
+            push(&mut c, false, &rows, &mut out);
+            push(&mut c, false, &pkt(6, &body), &mut out);
+            let long = pkt(6, &[body.first().copied().unwrap_or(0); 20]);
+            c.push(false, Segment { data: &long[..4 + body.len()], total: long.len() as u64, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out).unwrap();
+        }
+    }
 }
