@@ -30,10 +30,14 @@ pub fn detect_client(data: &[u8]) -> Detect {
     if data.len() < 8 {
         return if data.is_empty() || data[0] == 0 { Detect::NeedMore } else { Detect::No };
     }
-    let len = u32::from_be_bytes(data[0..4].try_into().expect("4"));
-    let code = u32::from_be_bytes(data[4..8].try_into().expect("4"));
+    let (Some(len), Some(code)) = (be32(data, 0), be32(data, 4)) else { return Detect::NeedMore };
     let ok = (8..=10_000).contains(&len) && matches!(code, PROTOCOL_3 | SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST);
     if ok { Detect::Yes } else { Detect::No }
+}
+
+/// A big-endian u32 at `at`; None when the bytes were cut short.
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(*b.get(at..)?.first_chunk()?))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,18 +87,17 @@ impl Framer {
                 }
                 continue;
             }
-            let need = self.hdr_len() - self.hdr.len();
+            let need = self.hdr_len().saturating_sub(self.hdr.len());
             let n = need.min(data.len());
             self.hdr.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.hdr.len() < self.hdr_len() {
                 return Ok(());
             }
-            let (kind, len_bytes) = if self.untyped { (0, &self.hdr[0..4]) } else { (self.hdr[0], &self.hdr[1..5]) };
-            let len = u32::from_be_bytes(len_bytes.try_into().expect("4"));
-            if !(4..=MAX_LEN).contains(&len) {
+            let (kind, len) = if self.untyped { (0, be32(&self.hdr, 0)) } else { (self.hdr[0], be32(&self.hdr, 1)) };
+            let Some(len) = len.filter(|l| (4..=MAX_LEN).contains(l)) else {
                 return Err(());
-            }
+            };
             self.hdr.clear();
             self.remaining = (len - 4) as u64;
             self.cur = Some(Msg { kind, body: vec![], truncated: false, first: t, last: t });
@@ -231,9 +234,7 @@ impl PgConnection {
         let framer = if client { &mut self.client } else { &mut self.server };
         if framer.lost {
             // Resynchronise on a segment that starts with a plausible message.
-            let ok = data.len() >= 5
-                && data[0].is_ascii_alphabetic()
-                && (4..1 << 24).contains(&u32::from_be_bytes(data[1..5].try_into().expect("4")));
+            let ok = data.first().is_some_and(u8::is_ascii_alphabetic) && be32(data, 1).is_some_and(|l| (4..1 << 24).contains(&l));
             if !ok {
                 return Ok(());
             }
@@ -259,14 +260,13 @@ impl PgConnection {
 
     fn on_client(&mut self, m: Msg) {
         if m.kind == 0 {
-            if m.body.len() >= 4 {
-                let code = u32::from_be_bytes(m.body[0..4].try_into().expect("4"));
+            if let Some(code) = be32(&m.body, 0) {
                 match code {
                     SSL_REQUEST | GSSENC_REQUEST => self.encryption_asked = true,
                     PROTOCOL_3 => {
-                        let mut rest = &m.body[4..];
+                        let mut rest = m.body.get(4..).unwrap_or(&[]);
                         let mut user = None;
-                        while !rest.is_empty() && rest[0] != 0 {
+                        while rest.first().is_some_and(|&c| c != 0) {
                             let (k, r) = cstr(rest);
                             let (v, r) = cstr(r);
                             match k {

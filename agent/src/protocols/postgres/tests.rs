@@ -127,3 +127,32 @@ fn hostile_bytes_never_panic() {
         let _ = c.push(false, Segment::whole(&s2c[cut..], 4, 5), &mut out);
     }
 }
+
+/// Every message type with an empty body, one cut after a byte, and one
+/// whose length runs past the capture: never a panic, framing kept.
+#[test]
+fn empty_and_cut_bodies_of_every_type() {
+    for kind in 0..=255u8 {
+        for body in [&b""[..], b"x", b"S\0", b"standard_conforming_strings\0"] {
+            let mut c = PgConnection::mid_stream();
+            let mut out = vec![];
+            let mut m = vec![kind];
+            m.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+            m.extend_from_slice(body);
+            let _ = c.push(true, Segment::whole(b"Q\0\0\0\x0dSELECT 1\0", 0, 1), &mut out);
+            let _ = c.push(true, Segment::whole(&m, 0, 1), &mut out);
+            let _ = c.push(false, Segment::whole(&m, 2, 3), &mut out);
+            let mut long = m.clone();
+            long[1..5].copy_from_slice(&(4 + 64 + body.len() as u32).to_be_bytes());
+            let _ = c.push(false, Segment { data: &long, total: long.len() as u64 + 64, enter_ns: 4, exit_ns: 5, tid: 0 }, &mut out);
+            let _ = c.push(false, Segment::whole(b"Z\0\0\0\x05I", 6, 7), &mut out);
+        }
+    }
+    // Startup packets shorter than their protocol code.
+    for body in [&b""[..], b"\0\x03", b"\0\x03\0\0user"] {
+        let mut c = PgConnection::new();
+        let mut m = (4 + body.len() as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(body);
+        let _ = c.push(true, Segment::whole(&m, 0, 1), &mut vec![]);
+    }
+}
