@@ -329,7 +329,7 @@ impl MysqlConnection {
         };
         let (operation, collection, text) = match &cmd {
             Cmd::Query(q) | Cmd::Execute(q) => {
-                let st = sql::statement(q);
+                let st = sql::statement(q, sql::Dialect::MYSQL);
                 (st.operation, st.collection, st.sanitized)
             }
             Cmd::InitDb(db) => {

@@ -339,7 +339,7 @@ impl PgConnection {
     }
 
     fn call(&self, sql_text: &str, rows: Option<u64>, error: Option<DbError>, first: SegTime, last: SegTime) -> DbCall {
-        let st = sql::statement(sql_text);
+        let st = sql::statement(sql_text, sql::Dialect::POSTGRES);
         DbCall {
             system: DbSystem::Postgresql,
             namespace: self.database.clone(),
