@@ -4,15 +4,28 @@
 //! client's handshake response names the schema. Then each command packet
 //! (sequence 0) is answered by OK, ERR, or a result set (column count,
 //! column definitions, [EOF], rows, EOF or OK with CLIENT_DEPRECATE_EOF).
-//! Prepared statements map their id (from COM_STMT_PREPARE_OK) to the SQL.
+//! Prepared statements map their id (from COM_STMT_PREPARE_OK) to the SQL,
+//! sanitized once, at COM_STMT_PREPARE.
+//!
+//! SQL is sanitized when the client sends it, under the connection's modes
+//! as known then. NO_BACKSLASH_ESCAPES is on the wire: the server's status
+//! flags in every OK and EOF. ANSI_QUOTES is not: it is taken from a
+//! successful SET of the session sql_mode the connection itself sent, and
+//! otherwise assumed off (the default), so a server configured with it
+//! globally gets its "identifiers" hidden as ? - never the reverse, a
+//! string let through.
 pub mod protocol;
 pub use protocol::SPEC;
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use super::{
     db::{DbCall, DbError, DbSystem},
-    sql, Detect, SegTime, Segment,
+    sql::{self, Dialect, Statement},
+    Detect, SegTime, Segment,
 };
 
 const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
@@ -21,6 +34,7 @@ const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
 const CLIENT_PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
 const CLIENT_DEPRECATE_EOF: u32 = 0x100_0000;
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x8;
+const SERVER_STATUS_NO_BACKSLASH_ESCAPES: u16 = 0x200;
 const KEEP: usize = 16 * 1024;
 
 /// Whether a client connection's first inbound bytes are a server greeting.
@@ -143,9 +157,11 @@ fn ok_status(b: &[u8]) -> Option<u16> {
 
 #[derive(Debug, Clone)]
 enum Cmd {
-    Query(String),
-    Prepare(String),
-    Execute(String),
+    /// With what a successful run does to ANSI_QUOTES, if it sets sql_mode.
+    Query(Statement, Option<bool>),
+    Prepare(Arc<Statement>),
+    /// None when the statement's prepare was not seen.
+    Execute(Option<Arc<Statement>>),
     InitDb(String),
     Ping,
     /// Answered but not a span (reset, change user, ...).
@@ -178,7 +194,9 @@ pub struct MysqlConnection {
     server_caps: u32,
     deprecate_eof: bool,
     schema: Option<String>,
-    statements: HashMap<u32, String>,
+    ansi_quotes: bool,
+    no_backslash_escapes: bool,
+    statements: HashMap<u32, Arc<Statement>>,
     pending: VecDeque<(Cmd, SegTime)>,
     resp: Resp,
     rows: u64,
@@ -196,6 +214,8 @@ impl MysqlConnection {
             server_caps: 0,
             deprecate_eof: false,
             schema: None,
+            ansi_quotes: false,
+            no_backslash_escapes: false,
             statements: HashMap::new(),
             pending: VecDeque::new(),
             resp: Resp::Start,
@@ -262,14 +282,18 @@ impl MysqlConnection {
             }
             Phase::Command if p.seq == 0 => {
                 let Some((&cmd, arg)) = p.body.split_first() else { return Ok(()) };
-                let text = || String::from_utf8_lossy(arg).into_owned();
+                let text = || String::from_utf8_lossy(arg);
                 let c = match cmd {
-                    0x03 => Cmd::Query(text()),
-                    0x16 => Cmd::Prepare(text()),
-                    0x17 => {
-                        let id = le32(arg, 0).unwrap_or(0);
-                        Cmd::Execute(self.statements.get(&id).cloned().unwrap_or_default())
+                    0x03 => {
+                        let q = text();
+                        let sets_ansi = sql::mysql_sets_ansi_quotes(&q, self.dialect());
+                        // A multi-statement text may change ANSI_QUOTES part
+                        // way: "..." read as strings is the safe reading.
+                        let dialect = if sets_ansi.is_some() { self.dialect_with(false) } else { self.dialect() };
+                        Cmd::Query(sql::statement(&q, dialect), sets_ansi)
                     }
+                    0x16 => Cmd::Prepare(Arc::new(sql::statement(&text(), self.dialect()))),
+                    0x17 => Cmd::Execute(le32(arg, 0).and_then(|id| self.statements.get(&id)).cloned()),
                     0x19 => {
                         if let Some(id) = le32(arg, 0) {
                             self.statements.remove(&id);
@@ -277,7 +301,13 @@ impl MysqlConnection {
                         return Ok(()); // COM_STMT_CLOSE has no response
                     }
                     0x01 | 0x18 => return Ok(()), // COM_QUIT, COM_STMT_SEND_LONG_DATA
-                    0x02 => Cmd::InitDb(text()),
+                    0x02 => Cmd::InitDb(text().into_owned()),
+                    // COM_CHANGE_USER, COM_RESET_CONNECTION: the session's
+                    // sql_mode is the global one again.
+                    0x11 | 0x1f => {
+                        self.ansi_quotes = false;
+                        Cmd::Silent
+                    }
                     0x0e => Cmd::Ping,
                     _ => Cmd::Silent,
                 };
@@ -307,16 +337,35 @@ impl MysqlConnection {
                     let lo = le16(rest, 13).map_or(0, u32::from);
                     let hi = le16(rest, 18).map_or(0, u32::from);
                     self.server_caps = lo | hi << 16;
+                    self.server_status(le16(rest, 16));
                 }
                 self.phase = Phase::Auth;
             }
             Phase::Auth => {
                 // OK ends authentication (ERR too: the connection is over).
                 if matches!(b.first(), Some(0x00) | Some(0xff)) {
+                    if b.first() == Some(&0x00) {
+                        self.server_status(ok_status(b));
+                    }
                     self.phase = Phase::Command;
                 }
             }
             Phase::Command => self.on_response(p, out),
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.dialect_with(self.ansi_quotes)
+    }
+
+    fn dialect_with(&self, ansi_quotes: bool) -> Dialect {
+        Dialect::MySql { ansi_quotes, no_backslash_escapes: self.no_backslash_escapes }
+    }
+
+    /// Status flags from an OK, EOF or the greeting, when captured.
+    fn server_status(&mut self, status: Option<u16>) {
+        if let Some(s) = status {
+            self.no_backslash_escapes = s & SERVER_STATUS_NO_BACKSLASH_ESCAPES != 0;
         }
     }
 
@@ -327,10 +376,16 @@ impl MysqlConnection {
             self.unmatched += 1;
             return;
         };
-        let (operation, collection, text) = match &cmd {
-            Cmd::Query(q) | Cmd::Execute(q) => {
-                let st = sql::statement(q, sql::Dialect::MYSQL);
+        let (operation, collection, text) = match cmd {
+            Cmd::Query(st, sets_ansi) => {
+                if let Some(ansi) = sets_ansi.filter(|_| error.is_none()) {
+                    self.ansi_quotes = ansi;
+                }
                 (st.operation, st.collection, st.sanitized)
+            }
+            Cmd::Execute(st) => {
+                let st = st.unwrap_or_default();
+                (st.operation.clone(), st.collection.clone(), st.sanitized.clone())
             }
             Cmd::InitDb(db) => {
                 if error.is_none() {
@@ -365,9 +420,9 @@ impl MysqlConnection {
                     let id = le32(b, 1).unwrap_or(0);
                     let columns = le16(b, 5).map_or(0, u64::from);
                     let params = le16(b, 7).map_or(0, u64::from);
-                    if let Some((Cmd::Prepare(q), _)) = self.pending.front() {
+                    if let Some((Cmd::Prepare(st), _)) = self.pending.front() {
                         if self.statements.len() < 4096 {
-                            self.statements.insert(id, q.clone());
+                            self.statements.insert(id, st.clone());
                         }
                     }
                     let eofs = if self.deprecate_eof { 0 } else { u8::from(params > 0) + u8::from(columns > 0) };
@@ -378,6 +433,7 @@ impl MysqlConnection {
                     }
                 }
                 Some(0x00) => {
+                    self.server_status(ok_status(b));
                     let affected = b.get(1..).and_then(lenenc).map(|(n, _)| n);
                     self.finish(affected, None, p.last, out);
                 }
@@ -425,7 +481,9 @@ impl MysqlConnection {
             }
             Resp::Rows if eof => {
                 // EOF: warnings (2), status (2); OK terminator: lenenc x2, status.
-                let status = if p.len < 9 { le16(b, 3) } else { ok_status(b) }.unwrap_or(0);
+                let status = if p.len < 9 { le16(b, 3) } else { ok_status(b) };
+                self.server_status(status);
+                let status = status.unwrap_or(0);
                 if status & SERVER_MORE_RESULTS_EXISTS != 0 {
                     // Another result set of the same call follows.
                     self.resp = Resp::Start;

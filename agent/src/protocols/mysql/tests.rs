@@ -41,8 +41,7 @@ fn replay(c2s: &[u8], s2c: &[u8], split: usize) -> (MysqlConnection, Vec<DbCall>
     };
     let mut r = responses.into_iter();
     feed(&mut c, false, &r.next().unwrap(), &mut out); // greeting
-    let mut cp = cp.into_iter().peekable();
-    while let Some((seq, bytes)) = cp.next() {
+    for (seq, bytes) in cp {
         feed(&mut c, true, &bytes, &mut out);
         let answered = !(seq == 0 && matches!(bytes.get(4), Some(0x19) | Some(0x01)));
         if answered {
@@ -54,7 +53,9 @@ fn replay(c2s: &[u8], s2c: &[u8], split: usize) -> (MysqlConnection, Vec<DbCall>
     (c, out)
 }
 
-fn summary(calls: &[DbCall]) -> Vec<(String, Option<String>, String, Option<u64>, Option<String>)> {
+type Summary = Vec<(String, Option<String>, String, Option<u64>, Option<String>)>;
+
+fn summary(calls: &[DbCall]) -> Summary {
     calls
         .iter()
         .map(|c| (c.operation.clone(), c.collection.clone(), c.query_text.clone(), c.rows, c.error.as_ref().map(|e| e.code.clone())))
@@ -266,4 +267,96 @@ fn one_byte_bodies_in_every_state() {
             c.push(false, Segment { data: &long[..4 + body.len()], total: long.len() as u64, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out).unwrap();
         }
     }
+}
+
+/// An OK packet with the given status flags.
+fn ok(seq: u8, status: u16) -> Vec<u8> {
+    let [lo, hi] = status.to_le_bytes();
+    pkt(seq, &[0, 0, 0, lo, hi, 0, 0])
+}
+
+/// One command and its answer; the call it made.
+fn call(c: &mut MysqlConnection, command: &[u8], answer: &[u8]) -> DbCall {
+    let mut out = vec![];
+    push(c, true, &pkt(0, command), &mut out);
+    push(c, false, answer, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    out.remove(0)
+}
+
+/// Issue #13: "..." is a string in MySQL's default sql_mode, and a
+/// backslash escapes in both quotes.
+#[test]
+fn double_quoted_strings_are_literals() {
+    let mut c = mysql8_handshake(&[1, b'x']);
+    let q = br#"SELECT * FROM users WHERE name = "hunter2" AND note = 'it\'s' AND v = "a\"b""#;
+    assert_eq!(call(&mut c, &[&[3][..], q].concat(), &ok(1, 2)).query_text, "SELECT * FROM users WHERE name = ? AND note = ? AND v = ?");
+}
+
+/// NO_BACKSLASH_ESCAPES is read from the status flags of each OK.
+#[test]
+fn no_backslash_escapes_from_status_flags() {
+    let mut c = mysql8_handshake(&[1, b'x']);
+    let set = call(&mut c, b"\x03SET sql_mode = 'NO_BACKSLASH_ESCAPES'", &ok(1, 0x0202));
+    assert_eq!(set.query_text, "SET sql_mode = ?");
+    let q = call(&mut c, b"\x03INSERT INTO t VALUES ('C:\\', 'hunter2')", &ok(1, 0x0202));
+    assert_eq!(q.query_text, "INSERT INTO t VALUES (?, ?)");
+    // Back to the default: the flag is gone from the next OK.
+    call(&mut c, b"\x03SET sql_mode = DEFAULT", &ok(1, 0x0002));
+    let q = call(&mut c, b"\x03INSERT INTO t VALUES ('it\\'s', 'hunter2')", &ok(1, 0x0002));
+    assert_eq!(q.query_text, "INSERT INTO t VALUES (?, ?)");
+}
+
+/// ANSI_QUOTES is followed from the connection's own successful SETs.
+#[test]
+fn ansi_quotes_from_set_sql_mode() {
+    let mut c = mysql8_handshake(&[1, b'x']);
+    let select = b"\x03SELECT \"name\" FROM t WHERE a = 'x'";
+    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT ? FROM t WHERE a = ?");
+    call(&mut c, b"\x03SET SESSION sql_mode = 'ANSI_QUOTES,STRICT_TRANS_TABLES'", &ok(1, 2));
+    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT \"name\" FROM t WHERE a = ?");
+    // A failed SET changes nothing.
+    let err = pkt(1, b"\xff\x05\x04#42000bad mode");
+    assert!(call(&mut c, b"\x03SET sql_mode = 'NOPE'", &err).error.is_some());
+    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT \"name\" FROM t WHERE a = ?");
+    // A text that changes the mode part way is read with "..." as strings.
+    let multi = call(&mut c, b"\x03SET sql_mode = ''; SELECT \"hunter2\"", &ok(1, 2));
+    assert_eq!(multi.query_text, "SET sql_mode = ?; SELECT ?");
+    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT ? FROM t WHERE a = ?");
+    // COM_RESET_CONNECTION brings back the global mode.
+    call(&mut c, b"\x03SET sql_mode = 'ANSI'", &ok(1, 2));
+    push(&mut c, true, &pkt(0, b"\x1f"), &mut vec![]);
+    push(&mut c, false, &ok(1, 2), &mut vec![]);
+    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT ? FROM t WHERE a = ?");
+}
+
+/// A prepared statement is sanitized once, at COM_STMT_PREPARE, as the
+/// server read it then; every COM_STMT_EXECUTE shares that result.
+#[test]
+fn prepared_statements_are_sanitized_once() {
+    let mut c = mysql8_handshake(&[1, b'x']);
+    let mut out = vec![];
+    push(&mut c, true, &pkt(0, b"\x16SELECT a FROM t WHERE note = 'it\\'s' AND id = ?"), &mut out);
+    let mut prepare_ok = pkt(1, &[0, 7, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]);
+    prepare_ok.extend(pkt(2, b"\x03def\x00\x00\x00\x01?\x00\x0c?\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00"));
+    prepare_ok.extend(pkt(3, b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
+    push(&mut c, false, &prepare_ok, &mut out);
+    assert!(out.is_empty(), "a prepare is not a call: {out:?}");
+    // The mode changes before the executes: the prepare's reading stays.
+    call(&mut c, b"\x03SET sql_mode = 'NO_BACKSLASH_ESCAPES'", &ok(1, 0x0202));
+    for _ in 0..2 {
+        let mut rows = pkt(1, &[1]);
+        rows.extend(pkt(2, b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
+        rows.extend(pkt(3, b"\x00\x00\x015"));
+        rows.extend(pkt(4, &[0xfe, 0, 0, 2, 2, 0, 0]));
+        push(&mut c, true, &pkt(0, b"\x17\x07\x00\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x05\x00\x00\x00\x00\x00\x00\x00"), &mut out);
+        let Some((Cmd::Execute(Some(st)), _)) = c.pending.front() else { panic!("{:?}", c.pending) };
+        assert!(Arc::ptr_eq(st, &c.statements[&7]), "the prepare's result, not a new one");
+        push(&mut c, false, &rows, &mut out);
+        let exec = out.pop().unwrap();
+        assert_eq!((exec.query_text.as_str(), exec.collection.as_deref(), exec.rows), ("SELECT a FROM t WHERE note = ? AND id = ?", Some("t"), Some(1)));
+    }
+    // An execute of an id never prepared still ends its call.
+    let unknown = call(&mut c, b"\x17\x09\x00\x00\x00\x00\x01\x00\x00\x00", &ok(1, 2));
+    assert_eq!((unknown.operation.as_str(), unknown.query_text.as_str()), ("", ""));
 }
