@@ -201,4 +201,6 @@ pub fn mysql_sets_ansi_quotes(sql: &str, dialect: Dialect) -> Option<bool> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
