@@ -158,10 +158,10 @@ const SESSION_SQL_MODE: [&str; 6] =
     ["SQL_MODE", "SESSION SQL_MODE", "LOCAL SQL_MODE", "@ @ SQL_MODE", "@ @ SESSION . SQL_MODE", "@ @ LOCAL . SQL_MODE"];
 
 /// Whether a MySQL statement sets the session's sql_mode and, if so,
-/// whether the new mode has ANSI_QUOTES. Only a plain string value can be
-/// read: any other (CONCAT(@@sql_mode, ...), DEFAULT, a variable) counts as
-/// without, since taking "..." for a string when it is an identifier hides
-/// a name, while the opposite mistake lets a string through.
+/// whether the new mode has ANSI_QUOTES. Only a plain string or word value
+/// can be read: any other (CONCAT(@@sql_mode, ...), DEFAULT, a variable)
+/// counts as without, since taking "..." for a string when it is an
+/// identifier hides a name, while the opposite mistake lets a string through.
 pub fn mysql_sets_ansi_quotes(sql: &str, dialect: Dialect) -> Option<bool> {
     if !sql.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"sql_mode")) {
         return None;
@@ -188,13 +188,13 @@ pub fn mysql_sets_ansi_quotes(sql: &str, dialect: Dialect) -> Option<bool> {
             if !SESSION_SQL_MODE.contains(&target.as_str()) {
                 continue;
             }
-            found = Some(match &a[eq + 1..] {
-                [(Kind::Literal, v)] => {
-                    let modes = v.find(['\'', '"']).and_then(|q| v.get(q + 1..v.len() - 1)).unwrap_or_default();
-                    modes.split(',').any(|m| ANSI_QUOTES_MODES.iter().any(|a| m.trim().eq_ignore_ascii_case(a)))
-                }
-                _ => false,
-            });
+            // A bare word names a mode too (SET sql_mode = ANSI).
+            let modes = match &a[eq + 1..] {
+                [(Kind::Word, v)] => *v,
+                [(Kind::Literal | Kind::Quoted, v)] => v.find(['\'', '"', '`']).and_then(|q| v.get(q + 1..v.len() - 1)).unwrap_or_default(),
+                _ => "",
+            };
+            found = Some(modes.split(',').any(|m| ANSI_QUOTES_MODES.iter().any(|a| m.trim().eq_ignore_ascii_case(a))));
         }
     }
     found

@@ -156,6 +156,10 @@ fn sql_mode_tracking() {
     assert_eq!(m("SET @@SESSION.sql_mode := \"TRADITIONAL\""), Some(false));
     assert_eq!(m("SET NAMES utf8mb4, @@sql_mode = 'POSTGRESQL'"), Some(true));
     assert_eq!(m("SET sql_mode = ''"), Some(false));
+    assert_eq!(m("SET sql_mode = ANSI"), Some(true));
+    assert_eq!(m("SET sql_mode = DEFAULT"), Some(false));
+    assert_eq!(mysql_sets_ansi_quotes("SET sql_mode = \"TRADITIONAL\"", MY_ANSI), Some(false));
+    assert_eq!(mysql_sets_ansi_quotes("SET sql_mode = \"ANSI\"", MY_ANSI), Some(true));
     assert_eq!(m("SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')"), Some(false), "unreadable counts as without");
     assert_eq!(m("SET GLOBAL sql_mode = 'ANSI'"), None, "not this session");
     assert_eq!(m("SET @@global.sql_mode = 'ANSI'"), None);
