@@ -4,15 +4,28 @@
 //! client's handshake response names the schema. Then each command packet
 //! (sequence 0) is answered by OK, ERR, or a result set (column count,
 //! column definitions, [EOF], rows, EOF or OK with CLIENT_DEPRECATE_EOF).
-//! Prepared statements map their id (from COM_STMT_PREPARE_OK) to the SQL.
+//! Prepared statements map their id (from COM_STMT_PREPARE_OK) to the SQL,
+//! sanitized once, at COM_STMT_PREPARE.
+//!
+//! SQL is sanitized when the client sends it, under the connection's modes
+//! as known then. NO_BACKSLASH_ESCAPES is on the wire: the server's status
+//! flags in every OK and EOF. ANSI_QUOTES is not: it is taken from a
+//! successful SET of the session sql_mode the connection itself sent, and
+//! otherwise assumed off (the default), so a server configured with it
+//! globally gets its "identifiers" hidden as ? - never the reverse, a
+//! string let through.
 pub mod protocol;
 pub use protocol::SPEC;
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use super::{
     db::{DbCall, DbError, DbSystem},
-    sql, Detect, SegTime, Segment,
+    sql::{self, Dialect, Statement},
+    Detect, SegTime, Segment,
 };
 
 const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
@@ -21,6 +34,7 @@ const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
 const CLIENT_PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
 const CLIENT_DEPRECATE_EOF: u32 = 0x100_0000;
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x8;
+const SERVER_STATUS_NO_BACKSLASH_ESCAPES: u16 = 0x200;
 const KEEP: usize = 16 * 1024;
 
 /// Whether a client connection's first inbound bytes are a server greeting.
@@ -117,6 +131,15 @@ fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
     }
 }
 
+/// Little-endian integers at `at`; None when the body was cut short.
+fn le16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(*b.get(at..)?.first_chunk()?))
+}
+
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(*b.get(at..)?.first_chunk()?))
+}
+
 fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
     match b.iter().position(|&c| c == 0) {
         Some(i) => (&b[..i], &b[i + 1..]),
@@ -124,11 +147,21 @@ fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The status flags of an OK packet (header, affected rows, last insert
+/// id, status); None when the capture ends before them.
+fn ok_status(b: &[u8]) -> Option<u16> {
+    let (_, a) = lenenc(b.get(1..)?)?;
+    let (_, c) = lenenc(b.get(1 + a..)?)?;
+    le16(b, 1 + a + c)
+}
+
 #[derive(Debug, Clone)]
 enum Cmd {
-    Query(String),
-    Prepare(String),
-    Execute(String),
+    /// With what a successful run does to ANSI_QUOTES, if it sets sql_mode.
+    Query(Statement, Option<bool>),
+    Prepare(Arc<Statement>),
+    /// None when the statement's prepare was not seen.
+    Execute(Option<Arc<Statement>>),
     InitDb(String),
     Ping,
     /// Answered but not a span (reset, change user, ...).
@@ -161,7 +194,9 @@ pub struct MysqlConnection {
     server_caps: u32,
     deprecate_eof: bool,
     schema: Option<String>,
-    statements: HashMap<u32, String>,
+    ansi_quotes: bool,
+    no_backslash_escapes: bool,
+    statements: HashMap<u32, Arc<Statement>>,
     pending: VecDeque<(Cmd, SegTime)>,
     resp: Resp,
     rows: u64,
@@ -179,6 +214,8 @@ impl MysqlConnection {
             server_caps: 0,
             deprecate_eof: false,
             schema: None,
+            ansi_quotes: false,
+            no_backslash_escapes: false,
             statements: HashMap::new(),
             pending: VecDeque::new(),
             resp: Resp::Start,
@@ -220,14 +257,16 @@ impl MysqlConnection {
     fn on_client(&mut self, p: Packet) -> Result<(), MysqlError> {
         match self.phase {
             Phase::Greeting | Phase::Auth if p.seq == 1 && p.body.len() >= 32 => {
-                let caps = u32::from_le_bytes(p.body[0..4].try_into().expect("4"));
+                let caps = le32(&p.body, 0).unwrap_or(0);
                 if caps & CLIENT_SSL != 0 && p.len == 32 {
                     return Err(MysqlError::Encrypted);
                 }
                 self.deprecate_eof = caps & self.server_caps & CLIENT_DEPRECATE_EOF != 0;
-                let (_user, rest) = cstr(&p.body[32..]);
+                let (_user, rest) = cstr(p.body.get(32..).unwrap_or(&[]));
                 let rest = if caps & CLIENT_PLUGIN_AUTH_LENENC != 0 {
-                    lenenc(rest).and_then(|(n, used)| rest.get(used + n as usize..)).unwrap_or(&[])
+                    // A hostile length must not overflow the offset.
+                    let skip = |(n, used): (u64, usize)| usize::try_from(n).ok()?.checked_add(used);
+                    lenenc(rest).and_then(skip).and_then(|at| rest.get(at..)).unwrap_or(&[])
                 } else if caps & CLIENT_SECURE_CONNECTION != 0 {
                     rest.split_first().and_then(|(&n, r)| r.get(n as usize..)).unwrap_or(&[])
                 } else {
@@ -243,22 +282,32 @@ impl MysqlConnection {
             }
             Phase::Command if p.seq == 0 => {
                 let Some((&cmd, arg)) = p.body.split_first() else { return Ok(()) };
-                let text = || String::from_utf8_lossy(arg).into_owned();
+                let text = || String::from_utf8_lossy(arg);
                 let c = match cmd {
-                    0x03 => Cmd::Query(text()),
-                    0x16 => Cmd::Prepare(text()),
-                    0x17 => {
-                        let id = arg.get(0..4).map(|b| u32::from_le_bytes(b.try_into().expect("4"))).unwrap_or(0);
-                        Cmd::Execute(self.statements.get(&id).cloned().unwrap_or_default())
+                    0x03 => {
+                        let q = text();
+                        let sets_ansi = sql::mysql_sets_ansi_quotes(&q, self.dialect());
+                        // A multi-statement text may change ANSI_QUOTES part
+                        // way: "..." read as strings is the safe reading.
+                        let dialect = if sets_ansi.is_some() { self.dialect_with(false) } else { self.dialect() };
+                        Cmd::Query(sql::statement(&q, dialect), sets_ansi)
                     }
+                    0x16 => Cmd::Prepare(Arc::new(sql::statement(&text(), self.dialect()))),
+                    0x17 => Cmd::Execute(le32(arg, 0).and_then(|id| self.statements.get(&id)).cloned()),
                     0x19 => {
-                        if let Some(b) = arg.get(0..4) {
-                            self.statements.remove(&u32::from_le_bytes(b.try_into().expect("4")));
+                        if let Some(id) = le32(arg, 0) {
+                            self.statements.remove(&id);
                         }
                         return Ok(()); // COM_STMT_CLOSE has no response
                     }
                     0x01 | 0x18 => return Ok(()), // COM_QUIT, COM_STMT_SEND_LONG_DATA
-                    0x02 => Cmd::InitDb(text()),
+                    0x02 => Cmd::InitDb(text().into_owned()),
+                    // COM_CHANGE_USER, COM_RESET_CONNECTION: the session's
+                    // sql_mode is the global one again.
+                    0x11 | 0x1f => {
+                        self.ansi_quotes = false;
+                        Cmd::Silent
+                    }
                     0x0e => Cmd::Ping,
                     _ => Cmd::Silent,
                 };
@@ -279,25 +328,44 @@ impl MysqlConnection {
         match self.phase {
             Phase::Greeting => {
                 if b.first() == Some(&0x0a) {
-                    let (version, rest) = cstr(&b[1..]);
+                    let (version, rest) = cstr(b.get(1..).unwrap_or(&[]));
                     if String::from_utf8_lossy(version).contains("MariaDB") {
                         self.system = DbSystem::Mariadb;
                     }
                     // conn id (4), auth data 1 (8), filler (1), caps low (2),
                     // charset (1), status (2), caps high (2).
-                    let lo = rest.get(13..15).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u32).unwrap_or(0);
-                    let hi = rest.get(18..20).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u32).unwrap_or(0);
+                    let lo = le16(rest, 13).map_or(0, u32::from);
+                    let hi = le16(rest, 18).map_or(0, u32::from);
                     self.server_caps = lo | hi << 16;
+                    self.server_status(le16(rest, 16));
                 }
                 self.phase = Phase::Auth;
             }
             Phase::Auth => {
                 // OK ends authentication (ERR too: the connection is over).
                 if matches!(b.first(), Some(0x00) | Some(0xff)) {
+                    if b.first() == Some(&0x00) {
+                        self.server_status(ok_status(b));
+                    }
                     self.phase = Phase::Command;
                 }
             }
             Phase::Command => self.on_response(p, out),
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.dialect_with(self.ansi_quotes)
+    }
+
+    fn dialect_with(&self, ansi_quotes: bool) -> Dialect {
+        Dialect::MySql { ansi_quotes, no_backslash_escapes: self.no_backslash_escapes }
+    }
+
+    /// Status flags from an OK, EOF or the greeting, when captured.
+    fn server_status(&mut self, status: Option<u16>) {
+        if let Some(s) = status {
+            self.no_backslash_escapes = s & SERVER_STATUS_NO_BACKSLASH_ESCAPES != 0;
         }
     }
 
@@ -308,10 +376,16 @@ impl MysqlConnection {
             self.unmatched += 1;
             return;
         };
-        let (operation, collection, text) = match &cmd {
-            Cmd::Query(q) | Cmd::Execute(q) => {
-                let st = sql::statement(q);
+        let (operation, collection, text) = match cmd {
+            Cmd::Query(st, sets_ansi) => {
+                if let Some(ansi) = sets_ansi.filter(|_| error.is_none()) {
+                    self.ansi_quotes = ansi;
+                }
                 (st.operation, st.collection, st.sanitized)
+            }
+            Cmd::Execute(st) => {
+                let st = st.unwrap_or_default();
+                (st.operation.clone(), st.collection.clone(), st.sanitized.clone())
             }
             Cmd::InitDb(db) => {
                 if error.is_none() {
@@ -343,12 +417,12 @@ impl MysqlConnection {
         match self.resp.clone() {
             Resp::Start => match first {
                 Some(0x00) if matches!(self.pending.front(), Some((Cmd::Prepare(_), _))) => {
-                    let id = b.get(1..5).map(|x| u32::from_le_bytes(x.try_into().expect("4"))).unwrap_or(0);
-                    let columns = b.get(5..7).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u64).unwrap_or(0);
-                    let params = b.get(7..9).map(|x| u16::from_le_bytes(x.try_into().expect("2")) as u64).unwrap_or(0);
-                    if let Some((Cmd::Prepare(q), _)) = self.pending.front() {
+                    let id = le32(b, 1).unwrap_or(0);
+                    let columns = le16(b, 5).map_or(0, u64::from);
+                    let params = le16(b, 7).map_or(0, u64::from);
+                    if let Some((Cmd::Prepare(st), _)) = self.pending.front() {
                         if self.statements.len() < 4096 {
-                            self.statements.insert(id, q.clone());
+                            self.statements.insert(id, st.clone());
                         }
                     }
                     let eofs = if self.deprecate_eof { 0 } else { u8::from(params > 0) + u8::from(columns > 0) };
@@ -359,11 +433,12 @@ impl MysqlConnection {
                     }
                 }
                 Some(0x00) => {
-                    let affected = lenenc(&b[1..]).map(|(n, _)| n);
+                    self.server_status(ok_status(b));
+                    let affected = b.get(1..).and_then(lenenc).map(|(n, _)| n);
                     self.finish(affected, None, p.last, out);
                 }
                 Some(0xff) => {
-                    let code = b.get(1..3).map(|x| u16::from_le_bytes(x.try_into().expect("2"))).unwrap_or(0);
+                    let code = le16(b, 1).unwrap_or(0);
                     let (state, msg) = if b.get(3) == Some(&b'#') {
                         (b.get(4..9).map(|s| String::from_utf8_lossy(s).into_owned()), b.get(9..).unwrap_or(&[]))
                     } else {
@@ -406,13 +481,9 @@ impl MysqlConnection {
             }
             Resp::Rows if eof => {
                 // EOF: warnings (2), status (2); OK terminator: lenenc x2, status.
-                let status = if p.len < 9 {
-                    b.get(3..5).map(|x| u16::from_le_bytes(x.try_into().expect("2"))).unwrap_or(0)
-                } else {
-                    let (_, a) = lenenc(&b[1..]).unwrap_or((0, 1));
-                    let (_, c) = lenenc(&b[1 + a..]).unwrap_or((0, 1));
-                    b.get(1 + a + c..3 + a + c).map(|x| u16::from_le_bytes(x.try_into().expect("2"))).unwrap_or(0)
-                };
+                let status = if p.len < 9 { le16(b, 3) } else { ok_status(b) };
+                self.server_status(status);
+                let status = status.unwrap_or(0);
                 if status & SERVER_MORE_RESULTS_EXISTS != 0 {
                     // Another result set of the same call follows.
                     self.resp = Resp::Start;

@@ -29,7 +29,7 @@ impl DbParser for MysqlConnection {
 
     fn heap_bytes(&self) -> usize {
         let framer = |f: &super::Framer| f.hdr.capacity() + f.cur.as_ref().map_or(0, |p| p.body.capacity());
-        self.statements.values().map(|s| s.len() + 40).sum::<usize>()
+        self.statements.values().map(|s| s.sanitized.len() + 40).sum::<usize>()
             + self.pending.len() * std::mem::size_of::<(super::Cmd, crate::protocols::SegTime)>()
             + framer(&self.client)
             + framer(&self.server)

@@ -6,14 +6,23 @@
 //! portals are tracked so an Execute knows the SQL its Parse carried, across
 //! messages and syscalls. After an error the server skips to the next Sync:
 //! Executes it skipped are dropped at ReadyForQuery.
+//!
+//! SQL is sanitized when the client sends it, under the
+//! standard_conforming_strings the server last reported (ParameterStatus),
+//! which is how the server reads it; a Parse's result is kept for every
+//! Execute of the statement.
 pub mod protocol;
 pub use protocol::SPEC;
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use super::{
     db::{DbCall, DbError, DbSystem},
-    sql, Detect, SegTime, Segment,
+    sql::{self, Dialect, Statement},
+    Detect, SegTime, Segment,
 };
 
 const PROTOCOL_3: u32 = 196_608;
@@ -30,10 +39,14 @@ pub fn detect_client(data: &[u8]) -> Detect {
     if data.len() < 8 {
         return if data.is_empty() || data[0] == 0 { Detect::NeedMore } else { Detect::No };
     }
-    let len = u32::from_be_bytes(data[0..4].try_into().expect("4"));
-    let code = u32::from_be_bytes(data[4..8].try_into().expect("4"));
+    let (Some(len), Some(code)) = (be32(data, 0), be32(data, 4)) else { return Detect::NeedMore };
     let ok = (8..=10_000).contains(&len) && matches!(code, PROTOCOL_3 | SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST);
     if ok { Detect::Yes } else { Detect::No }
+}
+
+/// A big-endian u32 at `at`; None when the bytes were cut short.
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(*b.get(at..)?.first_chunk()?))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -83,18 +96,17 @@ impl Framer {
                 }
                 continue;
             }
-            let need = self.hdr_len() - self.hdr.len();
+            let need = self.hdr_len().saturating_sub(self.hdr.len());
             let n = need.min(data.len());
             self.hdr.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.hdr.len() < self.hdr_len() {
                 return Ok(());
             }
-            let (kind, len_bytes) = if self.untyped { (0, &self.hdr[0..4]) } else { (self.hdr[0], &self.hdr[1..5]) };
-            let len = u32::from_be_bytes(len_bytes.try_into().expect("4"));
-            if !(4..=MAX_LEN).contains(&len) {
+            let (kind, len) = if self.untyped { (0, be32(&self.hdr, 0)) } else { (self.hdr[0], be32(&self.hdr, 1)) };
+            let Some(len) = len.filter(|l| (4..=MAX_LEN).contains(l)) else {
                 return Err(());
-            }
+            };
             self.hdr.clear();
             self.remaining = (len - 4) as u64;
             self.cur = Some(Msg { kind, body: vec![], truncated: false, first: t, last: t });
@@ -149,8 +161,9 @@ fn text(b: &[u8]) -> String {
 #[derive(Debug)]
 enum Pending {
     /// A simple Query: rows and error gathered until ReadyForQuery.
-    Simple { sql: String, first: SegTime, rows: Option<u64>, error: Option<DbError> },
-    Execute { sql: String, first: SegTime },
+    Simple { st: Statement, first: SegTime, rows: Option<u64>, error: Option<DbError> },
+    /// None when the statement's Parse was not seen.
+    Execute { st: Option<Arc<Statement>>, first: SegTime },
     Sync,
 }
 
@@ -164,8 +177,11 @@ pub struct PgConnection {
     /// from now on each ReadyForQuery ends a query or a Sync.
     ready: bool,
     database: Option<String>,
-    statements: HashMap<String, String>,
-    portals: HashMap<String, String>,
+    /// standard_conforming_strings=off was reported: backslashes escape in
+    /// '...' strings. Off by default, as the setting is on since 9.1.
+    escape_strings: bool,
+    statements: HashMap<String, Arc<Statement>>,
+    portals: HashMap<String, Arc<Statement>>,
     pending: VecDeque<Pending>,
     pub parse_errors: u64,
     pub unmatched: u64,
@@ -231,9 +247,7 @@ impl PgConnection {
         let framer = if client { &mut self.client } else { &mut self.server };
         if framer.lost {
             // Resynchronise on a segment that starts with a plausible message.
-            let ok = data.len() >= 5
-                && data[0].is_ascii_alphabetic()
-                && (4..1 << 24).contains(&u32::from_be_bytes(data[1..5].try_into().expect("4")));
+            let ok = data.first().is_some_and(u8::is_ascii_alphabetic) && be32(data, 1).is_some_and(|l| (4..1 << 24).contains(&l));
             if !ok {
                 return Ok(());
             }
@@ -259,14 +273,13 @@ impl PgConnection {
 
     fn on_client(&mut self, m: Msg) {
         if m.kind == 0 {
-            if m.body.len() >= 4 {
-                let code = u32::from_be_bytes(m.body[0..4].try_into().expect("4"));
+            if let Some(code) = be32(&m.body, 0) {
                 match code {
                     SSL_REQUEST | GSSENC_REQUEST => self.encryption_asked = true,
                     PROTOCOL_3 => {
-                        let mut rest = &m.body[4..];
+                        let mut rest = m.body.get(4..).unwrap_or(&[]);
                         let mut user = None;
-                        while !rest.is_empty() && rest[0] != 0 {
+                        while rest.first().is_some_and(|&c| c != 0) {
                             let (k, r) = cstr(rest);
                             let (v, r) = cstr(r);
                             match k {
@@ -289,27 +302,29 @@ impl PgConnection {
         match m.kind {
             b'Q' => {
                 let (q, _) = cstr(&m.body);
-                self.queue(Pending::Simple { sql: text(q), first: m.first, rows: None, error: None });
+                let st = sql::statement(&String::from_utf8_lossy(q), self.dialect());
+                self.queue(Pending::Simple { st, first: m.first, rows: None, error: None });
             }
             b'P' => {
                 let (name, rest) = cstr(&m.body);
                 let (q, _) = cstr(rest);
                 if self.statements.len() < MAX_STATEMENTS || self.statements.contains_key(&text(name)) {
-                    self.statements.insert(text(name), text(q));
+                    let st = sql::statement(&String::from_utf8_lossy(q), self.dialect());
+                    self.statements.insert(text(name), Arc::new(st));
                 }
             }
             b'B' => {
                 let (portal, rest) = cstr(&m.body);
                 let (stmt, _) = cstr(rest);
-                let sql = self.statements.get(&text(stmt)).cloned().unwrap_or_default();
+                let st = self.statements.get(&text(stmt)).cloned().unwrap_or_default();
                 if self.portals.len() < MAX_STATEMENTS || self.portals.contains_key(&text(portal)) {
-                    self.portals.insert(text(portal), sql);
+                    self.portals.insert(text(portal), st);
                 }
             }
             b'E' => {
                 let (portal, _) = cstr(&m.body);
-                let sql = self.portals.get(&text(portal)).cloned().unwrap_or_default();
-                self.queue(Pending::Execute { sql, first: m.first });
+                let st = self.portals.get(&text(portal)).cloned();
+                self.queue(Pending::Execute { st, first: m.first });
             }
             b'S' => self.queue(Pending::Sync),
             b'C' => {
@@ -338,14 +353,17 @@ impl PgConnection {
         self.pending.push_back(p);
     }
 
-    fn call(&self, sql_text: &str, rows: Option<u64>, error: Option<DbError>, first: SegTime, last: SegTime) -> DbCall {
-        let st = sql::statement(sql_text);
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres { standard_conforming_strings: !self.escape_strings }
+    }
+
+    fn call(&self, st: &Statement, rows: Option<u64>, error: Option<DbError>, first: SegTime, last: SegTime) -> DbCall {
         DbCall {
             system: DbSystem::Postgresql,
             namespace: self.database.clone(),
-            operation: st.operation,
-            collection: st.collection,
-            query_text: st.sanitized,
+            operation: st.operation.clone(),
+            collection: st.collection.clone(),
+            query_text: st.sanitized.clone(),
             rows,
             error,
             first,
@@ -369,8 +387,8 @@ impl PgConnection {
                         }
                     }
                     Some(Pending::Execute { .. }) => {
-                        if let Some(Pending::Execute { sql, first }) = self.pending.pop_front() {
-                            out.push(self.call(&sql, rows, error, first, m.last));
+                        if let Some(Pending::Execute { st, first }) = self.pending.pop_front() {
+                            out.push(self.call(&st.unwrap_or_default(), rows, error, first, m.last));
                         }
                     }
                     Some(Pending::Sync) | None => {
@@ -382,14 +400,23 @@ impl PgConnection {
                     }
                 }
             }
+            b'S' => {
+                // ParameterStatus: at startup, and whenever a SET changes a
+                // reported setting.
+                let (name, rest) = cstr(&m.body);
+                let (value, _) = cstr(rest);
+                if name == b"standard_conforming_strings" {
+                    self.escape_strings = value == b"off";
+                }
+            }
             b'Z' if !self.ready => self.ready = true,
             b'Z' => {
                 // ReadyForQuery ends a simple query, or a Sync: Executes the
                 // server skipped after an error are dropped.
                 while let Some(p) = self.pending.pop_front() {
                     match p {
-                        Pending::Simple { sql, first, rows, error } => {
-                            out.push(self.call(&sql, rows, error, first, m.last));
+                        Pending::Simple { st, first, rows, error } => {
+                            out.push(self.call(&st, rows, error, first, m.last));
                             break;
                         }
                         Pending::Sync => break,

@@ -127,3 +127,116 @@ fn hostile_bytes_never_panic() {
         let _ = c.push(false, Segment::whole(&s2c[cut..], 4, 5), &mut out);
     }
 }
+
+/// Every message type with an empty body, one cut after a byte, and one
+/// whose length runs past the capture: never a panic, framing kept.
+#[test]
+fn empty_and_cut_bodies_of_every_type() {
+    for kind in 0..=255u8 {
+        for body in [&b""[..], b"x", b"S\0", b"standard_conforming_strings\0"] {
+            let mut c = PgConnection::mid_stream();
+            let mut out = vec![];
+            let mut m = vec![kind];
+            m.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+            m.extend_from_slice(body);
+            let _ = c.push(true, Segment::whole(b"Q\0\0\0\x0dSELECT 1\0", 0, 1), &mut out);
+            let _ = c.push(true, Segment::whole(&m, 0, 1), &mut out);
+            let _ = c.push(false, Segment::whole(&m, 2, 3), &mut out);
+            let mut long = m.clone();
+            long[1..5].copy_from_slice(&(4 + 64 + body.len() as u32).to_be_bytes());
+            let _ = c.push(false, Segment { data: &long, total: long.len() as u64 + 64, enter_ns: 4, exit_ns: 5, tid: 0 }, &mut out);
+            let _ = c.push(false, Segment::whole(b"Z\0\0\0\x05I", 6, 7), &mut out);
+        }
+    }
+    // Startup packets shorter than their protocol code.
+    for body in [&b""[..], b"\0\x03", b"\0\x03\0\0user"] {
+        let mut c = PgConnection::new();
+        let mut m = (4 + body.len() as u32).to_be_bytes().to_vec();
+        m.extend_from_slice(body);
+        let _ = c.push(true, Segment::whole(&m, 0, 1), &mut vec![]);
+    }
+}
+
+fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+    msg(b'S', format!("{name}\0{value}\0").as_bytes())
+}
+
+/// One simple query and its answer; the sanitized text.
+fn simple(c: &mut PgConnection, q: &str, before_answer: &[u8]) -> String {
+    let mut out = vec![];
+    c.push(true, Segment::whole(&msg(b'Q', format!("{q}\0").as_bytes()), 0, 1), &mut out).unwrap();
+    let mut answer = before_answer.to_vec();
+    answer.extend(msg(b'C', b"SELECT 1\0"));
+    answer.extend(msg(b'Z', b"I"));
+    c.push(false, Segment::whole(&answer, 2, 3), &mut out).unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    out.remove(0).query_text
+}
+
+/// Issue #13: under standard_conforming_strings (the default) a backslash
+/// does not escape the quote, so 'C:\' ends there; the setting is followed
+/// from the server's ParameterStatus, at startup and after a SET.
+#[test]
+fn standard_conforming_strings_from_parameter_status() {
+    let mut c = PgConnection::mid_stream();
+    assert_eq!(simple(&mut c, r"INSERT INTO t VALUES ('C:\', 'hunter2')", &[]), "INSERT INTO t VALUES (?, ?)");
+    // A startup that reports it off.
+    let mut c = PgConnection::new();
+    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    startup.extend_from_slice(b"user\0app\0\0");
+    let n = startup.len() as u32;
+    startup[..4].copy_from_slice(&n.to_be_bytes());
+    c.push(true, Segment::whole(&startup, 0, 1), &mut vec![]).unwrap();
+    let mut hello = msg(b'R', &[0, 0, 0, 0]);
+    hello.extend(parameter_status("standard_conforming_strings", "off"));
+    hello.extend(msg(b'Z', b"I"));
+    c.push(false, Segment::whole(&hello, 2, 3), &mut vec![]).unwrap();
+    assert_eq!(simple(&mut c, r"INSERT INTO t VALUES ('it\'s', 'hunter2')", &[]), "INSERT INTO t VALUES (?, ?)");
+    // SET turns it back on: the SET itself was read the old way, the next
+    // statement the new way.
+    let set = parameter_status("standard_conforming_strings", "on");
+    assert_eq!(simple(&mut c, "SET standard_conforming_strings = on", &set), "SET standard_conforming_strings = on");
+    assert_eq!(simple(&mut c, r"INSERT INTO t VALUES ('C:\', 'hunter2')", &[]), "INSERT INTO t VALUES (?, ?)");
+    assert_eq!(simple(&mut c, r"SELECT E'it\'s', 'x'", &[]), "SELECT ?, ?");
+}
+
+/// A named statement is sanitized once, at Parse, as the server read it
+/// then; each Execute of it shares that result.
+#[test]
+fn parsed_statements_are_sanitized_once() {
+    let mut c = PgConnection::mid_stream();
+    let mut out = vec![];
+    let mut parse = msg(b'P', b"s1\0SELECT name FROM items WHERE note = 'C:\\' AND id = $1\0\0\0");
+    parse.extend(msg(b'S', b""));
+    c.push(true, Segment::whole(&parse, 0, 1), &mut out).unwrap();
+    c.push(false, Segment::whole(&[msg(b'1', b""), msg(b'Z', b"I")].concat(), 2, 3), &mut out).unwrap();
+    // The setting changes between Parse and Execute: the Parse's reading stays.
+    c.push(false, Segment::whole(&parameter_status("standard_conforming_strings", "off"), 4, 5), &mut out).unwrap();
+    for i in 0..3u64 {
+        let mut exec = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
+        exec.extend(msg(b'E', b"\0\0\0\0\0"));
+        exec.extend(msg(b'S', b""));
+        c.push(true, Segment::whole(&exec, 10 * i, 10 * i + 1), &mut out).unwrap();
+        let answer = [msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat();
+        c.push(false, Segment::whole(&answer, 10 * i + 2, 10 * i + 3), &mut out).unwrap();
+    }
+    assert_eq!(out.len(), 3, "{out:?}");
+    for call in &out {
+        assert_eq!((call.operation.as_str(), call.collection.as_deref()), ("SELECT", Some("items")));
+        assert_eq!(call.query_text, "SELECT name FROM items WHERE note = ? AND id = $1");
+    }
+    // The statement and the unnamed portal bound to it share one result.
+    assert!(Arc::ptr_eq(&c.statements["s1"], &c.portals[""]));
+    // Executing a portal whose statement was never seen still ends the call.
+    let exec = [msg(b'B', b"p\0unknown\0\0\0\0\0\0\0"), msg(b'E', b"p\0\0\0\0\0"), msg(b'S', b"")].concat();
+    c.push(true, Segment::whole(&exec, 50, 51), &mut out).unwrap();
+    c.push(false, Segment::whole(&[msg(b'C', b"SELECT 0\0"), msg(b'Z', b"I")].concat(), 52, 53), &mut out).unwrap();
+    assert_eq!((out.len(), out[3].query_text.as_str(), out[3].rows), (4, "", Some(0)));
+}
