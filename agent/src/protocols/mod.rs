@@ -177,6 +177,20 @@ pub struct Spec {
     pub captures: fn() -> Vec<Capture>,
 }
 
+/// Whether a payload is a client's first write: the only place the
+/// client-speaks-first protocols are detected.
+pub fn client_first_write(role: Role, dir: Direction) -> bool {
+    role != Role::Server && dir == Direction::Egress
+}
+
+/// A recorded capture file of a protocol folder, compiled in.
+#[macro_export]
+macro_rules! capture {
+    ($protocol:literal, $name:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/", $protocol, "/captures/", $name)).as_slice()
+    };
+}
+
 /// Splits a capture file by a recorded order: (side, length) per relayed chunk.
 pub fn interleave(c2s: &'static [u8], s2c: &'static [u8], order: &str) -> Vec<(Side, &'static [u8])> {
     let (mut c, mut s) = (0usize, 0usize);

@@ -2,14 +2,14 @@
 use super::{detect_client, AmqpConnection};
 use crate::{
     event::{Direction, Role},
-    protocols::{interleave, Capture, Detect, GiveUp, ParserStats, Protocol, Record, SegTime, Segment, Side, Spec},
+    protocols::{client_first_write, interleave, Capture, Detect, GiveUp, ParserStats, Protocol, Record, SegTime, Segment, Side, Spec},
 };
 
 pub const SPEC: Spec = Spec { name: "amqp", detect, new: || Box::<AmqpConnection>::default(), captures };
 
 /// A client's first write: the protocol header, whole.
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
-    if role == Role::Server || dir == Direction::Ingress {
+    if !client_first_write(role, dir) {
         return Detect::No;
     }
     match detect_client(data) {
@@ -42,15 +42,9 @@ impl Protocol for AmqpConnection {
     }
 }
 
-macro_rules! capture {
-    ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/", $name)).as_slice()
-    };
-}
-
 /// pika against RabbitMQ (see `captures/record.py`), in the order the
 /// chunks crossed the recording proxy.
 pub fn captures() -> Vec<Capture> {
     let order = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.order"));
-    vec![Capture { name: "session", role: Role::Client, turns: interleave(capture!("session.c2s"), capture!("session.s2c"), order) }]
+    vec![Capture { name: "session", role: Role::Client, turns: interleave(crate::capture!("amqp", "session.c2s"), crate::capture!("amqp", "session.s2c"), order) }]
 }

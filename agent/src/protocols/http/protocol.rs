@@ -81,28 +81,22 @@ impl Protocol for HttpProtocol {
     }
 }
 
-macro_rules! capture {
-    ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/http/captures/", $name)).as_slice()
-    };
-}
-
 /// Requests from curl, answered by nginx and Python's http.server.
 fn captures() -> Vec<Capture> {
     let pair = |name, req: &'static [u8], resp: &'static [u8]| {
         [Role::Client, Role::Server].map(|role| Capture { name, role, turns: vec![(Side::Request, req), (Side::Response, resp)] })
     };
-    let get = capture!("curl_get.req");
+    let get = crate::capture!("http", "curl_get.req");
     [
-        pair("nginx_get", get, capture!("nginx_get.resp")),
-        pair("nginx_404", get, capture!("nginx_404.resp")),
-        pair("python_chunked", get, capture!("python_chunked.resp")),
-        pair("python_close", get, capture!("python_close.resp")),
-        pair("python_500", get, capture!("python_500.resp")),
-        pair("curl_post", capture!("curl_post.req"), capture!("python_204.resp")),
-        pair("expect_continue", capture!("curl_expect_continue.req"), capture!("python_continue.resp")),
-        pair("chunked_upload", capture!("curl_chunked_upload.req"), capture!("nginx_get.resp")),
-        pair("pipelined", two_gets(get), capture!("nginx_pipelined.resp")),
+        pair("nginx_get", get, crate::capture!("http", "nginx_get.resp")),
+        pair("nginx_404", get, crate::capture!("http", "nginx_404.resp")),
+        pair("python_chunked", get, crate::capture!("http", "python_chunked.resp")),
+        pair("python_close", get, crate::capture!("http", "python_close.resp")),
+        pair("python_500", get, crate::capture!("http", "python_500.resp")),
+        pair("curl_post", crate::capture!("http", "curl_post.req"), crate::capture!("http", "python_204.resp")),
+        pair("expect_continue", crate::capture!("http", "curl_expect_continue.req"), crate::capture!("http", "python_continue.resp")),
+        pair("chunked_upload", crate::capture!("http", "curl_chunked_upload.req"), crate::capture!("http", "nginx_get.resp")),
+        pair("pipelined", two_gets(get), crate::capture!("http", "nginx_pipelined.resp")),
     ]
     .into_iter()
     .flatten()

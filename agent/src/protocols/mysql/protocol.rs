@@ -36,12 +36,6 @@ impl DbParser for MysqlConnection {
     }
 }
 
-macro_rules! capture {
-    ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/mysql/captures/", $name)).as_slice()
-    };
-}
-
 /// One packet's length (3-byte little-endian header) plus its header.
 fn packet_len(b: &[u8]) -> usize {
     match b {
@@ -70,7 +64,7 @@ fn session(name: &'static str, c2s: &'static [u8], s2c: &'static [u8]) -> Captur
 /// server-side prepared statements.
 fn captures() -> Vec<Capture> {
     vec![
-        session("session", capture!("session.c2s"), capture!("session.s2c")),
-        session("prepared", capture!("prepared.c2s"), capture!("prepared.s2c")),
+        session("session", crate::capture!("mysql", "session.c2s"), crate::capture!("mysql", "session.s2c")),
+        session("prepared", crate::capture!("mysql", "prepared.c2s"), crate::capture!("mysql", "prepared.s2c")),
     ]
 }

@@ -2,7 +2,7 @@
 use super::{detect_client, PgConnection};
 use crate::{
     event::{Direction, Role},
-    protocols::{
+    protocols::{client_first_write, 
         db::{DbCall, DbParser, DbProtocol},
         Capture, Detect, GiveUp, Segment, Side, Spec,
     },
@@ -12,7 +12,7 @@ pub const SPEC: Spec = Spec { name: "postgresql", detect, new: || DbProtocol::bo
 
 /// A client's first write: a startup, SSL or GSS request.
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
-    if role == Role::Server || dir == Direction::Ingress {
+    if !client_first_write(role, dir) {
         return Detect::No;
     }
     detect_client(data)
@@ -40,15 +40,9 @@ impl DbParser for PgConnection {
     }
 }
 
-macro_rules! capture {
-    ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/postgres/captures/", $name)).as_slice()
-    };
-}
-
 /// psycopg against PostgreSQL: startup, simple and extended queries, an
 /// error, DML.
 fn captures() -> Vec<Capture> {
-    let turns = vec![(Side::Request, capture!("session.c2s")), (Side::Response, capture!("session.s2c"))];
+    let turns = vec![(Side::Request, crate::capture!("postgres", "session.c2s")), (Side::Response, crate::capture!("postgres", "session.s2c"))];
     vec![Capture { name: "session", role: Role::Client, turns }]
 }

@@ -2,7 +2,7 @@
 use super::{detect_request, RedisConnection};
 use crate::{
     event::{Direction, Role},
-    protocols::{
+    protocols::{client_first_write, 
         db::{DbCall, DbParser, DbProtocol},
         Capture, Detect, GiveUp, Segment, Side, Spec,
     },
@@ -12,7 +12,7 @@ pub const SPEC: Spec = Spec { name: "redis", detect, new: || DbProtocol::boxed(R
 
 /// A client's first write: a RESP command array.
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
-    if role == Role::Server || dir == Direction::Ingress {
+    if !client_first_write(role, dir) {
         return Detect::No;
     }
     detect_request(data)
@@ -34,14 +34,8 @@ impl DbParser for RedisConnection {
     }
 }
 
-macro_rules! capture {
-    ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/redis/captures/", $name)).as_slice()
-    };
-}
-
 /// redis-py against Redis: HELLO, strings, hashes, lists, a pipeline, errors.
 fn captures() -> Vec<Capture> {
-    let turns = vec![(Side::Request, capture!("session.c2s")), (Side::Response, capture!("session.s2c"))];
+    let turns = vec![(Side::Request, crate::capture!("redis", "session.c2s")), (Side::Response, crate::capture!("redis", "session.s2c"))];
     vec![Capture { name: "session", role: Role::Client, turns }]
 }
