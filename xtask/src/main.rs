@@ -3,6 +3,7 @@
 mod apt;
 mod demo;
 mod docker;
+mod fuzz;
 mod image;
 mod k8s_tools;
 mod run;
@@ -77,6 +78,19 @@ enum Task {
         #[arg(long, value_enum, default_value_t = vm::Accel::Auto)]
         accel: vm::Accel,
     },
+    /// Run the libFuzzer targets in fuzz/ (nightly, cargo-fuzz, installed if
+    /// missing), seeded from the recorded captures; fails on any crash.
+    Fuzz {
+        /// Only this target (ring_record, protocols, sql, amqp_table); repeatable.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Stop each target after this many seconds (default 60 when --runs is not given).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Stop each target after this many executions.
+        #[arg(long)]
+        runs: Option<u64>,
+    },
     /// Build and run `sonde` (default: `sonde run`) as root.
     Run {
         #[arg(long)]
@@ -98,6 +112,7 @@ fn main() {
             toolchain::setup(false).and_then(|()| vm::vm_test(&kernels, &vm::Options { suites, agent_log, accel }))
         }
         Task::Demo { mode, duration, args } => demo::demo(&mode, duration, &args),
+        Task::Fuzz { targets, seconds, runs } => fuzz::fuzz(&fuzz::Options { targets, seconds, runs }),
         Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),
     };
     if let Err(e) = result {

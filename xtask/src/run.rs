@@ -32,6 +32,9 @@ pub fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| std::path::PathBuf::from("target"), std::path::PathBuf::from)
 }
 
+/// Per fuzz target in the unit phase.
+const FUZZ_SMOKE_SECONDS: u64 = 20;
+
 pub fn build(release: bool) -> Result<()> {
     let mut c = cargo();
     c.args(["build", "--package", "sonde"]);
@@ -50,6 +53,11 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
         sh(cargo().args(["test", "--lib", "--bins"]).arg("--").args(args))?;
         eprintln!("xtask: Helm chart tests (helm lint, helm template, Kubernetes schemas)");
         sh(cargo().args(["test", "--package", "xtask", "--test", "chart", "--"]).args(args).env("SONDE_HELM", crate::k8s_tools::helm()))?;
+        // A short run of every fuzz target: the targets still build against
+        // the parsers as they are now, and the seeds plus a little mutation
+        // find nothing. Long runs are `cargo xtask fuzz --seconds N`.
+        eprintln!("xtask: fuzz smoke ({FUZZ_SMOKE_SECONDS} s per target)");
+        crate::fuzz::fuzz(&crate::fuzz::Options { targets: vec![], seconds: Some(FUZZ_SMOKE_SECONDS), runs: None })?;
     }
     if privileged {
         if effective_uid() != 0 {

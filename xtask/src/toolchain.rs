@@ -46,7 +46,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ensure_nightly_rust_src() -> Result<()> {
+pub fn ensure_nightly_rust_src() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()

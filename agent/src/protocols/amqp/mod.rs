@@ -513,7 +513,9 @@ impl AmqpConnection {
                 out.push(AmqpOut::DeliveryStarted { channel: id, delivery_tag: tag, queue, redelivered, msg, at: last });
             }
             Incoming::GetOk { msg, tag } => {
-                let (queue, first) = ch.pending_gets.pop_front().unwrap_or_default();
+                // A Get-Ok whose Basic.Get was not seen (capture started
+                // in between) starts when it arrives, never at time zero.
+                let (queue, first) = ch.pending_gets.pop_front().unwrap_or_else(|| (String::new(), last));
                 out.push(AmqpOut::Received { channel: id, queue, msg: Some(msg), delivery_tag: Some(tag), first, last });
             }
             Incoming::Return { code, text } => {

@@ -145,3 +145,31 @@ fn truncations_and_mutations_never_panic() {
         c.close(SegTime::default(), &mut out);
     }
 }
+
+/// Found by the `protocols` fuzz target: a Get-Ok with no Basic.Get before
+/// it was reported as starting at time zero.
+#[test]
+fn get_ok_without_its_get_starts_when_it_arrives() {
+    let frame = |kind: u8, payload: &[u8]| {
+        let mut f = vec![kind, 0, 1];
+        f.extend((payload.len() as u32).to_be_bytes());
+        f.extend(payload);
+        f.push(0xCE);
+        f
+    };
+    // Basic.Get-Ok: delivery tag 9, not redelivered, exchange "", key "k", 0 left.
+    let mut get_ok = vec![0, 60, 0, 71];
+    get_ok.extend(9u64.to_be_bytes());
+    get_ok.extend([0, 0, 1, b'k', 0, 0, 0, 0]);
+    // Its content header: class 60, weight 0, empty body, no properties.
+    let header = [0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let bytes = [frame(1, &get_ok), frame(2, &header)].concat();
+    let mut c = AmqpConnection::default();
+    let mut out = vec![];
+    c.push(false, Segment { data: &bytes, total: bytes.len() as u64, enter_ns: 500, exit_ns: 600, tid: 3 }, &mut out);
+    let at = SegTime { enter_ns: 500, exit_ns: 600, tid: 3 };
+    match out.as_slice() {
+        [AmqpOut::Received { first, last, delivery_tag: Some(9), .. }] => assert_eq!((*first, *last), (at, at)),
+        other => panic!("{other:?}"),
+    }
+}
