@@ -1,19 +1,36 @@
 //! The `sql` target: the sanitizer that decides what query text leaves the
 //! node, on any UTF-8.
-use sonde::protocols::sql::{sanitize, statement};
+use sonde::protocols::sql::{sanitize, statement, Dialect};
+
+/// Every dialect the sanitizer knows, in each of its modes.
+const DIALECTS: [Dialect; 6] = [
+    Dialect::Postgres { standard_conforming_strings: true },
+    Dialect::Postgres { standard_conforming_strings: false },
+    Dialect::MySql { ansi_quotes: false, no_backslash_escapes: false },
+    Dialect::MySql { ansi_quotes: true, no_backslash_escapes: false },
+    Dialect::MySql { ansi_quotes: false, no_backslash_escapes: true },
+    Dialect::MySql { ansi_quotes: true, no_backslash_escapes: true },
+];
 
 pub fn check(sql: &str) {
-    let clean = sanitize(sql);
+    for dialect in DIALECTS {
+        check_in(sql, dialect);
+    }
+}
+
+fn check_in(sql: &str, dialect: Dialect) {
+    let clean = sanitize(sql, dialect);
     // Literals shrink to `?`, the rest is copied: only a trailing `...`
     // (the text was cut) may make the result longer than the input.
     assert!(clean.len() <= sql.len() + 3, "sanitize grew {} bytes to {}", sql.len(), clean.len());
-    // Text with nothing that can start a literal is kept whole.
-    let literal_free = !sql.bytes().any(|b| b == b'\'' || b == b'$' || b.is_ascii_digit());
+    // Text with nothing that can start a literal (or an unterminated quote
+    // or comment, which becomes `?`) is kept whole.
+    let literal_free = !sql.bytes().any(|b| b"'$\"`#/-".contains(&b) || b.is_ascii_digit());
     if literal_free && sql.len() < 4096 {
         assert_eq!(clean, sql, "text without literals was changed");
     }
-    let st = statement(sql);
-    assert_eq!(st.sanitized, sanitize(sql.trim()), "statement sanitizes as sanitize does");
+    let st = statement(sql, dialect);
+    assert_eq!(st.sanitized, sanitize(sql.trim(), dialect), "statement sanitizes as sanitize does");
     assert!(!st.operation.bytes().any(|b| b.is_ascii_lowercase()), "operation {:?} is upper case", st.operation);
     if let Some(c) = &st.collection {
         assert!(!c.is_empty() && c != "?", "collection {c:?}");
