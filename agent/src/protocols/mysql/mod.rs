@@ -227,7 +227,8 @@ impl MysqlConnection {
                 self.deprecate_eof = caps & self.server_caps & CLIENT_DEPRECATE_EOF != 0;
                 let (_user, rest) = cstr(&p.body[32..]);
                 let rest = if caps & CLIENT_PLUGIN_AUTH_LENENC != 0 {
-                    lenenc(rest).and_then(|(n, used)| rest.get(used + n as usize..)).unwrap_or(&[])
+                    // The length is the peer's word: checked, it may claim 2^64-1.
+                    lenenc(rest).and_then(|(n, used)| rest.get(used.checked_add(usize::try_from(n).ok()?)?..)).unwrap_or(&[])
                 } else if caps & CLIENT_SECURE_CONNECTION != 0 {
                     rest.split_first().and_then(|(&n, r)| r.get(n as usize..)).unwrap_or(&[])
                 } else {

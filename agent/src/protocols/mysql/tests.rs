@@ -183,3 +183,21 @@ fn deprecate_eof_result_sets() {
     assert_eq!((out[0].rows, out[0].namespace.as_deref(), out[0].system), (Some(2), Some("shop"), DbSystem::Mysql));
     assert_eq!(out[0].query_text, "SELECT a, b FROM t WHERE a = ?");
 }
+
+/// Found by the `protocols` fuzz target: a handshake response whose
+/// length-encoded auth data claims 2^64-1 bytes overflowed `used + n`.
+#[test]
+fn huge_lenenc_auth_length_does_not_overflow() {
+    let mut body = (CLIENT_PLUGIN_AUTH_LENENC | CLIENT_CONNECT_WITH_DB).to_le_bytes().to_vec();
+    body.extend([0u8; 28]); // max packet size, charset, filler
+    body.extend(b"root\0");
+    body.push(0xfe); // an 8-byte length follows
+    body.extend([0xff; 8]);
+    body.extend(b"db\0");
+    let mut packet = vec![body.len() as u8, 0, 0, 1];
+    packet.extend(&body);
+    let mut c = MysqlConnection::new();
+    let mut out = vec![];
+    c.push(true, Segment::whole(&packet, 0, 1), &mut out).unwrap();
+    assert_eq!(c.schema, None, "the database name lies beyond the bytes");
+}
