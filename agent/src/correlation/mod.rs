@@ -85,8 +85,10 @@ impl Evidence {
 #[derive(Debug, Clone)]
 pub enum Item {
     /// `peer`: the process serving the other end of a client call on this
-    /// node, when known (for the service graph).
-    Http { exchange: Box<Exchange>, peer: Option<Arc<ProcessInfo>> },
+    /// node, when known (for the service graph). `server_read`: a server on
+    /// this node read the client's request, so its span (this one's child)
+    /// will come, possibly after this one.
+    Http { exchange: Box<Exchange>, peer: Option<Arc<ProcessInfo>>, server_read: bool },
     Db { call: Box<DbCall>, peer: Option<Arc<ProcessInfo>> },
     /// A `Published` messaging operation.
     Publish(Box<crate::protocols::amqp::AmqpOut>),
@@ -257,6 +259,7 @@ impl Correlator {
                 let in_flight = self.linker.adopt(w.pid, w.conn, &ctx);
                 let held = self.adopt_held(|h| h.conn == w.conn && h.since == w.since, &ctx, out);
                 if in_flight || held {
+                    self.stitch.read_on_node(c.id, ctx.span_id);
                     self.counts.late_partners_adopted += 1;
                     return;
                 }
@@ -268,6 +271,7 @@ impl Correlator {
             }
         } else if key.is_some_and(|k| self.adopt_held(|h| h.key == k, &ctx, out)) {
             // The server closed the connection before this record came.
+            self.stitch.read_on_node(c.id, ctx.span_id);
             self.counts.late_partners_adopted += 1;
             return;
         }
@@ -295,7 +299,7 @@ impl Correlator {
     /// read (server) or written (client).
     fn exchange(&mut self, c: ConnInfo, exchange: Box<Exchange>, out: &mut Vec<Linked>) {
         let tp = exchange.request.head.traceparent.as_deref().and_then(traceparent::parse);
-        let (ctx, evidence, peer) = if c.role == Role::Server {
+        let (ctx, evidence, peer, server_read) = if c.role == Role::Server {
             let ctx = match (self.linker.request_finished(c.pid, c.id), tp) {
                 (Some(ctx), _) => ctx,
                 // A request read before the agent started.
@@ -312,16 +316,19 @@ impl Correlator {
                 (Some(p), Some(tp)) if tp.parent_id == p => Evidence::Header,
                 (Some(_), _) => Evidence::SocketPair,
             };
-            (ctx, evidence, None)
+            (ctx, evidence, None, false)
         } else {
-            let (ctx, evidence) = match self.stitch.client_exchange_done(c.id) {
-                Some(fixed) => fixed,
+            let (ctx, evidence, server_read) = match self.stitch.client_exchange_done(c.id) {
+                Some(r) => (r.ctx, r.evidence, r.read_on_node),
                 // A request written before the agent started.
-                None => self.call_context(&c, exchange.request.first, tp),
+                None => {
+                    let (ctx, evidence) = self.call_context(&c, exchange.request.first, tp);
+                    (ctx, evidence, false)
+                }
             };
-            (ctx, evidence, self.stitch.server_of(&c))
+            (ctx, evidence, self.stitch.server_of(&c), server_read)
         };
-        self.emit(Linked { conn: c, ctx, evidence, item: Item::Http { exchange, peer } }, out);
+        self.emit(Linked { conn: c, ctx, evidence, item: Item::Http { exchange, peer, server_read } }, out);
     }
 
     /// The context of a client call made at `first`: a child of the request

@@ -38,10 +38,21 @@ pub struct Waiting {
     pub since: u64,
 }
 
+/// A client request written and not yet answered.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRequest {
+    pub ctx: SpanCtx,
+    pub evidence: Evidence,
+    /// A server on this node read it: that server's span will come, as
+    /// this one's child.
+    pub read_on_node: bool,
+}
+
 pub struct Stitcher {
     /// Contexts of HTTP client requests written and not yet read by a
-    /// server on this node, by the client's (local, remote), in order.
-    queued: HashMap<ClientKey, VecDeque<SpanCtx>>,
+    /// server on this node, by the client's (local, remote), in order, with
+    /// the client connection.
+    queued: HashMap<ClientKey, VecDeque<(SpanCtx, u64)>>,
     /// The same clients by their local endpoint alone (-> remote): a server
     /// that sees this endpoint but another local address is behind DNAT.
     by_local: HashMap<SocketAddr, SocketAddr>,
@@ -49,7 +60,7 @@ pub struct Stitcher {
     nat: HashMap<u64, ClientKey>,
     nat_lookup: NatLookup,
     /// The same contexts per client connection, for the client span itself.
-    client_requests: HashMap<u64, VecDeque<(SpanCtx, Evidence)>>,
+    client_requests: HashMap<u64, VecDeque<ClientRequest>>,
     /// Server requests that found no partner yet, by the client's view: the
     /// client's record may enter the ring a little after the server's.
     unpartnered: HashMap<ClientKey, VecDeque<Waiting>>,
@@ -160,7 +171,17 @@ impl Stitcher {
 
     /// A server read a request: the context its client queued, if seen.
     pub fn take_partner(&mut self, key: ClientKey) -> Option<SpanCtx> {
-        self.queued.get_mut(&key).and_then(|q| q.pop_front())
+        let (ctx, client) = self.queued.get_mut(&key).and_then(|q| q.pop_front())?;
+        self.read_on_node(client, ctx.span_id);
+        Some(ctx)
+    }
+
+    /// The client request with this span id was read by a server on this
+    /// node (now, or before its record came).
+    pub fn read_on_node(&mut self, client: u64, span_id: [u8; 8]) {
+        if let Some(r) = self.client_requests.get_mut(&client).and_then(|q| q.iter_mut().find(|r| r.ctx.span_id == span_id)) {
+            r.read_on_node = true;
+        }
     }
 
     /// Parks a server request until its client's record comes. False when
@@ -216,7 +237,8 @@ impl Stitcher {
     /// A client wrote a request with this context: its own span takes it,
     /// and a server on this node will pop it.
     pub fn client_wrote(&mut self, c: &ConnInfo, ctx: SpanCtx, evidence: Evidence, drops: &mut Drops) {
-        push_bounded(self.client_requests.entry(c.id).or_default(), (ctx, evidence), drops);
+        let r = ClientRequest { ctx, evidence, read_on_node: false };
+        push_bounded(self.client_requests.entry(c.id).or_default(), r, drops);
     }
 
     /// Queues the context for the server end.
@@ -227,13 +249,13 @@ impl Stitcher {
             drops.stitch_full += 1;
             return;
         }
-        push_bounded(self.queued.entry(key).or_default(), ctx, drops);
+        push_bounded(self.queued.entry(key).or_default(), (ctx, c.id), drops);
         self.by_local.insert(t.local, t.remote);
         self.note_node_ip(t.local.ip(), drops);
     }
 
     /// The context fixed when the client wrote its oldest unanswered request.
-    pub fn client_exchange_done(&mut self, conn: u64) -> Option<(SpanCtx, Evidence)> {
+    pub fn client_exchange_done(&mut self, conn: u64) -> Option<ClientRequest> {
         self.client_requests.get_mut(&conn).and_then(|q| q.pop_front())
     }
 

@@ -313,3 +313,29 @@ fn concurrent_clients_each_get_their_own_server_child() {
         assert_eq!((srv.trace_id, srv.parent_span_id), (cli.trace_id, Some(cli.span_id)), "{path}");
     }
 }
+
+/// The server's last write may return after its client has read the
+/// response, so the client's exchange can enter the ring first. Its
+/// service-graph edge waits for the server's half, and is whole.
+#[test]
+fn a_client_exchange_before_its_servers_makes_one_whole_graph_edge() {
+    let registry = Registry::shared(0);
+    let mut l7 = L7 { p: Pipeline::new(PipelineConfig::new(registry.clone(), Sampler::AlwaysOn)), commands: vec![] };
+    let (client, server) = loopback_pair();
+    let spans = feed(&mut l7, vec![], [
+        StreamEvent::Open(client.clone()),
+        StreamEvent::Open(server.clone()),
+        data(&client, Direction::Egress, 900, REQ),
+        data(&server, Direction::Ingress, 1_000, REQ),
+        data(&client, Direction::Ingress, 2_100, RESP),
+        data(&server, Direction::Egress, 2_000, RESP),
+    ]);
+    let [cli, srv] = spans.as_slice() else { panic!("{spans:?}") };
+    assert_eq!(srv.parent_span_id, Some(cli.span_id));
+    let text = crate::metrics::prometheus::render(&registry.lock().unwrap(), &[]);
+    let edge = r#"{service_name="caller",client="caller",server="callee"}"#;
+    for series in ["traces_service_graph_request_total", "traces_service_graph_request_server_seconds_count"] {
+        assert!(text.contains(&format!("{series}{edge} 1")), "{series}: {text}");
+    }
+    assert!(!text.contains("connection_type=\"virtual_node\""), "no half-edge: {text}");
+}

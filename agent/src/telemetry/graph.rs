@@ -11,60 +11,56 @@ use crate::{
     spans::Resource,
 };
 
-/// Bound on server halves waiting for their client half.
+/// Bound on halves waiting for their other half.
 const MAX_PENDING: usize = 65536;
-/// How long a server half waits: its client's response is read right after
-/// the server wrote it, so a half older than this lost its client half
-/// (a dropped record, or a client that is not on this node after all).
+/// How long a half waits. The two records of one hop are a syscall apart
+/// (the server's last write, the client's read of it), so a half older
+/// than this lost its partner: a dropped record, or a peer that is not on
+/// this node after all.
 const WAIT_NS: u64 = 10_000_000_000;
 
-/// Server halves of stitched pairs, by their parent (the client span id),
-/// until the client half completes: (server service, seconds, failed, when).
+/// The half of a stitched hop that came first.
+enum Half {
+    /// A server span, by its parent (the client span id).
+    Server { service: String, secs: f64, failed: bool },
+    /// A client span whose request a server on this node read, by its own
+    /// span id: its edge is recorded with the server's half, or without it
+    /// once the wait is over.
+    Client { client: Arc<Resource>, fallback: String, kind: &'static str, secs: f64, failed: bool },
+}
+
+/// Halves of stitched pairs, by the client span id, until the other half
+/// completes. The server's record usually enters the ring first, but not
+/// always: its last write may exit after the client has read the response.
 #[derive(Default)]
 pub struct Pending {
-    by_parent: HashMap<[u8; 8], (String, f64, bool, u64)>,
-    /// Parents in the order their halves came, with when (CLOCK_MONOTONIC ns).
+    waiting: HashMap<[u8; 8], (Half, u64)>,
+    /// Ids in the order their halves came, with when (CLOCK_MONOTONIC ns).
     order: VecDeque<([u8; 8], u64)>,
-    /// Halves dropped unpaired: too old, or too many waiting.
+    /// Server halves dropped unpaired: too old, or too many waiting.
     pub evicted: u64,
 }
 
 impl Pending {
     pub fn entries(&self) -> usize {
-        self.by_parent.len()
+        self.waiting.len()
     }
 
     /// A server span with a parent finished at `at_ns`.
-    pub fn pend(&mut self, parent: [u8; 8], service: String, secs: f64, failed: bool, at_ns: u64) {
-        self.expire(at_ns);
-        self.by_parent.insert(parent, (service, secs, failed, at_ns));
-        self.order.push_back((parent, at_ns));
-        // Completed halves leave stale order entries: keep them bounded too.
-        if self.order.len() > 2 * MAX_PENDING.max(self.by_parent.len()) {
-            let live = &self.by_parent;
-            self.order.retain(|(p, t)| live.get(p).is_some_and(|h| h.3 == *t));
+    pub fn server_done(&mut self, reg: &mut Registry, parent: [u8; 8], service: String, (secs, failed): (f64, bool), at_ns: u64) {
+        self.expire(reg, at_ns);
+        if let Some((Half::Client { client, kind, secs: client_secs, failed: client_failed, .. }, _)) = self.waiting.remove(&parent) {
+            record_edge(reg, &client, service, paired_kind(kind), failed || client_failed, client_secs, Some(secs));
+            return;
         }
+        self.wait(parent, Half::Server { service, secs, failed }, at_ns);
     }
 
-    /// Drops the halves that waited longer than `WAIT_NS` at `now_ns`, and
-    /// the oldest while over the bound.
-    pub fn expire(&mut self, now_ns: u64) {
-        while let Some(&(p, t)) = self.order.front() {
-            if t.saturating_add(WAIT_NS) >= now_ns && self.by_parent.len() < MAX_PENDING {
-                break;
-            }
-            self.order.pop_front();
-            // Only if it is still that half (not completed, not replaced).
-            if self.by_parent.get(&p).is_some_and(|h| h.3 == t) {
-                self.by_parent.remove(&p);
-                self.evicted += 1;
-            }
-        }
-    }
-
-    /// A client span finished: one edge to the server process it was
-    /// stitched to, else (uninstrumented peer) to the process known to serve
-    /// the other end on this node, else to the peer's address.
+    /// A client span finished at `at_ns`: one edge to the server process it
+    /// was stitched to, else (uninstrumented peer) to the process known to
+    /// serve the other end on this node, else to the peer's address.
+    /// `server_read`: a server on this node read its request, so that
+    /// server's half is awaited if it has not come.
     #[allow(clippy::too_many_arguments)]
     pub fn client_done(
         &mut self,
@@ -74,17 +70,66 @@ impl Pending {
         (secs, failed): (f64, bool),
         client: &Arc<Resource>,
         peer: Option<&Resource>,
-        kind: &str,
+        kind: &'static str,
+        (server_read, at_ns): (bool, u64),
     ) {
-        let (server, server_secs, server_failed, kind) = match self.by_parent.remove(&span_id) {
-            Some((svc, secs, failed, _)) => (svc, Some(secs), failed, if kind == "database" { kind } else { "" }),
-            None => {
-                let peer = peer.map(|r| r.service_name.clone());
-                let server = peer.or_else(|| c.remote().map(|p| p.to_string())).unwrap_or_else(|| "unknown".into());
-                (server, None, false, kind)
+        self.expire(reg, at_ns);
+        if let Some((Half::Server { service, secs: server_secs, failed: server_failed }, _)) = self.waiting.remove(&span_id) {
+            record_edge(reg, client, service, paired_kind(kind), server_failed || failed, secs, Some(server_secs));
+            return;
+        }
+        let peer = peer.map(|r| r.service_name.clone());
+        let fallback = peer.or_else(|| c.remote().map(|p| p.to_string())).unwrap_or_else(|| "unknown".into());
+        if server_read {
+            self.wait(span_id, Half::Client { client: client.clone(), fallback, kind, secs, failed }, at_ns);
+        } else {
+            record_edge(reg, client, fallback, kind, failed, secs, None);
+        }
+    }
+
+    fn wait(&mut self, id: [u8; 8], half: Half, at_ns: u64) {
+        self.waiting.insert(id, (half, at_ns));
+        self.order.push_back((id, at_ns));
+        // Completed halves leave stale order entries: keep them bounded too.
+        if self.order.len() > 2 * MAX_PENDING.max(self.waiting.len()) {
+            let live = &self.waiting;
+            self.order.retain(|(p, t)| live.get(p).is_some_and(|h| h.1 == *t));
+        }
+    }
+
+    /// Ends the waits longer than `WAIT_NS` at `now_ns`, and the oldest
+    /// while over the bound: a server half is dropped (counted), a client
+    /// half's edge is recorded without the server's side.
+    pub fn expire(&mut self, reg: &mut Registry, now_ns: u64) {
+        while let Some(&(id, t)) = self.order.front() {
+            if t.saturating_add(WAIT_NS) >= now_ns && self.waiting.len() < MAX_PENDING {
+                break;
             }
-        };
-        record_edge(reg, client, server, kind, server_failed || failed, secs, server_secs);
+            self.order.pop_front();
+            // Only if it is still that half (not completed, not replaced).
+            if !self.waiting.get(&id).is_some_and(|h| h.1 == t) {
+                continue;
+            }
+            match self.waiting.remove(&id) {
+                Some((Half::Server { .. }, _)) => self.evicted += 1,
+                // Its server is on this node (it read the request): the
+                // same series as the paired edges, less the server's time.
+                Some((Half::Client { client, fallback, kind, secs, failed }, _)) => {
+                    record_edge(reg, &client, fallback, paired_kind(kind), failed, secs, None)
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// The edge kind of a stitched pair: a plain request between two services
+/// has none (Tempo's convention), a database keeps its own.
+fn paired_kind(kind: &'static str) -> &'static str {
+    if kind == "database" {
+        kind
+    } else {
+        ""
     }
 }
 
@@ -107,17 +152,68 @@ pub fn record_edge(reg: &mut Registry, client: &Arc<Resource>, server: String, k
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        event::{Role, SocketTuple},
+        metrics::prometheus::render,
+    };
+
+    fn resource(name: &str) -> Arc<Resource> {
+        Arc::new(Resource { service_name: name.into(), service_namespace: None, attributes: vec![] })
+    }
+
+    fn edges(reg: &Registry) -> String {
+        render(reg, &[]).lines().filter(|l| l.starts_with("traces_service_graph_request")).collect::<Vec<_>>().join("\n")
+    }
 
     #[test]
-    fn halves_whose_client_never_completes_expire_and_are_counted() {
+    fn server_halves_whose_client_never_completes_expire_and_are_counted() {
+        let mut reg = Registry::new(0);
         let mut p = Pending::default();
-        p.pend([1; 8], "a".into(), 0.1, false, 1_000);
-        p.pend([2; 8], "b".into(), 0.1, false, 2_000);
-        p.by_parent.remove(&[2; 8]); // its client completed
-        p.pend([3; 8], "c".into(), 0.1, false, 1_000 + WAIT_NS);
+        p.server_done(&mut reg, [1; 8], "a".into(), (0.1, false), 1_000);
+        p.server_done(&mut reg, [2; 8], "b".into(), (0.1, false), 2_000);
+        p.waiting.remove(&[2; 8]); // its client completed
+        p.server_done(&mut reg, [3; 8], "c".into(), (0.1, false), 1_000 + WAIT_NS);
         assert_eq!((p.entries(), p.evicted), (2, 0), "within the wait");
-        p.pend([4; 8], "d".into(), 0.1, false, 2_001 + WAIT_NS);
+        p.server_done(&mut reg, [4; 8], "d".into(), (0.1, false), 2_001 + WAIT_NS);
         assert_eq!(p.evicted, 1, "the first expired; the completed one is not counted");
-        assert!(!p.by_parent.contains_key(&[1; 8]) && p.by_parent.contains_key(&[3; 8]));
+        assert!(!p.waiting.contains_key(&[1; 8]) && p.waiting.contains_key(&[3; 8]));
+    }
+
+    /// The client's record may come first: its edge waits for the server's
+    /// half, and is recorded whole once it comes, or without it at the end
+    /// of the wait.
+    #[test]
+    fn client_half_first_waits_for_its_server() {
+        let mut reg = Registry::new(0);
+        let mut p = Pending::default();
+        let (web, api) = (resource("web"), resource("api"));
+        let c = ConnInfo {
+            id: 7,
+            pid: 1,
+            fd: 3,
+            role: Role::Client,
+            tuple: Some(SocketTuple { local: "10.0.0.1:5000".parse().unwrap(), remote: "10.0.0.2:80".parse().unwrap() }),
+            process: Default::default(),
+            opened_ns: 1,
+            preexisting: false,
+            peer_is_agent: false,
+        };
+        p.client_done(&mut reg, &c, [1; 8], (0.2, false), &web, Some(&api), "virtual_node", (true, 1_000));
+        p.client_done(&mut reg, &c, [2; 8], (0.2, false), &web, Some(&api), "virtual_node", (true, 1_000));
+        assert_eq!(edges(&reg), "", "both wait");
+        p.server_done(&mut reg, [1; 8], "api".into(), (0.1, true), 2_000);
+        let text = edges(&reg);
+        assert!(text.contains("traces_service_graph_request_total{service_name=\"web\",client=\"web\",server=\"api\"} 1"), "{text}");
+        assert!(text.contains("traces_service_graph_request_failed_total{service_name=\"web\",client=\"web\",server=\"api\"} 1"), "{text}");
+        assert!(text.contains("traces_service_graph_request_server_seconds_count{service_name=\"web\",client=\"web\",server=\"api\"} 1"), "{text}");
+        // The second's server half never comes: recorded without it.
+        p.expire(&mut reg, 1_001 + WAIT_NS);
+        let text = edges(&reg);
+        assert!(text.contains("traces_service_graph_request_total{service_name=\"web\",client=\"web\",server=\"api\"} 2"), "{text}");
+        assert!(text.contains("traces_service_graph_request_server_seconds_count{service_name=\"web\",client=\"web\",server=\"api\"} 1"), "{text}");
+        assert_eq!((p.entries(), p.evicted), (0, 0));
+        // A client whose request no server here read is recorded at once.
+        p.client_done(&mut reg, &c, [3; 8], (0.2, false), &web, None, "virtual_node", (false, 2_000 + WAIT_NS));
+        assert!(edges(&reg).contains("traces_service_graph_request_total{service_name=\"web\",client=\"web\",connection_type=\"virtual_node\",server=\"10.0.0.2:80\"} 1"), "{}", edges(&reg));
     }
 }

@@ -58,14 +58,16 @@ impl Telemetry {
         (self.graph.evicted, self.resources.evicted)
     }
 
-    /// Entries held (server halves of graph edges).
+    /// Entries held (halves of graph edges).
     pub fn entries(&self) -> usize {
         self.graph.entries()
     }
 
-    /// Drops server halves of graph edges whose client half never came.
+    /// Ends the waits of graph-edge halves whose other half never came.
     pub fn expire_graph(&mut self, now_ns: u64) {
-        self.graph.expire(now_ns);
+        let registry = self.registry.clone();
+        let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+        self.graph.expire(&mut reg, now_ns);
     }
 
     /// Removes metric series not recorded within `ttl` (checked every 10 s).
@@ -85,20 +87,22 @@ impl Telemetry {
         let registry = self.registry.clone();
         let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
         match &item {
-            Item::Http { exchange: ex, peer } => {
+            Item::Http { exchange: ex, peer, server_read } => {
                 self.counts.http_exchanges += 1;
                 let server = conn.role == Role::Server;
                 let start = if server { ex.request.first.exit_ns } else { ex.request.first.enter_ns };
                 let secs = secs(start, ex.response.last.exit_ns);
                 let failed = spans::http::failed(conn.role, ex.response.head.status);
                 red::http(&mut reg, &conn, ex, secs, &resource);
+                let at = ex.response.last.exit_ns;
                 if server {
                     if let Some(parent) = ctx.parent_span_id {
-                        self.graph.pend(parent, resource.service_name.clone(), secs, failed, ex.response.last.exit_ns);
+                        self.graph.server_done(&mut reg, parent, resource.service_name.clone(), (secs, failed), at);
                     }
                 } else {
                     let peer = peer.as_ref().map(|p| self.resources.get(p));
-                    self.graph.client_done(&mut reg, &conn, ctx.span_id, (secs, failed), &resource, peer.as_deref(), "virtual_node");
+                    let wait = (*server_read, at);
+                    self.graph.client_done(&mut reg, &conn, ctx.span_id, (secs, failed), &resource, peer.as_deref(), "virtual_node", wait);
                 }
             }
             Item::Db { call, peer } => {
@@ -106,7 +110,9 @@ impl Telemetry {
                 let secs = secs(call.first.enter_ns, call.last.exit_ns);
                 red::db(&mut reg, &conn, call, secs, &resource);
                 let peer = peer.as_ref().map(|p| self.resources.get(p));
-                self.graph.client_done(&mut reg, &conn, ctx.span_id, (secs, call.error.is_some()), &resource, peer.as_deref(), "database");
+                let done = (secs, call.error.is_some());
+                let wait = (false, call.last.exit_ns);
+                self.graph.client_done(&mut reg, &conn, ctx.span_id, done, &resource, peer.as_deref(), "database", wait);
             }
             Item::Publish(op) => {
                 self.counts.messaging_ops += 1;

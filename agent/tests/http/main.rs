@@ -220,20 +220,29 @@ fn prometheus_scrape() {
         assert!(std::time::Instant::now() < deadline, "Prometheus counts {got:?} != requests {want:?}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    // sonde's own health series are there beside the RED ones.
-    let text = http_get(&listen, "/metrics").unwrap();
     // Service graph: the client -> prom-web edge counts every request, and
-    // failed ones (the client sees 4xx and 5xx as errors).
-    let sum = |prefix: &str| -> u64 {
+    // failed ones (the client sees 4xx and 5xx as errors). An edge is
+    // recorded when both halves are in, which may be a batch after the
+    // server's RED count.
+    let sum = |text: &str, prefix: &str| -> u64 {
         text.lines()
             .filter(|l| l.starts_with(prefix) && l.contains("server=\"prom-web\""))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
-    assert_eq!(sum("traces_service_graph_request_total{"), calls.len() as u64, "{text}");
+    let text = loop {
+        let text = http_get(&listen, "/metrics").unwrap();
+        if sum(&text, "traces_service_graph_request_total{") == calls.len() as u64 {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sum = |prefix: &str| sum(&text, prefix);
     let failed = calls.iter().filter(|c| c.status >= 400).count() as u64;
     assert_eq!(sum("traces_service_graph_request_failed_total{"), failed, "{text}");
     assert_eq!(sum("traces_service_graph_request_server_seconds_count{"), calls.len() as u64, "stitched: server side known");
+    // sonde's own health series are there beside the RED ones.
     assert!(text.contains("sonde_dropped_total{stage=\"ringbuf\"}"), "{text}");
     assert!(text.contains("sonde_parse_errors_total{protocol=\"http\"}"));
     assert!(text.contains("sonde_export_failures_total{signal=\"traces\"}"));
