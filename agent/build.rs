@@ -37,7 +37,10 @@ fn main() -> anyhow::Result<()> {
             paths.extend(env::split_paths(&path));
             // SAFETY: build scripts are single-threaded at this point.
             unsafe { env::set_var("PATH", env::join_paths(paths)?) };
-            println!("cargo:rerun-if-changed={}", bin.join("bpf-linker").display());
+            println!(
+                "cargo:rerun-if-changed={}",
+                bin.join("bpf-linker").display()
+            );
         }
     }
     if !skip && which_bpf_linker().is_none() {

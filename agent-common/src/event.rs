@@ -50,7 +50,10 @@ pub mod syscall {
 
     /// Whether the syscall sends (egress) rather than receives.
     pub const fn is_egress(sc: u8) -> bool {
-        matches!(sc, WRITE | WRITEV | SENDTO | SENDMSG | SENDMMSG | SENDFILE | TCP_SENDMSG)
+        matches!(
+            sc,
+            WRITE | WRITEV | SENDTO | SENDMSG | SENDMMSG | SENDFILE | TCP_SENDMSG
+        )
     }
 }
 

@@ -16,7 +16,6 @@ pub use layout::KernelLayout;
 pub use maps::*;
 // `kind`, `syscall`, ... are modules of constants; re-export them at the root.
 
-
 /// Hard ceiling of payload bytes copied per syscall. The per-CPU scratch
 /// buffer is sized from it and the verifier proves every copy against it.
 /// `--capture-size` may pick anything from 0 up to this.

@@ -35,8 +35,8 @@ pub mod stat {
 #[cfg(feature = "user")]
 mod pod {
     use super::SockInfo;
-    use crate::layout::KernelLayout;
     use crate::event::{ConnEvent, DataEvent, EventHeader, Tuple};
+    use crate::layout::KernelLayout;
     // SAFETY: all of these are repr(C), Copy, and valid for any bit pattern.
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for EventHeader {}

@@ -6,8 +6,8 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, generated,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -90,7 +90,14 @@ fn exit(ctx: &TracePointContext, sc: u8) {
             emit(id, tgid, &call, rv, &info, Source::Buf(call.arg0));
         }
         syscall::READV | syscall::WRITEV => {
-            emit(id, tgid, &call, rv, &info, Source::Iov(call.arg0, call.arg1));
+            emit(
+                id,
+                tgid,
+                &call,
+                rv,
+                &info,
+                Source::Iov(call.arg0, call.arg1),
+            );
         }
         syscall::SENDMSG | syscall::RECVMSG => {
             let (iov, iovlen) = read_msghdr_iov(call.arg0);
@@ -109,7 +116,14 @@ fn exit(ctx: &TracePointContext, sc: u8) {
                     continue;
                 }
                 let (iov, iovlen) = read_msghdr_iov(mh);
-                emit(id, tgid, &call, len as i64, &info, Source::MmsgIov(iov, iovlen));
+                emit(
+                    id,
+                    tgid,
+                    &call,
+                    len as i64,
+                    &info,
+                    Source::MmsgIov(iov, iovlen),
+                );
             }
         }
         syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None),
@@ -244,22 +258,40 @@ fn copy_buf(base: *mut u8, src: u64, want: u64) -> (usize, bool) {
             src as *const _,
         )
     };
-    if rc < 0 { (0, true) } else { (n, false) }
+    if rc < 0 {
+        (0, true)
+    } else {
+        (n, false)
+    }
 }
 
 /// Const-bounded iovec walk: copies up to `want` bytes across the first
 /// `N` segments, packed one after the other. `kernel_array`: the iovec
 /// array itself is in kernel memory (the segments never are).
 #[inline(always)]
-fn copy_iov<const N: usize>(base: *mut u8, iov: u64, iovcnt: u64, want: u64, kernel_array: bool) -> (usize, bool) {
-    let want = if want as usize > MAX_CAPTURE { MAX_CAPTURE } else { want as usize };
+fn copy_iov<const N: usize>(
+    base: *mut u8,
+    iov: u64,
+    iovcnt: u64,
+    want: u64,
+    kernel_array: bool,
+) -> (usize, bool) {
+    let want = if want as usize > MAX_CAPTURE {
+        MAX_CAPTURE
+    } else {
+        want as usize
+    };
     let mut off: usize = 0;
     for i in 0..N {
         if i as u64 >= iovcnt || off >= want {
             break;
         }
         let at = unsafe { (iov as *const Iovec).add(i) };
-        let v = if kernel_array { unsafe { bpf_probe_read_kernel(at) } } else { unsafe { bpf_probe_read_user(at) } };
+        let v = if kernel_array {
+            unsafe { bpf_probe_read_kernel(at) }
+        } else {
+            unsafe { bpf_probe_read_user(at) }
+        };
         let v: Iovec = match v {
             Ok(v) => v,
             Err(_) => return (off, true),

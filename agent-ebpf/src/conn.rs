@@ -12,7 +12,9 @@
 //!   leaves the tuple to user space's /proc lookup.
 //! * close: the fd leaves the maps.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -26,9 +28,7 @@ use crate::{
     capture::{output, output_with},
     ctx::{arg, field, ret},
     filter::should_trace,
-    maps::{
-        count, ActiveCall, PeerKey, ACTIVE, LISTENERS, PEER_ESTAB, SK_OWNER, SOCKS,
-    },
+    maps::{count, ActiveCall, PeerKey, ACTIVE, LISTENERS, PEER_ESTAB, SK_OWNER, SOCKS},
 };
 
 const AF_INET: u16 = 2;
@@ -107,7 +107,11 @@ fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
             fd,
             ts_ns: unsafe { bpf_ktime_get_ns() },
             // In softirq (TUPLE) `current` is unrelated to the socket's owner.
-            comm: if k == kind::TUPLE || k == kind::SERVER_ESTAB { [0; 16] } else { bpf_get_current_comm().unwrap_or_default() },
+            comm: if k == kind::TUPLE || k == kind::SERVER_ESTAB {
+                [0; 16]
+            } else {
+                bpf_get_current_comm().unwrap_or_default()
+            },
         },
         ..ConnEvent::default()
     }
@@ -115,8 +119,9 @@ fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
 
 #[inline(always)]
 fn send(ev: &ConnEvent) {
-    let bytes =
-        unsafe { core::slice::from_raw_parts(ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE)
+    };
     output(bytes);
 }
 
@@ -151,15 +156,23 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = take(id, syscall::CONNECT) else { return 0 };
+    let Some(call) = take(id, syscall::CONNECT) else {
+        return 0;
+    };
     let rv = ret(&ctx);
     // Not TCP (UDP, unix), or failed before sending a SYN.
     if call.tcp_seen == 0 || (rv != 0 && rv != -EINPROGRESS) {
         return 0;
     }
     let tgid = (id >> 32) as u32;
-    let info = SockInfo { role: role::CLIENT, ..SockInfo::default() };
-    if SOCKS.insert(&sock_key(tgid, call.fd as u32), &info, 0).is_err() {
+    let info = SockInfo {
+        role: role::CLIENT,
+        ..SockInfo::default()
+    };
+    if SOCKS
+        .insert(&sock_key(tgid, call.fd as u32), &info, 0)
+        .is_err()
+    {
         count(stat::MAP_FULL);
     }
     let mut ev = conn_event(kind::CONNECT, tgid, id as u32, call.fd);
@@ -186,7 +199,9 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = take(id, syscall::LISTEN) else { return 0 };
+    let Some(call) = take(id, syscall::LISTEN) else {
+        return 0;
+    };
     if ret(&ctx) != 0 || call.tcp_seen == 0 {
         return 0;
     }
@@ -229,7 +244,9 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn accept_exit(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = take(id, syscall::ACCEPT) else { return };
+    let Some(call) = take(id, syscall::ACCEPT) else {
+        return;
+    };
     let newfd = ret(ctx);
     if newfd < 0 {
         return;
@@ -251,7 +268,12 @@ fn accept_exit(ctx: &TracePointContext) {
         ev.tuple.rport = port;
         ev.tuple.raddr = addr;
         ev.flags |= conn_flags::HAS_REMOTE;
-        let key = PeerKey { family, port, _pad: 0, addr };
+        let key = PeerKey {
+            family,
+            port,
+            _pad: 0,
+            addr,
+        };
         if let Some(t) = unsafe { PEER_ESTAB.get(&key) } {
             ev.tuple = *t;
             ev.flags |= conn_flags::HAS_TUPLE;
@@ -260,15 +282,26 @@ fn accept_exit(ctx: &TracePointContext) {
     }
     if tcp {
         ev.flags |= conn_flags::TCP_CONFIRMED;
-        let info = SockInfo { role: role::SERVER, ..SockInfo::default() };
-        if SOCKS.insert(&sock_key(tgid, newfd as u32), &info, 0).is_err() {
+        let info = SockInfo {
+            role: role::SERVER,
+            ..SockInfo::default()
+        };
+        if SOCKS
+            .insert(&sock_key(tgid, newfd as u32), &info, 0)
+            .is_err()
+        {
             count(stat::MAP_FULL);
         }
     } else {
-        debug!(ctx, "accept without sockaddr on unknown listener pid={} fd={}", tgid, call.fd);
+        debug!(
+            ctx,
+            "accept without sockaddr on unknown listener pid={} fd={}", tgid, call.fd
+        );
     }
     // Without a tuple user space must look the socket up before it closes.
-    let bytes = unsafe { core::slice::from_raw_parts(&ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(&ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE)
+    };
     output_with(bytes, ev.flags & conn_flags::HAS_TUPLE == 0);
 }
 
@@ -330,7 +363,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             if old == TCP_SYN_SENT {
                 if let Some(owner) = unsafe { SK_OWNER.get(&sk) } {
                     let owner = *owner;
-                    let mut ev = conn_event(kind::TUPLE, (owner >> 32) as u32, 0, owner as u32 as i32);
+                    let mut ev =
+                        conn_event(kind::TUPLE, (owner >> 32) as u32, 0, owner as u32 as i32);
                     ev.tuple = t;
                     ev.role = role::CLIENT;
                     ev.flags = conn_flags::HAS_TUPLE | conn_flags::TCP_CONFIRMED;
@@ -342,7 +376,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     send(&ev);
                 }
             } else if old == TCP_SYN_RECV {
-                let key = PeerKey { family: t.family, port: t.rport, _pad: 0, addr: t.raddr };
+                let key = PeerKey {
+                    family: t.family,
+                    port: t.rport,
+                    _pad: 0,
+                    addr: t.raddr,
+                };
                 let _ = PEER_ESTAB.insert(&key, &t, 0);
                 let mut ev = conn_event(kind::SERVER_ESTAB, 0, 0, -1);
                 ev.tuple = t;

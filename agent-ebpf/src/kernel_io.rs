@@ -129,7 +129,9 @@ fn on_entry(ctx: &ProbeContext, sc: u8) {
     if unsafe { ACTIVE.get(&id) }.is_some() {
         return; // inside a traced syscall: its tracepoints report it
     }
-    let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return };
+    let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return;
+    };
     let key = match unsafe { URING_FD.get(&id) } {
         Some(k) => {
             let k = *k;
@@ -172,7 +174,9 @@ fn on_entry(ctx: &ProbeContext, sc: u8) {
 #[inline(always)]
 fn on_return(ctx: &RetProbeContext, sc: u8) {
     let id = bpf_get_current_pid_tgid();
-    let Some(kc) = (unsafe { KCALLS.get(&id) }).copied() else { return };
+    let Some(kc) = (unsafe { KCALLS.get(&id) }).copied() else {
+        return;
+    };
     let _ = KCALLS.remove(&id);
     // Both functions return int: the upper half of the register is not
     // the sign (-EAGAIN arrives as 0x00000000fffffff5).
@@ -180,8 +184,14 @@ fn on_return(ctx: &RetProbeContext, sc: u8) {
     if kc.call.syscall != sc || rv <= 0 {
         return;
     }
-    let info = unsafe { SOCKS.get(&sock_key(kc.tgid, kc.call.fd as u32)) }.copied().unwrap_or(SockInfo::default());
-    let src = if kc.src == SRC_UBUF { Source::Buf(kc.call.arg0) } else { Source::KernelIov(kc.call.arg0, kc.call.arg1) };
+    let info = unsafe { SOCKS.get(&sock_key(kc.tgid, kc.call.fd as u32)) }
+        .copied()
+        .unwrap_or(SockInfo::default());
+    let src = if kc.src == SRC_UBUF {
+        Source::Buf(kc.call.arg0)
+    } else {
+        Source::KernelIov(kc.call.arg0, kc.call.arg1)
+    };
     emit(id, kc.tgid, &kc.call, rv, &info, src);
 }
 

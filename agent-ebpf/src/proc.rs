@@ -1,6 +1,8 @@
 //! Process lifecycle: sockets vanish without close() when a process exits or
 //! execs (CLOEXEC). User space cleans its tables and the kernel maps.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use sonde_common::{kind, ConnEvent, CONN_EVENT_SIZE};
 
 use crate::{capture::output, filter::should_trace};

@@ -1,6 +1,8 @@
 //! Database parser throughput on the recorded sessions (README table).
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sonde::protocols::{mysql::MysqlConnection, postgres::PgConnection, redis::RedisConnection, Segment};
+use sonde::protocols::{
+    mysql::MysqlConnection, postgres::PgConnection, redis::RedisConnection, Segment,
+};
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -8,9 +10,18 @@ macro_rules! fixture {
     };
 }
 
-const REDIS: (&[u8], &[u8]) = (fixture!("redis/captures/session.c2s"), fixture!("redis/captures/session.s2c"));
-const PG: (&[u8], &[u8]) = (fixture!("postgres/captures/session.c2s"), fixture!("postgres/captures/session.s2c"));
-const MYSQL: (&[u8], &[u8]) = (fixture!("mysql/captures/session.c2s"), fixture!("mysql/captures/session.s2c"));
+const REDIS: (&[u8], &[u8]) = (
+    fixture!("redis/captures/session.c2s"),
+    fixture!("redis/captures/session.s2c"),
+);
+const PG: (&[u8], &[u8]) = (
+    fixture!("postgres/captures/session.c2s"),
+    fixture!("postgres/captures/session.s2c"),
+);
+const MYSQL: (&[u8], &[u8]) = (
+    fixture!("mysql/captures/session.c2s"),
+    fixture!("mysql/captures/session.s2c"),
+);
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("db");

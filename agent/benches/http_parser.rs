@@ -23,7 +23,13 @@ fn run(resp: &[u8], split: Option<usize>, capture: Option<usize>) -> usize {
                 }
             }
             (None, Some(cap)) => {
-                let seg = Segment { data: &resp[..cap.min(resp.len())], total: resp.len() as u64, enter_ns: i, exit_ns: i + 1, tid: 0 };
+                let seg = Segment {
+                    data: &resp[..cap.min(resp.len())],
+                    total: resp.len() as u64,
+                    enter_ns: i,
+                    exit_ns: i + 1,
+                    tid: 0,
+                };
                 let _ = c.push(Kind::Response, seg, &mut out);
             }
             (None, None) => {
@@ -44,8 +50,12 @@ fn bench(c: &mut Criterion) {
         ("capture_256b_body_skipped", RESP, None, Some(256)),
     ] {
         // Bytes the parser accounts for, captured or skipped by count.
-        g.throughput(Throughput::Bytes(((REQ.len() + resp.len()) * EXCHANGES) as u64));
-        g.bench_function(name, |b| b.iter_batched(|| (), |_| run(resp, split, capture), BatchSize::SmallInput));
+        g.throughput(Throughput::Bytes(
+            ((REQ.len() + resp.len()) * EXCHANGES) as u64,
+        ));
+        g.bench_function(name, |b| {
+            b.iter_batched(|| (), |_| run(resp, split, capture), BatchSize::SmallInput)
+        });
     }
     g.finish();
 }

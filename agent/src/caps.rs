@@ -56,6 +56,8 @@ mod tests {
         let why = missing_for_tracing(bpf_only).unwrap();
         assert!(why.starts_with("missing CAP_PERFMON"), "{why}");
         assert!(missing_for_tracing((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_none());
-        assert!(missing_for_tracing(0).unwrap().contains("CAP_BPF and CAP_PERFMON"));
+        assert!(missing_for_tracing(0)
+            .unwrap()
+            .contains("CAP_BPF and CAP_PERFMON"));
     }
 }

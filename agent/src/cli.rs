@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::{probes::ProbeConfig, session::SessionConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "sonde", version, about = "eBPF node agent: socket traffic to OpenTelemetry traces and RED metrics")]
+#[command(
+    name = "sonde",
+    version,
+    about = "eBPF node agent: socket traffic to OpenTelemetry traces and RED metrics"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `sonde=debug`.
     #[arg(long, global = true, env = "SONDE_LOG", default_value = "info")]
@@ -106,11 +110,19 @@ pub struct RunArgs {
 
     /// Relay processes to see through, pairing their inbound and outbound
     /// connections (repeat or comma-separate) [default: docker-proxy].
-    #[arg(long = "relay-process", env = "SONDE_RELAY_PROCESSES", value_delimiter = ',')]
+    #[arg(
+        long = "relay-process",
+        env = "SONDE_RELAY_PROCESSES",
+        value_delimiter = ','
+    )]
     pub relay_processes: Option<Vec<String>>,
 
     /// Processes never traced, by name (comm or executable; repeat or comma-separate).
-    #[arg(long = "exclude-process", env = "SONDE_EXCLUDE_PROCESSES", value_delimiter = ',')]
+    #[arg(
+        long = "exclude-process",
+        env = "SONDE_EXCLUDE_PROCESSES",
+        value_delimiter = ','
+    )]
     pub exclude_processes: Vec<String>,
 
     /// TOML config file; flags and environment variables override it.

@@ -5,9 +5,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{
     cli::{CaptureArgs, CaptureCmd, Command, DoctorCmd},
+    clock::Clock,
     connections::StreamEvent,
     doctor,
-    clock::Clock,
     output::{json_line, text_line},
     session::Session,
 };
@@ -23,11 +23,18 @@ pub async fn dispatch(cmd: Command) -> ExitCode {
 fn doctor_cmd(d: DoctorCmd) -> ExitCode {
     let report = doctor::run();
     if d.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("serializable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializable")
+        );
     } else {
         print!("{}", doctor::render(&report, d.verbose));
     }
-    if report.capture_possible { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if report.capture_possible {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn start(args: &CaptureArgs) -> Result<Session, ExitCode> {
@@ -36,7 +43,6 @@ fn start(args: &CaptureArgs) -> Result<Session, ExitCode> {
         ExitCode::FAILURE
     })
 }
-
 
 async fn capture_cmd(c: CaptureCmd) -> ExitCode {
     let mut session = match start(&c.common) {
@@ -56,7 +62,11 @@ async fn capture_cmd(c: CaptureCmd) -> ExitCode {
         if !c.connections && !matches!(ev, StreamEvent::Data(..)) {
             continue;
         }
-        let mut line = if c.json { json_line(&ev, &clock) } else { text_line(&ev, c.show_bytes) };
+        let mut line = if c.json {
+            json_line(&ev, &clock)
+        } else {
+            text_line(&ev, c.show_bytes)
+        };
         line.push('\n');
         if stdout.write_all(line.as_bytes()).await.is_err() {
             break; // stdout closed (e.g. piped into head)
@@ -83,4 +93,3 @@ fn report_counters(session: &Session) {
         u.unresolved_sockets
     );
 }
-

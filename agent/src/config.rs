@@ -43,7 +43,8 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
     }
 }
@@ -78,10 +79,16 @@ pub struct RunConfig {
 }
 
 fn ms(env: &dyn Fn(&str) -> Option<String>, k: &str) -> Option<Duration> {
-    env(k).and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis)
+    env(k)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
 }
 
-pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<RunConfig, String> {
+pub fn resolve(
+    flags: &RunFlags,
+    file: &FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RunConfig, String> {
     let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     let protocol: Option<Protocol> = match flags.otlp_protocol.as_deref() {
         Some(p) => Some(p.parse()?),
@@ -97,10 +104,18 @@ pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option
             _ => None,
         })
     };
-    let endpoint_from_env = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]
-        .iter()
-        .any(|k| env(k).is_some());
-    let endpoint = flags.otlp_endpoint.clone().or(if endpoint_from_env { None } else { file.otlp_endpoint.clone() });
+    let endpoint_from_env = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| env(k).is_some());
+    let endpoint = flags.otlp_endpoint.clone().or(if endpoint_from_env {
+        None
+    } else {
+        file.otlp_endpoint.clone()
+    });
     let disabled = |k: &str| env(k).is_some_and(|v| v.trim() == "none");
     let traces = if disabled("OTEL_TRACES_EXPORTER") {
         None
@@ -118,10 +133,13 @@ pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option
         .clone()
         .or_else(|| file.prometheus_listen.clone())
         .unwrap_or_else(|| DEFAULT_PROMETHEUS_LISTEN.into());
-    let prometheus_listen = match listen.trim() {
-        "off" | "none" | "" => None,
-        a => Some(a.parse().map_err(|e| format!("--prometheus-listen {a:?}: {e} (expected ip:port, or off)"))?),
-    };
+    let prometheus_listen =
+        match listen.trim() {
+            "off" | "none" | "" => None,
+            a => Some(a.parse().map_err(|e| {
+                format!("--prometheus-listen {a:?}: {e} (expected ip:port, or off)")
+            })?),
+        };
 
     let sampler_name = env("OTEL_TRACES_SAMPLER").or_else(|| file.sampler.clone());
     let sampler_arg = env("OTEL_TRACES_SAMPLER_ARG").or_else(|| file.sampler_arg.clone());
@@ -130,8 +148,11 @@ pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option
         None => Sampler::default(),
     };
 
-    let mut resource_attributes =
-        file.resource_attributes.as_deref().map(parse_resource_attributes).unwrap_or_default();
+    let mut resource_attributes = file
+        .resource_attributes
+        .as_deref()
+        .map(parse_resource_attributes)
+        .unwrap_or_default();
     if let Some(r) = env("OTEL_RESOURCE_ATTRIBUTES") {
         for (k, v) in parse_resource_attributes(&r) {
             resource_attributes.retain(|(k2, _)| *k2 != k);
@@ -164,7 +185,9 @@ pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option
         sampler,
         resource_attributes,
         stdout,
-        http: HttpSpanOptions { keep_query_values: flags.keep_query_values || file.keep_query_values.unwrap_or(false) },
+        http: HttpSpanOptions {
+            keep_query_values: flags.keep_query_values || file.keep_query_values.unwrap_or(false),
+        },
         batch,
         metric_interval,
         relay_processes: flags
@@ -175,7 +198,12 @@ pub fn resolve(flags: &RunFlags, file: &FileConfig, env: &dyn Fn(&str) -> Option
             .into_iter()
             .filter(|n| !n.is_empty())
             .collect(),
-        exclude_processes: flags.exclude_processes.iter().chain(file.exclude_processes.iter().flatten()).cloned().collect(),
+        exclude_processes: flags
+            .exclude_processes
+            .iter()
+            .chain(file.exclude_processes.iter().flatten())
+            .cloned()
+            .collect(),
         exclude_namespaces: file.exclude_namespaces.clone().unwrap_or_default(),
     })
 }
@@ -185,7 +213,11 @@ mod tests {
     use super::*;
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -193,7 +225,10 @@ mod tests {
         let c = resolve(&RunFlags::default(), &FileConfig::default(), &env(&[])).unwrap();
         assert!(c.traces.is_none() && c.metrics.is_none());
         assert!(c.stdout);
-        assert_eq!(c.prometheus_listen, Some(DEFAULT_PROMETHEUS_LISTEN.parse().unwrap()));
+        assert_eq!(
+            c.prometheus_listen,
+            Some(DEFAULT_PROMETHEUS_LISTEN.parse().unwrap())
+        );
         assert_eq!(c.sampler, Sampler::default());
         assert_eq!(c.metric_interval, Duration::from_secs(60));
     }
@@ -221,19 +256,33 @@ mod tests {
         assert_eq!(c.traces.as_ref().unwrap().url, "http://env:4317");
         assert!(c.metrics.is_none());
         assert_eq!(c.sampler, Sampler::TraceIdRatio(0.1));
-        assert_eq!(c.resource_attributes, vec![("a".into(), "file".into()), ("b".into(), "env".into())]);
+        assert_eq!(
+            c.resource_attributes,
+            vec![("a".into(), "file".into()), ("b".into(), "env".into())]
+        );
         assert_eq!(c.metric_interval, Duration::from_millis(1500));
-        let flags = RunFlags { otlp_endpoint: Some("http://flag:4318".into()), otlp_protocol: Some("http/protobuf".into()), ..Default::default() };
+        let flags = RunFlags {
+            otlp_endpoint: Some("http://flag:4318".into()),
+            otlp_protocol: Some("http/protobuf".into()),
+            ..Default::default()
+        };
         let c = resolve(&flags, &file, &e).unwrap();
         assert_eq!(c.traces.as_ref().unwrap().url, "http://flag:4318/v1/traces");
     }
 
     #[test]
     fn bad_values_name_the_fix() {
-        let flags = RunFlags { prometheus_listen: Some("9464".into()), ..Default::default() };
-        assert!(resolve(&flags, &FileConfig::default(), &env(&[])).unwrap_err().contains("expected ip:port"));
+        let flags = RunFlags {
+            prometheus_listen: Some("9464".into()),
+            ..Default::default()
+        };
+        assert!(resolve(&flags, &FileConfig::default(), &env(&[]))
+            .unwrap_err()
+            .contains("expected ip:port"));
         let e = env(&[("OTEL_TRACES_SAMPLER", "sometimes")]);
-        assert!(resolve(&RunFlags::default(), &FileConfig::default(), &e).unwrap_err().contains("not supported"));
+        assert!(resolve(&RunFlags::default(), &FileConfig::default(), &e)
+            .unwrap_err()
+            .contains("not supported"));
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
     }
 
@@ -245,7 +294,10 @@ mod tests {
              relay_processes = [\"docker-proxy\"]\nexclude_processes = [\"envoy\"]\nexclude_namespaces = [\"kube-system\"]\n",
         )
         .unwrap();
-        let flags = RunFlags { exclude_processes: vec!["pause".into()], ..Default::default() };
+        let flags = RunFlags {
+            exclude_processes: vec!["pause".into()],
+            ..Default::default()
+        };
         let c = resolve(&flags, &file, &env(&[])).unwrap();
         assert_eq!(c.prometheus_listen, Some("0.0.0.0:9464".parse().unwrap()));
         assert_eq!(c.relay_processes, ["docker-proxy"]);

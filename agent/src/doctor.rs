@@ -53,8 +53,16 @@ pub extern "C" fn sonde_doctor_uprobe_target() -> u64 {
 
 fn check(name: &'static str, result: Result<String, String>) -> Check {
     match result {
-        Ok(detail) => Check { name, available: true, detail },
-        Err(detail) => Check { name, available: false, detail },
+        Ok(detail) => Check {
+            name,
+            available: true,
+            detail,
+        },
+        Err(detail) => Check {
+            name,
+            available: false,
+            detail,
+        },
     }
 }
 
@@ -63,7 +71,11 @@ fn kernel_release() -> String {
     if unsafe { libc::uname(&mut u) } != 0 {
         return "unknown".into();
     }
-    let f = |a: &[libc::c_char]| unsafe { std::ffi::CStr::from_ptr(a.as_ptr()) }.to_string_lossy().into_owned();
+    let f = |a: &[libc::c_char]| {
+        unsafe { std::ffi::CStr::from_ptr(a.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
     format!("{} {} {}", f(&u.sysname), f(&u.release), f(&u.machine))
 }
 
@@ -77,7 +89,8 @@ pub fn run() -> Report {
             Some(why) => Err(why),
         },
     ));
-    let read_proc = caps::has(capset, caps::CAP_SYS_PTRACE) || caps::has(capset, caps::CAP_SYS_ADMIN);
+    let read_proc =
+        caps::has(capset, caps::CAP_SYS_PTRACE) || caps::has(capset, caps::CAP_SYS_ADMIN);
     checks.push(check(
         "proc access",
         if read_proc {
@@ -102,7 +115,10 @@ pub fn run() -> Report {
     let tracefs_root = tracefs::ensure_mounted();
     checks.push(check(
         "tracefs",
-        tracefs_root.as_ref().map(|p| p.display().to_string()).map_err(|e| e.to_string()),
+        tracefs_root
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .map_err(|e| e.to_string()),
     ));
     checks.push(check(
         "cgroup v2",
@@ -114,7 +130,10 @@ pub fn run() -> Report {
     let mut tracepoints = vec![];
     let mut capture_problem = None;
     let mut kernel_io = Err("the eBPF object did not load".to_string());
-    match Probes::load_object(&ProbeConfig { ringbuf_bytes: 4096 * 16, ..Default::default() }) {
+    match Probes::load_object(&ProbeConfig {
+        ringbuf_bytes: 4096 * 16,
+        ..Default::default()
+    }) {
         Err(e) => {
             checks.push(check("ringbuf", Err(format!("object did not load: {e}"))));
             capture_problem = Some(e.to_string());
@@ -138,14 +157,22 @@ pub fn run() -> Report {
                     hook: p.hook.clone(),
                     required: p.need == Need::Required,
                     state: state.into(),
-                    detail: if detail.is_empty() { p.covers.to_string() } else { detail },
+                    detail: if detail.is_empty() {
+                        p.covers.to_string()
+                    } else {
+                        detail
+                    },
                 });
             }
             if capture_problem.is_none() {
                 capture_problem = probes.check_required().err().map(|e| e.to_string());
             }
             kernel_io = kernel_io_state(&probes);
-            let attached = probes.report.iter().filter(|p| p.state == AttachState::Attached).count();
+            let attached = probes
+                .report
+                .iter()
+                .filter(|p| p.state == AttachState::Attached)
+                .count();
             checks.push(check(
                 "tracepoints",
                 if attached > 0 {
@@ -176,11 +203,15 @@ pub fn run() -> Report {
 
 fn kprobe_check(probes: &mut Probes) -> Result<String, String> {
     if !crate::probes::kprobes_present() {
-        return Err("unavailable: no kprobe PMU and no kprobe_events in tracefs (CONFIG_KPROBES=n)".into());
+        return Err(
+            "unavailable: no kprobe PMU and no kprobe_events in tracefs (CONFIG_KPROBES=n)".into(),
+        );
     }
     let prog: &mut KProbe = probes.program("sonde_doctor_kprobe")?;
     prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
-    let link = prog.attach("tcp_sendmsg", 0).map_err(|e| format!("unavailable: attach: {e}"))?;
+    let link = prog
+        .attach("tcp_sendmsg", 0)
+        .map_err(|e| format!("unavailable: attach: {e}"))?;
     let _ = prog.detach(link);
     Ok("available (attached to tcp_sendmsg)".into())
 }
@@ -188,8 +219,11 @@ fn kprobe_check(probes: &mut Probes) -> Result<String, String> {
 fn fentry_check(probes: &mut Probes) -> Result<String, String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("unavailable: no kernel BTF: {e}"))?;
     let prog: &mut FEntry = probes.program("sonde_doctor_fentry")?;
-    prog.load("tcp_sendmsg", &btf).map_err(|e| format!("unavailable: load: {e}"))?;
-    let link = prog.attach().map_err(|e| format!("unavailable: attach: {}", root_cause(&e)))?;
+    prog.load("tcp_sendmsg", &btf)
+        .map_err(|e| format!("unavailable: load: {e}"))?;
+    let link = prog
+        .attach()
+        .map_err(|e| format!("unavailable: attach: {}", root_cause(&e)))?;
     let _ = prog.detach(link);
     Ok("available (attached to tcp_sendmsg)".into())
 }
@@ -234,13 +268,18 @@ fn kernel_io_state(probes: &Probes) -> Result<(), String> {
     if let Some(why) = &probes.kernel_io_off {
         return Err(why.clone());
     }
-    let io: Vec<String> = crate::probes::programs::KERNEL_IO.iter().map(|k| k.hook_name()).collect();
+    let io: Vec<String> = crate::probes::programs::KERNEL_IO
+        .iter()
+        .map(|k| k.hook_name())
+        .collect();
     Err(probes
         .report
         .iter()
         .filter(|p| io.contains(&p.hook))
         .find_map(|p| match &p.state {
-            AttachState::Skipped(r) | AttachState::Failed(r) | AttachState::Deferred(r) => Some(format!("{}: {r}", p.hook)),
+            AttachState::Skipped(r) | AttachState::Failed(r) | AttachState::Deferred(r) => {
+                Some(format!("{}: {r}", p.hook))
+            }
             AttachState::Attached => None,
         })
         .unwrap_or_else(|| "not attached".into()))
@@ -277,14 +316,21 @@ pub fn render(r: &Report, verbose: bool) -> String {
     for t in &r.tracepoints {
         if verbose || t.state != "attached" {
             let need = if t.required { "required" } else { "optional" };
-            let _ = writeln!(s, "        {:<8} {:<46} {need}: {}", t.state, t.hook, t.detail);
+            let _ = writeln!(
+                s,
+                "        {:<8} {:<46} {need}: {}",
+                t.state, t.hook, t.detail
+            );
         }
     }
     let _ = writeln!(s, "strategy: {}", r.strategy);
     let _ = writeln!(s, "minimum kernel: {}", r.minimum_kernel);
     match &r.capture_problem {
         None => {
-            let _ = writeln!(s, "capture: possible (tracepoint probes; kprobes/fentry not needed)");
+            let _ = writeln!(
+                s,
+                "capture: possible (tracepoint probes; kprobes/fentry not needed)"
+            );
         }
         Some(p) => {
             let _ = writeln!(s, "capture: IMPOSSIBLE: {p}");

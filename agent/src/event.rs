@@ -330,7 +330,14 @@ mod tests {
     #[test]
     fn decodes_data_with_payload() {
         let ev = common::DataEvent {
-            hdr: common::EventHeader { kind: common::kind::DATA, tgid: 7, tid: 8, fd: 3, ts_ns: 20, ..Default::default() },
+            hdr: common::EventHeader {
+                kind: common::kind::DATA,
+                tgid: 7,
+                tid: 8,
+                fd: 3,
+                ts_ns: 20,
+                ..Default::default()
+            },
             enter_ns: 10,
             bytes: 100,
             syscall: common::syscall::WRITEV,
@@ -341,8 +348,13 @@ mod tests {
         };
         let mut b = as_bytes(&ev);
         b.extend_from_slice(b"GET ");
-        let KernelEvent::Data(d) = decode(&b).unwrap() else { panic!("not data") };
-        assert_eq!((d.pid, d.tid, d.fd, d.enter_ns, d.exit_ns, d.bytes), (7, 8, 3, 10, 20, 100));
+        let KernelEvent::Data(d) = decode(&b).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(
+            (d.pid, d.tid, d.fd, d.enter_ns, d.exit_ns, d.bytes),
+            (7, 8, 3, 10, 20, 100)
+        );
         assert_eq!(d.syscall, Syscall::Writev);
         assert_eq!(d.direction, Direction::Egress);
         assert_eq!(d.role, Role::Client);
@@ -354,12 +366,21 @@ mod tests {
     fn rejects_short_and_lying_records() {
         assert_eq!(decode(&[1, 0, 0]).unwrap_err(), DecodeError::Short(3));
         let ev = common::DataEvent {
-            hdr: common::EventHeader { kind: common::kind::DATA, ..Default::default() },
+            hdr: common::EventHeader {
+                kind: common::kind::DATA,
+                ..Default::default()
+            },
             captured: 50,
             ..Default::default()
         };
         let b = as_bytes(&ev);
-        assert!(matches!(decode(&b), Err(DecodeError::PayloadLength { claimed: 50, actual: 0 })));
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::PayloadLength {
+                claimed: 50,
+                actual: 0
+            })
+        ));
         let mut h = as_bytes(&common::ConnEvent::default());
         h[0] = 99;
         assert_eq!(decode(&h).unwrap_err(), DecodeError::UnknownKind(99));
@@ -367,7 +388,12 @@ mod tests {
 
     #[test]
     fn maps_v4_in_v6_tuples_to_v4() {
-        let mut t = common::Tuple { family: 10, lport: 80, rport: 5000, ..Default::default() };
+        let mut t = common::Tuple {
+            family: 10,
+            lport: 80,
+            rport: 5000,
+            ..Default::default()
+        };
         t.laddr[10] = 0xff;
         t.laddr[11] = 0xff;
         t.laddr[12..].copy_from_slice(&[127, 0, 0, 1]);

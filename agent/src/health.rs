@@ -29,17 +29,24 @@ pub fn health_fn(
         let t = pipeline.telemetry();
         let (graph_evicted, resources_evicted) = pipeline.telemetry_drops();
         let disp = &pipeline.dispatch;
-        let (refused_series, expired_series) =
-            registry.lock().map(|r| (r.refused_series, r.expired_series)).unwrap_or_else(|e| (e.get_ref().refused_series, e.get_ref().expired_series));
+        let (refused_series, expired_series) = registry
+            .lock()
+            .map(|r| (r.refused_series, r.expired_series))
+            .unwrap_or_else(|e| (e.get_ref().refused_series, e.get_ref().expired_series));
         let metric = |name, help, kind, labels: Vec<(&'static str, &str)>, v: u64| HealthMetric {
             name,
             help,
             kind,
-            labels: labels.into_iter().map(|(a, b)| (a, b.to_string())).collect(),
+            labels: labels
+                .into_iter()
+                .map(|(a, b)| (a, b.to_string()))
+                .collect(),
             value: v as f64,
         };
         let c = |name, help, labels, v| metric(name, help, "counter", labels, v);
-        let drop = |stage: &'static str, v: u64| c("sonde_dropped_total", DROPS, vec![("stage", stage)], v);
+        let drop = |stage: &'static str, v: u64| {
+            c("sonde_dropped_total", DROPS, vec![("stage", stage)], v)
+        };
         let mut m = vec![
             c("sonde_kernel_events_total", "Records the kernel wrote to the ring buffer.", vec![], k.events),
             c("sonde_events_read_total", "Records user space read from the ring buffer.", vec![], u.ringbuf_records),
@@ -89,15 +96,46 @@ pub fn health_fn(
             c("sonde_unresolved_sockets_total", "Sockets whose tuple could not be found.", vec![], u.unresolved_sockets),
         ];
         for (index, n) in crate::pipeline::ENTRY_INDEXES.iter().zip(&pipeline.entries) {
-            m.push(metric("sonde_pipeline_entries", "Entries held by the pipeline's indexes.", "gauge", vec![("index", index)], n.load(Relaxed)));
+            m.push(metric(
+                "sonde_pipeline_entries",
+                "Entries held by the pipeline's indexes.",
+                "gauge",
+                vec![("index", index)],
+                n.load(Relaxed),
+            ));
         }
         for (spec, p) in REGISTRY.iter().zip(&disp.protocols) {
             let l = || vec![("protocol", spec.name)];
-            m.push(c("sonde_protocol_connections_total", "Connections detected as this protocol.", l(), p.connections.load(Relaxed)));
-            m.push(c("sonde_protocol_records_total", "Records (exchanges, calls, operations) parsed.", l(), p.records.load(Relaxed)));
-            m.push(c("sonde_parse_errors_total", "Protocol bytes rejected by a parser.", l(), p.parse_errors.load(Relaxed)));
-            m.push(c("sonde_unpaired_total", "Requests or responses that could not be paired.", l(), p.unpaired.load(Relaxed)));
-            m.push(c("sonde_parser_gave_up_total", "Connections a parser gave up on (released).", l(), p.gave_up.load(Relaxed)));
+            m.push(c(
+                "sonde_protocol_connections_total",
+                "Connections detected as this protocol.",
+                l(),
+                p.connections.load(Relaxed),
+            ));
+            m.push(c(
+                "sonde_protocol_records_total",
+                "Records (exchanges, calls, operations) parsed.",
+                l(),
+                p.records.load(Relaxed),
+            ));
+            m.push(c(
+                "sonde_parse_errors_total",
+                "Protocol bytes rejected by a parser.",
+                l(),
+                p.parse_errors.load(Relaxed),
+            ));
+            m.push(c(
+                "sonde_unpaired_total",
+                "Requests or responses that could not be paired.",
+                l(),
+                p.unpaired.load(Relaxed),
+            ));
+            m.push(c(
+                "sonde_parser_gave_up_total",
+                "Connections a parser gave up on (released).",
+                l(),
+                p.gave_up.load(Relaxed),
+            ));
         }
         m
     })

@@ -6,18 +6,30 @@ use sonde::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!("sonde: invalid --log filter {:?}: {e}; using \"info\"", cli.log);
+        eprintln!(
+            "sonde: invalid --log filter {:?}: {e}; using \"info\"",
+            cli.log
+        );
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sonde: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let command = cli.command.unwrap_or_else(|| Command::Run(default_run_args()));
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Run(default_run_args()));
     rt.block_on(sonde::commands::dispatch(command))
 }
 

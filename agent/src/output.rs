@@ -82,12 +82,23 @@ pub fn json_line(ev: &StreamEvent, clock: &Clock) -> String {
 }
 
 fn who(c: &ConnInfo) -> String {
-    let ctr = c.process.container_id.as_deref().map(|id| format!(" ctr={}", &id[..12.min(id.len())])).unwrap_or_default();
+    let ctr = c
+        .process
+        .container_id
+        .as_deref()
+        .map(|id| format!(" ctr={}", &id[..12.min(id.len())]))
+        .unwrap_or_default();
     let tuple = match c.tuple {
         Some(t) => format!("{} -> {}", t.local, t.remote),
         None => "? -> ?".into(),
     };
-    format!("{}[{}]{ctr} fd={} {} {tuple}", c.process.comm, c.pid, c.fd, c.role.as_str())
+    format!(
+        "{}[{}]{ctr} fd={} {} {tuple}",
+        c.process.comm,
+        c.pid,
+        c.fd,
+        c.role.as_str()
+    )
 }
 
 pub fn text_line(ev: &StreamEvent, show: usize) -> String {
@@ -105,7 +116,11 @@ fn data_line(c: &ConnInfo, d: &DataRecord, show: usize) -> String {
         crate::event::Direction::Ingress => "<<",
     };
     let shown = &d.payload[..show.min(d.payload.len())];
-    let more = if d.payload.len() > shown.len() || d.truncated() { "..." } else { "" };
+    let more = if d.payload.len() > shown.len() || d.truncated() {
+        "..."
+    } else {
+        ""
+    };
     format!(
         "{arrow} {} {} {}B {:.3}ms \"{}{more}\"",
         who(c),

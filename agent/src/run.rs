@@ -59,8 +59,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Some(t) => match otlp::Client::new(t.clone()) {
             Ok(c) => {
                 tracing::info!(url = %t.url, protocol = ?t.protocol, "exporting traces over OTLP");
-                let (q, task) =
-                    batch::spawn(Arc::new(c), cfg.batch.clone(), export_stats.clone(), stop_rx.clone(), Duration::from_secs(3));
+                let (q, task) = batch::spawn(
+                    Arc::new(c),
+                    cfg.batch.clone(),
+                    export_stats.clone(),
+                    stop_rx.clone(),
+                    Duration::from_secs(3),
+                );
                 tasks.push(task);
                 Some(q)
             }
@@ -72,7 +77,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Some(t) => match otlp::Client::new(t.clone()) {
             Ok(c) => {
                 tracing::info!(url = %t.url, interval = ?cfg.metric_interval, "exporting metrics over OTLP");
-                Some(tokio::spawn(metric_loop(c, registry.clone(), clock, cfg.metric_interval, export_stats.clone(), stop_rx.clone())))
+                Some(tokio::spawn(metric_loop(
+                    c,
+                    registry.clone(),
+                    clock,
+                    cfg.metric_interval,
+                    export_stats.clone(),
+                    stop_rx.clone(),
+                )))
             }
             Err(e) => return fail(e),
         },
@@ -81,11 +93,20 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
     // Container names and images, for resources (absent engines degrade to ids).
     let metadata = crate::metadata::SharedStore::default();
-    let docker_task = tokio::spawn(crate::metadata::docker::follow(metadata.clone(), crate::metadata::docker::socket_path()));
-    let kube_task = tokio::spawn(crate::metadata::kube::start(metadata.clone(), std::env::var("SONDE_NODE_NAME").ok()));
+    let docker_task = tokio::spawn(crate::metadata::docker::follow(
+        metadata.clone(),
+        crate::metadata::docker::socket_path(),
+    ));
+    let kube_task = tokio::spawn(crate::metadata::kube::start(
+        metadata.clone(),
+        std::env::var("SONDE_NODE_NAME").ok(),
+    ));
     let pipeline = Pipeline::new(PipelineConfig {
         relay_processes: cfg.relay_processes.clone(),
-        excluded: Exclusions { processes: cfg.exclude_processes.clone(), namespaces: cfg.exclude_namespaces.clone() },
+        excluded: Exclusions {
+            processes: cfg.exclude_processes.clone(),
+            namespaces: cfg.exclude_namespaces.clone(),
+        },
         metadata: Some(metadata),
         resources: ResourceBuilder::new(cfg.resource_attributes.clone()),
         registry: registry.clone(),
@@ -105,14 +126,30 @@ pub async fn run(args: RunArgs) -> ExitCode {
     });
     let (pipe_stop_tx, pipe_stop_rx) = tokio::sync::watch::channel(false);
     let idle = args.capture.session_config().poll_interval * 3;
-    let sinks = pipeline::Sinks { stdout: cfg.stdout, queue: span_queue };
-    let (pipe, mut pipe_done, pipe_stats) = match pipeline::spawn(pipeline, session.take_events(), sinks, cmd_tx, pipe_stop_rx, idle) {
+    let sinks = pipeline::Sinks {
+        stdout: cfg.stdout,
+        queue: span_queue,
+    };
+    let (pipe, mut pipe_done, pipe_stats) = match pipeline::spawn(
+        pipeline,
+        session.take_events(),
+        sinks,
+        cmd_tx,
+        pipe_stop_rx,
+        idle,
+    ) {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot start the pipeline thread: {e}")),
     };
     if let Some(l) = listener {
         let addr = l.local_addr().ok();
-        let health = crate::health::health_fn(session.stats.clone(), session.kernel_stats(), pipe_stats, export_stats.clone(), registry.clone());
+        let health = crate::health::health_fn(
+            session.stats.clone(),
+            session.kernel_stats(),
+            pipe_stats,
+            export_stats.clone(),
+            registry.clone(),
+        );
         tracing::info!(?addr, "serving Prometheus metrics at /metrics");
         let reg = registry.clone();
         tokio::spawn(async move {
@@ -122,7 +159,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
         });
     }
     describe(&cfg);
-    let attached = session.probe_report.iter().filter(|p| p.state == crate::probes::AttachState::Attached).count();
+    let attached = session
+        .probe_report
+        .iter()
+        .filter(|p| p.state == crate::probes::AttachState::Attached)
+        .count();
     tracing::info!(probes = attached, "capturing; Ctrl-C or SIGTERM to stop");
 
     let stop = shutdown_signal();
@@ -140,10 +181,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let ended = tokio::task::spawn_blocking(move || pipe.join()).await;
     let failure = match ended {
         Ok(Ok(pipeline::Ended::Stopped)) => None,
-        Ok(Ok(pipeline::Ended::InputClosed)) => {
-            Some(session.failure().unwrap_or_else(|| "the capture stream closed unexpectedly".into()))
-        }
-        Ok(Err(panic)) => Some(format!("the pipeline thread panicked: {}", panic_message(&panic))),
+        Ok(Ok(pipeline::Ended::InputClosed)) => Some(
+            session
+                .failure()
+                .unwrap_or_else(|| "the capture stream closed unexpectedly".into()),
+        ),
+        Ok(Err(panic)) => Some(format!(
+            "the pipeline thread panicked: {}",
+            panic_message(&panic)
+        )),
         Err(e) => Some(format!("the pipeline thread could not be joined: {e}")),
     };
     commands_task.abort();
@@ -173,7 +219,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
 /// The text of a panic payload.
 pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 fn describe(cfg: &RunConfig) {
@@ -203,7 +252,11 @@ async fn metric_loop(
             proto::metrics(&reg, clock.unix_ns(monotonic_now()))
         };
         if !req.resource_metrics.is_empty() {
-            let res = tokio::time::timeout(Duration::from_secs(if last { 1 } else { 30 }), client.export_metrics(req)).await;
+            let res = tokio::time::timeout(
+                Duration::from_secs(if last { 1 } else { 30 }),
+                client.export_metrics(req),
+            )
+            .await;
             match res {
                 Ok(Ok(())) => {
                     stats.metric_exports.fetch_add(1, Relaxed);

@@ -10,7 +10,9 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     connections::{procnet, ConnTable, StreamEvent},
-    probes::{KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes, QuietError, SharedSockets},
+    probes::{
+        KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes, QuietError, SharedSockets,
+    },
     reader,
     stats::{Stats, StatsSnapshot},
 };
@@ -87,53 +89,74 @@ impl Session {
         // Its /proc reads (process names, unresolved sockets) block, so the
         // table runs on a thread of the blocking pool, not on a worker.
         let rt = tokio::runtime::Handle::current();
-        let conntrack = tokio::task::spawn_blocking(move || rt.block_on(async move {
-            let mut out = seeded;
-            let mut sweep = tokio::time::interval(Duration::from_secs(10));
-            sweep.tick().await;
-            loop {
-                for ev in out.drain(..) {
-                    match ev {
-                        // Payload may be dropped (counted) when the pipeline
-                        // lags; opens and closes never are: a lost close would
-                        // leak a connection's parser state. They wait for room
-                        // (the reader then drops and counts instead).
-                        StreamEvent::Data(..) => {
-                            if let Err(mpsc::error::TrySendError::Full(_)) = out_tx.try_send(ev) {
-                                Stats::inc(&table_stats.stream_channel_drops);
+        let conntrack = tokio::task::spawn_blocking(move || {
+            rt.block_on(async move {
+                let mut out = seeded;
+                let mut sweep = tokio::time::interval(Duration::from_secs(10));
+                sweep.tick().await;
+                loop {
+                    for ev in out.drain(..) {
+                        match ev {
+                            // Payload may be dropped (counted) when the pipeline
+                            // lags; opens and closes never are: a lost close would
+                            // leak a connection's parser state. They wait for room
+                            // (the reader then drops and counts instead).
+                            StreamEvent::Data(..) => {
+                                if let Err(mpsc::error::TrySendError::Full(_)) = out_tx.try_send(ev)
+                                {
+                                    Stats::inc(&table_stats.stream_channel_drops);
+                                }
                             }
-                        }
-                        _ => {
-                            if out_tx.send(ev).await.is_err() {
-                                return;
+                            _ => {
+                                if out_tx.send(ev).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
+                    if out_tx.is_closed() {
+                        return;
+                    }
+                    tokio::select! {
+                        ev = raw_rx.recv() => match ev {
+                            Some(ev) => table.apply(ev, &mut out),
+                            None => return,
+                        },
+                        _ = sweep.tick() => table.sweep(&mut out),
+                    }
+                    table_stats
+                        .table_entries
+                        .store(table.entries() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
-                if out_tx.is_closed() {
-                    return;
-                }
-                tokio::select! {
-                    ev = raw_rx.recv() => match ev {
-                        Some(ev) => table.apply(ev, &mut out),
-                        None => return,
-                    },
-                    _ = sweep.tick() => table.sweep(&mut out),
-                }
-                table_stats.table_entries.store(table.entries() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-        }));
+            })
+        });
 
         let mut tasks = vec![reader, conntrack];
-        let kernel_io = Arc::new(std::sync::atomic::AtomicBool::new(probes.kernel_io_active()));
+        let kernel_io = Arc::new(std::sync::atomic::AtomicBool::new(
+            probes.kernel_io_active(),
+        ));
         let uring_seen = probes.take_uring_seen();
         let probe_report = probes.report.clone();
         let probes = Arc::new(Mutex::new(probes));
         if let Some(seen) = uring_seen {
             // Weak: dropping the session detaches everything at once.
-            tasks.push(tokio::spawn(attach_when_uring_seen(seen, Arc::downgrade(&probes), kernel_io.clone())));
+            tasks.push(tokio::spawn(attach_when_uring_seen(
+                seen,
+                Arc::downgrade(&probes),
+                kernel_io.clone(),
+            )));
         }
-        Ok(Session { events: out_rx, stats, probe_report, kernel_stats, sockets, owners, tasks, kernel_io, _probes: probes })
+        Ok(Session {
+            events: out_rx,
+            stats,
+            probe_report,
+            kernel_stats,
+            sockets,
+            owners,
+            tasks,
+            kernel_io,
+            _probes: probes,
+        })
     }
 
     /// Takes the event stream (for a consumer on another thread).
@@ -145,12 +168,18 @@ impl Session {
     /// if one did.
     pub fn failure(&mut self) -> Option<String> {
         use futures_util::FutureExt;
-        for (name, t) in ["ring buffer reader", "connection table"].iter().zip(self.tasks.iter_mut()) {
+        for (name, t) in ["ring buffer reader", "connection table"]
+            .iter()
+            .zip(self.tasks.iter_mut())
+        {
             if !t.is_finished() {
                 continue;
             }
             return Some(match t.now_or_never() {
-                Some(Err(e)) if e.is_panic() => format!("the {name} task panicked: {}", crate::run::panic_message(&e.into_panic())),
+                Some(Err(e)) if e.is_panic() => format!(
+                    "the {name} task panicked: {}",
+                    crate::run::panic_message(&e.into_panic())
+                ),
                 _ => format!("the {name} task stopped (see the log above)"),
             });
         }
@@ -165,7 +194,10 @@ impl Session {
     /// Stops payload copying for a connection classified as uninteresting;
     /// its data events keep their timing and byte counts.
     pub fn set_quiet(&self, pid: u32, fd: i32) -> Result<(), QuietError> {
-        self.sockets.lock().unwrap_or_else(|e| e.into_inner()).set_quiet(pid, fd)
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_quiet(pid, fd)
     }
 
     pub fn kernel_counters(&self) -> KernelCounters {
@@ -183,8 +215,16 @@ impl Session {
         let sockets = self.sockets.clone();
         let owners = self.owners.clone();
         move |conn, pid, fd| {
-            if owners.lock().unwrap_or_else(|e| e.into_inner()).get(&(pid, fd)) == Some(&conn) {
-                let _ = sockets.lock().unwrap_or_else(|e| e.into_inner()).set_quiet(pid, fd);
+            if owners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(pid, fd))
+                == Some(&conn)
+            {
+                let _ = sockets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_quiet(pid, fd);
             }
         }
     }
@@ -207,7 +247,11 @@ impl Drop for Session {
 fn scan_filter(p: &ProbeConfig) -> impl Fn(u32) -> bool {
     let me = std::process::id();
     let pids = p.pids.clone();
-    let cgroups: Vec<u64> = p.cgroups.iter().filter_map(|c| crate::probes::cgroup_id(c).ok()).collect();
+    let cgroups: Vec<u64> = p
+        .cgroups
+        .iter()
+        .filter_map(|c| crate::probes::cgroup_id(c).ok())
+        .collect();
     let mount = crate::connections::cgroup::cgroup2_mount();
     move |pid| {
         pid != me
@@ -226,12 +270,17 @@ fn spawn_ebpf_logger(probes: &mut Probes) {
         Ok(logger) => {
             // SAFETY: the logger owns its map fd for as long as the AsyncFd owns it.
             let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
             };
             let Ok(mut fd) = registered else { return };
             tokio::spawn(async move {
                 loop {
-                    let Ok(mut guard) = fd.readable_mut().await else { return };
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
@@ -253,12 +302,16 @@ async fn attach_when_uring_seen(
     while seen.get(&0, 0).unwrap_or(0) == 0 {
         poll.tick().await;
     }
-    let Some(probes) = probes.upgrade() else { return };
+    let Some(probes) = probes.upgrade() else {
+        return;
+    };
     let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
     p.attach_deferred();
     let active = p.kernel_io_active();
     if active {
-        tracing::info!("io_uring is in use on a traced socket: kprobes attached to tcp_sendmsg/tcp_recvmsg");
+        tracing::info!(
+            "io_uring is in use on a traced socket: kprobes attached to tcp_sendmsg/tcp_recvmsg"
+        );
     }
     attached.store(active, std::sync::atomic::Ordering::Relaxed);
 }

@@ -47,21 +47,33 @@ impl ReceivedSpan {
         attr(&self.span.attributes, key)
     }
     pub fn service(&self) -> &str {
-        self.resource.get("service.name").map(String::as_str).unwrap_or("")
+        self.resource
+            .get("service.name")
+            .map(String::as_str)
+            .unwrap_or("")
     }
     pub fn duration_ns(&self) -> u64 {
-        self.span.end_time_unix_nano.saturating_sub(self.span.start_time_unix_nano)
+        self.span
+            .end_time_unix_nano
+            .saturating_sub(self.span.start_time_unix_nano)
     }
 }
 
 /// The value of `key` among `attrs`, rendered as a string.
 pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).map(value_string)
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .map(value_string)
 }
 
 /// Attributes as a map of strings.
 pub fn kv_map<'a>(attrs: impl IntoIterator<Item = &'a KeyValue>) -> HashMap<String, String> {
-    attrs.into_iter().filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?)))).collect()
+    attrs
+        .into_iter()
+        .filter_map(|kv| Some((kv.key.clone(), value_string(kv.value.as_ref()?))))
+        .collect()
 }
 
 pub fn value_string(v: &AnyValue) -> String {
@@ -93,7 +105,10 @@ impl Store {
                 let res = kv_map(rs.resource.iter().flat_map(|r| &r.attributes));
                 for ss in &rs.scope_spans {
                     for s in &ss.spans {
-                        out.push(ReceivedSpan { resource: res.clone(), span: s.clone() });
+                        out.push(ReceivedSpan {
+                            resource: res.clone(),
+                            span: s.clone(),
+                        });
                     }
                 }
             }
@@ -167,7 +182,10 @@ async fn http_traces(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCod
     match ExportTraceServiceRequest::decode(body) {
         Ok(r) => {
             store.traces.lock().unwrap().push(r);
-            (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+            (
+                StatusCode::OK,
+                ExportTraceServiceResponse::default().encode_to_vec(),
+            )
         }
         Err(_) => (StatusCode::BAD_REQUEST, vec![]),
     }
@@ -177,7 +195,10 @@ async fn http_metrics(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCo
     match ExportMetricsServiceRequest::decode(body) {
         Ok(r) => {
             store.metrics.lock().unwrap().push(r);
-            (StatusCode::OK, ExportMetricsServiceResponse::default().encode_to_vec())
+            (
+                StatusCode::OK,
+                ExportMetricsServiceResponse::default().encode_to_vec(),
+            )
         }
         Err(_) => (StatusCode::BAD_REQUEST, vec![]),
     }
@@ -195,7 +216,11 @@ pub struct Receiver {
 impl Receiver {
     /// Binds gRPC and HTTP listeners (port 0 picks free ports) and serves
     /// into `store`, which may be shared with an earlier receiver.
-    pub async fn start(grpc: SocketAddr, http: SocketAddr, store: Arc<Store>) -> std::io::Result<Receiver> {
+    pub async fn start(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        store: Arc<Store>,
+    ) -> std::io::Result<Receiver> {
         let grpc_l = tokio::net::TcpListener::bind(grpc).await?;
         let http_l = tokio::net::TcpListener::bind(http).await?;
         let (grpc_addr, http_addr) = (grpc_l.local_addr()?, http_l.local_addr()?);
@@ -224,7 +249,13 @@ impl Receiver {
                 })
                 .await;
         });
-        Ok(Receiver { store, grpc_addr, http_addr, stop: Some(tx), tasks: vec![g, h] })
+        Ok(Receiver {
+            store,
+            grpc_addr,
+            http_addr,
+            stop: Some(tx),
+            tasks: vec![g, h],
+        })
     }
 
     /// Stops both servers and waits until their listeners are closed.

@@ -11,8 +11,13 @@ async fn main() {
     let http = args.next().unwrap_or_else(|| "127.0.0.1:4318".into());
     let parse = |s: &str| s.parse().unwrap_or_else(|e| panic!("address {s:?}: {e}"));
     let store = Arc::new(Store::default());
-    let r = Receiver::start(parse(&grpc), parse(&http), store.clone()).await.expect("bind");
-    eprintln!("OTLP receiver: gRPC on {}, HTTP on {}", r.grpc_addr, r.http_addr);
+    let r = Receiver::start(parse(&grpc), parse(&http), store.clone())
+        .await
+        .expect("bind");
+    eprintln!(
+        "OTLP receiver: gRPC on {}, HTTP on {}",
+        r.grpc_addr, r.http_addr
+    );
     let mut seen = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -22,15 +22,25 @@ pub const TEST_PACKAGES: &[&str] = &[
 ];
 
 /// Python clients the test services use (from PyPI), and the module each provides.
-pub const PYTHON_PACKAGES: &[(&str, &str)] =
-    &[("psycopg[binary]", "psycopg"), ("pymysql", "pymysql"), ("redis", "redis"), ("mysql-connector-python", "mysql.connector"), ("pika", "pika"), ("kubernetes-validate", "kubernetes_validate")];
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("psycopg[binary]", "psycopg"),
+    ("pymysql", "pymysql"),
+    ("redis", "redis"),
+    ("mysql-connector-python", "mysql.connector"),
+    ("pika", "pika"),
+    ("kubernetes-validate", "kubernetes_validate"),
+];
 
 /// Installs the Python clients that are not importable yet.
 pub fn ensure_python() -> Result<()> {
     let missing: Vec<&str> = PYTHON_PACKAGES
         .iter()
         .filter(|(_, module)| {
-            !Command::new("python3").args(["-c", &format!("import {module}")]).output().map(|o| o.status.success()).unwrap_or(false)
+            !Command::new("python3")
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
         })
         .map(|(pkg, _)| *pkg)
         .collect();
@@ -53,17 +63,28 @@ fn installed(pkg: &str) -> bool {
 pub fn ensure(pkgs: &[&str]) -> Result<()> {
     let mut missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
     // The image may ship python3 outside Debian (pyenv); any python3 will do.
-    if Command::new("python3").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+    if Command::new("python3")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
         missing.push("python3");
     }
     if missing.is_empty() {
         return Ok(());
     }
     if effective_uid() != 0 {
-        bail!("missing Debian packages {missing:?}; install them as root: apt-get install -y {}", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}; install them as root: apt-get install -y {}",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    sh(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive")).context("apt-get update")?;
+    sh(Command::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("apt-get update")?;
     sh(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)

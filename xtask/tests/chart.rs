@@ -13,7 +13,9 @@ fn chart() -> PathBuf {
 fn helm() -> Command {
     let bin = std::env::var_os("SONDE_HELM").unwrap_or_else(|| {
         let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-        PathBuf::from(home).join(".cache/sonde/k8s-tools/helm").into()
+        PathBuf::from(home)
+            .join(".cache/sonde/k8s-tools/helm")
+            .into()
     });
     Command::new(bin)
 }
@@ -21,38 +23,62 @@ fn helm() -> Command {
 /// `helm template` with `--set` values: the documents, or helm's error.
 fn render(sets: &[&str]) -> Result<Vec<Value>, String> {
     let mut cmd = helm();
-    cmd.args(["template", "rel", "--namespace", "observability"]).arg(chart());
+    cmd.args(["template", "rel", "--namespace", "observability"])
+        .arg(chart());
     for s in sets {
         cmd.args(["--set", s]);
     }
-    let out = cmd.output().expect("helm (run through `cargo xtask test`, which installs it)");
+    let out = cmd
+        .output()
+        .expect("helm (run through `cargo xtask test`, which installs it)");
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let text = String::from_utf8(out.stdout).unwrap();
-    Ok(serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).filter(|v| !v.is_null()).collect())
+    Ok(serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect())
 }
 
 use serde::Deserialize;
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} rendered"))
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
 fn strs(v: &Value) -> Vec<String> {
-    v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
-    container["env"].as_sequence()?.iter().find(|e| e["name"] == name)
+    container["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"] == name)
 }
 
 #[test]
 fn lint_is_clean() {
-    let out = helm().args(["lint", "--strict"]).arg(chart()).output().unwrap();
+    let out = helm()
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(!text.contains("[WARNING]") && !text.contains("[ERROR]") && !text.contains("[INFO]"), "{text}");
+    assert!(
+        !text.contains("[WARNING]") && !text.contains("[ERROR]") && !text.contains("[INFO]"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -60,35 +86,74 @@ fn default_daemonset_is_least_privilege_on_every_node() {
     let docs = render(&[]).unwrap();
     let ds = find(&docs, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
-    assert_eq!(pod["hostPID"], true, "the agent must see every process and its own host pid");
+    assert_eq!(
+        pod["hostPID"], true,
+        "the agent must see every process and its own host pid"
+    );
     assert_eq!(pod["hostNetwork"], Value::Null, "no host network needed");
     assert_eq!(pod["priorityClassName"], "system-node-critical");
-    assert_eq!(pod["tolerations"][0]["operator"], "Exists", "all nodes, tainted or not");
+    assert_eq!(
+        pod["tolerations"][0]["operator"], "Exists",
+        "all nodes, tainted or not"
+    );
     let c = &pod["containers"][0];
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
-    assert_eq!(strs(&sc["capabilities"]["add"]), ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]);
+    assert_eq!(
+        strs(&sc["capabilities"]["add"]),
+        ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]
+    );
     assert_eq!(sc["seccompProfile"]["type"], "Unconfined");
     // Mounts: host paths read-only, where the agent looks for them.
-    for (name, path) in [("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"), ("cgroup", "/sys/fs/cgroup")] {
-        let m = c["volumeMounts"].as_sequence().unwrap().iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name} mount"));
-        assert_eq!((m["mountPath"].as_str(), m["readOnly"].as_bool()), (Some(path), Some(true)), "{name}");
-        let v = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == name).unwrap();
+    for (name, path) in [
+        ("tracefs", "/sys/kernel/tracing"),
+        ("debugfs", "/sys/kernel/debug"),
+        ("cgroup", "/sys/fs/cgroup"),
+    ] {
+        let m = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} mount"));
+        assert_eq!(
+            (m["mountPath"].as_str(), m["readOnly"].as_bool()),
+            (Some(path), Some(true)),
+            "{name}"
+        );
+        let v = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap();
         assert_eq!(v["hostPath"]["path"], path);
     }
     // The node name from the downward API, into the resource attributes.
     let node = env(c, "SONDE_NODE_NAME").unwrap();
     assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-    assert_eq!(env(c, "OTEL_RESOURCE_ATTRIBUTES").unwrap()["value"], "k8s.node.name=$(SONDE_NODE_NAME)");
-    assert!(env(c, "OTEL_EXPORTER_OTLP_ENDPOINT").is_none(), "no endpoint by default");
-    assert_eq!(strs(&c["args"]), ["run", "--config", "/etc/sonde/config.toml"]);
+    assert_eq!(
+        env(c, "OTEL_RESOURCE_ATTRIBUTES").unwrap()["value"],
+        "k8s.node.name=$(SONDE_NODE_NAME)"
+    );
+    assert!(
+        env(c, "OTEL_EXPORTER_OTLP_ENDPOINT").is_none(),
+        "no endpoint by default"
+    );
+    assert_eq!(
+        strs(&c["args"]),
+        ["run", "--config", "/etc/sonde/config.toml"]
+    );
     assert_eq!(c["ports"][0]["containerPort"], 9464);
     // The metrics Service selects the DaemonSet's pods; no ServiceMonitor by default.
     let svc = find(&docs, "Service");
-    assert_eq!(svc["spec"]["selector"], ds["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        svc["spec"]["selector"],
+        ds["spec"]["selector"]["matchLabels"]
+    );
     assert!(!docs.iter().any(|d| d["kind"] == "ServiceMonitor"));
 }
 
@@ -100,20 +165,46 @@ fn rbac_reads_pods_and_replicasets_only() {
         .as_sequence()
         .unwrap()
         .iter()
-        .map(|r| (strs(&r["apiGroups"]), strs(&r["resources"]), strs(&r["verbs"])))
+        .map(|r| {
+            (
+                strs(&r["apiGroups"]),
+                strs(&r["resources"]),
+                strs(&r["verbs"]),
+            )
+        })
         .collect();
     let read = vec!["get".to_string(), "list".into(), "watch".into()];
-    assert_eq!(rules, vec![(vec!["".into()], vec!["pods".into()], read.clone()), (vec!["apps".into()], vec!["replicasets".into()], read)]);
+    assert_eq!(
+        rules,
+        vec![
+            (vec!["".into()], vec!["pods".into()], read.clone()),
+            (vec!["apps".into()], vec!["replicasets".into()], read)
+        ]
+    );
     let binding = find(&docs, "ClusterRoleBinding");
     let sa = find(&docs, "ServiceAccount");
     assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
     assert_eq!(binding["subjects"][0]["namespace"], "observability");
     let ds = find(&docs, "DaemonSet");
-    assert_eq!(ds["spec"]["template"]["spec"]["serviceAccountName"], sa["metadata"]["name"]);
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["serviceAccountName"],
+        sa["metadata"]["name"]
+    );
 
-    let docs = render(&["rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=existing"]).unwrap();
-    assert!(!docs.iter().any(|d| ["ClusterRole", "ClusterRoleBinding", "ServiceAccount"].contains(&d["kind"].as_str().unwrap_or(""))));
-    assert_eq!(find(&docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"], "existing");
+    let docs = render(&[
+        "rbac.create=false",
+        "serviceAccount.create=false",
+        "serviceAccount.name=existing",
+    ])
+    .unwrap();
+    assert!(!docs
+        .iter()
+        .any(|d| ["ClusterRole", "ClusterRoleBinding", "ServiceAccount"]
+            .contains(&d["kind"].as_str().unwrap_or(""))));
+    assert_eq!(
+        find(&docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"],
+        "existing"
+    );
 }
 
 #[test]
@@ -135,41 +226,69 @@ fn values_reach_the_agent() {
     .unwrap();
     let ds = find(&docs, "DaemonSet");
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    let value = |n: &str| env(c, n).unwrap_or_else(|| panic!("env {n}"))["value"].as_str().unwrap().to_string();
-    assert_eq!(value("OTEL_EXPORTER_OTLP_ENDPOINT"), "http://collector.obs:4318");
+    let value = |n: &str| {
+        env(c, n).unwrap_or_else(|| panic!("env {n}"))["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "http://collector.obs:4318"
+    );
     assert_eq!(value("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf");
     assert_eq!(value("OTEL_EXPORTER_OTLP_HEADERS"), "x-api-key=secret");
     assert_eq!(value("SONDE_CAPTURE_SIZE"), "512");
-    assert_eq!(value("OTEL_RESOURCE_ATTRIBUTES"), "k8s.cluster.name=prod-eu,k8s.node.name=$(SONDE_NODE_NAME)");
+    assert_eq!(
+        value("OTEL_RESOURCE_ATTRIBUTES"),
+        "k8s.cluster.name=prod-eu,k8s.node.name=$(SONDE_NODE_NAME)"
+    );
     assert_eq!(c["ports"][0]["containerPort"], 9900);
     assert_eq!(ds["spec"]["template"]["spec"]["tolerations"], Value::Null);
     let sm = find(&docs, "ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     // The config file the agent reads (`deny_unknown_fields` there: these are its keys).
-    let config: toml::Table = find(&docs, "ConfigMap")["data"]["config.toml"].as_str().unwrap().parse().unwrap();
+    let config: toml::Table = find(&docs, "ConfigMap")["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(config["prometheus_listen"].as_str(), Some("0.0.0.0:9900"));
     assert_eq!(config["sampler"].as_str(), Some("parentbased_traceidratio"));
     assert_eq!(config["sampler_arg"].as_str(), Some("0.25"));
-    let list = |k: &str| config[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let list = |k: &str| {
+        config[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(list("exclude_processes"), ["envoy", "pause"]);
     assert_eq!(list("exclude_namespaces"), ["kube-system"]);
     assert_eq!(list("relay_processes"), ["docker-proxy"]);
     // A changed config rolls the pods.
     let before = render(&[]).unwrap();
     assert_ne!(
-        find(&before, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+        find(&before, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+            ["checksum/config"],
         ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     );
 
     let secret = render(&["otlp.headersSecret=otlp-auth", "otlp.headers.a=b"]).unwrap();
     let c = &find(&secret, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(env(c, "OTEL_EXPORTER_OTLP_HEADERS").unwrap()["valueFrom"]["secretKeyRef"]["name"], "otlp-auth", "the Secret wins");
+    assert_eq!(
+        env(c, "OTEL_EXPORTER_OTLP_HEADERS").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+        "otlp-auth",
+        "the Secret wins"
+    );
 }
 
 #[test]
 fn privileged_is_an_explicit_escape_hatch() {
     let docs = render(&["privileged=true"]).unwrap();
-    let sc = &find(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    let sc =
+        &find(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["privileged"], true);
     assert_eq!(sc["capabilities"], Value::Null);
 }
@@ -187,7 +306,10 @@ fn the_schema_rejects_bad_values() {
         ("unknownKey=1", "unknownKey"),
     ] {
         let err = render(&[set]).expect_err(set);
-        assert!(err.contains("values don't meet the specifications of the schema"), "{set}: {err}");
+        assert!(
+            err.contains("values don't meet the specifications of the schema"),
+            "{set}: {err}"
+        );
         assert!(err.contains(why), "{set}: the error names {why}: {err}");
     }
 }
@@ -203,24 +325,50 @@ fn validate(manifests: &str) -> (bool, String) {
         .arg(&path)
         .output()
         .expect("kubernetes-validate (PyPI; `cargo xtask test` installs it)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success() && !text.contains("ERROR"), text)
 }
 
 #[test]
 fn rendered_manifests_match_the_kubernetes_schemas() {
-    for sets in [vec![], vec!["privileged=true", "otlp.headersSecret=s", "otlp.endpoint=https://x:4317"]] {
+    for sets in [
+        vec![],
+        vec![
+            "privileged=true",
+            "otlp.headersSecret=s",
+            "otlp.endpoint=https://x:4317",
+        ],
+    ] {
         let docs = render(&sets).unwrap();
-        let text: String = docs.iter().map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap())).collect();
+        let text: String = docs
+            .iter()
+            .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+            .collect();
         let (ok, out) = validate(&text);
         assert!(ok, "{sets:?}: {out}");
-        for kind in ["daemonset", "clusterrole", "clusterrolebinding", "serviceaccount", "configmap", "service"] {
-            assert!(out.contains(&format!("passed for resource {kind}/")), "{kind} validated: {out}");
+        for kind in [
+            "daemonset",
+            "clusterrole",
+            "clusterrolebinding",
+            "serviceaccount",
+            "configmap",
+            "service",
+        ] {
+            assert!(
+                out.contains(&format!("passed for resource {kind}/")),
+                "{kind} validated: {out}"
+            );
         }
     }
     // The validator does reject what Kubernetes would: a misspelt field.
     let docs = render(&[]).unwrap();
-    let text = serde_yaml::to_string(find(&docs, "DaemonSet")).unwrap().replace("hostPID: true", "hostPid: true");
+    let text = serde_yaml::to_string(find(&docs, "DaemonSet"))
+        .unwrap()
+        .replace("hostPID: true", "hostPid: true");
     let (ok, out) = validate(&text);
     assert!(!ok, "a misspelt field must fail: {out}");
 }

@@ -7,7 +7,14 @@
 
 /// Prefixes of container scopes; conmon and other helper scopes are not
 /// containers and are rejected before these are stripped.
-const PREFIXES: [&str; 6] = ["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-", "cri-o-"];
+const PREFIXES: [&str; 6] = [
+    "docker-",
+    "cri-containerd-",
+    "crio-",
+    "libpod-",
+    "containerd-",
+    "cri-o-",
+];
 
 /// Extracts the container id from the whole contents of a cgroup file.
 pub fn container_id(cgroup_file: &str) -> Option<String> {
@@ -39,7 +46,8 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mounts.lines().find_map(|l| {
         let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(Into::into))?
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(Into::into))?
     })
 }
 
@@ -49,11 +57,15 @@ pub fn cgroup2_id_of(pid: u32, mount: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let f = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = f.lines().find_map(|l| l.strip_prefix("0::"))?;
-    std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+    std::fs::metadata(mount.join(path.trim_start_matches('/')))
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -90,20 +102,36 @@ kubepods-burstable-pod1f2e3d4c_5b6a_7980_a1b2_c3d4e5f6a7b8.slice/cri-containerd-
     fn cri_o_but_not_its_conmon() {
         let f = "0::/kubepods.slice/kubepods-pod1.slice/crio-ID.scope";
         assert_eq!(id(f).as_deref(), Some(ID));
-        assert_eq!(id("0::/kubepods.slice/kubepods-pod1.slice/crio-conmon-ID.scope"), None);
+        assert_eq!(
+            id("0::/kubepods.slice/kubepods-pod1.slice/crio-conmon-ID.scope"),
+            None
+        );
     }
 
     #[test]
     fn podman_forms() {
-        assert_eq!(id("0::/machine.slice/libpod-ID.scope/container").as_deref(), Some(ID));
-        assert_eq!(id("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-ID.scope").as_deref(), Some(ID));
-        assert_eq!(id("1:name=systemd:/libpod_parent/libpod-ID").as_deref(), Some(ID));
+        assert_eq!(
+            id("0::/machine.slice/libpod-ID.scope/container").as_deref(),
+            Some(ID)
+        );
+        assert_eq!(
+            id("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-ID.scope")
+                .as_deref(),
+            Some(ID)
+        );
+        assert_eq!(
+            id("1:name=systemd:/libpod_parent/libpod-ID").as_deref(),
+            Some(ID)
+        );
         assert_eq!(id("0::/machine.slice/libpod-conmon-ID.scope"), None);
     }
 
     #[test]
     fn nested_init_scope_belongs_to_the_container() {
-        assert_eq!(id("0::/system.slice/docker-ID.scope/init.scope").as_deref(), Some(ID));
+        assert_eq!(
+            id("0::/system.slice/docker-ID.scope/init.scope").as_deref(),
+            Some(ID)
+        );
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub struct ProcessInfo {
 impl ProcessInfo {
     /// Whether one of `names` names this process (its comm or executable).
     pub fn named(&self, names: &[String]) -> bool {
-        names.iter().any(|n| *n == self.comm || self.exe_name.as_deref() == Some(n))
+        names
+            .iter()
+            .any(|n| *n == self.comm || self.exe_name.as_deref() == Some(n))
     }
 
     /// Reads what /proc offers; a process that already exited gets a bare record.
@@ -94,7 +96,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         if let (b'%', Some(Ok(v))) = (b[i], hex.map(|h| u8::from_str_radix(h, 16))) {
             out.push(v);
             i += 3;
@@ -123,7 +127,6 @@ fn otel_env(env: &[u8]) -> (Option<String>, Vec<(String, String)>) {
     (name, attrs)
 }
 
-
 /// Inode of a process's network namespace, from the `net:[N]` link.
 pub fn netns_of(pid: u32) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
@@ -141,7 +144,10 @@ impl ProcessCache {
     /// The process's info; `comm` (from the kernel record) names it when
     /// it has already exited and /proc has nothing.
     pub fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
-        let entry = self.by_pid.entry(pid).or_insert_with(|| Arc::new(ProcessInfo::read(pid)));
+        let entry = self
+            .by_pid
+            .entry(pid)
+            .or_insert_with(|| Arc::new(ProcessInfo::read(pid)));
         if entry.comm.is_empty() && !comm.is_empty() {
             Arc::make_mut(entry).comm = comm.to_string();
         }
@@ -188,7 +194,8 @@ mod tests {
 
     #[test]
     fn start_ticks_survive_odd_command_names() {
-        let stat = "42 (we (ird) name) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let stat =
+            "42 (we (ird) name) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_start_ticks(stat), Some(987654));
         assert_eq!(parse_start_ticks("garbage"), None);
     }

@@ -42,22 +42,37 @@ impl NetTables {
             .filter(|e| e.state == TcpState::Listen)
             .map(|e| e.local_address)
             .collect();
-        let by_inode = entries.into_iter().filter(|e| e.inode != 0).map(|e| (e.inode, e)).collect();
-        Some(NetTables { by_inode, listening })
+        let by_inode = entries
+            .into_iter()
+            .filter(|e| e.inode != 0)
+            .map(|e| (e.inode, e))
+            .collect();
+        Some(NetTables {
+            by_inode,
+            listening,
+        })
     }
 
     /// A connection is the server end when its local port is listened on,
     /// at its address or at the wildcard address.
     fn role_of(&self, local: SocketAddr) -> Role {
-        let served = self.listening.iter().any(|l| {
-            l.port() == local.port() && (l.ip() == local.ip() || l.ip().is_unspecified())
-        });
-        if served { Role::Server } else { Role::Client }
+        let served = self
+            .listening
+            .iter()
+            .any(|l| l.port() == local.port() && (l.ip() == local.ip() || l.ip().is_unspecified()));
+        if served {
+            Role::Server
+        } else {
+            Role::Client
+        }
     }
 }
 
 fn tuple_of(e: &TcpNetEntry) -> SocketTuple {
-    SocketTuple { local: unmap(e.local_address), remote: unmap(e.remote_address) }
+    SocketTuple {
+        local: unmap(e.local_address),
+        remote: unmap(e.remote_address),
+    }
 }
 
 /// Dual-stack sockets list IPv4 peers as ::ffff:a.b.c.d; the kernel events use
@@ -73,14 +88,19 @@ fn unmap(a: SocketAddr) -> SocketAddr {
 }
 
 fn connected(state: &TcpState) -> bool {
-    !matches!(state, TcpState::Listen | TcpState::Close | TcpState::TimeWait)
+    !matches!(
+        state,
+        TcpState::Listen | TcpState::Close | TcpState::TimeWait
+    )
 }
 
 /// Scans the processes `wanted` accepts for TCP sockets.
 pub fn scan(wanted: impl Fn(u32) -> bool) -> ScanResult {
     let mut out = ScanResult::default();
     let mut tables: HashMap<u64, Option<NetTables>> = HashMap::new();
-    let Ok(procs) = procfs::process::all_processes() else { return out };
+    let Ok(procs) = procfs::process::all_processes() else {
+        return out;
+    };
     for p in procs.flatten() {
         let pid = p.pid as u32;
         if !wanted(pid) {
@@ -97,16 +117,26 @@ pub fn scan(wanted: impl Fn(u32) -> bool) -> ScanResult {
         if sockets.is_empty() {
             continue;
         }
-        let Some(ns) = super::process::netns_of(pid) else { continue };
+        let Some(ns) = super::process::netns_of(pid) else {
+            continue;
+        };
         let t = tables.entry(ns).or_insert_with(|| NetTables::read(&p));
         let Some(t) = t else { continue };
         for (fd, inode) in sockets {
-            let Some(e) = t.by_inode.get(&inode) else { continue }; // not TCP
+            let Some(e) = t.by_inode.get(&inode) else {
+                continue;
+            }; // not TCP
             if e.state == TcpState::Listen {
                 out.listeners.push((pid, fd, e.local_address.port()));
             } else if connected(&e.state) {
                 let tuple = tuple_of(e);
-                out.sockets.push(FoundSocket { pid, fd, inode, tuple, role: t.role_of(tuple.local) });
+                out.sockets.push(FoundSocket {
+                    pid,
+                    fd,
+                    inode,
+                    tuple,
+                    role: t.role_of(tuple.local),
+                });
             }
         }
     }
@@ -117,7 +147,12 @@ pub fn scan(wanted: impl Fn(u32) -> bool) -> ScanResult {
 /// tables. None when the fd is gone or is not a TCP socket.
 pub fn resolve(pid: u32, fd: i32) -> Option<FoundSocket> {
     let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode: u64 = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
+    let inode: u64 = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
     let p = Process::new(pid as i32).ok()?;
     let t = NetTables::read(&p)?;
     let e = t.by_inode.get(&inode)?;
@@ -125,7 +160,13 @@ pub fn resolve(pid: u32, fd: i32) -> Option<FoundSocket> {
         return None;
     }
     let tuple = tuple_of(e);
-    Some(FoundSocket { pid, fd, inode, tuple, role: t.role_of(tuple.local) })
+    Some(FoundSocket {
+        pid,
+        fd,
+        inode,
+        tuple,
+        role: t.role_of(tuple.local),
+    })
 }
 
 /// Whether `fd` of `pid` is still a socket (after exec, CLOEXEC ones are not).

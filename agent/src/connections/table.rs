@@ -60,7 +60,10 @@ pub enum StreamEvent {
 impl StreamEvent {
     pub fn conn(&self) -> &ConnInfo {
         match self {
-            StreamEvent::Open(c) | StreamEvent::Tuple(c) | StreamEvent::Data(c, _) | StreamEvent::Close(c, _) => c,
+            StreamEvent::Open(c)
+            | StreamEvent::Tuple(c)
+            | StreamEvent::Data(c, _)
+            | StreamEvent::Close(c, _) => c,
         }
     }
 }
@@ -154,7 +157,14 @@ impl<R: SocketRegistry> ConnTable<R> {
             self.listeners.insert((pid, fd), port);
         }
         for s in &scan.sockets {
-            self.registry.track(s.pid, s.fd, SockInfo { role: raw(s.role), ..Default::default() });
+            self.registry.track(
+                s.pid,
+                s.fd,
+                SockInfo {
+                    role: raw(s.role),
+                    ..Default::default()
+                },
+            );
             let c = self.open(s.pid, s.fd, s.role, 0, "", out);
             c.info.tuple = Some(s.tuple);
             c.info.preexisting = true;
@@ -185,7 +195,15 @@ impl<R: SocketRegistry> ConnTable<R> {
     }
 
     /// Creates a connection, closing a stale one on the same (pid, fd).
-    fn open(&mut self, pid: u32, fd: i32, role: Role, ts: u64, comm: &str, out: &mut Vec<StreamEvent>) -> &mut Conn {
+    fn open(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        role: Role,
+        ts: u64,
+        comm: &str,
+        out: &mut Vec<StreamEvent>,
+    ) -> &mut Conn {
         if self.conns.contains_key(&(pid, fd)) {
             // The fd was reused without us seeing close: end the old one. Its
             // kernel entry already belongs to the new socket: keep it.
@@ -203,15 +221,23 @@ impl<R: SocketRegistry> ConnTable<R> {
             peer_is_agent: false,
         };
         self.next_id += 1;
-        self.owners.lock().unwrap_or_else(|e| e.into_inner()).insert((pid, fd), info.id);
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((pid, fd), info.id);
         Stats::inc(&self.stats.connections_opened);
-        self.conns.entry((pid, fd)).or_insert(Conn { info, confirmed: false, resolve_tried: false })
+        self.conns.entry((pid, fd)).or_insert(Conn {
+            info,
+            confirmed: false,
+            resolve_tried: false,
+        })
     }
 
     fn on_connect(&mut self, c: ConnRecord, out: &mut Vec<StreamEvent>) {
         let key = (c.pid, c.fd);
         // A Tuple record that raced ahead of its connect() made a provisional entry.
-        let provisional = matches!(self.conns.get(&key), Some(x) if !x.confirmed && x.info.role == Role::Client);
+        let provisional =
+            matches!(self.conns.get(&key), Some(x) if !x.confirmed && x.info.role == Role::Client);
         if !provisional {
             self.open(c.pid, c.fd, Role::Client, c.ts_ns, &c.comm.as_string(), out);
         }
@@ -225,10 +251,17 @@ impl<R: SocketRegistry> ConnTable<R> {
             // Remote only for now; the Tuple record completes it.
             if let Some(remote) = c.remote {
                 let unspecified = SocketAddr::new(
-                    if remote.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() },
+                    if remote.is_ipv4() {
+                        [0u8; 4].into()
+                    } else {
+                        [0u16; 8].into()
+                    },
                     0,
                 );
-                conn.info.tuple = Some(SocketTuple { local: unspecified, remote });
+                conn.info.tuple = Some(SocketTuple {
+                    local: unspecified,
+                    remote,
+                });
             }
         }
         out.push(StreamEvent::Open(conn.info.clone()));
@@ -283,7 +316,11 @@ impl<R: SocketRegistry> ConnTable<R> {
     /// network namespaces) are ambiguous and left to /proc.
     fn claim_pending(&mut self, pid: u32, listen_fd: i32) -> Option<SocketTuple> {
         let port = *self.listeners.get(&(pid, listen_fd))?;
-        let mut matches = self.pending.iter().enumerate().filter(|(_, (_, t))| t.local.port() == port);
+        let mut matches = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, t))| t.local.port() == port);
         let (i, _) = matches.next()?;
         if matches.next().is_some() {
             return None;
@@ -303,7 +340,14 @@ impl<R: SocketRegistry> ConnTable<R> {
             match procnet::resolve(c.pid, c.fd) {
                 Some(found) => {
                     if !c.tcp_confirmed() {
-                        self.registry.track(c.pid, c.fd, SockInfo { role: raw_role::SERVER, ..Default::default() });
+                        self.registry.track(
+                            c.pid,
+                            c.fd,
+                            SockInfo {
+                                role: raw_role::SERVER,
+                                ..Default::default()
+                            },
+                        );
                         let port = found.tuple.local.port();
                         self.registry.track_listener(c.pid, c.listen_fd, port);
                         self.listeners.insert((c.pid, c.listen_fd), port);
@@ -331,7 +375,10 @@ impl<R: SocketRegistry> ConnTable<R> {
             if found.is_none() {
                 Stats::inc(&self.stats.unresolved_sockets);
             }
-            let role = found.as_ref().map_or(role, |f| if role == Role::Unknown { f.role } else { role });
+            let role =
+                found
+                    .as_ref()
+                    .map_or(role, |f| if role == Role::Unknown { f.role } else { role });
             let conn = self.open(d.pid, d.fd, role, d.enter_ns, &d.comm.as_string(), out);
             conn.confirmed = true;
             conn.resolve_tried = true;
@@ -339,7 +386,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             out.push(StreamEvent::Open(conn.info.clone()));
         }
         let conn = self.conns.get_mut(&key).expect("present");
-        let incomplete = conn.info.tuple.map_or(true, |t| t.local.port() == 0);
+        let incomplete = conn.info.tuple.is_none_or(|t| t.local.port() == 0);
         if incomplete && !conn.resolve_tried {
             conn.resolve_tried = true;
             if let Some(found) = procnet::resolve(d.pid, d.fd) {
@@ -362,21 +409,32 @@ impl<R: SocketRegistry> ConnTable<R> {
             if untrack == Untrack::Yes {
                 self.registry.untrack(pid, fd);
             }
-            self.owners.lock().unwrap_or_else(|e| e.into_inner()).remove(&(pid, fd));
+            self.owners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(pid, fd));
             Stats::inc(&self.stats.connections_closed);
             out.push(StreamEvent::Close(conn.info, ts));
         }
     }
 
     fn fds_of(&self, pid: u32) -> Vec<i32> {
-        self.conns.range((pid, i32::MIN)..=(pid, i32::MAX)).map(|(&(_, fd), _)| fd).collect()
+        self.conns
+            .range((pid, i32::MIN)..=(pid, i32::MAX))
+            .map(|(&(_, fd), _)| fd)
+            .collect()
     }
 
     fn on_exit(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
         for fd in self.fds_of(pid) {
             self.close(pid, fd, ts, Untrack::Yes, out);
         }
-        let listeners: Vec<_> = self.listeners.keys().filter(|(p, _)| *p == pid).copied().collect();
+        let listeners: Vec<_> = self
+            .listeners
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .copied()
+            .collect();
         for (p, fd) in listeners {
             self.listeners.remove(&(p, fd));
             self.registry.untrack_listener(p, fd);

@@ -17,7 +17,8 @@ struct Recorder {
 
 impl SocketRegistry for Recorder {
     fn track(&mut self, pid: u32, fd: i32, info: SockInfo) {
-        self.calls.push(format!("track {pid} {fd} role={}", info.role));
+        self.calls
+            .push(format!("track {pid} {fd} role={}", info.role));
     }
     fn untrack(&mut self, pid: u32, fd: i32) {
         self.calls.push(format!("untrack {pid} {fd}"));
@@ -31,7 +32,11 @@ impl SocketRegistry for Recorder {
 fn table() -> ConnTable<Recorder> {
     let mut t = ConnTable::new(Recorder::default(), Arc::new(Stats::default()));
     for pid in [PID, OTHER] {
-        t.processes().insert(ProcessInfo { pid, comm: format!("p{pid}"), ..Default::default() });
+        t.processes().insert(ProcessInfo {
+            pid,
+            comm: format!("p{pid}"),
+            ..Default::default()
+        });
     }
     t
 }
@@ -55,7 +60,10 @@ fn conn(kind: ConnKind, pid: u32, fd: i32) -> ConnRecord {
 }
 
 fn tuple(local: &str, remote: &str) -> SocketTuple {
-    SocketTuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() }
+    SocketTuple {
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+    }
 }
 
 fn data(pid: u32, fd: i32, payload: &[u8]) -> KernelEvent {
@@ -87,7 +95,9 @@ fn connect_then_tuple_completes_the_connection() {
     let mut c = conn(ConnKind::Connect, PID, 5);
     c.remote = Some("10.0.0.1:80".parse().unwrap());
     let out = apply(&mut t, KernelEvent::Conn(c));
-    let [StreamEvent::Open(info)] = out.as_slice() else { panic!("{out:?}") };
+    let [StreamEvent::Open(info)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
     assert_eq!(info.role, Role::Client);
     assert_eq!(info.remote(), Some("10.0.0.1:80".parse().unwrap()));
     assert_eq!(info.process.comm, format!("p{PID}"));
@@ -95,11 +105,18 @@ fn connect_then_tuple_completes_the_connection() {
     let mut tu = conn(ConnKind::Tuple, PID, 5);
     tu.tuple = Some(tuple("10.0.0.2:4000", "10.0.0.1:80"));
     let out = apply(&mut t, KernelEvent::Conn(tu));
-    let [StreamEvent::Tuple(known)] = out.as_slice() else { panic!("the completed tuple is announced: {out:?}") };
-    assert_eq!((known.id, known.tuple), (info.id, Some(tuple("10.0.0.2:4000", "10.0.0.1:80"))));
+    let [StreamEvent::Tuple(known)] = out.as_slice() else {
+        panic!("the completed tuple is announced: {out:?}")
+    };
+    assert_eq!(
+        (known.id, known.tuple),
+        (info.id, Some(tuple("10.0.0.2:4000", "10.0.0.1:80")))
+    );
 
     let out = apply(&mut t, data(PID, 5, b"GET /"));
-    let [StreamEvent::Data(info2, d)] = out.as_slice() else { panic!("{out:?}") };
+    let [StreamEvent::Data(info2, d)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
     assert_eq!(info2.id, info.id);
     assert_eq!(info2.tuple, Some(tuple("10.0.0.2:4000", "10.0.0.1:80")));
     assert_eq!(d.payload, b"GET /");
@@ -112,7 +129,9 @@ fn tuple_racing_ahead_of_connect_makes_one_connection() {
     tu.tuple = Some(tuple("127.0.0.1:5000", "127.0.0.1:80"));
     assert!(apply(&mut t, KernelEvent::Conn(tu)).is_empty());
     let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 7)));
-    let [StreamEvent::Open(info)] = out.as_slice() else { panic!("{out:?}") };
+    let [StreamEvent::Open(info)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
     assert_eq!(info.tuple, Some(tuple("127.0.0.1:5000", "127.0.0.1:80")));
     assert_eq!(t.len(), 1);
     assert_eq!(t.stats.connections_opened.load(Relaxed), 1);
@@ -124,7 +143,9 @@ fn accept_with_kernel_tuple_is_a_server_connection() {
     let mut a = conn(ConnKind::Accept, PID, 9);
     a.tuple = Some(tuple("127.0.0.1:80", "127.0.0.1:5000"));
     let out = apply(&mut t, KernelEvent::Conn(a));
-    let [StreamEvent::Open(info)] = out.as_slice() else { panic!("{out:?}") };
+    let [StreamEvent::Open(info)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
     assert_eq!(info.role, Role::Server);
     assert_eq!(info.tuple, Some(tuple("127.0.0.1:80", "127.0.0.1:5000")));
     // The kernel already tracks confirmed sockets: no extra registry writes.
@@ -160,10 +181,15 @@ fn fd_reuse_without_close_starts_a_new_connection() {
     let mut t = table();
     let first = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 5)));
     let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 5)));
-    let [StreamEvent::Close(old, _), StreamEvent::Open(new)] = out.as_slice() else { panic!("{out:?}") };
+    let [StreamEvent::Close(old, _), StreamEvent::Open(new)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
     assert_eq!(old.id, first[0].conn().id);
     assert_ne!(new.id, old.id);
-    assert!(t.registry.calls.is_empty(), "the kernel entry is the new socket's");
+    assert!(
+        t.registry.calls.is_empty(),
+        "the kernel entry is the new socket's"
+    );
     assert_eq!(t.owners().lock().unwrap().get(&(PID, 5)), Some(&new.id));
 }
 
@@ -179,7 +205,10 @@ fn process_exit_closes_only_that_process() {
     assert_eq!(closed, vec![(PID, 3), (PID, 4)]);
     assert_eq!(t.len(), 1);
     // No close() ran in the kernel: its entries go from here.
-    assert_eq!(t.registry.calls, vec![format!("untrack {PID} 3"), format!("untrack {PID} 4")]);
+    assert_eq!(
+        t.registry.calls,
+        vec![format!("untrack {PID} 3"), format!("untrack {PID} 4")]
+    );
 }
 
 #[test]
@@ -188,7 +217,10 @@ fn connections_from_the_agent_itself_are_marked() {
     let mut own = conn(ConnKind::Tuple, 1, -1);
     own.flags |= sonde_common::conn_flags::OWN;
     own.tuple = Some(tuple("127.0.0.1:43000", "127.0.0.1:4317"));
-    assert!(apply(&mut t, KernelEvent::Conn(own.clone())).is_empty(), "no connection for the agent's socket");
+    assert!(
+        apply(&mut t, KernelEvent::Conn(own.clone())).is_empty(),
+        "no connection for the agent's socket"
+    );
     let mut a = conn(ConnKind::Accept, PID, 9);
     a.tuple = Some(tuple("127.0.0.1:4317", "127.0.0.1:43000"));
     let out = apply(&mut t, KernelEvent::Conn(a.clone()));
@@ -215,7 +247,9 @@ fn sweep_removes_connections_of_dead_processes() {
 fn data_for_an_unknown_socket_opens_it_and_counts_the_miss() {
     let mut t = table();
     let out = apply(&mut t, data(PID, 11, b"x"));
-    let [StreamEvent::Open(o), StreamEvent::Data(d, _)] = out.as_slice() else { panic!("{out:?}") };
+    let [StreamEvent::Open(o), StreamEvent::Data(d, _)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
     assert_eq!(o.id, d.id);
     assert_eq!(o.role, Role::Client); // the kernel's role
     assert_eq!(t.stats.unresolved_sockets.load(Relaxed), 1);
@@ -236,9 +270,17 @@ fn seed_registers_preexisting_sockets_in_kernel_and_table() {
     };
     let mut out = vec![];
     t.seed(&scan, &mut out);
-    assert_eq!(t.registry.calls, vec![format!("listener {PID} 3 :80"), format!("track {PID} 4 role=2")]);
+    assert_eq!(
+        t.registry.calls,
+        vec![
+            format!("listener {PID} 3 :80"),
+            format!("track {PID} 4 role=2")
+        ]
+    );
     let out = apply(&mut t, data(PID, 4, b"HTTP/1.1 200 OK"));
-    let [StreamEvent::Data(info, _)] = out.as_slice() else { panic!("{out:?}") };
+    let [StreamEvent::Data(info, _)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
     assert!(info.preexisting);
     assert_eq!(info.role, Role::Server);
 }
@@ -256,7 +298,12 @@ fn estab(t: &mut ConnTable<Recorder>, ts: u64, local: &str, remote: &str) {
     apply(t, KernelEvent::Conn(e));
 }
 
-fn accept_null(t: &mut ConnTable<Recorder>, pid: u32, listen_fd: i32, fd: i32) -> Option<SocketTuple> {
+fn accept_null(
+    t: &mut ConnTable<Recorder>,
+    pid: u32,
+    listen_fd: i32,
+    fd: i32,
+) -> Option<SocketTuple> {
     let mut a = conn(ConnKind::Accept, pid, fd);
     a.listen_fd = listen_fd;
     a.ts_ns = 150;
@@ -273,7 +320,10 @@ fn accept_without_sockaddr_takes_the_only_pending_tuple_of_its_port() {
     listen(&mut t, PID, 3, 8080);
     estab(&mut t, 100, "127.0.0.1:9999", "127.0.0.1:1111"); // another port
     estab(&mut t, 110, "127.0.0.1:8080", "127.0.0.1:2222");
-    assert_eq!(accept_null(&mut t, PID, 3, 10), Some(tuple("127.0.0.1:8080", "127.0.0.1:2222")));
+    assert_eq!(
+        accept_null(&mut t, PID, 3, 10),
+        Some(tuple("127.0.0.1:8080", "127.0.0.1:2222"))
+    );
     // Claimed: a second accept has nothing left to take.
     assert_eq!(accept_null(&mut t, PID, 3, 11), None);
 }
@@ -296,7 +346,10 @@ fn accepts_with_a_tuple_clear_their_pending_entry() {
     let mut a = conn(ConnKind::Accept, PID, 10);
     a.tuple = Some(tuple("127.0.0.1:8080", "127.0.0.1:2222"));
     apply(&mut t, KernelEvent::Conn(a));
-    assert_eq!(accept_null(&mut t, PID, 3, 11), Some(tuple("127.0.0.1:8080", "127.0.0.1:3333")));
+    assert_eq!(
+        accept_null(&mut t, PID, 3, 11),
+        Some(tuple("127.0.0.1:8080", "127.0.0.1:3333"))
+    );
 }
 
 #[test]
@@ -304,6 +357,14 @@ fn stale_pending_tuples_expire() {
     let mut t = table();
     listen(&mut t, PID, 3, 8080);
     estab(&mut t, 100, "127.0.0.1:8080", "127.0.0.1:2222"); // never accepted by us
-    estab(&mut t, 100 + PENDING_TTL_NS, "127.0.0.1:8080", "127.0.0.1:3333");
-    assert_eq!(accept_null(&mut t, PID, 3, 10), Some(tuple("127.0.0.1:8080", "127.0.0.1:3333")));
+    estab(
+        &mut t,
+        100 + PENDING_TTL_NS,
+        "127.0.0.1:8080",
+        "127.0.0.1:3333",
+    );
+    assert_eq!(
+        accept_null(&mut t, PID, 3, 10),
+        Some(tuple("127.0.0.1:8080", "127.0.0.1:3333"))
+    );
 }

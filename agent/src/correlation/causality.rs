@@ -89,7 +89,13 @@ impl Linker {
             list.remove(0);
             self.evicted += 1;
         }
-        list.push(InFlight { conn, source, tid, since_ns, ctx });
+        list.push(InFlight {
+            conn,
+            source,
+            tid,
+            since_ns,
+            ctx,
+        });
         ctx
     }
 
@@ -113,7 +119,13 @@ impl Linker {
     /// its own trace (no parent) joins `parent`'s instead. Returns false if
     /// there is no such request (answered already, or it had a parent).
     pub fn adopt(&mut self, pid: u32, conn: u64, parent: &SpanCtx) -> bool {
-        let Some(f) = self.by_pid.get_mut(&pid).and_then(|l| l.iter_mut().find(|f| f.conn == conn)) else { return false };
+        let Some(f) = self
+            .by_pid
+            .get_mut(&pid)
+            .and_then(|l| l.iter_mut().find(|f| f.conn == conn))
+        else {
+            return false;
+        };
         if f.ctx.parent_span_id.is_some() {
             return false;
         }
@@ -136,7 +148,9 @@ impl Linker {
     /// The request a client call of `pid` on thread `tid`, started at
     /// `start_ns`, belongs to.
     pub fn parent_of(&self, pid: u32, tid: u32, start_ns: u64) -> Parent {
-        let Some(list) = self.by_pid.get(&pid) else { return Parent::None };
+        let Some(list) = self.by_pid.get(&pid) else {
+            return Parent::None;
+        };
         let begun = || list.iter().filter(|f| f.since_ns <= start_ns);
         let mut same_thread = begun().filter(|f| f.tid == tid);
         if let Some(first) = same_thread.next() {
@@ -174,15 +188,38 @@ mod tests {
         let mut l = Linker::default();
         let a = started(&mut l, 1, 10, 100, 5);
         let b = started(&mut l, 1, 11, 101, 6);
-        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(a, Evidence::SameThread), "thread 100 handles request a");
-        assert_eq!(l.parent_of(1, 101, 7), Parent::Request(b, Evidence::SameThread));
-        assert_eq!(l.parent_of(1, 999, 7), Parent::Ambiguous, "two in flight, other thread");
-        assert_eq!(l.parent_of(1, 100, 4), Parent::None, "a call before the request arrived is not its child");
+        assert_eq!(
+            l.parent_of(1, 100, 7),
+            Parent::Request(a, Evidence::SameThread),
+            "thread 100 handles request a"
+        );
+        assert_eq!(
+            l.parent_of(1, 101, 7),
+            Parent::Request(b, Evidence::SameThread)
+        );
+        assert_eq!(
+            l.parent_of(1, 999, 7),
+            Parent::Ambiguous,
+            "two in flight, other thread"
+        );
+        assert_eq!(
+            l.parent_of(1, 100, 4),
+            Parent::None,
+            "a call before the request arrived is not its child"
+        );
         assert_eq!(l.request_finished(1, 11), Some(b));
-        assert_eq!(l.parent_of(1, 999, 7), Parent::Request(a, Evidence::OnlyInFlight), "the only request in flight (event loop, worker thread)");
+        assert_eq!(
+            l.parent_of(1, 999, 7),
+            Parent::Request(a, Evidence::OnlyInFlight),
+            "the only request in flight (event loop, worker thread)"
+        );
         assert_eq!(l.parent_of(2, 100, 7), Parent::None, "other process");
         l.connection_closed(1, 10);
-        assert_eq!(l.parent_of(1, 100, 7), Parent::None, "outside any request: a root");
+        assert_eq!(
+            l.parent_of(1, 100, 7),
+            Parent::None,
+            "outside any request: a root"
+        );
     }
 
     #[test]
@@ -192,30 +229,56 @@ mod tests {
         l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
         l.request_started(1, 11, 3, 100, 6, None, &Sampler::AlwaysOn);
         let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
-        assert_eq!(l.parent_of(1, 100, 7), Parent::Request(first, Evidence::SameThread));
+        assert_eq!(
+            l.parent_of(1, 100, 7),
+            Parent::Request(first, Evidence::SameThread)
+        );
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, 100, 8), Parent::Request(second, Evidence::SameThread));
+        assert_eq!(
+            l.parent_of(1, 100, 8),
+            Parent::Request(second, Evidence::SameThread)
+        );
     }
 
     #[test]
     fn an_event_loop_serving_two_connections_at_once_is_ambiguous() {
         let mut l = Linker::default();
         let a = started(&mut l, 1, 10, 100, 5);
-        assert_eq!(l.parent_of(1, 100, 6), Parent::Request(a, Evidence::SameThread), "b not read yet: a's call");
+        assert_eq!(
+            l.parent_of(1, 100, 6),
+            Parent::Request(a, Evidence::SameThread),
+            "b not read yet: a's call"
+        );
         let b = started(&mut l, 1, 11, 100, 7);
-        assert_eq!(l.parent_of(1, 100, 8), Parent::Ambiguous, "a and b in flight on one thread");
+        assert_eq!(
+            l.parent_of(1, 100, 8),
+            Parent::Ambiguous,
+            "a and b in flight on one thread"
+        );
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, 100, 9), Parent::Request(b, Evidence::SameThread), "a answered: b's call");
+        assert_eq!(
+            l.parent_of(1, 100, 9),
+            Parent::Request(b, Evidence::SameThread),
+            "a answered: b's call"
+        );
     }
 
     #[test]
     fn a_late_client_record_is_adopted_by_the_waiting_request() {
         let mut l = Linker::default();
         let own = started(&mut l, 1, 10, 100, 5);
-        let client = SpanCtx { trace_id: [9; 16], span_id: [8; 8], parent_span_id: None, sampled: true };
+        let client = SpanCtx {
+            trace_id: [9; 16],
+            span_id: [8; 8],
+            parent_span_id: None,
+            sampled: true,
+        };
         assert!(l.adopt(1, 10, &client));
         let now = l.parent_of(1, 100, 6).ctx().unwrap();
-        assert_eq!((now.trace_id, now.span_id, now.parent_span_id), (client.trace_id, own.span_id, Some(client.span_id)));
+        assert_eq!(
+            (now.trace_id, now.span_id, now.parent_span_id),
+            (client.trace_id, own.span_id, Some(client.span_id))
+        );
         assert!(!l.adopt(1, 10, &client), "only once");
         assert!(!l.adopt(1, 99, &client), "unknown connection");
     }
@@ -223,7 +286,10 @@ mod tests {
     #[test]
     fn incoming_traceparent_and_sampling_are_fixed_at_request_time() {
         let mut l = Linker::default();
-        let tp = crate::spans::traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        let tp = crate::spans::traceparent::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )
+        .unwrap();
         l.request_started(1, 10, 10, 100, 5, Some(tp), &Sampler::default());
         let ctx = l.parent_of(1, 100, 6).ctx().unwrap();
         assert_eq!(ctx.trace_id, tp.trace_id);

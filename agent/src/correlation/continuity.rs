@@ -36,20 +36,36 @@ const MAX_ENTRIES: usize = 100_000;
 
 pub fn message_key(m: &Message) -> u64 {
     let mut h = DefaultHasher::new();
-    (&m.exchange, &m.routing_key, &m.props.message_id, &m.props.correlation_id, m.body_size, &m.body_prefix).hash(&mut h);
+    (
+        &m.exchange,
+        &m.routing_key,
+        &m.props.message_id,
+        &m.props.correlation_id,
+        m.body_size,
+        &m.body_prefix,
+    )
+        .hash(&mut h);
     h.finish()
 }
 
 impl Continuity {
     pub fn published(&mut self, key: u64, at_ns: u64, publish: Publish) {
         self.expire(at_ns);
-        self.by_key.entry(key).or_default().push_back((at_ns, publish));
+        self.by_key
+            .entry(key)
+            .or_default()
+            .push_back((at_ns, publish));
         self.order.push_back((at_ns, key));
     }
 
     pub fn lookup(&mut self, key: u64, at_ns: u64) -> Option<Publish> {
         self.expire(at_ns);
-        self.by_key.get(&key)?.iter().rev().find(|(t, _)| *t <= at_ns).map(|(_, p)| p.clone())
+        self.by_key
+            .get(&key)?
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at_ns)
+            .map(|(_, p)| p.clone())
     }
 
     fn expire(&mut self, now: u64) {
@@ -75,11 +91,23 @@ mod tests {
     use super::*;
 
     fn ctx(n: u8) -> SpanCtx {
-        SpanCtx { trace_id: [n; 16], span_id: [n; 8], parent_span_id: None, sampled: true }
+        SpanCtx {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            parent_span_id: None,
+            sampled: true,
+        }
     }
 
     fn publish(n: u8) -> Publish {
-        Publish { ctx: ctx(n), producer: Arc::new(ProcessInfo { comm: "producer".into(), ..Default::default() }), secs: 0.001 }
+        Publish {
+            ctx: ctx(n),
+            producer: Arc::new(ProcessInfo {
+                comm: "producer".into(),
+                ..Default::default()
+            }),
+            secs: 0.001,
+        }
     }
 
     #[test]
@@ -89,8 +117,16 @@ mod tests {
         c.published(1, 200, publish(2));
         let found = |c: &mut Continuity, key, at| c.lookup(key, at).map(|p| p.ctx);
         assert_eq!(found(&mut c, 1, 300), Some(ctx(2)));
-        assert_eq!(found(&mut c, 1, 301), Some(ctx(2)), "a second queue of the fan-out");
-        assert_eq!(found(&mut c, 1, 150), Some(ctx(1)), "not a publish from the future");
+        assert_eq!(
+            found(&mut c, 1, 301),
+            Some(ctx(2)),
+            "a second queue of the fan-out"
+        );
+        assert_eq!(
+            found(&mut c, 1, 150),
+            Some(ctx(1)),
+            "not a publish from the future"
+        );
         assert_eq!(found(&mut c, 2, 300), None);
         assert_eq!(found(&mut c, 1, 200 + WINDOW_NS + 1), None, "expired");
         assert_eq!(c.evicted, 0, "expiry is not an eviction");
@@ -102,7 +138,10 @@ mod tests {
         for i in 0..MAX_ENTRIES as u64 + 3 {
             c.published(i, 1000 + i, publish(1));
         }
-        assert_eq!(c.evicted, 2, "the index holds MAX_ENTRIES + 1 before it trims");
+        assert_eq!(
+            c.evicted, 2,
+            "the index holds MAX_ENTRIES + 1 before it trims"
+        );
         assert!(c.lookup(0, 2000).is_none() && c.lookup(5, 2000).is_some());
     }
 }

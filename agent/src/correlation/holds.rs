@@ -54,7 +54,11 @@ impl Holds {
 
     /// Takes the first held trace `matches` accepts out of the wait.
     pub fn take(&mut self, matches: impl Fn(&Held) -> bool) -> Option<Held> {
-        let trace_id = self.by_trace.iter().find(|(_, h)| matches(h)).map(|(t, _)| *t)?;
+        let trace_id = self
+            .by_trace
+            .iter()
+            .find(|(_, h)| matches(h))
+            .map(|(t, _)| *t)?;
         self.order.retain(|(t, _)| *t != trace_id);
         self.by_trace.remove(&trace_id)
     }

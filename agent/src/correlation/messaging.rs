@@ -44,40 +44,78 @@ fn delivery_key(conn: u64, channel: u16, tag: u64) -> u64 {
 }
 
 fn header(msg: &Message) -> Option<TraceParent> {
-    msg.props.header("traceparent").as_deref().and_then(traceparent::parse)
+    msg.props
+        .header("traceparent")
+        .as_deref()
+        .and_then(traceparent::parse)
 }
 
 impl Correlator {
     pub(super) fn messaging(&mut self, c: ConnInfo, op: AmqpOut, out: &mut Vec<Linked>) {
         match op {
-            AmqpOut::Published { ref msg, first, last, .. } => {
+            AmqpOut::Published {
+                ref msg,
+                first,
+                last,
+                ..
+            } => {
                 // An instrumented publisher names its own trace in the headers.
                 let own = header(msg);
                 let (mut ctx, mut evidence) = self.call_context(&c, first, None);
                 match own {
                     Some(tp) if ctx.parent_span_id.is_none() => {
-                        ctx = SpanCtx { trace_id: tp.trace_id, sampled: self.sampler.should_sample(&tp.trace_id, None), ..ctx };
+                        ctx = SpanCtx {
+                            trace_id: tp.trace_id,
+                            sampled: self.sampler.should_sample(&tp.trace_id, None),
+                            ..ctx
+                        };
                         evidence = Evidence::Header;
                     }
                     // The request it was made for is in another trace: the
                     // header's wins.
                     Some(tp) if ctx.trace_id != tp.trace_id => {
-                        ctx = SpanCtx { trace_id: tp.trace_id, parent_span_id: None, ..ctx };
+                        ctx = SpanCtx {
+                            trace_id: tp.trace_id,
+                            parent_span_id: None,
+                            ..ctx
+                        };
                         evidence = Evidence::Header;
                     }
                     _ => {}
                 }
                 let secs = last.exit_ns.saturating_sub(first.enter_ns) as f64 / 1e9;
-                let publish = continuity::Publish { ctx, producer: c.process.clone(), secs };
-                self.continuity.published(continuity::message_key(msg), first.enter_ns, publish);
-                self.emit(Linked { conn: c, ctx, evidence, item: Item::Publish(Box::new(op)) }, out);
+                let publish = continuity::Publish {
+                    ctx,
+                    producer: c.process.clone(),
+                    secs,
+                };
+                self.continuity
+                    .published(continuity::message_key(msg), first.enter_ns, publish);
+                self.emit(
+                    Linked {
+                        conn: c,
+                        ctx,
+                        evidence,
+                        item: Item::Publish(Box::new(op)),
+                    },
+                    out,
+                );
             }
-            AmqpOut::DeliveryStarted { channel, delivery_tag, queue, msg, at, .. } => {
+            AmqpOut::DeliveryStarted {
+                channel,
+                delivery_tag,
+                queue,
+                msg,
+                at,
+                ..
+            } => {
                 // The parent: the context in the headers, else the publish seen here.
                 let header = header(&msg);
                 let publish = match header {
                     Some(_) => None,
-                    None => self.continuity.lookup(continuity::message_key(&msg), at.exit_ns),
+                    None => self
+                        .continuity
+                        .lookup(continuity::message_key(&msg), at.exit_ns),
                 };
                 let incoming = header.or(publish.as_ref().map(|p| TraceParent {
                     trace_id: p.ctx.trace_id,
@@ -94,20 +132,72 @@ impl Correlator {
                     return;
                 }
                 let key = delivery_key(c.id, channel, delivery_tag);
-                self.linker.request_started(c.pid, key, c.id, at.tid, at.exit_ns, incoming, &self.sampler);
-                let d = Delivery { msg, queue, start_ns: at.exit_ns, key, publish, evidence };
+                self.linker.request_started(
+                    c.pid,
+                    key,
+                    c.id,
+                    at.tid,
+                    at.exit_ns,
+                    incoming,
+                    &self.sampler,
+                );
+                let d = Delivery {
+                    msg,
+                    queue,
+                    start_ns: at.exit_ns,
+                    key,
+                    publish,
+                    evidence,
+                };
                 self.deliveries.insert((c.id, channel, delivery_tag), d);
             }
-            AmqpOut::DeliveryFinished { channel, delivery_tag, outcome, at } => {
-                let Some(d) = self.deliveries.remove(&(c.id, channel, delivery_tag)) else { return };
-                let Some(ctx) = self.linker.request_finished(c.pid, d.key) else { return };
-                let end_ns = if outcome == Outcome::Closed { d.start_ns } else { at.enter_ns };
-                let consumed = Consumed { msg: d.msg, queue: d.queue, delivery_tag, outcome, start_ns: d.start_ns, end_ns, publish: d.publish };
-                self.emit(Linked { conn: c, ctx, evidence: d.evidence, item: Item::Process(Box::new(consumed)) }, out);
+            AmqpOut::DeliveryFinished {
+                channel,
+                delivery_tag,
+                outcome,
+                at,
+            } => {
+                let Some(d) = self.deliveries.remove(&(c.id, channel, delivery_tag)) else {
+                    return;
+                };
+                let Some(ctx) = self.linker.request_finished(c.pid, d.key) else {
+                    return;
+                };
+                let end_ns = if outcome == Outcome::Closed {
+                    d.start_ns
+                } else {
+                    at.enter_ns
+                };
+                let consumed = Consumed {
+                    msg: d.msg,
+                    queue: d.queue,
+                    delivery_tag,
+                    outcome,
+                    start_ns: d.start_ns,
+                    end_ns,
+                    publish: d.publish,
+                };
+                self.emit(
+                    Linked {
+                        conn: c,
+                        ctx,
+                        evidence: d.evidence,
+                        item: Item::Process(Box::new(consumed)),
+                    },
+                    out,
+                );
             }
             AmqpOut::Received { first, .. } => {
                 let (ctx, evidence) = self.call_context(&c, first, None);
-                self.emit(Linked { conn: c, ctx, evidence, item: Item::Receive(Box::new(op)) }, out);
+                self.emit(
+                    Linked {
+                        conn: c,
+                        ctx,
+                        evidence,
+                        item: Item::Receive(Box::new(op)),
+                    },
+                    out,
+                );
             }
         }
     }

@@ -88,8 +88,15 @@ pub enum Item {
     /// node, when known (for the service graph). `server_read`: a server on
     /// this node read the client's request, so its span (this one's child)
     /// will come, possibly after this one.
-    Http { exchange: Box<Exchange>, peer: Option<Arc<ProcessInfo>>, server_read: bool },
-    Db { call: Box<DbCall>, peer: Option<Arc<ProcessInfo>> },
+    Http {
+        exchange: Box<Exchange>,
+        peer: Option<Arc<ProcessInfo>>,
+        server_read: bool,
+    },
+    Db {
+        call: Box<DbCall>,
+        peer: Option<Arc<ProcessInfo>>,
+    },
     /// A `Published` messaging operation.
     Publish(Box<crate::protocols::amqp::AmqpOut>),
     /// A delivery processed, from its read to its acknowledgement.
@@ -173,14 +180,26 @@ impl Correlator {
     }
 
     pub fn counts(&self) -> Counts {
-        Counts { nat_resolved: self.stitch.nat_resolved, ..self.counts }
+        Counts {
+            nat_resolved: self.stitch.nat_resolved,
+            ..self.counts
+        }
     }
 
     /// Entries held per index (bounded; cleaned on close): in flight, the
     /// five stitching maps, held traces, deliveries.
     pub fn entries(&self) -> [usize; 8] {
         let [queued, clients, waits, servers, nat] = self.stitch.entries();
-        [self.linker.entries(), queued, clients, waits, servers, nat, self.holds.len(), self.deliveries.len()]
+        [
+            self.linker.entries(),
+            queued,
+            clients,
+            waits,
+            servers,
+            nat,
+            self.holds.len(),
+            self.deliveries.len(),
+        ]
     }
 
     /// Handles one flow event at `now_ns` (CLOCK_MONOTONIC); what is ready
@@ -209,13 +228,23 @@ impl Correlator {
 
     fn on_record(&mut self, c: ConnInfo, r: Record, now_ns: u64, out: &mut Vec<Linked>) {
         match r {
-            Record::HttpRequest(req) if c.role == Role::Server => self.server_request(&c, req, now_ns, out),
+            Record::HttpRequest(req) if c.role == Role::Server => {
+                self.server_request(&c, req, now_ns, out)
+            }
             Record::HttpRequest(req) => self.client_request(&c, req, out),
             Record::Http(ex) => self.exchange(c, ex, out),
             Record::Db(call) => {
                 let (ctx, evidence) = self.call_context(&c, call.first, None);
                 let peer = self.stitch.server_of(&c);
-                self.emit(Linked { conn: c, ctx, evidence, item: Item::Db { call, peer } }, out);
+                self.emit(
+                    Linked {
+                        conn: c,
+                        ctx,
+                        evidence,
+                        item: Item::Db { call, peer },
+                    },
+                    out,
+                );
             }
             Record::Messaging(op) => self.messaging(c, *op, out),
         }
@@ -223,22 +252,51 @@ impl Correlator {
 
     /// A server read a request: it is in flight from now, in the trace of
     /// its header, else of its client end on this node (now or late).
-    fn server_request(&mut self, c: &ConnInfo, req: RequestSeen, now_ns: u64, out: &mut Vec<Linked>) {
+    fn server_request(
+        &mut self,
+        c: &ConnInfo,
+        req: RequestSeen,
+        now_ns: u64,
+        out: &mut Vec<Linked>,
+    ) {
         let tp = req.traceparent.as_deref().and_then(traceparent::parse);
-        let key = c.tuple.map(|t| self.stitch.client_view(c.id, t, &mut self.drops));
+        let key = c
+            .tuple
+            .map(|t| self.stitch.client_view(c.id, t, &mut self.drops));
         let partner = key.and_then(|k| self.stitch.take_partner(k));
-        let waiting = Waiting { pid: c.pid, conn: c.id, since: req.first.exit_ns };
+        let waiting = Waiting {
+            pid: c.pid,
+            conn: c.id,
+            since: req.first.exit_ns,
+        };
         if let (None, None, Some(k)) = (partner, tp, key) {
             // Wait (bounded) for a client record that may come late.
             self.stitch.wait(k, waiting, &mut self.drops);
         }
-        let incoming = tp.or(partner.map(|p| TraceParent { trace_id: p.trace_id, parent_id: p.span_id, sampled: p.sampled }));
-        let ctx = self.linker.request_started(c.pid, c.id, c.id, req.first.tid, req.first.exit_ns, incoming, &self.sampler);
+        let incoming = tp.or(partner.map(|p| TraceParent {
+            trace_id: p.trace_id,
+            parent_id: p.span_id,
+            sampled: p.sampled,
+        }));
+        let ctx = self.linker.request_started(
+            c.pid,
+            c.id,
+            c.id,
+            req.first.tid,
+            req.first.exit_ns,
+            incoming,
+            &self.sampler,
+        );
         // Its client is on this node but not seen yet: hold the trace's
         // items until it is (or the wait is over).
         if let (None, Some(k)) = (incoming, key) {
             if self.stitch.is_node_ip(k.0.ip()) && self.stitch.is_waiting(&k) {
-                let held = Held { conn: c.id, since: waiting.since, key: k, items: vec![] };
+                let held = Held {
+                    conn: c.id,
+                    since: waiting.since,
+                    key: k,
+                    items: vec![],
+                };
                 self.holds.start(ctx.trace_id, held, now_ns, out);
             }
         }
@@ -253,7 +311,11 @@ impl Correlator {
         // The server end already read it: its request adopts this context.
         // Or it already answered, and its trace is held for this one.
         let key = c.tuple.map(|t| (t.local, t.remote));
-        let waiting = key.and_then(|k| self.stitch.take_waiting(k).or_else(|| self.stitch.take_waiting_behind_nat(k, &mut self.drops)));
+        let waiting = key.and_then(|k| {
+            self.stitch
+                .take_waiting(k)
+                .or_else(|| self.stitch.take_waiting_behind_nat(k, &mut self.drops))
+        });
         if let Some(w) = waiting {
             if w.since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS {
                 let in_flight = self.linker.adopt(w.pid, w.conn, &ctx);
@@ -281,8 +343,15 @@ impl Correlator {
     /// A late client's context names the real trace of the first held
     /// request `matches` accepts: its items move into it, the server span
     /// (the held trace's root) as the client span's child.
-    fn adopt_held(&mut self, matches: impl Fn(&Held) -> bool, ctx: &SpanCtx, out: &mut Vec<Linked>) -> bool {
-        let Some(h) = self.holds.take(matches) else { return false };
+    fn adopt_held(
+        &mut self,
+        matches: impl Fn(&Held) -> bool,
+        ctx: &SpanCtx,
+        out: &mut Vec<Linked>,
+    ) -> bool {
+        let Some(h) = self.holds.take(matches) else {
+            return false;
+        };
         for mut l in h.items {
             l.ctx.trace_id = ctx.trace_id;
             l.ctx.sampled = ctx.sampled;
@@ -298,7 +367,12 @@ impl Correlator {
     /// An HTTP exchange finished: its ids were fixed when its request was
     /// read (server) or written (client).
     fn exchange(&mut self, c: ConnInfo, exchange: Box<Exchange>, out: &mut Vec<Linked>) {
-        let tp = exchange.request.head.traceparent.as_deref().and_then(traceparent::parse);
+        let tp = exchange
+            .request
+            .head
+            .traceparent
+            .as_deref()
+            .and_then(traceparent::parse);
         let (ctx, evidence, peer, server_read) = if c.role == Role::Server {
             let ctx = match (self.linker.request_finished(c.pid, c.id), tp) {
                 (Some(ctx), _) => ctx,
@@ -328,21 +402,41 @@ impl Correlator {
             };
             (ctx, evidence, self.stitch.server_of(&c), server_read)
         };
-        self.emit(Linked { conn: c, ctx, evidence, item: Item::Http { exchange, peer, server_read } }, out);
+        self.emit(
+            Linked {
+                conn: c,
+                ctx,
+                evidence,
+                item: Item::Http {
+                    exchange,
+                    peer,
+                    server_read,
+                },
+            },
+            out,
+        );
     }
 
     /// The context of a client call made at `first`: a child of the request
     /// in flight it was made for, or a new trace. `own`: the call carries
     /// its own traceparent (an instrumented app), which names the span and
     /// whose trace wins if it differs from the parent's.
-    fn call_context(&mut self, c: &ConnInfo, first: SegTime, own: Option<TraceParent>) -> (SpanCtx, Evidence) {
+    fn call_context(
+        &mut self,
+        c: &ConnInfo,
+        first: SegTime,
+        own: Option<TraceParent>,
+    ) -> (SpanCtx, Evidence) {
         let parent = match self.linker.parent_of(c.pid, first.tid, first.enter_ns) {
             Parent::Request(ctx, evidence) => Some((ctx, evidence)),
             Parent::Ambiguous => {
                 self.counts.calls_ambiguous += 1;
                 return match own {
                     Some(tp) => (own_ctx(tp, None), Evidence::Header),
-                    None => (SpanCtx::root(|t| self.sampler.should_sample(t, None)), Evidence::Ambiguous),
+                    None => (
+                        SpanCtx::root(|t| self.sampler.should_sample(t, None)),
+                        Evidence::Ambiguous,
+                    ),
                 };
             }
             Parent::None => None,
@@ -350,7 +444,10 @@ impl Correlator {
         match (own, parent) {
             (Some(tp), p) => (own_ctx(tp, p.map(|p| p.0)), Evidence::Header),
             (None, Some((p, evidence))) => (p.child(), evidence),
-            (None, None) => (SpanCtx::root(|t| self.sampler.should_sample(t, None)), Evidence::Root),
+            (None, None) => (
+                SpanCtx::root(|t| self.sampler.should_sample(t, None)),
+                Evidence::Root,
+            ),
         }
     }
 
@@ -375,7 +472,9 @@ fn own_ctx(tp: TraceParent, parent: Option<SpanCtx>) -> SpanCtx {
     SpanCtx {
         trace_id: tp.trace_id,
         span_id: tp.parent_id,
-        parent_span_id: parent.filter(|p| p.trace_id == tp.trace_id).map(|p| p.span_id),
+        parent_span_id: parent
+            .filter(|p| p.trace_id == tp.trace_id)
+            .map(|p| p.span_id),
         sampled: tp.sampled,
     }
 }

@@ -21,11 +21,18 @@ pub const CONNTRACK: &str = "/proc/1/net/nf_conntrack";
 /// The client's view of a server connection (server's remote, server's
 /// local), from conntrack's text: the original tuple of the entry whose
 /// reply tuple is (server local -> server remote).
-pub fn original(table: &str, server_local: SocketAddr, server_remote: SocketAddr) -> Option<ClientKey> {
-    table.lines().filter(|l| l.contains(" tcp ")).find_map(|line| {
-        let (orig, reply) = tuples(line)?;
-        (reply == (server_local, server_remote)).then_some(orig)
-    })
+pub fn original(
+    table: &str,
+    server_local: SocketAddr,
+    server_remote: SocketAddr,
+) -> Option<ClientKey> {
+    table
+        .lines()
+        .filter(|l| l.contains(" tcp "))
+        .find_map(|line| {
+            let (orig, reply) = tuples(line)?;
+            (reply == (server_local, server_remote)).then_some(orig)
+        })
 }
 
 /// (original src -> dst, reply src -> dst) of one conntrack line.
@@ -35,7 +42,9 @@ fn tuples(line: &str) -> Option<(ClientKey, ClientKey)> {
     let mut sport = vec![];
     let mut dport = vec![];
     for field in line.split_ascii_whitespace() {
-        let Some((k, v)) = field.split_once('=') else { continue };
+        let Some((k, v)) = field.split_once('=') else {
+            continue;
+        };
         match k {
             "src" => src.push(v.parse().ok()?),
             "dst" => dst.push(v.parse().ok()?),
@@ -48,7 +57,10 @@ fn tuples(line: &str) -> Option<(ClientKey, ClientKey)> {
         return None;
     }
     let at = |ip: std::net::IpAddr, port: u16| SocketAddr::new(ip, port);
-    Some(((at(src[0], sport[0]), at(dst[0], dport[0])), (at(src[1], sport[1]), at(dst[1], dport[1]))))
+    Some((
+        (at(src[0], sport[0]), at(dst[0], dport[0])),
+        (at(src[1], sport[1]), at(dst[1], dport[1])),
+    ))
 }
 
 /// Reads the table and resolves; None when it is unreadable (no
@@ -73,8 +85,14 @@ garbage src=1 dst=
     fn the_reply_tuple_names_the_clients_view() {
         let server_local: SocketAddr = "172.30.0.17:8080".parse().unwrap();
         let server_remote: SocketAddr = "172.30.0.1:40112".parse().unwrap();
-        assert_eq!(original(TABLE, server_local, server_remote), Some((server_remote, "172.30.0.1:41235".parse().unwrap())));
-        assert_eq!(original(TABLE, server_local, "172.30.0.1:1".parse().unwrap()), None);
+        assert_eq!(
+            original(TABLE, server_local, server_remote),
+            Some((server_remote, "172.30.0.1:41235".parse().unwrap()))
+        );
+        assert_eq!(
+            original(TABLE, server_local, "172.30.0.1:1".parse().unwrap()),
+            None
+        );
         assert_eq!(original("", server_local, server_remote), None);
     }
 }

@@ -40,19 +40,29 @@ impl Relays {
     /// arrived): queue it, and pair the oldest accepted with the oldest
     /// backend connection.
     pub fn on_known(&mut self, c: &ConnInfo) {
-        let Some(t) = c.tuple.filter(|t| t.local.port() != 0) else { return };
+        let Some(t) = c.tuple.filter(|t| t.local.port() != 0) else {
+            return;
+        };
         if self.by_conn.contains_key(&c.id) || self.by_conn.len() >= MAX_PAIRS {
             return;
         }
         let (queue, key) = match c.role {
             Role::Server => (self.accepted.entry(c.pid).or_default(), (t.remote, t.local)),
-            _ => (self.connected.entry(c.pid).or_default(), (t.local, t.remote)),
+            _ => (
+                self.connected.entry(c.pid).or_default(),
+                (t.local, t.remote),
+            ),
         };
         if queue.iter().any(|(id, _)| *id == c.id) {
             return;
         }
         queue.push_back((c.id, key));
-        let (Some(a), Some(b)) = (self.accepted.get_mut(&c.pid), self.connected.get_mut(&c.pid)) else { return };
+        let (Some(a), Some(b)) = (
+            self.accepted.get_mut(&c.pid),
+            self.connected.get_mut(&c.pid),
+        ) else {
+            return;
+        };
         while let (Some(&(in_id, client)), Some(&(out_id, backend))) = (a.front(), b.front()) {
             a.pop_front();
             b.pop_front();
@@ -124,8 +134,15 @@ mod tests {
             pid: 7,
             fd: id as i32,
             role,
-            tuple: Some(SocketTuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() }),
-            process: Arc::new(ProcessInfo { pid: 7, comm: "docker-proxy".into(), ..Default::default() }),
+            tuple: Some(SocketTuple {
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+            }),
+            process: Arc::new(ProcessInfo {
+                pid: 7,
+                comm: "docker-proxy".into(),
+                ..Default::default()
+            }),
             opened_ns: 0,
             preexisting: false,
             peer_is_agent: false,
@@ -143,9 +160,18 @@ mod tests {
         for c in [&in1, &in2, &out1, &out2] {
             r.on_known(c);
         }
-        let client1 = ("127.0.0.1:5001".parse().unwrap(), "127.0.0.1:8080".parse().unwrap());
-        let backend1 = ("172.17.0.1:6001".parse().unwrap(), "172.17.0.2:80".parse().unwrap());
-        let backend2 = ("172.17.0.1:6002".parse().unwrap(), "172.17.0.2:80".parse().unwrap());
+        let client1 = (
+            "127.0.0.1:5001".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+        );
+        let backend1 = (
+            "172.17.0.1:6001".parse().unwrap(),
+            "172.17.0.2:80".parse().unwrap(),
+        );
+        let backend2 = (
+            "172.17.0.1:6002".parse().unwrap(),
+            "172.17.0.2:80".parse().unwrap(),
+        );
         assert_eq!(r.origin(backend1), client1);
         assert_eq!(r.destination(client1), backend1);
         assert_eq!(r.origin(backend2).0.port(), 5002);
@@ -162,6 +188,14 @@ mod tests {
         r.on_close(&dead); // the dial failed: the relay closed the inbound end
         r.on_known(&conn(2, Role::Server, "127.0.0.1:8080", "127.0.0.1:5002"));
         r.on_known(&conn(3, Role::Client, "172.17.0.1:6001", "172.17.0.2:80"));
-        assert_eq!(r.origin(("172.17.0.1:6001".parse().unwrap(), "172.17.0.2:80".parse().unwrap())).0.port(), 5002);
+        assert_eq!(
+            r.origin((
+                "172.17.0.1:6001".parse().unwrap(),
+                "172.17.0.2:80".parse().unwrap()
+            ))
+            .0
+            .port(),
+            5002
+        );
     }
 }

@@ -179,7 +179,11 @@ impl Stitcher {
     /// The client request with this span id was read by a server on this
     /// node (now, or before its record came).
     pub fn read_on_node(&mut self, client: u64, span_id: [u8; 8]) {
-        if let Some(r) = self.client_requests.get_mut(&client).and_then(|q| q.iter_mut().find(|r| r.ctx.span_id == span_id)) {
+        if let Some(r) = self
+            .client_requests
+            .get_mut(&client)
+            .and_then(|q| q.iter_mut().find(|r| r.ctx.span_id == span_id))
+        {
             r.read_on_node = true;
         }
     }
@@ -219,7 +223,11 @@ impl Stitcher {
     /// this client's source endpoint, but on another address. Conntrack
     /// confirms the pair (read once per such server connection, then cached
     /// for its later requests).
-    pub fn take_waiting_behind_nat(&mut self, key: ClientKey, drops: &mut Drops) -> Option<Waiting> {
+    pub fn take_waiting_behind_nat(
+        &mut self,
+        key: ClientKey,
+        drops: &mut Drops,
+    ) -> Option<Waiting> {
         let server_view = *self.waiting_from.get(&key.0)?;
         if server_view.1 == key.1 || (self.nat_lookup)(server_view.1, server_view.0) != Some(key) {
             return None;
@@ -236,8 +244,18 @@ impl Stitcher {
 
     /// A client wrote a request with this context: its own span takes it,
     /// and a server on this node will pop it.
-    pub fn client_wrote(&mut self, c: &ConnInfo, ctx: SpanCtx, evidence: Evidence, drops: &mut Drops) {
-        let r = ClientRequest { ctx, evidence, read_on_node: false };
+    pub fn client_wrote(
+        &mut self,
+        c: &ConnInfo,
+        ctx: SpanCtx,
+        evidence: Evidence,
+        drops: &mut Drops,
+    ) {
+        let r = ClientRequest {
+            ctx,
+            evidence,
+            read_on_node: false,
+        };
         push_bounded(self.client_requests.entry(c.id).or_default(), r, drops);
     }
 
@@ -256,7 +274,9 @@ impl Stitcher {
 
     /// The context fixed when the client wrote its oldest unanswered request.
     pub fn client_exchange_done(&mut self, conn: u64) -> Option<ClientRequest> {
-        self.client_requests.get_mut(&conn).and_then(|q| q.pop_front())
+        self.client_requests
+            .get_mut(&conn)
+            .and_then(|q| q.pop_front())
     }
 
     /// A connection closed: whatever waits on it goes.

@@ -34,7 +34,12 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_queue: 2048, max_batch: 512, delay: Duration::from_secs(1), max_retry: Duration::from_secs(300) }
+        BatchConfig {
+            max_queue: 2048,
+            max_batch: 512,
+            delay: Duration::from_secs(1),
+            max_retry: Duration::from_secs(300),
+        }
     }
 }
 
@@ -76,7 +81,10 @@ pub fn spawn(
     flush_deadline: Duration,
 ) -> (SpanQueue, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Span>(cfg.max_queue.max(1));
-    let queue = SpanQueue { tx, stats: stats.clone() };
+    let queue = SpanQueue {
+        tx,
+        stats: stats.clone(),
+    };
     let task = tokio::spawn(async move {
         let mut batch: Vec<Span> = Vec::with_capacity(cfg.max_batch);
         loop {
@@ -115,7 +123,9 @@ pub fn spawn(
                 }
                 _ => {
                     stats.trace_export_failures.fetch_add(1, Relaxed);
-                    stats.spans_dropped_failed.fetch_add(chunk.len() as u64, Relaxed);
+                    stats
+                        .spans_dropped_failed
+                        .fetch_add(chunk.len() as u64, Relaxed);
                 }
             }
         }
@@ -150,15 +160,19 @@ async fn export_with_retry(
                     tracing::warn!("{e}");
                     logged = true;
                 }
-                let give_up = matches!(e, ExportError::Permanent(_)) || started.elapsed() >= cfg.max_retry;
+                let give_up =
+                    matches!(e, ExportError::Permanent(_)) || started.elapsed() >= cfg.max_retry;
                 if give_up {
-                    stats.spans_dropped_failed.fetch_add(batch.len() as u64, Relaxed);
+                    stats
+                        .spans_dropped_failed
+                        .fetch_add(batch.len() as u64, Relaxed);
                     return true;
                 }
             }
         }
         // Jitter keeps a fleet of agents from retrying in lockstep.
-        let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = shutdown.changed() => return false,

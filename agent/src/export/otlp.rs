@@ -20,8 +20,12 @@ impl FromStr for Protocol {
         match s.trim() {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            "http/json" => Err("OTLP protocol http/json is not supported; use grpc or http/protobuf".into()),
-            other => Err(format!("unknown OTLP protocol {other:?}; use grpc or http/protobuf")),
+            "http/json" => {
+                Err("OTLP protocol http/json is not supported; use grpc or http/protobuf".into())
+            }
+            other => Err(format!(
+                "unknown OTLP protocol {other:?}; use grpc or http/protobuf"
+            )),
         }
     }
 }
@@ -74,7 +78,9 @@ pub fn target(
     let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     let protocol = match protocol {
         Some(p) => p,
-        None => match get(&format!("OTEL_EXPORTER_OTLP_{infix}_PROTOCOL")).or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+        None => match get(&format!("OTEL_EXPORTER_OTLP_{infix}_PROTOCOL"))
+            .or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
             Some(p) => p.parse()?,
             None => Protocol::Grpc,
         },
@@ -89,9 +95,13 @@ pub fn target(
         },
     };
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("OTLP endpoint {url:?} must start with http:// or https://"));
+        return Err(format!(
+            "OTLP endpoint {url:?} must start with http:// or https://"
+        ));
     }
-    let mut headers = get("OTEL_EXPORTER_OTLP_HEADERS").map(|h| parse_headers(&h)).unwrap_or_default();
+    let mut headers = get("OTEL_EXPORTER_OTLP_HEADERS")
+        .map(|h| parse_headers(&h))
+        .unwrap_or_default();
     if let Some(h) = get(&format!("OTEL_EXPORTER_OTLP_{infix}_HEADERS")) {
         for (k, v) in parse_headers(&h) {
             headers.retain(|(k2, _)| *k2 != k);
@@ -102,7 +112,12 @@ pub fn target(
         .or_else(|| get("OTEL_EXPORTER_OTLP_TIMEOUT"))
         .and_then(|t| t.trim().parse::<u64>().ok())
         .unwrap_or(10_000);
-    Ok(Some(Target { url, protocol, headers, timeout: Duration::from_millis(timeout_ms.max(1)) }))
+    Ok(Some(Target {
+        url,
+        protocol,
+        headers,
+        timeout: Duration::from_millis(timeout_ms.max(1)),
+    }))
 }
 
 /// A base endpoint plus the signal path (HTTP only; gRPC uses the base).
@@ -134,7 +149,16 @@ pub struct Client {
 
 fn grpc_retryable(code: tonic::Code) -> bool {
     use tonic::Code::*;
-    matches!(code, Cancelled | DeadlineExceeded | ResourceExhausted | Aborted | OutOfRange | Unavailable | DataLoss)
+    matches!(
+        code,
+        Cancelled
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
+    )
 }
 
 impl Client {
@@ -154,9 +178,12 @@ impl Client {
                 }
                 let mut md = tonic::metadata::MetadataMap::new();
                 for (k, v) in &target.headers {
-                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| format!("invalid OTLP header name {k:?}"))?;
-                    let val = v.parse().map_err(|_| format!("invalid OTLP header value for {k}"))?;
+                    let key =
+                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                            .map_err(|_| format!("invalid OTLP header name {k:?}"))?;
+                    let val = v
+                        .parse()
+                        .map_err(|_| format!("invalid OTLP header value for {k}"))?;
                     md.insert(key, val);
                 }
                 Transport::Grpc(ep.connect_lazy(), md)
@@ -182,30 +209,53 @@ impl Client {
             Transport::Grpc(ch, md) => {
                 let mut r = tonic::Request::new(req);
                 *r.metadata_mut() = md.clone();
-                TraceServiceClient::new(ch.clone()).export(r).await.map(|_| ()).map_err(|s| self.grpc_error(s))
+                TraceServiceClient::new(ch.clone())
+                    .export(r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| self.grpc_error(s))
             }
             Transport::Http(c) => self.post(c, req.encode_to_vec()).await,
         }
     }
 
-    pub async fn export_metrics(&self, req: ExportMetricsServiceRequest) -> Result<(), ExportError> {
+    pub async fn export_metrics(
+        &self,
+        req: ExportMetricsServiceRequest,
+    ) -> Result<(), ExportError> {
         match &self.transport {
             Transport::Grpc(ch, md) => {
                 let mut r = tonic::Request::new(req);
                 *r.metadata_mut() = md.clone();
-                MetricsServiceClient::new(ch.clone()).export(r).await.map(|_| ()).map_err(|s| self.grpc_error(s))
+                MetricsServiceClient::new(ch.clone())
+                    .export(r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| self.grpc_error(s))
             }
             Transport::Http(c) => self.post(c, req.encode_to_vec()).await,
         }
     }
 
     fn grpc_error(&self, s: tonic::Status) -> ExportError {
-        let msg = format!("OTLP gRPC export to {} failed: {}: {}", self.target.url, s.code(), s.message());
-        if grpc_retryable(s.code()) { ExportError::Retryable(msg) } else { ExportError::Permanent(msg) }
+        let msg = format!(
+            "OTLP gRPC export to {} failed: {}: {}",
+            self.target.url,
+            s.code(),
+            s.message()
+        );
+        if grpc_retryable(s.code()) {
+            ExportError::Retryable(msg)
+        } else {
+            ExportError::Permanent(msg)
+        }
     }
 
     async fn post(&self, c: &reqwest::Client, body: Vec<u8>) -> Result<(), ExportError> {
-        let mut rb = c.post(&self.target.url).header("content-type", "application/x-protobuf").body(body);
+        let mut rb = c
+            .post(&self.target.url)
+            .header("content-type", "application/x-protobuf")
+            .body(body);
         for (k, v) in &self.target.headers {
             rb = rb.header(k.as_str(), v.as_str());
         }
@@ -213,10 +263,20 @@ impl Client {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => {
                 let code = r.status().as_u16();
-                let msg = format!("OTLP HTTP export to {} failed: status {code}", self.target.url);
-                if matches!(code, 429 | 502 | 503 | 504) { Err(ExportError::Retryable(msg)) } else { Err(ExportError::Permanent(msg)) }
+                let msg = format!(
+                    "OTLP HTTP export to {} failed: status {code}",
+                    self.target.url
+                );
+                if matches!(code, 429 | 502 | 503 | 504) {
+                    Err(ExportError::Retryable(msg))
+                } else {
+                    Err(ExportError::Permanent(msg))
+                }
             }
-            Err(e) => Err(ExportError::Retryable(format!("OTLP HTTP export to {} failed: {e}", self.target.url))),
+            Err(e) => Err(ExportError::Retryable(format!(
+                "OTLP HTTP export to {} failed: {e}",
+                self.target.url
+            ))),
         }
     }
 }
@@ -226,21 +286,55 @@ mod tests {
     use super::*;
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
     fn endpoints_follow_the_spec() {
-        let e = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]);
         let t = target(Signal::Traces, &e, None, None).unwrap().unwrap();
         assert_eq!(t.url, "http://collector:4318/v1/traces");
-        assert_eq!(target(Signal::Metrics, &e, None, None).unwrap().unwrap().url, "http://collector:4318/v1/metrics");
-        let e = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9999/custom")]);
-        assert_eq!(target(Signal::Traces, &e, None, None).unwrap().unwrap().url, "http://t:9999/custom", "signal endpoint as is");
-        assert_eq!(target(Signal::Metrics, &e, None, None).unwrap().unwrap().url, "http://c:4317", "gRPC base as is");
+        assert_eq!(
+            target(Signal::Metrics, &e, None, None)
+                .unwrap()
+                .unwrap()
+                .url,
+            "http://collector:4318/v1/metrics"
+        );
+        let e = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9999/custom"),
+        ]);
+        assert_eq!(
+            target(Signal::Traces, &e, None, None).unwrap().unwrap().url,
+            "http://t:9999/custom",
+            "signal endpoint as is"
+        );
+        assert_eq!(
+            target(Signal::Metrics, &e, None, None)
+                .unwrap()
+                .unwrap()
+                .url,
+            "http://c:4317",
+            "gRPC base as is"
+        );
         assert_eq!(target(Signal::Traces, &env(&[]), None, None).unwrap(), None);
         // A flag wins over the environment.
-        let t = target(Signal::Traces, &e, Some("http://flag:4317"), Some(Protocol::Grpc)).unwrap().unwrap();
+        let t = target(
+            Signal::Traces,
+            &e,
+            Some("http://flag:4317"),
+            Some(Protocol::Grpc),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(t.url, "http://flag:4317");
     }
 
@@ -253,11 +347,24 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
         ]);
         let t = target(Signal::Traces, &e, None, None).unwrap().unwrap();
-        assert_eq!(t.headers, vec![("x-team".into(), "a b".into()), ("api-key".into(), "override".into())]);
+        assert_eq!(
+            t.headers,
+            vec![
+                ("x-team".into(), "a b".into()),
+                ("api-key".into(), "override".into())
+            ]
+        );
         assert_eq!(t.timeout, Duration::from_millis(2500));
         let bad = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]);
-        assert!(target(Signal::Traces, &bad, None, None).unwrap_err().contains("http://"));
-        let json = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]);
-        assert!(target(Signal::Traces, &json, None, None).unwrap_err().contains("not supported"));
+        assert!(target(Signal::Traces, &bad, None, None)
+            .unwrap_err()
+            .contains("http://"));
+        let json = env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]);
+        assert!(target(Signal::Traces, &json, None, None)
+            .unwrap_err()
+            .contains("not supported"));
     }
 }

@@ -6,8 +6,8 @@ use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
     metrics::v1::{
-        metric, number_data_point, AggregationTemporality, Histogram as PHistogram, HistogramDataPoint, Metric,
-        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        metric, number_data_point, AggregationTemporality, Histogram as PHistogram,
+        HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     },
     resource::v1::Resource as PResource,
     trace::v1::{span, status, ResourceSpans, ScopeSpans, Span as PSpan, Status as PStatus},
@@ -30,15 +30,26 @@ fn any(v: &Value) -> AnyValue {
 }
 
 fn kv(k: &str, v: &Value) -> KeyValue {
-    KeyValue { key: k.to_string(), value: Some(any(v)), ..Default::default() }
+    KeyValue {
+        key: k.to_string(),
+        value: Some(any(v)),
+        ..Default::default()
+    }
 }
 
 pub fn resource(r: &Resource) -> PResource {
-    PResource { attributes: r.attributes.iter().map(|(k, v)| kv(k, v)).collect(), ..Default::default() }
+    PResource {
+        attributes: r.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
+        ..Default::default()
+    }
 }
 
 fn scope() -> InstrumentationScope {
-    InstrumentationScope { name: "sonde".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }
+    InstrumentationScope {
+        name: "sonde".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
 }
 
 fn kind(k: SpanKind) -> i32 {
@@ -67,7 +78,10 @@ pub fn span(s: &Span) -> PSpan {
         attributes: s.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
         status: Some(match &s.status {
             Status::Unset => PStatus::default(),
-            Status::Error(m) => PStatus { message: m.clone(), code: status::StatusCode::Error as i32 },
+            Status::Error(m) => PStatus {
+                message: m.clone(),
+                code: status::StatusCode::Error as i32,
+            },
         }),
         ..Default::default()
     }
@@ -110,10 +124,13 @@ pub fn metrics(reg: &Registry, now_unix_ns: u64) -> ExportMetricsServiceRequest 
     let mut index: HashMap<*const Resource, usize> = HashMap::new();
     for (inst, res, labels, h) in reg.each() {
         let idx = *index.entry(Arc::as_ptr(res)).or_insert_with(|| {
-            by_res.iter().position(|(r, _)| **r == **res).unwrap_or_else(|| {
-                by_res.push((res.clone(), vec![]));
-                by_res.len() - 1
-            })
+            by_res
+                .iter()
+                .position(|(r, _)| **r == **res)
+                .unwrap_or_else(|| {
+                    by_res.push((res.clone(), vec![]));
+                    by_res.len() - 1
+                })
         });
         let ms = &mut by_res[idx].1;
         let m = match ms.iter().position(|m| m.name == inst.name) {
@@ -140,7 +157,10 @@ pub fn metrics(reg: &Registry, now_unix_ns: u64) -> ExportMetricsServiceRequest 
                 ms.last_mut().expect("pushed")
             }
         };
-        let attributes: Vec<KeyValue> = labels.iter().map(|(k, v)| kv(k, &Value::Str(v.clone()))).collect();
+        let attributes: Vec<KeyValue> = labels
+            .iter()
+            .map(|(k, v)| kv(k, &Value::Str(v.clone())))
+            .collect();
         if let Some(metric::Data::Sum(sum)) = &mut m.data {
             sum.data_points.push(NumberDataPoint {
                 attributes,
@@ -167,7 +187,11 @@ pub fn metrics(reg: &Registry, now_unix_ns: u64) -> ExportMetricsServiceRequest 
             .into_iter()
             .map(|(r, metrics)| ResourceMetrics {
                 resource: Some(resource(&r)),
-                scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope()),
+                    metrics,
+                    ..Default::default()
+                }],
                 ..Default::default()
             })
             .collect(),

@@ -7,12 +7,22 @@ pub fn line(s: &Span) -> String {
         Status::Unset => String::new(),
         Status::Error(m) => format!(" ERROR({m})"),
     };
-    let parent = s.parent_span_id.map(|p| format!(" parent={}", hex(&p))).unwrap_or_default();
+    let parent = s
+        .parent_span_id
+        .map(|p| format!(" parent={}", hex(&p)))
+        .unwrap_or_default();
     let attrs: Vec<String> = s
         .attributes
         .iter()
         .filter(|(k, _)| {
-            matches!(*k, "http.response.status_code" | "server.address" | "server.port" | "network.peer.address" | "url.full")
+            matches!(
+                *k,
+                "http.response.status_code"
+                    | "server.address"
+                    | "server.port"
+                    | "network.peer.address"
+                    | "url.full"
+            )
         })
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
@@ -33,5 +43,10 @@ pub fn line(s: &Span) -> String {
 fn chrono_like(unix_ns: u64) -> String {
     let secs = unix_ns / 1_000_000_000;
     let ms = (unix_ns / 1_000_000) % 1000;
-    format!("{:02}:{:02}:{:02}.{ms:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }

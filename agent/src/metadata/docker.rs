@@ -24,14 +24,36 @@ pub fn socket_path() -> String {
 
 fn meta(c: &ContainerSummary) -> Option<(String, ContainerMeta)> {
     let id = c.id.clone()?;
-    let name = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default();
+    let name = c
+        .names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
     let (image_name, image_tag) = split_image(c.image.as_deref().unwrap_or_default());
-    Some((id, ContainerMeta { name, image_name, image_tag, labels: c.labels.clone().unwrap_or_default() }))
+    Some((
+        id,
+        ContainerMeta {
+            name,
+            image_name,
+            image_tag,
+            labels: c.labels.clone().unwrap_or_default(),
+        },
+    ))
 }
 
-async fn list(docker: &Docker, id: Option<&str>) -> Result<HashMap<String, ContainerMeta>, bollard::errors::Error> {
+async fn list(
+    docker: &Docker,
+    id: Option<&str>,
+) -> Result<HashMap<String, ContainerMeta>, bollard::errors::Error> {
     let filters = id.map(|id| HashMap::from([("id".to_string(), vec![id.to_string()])]));
-    let all = docker.list_containers(Some(ListContainersOptions { all: true, filters, ..Default::default() })).await?;
+    let all = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters,
+            ..Default::default()
+        }))
+        .await?;
     Ok(all.iter().filter_map(meta).collect())
 }
 
@@ -54,21 +76,41 @@ pub async fn follow(store: SharedStore, socket: String) {
         let result = async {
             let docker = Docker::connect_with_unix(&socket, 10, API_DEFAULT_VERSION)?;
             let all = list(&docker, None).await?;
-            tracing::info!(containers = all.len(), "docker metadata: following {socket}");
-            store.write().unwrap_or_else(|e| e.into_inner()).replace_containers(all);
+            tracing::info!(
+                containers = all.len(),
+                "docker metadata: following {socket}"
+            );
+            store
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace_containers(all);
             let filters = HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
-                ("event".to_string(), vec!["start".into(), "rename".into(), "destroy".into()]),
+                (
+                    "event".to_string(),
+                    vec!["start".into(), "rename".into(), "destroy".into()],
+                ),
             ]);
-            let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+            let mut events = docker.events(Some(EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }));
             while let Some(ev) = events.next().await {
                 let ev = ev?;
-                let Some(id) = ev.actor.and_then(|a| a.id) else { continue };
+                let Some(id) = ev.actor.and_then(|a| a.id) else {
+                    continue;
+                };
                 if ev.action.as_deref() == Some("destroy") {
-                    store.write().unwrap_or_else(|e| e.into_inner()).remove_container(&id);
+                    store
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove_container(&id);
                 } else {
                     for (id, m) in list(&docker, Some(&id)).await? {
-                        store.write().unwrap_or_else(|e| e.into_inner()).set_container(id, m);
+                        store
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .set_container(id, m);
                     }
                 }
             }

@@ -78,19 +78,35 @@ pub fn strip_runtime(id: &str) -> &str {
 
 /// (container id, container name) of every started container of a pod.
 pub fn containers(pod: &Pod) -> Vec<(String, String)> {
-    let Some(status) = &pod.status else { return vec![] };
-    let all = [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
+    let Some(status) = &pod.status else {
+        return vec![];
+    };
+    let all = [
+        &status.container_statuses,
+        &status.init_container_statuses,
+        &status.ephemeral_container_statuses,
+    ];
     all.into_iter()
         .flatten()
         .flatten()
-        .filter_map(|c| Some((strip_runtime(c.container_id.as_deref()?).to_string(), c.name.clone())))
+        .filter_map(|c| {
+            Some((
+                strip_runtime(c.container_id.as_deref()?).to_string(),
+                c.name.clone(),
+            ))
+        })
         .filter(|(id, _)| !id.is_empty())
         .collect()
 }
 
 /// The controlling owner reference: (kind, name).
-fn controller(refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>) -> Option<(String, String)> {
-    refs?.iter().find(|o| o.controller == Some(true)).map(|o| (o.kind.clone(), o.name.clone()))
+fn controller(
+    refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+) -> Option<(String, String)> {
+    refs?
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| (o.kind.clone(), o.name.clone()))
 }
 
 /// The pod's metadata; `deployment_of` names the Deployment owning a
@@ -109,7 +125,11 @@ pub fn pod_meta(pod: &Pod, deployment_of: impl FnOnce(&str, &str) -> Option<Stri
     PodMeta {
         name: m.name.clone().unwrap_or_default(),
         uid: m.uid.clone().unwrap_or_default(),
-        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
         labels: m.labels.clone().unwrap_or_default(),
         annotations: m.annotations.clone().unwrap_or_default(),
         namespace,
@@ -135,14 +155,20 @@ pub async fn follow(store: SharedStore, client: Client, node: String) {
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = relist.take() {
-                    store.write().unwrap_or_else(|e| e.into_inner()).retain_pods(&seen);
+                    store
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain_pods(&seen);
                     tracing::info!(pods = seen.len(), %node, "kubernetes metadata: following this node's pods");
                 }
                 continue;
             }
             Ok(watcher::Event::Delete(pod)) => {
                 if let Some(uid) = pod.metadata.uid.as_deref() {
-                    store.write().unwrap_or_else(|e| e.into_inner()).remove_pod(uid);
+                    store
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove_pod(uid);
                 }
                 continue;
             }
@@ -159,12 +185,16 @@ pub async fn follow(store: SharedStore, client: Client, node: String) {
             }
         };
         said_failed = false;
-        let rs_owner = controller(pod.metadata.owner_references.as_ref()).filter(|(k, _)| k == "ReplicaSet");
+        let rs_owner =
+            controller(pod.metadata.owner_references.as_ref()).filter(|(k, _)| k == "ReplicaSet");
         if let (Some((_, rs)), Some(ns)) = (rs_owner, pod.metadata.namespace.clone()) {
             if !deployments.contains_key(&(ns.clone(), rs.clone())) {
                 let api: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
                 let d = match api.get_opt(&rs).await {
-                    Ok(found) => found.and_then(|r| controller(r.metadata.owner_references.as_ref())).filter(|(k, _)| k == "Deployment").map(|(_, n)| n),
+                    Ok(found) => found
+                        .and_then(|r| controller(r.metadata.owner_references.as_ref()))
+                        .filter(|(k, _)| k == "Deployment")
+                        .map(|(_, n)| n),
                     Err(e) => {
                         tracing::debug!("replicaset {ns}/{rs}: {e}");
                         None
@@ -176,12 +206,20 @@ pub async fn follow(store: SharedStore, client: Client, node: String) {
                 deployments.insert((ns, rs), d);
             }
         }
-        let meta = pod_meta(&pod, |ns, rs| deployments.get(&(ns.to_string(), rs.to_string())).cloned().flatten());
+        let meta = pod_meta(&pod, |ns, rs| {
+            deployments
+                .get(&(ns.to_string(), rs.to_string()))
+                .cloned()
+                .flatten()
+        });
         if let Some(seen) = relist.as_mut() {
             seen.insert(meta.uid.clone());
         }
         let ids = containers(&pod);
-        store.write().unwrap_or_else(|e| e.into_inner()).set_pod(Arc::new(meta), ids);
+        store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_pod(Arc::new(meta), ids);
     }
 }
 
@@ -195,7 +233,9 @@ pub async fn start(store: SharedStore, node: Option<String>) {
     };
     match Client::try_default().await {
         Ok(client) => follow(store, client, node).await,
-        Err(e) => tracing::warn!("kubernetes metadata unavailable: no API client ({e}); pods are named by container id"),
+        Err(e) => tracing::warn!(
+            "kubernetes metadata unavailable: no API client ({e}); pods are named by container id"
+        ),
     }
 }
 

@@ -26,7 +26,9 @@ pub struct ContainerMeta {
 impl ContainerMeta {
     /// `com.docker.compose.service`: the Compose service it runs.
     pub fn compose_service(&self) -> Option<&str> {
-        self.labels.get("com.docker.compose.service").map(String::as_str)
+        self.labels
+            .get("com.docker.compose.service")
+            .map(String::as_str)
     }
 }
 
@@ -36,7 +38,10 @@ pub fn split_image(reference: &str) -> (String, Option<String>) {
     let reference = reference.split('@').next().unwrap_or(reference);
     let slash = reference.rfind('/').map_or(0, |i| i + 1);
     match reference[slash..].rfind(':') {
-        Some(i) => (reference[..slash + i].to_string(), Some(reference[slash + i + 1..].to_string())),
+        Some(i) => (
+            reference[..slash + i].to_string(),
+            Some(reference[slash + i + 1..].to_string()),
+        ),
         None => (reference.to_string(), None),
     }
 }
@@ -72,8 +77,14 @@ impl Store {
     pub fn set_pod(&mut self, pod: Arc<kube::PodMeta>, containers: Vec<(String, String)>) {
         let ids: Vec<String> = containers.iter().map(|(id, _)| id.clone()).collect();
         let unchanged = self.pod_containers.get(&pod.uid) == Some(&ids)
-            && containers.iter().all(|(id, name)| self.pods.get(id).is_some_and(|(p, n)| **p == *pod && n == name));
-        if unchanged || (self.pods.len() >= MAX_CONTAINERS && !self.pod_containers.contains_key(&pod.uid)) {
+            && containers.iter().all(|(id, name)| {
+                self.pods
+                    .get(id)
+                    .is_some_and(|(p, n)| **p == *pod && n == name)
+            });
+        if unchanged
+            || (self.pods.len() >= MAX_CONTAINERS && !self.pod_containers.contains_key(&pod.uid))
+        {
             return;
         }
         self.remove_pod(&pod.uid);
@@ -95,7 +106,12 @@ impl Store {
 
     /// Keeps only these pods (after a relist).
     pub fn retain_pods(&mut self, uids: &std::collections::HashSet<String>) {
-        let gone: Vec<String> = self.pod_containers.keys().filter(|u| !uids.contains(*u)).cloned().collect();
+        let gone: Vec<String> = self
+            .pod_containers
+            .keys()
+            .filter(|u| !uids.contains(*u))
+            .cloned()
+            .collect();
         for uid in gone {
             self.remove_pod(&uid);
         }
@@ -124,8 +140,14 @@ impl Store {
 
     /// Replaces every container (a full resync).
     pub fn replace_containers(&mut self, all: HashMap<String, ContainerMeta>) {
-        let all: HashMap<String, Arc<ContainerMeta>> = all.into_iter().take(MAX_CONTAINERS).map(|(k, v)| (k, Arc::new(v))).collect();
-        if all.len() != self.containers.len() || all.iter().any(|(k, v)| self.containers.get(k) != Some(v)) {
+        let all: HashMap<String, Arc<ContainerMeta>> = all
+            .into_iter()
+            .take(MAX_CONTAINERS)
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect();
+        if all.len() != self.containers.len()
+            || all.iter().any(|(k, v)| self.containers.get(k) != Some(v))
+        {
             self.containers = all;
             self.generation += 1;
         }
@@ -139,9 +161,18 @@ mod tests {
     #[test]
     fn image_references_split_into_name_and_tag() {
         assert_eq!(split_image("nginx"), ("nginx".into(), None));
-        assert_eq!(split_image("nginx:1.25"), ("nginx".into(), Some("1.25".into())));
-        assert_eq!(split_image("reg:5000/team/app:2"), ("reg:5000/team/app".into(), Some("2".into())));
-        assert_eq!(split_image("reg:5000/team/app"), ("reg:5000/team/app".into(), None));
+        assert_eq!(
+            split_image("nginx:1.25"),
+            ("nginx".into(), Some("1.25".into()))
+        );
+        assert_eq!(
+            split_image("reg:5000/team/app:2"),
+            ("reg:5000/team/app".into(), Some("2".into()))
+        );
+        assert_eq!(
+            split_image("reg:5000/team/app"),
+            ("reg:5000/team/app".into(), None)
+        );
         assert_eq!(split_image("app@sha256:abcd"), ("app".into(), None));
         assert_eq!(split_image(""), ("".into(), None));
     }
@@ -149,7 +180,10 @@ mod tests {
     #[test]
     fn changes_bump_the_generation_and_nothing_else_does() {
         let mut s = Store::default();
-        let m = ContainerMeta { name: "web".into(), ..Default::default() };
+        let m = ContainerMeta {
+            name: "web".into(),
+            ..Default::default()
+        };
         s.set_container("a".into(), m.clone());
         assert_eq!(s.generation(), 1);
         s.set_container("a".into(), m.clone());

@@ -13,13 +13,22 @@ use std::{
 use crate::spans::Resource;
 
 /// Semconv default buckets for HTTP durations, in seconds.
-pub const DURATION_BUCKETS: &[f64] =
-    &[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 /// Semconv buckets for database call durations, in seconds.
 pub const DB_DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// Buckets for body sizes, in bytes.
-pub const SIZE_BUCKETS: &[f64] =
-    &[0.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0];
+pub const SIZE_BUCKETS: &[f64] = &[
+    0.0,
+    100.0,
+    1000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    100_000_000.0,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstrumentKind {
@@ -238,22 +247,43 @@ fn instance_of(r: &Resource) -> String {
 
 impl Registry {
     pub fn new(start_unix_ns: u64) -> Registry {
-        Registry { series: BTreeMap::new(), start_unix_ns, max_series: 50_000, refused_series: 0, expired_series: 0 }
+        Registry {
+            series: BTreeMap::new(),
+            start_unix_ns,
+            max_series: 50_000,
+            refused_series: 0,
+            expired_series: 0,
+        }
     }
 
     pub fn shared(start_unix_ns: u64) -> SharedRegistry {
         Arc::new(Mutex::new(Registry::new(start_unix_ns)))
     }
 
-    pub fn record(&mut self, inst: &'static Instrument, resource: &Arc<Resource>, mut labels: Labels, v: f64) {
+    pub fn record(
+        &mut self,
+        inst: &'static Instrument,
+        resource: &Arc<Resource>,
+        mut labels: Labels,
+        v: f64,
+    ) {
         labels.sort();
-        let key = SeriesKey { instrument: inst.name, instance: instance_of(resource), labels };
+        let key = SeriesKey {
+            instrument: inst.name,
+            instance: instance_of(resource),
+            labels,
+        };
         if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
             self.refused_series += 1;
             return;
         }
         let now = std::time::Instant::now();
-        let series = self.series.entry(key).or_insert_with(|| Series { instrument: inst, resource: resource.clone(), hist: Histogram::default(), updated: now });
+        let series = self.series.entry(key).or_insert_with(|| Series {
+            instrument: inst,
+            resource: resource.clone(),
+            hist: Histogram::default(),
+            updated: now,
+        });
         series.hist.record(inst.buckets, v);
         series.updated = now;
     }
@@ -262,7 +292,8 @@ impl Registry {
     /// comes back starts again from zero (a counter reset to consumers).
     pub fn expire(&mut self, now: std::time::Instant, ttl: std::time::Duration) {
         let before = self.series.len();
-        self.series.retain(|_, s| now.saturating_duration_since(s.updated) < ttl);
+        self.series
+            .retain(|_, s| now.saturating_duration_since(s.updated) < ttl);
         self.expired_series += (before - self.series.len()) as u64;
     }
 
@@ -275,8 +306,12 @@ impl Registry {
     }
 
     /// Every series as (instrument, resource, labels, histogram).
-    pub fn each(&self) -> impl Iterator<Item = (&'static Instrument, &Arc<Resource>, &Labels, &Histogram)> {
-        self.series.iter().map(|(k, s)| (s.instrument, &s.resource, &k.labels, &s.hist))
+    pub fn each(
+        &self,
+    ) -> impl Iterator<Item = (&'static Instrument, &Arc<Resource>, &Labels, &Histogram)> {
+        self.series
+            .iter()
+            .map(|(k, s)| (s.instrument, &s.resource, &k.labels, &s.hist))
     }
 }
 
@@ -285,7 +320,11 @@ mod tests {
     use super::*;
 
     fn resource(name: &str) -> Arc<Resource> {
-        Arc::new(Resource { service_name: name.into(), service_namespace: None, attributes: vec![] })
+        Arc::new(Resource {
+            service_name: name.into(),
+            service_namespace: None,
+            attributes: vec![],
+        })
     }
 
     #[test]
@@ -295,11 +334,19 @@ mod tests {
         r.record(&HTTP_SERVER_DURATION, &resource("old-pod"), vec![], 0.1);
         r.record(&HTTP_SERVER_DURATION, &resource("live"), vec![], 0.1);
         r.record(&HTTP_SERVER_DURATION, &resource("new-pod"), vec![], 0.1);
-        assert_eq!((r.len(), r.refused_series), (2, 1), "full: the new pod's series is refused");
+        assert_eq!(
+            (r.len(), r.refused_series),
+            (2, 1),
+            "full: the new pod's series is refused"
+        );
         use std::time::Duration;
         let later = std::time::Instant::now() + Duration::from_secs(30);
         r.expire(later, Duration::from_secs(60));
-        assert_eq!((r.len(), r.expired_series), (2, 0), "within the TTL nothing expires");
+        assert_eq!(
+            (r.len(), r.expired_series),
+            (2, 0),
+            "within the TTL nothing expires"
+        );
         r.expire(later + Duration::from_secs(60), Duration::from_secs(60));
         assert_eq!((r.len(), r.expired_series), (0, 2));
         r.record(&HTTP_SERVER_DURATION, &resource("new-pod"), vec![], 0.1);

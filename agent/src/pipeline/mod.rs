@@ -108,17 +108,29 @@ impl PipelineStats {
 
     pub fn counts(&self) -> Counts {
         let c = |i: usize| self.counts[i].load(Relaxed);
-        Counts { late_partners_adopted: c(0), calls_ambiguous: c(1), nat_resolved: c(2) }
+        Counts {
+            late_partners_adopted: c(0),
+            calls_ambiguous: c(1),
+            nat_resolved: c(2),
+        }
     }
 
     pub fn telemetry(&self) -> TelemetryCounts {
         let t = |i: usize| self.telemetry[i].load(Relaxed);
-        TelemetryCounts { http_exchanges: t(0), db_calls: t(1), messaging_ops: t(2), spans_sampled_out: t(3) }
+        TelemetryCounts {
+            http_exchanges: t(0),
+            db_calls: t(1),
+            messaging_ops: t(2),
+            spans_sampled_out: t(3),
+        }
     }
 
     /// (graph halves evicted, cached resources evicted).
     pub fn telemetry_drops(&self) -> (u64, u64) {
-        (self.graph_evicted.load(Relaxed), self.resources_evicted.load(Relaxed))
+        (
+            self.graph_evicted.load(Relaxed),
+            self.resources_evicted.load(Relaxed),
+        )
     }
 }
 
@@ -134,12 +146,20 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Pipeline {
-        let dispatch = Dispatcher::new(cfg.relay_processes, cfg.excluded, cfg.metadata.clone(), cfg.parser_budget);
+        let dispatch = Dispatcher::new(
+            cfg.relay_processes,
+            cfg.excluded,
+            cfg.metadata.clone(),
+            cfg.parser_budget,
+        );
         let resources = match cfg.metadata {
             Some(m) => cfg.resources.with_metadata(m),
             None => cfg.resources,
         };
-        let stats = Arc::new(PipelineStats { dispatch: dispatch.stats.clone(), ..Default::default() });
+        let stats = Arc::new(PipelineStats {
+            dispatch: dispatch.stats.clone(),
+            ..Default::default()
+        });
         Pipeline {
             dispatch,
             correlation: Correlator::new(Relays::default(), cfg.sampler, cfg.nat_lookup),
@@ -152,7 +172,13 @@ impl Pipeline {
     }
 
     /// One stream event through every stage, at `now_ns` (CLOCK_MONOTONIC).
-    pub fn on_event(&mut self, ev: StreamEvent, now_ns: u64, spans: &mut Vec<Span>, commands: &mut Vec<Command>) {
+    pub fn on_event(
+        &mut self,
+        ev: StreamEvent,
+        now_ns: u64,
+        spans: &mut Vec<Span>,
+        commands: &mut Vec<Command>,
+    ) {
         self.dispatch.on_event(ev, &mut self.flows, commands);
         for flow in self.flows.drain(..) {
             self.correlation.on_flow(flow, now_ns, &mut self.linked);
@@ -164,7 +190,8 @@ impl Pipeline {
 
     /// Ends the holds that are over at `now_ns` (all, with None).
     pub fn release_held(&mut self, now_ns: Option<u64>, spans: &mut Vec<Span>) {
-        self.telemetry.expire_series(std::time::Instant::now(), self.series_ttl);
+        self.telemetry
+            .expire_series(std::time::Instant::now(), self.series_ttl);
         if let Some(now) = now_ns {
             self.telemetry.expire_graph(now);
         }
@@ -176,8 +203,20 @@ impl Pipeline {
 
     /// Entries held by every stage's indexes (bounded, cleaned on close).
     pub fn entries(&self) -> [usize; 10] {
-        let [in_flight, queued, clients, waits, servers, nat, holds, deliveries] = self.correlation.entries();
-        [self.dispatch.len(), in_flight, queued, clients, waits, servers, nat, holds, deliveries, self.telemetry.entries()]
+        let [in_flight, queued, clients, waits, servers, nat, holds, deliveries] =
+            self.correlation.entries();
+        [
+            self.dispatch.len(),
+            in_flight,
+            queued,
+            clients,
+            waits,
+            servers,
+            nat,
+            holds,
+            deliveries,
+            self.telemetry.entries(),
+        ]
     }
 
     /// Copies the stages' counters where `/metrics` reads them.
@@ -200,11 +239,20 @@ impl Pipeline {
             a.store(v, Relaxed);
         }
         let c = self.correlation.counts();
-        for (a, v) in s.counts.iter().zip([c.late_partners_adopted, c.calls_ambiguous, c.nat_resolved]) {
+        for (a, v) in
+            s.counts
+                .iter()
+                .zip([c.late_partners_adopted, c.calls_ambiguous, c.nat_resolved])
+        {
             a.store(v, Relaxed);
         }
         let t = self.telemetry.counts;
-        for (a, v) in s.telemetry.iter().zip([t.http_exchanges, t.db_calls, t.messaging_ops, t.spans_sampled_out]) {
+        for (a, v) in s.telemetry.iter().zip([
+            t.http_exchanges,
+            t.db_calls,
+            t.messaging_ops,
+            t.spans_sampled_out,
+        ]) {
             a.store(v, Relaxed);
         }
         let (graph, resources) = self.telemetry.drops();

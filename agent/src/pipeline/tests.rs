@@ -44,8 +44,16 @@ fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str, service: &str)
         pid,
         fd: 3,
         role,
-        tuple: Some(SocketTuple { local: local.parse().unwrap(), remote: remote.parse().unwrap() }),
-        process: Arc::new(ProcessInfo { pid, comm: service.into(), otel_service_name: Some(service.into()), ..Default::default() }),
+        tuple: Some(SocketTuple {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        }),
+        process: Arc::new(ProcessInfo {
+            pid,
+            comm: service.into(),
+            otel_service_name: Some(service.into()),
+            ..Default::default()
+        }),
         opened_ns: 1,
         preexisting: false,
         peer_is_agent: false,
@@ -62,7 +70,11 @@ fn data(c: &ConnInfo, dir: Direction, at: u64, bytes: &[u8]) -> StreamEvent {
             enter_ns: at,
             exit_ns: at + 10,
             bytes: bytes.len() as u64,
-            syscall: if dir == Direction::Egress { Syscall::Write } else { Syscall::Read },
+            syscall: if dir == Direction::Egress {
+                Syscall::Write
+            } else {
+                Syscall::Read
+            },
             direction: dir,
             role: c.role,
             flags: 0,
@@ -73,19 +85,40 @@ fn data(c: &ConnInfo, dir: Direction, at: u64, bytes: &[u8]) -> StreamEvent {
 }
 
 fn l7() -> L7 {
-    L7 { p: Pipeline::new(PipelineConfig::new(Registry::shared(0), Sampler::AlwaysOn)), commands: vec![] }
+    L7 {
+        p: Pipeline::new(PipelineConfig::new(Registry::shared(0), Sampler::AlwaysOn)),
+        commands: vec![],
+    }
 }
 
 /// A client and a server end of one loopback connection, on this node.
 fn loopback_pair() -> (ConnInfo, ConnInfo) {
     (
-        conn(1, 100, Role::Client, "127.0.0.1:5000", "127.0.0.1:80", "caller"),
-        conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee"),
+        conn(
+            1,
+            100,
+            Role::Client,
+            "127.0.0.1:5000",
+            "127.0.0.1:80",
+            "caller",
+        ),
+        conn(
+            2,
+            200,
+            Role::Server,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            "callee",
+        ),
     )
 }
 
 /// Feeds `events` in order, adding the spans they make to `spans`.
-fn feed(l7: &mut L7, mut spans: Vec<Span>, events: impl IntoIterator<Item = StreamEvent>) -> Vec<Span> {
+fn feed(
+    l7: &mut L7,
+    mut spans: Vec<Span>,
+    events: impl IntoIterator<Item = StreamEvent>,
+) -> Vec<Span> {
     for ev in events {
         l7.on_event(ev, &mut spans);
     }
@@ -99,20 +132,30 @@ const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace() {
     let mut l7 = l7();
     let (client, server) = loopback_pair();
-    let spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(client.clone()),
-        StreamEvent::Open(server.clone()),
-        // The client's thread was preempted before its write syscall
-        // returned: the server's read enters the ring first.
-        data(&server, Direction::Ingress, 1_000, REQ),
-        data(&client, Direction::Egress, 900, REQ),
-        data(&server, Direction::Egress, 2_000, RESP),
-        data(&client, Direction::Ingress, 2_100, RESP),
-    ]);
-    let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
+    let spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            // The client's thread was preempted before its write syscall
+            // returned: the server's read enters the ring first.
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&client, Direction::Egress, 900, REQ),
+            data(&server, Direction::Egress, 2_000, RESP),
+            data(&client, Direction::Ingress, 2_100, RESP),
+        ],
+    );
+    let [srv, cli] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
     assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
     assert_eq!(srv.trace_id, cli.trace_id, "one trace");
-    assert_eq!(srv.parent_span_id, Some(cli.span_id), "the server span is the client span's child");
+    assert_eq!(
+        srv.parent_span_id,
+        Some(cli.span_id),
+        "the server span is the client span's child"
+    );
     assert_eq!(l7.counts().late_partners_adopted, 1, "counted");
 }
 
@@ -120,19 +163,36 @@ fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace
 fn a_server_span_finished_before_its_local_clients_write_record_is_held_and_joins() {
     let mut l7 = l7();
     let (client, server) = loopback_pair();
-    let mut spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(client.clone()),
-        StreamEvent::Open(server.clone()),
-        // The client's thread stayed preempted for the whole request.
-        data(&server, Direction::Ingress, 1_000, REQ),
-        data(&server, Direction::Egress, 2_000, RESP),
-    ]);
+    let mut spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            // The client's thread stayed preempted for the whole request.
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&server, Direction::Egress, 2_000, RESP),
+        ],
+    );
     assert!(spans.is_empty(), "held for its client: {spans:?}");
-    spans = feed(&mut l7, spans, [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)]);
-    let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
+    spans = feed(
+        &mut l7,
+        spans,
+        [
+            data(&client, Direction::Egress, 900, REQ),
+            data(&client, Direction::Ingress, 2_100, RESP),
+        ],
+    );
+    let [srv, cli] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
     assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
     assert_eq!(srv.trace_id, cli.trace_id, "one trace");
-    assert_eq!(srv.parent_span_id, Some(cli.span_id), "the server span is the client span's child");
+    assert_eq!(
+        srv.parent_span_id,
+        Some(cli.span_id),
+        "the server span is the client span's child"
+    );
     assert_eq!(l7.counts().late_partners_adopted, 1, "counted");
     l7.release_held(None, &mut spans);
     assert_eq!(spans.len(), 2, "nothing else was held");
@@ -143,52 +203,116 @@ fn the_calls_a_late_partnered_request_made_move_into_its_clients_trace_too() {
     let mut l7 = l7();
     let (client, server) = loopback_pair();
     // The server's own downstream call, on the thread serving the request.
-    let downstream = conn(3, 200, Role::Client, "127.0.0.1:6000", "10.9.9.9:8080", "callee");
-    let mut spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(client.clone()),
-        StreamEvent::Open(server.clone()),
-        StreamEvent::Open(downstream.clone()),
-        data(&server, Direction::Ingress, 1_000, REQ),
-        data(&downstream, Direction::Egress, 1_100, b"GET /down HTTP/1.1\r\nHost: d\r\n\r\n"),
-        data(&downstream, Direction::Ingress, 1_200, RESP),
-        data(&server, Direction::Egress, 2_000, RESP),
-    ]);
-    assert!(spans.is_empty(), "the whole provisional trace is held: {spans:?}");
-    spans = feed(&mut l7, spans, [data(&client, Direction::Egress, 900, REQ), data(&client, Direction::Ingress, 2_100, RESP)]);
-    let [down, srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
-    assert_eq!((down.kind.as_str(), srv.kind.as_str(), cli.kind.as_str()), ("CLIENT", "SERVER", "CLIENT"));
-    assert!(spans.iter().all(|s| s.trace_id == cli.trace_id), "one trace: {spans:?}");
+    let downstream = conn(
+        3,
+        200,
+        Role::Client,
+        "127.0.0.1:6000",
+        "10.9.9.9:8080",
+        "callee",
+    );
+    let mut spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            StreamEvent::Open(downstream.clone()),
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(
+                &downstream,
+                Direction::Egress,
+                1_100,
+                b"GET /down HTTP/1.1\r\nHost: d\r\n\r\n",
+            ),
+            data(&downstream, Direction::Ingress, 1_200, RESP),
+            data(&server, Direction::Egress, 2_000, RESP),
+        ],
+    );
+    assert!(
+        spans.is_empty(),
+        "the whole provisional trace is held: {spans:?}"
+    );
+    spans = feed(
+        &mut l7,
+        spans,
+        [
+            data(&client, Direction::Egress, 900, REQ),
+            data(&client, Direction::Ingress, 2_100, RESP),
+        ],
+    );
+    let [down, srv, cli] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
+    assert_eq!(
+        (down.kind.as_str(), srv.kind.as_str(), cli.kind.as_str()),
+        ("CLIENT", "SERVER", "CLIENT")
+    );
+    assert!(
+        spans.iter().all(|s| s.trace_id == cli.trace_id),
+        "one trace: {spans:?}"
+    );
     assert_eq!(srv.parent_span_id, Some(cli.span_id));
-    assert_eq!(down.parent_span_id, Some(srv.span_id), "the downstream call stays under its request");
+    assert_eq!(
+        down.parent_span_id,
+        Some(srv.span_id),
+        "the downstream call stays under its request"
+    );
 }
 
 #[test]
 fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
     let mut l7 = l7();
-    let server = conn(2, 200, Role::Server, "127.0.0.1:80", "127.0.0.1:5000", "callee");
-    let mut spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(server.clone()),
-        data(&server, Direction::Ingress, 1_000, REQ),
-        data(&server, Direction::Egress, 2_000, RESP),
-    ]);
+    let server = conn(
+        2,
+        200,
+        Role::Server,
+        "127.0.0.1:80",
+        "127.0.0.1:5000",
+        "callee",
+    );
+    let mut spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(server.clone()),
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&server, Direction::Egress, 2_000, RESP),
+        ],
+    );
     assert!(spans.is_empty());
     l7.release_held(Some(NOW + HOLD_NS - 1), &mut spans);
     assert!(spans.is_empty(), "its wait is not over yet");
     l7.release_held(Some(NOW + HOLD_NS), &mut spans);
-    let [srv] = spans.as_slice() else { panic!("{spans:?}") };
+    let [srv] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
     assert_eq!((srv.kind.as_str(), srv.parent_span_id), ("SERVER", None));
 }
 
 #[test]
 fn server_spans_of_off_node_clients_are_not_held() {
     let mut l7 = l7();
-    let server = conn(2, 200, Role::Server, "10.0.0.1:80", "192.0.2.7:5000", "callee");
-    let spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(server.clone()),
-        data(&server, Direction::Ingress, 1_000, REQ),
-        data(&server, Direction::Egress, 2_000, RESP),
-    ]);
-    let [srv] = spans.as_slice() else { panic!("exported at once: {spans:?}") };
+    let server = conn(
+        2,
+        200,
+        Role::Server,
+        "10.0.0.1:80",
+        "192.0.2.7:5000",
+        "callee",
+    );
+    let spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(server.clone()),
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&server, Direction::Egress, 2_000, RESP),
+        ],
+    );
+    let [srv] = spans.as_slice() else {
+        panic!("exported at once: {spans:?}")
+    };
     assert_eq!(srv.kind.as_str(), "SERVER");
 }
 
@@ -197,16 +321,25 @@ fn a_partner_later_than_the_window_is_not_adopted() {
     let mut l7 = l7();
     let (client, server) = loopback_pair();
     let late = LATE_PARTNER_WINDOW_NS + 10_000;
-    let spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(client.clone()),
-        StreamEvent::Open(server.clone()),
-        data(&server, Direction::Ingress, late, REQ),
-        data(&client, Direction::Egress, 1_000, REQ),
-        data(&server, Direction::Egress, late + 1_000, RESP),
-        data(&client, Direction::Ingress, late + 2_000, RESP),
-    ]);
-    let [srv, cli] = spans.as_slice() else { panic!("{spans:?}") };
-    assert_ne!(srv.trace_id, cli.trace_id, "not stitched: exported as they are");
+    let spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            data(&server, Direction::Ingress, late, REQ),
+            data(&client, Direction::Egress, 1_000, REQ),
+            data(&server, Direction::Egress, late + 1_000, RESP),
+            data(&client, Direction::Ingress, late + 2_000, RESP),
+        ],
+    );
+    let [srv, cli] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
+    assert_ne!(
+        srv.trace_id, cli.trace_id,
+        "not stitched: exported as they are"
+    );
     assert_eq!(srv.parent_span_id, None);
     assert_eq!(l7.counts().late_partners_adopted, 0);
     assert_eq!(l7.drops().late_partners_missed, 1, "counted as missed");
@@ -216,13 +349,34 @@ fn a_partner_later_than_the_window_is_not_adopted() {
 fn excluded_namespaces_are_released_at_open() {
     use crate::metadata::{kube::PodMeta, SharedStore};
     let store = SharedStore::default();
-    let pod = Arc::new(PodMeta { namespace: "kube-system".into(), name: "coredns-1".into(), uid: "u1".into(), ..Default::default() });
-    store.write().unwrap().set_pod(pod, vec![("c1".into(), "coredns".into())]);
+    let pod = Arc::new(PodMeta {
+        namespace: "kube-system".into(),
+        name: "coredns-1".into(),
+        uid: "u1".into(),
+        ..Default::default()
+    });
+    store
+        .write()
+        .unwrap()
+        .set_pod(pod, vec![("c1".into(), "coredns".into())]);
     let mut cfg = PipelineConfig::new(Registry::shared(0), Sampler::AlwaysOn);
-    cfg.excluded = Exclusions { processes: vec![], namespaces: vec!["kube-system".into()] };
+    cfg.excluded = Exclusions {
+        processes: vec![],
+        namespaces: vec!["kube-system".into()],
+    };
     cfg.metadata = Some(store);
-    let mut l7 = L7 { p: Pipeline::new(cfg), commands: vec![] };
-    let mut dns = conn(1, 100, Role::Server, "10.0.0.2:53", "10.0.0.9:4000", "coredns");
+    let mut l7 = L7 {
+        p: Pipeline::new(cfg),
+        commands: vec![],
+    };
+    let mut dns = conn(
+        1,
+        100,
+        Role::Server,
+        "10.0.0.2:53",
+        "10.0.0.9:4000",
+        "coredns",
+    );
     Arc::get_mut(&mut dns.process).unwrap().container_id = Some("c1".into());
     let other = conn(2, 200, Role::Server, "10.0.0.3:80", "10.0.0.9:4001", "web");
     let mut spans = vec![];
@@ -230,7 +384,15 @@ fn excluded_namespaces_are_released_at_open() {
     l7.on_event(StreamEvent::Open(other.clone()), &mut spans);
     l7.on_event(data(&dns, Direction::Ingress, 1_000, REQ), &mut spans);
     l7.on_event(data(&dns, Direction::Egress, 2_000, RESP), &mut spans);
-    assert_eq!(l7.commands, vec![Command::Release { conn: 1, pid: 100, fd: 3 }], "only the excluded namespace's connection");
+    assert_eq!(
+        l7.commands,
+        vec![Command::Release {
+            conn: 1,
+            pid: 100,
+            fd: 3
+        }],
+        "only the excluded namespace's connection"
+    );
     assert!(spans.is_empty(), "and it makes no spans");
 }
 
@@ -238,37 +400,80 @@ fn excluded_namespaces_are_released_at_open() {
 fn a_late_client_behind_dnat_is_found_through_conntrack_and_cached() {
     // The client connected to a published address; DNAT sent it to the
     // container, whose server sees another local address.
-    let client = conn(1, 100, Role::Client, "172.30.0.1:5000", "172.30.0.1:8080", "loadgen");
-    let server = conn(2, 200, Role::Server, "172.30.0.5:80", "172.30.0.1:5000", "login");
+    let client = conn(
+        1,
+        100,
+        Role::Client,
+        "172.30.0.1:5000",
+        "172.30.0.1:8080",
+        "loadgen",
+    );
+    let server = conn(
+        2,
+        200,
+        Role::Server,
+        "172.30.0.5:80",
+        "172.30.0.1:5000",
+        "login",
+    );
     let mut cfg = PipelineConfig::new(Registry::shared(0), Sampler::AlwaysOn);
     let lookups = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let n = lookups.clone();
     cfg.nat_lookup = Box::new(move |local, remote| {
         n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (local == "172.30.0.5:80".parse().unwrap() && remote == "172.30.0.1:5000".parse().unwrap())
-            .then(|| ("172.30.0.1:5000".parse().unwrap(), "172.30.0.1:8080".parse().unwrap()))
+            .then(|| {
+                (
+                    "172.30.0.1:5000".parse().unwrap(),
+                    "172.30.0.1:8080".parse().unwrap(),
+                )
+            })
     });
-    let mut l7 = L7 { p: Pipeline::new(cfg), commands: vec![] };
-    let spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(client.clone()),
-        StreamEvent::Open(server.clone()),
-        // The first request's client record is late (its thread was preempted).
-        data(&server, Direction::Ingress, 1_000, REQ),
-        data(&client, Direction::Egress, 900, REQ),
-        data(&server, Direction::Egress, 2_000, RESP),
-        data(&client, Direction::Ingress, 2_100, RESP),
-        // The next one is in order, and resolves from the cache.
-        data(&client, Direction::Egress, 3_000, REQ),
-        data(&server, Direction::Ingress, 3_100, REQ),
-        data(&server, Direction::Egress, 4_000, RESP),
-        data(&client, Direction::Ingress, 4_100, RESP),
-    ]);
-    let [srv1, cli1, srv2, cli2] = spans.as_slice() else { panic!("{spans:?}") };
-    assert_eq!((srv1.trace_id, srv1.parent_span_id), (cli1.trace_id, Some(cli1.span_id)), "the late first request joins");
-    assert_eq!((srv2.trace_id, srv2.parent_span_id), (cli2.trace_id, Some(cli2.span_id)), "the second stitches at once");
+    let mut l7 = L7 {
+        p: Pipeline::new(cfg),
+        commands: vec![],
+    };
+    let spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            // The first request's client record is late (its thread was preempted).
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&client, Direction::Egress, 900, REQ),
+            data(&server, Direction::Egress, 2_000, RESP),
+            data(&client, Direction::Ingress, 2_100, RESP),
+            // The next one is in order, and resolves from the cache.
+            data(&client, Direction::Egress, 3_000, REQ),
+            data(&server, Direction::Ingress, 3_100, REQ),
+            data(&server, Direction::Egress, 4_000, RESP),
+            data(&client, Direction::Ingress, 4_100, RESP),
+        ],
+    );
+    let [srv1, cli1, srv2, cli2] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
+    assert_eq!(
+        (srv1.trace_id, srv1.parent_span_id),
+        (cli1.trace_id, Some(cli1.span_id)),
+        "the late first request joins"
+    );
+    assert_eq!(
+        (srv2.trace_id, srv2.parent_span_id),
+        (cli2.trace_id, Some(cli2.span_id)),
+        "the second stitches at once"
+    );
     assert_ne!(cli1.trace_id, cli2.trace_id);
-    assert_eq!((l7.counts().late_partners_adopted, l7.counts().nat_resolved), (1, 1));
-    assert_eq!(lookups.load(std::sync::atomic::Ordering::Relaxed), 1, "conntrack read once for the connection");
+    assert_eq!(
+        (l7.counts().late_partners_adopted, l7.counts().nat_resolved),
+        (1, 1)
+    );
+    assert_eq!(
+        lookups.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "conntrack read once for the connection"
+    );
 }
 
 #[test]
@@ -281,8 +486,22 @@ fn concurrent_clients_each_get_their_own_server_child() {
     let pairs: Vec<_> = (0..8u16)
         .map(|i| {
             let cport = 5000 + i;
-            let c = conn(10 + i as u64, 100, Role::Client, &format!("127.0.0.1:{cport}"), "127.0.0.1:80", "caller");
-            let s = conn(100 + i as u64, 200, Role::Server, "127.0.0.1:80", &format!("127.0.0.1:{cport}"), "callee");
+            let c = conn(
+                10 + i as u64,
+                100,
+                Role::Client,
+                &format!("127.0.0.1:{cport}"),
+                "127.0.0.1:80",
+                "caller",
+            );
+            let s = conn(
+                100 + i as u64,
+                200,
+                Role::Server,
+                "127.0.0.1:80",
+                &format!("127.0.0.1:{cport}"),
+                "callee",
+            );
             events.push(StreamEvent::Open(c.clone()));
             events.push(StreamEvent::Open(s.clone()));
             (c, s)
@@ -306,11 +525,20 @@ fn concurrent_clients_each_get_their_own_server_child() {
         let of = |kind: &str| {
             spans
                 .iter()
-                .find(|s| s.kind.as_str() == kind && s.attributes.iter().any(|(_, v)| v.to_string().contains(&path)))
+                .find(|s| {
+                    s.kind.as_str() == kind
+                        && s.attributes
+                            .iter()
+                            .any(|(_, v)| v.to_string().contains(&path))
+                })
                 .unwrap_or_else(|| panic!("{kind} {path}: {spans:?}"))
         };
         let (cli, srv) = (of("CLIENT"), of("SERVER"));
-        assert_eq!((srv.trace_id, srv.parent_span_id), (cli.trace_id, Some(cli.span_id)), "{path}");
+        assert_eq!(
+            (srv.trace_id, srv.parent_span_id),
+            (cli.trace_id, Some(cli.span_id)),
+            "{path}"
+        );
     }
 }
 
@@ -320,22 +548,40 @@ fn concurrent_clients_each_get_their_own_server_child() {
 #[test]
 fn a_client_exchange_before_its_servers_makes_one_whole_graph_edge() {
     let registry = Registry::shared(0);
-    let mut l7 = L7 { p: Pipeline::new(PipelineConfig::new(registry.clone(), Sampler::AlwaysOn)), commands: vec![] };
+    let mut l7 = L7 {
+        p: Pipeline::new(PipelineConfig::new(registry.clone(), Sampler::AlwaysOn)),
+        commands: vec![],
+    };
     let (client, server) = loopback_pair();
-    let spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(client.clone()),
-        StreamEvent::Open(server.clone()),
-        data(&client, Direction::Egress, 900, REQ),
-        data(&server, Direction::Ingress, 1_000, REQ),
-        data(&client, Direction::Ingress, 2_100, RESP),
-        data(&server, Direction::Egress, 2_000, RESP),
-    ]);
-    let [cli, srv] = spans.as_slice() else { panic!("{spans:?}") };
+    let spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            data(&client, Direction::Egress, 900, REQ),
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&client, Direction::Ingress, 2_100, RESP),
+            data(&server, Direction::Egress, 2_000, RESP),
+        ],
+    );
+    let [cli, srv] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
     assert_eq!(srv.parent_span_id, Some(cli.span_id));
     let text = crate::metrics::prometheus::render(&registry.lock().unwrap(), &[]);
     let edge = r#"{service_name="caller",client="caller",server="callee"}"#;
-    for series in ["traces_service_graph_request_total", "traces_service_graph_request_server_seconds_count"] {
-        assert!(text.contains(&format!("{series}{edge} 1")), "{series}: {text}");
+    for series in [
+        "traces_service_graph_request_total",
+        "traces_service_graph_request_server_seconds_count",
+    ] {
+        assert!(
+            text.contains(&format!("{series}{edge} 1")),
+            "{series}: {text}"
+        );
     }
-    assert!(!text.contains("connection_type=\"virtual_node\""), "no half-edge: {text}");
+    assert!(
+        !text.contains("connection_type=\"virtual_node\""),
+        "no half-edge: {text}"
+    );
 }

@@ -66,74 +66,86 @@ pub fn spawn(
     commands: mpsc::Sender<Command>,
     mut stop: watch::Receiver<bool>,
     idle: Duration,
-) -> std::io::Result<(std::thread::JoinHandle<Ended>, oneshot::Receiver<()>, Arc<PipelineStats>)> {
+) -> std::io::Result<(
+    std::thread::JoinHandle<Ended>,
+    oneshot::Receiver<()>,
+    Arc<PipelineStats>,
+)> {
     let rt = Handle::current();
     let stats = pipeline.stats.clone();
     let stats_out = stats.clone();
     let (done_tx, done) = oneshot::channel();
-    let handle = std::thread::Builder::new().name("sonde-pipeline".into()).spawn(move || {
-        // Fires on return and on unwind alike.
-        let _done = Notify(Some(done_tx));
-        let mut batch = Vec::with_capacity(BATCH);
-        let (mut spans, mut cmds) = (vec![], vec![]);
-        let mut next_tick = Instant::now() + TICK;
-        let mut panic_after = test_panic_after();
-        let mut drain_until: Option<Instant> = None;
-        loop {
-            let wait = match drain_until {
-                Some(_) => idle,
-                None => next_tick.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
-            };
-            let got = rt.block_on(async {
-                tokio::select! {
-                    n = events.recv_many(&mut batch, BATCH) => Some(n),
-                    _ = tokio::time::sleep(wait) => Some(usize::MAX),
-                    _ = stop.changed(), if drain_until.is_none() => None,
+    let handle = std::thread::Builder::new()
+        .name("sonde-pipeline".into())
+        .spawn(move || {
+            // Fires on return and on unwind alike.
+            let _done = Notify(Some(done_tx));
+            let mut batch = Vec::with_capacity(BATCH);
+            let (mut spans, mut cmds) = (vec![], vec![]);
+            let mut next_tick = Instant::now() + TICK;
+            let mut panic_after = test_panic_after();
+            let mut drain_until: Option<Instant> = None;
+            loop {
+                let wait = match drain_until {
+                    Some(_) => idle,
+                    None => next_tick
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                };
+                let got = rt.block_on(async {
+                    tokio::select! {
+                        n = events.recv_many(&mut batch, BATCH) => Some(n),
+                        _ = tokio::time::sleep(wait) => Some(usize::MAX),
+                        _ = stop.changed(), if drain_until.is_none() => None,
+                    }
+                });
+                match got {
+                    None => {
+                        drain_until = Some(Instant::now() + DRAIN_LIMIT);
+                        continue;
+                    }
+                    Some(0) => {
+                        pipeline.release_held(None, &mut spans);
+                        sinks.deliver(&mut spans);
+                        pipeline.publish_stats();
+                        return if drain_until.is_some() || *stop.borrow() {
+                            Ended::Stopped
+                        } else {
+                            Ended::InputClosed
+                        };
+                    }
+                    // Idle: while draining, the stream is done.
+                    Some(usize::MAX) if drain_until.is_some() => break,
+                    _ => {}
                 }
-            });
-            match got {
-                None => {
-                    drain_until = Some(Instant::now() + DRAIN_LIMIT);
-                    continue;
+                let now_ns = monotonic_now();
+                for ev in batch.drain(..) {
+                    if let Some(n) = panic_after.as_mut() {
+                        *n = n.saturating_sub(1);
+                        assert!(*n > 0, "test hook: SONDE_TEST_PANIC_AFTER_EVENTS reached");
+                    }
+                    pipeline.on_event(ev, now_ns, &mut spans, &mut cmds);
                 }
-                Some(0) => {
-                    pipeline.release_held(None, &mut spans);
-                    sinks.deliver(&mut spans);
-                    pipeline.publish_stats();
-                    return if drain_until.is_some() || *stop.borrow() { Ended::Stopped } else { Ended::InputClosed };
+                if Instant::now() >= next_tick {
+                    pipeline.release_held(Some(monotonic_now()), &mut spans);
+                    next_tick = Instant::now() + TICK;
                 }
-                // Idle: while draining, the stream is done.
-                Some(usize::MAX) if drain_until.is_some() => break,
-                _ => {}
+                for c in cmds.drain(..) {
+                    if commands.try_send(c).is_err() {
+                        stats.commands_dropped.fetch_add(1, Relaxed);
+                    }
+                }
+                sinks.deliver(&mut spans);
+                pipeline.publish_stats();
+                if drain_until.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
             }
-            let now_ns = monotonic_now();
-            for ev in batch.drain(..) {
-                if let Some(n) = panic_after.as_mut() {
-                    *n = n.saturating_sub(1);
-                    assert!(*n > 0, "test hook: SONDE_TEST_PANIC_AFTER_EVENTS reached");
-                }
-                pipeline.on_event(ev, now_ns, &mut spans, &mut cmds);
-            }
-            if Instant::now() >= next_tick {
-                pipeline.release_held(Some(monotonic_now()), &mut spans);
-                next_tick = Instant::now() + TICK;
-            }
-            for c in cmds.drain(..) {
-                if commands.try_send(c).is_err() {
-                    stats.commands_dropped.fetch_add(1, Relaxed);
-                }
-            }
+            pipeline.release_held(None, &mut spans);
             sinks.deliver(&mut spans);
             pipeline.publish_stats();
-            if drain_until.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-        }
-        pipeline.release_held(None, &mut spans);
-        sinks.deliver(&mut spans);
-        pipeline.publish_stats();
-        Ended::Stopped
-    })?;
+            Ended::Stopped
+        })?;
     Ok((handle, done, stats_out))
 }
 
@@ -143,7 +155,10 @@ fn test_panic_after() -> Option<u64> {
     if !cfg!(debug_assertions) {
         return None;
     }
-    std::env::var("SONDE_TEST_PANIC_AFTER_EVENTS").ok()?.parse().ok()
+    std::env::var("SONDE_TEST_PANIC_AFTER_EVENTS")
+        .ok()?
+        .parse()
+        .ok()
 }
 
 struct Notify(Option<oneshot::Sender<()>>);

@@ -71,7 +71,11 @@ const MMSG: &[Feature] = VECTORED;
 
 macro_rules! c {
     ($p:ident, $maj:literal, $min:literal, $f:expr) => {
-        Compat { program: stringify!($p), tracepoint_since: ($maj, $min), features: $f }
+        Compat {
+            program: stringify!($p),
+            tracepoint_since: ($maj, $min),
+            features: $f,
+        }
     };
 }
 
@@ -143,13 +147,19 @@ pub fn agent_minimum() -> (Version, String) {
 
 /// (major, minor) of a release string such as "6.1.0-50-amd64".
 pub fn parse_release(release: &str) -> Option<Version> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 /// This kernel's version.
 pub fn running() -> Option<Version> {
-    parse_release(std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?.trim())
+    parse_release(
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()?
+            .trim(),
+    )
 }
 
 #[cfg(test)]
@@ -159,7 +169,10 @@ mod tests {
 
     #[test]
     fn every_program_has_an_entry_and_the_ring_buffer_sets_the_floor() {
-        let programs = TRACEPOINTS.iter().map(|t| t.program).chain(KERNEL_IO.iter().map(|k| k.program));
+        let programs = TRACEPOINTS
+            .iter()
+            .map(|t| t.program)
+            .chain(KERNEL_IO.iter().map(|k| k.program));
         for p in programs {
             let c = of(p).unwrap_or_else(|| panic!("{p} has no compat entry"));
             assert!(c.minimum().0 >= (5, 8), "{p}");
@@ -167,7 +180,11 @@ mod tests {
         assert_eq!(TABLE.len(), TRACEPOINTS.len() + KERNEL_IO.len());
         assert_eq!(agent_minimum(), ((5, 8), "BPF ring buffer".into()));
         let kernel_io = of("tcp_recvmsg_return").unwrap().minimum();
-        assert_eq!(kernel_io, ((5, 8), "BPF ring buffer".into()), "the kprobe path runs wherever the agent does");
+        assert_eq!(
+            kernel_io,
+            ((5, 8), "BPF ring buffer".into()),
+            "the kprobe path runs wherever the agent does"
+        );
         assert_eq!(of("io_uring_file_get").unwrap().tracepoint_since, (5, 5));
     }
 

@@ -14,10 +14,15 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Reads the layout from `btf_path` and the tracefs at `tracefs_root`.
 /// The error names what is missing; the kprobe path stays off then.
 pub fn resolve(btf_path: &Path, tracefs_root: &Path) -> Result<KernelLayout, String> {
-    let btf = Btf::from_file(btf_path).map_err(|e| format!("no kernel BTF at {}: {e}", btf_path.display()))?;
+    let btf = Btf::from_file(btf_path)
+        .map_err(|e| format!("no kernel BTF at {}: {e}", btf_path.display()))?;
     let format_path = tracefs_root.join("events/io_uring/io_uring_file_get/format");
-    let format = std::fs::read_to_string(&format_path)
-        .map_err(|e| format!("no io_uring:io_uring_file_get tracepoint ({}: {e})", format_path.display()))?;
+    let format = std::fs::read_to_string(&format_path).map_err(|e| {
+        format!(
+            "no io_uring:io_uring_file_get tracepoint ({}: {e})",
+            format_path.display()
+        )
+    })?;
     let uring_fd = tracefs::field_offsets(&format)
         .into_iter()
         .find(|(n, _)| n == "fd")
@@ -40,8 +45,11 @@ fn from_btf(btf: &Btf, uring_fd: u32) -> Result<KernelLayout, String> {
         .iter()
         .find_map(|f| offset(btf, &iter, f).ok())
         .ok_or("struct iov_iter has no iov/__iov/ubuf member")?;
-    let iter_ubuf = enumerator(btf, "iter_type", "ITER_UBUF").map(|v| v as u8).unwrap_or(KernelLayout::NO_UBUF);
-    let iter_iovec = enumerator(btf, "iter_type", "ITER_IOVEC").ok_or("enum iter_type has no ITER_IOVEC")? as u8;
+    let iter_ubuf = enumerator(btf, "iter_type", "ITER_UBUF")
+        .map(|v| v as u8)
+        .unwrap_or(KernelLayout::NO_UBUF);
+    let iter_iovec =
+        enumerator(btf, "iter_type", "ITER_IOVEC").ok_or("enum iter_type has no ITER_IOVEC")? as u8;
     Ok(KernelLayout {
         msg_iter,
         iter_type,
@@ -71,7 +79,9 @@ fn named_struct(btf: &Btf, name: &str) -> Result<Struct, String> {
 /// Byte offset of `field` in `s`, looking inside anonymous structs and
 /// unions as C does.
 fn offset(btf: &Btf, s: &Struct, field: &str) -> Result<u32, String> {
-    find(btf, s, field, 0).map(|bits| bits / 8).ok_or_else(|| format!("no member {field}"))
+    find(btf, s, field, 0)
+        .map(|bits| bits / 8)
+        .ok_or_else(|| format!("no member {field}"))
 }
 
 fn find(btf: &Btf, s: &Struct, field: &str, base_bits: u32) -> Option<u32> {
@@ -93,10 +103,17 @@ fn find(btf: &Btf, s: &Struct, field: &str, base_bits: u32) -> Option<u32> {
 }
 
 fn enumerator(btf: &Btf, enum_name: &str, name: &str) -> Option<u32> {
-    btf.resolve_types_by_name(enum_name).ok()?.into_iter().find_map(|t| match t {
-        Type::Enum(e) => e.members.iter().find(|m| btf.resolve_name(*m).is_ok_and(|n| n == name)).map(|m| m.val()),
-        _ => None,
-    })
+    btf.resolve_types_by_name(enum_name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == name))
+                .map(|m| m.val()),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -116,7 +133,13 @@ mod tests {
         assert_eq!(l.valid, 1);
         // Members of one struct at distinct offsets, inside its size.
         let iter_size = named_struct(&btf, "iov_iter").unwrap().size() as u32;
-        let mut offs = [l.iter_type, l.iter_count, l.iter_ptr, l.iter_nr_segs, l.iter_offset];
+        let mut offs = [
+            l.iter_type,
+            l.iter_count,
+            l.iter_ptr,
+            l.iter_nr_segs,
+            l.iter_offset,
+        ];
         assert!(offs.iter().all(|o| *o < iter_size), "{l:?}");
         offs.sort();
         assert!(offs.windows(2).all(|w| w[0] < w[1]), "distinct: {l:?}");

@@ -112,7 +112,9 @@ pub fn kprobes_present() -> bool {
 /// Why `program` cannot run on `kernel` (per `compat.rs`), if it cannot.
 fn too_old(program: &str, kernel: Option<compat::Version>) -> Option<String> {
     let ((maj, min), why) = compat::of(program)?.minimum();
-    kernel.is_some_and(|k| k < (maj, min)).then(|| format!("needs Linux >= {maj}.{min} ({why})"))
+    kernel
+        .is_some_and(|k| k < (maj, min))
+        .then(|| format!("needs Linux >= {maj}.{min} ({why})"))
 }
 
 /// The layout the io_uring path needs, or why it stays off.
@@ -126,7 +128,10 @@ fn kernel_io_layout() -> Result<KernelLayout, String> {
 
 fn set_memlock_unlimited() {
     // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!("raising RLIMIT_MEMLOCK failed; fine on kernels >= 5.11");
     }
@@ -144,7 +149,10 @@ pub fn cgroup_id(path: &PathBuf) -> Result<u64, LoadError> {
 /// at least one page.
 pub fn ringbuf_size(requested: u32) -> u32 {
     let page = 4096u32;
-    requested.max(page).checked_next_power_of_two().unwrap_or(1 << 31)
+    requested
+        .max(page)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
 }
 
 impl Probes {
@@ -175,10 +183,17 @@ impl Probes {
         let self_tgid = std::process::id();
         let filter_pids = u8::from(!cfg.pids.is_empty());
         let filter_cgroups = u8::from(!cfg.cgroups.is_empty());
-        let cgroup_ids =
-            cfg.cgroups.iter().map(cgroup_id).collect::<Result<Vec<_>, _>>()?;
+        let cgroup_ids = cfg
+            .cgroups
+            .iter()
+            .map(cgroup_id)
+            .collect::<Result<Vec<_>, _>>()?;
         let _ = tracefs::ensure_mounted(); // attach_all reports it if this failed
-        let layout = if cfg.kprobes { kernel_io_layout() } else { Err("kprobes turned off (--no-kprobes)".into()) };
+        let layout = if cfg.kprobes {
+            kernel_io_layout()
+        } else {
+            Err("kprobes turned off (--no-kprobes)".into())
+        };
         let (layout, kernel_io_off) = match layout {
             Ok(l) => (l, None),
             Err(why) => (KernelLayout::default(), Some(why)),
@@ -198,19 +213,26 @@ impl Probes {
                 BpfHashMap::try_from(ebpf.map_mut(map_names::PID_FILTER).expect("PID_FILTER"))
                     .map_err(|e| LoadError::Load(e.to_string()))?;
             for pid in &cfg.pids {
-                pids.insert(pid, 1, 0).map_err(|e| LoadError::Load(e.to_string()))?;
+                pids.insert(pid, 1, 0)
+                    .map_err(|e| LoadError::Load(e.to_string()))?;
             }
         }
         {
             let mut cgs: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
-                ebpf.map_mut(map_names::CGROUP_FILTER).expect("CGROUP_FILTER"),
+                ebpf.map_mut(map_names::CGROUP_FILTER)
+                    .expect("CGROUP_FILTER"),
             )
             .map_err(|e| LoadError::Load(e.to_string()))?;
             for id in &cgroup_ids {
-                cgs.insert(id, 1, 0).map_err(|e| LoadError::Load(e.to_string()))?;
+                cgs.insert(id, 1, 0)
+                    .map_err(|e| LoadError::Load(e.to_string()))?;
             }
         }
-        Ok(Probes { ebpf, report: vec![], kernel_io_off })
+        Ok(Probes {
+            ebpf,
+            report: vec![],
+            kernel_io_off,
+        })
     }
 
     /// Attaches every tracepoint of the table, skipping what this kernel
@@ -235,7 +257,12 @@ impl Probes {
             if spec.need == Need::Optional && state != AttachState::Attached {
                 tracing::warn!(%hook, covers = spec.covers, ?state, "optional probe not attached");
             }
-            self.report.push(ProbeStatus { hook, need: spec.need, covers: spec.covers, state });
+            self.report.push(ProbeStatus {
+                hook,
+                need: spec.need,
+                covers: spec.covers,
+                state,
+            });
         }
         self.attach_kernel_io();
         Ok(())
@@ -255,21 +282,28 @@ impl Probes {
                 AttachState::Skipped(why)
             } else {
                 match spec.hook {
-                    KernelIoHook::Tracepoint(cat) => match self.attach_tracepoint(spec.program, cat, spec.target) {
-                        Ok(()) => AttachState::Attached,
-                        Err(e) => AttachState::Failed(e),
-                    },
+                    KernelIoHook::Tracepoint(cat) => {
+                        match self.attach_tracepoint(spec.program, cat, spec.target) {
+                            Ok(()) => AttachState::Attached,
+                            Err(e) => AttachState::Failed(e),
+                        }
+                    }
                     // They fire on every TCP send and receive of the node:
                     // not before something uses io_uring on a traced socket.
-                    KernelIoHook::Kprobe | KernelIoHook::Kretprobe => {
-                        AttachState::Deferred("attached at the first io_uring request on a traced socket".into())
-                    }
+                    KernelIoHook::Kprobe | KernelIoHook::Kretprobe => AttachState::Deferred(
+                        "attached at the first io_uring request on a traced socket".into(),
+                    ),
                 }
             };
             if let AttachState::Failed(why) = &state {
                 tracing::warn!(hook = %spec.hook_name(), %why, "io_uring path probe refused");
             }
-            self.report.push(ProbeStatus { hook: spec.hook_name(), need: Need::Optional, covers: KERNEL_IO_COVERS, state });
+            self.report.push(ProbeStatus {
+                hook: spec.hook_name(),
+                need: Need::Optional,
+                covers: KERNEL_IO_COVERS,
+                state,
+            });
         }
     }
 
@@ -280,7 +314,12 @@ impl Probes {
             if !matches!(self.report[i].state, AttachState::Deferred(_)) {
                 continue;
             }
-            let Some(spec) = KERNEL_IO.iter().find(|k| k.hook_name() == self.report[i].hook) else { continue };
+            let Some(spec) = KERNEL_IO
+                .iter()
+                .find(|k| k.hook_name() == self.report[i].hook)
+            else {
+                continue;
+            };
             self.report[i].state = match self.attach_kprobe(spec.program, spec.target) {
                 Ok(()) => AttachState::Attached,
                 Err(why) => {
@@ -294,7 +333,11 @@ impl Probes {
     /// The flag the kernel raises at the first io_uring request on a traced
     /// socket, when something waits for it.
     pub fn take_uring_seen(&mut self) -> Option<Array<MapData, u32>> {
-        if !self.report.iter().any(|p| matches!(p.state, AttachState::Deferred(_))) {
+        if !self
+            .report
+            .iter()
+            .any(|p| matches!(p.state, AttachState::Deferred(_)))
+        {
             return None;
         }
         Array::try_from(self.ebpf.take_map(map_names::URING_SEEN)?).ok()
@@ -302,7 +345,11 @@ impl Probes {
 
     /// Whether every program of the io_uring path is attached.
     pub fn kernel_io_active(&self) -> bool {
-        KERNEL_IO.iter().all(|k| self.report.iter().any(|p| p.hook == k.hook_name() && p.state == AttachState::Attached))
+        KERNEL_IO.iter().all(|k| {
+            self.report
+                .iter()
+                .any(|p| p.hook == k.hook_name() && p.state == AttachState::Attached)
+        })
     }
 
     /// The object's program `name`, as its type.
@@ -320,21 +367,32 @@ impl Probes {
     fn attach_kprobe(&mut self, program: &str, function: &str) -> Result<(), String> {
         let prog: &mut KProbe = self.program(program)?;
         prog.load().map_err(|e| format!("verifier/load: {e:#}"))?;
-        prog.attach(function, 0).map_err(|e| format!("attach: {e:?}"))?;
+        prog.attach(function, 0)
+            .map_err(|e| format!("attach: {e:?}"))?;
         Ok(())
     }
 
     /// The first required probe that did not attach, as an error.
     pub fn check_required(&self) -> Result<(), LoadError> {
         for p in &self.report {
-            if let (Need::Required, AttachState::Skipped(r) | AttachState::Failed(r)) = (p.need, &p.state) {
-                return Err(LoadError::Required { hook: p.hook.clone(), reason: r.clone() });
+            if let (Need::Required, AttachState::Skipped(r) | AttachState::Failed(r)) =
+                (p.need, &p.state)
+            {
+                return Err(LoadError::Required {
+                    hook: p.hook.clone(),
+                    reason: r.clone(),
+                });
             }
         }
         Ok(())
     }
 
-    fn layout_mismatch(&self, root: &std::path::Path, category: &str, name: &str) -> Option<String> {
+    fn layout_mismatch(
+        &self,
+        root: &std::path::Path,
+        category: &str,
+        name: &str,
+    ) -> Option<String> {
         if name != "inet_sock_set_state" {
             return None;
         }
@@ -345,10 +403,16 @@ impl Probes {
             .map(|r| format!("unexpected tracepoint format: {r}"))
     }
 
-    fn attach_tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<(), String> {
+    fn attach_tracepoint(
+        &mut self,
+        program: &str,
+        category: &str,
+        name: &str,
+    ) -> Result<(), String> {
         let prog: &mut TracePoint = self.program(program)?;
         prog.load().map_err(|e| format!("verifier/load: {e:#}"))?;
-        prog.attach(category, name).map_err(|e| format!("attach: {e:?}"))?;
+        prog.attach(category, name)
+            .map_err(|e| format!("attach: {e:?}"))?;
         Ok(())
     }
 
@@ -361,7 +425,10 @@ impl Probes {
     /// Takes the maps user space writes: tracked sockets and listeners.
     pub fn take_socket_maps(&mut self) -> KernelSockets {
         let socks = self.ebpf.take_map(map_names::SOCKS).expect("SOCKS map");
-        let listeners = self.ebpf.take_map(map_names::LISTENERS).expect("LISTENERS map");
+        let listeners = self
+            .ebpf
+            .take_map(map_names::LISTENERS)
+            .expect("LISTENERS map");
         KernelSockets {
             socks: BpfHashMap::try_from(socks).expect("SOCKS is a hash map"),
             listeners: BpfHashMap::try_from(listeners).expect("LISTENERS is a hash map"),
@@ -371,7 +438,9 @@ impl Probes {
     /// Takes the per-CPU counters.
     pub fn take_stats(&mut self) -> KernelStats {
         let map = self.ebpf.take_map(map_names::STATS).expect("STATS map");
-        KernelStats { map: PerCpuArray::try_from(map).expect("STATS is a per-CPU array") }
+        KernelStats {
+            map: PerCpuArray::try_from(map).expect("STATS is a per-CPU array"),
+        }
     }
 }
 
@@ -393,10 +462,15 @@ impl KernelSockets {
     /// timing and byte counts, with `PAYLOAD_SKIPPED` set.
     pub fn set_quiet(&mut self, pid: u32, fd: i32) -> Result<(), QuietError> {
         let key = sonde_common::sock_key(pid, fd as u32);
-        let mut info = self.socks.get(&key, 0).map_err(|_| QuietError::NotTracked(pid, fd))?;
+        let mut info = self
+            .socks
+            .get(&key, 0)
+            .map_err(|_| QuietError::NotTracked(pid, fd))?;
         info.flags |= sonde_common::sock_flags::QUIET;
         // BPF_EXIST: never resurrect a socket that closed meanwhile.
-        self.socks.insert(key, info, 2).map_err(|e| QuietError::Map(e.to_string()))
+        self.socks
+            .insert(key, info, 2)
+            .map_err(|e| QuietError::Map(e.to_string()))
     }
 }
 
@@ -416,22 +490,33 @@ pub trait SocketRegistry: Send {
 
 impl SocketRegistry for SharedSockets {
     fn track(&mut self, pid: u32, fd: i32, info: SockInfo) {
-        self.lock().unwrap_or_else(|e| e.into_inner()).track(pid, fd, info)
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .track(pid, fd, info)
     }
     fn untrack(&mut self, pid: u32, fd: i32) {
-        self.lock().unwrap_or_else(|e| e.into_inner()).untrack(pid, fd)
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .untrack(pid, fd)
     }
     fn track_listener(&mut self, pid: u32, fd: i32, port: u16) {
-        self.lock().unwrap_or_else(|e| e.into_inner()).track_listener(pid, fd, port)
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .track_listener(pid, fd, port)
     }
     fn untrack_listener(&mut self, pid: u32, fd: i32) {
-        self.lock().unwrap_or_else(|e| e.into_inner()).untrack_listener(pid, fd)
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .untrack_listener(pid, fd)
     }
 }
 
 impl SocketRegistry for KernelSockets {
     fn track(&mut self, pid: u32, fd: i32, info: SockInfo) {
-        if let Err(e) = self.socks.insert(sonde_common::sock_key(pid, fd as u32), info, 0) {
+        if let Err(e) = self
+            .socks
+            .insert(sonde_common::sock_key(pid, fd as u32), info, 0)
+        {
             tracing::debug!(pid, fd, "SOCKS insert: {e}");
         }
     }
@@ -439,10 +524,14 @@ impl SocketRegistry for KernelSockets {
         let _ = self.socks.remove(&sonde_common::sock_key(pid, fd as u32));
     }
     fn track_listener(&mut self, pid: u32, fd: i32, port: u16) {
-        let _ = self.listeners.insert(sonde_common::sock_key(pid, fd as u32), port as u32, 0);
+        let _ = self
+            .listeners
+            .insert(sonde_common::sock_key(pid, fd as u32), port as u32, 0);
     }
     fn untrack_listener(&mut self, pid: u32, fd: i32) {
-        let _ = self.listeners.remove(&sonde_common::sock_key(pid, fd as u32));
+        let _ = self
+            .listeners
+            .remove(&sonde_common::sock_key(pid, fd as u32));
     }
 }
 
@@ -462,9 +551,7 @@ pub struct KernelCounters {
 
 impl KernelStats {
     pub fn read(&self) -> KernelCounters {
-        let get = |i: u32| -> u64 {
-            self.map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
-        };
+        let get = |i: u32| -> u64 { self.map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         KernelCounters {
             events: get(stat::EVENTS),
             ringbuf_drops: get(stat::RINGBUF_DROPS),

@@ -34,13 +34,43 @@ macro_rules! tp {
 }
 
 pub const TRACEPOINTS: &[TracepointSpec] = &[
-    tp!("sock", inet_sock_set_state, Required, "TCP classification and 4-tuples"),
-    tp!("syscalls", sys_enter_connect, Required, "client connections"),
+    tp!(
+        "sock",
+        inet_sock_set_state,
+        Required,
+        "TCP classification and 4-tuples"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_connect,
+        Required,
+        "client connections"
+    ),
     tp!("syscalls", sys_exit_connect, Required, "client connections"),
-    tp!("syscalls", sys_enter_accept4, Required, "server connections (accept4)"),
-    tp!("syscalls", sys_exit_accept4, Required, "server connections (accept4)"),
-    tp!("syscalls", sys_enter_accept, Optional, "server connections (accept)"),
-    tp!("syscalls", sys_exit_accept, Optional, "server connections (accept)"),
+    tp!(
+        "syscalls",
+        sys_enter_accept4,
+        Required,
+        "server connections (accept4)"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_accept4,
+        Required,
+        "server connections (accept4)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_accept,
+        Optional,
+        "server connections (accept)"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_accept,
+        Optional,
+        "server connections (accept)"
+    ),
     tp!("syscalls", sys_enter_listen, Optional, "listener detection"),
     tp!("syscalls", sys_exit_listen, Optional, "listener detection"),
     tp!("syscalls", sys_enter_close, Required, "connection close"),
@@ -52,10 +82,25 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
     tp!("syscalls", sys_exit_readv, Optional, "readv payload"),
     tp!("syscalls", sys_enter_writev, Optional, "writev payload"),
     tp!("syscalls", sys_exit_writev, Optional, "writev payload"),
-    tp!("syscalls", sys_enter_sendto, Required, "send/sendto payload"),
+    tp!(
+        "syscalls",
+        sys_enter_sendto,
+        Required,
+        "send/sendto payload"
+    ),
     tp!("syscalls", sys_exit_sendto, Required, "send/sendto payload"),
-    tp!("syscalls", sys_enter_recvfrom, Required, "recv/recvfrom payload"),
-    tp!("syscalls", sys_exit_recvfrom, Required, "recv/recvfrom payload"),
+    tp!(
+        "syscalls",
+        sys_enter_recvfrom,
+        Required,
+        "recv/recvfrom payload"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_recvfrom,
+        Required,
+        "recv/recvfrom payload"
+    ),
     tp!("syscalls", sys_enter_sendmsg, Optional, "sendmsg payload"),
     tp!("syscalls", sys_exit_sendmsg, Optional, "sendmsg payload"),
     tp!("syscalls", sys_enter_recvmsg, Optional, "recvmsg payload"),
@@ -64,10 +109,30 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
     tp!("syscalls", sys_exit_sendmmsg, Optional, "sendmmsg payload"),
     tp!("syscalls", sys_enter_recvmmsg, Optional, "recvmmsg payload"),
     tp!("syscalls", sys_exit_recvmmsg, Optional, "recvmmsg payload"),
-    tp!("syscalls", sys_enter_sendfile64, Optional, "sendfile byte counts"),
-    tp!("syscalls", sys_exit_sendfile64, Optional, "sendfile byte counts"),
-    tp!("sched", sched_process_exit, Optional, "prompt cleanup at process exit"),
-    tp!("sched", sched_process_exec, Optional, "prompt cleanup at exec"),
+    tp!(
+        "syscalls",
+        sys_enter_sendfile64,
+        Optional,
+        "sendfile byte counts"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_sendfile64,
+        Optional,
+        "sendfile byte counts"
+    ),
+    tp!(
+        "sched",
+        sched_process_exit,
+        Optional,
+        "prompt cleanup at process exit"
+    ),
+    tp!(
+        "sched",
+        sched_process_exec,
+        Optional,
+        "prompt cleanup at exec"
+    ),
 ];
 
 /// How an io_uring-path program attaches.
@@ -103,10 +168,34 @@ pub const KERNEL_IO_COVERS: &str = "io_uring socket payload (send/recv not made 
 /// The io_uring path (`agent-ebpf/src/kernel_io.rs`): all optional, used
 /// only where the kernel has kprobes and its BTF gives the msghdr layout.
 pub const KERNEL_IO: &[KernelIoSpec] = &[
-    KernelIoSpec { program: "io_uring_file_get", hook: KernelIoHook::Tracepoint("io_uring"), target: "io_uring_file_get" },
-    KernelIoSpec { program: "sys_exit_io_uring_enter", hook: KernelIoHook::Tracepoint("syscalls"), target: "sys_exit_io_uring_enter" },
-    KernelIoSpec { program: "tcp_sendmsg_entry", hook: KernelIoHook::Kprobe, target: "tcp_sendmsg" },
-    KernelIoSpec { program: "tcp_sendmsg_return", hook: KernelIoHook::Kretprobe, target: "tcp_sendmsg" },
-    KernelIoSpec { program: "tcp_recvmsg_entry", hook: KernelIoHook::Kprobe, target: "tcp_recvmsg" },
-    KernelIoSpec { program: "tcp_recvmsg_return", hook: KernelIoHook::Kretprobe, target: "tcp_recvmsg" },
+    KernelIoSpec {
+        program: "io_uring_file_get",
+        hook: KernelIoHook::Tracepoint("io_uring"),
+        target: "io_uring_file_get",
+    },
+    KernelIoSpec {
+        program: "sys_exit_io_uring_enter",
+        hook: KernelIoHook::Tracepoint("syscalls"),
+        target: "sys_exit_io_uring_enter",
+    },
+    KernelIoSpec {
+        program: "tcp_sendmsg_entry",
+        hook: KernelIoHook::Kprobe,
+        target: "tcp_sendmsg",
+    },
+    KernelIoSpec {
+        program: "tcp_sendmsg_return",
+        hook: KernelIoHook::Kretprobe,
+        target: "tcp_sendmsg",
+    },
+    KernelIoSpec {
+        program: "tcp_recvmsg_entry",
+        hook: KernelIoHook::Kprobe,
+        target: "tcp_recvmsg",
+    },
+    KernelIoSpec {
+        program: "tcp_recvmsg_return",
+        hook: KernelIoHook::Kretprobe,
+        target: "tcp_recvmsg",
+    },
 ];

@@ -45,7 +45,11 @@ pub fn find() -> Option<PathBuf> {
 
 /// Whether `category/name` exists on this kernel.
 pub fn has_tracepoint(root: &Path, category: &str, name: &str) -> bool {
-    root.join("events").join(category).join(name).join("id").exists()
+    root.join("events")
+        .join(category)
+        .join(name)
+        .join("id")
+        .exists()
 }
 
 /// Parses `field:<decl>; offset:<n>;` lines of a tracepoint format file into
@@ -58,7 +62,14 @@ pub fn field_offsets(format: &str) -> Vec<(String, usize)> {
             let decl = l.strip_prefix("field:")?.split(';').next()?;
             let name = decl.split_whitespace().last()?;
             let name = name.split('[').next()?.to_string();
-            let off = l.split("offset:").nth(1)?.split(';').next()?.trim().parse().ok()?;
+            let off = l
+                .split("offset:")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
             Some((name, off))
         })
         .collect()

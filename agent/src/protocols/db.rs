@@ -48,7 +48,12 @@ pub struct DbCall {
 /// What the database parsers share; one [`Protocol`] impl serves them all.
 pub trait DbParser: Send + 'static {
     /// Feeds the client side (`requests`) or the server side.
-    fn push(&mut self, requests: bool, seg: Segment<'_>, out: &mut Vec<DbCall>) -> Result<(), GiveUp>;
+    fn push(
+        &mut self,
+        requests: bool,
+        seg: Segment<'_>,
+        out: &mut Vec<DbCall>,
+    ) -> Result<(), GiveUp>;
     /// Running totals: (parse errors, requests or replies left unpaired).
     fn counters(&self) -> (u64, u64);
     fn heap_bytes(&self) -> usize;
@@ -62,7 +67,10 @@ pub struct DbProtocol<P> {
 
 impl<P: DbParser> DbProtocol<P> {
     pub fn boxed(parser: P) -> Box<dyn Protocol> {
-        Box::new(DbProtocol { parser, reported: ParserStats::default() })
+        Box::new(DbProtocol {
+            parser,
+            reported: ParserStats::default(),
+        })
     }
 }
 
@@ -78,7 +86,13 @@ impl<P: DbParser> Protocol for DbProtocol<P> {
 
     fn take_stats(&mut self) -> ParserStats {
         let (parse_errors, unpaired) = self.parser.counters();
-        ParserStats::since(ParserStats { parse_errors, unpaired }, &mut self.reported)
+        ParserStats::since(
+            ParserStats {
+                parse_errors,
+                unpaired,
+            },
+            &mut self.reported,
+        )
     }
 
     fn heap_bytes(&self) -> usize {

@@ -75,7 +75,10 @@ pub struct DispatchStats {
 impl Default for DispatchStats {
     fn default() -> Self {
         DispatchStats {
-            protocols: REGISTRY.iter().map(|_| ProtocolCounters::default()).collect(),
+            protocols: REGISTRY
+                .iter()
+                .map(|_| ProtocolCounters::default())
+                .collect(),
             unrecognised: AtomicU64::new(0),
             over_budget: AtomicU64::new(0),
             parser_bytes: AtomicU64::new(0),
@@ -85,7 +88,11 @@ impl Default for DispatchStats {
 
 enum State {
     Detecting,
-    Parsing { proto: usize, parser: Box<dyn Protocol>, bytes: usize },
+    Parsing {
+        proto: usize,
+        parser: Box<dyn Protocol>,
+        bytes: usize,
+    },
     Released,
 }
 
@@ -105,8 +112,21 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(relays: Vec<String>, excluded: Exclusions, metadata: Option<SharedStore>, budget: usize) -> Dispatcher {
-        Dispatcher { conns: HashMap::new(), relays, excluded, metadata, budget, used: 0, stats: Default::default() }
+    pub fn new(
+        relays: Vec<String>,
+        excluded: Exclusions,
+        metadata: Option<SharedStore>,
+        budget: usize,
+    ) -> Dispatcher {
+        Dispatcher {
+            conns: HashMap::new(),
+            relays,
+            excluded,
+            metadata,
+            budget,
+            used: 0,
+            stats: Default::default(),
+        }
     }
 
     /// Connections tracked (cleaned on close).
@@ -118,7 +138,12 @@ impl Dispatcher {
         self.conns.is_empty()
     }
 
-    pub fn on_event(&mut self, ev: StreamEvent, flows: &mut Vec<Flow>, commands: &mut Vec<Command>) {
+    pub fn on_event(
+        &mut self,
+        ev: StreamEvent,
+        flows: &mut Vec<Flow>,
+        commands: &mut Vec<Command>,
+    ) {
         match ev {
             StreamEvent::Open(c) => {
                 tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "open");
@@ -141,13 +166,31 @@ impl Dispatcher {
                 }
             }
             StreamEvent::Data(c, d) => {
-                let seg = Segment { data: &d.payload, total: d.bytes, enter_ns: d.enter_ns, exit_ns: d.exit_ns, tid: d.tid };
+                let seg = Segment {
+                    data: &d.payload,
+                    total: d.bytes,
+                    enter_ns: d.enter_ns,
+                    exit_ns: d.exit_ns,
+                    tid: d.tid,
+                };
                 self.on_data(c, d.direction, seg, flows, commands);
             }
             StreamEvent::Close(c, ts) => {
-                if let Some(State::Parsing { proto, mut parser, bytes }) = self.conns.remove(&c.id) {
+                if let Some(State::Parsing {
+                    proto,
+                    mut parser,
+                    bytes,
+                }) = self.conns.remove(&c.id)
+                {
                     let mut records = vec![];
-                    parser.close(SegTime { enter_ns: ts, exit_ns: ts, tid: 0 }, &mut records);
+                    parser.close(
+                        SegTime {
+                            enter_ns: ts,
+                            exit_ns: ts,
+                            tid: 0,
+                        },
+                        &mut records,
+                    );
                     self.account(proto, parser.take_stats(), records.len());
                     self.used -= bytes;
                     flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
@@ -158,7 +201,14 @@ impl Dispatcher {
         self.stats.parser_bytes.store(self.used as u64, Relaxed);
     }
 
-    fn on_data(&mut self, c: ConnInfo, dir: Direction, seg: Segment<'_>, flows: &mut Vec<Flow>, commands: &mut Vec<Command>) {
+    fn on_data(
+        &mut self,
+        c: ConnInfo,
+        dir: Direction,
+        seg: Segment<'_>,
+        flows: &mut Vec<Flow>,
+        commands: &mut Vec<Command>,
+    ) {
         let side = Side::of(c.role, dir);
         let state = self.conns.entry(c.id).or_insert(State::Detecting);
         if let State::Detecting = state {
@@ -170,8 +220,14 @@ impl Dispatcher {
             // is never parsed.
             match registry::detect(c.role, dir, seg.data) {
                 Some(proto) if !c.peer_is_agent => {
-                    self.stats.protocols[proto].connections.fetch_add(1, Relaxed);
-                    *state = State::Parsing { proto, parser: (REGISTRY[proto].new)(), bytes: 0 };
+                    self.stats.protocols[proto]
+                        .connections
+                        .fetch_add(1, Relaxed);
+                    *state = State::Parsing {
+                        proto,
+                        parser: (REGISTRY[proto].new)(),
+                        bytes: 0,
+                    };
                 }
                 _ => {
                     self.stats.unrecognised.fetch_add(1, Relaxed);
@@ -179,7 +235,14 @@ impl Dispatcher {
                 }
             }
         }
-        let State::Parsing { proto, parser, bytes } = state else { return };
+        let State::Parsing {
+            proto,
+            parser,
+            bytes,
+        } = state
+        else {
+            return;
+        };
         let proto = *proto;
         tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, side = ?side, bytes = seg.total, "data");
         let mut records = vec![];
@@ -223,18 +286,31 @@ impl Dispatcher {
         tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "release");
         self.drop_state(c.id);
         self.conns.insert(c.id, State::Released);
-        commands.push(Command::Release { conn: c.id, pid: c.pid, fd: c.fd });
+        commands.push(Command::Release {
+            conn: c.id,
+            pid: c.pid,
+            fd: c.fd,
+        });
     }
 
     fn is_excluded(&self, c: &ConnInfo) -> bool {
         let p = &c.process;
         p.named(&self.excluded.processes)
-            || (!self.excluded.namespaces.is_empty() && self.namespace(c).is_some_and(|ns| self.excluded.namespaces.contains(&ns)))
+            || (!self.excluded.namespaces.is_empty()
+                && self
+                    .namespace(c)
+                    .is_some_and(|ns| self.excluded.namespaces.contains(&ns)))
     }
 
     /// The Kubernetes namespace of a connection's pod, if known.
     fn namespace(&self, c: &ConnInfo) -> Option<String> {
-        let store = self.metadata.as_ref()?.read().unwrap_or_else(|e| e.into_inner());
-        store.pod(c.process.container_id.as_deref()?).map(|(pod, _)| pod.namespace.clone())
+        let store = self
+            .metadata
+            .as_ref()?
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        store
+            .pod(c.process.container_id.as_deref()?)
+            .map(|(pod, _)| pod.namespace.clone())
     }
 }

@@ -38,11 +38,21 @@ pub struct Segment<'a> {
 
 impl<'a> Segment<'a> {
     pub fn whole(data: &'a [u8], enter_ns: u64, exit_ns: u64) -> Self {
-        Segment { data, total: data.len() as u64, enter_ns, exit_ns, tid: 0 }
+        Segment {
+            data,
+            total: data.len() as u64,
+            enter_ns,
+            exit_ns,
+            tid: 0,
+        }
     }
 
     pub fn time(&self) -> SegTime {
-        SegTime { enter_ns: self.enter_ns, exit_ns: self.exit_ns, tid: self.tid }
+        SegTime {
+            enter_ns: self.enter_ns,
+            exit_ns: self.exit_ns,
+            tid: self.tid,
+        }
     }
 
     /// Uncaptured bytes after `data`.
@@ -79,7 +89,8 @@ pub enum Side {
 impl Side {
     pub fn of(role: Role, dir: Direction) -> Side {
         match (role, dir) {
-            (Role::Server, Direction::Ingress) | (Role::Client | Role::Unknown, Direction::Egress) => Side::Request,
+            (Role::Server, Direction::Ingress)
+            | (Role::Client | Role::Unknown, Direction::Egress) => Side::Request,
             _ => Side::Response,
         }
     }
@@ -187,18 +198,37 @@ pub fn client_first_write(role: Role, dir: Direction) -> bool {
 #[macro_export]
 macro_rules! capture {
     ($protocol:literal, $name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/", $protocol, "/captures/", $name)).as_slice()
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/protocols/",
+            $protocol,
+            "/captures/",
+            $name
+        ))
+        .as_slice()
     };
 }
 
 /// Splits a capture file by a recorded order: (side, length) per relayed chunk.
-pub fn interleave(c2s: &'static [u8], s2c: &'static [u8], order: &str) -> Vec<(Side, &'static [u8])> {
+pub fn interleave(
+    c2s: &'static [u8],
+    s2c: &'static [u8],
+    order: &str,
+) -> Vec<(Side, &'static [u8])> {
     let (mut c, mut s) = (0usize, 0usize);
     let mut turns = vec![];
     for line in order.lines() {
-        let Some((dir, n)) = line.split_once(' ') else { continue };
-        let Ok(n) = n.trim().parse::<usize>() else { continue };
-        let (side, buf, at) = if dir == "c2s" { (Side::Request, c2s, &mut c) } else { (Side::Response, s2c, &mut s) };
+        let Some((dir, n)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(n) = n.trim().parse::<usize>() else {
+            continue;
+        };
+        let (side, buf, at) = if dir == "c2s" {
+            (Side::Request, c2s, &mut c)
+        } else {
+            (Side::Response, s2c, &mut s)
+        };
         let end = (*at + n).min(buf.len());
         turns.push((side, &buf[*at..end]));
         *at = end;

@@ -5,11 +5,19 @@ use super::{amqp, http, mysql, postgres, redis, Detect, Spec};
 use crate::event::{Direction, Role};
 
 /// In detection order: the first whose `detect` does not say `No` wins.
-pub static REGISTRY: &[Spec] = &[http::SPEC, redis::SPEC, postgres::SPEC, amqp::SPEC, mysql::SPEC];
+pub static REGISTRY: &[Spec] = &[
+    http::SPEC,
+    redis::SPEC,
+    postgres::SPEC,
+    amqp::SPEC,
+    mysql::SPEC,
+];
 
 /// The protocol a connection's first payload speaks, if any: its index.
 pub fn detect(role: Role, dir: Direction, data: &[u8]) -> Option<usize> {
-    REGISTRY.iter().position(|s| (s.detect)(role, dir, data) != Detect::No)
+    REGISTRY
+        .iter()
+        .position(|s| (s.detect)(role, dir, data) != Detect::No)
 }
 
 /// A protocol by its name.
@@ -32,23 +40,41 @@ mod tests {
             for cap in caps {
                 let (side, first) = cap.turns[0];
                 let dir = match (cap.role, side) {
-                    (Role::Server, crate::protocols::Side::Request) | (Role::Client, crate::protocols::Side::Response) => Direction::Ingress,
+                    (Role::Server, crate::protocols::Side::Request)
+                    | (Role::Client, crate::protocols::Side::Response) => Direction::Ingress,
                     _ => Direction::Egress,
                 };
                 let found = detect(cap.role, dir, first).map(|i| REGISTRY[i].name);
-                assert_eq!(found, Some(spec.name), "{}/{} detected", spec.name, cap.name);
+                assert_eq!(
+                    found,
+                    Some(spec.name),
+                    "{}/{} detected",
+                    spec.name,
+                    cap.name
+                );
                 let mut p = (spec.new)();
                 let mut out: Vec<Record> = vec![];
                 for (i, (side, bytes)) in cap.turns.iter().enumerate() {
                     let t = i as u64 * 10;
-                    p.feed(*side, Segment::whole(bytes, t, t + 1), &mut out).unwrap_or_else(|e| panic!("{}/{}: {e}", spec.name, cap.name));
+                    p.feed(*side, Segment::whole(bytes, t, t + 1), &mut out)
+                        .unwrap_or_else(|e| panic!("{}/{}: {e}", spec.name, cap.name));
                 }
                 p.close(Default::default(), &mut out);
                 assert!(!out.is_empty(), "{}/{} made records", spec.name, cap.name);
                 let stats = p.take_stats();
                 assert_eq!(stats.parse_errors, 0, "{}/{}", spec.name, cap.name);
-                assert_eq!(p.take_stats(), ParserStats::default(), "stats are handed out once");
-                assert!(p.heap_bytes() < 1 << 20, "{}/{} holds {} bytes", spec.name, cap.name, p.heap_bytes());
+                assert_eq!(
+                    p.take_stats(),
+                    ParserStats::default(),
+                    "stats are handed out once"
+                );
+                assert!(
+                    p.heap_bytes() < 1 << 20,
+                    "{}/{} holds {} bytes",
+                    spec.name,
+                    cap.name,
+                    p.heap_bytes()
+                );
             }
         }
     }
@@ -56,7 +82,11 @@ mod tests {
     #[test]
     fn names_are_unique() {
         for (i, s) in REGISTRY.iter().enumerate() {
-            assert!(REGISTRY[i + 1..].iter().all(|o| o.name != s.name), "{}", s.name);
+            assert!(
+                REGISTRY[i + 1..].iter().all(|o| o.name != s.name),
+                "{}",
+                s.name
+            );
             assert!(by_name(s.name).is_some());
         }
     }

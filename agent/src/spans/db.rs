@@ -4,7 +4,13 @@ use std::sync::Arc;
 use super::{Attributes, Resource, Span, SpanCtx, SpanKind, Status, Value};
 use crate::{clock::Clock, connections::ConnInfo, protocols::db::DbCall};
 
-pub fn build(conn: &ConnInfo, call: &DbCall, ctx: &SpanCtx, clock: &Clock, resource: Arc<Resource>) -> Span {
+pub fn build(
+    conn: &ConnInfo,
+    call: &DbCall,
+    ctx: &SpanCtx,
+    clock: &Clock,
+    resource: Arc<Resource>,
+) -> Span {
     let mut a: Attributes = vec![("db.system.name", call.system.as_str().into())];
     if let Some(ns) = &call.namespace {
         a.push(("db.namespace", ns.clone().into()));

@@ -11,14 +11,15 @@ use crate::{
 };
 
 /// Methods the semantic conventions name; anything else is `_OTHER`.
-const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpSpanOptions {
     /// Keep `url.query` values (off: values become REDACTED).
     pub keep_query_values: bool,
 }
-
 
 /// The `http.request.method` value, and the original when it is not a known one.
 pub fn method(m: &str) -> (String, Option<String>) {
@@ -34,7 +35,10 @@ fn split_host(h: &str) -> (String, Option<u16>) {
     if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
         let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
-        return (ip.to_string(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        return (
+            ip.to_string(),
+            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
     }
     match h.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => (host.to_string(), port.parse().ok()),
@@ -54,12 +58,19 @@ pub fn server_of(host: Option<(String, Option<u16>)>, peer: Option<SocketAddr>) 
 
 /// The client's view of the server it called.
 pub fn client_server(conn: &ConnInfo, ex: &Exchange) -> (String, u16) {
-    server_of(ex.request.head.host.as_deref().map(split_host), conn.remote())
+    server_of(
+        ex.request.head.host.as_deref().map(split_host),
+        conn.remote(),
+    )
 }
 
 /// Whether the exchange failed, seen from `role` (a client also counts 4xx).
 pub fn failed(role: Role, status: u16) -> bool {
-    if role == Role::Server { status >= 500 } else { status >= 400 }
+    if role == Role::Server {
+        status >= 500
+    } else {
+        status >= 400
+    }
 }
 
 pub fn build(
@@ -77,7 +88,11 @@ pub fn build(
     let r = route::route(&req.target);
     // Server: from the read that delivered the first request byte (its
     // entry may be an idle wait). Client: from the write of the first byte.
-    let start = if server { ex.request.first.exit_ns } else { ex.request.first.enter_ns };
+    let start = if server {
+        ex.request.first.exit_ns
+    } else {
+        ex.request.first.enter_ns
+    };
     let end = ex.response.last.exit_ns.max(start);
     let status = resp.status;
 
@@ -87,7 +102,10 @@ pub fn build(
     }
     a.push(("http.response.status_code", Value::Int(status as i64)));
     a.push(("network.protocol.name", "http".into()));
-    a.push(("network.protocol.version", format!("1.{}", req.minor).into()));
+    a.push((
+        "network.protocol.version",
+        format!("1.{}", req.minor).into(),
+    ));
     let tuple = conn.tuple;
     let peer: Option<SocketAddr> = tuple.map(|t| t.remote);
     if let Some(p) = peer {
@@ -95,7 +113,13 @@ pub fn build(
         a.push(("network.peer.port", Value::Int(p.port() as i64)));
     }
     let host = req.host.as_deref().map(split_host);
-    let query = route::query(&req.target).map(|q| if opts.keep_query_values { q.to_string() } else { route::redact_query(q) });
+    let query = route::query(&req.target).map(|q| {
+        if opts.keep_query_values {
+            q.to_string()
+        } else {
+            route::redact_query(q)
+        }
+    });
     if server {
         a.push(("url.path", route::path(&req.target).to_string().into()));
         if let Some(q) = &query {
@@ -124,34 +148,67 @@ pub fn build(
         let (addr, port) = server_of(host, peer);
         a.push(("server.address", addr.clone().into()));
         a.push(("server.port", Value::Int(port as i64)));
-        let authority = if port == 80 { addr } else { format!("{addr}:{port}") };
+        let authority = if port == 80 {
+            addr
+        } else {
+            format!("{addr}:{port}")
+        };
         let q = query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
-        a.push(("url.full", format!("http://{authority}{}{q}", route::path(&req.target)).into()));
+        a.push((
+            "url.full",
+            format!("http://{authority}{}{q}", route::path(&req.target)).into(),
+        ));
     }
     if let Some(ua) = &req.user_agent {
         a.push(("user_agent.original", ua.clone().into()));
     }
-    a.push(("http.request.body.size", Value::Int(ex.request.body_bytes as i64)));
-    a.push(("http.response.body.size", Value::Int(ex.response.body_bytes as i64)));
+    a.push((
+        "http.request.body.size",
+        Value::Int(ex.request.body_bytes as i64),
+    ));
+    a.push((
+        "http.response.body.size",
+        Value::Int(ex.response.body_bytes as i64),
+    ));
     let error = failed(conn.role, status);
     if error {
         a.push(("error.type", status.to_string().into()));
     }
 
     // The tracestate travels with the traceparent's trace.
-    let tp = req.traceparent.as_deref().and_then(traceparent::parse).filter(|tp| tp.trace_id == ctx.trace_id);
-    let name = if m == "_OTHER" { "HTTP".to_string() } else { format!("{m} {r}") };
+    let tp = req
+        .traceparent
+        .as_deref()
+        .and_then(traceparent::parse)
+        .filter(|tp| tp.trace_id == ctx.trace_id);
+    let name = if m == "_OTHER" {
+        "HTTP".to_string()
+    } else {
+        format!("{m} {r}")
+    };
     Span {
         trace_id: ctx.trace_id,
         span_id: ctx.span_id,
         parent_span_id: ctx.parent_span_id,
-        trace_state: if tp.is_some() { req.tracestate.clone().unwrap_or_default() } else { String::new() },
-        kind: if server { SpanKind::Server } else { SpanKind::Client },
+        trace_state: if tp.is_some() {
+            req.tracestate.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
+        kind: if server {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
+        },
         name,
         start_unix_ns: clock.unix_ns(start),
         end_unix_ns: clock.unix_ns(end),
         attributes: a,
-        status: if error { Status::Error(format!("HTTP {status}")) } else { Status::Unset },
+        status: if error {
+            Status::Error(format!("HTTP {status}"))
+        } else {
+            Status::Unset
+        },
         resource,
     }
 }
@@ -162,7 +219,10 @@ mod tests {
 
     #[test]
     fn host_headers() {
-        assert_eq!(split_host("example.com:8080"), ("example.com".into(), Some(8080)));
+        assert_eq!(
+            split_host("example.com:8080"),
+            ("example.com".into(), Some(8080))
+        );
         assert_eq!(split_host("example.com"), ("example.com".into(), None));
         assert_eq!(split_host("[::1]:9000"), ("::1".into(), Some(9000)));
         assert_eq!(split_host("::1"), ("::1".into(), None));

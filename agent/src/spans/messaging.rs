@@ -14,13 +14,20 @@ use crate::{
 
 /// The default exchange has an empty name; semconv calls it this.
 fn exchange_name(e: &str) -> &str {
-    if e.is_empty() { "amq.default" } else { e }
+    if e.is_empty() {
+        "amq.default"
+    } else {
+        e
+    }
 }
 
 fn common(conn: &ConnInfo, msg: &Message, a: &mut Attributes) {
     a.push(("messaging.system", "rabbitmq".into()));
     if !msg.routing_key.is_empty() {
-        a.push(("messaging.rabbitmq.destination.routing_key", msg.routing_key.clone().into()));
+        a.push((
+            "messaging.rabbitmq.destination.routing_key",
+            msg.routing_key.clone().into(),
+        ));
     }
     if let Some(id) = &msg.props.message_id {
         a.push(("messaging.message.id", id.clone().into()));
@@ -28,7 +35,10 @@ fn common(conn: &ConnInfo, msg: &Message, a: &mut Attributes) {
     if let Some(c) = &msg.props.correlation_id {
         a.push(("messaging.message.conversation_id", c.clone().into()));
     }
-    a.push(("messaging.message.body.size", Value::Int(msg.body_size as i64)));
+    a.push((
+        "messaging.message.body.size",
+        Value::Int(msg.body_size as i64),
+    ));
     if let Some(peer) = conn.remote() {
         a.push(("server.address", peer.ip().to_string().into()));
         a.push(("server.port", Value::Int(peer.port() as i64)));
@@ -38,7 +48,17 @@ fn common(conn: &ConnInfo, msg: &Message, a: &mut Attributes) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn span(kind: SpanKind, name: String, a: Attributes, status: Status, start: u64, end: u64, ctx: &SpanCtx, clock: &Clock, resource: Arc<Resource>) -> Span {
+fn span(
+    kind: SpanKind,
+    name: String,
+    a: Attributes,
+    status: Status,
+    start: u64,
+    end: u64,
+    ctx: &SpanCtx,
+    clock: &Clock,
+    resource: Arc<Resource>,
+) -> Span {
     Span {
         trace_id: ctx.trace_id,
         span_id: ctx.span_id,
@@ -87,7 +107,17 @@ pub fn publish(
         }
         _ => Status::Unset,
     };
-    span(SpanKind::Producer, format!("publish {dest}"), a, status, first.enter_ns, last.exit_ns, ctx, clock, resource)
+    span(
+        SpanKind::Producer,
+        format!("publish {dest}"),
+        a,
+        status,
+        first.enter_ns,
+        last.exit_ns,
+        ctx,
+        clock,
+        resource,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -104,19 +134,46 @@ pub fn consume(
     clock: &Clock,
     resource: Arc<Resource>,
 ) -> Span {
-    let dest = queue.filter(|q| !q.is_empty()).unwrap_or(exchange_name(&msg.exchange)).to_string();
+    let dest = queue
+        .filter(|q| !q.is_empty())
+        .unwrap_or(exchange_name(&msg.exchange))
+        .to_string();
     let mut a: Attributes = vec![
         ("messaging.operation.type", operation.into()),
-        ("messaging.operation.name", if operation == "receive" { "get" } else { "process" }.into()),
+        (
+            "messaging.operation.name",
+            if operation == "receive" {
+                "get"
+            } else {
+                "process"
+            }
+            .into(),
+        ),
         ("messaging.destination.name", dest.clone().into()),
     ];
     common(conn, msg, &mut a);
     if let Some(t) = delivery_tag {
-        a.push(("messaging.rabbitmq.message.delivery_tag", Value::Int(t as i64)));
+        a.push((
+            "messaging.rabbitmq.message.delivery_tag",
+            Value::Int(t as i64),
+        ));
     }
     if let Some(o) = outcome {
-        a.push(("messaging.rabbitmq.message.outcome", format!("{o:?}").to_ascii_lowercase().into()));
+        a.push((
+            "messaging.rabbitmq.message.outcome",
+            format!("{o:?}").to_ascii_lowercase().into(),
+        ));
     }
     let name = format!("{operation} {dest}");
-    span(SpanKind::Consumer, name, a, Status::Unset, start, end, ctx, clock, resource)
+    span(
+        SpanKind::Consumer,
+        name,
+        a,
+        Status::Unset,
+        start,
+        end,
+        ctx,
+        clock,
+        resource,
+    )
 }

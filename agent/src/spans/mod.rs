@@ -90,12 +90,22 @@ impl SpanCtx {
     /// A new trace, sampled by `sampled`.
     pub fn root(sampled: impl FnOnce(&[u8; 16]) -> bool) -> SpanCtx {
         let trace_id = new_trace_id();
-        SpanCtx { trace_id, span_id: new_span_id(), parent_span_id: None, sampled: sampled(&trace_id) }
+        SpanCtx {
+            trace_id,
+            span_id: new_span_id(),
+            parent_span_id: None,
+            sampled: sampled(&trace_id),
+        }
     }
 
     /// A new span under `self`, in its trace and sampling decision.
     pub fn child(&self) -> SpanCtx {
-        SpanCtx { trace_id: self.trace_id, span_id: new_span_id(), parent_span_id: Some(self.span_id), sampled: self.sampled }
+        SpanCtx {
+            trace_id: self.trace_id,
+            span_id: new_span_id(),
+            parent_span_id: Some(self.span_id),
+            sampled: self.sampled,
+        }
     }
 }
 
@@ -125,7 +135,10 @@ impl Span {
     }
 
     pub fn attr(&self, key: &str) -> Option<&Value> {
-        self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
 }
 

@@ -38,7 +38,9 @@ pub struct ResourceBuilder {
 }
 
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The name a process without a configured service name is known by: its
@@ -94,7 +96,13 @@ fn redact_userinfo(a: &str) -> String {
 
 impl ResourceBuilder {
     pub fn new(base: Vec<(String, String)>) -> Self {
-        ResourceBuilder { host_name: host_name(), base, cache: HashMap::new(), evicted: 0, metadata: None }
+        ResourceBuilder {
+            host_name: host_name(),
+            base,
+            cache: HashMap::new(),
+            evicted: 0,
+            metadata: None,
+        }
     }
 
     /// Container and pod names from the metadata sources.
@@ -128,7 +136,12 @@ impl ResourceBuilder {
         r
     }
 
-    pub fn build(&self, p: &ProcessInfo, container: Option<&ContainerMeta>, pod: Option<&PodContainer>) -> Resource {
+    pub fn build(
+        &self,
+        p: &ProcessInfo,
+        container: Option<&ContainerMeta>,
+        pod: Option<&PodContainer>,
+    ) -> Resource {
         let mut attrs: Vec<(String, String)> = self.base.clone();
         for (k, v) in &p.otel_resource_attributes {
             attrs.retain(|(k2, _)| k2 != k);
@@ -138,26 +151,45 @@ impl ResourceBuilder {
         let service_name = p
             .otel_service_name
             .clone()
-            .or_else(|| attrs.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone()))
+            .or_else(|| {
+                attrs
+                    .iter()
+                    .find(|(k, _)| k == "service.name")
+                    .map(|(_, v)| v.clone())
+            })
             .or_else(|| pod.and_then(|(pm, _)| pm.service_name()).map(String::from))
-            .or_else(|| container.and_then(|c| c.compose_service()).map(String::from))
+            .or_else(|| {
+                container
+                    .and_then(|c| c.compose_service())
+                    .map(String::from)
+            })
             .or_else(|| container.map(|c| c.name.clone()).filter(|n| !n.is_empty()))
             .or_else(|| pod.map(|(_, name)| name.clone()).filter(|n| !n.is_empty()))
             .unwrap_or_else(|| invoked_name(p, &exe));
-        let service_namespace = attrs.iter().find(|(k, _)| k == "service.namespace").map(|(_, v)| v.clone());
+        let service_namespace = attrs
+            .iter()
+            .find(|(k, _)| k == "service.namespace")
+            .map(|(_, v)| v.clone());
         attrs.retain(|(k, _)| k != "service.name");
-        let mut out: Vec<(String, Value)> = vec![("service.name".into(), service_name.clone().into())];
+        let mut out: Vec<(String, Value)> =
+            vec![("service.name".into(), service_name.clone().into())];
         out.extend(attrs.into_iter().map(|(k, v)| (k, Value::Str(v))));
         let mut set = |k: &str, v: Value| {
             if !out.iter().any(|(k2, _)| k2 == k) {
                 out.push((k.to_string(), v));
             }
         };
-        set("service.instance.id", format!("{}-{}-{}", self.host_name, p.pid, p.start_ticks).into());
+        set(
+            "service.instance.id",
+            format!("{}-{}-{}", self.host_name, p.pid, p.start_ticks).into(),
+        );
         set("process.pid", Value::Int(p.pid as i64));
         set("process.executable.name", exe.into());
         if !p.cmdline.is_empty() {
-            set("process.command_line", redact_command_line(&p.cmdline).into());
+            set(
+                "process.command_line",
+                redact_command_line(&p.cmdline).into(),
+            );
         }
         if let Some(c) = &p.container_id {
             set("container.id", c.clone().into());
@@ -185,7 +217,11 @@ impl ResourceBuilder {
         set("telemetry.sdk.name", "sonde".into());
         set("telemetry.sdk.language", "rust".into());
         set("telemetry.sdk.version", env!("CARGO_PKG_VERSION").into());
-        Resource { service_name, service_namespace, attributes: out }
+        Resource {
+            service_name,
+            service_namespace,
+            attributes: out,
+        }
     }
 }
 
@@ -198,7 +234,14 @@ mod tests {
             pid: 42,
             comm: "python3".into(),
             exe_name: Some("python3.11".into()),
-            cmdline: vec!["python3".into(), "app.py".into(), "--db-password=hunter2".into(), "--token".into(), "abc".into(), "postgres://u:p@db/x".into()],
+            cmdline: vec![
+                "python3".into(),
+                "app.py".into(),
+                "--db-password=hunter2".into(),
+                "--token".into(),
+                "abc".into(),
+                "postgres://u:p@db/x".into(),
+            ],
             container_id: Some("c0ffee".into()),
             start_ticks: 7,
             ..Default::default()
@@ -213,17 +256,41 @@ mod tests {
     fn service_name_precedence() {
         let b = ResourceBuilder::new(vec![("deployment.environment".into(), "prod".into())]);
         let mut p = proc_info();
-        assert_eq!(b.build(&p, None, None).service_name, "python3.11", "executable name last");
-        let linked = ProcessInfo { comm: "redis-server".into(), exe_name: Some("redis-check-rdb".into()), ..proc_info() };
-        assert_eq!(b.build(&linked, None, None).service_name, "redis-server", "the name it was started by, through a link");
-        p.otel_resource_attributes = vec![("service.name".into(), "from-attrs".into()), ("service.namespace".into(), "shop".into())];
+        assert_eq!(
+            b.build(&p, None, None).service_name,
+            "python3.11",
+            "executable name last"
+        );
+        let linked = ProcessInfo {
+            comm: "redis-server".into(),
+            exe_name: Some("redis-check-rdb".into()),
+            ..proc_info()
+        };
+        assert_eq!(
+            b.build(&linked, None, None).service_name,
+            "redis-server",
+            "the name it was started by, through a link"
+        );
+        p.otel_resource_attributes = vec![
+            ("service.name".into(), "from-attrs".into()),
+            ("service.namespace".into(), "shop".into()),
+        ];
         assert_eq!(b.build(&p, None, None).service_name, "from-attrs");
         p.otel_service_name = Some("from-env".into());
         let r = b.build(&p, None, None);
         assert_eq!(r.service_name, "from-env");
         assert_eq!(r.service_namespace.as_deref(), Some("shop"));
-        assert_eq!(attr(&r, "deployment.environment"), Some(&Value::Str("prod".into())));
-        assert_eq!(r.attributes.iter().filter(|(k, _)| k == "service.name").count(), 1);
+        assert_eq!(
+            attr(&r, "deployment.environment"),
+            Some(&Value::Str("prod".into()))
+        );
+        assert_eq!(
+            r.attributes
+                .iter()
+                .filter(|(k, _)| k == "service.name")
+                .count(),
+            1
+        );
         assert_eq!(attr(&r, "process.pid"), Some(&Value::Int(42)));
         assert_eq!(attr(&r, "container.id"), Some(&Value::Str("c0ffee".into())));
     }
@@ -232,19 +299,48 @@ mod tests {
     fn containers_name_services_after_the_process_own_setting() {
         let b = ResourceBuilder::new(vec![]);
         let mut p = proc_info();
-        let mut c = ContainerMeta { name: "shop-web-1".into(), image_name: "registry/shop".into(), image_tag: Some("2.1".into()), ..Default::default() };
+        let mut c = ContainerMeta {
+            name: "shop-web-1".into(),
+            image_name: "registry/shop".into(),
+            image_tag: Some("2.1".into()),
+            ..Default::default()
+        };
         let r = b.build(&p, Some(&c), None);
-        assert_eq!(r.service_name, "shop-web-1", "container name before the executable");
-        assert_eq!(attr(&r, "container.name"), Some(&Value::Str("shop-web-1".into())));
-        assert_eq!(attr(&r, "container.image.name"), Some(&Value::Str("registry/shop".into())));
-        assert_eq!(attr(&r, "container.image.tag"), Some(&Value::Str("2.1".into())));
-        c.labels.insert("com.docker.compose.service".into(), "web".into());
-        c.labels.insert("com.docker.compose.project".into(), "shop".into());
+        assert_eq!(
+            r.service_name, "shop-web-1",
+            "container name before the executable"
+        );
+        assert_eq!(
+            attr(&r, "container.name"),
+            Some(&Value::Str("shop-web-1".into()))
+        );
+        assert_eq!(
+            attr(&r, "container.image.name"),
+            Some(&Value::Str("registry/shop".into()))
+        );
+        assert_eq!(
+            attr(&r, "container.image.tag"),
+            Some(&Value::Str("2.1".into()))
+        );
+        c.labels
+            .insert("com.docker.compose.service".into(), "web".into());
+        c.labels
+            .insert("com.docker.compose.project".into(), "shop".into());
         let r = b.build(&p, Some(&c), None);
-        assert_eq!(r.service_name, "web", "the Compose service before the container name");
-        assert_eq!(attr(&r, "docker.compose.project"), Some(&Value::Str("shop".into())));
+        assert_eq!(
+            r.service_name, "web",
+            "the Compose service before the container name"
+        );
+        assert_eq!(
+            attr(&r, "docker.compose.project"),
+            Some(&Value::Str("shop".into()))
+        );
         p.otel_service_name = Some("checkout".into());
-        assert_eq!(b.build(&p, Some(&c), None).service_name, "checkout", "the process's own setting first");
+        assert_eq!(
+            b.build(&p, Some(&c), None).service_name,
+            "checkout",
+            "the process's own setting first"
+        );
     }
 
     #[test]
@@ -253,10 +349,19 @@ mod tests {
         let mut b = ResourceBuilder::new(vec![]).with_metadata(store.clone());
         let p = proc_info();
         assert_eq!(b.get(&p).service_name, "python3.11");
-        store.write().unwrap().set_container("c0ffee".into(), ContainerMeta { name: "api".into(), ..Default::default() });
+        store.write().unwrap().set_container(
+            "c0ffee".into(),
+            ContainerMeta {
+                name: "api".into(),
+                ..Default::default()
+            },
+        );
         assert_eq!(b.get(&p).service_name, "api");
         let again = b.get(&p);
-        assert!(Arc::ptr_eq(&again, &b.get(&p)), "cached while nothing changes");
+        assert!(
+            Arc::ptr_eq(&again, &b.get(&p)),
+            "cached while nothing changes"
+        );
     }
 
     #[test]

@@ -25,14 +25,20 @@ pub struct UnknownSampler(pub String);
 impl Sampler {
     /// From the variable's value and its argument (the ratio, default 1.0).
     pub fn from_env(name: &str, arg: Option<&str>) -> Result<Sampler, UnknownSampler> {
-        let ratio = || arg.and_then(|a| a.trim().parse::<f64>().ok()).filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0);
+        let ratio = || {
+            arg.and_then(|a| a.trim().parse::<f64>().ok())
+                .filter(|r| (0.0..=1.0).contains(r))
+                .unwrap_or(1.0)
+        };
         Ok(match name.trim() {
             "always_on" => Sampler::AlwaysOn,
             "always_off" => Sampler::AlwaysOff,
             "traceidratio" => Sampler::TraceIdRatio(ratio()),
             "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
             "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(ratio()))),
+            "parentbased_traceidratio" => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(ratio())))
+            }
             other => return Err(UnknownSampler(other.to_string())),
         })
     }
@@ -60,14 +66,26 @@ mod tests {
 
     #[test]
     fn parses_every_standard_name() {
-        assert_eq!(Sampler::from_env("always_off", None), Ok(Sampler::AlwaysOff));
-        assert_eq!(Sampler::from_env("traceidratio", Some("0.25")), Ok(Sampler::TraceIdRatio(0.25)));
-        assert_eq!(Sampler::from_env("traceidratio", Some("7")), Ok(Sampler::TraceIdRatio(1.0)));
+        assert_eq!(
+            Sampler::from_env("always_off", None),
+            Ok(Sampler::AlwaysOff)
+        );
+        assert_eq!(
+            Sampler::from_env("traceidratio", Some("0.25")),
+            Ok(Sampler::TraceIdRatio(0.25))
+        );
+        assert_eq!(
+            Sampler::from_env("traceidratio", Some("7")),
+            Ok(Sampler::TraceIdRatio(1.0))
+        );
         assert_eq!(
             Sampler::from_env("parentbased_traceidratio", Some("0.5")),
             Ok(Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(0.5))))
         );
-        assert!(Sampler::from_env("jaeger_remote", None).unwrap_err().to_string().contains("not supported"));
+        assert!(Sampler::from_env("jaeger_remote", None)
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
     }
 
     #[test]

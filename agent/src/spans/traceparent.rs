@@ -8,7 +8,11 @@ pub struct TraceParent {
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if s.len() != N * 2
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     let mut out = [0u8; N];
@@ -36,7 +40,11 @@ pub fn parse(value: &str) -> Option<TraceParent> {
     let trace_id = unhex::<16>(trace).filter(|t| *t != [0; 16])?;
     let parent_id = unhex::<8>(parent).filter(|p| *p != [0; 8])?;
     let flags = unhex::<1>(flags)?[0];
-    Some(TraceParent { trace_id, parent_id, sampled: flags & 1 == 1 })
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        sampled: flags & 1 == 1,
+    })
 }
 
 #[cfg(test)]
@@ -49,7 +57,11 @@ mod tests {
         assert_eq!(tp.trace_id[0], 0x4b);
         assert_eq!(tp.parent_id[7], 0xb7);
         assert!(tp.sampled);
-        assert!(!parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap().sampled);
+        assert!(
+            !parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .unwrap()
+                .sampled
+        );
         for bad in [
             "",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

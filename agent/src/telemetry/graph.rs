@@ -22,11 +22,21 @@ const WAIT_NS: u64 = 10_000_000_000;
 /// The half of a stitched hop that came first.
 enum Half {
     /// A server span, by its parent (the client span id).
-    Server { service: String, secs: f64, failed: bool },
+    Server {
+        service: String,
+        secs: f64,
+        failed: bool,
+    },
     /// A client span whose request a server on this node read, by its own
     /// span id: its edge is recorded with the server's half, or without it
     /// once the wait is over.
-    Client { client: Arc<Resource>, fallback: String, kind: &'static str, secs: f64, failed: bool },
+    Client {
+        client: Arc<Resource>,
+        fallback: String,
+        kind: &'static str,
+        secs: f64,
+        failed: bool,
+    },
 }
 
 /// Halves of stitched pairs, by the client span id, until the other half
@@ -47,13 +57,46 @@ impl Pending {
     }
 
     /// A server span with a parent finished at `at_ns`.
-    pub fn server_done(&mut self, reg: &mut Registry, parent: [u8; 8], service: String, (secs, failed): (f64, bool), at_ns: u64) {
+    pub fn server_done(
+        &mut self,
+        reg: &mut Registry,
+        parent: [u8; 8],
+        service: String,
+        (secs, failed): (f64, bool),
+        at_ns: u64,
+    ) {
         self.expire(reg, at_ns);
-        if let Some((Half::Client { client, kind, secs: client_secs, failed: client_failed, .. }, _)) = self.waiting.remove(&parent) {
-            record_edge(reg, &client, service, paired_kind(kind), failed || client_failed, client_secs, Some(secs));
+        if let Some((
+            Half::Client {
+                client,
+                kind,
+                secs: client_secs,
+                failed: client_failed,
+                ..
+            },
+            _,
+        )) = self.waiting.remove(&parent)
+        {
+            record_edge(
+                reg,
+                &client,
+                service,
+                paired_kind(kind),
+                failed || client_failed,
+                client_secs,
+                Some(secs),
+            );
             return;
         }
-        self.wait(parent, Half::Server { service, secs, failed }, at_ns);
+        self.wait(
+            parent,
+            Half::Server {
+                service,
+                secs,
+                failed,
+            },
+            at_ns,
+        );
     }
 
     /// A client span finished at `at_ns`: one edge to the server process it
@@ -74,14 +117,42 @@ impl Pending {
         (server_read, at_ns): (bool, u64),
     ) {
         self.expire(reg, at_ns);
-        if let Some((Half::Server { service, secs: server_secs, failed: server_failed }, _)) = self.waiting.remove(&span_id) {
-            record_edge(reg, client, service, paired_kind(kind), server_failed || failed, secs, Some(server_secs));
+        if let Some((
+            Half::Server {
+                service,
+                secs: server_secs,
+                failed: server_failed,
+            },
+            _,
+        )) = self.waiting.remove(&span_id)
+        {
+            record_edge(
+                reg,
+                client,
+                service,
+                paired_kind(kind),
+                server_failed || failed,
+                secs,
+                Some(server_secs),
+            );
             return;
         }
         let peer = peer.map(|r| r.service_name.clone());
-        let fallback = peer.or_else(|| c.remote().map(|p| p.to_string())).unwrap_or_else(|| "unknown".into());
+        let fallback = peer
+            .or_else(|| c.remote().map(|p| p.to_string()))
+            .unwrap_or_else(|| "unknown".into());
         if server_read {
-            self.wait(span_id, Half::Client { client: client.clone(), fallback, kind, secs, failed }, at_ns);
+            self.wait(
+                span_id,
+                Half::Client {
+                    client: client.clone(),
+                    fallback,
+                    kind,
+                    secs,
+                    failed,
+                },
+                at_ns,
+            );
         } else {
             record_edge(reg, client, fallback, kind, failed, secs, None);
         }
@@ -93,7 +164,8 @@ impl Pending {
         // Completed halves leave stale order entries: keep them bounded too.
         if self.order.len() > 2 * MAX_PENDING.max(self.waiting.len()) {
             let live = &self.waiting;
-            self.order.retain(|(p, t)| live.get(p).is_some_and(|h| h.1 == *t));
+            self.order
+                .retain(|(p, t)| live.get(p).is_some_and(|h| h.1 == *t));
         }
     }
 
@@ -107,16 +179,31 @@ impl Pending {
             }
             self.order.pop_front();
             // Only if it is still that half (not completed, not replaced).
-            if !self.waiting.get(&id).is_some_and(|h| h.1 == t) {
+            if self.waiting.get(&id).is_none_or(|h| h.1 != t) {
                 continue;
             }
             match self.waiting.remove(&id) {
                 Some((Half::Server { .. }, _)) => self.evicted += 1,
                 // Its server is on this node (it read the request): the
                 // same series as the paired edges, less the server's time.
-                Some((Half::Client { client, fallback, kind, secs, failed }, _)) => {
-                    record_edge(reg, &client, fallback, paired_kind(kind), failed, secs, None)
-                }
+                Some((
+                    Half::Client {
+                        client,
+                        fallback,
+                        kind,
+                        secs,
+                        failed,
+                    },
+                    _,
+                )) => record_edge(
+                    reg,
+                    &client,
+                    fallback,
+                    paired_kind(kind),
+                    failed,
+                    secs,
+                    None,
+                ),
                 None => {}
             }
         }
@@ -134,7 +221,15 @@ fn paired_kind(kind: &'static str) -> &'static str {
 }
 
 /// One request over a service-graph edge, recorded on the client's resource.
-pub fn record_edge(reg: &mut Registry, client: &Arc<Resource>, server: String, kind: &str, failed: bool, client_secs: f64, server_secs: Option<f64>) {
+pub fn record_edge(
+    reg: &mut Registry,
+    client: &Arc<Resource>,
+    server: String,
+    kind: &str,
+    failed: bool,
+    client_secs: f64,
+    server_secs: Option<f64>,
+) {
     let mut labels: Labels = vec![("client", client.service_name.clone()), ("server", server)];
     if !kind.is_empty() {
         labels.push(("connection_type", kind.to_string()));
@@ -143,7 +238,12 @@ pub fn record_edge(reg: &mut Registry, client: &Arc<Resource>, server: String, k
     if failed {
         reg.record(&metrics::GRAPH_FAILED, client, labels.clone(), 1.0);
     }
-    reg.record(&metrics::GRAPH_CLIENT_SECONDS, client, labels.clone(), client_secs);
+    reg.record(
+        &metrics::GRAPH_CLIENT_SECONDS,
+        client,
+        labels.clone(),
+        client_secs,
+    );
     if let Some(s) = server_secs {
         reg.record(&metrics::GRAPH_SERVER_SECONDS, client, labels, s);
     }
@@ -158,11 +258,19 @@ mod tests {
     };
 
     fn resource(name: &str) -> Arc<Resource> {
-        Arc::new(Resource { service_name: name.into(), service_namespace: None, attributes: vec![] })
+        Arc::new(Resource {
+            service_name: name.into(),
+            service_namespace: None,
+            attributes: vec![],
+        })
     }
 
     fn edges(reg: &Registry) -> String {
-        render(reg, &[]).lines().filter(|l| l.starts_with("traces_service_graph_request")).collect::<Vec<_>>().join("\n")
+        render(reg, &[])
+            .lines()
+            .filter(|l| l.starts_with("traces_service_graph_request"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
@@ -175,7 +283,10 @@ mod tests {
         p.server_done(&mut reg, [3; 8], "c".into(), (0.1, false), 1_000 + WAIT_NS);
         assert_eq!((p.entries(), p.evicted), (2, 0), "within the wait");
         p.server_done(&mut reg, [4; 8], "d".into(), (0.1, false), 2_001 + WAIT_NS);
-        assert_eq!(p.evicted, 1, "the first expired; the completed one is not counted");
+        assert_eq!(
+            p.evicted, 1,
+            "the first expired; the completed one is not counted"
+        );
         assert!(!p.waiting.contains_key(&[1; 8]) && p.waiting.contains_key(&[3; 8]));
     }
 
@@ -192,14 +303,35 @@ mod tests {
             pid: 1,
             fd: 3,
             role: Role::Client,
-            tuple: Some(SocketTuple { local: "10.0.0.1:5000".parse().unwrap(), remote: "10.0.0.2:80".parse().unwrap() }),
+            tuple: Some(SocketTuple {
+                local: "10.0.0.1:5000".parse().unwrap(),
+                remote: "10.0.0.2:80".parse().unwrap(),
+            }),
             process: Default::default(),
             opened_ns: 1,
             preexisting: false,
             peer_is_agent: false,
         };
-        p.client_done(&mut reg, &c, [1; 8], (0.2, false), &web, Some(&api), "virtual_node", (true, 1_000));
-        p.client_done(&mut reg, &c, [2; 8], (0.2, false), &web, Some(&api), "virtual_node", (true, 1_000));
+        p.client_done(
+            &mut reg,
+            &c,
+            [1; 8],
+            (0.2, false),
+            &web,
+            Some(&api),
+            "virtual_node",
+            (true, 1_000),
+        );
+        p.client_done(
+            &mut reg,
+            &c,
+            [2; 8],
+            (0.2, false),
+            &web,
+            Some(&api),
+            "virtual_node",
+            (true, 1_000),
+        );
         assert_eq!(edges(&reg), "", "both wait");
         p.server_done(&mut reg, [1; 8], "api".into(), (0.1, true), 2_000);
         let text = edges(&reg);
@@ -213,7 +345,16 @@ mod tests {
         assert!(text.contains("traces_service_graph_request_server_seconds_count{service_name=\"web\",client=\"web\",server=\"api\"} 1"), "{text}");
         assert_eq!((p.entries(), p.evicted), (0, 0));
         // A client whose request no server here read is recorded at once.
-        p.client_done(&mut reg, &c, [3; 8], (0.2, false), &web, None, "virtual_node", (false, 2_000 + WAIT_NS));
+        p.client_done(
+            &mut reg,
+            &c,
+            [3; 8],
+            (0.2, false),
+            &web,
+            None,
+            "virtual_node",
+            (false, 2_000 + WAIT_NS),
+        );
         assert!(edges(&reg).contains("traces_service_graph_request_total{service_name=\"web\",client=\"web\",connection_type=\"virtual_node\",server=\"10.0.0.2:80\"} 1"), "{}", edges(&reg));
     }
 }

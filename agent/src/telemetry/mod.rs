@@ -40,7 +40,12 @@ pub struct Telemetry {
 const EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Telemetry {
-    pub fn new(resources: ResourceBuilder, registry: SharedRegistry, clock: Clock, http_opts: HttpSpanOptions) -> Telemetry {
+    pub fn new(
+        resources: ResourceBuilder,
+        registry: SharedRegistry,
+        clock: Clock,
+        http_opts: HttpSpanOptions,
+    ) -> Telemetry {
         Telemetry {
             resources,
             registry,
@@ -76,33 +81,64 @@ impl Telemetry {
             return;
         }
         self.expired_at = now;
-        self.registry.lock().unwrap_or_else(|e| e.into_inner()).expire(now, ttl);
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(now, ttl);
     }
 
     /// Records the metrics of one linked record, and builds its span if
     /// it is sampled (an unsampled record costs no span at all).
     pub fn on_linked(&mut self, l: Linked, spans: &mut Vec<Span>) {
-        let Linked { conn, ctx, evidence, item } = l;
+        let Linked {
+            conn,
+            ctx,
+            evidence,
+            item,
+        } = l;
         let resource = self.resources.get(&conn.process);
         let registry = self.registry.clone();
         let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
         match &item {
-            Item::Http { exchange: ex, peer, server_read } => {
+            Item::Http {
+                exchange: ex,
+                peer,
+                server_read,
+            } => {
                 self.counts.http_exchanges += 1;
                 let server = conn.role == Role::Server;
-                let start = if server { ex.request.first.exit_ns } else { ex.request.first.enter_ns };
+                let start = if server {
+                    ex.request.first.exit_ns
+                } else {
+                    ex.request.first.enter_ns
+                };
                 let secs = secs(start, ex.response.last.exit_ns);
                 let failed = spans::http::failed(conn.role, ex.response.head.status);
                 red::http(&mut reg, &conn, ex, secs, &resource);
                 let at = ex.response.last.exit_ns;
                 if server {
                     if let Some(parent) = ctx.parent_span_id {
-                        self.graph.server_done(&mut reg, parent, resource.service_name.clone(), (secs, failed), at);
+                        self.graph.server_done(
+                            &mut reg,
+                            parent,
+                            resource.service_name.clone(),
+                            (secs, failed),
+                            at,
+                        );
                     }
                 } else {
                     let peer = peer.as_ref().map(|p| self.resources.get(p));
                     let wait = (*server_read, at);
-                    self.graph.client_done(&mut reg, &conn, ctx.span_id, (secs, failed), &resource, peer.as_deref(), "virtual_node", wait);
+                    self.graph.client_done(
+                        &mut reg,
+                        &conn,
+                        ctx.span_id,
+                        (secs, failed),
+                        &resource,
+                        peer.as_deref(),
+                        "virtual_node",
+                        wait,
+                    );
                 }
             }
             Item::Db { call, peer } => {
@@ -112,31 +148,88 @@ impl Telemetry {
                 let peer = peer.as_ref().map(|p| self.resources.get(p));
                 let done = (secs, call.error.is_some());
                 let wait = (false, call.last.exit_ns);
-                self.graph.client_done(&mut reg, &conn, ctx.span_id, done, &resource, peer.as_deref(), "database", wait);
+                self.graph.client_done(
+                    &mut reg,
+                    &conn,
+                    ctx.span_id,
+                    done,
+                    &resource,
+                    peer.as_deref(),
+                    "database",
+                    wait,
+                );
             }
             Item::Publish(op) => {
                 self.counts.messaging_ops += 1;
-                let AmqpOut::Published { msg, first, last, confirmed, returned, .. } = op.as_ref() else { return };
+                let AmqpOut::Published {
+                    msg,
+                    first,
+                    last,
+                    confirmed,
+                    returned,
+                    ..
+                } = op.as_ref()
+                else {
+                    return;
+                };
                 let error = red::publish_error(*confirmed, returned);
-                red::messaging(&mut reg, red::Messaging::Publish, &msg.exchange, secs(first.enter_ns, last.exit_ns), error.as_deref(), &resource);
+                red::messaging(
+                    &mut reg,
+                    red::Messaging::Publish,
+                    &msg.exchange,
+                    secs(first.enter_ns, last.exit_ns),
+                    error.as_deref(),
+                    &resource,
+                );
             }
             Item::Process(d) => {
                 self.counts.messaging_ops += 1;
                 let secs = secs(d.start_ns, d.end_ns);
                 let dest = d.queue.clone().unwrap_or_default();
-                red::messaging(&mut reg, red::Messaging::Process, &dest, secs, None, &resource);
+                red::messaging(
+                    &mut reg,
+                    red::Messaging::Process,
+                    &dest,
+                    secs,
+                    None,
+                    &resource,
+                );
                 if let Some(p) = &d.publish {
                     let failed = !matches!(d.outcome, Outcome::Ack | Outcome::AutoAck);
                     let producer = self.resources.get(&p.producer);
                     let consumer = resource.service_name.clone();
-                    graph::record_edge(&mut reg, &producer, consumer, "messaging_system", failed, p.secs, Some(secs));
+                    graph::record_edge(
+                        &mut reg,
+                        &producer,
+                        consumer,
+                        "messaging_system",
+                        failed,
+                        p.secs,
+                        Some(secs),
+                    );
                 }
             }
             Item::Receive(op) => {
                 self.counts.messaging_ops += 1;
-                let AmqpOut::Received { queue, msg, first, last, .. } = op.as_ref() else { return };
+                let AmqpOut::Received {
+                    queue,
+                    msg,
+                    first,
+                    last,
+                    ..
+                } = op.as_ref()
+                else {
+                    return;
+                };
                 let got = msg.is_some();
-                red::messaging(&mut reg, red::Messaging::Get { got }, queue, secs(first.enter_ns, last.exit_ns), None, &resource);
+                red::messaging(
+                    &mut reg,
+                    red::Messaging::Get { got },
+                    queue,
+                    secs(first.enter_ns, last.exit_ns),
+                    None,
+                    &resource,
+                );
             }
         }
         drop(reg);
@@ -144,31 +237,86 @@ impl Telemetry {
             self.counts.spans_sampled_out += 1;
             return;
         }
-        let Some(mut span) = self.build(&conn, &ctx, &item, resource) else { return };
+        let Some(mut span) = self.build(&conn, &ctx, &item, resource) else {
+            return;
+        };
         if ctx.parent_span_id.is_some() || evidence == Evidence::Ambiguous {
-            span.attributes.push(("sonde.link.evidence", evidence.as_str().into()));
+            span.attributes
+                .push(("sonde.link.evidence", evidence.as_str().into()));
         }
         tracing::debug!(name = %span.name, kind = span.kind.as_str(), trace = %spans::hex(&span.trace_id), "span");
         spans.push(span);
     }
 
-    fn build(&self, conn: &ConnInfo, ctx: &SpanCtx, item: &Item, resource: Arc<Resource>) -> Option<Span> {
+    fn build(
+        &self,
+        conn: &ConnInfo,
+        ctx: &SpanCtx,
+        item: &Item,
+        resource: Arc<Resource>,
+    ) -> Option<Span> {
         let clock = &self.clock;
         Some(match item {
-            Item::Http { exchange, .. } => spans::http::build(conn, exchange, ctx, clock, self.http_opts, resource),
+            Item::Http { exchange, .. } => {
+                spans::http::build(conn, exchange, ctx, clock, self.http_opts, resource)
+            }
             Item::Db { call, .. } => spans::db::build(conn, call, ctx, clock, resource),
             Item::Publish(op) => {
-                let AmqpOut::Published { msg, first, last, confirmed, returned, .. } = op.as_ref() else { return None };
-                spans::messaging::publish(conn, msg, *first, *last, *confirmed, returned, ctx, clock, resource)
+                let AmqpOut::Published {
+                    msg,
+                    first,
+                    last,
+                    confirmed,
+                    returned,
+                    ..
+                } = op.as_ref()
+                else {
+                    return None;
+                };
+                spans::messaging::publish(
+                    conn, msg, *first, *last, *confirmed, returned, ctx, clock, resource,
+                )
             }
             Item::Process(d) => spans::messaging::consume(
-                conn, &d.msg, d.queue.as_deref(), Some(d.delivery_tag), "process", Some(d.outcome), d.start_ns, d.end_ns, ctx, clock, resource,
+                conn,
+                &d.msg,
+                d.queue.as_deref(),
+                Some(d.delivery_tag),
+                "process",
+                Some(d.outcome),
+                d.start_ns,
+                d.end_ns,
+                ctx,
+                clock,
+                resource,
             ),
             Item::Receive(op) => {
-                let AmqpOut::Received { queue, msg, delivery_tag, first, last, .. } = op.as_ref() else { return None };
+                let AmqpOut::Received {
+                    queue,
+                    msg,
+                    delivery_tag,
+                    first,
+                    last,
+                    ..
+                } = op.as_ref()
+                else {
+                    return None;
+                };
                 let empty = Message::default();
                 let m = msg.as_ref().unwrap_or(&empty);
-                spans::messaging::consume(conn, m, Some(queue), *delivery_tag, "receive", None, first.enter_ns, last.exit_ns, ctx, clock, resource)
+                spans::messaging::consume(
+                    conn,
+                    m,
+                    Some(queue),
+                    *delivery_tag,
+                    "receive",
+                    None,
+                    first.enter_ns,
+                    last.exit_ns,
+                    ctx,
+                    clock,
+                    resource,
+                )
             }
         })
     }

@@ -12,9 +12,15 @@ use crate::{
 pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource: &Arc<Resource>) {
     let status = ex.response.head.status;
     let mut labels: Labels = vec![
-        ("http.request.method", spans::http::method(&ex.request.head.method).0),
+        (
+            "http.request.method",
+            spans::http::method(&ex.request.head.method).0,
+        ),
         ("http.response.status_code", status.to_string()),
-        ("network.protocol.version", format!("1.{}", ex.request.head.minor)),
+        (
+            "network.protocol.version",
+            format!("1.{}", ex.request.head.minor),
+        ),
     ];
     if spans::http::failed(c.role, status) {
         labels.push(("error.type", status.to_string()));
@@ -22,16 +28,34 @@ pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource
     let (duration, request_size, response_size) = if c.role == Role::Server {
         labels.push(("http.route", route::route(&ex.request.head.target)));
         labels.push(("url.scheme", "http".into()));
-        (&metrics::HTTP_SERVER_DURATION, &metrics::HTTP_SERVER_REQUEST_SIZE, &metrics::HTTP_SERVER_RESPONSE_SIZE)
+        (
+            &metrics::HTTP_SERVER_DURATION,
+            &metrics::HTTP_SERVER_REQUEST_SIZE,
+            &metrics::HTTP_SERVER_RESPONSE_SIZE,
+        )
     } else {
         let (address, port) = spans::http::client_server(c, ex);
         labels.push(("server.address", address));
         labels.push(("server.port", port.to_string()));
-        (&metrics::HTTP_CLIENT_DURATION, &metrics::HTTP_CLIENT_REQUEST_SIZE, &metrics::HTTP_CLIENT_RESPONSE_SIZE)
+        (
+            &metrics::HTTP_CLIENT_DURATION,
+            &metrics::HTTP_CLIENT_REQUEST_SIZE,
+            &metrics::HTTP_CLIENT_RESPONSE_SIZE,
+        )
     };
     reg.record(duration, resource, labels.clone(), secs);
-    reg.record(request_size, resource, labels.clone(), ex.request.body_bytes as f64);
-    reg.record(response_size, resource, labels, ex.response.body_bytes as f64);
+    reg.record(
+        request_size,
+        resource,
+        labels.clone(),
+        ex.request.body_bytes as f64,
+    );
+    reg.record(
+        response_size,
+        resource,
+        labels,
+        ex.response.body_bytes as f64,
+    );
 }
 
 pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: &Arc<Resource>) {
@@ -60,7 +84,9 @@ pub enum Messaging {
     Publish,
     Process,
     /// A Basic.Get; `got`: a message came (not GetEmpty).
-    Get { got: bool },
+    Get {
+        got: bool,
+    },
 }
 
 /// `error.type` of a publish: the broker returned it, or nacked it.
@@ -72,16 +98,42 @@ pub fn publish_error(confirmed: Option<bool>, returned: &Option<(u16, String)>) 
     }
 }
 
-pub fn messaging(reg: &mut Registry, op: Messaging, dest: &str, secs: f64, error: Option<&str>, resource: &Arc<Resource>) {
+pub fn messaging(
+    reg: &mut Registry,
+    op: Messaging,
+    dest: &str,
+    secs: f64,
+    error: Option<&str>,
+    resource: &Arc<Resource>,
+) {
     let (name, duration, count) = match op {
-        Messaging::Publish => ("publish", &metrics::MESSAGING_CLIENT_DURATION, Some(&metrics::MESSAGING_SENT)),
-        Messaging::Process => ("process", &metrics::MESSAGING_PROCESS_DURATION, Some(&metrics::MESSAGING_CONSUMED)),
-        Messaging::Get { got } => ("get", &metrics::MESSAGING_CLIENT_DURATION, got.then_some(&metrics::MESSAGING_CONSUMED)),
+        Messaging::Publish => (
+            "publish",
+            &metrics::MESSAGING_CLIENT_DURATION,
+            Some(&metrics::MESSAGING_SENT),
+        ),
+        Messaging::Process => (
+            "process",
+            &metrics::MESSAGING_PROCESS_DURATION,
+            Some(&metrics::MESSAGING_CONSUMED),
+        ),
+        Messaging::Get { got } => (
+            "get",
+            &metrics::MESSAGING_CLIENT_DURATION,
+            got.then_some(&metrics::MESSAGING_CONSUMED),
+        ),
     };
     let mut labels: Labels = vec![
         ("messaging.system", "rabbitmq".into()),
         ("messaging.operation.name", name.into()),
-        ("messaging.destination.name", if dest.is_empty() { "amq.default".into() } else { dest.to_string() }),
+        (
+            "messaging.destination.name",
+            if dest.is_empty() {
+                "amq.default".into()
+            } else {
+                dest.to_string()
+            },
+        ),
     ];
     if let Some(e) = error {
         labels.push(("error.type", e.to_string()));

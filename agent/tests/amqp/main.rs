@@ -22,22 +22,34 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the AMQP suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        eprintln!(
+            "the AMQP suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`."
+        );
         std::process::exit(1);
     }
-    libtest_mimic::run(&args, vec![Trial::test("publish_consume_in_one_trace", || {
-        publish_consume();
-        Ok(())
-    })])
+    libtest_mimic::run(
+        &args,
+        vec![Trial::test("publish_consume_in_one_trace", || {
+            publish_consume();
+            Ok(())
+        })],
+    )
     .exit();
 }
 
 fn get(port: u16, path: &str, extra: &str) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
-    assert!(buf.starts_with("HTTP/1.0 202") || buf.starts_with("HTTP/1.1 202"), "{buf}");
+    assert!(
+        buf.starts_with("HTTP/1.0 202") || buf.starts_with("HTTP/1.1 202"),
+        "{buf}"
+    );
 }
 
 fn kind_of(s: &ReceivedSpan) -> SpanKind {
@@ -55,13 +67,20 @@ fn publish_consume() {
     let _down = python_server(downstream, "downstream");
     let orders_port = free_port();
     let mut cmd = Command::new("python3");
-    cmd.arg(fixture("amqp/orders_service.py")).args([orders_port.to_string(), amqp.to_string()]).env("OTEL_SERVICE_NAME", "orders");
+    cmd.arg(fixture("amqp/orders_service.py"))
+        .args([orders_port.to_string(), amqp.to_string()])
+        .env("OTEL_SERVICE_NAME", "orders");
     let _orders = ready(cmd);
     let mut consumers = vec![];
     for (queue, service) in [("q.status", "status"), ("q.mail", "mail")] {
         let mut cmd = Command::new("python3");
         cmd.arg(fixture("amqp/consumer.py"))
-            .args([amqp.to_string(), queue.to_string(), db_ports["postgres"].to_string(), downstream.to_string()])
+            .args([
+                amqp.to_string(),
+                queue.to_string(),
+                db_ports["postgres"].to_string(),
+                downstream.to_string(),
+            ])
             .env("OTEL_SERVICE_NAME", service);
         consumers.push(ready(cmd));
     }
@@ -71,66 +90,150 @@ fn publish_consume() {
     }
     let tp_trace = "0af7651916cd43dd8448eb211c80319c";
     let tp_parent = "b7ad6b7169203331";
-    get(orders_port, "/traced", &format!("x-test-traceparent: 00-{tp_trace}-{tp_parent}-01\r\n"));
+    get(
+        orders_port,
+        "/traced",
+        &format!("x-test-traceparent: 00-{tp_trace}-{tp_parent}-01\r\n"),
+    );
 
-    let is_consumer = |s: &ReceivedSpan| kind_of(s) == SpanKind::Consumer && s.span.name.starts_with("process ");
+    let is_consumer =
+        |s: &ReceivedSpan| kind_of(s) == SpanKind::Consumer && s.span.name.starts_with("process ");
     let spans = wait_spans(store, |s| {
         let consumers: Vec<&ReceivedSpan> = s.iter().filter(|x| is_consumer(x)).collect();
         // Every part of the tree: a request's SERVER span may end after its
         // consumers (the handler can be descheduled between publish and reply).
-        let servers = s.iter().filter(|x| x.service() == "orders" && kind_of(x) == SpanKind::Server).count();
-        servers >= N + 1
+        let servers = s
+            .iter()
+            .filter(|x| x.service() == "orders" && kind_of(x) == SpanKind::Server)
+            .count();
+        servers > N
             && consumers.len() >= 2 * (N + 1)
-            && consumers.iter().all(|c| s.iter().filter(|k| k.span.parent_span_id == c.span.span_id).count() >= 2)
+            && consumers.iter().all(|c| {
+                s.iter()
+                    .filter(|k| k.span.parent_span_id == c.span.span_id)
+                    .count()
+                    >= 2
+            })
     });
-    let by_parent = |id: &[u8]| -> Vec<&ReceivedSpan> { spans.iter().filter(|s| s.span.parent_span_id == id).collect() };
-    let servers: Vec<&ReceivedSpan> =
-        spans.iter().filter(|s| s.service() == "orders" && kind_of(s) == SpanKind::Server && s.span.name.starts_with("GET /order")).collect();
+    let by_parent = |id: &[u8]| -> Vec<&ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.span.parent_span_id == id)
+            .collect()
+    };
+    let servers: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| {
+            s.service() == "orders"
+                && kind_of(s) == SpanKind::Server
+                && s.span.name.starts_with("GET /order")
+        })
+        .collect();
     assert_eq!(servers.len(), N, "one SERVER span per request");
     for srv in &servers {
-        let producers: Vec<_> = by_parent(&srv.span.span_id).into_iter().filter(|s| kind_of(s) == SpanKind::Producer).collect();
+        let producers: Vec<_> = by_parent(&srv.span.span_id)
+            .into_iter()
+            .filter(|s| kind_of(s) == SpanKind::Producer)
+            .collect();
         assert_eq!(producers.len(), 1, "the publish nests under its request");
         let p = producers[0];
         assert_eq!(p.span.trace_id, srv.span.trace_id);
         assert_eq!(p.span.name, "publish events");
         assert_eq!(p.attr("messaging.system").as_deref(), Some("rabbitmq"));
         assert_eq!(p.attr("messaging.operation.type").as_deref(), Some("send"));
-        assert_eq!(p.attr("messaging.destination.name").as_deref(), Some("events"));
-        assert_eq!(p.attr("messaging.rabbitmq.destination.routing_key").as_deref(), Some("order.created"));
+        assert_eq!(
+            p.attr("messaging.destination.name").as_deref(),
+            Some("events")
+        );
+        assert_eq!(
+            p.attr("messaging.rabbitmq.destination.routing_key")
+                .as_deref(),
+            Some("order.created")
+        );
         assert!(p.attr("messaging.message.id").is_some());
-        let cons: Vec<_> = by_parent(&p.span.span_id).into_iter().filter(|s| is_consumer(s)).collect();
+        let cons: Vec<_> = by_parent(&p.span.span_id)
+            .into_iter()
+            .filter(|s| is_consumer(s))
+            .collect();
         let mut names: Vec<&str> = cons.iter().map(|c| c.span.name.as_str()).collect();
         names.sort();
-        assert_eq!(names, vec!["process q.mail", "process q.status"], "fan-out: one consumer child per queue");
+        assert_eq!(
+            names,
+            vec!["process q.mail", "process q.status"],
+            "fan-out: one consumer child per queue"
+        );
         for c in cons {
-            assert_eq!(c.span.trace_id, srv.span.trace_id, "one trace from request to consumer");
-            assert_eq!(c.attr("messaging.message.id"), p.attr("messaging.message.id"));
+            assert_eq!(
+                c.span.trace_id, srv.span.trace_id,
+                "one trace from request to consumer"
+            );
+            assert_eq!(
+                c.attr("messaging.message.id"),
+                p.attr("messaging.message.id")
+            );
             assert!(c.attr("messaging.rabbitmq.message.delivery_tag").is_some());
             let kids = by_parent(&c.span.span_id);
-            assert!(kids.iter().any(|k| k.attr("db.system.name").as_deref() == Some("postgresql")), "DB call under the consumer");
             assert!(
-                kids.iter().any(|k| kind_of(k) == SpanKind::Client && k.attr("http.request.method").as_deref() == Some("GET")),
+                kids.iter()
+                    .any(|k| k.attr("db.system.name").as_deref() == Some("postgresql")),
+                "DB call under the consumer"
+            );
+            assert!(
+                kids.iter().any(|k| kind_of(k) == SpanKind::Client
+                    && k.attr("http.request.method").as_deref() == Some("GET")),
                 "HTTP call under the consumer"
             );
             assert!(kids.iter().all(|k| k.span.trace_id == srv.span.trace_id));
         }
     }
     // The publisher set a traceparent: consumers join that trace instead.
-    let joined: Vec<_> = spans.iter().filter(|s| is_consumer(s) && hex(&s.span.trace_id) == tp_trace).collect();
+    let joined: Vec<_> = spans
+        .iter()
+        .filter(|s| is_consumer(s) && hex(&s.span.trace_id) == tp_trace)
+        .collect();
     assert_eq!(joined.len(), 2, "both consumers of the traced message");
-    assert!(joined.iter().all(|c| hex(&c.span.parent_span_id) == tp_parent));
+    assert!(joined
+        .iter()
+        .all(|c| hex(&c.span.parent_span_id) == tp_parent));
     // Metrics: sent per exchange, consumed and processed per queue.
     let text = http_get(listen, "/metrics").unwrap();
     let value = |name: &str, needles: &[&str]| prom_sum(&text, name, needles);
     let total = (N + 1) as f64;
-    assert_eq!(value("messaging_client_sent_messages_total{", &["service_name=\"orders\"", "messaging_destination_name=\"events\""]), total, "{text}");
+    assert_eq!(
+        value(
+            "messaging_client_sent_messages_total{",
+            &[
+                "service_name=\"orders\"",
+                "messaging_destination_name=\"events\""
+            ]
+        ),
+        total,
+        "{text}"
+    );
     for (svc, q) in [("status", "q.status"), ("mail", "q.mail")] {
         let s = format!("service_name=\"{svc}\"");
         let d = format!("messaging_destination_name=\"{q}\"");
-        assert_eq!(value("messaging_client_consumed_messages_total{", &[&s, &d]), total, "{text}");
-        assert_eq!(value("messaging_process_duration_seconds_count{", &[&s, &d]), total, "{text}");
+        assert_eq!(
+            value("messaging_client_consumed_messages_total{", &[&s, &d]),
+            total,
+            "{text}"
+        );
+        assert_eq!(
+            value("messaging_process_duration_seconds_count{", &[&s, &d]),
+            total,
+            "{text}"
+        );
     }
-    assert_eq!(value("messaging_client_operation_duration_seconds_count{", &["service_name=\"orders\"", "messaging_operation_name=\"publish\""]), total);
+    assert_eq!(
+        value(
+            "messaging_client_operation_duration_seconds_count{",
+            &[
+                "service_name=\"orders\"",
+                "messaging_operation_name=\"publish\""
+            ]
+        ),
+        total
+    );
     drop(agent);
     drop(consumers);
 }

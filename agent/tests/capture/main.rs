@@ -31,25 +31,71 @@ fn main() {
         std::process::exit(1);
     }
     let trials = vec![
-        Trial::test("write_read", || exchange("write", Syscall::Write, Syscall::Read)),
-        Trial::test("writev_readv_three_iovecs", || exchange("writev", Syscall::Writev, Syscall::Readv)),
-        Trial::test("sendto_recvfrom", || exchange("sendto", Syscall::Sendto, Syscall::Recvfrom)),
-        Trial::test("sendmsg_recvmsg_three_iovecs", || exchange("sendmsg", Syscall::Sendmsg, Syscall::Recvmsg)),
-        Trial::test("sendmmsg_recvmmsg_two_messages", || exchange("mmsg", Syscall::Sendmmsg, Syscall::Recvmmsg)),
-        Trial::test("io_uring_send_recv", || { uring("uring"); Ok(()) }),
-        Trial::test("io_uring_sendmsg_recvmsg_three_iovecs", || { uring("uring-msg"); Ok(()) }),
-        Trial::test("sendfile_reports_bytes_and_timing", || { sendfile(); Ok(()) }),
-        Trial::test("quiet_connection_keeps_counts_without_payload", || { quiet(); Ok(()) }),
+        Trial::test("write_read", || {
+            exchange("write", Syscall::Write, Syscall::Read)
+        }),
+        Trial::test("writev_readv_three_iovecs", || {
+            exchange("writev", Syscall::Writev, Syscall::Readv)
+        }),
+        Trial::test("sendto_recvfrom", || {
+            exchange("sendto", Syscall::Sendto, Syscall::Recvfrom)
+        }),
+        Trial::test("sendmsg_recvmsg_three_iovecs", || {
+            exchange("sendmsg", Syscall::Sendmsg, Syscall::Recvmsg)
+        }),
+        Trial::test("sendmmsg_recvmmsg_two_messages", || {
+            exchange("mmsg", Syscall::Sendmmsg, Syscall::Recvmmsg)
+        }),
+        Trial::test("io_uring_send_recv", || {
+            uring("uring");
+            Ok(())
+        }),
+        Trial::test("io_uring_sendmsg_recvmsg_three_iovecs", || {
+            uring("uring-msg");
+            Ok(())
+        }),
+        Trial::test("sendfile_reports_bytes_and_timing", || {
+            sendfile();
+            Ok(())
+        }),
+        Trial::test("quiet_connection_keeps_counts_without_payload", || {
+            quiet();
+            Ok(())
+        }),
         Trial::test("accept_without_sockaddr_still_gets_its_tuple", || {
             exchange("null-accept", Syscall::Write, Syscall::Read)
         }),
-        Trial::test("payload_larger_than_capture_size", || { payload_larger_than_capture(); Ok(()) }),
-        Trial::test("connection_opened_before_agent", || { preexisting_connection(); Ok(()) }),
-        Trial::test("agent_traffic_is_not_reported", || { own_traffic_is_filtered(); Ok(()) }),
-        Trial::test("pid_filter_limits_capture", || { pid_filter(); Ok(()) }),
-        Trial::test("flood_counts_drops_and_keeps_delivered_events_intact", || { flood(); Ok(()) }),
-        Trial::test("capture_cli_shows_curl_against_python_http_server", || { cli_curl(); Ok(()) }),
-        Trial::test("doctor_reports_this_kernel", || { doctor(); Ok(()) }),
+        Trial::test("payload_larger_than_capture_size", || {
+            payload_larger_than_capture();
+            Ok(())
+        }),
+        Trial::test("connection_opened_before_agent", || {
+            preexisting_connection();
+            Ok(())
+        }),
+        Trial::test("agent_traffic_is_not_reported", || {
+            own_traffic_is_filtered();
+            Ok(())
+        }),
+        Trial::test("pid_filter_limits_capture", || {
+            pid_filter();
+            Ok(())
+        }),
+        Trial::test(
+            "flood_counts_drops_and_keeps_delivered_events_intact",
+            || {
+                flood();
+                Ok(())
+            },
+        ),
+        Trial::test("capture_cli_shows_curl_against_python_http_server", || {
+            cli_curl();
+            Ok(())
+        }),
+        Trial::test("doctor_reports_this_kernel", || {
+            doctor();
+            Ok(())
+        }),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
@@ -63,7 +109,13 @@ fn exchange(mode: &str, send: Syscall, recv: Syscall) -> Result<(), libtest_mimi
     Ok(())
 }
 
-fn exchange_in(rt: &tokio::runtime::Runtime, session: &mut sonde::session::Session, mode: &str, send: Syscall, recv: Syscall) {
+fn exchange_in(
+    rt: &tokio::runtime::Runtime,
+    session: &mut sonde::session::Session,
+    mode: &str,
+    send: Syscall,
+    recv: Syscall,
+) {
     let (server, client) = pair(mode, &[]);
     let (s, c) = (server.key(), client.key());
     let (s_local, c_local) = (server.local, client.local);
@@ -83,12 +135,28 @@ fn exchange_in(rt: &tokio::runtime::Runtime, session: &mut sonde::session::Sessi
         for (conn, d) in &data {
             // Only the socket: the peer's file writes and stdout pipe are not reported.
             assert_eq!(d.fd, fd, "event on a non-socket fd: {d:?}");
-            assert!(!d.payload.windows(9).any(|w| w == b"FILE-DATA"), "file write captured");
+            assert!(
+                !d.payload.windows(9).any(|w| w == b"FILE-DATA"),
+                "file write captured"
+            );
             assert_eq!(conn.role, role);
             let tuple = conn.tuple.expect("tuple known");
-            assert_eq!((tuple.local, tuple.remote), (local, remote), "tuple of {role:?}");
-            assert!(d.enter_ns <= d.exit_ns, "enter {} > exit {}", d.enter_ns, d.exit_ns);
-            assert_eq!(d.bytes as usize, d.payload.len(), "small payloads are captured whole");
+            assert_eq!(
+                (tuple.local, tuple.remote),
+                (local, remote),
+                "tuple of {role:?}"
+            );
+            assert!(
+                d.enter_ns <= d.exit_ns,
+                "enter {} > exit {}",
+                d.enter_ns,
+                d.exit_ns
+            );
+            assert_eq!(
+                d.bytes as usize,
+                d.payload.len(),
+                "small payloads are captured whole"
+            );
             match d.direction {
                 Direction::Egress => {
                     assert_eq!(d.syscall, send);
@@ -105,7 +173,10 @@ fn exchange_in(rt: &tokio::runtime::Runtime, session: &mut sonde::session::Sessi
     }
     // Exactly one connection per side, opened and closed.
     for (pid, fd) in [s, c] {
-        let opens = events.iter().filter(|e| matches!(e, StreamEvent::Open(i) if (i.pid, i.fd) == (pid, fd))).count();
+        let opens = events
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::Open(i) if (i.pid, i.fd) == (pid, fd)))
+            .count();
         assert_eq!(opens, 1, "open events for pid {pid} fd {fd}");
     }
 }
@@ -123,7 +194,10 @@ fn uring(mode: &str) {
     let rt = runtime();
     let mut session = start(&rt, SessionConfig::default());
     if kernel_has_kprobes() {
-        assert!(!session.kernel_io_attached(), "the kprobes wait until io_uring is used");
+        assert!(
+            !session.kernel_io_attached(),
+            "the kprobes wait until io_uring is used"
+        );
         // The first io_uring request on a traced socket makes the agent
         // attach them; this exchange may be missed in part.
         let (server, client) = pair(mode, &[]);
@@ -134,16 +208,31 @@ fn uring(mode: &str) {
             assert!(waited < 200, "no kprobes attached after io_uring was used");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        exchange_in(&rt, &mut session, mode, Syscall::TcpSendmsg, Syscall::TcpRecvmsg);
+        exchange_in(
+            &rt,
+            &mut session,
+            mode,
+            Syscall::TcpSendmsg,
+            Syscall::TcpRecvmsg,
+        );
         return;
     }
     let (server, client) = pair(mode, &[]);
     let (s, c) = (server.key(), client.key());
     let events = complete(&rt, &mut session, server, client);
     for (pid, fd) in [s, c] {
-        let opens = events.iter().filter(|e| matches!(e, StreamEvent::Open(i) if (i.pid, i.fd) == (pid, fd))).count();
-        assert_eq!(opens, 1, "the connection itself is still seen (pid {pid} fd {fd})");
-        assert!(data_of(&events, pid).is_empty(), "no syscall carried payload, and there are no kprobes here");
+        let opens = events
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::Open(i) if (i.pid, i.fd) == (pid, fd)))
+            .count();
+        assert_eq!(
+            opens, 1,
+            "the connection itself is still seen (pid {pid} fd {fd})"
+        );
+        assert!(
+            data_of(&events, pid).is_empty(),
+            "no syscall carried payload, and there are no kprobes here"
+        );
     }
 }
 
@@ -153,7 +242,10 @@ fn sendfile() {
     let (server, client) = pair("sendfile", &[]);
     let (s, c) = (server.key(), client.key());
     let events = complete(&rt, &mut session, server, client);
-    let out: Vec<_> = data_of(&events, s.0).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
+    let out: Vec<_> = data_of(&events, s.0)
+        .into_iter()
+        .filter(|(_, d)| d.direction == Direction::Egress)
+        .collect();
     assert!(!out.is_empty(), "no server egress");
     let total: u64 = out.iter().map(|(_, d)| d.bytes).sum();
     assert_eq!(total as usize, peer::response("sendfile").len());
@@ -165,7 +257,10 @@ fn sendfile() {
         assert!(d.enter_ns <= d.exit_ns);
     }
     // The client read it with read(2), payload and all.
-    assert_eq!(bytes_of(&events, c.0, Direction::Ingress), peer::response("sendfile"));
+    assert_eq!(
+        bytes_of(&events, c.0, Direction::Ingress),
+        peer::response("sendfile")
+    );
 }
 
 fn quiet() {
@@ -173,23 +268,38 @@ fn quiet() {
     let (s, c) = (server.key(), client.key());
     let rt = runtime();
     let mut session = start(&rt, SessionConfig::default());
-    session.set_quiet(c.0, c.1).expect("client socket is tracked");
-    assert!(session.set_quiet(c.0, 9999).is_err(), "an untracked fd is refused");
+    session
+        .set_quiet(c.0, c.1)
+        .expect("client socket is tracked");
+    assert!(
+        session.set_quiet(c.0, 9999).is_err(),
+        "an untracked fd is refused"
+    );
     let events = complete(&rt, &mut session, server, client);
     let quiet = data_of(&events, c.0);
     assert!(!quiet.is_empty());
     let mut sent = 0;
     for (_, d) in &quiet {
-        assert!(d.payload.is_empty(), "payload copied for a quiet socket: {d:?}");
+        assert!(
+            d.payload.is_empty(),
+            "payload copied for a quiet socket: {d:?}"
+        );
         assert_ne!(d.flags & sonde_common::data_flags::PAYLOAD_SKIPPED, 0);
         assert!(d.enter_ns <= d.exit_ns);
         if d.direction == Direction::Egress {
             sent += d.bytes;
         }
     }
-    assert_eq!(sent as usize, peer::request("write").len(), "byte counts kept");
+    assert_eq!(
+        sent as usize,
+        peer::request("write").len(),
+        "byte counts kept"
+    );
     // The other end of the same connection is unaffected.
-    assert_eq!(bytes_of(&events, s.0, Direction::Ingress), peer::request("write"));
+    assert_eq!(
+        bytes_of(&events, s.0, Direction::Ingress),
+        peer::request("write")
+    );
 }
 
 fn payload_larger_than_capture() {
@@ -201,13 +311,24 @@ fn payload_larger_than_capture() {
     let (s, c) = (server.key(), client.key());
     let events = complete(&rt, &mut session, server, client);
     for (pid, tag) in [(c.0, b'Q'), (s.0, b'R')] {
-        let sent: Vec<_> = data_of(&events, pid).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
+        let sent: Vec<_> = data_of(&events, pid)
+            .into_iter()
+            .filter(|(_, d)| d.direction == Direction::Egress)
+            .collect();
         let total: u64 = sent.iter().map(|(_, d)| d.bytes).sum();
-        assert_eq!(total as usize, peer::BIG, "byte counts cover the whole payload");
+        assert_eq!(
+            total as usize,
+            peer::BIG,
+            "byte counts cover the whole payload"
+        );
         let (_, first) = sent[0];
         assert_eq!(first.payload.len(), 1024, "capture stops at --capture-size");
         assert!(first.truncated());
-        assert_eq!(first.payload[..], peer::big_payload(tag)[..1024], "captured prefix");
+        assert_eq!(
+            first.payload[..],
+            peer::big_payload(tag)[..1024],
+            "captured prefix"
+        );
     }
 }
 
@@ -218,16 +339,29 @@ fn preexisting_connection() {
     // The connection exists before the agent starts.
     let rt = runtime();
     let mut session = start(&rt, SessionConfig::default());
-    assert!(session.stats().preexisting_connections >= 2, "scan found {:?}", session.stats());
+    assert!(
+        session.stats().preexisting_connections >= 2,
+        "scan found {:?}",
+        session.stats()
+    );
     let events = complete(&rt, &mut session, server, client);
     let cdata = data_of(&events, c.0);
-    let (conn, d) = cdata.iter().find(|(_, d)| d.direction == Direction::Egress).expect("client egress");
+    let (conn, d) = cdata
+        .iter()
+        .find(|(_, d)| d.direction == Direction::Egress)
+        .expect("client egress");
     assert!(conn.preexisting);
     assert_eq!(conn.role, Role::Client);
-    assert_eq!(conn.tuple.map(|t| (t.local, t.remote)), Some((c_local, s_local)));
+    assert_eq!(
+        conn.tuple.map(|t| (t.local, t.remote)),
+        Some((c_local, s_local))
+    );
     assert_eq!(d.payload, peer::request("write"));
     let sdata = data_of(&events, s.0);
-    let (conn, d) = sdata.iter().find(|(_, d)| d.direction == Direction::Egress).expect("server egress");
+    let (conn, d) = sdata
+        .iter()
+        .find(|(_, d)| d.direction == Direction::Egress)
+        .expect("server egress");
     assert_eq!(conn.role, Role::Server, "role from the listening socket");
     assert_eq!(d.payload, peer::response("write"));
 }
@@ -274,10 +408,21 @@ fn pid_filter() {
     client.finish();
     server.finish();
     let events = collect(&rt, &mut session, |ev| closed(ev, c));
-    assert!(!data_of(&events, c.0).is_empty(), "the filtered-in pid is traced");
+    assert!(
+        !data_of(&events, c.0).is_empty(),
+        "the filtered-in pid is traced"
+    );
     let pids: Vec<u32> = events.iter().map(|e| e.conn().pid).collect();
-    assert!(!pids.contains(&s.0), "server pid {} leaked through the filter: {pids:?}", s.0);
-    assert!(pids.iter().all(|&p| p == c.0), "only pid {} expected: {pids:?}", c.0);
+    assert!(
+        !pids.contains(&s.0),
+        "server pid {} leaked through the filter: {pids:?}",
+        s.0
+    );
+    assert!(
+        pids.iter().all(|&p| p == c.0),
+        "only pid {} expected: {pids:?}",
+        c.0
+    );
 }
 
 fn flood() {
@@ -293,16 +438,29 @@ fn flood() {
     let c = client.key();
     let events = complete(&rt, &mut session, server, client);
     let k = session.kernel_counters();
-    assert!(k.ringbuf_drops > 0, "expected ring buffer drops, counters: {k:?}");
+    assert!(
+        k.ringbuf_drops > 0,
+        "expected ring buffer drops, counters: {k:?}"
+    );
     // Every delivered client write is intact: its payload is exactly the
     // message its own sequence number names.
-    let sent: Vec<_> = data_of(&events, c.0).into_iter().filter(|(_, d)| d.direction == Direction::Egress).collect();
+    let sent: Vec<_> = data_of(&events, c.0)
+        .into_iter()
+        .filter(|(_, d)| d.direction == Direction::Egress)
+        .collect();
     assert!(!sent.is_empty(), "some flood events delivered");
-    assert!(sent.len() < peer::FLOOD_COUNT, "not all delivered, yet drops counted: {}", sent.len());
+    assert!(
+        sent.len() < peer::FLOOD_COUNT,
+        "not all delivered, yet drops counted: {}",
+        sent.len()
+    );
     let mut last = None;
     for (_, d) in &sent {
         assert_eq!(d.bytes as usize, peer::FLOOD_MSG);
-        let seq: u32 = std::str::from_utf8(&d.payload[4..12]).unwrap().parse().unwrap();
+        let seq: u32 = std::str::from_utf8(&d.payload[4..12])
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(d.payload, peer::flood_message(seq), "payload of seq {seq}");
         assert!(last < Some(seq), "in order");
         last = Some(seq);
@@ -311,16 +469,32 @@ fn flood() {
     let (server, client) = pair("write", &[]);
     let c2 = client.pid;
     let after = complete(&rt, &mut session, server, client);
-    assert_eq!(bytes_of(&after, c2, Direction::Egress), peer::request("write"));
+    assert_eq!(
+        bytes_of(&after, c2, Direction::Egress),
+        peer::request("write")
+    );
 }
 
 fn cli_curl() {
-    use std::{io::BufRead, process::{Command, Stdio}};
+    use std::{
+        io::BufRead,
+        process::{Command, Stdio},
+    };
     let sonde = env!("CARGO_BIN_EXE_sonde");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut http = Killed(
         Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -330,7 +504,12 @@ fn cli_curl() {
     // python prints "Serving HTTP" once it listens.
     let mut err = std::io::BufReader::new(http.0.stderr.take().unwrap());
     let mut capture = Killed(
-        Command::new(sonde).args(["capture", "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sonde capture"),
+        Command::new(sonde)
+            .args(["capture", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sonde capture"),
     );
     // Startup logs what it attached, then "capturing".
     let mut cerr = std::io::BufReader::new(capture.0.stderr.take().unwrap());
@@ -352,15 +531,27 @@ fn cli_curl() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(ready, "http.server never listened");
-    let out = Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}/")]).output().expect("curl");
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("curl")
+        .args(["-sS", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Read JSON lines until both sides of curl's exchange are seen.
     let mut lines = std::io::BufReader::new(capture.0.stdout.take().unwrap()).lines();
     let (mut request, mut response) = (false, false);
     let deadline = std::time::Instant::now() + DEADLINE;
     while !(request && response) {
-        assert!(std::time::Instant::now() < deadline, "curl exchange not captured");
-        let Some(Ok(l)) = lines.next() else { panic!("sonde capture ended") };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "curl exchange not captured"
+        );
+        let Some(Ok(l)) = lines.next() else {
+            panic!("sonde capture ended")
+        };
         let v: serde_json::Value = serde_json::from_str(&l).expect("JSON line");
         let payload = v["data"]["payload"].as_str().unwrap_or("");
         let egress = v["data"]["direction"] == "egress";
@@ -384,13 +575,24 @@ fn cli_curl() {
 
 fn doctor() {
     let sonde = env!("CARGO_BIN_EXE_sonde");
-    let out = std::process::Command::new(sonde).args(["doctor", "--json"]).output().unwrap();
+    let out = std::process::Command::new(sonde)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "doctor says capture is impossible: {text}");
+    assert!(
+        out.status.success(),
+        "doctor says capture is impossible: {text}"
+    );
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let check = |name: &str| {
-        v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} check")).clone()
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check"))
+            .clone()
     };
     assert_eq!(check("tracepoints")["available"], true);
     // Every program of the compat table loads here, or is skipped with its
@@ -399,43 +601,87 @@ fn doctor() {
         if tp["required"] == true {
             assert_eq!(tp["state"], "attached", "{tp}");
         }
-        assert!(tp["state"] == "attached" || tp["state"] == "skipped", "refused by this kernel: {tp}");
+        assert!(
+            tp["state"] == "attached" || tp["state"] == "skipped",
+            "refused by this kernel: {tp}"
+        );
         if tp["state"] == "skipped" {
-            assert!(!tp["detail"].as_str().unwrap().is_empty(), "skipped without a reason: {tp}");
+            assert!(
+                !tp["detail"].as_str().unwrap().is_empty(),
+                "skipped without a reason: {tp}"
+            );
         }
     }
     // kprobes: compare with the kernel's own interfaces.
     let kprobes_exist = kernel_has_kprobes();
-    assert_eq!(check("kprobes")["available"], kprobes_exist, "{}", check("kprobes"));
+    assert_eq!(
+        check("kprobes")["available"],
+        kprobes_exist,
+        "{}",
+        check("kprobes")
+    );
     if !kprobes_exist {
-        assert!(check("kprobes")["detail"].as_str().unwrap().contains("CONFIG_KPROBES=n"));
+        assert!(check("kprobes")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CONFIG_KPROBES=n"));
     }
     // The probe strategy: the io_uring path runs on kprobes exactly where
     // they exist, and says why not elsewhere.
     let strategy = v["strategy"].as_str().unwrap();
     let hook = |name: &str| {
-        v["tracepoints"].as_array().unwrap().iter().find(|t| t["hook"] == name).unwrap_or_else(|| panic!("no {name} row")).clone()
+        v["tracepoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["hook"] == name)
+            .unwrap_or_else(|| panic!("no {name} row"))
+            .clone()
     };
-    for h in ["kprobe/tcp_sendmsg", "kretprobe/tcp_sendmsg", "kprobe/tcp_recvmsg", "kretprobe/tcp_recvmsg", "tracepoint/io_uring/io_uring_file_get"] {
+    for h in [
+        "kprobe/tcp_sendmsg",
+        "kretprobe/tcp_sendmsg",
+        "kprobe/tcp_recvmsg",
+        "kretprobe/tcp_recvmsg",
+        "tracepoint/io_uring/io_uring_file_get",
+    ] {
         let row = hook(h);
         if kprobes_exist {
             assert_eq!(row["state"], "attached", "{row}");
         } else {
             assert_eq!(row["state"], "skipped", "{row}");
-            assert!(row["detail"].as_str().unwrap().contains("CONFIG_KPROBES=n"), "{row}");
+            assert!(
+                row["detail"].as_str().unwrap().contains("CONFIG_KPROBES=n"),
+                "{row}"
+            );
         }
     }
     if kprobes_exist {
-        assert!(strategy.contains("io_uring socket payload: kprobes on tcp_sendmsg/tcp_recvmsg"), "{strategy}");
+        assert!(
+            strategy.contains("io_uring socket payload: kprobes on tcp_sendmsg/tcp_recvmsg"),
+            "{strategy}"
+        );
     } else {
-        assert!(strategy.contains("io_uring socket payload: not captured (this kernel has no kprobes"), "{strategy}");
+        assert!(
+            strategy.contains("io_uring socket payload: not captured (this kernel has no kprobes"),
+            "{strategy}"
+        );
     }
     // fentry: whichever way it goes, an unavailable verdict carries its reason.
     let fentry = check("fentry");
     if fentry["available"] == false {
-        assert!(fentry["detail"].as_str().unwrap().starts_with("unavailable: "), "{fentry}");
+        assert!(
+            fentry["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("unavailable: "),
+            "{fentry}"
+        );
     }
-    let human = std::process::Command::new(sonde).arg("doctor").output().unwrap();
+    let human = std::process::Command::new(sonde)
+        .arg("doctor")
+        .output()
+        .unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(human.contains("capture: possible"), "{human}");
 }

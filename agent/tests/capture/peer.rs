@@ -76,8 +76,14 @@ fn send(fd: i32, mode: &str, data: &[u8]) {
                     // Two messages: the first 10 bytes, then the rest.
                     let a = rest.len().min(10);
                     let iov = [
-                        libc::iovec { iov_base: rest.as_ptr() as *mut _, iov_len: a },
-                        libc::iovec { iov_base: rest[a..].as_ptr() as *mut _, iov_len: rest.len() - a },
+                        libc::iovec {
+                            iov_base: rest.as_ptr() as *mut _,
+                            iov_len: a,
+                        },
+                        libc::iovec {
+                            iov_base: rest[a..].as_ptr() as *mut _,
+                            iov_len: rest.len() - a,
+                        },
                     ];
                     let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
                     for (m, v) in msgs.iter_mut().zip(&iov) {
@@ -85,7 +91,10 @@ fn send(fd: i32, mode: &str, data: &[u8]) {
                         m.msg_hdr.msg_iovlen = 1;
                     }
                     let vlen = if rest.len() > a { 2 } else { 1 };
-                    let sent = check(libc::sendmmsg(fd, msgs.as_mut_ptr(), vlen, 0) as isize, "sendmmsg");
+                    let sent = check(
+                        libc::sendmmsg(fd, msgs.as_mut_ptr(), vlen, 0) as isize,
+                        "sendmmsg",
+                    );
                     msgs[..sent].iter().map(|m| m.msg_len as usize).sum()
                 }
                 "sendto" => check(
@@ -127,8 +136,14 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
                     let a = want.min(10);
                     let (x, y) = buf.split_at_mut(a);
                     let iov = [
-                        libc::iovec { iov_base: x.as_mut_ptr().cast(), iov_len: x.len() },
-                        libc::iovec { iov_base: y.as_mut_ptr().cast(), iov_len: y.len() },
+                        libc::iovec {
+                            iov_base: x.as_mut_ptr().cast(),
+                            iov_len: x.len(),
+                        },
+                        libc::iovec {
+                            iov_base: y.as_mut_ptr().cast(),
+                            iov_len: y.len(),
+                        },
                     ];
                     let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
                     for (m, v) in msgs.iter_mut().zip(&iov) {
@@ -137,7 +152,13 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
                     }
                     let vlen = if y.is_empty() { 1 } else { 2 };
                     let n = check(
-                        libc::recvmmsg(fd, msgs.as_mut_ptr(), vlen, libc::MSG_WAITFORONE, std::ptr::null_mut()) as isize,
+                        libc::recvmmsg(
+                            fd,
+                            msgs.as_mut_ptr(),
+                            vlen,
+                            libc::MSG_WAITFORONE,
+                            std::ptr::null_mut(),
+                        ) as isize,
                         "recvmmsg",
                     );
                     // Bytes of a short first message and the second are not
@@ -148,7 +169,14 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
                     l0 + l1
                 }
                 "sendto" => check(
-                    libc::recvfrom(fd, buf.as_mut_ptr().cast(), want, 0, std::ptr::null_mut(), std::ptr::null_mut()),
+                    libc::recvfrom(
+                        fd,
+                        buf.as_mut_ptr().cast(),
+                        want,
+                        0,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    ),
                     "recvfrom",
                 ),
                 "writev" | "sendmsg" => {
@@ -181,9 +209,18 @@ fn three_iovecs(p: *mut u8, len: usize) -> [libc::iovec; 3] {
     let b = (len - a).min(7);
     let at = |off: usize| p.wrapping_add(off).cast();
     [
-        libc::iovec { iov_base: at(0), iov_len: a },
-        libc::iovec { iov_base: at(a), iov_len: b },
-        libc::iovec { iov_base: at(a + b), iov_len: len - a - b },
+        libc::iovec {
+            iov_base: at(0),
+            iov_len: a,
+        },
+        libc::iovec {
+            iov_base: at(a),
+            iov_len: b,
+        },
+        libc::iovec {
+            iov_base: at(a + b),
+            iov_len: len - a - b,
+        },
     ]
 }
 
@@ -200,11 +237,15 @@ mod uring {
         }
         RING.with(|r| {
             let mut ring = r.borrow_mut();
-            unsafe { ring.submission().push(&entry.user_data(1)) }.expect("submission queue has room");
+            unsafe { ring.submission().push(&entry.user_data(1)) }
+                .expect("submission queue has room");
             ring.submit_and_wait(1).expect("io_uring_enter");
             let cqe = ring.completion().next().expect("a completion");
             if cqe.result() < 0 {
-                panic!("io_uring op: {}", std::io::Error::from_raw_os_error(-cqe.result()));
+                panic!(
+                    "io_uring op: {}",
+                    std::io::Error::from_raw_os_error(-cqe.result())
+                );
             }
             cqe.result() as usize
         })
@@ -249,7 +290,9 @@ fn report(fd: i32) {
 }
 
 unsafe fn names(fd: i32) -> (std::net::SocketAddr, std::net::SocketAddr) {
-    let s = std::mem::ManuallyDrop::new(unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let s = std::mem::ManuallyDrop::new(unsafe {
+        <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
     (s.local_addr().unwrap(), s.peer_addr().unwrap())
 }
 
@@ -261,7 +304,10 @@ fn send_file(fd: i32, data: &[u8]) {
     let mut off: libc::off_t = 0;
     while (off as usize) < data.len() {
         let left = data.len() - off as usize;
-        check(unsafe { libc::sendfile(fd, f.as_raw_fd(), &mut off, left) }, "sendfile");
+        check(
+            unsafe { libc::sendfile(fd, f.as_raw_fd(), &mut off, left) },
+            "sendfile",
+        );
     }
     let _ = std::fs::remove_file(path);
 }
@@ -286,7 +332,12 @@ pub fn main(args: &[String]) {
             out(format!("LISTEN {}", l.local_addr().unwrap().port()));
             let fd = if mode == "null-accept" {
                 // Like libuv: no sockaddr, so the kernel cannot tell the tuple.
-                check(unsafe { libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), 0) } as isize, "accept4") as i32
+                check(
+                    unsafe {
+                        libc::accept4(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), 0)
+                    } as isize,
+                    "accept4",
+                ) as i32
             } else {
                 l.accept().unwrap().0.into_raw_fd()
             };
@@ -297,7 +348,10 @@ pub fn main(args: &[String]) {
                     let mut total = 0;
                     let mut buf = vec![0u8; 65536];
                     while total < FLOOD_MSG * FLOOD_COUNT {
-                        let n = check(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }, "read");
+                        let n = check(
+                            unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) },
+                            "read",
+                        );
                         assert!(n > 0, "flood client went away");
                         total += n;
                     }
@@ -325,7 +379,9 @@ pub fn main(args: &[String]) {
         }
         "client" => {
             let port: u16 = args[2].parse().unwrap();
-            let fd = TcpStream::connect(("127.0.0.1", port)).unwrap().into_raw_fd();
+            let fd = TcpStream::connect(("127.0.0.1", port))
+                .unwrap()
+                .into_raw_fd();
             report(fd);
             wait_for_go(wait);
             match mode {

@@ -122,7 +122,12 @@ pub fn pair(mode: &str, extra: &[&str]) -> (Peer, Peer) {
 
 /// Lets both peers finish their exchange and returns every event up to the
 /// close of both sockets.
-pub fn complete(rt: &tokio::runtime::Runtime, session: &mut Session, mut server: Peer, mut client: Peer) -> Vec<StreamEvent> {
+pub fn complete(
+    rt: &tokio::runtime::Runtime,
+    session: &mut Session,
+    mut server: Peer,
+    mut client: Peer,
+) -> Vec<StreamEvent> {
     let (s, c) = (server.key(), client.key());
     if server.waiting {
         server.go();
@@ -135,11 +140,19 @@ pub fn complete(rt: &tokio::runtime::Runtime, session: &mut Session, mut server:
 
 /// The payload bytes `pid` moved in one direction, concatenated in order.
 pub fn bytes_of(events: &[StreamEvent], pid: u32, dir: sonde::event::Direction) -> Vec<u8> {
-    data_of(events, pid).iter().filter(|(_, d)| d.direction == dir).flat_map(|(_, d)| d.payload.clone()).collect()
+    data_of(events, pid)
+        .iter()
+        .filter(|(_, d)| d.direction == dir)
+        .flat_map(|(_, d)| d.payload.clone())
+        .collect()
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub fn start(rt: &tokio::runtime::Runtime, cfg: SessionConfig) -> Session {
@@ -174,11 +187,16 @@ pub fn collect(
 
 /// True once the close of `peer`'s socket was reported.
 pub fn closed(events: &[StreamEvent], peer: (u32, i32)) -> bool {
-    events.iter().any(|e| matches!(e, StreamEvent::Close(c, _) if (c.pid, c.fd) == peer))
+    events
+        .iter()
+        .any(|e| matches!(e, StreamEvent::Close(c, _) if (c.pid, c.fd) == peer))
 }
 
 /// Data events of one process.
-pub fn data_of(events: &[StreamEvent], pid: u32) -> Vec<(&sonde::connections::ConnInfo, &DataRecord)> {
+pub fn data_of(
+    events: &[StreamEvent],
+    pid: u32,
+) -> Vec<(&sonde::connections::ConnInfo, &DataRecord)> {
     events
         .iter()
         .filter_map(|e| match e {

@@ -30,14 +30,24 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the churn suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        eprintln!(
+            "the churn suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`."
+        );
         std::process::exit(1);
     }
-    let t = |name: &'static str, f: fn()| Trial::test(name, move || { f(); Ok(()) });
+    let t = |name: &'static str, f: fn()| {
+        Trial::test(name, move || {
+            f();
+            Ok(())
+        })
+    };
     libtest_mimic::run(
         &args,
         vec![
-            t("churn_100k_connections_plateaus_and_accounts_for_every_span", churn),
+            t(
+                "churn_100k_connections_plateaus_and_accounts_for_every_span",
+                churn,
+            ),
             t("a_pipeline_panic_exits_non_zero_with_the_cause", panic_exit),
         ],
     )
@@ -76,9 +86,18 @@ fn one_request(port: u16, i: u64) {
         assert!(n > 0, "server closed early");
         got.extend_from_slice(&buf[..n]);
     }
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as u32)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
     };
 }
 
@@ -94,7 +113,11 @@ fn indexes(metrics: &str) -> (f64, f64, f64) {
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
 }
 
 fn churn() {
@@ -104,7 +127,10 @@ fn churn() {
     let me = std::process::id().to_string();
     let metrics = format!("127.0.0.1:{}", free_port());
     let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", recv.grpc_addr.port()),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "65536".into()),
         ("OTEL_SERVICE_NAME", "churn".into()),
@@ -135,7 +161,13 @@ fn churn() {
             w.join().unwrap();
         }
         let (table, pipeline, parsers) = indexes(&metrics);
-        samples.push((done.load(Relaxed), table, pipeline, parsers, rss_kib(sonde_p.pid())));
+        samples.push((
+            done.load(Relaxed),
+            table,
+            pipeline,
+            parsers,
+            rss_kib(sonde_p.pid()),
+        ));
     }
     eprintln!("churn samples (connections, table, pipeline, parser bytes, RSS KiB): {samples:?}");
     assert_eq!(done.load(Relaxed), CONNECTIONS);
@@ -156,25 +188,44 @@ fn churn() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let received = store.spans().len() as f64;
-    assert_eq!(received, exported, "the receiver holds what sonde counted as exported");
+    assert_eq!(
+        received, exported,
+        "the receiver holds what sonde counted as exported"
+    );
     // Spans that never were generated were lost before correlation: the
     // stage that lost them counted it.
     let expected = 2.0 * CONNECTIONS as f64;
-    let upstream = ["ringbuf", "kernel_map_full", "reader_channel", "stream_channel", "parser_memory"]
-        .iter()
-        .map(|s| prom_sum(&text, "sonde_dropped_total", &[&format!("stage=\"{s}\"")]))
-        .sum::<f64>()
+    let upstream = [
+        "ringbuf",
+        "kernel_map_full",
+        "reader_channel",
+        "stream_channel",
+        "parser_memory",
+    ]
+    .iter()
+    .map(|s| prom_sum(&text, "sonde_dropped_total", &[&format!("stage=\"{s}\"")]))
+    .sum::<f64>()
         + prom_sum(&text, "sonde_unpaired_total", &[])
         + prom_sum(&text, "sonde_parse_errors_total", &[]);
-    assert!(generated <= expected, "no span generated twice: {generated}");
-    assert!(generated == expected || upstream > 0.0, "{} spans missing and no stage counted a drop\n{text}", expected - generated);
+    assert!(
+        generated <= expected,
+        "no span generated twice: {generated}"
+    );
+    assert!(
+        generated == expected || upstream > 0.0,
+        "{} spans missing and no stage counted a drop\n{text}",
+        expected - generated
+    );
     eprintln!("churn: generated {generated} of {expected}, exported {exported}, export drops {export_drops}, upstream drops {upstream}");
 
     // Plateau: the indexes do not grow with the number of connections
     // seen, and empty out once they are closed.
     let max_table = samples.iter().map(|s| s.1).fold(0.0, f64::max);
     let max_pipeline = samples.iter().map(|s| s.2).fold(0.0, f64::max);
-    assert!(max_table < 4096.0 && max_pipeline < 4096.0, "bounded by what is in flight, not by what was seen: {samples:?}");
+    assert!(
+        max_table < 4096.0 && max_pipeline < 4096.0,
+        "bounded by what is in flight, not by what was seen: {samples:?}"
+    );
     // What is left is what is still open (the export connection's far end
     // in this process, a scrape) and a residue of connections whose records
     // the kernel dropped under this overload (counted above): closes it
@@ -188,13 +239,19 @@ fn churn() {
         }
         if Instant::now() > deadline {
             let text = http_get(&metrics, "/metrics").unwrap();
-            let detail: Vec<&str> = text.lines().filter(|l| l.starts_with("sonde_pipeline_entries")).collect();
+            let detail: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("sonde_pipeline_entries"))
+                .collect();
             panic!("cleaned on close: table {table} (was {table_before}), pipeline {pipeline} {detail:?}, parser bytes {parsers}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     let (rss_first, rss_last) = (samples[0].4, samples[3].4);
-    assert!(rss_last < rss_first + 32 * 1024, "RSS plateaus: {rss_first} KiB after 25k connections, {rss_last} KiB after 100k");
+    assert!(
+        rss_last < rss_first + 32 * 1024,
+        "RSS plateaus: {rss_first} KiB after 25k connections, {rss_last} KiB after 100k"
+    );
     drop(recv);
 }
 
@@ -205,7 +262,10 @@ fn panic_exit() {
     let log = std::env::temp_dir().join(format!("sonde-panic-{me}.log"));
     // support::sonde keeps the agent's stderr in this file.
     std::env::set_var("SONDE_TEST_AGENT_LOG", &log);
-    let mut p = sonde(&["--pid", &me, "--prometheus-listen", "off"], &[("SONDE_TEST_PANIC_AFTER_EVENTS", "1".into())]);
+    let mut p = sonde(
+        &["--pid", &me, "--prometheus-listen", "off"],
+        &[("SONDE_TEST_PANIC_AFTER_EVENTS", "1".into())],
+    );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || serve(listener));
@@ -214,7 +274,10 @@ fn panic_exit() {
         if let Some(s) = p.0.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "sonde kept running after its pipeline panicked");
+        assert!(
+            Instant::now() < deadline,
+            "sonde kept running after its pipeline panicked"
+        );
         one_request(port, 0);
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -230,5 +293,8 @@ fn panic_exit() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let _ = std::fs::remove_file(&log);
-    assert!(err.contains("pipeline thread panicked") && err.contains("test hook"), "the cause is logged:\n{err}");
+    assert!(
+        err.contains("pipeline thread panicked") && err.contains("test hook"),
+        "the cause is logged:\n{err}"
+    );
 }

@@ -29,7 +29,9 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the demo suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        eprintln!(
+            "the demo suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`."
+        );
         std::process::exit(1);
     }
     let trials = vec![
@@ -50,7 +52,8 @@ fn start_demo(mode: &str) -> (Servers, serde_json::Value) {
     let mut cmd = Command::new("python3");
     cmd.arg(demo_file("demo.py")).args(["--mode", mode]);
     let (servers, line) = Servers::start(cmd);
-    let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("demo.py: {e}: {line:?}"));
+    let info: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("demo.py: {e}: {line:?}"));
     (servers, info)
 }
 
@@ -61,7 +64,10 @@ fn demo(mode: &str) {
     let addr = |k: &str| info[k].as_str().unwrap().to_string();
 
     let before = http_get(listen, "/metrics").unwrap();
-    let load_start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let load_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     // Containers: once through docker-proxy (loopback), once through DNAT
     // (the network's gateway address); each round with its own users.
     let mut rounds = vec![[addr("login"), addr("ingestion"), addr("gates")]];
@@ -76,7 +82,14 @@ fn demo(mode: &str) {
         let mut load = Command::new("python3")
             .arg(demo_file("load.py"))
             .args(entry)
-            .args(["--count", &per_round.to_string(), "--users", &N.to_string(), "--first-user", &(i * per_round + 1).to_string()])
+            .args([
+                "--count",
+                &per_round.to_string(),
+                "--users",
+                &N.to_string(),
+                "--first-user",
+                &(i * per_round + 1).to_string(),
+            ])
             .arg("--hold")
             .env("OTEL_SERVICE_NAME", "loadgen")
             .stdin(Stdio::piped())
@@ -84,20 +97,36 @@ fn demo(mode: &str) {
             .spawn()
             .expect("load.py");
         let mut line = String::new();
-        BufReader::new(load.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(load.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         loads.push(Proc(load));
-        let made: HashMap<String, usize> = serde_json::from_str(&line).unwrap_or_else(|e| panic!("load.py: {e}: {line:?}"));
-        assert_eq!((made["login"], made["data"], made["gates"], made["errors"]), (per_round, per_round, per_round, 0), "{made:?}");
+        let made: HashMap<String, usize> =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("load.py: {e}: {line:?}"));
+        assert_eq!(
+            (made["login"], made["data"], made["gates"], made["errors"]),
+            (per_round, per_round, per_round, 0),
+            "{made:?}"
+        );
     }
 
     // Wait for every tree: each flow's root plus its expected span count.
-    let want: Vec<(Flow, usize)> = Flow::ALL.iter().map(|f| (*f, expected(*f).lines().count())).collect();
+    let want: Vec<(Flow, usize)> = Flow::ALL
+        .iter()
+        .map(|f| (*f, expected(*f).lines().count()))
+        .collect();
     let total: usize = want.iter().map(|(_, n)| n * N).sum();
     let spans = wait_spans(store, |s| {
         let roots = s.iter().filter(|x| x.service() == "loadgen").count();
         let in_traces = {
-            let ids: HashSet<&[u8]> = s.iter().filter(|x| x.service() == "loadgen").map(|x| x.span.trace_id.as_slice()).collect();
-            s.iter().filter(|x| ids.contains(x.span.trace_id.as_slice())).count()
+            let ids: HashSet<&[u8]> = s
+                .iter()
+                .filter(|x| x.service() == "loadgen")
+                .map(|x| x.span.trace_id.as_slice())
+                .collect();
+            s.iter()
+                .filter(|x| ids.contains(x.span.trace_id.as_slice()))
+                .count()
         };
         roots >= 3 * N && in_traces >= total
     });
@@ -107,14 +136,29 @@ fn demo(mode: &str) {
     assert_eq!(roots.len(), 3 * N, "one loadgen CLIENT span per request");
     let mut per_flow: BTreeMap<&str, usize> = BTreeMap::new();
     for root in &roots {
-        assert!(root.span.parent_span_id.is_empty(), "the load generator's call is the root");
+        assert!(
+            root.span.parent_span_id.is_empty(),
+            "the load generator's call is the root"
+        );
         let flow = Flow::of(root).unwrap_or_else(|| panic!("unknown root {}", root.span.name));
-        let trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.span.trace_id == root.span.trace_id).collect();
+        let trace: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.span.trace_id == root.span.trace_id)
+            .collect();
         let tree = render(&trace);
-        assert_eq!(tree, expected(flow), "{mode}: trace {} of flow {flow:?}", hex(&root.span.trace_id));
+        assert_eq!(
+            tree,
+            expected(flow),
+            "{mode}: trace {} of flow {flow:?}",
+            hex(&root.span.trace_id)
+        );
         *per_flow.entry(flow.name()).or_default() += 1;
     }
-    assert_eq!(per_flow.values().copied().collect::<Vec<_>>(), vec![N; 3], "{per_flow:?}");
+    assert_eq!(
+        per_flow.values().copied().collect::<Vec<_>>(),
+        vec![N; 3],
+        "{per_flow:?}"
+    );
 
     // No orphans: every span a demo service made during the load is in one of those traces.
     let services: HashSet<&str> = trees::SERVICES.iter().copied().collect();
@@ -125,12 +169,18 @@ fn demo(mode: &str) {
         .filter(|s| !traces.contains(s.span.trace_id.as_slice()))
         .map(|s| format!("{} {}", s.service(), s.span.name))
         .collect();
-    assert!(stray.is_empty(), "spans outside the flows' traces: {stray:?}");
+    assert!(
+        stray.is_empty(),
+        "spans outside the flows' traces: {stray:?}"
+    );
 
     // Container metadata on the spans of containerized services.
     if mode == "docker" {
         for s in spans.iter().filter(|s| services.contains(s.service())) {
-            let id = s.resource.get("container.id").unwrap_or_else(|| panic!("{} has no container.id", s.service()));
+            let id = s
+                .resource
+                .get("container.id")
+                .unwrap_or_else(|| panic!("{} has no container.id", s.service()));
             assert_eq!(id.len(), 64, "{id}");
         }
     }
@@ -138,8 +188,12 @@ fn demo(mode: &str) {
     // Service graph: the delta over the load equals the calls made per edge.
     let after = http_get(listen, "/metrics").unwrap();
     if mode == "docker" {
-        let nat = prom_sum(&after, "sonde_nat_resolved_total", &[]) - prom_sum(&before, "sonde_nat_resolved_total", &[]);
-        assert_eq!(nat, 3.0, "one conntrack lookup per DNAT'ed connection (one per entry service)");
+        let nat = prom_sum(&after, "sonde_nat_resolved_total", &[])
+            - prom_sum(&before, "sonde_nat_resolved_total", &[]);
+        assert_eq!(
+            nat, 3.0,
+            "one conntrack lookup per DNAT'ed connection (one per entry service)"
+        );
     }
     let n = N as f64;
     let pg = "postgres";
@@ -171,7 +225,11 @@ fn demo(mode: &str) {
         let c = format!("client=\"{client}\"");
         let s = format!("server=\"{server}\"");
         let delta = |t: &str| prom_sum(t, "traces_service_graph_request_total{", &[&c, &s]);
-        assert_eq!(delta(&after) - delta(&before), calls, "{mode}: edge {client} -> {server}\n{after}");
+        assert_eq!(
+            delta(&after) - delta(&before),
+            calls,
+            "{mode}: edge {client} -> {server}\n{after}"
+        );
     }
     drop(demo_proc);
     drop(agent);

@@ -6,8 +6,18 @@ use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan};
 
 /// The demo's services (everything but the load generator).
 pub const SERVICES: &[&str] = &[
-    "login", "accusr", "wfd", "ingestion", "statusup", "status", "condition", "whpusher", "tsmanager", "conditionworker",
-    "emailpusher", "gates",
+    "login",
+    "accusr",
+    "wfd",
+    "ingestion",
+    "statusup",
+    "status",
+    "condition",
+    "whpusher",
+    "tsmanager",
+    "conditionworker",
+    "emailpusher",
+    "gates",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +32,10 @@ impl Flow {
 
     /// The flow a load-generator root span started.
     pub fn of(root: &ReceivedSpan) -> Option<Flow> {
-        let target = root.attr("url.full").or_else(|| root.attr("url.path")).unwrap_or_default();
+        let target = root
+            .attr("url.full")
+            .or_else(|| root.attr("url.path"))
+            .unwrap_or_default();
         Flow::ALL.into_iter().find(|f| target.contains(f.path()))
     }
 
@@ -108,14 +121,28 @@ fn kind(s: &ReceivedSpan) -> &'static str {
 /// are roots, so a broken link shows as a second top-level line.
 pub fn render(trace: &[&ReceivedSpan]) -> String {
     fn subtree(s: &ReceivedSpan, trace: &[&ReceivedSpan], depth: usize) -> String {
-        let mut kids: Vec<String> =
-            trace.iter().filter(|k| k.span.parent_span_id == s.span.span_id).map(|k| subtree(k, trace, depth + 1)).collect();
+        let mut kids: Vec<String> = trace
+            .iter()
+            .filter(|k| k.span.parent_span_id == s.span.span_id)
+            .map(|k| subtree(k, trace, depth + 1))
+            .collect();
         kids.sort();
-        format!("{}{} {} {}\n{}", "  ".repeat(depth), s.service(), kind(s), s.span.name, kids.concat())
+        format!(
+            "{}{} {} {}\n{}",
+            "  ".repeat(depth),
+            s.service(),
+            kind(s),
+            s.span.name,
+            kids.concat()
+        )
     }
     let mut roots: Vec<String> = trace
         .iter()
-        .filter(|s| !trace.iter().any(|p| p.span.span_id == s.span.parent_span_id))
+        .filter(|s| {
+            !trace
+                .iter()
+                .any(|p| p.span.span_id == s.span.parent_span_id)
+        })
         .map(|s| subtree(s, trace, 0))
         .collect();
     roots.sort();

@@ -16,14 +16,24 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the HTTP suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        eprintln!(
+            "the HTTP suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`."
+        );
         std::process::exit(1);
     }
-    let t = |name: &'static str, f: fn()| Trial::test(name, move || { f(); Ok(()) });
+    let t = |name: &'static str, f: fn()| {
+        Trial::test(name, move || {
+            f();
+            Ok(())
+        })
+    };
     libtest_mimic::run(
         &args,
         vec![
-            t("python_keepalive_spans_metrics_and_traceparent", python_keepalive),
+            t(
+                "python_keepalive_spans_metrics_and_traceparent",
+                python_keepalive,
+            ),
             t("prometheus_scrape_counts_match_requests", prometheus_scrape),
             t("nginx_and_curl", nginx_and_curl),
             t("otlp_http_protobuf_transport", http_protobuf),
@@ -37,7 +47,10 @@ fn main() {
 
 fn base_env(grpc: u16) -> Vec<(&'static str, String)> {
     vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{grpc}")),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{grpc}"),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "500".into()),
     ]
@@ -52,7 +65,10 @@ fn python_keepalive() {
     let rt = runtime();
     let store = Arc::new(Store::default());
     let recv = receiver(&rt, store.clone(), 0, 0);
-    let _sonde = sonde(&["--prometheus-listen", "off"], &base_env(recv.grpc_addr.port()));
+    let _sonde = sonde(
+        &["--prometheus-listen", "off"],
+        &base_env(recv.grpc_addr.port()),
+    );
     let port = free_port();
     let server = python_server(port, "py-web");
     let spid = server.pid();
@@ -60,58 +76,122 @@ fn python_keepalive() {
     assert_eq!(calls.len(), N);
 
     let spans = wait_spans(&store, |s| {
-        s.iter().filter(|x| pid_of(x) == spid).count() >= N && s.iter().filter(|x| pid_of(x) == cpid).count() >= N
+        s.iter().filter(|x| pid_of(x) == spid).count() >= N
+            && s.iter().filter(|x| pid_of(x) == cpid).count() >= N
     });
     let mut server_spans: Vec<&ReceivedSpan> = spans.iter().filter(|s| pid_of(s) == spid).collect();
     let mut client_spans: Vec<&ReceivedSpan> = spans.iter().filter(|s| pid_of(s) == cpid).collect();
     // Exactly one of each per request: no duplicates arrive later either.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(store.spans().iter().filter(|s| pid_of(s) == spid).count(), N, "one SERVER span per request");
-    assert_eq!(store.spans().iter().filter(|s| pid_of(s) == cpid).count(), N, "one CLIENT span per request");
+    assert_eq!(
+        store.spans().iter().filter(|s| pid_of(s) == spid).count(),
+        N,
+        "one SERVER span per request"
+    );
+    assert_eq!(
+        store.spans().iter().filter(|s| pid_of(s) == cpid).count(),
+        N,
+        "one CLIENT span per request"
+    );
     server_spans.sort_by_key(|s| s.span.start_time_unix_nano);
     client_spans.sort_by_key(|s| s.span.start_time_unix_nano);
 
     for ((call, srv), cli) in calls.iter().zip(&server_spans).zip(&client_spans) {
         let path = call.path.split('?').next().unwrap();
-        let route = if path.starts_with("/items/") { "/items/{id}" } else { path };
+        let route = if path.starts_with("/items/") {
+            "/items/{id}"
+        } else {
+            path
+        };
         // SERVER span
         assert_eq!(kind_of(srv), SpanKind::Server);
-        assert_eq!(srv.service(), "py-web", "service.name from the process's OTEL_SERVICE_NAME");
+        assert_eq!(
+            srv.service(),
+            "py-web",
+            "service.name from the process's OTEL_SERVICE_NAME"
+        );
         assert_eq!(srv.span.name, format!("{} {route}", call.method));
-        assert_eq!(srv.attr("http.request.method").as_deref(), Some(call.method.as_str()));
+        assert_eq!(
+            srv.attr("http.request.method").as_deref(),
+            Some(call.method.as_str())
+        );
         assert_eq!(srv.attr("url.path").as_deref(), Some(path));
         assert_eq!(srv.attr("http.route").as_deref(), Some(route));
-        assert_eq!(srv.attr("http.response.status_code"), Some(call.status.to_string()));
+        assert_eq!(
+            srv.attr("http.response.status_code"),
+            Some(call.status.to_string())
+        );
         assert_eq!(srv.attr("server.port"), Some(port.to_string()));
         assert_eq!(srv.attr("client.address").as_deref(), Some("127.0.0.1"));
-        assert_eq!(srv.attr("network.peer.address").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            srv.attr("network.peer.address").as_deref(),
+            Some("127.0.0.1")
+        );
         assert!(srv.attr("network.peer.port").is_some());
-        assert_eq!(srv.attr("user_agent.original").as_deref(), Some("sonde-test-client/1.0"));
-        assert_eq!(srv.attr("http.request.body.size"), Some(call.req_body.to_string()));
-        assert_eq!(srv.attr("http.response.body.size"), Some(call.resp_body.to_string()));
+        assert_eq!(
+            srv.attr("user_agent.original").as_deref(),
+            Some("sonde-test-client/1.0")
+        );
+        assert_eq!(
+            srv.attr("http.request.body.size"),
+            Some(call.req_body.to_string())
+        );
+        assert_eq!(
+            srv.attr("http.response.body.size"),
+            Some(call.resp_body.to_string())
+        );
         if call.path.contains('?') {
-            assert!(srv.attr("url.query").unwrap().contains("token=REDACTED"), "query values redacted by default");
+            assert!(
+                srv.attr("url.query").unwrap().contains("token=REDACTED"),
+                "query values redacted by default"
+            );
         }
         let srv_err = srv.span.status.as_ref().map(|s| s.code) == Some(2);
-        assert_eq!(srv_err, call.status >= 500, "server error status for {}", call.status);
+        assert_eq!(
+            srv_err,
+            call.status >= 500,
+            "server error status for {}",
+            call.status
+        );
         // CLIENT span
         assert_eq!(kind_of(cli), SpanKind::Client);
-        assert_eq!(cli.attr("http.response.status_code"), Some(call.status.to_string()));
+        assert_eq!(
+            cli.attr("http.response.status_code"),
+            Some(call.status.to_string())
+        );
         assert_eq!(cli.attr("server.port"), Some(port.to_string()));
         assert_eq!(cli.attr("server.address").as_deref(), Some("127.0.0.1"));
-        assert!(cli.attr("url.full").unwrap().starts_with(&format!("http://127.0.0.1:{port}{path}")));
+        assert!(cli
+            .attr("url.full")
+            .unwrap()
+            .starts_with(&format!("http://127.0.0.1:{port}{path}")));
         let cli_err = cli.span.status.as_ref().map(|s| s.code) == Some(2);
-        assert_eq!(cli_err, call.status >= 400, "client error status for {}", call.status);
+        assert_eq!(
+            cli_err,
+            call.status >= 400,
+            "client error status for {}",
+            call.status
+        );
         // Both fit inside the client's own measurement of the call.
         let wall = call.end - call.start;
-        assert!(cli.duration_ns() <= wall, "client span {} > wall {wall} for {call:?}", cli.duration_ns());
+        assert!(
+            cli.duration_ns() <= wall,
+            "client span {} > wall {wall} for {call:?}",
+            cli.duration_ns()
+        );
         // The server span lies inside the client's, as far as timing can
         // prove: it starts after the client began writing, and before the
         // client finished reading. (Its end, the exit of the server's last
         // write, can follow the client's read exit when the server thread
         // is descheduled after the copy: VM steal time, seen under TCG.)
-        assert!(srv.span.start_time_unix_nano >= cli.span.start_time_unix_nano, "server span starts before its client's for {call:?}");
-        assert!(srv.span.start_time_unix_nano <= cli.span.end_time_unix_nano, "server span starts after its client's ended for {call:?}");
+        assert!(
+            srv.span.start_time_unix_nano >= cli.span.start_time_unix_nano,
+            "server span starts before its client's for {call:?}"
+        );
+        assert!(
+            srv.span.start_time_unix_nano <= cli.span.end_time_unix_nano,
+            "server span starts after its client's ended for {call:?}"
+        );
         // traceparent: the server joins it; the client span is the parent it names.
         match &call.traceparent {
             Some(tp) => {
@@ -124,9 +204,18 @@ fn python_keepalive() {
             None => {
                 // Socket-pair stitching: both ends are on this node, so the
                 // server span is the child of the client span.
-                assert!(cli.span.parent_span_id.is_empty(), "the client started the trace");
-                assert_eq!(srv.span.trace_id, cli.span.trace_id, "one trace across the two processes for {call:?}");
-                assert_eq!(srv.span.parent_span_id, cli.span.span_id, "server is the client's child for {call:?}");
+                assert!(
+                    cli.span.parent_span_id.is_empty(),
+                    "the client started the trace"
+                );
+                assert_eq!(
+                    srv.span.trace_id, cli.span.trace_id,
+                    "one trace across the two processes for {call:?}"
+                );
+                assert_eq!(
+                    srv.span.parent_span_id, cli.span.span_id,
+                    "server is the client's child for {call:?}"
+                );
             }
         }
     }
@@ -135,13 +224,21 @@ fn python_keepalive() {
     let mut want: HashMap<String, u64> = HashMap::new();
     for c in &calls {
         let p = c.path.split('?').next().unwrap();
-        *want.entry(if p.starts_with("/items/") { "/items/{id}".into() } else { p.to_string() }).or_default() += 1;
+        *want
+            .entry(if p.starts_with("/items/") {
+                "/items/{id}".into()
+            } else {
+                p.to_string()
+            })
+            .or_default() += 1;
     }
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let mut got: HashMap<String, (u64, u64)> = HashMap::new(); // route -> (time, count sum at latest time)
         for p in store.histogram_points() {
-            if p.metric != "http.server.request.duration" || p.resource.get("process.pid") != Some(&spid.to_string()) {
+            if p.metric != "http.server.request.duration"
+                || p.resource.get("process.pid") != Some(&spid.to_string())
+            {
                 continue;
             }
             let route = p.attributes.get("http.route").cloned().unwrap_or_default();
@@ -157,7 +254,10 @@ fn python_keepalive() {
         if got == want {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "OTLP metric counts {got:?} != requests {want:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "OTLP metric counts {got:?} != requests {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(recv);
@@ -169,7 +269,10 @@ fn prometheus_scrape() {
     let recv = receiver(&rt, store.clone(), 0, 0);
     let metrics_port = free_port();
     let listen = format!("127.0.0.1:{metrics_port}");
-    let _sonde = sonde(&["--prometheus-listen", &listen], &base_env(recv.grpc_addr.port()));
+    let _sonde = sonde(
+        &["--prometheus-listen", &listen],
+        &base_env(recv.grpc_addr.port()),
+    );
     let port = free_port();
     let _server = python_server(port, "prom-web");
     let (_, calls) = python_client(port, 100);
@@ -187,8 +290,14 @@ fn prometheus_scrape() {
     .unwrap();
     let _prom = Proc(
         std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -198,26 +307,38 @@ fn prometheus_scrape() {
     let mut want: HashMap<String, u64> = HashMap::new();
     for c in &calls {
         let p = c.path.split('?').next().unwrap();
-        *want.entry(if p.starts_with("/items/") { "/items/{id}".into() } else { p.to_string() }).or_default() += 1;
+        *want
+            .entry(if p.starts_with("/items/") {
+                "/items/{id}".into()
+            } else {
+                p.to_string()
+            })
+            .or_default() += 1;
     }
     let query = "sum%20by%20(http_route)%20(http_server_request_duration_seconds_count%7Bservice_name%3D%22prom-web%22%7D)";
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
-        let got: HashMap<String, u64> = http_get(&format!("127.0.0.1:{prom_port}"), &format!("/api/v1/query?query={query}"))
-            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["data"]["result"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|r| {
-                let route = r["metric"]["http_route"].as_str()?.to_string();
-                let n: f64 = r["value"][1].as_str()?.parse().ok()?;
-                Some((route, n as u64))
-            })
-            .collect();
+        let got: HashMap<String, u64> = http_get(
+            &format!("127.0.0.1:{prom_port}"),
+            &format!("/api/v1/query?query={query}"),
+        )
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["data"]["result"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            let route = r["metric"]["http_route"].as_str()?.to_string();
+            let n: f64 = r["value"][1].as_str()?.parse().ok()?;
+            Some((route, n as u64))
+        })
+        .collect();
         if got == want {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "Prometheus counts {got:?} != requests {want:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus counts {got:?} != requests {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     // Service graph: the client -> prom-web edge counts every request, and
@@ -240,17 +361,32 @@ fn prometheus_scrape() {
     };
     let sum = |prefix: &str| sum(&text, prefix);
     let failed = calls.iter().filter(|c| c.status >= 400).count() as u64;
-    assert_eq!(sum("traces_service_graph_request_failed_total{"), failed, "{text}");
-    assert_eq!(sum("traces_service_graph_request_server_seconds_count{"), calls.len() as u64, "stitched: server side known");
+    assert_eq!(
+        sum("traces_service_graph_request_failed_total{"),
+        failed,
+        "{text}"
+    );
+    assert_eq!(
+        sum("traces_service_graph_request_server_seconds_count{"),
+        calls.len() as u64,
+        "stitched: server side known"
+    );
     // sonde's own health series are there beside the RED ones.
-    assert!(text.contains("sonde_dropped_total{stage=\"ringbuf\"}"), "{text}");
+    assert!(
+        text.contains("sonde_dropped_total{stage=\"ringbuf\"}"),
+        "{text}"
+    );
     assert!(text.contains("sonde_parse_errors_total{protocol=\"http\"}"));
     assert!(text.contains("sonde_export_failures_total{signal=\"traces\"}"));
     drop(recv);
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("sonde-{tag}-{}-{}", std::process::id(), free_port()));
+    let d = std::env::temp_dir().join(format!(
+        "sonde-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -259,7 +395,10 @@ fn nginx_and_curl() {
     let rt = runtime();
     let store = Arc::new(Store::default());
     let recv = receiver(&rt, store.clone(), 0, 0);
-    let _sonde = sonde(&["--prometheus-listen", "off"], &base_env(recv.grpc_addr.port()));
+    let _sonde = sonde(
+        &["--prometheus-listen", "off"],
+        &base_env(recv.grpc_addr.port()),
+    );
     let dir = tempdir("nginx");
     let port = free_port();
     std::fs::create_dir_all(dir.join("www")).unwrap();
@@ -289,14 +428,37 @@ fn nginx_and_curl() {
     }
     let paths = ["/", "/missing", "/index.html", "/missing", "/"];
     for p in paths {
-        let out = std::process::Command::new("curl").args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}{p}")]).status().unwrap();
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}{p}"),
+            ])
+            .status()
+            .unwrap();
         assert!(out.success());
     }
     let spans = wait_spans(&store, |s| {
-        s.iter().filter(|x| x.resource.get("process.executable.name").map(String::as_str) == Some("nginx")).count() >= paths.len()
+        s.iter()
+            .filter(|x| {
+                x.resource
+                    .get("process.executable.name")
+                    .map(String::as_str)
+                    == Some("nginx")
+            })
+            .count()
+            >= paths.len()
     });
-    let mut srv: Vec<&ReceivedSpan> =
-        spans.iter().filter(|x| x.resource.get("process.executable.name").map(String::as_str) == Some("nginx")).collect();
+    let mut srv: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|x| {
+            x.resource
+                .get("process.executable.name")
+                .map(String::as_str)
+                == Some("nginx")
+        })
+        .collect();
     srv.sort_by_key(|s| s.span.start_time_unix_nano);
     assert_eq!(srv.len(), paths.len(), "one SERVER span per curl request");
     for (p, s) in paths.iter().zip(&srv) {
@@ -307,10 +469,16 @@ fn nginx_and_curl() {
         assert_eq!(s.service(), "nginx");
         assert!(s.attr("user_agent.original").unwrap().starts_with("curl/"));
     }
-    let curl: Vec<_> = spans.iter().filter(|x| x.service() == "curl" && x.attr("server.port") == Some(port.to_string())).collect();
+    let curl: Vec<_> = spans
+        .iter()
+        .filter(|x| x.service() == "curl" && x.attr("server.port") == Some(port.to_string()))
+        .collect();
     assert_eq!(curl.len(), paths.len(), "one CLIENT span per curl");
     for s in &srv {
-        let parent = curl.iter().find(|c| c.span.span_id == s.span.parent_span_id).expect("nginx span stitched to its curl span");
+        let parent = curl
+            .iter()
+            .find(|c| c.span.span_id == s.span.parent_span_id)
+            .expect("nginx span stitched to its curl span");
         assert_eq!(parent.span.trace_id, s.span.trace_id);
     }
     drop(recv);
@@ -321,7 +489,10 @@ fn http_protobuf() {
     let store = Arc::new(Store::default());
     let recv = receiver(&rt, store.clone(), 0, 0);
     let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.http_addr.port())),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", recv.http_addr.port()),
+        ),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
     ];
@@ -330,17 +501,31 @@ fn http_protobuf() {
     let server = python_server(port, "proto-web");
     let (_, calls) = python_client(port, 10);
     let spid = server.pid();
-    let spans = wait_spans(&store, |s| s.iter().filter(|x| pid_of(x) == spid).count() >= calls.len());
-    assert!(spans.iter().filter(|x| pid_of(x) == spid).all(|s| s.service() == "proto-web"));
+    let spans = wait_spans(&store, |s| {
+        s.iter().filter(|x| pid_of(x) == spid).count() >= calls.len()
+    });
+    assert!(spans
+        .iter()
+        .filter(|x| pid_of(x) == spid)
+        .all(|s| s.service() == "proto-web"));
     // The receiver's own side of sonde's export traffic is never traced.
-    assert!(!spans.iter().any(|s| s.attr("url.path").as_deref() == Some("/v1/traces")), "export traffic traced");
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.attr("url.path").as_deref() == Some("/v1/traces")),
+        "export traffic traced"
+    );
     drop(recv);
 }
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -358,14 +543,21 @@ fn receiver_outage() {
     let server = python_server(port, "outage-web");
     let spid = server.pid();
     python_client(port, 5);
-    wait_spans(&store, |s| s.iter().filter(|x| pid_of(x) == spid).count() >= 5);
+    wait_spans(&store, |s| {
+        s.iter().filter(|x| pid_of(x) == spid).count() >= 5
+    });
     let rss_before = rss_kib(sonde_p.pid());
 
     // The backend goes away for 30 s while the load goes on.
     rt.block_on(recv.stop());
     let load = std::process::Command::new("python3")
         .arg(fixture("http_client.py"))
-        .args([port.to_string(), "0".into(), "--loop-seconds".into(), "30".into()])
+        .args([
+            port.to_string(),
+            "0".into(),
+            "--loop-seconds".into(),
+            "30".into(),
+        ])
         .stdout(std::process::Stdio::piped())
         .output()
         .unwrap();
@@ -374,16 +566,31 @@ fn receiver_outage() {
     let requests = sent["requests"].as_u64().unwrap();
     assert!(requests > 1000, "the load was real: {requests} requests");
 
-    assert!(sonde_p.0.try_wait().unwrap().is_none(), "sonde kept running");
+    assert!(
+        sonde_p.0.try_wait().unwrap().is_none(),
+        "sonde kept running"
+    );
     let rss_after = rss_kib(sonde_p.pid());
     // The queue holds at most 512 spans: memory must not track the load.
-    assert!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
     let text = http_get(&listen, "/metrics").unwrap();
     let value = |name: &str| -> f64 {
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(-1.0)
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
     };
-    assert!(value("sonde_export_failures_total{signal=\"traces\"}") > 0.0, "{text}");
-    assert!(value("sonde_dropped_total{stage=\"export_queue\"}") > 0.0, "queue overflow counted: {text}");
+    assert!(
+        value("sonde_export_failures_total{signal=\"traces\"}") > 0.0,
+        "{text}"
+    );
+    assert!(
+        value("sonde_dropped_total{stage=\"export_queue\"}") > 0.0,
+        "queue overflow counted: {text}"
+    );
 
     // The backend returns on the same port: export resumes.
     let recv = receiver(&rt, store.clone(), grpc, 0);
@@ -407,18 +614,29 @@ fn sigterm_flush() {
     let server = python_server(port, "flush-web");
     let spid = server.pid();
     python_client(port, 7);
-    assert_eq!(store.spans().iter().filter(|x| pid_of(x) == spid).count(), 0, "nothing exported before SIGTERM");
+    assert_eq!(
+        store.spans().iter().filter(|x| pid_of(x) == spid).count(),
+        0,
+        "nothing exported before SIGTERM"
+    );
     unsafe { libc::kill(p.pid() as i32, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + DEADLINE;
     let status = loop {
         if let Some(s) = p.0.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "sonde did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sonde did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
-    assert_eq!(store.spans().iter().filter(|x| pid_of(x) == spid).count(), 7, "queued spans flushed at exit");
+    assert_eq!(
+        store.spans().iter().filter(|x| pid_of(x) == spid).count(),
+        7,
+        "queued spans flushed at exit"
+    );
     drop(recv);
 }
 
@@ -446,7 +664,9 @@ fn no_backend() {
     let text = http_get(&listen, "/metrics").unwrap();
     let count: u64 = text
         .lines()
-        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{service_name=\"plain-web\""))
+        .filter(|l| {
+            l.starts_with("http_server_request_duration_seconds_count{service_name=\"plain-web\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(count, calls.len() as u64, "{text}");

@@ -16,11 +16,17 @@ use sonde_otlp_receiver::{ReceivedSpan, Receiver, Store};
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A child process killed on drop.
@@ -49,7 +55,11 @@ impl Proc {
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 pub fn receiver(rt: &tokio::runtime::Runtime, store: Arc<Store>, grpc: u16, http: u16) -> Receiver {
@@ -67,7 +77,10 @@ pub fn sonde(args: &[&str], env: &[(&str, String)]) -> Proc {
 }
 
 /// Like [`sonde`], with its stdout (the span printer) readable.
-pub fn sonde_printing(args: &[&str], env: &[(&str, String)]) -> (Proc, BufReader<std::process::ChildStdout>) {
+pub fn sonde_printing(
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (Proc, BufReader<std::process::ChildStdout>) {
     let mut p = start_sonde(args, env, Stdio::piped());
     let out = BufReader::new(p.0.stdout.take().unwrap());
     (p, out)
@@ -76,9 +89,17 @@ pub fn sonde_printing(args: &[&str], env: &[(&str, String)]) -> (Proc, BufReader
 fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sonde"));
     let log = std::env::var("SONDE_TEST_AGENT_LOG_FILTER").unwrap_or_else(|_| "info".into());
-    cmd.arg("run").args(args).stdout(stdout).stderr(Stdio::piped()).env("SONDE_LOG", log);
+    cmd.arg("run")
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .env("SONDE_LOG", log);
     // The defaults under test must not be overridden by the caller's environment.
-    for k in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] {
+    for k in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ] {
         cmd.env_remove(k);
     }
     for (k, v) in env {
@@ -99,7 +120,8 @@ fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
     }
     // Keep draining stderr so sonde never blocks on a full pipe; with
     // SONDE_TEST_AGENT_LOG=<file> the agent's log is kept there.
-    let keep = std::env::var_os("SONDE_TEST_AGENT_LOG").map(|p| std::fs::File::create(p).expect("agent log file"));
+    let keep = std::env::var_os("SONDE_TEST_AGENT_LOG")
+        .map(|p| std::fs::File::create(p).expect("agent log file"));
     std::thread::spawn(move || {
         let mut keep = keep;
         for l in err.lines().map_while(Result::ok) {
@@ -152,12 +174,19 @@ pub fn python_client(port: u16, n: usize) -> (u32, Vec<Call>) {
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "client failed");
-    let calls = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let calls = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     (pid, calls)
 }
 
 /// Waits until `pred` holds for the received spans.
-pub fn wait_spans(store: &Store, mut pred: impl FnMut(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+pub fn wait_spans(
+    store: &Store,
+    mut pred: impl FnMut(&[ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
     let end = Instant::now() + DEADLINE;
     loop {
         let spans = store.spans();
@@ -179,14 +208,21 @@ pub fn wait_spans(store: &Store, mut pred: impl FnMut(&[ReceivedSpan]) -> bool) 
                     )
                 })
                 .collect();
-            panic!("spans never matched; have {}:\n{}", spans.len(), lines.join("\n"));
+            panic!(
+                "spans never matched; have {}:\n{}",
+                spans.len(),
+                lines.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 pub fn pid_of(s: &ReceivedSpan) -> u32 {
-    s.resource.get("process.pid").and_then(|p| p.parse().ok()).unwrap_or(0)
+    s.resource
+        .get("process.pid")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -206,7 +242,9 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
 
 /// A file of the demo system (`demo/`), which the suites share.
 pub fn demo_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../demo")
+        .join(name)
 }
 
 /// Runs an infrastructure script of the demo (`demo/infra/`) that prints
@@ -231,11 +269,18 @@ impl Servers {
     /// Starts `cmd` and returns with its first line of output.
     pub fn start(mut cmd: Command) -> (Servers, String) {
         use std::os::unix::process::CommandExt;
-        let child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).process_group(0).spawn().expect("python3");
+        let child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("python3");
         // Guarded before reading: a script failing to start is stopped too.
         let mut servers = Servers(child);
         let mut line = String::new();
-        BufReader::new(servers.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(servers.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         (servers, line)
     }
 }
@@ -258,7 +303,14 @@ impl Drop for Servers {
 /// Whether a child has exited, without reaping it.
 fn exited(pid: i32) -> bool {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
     r != 0 || unsafe { info.si_pid() } != 0
 }
 
@@ -266,7 +318,9 @@ fn exited(pid: i32) -> bool {
 pub fn ready(mut cmd: Command) -> Proc {
     let mut child = cmd.stdout(Stdio::piped()).spawn().expect("python3");
     let mut l = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut l).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut l)
+        .unwrap();
     assert_eq!(l.trim(), "READY", "{cmd:?}");
     Proc(child)
 }
@@ -295,12 +349,21 @@ pub fn agent(extra: &[&str]) -> Agent {
     let store = Arc::new(Store::default());
     let recv = receiver(&rt, store.clone(), 0, 0);
     let env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", recv.grpc_addr.port())),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", recv.grpc_addr.port()),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
     ];
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut args = vec!["--prometheus-listen", metrics.as_str()];
     args.extend_from_slice(extra);
     let sonde = sonde(&args, &env);
-    Agent { store, metrics, _sonde: sonde, _recv: recv, _rt: rt }
+    Agent {
+        store,
+        metrics,
+        _sonde: sonde,
+        _recv: recv,
+        _rt: rt,
+    }
 }

@@ -27,7 +27,9 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the linking suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        eprintln!(
+            "the linking suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`."
+        );
         std::process::exit(1);
     }
     let trials = vec![
@@ -60,7 +62,11 @@ fn send(port: u16, path: &str) -> TcpStream {
 fn answer(mut s: TcpStream) {
     let mut buf = [0u8; 256];
     let n = s.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 fn event_loop() {
@@ -69,7 +75,9 @@ fn event_loop() {
     let _down = python_server(down, "downstream");
     let port = free_port();
     let mut cmd = Command::new("python3");
-    cmd.arg(fixture("linking/async_server.py")).args([port.to_string(), down.to_string()]).env("OTEL_SERVICE_NAME", "loop");
+    cmd.arg(fixture("linking/async_server.py"))
+        .args([port.to_string(), down.to_string()])
+        .env("OTEL_SERVICE_NAME", "loop");
     let _srv = ready(cmd);
 
     let before = http_get(&a.metrics, "/metrics").unwrap();
@@ -83,26 +91,57 @@ fn event_loop() {
     let is_down_client = |s: &ReceivedSpan| s.service() == "loop" && kind_of(s) == SpanKind::Client;
     let spans = wait_spans(&a.store, |s| {
         s.iter().filter(|x| is_down_client(x)).count() >= 3
-            && s.iter().filter(|x| x.service() == "loop" && kind_of(x) == SpanKind::Server).count() >= 3
+            && s.iter()
+                .filter(|x| x.service() == "loop" && kind_of(x) == SpanKind::Server)
+                .count()
+                >= 3
             && s.iter().filter(|x| x.service() == "downstream").count() >= 3
     });
     let server = |path: &str| {
-        spans.iter().find(|s| s.service() == "loop" && kind_of(s) == SpanKind::Server && s.attr("url.path").as_deref() == Some(path)).unwrap()
+        spans
+            .iter()
+            .find(|s| {
+                s.service() == "loop"
+                    && kind_of(s) == SpanKind::Server
+                    && s.attr("url.path").as_deref() == Some(path)
+            })
+            .unwrap()
     };
     let call = |path: &str| {
-        spans.iter().find(|s| is_down_client(s) && s.attr("url.full").is_some_and(|u| u.ends_with(path))).unwrap_or_else(|| panic!("no call {path}"))
+        spans
+            .iter()
+            .find(|s| is_down_client(s) && s.attr("url.full").is_some_and(|u| u.ends_with(path)))
+            .unwrap_or_else(|| panic!("no call {path}"))
     };
-    assert_eq!(call("/from-solo").span.parent_span_id, server("/solo").span.span_id, "one request in flight: its call nests");
-    assert_eq!(call("/from-b").span.parent_span_id, server("/b").span.span_id, "/a answered: /b alone in flight");
-    assert!(call("/from-a").span.parent_span_id.is_empty(), "made while /a and /b were in flight on one thread: a root, not a guess");
+    assert_eq!(
+        call("/from-solo").span.parent_span_id,
+        server("/solo").span.span_id,
+        "one request in flight: its call nests"
+    );
+    assert_eq!(
+        call("/from-b").span.parent_span_id,
+        server("/b").span.span_id,
+        "/a answered: /b alone in flight"
+    );
+    assert!(
+        call("/from-a").span.parent_span_id.is_empty(),
+        "made while /a and /b were in flight on one thread: a root, not a guess"
+    );
     // The downstream server joins each call's trace all the same.
     for path in ["/from-solo", "/from-a", "/from-b"] {
         let c = call(path);
-        let d = spans.iter().find(|s| s.service() == "downstream" && s.attr("url.path").as_deref() == Some(path)).unwrap();
-        assert_eq!((d.span.trace_id.as_slice(), d.span.parent_span_id.as_slice()), (c.span.trace_id.as_slice(), c.span.span_id.as_slice()));
+        let d = spans
+            .iter()
+            .find(|s| s.service() == "downstream" && s.attr("url.path").as_deref() == Some(path))
+            .unwrap();
+        assert_eq!(
+            (d.span.trace_id.as_slice(), d.span.parent_span_id.as_slice()),
+            (c.span.trace_id.as_slice(), c.span.span_id.as_slice())
+        );
     }
     let after = http_get(&a.metrics, "/metrics").unwrap();
-    let ambiguous = prom_sum(&after, "sonde_calls_ambiguous_total", &[]) - prom_sum(&before, "sonde_calls_ambiguous_total", &[]);
+    let ambiguous = prom_sum(&after, "sonde_calls_ambiguous_total", &[])
+        - prom_sum(&before, "sonde_calls_ambiguous_total", &[]);
     assert_eq!(ambiguous, 1.0, "the one ambiguous call is counted");
 }
 
@@ -126,25 +165,47 @@ fn keep_alive_pool() {
         if line == "DONE" {
             break;
         }
-        used.push(line.split_once(' ').map(|(i, p)| (i.to_string(), p.to_string())).unwrap());
+        used.push(
+            line.split_once(' ')
+                .map(|(i, p)| (i.to_string(), p.to_string()))
+                .unwrap(),
+        );
     }
     let _client = Proc(client);
     assert_eq!(used.len(), N);
     let conns: std::collections::HashSet<&str> = used.iter().map(|(_, p)| p.as_str()).collect();
-    assert_eq!(conns.len(), 2, "the pool's two connections carried all requests");
+    assert_eq!(
+        conns.len(),
+        2,
+        "the pool's two connections carried all requests"
+    );
 
     let spans = wait_spans(&a.store, |s| {
-        s.iter().filter(|x| x.service() == "pooled" && kind_of(x) == SpanKind::Server).count() >= N
+        s.iter()
+            .filter(|x| x.service() == "pooled" && kind_of(x) == SpanKind::Server)
+            .count()
+            >= N
             && s.iter().filter(|x| x.service() == "pool-client").count() >= N
     });
     for (i, _) in &used {
         let path = format!("/pool/{i}");
-        let srv = spans.iter().find(|s| s.service() == "pooled" && s.attr("url.path").as_deref() == Some(path.as_str())).unwrap();
+        let srv = spans
+            .iter()
+            .find(|s| {
+                s.service() == "pooled" && s.attr("url.path").as_deref() == Some(path.as_str())
+            })
+            .unwrap();
         let cli = spans
             .iter()
-            .find(|s| s.service() == "pool-client" && s.attr("url.full").is_some_and(|u| u.ends_with(&path)))
+            .find(|s| {
+                s.service() == "pool-client"
+                    && s.attr("url.full").is_some_and(|u| u.ends_with(&path))
+            })
             .unwrap_or_else(|| panic!("no client span for {path}"));
-        assert_eq!(srv.span.parent_span_id, cli.span.span_id, "{path}: the server span is the same request's child");
+        assert_eq!(
+            srv.span.parent_span_id, cli.span.span_id,
+            "{path}: the server span is the same request's child"
+        );
         assert_eq!(srv.span.trace_id, cli.span.trace_id);
     }
 }
@@ -156,12 +217,20 @@ impl Netns {
     fn new() -> Netns {
         let name = format!("sonde-off{}", std::process::id());
         let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip (iproute2)");
+            let st = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip (iproute2)");
             assert!(st.success(), "ip {args:?}");
         };
         ip(&["netns", "add", &name]);
-        let (host_if, peer_if) = (format!("so{}a", std::process::id() % 100000), format!("so{}b", std::process::id() % 100000));
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if]);
+        let (host_if, peer_if) = (
+            format!("so{}a", std::process::id() % 100000),
+            format!("so{}b", std::process::id() % 100000),
+        );
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
         ip(&["link", "set", &peer_if, "netns", &name]);
         ip(&["addr", "add", "10.231.0.1/30", "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
@@ -175,7 +244,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace deletes the veth pair with it.
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
     }
 }
 
@@ -187,27 +258,49 @@ fn off_node_peer() {
     // to the agent it is a host it cannot see.
     let dir = std::env::temp_dir().join(format!("sonde-offnode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let python = String::from_utf8(Command::new("python3").args(["-c", "import os,sys;print(os.path.realpath(sys.executable))"]).output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let python = String::from_utf8(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import os,sys;print(os.path.realpath(sys.executable))",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
     let peer_bin = dir.join("offnode-peer");
     let _ = std::fs::remove_file(&peer_bin);
     std::os::unix::fs::symlink(&python, &peer_bin).unwrap();
     let port = free_port();
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.0]).arg(&peer_bin).arg(fixture("http_server.py")).args([port.to_string(), "10.231.0.2".into()]);
+    cmd.args(["netns", "exec", &ns.0])
+        .arg(&peer_bin)
+        .arg(fixture("http_server.py"))
+        .args([port.to_string(), "10.231.0.2".into()]);
     let _peer = ready(cmd);
 
     for i in 0..N {
         let out = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", &format!("http://10.231.0.2:{port}/offnode/{i}")])
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                &format!("http://10.231.0.2:{port}/offnode/{i}"),
+            ])
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(out.success());
     }
-    let spans = wait_spans(&a.store, |s| s.iter().filter(|x| x.service() == "curl" && kind_of(x) == SpanKind::Client).count() >= N);
+    let spans = wait_spans(&a.store, |s| {
+        s.iter()
+            .filter(|x| x.service() == "curl" && kind_of(x) == SpanKind::Client)
+            .count()
+            >= N
+    });
     let calls: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.service() == "curl").collect();
     assert_eq!(calls.len(), N);
     for c in &calls {
@@ -215,17 +308,26 @@ fn off_node_peer() {
         assert!(c.span.parent_span_id.is_empty());
         assert_eq!(c.attr("server.address").as_deref(), Some("10.231.0.2"));
         assert_eq!(c.attr("server.port"), Some(port.to_string()));
-        assert_eq!(c.attr("network.peer.address").as_deref(), Some("10.231.0.2"));
+        assert_eq!(
+            c.attr("network.peer.address").as_deref(),
+            Some("10.231.0.2")
+        );
     }
     assert!(
-        !spans.iter().any(|s| kind_of(s) == SpanKind::Server && s.attr("url.path").is_some_and(|p| p.starts_with("/offnode"))),
+        !spans.iter().any(|s| kind_of(s) == SpanKind::Server
+            && s.attr("url.path")
+                .is_some_and(|p| p.starts_with("/offnode"))),
         "the peer is invisible: no SERVER span"
     );
     let text = http_get(&a.metrics, "/metrics").unwrap();
     let edge = prom_sum(
         &text,
         "traces_service_graph_request_total{",
-        &["client=\"curl\"", &format!("server=\"10.231.0.2:{port}\""), "connection_type=\"virtual_node\""],
+        &[
+            "client=\"curl\"",
+            &format!("server=\"10.231.0.2:{port}\""),
+            "connection_type=\"virtual_node\"",
+        ],
     );
     assert_eq!(edge, N as f64, "{text}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -44,7 +44,19 @@ impl End {
 /// features the host lacks, say) leave the guest running and are not.
 pub fn kvm_error(line: &str) -> bool {
     let l = line.to_ascii_lowercase();
-    l.contains("kvm") && !l.contains("warning") && ["error", "fail", "assert", "cannot", "could not", "not supported", "abort"].iter().any(|w| l.contains(w))
+    l.contains("kvm")
+        && !l.contains("warning")
+        && [
+            "error",
+            "fail",
+            "assert",
+            "cannot",
+            "could not",
+            "not supported",
+            "abort",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
 }
 
 /// Why a boot under KVM says nothing about the guest, because KVM itself
@@ -55,13 +67,25 @@ pub fn kvm_error(line: &str) -> bool {
 pub fn kvm_failure(end: End, stderr: &str, guest_started: bool) -> Option<String> {
     // The first error qemu printed names the cause best; an abort's
     // assertion line follows it.
-    let error = stderr.lines().map(str::trim).find(|l| kvm_error(l) || l.contains("error")).map(|l| l.strip_prefix("qemu-system-x86_64: ").unwrap_or(l));
+    let error = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| kvm_error(l) || l.contains("error"))
+        .map(|l| l.strip_prefix("qemu-system-x86_64: ").unwrap_or(l));
     let kvm_line = stderr.lines().map(str::trim).find(|l| kvm_error(l));
     if guest_started {
-        return kvm_line.map(|l| format!("qemu: {}", l.strip_prefix("qemu-system-x86_64: ").unwrap_or(l)));
+        return kvm_line.map(|l| {
+            format!(
+                "qemu: {}",
+                l.strip_prefix("qemu-system-x86_64: ").unwrap_or(l)
+            )
+        });
     }
     let how = match end {
-        End::Silent(limit) => format!("the guest printed nothing in {}s (it hangs)", limit.as_secs()),
+        End::Silent(limit) => format!(
+            "the guest printed nothing in {}s (it hangs)",
+            limit.as_secs()
+        ),
         End::Exited(c) => format!("qemu exited with status {c} before the guest started"),
         End::Signaled(s) => format!("qemu died of {} before the guest started", signal_name(s)),
     };
@@ -83,7 +107,12 @@ fn signal_name(s: i32) -> String {
 
 /// Whether KVM may work: /dev/kvm opens read-write. Err names why not.
 pub fn kvm_device() -> Result<(), String> {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map(drop).map_err(|e| format!("/dev/kvm: {e}"))
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| format!("/dev/kvm: {e}"))
 }
 
 #[cfg(test)]
@@ -103,11 +132,24 @@ mod tests {
 
     #[test]
     fn any_exit_before_the_guest_started_is_a_kvm_failure() {
-        for end in [End::Exited(0), End::Exited(1), End::Signaled(11), End::Signaled(9)] {
+        for end in [
+            End::Exited(0),
+            End::Exited(1),
+            End::Signaled(11),
+            End::Signaled(9),
+        ] {
             assert!(kvm_failure(end, "", false).is_some(), "{end:?}");
         }
-        let why = kvm_failure(End::Exited(1), "qemu-system-x86_64: -accel kvm: failed to initialize kvm: Permission denied\n", false).unwrap();
-        assert!(why.contains("status 1") && why.contains("failed to initialize kvm"), "{why}");
+        let why = kvm_failure(
+            End::Exited(1),
+            "qemu-system-x86_64: -accel kvm: failed to initialize kvm: Permission denied\n",
+            false,
+        )
+        .unwrap();
+        assert!(
+            why.contains("status 1") && why.contains("failed to initialize kvm"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -139,10 +181,18 @@ mod tests {
 
     #[test]
     fn kvm_errors_are_told_from_warnings() {
-        assert!(kvm_error("qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69 (kvm)"));
+        assert!(kvm_error(
+            "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69 (kvm)"
+        ));
         assert!(kvm_error("qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret' failed."));
-        assert!(kvm_error("Could not access KVM kernel module: No such file or directory"));
-        assert!(!kvm_error("qemu-system-x86_64: warning: KVM: something optional"));
-        assert!(!kvm_error("qemu-system-x86_64: error: could not load kernel '/x'"));
+        assert!(kvm_error(
+            "Could not access KVM kernel module: No such file or directory"
+        ));
+        assert!(!kvm_error(
+            "qemu-system-x86_64: warning: KVM: something optional"
+        ));
+        assert!(!kvm_error(
+            "qemu-system-x86_64: error: could not load kernel '/x'"
+        ));
     }
 }

@@ -18,7 +18,14 @@ fn strip(bin: &Path) -> Result<PathBuf> {
     let dir = cache().join("stripped");
     std::fs::create_dir_all(&dir)?;
     let out = dir.join(bin.file_name().context("binary name")?);
-    run::sh(Command::new("strip").arg("--strip-debug").arg("-o").arg(&out).arg(bin)).context("strip (binutils)")?;
+    run::sh(
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&out)
+            .arg(bin),
+    )
+    .context("strip (binutils)")?;
     Ok(out)
 }
 
@@ -41,15 +48,22 @@ impl Tree {
         if self.files.contains_key(path) {
             return Ok(());
         }
-        let real = path.canonicalize().with_context(|| format!("{}", path.display()))?;
+        let real = path
+            .canonicalize()
+            .with_context(|| format!("{}", path.display()))?;
         if real != path {
-            self.files.insert(path.to_path_buf(), Entry::Link(real.clone()));
+            self.files
+                .insert(path.to_path_buf(), Entry::Link(real.clone()));
         }
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(&real)?;
         let mode = meta.permissions().mode() & 0o7777;
         // Debug builds carry hundreds of MiB of debug info the guest never reads.
-        let source = if mode & 0o111 != 0 && meta.len() > 8 << 20 { strip(&real)? } else { real.clone() };
+        let source = if mode & 0o111 != 0 && meta.len() > 8 << 20 {
+            strip(&real)?
+        } else {
+            real.clone()
+        };
         self.files.insert(real.clone(), Entry::File(source, mode));
         if mode & 0o111 != 0 || real.to_string_lossy().contains(".so") {
             self.libraries_of(&real)?;
@@ -61,7 +75,13 @@ impl Tree {
         let out = Command::new("ldd").arg(bin).output()?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-            let path = line.split("=>").nth(1).unwrap_or(line).split_whitespace().next().unwrap_or("");
+            let path = line
+                .split("=>")
+                .nth(1)
+                .unwrap_or(line)
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
             if path.starts_with('/') {
                 self.host_file(Path::new(path))?;
             }
@@ -103,7 +123,11 @@ impl Tree {
         let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
         let mut ino = 1u32;
         let mut entry = |w: &mut dyn Write, name: &Path, mode: u32, data: &[u8]| -> Result<()> {
-            let name = name.strip_prefix("/").unwrap_or(name).to_string_lossy().into_owned();
+            let name = name
+                .strip_prefix("/")
+                .unwrap_or(name)
+                .to_string_lossy()
+                .into_owned();
             let header = format!(
                 "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
                 0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
@@ -129,7 +153,9 @@ impl Tree {
                     entry(&mut w, path, 0o100000 | mode, &data)?
                 }
                 Entry::Data(data, mode) => entry(&mut w, path, 0o100000 | mode, data)?,
-                Entry::Link(target) => entry(&mut w, path, 0o120777, target.to_string_lossy().as_bytes())?,
+                Entry::Link(target) => {
+                    entry(&mut w, path, 0o120777, target.to_string_lossy().as_bytes())?
+                }
             }
         }
         entry(&mut w, Path::new("TRAILER!!!"), 0, &[])?;
@@ -138,11 +164,25 @@ impl Tree {
     }
 }
 
-pub(super) fn initramfs(bins: &BTreeMap<String, PathBuf>, sonde: &Path, opts: &Options) -> Result<PathBuf> {
+pub(super) fn initramfs(
+    bins: &BTreeMap<String, PathBuf>,
+    sonde: &Path,
+    opts: &Options,
+) -> Result<PathBuf> {
     let mut t = Tree::default();
     let busybox = which("busybox").context("busybox (Debian's busybox-static)")?;
-    t.files.insert("/bin/busybox".into(), Entry::File(busybox, 0o755));
-    for d in ["/proc", "/sys", "/dev", "/tmp", "/root", "/etc", "/usr/bin", "/sys/kernel/tracing"] {
+    t.files
+        .insert("/bin/busybox".into(), Entry::File(busybox, 0o755));
+    for d in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/root",
+        "/etc",
+        "/usr/bin",
+        "/sys/kernel/tracing",
+    ] {
         t.files.insert(d.into(), Entry::Dir);
     }
     t.host_file(sonde)?;
@@ -152,26 +192,70 @@ pub(super) fn initramfs(bins: &BTreeMap<String, PathBuf>, sonde: &Path, opts: &O
     // The HTTP fixtures, at the path compiled into the tests.
     t.host_dir(&repo().join("agent/tests/fixtures"), &["amqp", "k8s"])?;
     // Python for them: the interpreter the host tests use, its stdlib trimmed.
-    let python = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sys,os;print(os.path.realpath(sys.executable))"]).output()?.stdout)?.trim());
-    let stdlib = PathBuf::from(String::from_utf8(Command::new("python3").args(["-c", "import sysconfig;print(sysconfig.get_paths()['stdlib'])"]).output()?.stdout)?.trim());
+    let python = PathBuf::from(
+        String::from_utf8(
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import sys,os;print(os.path.realpath(sys.executable))",
+                ])
+                .output()?
+                .stdout,
+        )?
+        .trim(),
+    );
+    let stdlib = PathBuf::from(
+        String::from_utf8(
+            Command::new("python3")
+                .args([
+                    "-c",
+                    "import sysconfig;print(sysconfig.get_paths()['stdlib'])",
+                ])
+                .output()?
+                .stdout,
+        )?
+        .trim(),
+    );
     t.host_file(&python)?;
-    t.files.insert("/usr/bin/python3".into(), Entry::Link(python));
+    t.files
+        .insert("/usr/bin/python3".into(), Entry::Link(python));
     t.host_dir(
         &stdlib,
-        &["site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "__pycache__", "distutils"],
+        &[
+            "site-packages",
+            "test",
+            "tests",
+            "idlelib",
+            "tkinter",
+            "turtledemo",
+            "ensurepip",
+            "lib2to3",
+            "pydoc_data",
+            "__pycache__",
+            "distutils",
+        ],
     )?;
     let mut script = String::from(INIT_HEAD);
     if opts.agent_log {
-        script += "export SONDE_TEST_AGENT_LOG=/tmp/agent.log SONDE_TEST_AGENT_LOG_FILTER=sonde=debug\n";
+        script +=
+            "export SONDE_TEST_AGENT_LOG=/tmp/agent.log SONDE_TEST_AGENT_LOG_FILTER=sonde=debug\n";
     }
     for (suite, filters) in selected(opts) {
         if let Some(b) = bins.get(*suite) {
-            script += &format!("run_suite {suite} {} --test-threads 1 --color never {}\n", b.display(), filters.join(" "));
+            script += &format!(
+                "run_suite {suite} {} --test-threads 1 --color never {}\n",
+                b.display(),
+                filters.join(" ")
+            );
         }
     }
-    script += &format!("echo \"SONDE-VM-DOCTOR $({} doctor --json 2>/dev/null | tr -d '\\n')\"\n", sonde.display());
+    script += &format!(
+        "echo \"SONDE-VM-DOCTOR $({} doctor --json 2>/dev/null | tr -d '\\n')\"\n",
+        sonde.display()
+    );
     script += "echo SONDE-VM-DONE\npoweroff -f\n";
-    t.files.insert("/init".into(), Entry::Data(script.into_bytes(), 0o755));
+    t.files
+        .insert("/init".into(), Entry::Data(script.into_bytes(), 0o755));
     let out = cache().join("initramfs.cpio");
     std::fs::create_dir_all(cache())?;
     t.cpio(&out)?;
@@ -196,4 +280,3 @@ run_suite() {
   echo "SONDE-VM-RC $name $rc"
 }
 "#;
-

@@ -40,6 +40,10 @@ pub fn detect_client(data: &[u8]) -> Detect {
 }
 
 /// A message as seen on the wire.
+/// A publish awaiting its confirm: (seq, message, first and last segment,
+/// the Basic.Return that came for it).
+type Unconfirmed = (u64, Message, SegTime, SegTime, Option<(u16, String)>);
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Message {
     pub exchange: String,
@@ -74,11 +78,30 @@ pub enum AmqpOut {
         seq: Option<u64>,
     },
     /// A delivery was read: processing starts now.
-    DeliveryStarted { channel: u16, delivery_tag: u64, queue: Option<String>, redelivered: bool, msg: Message, at: SegTime },
+    DeliveryStarted {
+        channel: u16,
+        delivery_tag: u64,
+        queue: Option<String>,
+        redelivered: bool,
+        msg: Message,
+        at: SegTime,
+    },
     /// Its processing ended.
-    DeliveryFinished { channel: u16, delivery_tag: u64, outcome: Outcome, at: SegTime },
+    DeliveryFinished {
+        channel: u16,
+        delivery_tag: u64,
+        outcome: Outcome,
+        at: SegTime,
+    },
     /// A Basic.Get answered (None: GetEmpty).
-    Received { channel: u16, queue: String, msg: Option<Message>, delivery_tag: Option<u64>, first: SegTime, last: SegTime },
+    Received {
+        channel: u16,
+        queue: String,
+        msg: Option<Message>,
+        delivery_tag: Option<u64>,
+        first: SegTime,
+        last: SegTime,
+    },
 }
 
 #[derive(Debug)]
@@ -146,7 +169,14 @@ impl Framer {
                 return Err(());
             }
             self.remaining = size as u64 + 1;
-            self.cur = Some(Frame { kind, channel, payload: vec![], size, first: t, last: t });
+            self.cur = Some(Frame {
+                kind,
+                channel,
+                payload: vec![],
+                size,
+                first: t,
+                last: t,
+            });
         }
         Ok(())
     }
@@ -171,10 +201,24 @@ impl Framer {
 /// Content being assembled on a channel.
 #[derive(Debug)]
 enum Incoming {
-    Publish { msg: Message, first: SegTime },
-    Deliver { msg: Message, tag: u64, redelivered: bool, consumer: String },
-    GetOk { msg: Message, tag: u64 },
-    Return { code: u16, text: String },
+    Publish {
+        msg: Message,
+        first: SegTime,
+    },
+    Deliver {
+        msg: Message,
+        tag: u64,
+        redelivered: bool,
+        consumer: String,
+    },
+    GetOk {
+        msg: Message,
+        tag: u64,
+    },
+    Return {
+        code: u16,
+        text: String,
+    },
 }
 
 #[derive(Default)]
@@ -185,7 +229,7 @@ struct Channel {
     confirms: bool,
     next_seq: u64,
     /// Publishes awaiting the broker's confirm: seq -> publish.
-    unconfirmed: VecDeque<(u64, Message, SegTime, SegTime, Option<(u16, String)>)>,
+    unconfirmed: VecDeque<Unconfirmed>,
     pending_consumes: VecDeque<(String, bool)>,
     /// Consumer tag -> (queue, no-ack).
     consumers: HashMap<String, (String, bool)>,
@@ -207,7 +251,10 @@ pub struct AmqpConnection {
 impl Default for AmqpConnection {
     fn default() -> Self {
         AmqpConnection {
-            client: Framer { skip_header: PROTOCOL_HEADER.len(), ..Default::default() },
+            client: Framer {
+                skip_header: PROTOCOL_HEADER.len(),
+                ..Default::default()
+            },
             server: Framer::default(),
             channels: HashMap::new(),
             vhost: None,
@@ -230,7 +277,11 @@ fn bounded_push<T>(q: &mut VecDeque<T>, v: T) {
 impl AmqpConnection {
     pub fn push(&mut self, client: bool, seg: Segment<'_>, out: &mut Vec<AmqpOut>) {
         let t = seg.time();
-        let framer = if client { &mut self.client } else { &mut self.server };
+        let framer = if client {
+            &mut self.client
+        } else {
+            &mut self.server
+        };
         if framer.lost {
             // Resync on a segment that starts with a method frame.
             if seg.data.first() != Some(&FRAME_METHOD) {
@@ -239,9 +290,13 @@ impl AmqpConnection {
             *framer = Framer::default();
         }
         let mut frames = vec![];
-        let ok = framer.feed(seg.data, t, &mut frames).is_ok() && framer.skip(seg.gap(), &mut frames);
+        let ok =
+            framer.feed(seg.data, t, &mut frames).is_ok() && framer.skip(seg.gap(), &mut frames);
         if !ok {
-            *framer = Framer { lost: true, ..Default::default() };
+            *framer = Framer {
+                lost: true,
+                ..Default::default()
+            };
             self.parse_errors += 1;
         }
         for f in frames {
@@ -252,18 +307,30 @@ impl AmqpConnection {
     /// Heap bytes held: partial frames, channels and their queues.
     pub fn heap_bytes(&self) -> usize {
         let queued = |c: &Channel| {
-            c.unconfirmed.len() * std::mem::size_of::<(u64, Message, SegTime, SegTime, Option<(u16, String)>)>()
+            c.unconfirmed.len()
+                * std::mem::size_of::<(u64, Message, SegTime, SegTime, Option<(u16, String)>)>()
                 + c.open_deliveries.len() * 16
                 + (c.pending_consumes.len() + c.consumers.len() + c.pending_gets.len()) * 64
         };
-        self.client.heap_bytes() + self.server.heap_bytes() + self.channels.values().map(|c| std::mem::size_of::<Channel>() + queued(c)).sum::<usize>()
+        self.client.heap_bytes()
+            + self.server.heap_bytes()
+            + self
+                .channels
+                .values()
+                .map(|c| std::mem::size_of::<Channel>() + queued(c))
+                .sum::<usize>()
     }
 
     /// The connection closed: open deliveries end unacknowledged.
     pub fn close(&mut self, at: SegTime, out: &mut Vec<AmqpOut>) {
         for (&channel, ch) in self.channels.iter_mut() {
             for (tag, _) in ch.open_deliveries.drain(..) {
-                out.push(AmqpOut::DeliveryFinished { channel, delivery_tag: tag, outcome: Outcome::Closed, at });
+                out.push(AmqpOut::DeliveryFinished {
+                    channel,
+                    delivery_tag: tag,
+                    outcome: Outcome::Closed,
+                    at,
+                });
             }
         }
     }
@@ -303,22 +370,48 @@ impl AmqpConnection {
         if let Some(ch) = self.channels.get_mut(&channel) {
             while let Some(&(tag, true)) = ch.open_deliveries.front() {
                 ch.open_deliveries.pop_front();
-                out.push(AmqpOut::DeliveryFinished { channel, delivery_tag: tag, outcome: Outcome::AutoAck, at });
+                out.push(AmqpOut::DeliveryFinished {
+                    channel,
+                    delivery_tag: tag,
+                    outcome: Outcome::AutoAck,
+                    at,
+                });
             }
         }
     }
 
-    fn on_client_method(&mut self, id: u16, class: u16, method: u16, mut c: Cursor<'_>, f: &Frame, out: &mut Vec<AmqpOut>) {
+    fn on_client_method(
+        &mut self,
+        id: u16,
+        class: u16,
+        method: u16,
+        mut c: Cursor<'_>,
+        f: &Frame,
+        out: &mut Vec<AmqpOut>,
+    ) {
         match (class, method) {
             (10, 40) => {
                 self.vhost = c.shortstr();
             }
             (60, 40) => {
                 let _reserved = c.u16();
-                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
+                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else {
+                    return;
+                };
                 if let Some(ch) = self.channel(id) {
-                    let msg = Message { exchange, routing_key, ..Default::default() };
-                    ch.client_content = Some((Incoming::Publish { msg, first: f.first }, 0, false));
+                    let msg = Message {
+                        exchange,
+                        routing_key,
+                        ..Default::default()
+                    };
+                    ch.client_content = Some((
+                        Incoming::Publish {
+                            msg,
+                            first: f.first,
+                        },
+                        0,
+                        false,
+                    ));
                 }
             }
             (60, 20) => {
@@ -349,12 +442,23 @@ impl AmqpConnection {
                     let done: Vec<u64> = ch
                         .open_deliveries
                         .iter()
-                        .filter(|(t, _)| if multiple { *t <= tag || tag == 0 } else { *t == tag })
+                        .filter(|(t, _)| {
+                            if multiple {
+                                *t <= tag || tag == 0
+                            } else {
+                                *t == tag
+                            }
+                        })
                         .map(|(t, _)| *t)
                         .collect();
                     ch.open_deliveries.retain(|(t, _)| !done.contains(t));
                     for t in done {
-                        out.push(AmqpOut::DeliveryFinished { channel: id, delivery_tag: t, outcome, at: f.first });
+                        out.push(AmqpOut::DeliveryFinished {
+                            channel: id,
+                            delivery_tag: t,
+                            outcome,
+                            at: f.first,
+                        });
                     }
                 }
             }
@@ -372,15 +476,36 @@ impl AmqpConnection {
     fn close_channel(&mut self, id: u16, at: SegTime, out: &mut Vec<AmqpOut>) {
         if let Some(mut ch) = self.channels.remove(&id) {
             for (tag, _) in ch.open_deliveries.drain(..) {
-                out.push(AmqpOut::DeliveryFinished { channel: id, delivery_tag: tag, outcome: Outcome::Closed, at });
+                out.push(AmqpOut::DeliveryFinished {
+                    channel: id,
+                    delivery_tag: tag,
+                    outcome: Outcome::Closed,
+                    at,
+                });
             }
             for (seq, msg, first, last, returned) in ch.unconfirmed.drain(..) {
-                out.push(AmqpOut::Published { channel: id, msg, first, last, confirmed: None, returned, seq: Some(seq) });
+                out.push(AmqpOut::Published {
+                    channel: id,
+                    msg,
+                    first,
+                    last,
+                    confirmed: None,
+                    returned,
+                    seq: Some(seq),
+                });
             }
         }
     }
 
-    fn on_server_method(&mut self, id: u16, class: u16, method: u16, mut c: Cursor<'_>, f: &Frame, out: &mut Vec<AmqpOut>) {
+    fn on_server_method(
+        &mut self,
+        id: u16,
+        class: u16,
+        method: u16,
+        mut c: Cursor<'_>,
+        f: &Frame,
+        out: &mut Vec<AmqpOut>,
+    ) {
         match (class, method) {
             (60, 21) => {
                 let tag = c.shortstr().unwrap_or_default();
@@ -396,25 +521,53 @@ impl AmqpConnection {
                 let consumer = c.shortstr().unwrap_or_default();
                 let tag = c.u64().unwrap_or(0);
                 let redelivered = c.u8().unwrap_or(0) & 1 != 0;
-                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
+                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else {
+                    return;
+                };
                 if let Some(ch) = self.channel(id) {
-                    let msg = Message { exchange, routing_key, ..Default::default() };
-                    ch.server_content = Some((Incoming::Deliver { msg, tag, redelivered, consumer }, 0, false));
+                    let msg = Message {
+                        exchange,
+                        routing_key,
+                        ..Default::default()
+                    };
+                    ch.server_content = Some((
+                        Incoming::Deliver {
+                            msg,
+                            tag,
+                            redelivered,
+                            consumer,
+                        },
+                        0,
+                        false,
+                    ));
                 }
             }
             (60, 71) => {
                 let tag = c.u64().unwrap_or(0);
                 let _redelivered = c.u8();
-                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else { return };
+                let (Some(exchange), Some(routing_key)) = (c.shortstr(), c.shortstr()) else {
+                    return;
+                };
                 if let Some(ch) = self.channel(id) {
-                    let msg = Message { exchange, routing_key, ..Default::default() };
+                    let msg = Message {
+                        exchange,
+                        routing_key,
+                        ..Default::default()
+                    };
                     ch.server_content = Some((Incoming::GetOk { msg, tag }, 0, false));
                 }
             }
             (60, 72) => {
                 if let Some(ch) = self.channels.get_mut(&id) {
                     if let Some((queue, first)) = ch.pending_gets.pop_front() {
-                        out.push(AmqpOut::Received { channel: id, queue, msg: None, delivery_tag: None, first, last: f.last });
+                        out.push(AmqpOut::Received {
+                            channel: id,
+                            queue,
+                            msg: None,
+                            delivery_tag: None,
+                            first,
+                            last: f.last,
+                        });
                     }
                 }
             }
@@ -432,20 +585,42 @@ impl AmqpConnection {
                 let ok = method == 80;
                 if let Some(ch) = self.channels.get_mut(&id) {
                     while let Some(front) = ch.unconfirmed.front() {
-                        let covered = if multiple { front.0 <= tag } else { front.0 == tag };
+                        let covered = if multiple {
+                            front.0 <= tag
+                        } else {
+                            front.0 == tag
+                        };
                         if !covered {
                             if !multiple && front.0 < tag {
                                 // A lone confirm past older publishes: keep looking.
                                 let pos = ch.unconfirmed.iter().position(|u| u.0 == tag);
                                 if let Some(p) = pos {
-                                    let (seq, msg, first, _, returned) = ch.unconfirmed.remove(p).expect("position");
-                                    out.push(AmqpOut::Published { channel: id, msg, first, last: f.last, confirmed: Some(ok), returned, seq: Some(seq) });
+                                    let (seq, msg, first, _, returned) =
+                                        ch.unconfirmed.remove(p).expect("position");
+                                    out.push(AmqpOut::Published {
+                                        channel: id,
+                                        msg,
+                                        first,
+                                        last: f.last,
+                                        confirmed: Some(ok),
+                                        returned,
+                                        seq: Some(seq),
+                                    });
                                 }
                             }
                             break;
                         }
-                        let (seq, msg, first, _, returned) = ch.unconfirmed.pop_front().expect("front");
-                        out.push(AmqpOut::Published { channel: id, msg, first, last: f.last, confirmed: Some(ok), returned, seq: Some(seq) });
+                        let (seq, msg, first, _, returned) =
+                            ch.unconfirmed.pop_front().expect("front");
+                        out.push(AmqpOut::Published {
+                            channel: id,
+                            msg,
+                            first,
+                            last: f.last,
+                            confirmed: Some(ok),
+                            returned,
+                            seq: Some(seq),
+                        });
                     }
                 }
             }
@@ -455,11 +630,21 @@ impl AmqpConnection {
     }
 
     fn on_content(&mut self, client: bool, f: &Frame, out: &mut Vec<AmqpOut>) {
-        let Some(ch) = self.channels.get_mut(&f.channel) else { return };
-        let slot = if client { &mut ch.client_content } else { &mut ch.server_content };
-        let Some((incoming, left, header_seen)) = slot.as_mut() else { return };
+        let Some(ch) = self.channels.get_mut(&f.channel) else {
+            return;
+        };
+        let slot = if client {
+            &mut ch.client_content
+        } else {
+            &mut ch.server_content
+        };
+        let Some((incoming, left, header_seen)) = slot.as_mut() else {
+            return;
+        };
         let msg = match incoming {
-            Incoming::Publish { msg, .. } | Incoming::Deliver { msg, .. } | Incoming::GetOk { msg, .. } => Some(msg),
+            Incoming::Publish { msg, .. }
+            | Incoming::Deliver { msg, .. }
+            | Incoming::GetOk { msg, .. } => Some(msg),
             Incoming::Return { .. } => None,
         };
         if f.kind == FRAME_HEADER {
@@ -482,7 +667,8 @@ impl AmqpConnection {
             }
             if let Some(m) = msg {
                 let room = BODY_PREFIX.saturating_sub(m.body_prefix.len());
-                m.body_prefix.extend_from_slice(&f.payload[..f.payload.len().min(room)]);
+                m.body_prefix
+                    .extend_from_slice(&f.payload[..f.payload.len().min(room)]);
             }
             *left = left.saturating_sub(f.size as u64);
         }
@@ -493,7 +679,9 @@ impl AmqpConnection {
     }
 
     fn complete(&mut self, id: u16, incoming: Incoming, last: SegTime, out: &mut Vec<AmqpOut>) {
-        let Some(ch) = self.channels.get_mut(&id) else { return };
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
         match incoming {
             Incoming::Publish { msg, first } => {
                 if ch.confirms {
@@ -501,22 +689,52 @@ impl AmqpConnection {
                     ch.next_seq += 1;
                     bounded_push(&mut ch.unconfirmed, (seq, msg, first, last, None));
                 } else {
-                    out.push(AmqpOut::Published { channel: id, msg, first, last, confirmed: None, returned: None, seq: None });
+                    out.push(AmqpOut::Published {
+                        channel: id,
+                        msg,
+                        first,
+                        last,
+                        confirmed: None,
+                        returned: None,
+                        seq: None,
+                    });
                 }
             }
-            Incoming::Deliver { msg, tag, redelivered, consumer } => {
+            Incoming::Deliver {
+                msg,
+                tag,
+                redelivered,
+                consumer,
+            } => {
                 let (queue, no_ack) = match ch.consumers.get(&consumer) {
                     Some((q, n)) => (Some(q.clone()), *n),
                     None => (None, false),
                 };
                 bounded_push(&mut ch.open_deliveries, (tag, no_ack));
-                out.push(AmqpOut::DeliveryStarted { channel: id, delivery_tag: tag, queue, redelivered, msg, at: last });
+                out.push(AmqpOut::DeliveryStarted {
+                    channel: id,
+                    delivery_tag: tag,
+                    queue,
+                    redelivered,
+                    msg,
+                    at: last,
+                });
             }
             Incoming::GetOk { msg, tag } => {
                 // A Get-Ok whose Basic.Get was not seen (capture started
                 // in between) starts when it arrives, never at time zero.
-                let (queue, first) = ch.pending_gets.pop_front().unwrap_or_else(|| (String::new(), last));
-                out.push(AmqpOut::Received { channel: id, queue, msg: Some(msg), delivery_tag: Some(tag), first, last });
+                let (queue, first) = ch
+                    .pending_gets
+                    .pop_front()
+                    .unwrap_or_else(|| (String::new(), last));
+                out.push(AmqpOut::Received {
+                    channel: id,
+                    queue,
+                    msg: Some(msg),
+                    delivery_tag: Some(tag),
+                    first,
+                    last,
+                });
             }
             Incoming::Return { code, text } => {
                 // Unroutable: the oldest unconfirmed publish it answers.

@@ -2,10 +2,18 @@
 use super::{detect_client, AmqpConnection};
 use crate::{
     event::{Direction, Role},
-    protocols::{client_first_write, interleave, Capture, Detect, GiveUp, ParserStats, Protocol, Record, SegTime, Segment, Side, Spec},
+    protocols::{
+        client_first_write, interleave, Capture, Detect, GiveUp, ParserStats, Protocol, Record,
+        SegTime, Segment, Side, Spec,
+    },
 };
 
-pub const SPEC: Spec = Spec { name: "amqp", detect, new: || Box::<AmqpConnection>::default(), captures };
+pub const SPEC: Spec = Spec {
+    name: "amqp",
+    detect,
+    new: || Box::<AmqpConnection>::default(),
+    captures,
+};
 
 /// A client's first write: the protocol header, whole.
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
@@ -33,7 +41,10 @@ impl Protocol for AmqpConnection {
     }
 
     fn take_stats(&mut self) -> ParserStats {
-        let now = ParserStats { parse_errors: self.parse_errors, unpaired: 0 };
+        let now = ParserStats {
+            parse_errors: self.parse_errors,
+            unpaired: 0,
+        };
         ParserStats::since(now, &mut self.reported)
     }
 
@@ -45,6 +56,17 @@ impl Protocol for AmqpConnection {
 /// pika against RabbitMQ (see `captures/record.py`), in the order the
 /// chunks crossed the recording proxy.
 pub fn captures() -> Vec<Capture> {
-    let order = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.order"));
-    vec![Capture { name: "session", role: Role::Client, turns: interleave(crate::capture!("amqp", "session.c2s"), crate::capture!("amqp", "session.s2c"), order) }]
+    let order = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/protocols/amqp/captures/session.order"
+    ));
+    vec![Capture {
+        name: "session",
+        role: Role::Client,
+        turns: interleave(
+            crate::capture!("amqp", "session.c2s"),
+            crate::capture!("amqp", "session.s2c"),
+            order,
+        ),
+    }]
 }

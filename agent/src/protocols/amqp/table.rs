@@ -41,14 +41,17 @@ impl<'a> Cursor<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
     pub fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes(b.try_into().expect("4")))
+        self.take(4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
     }
     pub fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+        self.take(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
     }
     pub fn shortstr(&mut self) -> Option<String> {
         let n = self.u8()? as usize;
-        self.take(n).map(|b| String::from_utf8_lossy(b).into_owned())
+        self.take(n)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
     pub fn longstr(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
@@ -123,11 +126,14 @@ pub struct Properties {
 impl Properties {
     /// A string header (traceparent, tracestate).
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| match v {
-            Field::Str(s) => Some(s.clone()),
-            Field::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            _ => None,
-        })
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| match v {
+                Field::Str(s) => Some(s.clone()),
+                Field::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
     }
 
     /// Decodes the flag word(s) and the properties they announce.
@@ -204,7 +210,10 @@ mod tests {
         add("s", b"s\xff\xfe");
         add("I", b"I\xff\xff\xff\xfe");
         add("l", b"l\x00\x00\x00\x00\x00\x00\x01\x00");
-        add("d", &[b"d".as_slice(), &1.5f64.to_bits().to_be_bytes()].concat());
+        add(
+            "d",
+            &[b"d".as_slice(), &1.5f64.to_bits().to_be_bytes()].concat(),
+        );
         add("D", b"D\x02\x00\x00\x01\x00");
         add("S", b"S\x00\x00\x00\x02hi");
         add("x", b"x\x00\x00\x00\x01\x07");

@@ -5,13 +5,25 @@
 //! interleaved channels.
 use super::{table::Field, *};
 
-const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.c2s"));
-const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.s2c"));
-const ORDER: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/amqp/captures/session.order"));
+const C2S: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/protocols/amqp/captures/session.c2s"
+));
+const S2C: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/protocols/amqp/captures/session.s2c"
+));
+const ORDER: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/protocols/amqp/captures/session.order"
+));
 
 /// The recorded chunks in the order they crossed the proxy.
 fn chunks() -> Vec<(bool, &'static [u8])> {
-    crate::protocols::interleave(C2S, S2C, ORDER).into_iter().map(|(side, b)| (side == crate::protocols::Side::Request, b)).collect()
+    crate::protocols::interleave(C2S, S2C, ORDER)
+        .into_iter()
+        .map(|(side, b)| (side == crate::protocols::Side::Request, b))
+        .collect()
 }
 
 /// Replays the session, each chunk split at `split` (or whole).
@@ -36,16 +48,45 @@ fn replay(split: Option<usize>, bytewise: bool) -> (AmqpConnection, Vec<AmqpOut>
 fn summary(out: &[AmqpOut]) -> Vec<String> {
     out.iter()
         .map(|o| match o {
-            AmqpOut::Published { msg, confirmed, returned, .. } => format!(
+            AmqpOut::Published {
+                msg,
+                confirmed,
+                returned,
+                ..
+            } => format!(
                 "publish {}/{} {}B id={:?} confirmed={confirmed:?} returned={:?}",
-                msg.exchange, msg.routing_key, msg.body_size, msg.props.message_id, returned.as_ref().map(|r| r.0)
+                msg.exchange,
+                msg.routing_key,
+                msg.body_size,
+                msg.props.message_id,
+                returned.as_ref().map(|r| r.0)
             ),
-            AmqpOut::DeliveryStarted { delivery_tag, queue, msg, .. } => {
-                format!("deliver #{delivery_tag} {queue:?} {}/{} {}B", msg.exchange, msg.routing_key, msg.body_size)
+            AmqpOut::DeliveryStarted {
+                delivery_tag,
+                queue,
+                msg,
+                ..
+            } => {
+                format!(
+                    "deliver #{delivery_tag} {queue:?} {}/{} {}B",
+                    msg.exchange, msg.routing_key, msg.body_size
+                )
             }
-            AmqpOut::DeliveryFinished { delivery_tag, outcome, .. } => format!("done #{delivery_tag} {outcome:?}"),
-            AmqpOut::Received { queue, msg, delivery_tag, .. } => {
-                format!("get {queue} #{delivery_tag:?} {:?}", msg.as_ref().and_then(|m| m.props.message_id.clone()))
+            AmqpOut::DeliveryFinished {
+                delivery_tag,
+                outcome,
+                ..
+            } => format!("done #{delivery_tag} {outcome:?}"),
+            AmqpOut::Received {
+                queue,
+                msg,
+                delivery_tag,
+                ..
+            } => {
+                format!(
+                    "get {queue} #{delivery_tag:?} {:?}",
+                    msg.as_ref().and_then(|m| m.props.message_id.clone())
+                )
             }
         })
         .collect()
@@ -71,25 +112,54 @@ fn recorded_pika_session() {
     );
     assert_eq!(c.vhost.as_deref(), Some("/"));
     assert_eq!(c.parse_errors, 0);
-    let AmqpOut::Published { msg, .. } = &out[0] else { panic!() };
+    let AmqpOut::Published { msg, .. } = &out[0] else {
+        panic!()
+    };
     let p = &msg.props;
-    assert_eq!(p.header("traceparent").as_deref(), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
-    assert_eq!((p.content_type.as_deref(), p.correlation_id.as_deref()), (Some("application/json"), Some("c-1")));
-    assert_eq!((p.delivery_mode, p.timestamp, p.app_id.as_deref()), (Some(2), Some(1_700_000_000), Some("rec")));
-    let h = |k: &str| p.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(
+        p.header("traceparent").as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    assert_eq!(
+        (p.content_type.as_deref(), p.correlation_id.as_deref()),
+        (Some("application/json"), Some("c-1"))
+    );
+    assert_eq!(
+        (p.delivery_mode, p.timestamp, p.app_id.as_deref()),
+        (Some(2), Some(1_700_000_000), Some("rec"))
+    );
+    let h = |k: &str| {
+        p.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(h("x-int"), Some(Field::Int(7)));
     assert_eq!(h("x-neg"), Some(Field::Int(-3)));
     assert_eq!(h("x-dec"), Some(Field::Decimal(1, 25)));
     assert_eq!(h("x-bool"), Some(Field::Bool(true)));
-    assert_eq!(h("x-arr"), Some(Field::Array(vec![Field::Int(1), Field::Str("two".into())])));
-    assert_eq!(h("x-tab"), Some(Field::Table(vec![("k".into(), Field::Str("v".into()))])));
+    assert_eq!(
+        h("x-arr"),
+        Some(Field::Array(vec![Field::Int(1), Field::Str("two".into())]))
+    );
+    assert_eq!(
+        h("x-tab"),
+        Some(Field::Table(vec![("k".into(), Field::Str("v".into()))]))
+    );
     assert_eq!(h("x-none"), Some(Field::Void));
     assert_eq!(msg.body_prefix, b"{\"hello\":\"world\"}");
     // The delivery carries the same properties and body prefix: the key the
     // publish->consume matching uses.
-    let AmqpOut::DeliveryStarted { msg: d, .. } = &out[3] else { panic!() };
-    assert_eq!((d.props.message_id.as_deref(), &d.body_prefix), (Some("m-1"), &msg.body_prefix));
-    let AmqpOut::DeliveryStarted { msg: big, .. } = &out[4] else { panic!() };
+    let AmqpOut::DeliveryStarted { msg: d, .. } = &out[3] else {
+        panic!()
+    };
+    assert_eq!(
+        (d.props.message_id.as_deref(), &d.body_prefix),
+        (Some("m-1"), &msg.body_prefix)
+    );
+    let AmqpOut::DeliveryStarted { msg: big, .. } = &out[4] else {
+        panic!()
+    };
     assert_eq!(big.body_prefix.len(), BODY_PREFIX, "a bounded body prefix");
 }
 
@@ -97,7 +167,11 @@ fn recorded_pika_session() {
 fn every_split_point_and_byte_by_byte() {
     let want = summary(&replay(None, false).1);
     for k in 0..64 {
-        assert_eq!(summary(&replay(Some(k), false).1), want, "chunks split at {k}");
+        assert_eq!(
+            summary(&replay(Some(k), false).1),
+            want,
+            "chunks split at {k}"
+        );
     }
     assert_eq!(summary(&replay(None, true).1), want, "byte by byte");
 }
@@ -110,7 +184,13 @@ fn bodies_beyond_the_capture_are_skipped_by_count() {
     for (i, (client, data)) in chunks().into_iter().enumerate() {
         // A 1 KiB capture: body frames lose their tails, never the framing.
         let cut = data.len().min(1024);
-        let seg = Segment { data: &data[..cut], total: data.len() as u64, enter_ns: i as u64, exit_ns: i as u64 + 1, tid: 0 };
+        let seg = Segment {
+            data: &data[..cut],
+            total: data.len() as u64,
+            enter_ns: i as u64,
+            exit_ns: i as u64 + 1,
+            tid: 0,
+        };
         c.push(client, seg, &mut out);
     }
     // Frames that began inside an uncaptured tail are lost with it (a lost
@@ -139,8 +219,22 @@ fn truncations_and_mutations_never_panic() {
                 let j = (seed as usize >> 3) % v.len();
                 v[j] = (seed >> 11) as u8;
             }
-            let cut = if n % 2 == 0 { v.len() } else { (seed as usize) % (v.len() + 1) };
-            c.push(*client, Segment { data: &v[..cut], total: v.len() as u64 + seed % 3, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out);
+            let cut = if n % 2 == 0 {
+                v.len()
+            } else {
+                (seed as usize) % (v.len() + 1)
+            };
+            c.push(
+                *client,
+                Segment {
+                    data: &v[..cut],
+                    total: v.len() as u64 + seed % 3,
+                    enter_ns: 0,
+                    exit_ns: 1,
+                    tid: 0,
+                },
+                &mut out,
+            );
         }
         c.close(SegTime::default(), &mut out);
     }
@@ -166,10 +260,29 @@ fn get_ok_without_its_get_starts_when_it_arrives() {
     let bytes = [frame(1, &get_ok), frame(2, &header)].concat();
     let mut c = AmqpConnection::default();
     let mut out = vec![];
-    c.push(false, Segment { data: &bytes, total: bytes.len() as u64, enter_ns: 500, exit_ns: 600, tid: 3 }, &mut out);
-    let at = SegTime { enter_ns: 500, exit_ns: 600, tid: 3 };
+    c.push(
+        false,
+        Segment {
+            data: &bytes,
+            total: bytes.len() as u64,
+            enter_ns: 500,
+            exit_ns: 600,
+            tid: 3,
+        },
+        &mut out,
+    );
+    let at = SegTime {
+        enter_ns: 500,
+        exit_ns: 600,
+        tid: 3,
+    };
     match out.as_slice() {
-        [AmqpOut::Received { first, last, delivery_tag: Some(9), .. }] => assert_eq!((*first, *last), (at, at)),
+        [AmqpOut::Received {
+            first,
+            last,
+            delivery_tag: Some(9),
+            ..
+        }] => assert_eq!((*first, *last), (at, at)),
         other => panic!("{other:?}"),
     }
 }

@@ -53,7 +53,12 @@ impl Default for HttpConnection {
 impl HttpConnection {
     /// Feeds a segment of the request side (egress of a client, ingress of
     /// a server) or the response side.
-    pub fn push(&mut self, side: Kind, seg: Segment<'_>, out: &mut Vec<Exchange>) -> Result<(), StreamError> {
+    pub fn push(
+        &mut self,
+        side: Kind,
+        seg: Segment<'_>,
+        out: &mut Vec<Exchange>,
+    ) -> Result<(), StreamError> {
         let mut msgs = Vec::new();
         match side {
             Kind::Request => {
@@ -84,7 +89,10 @@ impl HttpConnection {
                 continue; // interim: 100 Continue, 103 Early Hints
             }
             match self.pending.pop_front() {
-                Some(request) => out.push(Exchange { request, response: m }),
+                Some(request) => out.push(Exchange {
+                    request,
+                    response: m,
+                }),
                 None => self.counters.unmatched_responses += 1,
             }
         }

@@ -63,9 +63,14 @@ fn apply_header(h: &mut Head, name: &str, value: &[u8]) {
     } else if eq("tracestate") {
         h.tracestate = Some(text(value));
     } else if eq("content-length") {
-        h.content_length = std::str::from_utf8(value).ok().and_then(|s| s.trim().parse().ok());
+        h.content_length = std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
     } else if eq("transfer-encoding") {
-        h.chunked = text(value).to_ascii_lowercase().split(',').any(|t| t.trim() == "chunked");
+        h.chunked = text(value)
+            .to_ascii_lowercase()
+            .split(',')
+            .any(|t| t.trim() == "chunked");
     } else if eq("connection") {
         let v = text(value).to_ascii_lowercase();
         h.connection_close = v.split(',').any(|t| t.trim() == "close");
@@ -82,7 +87,9 @@ pub fn parse(kind: Kind, buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let status = match kind {
         Kind::Request => {
             let mut req = httparse::Request::new(&mut headers);
-            let st = req.parse(buf).map_err(|e| HeadError::Invalid(e.to_string()))?;
+            let st = req
+                .parse(buf)
+                .map_err(|e| HeadError::Invalid(e.to_string()))?;
             h.method = req.method.unwrap_or_default().to_string();
             h.target = req.path.unwrap_or_default().to_string();
             h.minor = req.version.unwrap_or(1);
@@ -93,7 +100,9 @@ pub fn parse(kind: Kind, buf: &[u8]) -> Result<Option<Head>, HeadError> {
         }
         Kind::Response => {
             let mut resp = httparse::Response::new(&mut headers);
-            let st = resp.parse(buf).map_err(|e| HeadError::Invalid(e.to_string()))?;
+            let st = resp
+                .parse(buf)
+                .map_err(|e| HeadError::Invalid(e.to_string()))?;
             h.status = resp.code.unwrap_or_default();
             h.minor = resp.version.unwrap_or(1);
             for hd in resp.headers.iter() {

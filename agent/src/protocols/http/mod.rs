@@ -13,8 +13,17 @@ pub use stream::{Message, MessageStream};
 
 use super::Detect;
 
-const METHODS: [&[u8]; 9] =
-    [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
 
 /// Whether `data` starts an HTTP/1.x message of `kind`.
 pub fn detect(kind: Kind, data: &[u8]) -> Detect {
@@ -32,7 +41,11 @@ pub fn detect(kind: Kind, data: &[u8]) -> Detect {
             need_more = true;
         }
     }
-    if need_more { Detect::NeedMore } else { Detect::No }
+    if need_more {
+        Detect::NeedMore
+    } else {
+        Detect::No
+    }
 }
 
 #[cfg(test)]

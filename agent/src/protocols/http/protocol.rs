@@ -2,10 +2,17 @@
 use super::{detect as detect_kind, Exchange, HttpConnection, Kind};
 use crate::{
     event::{Direction, Role},
-    protocols::{Capture, Detect, GiveUp, ParserStats, Protocol, Record, SegTime, Segment, Side, Spec},
+    protocols::{
+        Capture, Detect, GiveUp, ParserStats, Protocol, Record, SegTime, Segment, Side, Spec,
+    },
 };
 
-pub const SPEC: Spec = Spec { name: "http", detect, new: || Box::<HttpProtocol>::default(), captures };
+pub const SPEC: Spec = Spec {
+    name: "http",
+    detect,
+    new: || Box::<HttpProtocol>::default(),
+    captures,
+};
 
 /// A framed request, as correlation needs it before its response exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +50,10 @@ impl HttpProtocol {
         // Requests framed by this segment come first: their context is fixed
         // before any exchange they complete is built.
         for m in self.conn.take_new_requests() {
-            out.push(Record::HttpRequest(RequestSeen { first: m.first, traceparent: m.head.traceparent }));
+            out.push(Record::HttpRequest(RequestSeen {
+                first: m.first,
+                traceparent: m.head.traceparent,
+            }));
         }
         out.extend(exchanges.into_iter().map(|e| Record::Http(Box::new(e))));
     }
@@ -51,7 +61,11 @@ impl HttpProtocol {
 
 impl Protocol for HttpProtocol {
     fn feed(&mut self, side: Side, seg: Segment<'_>, out: &mut Vec<Record>) -> Result<(), GiveUp> {
-        let kind = if side == Side::Request { Kind::Request } else { Kind::Response };
+        let kind = if side == Side::Request {
+            Kind::Request
+        } else {
+            Kind::Response
+        };
         let mut exchanges = vec![];
         let res = self.conn.push(kind, seg, &mut exchanges);
         self.emit(exchanges, out);
@@ -71,7 +85,8 @@ impl Protocol for HttpProtocol {
     fn take_stats(&mut self) -> ParserStats {
         let now = ParserStats {
             parse_errors: self.conn.parse_errors(),
-            unpaired: self.conn.counters.unmatched_responses + self.conn.counters.unanswered_requests,
+            unpaired: self.conn.counters.unmatched_responses
+                + self.conn.counters.unanswered_requests,
         };
         ParserStats::since(now, &mut self.reported)
     }
@@ -84,19 +99,51 @@ impl Protocol for HttpProtocol {
 /// Requests from curl, answered by nginx and Python's http.server.
 fn captures() -> Vec<Capture> {
     let pair = |name, req: &'static [u8], resp: &'static [u8]| {
-        [Role::Client, Role::Server].map(|role| Capture { name, role, turns: vec![(Side::Request, req), (Side::Response, resp)] })
+        [Role::Client, Role::Server].map(|role| Capture {
+            name,
+            role,
+            turns: vec![(Side::Request, req), (Side::Response, resp)],
+        })
     };
     let get = crate::capture!("http", "curl_get.req");
     [
         pair("nginx_get", get, crate::capture!("http", "nginx_get.resp")),
         pair("nginx_404", get, crate::capture!("http", "nginx_404.resp")),
-        pair("python_chunked", get, crate::capture!("http", "python_chunked.resp")),
-        pair("python_close", get, crate::capture!("http", "python_close.resp")),
-        pair("python_500", get, crate::capture!("http", "python_500.resp")),
-        pair("curl_post", crate::capture!("http", "curl_post.req"), crate::capture!("http", "python_204.resp")),
-        pair("expect_continue", crate::capture!("http", "curl_expect_continue.req"), crate::capture!("http", "python_continue.resp")),
-        pair("chunked_upload", crate::capture!("http", "curl_chunked_upload.req"), crate::capture!("http", "nginx_get.resp")),
-        pair("pipelined", two_gets(get), crate::capture!("http", "nginx_pipelined.resp")),
+        pair(
+            "python_chunked",
+            get,
+            crate::capture!("http", "python_chunked.resp"),
+        ),
+        pair(
+            "python_close",
+            get,
+            crate::capture!("http", "python_close.resp"),
+        ),
+        pair(
+            "python_500",
+            get,
+            crate::capture!("http", "python_500.resp"),
+        ),
+        pair(
+            "curl_post",
+            crate::capture!("http", "curl_post.req"),
+            crate::capture!("http", "python_204.resp"),
+        ),
+        pair(
+            "expect_continue",
+            crate::capture!("http", "curl_expect_continue.req"),
+            crate::capture!("http", "python_continue.resp"),
+        ),
+        pair(
+            "chunked_upload",
+            crate::capture!("http", "curl_chunked_upload.req"),
+            crate::capture!("http", "nginx_get.resp"),
+        ),
+        pair(
+            "pipelined",
+            two_gets(get),
+            crate::capture!("http", "nginx_pipelined.resp"),
+        ),
     ]
     .into_iter()
     .flatten()

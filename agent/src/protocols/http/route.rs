@@ -17,7 +17,10 @@ pub fn query(target: &str) -> Option<&str> {
 fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() == 5
-        && [8, 4, 4, 4, 12].iter().zip(&parts).all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn is_id(seg: &str) -> bool {
@@ -43,7 +46,10 @@ pub fn route(target: &str) -> String {
     if p.is_empty() {
         return "/".into();
     }
-    p.split('/').map(|seg| if is_id(seg) { "{id}" } else { seg }).collect::<Vec<_>>().join("/")
+    p.split('/')
+        .map(|seg| if is_id(seg) { "{id}" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A query with every value replaced by `REDACTED`: keys are kept, values
@@ -65,8 +71,14 @@ mod tests {
     #[test]
     fn collapses_identifiers() {
         assert_eq!(route("/users/42/orders/7?x=1"), "/users/{id}/orders/{id}");
-        assert_eq!(route("/items/3f2b8c1e-9d4a-4b6f-8e2a-1c5d7e9f0a3b"), "/items/{id}");
-        assert_eq!(route("/objects/507f1f77bcf86cd799439011/raw"), "/objects/{id}/raw");
+        assert_eq!(
+            route("/items/3f2b8c1e-9d4a-4b6f-8e2a-1c5d7e9f0a3b"),
+            "/items/{id}"
+        );
+        assert_eq!(
+            route("/objects/507f1f77bcf86cd799439011/raw"),
+            "/objects/{id}/raw"
+        );
         assert_eq!(route("/commits/deadbeefdeadbeef"), "/commits/{id}");
         assert_eq!(route("/a1b2c3d4"), "/{id}");
     }
@@ -87,6 +99,9 @@ mod tests {
         assert_eq!(path("/a/b?c=d#e"), "/a/b");
         assert_eq!(query("/a?c=d&e#f"), Some("c=d&e"));
         assert_eq!(query("/a"), None);
-        assert_eq!(redact_query("token=abc&page=2&flag"), "token=REDACTED&page=REDACTED&flag");
+        assert_eq!(
+            redact_query("token=abc&page=2&flag"),
+            "token=REDACTED&page=REDACTED&flag"
+        );
     }
 }

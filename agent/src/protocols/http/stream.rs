@@ -164,7 +164,12 @@ impl MessageStream {
         }
     }
 
-    fn consume(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Message>) -> Result<(), StreamError> {
+    fn consume(
+        &mut self,
+        mut data: &[u8],
+        t: SegTime,
+        out: &mut Vec<Message>,
+    ) -> Result<(), StreamError> {
         while !data.is_empty() {
             match &mut self.state {
                 State::Start => match detect(self.kind, data) {
@@ -262,7 +267,11 @@ impl MessageStream {
             Kind::Request => h.request_framing(),
             Kind::Response => {
                 let interim = (100..200).contains(&h.status) && h.status != 101;
-                let method = if interim { self.expected.front().cloned() } else { self.expected.pop_front() };
+                let method = if interim {
+                    self.expected.front().cloned()
+                } else {
+                    self.expected.pop_front()
+                };
                 h.response_framing(method.as_deref())
             }
         };
@@ -284,8 +293,15 @@ impl MessageStream {
     }
 
     /// Consumes chunked-body bytes; returns how many were used.
-    fn chunked(&mut self, data: &[u8], t: SegTime, out: &mut Vec<Message>) -> Result<usize, StreamError> {
-        let State::Chunked(chunk) = &mut self.state else { return Ok(0) };
+    fn chunked(
+        &mut self,
+        data: &[u8],
+        t: SegTime,
+        out: &mut Vec<Message>,
+    ) -> Result<usize, StreamError> {
+        let State::Chunked(chunk) = &mut self.state else {
+            return Ok(0);
+        };
         let mut i = 0;
         let mut done = false;
         let mut bad = false;
@@ -298,7 +314,13 @@ impl MessageStream {
                         continue;
                     }
                     let text = String::from_utf8_lossy(line);
-                    let hex = text.trim_end_matches('\r').split(';').next().unwrap_or("").trim().to_string();
+                    let hex = text
+                        .trim_end_matches('\r')
+                        .split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
                     match u64::from_str_radix(&hex, 16) {
                         Ok(0) => *chunk = Chunk::Trailer(Vec::new()),
                         Ok(n) => *chunk = Chunk::Data(n),

@@ -40,11 +40,20 @@ const KEEP: usize = 16 * 1024;
 /// Whether a client connection's first inbound bytes are a server greeting.
 pub fn detect_greeting(data: &[u8]) -> Detect {
     if data.len() < 6 {
-        return if data.len() > 3 && data[3] != 0 { Detect::No } else { Detect::NeedMore };
+        return if data.len() > 3 && data[3] != 0 {
+            Detect::No
+        } else {
+            Detect::NeedMore
+        };
     }
     let len = data[0] as usize | (data[1] as usize) << 8 | (data[2] as usize) << 16;
-    let ok = data[3] == 0 && data[4] == 0x0a && (20..1024).contains(&len) && data[5].is_ascii_digit();
-    if ok { Detect::Yes } else { Detect::No }
+    let ok =
+        data[3] == 0 && data[4] == 0x0a && (20..1024).contains(&len) && data[5].is_ascii_digit();
+    if ok {
+        Detect::Yes
+    } else {
+        Detect::No
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,8 +100,15 @@ impl Framer {
             if self.hdr.len() < 4 {
                 return;
             }
-            let len = self.hdr[0] as usize | (self.hdr[1] as usize) << 8 | (self.hdr[2] as usize) << 16;
-            let p = Packet { seq: self.hdr[3], body: vec![], len, first: t, last: t };
+            let len =
+                self.hdr[0] as usize | (self.hdr[1] as usize) << 8 | (self.hdr[2] as usize) << 16;
+            let p = Packet {
+                seq: self.hdr[3],
+                body: vec![],
+                len,
+                first: t,
+                last: t,
+            };
             self.hdr.clear();
             self.remaining = len as u64;
             if len == 0 {
@@ -121,7 +137,14 @@ impl Framer {
 /// A length-encoded integer at the start of `b`: (value, bytes used).
 fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
     let (&f, r) = b.split_first()?;
-    let le = |n: usize| -> Option<u64> { Some(r.get(..n)?.iter().rev().fold(0u64, |a, &x| a << 8 | x as u64)) };
+    let le = |n: usize| -> Option<u64> {
+        Some(
+            r.get(..n)?
+                .iter()
+                .rev()
+                .fold(0u64, |a, &x| a << 8 | x as u64),
+        )
+    };
     match f {
         0..=0xfa => Some((f as u64, 1)),
         0xfc => Some((le(2)?, 3)),
@@ -176,7 +199,11 @@ enum Resp {
     ColumnsEof,
     Rows,
     /// COM_STMT_PREPARE_OK is followed by parameter and column definitions.
-    PrepareDefs { params: u64, columns: u64, eofs: u8 },
+    PrepareDefs {
+        params: u64,
+        columns: u64,
+        eofs: u8,
+    },
 }
 
 #[derive(PartialEq, Eq)]
@@ -225,9 +252,18 @@ impl MysqlConnection {
         }
     }
 
-    pub fn push(&mut self, client: bool, seg: Segment<'_>, out: &mut Vec<DbCall>) -> Result<(), MysqlError> {
+    pub fn push(
+        &mut self,
+        client: bool,
+        seg: Segment<'_>,
+        out: &mut Vec<DbCall>,
+    ) -> Result<(), MysqlError> {
         let t = seg.time();
-        let framer = if client { &mut self.client } else { &mut self.server };
+        let framer = if client {
+            &mut self.client
+        } else {
+            &mut self.server
+        };
         if framer.lost {
             // Resync on a segment that starts a sequence-0/1 packet.
             if seg.data.len() < 5 || seg.data[3] > 1 {
@@ -238,7 +274,10 @@ impl MysqlConnection {
         let mut packets = vec![];
         framer.feed(seg.data, t, &mut packets);
         if !framer.skip(seg.gap(), &mut packets) {
-            *framer = Framer { lost: true, ..Default::default() };
+            *framer = Framer {
+                lost: true,
+                ..Default::default()
+            };
             self.parse_errors += 1;
             self.unmatched += self.pending.len() as u64;
             self.pending.clear();
@@ -266,9 +305,14 @@ impl MysqlConnection {
                 let rest = if caps & CLIENT_PLUGIN_AUTH_LENENC != 0 {
                     // A hostile length must not overflow the offset.
                     let skip = |(n, used): (u64, usize)| usize::try_from(n).ok()?.checked_add(used);
-                    lenenc(rest).and_then(skip).and_then(|at| rest.get(at..)).unwrap_or(&[])
+                    lenenc(rest)
+                        .and_then(skip)
+                        .and_then(|at| rest.get(at..))
+                        .unwrap_or(&[])
                 } else if caps & CLIENT_SECURE_CONNECTION != 0 {
-                    rest.split_first().and_then(|(&n, r)| r.get(n as usize..)).unwrap_or(&[])
+                    rest.split_first()
+                        .and_then(|(&n, r)| r.get(n as usize..))
+                        .unwrap_or(&[])
                 } else {
                     cstr(rest).1
                 };
@@ -281,7 +325,9 @@ impl MysqlConnection {
                 self.phase = Phase::Auth;
             }
             Phase::Command if p.seq == 0 => {
-                let Some((&cmd, arg)) = p.body.split_first() else { return Ok(()) };
+                let Some((&cmd, arg)) = p.body.split_first() else {
+                    return Ok(());
+                };
                 let text = || String::from_utf8_lossy(arg);
                 let c = match cmd {
                     0x03 => {
@@ -289,11 +335,19 @@ impl MysqlConnection {
                         let sets_ansi = sql::mysql_sets_ansi_quotes(&q, self.dialect());
                         // A multi-statement text may change ANSI_QUOTES part
                         // way: "..." read as strings is the safe reading.
-                        let dialect = if sets_ansi.is_some() { self.dialect_with(false) } else { self.dialect() };
+                        let dialect = if sets_ansi.is_some() {
+                            self.dialect_with(false)
+                        } else {
+                            self.dialect()
+                        };
                         Cmd::Query(sql::statement(&q, dialect), sets_ansi)
                     }
                     0x16 => Cmd::Prepare(Arc::new(sql::statement(&text(), self.dialect()))),
-                    0x17 => Cmd::Execute(le32(arg, 0).and_then(|id| self.statements.get(&id)).cloned()),
+                    0x17 => Cmd::Execute(
+                        le32(arg, 0)
+                            .and_then(|id| self.statements.get(&id))
+                            .cloned(),
+                    ),
                     0x19 => {
                         if let Some(id) = le32(arg, 0) {
                             self.statements.remove(&id);
@@ -359,7 +413,10 @@ impl MysqlConnection {
     }
 
     fn dialect_with(&self, ansi_quotes: bool) -> Dialect {
-        Dialect::MySql { ansi_quotes, no_backslash_escapes: self.no_backslash_escapes }
+        Dialect::MySql {
+            ansi_quotes,
+            no_backslash_escapes: self.no_backslash_escapes,
+        }
     }
 
     /// Status flags from an OK, EOF or the greeting, when captured.
@@ -369,7 +426,13 @@ impl MysqlConnection {
         }
     }
 
-    fn finish(&mut self, rows: Option<u64>, error: Option<DbError>, last: SegTime, out: &mut Vec<DbCall>) {
+    fn finish(
+        &mut self,
+        rows: Option<u64>,
+        error: Option<DbError>,
+        last: SegTime,
+        out: &mut Vec<DbCall>,
+    ) {
         self.resp = Resp::Start;
         self.rows = 0;
         let Some((cmd, first)) = self.pending.pop_front() else {
@@ -385,7 +448,11 @@ impl MysqlConnection {
             }
             Cmd::Execute(st) => {
                 let st = st.unwrap_or_default();
-                (st.operation.clone(), st.collection.clone(), st.sanitized.clone())
+                (
+                    st.operation.clone(),
+                    st.collection.clone(),
+                    st.sanitized.clone(),
+                )
             }
             Cmd::InitDb(db) => {
                 if error.is_none() {
@@ -425,11 +492,19 @@ impl MysqlConnection {
                             self.statements.insert(id, st.clone());
                         }
                     }
-                    let eofs = if self.deprecate_eof { 0 } else { u8::from(params > 0) + u8::from(columns > 0) };
+                    let eofs = if self.deprecate_eof {
+                        0
+                    } else {
+                        u8::from(params > 0) + u8::from(columns > 0)
+                    };
                     if params + columns == 0 {
                         self.finish(None, None, p.last, out);
                     } else {
-                        self.resp = Resp::PrepareDefs { params, columns, eofs };
+                        self.resp = Resp::PrepareDefs {
+                            params,
+                            columns,
+                            eofs,
+                        };
                     }
                 }
                 Some(0x00) => {
@@ -440,7 +515,10 @@ impl MysqlConnection {
                 Some(0xff) => {
                     let code = le16(b, 1).unwrap_or(0);
                     let (state, msg) = if b.get(3) == Some(&b'#') {
-                        (b.get(4..9).map(|s| String::from_utf8_lossy(s).into_owned()), b.get(9..).unwrap_or(&[]))
+                        (
+                            b.get(4..9).map(|s| String::from_utf8_lossy(s).into_owned()),
+                            b.get(9..).unwrap_or(&[]),
+                        )
                     } else {
                         (None, b.get(3..).unwrap_or(&[]))
                     };
@@ -493,7 +571,11 @@ impl MysqlConnection {
                 self.finish(Some(rows), None, p.last, out);
             }
             Resp::Rows => self.rows += 1,
-            Resp::PrepareDefs { params, columns, eofs } => {
+            Resp::PrepareDefs {
+                params,
+                columns,
+                eofs,
+            } => {
                 let (params, columns, eofs) = if eof && eofs > 0 && params == 0 {
                     (0, columns, eofs - 1)
                 } else if params > 0 {
@@ -504,7 +586,11 @@ impl MysqlConnection {
                 if params + columns + eofs as u64 == 0 {
                     self.finish(None, None, p.last, out);
                 } else {
-                    self.resp = Resp::PrepareDefs { params, columns, eofs };
+                    self.resp = Resp::PrepareDefs {
+                        params,
+                        columns,
+                        eofs,
+                    };
                 }
             }
         }

@@ -8,7 +8,12 @@ use crate::{
     },
 };
 
-pub const SPEC: Spec = Spec { name: "mysql", detect, new: || DbProtocol::boxed(MysqlConnection::new()), captures };
+pub const SPEC: Spec = Spec {
+    name: "mysql",
+    detect,
+    new: || DbProtocol::boxed(MysqlConnection::new()),
+    captures,
+};
 
 /// The server speaks first: a client's first read is the greeting.
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
@@ -19,7 +24,12 @@ fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
 }
 
 impl DbParser for MysqlConnection {
-    fn push(&mut self, requests: bool, seg: Segment<'_>, out: &mut Vec<DbCall>) -> Result<(), GiveUp> {
+    fn push(
+        &mut self,
+        requests: bool,
+        seg: Segment<'_>,
+        out: &mut Vec<DbCall>,
+    ) -> Result<(), GiveUp> {
         MysqlConnection::push(self, requests, seg, out).map_err(|_| GiveUp("encrypted (TLS)"))
     }
 
@@ -28,8 +38,12 @@ impl DbParser for MysqlConnection {
     }
 
     fn heap_bytes(&self) -> usize {
-        let framer = |f: &super::Framer| f.hdr.capacity() + f.cur.as_ref().map_or(0, |p| p.body.capacity());
-        self.statements.values().map(|s| s.sanitized.len() + 40).sum::<usize>()
+        let framer =
+            |f: &super::Framer| f.hdr.capacity() + f.cur.as_ref().map_or(0, |p| p.body.capacity());
+        self.statements
+            .values()
+            .map(|s| s.sanitized.len() + 40)
+            .sum::<usize>()
             + self.pending.len() * std::mem::size_of::<(super::Cmd, crate::protocols::SegTime)>()
             + framer(&self.client)
             + framer(&self.server)
@@ -57,14 +71,26 @@ fn session(name: &'static str, c2s: &'static [u8], s2c: &'static [u8]) -> Captur
         (Side::Request, &c2s[hello..]),
         (Side::Response, &s2c[auth_ok..]),
     ];
-    Capture { name, role: Role::Client, turns }
+    Capture {
+        name,
+        role: Role::Client,
+        turns,
+    }
 }
 
 /// PyMySQL and mysql-connector against MariaDB: text queries, an error,
 /// server-side prepared statements.
 fn captures() -> Vec<Capture> {
     vec![
-        session("session", crate::capture!("mysql", "session.c2s"), crate::capture!("mysql", "session.s2c")),
-        session("prepared", crate::capture!("mysql", "prepared.c2s"), crate::capture!("mysql", "prepared.s2c")),
+        session(
+            "session",
+            crate::capture!("mysql", "session.c2s"),
+            crate::capture!("mysql", "session.s2c"),
+        ),
+        session(
+            "prepared",
+            crate::capture!("mysql", "prepared.c2s"),
+            crate::capture!("mysql", "prepared.s2c"),
+        ),
     ]
 }

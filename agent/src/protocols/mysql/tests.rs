@@ -2,7 +2,12 @@ use super::*;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/mysql/captures/", $name)).as_slice()
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/protocols/mysql/captures/",
+            $name
+        ))
+        .as_slice()
     };
 }
 
@@ -58,7 +63,15 @@ type Summary = Vec<(String, Option<String>, String, Option<u64>, Option<String>)
 fn summary(calls: &[DbCall]) -> Summary {
     calls
         .iter()
-        .map(|c| (c.operation.clone(), c.collection.clone(), c.query_text.clone(), c.rows, c.error.as_ref().map(|e| e.code.clone())))
+        .map(|c| {
+            (
+                c.operation.clone(),
+                c.collection.clone(),
+                c.query_text.clone(),
+                c.rows,
+                c.error.as_ref().map(|e| e.code.clone()),
+            )
+        })
         .collect()
 }
 
@@ -67,25 +80,57 @@ fn recorded_pymysql_session() {
     let (c, calls) = replay(fixture!("session.c2s"), fixture!("session.s2c"), usize::MAX);
     let got = summary(&calls);
     let ops: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
-    assert_eq!(ops, vec!["SET", "CREATE", "INSERT", "SELECT", "SELECT", "USE", "PING"], "{got:#?}");
+    assert_eq!(
+        ops,
+        vec!["SET", "CREATE", "INSERT", "SELECT", "SELECT", "USE", "PING"],
+        "{got:#?}"
+    );
     assert!(calls.iter().all(|c| c.system == DbSystem::Mariadb));
-    assert!(calls.iter().all(|c| c.namespace.as_deref() == Some("sonde")), "schema from the handshake");
-    assert_eq!(got[2].2, "INSERT INTO items VALUES (?, ?), (?, ?)", "literals sanitized");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.namespace.as_deref() == Some("sonde")),
+        "schema from the handshake"
+    );
+    assert_eq!(
+        got[2].2, "INSERT INTO items VALUES (?, ?), (?, ?)",
+        "literals sanitized"
+    );
     assert_eq!(got[2].3, Some(2), "affected rows");
-    assert_eq!((got[3].1.as_deref(), got[3].3), (Some("items"), Some(2)), "rows of the result set");
+    assert_eq!(
+        (got[3].1.as_deref(), got[3].3),
+        (Some("items"), Some(2)),
+        "rows of the result set"
+    );
     assert_eq!(got[4].4.as_deref(), Some("42S02"), "SQLSTATE of ERR");
-    assert!(calls[4].error.as_ref().unwrap().message.starts_with("1146: "));
+    assert!(calls[4]
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .starts_with("1146: "));
     assert_eq!((c.parse_errors, c.unmatched), (0, 0));
 }
 
 #[test]
 fn recorded_prepared_statements() {
-    let (c, calls) = replay(fixture!("prepared.c2s"), fixture!("prepared.s2c"), usize::MAX);
+    let (c, calls) = replay(
+        fixture!("prepared.c2s"),
+        fixture!("prepared.s2c"),
+        usize::MAX,
+    );
     let got = summary(&calls);
     let execs: Vec<_> = got.iter().filter(|g| g.2.contains("items")).collect();
-    assert_eq!(execs.len(), 2, "two COM_STMT_EXECUTE of one COM_STMT_PREPARE: {got:#?}");
+    assert_eq!(
+        execs.len(),
+        2,
+        "two COM_STMT_EXECUTE of one COM_STMT_PREPARE: {got:#?}"
+    );
     for e in execs {
-        assert_eq!(e.2, "SELECT id, name FROM items WHERE id = ?", "SQL from the statement id");
+        assert_eq!(
+            e.2, "SELECT id, name FROM items WHERE id = ?",
+            "SQL from the statement id"
+        );
         assert_eq!(e.1.as_deref(), Some("items"));
         assert_eq!(e.3, Some(1), "binary result set rows");
     }
@@ -101,7 +146,11 @@ fn packets_split_across_syscalls() {
     ] {
         let want = summary(&replay(c2s, s2c, usize::MAX).1);
         for split in 0..40 {
-            assert_eq!(summary(&replay(c2s, s2c, split).1), want, "split at {split}");
+            assert_eq!(
+                summary(&replay(c2s, s2c, split).1),
+                want,
+                "split at {split}"
+            );
         }
     }
 }
@@ -113,12 +162,16 @@ fn greeting_detection_and_ssl() {
     assert_eq!(detect_greeting(b"GET / HTTP/1.1\r\n"), Detect::No);
     let mut c = MysqlConnection::new();
     let mut out = vec![];
-    c.push(false, Segment::whole(&s2c[..104], 0, 1), &mut out).unwrap();
+    c.push(false, Segment::whole(&s2c[..104], 0, 1), &mut out)
+        .unwrap();
     // An SSLRequest: 32-byte payload with CLIENT_SSL.
     let mut ssl = vec![32, 0, 0, 1];
     ssl.extend_from_slice(&(CLIENT_SSL | CLIENT_SECURE_CONNECTION).to_le_bytes());
     ssl.resize(36, 0);
-    assert_eq!(c.push(true, Segment::whole(&ssl, 2, 3), &mut out), Err(MysqlError::Encrypted));
+    assert_eq!(
+        c.push(true, Segment::whole(&ssl, 2, 3), &mut out),
+        Err(MysqlError::Encrypted)
+    );
 }
 
 #[test]
@@ -136,14 +189,29 @@ fn hostile_bytes_never_panic() {
         let mut c = MysqlConnection::new();
         let mut out = vec![];
         let cut = (seed as usize >> 5) % s2c.len();
-        let _ = c.push(false, Segment { data: &s2c[..cut], total: s2c.len() as u64 + seed % 5, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out);
+        let _ = c.push(
+            false,
+            Segment {
+                data: &s2c[..cut],
+                total: s2c.len() as u64 + seed % 5,
+                enter_ns: 0,
+                exit_ns: 1,
+                tid: 0,
+            },
+            &mut out,
+        );
         let _ = c.push(true, Segment::whole(&c2s, 2, 3), &mut out);
         let _ = c.push(false, Segment::whole(&s2c[cut..], 4, 5), &mut out);
     }
 }
 
 fn pkt(seq: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![body.len() as u8, (body.len() >> 8) as u8, (body.len() >> 16) as u8, seq];
+    let mut v = vec![
+        body.len() as u8,
+        (body.len() >> 8) as u8,
+        (body.len() >> 16) as u8,
+        seq,
+    ];
     v.extend_from_slice(body);
     v
 }
@@ -155,7 +223,10 @@ fn push(c: &mut MysqlConnection, client: bool, bytes: &[u8], out: &mut Vec<DbCal
 /// A MySQL 8 handshake with CLIENT_DEPRECATE_EOF on both sides, the auth
 /// response as given (lenenc-prefixed), up to the auth OK.
 fn mysql8_handshake(auth: &[u8]) -> MysqlConnection {
-    let caps: u32 = CLIENT_DEPRECATE_EOF | CLIENT_SECURE_CONNECTION | CLIENT_CONNECT_WITH_DB | CLIENT_PLUGIN_AUTH_LENENC;
+    let caps: u32 = CLIENT_DEPRECATE_EOF
+        | CLIENT_SECURE_CONNECTION
+        | CLIENT_CONNECT_WITH_DB
+        | CLIENT_PLUGIN_AUTH_LENENC;
     let mut greeting = vec![0x0a];
     greeting.extend_from_slice(b"8.0.36\0");
     greeting.extend_from_slice(&[1, 0, 0, 0]); // connection id
@@ -183,8 +254,14 @@ fn mysql8_handshake(auth: &[u8]) -> MysqlConnection {
 /// terminator (no EOF after the definitions with DEPRECATE_EOF).
 fn two_rows() -> Vec<u8> {
     let mut resp = pkt(1, &[2]);
-    resp.extend(pkt(2, b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
-    resp.extend(pkt(3, b"\x03def\x04shop\x01t\x01t\x01b\x01b\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
+    resp.extend(pkt(
+        2,
+        b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00",
+    ));
+    resp.extend(pkt(
+        3,
+        b"\x03def\x04shop\x01t\x01t\x01b\x01b\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00",
+    ));
     resp.extend(pkt(4, b"\x015\x011"));
     resp.extend(pkt(5, b"\x015\x012"));
     resp
@@ -196,12 +273,20 @@ fn two_rows() -> Vec<u8> {
 fn deprecate_eof_result_sets() {
     let mut c = mysql8_handshake(&[1, b'x']);
     let mut out = vec![];
-    push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t WHERE a = 5"), &mut out);
+    push(
+        &mut c,
+        true,
+        &pkt(0, b"\x03SELECT a, b FROM t WHERE a = 5"),
+        &mut out,
+    );
     let mut resp = two_rows();
     resp.extend(pkt(6, &[0xfe, 0, 0, 2, 0, 0, 0])); // OK terminator
     push(&mut c, false, &resp, &mut out);
     assert_eq!(out.len(), 1, "{out:?}");
-    assert_eq!((out[0].rows, out[0].namespace.as_deref(), out[0].system), (Some(2), Some("shop"), DbSystem::Mysql));
+    assert_eq!(
+        (out[0].rows, out[0].namespace.as_deref(), out[0].system),
+        (Some(2), Some("shop"), DbSystem::Mysql)
+    );
     assert_eq!(out[0].query_text, "SELECT a, b FROM t WHERE a = ?");
 }
 
@@ -215,7 +300,18 @@ fn ok_terminator_cut_after_its_header() {
     push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t"), &mut out);
     push(&mut c, false, &two_rows(), &mut out);
     let ok = pkt(6, &[0xfe, 0, 0, 2, 0, 0, 0, 4, b'i', b'n', b'f', b'o']);
-    c.push(false, Segment { data: &ok[..5], total: ok.len() as u64, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out).unwrap();
+    c.push(
+        false,
+        Segment {
+            data: &ok[..5],
+            total: ok.len() as u64,
+            enter_ns: 2,
+            exit_ns: 3,
+            tid: 0,
+        },
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!((out[0].rows, out[0].last.exit_ns), (Some(2), 3));
     // The next command pairs with its own answer.
@@ -234,8 +330,23 @@ fn truncated_terminators_end_the_call() {
         push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t"), &mut out);
         push(&mut c, false, &two_rows(), &mut out);
         let p = pkt(6, &ok);
-        c.push(false, Segment { data: &p[..4 + cut], total: p.len() as u64, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out).unwrap();
-        assert_eq!(out.iter().map(|c| c.rows).collect::<Vec<_>>(), vec![Some(2)], "cut at {cut}");
+        c.push(
+            false,
+            Segment {
+                data: &p[..4 + cut],
+                total: p.len() as u64,
+                enter_ns: 2,
+                exit_ns: 3,
+                tid: 0,
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            out.iter().map(|c| c.rows).collect::<Vec<_>>(),
+            vec![Some(2)],
+            "cut at {cut}"
+        );
     }
 }
 
@@ -251,20 +362,44 @@ fn hostile_auth_length_is_skipped() {
 /// header) after a prepare and a result set cut at various points.
 #[test]
 fn one_byte_bodies_in_every_state() {
-    for first in [None, Some(0x00), Some(0xfe), Some(0xff), Some(0xfb), Some(0xfc), Some(0x02)] {
+    for first in [
+        None,
+        Some(0x00),
+        Some(0xfe),
+        Some(0xff),
+        Some(0xfb),
+        Some(0xfc),
+        Some(0x02),
+    ] {
         let body: Vec<u8> = first.into_iter().collect();
         for prefix in 0..4 {
             let mut c = mysql8_handshake(&[1, b'x']);
             let mut out = vec![];
             push(&mut c, true, &pkt(0, b"\x16SELECT ?"), &mut out);
             push(&mut c, true, &pkt(0, b"\x03SELECT a, b FROM t"), &mut out);
-            push(&mut c, false, &pkt(1, &[0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]), &mut out);
+            push(
+                &mut c,
+                false,
+                &pkt(1, &[0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+                &mut out,
+            );
             let mut rows = two_rows();
             rows.truncate([0, 5, 44, rows.len()][prefix]);
             push(&mut c, false, &rows, &mut out);
             push(&mut c, false, &pkt(6, &body), &mut out);
             let long = pkt(6, &[body.first().copied().unwrap_or(0); 20]);
-            c.push(false, Segment { data: &long[..4 + body.len()], total: long.len() as u64, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out).unwrap();
+            c.push(
+                false,
+                Segment {
+                    data: &long[..4 + body.len()],
+                    total: long.len() as u64,
+                    enter_ns: 0,
+                    exit_ns: 1,
+                    tid: 0,
+                },
+                &mut out,
+            )
+            .unwrap();
         }
     }
 }
@@ -290,20 +425,35 @@ fn call(c: &mut MysqlConnection, command: &[u8], answer: &[u8]) -> DbCall {
 fn double_quoted_strings_are_literals() {
     let mut c = mysql8_handshake(&[1, b'x']);
     let q = br#"SELECT * FROM users WHERE name = "hunter2" AND note = 'it\'s' AND v = "a\"b""#;
-    assert_eq!(call(&mut c, &[&[3][..], q].concat(), &ok(1, 2)).query_text, "SELECT * FROM users WHERE name = ? AND note = ? AND v = ?");
+    assert_eq!(
+        call(&mut c, &[&[3][..], q].concat(), &ok(1, 2)).query_text,
+        "SELECT * FROM users WHERE name = ? AND note = ? AND v = ?"
+    );
 }
 
 /// NO_BACKSLASH_ESCAPES is read from the status flags of each OK.
 #[test]
 fn no_backslash_escapes_from_status_flags() {
     let mut c = mysql8_handshake(&[1, b'x']);
-    let set = call(&mut c, b"\x03SET sql_mode = 'NO_BACKSLASH_ESCAPES'", &ok(1, 0x0202));
+    let set = call(
+        &mut c,
+        b"\x03SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
+        &ok(1, 0x0202),
+    );
     assert_eq!(set.query_text, "SET sql_mode = ?");
-    let q = call(&mut c, b"\x03INSERT INTO t VALUES ('C:\\', 'hunter2')", &ok(1, 0x0202));
+    let q = call(
+        &mut c,
+        b"\x03INSERT INTO t VALUES ('C:\\', 'hunter2')",
+        &ok(1, 0x0202),
+    );
     assert_eq!(q.query_text, "INSERT INTO t VALUES (?, ?)");
     // Back to the default: the flag is gone from the next OK.
     call(&mut c, b"\x03SET sql_mode = DEFAULT", &ok(1, 0x0002));
-    let q = call(&mut c, b"\x03INSERT INTO t VALUES ('it\\'s', 'hunter2')", &ok(1, 0x0002));
+    let q = call(
+        &mut c,
+        b"\x03INSERT INTO t VALUES ('it\\'s', 'hunter2')",
+        &ok(1, 0x0002),
+    );
     assert_eq!(q.query_text, "INSERT INTO t VALUES (?, ?)");
 }
 
@@ -312,22 +462,47 @@ fn no_backslash_escapes_from_status_flags() {
 fn ansi_quotes_from_set_sql_mode() {
     let mut c = mysql8_handshake(&[1, b'x']);
     let select = b"\x03SELECT \"name\" FROM t WHERE a = 'x'";
-    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT ? FROM t WHERE a = ?");
-    call(&mut c, b"\x03SET SESSION sql_mode = 'ANSI_QUOTES,STRICT_TRANS_TABLES'", &ok(1, 2));
-    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT \"name\" FROM t WHERE a = ?");
+    assert_eq!(
+        call(&mut c, select, &ok(1, 2)).query_text,
+        "SELECT ? FROM t WHERE a = ?"
+    );
+    call(
+        &mut c,
+        b"\x03SET SESSION sql_mode = 'ANSI_QUOTES,STRICT_TRANS_TABLES'",
+        &ok(1, 2),
+    );
+    assert_eq!(
+        call(&mut c, select, &ok(1, 2)).query_text,
+        "SELECT \"name\" FROM t WHERE a = ?"
+    );
     // A failed SET changes nothing.
     let err = pkt(1, b"\xff\x05\x04#42000bad mode");
-    assert!(call(&mut c, b"\x03SET sql_mode = 'NOPE'", &err).error.is_some());
-    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT \"name\" FROM t WHERE a = ?");
+    assert!(call(&mut c, b"\x03SET sql_mode = 'NOPE'", &err)
+        .error
+        .is_some());
+    assert_eq!(
+        call(&mut c, select, &ok(1, 2)).query_text,
+        "SELECT \"name\" FROM t WHERE a = ?"
+    );
     // A text that changes the mode part way is read with "..." as strings.
-    let multi = call(&mut c, b"\x03SET sql_mode = ''; SELECT \"hunter2\"", &ok(1, 2));
+    let multi = call(
+        &mut c,
+        b"\x03SET sql_mode = ''; SELECT \"hunter2\"",
+        &ok(1, 2),
+    );
     assert_eq!(multi.query_text, "SET sql_mode = ?; SELECT ?");
-    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT ? FROM t WHERE a = ?");
+    assert_eq!(
+        call(&mut c, select, &ok(1, 2)).query_text,
+        "SELECT ? FROM t WHERE a = ?"
+    );
     // COM_RESET_CONNECTION brings back the global mode.
     call(&mut c, b"\x03SET sql_mode = 'ANSI'", &ok(1, 2));
     push(&mut c, true, &pkt(0, b"\x1f"), &mut vec![]);
     push(&mut c, false, &ok(1, 2), &mut vec![]);
-    assert_eq!(call(&mut c, select, &ok(1, 2)).query_text, "SELECT ? FROM t WHERE a = ?");
+    assert_eq!(
+        call(&mut c, select, &ok(1, 2)).query_text,
+        "SELECT ? FROM t WHERE a = ?"
+    );
 }
 
 /// A prepared statement is sanitized once, at COM_STMT_PREPARE, as the
@@ -336,27 +511,68 @@ fn ansi_quotes_from_set_sql_mode() {
 fn prepared_statements_are_sanitized_once() {
     let mut c = mysql8_handshake(&[1, b'x']);
     let mut out = vec![];
-    push(&mut c, true, &pkt(0, b"\x16SELECT a FROM t WHERE note = 'it\\'s' AND id = ?"), &mut out);
+    push(
+        &mut c,
+        true,
+        &pkt(0, b"\x16SELECT a FROM t WHERE note = 'it\\'s' AND id = ?"),
+        &mut out,
+    );
     let mut prepare_ok = pkt(1, &[0, 7, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]);
-    prepare_ok.extend(pkt(2, b"\x03def\x00\x00\x00\x01?\x00\x0c?\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00"));
-    prepare_ok.extend(pkt(3, b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
+    prepare_ok.extend(pkt(
+        2,
+        b"\x03def\x00\x00\x00\x01?\x00\x0c?\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00",
+    ));
+    prepare_ok.extend(pkt(
+        3,
+        b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00",
+    ));
     push(&mut c, false, &prepare_ok, &mut out);
     assert!(out.is_empty(), "a prepare is not a call: {out:?}");
     // The mode changes before the executes: the prepare's reading stays.
-    call(&mut c, b"\x03SET sql_mode = 'NO_BACKSLASH_ESCAPES'", &ok(1, 0x0202));
+    call(
+        &mut c,
+        b"\x03SET sql_mode = 'NO_BACKSLASH_ESCAPES'",
+        &ok(1, 0x0202),
+    );
     for _ in 0..2 {
         let mut rows = pkt(1, &[1]);
-        rows.extend(pkt(2, b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00"));
+        rows.extend(pkt(
+            2,
+            b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c?\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00",
+        ));
         rows.extend(pkt(3, b"\x00\x00\x015"));
         rows.extend(pkt(4, &[0xfe, 0, 0, 2, 2, 0, 0]));
         push(&mut c, true, &pkt(0, b"\x17\x07\x00\x00\x00\x00\x01\x00\x00\x00\x01\x08\x00\x05\x00\x00\x00\x00\x00\x00\x00"), &mut out);
-        let Some((Cmd::Execute(Some(st)), _)) = c.pending.front() else { panic!("{:?}", c.pending) };
-        assert!(Arc::ptr_eq(st, &c.statements[&7]), "the prepare's result, not a new one");
+        let Some((Cmd::Execute(Some(st)), _)) = c.pending.front() else {
+            panic!("{:?}", c.pending)
+        };
+        assert!(
+            Arc::ptr_eq(st, &c.statements[&7]),
+            "the prepare's result, not a new one"
+        );
         push(&mut c, false, &rows, &mut out);
         let exec = out.pop().unwrap();
-        assert_eq!((exec.query_text.as_str(), exec.collection.as_deref(), exec.rows), ("SELECT a FROM t WHERE note = ? AND id = ?", Some("t"), Some(1)));
+        assert_eq!(
+            (
+                exec.query_text.as_str(),
+                exec.collection.as_deref(),
+                exec.rows
+            ),
+            (
+                "SELECT a FROM t WHERE note = ? AND id = ?",
+                Some("t"),
+                Some(1)
+            )
+        );
     }
     // An execute of an id never prepared still ends its call.
-    let unknown = call(&mut c, b"\x17\x09\x00\x00\x00\x00\x01\x00\x00\x00", &ok(1, 2));
-    assert_eq!((unknown.operation.as_str(), unknown.query_text.as_str()), ("", ""));
+    let unknown = call(
+        &mut c,
+        b"\x17\x09\x00\x00\x00\x00\x01\x00\x00\x00",
+        &ok(1, 2),
+    );
+    assert_eq!(
+        (unknown.operation.as_str(), unknown.query_text.as_str()),
+        ("", "")
+    );
 }

@@ -37,11 +37,25 @@ const MAX_LEN: u32 = 1 << 30;
 /// Whether a client's first bytes are a startup, SSL or GSS request.
 pub fn detect_client(data: &[u8]) -> Detect {
     if data.len() < 8 {
-        return if data.is_empty() || data[0] == 0 { Detect::NeedMore } else { Detect::No };
+        return if data.is_empty() || data[0] == 0 {
+            Detect::NeedMore
+        } else {
+            Detect::No
+        };
     }
-    let (Some(len), Some(code)) = (be32(data, 0), be32(data, 4)) else { return Detect::NeedMore };
-    let ok = (8..=10_000).contains(&len) && matches!(code, PROTOCOL_3 | SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST);
-    if ok { Detect::Yes } else { Detect::No }
+    let (Some(len), Some(code)) = (be32(data, 0), be32(data, 4)) else {
+        return Detect::NeedMore;
+    };
+    let ok = (8..=10_000).contains(&len)
+        && matches!(
+            code,
+            PROTOCOL_3 | SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST
+        );
+    if ok {
+        Detect::Yes
+    } else {
+        Detect::No
+    }
 }
 
 /// A big-endian u32 at `at`; None when the bytes were cut short.
@@ -78,7 +92,11 @@ struct Framer {
 
 impl Framer {
     fn hdr_len(&self) -> usize {
-        if self.untyped { 4 } else { 5 }
+        if self.untyped {
+            4
+        } else {
+            5
+        }
     }
 
     fn feed(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Msg>) -> Result<(), ()> {
@@ -103,13 +121,23 @@ impl Framer {
             if self.hdr.len() < self.hdr_len() {
                 return Ok(());
             }
-            let (kind, len) = if self.untyped { (0, be32(&self.hdr, 0)) } else { (self.hdr[0], be32(&self.hdr, 1)) };
+            let (kind, len) = if self.untyped {
+                (0, be32(&self.hdr, 0))
+            } else {
+                (self.hdr[0], be32(&self.hdr, 1))
+            };
             let Some(len) = len.filter(|l| (4..=MAX_LEN).contains(l)) else {
                 return Err(());
             };
             self.hdr.clear();
             self.remaining = (len - 4) as u64;
-            self.cur = Some(Msg { kind, body: vec![], truncated: false, first: t, last: t });
+            self.cur = Some(Msg {
+                kind,
+                body: vec![],
+                truncated: false,
+                first: t,
+                last: t,
+            });
             if self.remaining == 0 {
                 self.complete(out);
             }
@@ -161,9 +189,17 @@ fn text(b: &[u8]) -> String {
 #[derive(Debug)]
 enum Pending {
     /// A simple Query: rows and error gathered until ReadyForQuery.
-    Simple { st: Statement, first: SegTime, rows: Option<u64>, error: Option<DbError> },
+    Simple {
+        st: Statement,
+        first: SegTime,
+        rows: Option<u64>,
+        error: Option<DbError>,
+    },
     /// None when the statement's Parse was not seen.
-    Execute { st: Option<Arc<Statement>>, first: SegTime },
+    Execute {
+        st: Option<Arc<Statement>>,
+        first: SegTime,
+    },
     Sync,
 }
 
@@ -191,7 +227,10 @@ pub struct PgConnection {
 fn tag_rows(tag: &str) -> Option<u64> {
     let mut words = tag.split_whitespace();
     let verb = words.next()?;
-    if !matches!(verb, "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE") {
+    if !matches!(
+        verb,
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "COPY" | "FETCH" | "MOVE"
+    ) {
         return None;
     }
     words.last()?.parse().ok()
@@ -220,20 +259,38 @@ const MAX_STATEMENTS: usize = 4096;
 
 impl PgConnection {
     pub fn new() -> Self {
-        PgConnection { client: Framer { untyped: true, ..Default::default() }, ..Default::default() }
+        PgConnection {
+            client: Framer {
+                untyped: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
     /// A connection first seen mid-stream (the agent started later): typed
     /// messages only, database unknown.
     pub fn mid_stream() -> Self {
-        PgConnection { ready: true, ..Default::default() }
+        PgConnection {
+            ready: true,
+            ..Default::default()
+        }
     }
 
     /// Feeds the client side (true) or the server side (false).
-    pub fn push(&mut self, client: bool, seg: Segment<'_>, out: &mut Vec<DbCall>) -> Result<(), PgError> {
+    pub fn push(
+        &mut self,
+        client: bool,
+        seg: Segment<'_>,
+        out: &mut Vec<DbCall>,
+    ) -> Result<(), PgError> {
         let t = seg.time();
         let mut data = seg.data;
-        if !client && self.encryption_asked && self.server.cur.is_none() && self.server.hdr.is_empty() {
+        if !client
+            && self.encryption_asked
+            && self.server.cur.is_none()
+            && self.server.hdr.is_empty()
+        {
             // The one-byte answer to SSLRequest/GSSENCRequest.
             match data.first() {
                 Some(b'S') | Some(b'G') => return Err(PgError::Encrypted),
@@ -244,10 +301,15 @@ impl PgConnection {
                 _ => {}
             }
         }
-        let framer = if client { &mut self.client } else { &mut self.server };
+        let framer = if client {
+            &mut self.client
+        } else {
+            &mut self.server
+        };
         if framer.lost {
             // Resynchronise on a segment that starts with a plausible message.
-            let ok = data.first().is_some_and(u8::is_ascii_alphabetic) && be32(data, 1).is_some_and(|l| (4..1 << 24).contains(&l));
+            let ok = data.first().is_some_and(u8::is_ascii_alphabetic)
+                && be32(data, 1).is_some_and(|l| (4..1 << 24).contains(&l));
             if !ok {
                 return Ok(());
             }
@@ -256,9 +318,16 @@ impl PgConnection {
         let mut msgs = vec![];
         let ok = framer.feed(data, t, &mut msgs).is_ok() && framer.skip(seg.gap(), &mut msgs);
         if !ok {
-            *framer = Framer { lost: true, ..Default::default() };
+            *framer = Framer {
+                lost: true,
+                ..Default::default()
+            };
             self.parse_errors += 1;
-            self.unmatched += self.pending.iter().filter(|p| !matches!(p, Pending::Sync)).count() as u64;
+            self.unmatched += self
+                .pending
+                .iter()
+                .filter(|p| !matches!(p, Pending::Sync))
+                .count() as u64;
             self.pending.clear();
         }
         for m in msgs {
@@ -303,12 +372,19 @@ impl PgConnection {
             b'Q' => {
                 let (q, _) = cstr(&m.body);
                 let st = sql::statement(&String::from_utf8_lossy(q), self.dialect());
-                self.queue(Pending::Simple { st, first: m.first, rows: None, error: None });
+                self.queue(Pending::Simple {
+                    st,
+                    first: m.first,
+                    rows: None,
+                    error: None,
+                });
             }
             b'P' => {
                 let (name, rest) = cstr(&m.body);
                 let (q, _) = cstr(rest);
-                if self.statements.len() < MAX_STATEMENTS || self.statements.contains_key(&text(name)) {
+                if self.statements.len() < MAX_STATEMENTS
+                    || self.statements.contains_key(&text(name))
+                {
                     let st = sql::statement(&String::from_utf8_lossy(q), self.dialect());
                     self.statements.insert(text(name), Arc::new(st));
                 }
@@ -316,7 +392,11 @@ impl PgConnection {
             b'B' => {
                 let (portal, rest) = cstr(&m.body);
                 let (stmt, _) = cstr(rest);
-                let st = self.statements.get(&text(stmt)).cloned().unwrap_or_default();
+                let st = self
+                    .statements
+                    .get(&text(stmt))
+                    .cloned()
+                    .unwrap_or_default();
                 if self.portals.len() < MAX_STATEMENTS || self.portals.contains_key(&text(portal)) {
                     self.portals.insert(text(portal), st);
                 }
@@ -354,10 +434,19 @@ impl PgConnection {
     }
 
     fn dialect(&self) -> Dialect {
-        Dialect::Postgres { standard_conforming_strings: !self.escape_strings }
+        Dialect::Postgres {
+            standard_conforming_strings: !self.escape_strings,
+        }
     }
 
-    fn call(&self, st: &Statement, rows: Option<u64>, error: Option<DbError>, first: SegTime, last: SegTime) -> DbCall {
+    fn call(
+        &self,
+        st: &Statement,
+        rows: Option<u64>,
+        error: Option<DbError>,
+        first: SegTime,
+        last: SegTime,
+    ) -> DbCall {
         DbCall {
             system: DbSystem::Postgresql,
             namespace: self.database.clone(),
@@ -374,10 +463,14 @@ impl PgConnection {
     fn on_server(&mut self, m: Msg, out: &mut Vec<DbCall>) {
         match m.kind {
             b'C' | b'I' | b's' | b'E' => {
-                let rows = (m.kind == b'C').then(|| tag_rows(&text(cstr(&m.body).0))).flatten();
+                let rows = (m.kind == b'C')
+                    .then(|| tag_rows(&text(cstr(&m.body).0)))
+                    .flatten();
                 let error = (m.kind == b'E').then(|| error_fields(&m.body));
                 match self.pending.front_mut() {
-                    Some(Pending::Simple { rows: r, error: e, .. }) => {
+                    Some(Pending::Simple {
+                        rows: r, error: e, ..
+                    }) => {
                         // A multi-statement query: the last tag, the first error.
                         if rows.is_some() {
                             *r = rows;
@@ -388,7 +481,13 @@ impl PgConnection {
                     }
                     Some(Pending::Execute { .. }) => {
                         if let Some(Pending::Execute { st, first }) = self.pending.pop_front() {
-                            out.push(self.call(&st.unwrap_or_default(), rows, error, first, m.last));
+                            out.push(self.call(
+                                &st.unwrap_or_default(),
+                                rows,
+                                error,
+                                first,
+                                m.last,
+                            ));
                         }
                     }
                     Some(Pending::Sync) | None => {
@@ -415,7 +514,12 @@ impl PgConnection {
                 // server skipped after an error are dropped.
                 while let Some(p) = self.pending.pop_front() {
                     match p {
-                        Pending::Simple { st, first, rows, error } => {
+                        Pending::Simple {
+                            st,
+                            first,
+                            rows,
+                            error,
+                        } => {
                             out.push(self.call(&st, rows, error, first, m.last));
                             break;
                         }

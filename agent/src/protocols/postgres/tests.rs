@@ -1,7 +1,13 @@
 use super::*;
 
-const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/postgres/captures/session.c2s"));
-const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/postgres/captures/session.s2c"));
+const C2S: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/protocols/postgres/captures/session.c2s"
+));
+const S2C: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/protocols/postgres/captures/session.s2c"
+));
 
 /// Replays a recording in conversation order: the client's bytes up to each
 /// Sync/Query boundary, then the server's up to the matching ReadyForQuery.
@@ -22,7 +28,15 @@ type Summary = Vec<(String, Option<String>, String, Option<u64>, Option<String>)
 fn summary(calls: &[DbCall]) -> Summary {
     calls
         .iter()
-        .map(|c| (c.operation.clone(), c.collection.clone(), c.query_text.clone(), c.rows, c.error.as_ref().map(|e| e.code.clone())))
+        .map(|c| {
+            (
+                c.operation.clone(),
+                c.collection.clone(),
+                c.query_text.clone(),
+                c.rows,
+                c.error.as_ref().map(|e| e.code.clone()),
+            )
+        })
         .collect()
 }
 
@@ -33,10 +47,18 @@ fn recorded_psycopg_session() {
     let ops: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
     assert_eq!(
         ops,
-        vec!["CREATE", "INSERT", "SELECT", "INSERT", "SELECT", "SELECT", "SELECT", "SELECT", "UPDATE", "DELETE", "SELECT", "COPY"],
+        vec![
+            "CREATE", "INSERT", "SELECT", "INSERT", "SELECT", "SELECT", "SELECT", "SELECT",
+            "UPDATE", "DELETE", "SELECT", "COPY"
+        ],
         "{got:#?}"
     );
-    assert!(calls.iter().all(|c| c.namespace.as_deref() == Some("sonde")), "db.namespace from the startup message");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.namespace.as_deref() == Some("sonde")),
+        "db.namespace from the startup message"
+    );
     // Simple protocol: literals sanitized.
     assert_eq!(got[1].2, "INSERT INTO items VALUES (?, ?)");
     assert_eq!(got[2].2, "SELECT * FROM items WHERE name = ?");
@@ -46,11 +68,19 @@ fn recorded_psycopg_session() {
     assert_eq!(got[3].3, Some(1));
     // A named prepared statement, parsed once, executed three times.
     for g in &got[4..7] {
-        assert_eq!((g.1.as_deref(), g.2.as_str()), (Some("items"), "SELECT name FROM items WHERE id = $1"));
+        assert_eq!(
+            (g.1.as_deref(), g.2.as_str()),
+            (Some("items"), "SELECT name FROM items WHERE id = $1")
+        );
     }
     // The failing statement: SQLSTATE 42P01 undefined_table.
     assert_eq!(got[7].4.as_deref(), Some("42P01"));
-    assert!(calls[7].error.as_ref().unwrap().message.contains("missing_table"));
+    assert!(calls[7]
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("missing_table"));
     // Pipelined extended queries answered in order.
     assert_eq!((got[8].1.as_deref(), got[8].3), (Some("items"), Some(1)));
     assert_eq!(got[9].3, Some(0));
@@ -63,10 +93,18 @@ fn recorded_psycopg_session() {
 fn every_split_point_gives_the_same_calls() {
     let want = summary(&replay(&[C2S], &[S2C]).1);
     for i in 0..=C2S.len() {
-        assert_eq!(summary(&replay(&[&C2S[..i], &C2S[i..]], &[S2C]).1), want, "client split at {i}");
+        assert_eq!(
+            summary(&replay(&[&C2S[..i], &C2S[i..]], &[S2C]).1),
+            want,
+            "client split at {i}"
+        );
     }
     for i in 0..=S2C.len() {
-        assert_eq!(summary(&replay(&[C2S], &[&S2C[..i], &S2C[i..]]).1), want, "server split at {i}");
+        assert_eq!(
+            summary(&replay(&[C2S], &[&S2C[..i], &S2C[i..]]).1),
+            want,
+            "server split at {i}"
+        );
     }
 }
 
@@ -88,22 +126,57 @@ fn large_rows_beyond_the_capture_are_skipped_by_count() {
     let mut row = vec![b'D'];
     row.extend_from_slice(&(100_004u32).to_be_bytes());
     row.resize(100_005, b'x');
-    c.push(false, Segment { data: &row[..64], total: row.len() as u64, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out).unwrap();
-    c.push(false, Segment::whole(b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I", 4, 5), &mut out).unwrap();
+    c.push(
+        false,
+        Segment {
+            data: &row[..64],
+            total: row.len() as u64,
+            enter_ns: 2,
+            exit_ns: 3,
+            tid: 0,
+        },
+        &mut out,
+    )
+    .unwrap();
+    c.push(
+        false,
+        Segment::whole(b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I", 4, 5),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].operation.as_str(), out[0].rows, out[0].last.exit_ns), ("SELECT", Some(1), 5));
+    assert_eq!(
+        (out[0].operation.as_str(), out[0].rows, out[0].last.exit_ns),
+        ("SELECT", Some(1), 5)
+    );
 }
 
 #[test]
 fn ssl_accepted_means_encrypted() {
     let mut c = PgConnection::new();
     let mut out = vec![];
-    assert_eq!(detect_client(b"\0\0\0\x08\x04\xd2\x16\x2f"), crate::protocols::Detect::Yes);
-    c.push(true, Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1), &mut out).unwrap();
-    assert_eq!(c.push(false, Segment::whole(b"S", 2, 3), &mut out), Err(PgError::Encrypted));
+    assert_eq!(
+        detect_client(b"\0\0\0\x08\x04\xd2\x16\x2f"),
+        crate::protocols::Detect::Yes
+    );
+    c.push(
+        true,
+        Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        c.push(false, Segment::whole(b"S", 2, 3), &mut out),
+        Err(PgError::Encrypted)
+    );
     // Refused SSL: the startup follows in the clear.
     let mut c = PgConnection::new();
-    c.push(true, Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1), &mut out).unwrap();
+    c.push(
+        true,
+        Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1),
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(c.push(false, Segment::whole(b"N", 2, 3), &mut out), Ok(()));
 }
 
@@ -123,7 +196,17 @@ fn hostile_bytes_never_panic() {
         let mut c = PgConnection::new();
         let mut out = vec![];
         let _ = c.push(true, Segment::whole(&c2s, 0, 1), &mut out);
-        let _ = c.push(false, Segment { data: &s2c[..cut], total: s2c.len() as u64 + seed % 7, enter_ns: 2, exit_ns: 3, tid: 0 }, &mut out);
+        let _ = c.push(
+            false,
+            Segment {
+                data: &s2c[..cut],
+                total: s2c.len() as u64 + seed % 7,
+                enter_ns: 2,
+                exit_ns: 3,
+                tid: 0,
+            },
+            &mut out,
+        );
         let _ = c.push(false, Segment::whole(&s2c[cut..], 4, 5), &mut out);
     }
 }
@@ -139,12 +222,26 @@ fn empty_and_cut_bodies_of_every_type() {
             let mut m = vec![kind];
             m.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
             m.extend_from_slice(body);
-            let _ = c.push(true, Segment::whole(b"Q\0\0\0\x0dSELECT 1\0", 0, 1), &mut out);
+            let _ = c.push(
+                true,
+                Segment::whole(b"Q\0\0\0\x0dSELECT 1\0", 0, 1),
+                &mut out,
+            );
             let _ = c.push(true, Segment::whole(&m, 0, 1), &mut out);
             let _ = c.push(false, Segment::whole(&m, 2, 3), &mut out);
             let mut long = m.clone();
             long[1..5].copy_from_slice(&(4 + 64 + body.len() as u32).to_be_bytes());
-            let _ = c.push(false, Segment { data: &long, total: long.len() as u64 + 64, enter_ns: 4, exit_ns: 5, tid: 0 }, &mut out);
+            let _ = c.push(
+                false,
+                Segment {
+                    data: &long,
+                    total: long.len() as u64 + 64,
+                    enter_ns: 4,
+                    exit_ns: 5,
+                    tid: 0,
+                },
+                &mut out,
+            );
             let _ = c.push(false, Segment::whole(b"Z\0\0\0\x05I", 6, 7), &mut out);
         }
     }
@@ -171,11 +268,17 @@ fn parameter_status(name: &str, value: &str) -> Vec<u8> {
 /// One simple query and its answer; the sanitized text.
 fn simple(c: &mut PgConnection, q: &str, before_answer: &[u8]) -> String {
     let mut out = vec![];
-    c.push(true, Segment::whole(&msg(b'Q', format!("{q}\0").as_bytes()), 0, 1), &mut out).unwrap();
+    c.push(
+        true,
+        Segment::whole(&msg(b'Q', format!("{q}\0").as_bytes()), 0, 1),
+        &mut out,
+    )
+    .unwrap();
     let mut answer = before_answer.to_vec();
     answer.extend(msg(b'C', b"SELECT 1\0"));
     answer.extend(msg(b'Z', b"I"));
-    c.push(false, Segment::whole(&answer, 2, 3), &mut out).unwrap();
+    c.push(false, Segment::whole(&answer, 2, 3), &mut out)
+        .unwrap();
     assert_eq!(out.len(), 1, "{out:?}");
     out.remove(0).query_text
 }
@@ -186,24 +289,38 @@ fn simple(c: &mut PgConnection, q: &str, before_answer: &[u8]) -> String {
 #[test]
 fn standard_conforming_strings_from_parameter_status() {
     let mut c = PgConnection::mid_stream();
-    assert_eq!(simple(&mut c, r"INSERT INTO t VALUES ('C:\', 'hunter2')", &[]), "INSERT INTO t VALUES (?, ?)");
+    assert_eq!(
+        simple(&mut c, r"INSERT INTO t VALUES ('C:\', 'hunter2')", &[]),
+        "INSERT INTO t VALUES (?, ?)"
+    );
     // A startup that reports it off.
     let mut c = PgConnection::new();
     let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
     startup.extend_from_slice(b"user\0app\0\0");
     let n = startup.len() as u32;
     startup[..4].copy_from_slice(&n.to_be_bytes());
-    c.push(true, Segment::whole(&startup, 0, 1), &mut vec![]).unwrap();
+    c.push(true, Segment::whole(&startup, 0, 1), &mut vec![])
+        .unwrap();
     let mut hello = msg(b'R', &[0, 0, 0, 0]);
     hello.extend(parameter_status("standard_conforming_strings", "off"));
     hello.extend(msg(b'Z', b"I"));
-    c.push(false, Segment::whole(&hello, 2, 3), &mut vec![]).unwrap();
-    assert_eq!(simple(&mut c, r"INSERT INTO t VALUES ('it\'s', 'hunter2')", &[]), "INSERT INTO t VALUES (?, ?)");
+    c.push(false, Segment::whole(&hello, 2, 3), &mut vec![])
+        .unwrap();
+    assert_eq!(
+        simple(&mut c, r"INSERT INTO t VALUES ('it\'s', 'hunter2')", &[]),
+        "INSERT INTO t VALUES (?, ?)"
+    );
     // SET turns it back on: the SET itself was read the old way, the next
     // statement the new way.
     let set = parameter_status("standard_conforming_strings", "on");
-    assert_eq!(simple(&mut c, "SET standard_conforming_strings = on", &set), "SET standard_conforming_strings = on");
-    assert_eq!(simple(&mut c, r"INSERT INTO t VALUES ('C:\', 'hunter2')", &[]), "INSERT INTO t VALUES (?, ?)");
+    assert_eq!(
+        simple(&mut c, "SET standard_conforming_strings = on", &set),
+        "SET standard_conforming_strings = on"
+    );
+    assert_eq!(
+        simple(&mut c, r"INSERT INTO t VALUES ('C:\', 'hunter2')", &[]),
+        "INSERT INTO t VALUES (?, ?)"
+    );
     assert_eq!(simple(&mut c, r"SELECT E'it\'s', 'x'", &[]), "SELECT ?, ?");
 }
 
@@ -213,30 +330,78 @@ fn standard_conforming_strings_from_parameter_status() {
 fn parsed_statements_are_sanitized_once() {
     let mut c = PgConnection::mid_stream();
     let mut out = vec![];
-    let mut parse = msg(b'P', b"s1\0SELECT name FROM items WHERE note = 'C:\\' AND id = $1\0\0\0");
+    let mut parse = msg(
+        b'P',
+        b"s1\0SELECT name FROM items WHERE note = 'C:\\' AND id = $1\0\0\0",
+    );
     parse.extend(msg(b'S', b""));
-    c.push(true, Segment::whole(&parse, 0, 1), &mut out).unwrap();
-    c.push(false, Segment::whole(&[msg(b'1', b""), msg(b'Z', b"I")].concat(), 2, 3), &mut out).unwrap();
+    c.push(true, Segment::whole(&parse, 0, 1), &mut out)
+        .unwrap();
+    c.push(
+        false,
+        Segment::whole(&[msg(b'1', b""), msg(b'Z', b"I")].concat(), 2, 3),
+        &mut out,
+    )
+    .unwrap();
     // The setting changes between Parse and Execute: the Parse's reading stays.
-    c.push(false, Segment::whole(&parameter_status("standard_conforming_strings", "off"), 4, 5), &mut out).unwrap();
+    c.push(
+        false,
+        Segment::whole(
+            &parameter_status("standard_conforming_strings", "off"),
+            4,
+            5,
+        ),
+        &mut out,
+    )
+    .unwrap();
     for i in 0..3u64 {
         let mut exec = msg(b'B', b"\0s1\0\0\0\0\0\0\0");
         exec.extend(msg(b'E', b"\0\0\0\0\0"));
         exec.extend(msg(b'S', b""));
-        c.push(true, Segment::whole(&exec, 10 * i, 10 * i + 1), &mut out).unwrap();
+        c.push(true, Segment::whole(&exec, 10 * i, 10 * i + 1), &mut out)
+            .unwrap();
         let answer = [msg(b'2', b""), msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat();
-        c.push(false, Segment::whole(&answer, 10 * i + 2, 10 * i + 3), &mut out).unwrap();
+        c.push(
+            false,
+            Segment::whole(&answer, 10 * i + 2, 10 * i + 3),
+            &mut out,
+        )
+        .unwrap();
     }
     assert_eq!(out.len(), 3, "{out:?}");
     for call in &out {
-        assert_eq!((call.operation.as_str(), call.collection.as_deref()), ("SELECT", Some("items")));
-        assert_eq!(call.query_text, "SELECT name FROM items WHERE note = ? AND id = $1");
+        assert_eq!(
+            (call.operation.as_str(), call.collection.as_deref()),
+            ("SELECT", Some("items"))
+        );
+        assert_eq!(
+            call.query_text,
+            "SELECT name FROM items WHERE note = ? AND id = $1"
+        );
     }
     // The statement and the unnamed portal bound to it share one result.
     assert!(Arc::ptr_eq(&c.statements["s1"], &c.portals[""]));
     // Executing a portal whose statement was never seen still ends the call.
-    let exec = [msg(b'B', b"p\0unknown\0\0\0\0\0\0\0"), msg(b'E', b"p\0\0\0\0\0"), msg(b'S', b"")].concat();
-    c.push(true, Segment::whole(&exec, 50, 51), &mut out).unwrap();
-    c.push(false, Segment::whole(&[msg(b'C', b"SELECT 0\0"), msg(b'Z', b"I")].concat(), 52, 53), &mut out).unwrap();
-    assert_eq!((out.len(), out[3].query_text.as_str(), out[3].rows), (4, "", Some(0)));
+    let exec = [
+        msg(b'B', b"p\0unknown\0\0\0\0\0\0\0"),
+        msg(b'E', b"p\0\0\0\0\0"),
+        msg(b'S', b""),
+    ]
+    .concat();
+    c.push(true, Segment::whole(&exec, 50, 51), &mut out)
+        .unwrap();
+    c.push(
+        false,
+        Segment::whole(
+            &[msg(b'C', b"SELECT 0\0"), msg(b'Z', b"I")].concat(),
+            52,
+            53,
+        ),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        (out.len(), out[3].query_text.as_str(), out[3].rows),
+        (4, "", Some(0))
+    );
 }

@@ -67,7 +67,13 @@ impl Reader {
     }
 
     /// Consumes one byte slice; completed values go to `out`.
-    fn feed(&mut self, mut data: &[u8], t: SegTime, requests: bool, out: &mut Vec<Value>) -> Result<(), ()> {
+    fn feed(
+        &mut self,
+        mut data: &[u8],
+        t: SegTime,
+        requests: bool,
+        out: &mut Vec<Value>,
+    ) -> Result<(), ()> {
         while !data.is_empty() {
             if self.skip > 0 {
                 let n = (self.skip).min(data.len() as u64) as usize;
@@ -115,12 +121,24 @@ impl Reader {
     }
 
     fn on_line(&mut self, raw: &[u8], t: SegTime, requests: bool) -> Result<Step, ()> {
-        let line = raw.strip_suffix(b"\r\n").or_else(|| raw.strip_suffix(b"\n")).unwrap_or(raw);
+        let line = raw
+            .strip_suffix(b"\r\n")
+            .or_else(|| raw.strip_suffix(b"\n"))
+            .unwrap_or(raw);
         if self.cur.is_none() {
-            self.cur = Some(Value { kind: 0, first: t, last: t, ..Default::default() });
+            self.cur = Some(Value {
+                kind: 0,
+                first: t,
+                last: t,
+                ..Default::default()
+            });
         }
         let Some((&kind, rest)) = line.split_first() else {
-            return if self.depth() == 0 && self.inline { Ok(Step::Continue) } else { Err(()) };
+            return if self.depth() == 0 && self.inline {
+                Ok(Step::Continue)
+            } else {
+                Err(())
+            };
         };
         let top = self.depth() == 0;
         if top {
@@ -128,7 +146,11 @@ impl Reader {
                 v.kind = kind;
             }
         }
-        let num = || std::str::from_utf8(rest).ok().and_then(|s| s.trim().parse::<i64>().ok());
+        let num = || {
+            std::str::from_utf8(rest)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+        };
         match kind {
             b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {
                 if top {
@@ -148,7 +170,9 @@ impl Reader {
                 self.skip = n as u64 + 2;
                 // Keep the first elements of a top-level aggregate, or a
                 // top-level blob error's text.
-                let keep = (self.depth() == 1 && self.cur.as_ref().is_some_and(|v| v.items.len() < 3)) || top;
+                let keep = (self.depth() == 1
+                    && self.cur.as_ref().is_some_and(|v| v.items.len() < 3))
+                    || top;
                 if keep {
                     if let Some(v) = self.cur.as_mut() {
                         v.items.push(Vec::new());
@@ -164,7 +188,11 @@ impl Reader {
                         v.len = n;
                     }
                 }
-                let n = if matches!(kind, b'%' | b'|') { n.saturating_mul(2) } else { n };
+                let n = if matches!(kind, b'%' | b'|') {
+                    n.saturating_mul(2)
+                } else {
+                    n
+                };
                 if n <= 0 {
                     return Ok(self.element_done(t));
                 }
@@ -176,8 +204,12 @@ impl Reader {
             }
             _ if top && requests => {
                 // Inline command: `PING`, `SET k v` typed by hand.
-                let words: Vec<Vec<u8>> =
-                    line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).take(3).map(|w| w.to_vec()).collect();
+                let words: Vec<Vec<u8>> = line
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|w| !w.is_empty())
+                    .take(3)
+                    .map(|w| w.to_vec())
+                    .collect();
                 if words.is_empty() || !words[0].iter().all(|b| b.is_ascii_alphabetic()) {
                     return Err(());
                 }
@@ -213,14 +245,21 @@ impl Reader {
         v.last = t;
         if v.kind == b'|' {
             // Attributes only: the value they describe comes next.
-            self.cur = Some(Value { first: v.first, ..Default::default() });
+            self.cur = Some(Value {
+                first: v.first,
+                ..Default::default()
+            });
             return Step::Continue;
         }
         Step::Done(v)
     }
 
     fn reset(&mut self) {
-        *self = Reader { lost: true, inline: self.inline, ..Default::default() };
+        *self = Reader {
+            lost: true,
+            inline: self.inline,
+            ..Default::default()
+        };
     }
 }
 
@@ -247,7 +286,10 @@ pub struct RedisConnection {
 impl Default for RedisConnection {
     fn default() -> Self {
         RedisConnection {
-            requests: Reader { inline: true, ..Default::default() },
+            requests: Reader {
+                inline: true,
+                ..Default::default()
+            },
             replies: Reader::default(),
             pending: VecDeque::new(),
             db: "0".into(),
@@ -262,16 +304,24 @@ impl Default for RedisConnection {
 const NO_ARGS: [&str; 7] = ["AUTH", "HELLO", "CLIENT", "CONFIG", "ACL", "ECHO", "SELECT"];
 /// Commands without a key.
 const KEYLESS: [&str; 14] = [
-    "PING", "INFO", "MULTI", "EXEC", "DISCARD", "DBSIZE", "FLUSHDB", "FLUSHALL", "TIME", "QUIT", "RESET", "WATCH", "UNWATCH", "SCAN",
+    "PING", "INFO", "MULTI", "EXEC", "DISCARD", "DBSIZE", "FLUSHDB", "FLUSHALL", "TIME", "QUIT",
+    "RESET", "WATCH", "UNWATCH", "SCAN",
 ];
 
 impl RedisConnection {
     /// Feeds the command side (true) or the reply side (false).
     pub fn push(&mut self, requests: bool, seg: Segment<'_>, out: &mut Vec<DbCall>) {
         let t = seg.time();
-        let reader = if requests { &mut self.requests } else { &mut self.replies };
+        let reader = if requests {
+            &mut self.requests
+        } else {
+            &mut self.replies
+        };
         if reader.lost {
-            let starts = seg.data.first().is_some_and(|b| b"*+-:$_#,(!=~>%|".contains(b));
+            let starts = seg
+                .data
+                .first()
+                .is_some_and(|b| b"*+-:$_#,(!=~>%|".contains(b));
             if !starts {
                 return;
             }
@@ -310,18 +360,33 @@ impl RedisConnection {
     }
 
     fn on_command(&mut self, v: Value) {
-        let word = |i: usize| v.items.get(i).map(|b| String::from_utf8_lossy(b).into_owned());
-        let Some(name) = word(0).map(|n| n.to_ascii_uppercase()) else { return };
+        let word = |i: usize| {
+            v.items
+                .get(i)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let Some(name) = word(0).map(|n| n.to_ascii_uppercase()) else {
+            return;
+        };
         if matches!(name.as_str(), "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE") {
             self.subscribed = true;
         }
-        let key = if NO_ARGS.contains(&name.as_str()) || KEYLESS.contains(&name.as_str()) { None } else { word(1) };
+        let key = if NO_ARGS.contains(&name.as_str()) || KEYLESS.contains(&name.as_str()) {
+            None
+        } else {
+            word(1)
+        };
         let select = (name == "SELECT").then(|| word(1)).flatten();
         if self.pending.len() >= 1024 {
             self.pending.pop_front();
             self.unmatched += 1;
         }
-        self.pending.push_back(Pending { name, key, first: v.first, select });
+        self.pending.push_back(Pending {
+            name,
+            key,
+            first: v.first,
+            select,
+        });
     }
 
     fn on_reply(&mut self, v: Value, out: &mut Vec<DbCall>) {
@@ -330,7 +395,10 @@ impl RedisConnection {
         }
         if self.subscribed && v.kind == b'*' {
             let first = v.items.first().map(|b| b.to_ascii_lowercase());
-            if matches!(first.as_deref(), Some(b"message" | b"pmessage" | b"smessage")) {
+            if matches!(
+                first.as_deref(),
+                Some(b"message" | b"pmessage" | b"smessage")
+            ) {
                 return;
             }
         }
@@ -340,9 +408,16 @@ impl RedisConnection {
             return;
         };
         let error = matches!(v.kind, b'-' | b'!').then(|| {
-            let text = if v.kind == b'!' { v.items.first().cloned().unwrap_or_default() } else { v.text.clone() };
+            let text = if v.kind == b'!' {
+                v.items.first().cloned().unwrap_or_default()
+            } else {
+                v.text.clone()
+            };
             let text = String::from_utf8_lossy(&text).into_owned();
-            DbError { code: text.split_whitespace().next().unwrap_or("ERR").to_string(), message: text }
+            DbError {
+                code: text.split_whitespace().next().unwrap_or("ERR").to_string(),
+                message: text,
+            }
         });
         if error.is_none() {
             if let Some(db) = p.select {

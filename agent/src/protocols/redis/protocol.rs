@@ -2,13 +2,19 @@
 use super::{detect_request, RedisConnection};
 use crate::{
     event::{Direction, Role},
-    protocols::{client_first_write, 
+    protocols::{
+        client_first_write,
         db::{DbCall, DbParser, DbProtocol},
         Capture, Detect, GiveUp, Segment, Side, Spec,
     },
 };
 
-pub const SPEC: Spec = Spec { name: "redis", detect, new: || DbProtocol::boxed(RedisConnection::default()), captures };
+pub const SPEC: Spec = Spec {
+    name: "redis",
+    detect,
+    new: || DbProtocol::boxed(RedisConnection::default()),
+    captures,
+};
 
 /// A client's first write: a RESP command array.
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
@@ -19,7 +25,12 @@ fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
 }
 
 impl DbParser for RedisConnection {
-    fn push(&mut self, requests: bool, seg: Segment<'_>, out: &mut Vec<DbCall>) -> Result<(), GiveUp> {
+    fn push(
+        &mut self,
+        requests: bool,
+        seg: Segment<'_>,
+        out: &mut Vec<DbCall>,
+    ) -> Result<(), GiveUp> {
         RedisConnection::push(self, requests, seg, out);
         Ok(())
     }
@@ -30,12 +41,21 @@ impl DbParser for RedisConnection {
 
     fn heap_bytes(&self) -> usize {
         let reader = |r: &super::Reader| r.line.capacity() + r.stack.capacity() * 8;
-        reader(&self.requests) + reader(&self.replies) + self.pending.len() * std::mem::size_of::<super::Pending>()
+        reader(&self.requests)
+            + reader(&self.replies)
+            + self.pending.len() * std::mem::size_of::<super::Pending>()
     }
 }
 
 /// redis-py against Redis: HELLO, strings, hashes, lists, a pipeline, errors.
 fn captures() -> Vec<Capture> {
-    let turns = vec![(Side::Request, crate::capture!("redis", "session.c2s")), (Side::Response, crate::capture!("redis", "session.s2c"))];
-    vec![Capture { name: "session", role: Role::Client, turns }]
+    let turns = vec![
+        (Side::Request, crate::capture!("redis", "session.c2s")),
+        (Side::Response, crate::capture!("redis", "session.s2c")),
+    ];
+    vec![Capture {
+        name: "session",
+        role: Role::Client,
+        turns,
+    }]
 }

@@ -18,16 +18,33 @@ fn pipelined_commands_pair_in_order() {
     let rep = b"+OK\r\n$5\r\nalice\r\n+PONG\r\n";
     let (_, calls) = call_all(&[req], &[rep]);
     let texts: Vec<_> = calls.iter().map(|c| c.query_text.as_str()).collect();
-    assert_eq!(texts, vec!["SET user:1", "GET user:1", "PING"], "arguments after the key are dropped");
+    assert_eq!(
+        texts,
+        vec!["SET user:1", "GET user:1", "PING"],
+        "arguments after the key are dropped"
+    );
 }
 
-const C2S: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/redis/captures/session.c2s"));
-const S2C: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/protocols/redis/captures/session.s2c"));
+const C2S: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/protocols/redis/captures/session.c2s"
+));
+const S2C: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/protocols/redis/captures/session.s2c"
+));
 
 fn summary(calls: &[DbCall]) -> Vec<(String, Option<String>, Option<u64>, String)> {
     calls
         .iter()
-        .map(|c| (c.query_text.clone(), c.error.as_ref().map(|e| e.code.clone()), c.rows, c.namespace.clone().unwrap_or_default()))
+        .map(|c| {
+            (
+                c.query_text.clone(),
+                c.error.as_ref().map(|e| e.code.clone()),
+                c.rows,
+                c.namespace.clone().unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -37,8 +54,21 @@ fn recorded_redis_py_session() {
     let got = summary(&calls);
     let texts: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
     let want = [
-        "SET user:1", "GET user:1", "SET big", "GET big", "INCRBY counter", "HSET h:1", "HGETALL h:1", "LPUSH l", "INCRBY user:1",
-        "MULTI", "SET a", "GET a", "EXEC", "SELECT", "GET missing",
+        "SET user:1",
+        "GET user:1",
+        "SET big",
+        "GET big",
+        "INCRBY counter",
+        "HSET h:1",
+        "HGETALL h:1",
+        "LPUSH l",
+        "INCRBY user:1",
+        "MULTI",
+        "SET a",
+        "GET a",
+        "EXEC",
+        "SELECT",
+        "GET missing",
     ];
     let tail = &texts[texts.len() - want.len()..];
     assert_eq!(tail, want, "all: {texts:?}");
@@ -73,11 +103,27 @@ fn big_values_beyond_the_capture_are_skipped_by_count() {
     // Split the request stream around the big SET so it is one syscall.
     let start = C2S.windows(7).position(|w| w == b"$3\r\nbig").unwrap() - 10;
     let start = C2S[..start].iter().rposition(|&b| b == b'*').unwrap();
-    let end = start + C2S[start..].windows(5000).position(|w| w.iter().all(|&b| b == b'x')).unwrap() + 5000 + 2;
+    let end = start
+        + C2S[start..]
+            .windows(5000)
+            .position(|w| w.iter().all(|&b| b == b'x'))
+            .unwrap()
+        + 5000
+        + 2;
     for (a, b) in [(0, start), (start, end), (end, C2S.len())] {
         let part = &C2S[a..b];
         let cut = part.len().min(1024);
-        c.push(true, Segment { data: &part[..cut], total: part.len() as u64, enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out);
+        c.push(
+            true,
+            Segment {
+                data: &part[..cut],
+                total: part.len() as u64,
+                enter_ns: 0,
+                exit_ns: 1,
+                tid: 0,
+            },
+            &mut out,
+        );
     }
     c.push(false, Segment::whole(S2C, 2, 3), &mut out);
     assert_eq!(summary(&out), summary(&whole));
@@ -90,13 +136,27 @@ fn garbage_and_truncation_never_panic() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut v = if n % 2 == 0 { C2S.to_vec() } else { S2C.to_vec() };
+        let mut v = if n % 2 == 0 {
+            C2S.to_vec()
+        } else {
+            S2C.to_vec()
+        };
         let i = (seed as usize) % v.len();
         v[i] = (seed >> 8) as u8;
         let cut = (seed as usize >> 3) % v.len();
         let mut c = RedisConnection::default();
         let mut out = vec![];
-        c.push(n % 2 == 0, Segment { data: &v[..cut], total: v.len() as u64 + (seed % 3), enter_ns: 0, exit_ns: 1, tid: 0 }, &mut out);
+        c.push(
+            n % 2 == 0,
+            Segment {
+                data: &v[..cut],
+                total: v.len() as u64 + (seed % 3),
+                enter_ns: 0,
+                exit_ns: 1,
+                tid: 0,
+            },
+            &mut out,
+        );
         c.push(n % 2 == 1, Segment::whole(&v[cut..], 2, 3), &mut out);
     }
 }
@@ -109,10 +169,16 @@ fn resp3_replies_and_pushes() {
     let rep = b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n|1\r\n+ttl\r\n:10\r\n$1\r\nv\r\n_\r\n!21\r\nSYNTAX invalid syntax\r\n";
     let (c, calls) = call_all(&[req], &[rep]);
     let got = summary(&calls);
-    assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), vec!["HELLO", "HGET h", "PING", "GET k"]);
+    assert_eq!(
+        got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(),
+        vec!["HELLO", "HGET h", "PING", "GET k"]
+    );
     assert_eq!(got[0].2, Some(2), "a map of two pairs");
     assert_eq!(got[3].1.as_deref(), Some("SYNTAX"), "blob error code");
-    assert_eq!(c.unmatched, 0, "the push and the attribute paired with nothing");
+    assert_eq!(
+        c.unmatched, 0,
+        "the push and the attribute paired with nothing"
+    );
 }
 
 #[test]
@@ -121,11 +187,21 @@ fn pubsub_messages_pair_with_no_command() {
     let rep = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n*3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n";
     let (_, calls) = call_all(&[req], &[rep]);
     let texts: Vec<_> = calls.iter().map(|c| c.query_text.as_str()).collect();
-    assert_eq!(texts, vec!["SUBSCRIBE a", "PING"], "messages and extra confirmations take no command");
+    assert_eq!(
+        texts,
+        vec!["SUBSCRIBE a", "PING"],
+        "messages and extra confirmations take no command"
+    );
 }
 
 #[test]
 fn inline_commands() {
     let (_, calls) = call_all(&[b"PING\r\nSET k v\r\n"], &[b"+PONG\r\n+OK\r\n"]);
-    assert_eq!(calls.iter().map(|c| c.query_text.as_str()).collect::<Vec<_>>(), vec!["PING", "SET k"]);
+    assert_eq!(
+        calls
+            .iter()
+            .map(|c| c.query_text.as_str())
+            .collect::<Vec<_>>(),
+        vec!["PING", "SET k"]
+    );
 }

@@ -56,7 +56,11 @@ fn space(c: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     pub(super) fn new(sql: &'a str, d: Dialect) -> Self {
-        Lexer { b: sql.as_bytes(), i: 0, d }
+        Lexer {
+            b: sql.as_bytes(),
+            i: 0,
+            d,
+        }
     }
 
     fn pg(&self) -> bool {
@@ -95,7 +99,11 @@ impl<'a> Lexer<'a> {
         let q = self.b[j];
         let (end, closed) = self.close(j + 1, q, backslash);
         self.i = end;
-        if closed { kind } else { Kind::Literal }
+        if closed {
+            kind
+        } else {
+            Kind::Literal
+        }
     }
 
     fn line_comment(&mut self, j: usize) -> Kind {
@@ -149,7 +157,10 @@ impl<'a> Lexer<'a> {
             self.i = self.scan_while(j + 1, |c| c.is_ascii_digit());
             return Kind::Other;
         }
-        let tag_end = if self.at(j + 1).is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c >= 0x80) {
+        let tag_end = if self
+            .at(j + 1)
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c >= 0x80)
+        {
             self.scan_while(j + 1, |c| ident_byte(c) && c != b'$')
         } else {
             j + 1
@@ -198,10 +209,16 @@ impl<'a> Lexer<'a> {
             ([b'B' | b'b' | b'X' | b'x'], Some(b'\'')) => self.quoted(end, false, Kind::Literal),
             ([b'N' | b'n'], Some(b'\'')) => self.quoted(end, plain, Kind::Literal),
             ([b'U' | b'u'], Some(b'&')) if pg && matches!(self.at(end + 1), Some(b'\'' | b'"')) => {
-                let kind = if self.at(end + 1) == Some(b'"') { Kind::Quoted } else { Kind::Literal };
+                let kind = if self.at(end + 1) == Some(b'"') {
+                    Kind::Quoted
+                } else {
+                    Kind::Literal
+                };
                 self.quoted(end + 1, false, kind)
             }
-            ([b'_', _, ..], Some(q)) if !pg && (q == b'\'' || (q == b'"' && self.d.double_quoted_strings())) => {
+            ([b'_', _, ..], Some(q))
+                if !pg && (q == b'\'' || (q == b'"' && self.d.double_quoted_strings())) =>
+            {
                 self.quoted(end, plain, Kind::Literal)
             }
             _ => {
@@ -225,18 +242,29 @@ impl Iterator for Lexer<'_> {
                 self.i = self.scan_while(j, space);
                 Kind::Space
             }
-            b'-' if next == Some(b'-') && (pg || self.at(j + 2).is_none_or(|c| space(c) || c.is_ascii_control())) => {
+            b'-' if next == Some(b'-')
+                && (pg
+                    || self
+                        .at(j + 2)
+                        .is_none_or(|c| space(c) || c.is_ascii_control())) =>
+            {
                 self.line_comment(j)
             }
             b'#' if !pg => self.line_comment(j),
             b'/' if next == Some(b'*') => self.block_comment(j),
             b'\'' => self.quoted(j, self.d.backslash_in_strings(), Kind::Literal),
-            b'"' if self.d.double_quoted_strings() => self.quoted(j, self.d.backslash_in_strings(), Kind::Literal),
+            b'"' if self.d.double_quoted_strings() => {
+                self.quoted(j, self.d.backslash_in_strings(), Kind::Literal)
+            }
             b'"' => self.quoted(j, false, Kind::Quoted),
             b'`' if !pg => self.quoted(j, false, Kind::Quoted),
             b'$' if pg => self.dollar(j),
             b'0'..=b'9' => self.number(j),
-            b'.' if next.is_some_and(|n| n.is_ascii_digit()) && !(j > 0 && ident_byte(self.b[j - 1])) => self.number(j),
+            b'.' if next.is_some_and(|n| n.is_ascii_digit())
+                && !(j > 0 && ident_byte(self.b[j - 1])) =>
+            {
+                self.number(j)
+            }
             c if ident_byte(c) && !c.is_ascii_digit() => self.word(j),
             _ => {
                 self.i = j + 1;

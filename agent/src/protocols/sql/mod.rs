@@ -28,26 +28,45 @@ pub enum Dialect {
     Postgres { standard_conforming_strings: bool },
     /// MySQL and MariaDB: "..." is a string unless sql_mode has ANSI_QUOTES;
     /// a backslash escapes in both quotes unless it has NO_BACKSLASH_ESCAPES.
-    MySql { ansi_quotes: bool, no_backslash_escapes: bool },
+    MySql {
+        ansi_quotes: bool,
+        no_backslash_escapes: bool,
+    },
 }
 
 impl Dialect {
     /// The servers' defaults.
-    pub const POSTGRES: Dialect = Dialect::Postgres { standard_conforming_strings: true };
-    pub const MYSQL: Dialect = Dialect::MySql { ansi_quotes: false, no_backslash_escapes: false };
+    pub const POSTGRES: Dialect = Dialect::Postgres {
+        standard_conforming_strings: true,
+    };
+    pub const MYSQL: Dialect = Dialect::MySql {
+        ansi_quotes: false,
+        no_backslash_escapes: false,
+    };
 
     /// Whether a backslash escapes the next character in '...' (and, in
     /// MySQL, "...") strings.
     fn backslash_in_strings(self) -> bool {
         match self {
-            Dialect::Postgres { standard_conforming_strings } => !standard_conforming_strings,
-            Dialect::MySql { no_backslash_escapes, .. } => !no_backslash_escapes,
+            Dialect::Postgres {
+                standard_conforming_strings,
+            } => !standard_conforming_strings,
+            Dialect::MySql {
+                no_backslash_escapes,
+                ..
+            } => !no_backslash_escapes,
         }
     }
 
     /// Whether "..." is a string rather than an identifier.
     fn double_quoted_strings(self) -> bool {
-        matches!(self, Dialect::MySql { ansi_quotes: false, .. })
+        matches!(
+            self,
+            Dialect::MySql {
+                ansi_quotes: false,
+                ..
+            }
+        )
     }
 }
 
@@ -93,7 +112,9 @@ fn words(sql: &str) -> impl Iterator<Item = &str> {
 
 fn clean_ident(w: &str) -> Option<String> {
     let w = w.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
-    let ok = !w.is_empty() && w.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"' | '`' | '$'));
+    let ok = !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"' | '`' | '$'));
     ok.then(|| w.replace(['"', '`'], ""))
 }
 
@@ -103,10 +124,16 @@ fn skip_comments(mut s: &str, dialect: Dialect) -> &str {
     let mysql = matches!(dialect, Dialect::MySql { .. });
     loop {
         s = s.trim_start();
-        let exec = s.strip_prefix("/*!").or_else(|| s.strip_prefix("/*M!")).filter(|_| mysql);
+        let exec = s
+            .strip_prefix("/*!")
+            .or_else(|| s.strip_prefix("/*M!"))
+            .filter(|_| mysql);
         if let Some(rest) = exec {
             s = rest.trim_start_matches(|c: char| c.is_ascii_digit());
-        } else if let Some(rest) = s.strip_prefix("--").or_else(|| s.strip_prefix('#').filter(|_| mysql)) {
+        } else if let Some(rest) = s
+            .strip_prefix("--")
+            .or_else(|| s.strip_prefix('#').filter(|_| mysql))
+        {
             s = rest.split_once('\n').map_or("", |(_, r)| r);
         } else if let Some(rest) = s.strip_prefix("/*") {
             s = rest.split_once("*/").map_or("", |(_, r)| r);
@@ -120,13 +147,20 @@ fn skip_comments(mut s: &str, dialect: Dialect) -> &str {
 pub fn statement(sql: &str, dialect: Dialect) -> Statement {
     let sanitized = sanitize(sql.trim(), dialect);
     let (operation, collection) = keywords(skip_comments(&sanitized, dialect));
-    Statement { operation, collection, sanitized }
+    Statement {
+        operation,
+        collection,
+        sanitized,
+    }
 }
 
 fn keywords(body: &str) -> (String, Option<String>) {
     let mut w = words(body);
     let operation = w.next().map(|s| s.to_ascii_uppercase()).unwrap_or_default();
-    let up: Vec<String> = words(body).take(64).map(|s| s.to_ascii_uppercase()).collect();
+    let up: Vec<String> = words(body)
+        .take(64)
+        .map(|s| s.to_ascii_uppercase())
+        .collect();
     let raw: Vec<&str> = words(body).take(64).collect();
     let after = |kw: &str, skip: &[&str]| -> Option<String> {
         let mut i = up.iter().position(|x| x == kw)? + 1;
@@ -138,10 +172,28 @@ fn keywords(body: &str) -> (String, Option<String>) {
     let collection = match operation.as_str() {
         "SELECT" => after("FROM", &["ONLY", "LATERAL"]),
         "INSERT" | "REPLACE" => after("INTO", &[]),
-        "UPDATE" => raw.get(1).and_then(|w| if w.eq_ignore_ascii_case("ONLY") { raw.get(2) } else { Some(w) }).and_then(|w| clean_ident(w)),
+        "UPDATE" => raw
+            .get(1)
+            .and_then(|w| {
+                if w.eq_ignore_ascii_case("ONLY") {
+                    raw.get(2)
+                } else {
+                    Some(w)
+                }
+            })
+            .and_then(|w| clean_ident(w)),
         "DELETE" => after("FROM", &["ONLY"]),
         "CREATE" | "DROP" | "ALTER" => after("TABLE", &["IF", "NOT", "EXISTS", "ONLY"]),
-        "TRUNCATE" => raw.get(1).and_then(|w| if w.eq_ignore_ascii_case("TABLE") { raw.get(2) } else { Some(w) }).and_then(|w| clean_ident(w)),
+        "TRUNCATE" => raw
+            .get(1)
+            .and_then(|w| {
+                if w.eq_ignore_ascii_case("TABLE") {
+                    raw.get(2)
+                } else {
+                    Some(w)
+                }
+            })
+            .and_then(|w| clean_ident(w)),
         "COPY" => raw.get(1).and_then(|w| clean_ident(w)),
         _ => None,
     }
@@ -151,11 +203,25 @@ fn keywords(body: &str) -> (String, Option<String>) {
 
 /// Session sql_modes that include ANSI_QUOTES (the combined ones are
 /// MariaDB's, and MySQL's before 8.0).
-const ANSI_QUOTES_MODES: [&str; 7] = ["ANSI_QUOTES", "ANSI", "DB2", "MAXDB", "MSSQL", "ORACLE", "POSTGRESQL"];
+const ANSI_QUOTES_MODES: [&str; 7] = [
+    "ANSI_QUOTES",
+    "ANSI",
+    "DB2",
+    "MAXDB",
+    "MSSQL",
+    "ORACLE",
+    "POSTGRESQL",
+];
 
 /// The ways a SET names the session's sql_mode, as tokens joined by spaces.
-const SESSION_SQL_MODE: [&str; 6] =
-    ["SQL_MODE", "SESSION SQL_MODE", "LOCAL SQL_MODE", "@ @ SQL_MODE", "@ @ SESSION . SQL_MODE", "@ @ LOCAL . SQL_MODE"];
+const SESSION_SQL_MODE: [&str; 6] = [
+    "SQL_MODE",
+    "SESSION SQL_MODE",
+    "LOCAL SQL_MODE",
+    "@ @ SQL_MODE",
+    "@ @ SESSION . SQL_MODE",
+    "@ @ LOCAL . SQL_MODE",
+];
 
 /// Whether a MySQL statement sets the session's sql_mode and, if so,
 /// whether the new mode has ANSI_QUOTES. Only a plain string or word value
@@ -163,7 +229,11 @@ const SESSION_SQL_MODE: [&str; 6] =
 /// counts as without, since taking "..." for a string when it is an
 /// identifier hides a name, while the opposite mistake lets a string through.
 pub fn mysql_sets_ansi_quotes(sql: &str, dialect: Dialect) -> Option<bool> {
-    if !sql.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"sql_mode")) {
+    if !sql
+        .as_bytes()
+        .windows(8)
+        .any(|w| w.eq_ignore_ascii_case(b"sql_mode"))
+    {
         return None;
     }
     let tokens: Vec<(Kind, &str)> = Lexer::new(sql, dialect)
@@ -172,7 +242,9 @@ pub fn mysql_sets_ansi_quotes(sql: &str, dialect: Dialect) -> Option<bool> {
         .collect();
     let mut found = None;
     for stmt in tokens.split(|t| t.1 == ";") {
-        let Some((&(Kind::Word, set), rest)) = stmt.split_first() else { continue };
+        let Some((&(Kind::Word, set), rest)) = stmt.split_first() else {
+            continue;
+        };
         if !set.eq_ignore_ascii_case("SET") {
             continue;
         }
@@ -182,19 +254,34 @@ pub fn mysql_sets_ansi_quotes(sql: &str, dialect: Dialect) -> Option<bool> {
             depth == 0 && t.1 == ","
         });
         for a in assignments {
-            let Some(eq) = a.iter().position(|t| t.1 == "=") else { continue };
-            let target = a[..eq].strip_suffix(&[(Kind::Other, ":")]).unwrap_or(&a[..eq]);
-            let target = target.iter().map(|t| t.1.to_ascii_uppercase()).collect::<Vec<_>>().join(" ");
+            let Some(eq) = a.iter().position(|t| t.1 == "=") else {
+                continue;
+            };
+            let target = a[..eq]
+                .strip_suffix(&[(Kind::Other, ":")])
+                .unwrap_or(&a[..eq]);
+            let target = target
+                .iter()
+                .map(|t| t.1.to_ascii_uppercase())
+                .collect::<Vec<_>>()
+                .join(" ");
             if !SESSION_SQL_MODE.contains(&target.as_str()) {
                 continue;
             }
             // A bare word names a mode too (SET sql_mode = ANSI).
             let modes = match &a[eq + 1..] {
                 [(Kind::Word, v)] => *v,
-                [(Kind::Literal | Kind::Quoted, v)] => v.find(['\'', '"', '`']).and_then(|q| v.get(q + 1..v.len() - 1)).unwrap_or_default(),
+                [(Kind::Literal | Kind::Quoted, v)] => v
+                    .find(['\'', '"', '`'])
+                    .and_then(|q| v.get(q + 1..v.len() - 1))
+                    .unwrap_or_default(),
                 _ => "",
             };
-            found = Some(modes.split(',').any(|m| ANSI_QUOTES_MODES.iter().any(|a| m.trim().eq_ignore_ascii_case(a))));
+            found = Some(modes.split(',').any(|m| {
+                ANSI_QUOTES_MODES
+                    .iter()
+                    .any(|a| m.trim().eq_ignore_ascii_case(a))
+            }));
         }
     }
     found

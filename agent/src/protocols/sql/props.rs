@@ -8,9 +8,17 @@ use proptest::{prelude::*, sample::select, strategy::Union, test_runner::Config}
 
 use super::*;
 
-const PG_OFF: Dialect = Dialect::Postgres { standard_conforming_strings: false };
-const MY_ANSI: Dialect = Dialect::MySql { ansi_quotes: true, no_backslash_escapes: false };
-const MY_NBE: Dialect = Dialect::MySql { ansi_quotes: false, no_backslash_escapes: true };
+const PG_OFF: Dialect = Dialect::Postgres {
+    standard_conforming_strings: false,
+};
+const MY_ANSI: Dialect = Dialect::MySql {
+    ansi_quotes: true,
+    no_backslash_escapes: false,
+};
+const MY_NBE: Dialect = Dialect::MySql {
+    ansi_quotes: false,
+    no_backslash_escapes: true,
+};
 const ALL: [Dialect; 5] = [Dialect::POSTGRES, PG_OFF, Dialect::MYSQL, MY_ANSI, MY_NBE];
 
 /// A rendered literal and the marker it holds.
@@ -18,7 +26,11 @@ type Lit = (String, String);
 
 fn config() -> Config {
     // Failures print their minimal case; no regression files in the tree.
-    Config { cases: 512, failure_persistence: None, ..Config::default() }
+    Config {
+        cases: 512,
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
 
 fn marker() -> impl Strategy<Value = String> {
@@ -29,15 +41,41 @@ fn marker() -> impl Strategy<Value = String> {
 /// dollar-quote openers, line ends, JSON, non-ASCII; the marker somewhere.
 fn body() -> impl Strategy<Value = (String, String)> {
     let piece = prop_oneof![
-        select(vec!["'", "\"", "\\", "\\'", "''", "`", "$", "$$", "$a$", "--", "/*", "*/", "#", "\n", "\r", " ", "?", ";", "\u{e9}", "\u{1F600}"])
-            .prop_map(String::from),
+        select(vec![
+            "'",
+            "\"",
+            "\\",
+            "\\'",
+            "''",
+            "`",
+            "$",
+            "$$",
+            "$a$",
+            "--",
+            "/*",
+            "*/",
+            "#",
+            "\n",
+            "\r",
+            " ",
+            "?",
+            ";",
+            "\u{e9}",
+            "\u{1F600}"
+        ])
+        .prop_map(String::from),
         Just(r#"{"a": "b"}"#.to_string()),
         "[a-z0-9]{1,4}",
     ];
-    (proptest::collection::vec(piece, 0..8), any::<prop::sample::Index>(), marker()).prop_map(|(mut pieces, at, m)| {
-        pieces.insert(at.index(pieces.len() + 1), m.clone());
-        (pieces.concat(), m)
-    })
+    (
+        proptest::collection::vec(piece, 0..8),
+        any::<prop::sample::Index>(),
+        marker(),
+    )
+        .prop_map(|(mut pieces, at, m)| {
+            pieces.insert(at.index(pieces.len() + 1), m.clone());
+            (pieces.concat(), m)
+        })
 }
 
 /// `q` + body + `q`, quotes doubled or backslash-escaped, backslashes
@@ -58,24 +96,70 @@ fn quote(body: &str, q: char, backslash: bool, doubled: bool) -> String {
 
 fn strings(d: Dialect) -> BoxedStrategy<Lit> {
     let backslash = d.backslash_in_strings();
-    let plain = (body(), any::<bool>()).prop_map(move |((b, m), dbl)| (quote(&b, '\'', backslash, dbl), m));
+    let plain =
+        (body(), any::<bool>()).prop_map(move |((b, m), dbl)| (quote(&b, '\'', backslash, dbl), m));
     let mut all = vec![plain.boxed()];
     // A JSON document, as applications store them.
-    all.push(marker().prop_map(move |m| (quote(&format!(r#"{{"k": "{m}", "n": [1, "x\\y"]}}"#), '\'', backslash, true), m)).boxed());
+    all.push(
+        marker()
+            .prop_map(move |m| {
+                (
+                    quote(
+                        &format!(r#"{{"k": "{m}", "n": [1, "x\\y"]}}"#),
+                        '\'',
+                        backslash,
+                        true,
+                    ),
+                    m,
+                )
+            })
+            .boxed(),
+    );
     match d {
         Dialect::Postgres { .. } => {
-            all.push((body(), any::<bool>()).prop_map(|((b, m), dbl)| (format!("E{}", quote(&b, '\'', true, dbl)), m)).boxed());
-            all.push(body().prop_map(|(b, m)| (format!("U&{}", quote(&b.replace('\\', "\\\\"), '\'', false, true)), m)).boxed());
-            all.push(body().prop_map(move |(b, m)| (format!("N{}", quote(&b, '\'', backslash, true)), m)).boxed());
+            all.push(
+                (body(), any::<bool>())
+                    .prop_map(|((b, m), dbl)| (format!("E{}", quote(&b, '\'', true, dbl)), m))
+                    .boxed(),
+            );
+            all.push(
+                body()
+                    .prop_map(|(b, m)| {
+                        (
+                            format!("U&{}", quote(&b.replace('\\', "\\\\"), '\'', false, true)),
+                            m,
+                        )
+                    })
+                    .boxed(),
+            );
+            all.push(
+                body()
+                    .prop_map(move |(b, m)| (format!("N{}", quote(&b, '\'', backslash, true)), m))
+                    .boxed(),
+            );
             let tag = select(vec!["", "a", "tag", "x_1", "\u{e9}"]);
-            all.push((body(), tag).prop_map(|((b, m), tag)| (dollar(&b, tag), m)).boxed());
+            all.push(
+                (body(), tag)
+                    .prop_map(|((b, m), tag)| (dollar(&b, tag), m))
+                    .boxed(),
+            );
         }
         Dialect::MySql { ansi_quotes, .. } => {
             if !ansi_quotes {
-                all.push((body(), any::<bool>()).prop_map(move |((b, m), dbl)| (quote(&b, '"', backslash, dbl), m)).boxed());
+                all.push(
+                    (body(), any::<bool>())
+                        .prop_map(move |((b, m), dbl)| (quote(&b, '"', backslash, dbl), m))
+                        .boxed(),
+                );
             }
             let intro = select(vec!["_utf8mb4", "_latin1", "_binary", "N"]);
-            all.push((body(), intro).prop_map(move |((b, m), i)| (format!("{i}{}", quote(&b, '\'', backslash, false)), m)).boxed());
+            all.push(
+                (body(), intro)
+                    .prop_map(move |((b, m), i)| {
+                        (format!("{i}{}", quote(&b, '\'', backslash, false)), m)
+                    })
+                    .boxed(),
+            );
         }
     }
     Union::new(all).boxed()
@@ -94,12 +178,20 @@ fn dollar(body: &str, tag: &str) -> String {
 
 fn numbers(d: Dialect) -> BoxedStrategy<Lit> {
     let digits = "[1-9][0-9]{7,11}";
-    let forms = select(vec!["{}", "-{}", "{}.5", "0.{}", ".{}", "{}e5", "{}.0e-3", "{}E+2", "- {}"]);
+    let forms = select(vec![
+        "{}", "-{}", "{}.5", "0.{}", ".{}", "{}e5", "{}.0e-3", "{}E+2", "- {}",
+    ]);
     let decimal = (digits, forms).prop_map(|(n, f)| (f.replace("{}", &n), n));
     let hex = "[0-9][0-9a-f]{7,11}".prop_map(|h| (format!("0x{h}"), h));
-    let hex_string = ("[0-9][0-9A-F]{7,11}", select(vec!["X", "x"])).prop_map(|(h, x)| (format!("{x}'{h}'"), h));
+    let hex_string =
+        ("[0-9][0-9A-F]{7,11}", select(vec!["X", "x"])).prop_map(|(h, x)| (format!("{x}'{h}'"), h));
     let bits = ("[01]{16,24}", select(vec!["B", "b"])).prop_map(|(h, b)| (format!("{b}'{h}'"), h));
-    let mut all = vec![decimal.boxed(), hex.boxed(), hex_string.boxed(), bits.boxed()];
+    let mut all = vec![
+        decimal.boxed(),
+        hex.boxed(),
+        hex_string.boxed(),
+        bits.boxed(),
+    ];
     if matches!(d, Dialect::MySql { .. }) {
         all.push("[01]{16,24}".prop_map(|b| (format!("0b{b}"), b)).boxed());
     }
@@ -109,15 +201,56 @@ fn numbers(d: Dialect) -> BoxedStrategy<Lit> {
 /// Template pieces: SQL around the literals, never holding a marker.
 fn pieces(d: Dialect) -> Vec<&'static str> {
     let mut p = vec![
-        "SELECT", "a", "t.b", "FROM t", "WHERE", "AND", "OR", "=", "<>", "IN (", ")", "(", ",", "-", "+", "?", "LIMIT", ";", "\n",
-        "-- it's \"quoted\"\n", "/* don't 'x */", "/* \"y\" */", "E", "N", "X",
+        "SELECT",
+        "a",
+        "t.b",
+        "FROM t",
+        "WHERE",
+        "AND",
+        "OR",
+        "=",
+        "<>",
+        "IN (",
+        ")",
+        "(",
+        ",",
+        "-",
+        "+",
+        "?",
+        "LIMIT",
+        ";",
+        "\n",
+        "-- it's \"quoted\"\n",
+        "/* don't 'x */",
+        "/* \"y\" */",
+        "E",
+        "N",
+        "X",
     ];
     match d {
         Dialect::Postgres { .. } => p.extend([
-            "\"My \"\"Col\"\"\"", "::text", "::jsonb @>", "$1", "$2", "/* a /* it's */ \"b */", "# ", "U&\"d\\0061t\"", "--it's\r",
+            "\"My \"\"Col\"\"\"",
+            "::text",
+            "::jsonb @>",
+            "$1",
+            "$2",
+            "/* a /* it's */ \"b */",
+            "# ",
+            "U&\"d\\0061t\"",
+            "--it's\r",
         ]),
         Dialect::MySql { ansi_quotes, .. } => {
-            p.extend(["`my ``col`` it's`", "# it's \"x\n", "-- it's\r\n", "/*!40101", "*/", "_utf8mb4", "@v", "@@sql_mode", "a--b"]);
+            p.extend([
+                "`my ``col`` it's`",
+                "# it's \"x\n",
+                "-- it's\r\n",
+                "/*!40101",
+                "*/",
+                "_utf8mb4",
+                "@v",
+                "@@sql_mode",
+                "a--b",
+            ]);
             if ansi_quotes {
                 p.push("\"My \"\"Col\"\"\"");
             }
@@ -129,9 +262,16 @@ fn pieces(d: Dialect) -> Vec<&'static str> {
 /// A statement of template pieces and literals, with the literals' markers.
 fn statement_with(d: Dialect) -> impl Strategy<Value = (String, Vec<String>)> {
     let lit = prop_oneof![3 => strings(d), 1 => numbers(d)];
-    let part = prop_oneof![select(pieces(d)).prop_map(|p| (p.to_string(), None)), lit.prop_map(|(s, m)| (s, Some(m)))];
+    let part = prop_oneof![
+        select(pieces(d)).prop_map(|p| (p.to_string(), None)),
+        lit.prop_map(|(s, m)| (s, Some(m)))
+    ];
     proptest::collection::vec(part, 1..24).prop_map(|parts| {
-        let sql = parts.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join(" ");
+        let sql = parts
+            .iter()
+            .map(|p| p.0.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         (sql, parts.into_iter().filter_map(|p| p.1).collect())
     })
 }
@@ -143,7 +283,10 @@ fn dialect() -> impl Strategy<Value = Dialect> {
 fn check(sql: &str, markers: &[String], d: Dialect) -> Result<(), TestCaseError> {
     let out = sanitize(sql, d);
     for m in markers {
-        prop_assert!(!out.contains(m.as_str()), "{m} leaked under {d:?}\n  sql: {sql:?}\n  out: {out:?}");
+        prop_assert!(
+            !out.contains(m.as_str()),
+            "{m} leaked under {d:?}\n  sql: {sql:?}\n  out: {out:?}"
+        );
     }
     Ok(())
 }
@@ -198,8 +341,14 @@ proptest! {
 /// The two leaks of issue #13, as fixed cases.
 #[test]
 fn documented_regressions() {
-    let out = sanitize(r"INSERT INTO creds VALUES ('C:\', 'hunter2')", Dialect::POSTGRES);
+    let out = sanitize(
+        r"INSERT INTO creds VALUES ('C:\', 'hunter2')",
+        Dialect::POSTGRES,
+    );
     assert!(!out.contains("hunter2"), "{out}");
-    let out = sanitize(r#"SELECT * FROM users WHERE password = "hunter2""#, Dialect::MYSQL);
+    let out = sanitize(
+        r#"SELECT * FROM users WHERE password = "hunter2""#,
+        Dialect::MYSQL,
+    );
     assert!(!out.contains("hunter2"), "{out}");
 }
