@@ -141,6 +141,11 @@ pub struct DataEvent {
     pub flags: u8,
     /// Payload bytes following this header in the record.
     pub captured: u32,
+    /// The thread's tick (advanced at every read, poll and sleep of the
+    /// thread): a write with its thread's last read's tick followed that
+    /// read with nothing in between. 0: unknown.
+    pub tick: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]

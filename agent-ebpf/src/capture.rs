@@ -20,6 +20,7 @@ use sonde_common::{
 use crate::{
     ctx::{arg, ret},
     filter::should_trace,
+    tick,
     maps::{capture_size, count, wakeup_bytes, ActiveCall, ACTIVE, EVENTS, SCRATCH, SOCKS},
 };
 
@@ -45,7 +46,12 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     if fd < 0 || !should_trace(tgid) {
         return;
     }
-    if unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.is_none() {
+    let tracked = unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.is_some();
+    // Any read may start other work on this thread: a new tick.
+    if !syscall::is_egress(sc) {
+        tick::bump(id as u32, tracked);
+    }
+    if !tracked {
         return;
     }
     let call = ActiveCall {
@@ -56,6 +62,8 @@ fn enter(ctx: &TracePointContext, sc: u8) {
         syscall: sc,
         tcp_seen: 0,
         _pad: [0; 2],
+        tick: tick::current(id as u32),
+        _pad2: 0,
     };
     if ACTIVE.insert(&id, &call, 0).is_err() {
         count(stat::MAP_FULL);
@@ -209,6 +217,14 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         role: info.role,
         flags,
         captured: captured as u32,
+        // A write follows what its thread read before it; a read is the
+        // input of the tick that follows it (it may have slept inside).
+        tick: if syscall::is_egress(call.syscall) {
+            call.tick
+        } else {
+            tick::current(id as u32)
+        },
+        _pad: 0,
     };
     unsafe { core::ptr::write_unaligned(base as *mut DataEvent, ev) };
     let mut len = DATA_EVENT_SIZE + captured;

@@ -78,6 +78,8 @@ fn remember(ctx: &TracePointContext, sc: u8, with_args: bool) {
         syscall: sc,
         tcp_seen: 0,
         _pad: [0; 2],
+        tick: 0,
+        _pad2: 0,
     };
     if ACTIVE.insert(&id, &call, 0).is_err() {
         count(stat::MAP_FULL);

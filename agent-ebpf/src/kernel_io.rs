@@ -163,6 +163,8 @@ fn on_entry(ctx: &ProbeContext, sc: u8) {
             syscall: sc,
             tcp_seen: 1,
             _pad: [0; 2],
+            tick: 0,
+            _pad2: 0,
         },
         tgid: (key >> 32) as u32,
         src,

@@ -16,6 +16,7 @@ mod kernel_io;
 mod maps;
 mod optional;
 mod proc;
+mod tick;
 
 #[cfg(not(test))]
 #[panic_handler]

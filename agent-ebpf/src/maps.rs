@@ -70,10 +70,18 @@ pub struct ActiveCall {
     /// Set by inet_sock_set_state while this call runs: the socket is TCP.
     pub tcp_seen: u8,
     pub _pad: [u8; 2],
+    /// The thread's tick at entry (see `tick.rs`).
+    pub tick: u32,
+    pub _pad2: u32,
 }
 
 #[map]
 pub static ACTIVE: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-thread ticks (`tick.rs`): tid -> tick, for threads that read a
+/// tracked socket.
+#[map]
+pub static TICKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
 /// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.

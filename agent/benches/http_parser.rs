@@ -29,6 +29,7 @@ fn run(resp: &[u8], split: Option<usize>, capture: Option<usize>) -> usize {
                     enter_ns: i,
                     exit_ns: i + 1,
                     tid: 0,
+                    tick: 0,
                 };
                 let _ = c.push(Kind::Response, seg, &mut out);
             }

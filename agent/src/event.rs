@@ -33,6 +33,8 @@ pub struct DataRecord {
     /// CLOCK_MONOTONIC nanoseconds at syscall entry and exit.
     pub enter_ns: u64,
     pub exit_ns: u64,
+    /// The thread's tick (see `tick.rs` in agent-ebpf); 0 when unknown.
+    pub tick: u32,
     /// Bytes the syscall moved (may exceed `payload.len()`).
     pub bytes: u64,
     pub syscall: Syscall,
@@ -269,6 +271,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 fd: hdr.fd,
                 enter_ns: ev.enter_ns,
                 exit_ns: hdr.ts_ns,
+                tick: ev.tick,
                 bytes: ev.bytes.max(0) as u64,
                 syscall: Syscall::from_raw(ev.syscall),
                 direction: if ev.direction == common::direction::EGRESS {
@@ -345,6 +348,8 @@ mod tests {
             role: common::role::CLIENT,
             flags: common::data_flags::TRUNCATED,
             captured: 4,
+            tick: 5,
+            _pad: 0,
         };
         let mut b = as_bytes(&ev);
         b.extend_from_slice(b"GET ");
@@ -352,8 +357,8 @@ mod tests {
             panic!("not data")
         };
         assert_eq!(
-            (d.pid, d.tid, d.fd, d.enter_ns, d.exit_ns, d.bytes),
-            (7, 8, 3, 10, 20, 100)
+            (d.pid, d.tid, d.fd, d.enter_ns, d.exit_ns, d.bytes, d.tick),
+            (7, 8, 3, 10, 20, 100, 5)
         );
         assert_eq!(d.syscall, Syscall::Writev);
         assert_eq!(d.direction, Direction::Egress);

@@ -66,6 +66,7 @@ pub fn health_fn(
             drop("held_early", d.held_early),
             drop("deliveries", d.deliveries),
             drop("continuity_index", d.continuity),
+            drop("tick_marks", d.tick_marks),
             drop("graph_pending", graph_evicted),
             drop("resource_cache", resources_evicted),
             drop("kernel_commands", pipeline.commands_dropped.load(Relaxed)),

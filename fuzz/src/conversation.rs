@@ -137,7 +137,7 @@ pub fn replay(input: &Input) -> Outcome {
     let mut n = 0u64;
     let mut next_time = |given: &mut HashSet<Key>| {
         n += 1;
-        let t = SegTime { enter_ns: n * 1_000, exit_ns: n * 1_000 + 7, tid: n as u32 };
+        let t = SegTime { enter_ns: n * 1_000, exit_ns: n * 1_000 + 7, tid: n as u32, tick: 3 * n as u32 };
         given.insert(key(&t));
         t
     };
@@ -154,7 +154,7 @@ pub fn replay(input: &Input) -> Outcome {
                 continue;
             }
             let t = next_time(&mut given);
-            let seg = Segment { data, total: data.len() as u64 + gap, enter_ns: t.enter_ns, exit_ns: t.exit_ns, tid: t.tid };
+            let seg = Segment { data, total: data.len() as u64 + gap, enter_ns: t.enter_ns, exit_ns: t.exit_ns, tid: t.tid, tick: t.tick };
             fed += data.len();
             let res = parser.feed(step.side, seg, &mut out);
             let stats = parser.take_stats();
@@ -178,10 +178,10 @@ pub fn replay(input: &Input) -> Outcome {
 }
 
 /// `SegTime` is not `Hash`; its fields are.
-type Key = (u64, u64, u32);
+type Key = (u64, u64, u32, u32);
 
 fn key(t: &SegTime) -> Key {
-    (t.enter_ns, t.exit_ns, t.tid)
+    (t.enter_ns, t.exit_ns, t.tid, t.tick)
 }
 
 fn check_heap(name: &str, heap: usize, fed: usize, outcome: &mut Outcome) {
@@ -203,7 +203,7 @@ fn check_times(name: &str, out: &[Record], from: usize, given: &HashSet<Key>) ->
     out.len()
 }
 
-/// The `SegTime { enter_ns: A, exit_ns: B, tid: C }` values in a `Debug` text.
+/// The `SegTime { enter_ns: A, exit_ns: B, tid: C, tick: D }` values in a `Debug` text.
 pub fn seg_times(text: &str) -> Vec<SegTime> {
     const OPEN: &str = "SegTime { enter_ns: ";
     let mut found = vec![];
@@ -214,8 +214,11 @@ pub fn seg_times(text: &str) -> Vec<SegTime> {
         let enter = num(rest);
         let exit = rest.find("exit_ns: ").and_then(|q| num(&rest[q + 9..]));
         let tid = rest.find("tid: ").and_then(|q| num(&rest[q + 5..]));
-        match (enter, exit, tid) {
-            (Some(enter_ns), Some(exit_ns), Some(tid)) => found.push(SegTime { enter_ns, exit_ns, tid: tid as u32 }),
+        let tick = rest.find("tick: ").and_then(|q| num(&rest[q + 6..]));
+        match (enter, exit, tid, tick) {
+            (Some(enter_ns), Some(exit_ns), Some(tid), Some(tick)) => {
+                found.push(SegTime { enter_ns, exit_ns, tid: tid as u32, tick: tick as u32 })
+            }
             _ => panic!("unreadable SegTime in {text}"),
         }
     }
@@ -248,7 +251,7 @@ mod tests {
 
     #[test]
     fn reads_seg_times_from_debug() {
-        let t = SegTime { enter_ns: 12, exit_ns: 34, tid: 5 };
+        let t = SegTime { enter_ns: 12, exit_ns: 34, tid: 5, tick: 6 };
         let text = format!("{:?}", (t, "x", Some(t)));
         assert_eq!(seg_times(&text), vec![t, t]);
     }

@@ -70,6 +70,7 @@ fn data(pid: u32, fd: i32, payload: &[u8]) -> KernelEvent {
     KernelEvent::Data(DataRecord {
         pid,
         tid: pid,
+        tick: 0,
         fd,
         enter_ns: 200,
         exit_ns: 210,

@@ -5,19 +5,33 @@
 //! flight* until its response is written; its span ids and sampling decision
 //! are fixed at that moment. Only requests already read when the call starts
 //! count. A client call made by a process nests under:
-//! 1. the request in flight on the same thread (thread-per-request servers:
-//!    the thread that read the request makes the calls). Several on that
-//!    thread from one source (pipelined requests of a connection, prefetched
-//!    deliveries of a channel) are handled in order: the oldest. Several from
-//!    different sources (an event loop serving two connections at once) are
+//! 1. **tick**: the request whose bytes its thread read last, when nothing
+//!    came between that read and the call's write. The kernel advances a
+//!    thread's tick at every read (of any fd), poll and sleep, and stamps
+//!    each record with it, so "same tick" means the callback that read
+//!    request X wrote the call: an event loop serving many requests at once
+//!    (Node.js) links each call to its own request. A reply read counts as
+//!    its call's request's input, when that request was read on this thread
+//!    (the next query of the same handler). One exception: a write on the
+//!    very connection whose reply opened the tick, while other requests of
+//!    the thread are in flight, may be another request's call that waited
+//!    for that connection (a pool hands it over): ambiguous. Else
+//! 2. the request in flight on the same thread (thread-per-request servers:
+//!    the thread that read the request makes the calls). Several requests
+//!    pipelined on one connection are handled in order: the oldest. Several
+//!    from different connections, or several deliveries of one channel
+//!    (prefetch: which one a handler works on is not on the wire), are
 //!    ambiguous: no parent, counted. Else
-//! 2. the only request in flight in that process (work handed to another
+//! 3. the only request in flight in that process (work handed to another
 //!    thread), else
-//! 3. nothing: it stays a root span (ambiguous, or outside any request).
-use std::collections::HashMap;
+//! 4. nothing: it stays a root span (ambiguous, or outside any request).
+use std::collections::{HashMap, VecDeque};
 
 use super::Evidence;
-use crate::spans::{sampler::Sampler, SpanCtx};
+use crate::{
+    protocols::SegTime,
+    spans::{sampler::Sampler, SpanCtx},
+};
 
 /// What [`Linker::parent_of`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +67,35 @@ struct InFlight {
 
 /// Bound on requests in flight per process (a stalled server must not grow memory).
 const MAX_PER_PROCESS: usize = 4096;
+/// Reads remembered per thread: a call is written within a few reads of
+/// its input, or its tick has moved on anyway.
+const MARKS_PER_THREAD: usize = 8;
+/// Bound on threads with remembered reads.
+pub const MAX_THREADS: usize = 16384;
+
+/// A read that delivered a request's input: the request's bytes, or the
+/// reply to a call made for it.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    tick: u32,
+    conn: u64,
+    /// The request's span id.
+    request: [u8; 8],
+    /// A reply to a call (not the request itself).
+    reply: bool,
+}
 
 #[derive(Default)]
 pub struct Linker {
     by_pid: HashMap<u32, Vec<InFlight>>,
+    /// Recent input reads per pid, per tid.
+    marks: HashMap<u32, HashMap<u32, VecDeque<Mark>>>,
+    /// Threads in `marks`.
+    marked: usize,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
+    /// Remembered reads dropped because too many threads had some.
+    pub marks_dropped: u64,
 }
 
 impl Linker {
@@ -104,6 +141,33 @@ impl Linker {
         self.by_pid.values().map(Vec::len).sum()
     }
 
+    /// Threads with remembered reads.
+    pub fn marked_threads(&self) -> usize {
+        self.marked
+    }
+
+    /// The read `at` on `conn` delivered input of request `request`: the
+    /// request itself, or (`reply`) the reply to a call made for it.
+    pub fn read_delivered(&mut self, pid: u32, at: SegTime, conn: u64, request: [u8; 8], reply: bool) {
+        if at.tick == 0 {
+            return;
+        }
+        let known = self.marks.get(&pid).is_some_and(|t| t.contains_key(&at.tid));
+        if self.marked >= MAX_THREADS && !known {
+            self.marks_dropped += self.marked as u64;
+            self.marks.clear();
+            self.marked = 0;
+        }
+        let q = self.marks.entry(pid).or_default().entry(at.tid).or_insert_with(|| {
+            self.marked += 1;
+            VecDeque::new()
+        });
+        if q.len() >= MARKS_PER_THREAD {
+            q.pop_front();
+        }
+        q.push_back(Mark { tick: at.tick, conn, request, reply });
+    }
+
     /// The response of the oldest request in flight on `conn` was written.
     pub fn request_finished(&mut self, pid: u32, conn: u64) -> Option<SpanCtx> {
         let list = self.by_pid.get_mut(&pid)?;
@@ -135,7 +199,8 @@ impl Linker {
         true
     }
 
-    /// A server connection closed: its unanswered requests are over.
+    /// A connection closed: its unanswered requests are over, and the
+    /// reads it delivered are forgotten.
     pub fn connection_closed(&mut self, pid: u32, conn: u64) {
         if let Some(list) = self.by_pid.get_mut(&pid) {
             list.retain(|f| f.conn != conn && f.source != conn);
@@ -143,20 +208,36 @@ impl Linker {
                 self.by_pid.remove(&pid);
             }
         }
+        if let Some(threads) = self.marks.get_mut(&pid) {
+            let before = threads.len();
+            threads.retain(|_, q| {
+                q.retain(|m| m.conn != conn);
+                !q.is_empty()
+            });
+            self.marked -= before - threads.len();
+            if threads.is_empty() {
+                self.marks.remove(&pid);
+            }
+        }
     }
 
-    /// The request a client call of `pid` on thread `tid`, started at
-    /// `start_ns`, belongs to.
-    pub fn parent_of(&self, pid: u32, tid: u32, start_ns: u64) -> Parent {
+    /// The request a client call of `pid` on `conn`, whose first write is
+    /// `at`, belongs to.
+    pub fn parent_of(&self, pid: u32, at: SegTime, conn: u64) -> Parent {
         let Some(list) = self.by_pid.get(&pid) else {
             return Parent::None;
         };
-        let begun = || list.iter().filter(|f| f.since_ns <= start_ns);
-        let mut same_thread = begun().filter(|f| f.tid == tid);
+        if let Some(p) = self.by_tick(list, pid, at, conn) {
+            return p;
+        }
+        let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
+        let mut same_thread = begun().filter(|f| f.tid == at.tid);
         if let Some(first) = same_thread.next() {
             let mut oldest = first;
             for f in same_thread {
-                if f.source != first.source {
+                // Two connections, or two deliveries (keyed apart from
+                // their channel's connection): not on the wire which.
+                if f.source != first.source || f.conn != f.source {
                     return Parent::Ambiguous;
                 }
                 if f.since_ns < oldest.since_ns {
@@ -172,11 +253,37 @@ impl Linker {
             _ => Parent::None,
         }
     }
+
+    /// Rule 1: the request whose input this thread read last, with nothing
+    /// between that read and the write `at`.
+    fn by_tick(&self, list: &[InFlight], pid: u32, at: SegTime, conn: u64) -> Option<Parent> {
+        if at.tick == 0 {
+            return None;
+        }
+        let m = self.marks.get(&pid)?.get(&at.tid)?.iter().rev().find(|m| m.tick == at.tick)?;
+        // Still in flight, and read on this thread: a reply read for a
+        // request another thread serves says nothing of this thread's work.
+        let f = list
+            .iter()
+            .find(|f| f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
+        let others = list
+            .iter()
+            .any(|o| o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request);
+        if m.reply && m.conn == conn && others {
+            return Some(Parent::Ambiguous);
+        }
+        Some(Parent::Request(f.ctx, Evidence::Tick))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write on thread `tid` at `ns`, with no tick.
+    fn at(tid: u32, ns: u64) -> SegTime {
+        SegTime { enter_ns: ns, exit_ns: ns, tid, tick: 0 }
+    }
 
     fn started(l: &mut Linker, pid: u32, conn: u64, tid: u32, at: u64) -> SpanCtx {
         l.request_started(pid, conn, conn, tid, at, None, &Sampler::AlwaysOn);
@@ -189,55 +296,125 @@ mod tests {
         let a = started(&mut l, 1, 10, 100, 5);
         let b = started(&mut l, 1, 11, 101, 6);
         assert_eq!(
-            l.parent_of(1, 100, 7),
+            l.parent_of(1, at(100, 7), 0),
             Parent::Request(a, Evidence::SameThread),
             "thread 100 handles request a"
         );
         assert_eq!(
-            l.parent_of(1, 101, 7),
+            l.parent_of(1, at(101, 7), 0),
             Parent::Request(b, Evidence::SameThread)
         );
         assert_eq!(
-            l.parent_of(1, 999, 7),
+            l.parent_of(1, at(999, 7), 0),
             Parent::Ambiguous,
             "two in flight, other thread"
         );
         assert_eq!(
-            l.parent_of(1, 100, 4),
+            l.parent_of(1, at(100, 4), 0),
             Parent::None,
             "a call before the request arrived is not its child"
         );
         assert_eq!(l.request_finished(1, 11), Some(b));
         assert_eq!(
-            l.parent_of(1, 999, 7),
+            l.parent_of(1, at(999, 7), 0),
             Parent::Request(a, Evidence::OnlyInFlight),
             "the only request in flight (event loop, worker thread)"
         );
-        assert_eq!(l.parent_of(2, 100, 7), Parent::None, "other process");
+        assert_eq!(l.parent_of(2, at(100, 7), 0), Parent::None, "other process");
         l.connection_closed(1, 10);
         assert_eq!(
-            l.parent_of(1, 100, 7),
+            l.parent_of(1, at(100, 7), 0),
             Parent::None,
             "outside any request: a root"
         );
     }
 
     #[test]
-    fn prefetched_work_on_one_thread_is_handled_oldest_first() {
+    fn prefetched_deliveries_on_one_thread_are_ambiguous() {
         let mut l = Linker::default();
-        // Two deliveries of one channel, read in the same batch.
+        // Two deliveries of one channel (connection 3), read in one batch:
+        // which one the handler works on is not on the wire (it may have
+        // acknowledged the first before working on it).
         l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
         l.request_started(1, 11, 3, 100, 6, None, &Sampler::AlwaysOn);
-        let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
-        assert_eq!(
-            l.parent_of(1, 100, 7),
-            Parent::Request(first, Evidence::SameThread)
-        );
+        let second = l.by_pid[&1][1].ctx;
+        assert_eq!(l.parent_of(1, at(100, 7), 0), Parent::Ambiguous);
         l.request_finished(1, 10);
+        assert_eq!(l.parent_of(1, at(100, 8), 0), Parent::Request(second, Evidence::SameThread), "one left");
+    }
+
+    #[test]
+    fn pipelined_requests_of_one_connection_are_handled_oldest_first() {
+        let mut l = Linker::default();
+        let first = started(&mut l, 1, 10, 100, 5);
+        started(&mut l, 1, 10, 100, 6);
+        assert_eq!(l.parent_of(1, at(100, 7), 0), Parent::Request(first, Evidence::SameThread));
+    }
+
+    /// A write on `tid` at `ns`, in tick `tick`.
+    fn in_tick(tid: u32, ns: u64, tick: u32) -> SegTime {
+        SegTime { enter_ns: ns, exit_ns: ns + 1, tid, tick }
+    }
+
+    /// An event loop (one thread) with three requests in flight: each
+    /// callback's writes follow its own read.
+    #[test]
+    fn an_event_loops_calls_follow_the_read_of_their_tick() {
+        let mut l = Linker::default();
+        let (a, b, c) = (started(&mut l, 1, 10, 100, 5), started(&mut l, 1, 11, 100, 6), started(&mut l, 1, 12, 100, 7));
+        l.read_delivered(1, in_tick(100, 5, 21), 10, a.span_id, false);
+        l.read_delivered(1, in_tick(100, 6, 22), 11, b.span_id, false);
+        l.read_delivered(1, in_tick(100, 7, 23), 12, c.span_id, false);
+        assert_eq!(l.parent_of(1, in_tick(100, 8, 22), 50), Parent::Request(b, Evidence::Tick));
+        assert_eq!(l.parent_of(1, in_tick(100, 8, 21), 50), Parent::Request(a, Evidence::Tick));
+        assert_eq!(l.parent_of(1, in_tick(100, 8, 24), 50), Parent::Ambiguous, "a tick no known read opened");
+        assert_eq!(l.parent_of(1, in_tick(100, 8, 0), 50), Parent::Ambiguous, "no tick: the old rules");
+        assert_eq!(l.parent_of(1, in_tick(101, 8, 22), 50), Parent::Ambiguous, "another thread's tick 22");
+        // A's query on connection 50 is answered; A's next query follows
+        // that reply, on another connection or (nothing else waiting) on
+        // the same.
+        l.read_delivered(1, in_tick(100, 9, 25), 50, a.span_id, true);
+        assert_eq!(l.parent_of(1, in_tick(100, 10, 25), 51), Parent::Request(a, Evidence::Tick));
         assert_eq!(
-            l.parent_of(1, 100, 8),
-            Parent::Request(second, Evidence::SameThread)
+            l.parent_of(1, in_tick(100, 10, 25), 50),
+            Parent::Ambiguous,
+            "on the connection the reply freed: maybe b's or c's queued query"
         );
+        l.request_finished(1, 11);
+        l.request_finished(1, 12);
+        assert_eq!(l.parent_of(1, in_tick(100, 10, 25), 50), Parent::Request(a, Evidence::Tick), "nothing else waits");
+        // A answered: a later write of its tick is not its call.
+        l.request_finished(1, 10);
+        assert_eq!(l.parent_of(1, in_tick(100, 11, 25), 51), Parent::None);
+    }
+
+    #[test]
+    fn a_reply_read_for_a_request_another_thread_serves_is_no_evidence() {
+        let mut l = Linker::default();
+        // Requests read by a selector thread (100), worked on by a pool.
+        let a = started(&mut l, 1, 10, 100, 5);
+        let _b = started(&mut l, 1, 11, 100, 6);
+        l.read_delivered(1, in_tick(200, 7, 3), 50, a.span_id, true);
+        assert_eq!(l.parent_of(1, in_tick(200, 8, 3), 51), Parent::Ambiguous);
+    }
+
+    #[test]
+    fn marks_are_bounded_and_forgotten_with_their_connection() {
+        let mut l = Linker::default();
+        let a = started(&mut l, 1, 10, 100, 5);
+        for tick in 1..=20 {
+            l.read_delivered(1, in_tick(100, 5, tick), 10, a.span_id, false);
+        }
+        assert_eq!(l.marks[&1][&100].len(), MARKS_PER_THREAD);
+        l.read_delivered(1, in_tick(100, 5, 0), 10, a.span_id, false);
+        assert_eq!(l.marks[&1][&100].len(), MARKS_PER_THREAD, "no tick: nothing to remember");
+        assert_eq!(l.marked_threads(), 1);
+        l.connection_closed(1, 10);
+        assert_eq!((l.marked_threads(), l.marks.len()), (0, 0));
+        for tid in 0..MAX_THREADS as u32 + 1 {
+            l.read_delivered(2, in_tick(tid, 5, 1), 10, a.span_id, false);
+        }
+        assert_eq!((l.marked_threads(), l.marks_dropped), (1, MAX_THREADS as u64), "counted when cleared");
     }
 
     #[test]
@@ -245,19 +422,19 @@ mod tests {
         let mut l = Linker::default();
         let a = started(&mut l, 1, 10, 100, 5);
         assert_eq!(
-            l.parent_of(1, 100, 6),
+            l.parent_of(1, at(100, 6), 0),
             Parent::Request(a, Evidence::SameThread),
             "b not read yet: a's call"
         );
         let b = started(&mut l, 1, 11, 100, 7);
         assert_eq!(
-            l.parent_of(1, 100, 8),
+            l.parent_of(1, at(100, 8), 0),
             Parent::Ambiguous,
             "a and b in flight on one thread"
         );
         l.request_finished(1, 10);
         assert_eq!(
-            l.parent_of(1, 100, 9),
+            l.parent_of(1, at(100, 9), 0),
             Parent::Request(b, Evidence::SameThread),
             "a answered: b's call"
         );
@@ -274,7 +451,7 @@ mod tests {
             sampled: true,
         };
         assert!(l.adopt(1, 10, &client));
-        let now = l.parent_of(1, 100, 6).ctx().unwrap();
+        let now = l.parent_of(1, at(100, 6), 0).ctx().unwrap();
         assert_eq!(
             (now.trace_id, now.span_id, now.parent_span_id),
             (client.trace_id, own.span_id, Some(client.span_id))
@@ -291,7 +468,7 @@ mod tests {
         )
         .unwrap();
         l.request_started(1, 10, 10, 100, 5, Some(tp), &Sampler::default());
-        let ctx = l.parent_of(1, 100, 6).ctx().unwrap();
+        let ctx = l.parent_of(1, at(100, 6), 0).ctx().unwrap();
         assert_eq!(ctx.trace_id, tp.trace_id);
         assert_eq!(ctx.parent_span_id, Some(tp.parent_id));
         assert!(!ctx.sampled, "parent-based: the caller did not sample");

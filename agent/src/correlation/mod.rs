@@ -54,6 +54,9 @@ pub enum Evidence {
     SocketPair,
     /// Its client's record came after it, within the window.
     LatePartner,
+    /// Its thread wrote it right after reading the request's input (the
+    /// request, or the reply to an earlier call made for it).
+    Tick,
     /// The request in flight on the thread that made the call.
     SameThread,
     /// The only request in flight in the process.
@@ -72,6 +75,7 @@ impl Evidence {
             Evidence::Header => "header",
             Evidence::SocketPair => "socket_pair",
             Evidence::LatePartner => "late_partner",
+            Evidence::Tick => "tick",
             Evidence::SameThread => "same_thread",
             Evidence::OnlyInFlight => "only_in_flight",
             Evidence::PublishMatch => "publish_match",
@@ -134,6 +138,8 @@ pub struct Drops {
     pub deliveries: u64,
     /// Publishes evicted from the continuity index before their window ended.
     pub continuity: u64,
+    /// Threads' remembered input reads dropped (too many threads).
+    pub tick_marks: u64,
 }
 
 /// Outcomes worth counting besides drops.
@@ -175,6 +181,7 @@ impl Correlator {
             in_flight: self.linker.evicted,
             held_early: self.holds.released_early,
             continuity: self.continuity.evicted,
+            tick_marks: self.linker.marks_dropped,
             ..self.drops
         }
     }
@@ -187,8 +194,8 @@ impl Correlator {
     }
 
     /// Entries held per index (bounded; cleaned on close): in flight, the
-    /// five stitching maps, held traces, deliveries.
-    pub fn entries(&self) -> [usize; 8] {
+    /// five stitching maps, held traces, deliveries, threads' input reads.
+    pub fn entries(&self) -> [usize; 9] {
         let [queued, clients, waits, servers, nat] = self.stitch.entries();
         [
             self.linker.entries(),
@@ -199,6 +206,7 @@ impl Correlator {
             nat,
             self.holds.len(),
             self.deliveries.len(),
+            self.linker.marked_threads(),
         ]
     }
 
@@ -235,6 +243,7 @@ impl Correlator {
             Record::Http(ex) => self.exchange(c, ex, out),
             Record::Db(call) => {
                 let (ctx, evidence) = self.call_context(&c, call.first, None);
+                self.reply_read(&c, call.last, &ctx, evidence);
                 let peer = self.stitch.server_of(&c);
                 self.emit(
                     Linked {
@@ -287,6 +296,8 @@ impl Correlator {
             incoming,
             &self.sampler,
         );
+        // Its thread's next writes follow this read.
+        self.linker.read_delivered(c.pid, req.last, c.id, ctx.span_id, false);
         // Its client is on this node but not seen yet: hold the trace's
         // items until it is (or the wait is over).
         if let (None, Some(k)) = (incoming, key) {
@@ -400,6 +411,7 @@ impl Correlator {
                     (ctx, evidence, false)
                 }
             };
+            self.reply_read(&c, exchange.response.last, &ctx, evidence);
             (ctx, evidence, self.stitch.server_of(&c), server_read)
         };
         self.emit(
@@ -427,7 +439,7 @@ impl Correlator {
         first: SegTime,
         own: Option<TraceParent>,
     ) -> (SpanCtx, Evidence) {
-        let parent = match self.linker.parent_of(c.pid, first.tid, first.enter_ns) {
+        let parent = match self.linker.parent_of(c.pid, first, c.id) {
             Parent::Request(ctx, evidence) => Some((ctx, evidence)),
             Parent::Ambiguous => {
                 self.counts.calls_ambiguous += 1;
@@ -448,6 +460,14 @@ impl Correlator {
                 SpanCtx::root(|t| self.sampler.should_sample(t, None)),
                 Evidence::Root,
             ),
+        }
+    }
+
+    /// A call's reply was read at `last`: the thread's next writes may be
+    /// the next step of the request the call was made for.
+    fn reply_read(&mut self, c: &ConnInfo, last: SegTime, ctx: &SpanCtx, evidence: Evidence) {
+        if let (Some(parent), Evidence::Tick | Evidence::SameThread | Evidence::OnlyInFlight) = (ctx.parent_span_id, evidence) {
+            self.linker.read_delivered(c.pid, last, c.id, parent, true);
         }
     }
 

@@ -61,7 +61,7 @@ impl PipelineConfig {
 }
 
 /// The indexes `sonde_pipeline_entries{index}` reports.
-pub const ENTRY_INDEXES: [&str; 10] = [
+pub const ENTRY_INDEXES: [&str; 11] = [
     "connections",
     "in_flight",
     "stitch_queued",
@@ -72,13 +72,14 @@ pub const ENTRY_INDEXES: [&str; 10] = [
     "held",
     "deliveries",
     "graph_pending",
+    "tick_threads",
 ];
 
 /// Counters of the stages, published after every batch for `/metrics`.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     pub dispatch: Arc<DispatchStats>,
-    correlation: [AtomicU64; 10],
+    correlation: [AtomicU64; 11],
     counts: [AtomicU64; 3],
     telemetry: [AtomicU64; 4],
     graph_evicted: AtomicU64,
@@ -86,7 +87,7 @@ pub struct PipelineStats {
     /// Release commands dropped because the command channel was full.
     pub commands_dropped: AtomicU64,
     /// Entries held by the stages' indexes now, per [`ENTRY_INDEXES`].
-    pub entries: [AtomicU64; 10],
+    pub entries: [AtomicU64; 11],
 }
 
 impl PipelineStats {
@@ -103,6 +104,7 @@ impl PipelineStats {
             held_early: d(7),
             deliveries: d(8),
             continuity: d(9),
+            tick_marks: d(10),
         }
     }
 
@@ -202,8 +204,8 @@ impl Pipeline {
     }
 
     /// Entries held by every stage's indexes (bounded, cleaned on close).
-    pub fn entries(&self) -> [usize; 10] {
-        let [in_flight, queued, clients, waits, servers, nat, holds, deliveries] =
+    pub fn entries(&self) -> [usize; 11] {
+        let [in_flight, queued, clients, waits, servers, nat, holds, deliveries, ticks] =
             self.correlation.entries();
         [
             self.dispatch.len(),
@@ -216,6 +218,7 @@ impl Pipeline {
             holds,
             deliveries,
             self.telemetry.entries(),
+            ticks,
         ]
     }
 
@@ -234,6 +237,7 @@ impl Pipeline {
             d.held_early,
             d.deliveries,
             d.continuity,
+            d.tick_marks,
         ];
         for (a, v) in s.correlation.iter().zip(drops) {
             a.store(v, Relaxed);

@@ -64,6 +64,9 @@ use Feature::*;
 const DATA: &[Feature] = &[RingBuf, ProbeReadUser];
 const VECTORED: &[Feature] = &[RingBuf, ProbeReadUser, BoundedLoop];
 const EVENT: &[Feature] = &[RingBuf];
+/// Tick programs only update a map, but they load with the object, which
+/// needs the ring buffer.
+const TICK: &[Feature] = &[RingBuf];
 // The mmsg exits walk messages x iovecs. At 4 x 12 the 6.1 verifier gave up
 // (E2BIG, "too complex", seen by `cargo xtask vm-test`); at 4 x MAX_MMSG_IOV
 // (2) they load on 5.10, 6.1 and 6.12.
@@ -115,6 +118,15 @@ pub const TABLE: &[Compat] = &[
     c!(sys_exit_recvmmsg, 2, 6, MMSG),
     c!(sys_enter_sendfile64, 2, 6, EVENT),
     c!(sys_exit_sendfile64, 2, 6, EVENT),
+    // Ticks: a map update, no ring output. epoll_pwait2 arrived in 5.11.
+    c!(sys_enter_epoll_wait, 2, 6, TICK),
+    c!(sys_enter_epoll_pwait, 2, 6, TICK),
+    c!(sys_enter_epoll_pwait2, 5, 11, TICK),
+    c!(sys_enter_poll, 2, 6, TICK),
+    c!(sys_enter_ppoll, 2, 6, TICK),
+    c!(sys_enter_select, 2, 6, TICK),
+    c!(sys_enter_pselect6, 2, 6, TICK),
+    c!(sched_switch, 2, 6, TICK),
     c!(sched_process_exit, 2, 6, EVENT),
     // sched_process_exec arrived in 3.4.
     c!(sched_process_exec, 3, 4, EVENT),

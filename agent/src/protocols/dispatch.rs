@@ -172,6 +172,7 @@ impl Dispatcher {
                     enter_ns: d.enter_ns,
                     exit_ns: d.exit_ns,
                     tid: d.tid,
+                    tick: d.tick,
                 };
                 self.on_data(c, d.direction, seg, flows, commands);
             }
@@ -188,6 +189,7 @@ impl Dispatcher {
                             enter_ns: ts,
                             exit_ns: ts,
                             tid: 0,
+                            tick: 0,
                         },
                         &mut records,
                     );

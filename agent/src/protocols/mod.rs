@@ -34,6 +34,8 @@ pub struct Segment<'a> {
     pub exit_ns: u64,
     /// The thread that made the syscall (0 when unknown).
     pub tid: u32,
+    /// That thread's tick (0 when unknown): see `correlation::causality`.
+    pub tick: u32,
 }
 
 impl<'a> Segment<'a> {
@@ -44,6 +46,7 @@ impl<'a> Segment<'a> {
             enter_ns,
             exit_ns,
             tid: 0,
+            tick: 0,
         }
     }
 
@@ -52,6 +55,7 @@ impl<'a> Segment<'a> {
             enter_ns: self.enter_ns,
             exit_ns: self.exit_ns,
             tid: self.tid,
+            tick: self.tick,
         }
     }
 
@@ -67,6 +71,8 @@ pub struct SegTime {
     pub enter_ns: u64,
     pub exit_ns: u64,
     pub tid: u32,
+    /// The thread's tick: a read's after it, a write's before it.
+    pub tick: u32,
 }
 
 /// Tri-state answer of protocol detection on a stream's first bytes.

@@ -190,6 +190,7 @@ fn bodies_beyond_the_capture_are_skipped_by_count() {
             enter_ns: i as u64,
             exit_ns: i as u64 + 1,
             tid: 0,
+            tick: 0,
         };
         c.push(client, seg, &mut out);
     }
@@ -232,6 +233,7 @@ fn truncations_and_mutations_never_panic() {
                     enter_ns: 0,
                     exit_ns: 1,
                     tid: 0,
+                    tick: 0,
                 },
                 &mut out,
             );
@@ -268,6 +270,7 @@ fn get_ok_without_its_get_starts_when_it_arrives() {
             enter_ns: 500,
             exit_ns: 600,
             tid: 3,
+            tick: 0,
         },
         &mut out,
     );
@@ -275,6 +278,7 @@ fn get_ok_without_its_get_starts_when_it_arrives() {
         enter_ns: 500,
         exit_ns: 600,
         tid: 3,
+        tick: 0,
     };
     match out.as_slice() {
         [AmqpOut::Received {

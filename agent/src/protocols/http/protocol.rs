@@ -19,6 +19,8 @@ pub const SPEC: Spec = Spec {
 pub struct RequestSeen {
     /// The syscall that carried its first byte.
     pub first: SegTime,
+    /// The syscall that carried its last byte.
+    pub last: SegTime,
     /// Its `traceparent` header, if any (an instrumented client).
     pub traceparent: Option<String>,
 }
@@ -52,6 +54,7 @@ impl HttpProtocol {
         for m in self.conn.take_new_requests() {
             out.push(Record::HttpRequest(RequestSeen {
                 first: m.first,
+                last: m.last,
                 traceparent: m.head.traceparent,
             }));
         }

@@ -198,6 +198,7 @@ fn body_beyond_capture_is_skipped_by_count() {
             enter_ns: 0,
             exit_ns: 1,
             tid: 0,
+            tick: 0,
         },
         &mut out,
     )
@@ -228,6 +229,7 @@ fn head_cut_by_capture_keeps_the_start_line() {
                 enter_ns: 0,
                 exit_ns: 1,
                 tid: 0,
+                tick: 0,
             },
             &mut out,
         )
@@ -261,6 +263,7 @@ fn gap_inside_chunked_body_resyncs_on_the_next_message() {
             enter_ns: 0,
             exit_ns: 1,
             tid: 0,
+            tick: 0,
         },
         &mut out,
     )
@@ -363,6 +366,7 @@ fn hostile_bytes_never_panic() {
                     enter_ns: 0,
                     exit_ns: 1,
                     tid: 0,
+                    tick: 0,
                 };
                 let _ = c.push(kind, seg, &mut out);
                 let _ = c.push(kind, Segment::whole(&v[cut..], 2, 3), &mut out);

@@ -197,6 +197,7 @@ fn hostile_bytes_never_panic() {
                 enter_ns: 0,
                 exit_ns: 1,
                 tid: 0,
+                tick: 0,
             },
             &mut out,
         );
@@ -308,6 +309,7 @@ fn ok_terminator_cut_after_its_header() {
             enter_ns: 2,
             exit_ns: 3,
             tid: 0,
+            tick: 0,
         },
         &mut out,
     )
@@ -338,6 +340,7 @@ fn truncated_terminators_end_the_call() {
                 enter_ns: 2,
                 exit_ns: 3,
                 tid: 0,
+                tick: 0,
             },
             &mut out,
         )
@@ -396,6 +399,7 @@ fn one_byte_bodies_in_every_state() {
                     enter_ns: 0,
                     exit_ns: 1,
                     tid: 0,
+                    tick: 0,
                 },
                 &mut out,
             )

@@ -134,6 +134,7 @@ fn large_rows_beyond_the_capture_are_skipped_by_count() {
             enter_ns: 2,
             exit_ns: 3,
             tid: 0,
+            tick: 0,
         },
         &mut out,
     )
@@ -204,6 +205,7 @@ fn hostile_bytes_never_panic() {
                 enter_ns: 2,
                 exit_ns: 3,
                 tid: 0,
+                tick: 0,
             },
             &mut out,
         );
@@ -239,6 +241,7 @@ fn empty_and_cut_bodies_of_every_type() {
                     enter_ns: 4,
                     exit_ns: 5,
                     tid: 0,
+                    tick: 0,
                 },
                 &mut out,
             );

@@ -121,6 +121,7 @@ fn big_values_beyond_the_capture_are_skipped_by_count() {
                 enter_ns: 0,
                 exit_ns: 1,
                 tid: 0,
+                tick: 0,
             },
             &mut out,
         );
@@ -154,6 +155,7 @@ fn garbage_and_truncation_never_panic() {
                 enter_ns: 0,
                 exit_ns: 1,
                 tid: 0,
+                tick: 0,
             },
             &mut out,
         );
