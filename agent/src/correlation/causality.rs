@@ -13,9 +13,11 @@
 //!    (Node.js) links each call to its own request. A reply read counts as
 //!    its call's request's input, when that request was read on this thread
 //!    (the next query of the same handler). One exception: a write on the
-//!    very connection whose reply opened the tick, while other requests of
-//!    the thread are in flight, may be another request's call that waited
-//!    for that connection (a pool hands it over): ambiguous. Else
+//!    very connection whose reply opened the tick may be another request's
+//!    call that waited for that connection (a pool at its limit hands it
+//!    over). It is ambiguous while another request of the thread is
+//!    *stalled*: the tick of its last input wrote nothing (or is forgotten).
+//!    Else
 //! 2. the request in flight on the same thread (thread-per-request servers:
 //!    the thread that read the request makes the calls). Several requests
 //!    pipelined on one connection are handled in order: the oldest. Several
@@ -69,7 +71,7 @@ struct InFlight {
 const MAX_PER_PROCESS: usize = 4096;
 /// Reads remembered per thread: a call is written within a few reads of
 /// its input, or its tick has moved on anyway.
-const MARKS_PER_THREAD: usize = 8;
+const MARKS_PER_THREAD: usize = 64;
 /// Bound on threads with remembered reads.
 pub const MAX_THREADS: usize = 16384;
 
@@ -83,6 +85,8 @@ struct Mark {
     request: [u8; 8],
     /// A reply to a call (not the request itself).
     reply: bool,
+    /// The thread wrote something in this tick.
+    wrote: bool,
 }
 
 #[derive(Default)]
@@ -165,7 +169,15 @@ impl Linker {
         if q.len() >= MARKS_PER_THREAD {
             q.pop_front();
         }
-        q.push_back(Mark { tick: at.tick, conn, request, reply });
+        q.push_back(Mark { tick: at.tick, conn, request, reply, wrote: false });
+    }
+
+    /// A thread wrote to a connection in `tick`.
+    pub fn wrote(&mut self, pid: u32, tid: u32, tick: u32) {
+        let found = self.marks.get_mut(&pid).and_then(|t| t.get_mut(&tid)).and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick));
+        if let Some(m) = found {
+            m.wrote = true;
+        }
     }
 
     /// The response of the oldest request in flight on `conn` was written.
@@ -266,11 +278,18 @@ impl Linker {
         let f = list
             .iter()
             .find(|f| f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
-        let others = list
-            .iter()
-            .any(|o| o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request);
-        if m.reply && m.conn == conn && others {
-            return Some(Parent::Ambiguous);
+        if m.reply && m.conn == conn {
+            let marks = &self.marks[&pid][&at.tid];
+            // Its last input before this tick wrote nothing: it may be
+            // waiting for a pooled connection.
+            let stalled = |o: &InFlight| {
+                let last = marks.iter().rev().find(|k| k.request == o.ctx.span_id && k.tick != at.tick);
+                last.is_none_or(|k| !k.wrote)
+            };
+            let others = list.iter().filter(|o| o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request);
+            if others.clone().any(stalled) {
+                return Some(Parent::Ambiguous);
+            }
         }
         Some(Parent::Request(f.ctx, Evidence::Tick))
     }
@@ -380,12 +399,15 @@ mod tests {
             Parent::Ambiguous,
             "on the connection the reply freed: maybe b's or c's queued query"
         );
-        l.request_finished(1, 11);
-        l.request_finished(1, 12);
+        // b's and c's ticks wrote (their calls, on connections of their
+        // own): neither waits for a connection.
+        l.wrote(1, 100, 22);
+        assert_eq!(l.parent_of(1, in_tick(100, 10, 25), 50), Parent::Ambiguous, "c may still wait");
+        l.wrote(1, 100, 23);
         assert_eq!(l.parent_of(1, in_tick(100, 10, 25), 50), Parent::Request(a, Evidence::Tick), "nothing else waits");
         // A answered: a later write of its tick is not its call.
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, in_tick(100, 11, 25), 51), Parent::None);
+        assert_eq!(l.parent_of(1, in_tick(100, 11, 25), 51), Parent::Ambiguous, "b and c in flight, no evidence");
     }
 
     #[test]
@@ -402,7 +424,7 @@ mod tests {
     fn marks_are_bounded_and_forgotten_with_their_connection() {
         let mut l = Linker::default();
         let a = started(&mut l, 1, 10, 100, 5);
-        for tick in 1..=20 {
+        for tick in 1..=MARKS_PER_THREAD as u32 + 5 {
             l.read_delivered(1, in_tick(100, 5, tick), 10, a.span_id, false);
         }
         assert_eq!(l.marks[&1][&100].len(), MARKS_PER_THREAD);

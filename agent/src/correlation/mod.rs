@@ -220,6 +220,7 @@ impl Correlator {
                 self.stitch.note_served(&c);
             }
             Flow::RelayKnown(c) => self.stitch.relays.on_known(&c),
+            Flow::Wrote { pid, tid, tick } => self.linker.wrote(pid, tid, tick),
             Flow::Record(c, r) => self.on_record(c, r, now_ns, out),
             Flow::Closed(c) => {
                 self.linker.connection_closed(c.pid, c.id);

@@ -31,6 +31,9 @@ pub enum Flow {
     Record(ConnInfo, Record),
     /// The connection closed; records its close completed come first.
     Closed(ConnInfo),
+    /// A thread of `pid` wrote to a connection in tick `tick` (causality:
+    /// the request whose input opened that tick did something).
+    Wrote { pid: u32, tid: u32, tick: u32 },
 }
 
 /// The one backward edge, to the kernel.
@@ -166,6 +169,9 @@ impl Dispatcher {
                 }
             }
             StreamEvent::Data(c, d) => {
+                if d.direction == Direction::Egress && d.tick != 0 {
+                    flows.push(Flow::Wrote { pid: c.pid, tid: d.tid, tick: d.tick });
+                }
                 let seg = Segment {
                     data: &d.payload,
                     total: d.bytes,
