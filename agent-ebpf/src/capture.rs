@@ -20,8 +20,8 @@ use sonde_common::{
 use crate::{
     ctx::{arg, ret},
     filter::should_trace,
-    tick,
     maps::{capture_size, count, wakeup_bytes, ActiveCall, ACTIVE, EVENTS, SCRATCH, SOCKS},
+    tick,
 };
 
 /// `struct iovec` from the user ABI.

@@ -1,7 +1,9 @@
 //! Per-thread ticks: evidence of which input a thread's writes follow.
 //!
 //! A thread's tick advances whenever it may turn to other work: it starts a
-//! read of any fd, it polls for readiness (epoll, poll, select), or it goes
+//! read of any fd, it polls for readiness (epoll, poll, select), it asks a
+//! socket's pending error (`getsockopt`: how every event loop learns that
+//! a non-blocking connect completed, and then writes on it), or it goes
 //! to sleep. A data record carries its thread's tick (a read's at its exit,
 //! a write's at its entry), so user space can tell that a write followed a
 //! given socket read with nothing in between: the event-loop callback that
@@ -51,7 +53,8 @@ poll_probes!(
     sys_enter_poll,
     sys_enter_ppoll,
     sys_enter_select,
-    sys_enter_pselect6
+    sys_enter_pselect6,
+    sys_enter_getsockopt
 );
 
 // `sched:sched_switch` fields (format stable since 4.x): prev_pid at 24,

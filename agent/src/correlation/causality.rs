@@ -152,29 +152,54 @@ impl Linker {
 
     /// The read `at` on `conn` delivered input of request `request`: the
     /// request itself, or (`reply`) the reply to a call made for it.
-    pub fn read_delivered(&mut self, pid: u32, at: SegTime, conn: u64, request: [u8; 8], reply: bool) {
+    pub fn read_delivered(
+        &mut self,
+        pid: u32,
+        at: SegTime,
+        conn: u64,
+        request: [u8; 8],
+        reply: bool,
+    ) {
         if at.tick == 0 {
             return;
         }
-        let known = self.marks.get(&pid).is_some_and(|t| t.contains_key(&at.tid));
+        let known = self
+            .marks
+            .get(&pid)
+            .is_some_and(|t| t.contains_key(&at.tid));
         if self.marked >= MAX_THREADS && !known {
             self.marks_dropped += self.marked as u64;
             self.marks.clear();
             self.marked = 0;
         }
-        let q = self.marks.entry(pid).or_default().entry(at.tid).or_insert_with(|| {
-            self.marked += 1;
-            VecDeque::new()
-        });
+        let q = self
+            .marks
+            .entry(pid)
+            .or_default()
+            .entry(at.tid)
+            .or_insert_with(|| {
+                self.marked += 1;
+                VecDeque::new()
+            });
         if q.len() >= MARKS_PER_THREAD {
             q.pop_front();
         }
-        q.push_back(Mark { tick: at.tick, conn, request, reply, wrote: false });
+        q.push_back(Mark {
+            tick: at.tick,
+            conn,
+            request,
+            reply,
+            wrote: false,
+        });
     }
 
     /// A thread wrote to a connection in `tick`.
     pub fn wrote(&mut self, pid: u32, tid: u32, tick: u32) {
-        let found = self.marks.get_mut(&pid).and_then(|t| t.get_mut(&tid)).and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick));
+        let found = self
+            .marks
+            .get_mut(&pid)
+            .and_then(|t| t.get_mut(&tid))
+            .and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick));
         if let Some(m) = found {
             m.wrote = true;
         }
@@ -272,7 +297,13 @@ impl Linker {
         if at.tick == 0 {
             return None;
         }
-        let m = self.marks.get(&pid)?.get(&at.tid)?.iter().rev().find(|m| m.tick == at.tick)?;
+        let m = self
+            .marks
+            .get(&pid)?
+            .get(&at.tid)?
+            .iter()
+            .rev()
+            .find(|m| m.tick == at.tick)?;
         // Still in flight, and read on this thread: a reply read for a
         // request another thread serves says nothing of this thread's work.
         let f = list
@@ -283,10 +314,15 @@ impl Linker {
             // Its last input before this tick wrote nothing: it may be
             // waiting for a pooled connection.
             let stalled = |o: &InFlight| {
-                let last = marks.iter().rev().find(|k| k.request == o.ctx.span_id && k.tick != at.tick);
+                let last = marks
+                    .iter()
+                    .rev()
+                    .find(|k| k.request == o.ctx.span_id && k.tick != at.tick);
                 last.is_none_or(|k| !k.wrote)
             };
-            let others = list.iter().filter(|o| o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request);
+            let others = list.iter().filter(|o| {
+                o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request
+            });
             if others.clone().any(stalled) {
                 return Some(Parent::Ambiguous);
             }
@@ -301,7 +337,12 @@ mod tests {
 
     /// A write on thread `tid` at `ns`, with no tick.
     fn at(tid: u32, ns: u64) -> SegTime {
-        SegTime { enter_ns: ns, exit_ns: ns, tid, tick: 0 }
+        SegTime {
+            enter_ns: ns,
+            exit_ns: ns,
+            tid,
+            tick: 0,
+        }
     }
 
     fn started(l: &mut Linker, pid: u32, conn: u64, tid: u32, at: u64) -> SpanCtx {
@@ -359,7 +400,11 @@ mod tests {
         let second = l.by_pid[&1][1].ctx;
         assert_eq!(l.parent_of(1, at(100, 7), 0), Parent::Ambiguous);
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, at(100, 8), 0), Parent::Request(second, Evidence::SameThread), "one left");
+        assert_eq!(
+            l.parent_of(1, at(100, 8), 0),
+            Parent::Request(second, Evidence::SameThread),
+            "one left"
+        );
     }
 
     #[test]
@@ -367,12 +412,20 @@ mod tests {
         let mut l = Linker::default();
         let first = started(&mut l, 1, 10, 100, 5);
         started(&mut l, 1, 10, 100, 6);
-        assert_eq!(l.parent_of(1, at(100, 7), 0), Parent::Request(first, Evidence::SameThread));
+        assert_eq!(
+            l.parent_of(1, at(100, 7), 0),
+            Parent::Request(first, Evidence::SameThread)
+        );
     }
 
     /// A write on `tid` at `ns`, in tick `tick`.
     fn in_tick(tid: u32, ns: u64, tick: u32) -> SegTime {
-        SegTime { enter_ns: ns, exit_ns: ns + 1, tid, tick }
+        SegTime {
+            enter_ns: ns,
+            exit_ns: ns + 1,
+            tid,
+            tick,
+        }
     }
 
     /// An event loop (one thread) with three requests in flight: each
@@ -380,20 +433,45 @@ mod tests {
     #[test]
     fn an_event_loops_calls_follow_the_read_of_their_tick() {
         let mut l = Linker::default();
-        let (a, b, c) = (started(&mut l, 1, 10, 100, 5), started(&mut l, 1, 11, 100, 6), started(&mut l, 1, 12, 100, 7));
+        let (a, b, c) = (
+            started(&mut l, 1, 10, 100, 5),
+            started(&mut l, 1, 11, 100, 6),
+            started(&mut l, 1, 12, 100, 7),
+        );
         l.read_delivered(1, in_tick(100, 5, 21), 10, a.span_id, false);
         l.read_delivered(1, in_tick(100, 6, 22), 11, b.span_id, false);
         l.read_delivered(1, in_tick(100, 7, 23), 12, c.span_id, false);
-        assert_eq!(l.parent_of(1, in_tick(100, 8, 22), 50), Parent::Request(b, Evidence::Tick));
-        assert_eq!(l.parent_of(1, in_tick(100, 8, 21), 50), Parent::Request(a, Evidence::Tick));
-        assert_eq!(l.parent_of(1, in_tick(100, 8, 24), 50), Parent::Ambiguous, "a tick no known read opened");
-        assert_eq!(l.parent_of(1, in_tick(100, 8, 0), 50), Parent::Ambiguous, "no tick: the old rules");
-        assert_eq!(l.parent_of(1, in_tick(101, 8, 22), 50), Parent::Ambiguous, "another thread's tick 22");
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 8, 22), 50),
+            Parent::Request(b, Evidence::Tick)
+        );
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 8, 21), 50),
+            Parent::Request(a, Evidence::Tick)
+        );
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 8, 24), 50),
+            Parent::Ambiguous,
+            "a tick no known read opened"
+        );
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 8, 0), 50),
+            Parent::Ambiguous,
+            "no tick: the old rules"
+        );
+        assert_eq!(
+            l.parent_of(1, in_tick(101, 8, 22), 50),
+            Parent::Ambiguous,
+            "another thread's tick 22"
+        );
         // A's query on connection 50 is answered; A's next query follows
         // that reply, on another connection or (nothing else waiting) on
         // the same.
         l.read_delivered(1, in_tick(100, 9, 25), 50, a.span_id, true);
-        assert_eq!(l.parent_of(1, in_tick(100, 10, 25), 51), Parent::Request(a, Evidence::Tick));
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 10, 25), 51),
+            Parent::Request(a, Evidence::Tick)
+        );
         assert_eq!(
             l.parent_of(1, in_tick(100, 10, 25), 50),
             Parent::Ambiguous,
@@ -402,12 +480,24 @@ mod tests {
         // b's and c's ticks wrote (their calls, on connections of their
         // own): neither waits for a connection.
         l.wrote(1, 100, 22);
-        assert_eq!(l.parent_of(1, in_tick(100, 10, 25), 50), Parent::Ambiguous, "c may still wait");
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 10, 25), 50),
+            Parent::Ambiguous,
+            "c may still wait"
+        );
         l.wrote(1, 100, 23);
-        assert_eq!(l.parent_of(1, in_tick(100, 10, 25), 50), Parent::Request(a, Evidence::Tick), "nothing else waits");
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 10, 25), 50),
+            Parent::Request(a, Evidence::Tick),
+            "nothing else waits"
+        );
         // A answered: a later write of its tick is not its call.
         l.request_finished(1, 10);
-        assert_eq!(l.parent_of(1, in_tick(100, 11, 25), 51), Parent::Ambiguous, "b and c in flight, no evidence");
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 11, 25), 51),
+            Parent::Ambiguous,
+            "b and c in flight, no evidence"
+        );
     }
 
     #[test]
@@ -429,14 +519,22 @@ mod tests {
         }
         assert_eq!(l.marks[&1][&100].len(), MARKS_PER_THREAD);
         l.read_delivered(1, in_tick(100, 5, 0), 10, a.span_id, false);
-        assert_eq!(l.marks[&1][&100].len(), MARKS_PER_THREAD, "no tick: nothing to remember");
+        assert_eq!(
+            l.marks[&1][&100].len(),
+            MARKS_PER_THREAD,
+            "no tick: nothing to remember"
+        );
         assert_eq!(l.marked_threads(), 1);
         l.connection_closed(1, 10);
         assert_eq!((l.marked_threads(), l.marks.len()), (0, 0));
         for tid in 0..MAX_THREADS as u32 + 1 {
             l.read_delivered(2, in_tick(tid, 5, 1), 10, a.span_id, false);
         }
-        assert_eq!((l.marked_threads(), l.marks_dropped), (1, MAX_THREADS as u64), "counted when cleared");
+        assert_eq!(
+            (l.marked_threads(), l.marks_dropped),
+            (1, MAX_THREADS as u64),
+            "counted when cleared"
+        );
     }
 
     #[test]

@@ -11,6 +11,12 @@ use super::{relay::ClientKey, Linked};
 pub const HOLD_NS: u64 = 1_000_000_000;
 /// Bound on held traces; the oldest goes out as it is when full.
 const MAX_HELD: usize = 4096;
+/// How long an adopted trace's provisional id is still renamed: the
+/// contexts it already gave (a call queued for a downstream server, a
+/// request in flight there) make items for as long as those calls last.
+pub const ALIAS_NS: u64 = 60_000_000_000;
+/// Bound on renamed provisional ids.
+const MAX_ALIASES: usize = 65536;
 
 pub struct Held {
     /// The server connection and its request's first read.
@@ -26,6 +32,11 @@ pub struct Holds {
     by_trace: HashMap<[u8; 16], Held>,
     /// Trace ids in the order their wait ends (monotonic ns).
     order: VecDeque<([u8; 16], u64)>,
+    /// Provisional trace ids of adopted traces -> the real trace (id,
+    /// sampled), for the items their contexts still make.
+    aliases: HashMap<[u8; 16], ([u8; 16], bool)>,
+    /// The same ids in the order their renaming ends (monotonic ns).
+    alias_order: VecDeque<([u8; 16], u64)>,
     /// Traces let go before their wait ended, because too many were held.
     pub released_early: u64,
 }
@@ -41,6 +52,24 @@ impl Holds {
         self.order.push_back((trace_id, now_ns + HOLD_NS));
     }
 
+    /// A held trace was adopted into `real`: items that still carry its
+    /// provisional id (`from`) move there too, until `now_ns + ALIAS_NS`.
+    pub fn alias(&mut self, from: [u8; 16], real: ([u8; 16], bool), now_ns: u64) {
+        if self.alias_order.len() >= MAX_ALIASES {
+            if let Some((old, _)) = self.alias_order.pop_front() {
+                self.aliases.remove(&old);
+                self.released_early += 1;
+            }
+        }
+        self.aliases.insert(from, real);
+        self.alias_order.push_back((from, now_ns + ALIAS_NS));
+    }
+
+    /// The real trace of a provisional id that was adopted.
+    pub fn renamed(&self, trace_id: &[u8; 16]) -> Option<([u8; 16], bool)> {
+        self.aliases.get(trace_id).copied()
+    }
+
     /// Holds `item` if its trace is held; else hands it back.
     pub fn hold(&mut self, item: Linked) -> Option<Linked> {
         match self.by_trace.get_mut(&item.ctx.trace_id) {
@@ -52,15 +81,16 @@ impl Holds {
         }
     }
 
-    /// Takes the first held trace `matches` accepts out of the wait.
-    pub fn take(&mut self, matches: impl Fn(&Held) -> bool) -> Option<Held> {
+    /// Takes the first held trace `matches` accepts out of the wait, with
+    /// its (provisional) trace id.
+    pub fn take(&mut self, matches: impl Fn(&Held) -> bool) -> Option<([u8; 16], Held)> {
         let trace_id = self
             .by_trace
             .iter()
             .find(|(_, h)| matches(h))
             .map(|(t, _)| *t)?;
         self.order.retain(|(t, _)| *t != trace_id);
-        self.by_trace.remove(&trace_id)
+        self.by_trace.remove(&trace_id).map(|h| (trace_id, h))
     }
 
     fn release_oldest(&mut self, out: &mut Vec<Linked>) {
@@ -80,10 +110,18 @@ impl Holds {
             }
             self.release_oldest(out);
         }
+        while let Some(&(from, until)) = self.alias_order.front() {
+            if now_ns.is_some_and(|n| until > n) {
+                break;
+            }
+            self.alias_order.pop_front();
+            self.aliases.remove(&from);
+        }
     }
 
+    /// Held traces and renamed provisional ids.
     pub fn len(&self) -> usize {
-        self.by_trace.len()
+        self.by_trace.len() + self.aliases.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -240,7 +240,7 @@ impl Correlator {
             Record::HttpRequest(req) if c.role == Role::Server => {
                 self.server_request(&c, req, now_ns, out)
             }
-            Record::HttpRequest(req) => self.client_request(&c, req, out),
+            Record::HttpRequest(req) => self.client_request(&c, req, now_ns, out),
             Record::Http(ex) => self.exchange(c, ex, out),
             Record::Db(call) => {
                 let (ctx, evidence) = self.call_context(&c, call.first, None);
@@ -298,7 +298,8 @@ impl Correlator {
             &self.sampler,
         );
         // Its thread's next writes follow this read.
-        self.linker.read_delivered(c.pid, req.last, c.id, ctx.span_id, false);
+        self.linker
+            .read_delivered(c.pid, req.last, c.id, ctx.span_id, false);
         // Its client is on this node but not seen yet: hold the trace's
         // items until it is (or the wait is over).
         if let (None, Some(k)) = (incoming, key) {
@@ -316,7 +317,13 @@ impl Correlator {
 
     /// A client wrote a request: its context is fixed now, for its own span
     /// and for the server end that will read it.
-    fn client_request(&mut self, c: &ConnInfo, req: RequestSeen, out: &mut Vec<Linked>) {
+    fn client_request(
+        &mut self,
+        c: &ConnInfo,
+        req: RequestSeen,
+        now_ns: u64,
+        out: &mut Vec<Linked>,
+    ) {
         let own = req.traceparent.as_deref().and_then(traceparent::parse);
         let (ctx, evidence) = self.call_context(c, req.first, own);
         self.stitch.client_wrote(c, ctx, evidence, &mut self.drops);
@@ -331,7 +338,12 @@ impl Correlator {
         if let Some(w) = waiting {
             if w.since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS {
                 let in_flight = self.linker.adopt(w.pid, w.conn, &ctx);
-                let held = self.adopt_held(|h| h.conn == w.conn && h.since == w.since, &ctx, out);
+                let held = self.adopt_held(
+                    |h| h.conn == w.conn && h.since == w.since,
+                    &ctx,
+                    now_ns,
+                    out,
+                );
                 if in_flight || held {
                     self.stitch.read_on_node(c.id, ctx.span_id);
                     self.counts.late_partners_adopted += 1;
@@ -340,10 +352,10 @@ impl Correlator {
             }
             // Too late: both stand as they are.
             self.drops.late_partners_missed += 1;
-            if let Some(h) = self.holds.take(|h| h.conn == w.conn && h.since == w.since) {
+            if let Some((_, h)) = self.holds.take(|h| h.conn == w.conn && h.since == w.since) {
                 self.emit_all(h.items, out);
             }
-        } else if key.is_some_and(|k| self.adopt_held(|h| h.key == k, &ctx, out)) {
+        } else if key.is_some_and(|k| self.adopt_held(|h| h.key == k, &ctx, now_ns, out)) {
             // The server closed the connection before this record came.
             self.stitch.read_on_node(c.id, ctx.span_id);
             self.counts.late_partners_adopted += 1;
@@ -359,11 +371,16 @@ impl Correlator {
         &mut self,
         matches: impl Fn(&Held) -> bool,
         ctx: &SpanCtx,
+        now_ns: u64,
         out: &mut Vec<Linked>,
     ) -> bool {
-        let Some(h) = self.holds.take(matches) else {
+        let Some((provisional, h)) = self.holds.take(matches) else {
             return false;
         };
+        // Calls of the held request may still be under way (a downstream
+        // server's request read in the provisional trace): theirs follow.
+        self.holds
+            .alias(provisional, (ctx.trace_id, ctx.sampled), now_ns);
         for mut l in h.items {
             l.ctx.trace_id = ctx.trace_id;
             l.ctx.sampled = ctx.sampled;
@@ -467,13 +484,19 @@ impl Correlator {
     /// A call's reply was read at `last`: the thread's next writes may be
     /// the next step of the request the call was made for.
     fn reply_read(&mut self, c: &ConnInfo, last: SegTime, ctx: &SpanCtx, evidence: Evidence) {
-        if let (Some(parent), Evidence::Tick | Evidence::SameThread | Evidence::OnlyInFlight) = (ctx.parent_span_id, evidence) {
+        if let (Some(parent), Evidence::Tick | Evidence::SameThread | Evidence::OnlyInFlight) =
+            (ctx.parent_span_id, evidence)
+        {
             self.linker.read_delivered(c.pid, last, c.id, parent, true);
         }
     }
 
     /// Hands an item to telemetry, unless its trace is held.
-    fn emit(&mut self, l: Linked, out: &mut Vec<Linked>) {
+    fn emit(&mut self, mut l: Linked, out: &mut Vec<Linked>) {
+        if let Some((trace_id, sampled)) = self.holds.renamed(&l.ctx.trace_id) {
+            l.ctx.trace_id = trace_id;
+            l.ctx.sampled = sampled;
+        }
         if let Some(l) = self.holds.hold(l) {
             out.push(l);
         }

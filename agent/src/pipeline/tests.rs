@@ -65,7 +65,13 @@ fn data(c: &ConnInfo, dir: Direction, at: u64, bytes: &[u8]) -> StreamEvent {
 }
 
 /// A data record made on thread `tid` at its tick `tick`.
-fn data_on(c: &ConnInfo, dir: Direction, at: u64, (tid, tick): (u32, u32), bytes: &[u8]) -> StreamEvent {
+fn data_on(
+    c: &ConnInfo,
+    dir: Direction,
+    at: u64,
+    (tid, tick): (u32, u32),
+    bytes: &[u8],
+) -> StreamEvent {
     StreamEvent::Data(
         c.clone(),
         DataRecord {
@@ -76,7 +82,11 @@ fn data_on(c: &ConnInfo, dir: Direction, at: u64, (tid, tick): (u32, u32), bytes
             exit_ns: at + 10,
             tick,
             bytes: bytes.len() as u64,
-            syscall: if dir == Direction::Egress { Syscall::Write } else { Syscall::Read },
+            syscall: if dir == Direction::Egress {
+                Syscall::Write
+            } else {
+                Syscall::Read
+            },
             direction: dir,
             role: c.role,
             flags: 0,
@@ -597,37 +607,91 @@ fn a_client_exchange_before_its_servers_makes_one_whole_graph_edge() {
 fn an_event_loops_interleaved_requests_each_get_their_own_calls() {
     let mut l7 = l7();
     let loop_tid = 200;
-    let a = conn(2, 200, Role::Server, "127.0.0.1:80", "10.1.1.1:5000", "loop");
-    let b = conn(3, 200, Role::Server, "127.0.0.1:80", "10.1.1.1:5001", "loop");
-    let down_a = conn(4, 200, Role::Client, "127.0.0.1:6000", "10.9.9.9:8080", "loop");
-    let down_b = conn(5, 200, Role::Client, "127.0.0.1:6001", "10.9.9.9:8080", "loop");
-    let down_b2 = conn(6, 200, Role::Client, "127.0.0.1:6002", "10.9.9.9:8080", "loop");
+    let a = conn(
+        2,
+        200,
+        Role::Server,
+        "127.0.0.1:80",
+        "10.1.1.1:5000",
+        "loop",
+    );
+    let b = conn(
+        3,
+        200,
+        Role::Server,
+        "127.0.0.1:80",
+        "10.1.1.1:5001",
+        "loop",
+    );
+    let down_a = conn(
+        4,
+        200,
+        Role::Client,
+        "127.0.0.1:6000",
+        "10.9.9.9:8080",
+        "loop",
+    );
+    let down_b = conn(
+        5,
+        200,
+        Role::Client,
+        "127.0.0.1:6001",
+        "10.9.9.9:8080",
+        "loop",
+    );
+    let down_b2 = conn(
+        6,
+        200,
+        Role::Client,
+        "127.0.0.1:6002",
+        "10.9.9.9:8080",
+        "loop",
+    );
     let req = |id: &str| format!("GET /{id} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
     let t = |tick| (loop_tid, tick);
-    let spans = feed(&mut l7, vec![], [
-        StreamEvent::Open(a.clone()),
-        StreamEvent::Open(b.clone()),
-        StreamEvent::Open(down_a.clone()),
-        StreamEvent::Open(down_b.clone()),
-        StreamEvent::Open(down_b2.clone()),
-        data_on(&a, Direction::Ingress, 1_000, t(1), &req("a")),
-        data_on(&down_a, Direction::Egress, 1_100, t(1), &req("a1")),
-        data_on(&b, Direction::Ingress, 1_200, t(2), &req("b")),
-        data_on(&down_b, Direction::Egress, 1_300, t(2), &req("b1")),
-        // b's reply first; b's second call follows it.
-        data_on(&down_b, Direction::Ingress, 1_400, t(3), RESP),
-        data_on(&down_b2, Direction::Egress, 1_500, t(3), &req("b2")),
-        data_on(&down_a, Direction::Ingress, 1_600, t(4), RESP),
-        data_on(&a, Direction::Egress, 1_700, t(4), RESP),
-        data_on(&down_b2, Direction::Ingress, 1_800, t(5), RESP),
-        data_on(&b, Direction::Egress, 1_900, t(5), RESP),
-    ]);
-    let named = |n: &str| spans.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("{n}: {spans:?}"));
+    let spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(a.clone()),
+            StreamEvent::Open(b.clone()),
+            StreamEvent::Open(down_a.clone()),
+            StreamEvent::Open(down_b.clone()),
+            StreamEvent::Open(down_b2.clone()),
+            data_on(&a, Direction::Ingress, 1_000, t(1), &req("a")),
+            data_on(&down_a, Direction::Egress, 1_100, t(1), &req("a1")),
+            data_on(&b, Direction::Ingress, 1_200, t(2), &req("b")),
+            data_on(&down_b, Direction::Egress, 1_300, t(2), &req("b1")),
+            // b's reply first; b's second call follows it.
+            data_on(&down_b, Direction::Ingress, 1_400, t(3), RESP),
+            data_on(&down_b2, Direction::Egress, 1_500, t(3), &req("b2")),
+            data_on(&down_a, Direction::Ingress, 1_600, t(4), RESP),
+            data_on(&a, Direction::Egress, 1_700, t(4), RESP),
+            data_on(&down_b2, Direction::Ingress, 1_800, t(5), RESP),
+            data_on(&b, Direction::Egress, 1_900, t(5), RESP),
+        ],
+    );
+    let named = |n: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap_or_else(|| panic!("{n}: {spans:?}"))
+    };
     let (sa, sb) = (named("GET /a"), named("GET /b"));
     for (call, parent) in [("GET /a1", sa), ("GET /b1", sb), ("GET /b2", sb)] {
         let s = named(call);
-        assert_eq!((s.trace_id, s.parent_span_id), (parent.trace_id, Some(parent.span_id)), "{call}");
-        assert!(s.attributes.iter().any(|(k, v)| *k == "sonde.link.evidence" && format!("{v:?}") == r#"Str("tick")"#), "{call}: {:?}", s.attributes);
+        assert_eq!(
+            (s.trace_id, s.parent_span_id),
+            (parent.trace_id, Some(parent.span_id)),
+            "{call}"
+        );
+        assert!(
+            s.attributes
+                .iter()
+                .any(|(k, v)| *k == "sonde.link.evidence" && format!("{v:?}") == r#"Str("tick")"#),
+            "{call}: {:?}",
+            s.attributes
+        );
     }
     assert_ne!(sa.trace_id, sb.trace_id);
 }

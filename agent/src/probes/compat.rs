@@ -126,6 +126,7 @@ pub const TABLE: &[Compat] = &[
     c!(sys_enter_ppoll, 2, 6, TICK),
     c!(sys_enter_select, 2, 6, TICK),
     c!(sys_enter_pselect6, 2, 6, TICK),
+    c!(sys_enter_getsockopt, 2, 6, TICK),
     c!(sched_switch, 2, 6, TICK),
     c!(sched_process_exit, 2, 6, EVENT),
     // sched_process_exec arrived in 3.4.

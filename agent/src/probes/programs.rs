@@ -121,14 +121,60 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         Optional,
         "sendfile byte counts"
     ),
-    tp!("syscalls", sys_enter_epoll_wait, Optional, "event-loop ticks (causality)"),
-    tp!("syscalls", sys_enter_epoll_pwait, Optional, "event-loop ticks (causality)"),
-    tp!("syscalls", sys_enter_epoll_pwait2, Optional, "event-loop ticks (causality)"),
-    tp!("syscalls", sys_enter_poll, Optional, "event-loop ticks (causality)"),
-    tp!("syscalls", sys_enter_ppoll, Optional, "event-loop ticks (causality)"),
-    tp!("syscalls", sys_enter_select, Optional, "event-loop ticks (causality)"),
-    tp!("syscalls", sys_enter_pselect6, Optional, "event-loop ticks (causality)"),
-    tp!("sched", sched_switch, Optional, "event-loop ticks (causality)"),
+    tp!(
+        "syscalls",
+        sys_enter_epoll_wait,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_epoll_pwait,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_epoll_pwait2,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_poll,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_ppoll,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_select,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_pselect6,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_getsockopt,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
+    tp!(
+        "sched",
+        sched_switch,
+        Optional,
+        "event-loop ticks (causality)"
+    ),
     tp!(
         "sched",
         sched_process_exit,

@@ -33,7 +33,11 @@ pub enum Flow {
     Closed(ConnInfo),
     /// A thread of `pid` wrote to a connection in tick `tick` (causality:
     /// the request whose input opened that tick did something).
-    Wrote { pid: u32, tid: u32, tick: u32 },
+    Wrote {
+        pid: u32,
+        tid: u32,
+        tick: u32,
+    },
 }
 
 /// The one backward edge, to the kernel.
@@ -170,7 +174,11 @@ impl Dispatcher {
             }
             StreamEvent::Data(c, d) => {
                 if d.direction == Direction::Egress && d.tick != 0 {
-                    flows.push(Flow::Wrote { pid: c.pid, tid: d.tid, tick: d.tick });
+                    flows.push(Flow::Wrote {
+                        pid: c.pid,
+                        tid: d.tid,
+                        tick: d.tick,
+                    });
                 }
                 let seg = Segment {
                     data: &d.payload,
