@@ -19,6 +19,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "rabbitmq-server",
     "docker.io",
     "docker-compose",
+    "nodejs",
 ];
 
 /// Python clients the test services use (from PyPI), and the module each provides.
