@@ -161,6 +161,9 @@ pub struct ConnEvent {
     pub _pad: u8,
     /// accept: the listening fd. Otherwise 0.
     pub aux: i32,
+    /// connect: the thread's tick when it called connect (0: unknown).
+    pub tick: u32,
+    pub _pad2: u32,
 }
 
 pub const DATA_EVENT_SIZE: usize = core::mem::size_of::<DataEvent>();

@@ -78,7 +78,7 @@ fn remember(ctx: &TracePointContext, sc: u8, with_args: bool) {
         syscall: sc,
         tcp_seen: 0,
         _pad: [0; 2],
-        tick: 0,
+        tick: crate::tick::current(id as u32),
         _pad2: 0,
     };
     if ACTIVE.insert(&id, &call, 0).is_err() {
@@ -182,6 +182,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     ev.ret = rv;
     ev.role = role::CLIENT;
     ev.flags = conn_flags::TCP_CONFIRMED;
+    ev.tick = call.tick;
     if let Some((family, port, addr)) = read_sockaddr(call.arg0) {
         ev.tuple.family = family;
         ev.tuple.rport = port;

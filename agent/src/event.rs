@@ -86,6 +86,8 @@ pub struct ConnRecord {
     pub listen_port: u16,
     /// The task's comm; empty for TUPLE records.
     pub comm: Comm,
+    /// connect: the thread's tick at the call (0: unknown).
+    pub tick: u32,
 }
 
 /// A task name as the kernel stores it: up to 15 bytes, NUL-padded.
@@ -315,6 +317,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 listen_fd: ev.aux,
                 listen_port: ev.tuple.lport,
                 comm: Comm(hdr.comm),
+                tick: ev.tick,
             }))
         }
         k => Err(DecodeError::UnknownKind(k)),

@@ -38,6 +38,10 @@ pub struct ConnInfo {
     /// The remote end is one of the agent's own sockets (sonde's export
     /// traffic arriving at a local collector): never traced.
     pub peer_is_agent: bool,
+    /// A client connection: the thread that called connect and its tick
+    /// then ((0, 0): unknown). Causality gives its first call to the
+    /// request that opened it.
+    pub opened_by: (u32, u32),
 }
 
 impl ConnInfo {
@@ -219,6 +223,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             opened_ns: ts,
             preexisting: false,
             peer_is_agent: false,
+            opened_by: (0, 0),
         };
         self.next_id += 1;
         self.owners
@@ -247,6 +252,7 @@ impl<R: SocketRegistry> ConnTable<R> {
         conn.info.process = process;
         conn.confirmed = true;
         conn.info.opened_ns = c.ts_ns;
+        conn.info.opened_by = (c.tid, c.tick);
         if conn.info.tuple.is_none() {
             // Remote only for now; the Tuple record completes it.
             if let Some(remote) = c.remote {

@@ -56,6 +56,7 @@ fn conn(kind: ConnKind, pid: u32, fd: i32) -> ConnRecord {
         listen_fd: 0,
         listen_port: 0,
         comm: Default::default(),
+        tick: 0,
     }
 }
 

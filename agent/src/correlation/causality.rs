@@ -16,8 +16,14 @@
 //!    very connection whose reply opened the tick may be another request's
 //!    call that waited for that connection (a pool at its limit hands it
 //!    over). It is ambiguous while another request of the thread is
-//!    *stalled*: the tick of its last input wrote nothing (or is forgotten).
+//!    *stalled*: the tick of its last input wrote nothing and connected
+//!    nothing (or is forgotten).
 //!    Else
+//!
+//!    A call written in a tick no known read opened (an event loop writes a
+//!    new connection's first request once the connect completes) is the
+//!    call of the request that opened the connection, if that request did
+//!    nothing since: the connect was the last thing its tick did.
 //! 2. the request in flight on the same thread (thread-per-request servers:
 //!    the thread that read the request makes the calls). Several requests
 //!    pipelined on one connection are handled in order: the oldest. Several
@@ -87,6 +93,15 @@ struct Mark {
     reply: bool,
     /// The thread wrote something in this tick.
     wrote: bool,
+    /// The thread opened a client connection in this tick.
+    connected: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Opener {
+    tid: u32,
+    tick: u32,
+    request: [u8; 8],
 }
 
 #[derive(Default)]
@@ -96,6 +111,9 @@ pub struct Linker {
     marks: HashMap<u32, HashMap<u32, VecDeque<Mark>>>,
     /// Threads in `marks`.
     marked: usize,
+    /// Client connections opened in a tick that a request's input opened,
+    /// until their first call: conn -> (pid, tid, tick, request).
+    openers: HashMap<u64, Opener>,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
     /// Remembered reads dropped because too many threads had some.
@@ -145,9 +163,28 @@ impl Linker {
         self.by_pid.values().map(Vec::len).sum()
     }
 
-    /// Threads with remembered reads.
+    /// Threads with remembered reads, and new connections with an opener.
     pub fn marked_threads(&self) -> usize {
-        self.marked
+        self.marked + self.openers.len()
+    }
+
+    /// A client connection of `pid` opened by thread `tid` in `tick`: if a
+    /// request's input opened that tick, its first call is that request's.
+    pub fn connection_opened(&mut self, pid: u32, conn: u64, (tid, tick): (u32, u32)) {
+        if tick == 0 {
+            return;
+        }
+        let mark = self.marks.get_mut(&pid).and_then(|t| t.get_mut(&tid));
+        let Some(m) = mark.and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick)) else {
+            return;
+        };
+        m.connected = true;
+        let request = m.request;
+        if self.openers.len() >= MAX_THREADS {
+            self.marks_dropped += self.openers.len() as u64;
+            self.openers.clear();
+        }
+        self.openers.insert(conn, Opener { tid, tick, request });
     }
 
     /// The read `at` on `conn` delivered input of request `request`: the
@@ -190,6 +227,7 @@ impl Linker {
             request,
             reply,
             wrote: false,
+            connected: false,
         });
     }
 
@@ -256,15 +294,29 @@ impl Linker {
                 self.marks.remove(&pid);
             }
         }
+        self.openers.remove(&conn);
     }
 
     /// The request a client call of `pid` on `conn`, whose first write is
     /// `at`, belongs to.
-    pub fn parent_of(&self, pid: u32, at: SegTime, conn: u64) -> Parent {
+    pub fn parent_of(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
+        let opener = self.openers.remove(&conn);
         let Some(list) = self.by_pid.get(&pid) else {
             return Parent::None;
         };
         if let Some(p) = self.by_tick(list, pid, at, conn) {
+            return p;
+        }
+        if let Some(p) = opener.and_then(|o| self.by_opener(list, pid, at, o)) {
+            // It acted (it waits for this call now, not for a connection).
+            if let (Some(o), Some(q)) = (
+                opener,
+                self.marks.get_mut(&pid).and_then(|t| t.get_mut(&at.tid)),
+            ) {
+                if let Some(m) = q.iter_mut().rev().find(|m| m.request == o.request) {
+                    m.wrote = true;
+                }
+            }
             return p;
         }
         let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
@@ -291,6 +343,25 @@ impl Linker {
         }
     }
 
+    /// Rule 1, a new connection's first call: the request that opened it,
+    /// if the tick of that connect was its last input and wrote nothing.
+    fn by_opener(&self, list: &[InFlight], pid: u32, at: SegTime, o: Opener) -> Option<Parent> {
+        if o.tid != at.tid {
+            return None;
+        }
+        let f = list
+            .iter()
+            .find(|f| f.ctx.span_id == o.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
+        let last = self
+            .marks
+            .get(&pid)?
+            .get(&at.tid)?
+            .iter()
+            .rev()
+            .find(|m| m.request == o.request)?;
+        (last.tick == o.tick && !last.wrote).then_some(Parent::Request(f.ctx, Evidence::Opener))
+    }
+
     /// Rule 1: the request whose input this thread read last, with nothing
     /// between that read and the write `at`.
     fn by_tick(&self, list: &[InFlight], pid: u32, at: SegTime, conn: u64) -> Option<Parent> {
@@ -311,14 +382,14 @@ impl Linker {
             .find(|f| f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
         if m.reply && m.conn == conn {
             let marks = &self.marks[&pid][&at.tid];
-            // Its last input before this tick wrote nothing: it may be
-            // waiting for a pooled connection.
+            // Its last input before this tick wrote nothing and opened no
+            // connection: it may be waiting for a pooled one.
             let stalled = |o: &InFlight| {
                 let last = marks
                     .iter()
                     .rev()
                     .find(|k| k.request == o.ctx.span_id && k.tick != at.tick);
-                last.is_none_or(|k| !k.wrote)
+                last.is_none_or(|k| !k.wrote && !k.connected)
             };
             let others = list.iter().filter(|o| {
                 o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request
@@ -498,6 +569,38 @@ mod tests {
             Parent::Ambiguous,
             "b and c in flight, no evidence"
         );
+    }
+
+    /// An event loop opens a connection for request b; its first call is
+    /// written once the connect completes, in a tick no read opened.
+    #[test]
+    fn a_new_connections_first_call_is_its_openers() {
+        let mut l = Linker::default();
+        let (a, b) = (
+            started(&mut l, 1, 10, 100, 5),
+            started(&mut l, 1, 11, 100, 6),
+        );
+        l.read_delivered(1, in_tick(100, 5, 21), 10, a.span_id, false);
+        l.read_delivered(1, in_tick(100, 6, 22), 11, b.span_id, false);
+        l.connection_opened(1, 50, (100, 22));
+        l.connection_opened(1, 51, (100, 22));
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 9, 30), 50),
+            Parent::Request(b, Evidence::Opener)
+        );
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 9, 31), 50),
+            Parent::Ambiguous,
+            "only the first call"
+        );
+        // b went on (its first call): connection 51 may serve anyone now.
+        assert_eq!(l.parent_of(1, in_tick(100, 9, 32), 51), Parent::Ambiguous);
+        // A connect in a tick no request's read opened names no one.
+        l.connection_opened(1, 52, (100, 40));
+        assert_eq!(l.parent_of(1, in_tick(100, 9, 41), 52), Parent::Ambiguous);
+        l.connection_opened(1, 53, (100, 21));
+        l.connection_closed(1, 53);
+        assert_eq!(l.marked_threads(), 1, "forgotten at close");
     }
 
     #[test]

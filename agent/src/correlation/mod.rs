@@ -57,6 +57,9 @@ pub enum Evidence {
     /// Its thread wrote it right after reading the request's input (the
     /// request, or the reply to an earlier call made for it).
     Tick,
+    /// The first call on a connection that its request opened (the
+    /// request did nothing else since).
+    Opener,
     /// The request in flight on the thread that made the call.
     SameThread,
     /// The only request in flight in the process.
@@ -76,6 +79,7 @@ impl Evidence {
             Evidence::SocketPair => "socket_pair",
             Evidence::LatePartner => "late_partner",
             Evidence::Tick => "tick",
+            Evidence::Opener => "connect",
             Evidence::SameThread => "same_thread",
             Evidence::OnlyInFlight => "only_in_flight",
             Evidence::PublishMatch => "publish_match",
@@ -214,7 +218,12 @@ impl Correlator {
     /// for telemetry is appended to `out`.
     pub fn on_flow(&mut self, flow: Flow, now_ns: u64, out: &mut Vec<Linked>) {
         match flow {
-            Flow::Opened(c) => self.stitch.note_server(&c, &mut self.drops),
+            Flow::Opened(c) => {
+                if c.role == Role::Client {
+                    self.linker.connection_opened(c.pid, c.id, c.opened_by);
+                }
+                self.stitch.note_server(&c, &mut self.drops);
+            }
             Flow::Detected(c) => {
                 self.stitch.note_server(&c, &mut self.drops);
                 self.stitch.note_served(&c);
@@ -484,8 +493,10 @@ impl Correlator {
     /// A call's reply was read at `last`: the thread's next writes may be
     /// the next step of the request the call was made for.
     fn reply_read(&mut self, c: &ConnInfo, last: SegTime, ctx: &SpanCtx, evidence: Evidence) {
-        if let (Some(parent), Evidence::Tick | Evidence::SameThread | Evidence::OnlyInFlight) =
-            (ctx.parent_span_id, evidence)
+        if let (
+            Some(parent),
+            Evidence::Tick | Evidence::Opener | Evidence::SameThread | Evidence::OnlyInFlight,
+        ) = (ctx.parent_span_id, evidence)
         {
             self.linker.read_delivered(c.pid, last, c.id, parent, true);
         }

@@ -146,6 +146,7 @@ mod tests {
             opened_ns: 0,
             preexisting: false,
             peer_is_agent: false,
+            opened_by: (0, 0),
         }
     }
 

@@ -57,6 +57,7 @@ fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str, service: &str)
         opened_ns: 1,
         preexisting: false,
         peer_is_agent: false,
+        opened_by: (0, 0),
     }
 }
 

@@ -311,6 +311,7 @@ mod tests {
             opened_ns: 1,
             preexisting: false,
             peer_is_agent: false,
+            opened_by: (0, 0),
         };
         p.client_done(
             &mut reg,

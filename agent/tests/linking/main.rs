@@ -38,7 +38,11 @@ fn main() {
             Ok(())
         }),
         Trial::test("node_event_loop_eight_in_flight", || {
-            node_event_loop();
+            node_event_loop(None);
+            Ok(())
+        }),
+        Trial::test("node_event_loop_with_a_capped_pool", || {
+            node_event_loop(Some(2));
             Ok(())
         }),
         Trial::test("keep_alive_pool_shared_by_threads", || {
@@ -154,7 +158,10 @@ fn event_loop() {
 /// checked exactly: its server span, its two calls under it (by the id in
 /// their paths), the downstream's spans under those. No call may sit under
 /// another request; calls without evidence stay roots and are counted.
-fn node_event_loop() {
+/// `max_sockets`: cap the client pool, so that calls wait for connections
+/// other requests free (the hand-off no tick can tell from the request's
+/// own next call): those must stay roots, never under the wrong request.
+fn node_event_loop(max_sockets: Option<usize>) {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
     let a = agent(&[]);
@@ -163,7 +170,11 @@ fn node_event_loop() {
     let port = free_port();
     let mut cmd = Command::new("node");
     cmd.arg(fixture("linking/node_server.js"))
-        .args([port.to_string(), down.to_string()])
+        .args([
+            port.to_string(),
+            down.to_string(),
+            max_sockets.unwrap_or(0).to_string(),
+        ])
         .env("OTEL_SERVICE_NAME", "node-loop");
     let _srv = ready(cmd);
     std::thread::scope(|scope| {
@@ -230,10 +241,10 @@ fn node_event_loop() {
             );
             if c.span.parent_span_id == srv.span.span_id {
                 assert_eq!(c.span.trace_id, srv.span.trace_id);
-                assert_eq!(
-                    c.attr("sonde.link.evidence").as_deref(),
-                    Some("tick"),
-                    "/down/{id}/{k}"
+                let evidence = c.attr("sonde.link.evidence");
+                assert!(
+                    matches!(evidence.as_deref(), Some("tick" | "connect")),
+                    "/down/{id}/{k}: {evidence:?}"
                 );
             } else if c.span.parent_span_id.is_empty() {
                 orphans += 1;
@@ -245,15 +256,20 @@ fn node_event_loop() {
         }
         complete += whole as usize;
     }
-    eprintln!("node event loop, {N} requests, {IN_FLIGHT} in flight: {complete} complete, {orphans} calls left roots, {} wrong parents", wrong.len());
-    assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
-    // Measured: 28 of 40 (70%); the rest are first calls on a new
-    // connection, written after the connect completes, in a tick no read
-    // opened: roots (see ARCHITECTURE.md, "Causality").
-    assert!(
-        complete * 2 >= N,
-        "{complete} of {N} complete ({orphans} roots)"
+    eprintln!(
+        "node event loop, {N} requests, {IN_FLIGHT} in flight, pool cap {max_sockets:?}: {complete} complete, {orphans} calls left roots, {} wrong parents",
+        wrong.len()
     );
+    assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
+    if max_sockets.is_none() {
+        // Measured 39 to 40 of 40. A root is a second call written on the
+        // connection its first reply freed while another request waited:
+        // ambiguous by design (ARCHITECTURE.md, "Causality").
+        assert!(
+            complete * 10 >= N * 9,
+            "{complete} of {N} complete ({orphans} roots)"
+        );
+    }
 }
 
 fn keep_alive_pool() {
