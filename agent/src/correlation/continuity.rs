@@ -17,6 +17,9 @@ use crate::{connections::process::ProcessInfo, protocols::amqp::Message, spans::
 #[derive(Default)]
 pub struct Continuity {
     by_key: HashMap<u64, VecDeque<(u64, Publish)>>,
+    /// Destinations (exchange, routing key) published to on this node ->
+    /// when last: a delivery from one of them may see its publish late.
+    destinations: HashMap<u64, u64>,
     order: VecDeque<(u64, u64)>,
     /// Publishes evicted before their window ended (the index was full).
     pub evicted: u64,
@@ -34,6 +37,13 @@ pub struct Publish {
 pub const WINDOW_NS: u64 = 60_000_000_000;
 const MAX_ENTRIES: usize = 100_000;
 
+/// A message's destination (exchange, routing key).
+pub fn destination_key(m: &Message) -> u64 {
+    let mut h = DefaultHasher::new();
+    (&m.exchange, &m.routing_key).hash(&mut h);
+    h.finish()
+}
+
 pub fn message_key(m: &Message) -> u64 {
     let mut h = DefaultHasher::new();
     (
@@ -49,13 +59,27 @@ pub fn message_key(m: &Message) -> u64 {
 }
 
 impl Continuity {
-    pub fn published(&mut self, key: u64, at_ns: u64, publish: Publish) {
+    pub fn published(&mut self, key: u64, dest: u64, at_ns: u64, publish: Publish) {
         self.expire(at_ns);
+        if self.destinations.len() >= MAX_ENTRIES && !self.destinations.contains_key(&dest) {
+            self.destinations
+                .retain(|_, t| at_ns.saturating_sub(*t) < WINDOW_NS);
+        }
+        if self.destinations.len() < MAX_ENTRIES {
+            self.destinations.insert(dest, at_ns);
+        }
         self.by_key
             .entry(key)
             .or_default()
             .push_back((at_ns, publish));
         self.order.push_back((at_ns, key));
+    }
+
+    /// A process on this node published to `dest` within the window.
+    pub fn publishes_to(&self, dest: u64, at_ns: u64) -> bool {
+        self.destinations
+            .get(&dest)
+            .is_some_and(|t| at_ns.saturating_sub(*t) < WINDOW_NS)
     }
 
     pub fn lookup(&mut self, key: u64, at_ns: u64) -> Option<Publish> {
@@ -113,8 +137,8 @@ mod tests {
     #[test]
     fn latest_publish_within_the_window_wins_and_fan_out_shares_it() {
         let mut c = Continuity::default();
-        c.published(1, 100, publish(1));
-        c.published(1, 200, publish(2));
+        c.published(1, 7, 100, publish(1));
+        c.published(1, 7, 200, publish(2));
         let found = |c: &mut Continuity, key, at| c.lookup(key, at).map(|p| p.ctx);
         assert_eq!(found(&mut c, 1, 300), Some(ctx(2)));
         assert_eq!(
@@ -136,7 +160,7 @@ mod tests {
     fn a_full_index_evicts_the_oldest_and_counts_it() {
         let mut c = Continuity::default();
         for i in 0..MAX_ENTRIES as u64 + 3 {
-            c.published(i, 1000 + i, publish(1));
+            c.published(i, 7, 1000 + i, publish(1));
         }
         assert_eq!(
             c.evicted, 2,

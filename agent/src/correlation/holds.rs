@@ -1,7 +1,8 @@
 //! Provisional traces: a server request from a client on this node whose
-//! client record has not come yet. Everything of its trace (the server
-//! span and the calls it made) is held until the client's record names the
-//! real trace, or the wait is over. See "Socket-pair stitching" in
+//! client record has not come yet, or a delivery whose publish, seen on
+//! this node, has not come yet. Everything of its trace (the server or
+//! consumer span and the calls it made) is held until the late record
+//! names the real trace, or the wait is over. See "Socket-pair stitching" in
 //! ARCHITECTURE.md.
 use std::collections::{HashMap, VecDeque};
 
@@ -18,12 +19,22 @@ pub const ALIAS_NS: u64 = 60_000_000_000;
 /// Bound on renamed provisional ids.
 const MAX_ALIASES: usize = 65536;
 
+/// What a held trace waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldFor {
+    /// A server request: its client's record, by the client's (local,
+    /// remote) endpoints.
+    Client(ClientKey),
+    /// A delivery: the publish that sent it, by message key.
+    Publish(u64),
+}
+
 pub struct Held {
     /// The server connection and its request's first read.
     pub conn: u64,
     pub since: u64,
-    /// The client's (local, remote) endpoints.
-    pub key: ClientKey,
+    /// The late record it waits for.
+    pub key: HeldFor,
     pub items: Vec<Linked>,
 }
 

@@ -2,10 +2,17 @@
 //! delivery is in flight (like a server request) from its read to its
 //! acknowledgement, in the trace of its header or of the publish seen on
 //! this node that sent it.
-use super::{continuity, Correlator, Evidence, Item, Linked};
+use super::{
+    continuity,
+    holds::{self, Held, HeldFor},
+    Correlator, Evidence, Item, Linked,
+};
 use crate::{
     connections::ConnInfo,
-    protocols::amqp::{AmqpOut, Message, Outcome},
+    protocols::{
+        amqp::{AmqpOut, Message, Outcome},
+        SegTime,
+    },
     spans::{traceparent, traceparent::TraceParent, SpanCtx},
 };
 
@@ -20,6 +27,17 @@ pub(super) struct Delivery {
     key: u64,
     publish: Option<continuity::Publish>,
     evidence: Evidence,
+}
+
+/// A delivery read before the record of its publish (seen on this node).
+pub(super) struct Waiter {
+    pid: u32,
+    conn: u64,
+    channel: u16,
+    delivery_tag: u64,
+    /// Its linker key.
+    key: u64,
+    since: u64,
 }
 
 /// A delivery processed, from its read to its acknowledgement.
@@ -51,46 +69,60 @@ fn header(msg: &Message) -> Option<TraceParent> {
 }
 
 impl Correlator {
-    pub(super) fn messaging(&mut self, c: ConnInfo, op: AmqpOut, out: &mut Vec<Linked>) {
+    pub(super) fn messaging(
+        &mut self,
+        c: ConnInfo,
+        op: AmqpOut,
+        now_ns: u64,
+        out: &mut Vec<Linked>,
+    ) {
         match op {
-            AmqpOut::Published {
+            AmqpOut::PublishSent {
+                channel,
+                seq,
                 ref msg,
                 first,
                 last,
-                ..
             } => {
-                // An instrumented publisher names its own trace in the headers.
-                let own = header(msg);
-                let (mut ctx, mut evidence) = self.call_context(&c, first, None);
-                match own {
-                    Some(tp) if ctx.parent_span_id.is_none() => {
-                        ctx = SpanCtx {
-                            trace_id: tp.trace_id,
-                            sampled: self.sampler.should_sample(&tp.trace_id, None),
-                            ..ctx
-                        };
-                        evidence = Evidence::Header;
-                    }
-                    // The request it was made for is in another trace: the
-                    // header's wins.
-                    Some(tp) if ctx.trace_id != tp.trace_id => {
-                        ctx = SpanCtx {
-                            trace_id: tp.trace_id,
-                            parent_span_id: None,
-                            ..ctx
-                        };
-                        evidence = Evidence::Header;
-                    }
-                    _ => {}
-                }
+                // Fixed now: a consumer may get the message before the
+                // broker's confirm completes the publish.
+                let (ctx, evidence) = self.publish_context(&c, msg, first);
                 let secs = last.exit_ns.saturating_sub(first.enter_ns) as f64 / 1e9;
                 let publish = continuity::Publish {
                     ctx,
                     producer: c.process.clone(),
                     secs,
                 };
-                self.continuity
-                    .published(continuity::message_key(msg), first.enter_ns, publish);
+                self.publish_seen(msg, first.enter_ns, publish, now_ns, out);
+                if self.sent.len() >= MAX_DELIVERIES {
+                    self.drops.deliveries += 1;
+                    return;
+                }
+                self.sent.insert((c.id, channel, seq), (ctx, evidence));
+            }
+            AmqpOut::Published {
+                channel,
+                ref msg,
+                first,
+                last,
+                seq,
+                ..
+            } => {
+                let sent = seq.and_then(|s| self.sent.remove(&(c.id, channel, s)));
+                let (ctx, evidence) = match sent {
+                    Some(fixed) => fixed,
+                    None => {
+                        let (ctx, evidence) = self.publish_context(&c, msg, first);
+                        let secs = last.exit_ns.saturating_sub(first.enter_ns) as f64 / 1e9;
+                        let publish = continuity::Publish {
+                            ctx,
+                            producer: c.process.clone(),
+                            secs,
+                        };
+                        self.publish_seen(msg, first.enter_ns, publish, now_ns, out);
+                        (ctx, evidence)
+                    }
+                };
                 self.emit(
                     Linked {
                         conn: c,
@@ -132,7 +164,7 @@ impl Correlator {
                     return;
                 }
                 let key = delivery_key(c.id, channel, delivery_tag);
-                self.linker.request_started(
+                let ctx = self.linker.request_started(
                     c.pid,
                     key,
                     c.id,
@@ -141,6 +173,21 @@ impl Correlator {
                     incoming,
                     &self.sampler,
                 );
+                // Its publish may be on this node, its record not in yet
+                // (the publisher's write exited after the consumer read it):
+                // hold the delivery's trace for it.
+                let dest = continuity::destination_key(&msg);
+                if incoming.is_none() && self.continuity.publishes_to(dest, at.exit_ns) {
+                    self.wait_for_publish(
+                        &c,
+                        &msg,
+                        (channel, delivery_tag, key),
+                        at.exit_ns,
+                        ctx,
+                        now_ns,
+                        out,
+                    );
+                }
                 let d = Delivery {
                     msg,
                     queue,
@@ -206,5 +253,357 @@ impl Correlator {
     /// with it (the parser reports them `Closed` first).
     pub(super) fn forget_deliveries(&mut self, conn: u64) {
         self.deliveries.retain(|(c, _, _), _| *c != conn);
+        self.sent.retain(|(c, _, _), _| *c != conn);
+        self.late_deliveries.retain(|_, w| {
+            w.retain(|w| w.conn != conn);
+            !w.is_empty()
+        });
+    }
+
+    /// Holds a delivery that matched no publish, until its publish's record
+    /// comes (or the hold ends).
+    #[allow(clippy::too_many_arguments)]
+    fn wait_for_publish(
+        &mut self,
+        c: &ConnInfo,
+        msg: &Message,
+        (channel, delivery_tag, key): (u16, u64, u64),
+        since: u64,
+        ctx: SpanCtx,
+        now_ns: u64,
+        out: &mut Vec<Linked>,
+    ) {
+        let waiting: usize = self.late_deliveries.values().map(Vec::len).sum();
+        if waiting >= MAX_DELIVERIES {
+            self.drops.deliveries += 1;
+            return;
+        }
+        let msg_key = continuity::message_key(msg);
+        let w = self.late_deliveries.entry(msg_key).or_default();
+        // Waits whose hold is over are stale.
+        w.retain(|w| since.saturating_sub(w.since) < holds::HOLD_NS);
+        w.push(Waiter {
+            pid: c.pid,
+            conn: c.id,
+            channel,
+            delivery_tag,
+            key,
+            since,
+        });
+        let held = Held {
+            conn: key,
+            since,
+            key: HeldFor::Publish(msg_key),
+            items: vec![],
+        };
+        self.holds.start(ctx.trace_id, held, now_ns, out);
+    }
+
+    /// A publish was seen on this node: deliveries later are matched to it
+    /// through the continuity index; deliveries already read that wait for
+    /// it join its trace now.
+    fn publish_seen(
+        &mut self,
+        msg: &Message,
+        at_ns: u64,
+        publish: continuity::Publish,
+        now_ns: u64,
+        out: &mut Vec<Linked>,
+    ) {
+        let msg_key = continuity::message_key(msg);
+        let ctx = publish.ctx;
+        self.continuity.published(
+            msg_key,
+            continuity::destination_key(msg),
+            at_ns,
+            publish.clone(),
+        );
+        let Some(waiters) = self.late_deliveries.remove(&msg_key) else {
+            return;
+        };
+        for w in waiters {
+            // Published before it was delivered, within the hold.
+            if w.since < at_ns || w.since - at_ns >= holds::HOLD_NS {
+                continue;
+            }
+            if let Some(d) = self
+                .deliveries
+                .get_mut(&(w.conn, w.channel, w.delivery_tag))
+            {
+                d.publish = Some(publish.clone());
+                d.evidence = Evidence::PublishMatch;
+            }
+            let in_flight = self.linker.adopt(w.pid, w.key, &ctx);
+            let held =
+                self.adopt_held(|h| h.conn == w.key && h.since == w.since, &ctx, now_ns, out);
+            if in_flight || held {
+                self.counts.late_partners_adopted += 1;
+            }
+        }
+    }
+
+    /// A publish's context: the request it was made for, unless an
+    /// instrumented publisher named its own trace in the headers.
+    fn publish_context(
+        &mut self,
+        c: &ConnInfo,
+        msg: &Message,
+        first: SegTime,
+    ) -> (SpanCtx, Evidence) {
+        let own = header(msg);
+        let (ctx, evidence) = self.call_context(c, first, None);
+        match own {
+            Some(tp) if ctx.parent_span_id.is_none() => (
+                SpanCtx {
+                    trace_id: tp.trace_id,
+                    sampled: self.sampler.should_sample(&tp.trace_id, None),
+                    ..ctx
+                },
+                Evidence::Header,
+            ),
+            // The request it was made for is in another trace: the
+            // header's wins.
+            Some(tp) if ctx.trace_id != tp.trace_id => (
+                SpanCtx {
+                    trace_id: tp.trace_id,
+                    parent_span_id: None,
+                    ..ctx
+                },
+                Evidence::Header,
+            ),
+            _ => (ctx, evidence),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        connections::process::ProcessInfo,
+        event::{Role, SocketTuple},
+        protocols::{dispatch::Flow, Record},
+        spans::sampler::Sampler,
+    };
+
+    fn conn(id: u64, pid: u32, local: &str) -> ConnInfo {
+        ConnInfo {
+            id,
+            pid,
+            fd: 3,
+            role: Role::Client,
+            tuple: Some(SocketTuple {
+                local: local.parse().unwrap(),
+                remote: "127.0.0.1:5672".parse().unwrap(),
+            }),
+            process: Arc::new(ProcessInfo {
+                pid,
+                ..Default::default()
+            }),
+            opened_ns: 1,
+            preexisting: false,
+            peer_is_agent: false,
+            opened_by: (0, 0),
+        }
+    }
+
+    fn at(ns: u64) -> SegTime {
+        SegTime {
+            enter_ns: ns,
+            exit_ns: ns + 1,
+            tid: 1,
+            tick: 0,
+        }
+    }
+
+    /// On a confirm channel the broker's confirm can reach the publisher
+    /// after the consumer got the message: the consumer still joins the
+    /// publish, whose context was fixed when it was written.
+    #[test]
+    fn a_delivery_before_its_publishs_confirm_joins_the_publish() {
+        let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+        let (producer, consumer) = (
+            conn(1, 100, "127.0.0.1:40000"),
+            conn(2, 200, "127.0.0.1:40001"),
+        );
+        let msg = Message {
+            exchange: "shop".into(),
+            routing_key: "orders".into(),
+            body_size: 3,
+            body_prefix: b"o-7".to_vec(),
+            ..Default::default()
+        };
+        let mut out = vec![];
+        let feed = |c: &mut Correlator, conn: &ConnInfo, op: AmqpOut, out: &mut Vec<Linked>| {
+            c.on_flow(
+                Flow::Record(conn.clone(), Record::Messaging(Box::new(op))),
+                10_000,
+                out,
+            )
+        };
+        feed(
+            &mut c,
+            &producer,
+            AmqpOut::PublishSent {
+                channel: 1,
+                seq: 1,
+                msg: msg.clone(),
+                first: at(100),
+                last: at(110),
+            },
+            &mut out,
+        );
+        feed(
+            &mut c,
+            &consumer,
+            AmqpOut::DeliveryStarted {
+                channel: 1,
+                delivery_tag: 1,
+                queue: Some("orders".into()),
+                redelivered: false,
+                msg: msg.clone(),
+                at: at(200),
+            },
+            &mut out,
+        );
+        feed(
+            &mut c,
+            &consumer,
+            AmqpOut::DeliveryFinished {
+                channel: 1,
+                delivery_tag: 1,
+                outcome: Outcome::Ack,
+                at: at(300),
+            },
+            &mut out,
+        );
+        feed(
+            &mut c,
+            &producer,
+            AmqpOut::Published {
+                channel: 1,
+                msg,
+                first: at(100),
+                last: at(400),
+                confirmed: Some(true),
+                returned: None,
+                seq: Some(1),
+            },
+            &mut out,
+        );
+        let [process, publish] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert!(
+            matches!(publish.item, Item::Publish(_)) && matches!(process.item, Item::Process(_))
+        );
+        assert_eq!(
+            (process.ctx.trace_id, process.ctx.parent_span_id),
+            (publish.ctx.trace_id, Some(publish.ctx.span_id))
+        );
+        assert_eq!(process.evidence, Evidence::PublishMatch);
+        assert!(c.sent.is_empty(), "the confirm took its context");
+    }
+
+    /// Without confirms, the publisher's write may exit (and its record
+    /// enter the ring) after the consumer read the message: the delivery's
+    /// trace is held until the publish comes, then joins it.
+    #[test]
+    fn a_delivery_read_before_its_publishs_record_waits_for_it() {
+        let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+        let (producer, consumer) = (
+            conn(1, 100, "127.0.0.1:40000"),
+            conn(2, 200, "127.0.0.1:40001"),
+        );
+        let msg = |id: &str| Message {
+            exchange: "shop".into(),
+            routing_key: "orders".into(),
+            body_size: 3,
+            body_prefix: id.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let published = |id: &str, t: u64| AmqpOut::Published {
+            channel: 1,
+            msg: msg(id),
+            first: at(t),
+            last: at(t + 10),
+            confirmed: None,
+            returned: None,
+            seq: None,
+        };
+        let mut out = vec![];
+        let feed = |c: &mut Correlator, conn: &ConnInfo, op: AmqpOut, out: &mut Vec<Linked>| {
+            c.on_flow(
+                Flow::Record(conn.clone(), Record::Messaging(Box::new(op))),
+                10_000,
+                out,
+            )
+        };
+        // In order first: this node publishes to shop/orders.
+        feed(&mut c, &producer, published("o-1", 100), &mut out);
+        // o-2: its delivery and processing come before its publish.
+        let delivered = AmqpOut::DeliveryStarted {
+            channel: 1,
+            delivery_tag: 2,
+            queue: Some("orders".into()),
+            redelivered: false,
+            msg: msg("o-2"),
+            at: at(300),
+        };
+        feed(&mut c, &consumer, delivered, &mut out);
+        feed(
+            &mut c,
+            &consumer,
+            AmqpOut::DeliveryFinished {
+                channel: 1,
+                delivery_tag: 2,
+                outcome: Outcome::Ack,
+                at: at(400),
+            },
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "the consumer span is held: {out:?}");
+        feed(&mut c, &producer, published("o-2", 200), &mut out);
+        let [_, process, publish] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert!(
+            matches!(publish.item, Item::Publish(_)) && matches!(process.item, Item::Process(_)),
+            "{out:?}"
+        );
+        assert_eq!(
+            (process.ctx.trace_id, process.ctx.parent_span_id),
+            (publish.ctx.trace_id, Some(publish.ctx.span_id))
+        );
+        assert_eq!(c.counts().late_partners_adopted, 1);
+        assert!(c.late_deliveries.is_empty());
+        // A destination no process here publishes to is not held.
+        let elsewhere = Message {
+            routing_key: "elsewhere".into(),
+            ..msg("x")
+        };
+        let d = AmqpOut::DeliveryStarted {
+            channel: 1,
+            delivery_tag: 3,
+            queue: None,
+            redelivered: false,
+            msg: elsewhere,
+            at: at(500),
+        };
+        feed(&mut c, &consumer, d, &mut out);
+        feed(
+            &mut c,
+            &consumer,
+            AmqpOut::DeliveryFinished {
+                channel: 1,
+                delivery_tag: 3,
+                outcome: Outcome::Ack,
+                at: at(600),
+            },
+            &mut out,
+        );
+        assert_eq!(out.len(), 4, "exported at once");
     }
 }

@@ -24,7 +24,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use causality::{Linker, Parent};
 use continuity::Continuity;
-use holds::{Held, Holds};
+use holds::{Held, HeldFor, Holds};
 use stitch::{NatLookup, Stitcher, Waiting};
 
 use crate::{
@@ -161,6 +161,11 @@ pub struct Correlator {
     continuity: Continuity,
     /// Deliveries in processing, by (connection, channel, delivery tag).
     deliveries: HashMap<(u64, u16, u64), messaging::Delivery>,
+    /// Publishes written and not yet confirmed, by (connection, channel,
+    /// sequence number): their context, fixed at the write.
+    sent: HashMap<(u64, u16, u64), (SpanCtx, Evidence)>,
+    /// Deliveries waiting for a publish seen on this node, by message key.
+    late_deliveries: HashMap<u64, Vec<messaging::Waiter>>,
     sampler: Sampler,
     drops: Drops,
     counts: Counts,
@@ -174,6 +179,8 @@ impl Correlator {
             holds: Holds::default(),
             continuity: Continuity::default(),
             deliveries: HashMap::new(),
+            sent: HashMap::new(),
+            late_deliveries: HashMap::new(),
             sampler,
             drops: Drops::default(),
             counts: Counts::default(),
@@ -209,7 +216,7 @@ impl Correlator {
             servers,
             nat,
             self.holds.len(),
-            self.deliveries.len(),
+            self.deliveries.len() + self.sent.len() + self.late_deliveries.len(),
             self.linker.marked_threads(),
         ]
     }
@@ -265,7 +272,7 @@ impl Correlator {
                     out,
                 );
             }
-            Record::Messaging(op) => self.messaging(c, *op, out),
+            Record::Messaging(op) => self.messaging(c, *op, now_ns, out),
         }
     }
 
@@ -316,7 +323,7 @@ impl Correlator {
                 let held = Held {
                     conn: c.id,
                     since: waiting.since,
-                    key: k,
+                    key: HeldFor::Client(k),
                     items: vec![],
                 };
                 self.holds.start(ctx.trace_id, held, now_ns, out);
@@ -364,7 +371,9 @@ impl Correlator {
             if let Some((_, h)) = self.holds.take(|h| h.conn == w.conn && h.since == w.since) {
                 self.emit_all(h.items, out);
             }
-        } else if key.is_some_and(|k| self.adopt_held(|h| h.key == k, &ctx, now_ns, out)) {
+        } else if key
+            .is_some_and(|k| self.adopt_held(|h| h.key == HeldFor::Client(k), &ctx, now_ns, out))
+        {
             // The server closed the connection before this record came.
             self.stitch.read_on_node(c.id, ctx.span_id);
             self.counts.late_partners_adopted += 1;

@@ -77,6 +77,16 @@ pub enum AmqpOut {
         returned: Option<(u16, String)>,
         seq: Option<u64>,
     },
+    /// A publish on a confirm channel was written: its `Published` comes
+    /// with the broker's confirm, possibly after a consumer already got
+    /// the message. Correlation fixes the publish's context now.
+    PublishSent {
+        channel: u16,
+        seq: u64,
+        msg: Message,
+        first: SegTime,
+        last: SegTime,
+    },
     /// A delivery was read: processing starts now.
     DeliveryStarted {
         channel: u16,
@@ -687,6 +697,13 @@ impl AmqpConnection {
                 if ch.confirms {
                     let seq = ch.next_seq;
                     ch.next_seq += 1;
+                    out.push(AmqpOut::PublishSent {
+                        channel: id,
+                        seq,
+                        msg: msg.clone(),
+                        first,
+                        last,
+                    });
                     bounded_push(&mut ch.unconfirmed, (seq, msg, first, last, None));
                 } else {
                     out.push(AmqpOut::Published {

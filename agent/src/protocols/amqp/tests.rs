@@ -45,9 +45,13 @@ fn replay(split: Option<usize>, bytewise: bool) -> (AmqpConnection, Vec<AmqpOut>
     (c, out)
 }
 
+/// The records, less `PublishSent` (the write of a publish whose
+/// `Published` follows: see `recorded_pika_session`).
 fn summary(out: &[AmqpOut]) -> Vec<String> {
     out.iter()
+        .filter(|o| !matches!(o, AmqpOut::PublishSent { .. }))
         .map(|o| match o {
+            AmqpOut::PublishSent { .. } => unreachable!("filtered"),
             AmqpOut::Published {
                 msg,
                 confirmed,
@@ -94,7 +98,26 @@ fn summary(out: &[AmqpOut]) -> Vec<String> {
 
 #[test]
 fn recorded_pika_session() {
-    let (c, out) = replay(None, false);
+    let (c, all) = replay(None, false);
+    // Each publish on this confirm channel is first seen written, then
+    // confirmed: the write comes before any delivery of it.
+    let sent: Vec<(u64, &str)> = all
+        .iter()
+        .filter_map(|o| match o {
+            AmqpOut::PublishSent { seq, msg, .. } => Some((*seq, msg.routing_key.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![(1, "rk.1"), (2, "rk.2"), (3, "nowhere")]);
+    let first = |f: fn(&AmqpOut) -> bool| all.iter().position(f).unwrap();
+    assert!(
+        first(|o| matches!(o, AmqpOut::PublishSent { .. }))
+            < first(|o| matches!(o, AmqpOut::Published { .. }))
+    );
+    let out: Vec<AmqpOut> = all
+        .into_iter()
+        .filter(|o| !matches!(o, AmqpOut::PublishSent { .. }))
+        .collect();
     assert_eq!(
         summary(&out),
         vec![
