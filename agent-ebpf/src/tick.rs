@@ -16,7 +16,9 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
-use crate::{ctx::field, maps::TICKS};
+use aya_ebpf::EbpfContext;
+
+use crate::maps::TICKS;
 
 /// Advances `tid`'s tick; `create`: start one for a thread that has none.
 #[inline(always)]
@@ -67,9 +69,11 @@ const BLOCKED: i64 = 0xff;
 
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
-    let state: i64 = field(&ctx, PREV_STATE);
+    // Scalar fields at constant offsets: direct context loads, no helper.
+    // SAFETY: both lie within the tracepoint's record (format above).
+    let state = unsafe { *(ctx.as_ptr().add(PREV_STATE) as *const i64) };
     if state & BLOCKED != 0 {
-        let tid: i32 = field(&ctx, PREV_PID);
+        let tid = unsafe { *(ctx.as_ptr().add(PREV_PID) as *const i32) };
         bump(tid as u32, false);
     }
     0

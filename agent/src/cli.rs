@@ -28,6 +28,16 @@ pub enum Command {
     Capture(CaptureCmd),
     /// Report what this kernel allows; exits non-zero if capture is impossible.
     Doctor(DoctorCmd),
+    /// Measure what the running agent's kernel programs cost per event
+    /// (BPF run-time statistics over a window).
+    ProbeCost(ProbeCostCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeCostCmd {
+    /// How long to sample.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]

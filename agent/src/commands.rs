@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
 
 use crate::{
-    cli::{CaptureArgs, CaptureCmd, Command, DoctorCmd},
+    cli::{CaptureArgs, CaptureCmd, Command, DoctorCmd, ProbeCostCmd},
     clock::Clock,
     connections::StreamEvent,
     doctor,
@@ -15,8 +15,23 @@ use crate::{
 pub async fn dispatch(cmd: Command) -> ExitCode {
     match cmd {
         Command::Doctor(d) => doctor_cmd(d),
+        Command::ProbeCost(p) => probe_cost_cmd(p),
         Command::Capture(c) => capture_cmd(c).await,
         Command::Run(r) => crate::run::run(r).await,
+    }
+}
+
+fn probe_cost_cmd(p: ProbeCostCmd) -> ExitCode {
+    let window = std::time::Duration::from_secs(p.seconds);
+    match crate::probes::cost::measure(window) {
+        Ok(costs) => {
+            print!("{}", crate::probes::cost::render(&costs, window));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sonde probe-cost: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! the kernel has kprobes, also the io_uring path (its kprobes deferred
 //! until io_uring is used).
 pub mod compat;
+pub mod cost;
 pub mod layout;
 pub mod programs;
 pub mod tracefs;
