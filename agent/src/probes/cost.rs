@@ -87,7 +87,7 @@ fn delta(before: &Sample, after: &Sample) -> Vec<Cost> {
         })
         .filter(|c| c.runs > 0)
         .collect();
-    out.sort_by(|a, b| b.ns.cmp(&a.ns));
+    out.sort_by_key(|c| std::cmp::Reverse(c.ns));
     out
 }
 
@@ -122,7 +122,7 @@ pub fn render(costs: &[Cost], window: Duration) -> String {
     let tick = |c: &Cost| {
         TICK_PROGRAMS
             .iter()
-            .any(|p| &p[..p.len().min(NAME_LEN)] == c.program)
+            .any(|p| p[..p.len().min(NAME_LEN)] == c.program)
     };
     let (r, n) = sum(&tick);
     line(&mut s, "(tick probes)", r, n);
