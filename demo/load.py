@@ -38,12 +38,16 @@ def main():
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between rounds when running until interrupted")
     args = ap.parse_args()
     login, ingestion, gates = Client(args.login), Client(args.ingestion), Client(args.gates)
+    # Readings differ from request to request, across generators too (a
+    # real device's do): identical messages in flight at once are the one
+    # case publish -> consume matching cannot tell apart.
+    reading = lambda i: args.first_user - 1 + i
     ok = {"login": 0, "data": 0, "gates": 0, "errors": 0}
     i = 0
     try:
         while args.count is None or i < args.count:
             for flow, status in [("login", login.call("POST", "/login", {"user": (args.first_user - 1 + i) % args.users + 1})),
-                                 ("data", ingestion.call("POST", "/data", {"device": i % 7 + 1, "value": (i * 13) % 100})),
+                                 ("data", ingestion.call("POST", "/data", {"device": i % 7 + 1, "value": reading(i)})),
                                  ("gates", gates.call("GET", f"/gates/{i % 5 + 1}"))]:
                 if status < 400:
                     ok[flow] += 1
