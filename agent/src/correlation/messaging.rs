@@ -86,14 +86,7 @@ impl Correlator {
             } => {
                 // Fixed now: a consumer may get the message before the
                 // broker's confirm completes the publish.
-                let (ctx, evidence) = self.publish_context(&c, msg, first);
-                let secs = last.exit_ns.saturating_sub(first.enter_ns) as f64 / 1e9;
-                let publish = continuity::Publish {
-                    ctx,
-                    producer: c.process.clone(),
-                    secs,
-                };
-                self.publish_seen(msg, first.enter_ns, publish, now_ns, out);
+                let (ctx, evidence) = self.publish_written(&c, msg, (first, last), now_ns, out);
                 if self.sent.len() >= MAX_DELIVERIES {
                     self.drops.deliveries += 1;
                     return;
@@ -111,17 +104,7 @@ impl Correlator {
                 let sent = seq.and_then(|s| self.sent.remove(&(c.id, channel, s)));
                 let (ctx, evidence) = match sent {
                     Some(fixed) => fixed,
-                    None => {
-                        let (ctx, evidence) = self.publish_context(&c, msg, first);
-                        let secs = last.exit_ns.saturating_sub(first.enter_ns) as f64 / 1e9;
-                        let publish = continuity::Publish {
-                            ctx,
-                            producer: c.process.clone(),
-                            secs,
-                        };
-                        self.publish_seen(msg, first.enter_ns, publish, now_ns, out);
-                        (ctx, evidence)
-                    }
+                    None => self.publish_written(&c, msg, (first, last), now_ns, out),
                 };
                 self.emit(
                     Linked {
@@ -297,6 +280,27 @@ impl Correlator {
             items: vec![],
         };
         self.holds.start(ctx.trace_id, held, now_ns, out);
+    }
+
+    /// A publish written from `first` to `last`: its context, indexed for
+    /// the deliveries of its message.
+    fn publish_written(
+        &mut self,
+        c: &ConnInfo,
+        msg: &Message,
+        (first, last): (SegTime, SegTime),
+        now_ns: u64,
+        out: &mut Vec<Linked>,
+    ) -> (SpanCtx, Evidence) {
+        let (ctx, evidence) = self.publish_context(c, msg, first);
+        let secs = last.exit_ns.saturating_sub(first.enter_ns) as f64 / 1e9;
+        let publish = continuity::Publish {
+            ctx,
+            producer: c.process.clone(),
+            secs,
+        };
+        self.publish_seen(msg, first.enter_ns, publish, now_ns, out);
+        (ctx, evidence)
     }
 
     /// A publish was seen on this node: deliveries later are matched to it
