@@ -31,6 +31,7 @@ pub(super) struct Delivery {
 
 /// A delivery read before the record of its publish (seen on this node).
 pub(super) struct Waiter {
+    queue: String,
     pid: u32,
     conn: u64,
     channel: u16,
@@ -122,16 +123,25 @@ impl Correlator {
                 queue,
                 msg,
                 at,
-                ..
+                redelivered,
             } => {
                 // The parent: the context in the headers, else the publish seen here.
                 let header = header(&msg);
-                let publish = match header {
-                    Some(_) => None,
-                    None => self
-                        .continuity
-                        .lookup(continuity::message_key(&msg), at.exit_ns),
+                let found = match header {
+                    Some(_) => continuity::Found::Nothing,
+                    None => {
+                        let q = queue.as_deref().unwrap_or_default();
+                        self.continuity.lookup(
+                            continuity::message_key(&msg),
+                            at.exit_ns,
+                            q,
+                            redelivered,
+                        )
+                    }
                 };
+                let ambiguous = matches!(found, continuity::Found::Ambiguous);
+                self.counts.calls_ambiguous += u64::from(ambiguous);
+                let publish = found.publish();
                 let incoming = header.or(publish.as_ref().map(|p| TraceParent {
                     trace_id: p.ctx.trace_id,
                     parent_id: p.ctx.span_id,
@@ -140,6 +150,7 @@ impl Correlator {
                 let evidence = match (header, &publish) {
                     (Some(_), _) => Evidence::Header,
                     (None, Some(_)) => Evidence::PublishMatch,
+                    (None, None) if ambiguous => Evidence::Ambiguous,
                     (None, None) => Evidence::Root,
                 };
                 if self.deliveries.len() >= MAX_DELIVERIES {
@@ -160,10 +171,13 @@ impl Correlator {
                 // (the publisher's write exited after the consumer read it):
                 // hold the delivery's trace for it.
                 let dest = continuity::destination_key(&msg);
-                if incoming.is_none() && self.continuity.publishes_to(dest, at.exit_ns) {
+                if incoming.is_none()
+                    && !ambiguous
+                    && self.continuity.publishes_to(dest, at.exit_ns)
+                {
                     self.wait_for_publish(
                         &c,
-                        &msg,
+                        (&msg, queue.as_deref()),
                         (channel, delivery_tag, key),
                         at.exit_ns,
                         ctx,
@@ -249,7 +263,7 @@ impl Correlator {
     fn wait_for_publish(
         &mut self,
         c: &ConnInfo,
-        msg: &Message,
+        (msg, queue): (&Message, Option<&str>),
         (channel, delivery_tag, key): (u16, u64, u64),
         since: u64,
         ctx: SpanCtx,
@@ -266,6 +280,7 @@ impl Correlator {
         // Waits whose hold is over are stale.
         w.retain(|w| since.saturating_sub(w.since) < holds::HOLD_NS);
         w.push(Waiter {
+            queue: queue.unwrap_or_default().to_string(),
             pid: c.pid,
             conn: c.id,
             channel,
@@ -325,6 +340,16 @@ impl Correlator {
         let Some(waiters) = self.late_deliveries.remove(&msg_key) else {
             return;
         };
+        // Two waiting on one queue: identical messages in flight, of which
+        // this is one. Which delivery is its, the wire does not say.
+        let mut queues: Vec<&str> = waiters.iter().map(|w| w.queue.as_str()).collect();
+        queues.sort_unstable();
+        let before = queues.len();
+        queues.dedup();
+        if queues.len() < before {
+            self.counts.calls_ambiguous += before as u64;
+            return;
+        }
         for w in waiters {
             // Published before it was delivered, within the hold.
             if w.since < at_ns || w.since - at_ns >= holds::HOLD_NS {
@@ -337,6 +362,7 @@ impl Correlator {
                 d.publish = Some(publish.clone());
                 d.evidence = Evidence::PublishMatch;
             }
+            self.continuity.taken(msg_key, at_ns, &w.queue);
             let in_flight = self.linker.adopt(w.pid, w.key, &ctx);
             let held =
                 self.adopt_held(|h| h.conn == w.key && h.since == w.since, &ctx, now_ns, out);
@@ -609,5 +635,72 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 4, "exported at once");
+    }
+
+    /// Two identical messages read on one queue before either publish's
+    /// record: which delivery is whose, the wire does not say. Both stay
+    /// roots (counted), never under the wrong publish.
+    #[test]
+    fn identical_late_deliveries_on_one_queue_stay_roots() {
+        let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+        let (producer, consumer) = (
+            conn(1, 100, "127.0.0.1:40000"),
+            conn(2, 200, "127.0.0.1:40001"),
+        );
+        let msg = Message {
+            exchange: "shop".into(),
+            routing_key: "orders".into(),
+            body_size: 2,
+            body_prefix: b"hi".to_vec(),
+            ..Default::default()
+        };
+        let published = |t: u64| AmqpOut::Published {
+            channel: 1,
+            msg: msg.clone(),
+            first: at(t),
+            last: at(t + 10),
+            confirmed: None,
+            returned: None,
+            seq: None,
+        };
+        let delivered = |tag: u64, t: u64| AmqpOut::DeliveryStarted {
+            channel: 1,
+            delivery_tag: tag,
+            queue: Some("orders".into()),
+            redelivered: false,
+            msg: msg.clone(),
+            at: at(t),
+        };
+        let finished = |tag: u64, t: u64| AmqpOut::DeliveryFinished {
+            channel: 1,
+            delivery_tag: tag,
+            outcome: Outcome::Ack,
+            at: at(t),
+        };
+        let mut out = vec![];
+        let feed = |c: &mut Correlator, conn: &ConnInfo, op: AmqpOut, out: &mut Vec<Linked>| {
+            c.on_flow(
+                Flow::Record(conn.clone(), Record::Messaging(Box::new(op))),
+                10_000,
+                out,
+            )
+        };
+        feed(&mut c, &producer, published(50), &mut out);
+        feed(&mut c, &consumer, delivered(1, 60), &mut out);
+        feed(&mut c, &consumer, finished(1, 70), &mut out);
+        assert_eq!(out.len(), 2, "in order: linked at once");
+        for (tag, t) in [(2, 300), (3, 310)] {
+            feed(&mut c, &consumer, delivered(tag, t), &mut out);
+            feed(&mut c, &consumer, finished(tag, t + 5), &mut out);
+        }
+        feed(&mut c, &producer, published(200), &mut out);
+        feed(&mut c, &producer, published(210), &mut out);
+        c.release_held(None, &mut out);
+        let roots = out
+            .iter()
+            .filter(|l| matches!(l.item, Item::Process(_)) && l.ctx.parent_span_id.is_none())
+            .count();
+        assert_eq!(roots, 2, "{out:?}");
+        assert_eq!(c.counts().calls_ambiguous, 2);
     }
 }
