@@ -33,7 +33,7 @@
 //! 3. the only request in flight in that process (work handed to another
 //!    thread), else
 //! 4. nothing: it stays a root span (ambiguous, or outside any request).
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::Evidence;
 use crate::{
@@ -71,6 +71,8 @@ struct InFlight {
     /// CLOCK_MONOTONIC ns the request was fully read.
     since_ns: u64,
     ctx: SpanCtx,
+    /// Calls linked to it by its thread (not by the only-in-flight rule).
+    calls: u32,
 }
 
 /// Bound on requests in flight per process (a stalled server must not grow memory).
@@ -114,6 +116,9 @@ pub struct Linker {
     /// Client connections opened in a tick that a request's input opened,
     /// until their first call: conn -> (pid, tid, tick, request).
     openers: HashMap<u64, Opener>,
+    /// Consumers (pid, channel connection) seen acknowledging a delivery
+    /// after the calls made for it.
+    acks_late: HashSet<(u32, u64)>,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
     /// Remembered reads dropped because too many threads had some.
@@ -149,6 +154,7 @@ impl Linker {
             self.evicted += 1;
         }
         list.push(InFlight {
+            calls: 0,
             conn,
             source,
             tid,
@@ -251,6 +257,16 @@ impl Linker {
         if list.is_empty() {
             self.by_pid.remove(&pid);
         }
+        // A delivery acknowledged after the calls its thread made for it:
+        // this consumer acks late, so with several deliveries in flight it
+        // works on the oldest.
+        if f.conn != f.source && f.calls > 0 {
+            if self.acks_late.len() >= MAX_THREADS {
+                self.marks_dropped += self.acks_late.len() as u64;
+                self.acks_late.clear();
+            }
+            self.acks_late.insert((pid, f.source));
+        }
         Some(f.ctx)
     }
 
@@ -295,11 +311,26 @@ impl Linker {
             }
         }
         self.openers.remove(&conn);
+        self.acks_late.remove(&(pid, conn));
     }
 
     /// The request a client call of `pid` on `conn`, whose first write is
     /// `at`, belongs to.
     pub fn parent_of(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
+        let parent = self.find_parent(pid, at, conn);
+        // Count the calls a thread made for each request (see acks_late).
+        if let Parent::Request(ctx, Evidence::Tick | Evidence::Opener | Evidence::SameThread) =
+            parent
+        {
+            let list = self.by_pid.get_mut(&pid).into_iter().flatten();
+            if let Some(f) = list.into_iter().find(|f| f.ctx.span_id == ctx.span_id) {
+                f.calls = f.calls.saturating_add(1);
+            }
+        }
+        parent
+    }
+
+    fn find_parent(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
         let opener = self.openers.remove(&conn);
         let Some(list) = self.by_pid.get(&pid) else {
             return Parent::None;
@@ -323,10 +354,12 @@ impl Linker {
         let mut same_thread = begun().filter(|f| f.tid == at.tid);
         if let Some(first) = same_thread.next() {
             let mut oldest = first;
+            // Deliveries are keyed apart from their channel's connection.
+            let acks_late = self.acks_late.contains(&(pid, first.source));
             for f in same_thread {
-                // Two connections, or two deliveries (keyed apart from
-                // their channel's connection): not on the wire which.
-                if f.source != first.source || f.conn != f.source {
+                // Two connections, or two deliveries of a consumer not known
+                // to ack late (it may ack first, then work): not on the wire.
+                if f.source != first.source || (f.conn != f.source && !acks_late) {
                     return Parent::Ambiguous;
                 }
                 if f.since_ns < oldest.since_ns {
@@ -461,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn prefetched_deliveries_on_one_thread_are_ambiguous() {
+    fn prefetched_deliveries_are_ambiguous_until_the_consumer_is_seen_to_ack_late() {
         let mut l = Linker::default();
         // Two deliveries of one channel (connection 3), read in one batch:
         // which one the handler works on is not on the wire (it may have
@@ -475,6 +508,24 @@ mod tests {
             l.parent_of(1, at(100, 8), 0),
             Parent::Request(second, Evidence::SameThread),
             "one left"
+        );
+        // Its call came before its ack: this consumer acks late.
+        l.request_finished(1, 11);
+        l.request_started(1, 12, 3, 100, 20, None, &Sampler::AlwaysOn);
+        l.request_started(1, 13, 3, 100, 21, None, &Sampler::AlwaysOn);
+        let oldest = l.by_pid[&1][0].ctx;
+        assert_eq!(
+            l.parent_of(1, at(100, 22), 0),
+            Parent::Request(oldest, Evidence::SameThread)
+        );
+        // Another channel of the process has not shown it.
+        l.request_started(1, 14, 4, 101, 20, None, &Sampler::AlwaysOn);
+        l.request_started(1, 15, 4, 101, 21, None, &Sampler::AlwaysOn);
+        assert_eq!(l.parent_of(1, at(101, 22), 0), Parent::Ambiguous);
+        l.connection_closed(1, 3);
+        assert!(
+            l.acks_late.is_empty(),
+            "forgotten with its channel's connection"
         );
     }
 
