@@ -145,7 +145,47 @@ pub struct DataEvent {
     /// thread): a write with its thread's last read's tick followed that
     /// read with nothing in between. 0: unknown.
     pub tick: u32,
+    /// Go: the goroutine that made the call (see [`Lineage`]); 0 elsewhere.
+    pub task: u32,
+    pub lineage: Lineage,
     pub _pad: u32,
+}
+
+/// Go: where a goroutine's work came from, as the runtime's own uprobes saw
+/// it (`goroutine.rs` in agent-ebpf). Goroutines are named by a 31-bit fold
+/// of their `g` address with the top bit set, so they never equal a thread
+/// id. 0 everywhere: unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// The goroutine whose `go` statement started the caller.
+    pub origin: u32,
+    /// A write: the goroutine that sent the caller a value on a channel it
+    /// was waiting on, just before the run in which it wrote.
+    pub waker: u32,
+    /// The waker's own origin.
+    pub waker_origin: u32,
+    pub _pad: u32,
+    /// When `origin` started the caller (CLOCK_MONOTONIC ns): only work it
+    /// had begun by then can have been handed over by that `go`.
+    pub origin_ns: u64,
+    /// When `waker_origin` started the waker.
+    pub waker_origin_ns: u64,
+}
+
+/// A goroutine's creator and when it made it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoOrigin {
+    pub creator: u32,
+    pub _pad: u32,
+    pub at_ns: u64,
+}
+
+/// The name sonde gives goroutine `g` (see [`Lineage`]).
+#[inline(always)]
+pub fn goroutine_id(g: u64) -> u32 {
+    ((g >> 3) as u32) | 0x8000_0000
 }
 
 #[repr(C)]

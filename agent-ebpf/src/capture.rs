@@ -196,6 +196,7 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
     if (captured as i64) < bytes {
         flags |= data_flags::TRUNCATED;
     }
+    let (task, lineage) = crate::goroutine::current(id as u32, syscall::is_egress(call.syscall));
     let ev = DataEvent {
         hdr: sonde_common::EventHeader {
             kind: kind::DATA,
@@ -224,6 +225,8 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         } else {
             tick::current(id as u32)
         },
+        task,
+        lineage,
         _pad: 0,
     };
     unsafe { core::ptr::write_unaligned(base as *mut DataEvent, ev) };

@@ -12,6 +12,7 @@ mod capture;
 mod conn;
 mod ctx;
 mod filter;
+mod goroutine;
 mod kernel_io;
 mod maps;
 mod optional;

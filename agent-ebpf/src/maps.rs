@@ -83,6 +83,30 @@ pub static ACTIVE: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(16
 #[map]
 pub static TICKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// Go (`goroutine.rs`): the goroutine running on each thread, tid -> goroutine.
+/// Removed when the thread exits or execs, so a reused tid inherits nothing.
+#[map]
+pub static GO_CURRENT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Go: goroutine -> the goroutine whose `go` statement started it, and when.
+#[map]
+pub static GO_ORIGIN: LruHashMap<u32, sonde_common::GoOrigin> =
+    LruHashMap::with_max_entries(65536, 0);
+
+/// Go: goroutine -> the sender that handed it a value, until it next runs.
+#[map]
+pub static GO_READIED: LruHashMap<u32, sonde_common::Lineage> =
+    LruHashMap::with_max_entries(65536, 0);
+
+/// Go: tid -> the hand-off of the goroutine's current run on that thread.
+#[map]
+pub static GO_SLICE: LruHashMap<u32, crate::goroutine::Slice> =
+    LruHashMap::with_max_entries(16384, 0);
+
+/// Go: tid -> the goroutine calling newproc1 on it, until its runqput.
+#[map]
+pub static GO_SPAWNING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
 /// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.
 #[map]

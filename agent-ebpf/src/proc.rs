@@ -26,6 +26,7 @@ fn notify(k: u8) {
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
+    crate::goroutine::thread_gone(id as u32);
     // Fires per thread; only the group leader's exit ends the process.
     if (id >> 32) as u32 == id as u32 {
         notify(kind::PROC_EXIT);
@@ -35,6 +36,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    crate::goroutine::thread_gone(bpf_get_current_pid_tgid() as u32);
     notify(kind::PROC_EXEC);
     0
 }

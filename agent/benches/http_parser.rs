@@ -30,6 +30,7 @@ fn run(resp: &[u8], split: Option<usize>, capture: Option<usize>) -> usize {
                     exit_ns: i + 1,
                     tid: 0,
                     tick: 0,
+                    lineage: Default::default(),
                 };
                 let _ = c.push(Kind::Response, seg, &mut out);
             }

@@ -35,6 +35,10 @@ pub struct DataRecord {
     pub exit_ns: u64,
     /// The thread's tick (see `tick.rs` in agent-ebpf); 0 when unknown.
     pub tick: u32,
+    /// Go: the goroutine that made the call, and its lineage (see
+    /// `goroutine.rs` in agent-ebpf); 0 elsewhere.
+    pub task: u32,
+    pub lineage: common::Lineage,
     /// Bytes the syscall moved (may exceed `payload.len()`).
     pub bytes: u64,
     pub syscall: Syscall,
@@ -274,6 +278,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 enter_ns: ev.enter_ns,
                 exit_ns: hdr.ts_ns,
                 tick: ev.tick,
+                task: ev.task,
+                lineage: ev.lineage,
                 bytes: ev.bytes.max(0) as u64,
                 syscall: Syscall::from_raw(ev.syscall),
                 direction: if ev.direction == common::direction::EGRESS {
@@ -352,6 +358,13 @@ mod tests {
             flags: common::data_flags::TRUNCATED,
             captured: 4,
             tick: 5,
+            task: common::goroutine_id(0xc000_1234_5678),
+            lineage: common::Lineage {
+                origin: 1,
+                waker: 2,
+                waker_origin: 3,
+                ..Default::default()
+            },
             _pad: 0,
         };
         let mut b = as_bytes(&ev);
@@ -362,6 +375,11 @@ mod tests {
         assert_eq!(
             (d.pid, d.tid, d.fd, d.enter_ns, d.exit_ns, d.bytes, d.tick),
             (7, 8, 3, 10, 20, 100, 5)
+        );
+        assert_eq!(d.task, 0x8000_0000 | (0xc000_1234_5678u64 >> 3) as u32);
+        assert_eq!(
+            (d.lineage.origin, d.lineage.waker, d.lineage.waker_origin),
+            (1, 2, 3)
         );
         assert_eq!(d.syscall, Syscall::Writev);
         assert_eq!(d.direction, Direction::Egress);

@@ -95,6 +95,11 @@ pub fn health_fn(
             c("sonde_connections_closed_total", "TCP connections closed.", vec![], u.connections_closed),
             c("sonde_swept_closes_total", "Connections found closed by the periodic sweep (their close record was lost).", vec![], u.swept_closes),
             c("sonde_unresolved_sockets_total", "Sockets whose tuple could not be found.", vec![], u.unresolved_sockets),
+            c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "attached")], u.go_attached),
+            c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "unsupported")], u.go_unsupported),
+            c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "stripped")], u.go_stripped),
+            c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "failed")], u.go_failed),
+            drop("process_notices", u.process_notices_dropped),
         ];
         for (index, n) in crate::pipeline::ENTRY_INDEXES.iter().zip(&pipeline.entries) {
             m.push(metric(

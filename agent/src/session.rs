@@ -66,6 +66,10 @@ impl Session {
 
         let mut table = ConnTable::new(sockets.clone(), stats.clone());
         let owners = table.owners();
+        // New processes go to the Go runtime inspector (started below, once
+        // the probes are shared).
+        let (new_procs_tx, new_procs_rx) = mpsc::channel(1024);
+        table.processes().notify_new(new_procs_tx, stats.clone());
         let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
         let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity);
 
@@ -138,6 +142,11 @@ impl Session {
         let uring_seen = probes.take_uring_seen();
         let probe_report = probes.report.clone();
         let probes = Arc::new(Mutex::new(probes));
+        tasks.push(tokio::spawn(crate::probes::goruntime::attach_go_runtimes(
+            new_procs_rx,
+            Arc::downgrade(&probes),
+            stats.clone(),
+        )));
         if let Some(seen) = uring_seen {
             // Weak: dropping the session detaches everything at once.
             tasks.push(tokio::spawn(attach_when_uring_seen(

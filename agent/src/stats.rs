@@ -22,6 +22,15 @@ pub struct Stats {
     pub swept_closes: AtomicU64,
     /// Connections and listeners in the table now (a gauge).
     pub table_entries: AtomicU64,
+    /// Go binaries given the goroutine probes (`probes/goruntime.rs`).
+    pub go_attached: AtomicU64,
+    /// Go binaries left without them: unsupported build (version,
+    /// architecture), stripped runtime symbols, or a kernel refusal.
+    pub go_unsupported: AtomicU64,
+    pub go_stripped: AtomicU64,
+    pub go_failed: AtomicU64,
+    /// New processes not inspected for a Go runtime (the queue was full).
+    pub process_notices_dropped: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -36,6 +45,11 @@ pub struct StatsSnapshot {
     pub connections_closed: u64,
     pub table_entries: u64,
     pub swept_closes: u64,
+    pub go_attached: u64,
+    pub go_unsupported: u64,
+    pub go_stripped: u64,
+    pub go_failed: u64,
+    pub process_notices_dropped: u64,
 }
 
 impl Stats {
@@ -55,6 +69,11 @@ impl Stats {
             connections_closed: self.connections_closed.load(Relaxed),
             table_entries: self.table_entries.load(Relaxed),
             swept_closes: self.swept_closes.load(Relaxed),
+            go_attached: self.go_attached.load(Relaxed),
+            go_unsupported: self.go_unsupported.load(Relaxed),
+            go_stripped: self.go_stripped.load(Relaxed),
+            go_failed: self.go_failed.load(Relaxed),
+            process_notices_dropped: self.process_notices_dropped.load(Relaxed),
         }
     }
 }

@@ -32,6 +32,8 @@ pub fn data_record(syscall: u8, direction: u8, role: u8, payload: &[u8], moved: 
         flags: if moved > payload.len() as i64 { common::data_flags::TRUNCATED } else { 0 },
         captured: payload.len() as u32,
         tick: 9,
+        task: 0,
+        lineage: Default::default(),
         _pad: 0,
     };
     let mut b = pod_bytes(&ev);

@@ -20,6 +20,10 @@ pub const TEST_PACKAGES: &[&str] = &[
     "docker.io",
     "docker-compose",
     "nodejs",
+    // The Go system under test (linking suite), built offline against
+    // Debian's Go libraries.
+    "golang-go",
+    "golang-github-lib-pq-dev",
 ];
 
 /// Python clients the test services use (from PyPI), and the module each provides.

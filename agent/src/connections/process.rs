@@ -3,6 +3,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::cgroup;
+use crate::stats::Stats;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -138,16 +139,29 @@ pub fn netns_of(pid: u32) -> Option<u64> {
 #[derive(Default)]
 pub struct ProcessCache {
     by_pid: HashMap<u32, Arc<ProcessInfo>>,
+    /// Told each process seen for the first time (or since its exec): the
+    /// capture stage inspects its executable for a Go runtime.
+    notices: Option<(tokio::sync::mpsc::Sender<u32>, Arc<Stats>)>,
 }
 
 impl ProcessCache {
+    /// Names every new process on `tx`; a full queue counts a drop.
+    pub fn notify_new(&mut self, tx: tokio::sync::mpsc::Sender<u32>, stats: Arc<Stats>) {
+        self.notices = Some((tx, stats));
+    }
+
     /// The process's info; `comm` (from the kernel record) names it when
     /// it has already exited and /proc has nothing.
     pub fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
-        let entry = self
-            .by_pid
-            .entry(pid)
-            .or_insert_with(|| Arc::new(ProcessInfo::read(pid)));
+        let notices = &self.notices;
+        let entry = self.by_pid.entry(pid).or_insert_with(|| {
+            if let Some((tx, stats)) = notices {
+                if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(pid) {
+                    Stats::inc(&stats.process_notices_dropped);
+                }
+            }
+            Arc::new(ProcessInfo::read(pid))
+        });
         if entry.comm.is_empty() && !comm.is_empty() {
             Arc::make_mut(entry).comm = comm.to_string();
         }

@@ -72,6 +72,8 @@ fn data(pid: u32, fd: i32, payload: &[u8]) -> KernelEvent {
         pid,
         tid: pid,
         tick: 0,
+        task: 0,
+        lineage: Default::default(),
         fd,
         enter_ns: 200,
         exit_ns: 210,

@@ -319,8 +319,10 @@ impl Linker {
     pub fn parent_of(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
         let parent = self.find_parent(pid, at, conn);
         // Count the calls a thread made for each request (see acks_late).
-        if let Parent::Request(ctx, Evidence::Tick | Evidence::Opener | Evidence::SameThread) =
-            parent
+        if let Parent::Request(
+            ctx,
+            Evidence::Tick | Evidence::Opener | Evidence::SameThread | Evidence::Goroutine,
+        ) = parent
         {
             let list = self.by_pid.get_mut(&pid).into_iter().flatten();
             if let Some(f) = list.into_iter().find(|f| f.ctx.span_id == ctx.span_id) {
@@ -350,30 +352,74 @@ impl Linker {
             }
             return p;
         }
-        let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
-        let mut same_thread = begun().filter(|f| f.tid == at.tid);
-        if let Some(first) = same_thread.next() {
-            let mut oldest = first;
-            // Deliveries are keyed apart from their channel's connection.
-            let acks_late = self.acks_late.contains(&(pid, first.source));
-            for f in same_thread {
-                // Two connections, or two deliveries of a consumer not known
-                // to ack late (it may ack first, then work): not on the wire.
-                if f.source != first.source || (f.conn != f.source && !acks_late) {
-                    return Parent::Ambiguous;
+        if let Some(p) = self.on_thread(list, pid, at.tid, at.enter_ns) {
+            return match p {
+                Parent::Request(ctx, _) if is_goroutine(at.tid) => {
+                    Parent::Request(ctx, Evidence::Goroutine)
                 }
-                if f.since_ns < oldest.since_ns {
-                    oldest = f;
-                }
-            }
-            return Parent::Request(oldest.ctx, Evidence::SameThread);
+                p => p,
+            };
         }
+        if let Some(p) = self.by_lineage(list, pid, at) {
+            return p;
+        }
+        let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
         let mut all = begun();
         match (all.next(), all.next()) {
             (Some(only), None) => Parent::Request(only.ctx, Evidence::OnlyInFlight),
             (Some(_), Some(_)) => Parent::Ambiguous,
             _ => Parent::None,
         }
+    }
+
+    /// Rule 2: the request in flight on thread (or goroutine) `tid`, read
+    /// before `by_ns`. None if there is none.
+    fn on_thread(&self, list: &[InFlight], pid: u32, tid: u32, by_ns: u64) -> Option<Parent> {
+        let mut same_thread = list.iter().filter(|f| f.since_ns <= by_ns && f.tid == tid);
+        let first = same_thread.next()?;
+        let mut oldest = first;
+        // Deliveries are keyed apart from their channel's connection.
+        let acks_late = self.acks_late.contains(&(pid, first.source));
+        for f in same_thread {
+            // Two connections, or two deliveries of a consumer not known
+            // to ack late (it may ack first, then work): not on the wire.
+            if f.source != first.source || (f.conn != f.source && !acks_late) {
+                return Some(Parent::Ambiguous);
+            }
+            if f.since_ns < oldest.since_ns {
+                oldest = f;
+            }
+        }
+        Some(Parent::Request(oldest.ctx, Evidence::SameThread))
+    }
+
+    /// Go, for a goroutine that serves no request itself: the request of
+    /// the goroutine that sent it this call on a channel (net/http's
+    /// transport writes from its own goroutine), else of the goroutine that
+    /// started that sender, else of the one that started the caller. A
+    /// starter counts only with a request it had begun when it ran `go`: a
+    /// goroutine started by an earlier request is no child of the next one
+    /// its starter serves.
+    fn by_lineage(&self, list: &[InFlight], pid: u32, at: SegTime) -> Option<Parent> {
+        let l = at.lineage;
+        let steps = [
+            (l.waker, at.enter_ns),
+            (l.waker_origin, l.waker_origin_ns),
+            (l.origin, l.origin_ns),
+        ];
+        for (g, by_ns) in steps {
+            if g == 0 {
+                continue;
+            }
+            match self.on_thread(list, pid, g, by_ns) {
+                Some(Parent::Request(ctx, _)) => {
+                    return Some(Parent::Request(ctx, Evidence::Goroutine))
+                }
+                Some(p) => return Some(p),
+                None => {}
+            }
+        }
+        None
     }
 
     /// Rule 1, a new connection's first call: the request that opened it,
@@ -435,9 +481,15 @@ impl Linker {
     }
 }
 
+/// Whether a record's thread id names a goroutine (`sonde_common::goroutine_id`).
+pub fn is_goroutine(tid: u32) -> bool {
+    tid & 0x8000_0000 != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::Lineage;
 
     /// A write on thread `tid` at `ns`, with no tick.
     fn at(tid: u32, ns: u64) -> SegTime {
@@ -446,6 +498,7 @@ mod tests {
             exit_ns: ns,
             tid,
             tick: 0,
+            lineage: Default::default(),
         }
     }
 
@@ -547,6 +600,7 @@ mod tests {
             exit_ns: ns + 1,
             tid,
             tick,
+            lineage: Default::default(),
         }
     }
 
@@ -746,5 +800,92 @@ mod tests {
         assert_eq!(ctx.trace_id, tp.trace_id);
         assert_eq!(ctx.parent_span_id, Some(tp.parent_id));
         assert!(!ctx.sampled, "parent-based: the caller did not sample");
+    }
+
+    /// Goroutines (names with the top bit set), as the Go probes report them.
+    const G1: u32 = 0x8000_0001;
+    const G2: u32 = 0x8000_0002;
+    const WRITER: u32 = 0x8000_0010;
+    const SPAWNED: u32 = 0x8000_0020;
+
+    fn go_write(ns: u64, lineage: Lineage) -> SegTime {
+        SegTime {
+            enter_ns: ns,
+            exit_ns: ns + 1,
+            tid: WRITER,
+            tick: 0,
+            lineage,
+        }
+    }
+
+    #[test]
+    fn a_goroutine_serves_its_own_request() {
+        let mut l = Linker::default();
+        let a = started(&mut l, 1, 10, G1, 5);
+        let _b = started(&mut l, 1, 11, G2, 6);
+        assert_eq!(
+            l.parent_of(1, at(G1, 7), 0),
+            Parent::Request(a, Evidence::Goroutine)
+        );
+    }
+
+    #[test]
+    fn a_channel_hand_off_names_the_sender_before_any_starter() {
+        let mut l = Linker::default();
+        let a = started(&mut l, 1, 10, G1, 5);
+        let b = started(&mut l, 1, 11, G2, 6);
+        // Net/http's writeLoop, handed the request by G2, started long ago
+        // by G1's goroutine (which serves another request now).
+        let handed = Lineage {
+            waker: G2,
+            origin: G1,
+            origin_ns: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            l.parent_of(1, go_write(8, handed), 0),
+            Parent::Request(b, Evidence::Goroutine)
+        );
+        // A goroutine G1 started while serving `a` (after it was read).
+        let spawned = Lineage {
+            origin: G1,
+            origin_ns: 6,
+            ..Default::default()
+        };
+        assert_eq!(
+            l.parent_of(1, go_write(8, spawned), 0),
+            Parent::Request(a, Evidence::Goroutine)
+        );
+        // The sender serves nothing itself (it was started for `a`).
+        let relayed = Lineage {
+            waker: SPAWNED,
+            waker_origin: G1,
+            waker_origin_ns: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            l.parent_of(1, go_write(9, relayed), 0),
+            Parent::Request(a, Evidence::Goroutine)
+        );
+    }
+
+    #[test]
+    fn a_goroutine_started_before_its_starters_request_is_not_its_child() {
+        let mut l = Linker::default();
+        let _a = started(&mut l, 1, 10, G1, 5);
+        let _b = started(&mut l, 1, 11, G2, 6);
+        // Started by G1 at 3, before G1 read `a`: a worker of an earlier
+        // request, now working for whoever fed it.
+        let old = Lineage {
+            origin: G1,
+            origin_ns: 3,
+            ..Default::default()
+        };
+        assert_eq!(l.parent_of(1, go_write(8, old), 0), Parent::Ambiguous);
+        // Nothing at all: the thread rules see an unknown goroutine.
+        assert_eq!(
+            l.parent_of(1, go_write(8, Lineage::default()), 0),
+            Parent::Ambiguous
+        );
     }
 }

@@ -445,6 +445,7 @@ mod tests {
             exit_ns: ns + 1,
             tid: 1,
             tick: 0,
+            lineage: Default::default(),
         }
     }
 

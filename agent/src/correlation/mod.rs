@@ -62,6 +62,9 @@ pub enum Evidence {
     Opener,
     /// The request in flight on the thread that made the call.
     SameThread,
+    /// Go: the request its goroutine serves, or that of the goroutine
+    /// that started it (`go`) or sent it the call on a channel.
+    Goroutine,
     /// The only request in flight in the process.
     OnlyInFlight,
     /// The publish seen on this node that sent the delivered message.
@@ -81,6 +84,7 @@ impl Evidence {
             Evidence::Tick => "tick",
             Evidence::Opener => "connect",
             Evidence::SameThread => "same_thread",
+            Evidence::Goroutine => "goroutine",
             Evidence::OnlyInFlight => "only_in_flight",
             Evidence::PublishMatch => "publish_match",
             Evidence::Ambiguous => "ambiguous",

@@ -82,6 +82,8 @@ fn data_on(
             enter_ns: at,
             exit_ns: at + 10,
             tick,
+            task: 0,
+            lineage: Default::default(),
             bytes: bytes.len() as u64,
             syscall: if dir == Direction::Egress {
                 Syscall::Write

@@ -4,6 +4,7 @@
 //! until io_uring is used).
 pub mod compat;
 pub mod cost;
+pub mod goruntime;
 pub mod layout;
 pub mod programs;
 pub mod tracefs;

@@ -173,20 +173,27 @@ impl Dispatcher {
                 }
             }
             StreamEvent::Data(c, d) => {
-                if d.direction == Direction::Egress && d.tick != 0 {
+                if d.direction == Direction::Egress && d.tick != 0 && d.task == 0 {
                     flows.push(Flow::Wrote {
                         pid: c.pid,
                         tid: d.tid,
                         tick: d.tick,
                     });
                 }
+                // A goroutine stands for its thread: Go moves goroutines
+                // between threads, so a thread's tick says nothing there.
+                let (tid, tick) = match d.task {
+                    0 => (d.tid, d.tick),
+                    task => (task, 0),
+                };
                 let seg = Segment {
                     data: &d.payload,
                     total: d.bytes,
                     enter_ns: d.enter_ns,
                     exit_ns: d.exit_ns,
-                    tid: d.tid,
-                    tick: d.tick,
+                    tid,
+                    tick,
+                    lineage: d.lineage,
                 };
                 self.on_data(c, d.direction, seg, flows, commands);
             }
@@ -204,6 +211,7 @@ impl Dispatcher {
                             exit_ns: ts,
                             tid: 0,
                             tick: 0,
+                            lineage: Default::default(),
                         },
                         &mut records,
                     );

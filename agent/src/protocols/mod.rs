@@ -19,6 +19,8 @@ pub mod redis;
 pub mod registry;
 pub mod sql;
 
+pub use sonde_common::Lineage;
+
 use crate::event::{Direction, Role};
 
 /// What one syscall contributed to a direction of a connection's stream.
@@ -36,6 +38,9 @@ pub struct Segment<'a> {
     pub tid: u32,
     /// That thread's tick (0 when unknown): see `correlation::causality`.
     pub tick: u32,
+    /// Go: where the calling goroutine's work came from (then `tid` names
+    /// the goroutine, and `tick` is 0).
+    pub lineage: Lineage,
 }
 
 impl<'a> Segment<'a> {
@@ -47,6 +52,7 @@ impl<'a> Segment<'a> {
             exit_ns,
             tid: 0,
             tick: 0,
+            lineage: Lineage::default(),
         }
     }
 
@@ -56,6 +62,7 @@ impl<'a> Segment<'a> {
             exit_ns: self.exit_ns,
             tid: self.tid,
             tick: self.tick,
+            lineage: self.lineage,
         }
     }
 
@@ -73,6 +80,7 @@ pub struct SegTime {
     pub tid: u32,
     /// The thread's tick: a read's after it, a write's before it.
     pub tick: u32,
+    pub lineage: Lineage,
 }
 
 /// Tri-state answer of protocol detection on a stream's first bytes.

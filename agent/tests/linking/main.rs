@@ -45,6 +45,10 @@ fn main() {
             node_event_loop(Some(2));
             Ok(())
         }),
+        Trial::test("go_goroutines_eight_in_flight", || {
+            go_goroutines();
+            Ok(())
+        }),
         Trial::test("keep_alive_pool_shared_by_threads", || {
             keep_alive_pool();
             Ok(())
@@ -270,6 +274,175 @@ fn node_event_loop(max_sockets: Option<usize>) {
             "{complete} of {N} complete ({orphans} roots)"
         );
     }
+}
+
+/// A Go net/http service (`fixtures/linking/go_server.go`), GOMAXPROCS=2:
+/// 40 requests, 8 in flight. Each makes a PostgreSQL query on its own
+/// goroutine, an HTTP call that net/http's transport writes from another
+/// goroutine (handed over on a channel), and a second call from a goroutine
+/// the handler starts. Every call must nest under its own request through
+/// the goroutine probes (evidence `goroutine`); none under another request.
+fn go_goroutines() {
+    const N: usize = 40;
+    const IN_FLIGHT: usize = 8;
+    let dir = std::env::temp_dir().join(format!("sonde-go-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("go_server");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(fixture("linking/go_server.go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("cache"))
+        .status()
+        .expect("go (golang-go) is installed by `cargo xtask test`");
+    assert!(built.success(), "go build go_server.go: {built}");
+    let (_dbs, db_ports) = server_script("db_servers.py");
+    let a = agent(&[]);
+    let down = free_port();
+    let _down = python_server(down, "downstream");
+    let port = free_port();
+    let mut cmd = Command::new(&bin);
+    cmd.args([
+        port.to_string(),
+        down.to_string(),
+        db_ports["postgres"].to_string(),
+    ])
+    .env("OTEL_SERVICE_NAME", "go-svc")
+    .env("GOMAXPROCS", "2");
+    let _srv = ready(cmd);
+    // The agent inspects the new process and attaches the probes.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = http_get(&a.metrics, "/metrics").unwrap_or_default();
+        if prom_sum(&text, "sonde_go_binaries_total", &["outcome=\"attached\""]) >= 1.0 {
+            break;
+        }
+        // Its first connection (this request) makes the agent see it.
+        let _ = TcpStream::connect(("127.0.0.1", port));
+        assert!(
+            std::time::Instant::now() < end,
+            "goroutine probes never attached:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Ids N.. first: one request per client, all at once, which makes the
+    // transport dial its connections (their first requests are roots: see
+    // ARCHITECTURE.md, "Per runtime class"); then ids 0..N on a warm pool.
+    let load = |ids: std::ops::Range<usize>| {
+        std::thread::scope(|scope| {
+            for t in 0..IN_FLIGHT {
+                let ids = ids.clone();
+                scope.spawn(move || {
+                    for i in ids.skip(t).step_by(IN_FLIGHT) {
+                        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                        write!(
+                            s,
+                            "GET /r/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                        )
+                        .unwrap();
+                        let mut body = String::new();
+                        s.read_to_string(&mut body).unwrap();
+                        assert!(
+                            body.starts_with("HTTP/1.1 200") && body.ends_with(&format!("\r\n{i}")),
+                            "{body}"
+                        );
+                    }
+                });
+            }
+        })
+    };
+    load(N..N + IN_FLIGHT);
+    load(0..N);
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| x.service() == "downstream").count() >= 2 * (N + IN_FLIGHT)
+            && s.iter()
+                .filter(|x| x.service() == "go-svc" && kind_of(x) == SpanKind::Server)
+                .count()
+                >= N + IN_FLIGHT
+    });
+    let mine = |s: &&ReceivedSpan| s.service() == "go-svc";
+    let server = |id: usize| {
+        let path = format!("/r/{id}");
+        spans
+            .iter()
+            .filter(mine)
+            .find(|s| kind_of(s) == SpanKind::Server && s.attr("url.path") == Some(path.clone()))
+            .unwrap_or_else(|| panic!("no server span {path}"))
+    };
+    let query = |id: usize| {
+        let alias = format!("AS r{id}");
+        spans
+            .iter()
+            .filter(mine)
+            .find(|s| s.attr("db.query.text").is_some_and(|q| q.ends_with(&alias)))
+            .unwrap_or_else(|| panic!("no query {alias}"))
+    };
+    let call = |id: usize, k: usize| {
+        let path = format!("/down/{id}/{k}");
+        let c = spans
+            .iter()
+            .filter(mine)
+            .find(|s| {
+                kind_of(s) == SpanKind::Client
+                    && s.attr("url.full").is_some_and(|u| u.ends_with(&path))
+            })
+            .unwrap_or_else(|| panic!("no call {path}"));
+        let d = spans
+            .iter()
+            .find(|s| s.service() == "downstream" && s.attr("url.path") == Some(path.clone()))
+            .unwrap_or_else(|| panic!("no downstream span {path}"));
+        // The downstream server joins its call, whatever the call's parent.
+        assert_eq!(
+            (&d.span.trace_id, &d.span.parent_span_id),
+            (&c.span.trace_id, &c.span.span_id),
+            "{path}"
+        );
+        c
+    };
+    let (mut complete, mut roots, mut wrong) = (0, vec![], vec![]);
+    let mut cold = 0;
+    for id in 0..N + IN_FLIGHT {
+        let srv = server(id);
+        let mut whole = true;
+        for (what, c) in [
+            ("query", query(id)),
+            ("call 1", call(id, 1)),
+            ("call 2", call(id, 2)),
+        ] {
+            if c.span.parent_span_id == srv.span.span_id {
+                assert_eq!(c.span.trace_id, srv.span.trace_id);
+                let evidence = c.attr("sonde.link.evidence");
+                assert_eq!(evidence.as_deref(), Some("goroutine"), "/r/{id} {what}");
+            } else if c.span.parent_span_id.is_empty() {
+                roots.push(format!(
+                    "/r/{id} {what} ({})",
+                    c.attr("sonde.link.evidence").unwrap_or_default()
+                ));
+                whole = false;
+            } else {
+                wrong.push(format!("/r/{id} {what}"));
+                whole = false;
+            }
+        }
+        if id < N {
+            complete += whole as usize;
+        } else {
+            cold += whole as usize;
+        }
+    }
+    eprintln!(
+        "go goroutines, {N} requests, {IN_FLIGHT} in flight: {complete} complete (cold pool: {cold} of {IN_FLIGHT}), {} calls left roots, {} wrong parents",
+        roots.len(),
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
+    assert!(
+        complete * 100 >= N * 99,
+        "{complete} of {N} complete; roots: {roots:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn keep_alive_pool() {

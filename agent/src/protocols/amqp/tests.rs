@@ -214,6 +214,7 @@ fn bodies_beyond_the_capture_are_skipped_by_count() {
             exit_ns: i as u64 + 1,
             tid: 0,
             tick: 0,
+            lineage: Default::default(),
         };
         c.push(client, seg, &mut out);
     }
@@ -257,6 +258,7 @@ fn truncations_and_mutations_never_panic() {
                     exit_ns: 1,
                     tid: 0,
                     tick: 0,
+                    lineage: Default::default(),
                 },
                 &mut out,
             );
@@ -294,6 +296,7 @@ fn get_ok_without_its_get_starts_when_it_arrives() {
             exit_ns: 600,
             tid: 3,
             tick: 0,
+            lineage: Default::default(),
         },
         &mut out,
     );
@@ -302,6 +305,7 @@ fn get_ok_without_its_get_starts_when_it_arrives() {
         exit_ns: 600,
         tid: 3,
         tick: 0,
+        lineage: Default::default(),
     };
     match out.as_slice() {
         [AmqpOut::Received {

@@ -199,6 +199,7 @@ fn body_beyond_capture_is_skipped_by_count() {
             exit_ns: 1,
             tid: 0,
             tick: 0,
+            lineage: Default::default(),
         },
         &mut out,
     )
@@ -230,6 +231,7 @@ fn head_cut_by_capture_keeps_the_start_line() {
                 exit_ns: 1,
                 tid: 0,
                 tick: 0,
+                lineage: Default::default(),
             },
             &mut out,
         )
@@ -264,6 +266,7 @@ fn gap_inside_chunked_body_resyncs_on_the_next_message() {
             exit_ns: 1,
             tid: 0,
             tick: 0,
+            lineage: Default::default(),
         },
         &mut out,
     )
@@ -367,6 +370,7 @@ fn hostile_bytes_never_panic() {
                     exit_ns: 1,
                     tid: 0,
                     tick: 0,
+                    lineage: Default::default(),
                 };
                 let _ = c.push(kind, seg, &mut out);
                 let _ = c.push(kind, Segment::whole(&v[cut..], 2, 3), &mut out);

@@ -198,6 +198,7 @@ fn hostile_bytes_never_panic() {
                 exit_ns: 1,
                 tid: 0,
                 tick: 0,
+                lineage: Default::default(),
             },
             &mut out,
         );
@@ -310,6 +311,7 @@ fn ok_terminator_cut_after_its_header() {
             exit_ns: 3,
             tid: 0,
             tick: 0,
+            lineage: Default::default(),
         },
         &mut out,
     )
@@ -341,6 +343,7 @@ fn truncated_terminators_end_the_call() {
                 exit_ns: 3,
                 tid: 0,
                 tick: 0,
+                lineage: Default::default(),
             },
             &mut out,
         )
@@ -400,6 +403,7 @@ fn one_byte_bodies_in_every_state() {
                     exit_ns: 1,
                     tid: 0,
                     tick: 0,
+                    lineage: Default::default(),
                 },
                 &mut out,
             )

@@ -135,6 +135,7 @@ fn large_rows_beyond_the_capture_are_skipped_by_count() {
             exit_ns: 3,
             tid: 0,
             tick: 0,
+            lineage: Default::default(),
         },
         &mut out,
     )
@@ -206,6 +207,7 @@ fn hostile_bytes_never_panic() {
                 exit_ns: 3,
                 tid: 0,
                 tick: 0,
+                lineage: Default::default(),
             },
             &mut out,
         );
@@ -242,6 +244,7 @@ fn empty_and_cut_bodies_of_every_type() {
                     exit_ns: 5,
                     tid: 0,
                     tick: 0,
+                    lineage: Default::default(),
                 },
                 &mut out,
             );

@@ -122,6 +122,7 @@ fn big_values_beyond_the_capture_are_skipped_by_count() {
                 exit_ns: 1,
                 tid: 0,
                 tick: 0,
+                lineage: Default::default(),
             },
             &mut out,
         );
@@ -156,6 +157,7 @@ fn garbage_and_truncation_never_panic() {
                 exit_ns: 1,
                 tid: 0,
                 tick: 0,
+                lineage: Default::default(),
             },
             &mut out,
         );

@@ -1,0 +1,168 @@
+//! Go: which goroutine made each socket call, and where its work came from.
+//!
+//! Go runs many goroutines on a few threads and moves them between threads
+//! without a syscall, so a thread says nothing about which request a call
+//! belongs to. Uprobes on four runtime functions (attached by user space to
+//! Go binaries of traced processes, `agent/src/probes/goruntime.rs`) tell:
+//! - `runtime.execute(gp)`: `gp` now runs on this thread; data records carry
+//!   it as their `task`;
+//! - `runtime.newproc1(fn, callergp, ..)` then `runtime.runqput(pp, newg, ..)`
+//!   on the same thread: `callergp` started `newg` (its *origin*);
+//! - `runtime.send(c, sg, ..)`, a channel send to a goroutine waiting on
+//!   that channel (`sg.g`, the sudog's first field in every Go release): the
+//!   sender hands it a value. When the receiver next runs, its writes carry
+//!   the sender (and the sender's origin) as their lineage. Other wakeups
+//!   (unlocks, timers) hand nothing over and are not followed.
+//!
+//! All are called with Go's register ABI (Go 1.17+ on amd64): arguments in
+//! RAX, RBX, RCX; the running goroutine's `g` in R14.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::uprobe,
+    programs::ProbeContext,
+};
+use sonde_common::{goroutine_id, GoOrigin, Lineage};
+
+use crate::maps::{GO_CURRENT, GO_ORIGIN, GO_READIED, GO_SLICE, GO_SPAWNING};
+
+/// Registers of a Go ABIInternal call: (arg0, arg1, g).
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> Option<(u64, u64, u64)> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: a uprobe's context is its pt_regs.
+        let r = unsafe { &*ctx.regs };
+        Some((r.rax, r.rbx, r.r14))
+    }
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        None
+    }
+}
+
+/// What the goroutine now running on a thread was handed (see `GO_SLICE`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slice {
+    pub task: u32,
+    pub _pad: u32,
+    pub handed: Lineage,
+}
+
+#[uprobe]
+pub fn go_execute(ctx: ProbeContext) -> u32 {
+    let Some((gp, _, _)) = regs(&ctx) else {
+        return 0;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let task = goroutine_id(gp);
+    let _ = GO_CURRENT.insert(&tid, &task, 0);
+    // A hand-off holds for this run of the goroutine only.
+    match unsafe { GO_READIED.get(&task) } {
+        Some(handed) => {
+            let s = Slice {
+                task,
+                _pad: 0,
+                handed: *handed,
+            };
+            let _ = GO_SLICE.insert(&tid, &s, 0);
+            let _ = GO_READIED.remove(&task);
+        }
+        None => {
+            let _ = GO_SLICE.remove(&tid);
+        }
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_send(ctx: ProbeContext) -> u32 {
+    let Some((_, sg, g)) = regs(&ctx) else {
+        return 0;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // The sender is the goroutine running here (send runs on its stack).
+    let waker = goroutine_id(g);
+    if unsafe { GO_CURRENT.get(&tid) }.copied() != Some(waker) {
+        return 0;
+    }
+    let Ok(receiver) = (unsafe { bpf_probe_read_user(sg as *const u64) }) else {
+        return 0;
+    };
+    let origin = unsafe { GO_ORIGIN.get(&waker) }
+        .copied()
+        .unwrap_or_default();
+    let handed = Lineage {
+        waker,
+        waker_origin: origin.creator,
+        waker_origin_ns: origin.at_ns,
+        ..Lineage::default()
+    };
+    let _ = GO_READIED.insert(&goroutine_id(receiver), &handed, 0);
+    0
+}
+
+#[uprobe]
+pub fn go_newproc1(ctx: ProbeContext) -> u32 {
+    let Some((_, callergp, _)) = regs(&ctx) else {
+        return 0;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = GO_SPAWNING.insert(&tid, &goroutine_id(callergp), 0);
+    0
+}
+
+#[uprobe]
+pub fn go_runqput(ctx: ProbeContext) -> u32 {
+    let Some((_, gp, _)) = regs(&ctx) else {
+        return 0;
+    };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // Only the runqput that follows newproc1 on this thread queues a new
+    // goroutine; the others (readying, stealing) find nothing here.
+    let Some(creator) = (unsafe { GO_SPAWNING.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = GO_SPAWNING.remove(&tid);
+    let task = goroutine_id(gp);
+    // A reused `g` starts a new life: forget what the old one was handed.
+    let _ = GO_READIED.remove(&task);
+    let origin = GoOrigin {
+        creator,
+        _pad: 0,
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = GO_ORIGIN.insert(&task, &origin, 0);
+    0
+}
+
+/// The goroutine running on `tid` and its lineage, for a data record
+/// (`egress`: a write, which also carries the hand-off of this run).
+#[inline(always)]
+pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
+    let Some(task) = (unsafe { GO_CURRENT.get(&tid) }).copied() else {
+        return (0, Lineage::default());
+    };
+    let mut l = Lineage::default();
+    if egress {
+        if let Some(s) = unsafe { GO_SLICE.get(&tid) } {
+            if s.task == task {
+                l = s.handed;
+            }
+        }
+    }
+    if let Some(o) = unsafe { GO_ORIGIN.get(&task) } {
+        l.origin = o.creator;
+        l.origin_ns = o.at_ns;
+    }
+    (task, l)
+}
+
+/// Thread `tid` exited or exec'd: it runs no goroutine any more.
+#[inline(always)]
+pub fn thread_gone(tid: u32) {
+    let _ = GO_CURRENT.remove(&tid);
+    let _ = GO_SLICE.remove(&tid);
+    let _ = GO_SPAWNING.remove(&tid);
+}
