@@ -24,6 +24,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     // Debian's Go libraries.
     "golang-go",
     "golang-github-lib-pq-dev",
+    // The Java system under test (linking suite): JDBC driver.
+    "libpostgresql-jdbc-java",
 ];
 
 /// Python clients the test services use (from PyPI), and the module each provides.

@@ -49,6 +49,10 @@ fn main() {
             go_goroutines();
             Ok(())
         }),
+        Trial::test("java_thread_pool_eight_in_flight", || {
+            java_pool();
+            Ok(())
+        }),
         Trial::test("keep_alive_pool_shared_by_threads", || {
             keep_alive_pool();
             Ok(())
@@ -442,6 +446,123 @@ fn go_goroutines() {
         complete * 100 >= N * 99,
         "{complete} of {N} complete; roots: {roots:?}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Java service (`fixtures/linking/PoolServer.java`): the JDK HttpServer
+/// on a fixed pool of 8 workers, JDBC on the worker, and the JDK
+/// HttpClient, which writes each request from one of its own threads after
+/// a chain of hand-offs (worker -> client executor -> selector). 40
+/// requests, 8 in flight. The queries nest under their request (the worker
+/// that read it makes them); the HttpClient's requests have no evidence
+/// sonde can trust (a wakeup chain through shared queues) and must stay
+/// roots: never under another request.
+fn java_pool() {
+    const N: usize = 40;
+    const IN_FLIGHT: usize = 8;
+    let dir = std::env::temp_dir().join(format!("sonde-java-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let built = Command::new("javac")
+        .arg("-d")
+        .arg(&dir)
+        .arg(fixture("linking/PoolServer.java"))
+        .status()
+        .expect("javac (openjdk) is on the machine");
+    assert!(built.success(), "javac PoolServer.java: {built}");
+    let (_dbs, db_ports) = server_script("db_servers.py");
+    let a = agent(&[]);
+    let down = free_port();
+    let _down = python_server(down, "downstream");
+    let port = free_port();
+    let mut cmd = Command::new("java");
+    cmd.arg("-cp")
+        .arg(format!("/usr/share/java/postgresql.jar:{}", dir.display()))
+        .arg("PoolServer")
+        .args([
+            port.to_string(),
+            down.to_string(),
+            db_ports["postgres"].to_string(),
+        ])
+        .env("OTEL_SERVICE_NAME", "java-pool");
+    let _srv = ready(cmd);
+    std::thread::scope(|scope| {
+        for t in 0..IN_FLIGHT {
+            scope.spawn(move || {
+                for i in (t..N).step_by(IN_FLIGHT) {
+                    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    write!(
+                        s,
+                        "GET /r/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    )
+                    .unwrap();
+                    let mut body = String::new();
+                    s.read_to_string(&mut body).unwrap();
+                    assert!(
+                        body.starts_with("HTTP/1.1 200") && body.ends_with(&format!("\r\n{i}")),
+                        "{body}"
+                    );
+                }
+            });
+        }
+    });
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| x.service() == "downstream").count() >= N
+            && s.iter()
+                .filter(|x| x.service() == "java-pool" && kind_of(x) == SpanKind::Server)
+                .count()
+                >= N
+    });
+    let mine = |s: &&ReceivedSpan| s.service() == "java-pool";
+    let (mut queries, mut calls_linked, mut wrong) = (0, 0, vec![]);
+    for id in 0..N {
+        let path = format!("/r/{id}");
+        let srv = spans
+            .iter()
+            .filter(mine)
+            .find(|s| kind_of(s) == SpanKind::Server && s.attr("url.path") == Some(path.clone()))
+            .unwrap_or_else(|| panic!("no server span {path}"));
+        let alias = format!("AS r{id}");
+        let q = spans
+            .iter()
+            .filter(mine)
+            .find(|s| s.attr("db.query.text").is_some_and(|t| t.ends_with(&alias)))
+            .unwrap_or_else(|| panic!("no query {alias}"));
+        let down_path = format!("/down/{id}/1");
+        let c = spans
+            .iter()
+            .filter(mine)
+            .find(|s| {
+                kind_of(s) == SpanKind::Client
+                    && s.attr("url.full").is_some_and(|u| u.ends_with(&down_path))
+            })
+            .unwrap_or_else(|| panic!("no call {down_path}"));
+        let d = spans
+            .iter()
+            .find(|s| s.service() == "downstream" && s.attr("url.path") == Some(down_path.clone()))
+            .unwrap_or_else(|| panic!("no downstream span {down_path}"));
+        assert_eq!(
+            (&d.span.trace_id, &d.span.parent_span_id),
+            (&c.span.trace_id, &c.span.span_id),
+            "{down_path}"
+        );
+        for (what, span) in [("query", q), ("call", c)] {
+            if span.span.parent_span_id == srv.span.span_id {
+                assert_eq!(span.span.trace_id, srv.span.trace_id);
+                match what {
+                    "query" => queries += 1,
+                    _ => calls_linked += 1,
+                }
+            } else if !span.span.parent_span_id.is_empty() {
+                wrong.push(format!("{path} {what}"));
+            }
+        }
+    }
+    eprintln!(
+        "java thread pool, {N} requests, {IN_FLIGHT} in flight: {queries} of {N} queries and {calls_linked} of {N} HttpClient calls under their request, {} wrong parents",
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
+    assert_eq!(queries, N, "every JDBC query nests under its request");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
