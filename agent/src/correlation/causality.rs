@@ -106,6 +106,19 @@ struct Opener {
     request: [u8; 8],
 }
 
+/// The delivery a consumer thread acknowledged last, having made no call
+/// for it while it was in flight: a consumer that acks first and then works
+/// is working on it now.
+#[derive(Debug, Clone, Copy)]
+struct Acked {
+    ctx: SpanCtx,
+    /// Its channel's connection.
+    source: u64,
+    /// The tick of the ack's write.
+    tick: u32,
+    at_ns: u64,
+}
+
 #[derive(Default)]
 pub struct Linker {
     by_pid: HashMap<u32, Vec<InFlight>>,
@@ -119,6 +132,12 @@ pub struct Linker {
     /// Consumers (pid, channel connection) seen acknowledging a delivery
     /// after the calls made for it.
     acks_late: HashSet<(u32, u64)>,
+    /// Consumers (pid, channel connection) seen making a call right after
+    /// acknowledging a delivery, with no other delivery in flight: they ack
+    /// first, then work on what they acked.
+    acks_early: HashSet<(u32, u64)>,
+    /// Per (pid, tid): the delivery acknowledged last with no call made.
+    acked: HashMap<(u32, u32), Acked>,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
     /// Remembered reads dropped because too many threads had some.
@@ -251,6 +270,31 @@ impl Linker {
 
     /// The response of the oldest request in flight on `conn` was written.
     pub fn request_finished(&mut self, pid: u32, conn: u64) -> Option<SpanCtx> {
+        self.finish(pid, conn).map(|f| f.ctx)
+    }
+
+    /// Delivery `key` was acknowledged (or rejected) by a write at `at`.
+    pub fn delivery_acked(&mut self, pid: u32, key: u64, at: SegTime) -> Option<SpanCtx> {
+        let f = self.finish(pid, key)?;
+        if f.calls == 0 && at.tick != 0 {
+            if self.acked.len() >= MAX_THREADS {
+                self.marks_dropped += self.acked.len() as u64;
+                self.acked.clear();
+            }
+            let a = Acked {
+                ctx: f.ctx,
+                source: f.source,
+                tick: at.tick,
+                at_ns: at.enter_ns,
+            };
+            self.acked.insert((pid, at.tid), a);
+        } else {
+            self.acked.remove(&(pid, at.tid));
+        }
+        Some(f.ctx)
+    }
+
+    fn finish(&mut self, pid: u32, conn: u64) -> Option<InFlight> {
         let list = self.by_pid.get_mut(&pid)?;
         let i = list.iter().position(|f| f.conn == conn)?;
         let f = list.remove(i);
@@ -267,7 +311,7 @@ impl Linker {
             }
             self.acks_late.insert((pid, f.source));
         }
-        Some(f.ctx)
+        Some(f)
     }
 
     /// A late partner: the oldest request in flight on `conn` that started
@@ -312,6 +356,8 @@ impl Linker {
         }
         self.openers.remove(&conn);
         self.acks_late.remove(&(pid, conn));
+        self.acks_early.remove(&(pid, conn));
+        self.acked.retain(|&(p, _), a| p != pid || a.source != conn);
     }
 
     /// The request a client call of `pid` on `conn`, whose first write is
@@ -334,6 +380,9 @@ impl Linker {
 
     fn find_parent(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
         let opener = self.openers.remove(&conn);
+        if let Some(p) = self.by_ack(pid, at) {
+            return p;
+        }
         let Some(list) = self.by_pid.get(&pid) else {
             return Parent::None;
         };
@@ -366,10 +415,62 @@ impl Linker {
         let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
         let mut all = begun();
         match (all.next(), all.next()) {
+            (Some(only), None) if self.may_work_on_acked(pid, at.tid, only) => Parent::Ambiguous,
             (Some(only), None) => Parent::Request(only.ctx, Evidence::OnlyInFlight),
             (Some(_), Some(_)) => Parent::Ambiguous,
             _ => Parent::None,
         }
+    }
+
+    /// A consumer that acknowledges first, then works: a call of thread
+    /// `tid` after its ack of a delivery, until its next ack, is made for
+    /// the acknowledged one. Learnt from a call right after an ack (same
+    /// tick: nothing read in between) with no other delivery of the channel
+    /// in flight; until then a call in the ack's tick is ambiguous (it may
+    /// be the next delivery's, of a consumer that acks late).
+    fn by_ack(&mut self, pid: u32, at: SegTime) -> Option<Parent> {
+        if at.tick == 0 {
+            return None;
+        }
+        let a = *self.acked.get(&(pid, at.tid))?;
+        if self.acks_late.contains(&(pid, a.source)) {
+            return None;
+        }
+        let learnt = self.acks_early.contains(&(pid, a.source));
+        if at.tick == a.tick {
+            if learnt {
+                return Some(Parent::Request(a.ctx, Evidence::Ack));
+            }
+            let others =
+                self.by_pid.get(&pid).into_iter().flatten().any(|f| {
+                    f.source == a.source && f.conn != f.source && f.since_ns <= at.enter_ns
+                });
+            if others {
+                return Some(Parent::Ambiguous);
+            }
+            if self.acks_early.len() >= MAX_THREADS {
+                self.marks_dropped += self.acks_early.len() as u64;
+                self.acks_early.clear();
+            }
+            self.acks_early.insert((pid, a.source));
+            return Some(Parent::Request(a.ctx, Evidence::Ack));
+        }
+        // Once learnt, the thread works on what it acknowledged last until
+        // it acknowledges the next one.
+        (learnt && at.enter_ns >= a.at_ns).then_some(Parent::Request(a.ctx, Evidence::Ack))
+    }
+
+    /// Whether delivery `f` in flight may not be what its thread works on:
+    /// the thread acknowledged another delivery of that channel, without a
+    /// call for it, after reading `f`, and the consumer is not known to ack
+    /// late (one that acks first works on the acknowledged one).
+    fn may_work_on_acked(&self, pid: u32, tid: u32, f: &InFlight) -> bool {
+        f.conn != f.source
+            && !self.acks_late.contains(&(pid, f.source))
+            && self
+                .acked
+                .get(&(pid, tid))
+                .is_some_and(|a| a.source == f.source && a.at_ns >= f.since_ns)
     }
 
     /// Rule 2: the request in flight on thread (or goroutine) `tid`, read
@@ -377,6 +478,9 @@ impl Linker {
     fn on_thread(&self, list: &[InFlight], pid: u32, tid: u32, by_ns: u64) -> Option<Parent> {
         let mut same_thread = list.iter().filter(|f| f.since_ns <= by_ns && f.tid == tid);
         let first = same_thread.next()?;
+        if self.may_work_on_acked(pid, tid, first) {
+            return Some(Parent::Ambiguous);
+        }
         let mut oldest = first;
         // Deliveries are keyed apart from their channel's connection.
         let acks_late = self.acks_late.contains(&(pid, first.source));
@@ -578,6 +682,67 @@ mod tests {
         l.connection_closed(1, 3);
         assert!(
             l.acks_late.is_empty(),
+            "forgotten with its channel's connection"
+        );
+    }
+
+    #[test]
+    fn a_consumer_that_acks_first_works_on_what_it_acked() {
+        let mut l = Linker::default();
+        // Channel connection 3, consumer thread 100. The first delivery
+        // arrives alone; the consumer acks it (tick 4), then queries in
+        // the same tick: it acks first.
+        l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+        let first = l.by_pid[&1][0].ctx;
+        l.delivery_acked(1, 10, in_tick(100, 6, 4));
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 7, 4), 20),
+            Parent::Request(first, Evidence::Ack)
+        );
+        // Its reply read (tick 5), then the next call of the same work.
+        l.read_delivered(1, in_tick(100, 8, 5), 20, first.span_id, true);
+        // Meanwhile two more deliveries were read (prefetch).
+        l.request_started(1, 11, 3, 100, 8, None, &Sampler::AlwaysOn);
+        l.request_started(1, 12, 3, 100, 8, None, &Sampler::AlwaysOn);
+        let second = l.by_pid[&1][0].ctx;
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 9, 5), 21),
+            Parent::Request(first, Evidence::Ack),
+            "not a delivery still in flight"
+        );
+        // The second is acked, then worked on, the third still in flight.
+        l.delivery_acked(1, 11, in_tick(100, 10, 6));
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 11, 6), 20),
+            Parent::Request(second, Evidence::Ack)
+        );
+        // Later steps of that work (a poll or a file read came between).
+        assert_eq!(
+            l.parent_of(1, in_tick(100, 12, 9), 20),
+            Parent::Request(second, Evidence::Ack)
+        );
+        // Another thread's calls are not this consumer's work.
+        assert_ne!(
+            l.parent_of(1, in_tick(101, 12, 9), 20),
+            Parent::Request(second, Evidence::Ack)
+        );
+    }
+
+    #[test]
+    fn before_it_is_learnt_a_call_after_an_ack_with_others_in_flight_is_ambiguous() {
+        let mut l = Linker::default();
+        // Read together: the call after the first's ack is either the
+        // first's (acks early) or the second's (acks late).
+        l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+        l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+        l.delivery_acked(1, 10, in_tick(100, 6, 4));
+        assert_eq!(l.parent_of(1, in_tick(100, 7, 4), 20), Parent::Ambiguous);
+        // Nor is the second, the only one in flight, taken for it later.
+        assert_eq!(l.parent_of(1, in_tick(100, 8, 7), 20), Parent::Ambiguous);
+        assert!(l.acks_early.is_empty());
+        l.connection_closed(1, 3);
+        assert!(
+            l.acked.is_empty(),
             "forgotten with its channel's connection"
         );
     }

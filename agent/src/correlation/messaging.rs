@@ -204,7 +204,7 @@ impl Correlator {
                 let Some(d) = self.deliveries.remove(&(c.id, channel, delivery_tag)) else {
                     return;
                 };
-                let Some(ctx) = self.linker.request_finished(c.pid, d.key) else {
+                let Some(ctx) = self.linker.delivery_acked(c.pid, d.key, at) else {
                     return;
                 };
                 let end_ns = if outcome == Outcome::Closed {

@@ -65,6 +65,9 @@ pub enum Evidence {
     /// Go: the request its goroutine serves, or that of the goroutine
     /// that started it (`go`) or sent it the call on a channel.
     Goroutine,
+    /// A consumer that acknowledges first, then works: the delivery its
+    /// thread acknowledged right before the call.
+    Ack,
     /// The only request in flight in the process.
     OnlyInFlight,
     /// The publish seen on this node that sent the delivered message.
@@ -85,6 +88,7 @@ impl Evidence {
             Evidence::Opener => "connect",
             Evidence::SameThread => "same_thread",
             Evidence::Goroutine => "goroutine",
+            Evidence::Ack => "ack",
             Evidence::OnlyInFlight => "only_in_flight",
             Evidence::PublishMatch => "publish_match",
             Evidence::Ambiguous => "ambiguous",
@@ -508,7 +512,11 @@ impl Correlator {
     fn reply_read(&mut self, c: &ConnInfo, last: SegTime, ctx: &SpanCtx, evidence: Evidence) {
         if let (
             Some(parent),
-            Evidence::Tick | Evidence::Opener | Evidence::SameThread | Evidence::OnlyInFlight,
+            Evidence::Tick
+            | Evidence::Opener
+            | Evidence::SameThread
+            | Evidence::Ack
+            | Evidence::OnlyInFlight,
         ) = (ctx.parent_span_id, evidence)
         {
             self.linker.read_delivered(c.pid, last, c.id, parent, true);
