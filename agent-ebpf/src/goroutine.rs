@@ -50,6 +50,14 @@ pub struct Slice {
     pub handed: Lineage,
 }
 
+/// A thread in newproc1, and the goroutine that called it (`GO_SPAWNING`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Spawning {
+    pub tid: u32,
+    pub creator: u32,
+}
+
 #[uprobe]
 pub fn go_execute(ctx: ProbeContext) -> u32 {
     let Some((gp, _, _)) = regs(&ctx) else {
@@ -57,21 +65,35 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     let task = goroutine_id(gp);
-    let _ = GO_CURRENT.insert(&tid, &task, 0);
+    // Updated in place: this runs at every goroutine switch.
+    match GO_CURRENT.get_ptr_mut(&tid) {
+        Some(cur) => unsafe { *cur = task },
+        None => {
+            if GO_CURRENT.insert(&tid, &task, 0).is_err() {
+                crate::maps::count(sonde_common::stat::MAP_FULL);
+            }
+        }
+    }
     // A hand-off holds for this run of the goroutine only.
-    match unsafe { GO_READIED.get(&task) } {
-        Some(handed) => {
+    let handed = unsafe { GO_READIED.get(&task) }.copied();
+    let slice = GO_SLICE.get_ptr_mut(&tid);
+    match (handed, slice) {
+        (Some(handed), slice) => {
             let s = Slice {
                 task,
                 _pad: 0,
-                handed: *handed,
+                handed,
             };
-            let _ = GO_SLICE.insert(&tid, &s, 0);
+            match slice {
+                Some(p) => unsafe { *p = s },
+                None => {
+                    let _ = GO_SLICE.insert(&tid, &s, 0);
+                }
+            }
             let _ = GO_READIED.remove(&task);
         }
-        None => {
-            let _ = GO_SLICE.remove(&tid);
-        }
+        (None, Some(p)) => unsafe { (*p).task = 0 },
+        (None, None) => {}
     }
     0
 }
@@ -108,8 +130,14 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let Some((_, callergp, _)) = regs(&ctx) else {
         return 0;
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let _ = GO_SPAWNING.insert(&tid, &goroutine_id(callergp), 0);
+    if let Some(p) = GO_SPAWNING.get_ptr_mut(0) {
+        unsafe {
+            *p = Spawning {
+                tid: bpf_get_current_pid_tgid() as u32,
+                creator: goroutine_id(callergp),
+            }
+        };
+    }
     0
 }
 
@@ -118,13 +146,17 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
     let Some((_, gp, _)) = regs(&ctx) else {
         return 0;
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
     // Only the runqput that follows newproc1 on this thread queues a new
     // goroutine; the others (readying, stealing) find nothing here.
-    let Some(creator) = (unsafe { GO_SPAWNING.get(&tid) }).copied() else {
+    let Some(p) = GO_SPAWNING.get_ptr_mut(0) else {
         return 0;
     };
-    let _ = GO_SPAWNING.remove(&tid);
+    let spawning = unsafe { *p };
+    if spawning.tid == 0 || spawning.tid != bpf_get_current_pid_tgid() as u32 {
+        return 0;
+    }
+    unsafe { (*p).tid = 0 };
+    let creator = spawning.creator;
     let task = goroutine_id(gp);
     // A reused `g` starts a new life: forget what the old one was handed.
     let _ = GO_READIED.remove(&task);
@@ -164,5 +196,4 @@ pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
 pub fn thread_gone(tid: u32) {
     let _ = GO_CURRENT.remove(&tid);
     let _ = GO_SLICE.remove(&tid);
-    let _ = GO_SPAWNING.remove(&tid);
 }

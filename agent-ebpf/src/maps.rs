@@ -1,6 +1,7 @@
-//! Maps and load-time globals. Every hash map is LRU, so an agent that misses
-//! a close can never fill it; user space also removes entries on close and
-//! process exit.
+//! Maps and load-time globals. Every hash map that user space cleans is LRU,
+//! so an agent that misses a close can never fill it; user space also
+//! removes entries on close and process exit. The Go thread maps are plain
+//! hash maps the kernel cleans itself at every thread's exit.
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -84,9 +85,11 @@ pub static ACTIVE: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(16
 pub static TICKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Go (`goroutine.rs`): the goroutine running on each thread, tid -> goroutine.
-/// Removed when the thread exits or execs, so a reused tid inherits nothing.
+/// Removed when the thread exits or execs, so a reused tid inherits nothing;
+/// not LRU (cheaper updates, on the runtime's hottest path): a full map
+/// refuses new threads, counted as `map_full`.
 #[map]
-pub static GO_CURRENT: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+pub static GO_CURRENT: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
 /// Go: goroutine -> the goroutine whose `go` statement started it, and when.
 #[map]
@@ -98,14 +101,17 @@ pub static GO_ORIGIN: LruHashMap<u32, sonde_common::GoOrigin> =
 pub static GO_READIED: LruHashMap<u32, sonde_common::Lineage> =
     LruHashMap::with_max_entries(65536, 0);
 
-/// Go: tid -> the hand-off of the goroutine's current run on that thread.
+/// Go: tid -> the hand-off of the goroutine's current run on that thread
+/// (`task` 0: none). Cleaned like `GO_CURRENT`.
 #[map]
-pub static GO_SLICE: LruHashMap<u32, crate::goroutine::Slice> =
-    LruHashMap::with_max_entries(16384, 0);
+pub static GO_SLICE: HashMap<u32, crate::goroutine::Slice> = HashMap::with_max_entries(16384, 0);
 
-/// Go: tid -> the goroutine calling newproc1 on it, until its runqput.
+/// Go: per CPU, the thread in newproc1 and the goroutine calling it, until
+/// its runqput (both run on the thread's system stack, back to back; a
+/// migration between them loses that one origin).
 #[map]
-pub static GO_SPAWNING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+pub static GO_SPAWNING: PerCpuArray<crate::goroutine::Spawning> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
 /// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.

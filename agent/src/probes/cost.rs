@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use aya::programs::loaded_programs;
 
-use super::programs::{KERNEL_IO, TRACEPOINTS};
+use super::{
+    goruntime::GO_PROBES,
+    programs::{KERNEL_IO, TRACEPOINTS},
+};
 
 /// The kernel keeps 15 bytes of a program's name.
 const NAME_LEN: usize = 15;
@@ -37,6 +40,7 @@ fn ours(name: &str) -> bool {
         .iter()
         .map(|t| t.program)
         .chain(KERNEL_IO.iter().map(|k| k.program))
+        .chain(GO_PROBES.iter().map(|(p, _)| *p))
         .any(|p| &p[..p.len().min(NAME_LEN)] == name)
 }
 
@@ -126,6 +130,10 @@ pub fn render(costs: &[Cost], window: Duration) -> String {
     };
     let (r, n) = sum(&tick);
     line(&mut s, "(tick probes)", r, n);
+    let (r, n) = sum(&|c: &Cost| GO_PROBES.iter().any(|(p, _)| *p == c.program));
+    if r > 0 {
+        line(&mut s, "(go probes)", r, n);
+    }
     let (r, n) = sum(&|_| true);
     line(&mut s, "(all)", r, n);
     s
