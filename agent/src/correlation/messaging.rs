@@ -2,6 +2,8 @@
 //! delivery is in flight (like a server request) from its read to its
 //! acknowledgement, in the trace of its header or of the publish seen on
 //! this node that sent it.
+use std::collections::HashMap;
+
 use super::{
     continuity,
     holds::{self, Held, HeldFor},
@@ -39,6 +41,67 @@ pub(super) struct Waiter {
     /// Its linker key.
     key: u64,
     since: u64,
+}
+
+/// Deliveries waiting for their publish's record, by message key. `len`
+/// counts the waiters (the bound is on it); those whose hold is over are
+/// swept out as time passes.
+#[derive(Default)]
+pub(super) struct LateDeliveries {
+    by_msg: HashMap<u64, Vec<Waiter>>,
+    len: usize,
+}
+
+impl LateDeliveries {
+    /// Adds a waiter; false if the bound is reached (the caller counts it).
+    fn push(&mut self, msg_key: u64, w: Waiter) -> bool {
+        self.expire_key(msg_key, w.since);
+        if self.len >= MAX_DELIVERIES {
+            return false;
+        }
+        self.by_msg.entry(msg_key).or_default().push(w);
+        self.len += 1;
+        true
+    }
+
+    fn take(&mut self, msg_key: u64) -> Option<Vec<Waiter>> {
+        let w = self.by_msg.remove(&msg_key)?;
+        self.len -= w.len();
+        Some(w)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Waiter) -> bool) {
+        let len = &mut self.len;
+        self.by_msg.retain(|_, ws| {
+            let before = ws.len();
+            ws.retain(&mut keep);
+            *len -= before - ws.len();
+            !ws.is_empty()
+        });
+    }
+
+    fn expire_key(&mut self, msg_key: u64, now_ns: u64) {
+        if let Some(ws) = self.by_msg.get_mut(&msg_key) {
+            let before = ws.len();
+            ws.retain(|w| now_ns.saturating_sub(w.since) < holds::HOLD_NS);
+            self.len -= before - ws.len();
+            if ws.is_empty() {
+                self.by_msg.remove(&msg_key);
+            }
+        }
+    }
+
+    /// Forgets the waits whose hold is over (all of them with None).
+    pub(super) fn expire(&mut self, now_ns: Option<u64>) {
+        match now_ns {
+            Some(now) => self.retain(|w| now.saturating_sub(w.since) < holds::HOLD_NS),
+            None => *self = Self::default(),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 /// A delivery processed, from its read to its acknowledgement.
@@ -251,10 +314,7 @@ impl Correlator {
     pub(super) fn forget_deliveries(&mut self, conn: u64) {
         self.deliveries.retain(|(c, _, _), _| *c != conn);
         self.sent.retain(|(c, _, _), _| *c != conn);
-        self.late_deliveries.retain(|_, w| {
-            w.retain(|w| w.conn != conn);
-            !w.is_empty()
-        });
+        self.late_deliveries.retain(|w| w.conn != conn);
     }
 
     /// Holds a delivery that matched no publish, until its publish's record
@@ -270,16 +330,8 @@ impl Correlator {
         now_ns: u64,
         out: &mut Vec<Linked>,
     ) {
-        let waiting: usize = self.late_deliveries.values().map(Vec::len).sum();
-        if waiting >= MAX_DELIVERIES {
-            self.drops.deliveries += 1;
-            return;
-        }
         let msg_key = continuity::message_key(msg);
-        let w = self.late_deliveries.entry(msg_key).or_default();
-        // Waits whose hold is over are stale.
-        w.retain(|w| since.saturating_sub(w.since) < holds::HOLD_NS);
-        w.push(Waiter {
+        let w = Waiter {
             queue: queue.unwrap_or_default().to_string(),
             pid: c.pid,
             conn: c.id,
@@ -287,7 +339,11 @@ impl Correlator {
             delivery_tag,
             key,
             since,
-        });
+        };
+        if !self.late_deliveries.push(msg_key, w) {
+            self.drops.deliveries += 1;
+            return;
+        }
         let held = Held {
             conn: key,
             since,
@@ -337,7 +393,7 @@ impl Correlator {
             at_ns,
             publish.clone(),
         );
-        let Some(waiters) = self.late_deliveries.remove(&msg_key) else {
+        let Some(waiters) = self.late_deliveries.take(msg_key) else {
             return;
         };
         // Two waiting on one queue: identical messages in flight, of which
@@ -417,6 +473,40 @@ mod tests {
         protocols::{dispatch::Flow, Record},
         spans::sampler::Sampler,
     };
+
+    fn waiter(conn: u64, since: u64) -> Waiter {
+        Waiter {
+            queue: "q".into(),
+            pid: 1,
+            conn,
+            channel: 1,
+            delivery_tag: since,
+            key: since,
+            since,
+        }
+    }
+
+    #[test]
+    fn late_deliveries_are_counted_and_expire_with_their_hold() {
+        let mut l = LateDeliveries::default();
+        assert!(l.push(7, waiter(1, 10)));
+        assert!(l.push(7, waiter(2, 20)));
+        assert!(l.push(8, waiter(1, 30)));
+        assert_eq!(l.len(), 3);
+        l.retain(|w| w.conn != 1);
+        assert_eq!(l.len(), 1, "a closed connection's waits go");
+        assert!(l.push(9, waiter(3, 40)));
+        l.expire(Some(20 + holds::HOLD_NS));
+        assert_eq!(l.len(), 1, "the wait from 20 is over, the one from 40 not");
+        assert_eq!(l.take(9).map(|w| w.len()), Some(1));
+        assert_eq!(l.len(), 0);
+        for i in 0..MAX_DELIVERIES as u64 {
+            assert!(l.push(i, waiter(4, 50)));
+        }
+        assert!(!l.push(u64::MAX, waiter(4, 50)), "bounded");
+        l.expire(None);
+        assert_eq!(l.len(), 0);
+    }
 
     fn conn(id: u64, pid: u32, local: &str) -> ConnInfo {
         ConnInfo {
@@ -609,7 +699,7 @@ mod tests {
             (publish.ctx.trace_id, Some(publish.ctx.span_id))
         );
         assert_eq!(c.counts().late_partners_adopted, 1);
-        assert!(c.late_deliveries.is_empty());
+        assert_eq!(c.late_deliveries.len(), 0);
         // A destination no process here publishes to is not held.
         let elsewhere = Message {
             routing_key: "elsewhere".into(),

@@ -173,7 +173,7 @@ pub struct Correlator {
     /// sequence number): their context, fixed at the write.
     sent: HashMap<(u64, u16, u64), (SpanCtx, Evidence)>,
     /// Deliveries waiting for a publish seen on this node, by message key.
-    late_deliveries: HashMap<u64, Vec<messaging::Waiter>>,
+    late_deliveries: messaging::LateDeliveries,
     sampler: Sampler,
     drops: Drops,
     counts: Counts,
@@ -188,7 +188,7 @@ impl Correlator {
             continuity: Continuity::default(),
             deliveries: HashMap::new(),
             sent: HashMap::new(),
-            late_deliveries: HashMap::new(),
+            late_deliveries: messaging::LateDeliveries::default(),
             sampler,
             drops: Drops::default(),
             counts: Counts::default(),
@@ -257,6 +257,7 @@ impl Correlator {
     /// Ends the holds that are over (all of them with None, at shutdown).
     pub fn release_held(&mut self, now_ns: Option<u64>, out: &mut Vec<Linked>) {
         self.holds.release_due(now_ns, out);
+        self.late_deliveries.expire(now_ns);
     }
 
     fn on_record(&mut self, c: ConnInfo, r: Record, now_ns: u64, out: &mut Vec<Linked>) {
