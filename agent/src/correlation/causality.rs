@@ -564,20 +564,24 @@ impl Linker {
             .iter()
             .find(|f| f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
         if m.reply && m.conn == conn {
-            let marks = &self.marks[&pid][&at.tid];
-            // Its last input before this tick wrote nothing and opened no
-            // connection: it may be waiting for a pooled one.
+            // Each request's last input before this tick, in one pass over
+            // the thread's marks (the newest first).
+            let mut last: HashMap<[u8; 8], &Mark> = HashMap::new();
+            for k in self.marks[&pid][&at.tid].iter().rev() {
+                if k.tick != at.tick {
+                    last.entry(k.request).or_insert(k);
+                }
+            }
+            // That input wrote nothing and opened no connection (or is
+            // forgotten): the request may be waiting for a pooled one.
             let stalled = |o: &InFlight| {
-                let last = marks
-                    .iter()
-                    .rev()
-                    .find(|k| k.request == o.ctx.span_id && k.tick != at.tick);
-                last.is_none_or(|k| !k.wrote && !k.connected)
+                last.get(&o.ctx.span_id)
+                    .is_none_or(|k| !k.wrote && !k.connected)
             };
-            let others = list.iter().filter(|o| {
+            let mut others = list.iter().filter(|o| {
                 o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request
             });
-            if others.clone().any(stalled) {
+            if others.any(stalled) {
                 return Some(Parent::Ambiguous);
             }
         }
