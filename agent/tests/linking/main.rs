@@ -65,6 +65,82 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
+/// GET /r/<id> for each id of `ids` from `in_flight` clients at once (one
+/// connection per request); each answer must be 200 with the id as body.
+fn load(port: u16, ids: std::ops::Range<usize>, in_flight: usize) {
+    std::thread::scope(|scope| {
+        for t in 0..in_flight {
+            let ids = ids.clone();
+            scope.spawn(move || {
+                for i in ids.skip(t).step_by(in_flight) {
+                    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    write!(
+                        s,
+                        "GET /r/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    )
+                    .unwrap();
+                    let mut body = String::new();
+                    s.read_to_string(&mut body).unwrap();
+                    assert!(
+                        body.starts_with("HTTP/1.1 200") && body.ends_with(&format!("\r\n{i}")),
+                        "{body}"
+                    );
+                }
+            });
+        }
+    });
+}
+
+/// One service's spans of a run, found by what the test systems put in
+/// them (the request's id in paths and query aliases).
+struct Found<'a> {
+    spans: &'a [ReceivedSpan],
+    service: &'a str,
+}
+
+impl<'a> Found<'a> {
+    fn mine(&self) -> impl Iterator<Item = &'a ReceivedSpan> + '_ {
+        self.spans.iter().filter(|s| s.service() == self.service)
+    }
+
+    /// The SERVER span of the request for `path`.
+    fn server(&self, path: &str) -> &'a ReceivedSpan {
+        self.mine()
+            .find(|s| kind_of(s) == SpanKind::Server && s.attr("url.path").as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("{}: no server span {path}", self.service))
+    }
+
+    /// The query whose text ends with `tail` (the id rides in an alias).
+    fn query(&self, tail: &str) -> &'a ReceivedSpan {
+        self.mine()
+            .find(|s| s.attr("db.query.text").is_some_and(|q| q.ends_with(tail)))
+            .unwrap_or_else(|| panic!("{}: no query {tail}", self.service))
+    }
+
+    /// The CLIENT call to downstream `path`; the downstream's SERVER span
+    /// must join it, whatever the call's own parent.
+    fn call(&self, path: &str) -> &'a ReceivedSpan {
+        let c = self
+            .mine()
+            .find(|s| {
+                kind_of(s) == SpanKind::Client
+                    && s.attr("url.full").is_some_and(|u| u.ends_with(path))
+            })
+            .unwrap_or_else(|| panic!("{}: no call {path}", self.service));
+        let d = self
+            .spans
+            .iter()
+            .find(|s| s.service() == "downstream" && s.attr("url.path").as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no downstream span {path}"));
+        assert_eq!(
+            (&d.span.trace_id, &d.span.parent_span_id),
+            (&c.span.trace_id, &c.span.span_id),
+            "{path}"
+        );
+        c
+    }
+}
+
 fn kind_of(s: &ReceivedSpan) -> SpanKind {
     SpanKind::try_from(s.span.kind).unwrap_or(SpanKind::Unspecified)
 }
@@ -185,68 +261,20 @@ fn node_event_loop(max_sockets: Option<usize>) {
         ])
         .env("OTEL_SERVICE_NAME", "node-loop");
     let _srv = ready(cmd);
-    std::thread::scope(|scope| {
-        for t in 0..IN_FLIGHT {
-            scope.spawn(move || {
-                for i in (t..N).step_by(IN_FLIGHT) {
-                    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    write!(
-                        s,
-                        "GET /r/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                    )
-                    .unwrap();
-                    let mut body = String::new();
-                    s.read_to_string(&mut body).unwrap();
-                    assert!(
-                        body.starts_with("HTTP/1.1 200") && body.ends_with(&format!("\r\n{i}")),
-                        "{body}"
-                    );
-                }
-            });
-        }
-    });
+    load(port, 0..N, IN_FLIGHT);
     let spans = wait_spans(&a.store, |s| {
         s.iter().filter(|x| x.service() == "downstream").count() >= 2 * N
     });
-    let server = |id: usize| {
-        let path = format!("/r/{id}");
-        spans
-            .iter()
-            .find(|s| {
-                s.service() == "node-loop"
-                    && kind_of(s) == SpanKind::Server
-                    && s.attr("url.path") == Some(path.clone())
-            })
-            .unwrap_or_else(|| panic!("no server span {path}"))
+    let found = Found {
+        spans: &spans,
+        service: "node-loop",
     };
-    let call = |id: usize, k: usize| {
-        let path = format!("/down/{id}/{k}");
-        let c = spans
-            .iter()
-            .find(|s| {
-                s.service() == "node-loop"
-                    && kind_of(s) == SpanKind::Client
-                    && s.attr("url.full").is_some_and(|u| u.ends_with(&path))
-            })
-            .unwrap_or_else(|| panic!("no call {path}"));
-        let d = spans
-            .iter()
-            .find(|s| s.service() == "downstream" && s.attr("url.path") == Some(path.clone()))
-            .unwrap_or_else(|| panic!("no downstream span {path}"));
-        (c, d)
-    };
-    let servers: Vec<_> = (0..N).map(server).collect();
     let (mut complete, mut orphans, mut wrong) = (0, 0, vec![]);
-    for (id, srv) in servers.iter().enumerate() {
+    for id in 0..N {
+        let srv = found.server(&format!("/r/{id}"));
         let mut whole = true;
         for k in [1, 2] {
-            let (c, d) = call(id, k);
-            // The downstream server joins its call, whatever the call's parent.
-            assert_eq!(
-                (&d.span.trace_id, &d.span.parent_span_id),
-                (&c.span.trace_id, &c.span.span_id),
-                "/down/{id}/{k}"
-            );
+            let c = found.call(&format!("/down/{id}/{k}"));
             if c.span.parent_span_id == srv.span.span_id {
                 assert_eq!(c.span.trace_id, srv.span.trace_id);
                 let evidence = c.attr("sonde.link.evidence");
@@ -334,31 +362,8 @@ fn go_goroutines() {
     // Ids N.. first: one request per client, all at once, which makes the
     // transport dial its connections (their first requests are roots: see
     // ARCHITECTURE.md, "Per runtime class"); then ids 0..N on a warm pool.
-    let load = |ids: std::ops::Range<usize>| {
-        std::thread::scope(|scope| {
-            for t in 0..IN_FLIGHT {
-                let ids = ids.clone();
-                scope.spawn(move || {
-                    for i in ids.skip(t).step_by(IN_FLIGHT) {
-                        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                        write!(
-                            s,
-                            "GET /r/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                        )
-                        .unwrap();
-                        let mut body = String::new();
-                        s.read_to_string(&mut body).unwrap();
-                        assert!(
-                            body.starts_with("HTTP/1.1 200") && body.ends_with(&format!("\r\n{i}")),
-                            "{body}"
-                        );
-                    }
-                });
-            }
-        })
-    };
-    load(N..N + IN_FLIGHT);
-    load(0..N);
+    load(port, N..N + IN_FLIGHT, IN_FLIGHT);
+    load(port, 0..N, IN_FLIGHT);
     let spans = wait_spans(&a.store, |s| {
         s.iter().filter(|x| x.service() == "downstream").count() >= 2 * (N + IN_FLIGHT)
             && s.iter()
@@ -366,54 +371,19 @@ fn go_goroutines() {
                 .count()
                 >= N + IN_FLIGHT
     });
-    let mine = |s: &&ReceivedSpan| s.service() == "go-svc";
-    let server = |id: usize| {
-        let path = format!("/r/{id}");
-        spans
-            .iter()
-            .filter(mine)
-            .find(|s| kind_of(s) == SpanKind::Server && s.attr("url.path") == Some(path.clone()))
-            .unwrap_or_else(|| panic!("no server span {path}"))
-    };
-    let query = |id: usize| {
-        let alias = format!("AS r{id}");
-        spans
-            .iter()
-            .filter(mine)
-            .find(|s| s.attr("db.query.text").is_some_and(|q| q.ends_with(&alias)))
-            .unwrap_or_else(|| panic!("no query {alias}"))
-    };
-    let call = |id: usize, k: usize| {
-        let path = format!("/down/{id}/{k}");
-        let c = spans
-            .iter()
-            .filter(mine)
-            .find(|s| {
-                kind_of(s) == SpanKind::Client
-                    && s.attr("url.full").is_some_and(|u| u.ends_with(&path))
-            })
-            .unwrap_or_else(|| panic!("no call {path}"));
-        let d = spans
-            .iter()
-            .find(|s| s.service() == "downstream" && s.attr("url.path") == Some(path.clone()))
-            .unwrap_or_else(|| panic!("no downstream span {path}"));
-        // The downstream server joins its call, whatever the call's parent.
-        assert_eq!(
-            (&d.span.trace_id, &d.span.parent_span_id),
-            (&c.span.trace_id, &c.span.span_id),
-            "{path}"
-        );
-        c
+    let found = Found {
+        spans: &spans,
+        service: "go-svc",
     };
     let (mut complete, mut roots, mut wrong) = (0, vec![], vec![]);
     let mut cold = 0;
     for id in 0..N + IN_FLIGHT {
-        let srv = server(id);
+        let srv = found.server(&format!("/r/{id}"));
         let mut whole = true;
         for (what, c) in [
-            ("query", query(id)),
-            ("call 1", call(id, 1)),
-            ("call 2", call(id, 2)),
+            ("query", found.query(&format!("AS r{id}"))),
+            ("call 1", found.call(&format!("/down/{id}/1"))),
+            ("call 2", found.call(&format!("/down/{id}/2"))),
         ] {
             if c.span.parent_span_id == srv.span.span_id {
                 assert_eq!(c.span.trace_id, srv.span.trace_id);
@@ -485,26 +455,7 @@ fn java_pool() {
         ])
         .env("OTEL_SERVICE_NAME", "java-pool");
     let _srv = ready(cmd);
-    std::thread::scope(|scope| {
-        for t in 0..IN_FLIGHT {
-            scope.spawn(move || {
-                for i in (t..N).step_by(IN_FLIGHT) {
-                    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                    write!(
-                        s,
-                        "GET /r/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                    )
-                    .unwrap();
-                    let mut body = String::new();
-                    s.read_to_string(&mut body).unwrap();
-                    assert!(
-                        body.starts_with("HTTP/1.1 200") && body.ends_with(&format!("\r\n{i}")),
-                        "{body}"
-                    );
-                }
-            });
-        }
-    });
+    load(port, 0..N, IN_FLIGHT);
     let spans = wait_spans(&a.store, |s| {
         s.iter().filter(|x| x.service() == "downstream").count() >= N
             && s.iter()
@@ -512,39 +463,16 @@ fn java_pool() {
                 .count()
                 >= N
     });
-    let mine = |s: &&ReceivedSpan| s.service() == "java-pool";
+    let found = Found {
+        spans: &spans,
+        service: "java-pool",
+    };
     let (mut queries, mut calls_linked, mut wrong) = (0, 0, vec![]);
     for id in 0..N {
         let path = format!("/r/{id}");
-        let srv = spans
-            .iter()
-            .filter(mine)
-            .find(|s| kind_of(s) == SpanKind::Server && s.attr("url.path") == Some(path.clone()))
-            .unwrap_or_else(|| panic!("no server span {path}"));
-        let alias = format!("AS r{id}");
-        let q = spans
-            .iter()
-            .filter(mine)
-            .find(|s| s.attr("db.query.text").is_some_and(|t| t.ends_with(&alias)))
-            .unwrap_or_else(|| panic!("no query {alias}"));
-        let down_path = format!("/down/{id}/1");
-        let c = spans
-            .iter()
-            .filter(mine)
-            .find(|s| {
-                kind_of(s) == SpanKind::Client
-                    && s.attr("url.full").is_some_and(|u| u.ends_with(&down_path))
-            })
-            .unwrap_or_else(|| panic!("no call {down_path}"));
-        let d = spans
-            .iter()
-            .find(|s| s.service() == "downstream" && s.attr("url.path") == Some(down_path.clone()))
-            .unwrap_or_else(|| panic!("no downstream span {down_path}"));
-        assert_eq!(
-            (&d.span.trace_id, &d.span.parent_span_id),
-            (&c.span.trace_id, &c.span.span_id),
-            "{down_path}"
-        );
+        let srv = found.server(&path);
+        let q = found.query(&format!("AS r{id}"));
+        let c = found.call(&format!("/down/{id}/1"));
         for (what, span) in [("query", q), ("call", c)] {
             if span.span.parent_span_id == srv.span.span_id {
                 assert_eq!(span.span.trace_id, srv.span.trace_id);
