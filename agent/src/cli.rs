@@ -73,6 +73,12 @@ pub struct CaptureArgs {
     /// payload then goes uncaptured (`sonde doctor` shows the choice).
     #[arg(long, env = "SONDE_NO_KPROBES")]
     pub no_kprobes: bool,
+
+    /// Never attach the goroutine uprobes to Go programs: their calls then
+    /// nest by the thread rules only (fewer, and roots under concurrency),
+    /// and their goroutine switches cost nothing.
+    #[arg(long, env = "SONDE_NO_GO_PROBES")]
+    pub no_go_probes: bool,
 }
 
 impl CaptureArgs {
@@ -84,6 +90,7 @@ impl CaptureArgs {
                 pids: self.pids.clone(),
                 cgroups: self.cgroups.clone(),
                 kprobes: !self.no_kprobes,
+                go_probes: !self.no_go_probes,
                 ..ProbeConfig::default()
             },
             poll_interval: Duration::from_millis(self.poll_interval_ms),

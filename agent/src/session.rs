@@ -69,7 +69,9 @@ impl Session {
         // New processes go to the Go runtime inspector (started below, once
         // the probes are shared).
         let (new_procs_tx, new_procs_rx) = mpsc::channel(1024);
-        table.processes().notify_new(new_procs_tx, stats.clone());
+        if cfg.probes.go_probes {
+            table.processes().notify_new(new_procs_tx, stats.clone());
+        }
         let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
         let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity);
 

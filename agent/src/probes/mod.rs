@@ -41,6 +41,8 @@ pub struct ProbeConfig {
     pub cgroups: Vec<PathBuf>,
     /// Use kprobes where the kernel has them (the io_uring path).
     pub kprobes: bool,
+    /// Attach the goroutine uprobes to the Go programs of traced processes.
+    pub go_probes: bool,
 }
 
 impl Default for ProbeConfig {
@@ -52,6 +54,7 @@ impl Default for ProbeConfig {
             pids: vec![],
             cgroups: vec![],
             kprobes: true,
+            go_probes: true,
         }
     }
 }
