@@ -37,6 +37,10 @@ fn main() {
             event_loop();
             Ok(())
         }),
+        Trial::test("asyncio_eight_in_flight", || {
+            asyncio_eight_in_flight();
+            Ok(())
+        }),
         Trial::test("node_event_loop_eight_in_flight", || {
             node_event_loop(None);
             Ok(())
@@ -237,11 +241,58 @@ fn event_loop() {
     assert_eq!(ambiguous, 1.0, "the one ambiguous call is counted");
 }
 
+/// Python asyncio, under the load of the Node.js test below
+/// (`async_server.py` /r/<id>: two sequential calls, each on a new
+/// connection): a task's continuation runs in the loop's next iteration,
+/// after a poll, so no tick links a call to its request. Whatever is linked must be under the right request; the rest
+/// stays roots (ARCHITECTURE.md, "Per runtime class").
+fn asyncio_eight_in_flight() {
+    const N: usize = 40;
+    const IN_FLIGHT: usize = 8;
+    let a = agent(&[]);
+    let down = free_port();
+    let _down = python_server(down, "downstream");
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("linking/async_server.py"))
+        .args([port.to_string(), down.to_string()])
+        .env("OTEL_SERVICE_NAME", "asyncio-loop");
+    let _srv = ready(cmd);
+    load(port, 0..N, IN_FLIGHT);
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| x.service() == "downstream").count() >= 2 * N
+    });
+    let found = Found {
+        spans: &spans,
+        service: "asyncio-loop",
+    };
+    let (mut linked, mut wrong) = (0, vec![]);
+    for id in 0..N {
+        let srv = found.server(&format!("/r/{id}"));
+        for k in [1, 2] {
+            let c = found.call(&format!("/down/{id}/{k}"));
+            if c.span.parent_span_id == srv.span.span_id {
+                assert_eq!(c.span.trace_id, srv.span.trace_id);
+                linked += 1;
+            } else if !c.span.parent_span_id.is_empty() {
+                wrong.push(format!("/down/{id}/{k}"));
+            }
+        }
+    }
+    eprintln!(
+        "asyncio, {N} requests, {IN_FLIGHT} in flight: {linked} of {} calls under their request, {} wrong parents",
+        2 * N,
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
+}
+
 /// Node.js serves 40 requests, 8 in flight, on its one event-loop thread;
 /// each makes two sequential downstream calls. Every request's tree is
 /// checked exactly: its server span, its two calls under it (by the id in
 /// their paths), the downstream's spans under those. No call may sit under
 /// another request; calls without evidence stay roots and are counted.
+///
 /// `max_sockets`: cap the client pool, so that calls wait for connections
 /// other requests free (the hand-off no tick can tell from the request's
 /// own next call): those must stay roots, never under the wrong request.
