@@ -1,0 +1,420 @@
+//! Causality within a process: which request a client call (DB, outgoing
+//! HTTP, publish) was made for.
+//!
+//! When a server connection finishes reading a request, the request is *in
+//! flight* until its response is written; its span ids and sampling decision
+//! are fixed at that moment. Only requests already read when the call starts
+//! count. A client call made by a process nests under the first of these
+//! that decides (`rules.rs`; ARCHITECTURE.md, "Causality", says why each
+//! holds and where each gives up):
+//! 0. **ack**: for a consumer learnt to acknowledge first and then work,
+//!    the delivery its thread acknowledged last;
+//! 1. **tick**: the request whose input (the request, or the reply to a
+//!    call made for it) its thread read last, with nothing between that
+//!    read and the call's write, in the same kernel tick; else, for a new
+//!    connection's first call, the request whose input opened the tick of
+//!    the connect (**connect**);
+//! 2. **goroutine** / **same_thread**: the request in flight on the
+//!    call's goroutine (Go) or thread; for a goroutine serving none, that
+//!    of the goroutine that sent it the call on a channel or started it;
+//! 3. **only_in_flight**: the only request in flight in the process;
+//! 4. nothing: it stays a root span (ambiguous, or outside any request).
+use std::collections::{HashMap, HashSet, VecDeque};
+
+mod rules;
+
+use super::Evidence;
+use crate::{
+    protocols::SegTime,
+    spans::{sampler::Sampler, SpanCtx},
+};
+
+/// What [`Linker::parent_of`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    /// The request, and the rule that chose it.
+    Request(SpanCtx, Evidence),
+    /// Several requests could have made the call: it stays a root.
+    Ambiguous,
+    /// Outside any request.
+    None,
+}
+
+impl Parent {
+    pub fn ctx(self) -> Option<SpanCtx> {
+        match self {
+            Parent::Request(c, _) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    /// The request's key (a connection, or a delivery).
+    conn: u64,
+    /// The connection it came from: requests of one source are sequential.
+    source: u64,
+    tid: u32,
+    /// CLOCK_MONOTONIC ns the request was fully read.
+    since_ns: u64,
+    ctx: SpanCtx,
+    /// Calls linked to it by its thread (not by the only-in-flight rule).
+    calls: u32,
+}
+
+/// Bound on requests in flight per process (a stalled server must not grow memory).
+const MAX_PER_PROCESS: usize = 4096;
+/// Reads remembered per thread: a call is written within a few reads of
+/// its input, or its tick has moved on anyway.
+const MARKS_PER_THREAD: usize = 64;
+/// Bound on threads with remembered reads.
+pub const MAX_THREADS: usize = 16384;
+
+/// A read that delivered a request's input: the request's bytes, or the
+/// reply to a call made for it.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    tick: u32,
+    conn: u64,
+    /// The request's span id.
+    request: [u8; 8],
+    /// A reply to a call (not the request itself).
+    reply: bool,
+    /// The thread wrote something in this tick.
+    wrote: bool,
+    /// The thread opened a client connection in this tick.
+    connected: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Opener {
+    tid: u32,
+    tick: u32,
+    request: [u8; 8],
+}
+
+/// The delivery a consumer thread acknowledged last, having made no call
+/// for it while it was in flight: a consumer that acks first and then works
+/// is working on it now.
+#[derive(Debug, Clone, Copy)]
+struct Acked {
+    ctx: SpanCtx,
+    /// Its channel's connection.
+    source: u64,
+    /// The tick of the ack's write.
+    tick: u32,
+    at_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Linker {
+    by_pid: HashMap<u32, Vec<InFlight>>,
+    /// Recent input reads per pid, per tid.
+    marks: HashMap<u32, HashMap<u32, VecDeque<Mark>>>,
+    /// Threads in `marks`.
+    marked: usize,
+    /// Client connections opened in a tick that a request's input opened,
+    /// until their first call: conn -> (pid, tid, tick, request).
+    openers: HashMap<u64, Opener>,
+    /// Consumers (pid, channel connection) seen acknowledging a delivery
+    /// after the calls made for it.
+    acks_late: HashSet<(u32, u64)>,
+    /// Consumers (pid, channel connection) seen making a call right after
+    /// acknowledging a delivery, with no other delivery in flight: they ack
+    /// first, then work on what they acked.
+    acks_early: HashSet<(u32, u64)>,
+    /// Per (pid, tid): the delivery acknowledged last with no call made.
+    acked: HashMap<(u32, u32), Acked>,
+    /// Requests forgotten in flight because their process had too many.
+    pub evicted: u64,
+    /// Remembered reads dropped because too many threads had some.
+    pub marks_dropped: u64,
+}
+
+impl Linker {
+    /// A server connection of `pid` read a request on thread `tid`; its
+    /// context comes from the incoming traceparent, if any. `conn` keys the
+    /// request; `source` is the connection it arrived on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_started(
+        &mut self,
+        pid: u32,
+        conn: u64,
+        source: u64,
+        tid: u32,
+        since_ns: u64,
+        incoming: Option<crate::spans::traceparent::TraceParent>,
+        sampler: &Sampler,
+    ) -> SpanCtx {
+        let trace_id = incoming.map_or_else(crate::spans::new_trace_id, |t| t.trace_id);
+        // A request with a parent: its ids continue the caller's trace.
+        let ctx = SpanCtx {
+            trace_id,
+            span_id: crate::spans::new_span_id(),
+            parent_span_id: incoming.map(|t| t.parent_id),
+            sampled: sampler.should_sample(&trace_id, incoming.map(|t| t.sampled)),
+        };
+        let list = self.by_pid.entry(pid).or_default();
+        if list.len() >= MAX_PER_PROCESS {
+            list.remove(0);
+            self.evicted += 1;
+        }
+        list.push(InFlight {
+            calls: 0,
+            conn,
+            source,
+            tid,
+            since_ns,
+            ctx,
+        });
+        ctx
+    }
+
+    /// Requests in flight, all processes.
+    pub fn entries(&self) -> usize {
+        self.by_pid.values().map(Vec::len).sum()
+    }
+
+    /// Threads with remembered reads, and new connections with an opener.
+    pub fn marked_threads(&self) -> usize {
+        self.marked + self.openers.len()
+    }
+
+    /// A client connection of `pid` opened by thread `tid` in `tick`: if a
+    /// request's input opened that tick, its first call is that request's.
+    pub fn connection_opened(&mut self, pid: u32, conn: u64, (tid, tick): (u32, u32)) {
+        if tick == 0 {
+            return;
+        }
+        let mark = self.marks.get_mut(&pid).and_then(|t| t.get_mut(&tid));
+        let Some(m) = mark.and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick)) else {
+            return;
+        };
+        m.connected = true;
+        let request = m.request;
+        if self.openers.len() >= MAX_THREADS {
+            self.marks_dropped += self.openers.len() as u64;
+            self.openers.clear();
+        }
+        self.openers.insert(conn, Opener { tid, tick, request });
+    }
+
+    /// The read `at` on `conn` delivered input of request `request`: the
+    /// request itself, or (`reply`) the reply to a call made for it.
+    pub fn read_delivered(
+        &mut self,
+        pid: u32,
+        at: SegTime,
+        conn: u64,
+        request: [u8; 8],
+        reply: bool,
+    ) {
+        if at.tick == 0 {
+            return;
+        }
+        let known = self
+            .marks
+            .get(&pid)
+            .is_some_and(|t| t.contains_key(&at.tid));
+        if self.marked >= MAX_THREADS && !known {
+            self.marks_dropped += self.marked as u64;
+            self.marks.clear();
+            self.marked = 0;
+        }
+        let q = self
+            .marks
+            .entry(pid)
+            .or_default()
+            .entry(at.tid)
+            .or_insert_with(|| {
+                self.marked += 1;
+                VecDeque::new()
+            });
+        if q.len() >= MARKS_PER_THREAD {
+            q.pop_front();
+        }
+        q.push_back(Mark {
+            tick: at.tick,
+            conn,
+            request,
+            reply,
+            wrote: false,
+            connected: false,
+        });
+    }
+
+    /// A thread wrote to a connection in `tick`.
+    pub fn wrote(&mut self, pid: u32, tid: u32, tick: u32) {
+        let found = self
+            .marks
+            .get_mut(&pid)
+            .and_then(|t| t.get_mut(&tid))
+            .and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick));
+        if let Some(m) = found {
+            m.wrote = true;
+        }
+    }
+
+    /// The response of the oldest request in flight on `conn` was written.
+    pub fn request_finished(&mut self, pid: u32, conn: u64) -> Option<SpanCtx> {
+        self.finish(pid, conn).map(|f| f.ctx)
+    }
+
+    /// Delivery `key` was acknowledged (or rejected) by a write at `at`.
+    pub fn delivery_acked(&mut self, pid: u32, key: u64, at: SegTime) -> Option<SpanCtx> {
+        let f = self.finish(pid, key)?;
+        if f.calls == 0 && at.tick != 0 {
+            if self.acked.len() >= MAX_THREADS {
+                self.marks_dropped += self.acked.len() as u64;
+                self.acked.clear();
+            }
+            let a = Acked {
+                ctx: f.ctx,
+                source: f.source,
+                tick: at.tick,
+                at_ns: at.enter_ns,
+            };
+            self.acked.insert((pid, at.tid), a);
+        } else {
+            self.acked.remove(&(pid, at.tid));
+        }
+        Some(f.ctx)
+    }
+
+    fn finish(&mut self, pid: u32, conn: u64) -> Option<InFlight> {
+        let list = self.by_pid.get_mut(&pid)?;
+        let i = list.iter().position(|f| f.conn == conn)?;
+        let f = list.remove(i);
+        if list.is_empty() {
+            self.by_pid.remove(&pid);
+        }
+        // A delivery acknowledged after the calls its thread made for it:
+        // this consumer acks late, so with several deliveries in flight it
+        // works on the oldest.
+        if f.conn != f.source && f.calls > 0 {
+            if self.acks_late.len() >= MAX_THREADS {
+                self.marks_dropped += self.acks_late.len() as u64;
+                self.acks_late.clear();
+            }
+            self.acks_late.insert((pid, f.source));
+        }
+        Some(f)
+    }
+
+    /// A late partner: the oldest request in flight on `conn` that started
+    /// its own trace (no parent) joins `parent`'s instead. Returns false if
+    /// there is no such request (answered already, or it had a parent).
+    pub fn adopt(&mut self, pid: u32, conn: u64, parent: &SpanCtx) -> bool {
+        let Some(f) = self
+            .by_pid
+            .get_mut(&pid)
+            .and_then(|l| l.iter_mut().find(|f| f.conn == conn))
+        else {
+            return false;
+        };
+        if f.ctx.parent_span_id.is_some() {
+            return false;
+        }
+        f.ctx.trace_id = parent.trace_id;
+        f.ctx.parent_span_id = Some(parent.span_id);
+        f.ctx.sampled = parent.sampled;
+        true
+    }
+
+    /// A connection closed: its unanswered requests are over, and the
+    /// reads it delivered are forgotten.
+    pub fn connection_closed(&mut self, pid: u32, conn: u64) {
+        if let Some(list) = self.by_pid.get_mut(&pid) {
+            list.retain(|f| f.conn != conn && f.source != conn);
+            if list.is_empty() {
+                self.by_pid.remove(&pid);
+            }
+        }
+        if let Some(threads) = self.marks.get_mut(&pid) {
+            let before = threads.len();
+            threads.retain(|_, q| {
+                q.retain(|m| m.conn != conn);
+                !q.is_empty()
+            });
+            self.marked -= before - threads.len();
+            if threads.is_empty() {
+                self.marks.remove(&pid);
+            }
+        }
+        self.openers.remove(&conn);
+        self.acks_late.remove(&(pid, conn));
+        self.acks_early.remove(&(pid, conn));
+        self.acked.retain(|&(p, _), a| p != pid || a.source != conn);
+    }
+
+    /// The request a client call of `pid` on `conn`, whose first write is
+    /// `at`, belongs to.
+    pub fn parent_of(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
+        let parent = self.find_parent(pid, at, conn);
+        // Count the calls a thread made for each request (see acks_late).
+        if let Parent::Request(
+            ctx,
+            Evidence::Tick | Evidence::Opener | Evidence::SameThread | Evidence::Goroutine,
+        ) = parent
+        {
+            let list = self.by_pid.get_mut(&pid).into_iter().flatten();
+            if let Some(f) = list.into_iter().find(|f| f.ctx.span_id == ctx.span_id) {
+                f.calls = f.calls.saturating_add(1);
+            }
+        }
+        parent
+    }
+
+    fn find_parent(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
+        let opener = self.openers.remove(&conn);
+        if let Some(p) = self.by_ack(pid, at) {
+            return p;
+        }
+        let Some(list) = self.by_pid.get(&pid) else {
+            return Parent::None;
+        };
+        if let Some(p) = self.by_tick(list, pid, at, conn) {
+            return p;
+        }
+        if let Some(p) = opener.and_then(|o| self.by_opener(list, pid, at, o)) {
+            // It acted (it waits for this call now, not for a connection).
+            if let (Some(o), Some(q)) = (
+                opener,
+                self.marks.get_mut(&pid).and_then(|t| t.get_mut(&at.tid)),
+            ) {
+                if let Some(m) = q.iter_mut().rev().find(|m| m.request == o.request) {
+                    m.wrote = true;
+                }
+            }
+            return p;
+        }
+        if let Some(p) = self.on_thread(list, pid, at.tid, at.enter_ns) {
+            return match p {
+                Parent::Request(ctx, _) if is_goroutine(at.tid) => {
+                    Parent::Request(ctx, Evidence::Goroutine)
+                }
+                p => p,
+            };
+        }
+        if let Some(p) = self.by_lineage(list, pid, at) {
+            return p;
+        }
+        let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
+        let mut all = begun();
+        match (all.next(), all.next()) {
+            (Some(only), None) if self.may_work_on_acked(pid, at.tid, only) => Parent::Ambiguous,
+            (Some(only), None) => Parent::Request(only.ctx, Evidence::OnlyInFlight),
+            (Some(_), Some(_)) => Parent::Ambiguous,
+            _ => Parent::None,
+        }
+    }
+}
+
+/// Whether a record's thread id names a goroutine (`sonde_common::goroutine_id`).
+pub fn is_goroutine(tid: u32) -> bool {
+    tid & 0x8000_0000 != 0
+}
+
+#[cfg(test)]
+mod tests;

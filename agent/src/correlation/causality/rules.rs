@@ -1,0 +1,192 @@
+//! The rules that place a client call, in the order `find_parent` tries
+//! them (see the module's documentation and ARCHITECTURE.md, "Causality").
+use std::collections::HashMap;
+
+use super::{InFlight, Linker, Mark, Opener, Parent, MAX_THREADS};
+use crate::{correlation::Evidence, protocols::SegTime};
+
+impl Linker {
+    /// A consumer that acknowledges first, then works: a call of thread
+    /// `tid` after its ack of a delivery, until its next ack, is made for
+    /// the acknowledged one. Learnt from a call right after an ack (same
+    /// tick: nothing read in between) with no other delivery of the channel
+    /// in flight; until then a call in the ack's tick is ambiguous (it may
+    /// be the next delivery's, of a consumer that acks late).
+    pub(super) fn by_ack(&mut self, pid: u32, at: SegTime) -> Option<Parent> {
+        if at.tick == 0 {
+            return None;
+        }
+        let a = *self.acked.get(&(pid, at.tid))?;
+        if self.acks_late.contains(&(pid, a.source)) {
+            return None;
+        }
+        let learnt = self.acks_early.contains(&(pid, a.source));
+        if at.tick == a.tick {
+            if learnt {
+                return Some(Parent::Request(a.ctx, Evidence::Ack));
+            }
+            let others =
+                self.by_pid.get(&pid).into_iter().flatten().any(|f| {
+                    f.source == a.source && f.conn != f.source && f.since_ns <= at.enter_ns
+                });
+            if others {
+                return Some(Parent::Ambiguous);
+            }
+            if self.acks_early.len() >= MAX_THREADS {
+                self.marks_dropped += self.acks_early.len() as u64;
+                self.acks_early.clear();
+            }
+            self.acks_early.insert((pid, a.source));
+            return Some(Parent::Request(a.ctx, Evidence::Ack));
+        }
+        // Once learnt, the thread works on what it acknowledged last until
+        // it acknowledges the next one.
+        (learnt && at.enter_ns >= a.at_ns).then_some(Parent::Request(a.ctx, Evidence::Ack))
+    }
+
+    /// Whether delivery `f` in flight may not be what its thread works on:
+    /// the thread acknowledged another delivery of that channel, without a
+    /// call for it, after reading `f`, and the consumer is not known to ack
+    /// late (one that acks first works on the acknowledged one).
+    pub(super) fn may_work_on_acked(&self, pid: u32, tid: u32, f: &InFlight) -> bool {
+        f.conn != f.source
+            && !self.acks_late.contains(&(pid, f.source))
+            && self
+                .acked
+                .get(&(pid, tid))
+                .is_some_and(|a| a.source == f.source && a.at_ns >= f.since_ns)
+    }
+
+    /// Rule 2: the request in flight on thread (or goroutine) `tid`, read
+    /// before `by_ns`. None if there is none.
+    pub(super) fn on_thread(
+        &self,
+        list: &[InFlight],
+        pid: u32,
+        tid: u32,
+        by_ns: u64,
+    ) -> Option<Parent> {
+        let mut same_thread = list.iter().filter(|f| f.since_ns <= by_ns && f.tid == tid);
+        let first = same_thread.next()?;
+        if self.may_work_on_acked(pid, tid, first) {
+            return Some(Parent::Ambiguous);
+        }
+        let mut oldest = first;
+        // Deliveries are keyed apart from their channel's connection.
+        let acks_late = self.acks_late.contains(&(pid, first.source));
+        for f in same_thread {
+            // Two connections, or two deliveries of a consumer not known
+            // to ack late (it may ack first, then work): not on the wire.
+            if f.source != first.source || (f.conn != f.source && !acks_late) {
+                return Some(Parent::Ambiguous);
+            }
+            if f.since_ns < oldest.since_ns {
+                oldest = f;
+            }
+        }
+        Some(Parent::Request(oldest.ctx, Evidence::SameThread))
+    }
+
+    /// Go, for a goroutine that serves no request itself: the request of
+    /// the goroutine that sent it this call on a channel (net/http's
+    /// transport writes from its own goroutine), else of the goroutine that
+    /// started that sender, else of the one that started the caller. A
+    /// starter counts only with a request it had begun when it ran `go`: a
+    /// goroutine started by an earlier request is no child of the next one
+    /// its starter serves.
+    pub(super) fn by_lineage(&self, list: &[InFlight], pid: u32, at: SegTime) -> Option<Parent> {
+        let l = at.lineage;
+        let steps = [
+            (l.waker, at.enter_ns),
+            (l.waker_origin, l.waker_origin_ns),
+            (l.origin, l.origin_ns),
+        ];
+        for (g, by_ns) in steps {
+            if g == 0 {
+                continue;
+            }
+            match self.on_thread(list, pid, g, by_ns) {
+                Some(Parent::Request(ctx, _)) => {
+                    return Some(Parent::Request(ctx, Evidence::Goroutine))
+                }
+                Some(p) => return Some(p),
+                None => {}
+            }
+        }
+        None
+    }
+
+    /// Rule 1, a new connection's first call: the request that opened it,
+    /// if the tick of that connect was its last input and wrote nothing.
+    pub(super) fn by_opener(
+        &self,
+        list: &[InFlight],
+        pid: u32,
+        at: SegTime,
+        o: Opener,
+    ) -> Option<Parent> {
+        if o.tid != at.tid {
+            return None;
+        }
+        let f = list
+            .iter()
+            .find(|f| f.ctx.span_id == o.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
+        let last = self
+            .marks
+            .get(&pid)?
+            .get(&at.tid)?
+            .iter()
+            .rev()
+            .find(|m| m.request == o.request)?;
+        (last.tick == o.tick && !last.wrote).then_some(Parent::Request(f.ctx, Evidence::Opener))
+    }
+
+    /// Rule 1: the request whose input this thread read last, with nothing
+    /// between that read and the write `at`.
+    pub(super) fn by_tick(
+        &self,
+        list: &[InFlight],
+        pid: u32,
+        at: SegTime,
+        conn: u64,
+    ) -> Option<Parent> {
+        if at.tick == 0 {
+            return None;
+        }
+        let m = self
+            .marks
+            .get(&pid)?
+            .get(&at.tid)?
+            .iter()
+            .rev()
+            .find(|m| m.tick == at.tick)?;
+        // Still in flight, and read on this thread: a reply read for a
+        // request another thread serves says nothing of this thread's work.
+        let f = list
+            .iter()
+            .find(|f| f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
+        if m.reply && m.conn == conn {
+            // Each request's last input before this tick, in one pass over
+            // the thread's marks (the newest first).
+            let mut last: HashMap<[u8; 8], &Mark> = HashMap::new();
+            for k in self.marks[&pid][&at.tid].iter().rev() {
+                if k.tick != at.tick {
+                    last.entry(k.request).or_insert(k);
+                }
+            }
+            // That input wrote nothing and opened no connection (or is
+            // forgotten): the request may be waiting for a pooled one.
+            let stalled = |o: &InFlight| {
+                last.get(&o.ctx.span_id)
+                    .is_none_or(|k| !k.wrote && !k.connected)
+            };
+            let mut others = list.iter().filter(|o| {
+                o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request
+            });
+            if others.any(stalled) {
+                return Some(Parent::Ambiguous);
+            }
+        }
+        Some(Parent::Request(f.ctx, Evidence::Tick))
+    }
+}

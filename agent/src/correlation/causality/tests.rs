@@ -1,0 +1,460 @@
+use super::*;
+use crate::protocols::Lineage;
+
+/// A write on thread `tid` at `ns`, with no tick.
+fn at(tid: u32, ns: u64) -> SegTime {
+    SegTime {
+        enter_ns: ns,
+        exit_ns: ns,
+        tid,
+        tick: 0,
+        lineage: Default::default(),
+    }
+}
+
+fn started(l: &mut Linker, pid: u32, conn: u64, tid: u32, at: u64) -> SpanCtx {
+    l.request_started(pid, conn, conn, tid, at, None, &Sampler::AlwaysOn);
+    l.by_pid[&pid].last().unwrap().ctx
+}
+
+#[test]
+fn same_thread_wins_then_the_only_request_then_none() {
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, 100, 5);
+    let b = started(&mut l, 1, 11, 101, 6);
+    assert_eq!(
+        l.parent_of(1, at(100, 7), 0),
+        Parent::Request(a, Evidence::SameThread),
+        "thread 100 handles request a"
+    );
+    assert_eq!(
+        l.parent_of(1, at(101, 7), 0),
+        Parent::Request(b, Evidence::SameThread)
+    );
+    assert_eq!(
+        l.parent_of(1, at(999, 7), 0),
+        Parent::Ambiguous,
+        "two in flight, other thread"
+    );
+    assert_eq!(
+        l.parent_of(1, at(100, 4), 0),
+        Parent::None,
+        "a call before the request arrived is not its child"
+    );
+    assert_eq!(l.request_finished(1, 11), Some(b));
+    assert_eq!(
+        l.parent_of(1, at(999, 7), 0),
+        Parent::Request(a, Evidence::OnlyInFlight),
+        "the only request in flight (event loop, worker thread)"
+    );
+    assert_eq!(l.parent_of(2, at(100, 7), 0), Parent::None, "other process");
+    l.connection_closed(1, 10);
+    assert_eq!(
+        l.parent_of(1, at(100, 7), 0),
+        Parent::None,
+        "outside any request: a root"
+    );
+}
+
+#[test]
+fn prefetched_deliveries_are_ambiguous_until_the_consumer_is_seen_to_ack_late() {
+    let mut l = Linker::default();
+    // Two deliveries of one channel (connection 3), read in one batch:
+    // which one the handler works on is not on the wire (it may have
+    // acknowledged the first before working on it).
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 11, 3, 100, 6, None, &Sampler::AlwaysOn);
+    let second = l.by_pid[&1][1].ctx;
+    assert_eq!(l.parent_of(1, at(100, 7), 0), Parent::Ambiguous);
+    l.request_finished(1, 10);
+    assert_eq!(
+        l.parent_of(1, at(100, 8), 0),
+        Parent::Request(second, Evidence::SameThread),
+        "one left"
+    );
+    // Its call came before its ack: this consumer acks late.
+    l.request_finished(1, 11);
+    l.request_started(1, 12, 3, 100, 20, None, &Sampler::AlwaysOn);
+    l.request_started(1, 13, 3, 100, 21, None, &Sampler::AlwaysOn);
+    let oldest = l.by_pid[&1][0].ctx;
+    assert_eq!(
+        l.parent_of(1, at(100, 22), 0),
+        Parent::Request(oldest, Evidence::SameThread)
+    );
+    // Another channel of the process has not shown it.
+    l.request_started(1, 14, 4, 101, 20, None, &Sampler::AlwaysOn);
+    l.request_started(1, 15, 4, 101, 21, None, &Sampler::AlwaysOn);
+    assert_eq!(l.parent_of(1, at(101, 22), 0), Parent::Ambiguous);
+    l.connection_closed(1, 3);
+    assert!(
+        l.acks_late.is_empty(),
+        "forgotten with its channel's connection"
+    );
+}
+
+#[test]
+fn a_consumer_that_acks_first_works_on_what_it_acked() {
+    let mut l = Linker::default();
+    // Channel connection 3, consumer thread 100. The first delivery
+    // arrives alone; the consumer acks it (tick 4), then queries in
+    // the same tick: it acks first.
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let first = l.by_pid[&1][0].ctx;
+    l.delivery_acked(1, 10, in_tick(100, 6, 4));
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 7, 4), 20),
+        Parent::Request(first, Evidence::Ack)
+    );
+    // Its reply read (tick 5), then the next call of the same work.
+    l.read_delivered(1, in_tick(100, 8, 5), 20, first.span_id, true);
+    // Meanwhile two more deliveries were read (prefetch).
+    l.request_started(1, 11, 3, 100, 8, None, &Sampler::AlwaysOn);
+    l.request_started(1, 12, 3, 100, 8, None, &Sampler::AlwaysOn);
+    let second = l.by_pid[&1][0].ctx;
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 9, 5), 21),
+        Parent::Request(first, Evidence::Ack),
+        "not a delivery still in flight"
+    );
+    // The second is acked, then worked on, the third still in flight.
+    l.delivery_acked(1, 11, in_tick(100, 10, 6));
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 11, 6), 20),
+        Parent::Request(second, Evidence::Ack)
+    );
+    // Later steps of that work (a poll or a file read came between).
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 12, 9), 20),
+        Parent::Request(second, Evidence::Ack)
+    );
+    // Another thread's calls are not this consumer's work.
+    assert_ne!(
+        l.parent_of(1, in_tick(101, 12, 9), 20),
+        Parent::Request(second, Evidence::Ack)
+    );
+}
+
+#[test]
+fn before_it_is_learnt_a_call_after_an_ack_with_others_in_flight_is_ambiguous() {
+    let mut l = Linker::default();
+    // Read together: the call after the first's ack is either the
+    // first's (acks early) or the second's (acks late).
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.delivery_acked(1, 10, in_tick(100, 6, 4));
+    assert_eq!(l.parent_of(1, in_tick(100, 7, 4), 20), Parent::Ambiguous);
+    // Nor is the second, the only one in flight, taken for it later.
+    assert_eq!(l.parent_of(1, in_tick(100, 8, 7), 20), Parent::Ambiguous);
+    assert!(l.acks_early.is_empty());
+    l.connection_closed(1, 3);
+    assert!(
+        l.acked.is_empty(),
+        "forgotten with its channel's connection"
+    );
+}
+
+#[test]
+fn pipelined_requests_of_one_connection_are_handled_oldest_first() {
+    let mut l = Linker::default();
+    let first = started(&mut l, 1, 10, 100, 5);
+    started(&mut l, 1, 10, 100, 6);
+    assert_eq!(
+        l.parent_of(1, at(100, 7), 0),
+        Parent::Request(first, Evidence::SameThread)
+    );
+}
+
+/// A write on `tid` at `ns`, in tick `tick`.
+fn in_tick(tid: u32, ns: u64, tick: u32) -> SegTime {
+    SegTime {
+        enter_ns: ns,
+        exit_ns: ns + 1,
+        tid,
+        tick,
+        lineage: Default::default(),
+    }
+}
+
+/// An event loop (one thread) with three requests in flight: each
+/// callback's writes follow its own read.
+#[test]
+fn an_event_loops_calls_follow_the_read_of_their_tick() {
+    let mut l = Linker::default();
+    let (a, b, c) = (
+        started(&mut l, 1, 10, 100, 5),
+        started(&mut l, 1, 11, 100, 6),
+        started(&mut l, 1, 12, 100, 7),
+    );
+    l.read_delivered(1, in_tick(100, 5, 21), 10, a.span_id, false);
+    l.read_delivered(1, in_tick(100, 6, 22), 11, b.span_id, false);
+    l.read_delivered(1, in_tick(100, 7, 23), 12, c.span_id, false);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 8, 22), 50),
+        Parent::Request(b, Evidence::Tick)
+    );
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 8, 21), 50),
+        Parent::Request(a, Evidence::Tick)
+    );
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 8, 24), 50),
+        Parent::Ambiguous,
+        "a tick no known read opened"
+    );
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 8, 0), 50),
+        Parent::Ambiguous,
+        "no tick: the old rules"
+    );
+    assert_eq!(
+        l.parent_of(1, in_tick(101, 8, 22), 50),
+        Parent::Ambiguous,
+        "another thread's tick 22"
+    );
+    // A's query on connection 50 is answered; A's next query follows
+    // that reply, on another connection or (nothing else waiting) on
+    // the same.
+    l.read_delivered(1, in_tick(100, 9, 25), 50, a.span_id, true);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 10, 25), 51),
+        Parent::Request(a, Evidence::Tick)
+    );
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 10, 25), 50),
+        Parent::Ambiguous,
+        "on the connection the reply freed: maybe b's or c's queued query"
+    );
+    // b's and c's ticks wrote (their calls, on connections of their
+    // own): neither waits for a connection.
+    l.wrote(1, 100, 22);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 10, 25), 50),
+        Parent::Ambiguous,
+        "c may still wait"
+    );
+    l.wrote(1, 100, 23);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 10, 25), 50),
+        Parent::Request(a, Evidence::Tick),
+        "nothing else waits"
+    );
+    // A answered: a later write of its tick is not its call.
+    l.request_finished(1, 10);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 11, 25), 51),
+        Parent::Ambiguous,
+        "b and c in flight, no evidence"
+    );
+}
+
+/// An event loop opens a connection for request b; its first call is
+/// written once the connect completes, in a tick no read opened.
+#[test]
+fn a_new_connections_first_call_is_its_openers() {
+    let mut l = Linker::default();
+    let (a, b) = (
+        started(&mut l, 1, 10, 100, 5),
+        started(&mut l, 1, 11, 100, 6),
+    );
+    l.read_delivered(1, in_tick(100, 5, 21), 10, a.span_id, false);
+    l.read_delivered(1, in_tick(100, 6, 22), 11, b.span_id, false);
+    l.connection_opened(1, 50, (100, 22));
+    l.connection_opened(1, 51, (100, 22));
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 9, 30), 50),
+        Parent::Request(b, Evidence::Opener)
+    );
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 9, 31), 50),
+        Parent::Ambiguous,
+        "only the first call"
+    );
+    // b went on (its first call): connection 51 may serve anyone now.
+    assert_eq!(l.parent_of(1, in_tick(100, 9, 32), 51), Parent::Ambiguous);
+    // A connect in a tick no request's read opened names no one.
+    l.connection_opened(1, 52, (100, 40));
+    assert_eq!(l.parent_of(1, in_tick(100, 9, 41), 52), Parent::Ambiguous);
+    l.connection_opened(1, 53, (100, 21));
+    l.connection_closed(1, 53);
+    assert_eq!(l.marked_threads(), 1, "forgotten at close");
+}
+
+#[test]
+fn a_reply_read_for_a_request_another_thread_serves_is_no_evidence() {
+    let mut l = Linker::default();
+    // Requests read by a selector thread (100), worked on by a pool.
+    let a = started(&mut l, 1, 10, 100, 5);
+    let _b = started(&mut l, 1, 11, 100, 6);
+    l.read_delivered(1, in_tick(200, 7, 3), 50, a.span_id, true);
+    assert_eq!(l.parent_of(1, in_tick(200, 8, 3), 51), Parent::Ambiguous);
+}
+
+#[test]
+fn marks_are_bounded_and_forgotten_with_their_connection() {
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, 100, 5);
+    for tick in 1..=MARKS_PER_THREAD as u32 + 5 {
+        l.read_delivered(1, in_tick(100, 5, tick), 10, a.span_id, false);
+    }
+    assert_eq!(l.marks[&1][&100].len(), MARKS_PER_THREAD);
+    l.read_delivered(1, in_tick(100, 5, 0), 10, a.span_id, false);
+    assert_eq!(
+        l.marks[&1][&100].len(),
+        MARKS_PER_THREAD,
+        "no tick: nothing to remember"
+    );
+    assert_eq!(l.marked_threads(), 1);
+    l.connection_closed(1, 10);
+    assert_eq!((l.marked_threads(), l.marks.len()), (0, 0));
+    for tid in 0..MAX_THREADS as u32 + 1 {
+        l.read_delivered(2, in_tick(tid, 5, 1), 10, a.span_id, false);
+    }
+    assert_eq!(
+        (l.marked_threads(), l.marks_dropped),
+        (1, MAX_THREADS as u64),
+        "counted when cleared"
+    );
+}
+
+#[test]
+fn an_event_loop_serving_two_connections_at_once_is_ambiguous() {
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, 100, 5);
+    assert_eq!(
+        l.parent_of(1, at(100, 6), 0),
+        Parent::Request(a, Evidence::SameThread),
+        "b not read yet: a's call"
+    );
+    let b = started(&mut l, 1, 11, 100, 7);
+    assert_eq!(
+        l.parent_of(1, at(100, 8), 0),
+        Parent::Ambiguous,
+        "a and b in flight on one thread"
+    );
+    l.request_finished(1, 10);
+    assert_eq!(
+        l.parent_of(1, at(100, 9), 0),
+        Parent::Request(b, Evidence::SameThread),
+        "a answered: b's call"
+    );
+}
+
+#[test]
+fn a_late_client_record_is_adopted_by_the_waiting_request() {
+    let mut l = Linker::default();
+    let own = started(&mut l, 1, 10, 100, 5);
+    let client = SpanCtx {
+        trace_id: [9; 16],
+        span_id: [8; 8],
+        parent_span_id: None,
+        sampled: true,
+    };
+    assert!(l.adopt(1, 10, &client));
+    let now = l.parent_of(1, at(100, 6), 0).ctx().unwrap();
+    assert_eq!(
+        (now.trace_id, now.span_id, now.parent_span_id),
+        (client.trace_id, own.span_id, Some(client.span_id))
+    );
+    assert!(!l.adopt(1, 10, &client), "only once");
+    assert!(!l.adopt(1, 99, &client), "unknown connection");
+}
+
+#[test]
+fn incoming_traceparent_and_sampling_are_fixed_at_request_time() {
+    let mut l = Linker::default();
+    let tp =
+        crate::spans::traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+            .unwrap();
+    l.request_started(1, 10, 10, 100, 5, Some(tp), &Sampler::default());
+    let ctx = l.parent_of(1, at(100, 6), 0).ctx().unwrap();
+    assert_eq!(ctx.trace_id, tp.trace_id);
+    assert_eq!(ctx.parent_span_id, Some(tp.parent_id));
+    assert!(!ctx.sampled, "parent-based: the caller did not sample");
+}
+
+/// Goroutines (names with the top bit set), as the Go probes report them.
+const G1: u32 = 0x8000_0001;
+const G2: u32 = 0x8000_0002;
+const WRITER: u32 = 0x8000_0010;
+const SPAWNED: u32 = 0x8000_0020;
+
+fn go_write(ns: u64, lineage: Lineage) -> SegTime {
+    SegTime {
+        enter_ns: ns,
+        exit_ns: ns + 1,
+        tid: WRITER,
+        tick: 0,
+        lineage,
+    }
+}
+
+#[test]
+fn a_goroutine_serves_its_own_request() {
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, G1, 5);
+    let _b = started(&mut l, 1, 11, G2, 6);
+    assert_eq!(
+        l.parent_of(1, at(G1, 7), 0),
+        Parent::Request(a, Evidence::Goroutine)
+    );
+}
+
+#[test]
+fn a_channel_hand_off_names_the_sender_before_any_starter() {
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, G1, 5);
+    let b = started(&mut l, 1, 11, G2, 6);
+    // Net/http's writeLoop, handed the request by G2, started long ago
+    // by G1's goroutine (which serves another request now).
+    let handed = Lineage {
+        waker: G2,
+        origin: G1,
+        origin_ns: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        l.parent_of(1, go_write(8, handed), 0),
+        Parent::Request(b, Evidence::Goroutine)
+    );
+    // A goroutine G1 started while serving `a` (after it was read).
+    let spawned = Lineage {
+        origin: G1,
+        origin_ns: 6,
+        ..Default::default()
+    };
+    assert_eq!(
+        l.parent_of(1, go_write(8, spawned), 0),
+        Parent::Request(a, Evidence::Goroutine)
+    );
+    // The sender serves nothing itself (it was started for `a`).
+    let relayed = Lineage {
+        waker: SPAWNED,
+        waker_origin: G1,
+        waker_origin_ns: 7,
+        ..Default::default()
+    };
+    assert_eq!(
+        l.parent_of(1, go_write(9, relayed), 0),
+        Parent::Request(a, Evidence::Goroutine)
+    );
+}
+
+#[test]
+fn a_goroutine_started_before_its_starters_request_is_not_its_child() {
+    let mut l = Linker::default();
+    let _a = started(&mut l, 1, 10, G1, 5);
+    let _b = started(&mut l, 1, 11, G2, 6);
+    // Started by G1 at 3, before G1 read `a`: a worker of an earlier
+    // request, now working for whoever fed it.
+    let old = Lineage {
+        origin: G1,
+        origin_ns: 3,
+        ..Default::default()
+    };
+    assert_eq!(l.parent_of(1, go_write(8, old), 0), Parent::Ambiguous);
+    // Nothing at all: the thread rules see an unknown goroutine.
+    assert_eq!(
+        l.parent_of(1, go_write(8, Lineage::default()), 0),
+        Parent::Ambiguous
+    );
+}

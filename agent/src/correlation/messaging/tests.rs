@@ -1,0 +1,328 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::{
+    connections::process::ProcessInfo,
+    event::{Role, SocketTuple},
+    protocols::{dispatch::Flow, Record},
+    spans::sampler::Sampler,
+};
+
+fn waiter(conn: u64, since: u64) -> Waiter {
+    Waiter {
+        queue: "q".into(),
+        pid: 1,
+        conn,
+        channel: 1,
+        delivery_tag: since,
+        key: since,
+        since,
+    }
+}
+
+#[test]
+fn late_deliveries_are_counted_and_expire_with_their_hold() {
+    let mut l = LateDeliveries::default();
+    assert!(l.push(7, waiter(1, 10)));
+    assert!(l.push(7, waiter(2, 20)));
+    assert!(l.push(8, waiter(1, 30)));
+    assert_eq!(l.len(), 3);
+    l.retain(|w| w.conn != 1);
+    assert_eq!(l.len(), 1, "a closed connection's waits go");
+    assert!(l.push(9, waiter(3, 40)));
+    l.expire(Some(20 + holds::HOLD_NS));
+    assert_eq!(l.len(), 1, "the wait from 20 is over, the one from 40 not");
+    assert_eq!(l.take(9).map(|w| w.len()), Some(1));
+    assert_eq!(l.len(), 0);
+    for i in 0..MAX_DELIVERIES as u64 {
+        assert!(l.push(i, waiter(4, 50)));
+    }
+    assert!(!l.push(u64::MAX, waiter(4, 50)), "bounded");
+    l.expire(None);
+    assert_eq!(l.len(), 0);
+}
+
+fn conn(id: u64, pid: u32, local: &str) -> ConnInfo {
+    ConnInfo {
+        id,
+        pid,
+        fd: 3,
+        role: Role::Client,
+        tuple: Some(SocketTuple {
+            local: local.parse().unwrap(),
+            remote: "127.0.0.1:5672".parse().unwrap(),
+        }),
+        process: Arc::new(ProcessInfo {
+            pid,
+            ..Default::default()
+        }),
+        opened_ns: 1,
+        preexisting: false,
+        peer_is_agent: false,
+        opened_by: (0, 0),
+    }
+}
+
+fn at(ns: u64) -> SegTime {
+    SegTime {
+        enter_ns: ns,
+        exit_ns: ns + 1,
+        tid: 1,
+        tick: 0,
+        lineage: Default::default(),
+    }
+}
+
+/// On a confirm channel the broker's confirm can reach the publisher
+/// after the consumer got the message: the consumer still joins the
+/// publish, whose context was fixed when it was written.
+#[test]
+fn a_delivery_before_its_publishs_confirm_joins_the_publish() {
+    let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+    let (producer, consumer) = (
+        conn(1, 100, "127.0.0.1:40000"),
+        conn(2, 200, "127.0.0.1:40001"),
+    );
+    let msg = Message {
+        exchange: "shop".into(),
+        routing_key: "orders".into(),
+        body_size: 3,
+        body_prefix: b"o-7".to_vec(),
+        ..Default::default()
+    };
+    let mut out = vec![];
+    let feed = |c: &mut Correlator, conn: &ConnInfo, op: AmqpOut, out: &mut Vec<Linked>| {
+        c.on_flow(
+            Flow::Record(conn.clone(), Record::Messaging(Box::new(op))),
+            10_000,
+            out,
+        )
+    };
+    feed(
+        &mut c,
+        &producer,
+        AmqpOut::PublishSent {
+            channel: 1,
+            seq: 1,
+            msg: msg.clone(),
+            first: at(100),
+            last: at(110),
+        },
+        &mut out,
+    );
+    feed(
+        &mut c,
+        &consumer,
+        AmqpOut::DeliveryStarted {
+            channel: 1,
+            delivery_tag: 1,
+            queue: Some("orders".into()),
+            redelivered: false,
+            msg: msg.clone(),
+            at: at(200),
+        },
+        &mut out,
+    );
+    feed(
+        &mut c,
+        &consumer,
+        AmqpOut::DeliveryFinished {
+            channel: 1,
+            delivery_tag: 1,
+            outcome: Outcome::Ack,
+            at: at(300),
+        },
+        &mut out,
+    );
+    feed(
+        &mut c,
+        &producer,
+        AmqpOut::Published {
+            channel: 1,
+            msg,
+            first: at(100),
+            last: at(400),
+            confirmed: Some(true),
+            returned: None,
+            seq: Some(1),
+        },
+        &mut out,
+    );
+    let [process, publish] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert!(matches!(publish.item, Item::Publish(_)) && matches!(process.item, Item::Process(_)));
+    assert_eq!(
+        (process.ctx.trace_id, process.ctx.parent_span_id),
+        (publish.ctx.trace_id, Some(publish.ctx.span_id))
+    );
+    assert_eq!(process.evidence, Evidence::PublishMatch);
+    assert!(c.sent.is_empty(), "the confirm took its context");
+}
+
+/// Without confirms, the publisher's write may exit (and its record
+/// enter the ring) after the consumer read the message: the delivery's
+/// trace is held until the publish comes, then joins it.
+#[test]
+fn a_delivery_read_before_its_publishs_record_waits_for_it() {
+    let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+    let (producer, consumer) = (
+        conn(1, 100, "127.0.0.1:40000"),
+        conn(2, 200, "127.0.0.1:40001"),
+    );
+    let msg = |id: &str| Message {
+        exchange: "shop".into(),
+        routing_key: "orders".into(),
+        body_size: 3,
+        body_prefix: id.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let published = |id: &str, t: u64| AmqpOut::Published {
+        channel: 1,
+        msg: msg(id),
+        first: at(t),
+        last: at(t + 10),
+        confirmed: None,
+        returned: None,
+        seq: None,
+    };
+    let mut out = vec![];
+    let feed = |c: &mut Correlator, conn: &ConnInfo, op: AmqpOut, out: &mut Vec<Linked>| {
+        c.on_flow(
+            Flow::Record(conn.clone(), Record::Messaging(Box::new(op))),
+            10_000,
+            out,
+        )
+    };
+    // In order first: this node publishes to shop/orders.
+    feed(&mut c, &producer, published("o-1", 100), &mut out);
+    // o-2: its delivery and processing come before its publish.
+    let delivered = AmqpOut::DeliveryStarted {
+        channel: 1,
+        delivery_tag: 2,
+        queue: Some("orders".into()),
+        redelivered: false,
+        msg: msg("o-2"),
+        at: at(300),
+    };
+    feed(&mut c, &consumer, delivered, &mut out);
+    feed(
+        &mut c,
+        &consumer,
+        AmqpOut::DeliveryFinished {
+            channel: 1,
+            delivery_tag: 2,
+            outcome: Outcome::Ack,
+            at: at(400),
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 1, "the consumer span is held: {out:?}");
+    feed(&mut c, &producer, published("o-2", 200), &mut out);
+    let [_, process, publish] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert!(
+        matches!(publish.item, Item::Publish(_)) && matches!(process.item, Item::Process(_)),
+        "{out:?}"
+    );
+    assert_eq!(
+        (process.ctx.trace_id, process.ctx.parent_span_id),
+        (publish.ctx.trace_id, Some(publish.ctx.span_id))
+    );
+    assert_eq!(c.counts().late_partners_adopted, 1);
+    assert_eq!(c.late_deliveries.len(), 0);
+    // A destination no process here publishes to is not held.
+    let elsewhere = Message {
+        routing_key: "elsewhere".into(),
+        ..msg("x")
+    };
+    let d = AmqpOut::DeliveryStarted {
+        channel: 1,
+        delivery_tag: 3,
+        queue: None,
+        redelivered: false,
+        msg: elsewhere,
+        at: at(500),
+    };
+    feed(&mut c, &consumer, d, &mut out);
+    feed(
+        &mut c,
+        &consumer,
+        AmqpOut::DeliveryFinished {
+            channel: 1,
+            delivery_tag: 3,
+            outcome: Outcome::Ack,
+            at: at(600),
+        },
+        &mut out,
+    );
+    assert_eq!(out.len(), 4, "exported at once");
+}
+
+/// Two identical messages read on one queue before either publish's
+/// record: which delivery is whose, the wire does not say. Both stay
+/// roots (counted), never under the wrong publish.
+#[test]
+fn identical_late_deliveries_on_one_queue_stay_roots() {
+    let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+    let (producer, consumer) = (
+        conn(1, 100, "127.0.0.1:40000"),
+        conn(2, 200, "127.0.0.1:40001"),
+    );
+    let msg = Message {
+        exchange: "shop".into(),
+        routing_key: "orders".into(),
+        body_size: 2,
+        body_prefix: b"hi".to_vec(),
+        ..Default::default()
+    };
+    let published = |t: u64| AmqpOut::Published {
+        channel: 1,
+        msg: msg.clone(),
+        first: at(t),
+        last: at(t + 10),
+        confirmed: None,
+        returned: None,
+        seq: None,
+    };
+    let delivered = |tag: u64, t: u64| AmqpOut::DeliveryStarted {
+        channel: 1,
+        delivery_tag: tag,
+        queue: Some("orders".into()),
+        redelivered: false,
+        msg: msg.clone(),
+        at: at(t),
+    };
+    let finished = |tag: u64, t: u64| AmqpOut::DeliveryFinished {
+        channel: 1,
+        delivery_tag: tag,
+        outcome: Outcome::Ack,
+        at: at(t),
+    };
+    let mut out = vec![];
+    let feed = |c: &mut Correlator, conn: &ConnInfo, op: AmqpOut, out: &mut Vec<Linked>| {
+        c.on_flow(
+            Flow::Record(conn.clone(), Record::Messaging(Box::new(op))),
+            10_000,
+            out,
+        )
+    };
+    feed(&mut c, &producer, published(50), &mut out);
+    feed(&mut c, &consumer, delivered(1, 60), &mut out);
+    feed(&mut c, &consumer, finished(1, 70), &mut out);
+    assert_eq!(out.len(), 2, "in order: linked at once");
+    for (tag, t) in [(2, 300), (3, 310)] {
+        feed(&mut c, &consumer, delivered(tag, t), &mut out);
+        feed(&mut c, &consumer, finished(tag, t + 5), &mut out);
+    }
+    feed(&mut c, &producer, published(200), &mut out);
+    feed(&mut c, &producer, published(210), &mut out);
+    c.release_held(None, &mut out);
+    let roots = out
+        .iter()
+        .filter(|l| matches!(l.item, Item::Process(_)) && l.ctx.parent_span_id.is_none())
+        .count();
+    assert_eq!(roots, 2, "{out:?}");
+    assert_eq!(c.counts().calls_ambiguous, 2);
+}
