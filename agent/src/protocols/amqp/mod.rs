@@ -7,26 +7,23 @@
 //! messaging operations spans are made of: publishes (with their publisher
 //! confirm and return), deliveries starting and finishing (ack, nack,
 //! reject, or auto-ack), and Basic.Get receives.
+mod frame;
 pub mod protocol;
+mod records;
 pub mod table;
 
 pub use protocol::SPEC;
+pub use records::{AmqpOut, Message, Outcome};
 
 use std::collections::{HashMap, VecDeque};
 
+use frame::{Frame, Framer, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use table::{Cursor, Properties};
 
 use super::{Detect, SegTime, Segment};
 
 const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
-const FRAME_METHOD: u8 = 1;
-const FRAME_HEADER: u8 = 2;
-const FRAME_BODY: u8 = 3;
-const FRAME_END: u8 = 0xCE;
-/// Method and header payloads kept for decoding; bodies keep a prefix.
-const KEEP: usize = 64 * 1024;
 pub const BODY_PREFIX: usize = 256;
-const MAX_FRAME: u32 = 1 << 28;
 
 pub fn detect_client(data: &[u8]) -> Detect {
     let n = data.len().min(PROTOCOL_HEADER.len());
@@ -39,174 +36,9 @@ pub fn detect_client(data: &[u8]) -> Detect {
     }
 }
 
-/// A message as seen on the wire.
 /// A publish awaiting its confirm: (seq, message, first and last segment,
 /// the Basic.Return that came for it).
 type Unconfirmed = (u64, Message, SegTime, SegTime, Option<(u16, String)>);
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Message {
-    pub exchange: String,
-    pub routing_key: String,
-    pub props: Properties,
-    pub body_size: u64,
-    pub body_prefix: Vec<u8>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ack,
-    Nack,
-    Reject,
-    /// No-ack consumer: processing ended at the next read of the channel.
-    AutoAck,
-    /// Channel or connection closed before any acknowledgement.
-    Closed,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum AmqpOut {
-    /// A publish completed: sent (no confirms) or confirmed/nacked by the broker.
-    Published {
-        channel: u16,
-        msg: Message,
-        first: SegTime,
-        last: SegTime,
-        confirmed: Option<bool>,
-        /// Basic.Return before the confirm: (reply code, text).
-        returned: Option<(u16, String)>,
-        seq: Option<u64>,
-    },
-    /// A publish on a confirm channel was written: its `Published` comes
-    /// with the broker's confirm, possibly after a consumer already got
-    /// the message. Correlation fixes the publish's context now.
-    PublishSent {
-        channel: u16,
-        seq: u64,
-        msg: Message,
-        first: SegTime,
-        last: SegTime,
-    },
-    /// A delivery was read: processing starts now.
-    DeliveryStarted {
-        channel: u16,
-        delivery_tag: u64,
-        queue: Option<String>,
-        redelivered: bool,
-        msg: Message,
-        at: SegTime,
-    },
-    /// Its processing ended.
-    DeliveryFinished {
-        channel: u16,
-        delivery_tag: u64,
-        outcome: Outcome,
-        at: SegTime,
-    },
-    /// A Basic.Get answered (None: GetEmpty).
-    Received {
-        channel: u16,
-        queue: String,
-        msg: Option<Message>,
-        delivery_tag: Option<u64>,
-        first: SegTime,
-        last: SegTime,
-    },
-}
-
-#[derive(Debug)]
-struct Frame {
-    kind: u8,
-    channel: u16,
-    payload: Vec<u8>,
-    size: u32,
-    first: SegTime,
-    last: SegTime,
-}
-
-#[derive(Default)]
-struct Framer {
-    skip_header: usize,
-    hdr: Vec<u8>,
-    /// Payload bytes + the frame-end byte still to come.
-    remaining: u64,
-    cur: Option<Frame>,
-    lost: bool,
-}
-
-impl Framer {
-    fn heap_bytes(&self) -> usize {
-        self.hdr.capacity() + self.cur.as_ref().map_or(0, |f| f.payload.capacity())
-    }
-
-    fn feed(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Frame>) -> Result<(), ()> {
-        while !data.is_empty() {
-            if self.skip_header > 0 {
-                let n = self.skip_header.min(data.len());
-                self.skip_header -= n;
-                data = &data[n..];
-                continue;
-            }
-            if let Some(f) = self.cur.as_mut() {
-                let n = self.remaining.min(data.len() as u64) as usize;
-                // The last of `remaining` is the frame-end octet.
-                let payload_left = self.remaining.saturating_sub(1) as usize;
-                let take = n.min(payload_left);
-                let room = KEEP.saturating_sub(f.payload.len());
-                f.payload.extend_from_slice(&data[..take.min(room)]);
-                f.last = t;
-                if n > payload_left && data[payload_left] != FRAME_END {
-                    return Err(());
-                }
-                self.remaining -= n as u64;
-                data = &data[n..];
-                if self.remaining == 0 {
-                    out.extend(self.cur.take());
-                }
-                continue;
-            }
-            let n = (7 - self.hdr.len()).min(data.len());
-            self.hdr.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.hdr.len() < 7 {
-                return Ok(());
-            }
-            let kind = self.hdr[0];
-            let channel = u16::from_be_bytes([self.hdr[1], self.hdr[2]]);
-            let size = u32::from_be_bytes(self.hdr[3..7].try_into().expect("4"));
-            self.hdr.clear();
-            if !matches!(kind, 1 | 2 | 3 | 8) || size > MAX_FRAME {
-                return Err(());
-            }
-            self.remaining = size as u64 + 1;
-            self.cur = Some(Frame {
-                kind,
-                channel,
-                payload: vec![],
-                size,
-                first: t,
-                last: t,
-            });
-        }
-        Ok(())
-    }
-
-    fn skip(&mut self, gap: u64, out: &mut Vec<Frame>) -> bool {
-        if gap == 0 {
-            return true;
-        }
-        // Only payload bytes can be skipped; the frame-end must be seen... or
-        // be the last byte of the gap, which we then trust.
-        if self.cur.is_some() && self.remaining >= gap {
-            self.remaining -= gap;
-            if self.remaining == 0 {
-                out.extend(self.cur.take());
-            }
-            return true;
-        }
-        false
-    }
-}
 
 /// Content being assembled on a channel.
 #[derive(Debug)]
@@ -261,10 +93,7 @@ pub struct AmqpConnection {
 impl Default for AmqpConnection {
     fn default() -> Self {
         AmqpConnection {
-            client: Framer {
-                skip_header: PROTOCOL_HEADER.len(),
-                ..Default::default()
-            },
+            client: Framer::after_header(PROTOCOL_HEADER.len()),
             server: Framer::default(),
             channels: HashMap::new(),
             vhost: None,
@@ -303,10 +132,7 @@ impl AmqpConnection {
         let ok =
             framer.feed(seg.data, t, &mut frames).is_ok() && framer.skip(seg.gap(), &mut frames);
         if !ok {
-            *framer = Framer {
-                lost: true,
-                ..Default::default()
-            };
+            *framer = Framer::lost();
             self.parse_errors += 1;
         }
         for f in frames {
