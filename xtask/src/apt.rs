@@ -24,7 +24,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     // Debian's Go libraries.
     "golang-go",
     "golang-github-lib-pq-dev",
-    // The Java system under test (linking suite): JDBC driver.
+    // The Java system under test (linking suite): compiler and JDBC driver.
+    "openjdk-17-jdk-headless",
     "libpostgresql-jdbc-java",
 ];
 
