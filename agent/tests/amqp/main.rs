@@ -276,7 +276,8 @@ fn publish_consume() {
     );
 }
 
-/// 40 requests, 8 in flight, each publishing one message; both consumers
+/// After one message alone, 40 requests, 8 in flight, each publishing one
+/// message; both consumers
 /// prefetch 8, one acknowledging after its work (`q.status`), one before it
 /// (`q.mail`). Per message and queue the exact tree: its CONSUMER span under
 /// its own publish, and that consumer's query and call (the message's id in
@@ -287,6 +288,19 @@ fn prefetching_consumers() {
     const IN_FLIGHT: usize = 8;
     let sys = system([&["8", "late"], &["8", "early"]]);
     let port = sys.orders_port;
+    // One message alone first: how a consumer acks shows only on a
+    // delivery that arrives with no other in flight (ARCHITECTURE.md,
+    // "Causality"); until then its calls stay roots.
+    get(port, "/order/first", "");
+    wait_spans(&sys.agent.store, |s| {
+        s.iter()
+            .filter(|x| {
+                x.service() == "downstream"
+                    && x.attr("url.path").as_deref() == Some("/notify/first")
+            })
+            .count()
+            >= 2
+    });
     std::thread::scope(|scope| {
         for t in 0..IN_FLIGHT {
             scope.spawn(move || {
@@ -355,7 +369,24 @@ fn prefetching_consumers() {
                     ));
                     whole = false;
                 } else {
-                    wrong.push(format!("{service} {id} {what}"));
+                    let under = spans
+                        .iter()
+                        .find(|p| p.span.span_id == c.span.parent_span_id)
+                        .map(|p| {
+                            format!(
+                                "{} {}",
+                                p.span.name,
+                                p.attr("messaging.rabbitmq.message.delivery_tag")
+                                    .unwrap_or_default()
+                            )
+                        });
+                    wrong.push(format!(
+                        "{service} {id} {what} ({}) under {under:?}, delivery {}",
+                        c.attr("sonde.link.evidence").unwrap_or_default(),
+                        consumer
+                            .attr("messaging.rabbitmq.message.delivery_tag")
+                            .unwrap_or_default()
+                    ));
                     whole = false;
                 }
             }

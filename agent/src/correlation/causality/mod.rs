@@ -94,9 +94,9 @@ struct Opener {
     request: [u8; 8],
 }
 
-/// The delivery a consumer thread acknowledged last, having made no call
-/// for it while it was in flight: a consumer that acks first and then works
-/// is working on it now.
+/// The delivery a consumer thread acknowledged last. If it made no call
+/// for it while it was in flight (`worked` false), a consumer that acks
+/// first and then works is working on it now.
 #[derive(Debug, Clone, Copy)]
 struct Acked {
     ctx: SpanCtx,
@@ -105,6 +105,7 @@ struct Acked {
     /// The tick of the ack's write.
     tick: u32,
     at_ns: u64,
+    worked: bool,
 }
 
 #[derive(Default)]
@@ -264,8 +265,8 @@ impl Linker {
     /// Delivery `key` was acknowledged (or rejected) by a write at `at`.
     pub fn delivery_acked(&mut self, pid: u32, key: u64, at: SegTime) -> Option<SpanCtx> {
         let f = self.finish(pid, key)?;
-        if f.calls == 0 && at.tick != 0 {
-            if self.acked.len() >= MAX_THREADS {
+        if at.tick != 0 {
+            if self.acked.len() >= MAX_THREADS && !self.acked.contains_key(&(pid, at.tid)) {
                 self.marks_dropped += self.acked.len() as u64;
                 self.acked.clear();
             }
@@ -274,10 +275,9 @@ impl Linker {
                 source: f.source,
                 tick: at.tick,
                 at_ns: at.enter_ns,
+                worked: f.calls > 0,
             };
             self.acked.insert((pid, at.tid), a);
-        } else {
-            self.acked.remove(&(pid, at.tid));
         }
         Some(f.ctx)
     }
@@ -292,7 +292,7 @@ impl Linker {
         // A delivery acknowledged after the calls its thread made for it:
         // this consumer acks late, so with several deliveries in flight it
         // works on the oldest.
-        if f.conn != f.source && f.calls > 0 {
+        if f.conn != f.source && f.calls > 0 && !self.acks_early.contains(&(pid, f.source)) {
             if self.acks_late.len() >= MAX_THREADS {
                 self.marks_dropped += self.acks_late.len() as u64;
                 self.acks_late.clear();

@@ -17,7 +17,7 @@ impl Linker {
             return None;
         }
         let a = *self.acked.get(&(pid, at.tid))?;
-        if self.acks_late.contains(&(pid, a.source)) {
+        if a.worked || self.acks_late.contains(&(pid, a.source)) {
             return None;
         }
         let learnt = self.acks_early.contains(&(pid, a.source));
@@ -45,16 +45,18 @@ impl Linker {
     }
 
     /// Whether delivery `f` in flight may not be what its thread works on:
-    /// the thread acknowledged another delivery of that channel, without a
-    /// call for it, after reading `f`, and the consumer is not known to ack
-    /// late (one that acks first works on the acknowledged one).
+    /// the thread has acknowledged a delivery of that channel before, and
+    /// the consumer is not known to ack late. After an ack, "ack D1, read D2,
+    /// call" is D1's call for a consumer that acks first and D2's for one
+    /// that acks late; the wire shows the same, so only what was learnt
+    /// (from a first delivery alone) can tell.
     pub(super) fn may_work_on_acked(&self, pid: u32, tid: u32, f: &InFlight) -> bool {
         f.conn != f.source
             && !self.acks_late.contains(&(pid, f.source))
             && self
                 .acked
                 .get(&(pid, tid))
-                .is_some_and(|a| a.source == f.source && a.at_ns >= f.since_ns)
+                .is_some_and(|a| a.source == f.source)
     }
 
     /// Rule 2: the request in flight on thread (or goroutine) `tid`, read

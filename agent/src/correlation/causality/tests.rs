@@ -154,6 +154,28 @@ fn before_it_is_learnt_a_call_after_an_ack_with_others_in_flight_is_ambiguous() 
 }
 
 #[test]
+fn a_delivery_read_after_an_ack_is_not_taken_for_the_work_that_follows() {
+    let mut l = Linker::default();
+    // Two deliveries arrive together: which one the consumer works on, and
+    // how it acks, are unknown.
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    assert_eq!(l.parent_of(1, in_tick(100, 6, 4), 20), Parent::Ambiguous);
+    l.delivery_acked(1, 10, in_tick(100, 7, 5));
+    l.delivery_acked(1, 11, in_tick(100, 8, 6));
+    // A third arrives after the acks and is alone in flight: a consumer that
+    // acks first is still working on the second; one that acks late has
+    // started on the third. Nothing on the wire tells them apart.
+    l.request_started(1, 12, 3, 100, 9, None, &Sampler::AlwaysOn);
+    assert_eq!(l.parent_of(1, in_tick(100, 10, 7), 20), Parent::Ambiguous);
+    l.delivery_acked(1, 12, in_tick(100, 11, 8));
+    assert!(
+        l.acks_late.is_empty() && l.acks_early.is_empty(),
+        "nothing learnt from it"
+    );
+}
+
+#[test]
 fn pipelined_requests_of_one_connection_are_handled_oldest_first() {
     let mut l = Linker::default();
     let first = started(&mut l, 1, 10, 100, 5);
