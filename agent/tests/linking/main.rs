@@ -165,16 +165,22 @@ fn answer(mut s: TcpStream) {
     );
 }
 
-fn event_loop() {
+/// The agent, a downstream service, and `async_server.py` (named
+/// `service`) calling it; the guards, then the server's port.
+fn async_server(service: &str) -> ((Agent, Proc, Proc), u16) {
     let a = agent(&[]);
     let down = free_port();
-    let _down = python_server(down, "downstream");
+    let down_proc = python_server(down, "downstream");
     let port = free_port();
     let mut cmd = Command::new("python3");
     cmd.arg(fixture("linking/async_server.py"))
         .args([port.to_string(), down.to_string()])
-        .env("OTEL_SERVICE_NAME", "loop");
-    let _srv = ready(cmd);
+        .env("OTEL_SERVICE_NAME", service);
+    ((a, ready(cmd), down_proc), port)
+}
+
+fn event_loop() {
+    let ((a, _srv, _down), port) = async_server("loop");
 
     let before = http_get(&a.metrics, "/metrics").unwrap();
     answer(send(port, "/solo"));
@@ -249,15 +255,7 @@ fn event_loop() {
 fn asyncio_eight_in_flight() {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
-    let a = agent(&[]);
-    let down = free_port();
-    let _down = python_server(down, "downstream");
-    let port = free_port();
-    let mut cmd = Command::new("python3");
-    cmd.arg(fixture("linking/async_server.py"))
-        .args([port.to_string(), down.to_string()])
-        .env("OTEL_SERVICE_NAME", "asyncio-loop");
-    let _srv = ready(cmd);
+    let ((a, _srv, _down), port) = async_server("asyncio-loop");
     load(port, 0..N, IN_FLIGHT);
     let spans = wait_spans(&a.store, |s| {
         s.iter().filter(|x| x.service() == "downstream").count() >= 2 * N
