@@ -6,7 +6,7 @@
 pub struct SockInfo {
     /// [`crate::role`] value.
     pub role: u8,
-    /// [`sock_flags`] bits; user space sets `QUIET`.
+    /// [`sock_flags`] bits; user space sets them.
     pub flags: u8,
     pub _pad: [u8; 6],
 }
@@ -15,6 +15,10 @@ pub mod sock_flags {
     /// Stop copying payload for this socket: user space classified it as
     /// uninteresting. Timing and byte counts are still reported.
     pub const QUIET: u8 = 1;
+    /// Copy up to `MAX_CAPTURE` bytes per call, whatever `--capture-size`
+    /// says: user space parses a framed protocol on this socket (AMQP)
+    /// whose frame headers must not fall in a truncated tail.
+    pub const WHOLE: u8 = 2;
 }
 
 /// Indices of the per-CPU `STATS` counters.

@@ -171,7 +171,12 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
     };
     let base = unsafe { (*scratch).buf.as_mut_ptr() };
     let mut flags = 0u8;
-    let mut want = capture_size() as u64;
+    // A framed protocol's socket gets the ceiling (see `sock_flags::WHOLE`).
+    let mut want = if info.flags & sock_flags::WHOLE != 0 {
+        MAX_CAPTURE as u64
+    } else {
+        capture_size() as u64
+    };
     if (bytes as u64) < want {
         want = bytes as u64;
     }

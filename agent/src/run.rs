@@ -118,10 +118,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
     });
     // The one backward edge: connections to release, applied to the kernel.
     let (cmd_tx, mut cmd_rx) = tokio::sync::mpsc::channel::<Command>(4096);
-    let mut release = session.releaser();
+    let mut apply = session.commander();
     let commands_task = tokio::spawn(async move {
-        while let Some(Command::Release { conn, pid, fd }) = cmd_rx.recv().await {
-            release(conn, pid, fd);
+        while let Some(cmd) = cmd_rx.recv().await {
+            apply(cmd);
         }
     });
     let (pipe_stop_tx, pipe_stop_rx) = tokio::sync::watch::channel(false);

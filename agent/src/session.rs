@@ -13,6 +13,7 @@ use crate::{
     probes::{
         KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes, QuietError, SharedSockets,
     },
+    protocols::dispatch::Command,
     reader,
     stats::{Stats, StatsSnapshot},
 };
@@ -220,23 +221,36 @@ impl Session {
         self.kernel_stats.clone()
     }
 
-    /// A handle that releases connections (stops payload copying), unless
-    /// their fd already belongs to a newer connection.
-    pub fn releaser(&self) -> impl FnMut(u64, u32, i32) + Send + 'static {
+    /// Copies up to the ceiling for one socket (a framed protocol's).
+    pub fn set_whole(&self, pid: u32, fd: i32) -> Result<(), QuietError> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_whole(pid, fd)
+    }
+
+    /// A handle that applies the pipeline's commands to the kernel's socket
+    /// map (stop copying a connection, or copy it whole), unless the fd
+    /// already belongs to a newer connection. A socket closed meanwhile is
+    /// no error: there is nothing left to change.
+    pub fn commander(&self) -> impl FnMut(Command) + Send + 'static {
         let sockets = self.sockets.clone();
         let owners = self.owners.clone();
-        move |conn, pid, fd| {
-            if owners
+        move |cmd| {
+            let (Command::Release { conn, pid, fd } | Command::CopyWhole { conn, pid, fd }) = cmd;
+            let owned = owners
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&(pid, fd))
-                == Some(&conn)
-            {
-                let _ = sockets
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .set_quiet(pid, fd);
+                == Some(&conn);
+            if !owned {
+                return;
             }
+            let mut s = sockets.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = match cmd {
+                Command::Release { .. } => s.set_quiet(pid, fd),
+                Command::CopyWhole { .. } => s.set_whole(pid, fd),
+            };
         }
     }
 

@@ -466,12 +466,21 @@ impl KernelSockets {
     /// Stops payload copying for one socket: the kernel keeps reporting
     /// timing and byte counts, with `PAYLOAD_SKIPPED` set.
     pub fn set_quiet(&mut self, pid: u32, fd: i32) -> Result<(), QuietError> {
+        self.set_flag(pid, fd, sonde_common::sock_flags::QUIET)
+    }
+
+    /// Copies up to the ceiling for one socket (`sock_flags::WHOLE`).
+    pub fn set_whole(&mut self, pid: u32, fd: i32) -> Result<(), QuietError> {
+        self.set_flag(pid, fd, sonde_common::sock_flags::WHOLE)
+    }
+
+    fn set_flag(&mut self, pid: u32, fd: i32, flag: u8) -> Result<(), QuietError> {
         let key = sonde_common::sock_key(pid, fd as u32);
         let mut info = self
             .socks
             .get(&key, 0)
             .map_err(|_| QuietError::NotTracked(pid, fd))?;
-        info.flags |= sonde_common::sock_flags::QUIET;
+        info.flags |= flag;
         // BPF_EXIST: never resurrect a socket that closed meanwhile.
         self.socks
             .insert(key, info, 2)

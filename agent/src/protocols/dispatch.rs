@@ -45,6 +45,8 @@ pub enum Flow {
 pub enum Command {
     /// Stop copying this connection's payload (timing and counts go on).
     Release { conn: u64, pid: u32, fd: i32 },
+    /// Copy up to the ceiling on this connection: its protocol is framed.
+    CopyWhole { conn: u64, pid: u32, fd: i32 },
 }
 
 /// What is never traced.
@@ -252,6 +254,13 @@ impl Dispatcher {
                         parser: (REGISTRY[proto].new)(),
                         bytes: 0,
                     };
+                    if REGISTRY[proto].whole_frames {
+                        commands.push(Command::CopyWhole {
+                            conn: c.id,
+                            pid: c.pid,
+                            fd: c.fd,
+                        });
+                    }
                 }
                 _ => {
                     self.stats.unrecognised.fetch_add(1, Relaxed);
@@ -277,15 +286,22 @@ impl Dispatcher {
         *bytes = now;
         self.account(proto, stats, records.len());
         flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
+        let end = SegTime {
+            enter_ns: seg.exit_ns,
+            exit_ns: seg.exit_ns,
+            tid: 0,
+            tick: 0,
+            lineage: Default::default(),
+        };
         if let Err(why) = res {
             tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, %why, "parser gave up");
             self.stats.protocols[proto].gave_up.fetch_add(1, Relaxed);
-            self.release(&c, commands);
+            self.stop_parsing(&c, end, flows, commands);
         } else if self.used > self.budget {
             // The connection that grew past the budget loses its parser:
             // bounded memory beats one connection's spans.
             self.stats.over_budget.fetch_add(1, Relaxed);
-            self.release(&c, commands);
+            self.stop_parsing(&c, end, flows, commands);
         }
     }
 
@@ -304,6 +320,27 @@ impl Dispatcher {
         if let Some(State::Parsing { bytes, .. }) = self.conns.remove(&conn) {
             self.used -= bytes;
         }
+    }
+
+    /// Releases a parsed connection, ending what its parser held open (a
+    /// consumer's deliveries) as a close would: nothing downstream waits on
+    /// a parser that is gone.
+    fn stop_parsing(
+        &mut self,
+        c: &ConnInfo,
+        at: SegTime,
+        flows: &mut Vec<Flow>,
+        commands: &mut Vec<Command>,
+    ) {
+        if let Some(State::Parsing { proto, parser, .. }) = self.conns.get_mut(&c.id) {
+            let mut records = vec![];
+            parser.close(at, &mut records);
+            let proto = *proto;
+            let stats = parser.take_stats();
+            self.account(proto, stats, records.len());
+            flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
+        }
+        self.release(c, commands);
     }
 
     fn release(&mut self, c: &ConnInfo, commands: &mut Vec<Command>) {

@@ -200,6 +200,9 @@ pub struct Spec {
     pub detect: fn(Role, Direction, &[u8]) -> Detect,
     pub new: fn() -> Box<dyn Protocol>,
     pub captures: fn() -> Vec<Capture>,
+    /// Its parser must see every frame header: the kernel copies up to the
+    /// ceiling on its connections (`sock_flags::WHOLE`), not `--capture-size`.
+    pub whole_frames: bool,
 }
 
 /// Whether a payload is a client's first write: the only place the

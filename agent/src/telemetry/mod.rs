@@ -195,7 +195,8 @@ impl Telemetry {
                     &resource,
                 );
                 if let Some(p) = &d.publish {
-                    let failed = !matches!(d.outcome, Outcome::Ack | Outcome::AutoAck);
+                    let failed =
+                        !matches!(d.outcome, Outcome::Ack | Outcome::AutoAck | Outcome::Lost);
                     let producer = self.resources.get(&p.producer);
                     let consumer = resource.service_name.clone();
                     graph::record_edge(

@@ -65,6 +65,10 @@ fn main() {
         Trial::test("accept_without_sockaddr_still_gets_its_tuple", || {
             exchange("null-accept", Syscall::Write, Syscall::Read)
         }),
+        Trial::test("whole_frames_socket_copies_up_to_the_ceiling", || {
+            whole_frames_socket();
+            Ok(())
+        }),
         Trial::test("payload_larger_than_capture_size", || {
             payload_larger_than_capture();
             Ok(())
@@ -329,6 +333,37 @@ fn payload_larger_than_capture() {
             peer::big_payload(tag)[..1024],
             "captured prefix"
         );
+    }
+}
+
+/// A socket user space marked as carrying a framed protocol (AMQP) is
+/// copied up to the ceiling, whatever `--capture-size` says; others are not.
+fn whole_frames_socket() {
+    let rt = runtime();
+    let mut cfg = SessionConfig::default();
+    cfg.probes.capture_size = 1024;
+    let mut session = start(&rt, cfg);
+    let (server, client) = pair("big", &["--wait"]);
+    let (s, c) = (server.key(), client.key());
+    session
+        .set_whole(c.0, c.1)
+        .expect("client socket is tracked");
+    assert!(
+        session.set_whole(c.0, 9999).is_err(),
+        "an untracked fd is refused"
+    );
+    let events = complete(&rt, &mut session, server, client);
+    for (pid, tag, want) in [(c.0, b'Q', sonde_common::MAX_CAPTURE), (s.0, b'R', 1024)] {
+        let sent: Vec<_> = data_of(&events, pid)
+            .into_iter()
+            .filter(|(_, d)| d.direction == Direction::Egress)
+            .collect();
+        let total: u64 = sent.iter().map(|(_, d)| d.bytes).sum();
+        assert_eq!(total as usize, peer::BIG);
+        let (_, first) = sent[0];
+        assert!(first.bytes as usize > want, "{}", first.bytes);
+        assert_eq!(first.payload.len(), want);
+        assert_eq!(first.payload[..], peer::big_payload(tag)[..want]);
     }
 }
 

@@ -61,6 +61,8 @@ struct InFlight {
     ctx: SpanCtx,
     /// Calls linked to it by its thread (not by the only-in-flight rule).
     calls: u32,
+    /// Order of arrival in the process (deliveries of one read share a time).
+    seq: u64,
 }
 
 /// Bound on requests in flight per process (a stalled server must not grow memory).
@@ -77,6 +79,8 @@ pub const MAX_THREADS: usize = 16384;
 struct Mark {
     tick: u32,
     conn: u64,
+    /// The connection it arrived on (a delivery's channel connection).
+    source: u64,
     /// The request's span id.
     request: [u8; 8],
     /// A reply to a call (not the request itself).
@@ -99,7 +103,8 @@ struct Opener {
 /// first and then works is working on it now.
 #[derive(Debug, Clone, Copy)]
 struct Acked {
-    ctx: SpanCtx,
+    /// None: a delivery never seen (its frames were not captured).
+    ctx: Option<SpanCtx>,
     /// Its channel's connection.
     source: u64,
     /// The tick of the ack's write.
@@ -127,6 +132,16 @@ pub struct Linker {
     acks_early: HashSet<(u32, u64)>,
     /// Per (pid, tid): the delivery acknowledged last with no call made.
     acked: HashMap<(u32, u32), Acked>,
+    /// Consumers (pid, channel connection) that may have deliveries in
+    /// flight that were not seen (their frames were lost): nothing of
+    /// theirs is taken as evidence until every delivery is accounted for.
+    blind: HashSet<(u32, u64)>,
+    /// Consumers seen acknowledging a delivery while an older one of the
+    /// channel was still in flight on the thread: they work on several at
+    /// once, so "the oldest" says nothing.
+    concurrent: HashSet<(u32, u64)>,
+    /// Arrival counter for `InFlight::seq`.
+    next_seq: u64,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
     /// Remembered reads dropped because too many threads had some.
@@ -161,7 +176,9 @@ impl Linker {
             list.remove(0);
             self.evicted += 1;
         }
+        self.next_seq += 1;
         list.push(InFlight {
+            seq: self.next_seq,
             calls: 0,
             conn,
             source,
@@ -211,6 +228,31 @@ impl Linker {
         request: [u8; 8],
         reply: bool,
     ) {
+        self.mark(pid, at, (conn, conn), request, reply);
+    }
+
+    /// The read `at` on channel connection `source` delivered message
+    /// `key` (request `request`). One read may carry several deliveries;
+    /// the thread's next writes in that tick are the first one's.
+    pub fn delivery_read(
+        &mut self,
+        pid: u32,
+        at: SegTime,
+        key: u64,
+        source: u64,
+        request: [u8; 8],
+    ) {
+        self.mark(pid, at, (key, source), request, false);
+    }
+
+    fn mark(
+        &mut self,
+        pid: u32,
+        at: SegTime,
+        (conn, source): (u64, u64),
+        request: [u8; 8],
+        reply: bool,
+    ) {
         if at.tick == 0 {
             return;
         }
@@ -238,6 +280,7 @@ impl Linker {
         q.push_back(Mark {
             tick: at.tick,
             conn,
+            source,
             request,
             reply,
             wrote: false,
@@ -245,14 +288,16 @@ impl Linker {
         });
     }
 
-    /// A thread wrote to a connection in `tick`.
+    /// A thread wrote to a connection in `tick` (after every read of the
+    /// tick: one read may have delivered several requests).
     pub fn wrote(&mut self, pid: u32, tid: u32, tick: u32) {
-        let found = self
-            .marks
-            .get_mut(&pid)
-            .and_then(|t| t.get_mut(&tid))
-            .and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick));
-        if let Some(m) = found {
+        let Some(q) = self.marks.get_mut(&pid).and_then(|t| t.get_mut(&tid)) else {
+            return;
+        };
+        for m in q.iter_mut().rev().skip_while(|m| m.tick != tick) {
+            if m.tick != tick {
+                break;
+            }
             m.wrote = true;
         }
     }
@@ -271,7 +316,7 @@ impl Linker {
                 self.acked.clear();
             }
             let a = Acked {
-                ctx: f.ctx,
+                ctx: Some(f.ctx),
                 source: f.source,
                 tick: at.tick,
                 at_ns: at.enter_ns,
@@ -286,20 +331,73 @@ impl Linker {
         let list = self.by_pid.get_mut(&pid)?;
         let i = list.iter().position(|f| f.conn == conn)?;
         let f = list.remove(i);
+        // A delivery finished while an older one of its channel is still in
+        // flight on its thread: the consumer works on several at once.
+        let older = list
+            .iter()
+            .any(|o| o.source == f.source && o.conn != o.source && o.tid == f.tid && o.seq < f.seq);
         if list.is_empty() {
             self.by_pid.remove(&pid);
+        }
+        if f.conn != f.source && older {
+            self.acks_late.remove(&(pid, f.source));
+            bounded_insert(
+                &mut self.concurrent,
+                (pid, f.source),
+                &mut self.marks_dropped,
+            );
         }
         // A delivery acknowledged after the calls its thread made for it:
         // this consumer acks late, so with several deliveries in flight it
         // works on the oldest.
-        if f.conn != f.source && f.calls > 0 && !self.acks_early.contains(&(pid, f.source)) {
-            if self.acks_late.len() >= MAX_THREADS {
-                self.marks_dropped += self.acks_late.len() as u64;
-                self.acks_late.clear();
-            }
-            self.acks_late.insert((pid, f.source));
+        if f.conn != f.source && f.calls > 0 && self.may_learn(pid, f.source) {
+            bounded_insert(
+                &mut self.acks_late,
+                (pid, f.source),
+                &mut self.marks_dropped,
+            );
         }
         Some(f)
+    }
+
+    /// Whether how consumer (`pid`, `source`) works may still be learnt: it
+    /// is not known to ack first, nor to work on several deliveries at once,
+    /// and every delivery of its channel is seen.
+    fn may_learn(&self, pid: u32, source: u64) -> bool {
+        let k = (pid, source);
+        !self.acks_early.contains(&k) && !self.concurrent.contains(&k) && !self.blind.contains(&k)
+    }
+
+    /// Consumer channel connection `source` of `pid` may have deliveries in
+    /// flight that were not seen (`blind`), or has them all accounted for
+    /// again.
+    pub fn set_blind(&mut self, pid: u32, source: u64, blind: bool) {
+        if blind {
+            bounded_insert(&mut self.blind, (pid, source), &mut self.marks_dropped);
+        } else {
+            self.blind.remove(&(pid, source));
+        }
+    }
+
+    /// A delivery that was never seen (its frames were lost) was
+    /// acknowledged by a write at `at`: a consumer that acks first works on
+    /// it now, so the thread's next calls are no known delivery's.
+    pub fn ghost_acked(&mut self, pid: u32, source: u64, at: SegTime) {
+        if at.tick == 0 {
+            return;
+        }
+        if self.acked.len() >= MAX_THREADS && !self.acked.contains_key(&(pid, at.tid)) {
+            self.marks_dropped += self.acked.len() as u64;
+            self.acked.clear();
+        }
+        let a = Acked {
+            ctx: None,
+            source,
+            tick: at.tick,
+            at_ns: at.enter_ns,
+            worked: false,
+        };
+        self.acked.insert((pid, at.tid), a);
     }
 
     /// A late partner: the oldest request in flight on `conn` that started
@@ -334,7 +432,7 @@ impl Linker {
         if let Some(threads) = self.marks.get_mut(&pid) {
             let before = threads.len();
             threads.retain(|_, q| {
-                q.retain(|m| m.conn != conn);
+                q.retain(|m| m.conn != conn && m.source != conn);
                 !q.is_empty()
             });
             self.marked -= before - threads.len();
@@ -345,6 +443,8 @@ impl Linker {
         self.openers.remove(&conn);
         self.acks_late.remove(&(pid, conn));
         self.acks_early.remove(&(pid, conn));
+        self.blind.remove(&(pid, conn));
+        self.concurrent.remove(&(pid, conn));
         self.acked.retain(|&(p, _), a| p != pid || a.source != conn);
     }
 
@@ -402,13 +502,26 @@ impl Linker {
         }
         let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
         let mut all = begun();
+        // A consumer of the process may be working on a delivery not seen.
+        let blind = self.blind.iter().any(|&(p, _)| p == pid);
         match (all.next(), all.next()) {
+            (Some(_), None) if blind => Parent::Ambiguous,
             (Some(only), None) if self.may_work_on_acked(pid, at.tid, only) => Parent::Ambiguous,
             (Some(only), None) => Parent::Request(only.ctx, Evidence::OnlyInFlight),
             (Some(_), Some(_)) => Parent::Ambiguous,
             _ => Parent::None,
         }
     }
+}
+
+/// Inserts into a set bounded at `MAX_THREADS` entries, cleared (and
+/// counted in `dropped`) when full.
+fn bounded_insert(set: &mut HashSet<(u32, u64)>, k: (u32, u64), dropped: &mut u64) {
+    if set.len() >= MAX_THREADS && !set.contains(&k) {
+        *dropped += set.len() as u64;
+        set.clear();
+    }
+    set.insert(k);
 }
 
 /// Whether a record's thread id names a goroutine (`sonde_common::goroutine_id`).

@@ -2,7 +2,7 @@
 //! them (see the module's documentation and ARCHITECTURE.md, "Causality").
 use std::collections::HashMap;
 
-use super::{InFlight, Linker, Mark, Opener, Parent, MAX_THREADS};
+use super::{InFlight, Linker, Mark, Opener, Parent};
 use crate::{correlation::Evidence, protocols::SegTime};
 
 impl Linker {
@@ -20,28 +20,33 @@ impl Linker {
         if a.worked || self.acks_late.contains(&(pid, a.source)) {
             return None;
         }
+        // It acknowledged a delivery that was never seen: whatever it works
+        // on now is no known delivery (ack first) or may be one (ack late).
+        let Some(ctx) = a.ctx else {
+            return Some(Parent::Ambiguous);
+        };
         let learnt = self.acks_early.contains(&(pid, a.source));
         if at.tick == a.tick {
             if learnt {
-                return Some(Parent::Request(a.ctx, Evidence::Ack));
+                return Some(Parent::Request(ctx, Evidence::Ack));
             }
             let others =
                 self.by_pid.get(&pid).into_iter().flatten().any(|f| {
                     f.source == a.source && f.conn != f.source && f.since_ns <= at.enter_ns
                 });
-            if others {
+            if others || !self.may_learn(pid, a.source) {
                 return Some(Parent::Ambiguous);
             }
-            if self.acks_early.len() >= MAX_THREADS {
-                self.marks_dropped += self.acks_early.len() as u64;
-                self.acks_early.clear();
-            }
-            self.acks_early.insert((pid, a.source));
-            return Some(Parent::Request(a.ctx, Evidence::Ack));
+            super::bounded_insert(
+                &mut self.acks_early,
+                (pid, a.source),
+                &mut self.marks_dropped,
+            );
+            return Some(Parent::Request(ctx, Evidence::Ack));
         }
         // Once learnt, the thread works on what it acknowledged last until
         // it acknowledges the next one.
-        (learnt && at.enter_ns >= a.at_ns).then_some(Parent::Request(a.ctx, Evidence::Ack))
+        (learnt && at.enter_ns >= a.at_ns).then_some(Parent::Request(ctx, Evidence::Ack))
     }
 
     /// Whether delivery `f` in flight may not be what its thread works on:
@@ -52,11 +57,12 @@ impl Linker {
     /// (from a first delivery alone) can tell.
     pub(super) fn may_work_on_acked(&self, pid: u32, tid: u32, f: &InFlight) -> bool {
         f.conn != f.source
-            && !self.acks_late.contains(&(pid, f.source))
-            && self
-                .acked
-                .get(&(pid, tid))
-                .is_some_and(|a| a.source == f.source)
+            && (self.blind.contains(&(pid, f.source))
+                || !self.acks_late.contains(&(pid, f.source))
+                    && self
+                        .acked
+                        .get(&(pid, tid))
+                        .is_some_and(|a| a.source == f.source))
     }
 
     /// Rule 2: the request in flight on thread (or goroutine) `tid`, read
@@ -75,18 +81,42 @@ impl Linker {
         }
         let mut oldest = first;
         // Deliveries are keyed apart from their channel's connection.
-        let acks_late = self.acks_late.contains(&(pid, first.source));
+        let k = (pid, first.source);
+        let acks_late = self.acks_late.contains(&k) || self.works_before_acking(pid, tid, first);
         for f in same_thread {
             // Two connections, or two deliveries of a consumer not known
-            // to ack late (it may ack first, then work): not on the wire.
+            // to work on the oldest first: not on the wire.
             if f.source != first.source || (f.conn != f.source && !acks_late) {
                 return Some(Parent::Ambiguous);
             }
-            if f.since_ns < oldest.since_ns {
+            if f.seq < oldest.seq {
                 oldest = f;
             }
         }
         Some(Parent::Request(oldest.ctx, Evidence::SameThread))
+    }
+
+    /// Whether consumer thread `tid`, with delivery `f` of a channel in
+    /// flight, makes a call before it has acknowledged any delivery read
+    /// since its last ack on that channel: it works before acking (a
+    /// consumer that acks first acks what it works on before any call), so
+    /// it acks late and works on its deliveries in order.
+    pub(super) fn works_before_acking(&self, pid: u32, tid: u32, f: &InFlight) -> bool {
+        if f.conn == f.source || !self.may_learn(pid, f.source) {
+            return false;
+        }
+        let oldest = self
+            .by_pid
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .filter(|o| o.source == f.source && o.tid == tid && o.conn != o.source)
+            .map(|o| o.since_ns)
+            .min()
+            .unwrap_or(f.since_ns);
+        self.acked
+            .get(&(pid, tid))
+            .is_none_or(|a| a.source != f.source || a.at_ns < oldest)
     }
 
     /// Go, for a goroutine that serves no request itself: the request of
@@ -155,18 +185,32 @@ impl Linker {
         if at.tick == 0 {
             return None;
         }
-        let m = self
+        // One read opens a tick, but it may have delivered several requests
+        // (pipelined, or a batch of deliveries): the first still in flight
+        // is the one worked on first. Still in flight, and read on this
+        // thread: a reply read for a request another thread serves says
+        // nothing of this thread's work.
+        let in_flight = |m: &Mark| {
+            list.iter().find(|f| {
+                f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns
+            })
+        };
+        let (m, f) = self
             .marks
             .get(&pid)?
             .get(&at.tid)?
             .iter()
             .rev()
-            .find(|m| m.tick == at.tick)?;
-        // Still in flight, and read on this thread: a reply read for a
-        // request another thread serves says nothing of this thread's work.
-        let f = list
-            .iter()
-            .find(|f| f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns)?;
+            .skip_while(|m| m.tick != at.tick)
+            .take_while(|m| m.tick == at.tick)
+            .filter_map(|m| in_flight(m).map(|f| (m, f)))
+            .last()?;
+        // A consumer that acknowledged a delivery of this channel may still
+        // work on that one (it acks first) while the next is read; one that
+        // lost deliveries may work on one not seen.
+        if self.may_work_on_acked(pid, at.tid, f) {
+            return Some(Parent::Ambiguous);
+        }
         if m.reply && m.conn == conn {
             // Each request's last input before this tick, in one pass over
             // the thread's marks (the newest first).

@@ -57,39 +57,83 @@ fn same_thread_wins_then_the_only_request_then_none() {
 }
 
 #[test]
-fn prefetched_deliveries_are_ambiguous_until_the_consumer_is_seen_to_ack_late() {
+fn a_consumer_that_calls_before_any_ack_works_on_its_oldest_delivery() {
     let mut l = Linker::default();
-    // Two deliveries of one channel (connection 3), read in one batch:
-    // which one the handler works on is not on the wire (it may have
-    // acknowledged the first before working on it).
+    // Two deliveries of one channel (connection 3), read in one batch. The
+    // thread calls before acknowledging anything: a consumer that acks
+    // first would have acked what it works on, so it acks late, and works
+    // on them in order.
     l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
-    l.request_started(1, 11, 3, 100, 6, None, &Sampler::AlwaysOn);
-    let second = l.by_pid[&1][1].ctx;
-    assert_eq!(l.parent_of(1, at(100, 7), 0), Parent::Ambiguous);
-    l.request_finished(1, 10);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
     assert_eq!(
-        l.parent_of(1, at(100, 8), 0),
-        Parent::Request(second, Evidence::SameThread),
-        "one left"
+        l.parent_of(1, at(100, 7), 0),
+        Parent::Request(first, Evidence::SameThread)
     );
     // Its call came before its ack: this consumer acks late.
-    l.request_finished(1, 11);
+    l.delivery_acked(1, 10, in_tick(100, 8, 4));
+    assert!(l.acks_late.contains(&(1, 3)));
     l.request_started(1, 12, 3, 100, 20, None, &Sampler::AlwaysOn);
-    l.request_started(1, 13, 3, 100, 21, None, &Sampler::AlwaysOn);
-    let oldest = l.by_pid[&1][0].ctx;
     assert_eq!(
         l.parent_of(1, at(100, 22), 0),
-        Parent::Request(oldest, Evidence::SameThread)
+        Parent::Request(second, Evidence::SameThread),
+        "after an ack, the oldest still in flight"
     );
-    // Another channel of the process has not shown it.
+    // Another channel of the process whose thread acked before calling
+    // has shown nothing.
     l.request_started(1, 14, 4, 101, 20, None, &Sampler::AlwaysOn);
     l.request_started(1, 15, 4, 101, 21, None, &Sampler::AlwaysOn);
-    assert_eq!(l.parent_of(1, at(101, 22), 0), Parent::Ambiguous);
+    l.delivery_acked(1, 14, in_tick(101, 22, 4));
+    l.request_started(1, 16, 4, 101, 23, None, &Sampler::AlwaysOn);
+    assert_eq!(l.parent_of(1, in_tick(101, 24, 5), 0), Parent::Ambiguous);
     l.connection_closed(1, 3);
     assert!(
         l.acks_late.is_empty(),
         "forgotten with its channel's connection"
     );
+}
+
+#[test]
+fn a_consumer_seen_acking_out_of_order_is_never_given_the_oldest() {
+    let mut l = Linker::default();
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 12, 3, 100, 5, None, &Sampler::AlwaysOn);
+    // The second finishes while the first is still in flight: it works
+    // on several at once (an event loop, or a pool fed by one thread).
+    l.delivery_acked(1, 11, in_tick(100, 6, 4));
+    assert!(l.concurrent.contains(&(1, 3)));
+    assert_eq!(l.parent_of(1, in_tick(100, 7, 5), 0), Parent::Ambiguous);
+    // Nor does a call after all acks teach it to ack late.
+    l.delivery_acked(1, 10, in_tick(100, 8, 6));
+    assert!(l.acks_late.is_empty());
+    l.connection_closed(1, 3);
+    assert!(l.concurrent.is_empty());
+}
+
+#[test]
+fn a_consumer_that_lost_deliveries_is_no_evidence_until_they_are_accounted_for() {
+    let mut l = Linker::default();
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let first = l.by_pid[&1][0].ctx;
+    // Some of its deliveries were not captured: the one seen may not be
+    // what it works on.
+    l.set_blind(1, 3, true);
+    assert_eq!(l.parent_of(1, in_tick(100, 6, 4), 0), Parent::Ambiguous);
+    l.read_delivered(1, in_tick(100, 7, 5), 20, first.span_id, true);
+    // Nor is the process's only request in flight.
+    started(&mut l, 1, 30, 200, 8);
+    assert_eq!(l.parent_of(1, in_tick(999, 9, 6), 0), Parent::Ambiguous);
+    l.request_finished(1, 30);
+    // A delivery never seen is acknowledged: what follows is not the last
+    // known one's.
+    l.ghost_acked(1, 3, in_tick(100, 10, 7));
+    l.set_blind(1, 3, false);
+    assert_eq!(l.parent_of(1, in_tick(100, 11, 7), 0), Parent::Ambiguous);
+    assert!(l.acks_early.is_empty() && l.acks_late.is_empty());
+    // Its next ack is of a known delivery again.
+    l.delivery_acked(1, 10, in_tick(100, 12, 8));
+    assert_eq!(l.acked[&(1, 100)].ctx, Some(first));
 }
 
 #[test]
@@ -156,11 +200,10 @@ fn before_it_is_learnt_a_call_after_an_ack_with_others_in_flight_is_ambiguous() 
 #[test]
 fn a_delivery_read_after_an_ack_is_not_taken_for_the_work_that_follows() {
     let mut l = Linker::default();
-    // Two deliveries arrive together: which one the consumer works on, and
-    // how it acks, are unknown.
+    // Two deliveries arrive together and are acknowledged with no call
+    // between: a consumer that acks first, or one whose work made none.
     l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
     l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
-    assert_eq!(l.parent_of(1, in_tick(100, 6, 4), 20), Parent::Ambiguous);
     l.delivery_acked(1, 10, in_tick(100, 7, 5));
     l.delivery_acked(1, 11, in_tick(100, 8, 6));
     // A third arrives after the acks and is alone in flight: a consumer that
@@ -479,4 +522,59 @@ fn a_goroutine_started_before_its_starters_request_is_not_its_child() {
         l.parent_of(1, go_write(8, Lineage::default()), 0),
         Parent::Ambiguous
     );
+}
+
+#[test]
+fn a_batch_of_deliveries_is_worked_on_oldest_first_from_the_reads_tick() {
+    let mut l = Linker::default();
+    // One read (tick 4) on channel connection 3 brought two deliveries.
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
+    l.delivery_read(1, in_tick(100, 4, 4), 10, 3, first.span_id);
+    l.delivery_read(1, in_tick(100, 4, 4), 11, 3, second.span_id);
+    // The handler's first write, nothing read since: the first delivery's
+    // (the consumer acked nothing before it).
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 6, 4), 20),
+        Parent::Request(first, Evidence::Tick)
+    );
+    l.wrote(1, 100, 4);
+    // Its reply, then its next call on another connection.
+    l.read_delivered(1, in_tick(100, 7, 5), 20, first.span_id, true);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 8, 5), 21),
+        Parent::Request(first, Evidence::Tick)
+    );
+    // It acks the first after its calls: it acks late, so the second,
+    // already read, is what it works on next.
+    l.delivery_acked(1, 10, in_tick(100, 9, 6));
+    assert!(l.acks_late.contains(&(1, 3)));
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 10, 6), 20),
+        Parent::Request(second, Evidence::SameThread)
+    );
+    // Closing the channel's connection forgets the deliveries' reads (the
+    // replies' go with their own connections).
+    l.connection_closed(1, 3);
+    let left: Vec<u64> = l.marks[&1][&100].iter().map(|m| m.conn).collect();
+    assert_eq!(left, [20]);
+}
+
+#[test]
+fn a_delivery_read_while_an_acked_one_is_worked_on_is_no_evidence() {
+    let mut l = Linker::default();
+    // The consumer acked the first delivery, made no call yet (it may ack
+    // first), and then read the next: its next write may be the first's.
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let first = l.by_pid[&1][0].ctx;
+    l.delivery_read(1, in_tick(100, 5, 4), 10, 3, first.span_id);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let second = l.by_pid[&1][1].ctx;
+    l.delivery_read(1, in_tick(100, 5, 4), 11, 3, second.span_id);
+    l.delivery_acked(1, 10, in_tick(100, 6, 4));
+    l.request_started(1, 12, 3, 100, 7, None, &Sampler::AlwaysOn);
+    let third = l.by_pid[&1][1].ctx;
+    l.delivery_read(1, in_tick(100, 7, 5), 12, 3, third.span_id);
+    assert_eq!(l.parent_of(1, in_tick(100, 8, 5), 20), Parent::Ambiguous);
 }

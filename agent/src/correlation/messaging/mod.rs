@@ -230,6 +230,8 @@ impl Correlator {
                     incoming,
                     &self.sampler,
                 );
+                // The thread's next writes in the tick of this read are its.
+                self.linker.delivery_read(c.pid, at, key, c.id, ctx.span_id);
                 // Its publish may be on this node, its record not in yet
                 // (the publisher's write exited after the consumer read it):
                 // hold the delivery's trace for it.
@@ -267,10 +269,20 @@ impl Correlator {
                 let Some(d) = self.deliveries.remove(&(c.id, channel, delivery_tag)) else {
                     return;
                 };
-                let Some(ctx) = self.linker.delivery_acked(c.pid, d.key, at) else {
+                // Only an ack (nack, reject) says what the thread did; a
+                // closed channel or lost frames say nothing of its work.
+                let finished = match outcome {
+                    Outcome::Closed | Outcome::Lost | Outcome::AutoAck => {
+                        self.linker.request_finished(c.pid, d.key)
+                    }
+                    Outcome::Ack | Outcome::Nack | Outcome::Reject => {
+                        self.linker.delivery_acked(c.pid, d.key, at)
+                    }
+                };
+                let Some(ctx) = finished else {
                     return;
                 };
-                let end_ns = if outcome == Outcome::Closed {
+                let end_ns = if matches!(outcome, Outcome::Closed | Outcome::Lost) {
                     d.start_ns
                 } else {
                     at.enter_ns
@@ -294,6 +306,8 @@ impl Correlator {
                     out,
                 );
             }
+            AmqpOut::Blind { blind } => self.linker.set_blind(c.pid, c.id, blind),
+            AmqpOut::GhostFinished { at, .. } => self.linker.ghost_acked(c.pid, c.id, at),
             AmqpOut::Received { first, .. } => {
                 let (ctx, evidence) = self.call_context(&c, first, None);
                 self.emit(

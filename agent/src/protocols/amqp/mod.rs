@@ -77,6 +77,14 @@ struct Channel {
     consumers: HashMap<String, (String, bool)>,
     /// Deliveries read and not yet acknowledged, by tag, with no-ack.
     open_deliveries: VecDeque<(u64, bool)>,
+    /// The highest delivery tag known to be delivered (tags count up by
+    /// one per delivery or Get-Ok on a channel).
+    max_tag: u64,
+    /// Since frames were lost, deliveries beyond `max_tag` may have come
+    /// unseen; the next delivery seen tells which (`ghosts`).
+    unsure: bool,
+    /// Tags delivered but never seen, not yet acknowledged.
+    ghosts: std::collections::BTreeSet<u64>,
     pending_gets: VecDeque<(String, SegTime)>,
 }
 
@@ -86,6 +94,8 @@ pub struct AmqpConnection {
     channels: HashMap<u16, Channel>,
     pub vhost: Option<String>,
     pub parse_errors: u64,
+    /// Whether `Blind { blind: true }` was the last said.
+    blind: bool,
     /// Counters already handed out by `take_stats`.
     reported: crate::protocols::ParserStats,
 }
@@ -98,6 +108,7 @@ impl Default for AmqpConnection {
             channels: HashMap::new(),
             vhost: None,
             parse_errors: 0,
+            blind: false,
             reported: Default::default(),
         }
     }
@@ -105,6 +116,51 @@ impl Default for AmqpConnection {
 
 const MAX_CHANNELS: usize = 2048;
 const MAX_QUEUED: usize = 4096;
+
+/// Delivery `tag` was seen on `ch`: the tags between the highest known and
+/// it were delivered unseen (frames lost), and stay ghosts until acked.
+fn delivered(ch: &mut Channel, tag: u64) {
+    ch.unsure = false;
+    unseen_before(ch, tag);
+    ch.max_tag = ch.max_tag.max(tag);
+}
+
+/// Tags after `max_tag` and before `tag` came unseen. Too many to hold:
+/// the channel stays unsure (blind until it closes).
+fn unseen_before(ch: &mut Channel, tag: u64) {
+    let from = ch.max_tag + 1;
+    if tag <= from {
+        return;
+    }
+    if tag - from > MAX_QUEUED as u64 || ch.ghosts.len() >= MAX_QUEUED {
+        ch.unsure = true;
+        return;
+    }
+    ch.ghosts.extend(from..tag);
+}
+
+/// An ack (nack, reject) of `tag` (`multiple`: and every tag before it; tag
+/// 0: all): whether it finished a delivery that was never seen.
+fn ghost_finished(ch: &mut Channel, tag: u64, multiple: bool) -> bool {
+    let mut unseen = false;
+    if tag > ch.max_tag {
+        unseen_before(ch, tag);
+        ch.max_tag = tag;
+        unseen = true;
+    }
+    if multiple {
+        let before = ch.ghosts.len();
+        if tag == 0 {
+            ch.ghosts.clear();
+        } else {
+            ch.ghosts = ch.ghosts.split_off(&(tag + 1));
+        }
+        unseen |= ch.ghosts.len() != before;
+    } else {
+        unseen |= ch.ghosts.remove(&tag);
+    }
+    unseen
+}
 
 fn bounded_push<T>(q: &mut VecDeque<T>, v: T) {
     if q.len() >= MAX_QUEUED {
@@ -138,6 +194,43 @@ impl AmqpConnection {
         for f in frames {
             self.on_frame(client, f, out);
         }
+        if !ok {
+            self.lost_place(t, out);
+        }
+        self.say_blind(out);
+    }
+
+    /// A direction's frames were lost: the acks or deliveries in them are
+    /// unknown. Open deliveries end (`Lost`), and every consuming channel
+    /// is unsure until its next delivery shows which tags came unseen.
+    fn lost_place(&mut self, at: SegTime, out: &mut Vec<AmqpOut>) {
+        for (&channel, ch) in self.channels.iter_mut() {
+            if ch.consumers.is_empty() && ch.max_tag == 0 && ch.open_deliveries.is_empty() {
+                continue; // a publisher's channel
+            }
+            ch.unsure = true;
+            for (tag, _) in ch.open_deliveries.drain(..) {
+                out.push(AmqpOut::DeliveryFinished {
+                    channel,
+                    delivery_tag: tag,
+                    outcome: Outcome::Lost,
+                    at,
+                });
+            }
+        }
+    }
+
+    /// Says when the connection becomes blind (a channel unsure, or with
+    /// unseen deliveries) or sees again.
+    fn say_blind(&mut self, out: &mut Vec<AmqpOut>) {
+        let blind = self
+            .channels
+            .values()
+            .any(|c| c.unsure || !c.ghosts.is_empty());
+        if blind != self.blind {
+            self.blind = blind;
+            out.push(AmqpOut::Blind { blind });
+        }
     }
 
     /// Heap bytes held: partial frames, channels and their queues.
@@ -146,6 +239,7 @@ impl AmqpConnection {
             c.unconfirmed.len()
                 * std::mem::size_of::<(u64, Message, SegTime, SegTime, Option<(u16, String)>)>()
                 + c.open_deliveries.len() * 16
+                + c.ghosts.len() * 32
                 + (c.pending_consumes.len() + c.consumers.len() + c.pending_gets.len()) * 64
         };
         self.client.heap_bytes()
@@ -275,6 +369,12 @@ impl AmqpConnection {
                     _ => (Outcome::Reject, false),
                 };
                 if let Some(ch) = self.channels.get_mut(&id) {
+                    if ghost_finished(ch, tag, multiple) {
+                        out.push(AmqpOut::GhostFinished {
+                            channel: id,
+                            at: f.first,
+                        });
+                    }
                     let done: Vec<u64> = ch
                         .open_deliveries
                         .iter()
@@ -553,6 +653,7 @@ impl AmqpConnection {
                     Some((q, n)) => (Some(q.clone()), *n),
                     None => (None, false),
                 };
+                delivered(ch, tag);
                 bounded_push(&mut ch.open_deliveries, (tag, no_ack));
                 out.push(AmqpOut::DeliveryStarted {
                     channel: id,
@@ -564,6 +665,8 @@ impl AmqpConnection {
                 });
             }
             Incoming::GetOk { msg, tag } => {
+                // A pull says nothing of a consumer's unseen deliveries.
+                ch.max_tag = ch.max_tag.max(tag);
                 // A Get-Ok whose Basic.Get was not seen (capture started
                 // in between) starts when it arrives, never at time zero.
                 let (queue, first) = ch

@@ -13,6 +13,9 @@ pub const SPEC: Spec = Spec {
     detect,
     new: || Box::<AmqpConnection>::default(),
     captures,
+    // Deliveries come in batches larger than the default capture; a
+    // truncated tail would hide frame headers.
+    whole_frames: true,
 };
 
 /// A client's first write: the protocol header, whole.

@@ -21,6 +21,9 @@ pub enum Outcome {
     AutoAck,
     /// Channel or connection closed before any acknowledgement.
     Closed,
+    /// The capture lost its place on the connection (truncated frames):
+    /// how it ended is unknown.
+    Lost,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +65,11 @@ pub enum AmqpOut {
         outcome: Outcome,
         at: SegTime,
     },
+    /// The consumer's channels may hold deliveries that were not seen
+    /// (`true`: frames were lost), or every delivery is accounted for again.
+    Blind { blind: bool },
+    /// A delivery that was never seen was acknowledged (or rejected).
+    GhostFinished { channel: u16, at: SegTime },
     /// A Basic.Get answered (None: GetEmpty).
     Received {
         channel: u16,

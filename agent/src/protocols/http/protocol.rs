@@ -12,6 +12,7 @@ pub const SPEC: Spec = Spec {
     detect,
     new: || Box::<HttpProtocol>::default(),
     captures,
+    whole_frames: false,
 };
 
 /// A framed request, as correlation needs it before its response exists.

@@ -13,6 +13,7 @@ pub const SPEC: Spec = Spec {
     detect,
     new: || DbProtocol::boxed(MysqlConnection::new()),
     captures,
+    whole_frames: false,
 };
 
 /// The server speaks first: a client's first read is the greeting.

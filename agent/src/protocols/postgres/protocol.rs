@@ -14,6 +14,7 @@ pub const SPEC: Spec = Spec {
     detect,
     new: || DbProtocol::boxed(PgConnection::new()),
     captures,
+    whole_frames: false,
 };
 
 /// A client's first write: a startup, SSL or GSS request.

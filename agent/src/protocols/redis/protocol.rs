@@ -14,6 +14,7 @@ pub const SPEC: Spec = Spec {
     detect,
     new: || DbProtocol::boxed(RedisConnection::default()),
     captures,
+    whole_frames: false,
 };
 
 /// A client's first write: a RESP command array.
