@@ -36,6 +36,7 @@ pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("redis", "redis"),
     ("mysql-connector-python", "mysql.connector"),
     ("pika", "pika"),
+    ("aio-pika", "aio_pika"),
     ("kubernetes-validate", "kubernetes_validate"),
 ];
 
@@ -57,7 +58,7 @@ pub fn ensure_python() -> Result<()> {
     }
     eprintln!("xtask: pip installing {}", missing.join(" "));
     sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
-        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] pymysql redis mysql-connector-python")
+        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] pymysql redis mysql-connector-python pika aio-pika kubernetes-validate")
 }
 
 fn installed(pkg: &str) -> bool {

@@ -200,7 +200,7 @@ impl Correlator {
             in_flight: self.linker.evicted,
             held_early: self.holds.released_early,
             continuity: self.continuity.evicted,
-            tick_marks: self.linker.marks_dropped,
+            tick_marks: self.linker.marks_dropped(),
             ..self.drops
         }
     }
@@ -245,6 +245,12 @@ impl Correlator {
             }
             Flow::RelayKnown(c) => self.stitch.relays.on_known(&c),
             Flow::Wrote { pid, tid, tick } => self.linker.wrote(pid, tid, tick),
+            Flow::ClientIo {
+                pid,
+                tid,
+                conn,
+                egress,
+            } => self.linker.client_io(pid, tid, conn, egress),
             Flow::Record(c, r) => self.on_record(c, r, now_ns, out),
             Flow::Closed(c) => {
                 self.linker.connection_closed(c.pid, c.id);

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     connections::{ConnInfo, StreamEvent},
-    event::Direction,
+    event::{Direction, Role},
     metadata::SharedStore,
 };
 
@@ -37,6 +37,15 @@ pub enum Flow {
         pid: u32,
         tid: u32,
         tick: u32,
+    },
+    /// A thread (not a goroutine) wrote a call on client connection `conn`
+    /// of a protocol whose requests are answered, or read on it (`egress`
+    /// false): causality sees threads that multiplex their calls.
+    ClientIo {
+        pid: u32,
+        tid: u32,
+        conn: u64,
+        egress: bool,
     },
 }
 
@@ -197,7 +206,20 @@ impl Dispatcher {
                     tick,
                     lineage: d.lineage,
                 };
+                let (pid, conn, client) = (c.pid, c.id, c.role == Role::Client);
                 self.on_data(c, d.direction, seg, flows, commands);
+                let answered = || match self.conns.get(&conn) {
+                    Some(State::Parsing { proto, .. }) => REGISTRY[*proto].answered,
+                    _ => false,
+                };
+                if client && d.task == 0 && !d.payload.is_empty() && answered() {
+                    flows.push(Flow::ClientIo {
+                        pid,
+                        tid: d.tid,
+                        conn,
+                        egress: d.direction == Direction::Egress,
+                    });
+                }
             }
             StreamEvent::Close(c, ts) => {
                 if let Some(State::Parsing {

@@ -203,6 +203,10 @@ pub struct Spec {
     /// Its parser must see every frame header: the kernel copies up to the
     /// ceiling on its connections (`sock_flags::WHOLE`), not `--capture-size`.
     pub whole_frames: bool,
+    /// A client's every request is answered by the server (HTTP, databases;
+    /// not AMQP, whose publishes go unanswered): causality watches for a
+    /// thread that writes a call while another of its own is unanswered.
+    pub answered: bool,
 }
 
 /// Whether a payload is a client's first write: the only place the

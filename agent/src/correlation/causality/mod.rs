@@ -21,6 +21,7 @@
 //! 4. nothing: it stays a root span (ambiguous, or outside any request).
 use std::collections::{HashMap, HashSet, VecDeque};
 
+mod multiplex;
 mod rules;
 
 use super::Evidence;
@@ -142,10 +143,12 @@ pub struct Linker {
     concurrent: HashSet<(u32, u64)>,
     /// Arrival counter for `InFlight::seq`.
     next_seq: u64,
+    /// Threads that write a call while another of theirs is unanswered.
+    multiplex: multiplex::Multiplex,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
     /// Remembered reads dropped because too many threads had some.
-    pub marks_dropped: u64,
+    marks_dropped: u64,
 }
 
 impl Linker {
@@ -194,9 +197,26 @@ impl Linker {
         self.by_pid.values().map(Vec::len).sum()
     }
 
-    /// Threads with remembered reads, and new connections with an opener.
+    /// Threads with remembered reads, new connections with an opener, and
+    /// unanswered calls.
     pub fn marked_threads(&self) -> usize {
-        self.marked + self.openers.len()
+        self.marked + self.openers.len() + self.multiplex.len()
+    }
+
+    /// Entries dropped at a bound (`tick_marks` stage).
+    pub fn marks_dropped(&self) -> u64 {
+        self.marks_dropped + self.multiplex.dropped
+    }
+
+    /// Thread `tid` of `pid` wrote on client connection `conn` (a protocol
+    /// whose requests are answered: HTTP, databases), or read its answer
+    /// (`egress` false).
+    pub fn client_io(&mut self, pid: u32, tid: u32, conn: u64, egress: bool) {
+        if egress {
+            self.multiplex.wrote(pid, tid, conn);
+        } else {
+            self.multiplex.answered(conn);
+        }
     }
 
     /// A client connection of `pid` opened by thread `tid` in `tick`: if a
@@ -350,7 +370,11 @@ impl Linker {
         // A delivery acknowledged after the calls its thread made for it:
         // this consumer acks late, so with several deliveries in flight it
         // works on the oldest.
-        if f.conn != f.source && f.calls > 0 && self.may_learn(pid, f.source) {
+        if f.conn != f.source
+            && f.calls > 0
+            && self.may_learn(pid, f.source)
+            && !self.multiplex.is_multiplexed(pid, f.tid)
+        {
             bounded_insert(
                 &mut self.acks_late,
                 (pid, f.source),
@@ -441,6 +465,7 @@ impl Linker {
             }
         }
         self.openers.remove(&conn);
+        self.multiplex.answered(conn);
         self.acks_late.remove(&(pid, conn));
         self.acks_early.remove(&(pid, conn));
         self.blind.remove(&(pid, conn));

@@ -20,6 +20,11 @@ impl Linker {
         if a.worked || self.acks_late.contains(&(pid, a.source)) {
             return None;
         }
+        // A thread that multiplexes its calls works on several deliveries
+        // at once: what it acknowledged last says nothing.
+        if self.multiplex.is_multiplexed(pid, at.tid) {
+            return Some(Parent::Ambiguous);
+        }
         // It acknowledged a delivery that was never seen: whatever it works
         // on now is no known delivery (ack first) or may be one (ack late).
         let Some(ctx) = a.ctx else {
@@ -82,7 +87,9 @@ impl Linker {
         let mut oldest = first;
         // Deliveries are keyed apart from their channel's connection.
         let k = (pid, first.source);
-        let acks_late = self.acks_late.contains(&k) || self.works_before_acking(pid, tid, first);
+        // One at a time, in order: not on a thread that multiplexes calls.
+        let acks_late = !self.multiplex.is_multiplexed(pid, tid)
+            && (self.acks_late.contains(&k) || self.works_before_acking(pid, tid, first));
         for f in same_thread {
             // Two connections, or two deliveries of a consumer not known
             // to work on the oldest first: not on the wire.

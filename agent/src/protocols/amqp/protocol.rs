@@ -16,6 +16,7 @@ pub const SPEC: Spec = Spec {
     // Deliveries come in batches larger than the default capture; a
     // truncated tail would hide frame headers.
     whole_frames: true,
+    answered: false,
 };
 
 /// A client's first write: the protocol header, whole.

@@ -13,6 +13,7 @@ pub const SPEC: Spec = Spec {
     new: || Box::<HttpProtocol>::default(),
     captures,
     whole_frames: false,
+    answered: true,
 };
 
 /// A framed request, as correlation needs it before its response exists.

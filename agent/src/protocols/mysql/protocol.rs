@@ -14,6 +14,7 @@ pub const SPEC: Spec = Spec {
     new: || DbProtocol::boxed(MysqlConnection::new()),
     captures,
     whole_frames: false,
+    answered: true,
 };
 
 /// The server speaks first: a client's first read is the greeting.

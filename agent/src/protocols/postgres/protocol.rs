@@ -15,6 +15,7 @@ pub const SPEC: Spec = Spec {
     new: || DbProtocol::boxed(PgConnection::new()),
     captures,
     whole_frames: false,
+    answered: true,
 };
 
 /// A client's first write: a startup, SSL or GSS request.

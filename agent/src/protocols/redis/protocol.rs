@@ -15,6 +15,7 @@ pub const SPEC: Spec = Spec {
     new: || DbProtocol::boxed(RedisConnection::default()),
     captures,
     whole_frames: false,
+    answered: true,
 };
 
 /// A client's first write: a RESP command array.
