@@ -7,6 +7,7 @@
 //! messaging operations spans are made of: publishes (with their publisher
 //! confirm and return), deliveries starting and finishing (ack, nack,
 //! reject, or auto-ack), and Basic.Get receives.
+mod channel;
 mod frame;
 pub mod protocol;
 mod records;
@@ -15,8 +16,9 @@ pub mod table;
 pub use protocol::SPEC;
 pub use records::{AmqpOut, Message, Outcome};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
+use channel::{bounded_push, delivered, ghost_finished, Channel, Incoming, MAX_QUEUED};
 use frame::{Frame, Framer, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use table::{Cursor, Properties};
 
@@ -34,58 +36,6 @@ pub fn detect_client(data: &[u8]) -> Detect {
     } else {
         Detect::Yes
     }
-}
-
-/// A publish awaiting its confirm: (seq, message, first and last segment,
-/// the Basic.Return that came for it).
-type Unconfirmed = (u64, Message, SegTime, SegTime, Option<(u16, String)>);
-
-/// Content being assembled on a channel.
-#[derive(Debug)]
-enum Incoming {
-    Publish {
-        msg: Message,
-        first: SegTime,
-    },
-    Deliver {
-        msg: Message,
-        tag: u64,
-        redelivered: bool,
-        consumer: String,
-    },
-    GetOk {
-        msg: Message,
-        tag: u64,
-    },
-    Return {
-        code: u16,
-        text: String,
-    },
-}
-
-#[derive(Default)]
-struct Channel {
-    /// Content expected after a method: (what, body bytes left, header seen).
-    client_content: Option<(Incoming, u64, bool)>,
-    server_content: Option<(Incoming, u64, bool)>,
-    confirms: bool,
-    next_seq: u64,
-    /// Publishes awaiting the broker's confirm: seq -> publish.
-    unconfirmed: VecDeque<Unconfirmed>,
-    pending_consumes: VecDeque<(String, bool)>,
-    /// Consumer tag -> (queue, no-ack).
-    consumers: HashMap<String, (String, bool)>,
-    /// Deliveries read and not yet acknowledged, by tag, with no-ack.
-    open_deliveries: VecDeque<(u64, bool)>,
-    /// The highest delivery tag known to be delivered (tags count up by
-    /// one per delivery or Get-Ok on a channel).
-    max_tag: u64,
-    /// Since frames were lost, deliveries beyond `max_tag` may have come
-    /// unseen; the next delivery seen tells which (`ghosts`).
-    unsure: bool,
-    /// Tags delivered but never seen, not yet acknowledged.
-    ghosts: std::collections::BTreeSet<u64>,
-    pending_gets: VecDeque<(String, SegTime)>,
 }
 
 pub struct AmqpConnection {
@@ -115,60 +65,6 @@ impl Default for AmqpConnection {
 }
 
 const MAX_CHANNELS: usize = 2048;
-const MAX_QUEUED: usize = 4096;
-
-/// Delivery `tag` was seen on `ch`: the tags between the highest known and
-/// it were delivered unseen (frames lost), and stay ghosts until acked.
-fn delivered(ch: &mut Channel, tag: u64) {
-    ch.unsure = false;
-    unseen_before(ch, tag);
-    ch.max_tag = ch.max_tag.max(tag);
-}
-
-/// Tags after `max_tag` and before `tag` came unseen. Too many to hold:
-/// the channel stays unsure (blind until it closes).
-fn unseen_before(ch: &mut Channel, tag: u64) {
-    let from = ch.max_tag + 1;
-    if tag <= from {
-        return;
-    }
-    if tag - from > MAX_QUEUED as u64 || ch.ghosts.len() >= MAX_QUEUED {
-        ch.unsure = true;
-        return;
-    }
-    ch.ghosts.extend(from..tag);
-}
-
-/// An ack (nack, reject) of `tag` (`multiple`: and every tag before it; tag
-/// 0: all): whether it finished a delivery that was never seen.
-fn ghost_finished(ch: &mut Channel, tag: u64, multiple: bool) -> bool {
-    let mut unseen = false;
-    if tag > ch.max_tag {
-        unseen_before(ch, tag);
-        ch.max_tag = tag;
-        unseen = true;
-    }
-    if multiple {
-        let before = ch.ghosts.len();
-        if tag == 0 {
-            ch.ghosts.clear();
-        } else {
-            ch.ghosts = ch.ghosts.split_off(&(tag + 1));
-        }
-        unseen |= ch.ghosts.len() != before;
-    } else {
-        unseen |= ch.ghosts.remove(&tag);
-    }
-    unseen
-}
-
-fn bounded_push<T>(q: &mut VecDeque<T>, v: T) {
-    if q.len() >= MAX_QUEUED {
-        q.pop_front();
-    }
-    q.push_back(v);
-}
-
 impl AmqpConnection {
     pub fn push(&mut self, client: bool, seg: Segment<'_>, out: &mut Vec<AmqpOut>) {
         let t = seg.time();
