@@ -15,7 +15,8 @@ pub mod sock_flags {
     /// Stop copying payload for this socket: user space classified it as
     /// uninteresting. Timing and byte counts are still reported.
     pub const QUIET: u8 = 1;
-    /// Copy up to `MAX_CAPTURE` bytes per call, whatever `--capture-size`
+    /// Copy up to `MAX_CAPTURE` bytes per plain read or write (not vectored
+    /// I/O, whose verified loops stay bounded by one size), whatever `--capture-size`
     /// says: user space parses a framed protocol on this socket (AMQP)
     /// whose frame headers must not fall in a truncated tail.
     pub const WHOLE: u8 = 2;

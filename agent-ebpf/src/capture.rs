@@ -171,20 +171,28 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
     };
     let base = unsafe { (*scratch).buf.as_mut_ptr() };
     let mut flags = 0u8;
-    // A framed protocol's socket gets the ceiling (see `sock_flags::WHOLE`).
-    let mut want = if info.flags & sock_flags::WHOLE != 0 {
-        MAX_CAPTURE as u64
-    } else {
-        capture_size() as u64
-    };
+    let mut want = capture_size() as u64;
     if (bytes as u64) < want {
         want = bytes as u64;
     }
-    if info.flags & sock_flags::QUIET != 0 {
+    let quiet = info.flags & sock_flags::QUIET != 0;
+    if quiet {
         flags |= data_flags::PAYLOAD_SKIPPED;
         want = 0;
     }
     let (captured, fault) = match src {
+        // A framed protocol's socket gets the ceiling (`sock_flags::WHOLE`),
+        // on plain reads and writes only: the vectored copies' loops stay
+        // bounded by the one constant size, or 6.1's verifier passes its
+        // million-instruction limit on them (found by `vm-test`).
+        Source::Buf(p) if !quiet && info.flags & sock_flags::WHOLE != 0 => {
+            let whole = if (bytes as u64) < MAX_CAPTURE as u64 {
+                bytes as u64
+            } else {
+                MAX_CAPTURE as u64
+            };
+            copy_buf(base, p, whole)
+        }
         Source::Buf(p) => copy_buf(base, p, want),
         Source::Iov(iov, n) => copy_iov::<MAX_IOV>(base, iov, n, want, false),
         Source::MmsgIov(iov, n) => copy_iov::<MAX_MMSG_IOV>(base, iov, n, want, false),
