@@ -101,10 +101,8 @@ impl Tree {
             let t = e.file_type()?;
             if t.is_dir() {
                 self.host_dir(&p, skip)?;
-            } else if t.is_file() || t.is_symlink() {
-                if p.exists() {
-                    self.host_file(&p)?;
-                }
+            } else if (t.is_file() || t.is_symlink()) && p.exists() {
+                self.host_file(&p)?;
             }
         }
         Ok(())
