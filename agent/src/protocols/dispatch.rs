@@ -222,27 +222,7 @@ impl Dispatcher {
                 }
             }
             StreamEvent::Close(c, ts) => {
-                if let Some(State::Parsing {
-                    proto,
-                    mut parser,
-                    bytes,
-                }) = self.conns.remove(&c.id)
-                {
-                    let mut records = vec![];
-                    parser.close(
-                        SegTime {
-                            enter_ns: ts,
-                            exit_ns: ts,
-                            tid: 0,
-                            tick: 0,
-                            lineage: Default::default(),
-                        },
-                        &mut records,
-                    );
-                    self.account(proto, parser.take_stats(), records.len());
-                    self.used -= bytes;
-                    flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
-                }
+                self.close_parser(&c, ts, flows);
                 flows.push(Flow::Closed(c));
             }
         }
@@ -308,22 +288,15 @@ impl Dispatcher {
         *bytes = now;
         self.account(proto, stats, records.len());
         flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
-        let end = SegTime {
-            enter_ns: seg.exit_ns,
-            exit_ns: seg.exit_ns,
-            tid: 0,
-            tick: 0,
-            lineage: Default::default(),
-        };
         if let Err(why) = res {
             tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, %why, "parser gave up");
             self.stats.protocols[proto].gave_up.fetch_add(1, Relaxed);
-            self.stop_parsing(&c, end, flows, commands);
+            self.stop_parsing(&c, seg.exit_ns, flows, commands);
         } else if self.used > self.budget {
             // The connection that grew past the budget loses its parser:
             // bounded memory beats one connection's spans.
             self.stats.over_budget.fetch_add(1, Relaxed);
-            self.stop_parsing(&c, end, flows, commands);
+            self.stop_parsing(&c, seg.exit_ns, flows, commands);
         }
     }
 
@@ -350,19 +323,35 @@ impl Dispatcher {
     fn stop_parsing(
         &mut self,
         c: &ConnInfo,
-        at: SegTime,
+        at_ns: u64,
         flows: &mut Vec<Flow>,
         commands: &mut Vec<Command>,
     ) {
-        if let Some(State::Parsing { proto, parser, .. }) = self.conns.get_mut(&c.id) {
-            let mut records = vec![];
-            parser.close(at, &mut records);
-            let proto = *proto;
-            let stats = parser.take_stats();
-            self.account(proto, stats, records.len());
-            flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
-        }
+        self.close_parser(c, at_ns, flows);
         self.release(c, commands);
+    }
+
+    /// Ends a connection's parser at `at_ns`: what it still held comes out
+    /// as records, and its memory is returned to the budget.
+    fn close_parser(&mut self, c: &ConnInfo, at_ns: u64, flows: &mut Vec<Flow>) {
+        let Some(State::Parsing {
+            proto,
+            mut parser,
+            bytes,
+        }) = self.conns.remove(&c.id)
+        else {
+            return;
+        };
+        let mut records = vec![];
+        let at = SegTime {
+            enter_ns: at_ns,
+            exit_ns: at_ns,
+            ..Default::default()
+        };
+        parser.close(at, &mut records);
+        self.account(proto, parser.take_stats(), records.len());
+        self.used -= bytes;
+        flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
     }
 
     fn release(&mut self, c: &ConnInfo, commands: &mut Vec<Command>) {

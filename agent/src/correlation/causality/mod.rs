@@ -330,21 +330,35 @@ impl Linker {
     /// Delivery `key` was acknowledged (or rejected) by a write at `at`.
     pub fn delivery_acked(&mut self, pid: u32, key: u64, at: SegTime) -> Option<SpanCtx> {
         let f = self.finish(pid, key)?;
-        if at.tick != 0 {
-            if self.acked.len() >= MAX_THREADS && !self.acked.contains_key(&(pid, at.tid)) {
-                self.marks_dropped += self.acked.len() as u64;
-                self.acked.clear();
-            }
-            let a = Acked {
-                ctx: Some(f.ctx),
-                source: f.source,
-                tick: at.tick,
-                at_ns: at.enter_ns,
-                worked: f.calls > 0,
-            };
-            self.acked.insert((pid, at.tid), a);
-        }
+        self.remember_ack(pid, at, Some(f.ctx), f.source, f.calls > 0);
         Some(f.ctx)
+    }
+
+    /// Thread `at.tid` of `pid` acknowledged a delivery (`ctx`; None: one
+    /// never seen) of channel connection `source` by the write `at`.
+    fn remember_ack(
+        &mut self,
+        pid: u32,
+        at: SegTime,
+        ctx: Option<SpanCtx>,
+        source: u64,
+        worked: bool,
+    ) {
+        if at.tick == 0 {
+            return;
+        }
+        if self.acked.len() >= MAX_THREADS && !self.acked.contains_key(&(pid, at.tid)) {
+            self.marks_dropped += self.acked.len() as u64;
+            self.acked.clear();
+        }
+        let a = Acked {
+            ctx,
+            source,
+            tick: at.tick,
+            at_ns: at.enter_ns,
+            worked,
+        };
+        self.acked.insert((pid, at.tid), a);
     }
 
     fn finish(&mut self, pid: u32, conn: u64) -> Option<InFlight> {
@@ -407,21 +421,7 @@ impl Linker {
     /// acknowledged by a write at `at`: a consumer that acks first works on
     /// it now, so the thread's next calls are no known delivery's.
     pub fn ghost_acked(&mut self, pid: u32, source: u64, at: SegTime) {
-        if at.tick == 0 {
-            return;
-        }
-        if self.acked.len() >= MAX_THREADS && !self.acked.contains_key(&(pid, at.tid)) {
-            self.marks_dropped += self.acked.len() as u64;
-            self.acked.clear();
-        }
-        let a = Acked {
-            ctx: None,
-            source,
-            tick: at.tick,
-            at_ns: at.enter_ns,
-            worked: false,
-        };
-        self.acked.insert((pid, at.tid), a);
+        self.remember_ack(pid, at, None, source, false);
     }
 
     /// A late partner: the oldest request in flight on `conn` that started
@@ -541,7 +541,7 @@ impl Linker {
 
 /// Inserts into a set bounded at `MAX_THREADS` entries, cleared (and
 /// counted in `dropped`) when full.
-fn bounded_insert(set: &mut HashSet<(u32, u64)>, k: (u32, u64), dropped: &mut u64) {
+fn bounded_insert<K: std::hash::Hash + Eq>(set: &mut HashSet<K>, k: K, dropped: &mut u64) {
     if set.len() >= MAX_THREADS && !set.contains(&k) {
         *dropped += set.len() as u64;
         set.clear();

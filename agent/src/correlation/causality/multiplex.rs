@@ -6,8 +6,6 @@
 //! The tick rule, which follows each callback's own read, is unaffected.
 use std::collections::{HashMap, HashSet};
 
-use super::MAX_THREADS;
-
 /// Bound on unanswered calls remembered (one per client connection).
 const MAX_OUTSTANDING: usize = 65536;
 
@@ -31,12 +29,8 @@ impl Multiplex {
             return; // the same call's next write, or pipelining
         }
         let mine = self.by_thread.entry((pid, tid)).or_default();
-        if !mine.is_empty() && !self.threads.contains(&(pid, tid)) {
-            if self.threads.len() >= MAX_THREADS {
-                self.dropped += self.threads.len() as u64;
-                self.threads.clear();
-            }
-            self.threads.insert((pid, tid));
+        if !mine.is_empty() {
+            super::bounded_insert(&mut self.threads, (pid, tid), &mut self.dropped);
         }
         mine.push(conn);
         if self.outstanding.len() >= MAX_OUTSTANDING {

@@ -104,6 +104,24 @@ pub(super) fn ghost_finished(ch: &mut Channel, tag: u64, multiple: bool) -> bool
     unseen
 }
 
+/// Ends every delivery open on channel `id` with `outcome`.
+pub(super) fn end_deliveries(
+    id: u16,
+    ch: &mut Channel,
+    outcome: super::Outcome,
+    at: SegTime,
+    out: &mut Vec<super::AmqpOut>,
+) {
+    for (tag, _) in ch.open_deliveries.drain(..) {
+        out.push(super::AmqpOut::DeliveryFinished {
+            channel: id,
+            delivery_tag: tag,
+            outcome,
+            at,
+        });
+    }
+}
+
 pub(super) fn bounded_push<T>(q: &mut VecDeque<T>, v: T) {
     if q.len() >= MAX_QUEUED {
         q.pop_front();

@@ -18,7 +18,9 @@ pub use records::{AmqpOut, Message, Outcome};
 
 use std::collections::HashMap;
 
-use channel::{bounded_push, delivered, ghost_finished, Channel, Incoming, MAX_QUEUED};
+use channel::{
+    bounded_push, delivered, end_deliveries, ghost_finished, Channel, Incoming, MAX_QUEUED,
+};
 use frame::{Frame, Framer, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use table::{Cursor, Properties};
 
@@ -105,14 +107,7 @@ impl AmqpConnection {
                 continue; // a publisher's channel
             }
             ch.unsure = true;
-            for (tag, _) in ch.open_deliveries.drain(..) {
-                out.push(AmqpOut::DeliveryFinished {
-                    channel,
-                    delivery_tag: tag,
-                    outcome: Outcome::Lost,
-                    at,
-                });
-            }
+            end_deliveries(channel, ch, Outcome::Lost, at, out);
         }
     }
 
@@ -150,14 +145,7 @@ impl AmqpConnection {
     /// The connection closed: open deliveries end unacknowledged.
     pub fn close(&mut self, at: SegTime, out: &mut Vec<AmqpOut>) {
         for (&channel, ch) in self.channels.iter_mut() {
-            for (tag, _) in ch.open_deliveries.drain(..) {
-                out.push(AmqpOut::DeliveryFinished {
-                    channel,
-                    delivery_tag: tag,
-                    outcome: Outcome::Closed,
-                    at,
-                });
-            }
+            end_deliveries(channel, ch, Outcome::Closed, at, out);
         }
     }
 
@@ -307,14 +295,7 @@ impl AmqpConnection {
 
     fn close_channel(&mut self, id: u16, at: SegTime, out: &mut Vec<AmqpOut>) {
         if let Some(mut ch) = self.channels.remove(&id) {
-            for (tag, _) in ch.open_deliveries.drain(..) {
-                out.push(AmqpOut::DeliveryFinished {
-                    channel: id,
-                    delivery_tag: tag,
-                    outcome: Outcome::Closed,
-                    at,
-                });
-            }
+            end_deliveries(id, &mut ch, Outcome::Closed, at, out);
             for (seq, msg, first, last, returned) in ch.unconfirmed.drain(..) {
                 out.push(AmqpOut::Published {
                     channel: id,
