@@ -32,11 +32,6 @@ pub const MAX_IOV: usize = 12;
 /// Messages of a sendmmsg/recvmmsg batch that get a data event each.
 pub const MAX_MMSG: usize = 4;
 
-/// iovec entries walked per message of an mmsg batch. Fewer than MAX_IOV:
-/// 4 x 12 was too complex for the 6.1 verifier (E2BIG), and batched
-/// messages (DNS, QUIC, UDP-style framing over TCP) rarely split further.
-pub const MAX_MMSG_IOV: usize = 2;
-
 /// Names of the load-time globals user space sets with `EbpfLoader::set_global`.
 pub mod globals {
     pub const SELF_TGID: &str = "SONDE_SELF_TGID";

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use sonde_common::{
     data_flags, direction, kind, sock_flags, sock_key, stat, syscall, DataEvent, SockInfo,
-    DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_MMSG, MAX_MMSG_IOV,
+    DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_MMSG,
 };
 
 use crate::{
@@ -124,14 +124,7 @@ fn exit(ctx: &TracePointContext, sc: u8) {
                     continue;
                 }
                 let (iov, iovlen) = read_msghdr_iov(mh);
-                emit(
-                    id,
-                    tgid,
-                    &call,
-                    len as i64,
-                    &info,
-                    Source::MmsgIov(iov, iovlen),
-                );
+                emit(id, tgid, &call, len as i64, &info, Source::Iov(iov, iovlen));
             }
         }
         syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None),
@@ -151,10 +144,6 @@ pub enum Source {
     Buf(u64),
     /// A user iovec array and its length.
     Iov(u64, u64),
-    /// One message's iovec array in an mmsg batch: fewer segments are
-    /// walked, which keeps the message x iovec walk within what older
-    /// verifiers accept.
-    MmsgIov(u64, u64),
     /// A kernel copy of a user iovec array (a `struct iov_iter`'s), and its
     /// length. The segments still point into user memory.
     KernelIov(u64, u64),
@@ -164,53 +153,26 @@ pub enum Source {
 
 /// Sends one data record for `call`'s connection. `tgid` owns the socket;
 /// `id`'s thread made the call (an io_uring worker may act for its owner).
+///
+/// The record is built in the per-CPU scratch in three steps, and the order
+/// is for the verifier: it explores every path through the payload copy
+/// (one per iovec segment and outcome) and every path through the goroutine
+/// lookup, and only states it cannot tell apart are pruned. Values kept in
+/// registers across both would multiply those paths; values stored in map
+/// memory are forgotten, so the paths meet again. Hence: the header first,
+/// then the copy, then the copied length read back from the map. Built the
+/// other way, 6.1's verifier passed its million-instruction limit on
+/// `sys_exit_writev` (found by `vm-test`).
 #[inline(always)]
 pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let base = unsafe { (*scratch).buf.as_mut_ptr() };
-    let mut flags = 0u8;
-    let mut want = capture_size() as u64;
-    if (bytes as u64) < want {
-        want = bytes as u64;
-    }
-    let quiet = info.flags & sock_flags::QUIET != 0;
-    if quiet {
-        flags |= data_flags::PAYLOAD_SKIPPED;
-        want = 0;
-    }
-    let (captured, fault) = match src {
-        // A framed protocol's socket gets the ceiling (`sock_flags::WHOLE`),
-        // on plain reads and writes only: the vectored copies' loops stay
-        // bounded by the one constant size, or 6.1's verifier passes its
-        // million-instruction limit on them (found by `vm-test`).
-        Source::Buf(p) if !quiet && info.flags & sock_flags::WHOLE != 0 => {
-            let whole = if (bytes as u64) < MAX_CAPTURE as u64 {
-                bytes as u64
-            } else {
-                MAX_CAPTURE as u64
-            };
-            copy_buf(base, p, whole)
-        }
-        Source::Buf(p) => copy_buf(base, p, want),
-        Source::Iov(iov, n) => copy_iov::<MAX_IOV>(base, iov, n, want, false),
-        Source::MmsgIov(iov, n) => copy_iov::<MAX_MMSG_IOV>(base, iov, n, want, false),
-        Source::KernelIov(iov, n) => copy_iov::<MAX_IOV>(base, iov, n, want, true),
-        Source::None => {
-            flags |= data_flags::NO_PAYLOAD_SOURCE;
-            (0, false)
-        }
-    };
-    if fault {
-        flags |= data_flags::READ_FAULT;
-        count(stat::READ_FAULTS);
-    }
-    if (captured as i64) < bytes {
-        flags |= data_flags::TRUNCATED;
-    }
-    let (task, lineage) = crate::goroutine::current(id as u32, syscall::is_egress(call.syscall));
-    let ev = DataEvent {
+    let egress = syscall::is_egress(call.syscall);
+    let (task, lineage) = crate::goroutine::current(id as u32, egress);
+    // SAFETY: the scratch is 8-aligned and larger than a header.
+    let ev = unsafe { &mut *(scratch as *mut DataEvent) };
+    *ev = DataEvent {
         hdr: sonde_common::EventHeader {
             kind: kind::DATA,
             _pad: [0; 3],
@@ -223,17 +185,17 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         enter_ns: call.enter_ns,
         bytes,
         syscall: call.syscall,
-        direction: if syscall::is_egress(call.syscall) {
+        direction: if egress {
             direction::EGRESS
         } else {
             direction::INGRESS
         },
         role: info.role,
-        flags,
-        captured: captured as u32,
+        flags: 0,
+        captured: 0,
         // A write follows what its thread read before it; a read is the
         // input of the tick that follows it (it may have slept inside).
-        tick: if syscall::is_egress(call.syscall) {
+        tick: if egress {
             call.tick
         } else {
             tick::current(id as u32)
@@ -242,11 +204,55 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         lineage,
         _pad: 0,
     };
-    unsafe { core::ptr::write_unaligned(base as *mut DataEvent, ev) };
-    let mut len = DATA_EVENT_SIZE + captured;
-    if len > DATA_EVENT_SIZE + MAX_CAPTURE {
-        len = DATA_EVENT_SIZE + MAX_CAPTURE;
+    let base = unsafe { (*scratch).buf.as_mut_ptr() };
+    let mut flags = 0u8;
+    let mut want = capture_size() as u64;
+    if (bytes as u64) < want {
+        want = bytes as u64;
     }
+    let quiet = info.flags & sock_flags::QUIET != 0;
+    if quiet {
+        flags |= data_flags::PAYLOAD_SKIPPED;
+        want = 0;
+    }
+    // `captured` was zeroed with the header; the copies count into it.
+    let done = &mut ev.captured as *mut u32;
+    let fault = match src {
+        // A framed protocol's socket gets the ceiling (`sock_flags::WHOLE`),
+        // on plain reads and writes only: the vectored copies' loops stay
+        // bounded by the one constant size.
+        Source::Buf(p) if !quiet && info.flags & sock_flags::WHOLE != 0 => {
+            let whole = if (bytes as u64) < MAX_CAPTURE as u64 {
+                bytes as u64
+            } else {
+                MAX_CAPTURE as u64
+            };
+            copy_buf(base, done, p, whole)
+        }
+        Source::Buf(p) => copy_buf(base, done, p, want),
+        Source::Iov(iov, n) => copy_iov::<MAX_IOV>(base, done, iov, n, want, false),
+        Source::KernelIov(iov, n) => copy_iov::<MAX_IOV>(base, done, iov, n, want, true),
+        Source::None => {
+            flags |= data_flags::NO_PAYLOAD_SOURCE;
+            false
+        }
+    };
+    // Read back from the map, the length is one unknown value whatever
+    // path the copy took: one state for the verifier from here on.
+    let captured = unsafe { core::ptr::read_volatile(done) } as usize;
+    if fault {
+        flags |= data_flags::READ_FAULT;
+        count(stat::READ_FAULTS);
+    }
+    if (captured as i64) < bytes {
+        flags |= data_flags::TRUNCATED;
+    }
+    ev.flags = flags;
+    let len = if captured > MAX_CAPTURE {
+        DATA_EVENT_SIZE + MAX_CAPTURE
+    } else {
+        DATA_EVENT_SIZE + captured
+    };
     let record = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
     output(record);
 }
@@ -274,14 +280,16 @@ pub fn output_with(record: &[u8], urgent: bool) {
     }
 }
 
+/// Copies up to `want` bytes of a flat buffer, counting them in `done`.
+/// Returns whether the read faulted.
 #[inline(always)]
-fn copy_buf(base: *mut u8, src: u64, want: u64) -> (usize, bool) {
+fn copy_buf(base: *mut u8, done: *mut u32, src: u64, want: u64) -> bool {
     let mut n = want as usize;
     if n > MAX_CAPTURE {
         n = MAX_CAPTURE;
     }
     if n == 0 {
-        return (0, false);
+        return false;
     }
     let rc = unsafe {
         generated::bpf_probe_read_user(
@@ -291,30 +299,39 @@ fn copy_buf(base: *mut u8, src: u64, want: u64) -> (usize, bool) {
         )
     };
     if rc < 0 {
-        (0, true)
-    } else {
-        (n, false)
+        return true;
     }
+    unsafe { core::ptr::write_volatile(done, n as u32) };
+    false
 }
 
 /// Const-bounded iovec walk: copies up to `want` bytes across the first
-/// `N` segments, packed one after the other. `kernel_array`: the iovec
-/// array itself is in kernel memory (the segments never are).
+/// `N` segments, packed one after the other, counting them in `done` (the
+/// record's `captured`, in map memory). `kernel_array`: the iovec array
+/// itself is in kernel memory (the segments never are). Returns whether a
+/// read faulted.
+///
+/// The running count is read back from the map at each segment: the
+/// verifier then forgets how the earlier segments went, and every path
+/// meets at the next one. Kept in a register, each segment's outcomes
+/// (short, clamped, empty) multiply the states of all that follow.
 #[inline(always)]
 fn copy_iov<const N: usize>(
     base: *mut u8,
+    done: *mut u32,
     iov: u64,
     iovcnt: u64,
     want: u64,
     kernel_array: bool,
-) -> (usize, bool) {
+) -> bool {
     let want = if want as usize > MAX_CAPTURE {
         MAX_CAPTURE
     } else {
         want as usize
     };
-    let mut off: usize = 0;
+    unsafe { core::ptr::write_volatile(done, 0) };
     for i in 0..N {
+        let off = unsafe { core::ptr::read_volatile(done) } as usize;
         if i as u64 >= iovcnt || off >= want {
             break;
         }
@@ -324,9 +341,8 @@ fn copy_iov<const N: usize>(
         } else {
             unsafe { bpf_probe_read_user(at) }
         };
-        let v: Iovec = match v {
-            Ok(v) => v,
-            Err(_) => return (off, true),
+        let Ok(v): Result<Iovec, _> = v else {
+            return true;
         };
         let mut n = v.len as usize;
         if n > want - off {
@@ -335,12 +351,12 @@ fn copy_iov<const N: usize>(
         if n > MAX_CAPTURE {
             n = MAX_CAPTURE;
         }
-        // off < want <= MAX_CAPTURE, so the mask changes nothing at runtime;
-        // it lets the verifier bound the destination.
-        let o = off & (MAX_CAPTURE - 1);
         if n == 0 {
             continue;
         }
+        // off < want <= MAX_CAPTURE, so the mask changes nothing at runtime;
+        // it lets the verifier bound the destination.
+        let o = off & (MAX_CAPTURE - 1);
         let rc = unsafe {
             generated::bpf_probe_read_user(
                 base.add(DATA_EVENT_SIZE + o) as *mut _,
@@ -349,11 +365,11 @@ fn copy_iov<const N: usize>(
             )
         };
         if rc < 0 {
-            return (off, true);
+            return true;
         }
-        off += n;
+        unsafe { core::ptr::write_volatile(done, (o + n) as u32) };
     }
-    (off, false)
+    false
 }
 
 macro_rules! data_probes {

@@ -145,7 +145,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 /// Per-CPU staging area for one data record: header + payload. Twice
 /// MAX_CAPTURE so that "offset (< MAX) + length (<= MAX)" is provably in
 /// bounds for the verifier, whatever the iovec split.
-#[repr(C)]
+/// 8-aligned: a record's header is written in place (`capture::emit`).
+#[repr(C, align(8))]
 pub struct Scratch {
     pub buf: [u8; DATA_EVENT_SIZE + 2 * MAX_CAPTURE],
 }

@@ -27,6 +27,8 @@ pub struct TracepointCheck {
     pub required: bool,
     pub state: String,
     pub detail: String,
+    /// Instructions the verifier processed (loaded programs, kernels >= 5.16).
+    pub verified_insns: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +158,7 @@ pub fn run() -> Report {
                 tracepoints.push(TracepointCheck {
                     hook: p.hook.clone(),
                     required: p.need == Need::Required,
+                    verified_insns: probes.verified_insns(p.program),
                     state: state.into(),
                     detail: if detail.is_empty() {
                         p.covers.to_string()
@@ -316,9 +319,13 @@ pub fn render(r: &Report, verbose: bool) -> String {
     for t in &r.tracepoints {
         if verbose || t.state != "attached" {
             let need = if t.required { "required" } else { "optional" };
+            let verified = t
+                .verified_insns
+                .map(|n| format!(" ({n} insns verified)"))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "        {:<8} {:<46} {need}: {}",
+                "        {:<8} {:<46} {need}: {}{verified}",
                 t.state, t.hook, t.detail
             );
         }

@@ -71,6 +71,9 @@ enum Task {
         /// Only this suite (capture, http); repeatable.
         #[arg(long = "suite")]
         suites: Vec<String>,
+        /// Only tests whose name contains this (the test binaries' filter).
+        #[arg(long = "test")]
+        test: Option<String>,
         /// Print the agent's debug log on the console after a failing suite.
         #[arg(long)]
         agent_log: bool,
@@ -115,6 +118,7 @@ fn main() {
         Task::VmTest {
             kernels,
             suites,
+            test,
             agent_log,
             accel,
         } => toolchain::setup(false).and_then(|()| {
@@ -122,6 +126,7 @@ fn main() {
                 &kernels,
                 &vm::Options {
                     suites,
+                    test,
                     agent_log,
                     accel,
                 },

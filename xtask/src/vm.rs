@@ -230,6 +230,8 @@ fn build_tests() -> Result<(BTreeMap<String, PathBuf>, PathBuf)> {
 pub struct Options {
     /// Only these suites (all when empty).
     pub suites: Vec<String>,
+    /// Only tests whose name contains this (all when `None`).
+    pub test: Option<String>,
     /// Keep each agent's debug log and print it on the console after a
     /// failing suite (lines prefixed `SONDE-VM-LOG`).
     pub agent_log: bool,

@@ -95,6 +95,8 @@ pub enum AttachState {
 #[derive(Debug, Clone)]
 pub struct ProbeStatus {
     pub hook: String,
+    /// The program's name in the eBPF object.
+    pub program: &'static str,
     pub need: Need,
     pub covers: &'static str,
     pub state: AttachState,
@@ -264,6 +266,7 @@ impl Probes {
             }
             self.report.push(ProbeStatus {
                 hook,
+                program: spec.program,
                 need: spec.need,
                 covers: spec.covers,
                 state,
@@ -305,6 +308,7 @@ impl Probes {
             }
             self.report.push(ProbeStatus {
                 hook: spec.hook_name(),
+                program: spec.program,
                 need: Need::Optional,
                 covers: KERNEL_IO_COVERS,
                 state,
@@ -355,6 +359,17 @@ impl Probes {
                 .iter()
                 .any(|p| p.hook == k.hook_name() && p.state == AttachState::Attached)
         })
+    }
+
+    /// How many instructions the kernel's verifier processed for a loaded
+    /// program (kernels since 5.16 report it): how close it came to the
+    /// million-instruction limit that older verifiers apply.
+    pub fn verified_insns(&self, name: &str) -> Option<u32> {
+        self.ebpf
+            .program(name)?
+            .info()
+            .ok()?
+            .verified_instruction_count()
     }
 
     /// The object's program `name`, as its type.

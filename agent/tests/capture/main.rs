@@ -608,6 +608,11 @@ fn cli_curl() {
     drop(err.fill_buf());
 }
 
+/// `bpf_prog_info.verified_insns` exists since Linux 5.16.
+fn kernel_reports_verified_insns() -> bool {
+    sonde::probes::compat::running().is_some_and(|v| v >= (5, 16))
+}
+
 fn doctor() {
     let sonde = env!("CARGO_BIN_EXE_sonde");
     let out = std::process::Command::new(sonde)
@@ -645,6 +650,15 @@ fn doctor() {
                 !tp["detail"].as_str().unwrap().is_empty(),
                 "skipped without a reason: {tp}"
             );
+        }
+        // Headroom under the verifier's million-instruction limit, where the
+        // kernel reports the count (5.16+): older verifiers explore several
+        // times more states for the same program (6.1 refused at the limit
+        // a `sys_exit_writev` that 6.18 verified in 122,545).
+        if let Some(n) = tp["verified_insns"].as_u64() {
+            assert!(n < 100_000, "verifier cost near the limit: {tp}");
+        } else if tp["state"] == "attached" && kernel_reports_verified_insns() {
+            panic!("no verifier count for a loaded program: {tp}");
         }
     }
     // kprobes: compare with the kernel's own interfaces.

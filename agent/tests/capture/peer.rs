@@ -73,23 +73,19 @@ fn send(fd: i32, mode: &str, data: &[u8]) {
                     check(libc::write(fd, rest.as_ptr().cast(), rest.len()), "write")
                 }
                 "mmsg" => {
-                    // Two messages: the first 10 bytes, then the rest.
+                    // Two messages: the first 10 bytes, then the rest in
+                    // three segments (each message's iovecs are walked too).
                     let a = rest.len().min(10);
-                    let iov = [
-                        libc::iovec {
-                            iov_base: rest.as_ptr() as *mut _,
-                            iov_len: a,
-                        },
-                        libc::iovec {
-                            iov_base: rest[a..].as_ptr() as *mut _,
-                            iov_len: rest.len() - a,
-                        },
-                    ];
+                    let first = [libc::iovec {
+                        iov_base: rest.as_ptr() as *mut _,
+                        iov_len: a,
+                    }];
+                    let second = three_iovecs(rest[a..].as_ptr() as *mut u8, rest.len() - a);
                     let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
-                    for (m, v) in msgs.iter_mut().zip(&iov) {
-                        m.msg_hdr.msg_iov = v as *const _ as *mut _;
-                        m.msg_hdr.msg_iovlen = 1;
-                    }
+                    msgs[0].msg_hdr.msg_iov = first.as_ptr() as *mut _;
+                    msgs[0].msg_hdr.msg_iovlen = 1;
+                    msgs[1].msg_hdr.msg_iov = second.as_ptr() as *mut _;
+                    msgs[1].msg_hdr.msg_iovlen = 3;
                     let vlen = if rest.len() > a { 2 } else { 1 };
                     let sent = check(
                         libc::sendmmsg(fd, msgs.as_mut_ptr(), vlen, 0) as isize,
@@ -132,24 +128,20 @@ fn recv(fd: i32, mode: &str, len: usize) -> Vec<u8> {
                     check(libc::read(fd, buf.as_mut_ptr().cast(), want), "read")
                 }
                 "mmsg" => {
-                    // Two buffers: the first message takes up to 10 bytes.
+                    // Two buffers: the first message takes up to 10 bytes,
+                    // the second the rest, in three segments.
                     let a = want.min(10);
                     let (x, y) = buf.split_at_mut(a);
-                    let iov = [
-                        libc::iovec {
-                            iov_base: x.as_mut_ptr().cast(),
-                            iov_len: x.len(),
-                        },
-                        libc::iovec {
-                            iov_base: y.as_mut_ptr().cast(),
-                            iov_len: y.len(),
-                        },
-                    ];
+                    let first = [libc::iovec {
+                        iov_base: x.as_mut_ptr().cast(),
+                        iov_len: x.len(),
+                    }];
+                    let second = three_iovecs(y.as_mut_ptr(), y.len());
                     let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
-                    for (m, v) in msgs.iter_mut().zip(&iov) {
-                        m.msg_hdr.msg_iov = v as *const _ as *mut _;
-                        m.msg_hdr.msg_iovlen = 1;
-                    }
+                    msgs[0].msg_hdr.msg_iov = first.as_ptr() as *mut _;
+                    msgs[0].msg_hdr.msg_iovlen = 1;
+                    msgs[1].msg_hdr.msg_iov = second.as_ptr() as *mut _;
+                    msgs[1].msg_hdr.msg_iovlen = 3;
                     let vlen = if y.is_empty() { 1 } else { 2 };
                     let n = check(
                         libc::recvmmsg(

@@ -241,9 +241,10 @@ pub(super) fn initramfs(
     for (suite, filters) in selected(opts) {
         if let Some(b) = bins.get(*suite) {
             script += &format!(
-                "run_suite {suite} {} --test-threads 1 --color never {}\n",
+                "run_suite {suite} {} --test-threads 1 --color never {} {}\n",
                 b.display(),
-                filters.join(" ")
+                filters.join(" "),
+                opts.test.as_deref().unwrap_or_default()
             );
         }
     }
