@@ -291,6 +291,7 @@ fn copy_buf(base: *mut u8, done: *mut u32, src: u64, want: u64) -> bool {
     if n == 0 {
         return false;
     }
+    let n = verifier_bound(n, 2 * MAX_CAPTURE);
     let rc = unsafe {
         generated::bpf_probe_read_user(
             base.add(DATA_EVENT_SIZE) as *mut _,
@@ -303,6 +304,18 @@ fn copy_buf(base: *mut u8, done: *mut u32, src: u64, want: u64) -> bool {
     }
     unsafe { core::ptr::write_volatile(done, n as u32) };
     false
+}
+
+/// `v`, known to be below `pow2` at runtime, masked so that the verifier
+/// knows it too. Verifiers before 6.7 do not follow a comparison between two
+/// registers (`off < want`), and may not see a comparison with a constant
+/// either: LLVM may compare one copy of a value and pass another, reloaded
+/// from the stack, that the comparison never refined. A mask is applied to
+/// the value passed. `black_box` keeps LLVM, which can prove the mask
+/// changes nothing, from deleting it.
+#[inline(always)]
+fn verifier_bound(v: usize, pow2: usize) -> usize {
+    core::hint::black_box(v) & (pow2 - 1)
 }
 
 /// Const-bounded iovec walk: copies up to `want` bytes across the first
@@ -348,15 +361,13 @@ fn copy_iov<const N: usize>(
         if n > want - off {
             n = want - off;
         }
-        if n > MAX_CAPTURE {
-            n = MAX_CAPTURE;
-        }
         if n == 0 {
             continue;
         }
-        // off < want <= MAX_CAPTURE, so the mask changes nothing at runtime;
-        // it lets the verifier bound the destination.
-        let o = off & (MAX_CAPTURE - 1);
+        // off < want <= MAX_CAPTURE: the mask changes nothing at runtime; it
+        // bounds the destination (see `verifier_bound`).
+        let n = verifier_bound(n, 2 * MAX_CAPTURE);
+        let o = verifier_bound(off, MAX_CAPTURE);
         let rc = unsafe {
             generated::bpf_probe_read_user(
                 base.add(DATA_EVENT_SIZE + o) as *mut _,

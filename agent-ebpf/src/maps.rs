@@ -142,13 +142,14 @@ pub static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Per-CPU staging area for one data record: header + payload. Twice
-/// MAX_CAPTURE so that "offset (< MAX) + length (<= MAX)" is provably in
-/// bounds for the verifier, whatever the iovec split.
-/// 8-aligned: a record's header is written in place (`capture::emit`).
+/// Per-CPU staging area for one data record: header + payload. Three times
+/// MAX_CAPTURE so that a segment's "offset (< MAX) + length (< 2 MAX)", as
+/// the verifier bounds them by masks (`capture::copy_iov`), is provably in
+/// bounds whatever the iovec split. 8-aligned: a record's header is written
+/// in place (`capture::emit`).
 #[repr(C, align(8))]
 pub struct Scratch {
-    pub buf: [u8; DATA_EVENT_SIZE + 2 * MAX_CAPTURE],
+    pub buf: [u8; DATA_EVENT_SIZE + 3 * MAX_CAPTURE],
 }
 
 #[map]
