@@ -121,6 +121,12 @@ pub struct RunArgs {
     #[arg(long, env = "SONDE_STDOUT")]
     pub stdout: Option<bool>,
 
+    /// How spans look on stdout: whole traces as trees, one line per span,
+    /// or one JSON object per span; implies --stdout [default: tree on a
+    /// terminal, else lines].
+    #[arg(long, env = "SONDE_STDOUT_FORMAT", value_enum)]
+    pub stdout_format: Option<crate::export::stdout::Format>,
+
     /// Keep query-string values in url.query / url.full (default: REDACTED).
     #[arg(long, env = "SONDE_KEEP_QUERY_VALUES")]
     pub keep_query_values: bool,
@@ -154,6 +160,7 @@ impl RunArgs {
             otlp_protocol: self.otlp_protocol.clone(),
             prometheus_listen: self.prometheus_listen.clone(),
             stdout: self.stdout,
+            stdout_format: self.stdout_format,
             keep_query_values: self.keep_query_values,
             relay_processes: self.relay_processes.clone(),
             exclude_processes: self.exclude_processes.clone(),

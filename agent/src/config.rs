@@ -10,6 +10,7 @@ use crate::{
     export::{
         batch::BatchConfig,
         otlp::{self, Protocol, Signal, Target},
+        stdout::Format as StdoutFormat,
     },
     spans::{http::HttpSpanOptions, sampler::Sampler},
 };
@@ -31,6 +32,8 @@ pub struct FileConfig {
     /// `k=v,...`, as OTEL_RESOURCE_ATTRIBUTES.
     pub resource_attributes: Option<String>,
     pub stdout: Option<bool>,
+    /// tree, lines or json.
+    pub stdout_format: Option<StdoutFormat>,
     pub keep_query_values: Option<bool>,
     pub metric_export_interval_ms: Option<u64>,
     /// Relay processes to see through (default: docker-proxy).
@@ -56,6 +59,7 @@ pub struct RunFlags {
     pub otlp_protocol: Option<String>,
     pub prometheus_listen: Option<String>,
     pub stdout: Option<bool>,
+    pub stdout_format: Option<StdoutFormat>,
     pub keep_query_values: bool,
     pub relay_processes: Option<Vec<String>>,
     pub exclude_processes: Vec<String>,
@@ -69,7 +73,8 @@ pub struct RunConfig {
     pub sampler: Sampler,
     /// Node-wide resource attributes (the agent's OTEL_RESOURCE_ATTRIBUTES).
     pub resource_attributes: Vec<(String, String)>,
-    pub stdout: bool,
+    /// Spans on stdout, in this format (`None`: not printed).
+    pub stdout: Option<StdoutFormat>,
     pub http: HttpSpanOptions,
     pub batch: BatchConfig,
     pub metric_interval: Duration,
@@ -177,7 +182,13 @@ pub fn resolve(
         .max(Duration::from_millis(100));
 
     // Without a trace backend, spans go to stdout so `sonde run` shows something.
-    let stdout = flags.stdout.or(file.stdout).unwrap_or(traces.is_none());
+    // Asking for a format asks for stdout, backend or not.
+    let format = flags.stdout_format.or(file.stdout_format);
+    let stdout = flags
+        .stdout
+        .or(file.stdout)
+        .unwrap_or(traces.is_none() || format.is_some())
+        .then(|| format.unwrap_or_else(StdoutFormat::default_for_stdout));
     Ok(RunConfig {
         traces,
         metrics,
@@ -224,13 +235,42 @@ mod tests {
     fn defaults_print_spans_and_serve_prometheus() {
         let c = resolve(&RunFlags::default(), &FileConfig::default(), &env(&[])).unwrap();
         assert!(c.traces.is_none() && c.metrics.is_none());
-        assert!(c.stdout);
+        assert!(c.stdout.is_some());
         assert_eq!(
             c.prometheus_listen,
             Some(DEFAULT_PROMETHEUS_LISTEN.parse().unwrap())
         );
         assert_eq!(c.sampler, Sampler::default());
         assert_eq!(c.metric_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn stdout_format_flag_over_file() {
+        let file: FileConfig = toml::from_str("stdout_format = \"json\"\n").unwrap();
+        let c = resolve(&RunFlags::default(), &file, &env(&[])).unwrap();
+        assert_eq!(c.stdout, Some(StdoutFormat::Json));
+        let flags = RunFlags {
+            stdout_format: Some(StdoutFormat::Tree),
+            ..RunFlags::default()
+        };
+        let c = resolve(&flags, &file, &env(&[])).unwrap();
+        assert_eq!(c.stdout, Some(StdoutFormat::Tree));
+        // Asking for a format turns stdout on next to a backend too, unless
+        // stdout is turned off.
+        let mut flags = RunFlags {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            stdout_format: Some(StdoutFormat::Tree),
+            ..RunFlags::default()
+        };
+        let c = resolve(&flags, &FileConfig::default(), &env(&[])).unwrap();
+        assert_eq!(c.stdout, Some(StdoutFormat::Tree));
+        flags.stdout = Some(false);
+        let c = resolve(&flags, &FileConfig::default(), &env(&[])).unwrap();
+        assert_eq!(c.stdout, None);
+        assert!(toml::from_str::<FileConfig>("stdout_format = \"trees\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant"));
     }
 
     #[test]
@@ -241,7 +281,10 @@ mod tests {
         .unwrap();
         let c = resolve(&RunFlags::default(), &file, &env(&[])).unwrap();
         assert_eq!(c.traces.as_ref().unwrap().url, "http://file:4317");
-        assert!(!c.stdout, "an OTLP backend turns stdout off by default");
+        assert!(
+            c.stdout.is_none(),
+            "an OTLP backend turns stdout off by default"
+        );
         assert_eq!(c.prometheus_listen, None);
         assert_eq!(c.sampler, Sampler::AlwaysOff);
         let e = env(&[

@@ -127,7 +127,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let (pipe_stop_tx, pipe_stop_rx) = tokio::sync::watch::channel(false);
     let idle = args.capture.session_config().poll_interval * 3;
     let sinks = pipeline::Sinks {
-        stdout: cfg.stdout,
+        stdout: cfg.stdout.map(crate::export::stdout::Printer::stdout),
         queue: span_queue,
     };
     let (pipe, mut pipe_done, pipe_stats) = match pipeline::spawn(

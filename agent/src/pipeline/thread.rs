@@ -22,19 +22,28 @@ use crate::{
 
 /// Where finished spans go.
 pub struct Sinks {
-    pub stdout: bool,
+    pub stdout: Option<stdout::Printer<std::io::Stdout>>,
     pub queue: Option<SpanQueue>,
 }
 
 impl Sinks {
-    fn deliver(&self, spans: &mut Vec<Span>) {
+    /// Hands over finished spans, and prints the trees that are due (all of
+    /// them when `final_`: the pipeline is ending).
+    fn deliver(&mut self, spans: &mut Vec<Span>, final_: bool) {
+        let now = Instant::now();
         for s in spans.drain(..) {
-            if self.stdout {
-                println!("{}", stdout::line(&s));
+            match (&mut self.stdout, &self.queue) {
+                (Some(p), Some(q)) => {
+                    p.span(s.clone(), now);
+                    q.push(s);
+                }
+                (Some(p), None) => p.span(s, now),
+                (None, Some(q)) => q.push(s),
+                (None, None) => {}
             }
-            if let Some(q) = &self.queue {
-                q.push(s);
-            }
+        }
+        if let Some(p) = &mut self.stdout {
+            p.poll((!final_).then_some(now));
         }
     }
 }
@@ -62,7 +71,7 @@ pub enum Ended {
 pub fn spawn(
     mut pipeline: Pipeline,
     mut events: mpsc::Receiver<StreamEvent>,
-    sinks: Sinks,
+    mut sinks: Sinks,
     commands: mpsc::Sender<Command>,
     mut stop: watch::Receiver<bool>,
     idle: Duration,
@@ -106,7 +115,7 @@ pub fn spawn(
                     }
                     Some(0) => {
                         pipeline.release_held(None, &mut spans);
-                        sinks.deliver(&mut spans);
+                        sinks.deliver(&mut spans, true);
                         pipeline.publish_stats();
                         return if drain_until.is_some() || *stop.borrow() {
                             Ended::Stopped
@@ -135,14 +144,14 @@ pub fn spawn(
                         stats.commands_dropped.fetch_add(1, Relaxed);
                     }
                 }
-                sinks.deliver(&mut spans);
+                sinks.deliver(&mut spans, false);
                 pipeline.publish_stats();
                 if drain_until.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
             }
             pipeline.release_held(None, &mut spans);
-            sinks.deliver(&mut spans);
+            sinks.deliver(&mut spans, true);
             pipeline.publish_stats();
             Ended::Stopped
         })?;

@@ -40,6 +40,7 @@ fn main() {
             t("receiver_outage_under_load", receiver_outage),
             t("sigterm_flushes_queued_spans", sigterm_flush),
             t("no_backend_prints_spans_and_serves_metrics", no_backend),
+            t("stdout_trees_one_per_request_eight_in_flight", stdout_trees),
         ],
     )
     .exit();
@@ -670,4 +671,66 @@ fn no_backend() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(count, calls.len() as u64, "{text}");
+}
+
+/// `--stdout-format tree`: 40 curl requests to a Python server, 8 in
+/// flight, each with its own id in the path. Every request must print as one
+/// tree: curl's CLIENT span on top, the server's SERVER span under it, both
+/// with the request's own id.
+fn stdout_trees() {
+    use std::io::Read;
+    let port = free_port();
+    let _server = python_server(port, "tree-web");
+    let (p, mut out) = sonde_printing(
+        &["--stdout-format", "tree", "--prometheus-listen", "off"],
+        &[],
+    );
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "seq 0 39 | xargs -P 8 -I@ curl -sf -o /dev/null http://127.0.0.1:{port}/items/@"
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "curl failed");
+    // Wait out a tree's quiet time, then stop: the agent prints every
+    // pending tree as it ends.
+    std::thread::sleep(Duration::from_secs(2));
+    drop(p);
+    let mut text = String::new();
+    out.read_to_string(&mut text).unwrap();
+    let mut ids = vec![];
+    for block in text
+        .split("\ntrace ")
+        .filter(|b| b.contains("tree-web SERVER"))
+    {
+        let spans: Vec<&str> = block.lines().skip(1).collect();
+        assert_eq!(
+            spans.len(),
+            2,
+            "not one client and one server span:\n{block}"
+        );
+        let (client, server) = (spans[0], spans[1]);
+        assert!(client.starts_with("  curl CLIENT GET "), "{block}");
+        assert!(server.starts_with("    tree-web SERVER GET "), "{block}");
+        let id = |l: &str| {
+            let at = l
+                .rfind("/items/")
+                .unwrap_or_else(|| panic!("no path in {l:?}"));
+            l[at + 7..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse::<u32>()
+                .unwrap()
+        };
+        assert_eq!(id(client), id(server), "another request's span:\n{block}");
+        ids.push(id(server));
+    }
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..40).collect::<Vec<u32>>(),
+        "one tree per request:\n{text}"
+    );
 }

@@ -118,6 +118,10 @@ fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
             break;
         }
     }
+    assert!(
+        !seen.contains('\x1b'),
+        "colour codes in a log that is not a terminal:\n{seen}"
+    );
     // Keep draining stderr so sonde never blocks on a full pipe; with
     // SONDE_TEST_AGENT_LOG=<file> the agent's log is kept there.
     let keep = std::env::var_os("SONDE_TEST_AGENT_LOG")

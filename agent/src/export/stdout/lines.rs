@@ -1,4 +1,4 @@
-//! Human-readable span lines, the default output when no OTLP endpoint is set.
+//! One line per span (`--stdout-format lines`).
 use crate::spans::{hex, Span, Status};
 
 pub fn line(s: &Span) -> String {
