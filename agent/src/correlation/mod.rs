@@ -309,9 +309,12 @@ impl Correlator {
             pid: c.pid,
             conn: c.id,
             since: req.first.exit_ns,
+            own_context: tp.is_some(),
         };
-        if let (None, None, Some(k)) = (partner, tp, key) {
-            // Wait (bounded) for a client record that may come late.
+        if let (None, Some(k)) = (partner, key) {
+            // Wait (bounded) for a client record that may come late. With a
+            // traceparent too: the late record must find this request, not
+            // stay queued for the connection's next one.
             self.stitch.wait(k, waiting, &mut self.drops);
         }
         let incoming = tp.or(partner.map(|p| TraceParent {
@@ -367,6 +370,11 @@ impl Correlator {
                 .or_else(|| self.stitch.take_waiting_behind_nat(k, &mut self.drops))
         });
         if let Some(w) = waiting {
+            if w.own_context {
+                // Its server span is this span's child by the header.
+                self.stitch.read_on_node(c.id, ctx.span_id);
+                return;
+            }
             if w.since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS {
                 let in_flight = self.linker.adopt(w.pid, w.conn, &ctx);
                 let held = self.adopt_held(
@@ -381,11 +389,14 @@ impl Correlator {
                     return;
                 }
             }
-            // Too late: both stand as they are.
+            // Too late: both stand as they are. The server has read this
+            // request already, so its context is not queued: the next
+            // request on the connection would take it.
             self.drops.late_partners_missed += 1;
             if let Some((_, h)) = self.holds.take(|h| h.conn == w.conn && h.since == w.since) {
                 self.emit_all(h.items, out);
             }
+            return;
         } else if key
             .is_some_and(|k| self.adopt_held(|h| h.key == HeldFor::Client(k), &ctx, now_ns, out))
         {

@@ -36,6 +36,9 @@ pub struct Waiting {
     pub conn: u64,
     /// Exit of the read that delivered its first byte.
     pub since: u64,
+    /// It carried a traceparent, which already names its client span: the
+    /// late record only has to find it (and not wait for the next request).
+    pub own_context: bool,
 }
 
 /// A client request written and not yet answered.

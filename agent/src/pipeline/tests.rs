@@ -698,3 +698,63 @@ fn an_event_loops_interleaved_requests_each_get_their_own_calls() {
     }
     assert_ne!(sa.trace_id, sb.trace_id);
 }
+
+/// The next request on a keep-alive connection, read on time, after one
+/// whose client record came late: its server span must be the child of its
+/// own client span, never of the late one's.
+fn next_request_keeps_its_own_parent(first_req: &[u8], late: u64) -> crate::correlation::Drops {
+    const REQ2: &[u8] = b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut l7 = l7();
+    let (client, server) = loopback_pair();
+    let t2 = late + 10_000;
+    let spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            // The first exchange: the server's records before the client's.
+            data(&server, Direction::Ingress, late, first_req),
+            data(&server, Direction::Egress, late + 1_000, RESP),
+            data(&client, Direction::Egress, 1_000, first_req),
+            data(&client, Direction::Ingress, late + 2_000, RESP),
+            // The second, in order.
+            data(&client, Direction::Egress, t2, REQ2),
+            data(&server, Direction::Ingress, t2 + 1_000, REQ2),
+            data(&server, Direction::Egress, t2 + 2_000, RESP),
+            data(&client, Direction::Ingress, t2 + 3_000, RESP),
+        ],
+    );
+    let mut spans = spans;
+    l7.release_held(None, &mut spans);
+    let second = |kind: crate::spans::SpanKind| {
+        spans
+            .iter()
+            .find(|s| s.kind == kind && s.name.contains("second"))
+            .unwrap_or_else(|| panic!("no {kind:?} span of /second in {spans:?}"))
+    };
+    let (srv, cli) = (
+        second(crate::spans::SpanKind::Server),
+        second(crate::spans::SpanKind::Client),
+    );
+    assert_eq!(srv.parent_span_id, Some(cli.span_id), "{spans:#?}");
+    assert_eq!(srv.trace_id, cli.trace_id);
+    l7.drops()
+}
+
+#[test]
+fn a_late_client_of_a_request_with_a_traceparent_is_not_handed_to_the_next() {
+    // Found by the VM matrix on 6.1 (TCG): the late client record of a
+    // request that carried a traceparent was queued for the server, and the
+    // connection's next request popped it.
+    const TP_REQ: &[u8] = b"GET /first HTTP/1.1\r\nHost: x\r\n\
+        traceparent: 00-0000000000000000000000000000001d-000000000000001e-01\r\n\r\n";
+    let drops = next_request_keeps_its_own_parent(TP_REQ, 5_000);
+    assert_eq!(drops.late_partners_missed, 0, "the header linked it");
+}
+
+#[test]
+fn a_partner_too_late_is_not_handed_to_the_next_request() {
+    let drops = next_request_keeps_its_own_parent(REQ, LATE_PARTNER_WINDOW_NS + 10_000);
+    assert_eq!(drops.late_partners_missed, 1);
+}
