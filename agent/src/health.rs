@@ -27,7 +27,7 @@ pub fn health_fn(
         let d = pipeline.drops();
         let counts = pipeline.counts();
         let t = pipeline.telemetry();
-        let (graph_evicted, resources_evicted) = pipeline.telemetry_drops();
+        let (graph_evicted, resources_evicted, self_time_evicted) = pipeline.telemetry_drops();
         let disp = &pipeline.dispatch;
         let (refused_series, expired_series) = registry
             .lock()
@@ -69,6 +69,7 @@ pub fn health_fn(
             drop("tick_marks", d.tick_marks),
             drop("graph_pending", graph_evicted),
             drop("resource_cache", resources_evicted),
+            drop("self_time_pending", self_time_evicted),
             drop("kernel_commands", pipeline.commands_dropped.load(Relaxed)),
             drop("export_queue", export.spans_dropped_queue.load(Relaxed)),
             drop("export_failed", export.spans_dropped_failed.load(Relaxed)),

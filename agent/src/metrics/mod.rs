@@ -90,6 +90,18 @@ pub const MESSAGING_PROCESS_DURATION: Instrument = Instrument {
     description: "Duration of processing a delivered message, delivery to acknowledgement.",
     buckets: DB_DURATION_BUCKETS,
 };
+/// Where the time goes: a request's duration minus the time its calls
+/// covered (`telemetry/self_time.rs`). Downstream time is the RED duration
+/// minus this.
+pub const REQUEST_SELF_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
+    name: "sonde.request.self.duration",
+    prom_name: "sonde_request_self_duration_seconds",
+    unit: "s",
+    description: "Time of a served HTTP request or processed message not covered by the \
+        calls it made (its duration minus the union of its calls' intervals).",
+    buckets: DURATION_BUCKETS,
+};
 pub const MESSAGING_SENT: Instrument = Instrument {
     kind: InstrumentKind::Counter,
     name: "messaging.client.sent.messages",

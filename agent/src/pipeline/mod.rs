@@ -61,7 +61,7 @@ impl PipelineConfig {
 }
 
 /// The indexes `sonde_pipeline_entries{index}` reports.
-pub const ENTRY_INDEXES: [&str; 11] = [
+pub const ENTRY_INDEXES: [&str; 12] = [
     "connections",
     "in_flight",
     "stitch_queued",
@@ -73,6 +73,7 @@ pub const ENTRY_INDEXES: [&str; 11] = [
     "deliveries",
     "graph_pending",
     "tick_threads",
+    "self_time_pending",
 ];
 
 /// Counters of the stages, published after every batch for `/metrics`.
@@ -84,10 +85,11 @@ pub struct PipelineStats {
     telemetry: [AtomicU64; 4],
     graph_evicted: AtomicU64,
     resources_evicted: AtomicU64,
+    self_time_evicted: AtomicU64,
     /// Release commands dropped because the command channel was full.
     pub commands_dropped: AtomicU64,
     /// Entries held by the stages' indexes now, per [`ENTRY_INDEXES`].
-    pub entries: [AtomicU64; 11],
+    pub entries: [AtomicU64; 12],
 }
 
 impl PipelineStats {
@@ -127,11 +129,12 @@ impl PipelineStats {
         }
     }
 
-    /// (graph halves evicted, cached resources evicted).
-    pub fn telemetry_drops(&self) -> (u64, u64) {
+    /// (graph halves, cached resources, requests' pending calls) evicted.
+    pub fn telemetry_drops(&self) -> (u64, u64, u64) {
         (
             self.graph_evicted.load(Relaxed),
             self.resources_evicted.load(Relaxed),
+            self.self_time_evicted.load(Relaxed),
         )
     }
 }
@@ -204,9 +207,10 @@ impl Pipeline {
     }
 
     /// Entries held by every stage's indexes (bounded, cleaned on close).
-    pub fn entries(&self) -> [usize; 11] {
+    pub fn entries(&self) -> [usize; 12] {
         let [in_flight, queued, clients, waits, servers, nat, holds, deliveries, ticks] =
             self.correlation.entries();
+        let (graph, self_time) = self.telemetry.entries();
         [
             self.dispatch.len(),
             in_flight,
@@ -217,8 +221,9 @@ impl Pipeline {
             nat,
             holds,
             deliveries,
-            self.telemetry.entries(),
+            graph,
             ticks,
+            self_time,
         ]
     }
 
@@ -259,9 +264,10 @@ impl Pipeline {
         ]) {
             a.store(v, Relaxed);
         }
-        let (graph, resources) = self.telemetry.drops();
+        let (graph, resources, self_time) = self.telemetry.drops();
         s.graph_evicted.store(graph, Relaxed);
         s.resources_evicted.store(resources, Relaxed);
+        s.self_time_evicted.store(self_time, Relaxed);
         for (a, v) in s.entries.iter().zip(self.entries()) {
             a.store(v as u64, Relaxed);
         }

@@ -758,3 +758,58 @@ fn a_partner_too_late_is_not_handed_to_the_next_request() {
     let drops = next_request_keeps_its_own_parent(REQ, LATE_PARTNER_WINDOW_NS + 10_000);
     assert_eq!(drops.late_partners_missed, 1);
 }
+
+/// Where the time goes: a request of 10 ms made two concurrent calls, 2..6
+/// and 3..8 ms; its self time is 10 - 6 = 4 ms (the overlap counts once),
+/// next to its 10 ms RED duration.
+#[test]
+fn a_requests_self_time_leaves_out_its_concurrent_calls_once() {
+    const MS: u64 = 1_000_000;
+    let registry = Registry::shared(0);
+    let mut l7 = L7 {
+        p: Pipeline::new(PipelineConfig::new(registry.clone(), Sampler::AlwaysOn)),
+        commands: vec![],
+    };
+    let api = conn(1, 200, Role::Server, "127.0.0.1:80", "10.0.0.9:4000", "api");
+    let a = conn(2, 200, Role::Client, "127.0.0.1:5001", "10.0.0.7:80", "api");
+    let b = conn(3, 200, Role::Client, "127.0.0.1:5002", "10.0.0.8:80", "api");
+    let call = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+    let mut spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(api.clone()),
+            StreamEvent::Open(a.clone()),
+            StreamEvent::Open(b.clone()),
+            // Server span: read exit (10 ns after `at`) to write exit.
+            data(&api, Direction::Ingress, 1_000 * MS - 10, &call("/work")),
+            data(&a, Direction::Egress, 1_002 * MS, &call("/a")),
+            data(&b, Direction::Egress, 1_003 * MS, &call("/b")),
+            data(&a, Direction::Ingress, 1_006 * MS - 10, RESP),
+            data(&b, Direction::Ingress, 1_008 * MS - 10, RESP),
+            data(&api, Direction::Egress, 1_010 * MS - 10, RESP),
+        ],
+    );
+    l7.release_held(None, &mut spans);
+    let server = spans
+        .iter()
+        .find(|s| s.name == "GET /work")
+        .expect("server span");
+    for c in spans
+        .iter()
+        .filter(|s| s.kind == crate::spans::SpanKind::Client)
+    {
+        assert_eq!(c.parent_span_id, Some(server.span_id), "{spans:#?}");
+    }
+    let text = crate::metrics::prometheus::render(&registry.lock().unwrap(), &[]);
+    let sum = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("http_route=\"/work\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+    };
+    let own = sum("sonde_request_self_duration_seconds_sum");
+    let total = sum("http_server_request_duration_seconds_sum");
+    assert!((total - 0.010).abs() < 1e-6, "{total}");
+    assert!((own - 0.004).abs() < 1e-6, "self {own}: {text}");
+}

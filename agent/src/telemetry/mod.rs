@@ -3,6 +3,7 @@
 //! are recorded for every record; spans only for sampled ones.
 pub mod graph;
 pub mod red;
+pub mod self_time;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub struct Telemetry {
     clock: Clock,
     http_opts: HttpSpanOptions,
     graph: graph::Pending,
+    self_time: self_time::SelfTime,
     /// When metric series were last checked for expiry.
     expired_at: std::time::Instant,
     pub counts: TelemetryCounts,
@@ -52,20 +54,25 @@ impl Telemetry {
             clock,
             http_opts,
             graph: graph::Pending::default(),
+            self_time: self_time::SelfTime::default(),
             expired_at: std::time::Instant::now(),
             counts: TelemetryCounts::default(),
         }
     }
 
     /// Entries dropped by telemetry's bounded indexes: (server halves of
-    /// graph edges, cached resources).
-    pub fn drops(&self) -> (u64, u64) {
-        (self.graph.evicted, self.resources.evicted)
+    /// graph edges, cached resources, requests' pending calls).
+    pub fn drops(&self) -> (u64, u64, u64) {
+        (
+            self.graph.evicted,
+            self.resources.evicted,
+            self.self_time.evicted,
+        )
     }
 
-    /// Entries held (halves of graph edges).
-    pub fn entries(&self) -> usize {
-        self.graph.entries()
+    /// Entries held: (halves of graph edges, requests with pending calls).
+    pub fn entries(&self) -> (usize, usize) {
+        (self.graph.entries(), self.self_time.entries())
     }
 
     /// Ends the waits of graph-edge halves whose other half never came.
@@ -117,6 +124,12 @@ impl Telemetry {
                 red::http(&mut reg, &conn, ex, secs, &resource);
                 let at = ex.response.last.exit_ns;
                 if server {
+                    let calls = self.self_time.request_done(ctx.span_id, start, at);
+                    red::http_self(&mut reg, ex, own(secs, calls), &resource);
+                } else if let Some(parent) = ctx.parent_span_id {
+                    self.self_time.call_done(parent, start, at);
+                }
+                if server {
                     if let Some(parent) = ctx.parent_span_id {
                         self.graph.server_done(
                             &mut reg,
@@ -145,6 +158,10 @@ impl Telemetry {
                 self.counts.db_calls += 1;
                 let secs = secs(call.first.enter_ns, call.last.exit_ns);
                 red::db(&mut reg, &conn, call, secs, &resource);
+                if let Some(parent) = ctx.parent_span_id {
+                    self.self_time
+                        .call_done(parent, call.first.enter_ns, call.last.exit_ns);
+                }
                 let peer = peer.as_ref().map(|p| self.resources.get(p));
                 let done = (secs, call.error.is_some());
                 let wait = (false, call.last.exit_ns);
@@ -172,6 +189,10 @@ impl Telemetry {
                 else {
                     return;
                 };
+                if let Some(parent) = ctx.parent_span_id {
+                    self.self_time
+                        .call_done(parent, first.enter_ns, last.exit_ns);
+                }
                 let error = red::publish_error(*confirmed, returned);
                 red::messaging(
                     &mut reg,
@@ -194,6 +215,10 @@ impl Telemetry {
                     None,
                     &resource,
                 );
+                let calls = self
+                    .self_time
+                    .request_done(ctx.span_id, d.start_ns, d.end_ns);
+                red::process_self(&mut reg, &dest, own(secs, calls), &resource);
                 if let Some(p) = &d.publish {
                     let failed =
                         !matches!(d.outcome, Outcome::Ack | Outcome::AutoAck | Outcome::Lost);
@@ -222,6 +247,10 @@ impl Telemetry {
                 else {
                     return;
                 };
+                if let Some(parent) = ctx.parent_span_id {
+                    self.self_time
+                        .call_done(parent, first.enter_ns, last.exit_ns);
+                }
                 let got = msg.is_some();
                 red::messaging(
                     &mut reg,
@@ -321,6 +350,12 @@ impl Telemetry {
             }
         })
     }
+}
+
+/// A request's own seconds: its duration less the nanoseconds its calls
+/// covered.
+fn own(secs: f64, calls_ns: u64) -> f64 {
+    (secs - calls_ns as f64 / 1e9).max(0.0)
 }
 
 /// Seconds from `start` to `end` (CLOCK_MONOTONIC ns; an end before its

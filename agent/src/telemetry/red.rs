@@ -58,6 +58,37 @@ pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource
     );
 }
 
+/// A served request's self time (`self_time.rs`), by method and route.
+pub fn http_self(reg: &mut Registry, ex: &Exchange, secs: f64, resource: &Arc<Resource>) {
+    let labels: Labels = vec![
+        (
+            "http.request.method",
+            spans::http::method(&ex.request.head.method).0,
+        ),
+        ("http.route", route::route(&ex.request.head.target)),
+    ];
+    reg.record(&metrics::REQUEST_SELF_DURATION, resource, labels, secs);
+}
+
+/// A processed message's self time, by queue.
+pub fn process_self(reg: &mut Registry, dest: &str, secs: f64, resource: &Arc<Resource>) {
+    let labels: Labels = vec![
+        ("messaging.system", "rabbitmq".into()),
+        ("messaging.operation.name", "process".into()),
+        ("messaging.destination.name", destination(dest)),
+    ];
+    reg.record(&metrics::REQUEST_SELF_DURATION, resource, labels, secs);
+}
+
+/// A queue's name in metrics: the default exchange's by its name.
+fn destination(dest: &str) -> String {
+    if dest.is_empty() {
+        "amq.default".into()
+    } else {
+        dest.to_string()
+    }
+}
+
 pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: &Arc<Resource>) {
     let mut labels: Labels = vec![("db.system.name", call.system.as_str().to_string())];
     if !call.operation.is_empty() {
@@ -126,14 +157,7 @@ pub fn messaging(
     let mut labels: Labels = vec![
         ("messaging.system", "rabbitmq".into()),
         ("messaging.operation.name", name.into()),
-        (
-            "messaging.destination.name",
-            if dest.is_empty() {
-                "amq.default".into()
-            } else {
-                dest.to_string()
-            },
-        ),
+        ("messaging.destination.name", destination(dest)),
     ];
     if let Some(e) = error {
         labels.push(("error.type", e.to_string()));
