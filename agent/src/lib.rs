@@ -28,4 +28,5 @@ pub mod run;
 pub mod session;
 pub mod spans;
 pub mod stats;
+pub mod status;
 pub mod telemetry;

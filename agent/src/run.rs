@@ -9,7 +9,7 @@ use std::{
 use crate::{
     cli::RunArgs,
     clock::{monotonic_now, Clock},
-    config::{self, FileConfig, RunConfig},
+    config::{self, FileConfig},
     export::{batch, otlp, proto},
     metrics::{Registry, SharedRegistry},
     pipeline::{self, Pipeline, PipelineConfig},
@@ -141,6 +141,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot start the pipeline thread: {e}")),
     };
+    let prometheus = listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = listener {
         let addr = l.local_addr().ok();
         let health = crate::health::health_fn(
@@ -158,7 +159,17 @@ pub async fn run(args: RunArgs) -> ExitCode {
             }
         });
     }
-    describe(&cfg);
+    eprint!(
+        "{}",
+        crate::status::Status {
+            probes: &session.probe_report,
+            pids: &args.capture.pids,
+            cgroups: &args.capture.cgroups,
+            cfg: &cfg,
+            prometheus,
+        }
+        .render()
+    );
     let attached = session
         .probe_report
         .iter()
@@ -223,12 +234,6 @@ pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into())
-}
-
-fn describe(cfg: &RunConfig) {
-    if cfg.traces.is_none() {
-        tracing::info!("no OTLP endpoint configured (OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint): printing spans to stdout");
-    }
 }
 
 async fn metric_loop(

@@ -122,6 +122,18 @@ fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
         !seen.contains('\x1b'),
         "colour codes in a log that is not a terminal:\n{seen}"
     );
+    for line in [
+        "is capturing",
+        "\n  probes   ",
+        "\n  traced   ",
+        "\n  spans    ",
+        "\n  metrics  ",
+    ] {
+        assert!(
+            seen.contains(line),
+            "no {line:?} in the status block:\n{seen}"
+        );
+    }
     // Keep draining stderr so sonde never blocks on a full pipe; with
     // SONDE_TEST_AGENT_LOG=<file> the agent's log is kept there.
     let keep = std::env::var_os("SONDE_TEST_AGENT_LOG")
