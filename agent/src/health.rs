@@ -47,6 +47,7 @@ pub fn health_fn(
         let drop = |stage: &'static str, v: u64| {
             c("sonde_dropped_total", DROPS, vec![("stage", stage)], v)
         };
+        let probes = kernel.programs.runtime();
         let mut m = vec![
             c("sonde_kernel_events_total", "Records the kernel wrote to the ring buffer.", vec![], k.events),
             c("sonde_events_read_total", "Records user space read from the ring buffer.", vec![], u.ringbuf_records),
@@ -143,6 +144,23 @@ pub fn health_fn(
                 l(),
                 p.gave_up.load(Relaxed),
             ));
+        }
+        for p in probes {
+            let labels = || vec![("program", p.program.clone())];
+            m.push(HealthMetric {
+                name: "sonde_probe_run_seconds_total",
+                help: "Time the kernel spent in this eBPF program while kernel.bpf_stats_enabled was 1.",
+                kind: "counter",
+                labels: labels(),
+                value: p.run_time_ns as f64 / 1e9,
+            });
+            m.push(HealthMetric {
+                name: "sonde_probe_runs_total",
+                help: "Runs of this eBPF program while kernel.bpf_stats_enabled was 1.",
+                kind: "counter",
+                labels: labels(),
+                value: p.runs as f64,
+            });
         }
         m
     })

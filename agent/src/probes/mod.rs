@@ -7,6 +7,7 @@ pub mod cost;
 pub mod goruntime;
 pub mod layout;
 pub mod programs;
+pub mod runtime;
 pub mod tracefs;
 
 use std::path::PathBuf;
@@ -455,11 +456,18 @@ impl Probes {
         }
     }
 
-    /// Takes the per-CPU counters.
+    /// Takes the per-CPU counters, with the ids of the programs loaded now
+    /// (for their run times).
     pub fn take_stats(&mut self) -> KernelStats {
         let map = self.ebpf.take_map(map_names::STATS).expect("STATS map");
+        let programs = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((p.info().ok()?.id(), name.to_string())))
+            .collect();
         KernelStats {
             map: PerCpuArray::try_from(map).expect("STATS is a per-CPU array"),
+            programs: runtime::ProgramIds(programs),
         }
     }
 }
@@ -567,6 +575,8 @@ impl SocketRegistry for KernelSockets {
 /// The kernel-side counters, summed over CPUs.
 pub struct KernelStats {
     map: PerCpuArray<MapData, u64>,
+    /// The programs loaded when the counters were taken.
+    pub programs: runtime::ProgramIds,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]

@@ -41,6 +41,7 @@ fn main() {
             t("sigterm_flushes_queued_spans", sigterm_flush),
             t("no_backend_prints_spans_and_serves_metrics", no_backend),
             t("stdout_trees_one_per_request_eight_in_flight", stdout_trees),
+            t("probe_cost_and_self_time_on_metrics", probe_cost),
         ],
     )
     .exit();
@@ -733,4 +734,71 @@ fn stdout_trees() {
         (0..40).collect::<Vec<u32>>(),
         "one tree per request:\n{text}"
     );
+}
+
+/// Restores `kernel.bpf_stats_enabled` when dropped.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> BpfStats {
+        let old = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, "1").unwrap();
+        BpfStats(old)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
+}
+
+/// With `kernel.bpf_stats_enabled` on, `/metrics` reports what each probe
+/// cost; and every served request has its self time recorded.
+fn probe_cost() {
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let _stats = BpfStats::on();
+    let _sonde = sonde(&["--prometheus-listen", &listen], &[]);
+    let port = free_port();
+    let _server = python_server(port, "cost-web");
+    let (_, calls) = python_client(port, 30);
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let text = loop {
+        let text = http_get(&listen, "/metrics").unwrap();
+        let served = value(
+            &text,
+            "sonde_request_self_duration_seconds_count{service_name=\"cost-web\"",
+        );
+        if served as usize == calls.len() {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "self times: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let runs = value(&text, "sonde_probe_runs_total{program=\"sys_exit_read\"}");
+    let secs = value(
+        &text,
+        "sonde_probe_run_seconds_total{program=\"sys_exit_read\"}",
+    );
+    assert!(runs >= calls.len() as f64, "runs {runs}: {text}");
+    assert!(secs > 0.0, "{text}");
+    // Its self time is its duration: the fixture calls nothing.
+    let own = value(
+        &text,
+        "sonde_request_self_duration_seconds_sum{service_name=\"cost-web\"",
+    );
+    let total = value(
+        &text,
+        "http_server_request_duration_seconds_sum{service_name=\"cost-web\"",
+    );
+    assert!((own - total).abs() < 1e-9, "self {own} != total {total}");
 }
