@@ -33,6 +33,10 @@ pub use opentelemetry_proto::tonic as proto;
 pub struct Store {
     traces: Mutex<Vec<ExportTraceServiceRequest>>,
     metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
+    /// Count spans and keep nothing (a benchmark's sink: its memory and CPU
+    /// stay flat whatever the rate).
+    discard: bool,
+    spans_received: std::sync::atomic::AtomicU64,
 }
 
 /// A span with the attributes of its resource, flattened for assertions.
@@ -98,6 +102,40 @@ pub struct ReceivedPoint {
 }
 
 impl Store {
+    /// A store that counts spans and keeps nothing.
+    pub fn discarding() -> Store {
+        Store {
+            discard: true,
+            ..Store::default()
+        }
+    }
+
+    /// Spans received so far (kept or not).
+    pub fn spans_received(&self) -> u64 {
+        self.spans_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add_traces(&self, r: ExportTraceServiceRequest) {
+        let n: usize = r
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.spans_received
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if !self.discard {
+            self.traces.lock().unwrap().push(r);
+        }
+    }
+
+    fn add_metrics(&self, r: ExportMetricsServiceRequest) {
+        if !self.discard {
+            self.metrics.lock().unwrap().push(r);
+        }
+    }
+
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         let mut out = vec![];
         for req in self.traces.lock().unwrap().iter() {
@@ -162,7 +200,7 @@ impl TraceService for Svc {
         &self,
         req: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.traces.lock().unwrap().push(req.into_inner());
+        self.0.add_traces(req.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -173,7 +211,7 @@ impl MetricsService for Svc {
         &self,
         req: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.0.metrics.lock().unwrap().push(req.into_inner());
+        self.0.add_metrics(req.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
@@ -181,7 +219,7 @@ impl MetricsService for Svc {
 async fn http_traces(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCode, Vec<u8>) {
     match ExportTraceServiceRequest::decode(body) {
         Ok(r) => {
-            store.traces.lock().unwrap().push(r);
+            store.add_traces(r);
             (
                 StatusCode::OK,
                 ExportTraceServiceResponse::default().encode_to_vec(),
@@ -194,7 +232,7 @@ async fn http_traces(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCod
 async fn http_metrics(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCode, Vec<u8>) {
     match ExportMetricsServiceRequest::decode(body) {
         Ok(r) => {
-            store.metrics.lock().unwrap().push(r);
+            store.add_metrics(r);
             (
                 StatusCode::OK,
                 ExportMetricsServiceResponse::default().encode_to_vec(),
@@ -275,5 +313,36 @@ impl Drop for Receiver {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+
+    use super::*;
+
+    fn request(n: usize) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default(); n],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn a_discarding_store_counts_and_keeps_nothing() {
+        let s = Store::discarding();
+        s.add_traces(request(3));
+        s.add_traces(request(2));
+        assert_eq!(s.spans_received(), 5);
+        assert!(s.spans().is_empty());
+        let kept = Store::default();
+        kept.add_traces(request(3));
+        assert_eq!((kept.spans_received(), kept.spans().len()), (3, 3));
     }
 }

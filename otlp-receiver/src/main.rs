@@ -1,16 +1,25 @@
-//! `sonde-otlp-receiver [GRPC_ADDR] [HTTP_ADDR]`: prints each received span
-//! as one line. Defaults: 127.0.0.1:4317 and 127.0.0.1:4318.
+//! `sonde-otlp-receiver [--discard] [GRPC_ADDR] [HTTP_ADDR]`: prints each
+//! received span as one line; with `--discard`, only counts them (once a
+//! second, on stderr: a benchmark's sink). Defaults: 127.0.0.1:4317 and
+//! 127.0.0.1:4318.
 use std::{sync::Arc, time::Duration};
 
 use sonde_otlp_receiver::{Receiver, Store};
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let discard = args.iter().any(|a| a == "--discard");
+    args.retain(|a| a != "--discard");
+    let mut args = args.into_iter();
     let grpc = args.next().unwrap_or_else(|| "127.0.0.1:4317".into());
     let http = args.next().unwrap_or_else(|| "127.0.0.1:4318".into());
     let parse = |s: &str| s.parse().unwrap_or_else(|e| panic!("address {s:?}: {e}"));
-    let store = Arc::new(Store::default());
+    let store = Arc::new(if discard {
+        Store::discarding()
+    } else {
+        Store::default()
+    });
     let r = Receiver::start(parse(&grpc), parse(&http), store.clone())
         .await
         .expect("bind");
@@ -18,6 +27,12 @@ async fn main() {
         "OTLP receiver: gRPC on {}, HTTP on {}",
         r.grpc_addr, r.http_addr
     );
+    if discard {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            eprintln!("spans received: {}", store.spans_received());
+        }
+    }
     let mut seen = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;

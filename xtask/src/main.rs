@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything a fresh machine needs to build, test and
 //! run sonde, done by the repo itself.
 mod apt;
+mod bench;
 mod demo;
 mod docker;
 mod fuzz;
@@ -94,6 +95,23 @@ enum Task {
         #[arg(long)]
         runs: Option<u64>,
     },
+    /// What sonde costs the services it watches: wrk against nginx and a
+    /// Python server, bare and under sonde (metrics only, OTLP export),
+    /// alternated over rounds; prints one table per workload.
+    Bench {
+        /// Only this workload (nginx, python); repeatable.
+        #[arg(long = "workload")]
+        workloads: Vec<String>,
+        /// Rounds of the three arms.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of load per arm and round.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// wrk connections [default: 32 for nginx, 16 for python].
+        #[arg(long)]
+        connections: Option<u32>,
+    },
     /// Build and run `sonde` (default: `sonde run`) as root.
     Run {
         #[arg(long)]
@@ -145,6 +163,19 @@ fn main() {
             targets,
             seconds,
             runs,
+        }),
+        Task::Bench {
+            workloads,
+            rounds,
+            seconds,
+            connections,
+        } => toolchain::setup(false).and_then(|()| {
+            bench::bench(&bench::Options {
+                workloads,
+                rounds,
+                seconds,
+                connections,
+            })
         }),
         Task::Run { release, args } => {
             toolchain::setup(false).and_then(|()| run::run(release, &args))

@@ -1,0 +1,617 @@
+//! `cargo xtask bench`: what sonde costs the services it watches, side by
+//! side. Each workload runs under wrk in three arms, alternated round by
+//! round: bare (no agent), sonde with metrics only, and sonde exporting
+//! OTLP to a discarding receiver (`sonde-otlp-receiver --discard`, whose
+//! CPU is reported apart). One table per workload: medians over the rounds,
+//! with the spread.
+//!
+//! The probes' own cost comes from the kernel (`kernel.bpf_stats_enabled`,
+//! on for the run and restored after): run time per program run, from
+//! sonde's `/metrics`.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{apt, run};
+
+pub struct Options {
+    pub workloads: Vec<String>,
+    pub rounds: usize,
+    pub seconds: u64,
+    pub connections: Option<u32>,
+}
+
+const WORKLOADS: [&str; 2] = ["nginx", "python"];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Arm {
+    Bare,
+    Metrics,
+    Otlp,
+}
+
+const ARMS: [Arm; 3] = [Arm::Bare, Arm::Metrics, Arm::Otlp];
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Bare => "bare",
+            Arm::Metrics => "sonde, metrics only",
+            Arm::Otlp => "sonde, OTLP export",
+        }
+    }
+}
+
+/// One arm's run of one round.
+#[derive(Default, Clone, Debug)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    agent_mcpu: f64,
+    receiver_mcpu: f64,
+    rss_mb: f64,
+    events: f64,
+    probe_ns: f64,
+    drops: f64,
+    spans: f64,
+}
+
+pub fn bench(opts: &Options) -> Result<()> {
+    if apt::effective_uid() != 0 {
+        bail!("the bench loads sonde's probes: run it as root (sudo -E cargo xtask bench)");
+    }
+    if let Some(bad) = opts
+        .workloads
+        .iter()
+        .find(|w| !WORKLOADS.contains(&w.as_str()))
+    {
+        bail!(
+            "no workload {bad:?}: the bench has {}",
+            WORKLOADS.join(", ")
+        );
+    }
+    apt::ensure(&["wrk", "nginx"])?;
+    run::build(true)?;
+    run::sh(run::cargo().args(["build", "--release", "--package", "sonde-otlp-receiver"]))?;
+    let bin = run::target_dir().join("release");
+    let _stats = BpfStats::on()?;
+    let tck = clock_ticks()?;
+    let workloads: Vec<&str> = if opts.workloads.is_empty() {
+        WORKLOADS.to_vec()
+    } else {
+        opts.workloads.iter().map(String::as_str).collect()
+    };
+    let mut report = String::new();
+    for w in workloads {
+        let server = Server::start(w)?;
+        let conns = opts
+            .connections
+            .unwrap_or(if w == "nginx" { 32 } else { 16 });
+        // Warm the server up (and the page cache), untimed.
+        wrk(&server.url, conns, 2)?;
+        let mut samples: Vec<(Arm, Sample)> = vec![];
+        for round in 0..opts.rounds {
+            // Alternate the order, so that no arm always runs first.
+            let mut arms = ARMS;
+            arms.rotate_left(round % ARMS.len());
+            for arm in arms {
+                eprintln!("xtask: bench {w}, round {}, {}", round + 1, arm.name());
+                let s = measure(&bin, arm, &server.url, conns, opts.seconds, tck)?;
+                samples.push((arm, s));
+            }
+        }
+        report += &table(w, conns, opts, &samples);
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> Result<Sample> {
+    let receiver = match arm {
+        Arm::Otlp => Some(Receiver::start(&bin.join("sonde-otlp-receiver"))?),
+        _ => None,
+    };
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let agent = match arm {
+        Arm::Bare => None,
+        _ => Some(Agent::start(
+            &bin.join("sonde"),
+            &metrics,
+            receiver.as_ref().map(|r| r.grpc.as_str()),
+        )?),
+    };
+    let before = agent.as_ref().map(|a| a.reading(&metrics)).transpose()?;
+    let recv_before = receiver
+        .as_ref()
+        .map(|r| cpu_ticks(r.child.id()))
+        .transpose()?;
+    let started = Instant::now();
+    let out = wrk(url, conns, secs)?;
+    let wall = started.elapsed().as_secs_f64();
+    let after = agent.as_ref().map(|a| a.reading(&metrics)).transpose()?;
+    let mut s = parse_wrk(&out).with_context(|| format!("wrk printed:\n{out}"))?;
+    if let (Some(a), Some(b)) = (&after, &before) {
+        s.agent_mcpu = (a.ticks - b.ticks) / tck / wall * 1000.0;
+        s.events = a.events - b.events;
+        s.drops = a.drops - b.drops;
+        let runs = a.probe_runs - b.probe_runs;
+        s.probe_ns = if runs > 0.0 {
+            (a.probe_secs - b.probe_secs) / runs * 1e9
+        } else {
+            0.0
+        };
+        s.rss_mb = a.hwm_kib / 1024.0;
+    }
+    if let (Some(r), Some(t0)) = (&receiver, recv_before) {
+        s.receiver_mcpu = (cpu_ticks(r.child.id())? - t0) / tck / wall * 1000.0;
+        // What the agent sends arrives in batches: let the last one land.
+        std::thread::sleep(Duration::from_secs(2));
+        s.spans = r.spans();
+    }
+    drop(agent);
+    drop(receiver);
+    Ok(s)
+}
+
+/// The table of one workload: medians over the rounds, spread in brackets.
+fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) -> String {
+    let of = |arm: Arm, f: fn(&Sample) -> f64| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|(a, _)| *a == arm)
+            .map(|(_, s)| f(s))
+            .collect()
+    };
+    let bare_rps = median(&of(Arm::Bare, |s| s.rps));
+    let bare_p50 = median(&of(Arm::Bare, |s| s.p50_ms));
+    let bare_p99 = median(&of(Arm::Bare, |s| s.p99_ms));
+    let mut t = format!(
+        "\n{workload}: wrk -t2 -c{conns} -d{}s, {} rounds (median [min-max])\n\n\
+         | arm | req/s | x bare | p50 ms | x bare | p99 ms | x bare | agent mCPU | mCPU per 1k req/s | receiver mCPU | peak RSS MB | events/req | probe ns/run | drops | spans/req |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        opts.seconds, opts.rounds
+    );
+    for arm in ARMS {
+        let cell = |f: fn(&Sample) -> f64, digits: usize| spread(&of(arm, f), digits);
+        let rps = median(&of(arm, |s| s.rps));
+        let p50 = median(&of(arm, |s| s.p50_ms));
+        let p99 = median(&of(arm, |s| s.p99_ms));
+        let agent = arm != Arm::Bare;
+        let per_k: Vec<f64> = samples
+            .iter()
+            .filter(|(a, _)| *a == arm)
+            .map(|(_, s)| s.agent_mcpu / (s.rps / 1000.0))
+            .collect();
+        let per_req = |f: fn(&Sample) -> f64| -> Vec<f64> {
+            samples
+                .iter()
+                .filter(|(a, _)| *a == arm)
+                .map(|(_, s)| f(s) / s.requests.max(1) as f64)
+                .collect()
+        };
+        let dash = || "-".to_string();
+        t += &format!(
+            "| {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            arm.name(),
+            cell(|s| s.rps, 0),
+            rps / bare_rps,
+            cell(|s| s.p50_ms, 2),
+            p50 / bare_p50,
+            cell(|s| s.p99_ms, 2),
+            p99 / bare_p99,
+            if agent { cell(|s| s.agent_mcpu, 0) } else { dash() },
+            if agent { spread(&per_k, 1) } else { dash() },
+            if arm == Arm::Otlp { cell(|s| s.receiver_mcpu, 0) } else { dash() },
+            if agent { cell(|s| s.rss_mb, 1) } else { dash() },
+            if agent { spread(&per_req(|s| s.events), 2) } else { dash() },
+            if agent { cell(|s| s.probe_ns, 0) } else { dash() },
+            if agent { cell(|s| s.drops, 0) } else { dash() },
+            if arm == Arm::Otlp { spread(&per_req(|s| s.spans), 2) } else { dash() },
+        );
+    }
+    t
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn spread(v: &[f64], digits: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.d$} [{:.d$}-{:.d$}]", median(v), min, max, d = digits)
+}
+
+/// The server under load, stopped when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(workload: &str) -> Result<Server> {
+        let port = free_port()?;
+        let dir = TempDir::new(workload)?;
+        let child = match workload {
+            "nginx" => {
+                // A small static file, as in the issue's measurement.
+                std::fs::create_dir_all(dir.0.join("www"))?;
+                std::fs::write(dir.0.join("www/index.html"), "x".repeat(612))?;
+                let conf = format!(
+                    "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                     events {{ worker_connections 4096; }}\n\
+                     http {{ access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+                     fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+                     server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n",
+                    d = dir.0.display()
+                );
+                std::fs::write(dir.0.join("nginx.conf"), conf)?;
+                Command::new("nginx")
+                    .args(["-c", &dir.0.join("nginx.conf").display().to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting nginx")?
+            }
+            _ => {
+                let script = repo().join("agent/tests/fixtures/http_server.py");
+                let mut c = Command::new("python3")
+                    .arg(script)
+                    .arg(port.to_string())
+                    .env("OTEL_SERVICE_NAME", "bench-python")
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .context("starting python3")?;
+                let mut l = String::new();
+                BufReader::new(c.stdout.take().expect("piped")).read_line(&mut l)?;
+                if l.trim() != "READY" {
+                    bail!("the Python server did not start: {l:?}");
+                }
+                c
+            }
+        };
+        let path = if workload == "nginx" {
+            "/index.html"
+        } else {
+            "/ok"
+        };
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("{workload} did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Server {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// `sonde run`, started and ready; stopped when dropped.
+struct Agent {
+    child: Child,
+}
+
+/// What the agent's process and `/metrics` say at one moment.
+struct Reading {
+    ticks: f64,
+    hwm_kib: f64,
+    events: f64,
+    drops: f64,
+    probe_secs: f64,
+    probe_runs: f64,
+}
+
+impl Agent {
+    fn start(bin: &Path, metrics: &str, otlp: Option<&str>) -> Result<Agent> {
+        let mut c = Command::new(bin);
+        c.args(["run", "--stdout", "false", "--prometheus-listen", metrics]);
+        for k in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_TRACES_SAMPLER",
+        ] {
+            c.env_remove(k);
+        }
+        if let Some(url) = otlp {
+            c.args(["--otlp-endpoint", url]);
+        }
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut err = BufReader::new(child.stderr.take().expect("piped"));
+        let mut seen = String::new();
+        loop {
+            let mut l = String::new();
+            if err.read_line(&mut l)? == 0 {
+                bail!("sonde exited before capturing:\n{seen}");
+            }
+            seen += &l;
+            if l.contains("capturing;") {
+                break;
+            }
+        }
+        // Keep draining its log, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = vec![];
+            let _ = err.read_to_end(&mut sink);
+        });
+        Ok(Agent { child })
+    }
+
+    fn reading(&self, metrics: &str) -> Result<Reading> {
+        let text = http_get(metrics, "/metrics")?;
+        let sum = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Ok(Reading {
+            ticks: cpu_ticks(self.child.id())?,
+            hwm_kib: hwm_kib(self.child.id())?,
+            events: sum("sonde_kernel_events_total"),
+            drops: sum("sonde_dropped_total{"),
+            probe_secs: sum("sonde_probe_run_seconds_total{"),
+            probe_runs: sum("sonde_probe_runs_total{"),
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// The discarding OTLP receiver; stopped when dropped.
+struct Receiver {
+    child: Child,
+    grpc: String,
+    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Receiver {
+    fn start(bin: &Path) -> Result<Receiver> {
+        let grpc = format!("127.0.0.1:{}", free_port()?);
+        let http = format!("127.0.0.1:{}", free_port()?);
+        let mut child = Command::new(bin)
+            .args(["--discard", &grpc, &http])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let err = BufReader::new(child.stderr.take().expect("piped"));
+        let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let c = counted.clone();
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                if let Some(n) = l.strip_prefix("spans received: ") {
+                    if let Ok(n) = n.trim().parse() {
+                        c.store(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Ok(Receiver {
+            child,
+            grpc: format!("http://{grpc}"),
+            counted,
+        })
+    }
+
+    /// Spans received (as of its last once-a-second report).
+    fn spans(&self) -> f64 {
+        self.counted.load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+fn wrk(url: &str, conns: u32, secs: u64) -> Result<String> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .context("running wrk")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Requests/sec, the 50% and 99% latencies, and the request count.
+fn parse_wrk(out: &str) -> Result<Sample> {
+    let mut s = Sample::default();
+    for l in out.lines() {
+        let l = l.trim();
+        let mut f = l.split_whitespace();
+        match (f.next(), f.next()) {
+            (Some("Requests/sec:"), Some(v)) => s.rps = v.parse()?,
+            (Some("50.000%" | "50%"), Some(v)) => s.p50_ms = millis(v)?,
+            (Some("99.000%" | "99%"), Some(v)) => s.p99_ms = millis(v)?,
+            (Some(n), Some("requests")) => s.requests = n.parse()?,
+            _ => {}
+        }
+    }
+    if s.rps == 0.0 || s.p99_ms == 0.0 {
+        bail!("no throughput or latency in wrk's output");
+    }
+    Ok(s)
+}
+
+/// wrk's `812.00us`, `1.20ms`, `2.01s` in milliseconds.
+fn millis(v: &str) -> Result<f64> {
+    let (n, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = n.parse()?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        u => bail!("unknown unit {u:?} in {v:?}"),
+    })
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces: state is 3rd.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<f64> {
+        f.get(i - 3)
+            .context("short /proc/pid/stat")?
+            .parse::<f64>()
+            .map_err(Into::into)
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Peak resident set size, in KiB.
+fn hwm_kib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmHWM")
+}
+
+fn clock_ticks() -> Result<f64> {
+    let out = Command::new("getconf").arg("CLK_TCK").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// SIGTERM, then SIGKILL after 5 s.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `kernel.bpf_stats_enabled` on for the run, restored when dropped.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> Result<BpfStats> {
+        let old =
+            std::fs::read_to_string(Self::PATH).context("reading kernel.bpf_stats_enabled")?;
+        std::fs::write(Self::PATH, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats(old.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Result<TempDir> {
+        let d = std::env::temp_dir().join(format!("sonde-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d)?;
+        Ok(TempDir(d))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 10s test @ http://127.0.0.1:8080/\n  2 threads and 32 connections\n\
+            \x20 Thread Stats   Avg      Stdev     Max   +/- Stdev\n\
+            \x20   Latency   420.11us  312.40us  12.01ms   91.02%\n\
+            \x20 Latency Distribution\n     50%  352.00us\n     75%  480.00us\n     90%  700.00us\n     99%    1.81ms\n\
+            \x20 751234 requests in 10.00s, 590.12MB read\nRequests/sec:  75120.33\nTransfer/sec:     59.01MB\n";
+        let s = parse_wrk(out).unwrap();
+        assert_eq!(s.requests, 751_234);
+        assert!((s.rps - 75_120.33).abs() < 1e-6);
+        assert!((s.p50_ms - 0.352).abs() < 1e-9);
+        assert!((s.p99_ms - 1.81).abs() < 1e-9);
+        assert!(parse_wrk("nothing").is_err());
+        assert_eq!(millis("2.5s").unwrap(), 2500.0);
+    }
+
+    #[test]
+    fn medians_and_spreads() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(spread(&[3.0, 1.0, 2.0], 1), "2.0 [1.0-3.0]");
+    }
+}
