@@ -275,6 +275,8 @@ impl Server {
                     .arg(port.to_string())
                     .env("OTEL_SERVICE_NAME", "bench-python")
                     .stdout(Stdio::piped())
+                    // wrk resets its connections at the end: tracebacks.
+                    .stderr(Stdio::null())
                     .spawn()
                     .context("starting python3")?;
                 let mut l = String::new();
