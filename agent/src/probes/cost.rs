@@ -4,8 +4,6 @@
 //! an agent runs.
 use std::{collections::BTreeMap, time::Duration};
 
-use aya::programs::loaded_programs;
-
 use super::{
     goruntime::GO_PROBES,
     programs::{KERNEL_IO, TRACEPOINTS},
@@ -45,19 +43,8 @@ fn ours(name: &str) -> bool {
 }
 
 fn sample() -> Result<Sample, String> {
-    let mut s = Sample::new();
-    for p in loaded_programs() {
-        let p = p.map_err(|e| {
-            format!("listing BPF programs failed ({e}); fix: run as root (CAP_SYS_ADMIN)")
-        })?;
-        let Some(name) = p.name_as_str().filter(|n| ours(n)) else {
-            continue;
-        };
-        let e = s.entry(name.to_string()).or_default();
-        e.0 += p.run_time().as_nanos() as u64;
-        e.1 += p.run_count();
-    }
-    Ok(s)
+    super::runtime::sample(|p| p.name_as_str().filter(|n| ours(n)).map(String::from))
+        .map_err(|e| format!("listing BPF programs failed ({e}); fix: run as root (CAP_SYS_ADMIN)"))
 }
 
 /// The cost of each sonde program over `window` (programs whose names
