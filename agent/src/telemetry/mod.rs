@@ -126,10 +126,6 @@ impl Telemetry {
                 if server {
                     let calls = self.self_time.request_done(ctx.span_id, start, at);
                     red::http_self(&mut reg, ex, own(secs, calls), &resource);
-                } else if let Some(parent) = ctx.parent_span_id {
-                    self.self_time.call_done(parent, start, at);
-                }
-                if server {
                     if let Some(parent) = ctx.parent_span_id {
                         self.graph.server_done(
                             &mut reg,
@@ -140,6 +136,7 @@ impl Telemetry {
                         );
                     }
                 } else {
+                    self.self_time.call_done(ctx.parent_span_id, start, at);
                     let peer = peer.as_ref().map(|p| self.resources.get(p));
                     let wait = (*server_read, at);
                     self.graph.client_done(
@@ -158,10 +155,11 @@ impl Telemetry {
                 self.counts.db_calls += 1;
                 let secs = secs(call.first.enter_ns, call.last.exit_ns);
                 red::db(&mut reg, &conn, call, secs, &resource);
-                if let Some(parent) = ctx.parent_span_id {
-                    self.self_time
-                        .call_done(parent, call.first.enter_ns, call.last.exit_ns);
-                }
+                self.self_time.call_done(
+                    ctx.parent_span_id,
+                    call.first.enter_ns,
+                    call.last.exit_ns,
+                );
                 let peer = peer.as_ref().map(|p| self.resources.get(p));
                 let done = (secs, call.error.is_some());
                 let wait = (false, call.last.exit_ns);
@@ -189,10 +187,8 @@ impl Telemetry {
                 else {
                     return;
                 };
-                if let Some(parent) = ctx.parent_span_id {
-                    self.self_time
-                        .call_done(parent, first.enter_ns, last.exit_ns);
-                }
+                self.self_time
+                    .call_done(ctx.parent_span_id, first.enter_ns, last.exit_ns);
                 let error = red::publish_error(*confirmed, returned);
                 red::messaging(
                     &mut reg,
@@ -247,10 +243,8 @@ impl Telemetry {
                 else {
                     return;
                 };
-                if let Some(parent) = ctx.parent_span_id {
-                    self.self_time
-                        .call_done(parent, first.enter_ns, last.exit_ns);
-                }
+                self.self_time
+                    .call_done(ctx.parent_span_id, first.enter_ns, last.exit_ns);
                 let got = msg.is_some();
                 red::messaging(
                     &mut reg,

@@ -25,11 +25,12 @@ pub struct SelfTime {
 }
 
 impl SelfTime {
-    /// A call made for request `parent`, from `start` to `end` (ns).
-    pub fn call_done(&mut self, parent: [u8; 8], start: u64, end: u64) {
-        if end < start {
+    /// A call made for request `parent` (none: a root, ignored), from
+    /// `start` to `end` (ns).
+    pub fn call_done(&mut self, parent: Option<[u8; 8]>, start: u64, end: u64) {
+        let Some(parent) = parent.filter(|_| end >= start) else {
             return;
-        }
+        };
         if !self.calls.contains_key(&parent) {
             while self.calls.len() >= MAX_PARENTS {
                 let Some(old) = self.order.pop_front() else {
@@ -117,9 +118,12 @@ mod tests {
     #[test]
     fn calls_wait_for_their_request_and_are_forgotten_with_it() {
         let mut t = SelfTime::default();
-        t.call_done([1; 8], 10, 40);
-        t.call_done([2; 8], 10, 20);
-        t.call_done([1; 8], 30, 60);
+        t.call_done(Some([1; 8]), 10, 40);
+        t.call_done(Some([2; 8]), 10, 20);
+        t.call_done(Some([1; 8]), 30, 60);
+        t.call_done(None, 0, 100); // a root call: no request waits for it
+        t.call_done(Some([3; 8]), 50, 40); // clocks of two CPUs: ignored
+        assert_eq!(t.entries(), 2);
         assert_eq!(t.request_done([1; 8], 0, 100), 50);
         assert_eq!(t.request_done([1; 8], 0, 100), 0, "forgotten");
         assert_eq!(t.request_done([2; 8], 0, 100), 10);
@@ -130,9 +134,9 @@ mod tests {
     #[test]
     fn a_long_request_does_not_let_the_queue_grow() {
         let mut t = SelfTime::default();
-        t.call_done([0xff; 8], 0, 1); // never done
+        t.call_done(Some([0xff; 8]), 0, 1); // never done
         for i in 0..(5 * MAX_PARENTS as u64) {
-            t.call_done(i.to_be_bytes(), 0, 1);
+            t.call_done(Some(i.to_be_bytes()), 0, 1);
             t.request_done(i.to_be_bytes(), 0, 1);
         }
         assert!(t.order.len() <= 2 * MAX_PARENTS + 1, "{}", t.order.len());
@@ -143,7 +147,7 @@ mod tests {
     fn bounded_oldest_first_and_counted() {
         let mut t = SelfTime::default();
         for i in 0..(MAX_PARENTS as u64 + 10) {
-            t.call_done(i.to_be_bytes(), 0, 1);
+            t.call_done(Some(i.to_be_bytes()), 0, 1);
         }
         assert_eq!(t.entries(), MAX_PARENTS);
         assert_eq!(t.evicted, 10);
@@ -155,7 +159,7 @@ mod tests {
         assert_eq!(t.request_done(10u64.to_be_bytes(), 0, 10), 1);
         // Past the per-parent bound, calls merge into the last interval.
         for i in 0..(MAX_CALLS as u64 + 5) {
-            t.call_done([9; 8], i * 10, i * 10 + 5);
+            t.call_done(Some([9; 8]), i * 10, i * 10 + 5);
         }
         let covered = t.request_done([9; 8], 0, u64::MAX);
         assert!(covered >= (MAX_CALLS as u64) * 5, "{covered}");
