@@ -98,11 +98,7 @@ impl Status<'_> {
         if let Some(t) = &self.cfg.traces {
             to.push(otlp(t));
         }
-        if to.is_empty() {
-            "not exported (no OTLP endpoint, stdout off)".into()
-        } else {
-            to.join(" and ")
-        }
+        listed(to, "not exported (no OTLP endpoint, stdout off)")
     }
 
     fn metrics_line(&self) -> String {
@@ -113,11 +109,16 @@ impl Status<'_> {
         if let Some(t) = &self.cfg.metrics {
             to.push(otlp(t));
         }
-        if to.is_empty() {
-            "not exported (Prometheus off, no OTLP endpoint)".into()
-        } else {
-            to.join(" and ")
-        }
+        listed(to, "not exported (Prometheus off, no OTLP endpoint)")
+    }
+}
+
+/// Where a signal goes, or `none` when nowhere.
+fn listed(to: Vec<String>, none: &str) -> String {
+    if to.is_empty() {
+        none.into()
+    } else {
+        to.join(" and ")
     }
 }
 
