@@ -65,7 +65,12 @@ impl Assembler {
             return None;
         };
         let tree = self.take(&early);
-        self.order.retain(|o| o != &early);
+        // The oldest is at the front: no scan on the bound's common path.
+        if self.order.front() == Some(&early) {
+            self.order.pop_front();
+        } else {
+            self.order.retain(|o| o != &early);
+        }
         tree
     }
 
