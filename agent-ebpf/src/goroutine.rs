@@ -50,14 +50,6 @@ pub struct Slice {
     pub handed: Lineage,
 }
 
-/// A thread in newproc1, and the goroutine that called it (`GO_SPAWNING`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Spawning {
-    pub tid: u32,
-    pub creator: u32,
-}
-
 #[uprobe]
 pub fn go_execute(ctx: ProbeContext) -> u32 {
     let Some((gp, _, _)) = regs(&ctx) else {
@@ -130,13 +122,12 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let Some((_, callergp, _)) = regs(&ctx) else {
         return 0;
     };
-    if let Some(p) = GO_SPAWNING.get_ptr_mut(0) {
-        unsafe {
-            *p = Spawning {
-                tid: bpf_get_current_pid_tgid() as u32,
-                creator: goroutine_id(callergp),
-            }
-        };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if GO_SPAWNING
+        .insert(&tid, &goroutine_id(callergp), 0)
+        .is_err()
+    {
+        crate::maps::count(sonde_common::stat::MAP_FULL);
     }
     0
 }
@@ -148,15 +139,11 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
     };
     // Only the runqput that follows newproc1 on this thread queues a new
     // goroutine; the others (readying, stealing) find nothing here.
-    let Some(p) = GO_SPAWNING.get_ptr_mut(0) else {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(creator) = (unsafe { GO_SPAWNING.get(&tid) }).copied() else {
         return 0;
     };
-    let spawning = unsafe { *p };
-    if spawning.tid == 0 || spawning.tid != bpf_get_current_pid_tgid() as u32 {
-        return 0;
-    }
-    unsafe { (*p).tid = 0 };
-    let creator = spawning.creator;
+    let _ = GO_SPAWNING.remove(&tid);
     let task = goroutine_id(gp);
     // A reused `g` starts a new life: forget what the old one was handed.
     let _ = GO_READIED.remove(&task);
@@ -196,4 +183,5 @@ pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
 pub fn thread_gone(tid: u32) {
     let _ = GO_CURRENT.remove(&tid);
     let _ = GO_SLICE.remove(&tid);
+    let _ = GO_SPAWNING.remove(&tid);
 }

@@ -106,12 +106,13 @@ pub static GO_READIED: LruHashMap<u32, sonde_common::Lineage> =
 #[map]
 pub static GO_SLICE: HashMap<u32, crate::goroutine::Slice> = HashMap::with_max_entries(16384, 0);
 
-/// Go: per CPU, the thread in newproc1 and the goroutine calling it, until
-/// its runqput (both run on the thread's system stack, back to back; a
-/// migration between them loses that one origin).
+/// Go: tid -> the goroutine that called newproc1 on that thread, until the
+/// runqput that follows (both on the thread's system stack, back to back).
+/// Keyed by thread, not by CPU: the kernel may migrate the thread between
+/// the two, which lost that goroutine's origin when this was per CPU.
+/// Cleaned at runqput and with the thread.
 #[map]
-pub static GO_SPAWNING: PerCpuArray<crate::goroutine::Spawning> =
-    PerCpuArray::with_max_entries(1, 0);
+pub static GO_SPAWNING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
 /// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.

@@ -426,6 +426,7 @@ fn go_goroutines() {
     };
     let (mut complete, mut roots, mut wrong) = (0, vec![], vec![]);
     let mut cold = 0;
+    let (mut by_goroutine, mut fallback) = (0, vec![]);
     for id in 0..N + IN_FLIGHT {
         let srv = found.server(&format!("/r/{id}"));
         let mut whole = true;
@@ -436,8 +437,15 @@ fn go_goroutines() {
         ] {
             if c.span.parent_span_id == srv.span.span_id {
                 assert_eq!(c.span.trace_id, srv.span.trace_id);
-                let evidence = c.attr("sonde.link.evidence");
-                assert_eq!(evidence.as_deref(), Some("goroutine"), "/r/{id} {what}");
+                // The goroutine probes must be what links them. When they
+                // have nothing (a `writeLoop` that took the request from the
+                // channel's buffer, without a wakeup: ARCHITECTURE.md, "Per
+                // runtime class"), the only request in flight may still be.
+                match c.attr("sonde.link.evidence").as_deref() {
+                    Some("goroutine") => by_goroutine += 1,
+                    Some("only_in_flight") => fallback.push(format!("/r/{id} {what}")),
+                    other => panic!("/r/{id} {what}: evidence {other:?}"),
+                }
             } else if c.span.parent_span_id.is_empty() {
                 roots.push(format!(
                     "/r/{id} {what} ({})",
@@ -456,9 +464,14 @@ fn go_goroutines() {
         }
     }
     eprintln!(
-        "go goroutines, {N} requests, {IN_FLIGHT} in flight: {complete} complete (cold pool: {cold} of {IN_FLIGHT}), {} calls left roots, {} wrong parents",
+        "go goroutines, {N} requests, {IN_FLIGHT} in flight: {complete} complete (cold pool: {cold} of {IN_FLIGHT}), {} calls left roots, {} wrong parents, {by_goroutine} linked by goroutine, {fallback:?} by the only request in flight",
         roots.len(),
         wrong.len()
+    );
+    assert!(
+        fallback.len() * 50 <= by_goroutine,
+        "{by_goroutine} calls linked by goroutine, {} not: {fallback:?}",
+        fallback.len()
     );
     assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
     // Measured 39 to 40 of 40. A root is a call on a connection the
