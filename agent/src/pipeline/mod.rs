@@ -198,7 +198,7 @@ impl Pipeline {
         self.telemetry
             .expire_series(std::time::Instant::now(), self.series_ttl);
         if let Some(now) = now_ns {
-            self.telemetry.expire_graph(now);
+            self.telemetry.expire_waits(now);
         }
         self.correlation.release_held(now_ns, &mut self.linked);
         for l in self.linked.drain(..) {

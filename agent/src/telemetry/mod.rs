@@ -75,11 +75,13 @@ impl Telemetry {
         (self.graph.entries(), self.self_time.entries())
     }
 
-    /// Ends the waits of graph-edge halves whose other half never came.
-    pub fn expire_graph(&mut self, now_ns: u64) {
+    /// Ends the waits of graph-edge halves whose other half never came, and
+    /// of calls whose request never ended.
+    pub fn expire_waits(&mut self, now_ns: u64) {
         let registry = self.registry.clone();
         let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
         self.graph.expire(&mut reg, now_ns);
+        self.self_time.expire(now_ns);
     }
 
     /// Removes metric series not recorded within `ttl` (checked every 10 s).

@@ -6,21 +6,28 @@
 //! Calls end before the request they were made for (the request answers
 //! after them), so each call's interval is kept under its parent's span id
 //! until the parent ends. Concurrent calls cover time once: the union of
-//! the intervals counts, clipped to the parent's own. Bounded: past
-//! `MAX_PARENTS` parents with pending calls, the oldest are forgotten and
-//! counted in `evicted` (their parents then report a larger self time).
+//! the intervals counts, clipped to the parent's own. Bounded and cleaned:
+//! past `MAX_PARENTS` parents with pending calls the oldest are forgotten,
+//! and so is a parent that has not ended `WAIT_NS` after its first call
+//! ended (a request whose own record was lost, or a parent in another
+//! process); both are counted in `evicted` (such a parent, if it ever
+//! ends, reports a larger self time).
 use std::collections::{HashMap, VecDeque};
 
 /// Parents with calls awaiting them.
 const MAX_PARENTS: usize = 16384;
 /// Calls kept per parent; later ones are merged into the last interval.
 const MAX_CALLS: usize = 256;
+/// How long a parent's calls wait for it after its first call ended.
+pub const WAIT_NS: u64 = 30_000_000_000;
 
 #[derive(Default)]
 pub struct SelfTime {
-    calls: HashMap<[u8; 8], Vec<(u64, u64)>>,
-    /// Parents by first call, for the oldest-first eviction.
-    order: VecDeque<[u8; 8]>,
+    /// Parent -> (end of its first call, its calls).
+    calls: HashMap<[u8; 8], (u64, Vec<(u64, u64)>)>,
+    /// Parents by first call, for the oldest-first eviction and expiry; an
+    /// entry whose time no longer matches the parent's is stale.
+    order: VecDeque<([u8; 8], u64)>,
     pub evicted: u64,
 }
 
@@ -33,21 +40,20 @@ impl SelfTime {
         };
         if !self.calls.contains_key(&parent) {
             while self.calls.len() >= MAX_PARENTS {
-                let Some(old) = self.order.pop_front() else {
+                let Some((old, t)) = self.order.pop_front() else {
                     break;
                 };
-                if self.calls.remove(&old).is_some() {
-                    self.evicted += 1;
-                }
+                self.forget(old, t);
             }
-            self.order.push_back(parent);
+            self.order.push_back((parent, end));
             // Ids of requests done stay queued behind a long one: compact.
             if self.order.len() > 2 * MAX_PARENTS {
                 let calls = &self.calls;
-                self.order.retain(|id| calls.contains_key(id));
+                self.order
+                    .retain(|(id, t)| calls.get(id).is_some_and(|c| c.0 == *t));
             }
         }
-        let v = self.calls.entry(parent).or_default();
+        let (_, v) = self.calls.entry(parent).or_insert((end, vec![]));
         if v.len() < MAX_CALLS {
             v.push((start, end));
         } else if let Some(last) = v.last_mut() {
@@ -60,21 +66,38 @@ impl SelfTime {
     /// Request `span_id` ended: the time of its `(start, end)` that its
     /// calls covered (the rest is its self time). Forgets its calls.
     pub fn request_done(&mut self, span_id: [u8; 8], start: u64, end: u64) -> u64 {
-        let Some(calls) = self.calls.remove(&span_id) else {
+        let Some((_, calls)) = self.calls.remove(&span_id) else {
             return 0;
         };
-        if self.order.front() == Some(&span_id) {
-            self.order.pop_front();
-        }
         // Lazily: ids already removed are skipped when they reach the front.
-        while self
-            .order
-            .front()
-            .is_some_and(|id| !self.calls.contains_key(id))
-        {
+        while self.order.front().is_some_and(|(id, t)| !self.current(id, *t)) {
             self.order.pop_front();
         }
         covered(calls, start, end)
+    }
+
+    /// Forgets, and counts, the parents whose first call ended more than
+    /// `WAIT_NS` before `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        while let Some(&(id, t)) = self.order.front() {
+            if t.saturating_add(WAIT_NS) >= now_ns {
+                break;
+            }
+            self.order.pop_front();
+            self.forget(id, t);
+        }
+    }
+
+    /// Whether `(id, t)` is still the queue entry of a waiting parent.
+    fn current(&self, id: &[u8; 8], t: u64) -> bool {
+        self.calls.get(id).is_some_and(|c| c.0 == t)
+    }
+
+    fn forget(&mut self, id: [u8; 8], t: u64) {
+        if self.current(&id, t) {
+            self.calls.remove(&id);
+            self.evicted += 1;
+        }
     }
 
     /// Parents with pending calls.
@@ -129,6 +152,25 @@ mod tests {
         assert_eq!(t.request_done([2; 8], 0, 100), 10);
         assert_eq!(t.entries(), 0);
         assert_eq!(t.evicted, 0);
+    }
+
+    #[test]
+    fn a_parent_that_never_ends_is_forgotten_after_the_wait_and_counted() {
+        let mut t = SelfTime::default();
+        t.call_done(Some([1; 8]), 10, 40); // its request's record was lost
+        t.call_done(Some([2; 8]), 10, 1_000);
+        t.expire(40 + WAIT_NS);
+        assert_eq!((t.entries(), t.evicted), (2, 0), "not yet");
+        t.expire(41 + WAIT_NS);
+        assert_eq!((t.entries(), t.evicted), (1, 1));
+        assert_eq!(t.request_done([1; 8], 0, 100), 0, "forgotten");
+        assert_eq!(t.request_done([2; 8], 0, 2_000), 990, "still waiting");
+        // A parent forgotten and then seen again starts afresh; the stale
+        // queue entry of its first life does not remove the second.
+        t.call_done(Some([1; 8]), 50, 60);
+        t.expire(41 + WAIT_NS);
+        assert_eq!(t.request_done([1; 8], 0, 100), 10);
+        assert_eq!(t.evicted, 1);
     }
 
     #[test]

@@ -6,12 +6,10 @@ mod json;
 mod lines;
 mod tree;
 
-use std::{
-    io::Write,
-    time::{Duration, Instant},
-};
+use std::{io::Write, time::Instant};
 
-pub use self::{json::json, lines::line, tree::Assembler};
+pub use self::{json::json, lines::line, tree::render};
+use super::assemble::{Assembler, Finished};
 use crate::spans::Span;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -72,7 +70,7 @@ impl<W: Write> Printer<W> {
             }
             Format::Tree => {
                 if let Some(t) = self.trees.push(s, now) {
-                    let _ = self.out.write_all(t.as_bytes());
+                    let _ = self.out.write_all(text(t).as_bytes());
                 }
             }
         }
@@ -82,7 +80,7 @@ impl<W: Write> Printer<W> {
     /// shutdown).
     pub fn poll(&mut self, now: Option<Instant>) {
         for t in self.trees.due(now) {
-            let _ = self.out.write_all(t.as_bytes());
+            let _ = self.out.write_all(text(t).as_bytes());
         }
         let _ = self.out.flush();
     }
@@ -92,14 +90,9 @@ impl<W: Write> Printer<W> {
     }
 }
 
-/// How long a trace whose root has ended waits for late spans (a consumer
-/// of its message, a partner whose record came late).
-pub const QUIET: Duration = Duration::from_millis(1000);
-/// How long a trace with no root span seen (its root is elsewhere, or not
-/// finished) waits after its last span.
-pub const NO_ROOT_IDLE: Duration = Duration::from_secs(3);
-/// The longest any trace is kept from its first span.
-pub const MAX_AGE: Duration = Duration::from_secs(10);
+fn text(t: Finished) -> String {
+    render(&t.id, t.spans, t.late)
+}
 
 #[cfg(test)]
 mod tests;

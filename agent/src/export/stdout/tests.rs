@@ -3,7 +3,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{tree::render, Assembler, Format, Printer, MAX_AGE, NO_ROOT_IDLE, QUIET};
+use super::{tree::render, Format, Printer};
+use crate::export::assemble::{Assembler, Finished, MAX_AGE, NO_ROOT_IDLE, QUIET};
+
+fn texts(traces: Vec<Finished>) -> Vec<String> {
+    traces.into_iter().map(super::text).collect()
+}
 use crate::spans::{Resource, Span, SpanKind, Status, Value};
 
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -141,7 +146,7 @@ fn a_trace_waits_for_its_root_then_for_quiet() {
         a.due(Some(at + QUIET / 2)).is_empty(),
         "printed before quiet"
     );
-    let trees = a.due(Some(at + QUIET));
+    let trees = texts(a.due(Some(at + QUIET)));
     assert_eq!(trees.len(), 1);
     assert_eq!(trees[0].lines().count(), 7, "{}", trees[0]);
     assert!(a.due(None).is_empty(), "printed twice");
@@ -161,7 +166,7 @@ fn a_late_span_prints_as_the_traces_late_spans() {
     );
     // Its root is printed already: it waits NO_ROOT_IDLE, not QUIET.
     assert!(a.due(Some(later + QUIET)).is_empty());
-    let trees = a.due(Some(later + NO_ROOT_IDLE));
+    let trees = texts(a.due(Some(later + NO_ROOT_IDLE)));
     assert_eq!(trees.len(), 1);
     assert!(trees[0].contains("(late spans)"), "{}", trees[0]);
 }
@@ -197,7 +202,7 @@ fn bounds_print_early_and_lose_nothing() {
         let mut s = span("w", Server, "GET /", 1, None, 0, 1);
         s.trace_id[..4].copy_from_slice(&n.to_be_bytes());
         s.parent_span_id = Some([9; 8]); // root elsewhere: never due by QUIET
-        if let Some(tree) = a.push(s, t) {
+        if let Some(tree) = a.push(s, t).map(super::text) {
             assert!(tree.starts_with("trace 00000"), "not the oldest: {tree}");
             printed += 1;
         }
