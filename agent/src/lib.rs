@@ -30,3 +30,4 @@ pub mod spans;
 pub mod stats;
 pub mod status;
 pub mod telemetry;
+pub mod view;

@@ -8,7 +8,11 @@ mod tree;
 
 use std::{io::Write, time::Instant};
 
-pub use self::{json::json, lines::line, tree::render};
+pub use self::{
+    json::json,
+    lines::line,
+    tree::{detail, millis, render, tree_order},
+};
 use super::assemble::{Assembler, Finished};
 use crate::spans::Span;
 

@@ -15,15 +15,6 @@ pub fn render(id: &[u8; 16], mut spans: Vec<Span>, late: bool) -> String {
     spans.sort_by_key(|s| (s.start_unix_ns, s.end_unix_ns));
     let start = spans.iter().map(|s| s.start_unix_ns).min().unwrap_or(0);
     let end = spans.iter().map(|s| s.end_unix_ns).max().unwrap_or(0);
-    let ids: HashSet<[u8; 8]> = spans.iter().map(|s| s.span_id).collect();
-    let mut children: HashMap<[u8; 8], Vec<usize>> = HashMap::new();
-    let mut tops = vec![];
-    for (i, s) in spans.iter().enumerate() {
-        match s.parent_span_id {
-            Some(p) if ids.contains(&p) && p != s.span_id => children.entry(p).or_default().push(i),
-            _ => tops.push(i),
-        }
-    }
     let mut out = String::new();
     let errors = spans.iter().filter(|s| s.is_error()).count();
     let _ = write!(
@@ -43,23 +34,64 @@ pub fn render(id: &[u8; 16], mut spans: Vec<Span>, late: bool) -> String {
         );
     }
     out.push('\n');
-    // Iterative depth-first walk; `seen` guards against a parent cycle in
-    // ids that came from the wire.
+    for (i, depth) in tree_order(&spans) {
+        span_line(&mut out, &spans[i], depth, start);
+    }
+    out
+}
+
+/// Every span once, as (index, depth): each under its parent, children in
+/// the order given (callers sort by start). Spans whose parent is not among
+/// them (the root, or a span whose parent is in another process's agent or
+/// not yet finished) are at depth 0; so are spans only reachable through a
+/// parent cycle in ids that came from the wire.
+pub fn tree_order(spans: &[Span]) -> Vec<(usize, usize)> {
+    let ids: HashSet<[u8; 8]> = spans.iter().map(|s| s.span_id).collect();
+    let mut children: HashMap<[u8; 8], Vec<usize>> = HashMap::new();
+    let mut tops = vec![];
+    for (i, s) in spans.iter().enumerate() {
+        match s.parent_span_id {
+            Some(p) if ids.contains(&p) && p != s.span_id => children.entry(p).or_default().push(i),
+            _ => tops.push(i),
+        }
+    }
+    let mut order = Vec::with_capacity(spans.len());
+    // Iterative depth-first walk; `seen` guards against cycles.
     let mut seen = vec![false; spans.len()];
     let mut stack: Vec<(usize, usize)> = tops.iter().rev().map(|&i| (i, 0)).collect();
     while let Some((i, depth)) = stack.pop() {
         if std::mem::replace(&mut seen[i], true) {
             continue;
         }
-        span_line(&mut out, &spans[i], depth, start);
+        order.push((i, depth));
         if let Some(kids) = children.get(&spans[i].span_id) {
             stack.extend(kids.iter().rev().map(|&k| (k, depth + 1)));
         }
     }
-    // Spans only reachable through a cycle: still printed, at the top.
-    for (i, s) in spans.iter().enumerate() {
+    for (i, _) in spans.iter().enumerate() {
         if !seen[i] {
-            span_line(&mut out, s, 0, start);
+            order.push((i, 0));
+        }
+    }
+    order
+}
+
+/// What a span line adds after the name: the concrete target where the
+/// name holds only a template or a method, and the status code.
+pub fn detail(s: &Span) -> String {
+    let mut out = String::new();
+    match (s.attr("url.path"), s.attr("url.full")) {
+        (Some(Value::Str(p)), _) | (None, Some(Value::Str(p))) if !s.name.ends_with(p.as_str()) => {
+            let _ = write!(out, "{p}");
+        }
+        _ => {}
+    }
+    for (key, prefix) in [("http.response.status_code", ""), ("rpc.grpc.status_code", "grpc=")] {
+        if let Some(code) = s.attr(key) {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            let _ = write!(out, "{prefix}{code}");
         }
     }
     out
@@ -77,18 +109,9 @@ fn span_line(out: &mut String, s: &Span, depth: usize, trace_start: u64) {
         millis(s.start_unix_ns.saturating_sub(trace_start)),
         indent = 2 * (depth + 1),
     );
-    // The concrete target, where the name holds only a template or a method.
-    match (s.attr("url.path"), s.attr("url.full")) {
-        (Some(Value::Str(p)), _) | (None, Some(Value::Str(p))) if !s.name.ends_with(p.as_str()) => {
-            let _ = write!(out, " {p}");
-        }
-        _ => {}
-    }
-    if let Some(code) = s.attr("http.response.status_code") {
-        let _ = write!(out, " {code}");
-    }
-    if let Some(code) = s.attr("rpc.grpc.status_code") {
-        let _ = write!(out, " grpc={code}");
+    let detail = detail(s);
+    if !detail.is_empty() {
+        let _ = write!(out, " {detail}");
     }
     if let Status::Error(m) = &s.status {
         if m.is_empty() {
@@ -101,6 +124,6 @@ fn span_line(out: &mut String, s: &Span, depth: usize, trace_start: u64) {
 }
 
 /// Milliseconds with three decimals: `12.345ms`.
-fn millis(ns: u64) -> String {
+pub fn millis(ns: u64) -> String {
     format!("{}.{:03}ms", ns / 1_000_000, (ns / 1_000) % 1_000)
 }
