@@ -28,9 +28,27 @@ pub enum Command {
     Capture(CaptureCmd),
     /// Report what this kernel allows; exits non-zero if capture is impossible.
     Doctor(DoctorCmd),
+    /// A live view of the node: services, edges, slow and failed traces.
+    /// Runs the capture itself, or reads a running agent with --connect.
+    Top(TopCmd),
     /// Measure what the running agent's kernel programs cost per event
     /// (BPF run-time statistics over a window).
     ProbeCost(ProbeCostCmd),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopCmd {
+    /// Read a running `sonde run` through its view endpoint (its
+    /// --view-listen address, e.g. 127.0.0.1:9465) instead of capturing.
+    /// For a DaemonSet pod: `kubectl port-forward pod/NAME 9465` first.
+    #[arg(long, env = "SONDE_TOP_CONNECT")]
+    pub connect: Option<String>,
+
+    /// Without --connect: the capture and export options of `sonde run`
+    /// (spans are not printed: the screen is the terminal's). Logs go to
+    /// sonde-top.log in the temporary directory while the screen is up.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -117,6 +135,12 @@ pub struct RunArgs {
     #[arg(long, env = "SONDE_PROMETHEUS_LISTEN")]
     pub prometheus_listen: Option<String>,
 
+    /// Read-only endpoint for `sonde top --connect`, or "off"; it serves
+    /// only what spans carry, and only takes in spans while it is read
+    /// [default: 127.0.0.1:9465].
+    #[arg(long, env = "SONDE_VIEW_LISTEN")]
+    pub view_listen: Option<String>,
+
     /// Print spans to stdout (default: only when no OTLP endpoint is set).
     #[arg(long, env = "SONDE_STDOUT")]
     pub stdout: Option<bool>,
@@ -159,6 +183,7 @@ impl RunArgs {
             otlp_endpoint: self.otlp_endpoint.clone(),
             otlp_protocol: self.otlp_protocol.clone(),
             prometheus_listen: self.prometheus_listen.clone(),
+            view_listen: self.view_listen.clone(),
             stdout: self.stdout,
             stdout_format: self.stdout_format,
             keep_query_values: self.keep_query_values,

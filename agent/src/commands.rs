@@ -18,6 +18,10 @@ pub async fn dispatch(cmd: Command) -> ExitCode {
         Command::ProbeCost(p) => probe_cost_cmd(p),
         Command::Capture(c) => capture_cmd(c).await,
         Command::Run(r) => crate::run::run(r).await,
+        Command::Top(t) => match &t.connect {
+            Some(addr) => crate::top::connect(addr).await,
+            None => crate::run::top(t.run).await,
+        },
     }
 }
 

@@ -16,6 +16,8 @@ use crate::{
 };
 
 pub const DEFAULT_PROMETHEUS_LISTEN: &str = "127.0.0.1:9464";
+/// The view endpoint (`sonde top --connect`): localhost only by default.
+pub const DEFAULT_VIEW_LISTEN: &str = "127.0.0.1:9465";
 
 /// The config file (`--config`, TOML). Every key is optional.
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -27,6 +29,8 @@ pub struct FileConfig {
     pub otlp_headers: Option<String>,
     /// An address, or "off".
     pub prometheus_listen: Option<String>,
+    /// The view endpoint for `sonde top --connect`: an address, or "off".
+    pub view_listen: Option<String>,
     pub sampler: Option<String>,
     pub sampler_arg: Option<String>,
     /// `k=v,...`, as OTEL_RESOURCE_ATTRIBUTES.
@@ -58,6 +62,7 @@ pub struct RunFlags {
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
     pub prometheus_listen: Option<String>,
+    pub view_listen: Option<String>,
     pub stdout: Option<bool>,
     pub stdout_format: Option<StdoutFormat>,
     pub keep_query_values: bool,
@@ -70,6 +75,10 @@ pub struct RunConfig {
     pub traces: Option<Target>,
     pub metrics: Option<Target>,
     pub prometheus_listen: Option<SocketAddr>,
+    /// Where the view endpoint listens; `view_listen_default`: not asked
+    /// for (then a busy port is a warning, not a failure).
+    pub view_listen: Option<SocketAddr>,
+    pub view_listen_default: bool,
     pub sampler: Sampler,
     /// Node-wide resource attributes (the agent's OTEL_RESOURCE_ATTRIBUTES).
     pub resource_attributes: Vec<(String, String)>,
@@ -146,6 +155,20 @@ pub fn resolve(
             })?),
         };
 
+    let asked = flags
+        .view_listen
+        .clone()
+        .or_else(|| file.view_listen.clone());
+    let view_listen_default = asked.is_none();
+    let view = asked.unwrap_or_else(|| DEFAULT_VIEW_LISTEN.into());
+    let view_listen = match view.trim() {
+        "off" | "none" | "" => None,
+        a => Some(
+            a.parse()
+                .map_err(|e| format!("--view-listen {a:?}: {e} (expected ip:port, or off)"))?,
+        ),
+    };
+
     let sampler_name = env("OTEL_TRACES_SAMPLER").or_else(|| file.sampler.clone());
     let sampler_arg = env("OTEL_TRACES_SAMPLER_ARG").or_else(|| file.sampler_arg.clone());
     let sampler = match sampler_name {
@@ -193,6 +216,8 @@ pub fn resolve(
         traces,
         metrics,
         prometheus_listen,
+        view_listen,
+        view_listen_default,
         sampler,
         resource_attributes,
         stdout,

@@ -30,4 +30,5 @@ pub mod spans;
 pub mod stats;
 pub mod status;
 pub mod telemetry;
+pub mod top;
 pub mod view;

@@ -18,9 +18,10 @@ fn main() -> ExitCode {
         use std::io::IsTerminal;
         std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
     };
+    // While `sonde top` draws, logs go to a file instead of the screen.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(sonde::top::LogWriter)
         .with_ansi(colour)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,19 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
+    run_agent(args, false).await
+}
+
+/// `sonde top` without --connect: the agent, drawing its view on the
+/// terminal instead of printing spans.
+pub async fn top(args: RunArgs) -> ExitCode {
+    if let Err(e) = crate::top::check_terminal() {
+        return fail(format!("top: {e}"));
+    }
+    run_agent(args, true).await
+}
+
+async fn run_agent(args: RunArgs, screen: bool) -> ExitCode {
     let file = match &args.config {
         Some(p) => match FileConfig::load(p) {
             Ok(f) => f,
@@ -34,9 +47,32 @@ pub async fn run(args: RunArgs) -> ExitCode {
         },
         None => FileConfig::default(),
     };
-    let cfg = match config::resolve(&args.flags(), &file, &|k| std::env::var(k).ok()) {
+    let mut cfg = match config::resolve(&args.flags(), &file, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => return fail(e),
+    };
+    if screen {
+        // The terminal is the screen's.
+        cfg.stdout = None;
+    }
+    let view_listener = match cfg.view_listen {
+        Some(a) => match crate::view::serve::bind(a).await {
+            Ok(l) => Some(l),
+            // Not asked for: another agent (or `sonde top`) may hold it.
+            Err(e) if cfg.view_listen_default => {
+                tracing::warn!("{e}; the view endpoint is off");
+                None
+            }
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    let view = if screen {
+        Some(crate::view::Shared::always_on())
+    } else {
+        view_listener
+            .as_ref()
+            .map(|_| crate::view::Shared::on_demand())
     };
     let listener = match cfg.prometheus_listen {
         Some(a) => match crate::metrics::prometheus::bind(a).await {
@@ -129,6 +165,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let sinks = pipeline::Sinks {
         stdout: cfg.stdout.map(crate::export::stdout::Printer::stdout),
         queue: span_queue,
+        view: view.clone(),
     };
     let (pipe, mut pipe_done, pipe_stats) = match pipeline::spawn(
         pipeline,
@@ -159,17 +196,41 @@ pub async fn run(args: RunArgs) -> ExitCode {
             }
         });
     }
-    eprint!(
-        "{}",
-        crate::status::Status {
-            probes: &session.probe_report,
-            pids: &args.capture.pids,
-            cgroups: &args.capture.cgroups,
-            cfg: &cfg,
-            prometheus,
+    let view_addr = view_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let (Some(l), Some(v)) = (view_listener, &view) {
+        let v = v.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::view::serve::serve(l, v).await {
+                tracing::error!("view endpoint stopped: {e}");
+            }
+        });
+    }
+    if !screen {
+        eprint!(
+            "{}",
+            crate::status::Status {
+                probes: &session.probe_report,
+                pids: &args.capture.pids,
+                cgroups: &args.capture.cgroups,
+                cfg: &cfg,
+                prometheus,
+                view: view_addr,
+            }
+            .render()
+        );
+    }
+    // `sonde top`: the screen runs until `q`, or until the agent stops.
+    let screen_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut screen_task = match (&view, screen) {
+        (Some(v), true) => {
+            let (v, stop) = (v.clone(), screen_stop.clone());
+            crate::top::SCREEN.store(true, Relaxed);
+            Some(tokio::task::spawn_blocking(move || {
+                crate::top::run_screen(crate::top::Source::Local(v), "local".into(), stop)
+            }))
         }
-        .render()
-    );
+        _ => None,
+    };
     let attached = session
         .probe_report
         .iter()
@@ -179,10 +240,35 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
     let stop = shutdown_signal();
     tokio::pin!(stop);
+    let quit = async {
+        match screen_task.as_mut() {
+            Some(t) => t.await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut screen_failed = None;
+    let mut screen_done = false;
     let stopped = tokio::select! {
         _ = &mut stop => true,
         _ = &mut pipe_done => false,
+        r = quit => {
+            screen_done = true;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => screen_failed = Some(e),
+                Err(e) => screen_failed = Some(format!("the screen thread failed: {e}")),
+            }
+            true
+        }
     };
+    // The terminal is given back before anything more is said on it.
+    screen_stop.store(true, Relaxed);
+    if let Some(t) = screen_task.take().filter(|_| !screen_done) {
+        if let Ok(Err(e)) = t.await {
+            screen_failed = Some(e);
+        }
+    }
+    crate::top::SCREEN.store(false, Relaxed);
     if stopped {
         tracing::info!("shutting down: flushing spans and metrics");
     }
@@ -219,6 +305,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     if tokio::time::timeout(SHUTDOWN_BUDGET, flush).await.is_err() {
         tracing::warn!("flush did not finish within {SHUTDOWN_BUDGET:?}; exiting anyway");
     }
+    let failure = failure.or(screen_failed);
     match failure {
         None => ExitCode::SUCCESS,
         Some(cause) => {

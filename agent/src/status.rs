@@ -17,6 +17,8 @@ pub struct Status<'a> {
     pub cfg: &'a RunConfig,
     /// Where `/metrics` is served (the bound address).
     pub prometheus: Option<SocketAddr>,
+    /// Where the view endpoint for `sonde top --connect` listens.
+    pub view: Option<SocketAddr>,
 }
 
 impl Status<'_> {
@@ -31,6 +33,9 @@ impl Status<'_> {
         let _ = writeln!(s, "  traced   {}", self.traced_line());
         let _ = writeln!(s, "  spans    {}", self.spans_line());
         let _ = writeln!(s, "  metrics  {}", self.metrics_line());
+        if let Some(a) = self.view {
+            let _ = writeln!(s, "  view     `sonde top --connect {a}`");
+        }
         s
     }
 
@@ -183,6 +188,7 @@ mod tests {
             cgroups: &[],
             cfg: &cfg,
             prometheus: Some("127.0.0.1:9464".parse().unwrap()),
+            view: Some("127.0.0.1:9465".parse().unwrap()),
         };
         let want = format!(
             "sonde {} is capturing (Ctrl-C or SIGTERM to stop)
@@ -190,6 +196,7 @@ mod tests {
   traced   every process on this node, not sonde itself
   spans    stdout (tree)
   metrics  http://127.0.0.1:9464/metrics
+  view     `sonde top --connect 127.0.0.1:9465`
 ",
             env!("CARGO_PKG_VERSION")
         );
@@ -212,6 +219,7 @@ mod tests {
             cgroups: &[],
             cfg: &cfg,
             prometheus: None,
+            view: None,
         };
         let text = s.render();
         assert!(

@@ -24,6 +24,8 @@ use crate::{
 pub struct Sinks {
     pub stdout: Option<stdout::Printer<std::io::Stdout>>,
     pub queue: Option<SpanQueue>,
+    /// `sonde top`'s view, fed only while it is on.
+    pub view: Option<std::sync::Arc<crate::view::Shared>>,
 }
 
 impl Sinks {
@@ -31,6 +33,12 @@ impl Sinks {
     /// them when `final_`: the pipeline is ending).
     fn deliver(&mut self, spans: &mut Vec<Span>, final_: bool) {
         let now = Instant::now();
+        if let Some(v) = &self.view {
+            if v.active() && !spans.is_empty() {
+                v.feed(spans, now);
+            }
+            v.tick(now);
+        }
         for s in spans.drain(..) {
             match (&mut self.stdout, &self.queue) {
                 (Some(p), Some(q)) => {

@@ -21,10 +21,12 @@ const MAX_CALLS: usize = 256;
 /// How long a parent's calls wait for it after its first call ended.
 pub const WAIT_NS: u64 = 30_000_000_000;
 
+/// The end of a parent's first call, and its calls' intervals.
+type Waiting = (u64, Vec<(u64, u64)>);
+
 #[derive(Default)]
 pub struct SelfTime {
-    /// Parent -> (end of its first call, its calls).
-    calls: HashMap<[u8; 8], (u64, Vec<(u64, u64)>)>,
+    calls: HashMap<[u8; 8], Waiting>,
     /// Parents by first call, for the oldest-first eviction and expiry; an
     /// entry whose time no longer matches the parent's is stale.
     order: VecDeque<([u8; 8], u64)>,
@@ -70,7 +72,11 @@ impl SelfTime {
             return 0;
         };
         // Lazily: ids already removed are skipped when they reach the front.
-        while self.order.front().is_some_and(|(id, t)| !self.current(id, *t)) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(id, t)| !self.current(id, *t))
+        {
             self.order.pop_front();
         }
         covered(calls, start, end)

@@ -81,8 +81,11 @@ impl View {
     fn trace(&mut self, t: Finished, now: Instant) {
         let sec = self.sec(now);
         let spans = &t.spans;
-        let by_id: HashMap<[u8; 8], usize> =
-            spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+        let by_id: HashMap<[u8; 8], usize> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.span_id, i))
+            .collect();
         // The server span each client span was stitched to, on this node.
         let mut served: HashMap<[u8; 8], usize> = HashMap::new();
         for (i, s) in spans.iter().enumerate() {
@@ -117,7 +120,10 @@ impl View {
                     );
                     let mut by_peer: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
                     for &c in calls {
-                        by_peer.entry(peer(&spans[c])).or_default().push(interval(&spans[c]));
+                        by_peer
+                            .entry(peer(&spans[c]))
+                            .or_default()
+                            .push(interval(&spans[c]));
                     }
                     let Some(w) = self.window(&s.resource.service_name) else {
                         continue;
@@ -281,8 +287,12 @@ impl View {
         }
         let mut out = vec![];
         for (_, mut list) in per {
-            let mut failed: Vec<TraceSummary> =
-                list.iter().filter(|t| t.failed).take(LISTED).cloned().collect();
+            let mut failed: Vec<TraceSummary> = list
+                .iter()
+                .filter(|t| t.failed)
+                .take(LISTED)
+                .cloned()
+                .collect();
             list.sort_by(|a, b| b.duration_ms.total_cmp(&a.duration_ms));
             for mut t in list.into_iter().take(LISTED) {
                 t.slow = true;

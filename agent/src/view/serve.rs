@@ -42,14 +42,18 @@ pub fn router(view: Arc<Shared>) -> Router {
                 async move {
                     match view.trace(&id) {
                         Some(t) => json(&t),
-                        None => (StatusCode::NOT_FOUND, "no such trace in the view\n").into_response(),
+                        None => {
+                            (StatusCode::NOT_FOUND, "no such trace in the view\n").into_response()
+                        }
                     }
                 }
             }),
         )
         .route(
             "/",
-            get(|| async { "sonde view: /v1/top, /v1/traces/{trace id}; read it with `sonde top --connect`\n" }),
+            get(|| async {
+                "sonde view: /v1/top, /v1/traces/{trace id}; read it with `sonde top --connect`\n"
+            }),
         )
 }
 

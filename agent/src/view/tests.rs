@@ -50,7 +50,14 @@ fn chain(trace: u8) -> Vec<Span> {
     ];
     vec![
         db,
-        span(trace, "backend", Server, "GET /items", (3, Some(2)), (12, 88)),
+        span(
+            trace,
+            "backend",
+            Server,
+            "GET /items",
+            (3, Some(2)),
+            (12, 88),
+        ),
         span(trace, "frontend", Client, "GET", (2, Some(1)), (10, 90)),
         span(trace, "frontend", Server, "GET /", (1, None), (0, 100)),
     ]
@@ -97,7 +104,11 @@ fn services_split_their_time_between_self_and_the_peers_they_call() {
             ("frontend", "backend")
         ]
     );
-    assert!((snap.edges[0].p50_ms - 60.0).abs() <= 6.0, "{:?}", snap.edges[0]);
+    assert!(
+        (snap.edges[0].p50_ms - 60.0).abs() <= 6.0,
+        "{:?}",
+        snap.edges[0]
+    );
 }
 
 #[test]
@@ -113,7 +124,12 @@ fn concurrent_calls_count_once_and_share_the_downstream_time() {
     let nested = span(1, "api", Client, "GET", (4, Some(2)), (0, 100));
     feed(
         &mut v,
-        vec![a, b, nested, span(1, "api", Server, "GET /", (1, None), (0, 100))],
+        vec![
+            a,
+            b,
+            nested,
+            span(1, "api", Server, "GET /", (1, None), (0, 100)),
+        ],
         t,
     );
     let snap = v.snapshot(t + QUIET);
@@ -139,9 +155,16 @@ fn slow_and_failed_traces_are_listed_per_service_and_open_as_a_waterfall() {
         feed(&mut v, spans, t);
     }
     let snap = v.snapshot(t + QUIET);
-    let front: Vec<_> = snap.traces.iter().filter(|x| x.service == "frontend").collect();
+    let front: Vec<_> = snap
+        .traces
+        .iter()
+        .filter(|x| x.service == "frontend")
+        .collect();
     assert_eq!(front.len(), 10, "the 10 slowest");
-    assert!(front[0].trace_id.starts_with("0f0f"), "slowest first: {front:?}");
+    assert!(
+        front[0].trace_id.starts_with("0f0f"),
+        "slowest first: {front:?}"
+    );
     assert!((front[0].duration_ms - 500.0).abs() < 1e-9);
     let failed: Vec<_> = snap
         .traces
@@ -178,7 +201,10 @@ fn the_window_slides_and_forgets_idle_services() {
     assert_eq!(v.snapshot(t + Duration::from_secs(5)).services.len(), 2);
     let later = t + Duration::from_secs(30);
     let snap = v.snapshot(later);
-    assert!(snap.services.is_empty() && snap.edges.is_empty(), "{snap:?}");
+    assert!(
+        snap.services.is_empty() && snap.edges.is_empty(),
+        "{snap:?}"
+    );
     // The trace is still listed (its list outlives the rate window).
     assert_eq!(snap.traces.len(), 2);
 }

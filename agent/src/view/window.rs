@@ -146,7 +146,10 @@ mod tests {
         }
         for (q, truth) in [(0.5, 50e6), (0.95, 95e6), (0.99, 99e6), (1.0, 100e6)] {
             let got = h.quantile(q).unwrap();
-            assert!(got >= truth && got <= truth * 1.1, "q{q}: {got} for {truth}");
+            assert!(
+                got >= truth && got <= truth * 1.1,
+                "q{q}: {got} for {truth}"
+            );
         }
         assert_eq!(LogHist::default().quantile(0.5), None);
         // Sub-microsecond and huge values land in the end buckets.

@@ -86,7 +86,10 @@ pub fn detail(s: &Span) -> String {
         }
         _ => {}
     }
-    for (key, prefix) in [("http.response.status_code", ""), ("rpc.grpc.status_code", "grpc=")] {
+    for (key, prefix) in [
+        ("http.response.status_code", ""),
+        ("rpc.grpc.status_code", "grpc="),
+    ] {
         if let Some(code) = s.attr(key) {
             if !out.is_empty() {
                 out.push(' ');
