@@ -11,6 +11,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
     "util-linux",
+    // `sonde top` is driven in a terminal (top suite).
+    "tmux",
     "nginx-light",
     "prometheus",
     "postgresql",

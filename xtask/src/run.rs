@@ -25,7 +25,7 @@ pub fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 8] = [
+const PRIVILEGED_SUITES: [&str; 9] = [
     "capture",
     "http",
     "db",
@@ -34,6 +34,7 @@ const PRIVILEGED_SUITES: [&str; 8] = [
     "churn",
     "demo",
     "container",
+    "top",
 ];
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target`.
