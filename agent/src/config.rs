@@ -270,6 +270,28 @@ mod tests {
     }
 
     #[test]
+    fn the_view_listens_on_localhost_unless_asked_otherwise() {
+        let c = resolve(&RunFlags::default(), &FileConfig::default(), &env(&[])).unwrap();
+        assert_eq!(c.view_listen, Some("127.0.0.1:9465".parse().unwrap()));
+        assert!(c.view_listen_default, "a busy default port is only a warning");
+        let file: FileConfig = toml::from_str("view_listen = \"off\"\n").unwrap();
+        let c = resolve(&RunFlags::default(), &file, &env(&[])).unwrap();
+        assert_eq!((c.view_listen, c.view_listen_default), (None, false));
+        let flags = RunFlags {
+            view_listen: Some("127.0.0.1:7000".into()),
+            ..RunFlags::default()
+        };
+        let c = resolve(&flags, &file, &env(&[])).unwrap();
+        assert_eq!(c.view_listen, Some("127.0.0.1:7000".parse().unwrap()));
+        let bad = RunFlags {
+            view_listen: Some("localhost".into()),
+            ..RunFlags::default()
+        };
+        let e = resolve(&bad, &FileConfig::default(), &env(&[])).unwrap_err();
+        assert!(e.contains("--view-listen \"localhost\"") && e.contains("or off"), "{e}");
+    }
+
+    #[test]
     fn stdout_format_flag_over_file() {
         let file: FileConfig = toml::from_str("stdout_format = \"json\"\n").unwrap();
         let c = resolve(&RunFlags::default(), &file, &env(&[])).unwrap();

@@ -254,6 +254,8 @@ fn values_reach_the_agent() {
         .parse()
         .unwrap();
     assert_eq!(config["prometheus_listen"].as_str(), Some("0.0.0.0:9900"));
+    // The view for `sonde top --connect`: the pod's localhost only.
+    assert_eq!(config["view_listen"].as_str(), Some("127.0.0.1:9465"));
     assert_eq!(config["sampler"].as_str(), Some("parentbased_traceidratio"));
     assert_eq!(config["sampler_arg"].as_str(), Some("0.25"));
     let list = |k: &str| {
@@ -282,6 +284,17 @@ fn values_reach_the_agent() {
         "otlp-auth",
         "the Secret wins"
     );
+}
+
+#[test]
+fn the_view_endpoint_can_be_turned_off() {
+    let docs = render(&["view.enabled=false"]).unwrap();
+    let config: toml::Table = find(&docs, "ConfigMap")["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(config["view_listen"].as_str(), Some("off"));
 }
 
 #[test]
