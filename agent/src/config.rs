@@ -273,7 +273,10 @@ mod tests {
     fn the_view_listens_on_localhost_unless_asked_otherwise() {
         let c = resolve(&RunFlags::default(), &FileConfig::default(), &env(&[])).unwrap();
         assert_eq!(c.view_listen, Some("127.0.0.1:9465".parse().unwrap()));
-        assert!(c.view_listen_default, "a busy default port is only a warning");
+        assert!(
+            c.view_listen_default,
+            "a busy default port is only a warning"
+        );
         let file: FileConfig = toml::from_str("view_listen = \"off\"\n").unwrap();
         let c = resolve(&RunFlags::default(), &file, &env(&[])).unwrap();
         assert_eq!((c.view_listen, c.view_listen_default), (None, false));
@@ -288,7 +291,10 @@ mod tests {
             ..RunFlags::default()
         };
         let e = resolve(&bad, &FileConfig::default(), &env(&[])).unwrap_err();
-        assert!(e.contains("--view-listen \"localhost\"") && e.contains("or off"), "{e}");
+        assert!(
+            e.contains("--view-listen \"localhost\"") && e.contains("or off"),
+            "{e}"
+        );
     }
 
     #[test]
