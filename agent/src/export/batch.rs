@@ -1,12 +1,15 @@
 //! The span export queue: bounded, batched, retried with backoff.
 //!
-//! Producers `try_send`; a full queue drops the span and counts it, so a
+//! The pipeline hands over each round's spans in one message (one channel
+//! operation and at most one wakeup per round, not per span); the queue is
+//! bounded in spans, and what does not fit is dropped and counted, so a
 //! dead backend costs at most the queue plus one batch in memory. A batch
 //! is retried while the error is retryable, up to `max_retry`; the queue
 //! keeps absorbing (and, when full, dropping) meanwhile.
 use std::{
+    collections::VecDeque,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -59,15 +62,87 @@ pub struct ExportStats {
 /// The producer side.
 #[derive(Clone)]
 pub struct SpanQueue {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::UnboundedSender<Vec<Span>>,
+    /// Spans sent and not yet in a batch being exported.
+    queued: Arc<AtomicUsize>,
+    max: usize,
     stats: Arc<ExportStats>,
 }
 
 impl SpanQueue {
-    pub fn push(&self, s: Span) {
-        if self.tx.try_send(s).is_err() {
-            self.stats.spans_dropped_queue.fetch_add(1, Relaxed);
+    /// Queues what fits of `spans` (all of them, emptied); counts the rest
+    /// as dropped.
+    pub fn push_all(&self, spans: &mut Vec<Span>) {
+        if spans.is_empty() {
+            return;
         }
+        let room = self.max.saturating_sub(self.queued.load(Relaxed));
+        if spans.len() > room {
+            let lost = spans.len() - room;
+            spans.truncate(room);
+            self.stats
+                .spans_dropped_queue
+                .fetch_add(lost as u64, Relaxed);
+            if room == 0 {
+                return;
+            }
+        }
+        let n = spans.len();
+        // Only this producer adds, so `room` cannot shrink under it; the
+        // consumer only makes more room.
+        self.queued.fetch_add(n, Relaxed);
+        if self.tx.send(std::mem::take(spans)).is_err() {
+            self.queued.fetch_sub(n, Relaxed);
+            self.stats.spans_dropped_queue.fetch_add(n as u64, Relaxed);
+        }
+    }
+}
+
+/// The consumer side: chunks as they came, taken span by span into batches.
+/// A span leaves the queue's count only when it enters a batch, so chunks
+/// held here still count against the bound.
+struct Pending {
+    rx: mpsc::UnboundedReceiver<Vec<Span>>,
+    queued: Arc<AtomicUsize>,
+    chunks: VecDeque<std::vec::IntoIter<Span>>,
+}
+
+impl Pending {
+    /// Waits for a chunk (`None`: every producer is gone).
+    async fn recv(&mut self) -> Option<()> {
+        let c = self.rx.recv().await?;
+        self.chunks.push_back(c.into_iter());
+        Some(())
+    }
+
+    /// Whatever is already in the channel, without waiting.
+    fn drain(&mut self) {
+        while let Ok(c) = self.rx.try_recv() {
+            self.chunks.push_back(c.into_iter());
+        }
+    }
+
+    /// Moves spans into `batch` until it holds `max`.
+    fn fill(&mut self, batch: &mut Vec<Span>, max: usize) {
+        let before = batch.len();
+        self.fill_from_chunks(batch, max);
+        self.queued.fetch_sub(batch.len() - before, Relaxed);
+    }
+
+    fn fill_from_chunks(&mut self, batch: &mut Vec<Span>, max: usize) {
+        while batch.len() < max {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            batch.extend(front.by_ref().take(max - batch.len()));
+            if front.len() == 0 {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
     }
 }
 
@@ -80,29 +155,48 @@ pub fn spawn(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     flush_deadline: Duration,
 ) -> (SpanQueue, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Span>(cfg.max_queue.max(1));
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<Span>>();
+    let queued = Arc::new(AtomicUsize::new(0));
     let queue = SpanQueue {
         tx,
+        queued: queued.clone(),
+        max: cfg.max_queue.max(1),
         stats: stats.clone(),
     };
+    let max_batch = cfg.max_batch.max(1);
+    let mut pending = Pending {
+        rx,
+        queued,
+        chunks: VecDeque::new(),
+    };
     let task = tokio::spawn(async move {
-        let mut batch: Vec<Span> = Vec::with_capacity(cfg.max_batch);
-        loop {
-            // Wait for a first span, then fill the batch until size or delay.
-            tokio::select! {
-                s = rx.recv() => match s { Some(s) => batch.push(s), None => break },
-                _ = shutdown.changed() => break,
-            }
-            let until = Instant::now() + cfg.delay;
-            while batch.len() < cfg.max_batch {
+        let mut batch: Vec<Span> = Vec::with_capacity(max_batch);
+        'export: loop {
+            // Wait for a first span, then fill the batch until size or delay:
+            // a full batch leaves at once, a partial one at the delay.
+            if pending.is_empty() {
                 tokio::select! {
-                    s = rx.recv() => match s { Some(s) => batch.push(s), None => break },
-                    _ = tokio::time::sleep_until(until) => break,
+                    got = pending.recv() => if got.is_none() { break },
                     _ = shutdown.changed() => break,
                 }
             }
+            let until = tokio::time::sleep_until(Instant::now() + cfg.delay);
+            tokio::pin!(until);
+            loop {
+                pending.drain();
+                pending.fill(&mut batch, max_batch);
+                if batch.len() >= max_batch {
+                    break;
+                }
+                tokio::select! {
+                    got = pending.recv() => if got.is_none() { break },
+                    _ = &mut until => break,
+                    _ = shutdown.changed() => break,
+                }
+            }
+            pending.fill(&mut batch, max_batch);
             if !export_with_retry(&client, &batch, &cfg, &stats, &mut shutdown).await {
-                break;
+                break 'export;
             }
             batch.clear();
             if *shutdown.borrow() {
@@ -110,12 +204,11 @@ pub fn spawn(
             }
         }
         // Flush: what is in the batch and the queue, one try each.
-        rx.close();
-        while let Ok(s) = rx.try_recv() {
-            batch.push(s);
-        }
+        pending.rx.close();
+        pending.drain();
+        pending.fill(&mut batch, usize::MAX);
         let end = Instant::now() + flush_deadline;
-        for chunk in batch.chunks(cfg.max_batch.max(1)) {
+        for chunk in batch.chunks(max_batch) {
             let left = end.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, client.export_traces(proto::traces(chunk))).await {
                 Ok(Ok(())) => {
@@ -178,5 +271,106 @@ async fn export_with_retry(
             _ = shutdown.changed() => return false,
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sonde_otlp_receiver::{Receiver, Store};
+
+    use super::*;
+    use crate::{
+        export::otlp::{Protocol, Target},
+        spans::{Resource, SpanKind, Status},
+    };
+
+    fn spans(from: u64, n: u64) -> Vec<Span> {
+        let resource = Arc::new(Resource {
+            service_name: "svc".into(),
+            service_namespace: None,
+            attributes: vec![],
+        });
+        (from..from + n)
+            .map(|i| Span {
+                trace_id: [1; 16],
+                span_id: i.to_be_bytes(),
+                parent_span_id: None,
+                trace_state: String::new(),
+                kind: SpanKind::Server,
+                name: format!("span {i}"),
+                start_unix_ns: 1,
+                end_unix_ns: 2,
+                attributes: vec![],
+                status: Status::Unset,
+                resource: resource.clone(),
+            })
+            .collect()
+    }
+
+    /// Rounds of spans through the real exporter to the in-repo receiver:
+    /// what does not fit the queue is dropped and counted at once, the rest
+    /// arrives in order, in batches no larger than the maximum, and every
+    /// span is either exported or counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_are_bounded_counted_and_delivered_in_order() {
+        let store = Arc::new(Store::default());
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let recv = Receiver::start(any, any, store.clone()).await.unwrap();
+        let client = Client::new(Target {
+            url: format!("http://{}", recv.grpc_addr),
+            protocol: Protocol::Grpc,
+            headers: vec![],
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let stats = Arc::new(ExportStats::default());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let cfg = BatchConfig {
+            max_queue: 100,
+            max_batch: 30,
+            delay: Duration::from_millis(50),
+            max_retry: Duration::from_secs(1),
+        };
+        let (q, task) = spawn(
+            Arc::new(client),
+            cfg,
+            stats.clone(),
+            stop_rx,
+            Duration::from_secs(3),
+        );
+        // One round larger than the queue: the excess goes at once.
+        let mut round = spans(0, 150);
+        q.push_all(&mut round);
+        assert!(round.is_empty());
+        assert_eq!(stats.spans_dropped_queue.load(Relaxed), 50);
+        // Later rounds fit once the exporter has taken the first.
+        let end = Instant::now() + Duration::from_secs(10);
+        while stats.spans_exported.load(Relaxed) < 100 {
+            assert!(Instant::now() < end, "the first 100 never exported");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for r in 0..10 {
+            q.push_all(&mut spans(1000 + r * 7, 7));
+        }
+        let _ = stop_tx.send(true);
+        task.await.unwrap();
+        let exported = stats.spans_exported.load(Relaxed);
+        let dropped = stats.spans_dropped_queue.load(Relaxed);
+        assert_eq!((exported, dropped), (170, 50));
+        let got: Vec<u64> = store
+            .spans()
+            .iter()
+            .map(|s| u64::from_be_bytes(s.span.span_id.clone().try_into().unwrap()))
+            .collect();
+        let want: Vec<u64> = (0..100).chain(1000..1070).collect();
+        assert_eq!(got, want, "in order, none twice");
+        // 170 spans in batches of at most 30: at least 6 requests.
+        assert!(
+            store.trace_requests() >= 6,
+            "{} requests",
+            store.trace_requests()
+        );
     }
 }

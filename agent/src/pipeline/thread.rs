@@ -39,16 +39,21 @@ impl Sinks {
             }
             v.tick(now);
         }
-        for s in spans.drain(..) {
-            match (&mut self.stdout, &self.queue) {
-                (Some(p), Some(q)) => {
+        if let Some(p) = &mut self.stdout {
+            if self.queue.is_some() {
+                for s in spans.iter() {
                     p.span(s.clone(), now);
-                    q.push(s);
                 }
-                (Some(p), None) => p.span(s, now),
-                (None, Some(q)) => q.push(s),
-                (None, None) => {}
+            } else {
+                for s in spans.drain(..) {
+                    p.span(s, now);
+                }
             }
+        }
+        match &self.queue {
+            // One message for the round's spans (the Vec moves).
+            Some(q) => q.push_all(spans),
+            None => spans.clear(),
         }
         if let Some(p) = &mut self.stdout {
             p.poll((!final_).then_some(now));

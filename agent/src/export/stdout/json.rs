@@ -1,66 +1,142 @@
 //! One span per line as JSON (`--stdout-format json`), with the field names
 //! of OTLP's JSON encoding (ids in hex, times as decimal strings, enums by
-//! name), so that `jq` filters written for OTLP JSON apply.
-use serde_json::{json, Map, Value as Json};
+//! name), so that `jq` filters written for OTLP JSON apply. Serialized
+//! straight from the span (borrowed, no intermediate JSON tree).
+use serde::{ser::SerializeMap, Serialize, Serializer};
 
 use crate::spans::{hex, Span, Status, Value};
 
-pub fn json(s: &Span) -> String {
-    let attributes: Vec<Json> = s
-        .attributes
-        .iter()
-        .map(|(k, v)| json!({ "key": k, "value": any_value(v) }))
-        .collect();
-    let mut resource = vec![json!({
-        "key": "service.name",
-        "value": { "stringValue": s.resource.service_name },
-    })];
-    if let Some(ns) = &s.resource.service_namespace {
-        resource.push(json!({ "key": "service.namespace", "value": { "stringValue": ns } }));
-    }
-    resource.extend(
-        s.resource
-            .attributes
-            .iter()
-            .map(|(k, v)| json!({ "key": k, "value": any_value(v) })),
-    );
-    let mut o = Map::new();
-    o.insert("traceId".into(), hex(&s.trace_id).into());
-    o.insert("spanId".into(), hex(&s.span_id).into());
-    if let Some(p) = s.parent_span_id {
-        o.insert("parentSpanId".into(), hex(&p).into());
-    }
-    if !s.trace_state.is_empty() {
-        o.insert("traceState".into(), s.trace_state.clone().into());
-    }
-    o.insert("name".into(), s.name.clone().into());
-    o.insert(
-        "kind".into(),
-        format!("SPAN_KIND_{}", s.kind.as_str()).into(),
-    );
-    o.insert(
-        "startTimeUnixNano".into(),
-        s.start_unix_ns.to_string().into(),
-    );
-    o.insert("endTimeUnixNano".into(), s.end_unix_ns.to_string().into());
-    o.insert("attributes".into(), attributes.into());
-    o.insert(
-        "status".into(),
-        match &s.status {
-            Status::Unset => json!({}),
-            Status::Error(m) => json!({ "code": "STATUS_CODE_ERROR", "message": m }),
-        },
-    );
-    o.insert("resource".into(), json!({ "attributes": resource }));
-    Json::Object(o).to_string()
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Line<'a> {
+    trace_id: String,
+    span_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_span_id: Option<String>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    trace_state: &'a str,
+    name: &'a str,
+    kind: String,
+    start_time_unix_nano: String,
+    end_time_unix_nano: String,
+    attributes: Attributes<'a>,
+    status: StatusJson<'a>,
+    resource: ResourceJson<'a>,
 }
 
-fn any_value(v: &Value) -> Json {
-    match v {
-        Value::Str(s) => json!({ "stringValue": s }),
-        // OTLP JSON writes 64-bit integers as strings.
-        Value::Int(i) => json!({ "intValue": i.to_string() }),
-        Value::Bool(b) => json!({ "boolValue": b }),
-        Value::Double(d) => json!({ "doubleValue": d }),
+/// A span's attributes: `[{"key": k, "value": {"stringValue": v}}, ...]`.
+struct Attributes<'a> {
+    list: &'a [(&'static str, Value)],
+}
+
+struct KeyValue<'a>(&'a str, AnyValue<'a>);
+
+enum AnyValue<'a> {
+    Str(&'a str),
+    Value(&'a Value),
+}
+
+impl Serialize for AnyValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            AnyValue::Str(v) => m.serialize_entry("stringValue", v)?,
+            AnyValue::Value(Value::Str(v)) => m.serialize_entry("stringValue", v)?,
+            // OTLP JSON writes 64-bit integers as strings.
+            AnyValue::Value(Value::Int(i)) => m.serialize_entry("intValue", &i.to_string())?,
+            AnyValue::Value(Value::Bool(b)) => m.serialize_entry("boolValue", b)?,
+            AnyValue::Value(Value::Double(d)) => m.serialize_entry("doubleValue", d)?,
+        }
+        m.end()
     }
+}
+
+impl Serialize for KeyValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("key", self.0)?;
+        m.serialize_entry("value", &self.1)?;
+        m.end()
+    }
+}
+
+impl Serialize for Attributes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.list.len()))?;
+        for (k, v) in self.list {
+            seq.serialize_element(&KeyValue(k, AnyValue::Value(v)))?;
+        }
+        seq.end()
+    }
+}
+
+/// The resource's attributes (owned keys), its service name and namespace
+/// first.
+struct ResourceAttributes<'a> {
+    name: &'a str,
+    namespace: Option<&'a str>,
+    list: &'a [(String, Value)],
+}
+
+impl Serialize for ResourceAttributes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(None)?;
+        seq.serialize_element(&KeyValue("service.name", AnyValue::Str(self.name)))?;
+        if let Some(ns) = self.namespace {
+            seq.serialize_element(&KeyValue("service.namespace", AnyValue::Str(ns)))?;
+        }
+        for (k, v) in self.list {
+            seq.serialize_element(&KeyValue(k, AnyValue::Value(v)))?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct ResourceJson<'a> {
+    attributes: ResourceAttributes<'a>,
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+pub fn json(s: &Span) -> String {
+    let line = Line {
+        trace_id: hex(&s.trace_id),
+        span_id: hex(&s.span_id),
+        parent_span_id: s.parent_span_id.map(|p| hex(&p)),
+        trace_state: &s.trace_state,
+        name: &s.name,
+        kind: format!("SPAN_KIND_{}", s.kind.as_str()),
+        start_time_unix_nano: s.start_unix_ns.to_string(),
+        end_time_unix_nano: s.end_unix_ns.to_string(),
+        attributes: Attributes {
+            list: &s.attributes,
+        },
+        status: match &s.status {
+            Status::Unset => StatusJson {
+                code: None,
+                message: None,
+            },
+            Status::Error(m) => StatusJson {
+                code: Some("STATUS_CODE_ERROR"),
+                message: Some(m),
+            },
+        },
+        resource: ResourceJson {
+            attributes: ResourceAttributes {
+                name: &s.resource.service_name,
+                namespace: s.resource.service_namespace.as_deref(),
+                list: &s.resource.attributes,
+            },
+        },
+    };
+    serde_json::to_string(&line).unwrap_or_default()
 }
