@@ -19,8 +19,10 @@ use crate::{
     telemetry::self_time::covered,
 };
 
-/// Traces kept for the trace lists and the waterfall, newest last.
+/// Traces kept for the trace lists and the waterfall, newest last, and the
+/// spans they may hold in all (a few large traces must not hold gigabytes).
 const MAX_TRACES: usize = 2000;
+const MAX_KEPT_SPANS: usize = 100_000;
 /// Services and edges tracked; past these, new ones are not shown (and
 /// counted in `refused`).
 const MAX_SERVICES: usize = 512;
@@ -42,6 +44,7 @@ pub struct View {
     services: HashMap<String, Window>,
     edges: HashMap<(String, String), Window>,
     traces: VecDeque<Arc<Kept>>,
+    kept_spans: usize,
     spans_seen: u64,
     pub refused: u64,
 }
@@ -54,6 +57,7 @@ impl View {
             services: HashMap::new(),
             edges: HashMap::new(),
             traces: VecDeque::new(),
+            kept_spans: 0,
             spans_seen: 0,
             refused: 0,
         }
@@ -156,6 +160,7 @@ impl View {
         // Late spans of a kept trace join it.
         if t.late {
             if let Some(k) = self.traces.iter_mut().rev().find(|k| k.id == t.id) {
+                self.kept_spans += t.spans.len();
                 let mut all = k.spans.clone();
                 all.extend(t.spans);
                 *k = Arc::new(Kept {
@@ -163,17 +168,28 @@ impl View {
                     spans: all,
                     finished: now,
                 });
+                self.bound_kept();
                 return;
             }
         }
-        if self.traces.len() >= MAX_TRACES {
-            self.traces.pop_front();
-        }
+        self.kept_spans += t.spans.len();
         self.traces.push_back(Arc::new(Kept {
             id: t.id,
             spans: t.spans,
             finished: now,
         }));
+        self.bound_kept();
+    }
+
+    /// The oldest kept traces go while over either bound (the newest stays).
+    fn bound_kept(&mut self) {
+        while self.traces.len() > 1
+            && (self.traces.len() > MAX_TRACES || self.kept_spans > MAX_KEPT_SPANS)
+        {
+            if let Some(old) = self.traces.pop_front() {
+                self.kept_spans -= old.spans.len();
+            }
+        }
     }
 
     fn window(&mut self, service: &str) -> Option<&mut Window> {

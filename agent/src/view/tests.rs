@@ -208,3 +208,32 @@ fn the_window_slides_and_forgets_idle_services() {
     // The trace is still listed (its list outlives the rate window).
     assert_eq!(snap.traces.len(), 2);
 }
+
+#[test]
+fn kept_traces_are_bounded_in_number_and_in_spans() {
+    use SpanKind::*;
+    let t = Instant::now();
+    let mut v = View::new(t);
+    // 3,000 small traces: the oldest 1,000 go.
+    for i in 0..3_000u32 {
+        let mut s = span(1, "api", Server, "GET /", (1, None), (0, 1));
+        s.trace_id[..4].copy_from_slice(&i.to_be_bytes());
+        feed(&mut v, vec![s], t);
+    }
+    assert_eq!(v.traces.len(), super::MAX_TRACES);
+    // Large traces: bounded by the spans they hold.
+    for i in 0..400u32 {
+        let spans: Vec<Span> = (0..500u32)
+            .map(|k| {
+                let mut s = span(2, "api", Client, "q", (3, Some(1)), (0, 1));
+                s.trace_id[..4].copy_from_slice(&(10_000 + i).to_be_bytes());
+                s.span_id[..4].copy_from_slice(&k.to_be_bytes());
+                s
+            })
+            .collect();
+        feed(&mut v, spans, t);
+    }
+    let held: usize = v.traces.iter().map(|k| k.spans.len()).sum();
+    assert!(held <= super::MAX_KEPT_SPANS, "{held}");
+    assert_eq!(held, v.kept_spans);
+}
