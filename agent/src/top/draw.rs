@@ -50,7 +50,7 @@ pub fn draw(f: &mut Frame, app: &App) {
     .areas(f.area());
     let style = |s: Style| if app.colour { s } else { Style::new() };
     let snap = &app.snapshot;
-    let title = format!(
+    let mut title = format!(
         " sonde top · {} · {} services · {} edges · last {:.0}s · {} spans",
         app.source,
         snap.services.len(),
@@ -58,6 +58,9 @@ pub fn draw(f: &mut Frame, app: &App) {
         snap.window_secs,
         snap.spans_seen
     );
+    if snap.refused > 0 {
+        title.push_str(&format!(" · {} not shown (bounds)", snap.refused));
+    }
     f.render_widget(
         Paragraph::new(title).style(style(Style::new().add_modifier(Modifier::BOLD))),
         header,
@@ -433,6 +436,7 @@ mod tests {
                 p99_ms: 170.0,
             }],
             traces: vec![],
+            refused: 0,
         });
         let s = screen(&app);
         let lines: Vec<&str> = s.lines().collect();

@@ -258,6 +258,7 @@ impl View {
             edges,
             traces: self.listed(now),
             spans_seen: self.spans_seen,
+            refused: self.refused,
         }
     }
 

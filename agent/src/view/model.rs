@@ -13,6 +13,9 @@ pub struct Snapshot {
     pub traces: Vec<TraceSummary>,
     /// Spans the view has taken in since it started.
     pub spans_seen: u64,
+    /// Services and edges not shown because the view's bounds were full.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// A service's requests (served HTTP requests, processed messages) over

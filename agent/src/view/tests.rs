@@ -237,3 +237,18 @@ fn kept_traces_are_bounded_in_number_and_in_spans() {
     assert!(held <= super::MAX_KEPT_SPANS, "{held}");
     assert_eq!(held, v.kept_spans);
 }
+
+#[test]
+fn services_past_the_bound_are_refused_and_counted() {
+    use SpanKind::*;
+    let t = Instant::now();
+    let mut v = View::new(t);
+    for i in 0..(super::MAX_SERVICES as u32 + 8) {
+        let mut s = span(1, &format!("svc-{i}"), Server, "GET /", (1, None), (0, 1));
+        s.trace_id[..4].copy_from_slice(&i.to_be_bytes());
+        feed(&mut v, vec![s], t);
+    }
+    let snap = v.snapshot(t + QUIET);
+    assert_eq!(snap.services.len(), super::MAX_SERVICES);
+    assert_eq!(snap.refused, 8);
+}

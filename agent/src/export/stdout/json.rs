@@ -19,14 +19,17 @@ struct Line<'a> {
     kind: String,
     start_time_unix_nano: String,
     end_time_unix_nano: String,
-    attributes: Attributes<'a>,
+    attributes: Attributes<'a, &'static str>,
     status: StatusJson<'a>,
     resource: ResourceJson<'a>,
 }
 
-/// A span's attributes: `[{"key": k, "value": {"stringValue": v}}, ...]`.
-struct Attributes<'a> {
-    list: &'a [(&'static str, Value)],
+/// `[{"key": k, "value": {"stringValue": v}}, ...]`: a span's attributes
+/// (static keys), or a resource's (owned keys) after its service name and
+/// namespace.
+struct Attributes<'a, K> {
+    service: Option<(&'a str, Option<&'a str>)>,
+    list: &'a [(K, Value)],
 }
 
 struct KeyValue<'a>(&'a str, AnyValue<'a>);
@@ -60,35 +63,18 @@ impl Serialize for KeyValue<'_> {
     }
 }
 
-impl Serialize for Attributes<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.list.len()))?;
-        for (k, v) in self.list {
-            seq.serialize_element(&KeyValue(k, AnyValue::Value(v)))?;
-        }
-        seq.end()
-    }
-}
-
-/// The resource's attributes (owned keys), its service name and namespace
-/// first.
-struct ResourceAttributes<'a> {
-    name: &'a str,
-    namespace: Option<&'a str>,
-    list: &'a [(String, Value)],
-}
-
-impl Serialize for ResourceAttributes<'_> {
+impl<K: AsRef<str>> Serialize for Attributes<'_, K> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(None)?;
-        seq.serialize_element(&KeyValue("service.name", AnyValue::Str(self.name)))?;
-        if let Some(ns) = self.namespace {
-            seq.serialize_element(&KeyValue("service.namespace", AnyValue::Str(ns)))?;
+        if let Some((name, namespace)) = self.service {
+            seq.serialize_element(&KeyValue("service.name", AnyValue::Str(name)))?;
+            if let Some(ns) = namespace {
+                seq.serialize_element(&KeyValue("service.namespace", AnyValue::Str(ns)))?;
+            }
         }
         for (k, v) in self.list {
-            seq.serialize_element(&KeyValue(k, AnyValue::Value(v)))?;
+            seq.serialize_element(&KeyValue(k.as_ref(), AnyValue::Value(v)))?;
         }
         seq.end()
     }
@@ -96,7 +82,7 @@ impl Serialize for ResourceAttributes<'_> {
 
 #[derive(Serialize)]
 struct ResourceJson<'a> {
-    attributes: ResourceAttributes<'a>,
+    attributes: Attributes<'a, String>,
 }
 
 #[derive(Serialize)]
@@ -118,6 +104,7 @@ pub fn json(s: &Span) -> String {
         start_time_unix_nano: s.start_unix_ns.to_string(),
         end_time_unix_nano: s.end_unix_ns.to_string(),
         attributes: Attributes {
+            service: None,
             list: &s.attributes,
         },
         status: match &s.status {
@@ -131,9 +118,11 @@ pub fn json(s: &Span) -> String {
             },
         },
         resource: ResourceJson {
-            attributes: ResourceAttributes {
-                name: &s.resource.service_name,
-                namespace: s.resource.service_namespace.as_deref(),
+            attributes: Attributes {
+                service: Some((
+                    &s.resource.service_name,
+                    s.resource.service_namespace.as_deref(),
+                )),
                 list: &s.resource.attributes,
             },
         },
