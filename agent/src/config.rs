@@ -198,6 +198,10 @@ pub fn resolve(
     if let Some(n) = env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").and_then(|v| v.trim().parse().ok()) {
         batch.max_batch = n;
     }
+    if let Some(n) = env("OTEL_BSP_MAX_CONCURRENT_EXPORTS").and_then(|v| v.trim().parse().ok()) {
+        batch.max_concurrent = n;
+    }
+    batch.max_concurrent = batch.max_concurrent.max(1);
     batch.max_batch = batch.max_batch.clamp(1, batch.max_queue.max(1));
     let metric_interval = ms(&env, "OTEL_METRIC_EXPORT_INTERVAL")
         .or(file.metric_export_interval_ms.map(Duration::from_millis))
@@ -295,6 +299,32 @@ mod tests {
             e.contains("--view-listen \"localhost\"") && e.contains("or off"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_export_queue_follows_the_bsp_variables() {
+        let c = resolve(&RunFlags::default(), &FileConfig::default(), &env(&[])).unwrap();
+        assert_eq!(
+            (c.batch.max_queue, c.batch.max_batch, c.batch.max_concurrent),
+            (2048, 512, 4)
+        );
+        let c = resolve(
+            &RunFlags::default(),
+            &FileConfig::default(),
+            &env(&[
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+                ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "0"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ]),
+        )
+        .unwrap();
+        // A batch larger than the queue is the queue; at least one export.
+        assert_eq!(
+            (c.batch.max_queue, c.batch.max_batch, c.batch.max_concurrent),
+            (100, 100, 1)
+        );
+        assert_eq!(c.batch.delay, Duration::from_millis(250));
     }
 
     #[test]

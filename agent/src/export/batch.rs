@@ -3,7 +3,8 @@
 //! The pipeline hands over each round's spans in one message (one channel
 //! operation and at most one wakeup per round, not per span); the queue is
 //! bounded in spans, and what does not fit is dropped and counted, so a
-//! dead backend costs at most the queue plus one batch in memory. A batch
+//! dead backend costs at most the queue plus the batches in flight
+//! (`max_concurrent`) in memory. A batch
 //! is retried while the error is retryable, up to `max_retry`; the queue
 //! keeps absorbing (and, when full, dropping) meanwhile.
 use std::{
@@ -33,6 +34,11 @@ pub struct BatchConfig {
     pub delay: Duration,
     /// How long one batch is retried before it is dropped.
     pub max_retry: Duration,
+    /// `OTEL_BSP_MAX_CONCURRENT_EXPORTS`: batches in flight at once. A node
+    /// agent sends every process's spans, so one round trip at a time caps
+    /// it at one batch per round trip; a few in flight keep the queue
+    /// moving while one waits (order across batches is not kept).
+    pub max_concurrent: usize,
 }
 
 impl Default for BatchConfig {
@@ -42,6 +48,7 @@ impl Default for BatchConfig {
             max_batch: 512,
             delay: Duration::from_secs(1),
             max_retry: Duration::from_secs(300),
+            max_concurrent: 4,
         }
     }
 }
@@ -171,6 +178,11 @@ pub fn spawn(
     };
     let task = tokio::spawn(async move {
         let mut batch: Vec<Span> = Vec::with_capacity(max_batch);
+        // Batches being exported; one hands its spans back when shutdown
+        // interrupted its retries (they are flushed below).
+        let mut in_flight: tokio::task::JoinSet<Option<Vec<Span>>> = tokio::task::JoinSet::new();
+        let max_concurrent = cfg.max_concurrent.max(1);
+        let mut unsent: Vec<Span> = vec![];
         'export: loop {
             // Wait for a first span, then fill the batch until size or delay:
             // a full batch leaves at once, a partial one at the delay.
@@ -195,14 +207,30 @@ pub fn spawn(
                 }
             }
             pending.fill(&mut batch, max_batch);
-            if !export_with_retry(&client, &batch, &cfg, &stats, &mut shutdown).await {
+            // Room for one more in flight; meanwhile the queue absorbs.
+            while in_flight.len() >= max_concurrent {
+                if let Some(Ok(Some(back))) = in_flight.join_next().await {
+                    unsent.extend(back);
+                }
+            }
+            let b = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+            let (client, cfg, stats) = (client.clone(), cfg.clone(), stats.clone());
+            let mut stop = shutdown.clone();
+            in_flight.spawn(async move {
+                let done = export_with_retry(&client, &b, &cfg, &stats, &mut stop).await;
+                (!done).then_some(b)
+            });
+            if *shutdown.borrow() {
                 break 'export;
             }
-            batch.clear();
-            if *shutdown.borrow() {
-                break;
+        }
+        // In-flight exports end (a retry wait ends at shutdown).
+        while let Some(r) = in_flight.join_next().await {
+            if let Ok(Some(back)) = r {
+                unsent.extend(back);
             }
         }
+        batch.extend(unsent);
         // Flush: what is in the batch and the queue, one try each.
         pending.rx.close();
         pending.drain();
@@ -286,7 +314,7 @@ mod tests {
         spans::{Resource, SpanKind, Status},
     };
 
-    fn spans(from: u64, n: u64) -> Vec<Span> {
+    pub(super) fn spans(from: u64, n: u64) -> Vec<Span> {
         let resource = Arc::new(Resource {
             service_name: "svc".into(),
             service_namespace: None,
@@ -332,6 +360,7 @@ mod tests {
             max_batch: 30,
             delay: Duration::from_millis(50),
             max_retry: Duration::from_secs(1),
+            max_concurrent: 1,
         };
         let (q, task) = spawn(
             Arc::new(client),
@@ -372,5 +401,64 @@ mod tests {
             "{} requests",
             store.trace_requests()
         );
+    }
+}
+
+#[cfg(test)]
+mod concurrent_tests {
+    use std::sync::Arc;
+
+    use sonde_otlp_receiver::{Receiver, Store};
+
+    use super::{tests::spans, *};
+    use crate::export::otlp::{Protocol, Target};
+
+    /// Several batches in flight: every span arrives once, or is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_exports_lose_nothing_uncounted() {
+        let store = Arc::new(Store::default());
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let recv = Receiver::start(any, any, store.clone()).await.unwrap();
+        let client = Client::new(Target {
+            url: format!("http://{}", recv.grpc_addr),
+            protocol: Protocol::Grpc,
+            headers: vec![],
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let stats = Arc::new(ExportStats::default());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let cfg = BatchConfig {
+            max_queue: 200,
+            max_batch: 20,
+            delay: Duration::from_millis(20),
+            max_retry: Duration::from_secs(1),
+            max_concurrent: 4,
+        };
+        let (q, task) = spawn(
+            Arc::new(client),
+            cfg,
+            stats.clone(),
+            stop_rx,
+            Duration::from_secs(3),
+        );
+        for r in 0..50 {
+            q.push_all(&mut spans(r * 100, 37));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = stop_tx.send(true);
+        task.await.unwrap();
+        let exported = stats.spans_exported.load(Relaxed);
+        let dropped = stats.spans_dropped_queue.load(Relaxed);
+        assert_eq!(exported + dropped, 50 * 37);
+        let mut got: Vec<u64> = store
+            .spans()
+            .iter()
+            .map(|s| u64::from_be_bytes(s.span.span_id.clone().try_into().unwrap()))
+            .collect();
+        assert_eq!(got.len() as u64, exported);
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len() as u64, exported, "none twice");
     }
 }
