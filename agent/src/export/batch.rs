@@ -207,6 +207,9 @@ pub fn spawn(
                 }
             }
             pending.fill(&mut batch, max_batch);
+            if batch.is_empty() {
+                continue;
+            }
             // Room for one more in flight; meanwhile the queue absorbs.
             while in_flight.len() >= max_concurrent {
                 if let Some(Ok(Some(back))) = in_flight.join_next().await {
@@ -337,15 +340,10 @@ mod tests {
             .collect()
     }
 
-    /// Rounds of spans through the real exporter to the in-repo receiver:
-    /// what does not fit the queue is dropped and counted at once, the rest
-    /// arrives in order, in batches no larger than the maximum, and every
-    /// span is either exported or counted.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn rounds_are_bounded_counted_and_delivered_in_order() {
-        let store = Arc::new(Store::default());
+    /// The in-repo OTLP receiver, and a gRPC client of it.
+    pub(super) async fn receiver(store: Arc<Store>) -> (Receiver, Client) {
         let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let recv = Receiver::start(any, any, store.clone()).await.unwrap();
+        let recv = Receiver::start(any, any, store).await.unwrap();
         let client = Client::new(Target {
             url: format!("http://{}", recv.grpc_addr),
             protocol: Protocol::Grpc,
@@ -353,6 +351,17 @@ mod tests {
             timeout: Duration::from_secs(5),
         })
         .unwrap();
+        (recv, client)
+    }
+
+    /// Rounds of spans through the real exporter to the in-repo receiver:
+    /// what does not fit the queue is dropped and counted at once, the rest
+    /// arrives in order, in batches no larger than the maximum, and every
+    /// span is either exported or counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_are_bounded_counted_and_delivered_in_order() {
+        let store = Arc::new(Store::default());
+        let (_recv, client) = receiver(store.clone()).await;
         let stats = Arc::new(ExportStats::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cfg = BatchConfig {
@@ -408,24 +417,18 @@ mod tests {
 mod concurrent_tests {
     use std::sync::Arc;
 
-    use sonde_otlp_receiver::{Receiver, Store};
+    use sonde_otlp_receiver::Store;
 
-    use super::{tests::spans, *};
-    use crate::export::otlp::{Protocol, Target};
+    use super::{
+        tests::{receiver, spans},
+        *,
+    };
 
     /// Several batches in flight: every span arrives once, or is counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_exports_lose_nothing_uncounted() {
         let store = Arc::new(Store::default());
-        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let recv = Receiver::start(any, any, store.clone()).await.unwrap();
-        let client = Client::new(Target {
-            url: format!("http://{}", recv.grpc_addr),
-            protocol: Protocol::Grpc,
-            headers: vec![],
-            timeout: Duration::from_secs(5),
-        })
-        .unwrap();
+        let (_recv, client) = receiver(store.clone()).await;
         let stats = Arc::new(ExportStats::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let cfg = BatchConfig {
