@@ -317,7 +317,7 @@ mod tests {
         spans::{Resource, SpanKind, Status},
     };
 
-    pub(super) fn spans(from: u64, n: u64) -> Vec<Span> {
+    fn spans(from: u64, n: u64) -> Vec<Span> {
         let resource = Arc::new(Resource {
             service_name: "svc".into(),
             service_namespace: None,
@@ -340,18 +340,64 @@ mod tests {
             .collect()
     }
 
-    /// The in-repo OTLP receiver, and a gRPC client of it.
-    pub(super) async fn receiver(store: Arc<Store>) -> (Receiver, Client) {
-        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let recv = Receiver::start(any, any, store).await.unwrap();
-        let client = Client::new(Target {
-            url: format!("http://{}", recv.grpc_addr),
-            protocol: Protocol::Grpc,
-            headers: vec![],
-            timeout: Duration::from_secs(5),
-        })
-        .unwrap();
-        (recv, client)
+    /// The real exporter with `cfg`, sending to the in-repo receiver.
+    struct Exporter {
+        store: Arc<Store>,
+        stats: Arc<ExportStats>,
+        queue: SpanQueue,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+        _recv: Receiver,
+    }
+
+    impl Exporter {
+        async fn start(cfg: BatchConfig) -> Exporter {
+            let store = Arc::new(Store::default());
+            let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let recv = Receiver::start(any, any, store.clone()).await.unwrap();
+            let client = Client::new(Target {
+                url: format!("http://{}", recv.grpc_addr),
+                protocol: Protocol::Grpc,
+                headers: vec![],
+                timeout: Duration::from_secs(5),
+            })
+            .unwrap();
+            let stats = Arc::new(ExportStats::default());
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let (queue, task) = spawn(
+                Arc::new(client),
+                cfg,
+                stats.clone(),
+                stop_rx,
+                Duration::from_secs(3),
+            );
+            Exporter {
+                store,
+                stats,
+                queue,
+                stop,
+                task,
+                _recv: recv,
+            }
+        }
+
+        /// Shuts the exporter down (it flushes), then returns (exported,
+        /// dropped at the queue) and the ids the receiver got, in order.
+        async fn finish(self) -> ((u64, u64), Vec<u64>) {
+            let _ = self.stop.send(true);
+            self.task.await.unwrap();
+            let ids = self
+                .store
+                .spans()
+                .iter()
+                .map(|s| u64::from_be_bytes(s.span.span_id.clone().try_into().unwrap()))
+                .collect();
+            let counts = (
+                self.stats.spans_exported.load(Relaxed),
+                self.stats.spans_dropped_queue.load(Relaxed),
+            );
+            (counts, ids)
+        }
     }
 
     /// Rounds of spans through the real exporter to the in-repo receiver:
@@ -360,48 +406,31 @@ mod tests {
     /// span is either exported or counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rounds_are_bounded_counted_and_delivered_in_order() {
-        let store = Arc::new(Store::default());
-        let (_recv, client) = receiver(store.clone()).await;
-        let stats = Arc::new(ExportStats::default());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let cfg = BatchConfig {
+        let e = Exporter::start(BatchConfig {
             max_queue: 100,
             max_batch: 30,
             delay: Duration::from_millis(50),
             max_retry: Duration::from_secs(1),
             max_concurrent: 1,
-        };
-        let (q, task) = spawn(
-            Arc::new(client),
-            cfg,
-            stats.clone(),
-            stop_rx,
-            Duration::from_secs(3),
-        );
+        })
+        .await;
         // One round larger than the queue: the excess goes at once.
         let mut round = spans(0, 150);
-        q.push_all(&mut round);
+        e.queue.push_all(&mut round);
         assert!(round.is_empty());
-        assert_eq!(stats.spans_dropped_queue.load(Relaxed), 50);
+        assert_eq!(e.stats.spans_dropped_queue.load(Relaxed), 50);
         // Later rounds fit once the exporter has taken the first.
         let end = Instant::now() + Duration::from_secs(10);
-        while stats.spans_exported.load(Relaxed) < 100 {
+        while e.stats.spans_exported.load(Relaxed) < 100 {
             assert!(Instant::now() < end, "the first 100 never exported");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for r in 0..10 {
-            q.push_all(&mut spans(1000 + r * 7, 7));
+            e.queue.push_all(&mut spans(1000 + r * 7, 7));
         }
-        let _ = stop_tx.send(true);
-        task.await.unwrap();
-        let exported = stats.spans_exported.load(Relaxed);
-        let dropped = stats.spans_dropped_queue.load(Relaxed);
-        assert_eq!((exported, dropped), (170, 50));
-        let got: Vec<u64> = store
-            .spans()
-            .iter()
-            .map(|s| u64::from_be_bytes(s.span.span_id.clone().try_into().unwrap()))
-            .collect();
+        let store = e.store.clone();
+        let (counts, got) = e.finish().await;
+        assert_eq!(counts, (170, 50));
         let want: Vec<u64> = (0..100).chain(1000..1070).collect();
         assert_eq!(got, want, "in order, none twice");
         // 170 spans in batches of at most 30: at least 6 requests.
@@ -411,54 +440,24 @@ mod tests {
             store.trace_requests()
         );
     }
-}
-
-#[cfg(test)]
-mod concurrent_tests {
-    use std::sync::Arc;
-
-    use sonde_otlp_receiver::Store;
-
-    use super::{
-        tests::{receiver, spans},
-        *,
-    };
 
     /// Several batches in flight: every span arrives once, or is counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_exports_lose_nothing_uncounted() {
-        let store = Arc::new(Store::default());
-        let (_recv, client) = receiver(store.clone()).await;
-        let stats = Arc::new(ExportStats::default());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let cfg = BatchConfig {
+        let e = Exporter::start(BatchConfig {
             max_queue: 200,
             max_batch: 20,
             delay: Duration::from_millis(20),
             max_retry: Duration::from_secs(1),
             max_concurrent: 4,
-        };
-        let (q, task) = spawn(
-            Arc::new(client),
-            cfg,
-            stats.clone(),
-            stop_rx,
-            Duration::from_secs(3),
-        );
+        })
+        .await;
         for r in 0..50 {
-            q.push_all(&mut spans(r * 100, 37));
+            e.queue.push_all(&mut spans(r * 100, 37));
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let _ = stop_tx.send(true);
-        task.await.unwrap();
-        let exported = stats.spans_exported.load(Relaxed);
-        let dropped = stats.spans_dropped_queue.load(Relaxed);
+        let ((exported, dropped), mut got) = e.finish().await;
         assert_eq!(exported + dropped, 50 * 37);
-        let mut got: Vec<u64> = store
-            .spans()
-            .iter()
-            .map(|s| u64::from_be_bytes(s.span.span_id.clone().try_into().unwrap()))
-            .collect();
         assert_eq!(got.len() as u64, exported);
         got.sort_unstable();
         got.dedup();
