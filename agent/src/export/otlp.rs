@@ -189,10 +189,7 @@ impl Client {
                 Transport::Grpc(ep.connect_lazy(), md)
             }
             Protocol::HttpProtobuf => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let client = reqwest::Client::builder()
-                    .timeout(target.timeout)
-                    .build()
+                let client = http_client(target.timeout)
                     .map_err(|e| format!("HTTP client for {}: {e}", target.url))?;
                 Transport::Http(client)
             }
@@ -279,6 +276,14 @@ impl Client {
             ))),
         }
     }
+}
+
+/// A reqwest client with `timeout`. reqwest sets up TLS even for plain
+/// http://, and with `rustls-no-provider` the process must pick the crypto
+/// provider first (ring; installing it twice is harmless).
+pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(timeout).build()
 }
 
 #[cfg(test)]

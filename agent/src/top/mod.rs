@@ -75,11 +75,7 @@ impl Source {
         } else {
             format!("http://{}", addr.trim_end_matches('/'))
         };
-        // reqwest sets up TLS even for http:// (the agent's view is plain).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
+        let client = crate::export::otlp::http_client(Duration::from_secs(2))
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         Ok(Source::Remote { base, client, rt })
     }
