@@ -43,6 +43,11 @@ pub mod syscall {
     /// any traced syscall (io_uring), where the kernel offers kprobes.
     pub const TCP_SENDMSG: u8 = 12;
     pub const TCP_RECVMSG: u8 = 13;
+    /// Not syscalls: the plaintext of a TLS library call (`SSL_read`,
+    /// `SSL_write` and their `_ex` forms), seen by uprobe, on the socket
+    /// the library moved its records through.
+    pub const TLS_READ: u8 = 14;
+    pub const TLS_WRITE: u8 = 15;
     // Not data syscalls, but tracked across enter/exit the same way.
     pub const CONNECT: u8 = 20;
     pub const ACCEPT: u8 = 21;
@@ -52,7 +57,7 @@ pub mod syscall {
     pub const fn is_egress(sc: u8) -> bool {
         matches!(
             sc,
-            WRITE | WRITEV | SENDTO | SENDMSG | SENDMMSG | SENDFILE | TCP_SENDMSG
+            WRITE | WRITEV | SENDTO | SENDMSG | SENDMMSG | SENDFILE | TCP_SENDMSG | TLS_WRITE
         )
     }
 }
@@ -80,6 +85,8 @@ pub mod data_flags {
     pub const TRUNCATED: u8 = 4;
     /// Reading the user buffer faulted; the payload is missing or partial.
     pub const READ_FAULT: u8 = 8;
+    /// TLS plaintext, from the library's call rather than the socket.
+    pub const TLS: u8 = 16;
 }
 
 /// Bits of [`ConnEvent::flags`].

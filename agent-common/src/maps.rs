@@ -20,6 +20,10 @@ pub mod sock_flags {
     /// says: user space parses a framed protocol on this socket (AMQP)
     /// whose frame headers must not fall in a truncated tail.
     pub const WHOLE: u8 = 2;
+    /// Set by the kernel: a hooked TLS library moved records through this
+    /// socket. Its ciphertext is never reported; its plaintext comes from
+    /// the library's calls (`data_flags::TLS`).
+    pub const TLS: u8 = 4;
 }
 
 /// Indices of the per-CPU `STATS` counters.
@@ -34,6 +38,9 @@ pub mod stat {
     pub const MAP_FULL: u32 = 3;
     /// Exit seen without a matching enter (agent attached mid-call, or map evicted).
     pub const ORPHAN_EXITS: u32 = 4;
+    /// A TLS library call returned plaintext, but no socket of its `SSL`
+    /// object is known yet (no socket call inside any of its calls).
+    pub const TLS_NO_SOCKET: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 

@@ -21,7 +21,7 @@ use crate::{
     ctx::{arg, ret},
     filter::should_trace,
     maps::{capture_size, count, wakeup_bytes, ActiveCall, ACTIVE, EVENTS, SCRATCH, SOCKS},
-    tick,
+    tick, tls,
 };
 
 /// `struct iovec` from the user ABI.
@@ -46,12 +46,18 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     if fd < 0 || !should_trace(tgid) {
         return;
     }
-    let tracked = unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.is_some();
+    let info = unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied();
     // Any read may start other work on this thread: a new tick.
     if !syscall::is_egress(sc) {
-        tick::bump(id as u32, tracked);
+        tick::bump(id as u32, info.is_some());
     }
-    if !tracked {
+    let Some(info) = info else {
+        return;
+    };
+    // TLS records: the plaintext comes from the library's call (`tls.rs`);
+    // the ciphertext is never reported, inside a hooked call or outside
+    // (the close_notify of `SSL_shutdown`).
+    if tls::inside_call(id, tgid, fd) || info.flags & sock_flags::TLS != 0 {
         return;
     }
     let call = ActiveCall {
@@ -246,6 +252,9 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
     }
     if (captured as i64) < bytes {
         flags |= data_flags::TRUNCATED;
+    }
+    if matches!(call.syscall, syscall::TLS_READ | syscall::TLS_WRITE) {
+        flags |= data_flags::TLS;
     }
     ev.flags = flags;
     let len = if captured > MAX_CAPTURE {

@@ -18,6 +18,7 @@ mod maps;
 mod optional;
 mod proc;
 mod tick;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

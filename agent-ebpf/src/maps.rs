@@ -163,3 +163,44 @@ pub fn count(idx: u32) {
         unsafe { *c += 1 };
     }
 }
+
+/// TLS (`tls.rs`): a library call between its uprobe and uretprobe, keyed
+/// by pid_tgid (one per thread).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The library's connection object (`SSL *`).
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `_ex` forms: where the library writes the byte count; 0 otherwise.
+    pub out_len: u64,
+    pub enter_ns: u64,
+    /// The socket a syscall inside this call used; -1 until one does.
+    pub fd: i32,
+    /// `tls::op` value.
+    pub op: u8,
+    pub _pad: [u8; 3],
+    /// The thread's tick at entry (see `tick.rs`).
+    pub tick: u32,
+    pub _pad2: u32,
+}
+
+#[map]
+pub static TLS_ACTIVE: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// A TLS connection object of a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// TLS: (tgid, `SSL *`) -> the socket its records last went through. A call
+/// that returns buffered plaintext makes no syscall; this names its socket.
+/// Removed at `SSL_free`; LRU, and rewritten by every call that does reach
+/// the socket, so a reused object address never keeps a stale fd.
+#[map]
+pub static TLS_FD: LruHashMap<TlsKey, i32> = LruHashMap::with_max_entries(65536, 0);

@@ -97,6 +97,12 @@ pub struct CaptureArgs {
     /// and their goroutine switches cost nothing.
     #[arg(long, env = "SONDE_NO_GO_PROBES")]
     pub no_go_probes: bool,
+
+    /// Never attach the TLS uprobes to OpenSSL: encrypted connections then
+    /// stay opaque (counted in `sonde_tls_connections_total`), and TLS
+    /// calls cost nothing.
+    #[arg(long, env = "SONDE_NO_TLS_PROBES")]
+    pub no_tls_probes: bool,
 }
 
 impl CaptureArgs {
@@ -109,6 +115,7 @@ impl CaptureArgs {
                 cgroups: self.cgroups.clone(),
                 kprobes: !self.no_kprobes,
                 go_probes: !self.no_go_probes,
+                tls_probes: !self.no_tls_probes,
                 ..ProbeConfig::default()
             },
             poll_interval: Duration::from_millis(self.poll_interval_ms),

@@ -55,6 +55,11 @@ impl DataRecord {
     pub fn truncated(&self) -> bool {
         self.flags & common::data_flags::TRUNCATED != 0
     }
+
+    /// TLS plaintext, from a library call (`tls.rs` in agent-ebpf).
+    pub fn tls(&self) -> bool {
+        self.flags & common::data_flags::TLS != 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +191,11 @@ pub enum Syscall {
     TcpSendmsg,
     #[serde(rename = "tcp_recvmsg")]
     TcpRecvmsg,
+    /// The plaintext of `SSL_read` / `SSL_write` (and `_ex`), by uprobe.
+    #[serde(rename = "tls_read")]
+    TlsRead,
+    #[serde(rename = "tls_write")]
+    TlsWrite,
     Unknown,
 }
 
@@ -206,6 +216,8 @@ impl Syscall {
             s_::SENDFILE => Syscall::Sendfile,
             s_::TCP_SENDMSG => Syscall::TcpSendmsg,
             s_::TCP_RECVMSG => Syscall::TcpRecvmsg,
+            s_::TLS_READ => Syscall::TlsRead,
+            s_::TLS_WRITE => Syscall::TlsWrite,
             _ => Syscall::Unknown,
         }
     }
@@ -224,6 +236,8 @@ impl Syscall {
             Syscall::Sendfile => "sendfile",
             Syscall::TcpSendmsg => "tcp_sendmsg",
             Syscall::TcpRecvmsg => "tcp_recvmsg",
+            Syscall::TlsRead => "tls_read",
+            Syscall::TlsWrite => "tls_write",
             Syscall::Unknown => "unknown",
         }
     }

@@ -44,6 +44,8 @@ pub fn health_fn(
             value: v as f64,
         };
         let c = |name, help, labels, v| metric(name, help, "counter", labels, v);
+        const TLS_LIBS: &str = "TLS library files of traced processes, by whether the plaintext probes are attached.";
+        const TLS_CONNS: &str = "TLS connections seen: decrypted through the library's calls, or left opaque, by reason.";
         let drop = |stage: &'static str, v: u64| {
             c("sonde_dropped_total", DROPS, vec![("stage", stage)], v)
         };
@@ -101,6 +103,12 @@ pub fn health_fn(
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "unsupported")], u.go_unsupported),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "stripped")], u.go_stripped),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "failed")], u.go_failed),
+            c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "attached")], u.tls_attached),
+            c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "no_symbols")], u.tls_no_symbols),
+            c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "failed")], u.tls_failed),
+            c("sonde_tls_connections_total", TLS_CONNS, vec![("outcome", "decrypted")], disp.tls_decrypted.load(Relaxed)),
+            c("sonde_tls_connections_total", TLS_CONNS, vec![("outcome", "opaque"), ("reason", "library_not_hooked")], disp.tls_opaque.load(Relaxed)),
+            drop("tls_no_socket", k.tls_no_socket),
             drop("process_notices", u.process_notices_dropped),
         ];
         for (index, n) in crate::pipeline::ENTRY_INDEXES.iter().zip(&pipeline.entries) {

@@ -51,6 +51,9 @@ pub struct Session {
     tasks: Vec<JoinHandle<()>>,
     /// Whether the io_uring kprobes are attached (they wait for io_uring).
     kernel_io: Arc<std::sync::atomic::AtomicBool>,
+    /// TLS library files found, and what became of each.
+    pub tls_libraries: crate::probes::uprobes::Libraries,
+    tls_rescan: mpsc::Sender<u32>,
     _probes: Arc<Mutex<Probes>>,
 }
 
@@ -70,9 +73,11 @@ impl Session {
         // New processes go to the Go runtime inspector (started below, once
         // the probes are shared).
         let (new_procs_tx, new_procs_rx) = mpsc::channel(1024);
-        if cfg.probes.go_probes {
+        if cfg.probes.go_probes || cfg.probes.tls_probes {
             table.processes().notify_new(new_procs_tx, stats.clone());
         }
+        // Processes whose TLS sonde could not read: their libraries again.
+        let (tls_rescan_tx, tls_rescan_rx) = mpsc::channel(256);
         let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
         let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity);
 
@@ -145,10 +150,18 @@ impl Session {
         let uring_seen = probes.take_uring_seen();
         let probe_report = probes.report.clone();
         let probes = Arc::new(Mutex::new(probes));
-        tasks.push(tokio::spawn(crate::probes::goruntime::attach_go_runtimes(
+        let tls_libraries = crate::probes::uprobes::Libraries::default();
+        tasks.push(tokio::spawn(crate::probes::uprobes::run(
             new_procs_rx,
-            Arc::downgrade(&probes),
-            stats.clone(),
+            tls_rescan_rx,
+            crate::probes::uprobes::Inspector::new(
+                Arc::downgrade(&probes),
+                stats.clone(),
+                cfg.probes.go_probes,
+                cfg.probes.tls_probes,
+                tls_libraries.clone(),
+            ),
+            scan_filter(&cfg.probes),
         )));
         if let Some(seen) = uring_seen {
             // Weak: dropping the session detaches everything at once.
@@ -167,6 +180,8 @@ impl Session {
             owners,
             tasks,
             kernel_io,
+            tls_libraries,
+            tls_rescan: tls_rescan_tx,
             _probes: probes,
         })
     }
@@ -236,8 +251,19 @@ impl Session {
     pub fn commander(&self) -> impl FnMut(Command) + Send + 'static {
         let sockets = self.sockets.clone();
         let owners = self.owners.clone();
+        let tls_rescan = self.tls_rescan.clone();
         move |cmd| {
-            let (Command::Release { conn, pid, fd } | Command::CopyWhole { conn, pid, fd }) = cmd;
+            let (conn, pid, fd) = match cmd {
+                Command::Release { conn, pid, fd } | Command::CopyWhole { conn, pid, fd } => {
+                    (conn, pid, fd)
+                }
+                Command::FindTls { pid } => {
+                    // Full: the process is named again by its next opaque
+                    // connection.
+                    let _ = tls_rescan.try_send(pid);
+                    return;
+                }
+            };
             let owned = owners
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -250,6 +276,7 @@ impl Session {
             let _ = match cmd {
                 Command::Release { .. } => s.set_quiet(pid, fd),
                 Command::CopyWhole { .. } => s.set_whole(pid, fd),
+                Command::FindTls { .. } => return,
             };
         }
     }

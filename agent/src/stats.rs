@@ -29,7 +29,13 @@ pub struct Stats {
     pub go_unsupported: AtomicU64,
     pub go_stripped: AtomicU64,
     pub go_failed: AtomicU64,
-    /// New processes not inspected for a Go runtime (the queue was full).
+    /// TLS library files (`probes/tls.rs`): given the plaintext probes,
+    /// without the OpenSSL symbols, or refused by the kernel.
+    pub tls_attached: AtomicU64,
+    pub tls_no_symbols: AtomicU64,
+    pub tls_failed: AtomicU64,
+    /// New processes not inspected for a Go runtime or a TLS library (the
+    /// queue was full).
     pub process_notices_dropped: AtomicU64,
 }
 
@@ -49,6 +55,9 @@ pub struct StatsSnapshot {
     pub go_unsupported: u64,
     pub go_stripped: u64,
     pub go_failed: u64,
+    pub tls_attached: u64,
+    pub tls_no_symbols: u64,
+    pub tls_failed: u64,
     pub process_notices_dropped: u64,
 }
 
@@ -73,6 +82,9 @@ impl Stats {
             go_unsupported: self.go_unsupported.load(Relaxed),
             go_stripped: self.go_stripped.load(Relaxed),
             go_failed: self.go_failed.load(Relaxed),
+            tls_attached: self.tls_attached.load(Relaxed),
+            tls_no_symbols: self.tls_no_symbols.load(Relaxed),
+            tls_failed: self.tls_failed.load(Relaxed),
             process_notices_dropped: self.process_notices_dropped.load(Relaxed),
         }
     }

@@ -42,6 +42,9 @@ pub struct ConnInfo {
     /// then ((0, 0): unknown). Causality gives its first call to the
     /// request that opened it.
     pub opened_by: (u32, u32),
+    /// Its payload is TLS plaintext, from the library's calls (the kernel
+    /// never reported its ciphertext).
+    pub tls: bool,
 }
 
 impl ConnInfo {
@@ -224,6 +227,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             preexisting: false,
             peer_is_agent: false,
             opened_by: (0, 0),
+            tls: false,
         };
         self.next_id += 1;
         self.owners
@@ -392,6 +396,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             out.push(StreamEvent::Open(conn.info.clone()));
         }
         let conn = self.conns.get_mut(&key).expect("present");
+        conn.info.tls |= d.tls();
         let incomplete = conn.info.tuple.is_none_or(|t| t.local.port() == 0);
         if incomplete && !conn.resolve_tried {
             conn.resolve_tried = true;

@@ -147,6 +147,7 @@ mod tests {
             preexisting: false,
             peer_is_agent: false,
             opened_by: (0, 0),
+            tls: false,
         }
     }
 

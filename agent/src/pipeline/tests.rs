@@ -58,6 +58,7 @@ fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str, service: &str)
         preexisting: false,
         peer_is_agent: false,
         opened_by: (0, 0),
+        tls: false,
     }
 }
 

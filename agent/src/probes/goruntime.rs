@@ -1,25 +1,17 @@
-//! Go runtimes: finds the Go binaries of traced processes and attaches the
-//! goroutine uprobes (`agent-ebpf/src/goroutine.rs`) to each, once per file.
+//! Go runtimes: attaches the goroutine uprobes (`agent-ebpf/src/goroutine.rs`)
+//! to the Go binaries of traced processes, once per file.
 //!
-//! The connection table names every process it sees for the first time;
-//! this task reads that process's executable (through `/proc/<pid>/exe`,
-//! which also reaches into a container's mount namespace), and if it is a
-//! Go program built with the register ABI on amd64, attaches four uprobes
-//! to its runtime. Uprobes are per file, so every process running the same
+//! `uprobes.rs` hands each new process's executable here (read through
+//! `/proc/<pid>/exe`, which also reaches into a container's mount
+//! namespace); if it is a Go program built with the register ABI on amd64,
+//! four uprobes go on its runtime. Uprobes are per file, so every process running the same
 //! binary is covered by one attachment; the kernel's pid and cgroup
 //! filters still decide which of them produce records.
-use std::{
-    collections::HashSet,
-    os::unix::fs::MetadataExt,
-    sync::{Arc, Mutex, Weak},
-};
-
 use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeError, UProbeScope},
     ProgramError, UProbe,
 };
 use object::{Object, ObjectSection};
-use tokio::sync::mpsc;
 
 use super::Probes;
 use crate::stats::Stats;
@@ -94,61 +86,31 @@ fn register_abi(version: &str) -> bool {
     minor.parse::<u32>().is_ok_and(|m| m >= 17)
 }
 
-/// Inspects the executables of the processes named on `pids` and attaches
-/// the goroutine probes to Go ones, until the channel closes or the probes
-/// are gone.
-pub async fn attach_go_runtimes(
-    mut pids: mpsc::Receiver<u32>,
-    probes: Weak<Mutex<Probes>>,
-    stats: Arc<Stats>,
-) {
-    // Files already inspected, by (device, inode): uprobes are per inode.
-    let mut seen: HashSet<(u64, u64)> = HashSet::new();
-    while let Some(pid) = pids.recv().await {
-        let exe = format!("/proc/{pid}/exe");
-        let Ok(meta) = std::fs::metadata(&exe) else {
-            continue; // exited already
-        };
-        if !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        let path = exe.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            std::fs::read(&path)
-                .map(|b| inspect(&b))
-                .unwrap_or(Binary::NotGo)
-        })
-        .await
-        .unwrap_or(Binary::NotGo);
-        let version = match found {
-            Binary::NotGo => continue,
-            Binary::Unsupported(why) => {
-                tracing::info!(pid, why, "Go program left without goroutine probes");
-                Stats::inc(&stats.go_unsupported);
-                continue;
-            }
-            Binary::Go(v) => v,
-        };
-        let Some(probes) = probes.upgrade() else {
+/// Attaches the goroutine probes to executable `exe` (of process `pid`),
+/// whose bytes are `elf`, if it is a Go program they understand; counts
+/// the outcome.
+pub(super) fn on_executable(pid: u32, exe: &str, elf: &[u8], p: &mut Probes, stats: &Stats) {
+    let version = match inspect(elf) {
+        Binary::NotGo => return,
+        Binary::Unsupported(why) => {
+            tracing::info!(pid, why, "Go program left without goroutine probes");
+            Stats::inc(&stats.go_unsupported);
             return;
-        };
-        let result = {
-            let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-            attach(&mut p, &exe)
-        };
-        match result {
-            Ok(()) => {
-                tracing::info!(pid, %version, "goroutine probes attached");
-                Stats::inc(&stats.go_attached);
-            }
-            Err(AttachError::Stripped(sym)) => {
-                tracing::info!(pid, %version, sym, "Go program has no runtime symbols (stripped): goroutines not followed");
-                Stats::inc(&stats.go_stripped);
-            }
-            Err(AttachError::Kernel(e)) => {
-                tracing::warn!(pid, %version, "goroutine probes not attached: {e}");
-                Stats::inc(&stats.go_failed);
-            }
+        }
+        Binary::Go(v) => v,
+    };
+    match attach(p, exe) {
+        Ok(()) => {
+            tracing::info!(pid, %version, "goroutine probes attached");
+            Stats::inc(&stats.go_attached);
+        }
+        Err(AttachError::Stripped(sym)) => {
+            tracing::info!(pid, %version, sym, "Go program has no runtime symbols (stripped): goroutines not followed");
+            Stats::inc(&stats.go_stripped);
+        }
+        Err(AttachError::Kernel(e)) => {
+            tracing::warn!(pid, %version, "goroutine probes not attached: {e}");
+            Stats::inc(&stats.go_failed);
         }
     }
 }

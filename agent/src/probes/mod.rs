@@ -8,7 +8,9 @@ pub mod goruntime;
 pub mod layout;
 pub mod programs;
 pub mod runtime;
+pub mod tls;
 pub mod tracefs;
+pub mod uprobes;
 
 use std::path::PathBuf;
 
@@ -44,6 +46,9 @@ pub struct ProbeConfig {
     pub kprobes: bool,
     /// Attach the goroutine uprobes to the Go programs of traced processes.
     pub go_probes: bool,
+    /// Attach the TLS plaintext uprobes to the OpenSSL libraries of traced
+    /// processes.
+    pub tls_probes: bool,
 }
 
 impl Default for ProbeConfig {
@@ -56,6 +61,7 @@ impl Default for ProbeConfig {
             cgroups: vec![],
             kprobes: true,
             go_probes: true,
+            tls_probes: true,
         }
     }
 }
@@ -586,6 +592,7 @@ pub struct KernelCounters {
     pub read_faults: u64,
     pub map_full: u64,
     pub orphan_exits: u64,
+    pub tls_no_socket: u64,
 }
 
 impl KernelStats {
@@ -597,6 +604,7 @@ impl KernelStats {
             read_faults: get(stat::READ_FAULTS),
             map_full: get(stat::MAP_FULL),
             orphan_exits: get(stat::ORPHAN_EXITS),
+            tls_no_socket: get(stat::TLS_NO_SOCKET),
         }
     }
 }

@@ -56,6 +56,9 @@ pub enum Command {
     Release { conn: u64, pid: u32, fd: i32 },
     /// Copy up to the ceiling on this connection: its protocol is framed.
     CopyWhole { conn: u64, pid: u32, fd: i32 },
+    /// Process `pid` sent TLS records sonde cannot read: look for its TLS
+    /// library again (it may have loaded it since it was inspected).
+    FindTls { pid: u32 },
 }
 
 /// What is never traced.
@@ -88,6 +91,12 @@ pub struct DispatchStats {
     pub over_budget: AtomicU64,
     /// Parser heap bytes held now (approximate).
     pub parser_bytes: AtomicU64,
+    /// TLS connections whose plaintext came from the library's calls.
+    pub tls_decrypted: AtomicU64,
+    /// TLS connections whose records reached user space encrypted: their
+    /// process's TLS library is not hooked (Java, Go without symbols,
+    /// rustls, GnuTLS, or a library loaded after the connection began).
+    pub tls_opaque: AtomicU64,
 }
 
 impl Default for DispatchStats {
@@ -100,6 +109,8 @@ impl Default for DispatchStats {
             unrecognised: AtomicU64::new(0),
             over_budget: AtomicU64::new(0),
             parser_bytes: AtomicU64::new(0),
+            tls_decrypted: AtomicU64::new(0),
+            tls_opaque: AtomicU64::new(0),
         }
     }
 }
@@ -243,7 +254,16 @@ impl Dispatcher {
             if seg.data.is_empty() {
                 return; // nothing to detect on (quiet socket or sendfile)
             }
+            // A peek at a TLS record's first bytes, before the handshake
+            // (nginx tells HTTPS from HTTP by one byte): whether the rest
+            // comes as plaintext or as records decides.
+            if super::tls_record_prefix(seg.data) {
+                return;
+            }
             flows.push(Flow::Detected(c.clone()));
+            if c.tls {
+                self.stats.tls_decrypted.fetch_add(1, Relaxed);
+            }
             // The far end of the agent's own traffic (a local OTLP collector)
             // is never parsed.
             match registry::detect(c.role, dir, seg.data) {
@@ -266,6 +286,7 @@ impl Dispatcher {
                 }
                 _ => {
                     self.stats.unrecognised.fetch_add(1, Relaxed);
+                    self.opaque_tls(&c, seg.data, commands);
                     return self.release(&c, commands);
                 }
             }
@@ -291,6 +312,7 @@ impl Dispatcher {
         if let Err(why) = res {
             tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, %why, "parser gave up");
             self.stats.protocols[proto].gave_up.fetch_add(1, Relaxed);
+            self.opaque_tls(&c, seg.data, commands);
             self.stop_parsing(&c, seg.exit_ns, flows, commands);
         } else if self.used > self.budget {
             // The connection that grew past the budget loses its parser:
@@ -352,6 +374,16 @@ impl Dispatcher {
         self.account(proto, parser.take_stats(), records.len());
         self.used -= bytes;
         flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
+    }
+
+    /// Counts a connection whose bytes are TLS records (ciphertext: the
+    /// kernel reports none for a hooked library), and asks for its
+    /// process's libraries to be looked at again.
+    fn opaque_tls(&self, c: &ConnInfo, data: &[u8], commands: &mut Vec<Command>) {
+        if !c.tls && super::tls_record(data) {
+            self.stats.tls_opaque.fetch_add(1, Relaxed);
+            commands.push(Command::FindTls { pid: c.pid });
+        }
     }
 
     fn release(&mut self, c: &ConnInfo, commands: &mut Vec<Command>) {

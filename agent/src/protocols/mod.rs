@@ -215,6 +215,58 @@ pub fn client_first_write(role: Role, dir: Direction) -> bool {
     role != Role::Server && dir == Direction::Egress
 }
 
+/// Whether bytes start with a TLS record header: content type (change
+/// cipher spec, alert, handshake, application data), version 3.0 to 3.4
+/// (SSL 3.0 to TLS 1.3's legacy field), and a length within the limit.
+pub fn tls_record(data: &[u8]) -> bool {
+    match data {
+        [kind, 3, minor, hi, lo, ..] => {
+            (20..=23).contains(kind)
+                && *minor <= 4
+                && u16::from_be_bytes([*hi, *lo]) <= (1 << 14) + 2048
+        }
+        _ => false,
+    }
+}
+
+/// Whether bytes are shorter than a TLS record header and could start one.
+pub fn tls_record_prefix(data: &[u8]) -> bool {
+    match data {
+        [kind] => (20..=23).contains(kind),
+        [kind, 3, rest @ ..] if rest.len() < 3 => {
+            (20..=23).contains(kind) && rest.first().is_none_or(|m| *m <= 4)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn tls_records_are_told_from_plaintext() {
+    assert!(tls_record_prefix(b"\x16"));
+    assert!(tls_record_prefix(b"\x16\x03\x01"));
+    assert!(!tls_record_prefix(b"\x16\x03\x01\x02\x00"));
+    assert!(!tls_record_prefix(b"G"));
+    assert!(!tls_record_prefix(b""));
+    // A ClientHello, an application data record, an alert.
+    assert!(tls_record(b"\x16\x03\x01\x02\x00\x01"));
+    assert!(tls_record(b"\x17\x03\x03\x00\x35"));
+    assert!(tls_record(b"\x15\x03\x03\x00\x02"));
+    // Plaintext of the protocols sonde parses, and short or odd records.
+    for p in [
+        &b"GET / HTTP/1.1\r\n"[..],
+        b"\0\0\0\x08\x04\xd2\x16\x2f",
+        b"*1\r\n$4\r\nPING\r\n",
+        b"AMQP\0\0\x09\x01",
+        b"\x16\x03",
+        b"\x16\x03\x01\xff\xff",
+        b"\x18\x03\x01\x00\x10",
+        b"",
+    ] {
+        assert!(!tls_record(p), "{p:?}");
+    }
+}
+
 /// A recorded capture file of a protocol folder, compiled in.
 #[macro_export]
 macro_rules! capture {

@@ -64,6 +64,15 @@ pub fn client_server(conn: &ConnInfo, ex: &Exchange) -> (String, u16) {
     )
 }
 
+/// `https` for TLS plaintext read from the library's calls.
+pub fn scheme(conn: &ConnInfo) -> &'static str {
+    if conn.tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// Whether the exchange failed, seen from `role` (a client also counts 4xx).
 pub fn failed(role: Role, status: u16) -> bool {
     if role == Role::Server {
@@ -125,7 +134,7 @@ pub fn build(
         if let Some(q) = &query {
             a.push(("url.query", q.clone().into()));
         }
-        a.push(("url.scheme", "http".into()));
+        a.push(("url.scheme", scheme(conn).into()));
         a.push(("http.route", r.clone().into()));
         let local = tuple.map(|t| t.local);
         match (&host, local) {
@@ -148,7 +157,8 @@ pub fn build(
         let (addr, port) = server_of(host, peer);
         a.push(("server.address", addr.clone().into()));
         a.push(("server.port", Value::Int(port as i64)));
-        let authority = if port == 80 {
+        let default_port = if conn.tls { 443 } else { 80 };
+        let authority = if port == default_port {
             addr
         } else {
             format!("{addr}:{port}")
@@ -156,7 +166,12 @@ pub fn build(
         let q = query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
         a.push((
             "url.full",
-            format!("http://{authority}{}{q}", route::path(&req.target)).into(),
+            format!(
+                "{}://{authority}{}{q}",
+                scheme(conn),
+                route::path(&req.target)
+            )
+            .into(),
         ));
     }
     if let Some(ua) = &req.user_agent {

@@ -312,6 +312,7 @@ mod tests {
             preexisting: false,
             peer_is_agent: false,
             opened_by: (0, 0),
+            tls: false,
         };
         p.client_done(
             &mut reg,

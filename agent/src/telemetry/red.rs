@@ -27,7 +27,7 @@ pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource
     }
     let (duration, request_size, response_size) = if c.role == Role::Server {
         labels.push(("http.route", route::route(&ex.request.head.target)));
-        labels.push(("url.scheme", "http".into()));
+        labels.push(("url.scheme", spans::http::scheme(c).into()));
         (
             &metrics::HTTP_SERVER_DURATION,
             &metrics::HTTP_SERVER_REQUEST_SIZE,

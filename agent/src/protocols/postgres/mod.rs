@@ -209,6 +209,10 @@ pub struct PgConnection {
     server: Framer,
     /// The client asked for SSL/GSS: the server's next byte answers.
     encryption_asked: bool,
+    /// The server accepted SSL: the startup follows inside TLS. Its
+    /// plaintext arrives if the client's TLS library is hooked; TLS records
+    /// mean it is not.
+    tls_started: bool,
     /// The startup's ReadyForQuery was seen (or the stream began mid-way):
     /// from now on each ReadyForQuery ends a query or a Sync.
     ready: bool,
@@ -293,13 +297,25 @@ impl PgConnection {
         {
             // The one-byte answer to SSLRequest/GSSENCRequest.
             match data.first() {
-                Some(b'S') | Some(b'G') => return Err(PgError::Encrypted),
+                Some(b'S') => {
+                    self.encryption_asked = false;
+                    self.tls_started = true;
+                    data = &data[1..];
+                }
+                Some(b'G') => return Err(PgError::Encrypted),
                 Some(b'N') => {
                     self.encryption_asked = false;
                     data = &data[1..];
                 }
                 _ => {}
             }
+        }
+        if self.tls_started && !data.is_empty() {
+            if super::tls_record(data) {
+                return Err(PgError::Encrypted);
+            }
+            // Plaintext after the SSL answer: the hooked library's.
+            self.tls_started = false;
         }
         let framer = if client {
             &mut self.client

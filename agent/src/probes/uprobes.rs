@@ -1,0 +1,208 @@
+//! The task that gives traced processes their user-space probes: the
+//! goroutine probes on Go runtimes (`goruntime.rs`) and the TLS plaintext
+//! probes on OpenSSL (`tls.rs`).
+//!
+//! The connection table names every process it sees for the first time
+//! (and again after an exec). The pipeline names a process again when one
+//! of its connections carries TLS records sonde cannot read: it may have
+//! loaded its TLS library after it was first inspected (Python imports
+//! `ssl` on first use), so its maps are read again, at most once per
+//! [`RESCAN_EVERY`].
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use super::{goruntime, tls, Probes};
+use crate::stats::Stats;
+
+/// The least time between two inspections of one process's libraries.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
+
+/// Processes remembered for the rescan limit.
+const MAX_RESCANNED: usize = 4096;
+
+/// The TLS library files found so far, and what became of each (status
+/// and `/metrics`).
+pub type Libraries = Arc<Mutex<Vec<tls::Library>>>;
+
+/// Most library files listed (a node with more has them counted only).
+pub const MAX_LIBRARIES: usize = 256;
+
+pub struct Inspector {
+    pub probes: Weak<Mutex<Probes>>,
+    pub stats: Arc<Stats>,
+    pub go: bool,
+    pub tls: bool,
+    pub libraries: Libraries,
+    exes: tls::Seen,
+    shared: tls::Seen,
+    rescanned: HashMap<u32, Instant>,
+}
+
+impl Inspector {
+    pub fn new(
+        probes: Weak<Mutex<Probes>>,
+        stats: Arc<Stats>,
+        go: bool,
+        tls: bool,
+        libraries: Libraries,
+    ) -> Inspector {
+        Inspector {
+            probes,
+            stats,
+            go,
+            tls,
+            libraries,
+            exes: Default::default(),
+            shared: Default::default(),
+            rescanned: HashMap::new(),
+        }
+    }
+
+    /// Inspects a new process: its executable, then its shared libraries.
+    /// False once the probes are gone.
+    fn new_process(&mut self, pid: u32) -> bool {
+        let Some(probes) = self.probes.upgrade() else {
+            return false;
+        };
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let inside = std::fs::read_link(&exe).map(|l| l.to_string_lossy().into_owned());
+        if self.go || self.tls {
+            if let Some((file, elf)) = self.exes.open_first_time(&exe) {
+                let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+                let target = tls::fd_path(&file);
+                let name = target.to_string_lossy().into_owned();
+                if self.go {
+                    goruntime::on_executable(pid, &name, &elf, &mut p, &self.stats);
+                }
+                if self.tls {
+                    let inside = inside.unwrap_or(name);
+                    if let Some(lib) =
+                        tls::on_file(pid, inside, &target, tls::Kind::Static, &elf, &mut p)
+                    {
+                        self.found(lib);
+                    }
+                }
+            }
+        }
+        self.libraries_of(pid, &probes);
+        true
+    }
+
+    /// Inspects a process's shared libraries again (it showed TLS records
+    /// sonde cannot read), unless it was inspected within `RESCAN_EVERY`.
+    fn rescan(&mut self, pid: u32) -> bool {
+        let Some(probes) = self.probes.upgrade() else {
+            return false;
+        };
+        let now = Instant::now();
+        if self
+            .rescanned
+            .get(&pid)
+            .is_some_and(|t| now.duration_since(*t) < RESCAN_EVERY)
+        {
+            return true;
+        }
+        if self.rescanned.len() >= MAX_RESCANNED {
+            self.rescanned
+                .retain(|_, t| now.duration_since(*t) < RESCAN_EVERY);
+        }
+        self.rescanned.insert(pid, now);
+        self.libraries_of(pid, &probes);
+        true
+    }
+
+    fn libraries_of(&mut self, pid: u32, probes: &Arc<Mutex<Probes>>) {
+        if !self.tls {
+            return;
+        }
+        for (path, open) in tls::shared_libraries(pid) {
+            // Held open while attaching, and named through our own fd: the
+            // process (a short-lived client) may be gone by then, and with
+            // it its `/proc/<pid>/root`.
+            let Some((file, elf)) = self.shared.open_first_time(&open) else {
+                continue;
+            };
+            let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+            let target = tls::fd_path(&file);
+            if let Some(lib) = tls::on_file(pid, path, &target, tls::Kind::Shared, &elf, &mut p) {
+                self.found(lib);
+            }
+        }
+    }
+
+    fn found(&mut self, lib: tls::Library) {
+        let counter = match lib.outcome {
+            "attached" => &self.stats.tls_attached,
+            "no_symbols" => &self.stats.tls_no_symbols,
+            _ => &self.stats.tls_failed,
+        };
+        Stats::inc(counter);
+        let mut list = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+        if list.len() < MAX_LIBRARIES {
+            list.push(lib);
+        }
+    }
+}
+
+/// First the TLS libraries of every running process `traced` accepts (so
+/// a server that opens no new socket before its first TLS request is
+/// covered); then the processes named on `new` (new processes) and
+/// `rescan` (TLS records seen that sonde cannot read), until both channels
+/// close or the probes are gone. File reads and attachments run on the
+/// blocking pool.
+pub async fn run(
+    mut new: mpsc::Receiver<u32>,
+    mut rescan: mpsc::Receiver<u32>,
+    mut inspector: Inspector,
+    traced: impl Fn(u32) -> bool + Send + 'static,
+) {
+    if inspector.tls {
+        let started = tokio::task::spawn_blocking(move || {
+            let Some(probes) = inspector.probes.upgrade() else {
+                return None;
+            };
+            let pids: Vec<u32> = std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&pid| traced(pid))
+                .collect();
+            for pid in pids {
+                inspector.libraries_of(pid, &probes);
+            }
+            Some(inspector)
+        })
+        .await;
+        match started {
+            Ok(Some(i)) => inspector = i,
+            _ => return,
+        }
+    }
+    loop {
+        let (pid, fresh) = tokio::select! {
+            Some(pid) = new.recv() => (pid, true),
+            Some(pid) = rescan.recv() => (pid, false),
+            else => return,
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let alive = if fresh {
+                inspector.new_process(pid)
+            } else {
+                inspector.rescan(pid)
+            };
+            (alive, inspector)
+        })
+        .await;
+        match done {
+            Ok((true, i)) => inspector = i,
+            _ => return,
+        }
+    }
+}
