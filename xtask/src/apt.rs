@@ -34,6 +34,8 @@ pub const TEST_PACKAGES: &[&str] = &[
 /// Python clients the test services use (from PyPI), and the module each provides.
 pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg[binary]", "psycopg"),
+    // The HTTPS client of the TLS suite.
+    ("requests", "requests"),
     ("pymysql", "pymysql"),
     ("redis", "redis"),
     ("mysql-connector-python", "mysql.connector"),
@@ -60,7 +62,7 @@ pub fn ensure_python() -> Result<()> {
     }
     eprintln!("xtask: pip installing {}", missing.join(" "));
     sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
-        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] pymysql redis mysql-connector-python pika aio-pika kubernetes-validate")
+        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] requests pymysql redis mysql-connector-python pika aio-pika kubernetes-validate")
 }
 
 fn installed(pkg: &str) -> bool {

@@ -25,7 +25,7 @@ pub fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 9] = [
+const PRIVILEGED_SUITES: [&str; 10] = [
     "capture",
     "http",
     "db",
@@ -35,6 +35,7 @@ const PRIVILEGED_SUITES: [&str; 9] = [
     "demo",
     "container",
     "top",
+    "tls",
 ];
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target`.

@@ -111,11 +111,16 @@ pub fn shared_libraries(pid: u32) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// `libssl.so`, `libssl.so.3`, `libssl.so.1.1` (not NSS's `libssl3.so`).
+/// `libssl.so`, `libssl.so.3`, `libssl.so.1.1`, and the copies Python
+/// wheels bundle under a hashed name (`libssl-6a9b88ec.so.3`, psycopg's
+/// binary wheel); not NSS's `libssl3.so`.
 fn is_libssl(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|f| f == "libssl.so" || f.starts_with("libssl.so."))
+    path.rsplit('/').next().is_some_and(|f| {
+        f == "libssl.so"
+            || f.starts_with("libssl.so.")
+            || f.strip_prefix("libssl-")
+                .is_some_and(|rest| rest.contains(".so"))
+    })
 }
 
 /// The hooks whose symbols an ELF file defines, or None when it lacks the
@@ -278,6 +283,9 @@ mod tests {
         assert!(is_libssl("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
         assert!(is_libssl("/lib/libssl.so.1.1"));
         assert!(is_libssl("/opt/x/libssl.so"));
+        assert!(is_libssl(
+            "/venv/site-packages/psycopg_binary.libs/libssl-6a9b88ec.so.3"
+        ));
         assert!(!is_libssl("/usr/lib/x86_64-linux-gnu/libssl3.so"));
         assert!(!is_libssl("/usr/lib/libcrypto.so.3"));
         assert!(!is_libssl("[heap]"));

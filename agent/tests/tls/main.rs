@@ -1,0 +1,360 @@
+//! TLS suite on the real kernel: OpenSSL's plaintext through uprobes, with
+//! real servers and clients from Debian and PyPI. nginx serves HTTPS with a
+//! self-signed certificate to curl (parallel transfers in one process) and
+//! to Python `requests` (8 threads); PostgreSQL has `ssl = on` and psycopg
+//! connects with `sslmode=require` (its wheel bundles its own libssl); a
+//! keep-alive HTTPS connection is opened before the agent starts.
+//!
+//! Needs root; run through `cargo xtask test`.
+#[path = "../http/support.rs"]
+mod support;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use libtest_mimic::{Arguments, Trial};
+use sonde_otlp_receiver::{proto::trace::v1::span::SpanKind, ReceivedSpan};
+use support::*;
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the TLS suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        std::process::exit(1);
+    }
+    let t = |name: &str, f: fn()| {
+        Trial::test(name, move || {
+            f();
+            Ok(())
+        })
+    };
+    libtest_mimic::run(
+        &args,
+        vec![
+            t("nginx_https_curl_and_requests_eight_in_flight", nginx_https),
+            t("postgres_ssl_on_psycopg_sslmode_require", postgres_ssl),
+            t("connection_opened_before_the_agent", preexisting),
+        ],
+    )
+    .exit();
+}
+
+fn kind_of(s: &ReceivedSpan) -> SpanKind {
+    SpanKind::try_from(s.span.kind).unwrap_or(SpanKind::Unspecified)
+}
+
+/// A self-signed certificate and key in `dir`.
+fn certificate(dir: &Path) {
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+}
+
+/// nginx serving HTTPS on `port`: 200 with the path for everything, 404
+/// under /missing.
+fn start_nginx(port: u16) -> Proc {
+    let dir = tempdir("nginx-tls");
+    certificate(&dir);
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off; pid {d}/nginx.pid; error_log stderr; worker_processes 2;\nevents {{}}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+             uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
+             location /missing {{ return 404; }} location / {{ return 200 \"ok $uri\\n\"; }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let nginx = Proc(
+        Command::new("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian package nginx-light)"),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx never listened");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nginx
+}
+
+/// Waits until the agent reports at least `n` TLS library files attached.
+fn wait_attached(metrics: &str, n: f64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = http_get(metrics, "/metrics").unwrap_or_default();
+        if prom_sum(&text, "sonde_tls_libraries_total", &["attached"]) >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "TLS probes never attached:\n{}",
+            text.lines()
+                .filter(|l| l.contains("tls"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn load(url_prefix: &str, n: usize, in_flight: usize) -> u32 {
+    let child = Command::new("python3")
+        .arg(fixture("tls/load.py"))
+        .args([url_prefix, &n.to_string(), &in_flight.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "load.py failed");
+    pid
+}
+
+fn service_of_pid(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
+    spans.iter().filter(|s| pid_of(s) == pid).collect()
+}
+
+/// The exact tree of every request: nginx's SERVER span for each id (path,
+/// status, `https`), under the CLIENT span of the one client that sent it
+/// (same trace, `url.full` with that id). curl runs 40 transfers, 8 in
+/// parallel, in one process; Python `requests` 40 on 8 threads. The very
+/// first connection warms the library's probes (the process that maps it
+/// is named on its first connection).
+fn nginx_https() {
+    const N: usize = 40;
+    const IN_FLIGHT: usize = 8;
+    let a = agent(&[]);
+    let port = free_port();
+    let _nginx = start_nginx(port);
+    wait_attached(&a.metrics, 1.0);
+
+    let out = tempdir("curl-out");
+    let curl = Command::new("curl")
+        .args(["-sk", "--no-progress-meter", "-Z", "--parallel-max", &IN_FLIGHT.to_string()])
+        .arg(format!("https://127.0.0.1:{port}/c/[0-{}]", N - 1))
+        .arg("-o")
+        .arg(out.join("#1"))
+        .status()
+        .expect("curl");
+    assert!(curl.success());
+    let py = load(&format!("https://127.0.0.1:{port}/p/"), N, IN_FLIGHT);
+
+    let is_server = |s: &ReceivedSpan| s.service() == "nginx" && kind_of(s) == SpanKind::Server;
+    let spans = wait_spans(&a.store, |s| s.iter().filter(|x| is_server(x)).count() >= 2 * N);
+    let servers: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| is_server(s))
+        .map(|s| (s.attr("url.path").unwrap_or_default(), s))
+        .collect();
+    let clients: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| kind_of(s) == SpanKind::Client)
+        .filter_map(|s| Some((s.attr("url.full")?, s)))
+        .collect();
+    for (who, prefix) in [("curl", "c"), ("python3", "p")] {
+        for id in 0..N {
+            let path = format!("/{prefix}/{id}");
+            let srv = servers
+                .get(&path)
+                .unwrap_or_else(|| panic!("no nginx SERVER span for {path}"));
+            assert!(srv.span.name.starts_with("GET"), "{path}: {}", srv.span.name);
+            assert_eq!(srv.attr("http.request.method").as_deref(), Some("GET"));
+            assert_eq!(srv.attr("http.response.status_code").as_deref(), Some("200"));
+            assert_eq!(srv.attr("url.scheme").as_deref(), Some("https"), "{path}");
+            let url = format!("https://127.0.0.1:{port}{path}");
+            let cli = clients
+                .get(&url)
+                .unwrap_or_else(|| panic!("no CLIENT span for {url}"));
+            assert!(cli.service().starts_with(who), "{url}: {}", cli.service());
+            assert_eq!(cli.attr("http.response.status_code").as_deref(), Some("200"));
+            assert_eq!(srv.span.parent_span_id, cli.span.span_id, "{path} under its client span");
+            assert_eq!(srv.span.trace_id, cli.span.trace_id, "{path}");
+        }
+    }
+    // Nothing else came out of the Python client: every span is one of its
+    // 40 requests, each once.
+    let mine = service_of_pid(&spans, py);
+    assert_eq!(mine.len(), N, "python client spans");
+    // The kernel reported no ciphertext (nothing opaque) and no plaintext
+    // without its socket.
+    let text = http_get(&a.metrics, "/metrics").unwrap();
+    assert_eq!(
+        prom_sum(&text, "sonde_tls_connections_total", &["opaque"]),
+        0.0,
+        "opaque TLS connections"
+    );
+    assert!(prom_sum(&text, "sonde_tls_connections_total", &["decrypted"]) >= (2 * IN_FLIGHT) as f64);
+    assert_eq!(prom_sum(&text, "sonde_dropped_total", &["tls_no_socket"]), 0.0);
+}
+
+/// PostgreSQL with `ssl = on`, psycopg with `sslmode=require` (the service
+/// answers 500 unless its connection is encrypted): every request's query
+/// is a DB span under that request's SERVER span, its statement sanitized
+/// (the `'hunter2'` literal never leaves), its database known from the
+/// startup message read inside TLS.
+fn postgres_ssl() {
+    const N: usize = 40;
+    const IN_FLIGHT: usize = 8;
+    let mut cmd = Command::new("python3");
+    cmd.arg(demo_file("infra").join("db_servers.py"))
+        .env("DB_SERVERS_PG_SSL", "1");
+    let (_dbs, line) = Servers::start(cmd);
+    let ports: HashMap<String, u16> = serde_json::from_str(&line).unwrap();
+    let a = agent(&[]);
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("tls/pg_service.py"))
+        .args([port.to_string(), ports["postgres"].to_string()])
+        .env("OTEL_SERVICE_NAME", "pg-tls");
+    let svc = ready(cmd);
+    let spid = svc.pid();
+    let is_query = |s: &ReceivedSpan| {
+        pid_of(s) == spid
+            && s.attr("db.system.name").as_deref() == Some("postgresql")
+            && s.span.name.starts_with("SELECT")
+    };
+    // psycopg's wheel bundles its own libssl, loaded at import: the service
+    // is inspected on its first connection, and its library hooked then.
+    // Warm-up requests (each a new connection, thread and database
+    // connection) until one's query is read.
+    let deadline = Instant::now() + DEADLINE;
+    while !a.store.spans().iter().any(is_query) {
+        assert!(Instant::now() < deadline, "no query over TLS was ever read");
+        let _ = http_get(&format!("127.0.0.1:{port}"), "/q/9999");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let warm = a.store.spans().iter().filter(|x| is_query(x)).count();
+    load(&format!("http://127.0.0.1:{port}/q/"), N, IN_FLIGHT);
+    let spans = wait_spans(&a.store, |s| s.iter().filter(|x| is_query(x)).count() >= warm + N);
+    let servers: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| pid_of(s) == spid && kind_of(s) == SpanKind::Server)
+        .map(|s| (s.attr("url.path").unwrap_or_default(), s))
+        .collect();
+    let queries: Vec<&ReceivedSpan> = spans.iter().filter(|s| is_query(s)).collect();
+    let (mut nested, mut wrong) = (0, vec![]);
+    for id in 0..N {
+        let srv = servers
+            .get(&format!("/q/{id}"))
+            .unwrap_or_else(|| panic!("no SERVER span for /q/{id}"));
+        assert_eq!(srv.attr("http.response.status_code").as_deref(), Some("200"), "/q/{id} answered over TLS");
+        let under: Vec<_> = queries
+            .iter()
+            .filter(|q| q.span.parent_span_id == srv.span.span_id)
+            .collect();
+        match under.as_slice() {
+            [q] => {
+                assert_eq!(q.span.trace_id, srv.span.trace_id);
+                nested += 1;
+            }
+            [] => {}
+            _ => wrong.push(id),
+        }
+    }
+    for q in &queries {
+        let text = q.attr("db.query.text").unwrap_or_default();
+        assert!(!text.contains("hunter2"), "literal leaked: {text}");
+        assert!(text.starts_with("SELECT $1::int AS id"), "{text}");
+        assert_eq!(q.attr("db.namespace").as_deref(), Some("sonde"));
+        // A parent, if any, is one of the service's requests.
+        if !q.span.parent_span_id.is_empty() {
+            assert!(
+                servers.values().any(|s| s.span.span_id == q.span.parent_span_id),
+                "query under a span that is not a request"
+            );
+        }
+    }
+    eprintln!("postgres over TLS, {N} requests, {IN_FLIGHT} in flight: {nested} queries under their request");
+    assert!(wrong.is_empty(), "several queries under one request: {wrong:?}");
+    assert_eq!(nested, N, "every query under its request (thread per request)");
+}
+
+/// A keep-alive HTTPS connection opened (and used) before the agent
+/// starts. Decided: its later requests are traced like any other, from the
+/// first whole request the library hands over; nothing else comes out of it
+/// (no span from its handshake or from a partial request).
+fn preexisting() {
+    let port = free_port();
+    let _nginx = start_nginx(port);
+    let mut client = Command::new("python3")
+        .arg(fixture("tls/keepalive_client.py"))
+        .arg(port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let cpid = client.id();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY");
+
+    let a = agent(&[]);
+    // nginx and the client map the same libssl: found by the startup scan.
+    wait_attached(&a.metrics, 1.0);
+    writeln!(client.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "DONE same", "one connection for all requests");
+    assert!(client.wait().unwrap().success());
+
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| x.service() == "nginx").count() >= 5 && service_of_pid(s, cpid).len() >= 5
+    });
+    // Let anything late arrive before counting exactly.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let spans = {
+        let more = a.store.spans();
+        if more.len() > spans.len() {
+            more
+        } else {
+            spans
+        }
+    };
+    let nginx: Vec<_> = spans.iter().filter(|s| s.service() == "nginx").collect();
+    let paths: Vec<String> = {
+        let mut p: Vec<String> = nginx.iter().map(|s| s.attr("url.path").unwrap_or_default()).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(paths, (1..=5).map(|k| format!("/pre/{k}")).collect::<Vec<_>>());
+    let client_spans = service_of_pid(&spans, cpid);
+    assert_eq!(client_spans.len(), 5, "one CLIENT span per request after the start");
+    for s in &nginx {
+        assert_eq!(s.attr("http.response.status_code").as_deref(), Some("200"));
+        assert_eq!(s.attr("url.scheme").as_deref(), Some("https"));
+        let parent = client_spans
+            .iter()
+            .find(|c| c.span.span_id == s.span.parent_span_id)
+            .expect("stitched to the client's span");
+        assert_eq!(
+            parent.attr("url.full"),
+            Some(format!("https://127.0.0.1:{port}{}", s.attr("url.path").unwrap()))
+        );
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sonde-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
