@@ -175,12 +175,16 @@ pub struct TlsCall {
     pub buf: u64,
     /// `_ex` forms: where the library writes the byte count; 0 otherwise.
     pub out_len: u64,
+    /// A write: the plaintext's length.
+    pub len: u64,
     pub enter_ns: u64,
     /// The socket a syscall inside this call used; -1 until one does.
     pub fd: i32,
     /// `tls::op` value.
     pub op: u8,
-    pub _pad: [u8; 3],
+    /// A write's plaintext was reported (at its first socket syscall).
+    pub sent: u8,
+    pub _pad: [u8; 2],
     /// The thread's tick at entry (see `tick.rs`).
     pub tick: u32,
     pub _pad2: u32,

@@ -22,12 +22,12 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sonde_common::{sock_flags, sock_key, stat, syscall, SockInfo};
+use sonde_common::{goroutine_id, sock_flags, sock_key, stat, syscall, SockInfo};
 
 use crate::{
     capture::{emit, Source},
     filter::should_trace,
-    maps::{count, ActiveCall, TlsCall, TlsKey, SOCKS, TLS_ACTIVE, TLS_FD},
+    maps::{count, ActiveCall, TlsCall, TlsKey, GO_CURRENT, SOCKS, TLS_ACTIVE, TLS_FD},
     tick,
 };
 
@@ -55,10 +55,12 @@ fn begin(ctx: &ProbeContext, op: u8, ex: bool) {
         ssl: arg(0),
         buf: if op == op::HANDSHAKE { 0 } else { arg(1) },
         out_len: if ex { arg(3) } else { 0 },
+        len: if op == op::WRITE { arg(2) } else { 0 },
         enter_ns: unsafe { bpf_ktime_get_ns() },
         fd: -1,
         op,
-        _pad: [0; 3],
+        sent: 0,
+        _pad: [0; 2],
         tick: tick::current(tid),
         _pad2: 0,
     };
@@ -143,7 +145,7 @@ fn finish(ctx: &RetProbeContext, op: u8) {
         return;
     };
     let _ = TLS_ACTIVE.remove(&id);
-    if c.op != op {
+    if c.op != op || c.sent != 0 {
         return;
     }
     // `SSL_read`/`SSL_write` return the count; `_ex` return 1 and store it.
@@ -156,6 +158,12 @@ fn finish(ctx: &RetProbeContext, op: u8) {
     } else {
         rv
     };
+    deliver(id, &c, bytes, op);
+}
+
+/// Emits the plaintext of finished call `c` of thread `id`: `bytes` moved.
+#[inline(always)]
+fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
     if bytes <= 0 {
         return;
     }
@@ -203,13 +211,33 @@ fn finish(ctx: &RetProbeContext, op: u8) {
 /// If so, the socket is named for the call and marked as TLS.
 #[inline(always)]
 pub fn inside_call(id: u64, tgid: u32, fd: i32) -> bool {
-    let Some(c) = TLS_ACTIVE.get_ptr_mut(&id) else {
-        return false;
+    // A thread's call, else (Go) the call of the goroutine it runs.
+    let c = match TLS_ACTIVE.get_ptr_mut(&id) {
+        Some(c) => c,
+        None => {
+            let Some(g) = (unsafe { GO_CURRENT.get(&(id as u32)) }).copied() else {
+                return false;
+            };
+            let Some(c) = TLS_ACTIVE.get_ptr_mut(&go_key(tgid, g)) else {
+                return false;
+            };
+            c
+        }
     };
     let ssl = unsafe {
         (*c).fd = fd;
         (*c).ssl
     };
+    // A write's plaintext goes out with its first record, not at the
+    // call's return: the peer may answer (and this process read the
+    // answer) before the writer returns, as a Go goroutine that waits for
+    // a P after its syscall does. Reported in wire order, the request is
+    // never seen after its response.
+    let call = unsafe { *c };
+    if call.op == op::WRITE && call.sent == 0 {
+        unsafe { (*c).sent = 1 };
+        deliver(id, &call, call.len as i64, op::WRITE);
+    }
     let key = TlsKey { tgid, _pad: 0, ssl };
     if unsafe { TLS_FD.get(&key) }.copied() != Some(fd) {
         let _ = TLS_FD.insert(&key, &fd, 0);
@@ -221,4 +249,121 @@ pub fn inside_call(id: u64, tgid: u32, fd: i32) -> bool {
         }
     }
     true
+}
+
+// Go's crypto/tls: `(*Conn).Write(b)` and `(*Conn).Read(b)`, register ABI
+// (Go 1.17+, amd64): the receiver in RAX, the slice's pointer and length in
+// RBX and RCX, the running g in R14; the result `n` in RAX at return. A
+// goroutine may move to another thread inside the call (it parks on
+// EAGAIN), so calls are keyed by goroutine, and `inside_call` finds a
+// thread's through `GO_CURRENT`. Uretprobes would rewrite the return
+// address on a stack Go may move: user space attaches the `_ret` programs
+// at each RET instruction of the function instead.
+
+/// `TLS_ACTIVE`'s key for goroutine `g` (a `goroutine_id`, top bit set,
+/// so never a thread id) of process `tgid`.
+#[inline(always)]
+fn go_key(tgid: u32, g: u32) -> u64 {
+    ((tgid as u64) << 32) | g as u64
+}
+
+/// (RAX, RBX, RCX, R14) of a Go ABIInternal call.
+#[inline(always)]
+fn go_regs(ctx: &ProbeContext) -> Option<(u64, u64, u64, u64)> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: a uprobe's context is its pt_regs.
+        let r = unsafe { &*ctx.regs };
+        Some((r.rax, r.rbx, r.rcx, r.r14))
+    }
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    {
+        let _ = ctx;
+        None
+    }
+}
+
+#[inline(always)]
+fn go_begin(ctx: &ProbeContext, op: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !should_trace(tgid) {
+        return;
+    }
+    let Some((conn, buf, len, g)) = go_regs(ctx) else {
+        return;
+    };
+    let call = TlsCall {
+        ssl: conn,
+        buf: if op == op::HANDSHAKE { 0 } else { buf },
+        out_len: 0,
+        len: if op == op::WRITE { len } else { 0 },
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd: -1,
+        op,
+        sent: 0,
+        _pad: [0; 2],
+        tick: 0,
+        _pad2: 0,
+    };
+    let key = go_key(tgid, goroutine_id(g));
+    let flags = if op == op::HANDSHAKE { 1 } else { 0 }; // BPF_NOEXIST
+    if TLS_ACTIVE.insert(&key, &call, flags).is_err() && op != op::HANDSHAKE {
+        count(stat::MAP_FULL);
+    }
+}
+
+#[inline(always)]
+fn go_end(ctx: &ProbeContext, op: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let Some((n, _, _, g)) = go_regs(ctx) else {
+        return;
+    };
+    let key = go_key((id >> 32) as u32, goroutine_id(g));
+    let Some(c) = (unsafe { TLS_ACTIVE.get(&key) }).copied() else {
+        return;
+    };
+    if c.op != op {
+        return;
+    }
+    let _ = TLS_ACTIVE.remove(&key);
+    if op != op::HANDSHAKE && c.sent == 0 {
+        deliver(id, &c, n as i64, op);
+    }
+}
+
+#[uprobe]
+pub fn go_tls_write(ctx: ProbeContext) -> u32 {
+    go_begin(&ctx, op::WRITE);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_read(ctx: ProbeContext) -> u32 {
+    go_begin(&ctx, op::READ);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
+    go_begin(&ctx, op::HANDSHAKE);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_write_ret(ctx: ProbeContext) -> u32 {
+    go_end(&ctx, op::WRITE);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
+    go_end(&ctx, op::READ);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_handshake_ret(ctx: ProbeContext) -> u32 {
+    go_end(&ctx, op::HANDSHAKE);
+    0
 }

@@ -43,6 +43,20 @@ pub struct Report {
     pub minimum_kernel: String,
     /// Which kind of hook the loader uses here, per hook family.
     pub strategy: String,
+    /// The TLS libraries running processes map, and whether the plaintext
+    /// probes would attach to each.
+    pub tls_libraries: Vec<TlsLibraryCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsLibraryCheck {
+    /// The path as the first process found sees it.
+    pub path: String,
+    /// Processes that map it now.
+    pub processes: usize,
+    /// Hooks of `probes::tls::TLS_HOOKS` it has symbols for (0: not the
+    /// OpenSSL API, or stripped: it would stay opaque).
+    pub hooks: usize,
 }
 
 /// The function the uprobe check attaches to: part of this binary, never
@@ -187,6 +201,7 @@ pub fn run() -> Report {
             checks.push(check("kprobes", kprobe_check(&mut probes)));
             checks.push(check("fentry", fentry_check(&mut probes)));
             checks.push(check("uprobes", uprobe_check(&mut probes)));
+            checks.push(check("tls", tls_check(&mut probes)));
             checks.push(check("sk_msg", sk_msg_check(&mut probes)));
         }
     }
@@ -194,6 +209,7 @@ pub fn run() -> Report {
     let has = |name: &str| checks.iter().any(|c| c.name == name && c.available);
     let strategy = strategy(&kernel_io, has("fentry"));
     Report {
+        tls_libraries: tls_libraries(),
         kernel: kernel_release(),
         checks,
         tracepoints,
@@ -245,6 +261,61 @@ fn uprobe_check(probes: &mut Probes) -> Result<String, String> {
     sonde_doctor_uprobe_target();
     let _ = prog.detach(link);
     Ok("available".into())
+}
+
+/// Whether the TLS plaintext programs pass this kernel's verifier (they
+/// attach as the agent finds libraries; `tls_libraries` lists those).
+fn tls_check(probes: &mut Probes) -> Result<String, String> {
+    let mut names: Vec<&str> = crate::probes::tls::TLS_HOOKS
+        .iter()
+        .flat_map(|h| std::iter::once(h.entry).chain(h.ret))
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let prog: &mut UProbe = probes.program(name)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|e| format!("unavailable: {name}: load: {}", root_cause(&e)))?;
+        }
+    }
+    Ok(format!(
+        "OpenSSL plaintext programs load ({}); libraries below; Go crypto/tls attaches with the goroutine probes. Node.js, Java, GnuTLS and rustls stay opaque",
+        names.len()
+    ))
+}
+
+/// Every OpenSSL library file running processes map (by inode), with the
+/// hooks it has symbols for.
+fn tls_libraries() -> Vec<TlsLibraryCheck> {
+    use std::{collections::HashMap, os::unix::fs::MetadataExt};
+    let mut by_inode: HashMap<(u64, u64), TlsLibraryCheck> = HashMap::new();
+    let pids = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        for (path, open) in crate::probes::tls::shared_libraries(pid) {
+            let Ok(m) = std::fs::metadata(&open) else {
+                continue;
+            };
+            let entry = by_inode
+                .entry((m.dev(), m.ino()))
+                .or_insert_with(|| TlsLibraryCheck {
+                    hooks: std::fs::read(&open)
+                        .ok()
+                        .and_then(|b| crate::probes::tls::hooks_in(&b))
+                        .map_or(0, |h| h.len()),
+                    path,
+                    processes: 0,
+                });
+            entry.processes += 1;
+        }
+    }
+    let mut out: Vec<TlsLibraryCheck> = by_inode.into_values().collect();
+    out.sort_by(|a, b| b.processes.cmp(&a.processes).then(a.path.cmp(&b.path)));
+    out
 }
 
 fn sk_msg_check(probes: &mut Probes) -> Result<String, String> {
@@ -329,6 +400,18 @@ pub fn render(r: &Report, verbose: bool) -> String {
                 t.state, t.hook, t.detail
             );
         }
+    }
+    for l in &r.tls_libraries {
+        let what = if l.hooks > 0 {
+            format!("OpenSSL API, {} hooks", l.hooks)
+        } else {
+            "no OpenSSL symbols: stays opaque".into()
+        };
+        let _ = writeln!(
+            s,
+            "        tls      {:<46} {} processes: {what}",
+            l.path, l.processes
+        );
     }
     let _ = writeln!(s, "strategy: {}", r.strategy);
     let _ = writeln!(s, "minimum kernel: {}", r.minimum_kernel);

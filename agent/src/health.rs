@@ -44,7 +44,8 @@ pub fn health_fn(
             value: v as f64,
         };
         let c = |name, help, labels, v| metric(name, help, "counter", labels, v);
-        const TLS_LIBS: &str = "TLS library files of traced processes, by whether the plaintext probes are attached.";
+        const TLS_LIBS: &str =
+            "TLS library files of traced processes, by whether the plaintext probes are attached.";
         const TLS_CONNS: &str = "TLS connections seen: decrypted through the library's calls, or left opaque, by reason.";
         let drop = |stage: &'static str, v: u64| {
             c("sonde_dropped_total", DROPS, vec![("stage", stage)], v)

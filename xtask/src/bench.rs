@@ -27,7 +27,7 @@ pub struct Options {
     pub connections: Option<u32>,
 }
 
-const WORKLOADS: [&str; 2] = ["nginx", "python"];
+const WORKLOADS: [&str; 3] = ["nginx", "nginx-tls", "python"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
@@ -94,7 +94,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         let server = Server::start(w)?;
         let conns = opts
             .connections
-            .unwrap_or(if w == "nginx" { 32 } else { 16 });
+            .unwrap_or(if w.starts_with("nginx") { 32 } else { 16 });
         // Warm the server up (and the page cache), untimed.
         wrk(&server.url, conns, 2)?;
         let mut samples: Vec<(Arm, Sample)> = vec![];
@@ -247,17 +247,41 @@ impl Server {
     fn start(workload: &str) -> Result<Server> {
         let port = free_port()?;
         let dir = TempDir::new(workload)?;
+        let tls = workload == "nginx-tls";
         let child = match workload {
-            "nginx" => {
-                // A small static file, as in the issue's measurement.
+            "nginx" | "nginx-tls" => {
+                // A small static file, as in the issue's measurement; over
+                // TLS (a self-signed certificate) for the TLS probes' cost.
                 std::fs::create_dir_all(dir.0.join("www"))?;
                 std::fs::write(dir.0.join("www/index.html"), "x".repeat(612))?;
+                let listen = if tls {
+                    let ok = Command::new("openssl")
+                        .args([
+                            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        ])
+                        .args(["-subj", "/CN=localhost", "-keyout"])
+                        .arg(dir.0.join("key.pem"))
+                        .arg("-out")
+                        .arg(dir.0.join("cert.pem"))
+                        .stderr(Stdio::null())
+                        .status()
+                        .context("openssl (a certificate for nginx-tls)")?;
+                    if !ok.success() {
+                        bail!("openssl could not make a certificate");
+                    }
+                    format!(
+                        "listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;",
+                        d = dir.0.display()
+                    )
+                } else {
+                    format!("listen 127.0.0.1:{port};")
+                };
                 let conf = format!(
                     "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
                      events {{ worker_connections 4096; }}\n\
                      http {{ access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
                      fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-                     server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n",
+                     server {{ {listen} root {d}/www; }}\n}}\n",
                     d = dir.0.display()
                 );
                 std::fs::write(dir.0.join("nginx.conf"), conf)?;
@@ -287,12 +311,13 @@ impl Server {
                 c
             }
         };
-        let path = if workload == "nginx" {
-            "/index.html"
-        } else {
+        let path = if workload == "python" {
             "/ok"
+        } else {
+            "/index.html"
         };
-        let url = format!("http://127.0.0.1:{port}{path}");
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}{path}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {

@@ -88,14 +88,20 @@ fn register_abi(version: &str) -> bool {
 
 /// Attaches the goroutine probes to executable `exe` (of process `pid`),
 /// whose bytes are `elf`, if it is a Go program they understand; counts
-/// the outcome.
-pub(super) fn on_executable(pid: u32, exe: &str, elf: &[u8], p: &mut Probes, stats: &Stats) {
+/// the outcome. Whether they are attached.
+pub(super) fn on_executable(
+    pid: u32,
+    exe: &str,
+    elf: &[u8],
+    p: &mut Probes,
+    stats: &Stats,
+) -> bool {
     let version = match inspect(elf) {
-        Binary::NotGo => return,
+        Binary::NotGo => return false,
         Binary::Unsupported(why) => {
             tracing::info!(pid, why, "Go program left without goroutine probes");
             Stats::inc(&stats.go_unsupported);
-            return;
+            return false;
         }
         Binary::Go(v) => v,
     };
@@ -103,6 +109,7 @@ pub(super) fn on_executable(pid: u32, exe: &str, elf: &[u8], p: &mut Probes, sta
         Ok(()) => {
             tracing::info!(pid, %version, "goroutine probes attached");
             Stats::inc(&stats.go_attached);
+            return true;
         }
         Err(AttachError::Stripped(sym)) => {
             tracing::info!(pid, %version, sym, "Go program has no runtime symbols (stripped): goroutines not followed");
@@ -113,6 +120,7 @@ pub(super) fn on_executable(pid: u32, exe: &str, elf: &[u8], p: &mut Probes, sta
             Stats::inc(&stats.go_failed);
         }
     }
+    false
 }
 
 enum AttachError {

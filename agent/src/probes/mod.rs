@@ -5,6 +5,7 @@
 pub mod compat;
 pub mod cost;
 pub mod goruntime;
+pub mod gotls;
 pub mod layout;
 pub mod programs;
 pub mod runtime;

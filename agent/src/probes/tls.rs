@@ -65,8 +65,18 @@ pub const TLS_HOOKS: &[Hook] = &[
         "SSL_do_handshake",
         false,
     ),
-    hook("tls_handshake", Some("tls_handshake_ret"), "SSL_connect", false),
-    hook("tls_handshake", Some("tls_handshake_ret"), "SSL_accept", false),
+    hook(
+        "tls_handshake",
+        Some("tls_handshake_ret"),
+        "SSL_connect",
+        false,
+    ),
+    hook(
+        "tls_handshake",
+        Some("tls_handshake_ret"),
+        "SSL_accept",
+        false,
+    ),
     hook("tls_free", None, "SSL_free", false),
 ];
 
@@ -81,6 +91,8 @@ pub enum Kind {
     Shared,
     /// An executable with the API linked in (Node.js).
     Static,
+    /// A Go program's crypto/tls (`gotls.rs`).
+    Go,
 }
 
 /// A TLS library file and what became of it.
@@ -105,7 +117,10 @@ pub fn shared_libraries(pid: u32) -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = vec![];
     for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
         if is_libssl(path) && !out.iter().any(|(p, _)| p == path) {
-            out.push((path.to_string(), PathBuf::from(format!("/proc/{pid}/root{path}"))));
+            out.push((
+                path.to_string(),
+                PathBuf::from(format!("/proc/{pid}/root{path}")),
+            ));
         }
     }
     out

@@ -17,7 +17,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{goruntime, tls, Probes};
+use super::{goruntime, gotls, tls, Probes};
 use crate::stats::Stats;
 
 /// The least time between two inspections of one process's libraries.
@@ -77,11 +77,40 @@ impl Inspector {
                 let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
                 let target = tls::fd_path(&file);
                 let name = target.to_string_lossy().into_owned();
-                if self.go {
-                    goruntime::on_executable(pid, &name, &elf, &mut p, &self.stats);
-                }
-                if self.tls {
-                    let inside = inside.unwrap_or(name);
+                let go = self.go && goruntime::on_executable(pid, &name, &elf, &mut p, &self.stats);
+                let inside = inside.unwrap_or(name.clone());
+                // Go's crypto/tls needs the goroutine probes: its calls are
+                // keyed by goroutine.
+                if go && self.tls {
+                    let lib = match gotls::attach(&mut p, &name, &elf) {
+                        Ok(None) => None,
+                        Ok(Some(hooks)) => {
+                            tracing::info!(
+                                pid,
+                                path = inside,
+                                hooks,
+                                "Go crypto/tls probes attached"
+                            );
+                            Some(("attached", hooks))
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                pid,
+                                path = inside,
+                                "Go crypto/tls probes not attached: {e}"
+                            );
+                            Some(("failed", 0))
+                        }
+                    };
+                    if let Some((outcome, hooks)) = lib {
+                        self.found(tls::Library {
+                            path: inside.clone(),
+                            kind: tls::Kind::Go,
+                            outcome,
+                            hooks,
+                        });
+                    }
+                } else if self.tls {
                     if let Some(lib) =
                         tls::on_file(pid, inside, &target, tls::Kind::Static, &elf, &mut p)
                     {
@@ -164,9 +193,7 @@ pub async fn run(
 ) {
     if inspector.tls {
         let started = tokio::task::spawn_blocking(move || {
-            let Some(probes) = inspector.probes.upgrade() else {
-                return None;
-            };
+            let probes = inspector.probes.upgrade()?;
             let pids: Vec<u32> = std::fs::read_dir("/proc")
                 .into_iter()
                 .flatten()

@@ -333,9 +333,7 @@ fn node_event_loop(max_sockets: Option<usize>) {
                     // Exact too: the loop's thread (or the process) had
                     // this one request in flight, as the last of the load's
                     // requests has once the others are answered.
-                    Some("same_thread" | "only_in_flight") => {
-                        alone.push(format!("/down/{id}/{k}"))
-                    }
+                    Some("same_thread" | "only_in_flight") => alone.push(format!("/down/{id}/{k}")),
                     other => panic!("/down/{id}/{k}: {other:?}"),
                 }
             } else if c.span.parent_span_id.is_empty() {

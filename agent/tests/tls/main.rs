@@ -25,7 +25,9 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("the TLS suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`.");
+        eprintln!(
+            "the TLS suite needs root to load eBPF programs. Run `sudo -E cargo xtask test`."
+        );
         std::process::exit(1);
     }
     let t = |name: &str, f: fn()| {
@@ -40,6 +42,7 @@ fn main() {
             t("nginx_https_curl_and_requests_eight_in_flight", nginx_https),
             t("postgres_ssl_on_psycopg_sslmode_require", postgres_ssl),
             t("connection_opened_before_the_agent", preexisting),
+            t("go_crypto_tls_server_and_client_eight_in_flight", go_https),
         ],
     )
     .exit();
@@ -52,7 +55,9 @@ fn kind_of(s: &ReceivedSpan) -> SpanKind {
 /// A self-signed certificate and key in `dir`.
 fn certificate(dir: &Path) {
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .args(["-subj", "/CN=localhost", "-keyout"])
         .arg(dir.join("key.pem"))
         .arg("-out")
@@ -148,7 +153,13 @@ fn nginx_https() {
 
     let out = tempdir("curl-out");
     let curl = Command::new("curl")
-        .args(["-sk", "--no-progress-meter", "-Z", "--parallel-max", &IN_FLIGHT.to_string()])
+        .args([
+            "-sk",
+            "--no-progress-meter",
+            "-Z",
+            "--parallel-max",
+            &IN_FLIGHT.to_string(),
+        ])
         .arg(format!("https://127.0.0.1:{port}/c/[0-{}]", N - 1))
         .arg("-o")
         .arg(out.join("#1"))
@@ -158,7 +169,9 @@ fn nginx_https() {
     let py = load(&format!("https://127.0.0.1:{port}/p/"), N, IN_FLIGHT);
 
     let is_server = |s: &ReceivedSpan| s.service() == "nginx" && kind_of(s) == SpanKind::Server;
-    let spans = wait_spans(&a.store, |s| s.iter().filter(|x| is_server(x)).count() >= 2 * N);
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| is_server(x)).count() >= 2 * N
+    });
     let servers: HashMap<String, &ReceivedSpan> = spans
         .iter()
         .filter(|s| is_server(s))
@@ -175,17 +188,30 @@ fn nginx_https() {
             let srv = servers
                 .get(&path)
                 .unwrap_or_else(|| panic!("no nginx SERVER span for {path}"));
-            assert!(srv.span.name.starts_with("GET"), "{path}: {}", srv.span.name);
+            assert!(
+                srv.span.name.starts_with("GET"),
+                "{path}: {}",
+                srv.span.name
+            );
             assert_eq!(srv.attr("http.request.method").as_deref(), Some("GET"));
-            assert_eq!(srv.attr("http.response.status_code").as_deref(), Some("200"));
+            assert_eq!(
+                srv.attr("http.response.status_code").as_deref(),
+                Some("200")
+            );
             assert_eq!(srv.attr("url.scheme").as_deref(), Some("https"), "{path}");
             let url = format!("https://127.0.0.1:{port}{path}");
             let cli = clients
                 .get(&url)
                 .unwrap_or_else(|| panic!("no CLIENT span for {url}"));
             assert!(cli.service().starts_with(who), "{url}: {}", cli.service());
-            assert_eq!(cli.attr("http.response.status_code").as_deref(), Some("200"));
-            assert_eq!(srv.span.parent_span_id, cli.span.span_id, "{path} under its client span");
+            assert_eq!(
+                cli.attr("http.response.status_code").as_deref(),
+                Some("200")
+            );
+            assert_eq!(
+                srv.span.parent_span_id, cli.span.span_id,
+                "{path} under its client span"
+            );
             assert_eq!(srv.span.trace_id, cli.span.trace_id, "{path}");
         }
     }
@@ -201,8 +227,13 @@ fn nginx_https() {
         0.0,
         "opaque TLS connections"
     );
-    assert!(prom_sum(&text, "sonde_tls_connections_total", &["decrypted"]) >= (2 * IN_FLIGHT) as f64);
-    assert_eq!(prom_sum(&text, "sonde_dropped_total", &["tls_no_socket"]), 0.0);
+    assert!(
+        prom_sum(&text, "sonde_tls_connections_total", &["decrypted"]) >= (2 * IN_FLIGHT) as f64
+    );
+    assert_eq!(
+        prom_sum(&text, "sonde_dropped_total", &["tls_no_socket"]),
+        0.0
+    );
 }
 
 /// PostgreSQL with `ssl = on`, psycopg with `sslmode=require` (the service
@@ -243,7 +274,9 @@ fn postgres_ssl() {
     }
     let warm = a.store.spans().iter().filter(|x| is_query(x)).count();
     load(&format!("http://127.0.0.1:{port}/q/"), N, IN_FLIGHT);
-    let spans = wait_spans(&a.store, |s| s.iter().filter(|x| is_query(x)).count() >= warm + N);
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| is_query(x)).count() >= warm + N
+    });
     let servers: HashMap<String, &ReceivedSpan> = spans
         .iter()
         .filter(|s| pid_of(s) == spid && kind_of(s) == SpanKind::Server)
@@ -255,7 +288,11 @@ fn postgres_ssl() {
         let srv = servers
             .get(&format!("/q/{id}"))
             .unwrap_or_else(|| panic!("no SERVER span for /q/{id}"));
-        assert_eq!(srv.attr("http.response.status_code").as_deref(), Some("200"), "/q/{id} answered over TLS");
+        assert_eq!(
+            srv.attr("http.response.status_code").as_deref(),
+            Some("200"),
+            "/q/{id} answered over TLS"
+        );
         let under: Vec<_> = queries
             .iter()
             .filter(|q| q.span.parent_span_id == srv.span.span_id)
@@ -277,14 +314,22 @@ fn postgres_ssl() {
         // A parent, if any, is one of the service's requests.
         if !q.span.parent_span_id.is_empty() {
             assert!(
-                servers.values().any(|s| s.span.span_id == q.span.parent_span_id),
+                servers
+                    .values()
+                    .any(|s| s.span.span_id == q.span.parent_span_id),
                 "query under a span that is not a request"
             );
         }
     }
     eprintln!("postgres over TLS, {N} requests, {IN_FLIGHT} in flight: {nested} queries under their request");
-    assert!(wrong.is_empty(), "several queries under one request: {wrong:?}");
-    assert_eq!(nested, N, "every query under its request (thread per request)");
+    assert!(
+        wrong.is_empty(),
+        "several queries under one request: {wrong:?}"
+    );
+    assert_eq!(
+        nested, N,
+        "every query under its request (thread per request)"
+    );
 }
 
 /// A keep-alive HTTPS connection opened (and used) before the agent
@@ -317,7 +362,8 @@ fn preexisting() {
     assert!(client.wait().unwrap().success());
 
     let spans = wait_spans(&a.store, |s| {
-        s.iter().filter(|x| x.service() == "nginx").count() >= 5 && service_of_pid(s, cpid).len() >= 5
+        s.iter().filter(|x| x.service() == "nginx").count() >= 5
+            && service_of_pid(s, cpid).len() >= 5
     });
     // Let anything late arrive before counting exactly.
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -331,13 +377,23 @@ fn preexisting() {
     };
     let nginx: Vec<_> = spans.iter().filter(|s| s.service() == "nginx").collect();
     let paths: Vec<String> = {
-        let mut p: Vec<String> = nginx.iter().map(|s| s.attr("url.path").unwrap_or_default()).collect();
+        let mut p: Vec<String> = nginx
+            .iter()
+            .map(|s| s.attr("url.path").unwrap_or_default())
+            .collect();
         p.sort();
         p
     };
-    assert_eq!(paths, (1..=5).map(|k| format!("/pre/{k}")).collect::<Vec<_>>());
+    assert_eq!(
+        paths,
+        (1..=5).map(|k| format!("/pre/{k}")).collect::<Vec<_>>()
+    );
     let client_spans = service_of_pid(&spans, cpid);
-    assert_eq!(client_spans.len(), 5, "one CLIENT span per request after the start");
+    assert_eq!(
+        client_spans.len(),
+        5,
+        "one CLIENT span per request after the start"
+    );
     for s in &nginx {
         assert_eq!(s.attr("http.response.status_code").as_deref(), Some("200"));
         assert_eq!(s.attr("url.scheme").as_deref(), Some("https"));
@@ -347,9 +403,99 @@ fn preexisting() {
             .expect("stitched to the client's span");
         assert_eq!(
             parent.attr("url.full"),
-            Some(format!("https://127.0.0.1:{port}{}", s.attr("url.path").unwrap()))
+            Some(format!(
+                "https://127.0.0.1:{port}{}",
+                s.attr("url.path").unwrap()
+            ))
         );
     }
+}
+
+/// A Go HTTPS server and client (`fixtures/tls/go_https.go`, crypto/tls,
+/// HTTP/1.1), built from Debian's golang-go: 40 requests, 8 goroutines in
+/// flight, each request's exact pair: the server's SERVER span (`https`,
+/// its path) under the client's CLIENT span for that id, in one trace.
+/// Warm-up requests (other ids) run until the binary's probes are in.
+fn go_https() {
+    const N: usize = 40;
+    const IN_FLIGHT: usize = 8;
+    let dir = tempdir("go-tls");
+    let bin = dir.join("go_https");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(fixture("tls/go_https.go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("cache"))
+        .status()
+        .expect("go (golang-go) is installed by `cargo xtask test`");
+    assert!(built.success(), "go build go_https.go: {built}");
+    let a = agent(&[]);
+    let port = free_port();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["server", &port.to_string()])
+        .env("OTEL_SERVICE_NAME", "go-tls")
+        .stderr(Stdio::null());
+    let srv = ready(cmd);
+    let client = |n: usize, first: usize| {
+        let child = Command::new(&bin)
+            .args(["client", &port.to_string(), &n.to_string()])
+            .args([&IN_FLIGHT.to_string(), &first.to_string()])
+            .spawn()
+            .expect("go_https client");
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "go client failed");
+        pid
+    };
+    let is_server = |s: &ReceivedSpan| pid_of(s) == srv.pid() && kind_of(s) == SpanKind::Server;
+    let deadline = Instant::now() + DEADLINE;
+    let mut warm = 1000;
+    while !a.store.spans().iter().any(is_server) {
+        assert!(Instant::now() < deadline, "no Go TLS request was ever read");
+        client(1, warm);
+        warm += 1;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let cpid = client(N, 0);
+    let spans = wait_spans(&a.store, |s| {
+        s.iter()
+            .filter(|x| is_server(x) && x.attr("url.path").is_some_and(|p| p.len() < 6))
+            .count()
+            >= N
+            && service_of_pid(s, cpid).len() >= N
+    });
+    let servers: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| is_server(s))
+        .map(|s| (s.attr("url.path").unwrap_or_default(), s))
+        .collect();
+    let clients: HashMap<String, &ReceivedSpan> = service_of_pid(&spans, cpid)
+        .into_iter()
+        .filter_map(|s| Some((s.attr("url.full")?, s)))
+        .collect();
+    for id in 0..N {
+        let path = format!("/g/{id}");
+        let srv = servers
+            .get(&path)
+            .unwrap_or_else(|| panic!("no Go SERVER span for {path}"));
+        assert_eq!(srv.attr("url.scheme").as_deref(), Some("https"), "{path}");
+        assert_eq!(
+            srv.attr("http.response.status_code").as_deref(),
+            Some("200")
+        );
+        let url = format!("https://127.0.0.1:{port}{path}");
+        let cli = clients
+            .get(&url)
+            .unwrap_or_else(|| panic!("no Go CLIENT span for {url}"));
+        assert_eq!(
+            srv.span.parent_span_id, cli.span.span_id,
+            "{path} under its client span"
+        );
+        assert_eq!(srv.span.trace_id, cli.span.trace_id, "{path}");
+    }
+    assert_eq!(clients.len(), N, "one CLIENT span per request");
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

@@ -171,7 +171,11 @@ fn ssl_accepted_means_encrypted() {
     // give up) or, from the TLS library's calls, the startup in plaintext.
     assert_eq!(c.push(false, Segment::whole(b"S", 2, 3), &mut out), Ok(()));
     assert_eq!(
-        c.push(true, Segment::whole(b"\x16\x03\x01\x01\x00\x01", 4, 5), &mut out),
+        c.push(
+            true,
+            Segment::whole(b"\x16\x03\x01\x01\x00\x01", 4, 5),
+            &mut out
+        ),
         Err(PgError::Encrypted)
     );
     let mut c = PgConnection::new();
@@ -186,7 +190,8 @@ fn ssl_accepted_means_encrypted() {
     startup.extend_from_slice(b"user\0postgres\0database\0shop\0\0");
     let n = startup.len() as u32;
     startup[..4].copy_from_slice(&n.to_be_bytes());
-    c.push(true, Segment::whole(&startup, 4, 5), &mut out).unwrap();
+    c.push(true, Segment::whole(&startup, 4, 5), &mut out)
+        .unwrap();
     assert_eq!(c.database.as_deref(), Some("shop"));
     // Refused SSL: the startup follows in the clear.
     let mut c = PgConnection::new();

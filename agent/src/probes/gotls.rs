@@ -1,0 +1,165 @@
+//! Go's crypto/tls: the plaintext of `(*Conn).Write` and `(*Conn).Read` in
+//! Go programs that already have the goroutine probes (`goruntime.rs`), by
+//! uprobes at each function's entry and at each of its RET instructions
+//! (`agent-ebpf/src/tls.rs`).
+//!
+//! Uretprobes replace the return address on the stack, and Go moves
+//! goroutine stacks as they grow: a moved stack would return into the
+//! kernel's trampoline from a copied frame and crash the program. So the
+//! return side is a plain uprobe on every RET of the function, found by
+//! disassembling its bytes (iced-x86) from the symbol table. A binary
+//! without its symbol table (stripped) has no goroutine probes either and
+//! is counted there (`sonde_go_binaries_total{outcome="stripped"}`).
+use aya::programs::{
+    uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    UProbe,
+};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+use super::Probes;
+
+/// (entry program, return program, function, required).
+pub const GO_TLS_HOOKS: &[(&str, &str, &str, bool)] = &[
+    (
+        "go_tls_write",
+        "go_tls_write_ret",
+        "crypto/tls.(*Conn).Write",
+        true,
+    ),
+    (
+        "go_tls_read",
+        "go_tls_read_ret",
+        "crypto/tls.(*Conn).Read",
+        true,
+    ),
+    // Servers run the handshake on its own (net/http does): hooked so its
+    // records are not reported.
+    (
+        "go_tls_handshake",
+        "go_tls_handshake_ret",
+        "crypto/tls.(*Conn).handshakeContext",
+        false,
+    ),
+];
+
+/// The offsets, from the function's start, of every RET instruction of
+/// function `symbol` in `elf`. None if the symbol is not there (the program
+/// does not use crypto/tls) or its bytes cannot be read.
+pub fn returns(elf: &[u8], symbol: &str) -> Option<Vec<u64>> {
+    let file = object::File::parse(elf).ok()?;
+    let sym = file
+        .symbols()
+        .find(|s| s.is_definition() && s.name() == Ok(symbol))?;
+    let section = file.section_by_index(sym.section_index()?).ok()?;
+    let data = section.data().ok()?;
+    let start = usize::try_from(sym.address().checked_sub(section.address())?).ok()?;
+    let size = usize::try_from(sym.size()).ok()?;
+    let code = data.get(start..start.checked_add(size)?)?;
+    let mut decoder = Decoder::with_ip(64, code, sym.address(), DecoderOptions::NONE);
+    let mut out = vec![];
+    while decoder.can_decode() {
+        let i = decoder.decode();
+        if i.mnemonic() == Mnemonic::Ret {
+            out.push(i.ip() - sym.address());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Attaches the crypto/tls hooks to Go executable `target` (whose bytes
+/// are `elf`). `Ok(None)`: the program does not use crypto/tls. All
+/// required hooks or none; each function's RET probes before its entry.
+pub fn attach(probes: &mut Probes, target: &str, elf: &[u8]) -> Result<Option<usize>, String> {
+    let found: Vec<_> = GO_TLS_HOOKS
+        .iter()
+        .map(|h| (h, returns(elf, h.2)))
+        .collect();
+    if found.iter().any(|(h, r)| h.3 && r.is_none()) {
+        return Ok(None);
+    }
+    let mut done: Vec<(&'static str, UProbeLinkId)> = vec![];
+    let mut hooked = 0;
+    let result = (|| {
+        for ((entry, ret, symbol, _), rets) in &found {
+            let Some(rets) = rets else { continue };
+            for off in rets {
+                let link = one(
+                    probes,
+                    ret,
+                    UProbeAttachLocation::SymbolOffset(symbol, *off),
+                    target,
+                )?;
+                done.push((ret, link));
+            }
+            let link = one(probes, entry, UProbeAttachLocation::Symbol(symbol), target)?;
+            done.push((entry, link));
+            hooked += 1;
+        }
+        Ok::<(), String>(())
+    })();
+    match result {
+        Ok(()) => Ok(Some(hooked)),
+        Err(e) => {
+            for (program, link) in done {
+                if let Ok(p) = probes.program::<UProbe>(program) {
+                    let _ = p.detach(link);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn one(
+    probes: &mut Probes,
+    program: &str,
+    at: UProbeAttachLocation<'_>,
+    target: &str,
+) -> Result<UProbeLinkId, String> {
+    let p: &mut UProbe = probes.program(program)?;
+    if p.fd().is_err() {
+        p.load().map_err(|e| format!("{program}: load: {e}"))?;
+    }
+    p.attach(at, target, UProbeScope::AllProcesses)
+        .map_err(|e| format!("{program}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_go_no_returns() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(returns(&me, "crypto/tls.(*Conn).Write").is_none());
+        assert!(returns(b"garbage", "x").is_none());
+    }
+
+    /// A function with a branch, kept in this test binary under its name.
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub extern "C" fn sonde_gotls_test_target(x: u64) -> u64 {
+        if std::hint::black_box(x) > 3 {
+            x.wrapping_mul(7)
+        } else {
+            x + 1
+        }
+    }
+
+    /// A real function of this test binary: its RETs are found, each at an
+    /// offset inside it, in order.
+    #[test]
+    fn finds_the_rets_of_a_real_function() {
+        assert_eq!(std::hint::black_box(sonde_gotls_test_target)(5), 35);
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let file = object::File::parse(&*me).unwrap();
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok("sonde_gotls_test_target"))
+            .expect("the test target is in the symbol table");
+        let rets = returns(&me, "sonde_gotls_test_target").expect("a function returns");
+        assert!(rets.iter().all(|&o| o < sym.size()));
+        assert!(rets.windows(2).all(|w| w[0] < w[1]));
+    }
+}
