@@ -459,7 +459,8 @@ fn go_https() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     let cpid = client(N, 0);
-    let spans = wait_spans(&a.store, |s| {
+    // No panic at the deadline: the checks below name what is missing.
+    let spans = settle(&a.store, |s| {
         s.iter()
             .filter(|x| is_server(x) && x.attr("url.path").is_some_and(|p| p.len() < 6))
             .count()
@@ -486,9 +487,22 @@ fn go_https() {
             Some("200")
         );
         let url = format!("https://127.0.0.1:{port}{path}");
-        let cli = clients
-            .get(&url)
-            .unwrap_or_else(|| panic!("no Go CLIENT span for {url}"));
+        let cli = clients.get(&url).unwrap_or_else(|| {
+            let text = http_get(&a.metrics, "/metrics").unwrap_or_default();
+            let counters: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("sonde_") && !l.ends_with(" 0"))
+                .filter(|l| {
+                    ["tls", "dropped", "unpaired", "late_partners"]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
+                .collect();
+            panic!(
+                "no Go CLIENT span for {url}; {} client spans; {counters:#?}",
+                clients.len()
+            )
+        });
         assert_eq!(
             srv.span.parent_span_id, cli.span.span_id,
             "{path} under its client span"
@@ -496,6 +510,22 @@ fn go_https() {
         assert_eq!(srv.span.trace_id, cli.span.trace_id, "{path}");
     }
     assert_eq!(clients.len(), N, "one CLIENT span per request");
+}
+
+/// Waits until `pred` holds for the received spans, or the deadline
+/// passes; returns the spans either way.
+fn settle(
+    store: &sonde_otlp_receiver::Store,
+    mut pred: impl FnMut(&[ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let spans = store.spans();
+        if pred(&spans) || Instant::now() > end {
+            return spans;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
