@@ -72,35 +72,25 @@ fn begin(ctx: &ProbeContext, op: u8, ex: bool) {
     }
 }
 
-#[uprobe]
-pub fn tls_read(ctx: ProbeContext) -> u32 {
-    begin(&ctx, op::READ, false);
-    0
+/// Entry probes: `$name` calls `$begin` with the call's op (and whether
+/// it is an `_ex` form).
+macro_rules! entries {
+    ($begin:ident: $($name:ident => ($($arg:expr),*)),* $(,)?) => {$(
+        #[uprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            $begin(&ctx, $($arg),*);
+            0
+        }
+    )*};
 }
 
-#[uprobe]
-pub fn tls_read_ex(ctx: ProbeContext) -> u32 {
-    begin(&ctx, op::READ, true);
-    0
-}
-
-#[uprobe]
-pub fn tls_write(ctx: ProbeContext) -> u32 {
-    begin(&ctx, op::WRITE, false);
-    0
-}
-
-#[uprobe]
-pub fn tls_write_ex(ctx: ProbeContext) -> u32 {
-    begin(&ctx, op::WRITE, true);
-    0
-}
-
-#[uprobe]
-pub fn tls_handshake(ctx: ProbeContext) -> u32 {
-    begin(&ctx, op::HANDSHAKE, false);
-    0
-}
+entries!(begin:
+    tls_read => (op::READ, false),
+    tls_read_ex => (op::READ, true),
+    tls_write => (op::WRITE, false),
+    tls_write_ex => (op::WRITE, true),
+    tls_handshake => (op::HANDSHAKE, false),
+);
 
 #[uretprobe]
 pub fn tls_handshake_ret(_ctx: RetProbeContext) -> u32 {
@@ -332,38 +322,15 @@ fn go_end(ctx: &ProbeContext, op: u8) {
     }
 }
 
-#[uprobe]
-pub fn go_tls_write(ctx: ProbeContext) -> u32 {
-    go_begin(&ctx, op::WRITE);
-    0
-}
+entries!(go_begin:
+    go_tls_write => (op::WRITE),
+    go_tls_read => (op::READ),
+    go_tls_handshake => (op::HANDSHAKE),
+);
 
-#[uprobe]
-pub fn go_tls_read(ctx: ProbeContext) -> u32 {
-    go_begin(&ctx, op::READ);
-    0
-}
-
-#[uprobe]
-pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
-    go_begin(&ctx, op::HANDSHAKE);
-    0
-}
-
-#[uprobe]
-pub fn go_tls_write_ret(ctx: ProbeContext) -> u32 {
-    go_end(&ctx, op::WRITE);
-    0
-}
-
-#[uprobe]
-pub fn go_tls_read_ret(ctx: ProbeContext) -> u32 {
-    go_end(&ctx, op::READ);
-    0
-}
-
-#[uprobe]
-pub fn go_tls_handshake_ret(ctx: ProbeContext) -> u32 {
-    go_end(&ctx, op::HANDSHAKE);
-    0
-}
+// At each RET (see above): plain uprobes, not uretprobes.
+entries!(go_end:
+    go_tls_write_ret => (op::WRITE),
+    go_tls_read_ret => (op::READ),
+    go_tls_handshake_ret => (op::HANDSHAKE),
+);

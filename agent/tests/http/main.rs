@@ -405,29 +405,15 @@ fn nginx_and_curl() {
     let port = free_port();
     std::fs::create_dir_all(dir.join("www")).unwrap();
     std::fs::write(dir.join("www/index.html"), "<html>sonde</html>\n").unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; pid {d}/nginx.pid; error_log stderr; worker_processes 2;\nevents {{}}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
-             uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; root {d}/www; location /missing {{ return 404; }} }} }}\n"
+    let _nginx = nginx(
+        &dir,
+        port,
+        false,
+        &format!(
+            "root {}/www; location /missing {{ return 404; }}",
+            dir.display()
         ),
-    )
-    .unwrap();
-    let _nginx = Proc(
-        std::process::Command::new("nginx")
-            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx (Debian package nginx-light)"),
     );
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "nginx never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let paths = ["/", "/missing", "/index.html", "/missing", "/"];
     for p in paths {
         let out = std::process::Command::new("curl")

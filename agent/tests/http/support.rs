@@ -4,7 +4,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -382,4 +382,58 @@ pub fn agent(extra: &[&str]) -> Agent {
         _recv: recv,
         _rt: rt,
     }
+}
+
+/// nginx (Debian's nginx-light) on 127.0.0.1:`port`, from directory `dir`,
+/// with `server` as the body of its one server block after the listen
+/// directive (`ssl` adds TLS with `dir`'s cert.pem and key.pem); returns
+/// once it listens.
+pub fn nginx(dir: &Path, port: u16, ssl: bool, server: &str) -> Proc {
+    let d = dir.display();
+    let listen = if ssl {
+        format!("listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;")
+    } else {
+        format!("listen 127.0.0.1:{port};")
+    };
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off; pid {d}/nginx.pid; error_log stderr; worker_processes 2;\nevents {{}}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+             uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ {listen} {server} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let nginx = Proc(
+        Command::new("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian package nginx-light)"),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nginx
+}
+
+/// Builds Go fixture `source` into `dir` with Debian's golang-go, offline
+/// (`GO111MODULE=off` against Debian's Go libraries); returns the binary.
+pub fn go_build(source: &str, dir: &Path) -> PathBuf {
+    let name = Path::new(source).file_stem().unwrap().to_owned();
+    let bin = dir.join(name);
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(fixture(source))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", dir.join("cache"))
+        .status()
+        .expect("go (golang-go) is installed by `cargo xtask test`");
+    assert!(built.success(), "go build {source}: {built}");
+    bin
 }

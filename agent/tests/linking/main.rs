@@ -376,17 +376,7 @@ fn go_goroutines() {
     const IN_FLIGHT: usize = 8;
     let dir = std::env::temp_dir().join(format!("sonde-go-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join("go_server");
-    let built = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(fixture("linking/go_server.go"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", dir.join("cache"))
-        .status()
-        .expect("go (golang-go) is installed by `cargo xtask test`");
-    assert!(built.success(), "go build go_server.go: {built}");
+    let bin = go_build("linking/go_server.go", &dir);
     let (_dbs, db_ports) = server_script("db_servers.py");
     let a = agent(&[]);
     let down = free_port();

@@ -73,31 +73,12 @@ fn certificate(dir: &Path) {
 fn start_nginx(port: u16) -> Proc {
     let dir = tempdir("nginx-tls");
     certificate(&dir);
-    let d = dir.display();
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; pid {d}/nginx.pid; error_log stderr; worker_processes 2;\nevents {{}}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
-             uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
-             location /missing {{ return 404; }} location / {{ return 200 \"ok $uri\\n\"; }} }} }}\n"
-        ),
+    nginx(
+        &dir,
+        port,
+        true,
+        "location /missing { return 404; } location / { return 200 \"ok $uri\\n\"; }",
     )
-    .unwrap();
-    let nginx = Proc(
-        Command::new("nginx")
-            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx (Debian package nginx-light)"),
-    );
-    let deadline = Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx never listened");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    nginx
 }
 
 /// Waits until the agent reports at least `n` TLS library files attached.
@@ -419,18 +400,7 @@ fn preexisting() {
 fn go_https() {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
-    let dir = tempdir("go-tls");
-    let bin = dir.join("go_https");
-    let built = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(fixture("tls/go_https.go"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", dir.join("cache"))
-        .status()
-        .expect("go (golang-go) is installed by `cargo xtask test`");
-    assert!(built.success(), "go build go_https.go: {built}");
+    let bin = go_build("tls/go_https.go", &tempdir("go-tls"));
     let a = agent(&[]);
     let port = free_port();
     let mut cmd = Command::new(&bin);

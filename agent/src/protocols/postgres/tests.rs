@@ -153,6 +153,18 @@ fn large_rows_beyond_the_capture_are_skipped_by_count() {
     );
 }
 
+/// A connection whose client sent an SSLRequest.
+fn ssl_requested(out: &mut Vec<DbCall>) -> PgConnection {
+    let mut c = PgConnection::new();
+    c.push(
+        true,
+        Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1),
+        out,
+    )
+    .unwrap();
+    c
+}
+
 #[test]
 fn ssl_accepted_means_encrypted() {
     let mut c = PgConnection::new();
@@ -178,13 +190,7 @@ fn ssl_accepted_means_encrypted() {
         ),
         Err(PgError::Encrypted)
     );
-    let mut c = PgConnection::new();
-    c.push(
-        true,
-        Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1),
-        &mut out,
-    )
-    .unwrap();
+    let mut c = ssl_requested(&mut out);
     c.push(false, Segment::whole(b"S", 2, 3), &mut out).unwrap();
     let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
     startup.extend_from_slice(b"user\0postgres\0database\0shop\0\0");
@@ -194,13 +200,7 @@ fn ssl_accepted_means_encrypted() {
         .unwrap();
     assert_eq!(c.database.as_deref(), Some("shop"));
     // Refused SSL: the startup follows in the clear.
-    let mut c = PgConnection::new();
-    c.push(
-        true,
-        Segment::whole(b"\0\0\0\x08\x04\xd2\x16\x2f", 0, 1),
-        &mut out,
-    )
-    .unwrap();
+    let mut c = ssl_requested(&mut out);
     assert_eq!(c.push(false, Segment::whole(b"N", 2, 3), &mut out), Ok(()));
 }
 
