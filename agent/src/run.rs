@@ -215,6 +215,7 @@ async fn run_agent(args: RunArgs, screen: bool) -> ExitCode {
                 cfg: &cfg,
                 prometheus,
                 view: view_addr,
+                tls: !args.capture.no_tls_probes,
             }
             .render()
         );

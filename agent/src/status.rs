@@ -19,6 +19,8 @@ pub struct Status<'a> {
     pub prometheus: Option<SocketAddr>,
     /// Where the view endpoint for `sonde top --connect` listens.
     pub view: Option<SocketAddr>,
+    /// Whether the TLS plaintext probes attach as libraries are found.
+    pub tls: bool,
 }
 
 impl Status<'_> {
@@ -33,6 +35,12 @@ impl Status<'_> {
         let _ = writeln!(s, "  traced   {}", self.traced_line());
         let _ = writeln!(s, "  spans    {}", self.spans_line());
         let _ = writeln!(s, "  metrics  {}", self.metrics_line());
+        let tls = if self.tls {
+            "OpenSSL and Go crypto/tls plaintext, attached as libraries are found (logged; `sonde doctor` lists them)"
+        } else {
+            "off (--no-tls-probes): encrypted connections stay opaque"
+        };
+        let _ = writeln!(s, "  tls      {tls}");
         if let Some(a) = self.view {
             let _ = writeln!(s, "  view     `sonde top --connect {a}`");
         }
@@ -189,6 +197,7 @@ mod tests {
             cfg: &cfg,
             prometheus: Some("127.0.0.1:9464".parse().unwrap()),
             view: Some("127.0.0.1:9465".parse().unwrap()),
+            tls: true,
         };
         let want = format!(
             "sonde {} is capturing (Ctrl-C or SIGTERM to stop)
@@ -196,6 +205,7 @@ mod tests {
   traced   every process on this node, not sonde itself
   spans    stdout (tree)
   metrics  http://127.0.0.1:9464/metrics
+  tls      OpenSSL and Go crypto/tls plaintext, attached as libraries are found (logged; `sonde doctor` lists them)
   view     `sonde top --connect 127.0.0.1:9465`
 ",
             env!("CARGO_PKG_VERSION")
@@ -220,8 +230,10 @@ mod tests {
             cfg: &cfg,
             prometheus: None,
             view: None,
+            tls: false,
         };
         let text = s.render();
+        assert!(text.contains("tls      off (--no-tls-probes)"), "{text}");
         assert!(
             text.contains("traced   pids 12,34, not sonde itself, not postgres\n"),
             "{text}"

@@ -128,6 +128,7 @@ fn start_sonde(args: &[&str], env: &[(&str, String)], stdout: Stdio) -> Proc {
         "\n  traced   ",
         "\n  spans    ",
         "\n  metrics  ",
+        "\n  tls      ",
     ] {
         assert!(
             seen.contains(line),
