@@ -54,6 +54,8 @@ pub struct Session {
     /// TLS library files found, and what became of each.
     pub tls_libraries: crate::probes::uprobes::Libraries,
     tls_rescan: mpsc::Sender<u32>,
+    /// Dropped with the session: stops the connection table's thread.
+    _stop_table: tokio::sync::oneshot::Sender<()>,
     _probes: Arc<Mutex<Probes>>,
 }
 
@@ -101,6 +103,10 @@ impl Session {
         // Its /proc reads (process names, unresolved sockets) block, so the
         // table runs on a thread of the blocking pool, not on a worker.
         let rt = tokio::runtime::Handle::current();
+        // Dropped with the session: the table's thread stops at once, before
+        // its timer can be polled on a runtime that is shutting down (an
+        // abort does not reach a blocking thread).
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let conntrack = tokio::task::spawn_blocking(move || {
             rt.block_on(async move {
                 let mut out = seeded;
@@ -130,6 +136,8 @@ impl Session {
                         return;
                     }
                     tokio::select! {
+                        biased;
+                        _ = &mut stop_rx => return,
                         ev = raw_rx.recv() => match ev {
                             Some(ev) => table.apply(ev, &mut out),
                             None => return,
@@ -182,6 +190,7 @@ impl Session {
             kernel_io,
             tls_libraries,
             tls_rescan: tls_rescan_tx,
+            _stop_table: stop_tx,
             _probes: probes,
         })
     }

@@ -193,7 +193,6 @@ pub async fn run(
 ) {
     if inspector.tls {
         let started = tokio::task::spawn_blocking(move || {
-            let probes = inspector.probes.upgrade()?;
             let pids: Vec<u32> = std::fs::read_dir("/proc")
                 .into_iter()
                 .flatten()
@@ -202,6 +201,9 @@ pub async fn run(
                 .filter(|&pid| traced(pid))
                 .collect();
             for pid in pids {
+                // Held per process only: a session dropped meanwhile ends
+                // the scan (and frees its probes) at once.
+                let probes = inspector.probes.upgrade()?;
                 inspector.libraries_of(pid, &probes);
             }
             Some(inspector)
