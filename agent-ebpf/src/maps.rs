@@ -164,8 +164,8 @@ pub fn count(idx: u32) {
     }
 }
 
-/// TLS (`tls.rs`): a library call between its uprobe and uretprobe, keyed
-/// by pid_tgid (one per thread).
+/// TLS (`tls.rs`): a library call between its entry and return probes,
+/// keyed by pid_tgid (one per thread), or for Go by (tgid, goroutine).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsCall {

@@ -9,9 +9,10 @@
 //!   names the socket (`TLS_FD`, for later calls that return buffered
 //!   plaintext with no syscall), marks it `sock_flags::TLS`, and is not
 //!   reported itself: no ciphertext reaches user space.
-//! - At return: one data record of the plaintext moved, on that socket,
-//!   flagged `data_flags::TLS`, built by the same `capture::emit` as
-//!   socket payload, so everything downstream reads it the same way.
+//! - One data record of the plaintext, on that socket, flagged
+//!   `data_flags::TLS`, built by the same `capture::emit` as socket payload,
+//!   so everything downstream reads it the same way: a read's at return,
+//!   a write's at its first socket syscall (wire order; see `inside_call`).
 //!
 //! The handshake functions are hooked only to learn the socket and keep the
 //! handshake's ciphertext out. No struct offsets are read: which socket an
@@ -51,23 +52,33 @@ fn begin(ctx: &ProbeContext, op: u8, ex: bool) {
         // socket read (it may return buffered plaintext with no syscall).
         tick::bump(tid, true);
     }
+    let out_len = if ex { arg(3) } else { 0 };
+    let tick = tick::current(tid);
+    open(id, op, arg(0), arg(1), arg(2), out_len, tick);
+}
+
+/// Records a call of `op` entered now, under `key` (a thread, or a
+/// goroutine): its object, buffer, length, `_ex` count pointer and tick.
+#[inline(always)]
+fn open(key: u64, op: u8, ssl: u64, buf: u64, len: u64, out_len: u64, tick: u32) {
     let call = TlsCall {
-        ssl: arg(0),
-        buf: if op == op::HANDSHAKE { 0 } else { arg(1) },
-        out_len: if ex { arg(3) } else { 0 },
-        len: if op == op::WRITE { arg(2) } else { 0 },
+        ssl,
+        buf: if op == op::HANDSHAKE { 0 } else { buf },
+        out_len,
+        len: if op == op::WRITE { len } else { 0 },
         enter_ns: unsafe { bpf_ktime_get_ns() },
         fd: -1,
         op,
         sent: 0,
         _pad: [0; 2],
-        tick: tick::current(tid),
+        tick,
         _pad2: 0,
     };
     // A handshake inside another hooked call (SSL_connect calling
-    // SSL_do_handshake) belongs to the outer one: never replace it.
+    // SSL_do_handshake, or crypto/tls's Read running its handshake) belongs
+    // to the outer one: never replace it.
     let flags = if op == op::HANDSHAKE { 1 } else { 0 }; // BPF_NOEXIST
-    if TLS_ACTIVE.insert(&id, &call, flags).is_err() && op != op::HANDSHAKE {
+    if TLS_ACTIVE.insert(&key, &call, flags).is_err() && op != op::HANDSHAKE {
         count(stat::MAP_FULL);
     }
 }
@@ -283,24 +294,8 @@ fn go_begin(ctx: &ProbeContext, op: u8) {
     let Some((conn, buf, len, g)) = go_regs(ctx) else {
         return;
     };
-    let call = TlsCall {
-        ssl: conn,
-        buf: if op == op::HANDSHAKE { 0 } else { buf },
-        out_len: 0,
-        len: if op == op::WRITE { len } else { 0 },
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd: -1,
-        op,
-        sent: 0,
-        _pad: [0; 2],
-        tick: 0,
-        _pad2: 0,
-    };
-    let key = go_key(tgid, goroutine_id(g));
-    let flags = if op == op::HANDSHAKE { 1 } else { 0 }; // BPF_NOEXIST
-    if TLS_ACTIVE.insert(&key, &call, flags).is_err() && op != op::HANDSHAKE {
-        count(stat::MAP_FULL);
-    }
+    // No tick: a goroutine's records stand for it by task, not by thread.
+    open(go_key(tgid, goroutine_id(g)), op, conn, buf, len, 0, 0);
 }
 
 #[inline(always)]

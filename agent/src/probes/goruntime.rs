@@ -7,13 +7,12 @@
 //! four uprobes go on its runtime. Uprobes are per file, so every process running the same
 //! binary is covered by one attachment; the kernel's pid and cgroup
 //! filters still decide which of them produce records.
-use aya::programs::{
-    uprobe::{UProbeAttachLocation, UProbeError, UProbeScope},
-    ProgramError, UProbe,
-};
+use std::path::Path;
+
+use aya::programs::uprobe::UProbeAttachLocation;
 use object::{Object, ObjectSection};
 
-use super::Probes;
+use super::{uprobes::LinkSet, Probes};
 use crate::stats::Stats;
 
 /// Program in the eBPF object -> runtime function it attaches to.
@@ -128,36 +127,19 @@ enum AttachError {
     Kernel(String),
 }
 
-/// Attaches every goroutine probe to the executable at `exe`, or none.
+/// Attaches every goroutine probe to the executable at `exe`, or none:
+/// half a set would mislead (a goroutine without its hand-offs).
 fn attach(p: &mut Probes, exe: &str) -> Result<(), AttachError> {
-    let mut done = vec![];
+    let mut set = LinkSet::default();
     for (program, symbol) in GO_PROBES {
-        let prog: &mut UProbe = p.program(program).map_err(AttachError::Kernel)?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|e| AttachError::Kernel(format!("{program}: load: {e}")))?;
-        }
-        match prog.attach(
-            UProbeAttachLocation::Symbol(symbol),
-            exe,
-            UProbeScope::AllProcesses,
-        ) {
-            Ok(link) => done.push((*program, link)),
-            Err(e) => {
-                // Half a set would mislead (a goroutine without its hand-offs):
-                // take back what was attached.
-                for (program, link) in done {
-                    if let Ok(prog) = p.program::<UProbe>(program) {
-                        let _ = prog.detach(link);
-                    }
-                }
-                return Err(match e {
-                    ProgramError::UProbeError(UProbeError::SymbolError { .. }) => {
-                        AttachError::Stripped(symbol)
-                    }
-                    e => AttachError::Kernel(format!("{symbol}: {e}")),
-                });
-            }
+        let at = UProbeAttachLocation::Symbol(symbol);
+        if let Err(e) = set.attach(p, program, at, Path::new(exe)) {
+            set.undo(p);
+            return Err(if e.no_symbol() {
+                AttachError::Stripped(symbol)
+            } else {
+                AttachError::Kernel(format!("{symbol}: {e}"))
+            });
         }
     }
     Ok(())

@@ -10,14 +10,13 @@
 //! disassembling its bytes (iced-x86) from the symbol table. A binary
 //! without its symbol table (stripped) has no goroutine probes either and
 //! is counted there (`sonde_go_binaries_total{outcome="stripped"}`).
-use aya::programs::{
-    uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
-    UProbe,
-};
+use std::path::Path;
+
+use aya::programs::uprobe::UProbeAttachLocation;
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::Probes;
+use super::{uprobes::LinkSet, Probes};
 
 /// (entry program, return program, function, required).
 pub const GO_TLS_HOOKS: &[(&str, &str, &str, bool)] = &[
@@ -78,51 +77,25 @@ pub fn attach(probes: &mut Probes, target: &str, elf: &[u8]) -> Result<Option<us
     if found.iter().any(|(h, r)| h.3 && r.is_none()) {
         return Ok(None);
     }
-    let mut done: Vec<(&'static str, UProbeLinkId)> = vec![];
+    let target = Path::new(target);
+    let mut set = LinkSet::default();
     let mut hooked = 0;
-    let result = (|| {
-        for ((entry, ret, symbol, _), rets) in &found {
-            let Some(rets) = rets else { continue };
-            for off in rets {
-                let link = one(
-                    probes,
-                    ret,
-                    UProbeAttachLocation::SymbolOffset(symbol, *off),
-                    target,
-                )?;
-                done.push((ret, link));
-            }
-            let link = one(probes, entry, UProbeAttachLocation::Symbol(symbol), target)?;
-            done.push((entry, link));
-            hooked += 1;
+    for ((entry, ret, symbol, _), rets) in &found {
+        let Some(rets) = rets else { continue };
+        let attached = rets
+            .iter()
+            .try_for_each(|off| {
+                let at = UProbeAttachLocation::SymbolOffset(symbol, *off);
+                set.attach(probes, ret, at, target)
+            })
+            .and_then(|()| set.attach(probes, entry, UProbeAttachLocation::Symbol(symbol), target));
+        if let Err(e) = attached {
+            set.undo(probes);
+            return Err(format!("{symbol}: {e}"));
         }
-        Ok::<(), String>(())
-    })();
-    match result {
-        Ok(()) => Ok(Some(hooked)),
-        Err(e) => {
-            for (program, link) in done {
-                if let Ok(p) = probes.program::<UProbe>(program) {
-                    let _ = p.detach(link);
-                }
-            }
-            Err(e)
-        }
+        hooked += 1;
     }
-}
-
-fn one(
-    probes: &mut Probes,
-    program: &str,
-    at: UProbeAttachLocation<'_>,
-    target: &str,
-) -> Result<UProbeLinkId, String> {
-    let p: &mut UProbe = probes.program(program)?;
-    if p.fd().is_err() {
-        p.load().map_err(|e| format!("{program}: load: {e}"))?;
-    }
-    p.attach(at, target, UProbeScope::AllProcesses)
-        .map_err(|e| format!("{program}: {e}"))
+    Ok(Some(hooked))
 }
 
 #[cfg(test)]

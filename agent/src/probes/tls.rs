@@ -20,13 +20,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{
-    uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
-    UProbe,
-};
+use aya::programs::uprobe::UProbeAttachLocation;
 use object::{Object, ObjectSymbol};
 
-use super::Probes;
+use super::{uprobes::LinkSet, Probes};
 
 /// One hook: the entry program, the return program (if any), the symbol,
 /// and whether a library without it is still worth hooking.
@@ -227,65 +224,29 @@ pub fn on_file(
 /// without its return would leave a call open that swallows the thread's
 /// socket records, a return without an entry does nothing.
 fn attach(probes: &mut Probes, target: &Path, hooks: &[&Hook]) -> Result<usize, String> {
-    let mut done: Vec<(&'static str, UProbeLinkId)> = vec![];
-    let undo = |probes: &mut Probes, done: &mut Vec<_>| {
-        for (program, link) in done.drain(..) {
-            if let Ok(p) = probes.program::<UProbe>(program) {
-                let _ = p.detach(link);
-            }
-        }
-    };
+    let mut set = LinkSet::default();
     let mut pairs = 0;
     for h in hooks {
-        let mut one = |program: &'static str| -> Result<_, String> {
-            let p: &mut UProbe = probes.program(program)?;
-            if p.fd().is_err() {
-                p.load().map_err(|e| format!("{program}: load: {e}"))?;
-            }
-            p.attach(
-                UProbeAttachLocation::Symbol(h.symbol),
-                target,
-                UProbeScope::AllProcesses,
-            )
-            .map_err(|e| {
-                let cause = std::error::Error::source(&e)
-                    .map(|s| format!(": {s}"))
-                    .unwrap_or_default();
-                format!("{}: {e}{cause}", h.symbol)
-            })
-        };
-        let ret = match h.ret {
-            Some(r) => match one(r) {
-                Ok(link) => Some((r, link)),
-                Err(e) if h.required => {
-                    undo(probes, &mut done);
-                    return Err(e);
-                }
-                Err(_) => continue,
-            },
-            None => None,
-        };
-        match one(h.entry) {
-            Ok(link) => {
-                done.extend(ret);
-                done.push((h.entry, link));
+        let mut pair = LinkSet::default();
+        let at = || UProbeAttachLocation::Symbol(h.symbol);
+        let attached = h
+            .ret
+            .map_or(Ok(()), |r| pair.attach(probes, r, at(), target))
+            .and_then(|()| pair.attach(probes, h.entry, at(), target));
+        match attached {
+            Ok(()) => {
+                set.extend(pair);
                 pairs += 1;
             }
             Err(e) => {
-                if let Some((r, link)) = ret {
-                    if let Ok(p) = probes.program::<UProbe>(r) {
-                        let _ = p.detach(link);
-                    }
-                }
+                pair.undo(probes);
                 if h.required {
-                    undo(probes, &mut done);
-                    return Err(e);
+                    set.undo(probes);
+                    return Err(format!("{}: {e}", h.symbol));
                 }
             }
         }
     }
-    // The links live as long as their programs: dropping the session
-    // detaches everything at once.
     Ok(pairs)
 }
 

@@ -15,10 +15,91 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{
+    uprobe::{UProbeAttachLocation, UProbeError, UProbeLinkId, UProbeScope},
+    ProgramError, UProbe,
+};
 use tokio::sync::mpsc;
 
 use super::{goruntime, gotls, tls, Probes};
 use crate::stats::Stats;
+
+/// Uprobes attached as one set, taken back together when the set cannot be
+/// whole (the goroutine probes, a TLS library's hooks, or one entry and
+/// return pair). Kept, the links live as long as their programs: dropping
+/// the session detaches everything at once.
+#[derive(Default)]
+pub struct LinkSet(Vec<(&'static str, UProbeLinkId)>);
+
+/// Why one uprobe did not attach.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The program is not in the eBPF object (a build defect).
+    Missing(String),
+    Load(&'static str, ProgramError),
+    Attach(ProgramError),
+}
+
+impl LinkError {
+    /// The target file does not define the symbol (not there, or stripped).
+    pub fn no_symbol(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Attach(ProgramError::UProbeError(UProbeError::SymbolError { .. }))
+        )
+    }
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Missing(e) => f.write_str(e),
+            LinkError::Load(program, e) => write!(f, "{program}: load: {e}"),
+            LinkError::Attach(e) => {
+                write!(f, "{e}")?;
+                match std::error::Error::source(e) {
+                    Some(cause) => write!(f, ": {cause}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl LinkSet {
+    /// Loads `program` (once) and attaches it at `at` in the file `target`.
+    pub fn attach(
+        &mut self,
+        probes: &mut Probes,
+        program: &'static str,
+        at: UProbeAttachLocation<'_>,
+        target: &std::path::Path,
+    ) -> Result<(), LinkError> {
+        let p: &mut UProbe = probes.program(program).map_err(LinkError::Missing)?;
+        if p.fd().is_err() {
+            p.load().map_err(|e| LinkError::Load(program, e))?;
+        }
+        let link = p
+            .attach(at, target, UProbeScope::AllProcesses)
+            .map_err(LinkError::Attach)?;
+        self.0.push((program, link));
+        Ok(())
+    }
+
+    /// Keeps `other`'s links as part of this set.
+    pub fn extend(&mut self, other: LinkSet) {
+        self.0.extend(other.0);
+    }
+
+    /// Detaches every link of the set.
+    pub fn undo(self, probes: &mut Probes) {
+        for (program, link) in self.0 {
+            if let Ok(p) = probes.program::<UProbe>(program) {
+                let _ = p.detach(link);
+            }
+        }
+    }
+}
 
 /// The least time between two inspections of one process's libraries.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
