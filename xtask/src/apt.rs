@@ -14,6 +14,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     // `sonde top` is driven in a terminal (top suite).
     "tmux",
     "nginx-light",
+    // Self-signed certificates for the TLS suite (nginx, PostgreSQL).
+    "openssl",
     "prometheus",
     "postgresql",
     "mariadb-server",

@@ -78,7 +78,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             WORKLOADS.join(", ")
         );
     }
-    apt::ensure(&["wrk", "nginx"])?;
+    apt::ensure(&["wrk", "nginx", "openssl"])?;
     run::build(true)?;
     run::sh(run::cargo().args(["build", "--release", "--package", "sonde-otlp-receiver"]))?;
     let bin = run::target_dir().join("release");
