@@ -49,7 +49,11 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     let info = unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied();
     // Any read may start other work on this thread: a new tick.
     if !syscall::is_egress(sc) {
-        tick::bump(id as u32, info.is_some());
+        tick::bump(
+            id as u32,
+            info.is_some(),
+            if info.is_some() { fd } else { -1 },
+        );
     }
     let Some(info) = info else {
         return;
@@ -57,7 +61,8 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     // TLS records: the plaintext comes from the library's call (`tls.rs`);
     // the ciphertext is never reported, inside a hooked call or outside
     // (the close_notify of `SSL_shutdown`).
-    if tls::inside_call(id, tgid, fd) || info.flags & sock_flags::TLS != 0 {
+    if tls::inside_call(id, tgid, fd, || first_bytes(ctx, sc)) || info.flags & sock_flags::TLS != 0
+    {
         return;
     }
     let call = ActiveCall {
@@ -74,6 +79,23 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     if ACTIVE.insert(&id, &call, 0).is_err() {
         count(stat::MAP_FULL);
     }
+}
+
+/// The first two bytes a write syscall sends; zeros for any other.
+#[inline(always)]
+fn first_bytes(ctx: &TracePointContext, sc: u8) -> [u8; 2] {
+    let iov = match sc {
+        syscall::WRITE | syscall::SENDTO => {
+            return unsafe { bpf_probe_read_user(arg(ctx, 1) as *const [u8; 2]) }.unwrap_or([0; 2])
+        }
+        syscall::WRITEV => arg(ctx, 1),
+        syscall::SENDMSG => read_msghdr_iov(arg(ctx, 1)).0,
+        _ => return [0; 2],
+    };
+    let Ok(v) = (unsafe { bpf_probe_read_user(iov as *const Iovec) }) else {
+        return [0; 2];
+    };
+    unsafe { bpf_probe_read_user(v.base as *const [u8; 2]) }.unwrap_or([0; 2])
 }
 
 #[inline(always)]

@@ -79,10 +79,24 @@ pub struct ActiveCall {
 #[map]
 pub static ACTIVE: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(16384, 0);
 
+/// A thread's tick (`tick.rs`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tick {
+    pub n: u32,
+    /// The tracked socket whose read began the thread's current activity;
+    /// -1 when something else did (a poll, a sleep, a read of another fd).
+    pub read_fd: i32,
+    /// Advances with `n`, except when the thread waits uninterruptibly (a
+    /// page fault, a kernel lock): it is still doing the same thing.
+    pub activity: u32,
+    pub _pad: u32,
+}
+
 /// Per-thread ticks (`tick.rs`): tid -> tick, for threads that read a
 /// tracked socket.
 #[map]
-pub static TICKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
+pub static TICKS: LruHashMap<u32, Tick> = LruHashMap::with_max_entries(65536, 0);
 
 /// Go (`goroutine.rs`): the goroutine running on each thread, tid -> goroutine.
 /// Removed when the thread exits or execs, so a reused tid inherits nothing;
@@ -184,10 +198,17 @@ pub struct TlsCall {
     pub op: u8,
     /// A write's plaintext was reported (at its first socket syscall).
     pub sent: u8,
-    pub _pad: [u8; 2],
-    /// The thread's tick at entry (see `tick.rs`).
+    /// The call returned without reaching any socket, its object's socket
+    /// unknown (a memory BIO): kept for the thread's next socket write in
+    /// the same tick (`tls::inside_call`).
+    pub held: u8,
+    pub _pad: u8,
+    /// The thread's tick at entry (see `tick.rs`); once held, its
+    /// activity at return.
     pub tick: u32,
-    pub _pad2: u32,
+    /// A read's candidate socket: the tracked socket whose read started
+    /// the thread's current tick, at entry; -1 if none.
+    pub guess: i32,
 }
 
 #[map]

@@ -18,31 +18,56 @@ use aya_ebpf::{
 
 use aya_ebpf::EbpfContext;
 
-use crate::maps::TICKS;
+use crate::maps::{Tick, TICKS};
 
-/// Advances `tid`'s tick; `create`: start one for a thread that has none.
+/// Advances `tid`'s tick and activity; `create`: start them for a thread
+/// that has none. `read_fd`: the tracked socket whose read advances them,
+/// else -1.
 #[inline(always)]
-pub fn bump(tid: u32, create: bool) {
+pub fn bump(tid: u32, create: bool, read_fd: i32) {
     if let Some(t) = TICKS.get_ptr_mut(&tid) {
         // Only the thread itself (or the scheduler on its behalf, while it
         // is not running) writes its entry.
-        unsafe { *t = (*t).wrapping_add(1) };
+        unsafe {
+            (*t).n = (*t).n.wrapping_add(1);
+            (*t).activity = (*t).activity.wrapping_add(1);
+            (*t).read_fd = read_fd;
+        }
     } else if create {
-        let _ = TICKS.insert(&tid, &1, 0);
+        let t = Tick {
+            n: 1,
+            read_fd,
+            activity: 1,
+            _pad: 0,
+        };
+        let _ = TICKS.insert(&tid, &t, 0);
     }
 }
 
 /// The thread's tick now (0: it never read a tracked socket).
 #[inline(always)]
 pub fn current(tid: u32) -> u32 {
-    unsafe { TICKS.get(&tid) }.copied().unwrap_or(0)
+    unsafe { TICKS.get(&tid) }.map_or(0, |t| t.n)
+}
+
+/// The thread's activity now (see `Tick::activity`).
+#[inline(always)]
+pub fn activity(tid: u32) -> u32 {
+    unsafe { TICKS.get(&tid) }.map_or(0, |t| t.activity)
+}
+
+/// The tracked socket whose read began the thread's current activity, if
+/// a read did: the input that whatever the thread does now follows from.
+#[inline(always)]
+pub fn read_socket(tid: u32) -> i32 {
+    unsafe { TICKS.get(&tid) }.map_or(-1, |t| t.read_fd)
 }
 
 macro_rules! poll_probes {
     ($($name:ident),*) => {$(
         #[tracepoint]
         pub fn $name(_ctx: TracePointContext) -> u32 {
-            bump(bpf_get_current_pid_tgid() as u32, false);
+            bump(bpf_get_current_pid_tgid() as u32, false, -1);
             0
         }
     )*};
@@ -66,6 +91,8 @@ const PREV_STATE: usize = 32;
 /// State bits of a task that blocks (S, D, T, t, X, Z, P, I). A preempted
 /// task reports 0 or TASK_REPORT_MAX (0x100): it did not turn to other work.
 const BLOCKED: i64 = 0xff;
+/// TASK_UNINTERRUPTIBLE alone: a page fault or a kernel lock.
+const UNINTERRUPTIBLE: i64 = 0x2;
 
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
@@ -73,8 +100,16 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     // SAFETY: both lie within the tracepoint's record (format above).
     let state = unsafe { *(ctx.as_ptr().add(PREV_STATE) as *const i64) };
     if state & BLOCKED != 0 {
-        let tid = unsafe { *(ctx.as_ptr().add(PREV_PID) as *const i32) };
-        bump(tid as u32, false);
+        let tid = unsafe { *(ctx.as_ptr().add(PREV_PID) as *const i32) } as u32;
+        if state & BLOCKED == UNINTERRUPTIBLE {
+            // The tick advances (the causality rules' meaning, unchanged);
+            // the activity and its input stay.
+            if let Some(t) = TICKS.get_ptr_mut(&tid) {
+                unsafe { (*t).n = (*t).n.wrapping_add(1) };
+            }
+        } else {
+            bump(tid, false, -1);
+        }
     }
     0
 }

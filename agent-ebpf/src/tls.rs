@@ -14,10 +14,17 @@
 //!   so everything downstream reads it the same way: a read's at return,
 //!   a write's at its first socket syscall (wire order; see `inside_call`).
 //!
+//! - A library with a memory BIO (Node.js, Python's `SSLObject`) makes no
+//!   syscall inside its calls: the event loop moves the records. Its
+//!   object's socket is learnt from the thread's activity instead (see
+//!   `tick.rs`): a read's is the socket whose read began it, a write's
+//!   the next socket the thread writes a TLS record to in the same
+//!   activity (`unknown_socket`).
+//!
 //! The handshake functions are hooked only to learn the socket and keep the
 //! handshake's ciphertext out. No struct offsets are read: which socket an
 //! `SSL` uses is learnt from the syscalls, so every OpenSSL version, and any
-//! BIO that ends in a syscall of the calling thread, works the same.
+//! BIO, works the same.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
@@ -47,20 +54,39 @@ fn begin(ctx: &ProbeContext, op: u8, ex: bool) {
     }
     let tid = id as u32;
     let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    // Before the read's own tick: the socket whose read started this one,
+    // which a memory BIO's records came from (see `adopt`).
+    let guess = if op == op::WRITE {
+        -1
+    } else {
+        tick::read_socket(tid)
+    };
     if op == op::READ {
         // A read may start other work on this thread: a new tick, as for a
         // socket read (it may return buffered plaintext with no syscall).
-        tick::bump(tid, true);
+        tick::bump(tid, true, -1);
     }
     let out_len = if ex { arg(3) } else { 0 };
     let tick = tick::current(tid);
-    open(id, op, arg(0), arg(1), arg(2), out_len, tick);
+    open(id, op, arg(0), arg(1), arg(2), out_len, tick, guess);
 }
 
 /// Records a call of `op` entered now, under `key` (a thread, or a
-/// goroutine): its object, buffer, length, `_ex` count pointer and tick.
+/// goroutine): its object, buffer, length, `_ex` count pointer, tick and
+/// candidate socket.
 #[inline(always)]
-fn open(key: u64, op: u8, ssl: u64, buf: u64, len: u64, out_len: u64, tick: u32) {
+#[allow(clippy::too_many_arguments)]
+fn open(key: u64, op: u8, ssl: u64, buf: u64, len: u64, out_len: u64, tick: u32, guess: i32) {
+    // A handshake inside another hooked call (SSL_connect calling
+    // SSL_do_handshake, or crypto/tls's Read running its handshake) belongs
+    // to the outer one: never replace it. A held call (see `hold`) is over.
+    if op == op::HANDSHAKE {
+        if let Some(outer) = unsafe { TLS_ACTIVE.get(&key) } {
+            if outer.held == 0 {
+                return;
+            }
+        }
+    }
     let call = TlsCall {
         ssl,
         buf: if op == op::HANDSHAKE { 0 } else { buf },
@@ -70,15 +96,12 @@ fn open(key: u64, op: u8, ssl: u64, buf: u64, len: u64, out_len: u64, tick: u32)
         fd: -1,
         op,
         sent: 0,
-        _pad: [0; 2],
+        held: 0,
+        _pad: 0,
         tick,
-        _pad2: 0,
+        guess,
     };
-    // A handshake inside another hooked call (SSL_connect calling
-    // SSL_do_handshake, or crypto/tls's Read running its handshake) belongs
-    // to the outer one: never replace it.
-    let flags = if op == op::HANDSHAKE { 1 } else { 0 }; // BPF_NOEXIST
-    if TLS_ACTIVE.insert(&key, &call, flags).is_err() && op != op::HANDSHAKE {
+    if TLS_ACTIVE.insert(&key, &call, 0).is_err() {
         count(stat::MAP_FULL);
     }
 }
@@ -106,9 +129,13 @@ entries!(begin:
 #[uretprobe]
 pub fn tls_handshake_ret(_ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    if let Some(c) = unsafe { TLS_ACTIVE.get(&id) } {
-        if c.op == op::HANDSHAKE {
-            let _ = TLS_ACTIVE.remove(&id);
+    if let Some(c) = unsafe { TLS_ACTIVE.get(&id) }.copied() {
+        if c.op == op::HANDSHAKE && c.held == 0 {
+            if unknown_socket(id, &c) {
+                hold(id, &c, 0);
+            } else {
+                let _ = TLS_ACTIVE.remove(&id);
+            }
         }
     }
     0
@@ -130,12 +157,7 @@ pub fn tls_write_ret(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn tls_free(ctx: ProbeContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = TlsKey {
-        tgid,
-        _pad: 0,
-        ssl: ctx.arg::<u64>(0).unwrap_or(0),
-    };
-    let _ = TLS_FD.remove(&key);
+    let _ = TLS_FD.remove(&tls_key(tgid, ctx.arg::<u64>(0).unwrap_or(0)));
     0
 }
 
@@ -145,21 +167,89 @@ fn finish(ctx: &RetProbeContext, op: u8) {
     let Some(c) = (unsafe { TLS_ACTIVE.get(&id) }).copied() else {
         return;
     };
-    let _ = TLS_ACTIVE.remove(&id);
-    if c.op != op || c.sent != 0 {
+    if c.op != op || c.held != 0 {
         return;
     }
     // `SSL_read`/`SSL_write` return the count; `_ex` return 1 and store it.
     let rv = ctx.ret::<i32>() as i64;
-    let bytes = if c.out_len != 0 {
-        if rv != 1 {
-            return;
-        }
+    let bytes = if c.out_len == 0 {
+        rv
+    } else if rv == 1 {
         unsafe { bpf_probe_read_user(c.out_len as *const u64) }.unwrap_or(0) as i64
     } else {
-        rv
+        0
     };
-    deliver(id, &c, bytes, op);
+    if c.sent == 0 && unknown_socket(id, &c) {
+        if op == op::READ && bytes > 0 {
+            count(stat::TLS_NO_SOCKET);
+        }
+        return hold(id, &c, bytes);
+    }
+    let _ = TLS_ACTIVE.remove(&id);
+    if c.sent == 0 {
+        deliver(id, &c, bytes, op);
+    }
+}
+
+/// Whether finished call `c` of thread `id` leaves its object's socket
+/// unknown: it reached no socket, none is known for the object, and its
+/// candidate (`guess`) is not one. Otherwise the object is bound.
+///
+/// A library with a memory BIO (Node.js, Python's `SSLObject`) never
+/// touches the socket inside its calls: the event loop reads the records
+/// from the socket, feeds them to the library and calls `SSL_read` in the
+/// same callback, and writes what `SSL_write` produced right after it
+/// returns. So a read's socket is the tracked, not yet TLS, socket whose
+/// read began the thread's current activity (nothing was read or polled,
+/// and the thread did not sleep, in between), and a write's is the next
+/// one written in the same activity (`inside_call`). A library that reaches its socket inside the call
+/// (any socket BIO) names it there first, so neither guess is used.
+#[inline(always)]
+fn unknown_socket(id: u64, c: &TlsCall) -> bool {
+    let tgid = (id >> 32) as u32;
+    if c.fd >= 0 || unsafe { TLS_FD.get(&tls_key(tgid, c.ssl)) }.is_some() {
+        return false;
+    }
+    !(c.guess >= 0 && adopt(tgid, c.ssl, c.guess))
+}
+
+/// Keeps finished call `c` of thread `id` (`bytes` moved) for the thread's
+/// next socket write in this activity (`inside_call`), which names its
+/// socket.
+#[inline(always)]
+fn hold(id: u64, c: &TlsCall, bytes: i64) {
+    if let Some(h) = TLS_ACTIVE.get_ptr_mut(&id) {
+        unsafe {
+            (*h).held = 1;
+            (*h).tick = tick::activity(id as u32);
+            (*h).len = if c.op == op::WRITE && bytes > 0 {
+                bytes as u64
+            } else {
+                0
+            };
+        }
+    }
+}
+
+/// Binds object `ssl` of `tgid` to socket `fd` if that socket is tracked
+/// and no other object's records went through it.
+#[inline(always)]
+fn adopt(tgid: u32, ssl: u64, fd: i32) -> bool {
+    let Some(s) = SOCKS.get_ptr_mut(&sock_key(tgid, fd as u32)) else {
+        return false;
+    };
+    let s: &mut SockInfo = unsafe { &mut *s };
+    if s.flags & sock_flags::TLS != 0 {
+        return false;
+    }
+    s.flags |= sock_flags::TLS;
+    let _ = TLS_FD.insert(&tls_key(tgid, ssl), &fd, 0);
+    true
+}
+
+#[inline(always)]
+fn tls_key(tgid: u32, ssl: u64) -> TlsKey {
+    TlsKey { tgid, _pad: 0, ssl }
 }
 
 /// Emits the plaintext of finished call `c` of thread `id`: `bytes` moved.
@@ -172,12 +262,7 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
     let fd = if c.fd >= 0 {
         c.fd
     } else {
-        let key = TlsKey {
-            tgid,
-            _pad: 0,
-            ssl: c.ssl,
-        };
-        match unsafe { TLS_FD.get(&key) } {
+        match unsafe { TLS_FD.get(&tls_key(tgid, c.ssl)) } {
             Some(fd) => *fd,
             None => {
                 count(stat::TLS_NO_SOCKET);
@@ -209,9 +294,14 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
 
 /// Called by every socket syscall entry on a tracked socket: whether the
 /// thread is inside a hooked TLS call, whose records that syscall carries.
-/// If so, the socket is named for the call and marked as TLS.
+/// If so, the socket is named for the call and marked as TLS. `first`
+/// reads the first two bytes a write sends.
+///
+/// A call held at its return (a memory BIO, see `unknown_socket`) is
+/// carried by the thread's next write in the same activity, if what it sends
+/// starts a TLS record and the socket carries no other object's records.
 #[inline(always)]
-pub fn inside_call(id: u64, tgid: u32, fd: i32) -> bool {
+pub fn inside_call(id: u64, tgid: u32, fd: i32, first: impl FnOnce() -> [u8; 2]) -> bool {
     // A thread's call, else (Go) the call of the goroutine it runs.
     let c = match TLS_ACTIVE.get_ptr_mut(&id) {
         Some(c) => c,
@@ -225,31 +315,49 @@ pub fn inside_call(id: u64, tgid: u32, fd: i32) -> bool {
             c
         }
     };
-    let ssl = unsafe {
-        (*c).fd = fd;
-        (*c).ssl
-    };
+    let mut call = unsafe { *c };
+    if call.held != 0 {
+        if call.tick != tick::activity(id as u32) {
+            let _ = TLS_ACTIVE.remove(&id);
+            return false;
+        }
+        if !starts_record(first()) || !adopt(tgid, call.ssl, fd) {
+            return false;
+        }
+        let _ = TLS_ACTIVE.remove(&id);
+    } else {
+        unsafe { (*c).fd = fd };
+        let key = tls_key(tgid, call.ssl);
+        if unsafe { TLS_FD.get(&key) }.copied() != Some(fd) {
+            let _ = TLS_FD.insert(&key, &fd, 0);
+        }
+        if let Some(s) = SOCKS.get_ptr_mut(&sock_key(tgid, fd as u32)) {
+            let s: &mut SockInfo = unsafe { &mut *s };
+            if s.flags & sock_flags::TLS == 0 {
+                s.flags |= sock_flags::TLS;
+            }
+        }
+        if call.op != op::WRITE || call.sent != 0 {
+            return true;
+        }
+        unsafe { (*c).sent = 1 };
+    }
     // A write's plaintext goes out with its first record, not at the
     // call's return: the peer may answer (and this process read the
     // answer) before the writer returns, as a Go goroutine that waits for
     // a P after its syscall does. Reported in wire order, the request is
     // never seen after its response.
-    let call = unsafe { *c };
-    if call.op == op::WRITE && call.sent == 0 {
-        unsafe { (*c).sent = 1 };
+    if call.op == op::WRITE {
+        call.fd = fd;
         deliver(id, &call, call.len as i64, op::WRITE);
     }
-    let key = TlsKey { tgid, _pad: 0, ssl };
-    if unsafe { TLS_FD.get(&key) }.copied() != Some(fd) {
-        let _ = TLS_FD.insert(&key, &fd, 0);
-    }
-    if let Some(s) = SOCKS.get_ptr_mut(&sock_key(tgid, fd as u32)) {
-        let s: &mut SockInfo = unsafe { &mut *s };
-        if s.flags & sock_flags::TLS == 0 {
-            s.flags |= sock_flags::TLS;
-        }
-    }
     true
+}
+
+/// Whether bytes open a TLS record: a content type (20 to 23), version 3.x.
+#[inline(always)]
+fn starts_record(b: [u8; 2]) -> bool {
+    (20..=23).contains(&b[0]) && b[1] == 3
 }
 
 // Go's crypto/tls: `(*Conn).Write(b)` and `(*Conn).Read(b)`, register ABI
@@ -295,7 +403,7 @@ fn go_begin(ctx: &ProbeContext, op: u8) {
         return;
     };
     // No tick: a goroutine's records stand for it by task, not by thread.
-    open(go_key(tgid, goroutine_id(g)), op, conn, buf, len, 0, 0);
+    open(go_key(tgid, goroutine_id(g)), op, conn, buf, len, 0, 0, -1);
 }
 
 #[inline(always)]

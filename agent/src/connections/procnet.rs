@@ -1,7 +1,12 @@
 //! TCP sockets as /proc shows them: the startup scan for connections that
 //! predate the agent, and the fallback when the kernel could not tell a
 //! socket's tuple (accept with a NULL sockaddr).
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use procfs::{
     net::{TcpNetEntry, TcpState},
@@ -143,6 +148,18 @@ pub fn scan(wanted: impl Fn(u32) -> bool) -> ScanResult {
     out
 }
 
+/// How long one read of a namespace's TCP tables answers lookups of the
+/// sockets it lists. A socket's tuple never changes, and reading the tables
+/// costs milliseconds: a burst of accepts without a sockaddr (a client
+/// opening its pool) is resolved by one read instead of one each, before
+/// the connections are gone.
+const FRESH: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// The last tables read, with their namespace and when.
+    static RECENT: RefCell<Option<(u64, Instant, NetTables)>> = const { RefCell::new(None) };
+}
+
 /// Looks up one fd: its socket inode, then that inode in the process's TCP
 /// tables. None when the fd is gone or is not a TCP socket.
 pub fn resolve(pid: u32, fd: i32) -> Option<FoundSocket> {
@@ -153,20 +170,29 @@ pub fn resolve(pid: u32, fd: i32) -> Option<FoundSocket> {
         .strip_suffix(']')?
         .parse()
         .ok()?;
-    let p = Process::new(pid as i32).ok()?;
-    let t = NetTables::read(&p)?;
-    let e = t.by_inode.get(&inode)?;
-    if !connected(&e.state) {
-        return None;
+    let ns = super::process::netns_of(pid)?;
+    let found = |t: &NetTables| {
+        let e = t.by_inode.get(&inode)?;
+        let tuple = tuple_of(e);
+        connected(&e.state).then(|| FoundSocket {
+            pid,
+            fd,
+            inode,
+            tuple,
+            role: t.role_of(tuple.local),
+        })
+    };
+    let recent = RECENT.with_borrow(|r| match r {
+        Some((n, at, t)) if *n == ns && at.elapsed() < FRESH => found(t),
+        _ => None,
+    });
+    if recent.is_some() {
+        return recent;
     }
-    let tuple = tuple_of(e);
-    Some(FoundSocket {
-        pid,
-        fd,
-        inode,
-        tuple,
-        role: t.role_of(tuple.local),
-    })
+    let t = NetTables::read(&Process::new(pid as i32).ok()?)?;
+    let out = found(&t);
+    RECENT.with_borrow_mut(|r| *r = Some((ns, Instant::now(), t)));
+    out
 }
 
 /// Whether `fd` of `pid` is still a socket (after exec, CLOEXEC ones are not).

@@ -340,9 +340,8 @@ impl<R: SocketRegistry> ConnTable<R> {
 
     fn on_accept(&mut self, c: ConnRecord, out: &mut Vec<StreamEvent>) {
         let mut tuple = c.tuple;
-        match tuple {
-            Some(t) => self.pending.retain(|(_, p)| *p != t),
-            None => tuple = self.claim_pending(c.pid, c.listen_fd),
+        if tuple.is_none() {
+            tuple = self.claim_pending(c.pid, c.listen_fd);
         }
         if !c.tcp_confirmed() || tuple.is_none() {
             // The kernel lacked the sockaddr: ask /proc, which also tells
@@ -367,6 +366,13 @@ impl<R: SocketRegistry> ConnTable<R> {
                 None if !c.tcp_confirmed() => return, // unix socket or already gone
                 None => Stats::inc(&self.stats.unresolved_sockets),
             }
+        }
+        // Whichever way its tuple was learnt, an accepted socket is no
+        // longer a candidate for the next accept: in a burst (a client
+        // opening its pool), the last of them is claimed unambiguously
+        // even if its peer has already gone from /proc.
+        if let Some(t) = tuple {
+            self.pending.retain(|(_, p)| *p != t);
         }
         let peer_is_agent = tuple.is_some_and(|t| self.own.contains(&t.remote));
         let conn = self.open(c.pid, c.fd, Role::Server, c.ts_ns, &c.comm.as_string(), out);

@@ -372,3 +372,41 @@ fn stale_pending_tuples_expire() {
         Some(tuple("127.0.0.1:8080", "127.0.0.1:3333"))
     );
 }
+
+/// A burst of accepts (a client opening its pool): the first ones are
+/// ambiguous and learnt from /proc, which takes them out of the pending
+/// set, so the last is claimed from it even when its peer has already
+/// gone from /proc (user space read the accept late).
+#[test]
+fn accepts_learnt_from_proc_clear_their_pending_entry() {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let server = |c: &std::net::TcpStream| SocketTuple {
+        local: c.peer_addr().unwrap(),
+        remote: c.local_addr().unwrap(),
+    };
+    let (one, two) = (server(&first), server(&second));
+    let pid = std::process::id();
+    let mut t = table();
+    listen(&mut t, pid, listener.as_raw_fd(), port);
+    for (ts, s) in [(100, one), (101, two)] {
+        let mut e = conn(ConnKind::ServerEstab, 0, -1);
+        e.ts_ns = ts;
+        e.tuple = Some(s);
+        apply(&mut t, KernelEvent::Conn(e));
+    }
+    assert_eq!(
+        accept_null(&mut t, pid, listener.as_raw_fd(), accepted.as_raw_fd()),
+        Some(one),
+        "two candidates: from /proc"
+    );
+    // No such fd in /proc: the one candidate left is its tuple.
+    assert_eq!(
+        accept_null(&mut t, pid, listener.as_raw_fd(), 100_000),
+        Some(two)
+    );
+}

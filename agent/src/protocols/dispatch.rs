@@ -255,9 +255,14 @@ impl Dispatcher {
                 return; // nothing to detect on (quiet socket or sendfile)
             }
             // A peek at a TLS record's first bytes, before the handshake
-            // (nginx tells HTTPS from HTTP by one byte): whether the rest
-            // comes as plaintext or as records decides.
-            if super::tls_record_prefix(seg.data) {
+            // (nginx tells HTTPS from HTTP by one byte), or a handshake
+            // record read before the library's calls named the socket (a
+            // memory BIO's first read: agent-ebpf/src/tls.rs): whether
+            // the rest comes as plaintext or as records decides. Records
+            // past the handshake are opaque.
+            if super::tls_record_prefix(seg.data)
+                || (!c.tls && super::tls_handshake_record(seg.data))
+            {
                 return;
             }
             flows.push(Flow::Detected(c.clone()));

@@ -229,6 +229,12 @@ pub fn tls_record(data: &[u8]) -> bool {
     }
 }
 
+/// Whether bytes open a TLS handshake record (a hello, a certificate) or
+/// a change-cipher-spec: the connection's application data has not begun.
+pub fn tls_handshake_record(data: &[u8]) -> bool {
+    matches!(data.first(), Some(20 | 22)) && tls_record(data)
+}
+
 /// Whether bytes are shorter than a TLS record header and could start one.
 pub fn tls_record_prefix(data: &[u8]) -> bool {
     match data {
@@ -252,6 +258,10 @@ fn tls_records_are_told_from_plaintext() {
     assert!(tls_record(b"\x16\x03\x01\x02\x00\x01"));
     assert!(tls_record(b"\x17\x03\x03\x00\x35"));
     assert!(tls_record(b"\x15\x03\x03\x00\x02"));
+    assert!(tls_handshake_record(b"\x16\x03\x01\x02\x00\x01"));
+    assert!(tls_handshake_record(b"\x14\x03\x03\x00\x01\x01"));
+    assert!(!tls_handshake_record(b"\x17\x03\x03\x00\x35"));
+    assert!(!tls_handshake_record(b"\x16\x03"));
     // Plaintext of the protocols sonde parses, and short or odd records.
     for p in [
         &b"GET / HTTP/1.1\r\n"[..],

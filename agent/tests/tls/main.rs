@@ -43,6 +43,7 @@ fn main() {
             t("postgres_ssl_on_psycopg_sslmode_require", postgres_ssl),
             t("connection_opened_before_the_agent", preexisting),
             t("go_crypto_tls_server_and_client_eight_in_flight", go_https),
+            t("node_https_server_and_client_eight_in_flight", node_https),
         ],
     )
     .exit();
@@ -386,38 +387,62 @@ fn preexisting() {
     }
 }
 
-/// A Go HTTPS server and client (`fixtures/tls/go_https.go`, crypto/tls,
-/// HTTP/1.1), built from Debian's golang-go: 40 requests, 8 goroutines in
-/// flight, each request's exact pair: the server's SERVER span (`https`,
-/// its path) under the client's CLIENT span for that id, in one trace.
-/// Warm-up requests (other ids) run until the binary's probes are in.
+/// Go's crypto/tls (HTTPS server and client in one binary, `net/http`,
+/// HTTP/1.1), built from Debian's golang-go: see [`exact_pairs`].
 fn go_https() {
+    let bin = go_build("tls/go_https.go", &tempdir("go-tls"));
+    exact_pairs("go-tls", "/g/", || Command::new(&bin));
+}
+
+/// Node.js (its statically linked OpenSSL, driven through memory BIOs:
+/// the event loop, not the library, moves the records): see
+/// [`exact_pairs`].
+fn node_https() {
+    let dir = tempdir("node-tls");
+    certificate(&dir);
+    exact_pairs("node-tls", "/n/", || {
+        let mut c = Command::new("node");
+        c.arg(fixture("tls/node_https.js"));
+        c.env("TLS_CERT", dir.join("cert.pem"));
+        c.env("TLS_KEY", dir.join("key.pem"));
+        c
+    });
+}
+
+/// One HTTPS server and client program (`server PORT` / `client PORT N
+/// IN_FLIGHT FIRST`, requests `PREFIX<id>`): 40 requests, 8 in flight,
+/// each request's exact pair: the server's SERVER span (`https`, its
+/// path, 200) under the client's CLIENT span for that id, in one trace.
+/// Warm-up requests (other ids) run until the binary's probes are in.
+fn exact_pairs(service: &str, prefix: &str, program: impl Fn() -> Command) {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
-    let bin = go_build("tls/go_https.go", &tempdir("go-tls"));
     let a = agent(&[]);
     let port = free_port();
-    let mut cmd = Command::new(&bin);
+    let mut cmd = program();
     cmd.args(["server", &port.to_string()])
-        .env("OTEL_SERVICE_NAME", "go-tls")
+        .env("OTEL_SERVICE_NAME", service)
         .stderr(Stdio::null());
     let srv = ready(cmd);
     let client = |n: usize, first: usize| {
-        let child = Command::new(&bin)
+        let child = program()
             .args(["client", &port.to_string(), &n.to_string()])
             .args([&IN_FLIGHT.to_string(), &first.to_string()])
             .spawn()
-            .expect("go_https client");
+            .expect("HTTPS client");
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "go client failed");
+        assert!(out.status.success(), "{service} client failed");
         pid
     };
     let is_server = |s: &ReceivedSpan| pid_of(s) == srv.pid() && kind_of(s) == SpanKind::Server;
     let deadline = Instant::now() + DEADLINE;
     let mut warm = 1000;
     while !a.store.spans().iter().any(is_server) {
-        assert!(Instant::now() < deadline, "no Go TLS request was ever read");
+        assert!(
+            Instant::now() < deadline,
+            "no {service} TLS request was ever read"
+        );
         client(1, warm);
         warm += 1;
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -441,10 +466,15 @@ fn go_https() {
         .filter_map(|s| Some((s.attr("url.full")?, s)))
         .collect();
     for id in 0..N {
-        let path = format!("/g/{id}");
-        let srv = servers
-            .get(&path)
-            .unwrap_or_else(|| panic!("no Go SERVER span for {path}"));
+        let path = format!("{prefix}{id}");
+        let srv = servers.get(&path).unwrap_or_else(|| {
+            let mut have: Vec<_> = servers.keys().collect();
+            have.sort();
+            panic!(
+                "no {service} SERVER span for {path}; {}; server spans for {have:?}",
+                counters(&a.metrics)
+            )
+        });
         assert_eq!(srv.attr("url.scheme").as_deref(), Some("https"), "{path}");
         assert_eq!(
             srv.attr("http.response.status_code").as_deref(),
@@ -452,28 +482,46 @@ fn go_https() {
         );
         let url = format!("https://127.0.0.1:{port}{path}");
         let cli = clients.get(&url).unwrap_or_else(|| {
-            let text = http_get(&a.metrics, "/metrics").unwrap_or_default();
-            let counters: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("sonde_") && !l.ends_with(" 0"))
-                .filter(|l| {
-                    ["tls", "dropped", "unpaired", "late_partners"]
-                        .iter()
-                        .any(|k| l.contains(k))
-                })
-                .collect();
             panic!(
-                "no Go CLIENT span for {url}; {} client spans; {counters:#?}",
-                clients.len()
+                "no {service} CLIENT span for {url}; {} client spans; {}",
+                clients.len(),
+                counters(&a.metrics)
             )
         });
         assert_eq!(
-            srv.span.parent_span_id, cli.span.span_id,
-            "{path} under its client span"
+            srv.span.parent_span_id,
+            cli.span.span_id,
+            "{path} under its client span; server {:?}; client {:?}; {}",
+            srv.span.attributes,
+            cli.span.attributes,
+            counters(&a.metrics)
         );
         assert_eq!(srv.span.trace_id, cli.span.trace_id, "{path}");
     }
     assert_eq!(clients.len(), N, "one CLIENT span per request");
+}
+
+/// The agent's TLS, drop and pairing counters that are not 0.
+fn counters(metrics: &str) -> String {
+    let text = http_get(metrics, "/metrics").unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("sonde_") && !l.ends_with(" 0"))
+        .filter(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or_default();
+            [
+                "tls",
+                "dropped",
+                "unpaired",
+                "late_partners",
+                "unresolved",
+                "connections",
+            ]
+            .iter()
+            .any(|k| name.contains(k))
+        })
+        .collect();
+    lines.join("\n")
 }
 
 /// Waits until `pred` holds for the received spans, or the deadline
