@@ -69,7 +69,7 @@ enum Task {
         /// SUITE:PACKAGE (e.g. bookworm:linux-image-amd64) or a vmlinuz path; repeatable.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
-        /// Only this suite (capture, http); repeatable.
+        /// Only this suite (capture, http, tls); repeatable.
         #[arg(long = "suite")]
         suites: Vec<String>,
         /// Only tests whose name contains this (the test binaries' filter).

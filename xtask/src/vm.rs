@@ -43,9 +43,10 @@ pub const DEFAULT_KERNELS: [&str; 3] = [
 /// suite: plain, vectored, message and batched-message I/O, io_uring (the
 /// kprobe path on kernels that have kprobes), the payload prefix, the drop
 /// counter, and doctor (every program loads, the probe strategy); from the
-/// HTTP suite, the span test. The rest of the capture suite adds little per kernel and costs
-/// minutes each under TCG.
-const SUITES: [(&str, &[&str]); 2] = [
+/// HTTP suite, the span test; from the TLS suite, the one that needs only Python and
+/// openssl. The rest of the capture suite adds little per kernel and costs minutes each
+/// under TCG.
+const SUITES: [(&str, &[&str]); 3] = [
     (
         "capture",
         &[
@@ -63,6 +64,9 @@ const SUITES: [(&str, &[&str]); 2] = [
         "http",
         &["--exact", "python_keepalive_spans_metrics_and_traceparent"],
     ),
+    // TLS plaintext through uprobes on the guest's libssl: Python's ssl
+    // module, server and client, exact pairs.
+    ("tls", &["--exact", "python_stdlib_https_eight_in_flight"]),
 ];
 
 /// Per-kernel time limit, TCG being slow.

@@ -44,6 +44,7 @@ fn main() {
             t("connection_opened_before_the_agent", preexisting),
             t("go_crypto_tls_server_and_client_eight_in_flight", go_https),
             t("node_https_server_and_client_eight_in_flight", node_https),
+            t("python_stdlib_https_eight_in_flight", python_https),
         ],
     )
     .exit();
@@ -403,6 +404,21 @@ fn node_https() {
     exact_pairs("node-tls", "/n/", || {
         let mut c = Command::new("node");
         c.arg(fixture("tls/node_https.js"));
+        c.env("TLS_CERT", dir.join("cert.pem"));
+        c.env("TLS_KEY", dir.join("key.pem"));
+        c
+    });
+}
+
+/// Python's standard library (`ssl` over the system libssl, `http.server`,
+/// `urllib`): see [`exact_pairs`]. Needs nothing but Python and openssl,
+/// so it also runs inside the VM matrix's guests.
+fn python_https() {
+    let dir = tempdir("py-tls");
+    certificate(&dir);
+    exact_pairs("py-tls", "/p/", || {
+        let mut c = Command::new("python3");
+        c.arg(fixture("tls/py_https.py"));
         c.env("TLS_CERT", dir.join("cert.pem"));
         c.env("TLS_KEY", dir.join("key.pem"));
         c

@@ -1,6 +1,6 @@
 //! The guest's initramfs: busybox, the init script, the test binaries and
 //! `sonde` at their host paths with their shared libraries, the HTTP
-//! fixtures and a trimmed Python, as an uncompressed newc cpio.
+//! fixtures, a trimmed Python and openssl, as an uncompressed newc cpio.
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -215,6 +215,9 @@ pub(super) fn initramfs(
         .trim(),
     );
     t.host_file(&python)?;
+    // openssl makes the TLS test's certificate; Python's ssl module (in the
+    // stdlib's lib-dynload) brings libssl with it.
+    t.host_file(&which("openssl").context("openssl")?)?;
     t.files
         .insert("/usr/bin/python3".into(), Entry::Link(python));
     t.host_dir(
