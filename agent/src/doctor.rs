@@ -280,7 +280,7 @@ fn tls_check(probes: &mut Probes) -> Result<String, String> {
         }
     }
     Ok(format!(
-        "OpenSSL plaintext programs load ({}); libraries below; Go crypto/tls attaches with the goroutine probes. Node.js, Java, GnuTLS and rustls stay opaque",
+        "OpenSSL plaintext programs load ({}); libraries below; Go crypto/tls attaches with the goroutine probes; Node.js through its own OpenSSL. Java, GnuTLS and rustls stay opaque",
         names.len()
     ))
 }

@@ -396,29 +396,26 @@ fn go_https() {
 }
 
 /// Node.js (its statically linked OpenSSL, driven through memory BIOs:
-/// the event loop, not the library, moves the records): see
-/// [`exact_pairs`].
+/// the event loop, not the library, moves the records).
 fn node_https() {
-    let dir = tempdir("node-tls");
-    certificate(&dir);
-    exact_pairs("node-tls", "/n/", || {
-        let mut c = Command::new("node");
-        c.arg(fixture("tls/node_https.js"));
-        c.env("TLS_CERT", dir.join("cert.pem"));
-        c.env("TLS_KEY", dir.join("key.pem"));
-        c
-    });
+    script_pairs("node-tls", "/n/", "node", "tls/node_https.js");
 }
 
 /// Python's standard library (`ssl` over the system libssl, `http.server`,
-/// `urllib`): see [`exact_pairs`]. Needs nothing but Python and openssl,
-/// so it also runs inside the VM matrix's guests.
+/// `urllib`). Needs nothing but Python and openssl, so it also runs inside
+/// the VM matrix's guests.
 fn python_https() {
-    let dir = tempdir("py-tls");
+    script_pairs("py-tls", "/p/", "python3", "tls/py_https.py");
+}
+
+/// [`exact_pairs`] for a fixture script run by `interpreter`, its server
+/// given a fresh certificate (`TLS_CERT`, `TLS_KEY`).
+fn script_pairs(service: &str, prefix: &str, interpreter: &str, script: &str) {
+    let dir = tempdir(service);
     certificate(&dir);
-    exact_pairs("py-tls", "/p/", || {
-        let mut c = Command::new("python3");
-        c.arg(fixture("tls/py_https.py"));
+    exact_pairs(service, prefix, || {
+        let mut c = Command::new(interpreter);
+        c.arg(fixture(script));
         c.env("TLS_CERT", dir.join("cert.pem"));
         c.env("TLS_KEY", dir.join("key.pem"));
         c

@@ -218,6 +218,7 @@ pub(super) fn initramfs(
     // openssl makes the TLS test's certificate; Python's ssl module (in the
     // stdlib's lib-dynload) brings libssl with it.
     t.host_file(&which("openssl").context("openssl")?)?;
+    t.host_file(Path::new("/usr/lib/ssl/openssl.cnf"))?;
     t.files
         .insert("/usr/bin/python3".into(), Entry::Link(python));
     t.host_dir(
