@@ -45,6 +45,10 @@ fn main() {
             t("go_crypto_tls_server_and_client_eight_in_flight", go_https),
             t("node_https_server_and_client_eight_in_flight", node_https),
             t("python_stdlib_https_eight_in_flight", python_https),
+            t(
+                "library_only_in_the_servers_mount_namespace",
+                other_mount_namespace,
+            ),
         ],
     )
     .exit();
@@ -416,6 +420,53 @@ fn script_pairs(service: &str, prefix: &str, interpreter: &str, script: &str) {
     exact_pairs(service, prefix, || {
         let mut c = Command::new(interpreter);
         c.arg(fixture(script));
+        c.env("TLS_CERT", dir.join("cert.pem"));
+        c.env("TLS_KEY", dir.join("key.pem"));
+        c
+    });
+}
+
+/// A container's view of its libraries: the Python server runs in its own
+/// mount namespace, with copies of libssl and libcrypto on a tmpfs at a
+/// path that holds no such file on the host (`/mnt`), loaded through
+/// `LD_LIBRARY_PATH`. The agent must open that library through the
+/// process's `/proc/<pid>/root` to attach to it; the client uses the
+/// host's. Then [`exact_pairs`].
+fn other_mount_namespace() {
+    const SCRIPT: &str = r#"
+        if [ "$1" = server ]; then
+          exec unshare --mount --propagation private sh -c '
+            mount -t tmpfs sonde-test /mnt &&
+            cp "$LIBSSL" "$LIBCRYPTO" /mnt/ &&
+            LD_LIBRARY_PATH=/mnt exec python3 "$FIXTURE" "$@"' sh "$@"
+        fi
+        exec python3 "$FIXTURE" "$@""#;
+    let dir = tempdir("mntns-tls");
+    certificate(&dir);
+    // The libraries Python's ssl module links.
+    let module = Command::new("python3")
+        .args(["-c", "import _ssl; print(_ssl.__file__)"])
+        .output()
+        .expect("python3");
+    let module = String::from_utf8(module.stdout).unwrap();
+    let ldd = Command::new("ldd")
+        .arg(module.trim())
+        .output()
+        .expect("ldd");
+    let ldd = String::from_utf8(ldd.stdout).unwrap();
+    let lib = |name: &str| {
+        ldd.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("_ssl links no {name}: {ldd}"))
+            .to_string()
+    };
+    let (ssl, crypto) = (lib("libssl.so"), lib("libcrypto.so"));
+    exact_pairs("mntns-tls", "/p/", || {
+        let mut c = Command::new("sh");
+        c.args(["-c", SCRIPT, "sh"]);
+        c.env("FIXTURE", fixture("tls/py_https.py"));
+        c.env("LIBSSL", &ssl).env("LIBCRYPTO", &crypto);
         c.env("TLS_CERT", dir.join("cert.pem"));
         c.env("TLS_KEY", dir.join("key.pem"));
         c
