@@ -44,6 +44,19 @@ pub fn bump(tid: u32, create: bool, read_fd: i32) {
     }
 }
 
+/// Gives `tid` an entry if it has none, without advancing anything, so
+/// that its polls, reads and sleeps from now on are seen.
+#[inline(always)]
+pub fn watch(tid: u32) {
+    let t = Tick {
+        n: 0,
+        read_fd: -1,
+        activity: 0,
+        _pad: 0,
+    };
+    let _ = TICKS.insert(&tid, &t, 1); // BPF_NOEXIST
+}
+
 /// The thread's tick now (0: it never read a tracked socket).
 #[inline(always)]
 pub fn current(tid: u32) -> u32 {

@@ -202,8 +202,9 @@ fn finish(ctx: &RetProbeContext, op: u8) {
 /// returns. So a read's socket is the tracked, not yet TLS, socket whose
 /// read began the thread's current activity (nothing was read or polled,
 /// and the thread did not sleep, in between), and a write's is the next
-/// one written in the same activity (`inside_call`). A library that reaches its socket inside the call
-/// (any socket BIO) names it there first, so neither guess is used.
+/// one written in the same activity (`inside_call`). A library that
+/// reaches its socket inside the call (any socket BIO) names it there
+/// first, so neither guess is used.
 #[inline(always)]
 fn unknown_socket(id: u64, c: &TlsCall) -> bool {
     let tgid = (id >> 32) as u32;
@@ -218,6 +219,9 @@ fn unknown_socket(id: u64, c: &TlsCall) -> bool {
 /// socket.
 #[inline(always)]
 fn hold(id: u64, c: &TlsCall, bytes: i64) {
+    // A thread with no tick entry (it never read a tracked socket) gets
+    // one, or no later poll would end the hold's activity.
+    tick::watch(id as u32);
     if let Some(h) = TLS_ACTIVE.get_ptr_mut(&id) {
         unsafe {
             (*h).held = 1;
@@ -298,8 +302,9 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
 /// reads the first two bytes a write sends.
 ///
 /// A call held at its return (a memory BIO, see `unknown_socket`) is
-/// carried by the thread's next write in the same activity, if what it sends
-/// starts a TLS record and the socket carries no other object's records.
+/// carried by the thread's next write in the same activity, if what it
+/// sends starts a TLS record and the socket carries no other object's
+/// records.
 #[inline(always)]
 pub fn inside_call(id: u64, tgid: u32, fd: i32, first: impl FnOnce() -> [u8; 2]) -> bool {
     // A thread's call, else (Go) the call of the goroutine it runs.
