@@ -93,6 +93,9 @@ struct Conn {
     confirmed: bool,
     /// A /proc lookup for the tuple was tried already.
     resolve_tried: bool,
+    /// The last sweep found its fd (or process) gone: the next one ends it
+    /// if its close still has not come (see `sweep`).
+    gone: bool,
 }
 
 /// Server sockets established but not yet accepted are forgotten after this
@@ -239,6 +242,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             info,
             confirmed: false,
             resolve_tried: false,
+            gone: false,
         })
     }
 
@@ -481,22 +485,39 @@ impl<R: SocketRegistry> ConnTable<R> {
         self.conns.len() + self.listeners.len() + self.pending.len() + self.own.len()
     }
 
+    /// Ends what the kernel's records no longer will: a close whose record
+    /// was dropped (ring buffer full) leaves its connection behind, its fd
+    /// no longer a socket; an exit's, all of its process's. /proc shows the
+    /// present, while the records may lag behind it (a loaded or slow
+    /// machine): a connection is ended only when two sweeps in a row find
+    /// it gone, so its last records and its close, still queued at the
+    /// first, are read first. (An fd reused by a new socket is handled at
+    /// that socket's open.)
     pub fn sweep(&mut self, out: &mut Vec<StreamEvent>) {
         let mut pids: Vec<u32> = self.conns.keys().map(|&(p, _)| p).collect();
         pids.dedup();
         for pid in pids {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let exited = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let fds = self.fds_of(pid);
+            let mut ended = vec![];
+            for &fd in &fds {
+                let gone = exited || !procnet::is_socket(pid, fd);
+                let Some(c) = self.conns.get_mut(&(pid, fd)) else {
+                    continue;
+                };
+                if gone && c.gone {
+                    ended.push(fd);
+                }
+                c.gone = gone;
+            }
+            if exited && ended.len() == fds.len() {
                 self.on_exit(pid, 0, out);
                 continue;
             }
-            // A close whose record the kernel dropped (ring buffer full)
-            // leaves its connection behind: its fd is no longer a socket.
-            // (An fd reused by a new socket is handled at that socket's open.)
-            for fd in self.fds_of(pid) {
-                if !procnet::is_socket(pid, fd) {
-                    Stats::inc(&self.stats.swept_closes);
-                    self.close(pid, fd, 0, Untrack::No, out);
-                }
+            let untrack = if exited { Untrack::Yes } else { Untrack::No };
+            for fd in ended {
+                Stats::inc(&self.stats.swept_closes);
+                self.close(pid, fd, 0, untrack, out);
             }
         }
     }

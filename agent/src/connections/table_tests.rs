@@ -242,9 +242,45 @@ fn sweep_removes_connections_of_dead_processes() {
     let mut t = table();
     apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 3)));
     let mut out = vec![];
+    // The first sweep only marks it: its last records may still be queued.
+    t.sweep(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // They come, and find their connection.
+    let out = apply(&mut t, data(PID, 3, b"late"));
+    assert!(matches!(out.as_slice(), [StreamEvent::Data(..)]), "{out:?}");
+    let mut out = vec![];
     t.sweep(&mut out);
     assert_eq!(out.len(), 1);
     assert!(t.is_empty());
+}
+
+/// A socket closed while its records lag behind /proc: one sweep does not
+/// end it, so its last data arrive to the connection they belong to, not
+/// to a new one opened from /proc.
+#[test]
+fn a_closed_socket_is_swept_only_when_two_sweeps_find_it_gone() {
+    let pid = std::process::id();
+    let mut t = table();
+    t.processes().insert(ProcessInfo {
+        pid,
+        comm: "self".into(),
+        ..Default::default()
+    });
+    // An fd number no socket of this process has.
+    let fd = 100_001;
+    apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, pid, fd)));
+    let mut out = vec![];
+    t.sweep(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let out = apply(&mut t, data(pid, fd, b"tail"));
+    assert!(matches!(out.as_slice(), [StreamEvent::Data(..)]), "{out:?}");
+    let mut out = vec![];
+    t.sweep(&mut out);
+    assert!(
+        matches!(out.as_slice(), [StreamEvent::Close(..)]),
+        "{out:?}"
+    );
+    assert_eq!(t.stats.swept_closes.load(Relaxed), 1);
 }
 
 #[test]

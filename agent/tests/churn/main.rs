@@ -229,8 +229,9 @@ fn churn() {
     // What is left is what is still open (the export connection's far end
     // in this process, a scrape) and a residue of connections whose records
     // the kernel dropped under this overload (counted above): closes it
-    // could not report are found by the connection table's 10 s sweep, the
-    // rest is bounded. None of it grows with the connections seen.
+    // could not report are found by the connection table's sweeps (two, 10 s
+    // apart), the rest is bounded. None of it grows with the connections
+    // seen.
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (table, pipeline, parsers) = indexes(&metrics);
