@@ -58,6 +58,20 @@ impl NetTables {
         })
     }
 
+    /// The connected TCP socket `inode`, as `fd` of `pid`; None when the
+    /// tables do not list it (not TCP) or it is listening or closing.
+    fn connected(&self, pid: u32, fd: i32, inode: u64) -> Option<FoundSocket> {
+        let e = self.by_inode.get(&inode)?;
+        let tuple = tuple_of(e);
+        connected(&e.state).then(|| FoundSocket {
+            pid,
+            fd,
+            inode,
+            tuple,
+            role: self.role_of(tuple.local),
+        })
+    }
+
     /// A connection is the server end when its local port is listened on,
     /// at its address or at the wildcard address.
     fn role_of(&self, local: SocketAddr) -> Role {
@@ -133,15 +147,8 @@ pub fn scan(wanted: impl Fn(u32) -> bool) -> ScanResult {
             }; // not TCP
             if e.state == TcpState::Listen {
                 out.listeners.push((pid, fd, e.local_address.port()));
-            } else if connected(&e.state) {
-                let tuple = tuple_of(e);
-                out.sockets.push(FoundSocket {
-                    pid,
-                    fd,
-                    inode,
-                    tuple,
-                    role: t.role_of(tuple.local),
-                });
+            } else if let Some(s) = t.connected(pid, fd, inode) {
+                out.sockets.push(s);
             }
         }
     }
@@ -171,17 +178,7 @@ pub fn resolve(pid: u32, fd: i32) -> Option<FoundSocket> {
         .parse()
         .ok()?;
     let ns = super::process::netns_of(pid)?;
-    let found = |t: &NetTables| {
-        let e = t.by_inode.get(&inode)?;
-        let tuple = tuple_of(e);
-        connected(&e.state).then(|| FoundSocket {
-            pid,
-            fd,
-            inode,
-            tuple,
-            role: t.role_of(tuple.local),
-        })
-    };
+    let found = |t: &NetTables| t.connected(pid, fd, inode);
     let recent = RECENT.with_borrow(|r| match r {
         Some((n, at, t)) if *n == ns && at.elapsed() < FRESH => found(t),
         _ => None,
