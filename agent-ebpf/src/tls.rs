@@ -323,6 +323,11 @@ pub fn inside_call(id: u64, tgid: u32, fd: i32, first: impl FnOnce() -> [u8; 2])
     let mut call = unsafe { *c };
     if call.held != 0 {
         if call.tick != tick::activity(id as u32) {
+            // The activity ended with no socket named: a held write's
+            // plaintext is lost, and counted.
+            if call.len > 0 {
+                count(stat::TLS_NO_SOCKET);
+            }
             let _ = TLS_ACTIVE.remove(&id);
             return false;
         }
