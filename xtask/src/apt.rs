@@ -24,6 +24,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "docker.io",
     "docker-compose",
     "nodejs",
+    // An HTTP/2 client that multiplexes streams on one connection (http2 suite).
+    "nghttp2-client",
     // The Go system under test (linking suite), built offline against
     // Debian's Go libraries.
     "golang-go",
@@ -43,6 +45,8 @@ pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("mysql-connector-python", "mysql.connector"),
     ("pika", "pika"),
     ("aio-pika", "aio_pika"),
+    // The gRPC client and server of the http2 suite.
+    ("grpcio", "grpc"),
     ("kubernetes-validate", "kubernetes_validate"),
 ];
 
@@ -64,7 +68,7 @@ pub fn ensure_python() -> Result<()> {
     }
     eprintln!("xtask: pip installing {}", missing.join(" "));
     sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
-        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] requests pymysql redis mysql-connector-python pika aio-pika kubernetes-validate")
+        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] requests pymysql redis mysql-connector-python pika aio-pika grpcio kubernetes-validate")
 }
 
 fn installed(pkg: &str) -> bool {

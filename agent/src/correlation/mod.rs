@@ -304,12 +304,14 @@ impl Correlator {
         let key = c
             .tuple
             .map(|t| self.stitch.client_view(c.id, t, &mut self.drops));
-        let partner = key.and_then(|k| self.stitch.take_partner(k));
+        let partner = key.and_then(|k| self.stitch.take_partner(k, req.stream));
+        let request = request_key(c.id, req.stream);
         let waiting = Waiting {
             pid: c.pid,
-            conn: c.id,
+            conn: request,
             since: req.first.exit_ns,
             own_context: tp.is_some(),
+            stream: req.stream,
         };
         if let (None, Some(k)) = (partner, key) {
             // Wait (bounded) for a client record that may come late. With a
@@ -322,24 +324,36 @@ impl Correlator {
             parent_id: p.span_id,
             sampled: p.sampled,
         }));
-        let ctx = self.linker.request_started(
-            c.pid,
-            c.id,
-            c.id,
-            req.first.tid,
-            req.first.exit_ns,
-            incoming,
-            &self.sampler,
-        );
+        let ctx = if req.stream == 0 {
+            self.linker.request_started(
+                c.pid,
+                c.id,
+                c.id,
+                req.first.tid,
+                req.first.exit_ns,
+                incoming,
+                &self.sampler,
+            )
+        } else {
+            self.linker.stream_started(
+                c.pid,
+                request,
+                c.id,
+                req.first.tid,
+                req.first.exit_ns,
+                incoming,
+                &self.sampler,
+            )
+        };
         // Its thread's next writes follow this read.
         self.linker
-            .read_delivered(c.pid, req.last, c.id, ctx.span_id, false);
+            .read_delivered(c.pid, req.last, request, ctx.span_id, false);
         // Its client is on this node but not seen yet: hold the trace's
         // items until it is (or the wait is over).
         if let (None, Some(k)) = (incoming, key) {
             if self.stitch.is_node_ip(k.0.ip()) && self.stitch.is_waiting(&k) {
                 let held = Held {
-                    conn: c.id,
+                    conn: request,
                     since: waiting.since,
                     key: HeldFor::Client(k),
                     items: vec![],
@@ -360,14 +374,16 @@ impl Correlator {
     ) {
         let own = req.traceparent.as_deref().and_then(traceparent::parse);
         let (ctx, evidence) = self.call_context(c, req.first, own);
-        self.stitch.client_wrote(c, ctx, evidence, &mut self.drops);
+        self.stitch
+            .client_wrote(c, ctx, evidence, req.stream, &mut self.drops);
         // The server end already read it: its request adopts this context.
         // Or it already answered, and its trace is held for this one.
         let key = c.tuple.map(|t| (t.local, t.remote));
         let waiting = key.and_then(|k| {
-            self.stitch
-                .take_waiting(k)
-                .or_else(|| self.stitch.take_waiting_behind_nat(k, &mut self.drops))
+            self.stitch.take_waiting(k, req.stream).or_else(|| {
+                self.stitch
+                    .take_waiting_behind_nat(k, req.stream, &mut self.drops)
+            })
         });
         if let Some(w) = waiting {
             if w.own_context {
@@ -405,7 +421,8 @@ impl Correlator {
             self.counts.late_partners_adopted += 1;
             return;
         }
-        self.stitch.queue_for_server(c, ctx, &mut self.drops);
+        self.stitch
+            .queue_for_server(c, ctx, req.stream, &mut self.drops);
     }
 
     /// A late client's context names the real trace of the first held
@@ -447,7 +464,8 @@ impl Correlator {
             .as_deref()
             .and_then(traceparent::parse);
         let (ctx, evidence, peer, server_read) = if c.role == Role::Server {
-            let ctx = match (self.linker.request_finished(c.pid, c.id), tp) {
+            let key = request_key(c.id, exchange.stream());
+            let ctx = match (self.linker.request_finished(c.pid, key), tp) {
                 (Some(ctx), _) => ctx,
                 // A request read before the agent started.
                 (None, Some(tp)) => SpanCtx {
@@ -465,7 +483,8 @@ impl Correlator {
             };
             (ctx, evidence, None, false)
         } else {
-            let (ctx, evidence, server_read) = match self.stitch.client_exchange_done(c.id) {
+            let done = self.stitch.client_exchange_done(c.id, exchange.stream());
+            let (ctx, evidence, server_read) = match done {
                 Some(r) => (r.ctx, r.evidence, r.read_on_node),
                 // A request written before the agent started.
                 None => {
@@ -557,6 +576,19 @@ impl Correlator {
             self.emit(l, out);
         }
     }
+}
+
+/// What keys a server request in the linker and the holds: its connection
+/// for HTTP/1.x (requests in order), its stream's own key for HTTP/2.
+fn request_key(conn: u64, stream: u32) -> u64 {
+    if stream == 0 {
+        return conn;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (conn, stream).hash(&mut h);
+    // Bit 63 marks deliveries (`messaging::delivery_key`); bit 62 streams.
+    (h.finish() & !(3 << 62)) | 1 << 62
 }
 
 /// The context an instrumented client wrote: its span id is the one in

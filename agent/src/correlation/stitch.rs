@@ -39,6 +39,8 @@ pub struct Waiting {
     /// It carried a traceparent, which already names its client span: the
     /// late record only has to find it (and not wait for the next request).
     pub own_context: bool,
+    /// HTTP/2: its stream (0 for HTTP/1.x).
+    pub stream: u32,
 }
 
 /// A client request written and not yet answered.
@@ -49,13 +51,17 @@ pub struct ClientRequest {
     /// A server on this node read it: that server's span will come, as
     /// this one's child.
     pub read_on_node: bool,
+    /// HTTP/2: its stream (0 for HTTP/1.x).
+    pub stream: u32,
 }
 
 pub struct Stitcher {
     /// Contexts of HTTP client requests written and not yet read by a
     /// server on this node, by the client's (local, remote), in order, with
-    /// the client connection.
-    queued: HashMap<ClientKey, VecDeque<(SpanCtx, u64)>>,
+    /// the client connection and the HTTP/2 stream (0: HTTP/1.x). A
+    /// server takes its request's stream: HTTP/1.x's are in order, and an
+    /// HTTP/2 stream has the same id at both ends.
+    queued: HashMap<ClientKey, VecDeque<(SpanCtx, u64, u32)>>,
     /// The same clients by their local endpoint alone (-> remote): a server
     /// that sees this endpoint but another local address is behind DNAT.
     by_local: HashMap<SocketAddr, SocketAddr>,
@@ -172,9 +178,13 @@ impl Stitcher {
         self.servers.get(&(local, remote)).cloned()
     }
 
-    /// A server read a request: the context its client queued, if seen.
-    pub fn take_partner(&mut self, key: ClientKey) -> Option<SpanCtx> {
-        let (ctx, client) = self.queued.get_mut(&key).and_then(|q| q.pop_front())?;
+    /// A server read a request (of HTTP/2 `stream`): the context its client
+    /// queued, if seen.
+    pub fn take_partner(&mut self, key: ClientKey, stream: u32) -> Option<SpanCtx> {
+        let (ctx, client, _) = self
+            .queued
+            .get_mut(&key)
+            .and_then(|q| take(q, |e| e.2 == stream))?;
         self.read_on_node(client, ctx.span_id);
         Some(ctx)
     }
@@ -211,10 +221,11 @@ impl Stitcher {
         self.unpartnered.contains_key(key)
     }
 
-    /// A client wrote a request: the server request that read it first, if any.
-    pub fn take_waiting(&mut self, key: ClientKey) -> Option<Waiting> {
+    /// A client wrote a request (of HTTP/2 `stream`): the server request
+    /// that read it first, if any.
+    pub fn take_waiting(&mut self, key: ClientKey, stream: u32) -> Option<Waiting> {
         let q = self.unpartnered.get_mut(&key)?;
-        let w = q.pop_front();
+        let w = take(q, |w| w.stream == stream);
         if q.is_empty() {
             self.unpartnered.remove(&key);
             self.waiting_from.remove(&key.0);
@@ -229,13 +240,14 @@ impl Stitcher {
     pub fn take_waiting_behind_nat(
         &mut self,
         key: ClientKey,
+        stream: u32,
         drops: &mut Drops,
     ) -> Option<Waiting> {
         let server_view = *self.waiting_from.get(&key.0)?;
         if server_view.1 == key.1 || (self.nat_lookup)(server_view.1, server_view.0) != Some(key) {
             return None;
         }
-        let w = self.take_waiting(server_view)?;
+        let w = self.take_waiting(server_view, stream)?;
         self.nat_resolved += 1;
         if self.nat.len() < MAX_STITCH {
             self.nat.insert(w.conn, key);
@@ -252,34 +264,41 @@ impl Stitcher {
         c: &ConnInfo,
         ctx: SpanCtx,
         evidence: Evidence,
+        stream: u32,
         drops: &mut Drops,
     ) {
         let r = ClientRequest {
             ctx,
             evidence,
             read_on_node: false,
+            stream,
         };
         push_bounded(self.client_requests.entry(c.id).or_default(), r, drops);
     }
 
     /// Queues the context for the server end.
-    pub fn queue_for_server(&mut self, c: &ConnInfo, ctx: SpanCtx, drops: &mut Drops) {
+    pub fn queue_for_server(&mut self, c: &ConnInfo, ctx: SpanCtx, stream: u32, drops: &mut Drops) {
         let Some(t) = c.tuple else { return };
         let key = (t.local, t.remote);
         if self.queued.len() >= MAX_STITCH && !self.queued.contains_key(&key) {
             drops.stitch_full += 1;
             return;
         }
-        push_bounded(self.queued.entry(key).or_default(), (ctx, c.id), drops);
+        push_bounded(
+            self.queued.entry(key).or_default(),
+            (ctx, c.id, stream),
+            drops,
+        );
         self.by_local.insert(t.local, t.remote);
         self.note_node_ip(t.local.ip(), drops);
     }
 
-    /// The context fixed when the client wrote its oldest unanswered request.
-    pub fn client_exchange_done(&mut self, conn: u64) -> Option<ClientRequest> {
+    /// The context fixed when the client wrote its oldest unanswered
+    /// request (of HTTP/2 `stream`).
+    pub fn client_exchange_done(&mut self, conn: u64, stream: u32) -> Option<ClientRequest> {
         self.client_requests
             .get_mut(&conn)
-            .and_then(|q| q.pop_front())
+            .and_then(|q| take(q, |r| r.stream == stream))
     }
 
     /// A connection closed: whatever waits on it goes.
@@ -316,6 +335,13 @@ impl Stitcher {
             self.nat.len(),
         ]
     }
+}
+
+/// The first entry `is` accepts: the front for HTTP/1.x, whose requests
+/// are answered in order.
+fn take<T>(q: &mut VecDeque<T>, is: impl Fn(&T) -> bool) -> Option<T> {
+    let i = q.iter().position(is)?;
+    q.remove(i)
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, ctx: T, drops: &mut Drops) {

@@ -66,6 +66,27 @@ pub const HTTP_CLIENT_DURATION: Instrument = Instrument {
     description: "Duration of HTTP client requests.",
     buckets: DURATION_BUCKETS,
 };
+/// Milliseconds, as the RPC semantic conventions define these two.
+pub const RPC_DURATION_BUCKETS: &[f64] = &[
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
+];
+pub const RPC_SERVER_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
+    name: "rpc.server.duration",
+    prom_name: "rpc_server_duration_milliseconds",
+    unit: "ms",
+    description: "Duration of RPCs served (gRPC).",
+    buckets: RPC_DURATION_BUCKETS,
+};
+pub const RPC_CLIENT_DURATION: Instrument = Instrument {
+    kind: InstrumentKind::Histogram,
+    name: "rpc.client.duration",
+    prom_name: "rpc_client_duration_milliseconds",
+    unit: "ms",
+    description: "Duration of RPCs made (gRPC).",
+    buckets: RPC_DURATION_BUCKETS,
+};
 pub const DB_CLIENT_DURATION: Instrument = Instrument {
     kind: InstrumentKind::Histogram,
     name: "db.client.operation.duration",

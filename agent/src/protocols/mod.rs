@@ -13,6 +13,7 @@ pub mod amqp;
 pub mod db;
 pub mod dispatch;
 pub mod http;
+pub mod http2;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;

@@ -1,12 +1,13 @@
 //! The one list of protocols. Adding a protocol is a folder under
 //! `protocols/` plus one line here; dispatch, the fuzz targets and the
 //! parser bench all iterate this list.
-use super::{amqp, http, mysql, postgres, redis, Detect, Spec};
+use super::{amqp, http, http2, mysql, postgres, redis, Detect, Spec};
 use crate::event::{Direction, Role};
 
 /// In detection order: the first whose `detect` does not say `No` wins.
 pub static REGISTRY: &[Spec] = &[
     http::SPEC,
+    http2::SPEC,
     redis::SPEC,
     postgres::SPEC,
     amqp::SPEC,

@@ -82,6 +82,18 @@ pub fn failed(role: Role, status: u16) -> bool {
     }
 }
 
+/// Whether an exchange failed, seen from `role`: its status, a reset
+/// stream, or a gRPC call's status.
+pub fn exchange_failed(role: Role, ex: &Exchange) -> bool {
+    match ex.h2.as_ref() {
+        Some(h) => match &h.grpc {
+            Some(g) => super::rpc::failed(role, super::rpc::status_code(ex, g)),
+            None => h.reset.is_some() || failed(role, ex.response.head.status),
+        },
+        None => failed(role, ex.response.head.status),
+    }
+}
+
 pub fn build(
     conn: &ConnInfo,
     ex: &Exchange,
@@ -111,10 +123,7 @@ pub fn build(
     }
     a.push(("http.response.status_code", Value::Int(status as i64)));
     a.push(("network.protocol.name", "http".into()));
-    a.push((
-        "network.protocol.version",
-        format!("1.{}", req.minor).into(),
-    ));
+    a.push(("network.protocol.version", ex.version().into()));
     let tuple = conn.tuple;
     let peer: Option<SocketAddr> = tuple.map(|t| t.remote);
     if let Some(p) = peer {
@@ -185,8 +194,11 @@ pub fn build(
         "http.response.body.size",
         Value::Int(ex.response.body_bytes as i64),
     ));
-    let error = failed(conn.role, status);
-    if error {
+    let reset = ex.h2.as_ref().and_then(|h| h.reset);
+    let error = failed(conn.role, status) || reset.is_some();
+    if let Some(code) = reset {
+        a.push(("error.type", format!("RST_STREAM {code}").into()));
+    } else if error {
         a.push(("error.type", status.to_string().into()));
     }
 
@@ -219,7 +231,9 @@ pub fn build(
         start_unix_ns: clock.unix_ns(start),
         end_unix_ns: clock.unix_ns(end),
         attributes: a,
-        status: if error {
+        status: if let Some(code) = reset {
+            Status::Error(format!("stream reset (error code {code})"))
+        } else if error {
             Status::Error(format!("HTTP {status}"))
         } else {
             Status::Unset

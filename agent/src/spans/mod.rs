@@ -6,6 +6,7 @@ pub mod db;
 pub mod http;
 pub mod messaging;
 pub mod resource;
+pub mod rpc;
 pub mod sampler;
 pub mod traceparent;
 

@@ -122,8 +122,11 @@ impl Telemetry {
                     ex.request.first.enter_ns
                 };
                 let secs = secs(start, ex.response.last.exit_ns);
-                let failed = spans::http::failed(conn.role, ex.response.head.status);
-                red::http(&mut reg, &conn, ex, secs, &resource);
+                let failed = spans::http::exchange_failed(conn.role, ex);
+                match ex.h2.as_ref().and_then(|h| h.grpc.as_ref()) {
+                    Some(g) => red::rpc(&mut reg, &conn, ex, g, secs, &resource),
+                    None => red::http(&mut reg, &conn, ex, secs, &resource),
+                }
                 let at = ex.response.last.exit_ns;
                 if server {
                     let calls = self.self_time.request_done(ctx.span_id, start, at);
@@ -283,9 +286,11 @@ impl Telemetry {
     ) -> Option<Span> {
         let clock = &self.clock;
         Some(match item {
-            Item::Http { exchange, .. } => {
-                spans::http::build(conn, exchange, ctx, clock, self.http_opts, resource)
-            }
+            Item::Http { exchange, .. } => match exchange.h2.as_ref().and_then(|h| h.grpc.as_ref())
+            {
+                Some(g) => spans::rpc::build(conn, exchange, g, ctx, clock, resource),
+                None => spans::http::build(conn, exchange, ctx, clock, self.http_opts, resource),
+            },
             Item::Db { call, .. } => spans::db::build(conn, call, ctx, clock, resource),
             Item::Publish(op) => {
                 let AmqpOut::Published {

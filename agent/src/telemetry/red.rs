@@ -5,7 +5,7 @@ use crate::{
     connections::ConnInfo,
     event::Role,
     metrics::{self, Labels, Registry},
-    protocols::{db::DbCall, http::route, http::Exchange},
+    protocols::{db::DbCall, http::route, http::Exchange, http2::GrpcCall},
     spans::{self, Resource},
 };
 
@@ -17,12 +17,11 @@ pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource
             spans::http::method(&ex.request.head.method).0,
         ),
         ("http.response.status_code", status.to_string()),
-        (
-            "network.protocol.version",
-            format!("1.{}", ex.request.head.minor),
-        ),
+        ("network.protocol.version", ex.version()),
     ];
-    if spans::http::failed(c.role, status) {
+    if let Some(code) = ex.h2.as_ref().and_then(|h| h.reset) {
+        labels.push(("error.type", format!("RST_STREAM {code}")));
+    } else if spans::http::failed(c.role, status) {
         labels.push(("error.type", status.to_string()));
     }
     let (duration, request_size, response_size) = if c.role == Role::Server {
@@ -56,6 +55,37 @@ pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource
         labels,
         ex.response.body_bytes as f64,
     );
+}
+
+/// A gRPC call: `rpc.server.duration` / `rpc.client.duration`.
+pub fn rpc(
+    reg: &mut Registry,
+    c: &ConnInfo,
+    ex: &Exchange,
+    g: &GrpcCall,
+    secs: f64,
+    resource: &Arc<Resource>,
+) {
+    let code = spans::rpc::status_code(ex, g);
+    let mut labels: Labels = vec![
+        ("rpc.system", "grpc".into()),
+        ("rpc.service", g.service.clone()),
+        ("rpc.method", g.method.clone()),
+        ("rpc.grpc.status_code", code.to_string()),
+    ];
+    if spans::rpc::failed(c.role, code) {
+        labels.push(("error.type", spans::rpc::error_type(code)));
+    }
+    let duration = if c.role == Role::Server {
+        &metrics::RPC_SERVER_DURATION
+    } else {
+        let (address, port) = spans::http::client_server(c, ex);
+        labels.push(("server.address", address));
+        labels.push(("server.port", port.to_string()));
+        &metrics::RPC_CLIENT_DURATION
+    };
+    // These two are in milliseconds (semantic conventions).
+    reg.record(duration, resource, labels, secs * 1000.0);
 }
 
 /// A served request's self time (`self_time.rs`), by method and route.

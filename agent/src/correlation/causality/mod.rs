@@ -55,7 +55,10 @@ struct InFlight {
     /// The request's key (a connection, or a delivery).
     conn: u64,
     /// The connection it came from: requests of one source are sequential.
+    /// An HTTP/2 stream is its own source (streams are concurrent).
     source: u64,
+    /// The socket it arrived on (its requests go when it closes).
+    socket: u64,
     tid: u32,
     /// CLOCK_MONOTONIC ns the request was fully read.
     since_ns: u64,
@@ -185,10 +188,37 @@ impl Linker {
             calls: 0,
             conn,
             source,
+            socket: source,
             tid,
             since_ns,
             ctx,
         });
+        ctx
+    }
+
+    /// An HTTP/2 server read the request headers of a stream (`key`) on
+    /// connection `socket`: a request like any other, but concurrent with
+    /// the connection's other streams rather than queued behind them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stream_started(
+        &mut self,
+        pid: u32,
+        key: u64,
+        socket: u64,
+        tid: u32,
+        since_ns: u64,
+        incoming: Option<crate::spans::traceparent::TraceParent>,
+        sampler: &Sampler,
+    ) -> SpanCtx {
+        let ctx = self.request_started(pid, key, key, tid, since_ns, incoming, sampler);
+        if let Some(f) = self
+            .by_pid
+            .get_mut(&pid)
+            .and_then(|l| l.last_mut())
+            .filter(|f| f.conn == key)
+        {
+            f.socket = socket;
+        }
         ctx
     }
 
@@ -448,7 +478,7 @@ impl Linker {
     /// reads it delivered are forgotten.
     pub fn connection_closed(&mut self, pid: u32, conn: u64) {
         if let Some(list) = self.by_pid.get_mut(&pid) {
-            list.retain(|f| f.conn != conn && f.source != conn);
+            list.retain(|f| f.conn != conn && f.source != conn && f.socket != conn);
             if list.is_empty() {
                 self.by_pid.remove(&pid);
             }

@@ -202,7 +202,7 @@ impl Linker {
                 f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns
             })
         };
-        let (m, f) = self
+        let read: Vec<(&Mark, &InFlight)> = self
             .marks
             .get(&pid)?
             .get(&at.tid)?
@@ -211,7 +211,16 @@ impl Linker {
             .skip_while(|m| m.tick != at.tick)
             .take_while(|m| m.tick == at.tick)
             .filter_map(|m| in_flight(m).map(|f| (m, f)))
-            .last()?;
+            .collect();
+        let &(m, f) = read.last()?;
+        // HTTP/2 streams read together are served concurrently, not in
+        // order: which one the write is for, the tick cannot tell.
+        let stream = |o: &InFlight| o.socket != o.source;
+        if read.iter().any(|(_, o)| stream(o))
+            && read.iter().any(|(_, o)| o.ctx.span_id != f.ctx.span_id)
+        {
+            return Some(Parent::Ambiguous);
+        }
         // A consumer that acknowledged a delivery of this channel may still
         // work on that one (it acks first) while the next is read; one that
         // lost deliveries may work on one not seen.

@@ -18,6 +18,23 @@ const MAX_PENDING: usize = 256;
 pub struct Exchange {
     pub request: Message,
     pub response: Message,
+    /// HTTP/2: the stream, and gRPC. None for HTTP/1.x.
+    pub h2: Option<crate::protocols::http2::H2Info>,
+}
+
+impl Exchange {
+    /// `network.protocol.version`: `1.0`, `1.1` or `2`.
+    pub fn version(&self) -> String {
+        match self.h2 {
+            Some(_) => "2".into(),
+            None => format!("1.{}", self.request.head.minor),
+        }
+    }
+
+    /// The HTTP/2 stream (0 for HTTP/1.x, whose exchanges are in order).
+    pub fn stream(&self) -> u32 {
+        self.h2.as_ref().map_or(0, |h| h.stream)
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +109,7 @@ impl HttpConnection {
                 Some(request) => out.push(Exchange {
                     request,
                     response: m,
+                    h2: None,
                 }),
                 None => self.counters.unmatched_responses += 1,
             }

@@ -25,6 +25,8 @@ pub struct RequestSeen {
     pub last: SegTime,
     /// Its `traceparent` header, if any (an instrumented client).
     pub traceparent: Option<String>,
+    /// HTTP/2: its stream; 0 for HTTP/1.x.
+    pub stream: u32,
 }
 
 /// Servers see requests arrive; clients write them, or (a connection seen
@@ -58,6 +60,7 @@ impl HttpProtocol {
                 first: m.first,
                 last: m.last,
                 traceparent: m.head.traceparent,
+                stream: 0,
             }));
         }
         out.extend(exchanges.into_iter().map(|e| Record::Http(Box::new(e))));
