@@ -29,6 +29,11 @@ pub const DEFAULT_CAPTURE: u32 = 2048;
 /// Bytes in later entries are still counted, just not copied.
 pub const MAX_IOV: usize = 12;
 
+/// The same on a framed protocol's socket (`sock_flags::WHOLE`): gRPC's
+/// C core writes a call as one sendmsg of many small slices (frame
+/// headers, header-block pieces, message prefixes), and HPACK needs them all.
+pub const MAX_IOV_WHOLE: usize = 64;
+
 /// Messages of a sendmmsg/recvmmsg batch that get a data event each.
 pub const MAX_MMSG: usize = 4;
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use sonde_common::{
     data_flags, direction, kind, sock_flags, sock_key, stat, syscall, DataEvent, SockInfo,
-    DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_MMSG,
+    DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_IOV_WHOLE, MAX_MMSG,
 };
 
 use crate::{
@@ -258,6 +258,13 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
             copy_buf(base, done, p, whole)
         }
         Source::Buf(p) => copy_buf(base, done, p, want),
+        // Vectored: up to the ceiling too, through more entries.
+        Source::Iov(iov, n) if !quiet && info.flags & sock_flags::WHOLE != 0 => {
+            copy_iov::<MAX_IOV_WHOLE>(base, done, iov, n, whole_want(bytes), false)
+        }
+        Source::KernelIov(iov, n) if !quiet && info.flags & sock_flags::WHOLE != 0 => {
+            copy_iov::<MAX_IOV_WHOLE>(base, done, iov, n, whole_want(bytes), true)
+        }
         Source::Iov(iov, n) => copy_iov::<MAX_IOV>(base, done, iov, n, want, false),
         Source::KernelIov(iov, n) => copy_iov::<MAX_IOV>(base, done, iov, n, want, true),
         Source::None => {
@@ -274,6 +281,17 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
     }
     if (captured as i64) < bytes {
         flags |= data_flags::TRUNCATED;
+    }
+    // An HTTP/2 preface: HPACK will need every header frame of this socket,
+    // from its very next call. User space asks too (`CopyWhole`), but a
+    // client writes its first HEADERS microseconds after the preface.
+    if info.flags & sock_flags::WHOLE == 0 && captured >= 8 {
+        let head = unsafe { core::ptr::read_unaligned(base.add(DATA_EVENT_SIZE) as *const u64) };
+        if head == u64::from_le_bytes(*b"PRI * HT") {
+            if let Some(p) = SOCKS.get_ptr_mut(&sock_key(tgid, call.fd as u32)) {
+                unsafe { (*p).flags |= sock_flags::WHOLE };
+            }
+        }
     }
     if matches!(call.syscall, syscall::TLS_READ | syscall::TLS_WRITE) {
         flags |= data_flags::TLS;
@@ -347,6 +365,16 @@ fn copy_buf(base: *mut u8, done: *mut u32, src: u64, want: u64) -> bool {
 #[inline(always)]
 fn verifier_bound(v: usize, pow2: usize) -> usize {
     core::hint::black_box(v) & (pow2 - 1)
+}
+
+/// Bytes to copy on a `WHOLE` socket: all of them, up to the ceiling.
+#[inline(always)]
+fn whole_want(bytes: i64) -> u64 {
+    if (bytes as u64) < MAX_CAPTURE as u64 {
+        bytes as u64
+    } else {
+        MAX_CAPTURE as u64
+    }
 }
 
 /// Const-bounded iovec walk: copies up to `want` bytes across the first

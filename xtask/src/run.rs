@@ -25,7 +25,7 @@ pub fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 10] = [
+const PRIVILEGED_SUITES: [&str; 11] = [
     "capture",
     "http",
     "db",
@@ -36,6 +36,7 @@ const PRIVILEGED_SUITES: [&str; 10] = [
     "container",
     "top",
     "tls",
+    "http2",
 ];
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target`.

@@ -390,11 +390,16 @@ pub fn agent(extra: &[&str]) -> Agent {
 /// directive (`ssl` adds TLS with `dir`'s cert.pem and key.pem); returns
 /// once it listens.
 pub fn nginx(dir: &Path, port: u16, ssl: bool, server: &str) -> Proc {
+    nginx_listening(dir, port, if ssl { "ssl" } else { "" }, server)
+}
+
+/// The same, with `params` after the listen address (`ssl`, `http2`, both).
+pub fn nginx_listening(dir: &Path, port: u16, params: &str, server: &str) -> Proc {
     let d = dir.display();
-    let listen = if ssl {
-        format!("listen 127.0.0.1:{port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;")
+    let listen = if params.contains("ssl") {
+        format!("listen 127.0.0.1:{port} {params}; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;")
     } else {
-        format!("listen 127.0.0.1:{port};")
+        format!("listen 127.0.0.1:{port} {params};")
     };
     std::fs::write(
         dir.join("nginx.conf"),

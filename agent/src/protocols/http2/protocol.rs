@@ -20,8 +20,13 @@ pub const SPEC: Spec = Spec {
     answered: true,
 };
 
-/// The client's preface, read by a server or written by a client.
+/// The client's preface, read by a server or written by a client; or the
+/// server's own preface, a SETTINGS frame, which a server may write before
+/// it reads the client's (gRPC's C core does).
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
+    if role == Role::Server && dir == Direction::Egress {
+        return server_preface(data);
+    }
     let request_side =
         client_first_write(role, dir) || (role == Role::Server && dir == Direction::Ingress);
     if !request_side {
@@ -32,6 +37,22 @@ fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
         (false, _) => Detect::No,
         (true, true) => Detect::Yes,
         (true, false) => Detect::NeedMore,
+    }
+}
+
+/// A SETTINGS frame (type 4, no flags, stream 0) whose length is a whole
+/// number of settings.
+fn server_preface(data: &[u8]) -> Detect {
+    const SETTINGS: [u8; 6] = [4, 0, 0, 0, 0, 0];
+    // A server writes its SETTINGS frame whole: anything shorter is not one.
+    let Some(h) = data.get(..9) else {
+        return Detect::No;
+    };
+    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+    if h[3..] == SETTINGS && len.is_multiple_of(6) && len <= 6 * 16 {
+        Detect::Yes
+    } else {
+        Detect::No
     }
 }
 

@@ -426,3 +426,85 @@ fn hostile_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn detected_from_either_preface() {
+    use crate::{
+        event::{Direction, Role},
+        protocols::{registry, Detect},
+    };
+    let spec = registry::by_name("http2").expect("registered");
+    let settings = frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    assert_eq!(
+        (spec.detect)(Role::Server, Direction::Ingress, PREFACE),
+        Detect::Yes
+    );
+    assert_eq!(
+        (spec.detect)(Role::Server, Direction::Ingress, &PREFACE[..10]),
+        Detect::NeedMore
+    );
+    assert_eq!(
+        (spec.detect)(Role::Client, Direction::Egress, PREFACE),
+        Detect::Yes
+    );
+    // gRPC's C core writes its SETTINGS before it reads the client's preface.
+    assert_eq!(
+        (spec.detect)(Role::Server, Direction::Egress, &settings),
+        Detect::Yes
+    );
+    assert_eq!(
+        (spec.detect)(Role::Server, Direction::Egress, &settings[..5]),
+        Detect::No
+    );
+    // Not a SETTINGS frame: a HEADERS frame mid-connection, an ACK, a MySQL greeting.
+    assert_eq!(
+        (spec.detect)(Role::Server, Direction::Egress, &frame(1, 4, 1, b"\x88")),
+        Detect::No
+    );
+    assert_eq!(
+        (spec.detect)(Role::Server, Direction::Egress, &frame(4, 1, 0, b"")),
+        Detect::No
+    );
+    assert_eq!(
+        (spec.detect)(Role::Server, Direction::Egress, b"\x4a\0\0\0\x0a8.0.1"),
+        Detect::No
+    );
+    // A client's first read is never taken for HTTP/2.
+    assert_eq!(
+        (spec.detect)(Role::Client, Direction::Ingress, &settings),
+        Detect::No
+    );
+    // Mid-connection frames (the agent started late) are not detected.
+    assert_eq!(
+        registry::detect(
+            Role::Client,
+            Direction::Egress,
+            &frame(1, 5, 7, b"\x82\x86")
+        ),
+        None
+    );
+}
+
+#[test]
+fn a_server_seen_from_its_own_settings_first() {
+    // The server's SETTINGS come before the client's preface is read.
+    let mut c = H2Connection::default();
+    feed(
+        &mut c,
+        Side::Response,
+        &frame(4, 0, 0, &[0, 3, 0, 0, 0, 100]),
+    )
+    .expect("settings");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(4, 0, 0, &[]));
+    hello.extend(request(&mut Encoder::new(), 1, "/first"));
+    feed(&mut c, Side::Request, &hello).expect("preface and a request");
+    assert_eq!(c.take_new_requests().len(), 1);
+    let out = feed(
+        &mut c,
+        Side::Response,
+        &headers(&mut Encoder::new(), 1, 1, &[(":status", "200")]),
+    )
+    .expect("answer");
+    assert_eq!(out[0].request.head.target, "/first");
+}

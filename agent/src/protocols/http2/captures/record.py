@@ -22,9 +22,10 @@ def proxy(port, name):
 
 
 def grpc_session():
-    srv = subprocess.Popen([sys.executable, FIXTURE, "server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    port = 18463
+    srv = subprocess.Popen([sys.executable, FIXTURE, "server", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        port = json.loads(srv.stdout.readline())["port"]
+        assert srv.stdout.readline().strip() == b"READY"
         p = proxy(port, "grpc")
         jobs = [["get", str(i)] for i in range(6)] + [["watch", "6"], ["get", "missing7"]]
         subprocess.run([sys.executable, FIXTURE, "client", str(p.port), json.dumps(jobs)], check=True)
