@@ -152,7 +152,14 @@ fn exit(ctx: &TracePointContext, sc: u8) {
                     continue;
                 }
                 let (iov, iovlen) = read_msghdr_iov(mh);
-                emit(id, tgid, &call, len as i64, &info, Source::Iov(iov, iovlen));
+                emit(
+                    id,
+                    tgid,
+                    &call,
+                    len as i64,
+                    &info,
+                    Source::BatchIov(iov, iovlen),
+                );
             }
         }
         syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None),
@@ -172,6 +179,9 @@ pub enum Source {
     Buf(u64),
     /// A user iovec array and its length.
     Iov(u64, u64),
+    /// One message of a sendmmsg/recvmmsg batch: like `Iov`, but never
+    /// walked past `MAX_IOV` (the batch loop multiplies the verifier's cost).
+    BatchIov(u64, u64),
     /// A kernel copy of a user iovec array (a `struct iov_iter`'s), and its
     /// length. The segments still point into user memory.
     KernelIov(u64, u64),
@@ -265,7 +275,9 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         Source::KernelIov(iov, n) if !quiet && info.flags & sock_flags::WHOLE != 0 => {
             copy_iov::<MAX_IOV_WHOLE>(base, done, iov, n, whole_want(bytes), true)
         }
-        Source::Iov(iov, n) => copy_iov::<MAX_IOV>(base, done, iov, n, want, false),
+        Source::Iov(iov, n) | Source::BatchIov(iov, n) => {
+            copy_iov::<MAX_IOV>(base, done, iov, n, want, false)
+        }
         Source::KernelIov(iov, n) => copy_iov::<MAX_IOV>(base, done, iov, n, want, true),
         Source::None => {
             flags |= data_flags::NO_PAYLOAD_SOURCE;

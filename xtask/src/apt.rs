@@ -30,6 +30,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     // Debian's Go libraries.
     "golang-go",
     "golang-github-lib-pq-dev",
+    // The Go gRPC system under test (http2 suite).
+    "golang-google-grpc-dev",
     // The Java system under test (linking suite): compiler and JDBC driver.
     "openjdk-17-jdk-headless",
     "libpostgresql-jdbc-java",

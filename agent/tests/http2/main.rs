@@ -40,6 +40,7 @@ fn main() {
         &args,
         vec![
             t("grpc_python_eight_in_flight_on_one_channel", grpc_python),
+            t("grpc_go_eight_in_flight_on_one_connection", grpc_go),
             t("h2c_nginx_curl_and_nghttp_eight_in_flight", h2c_nginx),
             t("grpc_channel_opened_before_the_agent", grpc_preexisting),
             t("https_alpn_h2_nginx_curl_eight_in_flight", https_h2),
@@ -199,6 +200,29 @@ fn exact_pairs<'a>(
         .collect()
 }
 
+/// Waits for a SERVER span of `server` and a CLIENT span of `client` for
+/// each gRPC method in `ids`, then asserts them exact pairs.
+fn rpc_pairs(
+    a: &Agent,
+    server: u32,
+    client: u32,
+    ids: &[String],
+) -> Vec<(ReceivedSpan, ReceivedSpan)> {
+    let rpc_method = |s: &ReceivedSpan| s.attr("rpc.method");
+    let spans = settle(&a.store, |s| {
+        let n = |pid: u32| {
+            s.iter()
+                .filter(|x| pid_of(x) == pid && rpc_method(x).is_some_and(|m| ids.contains(&m)))
+                .count()
+        };
+        n(server) >= ids.len() && n(client) >= ids.len()
+    });
+    exact_pairs(&spans, server, client, ids, rpc_method, &a.metrics)
+        .into_iter()
+        .map(|(s, c)| (s.clone(), c.clone()))
+        .collect()
+}
+
 fn grpc_python() {
     const N: usize = 40;
     let a = agent(&[]);
@@ -226,16 +250,7 @@ fn grpc_python() {
         format!("{}{id}", if kind == "watch" { "Watch" } else { "Get" })
     };
     let ids: Vec<String> = jobs.iter().map(method).collect();
-    let rpc_method = |s: &ReceivedSpan| s.attr("rpc.method");
-    let spans = settle(&a.store, |s| {
-        let n = |pid: u32| {
-            s.iter()
-                .filter(|x| pid_of(x) == pid && rpc_method(x).is_some_and(|m| ids.contains(&m)))
-                .count()
-        };
-        n(srv.pid()) >= N && n(cpid) >= N
-    });
-    let pairs = exact_pairs(&spans, srv.pid(), cpid, &ids, rpc_method, &a.metrics);
+    let pairs = rpc_pairs(&a, srv.pid(), cpid, &ids);
     for ((srv_span, cli), (kind, id)) in pairs.iter().zip(&jobs) {
         let name = format!("sonde.test.Shop/{}", method(&(kind.clone(), id.clone())));
         let code = if id.starts_with("missing") { "5" } else { "0" };
@@ -271,6 +286,24 @@ fn grpc_python() {
         );
         assert_eq!(status(srv_span), 0, "{name} server status");
     }
+    // An instrumented client's traceparent in the metadata: its CLIENT span
+    // takes the header's ids, and the SERVER span is that span's child.
+    let (tpid, _) = grpc_client(port, &[("traced".into(), "traced".into())]);
+    let traced = |s: &ReceivedSpan| s.attr("rpc.method").as_deref() == Some("Gettraced");
+    let spans = settle(&a.store, |s| s.iter().filter(|x| traced(x)).count() >= 2);
+    let cli = spans
+        .iter()
+        .find(|s| traced(s) && pid_of(s) == tpid)
+        .expect("CLIENT span of the traced call");
+    let srv_span = spans
+        .iter()
+        .find(|s| traced(s) && pid_of(s) == srv.pid())
+        .expect("SERVER span of the traced call");
+    assert_eq!(hex(&cli.span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&cli.span.span_id), "00f067aa0ba902b7");
+    assert_eq!(srv_span.span.trace_id, cli.span.trace_id);
+    assert_eq!(srv_span.span.parent_span_id, cli.span.span_id);
+
     let text = http_get(&a.metrics, "/metrics").unwrap_or_default();
     let calls = prom_sum(
         &text,
@@ -287,6 +320,64 @@ fn grpc_python() {
         &["rpc_grpc_status_code=\"5\""],
     );
     assert_eq!(failed, 4.0, "the NOT_FOUND calls, by status");
+}
+
+/// grpc-go 1.33 (Debian) server and client, no generated code: 40 unary
+/// calls on one connection, 8 in flight, every tenth NOT_FOUND.
+fn grpc_go() {
+    const N: usize = 40;
+    let dir = std::env::temp_dir().join(format!("sonde-grpc-go-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = go_build("grpc/grpc_shop.go", &dir);
+    let a = agent(&[]);
+    let port = free_port().to_string();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["server", &port])
+        .env("OTEL_SERVICE_NAME", "grpc-go-shop");
+    let srv = ready(cmd);
+    let client = |n: usize| {
+        let child = Command::new(&bin)
+            .args(["client", &port, &n.to_string(), "8"])
+            .spawn()
+            .expect("grpc_shop client");
+        let pid = child.id();
+        assert!(
+            child.wait_with_output().unwrap().status.success(),
+            "Go gRPC client failed"
+        );
+        pid
+    };
+    warm_up(&a, srv.pid(), |_| {
+        client(1);
+    });
+    let cpid = client(N);
+    let ids: Vec<String> = (0..N)
+        .map(|i| {
+            if i % 10 == 3 {
+                format!("Getmissing{i}")
+            } else {
+                format!("Get{i}")
+            }
+        })
+        .collect();
+    let pairs = rpc_pairs(&a, srv.pid(), cpid, &ids);
+    for ((srv_span, cli), id) in pairs.iter().zip(&ids) {
+        let code = if id.starts_with("Getmissing") {
+            "5"
+        } else {
+            "0"
+        };
+        for s in [srv_span, cli] {
+            assert_eq!(s.span.name, format!("sonde.test.Shop/{id}"));
+            assert_eq!(
+                s.attr("rpc.grpc.status_code").as_deref(),
+                Some(code),
+                "{id}"
+            );
+            assert_eq!(s.attr("rpc.system").as_deref(), Some("grpc"));
+        }
+    }
 }
 
 fn h2c_nginx() {

@@ -578,3 +578,39 @@ fn a_delivery_read_while_an_acked_one_is_worked_on_is_no_evidence() {
     l.delivery_read(1, in_tick(100, 7, 5), 12, 3, third.span_id);
     assert_eq!(l.parent_of(1, in_tick(100, 8, 5), 20), Parent::Ambiguous);
 }
+
+/// HTTP/2: streams of one connection are concurrent. Two read on one thread
+/// are never "the oldest on the connection", and two read in one tick do not
+/// tell a write in that tick which it serves; a stream read alone in its tick
+/// does.
+#[test]
+fn http2_streams_are_concurrent_requests() {
+    let mut l = Linker::default();
+    let stream = |l: &mut Linker, key: u64, ns: u64| {
+        l.stream_started(1, key, 10, 100, ns, None, &Sampler::AlwaysOn)
+    };
+    let a = stream(&mut l, 1001, 5);
+    l.read_delivered(1, in_tick(100, 5, 7), 1001, a.span_id, false);
+    // A write in the tick that read only stream a: a's.
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 6, 7), 20),
+        Parent::Request(a, Evidence::Tick)
+    );
+    // Streams b and c read by one read (one tick).
+    let b = stream(&mut l, 1003, 8);
+    let c = stream(&mut l, 1005, 8);
+    l.read_delivered(1, in_tick(100, 8, 8), 1003, b.span_id, false);
+    l.read_delivered(1, in_tick(100, 8, 8), 1005, c.span_id, false);
+    assert_eq!(l.parent_of(1, in_tick(100, 9, 8), 20), Parent::Ambiguous);
+    // With no tick, three streams on the thread: not the oldest.
+    assert_eq!(l.parent_of(1, at(100, 9), 20), Parent::Ambiguous);
+    // Each finishes by its own key; closing the connection ends the rest.
+    assert_eq!(l.request_finished(1, 1003), Some(b));
+    assert_eq!(l.request_finished(1, 1001), Some(a));
+    assert_eq!(
+        l.parent_of(1, at(100, 9), 20),
+        Parent::Request(c, Evidence::SameThread)
+    );
+    l.connection_closed(1, 10);
+    assert_eq!(l.entries(), 0);
+}
