@@ -23,8 +23,8 @@ const MAX_ALIASES: usize = 65536;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeldFor {
     /// A server request: its client's record, by the client's (local,
-    /// remote) endpoints.
-    Client(ClientKey),
+    /// remote) endpoints and the HTTP/2 stream (0 for HTTP/1.x).
+    Client(ClientKey, u32),
     /// A delivery: the publish that sent it, by message key.
     Publish(u64),
 }

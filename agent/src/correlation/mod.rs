@@ -355,7 +355,7 @@ impl Correlator {
                 let held = Held {
                     conn: request,
                     since: waiting.since,
-                    key: HeldFor::Client(k),
+                    key: HeldFor::Client(k, req.stream),
                     items: vec![],
                 };
                 self.holds.start(ctx.trace_id, held, now_ns, out);
@@ -413,9 +413,14 @@ impl Correlator {
                 self.emit_all(h.items, out);
             }
             return;
-        } else if key
-            .is_some_and(|k| self.adopt_held(|h| h.key == HeldFor::Client(k), &ctx, now_ns, out))
-        {
+        } else if key.is_some_and(|k| {
+            self.adopt_held(
+                |h| h.key == HeldFor::Client(k, req.stream),
+                &ctx,
+                now_ns,
+                out,
+            )
+        }) {
             // The server closed the connection before this record came.
             self.stitch.read_on_node(c.id, ctx.span_id);
             self.counts.late_partners_adopted += 1;

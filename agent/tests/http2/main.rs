@@ -336,9 +336,9 @@ fn grpc_go() {
     cmd.args(["server", &port])
         .env("OTEL_SERVICE_NAME", "grpc-go-shop");
     let srv = ready(cmd);
-    let client = |n: usize| {
+    let client = |n: usize, first: usize| {
         let child = Command::new(&bin)
-            .args(["client", &port, &n.to_string(), "8"])
+            .args(["client", &port, &n.to_string(), "8", &first.to_string()])
             .spawn()
             .expect("grpc_shop client");
         let pid = child.id();
@@ -348,10 +348,10 @@ fn grpc_go() {
         );
         pid
     };
-    warm_up(&a, srv.pid(), |_| {
-        client(1);
+    warm_up(&a, srv.pid(), |n| {
+        client(1, 1000 + n);
     });
-    let cpid = client(N);
+    let cpid = client(N, 0);
     let ids: Vec<String> = (0..N)
         .map(|i| {
             if i % 10 == 3 {

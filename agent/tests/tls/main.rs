@@ -43,6 +43,7 @@ fn main() {
             t("postgres_ssl_on_psycopg_sslmode_require", postgres_ssl),
             t("connection_opened_before_the_agent", preexisting),
             t("go_crypto_tls_server_and_client_eight_in_flight", go_https),
+            t("go_crypto_tls_http2_eight_in_flight", go_https_h2),
             t("node_https_server_and_client_eight_in_flight", node_https),
             t("python_stdlib_https_eight_in_flight", python_https),
             t(
@@ -399,6 +400,17 @@ fn go_https() {
     exact_pairs("go-tls", "/g/", || Command::new(&bin));
 }
 
+/// Go's default: HTTP/2 negotiated by ALPN, the client's 8 requests in
+/// flight multiplexed on one connection (plaintext from the Go TLS probes).
+fn go_https_h2() {
+    let bin = go_build("tls/go_https.go", &tempdir("go-tls-h2"));
+    exact_pairs_over("go-tls-h2", "/g/", "2", || {
+        let mut c = Command::new(&bin);
+        c.env("GO_HTTPS_H2", "1");
+        c
+    });
+}
+
 /// Node.js (its statically linked OpenSSL, driven through memory BIOs:
 /// the event loop, not the library, moves the records).
 fn node_https() {
@@ -479,6 +491,11 @@ fn other_mount_namespace() {
 /// path, 200) under the client's CLIENT span for that id, in one trace.
 /// Warm-up requests (other ids) run until the binary's probes are in.
 fn exact_pairs(service: &str, prefix: &str, program: impl Fn() -> Command) {
+    exact_pairs_over(service, prefix, "1.1", program)
+}
+
+/// The same, with the HTTP version both spans must show.
+fn exact_pairs_over(service: &str, prefix: &str, version: &str, program: impl Fn() -> Command) {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
     let a = agent(&[]);
@@ -561,6 +578,13 @@ fn exact_pairs(service: &str, prefix: &str, program: impl Fn() -> Command) {
             counters(&a.metrics)
         );
         assert_eq!(srv.span.trace_id, cli.span.trace_id, "{path}");
+        for s in [srv, cli] {
+            assert_eq!(
+                s.attr("network.protocol.version").as_deref(),
+                Some(version),
+                "{path}"
+            );
+        }
     }
     assert_eq!(clients.len(), N, "one CLIENT span per request");
 }

@@ -17,10 +17,16 @@ use crate::protocols::{
 /// Streams open at once beyond this: the oldest is dropped (counted).
 /// Peers default to 100 concurrent streams; this leaves room.
 const MAX_STREAMS: usize = 1024;
-/// The dynamic table a decoder may be told to grow to (SETTINGS may ask
-/// for more; a peer that uses more is desynchronised, and counted).
+/// The dynamic table a decoder may be told to grow to. SETTINGS may ask
+/// for more (peers default to 4 KiB, and rarely ask past 64); a peer whose
+/// encoder then uses more is desynchronised, counted: a bound on what one
+/// connection's tables hold.
 const DEFAULT_TABLE: usize = 4096;
-const MAX_TABLE: usize = 1 << 20;
+/// A header block (HEADERS and its CONTINUATIONs) larger than this is
+/// given up on: peers cap header lists far lower, and an endless run of
+/// CONTINUATION frames must not grow memory.
+const MAX_BLOCK: usize = 256 * 1024;
+const MAX_TABLE: usize = 64 * 1024;
 
 /// HTTP/2 facts of an exchange.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,6 +127,10 @@ struct State {
     /// SETTINGS_HEADER_TABLE_SIZE each side asked for, to apply to the
     /// other side's decoder.
     table_size: [Option<usize>; 2],
+    /// Per direction, what its header blocks decoded to (names, values and
+    /// the 32-byte entry overhead): a bound on what its table can hold,
+    /// which is far below the allowed size on most connections.
+    decoded: [usize; 2],
     pub counters: Counters,
     pub parse_errors: u64,
 }
@@ -142,6 +152,7 @@ impl Default for H2Connection {
                 done: vec![],
                 failed: None,
                 table_size: [None, None],
+                decoded: [0, 0],
                 counters: Counters::default(),
                 parse_errors: 0,
             },
@@ -225,8 +236,11 @@ impl H2Connection {
         let halves: usize = self
             .halves
             .iter()
-            .map(|h| {
-                h.reader.heap_bytes() + h.allowed + h.block.as_ref().map_or(0, |b| b.buf.capacity())
+            .zip(self.state.decoded)
+            .map(|(h, decoded)| {
+                h.reader.heap_bytes()
+                    + h.allowed.min(decoded)
+                    + h.block.as_ref().map_or(0, |b| b.buf.capacity())
             })
             .sum();
         halves + self.state.streams.len() * std::mem::size_of::<Stream>()
@@ -250,6 +264,9 @@ impl State {
                 let Some(b) = block.as_mut().filter(|b| b.stream == h.stream) else {
                     return self.fail("HTTP/2 CONTINUATION out of place");
                 };
+                if b.buf.len() + payload.len() > MAX_BLOCK {
+                    return self.fail("HTTP/2 header block too large");
+                }
                 b.buf.extend_from_slice(payload);
                 if h.flags & flag::END_HEADERS != 0 {
                     let b = block.take().expect("checked above");
@@ -344,7 +361,13 @@ impl State {
     fn header_block(&mut self, side: Side, b: Block, t: SegTime, decoder: &mut Decoder<'static>) {
         let mut f = Fields::default();
         f.head.len = b.buf.len();
-        let res = decoder.decode_with_cb(&b.buf, |n: Cow<[u8]>, v: Cow<[u8]>| f.apply(&n, &v));
+        let mut decoded = 0usize;
+        let res = decoder.decode_with_cb(&b.buf, |n: Cow<[u8]>, v: Cow<[u8]>| {
+            decoded = decoded.saturating_add(n.len() + v.len() + 32);
+            f.apply(&n, &v)
+        });
+        let d = &mut self.decoded[index(side)];
+        *d = d.saturating_add(decoded);
         if res.is_err() {
             // The dynamic table is now unknown: every later block of this
             // direction could decode into wrong fields.

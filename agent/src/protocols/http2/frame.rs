@@ -233,7 +233,9 @@ impl FrameReader {
                 on(Event::Frame(h, &[]));
                 State::Header([0; 9], 0)
             } else {
-                State::Kept(h, Vec::with_capacity(h.len as usize))
+                // Grown as bytes come: a header alone must not reserve its
+                // claimed length.
+                State::Kept(h, Vec::new())
             }
         } else if h.len == 0 {
             State::Header([0; 9], 0)
