@@ -487,6 +487,17 @@ fn h2c_nginx() {
     // One connection: one nginx worker serves every stream.
     let pairs = exact_pairs(&spans, server_of("/m/0"), mux_pid, &ids, path, &a.metrics);
     pairs.into_iter().for_each(check_h2);
+    // HTTP/2 requests go into the HTTP histograms, as version 2.
+    let text = http_get(&a.metrics, "/metrics").unwrap_or_default();
+    let served = prom_sum(
+        &text,
+        "http_server_request_duration_seconds_count",
+        &["network_protocol_version=\"2\""],
+    );
+    assert!(
+        served >= (CURLS + MUX) as f64,
+        "every h2c request in http.server.request.duration: {served}"
+    );
 }
 
 /// HTTP/2 over TLS, negotiated by ALPN: nginx and curl, both OpenSSL (the
