@@ -443,3 +443,41 @@ pub fn go_build(source: &str, dir: &Path) -> PathBuf {
     assert!(built.success(), "go build {source}: {built}");
     bin
 }
+
+/// A self-signed certificate and key in `dir` (cert.pem, key.pem).
+pub fn certificate(dir: &Path) {
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+}
+
+/// Waits until `pred` holds for the received spans, or the deadline
+/// passes; returns the spans either way (the checks after it name what
+/// is missing).
+pub fn settle(store: &Store, mut pred: impl FnMut(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let spans = store.spans();
+        if pred(&spans) || Instant::now() > end {
+            return spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An empty directory `sonde-<name>-<pid>` under the temporary directory.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sonde-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -86,22 +86,6 @@ fn grpc_client(port: u16, jobs: &[(String, String)]) -> (u32, Vec<serde_json::Va
     )
 }
 
-/// Waits until `pred` holds or the deadline passes; the spans either way
-/// (the checks after it name what is missing).
-fn settle(
-    store: &sonde_otlp_receiver::Store,
-    mut pred: impl FnMut(&[ReceivedSpan]) -> bool,
-) -> Vec<ReceivedSpan> {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let spans = store.spans();
-        if pred(&spans) || Instant::now() > end {
-            return spans;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The agent's counters of interest that are not 0.
 fn counters(metrics: &str) -> String {
     let text = http_get(metrics, "/metrics").unwrap_or_default();
@@ -125,18 +109,29 @@ fn counters(metrics: &str) -> String {
 
 /// Until the agent reports a SERVER span of `pid` (its probes are attached
 /// and its first connection seen), runs `warm` with a fresh id.
-fn warm_up(a: &Agent, pid: u32, mut warm: impl FnMut(usize)) {
+fn warm_up(a: &Agent, pid: u32, warm: impl FnMut(usize)) {
+    warm_until(
+        a,
+        "a request of that pid",
+        |s| pid_of(s) == pid && kind_of(s) == SpanKind::Server,
+        warm,
+    );
+}
+
+/// Until the agent reports a span `ready` accepts, runs `warm` with a
+/// fresh id.
+fn warm_until(
+    a: &Agent,
+    what: &str,
+    ready: impl Fn(&ReceivedSpan) -> bool,
+    mut warm: impl FnMut(usize),
+) {
     let deadline = Instant::now() + DEADLINE;
     let mut n = 0;
-    while !a
-        .store
-        .spans()
-        .iter()
-        .any(|s| pid_of(s) == pid && kind_of(s) == SpanKind::Server)
-    {
+    while !a.store.spans().iter().any(&ready) {
         assert!(
             Instant::now() < deadline,
-            "no request of pid {pid} was ever read; {}",
+            "never saw {what}; {}",
             counters(&a.metrics)
         );
         warm(n);
@@ -326,9 +321,7 @@ fn grpc_python() {
 /// calls on one connection, 8 in flight, every tenth NOT_FOUND.
 fn grpc_go() {
     const N: usize = 40;
-    let dir = std::env::temp_dir().join(format!("sonde-grpc-go-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("grpc-go");
     let bin = go_build("grpc/grpc_shop.go", &dir);
     let a = agent(&[]);
     let port = free_port().to_string();
@@ -385,25 +378,13 @@ fn h2c_nginx() {
     const MUX: usize = 16;
     let a = agent(&[]);
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("sonde-h2c-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("h2c");
     let ng = nginx_listening(
         &dir,
         port,
         "http2",
         "location / { return 200 \"$uri\\n\"; }",
     );
-    let nginx_pids = || -> Vec<u32> {
-        let out = Command::new("pgrep")
-            .args(["-P", &ng.pid().to_string()])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    };
     let curl = |path: &str| {
         Command::new("curl")
             .args(["-s", "-o", "/dev/null", "--http2-prior-knowledge"])
@@ -411,36 +392,18 @@ fn h2c_nginx() {
             .spawn()
             .expect("curl")
     };
-    let workers = nginx_pids();
-    let deadline = Instant::now() + DEADLINE;
-    let mut n = 0;
-    while !a
-        .store
-        .spans()
-        .iter()
-        .any(|s| workers.contains(&pid_of(s)) && kind_of(s) == SpanKind::Server)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no h2c request was ever read; {}",
-            counters(&a.metrics)
-        );
-        curl(&format!("/warm{n}")).wait().unwrap();
-        n += 1;
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let workers = children(ng.pid());
+    warm_until(
+        &a,
+        "an h2c request read by nginx",
+        |s| workers.contains(&pid_of(s)) && kind_of(s) == SpanKind::Server,
+        |n| {
+            curl(&format!("/warm{n}")).wait().unwrap();
+        },
+    );
     // 16 curl processes, 8 at a time; then nghttp with 16 streams on one
     // connection.
-    let mut curl_pids = HashMap::new();
-    for batch in 0..CURLS / 8 {
-        let kids: Vec<_> = (0..8)
-            .map(|i| (batch * 8 + i, curl(&format!("/c/{}", batch * 8 + i))))
-            .collect();
-        for (i, mut k) in kids {
-            curl_pids.insert(format!("/c/{i}"), k.id());
-            assert!(k.wait().unwrap().success());
-        }
-    }
+    let curl_pids = eight_at_a_time(CURLS, "/c/", curl);
     let urls: Vec<String> = (0..MUX)
         .map(|i| format!("http://127.0.0.1:{port}/m/{i}"))
         .collect();
@@ -452,40 +415,27 @@ fn h2c_nginx() {
     let mux_pid = mux.id();
     assert!(mux.wait_with_output().unwrap().status.success());
 
-    let path = |s: &ReceivedSpan| {
-        s.attr("url.path").or_else(|| {
-            s.attr("url.full").and_then(|u| {
-                u.split_once(&format!(":{port}"))
-                    .map(|(_, p)| p.to_string())
-            })
-        })
-    };
+    let path = path_at(port);
     let is_ours =
         |s: &ReceivedSpan| path(s).is_some_and(|p| p.starts_with("/c/") || p.starts_with("/m/"));
     let spans = settle(&a.store, |s| {
         s.iter().filter(|x| is_ours(x)).count() >= 2 * (CURLS + MUX)
     });
-    let server_of = |id: &str| {
-        spans
-            .iter()
-            .find(|s| kind_of(s) == SpanKind::Server && path(s).as_deref() == Some(id))
-            .map(pid_of)
-            .unwrap_or_else(|| panic!("no SERVER span for {id}; {}", counters(&a.metrics)))
-    };
+    let server_of = |id: &str| server_pid(&spans, &path, id, &a.metrics);
     for (id, pid) in &curl_pids {
         let pairs = exact_pairs(
             &spans,
             server_of(id),
             *pid,
             std::slice::from_ref(id),
-            path,
+            &path,
             &a.metrics,
         );
         check_h2(pairs[0]);
     }
     let ids: Vec<String> = (0..MUX).map(|i| format!("/m/{i}")).collect();
     // One connection: one nginx worker serves every stream.
-    let pairs = exact_pairs(&spans, server_of("/m/0"), mux_pid, &ids, path, &a.metrics);
+    let pairs = exact_pairs(&spans, server_of("/m/0"), mux_pid, &ids, &path, &a.metrics);
     pairs.into_iter().for_each(check_h2);
     // HTTP/2 requests go into the HTTP histograms, as version 2.
     let text = http_get(&a.metrics, "/metrics").unwrap_or_default();
@@ -506,45 +456,15 @@ fn https_h2() {
     const N: usize = 16;
     let a = agent(&[]);
     let port = free_port();
-    let dir = std::env::temp_dir().join(format!("sonde-h2tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(ok.success());
+    let dir = tempdir("h2tls");
+    certificate(&dir);
     let ng = nginx_listening(
         &dir,
         port,
         "ssl http2",
         "location / { return 200 \"$uri\\n\"; }",
     );
-    let workers: Vec<u32> = {
-        let out = Command::new("pgrep")
-            .args(["-P", &ng.pid().to_string()])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    };
+    let workers = children(ng.pid());
     let curl = |path: &str| {
         Command::new("curl")
             .args(["-s", "-k", "-o", "/dev/null", "--http2"])
@@ -552,38 +472,19 @@ fn https_h2() {
             .spawn()
             .expect("curl")
     };
-    let deadline = Instant::now() + DEADLINE;
-    let mut n = 0;
-    while !a.store.spans().iter().any(|s| {
-        workers.contains(&pid_of(s)) && s.attr("network.protocol.version").as_deref() == Some("2")
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "no HTTPS h2 request was ever read; {}",
-            counters(&a.metrics)
-        );
-        curl(&format!("/warm{n}")).wait().unwrap();
-        n += 1;
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let mut pids = HashMap::new();
-    for batch in 0..N / 8 {
-        let kids: Vec<_> = (0..8)
-            .map(|i| (batch * 8 + i, curl(&format!("/s/{}", batch * 8 + i))))
-            .collect();
-        for (i, mut k) in kids {
-            pids.insert(format!("/s/{i}"), k.id());
-            assert!(k.wait().unwrap().success());
-        }
-    }
-    let path = |s: &ReceivedSpan| {
-        s.attr("url.path").or_else(|| {
-            s.attr("url.full").and_then(|u| {
-                u.split_once(&format!(":{port}"))
-                    .map(|(_, p)| p.to_string())
-            })
-        })
-    };
+    warm_until(
+        &a,
+        "an HTTPS h2 request read by nginx",
+        |s| {
+            workers.contains(&pid_of(s))
+                && s.attr("network.protocol.version").as_deref() == Some("2")
+        },
+        |n| {
+            curl(&format!("/warm{n}")).wait().unwrap();
+        },
+    );
+    let pids = eight_at_a_time(N, "/s/", curl);
+    let path = path_at(port);
     let spans = settle(&a.store, |s| {
         s.iter()
             .filter(|x| path(x).is_some_and(|p| p.starts_with("/s/")))
@@ -591,22 +492,77 @@ fn https_h2() {
             >= 2 * N
     });
     for (id, pid) in &pids {
-        let server = spans
-            .iter()
-            .find(|s| kind_of(s) == SpanKind::Server && path(s).as_deref() == Some(id.as_str()))
-            .map(pid_of)
-            .unwrap_or_else(|| panic!("no SERVER span for {id}; {}", counters(&a.metrics)));
+        let server = server_pid(&spans, &path, id, &a.metrics);
         let pairs = exact_pairs(
             &spans,
             server,
             *pid,
             std::slice::from_ref(id),
-            path,
+            &path,
             &a.metrics,
         );
         check_h2(pairs[0]);
         assert_eq!(pairs[0].0.attr("url.scheme").as_deref(), Some("https"));
     }
+}
+
+/// The children of `pid` (nginx's workers).
+fn children(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Runs `n` clients, 8 at a time, each on its own path `<prefix><i>`;
+/// returns each path's client pid.
+fn eight_at_a_time(
+    n: usize,
+    prefix: &str,
+    spawn: impl Fn(&str) -> std::process::Child,
+) -> HashMap<String, u32> {
+    let mut pids = HashMap::new();
+    for batch in 0..n / 8 {
+        let kids: Vec<_> = (0..8)
+            .map(|i| format!("{prefix}{}", batch * 8 + i))
+            .map(|p| (spawn(&p), p))
+            .collect();
+        for (mut k, p) in kids {
+            pids.insert(p, k.id());
+            assert!(k.wait().unwrap().success());
+        }
+    }
+    pids
+}
+
+/// A span's request path: a server's `url.path`, a client's from `url.full`.
+fn path_at(port: u16) -> impl Fn(&ReceivedSpan) -> Option<String> {
+    move |s| {
+        s.attr("url.path").or_else(|| {
+            s.attr("url.full").and_then(|u| {
+                u.split_once(&format!(":{port}"))
+                    .map(|(_, p)| p.to_string())
+            })
+        })
+    }
+}
+
+/// The process whose SERVER span has path `id`.
+fn server_pid(
+    spans: &[ReceivedSpan],
+    path: &impl Fn(&ReceivedSpan) -> Option<String>,
+    id: &str,
+    metrics: &str,
+) -> u32 {
+    spans
+        .iter()
+        .find(|s| kind_of(s) == SpanKind::Server && path(s).as_deref() == Some(id))
+        .map(pid_of)
+        .unwrap_or_else(|| panic!("no SERVER span for {id}; {}", counters(metrics)))
 }
 
 fn check_h2((srv, cli): (&ReceivedSpan, &ReceivedSpan)) {

@@ -12,7 +12,6 @@ mod support;
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
-    path::Path,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -57,22 +56,6 @@ fn main() {
 
 fn kind_of(s: &ReceivedSpan) -> SpanKind {
     SpanKind::try_from(s.span.kind).unwrap_or(SpanKind::Unspecified)
-}
-
-/// A self-signed certificate and key in `dir`.
-fn certificate(dir: &Path) {
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(ok.success());
 }
 
 /// nginx serving HTTPS on `port`: 200 with the path for everything, 404
@@ -610,27 +593,4 @@ fn counters(metrics: &str) -> String {
         })
         .collect();
     lines.join("\n")
-}
-
-/// Waits until `pred` holds for the received spans, or the deadline
-/// passes; returns the spans either way.
-fn settle(
-    store: &sonde_otlp_receiver::Store,
-    mut pred: impl FnMut(&[ReceivedSpan]) -> bool,
-) -> Vec<ReceivedSpan> {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let spans = store.spans();
-        if pred(&spans) || Instant::now() > end {
-            return spans;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("sonde-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
