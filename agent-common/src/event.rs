@@ -24,6 +24,9 @@ pub mod kind {
     /// A server-side socket reached ESTABLISHED (softirq; owner unknown yet).
     /// Lets user space give a tuple to an accept() that passed no sockaddr.
     pub const SERVER_ESTAB: u8 = 9;
+    /// A process whose pipes are followed (`PIPE_PROCS`) forked: `ret` is
+    /// the child's pid. The child shares its parent's pipes.
+    pub const FORK: u8 = 10;
 }
 
 /// Which syscall produced a [`DataEvent`].
@@ -52,6 +55,7 @@ pub mod syscall {
     pub const CONNECT: u8 = 20;
     pub const ACCEPT: u8 = 21;
     pub const LISTEN: u8 = 22;
+    pub const FORK: u8 = 23;
 
     /// Whether the syscall sends (egress) rather than receives.
     pub const fn is_egress(sc: u8) -> bool {
@@ -73,6 +77,9 @@ pub mod role {
     pub const CLIENT: u8 = 1;
     /// The socket came from `accept()`.
     pub const SERVER: u8 = 2;
+    /// A pipe between processes of one service, followed because it may
+    /// hand work over (a pre-fork pool's tasks and results).
+    pub const PIPE: u8 = 3;
 }
 
 /// Bits of [`DataEvent::flags`].

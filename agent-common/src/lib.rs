@@ -52,6 +52,7 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const SOCKS: &str = "SOCKS";
     pub const LISTENERS: &str = "LISTENERS";
+    pub const PIPE_PROCS: &str = "PIPE_PROCS";
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
     pub const STATS: &str = "STATS";

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sonde_common::{
-    data_flags, direction, kind, sock_flags, sock_key, stat, syscall, DataEvent, SockInfo,
+    data_flags, direction, kind, role, sock_flags, sock_key, stat, syscall, DataEvent, SockInfo,
     DATA_EVENT_SIZE, MAX_CAPTURE, MAX_IOV, MAX_IOV_WHOLE, MAX_MMSG,
 };
 
@@ -76,6 +76,18 @@ fn enter(ctx: &TracePointContext, sc: u8) {
         tick: tick::current(id as u32),
         _pad2: 0,
     };
+    // A pipe's write is reported at entry, before its bytes are in the
+    // pipe: its reader may return them (and its record be written) before
+    // this thread reaches the syscall's exit, and a hand-off must come
+    // before the read of it. A write that then fails or stops short shifts
+    // the offsets user space matches reads by; it checks them by content.
+    if info.role == role::PIPE && sc == syscall::WRITE {
+        let len = arg(ctx, 2) as i64;
+        if len > 0 {
+            emit(id, tgid, &call, len, &info, Source::Buf(call.arg0));
+        }
+        return;
+    }
     if ACTIVE.insert(&id, &call, 0).is_err() {
         count(stat::MAP_FULL);
     }

@@ -88,7 +88,7 @@ fn remember(ctx: &TracePointContext, sc: u8, with_args: bool) {
 
 /// Takes this thread's pending call of kind `sc`, if any.
 #[inline(always)]
-fn take(id: u64, sc: u8) -> Option<ActiveCall> {
+pub(crate) fn take(id: u64, sc: u8) -> Option<ActiveCall> {
     let call = *unsafe { ACTIVE.get(&id) }?;
     let _ = ACTIVE.remove(&id);
     if call.syscall != sc {
@@ -99,7 +99,7 @@ fn take(id: u64, sc: u8) -> Option<ActiveCall> {
 }
 
 #[inline(always)]
-fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
+pub(crate) fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
     ConnEvent {
         hdr: EventHeader {
             kind: k,
@@ -120,7 +120,7 @@ fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
 }
 
 #[inline(always)]
-fn send(ev: &ConnEvent) {
+pub(crate) fn send(ev: &ConnEvent) {
     let bytes = unsafe {
         core::slice::from_raw_parts(ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE)
     };

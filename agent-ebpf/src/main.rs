@@ -16,6 +16,7 @@ mod goroutine;
 mod kernel_io;
 mod maps;
 mod optional;
+mod pipe;
 mod proc;
 mod tick;
 mod tls;

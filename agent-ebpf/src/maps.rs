@@ -229,3 +229,9 @@ pub struct TlsKey {
 /// the socket, so a reused object address never keeps a stale fd.
 #[map]
 pub static TLS_FD: LruHashMap<TlsKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Processes whose pipes user space follows (`pipe.rs`): their forks are
+/// reported, so a pre-fork pool's workers share the followed pipes. Set and
+/// removed by user space (at activation, and at the process's exit).
+#[map]
+pub static PIPE_PROCS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);

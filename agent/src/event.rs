@@ -72,6 +72,8 @@ pub enum ConnKind {
     ProcExit,
     ProcExec,
     ServerEstab,
+    /// A process whose pipes are followed forked: `ret` is the child.
+    Fork,
 }
 
 /// Connection or process lifecycle.
@@ -134,6 +136,8 @@ pub enum Role {
     Unknown,
     Client,
     Server,
+    /// A pipe between processes of one service (`connections/pipes.rs`).
+    Pipe,
 }
 
 impl Role {
@@ -141,6 +145,7 @@ impl Role {
         match r {
             common::role::CLIENT => Role::Client,
             common::role::SERVER => Role::Server,
+            common::role::PIPE => Role::Pipe,
             _ => Role::Unknown,
         }
     }
@@ -149,6 +154,7 @@ impl Role {
             Role::Unknown => "unknown",
             Role::Client => "client",
             Role::Server => "server",
+            Role::Pipe => "pipe",
         }
     }
 }
@@ -307,7 +313,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 payload: payload[..ev.captured as usize].to_vec(),
             }))
         }
-        k @ common::kind::CONNECT..=common::kind::SERVER_ESTAB => {
+        k @ common::kind::CONNECT..=common::kind::FORK => {
             let ev: common::ConnEvent = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
             let kind = match k {
                 common::kind::CONNECT => ConnKind::Connect,
@@ -317,6 +323,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 common::kind::LISTEN => ConnKind::Listen,
                 common::kind::PROC_EXIT => ConnKind::ProcExit,
                 common::kind::PROC_EXEC => ConnKind::ProcExec,
+                common::kind::FORK => ConnKind::Fork,
                 _ => ConnKind::ServerEstab,
             };
             let has = |f: u16| ev.flags & f != 0;

@@ -20,6 +20,10 @@ pub struct Stats {
     pub connections_closed: AtomicU64,
     /// Connections found closed by the sweep (their close record was lost).
     pub swept_closes: AtomicU64,
+    /// Pipe ends followed (`connections/pipes.rs`), and pipe fds or
+    /// processes forgotten at that index's bounds.
+    pub pipes_followed: AtomicU64,
+    pub pipes_forgotten: AtomicU64,
     /// Connections and listeners in the table now (a gauge).
     pub table_entries: AtomicU64,
     /// Go binaries given the goroutine probes (`probes/goruntime.rs`).
@@ -51,6 +55,8 @@ pub struct StatsSnapshot {
     pub connections_closed: u64,
     pub table_entries: u64,
     pub swept_closes: u64,
+    pub pipes_followed: u64,
+    pub pipes_forgotten: u64,
     pub go_attached: u64,
     pub go_unsupported: u64,
     pub go_stripped: u64,
@@ -78,6 +84,8 @@ impl Stats {
             connections_closed: self.connections_closed.load(Relaxed),
             table_entries: self.table_entries.load(Relaxed),
             swept_closes: self.swept_closes.load(Relaxed),
+            pipes_followed: self.pipes_followed.load(Relaxed),
+            pipes_forgotten: self.pipes_forgotten.load(Relaxed),
             go_attached: self.go_attached.load(Relaxed),
             go_unsupported: self.go_unsupported.load(Relaxed),
             go_stripped: self.go_stripped.load(Relaxed),

@@ -2,6 +2,7 @@
 //! tuple, role, process and container, and turns kernel records into an
 //! ordered stream of open / data / close events per connection.
 pub mod cgroup;
+pub mod pipes;
 pub mod process;
 pub mod procnet;
 pub mod table;

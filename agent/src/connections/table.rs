@@ -12,6 +12,7 @@ use std::{
 use sonde_common::{role as raw_role, SockInfo};
 
 use super::{
+    pipes::{self, Follow, Pipes},
     process::{ProcessCache, ProcessInfo},
     procnet,
 };
@@ -45,6 +46,9 @@ pub struct ConnInfo {
     /// Its payload is TLS plaintext, from the library's calls (the kernel
     /// never reported its ciphertext).
     pub tls: bool,
+    /// A followed pipe (`Role::Pipe`): its inode, the same in every process
+    /// that shares it.
+    pub pipe: Option<u64>,
 }
 
 impl ConnInfo {
@@ -118,6 +122,8 @@ pub struct ConnTable<R: SocketRegistry> {
     registry: R,
     stats: Arc<Stats>,
     next_id: u64,
+    /// Which pipes are followed (`pipes.rs`).
+    pipes: Pipes,
 }
 
 fn raw(role: Role) -> u8 {
@@ -125,6 +131,7 @@ fn raw(role: Role) -> u8 {
         Role::Client => raw_role::CLIENT,
         Role::Server => raw_role::SERVER,
         Role::Unknown => raw_role::UNKNOWN,
+        Role::Pipe => raw_role::PIPE,
     }
 }
 
@@ -140,6 +147,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             registry,
             stats,
             next_id: 1,
+            pipes: Pipes::default(),
         }
     }
 
@@ -189,13 +197,27 @@ impl<R: SocketRegistry> ConnTable<R> {
             KernelEvent::Data(d) => self.on_data(d, out),
             KernelEvent::Conn(c) if c.own() => self.on_own(&c),
             KernelEvent::Conn(c) => match c.kind {
-                ConnKind::Connect => self.on_connect(c, out),
-                ConnKind::Accept => self.on_accept(c, out),
+                ConnKind::Connect => {
+                    self.activate_pipes(c.pid, out);
+                    self.on_connect(c, out)
+                }
+                ConnKind::Accept => {
+                    self.activate_pipes(c.pid, out);
+                    self.on_accept(c, out)
+                }
                 ConnKind::Tuple => self.on_tuple(c, out),
                 // The kernel removed its map entries itself at close().
                 ConnKind::Close => self.close(c.pid, c.fd, c.ts_ns, Untrack::No, out),
                 ConnKind::Listen => {
+                    self.activate_pipes(c.pid, out);
                     self.listeners.insert((c.pid, c.fd), c.listen_port);
+                }
+                ConnKind::Fork => {
+                    let mut follow = vec![];
+                    if let Ok(child) = u32::try_from(c.ret) {
+                        self.pipes.forked(c.pid, child, &mut follow);
+                    }
+                    self.follow_pipes(follow, c.ts_ns, out);
                 }
                 ConnKind::ServerEstab => self.on_server_estab(c),
                 ConnKind::ProcExit => self.on_exit(c.pid, c.ts_ns, out),
@@ -231,6 +253,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             peer_is_agent: false,
             opened_by: (0, 0),
             tls: false,
+            pipe: None,
         };
         self.next_id += 1;
         self.owners
@@ -244,6 +267,45 @@ impl<R: SocketRegistry> ConnTable<R> {
             resolve_tried: false,
             gone: false,
         })
+    }
+
+    /// `pid` does network work: its pipes, and its children's, are followed.
+    fn activate_pipes(&mut self, pid: u32, out: &mut Vec<StreamEvent>) {
+        if self.pipes.is_followed(pid) {
+            return;
+        }
+        tracing::debug!(pid, "pipes: network work");
+        let mut follow = vec![];
+        self.pipes.activate(pid, &mut follow);
+        self.follow_pipes(follow, 0, out);
+    }
+
+    fn follow_pipes(&mut self, follow: Vec<Follow>, ts: u64, out: &mut Vec<StreamEvent>) {
+        for f in follow {
+            tracing::debug!(?f, "pipes");
+            match f {
+                Follow::Forks(pid) => self.registry.follow_forks(pid, true),
+                Follow::Fd { pid, fd, inode } => {
+                    self.registry.track(
+                        pid,
+                        fd,
+                        SockInfo {
+                            role: raw_role::PIPE,
+                            ..Default::default()
+                        },
+                    );
+                    Stats::inc(&self.stats.pipes_followed);
+                    let conn = self.open(pid, fd, Role::Pipe, ts, "", out);
+                    conn.confirmed = true;
+                    conn.resolve_tried = true;
+                    conn.info.pipe = Some(inode);
+                    out.push(StreamEvent::Open(conn.info.clone()));
+                }
+            }
+        }
+        self.stats
+            .pipes_forgotten
+            .store(self.pipes.forgotten, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn on_connect(&mut self, c: ConnRecord, out: &mut Vec<StreamEvent>) {
@@ -460,12 +522,18 @@ impl<R: SocketRegistry> ConnTable<R> {
             self.listeners.remove(&(p, fd));
             self.registry.untrack_listener(p, fd);
         }
+        if self.pipes.forget(pid) {
+            self.registry.follow_forks(pid, false);
+        }
         self.processes.forget(pid);
     }
 
     /// After execve the process has a new name, and CLOEXEC sockets are gone.
     fn on_exec(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
         self.processes.forget(pid);
+        if self.pipes.forget(pid) {
+            self.registry.follow_forks(pid, false);
+        }
         for fd in self.fds_of(pid) {
             if procnet::is_socket(pid, fd) {
                 let process = self.processes.get(pid, "");
@@ -482,7 +550,11 @@ impl<R: SocketRegistry> ConnTable<R> {
     /// for exits whose record was lost. Call periodically.
     /// Connections, listeners, pending accepts and own endpoints held.
     pub fn entries(&self) -> usize {
-        self.conns.len() + self.listeners.len() + self.pending.len() + self.own.len()
+        self.conns.len()
+            + self.listeners.len()
+            + self.pending.len()
+            + self.own.len()
+            + self.pipes.entries()
     }
 
     /// Ends what the kernel's records no longer will: a close whose record
@@ -501,10 +573,14 @@ impl<R: SocketRegistry> ConnTable<R> {
             let fds = self.fds_of(pid);
             let mut ended = vec![];
             for &fd in &fds {
-                let gone = exited || !procnet::is_socket(pid, fd);
                 let Some(c) = self.conns.get_mut(&(pid, fd)) else {
                     continue;
                 };
+                let gone = exited
+                    || match c.info.pipe {
+                        Some(ino) => pipes::inode(pid, fd) != Some(ino),
+                        None => !procnet::is_socket(pid, fd),
+                    };
                 if gone && c.gone {
                     ended.push(fd);
                 }

@@ -27,6 +27,9 @@ impl SocketRegistry for Recorder {
         self.calls.push(format!("listener {pid} {fd} :{port}"));
     }
     fn untrack_listener(&mut self, _pid: u32, _fd: i32) {}
+    fn follow_forks(&mut self, pid: u32, on: bool) {
+        self.calls.push(format!("forks {pid} {on}"));
+    }
 }
 
 fn table() -> ConnTable<Recorder> {

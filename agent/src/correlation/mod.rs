@@ -7,12 +7,14 @@
 //! - [`stitch`]: socket-pair stitching across processes on this node,
 //!   through [`relay`]s and DNAT ([`nat`]);
 //! - [`holds`]: traces held for a late client record;
-//! - [`continuity`]: publish -> consume for messages with no traceparent.
+//! - [`continuity`]: publish -> consume for messages with no traceparent;
+//! - [`handoff`]: tasks handed to a pre-fork pool's workers over pipes.
 //!
 //! Every [`Linked`] carries the [`Evidence`] for its parent. Where the
 //! evidence is not confident the span stays a root, and that is counted.
 pub mod causality;
 pub mod continuity;
+pub mod handoff;
 pub mod holds;
 pub mod nat;
 pub mod relay;
@@ -24,6 +26,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use causality::{Linker, Parent};
 use continuity::Continuity;
+use handoff::{Carried, Matched};
 use holds::{Held, HeldFor, Holds};
 use stitch::{NatLookup, Stitcher, Waiting};
 
@@ -32,7 +35,7 @@ use crate::{
     event::Role,
     protocols::{
         db::DbCall,
-        dispatch::Flow,
+        dispatch::{Flow, PipeIo},
         http::{Exchange, RequestSeen},
         Record, SegTime,
     },
@@ -70,6 +73,9 @@ pub enum Evidence {
     Ack,
     /// The only request in flight in the process.
     OnlyInFlight,
+    /// The task a pipe handed the call's thread over (a pre-fork pool's
+    /// worker), written for this request.
+    Pipe,
     /// The publish seen on this node that sent the delivered message.
     PublishMatch,
     /// No parent: several requests could have made the call.
@@ -90,6 +96,7 @@ impl Evidence {
             Evidence::Goroutine => "goroutine",
             Evidence::Ack => "ack",
             Evidence::OnlyInFlight => "only_in_flight",
+            Evidence::Pipe => "pipe",
             Evidence::PublishMatch => "publish_match",
             Evidence::Ambiguous => "ambiguous",
             Evidence::Root => "root",
@@ -152,6 +159,8 @@ pub struct Drops {
     pub continuity: u64,
     /// Threads' remembered input reads dropped (too many threads).
     pub tick_marks: u64,
+    /// Pipe writes or pipes forgotten before their bytes were read.
+    pub handoffs: u64,
 }
 
 /// Outcomes worth counting besides drops.
@@ -160,6 +169,9 @@ pub struct Counts {
     pub late_partners_adopted: u64,
     pub calls_ambiguous: u64,
     pub nat_resolved: u64,
+    /// Pipe reads matched to no write (a lost or late record): their
+    /// worker's calls stay roots.
+    pub handoffs_unmatched: u64,
 }
 
 pub struct Correlator {
@@ -174,6 +186,8 @@ pub struct Correlator {
     sent: HashMap<(u64, u16, u64), (SpanCtx, Evidence)>,
     /// Deliveries waiting for a publish seen on this node, by message key.
     late_deliveries: messaging::LateDeliveries,
+    /// Pipe writes waiting for their reads (pre-fork pools).
+    handoffs: handoff::Handoffs,
     sampler: Sampler,
     drops: Drops,
     counts: Counts,
@@ -189,6 +203,7 @@ impl Correlator {
             deliveries: HashMap::new(),
             sent: HashMap::new(),
             late_deliveries: messaging::LateDeliveries::default(),
+            handoffs: handoff::Handoffs::default(),
             sampler,
             drops: Drops::default(),
             counts: Counts::default(),
@@ -201,6 +216,7 @@ impl Correlator {
             held_early: self.holds.released_early,
             continuity: self.continuity.evicted,
             tick_marks: self.linker.marks_dropped(),
+            handoffs: self.handoffs.dropped,
             ..self.drops
         }
     }
@@ -208,6 +224,7 @@ impl Correlator {
     pub fn counts(&self) -> Counts {
         Counts {
             nat_resolved: self.stitch.nat_resolved,
+            handoffs_unmatched: self.handoffs.unmatched,
             ..self.counts
         }
     }
@@ -225,7 +242,7 @@ impl Correlator {
             nat,
             self.holds.len(),
             self.deliveries.len() + self.sent.len() + self.late_deliveries.len(),
-            self.linker.marked_threads(),
+            self.linker.marked_threads() + self.handoffs.entries(),
         ]
     }
 
@@ -252,7 +269,11 @@ impl Correlator {
                 egress,
             } => self.linker.client_io(pid, tid, conn, egress),
             Flow::Record(c, r) => self.on_record(c, r, now_ns, out),
+            Flow::Pipe(p) => self.pipe_io(p),
             Flow::Closed(c) => {
+                if let Some(inode) = c.pipe {
+                    self.handoffs.closed(inode, c.id);
+                }
                 self.linker.connection_closed(c.pid, c.id);
                 self.forget_deliveries(c.id);
                 self.stitch.on_close(&c);
@@ -546,6 +567,67 @@ impl Correlator {
                 SpanCtx::root(|t| self.sampler.should_sample(t, None)),
                 Evidence::Root,
             ),
+        }
+    }
+
+    /// A read or write on a followed pipe. A write by a worker on a task is
+    /// its result; any other write hands a task over, for the request the
+    /// writer works on (only if one request is named). A read of a task
+    /// starts it on the reader's thread; a read of a result is its
+    /// request's input, like a call's reply.
+    fn pipe_io(&mut self, p: PipeIo) {
+        let (pid, tid, ends) = (p.conn.pid, p.at.tid, (p.inode, p.conn.id));
+        if p.egress {
+            let carried = match self.linker.task_of(pid, tid) {
+                Some(ctx) => {
+                    self.linker.task_finished(pid, tid);
+                    Carried::Result(ctx)
+                }
+                None => Carried::Task(match self.linker.handoff_parent(pid, p.at, p.conn.id) {
+                    Parent::Request(ctx, _) => Some(ctx),
+                    Parent::Ambiguous => {
+                        self.counts.calls_ambiguous += 1;
+                        None
+                    }
+                    Parent::None => None,
+                }),
+            };
+            tracing::debug!(
+                pid,
+                tid,
+                inode = p.inode,
+                bytes = p.bytes,
+                ?carried,
+                "pipe write"
+            );
+            self.handoffs.wrote(ends, pid, p.bytes, p.head, carried);
+            return;
+        }
+        let matched = self.handoffs.read(ends, pid, p.bytes, &p.head);
+        tracing::debug!(
+            pid,
+            tid,
+            inode = p.inode,
+            bytes = p.bytes,
+            ?matched,
+            "pipe read"
+        );
+        match matched {
+            Matched::Carried(Carried::Task(ctx)) => {
+                self.linker.task_started(pid, p.conn.id, p.at, ctx)
+            }
+            Matched::Carried(Carried::Result(Some(ctx))) => {
+                self.linker
+                    .read_delivered(pid, p.at, p.conn.id, ctx.span_id, true)
+            }
+            Matched::Carried(Carried::Result(None)) | Matched::Own => {}
+            // A thread serving a request reads results; any other may have
+            // read a task: what it worked on before is over, and what it
+            // works on now is not known.
+            Matched::Unknown if !self.linker.serving(pid, tid) => {
+                self.linker.task_started(pid, p.conn.id, p.at, None)
+            }
+            Matched::Unknown => {}
         }
     }
 

@@ -148,6 +148,7 @@ mod tests {
             peer_is_agent: false,
             opened_by: (0, 0),
             tls: false,
+            pipe: None,
         }
     }
 

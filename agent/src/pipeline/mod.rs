@@ -80,8 +80,8 @@ pub const ENTRY_INDEXES: [&str; 12] = [
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     pub dispatch: Arc<DispatchStats>,
-    correlation: [AtomicU64; 11],
-    counts: [AtomicU64; 3],
+    correlation: [AtomicU64; 12],
+    counts: [AtomicU64; 4],
     telemetry: [AtomicU64; 4],
     graph_evicted: AtomicU64,
     resources_evicted: AtomicU64,
@@ -107,6 +107,7 @@ impl PipelineStats {
             deliveries: d(8),
             continuity: d(9),
             tick_marks: d(10),
+            handoffs: d(11),
         }
     }
 
@@ -116,6 +117,7 @@ impl PipelineStats {
             late_partners_adopted: c(0),
             calls_ambiguous: c(1),
             nat_resolved: c(2),
+            handoffs_unmatched: c(3),
         }
     }
 
@@ -243,16 +245,18 @@ impl Pipeline {
             d.deliveries,
             d.continuity,
             d.tick_marks,
+            d.handoffs,
         ];
         for (a, v) in s.correlation.iter().zip(drops) {
             a.store(v, Relaxed);
         }
         let c = self.correlation.counts();
-        for (a, v) in
-            s.counts
-                .iter()
-                .zip([c.late_partners_adopted, c.calls_ambiguous, c.nat_resolved])
-        {
+        for (a, v) in s.counts.iter().zip([
+            c.late_partners_adopted,
+            c.calls_ambiguous,
+            c.nat_resolved,
+            c.handoffs_unmatched,
+        ]) {
             a.store(v, Relaxed);
         }
         let t = self.telemetry.counts;

@@ -129,6 +129,16 @@ pub const TABLE: &[Compat] = &[
     c!(sys_enter_pselect6, 2, 6, TICK),
     c!(sys_enter_getsockopt, 2, 6, TICK),
     c!(sched_switch, 2, 6, TICK),
+    // Forks of processes whose pipes are followed (pre-fork pools); clone3
+    // arrived in 5.3.
+    c!(sys_enter_clone, 2, 6, EVENT),
+    c!(sys_exit_clone, 2, 6, EVENT),
+    c!(sys_enter_clone3, 5, 3, EVENT),
+    c!(sys_exit_clone3, 5, 3, EVENT),
+    c!(sys_enter_fork, 2, 6, EVENT),
+    c!(sys_exit_fork, 2, 6, EVENT),
+    c!(sys_enter_vfork, 2, 6, EVENT),
+    c!(sys_exit_vfork, 2, 6, EVENT),
     c!(sched_process_exit, 2, 6, EVENT),
     // sched_process_exec arrived in 3.4.
     c!(sched_process_exec, 3, 4, EVENT),

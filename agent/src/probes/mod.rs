@@ -457,9 +457,14 @@ impl Probes {
             .ebpf
             .take_map(map_names::LISTENERS)
             .expect("LISTENERS map");
+        let pipe_procs = self
+            .ebpf
+            .take_map(map_names::PIPE_PROCS)
+            .and_then(|m| BpfHashMap::try_from(m).ok());
         KernelSockets {
             socks: BpfHashMap::try_from(socks).expect("SOCKS is a hash map"),
             listeners: BpfHashMap::try_from(listeners).expect("LISTENERS is a hash map"),
+            pipe_procs,
         }
     }
 
@@ -521,6 +526,8 @@ impl KernelSockets {
 pub struct KernelSockets {
     socks: BpfHashMap<MapData, u64, SockInfo>,
     listeners: BpfHashMap<MapData, u64, u32>,
+    /// Processes whose forks are reported (`agent-ebpf/src/pipe.rs`).
+    pipe_procs: Option<BpfHashMap<MapData, u32, u8>>,
 }
 
 /// What the connection table needs from the kernel maps. A trait so the
@@ -530,6 +537,8 @@ pub trait SocketRegistry: Send {
     fn untrack(&mut self, pid: u32, fd: i32);
     fn track_listener(&mut self, pid: u32, fd: i32, port: u16);
     fn untrack_listener(&mut self, pid: u32, fd: i32);
+    /// Report `pid`'s forks (`kind::FORK`): its pipes are followed.
+    fn follow_forks(&mut self, pid: u32, on: bool);
 }
 
 impl SocketRegistry for SharedSockets {
@@ -552,6 +561,11 @@ impl SocketRegistry for SharedSockets {
         self.lock()
             .unwrap_or_else(|e| e.into_inner())
             .untrack_listener(pid, fd)
+    }
+    fn follow_forks(&mut self, pid: u32, on: bool) {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .follow_forks(pid, on)
     }
 }
 
@@ -576,6 +590,19 @@ impl SocketRegistry for KernelSockets {
         let _ = self
             .listeners
             .remove(&sonde_common::sock_key(pid, fd as u32));
+    }
+    fn follow_forks(&mut self, pid: u32, on: bool) {
+        let Some(m) = &mut self.pipe_procs else {
+            return;
+        };
+        let r = if on {
+            m.insert(pid, 1, 0)
+        } else {
+            m.remove(&pid)
+        };
+        if let Err(e) = r {
+            tracing::debug!(pid, on, "PIPE_PROCS: {e}");
+        }
     }
 }
 

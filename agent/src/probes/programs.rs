@@ -176,6 +176,54 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         "event-loop ticks (causality)"
     ),
     tp!(
+        "syscalls",
+        sys_enter_clone,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_clone,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_clone3,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_clone3,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_fork,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_fork,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
+        "syscalls",
+        sys_enter_vfork,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
+        "syscalls",
+        sys_exit_vfork,
+        Optional,
+        "pre-fork pool pipes (forks)"
+    ),
+    tp!(
         "sched",
         sched_process_exit,
         Optional,

@@ -47,7 +47,27 @@ pub enum Flow {
         conn: u64,
         egress: bool,
     },
+    /// Bytes moved on a followed pipe: a hand-off between the processes of
+    /// a service (`correlation/handoff.rs`).
+    Pipe(PipeIo),
 }
+
+/// One read or write on a followed pipe.
+#[derive(Debug, Clone)]
+pub struct PipeIo {
+    pub conn: ConnInfo,
+    pub inode: u64,
+    pub at: SegTime,
+    pub egress: bool,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// The first of them, as captured (up to [`PIPE_HEAD`]).
+    pub head: Vec<u8>,
+}
+
+/// Bytes of each pipe read or write kept to check that a read returns what
+/// the matched write put in.
+pub const PIPE_HEAD: usize = 64;
 
 /// The one backward edge, to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +143,8 @@ enum State {
         bytes: usize,
     },
     Released,
+    /// A followed pipe: never parsed, its moves go to correlation.
+    Pipe,
 }
 
 /// Default global budget for parser state.
@@ -177,6 +199,14 @@ impl Dispatcher {
             StreamEvent::Open(c) => {
                 tracing::debug!(conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, tuple = ?c.tuple, "open");
                 self.drop_state(c.id);
+                if c.role == Role::Pipe {
+                    if c.process.named(&self.relays) || self.is_excluded(&c) {
+                        self.release(&c, commands);
+                    } else {
+                        self.conns.insert(c.id, State::Pipe);
+                    }
+                    return;
+                }
                 self.conns.insert(c.id, State::Detecting);
                 // Never parsed: a relay's bytes are its peers', and excluded
                 // processes are invisible (not even as a graph peer).
@@ -201,6 +231,26 @@ impl Dispatcher {
                         tid: d.tid,
                         tick: d.tick,
                     });
+                }
+                if c.role == Role::Pipe {
+                    if matches!(self.conns.get(&c.id), Some(State::Pipe)) {
+                        let head = d.payload[..d.payload.len().min(PIPE_HEAD)].to_vec();
+                        flows.push(Flow::Pipe(PipeIo {
+                            inode: c.pipe.unwrap_or(0),
+                            at: SegTime {
+                                enter_ns: d.enter_ns,
+                                exit_ns: d.exit_ns,
+                                tid: if d.task == 0 { d.tid } else { d.task },
+                                tick: if d.task == 0 { d.tick } else { 0 },
+                                lineage: d.lineage,
+                            },
+                            egress: d.direction == Direction::Egress,
+                            bytes: d.bytes,
+                            head,
+                            conn: c,
+                        }));
+                    }
+                    return;
                 }
                 // A goroutine stands for its thread: Go moves goroutines
                 // between threads, so a thread's tick says nothing there.

@@ -57,6 +57,10 @@ fn main() {
             java_pool();
             Ok(())
         }),
+        Trial::test("prefork_pool_eight_in_flight", || {
+            prefork_pool();
+            Ok(())
+        }),
         Trial::test("keep_alive_pool_shared_by_threads", || {
             keep_alive_pool();
             Ok(())
@@ -556,6 +560,108 @@ fn java_pool() {
     assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
     assert_eq!(queries, N, "every JDBC query nests under its request");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pre-fork pool (`prefork_server.py`): a threaded front hands each of
+/// 40 requests, 8 in flight, to one of 4 worker processes over a pipe; the
+/// worker makes a query and a downstream call for it. Each request's tree
+/// is checked exactly: both calls under the front's server span, linked
+/// through the pipe (`sonde.link.evidence` = pipe); none under another
+/// request.
+fn prefork_pool() {
+    const N: usize = 40;
+    const IN_FLIGHT: usize = 8;
+    let (_dbs, db_ports) = server_script("db_servers.py");
+    let a = agent(&[]);
+    let down = free_port();
+    let _down = python_server(down, "downstream");
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(fixture("linking/prefork_server.py"))
+        .args([
+            port.to_string(),
+            down.to_string(),
+            db_ports["postgres"].to_string(),
+            "4".into(),
+        ])
+        .env("OTEL_SERVICE_NAME", "prefork");
+    let _srv = ready(cmd);
+    // The agent follows the pool's pipes once it has seen the front listen
+    // (a task written before that is not seen: its calls stay roots).
+    let followed = || {
+        http_get(&a.metrics, "/metrics")
+            .map_or(0.0, |m| prom_sum(&m, "sonde_pipes_followed_total", &[]))
+    };
+    // At least the task and result pipes of 4 workers, both ends, and no
+    // more to come (the workers also share the ones they inherited).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = -1.0;
+    loop {
+        let now = followed();
+        if now >= 16.0 && now == last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool's pipes were never followed: {now}"
+        );
+        last = now;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    load(port, 0..N, IN_FLIGHT);
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| x.service() == "downstream").count() >= N
+            && s.iter()
+                .filter(|x| x.service() == "prefork" && x.attr("db.query.text").is_some())
+                .count()
+                >= N
+    });
+    let found = Found {
+        spans: &spans,
+        service: "prefork",
+    };
+    let (mut complete, mut wrong, mut roots) = (0, vec![], 0);
+    for id in 0..N {
+        let path = format!("/r/{id}");
+        let srv = found.server(&path);
+        let q = found.query(&format!("AS r{id}"));
+        let c = found.call(&format!("/down/{id}/1"));
+        let mut whole = true;
+        for (what, span) in [("query", q), ("call", c)] {
+            assert_ne!(pid_of(span), pid_of(srv), "{path} {what}: made by a worker");
+            if span.span.parent_span_id == srv.span.span_id {
+                assert_eq!(span.span.trace_id, srv.span.trace_id);
+                assert_eq!(
+                    span.attr("sonde.link.evidence").as_deref(),
+                    Some("pipe"),
+                    "{path} {what}"
+                );
+            } else if span.span.parent_span_id.is_empty() {
+                eprintln!(
+                    "{path} {what}: a root ({:?})",
+                    span.attr("sonde.link.evidence")
+                );
+                roots += 1;
+                whole = false;
+            } else {
+                wrong.push(format!("{path} {what}"));
+                whole = false;
+            }
+        }
+        complete += usize::from(whole);
+    }
+    eprintln!(
+        "pre-fork pool, {N} requests, {IN_FLIGHT} in flight, 4 workers: {complete} of {N} complete, {roots} calls left roots, {} wrong parents",
+        wrong.len()
+    );
+    let metrics = http_get(&a.metrics, "/metrics").expect("metrics");
+    eprintln!(
+        "pipe reads unmatched: {}, calls ambiguous: {}",
+        prom_sum(&metrics, "sonde_handoffs_unmatched_total", &[]),
+        prom_sum(&metrics, "sonde_calls_ambiguous_total", &[])
+    );
+    assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
+    assert_eq!(complete, N, "every worker's calls under their request");
 }
 
 fn keep_alive_pool() {

@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 mod multiplex;
 mod rules;
+mod tasks;
 
 use super::Evidence;
 use crate::{
@@ -67,6 +68,20 @@ struct InFlight {
     calls: u32,
     /// Order of arrival in the process (deliveries of one read share a time).
     seq: u64,
+    /// A task handed over on a pipe (`tasks.rs`), not a request.
+    task: Task,
+}
+
+/// Whether an [`InFlight`] is a task read from a pipe, and whether its
+/// request is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    No,
+    /// Its request's context came with it: calls for it are that request's.
+    Known,
+    /// Its request is not known (no confident parent at the hand-off, or the
+    /// read matched no write): calls for it stay roots, counted as ambiguous.
+    Unknown,
 }
 
 /// Bound on requests in flight per process (a stalled server must not grow memory).
@@ -146,6 +161,9 @@ pub struct Linker {
     concurrent: HashSet<(u32, u64)>,
     /// Arrival counter for `InFlight::seq`.
     next_seq: u64,
+    /// Placing a hand-off (`tasks.rs`): only a rule that names one request
+    /// decides, never "the oldest" of several.
+    exact: bool,
     /// Threads that write a call while another of theirs is unanswered.
     multiplex: multiplex::Multiplex,
     /// Requests forgotten in flight because their process had too many.
@@ -192,6 +210,7 @@ impl Linker {
             tid,
             since_ns,
             ctx,
+            task: Task::No,
         });
         ctx
     }
@@ -506,11 +525,24 @@ impl Linker {
     /// The request a client call of `pid` on `conn`, whose first write is
     /// `at`, belongs to.
     pub fn parent_of(&mut self, pid: u32, at: SegTime, conn: u64) -> Parent {
-        let parent = self.find_parent(pid, at, conn);
+        let parent = match self.find_parent(pid, at, conn) {
+            // Made for a task a pipe handed over: its request's, if known.
+            Parent::Request(ctx, _) if self.task_of_span(pid, ctx.span_id) == Task::Unknown => {
+                Parent::Ambiguous
+            }
+            Parent::Request(ctx, _) if self.task_of_span(pid, ctx.span_id) == Task::Known => {
+                Parent::Request(ctx, Evidence::Pipe)
+            }
+            p => p,
+        };
         // Count the calls a thread made for each request (see acks_late).
         if let Parent::Request(
             ctx,
-            Evidence::Tick | Evidence::Opener | Evidence::SameThread | Evidence::Goroutine,
+            Evidence::Tick
+            | Evidence::Opener
+            | Evidence::SameThread
+            | Evidence::Goroutine
+            | Evidence::Pipe,
         ) = parent
         {
             let list = self.by_pid.get_mut(&pid).into_iter().flatten();

@@ -85,6 +85,9 @@ impl Linker {
             return Some(Parent::Ambiguous);
         }
         let mut oldest = first;
+        if self.exact && same_thread.clone().next().is_some() {
+            return Some(Parent::Ambiguous);
+        }
         // Deliveries are keyed apart from their channel's connection.
         let k = (pid, first.source);
         // One at a time, in order: not on a thread that multiplexes calls.
@@ -213,6 +216,11 @@ impl Linker {
             .filter_map(|m| in_flight(m).map(|f| (m, f)))
             .collect();
         let &(m, f) = read.last()?;
+        // A hand-off may be any of the requests the tick's read delivered
+        // (a dispatcher hands each on), not necessarily the first.
+        if self.exact && read.iter().any(|(_, o)| o.ctx.span_id != f.ctx.span_id) {
+            return Some(Parent::Ambiguous);
+        }
         // HTTP/2 streams read together are served concurrently, not in
         // order: which one the write is for, the tick cannot tell.
         let stream = |o: &InFlight| o.socket != o.source;

@@ -614,3 +614,79 @@ fn http2_streams_are_concurrent_requests() {
     l.connection_closed(1, 10);
     assert_eq!(l.entries(), 0);
 }
+
+/// A pre-fork pool: the front process (1) hands each request's task to a
+/// worker process (2) over a pipe (connection 50); the worker's calls are
+/// the task's request's, and its result write ends the task.
+#[test]
+fn a_worker_works_for_the_request_its_task_was_handed_over_for() {
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, 100, 5);
+    let b = started(&mut l, 1, 11, 101, 6);
+    // Each front thread writes its own request's task.
+    assert_eq!(
+        l.handoff_parent(1, at(100, 7), 50),
+        Parent::Request(a, Evidence::SameThread)
+    );
+    assert_eq!(
+        l.handoff_parent(1, at(101, 8), 50),
+        Parent::Request(b, Evidence::SameThread)
+    );
+    // Worker threads 200 and 201 read them.
+    l.task_started(2, 50, at(200, 9), Some(a));
+    l.task_started(2, 50, at(201, 9), Some(b));
+    assert_eq!(
+        l.parent_of(2, at(200, 10), 60),
+        Parent::Request(a, Evidence::Pipe)
+    );
+    assert_eq!(
+        l.parent_of(2, at(201, 10), 61),
+        Parent::Request(b, Evidence::Pipe)
+    );
+    assert_eq!(l.task_of(2, 200), Some(Some(a)));
+    // Thread 200 writes its result: its next calls are nobody's but b's
+    // is still the only task in flight (a thread it handed work to).
+    l.task_finished(2, 200);
+    assert_eq!(l.task_of(2, 200), None);
+    assert_eq!(
+        l.parent_of(2, at(200, 11), 60),
+        Parent::Request(b, Evidence::Pipe)
+    );
+    // A task of an unknown request: its calls are roots, never another's.
+    l.task_started(2, 50, at(200, 12), None);
+    assert_eq!(l.task_of(2, 200), Some(None));
+    assert_eq!(l.parent_of(2, at(200, 13), 60), Parent::Ambiguous);
+    // The pipe closes: its tasks are over.
+    l.connection_closed(2, 50);
+    assert_eq!(l.parent_of(2, at(201, 14), 61), Parent::None);
+}
+
+/// A dispatcher hands several requests on from one tick, or from one
+/// thread: "the first read" and "the oldest" are how a sequential handler
+/// works, not a dispatcher, so a hand-off takes neither.
+#[test]
+fn a_hand_off_is_placed_only_when_one_request_is_named() {
+    let mut l = Linker::default();
+    // One read (tick 4) delivered two requests on one thread.
+    let a = started(&mut l, 1, 10, 100, 5);
+    let _b = started(&mut l, 1, 11, 100, 5);
+    l.read_delivered(1, in_tick(100, 5, 4), 10, a.span_id, false);
+    let bs = l.by_pid[&1][1].ctx.span_id;
+    l.read_delivered(1, in_tick(100, 5, 4), 11, bs, false);
+    assert_eq!(
+        l.handoff_parent(1, in_tick(100, 6, 4), 50),
+        Parent::Ambiguous
+    );
+    assert_eq!(l.handoff_parent(1, at(100, 6), 50), Parent::Ambiguous);
+    // A client call there still goes to the first (a sequential handler).
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 6, 4), 60),
+        Parent::Request(a, Evidence::Tick)
+    );
+    // With one request in flight, the hand-off is placed.
+    l.request_finished(1, 11);
+    assert_eq!(
+        l.handoff_parent(1, at(100, 7), 50),
+        Parent::Request(a, Evidence::SameThread)
+    );
+}

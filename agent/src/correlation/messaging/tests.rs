@@ -61,6 +61,7 @@ fn conn(id: u64, pid: u32, local: &str) -> ConnInfo {
         peer_is_agent: false,
         opened_by: (0, 0),
         tls: false,
+        pipe: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn conn(id: u64, pid: u32, role: Role, local: &str, remote: &str, service: &str)
         peer_is_agent: false,
         opened_by: (0, 0),
         tls: false,
+        pipe: None,
     }
 }
 
