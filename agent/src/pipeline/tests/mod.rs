@@ -143,6 +143,7 @@ fn feed(
 }
 
 mod late_partners;
+mod prefork;
 mod tls;
 
 const REQ: &[u8] = b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n";
