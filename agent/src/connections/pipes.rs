@@ -162,6 +162,21 @@ impl Pipes {
         self.followed.remove(&pid).is_some()
     }
 
+    /// Forgets followed processes that are gone (their exit record was
+    /// lost), returning them.
+    pub fn sweep(&mut self) -> Vec<u32> {
+        let gone: Vec<u32> = self
+            .followed
+            .keys()
+            .copied()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in &gone {
+            self.followed.remove(pid);
+        }
+        gone
+    }
+
     fn make_followed(&mut self, pid: u32, out: &mut Vec<Follow>) -> bool {
         if self.followed.len() >= MAX_PROCESSES {
             self.forgotten += 1;
@@ -277,11 +292,23 @@ time.sleep(30)
     }
 
     #[test]
-    fn a_process_gone_is_not_followed() {
+    fn a_process_gone_is_not_followed_and_is_swept() {
         let mut p = Pipes::default();
         let mut out = vec![];
         p.activate(0x7fff_fff0, &mut out);
         assert!(out.is_empty());
         assert!(!p.is_followed(0x7fff_fff0));
+        // One followed, then gone without its exit record.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        p.activate(child.id(), &mut out);
+        assert!(p.is_followed(child.id()));
+        assert!(p.sweep().is_empty(), "alive");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(p.sweep(), vec![child.id()]);
+        assert_eq!(p.entries(), 0);
     }
 }

@@ -566,6 +566,9 @@ impl<R: SocketRegistry> ConnTable<R> {
     /// first, are read first. (An fd reused by a new socket is handled at
     /// that socket's open.)
     pub fn sweep(&mut self, out: &mut Vec<StreamEvent>) {
+        for pid in self.pipes.sweep() {
+            self.registry.follow_forks(pid, false);
+        }
         let mut pids: Vec<u32> = self.conns.keys().map(|&(p, _)| p).collect();
         pids.dedup();
         for pid in pids {
