@@ -27,7 +27,7 @@ pub struct Options {
     pub connections: Option<u32>,
 }
 
-const WORKLOADS: [&str; 3] = ["nginx", "nginx-tls", "python"];
+const WORKLOADS: [&str; 4] = ["nginx", "nginx-tls", "python", "db"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
@@ -79,16 +79,20 @@ pub fn bench(opts: &Options) -> Result<()> {
         );
     }
     apt::ensure(&["wrk", "nginx", "openssl"])?;
-    run::build(true)?;
-    run::sh(run::cargo().args(["build", "--release", "--package", "sonde-otlp-receiver"]))?;
-    let bin = run::target_dir().join("release");
-    let _stats = BpfStats::on()?;
-    let tck = clock_ticks()?;
     let workloads: Vec<&str> = if opts.workloads.is_empty() {
         WORKLOADS.to_vec()
     } else {
         opts.workloads.iter().map(String::as_str).collect()
     };
+    if workloads.contains(&"db") {
+        apt::ensure(&["postgresql", "mariadb-server", "redis-server"])?;
+        apt::ensure_python()?;
+    }
+    run::build(true)?;
+    run::sh(run::cargo().args(["build", "--release", "--package", "sonde-otlp-receiver"]))?;
+    let bin = run::target_dir().join("release");
+    let _stats = BpfStats::on()?;
+    let tck = clock_ticks()?;
     let mut report = String::new();
     for w in workloads {
         let server = Server::start(w)?;
@@ -240,6 +244,9 @@ fn spread(v: &[f64], digits: usize) -> String {
 struct Server {
     child: Child,
     url: String,
+    /// The database servers of the `db` workload (`demo/infra/db_servers.py`):
+    /// they stop when its stdin closes.
+    infra: Option<Child>,
     _dir: TempDir,
 }
 
@@ -248,6 +255,7 @@ impl Server {
         let port = free_port()?;
         let dir = TempDir::new(workload)?;
         let tls = workload == "nginx-tls";
+        let mut infra = None;
         let child = match workload {
             "nginx" | "nginx-tls" => {
                 // A small static file, as in the measurement; over
@@ -293,11 +301,31 @@ impl Server {
                     .context("starting nginx")?
             }
             _ => {
-                let script = repo().join("agent/tests/fixtures/http_server.py");
+                // `python`: a threaded service answering from memory; `db`:
+                // the same kind of service querying PostgreSQL, MariaDB and
+                // Redis for every request (four calls, the test suite's
+                // `db_service.py`), against the demo's database servers.
+                let (script, args) = if workload == "db" {
+                    let (child, ports) = db_servers()?;
+                    infra = Some(child);
+                    let p = |k: &str| -> Result<String> {
+                        Ok(ports
+                            .get(k)
+                            .and_then(|v| v.as_u64())
+                            .with_context(|| format!("db_servers.py printed no {k} port"))?
+                            .to_string())
+                    };
+                    (
+                        "agent/tests/fixtures/db_service.py",
+                        vec![port.to_string(), p("postgres")?, p("mysql")?, p("redis")?],
+                    )
+                } else {
+                    ("agent/tests/fixtures/http_server.py", vec![port.to_string()])
+                };
                 let mut c = Command::new("python3")
-                    .arg(script)
-                    .arg(port.to_string())
-                    .env("OTEL_SERVICE_NAME", "bench-python")
+                    .arg(repo().join(script))
+                    .args(args)
+                    .env("OTEL_SERVICE_NAME", format!("bench-{workload}"))
                     .stdout(Stdio::piped())
                     // wrk resets its connections at the end: tracebacks.
                     .stderr(Stdio::null())
@@ -306,15 +334,15 @@ impl Server {
                 let mut l = String::new();
                 BufReader::new(c.stdout.take().expect("piped")).read_line(&mut l)?;
                 if l.trim() != "READY" {
-                    bail!("the Python server did not start: {l:?}");
+                    bail!("the Python server ({script}) did not start: {l:?}");
                 }
                 c
             }
         };
-        let path = if workload == "python" {
-            "/ok"
-        } else {
-            "/index.html"
+        let path = match workload {
+            "python" => "/ok",
+            "db" => "/items",
+            _ => "/index.html",
         };
         let scheme = if tls { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}{path}");
@@ -328,6 +356,7 @@ impl Server {
         Ok(Server {
             child,
             url,
+            infra,
             _dir: dir,
         })
     }
@@ -336,6 +365,38 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         stop(&mut self.child);
+        if let Some(mut infra) = self.infra.take() {
+            // Closing its stdin stops the script and its servers.
+            drop(infra.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = infra.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            stop(&mut infra);
+        }
+    }
+}
+
+/// Starts the demo's database servers; returns the script and the ports
+/// it printed (one JSON line).
+fn db_servers() -> Result<(Child, serde_json::Map<String, serde_json::Value>)> {
+    let mut child = Command::new("python3")
+        .arg(repo().join("demo/infra/db_servers.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting demo/infra/db_servers.py")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    match serde_json::from_str(&line) {
+        Ok(serde_json::Value::Object(ports)) => Ok((child, ports)),
+        _ => {
+            stop(&mut child);
+            bail!("demo/infra/db_servers.py did not start its servers: {line:?}")
+        }
     }
 }
 
