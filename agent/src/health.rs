@@ -93,7 +93,6 @@ pub fn health_fn(
             c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "missed")], d.late_partners_missed),
             c("sonde_nat_resolved_total", "Server connections matched to their client through conntrack (DNAT).", vec![], counts.nat_resolved),
             c("sonde_handoffs_unmatched_total", "Pipe reads (pre-fork pool tasks) matched to no write: a lost or late record; their calls stay roots.", vec![], counts.handoffs_unmatched),
-            c("sonde_calls_ambiguous_total", "Client calls left as roots because several requests in flight could have made them.", vec![], counts.calls_ambiguous),
             c("sonde_spans_sampled_out_total", "Spans not exported by sampling decision.", vec![], t.spans_sampled_out),
             c("sonde_spans_exported_total", "Spans accepted by the OTLP backend.", vec![], export.spans_exported.load(Relaxed)),
             c("sonde_export_failures_total", "Failed OTLP export attempts.", vec![("signal", "traces")], export.trace_export_failures.load(Relaxed)),
@@ -116,6 +115,17 @@ pub fn health_fn(
             drop("tls_no_socket", k.tls_no_socket),
             drop("process_notices", u.process_notices_dropped),
         ];
+        for (why, n) in crate::correlation::Ambiguity::ALL
+            .iter()
+            .zip(counts.ambiguous)
+        {
+            m.push(c(
+                "sonde_calls_ambiguous_total",
+                "Client calls left as roots because several requests in flight could have made them, by why.",
+                vec![("reason", why.as_str())],
+                n,
+            ));
+        }
         for (index, n) in crate::pipeline::ENTRY_INDEXES.iter().zip(&pipeline.entries) {
             m.push(metric(
                 "sonde_pipeline_entries",

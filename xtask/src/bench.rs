@@ -320,7 +320,10 @@ impl Server {
                         vec![port.to_string(), p("postgres")?, p("mysql")?, p("redis")?],
                     )
                 } else {
-                    ("agent/tests/fixtures/http_server.py", vec![port.to_string()])
+                    (
+                        "agent/tests/fixtures/http_server.py",
+                        vec![port.to_string()],
+                    )
                 };
                 let mut c = Command::new("python3")
                     .arg(repo().join(script))

@@ -104,6 +104,61 @@ impl Evidence {
     }
 }
 
+/// Why a call was left a root though requests were in flight
+/// (`sonde_calls_ambiguous_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// Several requests in flight on its thread, or in its process, and
+    /// no evidence names one.
+    Several,
+    /// Written on the connection another request's reply freed, while a
+    /// request of the thread waited: a pool's hand-off, not the request's
+    /// own next step.
+    PoolHandOff,
+    /// Several HTTP/2 streams' requests read in the call's tick.
+    Streams,
+    /// A consumer that may be working on a delivery it acknowledged, or on
+    /// one not seen, or on several at once.
+    Consumer,
+    /// A hand-off to a worker process whose writer had several requests.
+    HandOff,
+    /// Made for a task whose request is not known.
+    UnknownTask,
+    /// A delivery of one of several identical messages in flight.
+    IdenticalMessages,
+}
+
+impl Ambiguity {
+    pub const ALL: [Ambiguity; 7] = [
+        Ambiguity::Several,
+        Ambiguity::PoolHandOff,
+        Ambiguity::Streams,
+        Ambiguity::Consumer,
+        Ambiguity::HandOff,
+        Ambiguity::UnknownTask,
+        Ambiguity::IdenticalMessages,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ambiguity::Several => "several_in_flight",
+            Ambiguity::PoolHandOff => "pool_hand_off",
+            Ambiguity::Streams => "http2_streams",
+            Ambiguity::Consumer => "consumer",
+            Ambiguity::HandOff => "hand_off",
+            Ambiguity::UnknownTask => "unknown_task",
+            Ambiguity::IdenticalMessages => "identical_messages",
+        }
+    }
+}
+
+impl Counts {
+    /// Calls left roots for any [`Ambiguity`].
+    pub fn calls_ambiguous(&self) -> u64 {
+        self.ambiguous.iter().sum()
+    }
+}
+
 /// What telemetry turns into a span and metrics.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -167,7 +222,9 @@ pub struct Drops {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub late_partners_adopted: u64,
-    pub calls_ambiguous: u64,
+    /// Calls left roots because several requests could have made them,
+    /// by [`Ambiguity`].
+    pub ambiguous: [u64; Ambiguity::ALL.len()],
     pub nat_resolved: u64,
     /// Pipe reads matched to no write (a lost or late record): their
     /// worker's calls stay roots.
@@ -548,8 +605,8 @@ impl Correlator {
     ) -> (SpanCtx, Evidence) {
         let parent = match self.linker.parent_of(c.pid, first, c.id) {
             Parent::Request(ctx, evidence) => Some((ctx, evidence)),
-            Parent::Ambiguous => {
-                self.counts.calls_ambiguous += 1;
+            Parent::Ambiguous(why) => {
+                self.counts.ambiguous[why as usize] += 1;
                 return match own {
                     Some(tp) => (own_ctx(tp, None), Evidence::Header),
                     None => (
@@ -585,8 +642,8 @@ impl Correlator {
                 }
                 None => Carried::Task(match self.linker.handoff_parent(pid, p.at, p.conn.id) {
                     Parent::Request(ctx, _) => Some(ctx),
-                    Parent::Ambiguous => {
-                        self.counts.calls_ambiguous += 1;
+                    Parent::Ambiguous(why) => {
+                        self.counts.ambiguous[why as usize] += 1;
                         None
                     }
                     Parent::None => None,

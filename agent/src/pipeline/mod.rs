@@ -17,7 +17,7 @@ use std::sync::{
 use crate::{
     clock::Clock,
     connections::StreamEvent,
-    correlation::{relay::Relays, stitch::NatLookup, Correlator, Counts, Drops, Linked},
+    correlation::{relay::Relays, stitch::NatLookup, Ambiguity, Correlator, Counts, Drops, Linked},
     metadata::SharedStore,
     metrics::SharedRegistry,
     protocols::dispatch::{Command, DispatchStats, Dispatcher, Exclusions, Flow, PARSER_BUDGET},
@@ -81,7 +81,7 @@ pub const ENTRY_INDEXES: [&str; 12] = [
 pub struct PipelineStats {
     pub dispatch: Arc<DispatchStats>,
     correlation: [AtomicU64; 12],
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; 3 + Ambiguity::ALL.len()],
     telemetry: [AtomicU64; 4],
     graph_evicted: AtomicU64,
     resources_evicted: AtomicU64,
@@ -115,9 +115,9 @@ impl PipelineStats {
         let c = |i: usize| self.counts[i].load(Relaxed);
         Counts {
             late_partners_adopted: c(0),
-            calls_ambiguous: c(1),
-            nat_resolved: c(2),
-            handoffs_unmatched: c(3),
+            nat_resolved: c(1),
+            handoffs_unmatched: c(2),
+            ambiguous: std::array::from_fn(|i| c(3 + i)),
         }
     }
 
@@ -251,12 +251,12 @@ impl Pipeline {
             a.store(v, Relaxed);
         }
         let c = self.correlation.counts();
-        for (a, v) in s.counts.iter().zip([
+        let counts = [
             c.late_partners_adopted,
-            c.calls_ambiguous,
             c.nat_resolved,
             c.handoffs_unmatched,
-        ]) {
+        ];
+        for (a, v) in s.counts.iter().zip(counts.into_iter().chain(c.ambiguous)) {
             a.store(v, Relaxed);
         }
         let t = self.telemetry.counts;

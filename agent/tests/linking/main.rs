@@ -341,6 +341,10 @@ fn node_event_loop(max_sockets: Option<usize>) {
                     other => panic!("/down/{id}/{k}: {other:?}"),
                 }
             } else if c.span.parent_span_id.is_empty() {
+                eprintln!(
+                    "/down/{id}/{k}: a root ({:?})",
+                    c.attr("sonde.link.evidence")
+                );
                 orphans += 1;
                 whole = false;
             } else {

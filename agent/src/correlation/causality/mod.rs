@@ -25,7 +25,7 @@ mod multiplex;
 mod rules;
 mod tasks;
 
-use super::Evidence;
+use super::{Ambiguity, Evidence};
 use crate::{
     protocols::SegTime,
     spans::{sampler::Sampler, SpanCtx},
@@ -36,8 +36,9 @@ use crate::{
 pub enum Parent {
     /// The request, and the rule that chose it.
     Request(SpanCtx, Evidence),
-    /// Several requests could have made the call: it stays a root.
-    Ambiguous,
+    /// Several requests could have made the call: it stays a root, counted
+    /// by why.
+    Ambiguous(Ambiguity),
     /// Outside any request.
     None,
 }
@@ -528,7 +529,7 @@ impl Linker {
         let parent = match self.find_parent(pid, at, conn) {
             // Made for a task a pipe handed over: its request's, if known.
             Parent::Request(ctx, _) if self.task_of_span(pid, ctx.span_id) == Task::Unknown => {
-                Parent::Ambiguous
+                Parent::Ambiguous(Ambiguity::UnknownTask)
             }
             Parent::Request(ctx, _) if self.task_of_span(pid, ctx.span_id) == Task::Known => {
                 Parent::Request(ctx, Evidence::Pipe)
@@ -592,10 +593,12 @@ impl Linker {
         // A consumer of the process may be working on a delivery not seen.
         let blind = self.blind.iter().any(|&(p, _)| p == pid);
         match (all.next(), all.next()) {
-            (Some(_), None) if blind => Parent::Ambiguous,
-            (Some(only), None) if self.may_work_on_acked(pid, at.tid, only) => Parent::Ambiguous,
+            (Some(_), None) if blind => Parent::Ambiguous(Ambiguity::Consumer),
+            (Some(only), None) if self.may_work_on_acked(pid, at.tid, only) => {
+                Parent::Ambiguous(Ambiguity::Consumer)
+            }
             (Some(only), None) => Parent::Request(only.ctx, Evidence::OnlyInFlight),
-            (Some(_), Some(_)) => Parent::Ambiguous,
+            (Some(_), Some(_)) => Parent::Ambiguous(Ambiguity::Several),
             _ => Parent::None,
         }
     }

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use super::{InFlight, Linker, Mark, Opener, Parent};
-use crate::{correlation::Evidence, protocols::SegTime};
+use crate::{
+    correlation::{Ambiguity, Evidence},
+    protocols::SegTime,
+};
 
 impl Linker {
     /// A consumer that acknowledges first, then works: a call of thread
@@ -23,12 +26,12 @@ impl Linker {
         // A thread that multiplexes its calls works on several deliveries
         // at once: what it acknowledged last says nothing.
         if self.multiplex.is_multiplexed(pid, at.tid) {
-            return Some(Parent::Ambiguous);
+            return Some(Parent::Ambiguous(Ambiguity::Consumer));
         }
         // It acknowledged a delivery that was never seen: whatever it works
         // on now is no known delivery (ack first) or may be one (ack late).
         let Some(ctx) = a.ctx else {
-            return Some(Parent::Ambiguous);
+            return Some(Parent::Ambiguous(Ambiguity::Consumer));
         };
         let learnt = self.acks_early.contains(&(pid, a.source));
         if at.tick == a.tick {
@@ -40,7 +43,7 @@ impl Linker {
                     f.source == a.source && f.conn != f.source && f.since_ns <= at.enter_ns
                 });
             if others || !self.may_learn(pid, a.source) {
-                return Some(Parent::Ambiguous);
+                return Some(Parent::Ambiguous(Ambiguity::Consumer));
             }
             super::bounded_insert(
                 &mut self.acks_early,
@@ -82,11 +85,11 @@ impl Linker {
         let mut same_thread = list.iter().filter(|f| f.since_ns <= by_ns && f.tid == tid);
         let first = same_thread.next()?;
         if self.may_work_on_acked(pid, tid, first) {
-            return Some(Parent::Ambiguous);
+            return Some(Parent::Ambiguous(Ambiguity::Consumer));
         }
         let mut oldest = first;
         if self.exact && same_thread.clone().next().is_some() {
-            return Some(Parent::Ambiguous);
+            return Some(Parent::Ambiguous(Ambiguity::HandOff));
         }
         // Deliveries are keyed apart from their channel's connection.
         let k = (pid, first.source);
@@ -97,7 +100,7 @@ impl Linker {
             // Two connections, or two deliveries of a consumer not known
             // to work on the oldest first: not on the wire.
             if f.source != first.source || (f.conn != f.source && !acks_late) {
-                return Some(Parent::Ambiguous);
+                return Some(Parent::Ambiguous(Ambiguity::Several));
             }
             if f.seq < oldest.seq {
                 oldest = f;
@@ -219,7 +222,7 @@ impl Linker {
         // A hand-off may be any of the requests the tick's read delivered
         // (a dispatcher hands each on), not necessarily the first.
         if self.exact && read.iter().any(|(_, o)| o.ctx.span_id != f.ctx.span_id) {
-            return Some(Parent::Ambiguous);
+            return Some(Parent::Ambiguous(Ambiguity::HandOff));
         }
         // HTTP/2 streams read together are served concurrently, not in
         // order: which one the write is for, the tick cannot tell.
@@ -227,13 +230,13 @@ impl Linker {
         if read.iter().any(|(_, o)| stream(o))
             && read.iter().any(|(_, o)| o.ctx.span_id != f.ctx.span_id)
         {
-            return Some(Parent::Ambiguous);
+            return Some(Parent::Ambiguous(Ambiguity::Streams));
         }
         // A consumer that acknowledged a delivery of this channel may still
         // work on that one (it acks first) while the next is read; one that
         // lost deliveries may work on one not seen.
         if self.may_work_on_acked(pid, at.tid, f) {
-            return Some(Parent::Ambiguous);
+            return Some(Parent::Ambiguous(Ambiguity::Consumer));
         }
         if m.reply && m.conn == conn {
             // Each request's last input before this tick, in one pass over
@@ -254,7 +257,7 @@ impl Linker {
                 o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request
             });
             if others.any(stalled) {
-                return Some(Parent::Ambiguous);
+                return Some(Parent::Ambiguous(Ambiguity::PoolHandOff));
             }
         }
         Some(Parent::Request(f.ctx, Evidence::Tick))

@@ -1,4 +1,5 @@
 use super::*;
+use crate::correlation::Ambiguity;
 use crate::protocols::Lineage;
 
 /// A write on thread `tid` at `ns`, with no tick.
@@ -31,9 +32,8 @@ fn same_thread_wins_then_the_only_request_then_none() {
         l.parent_of(1, at(101, 7), 0),
         Parent::Request(b, Evidence::SameThread)
     );
-    assert_eq!(
-        l.parent_of(1, at(999, 7), 0),
-        Parent::Ambiguous,
+    assert!(
+        matches!(l.parent_of(1, at(999, 7), 0), Parent::Ambiguous(_)),
         "two in flight, other thread"
     );
     assert_eq!(
@@ -85,7 +85,10 @@ fn a_consumer_that_calls_before_any_ack_works_on_its_oldest_delivery() {
     l.request_started(1, 15, 4, 101, 21, None, &Sampler::AlwaysOn);
     l.delivery_acked(1, 14, in_tick(101, 22, 4));
     l.request_started(1, 16, 4, 101, 23, None, &Sampler::AlwaysOn);
-    assert_eq!(l.parent_of(1, in_tick(101, 24, 5), 0), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(101, 24, 5), 0),
+        Parent::Ambiguous(_)
+    ));
     l.connection_closed(1, 3);
     assert!(
         l.acks_late.is_empty(),
@@ -103,7 +106,10 @@ fn a_consumer_seen_acking_out_of_order_is_never_given_the_oldest() {
     // on several at once (an event loop, or a pool fed by one thread).
     l.delivery_acked(1, 11, in_tick(100, 6, 4));
     assert!(l.concurrent.contains(&(1, 3)));
-    assert_eq!(l.parent_of(1, in_tick(100, 7, 5), 0), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 7, 5), 0),
+        Parent::Ambiguous(_)
+    ));
     // Nor does a call after all acks teach it to ack late.
     l.delivery_acked(1, 10, in_tick(100, 8, 6));
     assert!(l.acks_late.is_empty());
@@ -119,17 +125,26 @@ fn a_consumer_that_lost_deliveries_is_no_evidence_until_they_are_accounted_for()
     // Some of its deliveries were not captured: the one seen may not be
     // what it works on.
     l.set_blind(1, 3, true);
-    assert_eq!(l.parent_of(1, in_tick(100, 6, 4), 0), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 6, 4), 0),
+        Parent::Ambiguous(_)
+    ));
     l.read_delivered(1, in_tick(100, 7, 5), 20, first.span_id, true);
     // Nor is the process's only request in flight.
     started(&mut l, 1, 30, 200, 8);
-    assert_eq!(l.parent_of(1, in_tick(999, 9, 6), 0), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(999, 9, 6), 0),
+        Parent::Ambiguous(_)
+    ));
     l.request_finished(1, 30);
     // A delivery never seen is acknowledged: what follows is not the last
     // known one's.
     l.ghost_acked(1, 3, in_tick(100, 10, 7));
     l.set_blind(1, 3, false);
-    assert_eq!(l.parent_of(1, in_tick(100, 11, 7), 0), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 11, 7), 0),
+        Parent::Ambiguous(_)
+    ));
     assert!(l.acks_early.is_empty() && l.acks_late.is_empty());
     // Its next ack is of a known delivery again.
     l.delivery_acked(1, 10, in_tick(100, 12, 8));
@@ -186,9 +201,15 @@ fn before_it_is_learnt_a_call_after_an_ack_with_others_in_flight_is_ambiguous() 
     l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
     l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
     l.delivery_acked(1, 10, in_tick(100, 6, 4));
-    assert_eq!(l.parent_of(1, in_tick(100, 7, 4), 20), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 7, 4), 20),
+        Parent::Ambiguous(_)
+    ));
     // Nor is the second, the only one in flight, taken for it later.
-    assert_eq!(l.parent_of(1, in_tick(100, 8, 7), 20), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 8, 7), 20),
+        Parent::Ambiguous(_)
+    ));
     assert!(l.acks_early.is_empty());
     l.connection_closed(1, 3);
     assert!(
@@ -210,7 +231,10 @@ fn a_delivery_read_after_an_ack_is_not_taken_for_the_work_that_follows() {
     // acks first is still working on the second; one that acks late has
     // started on the third. Nothing on the wire tells them apart.
     l.request_started(1, 12, 3, 100, 9, None, &Sampler::AlwaysOn);
-    assert_eq!(l.parent_of(1, in_tick(100, 10, 7), 20), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 10, 7), 20),
+        Parent::Ambiguous(_)
+    ));
     l.delivery_acked(1, 12, in_tick(100, 11, 8));
     assert!(
         l.acks_late.is_empty() && l.acks_early.is_empty(),
@@ -261,19 +285,22 @@ fn an_event_loops_calls_follow_the_read_of_their_tick() {
         l.parent_of(1, in_tick(100, 8, 21), 50),
         Parent::Request(a, Evidence::Tick)
     );
-    assert_eq!(
-        l.parent_of(1, in_tick(100, 8, 24), 50),
-        Parent::Ambiguous,
+    assert!(
+        matches!(
+            l.parent_of(1, in_tick(100, 8, 24), 50),
+            Parent::Ambiguous(_)
+        ),
         "a tick no known read opened"
     );
-    assert_eq!(
-        l.parent_of(1, in_tick(100, 8, 0), 50),
-        Parent::Ambiguous,
+    assert!(
+        matches!(l.parent_of(1, in_tick(100, 8, 0), 50), Parent::Ambiguous(_)),
         "no tick: the old rules"
     );
-    assert_eq!(
-        l.parent_of(1, in_tick(101, 8, 22), 50),
-        Parent::Ambiguous,
+    assert!(
+        matches!(
+            l.parent_of(1, in_tick(101, 8, 22), 50),
+            Parent::Ambiguous(_)
+        ),
         "another thread's tick 22"
     );
     // A's query on connection 50 is answered; A's next query follows
@@ -284,17 +311,21 @@ fn an_event_loops_calls_follow_the_read_of_their_tick() {
         l.parent_of(1, in_tick(100, 10, 25), 51),
         Parent::Request(a, Evidence::Tick)
     );
-    assert_eq!(
-        l.parent_of(1, in_tick(100, 10, 25), 50),
-        Parent::Ambiguous,
+    assert!(
+        matches!(
+            l.parent_of(1, in_tick(100, 10, 25), 50),
+            Parent::Ambiguous(_)
+        ),
         "on the connection the reply freed: maybe b's or c's queued query"
     );
     // b's and c's ticks wrote (their calls, on connections of their
     // own): neither waits for a connection.
     l.wrote(1, 100, 22);
-    assert_eq!(
-        l.parent_of(1, in_tick(100, 10, 25), 50),
-        Parent::Ambiguous,
+    assert!(
+        matches!(
+            l.parent_of(1, in_tick(100, 10, 25), 50),
+            Parent::Ambiguous(_)
+        ),
         "c may still wait"
     );
     l.wrote(1, 100, 23);
@@ -305,9 +336,11 @@ fn an_event_loops_calls_follow_the_read_of_their_tick() {
     );
     // A answered: a later write of its tick is not its call.
     l.request_finished(1, 10);
-    assert_eq!(
-        l.parent_of(1, in_tick(100, 11, 25), 51),
-        Parent::Ambiguous,
+    assert!(
+        matches!(
+            l.parent_of(1, in_tick(100, 11, 25), 51),
+            Parent::Ambiguous(_)
+        ),
         "b and c in flight, no evidence"
     );
 }
@@ -329,16 +362,24 @@ fn a_new_connections_first_call_is_its_openers() {
         l.parent_of(1, in_tick(100, 9, 30), 50),
         Parent::Request(b, Evidence::Opener)
     );
-    assert_eq!(
-        l.parent_of(1, in_tick(100, 9, 31), 50),
-        Parent::Ambiguous,
+    assert!(
+        matches!(
+            l.parent_of(1, in_tick(100, 9, 31), 50),
+            Parent::Ambiguous(_)
+        ),
         "only the first call"
     );
     // b went on (its first call): connection 51 may serve anyone now.
-    assert_eq!(l.parent_of(1, in_tick(100, 9, 32), 51), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 9, 32), 51),
+        Parent::Ambiguous(_)
+    ));
     // A connect in a tick no request's read opened names no one.
     l.connection_opened(1, 52, (100, 40));
-    assert_eq!(l.parent_of(1, in_tick(100, 9, 41), 52), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 9, 41), 52),
+        Parent::Ambiguous(_)
+    ));
     l.connection_opened(1, 53, (100, 21));
     l.connection_closed(1, 53);
     assert_eq!(l.marked_threads(), 1, "forgotten at close");
@@ -351,7 +392,10 @@ fn a_reply_read_for_a_request_another_thread_serves_is_no_evidence() {
     let a = started(&mut l, 1, 10, 100, 5);
     let _b = started(&mut l, 1, 11, 100, 6);
     l.read_delivered(1, in_tick(200, 7, 3), 50, a.span_id, true);
-    assert_eq!(l.parent_of(1, in_tick(200, 8, 3), 51), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(200, 8, 3), 51),
+        Parent::Ambiguous(_)
+    ));
 }
 
 #[test]
@@ -391,9 +435,8 @@ fn an_event_loop_serving_two_connections_at_once_is_ambiguous() {
         "b not read yet: a's call"
     );
     let b = started(&mut l, 1, 11, 100, 7);
-    assert_eq!(
-        l.parent_of(1, at(100, 8), 0),
-        Parent::Ambiguous,
+    assert!(
+        matches!(l.parent_of(1, at(100, 8), 0), Parent::Ambiguous(_)),
         "a and b in flight on one thread"
     );
     l.request_finished(1, 10);
@@ -516,12 +559,15 @@ fn a_goroutine_started_before_its_starters_request_is_not_its_child() {
         origin_ns: 3,
         ..Default::default()
     };
-    assert_eq!(l.parent_of(1, go_write(8, old), 0), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, go_write(8, old), 0),
+        Parent::Ambiguous(_)
+    ));
     // Nothing at all: the thread rules see an unknown goroutine.
-    assert_eq!(
+    assert!(matches!(
         l.parent_of(1, go_write(8, Lineage::default()), 0),
-        Parent::Ambiguous
-    );
+        Parent::Ambiguous(_)
+    ));
 }
 
 #[test]
@@ -576,7 +622,10 @@ fn a_delivery_read_while_an_acked_one_is_worked_on_is_no_evidence() {
     l.request_started(1, 12, 3, 100, 7, None, &Sampler::AlwaysOn);
     let third = l.by_pid[&1][1].ctx;
     l.delivery_read(1, in_tick(100, 7, 5), 12, 3, third.span_id);
-    assert_eq!(l.parent_of(1, in_tick(100, 8, 5), 20), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 8, 5), 20),
+        Parent::Ambiguous(_)
+    ));
 }
 
 /// HTTP/2: streams of one connection are concurrent. Two read on one thread
@@ -601,9 +650,15 @@ fn http2_streams_are_concurrent_requests() {
     let c = stream(&mut l, 1005, 8);
     l.read_delivered(1, in_tick(100, 8, 8), 1003, b.span_id, false);
     l.read_delivered(1, in_tick(100, 8, 8), 1005, c.span_id, false);
-    assert_eq!(l.parent_of(1, in_tick(100, 9, 8), 20), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, in_tick(100, 9, 8), 20),
+        Parent::Ambiguous(_)
+    ));
     // With no tick, three streams on the thread: not the oldest.
-    assert_eq!(l.parent_of(1, at(100, 9), 20), Parent::Ambiguous);
+    assert!(matches!(
+        l.parent_of(1, at(100, 9), 20),
+        Parent::Ambiguous(_)
+    ));
     // Each finishes by its own key; closing the connection ends the rest.
     assert_eq!(l.request_finished(1, 1003), Some(b));
     assert_eq!(l.request_finished(1, 1001), Some(a));
@@ -655,7 +710,10 @@ fn a_worker_works_for_the_request_its_task_was_handed_over_for() {
     // A task of an unknown request: its calls are roots, never another's.
     l.task_started(2, 50, at(200, 12), None);
     assert_eq!(l.task_of(2, 200), Some(None));
-    assert_eq!(l.parent_of(2, at(200, 13), 60), Parent::Ambiguous);
+    assert_eq!(
+        l.parent_of(2, at(200, 13), 60),
+        Parent::Ambiguous(Ambiguity::UnknownTask)
+    );
     // The pipe closes: its tasks are over.
     l.connection_closed(2, 50);
     assert_eq!(l.parent_of(2, at(201, 14), 61), Parent::None);
@@ -673,11 +731,12 @@ fn a_hand_off_is_placed_only_when_one_request_is_named() {
     l.read_delivered(1, in_tick(100, 5, 4), 10, a.span_id, false);
     let bs = l.by_pid[&1][1].ctx.span_id;
     l.read_delivered(1, in_tick(100, 5, 4), 11, bs, false);
-    assert_eq!(
-        l.handoff_parent(1, in_tick(100, 6, 4), 50),
-        Parent::Ambiguous
-    );
-    assert_eq!(l.handoff_parent(1, at(100, 6), 50), Parent::Ambiguous);
+    for at in [in_tick(100, 6, 4), at(100, 6)] {
+        assert_eq!(
+            l.handoff_parent(1, at, 50),
+            Parent::Ambiguous(Ambiguity::HandOff)
+        );
+    }
     // A client call there still goes to the first (a sequential handler).
     assert_eq!(
         l.parent_of(1, in_tick(100, 6, 4), 60),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::{
     continuity,
     holds::{self, Held, HeldFor},
-    Correlator, Evidence, Item, Linked,
+    Ambiguity, Correlator, Evidence, Item, Linked,
 };
 use crate::{
     connections::ConnInfo,
@@ -203,7 +203,8 @@ impl Correlator {
                     }
                 };
                 let ambiguous = matches!(found, continuity::Found::Ambiguous);
-                self.counts.calls_ambiguous += u64::from(ambiguous);
+                self.counts.ambiguous[Ambiguity::IdenticalMessages as usize] +=
+                    u64::from(ambiguous);
                 let publish = found.publish();
                 let incoming = header.or(publish.as_ref().map(|p| TraceParent {
                     trace_id: p.ctx.trace_id,
@@ -417,7 +418,7 @@ impl Correlator {
         let before = queues.len();
         queues.dedup();
         if queues.len() < before {
-            self.counts.calls_ambiguous += before as u64;
+            self.counts.ambiguous[Ambiguity::IdenticalMessages as usize] += before as u64;
             return;
         }
         for w in waiters {

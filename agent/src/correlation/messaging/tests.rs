@@ -326,5 +326,5 @@ fn identical_late_deliveries_on_one_queue_stay_roots() {
         .filter(|l| matches!(l.item, Item::Process(_)) && l.ctx.parent_span_id.is_none())
         .count();
     assert_eq!(roots, 2, "{out:?}");
-    assert_eq!(c.counts().calls_ambiguous, 2);
+    assert_eq!(c.counts().calls_ambiguous(), 2);
 }

@@ -163,7 +163,7 @@ fn each_worker_call_nests_under_the_request_its_task_came_from() {
         );
     }
     assert_eq!(l7.counts().handoffs_unmatched, 0);
-    assert_eq!(l7.counts().calls_ambiguous, 0);
+    assert_eq!(l7.counts().calls_ambiguous(), 0);
     // Closing every end forgets the pipes' state.
     let mut spans = vec![];
     for c in ft.iter().chain(&fr).chain(&wt).chain(&wr) {
