@@ -256,7 +256,16 @@ impl Linker {
             let mut others = list.iter().filter(|o| {
                 o.tid == at.tid && o.since_ns <= at.enter_ns && o.ctx.span_id != m.request
             });
-            if others.any(stalled) {
+            if let Some(o) = others.find(|o| stalled(o)) {
+                tracing::debug!(
+                    pid,
+                    tid = at.tid,
+                    tick = at.tick,
+                    conn,
+                    stalled_since = o.since_ns,
+                    stalled_last = ?last.get(&o.ctx.span_id),
+                    "pool hand-off: ambiguous"
+                );
                 return Some(Parent::Ambiguous(Ambiguity::PoolHandOff));
             }
         }
