@@ -376,7 +376,7 @@ fn node_event_loop(max_sockets: Option<usize>) {
     assert!(alone.len() <= IN_FLIGHT, "{alone:?}");
     if max_sockets.is_none() {
         // Measured 39 to 40 of 40 on a warm machine, 35 in one cold
-        // fresh-clone run, 36 to 40 with a CPU hog beside it. A root is a
+        // fresh-clone run, 38 to 40 with a CPU hog beside it. A root is a
         // second call written on the connection its first reply freed
         // while another request waited (`pool_hand_off`), or a call Node
         // wrote after reading other sockets in the same loop iteration
