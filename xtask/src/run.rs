@@ -69,6 +69,11 @@ pub fn test(unit: bool, privileged: bool, args: &[String]) -> Result<()> {
             .args(["test", "--lib", "--bins"])
             .arg("--")
             .args(args))?;
+        // Each criterion bench once, untimed: they keep building and
+        // running against the code as it is (their figures come from
+        // `cargo bench`).
+        eprintln!("xtask: benches in test mode");
+        sh(cargo().args(["test", "--package", "sonde", "--bench", "*"]))?;
         eprintln!("xtask: Helm chart tests (helm lint, helm template, Kubernetes schemas)");
         sh(cargo()
             .args(["test", "--package", "xtask", "--test", "chart", "--"])
