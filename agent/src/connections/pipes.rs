@@ -20,7 +20,7 @@
 //! followed, nor are a process's pipes after it execs; a task read by a
 //! child that got work within moments of its fork, before its fork record
 //! was read, is missed (its calls stay roots).
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 /// Followed processes (the kernel's `PIPE_PROCS` holds as many).
 const MAX_PROCESSES: usize = 4096;

@@ -1,6 +1,7 @@
 //! Per-process facts the later stages need: name, container, network
 //! namespace. Read once from /proc and cached until exit or exec.
-use std::{collections::HashMap, sync::Arc};
+use foldhash::HashMap;
+use std::sync::Arc;
 
 use super::cgroup;
 use crate::stats::Stats;

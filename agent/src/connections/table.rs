@@ -3,8 +3,9 @@
 //! Kernel records for one connection can arrive slightly out of order (they
 //! come from different CPUs and contexts: the client's tuple is reported
 //! from softirq, often before connect() returns), so every record upserts.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
     sync::Arc,
 };

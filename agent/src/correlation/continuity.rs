@@ -1,7 +1,8 @@
 //! Messaging continuity: a delivery with no `traceparent` finds the publish
 //! seen on this node that sent it.
+use foldhash::HashMap;
 use std::{
-    collections::{hash_map::DefaultHasher, HashMap, VecDeque},
+    collections::{hash_map::DefaultHasher, VecDeque},
     hash::{Hash, Hasher},
     sync::Arc,
 };

@@ -17,7 +17,8 @@
 //! write is known and is counted as unmatched; the offset stays where it
 //! was, so the reads that follow meet their writes (by offset, or by
 //! content past the late write).
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 use crate::spans::SpanCtx;
 

@@ -4,7 +4,8 @@
 //! consumer span and the calls it made) is held until the late record
 //! names the real trace, or the wait is over. See "Socket-pair stitching" in
 //! ARCHITECTURE.md.
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::VecDeque;
 
 use super::{relay::ClientKey, Linked};
 

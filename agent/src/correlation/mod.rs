@@ -22,7 +22,8 @@ pub mod stitch;
 
 mod messaging;
 
-use std::{collections::HashMap, sync::Arc};
+use foldhash::{HashMap, HashMapExt};
+use std::sync::Arc;
 
 use causality::{Linker, Parent};
 use continuity::Continuity;

@@ -9,10 +9,8 @@
 //! Limit: pairing is by order, exact while the relay sets up one
 //! connection at a time; two connections accepted at the same instant may
 //! pair crosswise (their requests still join a trace, possibly the other's).
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use foldhash::HashMap;
+use std::{collections::VecDeque, net::SocketAddr};
 
 use crate::{connections::ConnInfo, event::Role};
 

@@ -3,8 +3,9 @@
 //! queued under its (local, remote) endpoints; the server pops it under its
 //! (remote, local) ones, seen through relays and DNAT. See "Socket-pair
 //! stitching" in ARCHITECTURE.md.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };

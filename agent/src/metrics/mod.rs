@@ -6,11 +6,13 @@
 pub mod prometheus;
 
 use std::{
-    collections::BTreeMap,
+    hash::{BuildHasher, Hash, Hasher},
     sync::{Arc, Mutex},
 };
 
-use crate::spans::Resource;
+use hashbrown::hash_map::EntryRef;
+
+use crate::spans::{Resource, Value};
 
 /// Semconv default buckets for HTTP durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -235,12 +237,59 @@ impl Histogram {
 /// Metric attributes of one series, sorted by key.
 pub type Labels = Vec<(&'static str, String)>;
 
-/// One series: an instrument, the resource it belongs to, its attributes.
+/// One series: an instrument, the resource instance it belongs to, its
+/// attributes. A record looks its series up from borrowed parts
+/// ([`SeriesRef`]) and allocates only for a new one. Both hash as the
+/// instrument and `set`, the hash of (instance, labels), which a record
+/// computes once for all its instruments.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct SeriesKey {
     instrument: &'static str,
-    instance: String,
+    instance: Box<str>,
     labels: Labels,
+    set: u64,
+}
+
+/// A series' key as a record holds it: nothing owned.
+struct SeriesRef<'a> {
+    instrument: &'static str,
+    instance: &'a str,
+    labels: &'a [(&'static str, String)],
+    set: u64,
+}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.instrument.hash(h);
+        self.set.hash(h);
+    }
+}
+
+impl Hash for SeriesRef<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.instrument.hash(h);
+        self.set.hash(h);
+    }
+}
+
+impl From<&SeriesRef<'_>> for SeriesKey {
+    fn from(r: &SeriesRef<'_>) -> SeriesKey {
+        SeriesKey {
+            instrument: r.instrument,
+            instance: r.instance.into(),
+            labels: r.labels.to_vec(),
+            set: r.set,
+        }
+    }
+}
+
+impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, k: &SeriesKey) -> bool {
+        self.set == k.set
+            && self.instrument == k.instrument
+            && self.instance == &*k.instance
+            && self.labels == k.labels
+    }
 }
 
 #[derive(Debug)]
@@ -255,7 +304,8 @@ struct Series {
 /// All series, cumulative since `start_unix_ns`.
 #[derive(Debug)]
 pub struct Registry {
-    series: BTreeMap<SeriesKey, Series>,
+    /// Unordered: a record is a hash lookup; [`Registry::each`] sorts.
+    series: hashbrown::HashMap<SeriesKey, Series, foldhash::fast::RandomState>,
     pub start_unix_ns: u64,
     /// Series beyond this are refused (and counted), bounding memory.
     max_series: usize,
@@ -270,18 +320,23 @@ pub const SERIES_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub type SharedRegistry = Arc<Mutex<Registry>>;
 
-fn instance_of(r: &Resource) -> String {
+/// The resource instance a series belongs to: `service.instance.id`, else
+/// the service name. Borrowed: this runs for every record.
+fn instance_of(r: &Resource) -> &str {
     r.attributes
         .iter()
         .find(|(k, _)| k == "service.instance.id")
-        .map(|(_, v)| v.to_string())
-        .unwrap_or_else(|| r.service_name.clone())
+        .and_then(|(_, v)| match v {
+            Value::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .unwrap_or(&r.service_name)
 }
 
 impl Registry {
     pub fn new(start_unix_ns: u64) -> Registry {
         Registry {
-            series: BTreeMap::new(),
+            series: hashbrown::HashMap::default(),
             start_unix_ns,
             max_series: 50_000,
             refused_series: 0,
@@ -297,28 +352,52 @@ impl Registry {
         &mut self,
         inst: &'static Instrument,
         resource: &Arc<Resource>,
-        mut labels: Labels,
+        labels: Labels,
         v: f64,
     ) {
-        labels.sort();
-        let key = SeriesKey {
-            instrument: inst.name,
-            instance: instance_of(resource),
-            labels,
-        };
-        if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
-            self.refused_series += 1;
-            return;
-        }
+        self.record_all([(inst, v)], resource, labels)
+    }
+
+    /// Records one value per instrument, all with the same attributes (a
+    /// request's duration and sizes): the labels are sorted once, and only
+    /// a series seen for the first time copies them.
+    pub fn record_all(
+        &mut self,
+        values: impl IntoIterator<Item = (&'static Instrument, f64)>,
+        resource: &Arc<Resource>,
+        mut labels: Labels,
+    ) {
+        labels.sort_unstable();
+        let instance = instance_of(resource);
+        let set = self.series.hasher().hash_one((instance, &labels));
         let now = std::time::Instant::now();
-        let series = self.series.entry(key).or_insert_with(|| Series {
-            instrument: inst,
-            resource: resource.clone(),
-            hist: Histogram::default(),
-            updated: now,
-        });
-        series.hist.record(inst.buckets, v);
-        series.updated = now;
+        for (inst, v) in values {
+            let key = SeriesRef {
+                instrument: inst.name,
+                instance,
+                labels: &labels,
+                set,
+            };
+            let full = self.series.len() >= self.max_series;
+            let series = match self.series.entry_ref(&key) {
+                EntryRef::Occupied(o) => o.into_mut(),
+                EntryRef::Vacant(_) if full => {
+                    self.refused_series += 1;
+                    continue;
+                }
+                EntryRef::Vacant(e) => e.insert_with_key(
+                    SeriesKey::from(&key),
+                    Series {
+                        instrument: inst,
+                        resource: resource.clone(),
+                        hist: Histogram::default(),
+                        updated: now,
+                    },
+                ),
+            };
+            series.hist.record(inst.buckets, v);
+            series.updated = now;
+        }
     }
 
     /// Removes the series not recorded within `ttl` of `now`. A series that
@@ -338,12 +417,14 @@ impl Registry {
         self.series.is_empty()
     }
 
-    /// Every series as (instrument, resource, labels, histogram).
+    /// Every series as (instrument, resource, labels, histogram), in the
+    /// order of their keys (so exports are stable from one to the next).
     pub fn each(
         &self,
     ) -> impl Iterator<Item = (&'static Instrument, &Arc<Resource>, &Labels, &Histogram)> {
-        self.series
-            .iter()
+        let mut all: Vec<(&SeriesKey, &Series)> = self.series.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter()
             .map(|(k, s)| (s.instrument, &s.resource, &k.labels, &s.hist))
     }
 }

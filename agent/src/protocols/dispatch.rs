@@ -3,10 +3,8 @@
 //! into [`Flow`] for correlation. A connection that speaks nothing sonde
 //! parses, or whose parser gives up, is released: a [`Command`] asks the
 //! kernel to stop copying its payload.
-use std::{
-    collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-};
+use foldhash::{HashMap, HashMapExt};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::{
     registry::{self, REGISTRY},

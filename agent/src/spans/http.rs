@@ -51,7 +51,7 @@ fn split_host(h: &str) -> (String, Option<u16>) {
 pub fn server_of(host: Option<(String, Option<u16>)>, peer: Option<SocketAddr>) -> (String, u16) {
     match (host, peer) {
         (Some((h, p)), peer) => (h, p.or(peer.map(|x| x.port())).unwrap_or(80)),
-        (None, Some(p)) => (p.ip().to_string(), p.port()),
+        (None, Some(p)) => (super::ip_text(p.ip()), p.port()),
         (None, None) => ("unknown".into(), 80),
     }
 }
@@ -94,9 +94,11 @@ pub fn exchange_failed(role: Role, ex: &Exchange) -> bool {
     }
 }
 
+/// `r`: the request's route (`route::route`), computed once per exchange.
 pub fn build(
     conn: &ConnInfo,
     ex: &Exchange,
+    r: &str,
     ctx: &SpanCtx,
     clock: &Clock,
     opts: HttpSpanOptions,
@@ -106,7 +108,6 @@ pub fn build(
     let resp = &ex.response.head;
     let server = conn.role == Role::Server;
     let (m, original) = method(&req.method);
-    let r = route::route(&req.target);
     // Server: from the read that delivered the first request byte (its
     // entry may be an idle wait). Client: from the write of the first byte.
     let start = if server {
@@ -117,7 +118,9 @@ pub fn build(
     let end = ex.response.last.exit_ns.max(start);
     let status = resp.status;
 
-    let mut a: Attributes = vec![("http.request.method", m.clone().into())];
+    // Room for every attribute below, so that building never regrows.
+    let mut a: Attributes = Vec::with_capacity(20);
+    a.push(("http.request.method", m.clone().into()));
     if let Some(o) = original {
         a.push(("http.request.method_original", o.into()));
     }
@@ -127,7 +130,7 @@ pub fn build(
     let tuple = conn.tuple;
     let peer: Option<SocketAddr> = tuple.map(|t| t.remote);
     if let Some(p) = peer {
-        a.push(("network.peer.address", p.ip().to_string().into()));
+        a.push(("network.peer.address", super::ip_text(p.ip()).into()));
         a.push(("network.peer.port", Value::Int(p.port() as i64)));
     }
     let host = req.host.as_deref().map(split_host);
@@ -144,7 +147,7 @@ pub fn build(
             a.push(("url.query", q.clone().into()));
         }
         a.push(("url.scheme", scheme(conn).into()));
-        a.push(("http.route", r.clone().into()));
+        a.push(("http.route", r.into()));
         let local = tuple.map(|t| t.local);
         match (&host, local) {
             (Some((h, port)), l) => {
@@ -154,13 +157,13 @@ pub fn build(
                 }
             }
             (None, Some(l)) => {
-                a.push(("server.address", l.ip().to_string().into()));
+                a.push(("server.address", super::ip_text(l.ip()).into()));
                 a.push(("server.port", Value::Int(l.port() as i64)));
             }
             (None, None) => {}
         }
         if let Some(p) = peer {
-            a.push(("client.address", p.ip().to_string().into()));
+            a.push(("client.address", super::ip_text(p.ip()).into()));
         }
     } else {
         let (addr, port) = server_of(host, peer);

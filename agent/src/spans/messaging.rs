@@ -40,9 +40,9 @@ fn common(conn: &ConnInfo, msg: &Message, a: &mut Attributes) {
         Value::Int(msg.body_size as i64),
     ));
     if let Some(peer) = conn.remote() {
-        a.push(("server.address", peer.ip().to_string().into()));
+        a.push(("server.address", super::ip_text(peer.ip()).into()));
         a.push(("server.port", Value::Int(peer.port() as i64)));
-        a.push(("network.peer.address", peer.ip().to_string().into()));
+        a.push(("network.peer.address", super::ip_text(peer.ip()).into()));
         a.push(("network.peer.port", Value::Int(peer.port() as i64)));
     }
 }

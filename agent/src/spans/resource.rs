@@ -9,7 +9,8 @@
 //! 5. the Compose service (`com.docker.compose.service` label);
 //! 6. the container's name (Docker's, else the pod's container);
 //! 7. the executable's name.
-use std::{collections::HashMap, sync::Arc};
+use foldhash::{HashMap, HashMapExt};
+use std::sync::Arc;
 
 use super::Value;
 use crate::{

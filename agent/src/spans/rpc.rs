@@ -82,13 +82,13 @@ pub fn build(
         ("network.transport", "tcp".into()),
     ];
     if let Some(p) = conn.remote() {
-        a.push(("network.peer.address", p.ip().to_string().into()));
+        a.push(("network.peer.address", super::ip_text(p.ip()).into()));
         a.push(("network.peer.port", Value::Int(p.port() as i64)));
     }
     let (address, port) = if server {
         let local = conn.tuple.map(|t| t.local);
         (
-            local.map_or_else(|| "unknown".into(), |l| l.ip().to_string()),
+            local.map_or_else(|| "unknown".into(), |l| super::ip_text(l.ip())),
             local.map_or(0, |l| l.port()),
         )
     } else {

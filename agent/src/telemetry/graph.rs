@@ -1,9 +1,7 @@
 //! Service-graph metrics (Tempo servicegraph / Jaeger dependencies style):
 //! one edge per client call, completed by its stitched server's half.
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use foldhash::HashMap;
+use std::{collections::VecDeque, sync::Arc};
 
 use crate::{
     connections::ConnInfo,
@@ -234,19 +232,14 @@ pub fn record_edge(
     if !kind.is_empty() {
         labels.push(("connection_type", kind.to_string()));
     }
-    reg.record(&metrics::GRAPH_REQUESTS, client, labels.clone(), 1.0);
-    if failed {
-        reg.record(&metrics::GRAPH_FAILED, client, labels.clone(), 1.0);
-    }
-    reg.record(
-        &metrics::GRAPH_CLIENT_SECONDS,
-        client,
-        labels.clone(),
-        client_secs,
-    );
-    if let Some(s) = server_secs {
-        reg.record(&metrics::GRAPH_SERVER_SECONDS, client, labels, s);
-    }
+    let values = [
+        (&metrics::GRAPH_REQUESTS, Some(1.0)),
+        (&metrics::GRAPH_FAILED, failed.then_some(1.0)),
+        (&metrics::GRAPH_CLIENT_SECONDS, Some(client_secs)),
+        (&metrics::GRAPH_SERVER_SECONDS, server_secs),
+    ];
+    let values = values.into_iter().filter_map(|(i, v)| Some((i, v?)));
+    reg.record_all(values, client, labels);
 }
 
 #[cfg(test)]

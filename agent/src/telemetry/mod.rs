@@ -13,7 +13,10 @@ use crate::{
     correlation::{Evidence, Item, Linked},
     event::Role,
     metrics::SharedRegistry,
-    protocols::amqp::{AmqpOut, Message, Outcome},
+    protocols::{
+        amqp::{AmqpOut, Message, Outcome},
+        http::route,
+    },
     spans::{self, http::HttpSpanOptions, Resource, ResourceBuilder, Span, SpanCtx},
 };
 
@@ -106,6 +109,12 @@ impl Telemetry {
             item,
         } = l;
         let resource = self.resources.get(&conn.process);
+        // An HTTP request's route, for its metrics and its span.
+        let route = match &item {
+            Item::Http { exchange, .. } => route::route(&exchange.request.head.target),
+            _ => String::new(),
+        };
+        let route = route.as_str();
         let registry = self.registry.clone();
         let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
         match &item {
@@ -125,12 +134,12 @@ impl Telemetry {
                 let failed = spans::http::exchange_failed(conn.role, ex);
                 match ex.h2.as_ref().and_then(|h| h.grpc.as_ref()) {
                     Some(g) => red::rpc(&mut reg, &conn, ex, g, secs, &resource),
-                    None => red::http(&mut reg, &conn, ex, secs, &resource),
+                    None => red::http(&mut reg, &conn, ex, route, secs, &resource),
                 }
                 let at = ex.response.last.exit_ns;
                 if server {
                     let calls = self.self_time.request_done(ctx.span_id, start, at);
-                    red::http_self(&mut reg, ex, own(secs, calls), &resource);
+                    red::http_self(&mut reg, ex, route, own(secs, calls), &resource);
                     if let Some(parent) = ctx.parent_span_id {
                         self.graph.server_done(
                             &mut reg,
@@ -266,7 +275,7 @@ impl Telemetry {
             self.counts.spans_sampled_out += 1;
             return;
         }
-        let Some(mut span) = self.build(&conn, &ctx, &item, resource) else {
+        let Some(mut span) = self.build(&conn, &ctx, &item, route, resource) else {
             return;
         };
         if ctx.parent_span_id.is_some() || evidence == Evidence::Ambiguous {
@@ -282,6 +291,7 @@ impl Telemetry {
         conn: &ConnInfo,
         ctx: &SpanCtx,
         item: &Item,
+        route: &str,
         resource: Arc<Resource>,
     ) -> Option<Span> {
         let clock = &self.clock;
@@ -289,7 +299,9 @@ impl Telemetry {
             Item::Http { exchange, .. } => match exchange.h2.as_ref().and_then(|h| h.grpc.as_ref())
             {
                 Some(g) => spans::rpc::build(conn, exchange, g, ctx, clock, resource),
-                None => spans::http::build(conn, exchange, ctx, clock, self.http_opts, resource),
+                None => {
+                    spans::http::build(conn, exchange, route, ctx, clock, self.http_opts, resource)
+                }
             },
             Item::Db { call, .. } => spans::db::build(conn, call, ctx, clock, resource),
             Item::Publish(op) => {

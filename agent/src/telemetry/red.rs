@@ -5,27 +5,36 @@ use crate::{
     connections::ConnInfo,
     event::Role,
     metrics::{self, Labels, Registry},
-    protocols::{db::DbCall, http::route, http::Exchange, http2::GrpcCall},
+    protocols::{db::DbCall, http::Exchange, http2::GrpcCall},
     spans::{self, Resource},
 };
 
-pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource: &Arc<Resource>) {
+/// `route`: the request's `http.route` (`route::route`), computed once per
+/// exchange by the caller.
+pub fn http(
+    reg: &mut Registry,
+    c: &ConnInfo,
+    ex: &Exchange,
+    route: &str,
+    secs: f64,
+    resource: &Arc<Resource>,
+) {
     let status = ex.response.head.status;
     let mut labels: Labels = vec![
         (
             "http.request.method",
             spans::http::method(&ex.request.head.method).0,
         ),
-        ("http.response.status_code", status.to_string()),
+        ("http.response.status_code", decimal(status)),
         ("network.protocol.version", ex.version()),
     ];
     if let Some(code) = ex.h2.as_ref().and_then(|h| h.reset) {
         labels.push(("error.type", format!("RST_STREAM {code}")));
     } else if spans::http::failed(c.role, status) {
-        labels.push(("error.type", status.to_string()));
+        labels.push(("error.type", decimal(status)));
     }
     let (duration, request_size, response_size) = if c.role == Role::Server {
-        labels.push(("http.route", route::route(&ex.request.head.target)));
+        labels.push(("http.route", route.to_string()));
         labels.push(("url.scheme", spans::http::scheme(c).into()));
         (
             &metrics::HTTP_SERVER_DURATION,
@@ -35,25 +44,21 @@ pub fn http(reg: &mut Registry, c: &ConnInfo, ex: &Exchange, secs: f64, resource
     } else {
         let (address, port) = spans::http::client_server(c, ex);
         labels.push(("server.address", address));
-        labels.push(("server.port", port.to_string()));
+        labels.push(("server.port", decimal(port)));
         (
             &metrics::HTTP_CLIENT_DURATION,
             &metrics::HTTP_CLIENT_REQUEST_SIZE,
             &metrics::HTTP_CLIENT_RESPONSE_SIZE,
         )
     };
-    reg.record(duration, resource, labels.clone(), secs);
-    reg.record(
-        request_size,
-        resource,
-        labels.clone(),
-        ex.request.body_bytes as f64,
-    );
-    reg.record(
-        response_size,
+    reg.record_all(
+        [
+            (duration, secs),
+            (request_size, ex.request.body_bytes as f64),
+            (response_size, ex.response.body_bytes as f64),
+        ],
         resource,
         labels,
-        ex.response.body_bytes as f64,
     );
 }
 
@@ -81,7 +86,7 @@ pub fn rpc(
     } else {
         let (address, port) = spans::http::client_server(c, ex);
         labels.push(("server.address", address));
-        labels.push(("server.port", port.to_string()));
+        labels.push(("server.port", decimal(port)));
         &metrics::RPC_CLIENT_DURATION
     };
     // These two are in milliseconds (semantic conventions).
@@ -89,13 +94,19 @@ pub fn rpc(
 }
 
 /// A served request's self time (`self_time.rs`), by method and route.
-pub fn http_self(reg: &mut Registry, ex: &Exchange, secs: f64, resource: &Arc<Resource>) {
+pub fn http_self(
+    reg: &mut Registry,
+    ex: &Exchange,
+    route: &str,
+    secs: f64,
+    resource: &Arc<Resource>,
+) {
     let labels: Labels = vec![
         (
             "http.request.method",
             spans::http::method(&ex.request.head.method).0,
         ),
-        ("http.route", route::route(&ex.request.head.target)),
+        ("http.route", route.to_string()),
     ];
     reg.record(&metrics::REQUEST_SELF_DURATION, resource, labels, secs);
 }
@@ -134,8 +145,8 @@ pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: 
         labels.push(("error.type", e.code.clone()));
     }
     if let Some(peer) = c.remote() {
-        labels.push(("server.address", peer.ip().to_string()));
-        labels.push(("server.port", peer.port().to_string()));
+        labels.push(("server.address", spans::ip_text(peer.ip())));
+        labels.push(("server.port", decimal(peer.port())));
     }
     reg.record(&metrics::DB_CLIENT_DURATION, resource, labels, secs);
 }
@@ -192,8 +203,13 @@ pub fn messaging(
     if let Some(e) = error {
         labels.push(("error.type", e.to_string()));
     }
-    reg.record(duration, resource, labels.clone(), secs);
-    if let Some(count) = count {
-        reg.record(count, resource, labels, 1.0);
+    match count {
+        Some(count) => reg.record_all([(duration, secs), (count, 1.0)], resource, labels),
+        None => reg.record(duration, resource, labels, secs),
     }
+}
+
+/// A number as label text (`itoa`: no formatting machinery per record).
+fn decimal(n: u16) -> String {
+    itoa::Buffer::new().format(n).to_owned()
 }

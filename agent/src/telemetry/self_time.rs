@@ -12,7 +12,8 @@
 //! ended (a request whose own record was lost, or a parent in another
 //! process); both are counted in `evicted` (such a parent, if it ever
 //! ends, reports a larger self time).
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::VecDeque;
 
 /// Parents with calls awaiting them.
 const MAX_PARENTS: usize = 16384;

@@ -19,7 +19,8 @@
 //!    of the goroutine that sent it the call on a channel or started it;
 //! 3. **only_in_flight**: the only request in flight in the process;
 //! 4. nothing: it stays a root span (ambiguous, or outside any request).
-use std::collections::{HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 mod multiplex;
 mod rules;

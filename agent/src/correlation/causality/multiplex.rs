@@ -4,7 +4,7 @@
 //! works on" is not one at a time, so the consumer rules that assume it
 //! (`ack`, the oldest delivery, learning how a consumer acks) give up.
 //! The tick rule, which follows each callback's own read, is unaffected.
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 /// Bound on unanswered calls remembered (one per client connection).
 const MAX_OUTSTANDING: usize = 65536;

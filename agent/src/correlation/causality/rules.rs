@@ -1,6 +1,6 @@
 //! The rules that place a client call, in the order `find_parent` tries
 //! them (see the module's documentation and ARCHITECTURE.md, "Causality").
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::{InFlight, Linker, Mark, Opener, Parent};
 use crate::{

@@ -2,7 +2,7 @@
 //! delivery is in flight (like a server request) from its read to its
 //! acknowledgement, in the trace of its header or of the publish seen on
 //! this node that sent it.
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::{
     continuity,

@@ -1,7 +1,8 @@
 //! A channel's state: content being assembled, publishes awaiting their
 //! confirm, consumers, and the deliveries read and not yet acknowledged,
 //! with the tag bookkeeping that names deliveries the capture lost.
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::VecDeque;
 
 use super::{Message, SegTime};
 

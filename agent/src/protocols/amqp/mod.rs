@@ -16,7 +16,7 @@ pub mod table;
 pub use protocol::SPEC;
 pub use records::{AmqpOut, Message, Outcome};
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use channel::{
     bounded_push, delivered, end_deliveries, ghost_finished, Channel, Incoming, MAX_QUEUED,

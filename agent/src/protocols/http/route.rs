@@ -46,10 +46,14 @@ pub fn route(target: &str) -> String {
     if p.is_empty() {
         return "/".into();
     }
-    p.split('/')
-        .map(|seg| if is_id(seg) { "{id}" } else { seg })
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut route = String::with_capacity(p.len() + 4);
+    for (i, seg) in p.split('/').enumerate() {
+        if i > 0 {
+            route.push('/');
+        }
+        route.push_str(if is_id(seg) { "{id}" } else { seg });
+    }
+    route
 }
 
 /// A query with every value replaced by `REDACTED`: keys are kept, values

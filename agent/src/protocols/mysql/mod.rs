@@ -17,10 +17,8 @@
 pub mod protocol;
 pub use protocol::SPEC;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use foldhash::{HashMap, HashMapExt};
+use std::{collections::VecDeque, sync::Arc};
 
 use super::{
     db::{DbCall, DbError, DbSystem},

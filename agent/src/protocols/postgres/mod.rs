@@ -14,10 +14,8 @@
 pub mod protocol;
 pub use protocol::SPEC;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use foldhash::HashMap;
+use std::{collections::VecDeque, sync::Arc};
 
 use super::{
     db::{DbCall, DbError, DbSystem},

@@ -41,14 +41,12 @@ impl DbParser for PgConnection {
     }
 
     fn heap_bytes(&self) -> usize {
-        let named = |m: &std::collections::HashMap<
-            String,
-            std::sync::Arc<crate::protocols::sql::Statement>,
-        >| {
-            m.iter()
-                .map(|(k, v)| k.len() + v.sanitized.len() + 48)
-                .sum::<usize>()
-        };
+        let named =
+            |m: &foldhash::HashMap<String, std::sync::Arc<crate::protocols::sql::Statement>>| {
+                m.iter()
+                    .map(|(k, v)| k.len() + v.sanitized.len() + 48)
+                    .sum::<usize>()
+            };
         let framer =
             |f: &super::Framer| f.hdr.capacity() + f.cur.as_ref().map_or(0, |m| m.body.capacity());
         named(&self.statements)
