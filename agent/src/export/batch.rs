@@ -19,8 +19,8 @@ use std::{
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
+    encode,
     otlp::{Client, ExportError},
-    proto,
 };
 use crate::spans::Span;
 
@@ -241,7 +241,7 @@ pub fn spawn(
         let end = Instant::now() + flush_deadline;
         for chunk in batch.chunks(max_batch) {
             let left = end.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, client.export_traces(proto::traces(chunk))).await {
+            match tokio::time::timeout(left, client.export_traces(encode::request(chunk))).await {
                 Ok(Ok(())) => {
                     stats.spans_exported.fetch_add(chunk.len() as u64, Relaxed);
                 }
@@ -269,8 +269,9 @@ async fn export_with_retry(
     let started = Instant::now();
     let mut backoff = Duration::from_millis(500);
     let mut logged = false;
+    let body = encode::request(batch);
     loop {
-        match client.export_traces(proto::traces(batch)).await {
+        match client.export_traces(body.clone()).await {
             Ok(()) => {
                 stats.spans_exported.fetch_add(batch.len() as u64, Relaxed);
                 if logged {

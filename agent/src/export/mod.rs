@@ -2,6 +2,7 @@
 //! (periodic cumulative snapshots), and the stdout span printer.
 pub mod assemble;
 pub mod batch;
+pub mod encode;
 pub mod otlp;
 pub mod proto;
 pub mod stdout;

@@ -2,11 +2,59 @@
 //! the standard `OTEL_EXPORTER_OTLP_*` variables.
 use std::{str::FromStr, time::Duration};
 
-use opentelemetry_proto::tonic::collector::{
-    metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest},
-    trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest},
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
 };
 use prost::Message;
+
+/// A gRPC codec for a request encoded beforehand (`encode::traces`), whose
+/// reply is read and discarded: an `ExportTraceServiceResponse` only
+/// reports a partial success, which sonde does not act on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Encoded {
+        Encoded
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -201,18 +249,33 @@ impl Client {
         &self.target
     }
 
-    pub async fn export_traces(&self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
+    /// Sends one `ExportTraceServiceRequest`, already encoded
+    /// (`encode::traces`): a retry sends the same bytes again.
+    pub async fn export_traces(&self, body: Bytes) -> Result<(), ExportError> {
         match &self.transport {
             Transport::Grpc(ch, md) => {
-                let mut r = tonic::Request::new(req);
+                let mut grpc = tonic::client::Grpc::new(ch.clone());
+                // As the generated client reports a channel that is not ready.
+                grpc.ready().await.map_err(|e| {
+                    self.grpc_error(tonic::Status::unknown(format!(
+                        "Service was not ready: {e}"
+                    )))
+                })?;
+                let mut r = tonic::Request::new(body);
                 *r.metadata_mut() = md.clone();
-                TraceServiceClient::new(ch.clone())
-                    .export(r)
+                r.extensions_mut().insert(tonic::GrpcMethod::new(
+                    "opentelemetry.proto.collector.trace.v1.TraceService",
+                    "Export",
+                ));
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                );
+                grpc.unary::<_, (), _>(r, path, Encoded)
                     .await
                     .map(|_| ())
                     .map_err(|s| self.grpc_error(s))
             }
-            Transport::Http(c) => self.post(c, req.encode_to_vec()).await,
+            Transport::Http(c) => self.post(c, body).await,
         }
     }
 
@@ -230,7 +293,7 @@ impl Client {
                     .map(|_| ())
                     .map_err(|s| self.grpc_error(s))
             }
-            Transport::Http(c) => self.post(c, req.encode_to_vec()).await,
+            Transport::Http(c) => self.post(c, req.encode_to_vec().into()).await,
         }
     }
 
@@ -248,7 +311,7 @@ impl Client {
         }
     }
 
-    async fn post(&self, c: &reqwest::Client, body: Vec<u8>) -> Result<(), ExportError> {
+    async fn post(&self, c: &reqwest::Client, body: Bytes) -> Result<(), ExportError> {
         let mut rb = c
             .post(&self.target.url)
             .header("content-type", "application/x-protobuf")

@@ -52,7 +52,7 @@ fn scope() -> InstrumentationScope {
     }
 }
 
-fn kind(k: SpanKind) -> i32 {
+pub(crate) fn kind(k: SpanKind) -> i32 {
     (match k {
         SpanKind::Internal => span::SpanKind::Internal,
         SpanKind::Server => span::SpanKind::Server,
