@@ -12,10 +12,6 @@ use sonde::{
     spans::{Resource, Span, SpanKind, Status, Value},
 };
 
-/// The binary's allocator (`src/main.rs`), so the figures are the agent's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A batch like a busy node's: HTTP server spans of 8 services, each with
 /// the attributes sonde sets, and their DB client calls.
 fn batch(n: usize) -> Vec<Span> {

@@ -26,10 +26,6 @@ use sonde::{
 };
 use sonde_common::{direction, kind, syscall, DataEvent, EventHeader, SockInfo, DATA_EVENT_SIZE};
 
-/// The binary's allocator (`src/main.rs`), so the figures are the agent's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const CLIENT: u32 = 1000;
 const SERVER: u32 = 2000;
 const DOWN: u32 = 3000;

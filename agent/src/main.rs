@@ -3,14 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use sonde::cli::{Cli, Command};
 
-/// mimalloc, not the C library's allocator: the pipeline allocates for
-/// every record (parsed heads, labels, span attributes), and glibc's and
-/// musl's malloc and free were a quarter of its instructions per request
-/// (`cargo bench -p sonde --bench pipeline`; musl, in the image, is slower
-/// still).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
