@@ -34,9 +34,13 @@ enum Arm {
     Bare,
     Metrics,
     Otlp,
+    /// OTLP export with head sampling at `SAMPLED_RATIO`: spans for a
+    /// tenth of the traces, RED metrics still for every request.
+    Sampled,
 }
 
-const ARMS: [Arm; 3] = [Arm::Bare, Arm::Metrics, Arm::Otlp];
+const ARMS: [Arm; 4] = [Arm::Bare, Arm::Metrics, Arm::Otlp, Arm::Sampled];
+const SAMPLED_RATIO: &str = "0.1";
 
 impl Arm {
     fn name(self) -> &'static str {
@@ -44,7 +48,12 @@ impl Arm {
             Arm::Bare => "bare",
             Arm::Metrics => "sonde, metrics only",
             Arm::Otlp => "sonde, OTLP export",
+            Arm::Sampled => "sonde, OTLP export, 10% of traces",
         }
+    }
+
+    fn exports(self) -> bool {
+        matches!(self, Arm::Otlp | Arm::Sampled)
     }
 }
 
@@ -62,6 +71,10 @@ struct Sample {
     probe_ns: f64,
     drops: f64,
     spans: f64,
+    /// Served requests in the agent's RED metrics less wrk's completed
+    /// requests: 0 when exact, up to the connections' count when requests
+    /// in flight as wrk stopped were served but never read by it.
+    red_less_wrk: f64,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
@@ -119,9 +132,9 @@ pub fn bench(opts: &Options) -> Result<()> {
 }
 
 fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> Result<Sample> {
-    let receiver = match arm {
-        Arm::Otlp => Some(Receiver::start(&bin.join("sonde-otlp-receiver"))?),
-        _ => None,
+    let receiver = match arm.exports() {
+        true => Some(Receiver::start(&bin.join("sonde-otlp-receiver"))?),
+        false => None,
     };
     let metrics = format!("127.0.0.1:{}", free_port()?);
     let agent = match arm {
@@ -130,6 +143,7 @@ fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> 
             &bin.join("sonde"),
             &metrics,
             receiver.as_ref().map(|r| r.grpc.as_str()),
+            (arm == Arm::Sampled).then_some(SAMPLED_RATIO),
         )?),
     };
     let before = agent.as_ref().map(|a| a.reading(&metrics)).transpose()?;
@@ -153,6 +167,20 @@ fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> 
             0.0
         };
         s.rss_mb = a.hwm_kib / 1024.0;
+    }
+    if let (Some(agent), Some(b)) = (&agent, &before) {
+        // The last requests' records are still on their way through the
+        // pipeline: read the count once it has settled.
+        let mut served = b.served;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = agent.reading(&metrics)?.served;
+            if now == served {
+                break;
+            }
+            served = now;
+        }
+        s.red_less_wrk = served - b.served - s.requests as f64;
     }
     if let (Some(r), Some(t0)) = (&receiver, recv_before) {
         s.receiver_mcpu = (cpu_ticks(r.child.id())? - t0) / tck / wall * 1000.0;
@@ -179,8 +207,8 @@ fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) 
     let bare_p99 = median(&of(Arm::Bare, |s| s.p99_ms));
     let mut t = format!(
         "\n{workload}: wrk -t2 -c{conns} -d{}s, {} rounds (median [min-max])\n\n\
-         | arm | req/s | x bare | p50 ms | x bare | p99 ms | x bare | agent mCPU | mCPU per 1k req/s | receiver mCPU | peak RSS MB | events/req | probe ns/run | drops | spans/req |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | arm | req/s | x bare | p50 ms | x bare | p99 ms | x bare | agent mCPU | mCPU per 1k req/s | receiver mCPU | peak RSS MB | events/req | probe ns/run | drops | spans/req | RED - wrk |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         opts.seconds, opts.rounds
     );
     for arm in ARMS {
@@ -203,7 +231,7 @@ fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) 
         };
         let dash = || "-".to_string();
         t += &format!(
-            "| {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.2} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             arm.name(),
             cell(|s| s.rps, 0),
             rps / bare_rps,
@@ -213,12 +241,13 @@ fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) 
             p99 / bare_p99,
             if agent { cell(|s| s.agent_mcpu, 0) } else { dash() },
             if agent { spread(&per_k, 1) } else { dash() },
-            if arm == Arm::Otlp { cell(|s| s.receiver_mcpu, 0) } else { dash() },
+            if arm.exports() { cell(|s| s.receiver_mcpu, 0) } else { dash() },
             if agent { cell(|s| s.rss_mb, 1) } else { dash() },
             if agent { spread(&per_req(|s| s.events), 2) } else { dash() },
             if agent { cell(|s| s.probe_ns, 0) } else { dash() },
             if agent { cell(|s| s.drops, 0) } else { dash() },
-            if arm == Arm::Otlp { spread(&per_req(|s| s.spans), 2) } else { dash() },
+            if arm.exports() { spread(&per_req(|s| s.spans), 2) } else { dash() },
+            if agent { cell(|s| s.red_less_wrk, 0) } else { dash() },
         );
     }
     t
@@ -416,10 +445,13 @@ struct Reading {
     drops: f64,
     probe_secs: f64,
     probe_runs: f64,
+    /// Requests served, as the RED metrics count them.
+    served: f64,
 }
 
 impl Agent {
-    fn start(bin: &Path, metrics: &str, otlp: Option<&str>) -> Result<Agent> {
+    /// `ratio`: head sampling (`traceidratio`); none samples every trace.
+    fn start(bin: &Path, metrics: &str, otlp: Option<&str>, ratio: Option<&str>) -> Result<Agent> {
         let mut c = Command::new(bin);
         c.args(["run", "--stdout", "false", "--prometheus-listen", metrics]);
         for k in [
@@ -432,6 +464,10 @@ impl Agent {
         }
         if let Some(url) = otlp {
             c.args(["--otlp-endpoint", url]);
+        }
+        if let Some(r) = ratio {
+            c.env("OTEL_TRACES_SAMPLER", "traceidratio")
+                .env("OTEL_TRACES_SAMPLER_ARG", r);
         }
         let mut child = c
             .stdout(Stdio::null())
@@ -473,6 +509,7 @@ impl Agent {
             drops: sum("sonde_dropped_total{"),
             probe_secs: sum("sonde_probe_run_seconds_total{"),
             probe_runs: sum("sonde_probe_runs_total{"),
+            served: sum("http_server_request_duration_seconds_count{"),
         })
     }
 }
