@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 
-/// A gRPC codec for a request encoded beforehand (`encode::traces`), whose
+/// A gRPC codec for a request encoded beforehand (`encode::request`), whose
 /// reply is read and discarded: an `ExportTraceServiceResponse` only
 /// reports a partial success, which sonde does not act on.
 #[derive(Debug, Clone, Copy, Default)]
@@ -250,7 +250,7 @@ impl Client {
     }
 
     /// Sends one `ExportTraceServiceRequest`, already encoded
-    /// (`encode::traces`): a retry sends the same bytes again.
+    /// (`encode::request`): a retry sends the same bytes again.
     pub async fn export_traces(&self, body: Bytes) -> Result<(), ExportError> {
         match &self.transport {
             Transport::Grpc(ch, md) => {
