@@ -178,12 +178,7 @@ mod tests {
     use super::*;
 
     fn ctx(n: u8) -> SpanCtx {
-        SpanCtx {
-            trace_id: [n; 16],
-            span_id: [n; 8],
-            parent_span_id: None,
-            sampled: true,
-        }
+        SpanCtx::filled(n)
     }
 
     fn publish(n: u8) -> Publish {

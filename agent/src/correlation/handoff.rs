@@ -229,12 +229,7 @@ mod tests {
     const PIPE: u64 = 7;
 
     fn ctx(n: u8) -> SpanCtx {
-        SpanCtx {
-            trace_id: [n; 16],
-            span_id: [n; 8],
-            parent_span_id: None,
-            sampled: true,
-        }
+        SpanCtx::filled(n)
     }
 
     fn task(n: u8) -> Carried {

@@ -99,6 +99,18 @@ impl SpanCtx {
         }
     }
 
+    /// A sampled root whose every id byte is `n`: tests tell contexts
+    /// apart by it.
+    #[cfg(test)]
+    pub(crate) fn filled(n: u8) -> SpanCtx {
+        SpanCtx {
+            trace_id: [n; 16],
+            span_id: [n; 8],
+            parent_span_id: None,
+            sampled: true,
+        }
+    }
+
     /// A new span under `self`, in its trace and sampling decision.
     pub fn child(&self) -> SpanCtx {
         SpanCtx {
