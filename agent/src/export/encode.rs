@@ -15,13 +15,10 @@ use std::sync::Arc;
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-use super::proto;
-use crate::spans::{Resource, Span, Status, Value};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
-/// `flags` of every span: sampled, and the has-remote-parent bit known
-/// (as `proto::span` sets it).
-const SPAN_FLAGS: u32 = 0x01 | 0x100;
-const STATUS_ERROR: u64 = 2;
+use super::proto::{self, SCOPE_NAME, SCOPE_VERSION, SPAN_FLAGS};
+use crate::spans::{Resource, Span, Status, Value};
 
 /// The request for `spans`, as the exporter sends it.
 pub fn request(spans: &[Span]) -> bytes::Bytes {
@@ -53,7 +50,7 @@ pub fn traces(spans: &[Span], out: &mut Vec<u8>) {
         put_len(1, resource_spans, out);
         put_len(1, resource_len, out);
         for (k, v) in &resource.attributes {
-            put_kv(k, v, out);
+            put_kv_field(1, k, v, out);
         }
         put_len(2, scope_spans, out);
         put_scope(scope, out);
@@ -164,20 +161,12 @@ fn put_kv_field(tag: u32, k: &str, v: &Value, out: &mut Vec<u8>) {
     put_any(v, out);
 }
 
-/// A resource's attribute (`Resource.attributes`, tag 1).
-fn put_kv(k: &str, v: &Value, out: &mut Vec<u8>) {
-    put_kv_field(1, k, v, out)
-}
-
 fn resource_len(r: &Resource) -> usize {
     r.attributes
         .iter()
         .map(|(k, v)| kv_field_len(1, k, v))
         .sum()
 }
-
-const SCOPE_NAME: &str = "sonde";
-const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn scope_len() -> usize {
     bytes_len(1, SCOPE_NAME.as_bytes()) + bytes_len(2, SCOPE_VERSION.as_bytes())
@@ -193,7 +182,7 @@ fn put_scope(len: usize, out: &mut Vec<u8>) {
 fn status_parts(s: &Status) -> (&str, u64) {
     match s {
         Status::Unset => ("", 0),
-        Status::Error(m) => (m, STATUS_ERROR),
+        Status::Error(m) => (m, StatusCode::Error as u64),
     }
 }
 

@@ -44,10 +44,17 @@ pub fn resource(r: &Resource) -> PResource {
     }
 }
 
+/// The instrumentation scope of every span and metric sonde exports.
+pub(crate) const SCOPE_NAME: &str = "sonde";
+pub(crate) const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `flags` of every span: low byte, W3C trace flags (sampled); bit 8, the
+/// has-remote-parent flag is known.
+pub(crate) const SPAN_FLAGS: u32 = 0x01 | 0x100;
+
 fn scope() -> InstrumentationScope {
     InstrumentationScope {
-        name: "sonde".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        name: SCOPE_NAME.into(),
+        version: SCOPE_VERSION.into(),
         ..Default::default()
     }
 }
@@ -68,9 +75,7 @@ pub fn span(s: &Span) -> PSpan {
         span_id: s.span_id.to_vec(),
         trace_state: s.trace_state.clone(),
         parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        // Low byte: W3C trace flags (sampled); bit 8: the has-remote-parent
-        // flag is known.
-        flags: 0x01 | 0x100,
+        flags: SPAN_FLAGS,
         name: s.name.clone(),
         kind: kind(s.kind),
         start_time_unix_nano: s.start_unix_ns,
