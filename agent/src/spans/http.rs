@@ -129,8 +129,10 @@ pub fn build(
     a.push(("network.protocol.version", ex.version().into()));
     let tuple = conn.tuple;
     let peer: Option<SocketAddr> = tuple.map(|t| t.remote);
-    if let Some(p) = peer {
-        a.push(("network.peer.address", super::ip_text(p.ip()).into()));
+    // Written once: a server span names the peer twice.
+    let peer_address = peer.map(|p| super::ip_text(p.ip()));
+    if let (Some(p), Some(address)) = (peer, &peer_address) {
+        a.push(("network.peer.address", address.clone().into()));
         a.push(("network.peer.port", Value::Int(p.port() as i64)));
     }
     let host = req.host.as_deref().map(split_host);
@@ -162,8 +164,8 @@ pub fn build(
             }
             (None, None) => {}
         }
-        if let Some(p) = peer {
-            a.push(("client.address", super::ip_text(p.ip()).into()));
+        if let Some(address) = peer_address {
+            a.push(("client.address", address.into()));
         }
     } else {
         let (addr, port) = server_of(host, peer);

@@ -40,9 +40,10 @@ fn common(conn: &ConnInfo, msg: &Message, a: &mut Attributes) {
         Value::Int(msg.body_size as i64),
     ));
     if let Some(peer) = conn.remote() {
-        a.push(("server.address", super::ip_text(peer.ip()).into()));
+        let address = super::ip_text(peer.ip());
+        a.push(("server.address", address.clone().into()));
         a.push(("server.port", Value::Int(peer.port() as i64)));
-        a.push(("network.peer.address", super::ip_text(peer.ip()).into()));
+        a.push(("network.peer.address", address.into()));
         a.push(("network.peer.port", Value::Int(peer.port() as i64)));
     }
 }
