@@ -27,6 +27,22 @@ pub mod kind {
     /// A process whose pipes are followed (`PIPE_PROCS`) forked: `ret` is
     /// the child's pid. The child shares its parent's pipes.
     pub const FORK: u8 = 10;
+    /// Trace context the kernel decided (`context::*` says which): only
+    /// with `--context-propagation traceparent` (`inject.rs` in agent-ebpf).
+    pub const CONTEXT: u8 = 11;
+}
+
+/// What a [`ContextEvent`] reports.
+pub mod context {
+    /// A server read the start of an HTTP/1.x request: the ids the kernel
+    /// gave it (its span, and its trace: the incoming `traceparent`'s, or
+    /// new). Its thread's injected calls name them; user space adopts them
+    /// for the request's SERVER span. `enter_ns` is the read's.
+    pub const SERVER: u8 = 1;
+    /// A `traceparent` was written into an outgoing request: the CLIENT
+    /// span's ids as injected, and its parent (0: a new trace). `enter_ns`
+    /// is the write's.
+    pub const INJECTED: u8 = 2;
 }
 
 /// Which syscall produced a [`DataEvent`].
@@ -220,6 +236,24 @@ pub struct ConnEvent {
     pub _pad2: u32,
 }
 
+/// A [`kind::CONTEXT`] record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ContextEvent {
+    pub hdr: EventHeader,
+    /// The syscall's entry (matches the data record of the same call).
+    pub enter_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// INJECTED: the request the call was made for (0: none, a new trace).
+    pub parent_id: [u8; 8],
+    /// [`context`] value.
+    pub what: u8,
+    pub sampled: u8,
+    pub _pad: [u8; 6],
+}
+
+pub const CONTEXT_EVENT_SIZE: usize = core::mem::size_of::<ContextEvent>();
 pub const DATA_EVENT_SIZE: usize = core::mem::size_of::<DataEvent>();
 pub const CONN_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
 pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();

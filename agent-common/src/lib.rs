@@ -45,6 +45,51 @@ pub mod globals {
     pub const FILTER_CGROUPS: &str = "SONDE_FILTER_CGROUPS";
     pub const WAKEUP_BYTES: &str = "SONDE_WAKEUP_BYTES";
     pub const KERNEL_LAYOUT: &str = "SONDE_KERNEL_LAYOUT";
+    /// 1: write `traceparent` into traced processes' HTTP/1.x requests.
+    pub const INJECT: &str = "SONDE_INJECT";
+    /// 1: write nothing into unsampled requests (else flags `00`).
+    pub const INJECT_OMIT_UNSAMPLED: &str = "SONDE_INJECT_OMIT_UNSAMPLED";
+    /// The sampler, as the kernel applies it to the traces it starts
+    /// (`crate::sampling`).
+    pub const SAMPLING: &str = "SONDE_SAMPLING";
+}
+
+/// The trace sampler in a form the kernel can apply: the same decision
+/// user space's `OTEL_TRACES_SAMPLER` makes for the same trace id.
+pub mod sampling {
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Sampling {
+        /// Keep a trace whose id's low 8 bytes (big-endian) are below this
+        /// (`u64::MAX` with `all`).
+        pub threshold: u64,
+        /// Keep every trace (ratio 1, always_on).
+        pub all: u8,
+        /// Follow an incoming `traceparent`'s sampled flag.
+        pub parent_based: u8,
+        pub _pad: [u8; 6],
+    }
+
+    impl Sampling {
+        #[inline(always)]
+        pub fn root(&self, trace_id: &[u8; 16]) -> bool {
+            let mut low = 0u64;
+            let mut i = 8;
+            while i < 16 {
+                low = (low << 8) | trace_id[i] as u64;
+                i += 1;
+            }
+            self.all != 0 || low < self.threshold
+        }
+
+        #[inline(always)]
+        pub fn decide(&self, trace_id: &[u8; 16], parent_sampled: Option<bool>) -> bool {
+            match parent_sampled {
+                Some(s) if self.parent_based != 0 => s,
+                _ => self.root(trace_id),
+            }
+        }
+    }
 }
 
 /// Names of the maps user space opens.
@@ -57,6 +102,9 @@ pub mod map_names {
     pub const CGROUP_FILTER: &str = "CGROUP_FILTER";
     pub const STATS: &str = "STATS";
     pub const URING_SEEN: &str = "URING_SEEN";
+    pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
+    pub const INJECT_EXCLUDE_COMM: &str = "INJECT_EXCLUDE_COMM";
+    pub const INJECT_EXCLUDE_CGROUP: &str = "INJECT_EXCLUDE_CGROUP";
 }
 
 /// Packs a (tgid, fd) pair into the u64 key of `SOCKS` and `LISTENERS`.

@@ -24,6 +24,9 @@ pub mod sock_flags {
     /// socket. Its ciphertext is never reported; its plaintext comes from
     /// the library's calls (`data_flags::TLS`).
     pub const TLS: u8 = 4;
+    /// Set by the kernel, only with `traceparent` injection on: a server
+    /// socket read a request and has not written since (`inject.rs`).
+    pub const AWAITING: u8 = 8;
 }
 
 /// Indices of the per-CPU `STATS` counters.
@@ -41,13 +44,26 @@ pub mod stat {
     /// A TLS library call returned plaintext, but no socket of its `SSL`
     /// object is known yet (no socket call inside any of its calls).
     pub const TLS_NO_SOCKET: u32 = 5;
-    pub const COUNT: u32 = 8;
+    /// `traceparent` injection (`inject.rs`), one counter per outcome:
+    /// written into an outgoing request;
+    pub const INJECTED: u32 = 8;
+    /// not an HTTP/1.x request (another protocol, HTTP/2, a body's bytes);
+    pub const INJECT_NOT_HTTP: u32 = 9;
+    /// the request line or the end of its head is not in this message;
+    pub const INJECT_PARTIAL_HEAD: u32 = 10;
+    /// the head carries a `traceparent` already;
+    pub const INJECT_HAS_TRACEPARENT: u32 = 11;
+    /// unsampled, and the user chose to write nothing for those;
+    pub const INJECT_UNSAMPLED: u32 = 12;
+    /// the kernel refused to grow or map the message (nothing was changed).
+    pub const INJECT_FAILED: u32 = 13;
+    pub const COUNT: u32 = 16;
 }
 
 #[cfg(feature = "user")]
 mod pod {
     use super::SockInfo;
-    use crate::event::{ConnEvent, DataEvent, EventHeader, Tuple};
+    use crate::event::{ConnEvent, ContextEvent, DataEvent, EventHeader, Tuple};
     use crate::layout::KernelLayout;
     // SAFETY: all of these are repr(C), Copy, and valid for any bit pattern.
     unsafe impl aya::Pod for SockInfo {}
@@ -55,5 +71,7 @@ mod pod {
     unsafe impl aya::Pod for Tuple {}
     unsafe impl aya::Pod for DataEvent {}
     unsafe impl aya::Pod for ConnEvent {}
+    unsafe impl aya::Pod for ContextEvent {}
     unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for crate::sampling::Sampling {}
 }

@@ -20,7 +20,10 @@ use sonde_common::{
 use crate::{
     ctx::{arg, ret},
     filter::should_trace,
-    maps::{capture_size, count, wakeup_bytes, ActiveCall, ACTIVE, EVENTS, SCRATCH, SOCKS},
+    inject,
+    maps::{
+        capture_size, count, inject_on, wakeup_bytes, ActiveCall, ACTIVE, EVENTS, SCRATCH, SOCKS,
+    },
     tick, tls,
 };
 
@@ -61,7 +64,8 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     // TLS records: the plaintext comes from the library's call (`tls.rs`);
     // the ciphertext is never reported, inside a hooked call or outside
     // (the close_notify of `SSL_shutdown`).
-    if tls::inside_call(id, tgid, fd, || first_bytes(ctx, sc)) || info.flags & sock_flags::TLS != 0
+    if tls::inside_call(id, tgid, fd, || first_bytes::<2>(ctx, sc))
+        || info.flags & sock_flags::TLS != 0
     {
         return;
     }
@@ -88,26 +92,37 @@ fn enter(ctx: &TracePointContext, sc: u8) {
         }
         return;
     }
+    // A client's write that begins like a request: the ids its
+    // `traceparent` will carry are decided now, before its bytes reach
+    // the socket's `sk_msg` program.
+    if inject_on()
+        && syscall::is_egress(sc)
+        && info.role == role::CLIENT
+        && info.flags & sock_flags::QUIET == 0
+        && inject::is_method(u32::from_le_bytes(first_bytes::<4>(ctx, sc)))
+    {
+        inject::prepare(id, fd, call.enter_ns);
+    }
     if ACTIVE.insert(&id, &call, 0).is_err() {
         count(stat::MAP_FULL);
     }
 }
 
-/// The first two bytes a write syscall sends; zeros for any other.
+/// The first `N` bytes a write syscall sends; zeros for any other.
 #[inline(always)]
-fn first_bytes(ctx: &TracePointContext, sc: u8) -> [u8; 2] {
+fn first_bytes<const N: usize>(ctx: &TracePointContext, sc: u8) -> [u8; N] {
     let iov = match sc {
         syscall::WRITE | syscall::SENDTO => {
-            return unsafe { bpf_probe_read_user(arg(ctx, 1) as *const [u8; 2]) }.unwrap_or([0; 2])
+            return unsafe { bpf_probe_read_user(arg(ctx, 1) as *const [u8; N]) }.unwrap_or([0; N])
         }
         syscall::WRITEV => arg(ctx, 1),
         syscall::SENDMSG => read_msghdr_iov(arg(ctx, 1)).0,
-        _ => return [0; 2],
+        _ => return [0; N],
     };
     let Ok(v) = (unsafe { bpf_probe_read_user(iov as *const Iovec) }) else {
-        return [0; 2];
+        return [0; N];
     };
-    unsafe { bpf_probe_read_user(v.base as *const [u8; 2]) }.unwrap_or([0; 2])
+    unsafe { bpf_probe_read_user(v.base as *const [u8; N]) }.unwrap_or([0; N])
 }
 
 #[inline(always)]
@@ -118,6 +133,9 @@ fn exit(ctx: &TracePointContext, sc: u8) {
         None => return,
     };
     let _ = ACTIVE.remove(&id);
+    if inject_on() && syscall::is_egress(sc) {
+        inject::write_done(id);
+    }
     // A stale entry from a call whose exit we missed (attach race): ignore.
     if call.syscall != sc {
         count(stat::ORPHAN_EXITS);
@@ -176,6 +194,9 @@ fn exit(ctx: &TracePointContext, sc: u8) {
         }
         syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None),
         _ => {}
+    }
+    if inject_on() && info.role == role::SERVER && syscall::is_egress(call.syscall) {
+        inject::server_wrote(id, tgid, call.fd);
     }
 }
 
@@ -261,6 +282,7 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         want = bytes as u64;
     }
     let quiet = info.flags & sock_flags::QUIET != 0;
+    let batch = matches!(src, Source::BatchIov(..));
     if quiet {
         flags |= data_flags::PAYLOAD_SKIPPED;
         want = 0;
@@ -326,6 +348,11 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
     } else {
         DATA_EVENT_SIZE + captured
     };
+    // A server's read that starts a request: its trace context is named
+    // now, and reported before the request's own record.
+    if inject_on() && !egress && info.role == role::SERVER && !batch {
+        inject::server_read(id, tgid, call.fd, call.enter_ns);
+    }
     let record = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
     output(record);
 }

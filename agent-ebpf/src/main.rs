@@ -13,6 +13,7 @@ mod conn;
 mod ctx;
 mod filter;
 mod goroutine;
+mod inject;
 mod kernel_io;
 mod maps;
 mod optional;

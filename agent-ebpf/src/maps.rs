@@ -22,6 +22,33 @@ static SONDE_FILTER_CGROUPS: u8 = 0;
 #[unsafe(no_mangle)]
 static SONDE_WAKEUP_BYTES: u64 = 256 * 1024;
 
+#[unsafe(no_mangle)]
+static SONDE_INJECT: u8 = 0;
+#[unsafe(no_mangle)]
+static SONDE_INJECT_OMIT_UNSAMPLED: u8 = 0;
+#[unsafe(no_mangle)]
+static SONDE_SAMPLING: sonde_common::sampling::Sampling = sonde_common::sampling::Sampling {
+    threshold: u64::MAX,
+    all: 1,
+    parent_based: 1,
+    _pad: [0; 6],
+};
+
+/// `traceparent` injection is on (`inject.rs`). A constant to the
+/// verifier: with it off, no program walks the injection code.
+#[inline(always)]
+pub fn inject_on() -> bool {
+    unsafe { core::ptr::read_volatile(&SONDE_INJECT) != 0 }
+}
+#[inline(always)]
+pub fn inject_omit_unsampled() -> bool {
+    unsafe { core::ptr::read_volatile(&SONDE_INJECT_OMIT_UNSAMPLED) != 0 }
+}
+#[inline(always)]
+pub fn sampling() -> sonde_common::sampling::Sampling {
+    unsafe { core::ptr::read_volatile(&SONDE_SAMPLING) }
+}
+
 #[inline(always)]
 pub fn self_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&SONDE_SELF_TGID) }

@@ -27,6 +27,9 @@ fn notify(k: u8) {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     crate::goroutine::thread_gone(id as u32);
+    if crate::maps::inject_on() {
+        crate::inject::thread_gone(id);
+    }
     // Fires per thread; only the group leader's exit ends the process.
     if (id >> 32) as u32 == id as u32 {
         notify(kind::PROC_EXIT);

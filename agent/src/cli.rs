@@ -179,6 +179,36 @@ pub struct RunArgs {
     )]
     pub exclude_processes: Vec<String>,
 
+    /// Write a W3C `traceparent` header into the HTTP/1.x requests traced
+    /// processes send, so services on other nodes (their own sonde, or an
+    /// OpenTelemetry SDK) continue the trace: traceparent or none [default:
+    /// none]. Needs CAP_NET_ADMIN and cgroup v2.
+    #[arg(long, env = "SONDE_CONTEXT_PROPAGATION")]
+    pub context_propagation: Option<String>,
+
+    /// With --context-propagation: write nothing into unsampled requests
+    /// (by default they get the header with flags 00).
+    #[arg(long, env = "SONDE_CONTEXT_PROPAGATION_OMIT_UNSAMPLED")]
+    pub context_propagation_omit_unsampled: bool,
+
+    /// With --context-propagation: processes never injected into, by name
+    /// (comm; repeat or comma-separate).
+    #[arg(
+        long = "context-propagation-exclude",
+        env = "SONDE_CONTEXT_PROPAGATION_EXCLUDE",
+        value_delimiter = ','
+    )]
+    pub context_propagation_exclude: Vec<String>,
+
+    /// With --context-propagation: cgroup v2 directories whose processes
+    /// (and those of the cgroups under them) are never injected into.
+    #[arg(
+        long = "context-propagation-exclude-cgroup",
+        env = "SONDE_CONTEXT_PROPAGATION_EXCLUDE_CGROUPS",
+        value_delimiter = ','
+    )]
+    pub context_propagation_exclude_cgroups: Vec<PathBuf>,
+
     /// TOML config file; flags and environment variables override it.
     #[arg(long, env = "SONDE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -196,6 +226,10 @@ impl RunArgs {
             keep_query_values: self.keep_query_values,
             relay_processes: self.relay_processes.clone(),
             exclude_processes: self.exclude_processes.clone(),
+            context_propagation: self.context_propagation.clone(),
+            context_propagation_omit_unsampled: self.context_propagation_omit_unsampled,
+            context_propagation_exclude: self.context_propagation_exclude.clone(),
+            context_propagation_exclude_cgroups: self.context_propagation_exclude_cgroups.clone(),
         }
     }
 }

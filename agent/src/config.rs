@@ -46,6 +46,15 @@ pub struct FileConfig {
     pub exclude_processes: Option<Vec<String>>,
     /// Kubernetes namespaces whose pods are never traced.
     pub exclude_namespaces: Option<Vec<String>>,
+    /// "traceparent" to write W3C trace context into outgoing HTTP/1.x
+    /// requests; "none" (the default) not to.
+    pub context_propagation: Option<String>,
+    /// Write nothing into unsampled requests, rather than flags 00.
+    pub context_propagation_omit_unsampled: Option<bool>,
+    /// Processes never injected into, by name, added to the flag's.
+    pub context_propagation_exclude: Option<Vec<String>>,
+    /// Cgroup v2 directories whose processes are never injected into.
+    pub context_propagation_exclude_cgroups: Option<Vec<std::path::PathBuf>>,
 }
 
 impl FileConfig {
@@ -68,6 +77,10 @@ pub struct RunFlags {
     pub keep_query_values: bool,
     pub relay_processes: Option<Vec<String>>,
     pub exclude_processes: Vec<String>,
+    pub context_propagation: Option<String>,
+    pub context_propagation_omit_unsampled: bool,
+    pub context_propagation_exclude: Vec<String>,
+    pub context_propagation_exclude_cgroups: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +103,8 @@ pub struct RunConfig {
     pub relay_processes: Vec<String>,
     pub exclude_processes: Vec<String>,
     pub exclude_namespaces: Vec<String>,
+    /// `traceparent` injection, when asked for.
+    pub inject: Option<crate::probes::inject::InjectConfig>,
 }
 
 fn ms(env: &dyn Fn(&str) -> Option<String>, k: &str) -> Option<Duration> {
@@ -222,7 +237,7 @@ pub fn resolve(
         prometheus_listen,
         view_listen,
         view_listen_default,
-        sampler,
+        sampler: sampler.clone(),
         resource_attributes,
         stdout,
         http: HttpSpanOptions {
@@ -245,7 +260,46 @@ pub fn resolve(
             .cloned()
             .collect(),
         exclude_namespaces: file.exclude_namespaces.clone().unwrap_or_default(),
+        inject: inject(flags, file, &sampler)?,
     })
+}
+
+/// `--context-propagation`: "traceparent", or "none" (the default).
+fn inject(
+    flags: &RunFlags,
+    file: &FileConfig,
+    sampler: &Sampler,
+) -> Result<Option<crate::probes::inject::InjectConfig>, String> {
+    let mode = flags
+        .context_propagation
+        .clone()
+        .or_else(|| file.context_propagation.clone())
+        .unwrap_or_else(|| "none".into());
+    match mode.trim() {
+        "none" | "" => Ok(None),
+        "traceparent" => Ok(Some(crate::probes::inject::InjectConfig {
+            omit_unsampled: flags.context_propagation_omit_unsampled
+                || file.context_propagation_omit_unsampled.unwrap_or(false),
+            exclude_processes: flags
+                .context_propagation_exclude
+                .iter()
+                .chain(file.context_propagation_exclude.iter().flatten())
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect(),
+            exclude_cgroups: flags
+                .context_propagation_exclude_cgroups
+                .iter()
+                .chain(file.context_propagation_exclude_cgroups.iter().flatten())
+                .cloned()
+                .collect(),
+            sampling: sampler.kernel(),
+        })),
+        other => Err(format!(
+            "--context-propagation {other:?} is not supported; use traceparent (write W3C \
+             trace context into outgoing HTTP/1.x requests) or none"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,25 @@ pub enum DecodeError {
 pub enum KernelEvent {
     Data(DataRecord),
     Conn(ConnRecord),
+    Context(ContextRecord),
+}
+
+/// Trace context the kernel decided, with `traceparent` injection on
+/// (`inject.rs` in agent-ebpf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextRecord {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// The entry of the syscall whose data record it goes with.
+    pub enter_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// Injected: the request the call was made for, as the kernel saw it.
+    pub parent_id: Option<[u8; 8]>,
+    pub sampled: bool,
+    /// Injected into a client's request; else a server request's ids.
+    pub injected: bool,
 }
 
 /// Payload movement on a tracked socket.
@@ -311,6 +330,21 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 flags: ev.flags,
                 comm: Comm(hdr.comm),
                 payload: payload[..ev.captured as usize].to_vec(),
+            }))
+        }
+        common::kind::CONTEXT => {
+            let ev: common::ContextEvent =
+                read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+            Ok(KernelEvent::Context(ContextRecord {
+                pid: hdr.tgid,
+                tid: hdr.tid,
+                fd: hdr.fd,
+                enter_ns: ev.enter_ns,
+                trace_id: ev.trace_id,
+                span_id: ev.span_id,
+                parent_id: (ev.parent_id != [0; 8]).then_some(ev.parent_id),
+                sampled: ev.sampled != 0,
+                injected: ev.what == common::context::INJECTED,
             }))
         }
         k @ common::kind::CONNECT..=common::kind::FORK => {

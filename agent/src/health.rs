@@ -72,6 +72,7 @@ pub fn health_fn(
             drop("continuity_index", d.continuity),
             drop("tick_marks", d.tick_marks),
             drop("handoffs", d.handoffs),
+            drop("kernel_contexts", d.kernel_contexts),
             drop("graph_pending", graph_evicted),
             drop("resource_cache", resources_evicted),
             drop("self_time_pending", self_time_evicted),
@@ -115,6 +116,25 @@ pub fn health_fn(
             drop("tls_no_socket", k.tls_no_socket),
             drop("process_notices", u.process_notices_dropped),
         ];
+        for ((outcome, _), n) in crate::probes::INJECT_OUTCOMES.iter().zip(k.injections) {
+            m.push(c(
+                "sonde_traceparent_injections_total",
+                "Requests of traced processes that could carry a traceparent, by what the kernel did: injected, or why not.",
+                vec![("outcome", outcome)],
+                n,
+            ));
+        }
+        for (agreed, n) in [
+            ("true", counts.injected_agreed),
+            ("false", counts.injected_disagreed),
+        ] {
+            m.push(c(
+                "sonde_traceparent_injected_calls_total",
+                "Injected client calls, by whether the kernel's parent and causality's agree (if not, the remote half is a separate trace).",
+                vec![("agreed", agreed)],
+                n,
+            ));
+        }
         for (why, n) in crate::correlation::Ambiguity::ALL
             .iter()
             .zip(counts.ambiguous)

@@ -62,6 +62,7 @@ pub fn json_line(ev: &StreamEvent, clock: &Clock) -> String {
         StreamEvent::Open(c) => base("open", c, clock.unix_ns(c.opened_ns)),
         StreamEvent::Tuple(c) => base("tuple", c, clock.unix_ns(c.opened_ns)),
         StreamEvent::Close(c, ts) => base("close", c, clock.unix_ns(*ts)),
+        StreamEvent::Context(c, r) => base("context", c, clock.unix_ns(r.enter_ns)),
         StreamEvent::Data(c, d) => {
             let mut v = base("data", c, clock.unix_ns(d.exit_ns));
             v.data = Some(JsonData {
@@ -106,6 +107,13 @@ pub fn text_line(ev: &StreamEvent, show: usize) -> String {
         StreamEvent::Open(c) => format!("open  {}", who(c)),
         StreamEvent::Tuple(c) => format!("tuple {}", who(c)),
         StreamEvent::Close(c, _) => format!("close {}", who(c)),
+        StreamEvent::Context(c, r) => format!(
+            "ctx   {} {} {}-{}",
+            who(c),
+            if r.injected { "injected" } else { "server" },
+            crate::spans::hex(&r.trace_id),
+            crate::spans::hex(&r.span_id)
+        ),
         StreamEvent::Data(c, d) => data_line(c, d, show),
     }
 }

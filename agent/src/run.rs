@@ -81,7 +81,9 @@ async fn run_agent(args: RunArgs, screen: bool) -> ExitCode {
         },
         None => None,
     };
-    let mut session = match Session::start(args.capture.session_config()) {
+    let mut session_cfg = args.capture.session_config();
+    session_cfg.probes.inject = cfg.inject.clone();
+    let mut session = match Session::start(session_cfg) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };

@@ -18,7 +18,7 @@ use super::{
     procnet,
 };
 use crate::{
-    event::{ConnKind, ConnRecord, DataRecord, KernelEvent, Role, SocketTuple},
+    event::{ConnKind, ConnRecord, ContextRecord, DataRecord, KernelEvent, Role, SocketTuple},
     probes::SocketRegistry,
     stats::Stats,
 };
@@ -66,6 +66,9 @@ pub enum StreamEvent {
     /// (the ESTABLISHED record comes from softirq, after connect()).
     Tuple(ConnInfo),
     Data(ConnInfo, DataRecord),
+    /// Trace context the kernel named for one of the connection's
+    /// syscalls (`traceparent` injection).
+    Context(ConnInfo, ContextRecord),
     Close(ConnInfo, u64),
 }
 
@@ -75,6 +78,7 @@ impl StreamEvent {
             StreamEvent::Open(c)
             | StreamEvent::Tuple(c)
             | StreamEvent::Data(c, _)
+            | StreamEvent::Context(c, _)
             | StreamEvent::Close(c, _) => c,
         }
     }
@@ -196,6 +200,13 @@ impl<R: SocketRegistry> ConnTable<R> {
     pub fn apply(&mut self, ev: KernelEvent, out: &mut Vec<StreamEvent>) {
         match ev {
             KernelEvent::Data(d) => self.on_data(d, out),
+            // Its connection is open: the kernel names contexts only on
+            // sockets it tracks, after their open record.
+            KernelEvent::Context(r) => {
+                if let Some(conn) = self.conns.get(&(r.pid, r.fd)) {
+                    out.push(StreamEvent::Context(conn.info.clone(), r));
+                }
+            }
             KernelEvent::Conn(c) if c.own() => self.on_own(&c),
             KernelEvent::Conn(c) => match c.kind {
                 ConnKind::Connect => {

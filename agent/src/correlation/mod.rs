@@ -16,6 +16,7 @@ pub mod causality;
 pub mod continuity;
 pub mod handoff;
 pub mod holds;
+pub mod kernel;
 pub mod nat;
 pub mod relay;
 pub mod stitch;
@@ -217,6 +218,9 @@ pub struct Drops {
     pub tick_marks: u64,
     /// Pipe writes or pipes forgotten before their bytes were read.
     pub handoffs: u64,
+    /// Kernel-named contexts (`traceparent` injection) whose record never
+    /// came, or pushed out of a full per-connection queue.
+    pub kernel_contexts: u64,
 }
 
 /// Outcomes worth counting besides drops.
@@ -230,6 +234,13 @@ pub struct Counts {
     /// Pipe reads matched to no write (a lost or late record): their
     /// worker's calls stay roots.
     pub handoffs_unmatched: u64,
+    /// Injected client calls whose parent the kernel and causality named
+    /// alike (or both none)...
+    pub injected_agreed: u64,
+    /// ...or not: the span keeps causality's parent and the injected span
+    /// id, and the remote side's spans go to the injected trace (split,
+    /// never under another request).
+    pub injected_disagreed: u64,
 }
 
 pub struct Correlator {
@@ -246,6 +257,9 @@ pub struct Correlator {
     late_deliveries: messaging::LateDeliveries,
     /// Pipe writes waiting for their reads (pre-fork pools).
     handoffs: handoff::Handoffs,
+    /// Contexts the kernel named (`traceparent` injection), by connection,
+    /// waiting for the record of their syscall.
+    kernel: kernel::KernelContexts,
     sampler: Sampler,
     drops: Drops,
     counts: Counts,
@@ -262,6 +276,7 @@ impl Correlator {
             sent: HashMap::new(),
             late_deliveries: messaging::LateDeliveries::default(),
             handoffs: handoff::Handoffs::default(),
+            kernel: kernel::KernelContexts::default(),
             sampler,
             drops: Drops::default(),
             counts: Counts::default(),
@@ -275,6 +290,7 @@ impl Correlator {
             continuity: self.continuity.evicted,
             tick_marks: self.linker.marks_dropped(),
             handoffs: self.handoffs.dropped,
+            kernel_contexts: self.kernel.dropped,
             ..self.drops
         }
     }
@@ -300,7 +316,7 @@ impl Correlator {
             nat,
             self.holds.len(),
             self.deliveries.len() + self.sent.len() + self.late_deliveries.len(),
-            self.linker.marked_threads() + self.handoffs.entries(),
+            self.linker.marked_threads() + self.handoffs.entries() + self.kernel.len(),
         ]
     }
 
@@ -328,7 +344,9 @@ impl Correlator {
             } => self.linker.client_io(pid, tid, conn, egress),
             Flow::Record(c, r) => self.on_record(c, r, now_ns, out),
             Flow::Pipe(p) => self.pipe_io(p),
+            Flow::Context(c, r) => self.kernel.named(c.id, r),
             Flow::Closed(c) => {
+                self.kernel.closed(c.id);
                 if let Some(inode) = c.pipe {
                     self.handoffs.closed(inode, c.id);
                 }
@@ -404,13 +422,17 @@ impl Correlator {
             sampled: p.sampled,
         }));
         let ctx = if req.stream == 0 {
-            self.linker.request_started(
+            // With injection on, the kernel named this request already: its
+            // thread's injected calls carry these ids.
+            let named = self.kernel.take(c.id, req.first.enter_ns, false);
+            self.linker.request_started_as(
                 c.pid,
                 c.id,
                 c.id,
                 req.first.tid,
                 req.first.exit_ns,
                 incoming,
+                named.map(|k| (k.trace_id, k.span_id)),
                 &self.sampler,
             )
         } else {
@@ -452,7 +474,10 @@ impl Correlator {
         out: &mut Vec<Linked>,
     ) {
         let own = req.traceparent.as_deref().and_then(traceparent::parse);
-        let (ctx, evidence) = self.call_context(c, req.first, own);
+        let (mut ctx, evidence) = self.call_context(c, req.first, own);
+        if let Some(k) = self.kernel.take(c.id, req.first.enter_ns, true) {
+            ctx = self.injected(ctx, &k);
+        }
         self.stitch
             .client_wrote(c, ctx, evidence, req.stream, &mut self.drops);
         // The server end already read it: its request adopts this context.
@@ -625,6 +650,38 @@ impl Correlator {
                 SpanCtx::root(|t| self.sampler.should_sample(t, None)),
                 Evidence::Root,
             ),
+        }
+    }
+
+    /// The context of a client call whose request the kernel wrote a
+    /// `traceparent` into: the span takes the injected span id, which the
+    /// remote side names as its parent. Its trace and parent stay what
+    /// causality decided, unless causality found none and the kernel none
+    /// either: then it is the root of the injected trace.
+    fn injected(&mut self, ctx: SpanCtx, k: &crate::event::ContextRecord) -> SpanCtx {
+        let agreed = match (ctx.parent_span_id, k.parent_id) {
+            (Some(p), Some(kp)) => p == kp && ctx.trace_id == k.trace_id,
+            (None, None) => true,
+            _ => false,
+        };
+        if !agreed {
+            self.counts.injected_disagreed += 1;
+            tracing::debug!(?ctx, ?k, "injected context differs from causality's");
+            return SpanCtx {
+                span_id: k.span_id,
+                ..ctx
+            };
+        }
+        self.counts.injected_agreed += 1;
+        SpanCtx {
+            trace_id: k.trace_id,
+            span_id: k.span_id,
+            parent_span_id: ctx.parent_span_id,
+            sampled: if ctx.parent_span_id.is_some() {
+                ctx.sampled
+            } else {
+                k.sampled
+            },
         }
     }
 

@@ -80,8 +80,8 @@ pub const ENTRY_INDEXES: [&str; 12] = [
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     pub dispatch: Arc<DispatchStats>,
-    correlation: [AtomicU64; 12],
-    counts: [AtomicU64; 3 + Ambiguity::ALL.len()],
+    correlation: [AtomicU64; 13],
+    counts: [AtomicU64; 5 + Ambiguity::ALL.len()],
     telemetry: [AtomicU64; 4],
     graph_evicted: AtomicU64,
     resources_evicted: AtomicU64,
@@ -108,6 +108,7 @@ impl PipelineStats {
             continuity: d(9),
             tick_marks: d(10),
             handoffs: d(11),
+            kernel_contexts: d(12),
         }
     }
 
@@ -117,7 +118,9 @@ impl PipelineStats {
             late_partners_adopted: c(0),
             nat_resolved: c(1),
             handoffs_unmatched: c(2),
-            ambiguous: std::array::from_fn(|i| c(3 + i)),
+            injected_agreed: c(3),
+            injected_disagreed: c(4),
+            ambiguous: std::array::from_fn(|i| c(5 + i)),
         }
     }
 
@@ -246,6 +249,7 @@ impl Pipeline {
             d.continuity,
             d.tick_marks,
             d.handoffs,
+            d.kernel_contexts,
         ];
         for (a, v) in s.correlation.iter().zip(drops) {
             a.store(v, Relaxed);
@@ -255,6 +259,8 @@ impl Pipeline {
             c.late_partners_adopted,
             c.nat_resolved,
             c.handoffs_unmatched,
+            c.injected_agreed,
+            c.injected_disagreed,
         ];
         for (a, v) in s.counts.iter().zip(counts.into_iter().chain(c.ambiguous)) {
             a.store(v, Relaxed);

@@ -6,6 +6,7 @@ pub mod compat;
 pub mod cost;
 pub mod goruntime;
 pub mod gotls;
+pub mod inject;
 pub mod layout;
 pub mod programs;
 pub mod runtime;
@@ -50,6 +51,8 @@ pub struct ProbeConfig {
     /// Attach the TLS plaintext uprobes to the OpenSSL libraries of traced
     /// processes.
     pub tls_probes: bool,
+    /// Write `traceparent` into traced processes' HTTP/1.x requests.
+    pub inject: Option<inject::InjectConfig>,
 }
 
 impl Default for ProbeConfig {
@@ -63,6 +66,7 @@ impl Default for ProbeConfig {
             kprobes: true,
             go_probes: true,
             tls_probes: true,
+            inject: None,
         }
     }
 }
@@ -87,6 +91,12 @@ pub enum LoadError {
     Required { hook: String, reason: String },
     #[error("loading the eBPF object failed: {0}. Run `sonde doctor` for a per-feature report")]
     Load(String),
+    #[error(
+        "--context-propagation traceparent cannot start: {0}. It needs CAP_NET_ADMIN \
+         besides the tracing capabilities, cgroup v2, and Linux 5.10 or later; \
+         `sonde doctor` says what this node lacks. Or run without --context-propagation"
+    )]
+    Inject(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +186,9 @@ impl Probes {
         let mut probes = Self::load_object(cfg)?;
         probes.attach_all()?;
         probes.check_required()?;
+        if let Some(i) = &cfg.inject {
+            inject::attach(&mut probes, i, &cfg.cgroups).map_err(LoadError::Inject)?;
+        }
         Ok(probes)
     }
 
@@ -213,7 +226,16 @@ impl Probes {
             Ok(l) => (l, None),
             Err(why) => (KernelLayout::default(), Some(why)),
         };
+        let inject_on = u8::from(cfg.inject.is_some());
+        let omit_unsampled = u8::from(cfg.inject.as_ref().is_some_and(|i| i.omit_unsampled));
+        let sampling = cfg
+            .inject
+            .as_ref()
+            .map_or_else(Default::default, |i| i.sampling);
         let mut ebpf = EbpfLoader::new()
+            .override_global(globals::INJECT, &inject_on, true)
+            .override_global(globals::INJECT_OMIT_UNSAMPLED, &omit_unsampled, true)
+            .override_global(globals::SAMPLING, &sampling, true)
             .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::CAPTURE_SIZE, &cfg.capture_size, true)
             .override_global(globals::FILTER_PIDS, &filter_pids, true)
@@ -621,7 +643,19 @@ pub struct KernelCounters {
     pub map_full: u64,
     pub orphan_exits: u64,
     pub tls_no_socket: u64,
+    /// `traceparent` injection, by [`INJECT_OUTCOMES`].
+    pub injections: [u64; 6],
 }
+
+/// The outcomes of `traceparent` injection, as `STATS` counts them.
+pub const INJECT_OUTCOMES: [(&str, u32); 6] = [
+    ("injected", stat::INJECTED),
+    ("not_http1", stat::INJECT_NOT_HTTP),
+    ("partial_head", stat::INJECT_PARTIAL_HEAD),
+    ("has_traceparent", stat::INJECT_HAS_TRACEPARENT),
+    ("unsampled", stat::INJECT_UNSAMPLED),
+    ("failed", stat::INJECT_FAILED),
+];
 
 impl KernelStats {
     pub fn read(&self) -> KernelCounters {
@@ -633,6 +667,7 @@ impl KernelStats {
             map_full: get(stat::MAP_FULL),
             orphan_exits: get(stat::ORPHAN_EXITS),
             tls_no_socket: get(stat::TLS_NO_SOCKET),
+            injections: INJECT_OUTCOMES.map(|(_, i)| get(i)),
         }
     }
 }

@@ -48,6 +48,9 @@ pub enum Flow {
     /// Bytes moved on a followed pipe: a hand-off between the processes of
     /// a service (`correlation/handoff.rs`).
     Pipe(PipeIo),
+    /// Trace context the kernel named for one of the connection's
+    /// syscalls; it comes before that syscall's own record.
+    Context(ConnInfo, crate::event::ContextRecord),
 }
 
 /// One read or write on a followed pipe.
@@ -222,6 +225,7 @@ impl Dispatcher {
                     flows.push(Flow::RelayKnown(c));
                 }
             }
+            StreamEvent::Context(c, r) => flows.push(Flow::Context(c, r)),
             StreamEvent::Data(c, d) => {
                 if d.direction == Direction::Egress && d.tick != 0 && d.task == 0 {
                     flows.push(Flow::Wrote {

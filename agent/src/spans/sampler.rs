@@ -43,15 +43,36 @@ impl Sampler {
         })
     }
 
+    /// The same decision in the kernel's terms (`traceparent` injection
+    /// decides the flag of the traces it starts): one source of truth, so
+    /// the two never disagree on a trace.
+    pub fn kernel(&self) -> sonde_common::sampling::Sampling {
+        use sonde_common::sampling::Sampling;
+        match self {
+            Sampler::AlwaysOn => Sampling {
+                all: 1,
+                ..Sampling::default()
+            },
+            Sampler::AlwaysOff => Sampling::default(),
+            Sampler::TraceIdRatio(r) if *r >= 1.0 => Sampler::AlwaysOn.kernel(),
+            Sampler::TraceIdRatio(r) => Sampling {
+                // Low 8 bytes below ratio x 2^64 (saturating cast).
+                threshold: (r * u64::MAX as f64) as u64,
+                ..Sampling::default()
+            },
+            Sampler::ParentBased(root) => Sampling {
+                parent_based: 1,
+                ..root.kernel()
+            },
+        }
+    }
+
     /// `parent_sampled`: the sampled flag of an incoming traceparent, if any.
     pub fn should_sample(&self, trace_id: &[u8; 16], parent_sampled: Option<bool>) -> bool {
         match self {
             Sampler::AlwaysOn => true,
             Sampler::AlwaysOff => false,
-            Sampler::TraceIdRatio(r) => {
-                let low = u64::from_be_bytes(trace_id[8..].try_into().expect("8 bytes"));
-                (low as f64) < r * (u64::MAX as f64)
-            }
+            Sampler::TraceIdRatio(_) => self.kernel().root(trace_id),
             Sampler::ParentBased(root) => match parent_sampled {
                 Some(s) => s,
                 None => root.should_sample(trace_id, None),

@@ -189,11 +189,34 @@ impl Linker {
         incoming: Option<crate::spans::traceparent::TraceParent>,
         sampler: &Sampler,
     ) -> SpanCtx {
-        let trace_id = incoming.map_or_else(crate::spans::new_trace_id, |t| t.trace_id);
+        self.request_started_as(pid, conn, source, tid, since_ns, incoming, None, sampler)
+    }
+
+    /// [`Linker::request_started`], with ids the kernel gave the request
+    /// (`named`: trace, span). The span id is the kernel's; the trace is
+    /// the incoming parent's if there is one (the kernel read the same
+    /// header), else the kernel's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request_started_as(
+        &mut self,
+        pid: u32,
+        conn: u64,
+        source: u64,
+        tid: u32,
+        since_ns: u64,
+        incoming: Option<crate::spans::traceparent::TraceParent>,
+        named: Option<([u8; 16], [u8; 8])>,
+        sampler: &Sampler,
+    ) -> SpanCtx {
+        let trace_id = match (incoming, named) {
+            (Some(t), _) => t.trace_id,
+            (None, Some((trace, _))) => trace,
+            (None, None) => crate::spans::new_trace_id(),
+        };
         // A request with a parent: its ids continue the caller's trace.
         let ctx = SpanCtx {
             trace_id,
-            span_id: crate::spans::new_span_id(),
+            span_id: named.map_or_else(crate::spans::new_span_id, |(_, span)| span),
             parent_span_id: incoming.map(|t| t.parent_id),
             sampled: sampler.should_sample(&trace_id, incoming.map(|t| t.sampled)),
         };
