@@ -68,6 +68,7 @@ impl KernelContexts {
     }
 
     /// Contexts waiting, all connections.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.by_conn.values().map(VecDeque::len).sum()
     }

@@ -133,9 +133,9 @@ pub fn comm_key(name: &str) -> [u8; 16] {
 }
 
 /// The cgroup v2 ids (directory inodes) of `dir` and every cgroup under it.
-fn cgroup_tree(dir: &PathBuf) -> Result<Vec<u64>, String> {
+fn cgroup_tree(dir: &std::path::Path) -> Result<Vec<u64>, String> {
     let mut ids = vec![];
-    let mut todo = vec![dir.clone()];
+    let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         let meta = std::fs::metadata(&d).map_err(|e| format!("cgroup {}: {e}", d.display()))?;
         ids.push(meta.ino());
