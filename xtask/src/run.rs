@@ -25,7 +25,7 @@ pub fn cargo() -> Command {
 }
 
 /// Integration suites that load probes (each a libtest-mimic binary).
-const PRIVILEGED_SUITES: [&str; 11] = [
+const PRIVILEGED_SUITES: [&str; 12] = [
     "capture",
     "http",
     "db",
@@ -37,6 +37,7 @@ const PRIVILEGED_SUITES: [&str; 11] = [
     "top",
     "tls",
     "http2",
+    "inject",
 ];
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target`.

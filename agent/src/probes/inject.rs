@@ -12,20 +12,6 @@ use sonde_common::{map_names, sampling::Sampling};
 
 use super::{AttachState, Need, ProbeStatus, Probes};
 
-/// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
-/// on a hybrid hierarchy): the `sock_ops` program attaches to its root
-/// unless `--cgroup` names the cgroups to trace.
-pub fn cgroup2_root() -> Result<PathBuf, String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")
-        .map_err(|e| format!("reading /proc/self/mounts: {e}"))?;
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[2] == "cgroup2")
-        .map(|f| PathBuf::from(f[1]))
-        .ok_or_else(|| "cgroup v2 is not mounted (no cgroup2 entry in /proc/self/mounts)".into())
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct InjectConfig {
     /// Write nothing into unsampled requests (else flags `00`).
@@ -65,7 +51,8 @@ pub fn attach(probes: &mut Probes, cfg: &InjectConfig, cgroups: &[PathBuf]) -> R
     ops.load()
         .map_err(|e| format!("the sock_ops program was refused: {e:#}"))?;
     let roots: Vec<PathBuf> = if cgroups.is_empty() {
-        vec![cgroup2_root()?]
+        vec![crate::connections::cgroup::cgroup2_mount()
+            .ok_or("cgroup v2 is not mounted (no cgroup2 in /proc/self/mountinfo)")?]
     } else {
         cgroups.to_vec()
     };
