@@ -2,6 +2,7 @@
 //! instead of as an EPERM from deep inside the loader.
 
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;

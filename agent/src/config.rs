@@ -484,4 +484,31 @@ mod tests {
         assert_eq!(c.exclude_processes, ["pause", "envoy"]);
         assert_eq!(c.exclude_namespaces, ["kube-system"]);
     }
+
+    #[test]
+    fn context_propagation_is_off_unless_asked_and_names_the_fix() {
+        let file = FileConfig::default();
+        let c = resolve(&RunFlags::default(), &file, &env(&[])).unwrap();
+        assert_eq!(c.inject, None);
+        let flags = RunFlags {
+            context_propagation: Some("traceparent".into()),
+            context_propagation_exclude: vec!["envoy".into()],
+            ..RunFlags::default()
+        };
+        let c = resolve(
+            &flags,
+            &file,
+            &env(&[("OTEL_TRACES_SAMPLER", "always_off")]),
+        )
+        .unwrap();
+        let i = c.inject.expect("on");
+        assert_eq!(i.exclude_processes, ["envoy"]);
+        assert_eq!(i.sampling, Sampler::AlwaysOff.kernel());
+        let file = FileConfig {
+            context_propagation: Some("b3".into()),
+            ..FileConfig::default()
+        };
+        let err = resolve(&RunFlags::default(), &file, &env(&[])).unwrap_err();
+        assert!(err.contains("use traceparent"), "{err}");
+    }
 }

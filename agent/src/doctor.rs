@@ -203,6 +203,10 @@ pub fn run() -> Report {
             checks.push(check("uprobes", uprobe_check(&mut probes)));
             checks.push(check("tls", tls_check(&mut probes)));
             checks.push(check("sk_msg", sk_msg_check(&mut probes)));
+            checks.push(check(
+                "traceparent",
+                inject_check(&mut probes, crate::caps::effective()),
+            ));
         }
     }
     let ((maj, min), why) = crate::probes::compat::agent_minimum();
@@ -322,6 +326,33 @@ fn sk_msg_check(probes: &mut Probes) -> Result<String, String> {
     let prog: &mut SkMsg = probes.program("sonde_doctor_sk_msg")?;
     prog.load().map_err(|e| format!("unavailable: load: {e}"))?;
     Ok("available (program loads)".into())
+}
+
+/// Whether `--context-propagation traceparent` can work here: cgroup v2,
+/// CAP_NET_ADMIN, and the kernel accepting its two programs (the sk_msg
+/// program's `bpf_loop` needs 5.17).
+fn inject_check(probes: &mut Probes, caps: u64) -> Result<String, String> {
+    use aya::programs::SockOps;
+    let mount = crate::connections::cgroup::cgroup2_mount().ok_or(
+        "unavailable: cgroup v2 is not mounted (its sock_ops program attaches to a cgroup v2)",
+    )?;
+    if !crate::caps::has(caps, crate::caps::CAP_NET_ADMIN) {
+        return Err(
+            "unavailable: CAP_NET_ADMIN is missing (add it to the agent's capabilities; \
+                    the Helm chart does with contextPropagation: traceparent)"
+                .into(),
+        );
+    }
+    let msg: &mut SkMsg = probes.program("sonde_inject")?;
+    msg.load()
+        .map_err(|e| format!("unavailable: the sk_msg program is refused (Linux 5.17+): {e}"))?;
+    let ops: &mut SockOps = probes.program("sonde_inject_enrol")?;
+    ops.load()
+        .map_err(|e| format!("unavailable: the sock_ops program is refused: {e}"))?;
+    Ok(format!(
+        "available, off by default (--context-propagation traceparent; cgroup v2 at {})",
+        mount.display()
+    ))
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

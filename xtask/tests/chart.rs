@@ -287,6 +287,57 @@ fn values_reach_the_agent() {
 }
 
 #[test]
+fn context_propagation_is_opt_in_and_adds_net_admin_only_when_on() {
+    let config_of = |docs: &[Value]| -> toml::Table {
+        find(docs, "ConfigMap")["data"]["config.toml"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let caps = |docs: &[Value]| {
+        strs(
+            &find(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+                ["securityContext"]["capabilities"]["add"],
+        )
+    };
+    let off = render(&[]).unwrap();
+    assert_eq!(
+        config_of(&off)["context_propagation"].as_str(),
+        Some("none")
+    );
+    assert!(!caps(&off).contains(&"NET_ADMIN".to_string()));
+    let on = render(&[
+        "contextPropagation.mode=traceparent",
+        "contextPropagation.omitUnsampled=true",
+        "contextPropagation.excludeProcesses={envoy}",
+    ])
+    .unwrap();
+    let config = config_of(&on);
+    assert_eq!(config["context_propagation"].as_str(), Some("traceparent"));
+    assert_eq!(
+        config["context_propagation_omit_unsampled"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        config["context_propagation_exclude"].as_array().unwrap()[0].as_str(),
+        Some("envoy")
+    );
+    assert_eq!(
+        caps(&on),
+        [
+            "BPF",
+            "PERFMON",
+            "SYS_PTRACE",
+            "DAC_READ_SEARCH",
+            "NET_ADMIN"
+        ]
+    );
+    let err = render(&["contextPropagation.mode=b3"]).unwrap_err();
+    assert!(err.contains("contextPropagation"), "{err}");
+}
+
+#[test]
 fn the_view_endpoint_can_be_turned_off() {
     let docs = render(&["view.enabled=false"]).unwrap();
     let config: toml::Table = find(&docs, "ConfigMap")["data"]["config.toml"]

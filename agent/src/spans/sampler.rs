@@ -121,4 +121,32 @@ mod tests {
         assert!(!pb.should_sample(&low, None));
         assert!(!Sampler::default().should_sample(&low, Some(false)));
     }
+
+    #[test]
+    fn the_kernels_form_keeps_the_same_traces() {
+        use sonde_common::sampling::Sampling;
+        assert_eq!(Sampler::AlwaysOff.kernel(), Sampling::default());
+        assert_eq!(
+            Sampler::TraceIdRatio(1.0).kernel(),
+            Sampler::AlwaysOn.kernel()
+        );
+        let quarter = Sampler::ParentBased(Box::new(Sampler::TraceIdRatio(0.25)));
+        let k = quarter.kernel();
+        assert_eq!(k.parent_based, 1);
+        // The parent's flag wins, both ways; roots by id, about a quarter.
+        let id = |n: u64| {
+            let mut t = [0u8; 16];
+            t[8..].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+            t
+        };
+        let kept = (0..10_000u64)
+            .filter(|n| {
+                let t = id(*n);
+                assert_eq!(quarter.should_sample(&t, None), k.decide(&t, None));
+                assert!(k.decide(&t, Some(true)) && !k.decide(&t, Some(false)));
+                k.root(&t)
+            })
+            .count();
+        assert!((2_300..2_700).contains(&kept), "{kept}");
+    }
 }

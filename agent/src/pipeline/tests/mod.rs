@@ -142,6 +142,7 @@ fn feed(
     spans
 }
 
+mod inject;
 mod late_partners;
 mod prefork;
 mod tls;
