@@ -137,8 +137,10 @@ static INJECT_EXCLUDE_COMM: HashMap<[u8; 16], u8> = HashMap::with_max_entries(25
 #[map]
 static INJECT_EXCLUDE_CGROUP: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Per-CPU work area: a head being scanned, what the scan found, and the
-/// header being written.
+/// A work area: a head being scanned, what the scan found, and the header
+/// being written. One per thread in the `sk_msg` program, not per CPU: it
+/// runs preemptible (only migration is disabled), so another thread on the
+/// same CPU could take a per-CPU area in the middle of a scan.
 #[repr(C)]
 pub struct Head {
     pub bytes: [u8; HEAD_MAX + MARGIN],
@@ -154,8 +156,13 @@ pub struct Head {
     pub ids: [u8; 24],
 }
 
+/// pid_tgid -> its thread's work area, for the duration of one `sk_msg` run.
 #[map]
-static HEAD: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
+static HEADS: LruHashMap<u64, Head> = LruHashMap::with_max_entries(1024, 0);
+
+/// Zeros a work area starts from (never written).
+#[map]
+static HEAD_ZERO: PerCpuArray<Head> = PerCpuArray::with_max_entries(1, 0);
 
 /// Starts of the methods a request may begin with, as little-endian u32.
 const METHODS: [u32; 8] = [
@@ -590,33 +597,55 @@ pub fn sonde_inject(ctx: SkMsgContext) -> u32 {
         return SK_PASS;
     };
     let _ = INJECT_PENDING.remove(&id);
-    let mut p = p;
+    let outcome = with_head(id, |h| run(&ctx, id, p, h));
+    let _ = HEADS.remove(&id);
+    count(outcome);
+    SK_PASS
+}
+
+/// Runs `f` on a work area of this thread's own; INJECT_FAILED without one.
+#[inline(always)]
+fn with_head(id: u64, f: impl FnOnce(*mut Head) -> u32) -> u32 {
+    let Some(zero) = HEAD_ZERO.get_ptr(0) else {
+        return stat::INJECT_FAILED;
+    };
+    if HEADS
+        .insert(&id, unsafe { &*zero }, BPF_ANY as u64)
+        .is_err()
+    {
+        return stat::INJECT_FAILED;
+    }
+    match HEADS.get_ptr_mut(&id) {
+        Some(h) => f(h),
+        None => stat::INJECT_FAILED,
+    }
+}
+
+/// Settles the trace of the request the write was made for, then injects.
+#[inline(always)]
+fn run(ctx: &SkMsgContext, id: u64, mut p: Pending, h: *mut Head) -> u32 {
     if p.ctx_key != 0 {
-        let (Some(c), Some(h)) = (THREAD_CTX.get_ptr_mut(&p.ctx_key), HEAD.get_ptr_mut(0)) else {
-            count(stat::INJECT_FAILED);
-            return SK_PASS;
+        let Some(c) = THREAD_CTX.get_ptr_mut(&p.ctx_key) else {
+            return stat::INJECT_FAILED;
         };
         // The thread moved on to another request since the syscall began.
         if unsafe { (*c).span } != p.parent {
-            count(stat::INJECT_FAILED);
-            return SK_PASS;
+            return stat::INJECT_FAILED;
         }
         core::hint::black_box(settle(p.ctx_key, c, h));
         p.trace = unsafe { (*c).trace };
         p.sampled = unsafe { (*c).sampled };
     }
-    count(match inject(&ctx, id, &p) {
+    match inject(ctx, id, &p, h) {
         Ok(()) => stat::INJECTED,
         Err(outcome) => outcome,
-    });
-    SK_PASS
+    }
 }
 
 /// Writes the header into `ctx`'s message, or says why not. The message is
 /// unchanged on every error.
 #[inline(always)]
-fn inject(ctx: &SkMsgContext, id: u64, p: &Pending) -> Result<(), u32> {
-    let h = HEAD.get_ptr_mut(0).ok_or(stat::INJECT_FAILED)?;
+fn inject(ctx: &SkMsgContext, id: u64, p: &Pending, h: *mut Head) -> Result<(), u32> {
     let size = ctx.size() as usize;
     let n = if size > HEAD_MAX { HEAD_MAX } else { size };
     if n < 16 {

@@ -50,6 +50,18 @@ pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     // The gRPC client and server of the http2 suite.
     ("grpcio", "grpc"),
     ("kubernetes-validate", "kubernetes_validate"),
+    // The OpenTelemetry SDK service of the inject suite (auto-instrumented
+    // Flask, exporting OTLP over HTTP).
+    ("flask", "flask"),
+    ("opentelemetry-distro", "opentelemetry.distro"),
+    (
+        "opentelemetry-exporter-otlp-proto-http",
+        "opentelemetry.exporter.otlp.proto.http",
+    ),
+    (
+        "opentelemetry-instrumentation-flask",
+        "opentelemetry.instrumentation.flask",
+    ),
 ];
 
 /// Installs the Python clients that are not importable yet.
@@ -70,7 +82,7 @@ pub fn ensure_python() -> Result<()> {
     }
     eprintln!("xtask: pip installing {}", missing.join(" "));
     sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
-        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] requests pymysql redis mysql-connector-python pika aio-pika grpcio kubernetes-validate")
+        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] requests pymysql redis mysql-connector-python pika aio-pika grpcio kubernetes-validate flask opentelemetry-distro opentelemetry-exporter-otlp-proto-http opentelemetry-instrumentation-flask")
 }
 
 fn installed(pkg: &str) -> bool {

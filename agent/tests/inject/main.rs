@@ -54,6 +54,10 @@ fn main() {
                 two_nodes(false)
             }),
             t("safety_cases_bytes_identical_but_the_header", safety),
+            t(
+                "an_sdk_instrumented_service_joins_the_trace",
+                sdk_downstream,
+            ),
         ],
     )
     .exit();
@@ -301,7 +305,11 @@ fn two_nodes(inject: bool) {
             split += 1;
         } else {
             problems.push(format!(
-                "request {id}: neither joined nor cleanly split: client {} server {} (parent {}) call {} back {} (parent {})",
+                "request {id}: neither joined nor cleanly split: traces client {} server {} call {} back {}; client {} server {} (parent {}) call {} back {} (parent {})",
+                &hex(&client.span.trace_id)[..8],
+                &hex(&server.span.trace_id)[..8],
+                &hex(&call.span.trace_id)[..8],
+                &hex(&backend.span.trace_id)[..8],
                 hex(&client.span.span_id),
                 hex(&server.span.span_id),
                 hex(&server.span.parent_span_id),
@@ -337,17 +345,36 @@ fn two_nodes(inject: bool) {
             &["outcome=\"injected\""],
         )
     };
+    let counters = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("sonde_traceparent_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     eprintln!(
-        "injection {}: {complete} joined, {split} split of {REQUESTS}; injected A {} B {}; problems: {problems:#?}",
+        "injection {}: {complete} joined, {split} split of {REQUESTS}; problems: {problems:#?}\nnode A:\n{}\nnode B:\n{}",
         if inject { "on" } else { "off" },
-        injected(&ma),
-        injected(&mb),
+        counters(&ma),
+        counters(&mb),
     );
     if inject {
         assert_eq!(complete, REQUESTS, "one trace per request: {problems:#?}");
         // Node A injected every front request, node B every call to back.
         assert!(injected(&ma) >= REQUESTS as f64, "{ma}");
         assert!(injected(&mb) >= REQUESTS as f64, "{mb}");
+        for m in [&ma, &mb] {
+            let n = |name: &str, label: &str| prom_sum(m, name, &[label]);
+            assert_eq!(
+                n("sonde_traceparent_injections_total", "outcome=\"failed\""),
+                0.0,
+                "{m}"
+            );
+            assert_eq!(
+                n("sonde_traceparent_injected_calls_total", "agreed=\"false\""),
+                0.0,
+                "the kernel and causality name the same parents: {m}"
+            );
+        }
     } else {
         assert_eq!(
             split, REQUESTS,
@@ -355,6 +382,108 @@ fn two_nodes(inject: bool) {
         );
         assert_eq!(injected(&ma) + injected(&mb), 0.0);
     }
+}
+
+/// The Python interpreter under another name (its processes' comm), so
+/// that sonde can tell them apart.
+fn python_named(dir: &std::path::Path, name: &str) -> PathBuf {
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3");
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    let link = dir.join(name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&python, &link).unwrap();
+    link
+}
+
+/// A Flask service under OpenTelemetry SDK auto-instrumentation, not
+/// traced by sonde (excluded by name), called by a client sonde traces:
+/// every SDK server span is the child of sonde's client span for the same
+/// request, in its trace.
+fn sdk_downstream() {
+    let dir = tempdir("inject-sdk");
+    let rt = runtime();
+    let store = Arc::new(Store::default());
+    let (grpc, http) = (free_port(), free_port());
+    let _rx = receiver(&rt, store.clone(), grpc, http);
+    // The SDK's process gets a name of its own, so sonde can leave it out.
+    let sdk_python = python_named(&dir, "sdkpython");
+    let _sonde = sonde(
+        &[
+            "--context-propagation",
+            "traceparent",
+            "--exclude-process",
+            "sdkpython",
+            "--prometheus-listen",
+            "off",
+            "--view-listen",
+            "off",
+        ],
+        &agent_env(grpc),
+    );
+    let port = free_port();
+    let mut app = Command::new("opentelemetry-instrument");
+    app.arg(&sdk_python)
+        .arg(fixture("inject/sdk_app.py"))
+        .arg(port.to_string())
+        .env("OTEL_SERVICE_NAME", "sdk-app")
+        .env("OTEL_TRACES_EXPORTER", "otlp")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env("OTEL_LOGS_EXPORTER", "none")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{http}"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stderr(Stdio::null());
+    let _app = ready(app);
+    let front = fixture("inject/front.py");
+    let done = Command::new("python3")
+        .arg(&front)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(REQUESTS.to_string())
+        .env("OTEL_SERVICE_NAME", "front")
+        .output()
+        .expect("front");
+    assert!(done.status.success(), "front failed: {done:?}");
+    let of = |spans: &[ReceivedSpan], service: &str, id: &str| -> Vec<ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.service() == service)
+            .filter(|s| {
+                ["url.full", "url.path", "http.target", "http.url"]
+                    .iter()
+                    .filter_map(|k| s.attr(k))
+                    .any(|u| u.ends_with(&format!("/req/{id}")))
+            })
+            .cloned()
+            .collect()
+    };
+    let spans = settle(&store, |s| {
+        (0..REQUESTS).all(|i| {
+            let id = i.to_string();
+            !of(s, "front", &id).is_empty() && !of(s, "sdk-app", &id).is_empty()
+        })
+    });
+    let mut joined = 0;
+    for i in 0..REQUESTS {
+        let id = i.to_string();
+        let (client, server) = (of(&spans, "front", &id), of(&spans, "sdk-app", &id));
+        assert_eq!(client.len(), 1, "one client span for {id}");
+        assert!(
+            server.iter().all(|s| kind_of(s) == SpanKind::Server),
+            "sonde left the SDK's process alone"
+        );
+        let (c, s) = (&client[0], &server[0]);
+        if s.span.trace_id == c.span.trace_id && s.span.parent_span_id == c.span.span_id {
+            joined += 1;
+        }
+    }
+    eprintln!("SDK service: {joined} of {REQUESTS} joined sonde's trace");
+    assert_eq!(joined, REQUESTS);
 }
 
 /// One safety case: the writes a client makes, and whether the first
@@ -397,6 +526,8 @@ fn safety() {
         &[
             "--context-propagation",
             "traceparent",
+            "--context-propagation-exclude",
+            "pyexcluded",
             "--prometheus-listen",
             &prom,
             "--view-listen",
@@ -480,25 +611,39 @@ fn safety() {
     } else {
         eprintln!("port 80 is taken on this machine: that case is left out");
     }
-    let spec: Vec<serde_json::Value> = cases
-        .iter()
-        .map(|c| {
-            let mut v = c.opts.clone();
-            v["name"] = c.name.into();
-            v["writes"] = c.writes.iter().map(|w| b64(w)).collect::<Vec<_>>().into();
-            v
-        })
-        .collect();
-    let spec_file = dir.join("cases.json");
-    std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let out = Command::new("python3")
-        .arg(&peer)
-        .args(["client", &port.to_string(), &tls_port.to_string()])
-        .arg(&spec_file)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "client: {out:?}");
-    let got: HashMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+    let send = |python: &std::path::Path, cases: &[Case]| -> HashMap<String, String> {
+        let spec: Vec<serde_json::Value> = cases
+            .iter()
+            .map(|c| {
+                let mut v = c.opts.clone();
+                v["name"] = c.name.into();
+                v["writes"] = c.writes.iter().map(|w| b64(w)).collect::<Vec<_>>().into();
+                v
+            })
+            .collect();
+        let spec_file = dir.join("cases.json");
+        std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let out = Command::new(python)
+            .arg(&peer)
+            .args(["client", &port.to_string(), &tls_port.to_string()])
+            .arg(&spec_file)
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "client: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let got = send(std::path::Path::new("python3"), &cases);
+    // A process excluded by name sends its requests untouched.
+    let excluded = send(
+        &python_named(&dir, "pyexcluded"),
+        &[Case {
+            name: "excluded",
+            writes: vec![b"GET /ex HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()],
+            injected: false,
+            opts: serde_json::json!({}),
+        }],
+    );
+    assert_eq!(excluded["excluded"], "GET /ex HTTP/1.1\r\nHost: x\r\n\r\n");
     let header = regex_free_header;
     for c in &cases {
         let sent: Vec<u8> = c.writes.concat();
