@@ -6,9 +6,11 @@
 //! The ids are decided here, once, and reported to user space, which gives
 //! its spans those same ids (one source of truth):
 //! - a server's read that starts a request ([`server_read`]) gets a span id
-//!   and a trace: the incoming `traceparent`'s, or a new one. They are kept
-//!   per thread (per goroutine in Go) in `THREAD_CTX`, and reported
-//!   (`context::SERVER`);
+//!   and a provisional trace id, kept per thread (per goroutine in Go) in
+//!   `THREAD_CTX` with the head's first bytes, and reported
+//!   (`context::SERVER`). The first call injected for it parses the head
+//!   ([`settle`]): an incoming `traceparent` names the trace, as it does in
+//!   user space; the loop stays out of the capture programs;
 //! - a client's write that may start a request ([`prepare`], at the
 //!   syscall's entry) takes its thread's request as parent when the
 //!   evidence is plain: the thread serves exactly one request, or wrote in
