@@ -37,9 +37,18 @@ enum Arm {
     /// OTLP export with head sampling at `SAMPLED_RATIO`: spans for a
     /// tenth of the traces, RED metrics still for every request.
     Sampled,
+    /// OTLP export with `traceparent` injection on: the load generator's
+    /// requests get the header (sk_msg), the server's reads are named.
+    Injected,
 }
 
-const ARMS: [Arm; 4] = [Arm::Bare, Arm::Metrics, Arm::Otlp, Arm::Sampled];
+const ARMS: [Arm; 5] = [
+    Arm::Bare,
+    Arm::Metrics,
+    Arm::Otlp,
+    Arm::Sampled,
+    Arm::Injected,
+];
 const SAMPLED_RATIO: &str = "0.1";
 
 impl Arm {
@@ -49,11 +58,12 @@ impl Arm {
             Arm::Metrics => "sonde, metrics only",
             Arm::Otlp => "sonde, OTLP export",
             Arm::Sampled => "sonde, OTLP export, 10% of traces",
+            Arm::Injected => "sonde, OTLP export, traceparent injection",
         }
     }
 
     fn exports(self) -> bool {
-        matches!(self, Arm::Otlp | Arm::Sampled)
+        matches!(self, Arm::Otlp | Arm::Sampled | Arm::Injected)
     }
 }
 
@@ -144,6 +154,7 @@ fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> 
             &metrics,
             receiver.as_ref().map(|r| r.grpc.as_str()),
             (arm == Arm::Sampled).then_some(SAMPLED_RATIO),
+            arm == Arm::Injected,
         )?),
     };
     let before = agent.as_ref().map(|a| a.reading(&metrics)).transpose()?;
@@ -451,9 +462,19 @@ struct Reading {
 
 impl Agent {
     /// `ratio`: head sampling (`traceidratio`); none samples every trace.
-    fn start(bin: &Path, metrics: &str, otlp: Option<&str>, ratio: Option<&str>) -> Result<Agent> {
+    /// `inject`: `--context-propagation traceparent`.
+    fn start(
+        bin: &Path,
+        metrics: &str,
+        otlp: Option<&str>,
+        ratio: Option<&str>,
+        inject: bool,
+    ) -> Result<Agent> {
         let mut c = Command::new(bin);
         c.args(["run", "--stdout", "false", "--prometheus-listen", metrics]);
+        if inject {
+            c.args(["--context-propagation", "traceparent"]);
+        }
         for k in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
