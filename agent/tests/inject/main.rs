@@ -58,6 +58,7 @@ fn main() {
                 "an_sdk_instrumented_service_joins_the_trace",
                 sdk_downstream,
             ),
+            t("one_node_the_header_and_the_socket_pair_agree", one_node),
         ],
     )
     .exit();
@@ -484,6 +485,73 @@ fn sdk_downstream() {
     }
     eprintln!("SDK service: {joined} of {REQUESTS} joined sonde's trace");
     assert_eq!(joined, REQUESTS);
+}
+
+/// On one node the server end reads the header sonde wrote and is also
+/// stitched to its client by the socket pair: both name the same parent,
+/// and each request has exactly one SERVER span, under its CLIENT span.
+fn one_node() {
+    let rt = runtime();
+    let store = Arc::new(Store::default());
+    let grpc = free_port();
+    let _rx = receiver(&rt, store.clone(), grpc, free_port());
+    let prom = format!("127.0.0.1:{}", free_port());
+    let _sonde = sonde(
+        &[
+            "--context-propagation",
+            "traceparent",
+            "--prometheus-listen",
+            &prom,
+            "--view-listen",
+            "off",
+        ],
+        &agent_env(grpc),
+    );
+    let port = free_port().to_string();
+    let service = fixture("inject/node_service.py");
+    let mut back = Command::new("python3");
+    back.arg(&service)
+        .args(["back", "127.0.0.1", &port])
+        .env("OTEL_SERVICE_NAME", "back");
+    let _back = ready(back);
+    let done = Command::new("python3")
+        .arg(fixture("inject/front.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(REQUESTS.to_string())
+        .env("OTEL_SERVICE_NAME", "front")
+        .output()
+        .expect("front");
+    assert!(done.status.success(), "front failed: {done:?}");
+    let spans = settle(&store, |s| s.len() >= 2 * REQUESTS);
+    for i in 0..REQUESTS {
+        let id = i.to_string();
+        let of = |service: &str, kind: SpanKind| -> Vec<&ReceivedSpan> {
+            spans
+                .iter()
+                .filter(|s| s.service() == service && kind_of(s) == kind)
+                .filter(|s| request_id(s).as_deref() == Some(id.as_str()))
+                .collect()
+        };
+        let (client, server) = (of("front", SpanKind::Client), of("back", SpanKind::Server));
+        assert_eq!((client.len(), server.len()), (1, 1), "request {id}");
+        assert_eq!(
+            server[0].span.trace_id, client[0].span.trace_id,
+            "request {id}"
+        );
+        assert_eq!(
+            server[0].span.parent_span_id, client[0].span.span_id,
+            "request {id}"
+        );
+    }
+    let m = http_get(&prom, "/metrics").unwrap_or_default();
+    assert!(
+        prom_sum(
+            &m,
+            "sonde_traceparent_injected_calls_total",
+            &["agreed=\"true\""]
+        ) >= REQUESTS as f64,
+        "{m}"
+    );
 }
 
 /// One safety case: the writes a client makes, and whether the first
