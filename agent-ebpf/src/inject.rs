@@ -31,7 +31,7 @@
 //! verifier sees and prunes.
 use aya_ebpf::{
     bindings::{
-        sk_action::SK_PASS, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        sk_action::SK_PASS, BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
     helpers::{
@@ -158,7 +158,8 @@ pub struct Head {
     pub ids: [u8; 24],
 }
 
-/// pid_tgid -> its thread's work area, for the duration of one `sk_msg` run.
+/// pid_tgid -> its thread's work area, kept while the thread lives (LRU,
+/// and removed at its exit).
 #[map]
 static HEADS: LruHashMap<u64, Head> = LruHashMap::with_max_entries(1024, 0);
 
@@ -386,8 +387,7 @@ pub fn server_read(id: u64, tgid: u32, fd: i32, enter_ns: u64) {
     };
     // SAFETY: the scratch has SERVER_HEAD bytes past the header (the
     // bytes past `captured` are stale, and `head_len` excludes them).
-    let head = unsafe { &*(b as *const [u8; SERVER_HEAD]) };
-    if SERVER_HEADS.insert(&key, head, BPF_ANY as u64).is_err()
+    if !keep_head(key, b, c.head_len as usize)
         || THREAD_CTX.insert(&key, &c, BPF_ANY as u64).is_err()
     {
         count(stat::MAP_FULL);
@@ -407,6 +407,22 @@ pub fn server_read(id: u64, tgid: u32, fd: i32, enter_ns: u64) {
         context::SERVER,
         c.sampled != 0,
     );
+}
+
+/// Keeps the first `len` bytes at `b` (the scratch) as `key`'s head: into
+/// its existing entry, only those bytes; a new entry copies a whole one.
+#[inline(always)]
+fn keep_head(key: u64, b: *const u8, len: usize) -> bool {
+    if let Some(h) = SERVER_HEADS.get_ptr_mut(&key) {
+        let n = if len < SERVER_HEAD { len } else { SERVER_HEAD };
+        // SAFETY: `n` is within the entry and within the scratch.
+        let dst = unsafe { &mut (&mut *h)[..n] };
+        return unsafe { bpf_probe_read_kernel_buf(b, dst) }.is_ok();
+    }
+    // SAFETY: the scratch has SERVER_HEAD bytes past the header (the bytes
+    // past `captured` are stale, and `head_len` excludes them).
+    let head = unsafe { &*(b as *const [u8; SERVER_HEAD]) };
+    SERVER_HEADS.insert(&key, head, BPF_ANY as u64).is_ok()
 }
 
 /// The request of `THREAD_CTX[key]` gets its final trace: its head's
@@ -516,6 +532,7 @@ pub fn prepare(id: u64, fd: i32, enter_ns: u64) {
 pub fn thread_gone(id: u64) {
     let _ = THREAD_CTX.remove(&id);
     let _ = SERVER_HEADS.remove(&id);
+    let _ = HEADS.remove(&id);
     let _ = INJECT_PENDING.remove(&id);
 }
 
@@ -599,20 +616,24 @@ pub fn sonde_inject(ctx: SkMsgContext) -> u32 {
         return SK_PASS;
     };
     let _ = INJECT_PENDING.remove(&id);
-    let outcome = with_head(id, |h| run(&ctx, id, p, h));
-    let _ = HEADS.remove(&id);
-    count(outcome);
+    count(with_head(id, |h| run(&ctx, id, p, h)));
     SK_PASS
 }
 
 /// Runs `f` on a work area of this thread's own; INJECT_FAILED without one.
 #[inline(always)]
 fn with_head(id: u64, f: impl FnOnce(*mut Head) -> u32) -> u32 {
+    // A thread keeps its area from one run to the next (LRU; the thread's
+    // exit removes it): every field is written before it is read, so it
+    // needs no clearing, and the common case costs one lookup.
+    if let Some(h) = HEADS.get_ptr_mut(&id) {
+        return f(h);
+    }
     let Some(zero) = HEAD_ZERO.get_ptr(0) else {
         return stat::INJECT_FAILED;
     };
     if HEADS
-        .insert(&id, unsafe { &*zero }, BPF_ANY as u64)
+        .insert(&id, unsafe { &*zero }, BPF_NOEXIST as u64)
         .is_err()
     {
         return stat::INJECT_FAILED;

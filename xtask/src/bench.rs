@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: what sonde costs the services it watches, side by
-//! side. Each workload runs under wrk in three arms, alternated round by
-//! round: bare (no agent), sonde with metrics only, and sonde exporting
-//! OTLP to a discarding receiver (`sonde-otlp-receiver --discard`, whose
-//! CPU is reported apart). One table per workload: medians over the rounds,
-//! with the spread.
+//! side. Each workload runs under wrk in five arms, alternated round by
+//! round: bare (no agent), sonde with metrics only, sonde exporting OTLP to
+//! a discarding receiver (`sonde-otlp-receiver --discard`, whose CPU is
+//! reported apart), the same at 10% head sampling, and the same with
+//! `traceparent` injection. One table per workload: medians over the
+//! rounds, with the spread.
 //!
 //! The probes' own cost comes from the kernel (`kernel.bpf_stats_enabled`,
 //! on for the run and restored after): run time per program run, from

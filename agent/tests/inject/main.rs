@@ -59,6 +59,7 @@ fn main() {
                 sdk_downstream,
             ),
             t("one_node_the_header_and_the_socket_pair_agree", one_node),
+            t("unsampled_requests_get_flags_00_or_nothing", unsampled),
         ],
     )
     .exit();
@@ -552,6 +553,63 @@ fn one_node() {
         ) >= REQUESTS as f64,
         "{m}"
     );
+}
+
+/// With the sampler keeping no trace, a request's header says so (flags
+/// 00); with `--context-propagation-omit-unsampled` it gets none.
+fn unsampled() {
+    let dir = tempdir("inject-unsampled");
+    certificate(&dir);
+    let (port, tls_port) = (free_port(), free_port());
+    let peer = fixture("inject/raw_peer.py");
+    let mut server = Command::new("python3")
+        .arg(&peer)
+        .args(["server", &port.to_string(), &tls_port.to_string()])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut l = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut l)
+        .unwrap();
+    let _server = Proc(server);
+    let request = "GET /u HTTP/1.1\r\nHost: x\r\n\r\n";
+    let spec = dir.join("cases.json");
+    std::fs::write(
+        &spec,
+        serde_json::json!([{"name": "u", "writes": [b64(request.as_bytes())]}]).to_string(),
+    )
+    .unwrap();
+    let received = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "--context-propagation",
+            "traceparent",
+            "--prometheus-listen",
+            "off",
+            "--view-listen",
+            "off",
+        ];
+        args.extend(extra);
+        let _sonde = sonde(&args, &[("OTEL_TRACES_SAMPLER", "always_off".into())]);
+        let out = Command::new("python3")
+            .arg(&peer)
+            .args(["client", &port.to_string(), &tls_port.to_string()])
+            .arg(&spec)
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "client: {out:?}");
+        let got: HashMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
+        got["u"].clone()
+    };
+    let flagged = received(&[]);
+    let line = "GET /u HTTP/1.1\r\n".len();
+    assert!(
+        regex_free_header(&flagged.as_bytes()[line..line + 70]),
+        "{flagged:?}"
+    );
+    assert_eq!(&flagged[line + 65..line + 70], "-00\r\n", "{flagged:?}");
+    assert_eq!(received(&["--context-propagation-omit-unsampled"]), request);
 }
 
 /// One safety case: the writes a client makes, and whether the first
