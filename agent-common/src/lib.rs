@@ -49,6 +49,8 @@ pub mod globals {
     pub const INJECT: &str = "SONDE_INJECT";
     /// 1: write nothing into unsampled requests (else flags `00`).
     pub const INJECT_OMIT_UNSAMPLED: &str = "SONDE_INJECT_OMIT_UNSAMPLED";
+    /// 1: some processes are excluded from injection (by name or cgroup).
+    pub const INJECT_EXCLUSIONS: &str = "SONDE_INJECT_EXCLUSIONS";
     /// The sampler, as the kernel applies it to the traces it starts
     /// (`crate::sampling`).
     pub const SAMPLING: &str = "SONDE_SAMPLING";

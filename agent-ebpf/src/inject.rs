@@ -366,15 +366,11 @@ pub fn server_read(id: u64, tgid: u32, fd: i32, enter_ns: u64) {
         return;
     }
     let key = ctx_key(id, task);
-    let open = match unsafe { THREAD_CTX.get(&key) } {
-        Some(c) => c.open.saturating_add(1),
-        None => 1,
-    };
     let trace = random::<16>();
     let c = ThreadCtx {
         trace,
         span: random::<8>(),
-        open,
+        open: 1,
         tid: id as u32,
         tick,
         head_len: if captured < SERVER_HEAD {
@@ -385,11 +381,20 @@ pub fn server_read(id: u64, tgid: u32, fd: i32, enter_ns: u64) {
         sampled: sampling().root(&trace) as u8,
         parsed: 0,
     };
-    // SAFETY: the scratch has SERVER_HEAD bytes past the header (the
-    // bytes past `captured` are stale, and `head_len` excludes them).
-    if !keep_head(key, b, c.head_len as usize)
-        || THREAD_CTX.insert(&key, &c, BPF_ANY as u64).is_err()
-    {
+    if !keep_head(key, b, c.head_len as usize) {
+        count(stat::MAP_FULL);
+        return;
+    }
+    // A thread's entry is rewritten in place (the common case: a thread
+    // serving one request after another), else made.
+    if let Some(old) = THREAD_CTX.get_ptr_mut(&key) {
+        unsafe {
+            *old = ThreadCtx {
+                open: (*old).open.saturating_add(1),
+                ..c
+            }
+        };
+    } else if THREAD_CTX.insert(&key, &c, BPF_ANY as u64).is_err() {
         count(stat::MAP_FULL);
         return;
     }
@@ -492,11 +497,13 @@ pub fn server_wrote(id: u64, tgid: u32, fd: i32) {
 /// request: decide the ids it will carry, for the `sk_msg` program.
 #[inline(always)]
 pub fn prepare(id: u64, fd: i32, enter_ns: u64) {
-    let comm = bpf_get_current_comm().unwrap_or_default();
-    if unsafe { INJECT_EXCLUDE_COMM.get(&comm) }.is_some()
-        || unsafe { INJECT_EXCLUDE_CGROUP.get(&bpf_get_current_cgroup_id()) }.is_some()
-    {
-        return;
+    if crate::maps::inject_exclusions() {
+        let comm = bpf_get_current_comm().unwrap_or_default();
+        if unsafe { INJECT_EXCLUDE_COMM.get(&comm) }.is_some()
+            || unsafe { INJECT_EXCLUDE_CGROUP.get(&bpf_get_current_cgroup_id()) }.is_some()
+        {
+            return;
+        }
     }
     let tid = id as u32;
     let (task, _) = crate::goroutine::current(tid, true);

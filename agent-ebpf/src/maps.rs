@@ -27,6 +27,8 @@ static SONDE_INJECT: u8 = 0;
 #[unsafe(no_mangle)]
 static SONDE_INJECT_OMIT_UNSAMPLED: u8 = 0;
 #[unsafe(no_mangle)]
+static SONDE_INJECT_EXCLUSIONS: u8 = 0;
+#[unsafe(no_mangle)]
 static SONDE_SAMPLING: sonde_common::sampling::Sampling = sonde_common::sampling::Sampling {
     threshold: u64::MAX,
     all: 1,
@@ -39,6 +41,11 @@ static SONDE_SAMPLING: sonde_common::sampling::Sampling = sonde_common::sampling
 #[inline(always)]
 pub fn inject_on() -> bool {
     unsafe { core::ptr::read_volatile(&SONDE_INJECT) != 0 }
+}
+/// Processes are excluded from injection: the maps are worth a lookup.
+#[inline(always)]
+pub fn inject_exclusions() -> bool {
+    unsafe { core::ptr::read_volatile(&SONDE_INJECT_EXCLUSIONS) != 0 }
 }
 #[inline(always)]
 pub fn inject_omit_unsampled() -> bool {

@@ -228,6 +228,11 @@ impl Probes {
         };
         let inject_on = u8::from(cfg.inject.is_some());
         let omit_unsampled = u8::from(cfg.inject.as_ref().is_some_and(|i| i.omit_unsampled));
+        let exclusions = u8::from(
+            cfg.inject
+                .as_ref()
+                .is_some_and(|i| !i.exclude_processes.is_empty() || !i.exclude_cgroups.is_empty()),
+        );
         let sampling = cfg
             .inject
             .as_ref()
@@ -235,6 +240,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::INJECT, &inject_on, true)
             .override_global(globals::INJECT_OMIT_UNSAMPLED, &omit_unsampled, true)
+            .override_global(globals::INJECT_EXCLUSIONS, &exclusions, true)
             .override_global(globals::SAMPLING, &sampling, true)
             .override_global(globals::SELF_TGID, &self_tgid, true)
             .override_global(globals::CAPTURE_SIZE, &cfg.capture_size, true)
