@@ -57,6 +57,9 @@ pub mod stat {
     pub const INJECT_UNSAMPLED: u32 = 12;
     /// the kernel refused to grow or map the message (nothing was changed).
     pub const INJECT_FAILED: u32 = 13;
+    /// its connection is not enrolled (opened before the agent, or outside
+    /// the cgroups the `sock_ops` program is attached to).
+    pub const INJECT_NOT_ENROLLED: u32 = 14;
     pub const COUNT: u32 = 16;
 }
 

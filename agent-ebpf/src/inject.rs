@@ -434,8 +434,8 @@ fn keep_head(key: u64, b: *const u8, len: usize) -> bool {
 /// `traceparent`, if it has one (the rule user space applies too).
 ///
 /// A subprogram of its own, returning one constant: however its paths
-/// end, its caller continues in one state, so the verifier walks the scan
-/// of the message that follows once, not once per way this one ended.
+/// end, its caller continues in one state, so the verifier walks the
+/// message's checks that follow once, not once per way this one ended.
 #[inline(never)]
 fn settle(key: u64, c: *mut ThreadCtx, h: *mut Head) -> u32 {
     settle_inner(key, c, h);
@@ -543,10 +543,13 @@ pub fn thread_gone(id: u64) {
     let _ = INJECT_PENDING.remove(&id);
 }
 
-/// The write's syscall returned: ids no `sk_msg` run took are void.
+/// The write's syscall returned: ids no `sk_msg` run took are void (its
+/// socket is not enrolled), and that request is counted.
 #[inline(always)]
 pub fn write_done(id: u64) {
-    let _ = INJECT_PENDING.remove(&id);
+    if INJECT_PENDING.remove(&id).is_ok() {
+        count(stat::INJECT_NOT_ENROLLED);
+    }
 }
 
 #[inline(always)]

@@ -120,8 +120,12 @@ pub struct ConnTable<R: SocketRegistry> {
     listeners: HashMap<(u32, i32), u16>,
     /// Tuples of server sockets established and not yet accepted, oldest first.
     pending: VecDeque<(u64, SocketTuple)>,
-    /// Local endpoints of the agent's own connections.
-    own: HashSet<SocketAddr>,
+    /// The agent's own connections, (local, remote). Both ends: Linux gives
+    /// a local port to connections to different peers at once, so a traced
+    /// client may share the agent's local address (found by the churn
+    /// suite: its server took such clients for the agent and left them
+    /// unparsed).
+    own: HashSet<(SocketAddr, SocketAddr)>,
     owners: Owners,
     processes: ProcessCache,
     registry: R,
@@ -378,10 +382,10 @@ impl<R: SocketRegistry> ConnTable<R> {
         let Some(t) = c.tuple else { return };
         match c.kind {
             ConnKind::Tuple if self.own.len() < 65536 => {
-                self.own.insert(t.local);
+                self.own.insert((t.local, t.remote));
             }
             ConnKind::Close => {
-                self.own.remove(&t.local);
+                self.own.remove(&(t.local, t.remote));
             }
             _ => {}
         }
@@ -452,7 +456,7 @@ impl<R: SocketRegistry> ConnTable<R> {
         if let Some(t) = tuple {
             self.pending.retain(|(_, p)| *p != t);
         }
-        let peer_is_agent = tuple.is_some_and(|t| self.own.contains(&t.remote));
+        let peer_is_agent = tuple.is_some_and(|t| self.own.contains(&(t.remote, t.local)));
         let conn = self.open(c.pid, c.fd, Role::Server, c.ts_ns, &c.comm.as_string(), out);
         conn.confirmed = true;
         conn.info.tuple = tuple;

@@ -232,6 +232,12 @@ fn connections_from_the_agent_itself_are_marked() {
     a.tuple = Some(tuple("127.0.0.1:4317", "127.0.0.1:43000"));
     let out = apply(&mut t, KernelEvent::Conn(a.clone()));
     assert!(matches!(out.as_slice(), [StreamEvent::Open(i)] if i.peer_is_agent));
+    // A traced client given the same local port towards another server
+    // (Linux shares ports between different peers) is not the agent.
+    let mut other = conn(ConnKind::Accept, PID, 11);
+    other.tuple = Some(tuple("127.0.0.1:8080", "127.0.0.1:43000"));
+    let out = apply(&mut t, KernelEvent::Conn(other));
+    assert!(matches!(out.as_slice(), [StreamEvent::Open(i)] if !i.peer_is_agent));
     // Once the agent's socket closes, the address is anyone's again.
     own.kind = ConnKind::Close;
     apply(&mut t, KernelEvent::Conn(own));

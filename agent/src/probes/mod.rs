@@ -650,17 +650,18 @@ pub struct KernelCounters {
     pub orphan_exits: u64,
     pub tls_no_socket: u64,
     /// `traceparent` injection, by [`INJECT_OUTCOMES`].
-    pub injections: [u64; 6],
+    pub injections: [u64; 7],
 }
 
 /// The outcomes of `traceparent` injection, as `STATS` counts them.
-pub const INJECT_OUTCOMES: [(&str, u32); 6] = [
+pub const INJECT_OUTCOMES: [(&str, u32); 7] = [
     ("injected", stat::INJECTED),
     ("not_http1", stat::INJECT_NOT_HTTP),
     ("partial_head", stat::INJECT_PARTIAL_HEAD),
     ("has_traceparent", stat::INJECT_HAS_TRACEPARENT),
     ("unsampled", stat::INJECT_UNSAMPLED),
     ("failed", stat::INJECT_FAILED),
+    ("not_enrolled", stat::INJECT_NOT_ENROLLED),
 ];
 
 impl KernelStats {

@@ -342,6 +342,7 @@ impl Dispatcher {
                     }
                 }
                 _ => {
+                    tracing::debug!(target: "sonde_unrecognised", conn = c.id, pid = c.pid, fd = c.fd, role = ?c.role, ?dir, head = ?String::from_utf8_lossy(&seg.data[..seg.data.len().min(24)]), "unrecognised");
                     self.stats.unrecognised.fetch_add(1, Relaxed);
                     self.opaque_tls(&c, seg.data, commands);
                     return self.release(&c, commands);

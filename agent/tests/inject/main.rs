@@ -648,19 +648,6 @@ fn safety() {
     let grpc = free_port();
     let _rx = receiver(&rt, store.clone(), grpc, free_port());
     let prom = format!("127.0.0.1:{}", free_port());
-    let _sonde = sonde(
-        &[
-            "--context-propagation",
-            "traceparent",
-            "--context-propagation-exclude",
-            "pyexcluded",
-            "--prometheus-listen",
-            &prom,
-            "--view-listen",
-            "off",
-        ],
-        &agent_env(grpc),
-    );
     let (port, tls_port) = (free_port(), free_port());
     let peer = fixture("inject/raw_peer.py");
     let mut server = Command::new("python3")
@@ -677,6 +664,35 @@ fn safety() {
     let _server = Proc(server);
     assert!(l.starts_with("READY"), "{l}");
     let port80 = l.trim() == "READY 80";
+    // A connection opened before the agent is never enrolled: its
+    // requests go out untouched, counted `not_enrolled`.
+    let mut early = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _sonde = sonde(
+        &[
+            "--context-propagation",
+            "traceparent",
+            "--context-propagation-exclude",
+            "pyexcluded",
+            "--prometheus-listen",
+            &prom,
+            "--view-listen",
+            "off",
+        ],
+        &agent_env(grpc),
+    );
+    {
+        use std::io::{Read, Write};
+        let request = b"GET /early HTTP/1.1\r\nHost: x\r\n\r\n";
+        early.write_all(request).unwrap();
+        early.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        early.read_to_string(&mut answer).unwrap();
+        assert_eq!(
+            answer,
+            b64(request),
+            "an early connection's request untouched"
+        );
+    }
 
     let big = format!(
         "GET /big HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
@@ -821,6 +837,7 @@ fn safety() {
     assert!(outcome("has_traceparent") >= 1.0, "{m}");
     assert!(outcome("not_http1") >= 1.0, "{m}");
     assert_eq!(outcome("failed"), 0.0, "{m}");
+    assert!(outcome("not_enrolled") >= 1.0, "the early connection: {m}");
 }
 
 /// `traceparent: 00-<32 hex>-<16 hex>-0[01]\r\n`, lowercase.
