@@ -555,32 +555,78 @@ fn one_node() {
     );
 }
 
+/// The raw peer of the safety cases (`fixtures/inject/raw_peer.py`): a
+/// server that answers each connection with what it received, on a plain
+/// port, a TLS port and port 80 when it is free.
+struct RawPeer {
+    dir: PathBuf,
+    port: u16,
+    tls_port: u16,
+    port80: bool,
+    _server: Proc,
+}
+
+impl RawPeer {
+    fn start(dir: &std::path::Path) -> RawPeer {
+        certificate(dir);
+        let (port, tls_port) = (free_port(), free_port());
+        let mut server = Command::new("python3")
+            .arg(fixture("inject/raw_peer.py"))
+            .args(["server", &port.to_string(), &tls_port.to_string()])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut l = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut l)
+            .unwrap();
+        assert!(l.starts_with("READY"), "{l}");
+        RawPeer {
+            dir: dir.to_path_buf(),
+            port,
+            tls_port,
+            port80: l.trim() == "READY 80",
+            _server: Proc(server),
+        }
+    }
+
+    /// Sends `cases` from `python` (its name is the process's comm); what
+    /// the server received, by case name.
+    fn send(&self, python: &std::path::Path, cases: &[Case]) -> HashMap<String, String> {
+        let spec: Vec<serde_json::Value> = cases
+            .iter()
+            .map(|c| {
+                let mut v = c.opts.clone();
+                v["name"] = c.name.into();
+                v["writes"] = c.writes.iter().map(|w| b64(w)).collect::<Vec<_>>().into();
+                v
+            })
+            .collect();
+        let spec_file = self.dir.join("cases.json");
+        std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+        let out = Command::new(python)
+            .arg(fixture("inject/raw_peer.py"))
+            .args(["client", &self.port.to_string(), &self.tls_port.to_string()])
+            .arg(&spec_file)
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "client: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 /// With the sampler keeping no trace, a request's header says so (flags
 /// 00); with `--context-propagation-omit-unsampled` it gets none.
 fn unsampled() {
-    let dir = tempdir("inject-unsampled");
-    certificate(&dir);
-    let (port, tls_port) = (free_port(), free_port());
-    let peer = fixture("inject/raw_peer.py");
-    let mut server = Command::new("python3")
-        .arg(&peer)
-        .args(["server", &port.to_string(), &tls_port.to_string()])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut l = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut l)
-        .unwrap();
-    let _server = Proc(server);
+    let peer = RawPeer::start(&tempdir("inject-unsampled"));
     let request = "GET /u HTTP/1.1\r\nHost: x\r\n\r\n";
-    let spec = dir.join("cases.json");
-    std::fs::write(
-        &spec,
-        serde_json::json!([{"name": "u", "writes": [b64(request.as_bytes())]}]).to_string(),
-    )
-    .unwrap();
+    let case = [Case {
+        name: "u",
+        writes: vec![request.as_bytes().to_vec()],
+        injected: false,
+        opts: serde_json::json!({}),
+    }];
     let received = |extra: &[&str]| -> String {
         let mut args = vec![
             "--context-propagation",
@@ -592,15 +638,7 @@ fn unsampled() {
         ];
         args.extend(extra);
         let _sonde = sonde(&args, &[("OTEL_TRACES_SAMPLER", "always_off".into())]);
-        let out = Command::new("python3")
-            .arg(&peer)
-            .args(["client", &port.to_string(), &tls_port.to_string()])
-            .arg(&spec)
-            .output()
-            .expect("python3");
-        assert!(out.status.success(), "client: {out:?}");
-        let got: HashMap<String, String> = serde_json::from_slice(&out.stdout).unwrap();
-        got["u"].clone()
+        peer.send(std::path::Path::new("python3"), &case)["u"].clone()
     };
     let flagged = received(&[]);
     let line = "GET /u HTTP/1.1\r\n".len();
@@ -642,28 +680,13 @@ fn b64(b: &[u8]) -> String {
 
 fn safety() {
     let dir = tempdir("inject-safety");
-    certificate(&dir);
+    let peer = RawPeer::start(&dir);
     let rt = runtime();
     let store = Arc::new(Store::default());
     let grpc = free_port();
     let _rx = receiver(&rt, store.clone(), grpc, free_port());
     let prom = format!("127.0.0.1:{}", free_port());
-    let (port, tls_port) = (free_port(), free_port());
-    let peer = fixture("inject/raw_peer.py");
-    let mut server = Command::new("python3")
-        .arg(&peer)
-        .args(["server", &port.to_string(), &tls_port.to_string()])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut l = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut l)
-        .unwrap();
-    let _server = Proc(server);
-    assert!(l.starts_with("READY"), "{l}");
-    let port80 = l.trim() == "READY 80";
+    let (port, port80) = (peer.port, peer.port80);
     // A connection opened before the agent is never enrolled: its
     // requests go out untouched, counted `not_enrolled`.
     let mut early = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -753,30 +776,9 @@ fn safety() {
     } else {
         eprintln!("port 80 is taken on this machine: that case is left out");
     }
-    let send = |python: &std::path::Path, cases: &[Case]| -> HashMap<String, String> {
-        let spec: Vec<serde_json::Value> = cases
-            .iter()
-            .map(|c| {
-                let mut v = c.opts.clone();
-                v["name"] = c.name.into();
-                v["writes"] = c.writes.iter().map(|w| b64(w)).collect::<Vec<_>>().into();
-                v
-            })
-            .collect();
-        let spec_file = dir.join("cases.json");
-        std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
-        let out = Command::new(python)
-            .arg(&peer)
-            .args(["client", &port.to_string(), &tls_port.to_string()])
-            .arg(&spec_file)
-            .output()
-            .expect("python3");
-        assert!(out.status.success(), "client: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let got = send(std::path::Path::new("python3"), &cases);
+    let got = peer.send(std::path::Path::new("python3"), &cases);
     // A process excluded by name sends its requests untouched.
-    let excluded = send(
+    let excluded = peer.send(
         &python_named(&dir, "pyexcluded"),
         &[Case {
             name: "excluded",
