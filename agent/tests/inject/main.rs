@@ -400,6 +400,19 @@ fn python_named(dir: &std::path::Path, name: &str) -> PathBuf {
     link
 }
 
+/// The `front` client on this node: `REQUESTS` requests to the local
+/// `port`, 8 in flight, each answered.
+fn front_on_loopback(port: &str) {
+    let done = Command::new("python3")
+        .arg(fixture("inject/front.py"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(REQUESTS.to_string())
+        .env("OTEL_SERVICE_NAME", "front")
+        .output()
+        .expect("front");
+    assert!(done.status.success(), "front failed: {done:?}");
+}
+
 /// A Flask service under OpenTelemetry SDK auto-instrumentation, not
 /// traced by sonde (excluded by name), called by a client sonde traces:
 /// every SDK server span is the child of sonde's client span for the same
@@ -442,15 +455,7 @@ fn sdk_downstream() {
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .stderr(Stdio::null());
     let _app = ready(app);
-    let front = fixture("inject/front.py");
-    let done = Command::new("python3")
-        .arg(&front)
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(REQUESTS.to_string())
-        .env("OTEL_SERVICE_NAME", "front")
-        .output()
-        .expect("front");
-    assert!(done.status.success(), "front failed: {done:?}");
+    front_on_loopback(&port.to_string());
     let of = |spans: &[ReceivedSpan], service: &str, id: &str| -> Vec<ReceivedSpan> {
         spans
             .iter()
@@ -515,14 +520,7 @@ fn one_node() {
         .args(["back", "127.0.0.1", &port])
         .env("OTEL_SERVICE_NAME", "back");
     let _back = ready(back);
-    let done = Command::new("python3")
-        .arg(fixture("inject/front.py"))
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg(REQUESTS.to_string())
-        .env("OTEL_SERVICE_NAME", "front")
-        .output()
-        .expect("front");
-    assert!(done.status.success(), "front failed: {done:?}");
+    front_on_loopback(&port);
     let spans = settle(&store, |s| s.len() >= 2 * REQUESTS);
     for i in 0..REQUESTS {
         let id = i.to_string();
