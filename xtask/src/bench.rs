@@ -28,7 +28,10 @@ pub struct Options {
     pub connections: Option<u32>,
 }
 
-const WORKLOADS: [&str; 4] = ["nginx", "nginx-tls", "python", "db"];
+const WORKLOADS: [&str; 5] = ["nginx", "nginx-tls", "python", "db", "idle"];
+
+/// The `idle` workload's open connections (issue 16: RSS with 10,000).
+const IDLE_CONNECTIONS: u32 = 10_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
@@ -120,6 +123,10 @@ pub fn bench(opts: &Options) -> Result<()> {
     let mut report = String::new();
     for w in workloads {
         let server = Server::start(w)?;
+        if w == "idle" {
+            report += &idle(&bin, &server.url, opts, tck)?;
+            continue;
+        }
         let conns = opts
             .connections
             .unwrap_or(if w.starts_with("nginx") { 32 } else { 16 });
@@ -200,6 +207,146 @@ fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> 
         std::thread::sleep(Duration::from_secs(2));
         s.spans = r.spans();
     }
+    drop(agent);
+    drop(receiver);
+    Ok(s)
+}
+
+/// The `idle` workload: `IDLE_CONNECTIONS` keep-alive connections to
+/// nginx, each answered once and then held open, doing nothing, while the
+/// agent runs with metrics only and with OTLP export. What a node full of
+/// quiet pooled connections costs: the agent's CPU while nothing moves, and
+/// its memory (peak, while idle, and after every connection closed).
+fn idle(bin: &Path, url: &str, opts: &Options, tck: f64) -> Result<String> {
+    let arms = [Arm::Metrics, Arm::Otlp];
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split('/').next())
+        .context("the idle server's url")?;
+    let (host, port) = addr.rsplit_once(':').context("the idle server's port")?;
+    let mut rows: Vec<(Arm, IdleSample)> = vec![];
+    for round in 0..opts.rounds {
+        let mut order = arms;
+        order.rotate_left(round % arms.len());
+        for arm in order {
+            eprintln!("xtask: bench idle, round {}, {}", round + 1, arm.name());
+            rows.push((arm, idle_round(bin, arm, host, port, opts.seconds, tck)?));
+        }
+    }
+    let mut t = format!(
+        "\nidle: {IDLE_CONNECTIONS} keep-alive connections to nginx, one request each, then held open \
+         {}s, {} rounds (median [min-max])\n\n\
+         | arm | connections tracked | requests counted | opening s | agent mCPU, idle | peak RSS MB | RSS MB, idle | RSS MB, after close | connections closed | drops |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        opts.seconds, opts.rounds
+    );
+    for arm in arms {
+        let cell = |f: fn(&IdleSample) -> f64, digits: usize| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|(a, _)| *a == arm)
+                .map(|(_, s)| f(s))
+                .collect();
+            spread(&v, digits)
+        };
+        t += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            arm.name(),
+            cell(|s| s.opened, 0),
+            cell(|s| s.served, 0),
+            cell(|s| s.opening_secs, 1),
+            cell(|s| s.idle_mcpu, 1),
+            cell(|s| s.hwm_mb, 1),
+            cell(|s| s.rss_idle_mb, 1),
+            cell(|s| s.rss_closed_mb, 1),
+            cell(|s| s.closed, 0),
+            cell(|s| s.drops, 0),
+        );
+    }
+    Ok(t)
+}
+
+#[derive(Default)]
+struct IdleSample {
+    /// Connections the agent started tracking while they opened (both
+    /// ends: the clients' and nginx's).
+    opened: f64,
+    /// Requests in the RED metrics: one per connection when exact.
+    served: f64,
+    opening_secs: f64,
+    idle_mcpu: f64,
+    hwm_mb: f64,
+    rss_idle_mb: f64,
+    rss_closed_mb: f64,
+    closed: f64,
+    drops: f64,
+}
+
+fn idle_round(
+    bin: &Path,
+    arm: Arm,
+    host: &str,
+    port: &str,
+    secs: u64,
+    tck: f64,
+) -> Result<IdleSample> {
+    let receiver = match arm.exports() {
+        true => Some(Receiver::start(&bin.join("sonde-otlp-receiver"))?),
+        false => None,
+    };
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let agent = Agent::start(
+        &bin.join("sonde"),
+        &metrics,
+        receiver.as_ref().map(|r| r.grpc.as_str()),
+        None,
+        false,
+    )?;
+    let before = agent.reading(&metrics)?;
+    let mut clients = Command::new("python3")
+        .arg("-c")
+        .arg(include_str!("idle_clients.py"))
+        .args([host, port, &IDLE_CONNECTIONS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the idle workload's clients (python3)")?;
+    let mut line = String::new();
+    BufReader::new(clients.stdout.take().expect("piped")).read_line(&mut line)?;
+    let Some(opening) = line.trim().strip_prefix("ready ") else {
+        stop(&mut clients);
+        bail!("the idle workload's clients did not open their connections: {line:?}");
+    };
+    let mut s = IdleSample {
+        opening_secs: opening.parse().context("the clients' opening time")?,
+        ..Default::default()
+    };
+    // Let the last records through the pipeline before the idle window.
+    std::thread::sleep(Duration::from_secs(2));
+    let quiet = agent.reading(&metrics)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let end = agent.reading(&metrics)?;
+    s.idle_mcpu = (end.ticks - quiet.ticks) / tck / t0.elapsed().as_secs_f64() * 1000.0;
+    s.opened = end.opened - before.opened;
+    s.served = end.served - before.served;
+    s.rss_idle_mb = rss_kib(agent.child.id())? / 1024.0;
+    // Closing: stdin's end tells the clients to close every connection.
+    drop(clients.stdin.take());
+    let _ = clients.wait();
+    let mut closed = 0.0;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        closed = agent.reading(&metrics)?.closed - before.closed;
+        if closed >= s.opened {
+            break;
+        }
+    }
+    let last = agent.reading(&metrics)?;
+    s.closed = closed;
+    s.drops = last.drops - before.drops;
+    s.hwm_mb = last.hwm_kib / 1024.0;
+    s.rss_closed_mb = rss_kib(agent.child.id())? / 1024.0;
     drop(agent);
     drop(receiver);
     Ok(s)
@@ -298,7 +445,7 @@ impl Server {
         let tls = workload == "nginx-tls";
         let mut infra = None;
         let child = match workload {
-            "nginx" | "nginx-tls" => {
+            "nginx" | "nginx-tls" | "idle" => {
                 // A small static file, as in the issue's measurement; over
                 // TLS (a self-signed certificate) for the TLS probes' cost.
                 std::fs::create_dir_all(dir.0.join("www"))?;
@@ -325,10 +472,24 @@ impl Server {
                 } else {
                     format!("listen 127.0.0.1:{port};")
                 };
+                // `idle` holds its connections open, answered, for the
+                // whole measurement: room for all of them, kept alive.
+                let (limits, keepalive) = if workload == "idle" {
+                    (
+                        format!(
+                            "worker_rlimit_nofile {};\nevents {{ worker_connections {}; }}\n",
+                            2 * IDLE_CONNECTIONS + 1024,
+                            IDLE_CONNECTIONS + 1024
+                        ),
+                        "keepalive_timeout 3600s; keepalive_requests 1000000;",
+                    )
+                } else {
+                    ("events { worker_connections 4096; }\n".to_string(), "")
+                };
                 let conf = format!(
                     "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-                     events {{ worker_connections 4096; }}\n\
-                     http {{ access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+                     {limits}\
+                     http {{ access_log off; {keepalive}\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
                      fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
                      server {{ {listen} root {d}/www; }}\n}}\n",
                     d = dir.0.display()
@@ -457,6 +618,9 @@ struct Reading {
     drops: f64,
     probe_secs: f64,
     probe_runs: f64,
+    /// Connections the agent tracked, and saw close, since it started.
+    opened: f64,
+    closed: f64,
     /// Requests served, as the RED metrics count them.
     served: f64,
 }
@@ -532,6 +696,8 @@ impl Agent {
             probe_secs: sum("sonde_probe_run_seconds_total{"),
             probe_runs: sum("sonde_probe_runs_total{"),
             served: sum("http_server_request_duration_seconds_count{"),
+            opened: sum("sonde_connections_opened_total"),
+            closed: sum("sonde_connections_closed_total"),
         })
     }
 }
@@ -657,12 +823,22 @@ fn cpu_ticks(pid: u32) -> Result<f64> {
 
 /// Peak resident set size, in KiB.
 fn hwm_kib(pid: u32) -> Result<f64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// The process's resident memory now (kB).
+fn rss_kib(pid: u32) -> Result<f64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` memory line's value (kB).
+fn status_kib(pid: u32, field: &str) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmHWM")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 fn clock_ticks() -> Result<f64> {

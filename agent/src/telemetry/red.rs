@@ -26,7 +26,7 @@ pub fn http(
             spans::http::method(&ex.request.head.method).0,
         ),
         ("http.response.status_code", decimal(status)),
-        ("network.protocol.version", ex.version()),
+        ("network.protocol.version", ex.version().into()),
     ];
     if let Some(code) = ex.h2.as_ref().and_then(|h| h.reset) {
         labels.push(("error.type", format!("RST_STREAM {code}")));

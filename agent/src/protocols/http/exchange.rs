@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 
 use super::{
     head::Kind,
+    protocol::RequestSeen,
     stream::{Message, MessageStream, StreamError},
 };
 use crate::protocols::Segment;
@@ -24,10 +25,12 @@ pub struct Exchange {
 
 impl Exchange {
     /// `network.protocol.version`: `1.0`, `1.1` or `2`.
-    pub fn version(&self) -> String {
-        match self.h2 {
-            Some(_) => "2".into(),
-            None => format!("1.{}", self.request.head.minor),
+    pub fn version(&self) -> &'static str {
+        match (&self.h2, self.request.head.minor) {
+            (Some(_), _) => "2",
+            // httparse reads HTTP/1.0 and HTTP/1.1 only.
+            (None, 0) => "1.0",
+            (None, _) => "1.1",
         }
     }
 
@@ -50,8 +53,12 @@ pub struct HttpConnection {
     requests: MessageStream,
     responses: MessageStream,
     pending: VecDeque<Message>,
-    /// Requests framed since the last `take_new_requests`.
-    fresh: Vec<Message>,
+    /// Requests framed since the last `take_new_requests`: only what
+    /// correlation needs before the response, not a copy of each head.
+    fresh: Vec<RequestSeen>,
+    /// Messages framed by the current segment (kept for its capacity:
+    /// a connection frames one or two per call).
+    framed: Vec<Message>,
     pub counters: ExchangeCounters,
 }
 
@@ -62,6 +69,7 @@ impl Default for HttpConnection {
             responses: MessageStream::new(Kind::Response),
             pending: VecDeque::new(),
             fresh: Vec::new(),
+            framed: Vec::new(),
             counters: ExchangeCounters::default(),
         }
     }
@@ -76,14 +84,28 @@ impl HttpConnection {
         seg: Segment<'_>,
         out: &mut Vec<Exchange>,
     ) -> Result<(), StreamError> {
-        let mut msgs = Vec::new();
+        let mut msgs = std::mem::take(&mut self.framed);
+        let pushed = match side {
+            Kind::Request => self.requests.push(seg, &mut msgs),
+            Kind::Response => self.responses.push(seg, &mut msgs),
+        };
+        if pushed.is_err() {
+            // Not HTTP after all: what this segment framed is not reported.
+            msgs.clear();
+            self.framed = msgs;
+            return pushed;
+        }
         match side {
             Kind::Request => {
-                self.requests.push(seg, &mut msgs)?;
-                for m in msgs {
+                for m in msgs.drain(..) {
                     self.responses.expect(&m.head.method);
                     if self.fresh.len() < MAX_PENDING {
-                        self.fresh.push(m.clone());
+                        self.fresh.push(RequestSeen {
+                            first: m.first,
+                            last: m.last,
+                            traceparent: m.head.traceparent.clone(),
+                            stream: 0,
+                        });
                     }
                     if self.pending.len() >= MAX_PENDING {
                         self.pending.pop_front();
@@ -92,16 +114,14 @@ impl HttpConnection {
                     self.pending.push_back(m);
                 }
             }
-            Kind::Response => {
-                self.responses.push(seg, &mut msgs)?;
-                self.pair(msgs, out);
-            }
+            Kind::Response => self.pair(&mut msgs, out),
         }
-        Ok(())
+        self.framed = msgs;
+        pushed
     }
 
-    fn pair(&mut self, msgs: Vec<Message>, out: &mut Vec<Exchange>) {
-        for m in msgs {
+    fn pair(&mut self, msgs: &mut Vec<Message>, out: &mut Vec<Exchange>) {
+        for m in msgs.drain(..) {
             if (100..200).contains(&m.head.status) && m.head.status != 101 {
                 continue; // interim: 100 Continue, 103 Early Hints
             }
@@ -120,15 +140,15 @@ impl HttpConnection {
     pub fn close(&mut self, out: &mut Vec<Exchange>) {
         let mut msgs = Vec::new();
         self.responses.close(&mut msgs);
-        self.pair(msgs, out);
+        self.pair(&mut msgs, out);
         self.counters.unanswered_requests += self.pending.len() as u64;
         self.pending.clear();
     }
 
     /// Requests framed since the last call, in order: a server learns here
     /// that a request is in flight, before its response exists.
-    pub fn take_new_requests(&mut self) -> Vec<Message> {
-        std::mem::take(&mut self.fresh)
+    pub fn take_new_requests(&mut self) -> std::vec::Drain<'_, RequestSeen> {
+        self.fresh.drain(..)
     }
 
     /// After a 101 the connection speaks another protocol.

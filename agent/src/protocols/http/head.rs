@@ -146,9 +146,9 @@ impl Head {
         }
     }
 
-    /// Body framing of a response to a request with `method`.
-    pub fn response_framing(&self, request_method: Option<&str>) -> Framing {
-        if request_method == Some("HEAD")
+    /// Body framing of a response; `head_request`: it answers a HEAD.
+    pub fn response_framing(&self, head_request: bool) -> Framing {
+        if head_request
             || (100..200).contains(&self.status)
             || self.status == 204
             || self.status == 304

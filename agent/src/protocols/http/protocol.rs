@@ -55,14 +55,7 @@ impl HttpProtocol {
     fn emit(&mut self, exchanges: Vec<Exchange>, out: &mut Vec<Record>) {
         // Requests framed by this segment come first: their context is fixed
         // before any exchange they complete is built.
-        for m in self.conn.take_new_requests() {
-            out.push(Record::HttpRequest(RequestSeen {
-                first: m.first,
-                last: m.last,
-                traceparent: m.head.traceparent,
-                stream: 0,
-            }));
-        }
+        out.extend(self.conn.take_new_requests().map(Record::HttpRequest));
         out.extend(exchanges.into_iter().map(|e| Record::Http(Box::new(e))));
     }
 }

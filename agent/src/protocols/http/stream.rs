@@ -82,9 +82,10 @@ pub struct MessageStream {
     state: State,
     head_buf: Vec<u8>,
     cur: Option<Message>,
-    /// Responses only: methods of requests awaiting a response, in order
-    /// (a HEAD response has no body whatever its headers say).
-    expected: VecDeque<String>,
+    /// Responses only: for each request awaiting a response, in order,
+    /// whether it was a HEAD (whose response has no body whatever its
+    /// headers say).
+    expected: VecDeque<bool>,
     /// Whether any message was framed yet: garbage before the first one
     /// means "not HTTP", after it a parse error.
     seen_message: bool,
@@ -108,7 +109,7 @@ impl MessageStream {
     /// Responses: a request with `method` was sent; its response comes next.
     pub fn expect(&mut self, method: &str) {
         if self.expected.len() < 1024 {
-            self.expected.push_back(method.to_string());
+            self.expected.push_back(method == "HEAD");
         }
     }
 
@@ -267,12 +268,12 @@ impl MessageStream {
             Kind::Request => h.request_framing(),
             Kind::Response => {
                 let interim = (100..200).contains(&h.status) && h.status != 101;
-                let method = if interim {
-                    self.expected.front().cloned()
+                let head_request = if interim {
+                    self.expected.front().copied()
                 } else {
                     self.expected.pop_front()
                 };
-                h.response_framing(method.as_deref())
+                h.response_framing(head_request == Some(true))
             }
         };
         let upgrade = self.kind == Kind::Response && h.status == 101;
