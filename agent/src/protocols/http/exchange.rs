@@ -14,6 +14,13 @@ use crate::protocols::Segment;
 /// a peer that never answers must not grow memory.
 const MAX_PENDING: usize = 256;
 
+thread_local! {
+    /// The messages one segment frames, handed from the stream to the
+    /// pairing: one vector for every connection of the pipeline's thread,
+    /// so that a connection keeps no room for them while idle.
+    static FRAMED: std::cell::Cell<Vec<Message>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// One request with its final response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
@@ -56,9 +63,6 @@ pub struct HttpConnection {
     /// Requests framed since the last `take_new_requests`: only what
     /// correlation needs before the response, not a copy of each head.
     fresh: Vec<RequestSeen>,
-    /// Messages framed by the current segment (kept for its capacity:
-    /// a connection frames one or two per call).
-    framed: Vec<Message>,
     pub counters: ExchangeCounters,
 }
 
@@ -69,7 +73,6 @@ impl Default for HttpConnection {
             responses: MessageStream::new(Kind::Response),
             pending: VecDeque::new(),
             fresh: Vec::new(),
-            framed: Vec::new(),
             counters: ExchangeCounters::default(),
         }
     }
@@ -84,7 +87,7 @@ impl HttpConnection {
         seg: Segment<'_>,
         out: &mut Vec<Exchange>,
     ) -> Result<(), StreamError> {
-        let mut msgs = std::mem::take(&mut self.framed);
+        let mut msgs = FRAMED.take();
         let pushed = match side {
             Kind::Request => self.requests.push(seg, &mut msgs),
             Kind::Response => self.responses.push(seg, &mut msgs),
@@ -92,7 +95,7 @@ impl HttpConnection {
         if pushed.is_err() {
             // Not HTTP after all: what this segment framed is not reported.
             msgs.clear();
-            self.framed = msgs;
+            FRAMED.set(msgs);
             return pushed;
         }
         match side {
@@ -107,6 +110,11 @@ impl HttpConnection {
                             stream: 0,
                         });
                     }
+                    if self.pending.capacity() == 0 {
+                        // Room for one: most connections have one request
+                        // in flight at a time, and an idle one keeps this.
+                        self.pending.reserve_exact(1);
+                    }
                     if self.pending.len() >= MAX_PENDING {
                         self.pending.pop_front();
                         self.counters.unanswered_requests += 1;
@@ -116,7 +124,7 @@ impl HttpConnection {
             }
             Kind::Response => self.pair(&mut msgs, out),
         }
-        self.framed = msgs;
+        FRAMED.set(msgs);
         pushed
     }
 
@@ -147,8 +155,9 @@ impl HttpConnection {
 
     /// Requests framed since the last call, in order: a server learns here
     /// that a request is in flight, before its response exists.
-    pub fn take_new_requests(&mut self) -> std::vec::Drain<'_, RequestSeen> {
-        self.fresh.drain(..)
+    pub fn take_new_requests(&mut self) -> Vec<RequestSeen> {
+        // Taken, not drained: an idle connection keeps no room for them.
+        std::mem::take(&mut self.fresh)
     }
 
     /// After a 101 the connection speaks another protocol.

@@ -55,7 +55,12 @@ impl HttpProtocol {
     fn emit(&mut self, exchanges: Vec<Exchange>, out: &mut Vec<Record>) {
         // Requests framed by this segment come first: their context is fixed
         // before any exchange they complete is built.
-        out.extend(self.conn.take_new_requests().map(Record::HttpRequest));
+        out.extend(
+            self.conn
+                .take_new_requests()
+                .into_iter()
+                .map(Record::HttpRequest),
+        );
         out.extend(exchanges.into_iter().map(|e| Record::Http(Box::new(e))));
     }
 }

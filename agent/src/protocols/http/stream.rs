@@ -81,7 +81,9 @@ pub struct MessageStream {
     kind: Kind,
     state: State,
     head_buf: Vec<u8>,
-    cur: Option<Message>,
+    /// The message being framed. Boxed: a connection between messages
+    /// (most of them, most of the time) holds only the pointer.
+    cur: Option<Box<Message>>,
     /// Responses only: for each request awaiting a response, in order,
     /// whether it was a HEAD (whose response has no body whatever its
     /// headers say).
@@ -158,7 +160,7 @@ impl MessageStream {
     fn finish(&mut self, complete: bool, out: &mut Vec<Message>) {
         if let Some(mut m) = self.cur.take() {
             m.complete = complete;
-            out.push(m);
+            out.push(*m);
         }
         if self.state != State::Upgraded {
             self.state = State::Start;
@@ -179,13 +181,13 @@ impl MessageStream {
                         return Ok(());
                     }
                     Detect::Yes | Detect::NeedMore => {
-                        self.cur = Some(Message {
+                        self.cur = Some(Box::new(Message {
                             head: Head::default(),
                             body_bytes: 0,
                             first: t,
                             last: t,
                             complete: false,
-                        });
+                        }));
                         self.state = State::Head;
                     }
                 },
