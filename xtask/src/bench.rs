@@ -4,7 +4,9 @@
 //! a discarding receiver (`sonde-otlp-receiver --discard`, whose CPU is
 //! reported apart), the same at 10% head sampling, and the same with
 //! `traceparent` injection. One table per workload: medians over the
-//! rounds, with the spread.
+//! rounds, with the spread. The `idle` workload has no wrk: it holds
+//! 10,000 answered keep-alive connections open, for the agent's idle CPU
+//! and its memory.
 //!
 //! The probes' own cost comes from the kernel (`kernel.bpf_stats_enabled`,
 //! on for the run and restored after): run time per program run, from
