@@ -134,17 +134,9 @@ pub fn bench(opts: &Options) -> Result<()> {
             .unwrap_or(if w.starts_with("nginx") { 32 } else { 16 });
         // Warm the server up (and the page cache), untimed.
         wrk(&server.url, conns, 2)?;
-        let mut samples: Vec<(Arm, Sample)> = vec![];
-        for round in 0..opts.rounds {
-            // Alternate the order, so that no arm always runs first.
-            let mut arms = ARMS;
-            arms.rotate_left(round % ARMS.len());
-            for arm in arms {
-                eprintln!("xtask: bench {w}, round {}, {}", round + 1, arm.name());
-                let s = measure(&bin, arm, &server.url, conns, opts.seconds, tck)?;
-                samples.push((arm, s));
-            }
-        }
+        let samples = alternate(w, &ARMS, opts.rounds, |arm| {
+            measure(&bin, arm, &server.url, conns, opts.seconds, tck)
+        })?;
         report += &table(w, conns, opts, &samples);
     }
     println!("{report}");
@@ -214,6 +206,30 @@ fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> 
     Ok(s)
 }
 
+/// Runs every arm once per round, the order rotated each round so that
+/// no arm always runs first.
+fn alternate<S>(
+    workload: &str,
+    arms: &[Arm],
+    rounds: usize,
+    mut run: impl FnMut(Arm) -> Result<S>,
+) -> Result<Vec<(Arm, S)>> {
+    let mut samples = vec![];
+    for round in 0..rounds {
+        let mut order = arms.to_vec();
+        order.rotate_left(round % arms.len());
+        for arm in order {
+            eprintln!(
+                "xtask: bench {workload}, round {}, {}",
+                round + 1,
+                arm.name()
+            );
+            samples.push((arm, run(arm)?));
+        }
+    }
+    Ok(samples)
+}
+
 /// The `idle` workload: `IDLE_CONNECTIONS` keep-alive connections to
 /// nginx, each answered once and then held open, doing nothing, while the
 /// agent runs with metrics only and with OTLP export. What a node full of
@@ -226,15 +242,9 @@ fn idle(bin: &Path, url: &str, opts: &Options, tck: f64) -> Result<String> {
         .and_then(|r| r.split('/').next())
         .context("the idle server's url")?;
     let (host, port) = addr.rsplit_once(':').context("the idle server's port")?;
-    let mut rows: Vec<(Arm, IdleSample)> = vec![];
-    for round in 0..opts.rounds {
-        let mut order = arms;
-        order.rotate_left(round % arms.len());
-        for arm in order {
-            eprintln!("xtask: bench idle, round {}, {}", round + 1, arm.name());
-            rows.push((arm, idle_round(bin, arm, host, port, opts.seconds, tck)?));
-        }
-    }
+    let rows = alternate("idle", &arms, opts.rounds, |arm| {
+        idle_round(bin, arm, host, port, opts.seconds, tck)
+    })?;
     let mut t = format!(
         "\nidle: {IDLE_CONNECTIONS} keep-alive connections to nginx, one request each, then held open \
          {}s, {} rounds (median [min-max])\n\n\
