@@ -22,7 +22,8 @@ use crate::{
     filter::should_trace,
     inject,
     maps::{
-        capture_size, count, inject_on, wakeup_bytes, ActiveCall, ACTIVE, EVENTS, SCRATCH, SOCKS,
+        active_begin, active_take, capture_size, count, inject_on, wakeup_bytes, ActiveCall,
+        EVENTS, SCRATCH, SOCKS,
     },
     tick, tls,
 };
@@ -76,7 +77,8 @@ fn enter(ctx: &TracePointContext, sc: u8) {
         fd,
         syscall: sc,
         tcp_seen: 0,
-        _pad: [0; 2],
+        live: 1,
+        _pad: 0,
         tick: tick::current(id as u32),
         _pad2: 0,
     };
@@ -103,9 +105,7 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     {
         inject::prepare(id, fd, call.enter_ns);
     }
-    if ACTIVE.insert(&id, &call, 0).is_err() {
-        count(stat::MAP_FULL);
-    }
+    active_begin(id, &call);
 }
 
 /// The first `N` bytes a write syscall sends; zeros for any other.
@@ -128,11 +128,9 @@ fn first_bytes<const N: usize>(ctx: &TracePointContext, sc: u8) -> [u8; N] {
 #[inline(always)]
 fn exit(ctx: &TracePointContext, sc: u8) {
     let id = bpf_get_current_pid_tgid();
-    let call = match unsafe { ACTIVE.get(&id) } {
-        Some(c) => *c,
-        None => return,
+    let Some(call) = active_take(id) else {
+        return;
     };
-    let _ = ACTIVE.remove(&id);
     if inject_on() && syscall::is_egress(sc) {
         inject::write_done(id);
     }

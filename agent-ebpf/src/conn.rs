@@ -28,7 +28,10 @@ use crate::{
     capture::{output, output_with},
     ctx::{arg, field, ret},
     filter::should_trace,
-    maps::{count, ActiveCall, PeerKey, ACTIVE, LISTENERS, PEER_ESTAB, SK_OWNER, SOCKS},
+    maps::{
+        active_begin, active_live, active_take, count, ActiveCall, PeerKey, LISTENERS, PEER_ESTAB,
+        SK_OWNER, SOCKS,
+    },
 };
 
 const AF_INET: u16 = 2;
@@ -77,20 +80,18 @@ fn remember(ctx: &TracePointContext, sc: u8, with_args: bool) {
         fd,
         syscall: sc,
         tcp_seen: 0,
-        _pad: [0; 2],
+        live: 1,
+        _pad: 0,
         tick: crate::tick::current(id as u32),
         _pad2: 0,
     };
-    if ACTIVE.insert(&id, &call, 0).is_err() {
-        count(stat::MAP_FULL);
-    }
+    active_begin(id, &call);
 }
 
 /// Takes this thread's pending call of kind `sc`, if any.
 #[inline(always)]
 pub(crate) fn take(id: u64, sc: u8) -> Option<ActiveCall> {
-    let call = *unsafe { ACTIVE.get(&id) }?;
-    let _ = ACTIVE.remove(&id);
+    let call = active_take(id)?;
     if call.syscall != sc {
         count(stat::ORPHAN_EXITS);
         return None;
@@ -346,7 +347,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         TCP_SYN_SENT | TCP_LISTEN => {
             // Runs inside connect()/listen(): mark the pending call as TCP.
             let id = bpf_get_current_pid_tgid();
-            if let Some(call) = ACTIVE.get_ptr_mut(&id) {
+            if let Some(call) = active_live(id) {
                 let call = unsafe { &mut *call };
                 if new == TCP_SYN_SENT && call.syscall == syscall::CONNECT {
                     call.tcp_seen = 1;

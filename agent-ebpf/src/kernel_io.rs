@@ -7,7 +7,7 @@
 //! * The next `tcp_sendmsg`/`tcp_recvmsg` on that thread ties the kernel
 //!   socket to (tgid, fd) in `SK_SOCK`, so later calls on that socket (poll
 //!   retries in task_work, io-wq workers) are known by the socket alone.
-//! * A call inside a traced syscall (`ACTIVE` holds it) is left to the
+//! * A call inside a traced syscall (`ACTIVE` holds it, live) is left to the
 //!   tracepoints, so nothing is reported twice.
 //! * The kprobes cost something on every TCP send and receive of the node,
 //!   so user space attaches them only once `URING_SEEN` says io_uring was
@@ -28,7 +28,7 @@ use crate::{
     capture::{emit, Source},
     ctx::field,
     filter::should_trace,
-    maps::{ActiveCall, ACTIVE, SOCKS},
+    maps::{active_live, ActiveCall, SOCKS},
 };
 
 #[unsafe(no_mangle)]
@@ -126,7 +126,7 @@ fn on_entry(ctx: &ProbeContext, sc: u8) {
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    if unsafe { ACTIVE.get(&id) }.is_some() {
+    if active_live(id).is_some() {
         return; // inside a traced syscall: its tracepoints report it
     }
     let (Some(sk), Some(msg)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
@@ -162,7 +162,8 @@ fn on_entry(ctx: &ProbeContext, sc: u8) {
             fd: key as u32 as i32,
             syscall: sc,
             tcp_seen: 1,
-            _pad: [0; 2],
+            live: 1,
+            _pad: 0,
             tick: 0,
             _pad2: 0,
         },

@@ -21,7 +21,7 @@ use sonde_common::{kind, syscall};
 use crate::{
     conn::{conn_event, send, take},
     ctx::{arg, ret},
-    maps::{count, ActiveCall, ACTIVE, PIPE_PROCS},
+    maps::{active_begin, ActiveCall, PIPE_PROCS},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -37,13 +37,12 @@ fn remember(sc: u8) {
         fd: -1,
         syscall: sc,
         tcp_seen: 0,
-        _pad: [0; 2],
+        live: 1,
+        _pad: 0,
         tick: 0,
         _pad2: 0,
     };
-    if ACTIVE.insert(&id, &call, 0).is_err() {
-        count(sonde_common::stat::MAP_FULL);
-    }
+    active_begin(id, &call);
 }
 
 /// A fork-family call of a process whose pipes are followed; `flags`: the

@@ -289,7 +289,8 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
             syscall::TLS_WRITE
         },
         tcp_seen: 0,
-        _pad: [0; 2],
+        live: 1,
+        _pad: 0,
         tick: c.tick,
         _pad2: 0,
     };
