@@ -700,6 +700,17 @@ impl Agent {
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum()
         };
+        // Which stage dropped, for the log: the table only sums them.
+        let dropping: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sonde_dropped_total{") && !l.ends_with(" 0"))
+            .collect();
+        if !dropping.is_empty() {
+            eprintln!(
+                "xtask: the agent counts drops so far: {}",
+                dropping.join(", ")
+            );
+        }
         Ok(Reading {
             ticks: cpu_ticks(self.child.id())?,
             hwm_kib: hwm_kib(self.child.id())?,
