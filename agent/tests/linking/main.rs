@@ -262,6 +262,23 @@ fn event_loop() {
     assert_eq!(ambiguous, 1.0, "the one ambiguous call is counted");
 }
 
+/// Every span of `n` requests to `service` that each make two downstream
+/// calls has arrived: the service's SERVER spans, its CLIENT spans and the
+/// downstream's. The downstream's come first (a call's server ends before
+/// its client, a request's calls before the request), so counting them
+/// alone let the check start while the service's last spans were still
+/// held for their partners or queued for export.
+fn two_calls_each_exported(s: &[ReceivedSpan], service: &str, n: usize) -> bool {
+    let of = |kind: SpanKind| {
+        s.iter()
+            .filter(|x| x.service() == service && kind_of(x) == kind)
+            .count()
+    };
+    s.iter().filter(|x| x.service() == "downstream").count() >= 2 * n
+        && of(SpanKind::Server) >= n
+        && of(SpanKind::Client) >= 2 * n
+}
+
 /// Python asyncio, under the load of the Node.js test below
 /// (`async_server.py` /r/<id>: two sequential calls, each on a new
 /// connection): a task's continuation runs in the loop's next iteration,
@@ -272,9 +289,7 @@ fn asyncio_eight_in_flight() {
     const IN_FLIGHT: usize = 8;
     let ((a, _srv, _down), port) = async_server("asyncio-loop");
     load(port, 0..N, IN_FLIGHT);
-    let spans = wait_spans(&a.store, |s| {
-        s.iter().filter(|x| x.service() == "downstream").count() >= 2 * N
-    });
+    let spans = wait_spans(&a.store, |s| two_calls_each_exported(s, "asyncio-loop", N));
     let found = Found {
         spans: &spans,
         service: "asyncio-loop",
@@ -326,9 +341,7 @@ fn node_event_loop(max_sockets: Option<usize>) {
         .env("OTEL_SERVICE_NAME", "node-loop");
     let _srv = ready(cmd);
     load(port, 0..N, IN_FLIGHT);
-    let spans = wait_spans(&a.store, |s| {
-        s.iter().filter(|x| x.service() == "downstream").count() >= 2 * N
-    });
+    let spans = wait_spans(&a.store, |s| two_calls_each_exported(s, "node-loop", N));
     let found = Found {
         spans: &spans,
         service: "node-loop",
