@@ -143,7 +143,9 @@ pub fn bench(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> Result<Sample> {
+/// What `arm` runs beside the workload: the discarding receiver when it
+/// exports, and the agent (none when bare), with its `/metrics` address.
+fn start_arm(bin: &Path, arm: Arm) -> Result<(Option<Receiver>, String, Option<Agent>)> {
     let receiver = match arm.exports() {
         true => Some(Receiver::start(&bin.join("sonde-otlp-receiver"))?),
         false => None,
@@ -159,6 +161,11 @@ fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> 
             arm == Arm::Injected,
         )?),
     };
+    Ok((receiver, metrics, agent))
+}
+
+fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> Result<Sample> {
+    let (receiver, metrics, agent) = start_arm(bin, arm)?;
     let before = agent.as_ref().map(|a| a.reading(&metrics)).transpose()?;
     let recv_before = receiver
         .as_ref()
@@ -302,18 +309,8 @@ fn idle_round(
     secs: u64,
     tck: f64,
 ) -> Result<IdleSample> {
-    let receiver = match arm.exports() {
-        true => Some(Receiver::start(&bin.join("sonde-otlp-receiver"))?),
-        false => None,
-    };
-    let metrics = format!("127.0.0.1:{}", free_port()?);
-    let agent = Agent::start(
-        &bin.join("sonde"),
-        &metrics,
-        receiver.as_ref().map(|r| r.grpc.as_str()),
-        None,
-        false,
-    )?;
+    let (receiver, metrics, agent) = start_arm(bin, arm)?;
+    let agent = agent.context("the idle workload runs with the agent")?;
     let before = agent.reading(&metrics)?;
     let mut clients = Command::new("python3")
         .arg("-c")
