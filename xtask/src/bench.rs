@@ -180,6 +180,7 @@ fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> 
         s.agent_mcpu = (a.ticks - b.ticks) / tck / wall * 1000.0;
         s.events = a.events - b.events;
         s.drops = a.drops - b.drops;
+        a.log_drops(url);
         let runs = a.probe_runs - b.probe_runs;
         s.probe_ns = if runs > 0.0 {
             (a.probe_secs - b.probe_secs) / runs * 1e9
@@ -260,14 +261,8 @@ fn idle(bin: &Path, url: &str, opts: &Options, tck: f64) -> Result<String> {
         opts.seconds, opts.rounds
     );
     for arm in arms {
-        let cell = |f: fn(&IdleSample) -> f64, digits: usize| {
-            let v: Vec<f64> = rows
-                .iter()
-                .filter(|(a, _)| *a == arm)
-                .map(|(_, s)| f(s))
-                .collect();
-            spread(&v, digits)
-        };
+        let cell =
+            |f: fn(&IdleSample) -> f64, digits: usize| spread(&column(&rows, arm, f), digits);
         t += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             arm.name(),
@@ -354,6 +349,7 @@ fn idle_round(
     let last = agent.reading(&metrics)?;
     s.closed = closed;
     s.drops = last.drops - before.drops;
+    last.log_drops("idle");
     s.hwm_mb = last.hwm_kib / 1024.0;
     s.rss_closed_mb = rss_kib(agent.child.id())? / 1024.0;
     drop(agent);
@@ -363,13 +359,7 @@ fn idle_round(
 
 /// The table of one workload: medians over the rounds, spread in brackets.
 fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) -> String {
-    let of = |arm: Arm, f: fn(&Sample) -> f64| -> Vec<f64> {
-        samples
-            .iter()
-            .filter(|(a, _)| *a == arm)
-            .map(|(_, s)| f(s))
-            .collect()
-    };
+    let of = |arm: Arm, f: fn(&Sample) -> f64| column(samples, arm, f);
     let bare_rps = median(&of(Arm::Bare, |s| s.rps));
     let bare_p50 = median(&of(Arm::Bare, |s| s.p50_ms));
     let bare_p99 = median(&of(Arm::Bare, |s| s.p99_ms));
@@ -419,6 +409,15 @@ fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) 
         );
     }
     t
+}
+
+/// One figure of `arm`'s samples, round by round.
+fn column<S>(samples: &[(Arm, S)], arm: Arm, f: fn(&S) -> f64) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|(a, _)| *a == arm)
+        .map(|(_, s)| f(s))
+        .collect()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -632,6 +631,21 @@ struct Reading {
     closed: f64,
     /// Requests served, as the RED metrics count them.
     served: f64,
+    /// The `sonde_dropped_total` series that are not 0: the table only
+    /// sums them, the log names them.
+    dropping: Vec<String>,
+}
+
+impl Reading {
+    /// Names the stages that dropped, once per round, in the log.
+    fn log_drops(&self, workload: &str) {
+        if !self.dropping.is_empty() {
+            eprintln!(
+                "xtask: bench {workload}: the agent counts drops: {}",
+                self.dropping.join(", ")
+            );
+        }
+    }
 }
 
 impl Agent {
@@ -697,18 +711,12 @@ impl Agent {
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum()
         };
-        // Which stage dropped, for the log: the table only sums them.
-        let dropping: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("sonde_dropped_total{") && !l.ends_with(" 0"))
-            .collect();
-        if !dropping.is_empty() {
-            eprintln!(
-                "xtask: the agent counts drops so far: {}",
-                dropping.join(", ")
-            );
-        }
         Ok(Reading {
+            dropping: text
+                .lines()
+                .filter(|l| l.starts_with("sonde_dropped_total{") && !l.ends_with(" 0"))
+                .map(String::from)
+                .collect(),
             ticks: cpu_ticks(self.child.id())?,
             hwm_kib: hwm_kib(self.child.id())?,
             events: sum("sonde_kernel_events_total"),
