@@ -241,7 +241,7 @@ mod tests {
     use crate::spans::SpanKind;
 
     fn resource(name: &str, extra: Vec<(String, Value)>) -> Arc<Resource> {
-        let mut attributes = vec![("service.name".to_string(), Value::Str(name.into()))];
+        let mut attributes = vec![("service.name".to_string(), name.into())];
         attributes.extend(extra);
         Arc::new(Resource {
             service_name: name.into(),

@@ -21,7 +21,7 @@ use crate::{
 fn any(v: &Value) -> AnyValue {
     AnyValue {
         value: Some(match v {
-            Value::Str(s) => any_value::Value::StringValue(s.clone()),
+            Value::Str(s) => any_value::Value::StringValue(s.to_string()),
             Value::Int(i) => any_value::Value::IntValue(*i),
             Value::Bool(b) => any_value::Value::BoolValue(*b),
             Value::Double(d) => any_value::Value::DoubleValue(*d),
@@ -164,7 +164,7 @@ pub fn metrics(reg: &Registry, now_unix_ns: u64) -> ExportMetricsServiceRequest 
         };
         let attributes: Vec<KeyValue> = labels
             .iter()
-            .map(|(k, v)| kv(k, &Value::Str(v.clone())))
+            .map(|(k, v)| kv(k, &Value::Str(v.clone().into())))
             .collect();
         if let Some(metric::Data::Sum(sum)) = &mut m.data {
             sum.data_points.push(NumberDataPoint {

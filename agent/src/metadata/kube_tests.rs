@@ -171,7 +171,7 @@ fn str_attr(attrs: &[(String, Value)], k: &str) -> Option<String> {
         .iter()
         .find(|(k2, _)| k2 == k)
         .and_then(|(_, v)| match v {
-            Value::Str(s) => Some(s.clone()),
+            Value::Str(s) => Some(s.to_string()),
             _ => None,
         })
 }

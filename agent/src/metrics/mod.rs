@@ -6,11 +6,13 @@
 pub mod prometheus;
 
 use std::{
+    borrow::Cow,
     hash::{BuildHasher, Hash, Hasher},
     sync::{Arc, Mutex},
 };
 
 use hashbrown::hash_map::EntryRef;
+use smallvec::SmallVec;
 
 use crate::spans::{Resource, Value};
 
@@ -234,78 +236,99 @@ impl Histogram {
     }
 }
 
-/// Metric attributes of one series, sorted by key.
-pub type Labels = Vec<(&'static str, String)>;
+/// One attribute of a record: borrowed from the record or static where it
+/// can be (methods, versions, routes), so that a record of a series that
+/// exists allocates nothing.
+pub type Label<'a> = (&'static str, Cow<'a, str>);
 
-/// One series: an instrument, the resource instance it belongs to, its
-/// attributes. A record looks its series up from borrowed parts
-/// ([`SeriesRef`]) and allocates only for a new one. Both hash as the
-/// instrument and `set`, the hash of (instance, labels), which a record
-/// computes once for all its instruments.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct SeriesKey {
-    instrument: &'static str,
+/// A record's attributes, on the stack.
+pub type Labels<'a> = SmallVec<[Label<'a>; 8]>;
+
+/// A series' attributes as stored, sorted by key.
+pub type StoredLabels = Vec<(&'static str, String)>;
+
+/// The series of one attribute set: a resource instance and its labels.
+/// A record of several instruments (a request's duration and sizes) finds
+/// its set once. Hashes as `set`, the hash of (instance, labels), which a
+/// record computes from borrowed parts ([`SetRef`]).
+#[derive(Debug)]
+struct SetKey {
     instance: Box<str>,
-    labels: Labels,
+    labels: StoredLabels,
     set: u64,
 }
 
-/// A series' key as a record holds it: nothing owned.
-struct SeriesRef<'a> {
-    instrument: &'static str,
+/// A set's key as a record holds it: nothing owned.
+struct SetRef<'a> {
     instance: &'a str,
-    labels: &'a [(&'static str, String)],
+    labels: &'a [Label<'a>],
     set: u64,
 }
 
-impl Hash for SeriesKey {
+impl Hash for SetKey {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        self.instrument.hash(h);
         self.set.hash(h);
     }
 }
 
-impl Hash for SeriesRef<'_> {
+impl Hash for SetRef<'_> {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        self.instrument.hash(h);
         self.set.hash(h);
     }
 }
 
-impl From<&SeriesRef<'_>> for SeriesKey {
-    fn from(r: &SeriesRef<'_>) -> SeriesKey {
-        SeriesKey {
-            instrument: r.instrument,
+impl PartialEq for SetKey {
+    fn eq(&self, o: &SetKey) -> bool {
+        self.set == o.set && self.instance == o.instance && self.labels == o.labels
+    }
+}
+impl Eq for SetKey {}
+
+impl From<&SetRef<'_>> for SetKey {
+    fn from(r: &SetRef<'_>) -> SetKey {
+        SetKey {
             instance: r.instance.into(),
-            labels: r.labels.to_vec(),
+            labels: r.labels.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             set: r.set,
         }
     }
 }
 
-impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
-    fn equivalent(&self, k: &SeriesKey) -> bool {
+impl hashbrown::Equivalent<SetKey> for SetRef<'_> {
+    fn equivalent(&self, k: &SetKey) -> bool {
         self.set == k.set
-            && self.instrument == k.instrument
             && self.instance == &*k.instance
-            && self.labels == k.labels
+            && self.labels.len() == k.labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(&k.labels)
+                .all(|((a, x), (b, y))| a == b && x == y)
     }
 }
 
 #[derive(Debug)]
 struct Series {
     instrument: &'static Instrument,
-    resource: Arc<Resource>,
     hist: Histogram,
     /// Last record, for expiry.
     updated: std::time::Instant,
+}
+
+#[derive(Debug)]
+struct SeriesSet {
+    resource: Arc<Resource>,
+    /// One per instrument recorded with these attributes.
+    series: SmallVec<[Series; 4]>,
 }
 
 /// All series, cumulative since `start_unix_ns`.
 #[derive(Debug)]
 pub struct Registry {
     /// Unordered: a record is a hash lookup; [`Registry::each`] sorts.
-    series: hashbrown::HashMap<SeriesKey, Series, foldhash::fast::RandomState>,
+    sets: hashbrown::HashMap<SetKey, SeriesSet, foldhash::fast::RandomState>,
+    /// Series in all sets.
+    series: usize,
     pub start_unix_ns: u64,
     /// Series beyond this are refused (and counted), bounding memory.
     max_series: usize,
@@ -327,7 +350,7 @@ fn instance_of(r: &Resource) -> &str {
         .iter()
         .find(|(k, _)| k == "service.instance.id")
         .and_then(|(_, v)| match v {
-            Value::Str(s) => Some(s.as_str()),
+            Value::Str(s) => Some(s.as_ref()),
             _ => None,
         })
         .unwrap_or(&r.service_name)
@@ -336,7 +359,8 @@ fn instance_of(r: &Resource) -> &str {
 impl Registry {
     pub fn new(start_unix_ns: u64) -> Registry {
         Registry {
-            series: hashbrown::HashMap::default(),
+            sets: hashbrown::HashMap::default(),
+            series: 0,
             start_unix_ns,
             max_series: 50_000,
             refused_series: 0,
@@ -352,48 +376,74 @@ impl Registry {
         &mut self,
         inst: &'static Instrument,
         resource: &Arc<Resource>,
-        labels: Labels,
+        labels: Labels<'_>,
         v: f64,
     ) {
         self.record_all([(inst, v)], resource, labels)
     }
 
     /// Records one value per instrument, all with the same attributes (a
-    /// request's duration and sizes): the labels are sorted once, and only
-    /// a series seen for the first time copies them.
+    /// request's duration and sizes): the labels are sorted and their set
+    /// found once, and only a set seen for the first time copies them.
     pub fn record_all(
         &mut self,
         values: impl IntoIterator<Item = (&'static Instrument, f64)>,
         resource: &Arc<Resource>,
-        mut labels: Labels,
+        mut labels: Labels<'_>,
     ) {
         labels.sort_unstable();
         let instance = instance_of(resource);
-        let set = self.series.hasher().hash_one((instance, &labels));
+        let set = {
+            let mut h = self.sets.hasher().build_hasher();
+            instance.hash(&mut h);
+            for (k, v) in &labels {
+                k.hash(&mut h);
+                v.as_ref().hash(&mut h);
+            }
+            h.finish()
+        };
+        let key = SetRef {
+            instance,
+            labels: &labels,
+            set,
+        };
+        let full = self.series >= self.max_series;
+        let values = values.into_iter();
+        let set = match self.sets.entry_ref(&key) {
+            EntryRef::Occupied(o) => o.into_mut(),
+            EntryRef::Vacant(_) if full => {
+                self.refused_series += values.count() as u64;
+                return;
+            }
+            EntryRef::Vacant(e) => e.insert_with_key(
+                SetKey::from(&key),
+                SeriesSet {
+                    resource: resource.clone(),
+                    series: SmallVec::new(),
+                },
+            ),
+        };
         let now = std::time::Instant::now();
         for (inst, v) in values {
-            let key = SeriesRef {
-                instrument: inst.name,
-                instance,
-                labels: &labels,
-                set,
-            };
-            let full = self.series.len() >= self.max_series;
-            let series = match self.series.entry_ref(&key) {
-                EntryRef::Occupied(o) => o.into_mut(),
-                EntryRef::Vacant(_) if full => {
+            let series = match set
+                .series
+                .iter()
+                .position(|s| s.instrument.name == inst.name)
+            {
+                Some(i) => &mut set.series[i],
+                None if self.series >= self.max_series => {
                     self.refused_series += 1;
                     continue;
                 }
-                EntryRef::Vacant(e) => e.insert_with_key(
-                    SeriesKey::from(&key),
-                    Series {
+                None => {
+                    self.series += 1;
+                    set.series.push(Series {
                         instrument: inst,
-                        resource: resource.clone(),
                         hist: Histogram::default(),
                         updated: now,
-                    },
-                ),
+                    });
+                    set.series.last_mut().expect("pushed")
+                }
             };
             series.hist.record(inst.buckets, v);
             series.updated = now;
@@ -403,29 +453,54 @@ impl Registry {
     /// Removes the series not recorded within `ttl` of `now`. A series that
     /// comes back starts again from zero (a counter reset to consumers).
     pub fn expire(&mut self, now: std::time::Instant, ttl: std::time::Duration) {
-        let before = self.series.len();
-        self.series
-            .retain(|_, s| now.saturating_duration_since(s.updated) < ttl);
-        self.expired_series += (before - self.series.len()) as u64;
+        let before = self.series;
+        let mut left = 0;
+        self.sets.retain(|_, set| {
+            set.series
+                .retain(|s| now.saturating_duration_since(s.updated) < ttl);
+            left += set.series.len();
+            !set.series.is_empty()
+        });
+        self.series = left;
+        self.expired_series += (before - left) as u64;
     }
 
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.series
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.series == 0
     }
 
-    /// Every series as (instrument, resource, labels, histogram), in the
-    /// order of their keys (so exports are stable from one to the next).
+    /// Every series as (instrument, resource, labels, histogram), ordered
+    /// by instrument, instance and labels (so exports are stable from one
+    /// to the next).
     pub fn each(
         &self,
-    ) -> impl Iterator<Item = (&'static Instrument, &Arc<Resource>, &Labels, &Histogram)> {
-        let mut all: Vec<(&SeriesKey, &Series)> = self.series.iter().collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    ) -> impl Iterator<
+        Item = (
+            &'static Instrument,
+            &Arc<Resource>,
+            &StoredLabels,
+            &Histogram,
+        ),
+    > {
+        let mut all: Vec<(&SetKey, &SeriesSet, &Series)> = self
+            .sets
+            .iter()
+            .flat_map(|(k, set)| set.series.iter().map(move |s| (k, set, s)))
+            .collect();
+        all.sort_unstable_by(|a, b| {
+            (a.2.instrument.name, &a.0.instance, &a.0.labels, a.0.set).cmp(&(
+                b.2.instrument.name,
+                &b.0.instance,
+                &b.0.labels,
+                b.0.set,
+            ))
+        });
         all.into_iter()
-            .map(|(k, s)| (s.instrument, &s.resource, &k.labels, &s.hist))
+            .map(|(k, set, s)| (s.instrument, &set.resource, &k.labels, &s.hist))
     }
 }
 
@@ -445,9 +520,19 @@ mod tests {
     fn series_expire_after_their_ttl_and_free_room_under_the_limit() {
         let mut r = Registry::new(0);
         r.max_series = 2;
-        r.record(&HTTP_SERVER_DURATION, &resource("old-pod"), vec![], 0.1);
-        r.record(&HTTP_SERVER_DURATION, &resource("live"), vec![], 0.1);
-        r.record(&HTTP_SERVER_DURATION, &resource("new-pod"), vec![], 0.1);
+        r.record(
+            &HTTP_SERVER_DURATION,
+            &resource("old-pod"),
+            Labels::new(),
+            0.1,
+        );
+        r.record(&HTTP_SERVER_DURATION, &resource("live"), Labels::new(), 0.1);
+        r.record(
+            &HTTP_SERVER_DURATION,
+            &resource("new-pod"),
+            Labels::new(),
+            0.1,
+        );
         assert_eq!(
             (r.len(), r.refused_series),
             (2, 1),
@@ -463,7 +548,12 @@ mod tests {
         );
         r.expire(later + Duration::from_secs(60), Duration::from_secs(60));
         assert_eq!((r.len(), r.expired_series), (0, 2));
-        r.record(&HTTP_SERVER_DURATION, &resource("new-pod"), vec![], 0.1);
+        r.record(
+            &HTTP_SERVER_DURATION,
+            &resource("new-pod"),
+            Labels::new(),
+            0.1,
+        );
         assert_eq!(r.len(), 1, "room again");
     }
 }

@@ -184,9 +184,9 @@ mod tests {
     fn renders_cumulative_buckets_and_merges_instances() {
         let mut reg = Registry::new(0);
         let labels = || {
-            vec![
-                ("http.route", "/a".to_string()),
-                ("http.request.method", "GET".to_string()),
+            smallvec::smallvec![
+                ("http.route", "/a".into()),
+                ("http.request.method", "GET".into()),
             ]
         };
         reg.record(&HTTP_SERVER_DURATION, &res("1"), labels(), 0.003);
@@ -241,7 +241,7 @@ mod tests {
             reg.record(
                 &crate::metrics::MESSAGING_SENT,
                 &res("1"),
-                vec![("messaging.destination.name", "events".into())],
+                smallvec::smallvec![("messaging.destination.name", "events".into())],
                 1.0,
             );
         }

@@ -1,6 +1,6 @@
 //! HTTP exchanges to SERVER / CLIENT spans with the stable HTTP semantic
 //! conventions.
-use std::net::SocketAddr;
+use std::{borrow::Cow, net::SocketAddr};
 
 use super::{traceparent, Attributes, Span, SpanCtx, SpanKind, Status, Value};
 use crate::{
@@ -21,43 +21,44 @@ pub struct HttpSpanOptions {
     pub keep_query_values: bool,
 }
 
-/// The `http.request.method` value, and the original when it is not a known one.
-pub fn method(m: &str) -> (String, Option<String>) {
-    if KNOWN_METHODS.contains(&m) {
-        (m.to_string(), None)
-    } else {
-        ("_OTHER".into(), Some(m.to_string()))
-    }
+/// The `http.request.method` value: the method, if the conventions name
+/// it, else `_OTHER` (the original then goes in `method_original`).
+pub fn method_label(m: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|k| **k == m)
+        .copied()
+        .unwrap_or("_OTHER")
 }
 
 /// `host[:port]` from a Host header.
-fn split_host(h: &str) -> (String, Option<u16>) {
+fn split_host(h: &str) -> (&str, Option<u16>) {
     if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
         let (ip, tail) = rest.split_once(']').unwrap_or((rest, ""));
-        return (
-            ip.to_string(),
-            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
-        );
+        return (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match h.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => (host.to_string(), port.parse().ok()),
-        _ => (h.to_string(), None),
+        Some((host, port)) if !host.contains(':') => (host, port.parse().ok()),
+        _ => (h, None),
     }
 }
 
 /// A client's `server.address` and `server.port`: the Host header, else
 /// the peer.
-pub fn server_of(host: Option<(String, Option<u16>)>, peer: Option<SocketAddr>) -> (String, u16) {
+pub fn server_of(
+    host: Option<(&str, Option<u16>)>,
+    peer: Option<SocketAddr>,
+) -> (Cow<'_, str>, u16) {
     match (host, peer) {
-        (Some((h, p)), peer) => (h, p.or(peer.map(|x| x.port())).unwrap_or(80)),
-        (None, Some(p)) => (super::ip_text(p.ip()), p.port()),
+        (Some((h, p)), peer) => (h.into(), p.or(peer.map(|x| x.port())).unwrap_or(80)),
+        (None, Some(p)) => (super::ip_text(p.ip()).into(), p.port()),
         (None, None) => ("unknown".into(), 80),
     }
 }
 
 /// The client's view of the server it called.
-pub fn client_server(conn: &ConnInfo, ex: &Exchange) -> (String, u16) {
+pub fn client_server<'a>(conn: &ConnInfo, ex: &'a Exchange) -> (Cow<'a, str>, u16) {
     server_of(
         ex.request.head.host.as_deref().map(split_host),
         conn.remote(),
@@ -107,7 +108,7 @@ pub fn build(
     let req = &ex.request.head;
     let resp = &ex.response.head;
     let server = conn.role == Role::Server;
-    let (m, original) = method(&req.method);
+    let m = method_label(&req.method);
     // Server: from the read that delivered the first request byte (its
     // entry may be an idle wait). Client: from the write of the first byte.
     let start = if server {
@@ -120,13 +121,13 @@ pub fn build(
 
     // Room for every attribute below, so that building never regrows.
     let mut a: Attributes = Vec::with_capacity(20);
-    a.push(("http.request.method", m.clone().into()));
-    if let Some(o) = original {
-        a.push(("http.request.method_original", o.into()));
+    a.push(("http.request.method", Value::fixed(m)));
+    if m == "_OTHER" {
+        a.push(("http.request.method_original", req.method.as_str().into()));
     }
     a.push(("http.response.status_code", Value::Int(status as i64)));
-    a.push(("network.protocol.name", "http".into()));
-    a.push(("network.protocol.version", ex.version().into()));
+    a.push(("network.protocol.name", Value::fixed("http")));
+    a.push(("network.protocol.version", Value::fixed(ex.version())));
     let tuple = conn.tuple;
     let peer: Option<SocketAddr> = tuple.map(|t| t.remote);
     // Written once: a server span names the peer twice.
@@ -148,12 +149,12 @@ pub fn build(
         if let Some(q) = &query {
             a.push(("url.query", q.clone().into()));
         }
-        a.push(("url.scheme", scheme(conn).into()));
+        a.push(("url.scheme", Value::fixed(scheme(conn))));
         a.push(("http.route", r.into()));
         let local = tuple.map(|t| t.local);
         match (&host, local) {
             (Some((h, port)), l) => {
-                a.push(("server.address", h.clone().into()));
+                a.push(("server.address", (*h).into()));
                 if let Some(port) = port.or(l.map(|l| l.port())) {
                     a.push(("server.port", Value::Int(port as i64)));
                 }
@@ -169,23 +170,11 @@ pub fn build(
         }
     } else {
         let (addr, port) = server_of(host, peer);
-        a.push(("server.address", addr.clone().into()));
+        a.push(("server.address", addr.as_ref().into()));
         a.push(("server.port", Value::Int(port as i64)));
-        let default_port = if conn.tls { 443 } else { 80 };
-        let authority = if port == default_port {
-            addr
-        } else {
-            format!("{addr}:{port}")
-        };
-        let q = query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
         a.push((
             "url.full",
-            format!(
-                "{}://{authority}{}{q}",
-                scheme(conn),
-                route::path(&req.target)
-            )
-            .into(),
+            url_full(conn, &addr, port, &req.target, query.as_deref()).into(),
         ));
     }
     if let Some(ua) = &req.user_agent {
@@ -204,7 +193,10 @@ pub fn build(
     if let Some(code) = reset {
         a.push(("error.type", format!("RST_STREAM {code}").into()));
     } else if error {
-        a.push(("error.type", status.to_string().into()));
+        a.push((
+            "error.type",
+            itoa::Buffer::new().format(status).to_owned().into(),
+        ));
     }
 
     // The tracestate travels with the traceparent's trace.
@@ -216,7 +208,11 @@ pub fn build(
     let name = if m == "_OTHER" {
         "HTTP".to_string()
     } else {
-        format!("{m} {r}")
+        let mut n = String::with_capacity(m.len() + 1 + r.len());
+        n.push_str(m);
+        n.push(' ');
+        n.push_str(r);
+        n
     };
     Span {
         trace_id: ctx.trace_id,
@@ -247,24 +243,51 @@ pub fn build(
     }
 }
 
+/// A client's `url.full`: scheme, authority (the port only when not the
+/// scheme's default), path and query, written without `fmt`.
+fn url_full(conn: &ConnInfo, host: &str, port: u16, target: &str, query: Option<&str>) -> String {
+    let scheme = scheme(conn);
+    let path = route::path(target);
+    let mut digits = itoa::Buffer::new();
+    let port = if port == if conn.tls { 443 } else { 80 } {
+        ""
+    } else {
+        digits.format(port)
+    };
+    let q = query.unwrap_or("");
+    let mut u = String::with_capacity(
+        scheme.len() + 4 + host.len() + port.len() + path.len() + 1 + q.len(),
+    );
+    u.push_str(scheme);
+    u.push_str("://");
+    u.push_str(host);
+    if !port.is_empty() {
+        u.push(':');
+        u.push_str(port);
+    }
+    u.push_str(path);
+    if query.is_some() {
+        u.push('?');
+        u.push_str(q);
+    }
+    u
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn host_headers() {
-        assert_eq!(
-            split_host("example.com:8080"),
-            ("example.com".into(), Some(8080))
-        );
-        assert_eq!(split_host("example.com"), ("example.com".into(), None));
-        assert_eq!(split_host("[::1]:9000"), ("::1".into(), Some(9000)));
-        assert_eq!(split_host("::1"), ("::1".into(), None));
+        assert_eq!(split_host("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(split_host("example.com"), ("example.com", None));
+        assert_eq!(split_host("[::1]:9000"), ("::1", Some(9000)));
+        assert_eq!(split_host("::1"), ("::1", None));
     }
 
     #[test]
     fn unknown_methods_are_other() {
-        assert_eq!(method("PURGE"), ("_OTHER".into(), Some("PURGE".into())));
-        assert_eq!(method("GET"), ("GET".into(), None));
+        assert_eq!(method_label("PURGE"), "_OTHER");
+        assert_eq!(method_label("GET"), "GET");
     }
 }

@@ -10,25 +10,39 @@ pub mod rpc;
 pub mod sampler;
 pub mod traceparent;
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 pub use resource::{Resource, ResourceBuilder};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    Str(String),
+    /// Static for the fixed vocabulary (methods, versions, schemes, systems):
+    /// a span carries a dozen strings, and each owned one is an allocation.
+    Str(Cow<'static, str>),
     Int(i64),
     Bool(bool),
     Double(f64),
 }
 
+impl Value {
+    /// A static string, not copied.
+    pub const fn fixed(s: &'static str) -> Value {
+        Value::Str(Cow::Borrowed(s))
+    }
+}
+
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
-        Value::Str(s.to_string())
+        Value::Str(Cow::Owned(s.to_string()))
     }
 }
 impl From<String> for Value {
     fn from(s: String) -> Self {
+        Value::Str(Cow::Owned(s))
+    }
+}
+impl From<Cow<'static, str>> for Value {
+    fn from(s: Cow<'static, str>) -> Self {
         Value::Str(s)
     }
 }

@@ -174,7 +174,7 @@ impl ResourceBuilder {
         attrs.retain(|(k, _)| k != "service.name");
         let mut out: Vec<(String, Value)> =
             vec![("service.name".into(), service_name.clone().into())];
-        out.extend(attrs.into_iter().map(|(k, v)| (k, Value::Str(v))));
+        out.extend(attrs.into_iter().map(|(k, v)| (k, v.into())));
         let mut set = |k: &str, v: Value| {
             if !out.iter().any(|(k2, _)| k2 == k) {
                 out.push((k.to_string(), v));

@@ -88,13 +88,13 @@ pub fn build(
     let (address, port) = if server {
         let local = conn.tuple.map(|t| t.local);
         (
-            local.map_or_else(|| "unknown".into(), |l| super::ip_text(l.ip())),
+            local.map_or_else(|| "unknown".into(), |l| super::ip_text(l.ip()).into()),
             local.map_or(0, |l| l.port()),
         )
     } else {
         http::client_server(conn, ex)
     };
-    a.push(("server.address", address.into()));
+    a.push(("server.address", String::from(address).into()));
     a.push(("server.port", Value::Int(port as i64)));
     if let Some(n) = g.sent {
         a.push(("sonde.rpc.request.messages", Value::Int(n as i64)));

@@ -228,9 +228,12 @@ pub fn record_edge(
     client_secs: f64,
     server_secs: Option<f64>,
 ) {
-    let mut labels: Labels = vec![("client", client.service_name.clone()), ("server", server)];
+    let mut labels: Labels = smallvec::smallvec![
+        ("client", client.service_name.as_str().into()),
+        ("server", server.into()),
+    ];
     if !kind.is_empty() {
-        labels.push(("connection_type", kind.to_string()));
+        labels.push(("connection_type", kind.into()));
     }
     let values = [
         (&metrics::GRAPH_REQUESTS, Some(1.0)),

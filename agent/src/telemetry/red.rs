@@ -1,5 +1,7 @@
 //! RED metrics from typed records (never from span attributes).
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
+
+use smallvec::smallvec;
 
 use crate::{
     connections::ConnInfo,
@@ -20,21 +22,23 @@ pub fn http(
     resource: &Arc<Resource>,
 ) {
     let status = ex.response.head.status;
-    let mut labels: Labels = vec![
+    let mut digits = itoa::Buffer::new();
+    let status_text = digits.format(status);
+    let mut labels: Labels = smallvec![
         (
             "http.request.method",
-            spans::http::method(&ex.request.head.method).0,
+            spans::http::method_label(&ex.request.head.method).into(),
         ),
-        ("http.response.status_code", decimal(status)),
+        ("http.response.status_code", status_text.into()),
         ("network.protocol.version", ex.version().into()),
     ];
     if let Some(code) = ex.h2.as_ref().and_then(|h| h.reset) {
-        labels.push(("error.type", format!("RST_STREAM {code}")));
+        labels.push(("error.type", format!("RST_STREAM {code}").into()));
     } else if spans::http::failed(c.role, status) {
-        labels.push(("error.type", decimal(status)));
+        labels.push(("error.type", status_text.into()));
     }
     let (duration, request_size, response_size) = if c.role == Role::Server {
-        labels.push(("http.route", route.to_string()));
+        labels.push(("http.route", route.into()));
         labels.push(("url.scheme", spans::http::scheme(c).into()));
         (
             &metrics::HTTP_SERVER_DURATION,
@@ -44,7 +48,7 @@ pub fn http(
     } else {
         let (address, port) = spans::http::client_server(c, ex);
         labels.push(("server.address", address));
-        labels.push(("server.port", decimal(port)));
+        labels.push(("server.port", decimal(port).into()));
         (
             &metrics::HTTP_CLIENT_DURATION,
             &metrics::HTTP_CLIENT_REQUEST_SIZE,
@@ -72,21 +76,21 @@ pub fn rpc(
     resource: &Arc<Resource>,
 ) {
     let code = spans::rpc::status_code(ex, g);
-    let mut labels: Labels = vec![
+    let mut labels: Labels = smallvec![
         ("rpc.system", "grpc".into()),
-        ("rpc.service", g.service.clone()),
-        ("rpc.method", g.method.clone()),
-        ("rpc.grpc.status_code", code.to_string()),
+        ("rpc.service", g.service.as_str().into()),
+        ("rpc.method", g.method.as_str().into()),
+        ("rpc.grpc.status_code", code.to_string().into()),
     ];
     if spans::rpc::failed(c.role, code) {
-        labels.push(("error.type", spans::rpc::error_type(code)));
+        labels.push(("error.type", spans::rpc::error_type(code).into()));
     }
     let duration = if c.role == Role::Server {
         &metrics::RPC_SERVER_DURATION
     } else {
         let (address, port) = spans::http::client_server(c, ex);
         labels.push(("server.address", address));
-        labels.push(("server.port", decimal(port)));
+        labels.push(("server.port", decimal(port).into()));
         &metrics::RPC_CLIENT_DURATION
     };
     // These two are in milliseconds (semantic conventions).
@@ -101,19 +105,19 @@ pub fn http_self(
     secs: f64,
     resource: &Arc<Resource>,
 ) {
-    let labels: Labels = vec![
+    let labels: Labels = smallvec![
         (
             "http.request.method",
-            spans::http::method(&ex.request.head.method).0,
+            spans::http::method_label(&ex.request.head.method).into(),
         ),
-        ("http.route", route.to_string()),
+        ("http.route", route.into()),
     ];
     reg.record(&metrics::REQUEST_SELF_DURATION, resource, labels, secs);
 }
 
 /// A processed message's self time, by queue.
 pub fn process_self(reg: &mut Registry, dest: &str, secs: f64, resource: &Arc<Resource>) {
-    let labels: Labels = vec![
+    let labels: Labels = smallvec![
         ("messaging.system", "rabbitmq".into()),
         ("messaging.operation.name", "process".into()),
         ("messaging.destination.name", destination(dest)),
@@ -122,31 +126,31 @@ pub fn process_self(reg: &mut Registry, dest: &str, secs: f64, resource: &Arc<Re
 }
 
 /// A queue's name in metrics: the default exchange's by its name.
-fn destination(dest: &str) -> String {
+fn destination(dest: &str) -> Cow<'_, str> {
     if dest.is_empty() {
         "amq.default".into()
     } else {
-        dest.to_string()
+        dest.into()
     }
 }
 
 pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: &Arc<Resource>) {
-    let mut labels: Labels = vec![("db.system.name", call.system.as_str().to_string())];
+    let mut labels: Labels = smallvec![("db.system.name", call.system.as_str().into())];
     if !call.operation.is_empty() {
-        labels.push(("db.operation.name", call.operation.clone()));
+        labels.push(("db.operation.name", call.operation.as_str().into()));
     }
     if let Some(col) = &call.collection {
-        labels.push(("db.collection.name", col.clone()));
+        labels.push(("db.collection.name", col.as_str().into()));
     }
     if let Some(ns) = &call.namespace {
-        labels.push(("db.namespace", ns.clone()));
+        labels.push(("db.namespace", ns.as_str().into()));
     }
     if let Some(e) = &call.error {
-        labels.push(("error.type", e.code.clone()));
+        labels.push(("error.type", e.code.as_str().into()));
     }
     if let Some(peer) = c.remote() {
-        labels.push(("server.address", spans::ip_text(peer.ip())));
-        labels.push(("server.port", decimal(peer.port())));
+        labels.push(("server.address", spans::ip_text(peer.ip()).into()));
+        labels.push(("server.port", decimal(peer.port()).into()));
     }
     reg.record(&metrics::DB_CLIENT_DURATION, resource, labels, secs);
 }
@@ -195,13 +199,13 @@ pub fn messaging(
             got.then_some(&metrics::MESSAGING_CONSUMED),
         ),
     };
-    let mut labels: Labels = vec![
+    let mut labels: Labels = smallvec![
         ("messaging.system", "rabbitmq".into()),
         ("messaging.operation.name", name.into()),
         ("messaging.destination.name", destination(dest)),
     ];
     if let Some(e) = error {
-        labels.push(("error.type", e.to_string()));
+        labels.push(("error.type", e.into()));
     }
     match count {
         Some(count) => reg.record_all([(duration, secs), (count, 1.0)], resource, labels),

@@ -81,7 +81,7 @@ pub fn tree_order(spans: &[Span]) -> Vec<(usize, usize)> {
 pub fn detail(s: &Span) -> String {
     let mut out = String::new();
     match (s.attr("url.path"), s.attr("url.full")) {
-        (Some(Value::Str(p)), _) | (None, Some(Value::Str(p))) if !s.name.ends_with(p.as_str()) => {
+        (Some(Value::Str(p)), _) | (None, Some(Value::Str(p))) if !s.name.ends_with(p.as_ref()) => {
             let _ = write!(out, "{p}");
         }
         _ => {}

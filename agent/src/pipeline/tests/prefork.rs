@@ -135,9 +135,7 @@ fn each_worker_call_nests_under_the_request_its_task_came_from() {
     let server_of = |path: &str| {
         spans
             .iter()
-            .find(|s| {
-                s.kind == SpanKind::Server && s.attr("url.path") == Some(&Value::Str(path.into()))
-            })
+            .find(|s| s.kind == SpanKind::Server && s.attr("url.path") == Some(&Value::from(path)))
             .unwrap_or_else(|| panic!("{path}: {spans:#?}"))
     };
     let call_of = |full: &str| {

@@ -52,7 +52,15 @@ pub struct HttpProtocol {
 }
 
 impl HttpProtocol {
-    fn emit(&mut self, exchanges: Vec<Exchange>, out: &mut Vec<Record>) {
+    /// Runs `step` with the pipeline thread's vector for the exchanges it
+    /// completes, then reports them.
+    fn each_exchange<T>(
+        &mut self,
+        out: &mut Vec<Record>,
+        step: impl FnOnce(&mut HttpConnection, &mut Vec<Exchange>) -> T,
+    ) -> T {
+        let mut exchanges = EXCHANGES.take();
+        let res = step(&mut self.conn, &mut exchanges);
         // Requests framed by this segment come first: their context is fixed
         // before any exchange they complete is built.
         out.extend(
@@ -61,8 +69,17 @@ impl HttpProtocol {
                 .into_iter()
                 .map(Record::HttpRequest),
         );
-        out.extend(exchanges.into_iter().map(|e| Record::Http(Box::new(e))));
+        out.extend(exchanges.drain(..).map(|e| Record::Http(Box::new(e))));
+        EXCHANGES.set(exchanges);
+        res
     }
+}
+
+thread_local! {
+    /// Exchanges a segment completes, on their way to records: one vector
+    /// for every connection of the pipeline's thread (one grown per segment
+    /// was an allocation per response).
+    static EXCHANGES: std::cell::Cell<Vec<Exchange>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Protocol for HttpProtocol {
@@ -72,9 +89,7 @@ impl Protocol for HttpProtocol {
         } else {
             Kind::Response
         };
-        let mut exchanges = vec![];
-        let res = self.conn.push(kind, seg, &mut exchanges);
-        self.emit(exchanges, out);
+        let res = self.each_exchange(out, |conn, exchanges| conn.push(kind, seg, exchanges));
         match res {
             Err(_) => Err(GiveUp("not HTTP/1.x")),
             Ok(()) if self.conn.is_upgraded() => Err(GiveUp("switched protocols")),
@@ -83,9 +98,7 @@ impl Protocol for HttpProtocol {
     }
 
     fn close(&mut self, _at: SegTime, out: &mut Vec<Record>) {
-        let mut exchanges = vec![];
-        self.conn.close(&mut exchanges);
-        self.emit(exchanges, out);
+        self.each_exchange(out, |conn, exchanges| conn.close(exchanges));
     }
 
     fn take_stats(&mut self) -> ParserStats {

@@ -14,13 +14,13 @@ pub fn query(target: &str) -> Option<&str> {
     Some(q.split('#').next().unwrap_or(q))
 }
 
+/// 8-4-4-4-12 hex digits: hyphens at these places and only there.
 fn is_uuid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && [8, 4, 4, 4, 12]
-            .iter()
-            .zip(&parts)
-            .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 fn is_id(seg: &str) -> bool {
