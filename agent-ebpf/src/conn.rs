@@ -73,18 +73,14 @@ fn remember(ctx: &TracePointContext, sc: u8, with_args: bool) {
     if fd < 0 || !should_trace((id >> 32) as u32) {
         return;
     }
-    let call = ActiveCall {
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        arg0: if with_args { arg(ctx, 1) } else { 0 },
-        arg1: if with_args { arg(ctx, 2) } else { 0 },
+    let call = ActiveCall::new(
+        unsafe { bpf_ktime_get_ns() },
+        if with_args { arg(ctx, 1) } else { 0 },
+        if with_args { arg(ctx, 2) } else { 0 },
         fd,
-        syscall: sc,
-        tcp_seen: 0,
-        live: 1,
-        _pad: 0,
-        tick: crate::tick::current(id as u32),
-        _pad2: 0,
-    };
+        sc,
+        crate::tick::current(id as u32),
+    );
     active_begin(id, &call);
 }
 

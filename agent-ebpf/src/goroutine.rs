@@ -178,6 +178,12 @@ pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
     (task, l)
 }
 
+/// The goroutine running on `tid` (0: none; an id has its top bit set).
+#[inline(always)]
+pub fn running(tid: u32) -> u32 {
+    unsafe { GO_CURRENT.get(&tid) }.copied().unwrap_or(0)
+}
+
 /// Thread `tid` exited or exec'd: it runs no goroutine any more.
 #[inline(always)]
 pub fn thread_gone(tid: u32) {

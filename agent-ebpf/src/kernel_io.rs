@@ -156,16 +156,15 @@ fn on_entry(ctx: &ProbeContext, sc: u8) {
     };
     let kc = KernelCall {
         call: ActiveCall {
-            enter_ns: unsafe { bpf_ktime_get_ns() },
-            arg0,
-            arg1,
-            fd: key as u32 as i32,
-            syscall: sc,
             tcp_seen: 1,
-            live: 1,
-            _pad: 0,
-            tick: 0,
-            _pad2: 0,
+            ..ActiveCall::new(
+                unsafe { bpf_ktime_get_ns() },
+                arg0,
+                arg1,
+                key as u32 as i32,
+                sc,
+                0,
+            )
         },
         tgid: (key >> 32) as u32,
         src,

@@ -107,10 +107,40 @@ pub struct ActiveCall {
     /// 1 from the call's entry to its exit. A thread's entry outlives its
     /// calls (see `active_begin`): 0 marks it as between calls.
     pub live: u8,
-    pub _pad: u8,
+    /// 1: the thread ran no goroutine at entry, and a thread's goroutine
+    /// cannot change inside a syscall, so the record's needs no lookup.
+    /// 0: look it up (calls built without that check: TLS, io_uring).
+    pub no_goroutine: u8,
     /// The thread's tick at entry (see `tick.rs`).
     pub tick: u32,
-    pub _pad2: u32,
+    pub _pad: u32,
+    /// The socket as it was at entry, so that the exit needs no second
+    /// lookup of `SOCKS`.
+    pub sock: SockInfo,
+}
+
+impl ActiveCall {
+    /// A call entered now, with nothing known of its socket or goroutine.
+    #[inline(always)]
+    pub fn new(enter_ns: u64, arg0: u64, arg1: u64, fd: i32, syscall: u8, tick: u32) -> Self {
+        ActiveCall {
+            enter_ns,
+            arg0,
+            arg1,
+            fd,
+            syscall,
+            tcp_seen: 0,
+            live: 1,
+            no_goroutine: 0,
+            tick,
+            _pad: 0,
+            sock: SockInfo {
+                role: 0,
+                flags: 0,
+                _pad: [0; 6],
+            },
+        }
+    }
 }
 
 #[map]
@@ -162,8 +192,13 @@ pub struct Tick {
     /// Advances with `n`, except when the thread waits uninterruptibly (a
     /// page fault, a kernel lock): it is still doing the same thing.
     pub activity: u32,
-    pub _pad: u32,
+    /// `TICK_TLS`: the thread has entered a hooked TLS call (`tls.rs`).
+    pub flags: u32,
 }
+
+/// `Tick::flags`: only a thread that has made a hooked TLS library call
+/// can be inside one, so only its socket calls look for it in `TLS_ACTIVE`.
+pub const TICK_TLS: u32 = 1;
 
 /// Per-thread ticks (`tick.rs`): tid -> tick, for threads that read a
 /// tracked socket.

@@ -30,18 +30,7 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 #[inline(always)]
 fn remember(sc: u8) {
     let id = bpf_get_current_pid_tgid();
-    let call = ActiveCall {
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        arg0: 0,
-        arg1: 0,
-        fd: -1,
-        syscall: sc,
-        tcp_seen: 0,
-        live: 1,
-        _pad: 0,
-        tick: 0,
-        _pad2: 0,
-    };
+    let call = ActiveCall::new(unsafe { bpf_ktime_get_ns() }, 0, 0, -1, sc, 0);
     active_begin(id, &call);
 }
 

@@ -18,13 +18,13 @@ use aya_ebpf::{
 
 use aya_ebpf::EbpfContext;
 
-use crate::maps::{Tick, TICKS};
+use crate::maps::{Tick, TICKS, TICK_TLS};
 
 /// Advances `tid`'s tick and activity; `create`: start them for a thread
 /// that has none. `read_fd`: the tracked socket whose read advances them,
-/// else -1.
+/// else -1. Returns the thread's entry as it now is (zeros: none).
 #[inline(always)]
-pub fn bump(tid: u32, create: bool, read_fd: i32) {
+pub fn bump(tid: u32, create: bool, read_fd: i32) -> Tick {
     if let Some(t) = TICKS.get_ptr_mut(&tid) {
         // Only the thread itself (or the scheduler on its behalf, while it
         // is not running) writes its entry.
@@ -32,29 +32,69 @@ pub fn bump(tid: u32, create: bool, read_fd: i32) {
             (*t).n = (*t).n.wrapping_add(1);
             (*t).activity = (*t).activity.wrapping_add(1);
             (*t).read_fd = read_fd;
+            *t
         }
     } else if create {
         let t = Tick {
             n: 1,
             read_fd,
             activity: 1,
-            _pad: 0,
+            flags: 0,
         };
         let _ = TICKS.insert(&tid, &t, 0);
+        t
+    } else {
+        NONE
     }
 }
+
+/// The entry of a thread that has none.
+const NONE: Tick = Tick {
+    n: 0,
+    read_fd: -1,
+    activity: 0,
+    flags: 0,
+};
 
 /// Gives `tid` an entry if it has none, without advancing anything, so
 /// that its polls, reads and sleeps from now on are seen.
 #[inline(always)]
 pub fn watch(tid: u32) {
-    let t = Tick {
-        n: 0,
-        read_fd: -1,
-        activity: 0,
-        _pad: 0,
-    };
-    let _ = TICKS.insert(&tid, &t, 1); // BPF_NOEXIST
+    let _ = TICKS.insert(&tid, &NONE, 1); // BPF_NOEXIST
+}
+
+/// A hooked TLS call enters on `tid`: a read advances the tick as a socket
+/// read does (it may return buffered plaintext with no syscall); the entry
+/// is created if need be and marked `TICK_TLS`. Returns the tick now.
+#[inline(always)]
+pub fn tls_call(tid: u32, read: bool) -> u32 {
+    if let Some(t) = TICKS.get_ptr_mut(&tid) {
+        unsafe {
+            if read {
+                (*t).n = (*t).n.wrapping_add(1);
+                (*t).activity = (*t).activity.wrapping_add(1);
+                (*t).read_fd = -1;
+            }
+            (*t).flags |= TICK_TLS;
+            (*t).n
+        }
+    } else {
+        let n = read as u32;
+        let t = Tick {
+            n,
+            read_fd: -1,
+            activity: n,
+            flags: TICK_TLS,
+        };
+        let _ = TICKS.insert(&tid, &t, 0);
+        n
+    }
+}
+
+/// The thread's entry now (zeros: it never read a tracked socket).
+#[inline(always)]
+pub fn get(tid: u32) -> Tick {
+    unsafe { TICKS.get(&tid) }.copied().unwrap_or(NONE)
 }
 
 /// The thread's tick now (0: it never read a tracked socket).

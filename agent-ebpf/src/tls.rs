@@ -35,7 +35,7 @@ use sonde_common::{goroutine_id, sock_flags, sock_key, stat, syscall, SockInfo};
 use crate::{
     capture::{emit, Source},
     filter::should_trace,
-    maps::{count, ActiveCall, TlsCall, TlsKey, GO_CURRENT, SOCKS, TLS_ACTIVE, TLS_FD},
+    maps::{count, ActiveCall, TlsCall, TlsKey, SOCKS, TLS_ACTIVE, TLS_FD},
     tick,
 };
 
@@ -61,13 +61,10 @@ fn begin(ctx: &ProbeContext, op: u8, ex: bool) {
     } else {
         tick::read_socket(tid)
     };
-    if op == op::READ {
-        // A read may start other work on this thread: a new tick, as for a
-        // socket read (it may return buffered plaintext with no syscall).
-        tick::bump(tid, true, -1);
-    }
+    // A read may start other work on this thread: a new tick, as for a
+    // socket read (it may return buffered plaintext with no syscall).
+    let tick = tick::tls_call(tid, op == op::READ);
     let out_len = if ex { arg(3) } else { 0 };
-    let tick = tick::current(tid);
     open(id, op, arg(0), arg(1), arg(2), out_len, tick, guess);
 }
 
@@ -278,44 +275,48 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
     let Some(info) = (unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }).copied() else {
         return;
     };
-    let call = ActiveCall {
-        enter_ns: c.enter_ns,
-        arg0: c.buf,
-        arg1: bytes as u64,
-        fd,
-        syscall: if op == op::READ {
-            syscall::TLS_READ
-        } else {
-            syscall::TLS_WRITE
-        },
-        tcp_seen: 0,
-        live: 1,
-        _pad: 0,
-        tick: c.tick,
-        _pad2: 0,
+    let sc = if op == op::READ {
+        syscall::TLS_READ
+    } else {
+        syscall::TLS_WRITE
     };
+    let call = ActiveCall::new(c.enter_ns, c.buf, bytes as u64, fd, sc, c.tick);
     emit(id, tgid, &call, bytes, &info, Source::Buf(c.buf));
 }
 
 /// Called by every socket syscall entry on a tracked socket: whether the
 /// thread is inside a hooked TLS call, whose records that syscall carries.
-/// If so, the socket is named for the call and marked as TLS. `first`
-/// reads the first two bytes a write sends.
+/// If so, the socket is named for the call and marked as TLS. `thread_tls`:
+/// the thread's tick entry has `TICK_TLS`; `goroutine`: the one it runs
+/// (0: none). `first` reads the first two bytes a write sends.
 ///
 /// A call held at its return (a memory BIO, see `unknown_socket`) is
 /// carried by the thread's next write in the same activity, if what it
 /// sends starts a TLS record and the socket carries no other object's
 /// records.
 #[inline(always)]
-pub fn inside_call(id: u64, tgid: u32, fd: i32, first: impl FnOnce() -> [u8; 2]) -> bool {
-    // A thread's call, else (Go) the call of the goroutine it runs.
-    let c = match TLS_ACTIVE.get_ptr_mut(&id) {
+pub fn inside_call(
+    id: u64,
+    tgid: u32,
+    fd: i32,
+    thread_tls: bool,
+    goroutine: u32,
+    first: impl FnOnce() -> [u8; 2],
+) -> bool {
+    // A thread's call (only a thread that entered one, `TICK_TLS`, can be
+    // in one), else (Go) the call of the goroutine it runs.
+    let own = if thread_tls {
+        TLS_ACTIVE.get_ptr_mut(&id)
+    } else {
+        None
+    };
+    let c = match own {
         Some(c) => c,
         None => {
-            let Some(g) = (unsafe { GO_CURRENT.get(&(id as u32)) }).copied() else {
+            if goroutine == 0 {
                 return false;
-            };
-            let Some(c) = TLS_ACTIVE.get_ptr_mut(&go_key(tgid, g)) else {
+            }
+            let Some(c) = TLS_ACTIVE.get_ptr_mut(&go_key(tgid, goroutine)) else {
                 return false;
             };
             c
