@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod event;
 pub mod export;
 pub mod health;
+pub mod memory;
 pub mod metadata;
 pub mod metrics;
 pub mod output;

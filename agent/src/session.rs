@@ -112,6 +112,7 @@ impl Session {
                 let mut out = seeded;
                 let mut sweep = tokio::time::interval(Duration::from_secs(10));
                 sweep.tick().await;
+                let mut trimmer = crate::memory::Trimmer::default();
                 loop {
                     for ev in out.drain(..) {
                         match ev {
@@ -142,7 +143,12 @@ impl Session {
                             Some(ev) => table.apply(ev, &mut out),
                             None => return,
                         },
-                        _ = sweep.tick() => table.sweep(&mut out),
+                        _ = sweep.tick() => {
+                            table.sweep(&mut out);
+                            if trimmer.observe(table.entries()) {
+                                crate::memory::release();
+                            }
+                        }
                     }
                     table_stats
                         .table_entries

@@ -256,7 +256,7 @@ fn idle(bin: &Path, url: &str, opts: &Options, tck: f64) -> Result<String> {
     let mut t = format!(
         "\nidle: {IDLE_CONNECTIONS} keep-alive connections to nginx, one request each, then held open \
          {}s, {} rounds (median [min-max])\n\n\
-         | arm | connections tracked | requests counted | opening s | agent mCPU, idle | peak RSS MB | RSS MB, idle | RSS MB, after close | connections closed | drops |\n\
+         | arm | connections tracked | requests counted | opening s | agent mCPU, idle | peak RSS MB | RSS MB, idle | RSS MB, 21 s after close | connections closed | drops |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         opts.seconds, opts.rounds
     );
@@ -351,6 +351,9 @@ fn idle_round(
     s.drops = last.drops - before.drops;
     last.log_drops("idle");
     s.hwm_mb = last.hwm_kib / 1024.0;
+    // The agent gives freed memory back at the second of its 10 s sweeps
+    // after the connection table halved (`agent/src/memory.rs`).
+    std::thread::sleep(Duration::from_secs(21));
     s.rss_closed_mb = rss_kib(agent.child.id())? / 1024.0;
     drop(agent);
     drop(receiver);
