@@ -18,14 +18,16 @@ thread_local! {
     /// The messages one segment frames, handed from the stream to the
     /// pairing: one vector for every connection of the pipeline's thread,
     /// so that a connection keeps no room for them while idle.
-    static FRAMED: std::cell::Cell<Vec<Message>> = const { std::cell::Cell::new(Vec::new()) };
+    static FRAMED: std::cell::Cell<Vec<Box<Message>>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// One request with its final response.
+/// One request with its final response. Both stay in the box the stream
+/// framed them in: a pending request costs a pointer while it waits, and a
+/// message is never copied on its way to a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
-    pub request: Message,
-    pub response: Message,
+    pub request: Box<Message>,
+    pub response: Box<Message>,
     /// HTTP/2: the stream, and gRPC. None for HTTP/1.x.
     pub h2: Option<crate::protocols::http2::H2Info>,
 }
@@ -59,7 +61,7 @@ pub struct ExchangeCounters {
 pub struct HttpConnection {
     requests: MessageStream,
     responses: MessageStream,
-    pending: VecDeque<Message>,
+    pending: VecDeque<Box<Message>>,
     /// Requests framed since the last `take_new_requests`: only what
     /// correlation needs before the response, not a copy of each head.
     fresh: Vec<RequestSeen>,
@@ -128,7 +130,7 @@ impl HttpConnection {
         pushed
     }
 
-    fn pair(&mut self, msgs: &mut Vec<Message>, out: &mut Vec<Exchange>) {
+    fn pair(&mut self, msgs: &mut Vec<Box<Message>>, out: &mut Vec<Exchange>) {
         for m in msgs.drain(..) {
             if (100..200).contains(&m.head.status) && m.head.status != 101 {
                 continue; // interim: 100 Continue, 103 Early Hints

@@ -125,7 +125,11 @@ impl MessageStream {
     }
 
     /// Feeds one syscall's bytes; completed messages are appended to `out`.
-    pub fn push(&mut self, seg: Segment<'_>, out: &mut Vec<Message>) -> Result<(), StreamError> {
+    pub fn push(
+        &mut self,
+        seg: Segment<'_>,
+        out: &mut Vec<Box<Message>>,
+    ) -> Result<(), StreamError> {
         let t = seg.time();
         if self.state == State::Resync {
             // Only a segment that starts a message ends the resync.
@@ -140,7 +144,7 @@ impl MessageStream {
     }
 
     /// The connection closed: a body delimited by the close ends here.
-    pub fn close(&mut self, out: &mut Vec<Message>) {
+    pub fn close(&mut self, out: &mut Vec<Box<Message>>) {
         if self.state == State::UntilClose {
             self.finish(true, out);
         }
@@ -157,10 +161,10 @@ impl MessageStream {
         Ok(())
     }
 
-    fn finish(&mut self, complete: bool, out: &mut Vec<Message>) {
+    fn finish(&mut self, complete: bool, out: &mut Vec<Box<Message>>) {
         if let Some(mut m) = self.cur.take() {
             m.complete = complete;
-            out.push(*m);
+            out.push(m);
         }
         if self.state != State::Upgraded {
             self.state = State::Start;
@@ -171,7 +175,7 @@ impl MessageStream {
         &mut self,
         mut data: &[u8],
         t: SegTime,
-        out: &mut Vec<Message>,
+        out: &mut Vec<Box<Message>>,
     ) -> Result<(), StreamError> {
         while !data.is_empty() {
             match &mut self.state {
@@ -264,7 +268,7 @@ impl MessageStream {
         }
     }
 
-    fn on_head(&mut self, h: Head, out: &mut Vec<Message>) {
+    fn on_head(&mut self, h: Head, out: &mut Vec<Box<Message>>) {
         self.seen_message = true;
         let framing = match self.kind {
             Kind::Request => h.request_framing(),
@@ -300,7 +304,7 @@ impl MessageStream {
         &mut self,
         data: &[u8],
         t: SegTime,
-        out: &mut Vec<Message>,
+        out: &mut Vec<Box<Message>>,
     ) -> Result<usize, StreamError> {
         let State::Chunked(chunk) = &mut self.state else {
             return Ok(0);
@@ -371,7 +375,7 @@ impl MessageStream {
     }
 
     /// Skips bytes that were moved but not captured.
-    fn skip_gap(&mut self, gap: u64, t: SegTime, out: &mut Vec<Message>) {
+    fn skip_gap(&mut self, gap: u64, t: SegTime, out: &mut Vec<Box<Message>>) {
         if gap == 0 {
             return;
         }

@@ -33,7 +33,7 @@ fn frame(
         )?;
     }
     s.close(&mut out);
-    Ok(out)
+    Ok(out.into_iter().map(|m| *m).collect())
 }
 
 /// What a message says, without timing.

@@ -496,8 +496,8 @@ impl State {
             g
         });
         self.done.push(Exchange {
-            request,
-            response,
+            request: Box::new(request),
+            response: Box::new(response),
             h2: Some(H2Info {
                 stream: id,
                 reset,
