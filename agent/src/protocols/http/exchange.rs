@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use super::{
     head::Kind,
     protocol::RequestSeen,
-    stream::{Message, MessageStream, StreamError},
+    stream::{Framed, Message, MessageStream, StreamError},
 };
 use crate::protocols::Segment;
 
@@ -18,7 +18,7 @@ thread_local! {
     /// The messages one segment frames, handed from the stream to the
     /// pairing: one vector for every connection of the pipeline's thread,
     /// so that a connection keeps no room for them while idle.
-    static FRAMED: std::cell::Cell<Vec<Box<Message>>> = const { std::cell::Cell::new(Vec::new()) };
+    static FRAMED: std::cell::Cell<Framed> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// One request with its final response. Both stay in the box the stream
@@ -130,7 +130,7 @@ impl HttpConnection {
         pushed
     }
 
-    fn pair(&mut self, msgs: &mut Vec<Box<Message>>, out: &mut Vec<Exchange>) {
+    fn pair(&mut self, msgs: &mut Framed, out: &mut Vec<Exchange>) {
         for m in msgs.drain(..) {
             if (100..200).contains(&m.head.status) && m.head.status != 101 {
                 continue; // interim: 100 Continue, 103 Early Hints

@@ -75,6 +75,12 @@ pub enum StreamError {
     NotHttp,
 }
 
+/// Messages as a stream frames them, each in the box it was framed in,
+/// which it keeps to its exchange: moved, never copied (clippy's `vec_box`
+/// assumes a box in a vector only adds an indirection).
+#[allow(clippy::vec_box)]
+pub type Framed = Vec<Box<Message>>;
+
 /// The message-framing state of one direction.
 #[derive(Debug)]
 pub struct MessageStream {
@@ -125,11 +131,7 @@ impl MessageStream {
     }
 
     /// Feeds one syscall's bytes; completed messages are appended to `out`.
-    pub fn push(
-        &mut self,
-        seg: Segment<'_>,
-        out: &mut Vec<Box<Message>>,
-    ) -> Result<(), StreamError> {
+    pub fn push(&mut self, seg: Segment<'_>, out: &mut Framed) -> Result<(), StreamError> {
         let t = seg.time();
         if self.state == State::Resync {
             // Only a segment that starts a message ends the resync.
@@ -144,7 +146,7 @@ impl MessageStream {
     }
 
     /// The connection closed: a body delimited by the close ends here.
-    pub fn close(&mut self, out: &mut Vec<Box<Message>>) {
+    pub fn close(&mut self, out: &mut Framed) {
         if self.state == State::UntilClose {
             self.finish(true, out);
         }
@@ -161,7 +163,7 @@ impl MessageStream {
         Ok(())
     }
 
-    fn finish(&mut self, complete: bool, out: &mut Vec<Box<Message>>) {
+    fn finish(&mut self, complete: bool, out: &mut Framed) {
         if let Some(mut m) = self.cur.take() {
             m.complete = complete;
             out.push(m);
@@ -175,7 +177,7 @@ impl MessageStream {
         &mut self,
         mut data: &[u8],
         t: SegTime,
-        out: &mut Vec<Box<Message>>,
+        out: &mut Framed,
     ) -> Result<(), StreamError> {
         while !data.is_empty() {
             match &mut self.state {
@@ -268,7 +270,7 @@ impl MessageStream {
         }
     }
 
-    fn on_head(&mut self, h: Head, out: &mut Vec<Box<Message>>) {
+    fn on_head(&mut self, h: Head, out: &mut Framed) {
         self.seen_message = true;
         let framing = match self.kind {
             Kind::Request => h.request_framing(),
@@ -300,12 +302,7 @@ impl MessageStream {
     }
 
     /// Consumes chunked-body bytes; returns how many were used.
-    fn chunked(
-        &mut self,
-        data: &[u8],
-        t: SegTime,
-        out: &mut Vec<Box<Message>>,
-    ) -> Result<usize, StreamError> {
+    fn chunked(&mut self, data: &[u8], t: SegTime, out: &mut Framed) -> Result<usize, StreamError> {
         let State::Chunked(chunk) = &mut self.state else {
             return Ok(0);
         };
@@ -375,7 +372,7 @@ impl MessageStream {
     }
 
     /// Skips bytes that were moved but not captured.
-    fn skip_gap(&mut self, gap: u64, t: SegTime, out: &mut Vec<Box<Message>>) {
+    fn skip_gap(&mut self, gap: u64, t: SegTime, out: &mut Framed) {
         if gap == 0 {
             return;
         }
