@@ -242,7 +242,7 @@ fn alternate<S>(
 /// nginx, each answered once and then held open, doing nothing, while the
 /// agent runs with metrics only and with OTLP export. What a node full of
 /// quiet pooled connections costs: the agent's CPU while nothing moves, and
-/// its memory (peak, while idle, and after every connection closed).
+/// its memory (peak, while idle, and 21 s after every connection closed).
 fn idle(bin: &Path, url: &str, opts: &Options, tck: f64) -> Result<String> {
     let arms = [Arm::Metrics, Arm::Otlp];
     let addr = url
