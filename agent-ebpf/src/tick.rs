@@ -29,9 +29,7 @@ pub fn bump(tid: u32, create: bool, read_fd: i32) -> Tick {
         // Only the thread itself (or the scheduler on its behalf, while it
         // is not running) writes its entry.
         unsafe {
-            (*t).n = (*t).n.wrapping_add(1);
-            (*t).activity = (*t).activity.wrapping_add(1);
-            (*t).read_fd = read_fd;
+            advance(&mut *t, read_fd);
             *t
         }
     } else if create {
@@ -46,6 +44,15 @@ pub fn bump(tid: u32, create: bool, read_fd: i32) -> Tick {
     } else {
         NONE
     }
+}
+
+/// A new tick and activity, begun by a read of `read_fd` (-1: not a
+/// tracked socket's).
+#[inline(always)]
+fn advance(t: &mut Tick, read_fd: i32) {
+    t.n = t.n.wrapping_add(1);
+    t.activity = t.activity.wrapping_add(1);
+    t.read_fd = read_fd;
 }
 
 /// The entry of a thread that has none.
@@ -69,15 +76,12 @@ pub fn watch(tid: u32) {
 #[inline(always)]
 pub fn tls_call(tid: u32, read: bool) -> u32 {
     if let Some(t) = TICKS.get_ptr_mut(&tid) {
-        unsafe {
-            if read {
-                (*t).n = (*t).n.wrapping_add(1);
-                (*t).activity = (*t).activity.wrapping_add(1);
-                (*t).read_fd = -1;
-            }
-            (*t).flags |= TICK_TLS;
-            (*t).n
+        let t = unsafe { &mut *t };
+        if read {
+            advance(t, -1);
         }
+        t.flags |= TICK_TLS;
+        t.n
     } else {
         let n = read as u32;
         let t = Tick {

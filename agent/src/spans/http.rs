@@ -248,8 +248,9 @@ pub fn build(
 fn url_full(conn: &ConnInfo, host: &str, port: u16, target: &str, query: Option<&str>) -> String {
     let scheme = scheme(conn);
     let path = route::path(target);
+    let default_port = if conn.tls { 443 } else { 80 };
     let mut digits = itoa::Buffer::new();
-    let port = if port == if conn.tls { 443 } else { 80 } {
+    let port = if port == default_port {
         ""
     } else {
         digits.format(port)
