@@ -178,7 +178,9 @@ pub struct DataEvent {
     /// Go: the goroutine that made the call (see [`Lineage`]); 0 elsewhere.
     pub task: u32,
     pub lineage: Lineage,
-    pub _pad: u32,
+    /// Python: the contextvars context the call ran in (an asyncio task's
+    /// own; see [`python_task_id`]); 0 elsewhere or unknown.
+    pub py_task: u32,
 }
 
 /// Go: where a goroutine's work came from, as the runtime's own uprobes saw
@@ -216,6 +218,14 @@ pub struct GoOrigin {
 #[inline(always)]
 pub fn goroutine_id(g: u64) -> u32 {
     ((g >> 3) as u32) | 0x8000_0000
+}
+
+/// The name sonde gives the Python context object at `ctx` (a `PyObject`
+/// address, 16-byte aligned): a 31-bit fold with the top bit set, so that
+/// 0 stays "none".
+#[inline(always)]
+pub fn python_task_id(ctx: u64) -> u32 {
+    ((ctx >> 4) as u32) | 0x8000_0000
 }
 
 #[repr(C)]

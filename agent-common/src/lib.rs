@@ -107,6 +107,8 @@ pub mod map_names {
     pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
     pub const INJECT_EXCLUDE_COMM: &str = "INJECT_EXCLUDE_COMM";
     pub const INJECT_EXCLUDE_CGROUP: &str = "INJECT_EXCLUDE_CGROUP";
+    pub const GO_CURRENT: &str = "GO_CURRENT";
+    pub const PY_THREADS: &str = "PY_THREADS";
 }
 
 /// Packs a (tgid, fd) pair into the u64 key of `SOCKS` and `LISTENERS`.

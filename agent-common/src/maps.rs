@@ -11,6 +11,18 @@ pub struct SockInfo {
     pub _pad: [u8; 6],
 }
 
+/// Value of `PY_THREADS`, keyed by thread id: a Python thread of process
+/// `tgid`, whose `PyThreadState::context` (the contextvars context it runs
+/// in now) is at `context_at` in that process. Written by user space
+/// (`agent/src/probes/python.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyThread {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub context_at: u64,
+}
+
 pub mod sock_flags {
     /// Stop copying payload for this socket: user space classified it as
     /// uninteresting. Timing and byte counts are still reported.
@@ -70,6 +82,7 @@ mod pod {
     use crate::layout::KernelLayout;
     // SAFETY: all of these are repr(C), Copy, and valid for any bit pattern.
     unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for super::PyThread {}
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for Tuple {}
     unsafe impl aya::Pod for DataEvent {}

@@ -61,7 +61,8 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     let Some(info) = info else {
         return;
     };
-    let goroutine = crate::goroutine::running(tid);
+    let runtime = crate::goroutine::runtime(tid);
+    let goroutine = runtime.unwrap_or(0);
     // TLS records: the plaintext comes from the library's call (`tls.rs`);
     // the ciphertext is never reported, inside a hooked call or outside
     // (the close_notify of `SSL_shutdown`).
@@ -81,6 +82,9 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     );
     call.sock = info;
     call.no_goroutine = (goroutine == 0) as u8;
+    if runtime == Some(0) {
+        call.py_task = crate::python::task(id);
+    }
     // A pipe's write is reported at entry, before its bytes are in the
     // pipe: its reader may return them (and its record be written) before
     // this thread reaches the syscall's exit, and a hand-off must come
@@ -291,7 +295,7 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         },
         task,
         lineage,
-        _pad: 0,
+        py_task: call.py_task,
     };
     let base = unsafe { (*scratch).buf.as_mut_ptr() };
     let mut flags = 0u8;

@@ -178,16 +178,19 @@ pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
     (task, l)
 }
 
-/// The goroutine running on `tid` (0: none; an id has its top bit set).
+/// `tid`'s entry in `GO_CURRENT`: the goroutine it runs (top bit set),
+/// `Some(0)` for a Python thread (`python.rs`), None for any other.
 #[inline(always)]
-pub fn running(tid: u32) -> u32 {
-    unsafe { GO_CURRENT.get(&tid) }.copied().unwrap_or(0)
+pub fn runtime(tid: u32) -> Option<u32> {
+    unsafe { GO_CURRENT.get(&tid) }.copied()
 }
 
 /// Thread `tid` exited or exec'd: it runs no goroutine any more.
 #[inline(always)]
 pub fn thread_gone(tid: u32) {
-    let _ = GO_CURRENT.remove(&tid);
+    if GO_CURRENT.remove(&tid).is_ok() {
+        let _ = crate::maps::PY_THREADS.remove(&tid);
+    }
     let _ = GO_SLICE.remove(&tid);
     let _ = GO_SPAWNING.remove(&tid);
 }

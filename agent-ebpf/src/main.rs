@@ -19,6 +19,7 @@ mod maps;
 mod optional;
 mod pipe;
 mod proc;
+mod python;
 mod tick;
 mod tls;
 

@@ -113,7 +113,8 @@ pub struct ActiveCall {
     pub no_goroutine: u8,
     /// The thread's tick at entry (see `tick.rs`).
     pub tick: u32,
-    pub _pad: u32,
+    /// Python: the context the call runs in (`python.rs`); 0 elsewhere.
+    pub py_task: u32,
     /// The socket as it was at entry, so that the exit needs no second
     /// lookup of `SOCKS`.
     pub sock: SockInfo,
@@ -133,7 +134,7 @@ impl ActiveCall {
             live: 1,
             no_goroutine: 0,
             tick,
-            _pad: 0,
+            py_task: 0,
             sock: SockInfo {
                 role: 0,
                 flags: 0,
@@ -208,9 +209,16 @@ pub static TICKS: LruHashMap<u32, Tick> = LruHashMap::with_max_entries(65536, 0)
 /// Go (`goroutine.rs`): the goroutine running on each thread, tid -> goroutine.
 /// Removed when the thread exits or execs, so a reused tid inherits nothing;
 /// not LRU (cheaper updates, on the runtime's hottest path): a full map
-/// refuses new threads, counted as `map_full`.
+/// refuses new threads, counted as `map_full`. Value 0 (never a goroutine,
+/// whose ids have the top bit set): a Python thread, entered by user space
+/// with its `PY_THREADS` entry, so that only Python threads look there.
 #[map]
 pub static GO_CURRENT: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Python (`python.rs`): tid -> where that thread's current contextvars
+/// context is found. Written by user space; removed with the thread.
+#[map]
+pub static PY_THREADS: HashMap<u32, sonde_common::PyThread> = HashMap::with_max_entries(16384, 0);
 
 /// Go: goroutine -> the goroutine whose `go` statement started it, and when.
 #[map]

@@ -31,6 +31,7 @@ fn run(resp: &[u8], split: Option<usize>, capture: Option<usize>) -> usize {
                     tid: 0,
                     tick: 0,
                     lineage: Default::default(),
+                    py_task: 0,
                 };
                 let _ = c.push(Kind::Response, seg, &mut out);
             }

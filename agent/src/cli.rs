@@ -98,6 +98,12 @@ pub struct CaptureArgs {
     #[arg(long, env = "SONDE_NO_GO_PROBES")]
     pub no_go_probes: bool,
 
+    /// Never read which asyncio task (contextvars context) a CPython
+    /// thread runs: Python event loops' calls then nest by the thread rules
+    /// only (roots under concurrency).
+    #[arg(long, env = "SONDE_NO_PYTHON_TASKS")]
+    pub no_python_tasks: bool,
+
     /// Never attach the TLS uprobes to OpenSSL: encrypted connections then
     /// stay opaque (counted in `sonde_tls_connections_total`), and TLS
     /// calls cost nothing.
@@ -115,6 +121,7 @@ impl CaptureArgs {
                 cgroups: self.cgroups.clone(),
                 kprobes: !self.no_kprobes,
                 go_probes: !self.no_go_probes,
+                python_tasks: !self.no_python_tasks,
                 tls_probes: !self.no_tls_probes,
                 ..ProbeConfig::default()
             },

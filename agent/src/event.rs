@@ -58,6 +58,9 @@ pub struct DataRecord {
     /// `goroutine.rs` in agent-ebpf); 0 elsewhere.
     pub task: u32,
     pub lineage: common::Lineage,
+    /// Python: the contextvars context the call ran in (see `python.rs` in
+    /// agent-ebpf); 0 elsewhere.
+    pub py_task: u32,
     /// Bytes the syscall moved (may exceed `payload.len()`).
     pub bytes: u64,
     pub syscall: Syscall,
@@ -319,6 +322,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 tick: ev.tick,
                 task: ev.task,
                 lineage: ev.lineage,
+                py_task: ev.py_task,
                 bytes: ev.bytes.max(0) as u64,
                 syscall: Syscall::from_raw(ev.syscall),
                 direction: if ev.direction == common::direction::EGRESS {
@@ -420,7 +424,7 @@ mod tests {
                 waker_origin: 3,
                 ..Default::default()
             },
-            _pad: 0,
+            py_task: 0,
         };
         let mut b = as_bytes(&ev);
         b.extend_from_slice(b"GET ");

@@ -44,6 +44,7 @@ pub fn health_fn(
             value: v as f64,
         };
         let c = |name, help, labels, v| metric(name, help, "counter", labels, v);
+        const PY_PROCS: &str = "CPython processes, by whether the context each thread runs in (its asyncio task) is followed.";
         const TLS_LIBS: &str =
             "TLS library files of traced processes, by whether the plaintext probes are attached.";
         const TLS_CONNS: &str = "TLS connections seen: decrypted through the library's calls, or left opaque, by reason.";
@@ -108,6 +109,8 @@ pub fn health_fn(
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "unsupported")], u.go_unsupported),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "stripped")], u.go_stripped),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "failed")], u.go_failed),
+            c("sonde_python_processes_total", PY_PROCS, vec![("outcome", "followed")], u.python_followed),
+            c("sonde_python_processes_total", PY_PROCS, vec![("outcome", "unsupported")], u.python_unsupported),
             c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "attached")], u.tls_attached),
             c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "no_symbols")], u.tls_no_symbols),
             c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "failed")], u.tls_failed),

@@ -75,7 +75,7 @@ impl Session {
         // New processes go to the Go runtime inspector (started below, once
         // the probes are shared).
         let (new_procs_tx, new_procs_rx) = mpsc::channel(1024);
-        if cfg.probes.go_probes || cfg.probes.tls_probes {
+        if cfg.probes.go_probes || cfg.probes.tls_probes || cfg.probes.python_tasks {
             table.processes().notify_new(new_procs_tx, stats.clone());
         }
         // Processes whose TLS sonde could not read: their libraries again.
@@ -172,6 +172,7 @@ impl Session {
                 Arc::downgrade(&probes),
                 stats.clone(),
                 cfg.probes.go_probes,
+                cfg.probes.python_tasks,
                 cfg.probes.tls_probes,
                 tls_libraries.clone(),
             ),

@@ -33,6 +33,11 @@ pub struct Stats {
     pub go_unsupported: AtomicU64,
     pub go_stripped: AtomicU64,
     pub go_failed: AtomicU64,
+    /// Python processes whose threads' contexts are followed
+    /// (`probes/python.rs`), and those left to the thread rules (a CPython
+    /// release without a known layout, or a walk that did not check out).
+    pub python_followed: AtomicU64,
+    pub python_unsupported: AtomicU64,
     /// TLS library files (`probes/tls.rs`): given the plaintext probes,
     /// without the OpenSSL symbols, or refused by the kernel.
     pub tls_attached: AtomicU64,
@@ -61,6 +66,8 @@ pub struct StatsSnapshot {
     pub go_unsupported: u64,
     pub go_stripped: u64,
     pub go_failed: u64,
+    pub python_followed: u64,
+    pub python_unsupported: u64,
     pub tls_attached: u64,
     pub tls_no_symbols: u64,
     pub tls_failed: u64,
@@ -90,6 +97,8 @@ impl Stats {
             go_unsupported: self.go_unsupported.load(Relaxed),
             go_stripped: self.go_stripped.load(Relaxed),
             go_failed: self.go_failed.load(Relaxed),
+            python_followed: self.python_followed.load(Relaxed),
+            python_unsupported: self.python_unsupported.load(Relaxed),
             tls_attached: self.tls_attached.load(Relaxed),
             tls_no_symbols: self.tls_no_symbols.load(Relaxed),
             tls_failed: self.tls_failed.load(Relaxed),

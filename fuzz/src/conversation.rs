@@ -137,7 +137,7 @@ pub fn replay(input: &Input) -> Outcome {
     let mut n = 0u64;
     let mut next_time = |given: &mut HashSet<Key>| {
         n += 1;
-        let t = SegTime { enter_ns: n * 1_000, exit_ns: n * 1_000 + 7, tid: n as u32, tick: 3 * n as u32, lineage: Default::default() };
+        let t = SegTime { enter_ns: n * 1_000, exit_ns: n * 1_000 + 7, tid: n as u32, tick: 3 * n as u32, lineage: Default::default(), py_task: 0 };
         given.insert(key(&t));
         t
     };
@@ -154,7 +154,7 @@ pub fn replay(input: &Input) -> Outcome {
                 continue;
             }
             let t = next_time(&mut given);
-            let seg = Segment { data, total: data.len() as u64 + gap, enter_ns: t.enter_ns, exit_ns: t.exit_ns, tid: t.tid, tick: t.tick, lineage: t.lineage };
+            let seg = Segment { data, total: data.len() as u64 + gap, enter_ns: t.enter_ns, exit_ns: t.exit_ns, tid: t.tid, tick: t.tick, lineage: t.lineage, py_task: t.py_task };
             fed += data.len();
             let res = parser.feed(step.side, seg, &mut out);
             let stats = parser.take_stats();
@@ -217,7 +217,7 @@ pub fn seg_times(text: &str) -> Vec<SegTime> {
         let tick = rest.find("tick: ").and_then(|q| num(&rest[q + 6..]));
         match (enter, exit, tid, tick) {
             (Some(enter_ns), Some(exit_ns), Some(tid), Some(tick)) => {
-                found.push(SegTime { enter_ns, exit_ns, tid: tid as u32, tick: tick as u32, lineage: Default::default() })
+                found.push(SegTime { enter_ns, exit_ns, tid: tid as u32, tick: tick as u32, lineage: Default::default(), py_task: 0 })
             }
             _ => panic!("unreadable SegTime in {text}"),
         }
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn reads_seg_times_from_debug() {
-        let t = SegTime { enter_ns: 12, exit_ns: 34, tid: 5, tick: 6, lineage: Default::default() };
+        let t = SegTime { enter_ns: 12, exit_ns: 34, tid: 5, tick: 6, lineage: Default::default(), py_task: 0 };
         let text = format!("{:?}", (t, "x", Some(t)));
         assert_eq!(seg_times(&text), vec![t, t]);
     }

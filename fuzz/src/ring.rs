@@ -34,7 +34,7 @@ pub fn data_record(syscall: u8, direction: u8, role: u8, payload: &[u8], moved: 
         tick: 9,
         task: 0,
         lineage: Default::default(),
-        _pad: 0,
+        py_task: 0,
     };
     let mut b = pod_bytes(&ev);
     b.extend_from_slice(payload);

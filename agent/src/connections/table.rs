@@ -226,6 +226,9 @@ impl<R: SocketRegistry> ConnTable<R> {
                 ConnKind::Close => self.close(c.pid, c.fd, c.ts_ns, Untrack::No, out),
                 ConnKind::Listen => {
                     self.activate_pipes(c.pid, out);
+                    // A server is inspected (Go runtime, TLS library, Python
+                    // threads) before its first client, not at it.
+                    let _ = self.processes.get(c.pid, &c.comm.as_string());
                     self.listeners.insert((c.pid, c.fd), c.listen_port);
                 }
                 ConnKind::Fork => {

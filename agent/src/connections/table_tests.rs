@@ -77,6 +77,7 @@ fn data(pid: u32, fd: i32, payload: &[u8]) -> KernelEvent {
         tick: 0,
         task: 0,
         lineage: Default::default(),
+        py_task: 0,
         fd,
         enter_ns: 200,
         exit_ns: 210,

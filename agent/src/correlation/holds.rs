@@ -28,6 +28,10 @@ pub enum HeldFor {
     Client(ClientKey, u32),
     /// A delivery: the publish that sent it, by message key.
     Publish(u64),
+    /// Python: a client call no rule placed, made by asyncio task `task`
+    /// of process `pid`: the request whose response that task writes next,
+    /// if it was read before the call (`causality/python.rs`).
+    Task { pid: u32, task: u32 },
 }
 
 pub struct Held {
@@ -37,6 +41,9 @@ pub struct Held {
     /// The late record it waits for.
     pub key: HeldFor,
     pub items: Vec<Linked>,
+    /// A call held for its task: why no rule placed it, counted if it
+    /// goes out a root.
+    pub why: Option<super::Ambiguity>,
 }
 
 #[derive(Default)]
@@ -51,6 +58,9 @@ pub struct Holds {
     alias_order: VecDeque<([u8; 16], u64)>,
     /// Traces let go before their wait ended, because too many were held.
     pub released_early: u64,
+    /// Why each call held for its task and let go as a root (drained into
+    /// `sonde_calls_ambiguous_total`).
+    pub unlinked: Vec<super::Ambiguity>,
 }
 
 impl Holds {
@@ -108,6 +118,7 @@ impl Holds {
     fn release_oldest(&mut self, out: &mut Vec<Linked>) {
         if let Some((trace_id, _)) = self.order.pop_front() {
             if let Some(h) = self.by_trace.remove(&trace_id) {
+                self.unlinked.extend(h.why);
                 out.extend(h.items);
             }
         }

@@ -78,6 +78,9 @@ pub enum Evidence {
     /// The task a pipe handed the call's thread over (a pre-fork pool's
     /// worker), written for this request.
     Pipe,
+    /// Python: the request whose response the asyncio task that made the
+    /// call wrote next (the call waited for it, held).
+    Task,
     /// The publish seen on this node that sent the delivered message.
     PublishMatch,
     /// No parent: several requests could have made the call.
@@ -99,6 +102,7 @@ impl Evidence {
             Evidence::Ack => "ack",
             Evidence::OnlyInFlight => "only_in_flight",
             Evidence::Pipe => "pipe",
+            Evidence::Task => "task",
             Evidence::PublishMatch => "publish_match",
             Evidence::Ambiguous => "ambiguous",
             Evidence::Root => "root",
@@ -263,6 +267,10 @@ pub struct Correlator {
     sampler: Sampler,
     drops: Drops,
     counts: Counts,
+    /// The flow being handled's time, and what holds started inside
+    /// `call_context` let go early (a full hold table), for `on_flow`.
+    now_ns: u64,
+    spill: Vec<Linked>,
 }
 
 impl Correlator {
@@ -280,6 +288,8 @@ impl Correlator {
             sampler,
             drops: Drops::default(),
             counts: Counts::default(),
+            now_ns: 0,
+            spill: vec![],
         }
     }
 
@@ -323,6 +333,20 @@ impl Correlator {
     /// Handles one flow event at `now_ns` (CLOCK_MONOTONIC); what is ready
     /// for telemetry is appended to `out`.
     pub fn on_flow(&mut self, flow: Flow, now_ns: u64, out: &mut Vec<Linked>) {
+        self.now_ns = now_ns;
+        self.flow(flow, now_ns, out);
+        out.append(&mut self.spill);
+        self.count_unlinked();
+    }
+
+    /// Counts the calls held for their task that went out roots.
+    fn count_unlinked(&mut self) {
+        for why in self.holds.unlinked.drain(..) {
+            self.counts.ambiguous[why as usize] += 1;
+        }
+    }
+
+    fn flow(&mut self, flow: Flow, now_ns: u64, out: &mut Vec<Linked>) {
         match flow {
             Flow::Opened(c) => {
                 if c.role == Role::Client {
@@ -360,6 +384,7 @@ impl Correlator {
     /// Ends the holds that are over (all of them with None, at shutdown).
     pub fn release_held(&mut self, now_ns: Option<u64>, out: &mut Vec<Linked>) {
         self.holds.release_due(now_ns, out);
+        self.count_unlinked();
         self.late_deliveries.expire(now_ns);
     }
 
@@ -449,6 +474,8 @@ impl Correlator {
         // Its thread's next writes follow this read.
         self.linker
             .read_delivered(c.pid, req.last, request, ctx.span_id, false);
+        self.linker
+            .request_read_in(c.pid, request, req.last.py_task);
         // Its client is on this node but not seen yet: hold the trace's
         // items until it is (or the wait is over).
         if let (None, Some(k)) = (incoming, key) {
@@ -458,6 +485,7 @@ impl Correlator {
                     since: waiting.since,
                     key: HeldFor::Client(k, req.stream),
                     items: vec![],
+                    why: None,
                 };
                 self.holds.start(ctx.trace_id, held, now_ns, out);
             }
@@ -547,20 +575,76 @@ impl Correlator {
         let Some((provisional, h)) = self.holds.take(matches) else {
             return false;
         };
+        self.adopt_items(
+            provisional,
+            h.items,
+            ctx,
+            Evidence::LatePartner,
+            now_ns,
+            out,
+        );
+        true
+    }
+
+    /// The items of held trace `provisional` move into `ctx`'s trace, its
+    /// root as `ctx`'s child, placed by `evidence`.
+    fn adopt_items(
+        &mut self,
+        provisional: [u8; 16],
+        items: Vec<Linked>,
+        ctx: &SpanCtx,
+        evidence: Evidence,
+        now_ns: u64,
+        out: &mut Vec<Linked>,
+    ) {
         // Calls of the held request may still be under way (a downstream
         // server's request read in the provisional trace): theirs follow.
         self.holds
             .alias(provisional, (ctx.trace_id, ctx.sampled), now_ns);
-        for mut l in h.items {
+        for mut l in items {
             l.ctx.trace_id = ctx.trace_id;
             l.ctx.sampled = ctx.sampled;
             if l.ctx.parent_span_id.is_none() {
                 l.ctx.parent_span_id = Some(ctx.span_id);
-                l.evidence = Evidence::LatePartner;
+                l.evidence = evidence;
             }
             self.emit(l, out);
         }
-        true
+    }
+
+    /// Python: task `task` of `pid` wrote the response of the request
+    /// `ctx`, read by `since`. The calls it made that no rule placed, held
+    /// for it, were made for that request if they came after its read
+    /// (`causality/python.rs`); the others go out roots.
+    fn task_answered(
+        &mut self,
+        pid: u32,
+        task: u32,
+        ctx: &SpanCtx,
+        since: u64,
+        out: &mut Vec<Linked>,
+    ) {
+        if task == 0 {
+            return;
+        }
+        let key = HeldFor::Task { pid, task };
+        while let Some((provisional, h)) = self.holds.take(|h| h.key == key) {
+            tracing::debug!(
+                pid,
+                task,
+                call_since = h.since,
+                request_since = since,
+                "task answered"
+            );
+            if h.since >= since {
+                self.adopt_items(provisional, h.items, ctx, Evidence::Task, self.now_ns, out);
+            } else {
+                if let Some(why) = h.why {
+                    self.counts.ambiguous[why as usize] += 1;
+                }
+                self.emit_all(h.items, out);
+            }
+        }
     }
 
     /// An HTTP exchange finished: its ids were fixed when its request was
@@ -574,7 +658,11 @@ impl Correlator {
             .and_then(traceparent::parse);
         let (ctx, evidence, peer, server_read) = if c.role == Role::Server {
             let key = request_key(c.id, exchange.stream());
-            let ctx = match (self.linker.request_finished(c.pid, key), tp) {
+            let finished = self.linker.request_finished_since(c.pid, key);
+            if let Some((ctx, since)) = finished {
+                self.task_answered(c.pid, exchange.response.first.py_task, &ctx, since, out);
+            }
+            let ctx = match (finished.map(|f| f.0), tp) {
                 (Some(ctx), _) => ctx,
                 // A request read before the agent started.
                 (None, Some(tp)) => SpanCtx {
@@ -632,13 +720,40 @@ impl Correlator {
         let parent = match self.linker.parent_of(c.pid, first, c.id) {
             Parent::Request(ctx, evidence) => Some((ctx, evidence)),
             Parent::Ambiguous(why) => {
-                self.counts.ambiguous[why as usize] += 1;
                 return match own {
-                    Some(tp) => (own_ctx(tp, None), Evidence::Header),
-                    None => (
-                        SpanCtx::root(|t| self.sampler.should_sample(t, None)),
-                        Evidence::Ambiguous,
-                    ),
+                    Some(tp) => {
+                        self.counts.ambiguous[why as usize] += 1;
+                        (own_ctx(tp, None), Evidence::Header)
+                    }
+                    None => {
+                        let ctx = SpanCtx::root(|t| self.sampler.should_sample(t, None));
+                        tracing::debug!(
+                            pid = c.pid,
+                            py_task = first.py_task,
+                            held = self.linker.task_context(c.pid, first.py_task),
+                            ?why,
+                            "call placed by no rule"
+                        );
+                        if self.linker.task_context(c.pid, first.py_task) {
+                            // Its task's next response may name its request:
+                            // its trace waits for it (`causality/python.rs`).
+                            let held = Held {
+                                conn: c.id,
+                                since: first.enter_ns,
+                                key: HeldFor::Task {
+                                    pid: c.pid,
+                                    task: first.py_task,
+                                },
+                                items: vec![],
+                                why: Some(why),
+                            };
+                            self.holds
+                                .start(ctx.trace_id, held, self.now_ns, &mut self.spill);
+                        } else {
+                            self.counts.ambiguous[why as usize] += 1;
+                        }
+                        (ctx, Evidence::Ambiguous)
+                    }
                 };
             }
             Parent::None => None,

@@ -9,6 +9,7 @@ pub mod gotls;
 pub mod inject;
 pub mod layout;
 pub mod programs;
+pub mod python;
 pub mod runtime;
 pub mod tls;
 pub mod tracefs;
@@ -48,6 +49,9 @@ pub struct ProbeConfig {
     pub kprobes: bool,
     /// Attach the goroutine uprobes to the Go programs of traced processes.
     pub go_probes: bool,
+    /// Follow the contextvars context (the asyncio task) each thread of a
+    /// traced CPython process runs in (`python.rs`).
+    pub python_tasks: bool,
     /// Attach the TLS plaintext uprobes to the OpenSSL libraries of traced
     /// processes.
     pub tls_probes: bool,
@@ -65,6 +69,7 @@ impl Default for ProbeConfig {
             cgroups: vec![],
             kprobes: true,
             go_probes: true,
+            python_tasks: true,
             tls_probes: true,
             inject: None,
         }
@@ -409,6 +414,50 @@ impl Probes {
     }
 
     /// The object's program `name`, as its type.
+    /// Enters Python threads of process `pid` in `PY_THREADS`, each with
+    /// the 0 in `GO_CURRENT` that sends its socket calls there
+    /// (`agent-ebpf/src/python.rs`). How many are entered; a full map
+    /// refuses the rest.
+    pub fn enter_python_threads(
+        &mut self,
+        pid: u32,
+        threads: &[python::PyThread],
+    ) -> Result<usize, String> {
+        let mut py: BpfHashMap<_, u32, sonde_common::PyThread> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(map_names::PY_THREADS)
+                .ok_or("PY_THREADS missing")?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut entered = vec![];
+        for t in threads {
+            let v = sonde_common::PyThread {
+                tgid: pid,
+                _pad: 0,
+                context_at: t.context_at,
+            };
+            if py.insert(t.tid, v, 0).is_ok() {
+                entered.push(t.tid);
+            }
+        }
+        let mut current: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(map_names::GO_CURRENT)
+                .ok_or("GO_CURRENT missing")?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for tid in entered {
+            // BPF_NOEXIST: a thread the goroutine probes know is Go's.
+            match current.insert(tid, 0, 1) {
+                Ok(()) => n += 1,
+                Err(_) if matches!(current.get(&tid, 0), Ok(0)) => n += 1,
+                Err(_) => {}
+            }
+        }
+        Ok(n)
+    }
+
     pub fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T, String>
     where
         &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,

@@ -1,6 +1,8 @@
 //! The task that gives traced processes their user-space probes: the
 //! goroutine probes on Go runtimes (`goruntime.rs`) and the TLS plaintext
-//! probes on OpenSSL (`tls.rs`).
+//! probes on OpenSSL (`tls.rs`); and that enters the threads of CPython
+//! processes in the kernel's `PY_THREADS` (`python.rs`), again every
+//! [`PYTHON_REFRESH`] for the threads they start later.
 //!
 //! The connection table names every process it sees for the first time
 //! (and again after an exec). The pipeline names a process again when one
@@ -21,7 +23,7 @@ use aya::programs::{
 };
 use tokio::sync::mpsc;
 
-use super::{goruntime, gotls, tls, Probes};
+use super::{goruntime, gotls, python, tls, Probes};
 use crate::stats::Stats;
 
 /// Uprobes attached as one set, taken back together when the set cannot be
@@ -101,6 +103,14 @@ impl LinkSet {
     }
 }
 
+/// How often the threads of followed Python processes are walked again
+/// (threads started since are entered; until then their calls nest by the
+/// thread rules).
+pub const PYTHON_REFRESH: Duration = Duration::from_secs(2);
+
+/// Bound on Python processes followed.
+const MAX_PYTHON: usize = 4096;
+
 /// The least time between two inspections of one process's libraries.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
@@ -118,8 +128,12 @@ pub struct Inspector {
     pub probes: Weak<Mutex<Probes>>,
     pub stats: Arc<Stats>,
     pub go: bool,
+    pub python: bool,
     pub tls: bool,
     pub libraries: Libraries,
+    finder: python::Finder,
+    /// Followed Python processes -> the threads entered so far.
+    python_threads: HashMap<u32, std::collections::HashSet<u32>>,
     exes: tls::Seen,
     shared: tls::Seen,
     rescanned: HashMap<u32, Instant>,
@@ -130,6 +144,7 @@ impl Inspector {
         probes: Weak<Mutex<Probes>>,
         stats: Arc<Stats>,
         go: bool,
+        python: bool,
         tls: bool,
         libraries: Libraries,
     ) -> Inspector {
@@ -137,8 +152,11 @@ impl Inspector {
             probes,
             stats,
             go,
+            python,
             tls,
             libraries,
+            finder: python::Finder::default(),
+            python_threads: HashMap::new(),
             exes: Default::default(),
             shared: Default::default(),
             rescanned: HashMap::new(),
@@ -201,6 +219,71 @@ impl Inspector {
             }
         }
         self.libraries_of(pid, &probes);
+        if self.python {
+            self.python_threads_of(pid, &probes, true);
+        }
+        true
+    }
+
+    /// Enters the threads of Python process `pid` not entered yet (`fresh`:
+    /// a process seen for the first time, or again after an exec).
+    fn python_threads_of(&mut self, pid: u32, probes: &Arc<Mutex<Probes>>, fresh: bool) {
+        let threads = match self.finder.threads_of(pid) {
+            Ok((minor, t)) => {
+                if fresh || !self.python_threads.contains_key(&pid) {
+                    tracing::info!(pid, version = %format!("3.{minor}"), threads = t.len(), "Python tasks followed");
+                    Stats::inc(&self.stats.python_followed);
+                }
+                t
+            }
+            Err(python::Skip::NotPython) => {
+                self.python_threads.remove(&pid);
+                return;
+            }
+            Err(why) => {
+                if fresh {
+                    tracing::info!(pid, ?why, "Python process left to the thread rules");
+                    Stats::inc(&self.stats.python_unsupported);
+                }
+                self.python_threads.remove(&pid);
+                return;
+            }
+        };
+        if fresh {
+            self.python_threads.remove(&pid);
+        }
+        if self.python_threads.len() >= MAX_PYTHON && !self.python_threads.contains_key(&pid) {
+            return;
+        }
+        let known = self.python_threads.entry(pid).or_default();
+        let new: Vec<python::PyThread> = threads
+            .into_iter()
+            .filter(|t| !known.contains(&t.tid))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+        match p.enter_python_threads(pid, &new) {
+            Ok(_) => known.extend(new.iter().map(|t| t.tid)),
+            Err(e) => tracing::warn!(pid, "Python threads not entered: {e}"),
+        }
+    }
+
+    /// Walks the followed Python processes again for new threads; forgets
+    /// those that are gone. False once the probes are gone.
+    fn refresh_python(&mut self) -> bool {
+        let Some(probes) = self.probes.upgrade() else {
+            return false;
+        };
+        let pids: Vec<u32> = self.python_threads.keys().copied().collect();
+        for pid in pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                self.python_threads.remove(&pid);
+                continue;
+            }
+            self.python_threads_of(pid, &probes, false);
+        }
         true
     }
 
@@ -295,17 +378,20 @@ pub async fn run(
             _ => return,
         }
     }
+    let mut refresh = tokio::time::interval(PYTHON_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (pid, fresh) = tokio::select! {
-            Some(pid) = new.recv() => (pid, true),
-            Some(pid) = rescan.recv() => (pid, false),
+        let work = tokio::select! {
+            Some(pid) = new.recv() => Work::New(pid),
+            Some(pid) = rescan.recv() => Work::Rescan(pid),
+            _ = refresh.tick(), if !inspector.python_threads.is_empty() => Work::RefreshPython,
             else => return,
         };
         let done = tokio::task::spawn_blocking(move || {
-            let alive = if fresh {
-                inspector.new_process(pid)
-            } else {
-                inspector.rescan(pid)
+            let alive = match work {
+                Work::New(pid) => inspector.new_process(pid),
+                Work::Rescan(pid) => inspector.rescan(pid),
+                Work::RefreshPython => inspector.refresh_python(),
             };
             (alive, inspector)
         })
@@ -315,4 +401,10 @@ pub async fn run(
             _ => return,
         }
     }
+}
+
+enum Work {
+    New(u32),
+    Rescan(u32),
+    RefreshPython,
 }

@@ -245,6 +245,7 @@ impl Dispatcher {
                                 tid: if d.task == 0 { d.tid } else { d.task },
                                 tick: if d.task == 0 { d.tick } else { 0 },
                                 lineage: d.lineage,
+                                py_task: d.py_task,
                             },
                             egress: d.direction == Direction::Egress,
                             bytes: d.bytes,
@@ -268,6 +269,7 @@ impl Dispatcher {
                     tid,
                     tick,
                     lineage: d.lineage,
+                    py_task: d.py_task,
                 };
                 let (pid, conn, client) = (c.pid, c.id, c.role == Role::Client);
                 self.on_data(c, d.direction, seg, flows, commands);

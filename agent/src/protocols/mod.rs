@@ -42,6 +42,8 @@ pub struct Segment<'a> {
     /// Go: where the calling goroutine's work came from (then `tid` names
     /// the goroutine, and `tick` is 0).
     pub lineage: Lineage,
+    /// Python: the context (an asyncio task's) the call ran in; 0 elsewhere.
+    pub py_task: u32,
 }
 
 impl<'a> Segment<'a> {
@@ -54,6 +56,7 @@ impl<'a> Segment<'a> {
             tid: 0,
             tick: 0,
             lineage: Lineage::default(),
+            py_task: 0,
         }
     }
 
@@ -64,6 +67,7 @@ impl<'a> Segment<'a> {
             tid: self.tid,
             tick: self.tick,
             lineage: self.lineage,
+            py_task: self.py_task,
         }
     }
 
@@ -82,6 +86,8 @@ pub struct SegTime {
     /// The thread's tick: a read's after it, a write's before it.
     pub tick: u32,
     pub lineage: Lineage,
+    /// Python: the context (an asyncio task's) the call ran in; 0 elsewhere.
+    pub py_task: u32,
 }
 
 /// Tri-state answer of protocol detection on a stream's first bytes.

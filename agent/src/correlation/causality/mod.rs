@@ -23,6 +23,7 @@ use foldhash::{HashMap, HashSet};
 use std::collections::VecDeque;
 
 mod multiplex;
+mod python;
 mod rules;
 mod tasks;
 
@@ -72,6 +73,8 @@ struct InFlight {
     seq: u64,
     /// A task handed over on a pipe (`tasks.rs`), not a request.
     task: Task,
+    /// Python: the context the read that completed it ran in (0: unknown).
+    reader: u32,
 }
 
 /// Whether an [`InFlight`] is a task read from a pipe, and whether its
@@ -168,6 +171,9 @@ pub struct Linker {
     exact: bool,
     /// Threads that write a call while another of theirs is unanswered.
     multiplex: multiplex::Multiplex,
+    /// Python contexts (pid, task) seen reading requests of two connections
+    /// at once (`python.rs`).
+    shared_contexts: HashSet<(u32, u32)>,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
     /// Remembered reads dropped because too many threads had some.
@@ -236,6 +242,7 @@ impl Linker {
             since_ns,
             ctx,
             task: Task::No,
+            reader: 0,
         });
         ctx
     }
@@ -399,6 +406,11 @@ impl Linker {
     /// The response of the oldest request in flight on `conn` was written.
     pub fn request_finished(&mut self, pid: u32, conn: u64) -> Option<SpanCtx> {
         self.finish(pid, conn).map(|f| f.ctx)
+    }
+
+    /// [`Linker::request_finished`], with when the request was fully read.
+    pub fn request_finished_since(&mut self, pid: u32, conn: u64) -> Option<(SpanCtx, u64)> {
+        self.finish(pid, conn).map(|f| (f.ctx, f.since_ns))
     }
 
     /// Delivery `key` was acknowledged (or rejected) by a write at `at`.

@@ -65,6 +65,7 @@ impl Linker {
             calls: 0,
             seq: self.next_seq,
             task,
+            reader: 0,
         });
         self.mark(pid, at, (key, key), ctx.span_id, false);
     }

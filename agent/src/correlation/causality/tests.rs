@@ -10,6 +10,7 @@ fn at(tid: u32, ns: u64) -> SegTime {
         tid,
         tick: 0,
         lineage: Default::default(),
+        py_task: 0,
     }
 }
 
@@ -261,6 +262,7 @@ fn in_tick(tid: u32, ns: u64, tick: u32) -> SegTime {
         tid,
         tick,
         lineage: Default::default(),
+        py_task: 0,
     }
 }
 
@@ -493,6 +495,7 @@ fn go_write(ns: u64, lineage: Lineage) -> SegTime {
         tid: WRITER,
         tick: 0,
         lineage,
+        py_task: 0,
     }
 }
 

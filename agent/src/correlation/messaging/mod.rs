@@ -364,6 +364,7 @@ impl Correlator {
             since,
             key: HeldFor::Publish(msg_key),
             items: vec![],
+            why: None,
         };
         self.holds.start(ctx.trace_id, held, now_ns, out);
     }

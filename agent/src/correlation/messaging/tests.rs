@@ -72,6 +72,7 @@ fn at(ns: u64) -> SegTime {
         tid: 1,
         tick: 0,
         lineage: Default::default(),
+        py_task: 0,
     }
 }
 

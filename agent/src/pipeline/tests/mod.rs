@@ -86,6 +86,7 @@ fn data_on(
             tick,
             task: 0,
             lineage: Default::default(),
+            py_task: 0,
             bytes: bytes.len() as u64,
             syscall: if dir == Direction::Egress {
                 Syscall::Write
@@ -145,6 +146,7 @@ fn feed(
 mod inject;
 mod late_partners;
 mod prefork;
+mod python;
 mod tls;
 
 const REQ: &[u8] = b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n";

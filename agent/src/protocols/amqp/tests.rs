@@ -217,6 +217,7 @@ fn bodies_beyond_the_capture_are_skipped_by_count() {
             tid: 0,
             tick: 0,
             lineage: Default::default(),
+            py_task: 0,
         };
         c.push(client, seg, &mut out);
     }
@@ -266,6 +267,7 @@ fn truncations_and_mutations_never_panic() {
                     tid: 0,
                     tick: 0,
                     lineage: Default::default(),
+                    py_task: 0,
                 },
                 &mut out,
             );
@@ -304,6 +306,7 @@ fn get_ok_without_its_get_starts_when_it_arrives() {
             tid: 3,
             tick: 0,
             lineage: Default::default(),
+            py_task: 0,
         },
         &mut out,
     );
@@ -313,6 +316,7 @@ fn get_ok_without_its_get_starts_when_it_arrives() {
         tid: 3,
         tick: 0,
         lineage: Default::default(),
+        py_task: 0,
     };
     match out.as_slice() {
         [AmqpOut::Received {
@@ -361,6 +365,7 @@ fn seg(data: &[u8], total: usize, t: u64) -> Segment<'_> {
         tid: 7,
         tick: 1,
         lineage: Default::default(),
+        py_task: 0,
     }
 }
 

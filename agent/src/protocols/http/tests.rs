@@ -200,6 +200,7 @@ fn body_beyond_capture_is_skipped_by_count() {
             tid: 0,
             tick: 0,
             lineage: Default::default(),
+            py_task: 0,
         },
         &mut out,
     )
@@ -232,6 +233,7 @@ fn head_cut_by_capture_keeps_the_start_line() {
                 tid: 0,
                 tick: 0,
                 lineage: Default::default(),
+                py_task: 0,
             },
             &mut out,
         )
@@ -267,6 +269,7 @@ fn gap_inside_chunked_body_resyncs_on_the_next_message() {
             tid: 0,
             tick: 0,
             lineage: Default::default(),
+            py_task: 0,
         },
         &mut out,
     )
@@ -371,6 +374,7 @@ fn hostile_bytes_never_panic() {
                     tid: 0,
                     tick: 0,
                     lineage: Default::default(),
+                    py_task: 0,
                 };
                 let _ = c.push(kind, seg, &mut out);
                 let _ = c.push(kind, Segment::whole(&v[cut..], 2, 3), &mut out);

@@ -199,6 +199,7 @@ fn hostile_bytes_never_panic() {
                 tid: 0,
                 tick: 0,
                 lineage: Default::default(),
+                py_task: 0,
             },
             &mut out,
         );
@@ -312,6 +313,7 @@ fn ok_terminator_cut_after_its_header() {
             tid: 0,
             tick: 0,
             lineage: Default::default(),
+            py_task: 0,
         },
         &mut out,
     )
@@ -344,6 +346,7 @@ fn truncated_terminators_end_the_call() {
                 tid: 0,
                 tick: 0,
                 lineage: Default::default(),
+                py_task: 0,
             },
             &mut out,
         )
@@ -404,6 +407,7 @@ fn one_byte_bodies_in_every_state() {
                     tid: 0,
                     tick: 0,
                     lineage: Default::default(),
+                    py_task: 0,
                 },
                 &mut out,
             )

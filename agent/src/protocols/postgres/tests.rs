@@ -136,6 +136,7 @@ fn large_rows_beyond_the_capture_are_skipped_by_count() {
             tid: 0,
             tick: 0,
             lineage: Default::default(),
+            py_task: 0,
         },
         &mut out,
     )
@@ -230,6 +231,7 @@ fn hostile_bytes_never_panic() {
                 tid: 0,
                 tick: 0,
                 lineage: Default::default(),
+                py_task: 0,
             },
             &mut out,
         );
@@ -267,6 +269,7 @@ fn empty_and_cut_bodies_of_every_type() {
                     tid: 0,
                     tick: 0,
                     lineage: Default::default(),
+                    py_task: 0,
                 },
                 &mut out,
             );

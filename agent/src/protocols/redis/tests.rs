@@ -123,6 +123,7 @@ fn big_values_beyond_the_capture_are_skipped_by_count() {
                 tid: 0,
                 tick: 0,
                 lineage: Default::default(),
+                py_task: 0,
             },
             &mut out,
         );
@@ -158,6 +159,7 @@ fn garbage_and_truncation_never_panic() {
                 tid: 0,
                 tick: 0,
                 lineage: Default::default(),
+                py_task: 0,
             },
             &mut out,
         );

@@ -1,0 +1,66 @@
+//! Python asyncio: the context a call ran in names its task.
+//!
+//! asyncio runs each step of a task inside the task's own contextvars
+//! context, and every other callback inside a context of its own; the
+//! kernel reads the context at each socket call of a followed CPython
+//! thread (`agent-ebpf/src/python.rs`). No read ties a task to its request
+//! when the call is made: the request was read by the transport's callback,
+//! in another context, and the task's continuation runs a loop iteration
+//! later, after a poll. What ties them is the task's response: a handler
+//! task writes the response of the request it serves, after the calls it
+//! made for it. So a call that no rule placed, made by task T, waits (held,
+//! `correlation::holds`) for T's next response; if that response's request
+//! was read before the call, the call was made for it (evidence `task`).
+//!
+//! Where that fails, and what guards it:
+//! - A context shared by everything on the thread (a loop that runs its
+//!   callbacks without contexts, or a thread's base context) would name
+//!   whichever request is answered next. Such a context reads the requests
+//!   itself, so a context seen reading requests of two connections while
+//!   both are in flight is *shared*, and never evidence. asyncio's
+//!   transports each read in a context of their own.
+//! - A context's address is reused once its task is gone (CPython keeps
+//!   freed contexts for reuse). A new task with an old task's address
+//!   began after the old one's last call; its requests, read after its
+//!   creation, are read after those calls, so the old calls never pass
+//!   the "read before the call" check. Calls made after a task's last
+//!   response, for a request read after them, stay roots the same way.
+//! - A task that works on two requests at once (a batch) and answers them
+//!   in another order than it called would mislead; asyncio handlers serve
+//!   one request per task.
+use super::Linker;
+
+impl Linker {
+    /// Request `conn` of `pid` was read (its last read) in Python context
+    /// `task`. A context that reads a request while another it read, of
+    /// another connection, is still in flight multiplexes requests itself.
+    pub fn request_read_in(&mut self, pid: u32, conn: u64, task: u32) {
+        if task == 0 {
+            return;
+        }
+        let Some(list) = self.by_pid.get_mut(&pid) else {
+            return;
+        };
+        let Some(i) = list.iter().rposition(|f| f.conn == conn) else {
+            return;
+        };
+        list[i].reader = task;
+        let source = list[i].source;
+        if list
+            .iter()
+            .any(|f| f.reader == task && f.source != source && f.conn != conn)
+        {
+            super::bounded_insert(
+                &mut self.shared_contexts,
+                (pid, task),
+                &mut self.marks_dropped,
+            );
+        }
+    }
+
+    /// Whether Python context `task` of `pid` may name the request a call
+    /// was made for (it is not shared by several requests' work).
+    pub fn task_context(&self, pid: u32, task: u32) -> bool {
+        task != 0 && !self.shared_contexts.contains(&(pid, task))
+    }
+}
