@@ -727,14 +727,15 @@ impl Correlator {
                     }
                     None => {
                         let ctx = SpanCtx::root(|t| self.sampler.should_sample(t, None));
+                        let wait = self.linker.task_context(c.pid, first.py_task);
                         tracing::debug!(
                             pid = c.pid,
                             py_task = first.py_task,
-                            held = self.linker.task_context(c.pid, first.py_task),
+                            wait,
                             ?why,
                             "call placed by no rule"
                         );
-                        if self.linker.task_context(c.pid, first.py_task) {
+                        if wait {
                             // Its task's next response may name its request:
                             // its trace waits for it (`causality/python.rs`).
                             let held = Held {
