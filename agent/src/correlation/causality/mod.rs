@@ -18,7 +18,10 @@
 //!    call's goroutine (Go) or thread; for a goroutine serving none, that
 //!    of the goroutine that sent it the call on a channel or started it;
 //! 3. **only_in_flight**: the only request in flight in the process;
-//! 4. nothing: it stays a root span (ambiguous, or outside any request).
+//! 4. **task** (Python, decided later by the correlator with `python.rs`
+//!    here): a call left ambiguous by the rules above, made in an asyncio
+//!    task, waits for the response that task writes next;
+//! 5. nothing: it stays a root span (ambiguous, or outside any request).
 use foldhash::{HashMap, HashSet};
 use std::collections::VecDeque;
 
