@@ -639,9 +639,8 @@ impl Correlator {
             if h.since >= since {
                 self.adopt_items(provisional, h.items, ctx, Evidence::Task, self.now_ns, out);
             } else {
-                if let Some(why) = h.why {
-                    self.counts.ambiguous[why as usize] += 1;
-                }
+                // Counted with the released holds' (`count_unlinked`).
+                self.holds.unlinked.extend(h.why);
                 self.emit_all(h.items, out);
             }
         }

@@ -413,16 +413,15 @@ impl Probes {
             .verified_instruction_count()
     }
 
-    /// The object's program `name`, as its type.
     /// Enters Python threads of process `pid` in `PY_THREADS`, each with
     /// the 0 in `GO_CURRENT` that sends its socket calls there
-    /// (`agent-ebpf/src/python.rs`). How many are entered; a full map
-    /// refuses the rest.
+    /// (`agent-ebpf/src/python.rs`). The threads entered in both; a full
+    /// map refuses the rest, whose `PY_THREADS` entry is taken back.
     pub fn enter_python_threads(
         &mut self,
         pid: u32,
         threads: &[python::PyThread],
-    ) -> Result<usize, String> {
+    ) -> Result<Vec<u32>, String> {
         let mut py: BpfHashMap<_, u32, sonde_common::PyThread> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(map_names::PY_THREADS)
@@ -446,18 +445,28 @@ impl Probes {
                 .ok_or("GO_CURRENT missing")?,
         )
         .map_err(|e| e.to_string())?;
-        let mut n = 0;
-        for tid in entered {
-            // BPF_NOEXIST: a thread the goroutine probes know is Go's.
-            match current.insert(tid, 0, 1) {
-                Ok(()) => n += 1,
-                Err(_) if matches!(current.get(&tid, 0), Ok(0)) => n += 1,
-                Err(_) => {}
+        // BPF_NOEXIST: a thread the goroutine probes know is Go's.
+        let marked: Vec<u32> = entered
+            .into_iter()
+            .filter(|tid| {
+                current.insert(*tid, 0, 1).is_ok() || matches!(current.get(tid, 0), Ok(0))
+            })
+            .collect();
+        let mut py: BpfHashMap<_, u32, sonde_common::PyThread> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(map_names::PY_THREADS)
+                .ok_or("PY_THREADS missing")?,
+        )
+        .map_err(|e| e.to_string())?;
+        for t in threads {
+            if !marked.contains(&t.tid) {
+                let _ = py.remove(&t.tid);
             }
         }
-        Ok(n)
+        Ok(marked)
     }
 
+    /// The object's program `name`, as its type.
     pub fn program<'a, T>(&'a mut self, name: &str) -> Result<&'a mut T, String>
     where
         &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,

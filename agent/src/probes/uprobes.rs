@@ -265,7 +265,8 @@ impl Inspector {
         }
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
         match p.enter_python_threads(pid, &new) {
-            Ok(_) => known.extend(new.iter().map(|t| t.tid)),
+            // A thread refused (a full map) is offered again at the next walk.
+            Ok(entered) => known.extend(entered),
             Err(e) => tracing::warn!(pid, "Python threads not entered: {e}"),
         }
     }
