@@ -351,6 +351,29 @@ pub fn prom_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
         .sum()
 }
 
+/// Waits (up to `secs`) until the agent's `/metrics` at `metrics` sum
+/// `name` (lines with every one of `needles`) to at least `n`; on time out,
+/// fails showing the `name` lines.
+pub fn wait_metric(metrics: &str, name: &str, needles: &[&str], n: f64, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let text = http_get(metrics, "/metrics").unwrap_or_default();
+        let got = prom_sum(&text, name, needles);
+        if got >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}{needles:?} is {got}, not {n}:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A test receiver and an agent exporting to it (fast batches), with the
 /// agent's Prometheus address. Everything stops on drop.
 pub struct Agent {

@@ -73,22 +73,13 @@ fn start_nginx(port: u16) -> Proc {
 
 /// Waits until the agent reports at least `n` TLS library files attached.
 fn wait_attached(metrics: &str, n: f64) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let text = http_get(metrics, "/metrics").unwrap_or_default();
-        if prom_sum(&text, "sonde_tls_libraries_total", &["attached"]) >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "TLS probes never attached:\n{}",
-            text.lines()
-                .filter(|l| l.contains("tls"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_metric(
+        metrics,
+        "sonde_tls_libraries_total",
+        &["attached"],
+        n,
+        DEADLINE.as_secs(),
+    );
 }
 
 fn load(url_prefix: &str, n: usize, in_flight: usize) -> u32 {
