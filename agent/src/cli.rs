@@ -74,9 +74,10 @@ pub struct CaptureArgs {
     pub capture_size: u32,
 
     /// Kernel ring buffer size in bytes (rounded up to a power of two).
-    #[arg(long, env = "SONDE_RINGBUF_SIZE", default_value_t = 8 << 20,
+    /// Default: 2 MiB per online CPU, 4 to 64 MiB.
+    #[arg(long, env = "SONDE_RINGBUF_SIZE",
           value_parser = clap::value_parser!(u32).range(4096..=1 << 30))]
-    pub ringbuf_size: u32,
+    pub ringbuf_size: Option<u32>,
 
     /// How often the reader drains the ring buffer when the kernel sends no wakeup.
     #[arg(long, env = "SONDE_POLL_INTERVAL_MS", default_value_t = 20,
@@ -116,7 +117,9 @@ impl CaptureArgs {
         SessionConfig {
             probes: ProbeConfig {
                 capture_size: self.capture_size,
-                ringbuf_bytes: self.ringbuf_size,
+                ringbuf_bytes: self
+                    .ringbuf_size
+                    .unwrap_or_else(crate::probes::default_ringbuf_bytes),
                 pids: self.pids.clone(),
                 cgroups: self.cgroups.clone(),
                 kprobes: !self.no_kprobes,

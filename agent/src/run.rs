@@ -240,6 +240,9 @@ async fn run_agent(args: RunArgs, screen: bool) -> ExitCode {
         .filter(|p| p.state == crate::probes::AttachState::Attached)
         .count();
     tracing::info!(probes = attached, "capturing; Ctrl-C or SIGTERM to stop");
+    // Start-up (BTF, the object's load, the first scans) is done: what it
+    // freed goes back to the kernel (`memory.rs`).
+    crate::memory::release();
 
     let stop = shutdown_signal();
     tokio::pin!(stop);

@@ -97,6 +97,10 @@ fn default_daemonset_is_least_privilege_on_every_node() {
         "all nodes, tainted or not"
     );
     let c = &pod["containers"][0];
+    assert!(
+        env(c, "SONDE_RINGBUF_SIZE").is_none(),
+        "the agent sizes its ring to the node's CPUs"
+    );
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -216,6 +220,7 @@ fn values_reach_the_agent() {
         "sampler.name=parentbased_traceidratio",
         "sampler.arg=0.25",
         "capture.size=512",
+        "capture.ringbufSize=16777216",
         "exclude.processes={envoy,pause}",
         "exclude.namespaces={kube-system}",
         "resourceAttributes.k8s\\.cluster\\.name=prod-eu",
@@ -239,6 +244,7 @@ fn values_reach_the_agent() {
     assert_eq!(value("OTEL_EXPORTER_OTLP_PROTOCOL"), "http/protobuf");
     assert_eq!(value("OTEL_EXPORTER_OTLP_HEADERS"), "x-api-key=secret");
     assert_eq!(value("SONDE_CAPTURE_SIZE"), "512");
+    assert_eq!(value("SONDE_RINGBUF_SIZE"), "16777216");
     assert_eq!(
         value("OTEL_RESOURCE_ATTRIBUTES"),
         "k8s.cluster.name=prod-eu,k8s.node.name=$(SONDE_NODE_NAME)"
@@ -361,6 +367,7 @@ fn privileged_is_an_explicit_escape_hatch() {
 fn the_schema_rejects_bad_values() {
     for (set, why) in [
         ("capture.size=9000", "/capture/size"),
+        ("capture.ringbufSize=1024", "/capture/ringbufSize"),
         ("otlp.protocol=udp", "/otlp/protocol"),
         ("otlp.endpoint=collector:4317", "/otlp/endpoint"),
         ("sampler.name=sometimes", "/sampler/name"),

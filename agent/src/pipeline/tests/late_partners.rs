@@ -278,3 +278,58 @@ fn a_partner_too_late_is_not_handed_to_the_next_request() {
     let drops = next_request_keeps_its_own_parent(REQ, LATE_PARTNER_WINDOW_NS + 10_000);
     assert_eq!(drops.late_partners_missed, 1);
 }
+
+#[test]
+fn a_keep_alive_connection_between_requests_holds_no_stitch_entry_and_still_pairs_late() {
+    let mut l7 = l7();
+    let (client, server) = loopback_pair();
+    // entries(): [2] client contexts queued for servers (and their index by
+    // local endpoint), [3] client connections with requests unanswered.
+    let stitch = |l7: &L7| {
+        let e = l7.p.entries();
+        (e[2], e[3])
+    };
+    let mut spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            data(&client, Direction::Egress, 900, REQ),
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&server, Direction::Egress, 2_000, RESP),
+            data(&client, Direction::Ingress, 2_100, RESP),
+        ],
+    );
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    // The drained queues are gone; only the local endpoint's index stays
+    // (a late server of this connection finds its client through it).
+    assert_eq!(stitch(&l7), (1, 0), "idle between requests");
+    // The next request on the same connection, its server's read first.
+    spans = feed(
+        &mut l7,
+        vec![],
+        [
+            data(&server, Direction::Ingress, 3_000, REQ),
+            data(&client, Direction::Egress, 2_900, REQ),
+            data(&server, Direction::Egress, 4_000, RESP),
+            data(&client, Direction::Ingress, 4_100, RESP),
+        ],
+    );
+    let [srv, cli] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
+    assert_eq!((srv.kind.as_str(), cli.kind.as_str()), ("SERVER", "CLIENT"));
+    assert_eq!(srv.parent_span_id, Some(cli.span_id), "paired late");
+    assert_eq!(l7.counts().late_partners_adopted, 1, "counted");
+    assert_eq!(stitch(&l7), (1, 0), "idle again");
+    feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Close(client.clone(), 5_000),
+            StreamEvent::Close(server.clone(), 5_000),
+        ],
+    );
+    assert_eq!(stitch(&l7), (0, 0), "the index goes with the connection");
+}
