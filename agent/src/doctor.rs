@@ -307,9 +307,9 @@ fn tls_libraries() -> Vec<TlsLibraryCheck> {
             let entry = by_inode
                 .entry((m.dev(), m.ino()))
                 .or_insert_with(|| TlsLibraryCheck {
-                    hooks: std::fs::read(&open)
+                    hooks: std::fs::File::open(&open)
                         .ok()
-                        .and_then(|b| crate::probes::tls::hooks_in(&b))
+                        .and_then(|f| crate::probes::tls::hooks_in(&object::ReadCache::new(f)))
                         .map_or(0, |h| h.len()),
                     path,
                     processes: 0,

@@ -40,6 +40,7 @@ pub async fn top(args: RunArgs) -> ExitCode {
 }
 
 async fn run_agent(args: RunArgs, screen: bool) -> ExitCode {
+    crate::memory::fix_mmap_threshold();
     let file = match &args.config {
         Some(p) => match FileConfig::load(p) {
             Ok(f) => f,

@@ -3,7 +3,9 @@
 //! round: bare (no agent), sonde with metrics only, sonde exporting OTLP to
 //! a discarding receiver (`sonde-otlp-receiver --discard`, whose CPU is
 //! reported apart), the same at 10% head sampling, and the same with
-//! `traceparent` injection. One table per workload: medians over the
+//! `traceparent` injection; the app workloads (CPython servers) add a sixth,
+//! OTLP export with the runtime probes off (`--no-python-tasks
+//! --no-go-probes`). One table per workload: medians over the
 //! rounds, with the spread. The `idle` workload has no wrk: it holds
 //! 10,000 answered keep-alive connections open, for the agent's idle CPU
 //! and its memory.
@@ -46,6 +48,10 @@ enum Arm {
     /// OTLP export with `traceparent` injection on: the load generator's
     /// requests get the header (sk_msg), the server's reads are named.
     Injected,
+    /// OTLP export without the runtime probes (`--no-python-tasks
+    /// --no-go-probes`): what following a runtime's tasks costs, in the
+    /// kernel and in the agent (issue 14), against `Otlp`.
+    NoRuntime,
 }
 
 const ARMS: [Arm; 5] = [
@@ -54,6 +60,15 @@ const ARMS: [Arm; 5] = [
     Arm::Otlp,
     Arm::Sampled,
     Arm::Injected,
+];
+/// The app workloads (a CPython server) add `NoRuntime`.
+const APP_ARMS: [Arm; 6] = [
+    Arm::Bare,
+    Arm::Metrics,
+    Arm::Otlp,
+    Arm::Sampled,
+    Arm::Injected,
+    Arm::NoRuntime,
 ];
 const SAMPLED_RATIO: &str = "0.1";
 
@@ -65,11 +80,15 @@ impl Arm {
             Arm::Otlp => "sonde, OTLP export",
             Arm::Sampled => "sonde, OTLP export, 10% of traces",
             Arm::Injected => "sonde, OTLP export, traceparent injection",
+            Arm::NoRuntime => "sonde, OTLP export, runtime probes off",
         }
     }
 
     fn exports(self) -> bool {
-        matches!(self, Arm::Otlp | Arm::Sampled | Arm::Injected)
+        matches!(
+            self,
+            Arm::Otlp | Arm::Sampled | Arm::Injected | Arm::NoRuntime
+        )
     }
 }
 
@@ -134,10 +153,15 @@ pub fn bench(opts: &Options) -> Result<()> {
             .unwrap_or(if w.starts_with("nginx") { 32 } else { 16 });
         // Warm the server up (and the page cache), untimed.
         wrk(&server.url, conns, 2)?;
-        let samples = alternate(w, &ARMS, opts.rounds, |arm| {
+        let arms: &[Arm] = if w.starts_with("nginx") {
+            &ARMS
+        } else {
+            &APP_ARMS
+        };
+        let samples = alternate(w, arms, opts.rounds, |arm| {
             measure(&bin, arm, &server.url, conns, opts.seconds, tck)
         })?;
-        report += &table(w, conns, opts, &samples);
+        report += &table(w, conns, opts, arms, &samples);
     }
     println!("{report}");
     Ok(())
@@ -158,7 +182,7 @@ fn start_arm(bin: &Path, arm: Arm) -> Result<(Option<Receiver>, String, Option<A
             &metrics,
             receiver.as_ref().map(|r| r.grpc.as_str()),
             (arm == Arm::Sampled).then_some(SAMPLED_RATIO),
-            arm == Arm::Injected,
+            arm,
         )?),
     };
     Ok((receiver, metrics, agent))
@@ -361,7 +385,13 @@ fn idle_round(
 }
 
 /// The table of one workload: medians over the rounds, spread in brackets.
-fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) -> String {
+fn table(
+    workload: &str,
+    conns: u32,
+    opts: &Options,
+    arms: &[Arm],
+    samples: &[(Arm, Sample)],
+) -> String {
     let of = |arm: Arm, f: fn(&Sample) -> f64| column(samples, arm, f);
     let bare_rps = median(&of(Arm::Bare, |s| s.rps));
     let bare_p50 = median(&of(Arm::Bare, |s| s.p50_ms));
@@ -372,7 +402,7 @@ fn table(workload: &str, conns: u32, opts: &Options, samples: &[(Arm, Sample)]) 
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         opts.seconds, opts.rounds
     );
-    for arm in ARMS {
+    for &arm in arms {
         let cell = |f: fn(&Sample) -> f64, digits: usize| spread(&of(arm, f), digits);
         let rps = median(&of(arm, |s| s.rps));
         let p50 = median(&of(arm, |s| s.p50_ms));
@@ -653,18 +683,25 @@ impl Reading {
 
 impl Agent {
     /// `ratio`: head sampling (`traceidratio`); none samples every trace.
-    /// `inject`: `--context-propagation traceparent`.
+    /// `Injected`: `--context-propagation traceparent`; `NoRuntime`: the
+    /// runtime probes off.
     fn start(
         bin: &Path,
         metrics: &str,
         otlp: Option<&str>,
         ratio: Option<&str>,
-        inject: bool,
+        arm: Arm,
     ) -> Result<Agent> {
         let mut c = Command::new(bin);
         c.args(["run", "--stdout", "false", "--prometheus-listen", metrics]);
-        if inject {
-            c.args(["--context-propagation", "traceparent"]);
+        match arm {
+            Arm::Injected => {
+                c.args(["--context-propagation", "traceparent"]);
+            }
+            Arm::NoRuntime => {
+                c.args(["--no-python-tasks", "--no-go-probes"]);
+            }
+            _ => {}
         }
         for k in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -34,7 +34,7 @@ pub enum Binary {
 }
 
 /// Reads an executable's Go build info (the `.go.buildinfo` section).
-pub fn inspect(elf: &[u8]) -> Binary {
+pub fn inspect<'a>(elf: impl object::ReadRef<'a>) -> Binary {
     let Ok(file) = object::File::parse(elf) else {
         return Binary::NotGo;
     };
@@ -88,10 +88,10 @@ fn register_abi(version: &str) -> bool {
 /// Attaches the goroutine probes to executable `exe` (of process `pid`),
 /// whose bytes are `elf`, if it is a Go program they understand; counts
 /// the outcome. Whether they are attached.
-pub(super) fn on_executable(
+pub(super) fn on_executable<'a>(
     pid: u32,
     exe: &str,
-    elf: &[u8],
+    elf: impl object::ReadRef<'a>,
     p: &mut Probes,
     stats: &Stats,
 ) -> bool {
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn this_test_binary_is_not_go() {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(inspect(&me), Binary::NotGo);
-        assert_eq!(inspect(b"garbage"), Binary::NotGo);
+        assert_eq!(inspect(me.as_slice()), Binary::NotGo);
+        assert_eq!(inspect(&b"garbage"[..]), Binary::NotGo);
     }
 }

@@ -45,16 +45,15 @@ pub const GO_TLS_HOOKS: &[(&str, &str, &str, bool)] = &[
 /// The offsets, from the function's start, of every RET instruction of
 /// function `symbol` in `elf`. None if the symbol is not there (the program
 /// does not use crypto/tls) or its bytes cannot be read.
-pub fn returns(elf: &[u8], symbol: &str) -> Option<Vec<u64>> {
+pub fn returns<'a>(elf: impl object::ReadRef<'a>, symbol: &str) -> Option<Vec<u64>> {
     let file = object::File::parse(elf).ok()?;
     let sym = file
         .symbols()
         .find(|s| s.is_definition() && s.name() == Ok(symbol))?;
     let section = file.section_by_index(sym.section_index()?).ok()?;
-    let data = section.data().ok()?;
-    let start = usize::try_from(sym.address().checked_sub(section.address())?).ok()?;
-    let size = usize::try_from(sym.size()).ok()?;
-    let code = data.get(start..start.checked_add(size)?)?;
+    // The function's bytes alone: a file read through a cache reads no
+    // more of its section.
+    let code = section.data_range(sym.address(), sym.size()).ok()??;
     let mut decoder = Decoder::with_ip(64, code, sym.address(), DecoderOptions::NONE);
     let mut out = vec![];
     while decoder.can_decode() {
@@ -69,7 +68,11 @@ pub fn returns(elf: &[u8], symbol: &str) -> Option<Vec<u64>> {
 /// Attaches the crypto/tls hooks to Go executable `target` (whose bytes
 /// are `elf`). `Ok(None)`: the program does not use crypto/tls. All
 /// required hooks or none; each function's RET probes before its entry.
-pub fn attach(probes: &mut Probes, target: &str, elf: &[u8]) -> Result<Option<usize>, String> {
+pub fn attach<'a>(
+    probes: &mut Probes,
+    target: &str,
+    elf: impl object::ReadRef<'a>,
+) -> Result<Option<usize>, String> {
     let found: Vec<_> = GO_TLS_HOOKS
         .iter()
         .map(|h| (h, returns(elf, h.2)))
@@ -105,8 +108,8 @@ mod tests {
     #[test]
     fn not_go_no_returns() {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(returns(&me, "crypto/tls.(*Conn).Write").is_none());
-        assert!(returns(b"garbage", "x").is_none());
+        assert!(returns(me.as_slice(), "crypto/tls.(*Conn).Write").is_none());
+        assert!(returns(&b"garbage"[..], "x").is_none());
     }
 
     /// A function with a branch, kept in this test binary under its name.
@@ -131,7 +134,7 @@ mod tests {
             .symbols()
             .find(|s| s.name() == Ok("sonde_gotls_test_target"))
             .expect("the test target is in the symbol table");
-        let rets = returns(&me, "sonde_gotls_test_target").expect("a function returns");
+        let rets = returns(me.as_slice(), "sonde_gotls_test_target").expect("a function returns");
         assert!(rets.iter().all(|&o| o < sym.size()));
         assert!(rets.windows(2).all(|w| w[0] < w[1]));
     }

@@ -150,7 +150,10 @@ impl Finder {
         if let Some(s) = self.files.get(&key) {
             return *s;
         }
-        let s = std::fs::read(&file).ok().and_then(|elf| symbols_in(&elf));
+        // Read through a cache: only the headers and dynamic symbols.
+        let s = std::fs::File::open(&file)
+            .ok()
+            .and_then(|f| symbols_in(&object::ReadCache::new(f)));
         if self.files.len() >= MAX_FILES {
             self.files.clear();
         }
@@ -185,7 +188,7 @@ fn interpreter_mappings(maps: &str) -> Vec<(u64, String)> {
 }
 
 /// The symbols sonde needs from an interpreter file, if it defines them.
-fn symbols_in(elf: &[u8]) -> Option<Symbols> {
+fn symbols_in<'a>(elf: impl object::ReadRef<'a>) -> Option<Symbols> {
     let file = object::File::parse(elf).ok()?;
     if file.architecture() != object::Architecture::X86_64 {
         return None;

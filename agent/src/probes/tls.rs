@@ -15,13 +15,12 @@
 use std::{
     collections::HashSet,
     fs::File,
-    io::Read,
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
 use aya::programs::uprobe::UProbeAttachLocation;
-use object::{Object, ObjectSymbol};
+use object::{Object, ObjectSymbol, ReadCache};
 
 use super::{uprobes::LinkSet, Probes};
 
@@ -137,13 +136,17 @@ fn is_libssl(path: &str) -> bool {
 
 /// The hooks whose symbols an ELF file defines, or None when it lacks the
 /// required ones (not OpenSSL, or stripped of its dynamic symbols).
-pub fn hooks_in(elf: &[u8]) -> Option<Vec<&'static Hook>> {
+pub fn hooks_in<'a>(elf: impl object::ReadRef<'a>) -> Option<Vec<&'static Hook>> {
     let file = object::File::parse(elf).ok()?;
+    // Only the names sonde looks for are kept: an executable's symbol
+    // table can hold hundreds of thousands.
+    let wanted = |n: &str| REQUIRED.contains(&n) || TLS_HOOKS.iter().any(|h| h.symbol == n);
     let defined: HashSet<&str> = file
         .dynamic_symbols()
         .chain(file.symbols())
         .filter(|s| s.is_definition())
         .filter_map(|s| s.name().ok())
+        .filter(|n| wanted(n))
         .collect();
     if !REQUIRED.iter().all(|s| defined.contains(s)) {
         return None;
@@ -161,17 +164,19 @@ pub fn hooks_in(elf: &[u8]) -> Option<Vec<&'static Hook>> {
 pub struct Seen(HashSet<(u64, u64)>);
 
 impl Seen {
-    /// Opens `path` and reads it, if it is a file not inspected before (it
-    /// is now marked).
-    pub fn open_first_time(&mut self, path: &Path) -> Option<(File, Vec<u8>)> {
-        let mut file = File::open(path).ok()?;
+    /// Opens `path`, if it is a file not inspected before (it is now
+    /// marked): the open file, and a reader of its contents that reads
+    /// (and keeps, until it is dropped) only the ranges the ELF parser asks
+    /// for. Never the whole file: an executable can be hundreds of
+    /// megabytes, and each would have been as much of the agent's memory.
+    pub fn open_first_time(&mut self, path: &Path) -> Option<(File, ReadCache<File>)> {
+        let file = File::open(path).ok()?;
         let m = file.metadata().ok()?;
         if !self.0.insert((m.dev(), m.ino())) {
             return None;
         }
-        let mut bytes = Vec::with_capacity(m.len() as usize);
-        file.read_to_end(&mut bytes).ok()?;
-        Some((file, bytes))
+        let reader = ReadCache::new(file.try_clone().ok()?);
+        Some((file, reader))
     }
 }
 
@@ -185,12 +190,12 @@ pub fn fd_path(file: &File) -> PathBuf {
 /// Attaches the TLS hooks to one file (`elf`, its bytes; `open`, its path
 /// from here) if it has the API. None for an executable without it: not a
 /// TLS library at all.
-pub fn on_file(
+pub fn on_file<'a>(
     pid: u32,
     path: String,
     open: &Path,
     kind: Kind,
-    elf: &[u8],
+    elf: impl object::ReadRef<'a>,
     probes: &mut Probes,
 ) -> Option<Library> {
     let Some(hooks) = hooks_in(elf) else {
@@ -269,16 +274,16 @@ mod tests {
 
     #[test]
     fn this_test_binary_has_no_openssl() {
-        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(hooks_in(&me).is_none());
-        assert!(hooks_in(b"garbage").is_none());
+        let me = File::open(std::env::current_exe().unwrap()).unwrap();
+        assert!(hooks_in(&ReadCache::new(me)).is_none());
+        assert!(hooks_in(&b"garbage"[..]).is_none());
     }
 
     /// The machine's own libssl (Debian's OpenSSL 3): every hook is there.
     #[test]
     fn the_system_libssl_has_every_hook() {
         let lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
-        let hooks = hooks_in(&std::fs::read(lib).unwrap()).expect("OpenSSL API");
+        let hooks = hooks_in(&ReadCache::new(File::open(lib).unwrap())).expect("OpenSSL API");
         assert_eq!(hooks.len(), TLS_HOOKS.len());
     }
 }
