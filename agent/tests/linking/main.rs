@@ -316,7 +316,7 @@ fn asyncio_eight_in_flight() {
         spans: &spans,
         service: "asyncio-loop",
     };
-    let (mut linked, mut wrong) = (0, vec![]);
+    let (mut linked, mut wrong, mut roots) = (0, vec![], vec![]);
     let mut by_evidence = std::collections::BTreeMap::<String, usize>::new();
     for id in 0..N {
         let srv = found.server(&format!("/r/{id}"));
@@ -330,11 +330,16 @@ fn asyncio_eight_in_flight() {
                 linked += 1;
             } else if !c.span.parent_span_id.is_empty() {
                 wrong.push(format!("/down/{id}/{k}"));
+            } else {
+                // When the call began, in µs after its request did.
+                let after =
+                    c.span.start_time_unix_nano as i64 - srv.span.start_time_unix_nano as i64;
+                roots.push(format!("/down/{id}/{k} (+{} µs)", after / 1000));
             }
         }
     }
     eprintln!(
-        "asyncio, {N} requests, {IN_FLIGHT} in flight: {linked} of {} calls under their request, {} wrong parents; by evidence {by_evidence:?}",
+        "asyncio, {N} requests, {IN_FLIGHT} in flight: {linked} of {} calls under their request, {} wrong parents; by evidence {by_evidence:?}; roots {roots:?}",
         2 * N,
         wrong.len()
     );
