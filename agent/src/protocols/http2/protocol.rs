@@ -22,9 +22,13 @@ pub const SPEC: Spec = Spec {
 
 /// The client's preface, read by a server or written by a client; or the
 /// server's own preface, a SETTINGS frame, which a server may write before
-/// it reads the client's (gRPC's C core does).
+/// it reads the client's (gRPC's C core and grpc-go do). A client can read
+/// that frame before it writes its own preface: grpc-go starts its reader
+/// goroutine first, and on a busy machine the writer runs late.
 fn detect(role: Role, dir: Direction, data: &[u8]) -> Detect {
-    if role == Role::Server && dir == Direction::Egress {
+    let response_side = (role == Role::Server && dir == Direction::Egress)
+        || (role == Role::Client && dir == Direction::Ingress);
+    if response_side {
         return server_preface(data);
     }
     let request_side =

@@ -469,9 +469,27 @@ fn detected_from_either_preface() {
         (spec.detect)(Role::Server, Direction::Egress, b"\x4a\0\0\0\x0a8.0.1"),
         Detect::No
     );
-    // A client's first read is never taken for HTTP/2.
+    // A client may read the server's SETTINGS before it writes its preface
+    // (grpc-go's reader goroutine runs first); anything else it reads first
+    // is not HTTP/2: a MySQL greeting, a HEADERS frame, a SETTINGS ACK.
     assert_eq!(
         (spec.detect)(Role::Client, Direction::Ingress, &settings),
+        Detect::Yes
+    );
+    for other in [
+        &b"\x4a\0\0\0\x0a8.0.1"[..],
+        &frame(1, 4, 1, b"\x88"),
+        &frame(4, 1, 0, b""),
+        PREFACE,
+    ] {
+        assert_eq!(
+            (spec.detect)(Role::Client, Direction::Ingress, other),
+            Detect::No
+        );
+    }
+    // A peer of unknown role is judged only by the client's preface.
+    assert_eq!(
+        (spec.detect)(Role::Unknown, Direction::Ingress, &settings),
         Detect::No
     );
     // Mid-connection frames (the agent started late) are not detected.
