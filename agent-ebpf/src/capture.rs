@@ -22,7 +22,7 @@ use crate::{
     filter::should_trace,
     inject,
     maps::{
-        active_begin, active_take, capture_size, count, inject_on, wakeup_bytes, ActiveCall,
+        capture_size, count, inject_on, thread, thread_live, thread_new, wakeup_bytes, ActiveCall,
         EVENTS, SCRATCH, SOCKS, TICK_TLS,
     },
     tick, tls,
@@ -52,13 +52,24 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     }
     let tid = id as u32;
     let info = unsafe { SOCKS.get(&sock_key(tgid, fd as u32)) }.copied();
-    // Any read may start other work on this thread: a new tick.
-    let t = if syscall::is_egress(sc) {
-        tick::get(tid)
-    } else {
-        tick::bump(tid, info.is_some(), if info.is_some() { fd } else { -1 })
+    let tracked = info.is_some();
+    // The thread's entry, looked up once for its tick and its call slot;
+    // a call on a tracked socket creates it.
+    let slot = match thread(tid) {
+        None if tracked => thread_new(tid, tick::NONE),
+        p => p,
     };
-    let Some(info) = info else {
+    // Any read may start other work on this thread: a new tick.
+    let t = match slot {
+        Some(p) if syscall::is_egress(sc) => tick::of(unsafe { &(*p).tick }),
+        Some(p) => tick::on_read(
+            unsafe { &mut (*p).tick },
+            tracked,
+            if tracked { fd } else { -1 },
+        ),
+        None => tick::NONE,
+    };
+    let (Some(info), Some(slot)) = (info, slot) else {
         return;
     };
     let runtime = crate::goroutine::runtime(tid);
@@ -93,7 +104,7 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     if info.role == role::PIPE && sc == syscall::WRITE {
         let len = arg(ctx, 2) as i64;
         if len > 0 {
-            emit(id, tgid, &call, len, &info, Source::Buf(call.arg0));
+            emit(id, tgid, &call, len, &info, Source::Buf(call.arg0), t.n);
         }
         return;
     }
@@ -108,7 +119,9 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     {
         inject::prepare(id, fd, call.enter_ns);
     }
-    active_begin(id, &call);
+    // SAFETY: a map value; only this thread writes its own call
+    // (inet_sock_set_state runs inside it, on its behalf).
+    unsafe { (*slot).call = call };
 }
 
 /// The first `N` bytes a write syscall sends; zeros for any other.
@@ -131,9 +144,16 @@ fn first_bytes<const N: usize>(ctx: &TracePointContext, sc: u8) -> [u8; N] {
 #[inline(always)]
 fn exit(ctx: &TracePointContext, sc: u8) {
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = active_take(id) else {
+    // One lookup of the thread's entry: its call, and its tick now.
+    let Some(p) = thread_live(id) else {
         return;
     };
+    // SAFETY: a map value, this thread's own.
+    let (call, now) = unsafe {
+        (*p).call.live = 0;
+        ((*p).call, tick::of(&(*p).tick).n)
+    };
+    let tick = record_tick(&call, now);
     if inject_on() && syscall::is_egress(sc) {
         inject::write_done(id);
     }
@@ -167,7 +187,7 @@ fn exit(ctx: &TracePointContext, sc: u8) {
     };
     match call.syscall {
         syscall::READ | syscall::WRITE | syscall::SENDTO | syscall::RECVFROM => {
-            emit(id, tgid, &call, rv, &info, Source::Buf(call.arg0));
+            emit(id, tgid, &call, rv, &info, Source::Buf(call.arg0), tick);
         }
         syscall::READV | syscall::WRITEV => {
             emit(
@@ -177,11 +197,12 @@ fn exit(ctx: &TracePointContext, sc: u8) {
                 rv,
                 &info,
                 Source::Iov(call.arg0, call.arg1),
+                tick,
             );
         }
         syscall::SENDMSG | syscall::RECVMSG => {
             let (iov, iovlen) = read_msghdr_iov(call.arg0);
-            emit(id, tgid, &call, rv, &info, Source::Iov(iov, iovlen));
+            emit(id, tgid, &call, rv, &info, Source::Iov(iov, iovlen), tick);
         }
         syscall::SENDMMSG | syscall::RECVMMSG => {
             // rv is the number of messages; each reports its own length.
@@ -203,14 +224,27 @@ fn exit(ctx: &TracePointContext, sc: u8) {
                     len as i64,
                     &info,
                     Source::BatchIov(iov, iovlen),
+                    tick,
                 );
             }
         }
-        syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None),
+        syscall::SENDFILE => emit(id, tgid, &call, rv, &info, Source::None, tick),
         _ => {}
     }
     if inject_on() && info.role == role::SERVER && syscall::is_egress(call.syscall) {
         inject::server_wrote(id, tgid, call.fd);
+    }
+}
+
+/// A record's tick: a write follows what its thread read before it (the
+/// tick at its entry); a read is the input of the tick that follows it, as
+/// it is at the read's exit (`now`: the thread may have slept inside).
+#[inline(always)]
+pub fn record_tick(call: &ActiveCall, now: u32) -> u32 {
+    if syscall::is_egress(call.syscall) {
+        call.tick
+    } else {
+        now
     }
 }
 
@@ -238,6 +272,7 @@ pub enum Source {
 
 /// Sends one data record for `call`'s connection. `tgid` owns the socket;
 /// `id`'s thread made the call (an io_uring worker may act for its owner).
+/// `tick`: the record's tick (`record_tick`).
 ///
 /// The record is built in the per-CPU scratch in three steps, and the order
 /// is for the verifier: it explores every path through the payload copy
@@ -249,7 +284,15 @@ pub enum Source {
 /// other way, 6.1's verifier passed its million-instruction limit on
 /// `sys_exit_writev` (found by `vm-test`).
 #[inline(always)]
-pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, src: Source) {
+pub fn emit(
+    id: u64,
+    tgid: u32,
+    call: &ActiveCall,
+    bytes: i64,
+    info: &SockInfo,
+    src: Source,
+    tick: u32,
+) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -286,13 +329,7 @@ pub fn emit(id: u64, tgid: u32, call: &ActiveCall, bytes: i64, info: &SockInfo, 
         role: info.role,
         flags: 0,
         captured: 0,
-        // A write follows what its thread read before it; a read is the
-        // input of the tick that follows it (it may have slept inside).
-        tick: if egress {
-            call.tick
-        } else {
-            tick::current(id as u32)
-        },
+        tick,
         task,
         lineage,
         py_task: call.py_task,

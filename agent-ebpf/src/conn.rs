@@ -354,7 +354,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     call.arg1 = field::<u16>(&ctx, SK_SPORT) as u64;
                 }
             } else if new == TCP_SYN_SENT && (id >> 32) as u32 == crate::maps::self_tgid() {
-                // The agent's own connect (never in ACTIVE: it is filtered).
+                // The agent's own connect (never in THREADS: it is filtered).
                 let _ = SK_OWNER.insert(&sk, &SELF_MARK, 0);
             }
         }

@@ -7,7 +7,7 @@
 //! * The next `tcp_sendmsg`/`tcp_recvmsg` on that thread ties the kernel
 //!   socket to (tgid, fd) in `SK_SOCK`, so later calls on that socket (poll
 //!   retries in task_work, io-wq workers) are known by the socket alone.
-//! * A call inside a traced syscall (`ACTIVE` holds it, live) is left to the
+//! * A call inside a traced syscall (`THREADS` holds it, live) is left to the
 //!   tracepoints, so nothing is reported twice.
 //! * The kprobes cost something on every TCP send and receive of the node,
 //!   so user space attaches them only once `URING_SEEN` says io_uring was
@@ -25,7 +25,7 @@ use aya_ebpf::{
 use sonde_common::{sock_key, syscall, KernelLayout, SockInfo};
 
 use crate::{
-    capture::{emit, Source},
+    capture::{emit, record_tick, Source},
     ctx::field,
     filter::should_trace,
     maps::{active_live, ActiveCall, SOCKS},
@@ -194,7 +194,8 @@ fn on_return(ctx: &RetProbeContext, sc: u8) {
     } else {
         Source::KernelIov(kc.call.arg0, kc.call.arg1)
     };
-    emit(id, kc.tgid, &kc.call, rv, &info, src);
+    let tick = record_tick(&kc.call, crate::tick::current(id as u32));
+    emit(id, kc.tgid, &kc.call, rv, &info, src, tick);
 }
 
 #[kprobe]

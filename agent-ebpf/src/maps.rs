@@ -90,7 +90,7 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536
 #[map]
 pub static LISTENERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(8192, 0);
 
-/// A syscall between enter and exit, keyed by pid_tgid (one per thread).
+/// A syscall between enter and exit (one per thread, in `THREADS`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ActiveCall {
@@ -105,7 +105,7 @@ pub struct ActiveCall {
     /// Set by inet_sock_set_state while this call runs: the socket is TCP.
     pub tcp_seen: u8,
     /// 1 from the call's entry to its exit. A thread's entry outlives its
-    /// calls (see `active_begin`): 0 marks it as between calls.
+    /// calls (see `THREADS`): 0 marks it as between calls.
     pub live: u8,
     /// 1: the thread ran no goroutine at entry, and a thread's goroutine
     /// cannot change inside a syscall, so the record's needs no lookup.
@@ -121,6 +121,25 @@ pub struct ActiveCall {
 }
 
 impl ActiveCall {
+    /// No call in progress.
+    pub const NONE: ActiveCall = ActiveCall {
+        enter_ns: 0,
+        arg0: 0,
+        arg1: 0,
+        fd: -1,
+        syscall: 0,
+        tcp_seen: 0,
+        live: 0,
+        no_goroutine: 0,
+        tick: 0,
+        py_task: 0,
+        sock: SockInfo {
+            role: 0,
+            flags: 0,
+            _pad: [0; 6],
+        },
+    };
+
     /// A call entered now, with nothing known of its socket or goroutine.
     #[inline(always)]
     pub fn new(enter_ns: u64, arg0: u64, arg1: u64, fd: i32, syscall: u8, tick: u32) -> Self {
@@ -144,31 +163,78 @@ impl ActiveCall {
     }
 }
 
-#[map]
-pub static ACTIVE: LruHashMap<u64, ActiveCall> = LruHashMap::with_max_entries(16384, 0);
+/// One entry per thread that made a traced call or whose tick is
+/// followed: its tick (`tick.rs`) and its call in progress, in one entry so
+/// that a data call looks its thread up once at entry and once at exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Thread {
+    pub tick: Tick,
+    pub call: ActiveCall,
+}
 
-/// Notes `call` as its thread's call in progress. A thread keeps its entry
-/// from one call to the next, written in place: an LRU map's update and
-/// delete each take a lock and move a node between lists, about a sixth of
-/// the probes' kernel time under nginx load, where a lookup takes neither.
-/// The entry goes with its thread (`sched_process_exit`), or to the LRU.
+/// Per-thread state, keyed by tid. A thread keeps its entry from one call
+/// to the next, written in place: an LRU map's update and delete each take
+/// a lock and move a node between lists, about a sixth of the probes'
+/// kernel time under nginx load, where a lookup takes neither. The entry
+/// goes with its thread (`sched_process_exit`), or to the LRU.
+#[map]
+pub static THREADS: LruHashMap<u32, Thread> = LruHashMap::with_max_entries(65536, 0);
+
+/// The thread's entry, if it has one.
+#[inline(always)]
+pub fn thread(tid: u32) -> Option<*mut Thread> {
+    THREADS.get_ptr_mut(&tid)
+}
+
+/// Creates the entry of a thread that has none, with `tick`, no call in
+/// progress. Returns it (None: the map refused it, counted).
+#[inline(always)]
+pub fn thread_new(tid: u32, tick: Tick) -> Option<*mut Thread> {
+    let t = Thread {
+        tick,
+        call: ActiveCall::NONE,
+    };
+    if THREADS.insert(&tid, &t, 0).is_err() {
+        count(stat::MAP_FULL);
+        return None;
+    }
+    THREADS.get_ptr_mut(&tid)
+}
+
+/// Notes `call` as thread `id`'s call in progress.
 #[inline(always)]
 pub fn active_begin(id: u64, call: &ActiveCall) {
-    if let Some(p) = ACTIVE.get_ptr_mut(&id) {
-        // SAFETY: a map value; only this thread writes its own entry
-        // (inet_sock_set_state runs inside its call, on its behalf).
-        unsafe { *p = *call };
-    } else if ACTIVE.insert(&id, call, 0).is_err() {
-        count(stat::MAP_FULL);
+    let tid = id as u32;
+    if let Some(p) = THREADS.get_ptr_mut(&tid) {
+        // SAFETY: a map value; only this thread writes its own call
+        // (inet_sock_set_state runs inside it, on its behalf).
+        unsafe { (*p).call = *call };
+    } else {
+        let t = Thread {
+            tick: crate::tick::NONE,
+            call: *call,
+        };
+        if THREADS.insert(&tid, &t, 0).is_err() {
+            count(stat::MAP_FULL);
+        }
     }
+}
+
+/// The entry of a thread with a call in progress.
+#[inline(always)]
+pub fn thread_live(id: u64) -> Option<*mut Thread> {
+    let p = THREADS.get_ptr_mut(&(id as u32))?;
+    // SAFETY: a map value.
+    (unsafe { (*p).call.live } != 0).then_some(p)
 }
 
 /// The thread's call in progress, if any.
 #[inline(always)]
 pub fn active_live(id: u64) -> Option<*mut ActiveCall> {
-    let p = ACTIVE.get_ptr_mut(&id)?;
+    let p = thread_live(id)?;
     // SAFETY: a map value.
-    (unsafe { (*p).live } != 0).then_some(p)
+    Some(unsafe { &mut (*p).call as *mut ActiveCall })
 }
 
 /// Ends the thread's call in progress, returning it.
@@ -193,18 +259,18 @@ pub struct Tick {
     /// Advances with `n`, except when the thread waits uninterruptibly (a
     /// page fault, a kernel lock): it is still doing the same thing.
     pub activity: u32,
-    /// `TICK_TLS`: the thread has entered a hooked TLS call (`tls.rs`).
+    /// `TICKING`, `TICK_TLS`.
     pub flags: u32,
 }
 
 /// `Tick::flags`: only a thread that has made a hooked TLS library call
 /// can be inside one, so only its socket calls look for it in `TLS_ACTIVE`.
 pub const TICK_TLS: u32 = 1;
-
-/// Per-thread ticks (`tick.rs`): tid -> tick, for threads that read a
-/// tracked socket.
-#[map]
-pub static TICKS: LruHashMap<u32, Tick> = LruHashMap::with_max_entries(65536, 0);
+/// `Tick::flags`: the thread's tick is followed: it read a tracked socket,
+/// or made a hooked TLS call. A thread whose entry only holds calls (it
+/// wrote, connected, forked) has no tick: it reads as zeros and nothing
+/// advances it.
+pub const TICKING: u32 = 2;
 
 /// Go (`goroutine.rs`): the goroutine running on each thread, tid -> goroutine.
 /// Removed when the thread exits or execs, so a reused tid inherits nothing;

@@ -10,39 +10,68 @@
 //! read request X is the one that wrote the query. Without it, a thread
 //! serving several requests at once leaves every call ambiguous.
 //!
-//! Only threads that read a tracked socket get an entry; every other read,
-//! poll and switch on the node costs one failed lookup.
+//! Only threads that read a tracked socket (or made a hooked TLS call)
+//! have a tick (`TICKING`, in their `THREADS` entry); every other read,
+//! poll and switch on the node costs one lookup that finds none.
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
 use aya_ebpf::EbpfContext;
 
-use crate::maps::{Tick, TICKS, TICK_TLS};
+use crate::maps::{thread, thread_new, Tick, TICKING, TICK_TLS};
 
 /// Advances `tid`'s tick and activity; `create`: start them for a thread
 /// that has none. `read_fd`: the tracked socket whose read advances them,
-/// else -1. Returns the thread's entry as it now is (zeros: none).
+/// else -1. Returns the thread's tick as it now is (zeros: none).
 #[inline(always)]
 pub fn bump(tid: u32, create: bool, read_fd: i32) -> Tick {
-    if let Some(t) = TICKS.get_ptr_mut(&tid) {
+    match thread(tid) {
         // Only the thread itself (or the scheduler on its behalf, while it
         // is not running) writes its entry.
-        unsafe {
-            advance(&mut *t, read_fd);
-            *t
+        Some(p) => on_read(unsafe { &mut (*p).tick }, create, read_fd),
+        None if create => {
+            let t = started(read_fd, 0);
+            let _ = thread_new(tid, t);
+            t
         }
+        None => NONE,
+    }
+}
+
+/// A read on a thread whose entry is `t`: advances its tick if it has one,
+/// or starts it if `create`. Returns the tick now.
+#[inline(always)]
+pub fn on_read(t: &mut Tick, create: bool, read_fd: i32) -> Tick {
+    if t.flags & TICKING != 0 {
+        advance(t, read_fd);
+        *t
     } else if create {
-        let t = Tick {
-            n: 1,
-            read_fd,
-            activity: 1,
-            flags: 0,
-        };
-        let _ = TICKS.insert(&tid, &t, 0);
-        t
+        *t = started(read_fd, t.flags);
+        *t
     } else {
         NONE
+    }
+}
+
+/// A thread's tick as it reads: zeros if it has none.
+#[inline(always)]
+pub fn of(t: &Tick) -> Tick {
+    if t.flags & TICKING != 0 {
+        *t
+    } else {
+        NONE
+    }
+}
+
+/// The first tick of a thread, begun by a read of `read_fd`.
+#[inline(always)]
+fn started(read_fd: i32, flags: u32) -> Tick {
+    Tick {
+        n: 1,
+        read_fd,
+        activity: 1,
+        flags: flags | TICKING,
     }
 }
 
@@ -55,69 +84,97 @@ fn advance(t: &mut Tick, read_fd: i32) {
     t.read_fd = read_fd;
 }
 
-/// The entry of a thread that has none.
-const NONE: Tick = Tick {
+/// The tick of a thread that has none.
+pub const NONE: Tick = Tick {
     n: 0,
     read_fd: -1,
     activity: 0,
     flags: 0,
 };
 
-/// Gives `tid` an entry if it has none, without advancing anything, so
-/// that its polls, reads and sleeps from now on are seen.
+/// Starts following `tid`'s tick if it is not followed, without advancing
+/// anything, so that its polls, reads and sleeps from now on are seen.
 #[inline(always)]
 pub fn watch(tid: u32) {
-    let _ = TICKS.insert(&tid, &NONE, 1); // BPF_NOEXIST
-}
-
-/// A hooked TLS call enters on `tid`: a read advances the tick as a socket
-/// read does (it may return buffered plaintext with no syscall); the entry
-/// is created if need be and marked `TICK_TLS`. Returns the tick now.
-#[inline(always)]
-pub fn tls_call(tid: u32, read: bool) -> u32 {
-    if let Some(t) = TICKS.get_ptr_mut(&tid) {
-        let t = unsafe { &mut *t };
-        if read {
-            advance(t, -1);
+    match thread(tid) {
+        Some(p) => {
+            let t = unsafe { &mut (*p).tick };
+            if t.flags & TICKING == 0 {
+                *t = Tick {
+                    flags: t.flags | TICKING,
+                    ..NONE
+                };
+            }
         }
-        t.flags |= TICK_TLS;
-        t.n
-    } else {
-        let n = read as u32;
-        let t = Tick {
-            n,
-            read_fd: -1,
-            activity: n,
-            flags: TICK_TLS,
-        };
-        let _ = TICKS.insert(&tid, &t, 0);
-        n
+        None => {
+            let _ = thread_new(
+                tid,
+                Tick {
+                    flags: TICKING,
+                    ..NONE
+                },
+            );
+        }
     }
 }
 
-/// The thread's entry now (zeros: it never read a tracked socket).
+/// A hooked TLS call enters on `tid`: a read advances the tick as a socket
+/// read does (it may return buffered plaintext with no syscall); the tick
+/// is started if need be and marked `TICK_TLS`. Returns the tick now.
 #[inline(always)]
-pub fn get(tid: u32) -> Tick {
-    unsafe { TICKS.get(&tid) }.copied().unwrap_or(NONE)
+pub fn tls_call(tid: u32, read: bool) -> u32 {
+    match thread(tid) {
+        Some(p) => {
+            let t = unsafe { &mut (*p).tick };
+            if t.flags & TICKING == 0 {
+                *t = Tick {
+                    flags: t.flags | TICKING,
+                    ..NONE
+                };
+            }
+            if read {
+                advance(t, -1);
+            }
+            t.flags |= TICK_TLS;
+            t.n
+        }
+        None => {
+            let n = read as u32;
+            let t = Tick {
+                n,
+                read_fd: -1,
+                activity: n,
+                flags: TICKING | TICK_TLS,
+            };
+            let _ = thread_new(tid, t);
+            n
+        }
+    }
 }
 
-/// The thread's tick now (0: it never read a tracked socket).
+/// The thread's tick now (zeros: it has none).
+#[inline(always)]
+pub fn get(tid: u32) -> Tick {
+    thread(tid).map_or(NONE, |p| of(unsafe { &(*p).tick }))
+}
+
+/// The thread's tick count now (0: it has no tick).
 #[inline(always)]
 pub fn current(tid: u32) -> u32 {
-    unsafe { TICKS.get(&tid) }.map_or(0, |t| t.n)
+    get(tid).n
 }
 
 /// The thread's activity now (see `Tick::activity`).
 #[inline(always)]
 pub fn activity(tid: u32) -> u32 {
-    unsafe { TICKS.get(&tid) }.map_or(0, |t| t.activity)
+    get(tid).activity
 }
 
 /// The tracked socket whose read began the thread's current activity, if
 /// a read did: the input that whatever the thread does now follows from.
 #[inline(always)]
 pub fn read_socket(tid: u32) -> i32 {
-    unsafe { TICKS.get(&tid) }.map_or(-1, |t| t.read_fd)
+    get(tid).read_fd
 }
 
 macro_rules! poll_probes {
@@ -161,8 +218,11 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
         if state & BLOCKED == UNINTERRUPTIBLE {
             // The tick advances (the causality rules' meaning, unchanged);
             // the activity and its input stay.
-            if let Some(t) = TICKS.get_ptr_mut(&tid) {
-                unsafe { (*t).n = (*t).n.wrapping_add(1) };
+            if let Some(p) = thread(tid) {
+                let t = unsafe { &mut (*p).tick };
+                if t.flags & TICKING != 0 {
+                    t.n = t.n.wrapping_add(1);
+                }
             }
         } else {
             bump(tid, false, -1);

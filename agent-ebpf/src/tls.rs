@@ -33,7 +33,7 @@ use aya_ebpf::{
 use sonde_common::{goroutine_id, sock_flags, sock_key, stat, syscall, SockInfo};
 
 use crate::{
-    capture::{emit, Source},
+    capture::{emit, record_tick, Source},
     filter::should_trace,
     maps::{count, ActiveCall, TlsCall, TlsKey, SOCKS, TLS_ACTIVE, TLS_FD},
     tick,
@@ -281,7 +281,8 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
         syscall::TLS_WRITE
     };
     let call = ActiveCall::new(c.enter_ns, c.buf, bytes as u64, fd, sc, c.tick);
-    emit(id, tgid, &call, bytes, &info, Source::Buf(c.buf));
+    let tick = record_tick(&call, tick::current(id as u32));
+    emit(id, tgid, &call, bytes, &info, Source::Buf(c.buf), tick);
 }
 
 /// Called by every socket syscall entry on a tracked socket: whether the

@@ -160,6 +160,10 @@ pub struct Dispatcher {
     metadata: Option<SharedStore>,
     budget: usize,
     used: usize,
+    /// The records one segment makes, on their way to flows: one vector
+    /// reused for every segment (one grown per segment was an allocation
+    /// per read and write).
+    records: Vec<Record>,
     pub stats: std::sync::Arc<DispatchStats>,
 }
 
@@ -177,6 +181,7 @@ impl Dispatcher {
             metadata,
             budget,
             used: 0,
+            records: Vec::new(),
             stats: Default::default(),
         }
     }
@@ -361,14 +366,15 @@ impl Dispatcher {
         };
         let proto = *proto;
         tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, side = ?side, bytes = seg.total, "data");
-        let mut records = vec![];
+        let mut records = std::mem::take(&mut self.records);
         let res = parser.feed(side, seg, &mut records);
         let stats = parser.take_stats();
         let now = parser.heap_bytes();
         self.used = self.used + now - *bytes;
         *bytes = now;
         self.account(proto, stats, records.len());
-        flows.extend(records.into_iter().map(|r| Flow::Record(c.clone(), r)));
+        flows.extend(records.drain(..).map(|r| Flow::Record(c.clone(), r)));
+        self.records = records;
         if let Err(why) = res {
             tracing::debug!(conn = c.id, protocol = REGISTRY[proto].name, %why, "parser gave up");
             self.stats.protocols[proto].gave_up.fetch_add(1, Relaxed);
