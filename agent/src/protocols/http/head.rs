@@ -82,13 +82,16 @@ fn apply_header(h: &mut Head, name: &str, value: &[u8]) {
 
 /// Parses a complete head. `Ok(None)`: more bytes needed.
 pub fn parse(kind: Kind, buf: &[u8]) -> Result<Option<Head>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Left uninitialized: httparse writes the ones it fills, and zeroing 96
+    // headers (3 KiB) cost as much as parsing a short head.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let config = httparse::ParserConfig::default();
     let mut h = Head::default();
     let status = match kind {
         Kind::Request => {
-            let mut req = httparse::Request::new(&mut headers);
-            let st = req
-                .parse(buf)
+            let mut req = httparse::Request::new(&mut []);
+            let st = config
+                .parse_request_with_uninit_headers(&mut req, buf, &mut headers)
                 .map_err(|e| HeadError::Invalid(e.to_string()))?;
             h.method = req.method.unwrap_or_default().to_string();
             h.target = req.path.unwrap_or_default().to_string();
@@ -99,9 +102,9 @@ pub fn parse(kind: Kind, buf: &[u8]) -> Result<Option<Head>, HeadError> {
             st
         }
         Kind::Response => {
-            let mut resp = httparse::Response::new(&mut headers);
-            let st = resp
-                .parse(buf)
+            let mut resp = httparse::Response::new(&mut []);
+            let st = config
+                .parse_response_with_uninit_headers(&mut resp, buf, &mut headers)
                 .map_err(|e| HeadError::Invalid(e.to_string()))?;
             h.status = resp.code.unwrap_or_default();
             h.minor = resp.version.unwrap_or(1);

@@ -4,14 +4,21 @@
 
 /// The path of a request target, without query or fragment.
 pub fn path(target: &str) -> &str {
-    let end = target.find(['?', '#']).unwrap_or(target.len());
+    // A byte scan: both are ASCII, so the cut is a char boundary (a
+    // char-set `find` cost as much as the rest of the route).
+    let end = target
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
     &target[..end]
 }
 
 /// The query of a request target, if any.
 pub fn query(target: &str) -> Option<&str> {
-    let q = target.split_once('?')?.1;
-    Some(q.split('#').next().unwrap_or(q))
+    let start = target.bytes().position(|b| b == b'?')? + 1;
+    let q = &target[start..];
+    let end = q.bytes().position(|b| b == b'#').unwrap_or(q.len());
+    Some(&q[..end])
 }
 
 /// 8-4-4-4-12 hex digits: hyphens at these places and only there.
@@ -38,8 +45,14 @@ fn is_id(seg: &str) -> bool {
 /// The route template of a request target.
 pub fn route(target: &str) -> String {
     let p = path(target);
-    // Absolute-form targets (proxies): keep only the path.
-    let p = match p.find("://") {
+    // Absolute-form targets (proxies): keep only the path. An origin-form
+    // target (the usual kind) starts with '/' and is not searched.
+    let scheme_end = if p.starts_with('/') {
+        None
+    } else {
+        p.find("://")
+    };
+    let p = match scheme_end {
         Some(i) => p[i + 3..].find('/').map_or("/", |j| &p[i + 3 + j..]),
         None => p,
     };
@@ -71,6 +84,18 @@ pub fn redact_query(q: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_and_query_split_at_the_first_delimiter() {
+        assert_eq!(path("/a/b?x=1&y=2#top"), "/a/b");
+        assert_eq!(query("/a/b?x=1&y=2#top"), Some("x=1&y=2"));
+        assert_eq!(path("/a#frag?not-a-query"), "/a");
+        assert_eq!(path("/é/ü?q=ä"), "/é/ü");
+        assert_eq!(query("/é/ü?q=ä"), Some("q=ä"));
+        assert_eq!(query("/plain"), None);
+        assert_eq!(query("/empty?"), Some(""));
+        assert_eq!(path(""), "");
+    }
 
     #[test]
     fn collapses_identifiers() {
