@@ -346,6 +346,16 @@ impl Linker {
         source: u64,
         request: [u8; 8],
     ) {
+        // The Python context that read it (see `on_thread`).
+        if at.py_task != 0 {
+            if let Some(f) = self
+                .by_pid
+                .get_mut(&pid)
+                .and_then(|l| l.iter_mut().rev().find(|f| f.conn == key))
+            {
+                f.reader = at.py_task;
+            }
+        }
         self.mark(pid, at, (key, source), request, false);
     }
 
@@ -616,7 +626,7 @@ impl Linker {
             }
             return p;
         }
-        if let Some(p) = self.on_thread(list, pid, at.tid, at.enter_ns) {
+        if let Some(p) = self.on_thread(list, pid, at.tid, at.enter_ns, at.py_task) {
             return match p {
                 Parent::Request(ctx, _) if is_goroutine(at.tid) => {
                     Parent::Request(ctx, Evidence::Goroutine)

@@ -74,13 +74,15 @@ impl Linker {
     }
 
     /// Rule 2: the request in flight on thread (or goroutine) `tid`, read
-    /// before `by_ns`. None if there is none.
+    /// before `by_ns`. None if there is none. `py_task`: the Python context
+    /// the call was made in (0: none known).
     pub(super) fn on_thread(
         &self,
         list: &[InFlight],
         pid: u32,
         tid: u32,
         by_ns: u64,
+        py_task: u32,
     ) -> Option<Parent> {
         let mut same_thread = list.iter().filter(|f| f.since_ns <= by_ns && f.tid == tid);
         let first = same_thread.next()?;
@@ -93,8 +95,15 @@ impl Linker {
         }
         // Deliveries are keyed apart from their channel's connection.
         let k = (pid, first.source);
+        // A call made in another Python context than the one that read the
+        // oldest delivery: asyncio runs each message's handler as a task of
+        // its own, several at once on this thread, before any of its calls
+        // overlap (which would mark it as multiplexing). A blocking consumer
+        // calls in the context that read.
+        let tasks_apart = py_task != 0 && first.reader != 0 && py_task != first.reader;
         // One at a time, in order: not on a thread that multiplexes calls.
-        let acks_late = !self.multiplex.is_multiplexed(pid, tid)
+        let acks_late = !tasks_apart
+            && !self.multiplex.is_multiplexed(pid, tid)
             && (self.acks_late.contains(&k) || self.works_before_acking(pid, tid, first));
         for f in same_thread {
             // Two connections, or two deliveries of a consumer not known
@@ -150,7 +159,7 @@ impl Linker {
             if g == 0 {
                 continue;
             }
-            match self.on_thread(list, pid, g, by_ns) {
+            match self.on_thread(list, pid, g, by_ns, 0) {
                 Some(Parent::Request(ctx, _)) => {
                     return Some(Parent::Request(ctx, Evidence::Goroutine))
                 }

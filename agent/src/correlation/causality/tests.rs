@@ -752,3 +752,59 @@ fn a_hand_off_is_placed_only_when_one_request_is_named() {
         Parent::Request(a, Evidence::SameThread)
     );
 }
+
+/// A read (or write) in Python context `task` on thread `tid` at `ns`.
+fn in_context(tid: u32, ns: u64, tick: u32, task: u32) -> SegTime {
+    SegTime {
+        py_task: task,
+        ..in_tick(tid, ns, tick)
+    }
+}
+
+/// Delivery `key` of channel connection 3, read on thread 100 at `ns` in
+/// Python context `reader`.
+fn delivered(l: &mut Linker, key: u64, ns: u64, reader: u32) -> SpanCtx {
+    let ctx = l.request_started(1, key, 3, 100, ns, None, &Sampler::AlwaysOn);
+    l.delivery_read(1, in_context(100, ns, ns as u32, reader), key, 3, [0; 8]);
+    ctx
+}
+
+#[test]
+fn an_asyncio_consumer_is_never_given_its_oldest_delivery() {
+    // aio-pika: the connection's reader task (context 7) reads the
+    // deliveries; each message's handler runs as a task of its own. The
+    // first, alone, calls before its ack: the consumer is learnt to ack
+    // late.
+    let mut l = Linker::default();
+    let d1 = delivered(&mut l, 10, 5, 7);
+    assert_eq!(
+        l.parent_of(1, in_context(100, 7, 9, 21), 0),
+        Parent::Request(d1, Evidence::SameThread)
+    );
+    l.delivery_acked(1, 10, in_context(100, 8, 10, 21));
+    assert!(l.acks_late.contains(&(1, 3)));
+    // Two deliveries in flight; a handler's call, its calls never
+    // overlapping another's (so the thread is not seen multiplexing): it
+    // may be either message's, so neither.
+    delivered(&mut l, 11, 20, 7);
+    delivered(&mut l, 12, 21, 7);
+    assert!(matches!(
+        l.parent_of(1, in_context(100, 23, 30, 22), 0),
+        Parent::Ambiguous(_)
+    ));
+    // A blocking consumer calls in the context that read: in order, the
+    // oldest.
+    let mut l = Linker::default();
+    let d1 = delivered(&mut l, 10, 5, 7);
+    assert_eq!(
+        l.parent_of(1, in_context(100, 7, 9, 7), 0),
+        Parent::Request(d1, Evidence::SameThread)
+    );
+    l.delivery_acked(1, 10, in_context(100, 8, 10, 7));
+    let d2 = delivered(&mut l, 11, 20, 7);
+    delivered(&mut l, 12, 21, 7);
+    assert_eq!(
+        l.parent_of(1, in_context(100, 23, 30, 7), 0),
+        Parent::Request(d2, Evidence::SameThread)
+    );
+}
