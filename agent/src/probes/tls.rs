@@ -140,7 +140,8 @@ pub fn hooks_in<'a>(elf: impl object::ReadRef<'a>) -> Option<Vec<&'static Hook>>
     let file = object::File::parse(elf).ok()?;
     // Only the names sonde looks for are kept: an executable's symbol
     // table can hold hundreds of thousands.
-    let wanted = |n: &str| REQUIRED.contains(&n) || TLS_HOOKS.iter().any(|h| h.symbol == n);
+    // `REQUIRED` is among the hooks (test `required_symbols_are_hooks`).
+    let wanted = |n: &str| TLS_HOOKS.iter().any(|h| h.symbol == n);
     let defined: HashSet<&str> = file
         .dynamic_symbols()
         .chain(file.symbols())
@@ -277,6 +278,13 @@ mod tests {
         let me = File::open(std::env::current_exe().unwrap()).unwrap();
         assert!(hooks_in(&ReadCache::new(me)).is_none());
         assert!(hooks_in(&b"garbage"[..]).is_none());
+    }
+
+    #[test]
+    fn required_symbols_are_hooks() {
+        for r in REQUIRED {
+            assert!(TLS_HOOKS.iter().any(|h| h.symbol == r), "{r}");
+        }
     }
 
     /// The machine's own libssl (Debian's OpenSSL 3): every hook is there.
