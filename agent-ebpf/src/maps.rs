@@ -206,18 +206,10 @@ pub fn thread_new(tid: u32, tick: Tick) -> Option<*mut Thread> {
 #[inline(always)]
 pub fn active_begin(id: u64, call: &ActiveCall) {
     let tid = id as u32;
-    if let Some(p) = THREADS.get_ptr_mut(&tid) {
+    if let Some(p) = thread(tid).or_else(|| thread_new(tid, crate::tick::NONE)) {
         // SAFETY: a map value; only this thread writes its own call
         // (inet_sock_set_state runs inside it, on its behalf).
         unsafe { (*p).call = *call };
-    } else {
-        let t = Thread {
-            tick: crate::tick::NONE,
-            call: *call,
-        };
-        if THREADS.insert(&tid, &t, 0).is_err() {
-            count(stat::MAP_FULL);
-        }
     }
 }
 

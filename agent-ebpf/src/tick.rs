@@ -21,21 +21,14 @@ use aya_ebpf::EbpfContext;
 
 use crate::maps::{thread, thread_new, Tick, TICKING, TICK_TLS};
 
-/// Advances `tid`'s tick and activity; `create`: start them for a thread
-/// that has none. `read_fd`: the tracked socket whose read advances them,
-/// else -1. Returns the thread's tick as it now is (zeros: none).
+/// Advances `tid`'s tick and activity, if it has a tick: it turned to
+/// something other than a tracked socket's read (a poll, a sleep).
 #[inline(always)]
-pub fn bump(tid: u32, create: bool, read_fd: i32) -> Tick {
-    match thread(tid) {
+pub fn bump(tid: u32) {
+    if let Some(p) = thread(tid) {
         // Only the thread itself (or the scheduler on its behalf, while it
         // is not running) writes its entry.
-        Some(p) => on_read(unsafe { &mut (*p).tick }, create, read_fd),
-        None if create => {
-            let t = started(read_fd, 0);
-            let _ = thread_new(tid, t);
-            t
-        }
-        None => NONE,
+        on_read(unsafe { &mut (*p).tick }, false, -1);
     }
 }
 
@@ -181,7 +174,7 @@ macro_rules! poll_probes {
     ($($name:ident),*) => {$(
         #[tracepoint]
         pub fn $name(_ctx: TracePointContext) -> u32 {
-            bump(bpf_get_current_pid_tgid() as u32, false, -1);
+            bump(bpf_get_current_pid_tgid() as u32);
             0
         }
     )*};
@@ -225,7 +218,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
                 }
             }
         } else {
-            bump(tid, false, -1);
+            bump(tid);
         }
     }
     0
