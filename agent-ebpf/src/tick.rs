@@ -85,30 +85,28 @@ pub const NONE: Tick = Tick {
     flags: 0,
 };
 
+/// `tid`'s tick, followed from now on: started (zeros, nothing advanced)
+/// if it was not, the thread's entry created if it had none. None: the map
+/// refused the entry (counted).
+#[inline(always)]
+fn followed(tid: u32) -> Option<&'static mut Tick> {
+    let p = thread(tid).or_else(|| thread_new(tid, NONE))?;
+    // SAFETY: a map value; only the thread itself writes its tick here.
+    let t = unsafe { &mut (*p).tick };
+    if t.flags & TICKING == 0 {
+        *t = Tick {
+            flags: t.flags | TICKING,
+            ..NONE
+        };
+    }
+    Some(t)
+}
+
 /// Starts following `tid`'s tick if it is not followed, without advancing
 /// anything, so that its polls, reads and sleeps from now on are seen.
 #[inline(always)]
 pub fn watch(tid: u32) {
-    match thread(tid) {
-        Some(p) => {
-            let t = unsafe { &mut (*p).tick };
-            if t.flags & TICKING == 0 {
-                *t = Tick {
-                    flags: t.flags | TICKING,
-                    ..NONE
-                };
-            }
-        }
-        None => {
-            let _ = thread_new(
-                tid,
-                Tick {
-                    flags: TICKING,
-                    ..NONE
-                },
-            );
-        }
-    }
+    let _ = followed(tid);
 }
 
 /// A hooked TLS call enters on `tid`: a read advances the tick as a socket
@@ -116,33 +114,14 @@ pub fn watch(tid: u32) {
 /// is started if need be and marked `TICK_TLS`. Returns the tick now.
 #[inline(always)]
 pub fn tls_call(tid: u32, read: bool) -> u32 {
-    match thread(tid) {
-        Some(p) => {
-            let t = unsafe { &mut (*p).tick };
-            if t.flags & TICKING == 0 {
-                *t = Tick {
-                    flags: t.flags | TICKING,
-                    ..NONE
-                };
-            }
-            if read {
-                advance(t, -1);
-            }
-            t.flags |= TICK_TLS;
-            t.n
-        }
-        None => {
-            let n = read as u32;
-            let t = Tick {
-                n,
-                read_fd: -1,
-                activity: n,
-                flags: TICKING | TICK_TLS,
-            };
-            let _ = thread_new(tid, t);
-            n
-        }
+    let Some(t) = followed(tid) else {
+        return read as u32;
+    };
+    if read {
+        advance(t, -1);
     }
+    t.flags |= TICK_TLS;
+    t.n
 }
 
 /// The thread's tick now (zeros: it has none).
