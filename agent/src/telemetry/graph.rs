@@ -21,7 +21,7 @@ const WAIT_NS: u64 = 10_000_000_000;
 enum Half {
     /// A server span, by its parent (the client span id).
     Server {
-        service: String,
+        server: Arc<Resource>,
         secs: f64,
         failed: bool,
     },
@@ -30,11 +30,27 @@ enum Half {
     /// once the wait is over.
     Client {
         client: Arc<Resource>,
-        fallback: String,
+        fallback: Peer,
         kind: &'static str,
         secs: f64,
         failed: bool,
     },
+}
+
+/// The server side of an edge a client half waits with: a service known
+/// on this node (shared, not copied per call), else the peer's address.
+enum Peer {
+    Service(Arc<Resource>),
+    Address(String),
+}
+
+impl Peer {
+    fn name(&self) -> &str {
+        match self {
+            Peer::Service(r) => &r.service_name,
+            Peer::Address(a) => a,
+        }
+    }
 }
 
 /// Halves of stitched pairs, by the client span id, until the other half
@@ -59,7 +75,7 @@ impl Pending {
         &mut self,
         reg: &mut Registry,
         parent: [u8; 8],
-        service: String,
+        server: &Arc<Resource>,
         (secs, failed): (f64, bool),
         at_ns: u64,
     ) {
@@ -78,7 +94,7 @@ impl Pending {
             record_edge(
                 reg,
                 &client,
-                service,
+                &server.service_name,
                 paired_kind(kind),
                 failed || client_failed,
                 client_secs,
@@ -89,7 +105,7 @@ impl Pending {
         self.wait(
             parent,
             Half::Server {
-                service,
+                server: server.clone(),
                 secs,
                 failed,
             },
@@ -110,14 +126,14 @@ impl Pending {
         span_id: [u8; 8],
         (secs, failed): (f64, bool),
         client: &Arc<Resource>,
-        peer: Option<&Resource>,
+        peer: Option<&Arc<Resource>>,
         kind: &'static str,
         (server_read, at_ns): (bool, u64),
     ) {
         self.expire(reg, at_ns);
         if let Some((
             Half::Server {
-                service,
+                server,
                 secs: server_secs,
                 failed: server_failed,
             },
@@ -127,7 +143,7 @@ impl Pending {
             record_edge(
                 reg,
                 client,
-                service,
+                &server.service_name,
                 paired_kind(kind),
                 server_failed || failed,
                 secs,
@@ -135,10 +151,14 @@ impl Pending {
             );
             return;
         }
-        let peer = peer.map(|r| r.service_name.clone());
-        let fallback = peer
-            .or_else(|| c.remote().map(|p| p.to_string()))
-            .unwrap_or_else(|| "unknown".into());
+        let fallback = match peer {
+            Some(r) => Peer::Service(r.clone()),
+            None => Peer::Address(
+                c.remote()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
+        };
         if server_read {
             self.wait(
                 span_id,
@@ -152,7 +172,7 @@ impl Pending {
                 at_ns,
             );
         } else {
-            record_edge(reg, client, fallback, kind, failed, secs, None);
+            record_edge(reg, client, fallback.name(), kind, failed, secs, None);
         }
     }
 
@@ -196,7 +216,7 @@ impl Pending {
                 )) => record_edge(
                     reg,
                     &client,
-                    fallback,
+                    fallback.name(),
                     paired_kind(kind),
                     failed,
                     secs,
@@ -222,7 +242,7 @@ fn paired_kind(kind: &'static str) -> &'static str {
 pub fn record_edge(
     reg: &mut Registry,
     client: &Arc<Resource>,
-    server: String,
+    server: &str,
     kind: &str,
     failed: bool,
     client_secs: f64,
@@ -273,12 +293,24 @@ mod tests {
     fn server_halves_whose_client_never_completes_expire_and_are_counted() {
         let mut reg = Registry::new(0);
         let mut p = Pending::default();
-        p.server_done(&mut reg, [1; 8], "a".into(), (0.1, false), 1_000);
-        p.server_done(&mut reg, [2; 8], "b".into(), (0.1, false), 2_000);
+        p.server_done(&mut reg, [1; 8], &resource("a"), (0.1, false), 1_000);
+        p.server_done(&mut reg, [2; 8], &resource("b"), (0.1, false), 2_000);
         p.waiting.remove(&[2; 8]); // its client completed
-        p.server_done(&mut reg, [3; 8], "c".into(), (0.1, false), 1_000 + WAIT_NS);
+        p.server_done(
+            &mut reg,
+            [3; 8],
+            &resource("c"),
+            (0.1, false),
+            1_000 + WAIT_NS,
+        );
         assert_eq!((p.entries(), p.evicted), (2, 0), "within the wait");
-        p.server_done(&mut reg, [4; 8], "d".into(), (0.1, false), 2_001 + WAIT_NS);
+        p.server_done(
+            &mut reg,
+            [4; 8],
+            &resource("d"),
+            (0.1, false),
+            2_001 + WAIT_NS,
+        );
         assert_eq!(
             p.evicted, 1,
             "the first expired; the completed one is not counted"
@@ -332,7 +364,7 @@ mod tests {
             (true, 1_000),
         );
         assert_eq!(edges(&reg), "", "both wait");
-        p.server_done(&mut reg, [1; 8], "api".into(), (0.1, true), 2_000);
+        p.server_done(&mut reg, [1; 8], &resource("api"), (0.1, true), 2_000);
         let text = edges(&reg);
         assert!(text.contains("traces_service_graph_request_total{service_name=\"web\",client=\"web\",server=\"api\"} 1"), "{text}");
         assert!(text.contains("traces_service_graph_request_failed_total{service_name=\"web\",client=\"web\",server=\"api\"} 1"), "{text}");

@@ -141,13 +141,8 @@ impl Telemetry {
                     let calls = self.self_time.request_done(ctx.span_id, start, at);
                     red::http_self(&mut reg, ex, route, own(secs, calls), &resource);
                     if let Some(parent) = ctx.parent_span_id {
-                        self.graph.server_done(
-                            &mut reg,
-                            parent,
-                            resource.service_name.clone(),
-                            (secs, failed),
-                            at,
-                        );
+                        self.graph
+                            .server_done(&mut reg, parent, &resource, (secs, failed), at);
                     }
                 } else {
                     self.self_time.call_done(ctx.parent_span_id, start, at);
@@ -159,7 +154,7 @@ impl Telemetry {
                         ctx.span_id,
                         (secs, failed),
                         &resource,
-                        peer.as_deref(),
+                        peer.as_ref(),
                         "virtual_node",
                         wait,
                     );
@@ -183,7 +178,7 @@ impl Telemetry {
                     ctx.span_id,
                     done,
                     &resource,
-                    peer.as_deref(),
+                    peer.as_ref(),
                     "database",
                     wait,
                 );
@@ -233,11 +228,10 @@ impl Telemetry {
                     let failed =
                         !matches!(d.outcome, Outcome::Ack | Outcome::AutoAck | Outcome::Lost);
                     let producer = self.resources.get(&p.producer);
-                    let consumer = resource.service_name.clone();
                     graph::record_edge(
                         &mut reg,
                         &producer,
-                        consumer,
+                        &resource.service_name,
                         "messaging_system",
                         failed,
                         p.secs,

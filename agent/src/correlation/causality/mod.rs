@@ -469,9 +469,9 @@ impl Linker {
         let older = list
             .iter()
             .any(|o| o.source == f.source && o.conn != o.source && o.tid == f.tid && o.seq < f.seq);
-        if list.is_empty() {
-            self.by_pid.remove(&pid);
-        }
+        // An emptied list stays, with its room, for the process's next
+        // request (one allocation per request otherwise); it goes when a
+        // connection of the process closes with nothing in flight.
         if f.conn != f.source && older {
             self.acks_late.remove(&(pid, f.source));
             bounded_insert(

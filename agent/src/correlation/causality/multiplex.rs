@@ -5,6 +5,7 @@
 //! (`ack`, the oldest delivery, learning how a consumer acks) give up.
 //! The tick rule, which follows each callback's own read, is unaffected.
 use foldhash::{HashMap, HashSet};
+use smallvec::SmallVec;
 
 /// Bound on unanswered calls remembered (one per client connection).
 const MAX_OUTSTANDING: usize = 65536;
@@ -13,8 +14,9 @@ const MAX_OUTSTANDING: usize = 65536;
 pub(super) struct Multiplex {
     /// Client connection -> (pid, tid) that wrote a call still unanswered.
     outstanding: HashMap<u64, (u32, u32)>,
-    /// Per (pid, tid): its connections in `outstanding`.
-    by_thread: HashMap<(u32, u32), Vec<u64>>,
+    /// Per (pid, tid): its connections in `outstanding`. Inline: a thread
+    /// that blocks on its calls has one, and it comes and goes per call.
+    by_thread: HashMap<(u32, u32), SmallVec<[u64; 2]>>,
     /// Threads seen with two calls unanswered at once.
     pub(super) threads: HashSet<(u32, u32)>,
     /// Entries forgotten because a bound was reached.
@@ -48,7 +50,7 @@ impl Multiplex {
             return;
         };
         if let Some(list) = self.by_thread.get_mut(&k) {
-            list.retain(|&c| c != conn);
+            list.retain(|c| *c != conn);
             if list.is_empty() {
                 self.by_thread.remove(&k);
             }

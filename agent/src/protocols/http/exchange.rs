@@ -62,7 +62,7 @@ pub struct HttpConnection {
     requests: MessageStream,
     responses: MessageStream,
     pending: VecDeque<Box<Message>>,
-    /// Requests framed since the last `take_new_requests`: only what
+    /// Requests framed since the last `drain_new_requests`: only what
     /// correlation needs before the response, not a copy of each head.
     fresh: Vec<RequestSeen>,
     pub counters: ExchangeCounters,
@@ -105,6 +105,9 @@ impl HttpConnection {
                 for m in msgs.drain(..) {
                     self.responses.expect(&m.head.method);
                     if self.fresh.len() < MAX_PENDING {
+                        if self.fresh.capacity() == 0 {
+                            self.fresh.reserve_exact(1);
+                        }
                         self.fresh.push(RequestSeen {
                             first: m.first,
                             last: m.last,
@@ -157,9 +160,11 @@ impl HttpConnection {
 
     /// Requests framed since the last call, in order: a server learns here
     /// that a request is in flight, before its response exists.
-    pub fn take_new_requests(&mut self) -> Vec<RequestSeen> {
-        // Taken, not drained: an idle connection keeps no room for them.
-        std::mem::take(&mut self.fresh)
+    pub fn drain_new_requests(&mut self) -> std::vec::Drain<'_, RequestSeen> {
+        // Drained, not taken: the room stays for the next request (an
+        // allocation per request otherwise). Like `pending`'s, it is
+        // usually room for one.
+        self.fresh.drain(..)
     }
 
     /// After a 101 the connection speaks another protocol.

@@ -49,7 +49,15 @@ pub enum HeadError {
 const MAX_HEADERS: usize = 96;
 
 fn text(v: &[u8]) -> String {
-    String::from_utf8_lossy(v).trim().to_string()
+    String::from_utf8_lossy(v.trim_ascii()).into_owned()
+}
+
+/// Whether a comma-separated header value lists `token` (any case). No
+/// copy: `Connection` and `Transfer-Encoding` come with most messages.
+fn lists(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 fn apply_header(h: &mut Head, name: &str, value: &[u8]) {
@@ -67,16 +75,12 @@ fn apply_header(h: &mut Head, name: &str, value: &[u8]) {
             .ok()
             .and_then(|s| s.trim().parse().ok());
     } else if eq("transfer-encoding") {
-        h.chunked = text(value)
-            .to_ascii_lowercase()
-            .split(',')
-            .any(|t| t.trim() == "chunked");
+        h.chunked = lists(value, "chunked");
     } else if eq("connection") {
-        let v = text(value).to_ascii_lowercase();
-        h.connection_close = v.split(',').any(|t| t.trim() == "close");
-        h.upgrade |= v.split(',').any(|t| t.trim() == "upgrade");
+        h.connection_close = lists(value, "close");
+        h.upgrade |= lists(value, "upgrade");
     } else if eq("expect") {
-        h.expect_continue = text(value).eq_ignore_ascii_case("100-continue");
+        h.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
     }
 }
 

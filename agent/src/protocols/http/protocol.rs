@@ -63,12 +63,7 @@ impl HttpProtocol {
         let res = step(&mut self.conn, &mut exchanges);
         // Requests framed by this segment come first: their context is fixed
         // before any exchange they complete is built.
-        out.extend(
-            self.conn
-                .take_new_requests()
-                .into_iter()
-                .map(Record::HttpRequest),
-        );
+        out.extend(self.conn.drain_new_requests().map(Record::HttpRequest));
         out.extend(exchanges.drain(..).map(|e| Record::Http(Box::new(e))));
         EXCHANGES.set(exchanges);
         res

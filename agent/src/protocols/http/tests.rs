@@ -383,3 +383,33 @@ fn hostile_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn token_lists_are_read_in_any_case_and_spacing() {
+    let h = head::parse(
+        Kind::Request,
+        b"GET / HTTP/1.1\r\nConnection: Keep-Alive ,\tUPGRADE\r\nTransfer-Encoding: gzip,Chunked\r\nExpect:  100-Continue \r\nHost:  shop:8080 \r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(h.upgrade && !h.connection_close);
+    assert!(h.chunked && h.expect_continue);
+    assert_eq!(h.host.as_deref(), Some("shop:8080"));
+    // A token inside another is not the token; bytes that are not UTF-8
+    // are kept as replacement characters.
+    let h = head::parse(
+        Kind::Response,
+        b"HTTP/1.1 200 OK\r\nConnection: closed, x-close\r\nTransfer-Encoding: chunkedx\r\nUser-Agent: a\xffb\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!h.connection_close && !h.chunked && !h.upgrade);
+    assert_eq!(h.user_agent.as_deref(), Some("a\u{fffd}b"));
+    let h = head::parse(
+        Kind::Response,
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(h.connection_close);
+}
