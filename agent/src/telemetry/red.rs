@@ -24,6 +24,7 @@ pub fn http(
     let status = ex.response.head.status;
     let mut digits = itoa::Buffer::new();
     let status_text = digits.format(status);
+    let mut port_digits = itoa::Buffer::new();
     let mut labels: Labels = smallvec![
         (
             "http.request.method",
@@ -48,7 +49,7 @@ pub fn http(
     } else {
         let (address, port) = spans::http::client_server(c, ex);
         labels.push(("server.address", address));
-        labels.push(("server.port", decimal(port).into()));
+        labels.push(("server.port", port_digits.format(port).into()));
         (
             &metrics::HTTP_CLIENT_DURATION,
             &metrics::HTTP_CLIENT_REQUEST_SIZE,
@@ -76,6 +77,7 @@ pub fn rpc(
     resource: &Arc<Resource>,
 ) {
     let code = spans::rpc::status_code(ex, g);
+    let mut port_digits = itoa::Buffer::new();
     let mut labels: Labels = smallvec![
         ("rpc.system", "grpc".into()),
         ("rpc.service", g.service.as_str().into()),
@@ -90,7 +92,7 @@ pub fn rpc(
     } else {
         let (address, port) = spans::http::client_server(c, ex);
         labels.push(("server.address", address));
-        labels.push(("server.port", decimal(port).into()));
+        labels.push(("server.port", port_digits.format(port).into()));
         &metrics::RPC_CLIENT_DURATION
     };
     // These two are in milliseconds (semantic conventions).
@@ -135,6 +137,7 @@ fn destination(dest: &str) -> Cow<'_, str> {
 }
 
 pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: &Arc<Resource>) {
+    let mut port_digits = itoa::Buffer::new();
     let mut labels: Labels = smallvec![("db.system.name", call.system.as_str().into())];
     if !call.operation.is_empty() {
         labels.push(("db.operation.name", call.operation.as_str().into()));
@@ -150,7 +153,7 @@ pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: 
     }
     if let Some(peer) = c.remote() {
         labels.push(("server.address", spans::ip_text(peer.ip()).into()));
-        labels.push(("server.port", decimal(peer.port()).into()));
+        labels.push(("server.port", port_digits.format(peer.port()).into()));
     }
     reg.record(&metrics::DB_CLIENT_DURATION, resource, labels, secs);
 }
@@ -211,9 +214,4 @@ pub fn messaging(
         Some(count) => reg.record_all([(duration, secs), (count, 1.0)], resource, labels),
         None => reg.record(duration, resource, labels, secs),
     }
-}
-
-/// A number as label text (`itoa`: no formatting machinery per record).
-fn decimal(n: u16) -> String {
-    itoa::Buffer::new().format(n).to_owned()
 }
