@@ -27,6 +27,8 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 
+mod count;
+
 pub use opentelemetry_proto::tonic as proto;
 
 #[derive(Default)]
@@ -114,6 +116,11 @@ impl Store {
     pub fn spans_received(&self) -> u64 {
         self.spans_received
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_spans(&self, n: usize) {
+        self.spans_received
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn add_traces(&self, r: ExportTraceServiceRequest) {
@@ -217,6 +224,18 @@ impl MetricsService for Svc {
 }
 
 async fn http_traces(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCode, Vec<u8>) {
+    if store.discard {
+        return match count::SpanCount::decode(body) {
+            Ok(c) => {
+                store.count_spans(c.spans());
+                (
+                    StatusCode::OK,
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+            Err(_) => (StatusCode::BAD_REQUEST, vec![]),
+        };
+    }
     match ExportTraceServiceRequest::decode(body) {
         Ok(r) => {
             store.add_traces(r);
@@ -267,8 +286,13 @@ impl Receiver {
         let svc = Svc(store.clone());
         let g = tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_l);
-            let _ = tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(svc.clone()))
+            let mut server = tonic::transport::Server::builder();
+            let router = if svc.0.discard {
+                server.add_service(count::CountingTraceService(svc.0.clone()))
+            } else {
+                server.add_service(TraceServiceServer::new(svc.clone()))
+            };
+            let _ = router
                 .add_service(MetricsServiceServer::new(svc))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
@@ -332,6 +356,99 @@ mod tests {
                 ..Default::default()
             }],
         }
+    }
+
+    /// Spans with content (names, attributes, a resource and a scope), in
+    /// several resources and scopes: what counting must skip over.
+    fn varied_request() -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::{
+            common::v1::InstrumentationScope, resource::v1::Resource,
+        };
+        let span = |i: usize| Span {
+            name: format!("GET /items/{i}"),
+            trace_id: vec![i as u8; 16],
+            span_id: vec![i as u8; 8],
+            attributes: vec![KeyValue {
+                key: "http.route".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("/items/{id}".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let scope = |n: usize| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: "sonde".into(),
+                ..Default::default()
+            }),
+            spans: (0..n).map(span).collect(),
+            schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(Resource::default()),
+                    scope_spans: vec![scope(3), scope(0), scope(4)],
+                    schema_url: "x".into(),
+                },
+                ResourceSpans {
+                    scope_spans: vec![scope(5)],
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    /// The discarding receiver counts what it would have decoded, over
+    /// gRPC and HTTP, and answers as a receiver does.
+    #[tokio::test]
+    async fn a_discarding_receiver_counts_every_span_it_is_sent() {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let r = Receiver::start(any, any, Arc::new(Store::discarding()))
+            .await
+            .unwrap();
+        let req = varied_request();
+        let mut client = TraceServiceClient::connect(format!("http://{}", r.grpc_addr))
+            .await
+            .unwrap();
+        client.export(req.clone()).await.unwrap();
+        client.export(request(2)).await.unwrap();
+        assert_eq!(r.store.spans_received(), 14);
+        // OTLP/HTTP, protobuf.
+        let body = req.encode_to_vec();
+        let mut s = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        let mut resp = vec![];
+        s.read_to_end(&mut resp).await.unwrap();
+        assert!(
+            resp.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert_eq!(r.store.spans_received(), 26);
+        assert!(r.store.spans().is_empty());
+        // What is not OTLP is refused, and not counted.
+        let mut s = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+        s.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\x0a\xff\xff")
+            .await
+            .unwrap();
+        let mut resp = vec![];
+        s.read_to_end(&mut resp).await.unwrap();
+        assert!(
+            resp.starts_with(b"HTTP/1.1 400"),
+            "{}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert_eq!(r.store.spans_received(), 26);
+        r.stop().await;
     }
 
     #[test]
