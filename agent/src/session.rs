@@ -18,6 +18,9 @@ use crate::{
     stats::{Stats, StatsSnapshot},
 };
 
+/// Ring records the connection table takes from the reader at once.
+const RAW_BATCH: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub probes: ProbeConfig,
@@ -113,6 +116,7 @@ impl Session {
                 let mut sweep = tokio::time::interval(Duration::from_secs(10));
                 sweep.tick().await;
                 let mut trimmer = crate::memory::Trimmer::default();
+                let mut raw = Vec::with_capacity(RAW_BATCH);
                 loop {
                     for ev in out.drain(..) {
                         match ev {
@@ -139,10 +143,17 @@ impl Session {
                     tokio::select! {
                         biased;
                         _ = &mut stop_rx => return,
-                        ev = raw_rx.recv() => match ev {
-                            Some(ev) => table.apply(ev, &mut out),
-                            None => return,
-                        },
+                        // All that is queued, up to a bound: one pass of
+                        // this loop (its select, its sends) per batch, not
+                        // per record.
+                        n = raw_rx.recv_many(&mut raw, RAW_BATCH) => {
+                            if n == 0 {
+                                return;
+                            }
+                            for ev in raw.drain(..) {
+                                table.apply(ev, &mut out);
+                            }
+                        }
                         _ = sweep.tick() => {
                             table.sweep(&mut out);
                             if trimmer.observe(table.entries()) {
