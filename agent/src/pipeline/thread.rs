@@ -70,6 +70,40 @@ const TICK: Duration = Duration::from_millis(100);
 /// been idle this long, for at most `DRAIN_LIMIT`.
 const DRAIN_LIMIT: Duration = Duration::from_millis(1000);
 
+/// How far the pipeline's clock may trail the wall clock.
+const CLOCK_LAG_NS: u64 = 3_000_000_000;
+
+/// The time correlation works in (holds for late partners, waits of
+/// service-graph halves): the newest record's, not the wall clock's. A
+/// partner is late in the stream of records, and a stall before this
+/// thread (the connection table's /proc reads when processes start, a
+/// backlog) delays every record alike: on the wall clock, a hold could end
+/// while its partner's record waited upstream, and a call that its task's
+/// response would have placed went out a root (CI, once, the first asyncio
+/// requests). It trails the wall clock by `CLOCK_LAG_NS` at most, so that
+/// holds still end when no records come at all; it never runs ahead of it.
+#[derive(Debug, Default)]
+struct RecordClock {
+    newest_ns: u64,
+}
+
+impl RecordClock {
+    fn saw(&mut self, ev: &StreamEvent) {
+        let t = match ev {
+            StreamEvent::Data(_, d) => d.exit_ns,
+            StreamEvent::Close(_, t) => *t,
+            _ => return,
+        };
+        self.newest_ns = self.newest_ns.max(t);
+    }
+
+    fn now(&self, wall_ns: u64) -> u64 {
+        self.newest_ns
+            .max(wall_ns.saturating_sub(CLOCK_LAG_NS))
+            .min(wall_ns)
+    }
+}
+
 /// Why the pipeline thread ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -107,6 +141,7 @@ pub fn spawn(
             let mut next_tick = Instant::now() + TICK;
             let mut panic_after = test_panic_after();
             let mut drain_until: Option<Instant> = None;
+            let mut clock = RecordClock::default();
             loop {
                 let wait = match drain_until {
                     Some(_) => idle,
@@ -140,16 +175,17 @@ pub fn spawn(
                     Some(usize::MAX) if drain_until.is_some() => break,
                     _ => {}
                 }
-                let now_ns = monotonic_now();
+                let wall_ns = monotonic_now();
                 for ev in batch.drain(..) {
                     if let Some(n) = panic_after.as_mut() {
                         *n = n.saturating_sub(1);
                         assert!(*n > 0, "test hook: SONDE_TEST_PANIC_AFTER_EVENTS reached");
                     }
-                    pipeline.on_event(ev, now_ns, &mut spans, &mut cmds);
+                    clock.saw(&ev);
+                    pipeline.on_event(ev, clock.now(wall_ns), &mut spans, &mut cmds);
                 }
                 if Instant::now() >= next_tick {
-                    pipeline.release_held(Some(monotonic_now()), &mut spans);
+                    pipeline.release_held(Some(clock.now(monotonic_now())), &mut spans);
                     next_tick = Instant::now() + TICK;
                 }
                 for c in cmds.drain(..) {
@@ -190,5 +226,30 @@ impl Drop for Notify {
         if let Some(tx) = self.0.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn the_record_clock_follows_records_within_its_lag_of_the_wall_clock() {
+        let mut c = RecordClock::default();
+        // No record yet: the wall clock less the lag.
+        assert_eq!(c.now(10 * S), 10 * S - CLOCK_LAG_NS);
+        // Records a second old (a stall upstream): their time, so a hold
+        // started with them lasts a second of records.
+        c.newest_ns = 9 * S;
+        assert_eq!(c.now(10 * S), 9 * S);
+        // Records stop coming: it moves on with the wall clock, lagging.
+        assert_eq!(c.now(20 * S), 20 * S - CLOCK_LAG_NS);
+        // Never ahead of the wall clock.
+        c.newest_ns = 30 * S;
+        assert_eq!(c.now(25 * S), 25 * S);
+        // Early in boot, no underflow.
+        assert_eq!(RecordClock::default().now(S), 0);
     }
 }

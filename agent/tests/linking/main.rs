@@ -339,9 +339,10 @@ fn asyncio_eight_in_flight() {
         }
     }
     eprintln!(
-        "asyncio, {N} requests, {IN_FLIGHT} in flight: {linked} of {} calls under their request, {} wrong parents; by evidence {by_evidence:?}; roots {roots:?}",
+        "asyncio, {N} requests, {IN_FLIGHT} in flight: {linked} of {} calls under their request, {} wrong parents; by evidence {by_evidence:?}; roots {roots:?} ({})",
         2 * N,
-        wrong.len()
+        wrong.len(),
+        ambiguity(&a)
     );
     assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
     // 80 of 80 in 11 of 14 runs on the development machine, 79 in three
