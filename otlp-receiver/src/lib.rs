@@ -130,8 +130,7 @@ impl Store {
             .flat_map(|rs| &rs.scope_spans)
             .map(|ss| ss.spans.len())
             .sum();
-        self.spans_received
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.count_spans(n);
         if !self.discard {
             self.traces.lock().unwrap().push(r);
         }
@@ -224,26 +223,16 @@ impl MetricsService for Svc {
 }
 
 async fn http_traces(State(store): State<Arc<Store>>, body: Bytes) -> (StatusCode, Vec<u8>) {
-    if store.discard {
-        return match count::SpanCount::decode(body) {
-            Ok(c) => {
-                store.count_spans(c.spans());
-                (
-                    StatusCode::OK,
-                    ExportTraceServiceResponse::default().encode_to_vec(),
-                )
-            }
-            Err(_) => (StatusCode::BAD_REQUEST, vec![]),
-        };
-    }
-    match ExportTraceServiceRequest::decode(body) {
-        Ok(r) => {
-            store.add_traces(r);
-            (
-                StatusCode::OK,
-                ExportTraceServiceResponse::default().encode_to_vec(),
-            )
-        }
+    let decoded = if store.discard {
+        count::SpanCount::decode(body).map(|c| store.count_spans(c.spans()))
+    } else {
+        ExportTraceServiceRequest::decode(body).map(|r| store.add_traces(r))
+    };
+    match decoded {
+        Ok(()) => (
+            StatusCode::OK,
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        ),
         Err(_) => (StatusCode::BAD_REQUEST, vec![]),
     }
 }
@@ -405,7 +394,6 @@ mod tests {
     #[tokio::test]
     async fn a_discarding_receiver_counts_every_span_it_is_sent() {
         use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let r = Receiver::start(any, any, Arc::new(Store::discarding()))
             .await
@@ -418,37 +406,30 @@ mod tests {
         client.export(request(2)).await.unwrap();
         assert_eq!(r.store.spans_received(), 14);
         // OTLP/HTTP, protobuf.
-        let body = req.encode_to_vec();
-        let mut s = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
+        let resp = post_traces(r.http_addr, &req.encode_to_vec()).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert_eq!(r.store.spans_received(), 26);
+        assert!(r.store.spans().is_empty());
+        // What is not OTLP is refused, and not counted.
+        let resp = post_traces(r.http_addr, b"\x0a\xff\xff").await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+        assert_eq!(r.store.spans_received(), 26);
+        r.stop().await;
+    }
+
+    /// POSTs `body` to `/v1/traces` over one connection; the response.
+    async fn post_traces(addr: SocketAddr, body: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
             "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(&body).await.unwrap();
+        s.write_all(body).await.unwrap();
         let mut resp = vec![];
         s.read_to_end(&mut resp).await.unwrap();
-        assert!(
-            resp.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&resp)
-        );
-        assert_eq!(r.store.spans_received(), 26);
-        assert!(r.store.spans().is_empty());
-        // What is not OTLP is refused, and not counted.
-        let mut s = tokio::net::TcpStream::connect(r.http_addr).await.unwrap();
-        s.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\x0a\xff\xff")
-            .await
-            .unwrap();
-        let mut resp = vec![];
-        s.read_to_end(&mut resp).await.unwrap();
-        assert!(
-            resp.starts_with(b"HTTP/1.1 400"),
-            "{}",
-            String::from_utf8_lossy(&resp)
-        );
-        assert_eq!(r.store.spans_received(), 26);
-        r.stop().await;
+        String::from_utf8_lossy(&resp).into_owned()
     }
 
     #[test]
