@@ -7,6 +7,7 @@
 //! (dispatch) -> `correlation` -> `telemetry` (`spans`, `metrics`) ->
 //! `export`; `session` wires capture and connections, `pipeline` the rest.
 pub mod caps;
+pub mod channel;
 pub mod cli;
 pub mod clock;
 pub mod commands;

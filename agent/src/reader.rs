@@ -1,21 +1,23 @@
 //! Stage 2: the ring-buffer reader. Drains `EVENTS` when the kernel wakes us
 //! (enough data queued) and on a short timer (the kernel batches wakeups, so
 //! a trickle of events would otherwise wait), decodes each record and hands
-//! it on. A full channel drops the record and counts it: the reader never
-//! blocks, since a blocked reader turns into kernel-side drops.
+//! it on, a batch per drain. A full channel drops the records that do not
+//! fit and counts them: the reader never blocks, since a blocked reader
+//! turns into kernel-side drops.
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::io::unix::AsyncFd;
 
 use crate::{
+    channel,
     event::{decode, KernelEvent},
     stats::Stats,
 };
 
 pub async fn run(
     ring: RingBuf<MapData>,
-    tx: mpsc::Sender<KernelEvent>,
+    tx: channel::Sender<KernelEvent>,
     stats: Arc<Stats>,
     poll: Duration,
 ) -> std::io::Result<()> {
@@ -43,8 +45,12 @@ pub async fn run(
     }
 }
 
+/// Records sent per batch, at most.
+const BATCH: usize = 256;
+
 /// Reads everything queued. Returns false once the consumer is gone.
-fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<KernelEvent>, stats: &Stats) -> bool {
+fn drain(ring: &mut RingBuf<MapData>, tx: &channel::Sender<KernelEvent>, stats: &Stats) -> bool {
+    let mut batch = Vec::new();
     while let Some(item) = ring.next() {
         Stats::inc(&stats.ringbuf_records);
         let ev = match decode(&item) {
@@ -56,11 +62,29 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<KernelEvent>, stats: &St
             }
         };
         drop(item);
-        match tx.try_send(ev) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => Stats::inc(&stats.reader_channel_drops),
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        batch.push(ev);
+        if batch.len() == BATCH && !send(tx, &mut batch, stats) {
+            return false;
         }
     }
-    true
+    send(tx, &mut batch, stats)
+}
+
+/// Sends `batch` (left empty), counting what did not fit.
+fn send(tx: &channel::Sender<KernelEvent>, batch: &mut Vec<KernelEvent>, stats: &Stats) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    // The next batch is sized like this one: a trickle allocates little.
+    let room = batch.len().clamp(16, BATCH);
+    let full = std::mem::replace(batch, Vec::with_capacity(room));
+    match tx.try_send(full) {
+        Ok(rest) => {
+            stats
+                .reader_channel_drops
+                .fetch_add(rest.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        Err(channel::Closed) => false,
+    }
 }

@@ -9,6 +9,7 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
+    channel,
     connections::{procnet, ConnTable, StreamEvent},
     probes::{
         KernelCounters, KernelStats, ProbeConfig, ProbeStatus, Probes, QuietError, SharedSockets,
@@ -45,7 +46,7 @@ impl Default for SessionConfig {
 
 /// A running capture. Dropping it stops the tasks and detaches the probes.
 pub struct Session {
-    pub events: mpsc::Receiver<StreamEvent>,
+    pub events: channel::Receiver<StreamEvent>,
     pub stats: Arc<Stats>,
     pub probe_report: Vec<ProbeStatus>,
     kernel_stats: Arc<KernelStats>,
@@ -60,6 +61,35 @@ pub struct Session {
     /// Dropped with the session: stops the connection table's thread.
     _stop_table: tokio::sync::oneshot::Sender<()>,
     _probes: Arc<Mutex<Probes>>,
+}
+
+/// Sends the connection table's output (left empty). Payload may be
+/// dropped (counted) when the pipeline lags: the records that do not fit
+/// go, newest first. Opens and closes never are, since a lost close would
+/// leak a connection's parser state: they wait for room (the reader then
+/// drops and counts instead). `false`: the pipeline is gone.
+async fn send_out(
+    tx: &channel::Sender<StreamEvent>,
+    out: &mut Vec<StreamEvent>,
+    stats: &Stats,
+) -> bool {
+    let rest = match tx.try_send(std::mem::take(out)) {
+        Ok(rest) => rest,
+        Err(channel::Closed) => return false,
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let before = rest.len();
+    let kept: Vec<StreamEvent> = rest
+        .into_iter()
+        .filter(|ev| !matches!(ev, StreamEvent::Data(..)))
+        .collect();
+    stats.stream_channel_drops.fetch_add(
+        (before - kept.len()) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    tx.send(kept).await.is_ok()
 }
 
 impl Session {
@@ -83,8 +113,8 @@ impl Session {
         }
         // Processes whose TLS sonde could not read: their libraries again.
         let (tls_rescan_tx, tls_rescan_rx) = mpsc::channel(256);
-        let (raw_tx, mut raw_rx) = mpsc::channel(cfg.channel_capacity);
-        let (out_tx, out_rx) = mpsc::channel(cfg.channel_capacity);
+        let (raw_tx, mut raw_rx) = channel::batched(cfg.channel_capacity);
+        let (out_tx, out_rx) = channel::batched(cfg.channel_capacity);
 
         // Probes are attached before the scan, so a connection opened during
         // the scan is seen by one or the other (or both: upserts make that harmless).
@@ -118,24 +148,8 @@ impl Session {
                 let mut trimmer = crate::memory::Trimmer::default();
                 let mut raw = Vec::with_capacity(RAW_BATCH);
                 loop {
-                    for ev in out.drain(..) {
-                        match ev {
-                            // Payload may be dropped (counted) when the pipeline
-                            // lags; opens and closes never are: a lost close would
-                            // leak a connection's parser state. They wait for room
-                            // (the reader then drops and counts instead).
-                            StreamEvent::Data(..) => {
-                                if let Err(mpsc::error::TrySendError::Full(_)) = out_tx.try_send(ev)
-                                {
-                                    Stats::inc(&table_stats.stream_channel_drops);
-                                }
-                            }
-                            _ => {
-                                if out_tx.send(ev).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
+                    if !out.is_empty() && !send_out(&out_tx, &mut out, &table_stats).await {
+                        return;
                     }
                     if out_tx.is_closed() {
                         return;
@@ -214,8 +228,8 @@ impl Session {
     }
 
     /// Takes the event stream (for a consumer on another thread).
-    pub fn take_events(&mut self) -> mpsc::Receiver<StreamEvent> {
-        std::mem::replace(&mut self.events, mpsc::channel(1).1)
+    pub fn take_events(&mut self) -> channel::Receiver<StreamEvent> {
+        std::mem::replace(&mut self.events, channel::batched(1).1)
     }
 
     /// Why a capture task ended early (a panic, or an error it logged),

@@ -117,7 +117,7 @@ pub enum Ended {
 /// by a panic (its `JoinHandle` then holds the panic).
 pub fn spawn(
     mut pipeline: Pipeline,
-    mut events: mpsc::Receiver<StreamEvent>,
+    mut events: crate::channel::Receiver<StreamEvent>,
     mut sinks: Sinks,
     commands: mpsc::Sender<Command>,
     mut stop: watch::Receiver<bool>,
