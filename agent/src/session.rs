@@ -73,7 +73,9 @@ async fn send_out(
     out: &mut Vec<StreamEvent>,
     stats: &Stats,
 ) -> bool {
-    let rest = match tx.try_send(std::mem::take(out)) {
+    // The next pass's output is sized like this one's: it need not regrow.
+    let batch = std::mem::replace(out, Vec::with_capacity(out.len()));
+    let rest = match tx.try_send(batch) {
         Ok(rest) => rest,
         Err(channel::Closed) => return false,
     };
