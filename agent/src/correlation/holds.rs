@@ -5,7 +5,8 @@
 //! names the real trace, or the wait is over. See "Socket-pair stitching" in
 //! ARCHITECTURE.md.
 use foldhash::HashMap;
-use std::collections::VecDeque;
+use smallvec::SmallVec;
+use std::{collections::VecDeque, hash::Hash};
 
 use super::{relay::ClientKey, Linked};
 
@@ -21,7 +22,7 @@ pub const ALIAS_NS: u64 = 60_000_000_000;
 const MAX_ALIASES: usize = 65536;
 
 /// What a held trace waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HeldFor {
     /// A server request: its client's record, by the client's (local,
     /// remote) endpoints and the HTTP/2 stream (0 for HTTP/1.x).
@@ -46,10 +47,47 @@ pub struct Held {
     pub why: Option<super::Ambiguity>,
 }
 
+/// Held trace ids under one key, oldest first (almost always one).
+struct Index<K>(HashMap<K, SmallVec<[[u8; 16]; 1]>>);
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Index(HashMap::default())
+    }
+}
+
+impl<K: Hash + Eq> Index<K> {
+    fn add(&mut self, k: K, trace_id: [u8; 16]) {
+        self.0.entry(k).or_default().push(trace_id);
+    }
+
+    fn oldest(&self, k: &K) -> Option<[u8; 16]> {
+        self.0.get(k).and_then(|ids| ids.first().copied())
+    }
+
+    fn remove(&mut self, k: &K, trace_id: &[u8; 16]) {
+        if let Some(ids) = self.0.get_mut(k) {
+            ids.retain(|t| t != trace_id);
+            if ids.is_empty() {
+                self.0.remove(k);
+            }
+        }
+    }
+}
+
+/// Held traces, found by what they wait for or by the request they hold,
+/// in one hash lookup: a scan of every held trace per request was most of
+/// correlation's time at nginx's rate (tens of traces held at any time).
 #[derive(Default)]
 pub struct Holds {
-    by_trace: HashMap<[u8; 16], Held>,
-    /// Trace ids in the order their wait ends (monotonic ns).
+    /// Each held trace, with the end of its wait.
+    by_trace: HashMap<[u8; 16], (Held, u64)>,
+    by_key: Index<HeldFor>,
+    /// By (`conn`, `since`): the request or delivery held.
+    by_request: Index<(u64, u64)>,
+    /// Trace ids in the order their wait ends (monotonic ns). An entry
+    /// whose trace was taken since stays until it comes to the front (or
+    /// the next compaction), and is skipped there.
     order: VecDeque<([u8; 16], u64)>,
     /// Provisional trace ids of adopted traces -> the real trace (id,
     /// sampled), for the items their contexts still make.
@@ -66,12 +104,24 @@ pub struct Holds {
 impl Holds {
     /// Starts holding `trace_id`'s items until `now_ns + HOLD_NS`.
     pub fn start(&mut self, trace_id: [u8; 16], held: Held, now_ns: u64, out: &mut Vec<Linked>) {
-        if self.order.len() >= MAX_HELD {
+        if self.by_trace.len() >= MAX_HELD {
             self.released_early += 1;
             self.release_oldest(out);
         }
-        self.by_trace.insert(trace_id, held);
-        self.order.push_back((trace_id, now_ns + HOLD_NS));
+        let until = now_ns + HOLD_NS;
+        self.by_key.add(held.key, trace_id);
+        self.by_request.add((held.conn, held.since), trace_id);
+        if let Some((old, _)) = self.by_trace.insert(trace_id, (held, until)) {
+            // Held twice: the first hold's items go out as they are.
+            self.unindex(&trace_id, &old);
+            out.extend(old.items);
+        }
+        if self.order.len() >= 2 * MAX_HELD {
+            let live = &self.by_trace;
+            self.order
+                .retain(|(t, u)| live.get(t).is_some_and(|(_, until)| until == u));
+        }
+        self.order.push_back((trace_id, until));
     }
 
     /// A held trace was adopted into `real`: items that still carry its
@@ -95,7 +145,7 @@ impl Holds {
     /// Holds `item` if its trace is held; else hands it back.
     pub fn hold(&mut self, item: Linked) -> Option<Linked> {
         match self.by_trace.get_mut(&item.ctx.trace_id) {
-            Some(h) => {
+            Some((h, _)) => {
                 h.items.push(item);
                 None
             }
@@ -103,35 +153,67 @@ impl Holds {
         }
     }
 
-    /// Takes the first held trace `matches` accepts out of the wait, with
+    /// Takes the oldest held trace waiting for `key` out of the wait, with
     /// its (provisional) trace id.
-    pub fn take(&mut self, matches: impl Fn(&Held) -> bool) -> Option<([u8; 16], Held)> {
-        let trace_id = self
-            .by_trace
-            .iter()
-            .find(|(_, h)| matches(h))
-            .map(|(t, _)| *t)?;
-        self.order.retain(|(t, _)| *t != trace_id);
-        self.by_trace.remove(&trace_id).map(|h| (trace_id, h))
+    pub fn take_for(&mut self, key: &HeldFor) -> Option<([u8; 16], Held)> {
+        let trace_id = self.by_key.oldest(key)?;
+        self.take(trace_id)
     }
 
+    /// Takes the held trace of the request (or delivery) `conn` read at
+    /// `since` out of the wait, with its (provisional) trace id.
+    pub fn take_request(&mut self, conn: u64, since: u64) -> Option<([u8; 16], Held)> {
+        let trace_id = self.by_request.oldest(&(conn, since))?;
+        self.take(trace_id)
+    }
+
+    fn take(&mut self, trace_id: [u8; 16]) -> Option<([u8; 16], Held)> {
+        let (h, _) = self.by_trace.remove(&trace_id)?;
+        self.unindex(&trace_id, &h);
+        Some((trace_id, h))
+    }
+
+    fn unindex(&mut self, trace_id: &[u8; 16], h: &Held) {
+        self.by_key.remove(&h.key, trace_id);
+        self.by_request.remove(&(h.conn, h.since), trace_id);
+    }
+
+    /// Lets the trace whose wait ends first go, as it is.
     fn release_oldest(&mut self, out: &mut Vec<Linked>) {
-        if let Some((trace_id, _)) = self.order.pop_front() {
-            if let Some(h) = self.by_trace.remove(&trace_id) {
-                self.unlinked.extend(h.why);
-                out.extend(h.items);
+        while let Some((trace_id, until)) = self.order.pop_front() {
+            if self.release_if_due(trace_id, until, out) {
+                return;
             }
         }
+    }
+
+    /// Lets `trace_id` go if it is still held with the wait `until` (an
+    /// entry of `order` that was taken, or held again, since is skipped).
+    fn release_if_due(&mut self, trace_id: [u8; 16], until: u64, out: &mut Vec<Linked>) -> bool {
+        if self
+            .by_trace
+            .get(&trace_id)
+            .is_none_or(|(_, u)| *u != until)
+        {
+            return false;
+        }
+        let Some((_, h)) = self.take(trace_id) else {
+            return false;
+        };
+        self.unlinked.extend(h.why);
+        out.extend(h.items);
+        true
     }
 
     /// Ends the waits that are over at `now_ns` (all of them with None, at
     /// shutdown): their items go out as they are.
     pub fn release_due(&mut self, now_ns: Option<u64>, out: &mut Vec<Linked>) {
-        while let Some((_, until)) = self.order.front() {
-            if now_ns.is_some_and(|n| *until > n) {
+        while let Some(&(trace_id, until)) = self.order.front() {
+            if now_ns.is_some_and(|n| until > n) {
                 break;
             }
-            self.release_oldest(out);
+            self.order.pop_front();
+            self.release_if_due(trace_id, until, out);
         }
         while let Some(&(from, until)) = self.alias_order.front() {
             if now_ns.is_some_and(|n| until > n) {
@@ -149,5 +231,103 @@ impl Holds {
 
     pub fn is_empty(&self) -> bool {
         self.by_trace.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(conn: u64, since: u64, key: HeldFor) -> Held {
+        Held {
+            conn,
+            since,
+            key,
+            items: vec![],
+            why: None,
+        }
+    }
+
+    fn id(n: u8) -> [u8; 16] {
+        [n; 16]
+    }
+
+    #[test]
+    fn a_wait_is_found_by_its_key_or_its_request_and_the_oldest_first() {
+        let (mut h, mut out) = (Holds::default(), vec![]);
+        let key = HeldFor::Publish(7);
+        h.start(id(1), held(10, 100, key), 0, &mut out);
+        h.start(id(2), held(11, 200, key), 5, &mut out);
+        h.start(id(3), held(12, 300, HeldFor::Publish(8)), 9, &mut out);
+        assert_eq!(h.take_for(&key).map(|(t, _)| t), Some(id(1)));
+        assert_eq!(h.take_request(10, 100).map(|(t, _)| t), None, "taken");
+        assert_eq!(
+            h.take_request(12, 300).map(|(t, h)| (t, h.conn)),
+            Some((id(3), 12))
+        );
+        assert_eq!(h.take_for(&HeldFor::Publish(8)).map(|(t, _)| t), None);
+        assert_eq!(h.take_for(&key).map(|(t, _)| t), Some(id(2)));
+        assert!(h.is_empty());
+        assert!(h.by_key.0.is_empty() && h.by_request.0.is_empty());
+    }
+
+    #[test]
+    fn waits_end_in_order_and_a_taken_trace_is_skipped() {
+        let (mut h, mut out) = (Holds::default(), vec![]);
+        for n in 0..4u8 {
+            h.start(
+                id(n),
+                held(n as u64, 0, HeldFor::Publish(n as u64)),
+                n as u64,
+                &mut out,
+            );
+        }
+        assert!(h.take_request(1, 0).is_some());
+        h.release_due(Some(2 + HOLD_NS), &mut out);
+        // 0 and 2 ended; 1 was taken before; 3 still waits.
+        assert_eq!(h.by_trace.len(), 1);
+        assert!(h.take_request(3, 0).is_some());
+        // Its entry in `order` stays until it comes to the front.
+        assert_eq!(h.order.len(), 1);
+        h.release_due(None, &mut out);
+        assert!(h.order.is_empty() && h.is_empty());
+    }
+
+    #[test]
+    fn when_full_the_trace_whose_wait_ends_first_goes() {
+        let (mut h, mut out) = (Holds::default(), vec![]);
+        for n in 0..MAX_HELD as u64 {
+            h.start(
+                n.to_le_bytes().repeat(2).try_into().unwrap(),
+                held(n, 0, HeldFor::Publish(n)),
+                n,
+                &mut out,
+            );
+            // Taken again at once: `order` keeps the entry, and compacts.
+            if n % 2 == 1 {
+                assert!(h.take_request(n, 0).is_some());
+            }
+        }
+        assert_eq!(h.by_trace.len(), MAX_HELD / 2);
+        assert!(h.order.len() < 2 * MAX_HELD);
+        for n in MAX_HELD as u64..(MAX_HELD + MAX_HELD / 2) as u64 {
+            h.start(
+                n.to_le_bytes().repeat(2).try_into().unwrap(),
+                held(n, 0, HeldFor::Publish(n)),
+                n,
+                &mut out,
+            );
+        }
+        assert_eq!(h.by_trace.len(), MAX_HELD);
+        assert_eq!(h.released_early, 0);
+        h.start(
+            id(0xee),
+            held(1 << 40, 0, HeldFor::Publish(1 << 40)),
+            1 << 41,
+            &mut out,
+        );
+        assert_eq!(h.released_early, 1);
+        assert!(h.take_request(0, 0).is_none(), "the oldest went");
+        assert!(h.take_request(2, 0).is_some(), "the next stays");
     }
 }

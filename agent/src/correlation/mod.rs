@@ -525,12 +525,8 @@ impl Correlator {
             }
             if w.since.saturating_sub(req.first.enter_ns) < LATE_PARTNER_WINDOW_NS {
                 let in_flight = self.linker.adopt(w.pid, w.conn, &ctx);
-                let held = self.adopt_held(
-                    |h| h.conn == w.conn && h.since == w.since,
-                    &ctx,
-                    now_ns,
-                    out,
-                );
+                let held = self.holds.take_request(w.conn, w.since);
+                let held = self.adopt_held(held, &ctx, now_ns, out);
                 if in_flight || held {
                     self.stitch.read_on_node(c.id, ctx.span_id);
                     self.counts.late_partners_adopted += 1;
@@ -541,17 +537,13 @@ impl Correlator {
             // request already, so its context is not queued: the next
             // request on the connection would take it.
             self.drops.late_partners_missed += 1;
-            if let Some((_, h)) = self.holds.take(|h| h.conn == w.conn && h.since == w.since) {
+            if let Some((_, h)) = self.holds.take_request(w.conn, w.since) {
                 self.emit_all(h.items, out);
             }
             return;
         } else if key.is_some_and(|k| {
-            self.adopt_held(
-                |h| h.key == HeldFor::Client(k, req.stream),
-                &ctx,
-                now_ns,
-                out,
-            )
+            let held = self.holds.take_for(&HeldFor::Client(k, req.stream));
+            self.adopt_held(held, &ctx, now_ns, out)
         }) {
             // The server closed the connection before this record came.
             self.stitch.read_on_node(c.id, ctx.span_id);
@@ -562,17 +554,17 @@ impl Correlator {
             .queue_for_server(c, ctx, req.stream, &mut self.drops);
     }
 
-    /// A late client's context names the real trace of the first held
-    /// request `matches` accepts: its items move into it, the server span
-    /// (the held trace's root) as the client span's child.
+    /// A late client's context names the real trace of `held`, a held
+    /// request taken out of its wait: its items move into it, the server
+    /// span (the held trace's root) as the client span's child.
     fn adopt_held(
         &mut self,
-        matches: impl Fn(&Held) -> bool,
+        held: Option<([u8; 16], Held)>,
         ctx: &SpanCtx,
         now_ns: u64,
         out: &mut Vec<Linked>,
     ) -> bool {
-        let Some((provisional, h)) = self.holds.take(matches) else {
+        let Some((provisional, h)) = held else {
             return false;
         };
         self.adopt_items(
@@ -628,7 +620,7 @@ impl Correlator {
             return;
         }
         let key = HeldFor::Task { pid, task };
-        while let Some((provisional, h)) = self.holds.take(|h| h.key == key) {
+        while let Some((provisional, h)) = self.holds.take_for(&key) {
             tracing::debug!(
                 pid,
                 task,

@@ -436,8 +436,8 @@ impl Correlator {
             }
             self.continuity.taken(msg_key, at_ns, &w.queue);
             let in_flight = self.linker.adopt(w.pid, w.key, &ctx);
-            let held =
-                self.adopt_held(|h| h.conn == w.key && h.since == w.since, &ctx, now_ns, out);
+            let held = self.holds.take_request(w.key, w.since);
+            let held = self.adopt_held(held, &ctx, now_ns, out);
             if in_flight || held {
                 self.counts.late_partners_adopted += 1;
             }
