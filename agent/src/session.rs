@@ -63,9 +63,9 @@ pub struct Session {
     _probes: Arc<Mutex<Probes>>,
 }
 
-/// Sends the connection table's output (left empty). Payload may be
-/// dropped (counted) when the pipeline lags: the records that do not fit
-/// go, newest first. Opens and closes never are, since a lost close would
+/// Sends the connection table's output (left empty). When the pipeline
+/// lags, the payload records past the room left are dropped and counted.
+/// Opens, tuples and closes past it never are, since a lost close would
 /// leak a connection's parser state: they wait for room (the reader then
 /// drops and counts instead). `false`: the pipeline is gone.
 async fn send_out(

@@ -109,13 +109,14 @@ impl Holds {
             self.release_oldest(out);
         }
         let until = now_ns + HOLD_NS;
-        self.by_key.add(held.key, trace_id);
-        self.by_request.add((held.conn, held.since), trace_id);
-        if let Some((old, _)) = self.by_trace.insert(trace_id, (held, until)) {
+        if let Some((_, old)) = self.take(trace_id) {
             // Held twice: the first hold's items go out as they are.
-            self.unindex(&trace_id, &old);
+            self.unlinked.extend(old.why);
             out.extend(old.items);
         }
+        self.by_key.add(held.key, trace_id);
+        self.by_request.add((held.conn, held.since), trace_id);
+        self.by_trace.insert(trace_id, (held, until));
         if self.order.len() >= 2 * MAX_HELD {
             let live = &self.by_trace;
             self.order
@@ -269,6 +270,24 @@ mod tests {
         assert_eq!(h.take_for(&key).map(|(t, _)| t), Some(id(2)));
         assert!(h.is_empty());
         assert!(h.by_key.0.is_empty() && h.by_request.0.is_empty());
+    }
+
+    #[test]
+    fn a_trace_held_again_is_found_under_its_new_wait_only() {
+        let (mut h, mut out) = (Holds::default(), vec![]);
+        let key = HeldFor::Publish(7);
+        h.start(id(1), held(10, 100, key), 0, &mut out);
+        h.start(id(1), held(11, 200, key), 5, &mut out);
+        assert!(h.take_request(10, 100).is_none());
+        assert_eq!(
+            h.take_for(&key).map(|(t, h)| (t, h.conn)),
+            Some((id(1), 11))
+        );
+        assert!(h.is_empty() && h.by_key.0.is_empty() && h.by_request.0.is_empty());
+        // The first wait's entry in `order` ends nothing.
+        h.start(id(1), held(12, 300, key), 10, &mut out);
+        h.release_due(Some(HOLD_NS), &mut out);
+        assert!(h.take_request(12, 300).is_some());
     }
 
     #[test]
