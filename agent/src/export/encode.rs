@@ -18,7 +18,7 @@ use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, Wi
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 
 use super::proto::{self, SCOPE_NAME, SCOPE_VERSION, SPAN_FLAGS};
-use crate::spans::{Resource, Span, Status, Value};
+use crate::spans::{IpText, Resource, Span, Status, Value};
 
 /// The request for `spans`, as the exporter sends it.
 pub fn request(spans: &[Span]) -> bytes::Bytes {
@@ -121,6 +121,7 @@ fn fixed64_len(tag: u32, v: u64) -> usize {
 fn any_len(v: &Value) -> usize {
     match v {
         Value::Str(s) => field_len(1, s.len()),
+        Value::Ip(ip) => field_len(1, IpText::new(*ip).len()),
         Value::Bool(_) => key_len(2) + 1,
         Value::Int(i) => key_len(3) + encoded_len_varint(*i as u64),
         Value::Double(_) => key_len(4) + 8,
@@ -130,6 +131,11 @@ fn any_len(v: &Value) -> usize {
 fn put_any(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Str(s) => {
+            put_len(1, s.len(), out);
+            out.extend_from_slice(s.as_bytes());
+        }
+        Value::Ip(ip) => {
+            let s = IpText::new(*ip);
             put_len(1, s.len(), out);
             out.extend_from_slice(s.as_bytes());
         }
@@ -288,6 +294,14 @@ mod tests {
                 ("flag", Value::Bool(i.is_multiple_of(2))),
                 ("ratio", Value::Double(i as f64 / 3.0)),
                 ("long", "x".repeat(200 * i as usize).into()),
+                (
+                    "network.peer.address",
+                    Value::Ip(if i.is_multiple_of(2) {
+                        std::net::Ipv4Addr::new(10, 0, i as u8, 1).into()
+                    } else {
+                        std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, i as u16).into()
+                    }),
+                ),
             ],
             status: if i.is_multiple_of(2) {
                 Status::Error(format!("HTTP {}", 500 + i))

@@ -22,6 +22,7 @@ fn any(v: &Value) -> AnyValue {
     AnyValue {
         value: Some(match v {
             Value::Str(s) => any_value::Value::StringValue(s.to_string()),
+            Value::Ip(ip) => any_value::Value::StringValue(crate::spans::ip_text(*ip)),
             Value::Int(i) => any_value::Value::IntValue(*i),
             Value::Bool(b) => any_value::Value::BoolValue(*b),
             Value::Double(d) => any_value::Value::DoubleValue(*d),

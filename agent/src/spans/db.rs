@@ -28,10 +28,9 @@ pub fn build(
         a.push(("db.response.returned_rows", Value::Int(rows as i64)));
     }
     if let Some(peer) = conn.remote() {
-        let address = super::ip_text(peer.ip());
-        a.push(("server.address", address.clone().into()));
+        a.push(("server.address", Value::Ip(peer.ip())));
         a.push(("server.port", Value::Int(peer.port() as i64)));
-        a.push(("network.peer.address", address.into()));
+        a.push(("network.peer.address", Value::Ip(peer.ip())));
         a.push(("network.peer.port", Value::Int(peer.port() as i64)));
     }
     let status = match &call.error {

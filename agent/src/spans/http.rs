@@ -130,10 +130,8 @@ pub fn build(
     a.push(("network.protocol.version", Value::fixed(ex.version())));
     let tuple = conn.tuple;
     let peer: Option<SocketAddr> = tuple.map(|t| t.remote);
-    // Written once: a server span names the peer twice.
-    let peer_address = peer.map(|p| super::ip_text(p.ip()));
-    if let (Some(p), Some(address)) = (peer, &peer_address) {
-        a.push(("network.peer.address", address.clone().into()));
+    if let Some(p) = peer {
+        a.push(("network.peer.address", Value::Ip(p.ip())));
         a.push(("network.peer.port", Value::Int(p.port() as i64)));
     }
     let host = req.host.as_deref().map(split_host);
@@ -160,13 +158,13 @@ pub fn build(
                 }
             }
             (None, Some(l)) => {
-                a.push(("server.address", super::ip_text(l.ip()).into()));
+                a.push(("server.address", Value::Ip(l.ip())));
                 a.push(("server.port", Value::Int(l.port() as i64)));
             }
             (None, None) => {}
         }
-        if let Some(address) = peer_address {
-            a.push(("client.address", address.into()));
+        if let Some(p) = peer {
+            a.push(("client.address", Value::Ip(p.ip())));
         }
     } else {
         let (addr, port) = server_of(host, peer);

@@ -10,7 +10,7 @@ pub mod rpc;
 pub mod sampler;
 pub mod traceparent;
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 pub use resource::{Resource, ResourceBuilder};
 
@@ -19,6 +19,9 @@ pub enum Value {
     /// Static for the fixed vocabulary (methods, versions, schemes, systems):
     /// a span carries a dozen strings, and each owned one is an allocation.
     Str(Cow<'static, str>),
+    /// An address, a string where it is read or sent ([`IpText`]): a span
+    /// names one or two, and each as a `String` was an allocation.
+    Ip(IpAddr),
     Int(i64),
     Bool(bool),
     Double(f64),
@@ -46,6 +49,11 @@ impl From<Cow<'static, str>> for Value {
         Value::Str(s)
     }
 }
+impl From<IpAddr> for Value {
+    fn from(ip: IpAddr) -> Self {
+        Value::Ip(ip)
+    }
+}
 impl From<i64> for Value {
     fn from(v: i64) -> Self {
         Value::Int(v)
@@ -56,6 +64,7 @@ impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Value::Str(s) => write!(f, "{s:?}"),
+            Value::Ip(ip) => write!(f, "{:?}", &*IpText::new(*ip)),
             Value::Int(i) => write!(f, "{i}"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Double(d) => write!(f, "{d}"),
@@ -188,23 +197,66 @@ pub fn new_span_id() -> [u8; 8] {
     }
 }
 
-/// An address as text, as `IpAddr`'s `Display` writes it. IPv4, the common
-/// case, is written without the formatting machinery: spans and metrics
-/// write two or three addresses per request.
-pub fn ip_text(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
+/// An address as text, as `IpAddr`'s `Display` writes it.
+pub fn ip_text(ip: IpAddr) -> String {
+    IpText::new(ip).to_string()
+}
+
+/// An address's text on the stack, as `IpAddr`'s `Display` writes it.
+/// IPv4, the common case, is written without the formatting machinery:
+/// spans and metrics write two or three addresses per request.
+pub struct IpText {
+    /// The longest is an IPv4-mapped IPv6 address: 45 bytes.
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    pub fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut digits = itoa::Buffer::new();
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(".");
+                    }
+                    t.push(digits.format(octet));
                 }
-                s.push_str(digits.format(octet));
             }
-            s
+            v6 => {
+                use std::fmt::Write;
+                let _ = write!(t, "{v6}");
+            }
         }
-        v6 => v6.to_string(),
+        t
+    }
+
+    fn push(&mut self, s: &str) {
+        let end = self.len + s.len();
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.len + s.len() > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.push(s);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for IpText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only whole `&str`s are pushed.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
@@ -223,9 +275,17 @@ mod tests {
             "::1",
             "::ffff:1.2.3.4",
             "fe80::1",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe",
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             assert_eq!(super::ip_text(ip), ip.to_string());
+            assert_eq!(&*super::IpText::new(ip), ip.to_string());
+            // Written as the string it stands for.
+            assert_eq!(
+                super::Value::Ip(ip).to_string(),
+                super::Value::from(ip.to_string()).to_string()
+            );
         }
     }
 }

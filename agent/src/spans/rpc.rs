@@ -82,7 +82,7 @@ pub fn build(
         ("network.transport", "tcp".into()),
     ];
     if let Some(p) = conn.remote() {
-        a.push(("network.peer.address", super::ip_text(p.ip()).into()));
+        a.push(("network.peer.address", Value::Ip(p.ip())));
         a.push(("network.peer.port", Value::Int(p.port() as i64)));
     }
     let (address, port) = if server {

@@ -371,6 +371,7 @@ fn interval(s: &Span) -> (u64, u64) {
 pub fn peer_name(c: &Span) -> String {
     let text = |k: &str| match c.attr(k) {
         Some(Value::Str(v)) => Some(v.to_string()),
+        Some(Value::Ip(ip)) => Some(crate::spans::ip_text(*ip)),
         Some(Value::Int(v)) => Some(v.to_string()),
         _ => None,
     };

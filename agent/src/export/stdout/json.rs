@@ -45,6 +45,9 @@ impl Serialize for AnyValue<'_> {
         match self {
             AnyValue::Str(v) => m.serialize_entry("stringValue", v)?,
             AnyValue::Value(Value::Str(v)) => m.serialize_entry("stringValue", v)?,
+            AnyValue::Value(Value::Ip(ip)) => {
+                m.serialize_entry("stringValue", &*crate::spans::IpText::new(*ip))?
+            }
             // OTLP JSON writes 64-bit integers as strings.
             AnyValue::Value(Value::Int(i)) => m.serialize_entry("intValue", &i.to_string())?,
             AnyValue::Value(Value::Bool(b)) => m.serialize_entry("boolValue", b)?,
