@@ -86,11 +86,7 @@ impl<T> Sender<T> {
             }
             batch.split_off(fit)
         };
-        let n = batch.len();
-        self.tx.send(batch).map_err(|_| {
-            self.room.queued.fetch_sub(n, Ordering::AcqRel);
-            Closed
-        })?;
+        self.push(batch)?;
         Ok(rest)
     }
 
@@ -112,6 +108,12 @@ impl<T> Sender<T> {
             }
             freed.await;
         }
+        self.push(batch)
+    }
+
+    /// Sends `batch`, whose room is taken; gives the room back if the
+    /// receiver is gone.
+    fn push(&self, batch: Vec<T>) -> Result<(), Closed> {
         let n = batch.len();
         self.tx.send(batch).map_err(|_| {
             self.room.queued.fetch_sub(n, Ordering::AcqRel);

@@ -249,8 +249,13 @@ mod tests {
         }
     }
 
-    fn id(n: u8) -> [u8; 16] {
-        [n; 16]
+    fn id(n: u64) -> [u8; 16] {
+        n.to_le_bytes().repeat(2).try_into().unwrap()
+    }
+
+    /// Holds trace `n`, waiting for publish `n`, of request (`n`, 0).
+    fn start_n(h: &mut Holds, n: u64, now_ns: u64, out: &mut Vec<Linked>) {
+        h.start(id(n), held(n, 0, HeldFor::Publish(n)), now_ns, out);
     }
 
     #[test]
@@ -293,13 +298,8 @@ mod tests {
     #[test]
     fn waits_end_in_order_and_a_taken_trace_is_skipped() {
         let (mut h, mut out) = (Holds::default(), vec![]);
-        for n in 0..4u8 {
-            h.start(
-                id(n),
-                held(n as u64, 0, HeldFor::Publish(n as u64)),
-                n as u64,
-                &mut out,
-            );
+        for n in 0..4 {
+            start_n(&mut h, n, n, &mut out);
         }
         assert!(h.take_request(1, 0).is_some());
         h.release_due(Some(2 + HOLD_NS), &mut out);
@@ -316,12 +316,7 @@ mod tests {
     fn when_full_the_trace_whose_wait_ends_first_goes() {
         let (mut h, mut out) = (Holds::default(), vec![]);
         for n in 0..MAX_HELD as u64 {
-            h.start(
-                n.to_le_bytes().repeat(2).try_into().unwrap(),
-                held(n, 0, HeldFor::Publish(n)),
-                n,
-                &mut out,
-            );
+            start_n(&mut h, n, n, &mut out);
             // Taken again at once: `order` keeps the entry, and compacts.
             if n % 2 == 1 {
                 assert!(h.take_request(n, 0).is_some());
@@ -330,12 +325,7 @@ mod tests {
         assert_eq!(h.by_trace.len(), MAX_HELD / 2);
         assert!(h.order.len() < 2 * MAX_HELD);
         for n in MAX_HELD as u64..(MAX_HELD + MAX_HELD / 2) as u64 {
-            h.start(
-                n.to_le_bytes().repeat(2).try_into().unwrap(),
-                held(n, 0, HeldFor::Publish(n)),
-                n,
-                &mut out,
-            );
+            start_n(&mut h, n, n, &mut out);
         }
         assert_eq!(h.by_trace.len(), MAX_HELD);
         assert_eq!(h.released_early, 0);
