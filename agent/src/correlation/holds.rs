@@ -33,6 +33,11 @@ pub enum HeldFor {
     /// of process `pid`: the request whose response that task writes next,
     /// if it was read before the call (`causality/python.rs`).
     Task { pid: u32, task: u32 },
+    /// A consumer's call after its thread acknowledged a delivery, before
+    /// anything says whether consumer (`pid`, channel connection `source`)
+    /// acks first: the acknowledged delivery's if it does
+    /// (`Held::parent`), a root otherwise (`causality/rules.rs`, `by_ack`).
+    AckMode { pid: u32, source: u64 },
 }
 
 pub struct Held {
@@ -45,6 +50,9 @@ pub struct Held {
     /// A call held for its task: why no rule placed it, counted if it
     /// goes out a root.
     pub why: Option<super::Ambiguity>,
+    /// The request the held call was made for if its wait ends in favour
+    /// (`HeldFor::AckMode`).
+    pub parent: Option<crate::spans::SpanCtx>,
 }
 
 /// Held trace ids under one key, oldest first (almost always one).
@@ -246,6 +254,7 @@ mod tests {
             key,
             items: vec![],
             why: None,
+            parent: None,
         }
     }
 

@@ -335,6 +335,9 @@ impl Correlator {
     pub fn on_flow(&mut self, flow: Flow, now_ns: u64, out: &mut Vec<Linked>) {
         self.now_ns = now_ns;
         self.flow(flow, now_ns, out);
+        if let Some(learnt) = self.linker.take_learnt() {
+            self.settle_learnt(learnt, out);
+        }
         out.append(&mut self.spill);
         self.count_unlinked();
     }
@@ -486,6 +489,7 @@ impl Correlator {
                     key: HeldFor::Client(k, req.stream),
                     items: vec![],
                     why: None,
+                    parent: None,
                 };
                 self.holds.start(ctx.trace_id, held, now_ns, out);
             }
@@ -601,6 +605,32 @@ impl Correlator {
                 l.evidence = evidence;
             }
             self.emit(l, out);
+        }
+    }
+
+    /// Consumers whose way of acking was just learnt: the calls held until
+    /// it was (`HeldFor::AckMode`) go under the delivery their thread had
+    /// acknowledged if the consumer acks first, else out as roots.
+    fn settle_learnt(&mut self, learnt: Vec<(u32, u64, bool)>, out: &mut Vec<Linked>) {
+        for (pid, source, acks_first) in learnt {
+            let key = HeldFor::AckMode { pid, source };
+            while let Some((provisional, h)) = self.holds.take_for(&key) {
+                match (acks_first, h.parent) {
+                    (true, Some(delivery)) => self.adopt_items(
+                        provisional,
+                        h.items,
+                        &delivery,
+                        Evidence::Ack,
+                        self.now_ns,
+                        out,
+                    ),
+                    _ => {
+                        // Counted with the released holds' (`count_unlinked`).
+                        self.holds.unlinked.extend(h.why);
+                        self.emit_all(h.items, out);
+                    }
+                }
+            }
         }
     }
 
@@ -726,18 +756,30 @@ impl Correlator {
                             ?why,
                             "call placed by no rule"
                         );
-                        if wait {
+                        // A consumer's call after an ack, before it is known
+                        // whether the consumer acks first: the acknowledged
+                        // delivery's if it does (`settle_learnt`).
+                        let acked = (why == Ambiguity::Consumer)
+                            .then(|| self.linker.ack_candidate(c.pid, first))
+                            .flatten();
+                        let key = match acked {
+                            Some((source, _)) => Some(HeldFor::AckMode { pid: c.pid, source }),
                             // Its task's next response may name its request:
                             // its trace waits for it (`causality/python.rs`).
+                            None if wait => Some(HeldFor::Task {
+                                pid: c.pid,
+                                task: first.py_task,
+                            }),
+                            None => None,
+                        };
+                        if let Some(key) = key {
                             let held = Held {
                                 conn: c.id,
                                 since: first.enter_ns,
-                                key: HeldFor::Task {
-                                    pid: c.pid,
-                                    task: first.py_task,
-                                },
+                                key,
                                 items: vec![],
                                 why: Some(why),
+                                parent: acked.map(|(_, delivery)| delivery),
                             };
                             self.holds
                                 .start(ctx.trace_id, held, self.now_ns, &mut self.spill);

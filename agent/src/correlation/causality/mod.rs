@@ -177,6 +177,10 @@ pub struct Linker {
     /// Python contexts (pid, task) seen reading requests of two connections
     /// at once (`python.rs`).
     shared_contexts: HashSet<(u32, u32)>,
+    /// Consumers (pid, channel connection) whose way of acking was learnt
+    /// since the correlator last asked (true: first), for the calls held
+    /// until it was (`take_learnt`).
+    learnt: Vec<(u32, u64, bool)>,
     /// Requests forgotten in flight because their process had too many.
     pub evicted: u64,
     /// Remembered reads dropped because too many threads had some.
@@ -488,6 +492,9 @@ impl Linker {
             && self.may_learn(pid, f.source)
             && !self.multiplex.is_multiplexed(pid, f.tid)
         {
+            if !self.acks_late.contains(&(pid, f.source)) {
+                self.learnt.push((pid, f.source, false));
+            }
             bounded_insert(
                 &mut self.acks_late,
                 (pid, f.source),
@@ -495,6 +502,12 @@ impl Linker {
             );
         }
         Some(f)
+    }
+
+    /// Consumers whose way of acking was learnt since the last call: (pid,
+    /// channel connection, acks first).
+    pub fn take_learnt(&mut self) -> Option<Vec<(u32, u64, bool)>> {
+        (!self.learnt.is_empty()).then(|| std::mem::take(&mut self.learnt))
     }
 
     /// Whether how consumer (`pid`, `source`) works may still be learnt: it

@@ -6,6 +6,7 @@ use super::{InFlight, Linker, Mark, Opener, Parent};
 use crate::{
     correlation::{Ambiguity, Evidence},
     protocols::SegTime,
+    spans::SpanCtx,
 };
 
 impl Linker {
@@ -50,11 +51,33 @@ impl Linker {
                 (pid, a.source),
                 &mut self.marks_dropped,
             );
+            self.learnt.push((pid, a.source, true));
             return Some(Parent::Request(ctx, Evidence::Ack));
         }
         // Once learnt, the thread works on what it acknowledged last until
         // it acknowledges the next one.
         (learnt && at.enter_ns >= a.at_ns).then_some(Parent::Request(ctx, Evidence::Ack))
+    }
+
+    /// A call (first write `at`) that `by_ack` or `on_thread` left
+    /// ambiguous because its consumer's way of acking is not known yet: the
+    /// thread acknowledged a delivery with no call made for it, and has not
+    /// acknowledged another since. If the consumer turns out to ack first,
+    /// the call was that delivery's: the correlator holds it until this is
+    /// learnt. Returns the channel connection and the delivery. A consumer
+    /// that starts on a backlog shows how it acks only once a delivery
+    /// arrives alone, at the backlog's end; until then every call after an
+    /// ack has other deliveries in flight.
+    pub fn ack_candidate(&self, pid: u32, at: SegTime) -> Option<(u64, SpanCtx)> {
+        let a = self.acked.get(&(pid, at.tid))?;
+        let ctx = a.ctx?;
+        let undecided = !a.worked
+            && at.tick != 0
+            && at.enter_ns >= a.at_ns
+            && !self.acks_late.contains(&(pid, a.source))
+            && self.may_learn(pid, a.source)
+            && !self.multiplex.is_multiplexed(pid, at.tid);
+        undecided.then_some((a.source, ctx))
     }
 
     /// Whether delivery `f` in flight may not be what its thread works on:

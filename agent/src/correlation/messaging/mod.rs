@@ -365,6 +365,7 @@ impl Correlator {
             key: HeldFor::Publish(msg_key),
             items: vec![],
             why: None,
+            parent: None,
         };
         self.holds.start(ctx.trace_id, held, now_ns, out);
     }

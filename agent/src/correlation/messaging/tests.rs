@@ -329,3 +329,199 @@ fn identical_late_deliveries_on_one_queue_stay_roots() {
     assert_eq!(roots, 2, "{out:?}");
     assert_eq!(c.counts().calls_ambiguous(), 2);
 }
+
+fn in_tick(ns: u64, tick: u32) -> SegTime {
+    SegTime { tick, ..at(ns) }
+}
+
+fn query(id: u64, first: SegTime, last: SegTime) -> Record {
+    Record::Db(Box::new(crate::protocols::db::DbCall {
+        system: crate::protocols::db::DbSystem::Postgresql,
+        namespace: None,
+        operation: "SELECT".into(),
+        collection: None,
+        query_text: format!("SELECT ? AS o{id}"),
+        rows: Some(1),
+        error: None,
+        first,
+        last,
+    }))
+}
+
+/// A consumer reads `n` deliveries in one read (tick 4), then per delivery
+/// `i`: acks it (or, `ack_first` false, queries first), queries with the
+/// delivery's id, reads the reply (a new tick). Returns each query's
+/// (trace, parent, evidence) and each consumer span's (trace, span), by
+/// delivery tag.
+#[allow(clippy::type_complexity)]
+fn consume_batch(
+    c: &mut Correlator,
+    n: u64,
+    ack_first: bool,
+    now: u64,
+    out: &mut Vec<Linked>,
+) -> (
+    Vec<(u64, [u8; 16], Option<[u8; 8]>, Evidence)>,
+    Vec<(u64, [u8; 16], [u8; 8])>,
+) {
+    let (channel_conn, db) = (
+        conn(2, 200, "127.0.0.1:40001"),
+        conn(5, 200, "127.0.0.1:40005"),
+    );
+    let feed = |c: &mut Correlator, conn: &ConnInfo, r: Record, out: &mut Vec<Linked>| {
+        c.on_flow(Flow::Record(conn.clone(), r), now, out)
+    };
+    let amqp = |op| Record::Messaging(Box::new(op));
+    for tag in 1..=n {
+        let msg = Message {
+            routing_key: "mail".into(),
+            body_size: 8,
+            body_prefix: format!("order/{tag}").into_bytes(),
+            ..Default::default()
+        };
+        let op = AmqpOut::DeliveryStarted {
+            channel: 1,
+            delivery_tag: tag,
+            queue: Some("mail".into()),
+            redelivered: false,
+            msg,
+            at: in_tick(100, 4),
+        };
+        feed(c, &channel_conn, amqp(op), out);
+    }
+    let ack = |tag: u64, ns: u64, tick: u32| AmqpOut::DeliveryFinished {
+        channel: 1,
+        delivery_tag: tag,
+        outcome: Outcome::Ack,
+        at: in_tick(ns, tick),
+    };
+    for tag in 1..=n {
+        let (ns, tick) = (1_000 * tag, 4 + tag as u32);
+        if ack_first {
+            feed(c, &channel_conn, amqp(ack(tag, ns, tick - 1)), out);
+        }
+        let q = query(tag, in_tick(ns + 10, tick - 1), in_tick(ns + 20, tick));
+        feed(c, &db, q, out);
+        if !ack_first {
+            feed(c, &channel_conn, amqp(ack(tag, ns + 30, tick)), out);
+        }
+    }
+    let mut queries = vec![];
+    let mut consumers = vec![];
+    for l in out.iter() {
+        match &l.item {
+            Item::Db { call, .. } => {
+                let id = call.query_text.rsplit('o').next().unwrap().parse().unwrap();
+                queries.push((id, l.ctx.trace_id, l.ctx.parent_span_id, l.evidence));
+            }
+            Item::Process(p) => consumers.push((p.delivery_tag, l.ctx.trace_id, l.ctx.span_id)),
+            _ => {}
+        }
+    }
+    queries.sort_by_key(|q| q.0);
+    consumers.sort_by_key(|p| p.0);
+    (queries, consumers)
+}
+
+/// A consumer that acks first, starting on a backlog: every call after an
+/// ack has other deliveries in flight, so it may be the next delivery's
+/// (a consumer that acks late) until the last delivery, alone, shows that
+/// it acks first. The calls held until then go under the delivery their
+/// thread had acknowledged.
+#[test]
+fn a_backlogs_calls_wait_until_the_consumer_is_seen_to_ack_first() {
+    let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+    let mut out = vec![];
+    let (queries, consumers) = consume_batch(&mut c, 4, true, 10_000, &mut out);
+    assert_eq!(queries.len(), 4, "{out:?}");
+    for ((id, trace, parent, evidence), (tag, consumer_trace, span)) in
+        queries.iter().zip(&consumers)
+    {
+        assert_eq!(id, tag);
+        assert_eq!(
+            (trace, *parent, *evidence),
+            (consumer_trace, Some(*span), Evidence::Ack),
+            "query of delivery {id}"
+        );
+    }
+    assert!(c.holds.is_empty());
+    assert_eq!(c.counts().ambiguous.iter().sum::<u64>(), 0);
+}
+
+/// A consumer that acks late and made no call for its first delivery
+/// looks, after that ack, like one that acks first: its calls are held,
+/// then go out roots (counted) when nothing has shown how it acks, never
+/// under the delivery it had acknowledged.
+#[test]
+fn held_calls_of_a_consumer_never_seen_to_ack_first_go_out_roots() {
+    let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+    let mut out = vec![];
+    let channel_conn = conn(2, 200, "127.0.0.1:40001");
+    let db = conn(5, 200, "127.0.0.1:40005");
+    for tag in 1..=2 {
+        let op = AmqpOut::DeliveryStarted {
+            channel: 1,
+            delivery_tag: tag,
+            queue: Some("mail".into()),
+            redelivered: false,
+            msg: Message::default(),
+            at: in_tick(100, 4),
+        };
+        c.on_flow(
+            Flow::Record(channel_conn.clone(), Record::Messaging(Box::new(op))),
+            10_000,
+            &mut out,
+        );
+    }
+    // Delivery 1: acked with no call. Then delivery 2's query, and its ack.
+    for (tag, ns, tick) in [(1, 1_000, 4), (2, 3_000, 5)] {
+        if tag == 2 {
+            let q = query(2, in_tick(2_000, 4), in_tick(2_100, 5));
+            c.on_flow(Flow::Record(db.clone(), q), 10_000, &mut out);
+        }
+        let op = AmqpOut::DeliveryFinished {
+            channel: 1,
+            delivery_tag: tag,
+            outcome: Outcome::Ack,
+            at: in_tick(ns, tick),
+        };
+        c.on_flow(
+            Flow::Record(channel_conn.clone(), Record::Messaging(Box::new(op))),
+            10_000,
+            &mut out,
+        );
+    }
+    assert!(
+        !out.iter().any(|l| matches!(l.item, Item::Db { .. })),
+        "the query waits"
+    );
+    c.release_held(Some(10_000 + holds::HOLD_NS + 1), &mut out);
+    let q = out
+        .iter()
+        .find(|l| matches!(l.item, Item::Db { .. }))
+        .expect("released");
+    assert_eq!(
+        (q.ctx.parent_span_id, q.evidence),
+        (None, Evidence::Ambiguous)
+    );
+    assert_eq!(c.counts().ambiguous[Ambiguity::Consumer as usize], 1);
+}
+
+/// A consumer that acks late on a backlog is learnt at its first call
+/// (made before any ack): nothing is held, each call under its delivery.
+#[test]
+fn a_backlog_of_a_consumer_that_acks_late_holds_nothing() {
+    let mut c = Correlator::new(Default::default(), Sampler::AlwaysOn, Box::new(|_, _| None));
+    let mut out = vec![];
+    let (queries, consumers) = consume_batch(&mut c, 4, false, 10_000, &mut out);
+    assert_eq!(queries.len(), 4, "{out:?}");
+    for ((id, trace, parent, _), (tag, consumer_trace, span)) in queries.iter().zip(&consumers) {
+        assert_eq!(id, tag);
+        assert_eq!(
+            (trace, *parent),
+            (consumer_trace, Some(*span)),
+            "query of {id}"
+        );
+    }
+    assert!(c.holds.is_empty());
+}
