@@ -30,6 +30,10 @@ pub mod kind {
     /// Trace context the kernel decided (`context::*` says which): only
     /// with `--context-propagation traceparent` (`inject.rs` in agent-ebpf).
     pub const CONTEXT: u8 = 11;
+    /// Go: a goroutine that wrote on a tracked socket then, in the same
+    /// run, handed a value to a goroutine waiting on a channel (a
+    /// [`HandOffEvent`]; `goroutine.rs` in agent-ebpf).
+    pub const HANDOFF: u8 = 12;
 }
 
 /// What a [`ContextEvent`] reports.
@@ -246,6 +250,26 @@ pub struct ConnEvent {
     pub _pad2: u32,
 }
 
+/// A [`kind::HANDOFF`] record. `hdr.fd` is the socket the writer wrote on
+/// last in its run; `hdr.ts_ns` is the hand-off's time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandOffEvent {
+    pub hdr: EventHeader,
+    /// The goroutine that wrote, then sent (see [`Lineage`] for names).
+    pub from: u32,
+    /// The goroutine it handed a value to.
+    pub to: u32,
+    /// The entry of the writer's last write on `hdr.fd` (its data record's
+    /// `enter_ns`).
+    pub wrote_ns: u64,
+    /// The goroutine whose `go` statement started `to` (0: unknown), and
+    /// when.
+    pub to_origin: u32,
+    pub _pad: u32,
+    pub to_origin_ns: u64,
+}
+
 /// A [`kind::CONTEXT`] record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -266,4 +290,5 @@ pub struct ContextEvent {
 pub const CONTEXT_EVENT_SIZE: usize = core::mem::size_of::<ContextEvent>();
 pub const DATA_EVENT_SIZE: usize = core::mem::size_of::<DataEvent>();
 pub const CONN_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
+pub const HANDOFF_EVENT_SIZE: usize = core::mem::size_of::<HandOffEvent>();
 pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();

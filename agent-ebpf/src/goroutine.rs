@@ -21,7 +21,9 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use sonde_common::{goroutine_id, GoOrigin, Lineage};
+use sonde_common::{
+    goroutine_id, kind, EventHeader, GoOrigin, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
+};
 
 use crate::maps::{GO_CURRENT, GO_ORIGIN, GO_READIED, GO_SLICE, GO_SPAWNING};
 
@@ -41,13 +43,21 @@ fn regs(ctx: &ProbeContext) -> Option<(u64, u64, u64)> {
     }
 }
 
-/// What the goroutine now running on a thread was handed (see `GO_SLICE`).
+/// What the goroutine now running on a thread was handed (see `GO_SLICE`),
+/// and the socket it wrote on in this run.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Slice {
     pub task: u32,
-    pub _pad: u32,
+    /// The socket `writer` wrote on last.
+    pub wrote_fd: i32,
     pub handed: Lineage,
+    /// The goroutine that wrote on a tracked socket in this run (0: none
+    /// since the run began, or its hand-off is reported already).
+    pub writer: u32,
+    pub _pad: u32,
+    /// The entry of `writer`'s last write.
+    pub wrote_ns: u64,
 }
 
 #[uprobe]
@@ -73,8 +83,11 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
         (Some(handed), slice) => {
             let s = Slice {
                 task,
-                _pad: 0,
+                wrote_fd: -1,
                 handed,
+                writer: 0,
+                _pad: 0,
+                wrote_ns: 0,
             };
             match slice {
                 Some(p) => unsafe { *p = s },
@@ -84,7 +97,10 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
             }
             let _ = GO_READIED.remove(&task);
         }
-        (None, Some(p)) => unsafe { (*p).task = 0 },
+        (None, Some(p)) => unsafe {
+            (*p).task = 0;
+            (*p).writer = 0;
+        },
         (None, None) => {}
     }
     0
@@ -113,7 +129,44 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
         waker_origin_ns: origin.at_ns,
         ..Lineage::default()
     };
-    let _ = GO_READIED.insert(&goroutine_id(receiver), &handed, 0);
+    let receiver = goroutine_id(receiver);
+    let _ = GO_READIED.insert(&receiver, &handed, 0);
+    // Its first hand-off since it wrote on a socket in this run: net/http's
+    // `writeLoop` tells the request's goroutine that its request is
+    // written. User space links the call to that goroutine's request when
+    // nothing else does (`correlation/causality`, rule `goroutine`).
+    if let Some(s) = GO_SLICE.get_ptr_mut(&tid) {
+        let s = unsafe { &mut *s };
+        if s.writer == waker {
+            s.writer = 0;
+            let to_origin = unsafe { GO_ORIGIN.get(&receiver) }
+                .copied()
+                .unwrap_or_default();
+            let ev = HandOffEvent {
+                hdr: EventHeader {
+                    kind: kind::HANDOFF,
+                    _pad: [0; 3],
+                    tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                    tid,
+                    fd: s.wrote_fd,
+                    ts_ns: unsafe { bpf_ktime_get_ns() },
+                    comm: [0; 16],
+                },
+                from: waker,
+                to: receiver,
+                wrote_ns: s.wrote_ns,
+                to_origin: to_origin.creator,
+                _pad: 0,
+                to_origin_ns: to_origin.at_ns,
+            };
+            crate::capture::output(unsafe {
+                core::slice::from_raw_parts(
+                    &ev as *const HandOffEvent as *const u8,
+                    HANDOFF_EVENT_SIZE,
+                )
+            });
+        }
+    }
     0
 }
 
@@ -157,17 +210,36 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
 }
 
 /// The goroutine running on `tid` and its lineage, for a data record
-/// (`egress`: a write, which also carries the hand-off of this run).
+/// (`egress`: a write on socket `fd` that entered at `enter_ns`, which also
+/// carries the hand-off of this run, and is remembered for the goroutine's
+/// next one: `go_send`).
 #[inline(always)]
-pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
+pub fn current(tid: u32, egress: bool, fd: i32, enter_ns: u64) -> (u32, Lineage) {
     let Some(task) = (unsafe { GO_CURRENT.get(&tid) }).copied() else {
         return (0, Lineage::default());
     };
     let mut l = Lineage::default();
-    if egress {
-        if let Some(s) = unsafe { GO_SLICE.get(&tid) } {
-            if s.task == task {
-                l = s.handed;
+    if egress && task != 0 {
+        match GO_SLICE.get_ptr_mut(&tid) {
+            Some(s) => {
+                let s = unsafe { &mut *s };
+                if s.task == task {
+                    l = s.handed;
+                }
+                s.writer = task;
+                s.wrote_fd = fd;
+                s.wrote_ns = enter_ns;
+            }
+            None => {
+                let s = Slice {
+                    task: 0,
+                    wrote_fd: fd,
+                    handed: Lineage::default(),
+                    writer: task,
+                    _pad: 0,
+                    wrote_ns: enter_ns,
+                };
+                let _ = GO_SLICE.insert(&tid, &s, 0);
             }
         }
     }

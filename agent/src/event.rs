@@ -23,6 +23,25 @@ pub enum KernelEvent {
     Data(DataRecord),
     Conn(ConnRecord),
     Context(ContextRecord),
+    HandOff(HandOffRecord),
+}
+
+/// Go: goroutine `from` wrote on socket `fd` of `pid`, then handed a value
+/// to goroutine `to`, which waited on a channel (`goroutine.rs` in
+/// agent-ebpf). net/http's transport tells a request's goroutine this way
+/// that the request it handed over is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOffRecord {
+    pub pid: u32,
+    pub fd: i32,
+    pub ts_ns: u64,
+    pub from: u32,
+    pub to: u32,
+    /// The entry of `from`'s last write on the socket (its record's).
+    pub wrote_ns: u64,
+    /// The goroutine that started `to` (0: unknown), and when.
+    pub to_origin: u32,
+    pub to_origin_ns: u64,
 }
 
 /// Trace context the kernel decided, with `traceparent` injection on
@@ -349,6 +368,20 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 parent_id: (ev.parent_id != [0; 8]).then_some(ev.parent_id),
                 sampled: ev.sampled != 0,
                 injected: ev.what == common::context::INJECTED,
+            }))
+        }
+        common::kind::HANDOFF => {
+            let ev: common::HandOffEvent =
+                read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+            Ok(KernelEvent::HandOff(HandOffRecord {
+                pid: hdr.tgid,
+                fd: hdr.fd,
+                ts_ns: hdr.ts_ns,
+                from: ev.from,
+                to: ev.to,
+                wrote_ns: ev.wrote_ns,
+                to_origin: ev.to_origin,
+                to_origin_ns: ev.to_origin_ns,
             }))
         }
         k @ common::kind::CONNECT..=common::kind::FORK => {

@@ -63,6 +63,7 @@ pub fn json_line(ev: &StreamEvent, clock: &Clock) -> String {
         StreamEvent::Tuple(c) => base("tuple", c, clock.unix_ns(c.opened_ns)),
         StreamEvent::Close(c, ts) => base("close", c, clock.unix_ns(*ts)),
         StreamEvent::Context(c, r) => base("context", c, clock.unix_ns(r.enter_ns)),
+        StreamEvent::HandOff(c, r) => base("handoff", c, clock.unix_ns(r.ts_ns)),
         StreamEvent::Data(c, d) => {
             let mut v = base("data", c, clock.unix_ns(d.exit_ns));
             v.data = Some(JsonData {
@@ -114,6 +115,7 @@ pub fn text_line(ev: &StreamEvent, show: usize) -> String {
             crate::spans::hex(&r.trace_id),
             crate::spans::hex(&r.span_id)
         ),
+        StreamEvent::HandOff(c, r) => format!("hand  {} {:#x} -> {:#x}", who(c), r.from, r.to),
         StreamEvent::Data(c, d) => data_line(c, d, show),
     }
 }

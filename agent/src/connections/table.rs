@@ -18,7 +18,10 @@ use super::{
     procnet,
 };
 use crate::{
-    event::{ConnKind, ConnRecord, ContextRecord, DataRecord, KernelEvent, Role, SocketTuple},
+    event::{
+        ConnKind, ConnRecord, ContextRecord, DataRecord, HandOffRecord, KernelEvent, Role,
+        SocketTuple,
+    },
     probes::SocketRegistry,
     stats::Stats,
 };
@@ -69,6 +72,9 @@ pub enum StreamEvent {
     /// Trace context the kernel named for one of the connection's
     /// syscalls (`traceparent` injection).
     Context(ConnInfo, ContextRecord),
+    /// Go: the goroutine that wrote on the connection handed a value to
+    /// another (`correlation/causality`, rule `goroutine`).
+    HandOff(ConnInfo, HandOffRecord),
     Close(ConnInfo, u64),
 }
 
@@ -79,6 +85,7 @@ impl StreamEvent {
             | StreamEvent::Tuple(c)
             | StreamEvent::Data(c, _)
             | StreamEvent::Context(c, _)
+            | StreamEvent::HandOff(c, _)
             | StreamEvent::Close(c, _) => c,
         }
     }
@@ -209,6 +216,11 @@ impl<R: SocketRegistry> ConnTable<R> {
             KernelEvent::Context(r) => {
                 if let Some(conn) = self.conns.get(&(r.pid, r.fd)) {
                     out.push(StreamEvent::Context(conn.info.clone(), r));
+                }
+            }
+            KernelEvent::HandOff(r) => {
+                if let Some(conn) = self.conns.get(&(r.pid, r.fd)) {
+                    out.push(StreamEvent::HandOff(conn.info.clone(), r));
                 }
             }
             KernelEvent::Conn(c) if c.own() => self.on_own(&c),

@@ -38,6 +38,21 @@ pub enum HeldFor {
     /// acks first: the acknowledged delivery's if it does
     /// (`Held::parent`), a root otherwise (`causality/rules.rs`, `by_ack`).
     AckMode { pid: u32, source: u64 },
+    /// Go: a call on `conn` written by goroutine `writer` (serving no
+    /// request) in a write that entered at `since`: the request of the
+    /// goroutine `writer` hands a value to next, in the same run
+    /// (`causality/goroutines.rs`).
+    Handed { conn: u64, writer: u32, since: u64 },
+}
+
+/// Where an adopted provisional trace went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alias {
+    pub trace_id: [u8; 16],
+    pub sampled: bool,
+    /// The parent its root took, and why: the root's own span may come
+    /// after the adoption (an HTTP call still waiting for its response).
+    pub root_parent: Option<([u8; 8], super::Evidence)>,
 }
 
 pub struct Held {
@@ -99,7 +114,7 @@ pub struct Holds {
     order: VecDeque<([u8; 16], u64)>,
     /// Provisional trace ids of adopted traces -> the real trace (id,
     /// sampled), for the items their contexts still make.
-    aliases: HashMap<[u8; 16], ([u8; 16], bool)>,
+    aliases: HashMap<[u8; 16], Alias>,
     /// The same ids in the order their renaming ends (monotonic ns).
     alias_order: VecDeque<([u8; 16], u64)>,
     /// Traces let go before their wait ended, because too many were held.
@@ -135,7 +150,7 @@ impl Holds {
 
     /// A held trace was adopted into `real`: items that still carry its
     /// provisional id (`from`) move there too, until `now_ns + ALIAS_NS`.
-    pub fn alias(&mut self, from: [u8; 16], real: ([u8; 16], bool), now_ns: u64) {
+    pub fn alias(&mut self, from: [u8; 16], real: Alias, now_ns: u64) {
         if self.alias_order.len() >= MAX_ALIASES {
             if let Some((old, _)) = self.alias_order.pop_front() {
                 self.aliases.remove(&old);
@@ -147,7 +162,7 @@ impl Holds {
     }
 
     /// The real trace of a provisional id that was adopted.
-    pub fn renamed(&self, trace_id: &[u8; 16]) -> Option<([u8; 16], bool)> {
+    pub fn renamed(&self, trace_id: &[u8; 16]) -> Option<Alias> {
         self.aliases.get(trace_id).copied()
     }
 

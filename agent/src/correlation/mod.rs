@@ -34,7 +34,7 @@ use stitch::{NatLookup, Stitcher, Waiting};
 
 use crate::{
     connections::{process::ProcessInfo, ConnInfo},
-    event::Role,
+    event::{HandOffRecord, Role},
     protocols::{
         db::DbCall,
         dispatch::{Flow, PipeIo},
@@ -372,6 +372,7 @@ impl Correlator {
             Flow::Record(c, r) => self.on_record(c, r, now_ns, out),
             Flow::Pipe(p) => self.pipe_io(p),
             Flow::Context(c, r) => self.kernel.named(c.id, r),
+            Flow::HandOff(c, r) => self.go_handoff(&c, r, out),
             Flow::Closed(c) => {
                 self.kernel.closed(c.id);
                 if let Some(inode) = c.pipe {
@@ -595,8 +596,15 @@ impl Correlator {
     ) {
         // Calls of the held request may still be under way (a downstream
         // server's request read in the provisional trace): theirs follow.
-        self.holds
-            .alias(provisional, (ctx.trace_id, ctx.sampled), now_ns);
+        self.holds.alias(
+            provisional,
+            holds::Alias {
+                trace_id: ctx.trace_id,
+                sampled: ctx.sampled,
+                root_parent: Some((ctx.span_id, evidence)),
+            },
+            now_ns,
+        );
         for mut l in items {
             l.ctx.trace_id = ctx.trace_id;
             l.ctx.sampled = ctx.sampled;
@@ -630,6 +638,48 @@ impl Correlator {
                         self.emit_all(h.items, out);
                     }
                 }
+            }
+        }
+    }
+
+    /// Go: goroutine `r.from` wrote on `c`, then handed a value to `r.to`.
+    /// The call it wrote in that write, held for this, was made for the
+    /// request `r.to` serves (`causality/goroutines.rs`). If its record has
+    /// not come yet, the hand-off waits for it.
+    fn go_handoff(&mut self, c: &ConnInfo, r: HandOffRecord, out: &mut Vec<Linked>) {
+        let key = HeldFor::Handed {
+            conn: c.id,
+            writer: r.from,
+            since: r.wrote_ns,
+        };
+        let Some((provisional, h)) = self.holds.take_for(&key) else {
+            self.linker.handed_early(c.id, r);
+            return;
+        };
+        // Several calls in that one write (pipelined): the hand-off names
+        // one request, not which call was its.
+        let mut several = false;
+        while let Some((_, other)) = self.holds.take_for(&key) {
+            several = true;
+            self.holds.unlinked.extend(other.why);
+            self.emit_all(other.items, out);
+        }
+        let request = (!several)
+            .then(|| self.linker.handed_to(c.pid, &r, h.since))
+            .flatten();
+        match request {
+            Some(request) => self.adopt_items(
+                provisional,
+                h.items,
+                &request,
+                Evidence::Goroutine,
+                self.now_ns,
+                out,
+            ),
+            None => {
+                // Counted with the released holds' (`count_unlinked`).
+                self.holds.unlinked.extend(h.why);
+                self.emit_all(h.items, out);
             }
         }
     }
@@ -747,6 +797,17 @@ impl Correlator {
                         (own_ctx(tp, None), Evidence::Header)
                     }
                     None => {
+                        let goroutine = causality::is_goroutine(first.tid);
+                        // Go: the goroutine that wrote it handed a value to a
+                        // request's goroutine right after (`goroutines.rs`).
+                        if goroutine {
+                            let handed =
+                                self.linker
+                                    .handed_for(c.pid, c.id, first.tid, first.enter_ns);
+                            if let Some(request) = handed {
+                                return (request.child(), Evidence::Goroutine);
+                            }
+                        }
                         let ctx = SpanCtx::root(|t| self.sampler.should_sample(t, None));
                         let wait = self.linker.task_context(c.pid, first.py_task);
                         tracing::debug!(
@@ -769,6 +830,12 @@ impl Correlator {
                             None if wait => Some(HeldFor::Task {
                                 pid: c.pid,
                                 task: first.py_task,
+                            }),
+                            // Go: its writer's next hand-off may name it.
+                            None if goroutine => Some(HeldFor::Handed {
+                                conn: c.id,
+                                writer: first.tid,
+                                since: first.enter_ns,
                             }),
                             None => None,
                         };
@@ -913,9 +980,14 @@ impl Correlator {
 
     /// Hands an item to telemetry, unless its trace is held.
     fn emit(&mut self, mut l: Linked, out: &mut Vec<Linked>) {
-        if let Some((trace_id, sampled)) = self.holds.renamed(&l.ctx.trace_id) {
-            l.ctx.trace_id = trace_id;
-            l.ctx.sampled = sampled;
+        if let Some(a) = self.holds.renamed(&l.ctx.trace_id) {
+            l.ctx.trace_id = a.trace_id;
+            l.ctx.sampled = a.sampled;
+            // The adopted trace's root, finished after the adoption.
+            if let (None, Some((parent, evidence))) = (l.ctx.parent_span_id, a.root_parent) {
+                l.ctx.parent_span_id = Some(parent);
+                l.evidence = evidence;
+            }
         }
         if let Some(l) = self.holds.hold(l) {
             out.push(l);

@@ -51,6 +51,9 @@ pub enum Flow {
     /// Trace context the kernel named for one of the connection's
     /// syscalls; it comes before that syscall's own record.
     Context(ConnInfo, crate::event::ContextRecord),
+    /// Go: the goroutine that wrote on the connection handed a value to
+    /// another, waiting on a channel, in the same run.
+    HandOff(ConnInfo, crate::event::HandOffRecord),
 }
 
 /// One read or write on a followed pipe.
@@ -231,6 +234,7 @@ impl Dispatcher {
                 }
             }
             StreamEvent::Context(c, r) => flows.push(Flow::Context(c, r)),
+            StreamEvent::HandOff(c, r) => flows.push(Flow::HandOff(c, r)),
             StreamEvent::Data(c, d) => {
                 if d.direction == Direction::Egress && d.tick != 0 && d.task == 0 {
                     flows.push(Flow::Wrote {

@@ -25,6 +25,7 @@
 use foldhash::{HashMap, HashSet};
 use std::collections::VecDeque;
 
+mod goroutines;
 mod multiplex;
 mod python;
 mod rules;
@@ -177,6 +178,8 @@ pub struct Linker {
     /// Python contexts (pid, task) seen reading requests of two connections
     /// at once (`python.rs`).
     shared_contexts: HashSet<(u32, u32)>,
+    /// Go: hand-offs after a write whose call has not come yet.
+    handoffs: goroutines::HandOffs,
     /// Consumers (pid, channel connection) whose way of acking was learnt
     /// since the correlator last asked (true: first), for the calls held
     /// until it was (`take_learnt`).
@@ -285,10 +288,10 @@ impl Linker {
         self.by_pid.values().map(Vec::len).sum()
     }
 
-    /// Threads with remembered reads, new connections with an opener, and
-    /// unanswered calls.
+    /// Threads with remembered reads, new connections with an opener,
+    /// unanswered calls, and Go hand-offs waiting for their call.
     pub fn marked_threads(&self) -> usize {
-        self.marked + self.openers.len() + self.multiplex.len()
+        self.marked + self.openers.len() + self.multiplex.len() + self.handoffs.len()
     }
 
     /// Entries dropped at a bound (`tick_marks` stage).
@@ -577,6 +580,7 @@ impl Linker {
             }
         }
         self.openers.remove(&conn);
+        self.forget_handoff(conn);
         self.multiplex.answered(conn);
         self.acks_late.remove(&(pid, conn));
         self.acks_early.remove(&(pid, conn));

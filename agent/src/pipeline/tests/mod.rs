@@ -143,6 +143,7 @@ fn feed(
     spans
 }
 
+mod go;
 mod inject;
 mod late_partners;
 mod prefork;

@@ -1,0 +1,94 @@
+//! Go: a call written by a goroutine that serves no request, placed by the
+//! goroutine it hands a value to right after the write.
+//!
+//! net/http's transport writes each request from the connection's
+//! `writeLoop` goroutine, which the request's goroutine hands the request
+//! to on a buffered channel. On a warm connection the loop waits on that
+//! channel, so the hand-off readies it and its write carries the sender
+//! (rule `goroutine`, `by_lineage`). On a connection just dialed, the loop's
+//! first run takes the request from the channel's buffer: nothing readies
+//! it, and the dialing goroutine may have handed the connection to another
+//! request than the one that dialed it. But after writing, the loop tells
+//! the request's goroutine, which waits for it, that the request is written
+//! (`wr.ch <- err`): the kernel reports the first hand-off a goroutine
+//! makes after writing on a socket in its run, with that write's entry
+//! (`kind::HANDOFF`). The call made in exactly that write belongs to the
+//! request its receiver serves.
+//!
+//! The hand-off comes after the write, but the call's record may come
+//! before it (HTTP: at the request's head) or after it (databases: at the
+//! reply), so each side waits for the other: the call in a hold
+//! (`HeldFor::Handed`), the hand-off here, one per connection.
+use foldhash::HashMap;
+
+use super::{Linker, Parent, MAX_THREADS};
+use crate::{event::HandOffRecord, spans::SpanCtx};
+
+/// Hand-offs whose call has not been seen yet, by connection.
+#[derive(Default)]
+pub(super) struct HandOffs(HashMap<u64, HandOffRecord>);
+
+impl HandOffs {
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Linker {
+    /// The request goroutine `g` of `pid` serves, read before `by_ns`.
+    fn goroutine_request(&self, pid: u32, g: u32, by_ns: u64) -> Option<SpanCtx> {
+        let list = self.by_pid.get(&pid)?;
+        match self.on_thread(list, pid, g, by_ns, 0)? {
+            Parent::Request(ctx, _) => Some(ctx),
+            _ => None,
+        }
+    }
+
+    /// The request the receiver of hand-off `r` works for, for a call
+    /// written at `since`: the one it serves, else (a goroutine a handler
+    /// started to make the call) the one its starter had read when it ran
+    /// `go`, as rule `goroutine` takes a starter.
+    pub fn handed_to(&self, pid: u32, r: &HandOffRecord, since: u64) -> Option<SpanCtx> {
+        if let Some(ctx) = self.goroutine_request(pid, r.to, since) {
+            return Some(ctx);
+        }
+        if r.to_origin == 0 || self.serves(pid, r.to) {
+            return None;
+        }
+        self.goroutine_request(pid, r.to_origin, r.to_origin_ns.min(since))
+    }
+
+    /// Whether goroutine `g` of `pid` has a request in flight.
+    fn serves(&self, pid: u32, g: u32) -> bool {
+        self.by_pid
+            .get(&pid)
+            .is_some_and(|l| l.iter().any(|f| f.tid == g))
+    }
+
+    /// A hand-off whose call's record has not come: kept for it (the last
+    /// per connection), until the connection closes.
+    pub fn handed_early(&mut self, conn: u64, r: HandOffRecord) {
+        if self.handoffs.0.len() >= MAX_THREADS && !self.handoffs.0.contains_key(&conn) {
+            self.marks_dropped += self.handoffs.0.len() as u64;
+            self.handoffs.0.clear();
+        }
+        self.handoffs.0.insert(conn, r);
+    }
+
+    /// The request a call on `conn` of `pid`, written by goroutine `writer`
+    /// in a write that entered at `since`, was handed over for, if the
+    /// hand-off that followed that write came already.
+    pub fn handed_for(&mut self, pid: u32, conn: u64, writer: u32, since: u64) -> Option<SpanCtx> {
+        let r = self.handoffs.0.get(&conn)?;
+        if r.from != writer || r.wrote_ns != since {
+            return None;
+        }
+        let r = *r;
+        self.handoffs.0.remove(&conn);
+        self.handed_to(pid, &r, since)
+    }
+
+    pub(super) fn forget_handoff(&mut self, conn: u64) {
+        self.handoffs.0.remove(&conn);
+    }
+}
