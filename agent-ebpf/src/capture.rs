@@ -304,7 +304,15 @@ pub fn emit(
     let (task, lineage) = if call.no_goroutine != 0 && !batch {
         (0, sonde_common::Lineage::default())
     } else {
-        crate::goroutine::current(id as u32, egress, call.fd, call.enter_ns)
+        {
+            // Only a client's write is a call whose hand-off matters.
+            let fd = if info.role == role::CLIENT {
+                call.fd
+            } else {
+                -1
+            };
+            crate::goroutine::current(id as u32, egress, fd, call.enter_ns)
+        }
     };
     // SAFETY: the scratch is 8-aligned and larger than a header.
     let ev = unsafe { &mut *(scratch as *mut DataEvent) };

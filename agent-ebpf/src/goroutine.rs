@@ -210,9 +210,9 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
 }
 
 /// The goroutine running on `tid` and its lineage, for a data record
-/// (`egress`: a write on socket `fd` that entered at `enter_ns`, which also
-/// carries the hand-off of this run, and is remembered for the goroutine's
-/// next one: `go_send`).
+/// (`egress`: a write that entered at `enter_ns`, which also carries the
+/// hand-off of this run; on client socket `fd` (-1: another), it is
+/// remembered for the goroutine's next hand-off: `go_send`).
 #[inline(always)]
 pub fn current(tid: u32, egress: bool, fd: i32, enter_ns: u64) -> (u32, Lineage) {
     let Some(task) = (unsafe { GO_CURRENT.get(&tid) }).copied() else {
@@ -226,10 +226,13 @@ pub fn current(tid: u32, egress: bool, fd: i32, enter_ns: u64) -> (u32, Lineage)
                 if s.task == task {
                     l = s.handed;
                 }
-                s.writer = task;
+                // A write on another socket (fd -1) ends what a client
+                // write's hand-off could mean.
+                s.writer = if fd < 0 { 0 } else { task };
                 s.wrote_fd = fd;
                 s.wrote_ns = enter_ns;
             }
+            None if fd < 0 => {}
             None => {
                 let s = Slice {
                     task: 0,

@@ -647,6 +647,9 @@ impl Correlator {
     /// request `r.to` serves (`causality/goroutines.rs`). If its record has
     /// not come yet, the hand-off waits for it.
     fn go_handoff(&mut self, c: &ConnInfo, r: HandOffRecord, out: &mut Vec<Linked>) {
+        if c.role != Role::Client {
+            return;
+        }
         let key = HeldFor::Handed {
             conn: c.id,
             writer: r.from,
