@@ -135,9 +135,12 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     // `writeLoop` tells the request's goroutine that its request is
     // written. User space links the call to that goroutine's request when
     // nothing else does (`correlation/causality`, rule `goroutine`).
+    // Only for a run that was handed nothing: a write after a hand-off
+    // names its sender already (`current`), and user space places it by
+    // that.
     if let Some(s) = GO_SLICE.get_ptr_mut(&tid) {
         let s = unsafe { &mut *s };
-        if s.writer == waker {
+        if s.writer == waker && s.task != waker {
             s.writer = 0;
             let to_origin = unsafe { GO_ORIGIN.get(&receiver) }
                 .copied()
