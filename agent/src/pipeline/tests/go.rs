@@ -193,3 +193,60 @@ fn a_writers_hand_off_after_the_write_places_its_call() {
     );
     assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 1);
 }
+
+/// A hand-off after a later write of the same goroutine on the connection
+/// (the call's own write was followed by none) names that later write's
+/// call, not the held one: the held call goes out a root.
+#[test]
+fn a_hand_off_after_another_write_does_not_place_a_held_call() {
+    let mut l7 = l7();
+    let server = conn(
+        10,
+        300,
+        Role::Server,
+        "127.0.0.1:80",
+        "10.1.1.1:5000",
+        "go-svc",
+    );
+    let other = conn(
+        11,
+        300,
+        Role::Server,
+        "127.0.0.1:80",
+        "10.1.1.1:5001",
+        "go-svc",
+    );
+    let client = conn(
+        20,
+        300,
+        Role::Client,
+        "127.0.0.1:6000",
+        "10.9.9.9:8080",
+        "go-svc",
+    );
+    let req = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+    let events = vec![
+        StreamEvent::Open(server.clone()),
+        StreamEvent::Open(other.clone()),
+        StreamEvent::Open(client.clone()),
+        by_goroutine(&server, Direction::Ingress, 1_000, SERVING[0], &req("/r/0")),
+        by_goroutine(&other, Direction::Ingress, 1_001, SERVING[1], &req("/r/1")),
+        by_goroutine(
+            &client,
+            Direction::Egress,
+            2_000,
+            WRITERS[0],
+            &req("/down/0"),
+        ),
+        handed(&client, WRITERS[0], SERVING[0], 2_500),
+        by_goroutine(&client, Direction::Ingress, 3_000, WRITERS[0] + 1, RESP),
+    ];
+    let mut spans = feed(&mut l7, vec![], events);
+    l7.release_held(Some(NOW + HOLD_NS + 1), &mut spans);
+    let call = spans
+        .iter()
+        .find(|s| s.kind.as_str() == "CLIENT")
+        .expect("the call");
+    assert_eq!(call.parent_span_id, None);
+    assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 1);
+}
