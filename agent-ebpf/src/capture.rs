@@ -304,15 +304,7 @@ pub fn emit(
     let (task, lineage) = if call.no_goroutine != 0 && !batch {
         (0, sonde_common::Lineage::default())
     } else {
-        {
-            // Only a client's write is a call whose hand-off matters.
-            let fd = if info.role == role::CLIENT {
-                call.fd
-            } else {
-                -1
-            };
-            crate::goroutine::current(id as u32, egress, fd, call.enter_ns)
-        }
+        crate::goroutine::current(id as u32, egress)
     };
     // SAFETY: the scratch is 8-aligned and larger than a header.
     let ev = unsafe { &mut *(scratch as *mut DataEvent) };
@@ -421,6 +413,19 @@ pub fn emit(
     }
     let record = unsafe { core::slice::from_raw_parts(base as *const u8, len) };
     output(record);
+    // Go: a goroutine's write, remembered for its next hand-off (`go_send`).
+    // After the record, read back from the map, and never in a batch's loop
+    // (Go makes none): its branches must not multiply the copy's states.
+    if egress && !batch {
+        let ev = unsafe { &*(scratch as *const DataEvent) };
+        let task = unsafe { core::ptr::read_volatile(&ev.task) };
+        if task != 0 {
+            let client = unsafe { core::ptr::read_volatile(&ev.role) } == role::CLIENT;
+            let fd = unsafe { core::ptr::read_volatile(&ev.hdr.fd) };
+            let enter_ns = unsafe { core::ptr::read_volatile(&ev.enter_ns) };
+            crate::goroutine::wrote(id as u32, task, if client { fd } else { -1 }, enter_ns);
+        }
+    }
 }
 
 /// Writes a record, waking the reader only once enough data is queued: the

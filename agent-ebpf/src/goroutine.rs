@@ -213,39 +213,17 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
 }
 
 /// The goroutine running on `tid` and its lineage, for a data record
-/// (`egress`: a write that entered at `enter_ns`, which also carries the
-/// hand-off of this run; on client socket `fd` (-1: another), it is
-/// remembered for the goroutine's next hand-off: `go_send`).
+/// (`egress`: a write, which also carries the hand-off of this run).
 #[inline(always)]
-pub fn current(tid: u32, egress: bool, fd: i32, enter_ns: u64) -> (u32, Lineage) {
+pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
     let Some(task) = (unsafe { GO_CURRENT.get(&tid) }).copied() else {
         return (0, Lineage::default());
     };
     let mut l = Lineage::default();
-    if egress && task != 0 {
-        match GO_SLICE.get_ptr_mut(&tid) {
-            Some(s) => {
-                let s = unsafe { &mut *s };
-                if s.task == task {
-                    l = s.handed;
-                }
-                // A write on another socket (fd -1) ends what a client
-                // write's hand-off could mean.
-                s.writer = if fd < 0 { 0 } else { task };
-                s.wrote_fd = fd;
-                s.wrote_ns = enter_ns;
-            }
-            None if fd < 0 => {}
-            None => {
-                let s = Slice {
-                    task: 0,
-                    wrote_fd: fd,
-                    handed: Lineage::default(),
-                    writer: task,
-                    _pad: 0,
-                    wrote_ns: enter_ns,
-                };
-                let _ = GO_SLICE.insert(&tid, &s, 0);
+    if egress {
+        if let Some(s) = unsafe { GO_SLICE.get(&tid) } {
+            if s.task == task {
+                l = s.handed;
             }
         }
     }
@@ -254,6 +232,34 @@ pub fn current(tid: u32, egress: bool, fd: i32, enter_ns: u64) -> (u32, Lineage)
         l.origin_ns = o.at_ns;
     }
     (task, l)
+}
+
+/// Goroutine `task` on thread `tid` wrote, in a call that entered at
+/// `enter_ns`, on client socket `fd` (-1: on another socket): remembered
+/// for its next hand-off in this run (`go_send`); a write on another socket
+/// ends what the last client write's hand-off could mean.
+#[inline(always)]
+pub fn wrote(tid: u32, task: u32, fd: i32, enter_ns: u64) {
+    match GO_SLICE.get_ptr_mut(&tid) {
+        Some(s) => {
+            let s = unsafe { &mut *s };
+            s.writer = if fd < 0 { 0 } else { task };
+            s.wrote_fd = fd;
+            s.wrote_ns = enter_ns;
+        }
+        None if fd < 0 => {}
+        None => {
+            let s = Slice {
+                task: 0,
+                wrote_fd: fd,
+                handed: Lineage::default(),
+                writer: task,
+                _pad: 0,
+                wrote_ns: enter_ns,
+            };
+            let _ = GO_SLICE.insert(&tid, &s, 0);
+        }
+    }
 }
 
 /// `tid`'s entry in `GO_CURRENT`: the goroutine it runs (top bit set),
