@@ -260,7 +260,14 @@ fn event_loop() {
     assert_eq!(
         call("/from-a").span.parent_span_id,
         server("/a").span.span_id,
-        "under the request its task answered"
+        "under the request its task answered (evidence {:?}; calls left roots, by why: {})",
+        call("/from-a").attr("sonde.link.evidence"),
+        http_get(&a.metrics, "/metrics")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("sonde_calls_ambiguous_total"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     assert_eq!(
         call("/from-a").attr("sonde.link.evidence").as_deref(),
