@@ -623,21 +623,8 @@ impl Correlator {
         for (pid, source, acks_first) in learnt {
             let key = HeldFor::AckMode { pid, source };
             while let Some((provisional, h)) = self.holds.take_for(&key) {
-                match (acks_first, h.parent) {
-                    (true, Some(delivery)) => self.adopt_items(
-                        provisional,
-                        h.items,
-                        &delivery,
-                        Evidence::Ack,
-                        self.now_ns,
-                        out,
-                    ),
-                    _ => {
-                        // Counted with the released holds' (`count_unlinked`).
-                        self.holds.unlinked.extend(h.why);
-                        self.emit_all(h.items, out);
-                    }
-                }
+                let delivery = h.parent.filter(|_| acks_first);
+                self.end_wait(provisional, h, delivery, Evidence::Ack, out);
             }
         }
     }
@@ -662,25 +649,31 @@ impl Correlator {
         // Several calls in that one write (pipelined): the hand-off names
         // one request, not which call was its.
         let mut several = false;
-        while let Some((_, other)) = self.holds.take_for(&key) {
+        while let Some((other_provisional, other)) = self.holds.take_for(&key) {
             several = true;
-            self.holds.unlinked.extend(other.why);
-            self.emit_all(other.items, out);
+            self.end_wait(other_provisional, other, None, Evidence::Goroutine, out);
         }
         let request = (!several)
             .then(|| self.linker.handed_to(c.pid, &r, h.since))
             .flatten();
-        match request {
-            Some(request) => self.adopt_items(
-                provisional,
-                h.items,
-                &request,
-                Evidence::Goroutine,
-                self.now_ns,
-                out,
-            ),
+        self.end_wait(provisional, h, request, Evidence::Goroutine, out);
+    }
+
+    /// A call held until something named its parent (`HeldFor::Task`,
+    /// `AckMode`, `Handed`) is done waiting: under `parent`, placed by
+    /// `evidence`, if one was named; else out a root, counted by why no
+    /// rule placed it (with the released holds', `count_unlinked`).
+    fn end_wait(
+        &mut self,
+        provisional: [u8; 16],
+        h: Held,
+        parent: Option<SpanCtx>,
+        evidence: Evidence,
+        out: &mut Vec<Linked>,
+    ) {
+        match parent {
+            Some(p) => self.adopt_items(provisional, h.items, &p, evidence, self.now_ns, out),
             None => {
-                // Counted with the released holds' (`count_unlinked`).
                 self.holds.unlinked.extend(h.why);
                 self.emit_all(h.items, out);
             }
@@ -711,13 +704,8 @@ impl Correlator {
                 request_since = since,
                 "task answered"
             );
-            if h.since >= since {
-                self.adopt_items(provisional, h.items, ctx, Evidence::Task, self.now_ns, out);
-            } else {
-                // Counted with the released holds' (`count_unlinked`).
-                self.holds.unlinked.extend(h.why);
-                self.emit_all(h.items, out);
-            }
+            let request = (h.since >= since).then_some(*ctx);
+            self.end_wait(provisional, h, request, Evidence::Task, out);
         }
     }
 
