@@ -76,8 +76,17 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
             }
         }
     }
-    // A hand-off holds for this run of the goroutine only.
-    let handed = unsafe { GO_READIED.get(&task) }.copied();
+    // A hand-off holds for this run of the goroutine only: taken, then
+    // marked spent in place (`waker` 0). Deleting it took the LRU map's
+    // lock and moved a node between its lists at every hand-off.
+    let handed = match GO_READIED.get_ptr_mut(&task) {
+        Some(p) if unsafe { (*p).waker } != 0 => unsafe {
+            let h = *p;
+            (*p).waker = 0;
+            Some(h)
+        },
+        _ => None,
+    };
     let slice = GO_SLICE.get_ptr_mut(&tid);
     match (handed, slice) {
         (Some(handed), slice) => {
@@ -95,7 +104,6 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
                     let _ = GO_SLICE.insert(&tid, &s, 0);
                 }
             }
-            let _ = GO_READIED.remove(&task);
         }
         (None, Some(p)) => unsafe {
             (*p).task = 0;
@@ -130,7 +138,14 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
         ..Lineage::default()
     };
     let receiver = goroutine_id(receiver);
-    let _ = GO_READIED.insert(&receiver, &handed, 0);
+    // Rewritten in place when the goroutine has an entry (a `g` is reused
+    // for goroutine after goroutine): an insert takes the map's lock.
+    match GO_READIED.get_ptr_mut(&receiver) {
+        Some(p) => unsafe { *p = handed },
+        None => {
+            let _ = GO_READIED.insert(&receiver, &handed, 0);
+        }
+    }
     // Its first hand-off since it wrote on a socket in this run: net/http's
     // `writeLoop` tells the request's goroutine that its request is
     // written. User space links the call to that goroutine's request when
@@ -179,11 +194,14 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    if GO_SPAWNING
-        .insert(&tid, &goroutine_id(callergp), 0)
-        .is_err()
-    {
-        crate::maps::count(sonde_common::stat::MAP_FULL);
+    let creator = goroutine_id(callergp);
+    match GO_SPAWNING.get_ptr_mut(&tid) {
+        Some(p) => unsafe { *p = creator },
+        None => {
+            if GO_SPAWNING.insert(&tid, &creator, 0).is_err() {
+                crate::maps::count(sonde_common::stat::MAP_FULL);
+            }
+        }
     }
     0
 }
@@ -195,20 +213,33 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
     };
     // Only the runqput that follows newproc1 on this thread queues a new
     // goroutine; the others (readying, stealing) find nothing here.
+    // The thread's entry stays, spent (0: goroutine ids have their top
+    // bit set), so that the next `go` on it rewrites it in place.
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(creator) = (unsafe { GO_SPAWNING.get(&tid) }).copied() else {
+    let Some(p) = GO_SPAWNING.get_ptr_mut(&tid) else {
         return 0;
     };
-    let _ = GO_SPAWNING.remove(&tid);
+    let creator = unsafe { *p };
+    if creator == 0 {
+        return 0;
+    }
+    unsafe { *p = 0 };
     let task = goroutine_id(gp);
     // A reused `g` starts a new life: forget what the old one was handed.
-    let _ = GO_READIED.remove(&task);
+    if let Some(h) = GO_READIED.get_ptr_mut(&task) {
+        unsafe { (*h).waker = 0 };
+    }
     let origin = GoOrigin {
         creator,
         _pad: 0,
         at_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = GO_ORIGIN.insert(&task, &origin, 0);
+    match GO_ORIGIN.get_ptr_mut(&task) {
+        Some(o) => unsafe { *o = origin },
+        None => {
+            let _ = GO_ORIGIN.insert(&task, &origin, 0);
+        }
+    }
     0
 }
 

@@ -283,7 +283,9 @@ pub static PY_THREADS: HashMap<u32, sonde_common::PyThread> = HashMap::with_max_
 pub static GO_ORIGIN: LruHashMap<u32, sonde_common::GoOrigin> =
     LruHashMap::with_max_entries(65536, 0);
 
-/// Go: goroutine -> the sender that handed it a value, until it next runs.
+/// Go: goroutine -> the sender that handed it a value, until it next runs
+/// (then kept, spent: `waker` 0, to be rewritten in place by the next
+/// hand-off to the same `g`).
 #[map]
 pub static GO_READIED: LruHashMap<u32, sonde_common::Lineage> =
     LruHashMap::with_max_entries(65536, 0);
@@ -297,7 +299,7 @@ pub static GO_SLICE: HashMap<u32, crate::goroutine::Slice> = HashMap::with_max_e
 /// runqput that follows (both on the thread's system stack, back to back).
 /// Keyed by thread, not by CPU: the kernel may migrate the thread between
 /// the two, which lost that goroutine's origin when this was per CPU.
-/// Cleaned at runqput and with the thread.
+/// Spent (0) at runqput, removed with the thread.
 #[map]
 pub static GO_SPAWNING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
