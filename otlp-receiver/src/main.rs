@@ -8,21 +8,40 @@ use sonde_otlp_receiver::{Receiver, Store};
 
 #[tokio::main]
 async fn main() {
+    const USAGE: &str = "usage: sonde-otlp-receiver [--discard] [GRPC_ADDR] [HTTP_ADDR] \
+                         (defaults 127.0.0.1:4317 127.0.0.1:4318)";
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return;
+    }
     let discard = args.iter().any(|a| a == "--discard");
     args.retain(|a| a != "--discard");
+    if args.len() > 2 {
+        eprintln!("sonde-otlp-receiver: too many arguments\n{USAGE}");
+        std::process::exit(2);
+    }
     let mut args = args.into_iter();
     let grpc = args.next().unwrap_or_else(|| "127.0.0.1:4317".into());
     let http = args.next().unwrap_or_else(|| "127.0.0.1:4318".into());
-    let parse = |s: &str| s.parse().unwrap_or_else(|e| panic!("address {s:?}: {e}"));
+    let parse = |s: &str| -> std::net::SocketAddr {
+        s.parse().unwrap_or_else(|e| {
+            eprintln!("sonde-otlp-receiver: {s:?} is not an address (IP:PORT): {e}\n{USAGE}");
+            std::process::exit(2)
+        })
+    };
     let store = Arc::new(if discard {
         Store::discarding()
     } else {
         Store::default()
     });
-    let r = Receiver::start(parse(&grpc), parse(&http), store.clone())
-        .await
-        .expect("bind");
+    let r = match Receiver::start(parse(&grpc), parse(&http), store.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sonde-otlp-receiver: cannot listen on {grpc} and {http}: {e}");
+            std::process::exit(1);
+        }
+    };
     eprintln!(
         "OTLP receiver: gRPC on {}, HTTP on {}",
         r.grpc_addr, r.http_addr

@@ -545,9 +545,10 @@ impl Server {
             }
             _ => {
                 // `python`: a threaded service answering from memory; `db`:
-                // the same kind of service querying PostgreSQL, MariaDB and
-                // Redis for every request (four calls, the test suite's
-                // `db_service.py`), against the demo's database servers.
+                // the same kind of service making four calls to PostgreSQL,
+                // MariaDB and Redis for every request (`db_flow.py`: steady,
+                // one set of connections per thread), against the demo's
+                // database servers.
                 let (script, args) = if workload == "db" {
                     let (child, ports) = db_servers()?;
                     infra = Some(child);
@@ -559,7 +560,7 @@ impl Server {
                             .to_string())
                     };
                     (
-                        "agent/tests/fixtures/db_service.py",
+                        "xtask/src/db_flow.py",
                         vec![port.to_string(), p("postgres")?, p("mysql")?, p("redis")?],
                     )
                 } else {

@@ -269,7 +269,7 @@ impl Telemetry {
             self.counts.spans_sampled_out += 1;
             return;
         }
-        let Some(mut span) = self.build(&conn, &ctx, &item, route, resource) else {
+        let Some(mut span) = self.build(&conn, &ctx, item, route, resource) else {
             return;
         };
         if ctx.parent_span_id.is_some() || evidence == Evidence::Ambiguous {
@@ -284,20 +284,22 @@ impl Telemetry {
         &self,
         conn: &ConnInfo,
         ctx: &SpanCtx,
-        item: &Item,
+        item: Item,
         route: &str,
         resource: Arc<Resource>,
     ) -> Option<Span> {
         let clock = &self.clock;
+        // The item is spent here: a database call's strings move into its
+        // span instead of being copied.
         Some(match item {
             Item::Http { exchange, .. } => match exchange.h2.as_ref().and_then(|h| h.grpc.as_ref())
             {
-                Some(g) => spans::rpc::build(conn, exchange, g, ctx, clock, resource),
+                Some(g) => spans::rpc::build(conn, &exchange, g, ctx, clock, resource),
                 None => {
-                    spans::http::build(conn, exchange, route, ctx, clock, self.http_opts, resource)
+                    spans::http::build(conn, &exchange, route, ctx, clock, self.http_opts, resource)
                 }
             },
-            Item::Db { call, .. } => spans::db::build(conn, call, ctx, clock, resource),
+            Item::Db { call, .. } => spans::db::build(conn, *call, ctx, clock, resource),
             Item::Publish(op) => {
                 let AmqpOut::Published {
                     msg,
