@@ -25,7 +25,7 @@ use sonde_common::{
     goroutine_id, kind, EventHeader, GoOrigin, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
 };
 
-use crate::maps::{GO_CURRENT, GO_ORIGIN, GO_READIED, GO_SLICE, GO_SPAWNING};
+use crate::maps::{put, GO_CURRENT, GO_ORIGIN, GO_READIED, GO_SLICE, GO_SPAWNING};
 
 /// Registers of a Go ABIInternal call: (arg0, arg1, g).
 #[inline(always)]
@@ -68,13 +68,8 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let task = goroutine_id(gp);
     // Updated in place: this runs at every goroutine switch.
-    match GO_CURRENT.get_ptr_mut(&tid) {
-        Some(cur) => unsafe { *cur = task },
-        None => {
-            if GO_CURRENT.insert(&tid, &task, 0).is_err() {
-                crate::maps::count(sonde_common::stat::MAP_FULL);
-            }
-        }
+    if put!(GO_CURRENT, &tid, task).is_err() {
+        crate::maps::count(sonde_common::stat::MAP_FULL);
     }
     // A hand-off holds for this run of the goroutine only: taken, then
     // marked spent in place (`waker` 0). Deleting it took the LRU map's
@@ -138,14 +133,9 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
         ..Lineage::default()
     };
     let receiver = goroutine_id(receiver);
-    // Rewritten in place when the goroutine has an entry (a `g` is reused
-    // for goroutine after goroutine): an insert takes the map's lock.
-    match GO_READIED.get_ptr_mut(&receiver) {
-        Some(p) => unsafe { *p = handed },
-        None => {
-            let _ = GO_READIED.insert(&receiver, &handed, 0);
-        }
-    }
+    // In place when the goroutine has an entry (a `g` is reused for
+    // goroutine after goroutine).
+    let _ = put!(GO_READIED, &receiver, handed);
     // Its first hand-off since it wrote on a socket in this run: net/http's
     // `writeLoop` tells the request's goroutine that its request is
     // written. User space links the call to that goroutine's request when
@@ -194,14 +184,8 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    let creator = goroutine_id(callergp);
-    match GO_SPAWNING.get_ptr_mut(&tid) {
-        Some(p) => unsafe { *p = creator },
-        None => {
-            if GO_SPAWNING.insert(&tid, &creator, 0).is_err() {
-                crate::maps::count(sonde_common::stat::MAP_FULL);
-            }
-        }
+    if put!(GO_SPAWNING, &tid, goroutine_id(callergp)).is_err() {
+        crate::maps::count(sonde_common::stat::MAP_FULL);
     }
     0
 }
@@ -234,12 +218,7 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
         _pad: 0,
         at_ns: unsafe { bpf_ktime_get_ns() },
     };
-    match GO_ORIGIN.get_ptr_mut(&task) {
-        Some(o) => unsafe { *o = origin },
-        None => {
-            let _ = GO_ORIGIN.insert(&task, &origin, 0);
-        }
-    }
+    let _ = put!(GO_ORIGIN, &task, origin);
     0
 }
 

@@ -202,6 +202,25 @@ pub fn thread_new(tid: u32, tick: Tick) -> Option<*mut Thread> {
     THREADS.get_ptr_mut(&tid)
 }
 
+/// Writes `$v` at `$k` of `$map` in place when the entry exists, inserts it
+/// when not. An insert (and a delete) takes the map's lock and, in an LRU
+/// map, moves a node between its lists: per-event state is rewritten, not
+/// inserted and deleted. Evaluates to the insert's `Result` (`Ok` in place).
+macro_rules! put {
+    ($map:expr, $k:expr, $v:expr) => {
+        match $map.get_ptr_mut($k) {
+            Some(p) => {
+                // SAFETY: a map value of the key's owner (its thread, or
+                // the one goroutine it names).
+                unsafe { *p = $v };
+                Ok(())
+            }
+            None => $map.insert($k, &$v, 0),
+        }
+    };
+}
+pub(crate) use put;
+
 /// Notes `call` as thread `id`'s call in progress.
 #[inline(always)]
 pub fn active_begin(id: u64, call: &ActiveCall) {
