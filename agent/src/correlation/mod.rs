@@ -235,6 +235,10 @@ pub struct Counts {
     /// by [`Ambiguity`].
     pub ambiguous: [u64; Ambiguity::ALL.len()],
     pub nat_resolved: u64,
+    /// Server connections from a client on this node whose client's
+    /// records do not come (not traced, or left opaque): their requests
+    /// stopped waiting for them.
+    pub partnerless: u64,
     /// Pipe reads matched to no write (a lost or late record): their
     /// worker's calls stay roots.
     pub handoffs_unmatched: u64,
@@ -427,9 +431,12 @@ impl Correlator {
         out: &mut Vec<Linked>,
     ) {
         let tp = req.traceparent.as_deref().and_then(traceparent::parse);
+        // A connection whose client's records do not come is not stitched:
+        // like an off-node client's, its requests neither wait nor hold.
         let key = c
             .tuple
-            .map(|t| self.stitch.client_view(c.id, t, &mut self.drops));
+            .map(|t| self.stitch.client_view(c.id, t, &mut self.drops))
+            .filter(|k| !self.stitch.is_partnerless(k));
         let partner = key.and_then(|k| self.stitch.take_partner(k, req.stream));
         let request = request_key(c.id, req.stream);
         let waiting = Waiting {
@@ -443,7 +450,17 @@ impl Correlator {
             // Wait (bounded) for a client record that may come late. With a
             // traceparent too: the late record must find this request, not
             // stay queued for the connection's next one.
-            self.stitch.wait(k, waiting, &mut self.drops);
+            if let Some(stale) = self.stitch.wait(k, waiting, &mut self.drops) {
+                // Its client's records do not come: the earlier requests'
+                // waits are over, and their held traces go out as they are.
+                self.counts.partnerless += 1;
+                for w in stale {
+                    self.drops.late_partners_missed += 1;
+                    if let Some((_, h)) = self.holds.take_request(w.conn, w.since) {
+                        self.emit_all(h.items, out);
+                    }
+                }
+            }
         }
         let incoming = tp.or(partner.map(|p| TraceParent {
             trace_id: p.trace_id,
@@ -516,6 +533,12 @@ impl Correlator {
         // The server end already read it: its request adopts this context.
         // Or it already answered, and its trace is held for this one.
         let key = c.tuple.map(|t| (t.local, t.remote));
+        if key.is_some_and(|k| self.stitch.is_partnerless(&k)) {
+            // Its server stopped waiting for this connection's records (one
+            // was lost): queued, this context would go to a later request.
+            self.drops.late_partners_missed += 1;
+            return;
+        }
         let waiting = key.and_then(|k| {
             self.stitch.take_waiting(k, req.stream).or_else(|| {
                 self.stitch

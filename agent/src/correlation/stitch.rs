@@ -77,6 +77,11 @@ pub struct Stitcher {
     /// The same waits by the server's remote endpoint (the client's source):
     /// a late client that connected to another address is behind DNAT.
     waiting_from: HashMap<SocketAddr, ClientKey>,
+    /// Server connections, by the client's view, whose client's records do
+    /// not come (an untraced process, the agent itself, a connection left
+    /// opaque): their requests no longer wait or hold their traces, and a
+    /// client record that comes after all is not queued (see `wait`).
+    partnerless: HashSet<ClientKey>,
     /// Server ends on this node by their client's (local, remote): names
     /// the peer of a call whose server makes no spans (a database). Keyed
     /// from the client's side, because a forking server (PostgreSQL) closes
@@ -103,6 +108,7 @@ impl Stitcher {
             client_requests: HashMap::new(),
             unpartnered: HashMap::new(),
             waiting_from: HashMap::new(),
+            partnerless: HashSet::new(),
             servers: HashMap::new(),
             served: HashSet::new(),
             node_ips: HashSet::new(),
@@ -199,11 +205,39 @@ impl Stitcher {
         }
     }
 
-    /// Parks a server request until its client's record comes. False when
-    /// the wait list is full (it is not waited for).
-    pub fn wait(&mut self, key: ClientKey, w: Waiting, drops: &mut Drops) -> bool {
+    /// Parks a server request until its client's record comes.
+    ///
+    /// An HTTP/1.x request read (in a later read) while the one before it
+    /// on the connection still waits shows that the client's records do not
+    /// come: the client wrote the earlier request, and its record entered
+    /// the ring, before it could write this one. The connection is then
+    /// marked partnerless, this request does not wait, and the earlier
+    /// waits are returned for the caller to let go. Without this, a server
+    /// whose local clients are not traced held every request for a second
+    /// and overflowed the hold table at nginx's rate (issue 16).
+    pub fn wait(
+        &mut self,
+        key: ClientKey,
+        w: Waiting,
+        drops: &mut Drops,
+    ) -> Option<VecDeque<Waiting>> {
+        if w.stream == 0 {
+            let stale = self
+                .unpartnered
+                .get(&key)
+                .is_some_and(|q| q.iter().any(|o| o.stream == 0 && o.since < w.since));
+            if stale {
+                if self.partnerless.len() < MAX_STITCH {
+                    self.partnerless.insert(key);
+                } else {
+                    drops.stitch_full += 1;
+                }
+                self.waiting_from.remove(&key.0);
+                return self.unpartnered.remove(&key);
+            }
+        }
         if self.unpartnered.len() >= MAX_STITCH && !self.unpartnered.contains_key(&key) {
-            return false;
+            return None;
         }
         let q = self.unpartnered.entry(key).or_default();
         if q.len() >= MAX_QUEUED {
@@ -212,7 +246,12 @@ impl Stitcher {
         }
         q.push_back(w);
         self.waiting_from.insert(key.0, key);
-        true
+        None
+    }
+
+    /// The connection's client records do not come (see `wait`).
+    pub fn is_partnerless(&self, key: &ClientKey) -> bool {
+        self.partnerless.contains(key)
     }
 
     pub fn is_waiting(&self, key: &ClientKey) -> bool {
@@ -314,6 +353,7 @@ impl Stitcher {
             if self.unpartnered.remove(&(t.remote, t.local)).is_some() {
                 self.waiting_from.remove(&t.remote);
             }
+            self.partnerless.remove(&(t.remote, t.local));
             self.servers.remove(&(t.local, t.remote));
             if served {
                 self.servers.remove(&(t.remote, t.local));
@@ -323,12 +363,13 @@ impl Stitcher {
 
     /// Entries held per map: client contexts queued for servers (and their
     /// local-endpoint index), per client connection, server waits (and their
-    /// source index), server ends, DNAT resolutions.
+    /// source index, and the partnerless connections), server ends, DNAT
+    /// resolutions.
     pub fn entries(&self) -> [usize; 5] {
         [
             self.queued.len() + self.by_local.len(),
             self.client_requests.len(),
-            self.unpartnered.len() + self.waiting_from.len(),
+            self.unpartnered.len() + self.waiting_from.len() + self.partnerless.len(),
             self.servers.len() + self.served.len(),
             self.nat.len(),
         ]

@@ -81,7 +81,7 @@ pub const ENTRY_INDEXES: [&str; 12] = [
 pub struct PipelineStats {
     pub dispatch: Arc<DispatchStats>,
     correlation: [AtomicU64; 13],
-    counts: [AtomicU64; 5 + Ambiguity::ALL.len()],
+    counts: [AtomicU64; 6 + Ambiguity::ALL.len()],
     telemetry: [AtomicU64; 4],
     graph_evicted: AtomicU64,
     resources_evicted: AtomicU64,
@@ -120,7 +120,8 @@ impl PipelineStats {
             handoffs_unmatched: c(2),
             injected_agreed: c(3),
             injected_disagreed: c(4),
-            ambiguous: std::array::from_fn(|i| c(5 + i)),
+            partnerless: c(5),
+            ambiguous: std::array::from_fn(|i| c(6 + i)),
         }
     }
 
@@ -261,6 +262,7 @@ impl Pipeline {
             c.handoffs_unmatched,
             c.injected_agreed,
             c.injected_disagreed,
+            c.partnerless,
         ];
         for (a, v) in s.counts.iter().zip(counts.into_iter().chain(c.ambiguous)) {
             a.store(v, Relaxed);

@@ -333,3 +333,176 @@ fn a_keep_alive_connection_between_requests_holds_no_stitch_entry_and_still_pair
     );
     assert_eq!(stitch(&l7), (0, 0), "the index goes with the connection");
 }
+
+/// A server on this node whose client is not traced (its records never
+/// come), three requests on one keep-alive connection.
+fn untraced_client_requests(l7: &mut L7) -> (ConnInfo, Vec<Span>) {
+    let server = conn(
+        2,
+        200,
+        Role::Server,
+        "127.0.0.1:80",
+        "127.0.0.1:5000",
+        "callee",
+    );
+    let mut spans = feed(
+        l7,
+        vec![],
+        [
+            StreamEvent::Open(server.clone()),
+            data(&server, Direction::Ingress, 1_000, REQ),
+            data(&server, Direction::Egress, 2_000, RESP),
+        ],
+    );
+    assert!(spans.is_empty(), "the first is held: {spans:?}");
+    spans = feed(
+        l7,
+        spans,
+        [
+            data(&server, Direction::Ingress, 3_000, REQ),
+            data(&server, Direction::Egress, 4_000, RESP),
+            data(&server, Direction::Ingress, 5_000, REQ),
+            data(&server, Direction::Egress, 6_000, RESP),
+        ],
+    );
+    (server, spans)
+}
+
+#[test]
+fn a_connection_whose_client_records_never_come_stops_holding_at_its_second_request() {
+    let mut l7 = l7();
+    let (_, mut spans) = untraced_client_requests(&mut l7);
+    // The client wrote the first request, and its record entered the ring,
+    // before it could write the second: none is coming.
+    assert_eq!(spans.len(), 3, "none held past the second read: {spans:?}");
+    for s in &spans {
+        assert_eq!((s.kind.as_str(), s.parent_span_id), ("SERVER", None));
+    }
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.trace_id).collect();
+    assert_eq!(ids.len(), 3, "a trace each");
+    assert_eq!(l7.counts().partnerless, 1, "the connection, once");
+    assert_eq!(
+        l7.drops().late_partners_missed,
+        1,
+        "the first request's wait"
+    );
+    assert_eq!(l7.drops().held_early, 0);
+    l7.release_held(None, &mut spans);
+    assert_eq!(spans.len(), 3, "nothing else was held");
+}
+
+#[test]
+fn a_client_record_on_a_partnerless_connection_is_not_handed_to_a_later_request() {
+    const REQ4: &[u8] = b"GET /fourth HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut l7 = l7();
+    let (server, mut spans) = untraced_client_requests(&mut l7);
+    // The client's records come after all (the first one was lost): a
+    // context queued now would be popped by the next request, whose own
+    // record is not the one queued.
+    let client = conn(
+        1,
+        100,
+        Role::Client,
+        "127.0.0.1:5000",
+        "127.0.0.1:80",
+        "caller",
+    );
+    spans = feed(
+        &mut l7,
+        spans,
+        [
+            StreamEvent::Open(client.clone()),
+            data(&client, Direction::Egress, 4_900, REQ),
+            data(&client, Direction::Ingress, 6_100, RESP),
+            data(&server, Direction::Ingress, 7_000, REQ4),
+            data(&client, Direction::Egress, 6_900, REQ4),
+            data(&server, Direction::Egress, 8_000, RESP),
+            data(&client, Direction::Ingress, 8_100, RESP),
+        ],
+    );
+    l7.release_held(None, &mut spans);
+    let servers: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind.as_str() == "SERVER")
+        .collect();
+    assert_eq!(servers.len(), 4, "{spans:#?}");
+    for s in servers {
+        assert_eq!(s.parent_span_id, None, "roots, never a wrong parent: {s:?}");
+    }
+    assert_eq!(spans.len(), 6, "and both client spans: {spans:#?}");
+    assert_eq!(
+        l7.drops().late_partners_missed,
+        3,
+        "the first wait and both records"
+    );
+    assert_eq!(l7.counts().late_partners_adopted, 0);
+}
+
+#[test]
+fn a_partnerless_connection_is_forgotten_at_its_close() {
+    let mut l7 = l7();
+    let (server, mut spans) = untraced_client_requests(&mut l7);
+    // entries()[4]: server waits, their source index, partnerless connections.
+    assert_eq!(l7.p.entries()[4], 1, "marked");
+    spans = feed(&mut l7, spans, [StreamEvent::Close(server.clone(), 7_000)]);
+    assert_eq!(l7.p.entries()[4], 0, "forgotten with the connection");
+    // A new connection from the same endpoint (a traced client this time)
+    // is stitched again.
+    let (client, server) = loopback_pair();
+    spans.clear();
+    spans = feed(
+        &mut l7,
+        spans,
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            data(&server, Direction::Ingress, 8_000, REQ),
+            data(&client, Direction::Egress, 7_900, REQ),
+            data(&server, Direction::Egress, 9_000, RESP),
+            data(&client, Direction::Ingress, 9_100, RESP),
+        ],
+    );
+    let [srv, cli] = spans.as_slice() else {
+        panic!("{spans:?}")
+    };
+    assert_eq!(srv.parent_span_id, Some(cli.span_id), "stitched late");
+}
+
+#[test]
+fn pipelined_requests_read_at_once_before_their_clients_record_still_pair() {
+    const REQ2: &[u8] = b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n";
+    let both = [REQ, REQ2].concat();
+    let mut l7 = l7();
+    let (client, server) = loopback_pair();
+    let mut spans = feed(
+        &mut l7,
+        vec![],
+        [
+            StreamEvent::Open(client.clone()),
+            StreamEvent::Open(server.clone()),
+            // One write of both requests, read at once by the server before
+            // the client's record enters the ring.
+            data(&server, Direction::Ingress, 1_000, &both),
+            data(&client, Direction::Egress, 900, &both),
+            data(&server, Direction::Egress, 2_000, RESP),
+            data(&server, Direction::Egress, 2_500, RESP),
+            data(&client, Direction::Ingress, 3_000, &[RESP, RESP].concat()),
+        ],
+    );
+    l7.release_held(None, &mut spans);
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    for path in ["/late", "/second"] {
+        let of = |kind: &str| {
+            spans
+                .iter()
+                .find(|s| s.kind.as_str() == kind && s.name.contains(path))
+                .unwrap_or_else(|| panic!("no {kind} span of {path} in {spans:#?}"))
+        };
+        assert_eq!(
+            of("SERVER").parent_span_id,
+            Some(of("CLIENT").span_id),
+            "{path}"
+        );
+    }
+    assert_eq!(l7.counts().partnerless, 0);
+}
