@@ -23,6 +23,29 @@ pub struct PyThread {
     pub context_at: u64,
 }
 
+/// Value of `GO_CURRENT`, keyed by thread id: the goroutine a Go thread
+/// runs now, and what that run was handed and wrote
+/// (`agent-ebpf/src/goroutine.rs`). One entry per thread, so that each
+/// runtime probe and each socket call of a Go thread finds all of it in one
+/// lookup. `running` 0 (never a goroutine, whose ids have the top bit set):
+/// a Python thread, entered by user space with its `PY_THREADS` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoThread {
+    pub running: u32,
+    /// The goroutine whose run `handed` belongs to (0: that run was handed
+    /// nothing).
+    pub task: u32,
+    pub handed: crate::Lineage,
+    /// The goroutine that wrote on a tracked socket in this run (0: none
+    /// since the run began, or its hand-off is reported already).
+    pub writer: u32,
+    /// The socket `writer` wrote on last.
+    pub wrote_fd: i32,
+    /// The entry of `writer`'s last write.
+    pub wrote_ns: u64,
+}
+
 pub mod sock_flags {
     /// Stop copying payload for this socket: user space classified it as
     /// uninteresting. Timing and byte counts are still reported.
@@ -83,6 +106,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, and valid for any bit pattern.
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for super::PyThread {}
+    unsafe impl aya::Pod for super::GoThread {}
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for Tuple {}
     unsafe impl aya::Pod for DataEvent {}

@@ -22,10 +22,10 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use sonde_common::{
-    goroutine_id, kind, EventHeader, GoOrigin, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
+    goroutine_id, kind, EventHeader, GoOrigin, GoThread, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
 };
 
-use crate::maps::{put, GO_CURRENT, GO_ORIGIN, GO_READIED, GO_SLICE, GO_SPAWNING};
+use crate::maps::{put, GO_CURRENT, GO_ORIGIN, GO_READIED, GO_SPAWNING};
 
 /// Registers of a Go ABIInternal call: (arg0, arg1, g).
 #[inline(always)]
@@ -43,23 +43,6 @@ fn regs(ctx: &ProbeContext) -> Option<(u64, u64, u64)> {
     }
 }
 
-/// What the goroutine now running on a thread was handed (see `GO_SLICE`),
-/// and the socket it wrote on in this run.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Slice {
-    pub task: u32,
-    /// The socket `writer` wrote on last.
-    pub wrote_fd: i32,
-    pub handed: Lineage,
-    /// The goroutine that wrote on a tracked socket in this run (0: none
-    /// since the run began, or its hand-off is reported already).
-    pub writer: u32,
-    pub _pad: u32,
-    /// The entry of `writer`'s last write.
-    pub wrote_ns: u64,
-}
-
 #[uprobe]
 pub fn go_execute(ctx: ProbeContext) -> u32 {
     let Some((gp, _, _)) = regs(&ctx) else {
@@ -67,10 +50,6 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     };
     let tid = bpf_get_current_pid_tgid() as u32;
     let task = goroutine_id(gp);
-    // Updated in place: this runs at every goroutine switch.
-    if put!(GO_CURRENT, &tid, task).is_err() {
-        crate::maps::count(sonde_common::stat::MAP_FULL);
-    }
     // A hand-off holds for this run of the goroutine only: taken, then
     // marked spent in place (`waker` 0). Deleting it took the LRU map's
     // lock and moved a node between its lists at every hand-off.
@@ -82,29 +61,37 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
         },
         _ => None,
     };
-    let slice = GO_SLICE.get_ptr_mut(&tid);
-    match (handed, slice) {
-        (Some(handed), slice) => {
-            let s = Slice {
-                task,
-                wrote_fd: -1,
-                handed,
-                writer: 0,
-                _pad: 0,
-                wrote_ns: 0,
-            };
-            match slice {
-                Some(p) => unsafe { *p = s },
-                None => {
-                    let _ = GO_SLICE.insert(&tid, &s, 0);
+    // The thread's one entry, updated in place: this runs at every
+    // goroutine switch.
+    match GO_CURRENT.get_ptr_mut(&tid) {
+        Some(p) => {
+            // SAFETY: a map value only this thread writes.
+            let t = unsafe { &mut *p };
+            t.running = task;
+            t.writer = 0;
+            match handed {
+                Some(h) => {
+                    t.task = task;
+                    t.handed = h;
+                    t.wrote_fd = -1;
+                    t.wrote_ns = 0;
                 }
+                None => t.task = 0,
             }
         }
-        (None, Some(p)) => unsafe {
-            (*p).task = 0;
-            (*p).writer = 0;
-        },
-        (None, None) => {}
+        None => {
+            let t = GoThread {
+                running: task,
+                task: if handed.is_some() { task } else { 0 },
+                handed: handed.unwrap_or_default(),
+                writer: 0,
+                wrote_fd: -1,
+                wrote_ns: 0,
+            };
+            if GO_CURRENT.insert(&tid, &t, 0).is_err() {
+                crate::maps::count(sonde_common::stat::MAP_FULL);
+            }
+        }
     }
     0
 }
@@ -117,7 +104,12 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // The sender is the goroutine running here (send runs on its stack).
     let waker = goroutine_id(g);
-    if unsafe { GO_CURRENT.get(&tid) }.copied() != Some(waker) {
+    let Some(t) = GO_CURRENT.get_ptr_mut(&tid) else {
+        return 0;
+    };
+    // SAFETY: a map value only this thread writes.
+    let t = unsafe { &mut *t };
+    if t.running != waker {
         return 0;
     }
     let Ok(receiver) = (unsafe { bpf_probe_read_user(sg as *const u64) }) else {
@@ -143,37 +135,31 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     // Only for a run that was handed nothing: a write after a hand-off
     // names its sender already (`current`), and user space places it by
     // that.
-    if let Some(s) = GO_SLICE.get_ptr_mut(&tid) {
-        let s = unsafe { &mut *s };
-        if s.writer == waker && s.task != waker {
-            s.writer = 0;
-            let to_origin = unsafe { GO_ORIGIN.get(&receiver) }
-                .copied()
-                .unwrap_or_default();
-            let ev = HandOffEvent {
-                hdr: EventHeader {
-                    kind: kind::HANDOFF,
-                    _pad: [0; 3],
-                    tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-                    tid,
-                    fd: s.wrote_fd,
-                    ts_ns: unsafe { bpf_ktime_get_ns() },
-                    comm: [0; 16],
-                },
-                from: waker,
-                to: receiver,
-                wrote_ns: s.wrote_ns,
-                to_origin: to_origin.creator,
-                _pad: 0,
-                to_origin_ns: to_origin.at_ns,
-            };
-            crate::capture::output(unsafe {
-                core::slice::from_raw_parts(
-                    &ev as *const HandOffEvent as *const u8,
-                    HANDOFF_EVENT_SIZE,
-                )
-            });
-        }
+    if t.writer == waker && t.task != waker {
+        t.writer = 0;
+        let to_origin = unsafe { GO_ORIGIN.get(&receiver) }
+            .copied()
+            .unwrap_or_default();
+        let ev = HandOffEvent {
+            hdr: EventHeader {
+                kind: kind::HANDOFF,
+                _pad: [0; 3],
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                tid,
+                fd: t.wrote_fd,
+                ts_ns: unsafe { bpf_ktime_get_ns() },
+                comm: [0; 16],
+            },
+            from: waker,
+            to: receiver,
+            wrote_ns: t.wrote_ns,
+            to_origin: to_origin.creator,
+            _pad: 0,
+            to_origin_ns: to_origin.at_ns,
+        };
+        crate::capture::output(unsafe {
+            core::slice::from_raw_parts(&ev as *const HandOffEvent as *const u8, HANDOFF_EVENT_SIZE)
+        });
     }
     0
 }
@@ -226,16 +212,16 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
 /// (`egress`: a write, which also carries the hand-off of this run).
 #[inline(always)]
 pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
-    let Some(task) = (unsafe { GO_CURRENT.get(&tid) }).copied() else {
+    let Some(t) = (unsafe { GO_CURRENT.get(&tid) }) else {
         return (0, Lineage::default());
     };
+    let task = t.running;
+    if task == 0 {
+        return (0, Lineage::default());
+    }
     let mut l = Lineage::default();
-    if egress {
-        if let Some(s) = unsafe { GO_SLICE.get(&tid) } {
-            if s.task == task {
-                l = s.handed;
-            }
-        }
+    if egress && t.task == task {
+        l = t.handed;
     }
     if let Some(o) = unsafe { GO_ORIGIN.get(&task) } {
         l.origin = o.creator;
@@ -250,25 +236,12 @@ pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
 /// ends what the last client write's hand-off could mean.
 #[inline(always)]
 pub fn wrote(tid: u32, task: u32, fd: i32, enter_ns: u64) {
-    match GO_SLICE.get_ptr_mut(&tid) {
-        Some(s) => {
-            let s = unsafe { &mut *s };
-            s.writer = if fd < 0 { 0 } else { task };
-            s.wrote_fd = fd;
-            s.wrote_ns = enter_ns;
-        }
-        None if fd < 0 => {}
-        None => {
-            let s = Slice {
-                task: 0,
-                wrote_fd: fd,
-                handed: Lineage::default(),
-                writer: task,
-                _pad: 0,
-                wrote_ns: enter_ns,
-            };
-            let _ = GO_SLICE.insert(&tid, &s, 0);
-        }
+    if let Some(t) = GO_CURRENT.get_ptr_mut(&tid) {
+        // SAFETY: a map value only this thread writes.
+        let t = unsafe { &mut *t };
+        t.writer = if fd < 0 { 0 } else { task };
+        t.wrote_fd = fd;
+        t.wrote_ns = enter_ns;
     }
 }
 
@@ -276,7 +249,7 @@ pub fn wrote(tid: u32, task: u32, fd: i32, enter_ns: u64) {
 /// `Some(0)` for a Python thread (`python.rs`), None for any other.
 #[inline(always)]
 pub fn runtime(tid: u32) -> Option<u32> {
-    unsafe { GO_CURRENT.get(&tid) }.copied()
+    unsafe { GO_CURRENT.get(&tid) }.map(|t| t.running)
 }
 
 /// Thread `tid` exited or exec'd: it runs no goroutine any more.
@@ -285,6 +258,5 @@ pub fn thread_gone(tid: u32) {
     if GO_CURRENT.remove(&tid).is_ok() {
         let _ = crate::maps::PY_THREADS.remove(&tid);
     }
-    let _ = GO_SLICE.remove(&tid);
     let _ = GO_SPAWNING.remove(&tid);
 }

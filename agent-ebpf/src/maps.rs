@@ -283,14 +283,15 @@ pub const TICK_TLS: u32 = 1;
 /// advances it.
 pub const TICKING: u32 = 2;
 
-/// Go (`goroutine.rs`): the goroutine running on each thread, tid -> goroutine.
-/// Removed when the thread exits or execs, so a reused tid inherits nothing;
-/// not LRU (cheaper updates, on the runtime's hottest path): a full map
-/// refuses new threads, counted as `map_full`. Value 0 (never a goroutine,
-/// whose ids have the top bit set): a Python thread, entered by user space
-/// with its `PY_THREADS` entry, so that only Python threads look there.
+/// Go (`goroutine.rs`): tid -> the goroutine running on that thread, what
+/// its run was handed, and its last write (`GoThread`). Removed when the
+/// thread exits or execs, so a reused tid inherits nothing; not LRU
+/// (cheaper updates, on the runtime's hottest path): a full map refuses new
+/// threads, counted as `map_full`. `running` 0: a Python thread, entered by
+/// user space with its `PY_THREADS` entry, so that only Python threads look
+/// there.
 #[map]
-pub static GO_CURRENT: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+pub static GO_CURRENT: HashMap<u32, sonde_common::GoThread> = HashMap::with_max_entries(16384, 0);
 
 /// Python (`python.rs`): tid -> where that thread's current contextvars
 /// context is found. Written by user space; removed with the thread.
@@ -308,11 +309,6 @@ pub static GO_ORIGIN: LruHashMap<u32, sonde_common::GoOrigin> =
 #[map]
 pub static GO_READIED: LruHashMap<u32, sonde_common::Lineage> =
     LruHashMap::with_max_entries(65536, 0);
-
-/// Go: tid -> the hand-off of the goroutine's current run on that thread
-/// (`task` 0: none). Cleaned like `GO_CURRENT`.
-#[map]
-pub static GO_SLICE: HashMap<u32, crate::goroutine::Slice> = HashMap::with_max_entries(16384, 0);
 
 /// Go: tid -> the goroutine that called newproc1 on that thread, until the
 /// runqput that follows (both on the thread's system stack, back to back).

@@ -6,7 +6,7 @@
 //! names the task that made it, as a goroutine does in Go. CPython keeps the
 //! current one in the thread's `PyThreadState::context`; user space finds
 //! each thread's state in the interpreter's memory and enters the address
-//! of that field in `PY_THREADS` (with a 0 in `GO_CURRENT`, so that only
+//! of that field in `PY_THREADS` (with `running` 0 in `GO_CURRENT`, so that only
 //! Python threads pay for the lookup). A thread's context cannot change
 //! while it is inside a syscall: the call's entry reads it once.
 use aya_ebpf::helpers::bpf_probe_read_user;

@@ -435,7 +435,7 @@ impl Probes {
     }
 
     /// Enters Python threads of process `pid` in `PY_THREADS`, each with
-    /// the 0 in `GO_CURRENT` that sends its socket calls there
+    /// the `running` 0 in `GO_CURRENT` that sends its socket calls there
     /// (`agent-ebpf/src/python.rs`). The threads entered in both; a full
     /// map refuses the rest, whose `PY_THREADS` entry is taken back.
     pub fn enter_python_threads(
@@ -460,7 +460,7 @@ impl Probes {
                 entered.push(t.tid);
             }
         }
-        let mut current: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+        let mut current: BpfHashMap<_, u32, sonde_common::GoThread> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(map_names::GO_CURRENT)
                 .ok_or("GO_CURRENT missing")?,
@@ -470,7 +470,10 @@ impl Probes {
         let marked: Vec<u32> = entered
             .into_iter()
             .filter(|tid| {
-                current.insert(*tid, 0, 1).is_ok() || matches!(current.get(tid, 0), Ok(0))
+                current
+                    .insert(*tid, sonde_common::GoThread::default(), 1)
+                    .is_ok()
+                    || matches!(current.get(tid, 0), Ok(t) if t.running == 0)
             })
             .collect();
         let mut py: BpfHashMap<_, u32, sonde_common::PyThread> = BpfHashMap::try_from(
