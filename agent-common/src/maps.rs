@@ -44,6 +44,13 @@ pub struct GoThread {
     pub wrote_fd: i32,
     /// The entry of `writer`'s last write.
     pub wrote_ns: u64,
+    /// The goroutine in `newproc1` on this thread, until the `runqput`
+    /// that follows (both on the thread's system stack, back to back);
+    /// spent (0) there. Per thread, not per CPU: the kernel may migrate the
+    /// thread between the two, which lost the new goroutine's origin when
+    /// this was per CPU.
+    pub spawning: u32,
+    pub _pad: u32,
 }
 
 pub mod sock_flags {

@@ -25,7 +25,7 @@ use sonde_common::{
     goroutine_id, kind, EventHeader, GoOrigin, GoThread, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
 };
 
-use crate::maps::{put, GO_CURRENT, GO_ORIGIN, GO_READIED, GO_SPAWNING};
+use crate::maps::{put, GO_CURRENT, GO_ORIGIN, GO_READIED};
 
 /// Registers of a Go ABIInternal call: (arg0, arg1, g).
 #[inline(always)]
@@ -87,6 +87,8 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
                 writer: 0,
                 wrote_fd: -1,
                 wrote_ns: 0,
+                spawning: 0,
+                _pad: 0,
             };
             if GO_CURRENT.insert(&tid, &t, 0).is_err() {
                 crate::maps::count(sonde_common::stat::MAP_FULL);
@@ -169,9 +171,12 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let Some((_, callergp, _)) = regs(&ctx) else {
         return 0;
     };
+    // A thread that ran no goroutine since the probes were attached has no
+    // entry: its new goroutine goes without an origin.
     let tid = bpf_get_current_pid_tgid() as u32;
-    if put!(GO_SPAWNING, &tid, goroutine_id(callergp)).is_err() {
-        crate::maps::count(sonde_common::stat::MAP_FULL);
+    if let Some(t) = GO_CURRENT.get_ptr_mut(&tid) {
+        // SAFETY: a map value only this thread writes.
+        unsafe { (*t).spawning = goroutine_id(callergp) };
     }
     0
 }
@@ -183,17 +188,18 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
     };
     // Only the runqput that follows newproc1 on this thread queues a new
     // goroutine; the others (readying, stealing) find nothing here.
-    // The thread's entry stays, spent (0: goroutine ids have their top
-    // bit set), so that the next `go` on it rewrites it in place.
+    // The mark is spent (0: goroutine ids have their top bit set).
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(p) = GO_SPAWNING.get_ptr_mut(&tid) else {
+    let Some(t) = GO_CURRENT.get_ptr_mut(&tid) else {
         return 0;
     };
-    let creator = unsafe { *p };
+    // SAFETY: a map value only this thread writes.
+    let t = unsafe { &mut *t };
+    let creator = t.spawning;
     if creator == 0 {
         return 0;
     }
-    unsafe { *p = 0 };
+    t.spawning = 0;
     let task = goroutine_id(gp);
     // A reused `g` starts a new life: forget what the old one was handed.
     if let Some(h) = GO_READIED.get_ptr_mut(&task) {
@@ -258,5 +264,4 @@ pub fn thread_gone(tid: u32) {
     if GO_CURRENT.remove(&tid).is_ok() {
         let _ = crate::maps::PY_THREADS.remove(&tid);
     }
-    let _ = GO_SPAWNING.remove(&tid);
 }

@@ -310,14 +310,6 @@ pub static GO_ORIGIN: LruHashMap<u32, sonde_common::GoOrigin> =
 pub static GO_READIED: LruHashMap<u32, sonde_common::Lineage> =
     LruHashMap::with_max_entries(65536, 0);
 
-/// Go: tid -> the goroutine that called newproc1 on that thread, until the
-/// runqput that follows (both on the thread's system stack, back to back).
-/// Keyed by thread, not by CPU: the kernel may migrate the thread between
-/// the two, which lost that goroutine's origin when this was per CPU.
-/// Spent (0) at runqput, removed with the thread.
-#[map]
-pub static GO_SPAWNING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
-
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
 /// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.
 #[map]
