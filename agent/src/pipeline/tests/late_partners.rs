@@ -2,6 +2,18 @@
 //! a client's too late to be adopted.
 use super::*;
 
+/// One exchange whose server read enters the ring before its client's
+/// write record (the client's thread preempted before its syscall
+/// returned), the server's read at `at`.
+fn server_read_first(client: &ConnInfo, server: &ConnInfo, at: u64) -> [StreamEvent; 4] {
+    [
+        data(server, Direction::Ingress, at, REQ),
+        data(client, Direction::Egress, at - 100, REQ),
+        data(server, Direction::Egress, at + 1_000, RESP),
+        data(client, Direction::Ingress, at + 1_100, RESP),
+    ]
+}
+
 #[test]
 fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace() {
     let mut l7 = l7();
@@ -12,13 +24,9 @@ fn a_server_request_read_before_its_clients_write_record_joins_the_clients_trace
         [
             StreamEvent::Open(client.clone()),
             StreamEvent::Open(server.clone()),
-            // The client's thread was preempted before its write syscall
-            // returned: the server's read enters the ring first.
-            data(&server, Direction::Ingress, 1_000, REQ),
-            data(&client, Direction::Egress, 900, REQ),
-            data(&server, Direction::Egress, 2_000, RESP),
-            data(&client, Direction::Ingress, 2_100, RESP),
-        ],
+        ]
+        .into_iter()
+        .chain(server_read_first(&client, &server, 1_000)),
     );
     let [srv, cli] = spans.as_slice() else {
         panic!("{spans:?}")
@@ -306,16 +314,7 @@ fn a_keep_alive_connection_between_requests_holds_no_stitch_entry_and_still_pair
     // (a late server of this connection finds its client through it).
     assert_eq!(stitch(&l7), (1, 0), "idle between requests");
     // The next request on the same connection, its server's read first.
-    spans = feed(
-        &mut l7,
-        vec![],
-        [
-            data(&server, Direction::Ingress, 3_000, REQ),
-            data(&client, Direction::Egress, 2_900, REQ),
-            data(&server, Direction::Egress, 4_000, RESP),
-            data(&client, Direction::Ingress, 4_100, RESP),
-        ],
-    );
+    spans = feed(&mut l7, vec![], server_read_first(&client, &server, 3_000));
     let [srv, cli] = spans.as_slice() else {
         panic!("{spans:?}")
     };
@@ -456,11 +455,9 @@ fn a_partnerless_connection_is_forgotten_at_its_close() {
         [
             StreamEvent::Open(client.clone()),
             StreamEvent::Open(server.clone()),
-            data(&server, Direction::Ingress, 8_000, REQ),
-            data(&client, Direction::Egress, 7_900, REQ),
-            data(&server, Direction::Egress, 9_000, RESP),
-            data(&client, Direction::Ingress, 9_100, RESP),
-        ],
+        ]
+        .into_iter()
+        .chain(server_read_first(&client, &server, 8_000)),
     );
     let [srv, cli] = spans.as_slice() else {
         panic!("{spans:?}")
