@@ -145,14 +145,8 @@ fn the_calls_a_late_partnered_request_made_move_into_its_clients_trace_too() {
 #[test]
 fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
     let mut l7 = l7();
-    let server = conn(
-        2,
-        200,
-        Role::Server,
-        "127.0.0.1:80",
-        "127.0.0.1:5000",
-        "callee",
-    );
+    // Its client end is not traced: only the server's records come.
+    let (_, server) = loopback_pair();
     let mut spans = feed(
         &mut l7,
         vec![],
@@ -336,14 +330,8 @@ fn a_keep_alive_connection_between_requests_holds_no_stitch_entry_and_still_pair
 /// A server on this node whose client is not traced (its records never
 /// come), three requests on one keep-alive connection.
 fn untraced_client_requests(l7: &mut L7) -> (ConnInfo, Vec<Span>) {
-    let server = conn(
-        2,
-        200,
-        Role::Server,
-        "127.0.0.1:80",
-        "127.0.0.1:5000",
-        "callee",
-    );
+    // Its client end is not traced: only the server's records come.
+    let (_, server) = loopback_pair();
     let mut spans = feed(
         l7,
         vec![],
@@ -398,14 +386,7 @@ fn a_client_record_on_a_partnerless_connection_is_not_handed_to_a_later_request(
     // The client's records come after all (the first one was lost): a
     // context queued now would be popped by the next request, whose own
     // record is not the one queued.
-    let client = conn(
-        1,
-        100,
-        Role::Client,
-        "127.0.0.1:5000",
-        "127.0.0.1:80",
-        "caller",
-    );
+    let (client, _) = loopback_pair();
     spans = feed(
         &mut l7,
         spans,
