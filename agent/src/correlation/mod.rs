@@ -455,10 +455,7 @@ impl Correlator {
                 // waits are over, and their held traces go out as they are.
                 self.counts.partnerless += 1;
                 for w in stale {
-                    self.drops.late_partners_missed += 1;
-                    if let Some((_, h)) = self.holds.take_request(w.conn, w.since) {
-                        self.emit_all(h.items, out);
-                    }
+                    self.partner_missed(&w, out);
                 }
             }
         }
@@ -564,10 +561,7 @@ impl Correlator {
             // Too late: both stand as they are. The server has read this
             // request already, so its context is not queued: the next
             // request on the connection would take it.
-            self.drops.late_partners_missed += 1;
-            if let Some((_, h)) = self.holds.take_request(w.conn, w.since) {
-                self.emit_all(h.items, out);
-            }
+            self.partner_missed(&w, out);
             return;
         } else if key.is_some_and(|k| {
             let held = self.holds.take_for(&HeldFor::Client(k, req.stream));
@@ -580,6 +574,15 @@ impl Correlator {
         }
         self.stitch
             .queue_for_server(c, ctx, req.stream, &mut self.drops);
+    }
+
+    /// Server request `w`'s partner came too late, or is not coming: counted,
+    /// and its held trace goes out as it is.
+    fn partner_missed(&mut self, w: &Waiting, out: &mut Vec<Linked>) {
+        self.drops.late_partners_missed += 1;
+        if let Some((_, h)) = self.holds.take_request(w.conn, w.since) {
+            self.emit_all(h.items, out);
+        }
     }
 
     /// A late client's context names the real trace of `held`, a held
