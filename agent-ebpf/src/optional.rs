@@ -1,9 +1,16 @@
-//! Programs that exist only so `sonde doctor` can test whether this kernel
-//! lets us load and attach each program type. They do nothing.
+//! Programs that do nothing: `sonde doctor` loads them to test whether this
+//! kernel lets us load and attach each program type, and `sonde probe-cost`
+//! attaches `sonde_floor` beside the agent's data programs to measure what
+//! the statistics report for a program with no work at all.
 use aya_ebpf::{
-    macros::{fentry, kprobe, sk_msg, uprobe},
-    programs::{FEntryContext, ProbeContext, SkMsgContext},
+    macros::{fentry, kprobe, sk_msg, tracepoint, uprobe},
+    programs::{FEntryContext, ProbeContext, SkMsgContext, TracePointContext},
 };
+
+#[tracepoint]
+pub fn sonde_floor(_ctx: TracePointContext) -> u32 {
+    0
+}
 
 #[kprobe]
 pub fn sonde_doctor_kprobe(_ctx: ProbeContext) -> u32 {

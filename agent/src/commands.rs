@@ -28,8 +28,8 @@ pub async fn dispatch(cmd: Command) -> ExitCode {
 fn probe_cost_cmd(p: ProbeCostCmd) -> ExitCode {
     let window = std::time::Duration::from_secs(p.seconds);
     match crate::probes::cost::measure(window) {
-        Ok(costs) => {
-            print!("{}", crate::probes::cost::render(&costs, window));
+        Ok((costs, floor)) => {
+            print!("{}", crate::probes::cost::render(&costs, &floor, window));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -2,12 +2,40 @@
 //! the kernel's own BPF run-time statistics (`BPF_ENABLE_STATS`, the same
 //! counters as `kernel.bpf_stats_enabled`), sampled over a window while
 //! an agent runs.
+//!
+//! The statistics time each run with two clock reads around the program,
+//! and the kernel's own work to call it is inside that interval too, so a
+//! program that does nothing does not measure 0. That floor differs from
+//! machine to machine (a VM's clock reads are slow), so the window also
+//! times `sonde_floor`, an empty program, on the data syscalls' tracepoints.
 use std::{collections::BTreeMap, time::Duration};
+
+use aya::programs::TracePoint;
 
 use super::{
     goruntime::GO_PROBES,
     programs::{KERNEL_IO, TRACEPOINTS},
+    ProbeConfig, Probes,
 };
+
+/// The empty program timed beside sonde's (`agent-ebpf/src/optional.rs`).
+pub const FLOOR_PROGRAM: &str = "sonde_floor";
+
+/// The tracepoints `sonde_floor` is attached to: the busiest data calls'.
+const FLOOR_HOOKS: &[&str] = &[
+    "sys_enter_read",
+    "sys_exit_read",
+    "sys_enter_write",
+    "sys_exit_write",
+    "sys_enter_recvfrom",
+    "sys_exit_recvfrom",
+    "sys_enter_sendto",
+    "sys_exit_sendto",
+    "sys_enter_readv",
+    "sys_exit_readv",
+    "sys_enter_writev",
+    "sys_exit_writev",
+];
 
 /// The kernel keeps 15 bytes of a program's name.
 const NAME_LEN: usize = 15;
@@ -34,12 +62,13 @@ impl Cost {
 }
 
 fn ours(name: &str) -> bool {
-    TRACEPOINTS
-        .iter()
-        .map(|t| t.program)
-        .chain(KERNEL_IO.iter().map(|k| k.program))
-        .chain(GO_PROBES.iter().map(|(p, _)| *p))
-        .any(|p| &p[..p.len().min(NAME_LEN)] == name)
+    name == FLOOR_PROGRAM
+        || TRACEPOINTS
+            .iter()
+            .map(|t| t.program)
+            .chain(KERNEL_IO.iter().map(|k| k.program))
+            .chain(GO_PROBES.iter().map(|(p, _)| *p))
+            .any(|p| &p[..p.len().min(NAME_LEN)] == name)
 }
 
 fn sample() -> Result<Sample, String> {
@@ -48,8 +77,9 @@ fn sample() -> Result<Sample, String> {
 }
 
 /// The cost of each sonde program over `window` (programs whose names
-/// share 15 bytes, such as the epoll enters, are summed).
-pub fn measure(window: Duration) -> Result<Vec<Cost>, String> {
+/// share 15 bytes, such as the epoll enters, are summed), and the floor:
+/// `sonde_floor`'s, or why it could not be timed.
+pub fn measure(window: Duration) -> Result<(Vec<Cost>, Result<(), String>), String> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
         format!("cannot enable BPF run-time statistics ({e}); fix: run as root on a kernel 5.8 or newer")
     })?;
@@ -60,9 +90,26 @@ pub fn measure(window: Duration) -> Result<Vec<Cost>, String> {
                 .into(),
         );
     }
+    // Attached after the first sample, so its runs all fall in the window;
+    // detached when `floor` drops, after the second.
+    let floor = attach_floor();
     std::thread::sleep(window);
     let after = sample()?;
-    Ok(delta(&before, &after))
+    Ok((delta(&before, &after), floor.map(drop)))
+}
+
+/// A second copy of sonde's object, with only `sonde_floor` loaded and
+/// attached to `FLOOR_HOOKS`.
+fn attach_floor() -> Result<Probes, String> {
+    let mut probes =
+        Probes::load_object(&ProbeConfig::default()).map_err(|e| format!("loading it: {e}"))?;
+    let prog: &mut TracePoint = probes.program(FLOOR_PROGRAM)?;
+    prog.load().map_err(|e| format!("loading it: {e}"))?;
+    for hook in FLOOR_HOOKS {
+        prog.attach("syscalls", hook)
+            .map_err(|e| format!("attaching it to syscalls:{hook}: {e}"))?;
+    }
+    Ok(probes)
 }
 
 fn delta(before: &Sample, after: &Sample) -> Vec<Cost> {
@@ -82,8 +129,9 @@ fn delta(before: &Sample, after: &Sample) -> Vec<Cost> {
     out
 }
 
-/// The table `sonde probe-cost` prints.
-pub fn render(costs: &[Cost], window: Duration) -> String {
+/// The table `sonde probe-cost` prints: sonde's programs, their groups and
+/// total, then the floor (`floor`: why it was not timed, if it was not).
+pub fn render(costs: &[Cost], floor: &Result<(), String>, window: Duration) -> String {
     let secs = window.as_secs_f64();
     let mut s = format!(
         "{:<16} {:>12} {:>12} {:>10}\n",
@@ -101,13 +149,14 @@ pub fn render(costs: &[Cost], window: Duration) -> String {
             ns as f64 / secs / 1e7
         ));
     };
-    for c in costs {
+    let is_floor = |c: &Cost| c.program == FLOOR_PROGRAM;
+    for c in costs.iter().filter(|c| !is_floor(c)) {
         line(&mut s, &c.program, c.runs, c.ns);
     }
     let sum = |f: &dyn Fn(&Cost) -> bool| {
         costs
             .iter()
-            .filter(|c| f(c))
+            .filter(|c| !is_floor(c) && f(c))
             .fold((0, 0), |(r, n), c| (r + c.runs, n + c.ns))
     };
     let tick = |c: &Cost| {
@@ -123,6 +172,16 @@ pub fn render(costs: &[Cost], window: Duration) -> String {
     }
     let (r, n) = sum(&|_| true);
     line(&mut s, "(all)", r, n);
+    match (costs.iter().find(|c| is_floor(c)), floor) {
+        (Some(f), Ok(())) => {
+            line(&mut s, "(floor)", f.runs, f.ns);
+            s.push_str(
+                "(floor): an empty program on the data syscalls' tracepoints, timed the same way\n",
+            );
+        }
+        (None, Ok(())) => s.push_str("(floor): the empty program did not run in the window\n"),
+        (_, Err(why)) => s.push_str(&format!("(floor): not timed: {why}\n")),
+    }
     s
 }
 
@@ -177,13 +236,55 @@ mod tests {
             ]
         );
         assert_eq!(d[0].ns_per_run(), 100.0);
-        let table = render(&d, Duration::from_secs(2));
+        let table = render(&d, &Ok(()), Duration::from_secs(2));
         assert!(
             table.contains("(tick probes)")
                 && table
                     .lines()
                     .any(|l| l.starts_with("(tick probes)") && l.contains(" 117 ")),
             "{table}"
+        );
+    }
+
+    /// The floor is its own line, and no group or total counts it.
+    #[test]
+    fn the_floor_is_shown_apart_from_sonde_s_programs() {
+        assert!(ours(FLOOR_PROGRAM));
+        let costs = [
+            Cost {
+                program: "sys_exit_read".into(),
+                runs: 10,
+                ns: 3_000,
+            },
+            Cost {
+                program: FLOOR_PROGRAM.into(),
+                runs: 40,
+                ns: 2_000,
+            },
+        ];
+        let table = render(&costs, &Ok(()), Duration::from_secs(1));
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
+                .split_whitespace()
+                .skip(1)
+                .take(2)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("(all)"), ["10", "300"], "{table}");
+        assert_eq!(row("(floor)"), ["40", "50"], "{table}");
+        assert!(!table.contains(&format!("\n{FLOOR_PROGRAM} ")), "{table}");
+        let failed = render(
+            &costs[..1],
+            &Err("loading it: denied".into()),
+            Duration::from_secs(1),
+        );
+        assert!(
+            failed.contains("(floor): not timed: loading it: denied"),
+            "{failed}"
         );
     }
 }
