@@ -108,6 +108,7 @@ pub mod map_names {
     pub const INJECT_EXCLUDE_COMM: &str = "INJECT_EXCLUDE_COMM";
     pub const INJECT_EXCLUDE_CGROUP: &str = "INJECT_EXCLUDE_CGROUP";
     pub const GO_CURRENT: &str = "GO_CURRENT";
+    pub const GO_OVERFLOW: &str = "GO_OVERFLOW";
     pub const PY_THREADS: &str = "PY_THREADS";
 }
 

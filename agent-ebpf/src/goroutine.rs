@@ -25,7 +25,22 @@ use sonde_common::{
     goroutine_id, kind, EventHeader, GoOrigin, GoThread, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
 };
 
-use crate::maps::{put, GO_CURRENT, GO_ORIGIN, GO_READIED};
+use crate::maps::{
+    go_overflow_mark, go_overflow_used, put, slot_claim, slot_free, slot_get, GO_CURRENT,
+    GO_ORIGIN, GO_READIED, GO_SLOTS,
+};
+
+/// `tid`'s entry: its slot's, else the overflow's (and Python threads').
+#[inline(always)]
+fn thread(tid: u32) -> Option<*mut GoThread> {
+    slot_get(&GO_SLOTS, tid).or_else(|| {
+        if go_overflow_used() {
+            GO_CURRENT.get_ptr_mut(&tid)
+        } else {
+            None
+        }
+    })
+}
 
 /// Registers of a Go ABIInternal call: (arg0, arg1, g).
 #[inline(always)]
@@ -63,7 +78,7 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     };
     // The thread's one entry, updated in place: this runs at every
     // goroutine switch.
-    match GO_CURRENT.get_ptr_mut(&tid) {
+    match thread(tid) {
         Some(p) => {
             // SAFETY: a map value only this thread writes.
             let t = unsafe { &mut *p };
@@ -90,8 +105,11 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
                 spawning: 0,
                 _pad: 0,
             };
-            if GO_CURRENT.insert(&tid, &t, 0).is_err() {
-                crate::maps::count(sonde_common::stat::MAP_FULL);
+            if slot_claim(&GO_SLOTS, tid, &t).is_none() {
+                go_overflow_mark();
+                if GO_CURRENT.insert(&tid, &t, 0).is_err() {
+                    crate::maps::count(sonde_common::stat::MAP_FULL);
+                }
             }
         }
     }
@@ -106,7 +124,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     // The sender is the goroutine running here (send runs on its stack).
     let waker = goroutine_id(g);
-    let Some(t) = GO_CURRENT.get_ptr_mut(&tid) else {
+    let Some(t) = thread(tid) else {
         return 0;
     };
     // SAFETY: a map value only this thread writes.
@@ -174,7 +192,7 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     // A thread that ran no goroutine since the probes were attached has no
     // entry: its new goroutine goes without an origin.
     let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(t) = GO_CURRENT.get_ptr_mut(&tid) {
+    if let Some(t) = thread(tid) {
         // SAFETY: a map value only this thread writes.
         unsafe { (*t).spawning = goroutine_id(callergp) };
     }
@@ -190,7 +208,7 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
     // goroutine; the others (readying, stealing) find nothing here.
     // The mark is spent (0: goroutine ids have their top bit set).
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(t) = GO_CURRENT.get_ptr_mut(&tid) else {
+    let Some(t) = thread(tid) else {
         return 0;
     };
     // SAFETY: a map value only this thread writes.
@@ -218,9 +236,11 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
 /// (`egress`: a write, which also carries the hand-off of this run).
 #[inline(always)]
 pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
-    let Some(t) = (unsafe { GO_CURRENT.get(&tid) }) else {
+    let Some(t) = thread(tid) else {
         return (0, Lineage::default());
     };
+    // SAFETY: a map value.
+    let t = unsafe { &*t };
     let task = t.running;
     if task == 0 {
         return (0, Lineage::default());
@@ -242,7 +262,7 @@ pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
 /// ends what the last client write's hand-off could mean.
 #[inline(always)]
 pub fn wrote(tid: u32, task: u32, fd: i32, enter_ns: u64) {
-    if let Some(t) = GO_CURRENT.get_ptr_mut(&tid) {
+    if let Some(t) = thread(tid) {
         // SAFETY: a map value only this thread writes.
         let t = unsafe { &mut *t };
         t.writer = if fd < 0 { 0 } else { task };
@@ -255,13 +275,14 @@ pub fn wrote(tid: u32, task: u32, fd: i32, enter_ns: u64) {
 /// `Some(0)` for a Python thread (`python.rs`), None for any other.
 #[inline(always)]
 pub fn runtime(tid: u32) -> Option<u32> {
-    unsafe { GO_CURRENT.get(&tid) }.map(|t| t.running)
+    // SAFETY: a map value.
+    thread(tid).map(|t| unsafe { (*t).running })
 }
 
 /// Thread `tid` exited or exec'd: it runs no goroutine any more.
 #[inline(always)]
 pub fn thread_gone(tid: u32) {
-    if GO_CURRENT.remove(&tid).is_ok() {
+    if !slot_free(&GO_SLOTS, tid) && GO_CURRENT.remove(&tid).is_ok() {
         let _ = crate::maps::PY_THREADS.remove(&tid);
     }
 }

@@ -1,10 +1,11 @@
 //! Maps and load-time globals. Every hash map that user space cleans is LRU,
 //! so an agent that misses a close can never fill it; user space also
-//! removes entries on close and process exit. The Go thread maps are plain
-//! hash maps the kernel cleans itself at every thread's exit.
+//! removes entries on close and process exit. Per-thread state lives in
+//! slot arrays (`Slot`) with a hash map for overflow; the kernel frees both
+//! at every thread's exit.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sonde_common::{stat, SockInfo, Tuple, DATA_EVENT_SIZE, MAX_CAPTURE};
 
@@ -173,18 +174,97 @@ pub struct Thread {
     pub call: ActiveCall,
 }
 
-/// Per-thread state, keyed by tid. A thread keeps its entry from one call
-/// to the next, written in place: an LRU map's update and delete each take
-/// a lock and move a node between lists, about a sixth of the probes'
-/// kernel time under nginx load, where a lookup takes neither. The entry
-/// goes with its thread (`sched_process_exit`), or to the LRU.
+/// A thread's entry in a slot array (`THREAD_SLOTS`, `GO_SLOTS`): most
+/// per-thread state lives at the index of the tid's low bits. The verifier
+/// inlines an array lookup (an index: no helper call, no hash, one cache
+/// line), where a hash lookup cost about 70 ns per run on the development
+/// VM, on the path of every data call, poll, sleep and goroutine switch. A
+/// thread whose slot another live thread holds keeps its entry in the
+/// array's overflow hash map instead.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Slot<T> {
+    /// The thread that holds the slot; 0: free (tid 0 is the idle task,
+    /// never given an entry).
+    pub tid: u32,
+    pub _pad: u32,
+    pub value: T,
+}
+
+/// Every slot array's length: a power of two, so a tid's slot is its low
+/// bits.
+const SLOT_COUNT: u32 = 1 << 15;
+
+/// `tid`'s slot in `slots`, whoever holds it (None only for tid 0).
+#[inline(always)]
+fn slot<T>(slots: &Array<Slot<T>>, tid: u32) -> Option<*mut Slot<T>> {
+    if tid == 0 {
+        return None;
+    }
+    slots.get_ptr_mut(tid & (SLOT_COUNT - 1))
+}
+
+/// `tid`'s value in `slots`, if it holds its slot.
+#[inline(always)]
+pub fn slot_get<T>(slots: &Array<Slot<T>>, tid: u32) -> Option<*mut T> {
+    let s = slot(slots, tid)?;
+    // SAFETY: a map value; its `tid` names the one thread that writes it.
+    (unsafe { (*s).tid } == tid).then(|| unsafe { &mut (*s).value as *mut T })
+}
+
+/// Gives `tid` its slot in `slots` with value `v`, if the slot is free.
+/// None: held by another thread (the caller uses the overflow map).
+#[inline(always)]
+pub fn slot_claim<T: Copy>(slots: &Array<Slot<T>>, tid: u32, v: &T) -> Option<*mut T> {
+    let s = slot(slots, tid)?;
+    // SAFETY: a map value. Only threads whose tids share the low bits write
+    // a slot, each at most once before it holds it: the value is written
+    // before the tid that claims it, and a claimer that reads another tid
+    // back after writing its own lost the slot.
+    unsafe {
+        if (*s).tid != 0 {
+            return None;
+        }
+        (*s).value = *v;
+        (*s).tid = tid;
+        (core::ptr::read_volatile(&(*s).tid) == tid).then(|| &mut (*s).value as *mut T)
+    }
+}
+
+/// Frees `tid`'s slot in `slots`. False: it held none.
+#[inline(always)]
+pub fn slot_free<T>(slots: &Array<Slot<T>>, tid: u32) -> bool {
+    let Some(s) = slot(slots, tid) else {
+        return false;
+    };
+    // SAFETY: a map value; the thread that holds it is this one.
+    unsafe {
+        if (*s).tid != tid {
+            return false;
+        }
+        (*s).tid = 0;
+    }
+    true
+}
+
+/// Per-thread state: a thread's tick and its call in progress. A thread
+/// keeps its entry from one call to the next, written in place: an LRU
+/// map's update and delete each take a lock and move a node between lists,
+/// about a sixth of the probes' kernel time under nginx load, where a
+/// lookup takes neither. The entry goes with its thread
+/// (`sched_process_exit`).
 #[map]
-pub static THREADS: LruHashMap<u32, Thread> = LruHashMap::with_max_entries(65536, 0);
+pub static THREAD_SLOTS: Array<Slot<Thread>> = Array::with_max_entries(SLOT_COUNT, 0);
+
+/// `THREAD_SLOTS`' overflow. LRU, so that the entries of threads whose
+/// exit was missed age out.
+#[map]
+pub static THREADS: LruHashMap<u32, Thread> = LruHashMap::with_max_entries(32768, 0);
 
 /// The thread's entry, if it has one.
 #[inline(always)]
 pub fn thread(tid: u32) -> Option<*mut Thread> {
-    THREADS.get_ptr_mut(&tid)
+    slot_get(&THREAD_SLOTS, tid).or_else(|| THREADS.get_ptr_mut(&tid))
 }
 
 /// Creates the entry of a thread that has none, with `tick`, no call in
@@ -195,11 +275,22 @@ pub fn thread_new(tid: u32, tick: Tick) -> Option<*mut Thread> {
         tick,
         call: ActiveCall::NONE,
     };
+    if let Some(p) = slot_claim(&THREAD_SLOTS, tid, &t) {
+        return Some(p);
+    }
     if THREADS.insert(&tid, &t, 0).is_err() {
         count(stat::MAP_FULL);
         return None;
     }
     THREADS.get_ptr_mut(&tid)
+}
+
+/// Thread `tid` exited or exec'd: its entry goes.
+#[inline(always)]
+pub fn thread_gone(tid: u32) {
+    if !slot_free(&THREAD_SLOTS, tid) {
+        let _ = THREADS.remove(&tid);
+    }
 }
 
 /// Writes `$v` at `$k` of `$map` in place when the entry exists, inserts it
@@ -235,7 +326,7 @@ pub fn active_begin(id: u64, call: &ActiveCall) {
 /// The entry of a thread with a call in progress.
 #[inline(always)]
 pub fn thread_live(id: u64) -> Option<*mut Thread> {
-    let p = THREADS.get_ptr_mut(&(id as u32))?;
+    let p = thread(id as u32)?;
     // SAFETY: a map value.
     (unsafe { (*p).call.live } != 0).then_some(p)
 }
@@ -284,14 +375,42 @@ pub const TICK_TLS: u32 = 1;
 pub const TICKING: u32 = 2;
 
 /// Go (`goroutine.rs`): tid -> the goroutine running on that thread, what
-/// its run was handed, and its last write (`GoThread`). Removed when the
-/// thread exits or execs, so a reused tid inherits nothing; not LRU
-/// (cheaper updates, on the runtime's hottest path): a full map refuses new
-/// threads, counted as `map_full`. `running` 0: a Python thread, entered by
-/// user space with its `PY_THREADS` entry, so that only Python threads look
-/// there.
+/// its run was handed, and its last write (`GoThread`), in a slot (see
+/// `Slot`) or, for a thread whose slot is held, in `GO_CURRENT`. Removed
+/// when the thread exits or execs, so a reused tid inherits nothing.
+#[map]
+pub static GO_SLOTS: Array<Slot<sonde_common::GoThread>> = Array::with_max_entries(SLOT_COUNT, 0);
+
+/// `GO_SLOTS`' overflow, and Python threads' entries (written by user
+/// space with their `PY_THREADS` entry, `running` 0, so that only Python
+/// threads look there). Not LRU (cheaper updates, on the runtime's hottest
+/// path): a full map refuses new threads, counted as `map_full`.
 #[map]
 pub static GO_CURRENT: HashMap<u32, sonde_common::GoThread> = HashMap::with_max_entries(16384, 0);
+
+/// One element: 1 once any entry went into `GO_CURRENT` (by the kernel, a
+/// Go thread whose slot was held; by user space, a Python thread). Until
+/// then a thread without a slot has no entry, and every data call on a
+/// tracked socket, which asks whether its thread runs a goroutine or
+/// Python code, skips a hash lookup that would find nothing. Never
+/// cleared: a stale 1 costs only that lookup.
+#[map]
+pub static GO_OVERFLOW: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether `GO_CURRENT` may hold entries.
+#[inline(always)]
+pub fn go_overflow_used() -> bool {
+    GO_OVERFLOW.get(0).is_some_and(|v| *v != 0)
+}
+
+/// Marks `GO_CURRENT` as holding entries, before one is inserted.
+#[inline(always)]
+pub fn go_overflow_mark() {
+    if let Some(v) = GO_OVERFLOW.get_ptr_mut(0) {
+        // SAFETY: a map value; every writer writes 1.
+        unsafe { *v = 1 };
+    }
+}
 
 /// Python (`python.rs`): tid -> where that thread's current contextvars
 /// context is found. Written by user space; removed with the thread.

@@ -27,7 +27,7 @@ fn notify(k: u8) {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     crate::goroutine::thread_gone(id as u32);
-    let _ = crate::maps::THREADS.remove(&(id as u32));
+    crate::maps::thread_gone(id as u32);
     if crate::maps::inject_on() {
         crate::inject::thread_gone(id);
     }

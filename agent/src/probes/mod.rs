@@ -460,6 +460,15 @@ impl Probes {
                 entered.push(t.tid);
             }
         }
+        // Before the entries: the kernel looks in GO_CURRENT only once this
+        // is set (`agent-ebpf/src/maps.rs`).
+        Array::<_, u32>::try_from(
+            self.ebpf
+                .map_mut(map_names::GO_OVERFLOW)
+                .ok_or("GO_OVERFLOW missing")?,
+        )
+        .and_then(|mut a| a.set(0, 1, 0))
+        .map_err(|e| e.to_string())?;
         let mut current: BpfHashMap<_, u32, sonde_common::GoThread> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(map_names::GO_CURRENT)
