@@ -304,7 +304,7 @@ pub fn emit(
     let (task, lineage) = if call.no_goroutine != 0 && !batch {
         (0, sonde_common::Lineage::default())
     } else {
-        crate::goroutine::current(id as u32, egress)
+        crate::goroutine::current(id, egress)
     };
     // SAFETY: the scratch is 8-aligned and larger than a header.
     let ev = unsafe { &mut *(scratch as *mut DataEvent) };

@@ -26,7 +26,7 @@ use sonde_common::{
 };
 
 use crate::maps::{
-    go_overflow_mark, go_overflow_used, put, slot_claim, slot_free, slot_get, GO_CURRENT,
+    go_key, go_overflow_mark, go_overflow_used, put, slot_claim, slot_free, slot_get, GO_CURRENT,
     GO_ORIGIN, GO_READIED, GO_SLOTS,
 };
 
@@ -63,12 +63,13 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     let Some((gp, _, _)) = regs(&ctx) else {
         return 0;
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let id = bpf_get_current_pid_tgid();
+    let tid = id as u32;
     let task = goroutine_id(gp);
     // A hand-off holds for this run of the goroutine only: taken, then
     // marked spent in place (`waker` 0). Deleting it took the LRU map's
     // lock and moved a node between its lists at every hand-off.
-    let handed = match GO_READIED.get_ptr_mut(&task) {
+    let handed = match GO_READIED.get_ptr_mut(&go_key((id >> 32) as u32, task)) {
         Some(p) if unsafe { (*p).waker } != 0 => unsafe {
             let h = *p;
             (*p).waker = 0;
@@ -121,7 +122,8 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let Some((_, sg, g)) = regs(&ctx) else {
         return 0;
     };
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let id = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
     // The sender is the goroutine running here (send runs on its stack).
     let waker = goroutine_id(g);
     let Some(t) = thread(tid) else {
@@ -135,7 +137,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let Ok(receiver) = (unsafe { bpf_probe_read_user(sg as *const u64) }) else {
         return 0;
     };
-    let origin = unsafe { GO_ORIGIN.get(&waker) }
+    let origin = unsafe { GO_ORIGIN.get(&go_key(tgid, waker)) }
         .copied()
         .unwrap_or_default();
     let handed = Lineage {
@@ -147,7 +149,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let receiver = goroutine_id(receiver);
     // In place when the goroutine has an entry (a `g` is reused for
     // goroutine after goroutine).
-    let _ = put!(GO_READIED, &receiver, handed);
+    let _ = put!(GO_READIED, &go_key(tgid, receiver), handed);
     // Its first hand-off since it wrote on a socket in this run: net/http's
     // `writeLoop` tells the request's goroutine that its request is
     // written. User space links the call to that goroutine's request when
@@ -157,14 +159,14 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     // that.
     if t.writer == waker && t.task != waker {
         t.writer = 0;
-        let to_origin = unsafe { GO_ORIGIN.get(&receiver) }
+        let to_origin = unsafe { GO_ORIGIN.get(&go_key(tgid, receiver)) }
             .copied()
             .unwrap_or_default();
         let ev = HandOffEvent {
             hdr: EventHeader {
                 kind: kind::HANDOFF,
                 _pad: [0; 3],
-                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                tgid,
                 tid,
                 fd: t.wrote_fd,
                 ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -207,8 +209,8 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
     // Only the runqput that follows newproc1 on this thread queues a new
     // goroutine; the others (readying, stealing) find nothing here.
     // The mark is spent (0: goroutine ids have their top bit set).
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(t) = thread(tid) else {
+    let id = bpf_get_current_pid_tgid();
+    let Some(t) = thread(id as u32) else {
         return 0;
     };
     // SAFETY: a map value only this thread writes.
@@ -218,9 +220,9 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
         return 0;
     }
     t.spawning = 0;
-    let task = goroutine_id(gp);
+    let key = go_key((id >> 32) as u32, goroutine_id(gp));
     // A reused `g` starts a new life: forget what the old one was handed.
-    if let Some(h) = GO_READIED.get_ptr_mut(&task) {
+    if let Some(h) = GO_READIED.get_ptr_mut(&key) {
         unsafe { (*h).waker = 0 };
     }
     let origin = GoOrigin {
@@ -228,15 +230,16 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
         _pad: 0,
         at_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = put!(GO_ORIGIN, &task, origin);
+    let _ = put!(GO_ORIGIN, &key, origin);
     0
 }
 
-/// The goroutine running on `tid` and its lineage, for a data record
-/// (`egress`: a write, which also carries the hand-off of this run).
+/// The goroutine running on thread `id` (pid_tgid) and its lineage, for a
+/// data record (`egress`: a write, which also carries the hand-off of this
+/// run).
 #[inline(always)]
-pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
-    let Some(t) = thread(tid) else {
+pub fn current(id: u64, egress: bool) -> (u32, Lineage) {
+    let Some(t) = thread(id as u32) else {
         return (0, Lineage::default());
     };
     // SAFETY: a map value.
@@ -249,7 +252,7 @@ pub fn current(tid: u32, egress: bool) -> (u32, Lineage) {
     if egress && t.task == task {
         l = t.handed;
     }
-    if let Some(o) = unsafe { GO_ORIGIN.get(&task) } {
+    if let Some(o) = unsafe { GO_ORIGIN.get(&go_key((id >> 32) as u32, task)) } {
         l.origin = o.creator;
         l.origin_ns = o.at_ns;
     }

@@ -506,7 +506,7 @@ pub fn prepare(id: u64, fd: i32, enter_ns: u64) {
         }
     }
     let tid = id as u32;
-    let (task, _) = crate::goroutine::current(tid, true);
+    let (task, _) = crate::goroutine::current(id, true);
     let mut p = Pending {
         enter_ns,
         ctx_key: 0,

@@ -417,16 +417,28 @@ pub fn go_overflow_mark() {
 #[map]
 pub static PY_THREADS: HashMap<u32, sonde_common::PyThread> = HashMap::with_max_entries(16384, 0);
 
-/// Go: goroutine -> the goroutine whose `go` statement started it, and when.
+/// A goroutine's key in `GO_ORIGIN` and `GO_READIED`: its process (tgid)
+/// above its name. A name folds the `g`'s address, and every Go process
+/// lays its heap out from the same address, so the replicas of one binary
+/// run goroutines at the same addresses: keyed by the name alone, one
+/// replica's goroutine took the hand-off another's was sent, and
+/// overwrote its origin.
+#[inline(always)]
+pub fn go_key(tgid: u32, task: u32) -> u64 {
+    ((tgid as u64) << 32) | task as u64
+}
+
+/// Go: goroutine (`go_key`) -> the goroutine whose `go` statement started
+/// it, and when.
 #[map]
-pub static GO_ORIGIN: LruHashMap<u32, sonde_common::GoOrigin> =
+pub static GO_ORIGIN: LruHashMap<u64, sonde_common::GoOrigin> =
     LruHashMap::with_max_entries(65536, 0);
 
-/// Go: goroutine -> the sender that handed it a value, until it next runs
-/// (then kept, spent: `waker` 0, to be rewritten in place by the next
-/// hand-off to the same `g`).
+/// Go: goroutine (`go_key`) -> the sender that handed it a value, until it
+/// next runs (then kept, spent: `waker` 0, to be rewritten in place by the
+/// next hand-off to the same `g`).
 #[map]
-pub static GO_READIED: LruHashMap<u32, sonde_common::Lineage> =
+pub static GO_READIED: LruHashMap<u64, sonde_common::Lineage> =
     LruHashMap::with_max_entries(65536, 0);
 
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->

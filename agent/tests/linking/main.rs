@@ -53,6 +53,10 @@ fn main() {
             go_goroutines();
             Ok(())
         }),
+        Trial::test("go_two_replicas_eight_in_flight_each", || {
+            go_two_replicas();
+            Ok(())
+        }),
         Trial::test("java_thread_pool_eight_in_flight", || {
             java_pool();
             Ok(())
@@ -457,8 +461,27 @@ fn node_event_loop(max_sockets: Option<usize>) {
 /// the handler starts. Every call must nest under its own request through
 /// the goroutine probes (evidence `goroutine`); none under another request.
 fn go_goroutines() {
-    const N: usize = 40;
-    const IN_FLIGHT: usize = 8;
+    go_services(&["go-svc"]);
+}
+
+/// Two processes of the same Go binary (replicas of one service, as on a
+/// Kubernetes node), each under 8 requests in flight at the same time. Their
+/// goroutines live at the same addresses, so the kernel must keep each
+/// process's hand-offs and goroutine origins apart: a hand-off one replica
+/// records must never be taken by the other's goroutine at that address.
+fn go_two_replicas() {
+    go_services(&["go-replica-a", "go-replica-b"]);
+}
+
+/// Requests per Go service, and in flight at once.
+const GO_N: usize = 40;
+const GO_IN_FLIGHT: usize = 8;
+
+/// Runs one process of `go_server.go` per name in `services` (one binary),
+/// loads them all at once, service `k` with request ids from `k * 1000`,
+/// and checks every request's tree.
+fn go_services(services: &[&str]) {
+    let (n, in_flight) = (GO_N, GO_IN_FLIGHT);
     let dir = std::env::temp_dir().join(format!("sonde-go-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = go_build("linking/go_server.go", &dir);
@@ -466,19 +489,25 @@ fn go_goroutines() {
     let a = agent(&[]);
     let down = free_port();
     let _down = python_server(down, "downstream");
-    let port = free_port();
-    let mut cmd = Command::new(&bin);
-    cmd.args([
-        port.to_string(),
-        down.to_string(),
-        db_ports["postgres"].to_string(),
-        // The cold requests meet before their first call (see below).
-        IN_FLIGHT.to_string(),
-    ])
-    .env("OTEL_SERVICE_NAME", "go-svc")
-    .env("GOMAXPROCS", "2");
-    let _srv = ready(cmd);
-    // The agent inspects the new process and attaches the probes.
+    let servers: Vec<(Proc, u16)> = services
+        .iter()
+        .map(|service| {
+            let port = free_port();
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                port.to_string(),
+                down.to_string(),
+                db_ports["postgres"].to_string(),
+                // The cold requests meet before their first call (see below).
+                in_flight.to_string(),
+            ])
+            .env("OTEL_SERVICE_NAME", service)
+            .env("GOMAXPROCS", "2");
+            (ready(cmd), port)
+        })
+        .collect();
+    // The agent inspects the new process and attaches the probes (once per
+    // file: every replica is covered by one attachment).
     let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let text = http_get(&a.metrics, "/metrics").unwrap_or_default();
@@ -486,7 +515,9 @@ fn go_goroutines() {
             break;
         }
         // Its first connection (this request) makes the agent see it.
-        let _ = TcpStream::connect(("127.0.0.1", port));
+        for (_, port) in &servers {
+            let _ = TcpStream::connect(("127.0.0.1", *port));
+        }
         assert!(
             std::time::Instant::now() < end,
             "goroutine probes never attached:\n{text}"
@@ -501,23 +532,41 @@ fn go_goroutines() {
     // a loaded machine one could otherwise finish before the last came, the
     // pool would hold fewer connections than requests in flight, and the
     // warm run would dial (CI once: 37 of 40, the 3 roots such dials).
-    load(port, N..N + IN_FLIGHT, IN_FLIGHT);
-    load(port, 0..N, IN_FLIGHT);
-    let spans = wait_spans(&a.store, |s| {
-        s.iter().filter(|x| x.service() == "downstream").count() >= 2 * (N + IN_FLIGHT)
-            && s.iter()
-                .filter(|x| x.service() == "go-svc" && kind_of(x) == SpanKind::Server)
-                .count()
-                >= N + IN_FLIGHT
+    std::thread::scope(|scope| {
+        for (k, (_, port)) in servers.iter().enumerate() {
+            let (port, base) = (*port, k * 1000);
+            scope.spawn(move || {
+                load(port, base + n..base + n + in_flight, in_flight);
+                load(port, base..base + n, in_flight);
+            });
+        }
     });
-    let found = Found {
-        spans: &spans,
-        service: "go-svc",
-    };
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().filter(|x| x.service() == "downstream").count()
+            >= 2 * (n + in_flight) * services.len()
+            && services.iter().all(|service| {
+                s.iter()
+                    .filter(|x| x.service() == *service && kind_of(x) == SpanKind::Server)
+                    .count()
+                    >= n + in_flight
+            })
+    });
+    for (k, service) in services.iter().enumerate() {
+        go_trees(&spans, service, k * 1000);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Checks the tree of each request of Go service `service` (ids from
+/// `base`): its query and both calls under its own server span, linked by
+/// the goroutine probes.
+fn go_trees(spans: &[ReceivedSpan], service: &str, base: usize) {
+    let (n, in_flight) = (GO_N, GO_IN_FLIGHT);
+    let found = Found { spans, service };
     let (mut complete, mut roots, mut wrong) = (0, vec![], vec![]);
     let mut cold = 0;
     let (mut by_goroutine, mut fallback) = (0, vec![]);
-    for id in 0..N + IN_FLIGHT {
+    for id in base..base + n + in_flight {
         let srv = found.server(&format!("/r/{id}"));
         let mut whole = true;
         for (what, c) in [
@@ -534,7 +583,7 @@ fn go_goroutines() {
                 match c.attr("sonde.link.evidence").as_deref() {
                     Some("goroutine") => by_goroutine += 1,
                     Some("only_in_flight") => fallback.push(format!("/r/{id} {what}")),
-                    other => panic!("/r/{id} {what}: evidence {other:?}"),
+                    other => panic!("{service} /r/{id} {what}: evidence {other:?}"),
                 }
             } else if c.span.parent_span_id.is_empty() {
                 roots.push(format!(
@@ -543,41 +592,48 @@ fn go_goroutines() {
                 ));
                 whole = false;
             } else {
-                wrong.push(format!("/r/{id} {what}"));
+                let under = spans
+                    .iter()
+                    .find(|p| p.span.span_id == c.span.parent_span_id)
+                    .and_then(|p| p.attr("url.path"))
+                    .unwrap_or_default();
+                wrong.push(format!("/r/{id} {what} under {under:?}"));
                 whole = false;
             }
         }
-        if id < N {
+        if id < base + n {
             complete += whole as usize;
         } else {
             cold += whole as usize;
         }
     }
     eprintln!(
-        "go goroutines, {N} requests, {IN_FLIGHT} in flight: {complete} complete (cold pool: {cold} of {IN_FLIGHT}), {} calls left roots, {} wrong parents, {by_goroutine} linked by goroutine, {fallback:?} by the only request in flight; roots: {roots:?}",
+        "{service}, {n} requests, {in_flight} in flight: {complete} complete (cold pool: {cold} of {in_flight}), {} calls left roots, {} wrong parents, {by_goroutine} linked by goroutine, {fallback:?} by the only request in flight; roots: {roots:?}",
         roots.len(),
         wrong.len()
     );
     assert!(
         fallback.len() * 50 <= by_goroutine,
-        "{by_goroutine} calls linked by goroutine, {} not: {fallback:?}",
+        "{service}: {by_goroutine} calls linked by goroutine, {} not: {fallback:?}",
         fallback.len()
     );
-    assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "{service}: calls under another request: {wrong:?}"
+    );
     // Measured 39 to 40 of 40. A root is a call on a connection the
     // transport dialed during the run (its first request, see above).
     assert!(
-        complete * 100 >= N * 95,
-        "{complete} of {N} complete; roots: {roots:?}"
+        complete * 100 >= n * 95,
+        "{service}: {complete} of {n} complete; roots: {roots:?}"
     );
     // Measured 8 of 8 (0 to 4 before the writer's hand-off was followed).
     // One may miss it: a request's goroutine not yet waiting when its
     // request is written is told through the channel's buffer.
     assert!(
-        cold + 1 >= IN_FLIGHT,
-        "cold pool: {cold} of {IN_FLIGHT} complete; roots: {roots:?}"
+        cold + 1 >= in_flight,
+        "{service}: cold pool: {cold} of {in_flight} complete; roots: {roots:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A Java service (`fixtures/linking/PoolServer.java`): the JDK HttpServer
