@@ -69,7 +69,7 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     // A hand-off holds for this run of the goroutine only: taken, then
     // marked spent in place (`waker` 0). Deleting it took the LRU map's
     // lock and moved a node between its lists at every hand-off.
-    let handed = match GO_READIED.get_ptr_mut(&go_key((id >> 32) as u32, task)) {
+    let handed = match GO_READIED.get_ptr_mut(&go_key(id, task)) {
         Some(p) if unsafe { (*p).waker } != 0 => unsafe {
             let h = *p;
             (*p).waker = 0;
@@ -123,7 +123,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let id = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let tid = id as u32;
     // The sender is the goroutine running here (send runs on its stack).
     let waker = goroutine_id(g);
     let Some(t) = thread(tid) else {
@@ -137,7 +137,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let Ok(receiver) = (unsafe { bpf_probe_read_user(sg as *const u64) }) else {
         return 0;
     };
-    let origin = unsafe { GO_ORIGIN.get(&go_key(tgid, waker)) }
+    let origin = unsafe { GO_ORIGIN.get(&go_key(id, waker)) }
         .copied()
         .unwrap_or_default();
     let handed = Lineage {
@@ -149,7 +149,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let receiver = goroutine_id(receiver);
     // In place when the goroutine has an entry (a `g` is reused for
     // goroutine after goroutine).
-    let _ = put!(GO_READIED, &go_key(tgid, receiver), handed);
+    let _ = put!(GO_READIED, &go_key(id, receiver), handed);
     // Its first hand-off since it wrote on a socket in this run: net/http's
     // `writeLoop` tells the request's goroutine that its request is
     // written. User space links the call to that goroutine's request when
@@ -159,14 +159,14 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     // that.
     if t.writer == waker && t.task != waker {
         t.writer = 0;
-        let to_origin = unsafe { GO_ORIGIN.get(&go_key(tgid, receiver)) }
+        let to_origin = unsafe { GO_ORIGIN.get(&go_key(id, receiver)) }
             .copied()
             .unwrap_or_default();
         let ev = HandOffEvent {
             hdr: EventHeader {
                 kind: kind::HANDOFF,
                 _pad: [0; 3],
-                tgid,
+                tgid: (id >> 32) as u32,
                 tid,
                 fd: t.wrote_fd,
                 ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -220,7 +220,7 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
         return 0;
     }
     t.spawning = 0;
-    let key = go_key((id >> 32) as u32, goroutine_id(gp));
+    let key = go_key(id, goroutine_id(gp));
     // A reused `g` starts a new life: forget what the old one was handed.
     if let Some(h) = GO_READIED.get_ptr_mut(&key) {
         unsafe { (*h).waker = 0 };
@@ -252,7 +252,7 @@ pub fn current(id: u64, egress: bool) -> (u32, Lineage) {
     if egress && t.task == task {
         l = t.handed;
     }
-    if let Some(o) = unsafe { GO_ORIGIN.get(&go_key((id >> 32) as u32, task)) } {
+    if let Some(o) = unsafe { GO_ORIGIN.get(&go_key(id, task)) } {
         l.origin = o.creator;
         l.origin_ns = o.at_ns;
     }

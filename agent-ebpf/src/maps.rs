@@ -422,10 +422,11 @@ pub static PY_THREADS: HashMap<u32, sonde_common::PyThread> = HashMap::with_max_
 /// lays its heap out from the same address, so the replicas of one binary
 /// run goroutines at the same addresses: keyed by the name alone, one
 /// replica's goroutine took the hand-off another's was sent, and
-/// overwrote its origin.
+/// overwrote its origin. `id` is the thread's pid_tgid, whose upper half
+/// is the tgid.
 #[inline(always)]
-pub fn go_key(tgid: u32, task: u32) -> u64 {
-    ((tgid as u64) << 32) | task as u64
+pub fn go_key(id: u64, task: u32) -> u64 {
+    (id & 0xffff_ffff_0000_0000) | task as u64
 }
 
 /// Go: goroutine (`go_key`) -> the goroutine whose `go` statement started
