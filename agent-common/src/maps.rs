@@ -86,6 +86,10 @@ pub mod stat {
     /// A TLS library call returned plaintext, but no socket of its `SSL`
     /// object is known yet (no socket call inside any of its calls).
     pub const TLS_NO_SOCKET: u32 = 5;
+    /// A goroutine's entry taken by another goroutine whose set of the
+    /// kernel's goroutine table was full: the evicted one's origin and
+    /// pending hand-off are lost.
+    pub const GO_EVICTED: u32 = 6;
     /// `traceparent` injection (`inject.rs`), one counter per outcome:
     /// written into an outgoing request;
     pub const INJECTED: u32 = 8;

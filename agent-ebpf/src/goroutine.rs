@@ -26,8 +26,8 @@ use sonde_common::{
 };
 
 use crate::maps::{
-    go_key, go_overflow_mark, go_overflow_used, put, slot_claim, slot_free, slot_get, GO_CURRENT,
-    GO_ORIGIN, GO_READIED, GO_SLOTS,
+    go_born, go_hand, go_key, go_origin, go_overflow_mark, go_overflow_used, go_take_handed,
+    slot_claim, slot_free, slot_get, GO_CURRENT, GO_SLOTS,
 };
 
 /// `tid`'s entry: its slot's, else the overflow's (and Python threads').
@@ -66,17 +66,8 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     let task = goroutine_id(gp);
-    // A hand-off holds for this run of the goroutine only: taken, then
-    // marked spent in place (`waker` 0). Deleting it took the LRU map's
-    // lock and moved a node between its lists at every hand-off.
-    let handed = match GO_READIED.get_ptr_mut(&go_key(id, task)) {
-        Some(p) if unsafe { (*p).waker } != 0 => unsafe {
-            let h = *p;
-            (*p).waker = 0;
-            Some(h)
-        },
-        _ => None,
-    };
+    // A hand-off holds for this run of the goroutine only.
+    let handed = go_take_handed(go_key(id, task));
     // The thread's one entry, updated in place: this runs at every
     // goroutine switch.
     match thread(tid) {
@@ -137,9 +128,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     let Ok(receiver) = (unsafe { bpf_probe_read_user(sg as *const u64) }) else {
         return 0;
     };
-    let origin = unsafe { GO_ORIGIN.get(&go_key(id, waker)) }
-        .copied()
-        .unwrap_or_default();
+    let origin = go_origin(go_key(id, waker)).unwrap_or_default();
     let handed = Lineage {
         waker,
         waker_origin: origin.creator,
@@ -147,9 +136,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
         ..Lineage::default()
     };
     let receiver = goroutine_id(receiver);
-    // In place when the goroutine has an entry (a `g` is reused for
-    // goroutine after goroutine).
-    let _ = put!(GO_READIED, &go_key(id, receiver), handed);
+    go_hand(go_key(id, receiver), handed);
     // Its first hand-off since it wrote on a socket in this run: net/http's
     // `writeLoop` tells the request's goroutine that its request is
     // written. User space links the call to that goroutine's request when
@@ -159,9 +146,7 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
     // that.
     if t.writer == waker && t.task != waker {
         t.writer = 0;
-        let to_origin = unsafe { GO_ORIGIN.get(&go_key(id, receiver)) }
-            .copied()
-            .unwrap_or_default();
+        let to_origin = go_origin(go_key(id, receiver)).unwrap_or_default();
         let ev = HandOffEvent {
             hdr: EventHeader {
                 kind: kind::HANDOFF,
@@ -220,17 +205,12 @@ pub fn go_runqput(ctx: ProbeContext) -> u32 {
         return 0;
     }
     t.spawning = 0;
-    let key = go_key(id, goroutine_id(gp));
-    // A reused `g` starts a new life: forget what the old one was handed.
-    if let Some(h) = GO_READIED.get_ptr_mut(&key) {
-        unsafe { (*h).waker = 0 };
-    }
     let origin = GoOrigin {
         creator,
         _pad: 0,
         at_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = put!(GO_ORIGIN, &key, origin);
+    go_born(go_key(id, goroutine_id(gp)), origin);
     0
 }
 
@@ -252,7 +232,7 @@ pub fn current(id: u64, egress: bool) -> (u32, Lineage) {
     if egress && t.task == task {
         l = t.handed;
     }
-    if let Some(o) = unsafe { GO_ORIGIN.get(&go_key(id, task)) } {
+    if let Some(o) = go_origin(go_key(id, task)) {
         l.origin = o.creator;
         l.origin_ns = o.at_ns;
     }

@@ -293,25 +293,6 @@ pub fn thread_gone(tid: u32) {
     }
 }
 
-/// Writes `$v` at `$k` of `$map` in place when the entry exists, inserts it
-/// when not. An insert (and a delete) takes the map's lock and, in an LRU
-/// map, moves a node between its lists: per-event state is rewritten, not
-/// inserted and deleted. Evaluates to the insert's `Result` (`Ok` in place).
-macro_rules! put {
-    ($map:expr, $k:expr, $v:expr) => {
-        match $map.get_ptr_mut($k) {
-            Some(p) => {
-                // SAFETY: a map value of the key's owner (its thread, or
-                // the one goroutine it names).
-                unsafe { *p = $v };
-                Ok(())
-            }
-            None => $map.insert($k, &$v, 0),
-        }
-    };
-}
-pub(crate) use put;
-
 /// Notes `call` as thread `id`'s call in progress.
 #[inline(always)]
 pub fn active_begin(id: u64, call: &ActiveCall) {
@@ -417,30 +398,183 @@ pub fn go_overflow_mark() {
 #[map]
 pub static PY_THREADS: HashMap<u32, sonde_common::PyThread> = HashMap::with_max_entries(16384, 0);
 
-/// A goroutine's key in `GO_ORIGIN` and `GO_READIED`: its process (tgid)
-/// above its name. A name folds the `g`'s address, and every Go process
-/// lays its heap out from the same address, so the replicas of one binary
-/// run goroutines at the same addresses: keyed by the name alone, one
-/// replica's goroutine took the hand-off another's was sent, and
-/// overwrote its origin. `id` is the thread's pid_tgid, whose upper half
-/// is the tgid.
+/// A goroutine's key in `GOROUTINES`: its process (tgid) above its name.
+/// A name folds the `g`'s address, and every Go process lays its heap out
+/// from the same address, so the replicas of one binary run goroutines at
+/// the same addresses: keyed by the name alone, one replica's goroutine
+/// took the hand-off another's was sent, and overwrote its origin. `id` is
+/// the thread's pid_tgid, whose upper half is the tgid.
 #[inline(always)]
 pub fn go_key(id: u64, task: u32) -> u64 {
     (id & 0xffff_ffff_0000_0000) | task as u64
 }
 
-/// Go: goroutine (`go_key`) -> the goroutine whose `go` statement started
-/// it, and when.
-#[map]
-pub static GO_ORIGIN: LruHashMap<u64, sonde_common::GoOrigin> =
-    LruHashMap::with_max_entries(65536, 0);
+/// A goroutine's entry in `GOROUTINES`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Goroutine {
+    /// Its `go_key`; 0: a free way. Cleared first and written last by a
+    /// writer that gives the way to another goroutine, and read again by a
+    /// reader after its copy: see `go_origin`.
+    pub key: u64,
+    /// The goroutine whose `go` statement started it, and when.
+    pub origin: sonde_common::GoOrigin,
+}
 
-/// Go: goroutine (`go_key`) -> the sender that handed it a value, until it
-/// next runs (then kept, spent: `waker` 0, to be rewritten in place by the
-/// next hand-off to the same `g`).
+/// `GOROUTINES`' shape: 2^14 sets of 4 ways.
+const GO_SET_BITS: u32 = 14;
+const GO_WAYS: u32 = 4;
+
+/// Go: goroutine (`go_key`) -> its origin, in a set-associative table: a
+/// goroutine's set is a hash of its key, and it holds one of the set's 4
+/// ways. This was an LRU hash map, looked up at every channel send, new
+/// goroutine and data call of a goroutine: the hash, the bucket walk and
+/// the LRU's bookkeeping cost more than the rest of those probes' work
+/// (README, "The goroutine tables"). Here a lookup is four inlined array
+/// lookups in adjacent memory. A goroutine that finds its set full takes
+/// the way of another (counted as `go_evicted`): the evicted one loses its
+/// origin, so its calls are placed by other evidence or stay roots, never
+/// under another goroutine's request (a reader checks the key). 65,536
+/// entries, as the LRU map held; 1.5 MiB.
 #[map]
-pub static GO_READIED: LruHashMap<u64, sonde_common::Lineage> =
-    LruHashMap::with_max_entries(65536, 0);
+pub static GOROUTINES: Array<Goroutine> = Array::with_max_entries(1 << (GO_SET_BITS + 2), 0);
+
+/// `key`'s hash: Fibonacci hashing, whose top bits depend on every bit of
+/// the key (its tgid and the `g` address alike).
+#[inline(always)]
+fn go_hash(key: u64, bits: u32) -> u32 {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as u32
+}
+
+/// The origin of goroutine `key`, if known.
+#[inline(always)]
+pub fn go_origin(key: u64) -> Option<sonde_common::GoOrigin> {
+    let first = go_hash(key, GO_SET_BITS) * GO_WAYS;
+    for w in 0..GO_WAYS {
+        let e = GOROUTINES.get_ptr(first + w)?;
+        // SAFETY: a map value. A writer that gives the way to another
+        // goroutine clears the key before it writes the body and sets the
+        // new key after (`go_born`); with the key read again after the
+        // copy, a copy torn by such a writer is refused (stores and loads
+        // keep their order on x86-64, the only architecture whose runtime
+        // probes attach).
+        unsafe {
+            if core::ptr::read_volatile(&(*e).key) == key {
+                let o = core::ptr::read_volatile(&(*e).origin);
+                return (core::ptr::read_volatile(&(*e).key) == key).then_some(o);
+            }
+        }
+    }
+    None
+}
+
+/// Goroutine `key` was just created by `origin.creator`: its way (its own
+/// when its `g` held one, else a free one, else one taken from another
+/// goroutine, counted, picked by the time's low bits) gets `origin`.
+#[inline(always)]
+pub fn go_born(key: u64, origin: sonde_common::GoOrigin) {
+    let first = go_hash(key, GO_SET_BITS) * GO_WAYS;
+    let mut own = None;
+    let mut free = None;
+    for w in 0..GO_WAYS {
+        let Some(e) = GOROUTINES.get_ptr_mut(first + w) else {
+            return;
+        };
+        // SAFETY: a map value.
+        let k = unsafe { core::ptr::read_volatile(&(*e).key) };
+        if k == key {
+            own = Some(e);
+            break;
+        }
+        if k == 0 && free.is_none() {
+            free = Some(e);
+        }
+    }
+    if let Some(e) = own {
+        // SAFETY: a map value. The goroutine is not running yet, so no
+        // reader of it races this write.
+        unsafe { core::ptr::write_volatile(&mut (*e).origin, origin) };
+        return;
+    }
+    let e = match free {
+        Some(e) => e,
+        None => {
+            count(sonde_common::stat::GO_EVICTED);
+            let Some(e) =
+                GOROUTINES.get_ptr_mut(first + ((origin.at_ns >> 4) as u32 & (GO_WAYS - 1)))
+            else {
+                return;
+            };
+            e
+        }
+    };
+    // SAFETY: a map value; the order readers rely on (`go_origin`).
+    unsafe {
+        core::ptr::write_volatile(&mut (*e).key, 0);
+        core::ptr::write_volatile(&mut (*e).origin, origin);
+        core::ptr::write_volatile(&mut (*e).key, key);
+    }
+}
+
+/// A hand-off on its way: the goroutine it was sent to, and its sender.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HandOff {
+    /// The receiver's `go_key`; 0: none. Same order as `Goroutine::key`.
+    pub key: u64,
+    pub handed: sonde_common::Lineage,
+}
+
+/// `GO_HANDOFFS`' length: 2^12.
+const HANDOFF_BITS: u32 = 12;
+
+/// Go: the hand-offs sent and not yet taken, direct-mapped by a hash of the
+/// receiver's key. A hand-off lives from the send that readies its receiver
+/// to that receiver's next run, microseconds, so a few are in flight at a
+/// time and a small table holds them (160 KiB, hot in cache). The check at
+/// every goroutine switch is then one array lookup, where a lookup in the
+/// goroutine table cost about 40 ns per switch on the development VM. A
+/// hand-off overwritten by another's before its receiver ran is lost (its
+/// writes are placed by other evidence or stay roots); a receiver never
+/// takes another's (the key) nor one older than its last run: it takes its
+/// own at that run, or a later send overwrites it.
+#[map]
+pub static GO_HANDOFFS: Array<HandOff> = Array::with_max_entries(1 << HANDOFF_BITS, 0);
+
+/// Goroutine `key`, waiting on a channel, was sent a value: `handed` names
+/// the sender, kept for the receiver's next run.
+#[inline(always)]
+pub fn go_hand(key: u64, handed: sonde_common::Lineage) {
+    let Some(e) = GO_HANDOFFS.get_ptr_mut(go_hash(key, HANDOFF_BITS)) else {
+        return;
+    };
+    // SAFETY: a map value; the order readers rely on (`go_origin`).
+    unsafe {
+        core::ptr::write_volatile(&mut (*e).key, 0);
+        core::ptr::write_volatile(&mut (*e).handed, handed);
+        core::ptr::write_volatile(&mut (*e).key, key);
+    }
+}
+
+/// Takes goroutine `key`'s hand-off, if one waits for it: it holds for
+/// this run only.
+#[inline(always)]
+pub fn go_take_handed(key: u64) -> Option<sonde_common::Lineage> {
+    let e = GO_HANDOFFS.get_ptr_mut(go_hash(key, HANDOFF_BITS))?;
+    // SAFETY: a map value; see `go_origin`. The clear writes only a 0, which
+    // at worst loses a hand-off written there since by another send.
+    unsafe {
+        if core::ptr::read_volatile(&(*e).key) != key {
+            return None;
+        }
+        let h = core::ptr::read_volatile(&(*e).handed);
+        if core::ptr::read_volatile(&(*e).key) != key {
+            return None;
+        }
+        core::ptr::write_volatile(&mut (*e).key, 0);
+        Some(h)
+    }
+}
 
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
 /// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.

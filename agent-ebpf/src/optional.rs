@@ -1,7 +1,8 @@
 //! Programs that do nothing: `sonde doctor` loads them to test whether this
 //! kernel lets us load and attach each program type, and `sonde probe-cost`
-//! attaches `sonde_floor` beside the agent's data programs to measure what
-//! the statistics report for a program with no work at all.
+//! attaches `sonde_floor` beside the agent's data programs (and
+//! `sonde_ufloor` beside its goroutine probes) to measure what the
+//! statistics report for a program with no work at all.
 use aya_ebpf::{
     macros::{fentry, kprobe, sk_msg, tracepoint, uprobe},
     programs::{FEntryContext, ProbeContext, SkMsgContext, TracePointContext},
@@ -9,6 +10,11 @@ use aya_ebpf::{
 
 #[tracepoint]
 pub fn sonde_floor(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[uprobe]
+pub fn sonde_ufloor(_ctx: ProbeContext) -> u32 {
     0
 }
 

@@ -7,10 +7,21 @@
 //! and the kernel's own work to call it is inside that interval too, so a
 //! program that does nothing does not measure 0. That floor differs from
 //! machine to machine (a VM's clock reads are slow), so the window also
-//! times `sonde_floor`, an empty program, on the data syscalls' tracepoints.
-use std::{collections::BTreeMap, time::Duration};
+//! times `sonde_floor`, an empty program, on the data syscalls' tracepoints,
+//! and `sonde_ufloor`, an empty uprobe, on the goroutine switch of the Go
+//! programs running: a uprobe is called by another path (a trap, then the
+//! uprobe's consumers), whose share of the interval is its own.
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    time::Duration,
+};
 
-use aya::programs::TracePoint;
+use aya::programs::{
+    uprobe::{UProbeAttachLocation, UProbeScope},
+    TracePoint, UProbe,
+};
 
 use super::{
     goruntime::GO_PROBES,
@@ -20,6 +31,16 @@ use super::{
 
 /// The empty program timed beside sonde's (`agent-ebpf/src/optional.rs`).
 pub const FLOOR_PROGRAM: &str = "sonde_floor";
+
+/// The empty uprobe timed beside the goroutine probes.
+pub const UPROBE_FLOOR_PROGRAM: &str = "sonde_ufloor";
+
+/// The runtime function `sonde_ufloor` is attached to: the busiest
+/// goroutine probe's (`go_execute`).
+const UPROBE_FLOOR_HOOK: &str = "runtime.execute";
+
+/// At most this many Go executables get the empty uprobe.
+const UPROBE_FLOOR_FILES: usize = 32;
 
 /// The tracepoints `sonde_floor` is attached to: the busiest data calls'.
 const FLOOR_HOOKS: &[&str] = &[
@@ -62,7 +83,7 @@ impl Cost {
 }
 
 fn ours(name: &str) -> bool {
-    name == FLOOR_PROGRAM
+    is_floor(name)
         || TRACEPOINTS
             .iter()
             .map(|t| t.program)
@@ -76,10 +97,23 @@ fn sample() -> Result<Sample, String> {
         .map_err(|e| format!("listing BPF programs failed ({e}); fix: run as root (CAP_SYS_ADMIN)"))
 }
 
+fn is_floor(name: &str) -> bool {
+    name == FLOOR_PROGRAM || name == UPROBE_FLOOR_PROGRAM
+}
+
+/// Whether each floor was timed, and if not, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Floors {
+    /// `sonde_floor`, on the data syscalls' tracepoints.
+    pub tracepoint: Result<(), String>,
+    /// `sonde_ufloor`: on how many Go executables' `runtime.execute`.
+    pub uprobe: Result<usize, String>,
+}
+
 /// The cost of each sonde program over `window` (programs whose names
-/// share 15 bytes, such as the epoll enters, are summed), and the floor:
-/// `sonde_floor`'s, or why it could not be timed.
-pub fn measure(window: Duration) -> Result<(Vec<Cost>, Result<(), String>), String> {
+/// share 15 bytes, such as the epoll enters, are summed), and the floors:
+/// whether each was timed, or why not.
+pub fn measure(window: Duration) -> Result<(Vec<Cost>, Floors), String> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
         format!("cannot enable BPF run-time statistics ({e}); fix: run as root on a kernel 5.8 or newer")
     })?;
@@ -90,26 +124,104 @@ pub fn measure(window: Duration) -> Result<(Vec<Cost>, Result<(), String>), Stri
                 .into(),
         );
     }
-    // Attached after the first sample, so its runs all fall in the window;
-    // detached when `floor` drops, after the second.
-    let floor = attach_floor();
+    // Attached after the first sample, so their runs all fall in the
+    // window; detached when `probes` drops, after the second.
+    let (probes, floors) = match Probes::load_object(&ProbeConfig::default()) {
+        Ok(mut probes) => {
+            let floors = Floors {
+                tracepoint: attach_floor(&mut probes),
+                uprobe: attach_uprobe_floor(&mut probes),
+            };
+            (Some(probes), floors)
+        }
+        Err(e) => (
+            None,
+            Floors {
+                tracepoint: Err(format!("loading it: {e}")),
+                uprobe: Err(format!("loading it: {e}")),
+            },
+        ),
+    };
     std::thread::sleep(window);
     let after = sample()?;
-    Ok((delta(&before, &after), floor.map(drop)))
+    drop(probes);
+    Ok((delta(&before, &after), floors))
 }
 
-/// A second copy of sonde's object, with only `sonde_floor` loaded and
-/// attached to `FLOOR_HOOKS`.
-fn attach_floor() -> Result<Probes, String> {
-    let mut probes =
-        Probes::load_object(&ProbeConfig::default()).map_err(|e| format!("loading it: {e}"))?;
+/// Loads `sonde_floor` from a second copy of sonde's object and attaches
+/// it to `FLOOR_HOOKS`.
+fn attach_floor(probes: &mut Probes) -> Result<(), String> {
     let prog: &mut TracePoint = probes.program(FLOOR_PROGRAM)?;
     prog.load().map_err(|e| format!("loading it: {e}"))?;
     for hook in FLOOR_HOOKS {
         prog.attach("syscalls", hook)
             .map_err(|e| format!("attaching it to syscalls:{hook}: {e}"))?;
     }
-    Ok(probes)
+    Ok(())
+}
+
+/// Loads `sonde_ufloor` and attaches it to `UPROBE_FLOOR_HOOK` in every
+/// Go executable that a running process runs: how many.
+fn attach_uprobe_floor(probes: &mut Probes) -> Result<usize, String> {
+    let files = go_executables();
+    if files.is_empty() {
+        return Err("no Go program the goroutine probes understand is running".into());
+    }
+    let prog: &mut UProbe = probes.program(UPROBE_FLOOR_PROGRAM)?;
+    prog.load().map_err(|e| format!("loading it: {e}"))?;
+    let mut attached = 0;
+    let mut failed = None;
+    for f in &files {
+        let at = UProbeAttachLocation::Symbol(UPROBE_FLOOR_HOOK);
+        match prog.attach(at, f, UProbeScope::AllProcesses) {
+            Ok(_) => attached += 1,
+            Err(e) => failed = Some(format!("{}: {e}", f.display())),
+        }
+    }
+    match (attached, failed) {
+        (0, Some(why)) => Err(format!("attaching it to {UPROBE_FLOOR_HOOK}: {why}")),
+        _ => Ok(attached),
+    }
+}
+
+/// The distinct executables of running processes that are Go programs the
+/// goroutine probes understand (at most `UPROBE_FLOOR_FILES`), by their
+/// `/proc/<pid>/exe` path (which reaches into containers).
+fn go_executables() -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        if out.len() == UPROBE_FLOOR_FILES {
+            break;
+        }
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let exe = entry.path().join("exe");
+        let Ok(meta) = std::fs::metadata(&exe) else {
+            continue;
+        };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let go = std::fs::File::open(&exe).is_ok_and(|f| {
+            matches!(
+                super::goruntime::inspect(&object::ReadCache::new(f)),
+                super::goruntime::Binary::Go(_)
+            )
+        });
+        if go {
+            out.push(exe);
+        }
+    }
+    out
 }
 
 fn delta(before: &Sample, after: &Sample) -> Vec<Cost> {
@@ -130,8 +242,8 @@ fn delta(before: &Sample, after: &Sample) -> Vec<Cost> {
 }
 
 /// The table `sonde probe-cost` prints: sonde's programs, their groups and
-/// total, then the floor (`floor`: why it was not timed, if it was not).
-pub fn render(costs: &[Cost], floor: &Result<(), String>, window: Duration) -> String {
+/// total, then the floors (or why one was not timed).
+pub fn render(costs: &[Cost], floors: &Floors, window: Duration) -> String {
     let secs = window.as_secs_f64();
     let mut s = format!(
         "{:<16} {:>12} {:>12} {:>10}\n",
@@ -149,7 +261,7 @@ pub fn render(costs: &[Cost], floor: &Result<(), String>, window: Duration) -> S
             ns as f64 / secs / 1e7
         ));
     };
-    let is_floor = |c: &Cost| c.program == FLOOR_PROGRAM;
+    let is_floor = |c: &Cost| is_floor(&c.program);
     for c in costs.iter().filter(|c| !is_floor(c)) {
         line(&mut s, &c.program, c.runs, c.ns);
     }
@@ -166,13 +278,14 @@ pub fn render(costs: &[Cost], floor: &Result<(), String>, window: Duration) -> S
     };
     let (r, n) = sum(&tick);
     line(&mut s, "(tick probes)", r, n);
-    let (r, n) = sum(&|c: &Cost| GO_PROBES.iter().any(|(p, _)| *p == c.program));
-    if r > 0 {
-        line(&mut s, "(go probes)", r, n);
+    let (go_runs, n) = sum(&|c: &Cost| GO_PROBES.iter().any(|(p, _)| *p == c.program));
+    if go_runs > 0 {
+        line(&mut s, "(go probes)", go_runs, n);
     }
     let (r, n) = sum(&|_| true);
     line(&mut s, "(all)", r, n);
-    match (costs.iter().find(|c| is_floor(c)), floor) {
+    let floor = |name: &str| costs.iter().find(|c| c.program == name);
+    match (floor(FLOOR_PROGRAM), &floors.tracepoint) {
         (Some(f), Ok(())) => {
             line(&mut s, "(floor)", f.runs, f.ns);
             s.push_str(
@@ -181,6 +294,22 @@ pub fn render(costs: &[Cost], floor: &Result<(), String>, window: Duration) -> S
         }
         (None, Ok(())) => s.push_str("(floor): the empty program did not run in the window\n"),
         (_, Err(why)) => s.push_str(&format!("(floor): not timed: {why}\n")),
+    }
+    // Shown beside the goroutine probes only: without them it says nothing
+    // about sonde.
+    if go_runs > 0 {
+        match (floor(UPROBE_FLOOR_PROGRAM), &floors.uprobe) {
+            (Some(f), Ok(files)) => {
+                line(&mut s, "(uprobe floor)", f.runs, f.ns);
+                s.push_str(&format!(
+                    "(uprobe floor): an empty uprobe on {UPROBE_FLOOR_HOOK} of {files} Go executable(s), timed the same way\n"
+                ));
+            }
+            (None, Ok(_)) => {
+                s.push_str("(uprobe floor): the empty uprobe did not run in the window\n")
+            }
+            (_, Err(why)) => s.push_str(&format!("(uprobe floor): not timed: {why}\n")),
+        }
     }
     s
 }
@@ -201,6 +330,13 @@ pub const TICK_PROGRAMS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timed(go_files: usize) -> Floors {
+        Floors {
+            tracepoint: Ok(()),
+            uprobe: Ok(go_files),
+        }
+    }
 
     #[test]
     fn deltas_sum_truncated_names_and_skip_idle_programs() {
@@ -236,7 +372,7 @@ mod tests {
             ]
         );
         assert_eq!(d[0].ns_per_run(), 100.0);
-        let table = render(&d, &Ok(()), Duration::from_secs(2));
+        let table = render(&d, &timed(0), Duration::from_secs(2));
         assert!(
             table.contains("(tick probes)")
                 && table
@@ -262,7 +398,7 @@ mod tests {
                 ns: 2_000,
             },
         ];
-        let table = render(&costs, &Ok(()), Duration::from_secs(1));
+        let table = render(&costs, &timed(0), Duration::from_secs(1));
         let row = |name: &str| {
             table
                 .lines()
@@ -279,12 +415,63 @@ mod tests {
         assert!(!table.contains(&format!("\n{FLOOR_PROGRAM} ")), "{table}");
         let failed = render(
             &costs[..1],
-            &Err("loading it: denied".into()),
+            &Floors {
+                tracepoint: Err("loading it: denied".into()),
+                uprobe: Err("loading it: denied".into()),
+            },
             Duration::from_secs(1),
         );
         assert!(
             failed.contains("(floor): not timed: loading it: denied"),
             "{failed}"
         );
+    }
+
+    /// The uprobe floor shows beside the goroutine probes only, apart from
+    /// them and from the total.
+    #[test]
+    fn the_uprobe_floor_shows_beside_the_goroutine_probes() {
+        assert!(ours(UPROBE_FLOOR_PROGRAM) && ours("go_execute"));
+        let cost = |p: &str, runs, ns| Cost {
+            program: p.into(),
+            runs,
+            ns,
+        };
+        let costs = [
+            cost("go_execute", 100, 12_000),
+            cost("go_send", 50, 15_000),
+            cost(UPROBE_FLOOR_PROGRAM, 100, 9_000),
+        ];
+        let table = render(&costs, &timed(2), Duration::from_secs(1));
+        // Runs per second and ns per run of the row named `name`.
+        let row = |name: &str| {
+            table
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} row in\n{table}"))
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row("(go probes)"), ["150", "180"], "{table}");
+        assert_eq!(row("(all)"), ["150", "180"], "{table}");
+        assert_eq!(row("(uprobe floor)"), ["100", "90"], "{table}");
+        assert!(table.contains("of 2 Go executable(s)"), "{table}");
+        let none = Floors {
+            tracepoint: Ok(()),
+            uprobe: Err("no Go program the goroutine probes understand is running".into()),
+        };
+        let table = render(&costs[..2], &none, Duration::from_secs(1));
+        assert!(
+            table.contains("(uprobe floor): not timed: no Go program"),
+            "{table}"
+        );
+        // Without goroutine probes, no uprobe floor line at all.
+        let table = render(
+            &[cost("sys_exit_read", 10, 3_000)],
+            &none,
+            Duration::from_secs(1),
+        );
+        assert!(!table.contains("uprobe floor"), "{table}");
     }
 }

@@ -740,6 +740,9 @@ pub struct KernelCounters {
     pub map_full: u64,
     pub orphan_exits: u64,
     pub tls_no_socket: u64,
+    /// Goroutines whose origin the kernel's goroutine table lost to
+    /// another goroutine's (`GOROUTINES`).
+    pub go_evicted: u64,
     /// `traceparent` injection, by [`INJECT_OUTCOMES`].
     pub injections: [u64; 7],
 }
@@ -765,6 +768,7 @@ impl KernelStats {
             map_full: get(stat::MAP_FULL),
             orphan_exits: get(stat::ORPHAN_EXITS),
             tls_no_socket: get(stat::TLS_NO_SOCKET),
+            go_evicted: get(stat::GO_EVICTED),
             injections: INJECT_OUTCOMES.map(|(_, i)| get(i)),
         }
     }
