@@ -432,10 +432,11 @@ const GO_WAYS: u32 = 4;
 /// the LRU's bookkeeping cost more than the rest of those probes' work
 /// (README, "The goroutine tables"). Here a lookup is four inlined array
 /// lookups in adjacent memory. A goroutine that finds its set full takes
-/// the way of another (counted as `go_evicted`): the evicted one loses its
-/// origin, so its calls are placed by other evidence or stay roots, never
-/// under another goroutine's request (a reader checks the key). 65,536
-/// entries, as the LRU map held; 1.5 MiB.
+/// the way of the one created longest ago (counted as `go_evicted`; see
+/// `go_born`): if that one still runs, it loses its origin, so its calls
+/// are placed by other evidence or stay roots, never under another
+/// goroutine's request (a reader checks the key). 65,536 entries, as the
+/// LRU map held; 1.5 MiB.
 #[map]
 pub static GOROUTINES: Array<Goroutine> = Array::with_max_entries(1 << (GO_SET_BITS + 2), 0);
 
@@ -469,25 +470,40 @@ pub fn go_origin(key: u64) -> Option<sonde_common::GoOrigin> {
 }
 
 /// Goroutine `key` was just created by `origin.creator`: its way (its own
-/// when its `g` held one, else a free one, else one taken from another
-/// goroutine, counted, picked by the time's low bits) gets `origin`.
+/// when its `g` held one, else a free one, else, counted, the way of the
+/// goroutine created longest ago) gets `origin`.
+///
+/// Nothing removes the goroutines of a process that exited: their ways are
+/// taken this way, the oldest first. A live goroutine made that long ago
+/// is most often one that loops for the process's life (an accept loop, a
+/// connection's reader), whose calls are placed by the request they read.
 #[inline(always)]
 pub fn go_born(key: u64, origin: sonde_common::GoOrigin) {
     let first = go_hash(key, GO_SET_BITS) * GO_WAYS;
     let mut own = None;
     let mut free = None;
+    let mut oldest: Option<(*mut Goroutine, u64)> = None;
     for w in 0..GO_WAYS {
         let Some(e) = GOROUTINES.get_ptr_mut(first + w) else {
             return;
         };
         // SAFETY: a map value.
-        let k = unsafe { core::ptr::read_volatile(&(*e).key) };
+        let (k, at) = unsafe {
+            (
+                core::ptr::read_volatile(&(*e).key),
+                core::ptr::read_volatile(&(*e).origin.at_ns),
+            )
+        };
         if k == key {
             own = Some(e);
             break;
         }
-        if k == 0 && free.is_none() {
-            free = Some(e);
+        if k == 0 {
+            if free.is_none() {
+                free = Some(e);
+            }
+        } else if oldest.is_none_or(|(_, t)| at < t) {
+            oldest = Some((e, at));
         }
     }
     if let Some(e) = own {
@@ -496,17 +512,13 @@ pub fn go_born(key: u64, origin: sonde_common::GoOrigin) {
         unsafe { core::ptr::write_volatile(&mut (*e).origin, origin) };
         return;
     }
-    let e = match free {
-        Some(e) => e,
-        None => {
+    let e = match (free, oldest) {
+        (Some(e), _) => e,
+        (None, Some((e, _))) => {
             count(sonde_common::stat::GO_EVICTED);
-            let Some(e) =
-                GOROUTINES.get_ptr_mut(first + ((origin.at_ns >> 4) as u32 & (GO_WAYS - 1)))
-            else {
-                return;
-            };
             e
         }
+        (None, None) => return,
     };
     // SAFETY: a map value; the order readers rely on (`go_origin`).
     unsafe {
