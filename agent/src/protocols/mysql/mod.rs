@@ -18,7 +18,7 @@ pub mod protocol;
 pub use protocol::SPEC;
 
 use foldhash::{HashMap, HashMapExt};
-use std::{collections::VecDeque, sync::Arc};
+use std::{borrow::Cow, collections::VecDeque, sync::Arc};
 
 use super::{
     db::{DbCall, DbError, DbSystem},
@@ -60,9 +60,12 @@ pub enum MysqlError {
     Encrypted,
 }
 
-struct Packet {
+/// One packet. Its body is borrowed from the segment when the whole packet
+/// arrived in it (most do: rows, column definitions, OKs), and copied only
+/// when it spans segments.
+struct Packet<'a> {
     seq: u8,
-    body: Vec<u8>,
+    body: Cow<'a, [u8]>,
     /// Full payload length (body may hold less).
     len: usize,
     first: SegTime,
@@ -73,17 +76,18 @@ struct Packet {
 struct Framer {
     hdr: Vec<u8>,
     remaining: u64,
-    cur: Option<Packet>,
+    /// A packet that continues in the next segment.
+    cur: Option<Packet<'static>>,
     lost: bool,
 }
 
 impl Framer {
-    fn feed(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Packet>) {
+    fn feed<'a>(&mut self, mut data: &'a [u8], t: SegTime, out: &mut Vec<Packet<'a>>) {
         while !data.is_empty() {
             if let Some(p) = self.cur.as_mut() {
                 let n = self.remaining.min(data.len() as u64) as usize;
                 let room = KEEP.saturating_sub(p.body.len());
-                p.body.extend_from_slice(&data[..n.min(room)]);
+                p.body.to_mut().extend_from_slice(&data[..n.min(room)]);
                 p.last = t;
                 self.remaining -= n as u64;
                 data = &data[n..];
@@ -100,24 +104,32 @@ impl Framer {
             }
             let len =
                 self.hdr[0] as usize | (self.hdr[1] as usize) << 8 | (self.hdr[2] as usize) << 16;
-            let p = Packet {
-                seq: self.hdr[3],
-                body: vec![],
+            let seq = self.hdr[3];
+            self.hdr.clear();
+            if len <= data.len() {
+                // Whole in this segment: borrowed, no copy.
+                out.push(Packet {
+                    seq,
+                    body: Cow::Borrowed(&data[..len.min(KEEP)]),
+                    len,
+                    first: t,
+                    last: t,
+                });
+                data = &data[len..];
+                continue;
+            }
+            self.remaining = len as u64;
+            self.cur = Some(Packet {
+                seq,
+                body: Cow::Owned(vec![]),
                 len,
                 first: t,
                 last: t,
-            };
-            self.hdr.clear();
-            self.remaining = len as u64;
-            if len == 0 {
-                out.push(p);
-            } else {
-                self.cur = Some(p);
-            }
+            });
         }
     }
 
-    fn skip(&mut self, gap: u64, out: &mut Vec<Packet>) -> bool {
+    fn skip(&mut self, gap: u64, out: &mut Vec<Packet<'_>>) -> bool {
         if gap == 0 {
             return true;
         }
@@ -291,7 +303,7 @@ impl MysqlConnection {
         Ok(())
     }
 
-    fn on_client(&mut self, p: Packet) -> Result<(), MysqlError> {
+    fn on_client(&mut self, p: Packet<'_>) -> Result<(), MysqlError> {
         match self.phase {
             Phase::Greeting | Phase::Auth if p.seq == 1 && p.body.len() >= 32 => {
                 let caps = le32(&p.body, 0).unwrap_or(0);
@@ -375,7 +387,7 @@ impl MysqlConnection {
         Ok(())
     }
 
-    fn on_server(&mut self, p: Packet, out: &mut Vec<DbCall>) {
+    fn on_server(&mut self, p: Packet<'_>, out: &mut Vec<DbCall>) {
         let b = &p.body;
         match self.phase {
             Phase::Greeting => {
@@ -474,7 +486,7 @@ impl MysqlConnection {
         });
     }
 
-    fn on_response(&mut self, p: Packet, out: &mut Vec<DbCall>) {
+    fn on_response(&mut self, p: Packet<'_>, out: &mut Vec<DbCall>) {
         let b = &p.body;
         let first = b.first().copied();
         // A short 0xfe packet is an EOF; a 0xfe OK terminator (DEPRECATE_EOF) is longer.

@@ -40,8 +40,13 @@ impl DbParser for MysqlConnection {
     }
 
     fn heap_bytes(&self) -> usize {
-        let framer =
-            |f: &super::Framer| f.hdr.capacity() + f.cur.as_ref().map_or(0, |p| p.body.capacity());
+        let framer = |f: &super::Framer| {
+            f.hdr.capacity()
+                + f.cur.as_ref().map_or(0, |p| match &p.body {
+                    std::borrow::Cow::Owned(v) => v.capacity(),
+                    std::borrow::Cow::Borrowed(_) => 0,
+                })
+        };
         self.statements
             .values()
             .map(|s| s.sanitized.len() + 40)

@@ -15,7 +15,7 @@ pub mod protocol;
 pub use protocol::SPEC;
 
 use foldhash::HashMap;
-use std::{collections::VecDeque, sync::Arc};
+use std::{borrow::Cow, collections::VecDeque, sync::Arc};
 
 use super::{
     db::{DbCall, DbError, DbSystem},
@@ -30,6 +30,17 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 /// Message bodies kept for parsing (SQL text, error fields); the rest of a
 /// longer body is skipped by count.
 const KEEP: usize = 16 * 1024;
+
+/// How much of a message of type `kind` to keep: the messages read below
+/// (startup packets, Query, Parse, Bind, Execute, Close; CommandComplete,
+/// ErrorResponse, ParameterStatus) up to `KEEP`, the others (rows, row
+/// descriptions, copy data, passwords) none: only counted past.
+fn keep(kind: u8) -> usize {
+    match kind {
+        0 | b'Q' | b'P' | b'B' | b'E' | b'C' | b'S' => KEEP,
+        _ => 0,
+    }
+}
 const MAX_LEN: u32 = 1 << 30;
 
 /// Whether a client's first bytes are a startup, SSL or GSS request.
@@ -68,10 +79,12 @@ pub enum PgError {
 }
 
 /// One message: type (0 for untyped startup packets), body prefix, timing.
+/// The body is borrowed from the segment when the whole message arrived in
+/// it (most do), and copied only when it spans segments.
 #[derive(Debug)]
-struct Msg {
+struct Msg<'a> {
     kind: u8,
-    body: Vec<u8>,
+    body: Cow<'a, [u8]>,
     /// Part of the body was not captured.
     truncated: bool,
     first: SegTime,
@@ -84,7 +97,8 @@ struct Framer {
     untyped: bool,
     hdr: Vec<u8>,
     remaining: u64,
-    cur: Option<Msg>,
+    /// A message that continues in the next segment.
+    cur: Option<Msg<'static>>,
     lost: bool,
 }
 
@@ -97,12 +111,17 @@ impl Framer {
         }
     }
 
-    fn feed(&mut self, mut data: &[u8], t: SegTime, out: &mut Vec<Msg>) -> Result<(), ()> {
+    fn feed<'a>(
+        &mut self,
+        mut data: &'a [u8],
+        t: SegTime,
+        out: &mut Vec<Msg<'a>>,
+    ) -> Result<(), ()> {
         while !data.is_empty() {
             if let Some(m) = self.cur.as_mut() {
                 let n = self.remaining.min(data.len() as u64) as usize;
-                let room = KEEP.saturating_sub(m.body.len());
-                m.body.extend_from_slice(&data[..n.min(room)]);
+                let room = keep(m.kind).saturating_sub(m.body.len());
+                m.body.to_mut().extend_from_slice(&data[..n.min(room)]);
                 m.truncated |= n > room;
                 m.last = t;
                 self.remaining -= n as u64;
@@ -128,34 +147,50 @@ impl Framer {
                 return Err(());
             };
             self.hdr.clear();
-            self.remaining = (len - 4) as u64;
+            let body = (len - 4) as usize;
+            if body <= data.len() {
+                // Whole in this segment: borrowed, no copy.
+                let kept = body.min(keep(kind));
+                let m = Msg {
+                    kind,
+                    body: Cow::Borrowed(&data[..kept]),
+                    truncated: kept < body,
+                    first: t,
+                    last: t,
+                };
+                data = &data[body..];
+                self.done(m, out);
+                continue;
+            }
+            self.remaining = body as u64;
             self.cur = Some(Msg {
                 kind,
-                body: vec![],
+                body: Cow::Owned(vec![]),
                 truncated: false,
                 first: t,
                 last: t,
             });
-            if self.remaining == 0 {
-                self.complete(out);
-            }
         }
         Ok(())
     }
 
-    fn complete(&mut self, out: &mut Vec<Msg>) {
+    fn complete(&mut self, out: &mut Vec<Msg<'_>>) {
         if let Some(m) = self.cur.take() {
-            // After the StartupMessage every packet is typed, from the very
-            // next byte of this same segment.
-            if self.untyped && m.body.get(0..4) == Some(&PROTOCOL_3.to_be_bytes()[..]) {
-                self.untyped = false;
-            }
-            out.push(m);
+            self.done(m, out);
         }
     }
 
+    fn done<'a>(&mut self, m: Msg<'a>, out: &mut Vec<Msg<'a>>) {
+        // After the StartupMessage every packet is typed, from the very
+        // next byte of this same segment.
+        if self.untyped && m.body.get(0..4) == Some(&PROTOCOL_3.to_be_bytes()[..]) {
+            self.untyped = false;
+        }
+        out.push(m);
+    }
+
     /// Skips `gap` uncaptured bytes; false if that loses the framing.
-    fn skip(&mut self, gap: u64, out: &mut Vec<Msg>) -> bool {
+    fn skip(&mut self, gap: u64, out: &mut Vec<Msg<'_>>) -> bool {
         if gap == 0 {
             return true;
         }
@@ -182,6 +217,12 @@ fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// A statement's or portal's name, to look it up: borrowed when it is
+/// UTF-8, as names are.
+fn name(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
 }
 
 #[derive(Debug)]
@@ -329,7 +370,7 @@ impl PgConnection {
             }
             *framer = Framer::default();
         }
-        let mut msgs = vec![];
+        let mut msgs = Vec::new();
         let ok = framer.feed(data, t, &mut msgs).is_ok() && framer.skip(seg.gap(), &mut msgs);
         if !ok {
             *framer = Framer {
@@ -354,7 +395,7 @@ impl PgConnection {
         Ok(())
     }
 
-    fn on_client(&mut self, m: Msg) {
+    fn on_client(&mut self, m: Msg<'_>) {
         if m.kind == 0 {
             if let Some(code) = be32(&m.body, 0) {
                 match code {
@@ -394,13 +435,14 @@ impl PgConnection {
                 });
             }
             b'P' => {
-                let (name, rest) = cstr(&m.body);
+                let (stmt, rest) = cstr(&m.body);
                 let (q, _) = cstr(rest);
+                let stmt = name(stmt);
                 if self.statements.len() < MAX_STATEMENTS
-                    || self.statements.contains_key(&text(name))
+                    || self.statements.contains_key(stmt.as_ref())
                 {
                     let st = sql::statement(&String::from_utf8_lossy(q), self.dialect());
-                    self.statements.insert(text(name), Arc::new(st));
+                    self.statements.insert(stmt.into_owned(), Arc::new(st));
                 }
             }
             b'B' => {
@@ -408,16 +450,19 @@ impl PgConnection {
                 let (stmt, _) = cstr(rest);
                 let st = self
                     .statements
-                    .get(&text(stmt))
+                    .get(name(stmt).as_ref())
                     .cloned()
                     .unwrap_or_default();
-                if self.portals.len() < MAX_STATEMENTS || self.portals.contains_key(&text(portal)) {
-                    self.portals.insert(text(portal), st);
+                let portal = name(portal);
+                if let Some(p) = self.portals.get_mut(portal.as_ref()) {
+                    *p = st;
+                } else if self.portals.len() < MAX_STATEMENTS {
+                    self.portals.insert(portal.into_owned(), st);
                 }
             }
             b'E' => {
                 let (portal, _) = cstr(&m.body);
-                let st = self.portals.get(&text(portal)).cloned();
+                let st = self.portals.get(name(portal).as_ref()).cloned();
                 self.queue(Pending::Execute { st, first: m.first });
             }
             b'S' => self.queue(Pending::Sync),
@@ -474,7 +519,7 @@ impl PgConnection {
         }
     }
 
-    fn on_server(&mut self, m: Msg, out: &mut Vec<DbCall>) {
+    fn on_server(&mut self, m: Msg<'_>, out: &mut Vec<DbCall>) {
         match m.kind {
             b'C' | b'I' | b's' | b'E' => {
                 let rows = (m.kind == b'C')

@@ -47,8 +47,13 @@ impl DbParser for PgConnection {
                     .map(|(k, v)| k.len() + v.sanitized.len() + 48)
                     .sum::<usize>()
             };
-        let framer =
-            |f: &super::Framer| f.hdr.capacity() + f.cur.as_ref().map_or(0, |m| m.body.capacity());
+        let framer = |f: &super::Framer| {
+            f.hdr.capacity()
+                + f.cur.as_ref().map_or(0, |m| match &m.body {
+                    std::borrow::Cow::Owned(v) => v.capacity(),
+                    std::borrow::Cow::Borrowed(_) => 0,
+                })
+        };
         named(&self.statements)
             + named(&self.portals)
             + self.pending.len() * std::mem::size_of::<super::Pending>()

@@ -107,12 +107,23 @@ impl Reader {
                     return Ok(());
                 }
                 Some(p) => {
-                    self.line.extend_from_slice(&data[..=p]);
-                    data = &data[p + 1..];
-                    let line = std::mem::take(&mut self.line);
-                    match self.on_line(&line, t, requests)? {
-                        Step::Done(v) => out.push(v),
-                        Step::Continue => {}
+                    let step = if self.line.is_empty() {
+                        // Whole in this segment: read in place.
+                        let line = &data[..=p];
+                        data = &data[p + 1..];
+                        self.on_line(line, t, requests)
+                    } else {
+                        self.line.extend_from_slice(&data[..=p]);
+                        data = &data[p + 1..];
+                        let mut line = std::mem::take(&mut self.line);
+                        let step = self.on_line(&line, t, requests);
+                        // Its buffer serves the next line cut by a segment.
+                        line.clear();
+                        self.line = line;
+                        step
+                    };
+                    if let Step::Done(v) = step? {
+                        out.push(v);
                     }
                 }
             }

@@ -155,16 +155,16 @@ pub fn statement(sql: &str, dialect: Dialect) -> Statement {
 }
 
 fn keywords(body: &str) -> (String, Option<String>) {
-    let mut w = words(body);
-    let operation = w.next().map(|s| s.to_ascii_uppercase()).unwrap_or_default();
-    let up: Vec<String> = words(body)
-        .take(64)
-        .map(|s| s.to_ascii_uppercase())
-        .collect();
+    // The words as they are, compared without regard to ASCII case: one
+    // allocation per statement, where upper-casing each took one per word.
     let raw: Vec<&str> = words(body).take(64).collect();
+    let operation = raw
+        .first()
+        .map(|s| s.to_ascii_uppercase())
+        .unwrap_or_default();
     let after = |kw: &str, skip: &[&str]| -> Option<String> {
-        let mut i = up.iter().position(|x| x == kw)? + 1;
-        while i < up.len() && skip.contains(&up[i].as_str()) {
+        let mut i = raw.iter().position(|x| x.eq_ignore_ascii_case(kw))? + 1;
+        while i < raw.len() && skip.iter().any(|s| raw[i].eq_ignore_ascii_case(s)) {
             i += 1;
         }
         raw.get(i).and_then(|w| clean_ident(w))
