@@ -90,6 +90,9 @@ pub mod stat {
     /// kernel's goroutine table was full: the evicted one's origin and
     /// pending hand-off are lost.
     pub const GO_EVICTED: u32 = 6;
+    /// A goroutine hand-off overwritten by another's before its receiver
+    /// ran (both ways of its set were held): lost.
+    pub const GO_HANDOFF_LOST: u32 = 7;
     /// `traceparent` injection (`inject.rs`), one counter per outcome:
     /// written into an outgoing request;
     pub const INJECTED: u32 = 8;

@@ -537,28 +537,59 @@ pub struct HandOff {
     pub handed: sonde_common::Lineage,
 }
 
-/// `GO_HANDOFFS`' length: 2^12.
-const HANDOFF_BITS: u32 = 12;
+/// `GO_HANDOFFS`' shape: 2^13 sets of 2 ways.
+const HANDOFF_SET_BITS: u32 = 13;
 
-/// Go: the hand-offs sent and not yet taken, direct-mapped by a hash of the
-/// receiver's key. A hand-off lives from the send that readies its receiver
-/// to that receiver's next run, microseconds, so a few are in flight at a
-/// time and a small table holds them (160 KiB, hot in cache). The check at
-/// every goroutine switch is then one array lookup, where a lookup in the
-/// goroutine table cost about 40 ns per switch on the development VM. A
-/// hand-off overwritten by another's before its receiver ran is lost (its
-/// writes are placed by other evidence or stay roots); a receiver never
-/// takes another's (the key) nor one older than its last run: it takes its
-/// own at that run, or a later send overwrites it.
+/// Go: the hand-offs sent and not yet taken, in sets of 2 ways by a hash of
+/// the receiver's key. A hand-off lives from the send that readies its
+/// receiver to that receiver's next run, microseconds, so few are in
+/// flight at a time and a small table holds them (640 KiB). The check at
+/// every goroutine switch is then one or two array lookups in one set,
+/// where a lookup in the goroutine table cost about 40 ns per switch on the
+/// development VM. A send that finds both ways of its set held by others'
+/// hand-offs takes the first way (counted as `go_handoff_lost`): that one
+/// is lost, and its receiver's writes are placed by other evidence or stay
+/// roots. A receiver never takes another's hand-off (the key), and takes
+/// its own at its next run.
 #[map]
-pub static GO_HANDOFFS: Array<HandOff> = Array::with_max_entries(1 << HANDOFF_BITS, 0);
+pub static GO_HANDOFFS: Array<HandOff> = Array::with_max_entries(1 << (HANDOFF_SET_BITS + 1), 0);
+
+/// The two ways of `key`'s set in `GO_HANDOFFS`.
+#[inline(always)]
+fn handoff_ways(key: u64) -> Option<(*mut HandOff, *mut HandOff)> {
+    let first = go_hash(key, HANDOFF_SET_BITS) * 2;
+    Some((
+        GO_HANDOFFS.get_ptr_mut(first)?,
+        GO_HANDOFFS.get_ptr_mut(first + 1)?,
+    ))
+}
 
 /// Goroutine `key`, waiting on a channel, was sent a value: `handed` names
 /// the sender, kept for the receiver's next run.
 #[inline(always)]
 pub fn go_hand(key: u64, handed: sonde_common::Lineage) {
-    let Some(e) = GO_HANDOFFS.get_ptr_mut(go_hash(key, HANDOFF_BITS)) else {
+    let Some((e0, e1)) = handoff_ways(key) else {
         return;
+    };
+    // SAFETY: map values.
+    let (k0, k1) = unsafe {
+        (
+            core::ptr::read_volatile(&(*e0).key),
+            core::ptr::read_volatile(&(*e1).key),
+        )
+    };
+    // Its own way first (a way per key), then a free one.
+    let e = if k0 == key {
+        e0
+    } else if k1 == key {
+        e1
+    } else if k0 == 0 {
+        e0
+    } else if k1 == 0 {
+        e1
+    } else {
+        count(sonde_common::stat::GO_HANDOFF_LOST);
+        e0
     };
     // SAFETY: a map value; the order readers rely on (`go_origin`).
     unsafe {
@@ -572,13 +603,20 @@ pub fn go_hand(key: u64, handed: sonde_common::Lineage) {
 /// this run only.
 #[inline(always)]
 pub fn go_take_handed(key: u64) -> Option<sonde_common::Lineage> {
-    let e = GO_HANDOFFS.get_ptr_mut(go_hash(key, HANDOFF_BITS))?;
+    let (e0, e1) = handoff_ways(key)?;
+    // SAFETY: map values.
+    let e = unsafe {
+        if core::ptr::read_volatile(&(*e0).key) == key {
+            e0
+        } else if core::ptr::read_volatile(&(*e1).key) == key {
+            e1
+        } else {
+            return None;
+        }
+    };
     // SAFETY: a map value; see `go_origin`. The clear writes only a 0, which
     // at worst loses a hand-off written there since by another send.
     unsafe {
-        if core::ptr::read_volatile(&(*e).key) != key {
-            return None;
-        }
         let h = core::ptr::read_volatile(&(*e).handed);
         if core::ptr::read_volatile(&(*e).key) != key {
             return None;

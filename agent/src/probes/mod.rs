@@ -743,6 +743,9 @@ pub struct KernelCounters {
     /// Goroutines whose origin the kernel's goroutine table lost to
     /// another goroutine's (`GOROUTINES`).
     pub go_evicted: u64,
+    /// Goroutine hand-offs overwritten before their receiver ran
+    /// (`GO_HANDOFFS`).
+    pub go_handoffs_lost: u64,
     /// `traceparent` injection, by [`INJECT_OUTCOMES`].
     pub injections: [u64; 7],
 }
@@ -769,6 +772,7 @@ impl KernelStats {
             orphan_exits: get(stat::ORPHAN_EXITS),
             tls_no_socket: get(stat::TLS_NO_SOCKET),
             go_evicted: get(stat::GO_EVICTED),
+            go_handoffs_lost: get(stat::GO_HANDOFF_LOST),
             injections: INJECT_OUTCOMES.map(|(_, i)| get(i)),
         }
     }

@@ -563,6 +563,13 @@ fn go_services(services: &[&str]) {
         0.0,
         "goroutine origins evicted"
     );
+    // Nor do a few hundred goroutines lose a hand-off in the hand-off
+    // table (sets of 2 ways).
+    assert_eq!(
+        prom_sum(&metrics, "sonde_kernel_goroutine_handoffs_lost_total", &[]),
+        0.0,
+        "goroutine hand-offs lost"
+    );
     // `sonde probe-cost` under more of this load (ids past the checked
     // ones): the goroutine probes, and the empty uprobe timed beside them.
     let mut cost = Command::new(env!("CARGO_BIN_EXE_sonde"))
