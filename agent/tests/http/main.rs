@@ -791,35 +791,11 @@ fn probe_cost() {
     // `sonde probe-cost` over a window with traffic: sonde's read exit,
     // the total, and the empty program's floor, each timed.
     // It ends by itself after the window.
-    let mut cost = std::process::Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(["probe-cost", "--seconds", "3"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while cost.try_wait().unwrap().is_none() {
+    let table = probe_cost_under(3, || {
         python_client(port, 5);
-    }
-    let out = cost.wait_with_output().unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let row = |name: &str| -> (f64, f64) {
-        let l = table
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} row:\n{table}"));
-        let n: Vec<f64> = l[16..]
-            .split_whitespace()
-            .map(|v| v.parse().unwrap())
-            .collect();
-        (n[0], n[1])
-    };
+    });
     for name in ["sys_exit_read ", "(all)", "(floor)"] {
-        let (runs, ns) = row(name);
+        let (runs, ns) = cost_row(&table, name);
         assert!(runs > 0.0 && ns > 0.0, "{name}: {table}");
     }
     assert!(table.contains("(floor): an empty program"), "{table}");

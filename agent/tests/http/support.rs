@@ -504,3 +504,41 @@ pub fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Runs `sonde probe-cost --seconds {seconds}` while `load` runs again and
+/// again (the window needs traffic), and returns its table; it must exit 0.
+pub fn probe_cost_under(seconds: u32, mut load: impl FnMut()) -> String {
+    let mut cost = Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args(["probe-cost", "--seconds", &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while cost.try_wait().unwrap().is_none() {
+        load();
+    }
+    let out = cost.wait_with_output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    table
+}
+
+/// Runs per second and ns per run of the row of a `probe-cost` table whose
+/// name starts with `name` (names fill 16 columns).
+pub fn cost_row(table: &str, name: &str) -> (f64, f64) {
+    let l = table
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} row:\n{table}"));
+    let n: Vec<f64> = l
+        .get(16..)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (n[0], n[1])
+}

@@ -572,34 +572,14 @@ fn go_services(services: &[&str]) {
     );
     // `sonde probe-cost` under more of this load (ids past the checked
     // ones): the goroutine probes, and the empty uprobe timed beside them.
-    let mut cost = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(["probe-cost", "--seconds", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let mut next = 50_000;
-    while cost.try_wait().unwrap().is_none() {
+    let table = probe_cost_under(2, || {
         load(servers[0].1, next..next + in_flight, in_flight);
         next += in_flight;
-    }
-    let out = cost.wait_with_output().unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    });
     for name in ["go_execute ", "(go probes)", "(uprobe floor) "] {
-        let line = table
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} row:\n{table}"));
-        let n: Vec<f64> = line[16..]
-            .split_whitespace()
-            .map(|v| v.parse().unwrap())
-            .collect();
-        assert!(n[0] > 0.0 && n[1] > 0.0, "{name}: {table}");
+        let (runs, ns) = cost_row(&table, name);
+        assert!(runs > 0.0 && ns > 0.0, "{name}: {table}");
     }
     assert!(
         table.contains("(uprobe floor): an empty uprobe on runtime.execute of"),
