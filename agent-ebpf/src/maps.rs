@@ -482,28 +482,18 @@ pub fn go_born(key: u64, origin: sonde_common::GoOrigin) {
     let first = go_hash(key, GO_SET_BITS) * GO_WAYS;
     let mut own = None;
     let mut free = None;
-    let mut oldest: Option<(*mut Goroutine, u64)> = None;
     for w in 0..GO_WAYS {
         let Some(e) = GOROUTINES.get_ptr_mut(first + w) else {
             return;
         };
         // SAFETY: a map value.
-        let (k, at) = unsafe {
-            (
-                core::ptr::read_volatile(&(*e).key),
-                core::ptr::read_volatile(&(*e).origin.at_ns),
-            )
-        };
+        let k = unsafe { core::ptr::read_volatile(&(*e).key) };
         if k == key {
             own = Some(e);
             break;
         }
-        if k == 0 {
-            if free.is_none() {
-                free = Some(e);
-            }
-        } else if oldest.is_none_or(|(_, t)| at < t) {
-            oldest = Some((e, at));
+        if k == 0 && free.is_none() {
+            free = Some(e);
         }
     }
     if let Some(e) = own {
@@ -512,13 +502,27 @@ pub fn go_born(key: u64, origin: sonde_common::GoOrigin) {
         unsafe { core::ptr::write_volatile(&mut (*e).origin, origin) };
         return;
     }
-    let e = match (free, oldest) {
-        (Some(e), _) => e,
-        (None, Some((e, _))) => {
+    let e = match free {
+        Some(e) => e,
+        None => {
+            // A full set (rare): the way of the goroutine made longest ago.
+            let mut oldest: Option<(*mut Goroutine, u64)> = None;
+            for w in 0..GO_WAYS {
+                let Some(e) = GOROUTINES.get_ptr_mut(first + w) else {
+                    return;
+                };
+                // SAFETY: a map value.
+                let at = unsafe { core::ptr::read_volatile(&(*e).origin.at_ns) };
+                if oldest.is_none_or(|(_, t)| at < t) {
+                    oldest = Some((e, at));
+                }
+            }
+            let Some((e, _)) = oldest else {
+                return;
+            };
             count(sonde_common::stat::GO_EVICTED);
             e
         }
-        (None, None) => return,
     };
     // SAFETY: a map value; the order readers rely on (`go_origin`).
     unsafe {
@@ -528,74 +532,68 @@ pub fn go_born(key: u64, origin: sonde_common::GoOrigin) {
     }
 }
 
-/// A hand-off on its way: the goroutine it was sent to, and its sender.
+/// A set of 2 hand-offs on their way: the goroutines they were sent to,
+/// and their senders. The keys sit together, so the check at a goroutine
+/// switch, which mostly finds neither, reads one cache line.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct HandOff {
-    /// The receiver's `go_key`; 0: none. Same order as `Goroutine::key`.
-    pub key: u64,
-    pub handed: sonde_common::Lineage,
+pub struct HandOffs {
+    /// The receivers' `go_key`s; 0: a free way. Cleared first and written
+    /// last by a writer that gives the way to another receiver (see
+    /// `go_origin`).
+    pub keys: [u64; 2],
+    pub handed: [sonde_common::Lineage; 2],
 }
 
-/// `GO_HANDOFFS`' shape: 2^13 sets of 2 ways.
+/// `GO_HANDOFFS`' length: 2^13 sets.
 const HANDOFF_SET_BITS: u32 = 13;
 
 /// Go: the hand-offs sent and not yet taken, in sets of 2 ways by a hash of
 /// the receiver's key. A hand-off lives from the send that readies its
 /// receiver to that receiver's next run, microseconds, so few are in
 /// flight at a time and a small table holds them (640 KiB). The check at
-/// every goroutine switch is then one or two array lookups in one set,
-/// where a lookup in the goroutine table cost about 40 ns per switch on the
-/// development VM. A send that finds both ways of its set held by others'
-/// hand-offs takes the first way (counted as `go_handoff_lost`): that one
-/// is lost, and its receiver's writes are placed by other evidence or stay
-/// roots. A receiver never takes another's hand-off (the key), and takes
-/// its own at its next run.
+/// every goroutine switch is then one set's keys, where a lookup in the
+/// goroutine table cost about 40 ns per switch on the development VM. A
+/// send that finds both ways of its set held by others' hand-offs takes
+/// the first way (counted as `go_handoff_lost`): that one is lost, and its
+/// receiver's writes are placed by other evidence or stay roots. A
+/// receiver never takes another's hand-off (the key), and takes its own at
+/// its next run.
 #[map]
-pub static GO_HANDOFFS: Array<HandOff> = Array::with_max_entries(1 << (HANDOFF_SET_BITS + 1), 0);
-
-/// The two ways of `key`'s set in `GO_HANDOFFS`.
-#[inline(always)]
-fn handoff_ways(key: u64) -> Option<(*mut HandOff, *mut HandOff)> {
-    let first = go_hash(key, HANDOFF_SET_BITS) * 2;
-    Some((
-        GO_HANDOFFS.get_ptr_mut(first)?,
-        GO_HANDOFFS.get_ptr_mut(first + 1)?,
-    ))
-}
+pub static GO_HANDOFFS: Array<HandOffs> = Array::with_max_entries(1 << HANDOFF_SET_BITS, 0);
 
 /// Goroutine `key`, waiting on a channel, was sent a value: `handed` names
 /// the sender, kept for the receiver's next run.
 #[inline(always)]
 pub fn go_hand(key: u64, handed: sonde_common::Lineage) {
-    let Some((e0, e1)) = handoff_ways(key) else {
+    let Some(set) = GO_HANDOFFS.get_ptr_mut(go_hash(key, HANDOFF_SET_BITS)) else {
         return;
     };
-    // SAFETY: map values.
+    // SAFETY: a map value.
     let (k0, k1) = unsafe {
         (
-            core::ptr::read_volatile(&(*e0).key),
-            core::ptr::read_volatile(&(*e1).key),
+            core::ptr::read_volatile(&(*set).keys[0]),
+            core::ptr::read_volatile(&(*set).keys[1]),
         )
     };
     // Its own way first (a way per key), then a free one.
-    let e = if k0 == key {
-        e0
+    let w = if k0 == key {
+        0
     } else if k1 == key {
-        e1
+        1
     } else if k0 == 0 {
-        e0
+        0
     } else if k1 == 0 {
-        e1
+        1
     } else {
         count(sonde_common::stat::GO_HANDOFF_LOST);
-        e0
+        0
     };
     // SAFETY: a map value; the order readers rely on (`go_origin`).
     unsafe {
-        core::ptr::write_volatile(&mut (*e).key, 0);
-        core::ptr::write_volatile(&mut (*e).handed, handed);
-        core::ptr::write_volatile(&mut (*e).key, key);
+        core::ptr::write_volatile(&mut (*set).keys[w], 0);
+        core::ptr::write_volatile(&mut (*set).handed[w], handed);
+        core::ptr::write_volatile(&mut (*set).keys[w], key);
     }
 }
 
@@ -603,25 +601,22 @@ pub fn go_hand(key: u64, handed: sonde_common::Lineage) {
 /// this run only.
 #[inline(always)]
 pub fn go_take_handed(key: u64) -> Option<sonde_common::Lineage> {
-    let (e0, e1) = handoff_ways(key)?;
-    // SAFETY: map values.
-    let e = unsafe {
-        if core::ptr::read_volatile(&(*e0).key) == key {
-            e0
-        } else if core::ptr::read_volatile(&(*e1).key) == key {
-            e1
-        } else {
-            return None;
-        }
-    };
+    let set = GO_HANDOFFS.get_ptr_mut(go_hash(key, HANDOFF_SET_BITS))?;
     // SAFETY: a map value; see `go_origin`. The clear writes only a 0, which
     // at worst loses a hand-off written there since by another send.
     unsafe {
-        let h = core::ptr::read_volatile(&(*e).handed);
-        if core::ptr::read_volatile(&(*e).key) != key {
+        let w = if core::ptr::read_volatile(&(*set).keys[0]) == key {
+            0
+        } else if core::ptr::read_volatile(&(*set).keys[1]) == key {
+            1
+        } else {
+            return None;
+        };
+        let h = core::ptr::read_volatile(&(*set).handed[w]);
+        if core::ptr::read_volatile(&(*set).keys[w]) != key {
             return None;
         }
-        core::ptr::write_volatile(&mut (*e).key, 0);
+        core::ptr::write_volatile(&mut (*set).keys[w], 0);
         Some(h)
     }
 }
