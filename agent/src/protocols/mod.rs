@@ -216,6 +216,17 @@ pub struct Spec {
     pub answered: bool,
 }
 
+/// Heap bytes a framer's partial message holds: a body borrowed from its
+/// segment holds none. (It takes the `Cow` itself: which side it is, is
+/// the answer.)
+#[allow(clippy::ptr_arg)]
+pub(crate) fn held_bytes(body: &std::borrow::Cow<'_, [u8]>) -> usize {
+    match body {
+        std::borrow::Cow::Owned(v) => v.capacity(),
+        std::borrow::Cow::Borrowed(_) => 0,
+    }
+}
+
 /// Whether a payload is a client's first write: the only place the
 /// client-speaks-first protocols are detected.
 pub fn client_first_write(role: Role, dir: Direction) -> bool {

@@ -42,10 +42,9 @@ impl DbParser for MysqlConnection {
     fn heap_bytes(&self) -> usize {
         let framer = |f: &super::Framer| {
             f.hdr.capacity()
-                + f.cur.as_ref().map_or(0, |p| match &p.body {
-                    std::borrow::Cow::Owned(v) => v.capacity(),
-                    std::borrow::Cow::Borrowed(_) => 0,
-                })
+                + f.cur
+                    .as_ref()
+                    .map_or(0, |p| crate::protocols::held_bytes(&p.body))
         };
         self.statements
             .values()

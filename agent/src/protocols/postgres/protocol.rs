@@ -49,10 +49,9 @@ impl DbParser for PgConnection {
             };
         let framer = |f: &super::Framer| {
             f.hdr.capacity()
-                + f.cur.as_ref().map_or(0, |m| match &m.body {
-                    std::borrow::Cow::Owned(v) => v.capacity(),
-                    std::borrow::Cow::Borrowed(_) => 0,
-                })
+                + f.cur
+                    .as_ref()
+                    .map_or(0, |m| crate::protocols::held_bytes(&m.body))
         };
         named(&self.statements)
             + named(&self.portals)
