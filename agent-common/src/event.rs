@@ -185,6 +185,9 @@ pub struct DataEvent {
     /// Python: the contextvars context the call ran in (an asyncio task's
     /// own; see [`python_task_id`]); 0 elsewhere or unknown.
     pub py_task: u32,
+    /// Explicit, so that every byte of the record is initialised (the fuzz
+    /// seeds and the tests write records byte for byte).
+    pub _pad: u32,
 }
 
 /// Go: where a goroutine's work came from, as the runtime's own uprobes saw

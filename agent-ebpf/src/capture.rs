@@ -333,6 +333,7 @@ pub fn emit(
         task,
         lineage,
         py_task: call.py_task,
+        _pad: 0,
     };
     let base = unsafe { (*scratch).buf.as_mut_ptr() };
     let mut flags = 0u8;

@@ -458,6 +458,7 @@ mod tests {
                 ..Default::default()
             },
             py_task: 0,
+            _pad: 0,
         };
         let mut b = as_bytes(&ev);
         b.extend_from_slice(b"GET ");

@@ -35,6 +35,7 @@ pub fn data_record(syscall: u8, direction: u8, role: u8, payload: &[u8], moved: 
         task: 0,
         lineage: Default::default(),
         py_task: 0,
+        _pad: 0,
     };
     let mut b = pod_bytes(&ev);
     b.extend_from_slice(payload);
