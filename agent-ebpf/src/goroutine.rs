@@ -2,15 +2,23 @@
 //!
 //! Go runs many goroutines on a few threads and moves them between threads
 //! without a syscall, so a thread says nothing about which request a call
-//! belongs to. Uprobes on four runtime functions (attached by user space to
+//! belongs to. Uprobes on the runtime (attached by user space to
 //! Go binaries of traced processes, `agent/src/probes/goruntime.rs`) tell:
-//! - `runtime.execute(gp)`: `gp` now runs on this thread; data records carry
-//!   it as their `task`;
-//! - `runtime.newproc1(fn, callergp, ..)` then `runtime.runqput(pp, newg, ..)`
-//!   on the same thread: `callergp` started `newg` (its *origin*);
+//! - `runtime.execute(gp)`, at its call `casgstatus(gp, ..)` (found in the
+//!   binary's code; else at its entry): `gp` now runs on this thread; data
+//!   records carry it as their `task`;
+//! - `runtime.newproc`'s call of `runqput(pp, newg, ..)` (in its closure
+//!   `runtime.newproc.func1`, which user space finds in the binary's code):
+//!   the goroutine running on this thread started `newg` (its *origin*).
+//!   Where that call is not found, the pair `runtime.newproc1(fn,
+//!   callergp, ..)` then `runtime.runqput(pp, newg, ..)` on the same thread
+//!   tells the same, at two traps per new goroutine and one at every other
+//!   run-queue insert;
 //! - `runtime.send(c, sg, ..)`, a channel send to a goroutine waiting on
-//!   that channel (`sg.g`, the sudog's first field in every Go release): the
-//!   sender hands it a value. When the receiver next runs, its writes carry
+//!   that channel, at its call `goready(gp, ..)` (found in the binary's
+//!   code), else at its entry (the receiver is then `sg.g`, the sudog's
+//!   first field in every Go release, read from memory): the sender hands
+//!   it a value. When the receiver next runs, its writes carry
 //!   the sender (and the sender's origin) as their lineage. Other wakeups
 //!   (unlocks, timers) hand nothing over and are not followed.
 //!
@@ -108,25 +116,49 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// At `runtime.send`'s call `goready(gp, ..)` (found by user space in the
+/// binary's code): the receiver's `g` is in RAX, so nothing is read from
+/// the program's memory. The receiver cannot run before `goready`, so its
+/// hand-off is in place before its next `go_execute`, as from the entry.
+#[uprobe]
+pub fn go_send_ready(ctx: ProbeContext) -> u32 {
+    let Some((receiver, _, g)) = regs(&ctx) else {
+        return 0;
+    };
+    send(g, || Some(receiver));
+    0
+}
+
+/// At `runtime.send(c, sg, ..)`'s entry, where `go_send_ready`'s call site
+/// is not found: the receiver is `sg.g` (the sudog's first field in every
+/// Go release), read from the program's memory.
 #[uprobe]
 pub fn go_send(ctx: ProbeContext) -> u32 {
     let Some((_, sg, g)) = regs(&ctx) else {
         return 0;
     };
+    send(g, || unsafe { bpf_probe_read_user(sg as *const u64) }.ok());
+    0
+}
+
+/// Goroutine `g` sends a value to the goroutine `receiver()` names, which
+/// waits for it.
+#[inline(always)]
+fn send(g: u64, receiver: impl FnOnce() -> Option<u64>) {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     // The sender is the goroutine running here (send runs on its stack).
     let waker = goroutine_id(g);
     let Some(t) = thread(tid) else {
-        return 0;
+        return;
     };
     // SAFETY: a map value only this thread writes.
     let t = unsafe { &mut *t };
     if t.running != waker {
-        return 0;
+        return;
     }
-    let Ok(receiver) = (unsafe { bpf_probe_read_user(sg as *const u64) }) else {
-        return 0;
+    let Some(receiver) = receiver() else {
+        return;
     };
     let origin = go_origin(go_key(id, waker)).unwrap_or_default();
     let handed = Lineage {
@@ -168,9 +200,39 @@ pub fn go_send(ctx: ProbeContext) -> u32 {
             core::slice::from_raw_parts(&ev as *const HandOffEvent as *const u8, HANDOFF_EVENT_SIZE)
         });
     }
+}
+
+/// At `runtime.newproc`'s call `runqput(pp, newg, true)`: the `go`
+/// statement of the goroutine this thread runs made `newg` (RBX). newproc
+/// switched to the thread's system stack to get here, which is no
+/// goroutine switch, so the thread's entry still names the caller (set by
+/// `go_execute`, through which every switch passes). A thread that ran no
+/// goroutine since the probes were attached has no entry, and its new
+/// goroutine goes without an origin.
+#[uprobe]
+pub fn go_spawned(ctx: ProbeContext) -> u32 {
+    let Some((_, newg, _)) = regs(&ctx) else {
+        return 0;
+    };
+    let id = bpf_get_current_pid_tgid();
+    let Some(t) = thread(id as u32) else {
+        return 0;
+    };
+    // SAFETY: a map value.
+    let creator = unsafe { (*t).running };
+    if creator == 0 {
+        return 0;
+    }
+    let origin = GoOrigin {
+        creator,
+        _pad: 0,
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    go_born(go_key(id, goroutine_id(newg)), origin);
     0
 }
 
+/// The pair's first half, where `go_spawned`'s call site is not found.
 #[uprobe]
 pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     let Some((_, callergp, _)) = regs(&ctx) else {
@@ -186,6 +248,7 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// The pair's second half: every run-queue insert.
 #[uprobe]
 pub fn go_runqput(ctx: ProbeContext) -> u32 {
     let Some((_, gp, _)) = regs(&ctx) else {

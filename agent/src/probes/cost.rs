@@ -88,7 +88,7 @@ fn ours(name: &str) -> bool {
             .iter()
             .map(|t| t.program)
             .chain(KERNEL_IO.iter().map(|k| k.program))
-            .chain(GO_PROBES.iter().map(|(p, _)| *p))
+            .chain(GO_PROBES.iter().copied())
             .any(|p| &p[..p.len().min(NAME_LEN)] == name)
 }
 
@@ -171,9 +171,8 @@ fn attach_uprobe_floor(probes: &mut Probes) -> Result<usize, String> {
     prog.load().map_err(|e| format!("loading it: {e}"))?;
     let mut attached = 0;
     let mut failed = None;
-    for f in &files {
-        let at = UProbeAttachLocation::Symbol(UPROBE_FLOOR_HOOK);
-        match prog.attach(at, f, UProbeScope::AllProcesses) {
+    for (f, at) in files {
+        match prog.attach(at, &f, UProbeScope::AllProcesses) {
             Ok(_) => attached += 1,
             Err(e) => failed = Some(format!("{}: {e}", f.display())),
         }
@@ -186,8 +185,9 @@ fn attach_uprobe_floor(probes: &mut Probes) -> Result<usize, String> {
 
 /// The distinct executables of running processes that are Go programs the
 /// goroutine probes understand (at most `UPROBE_FLOOR_FILES`), by their
-/// `/proc/<pid>/exe` path (which reaches into containers).
-fn go_executables() -> Vec<PathBuf> {
+/// `/proc/<pid>/exe` path (which reaches into containers), each with the
+/// place of its `go_execute`.
+fn go_executables() -> Vec<(PathBuf, UProbeAttachLocation<'static>)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -211,14 +211,16 @@ fn go_executables() -> Vec<PathBuf> {
         if !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }
-        let go = std::fs::File::open(&exe).is_ok_and(|f| {
-            matches!(
-                super::goruntime::inspect(&object::ReadCache::new(f)),
-                super::goruntime::Binary::Go(_)
-            )
-        });
-        if go {
-            out.push(exe);
+        let Ok(f) = std::fs::File::open(&exe) else {
+            continue;
+        };
+        let elf = object::ReadCache::new(f);
+        if matches!(
+            super::goruntime::inspect(&elf),
+            super::goruntime::Binary::Go(_)
+        ) {
+            let at = super::goruntime::execute_location(&elf);
+            out.push((exe, at));
         }
     }
     out
@@ -278,7 +280,7 @@ pub fn render(costs: &[Cost], floors: &Floors, window: Duration) -> String {
     };
     let (r, n) = sum(&tick);
     line(&mut s, "(tick probes)", r, n);
-    let (go_runs, n) = sum(&|c: &Cost| GO_PROBES.iter().any(|(p, _)| *p == c.program));
+    let (go_runs, n) = sum(&|c: &Cost| GO_PROBES.contains(&c.program.as_str()));
     if go_runs > 0 {
         line(&mut s, "(go probes)", go_runs, n);
     }
@@ -302,7 +304,7 @@ pub fn render(costs: &[Cost], floors: &Floors, window: Duration) -> String {
             (Some(f), Ok(files)) => {
                 line(&mut s, "(uprobe floor)", f.runs, f.ns);
                 s.push_str(&format!(
-                    "(uprobe floor): an empty uprobe on {UPROBE_FLOOR_HOOK} of {files} Go executable(s), timed the same way\n"
+                    "(uprobe floor): an empty uprobe on {UPROBE_FLOOR_HOOK} of {files} Go executable(s), where go_execute is, timed the same way\n"
                 ));
             }
             (None, Ok(_)) => {

@@ -4,23 +4,85 @@
 //! `uprobes.rs` hands each new process's executable here (read through
 //! `/proc/<pid>/exe`, which also reaches into a container's mount
 //! namespace); if it is a Go program built with the register ABI on amd64,
-//! four uprobes go on its runtime. Uprobes are per file, so every process running the same
+//! uprobes go on its runtime. Uprobes are per file, so every process running the same
 //! binary is covered by one attachment; the kernel's pid and cgroup
 //! filters still decide which of them produce records.
+//!
+//! The probes go on a call inside a runtime function rather than on its
+//! entry, found by decoding the function's code (iced-x86). A uprobe on a
+//! call is emulated by the kernel; one on most other instructions (a Go
+//! function starts with a stack check, `CMPQ 0x10(R14), SP`) executes the
+//! instruction out of line and single-steps it, a second trap, which in a
+//! VM is an exit to the hypervisor: on this project's VM, a Go service
+//! under wrk served about 45% more requests once `newproc1`, `runqput` and
+//! `send` were probed at calls (README, "The goroutine probes at calls").
+//! - the goroutine a thread now runs at `runtime.execute`'s call of
+//!   `casgstatus(gp, ..)` (`go_execute`, as at its entry: `gp` in RAX);
+//! - new goroutines at `runtime.newproc`'s call of `runqput` (`go_spawned`),
+//!   where the entries of `newproc1` and `runqput` would take two traps per
+//!   new goroutine plus one at every other run-queue insert (in a Go HTTP
+//!   service, about three times as many as new goroutines);
+//! - hand-offs at `runtime.send`'s call of `goready` (`go_send_ready`),
+//!   where the receiver is in a register: at `send`'s entry it must be read
+//!   from the program's memory.
+//!
+//! Where the code does not have that shape (a call not found, or found
+//! twice), the entry probes take over: the same evidence, at more cost.
 use std::path::Path;
 
 use aya::programs::uprobe::UProbeAttachLocation;
-use object::{Object, ObjectSection};
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
+use object::{Object, ObjectSection, ObjectSymbol};
 
 use super::{uprobes::LinkSet, Probes};
 use crate::stats::Stats;
 
-/// Program in the eBPF object -> runtime function it attaches to.
-pub const GO_PROBES: &[(&str, &str)] = &[
-    ("go_execute", "runtime.execute"),
-    ("go_send", "runtime.send"),
-    ("go_newproc1", "runtime.newproc1"),
-    ("go_runqput", "runtime.runqput"),
+/// A probe on the one call of `callee` inside `function`, and the entry
+/// probes that tell the same where that call is not found.
+struct CallSite {
+    program: &'static str,
+    function: &'static str,
+    callee: &'static str,
+    fallback: &'static [(&'static str, &'static str)],
+}
+
+const CALL_SITES: [CallSite; 3] = [
+    // `casgstatus(gp, _Grunnable, _Grunning)`, after `gp` is made the
+    // thread's `curg` and before it runs: the goroutine switch.
+    CallSite {
+        program: "go_execute",
+        function: "runtime.execute",
+        callee: "runtime.casgstatus",
+        fallback: &[("go_execute", "runtime.execute")],
+    },
+    // `newg := newproc1(..); runqput(pp, newg, true)` in newproc's closure,
+    // Go 1.17 to this day.
+    CallSite {
+        program: "go_spawned",
+        function: "runtime.newproc.func1",
+        callee: "runtime.runqput",
+        fallback: &[
+            ("go_newproc1", "runtime.newproc1"),
+            ("go_runqput", "runtime.runqput"),
+        ],
+    },
+    // `goready(gp, skip+1)`, send's last call.
+    CallSite {
+        program: "go_send_ready",
+        function: "runtime.send",
+        callee: "runtime.goready",
+        fallback: &[("go_send", "runtime.send")],
+    },
+];
+
+/// Every goroutine program, for `sonde probe-cost`.
+pub const GO_PROBES: &[&str] = &[
+    "go_execute",
+    "go_spawned",
+    "go_send_ready",
+    "go_newproc1",
+    "go_runqput",
+    "go_send",
 ];
 
 /// What was found in an executable.
@@ -104,9 +166,11 @@ pub(super) fn on_executable<'a>(
         }
         Binary::Go(v) => v,
     };
-    match attach(p, exe) {
+    let sites = call_sites(elf);
+    match attach(p, exe, &sites) {
         Ok(()) => {
-            tracing::info!(pid, %version, "goroutine probes attached");
+            let at_calls = sites.iter().filter(|s| s.is_some()).count();
+            tracing::info!(pid, %version, at_calls, "goroutine probes attached");
             Stats::inc(&stats.go_attached);
             return true;
         }
@@ -127,13 +191,101 @@ enum AttachError {
     Kernel(String),
 }
 
+/// For each of `CALL_SITES`, the offset of its call in its function, if
+/// the binary has both symbols and the function makes exactly one such
+/// call.
+pub fn call_sites<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; 3] {
+    let Ok(file) = object::File::parse(elf) else {
+        return [None; 3];
+    };
+    let mut functions = [None; 3];
+    let mut callees = [None; 3];
+    for sym in file.symbols().filter(|s| s.is_definition()) {
+        let Ok(name) = sym.name() else { continue };
+        for (i, site) in CALL_SITES.iter().enumerate() {
+            if name == site.function {
+                functions[i] = sym.section_index().map(|s| (s, sym.address(), sym.size()));
+            }
+            if name == site.callee {
+                callees[i] = Some(sym.address());
+            }
+        }
+    }
+    let mut out = [None; 3];
+    for i in 0..CALL_SITES.len() {
+        let (Some((section, at, size)), Some(callee)) = (functions[i], callees[i]) else {
+            continue;
+        };
+        // The function's bytes alone: a file read through a cache reads no
+        // more of its section.
+        let code = file
+            .section_by_index(section)
+            .ok()
+            .and_then(|s| s.data_range(at, size).ok().flatten());
+        out[i] = code.and_then(|code| call_site(code, at, callee));
+    }
+    out
+}
+
+/// Where `go_execute` goes in a Go executable: its call site when found,
+/// else the entry of `runtime.execute` (`sonde probe-cost` puts its empty
+/// uprobe there too, to time the same trap).
+pub fn execute_location<'a>(elf: impl object::ReadRef<'a>) -> UProbeAttachLocation<'static> {
+    let site = &CALL_SITES[0];
+    match call_sites(elf)[0] {
+        Some(off) => UProbeAttachLocation::SymbolOffset(site.function, off),
+        None => UProbeAttachLocation::Symbol(site.function),
+    }
+}
+
+/// The offset in `code` (a function at address `at`) of its only direct
+/// call of `target`. None if there is none, or more than one: the probe
+/// must be at an instruction's first byte, and on the one call that queues
+/// a new goroutine, so anything but that exact shape falls back.
+fn call_site(code: &[u8], at: u64, target: u64) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, at, DecoderOptions::NONE);
+    let mut found = None;
+    while decoder.can_decode() {
+        let i = decoder.decode();
+        if i.is_invalid() {
+            return None;
+        }
+        if i.mnemonic() == Mnemonic::Call
+            && i.op0_kind() == OpKind::NearBranch64
+            && i.near_branch_target() == target
+        {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(i.ip() - at);
+        }
+    }
+    found
+}
+
 /// Attaches every goroutine probe to the executable at `exe`, or none:
-/// half a set would mislead (a goroutine without its hand-offs).
-fn attach(p: &mut Probes, exe: &str) -> Result<(), AttachError> {
+/// half a set would mislead (a goroutine without its hand-offs). Each of
+/// `CALL_SITES` at its call when `sites` has its offset, else by its
+/// fallback.
+fn attach(p: &mut Probes, exe: &str, sites: &[Option<u64>; 3]) -> Result<(), AttachError> {
+    let mut at = vec![];
+    for (site, off) in CALL_SITES.iter().zip(sites) {
+        match off {
+            Some(off) => at.push((
+                site.program,
+                site.function,
+                UProbeAttachLocation::SymbolOffset(site.function, *off),
+            )),
+            None => {
+                at.extend(site.fallback.iter().map(|&(program, symbol)| {
+                    (program, symbol, UProbeAttachLocation::Symbol(symbol))
+                }))
+            }
+        }
+    }
     let mut set = LinkSet::default();
-    for (program, symbol) in GO_PROBES {
-        let at = UProbeAttachLocation::Symbol(symbol);
-        if let Err(e) = set.attach(p, program, at, Path::new(exe)) {
+    for (program, symbol, location) in at {
+        if let Err(e) = set.attach(p, program, location, Path::new(exe)) {
             set.undo(p);
             return Err(if e.no_symbol() {
                 AttachError::Stripped(symbol)
@@ -186,6 +338,43 @@ mod tests {
         assert!(!register_abi("go1.9"));
         assert!(register_abi("devel go1.24-abc"));
         assert!(!register_abi("gccgo"));
+    }
+
+    /// `runtime.newproc.func1` as go1.19 built it for amd64 (at 0x441760),
+    /// calling `runtime.newproc1` (0x4417e0), `runtime.runqput` (0x4458e0),
+    /// `runtime.wakep` (0x43d920) and `runtime.morestack` (0x463840).
+    const NEWPROC_FUNC1: &[u8] = &[
+        0x49, 0x3b, 0x66, 0x10, 0x76, 0x57, 0x48, 0x83, 0xec, 0x20, 0x48, 0x89, 0x6c, 0x24, 0x18,
+        0x48, 0x8d, 0x6c, 0x24, 0x18, 0x48, 0x8b, 0x5a, 0x10, 0x48, 0x8b, 0x4a, 0x18, 0x48, 0x8b,
+        0x42, 0x08, 0xe8, 0x5b, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x56, 0x30, 0x48, 0x8b, 0x92, 0xd0,
+        0x00, 0x00, 0x00, 0x48, 0x89, 0xc3, 0xb9, 0x01, 0x00, 0x00, 0x00, 0x48, 0x89, 0xd0, 0x0f,
+        0x1f, 0x44, 0x00, 0x00, 0xe8, 0x3b, 0x41, 0x00, 0x00, 0x80, 0x3d, 0xf6, 0xc4, 0x4a, 0x00,
+        0x00, 0x74, 0x05, 0xe8, 0x6d, 0xc1, 0xff, 0xff, 0x48, 0x8b, 0x6c, 0x24, 0x18, 0x48, 0x83,
+        0xc4, 0x20, 0xc3, 0x0f, 0x1f, 0x00, 0xe8, 0x7b, 0x20, 0x02, 0x00, 0xeb, 0x99,
+    ];
+
+    #[test]
+    fn finds_the_one_call_of_runqput() {
+        let at = 0x441760;
+        assert_eq!(call_site(NEWPROC_FUNC1, at, 0x4458e0), Some(0x40));
+        assert_eq!(call_site(NEWPROC_FUNC1, at, 0x4417e0), Some(0x20));
+        // A function it does not call, or calls twice: no site.
+        assert_eq!(call_site(NEWPROC_FUNC1, at, 0x400000), None);
+        let twice = [NEWPROC_FUNC1, &[0xe8, 0x14, 0x41, 0x00, 0x00]].concat();
+        assert_eq!(call_site(&twice, at, 0x4458e0), None);
+        // Cut anywhere, the bytes never panic, and never yield an offset
+        // that is not the call's.
+        for n in 0..NEWPROC_FUNC1.len() {
+            let got = call_site(&NEWPROC_FUNC1[..n], at, 0x4458e0);
+            assert!(got.is_none() || got == Some(0x40), "cut at {n}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn no_site_outside_go() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(call_sites(me.as_slice()), [None; 3]);
+        assert_eq!(call_sites(&b"garbage"[..]), [None; 3]);
     }
 
     #[test]

@@ -577,9 +577,24 @@ fn go_services(services: &[&str]) {
         load(servers[0].1, next..next + in_flight, in_flight);
         next += in_flight;
     });
-    for name in ["go_execute ", "(go probes)", "(uprobe floor) "] {
+    for name in [
+        "go_execute ",
+        "go_spawned ",
+        "go_send_ready ",
+        "(go probes)",
+        "(uprobe floor) ",
+    ] {
         let (runs, ns) = cost_row(&table, name);
         assert!(runs > 0.0 && ns > 0.0, "{name}: {table}");
+    }
+    // New goroutines and hand-offs were learnt at the calls found in the
+    // binary's code (newproc's of runqput, send's of goready), not by the
+    // entry probes that stand in where they are not found.
+    for name in ["go_newproc1 ", "go_runqput ", "go_send "] {
+        assert!(
+            !table.lines().any(|l| l.starts_with(name)),
+            "{name}: {table}"
+        );
     }
     assert!(
         table.contains("(uprobe floor): an empty uprobe on runtime.execute of"),
