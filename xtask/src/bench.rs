@@ -3,9 +3,9 @@
 //! round: bare (no agent), sonde with metrics only, sonde exporting OTLP to
 //! a discarding receiver (`sonde-otlp-receiver --discard`, whose CPU is
 //! reported apart), the same at 10% head sampling, and the same with
-//! `traceparent` injection; the app workloads (CPython servers) add a sixth,
-//! OTLP export with the runtime probes off (`--no-python-tasks
-//! --no-go-probes`). One table per workload: medians over the
+//! `traceparent` injection; the app workloads (CPython servers, and a Go
+//! service) add a sixth, OTLP export with the runtime probes off
+//! (`--no-python-tasks --no-go-probes`). One table per workload: medians over the
 //! rounds, with the spread. The `idle` workload has no wrk: it holds
 //! 10,000 answered keep-alive connections open, for the agent's idle CPU
 //! and its memory.
@@ -32,7 +32,7 @@ pub struct Options {
     pub connections: Option<u32>,
 }
 
-const WORKLOADS: [&str; 5] = ["nginx", "nginx-tls", "python", "db", "idle"];
+const WORKLOADS: [&str; 6] = ["nginx", "nginx-tls", "python", "db", "go", "idle"];
 
 /// The `idle` workload's open connections (issue 16: RSS with 10,000).
 const IDLE_CONNECTIONS: u32 = 10_000;
@@ -136,6 +136,9 @@ pub fn bench(opts: &Options) -> Result<()> {
         apt::ensure(&["postgresql", "mariadb-server", "redis-server"])?;
         apt::ensure_python()?;
     }
+    if workloads.contains(&"go") {
+        apt::ensure(&["golang-go"])?;
+    }
     run::build(true)?;
     run::sh(run::cargo().args(["build", "--release", "--package", "sonde-otlp-receiver"]))?;
     let bin = run::target_dir().join("release");
@@ -159,7 +162,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             &APP_ARMS
         };
         let samples = alternate(w, arms, opts.rounds, |arm| {
-            measure(&bin, arm, &server.url, conns, opts.seconds, tck)
+            measure(&bin, arm, &server, conns, opts.seconds, tck)
         })?;
         report += &table(w, conns, opts, arms, &samples);
     }
@@ -188,8 +191,19 @@ fn start_arm(bin: &Path, arm: Arm) -> Result<(Option<Receiver>, String, Option<A
     Ok((receiver, metrics, agent))
 }
 
-fn measure(bin: &Path, arm: Arm, url: &str, conns: u32, secs: u64, tck: f64) -> Result<Sample> {
-    let (receiver, metrics, agent) = start_arm(bin, arm)?;
+fn measure(
+    bin: &Path,
+    arm: Arm,
+    server: &Server,
+    conns: u32,
+    secs: u64,
+    tck: f64,
+) -> Result<Sample> {
+    let url = server.url.as_str();
+    let (receiver, metrics, mut agent) = start_arm(bin, arm)?;
+    if let Some(a) = agent.as_mut() {
+        a.route = server.route;
+    }
     let before = agent.as_ref().map(|a| a.reading(&metrics)).transpose()?;
     let recv_before = receiver
         .as_ref()
@@ -473,6 +487,8 @@ fn spread(v: &[f64], digits: usize) -> String {
 struct Server {
     child: Child,
     url: String,
+    /// The route whose served requests are wrk's (`Agent::route`).
+    route: Option<&'static str>,
     /// The database servers of the `db` workload (`demo/infra/db_servers.py`):
     /// they stop when its stdin closes.
     infra: Option<Child>,
@@ -543,6 +559,36 @@ impl Server {
                     .spawn()
                     .context("starting nginx")?
             }
+            "go" => {
+                // `go`: a net/http service calling itself once per request,
+                // with a goroutine and a channel (`go_service.go`), on two
+                // threads of Go code (GOMAXPROCS=2, the machine's cores).
+                let bin = dir.0.join("go_service");
+                let built = Command::new("go")
+                    .args(["build", "-o"])
+                    .arg(&bin)
+                    .arg(repo().join("xtask/src/go_service.go"))
+                    .env("GO111MODULE", "off")
+                    .env("GOCACHE", dir.0.join("gocache"))
+                    .status()
+                    .context("go (golang-go)")?;
+                if !built.success() {
+                    bail!("go build xtask/src/go_service.go: {built}");
+                }
+                let mut c = Command::new(&bin)
+                    .arg(port.to_string())
+                    .env("GOMAXPROCS", "2")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting the Go service")?;
+                let mut l = String::new();
+                BufReader::new(c.stdout.take().expect("piped")).read_line(&mut l)?;
+                if l.trim() != "READY" {
+                    bail!("the Go service did not start: {l:?}");
+                }
+                c
+            }
             _ => {
                 // `python`: a threaded service answering from memory; `db`:
                 // the same kind of service making four calls to PostgreSQL,
@@ -589,6 +635,7 @@ impl Server {
         let path = match workload {
             "python" => "/ok",
             "db" => "/items",
+            "go" => "/front",
             _ => "/index.html",
         };
         let scheme = if tls { "https" } else { "http" };
@@ -603,6 +650,7 @@ impl Server {
         Ok(Server {
             child,
             url,
+            route: (workload == "go").then_some("/front"),
             infra,
             _dir: dir,
         })
@@ -650,6 +698,9 @@ fn db_servers() -> Result<(Child, serde_json::Map<String, serde_json::Value>)> {
 /// `sonde run`, started and ready; stopped when dropped.
 struct Agent {
     child: Child,
+    /// Count only this route's served requests (`http.route`): the `go`
+    /// workload's service serves two requests for each of wrk's.
+    route: Option<&'static str>,
 }
 
 /// What the agent's process and `/metrics` say at one moment.
@@ -741,7 +792,7 @@ impl Agent {
             let mut sink = vec![];
             let _ = err.read_to_end(&mut sink);
         });
-        Ok(Agent { child })
+        Ok(Agent { child, route: None })
     }
 
     fn reading(&self, metrics: &str) -> Result<Reading> {
@@ -764,7 +815,15 @@ impl Agent {
             drops: sum("sonde_dropped_total{"),
             probe_secs: sum("sonde_probe_run_seconds_total{"),
             probe_runs: sum("sonde_probe_runs_total{"),
-            served: sum("http_server_request_duration_seconds_count{"),
+            served: match self.route {
+                None => sum("http_server_request_duration_seconds_count{"),
+                Some(route) => text
+                    .lines()
+                    .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+                    .filter(|l| l.contains(&format!("http_route=\"{route}\"")))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum(),
+            },
             opened: sum("sonde_connections_opened_total"),
             closed: sum("sonde_connections_closed_total"),
         })

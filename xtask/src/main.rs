@@ -99,7 +99,7 @@ enum Task {
     /// Python server, bare and under sonde (metrics only, OTLP export),
     /// alternated over rounds; prints one table per workload.
     Bench {
-        /// Only this workload (nginx, nginx-tls, python, db, idle); repeatable.
+        /// Only this workload (nginx, nginx-tls, python, db, go, idle); repeatable.
         #[arg(long = "workload")]
         workloads: Vec<String>,
         /// Rounds of the three arms.
