@@ -211,17 +211,29 @@ fn send(g: u64, receiver: impl FnOnce() -> Option<u64>) {
 /// goroutine goes without an origin.
 #[uprobe]
 pub fn go_spawned(ctx: ProbeContext) -> u32 {
-    let Some((_, newg, _)) = regs(&ctx) else {
-        return 0;
-    };
+    if let Some(((_, newg, _), id, t)) = on_thread(&ctx) {
+        // SAFETY: a map value.
+        born(id, newg, unsafe { (*t).running });
+    }
+    0
+}
+
+/// A probe's registers (`regs`), pid_tgid and thread entry; None off
+/// x86-64, or on a thread that ran no goroutine since the probes were
+/// attached.
+#[inline(always)]
+fn on_thread(ctx: &ProbeContext) -> Option<((u64, u64, u64), u64, *mut GoThread)> {
+    let r = regs(ctx)?;
     let id = bpf_get_current_pid_tgid();
-    let Some(t) = thread(id as u32) else {
-        return 0;
-    };
-    // SAFETY: a map value.
-    let creator = unsafe { (*t).running };
+    Some((r, id, thread(id as u32)?))
+}
+
+/// Goroutine `creator` (0: unknown) of process `id` (pid_tgid) just made
+/// the goroutine whose `g` is `newg`.
+#[inline(always)]
+fn born(id: u64, newg: u64, creator: u32) {
     if creator == 0 {
-        return 0;
+        return;
     }
     let origin = GoOrigin {
         creator,
@@ -229,7 +241,6 @@ pub fn go_spawned(ctx: ProbeContext) -> u32 {
         at_ns: unsafe { bpf_ktime_get_ns() },
     };
     go_born(go_key(id, goroutine_id(newg)), origin);
-    0
 }
 
 /// The pair's first half, where `go_spawned`'s call site is not found.
@@ -251,29 +262,17 @@ pub fn go_newproc1(ctx: ProbeContext) -> u32 {
 /// The pair's second half: every run-queue insert.
 #[uprobe]
 pub fn go_runqput(ctx: ProbeContext) -> u32 {
-    let Some((_, gp, _)) = regs(&ctx) else {
-        return 0;
-    };
     // Only the runqput that follows newproc1 on this thread queues a new
     // goroutine; the others (readying, stealing) find nothing here.
     // The mark is spent (0: goroutine ids have their top bit set).
-    let id = bpf_get_current_pid_tgid();
-    let Some(t) = thread(id as u32) else {
+    let Some(((_, gp, _), id, t)) = on_thread(&ctx) else {
         return 0;
     };
     // SAFETY: a map value only this thread writes.
     let t = unsafe { &mut *t };
     let creator = t.spawning;
-    if creator == 0 {
-        return 0;
-    }
     t.spawning = 0;
-    let origin = GoOrigin {
-        creator,
-        _pad: 0,
-        at_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    go_born(go_key(id, goroutine_id(gp)), origin);
+    born(id, gp, creator);
     0
 }
 

@@ -99,6 +99,11 @@ pub struct CaptureArgs {
     #[arg(long, env = "SONDE_NO_GO_PROBES")]
     pub no_go_probes: bool,
 
+    /// Attach the goroutine uprobes at the runtime functions' entries even
+    /// where their calls are found (the fallback, for its tests).
+    #[arg(long, env = "SONDE_GO_PROBES_AT_ENTRIES", hide = true)]
+    pub go_probes_at_entries: bool,
+
     /// Never read which asyncio task (contextvars context) a CPython
     /// thread runs: Python event loops' calls then nest by the thread rules
     /// only (roots under concurrency).
@@ -124,6 +129,7 @@ impl CaptureArgs {
                 cgroups: self.cgroups.clone(),
                 kprobes: !self.no_kprobes,
                 go_probes: !self.no_go_probes,
+                go_at_entries: self.go_probes_at_entries,
                 python_tasks: !self.no_python_tasks,
                 tls_probes: !self.no_tls_probes,
                 ..ProbeConfig::default()

@@ -192,17 +192,19 @@ impl Session {
         let probe_report = probes.report.clone();
         let probes = Arc::new(Mutex::new(probes));
         let tls_libraries = crate::probes::uprobes::Libraries::default();
+        let mut inspector = crate::probes::uprobes::Inspector::new(
+            Arc::downgrade(&probes),
+            stats.clone(),
+            cfg.probes.go_probes,
+            cfg.probes.python_tasks,
+            cfg.probes.tls_probes,
+            tls_libraries.clone(),
+        );
+        inspector.go_at_entries = cfg.probes.go_at_entries;
         tasks.push(tokio::spawn(crate::probes::uprobes::run(
             new_procs_rx,
             tls_rescan_rx,
-            crate::probes::uprobes::Inspector::new(
-                Arc::downgrade(&probes),
-                stats.clone(),
-                cfg.probes.go_probes,
-                cfg.probes.python_tasks,
-                cfg.probes.tls_probes,
-                tls_libraries.clone(),
-            ),
+            inspector,
             scan_filter(&cfg.probes),
         )));
         if let Some(seen) = uring_seen {

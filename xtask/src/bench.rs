@@ -575,19 +575,9 @@ impl Server {
                 if !built.success() {
                     bail!("go build xtask/src/go_service.go: {built}");
                 }
-                let mut c = Command::new(&bin)
-                    .arg(port.to_string())
-                    .env("GOMAXPROCS", "2")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting the Go service")?;
-                let mut l = String::new();
-                BufReader::new(c.stdout.take().expect("piped")).read_line(&mut l)?;
-                if l.trim() != "READY" {
-                    bail!("the Go service did not start: {l:?}");
-                }
-                c
+                let mut c = Command::new(&bin);
+                c.arg(port.to_string()).env("GOMAXPROCS", "2");
+                start_ready(c, "the Go service")?
             }
             _ => {
                 // `python`: a threaded service answering from memory; `db`:
@@ -615,21 +605,11 @@ impl Server {
                         vec![port.to_string()],
                     )
                 };
-                let mut c = Command::new("python3")
-                    .arg(repo().join(script))
+                let mut c = Command::new("python3");
+                c.arg(repo().join(script))
                     .args(args)
-                    .env("OTEL_SERVICE_NAME", format!("bench-{workload}"))
-                    .stdout(Stdio::piped())
-                    // wrk resets its connections at the end: tracebacks.
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting python3")?;
-                let mut l = String::new();
-                BufReader::new(c.stdout.take().expect("piped")).read_line(&mut l)?;
-                if l.trim() != "READY" {
-                    bail!("the Python server ({script}) did not start: {l:?}");
-                }
-                c
+                    .env("OTEL_SERVICE_NAME", format!("bench-{workload}"));
+                start_ready(c, &format!("the Python server ({script})"))?
             }
         };
         let path = match workload {
@@ -655,6 +635,23 @@ impl Server {
             _dir: dir,
         })
     }
+}
+
+/// Starts a server that prints `READY` once it listens; waits for it.
+/// Its stderr is dropped: wrk resets its connections at the end, and
+/// servers log each.
+fn start_ready(mut c: Command, what: &str) -> Result<Child> {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let mut l = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut l)?;
+    if l.trim() != "READY" {
+        bail!("{what} did not start: {l:?}");
+    }
+    Ok(child)
 }
 
 impl Drop for Server {

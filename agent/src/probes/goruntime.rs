@@ -149,11 +149,13 @@ fn register_abi(version: &str) -> bool {
 
 /// Attaches the goroutine probes to executable `exe` (of process `pid`),
 /// whose bytes are `elf`, if it is a Go program they understand; counts
-/// the outcome. Whether they are attached.
+/// the outcome. Whether they are attached. `at_entries`: at the functions'
+/// entries even where their calls are found.
 pub(super) fn on_executable<'a>(
     pid: u32,
     exe: &str,
     elf: impl object::ReadRef<'a>,
+    at_entries: bool,
     p: &mut Probes,
     stats: &Stats,
 ) -> bool {
@@ -166,7 +168,11 @@ pub(super) fn on_executable<'a>(
         }
         Binary::Go(v) => v,
     };
-    let sites = call_sites(elf);
+    let sites = if at_entries {
+        [None; 3]
+    } else {
+        call_sites(elf)
+    };
     match attach(p, exe, &sites) {
         Ok(()) => {
             let at_calls = sites.iter().filter(|s| s.is_some()).count();

@@ -49,6 +49,9 @@ pub struct ProbeConfig {
     pub kprobes: bool,
     /// Attach the goroutine uprobes to the Go programs of traced processes.
     pub go_probes: bool,
+    /// Put them at the runtime functions' entries even where their calls
+    /// are found (`goruntime.rs`; the fallback's tests).
+    pub go_at_entries: bool,
     /// Follow the contextvars context (the asyncio task) each thread of a
     /// traced CPython process runs in (`python.rs`).
     pub python_tasks: bool,
@@ -69,6 +72,7 @@ impl Default for ProbeConfig {
             cgroups: vec![],
             kprobes: true,
             go_probes: true,
+            go_at_entries: false,
             python_tasks: true,
             tls_probes: true,
             inject: None,

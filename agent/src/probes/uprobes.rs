@@ -128,6 +128,8 @@ pub struct Inspector {
     pub probes: Weak<Mutex<Probes>>,
     pub stats: Arc<Stats>,
     pub go: bool,
+    /// The goroutine probes at entries, not calls (`ProbeConfig`).
+    pub go_at_entries: bool,
     pub python: bool,
     pub tls: bool,
     pub libraries: Libraries,
@@ -152,6 +154,7 @@ impl Inspector {
             probes,
             stats,
             go,
+            go_at_entries: false,
             python,
             tls,
             libraries,
@@ -176,7 +179,15 @@ impl Inspector {
                 let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
                 let target = tls::fd_path(&file);
                 let name = target.to_string_lossy().into_owned();
-                let go = self.go && goruntime::on_executable(pid, &name, &elf, &mut p, &self.stats);
+                let go = self.go
+                    && goruntime::on_executable(
+                        pid,
+                        &name,
+                        &elf,
+                        self.go_at_entries,
+                        &mut p,
+                        &self.stats,
+                    );
                 let inside = inside.unwrap_or(name.clone());
                 // Go's crypto/tls needs the goroutine probes: its calls are
                 // keyed by goroutine.

@@ -57,6 +57,10 @@ fn main() {
             go_two_replicas();
             Ok(())
         }),
+        Trial::test("go_probes_at_entries_eight_in_flight", || {
+            go_probes_at_entries();
+            Ok(())
+        }),
         Trial::test("java_thread_pool_eight_in_flight", || {
             java_pool();
             Ok(())
@@ -461,7 +465,22 @@ fn node_event_loop(max_sockets: Option<usize>) {
 /// the handler starts. Every call must nest under its own request through
 /// the goroutine probes (evidence `goroutine`); none under another request.
 fn go_goroutines() {
-    go_services(&["go-svc"]);
+    go_services(&["go-svc"], Sites::Calls);
+}
+
+/// The same, with the probes at the runtime functions' entries: what a Go
+/// binary whose code lacks the calls they go on gets (`goruntime.rs`).
+fn go_probes_at_entries() {
+    go_services(&["go-entries"], Sites::Entries);
+}
+
+/// Where the goroutine probes go.
+#[derive(Clone, Copy, PartialEq)]
+enum Sites {
+    /// At the calls found in the runtime's code (the default).
+    Calls,
+    /// At the functions' entries (`--go-probes-at-entries`).
+    Entries,
 }
 
 /// Two processes of the same Go binary (replicas of one service, as on a
@@ -470,7 +489,7 @@ fn go_goroutines() {
 /// process's hand-offs and goroutine origins apart: a hand-off one replica
 /// records must never be taken by the other's goroutine at that address.
 fn go_two_replicas() {
-    go_services(&["go-replica-a", "go-replica-b"]);
+    go_services(&["go-replica-a", "go-replica-b"], Sites::Calls);
 }
 
 /// Requests per Go service, and in flight at once.
@@ -480,13 +499,16 @@ const GO_IN_FLIGHT: usize = 8;
 /// Runs one process of `go_server.go` per name in `services` (one binary),
 /// loads them all at once, service `k` with request ids from `k * 1000`,
 /// and checks every request's tree.
-fn go_services(services: &[&str]) {
+fn go_services(services: &[&str], sites: Sites) {
     let (n, in_flight) = (GO_N, GO_IN_FLIGHT);
     let dir = std::env::temp_dir().join(format!("sonde-go-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = go_build("linking/go_server.go", &dir);
     let (_dbs, db_ports) = server_script("db_servers.py");
-    let a = agent(&[]);
+    let a = agent(match sites {
+        Sites::Calls => &[],
+        Sites::Entries => &["--go-probes-at-entries"],
+    });
     let down = free_port();
     let _down = python_server(down, "downstream");
     let servers: Vec<(Proc, u16)> = services
@@ -577,20 +599,28 @@ fn go_services(services: &[&str]) {
         load(servers[0].1, next..next + in_flight, in_flight);
         next += in_flight;
     });
-    for name in [
-        "go_execute ",
-        "go_spawned ",
-        "go_send_ready ",
-        "(go probes)",
-        "(uprobe floor) ",
-    ] {
+    // New goroutines and hand-offs were learnt at the calls found in the
+    // binary's code (newproc's of runqput, send's of goready), not by the
+    // entry probes that stand in where they are not found; or, asked, by
+    // those.
+    let (ran, not) = match sites {
+        Sites::Calls => (
+            ["go_spawned ", "go_send_ready "].as_slice(),
+            ["go_newproc1 ", "go_runqput ", "go_send "].as_slice(),
+        ),
+        Sites::Entries => (
+            ["go_newproc1 ", "go_runqput ", "go_send "].as_slice(),
+            ["go_spawned ", "go_send_ready "].as_slice(),
+        ),
+    };
+    for name in ["go_execute ", "(go probes)", "(uprobe floor) "]
+        .iter()
+        .chain(ran)
+    {
         let (runs, ns) = cost_row(&table, name);
         assert!(runs > 0.0 && ns > 0.0, "{name}: {table}");
     }
-    // New goroutines and hand-offs were learnt at the calls found in the
-    // binary's code (newproc's of runqput, send's of goready), not by the
-    // entry probes that stand in where they are not found.
-    for name in ["go_newproc1 ", "go_runqput ", "go_send "] {
+    for name in not {
         assert!(
             !table.lines().any(|l| l.starts_with(name)),
             "{name}: {table}"
