@@ -12,10 +12,10 @@
 //! entry, found by decoding the function's code (iced-x86). A uprobe on a
 //! call is emulated by the kernel; one on most other instructions (a Go
 //! function starts with a stack check, `CMPQ 0x10(R14), SP`) executes the
-//! instruction out of line and single-steps it, a second trap, which in a
-//! VM is an exit to the hypervisor: on this project's VM, a Go service
-//! under wrk served about 45% more requests once `newproc1`, `runqput` and
-//! `send` were probed at calls (README, "The goroutine probes at calls").
+//! instruction out of line and single-steps it, a second trap, which costs
+//! far more than the programs' work in a VM: on this project's VM, a Go
+//! service under wrk served about 2.5 times the requests once the probes
+//! moved to calls (README, "The goroutine probes at calls").
 //! - the goroutine a thread now runs at `runtime.execute`'s call of
 //!   `casgstatus(gp, ..)` (`go_execute`, as at its entry: `gp` in RAX);
 //! - new goroutines at `runtime.newproc`'s call of `runqput` (`go_spawned`),
