@@ -46,7 +46,10 @@ struct CallSite {
     fallback: &'static [(&'static str, &'static str)],
 }
 
-const CALL_SITES: [CallSite; 3] = [
+/// How many: `go_execute`, `go_spawned`, `go_send_ready`.
+const SITES: usize = 3;
+
+const CALL_SITES: [CallSite; SITES] = [
     // `casgstatus(gp, _Grunnable, _Grunning)`, after `gp` is made the
     // thread's `curg` and before it runs: the goroutine switch.
     CallSite {
@@ -169,7 +172,7 @@ pub(super) fn on_executable<'a>(
         Binary::Go(v) => v,
     };
     let sites = if at_entries {
-        [None; 3]
+        [None; SITES]
     } else {
         call_sites(elf)
     };
@@ -200,12 +203,12 @@ enum AttachError {
 /// For each of `CALL_SITES`, the offset of its call in its function, if
 /// the binary has both symbols and the function makes exactly one such
 /// call.
-pub fn call_sites<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; 3] {
+pub fn call_sites<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; SITES] {
     let Ok(file) = object::File::parse(elf) else {
-        return [None; 3];
+        return [None; SITES];
     };
-    let mut functions = [None; 3];
-    let mut callees = [None; 3];
+    let mut functions = [None; SITES];
+    let mut callees = [None; SITES];
     for sym in file.symbols().filter(|s| s.is_definition()) {
         let Ok(name) = sym.name() else { continue };
         for (i, site) in CALL_SITES.iter().enumerate() {
@@ -217,7 +220,7 @@ pub fn call_sites<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; 3] {
             }
         }
     }
-    let mut out = [None; 3];
+    let mut out = [None; SITES];
     for i in 0..CALL_SITES.len() {
         let (Some((section, at, size)), Some(callee)) = (functions[i], callees[i]) else {
             continue;
@@ -245,9 +248,10 @@ pub fn execute_location<'a>(elf: impl object::ReadRef<'a>) -> UProbeAttachLocati
 }
 
 /// The offset in `code` (a function at address `at`) of its only direct
-/// call of `target`. None if there is none, or more than one: the probe
-/// must be at an instruction's first byte, and on the one call that queues
-/// a new goroutine, so anything but that exact shape falls back.
+/// call of `target`. None if there is none, or more than one, or the bytes
+/// do not decode: the probe must be at an instruction's first byte, and on
+/// the one call its program is written for, so anything but that exact
+/// shape falls back.
 fn call_site(code: &[u8], at: u64, target: u64) -> Option<u64> {
     let mut decoder = Decoder::with_ip(64, code, at, DecoderOptions::NONE);
     let mut found = None;
@@ -273,7 +277,7 @@ fn call_site(code: &[u8], at: u64, target: u64) -> Option<u64> {
 /// half a set would mislead (a goroutine without its hand-offs). Each of
 /// `CALL_SITES` at its call when `sites` has its offset, else by its
 /// fallback.
-fn attach(p: &mut Probes, exe: &str, sites: &[Option<u64>; 3]) -> Result<(), AttachError> {
+fn attach(p: &mut Probes, exe: &str, sites: &[Option<u64>; SITES]) -> Result<(), AttachError> {
     let mut at = vec![];
     for (site, off) in CALL_SITES.iter().zip(sites) {
         match off {
@@ -379,8 +383,8 @@ mod tests {
     #[test]
     fn no_site_outside_go() {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(call_sites(me.as_slice()), [None; 3]);
-        assert_eq!(call_sites(&b"garbage"[..]), [None; 3]);
+        assert_eq!(call_sites(me.as_slice()), [None; SITES]);
+        assert_eq!(call_sites(&b"garbage"[..]), [None; SITES]);
     }
 
     #[test]
