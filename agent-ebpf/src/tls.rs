@@ -2,8 +2,9 @@
 //! binaries that export its API), through uprobes attached by user space
 //! (`agent/src/probes/tls.rs`) to each library file traced processes map.
 //!
-//! - At `SSL_read`/`SSL_write` (and `_ex`) entry: the `SSL *`, the buffer,
-//!   where `_ex` writes its count, and the time and tick, in `TLS_ACTIVE`.
+//! - At `SSL_read`/`SSL_write` (and `_ex`) entry, or at the internal
+//!   function both forms call: the `SSL *`, the buffer, where `_ex` writes
+//!   its count, and the time and tick, in `TLS_ACTIVE`.
 //! - Any socket syscall the thread makes before the call returns carries
 //!   that connection's records (`capture::enter` asks [`inside_call`]): it
 //!   names the socket (`TLS_FD`, for later calls that return buffered
@@ -121,6 +122,15 @@ entries!(begin:
     tls_write => (op::WRITE, false),
     tls_write_ex => (op::WRITE, true),
     tls_handshake => (op::HANDSHAKE, false),
+);
+
+// At the internal function both public forms of a read (or write) call,
+// where user space finds it (`agent/src/probes/tls.rs`, `INNER`): it takes
+// the `_ex` form's arguments and returns as it does. The same work as the
+// `_ex` entries; their own names keep their run time apart in `probe-cost`.
+entries!(begin:
+    tls_read_inner => (op::READ, true),
+    tls_write_inner => (op::WRITE, true),
 );
 
 #[uretprobe]

@@ -104,6 +104,12 @@ pub struct CaptureArgs {
     #[arg(long, env = "SONDE_GO_PROBES_AT_ENTRIES", hide = true)]
     pub go_probes_at_entries: bool,
 
+    /// Attach OpenSSL's read and write probes at the public functions'
+    /// entries even where the internal function they call is found (the
+    /// fallback, for its tests and the TLS bench).
+    #[arg(long, env = "SONDE_TLS_PROBES_AT_ENTRIES", hide = true)]
+    pub tls_probes_at_entries: bool,
+
     /// Never read which asyncio task (contextvars context) a CPython
     /// thread runs: Python event loops' calls then nest by the thread rules
     /// only (roots under concurrency).
@@ -130,6 +136,7 @@ impl CaptureArgs {
                 kprobes: !self.no_kprobes,
                 go_probes: !self.no_go_probes,
                 go_at_entries: self.go_probes_at_entries,
+                tls_at_entries: self.tls_probes_at_entries,
                 python_tasks: !self.no_python_tasks,
                 tls_probes: !self.no_tls_probes,
                 ..ProbeConfig::default()

@@ -57,6 +57,10 @@ pub struct TlsLibraryCheck {
     /// Hooks of `probes::tls::TLS_HOOKS` it has symbols for (0: not the
     /// OpenSSL API, or stripped: it would stay opaque).
     pub hooks: usize,
+    /// Read and write pairs that go at the internal function both their
+    /// public forms call (`probes::tls::INNER`), where the kernel traps
+    /// once.
+    pub inner: usize,
 }
 
 /// The function the uprobe check attaches to: part of this binary, never
@@ -270,12 +274,7 @@ fn uprobe_check(probes: &mut Probes) -> Result<String, String> {
 /// Whether the TLS plaintext programs pass this kernel's verifier (they
 /// attach as the agent finds libraries; `tls_libraries` lists those).
 fn tls_check(probes: &mut Probes) -> Result<String, String> {
-    let mut names: Vec<&str> = crate::probes::tls::TLS_HOOKS
-        .iter()
-        .flat_map(|h| std::iter::once(h.entry).chain(h.ret))
-        .collect();
-    names.sort();
-    names.dedup();
+    let names = crate::probes::tls::programs();
     for name in &names {
         let prog: &mut UProbe = probes.program(name)?;
         if prog.fd().is_err() {
@@ -304,16 +303,26 @@ fn tls_libraries() -> Vec<TlsLibraryCheck> {
             let Ok(m) = std::fs::metadata(&open) else {
                 continue;
             };
-            let entry = by_inode
-                .entry((m.dev(), m.ino()))
-                .or_insert_with(|| TlsLibraryCheck {
-                    hooks: std::fs::File::open(&open)
-                        .ok()
-                        .and_then(|f| crate::probes::tls::hooks_in(&object::ReadCache::new(f)))
-                        .map_or(0, |h| h.len()),
+            let entry = by_inode.entry((m.dev(), m.ino())).or_insert_with(|| {
+                let elf = std::fs::File::open(&open).ok().map(object::ReadCache::new);
+                let hooks = elf
+                    .as_ref()
+                    .and_then(|e| crate::probes::tls::hooks_in(e))
+                    .map_or(0, |h| h.len());
+                let inner = match &elf {
+                    Some(e) if hooks > 0 => crate::probes::tls::inner_entries(e)
+                        .iter()
+                        .filter(|o| o.is_some())
+                        .count(),
+                    _ => 0,
+                };
+                TlsLibraryCheck {
+                    hooks,
+                    inner,
                     path,
                     processes: 0,
-                });
+                }
+            });
             entry.processes += 1;
         }
     }
@@ -434,7 +443,14 @@ pub fn render(r: &Report, verbose: bool) -> String {
     }
     for l in &r.tls_libraries {
         let what = if l.hooks > 0 {
-            format!("OpenSSL API, {} hooks", l.hooks)
+            match l.inner {
+                0 => format!("OpenSSL API, {} hooks", l.hooks),
+                n => format!(
+                    "OpenSSL API, {} hooks; {n} of {} pairs at internal functions",
+                    l.hooks,
+                    crate::probes::tls::INNER.len()
+                ),
+            }
         } else {
             "no OpenSSL symbols: stays opaque".into()
         };

@@ -201,6 +201,7 @@ impl Session {
             tls_libraries.clone(),
         );
         inspector.go_at_entries = cfg.probes.go_at_entries;
+        inspector.tls_at_entries = cfg.probes.tls_at_entries;
         tasks.push(tokio::spawn(crate::probes::uprobes::run(
             new_procs_rx,
             tls_rescan_rx,

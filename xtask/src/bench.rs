@@ -5,7 +5,8 @@
 //! reported apart), the same at 10% head sampling, and the same with
 //! `traceparent` injection; the app workloads (CPython servers, and a Go
 //! service) add a sixth, OTLP export with the runtime probes off
-//! (`--no-python-tasks --no-go-probes`). One table per workload: medians over the
+//! (`--no-python-tasks --no-go-probes`), and the TLS one OTLP export with
+//! OpenSSL's probes at the public entries (`--tls-probes-at-entries`). One table per workload: medians over the
 //! rounds, with the spread. The `idle` workload has no wrk: it holds
 //! 10,000 answered keep-alive connections open, for the agent's idle CPU
 //! and its memory.
@@ -52,6 +53,11 @@ enum Arm {
     /// --no-go-probes`): what following a runtime's tasks costs, in the
     /// kernel and in the agent (issue 14), against `Otlp`.
     NoRuntime,
+    /// OTLP export with OpenSSL's read and write probes at the public
+    /// functions' entries (`--tls-probes-at-entries`), where the kernel
+    /// single-steps, against `Otlp`, where they sit at the internal
+    /// function both forms call.
+    TlsEntries,
 }
 
 const ARMS: [Arm; 5] = [
@@ -70,6 +76,15 @@ const APP_ARMS: [Arm; 6] = [
     Arm::Injected,
     Arm::NoRuntime,
 ];
+/// The TLS workload adds `TlsEntries`.
+const TLS_ARMS: [Arm; 6] = [
+    Arm::Bare,
+    Arm::Metrics,
+    Arm::Otlp,
+    Arm::Sampled,
+    Arm::Injected,
+    Arm::TlsEntries,
+];
 const SAMPLED_RATIO: &str = "0.1";
 
 impl Arm {
@@ -81,13 +96,14 @@ impl Arm {
             Arm::Sampled => "sonde, OTLP export, 10% of traces",
             Arm::Injected => "sonde, OTLP export, traceparent injection",
             Arm::NoRuntime => "sonde, OTLP export, runtime probes off",
+            Arm::TlsEntries => "sonde, OTLP export, TLS probes at public entries",
         }
     }
 
     fn exports(self) -> bool {
         matches!(
             self,
-            Arm::Otlp | Arm::Sampled | Arm::Injected | Arm::NoRuntime
+            Arm::Otlp | Arm::Sampled | Arm::Injected | Arm::NoRuntime | Arm::TlsEntries
         )
     }
 }
@@ -156,10 +172,10 @@ pub fn bench(opts: &Options) -> Result<()> {
             .unwrap_or(if w.starts_with("nginx") { 32 } else { 16 });
         // Warm the server up (and the page cache), untimed.
         wrk(&server.url, conns, 2)?;
-        let arms: &[Arm] = if w.starts_with("nginx") {
-            &ARMS
-        } else {
-            &APP_ARMS
+        let arms: &[Arm] = match w {
+            "nginx-tls" => &TLS_ARMS,
+            "nginx" => &ARMS,
+            _ => &APP_ARMS,
         };
         let samples = alternate(w, arms, opts.rounds, |arm| {
             measure(&bin, arm, &server, conns, opts.seconds, tck)
@@ -733,7 +749,7 @@ impl Reading {
 impl Agent {
     /// `ratio`: head sampling (`traceidratio`); none samples every trace.
     /// `Injected`: `--context-propagation traceparent`; `NoRuntime`: the
-    /// runtime probes off.
+    /// runtime probes off; `TlsEntries`: OpenSSL's at the public entries.
     fn start(
         bin: &Path,
         metrics: &str,
@@ -749,6 +765,9 @@ impl Agent {
             }
             Arm::NoRuntime => {
                 c.args(["--no-python-tasks", "--no-go-probes"]);
+            }
+            Arm::TlsEntries => {
+                c.arg("--tls-probes-at-entries");
             }
             _ => {}
         }

@@ -89,6 +89,7 @@ fn ours(name: &str) -> bool {
             .map(|t| t.program)
             .chain(KERNEL_IO.iter().map(|k| k.program))
             .chain(GO_PROBES.iter().copied())
+            .chain(super::tls::programs())
             .any(|p| &p[..p.len().min(NAME_LEN)] == name)
 }
 
@@ -283,6 +284,12 @@ pub fn render(costs: &[Cost], floors: &Floors, window: Duration) -> String {
     let (go_runs, n) = sum(&|c: &Cost| GO_PROBES.contains(&c.program.as_str()));
     if go_runs > 0 {
         line(&mut s, "(go probes)", go_runs, n);
+    }
+    let tls = super::tls::programs();
+    let (tls_runs, n) =
+        sum(&|c: &Cost| tls.iter().any(|p| p[..p.len().min(NAME_LEN)] == c.program));
+    if tls_runs > 0 {
+        line(&mut s, "(tls probes)", tls_runs, n);
     }
     let (r, n) = sum(&|_| true);
     line(&mut s, "(all)", r, n);

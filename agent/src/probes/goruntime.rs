@@ -9,13 +9,12 @@
 //! filters still decide which of them produce records.
 //!
 //! The probes go on a call inside a runtime function rather than on its
-//! entry, found by decoding the function's code (iced-x86). A uprobe on a
-//! call is emulated by the kernel; one on most other instructions (a Go
-//! function starts with a stack check, `CMPQ 0x10(R14), SP`) executes the
-//! instruction out of line and single-steps it, a second trap, which costs
-//! far more than the programs' work in a VM: on this project's VM, a Go
-//! service under wrk served about 2.5 times the requests once the probes
-//! moved to calls (README, "The goroutine probes at calls").
+//! entry, found by decoding the function's code (`code.rs`). A uprobe on a
+//! call is emulated by the kernel; one on a Go function's entry (its stack
+//! check, `CMPQ 0x10(R14), SP`) is single-stepped, a second trap: on this
+//! project's VM, a Go service under wrk served about 2.5 times the
+//! requests once the probes moved to calls (README, "The goroutine probes
+//! at calls").
 //! - the goroutine a thread now runs at `runtime.execute`'s call of
 //!   `casgstatus(gp, ..)` (`go_execute`, as at its entry: `gp` in RAX);
 //! - new goroutines at `runtime.newproc`'s call of `runqput` (`go_spawned`),
@@ -31,10 +30,9 @@
 use std::path::Path;
 
 use aya::programs::uprobe::UProbeAttachLocation;
-use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::{uprobes::LinkSet, Probes};
+use super::{code::call_site, uprobes::LinkSet, Probes};
 use crate::stats::Stats;
 
 /// A probe on the one call of `callee` inside `function`, and the entry
@@ -247,32 +245,6 @@ pub fn execute_location<'a>(elf: impl object::ReadRef<'a>) -> UProbeAttachLocati
     }
 }
 
-/// The offset in `code` (a function at address `at`) of its only direct
-/// call of `target`. None if there is none, or more than one, or the bytes
-/// do not decode: the probe must be at an instruction's first byte, and on
-/// the one call its program is written for, so anything but that exact
-/// shape falls back.
-fn call_site(code: &[u8], at: u64, target: u64) -> Option<u64> {
-    let mut decoder = Decoder::with_ip(64, code, at, DecoderOptions::NONE);
-    let mut found = None;
-    while decoder.can_decode() {
-        let i = decoder.decode();
-        if i.is_invalid() {
-            return None;
-        }
-        if i.mnemonic() == Mnemonic::Call
-            && i.op0_kind() == OpKind::NearBranch64
-            && i.near_branch_target() == target
-        {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(i.ip() - at);
-        }
-    }
-    found
-}
-
 /// Attaches every goroutine probe to the executable at `exe`, or none:
 /// half a set would mislead (a goroutine without its hand-offs). Each of
 /// `CALL_SITES` at its call when `sites` has its offset, else by its
@@ -348,36 +320,6 @@ mod tests {
         assert!(!register_abi("go1.9"));
         assert!(register_abi("devel go1.24-abc"));
         assert!(!register_abi("gccgo"));
-    }
-
-    /// `runtime.newproc.func1` as go1.19 built it for amd64 (at 0x441760),
-    /// calling `runtime.newproc1` (0x4417e0), `runtime.runqput` (0x4458e0),
-    /// `runtime.wakep` (0x43d920) and `runtime.morestack` (0x463840).
-    const NEWPROC_FUNC1: &[u8] = &[
-        0x49, 0x3b, 0x66, 0x10, 0x76, 0x57, 0x48, 0x83, 0xec, 0x20, 0x48, 0x89, 0x6c, 0x24, 0x18,
-        0x48, 0x8d, 0x6c, 0x24, 0x18, 0x48, 0x8b, 0x5a, 0x10, 0x48, 0x8b, 0x4a, 0x18, 0x48, 0x8b,
-        0x42, 0x08, 0xe8, 0x5b, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x56, 0x30, 0x48, 0x8b, 0x92, 0xd0,
-        0x00, 0x00, 0x00, 0x48, 0x89, 0xc3, 0xb9, 0x01, 0x00, 0x00, 0x00, 0x48, 0x89, 0xd0, 0x0f,
-        0x1f, 0x44, 0x00, 0x00, 0xe8, 0x3b, 0x41, 0x00, 0x00, 0x80, 0x3d, 0xf6, 0xc4, 0x4a, 0x00,
-        0x00, 0x74, 0x05, 0xe8, 0x6d, 0xc1, 0xff, 0xff, 0x48, 0x8b, 0x6c, 0x24, 0x18, 0x48, 0x83,
-        0xc4, 0x20, 0xc3, 0x0f, 0x1f, 0x00, 0xe8, 0x7b, 0x20, 0x02, 0x00, 0xeb, 0x99,
-    ];
-
-    #[test]
-    fn finds_the_one_call_of_runqput() {
-        let at = 0x441760;
-        assert_eq!(call_site(NEWPROC_FUNC1, at, 0x4458e0), Some(0x40));
-        assert_eq!(call_site(NEWPROC_FUNC1, at, 0x4417e0), Some(0x20));
-        // A function it does not call, or calls twice: no site.
-        assert_eq!(call_site(NEWPROC_FUNC1, at, 0x400000), None);
-        let twice = [NEWPROC_FUNC1, &[0xe8, 0x14, 0x41, 0x00, 0x00]].concat();
-        assert_eq!(call_site(&twice, at, 0x4458e0), None);
-        // Cut anywhere, the bytes never panic, and never yield an offset
-        // that is not the call's.
-        for n in 0..NEWPROC_FUNC1.len() {
-            let got = call_site(&NEWPROC_FUNC1[..n], at, 0x4458e0);
-            assert!(got.is_none() || got == Some(0x40), "cut at {n}: {got:?}");
-        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! every tracepoint program, recording per probe whether it attached; where
 //! the kernel has kprobes, also the io_uring path (its kprobes deferred
 //! until io_uring is used).
+pub mod code;
 pub mod compat;
 pub mod cost;
 pub mod goruntime;
@@ -52,6 +53,9 @@ pub struct ProbeConfig {
     /// Put them at the runtime functions' entries even where their calls
     /// are found (`goruntime.rs`; the fallback's tests).
     pub go_at_entries: bool,
+    /// OpenSSL's read and write probes at the public functions' entries
+    /// even where the internal function they call is found (`tls.rs`).
+    pub tls_at_entries: bool,
     /// Follow the contextvars context (the asyncio task) each thread of a
     /// traced CPython process runs in (`python.rs`).
     pub python_tasks: bool,
@@ -73,6 +77,7 @@ impl Default for ProbeConfig {
             kprobes: true,
             go_probes: true,
             go_at_entries: false,
+            tls_at_entries: false,
             python_tasks: true,
             tls_probes: true,
             inject: None,

@@ -12,6 +12,14 @@
 //! the one inside its mount namespace. Uprobes are per file: one attachment
 //! covers every process that maps it, and the kernel's pid and cgroup
 //! filters still decide which of them produce records.
+//!
+//! Where the code has the shape, reads and writes are hooked at the
+//! internal function that `SSL_read` and `SSL_read_ex` (and `SSL_write`
+//! and `SSL_write_ex`) both call, not at the public entries. OpenSSL 3's
+//! public functions open with `sub rsp, ..`, which the kernel single-steps
+//! at a uprobe (a second trap per call, and a third for the return
+//! probe's), where the internal ones open with a `push`, which it emulates
+//! (`code.rs`). Anything else keeps the public entries.
 use std::{
     collections::HashSet,
     fs::File,
@@ -20,9 +28,13 @@ use std::{
 };
 
 use aya::programs::uprobe::UProbeAttachLocation;
-use object::{Object, ObjectSymbol, ReadCache};
+use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
 
-use super::{uprobes::LinkSet, Probes};
+use super::{
+    code::{call_site, opens_with_push, wrapped},
+    uprobes::LinkSet,
+    Probes,
+};
 
 /// One hook: the entry program, the return program (if any), the symbol,
 /// and whether a library without it is still worth hooking.
@@ -79,6 +91,84 @@ pub const TLS_HOOKS: &[Hook] = &[
 /// The symbols a file must export to be hooked at all.
 const REQUIRED: [&str; 2] = ["SSL_read", "SSL_write"];
 
+/// A read or write pair hooked at the internal function its two public
+/// forms call: `wrapper` (the `_ex` form) passes its four arguments to it
+/// unchanged (`code::wrapped`), so it takes `_ex`'s (the object, buffer,
+/// length and where the count goes) and returns 1 with the count stored;
+/// `caller` must call it too, once. `entry`/`ret` take the place of both
+/// forms' hooks.
+pub struct Inner {
+    pub wrapper: &'static str,
+    pub caller: &'static str,
+    pub entry: &'static str,
+    pub ret: &'static str,
+}
+
+pub const INNER: [Inner; 2] = [
+    Inner {
+        wrapper: "SSL_read_ex",
+        caller: "SSL_read",
+        entry: "tls_read_inner",
+        ret: "tls_read_ret",
+    },
+    Inner {
+        wrapper: "SSL_write_ex",
+        caller: "SSL_write",
+        entry: "tls_write_inner",
+        ret: "tls_write_ret",
+    },
+];
+
+/// Every TLS program, for the doctor's verifier check and `probe-cost`.
+pub fn programs() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = TLS_HOOKS
+        .iter()
+        .flat_map(|h| std::iter::once(h.entry).chain(h.ret))
+        .chain(INNER.iter().flat_map(|i| [i.entry, i.ret]))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// For each of `INNER`, the file offset of its internal function, where
+/// the code has that shape and the function opens with an instruction the
+/// kernel emulates (`code::opens_with_push`); else None, and the public
+/// forms keep their hooks.
+pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; 2] {
+    let Ok(file) = object::File::parse(elf) else {
+        return [None, None];
+    };
+    let wanted = |n: &str| INNER.iter().any(|i| i.wrapper == n || i.caller == n);
+    let mut found: Vec<(&str, object::SectionIndex, u64, u64)> = vec![];
+    for sym in file.dynamic_symbols().chain(file.symbols()) {
+        let (Ok(name), Some(section)) = (sym.name(), sym.section_index()) else {
+            continue;
+        };
+        if sym.is_definition() && wanted(name) && !found.iter().any(|f| f.0 == name) {
+            found.push((name, section, sym.address(), sym.size()));
+        }
+    }
+    let code = |name: &str| {
+        let &(_, section, at, size) = found.iter().find(|f| f.0 == name)?;
+        let section = file.section_by_index(section).ok()?;
+        Some((section.data_range(at, size).ok()??, at, section))
+    };
+    INNER.map(|inner| {
+        let (wrapper, at, section) = code(inner.wrapper)?;
+        let target = wrapped(wrapper, at)?;
+        let (caller, caller_at, _) = code(inner.caller)?;
+        call_site(caller, caller_at, target)?;
+        // Its first instruction, in the wrapper's section.
+        let head = section.data_range(target, 16).ok()??;
+        if !opens_with_push(head) {
+            return None;
+        }
+        let (offset, _) = section.file_range()?;
+        target.checked_sub(section.address())?.checked_add(offset)
+    })
+}
+
 /// What a library file is, seen from its symbols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -102,6 +192,8 @@ pub struct Library {
     pub outcome: &'static str,
     /// Hooks attached (of `TLS_HOOKS`).
     pub hooks: usize,
+    /// Of them, pairs attached at an internal function (`INNER`).
+    pub inner: usize,
 }
 
 /// The shared `libssl` files process `pid` maps, as (path inside the
@@ -190,13 +282,15 @@ pub fn fd_path(file: &File) -> PathBuf {
 
 /// Attaches the TLS hooks to one file (`elf`, its bytes; `open`, its path
 /// from here) if it has the API. None for an executable without it: not a
-/// TLS library at all.
+/// TLS library at all. `at_entries`: reads and writes at the public
+/// functions' entries even where their internal function is found.
 pub fn on_file<'a>(
     pid: u32,
     path: String,
     open: &Path,
     kind: Kind,
     elf: impl object::ReadRef<'a>,
+    at_entries: bool,
     probes: &mut Probes,
 ) -> Option<Library> {
     let Some(hooks) = hooks_in(elf) else {
@@ -205,16 +299,23 @@ pub fn on_file<'a>(
             kind,
             outcome: "no_symbols",
             hooks: 0,
+            inner: 0,
         });
     };
-    let (outcome, hooks) = match attach(probes, open, &hooks) {
-        Ok(n) => {
-            tracing::info!(pid, path, hooks = n, "TLS plaintext probes attached");
-            ("attached", n)
+    let inner = if at_entries {
+        [None, None]
+    } else {
+        inner_entries(elf)
+    };
+    let pairs = placements(&hooks, &inner);
+    let (outcome, (hooks, inner)) = match attach(probes, open, &pairs) {
+        Ok((n, inner)) => {
+            tracing::info!(pid, path, hooks = n, inner, "TLS plaintext probes attached");
+            ("attached", (n, inner))
         }
         Err(e) => {
             tracing::warn!(pid, path, "TLS probes not attached: {e}");
-            ("failed", 0)
+            ("failed", (0, 0))
         }
     };
     Some(Library {
@@ -222,38 +323,97 @@ pub fn on_file<'a>(
         kind,
         outcome,
         hooks,
+        inner,
     })
 }
 
-/// Attaches `hooks` to the file at `target`; all required ones, or none.
+/// One pair to attach: its programs, where, what to call it in an error,
+/// and whether the library is hooked at all without it.
+struct Pair {
+    entry: &'static str,
+    ret: Option<&'static str>,
+    at: At,
+    name: &'static str,
+    required: bool,
+    inner: bool,
+}
+
+#[derive(Clone, Copy)]
+enum At {
+    Symbol(&'static str),
+    /// A file offset: an internal function has no exported symbol.
+    Offset(u64),
+}
+
+/// The pairs for a file that has `hooks` and, where found, the internal
+/// functions `inner` (file offsets, `inner_entries`): each found takes the
+/// place of both public forms' hooks.
+fn placements(hooks: &[&'static Hook], inner: &[Option<u64>; 2]) -> Vec<Pair> {
+    let replaced = |symbol: &str| {
+        INNER
+            .iter()
+            .zip(inner)
+            .any(|(i, at)| at.is_some() && (i.wrapper == symbol || i.caller == symbol))
+    };
+    let mut pairs: Vec<Pair> = INNER
+        .iter()
+        .zip(inner)
+        .filter_map(|(i, at)| {
+            Some(Pair {
+                entry: i.entry,
+                ret: Some(i.ret),
+                at: At::Offset((*at)?),
+                name: i.caller,
+                required: true,
+                inner: true,
+            })
+        })
+        .collect();
+    pairs.extend(hooks.iter().filter(|h| !replaced(h.symbol)).map(|h| Pair {
+        entry: h.entry,
+        ret: h.ret,
+        at: At::Symbol(h.symbol),
+        name: h.symbol,
+        required: h.required,
+        inner: false,
+    }));
+    pairs
+}
+
+/// Attaches `pairs` to the file at `target`; all required ones, or none.
 /// The return probe of each pair is attached before its entry: an entry
 /// without its return would leave a call open that swallows the thread's
-/// socket records, a return without an entry does nothing.
-fn attach(probes: &mut Probes, target: &Path, hooks: &[&Hook]) -> Result<usize, String> {
+/// socket records, a return without an entry does nothing. The pairs
+/// attached, and how many of them at internal functions.
+fn attach(probes: &mut Probes, target: &Path, pairs: &[Pair]) -> Result<(usize, usize), String> {
     let mut set = LinkSet::default();
-    let mut pairs = 0;
-    for h in hooks {
+    let (mut attached_pairs, mut inner) = (0, 0);
+    for p in pairs {
         let mut pair = LinkSet::default();
-        let at = || UProbeAttachLocation::Symbol(h.symbol);
-        let attached = h
+        let at = || match p.at {
+            At::Symbol(s) => UProbeAttachLocation::Symbol(s),
+            At::Offset(o) => UProbeAttachLocation::AbsoluteOffset(o),
+        };
+        let attached = p
             .ret
             .map_or(Ok(()), |r| pair.attach(probes, r, at(), target))
-            .and_then(|()| pair.attach(probes, h.entry, at(), target));
+            .and_then(|()| pair.attach(probes, p.entry, at(), target));
         match attached {
             Ok(()) => {
                 set.extend(pair);
-                pairs += 1;
+                attached_pairs += 1;
+                inner += usize::from(p.inner);
             }
             Err(e) => {
                 pair.undo(probes);
-                if h.required {
+                if p.required {
                     set.undo(probes);
-                    return Err(format!("{}: {e}", h.symbol));
+                    return Err(format!("{}: {e}", p.name));
                 }
             }
         }
     }
-    Ok(pairs)
+    Ok((attached_pairs, inner))
 }
 
 #[cfg(test)]
@@ -285,6 +445,49 @@ mod tests {
         for r in REQUIRED {
             assert!(TLS_HOOKS.iter().any(|h| h.symbol == r), "{r}");
         }
+    }
+
+    /// The machine's own libssl (Debian's OpenSSL 3.0): reads and writes
+    /// go at the internal functions both public forms call, which open
+    /// with a `push`; every other hook stays on its symbol.
+    #[test]
+    fn the_system_libssl_is_hooked_at_its_internal_functions() {
+        let lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+        let elf = ReadCache::new(File::open(lib).unwrap());
+        let inner = inner_entries(&elf);
+        assert!(inner.iter().all(Option::is_some), "{inner:?}");
+        assert_ne!(inner[0], inner[1]);
+        let hooks = hooks_in(&elf).unwrap();
+        let pairs = placements(&hooks, &inner);
+        let names: Vec<&str> = pairs.iter().map(|p| p.entry).collect();
+        assert_eq!(pairs.iter().filter(|p| p.inner).count(), 2);
+        for gone in ["tls_read", "tls_read_ex", "tls_write", "tls_write_ex"] {
+            assert!(!names.contains(&gone), "{names:?}");
+        }
+        for kept in [
+            "tls_read_inner",
+            "tls_write_inner",
+            "tls_handshake",
+            "tls_free",
+        ] {
+            assert!(names.contains(&kept), "{names:?}");
+        }
+        // Without them, the public forms keep theirs.
+        let public = placements(&hooks, &[None, None]);
+        assert_eq!(public.len(), TLS_HOOKS.len());
+        assert!(public.iter().all(|p| !p.inner));
+        // One found, the other not: only its pair moves.
+        let half = placements(&hooks, &[inner[0], None]);
+        let names: Vec<&str> = half.iter().map(|p| p.entry).collect();
+        assert!(names.contains(&"tls_read_inner") && names.contains(&"tls_write_ex"));
+        assert!(!names.contains(&"tls_read_ex") && !names.contains(&"tls_write_inner"));
+    }
+
+    #[test]
+    fn no_internal_functions_outside_openssl() {
+        let me = File::open(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(inner_entries(&ReadCache::new(me)), [None, None]);
+        assert_eq!(inner_entries(&b"garbage"[..]), [None, None]);
     }
 
     /// The machine's own libssl (Debian's OpenSSL 3): every hook is there.

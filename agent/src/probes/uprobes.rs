@@ -131,6 +131,8 @@ pub struct Inspector {
     /// The goroutine probes at entries, not calls (`ProbeConfig`).
     pub go_at_entries: bool,
     pub python: bool,
+    /// OpenSSL's probes at the public entries (`ProbeConfig`).
+    pub tls_at_entries: bool,
     pub tls: bool,
     pub libraries: Libraries,
     finder: python::Finder,
@@ -156,6 +158,7 @@ impl Inspector {
             go,
             go_at_entries: false,
             python,
+            tls_at_entries: false,
             tls,
             libraries,
             finder: python::Finder::default(),
@@ -218,12 +221,19 @@ impl Inspector {
                             kind: tls::Kind::Go,
                             outcome,
                             hooks,
+                            inner: 0,
                         });
                     }
                 } else if self.tls {
-                    if let Some(lib) =
-                        tls::on_file(pid, inside, &target, tls::Kind::Static, &elf, &mut p)
-                    {
+                    if let Some(lib) = tls::on_file(
+                        pid,
+                        inside,
+                        &target,
+                        tls::Kind::Static,
+                        &elf,
+                        self.tls_at_entries,
+                        &mut p,
+                    ) {
                         self.found(lib);
                     }
                 }
@@ -335,7 +345,15 @@ impl Inspector {
             };
             let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
             let target = tls::fd_path(&file);
-            if let Some(lib) = tls::on_file(pid, path, &target, tls::Kind::Shared, &elf, &mut p) {
+            if let Some(lib) = tls::on_file(
+                pid,
+                path,
+                &target,
+                tls::Kind::Shared,
+                &elf,
+                self.tls_at_entries,
+                &mut p,
+            ) {
                 self.found(lib);
             }
         }

@@ -38,7 +38,13 @@ fn main() {
     libtest_mimic::run(
         &args,
         vec![
-            t("nginx_https_curl_and_requests_eight_in_flight", nginx_https),
+            t("nginx_https_curl_and_requests_eight_in_flight", || {
+                nginx_https(Hooks::Internal)
+            }),
+            t(
+                "nginx_https_probes_at_public_entries_eight_in_flight",
+                || nginx_https(Hooks::Public),
+            ),
             t("postgres_ssl_on_psycopg_sslmode_require", postgres_ssl),
             t("connection_opened_before_the_agent", preexisting),
             t("go_crypto_tls_server_and_client_eight_in_flight", go_https),
@@ -52,6 +58,16 @@ fn main() {
         ],
     )
     .exit();
+}
+
+/// Where OpenSSL's reads and writes are hooked.
+#[derive(Clone, Copy)]
+enum Hooks {
+    /// At the internal function both public forms call (the default
+    /// where found).
+    Internal,
+    /// At the public functions' entries (`--tls-probes-at-entries`).
+    Public,
 }
 
 fn kind_of(s: &ReceivedSpan) -> SpanKind {
@@ -104,11 +120,15 @@ fn service_of_pid(spans: &[ReceivedSpan], pid: u32) -> Vec<&ReceivedSpan> {
 /// (same trace, `url.full` with that id). curl runs 40 transfers, 8 in
 /// parallel, in one process; Python `requests` 40 on 8 threads. The very
 /// first connection warms the library's probes (the process that maps it
-/// is named on its first connection).
-fn nginx_https() {
+/// is named on its first connection). `hooks`: where reads and writes are
+/// hooked in Debian's libssl.
+fn nginx_https(hooks: Hooks) {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
-    let a = agent(&[]);
+    let a = agent(match hooks {
+        Hooks::Internal => &[],
+        Hooks::Public => &["--tls-probes-at-entries"],
+    });
     let port = free_port();
     let _nginx = start_nginx(port);
     wait_attached(&a.metrics, 1.0);
@@ -196,6 +216,42 @@ fn nginx_https() {
         prom_sum(&text, "sonde_dropped_total", &["tls_no_socket"]),
         0.0
     );
+    // Debian's libssl is hooked at the internal functions that both public
+    // forms of a read (and of a write) call, which open with an
+    // instruction the kernel emulates: those programs ran under more curl
+    // transfers, and the public entries' never did; or, asked, the other
+    // way round.
+    let table = probe_cost_under(2, || {
+        let ok = Command::new("curl")
+            .args(["-sk", "--no-progress-meter", "-o", "/dev/null", "-Z"])
+            .arg(format!("https://127.0.0.1:{port}/cost/[0-15]"))
+            .status()
+            .expect("curl");
+        assert!(ok.success());
+    });
+    let inner = ["tls_read_inner ", "tls_write_inner "];
+    // curl calls `SSL_read` and `SSL_write`.
+    let public = ["tls_read ", "tls_write "];
+    let (ran, not) = match hooks {
+        Hooks::Internal => (inner, public),
+        Hooks::Public => (public, inner),
+    };
+    for name in ran.iter().chain(&["(tls probes) "]) {
+        let (runs, ns) = cost_row(&table, name);
+        assert!(runs > 0.0 && ns > 0.0, "{name}: {table}");
+    }
+    let ex = ["tls_read_ex ", "tls_write_ex "];
+    let not: &[&str] = match hooks {
+        Hooks::Internal => &[not[0], not[1], ex[0], ex[1]],
+        Hooks::Public => &not,
+    };
+    for name in not {
+        assert!(
+            !table.lines().any(|l| l.starts_with(name)),
+            "{name}: {table}"
+        );
+    }
+    eprintln!("{table}");
 }
 
 /// PostgreSQL with `ssl = on`, psycopg with `sslmode=require` (the service
