@@ -48,7 +48,10 @@ mod op {
 }
 
 #[inline(always)]
-fn begin(ctx: &ProbeContext, op: u8, ex: bool) {
+/// `count`: which argument points to where the call stores its count
+/// (3: `_ex`'s; 4: after a write's flags, OpenSSL 3.3+), or 0: it returns
+/// the count.
+fn begin(ctx: &ProbeContext, op: u8, count: u8) {
     let id = bpf_get_current_pid_tgid();
     if !should_trace((id >> 32) as u32) {
         return;
@@ -65,7 +68,11 @@ fn begin(ctx: &ProbeContext, op: u8, ex: bool) {
     // A read may start other work on this thread: a new tick, as for a
     // socket read (it may return buffered plaintext with no syscall).
     let tick = tick::tls_call(tid, op == op::READ);
-    let out_len = if ex { arg(3) } else { 0 };
+    let out_len = match count {
+        3 => arg(3),
+        4 => arg(4),
+        _ => 0,
+    };
     open(id, op, arg(0), arg(1), arg(2), out_len, tick, guess);
 }
 
@@ -117,20 +124,22 @@ macro_rules! entries {
 }
 
 entries!(begin:
-    tls_read => (op::READ, false),
-    tls_read_ex => (op::READ, true),
-    tls_write => (op::WRITE, false),
-    tls_write_ex => (op::WRITE, true),
-    tls_handshake => (op::HANDSHAKE, false),
+    tls_read => (op::READ, 0),
+    tls_read_ex => (op::READ, 3),
+    tls_write => (op::WRITE, 0),
+    tls_write_ex => (op::WRITE, 3),
+    tls_handshake => (op::HANDSHAKE, 0),
 );
 
 // At the internal function both public forms of a read (or write) call,
 // where user space finds it (`agent/src/probes/tls.rs`, `INNER`): it takes
-// the `_ex` form's arguments and returns as it does. The same work as the
-// `_ex` entries; their own names keep their run time apart in `probe-cost`.
+// the `_ex` form's arguments (OpenSSL 3.3+'s write: and flags before the
+// count's pointer) and returns as it does. The same work as the `_ex`
+// entries; their own names keep their run time apart in `probe-cost`.
 entries!(begin:
-    tls_read_inner => (op::READ, true),
-    tls_write_inner => (op::WRITE, true),
+    tls_read_inner => (op::READ, 3),
+    tls_write_inner => (op::WRITE, 3),
+    tls_write_flags => (op::WRITE, 4),
 );
 
 #[uretprobe]

@@ -448,7 +448,7 @@ pub fn render(r: &Report, verbose: bool) -> String {
                 n => format!(
                     "OpenSSL API, {} hooks; {n} of {} pairs at internal functions",
                     l.hooks,
-                    crate::probes::tls::INNER.len()
+                    crate::probes::tls::PAIRS
                 ),
             }
         } else {

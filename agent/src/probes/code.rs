@@ -37,10 +37,9 @@ pub fn call_site(code: &[u8], at: u64, target: u64) -> Option<u64> {
 /// The function that `code` (a function at address `at`) wraps, if it is a
 /// thin wrapper: its first call, direct, comes before any jump and after
 /// nothing but a stack frame's setup, so the callee gets the wrapper's own
-/// first four arguments (RDI, RSI, RDX, RCX: none of them touched), and no
-/// other call or jump follows before its `ret`. OpenSSL 3's `SSL_read_ex`
-/// is one: it returns what `ssl_read_internal(s, buf, num, readbytes)`
-/// does, clamped at 0.
+/// arguments (no argument register is touched), and no other call or jump
+/// follows before its `ret`. OpenSSL 3's `SSL_read_ex` is one: it returns
+/// what `ssl_read_internal(s, buf, num, readbytes)` does, clamped at 0.
 pub fn wrapped(code: &[u8], at: u64) -> Option<u64> {
     let mut callee = None;
     for i in instructions(code, at) {
@@ -231,6 +230,22 @@ mod tests {
             assert_eq!(wrapped(&SSL_READ_EX[..n], 0x354c0), None, "cut at {n}");
         }
         assert_eq!(wrapped(b"\xff\xff\xff\xff", 0), None);
+    }
+
+    /// OpenSSL 3.3's write pair, from psycopg's wheel (at 0x3c5c0):
+    /// `SSL_write_ex2` wraps `ssl_write_internal` (0x3c1f0) with all five
+    /// arguments; `SSL_write_ex` moves its count pointer past a new flags
+    /// argument and jumps to it.
+    const SSL_WRITE_EX2: &[u8] = &[
+        0x48, 0x83, 0xec, 0x08, 0xe8, 0x27, 0xfc, 0xff, 0xff, 0xba, 0x00, 0x00, 0x00, 0x00, 0x85,
+        0xc0, 0x0f, 0x48, 0xc2, 0x48, 0x83, 0xc4, 0x08, 0xc3,
+    ];
+    const SSL_WRITE_EX_3_3: &[u8] = &[0x49, 0x89, 0xc8, 0x31, 0xc9, 0xe9, 0xd6, 0xff, 0xff, 0xff];
+
+    #[test]
+    fn openssl_3_3_writes() {
+        assert_eq!(wrapped(SSL_WRITE_EX2, 0x3c5c0), Some(0x3c1f0));
+        assert_eq!(wrapped(SSL_WRITE_EX_3_3, 0x3c5e0), None);
     }
 
     #[test]

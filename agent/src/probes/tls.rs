@@ -91,33 +91,53 @@ pub const TLS_HOOKS: &[Hook] = &[
 /// The symbols a file must export to be hooked at all.
 const REQUIRED: [&str; 2] = ["SSL_read", "SSL_write"];
 
-/// A read or write pair hooked at the internal function its two public
-/// forms call: `wrapper` (the `_ex` form) passes its four arguments to it
-/// unchanged (`code::wrapped`), so it takes `_ex`'s (the object, buffer,
-/// length and where the count goes) and returns 1 with the count stored;
-/// `caller` must call it too, once. `entry`/`ret` take the place of both
-/// forms' hooks.
+/// A read or write hooked at the internal function its public forms call:
+/// `wrapper` passes its arguments to it unchanged (`code::wrapped`), so it
+/// takes the wrapper's (the object, the buffer, the length, in OpenSSL 3.3+
+/// a write's flags, then where the count goes) and returns 1 with the
+/// count stored; `caller` must call it too, once. `entry`/`ret` take the
+/// place of the hooks of `replaces`.
 pub struct Inner {
     pub wrapper: &'static str,
     pub caller: &'static str,
+    pub replaces: &'static [&'static str],
     pub entry: &'static str,
     pub ret: &'static str,
 }
 
-pub const INNER: [Inner; 2] = [
+/// How many of `INNER` a library has at most: a read and a write.
+pub const PAIRS: usize = 2;
+
+/// In order of preference: of two with the same `caller`, the first found
+/// is used.
+pub const INNER: [Inner; 3] = [
     Inner {
         wrapper: "SSL_read_ex",
         caller: "SSL_read",
+        replaces: &["SSL_read", "SSL_read_ex"],
         entry: "tls_read_inner",
         ret: "tls_read_ret",
+    },
+    // OpenSSL 3.3+: `SSL_write_ex2(s, buf, num, flags, written)`, which
+    // `SSL_write_ex` jumps to with no flags.
+    Inner {
+        wrapper: "SSL_write_ex2",
+        caller: "SSL_write",
+        replaces: &["SSL_write", "SSL_write_ex"],
+        entry: "tls_write_flags",
+        ret: "tls_write_ret",
     },
     Inner {
         wrapper: "SSL_write_ex",
         caller: "SSL_write",
+        replaces: &["SSL_write", "SSL_write_ex"],
         entry: "tls_write_inner",
         ret: "tls_write_ret",
     },
 ];
+
+/// For each of `INNER`, the file offset of its internal function, if found.
+pub type Found = [Option<u64>; INNER.len()];
 
 /// Every TLS program, for the doctor's verifier check and `probe-cost`.
 pub fn programs() -> Vec<&'static str> {
@@ -135,9 +155,10 @@ pub fn programs() -> Vec<&'static str> {
 /// the code has that shape and the function opens with an instruction the
 /// kernel emulates (`code::opens_with_push`); else None, and the public
 /// forms keep their hooks.
-pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; 2] {
+pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> Found {
+    let mut out: Found = [None; INNER.len()];
     let Ok(file) = object::File::parse(elf) else {
-        return [None, None];
+        return out;
     };
     let wanted = |n: &str| INNER.iter().any(|i| i.wrapper == n || i.caller == n);
     let mut found: Vec<(&str, object::SectionIndex, u64, u64)> = vec![];
@@ -154,7 +175,7 @@ pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; 2] {
         let section = file.section_by_index(section).ok()?;
         Some((section.data_range(at, size).ok()??, at, section))
     };
-    INNER.map(|inner| {
+    let entry = |inner: &Inner| {
         let (wrapper, at, section) = code(inner.wrapper)?;
         let target = wrapped(wrapper, at)?;
         let (caller, caller_at, _) = code(inner.caller)?;
@@ -166,7 +187,17 @@ pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; 2] {
         }
         let (offset, _) = section.file_range()?;
         target.checked_sub(section.address())?.checked_add(offset)
-    })
+    };
+    for (i, inner) in INNER.iter().enumerate() {
+        let taken = INNER[..i]
+            .iter()
+            .zip(&out)
+            .any(|(earlier, at)| at.is_some() && earlier.caller == inner.caller);
+        if !taken {
+            out[i] = entry(inner);
+        }
+    }
+    out
 }
 
 /// What a library file is, seen from its symbols.
@@ -303,7 +334,7 @@ pub fn on_file<'a>(
         });
     };
     let inner = if at_entries {
-        [None, None]
+        [None; INNER.len()]
     } else {
         inner_entries(elf)
     };
@@ -348,12 +379,12 @@ enum At {
 /// The pairs for a file that has `hooks` and, where found, the internal
 /// functions `inner` (file offsets, `inner_entries`): each found takes the
 /// place of both public forms' hooks.
-fn placements(hooks: &[&'static Hook], inner: &[Option<u64>; 2]) -> Vec<Pair> {
+fn placements(hooks: &[&'static Hook], inner: &Found) -> Vec<Pair> {
     let replaced = |symbol: &str| {
         INNER
             .iter()
             .zip(inner)
-            .any(|(i, at)| at.is_some() && (i.wrapper == symbol || i.caller == symbol))
+            .any(|(i, at)| at.is_some() && i.replaces.contains(&symbol))
     };
     let mut pairs: Vec<Pair> = INNER
         .iter()
@@ -455,8 +486,11 @@ mod tests {
         let lib = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
         let elf = ReadCache::new(File::open(lib).unwrap());
         let inner = inner_entries(&elf);
-        assert!(inner.iter().all(Option::is_some), "{inner:?}");
-        assert_ne!(inner[0], inner[1]);
+        // A read, and a write of 3.0 (no `SSL_write_ex2`, which 3.3 added).
+        assert!(
+            matches!(inner, [Some(r), None, Some(w)] if r != w),
+            "{inner:?}"
+        );
         let hooks = hooks_in(&elf).unwrap();
         let pairs = placements(&hooks, &inner);
         let names: Vec<&str> = pairs.iter().map(|p| p.entry).collect();
@@ -473,11 +507,11 @@ mod tests {
             assert!(names.contains(&kept), "{names:?}");
         }
         // Without them, the public forms keep theirs.
-        let public = placements(&hooks, &[None, None]);
+        let public = placements(&hooks, &[None; INNER.len()]);
         assert_eq!(public.len(), TLS_HOOKS.len());
         assert!(public.iter().all(|p| !p.inner));
         // One found, the other not: only its pair moves.
-        let half = placements(&hooks, &[inner[0], None]);
+        let half = placements(&hooks, &[inner[0], None, None]);
         let names: Vec<&str> = half.iter().map(|p| p.entry).collect();
         assert!(names.contains(&"tls_read_inner") && names.contains(&"tls_write_ex"));
         assert!(!names.contains(&"tls_read_ex") && !names.contains(&"tls_write_inner"));
@@ -486,8 +520,8 @@ mod tests {
     #[test]
     fn no_internal_functions_outside_openssl() {
         let me = File::open(std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(inner_entries(&ReadCache::new(me)), [None, None]);
-        assert_eq!(inner_entries(&b"garbage"[..]), [None, None]);
+        assert_eq!(inner_entries(&ReadCache::new(me)), [None; INNER.len()]);
+        assert_eq!(inner_entries(&b"garbage"[..]), [None; INNER.len()]);
     }
 
     /// The machine's own libssl (Debian's OpenSSL 3): every hook is there.

@@ -349,6 +349,31 @@ fn postgres_ssl() {
         nested, N,
         "every query under its request (thread per request)"
     );
+    // The wheel's libssl is the service's own. If it is OpenSSL 3.3 or
+    // newer (it exports `SSL_write_ex2`), its writes go at the internal
+    // function with the flags argument (`tls_write_flags`); PostgreSQL's
+    // (Debian's 3.0) at the one without.
+    let maps = std::fs::read_to_string(format!("/proc/{spid}/maps")).unwrap();
+    let wheel = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("psycopg_binary") && p.contains("libssl"))
+        .expect("psycopg's bundled libssl mapped");
+    let bytes = std::fs::read(wheel).unwrap();
+    let v3_3 = bytes.windows(14).any(|w| w == b"SSL_write_ex2\0");
+    let table = probe_cost_under(2, || {
+        load(&format!("http://127.0.0.1:{port}/q/"), 8, IN_FLIGHT);
+    });
+    let writes: &[&str] = if v3_3 {
+        &["tls_write_flags ", "tls_write_inner "]
+    } else {
+        &["tls_write_inner "]
+    };
+    for name in writes.iter().chain(&["tls_read_inner "]) {
+        let (runs, ns) = cost_row(&table, name);
+        assert!(runs > 0.0 && ns > 0.0, "{name} ({wheel}): {table}");
+    }
+    eprintln!("{wheel}: OpenSSL 3.3+: {v3_3}\n{table}");
 }
 
 /// A keep-alive HTTPS connection opened (and used) before the agent
