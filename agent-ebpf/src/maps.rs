@@ -347,7 +347,7 @@ pub struct Tick {
 }
 
 /// `Tick::flags`: only a thread that has made a hooked TLS library call
-/// can be inside one, so only its socket calls look for it in `TLS_ACTIVE`.
+/// can be inside one, so only its socket calls look for it (`tls.rs`).
 pub const TICK_TLS: u32 = 1;
 /// `Tick::flags`: the thread's tick is followed: it read a tracked socket,
 /// or made a hooked TLS call. A thread whose entry only holds calls (it
@@ -671,8 +671,8 @@ pub fn count(idx: u32) {
     }
 }
 
-/// TLS (`tls.rs`): a library call between its entry and return probes,
-/// keyed by pid_tgid (one per thread), or for Go by (tgid, goroutine).
+/// TLS (`tls.rs`): a library call between its entry and return probes, of
+/// a thread (`TLS_SLOTS`) or, for Go, of a goroutine (`TLS_ACTIVE`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsCall {
@@ -704,6 +704,16 @@ pub struct TlsCall {
     pub guess: i32,
 }
 
+/// Threads' calls in progress, one slot per thread for its life (`op` 0
+/// between calls): an entry and a return probe then write and read it in
+/// place, where an LRU map's insert and delete each took a lock and moved
+/// a node, at every `SSL_read` and `SSL_write`. 2 MiB.
+#[map]
+pub static TLS_SLOTS: Array<Slot<TlsCall>> = Array::with_max_entries(SLOT_COUNT, 0);
+
+/// `TLS_SLOTS`' overflow, and goroutines' calls (Go's crypto/tls) by
+/// (tgid, goroutine). LRU, so that the calls of threads whose exit was
+/// missed age out.
 #[map]
 pub static TLS_ACTIVE: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 

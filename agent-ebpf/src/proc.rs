@@ -28,6 +28,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     crate::goroutine::thread_gone(id as u32);
     crate::maps::thread_gone(id as u32);
+    crate::tls::thread_gone(id);
     if crate::maps::inject_on() {
         crate::inject::thread_gone(id);
     }
@@ -40,7 +41,10 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    crate::goroutine::thread_gone(bpf_get_current_pid_tgid() as u32);
+    let id = bpf_get_current_pid_tgid();
+    crate::goroutine::thread_gone(id as u32);
+    // A call of the old image is never returned from.
+    crate::tls::thread_gone(id);
     notify(kind::PROC_EXEC);
     0
 }

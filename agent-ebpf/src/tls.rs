@@ -4,7 +4,8 @@
 //!
 //! - At `SSL_read`/`SSL_write` (and `_ex`) entry, or at the internal
 //!   function both forms call: the `SSL *`, the buffer, where `_ex` writes
-//!   its count, and the time and tick, in `TLS_ACTIVE`.
+//!   its count, and the time and tick, in the thread's slot of `TLS_SLOTS`
+//!   (a goroutine's: in `TLS_ACTIVE`).
 //! - Any socket syscall the thread makes before the call returns carries
 //!   that connection's records (`capture::enter` asks [`inside_call`]): it
 //!   names the socket (`TLS_FD`, for later calls that return buffered
@@ -36,7 +37,10 @@ use sonde_common::{goroutine_id, sock_flags, sock_key, stat, syscall, SockInfo};
 use crate::{
     capture::{emit, record_tick, Source},
     filter::should_trace,
-    maps::{count, ActiveCall, TlsCall, TlsKey, SOCKS, TLS_ACTIVE, TLS_FD},
+    maps::{
+        count, slot_claim, slot_free, slot_get, ActiveCall, TlsCall, TlsKey, SOCKS, TLS_ACTIVE,
+        TLS_FD, TLS_SLOTS,
+    },
     tick,
 };
 
@@ -86,8 +90,8 @@ fn open(key: u64, op: u8, ssl: u64, buf: u64, len: u64, out_len: u64, tick: u32,
     // SSL_do_handshake, or crypto/tls's Read running its handshake) belongs
     // to the outer one: never replace it. A held call (see `hold`) is over.
     if op == op::HANDSHAKE {
-        if let Some(outer) = unsafe { TLS_ACTIVE.get(&key) } {
-            if outer.held == 0 {
+        if let Some(outer) = active(key) {
+            if unsafe { (*outer).held } == 0 {
                 return;
             }
         }
@@ -106,8 +110,67 @@ fn open(key: u64, op: u8, ssl: u64, buf: u64, len: u64, out_len: u64, tick: u32,
         tick,
         guess,
     };
-    if TLS_ACTIVE.insert(&key, &call, 0).is_err() {
+    set_active(key, &call);
+}
+
+/// Whether `key` is a thread's (its pid_tgid), not a goroutine's
+/// (`go_key`: a `goroutine_id`, top bit set, in its low half).
+#[inline(always)]
+fn is_thread(key: u64) -> bool {
+    key as u32 & 0x8000_0000 == 0
+}
+
+/// The call in progress of `key` (a thread, or a goroutine). A thread's is
+/// in its slot (`TLS_SLOTS`; op 0: none), or in `TLS_ACTIVE` if another
+/// thread holds the slot; a goroutine's in `TLS_ACTIVE`.
+#[inline(always)]
+fn active(key: u64) -> Option<*mut TlsCall> {
+    if is_thread(key) {
+        if let Some(c) = slot_get(&TLS_SLOTS, key as u32) {
+            // SAFETY: a map value only this thread writes.
+            return (unsafe { (*c).op } != 0).then_some(c);
+        }
+    }
+    TLS_ACTIVE.get_ptr_mut(&key)
+}
+
+/// Makes `call` the call in progress of `key`.
+#[inline(always)]
+fn set_active(key: u64, call: &TlsCall) {
+    if is_thread(key) {
+        let tid = key as u32;
+        if let Some(c) = slot_get(&TLS_SLOTS, tid) {
+            // SAFETY: a map value only this thread writes.
+            unsafe { *c = *call };
+            return;
+        }
+        if slot_claim(&TLS_SLOTS, tid, call).is_some() {
+            return;
+        }
+    }
+    if TLS_ACTIVE.insert(&key, call, 0).is_err() {
         count(stat::MAP_FULL);
+    }
+}
+
+/// Ends the call in progress of `key`.
+#[inline(always)]
+fn end_active(key: u64) {
+    if is_thread(key) {
+        if let Some(c) = slot_get(&TLS_SLOTS, key as u32) {
+            // SAFETY: a map value only this thread writes.
+            unsafe { (*c).op = 0 };
+            return;
+        }
+    }
+    let _ = TLS_ACTIVE.remove(&key);
+}
+
+/// Thread `id` (pid_tgid) exited or exec'd: no call of its is in progress.
+#[inline(always)]
+pub fn thread_gone(id: u64) {
+    if !slot_free(&TLS_SLOTS, id as u32) {
+        let _ = TLS_ACTIVE.remove(&id);
     }
 }
 
@@ -145,12 +208,12 @@ entries!(begin:
 #[uretprobe]
 pub fn tls_handshake_ret(_ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    if let Some(c) = unsafe { TLS_ACTIVE.get(&id) }.copied() {
+    if let Some(c) = active(id).map(|c| unsafe { *c }) {
         if c.op == op::HANDSHAKE && c.held == 0 {
             if unknown_socket(id, &c) {
                 hold(id, &c, 0);
             } else {
-                let _ = TLS_ACTIVE.remove(&id);
+                end_active(id);
             }
         }
     }
@@ -180,7 +243,7 @@ pub fn tls_free(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn finish(ctx: &RetProbeContext, op: u8) {
     let id = bpf_get_current_pid_tgid();
-    let Some(c) = (unsafe { TLS_ACTIVE.get(&id) }).copied() else {
+    let Some(c) = active(id).map(|c| unsafe { *c }) else {
         return;
     };
     if c.op != op || c.held != 0 {
@@ -201,7 +264,7 @@ fn finish(ctx: &RetProbeContext, op: u8) {
         }
         return hold(id, &c, bytes);
     }
-    let _ = TLS_ACTIVE.remove(&id);
+    end_active(id);
     if c.sent == 0 {
         deliver(id, &c, bytes, op);
     }
@@ -238,7 +301,7 @@ fn hold(id: u64, c: &TlsCall, bytes: i64) {
     // A thread with no tick entry (it never read a tracked socket) gets
     // one, or no later poll would end the hold's activity.
     tick::watch(id as u32);
-    if let Some(h) = TLS_ACTIVE.get_ptr_mut(&id) {
+    if let Some(h) = active(id) {
         unsafe {
             (*h).held = 1;
             (*h).tick = tick::activity(id as u32);
@@ -325,18 +388,14 @@ pub fn inside_call(
 ) -> bool {
     // A thread's call (only a thread that entered one, `TICK_TLS`, can be
     // in one), else (Go) the call of the goroutine it runs.
-    let own = if thread_tls {
-        TLS_ACTIVE.get_ptr_mut(&id)
-    } else {
-        None
-    };
+    let own = if thread_tls { active(id) } else { None };
     let c = match own {
         Some(c) => c,
         None => {
             if goroutine == 0 {
                 return false;
             }
-            let Some(c) = TLS_ACTIVE.get_ptr_mut(&go_key(tgid, goroutine)) else {
+            let Some(c) = active(go_key(tgid, goroutine)) else {
                 return false;
             };
             c
@@ -350,13 +409,13 @@ pub fn inside_call(
             if call.len > 0 {
                 count(stat::TLS_NO_SOCKET);
             }
-            let _ = TLS_ACTIVE.remove(&id);
+            end_active(id);
             return false;
         }
         if !starts_record(first()) || !adopt(tgid, call.ssl, fd) {
             return false;
         }
-        let _ = TLS_ACTIVE.remove(&id);
+        end_active(id);
     } else {
         unsafe { (*c).fd = fd };
         let key = tls_key(tgid, call.ssl);
@@ -445,13 +504,13 @@ fn go_end(ctx: &ProbeContext, op: u8) {
         return;
     };
     let key = go_key((id >> 32) as u32, goroutine_id(g));
-    let Some(c) = (unsafe { TLS_ACTIVE.get(&key) }).copied() else {
+    let Some(c) = active(key).map(|c| unsafe { *c }) else {
         return;
     };
     if c.op != op {
         return;
     }
-    let _ = TLS_ACTIVE.remove(&key);
+    end_active(key);
     if op != op::HANDSHAKE && c.sent == 0 {
         deliver(id, &c, n as i64, op);
     }
