@@ -77,9 +77,16 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     // TLS records: the plaintext comes from the library's call (`tls.rs`);
     // the ciphertext is never reported, inside a hooked call or outside
     // (the close_notify of `SSL_shutdown`).
-    if tls::inside_call(id, tgid, fd, t.flags & TICK_TLS != 0, goroutine, || {
-        first_bytes::<2>(ctx, sc)
-    }) || info.flags & sock_flags::TLS != 0
+    let marked = info.flags & sock_flags::TLS != 0;
+    if tls::inside_call(
+        id,
+        tgid,
+        fd,
+        t.flags & TICK_TLS != 0,
+        goroutine,
+        marked,
+        || first_bytes::<2>(ctx, sc),
+    ) || marked
     {
         return;
     }

@@ -371,7 +371,8 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
 /// thread is inside a hooked TLS call, whose records that syscall carries.
 /// If so, the socket is named for the call and marked as TLS. `thread_tls`:
 /// the thread's tick entry has `TICK_TLS`; `goroutine`: the one it runs
-/// (0: none). `first` reads the first two bytes a write sends.
+/// (0: none); `marked`: the socket is marked TLS already. `first` reads the
+/// first two bytes a write sends.
 ///
 /// A call held at its return (a memory BIO, see `unknown_socket`) is
 /// carried by the thread's next write in the same activity, if what it
@@ -384,6 +385,7 @@ pub fn inside_call(
     fd: i32,
     thread_tls: bool,
     goroutine: u32,
+    marked: bool,
     first: impl FnOnce() -> [u8; 2],
 ) -> bool {
     // A thread's call (only a thread that entered one, `TICK_TLS`, can be
@@ -417,15 +419,19 @@ pub fn inside_call(
         }
         end_active(id);
     } else {
-        unsafe { (*c).fd = fd };
-        let key = tls_key(tgid, call.ssl);
-        if unsafe { TLS_FD.get(&key) }.copied() != Some(fd) {
-            let _ = TLS_FD.insert(&key, &fd, 0);
-        }
-        if let Some(s) = SOCKS.get_ptr_mut(&sock_key(tgid, fd as u32)) {
-            let s: &mut SockInfo = unsafe { &mut *s };
-            if s.flags & sock_flags::TLS == 0 {
-                s.flags |= sock_flags::TLS;
+        // The call's first syscall on this socket names it (a call's later
+        // ones, on a socket already marked, find that done).
+        if call.fd != fd || !marked {
+            unsafe { (*c).fd = fd };
+            let key = tls_key(tgid, call.ssl);
+            if unsafe { TLS_FD.get(&key) }.copied() != Some(fd) {
+                let _ = TLS_FD.insert(&key, &fd, 0);
+            }
+            if !marked {
+                if let Some(s) = SOCKS.get_ptr_mut(&sock_key(tgid, fd as u32)) {
+                    let s: &mut SockInfo = unsafe { &mut *s };
+                    s.flags |= sock_flags::TLS;
+                }
             }
         }
         if call.op != op::WRITE || call.sent != 0 {

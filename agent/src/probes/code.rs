@@ -58,8 +58,9 @@ pub fn wrapped(code: &[u8], at: u64) -> Option<u64> {
 }
 
 /// Whether the first instruction of `code` is one the kernel emulates at
-/// a uprobe: a `push` of a 64-bit register (Linux 4.16+ emulates it;
-/// older kernels single-step it, as they would any other).
+/// a uprobe: a `push` of a 64-bit register (the kernels this project
+/// measures on do; one that does not single-steps it, as it does the
+/// instruction the probe would otherwise sit on, so nothing is lost).
 pub fn opens_with_push(code: &[u8]) -> bool {
     let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
     if !decoder.can_decode() {
