@@ -225,17 +225,7 @@ impl Inspector {
                         });
                     }
                 } else if self.tls {
-                    if let Some(lib) = tls::on_file(
-                        pid,
-                        inside,
-                        &target,
-                        tls::Kind::Static,
-                        &elf,
-                        self.tls_at_entries,
-                        &mut p,
-                    ) {
-                        self.found(lib);
-                    }
+                    self.openssl_file(pid, inside, &target, tls::Kind::Static, &elf, &mut p);
                 }
             }
         }
@@ -345,17 +335,23 @@ impl Inspector {
             };
             let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
             let target = tls::fd_path(&file);
-            if let Some(lib) = tls::on_file(
-                pid,
-                path,
-                &target,
-                tls::Kind::Shared,
-                &elf,
-                self.tls_at_entries,
-                &mut p,
-            ) {
-                self.found(lib);
-            }
+            self.openssl_file(pid, path, &target, tls::Kind::Shared, &elf, &mut p);
+        }
+    }
+
+    /// Attaches the OpenSSL hooks to one file (`tls::on_file`) and keeps
+    /// what became of it.
+    fn openssl_file<'a>(
+        &mut self,
+        pid: u32,
+        path: String,
+        target: &std::path::Path,
+        kind: tls::Kind,
+        elf: impl object::ReadRef<'a>,
+        p: &mut Probes,
+    ) {
+        if let Some(lib) = tls::on_file(pid, path, target, kind, elf, self.tls_at_entries, p) {
+            self.found(lib);
         }
     }
 
