@@ -57,6 +57,47 @@ pub fn wrapped(code: &[u8], at: u64) -> Option<u64> {
     None
 }
 
+/// The offset in `code` (a Go function, register ABI on amd64) of its
+/// stack check's conditional jump, the first instruction the kernel
+/// emulates: `cmp rsp, [r14+16]` (or, for a large frame, `lea r12,
+/// [rsp-n]` and `cmp r12, [r14+16]`; or `mov r12, rsp` and `sub r12, n`),
+/// then `jbe` (or `jb`) to `morestack`. Nothing before it touches an
+/// argument register or R14 (the `g`), so a probe there reads what one at
+/// the entry would. None for any other prologue (a function without a
+/// stack check).
+pub fn stack_check(code: &[u8]) -> Option<u64> {
+    for (n, i) in instructions(code, 0).enumerate() {
+        let i = i?;
+        if n > 3 {
+            return None;
+        }
+        match i.mnemonic() {
+            Mnemonic::Jbe | Mnemonic::Jb if n > 0 => return Some(i.ip()),
+            Mnemonic::Cmp
+                if i.op0_kind() == OpKind::Register
+                    && matches!(i.op0_register(), Register::RSP | Register::R12)
+                    && i.op1_kind() == OpKind::Memory
+                    && i.memory_base() == Register::R14 => {}
+            Mnemonic::Lea
+                if i.op0_register() == Register::R12 && i.memory_base() == Register::RSP => {}
+            Mnemonic::Mov
+                if i.op0_kind() == OpKind::Register
+                    && i.op0_register() == Register::R12
+                    && i.op1_kind() == OpKind::Register
+                    && i.op1_register() == Register::RSP => {}
+            Mnemonic::Sub
+                if i.op0_kind() == OpKind::Register
+                    && i.op0_register() == Register::R12
+                    && matches!(
+                        i.op1_kind(),
+                        OpKind::Immediate8to64 | OpKind::Immediate32to64
+                    ) => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Whether the first instruction of `code` is one the kernel emulates at
 /// a uprobe: a `push` of a 64-bit register (the kernels this project
 /// measures on do; one that does not single-steps it, as it does the
@@ -247,6 +288,35 @@ mod tests {
     fn openssl_3_3_writes() {
         assert_eq!(wrapped(SSL_WRITE_EX2, 0x3c5c0), Some(0x3c1f0));
         assert_eq!(wrapped(SSL_WRITE_EX_3_3, 0x3c5e0), None);
+    }
+
+    #[test]
+    fn finds_a_go_stack_checks_jump() {
+        // go1.19's `crypto/tls.(*Conn).Read`: `cmp rsp,[r14+0x10]; jbe`.
+        let read = [
+            0x49, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0xc2, 0x03, 0x00, 0x00, 0x48, 0x83, 0xec, 0x68,
+        ];
+        assert_eq!(stack_check(&read), Some(4));
+        // Its `(*Conn).Write`, a large frame: `lea r12,[rsp-0x68]; cmp
+        // r12,[r14+0x10]; jbe`.
+        let write = [
+            0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x64, 0x07, 0x00,
+            0x00, 0x48, 0x81, 0xec, 0xe8, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(stack_check(&write), Some(9));
+        // `runtime.newproc.func1` opens the same way, with a short jump.
+        assert_eq!(stack_check(NEWPROC_FUNC1), Some(4));
+        // No stack check (a leaf, or not Go), a jump first, an argument
+        // register written first: no site. Cut anywhere: no panic, and
+        // never another offset.
+        assert_eq!(stack_check(SSL_READ_EX), None);
+        assert_eq!(stack_check(&[0x76, 0x00]), None);
+        let writes_rax = [&[0x31, 0xc0][..], &read].concat();
+        assert_eq!(stack_check(&writes_rax), None);
+        for n in 0..write.len() {
+            let got = stack_check(&write[..n]);
+            assert!(got.is_none() || got == Some(9), "cut at {n}: {got:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! uprobes at each function's entry and at each of its RET instructions
 //! (`agent-ebpf/src/tls.rs`).
 //!
+//! The entry probe sits on the stack check's conditional jump, a few bytes
+//! in (`code::stack_check`), where the registers are still the entry's:
+//! the kernel emulates a jump, where it single-steps the check's `cmp`
+//! (see `code.rs`). A function without that prologue gets it at its entry.
+//!
 //! Uretprobes replace the return address on the stack, and Go moves
 //! goroutine stacks as they grow: a moved stack would return into the
 //! kernel's trampoline from a copied frame and crash the program. So the
@@ -16,7 +21,7 @@ use aya::programs::uprobe::UProbeAttachLocation;
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::{uprobes::LinkSet, Probes};
+use super::{code::stack_check, uprobes::LinkSet, Probes};
 
 /// (entry program, return program, function, required).
 pub const GO_TLS_HOOKS: &[(&str, &str, &str, bool)] = &[
@@ -42,10 +47,11 @@ pub const GO_TLS_HOOKS: &[(&str, &str, &str, bool)] = &[
     ),
 ];
 
-/// The offsets, from the function's start, of every RET instruction of
-/// function `symbol` in `elf`. None if the symbol is not there (the program
-/// does not use crypto/tls) or its bytes cannot be read.
-pub fn returns<'a>(elf: impl object::ReadRef<'a>, symbol: &str) -> Option<Vec<u64>> {
+/// Where function `symbol` of `elf` is hooked, as offsets from its start:
+/// its entry's (the stack check's jump, or 0), and every RET instruction's.
+/// None if the symbol is not there (the program does not use crypto/tls)
+/// or its bytes cannot be read.
+pub fn sites<'a>(elf: impl object::ReadRef<'a>, symbol: &str) -> Option<(u64, Vec<u64>)> {
     let file = object::File::parse(elf).ok()?;
     let sym = file
         .symbols()
@@ -54,6 +60,7 @@ pub fn returns<'a>(elf: impl object::ReadRef<'a>, symbol: &str) -> Option<Vec<u6
     // The function's bytes alone: a file read through a cache reads no
     // more of its section.
     let code = section.data_range(sym.address(), sym.size()).ok()??;
+    let entry = stack_check(code).unwrap_or(0);
     let mut decoder = Decoder::with_ip(64, code, sym.address(), DecoderOptions::NONE);
     let mut out = vec![];
     while decoder.can_decode() {
@@ -62,7 +69,7 @@ pub fn returns<'a>(elf: impl object::ReadRef<'a>, symbol: &str) -> Option<Vec<u6
             out.push(i.ip() - sym.address());
         }
     }
-    (!out.is_empty()).then_some(out)
+    (!out.is_empty()).then_some((entry, out))
 }
 
 /// Attaches the crypto/tls hooks to Go executable `target` (whose bytes
@@ -75,7 +82,7 @@ pub fn attach<'a>(
 ) -> Result<Option<usize>, String> {
     let found: Vec<_> = GO_TLS_HOOKS
         .iter()
-        .map(|h| (h, returns(elf, h.2)))
+        .map(|h| (h, sites(elf, h.2)))
         .collect();
     if found.iter().any(|(h, r)| h.3 && r.is_none()) {
         return Ok(None);
@@ -83,15 +90,18 @@ pub fn attach<'a>(
     let target = Path::new(target);
     let mut set = LinkSet::default();
     let mut hooked = 0;
-    for ((entry, ret, symbol, _), rets) in &found {
-        let Some(rets) = rets else { continue };
+    for ((entry, ret, symbol, _), sites) in &found {
+        let Some((at, rets)) = sites else { continue };
         let attached = rets
             .iter()
             .try_for_each(|off| {
                 let at = UProbeAttachLocation::SymbolOffset(symbol, *off);
                 set.attach(probes, ret, at, target)
             })
-            .and_then(|()| set.attach(probes, entry, UProbeAttachLocation::Symbol(symbol), target));
+            .and_then(|()| {
+                let at = UProbeAttachLocation::SymbolOffset(symbol, *at);
+                set.attach(probes, entry, at, target)
+            });
         if let Err(e) = attached {
             set.undo(probes);
             return Err(format!("{symbol}: {e}"));
@@ -108,8 +118,8 @@ mod tests {
     #[test]
     fn not_go_no_returns() {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(returns(me.as_slice(), "crypto/tls.(*Conn).Write").is_none());
-        assert!(returns(&b"garbage"[..], "x").is_none());
+        assert!(sites(me.as_slice(), "crypto/tls.(*Conn).Write").is_none());
+        assert!(sites(&b"garbage"[..], "x").is_none());
     }
 
     /// A function with a branch, kept in this test binary under its name.
@@ -134,7 +144,10 @@ mod tests {
             .symbols()
             .find(|s| s.name() == Ok("sonde_gotls_test_target"))
             .expect("the test target is in the symbol table");
-        let rets = returns(me.as_slice(), "sonde_gotls_test_target").expect("a function returns");
+        let (entry, rets) =
+            sites(me.as_slice(), "sonde_gotls_test_target").expect("a function returns");
+        // Not Go: no stack check, so at its entry.
+        assert_eq!(entry, 0);
         assert!(rets.iter().all(|&o| o < sym.size()));
         assert!(rets.windows(2).all(|w| w[0] < w[1]));
     }
