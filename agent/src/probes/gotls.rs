@@ -80,10 +80,7 @@ pub fn attach<'a>(
     target: &str,
     elf: impl object::ReadRef<'a>,
 ) -> Result<Option<usize>, String> {
-    let found: Vec<_> = GO_TLS_HOOKS
-        .iter()
-        .map(|h| (h, sites(elf, h.2)))
-        .collect();
+    let found: Vec<_> = GO_TLS_HOOKS.iter().map(|h| (h, sites(elf, h.2))).collect();
     if found.iter().any(|(h, r)| h.3 && r.is_none()) {
         return Ok(None);
     }
