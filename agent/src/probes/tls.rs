@@ -338,8 +338,20 @@ pub fn on_file<'a>(
     } else {
         inner_entries(elf)
     };
-    let pairs = placements(&hooks, &inner);
-    let (outcome, (hooks, inner)) = match attach(probes, open, &pairs) {
+    let mut attached = attach(probes, open, &placements(&hooks, &inner));
+    if let Err(e) = &attached {
+        if inner.iter().any(Option::is_some) {
+            // The internal functions' probes refused: the public entries
+            // still give the plaintext, at their cost.
+            tracing::info!(
+                pid,
+                path,
+                "TLS probes at internal functions refused ({e}); at the public entries"
+            );
+            attached = attach(probes, open, &placements(&hooks, &[None; INNER.len()]));
+        }
+    }
+    let (outcome, (hooks, inner)) = match attached {
         Ok((n, inner)) => {
             tracing::info!(pid, path, hooks = n, inner, "TLS plaintext probes attached");
             ("attached", (n, inner))
