@@ -51,10 +51,10 @@ mod op {
     pub const HANDSHAKE: u8 = 3;
 }
 
-#[inline(always)]
 /// `count`: which argument points to where the call stores its count
 /// (3: `_ex`'s; 4: after a write's flags, OpenSSL 3.3+), or 0: it returns
 /// the count.
+#[inline(always)]
 fn begin(ctx: &ProbeContext, op: u8, count: u8) {
     let id = bpf_get_current_pid_tgid();
     if !should_trace((id >> 32) as u32) {
@@ -174,8 +174,8 @@ pub fn thread_gone(id: u64) {
     }
 }
 
-/// Entry probes: `$name` calls `$begin` with the call's op (and whether
-/// it is an `_ex` form).
+/// Entry probes: `$name` calls `$begin` with the call's op (and, for
+/// OpenSSL, which argument points to its count).
 macro_rules! entries {
     ($begin:ident: $($name:ident => ($($arg:expr),*)),* $(,)?) => {$(
         #[uprobe]

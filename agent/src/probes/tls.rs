@@ -221,7 +221,7 @@ pub struct Library {
     /// `attached`, or why not: `no_symbols` (stripped or not OpenSSL),
     /// `failed` (the kernel refused).
     pub outcome: &'static str,
-    /// Hooks attached (of `TLS_HOOKS`).
+    /// Pairs attached: of `TLS_HOOKS`, or of `INNER` in their place.
     pub hooks: usize,
     /// Of them, pairs attached at an internal function (`INNER`).
     pub inner: usize,
