@@ -304,18 +304,12 @@ fn tls_libraries() -> Vec<TlsLibraryCheck> {
                 continue;
             };
             let entry = by_inode.entry((m.dev(), m.ino())).or_insert_with(|| {
-                let elf = std::fs::File::open(&open).ok().map(object::ReadCache::new);
-                let hooks = elf
-                    .as_ref()
-                    .and_then(|e| crate::probes::tls::hooks_in(e))
-                    .map_or(0, |h| h.len());
-                let inner = match &elf {
-                    Some(e) if hooks > 0 => crate::probes::tls::inner_entries(e)
-                        .iter()
-                        .filter(|o| o.is_some())
-                        .count(),
-                    _ => 0,
-                };
+                let api = std::fs::File::open(&open)
+                    .ok()
+                    .and_then(|f| crate::probes::tls::api(&object::ReadCache::new(f)));
+                let (hooks, inner) = api.map_or((0, 0), |(hooks, inner)| {
+                    (hooks.len(), inner.iter().filter(|o| o.is_some()).count())
+                });
                 TlsLibraryCheck {
                     hooks,
                     inner,

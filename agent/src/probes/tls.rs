@@ -156,12 +156,24 @@ pub fn programs() -> Vec<&'static str> {
 /// kernel emulates (`code::opens_with_push`); else None, and the public
 /// forms keep their hooks.
 pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> Found {
-    let mut out: Found = [None; INNER.len()];
-    let Ok(file) = object::File::parse(elf) else {
-        return out;
+    match object::File::parse(elf) {
+        Ok(file) => inner_of(&file, &api_symbols(&file)),
+        Err(_) => [None; INNER.len()],
+    }
+}
+
+/// A defined symbol of the OpenSSL API: name, section, address, size.
+type Sym<'d> = (&'d str, object::SectionIndex, u64, u64);
+
+/// The symbols of `TLS_HOOKS` and `INNER` that `file` defines, each once.
+/// Only the names sonde looks for are kept: an executable's symbol table
+/// can hold hundreds of thousands.
+fn api_symbols<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>) -> Vec<Sym<'d>> {
+    let wanted = |n: &str| {
+        TLS_HOOKS.iter().any(|h| h.symbol == n)
+            || INNER.iter().any(|i| i.wrapper == n || i.caller == n)
     };
-    let wanted = |n: &str| INNER.iter().any(|i| i.wrapper == n || i.caller == n);
-    let mut found: Vec<(&str, object::SectionIndex, u64, u64)> = vec![];
+    let mut found: Vec<Sym<'d>> = vec![];
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         let (Ok(name), Some(section)) = (sym.name(), sym.section_index()) else {
             continue;
@@ -170,8 +182,13 @@ pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> Found {
             found.push((name, section, sym.address(), sym.size()));
         }
     }
+    found
+}
+
+/// `inner_entries`, from `file`'s API symbols `syms`.
+fn inner_of<'d, R: object::ReadRef<'d>>(file: &object::File<'d, R>, syms: &[Sym<'d>]) -> Found {
     let code = |name: &str| {
-        let &(_, section, at, size) = found.iter().find(|f| f.0 == name)?;
+        let &(_, section, at, size) = syms.iter().find(|f| f.0 == name)?;
         let section = file.section_by_index(section).ok()?;
         Some((section.data_range(at, size).ok()??, at, section))
     };
@@ -188,6 +205,7 @@ pub fn inner_entries<'a>(elf: impl object::ReadRef<'a>) -> Found {
         let (offset, _) = section.file_range()?;
         target.checked_sub(section.address())?.checked_add(offset)
     };
+    let mut out: Found = [None; INNER.len()];
     for (i, inner) in INNER.iter().enumerate() {
         let taken = INNER[..i]
             .iter()
@@ -261,26 +279,25 @@ fn is_libssl(path: &str) -> bool {
 /// required ones (not OpenSSL, or stripped of its dynamic symbols).
 pub fn hooks_in<'a>(elf: impl object::ReadRef<'a>) -> Option<Vec<&'static Hook>> {
     let file = object::File::parse(elf).ok()?;
-    // Only the names sonde looks for are kept: an executable's symbol
-    // table can hold hundreds of thousands.
+    hooks_of(&api_symbols(&file))
+}
+
+/// `hooks_in` and `inner_entries` of one file, read and scanned once.
+pub fn api<'a>(elf: impl object::ReadRef<'a>) -> Option<(Vec<&'static Hook>, Found)> {
+    let file = object::File::parse(elf).ok()?;
+    let syms = api_symbols(&file);
+    let hooks = hooks_of(&syms)?;
+    Some((hooks, inner_of(&file, &syms)))
+}
+
+/// `hooks_in`, from a file's API symbols.
+fn hooks_of(syms: &[Sym]) -> Option<Vec<&'static Hook>> {
     // `REQUIRED` is among the hooks (test `required_symbols_are_hooks`).
-    let wanted = |n: &str| TLS_HOOKS.iter().any(|h| h.symbol == n);
-    let defined: HashSet<&str> = file
-        .dynamic_symbols()
-        .chain(file.symbols())
-        .filter(|s| s.is_definition())
-        .filter_map(|s| s.name().ok())
-        .filter(|n| wanted(n))
-        .collect();
-    if !REQUIRED.iter().all(|s| defined.contains(s)) {
+    let defined = |n: &str| syms.iter().any(|s| s.0 == n);
+    if !REQUIRED.iter().all(|s| defined(s)) {
         return None;
     }
-    Some(
-        TLS_HOOKS
-            .iter()
-            .filter(|h| defined.contains(h.symbol))
-            .collect(),
-    )
+    Some(TLS_HOOKS.iter().filter(|h| defined(h.symbol)).collect())
 }
 
 /// Files already inspected, by (device, inode): uprobes are per inode.
@@ -324,7 +341,7 @@ pub fn on_file<'a>(
     at_entries: bool,
     probes: &mut Probes,
 ) -> Option<Library> {
-    let Some(hooks) = hooks_in(elf) else {
+    let Some((hooks, found)) = api(elf) else {
         return (kind == Kind::Shared).then_some(Library {
             path,
             kind,
@@ -336,7 +353,7 @@ pub fn on_file<'a>(
     let inner = if at_entries {
         [None; INNER.len()]
     } else {
-        inner_entries(elf)
+        found
     };
     let mut attached = attach(probes, open, &placements(&hooks, &inner));
     if let Err(e) = &attached {
