@@ -6,8 +6,8 @@
 //! `traceparent` injection; the app workloads (CPython servers, and a Go
 //! service) add a sixth, OTLP export with the runtime probes off
 //! (`--no-python-tasks --no-go-probes`), and the TLS one OTLP export with
-//! OpenSSL's probes at the public entries (`--tls-probes-at-entries`). One table per workload: medians over the
-//! rounds, with the spread. The `idle` workload has no wrk: it holds
+//! OpenSSL's probes at the public entries (`--tls-probes-at-entries`). One
+//! table per workload: medians over the rounds, with the spread. The `idle` workload has no wrk: it holds
 //! 10,000 answered keep-alive connections open, for the agent's idle CPU
 //! and its memory.
 //!
@@ -67,24 +67,17 @@ const ARMS: [Arm; 5] = [
     Arm::Sampled,
     Arm::Injected,
 ];
-/// The app workloads (a CPython server) add `NoRuntime`.
-const APP_ARMS: [Arm; 6] = [
-    Arm::Bare,
-    Arm::Metrics,
-    Arm::Otlp,
-    Arm::Sampled,
-    Arm::Injected,
-    Arm::NoRuntime,
-];
-/// The TLS workload adds `TlsEntries`.
-const TLS_ARMS: [Arm; 6] = [
-    Arm::Bare,
-    Arm::Metrics,
-    Arm::Otlp,
-    Arm::Sampled,
-    Arm::Injected,
-    Arm::TlsEntries,
-];
+
+/// `ARMS`, and the one a workload adds: the app workloads (CPython and Go
+/// services) `NoRuntime`, the TLS one `TlsEntries`.
+fn arms(workload: &str) -> Vec<Arm> {
+    let extra = match workload {
+        "nginx" => None,
+        "nginx-tls" => Some(Arm::TlsEntries),
+        _ => Some(Arm::NoRuntime),
+    };
+    ARMS.iter().copied().chain(extra).collect()
+}
 const SAMPLED_RATIO: &str = "0.1";
 
 impl Arm {
@@ -172,15 +165,11 @@ pub fn bench(opts: &Options) -> Result<()> {
             .unwrap_or(if w.starts_with("nginx") { 32 } else { 16 });
         // Warm the server up (and the page cache), untimed.
         wrk(&server.url, conns, 2)?;
-        let arms: &[Arm] = match w {
-            "nginx-tls" => &TLS_ARMS,
-            "nginx" => &ARMS,
-            _ => &APP_ARMS,
-        };
-        let samples = alternate(w, arms, opts.rounds, |arm| {
+        let arms = arms(w);
+        let samples = alternate(w, &arms, opts.rounds, |arm| {
             measure(&bin, arm, &server, conns, opts.seconds, tck)
         })?;
-        report += &table(w, conns, opts, arms, &samples);
+        report += &table(w, conns, opts, &arms, &samples);
     }
     println!("{report}");
     Ok(())
