@@ -61,6 +61,11 @@ const FLOOR_HOOKS: &[&str] = &[
 /// The kernel keeps 15 bytes of a program's name.
 const NAME_LEN: usize = 15;
 
+/// Program `name` as the kernel keeps it (its first `NAME_LEN` bytes).
+fn kernel_name(name: &str) -> &str {
+    &name[..name.len().min(NAME_LEN)]
+}
+
 /// Run time and runs per (truncated) program name.
 type Sample = BTreeMap<String, (u64, u64)>;
 
@@ -90,7 +95,7 @@ fn ours(name: &str) -> bool {
             .chain(KERNEL_IO.iter().map(|k| k.program))
             .chain(GO_PROBES.iter().copied())
             .chain(super::tls::programs())
-            .any(|p| &p[..p.len().min(NAME_LEN)] == name)
+            .any(|p| kernel_name(p) == name)
 }
 
 fn sample() -> Result<Sample, String> {
@@ -274,11 +279,7 @@ pub fn render(costs: &[Cost], floors: &Floors, window: Duration) -> String {
             .filter(|c| !is_floor(c) && f(c))
             .fold((0, 0), |(r, n), c| (r + c.runs, n + c.ns))
     };
-    let tick = |c: &Cost| {
-        TICK_PROGRAMS
-            .iter()
-            .any(|p| p[..p.len().min(NAME_LEN)] == c.program)
-    };
+    let tick = |c: &Cost| TICK_PROGRAMS.iter().any(|p| kernel_name(p) == c.program);
     let (r, n) = sum(&tick);
     line(&mut s, "(tick probes)", r, n);
     let (go_runs, n) = sum(&|c: &Cost| GO_PROBES.contains(&c.program.as_str()));
@@ -286,8 +287,7 @@ pub fn render(costs: &[Cost], floors: &Floors, window: Duration) -> String {
         line(&mut s, "(go probes)", go_runs, n);
     }
     let tls = super::tls::programs();
-    let (tls_runs, n) =
-        sum(&|c: &Cost| tls.iter().any(|p| p[..p.len().min(NAME_LEN)] == c.program));
+    let (tls_runs, n) = sum(&|c: &Cost| tls.iter().any(|p| kernel_name(p) == c.program));
     if tls_runs > 0 {
         line(&mut s, "(tls probes)", tls_runs, n);
     }
