@@ -38,3 +38,31 @@ impl KernelLayout {
     /// A type value no kernel uses: "this kernel has no ITER_UBUF".
     pub const NO_UBUF: u8 = 0xff;
 }
+
+/// The path from the current task to the `struct sock` behind one of its
+/// fds: `task_struct.files` -> `files_struct.fdt` -> `fdtable.fd[fd]` ->
+/// `file.private_data` (a `struct socket` for a socket's file) ->
+/// `socket.sk`. `accept()` exit follows it to find the tuple of a socket
+/// accepted without a sockaddr (libuv passes NULL), which the kernel saw
+/// reach ESTABLISHED under that `struct sock *`. Read from BTF by user
+/// space like [`KernelLayout`]; with `valid == 0` accept falls back to the
+/// sockaddr and, without one, to user space's `/proc` lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdLayout {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `file.private_data`.
+    pub file_private_data: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// Non-zero once user space filled this in from BTF.
+    pub valid: u8,
+    pub _pad: [u8; 7],
+}

@@ -12,7 +12,7 @@ pub mod layout;
 pub mod maps;
 
 pub use event::*;
-pub use layout::KernelLayout;
+pub use layout::{FdLayout, KernelLayout};
 pub use maps::*;
 // `kind`, `syscall`, ... are modules of constants; re-export them at the root.
 
@@ -45,6 +45,8 @@ pub mod globals {
     pub const FILTER_CGROUPS: &str = "SONDE_FILTER_CGROUPS";
     pub const WAKEUP_BYTES: &str = "SONDE_WAKEUP_BYTES";
     pub const KERNEL_LAYOUT: &str = "SONDE_KERNEL_LAYOUT";
+    /// Where an fd's `struct sock` is (`layout::FdLayout`).
+    pub const FD_LAYOUT: &str = "SONDE_FD_LAYOUT";
     /// 1: write `traceparent` into traced processes' HTTP/1.x requests.
     pub const INJECT: &str = "SONDE_INJECT";
     /// 1: write nothing into unsampled requests (else flags `00`).

@@ -116,7 +116,7 @@ pub mod stat {
 mod pod {
     use super::SockInfo;
     use crate::event::{ConnEvent, ContextEvent, DataEvent, EventHeader, Tuple};
-    use crate::layout::KernelLayout;
+    use crate::layout::{FdLayout, KernelLayout};
     // SAFETY: all of these are repr(C), Copy, and valid for any bit pattern.
     unsafe impl aya::Pod for SockInfo {}
     unsafe impl aya::Pod for super::PyThread {}
@@ -127,5 +127,6 @@ mod pod {
     unsafe impl aya::Pod for ConnEvent {}
     unsafe impl aya::Pod for ContextEvent {}
     unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for FdLayout {}
     unsafe impl aya::Pod for crate::sampling::Sampling {}
 }

@@ -7,21 +7,25 @@
 //!   against that owner.
 //! * listen: LISTEN fires inside listen(); the fd joins `LISTENERS`.
 //! * accept: the child socket reaches ESTABLISHED before accept() returns it.
-//!   Its tuple is parked in `PEER_ESTAB` under its remote end, which accept()
-//!   reports through its sockaddr argument. A NULL sockaddr (libuv does this)
-//!   leaves the tuple to user space's /proc lookup.
+//!   Its tuple is parked in `ESTAB_SK` under its `struct sock *`, which
+//!   accept()'s exit finds behind the fd it returns (`sock_of_fd`, offsets
+//!   from BTF), so a NULL sockaddr (libuv passes one) costs nothing. Without
+//!   BTF, it is parked in `PEER_ESTAB` under its remote end, which accept()
+//!   reports through its sockaddr; a NULL sockaddr then leaves the tuple to
+//!   user space's /proc lookup, which a lagging agent can reach too late.
 //! * close: the fd leaves the maps.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
 use sonde_common::{
-    conn_flags, kind, role, sock_key, stat, syscall, ConnEvent, EventHeader, SockInfo, Tuple,
-    CONN_EVENT_SIZE,
+    conn_flags, kind, role, sock_key, stat, syscall, ConnEvent, EventHeader, FdLayout, SockInfo,
+    Tuple, CONN_EVENT_SIZE,
 };
 
 use crate::{
@@ -29,8 +33,8 @@ use crate::{
     ctx::{arg, field, ret},
     filter::should_trace,
     maps::{
-        active_begin, active_live, active_take, count, ActiveCall, PeerKey, LISTENERS, PEER_ESTAB,
-        SK_OWNER, SOCKS,
+        active_begin, active_live, active_take, count, ActiveCall, PeerKey, ESTAB_SK, LISTENERS,
+        PEER_ESTAB, SK_OWNER, SOCKS,
     },
 };
 
@@ -62,6 +66,47 @@ pub const SK_SADDR: usize = 32;
 pub const SK_DADDR: usize = 36;
 pub const SK_SADDR_V6: usize = 40;
 pub const SK_DADDR_V6: usize = 56;
+
+#[unsafe(no_mangle)]
+static SONDE_FD_LAYOUT: FdLayout = FdLayout {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    valid: 0,
+    _pad: [0; 7],
+};
+
+#[inline(always)]
+fn fd_layout() -> FdLayout {
+    unsafe { core::ptr::read_volatile(&SONDE_FD_LAYOUT) }
+}
+
+/// The `struct sock *` behind socket `fd` of the current task: `current->
+/// files->fdt->fd[fd]->private_data->sk` (a socket's file keeps its
+/// `struct socket` there). Read in the task's own syscall, where its fd
+/// table cannot change under it but for its other threads; a fault or a
+/// NULL anywhere gives None.
+#[inline(always)]
+fn sock_of_fd(l: &FdLayout, fd: i64) -> Option<u64> {
+    let at = |base: u64, off: u32| -> Option<u64> {
+        if base == 0 {
+            return None;
+        }
+        let v = unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.ok()?;
+        (v != 0).then_some(v)
+    };
+    let files = at(unsafe { bpf_get_current_task() }, l.task_files)?;
+    let fdt = at(files, l.files_fdt)?;
+    let max = unsafe { bpf_probe_read_kernel((fdt + l.fdt_max_fds as u64) as *const u32) }.ok()?;
+    if fd < 0 || fd >= max as i64 {
+        return None;
+    }
+    let file = at(at(fdt, l.fdt_fd)?, fd as u32 * 8)?;
+    at(at(file, l.file_private_data)?, l.socket_sk)
+}
 
 /// Saves the pending call. `with_args`: whether the syscall has the two
 /// pointer arguments after the fd; reading slots past a syscall's last
@@ -258,7 +303,22 @@ fn accept_exit(ctx: &TracePointContext) {
     ev.aux = call.fd;
     ev.role = role::SERVER;
     let mut tcp = unsafe { LISTENERS.get(&sock_key(tgid, call.fd as u32)) }.is_some();
-    if let Some((family, port, addr)) = read_sockaddr(call.arg0) {
+    let l = fd_layout();
+    let parked = if l.valid != 0 {
+        sock_of_fd(&l, newfd).and_then(|sk| {
+            let t = unsafe { ESTAB_SK.get(&sk) }.copied()?;
+            let _ = ESTAB_SK.remove(&sk);
+            Some(t)
+        })
+    } else {
+        None
+    };
+    if let Some(t) = parked {
+        // Seen reaching ESTABLISHED by inet_sock_set_state: TCP.
+        tcp = true;
+        ev.tuple = t;
+        ev.flags |= conn_flags::HAS_REMOTE | conn_flags::HAS_TUPLE;
+    } else if let Some((family, port, addr)) = read_sockaddr(call.arg0) {
         if family != AF_INET && family != AF_INET6 {
             return; // unix or other: not ours
         }
@@ -376,13 +436,17 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                     send(&ev);
                 }
             } else if old == TCP_SYN_RECV {
-                let key = PeerKey {
-                    family: t.family,
-                    port: t.rport,
-                    _pad: 0,
-                    addr: t.raddr,
-                };
-                let _ = PEER_ESTAB.insert(&key, &t, 0);
+                if fd_layout().valid != 0 {
+                    let _ = ESTAB_SK.insert(&sk, &t, 0);
+                } else {
+                    let key = PeerKey {
+                        family: t.family,
+                        port: t.rport,
+                        _pad: 0,
+                        addr: t.raddr,
+                    };
+                    let _ = PEER_ESTAB.insert(&key, &t, 0);
+                }
                 let mut ev = conn_event(kind::SERVER_ESTAB, 0, 0, -1);
                 ev.tuple = t;
                 ev.role = role::SERVER;
@@ -398,6 +462,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 send(&ev);
             }
             let _ = SK_OWNER.remove(&sk);
+            let _ = ESTAB_SK.remove(&sk);
             let _ = crate::kernel_io::SK_SOCK.remove(&sk);
         }
         _ => {}

@@ -641,6 +641,13 @@ pub struct PeerKey {
 #[map]
 pub static PEER_ESTAB: LruHashMap<PeerKey, Tuple> = LruHashMap::with_max_entries(16384, 0);
 
+/// The same sockets by their `struct sock *`, when the kernel's
+/// `FdLayout` is known (`conn.rs`): accept() finds the socket behind the
+/// fd it returns, with or without a sockaddr. Used instead of
+/// `PEER_ESTAB` then; an entry goes at accept, or when its socket closes.
+#[map]
+pub static ESTAB_SK: LruHashMap<u64, Tuple> = LruHashMap::with_max_entries(16384, 0);
+
 /// Optional filters: when enabled, only these tgids / cgroup v2 ids are traced.
 #[map]
 pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);

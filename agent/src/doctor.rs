@@ -202,6 +202,15 @@ pub fn run() -> Report {
                     Err("no tracepoint could be attached".into())
                 },
             ));
+            checks.push(check(
+                "accepts",
+                match &probes.accept_tuples_off {
+                    None => Ok("from the kernel: accept() finds its socket's tuple behind the fd (offsets from BTF)".into()),
+                    Some(why) => Err(format!(
+                        "from /proc for accepts without a sockaddr (libuv), which a busy agent can reach after the socket closed: {why}"
+                    )),
+                },
+            ));
             checks.push(check("kprobes", kprobe_check(&mut probes)));
             checks.push(check("fentry", fentry_check(&mut probes)));
             checks.push(check("uprobes", uprobe_check(&mut probes)));

@@ -108,6 +108,7 @@ pub fn health_fn(
             c("sonde_pipes_followed_total", "Pipe ends followed between the processes of a service (pre-fork pools).", vec![], u.pipes_followed),
             c("sonde_pipes_forgotten_total", "Pipe fds or processes forgotten at the pipe index's bounds.", vec![], u.pipes_forgotten),
             c("sonde_unresolved_sockets_total", "Sockets whose tuple could not be found.", vec![], u.unresolved_sockets),
+            c("sonde_proc_socket_lookups_total", "Sockets looked up in /proc because the kernel's record lacked their tuple (an accept without a sockaddr on a kernel without BTF, data before its open record): a lookup that comes after the socket closed leaves it unresolved.", vec![], u.proc_lookups),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "attached")], u.go_attached),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "unsupported")], u.go_unsupported),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "stripped")], u.go_stripped),

@@ -14,6 +14,10 @@ pub struct Stats {
     pub stream_channel_drops: AtomicU64,
     /// Data on sockets the table could not place (fd gone before lookup).
     pub unresolved_sockets: AtomicU64,
+    /// Sockets looked up in /proc because the kernel's record lacked their
+    /// tuple or proof of TCP (an accept without a sockaddr where BTF is
+    /// missing, data before its open record).
+    pub proc_lookups: AtomicU64,
     /// Connections found by the startup /proc scan.
     pub preexisting_connections: AtomicU64,
     pub connections_opened: AtomicU64,
@@ -55,6 +59,7 @@ pub struct StatsSnapshot {
     pub reader_channel_drops: u64,
     pub stream_channel_drops: u64,
     pub unresolved_sockets: u64,
+    pub proc_lookups: u64,
     pub preexisting_connections: u64,
     pub connections_opened: u64,
     pub connections_closed: u64,
@@ -86,6 +91,7 @@ impl Stats {
             reader_channel_drops: self.reader_channel_drops.load(Relaxed),
             stream_channel_drops: self.stream_channel_drops.load(Relaxed),
             unresolved_sockets: self.unresolved_sockets.load(Relaxed),
+            proc_lookups: self.proc_lookups.load(Relaxed),
             preexisting_connections: self.preexisting_connections.load(Relaxed),
             connections_opened: self.connections_opened.load(Relaxed),
             connections_closed: self.connections_closed.load(Relaxed),

@@ -443,6 +443,7 @@ impl<R: SocketRegistry> ConnTable<R> {
         if !c.tcp_confirmed() || tuple.is_none() {
             // The kernel lacked the sockaddr: ask /proc, which also tells
             // whether this is TCP at all.
+            Stats::inc(&self.stats.proc_lookups);
             match procnet::resolve(c.pid, c.fd) {
                 Some(found) => {
                     if !c.tcp_confirmed() {
@@ -484,6 +485,7 @@ impl<R: SocketRegistry> ConnTable<R> {
         if !self.conns.contains_key(&key) {
             // Data before (or without) its open record: place it via /proc.
             let role = d.role;
+            Stats::inc(&self.stats.proc_lookups);
             let found = procnet::resolve(d.pid, d.fd);
             if found.is_none() {
                 Stats::inc(&self.stats.unresolved_sockets);
@@ -503,6 +505,7 @@ impl<R: SocketRegistry> ConnTable<R> {
         let incomplete = conn.info.tuple.is_none_or(|t| t.local.port() == 0);
         if incomplete && !conn.resolve_tried {
             conn.resolve_tried = true;
+            Stats::inc(&self.stats.proc_lookups);
             if let Some(found) = procnet::resolve(d.pid, d.fd) {
                 conn.info.tuple = Some(found.tuple);
             }

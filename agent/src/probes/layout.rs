@@ -1,11 +1,12 @@
-//! The running kernel's struct offsets for the kprobe path (see
-//! `agent-ebpf/src/kernel_io.rs`), read from its BTF and the io_uring
-//! tracepoint's format file. Doing this here, once at load, keeps CO-RE
-//! relocations out of the Rust eBPF code, which cannot emit them reliably.
+//! The running kernel's struct offsets, read from its BTF: for the kprobe
+//! path (see `agent-ebpf/src/kernel_io.rs`, with the io_uring tracepoint's
+//! format file), and from a task to an fd's socket (`agent-ebpf/src/conn.rs`,
+//! accept). Doing this here, once at load, keeps CO-RE relocations out of
+//! the Rust eBPF code, which cannot emit them reliably.
 use std::path::Path;
 
 use btf_rs::{Btf, Struct, Type};
-use sonde_common::KernelLayout;
+use sonde_common::{FdLayout, KernelLayout};
 
 use super::tracefs;
 
@@ -29,6 +30,31 @@ pub fn resolve(btf_path: &Path, tracefs_root: &Path) -> Result<KernelLayout, Str
         .map(|(_, o)| o as u32)
         .ok_or("io_uring_file_get has no fd field")?;
     from_btf(&btf, uring_fd)
+}
+
+/// The path from the current task to an fd's `struct sock`, from the BTF
+/// at `btf_path`. The error names what is missing; accepts without a
+/// sockaddr are then resolved through `/proc`.
+pub fn fd_layout(btf_path: &Path) -> Result<FdLayout, String> {
+    let btf = Btf::from_file(btf_path)
+        .map_err(|e| format!("no kernel BTF at {}: {e}", btf_path.display()))?;
+    fd_from_btf(&btf)
+}
+
+fn fd_from_btf(btf: &Btf) -> Result<FdLayout, String> {
+    let member = |s: &str, field: &str| {
+        offset(btf, &named_struct(btf, s)?, field).map_err(|e| format!("struct {s}: {e}"))
+    };
+    Ok(FdLayout {
+        task_files: member("task_struct", "files")?,
+        files_fdt: member("files_struct", "fdt")?,
+        fdt_max_fds: member("fdtable", "max_fds")?,
+        fdt_fd: member("fdtable", "fd")?,
+        file_private_data: member("file", "private_data")?,
+        socket_sk: member("socket", "sk")?,
+        valid: 1,
+        _pad: [0; 7],
+    })
 }
 
 fn from_btf(btf: &Btf, uring_fd: u32) -> Result<KernelLayout, String> {
@@ -146,6 +172,30 @@ mod tests {
         let msghdr_size = named_struct(&btf, "msghdr").unwrap().size() as u32;
         assert!(l.msg_iter + iter_size <= msghdr_size, "{l:?}");
         assert_ne!(l.iter_iovec, l.iter_ubuf);
+    }
+
+    /// The offsets are proven by the TLS suite (a Node.js server's
+    /// accepts, which pass no sockaddr, get their tuples from the kernel);
+    /// here: every member is found, inside its struct.
+    #[test]
+    fn this_kernels_fd_layout_resolves_inside_its_structs() {
+        let btf = Btf::from_file(VMLINUX_BTF).expect("kernel BTF");
+        let l = fd_from_btf(&btf).expect("fd layout");
+        assert_eq!(l.valid, 1);
+        let size = |s| named_struct(&btf, s).unwrap().size() as u32;
+        for (off, s, width) in [
+            (l.task_files, "task_struct", 8),
+            (l.files_fdt, "files_struct", 8),
+            (l.fdt_max_fds, "fdtable", 4),
+            (l.fdt_fd, "fdtable", 8),
+            (l.file_private_data, "file", 8),
+            (l.socket_sk, "socket", 8),
+        ] {
+            assert!(off + width <= size(s), "{s}: {l:?}");
+        }
+        assert_ne!(l.fdt_max_fds, l.fdt_fd);
+        let err = fd_layout(Path::new("/nonexistent")).unwrap_err();
+        assert!(err.contains("no kernel BTF"), "{err}");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use aya::{
     programs::{KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sonde_common::{globals, map_names, stat, KernelLayout, SockInfo};
+use sonde_common::{globals, map_names, stat, FdLayout, KernelLayout, SockInfo};
 
 use crate::caps;
 use programs::{KernelIoHook, Need, KERNEL_IO, KERNEL_IO_COVERS, TRACEPOINTS};
@@ -140,6 +140,9 @@ pub struct Probes {
     pub report: Vec<ProbeStatus>,
     /// Why the io_uring (kprobe) path is off on this kernel, if it is.
     pub kernel_io_off: Option<String>,
+    /// Why the kernel cannot find the tuple of a socket accepted without a
+    /// sockaddr (no BTF), if it cannot: `/proc` resolves those then.
+    pub accept_tuples_off: Option<String>,
 }
 
 /// Whether this kernel offers kprobes at all (none with CONFIG_KPROBES=n).
@@ -257,6 +260,16 @@ impl Probes {
             Ok(l) => (l, None),
             Err(why) => (KernelLayout::default(), Some(why)),
         };
+        let (fd_layout, accept_tuples_off) =
+            match layout::fd_layout(std::path::Path::new(layout::VMLINUX_BTF)) {
+                Ok(l) => (l, None),
+                Err(why) => (FdLayout::default(), Some(why)),
+            };
+        if let Some(why) = &accept_tuples_off {
+            tracing::info!(
+                "sockets accepted without a sockaddr (libuv) are resolved through /proc, which a busy agent can reach after they closed: {why}"
+            );
+        }
         let inject_on = u8::from(cfg.inject.is_some());
         let omit_unsampled = u8::from(cfg.inject.as_ref().is_some_and(|i| i.omit_unsampled));
         let exclusions = u8::from(
@@ -279,6 +292,7 @@ impl Probes {
             .override_global(globals::FILTER_CGROUPS, &filter_cgroups, true)
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
             .override_global(globals::KERNEL_LAYOUT, &layout, true)
+            .override_global(globals::FD_LAYOUT, &fd_layout, true)
             .map_max_entries(map_names::EVENTS, ringbuf_size(cfg.ringbuf_bytes))
             .load(EBPF_OBJECT)
             .map_err(|e| LoadError::Load(format!("{e:#}")))?;
@@ -310,6 +324,7 @@ impl Probes {
             ebpf,
             report: vec![],
             kernel_io_off,
+            accept_tuples_off,
         })
     }
 

@@ -661,6 +661,13 @@ fn doctor() {
             panic!("no verifier count for a loaded program: {tp}");
         }
     }
+    // Accepted sockets' tuples come from the kernel wherever it has BTF.
+    assert_eq!(
+        check("accepts")["available"],
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "{}",
+        check("accepts")
+    );
     // kprobes: compare with the kernel's own interfaces.
     let kprobes_exist = kernel_has_kprobes();
     assert_eq!(
