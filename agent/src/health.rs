@@ -95,6 +95,7 @@ pub fn health_fn(
             c("sonde_messaging_operations_total", "Messaging operations seen.", vec![], t.messaging_ops),
             c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "adopted")], counts.late_partners_adopted),
             c("sonde_late_partners_total", "Server requests stitched to a client record that arrived after them.", vec![("outcome", "missed")], d.late_partners_missed),
+            c("sonde_partner_waits_expired_total", "Server requests from a client on this node, and deliveries of a publish seen on this node, whose client's or publish's record did not come within the wait (1 s): they went out as roots.", vec![], counts.partners_not_come),
             c("sonde_partnerless_connections_total", "Server connections from a client on this node whose client's records do not come (an untraced process, the agent, an opaque connection): their requests stopped waiting for them.", vec![], counts.partnerless),
             c("sonde_nat_resolved_total", "Server connections matched to their client through conntrack (DNAT).", vec![], counts.nat_resolved),
             c("sonde_handoffs_unmatched_total", "Pipe reads (pre-fork pool tasks) matched to no write: a lost or late record; their calls stay roots.", vec![], counts.handoffs_unmatched),

@@ -119,6 +119,9 @@ pub struct Holds {
     alias_order: VecDeque<([u8; 16], u64)>,
     /// Traces let go before their wait ended, because too many were held.
     pub released_early: u64,
+    /// Server requests and deliveries whose wait for their client's or
+    /// publish's record ended with none: they went out roots.
+    pub partners_not_come: u64,
     /// Why each call held for its task and let go as a root (drained into
     /// `sonde_calls_ambiguous_total`).
     pub unlinked: Vec<super::Ambiguity>,
@@ -205,28 +208,32 @@ impl Holds {
     /// Lets the trace whose wait ends first go, as it is.
     fn release_oldest(&mut self, out: &mut Vec<Linked>) {
         while let Some((trace_id, until)) = self.order.pop_front() {
-            if self.release_if_due(trace_id, until, out) {
+            if self.release_if_due(trace_id, until, out).is_some() {
                 return;
             }
         }
     }
 
     /// Lets `trace_id` go if it is still held with the wait `until` (an
-    /// entry of `order` that was taken, or held again, since is skipped).
-    fn release_if_due(&mut self, trace_id: [u8; 16], until: u64, out: &mut Vec<Linked>) -> bool {
+    /// entry of `order` that was taken, or held again, since is skipped):
+    /// what it waited for.
+    fn release_if_due(
+        &mut self,
+        trace_id: [u8; 16],
+        until: u64,
+        out: &mut Vec<Linked>,
+    ) -> Option<HeldFor> {
         if self
             .by_trace
             .get(&trace_id)
             .is_none_or(|(_, u)| *u != until)
         {
-            return false;
+            return None;
         }
-        let Some((_, h)) = self.take(trace_id) else {
-            return false;
-        };
+        let (_, h) = self.take(trace_id)?;
         self.unlinked.extend(h.why);
         out.extend(h.items);
-        true
+        Some(h.key)
     }
 
     /// Ends the waits that are over at `now_ns` (all of them with None, at
@@ -237,7 +244,11 @@ impl Holds {
                 break;
             }
             self.order.pop_front();
-            self.release_if_due(trace_id, until, out);
+            let ended = self.release_if_due(trace_id, until, out);
+            if now_ns.is_some() && matches!(ended, Some(HeldFor::Client(..) | HeldFor::Publish(_)))
+            {
+                self.partners_not_come += 1;
+            }
         }
         while let Some(&(from, until)) = self.alias_order.front() {
             if now_ns.is_some_and(|n| until > n) {
@@ -329,11 +340,26 @@ mod tests {
         h.release_due(Some(2 + HOLD_NS), &mut out);
         // 0 and 2 ended; 1 was taken before; 3 still waits.
         assert_eq!(h.by_trace.len(), 1);
+        assert_eq!(h.partners_not_come, 2, "0 and 2 went out roots");
         assert!(h.take_request(3, 0).is_some());
         // Its entry in `order` stays until it comes to the front.
         assert_eq!(h.order.len(), 1);
         h.release_due(None, &mut out);
         assert!(h.order.is_empty() && h.is_empty());
+        // A task's wait that ends is counted by its `why`, not here; nor is
+        // what shutdown lets go.
+        h.start(
+            id(9),
+            held(9, 0, HeldFor::Task { pid: 1, task: 2 }),
+            0,
+            &mut out,
+        );
+        h.start(id(10), held(10, 0, HeldFor::Publish(10)), 0, &mut out);
+        h.release_due(Some(HOLD_NS), &mut out);
+        assert_eq!(h.partners_not_come, 3);
+        start_n(&mut h, 11, 0, &mut out);
+        h.release_due(None, &mut out);
+        assert_eq!(h.partners_not_come, 3);
     }
 
     #[test]

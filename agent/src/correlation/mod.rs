@@ -239,6 +239,9 @@ pub struct Counts {
     /// records do not come (not traced, or left opaque): their requests
     /// stopped waiting for them.
     pub partnerless: u64,
+    /// Server requests (deliveries) whose client's (publish's) record on
+    /// this node did not come within the wait: roots.
+    pub partners_not_come: u64,
     /// Pipe reads matched to no write (a lost or late record): their
     /// worker's calls stay roots.
     pub handoffs_unmatched: u64,
@@ -313,6 +316,7 @@ impl Correlator {
         Counts {
             nat_resolved: self.stitch.nat_resolved,
             handoffs_unmatched: self.handoffs.unmatched,
+            partners_not_come: self.holds.partners_not_come,
             ..self.counts
         }
     }

@@ -81,7 +81,7 @@ pub const ENTRY_INDEXES: [&str; 12] = [
 pub struct PipelineStats {
     pub dispatch: Arc<DispatchStats>,
     correlation: [AtomicU64; 13],
-    counts: [AtomicU64; 6 + Ambiguity::ALL.len()],
+    counts: [AtomicU64; 7 + Ambiguity::ALL.len()],
     telemetry: [AtomicU64; 4],
     graph_evicted: AtomicU64,
     resources_evicted: AtomicU64,
@@ -121,7 +121,8 @@ impl PipelineStats {
             injected_agreed: c(3),
             injected_disagreed: c(4),
             partnerless: c(5),
-            ambiguous: std::array::from_fn(|i| c(6 + i)),
+            partners_not_come: c(6),
+            ambiguous: std::array::from_fn(|i| c(7 + i)),
         }
     }
 
@@ -263,6 +264,7 @@ impl Pipeline {
             c.injected_agreed,
             c.injected_disagreed,
             c.partnerless,
+            c.partners_not_come,
         ];
         for (a, v) in s.counts.iter().zip(counts.into_iter().chain(c.ambiguous)) {
             a.store(v, Relaxed);

@@ -159,11 +159,13 @@ fn a_held_server_span_goes_out_alone_when_its_client_never_comes() {
     assert!(spans.is_empty());
     l7.release_held(Some(NOW + HOLD_NS - 1), &mut spans);
     assert!(spans.is_empty(), "its wait is not over yet");
+    assert_eq!(l7.counts().partners_not_come, 0);
     l7.release_held(Some(NOW + HOLD_NS), &mut spans);
     let [srv] = spans.as_slice() else {
         panic!("{spans:?}")
     };
     assert_eq!((srv.kind.as_str(), srv.parent_span_id), ("SERVER", None));
+    assert_eq!(l7.counts().partners_not_come, 1, "a counted root");
 }
 
 #[test]
