@@ -249,6 +249,13 @@ fn finish(ctx: &RetProbeContext, op: u8) {
     if c.op != op || c.held != 0 {
         return;
     }
+    if c.sent != 0 {
+        // A write whose plaintext went out with its first record (a socket
+        // BIO: nginx, curl, libpq): its socket is named, and its count,
+        // which an `_ex` form stores in the caller's memory, is not needed.
+        end_active(id);
+        return;
+    }
     // `SSL_read`/`SSL_write` return the count; `_ex` return 1 and store it.
     let rv = ctx.ret::<i32>() as i64;
     let bytes = if c.out_len == 0 {
@@ -258,16 +265,14 @@ fn finish(ctx: &RetProbeContext, op: u8) {
     } else {
         0
     };
-    if c.sent == 0 && unknown_socket(id, &c) {
+    if unknown_socket(id, &c) {
         if op == op::READ && bytes > 0 {
             count(stat::TLS_NO_SOCKET);
         }
         return hold(id, &c, bytes);
     }
     end_active(id);
-    if c.sent == 0 {
-        deliver(id, &c, bytes, op);
-    }
+    deliver(id, &c, bytes, op);
 }
 
 /// Whether finished call `c` of thread `id` leaves its object's socket
