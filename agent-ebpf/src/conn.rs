@@ -11,8 +11,9 @@
 //!   accept()'s exit finds behind the fd it returns (`sock_of_fd`, offsets
 //!   from BTF), so a NULL sockaddr (libuv passes one) costs nothing. Without
 //!   BTF, it is parked in `PEER_ESTAB` under its remote end, which accept()
-//!   reports through its sockaddr; a NULL sockaddr then leaves the tuple to
-//!   user space's /proc lookup, which a lagging agent can reach too late.
+//!   reports through its sockaddr, and sent to user space (`SERVER_ESTAB`);
+//!   a NULL sockaddr then leaves the tuple to user space's pending list or
+//!   /proc lookup, which a lagging agent can reach too late.
 //! * close: the fd leaves the maps.
 use aya_ebpf::{
     helpers::{
@@ -437,16 +438,19 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 }
             } else if old == TCP_SYN_RECV {
                 if fd_layout().valid != 0 {
+                    // accept() finds it here, whoever accepts: user space
+                    // needs no record of it (this fires for every server
+                    // socket of the node, traced or not).
                     let _ = ESTAB_SK.insert(&sk, &t, 0);
-                } else {
-                    let key = PeerKey {
-                        family: t.family,
-                        port: t.rport,
-                        _pad: 0,
-                        addr: t.raddr,
-                    };
-                    let _ = PEER_ESTAB.insert(&key, &t, 0);
+                    return 0;
                 }
+                let key = PeerKey {
+                    family: t.family,
+                    port: t.rport,
+                    _pad: 0,
+                    addr: t.raddr,
+                };
+                let _ = PEER_ESTAB.insert(&key, &t, 0);
                 let mut ev = conn_event(kind::SERVER_ESTAB, 0, 0, -1);
                 ev.tuple = t;
                 ev.role = role::SERVER;
