@@ -12,11 +12,16 @@ use super::tracefs;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Reads the layout from `btf_path` and the tracefs at `tracefs_root`.
-/// The error names what is missing; the kprobe path stays off then.
-pub fn resolve(btf_path: &Path, tracefs_root: &Path) -> Result<KernelLayout, String> {
-    let btf = Btf::from_file(btf_path)
-        .map_err(|e| format!("no kernel BTF at {}: {e}", btf_path.display()))?;
+/// The kernel's BTF at `path` (`VMLINUX_BTF`), parsed once at load for
+/// every layout here. The error names the file.
+pub fn kernel_btf(path: &Path) -> Result<Btf, String> {
+    Btf::from_file(path).map_err(|e| format!("no kernel BTF at {}: {e}", path.display()))
+}
+
+/// Reads the layout from the kernel's BTF and the tracefs at
+/// `tracefs_root`. The error names what is missing; the kprobe path stays
+/// off then.
+pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<KernelLayout, String> {
     let format_path = tracefs_root.join("events/io_uring/io_uring_file_get/format");
     let format = std::fs::read_to_string(&format_path).map_err(|e| {
         format!(
@@ -29,19 +34,13 @@ pub fn resolve(btf_path: &Path, tracefs_root: &Path) -> Result<KernelLayout, Str
         .find(|(n, _)| n == "fd")
         .map(|(_, o)| o as u32)
         .ok_or("io_uring_file_get has no fd field")?;
-    from_btf(&btf, uring_fd)
+    from_btf(btf, uring_fd)
 }
 
-/// The path from the current task to an fd's `struct sock`, from the BTF
-/// at `btf_path`. The error names what is missing; accepts without a
+/// The path from the current task to an fd's `struct sock`, from the
+/// kernel's BTF. The error names what is missing; accepts without a
 /// sockaddr are then resolved through `/proc`.
-pub fn fd_layout(btf_path: &Path) -> Result<FdLayout, String> {
-    let btf = Btf::from_file(btf_path)
-        .map_err(|e| format!("no kernel BTF at {}: {e}", btf_path.display()))?;
-    fd_from_btf(&btf)
-}
-
-fn fd_from_btf(btf: &Btf) -> Result<FdLayout, String> {
+pub fn fd_layout(btf: &Btf) -> Result<FdLayout, String> {
     let member = |s: &str, field: &str| {
         offset(btf, &named_struct(btf, s)?, field).map_err(|e| format!("struct {s}: {e}"))
     };
@@ -180,7 +179,7 @@ mod tests {
     #[test]
     fn this_kernels_fd_layout_resolves_inside_its_structs() {
         let btf = Btf::from_file(VMLINUX_BTF).expect("kernel BTF");
-        let l = fd_from_btf(&btf).expect("fd layout");
+        let l = fd_layout(&btf).expect("fd layout");
         assert_eq!(l.valid, 1);
         let size = |s| named_struct(&btf, s).unwrap().size() as u32;
         for (off, s, width) in [
@@ -194,13 +193,16 @@ mod tests {
             assert!(off + width <= size(s), "{s}: {l:?}");
         }
         assert_ne!(l.fdt_max_fds, l.fdt_fd);
-        let err = fd_layout(Path::new("/nonexistent")).unwrap_err();
+        let err = kernel_btf(Path::new("/nonexistent"))
+            .err()
+            .expect("no BTF there");
         assert!(err.contains("no kernel BTF"), "{err}");
     }
 
     #[test]
     fn a_missing_tracepoint_is_named() {
-        let err = resolve(Path::new(VMLINUX_BTF), Path::new("/nonexistent")).unwrap_err();
+        let btf = kernel_btf(Path::new(VMLINUX_BTF)).expect("kernel BTF");
+        let err = resolve(&btf, Path::new("/nonexistent")).unwrap_err();
         assert!(err.contains("io_uring_file_get"), "{err}");
     }
 }

@@ -160,12 +160,12 @@ fn too_old(program: &str, kernel: Option<compat::Version>) -> Option<String> {
 }
 
 /// The layout the io_uring path needs, or why it stays off.
-fn kernel_io_layout() -> Result<KernelLayout, String> {
+fn kernel_io_layout(btf: &Result<btf_rs::Btf, String>) -> Result<KernelLayout, String> {
     if !kprobes_present() {
         return Err("this kernel has no kprobes (CONFIG_KPROBES=n)".into());
     }
     let root = tracefs::find().ok_or("tracefs is not mounted")?;
-    layout::resolve(std::path::Path::new(layout::VMLINUX_BTF), &root)
+    layout::resolve(btf.as_ref()?, &root)
 }
 
 fn set_memlock_unlimited() {
@@ -250,9 +250,11 @@ impl Probes {
             .iter()
             .map(cgroup_id)
             .collect::<Result<Vec<_>, _>>()?;
+        // Parsed once for both layouts (tens of milliseconds).
+        let btf = layout::kernel_btf(std::path::Path::new(layout::VMLINUX_BTF));
         let _ = tracefs::ensure_mounted(); // attach_all reports it if this failed
         let layout = if cfg.kprobes {
-            kernel_io_layout()
+            kernel_io_layout(&btf)
         } else {
             Err("kprobes turned off (--no-kprobes)".into())
         };
@@ -260,11 +262,15 @@ impl Probes {
             Ok(l) => (l, None),
             Err(why) => (KernelLayout::default(), Some(why)),
         };
-        let (fd_layout, accept_tuples_off) =
-            match layout::fd_layout(std::path::Path::new(layout::VMLINUX_BTF)) {
-                Ok(l) => (l, None),
-                Err(why) => (FdLayout::default(), Some(why)),
-            };
+        let (fd_layout, accept_tuples_off) = match btf
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(layout::fd_layout)
+        {
+            Ok(l) => (l, None),
+            Err(why) => (FdLayout::default(), Some(why)),
+        };
+        drop(btf);
         if let Some(why) = &accept_tuples_off {
             tracing::info!(
                 "sockets accepted without a sockaddr (libuv) are resolved through /proc, which a busy agent can reach after they closed: {why}"
