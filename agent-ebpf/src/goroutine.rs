@@ -200,6 +200,17 @@ fn send(g: u64, receiver: impl FnOnce() -> Option<u64>) {
             core::slice::from_raw_parts(&ev as *const HandOffEvent as *const u8, HANDOFF_EVENT_SIZE)
         });
     }
+    // An answer to the goroutine that handed this run its work (a worker
+    // telling a job's goroutine that the job is done; net/http's
+    // `writeLoop` telling a request's goroutine that its request is
+    // written): that work is over. If the run goes on to take another job
+    // from a channel's buffer, without parking, nothing readies it, and its
+    // writes for that job would carry the last sender as their lineage,
+    // under that sender's request. They carry none now; the hand-off after
+    // them (above) places them.
+    if t.task == waker && t.handed.waker == receiver {
+        t.task = 0;
+    }
 }
 
 /// At `runtime.newproc`'s call `runqput(pp, newg, true)`: the `go`

@@ -822,9 +822,7 @@ impl Correlator {
                         // Go: the goroutine that wrote it handed a value to a
                         // request's goroutine right after (`goroutines.rs`).
                         if goroutine {
-                            let handed =
-                                self.linker
-                                    .handed_for(c.pid, c.id, first.tid, first.enter_ns);
+                            let handed = self.linker.handed_for(c.id, first.tid, first.enter_ns);
                             if let Some(request) = handed {
                                 return (request.child(), Evidence::Goroutine);
                             }
@@ -878,6 +876,12 @@ impl Correlator {
                     }
                 };
             }
+            // Go: no request is in flight any more, but the hand-off after
+            // its write came first and named one (`handed_early`).
+            Parent::None if causality::is_goroutine(first.tid) => self
+                .linker
+                .handed_for(c.id, first.tid, first.enter_ns)
+                .map(|request| (request, Evidence::Goroutine)),
             Parent::None => None,
         };
         match (own, parent) {

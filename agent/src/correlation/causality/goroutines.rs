@@ -18,19 +18,41 @@
 //! The hand-off comes after the write, but the call's record may come
 //! before it (HTTP: at the request's head) or after it (databases: at the
 //! reply), so each side waits for the other: the call in a hold
-//! (`HeldFor::Handed`), the hand-off here, one per connection.
+//! (`HeldFor::Handed`), the hand-off here, a few per connection.
+//!
+//! A worker fed by a buffered channel (a queue of jobs) takes its next job
+//! without parking when one is queued: nothing readies it, so its writes
+//! for that job carry no sender. The kernel ends a run's lineage when the
+//! run answers the goroutine that handed it its work, so those writes are
+//! placed by the hand-off that answers their own job. Several such jobs
+//! in one run leave several hand-offs on one connection before the first
+//! reply is read (databases), so each connection keeps the last
+//! `PER_CONN`.
 use foldhash::HashMap;
 
 use super::{Linker, Parent, MAX_THREADS};
 use crate::{event::HandOffRecord, spans::SpanCtx};
 
-/// Hand-offs whose call has not been seen yet, by connection.
+/// Hand-offs whose call has not been seen yet, by connection, oldest
+/// first.
 #[derive(Default)]
-pub(super) struct HandOffs(HashMap<u64, HandOffRecord>);
+pub(super) struct HandOffs(HashMap<u64, Vec<Early>>);
+
+/// A hand-off that came before its call's record: its writer, the write's
+/// entry, and the request its receiver worked for when it came.
+pub(super) struct Early {
+    from: u32,
+    wrote_ns: u64,
+    request: SpanCtx,
+}
+
+/// Hand-offs kept per connection: a worker's jobs written in one run before
+/// the first one's reply came.
+const PER_CONN: usize = 8;
 
 impl HandOffs {
     pub(super) fn len(&self) -> usize {
-        self.0.len()
+        self.0.values().map(Vec::len).sum()
     }
 }
 
@@ -65,27 +87,45 @@ impl Linker {
             .is_some_and(|l| l.iter().any(|f| f.tid == g))
     }
 
-    /// A hand-off whose call's record has not come: kept for it (the last
-    /// per connection), until the connection closes.
+    /// A hand-off whose call's record has not come: the request it names is
+    /// found now, while its receiver waits for the write (the call's record
+    /// may come at its reply, after that request ended), and kept for the
+    /// call (the last `PER_CONN` per connection, the oldest dropped and
+    /// counted), until the connection closes. One that names none is not
+    /// kept: its call stays a root.
     pub fn handed_early(&mut self, conn: u64, r: HandOffRecord) {
+        let Some(request) = self.handed_to(r.pid, &r, r.wrote_ns) else {
+            return;
+        };
         if self.handoffs.0.len() >= MAX_THREADS && !self.handoffs.0.contains_key(&conn) {
-            self.marks_dropped += self.handoffs.0.len() as u64;
+            self.marks_dropped += self.handoffs.len() as u64;
             self.handoffs.0.clear();
         }
-        self.handoffs.0.insert(conn, r);
+        let kept = self.handoffs.0.entry(conn).or_default();
+        if kept.len() >= PER_CONN {
+            kept.remove(0);
+            self.marks_dropped += 1;
+        }
+        kept.push(Early {
+            from: r.from,
+            wrote_ns: r.wrote_ns,
+            request,
+        });
     }
 
-    /// The request a call on `conn` of `pid`, written by goroutine `writer`
-    /// in a write that entered at `since`, was handed over for, if the
-    /// hand-off that followed that write came already.
-    pub fn handed_for(&mut self, pid: u32, conn: u64, writer: u32, since: u64) -> Option<SpanCtx> {
-        let r = self.handoffs.0.get(&conn)?;
-        if r.from != writer || r.wrote_ns != since {
-            return None;
+    /// The request a call on `conn`, written by goroutine `writer` in a
+    /// write that entered at `since`, was handed over for, if the hand-off
+    /// that followed that write came already.
+    pub fn handed_for(&mut self, conn: u64, writer: u32, since: u64) -> Option<SpanCtx> {
+        let kept = self.handoffs.0.get_mut(&conn)?;
+        let i = kept
+            .iter()
+            .position(|e| e.from == writer && e.wrote_ns == since)?;
+        let e = kept.remove(i);
+        if kept.is_empty() {
+            self.handoffs.0.remove(&conn);
         }
-        let r = *r;
-        self.handoffs.0.remove(&conn);
-        self.handed_to(pid, &r, since)
+        Some(e.request)
     }
 
     pub(super) fn forget_handoff(&mut self, conn: u64) {

@@ -250,3 +250,115 @@ fn a_hand_off_after_another_write_does_not_place_a_held_call() {
     assert_eq!(call.parent_span_id, None);
     assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 1);
 }
+
+/// A worker goroutine fed by a buffered channel writes three jobs on one
+/// Redis connection in one run, taking each next one from the buffer
+/// without parking, and answers each job's goroutine after its write. The
+/// kernel ends the run's lineage at its first answer (`goroutine.rs`), so
+/// none of the writes names a sender; the three hand-offs come before any
+/// reply (a database call's record comes at its reply), and each places
+/// its own job's call, though the requests have ended by the time the
+/// replies are read.
+#[test]
+fn a_workers_queued_jobs_are_each_placed_by_their_own_answer() {
+    let mut l7 = l7();
+    let servers: Vec<ConnInfo> = (0..3)
+        .map(|i| {
+            conn(
+                10 + i,
+                300,
+                Role::Server,
+                "127.0.0.1:80",
+                &format!("10.1.1.1:{}", 5000 + i),
+                "go-svc",
+            )
+        })
+        .collect();
+    let redis = conn(
+        30,
+        300,
+        Role::Client,
+        "127.0.0.1:6100",
+        "10.9.9.9:6379",
+        "go-svc",
+    );
+    let worker = 0x8000_0077;
+    let mut events: Vec<StreamEvent> = servers
+        .iter()
+        .chain([&redis])
+        .map(|c| StreamEvent::Open(c.clone()))
+        .collect();
+    for (i, s) in servers.iter().enumerate() {
+        let req = format!("GET /r/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        events.push(by_goroutine(
+            s,
+            Direction::Ingress,
+            1_000 + i as u64,
+            SERVING[i],
+            req.as_bytes(),
+        ));
+    }
+    for (i, &serving) in SERVING.iter().take(3).enumerate() {
+        let at = 2_000 + 100 * i as u64;
+        let job = format!("*3\r\n$5\r\nRPUSH\r\n$8\r\naudit:r{i}\r\n$1\r\nx\r\n");
+        events.push(by_goroutine(
+            &redis,
+            Direction::Egress,
+            at,
+            worker,
+            job.as_bytes(),
+        ));
+        events.push(handed(&redis, worker, serving, at));
+    }
+    for (i, s) in servers.iter().enumerate() {
+        events.push(by_goroutine(
+            s,
+            Direction::Egress,
+            2_500 + i as u64,
+            SERVING[i],
+            RESP,
+        ));
+    }
+    for i in 0..3 {
+        let at = 3_000 + 10 * i as u64;
+        events.push(by_goroutine(
+            &redis,
+            Direction::Ingress,
+            at,
+            worker + 1,
+            b":1\r\n",
+        ));
+    }
+    let mut spans = feed(&mut l7, vec![], events);
+    l7.release_held(Some(NOW + HOLD_NS + 1), &mut spans);
+    let attr = |s: &Span, key: &str| {
+        s.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| format!("{v}"))
+            .unwrap_or_default()
+    };
+    for i in 0..3 {
+        let server = spans
+            .iter()
+            .find(|s| {
+                s.kind.as_str() == "SERVER" && attr(s, "url.path").contains(&format!("/r/{i}"))
+            })
+            .unwrap_or_else(|| panic!("server {i}: {spans:#?}"));
+        let call = spans
+            .iter()
+            .find(|s| attr(s, "db.query.text").ends_with(&format!("audit:r{i}\"")))
+            .unwrap_or_else(|| panic!("job {i}: {spans:#?}"));
+        assert_eq!(
+            (
+                call.trace_id,
+                call.parent_span_id,
+                attr(call, "sonde.link.evidence").as_str()
+            ),
+            (server.trace_id, Some(server.span_id), "\"goroutine\""),
+            "job {i}"
+        );
+    }
+    assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 0);
+    assert_eq!(l7.drops().tick_marks, 0, "no hand-off was dropped");
+}
