@@ -42,18 +42,11 @@ fn started_by(
 const SERVING: [u32; 4] = [0x8000_0010, 0x8000_0020, 0x8000_0030, 0x8000_0040];
 const WRITERS: [u32; 4] = [0x8000_0011, 0x8000_0021, 0x8000_0031, 0x8000_0041];
 
-/// Three requests in flight, each served by its own goroutine; each calls
-/// downstream on a connection just dialed, written by that connection's
-/// own writer goroutine, with nothing in its lineage. The first writer's
-/// hand-off comes after its call's record, the second's before it (a
-/// record's order the ring allows), and the third hands its value to a
-/// goroutine serving no request, and then one for a write it did not make
-/// the call in: its call stays a root, counted. The fourth hands its
-/// value to a goroutine the fourth request's started after reading it.
-#[test]
-fn a_writers_hand_off_after_the_write_places_its_call() {
-    let mut l7 = l7();
-    let servers: Vec<ConnInfo> = (0..4)
+/// `n` server connections of one Go service, request `i` served by
+/// goroutine `SERVING[i]`: their opens, and each one's request `/r/<i>`
+/// read at 1,000 + i.
+fn served(n: u64) -> (Vec<ConnInfo>, Vec<StreamEvent>) {
+    let servers: Vec<ConnInfo> = (0..n)
         .map(|i| {
             conn(
                 10 + i,
@@ -65,6 +58,35 @@ fn a_writers_hand_off_after_the_write_places_its_call() {
             )
         })
         .collect();
+    let mut events: Vec<StreamEvent> = servers
+        .iter()
+        .map(|c| StreamEvent::Open(c.clone()))
+        .collect();
+    for (i, s) in servers.iter().enumerate() {
+        let req = format!("GET /r/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
+        events.push(by_goroutine(
+            s,
+            Direction::Ingress,
+            1_000 + i as u64,
+            SERVING[i],
+            req.as_bytes(),
+        ));
+    }
+    (servers, events)
+}
+
+/// Three requests in flight, each served by its own goroutine; each calls
+/// downstream on a connection just dialed, written by that connection's
+/// own writer goroutine, with nothing in its lineage. The first writer's
+/// hand-off comes after its call's record, the second's before it (a
+/// record's order the ring allows), and the third hands its value to a
+/// goroutine serving no request, and then one for a write it did not make
+/// the call in: its call stays a root, counted. The fourth hands its
+/// value to a goroutine the fourth request's started after reading it.
+#[test]
+fn a_writers_hand_off_after_the_write_places_its_call() {
+    let mut l7 = l7();
+    let (servers, mut events) = served(4);
     let clients: Vec<ConnInfo> = (0..4)
         .map(|i| {
             conn(
@@ -77,22 +99,7 @@ fn a_writers_hand_off_after_the_write_places_its_call() {
             )
         })
         .collect();
-    let mut events: Vec<StreamEvent> = servers
-        .iter()
-        .chain(&clients)
-        .map(|c| StreamEvent::Open(c.clone()))
-        .collect();
-    for i in 0..4 {
-        let req = format!("GET /r/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
-        let at = 1_000 + i as u64;
-        events.push(by_goroutine(
-            &servers[i],
-            Direction::Ingress,
-            at,
-            SERVING[i],
-            req.as_bytes(),
-        ));
-    }
+    events.extend(clients.iter().map(|c| StreamEvent::Open(c.clone())));
     let call = |i: usize| format!("GET /down/{i} HTTP/1.1\r\nHost: y\r\n\r\n").into_bytes();
     events.push(by_goroutine(
         &clients[0],
@@ -262,18 +269,7 @@ fn a_hand_off_after_another_write_does_not_place_a_held_call() {
 #[test]
 fn a_workers_queued_jobs_are_each_placed_by_their_own_answer() {
     let mut l7 = l7();
-    let servers: Vec<ConnInfo> = (0..3)
-        .map(|i| {
-            conn(
-                10 + i,
-                300,
-                Role::Server,
-                "127.0.0.1:80",
-                &format!("10.1.1.1:{}", 5000 + i),
-                "go-svc",
-            )
-        })
-        .collect();
+    let (servers, mut events) = served(3);
     let redis = conn(
         30,
         300,
@@ -283,21 +279,7 @@ fn a_workers_queued_jobs_are_each_placed_by_their_own_answer() {
         "go-svc",
     );
     let worker = 0x8000_0077;
-    let mut events: Vec<StreamEvent> = servers
-        .iter()
-        .chain([&redis])
-        .map(|c| StreamEvent::Open(c.clone()))
-        .collect();
-    for (i, s) in servers.iter().enumerate() {
-        let req = format!("GET /r/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
-        events.push(by_goroutine(
-            s,
-            Direction::Ingress,
-            1_000 + i as u64,
-            SERVING[i],
-            req.as_bytes(),
-        ));
-    }
+    events.push(StreamEvent::Open(redis.clone()));
     for (i, &serving) in SERVING.iter().take(3).enumerate() {
         let at = 2_000 + 100 * i as u64;
         let job = format!("*3\r\n$5\r\nRPUSH\r\n$8\r\naudit:r{i}\r\n$1\r\nx\r\n");
