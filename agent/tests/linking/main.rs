@@ -722,7 +722,7 @@ fn go_trees(spans: &[ReceivedSpan], service: &str, base: usize, sites: Sites) {
         complete * 100 >= n * 95,
         "{service}: {complete} of {n} complete; roots: {roots:?}"
     );
-    // At the entries, measured 3 to 4 of 48 audit records roots (0 at the
+    // At the entries, measured 0 to 4 of 48 audit records roots (0 at the
     // calls): ARCHITECTURE.md, "Per runtime class".
     assert!(
         audit_roots * 5 <= n + in_flight,

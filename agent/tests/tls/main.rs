@@ -153,12 +153,14 @@ fn nginx_https(hooks: Hooks) {
     let is_server = |s: &ReceivedSpan| s.service() == "nginx" && kind_of(s) == SpanKind::Server;
     // A client span goes out when its response has been read, which can be
     // after the server's span (CI once: the last of the Python client's).
+    let (curl_urls, py_urls) = (
+        format!("https://127.0.0.1:{port}/c/"),
+        format!("https://127.0.0.1:{port}/p/"),
+    );
     let is_client = |s: &ReceivedSpan| {
         kind_of(s) == SpanKind::Client
-            && s.attr("url.full").is_some_and(|u| {
-                u.starts_with(&format!("https://127.0.0.1:{port}/c/"))
-                    || u.starts_with(&format!("https://127.0.0.1:{port}/p/"))
-            })
+            && s.attr("url.full")
+                .is_some_and(|u| u.starts_with(&curl_urls) || u.starts_with(&py_urls))
     };
     let spans = wait_spans(&a.store, |s| {
         s.iter().filter(|x| is_server(x)).count() >= 2 * N
