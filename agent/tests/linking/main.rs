@@ -716,14 +716,17 @@ fn go_trees(spans: &[ReceivedSpan], service: &str, base: usize, sites: Sites) {
         wrong.is_empty(),
         "{service}: calls under another request: {wrong:?}"
     );
-    // Measured 39 to 40 of 40. A root is a call on a connection the
-    // transport dialed during the run (its first request, see above).
+    // Measured 39 to 40 of 40; 38 to 40 on a slower instance (2026-12-05),
+    // its roots audit records left ambiguous. A root is a call on a
+    // connection the transport dialed during the run (its first request,
+    // see above), or such an audit record.
     assert!(
         complete * 100 >= n * 95,
         "{service}: {complete} of {n} complete; roots: {roots:?}"
     );
-    // At the entries, measured 0 to 4 of 48 audit records roots (0 at the
-    // calls): ARCHITECTURE.md, "Per runtime class".
+    // At the entries, measured 0 to 4 of 48 audit records roots (0 to 3 at
+    // the calls, counted in `complete` above): ARCHITECTURE.md, "Per
+    // runtime class".
     assert!(
         audit_roots * 5 <= n + in_flight,
         "{service}: {audit_roots} audit records roots: {roots:?}"
