@@ -18,6 +18,7 @@ pub mod protocol;
 pub use protocol::SPEC;
 
 use foldhash::{HashMap, HashMapExt};
+use smallvec::SmallVec;
 use std::{borrow::Cow, collections::VecDeque, sync::Arc};
 
 use super::{
@@ -72,6 +73,10 @@ struct Packet<'a> {
     last: SegTime,
 }
 
+/// The packets one segment completes, on the stack when they are few (see
+/// `Msgs` in the PostgreSQL parser).
+type Packets<'a> = SmallVec<[Packet<'a>; 8]>;
+
 #[derive(Default)]
 struct Framer {
     hdr: Vec<u8>,
@@ -82,7 +87,7 @@ struct Framer {
 }
 
 impl Framer {
-    fn feed<'a>(&mut self, mut data: &'a [u8], t: SegTime, out: &mut Vec<Packet<'a>>) {
+    fn feed<'a>(&mut self, mut data: &'a [u8], t: SegTime, out: &mut Packets<'a>) {
         while !data.is_empty() {
             if let Some(p) = self.cur.as_mut() {
                 let n = self.remaining.min(data.len() as u64) as usize;
@@ -129,7 +134,7 @@ impl Framer {
         }
     }
 
-    fn skip(&mut self, gap: u64, out: &mut Vec<Packet<'_>>) -> bool {
+    fn skip(&mut self, gap: u64, out: &mut Packets<'_>) -> bool {
         if gap == 0 {
             return true;
         }
@@ -281,7 +286,7 @@ impl MysqlConnection {
             }
             *framer = Framer::default();
         }
-        let mut packets = vec![];
+        let mut packets = Packets::new();
         framer.feed(seg.data, t, &mut packets);
         if !framer.skip(seg.gap(), &mut packets) {
             *framer = Framer {

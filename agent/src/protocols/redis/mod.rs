@@ -6,6 +6,8 @@ pub use protocol::SPEC;
 
 use std::collections::VecDeque;
 
+use smallvec::SmallVec;
+
 use super::{
     db::{DbCall, DbError, DbSystem},
     Detect, SegTime, Segment,
@@ -26,6 +28,11 @@ pub fn detect_request(data: &[u8]) -> Detect {
     }
 }
 
+/// One kept element: a command's name or key, or a reply's text; on the
+/// stack when short, as they mostly are (their heap buffers were most of
+/// the Redis parser's allocations).
+type Item = SmallVec<[u8; 32]>;
+
 /// A complete top-level value, summarised.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Value {
@@ -33,12 +40,15 @@ struct Value {
     /// Element count of a top-level aggregate.
     len: i64,
     /// The first bulk elements of an aggregate (up to three), truncated.
-    items: Vec<Vec<u8>>,
+    items: SmallVec<[Item; 3]>,
     /// Simple string or error text (first line).
-    text: Vec<u8>,
+    text: Item,
     first: SegTime,
     last: SegTime,
 }
+
+/// The values one segment completes, on the stack when they are few.
+type Values = SmallVec<[Value; 2]>;
 
 #[derive(Debug, Default)]
 struct Reader {
@@ -55,6 +65,9 @@ struct Reader {
     inline: bool,
 }
 
+// Large by design: a `Value` keeps its short items inline, and a step is
+// returned and consumed at once, never stored.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     Continue,
@@ -72,7 +85,7 @@ impl Reader {
         mut data: &[u8],
         t: SegTime,
         requests: bool,
-        out: &mut Vec<Value>,
+        out: &mut Values,
     ) -> Result<(), ()> {
         while !data.is_empty() {
             if self.skip > 0 {
@@ -166,7 +179,7 @@ impl Reader {
             b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => {
                 if top {
                     if let Some(v) = self.cur.as_mut() {
-                        v.text = rest[..rest.len().min(KEEP)].to_vec();
+                        v.text = Item::from_slice(&rest[..rest.len().min(KEEP)]);
                     }
                 } else if self.depth() == 1 {
                     self.keep_item(rest);
@@ -186,7 +199,7 @@ impl Reader {
                     || top;
                 if keep {
                     if let Some(v) = self.cur.as_mut() {
-                        v.items.push(Vec::new());
+                        v.items.push(Item::new());
                     }
                 }
                 self.keeping = keep;
@@ -215,11 +228,11 @@ impl Reader {
             }
             _ if top && requests => {
                 // Inline command: `PING`, `SET k v` typed by hand.
-                let words: Vec<Vec<u8>> = line
+                let words: SmallVec<[Item; 3]> = line
                     .split(|b| b.is_ascii_whitespace())
                     .filter(|w| !w.is_empty())
                     .take(3)
-                    .map(|w| w.to_vec())
+                    .map(Item::from_slice)
                     .collect();
                 if words.is_empty() || !words[0].iter().all(|b| b.is_ascii_alphabetic()) {
                     return Err(());
@@ -237,7 +250,8 @@ impl Reader {
     fn keep_item(&mut self, bytes: &[u8]) {
         if let Some(v) = self.cur.as_mut() {
             if v.items.len() < 3 {
-                v.items.push(bytes[..bytes.len().min(KEEP)].to_vec());
+                v.items
+                    .push(Item::from_slice(&bytes[..bytes.len().min(KEEP)]));
             }
         }
     }
@@ -338,7 +352,7 @@ impl RedisConnection {
             }
             reader.lost = false;
         }
-        let mut values = vec![];
+        let mut values = Values::new();
         let ok = reader.feed(seg.data, t, requests, &mut values).is_ok();
         // A gap is skippable only inside a bulk payload; elsewhere it loses
         // the framing.
@@ -371,11 +385,7 @@ impl RedisConnection {
     }
 
     fn on_command(&mut self, v: Value) {
-        let word = |i: usize| {
-            v.items
-                .get(i)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-        };
+        let word = |i: usize| v.items.get(i).map(|b| String::from_utf8_lossy(b));
         let Some(name) = word(0).map(|n| n.to_ascii_uppercase()) else {
             return;
         };
@@ -385,9 +395,11 @@ impl RedisConnection {
         let key = if NO_ARGS.contains(&name.as_str()) || KEYLESS.contains(&name.as_str()) {
             None
         } else {
-            word(1)
+            word(1).map(|k| k.into_owned())
         };
-        let select = (name == "SELECT").then(|| word(1)).flatten();
+        let select = (name == "SELECT")
+            .then(|| word(1).map(|k| k.into_owned()))
+            .flatten();
         if self.pending.len() >= 1024 {
             self.pending.pop_front();
             self.unmatched += 1;
