@@ -138,6 +138,9 @@ fn destination(dest: &str) -> Cow<'_, str> {
 
 pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: &Arc<Resource>) {
     let mut port_digits = itoa::Buffer::new();
+    // On the stack: the label borrows it, and the registry copies it only
+    // for a new series.
+    let address = c.remote().map(|peer| spans::IpText::new(peer.ip()));
     let mut labels: Labels = smallvec![("db.system.name", call.system.as_str().into())];
     if !call.operation.is_empty() {
         labels.push(("db.operation.name", call.operation.as_str().into()));
@@ -151,8 +154,8 @@ pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: 
     if let Some(e) = &call.error {
         labels.push(("error.type", e.code.as_str().into()));
     }
-    if let Some(peer) = c.remote() {
-        labels.push(("server.address", spans::ip_text(peer.ip()).into()));
+    if let (Some(peer), Some(address)) = (c.remote(), address.as_deref()) {
+        labels.push(("server.address", address.into()));
         labels.push(("server.port", port_digits.format(peer.port()).into()));
     }
     reg.record(&metrics::DB_CLIENT_DURATION, resource, labels, secs);
