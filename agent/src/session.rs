@@ -37,7 +37,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             probes: ProbeConfig::default(),
-            poll_interval: Duration::from_millis(50),
+            poll_interval: Duration::from_millis(20),
             channel_capacity: 65536,
             scan_existing: true,
         }
