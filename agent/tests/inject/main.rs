@@ -521,7 +521,22 @@ fn one_node() {
         .env("OTEL_SERVICE_NAME", "back");
     let _back = ready(back);
     front_on_loopback(&port);
-    let spans = settle(&store, |s| s.len() >= 2 * REQUESTS);
+    let pair = |spans: &[ReceivedSpan], id: &str| -> (usize, usize) {
+        let n = |service: &str, kind: SpanKind| {
+            spans
+                .iter()
+                .filter(|s| s.service() == service && kind_of(s) == kind)
+                .filter(|s| request_id(s).as_deref() == Some(id))
+                .count()
+        };
+        (n("front", SpanKind::Client), n("back", SpanKind::Server))
+    };
+    // Every request's pair, not a span count: a client's span goes out
+    // when its response has been read, which can be a batch after its
+    // server's.
+    let spans = settle(&store, |s| {
+        (0..REQUESTS).all(|i| pair(s, &i.to_string()) == (1, 1))
+    });
     for i in 0..REQUESTS {
         let id = i.to_string();
         let of = |service: &str, kind: SpanKind| -> Vec<&ReceivedSpan> {
@@ -532,7 +547,41 @@ fn one_node() {
                 .collect()
         };
         let (client, server) = (of("front", SpanKind::Client), of("back", SpanKind::Server));
-        assert_eq!((client.len(), server.len()), (1, 1), "request {id}");
+        if (client.len(), server.len()) != (1, 1) {
+            // What there is: the spans of this request under any service or
+            // kind, and those with no request id.
+            let seen: Vec<String> = spans
+                .iter()
+                .filter(|s| {
+                    let r = request_id(s);
+                    r.is_none() || r.as_deref() == Some(id.as_str())
+                })
+                .map(|s| {
+                    format!(
+                        "{} {:?} {} {:?}",
+                        s.service(),
+                        kind_of(s),
+                        s.span.name,
+                        request_id(s)
+                    )
+                })
+                .collect();
+            let m = http_get(&prom, "/metrics").unwrap_or_default();
+            let counters: Vec<&str> = m
+                .lines()
+                .filter(|l| {
+                    (l.starts_with("sonde_dropped_total{") || l.starts_with("sonde_traceparent"))
+                        && !l.ends_with(" 0")
+                })
+                .collect();
+            panic!(
+                "request {id}: {} client and {} server spans; its spans and those \
+                 without an id: {seen:#?}; of {} spans in all; counters: {counters:#?}",
+                client.len(),
+                server.len(),
+                spans.len()
+            );
+        }
         assert_eq!(
             server[0].span.trace_id, client[0].span.trace_id,
             "request {id}"
