@@ -140,7 +140,8 @@ pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: 
     let mut port_digits = itoa::Buffer::new();
     // On the stack: the label borrows it, and the registry copies it only
     // for a new series.
-    let address = c.remote().map(|peer| spans::IpText::new(peer.ip()));
+    let peer = c.remote();
+    let address = peer.map(|p| spans::IpText::new(p.ip()));
     let mut labels: Labels = smallvec![("db.system.name", call.system.as_str().into())];
     if !call.operation.is_empty() {
         labels.push(("db.operation.name", call.operation.as_str().into()));
@@ -154,7 +155,7 @@ pub fn db(reg: &mut Registry, c: &ConnInfo, call: &DbCall, secs: f64, resource: 
     if let Some(e) = &call.error {
         labels.push(("error.type", e.code.as_str().into()));
     }
-    if let (Some(peer), Some(address)) = (c.remote(), address.as_deref()) {
+    if let (Some(peer), Some(address)) = (peer, address.as_deref()) {
         labels.push(("server.address", address.into()));
         labels.push(("server.port", port_digits.format(peer.port()).into()));
     }

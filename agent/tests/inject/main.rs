@@ -521,32 +521,32 @@ fn one_node() {
         .env("OTEL_SERVICE_NAME", "back");
     let _back = ready(back);
     front_on_loopback(&port);
-    let pair = |spans: &[ReceivedSpan], id: &str| -> (usize, usize) {
-        let n = |service: &str, kind: SpanKind| {
+    // A request's CLIENT spans from `front` and SERVER spans from `back`.
+    fn pair<'a>(
+        spans: &'a [ReceivedSpan],
+        id: &str,
+    ) -> (Vec<&'a ReceivedSpan>, Vec<&'a ReceivedSpan>) {
+        let of = |service: &str, kind: SpanKind| -> Vec<&'a ReceivedSpan> {
             spans
                 .iter()
                 .filter(|s| s.service() == service && kind_of(s) == kind)
                 .filter(|s| request_id(s).as_deref() == Some(id))
-                .count()
+                .collect()
         };
-        (n("front", SpanKind::Client), n("back", SpanKind::Server))
-    };
+        (of("front", SpanKind::Client), of("back", SpanKind::Server))
+    }
     // Every request's pair, not a span count: a client's span goes out
     // when its response has been read, which can be a batch after its
     // server's.
     let spans = settle(&store, |s| {
-        (0..REQUESTS).all(|i| pair(s, &i.to_string()) == (1, 1))
+        (0..REQUESTS).all(|i| {
+            let (client, server) = pair(s, &i.to_string());
+            (client.len(), server.len()) == (1, 1)
+        })
     });
     for i in 0..REQUESTS {
         let id = i.to_string();
-        let of = |service: &str, kind: SpanKind| -> Vec<&ReceivedSpan> {
-            spans
-                .iter()
-                .filter(|s| s.service() == service && kind_of(s) == kind)
-                .filter(|s| request_id(s).as_deref() == Some(id.as_str()))
-                .collect()
-        };
-        let (client, server) = (of("front", SpanKind::Client), of("back", SpanKind::Server));
+        let (client, server) = pair(&spans, &id);
         if (client.len(), server.len()) != (1, 1) {
             // What there is: the spans of this request under any service or
             // kind, and those with no request id.
