@@ -34,6 +34,12 @@ pub mod kind {
     /// run, handed a value to a goroutine waiting on a channel (a
     /// [`HandOffEvent`]; `goroutine.rs` in agent-ebpf).
     pub const HANDOFF: u8 = 12;
+    /// A traced process exec'd: its new image's file name, arguments and
+    /// environment (an [`ExecEvent`]), copied while it surely lives. User
+    /// space reads a process's identity from /proc at its first network
+    /// act, and a process that ends first (a CLI run) would otherwise take
+    /// its `OTEL_SERVICE_NAME` with it. Follows the `PROC_EXEC` record.
+    pub const EXEC: u8 = 13;
 }
 
 /// What a [`ContextEvent`] reports.
@@ -273,6 +279,36 @@ pub struct HandOffEvent {
     pub to_origin_ns: u64,
 }
 
+/// Bytes of an exec's argument and environment strings an [`ExecEvent`]
+/// carries at most; what lies past it is cut.
+pub const MAX_EXEC_BLOCK: usize = 16384;
+/// Bytes of an [`ExecEvent`]'s file name, NUL included.
+pub const EXEC_FILENAME: usize = 128;
+
+/// A [`kind::EXEC`] record, followed by `block_len` bytes: the new image's
+/// argument strings (`args_len` bytes), then its environment strings, each
+/// NUL-terminated, as the kernel laid them out on the new stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub hdr: EventHeader,
+    pub args_len: u32,
+    pub block_len: u32,
+    /// The file exec'd, as passed to execve (NUL-terminated, cut).
+    pub filename: [u8; EXEC_FILENAME],
+}
+
+impl Default for ExecEvent {
+    fn default() -> Self {
+        ExecEvent {
+            hdr: EventHeader::default(),
+            args_len: 0,
+            block_len: 0,
+            filename: [0; EXEC_FILENAME],
+        }
+    }
+}
+
 /// A [`kind::CONTEXT`] record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -294,4 +330,5 @@ pub const CONTEXT_EVENT_SIZE: usize = core::mem::size_of::<ContextEvent>();
 pub const DATA_EVENT_SIZE: usize = core::mem::size_of::<DataEvent>();
 pub const CONN_EVENT_SIZE: usize = core::mem::size_of::<ConnEvent>();
 pub const HANDOFF_EVENT_SIZE: usize = core::mem::size_of::<HandOffEvent>();
+pub const EXEC_EVENT_SIZE: usize = core::mem::size_of::<ExecEvent>();
 pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();

@@ -66,3 +66,23 @@ pub struct FdLayout {
     pub valid: u8,
     pub _pad: [u8; 7],
 }
+
+/// From the current task to its argument and environment strings:
+/// `current->mm->{arg_start, arg_end, env_end}` (exec lays the arguments,
+/// then the environment, out contiguously on the new stack). Read from BTF
+/// by user space like [`FdLayout`]; with `valid == 0` no exec records carry
+/// them, and a process that exits before user space reads /proc loses its
+/// environment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcLayout {
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.arg_start`, `.arg_end` and `.env_end`.
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_env_end: u32,
+    /// Non-zero once user space filled this in from BTF.
+    pub valid: u8,
+    pub _pad: [u8; 7],
+}

@@ -12,7 +12,7 @@ pub mod layout;
 pub mod maps;
 
 pub use event::*;
-pub use layout::{FdLayout, KernelLayout};
+pub use layout::{FdLayout, KernelLayout, ProcLayout};
 pub use maps::*;
 // `kind`, `syscall`, ... are modules of constants; re-export them at the root.
 
@@ -47,6 +47,8 @@ pub mod globals {
     pub const KERNEL_LAYOUT: &str = "SONDE_KERNEL_LAYOUT";
     /// Where an fd's `struct sock` is (`layout::FdLayout`).
     pub const FD_LAYOUT: &str = "SONDE_FD_LAYOUT";
+    /// Where a task's argument and environment strings are (`layout::ProcLayout`).
+    pub const PROC_LAYOUT: &str = "SONDE_PROC_LAYOUT";
     /// 1: write `traceparent` into traced processes' HTTP/1.x requests.
     pub const INJECT: &str = "SONDE_INJECT";
     /// 1: write nothing into unsampled requests (else flags `00`).

@@ -128,5 +128,6 @@ mod pod {
     unsafe impl aya::Pod for ContextEvent {}
     unsafe impl aya::Pod for KernelLayout {}
     unsafe impl aya::Pod for FdLayout {}
+    unsafe impl aya::Pod for crate::layout::ProcLayout {}
     unsafe impl aya::Pod for crate::sampling::Sampling {}
 }

@@ -34,8 +34,8 @@ use crate::{
     ctx::{arg, field, ret},
     filter::should_trace,
     maps::{
-        active_begin, active_live, active_take, count, ActiveCall, PeerKey, ESTAB_SK, LISTENERS,
-        PEER_ESTAB, SK_OWNER, SOCKS,
+        active_begin, active_live, active_take, count, first_network_act, ActiveCall, PeerKey,
+        ESTAB_SK, LISTENERS, PEER_ESTAB, SK_OWNER, SOCKS,
     },
 };
 
@@ -170,6 +170,18 @@ pub(crate) fn send(ev: &ConnEvent) {
     output(bytes);
 }
 
+/// Sends a process's connect, accept or listen record, waking the reader
+/// if it is the process's first since its exec (`maps::NEW_PROCS`) or if
+/// `urgent`.
+#[inline(always)]
+fn send_network_act(ev: &ConnEvent, urgent: bool) {
+    let bytes = unsafe {
+        core::slice::from_raw_parts(ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE)
+    };
+    let first = first_network_act(ev.hdr.tgid);
+    output_with(bytes, urgent || first);
+}
+
 /// Reads the family, port and address of a user `struct sockaddr_in{,6}`.
 #[inline(always)]
 fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
@@ -232,7 +244,7 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         ev.tuple.raddr = addr;
         ev.flags |= conn_flags::HAS_REMOTE;
     }
-    send(&ev);
+    send_network_act(&ev, false);
     0
 }
 
@@ -259,7 +271,7 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     ev.enter_ns = call.enter_ns;
     ev.flags = conn_flags::TCP_CONFIRMED;
     ev.tuple.lport = port as u16;
-    send(&ev);
+    send_network_act(&ev, false);
     0
 }
 
@@ -360,10 +372,7 @@ fn accept_exit(ctx: &TracePointContext) {
         );
     }
     // Without a tuple user space must look the socket up before it closes.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(&ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE)
-    };
-    output_with(bytes, ev.flags & conn_flags::HAS_TUPLE == 0);
+    send_network_act(&ev, ev.flags & conn_flags::HAS_TUPLE == 0);
 }
 
 #[tracepoint]

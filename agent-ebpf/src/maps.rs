@@ -745,3 +745,21 @@ pub static TLS_FD: LruHashMap<TlsKey, i32> = LruHashMap::with_max_entries(65536,
 /// removed by user space (at activation, and at the process's exit).
 #[map]
 pub static PIPE_PROCS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Processes that exec'd while the agent ran and have not yet connected,
+/// accepted or listened. Their first such record wakes the reader at once
+/// (`conn.rs`): user space reads the process's identity from /proc at its
+/// first network act, and a short-lived process (a CLI run, a cron job)
+/// may be gone by the next timed drain, taking its `OTEL_SERVICE_NAME`
+/// with it. Set at exec, removed at the first network act or at exit; an
+/// LRU, so a node that execs many processes that never touch the network
+/// forgets the oldest (their first record then waits for the timer).
+#[map]
+pub static NEW_PROCS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// Whether `tgid`'s record is its first network act since its exec (and
+/// so must wake the reader); forgets the process either way.
+#[inline(always)]
+pub fn first_network_act(tgid: u32) -> bool {
+    unsafe { NEW_PROCS.get(&tgid) }.is_some() && NEW_PROCS.remove(&tgid).is_ok()
+}

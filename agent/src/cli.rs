@@ -80,7 +80,7 @@ pub struct CaptureArgs {
     pub ringbuf_size: Option<u32>,
 
     /// How often the reader drains the ring buffer when the kernel sends no wakeup.
-    #[arg(long, env = "SONDE_POLL_INTERVAL_MS", default_value_t = 20,
+    #[arg(long, env = "SONDE_POLL_INTERVAL_MS", default_value_t = 50,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub poll_interval_ms: u64,
 

@@ -15,6 +15,14 @@ pub enum DecodeError {
     UnknownKind(u8),
     #[error("data record claims {claimed} payload bytes but carries {actual}")]
     PayloadLength { claimed: u32, actual: usize },
+    #[error(
+        "exec record claims {claimed} bytes of strings ({args} of arguments) but carries {actual}"
+    )]
+    ExecLength {
+        claimed: u32,
+        args: u32,
+        actual: usize,
+    },
 }
 
 /// One record from the kernel.
@@ -24,6 +32,23 @@ pub enum KernelEvent {
     Conn(ConnRecord),
     Context(ContextRecord),
     HandOff(HandOffRecord),
+    Exec(ExecRecord),
+}
+
+/// A traced process exec'd: what identifies its new image, copied by the
+/// kernel at the exec (`proc.rs` in agent-ebpf). Used when the process is
+/// gone before user space reads its /proc entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub pid: u32,
+    pub ts_ns: u64,
+    pub comm: Comm,
+    /// The file exec'd, as passed to execve.
+    pub filename: String,
+    /// The argument strings, then the environment strings, NUL-separated
+    /// (cut at `MAX_EXEC_BLOCK`); the first `args_len` bytes are arguments.
+    pub strings: Vec<u8>,
+    pub args_len: usize,
 }
 
 /// Go: goroutine `from` wrote on socket `fd` of `pid`, then handed a value
@@ -384,6 +409,27 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 to_origin_ns: ev.to_origin_ns,
             }))
         }
+        common::kind::EXEC => {
+            let ev: common::ExecEvent = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+            let strings = &bytes[common::EXEC_EVENT_SIZE..];
+            if strings.len() < ev.block_len as usize || ev.args_len > ev.block_len {
+                return Err(DecodeError::ExecLength {
+                    claimed: ev.block_len,
+                    args: ev.args_len,
+                    actual: strings.len(),
+                });
+            }
+            let end = ev.filename.iter().position(|&b| b == 0);
+            let filename = &ev.filename[..end.unwrap_or(ev.filename.len())];
+            Ok(KernelEvent::Exec(ExecRecord {
+                pid: hdr.tgid,
+                ts_ns: hdr.ts_ns,
+                comm: Comm(hdr.comm),
+                filename: String::from_utf8_lossy(filename).into_owned(),
+                strings: strings[..ev.block_len as usize].to_vec(),
+                args_len: ev.args_len as usize,
+            }))
+        }
         k @ common::kind::CONNECT..=common::kind::FORK => {
             let ev: common::ConnEvent = read_pod(bytes).ok_or(DecodeError::Short(bytes.len()))?;
             let kind = match k {
@@ -503,6 +549,42 @@ mod tests {
         let mut h = as_bytes(&common::ConnEvent::default());
         h[0] = 99;
         assert_eq!(decode(&h).unwrap_err(), DecodeError::UnknownKind(99));
+    }
+
+    #[test]
+    fn decodes_exec_records_and_rejects_lying_lengths() {
+        let mut ev = common::ExecEvent {
+            hdr: common::EventHeader {
+                kind: common::kind::EXEC,
+                tgid: 9,
+                ..Default::default()
+            },
+            args_len: 3,
+            block_len: 8,
+            ..Default::default()
+        };
+        ev.filename[..9].copy_from_slice(b"/bin/curl");
+        let mut bytes = as_bytes(&ev);
+        bytes.extend_from_slice(b"ls\0A=1\0\0junk");
+        let KernelEvent::Exec(e) = decode(&bytes).unwrap() else {
+            panic!()
+        };
+        assert_eq!((e.pid, e.filename.as_str()), (9, "/bin/curl"));
+        assert_eq!(
+            (e.strings.as_slice(), e.args_len),
+            (b"ls\0A=1\0\0".as_slice(), 3)
+        );
+        // Claims more strings than it carries, or more arguments than strings.
+        for (block, args) in [(20, 3), (8, 9)] {
+            ev.block_len = block;
+            ev.args_len = args;
+            let mut bytes = as_bytes(&ev);
+            bytes.extend_from_slice(b"ls\0A=1\0\0junk");
+            assert!(
+                matches!(decode(&bytes), Err(DecodeError::ExecLength { .. })),
+                "{block} {args}"
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn health_fn(
         const PY_PROCS: &str = "CPython processes, by whether the context each thread runs in (its asyncio task) is followed.";
         const TLS_LIBS: &str =
             "TLS library files of traced processes, by whether the plaintext probes are attached.";
+        const PROCS_GONE: &str = "Processes that had exited or were exiting when first looked up in /proc (their records were read after their exit began), by what named them: the kernel's copy of their exec (executable, command line, OTEL_SERVICE_NAME), or only their command name (a process older than the agent, or a dropped exec record).";
         const TLS_CONNS: &str = "TLS connections seen: decrypted through the library's calls, or left opaque, by reason.";
         let drop = |stage: &'static str, v: u64| {
             c("sonde_dropped_total", DROPS, vec![("stage", stage)], v)
@@ -109,6 +110,8 @@ pub fn health_fn(
             c("sonde_pipes_followed_total", "Pipe ends followed between the processes of a service (pre-fork pools).", vec![], u.pipes_followed),
             c("sonde_pipes_forgotten_total", "Pipe fds or processes forgotten at the pipe index's bounds.", vec![], u.pipes_forgotten),
             c("sonde_unresolved_sockets_total", "Sockets whose tuple could not be found.", vec![], u.unresolved_sockets),
+            c("sonde_processes_gone_total", PROCS_GONE, vec![("named_from", "exec_record")], u.processes_gone_named_at_exec),
+            c("sonde_processes_gone_total", PROCS_GONE, vec![("named_from", "command_name")], u.processes_gone),
             c("sonde_proc_socket_lookups_total", "Sockets looked up in /proc because the kernel's record lacked their tuple (an accept without a sockaddr on a kernel without BTF, data before its open record): a lookup that comes after the socket closed leaves it unresolved.", vec![], u.proc_lookups),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "attached")], u.go_attached),
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "unsupported")], u.go_unsupported),
@@ -123,6 +126,7 @@ pub fn health_fn(
             c("sonde_tls_connections_total", TLS_CONNS, vec![("outcome", "opaque"), ("reason", "library_not_hooked")], disp.tls_opaque.load(Relaxed)),
             drop("tls_no_socket", k.tls_no_socket),
             drop("process_notices", u.process_notices_dropped),
+            drop("exec_records", u.exec_records_dropped),
         ];
         for ((outcome, _), n) in crate::probes::INJECT_OUTCOMES.iter().zip(k.injections) {
             m.push(c(

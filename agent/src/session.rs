@@ -37,7 +37,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             probes: ProbeConfig::default(),
-            poll_interval: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(50),
             channel_capacity: 65536,
             scan_existing: true,
         }
@@ -111,7 +111,7 @@ impl Session {
         // the probes are shared).
         let (new_procs_tx, new_procs_rx) = mpsc::channel(1024);
         if cfg.probes.go_probes || cfg.probes.tls_probes || cfg.probes.python_tasks {
-            table.processes().notify_new(new_procs_tx, stats.clone());
+            table.processes().notify_new(new_procs_tx);
         }
         // Processes whose TLS sonde could not read: their libraries again.
         let (tls_rescan_tx, tls_rescan_rx) = mpsc::channel(256);

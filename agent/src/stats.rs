@@ -50,6 +50,15 @@ pub struct Stats {
     /// New processes not inspected for a Go runtime or a TLS library (the
     /// queue was full).
     pub process_notices_dropped: AtomicU64,
+    /// Processes gone or exiting when first looked up in /proc (their
+    /// records were read after their exit began): named from the kernel's copy at their
+    /// exec (executable, command line, OTel variables), or, without one (a
+    /// process older than the agent, or a dropped record), by the kernel's
+    /// command name alone.
+    pub processes_gone_named_at_exec: AtomicU64,
+    pub processes_gone: AtomicU64,
+    /// Exec records not held: too many exec'd processes not yet looked up.
+    pub exec_records_dropped: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -77,6 +86,9 @@ pub struct StatsSnapshot {
     pub tls_no_symbols: u64,
     pub tls_failed: u64,
     pub process_notices_dropped: u64,
+    pub processes_gone_named_at_exec: u64,
+    pub processes_gone: u64,
+    pub exec_records_dropped: u64,
 }
 
 impl Stats {
@@ -109,6 +121,9 @@ impl Stats {
             tls_no_symbols: self.tls_no_symbols.load(Relaxed),
             tls_failed: self.tls_failed.load(Relaxed),
             process_notices_dropped: self.process_notices_dropped.load(Relaxed),
+            processes_gone_named_at_exec: self.processes_gone_named_at_exec.load(Relaxed),
+            processes_gone: self.processes_gone.load(Relaxed),
+            exec_records_dropped: self.exec_records_dropped.load(Relaxed),
         }
     }
 }

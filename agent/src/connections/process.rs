@@ -4,7 +4,7 @@ use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::cgroup;
-use crate::stats::Stats;
+use crate::{event::ExecRecord, stats::Stats};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -74,6 +74,63 @@ impl ProcessInfo {
     }
 }
 
+impl ProcessInfo {
+    /// Whether /proc had no image for it: the process had exited, or was
+    /// exiting (a zombie keeps its stat, comm and cgroup, but neither its
+    /// executable nor its environment).
+    pub fn gone(&self) -> bool {
+        self.exe_name.is_none()
+    }
+
+    /// Fills in what /proc no longer had from `at_exec` (the kernel's copy
+    /// of this process's exec). /proc's environment is the one exec laid
+    /// out, so one without OTel variables is taken as unread.
+    fn fill_from(&mut self, at_exec: ProcessInfo) {
+        if self.comm.is_empty() {
+            self.comm = at_exec.comm;
+        }
+        if self.exe_name.is_none() {
+            self.exe_name = at_exec.exe_name;
+        }
+        if self.cmdline.is_empty() {
+            self.cmdline = at_exec.cmdline;
+        }
+        if self.otel_service_name.is_none() && self.otel_resource_attributes.is_empty() {
+            self.otel_service_name = at_exec.otel_service_name;
+            self.otel_resource_attributes = at_exec.otel_resource_attributes;
+        }
+    }
+
+    /// A process's record from what the kernel copied at its exec: the
+    /// executable's name, the command line (its first `CMDLINE_MAX`
+    /// bytes) and the OTel variables of its environment. Its container and
+    /// start time are unknown: this names a process gone before /proc was
+    /// read.
+    pub fn from_exec(e: &ExecRecord) -> ProcessInfo {
+        let (args, env) = e.strings.split_at(e.args_len.min(e.strings.len()));
+        let args = &args[..args.len().min(CMDLINE_MAX)];
+        let (otel_service_name, otel_resource_attributes) = otel_env(env);
+        ProcessInfo {
+            pid: e.pid,
+            comm: e.comm.as_string(),
+            exe_name: std::path::Path::new(&e.filename)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            cmdline: args
+                .split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+            otel_service_name,
+            otel_resource_attributes,
+            ..ProcessInfo::default()
+        }
+    }
+}
+
+/// Bytes of an exec's command line kept for a process not yet looked up.
+const CMDLINE_MAX: usize = 1024;
+
 /// Field 22 of /proc/<pid>/stat. The command name (field 2) may contain
 /// spaces and parentheses, so count from the last ')'.
 pub fn parse_start_ticks(stat: &str) -> Option<u64> {
@@ -142,26 +199,77 @@ pub struct ProcessCache {
     by_pid: HashMap<u32, Arc<ProcessInfo>>,
     /// Told each process seen for the first time (or since its exec): the
     /// capture stage inspects its executable for a Go runtime.
-    notices: Option<(tokio::sync::mpsc::Sender<u32>, Arc<Stats>)>,
+    notices: Option<tokio::sync::mpsc::Sender<u32>>,
+    /// What the kernel copied at each exec whose process has not been
+    /// looked up yet: the fallback for one gone by its first network act.
+    execs: HashMap<u32, ProcessInfo>,
+    stats: Arc<Stats>,
 }
 
+/// Exec records held at most; beyond it they are dropped, counted.
+const EXECS_MAX: usize = 2048;
+
 impl ProcessCache {
-    /// Names every new process on `tx`; a full queue counts a drop.
-    pub fn notify_new(&mut self, tx: tokio::sync::mpsc::Sender<u32>, stats: Arc<Stats>) {
-        self.notices = Some((tx, stats));
+    pub fn new(stats: Arc<Stats>) -> Self {
+        ProcessCache {
+            stats,
+            ..Default::default()
+        }
     }
 
-    /// The process's info; `comm` (from the kernel record) names it when
-    /// it has already exited and /proc has nothing.
+    /// Names every new process on `tx`; a full queue counts a drop.
+    pub fn notify_new(&mut self, tx: tokio::sync::mpsc::Sender<u32>) {
+        self.notices = Some(tx);
+    }
+
+    /// Holds what the kernel copied at a process's exec until the process
+    /// is first looked up (or exits, or execs again).
+    pub fn exec_seen(&mut self, e: ExecRecord) {
+        if self.by_pid.contains_key(&e.pid) {
+            return; // looked up since its exec already
+        }
+        if self.execs.len() >= EXECS_MAX && !self.execs.contains_key(&e.pid) {
+            Stats::inc(&self.stats.exec_records_dropped);
+            return;
+        }
+        self.execs.insert(e.pid, ProcessInfo::from_exec(&e));
+    }
+
+    /// The process's info; what the kernel copied at its exec, else `comm`
+    /// (from the kernel record), names it when it has already exited and
+    /// /proc has nothing.
     pub fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
-        let notices = &self.notices;
+        let (notices, stats, execs) = (&self.notices, &self.stats, &mut self.execs);
         let entry = self.by_pid.entry(pid).or_insert_with(|| {
-            if let Some((tx, stats)) = notices {
+            if let Some(tx) = notices {
                 if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(pid) {
                     Stats::inc(&stats.process_notices_dropped);
                 }
             }
-            Arc::new(ProcessInfo::read(pid))
+            let mut info = ProcessInfo::read(pid);
+            let at_exec = execs.remove(&pid);
+            let (gone, held) = (info.gone(), at_exec.is_some());
+            match (gone, held) {
+                (true, true) => Stats::inc(&stats.processes_gone_named_at_exec),
+                (true, false) => Stats::inc(&stats.processes_gone),
+                _ => {}
+            }
+            if let Some(e) = at_exec {
+                info.fill_from(e);
+            }
+            tracing::debug!(
+                pid,
+                comm = info.comm,
+                exe = info.exe_name,
+                service = info.otel_service_name,
+                record_comm = comm,
+                start = info.start_ticks,
+                gone,
+                held,
+                args = info.cmdline.len(),
+                "process: first sight"
+            );
+            Arc::new(info)
         });
         if entry.comm.is_empty() && !comm.is_empty() {
             Arc::make_mut(entry).comm = comm.to_string();
@@ -176,6 +284,7 @@ impl ProcessCache {
 
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
+        self.execs.remove(&pid);
     }
 
     pub fn len(&self) -> usize {
@@ -205,6 +314,43 @@ mod tests {
         );
         assert_eq!(otel_env(b"OTEL_SERVICE_NAME=\0"), (None, vec![]));
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn an_exec_record_names_the_process_within_bounds() {
+        let long = vec![b'a'; 3000];
+        let args = [b"tool\0".as_slice(), &long, b"\0"].concat();
+        let env = b"OTEL_RESOURCE_ATTRIBUTES=service.name=from-attrs\0HOME=/root\0";
+        let e = ExecRecord {
+            pid: 7,
+            ts_ns: 1,
+            comm: Default::default(),
+            filename: "./bin/tool".into(),
+            strings: [args.as_slice(), env].concat(),
+            args_len: args.len(),
+        };
+        let p = ProcessInfo::from_exec(&e);
+        assert_eq!(p.exe_name.as_deref(), Some("tool"));
+        assert_eq!(p.cmdline[0], "tool");
+        assert_eq!(p.cmdline[1].len(), CMDLINE_MAX - 5, "cut at CMDLINE_MAX");
+        assert_eq!(
+            p.otel_resource_attributes,
+            [("service.name".to_string(), "from-attrs".to_string())]
+        );
+        assert_eq!(
+            (p.start_ticks, p.container_id),
+            (0, None),
+            "unknown at exec"
+        );
+        // A record cut inside its arguments has no environment.
+        let cut = ExecRecord {
+            strings: b"tool\0-v".to_vec(),
+            args_len: 99,
+            ..e
+        };
+        let p = ProcessInfo::from_exec(&cut);
+        assert_eq!(p.cmdline, ["tool", "-v"]);
+        assert_eq!(p.otel_service_name, None);
     }
 
     #[test]

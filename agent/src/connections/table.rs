@@ -159,7 +159,7 @@ impl<R: SocketRegistry> ConnTable<R> {
             pending: VecDeque::new(),
             own: HashSet::new(),
             owners: Owners::default(),
-            processes: ProcessCache::default(),
+            processes: ProcessCache::new(stats.clone()),
             registry,
             stats,
             next_id: 1,
@@ -223,6 +223,7 @@ impl<R: SocketRegistry> ConnTable<R> {
                     out.push(StreamEvent::HandOff(conn.info.clone(), r));
                 }
             }
+            KernelEvent::Exec(e) => self.processes.exec_seen(e),
             KernelEvent::Conn(c) if c.own() => self.on_own(&c),
             KernelEvent::Conn(c) => match c.kind {
                 ConnKind::Connect => {
@@ -543,6 +544,7 @@ impl<R: SocketRegistry> ConnTable<R> {
     }
 
     fn on_exit(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
+        tracing::debug!(pid, ts, "process: exit");
         for fd in self.fds_of(pid) {
             self.close(pid, fd, ts, Untrack::Yes, out);
         }
@@ -564,6 +566,7 @@ impl<R: SocketRegistry> ConnTable<R> {
 
     /// After execve the process has a new name, and CLOEXEC sockets are gone.
     fn on_exec(&mut self, pid: u32, ts: u64, out: &mut Vec<StreamEvent>) {
+        tracing::debug!(pid, ts, "process: exec");
         self.processes.forget(pid);
         if self.pipes.forget(pid) {
             self.registry.follow_forks(pid, false);

@@ -3,7 +3,9 @@ use std::sync::{atomic::Ordering::Relaxed, Arc};
 use sonde_common::{conn_flags, SockInfo};
 
 use super::*;
-use crate::event::{ConnKind, ConnRecord, DataRecord, Direction, KernelEvent, Role, Syscall};
+use crate::event::{
+    Comm, ConnKind, ConnRecord, DataRecord, Direction, ExecRecord, KernelEvent, Role, Syscall,
+};
 
 /// Pids far above any pid_max: /proc lookups for them find nothing, so the
 /// tests exercise the table alone.
@@ -217,6 +219,69 @@ fn process_exit_closes_only_that_process() {
         t.registry.calls,
         vec![format!("untrack {PID} 3"), format!("untrack {PID} 4")]
     );
+}
+
+fn exec(pid: u32, args: &[u8], env: &[u8]) -> KernelEvent {
+    let mut comm = [0u8; 16];
+    comm[..4].copy_from_slice(b"curl");
+    KernelEvent::Exec(ExecRecord {
+        pid,
+        ts_ns: 50,
+        comm: Comm(comm),
+        filename: "/usr/bin/curl".into(),
+        strings: [args, env].concat(),
+        args_len: args.len(),
+    })
+}
+
+/// A process gone before its first network act is read (a short CLI run)
+/// is named from the kernel's copy of its exec; one exec'd again, or
+/// exited, leaves nothing behind for a later process with its pid.
+#[test]
+fn a_process_gone_before_its_lookup_is_named_from_its_exec() {
+    const GONE: u32 = 0x7fff_ff10;
+    let mut t = table();
+    apply(
+        &mut t,
+        KernelEvent::Conn(conn(ConnKind::ProcExec, GONE, -1)),
+    );
+    apply(
+        &mut t,
+        exec(
+            GONE,
+            b"curl\0-s\0http://user:pw@db/\0",
+            b"PATH=/bin\0OTEL_SERVICE_NAME=nightly-export\0",
+        ),
+    );
+    let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, GONE, 3)));
+    let [StreamEvent::Open(info)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    let p = &info.process;
+    assert_eq!(p.otel_service_name.as_deref(), Some("nightly-export"));
+    assert_eq!(p.exe_name.as_deref(), Some("curl"));
+    assert_eq!(p.comm, "curl");
+    assert_eq!(p.cmdline, ["curl", "-s", "http://user:pw@db/"]);
+    assert_eq!(t.stats.processes_gone_named_at_exec.load(Relaxed), 1);
+    assert_eq!(t.stats.processes_gone.load(Relaxed), 0);
+
+    // Its exit forgets it; an exec record with no lookup before the exit
+    // is dropped with it.
+    apply(
+        &mut t,
+        KernelEvent::Conn(conn(ConnKind::ProcExit, GONE, -1)),
+    );
+    apply(&mut t, exec(GONE, b"x\0", b"OTEL_SERVICE_NAME=stale\0"));
+    apply(
+        &mut t,
+        KernelEvent::Conn(conn(ConnKind::ProcExit, GONE, -1)),
+    );
+    let out = apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, GONE, 4)));
+    let [StreamEvent::Open(info)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(info.process.otel_service_name, None);
+    assert_eq!(t.stats.processes_gone.load(Relaxed), 1);
 }
 
 #[test]

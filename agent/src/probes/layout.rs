@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Struct, Type};
-use sonde_common::{FdLayout, KernelLayout};
+use sonde_common::{FdLayout, KernelLayout, ProcLayout};
 
 use super::tracefs;
 
@@ -51,6 +51,24 @@ pub fn fd_layout(btf: &Btf) -> Result<FdLayout, String> {
         fdt_fd: member("fdtable", "fd")?,
         file_private_data: member("file", "private_data")?,
         socket_sk: member("socket", "sk")?,
+        valid: 1,
+        _pad: [0; 7],
+    })
+}
+
+/// The path from the current task to its argument and environment strings
+/// (the exec record, `agent-ebpf/src/proc.rs`). The error names what is
+/// missing; processes that exit before their /proc entry is read then lose
+/// their environment's service name.
+pub fn proc_layout(btf: &Btf) -> Result<ProcLayout, String> {
+    let member = |s: &str, field: &str| {
+        offset(btf, &named_struct(btf, s)?, field).map_err(|e| format!("struct {s}: {e}"))
+    };
+    Ok(ProcLayout {
+        task_mm: member("task_struct", "mm")?,
+        mm_arg_start: member("mm_struct", "arg_start")?,
+        mm_arg_end: member("mm_struct", "arg_end")?,
+        mm_env_end: member("mm_struct", "env_end")?,
         valid: 1,
         _pad: [0; 7],
     })
@@ -171,6 +189,23 @@ mod tests {
         let msghdr_size = named_struct(&btf, "msghdr").unwrap().size() as u32;
         assert!(l.msg_iter + iter_size <= msghdr_size, "{l:?}");
         assert_ne!(l.iter_iovec, l.iter_ubuf);
+    }
+
+    /// The offsets are proven by the HTTP suite (short-lived curls keep
+    /// their `OTEL_SERVICE_NAME` through their exec records); here: every
+    /// member is found, inside its struct, and in the kernel's order.
+    #[test]
+    fn this_kernels_proc_layout_resolves_inside_its_structs() {
+        let btf = Btf::from_file(VMLINUX_BTF).expect("kernel BTF");
+        let l = proc_layout(&btf).expect("proc layout");
+        assert_eq!(l.valid, 1);
+        let size = |s| named_struct(&btf, s).unwrap().size() as u32;
+        assert!(l.task_mm + 8 <= size("task_struct"), "{l:?}");
+        assert!(l.mm_env_end + 8 <= size("mm_struct"), "{l:?}");
+        assert!(
+            l.mm_arg_start < l.mm_arg_end && l.mm_arg_end < l.mm_env_end,
+            "{l:?}"
+        );
     }
 
     /// The offsets are proven by the TLS suite (a Node.js server's

@@ -23,7 +23,7 @@ use aya::{
     programs::{KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
-use sonde_common::{globals, map_names, stat, FdLayout, KernelLayout, SockInfo};
+use sonde_common::{globals, map_names, stat, FdLayout, KernelLayout, ProcLayout, SockInfo};
 
 use crate::caps;
 use programs::{KernelIoHook, Need, KERNEL_IO, KERNEL_IO_COVERS, TRACEPOINTS};
@@ -270,6 +270,16 @@ impl Probes {
             Ok(l) => (l, None),
             Err(why) => (FdLayout::default(), Some(why)),
         };
+        let proc_layout = btf
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(layout::proc_layout)
+            .unwrap_or_else(|why| {
+                tracing::info!(
+                    "a process that exits before its first network act is read from /proc keeps only its command name: {why}"
+                );
+                ProcLayout::default()
+            });
         drop(btf);
         if let Some(why) = &accept_tuples_off {
             tracing::info!(
@@ -299,6 +309,7 @@ impl Probes {
             .override_global(globals::WAKEUP_BYTES, &cfg.wakeup_bytes, true)
             .override_global(globals::KERNEL_LAYOUT, &layout, true)
             .override_global(globals::FD_LAYOUT, &fd_layout, true)
+            .override_global(globals::PROC_LAYOUT, &proc_layout, true)
             .map_max_entries(map_names::EVENTS, ringbuf_size(cfg.ringbuf_bytes))
             .load(EBPF_OBJECT)
             .map_err(|e| LoadError::Load(format!("{e:#}")))?;

@@ -415,8 +415,11 @@ fn nginx_and_curl() {
         ),
     );
     let paths = ["/", "/missing", "/index.html", "/missing", "/"];
-    for p in paths {
+    // Each curl lives a few milliseconds: its identity must be read from
+    // /proc before it exits, at its connect, not at the next timed drain.
+    for (i, p) in paths.iter().enumerate() {
         let out = std::process::Command::new("curl")
+            .env("OTEL_SERVICE_NAME", format!("curl-{i}"))
             .args([
                 "-s",
                 "-o",
@@ -457,11 +460,21 @@ fn nginx_and_curl() {
         assert_eq!(s.service(), "nginx");
         assert!(s.attr("user_agent.original").unwrap().starts_with("curl/"));
     }
-    let curl: Vec<_> = spans
+    let mut curl: Vec<_> = spans
         .iter()
-        .filter(|x| x.service() == "curl" && x.attr("server.port") == Some(port.to_string()))
+        .filter(|x| {
+            x.resource
+                .get("process.executable.name")
+                .map(String::as_str)
+                == Some("curl")
+                && x.attr("server.port") == Some(port.to_string())
+        })
         .collect();
     assert_eq!(curl.len(), paths.len(), "one CLIENT span per curl");
+    curl.sort_by_key(|s| s.span.start_time_unix_nano);
+    let names: Vec<&str> = curl.iter().map(|s| s.service()).collect();
+    let want: Vec<String> = (0..paths.len()).map(|i| format!("curl-{i}")).collect();
+    assert_eq!(names, want, "each curl named by its own OTEL_SERVICE_NAME");
     for s in &srv {
         let parent = curl
             .iter()
