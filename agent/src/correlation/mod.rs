@@ -409,6 +409,17 @@ impl Correlator {
             Record::Http(ex) => self.exchange(c, ex, out),
             Record::Db(call) => {
                 let (ctx, evidence) = self.call_context(&c, call.first, None);
+                tracing::debug!(
+                    pid = c.pid,
+                    conn = c.id,
+                    tid = call.first.tid,
+                    enter = call.first.enter_ns,
+                    lineage = ?call.first.lineage,
+                    parent = ?ctx.parent_span_id,
+                    ?evidence,
+                    collection = ?call.collection,
+                    "db call placed"
+                );
                 self.reply_read(&c, call.last, &ctx, evidence);
                 let peer = self.stitch.server_of(&c);
                 self.emit(
@@ -493,6 +504,14 @@ impl Correlator {
                 &self.sampler,
             )
         };
+        tracing::debug!(
+            pid = c.pid,
+            conn = c.id,
+            tid = req.first.tid,
+            since = req.first.exit_ns,
+            span = ?ctx.span_id,
+            "request read"
+        );
         // Its thread's next writes follow this read.
         self.linker
             .read_delivered(c.pid, req.last, request, ctx.span_id, false);
@@ -686,6 +705,16 @@ impl Correlator {
         let request = (!several)
             .then(|| self.linker.handed_to(c.pid, &r, h.since))
             .flatten();
+        tracing::debug!(
+            conn = c.id,
+            from = r.from,
+            to = r.to,
+            wrote = r.wrote_ns,
+            to_origin = r.to_origin,
+            request = ?request.map(|r| r.span_id),
+            several,
+            "go hand-off placed a held call"
+        );
         self.end_wait(provisional, h, request, Evidence::Goroutine, out);
     }
 
@@ -750,7 +779,17 @@ impl Correlator {
             .and_then(traceparent::parse);
         let (ctx, evidence, peer, server_read) = if c.role == Role::Server {
             let key = request_key(c.id, exchange.stream());
-            let finished = self.linker.request_finished_since(c.pid, key);
+            let finished = self
+                .linker
+                .request_answered(c.pid, key, exchange.response.last.exit_ns);
+            tracing::debug!(
+                pid = c.pid,
+                conn = c.id,
+                span = ?finished.map(|f| f.0.span_id),
+                target = %exchange.request.head.target,
+                written = exchange.response.first.enter_ns,
+                "request answered"
+            );
             if let Some((ctx, since)) = finished {
                 self.task_answered(c.pid, exchange.response.first.py_task, &ctx, since, out);
             }

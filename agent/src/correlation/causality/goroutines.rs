@@ -28,10 +28,49 @@
 //! in one run leave several hand-offs on one connection before the first
 //! reply is read (databases), so each connection keeps the last
 //! `PER_CONN`.
+//!
+//! A call's record comes with its reply, which another goroutine may read
+//! long after the write (a worker that writes jobs and answers their
+//! goroutines at once, and reads the replies on a goroutine of its own).
+//! By then the request the writing or sending goroutine served may be
+//! over. So the requests goroutines served stay known for a while after
+//! their response (`Served`, the last `SERVED_PER_GOROUTINE` per goroutine):
+//! a call written by, or handed over from, a goroutine while it served a
+//! request (between the request's read and its response) is that
+//! request's, however late its record. Go reuses a goroutine's `g` (its
+//! id here) for a new goroutine once one exits: the time window tells the
+//! two apart.
+use std::collections::VecDeque;
+
 use foldhash::HashMap;
 
-use super::{Linker, Parent, MAX_THREADS};
+use super::{is_goroutine, InFlight, Linker, Parent, MAX_THREADS};
 use crate::{event::HandOffRecord, spans::SpanCtx};
+
+/// Requests goroutines served that are over, by (pid, goroutine), oldest
+/// first.
+#[derive(Default)]
+pub(super) struct Served(HashMap<(u32, u32), VecDeque<Done>>);
+
+/// A request a goroutine served, from `since_ns` (its read) to `end_ns`
+/// (its response).
+struct Done {
+    since_ns: u64,
+    end_ns: u64,
+    ctx: SpanCtx,
+}
+
+/// Requests kept per goroutine after their response: a keep-alive
+/// connection's goroutine serves its requests one after another, and a late
+/// reply comes within a few of them.
+const SERVED_PER_GOROUTINE: usize = 4;
+
+impl Served {
+    /// Goroutines with requests kept.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
 
 /// Hand-offs whose call has not been seen yet, by connection, oldest
 /// first.
@@ -57,13 +96,59 @@ impl HandOffs {
 }
 
 impl Linker {
-    /// The request goroutine `g` of `pid` serves, read before `by_ns`.
+    /// The request goroutine `g` of `pid` serves, read before `by_ns`, or
+    /// served at `by_ns` if it is over.
     fn goroutine_request(&self, pid: u32, g: u32, by_ns: u64) -> Option<SpanCtx> {
-        let list = self.by_pid.get(&pid)?;
-        match self.on_thread(list, pid, g, by_ns, 0)? {
-            Parent::Request(ctx, _) => Some(ctx),
-            _ => None,
+        let in_flight = self
+            .by_pid
+            .get(&pid)
+            .and_then(|list| self.on_thread(list, pid, g, by_ns, 0));
+        match in_flight {
+            Some(Parent::Request(ctx, _)) => Some(ctx),
+            Some(_) => None,
+            None => self.served_at(pid, g, by_ns),
         }
+    }
+
+    /// A request of `pid` was answered at `end_ns`: if a goroutine served
+    /// it, it stays known (`Served`).
+    pub(super) fn served(&mut self, pid: u32, f: &InFlight, end_ns: u64) {
+        if !is_goroutine(f.tid) {
+            return;
+        }
+        let key = (pid, f.tid);
+        if self.served.0.len() >= MAX_THREADS && !self.served.0.contains_key(&key) {
+            self.marks_dropped += self.served.len() as u64;
+            self.served.0.clear();
+        }
+        let done = self.served.0.entry(key).or_default();
+        if done.len() >= SERVED_PER_GOROUTINE {
+            // The oldest goes: an age bound, not a loss to count.
+            done.pop_front();
+        }
+        done.push_back(Done {
+            since_ns: f.since_ns,
+            end_ns,
+            ctx: f.ctx,
+        });
+    }
+
+    /// The request goroutine `g` of `pid` was serving at `at_ns`, among
+    /// those that are over.
+    pub(super) fn served_at(&self, pid: u32, g: u32, at_ns: u64) -> Option<SpanCtx> {
+        if !is_goroutine(g) {
+            return None;
+        }
+        let mut during = self
+            .served
+            .0
+            .get(&(pid, g))?
+            .iter()
+            .filter(|d| d.since_ns <= at_ns && at_ns <= d.end_ns);
+        let d = during.next()?;
+        // One goroutine serves one request at a time: two would be a record
+        // out of place, which decides nothing.
+        during.next().is_none().then_some(d.ctx)
     }
 
     /// The request the receiver of hand-off `r` works for, for a call
@@ -94,7 +179,17 @@ impl Linker {
     /// counted), until the connection closes. One that names none is not
     /// kept: its call stays a root.
     pub fn handed_early(&mut self, conn: u64, r: HandOffRecord) {
-        let Some(request) = self.handed_to(r.pid, &r, r.wrote_ns) else {
+        let request = self.handed_to(r.pid, &r, r.wrote_ns);
+        tracing::debug!(
+            conn,
+            from = r.from,
+            to = r.to,
+            wrote = r.wrote_ns,
+            to_origin = r.to_origin,
+            request = ?request.map(|r| r.span_id),
+            "go hand-off before its call"
+        );
+        let Some(request) = request else {
             return;
         };
         if self.handoffs.0.len() >= MAX_THREADS && !self.handoffs.0.contains_key(&conn) {

@@ -180,6 +180,8 @@ pub struct Linker {
     shared_contexts: HashSet<(u32, u32)>,
     /// Go: hand-offs after a write whose call has not come yet.
     handoffs: goroutines::HandOffs,
+    /// Go: requests goroutines served that are over, for late records.
+    served: goroutines::Served,
     /// Consumers (pid, channel connection) whose way of acking was learnt
     /// since the correlator last asked (true: first), for the calls held
     /// until it was (`take_learnt`).
@@ -289,9 +291,14 @@ impl Linker {
     }
 
     /// Threads with remembered reads, new connections with an opener,
-    /// unanswered calls, and Go hand-offs waiting for their call.
+    /// unanswered calls, Go hand-offs waiting for their call, and
+    /// goroutines whose answered requests are kept.
     pub fn marked_threads(&self) -> usize {
-        self.marked + self.openers.len() + self.multiplex.len() + self.handoffs.len()
+        self.marked
+            + self.openers.len()
+            + self.multiplex.len()
+            + self.handoffs.len()
+            + self.served.len()
     }
 
     /// Entries dropped at a bound (`tick_marks` stage).
@@ -428,9 +435,12 @@ impl Linker {
         self.finish(pid, conn).map(|f| f.ctx)
     }
 
-    /// [`Linker::request_finished`], with when the request was fully read.
-    pub fn request_finished_since(&mut self, pid: u32, conn: u64) -> Option<(SpanCtx, u64)> {
-        self.finish(pid, conn).map(|f| (f.ctx, f.since_ns))
+    /// [`Linker::request_finished`], answered at `end_ns`; with when the
+    /// request was fully read.
+    pub fn request_answered(&mut self, pid: u32, conn: u64, end_ns: u64) -> Option<(SpanCtx, u64)> {
+        let f = self.finish(pid, conn)?;
+        self.served(pid, &f, end_ns);
+        Some((f.ctx, f.since_ns))
     }
 
     /// Delivery `key` was acknowledged (or rejected) by a write at `at`.
@@ -625,9 +635,10 @@ impl Linker {
         if let Some(p) = self.by_ack(pid, at) {
             return p;
         }
-        let Some(list) = self.by_pid.get(&pid) else {
-            return Parent::None;
-        };
+        // (A process with nothing in flight may still have a Go call whose
+        // request is over: `goroutines::Served`.)
+        let none = Vec::new();
+        let list = self.by_pid.get(&pid).unwrap_or(&none);
         if let Some(p) = self.by_tick(list, pid, at, conn) {
             return p;
         }
@@ -650,6 +661,11 @@ impl Linker {
                 }
                 p => p,
             };
+        }
+        // Go: written while its goroutine served a request that is over
+        // now (its record came with a late reply).
+        if let Some(ctx) = self.served_at(pid, at.tid, at.enter_ns) {
+            return Parent::Request(ctx, Evidence::Goroutine);
         }
         if let Some(p) = self.by_lineage(list, pid, at) {
             return p;

@@ -189,6 +189,10 @@ impl Linker {
                 Some(p) => return Some(p),
                 None => {}
             }
+            // A request it served then, over now (`goroutines::Served`).
+            if let Some(ctx) = self.served_at(pid, g, by_ns) {
+                return Some(Parent::Request(ctx, Evidence::Goroutine));
+            }
         }
         None
     }

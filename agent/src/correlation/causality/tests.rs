@@ -510,6 +510,59 @@ fn a_goroutine_serves_its_own_request() {
     );
 }
 
+/// A call's record comes with its reply, which a worker's reader goroutine
+/// may read after the request the call was made for is answered: the
+/// request still names it, by the time its goroutine served it. A `g`
+/// reused by a later goroutine is told apart by the time.
+#[test]
+fn a_late_record_finds_the_request_its_goroutine_served_then() {
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, G1, 5);
+    let b = started(&mut l, 1, 11, G2, 6);
+    assert_eq!(l.request_answered(1, 10, 20).map(|r| r.0), Some(a));
+    // G1 handed a job to the worker at 8, while it served `a`; the job's
+    // record comes now, after `a` was answered.
+    let handed = |ns| Lineage {
+        waker: G1,
+        waker_origin_ns: ns,
+        ..Default::default()
+    };
+    assert_eq!(
+        l.parent_of(1, go_write(8, handed(8)), 0),
+        Parent::Request(a, Evidence::Goroutine)
+    );
+    // Written by G1 itself while it served `a`.
+    assert_eq!(
+        l.parent_of(1, at(G1, 9), 0),
+        Parent::Request(a, Evidence::Goroutine)
+    );
+    // A write after `a` was answered is none of its (`b`, the only
+    // request in flight, by that rule).
+    assert_eq!(
+        l.parent_of(1, at(G1, 21), 0),
+        Parent::Request(b, Evidence::OnlyInFlight)
+    );
+    // G1's `g` serves a new request `c` from 30 (a new goroutine, or the
+    // connection's next request); `b` is over too.
+    let c = started(&mut l, 1, 12, G1, 30);
+    l.request_answered(1, 11, 25);
+    l.request_answered(1, 12, 40);
+    assert_eq!(
+        l.parent_of(1, go_write(35, handed(35)), 0),
+        Parent::Request(c, Evidence::Goroutine)
+    );
+    assert_eq!(
+        l.parent_of(1, at(G2, 24), 0),
+        Parent::Request(b, Evidence::Goroutine),
+        "with nothing in flight in the process"
+    );
+    assert_eq!(
+        l.parent_of(1, at(G1, 26), 0),
+        Parent::None,
+        "between two requests"
+    );
+}
+
 #[test]
 fn a_channel_hand_off_names_the_sender_before_any_starter() {
     let mut l = Linker::default();
