@@ -132,10 +132,15 @@ pub enum Ambiguity {
     UnknownTask,
     /// A delivery of one of several identical messages in flight.
     IdenticalMessages,
+    /// Go: written by a goroutine that serves no request, was handed none,
+    /// and made no hand-off after the write. The runtime shows every way a
+    /// request reaches a goroutine, so "the only request in flight" is no
+    /// evidence here: a worker's next job may be another request's.
+    Goroutine,
 }
 
 impl Ambiguity {
-    pub const ALL: [Ambiguity; 7] = [
+    pub const ALL: [Ambiguity; 8] = [
         Ambiguity::Several,
         Ambiguity::PoolHandOff,
         Ambiguity::Streams,
@@ -143,6 +148,7 @@ impl Ambiguity {
         Ambiguity::HandOff,
         Ambiguity::UnknownTask,
         Ambiguity::IdenticalMessages,
+        Ambiguity::Goroutine,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -154,6 +160,7 @@ impl Ambiguity {
             Ambiguity::HandOff => "hand_off",
             Ambiguity::UnknownTask => "unknown_task",
             Ambiguity::IdenticalMessages => "identical_messages",
+            Ambiguity::Goroutine => "goroutine_without_evidence",
         }
     }
 }

@@ -671,6 +671,15 @@ impl Linker {
             return p;
         }
         let begun = || list.iter().filter(|f| f.since_ns <= at.enter_ns);
+        // Go: the rules above saw every way a request reaches a goroutine;
+        // none did. Its writer's next hand-off may still name the request
+        // (`goroutines.rs`): the caller waits for it.
+        if is_goroutine(at.tid) {
+            return match begun().next() {
+                Some(_) => Parent::Ambiguous(Ambiguity::Goroutine),
+                None => Parent::None,
+            };
+        }
         let mut all = begun();
         // A consumer of the process may be working on a delivery not seen.
         let blind = self.blind.iter().any(|&(p, _)| p == pid);

@@ -536,11 +536,11 @@ fn a_late_record_finds_the_request_its_goroutine_served_then() {
         l.parent_of(1, at(G1, 9), 0),
         Parent::Request(a, Evidence::Goroutine)
     );
-    // A write after `a` was answered is none of its (`b`, the only
-    // request in flight, by that rule).
+    // A write after `a` was answered is none of its, nor `b`'s, the only
+    // request in flight: no goroutine rule names it.
     assert_eq!(
         l.parent_of(1, at(G1, 21), 0),
-        Parent::Request(b, Evidence::OnlyInFlight)
+        Parent::Ambiguous(Ambiguity::Goroutine)
     );
     // G1's `g` serves a new request `c` from 30 (a new goroutine, or the
     // connection's next request); `b` is over too.
