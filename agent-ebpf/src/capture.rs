@@ -478,18 +478,18 @@ fn copy_buf(base: *mut u8, done: *mut u32, src: u64, want: u64) -> bool {
         return false;
     }
     let n = verifier_bound(n, 2 * MAX_CAPTURE);
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            base.add(DATA_EVENT_SIZE) as *mut _,
-            n as u32,
-            src as *const _,
-        )
-    };
-    if rc < 0 {
+    if !read_user(unsafe { base.add(DATA_EVENT_SIZE) }, n, src) {
         return true;
     }
     unsafe { core::ptr::write_volatile(done, n as u32) };
     false
+}
+
+/// Copies `n` bytes of the task's memory at `src` to `dst`; false if the
+/// read faulted.
+#[inline(always)]
+pub fn read_user(dst: *mut u8, n: usize, src: u64) -> bool {
+    unsafe { generated::bpf_probe_read_user(dst as *mut _, n as u32, src as *const _) >= 0 }
 }
 
 /// `v`, known to be below `pow2` at runtime, masked so that the verifier
@@ -500,7 +500,7 @@ fn copy_buf(base: *mut u8, done: *mut u32, src: u64, want: u64) -> bool {
 /// the value passed. `black_box` keeps LLVM, which can prove the mask
 /// changes nothing, from deleting it.
 #[inline(always)]
-fn verifier_bound(v: usize, pow2: usize) -> usize {
+pub fn verifier_bound(v: usize, pow2: usize) -> usize {
     core::hint::black_box(v) & (pow2 - 1)
 }
 
@@ -564,14 +564,7 @@ fn copy_iov<const N: usize>(
         // bounds the destination (see `verifier_bound`).
         let n = verifier_bound(n, 2 * MAX_CAPTURE);
         let o = verifier_bound(off, MAX_CAPTURE);
-        let rc = unsafe {
-            generated::bpf_probe_read_user(
-                base.add(DATA_EVENT_SIZE + o) as *mut _,
-                n as u32,
-                v.base as *const _,
-            )
-        };
-        if rc < 0 {
+        if !read_user(unsafe { base.add(DATA_EVENT_SIZE + o) }, n, v.base) {
             return true;
         }
         unsafe { core::ptr::write_volatile(done, (o + n) as u32) };

@@ -8,7 +8,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
     },
     macros::{map, tracepoint},
     maps::PerCpuArray,
@@ -20,7 +20,11 @@ use sonde_common::{
     MAX_EXEC_BLOCK,
 };
 
-use crate::{capture::output, filter::should_trace, maps::NEW_PROCS};
+use crate::{
+    capture::{output, read_user, verifier_bound},
+    filter::should_trace,
+    maps::NEW_PROCS,
+};
 
 #[unsafe(no_mangle)]
 static SONDE_PROC_LAYOUT: ProcLayout = ProcLayout {
@@ -130,7 +134,7 @@ fn exec_identity(ctx: &TracePointContext, id: u64) {
         }
     }
     let n = copy_strings(base, proc_layout());
-    let len = EXEC_EVENT_SIZE + (core::hint::black_box(n) & (MAX_EXEC_BLOCK - 1));
+    let len = EXEC_EVENT_SIZE + verifier_bound(n, MAX_EXEC_BLOCK);
     output(unsafe { core::slice::from_raw_parts(base as *const u8, len) });
 }
 
@@ -161,19 +165,8 @@ fn copy_strings(base: *mut u8, l: ProcLayout) -> usize {
     if n > MAX_EXEC_BLOCK - 1 {
         n = MAX_EXEC_BLOCK - 1;
     }
-    // A mask the verifier sees (`capture::verifier_bound`'s reasons).
-    let n = core::hint::black_box(n) & (MAX_EXEC_BLOCK - 1);
-    if n == 0 {
-        return 0;
-    }
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            base.add(EXEC_EVENT_SIZE) as *mut _,
-            n as u32,
-            start as *const _,
-        )
-    };
-    if rc < 0 {
+    let n = verifier_bound(n, MAX_EXEC_BLOCK);
+    if n == 0 || !read_user(unsafe { base.add(EXEC_EVENT_SIZE) }, n, start) {
         return 0;
     }
     let ev = base as *mut ExecEvent;
