@@ -668,7 +668,9 @@ fn go_trees(spans: &[ReceivedSpan], service: &str, base: usize, sites: Sites) {
                 // The goroutine probes must be what links them. When they
                 // have nothing (a `writeLoop` that took the request from the
                 // channel's buffer, without a wakeup: ARCHITECTURE.md, "Per
-                // runtime class"), the only request in flight may still be.
+                // runtime class"), the call waits for its writer's hand-off;
+                // the only request in flight is never taken for a Go call
+                // (a worker's next job may be another request's).
                 match c.attr("sonde.link.evidence").as_deref() {
                     Some("goroutine") => by_goroutine += 1,
                     Some("only_in_flight") => fallback.push(format!("/r/{id} {what}")),
@@ -708,8 +710,8 @@ fn go_trees(spans: &[ReceivedSpan], service: &str, base: usize, sites: Sites) {
         wrong.len()
     );
     assert!(
-        fallback.len() * 50 <= by_goroutine,
-        "{service}: {by_goroutine} calls linked by goroutine, {} not: {fallback:?}",
+        fallback.is_empty(),
+        "{service}: {by_goroutine} calls linked by goroutine, {} by the only request in flight: {fallback:?}",
         fallback.len()
     );
     assert!(
