@@ -72,9 +72,7 @@ impl ProcessInfo {
             otel_resource_attributes,
         }
     }
-}
 
-impl ProcessInfo {
     /// Whether /proc had no image for it: the process had exited, or was
     /// exiting (a zombie keeps its stat, comm and cgroup, but neither its
     /// executable nor its environment).
