@@ -30,7 +30,7 @@ use sonde_common::{
 };
 
 use crate::{
-    capture::{output, output_with},
+    capture::output_with,
     ctx::{arg, field, ret},
     filter::should_trace,
     maps::{
@@ -164,10 +164,16 @@ pub(crate) fn conn_event(k: u8, tgid: u32, tid: u32, fd: i32) -> ConnEvent {
 
 #[inline(always)]
 pub(crate) fn send(ev: &ConnEvent) {
+    send_with(ev, false)
+}
+
+/// `urgent`: wake the reader now (`capture::output_with`).
+#[inline(always)]
+fn send_with(ev: &ConnEvent, urgent: bool) {
     let bytes = unsafe {
         core::slice::from_raw_parts(ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE)
     };
-    output(bytes);
+    output_with(bytes, urgent);
 }
 
 /// Sends a process's connect, accept or listen record, waking the reader
@@ -175,11 +181,8 @@ pub(crate) fn send(ev: &ConnEvent) {
 /// `urgent`.
 #[inline(always)]
 fn send_network_act(ev: &ConnEvent, urgent: bool) {
-    let bytes = unsafe {
-        core::slice::from_raw_parts(ev as *const ConnEvent as *const u8, CONN_EVENT_SIZE)
-    };
     let first = first_network_act(ev.hdr.tgid);
-    output_with(bytes, urgent || first);
+    send_with(ev, urgent || first);
 }
 
 /// Reads the family, port and address of a user `struct sockaddr_in{,6}`.

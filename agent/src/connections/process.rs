@@ -43,12 +43,7 @@ impl ProcessInfo {
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
         let cmdline = std::fs::read(format!("{dir}/cmdline"))
-            .map(|b| {
-                b.split(|&c| c == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect()
-            })
+            .map(|b| nul_separated(&b))
             .unwrap_or_default();
         let container_id = std::fs::read_to_string(format!("{dir}/cgroup"))
             .ok()
@@ -114,16 +109,21 @@ impl ProcessInfo {
             exe_name: std::path::Path::new(&e.filename)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned()),
-            cmdline: args
-                .split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect(),
+            cmdline: nul_separated(args),
             otel_service_name,
             otel_resource_attributes,
             ..ProcessInfo::default()
         }
     }
+}
+
+/// The strings of a NUL-separated block (a command line), empty ones
+/// skipped.
+fn nul_separated(b: &[u8]) -> Vec<String> {
+    b.split(|&c| c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }
 
 /// Bytes of an exec's command line kept for a process not yet looked up.

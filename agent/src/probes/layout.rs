@@ -41,9 +41,7 @@ pub fn resolve(btf: &Btf, tracefs_root: &Path) -> Result<KernelLayout, String> {
 /// kernel's BTF. The error names what is missing; accepts without a
 /// sockaddr are then resolved through `/proc`.
 pub fn fd_layout(btf: &Btf) -> Result<FdLayout, String> {
-    let member = |s: &str, field: &str| {
-        offset(btf, &named_struct(btf, s)?, field).map_err(|e| format!("struct {s}: {e}"))
-    };
+    let member = |s: &str, field: &str| member(btf, s, field);
     Ok(FdLayout {
         task_files: member("task_struct", "files")?,
         files_fdt: member("files_struct", "fdt")?,
@@ -61,9 +59,7 @@ pub fn fd_layout(btf: &Btf) -> Result<FdLayout, String> {
 /// missing; processes that exit before their /proc entry is read then lose
 /// their environment's service name.
 pub fn proc_layout(btf: &Btf) -> Result<ProcLayout, String> {
-    let member = |s: &str, field: &str| {
-        offset(btf, &named_struct(btf, s)?, field).map_err(|e| format!("struct {s}: {e}"))
-    };
+    let member = |s: &str, field: &str| member(btf, s, field);
     Ok(ProcLayout {
         task_mm: member("task_struct", "mm")?,
         mm_arg_start: member("mm_struct", "arg_start")?,
@@ -121,6 +117,11 @@ fn named_struct(btf: &Btf, name: &str) -> Result<Struct, String> {
 
 /// Byte offset of `field` in `s`, looking inside anonymous structs and
 /// unions as C does.
+/// The byte offset of `field` in struct `s`; the error names both.
+fn member(btf: &Btf, s: &str, field: &str) -> Result<u32, String> {
+    offset(btf, &named_struct(btf, s)?, field).map_err(|e| format!("struct {s}: {e}"))
+}
+
 fn offset(btf: &Btf, s: &Struct, field: &str) -> Result<u32, String> {
     find(btf, s, field, 0)
         .map(|bits| bits / 8)
