@@ -62,7 +62,11 @@ fn main() {
             Ok(())
         }),
         Trial::test("java_thread_pool_eight_in_flight", || {
-            java_pool();
+            java_pool(None);
+            Ok(())
+        }),
+        Trial::test("java_thread_pool_fixed_client_executor", || {
+            java_pool(Some("fixed"));
             Ok(())
         }),
         Trial::test("prefork_pool_eight_in_flight", || {
@@ -748,9 +752,10 @@ fn go_trees(spans: &[ReceivedSpan], service: &str, base: usize, sites: Sites) {
 /// a chain of hand-offs (worker -> client executor -> selector). 40
 /// requests, 8 in flight. The queries nest under their request (the worker
 /// that read it makes them); the HttpClient's requests have no evidence
-/// sonde can trust (a wakeup chain through shared queues) and must stay
-/// roots: never under another request.
-fn java_pool() {
+/// sonde can trust (ARCHITECTURE.md, "Wakeups") and must stay roots: never
+/// under another request. `executor` `fixed`: the client's work runs on 2
+/// threads sharing a queue, each writing several requests in a run.
+fn java_pool(executor: Option<&str>) {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
     let dir = std::env::temp_dir().join(format!("sonde-java-{}", std::process::id()));
@@ -776,6 +781,7 @@ fn java_pool() {
             down.to_string(),
             db_ports["postgres"].to_string(),
         ])
+        .args(executor)
         .env("OTEL_SERVICE_NAME", "java-pool");
     let _srv = ready(cmd);
     load(port, 0..N, IN_FLIGHT);
@@ -791,11 +797,15 @@ fn java_pool() {
         service: "java-pool",
     };
     let (mut queries, mut calls_linked, mut wrong) = (0, 0, vec![]);
+    let mut by_evidence = std::collections::BTreeMap::<String, usize>::new();
     for id in 0..N {
         let path = format!("/r/{id}");
         let srv = found.server(&path);
         let q = found.query(&format!("AS r{id}"));
         let c = found.call(&format!("/down/{id}/1"));
+        *by_evidence
+            .entry(c.attr("sonde.link.evidence").unwrap_or_default())
+            .or_default() += 1;
         for (what, span) in [("query", q), ("call", c)] {
             if span.span.parent_span_id == srv.span.span_id {
                 assert_eq!(span.span.trace_id, srv.span.trace_id);
@@ -809,7 +819,8 @@ fn java_pool() {
         }
     }
     eprintln!(
-        "java thread pool, {N} requests, {IN_FLIGHT} in flight: {queries} of {N} queries and {calls_linked} of {N} HttpClient calls under their request, {} wrong parents",
+        "java thread pool (client executor {}), {N} requests, {IN_FLIGHT} in flight: {queries} of {N} queries and {calls_linked} of {N} HttpClient calls under their request, {} wrong parents; calls by evidence {by_evidence:?}",
+        executor.unwrap_or("default"),
         wrong.len()
     );
     assert!(wrong.is_empty(), "calls under another request: {wrong:?}");
