@@ -323,10 +323,20 @@ impl Linker {
         if tick == 0 {
             return;
         }
-        let mark = self.marks.get_mut(&pid).and_then(|t| t.get_mut(&tid));
-        let Some(m) = mark.and_then(|q| q.iter_mut().rev().find(|m| m.tick == tick)) else {
+        let Some(q) = self.marks.get_mut(&pid).and_then(|t| t.get_mut(&tid)) else {
             return;
         };
+        let mut in_tick = q.iter_mut().rev().filter(|m| m.tick == tick);
+        let Some(m) = in_tick.next() else {
+            return;
+        };
+        // One read delivered several requests (a batch of deliveries, run
+        // by an event loop one callback after the other in this tick): any
+        // of them may have opened it.
+        if in_tick.any(|o| o.request != m.request) {
+            tracing::debug!(pid, tid, tick, conn, "connection opened: several requests");
+            return;
+        }
         m.connected = true;
         let request = m.request;
         if self.openers.len() >= MAX_THREADS {

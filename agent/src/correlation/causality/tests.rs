@@ -387,6 +387,25 @@ fn a_new_connections_first_call_is_its_openers() {
     assert_eq!(l.marked_threads(), 1, "forgotten at close");
 }
 
+/// One read brought a batch of deliveries; an event-loop consumer runs a
+/// callback for each in that tick, and the first opens a pooled
+/// connection: any of them may have, so its first call names none. (Taking
+/// the tick's last delivery put an amqplib consumer's first query under
+/// another message.)
+#[test]
+fn a_connection_opened_in_a_tick_that_read_several_requests_names_none() {
+    let mut l = Linker::default();
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
+    l.delivery_read(1, in_tick(100, 5, 4), 10, 3, first.span_id);
+    l.delivery_read(1, in_tick(100, 5, 4), 11, 3, second.span_id);
+    l.connection_opened(1, 50, (100, 4));
+    assert_eq!(l.openers.len(), 0);
+    let p = l.parent_of(1, in_tick(100, 9, 7), 50);
+    assert!(!matches!(p, Parent::Request(_, Evidence::Opener)), "{p:?}");
+}
+
 #[test]
 fn a_reply_read_for_a_request_another_thread_serves_is_no_evidence() {
     let mut l = Linker::default();
