@@ -203,7 +203,9 @@ pub struct DataEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lineage {
-    /// The goroutine whose `go` statement started the caller.
+    /// The goroutine whose `go` statement started the caller. Python: the
+    /// context the caller's context was copied from (the task that created
+    /// its task), see `python.rs` in agent-ebpf.
     pub origin: u32,
     /// A write: the goroutine that sent the caller a value on a channel it
     /// was waiting on, just before the run in which it wrote.
@@ -212,10 +214,25 @@ pub struct Lineage {
     pub waker_origin: u32,
     pub _pad: u32,
     /// When `origin` started the caller (CLOCK_MONOTONIC ns): only work it
-    /// had begun by then can have been handed over by that `go`.
+    /// had begun by then can have been handed over by that `go`. Python:
+    /// when the caller's context was created.
     pub origin_ns: u64,
-    /// When `waker_origin` started the waker.
+    /// When `waker_origin` started the waker. Python: when `origin`'s own
+    /// context was created (0: unknown); a context's address is reused
+    /// once it is freed, and this tells its lives apart.
     pub waker_origin_ns: u64,
+}
+
+impl Lineage {
+    /// Nothing known.
+    pub const NONE: Lineage = Lineage {
+        origin: 0,
+        waker: 0,
+        waker_origin: 0,
+        _pad: 0,
+        origin_ns: 0,
+        waker_origin_ns: 0,
+    };
 }
 
 /// A goroutine's creator and when it made it.

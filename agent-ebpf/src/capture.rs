@@ -102,6 +102,14 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     call.no_goroutine = (goroutine == 0) as u8;
     if runtime == Some(0) {
         call.py_task = crate::python::task(id);
+        if call.py_task != 0 {
+            if let Some(o) = crate::python::origin(tgid, call.py_task) {
+                call.py_origin = o;
+                // When the creator itself was created: a context's address
+                // is reused, and this tells its lives apart.
+                call.py_origin_born = crate::python::origin(tgid, o.creator).map_or(0, |c| c.at_ns);
+            }
+        }
     }
     // A pipe's write is reported at entry, before its bytes are in the
     // pipe: its reader may return them (and its record be written) before
@@ -309,7 +317,13 @@ pub fn emit(
     // a batch, whose loop would carry this check's two outcomes into every
     // message's verification (three times the verifier's work).
     let (task, lineage) = if call.no_goroutine != 0 && !batch {
-        (0, sonde_common::Lineage::default())
+        let l = sonde_common::Lineage {
+            origin: call.py_origin.creator,
+            origin_ns: call.py_origin.at_ns,
+            waker_origin_ns: call.py_origin_born,
+            ..sonde_common::Lineage::NONE
+        };
+        (0, l)
     } else {
         crate::goroutine::current(id, egress)
     };

@@ -119,7 +119,18 @@ pub struct ActiveCall {
     /// The socket as it was at entry, so that the exit needs no second
     /// lookup of `SOCKS`.
     pub sock: SockInfo,
+    /// Python: where `py_task`'s context was copied from (`python.rs`);
+    /// zeros elsewhere or unknown.
+    pub py_origin: sonde_common::GoOrigin,
+    /// Python: when that creator's context was itself created (0: unknown).
+    pub py_origin_born: u64,
 }
+
+const NO_ORIGIN: sonde_common::GoOrigin = sonde_common::GoOrigin {
+    creator: 0,
+    _pad: 0,
+    at_ns: 0,
+};
 
 impl ActiveCall {
     /// No call in progress.
@@ -139,6 +150,8 @@ impl ActiveCall {
             flags: 0,
             _pad: [0; 6],
         },
+        py_origin: NO_ORIGIN,
+        py_origin_born: 0,
     };
 
     /// A call entered now, with nothing known of its socket or goroutine.
@@ -160,6 +173,8 @@ impl ActiveCall {
                 flags: 0,
                 _pad: [0; 6],
             },
+            py_origin: NO_ORIGIN,
+            py_origin_born: 0,
         }
     }
 }

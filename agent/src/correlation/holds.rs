@@ -32,7 +32,9 @@ pub enum HeldFor {
     /// Python: a client call no rule placed, made by asyncio task `task`
     /// of process `pid`: the request whose response that task writes next,
     /// if it was read before the call (`causality/python.rs`).
-    Task { pid: u32, task: u32 },
+    /// `born`: when the task's context was created (0: unknown); a
+    /// context's address is reused, and this tells its lives apart.
+    Task { pid: u32, task: u32, born: u64 },
     /// A consumer's call after its thread acknowledged a delivery, before
     /// anything says whether consumer (`pid`, channel connection `source`)
     /// acks first: the acknowledged delivery's if it does
@@ -350,7 +352,15 @@ mod tests {
         // what shutdown lets go.
         h.start(
             id(9),
-            held(9, 0, HeldFor::Task { pid: 1, task: 2 }),
+            held(
+                9,
+                0,
+                HeldFor::Task {
+                    pid: 1,
+                    task: 2,
+                    born: 0,
+                },
+            ),
             0,
             &mut out,
         );

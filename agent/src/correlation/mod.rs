@@ -753,7 +753,7 @@ impl Correlator {
     fn task_answered(
         &mut self,
         pid: u32,
-        task: u32,
+        (task, born): (u32, u64),
         ctx: &SpanCtx,
         since: u64,
         out: &mut Vec<Linked>,
@@ -761,17 +761,37 @@ impl Correlator {
         if task == 0 {
             return;
         }
-        let key = HeldFor::Task { pid, task };
+        let key = HeldFor::Task { pid, task, born };
         while let Some((provisional, h)) = self.holds.take_for(&key) {
             tracing::debug!(
                 pid,
                 task,
+                born,
                 call_since = h.since,
                 request_since = since,
                 "task answered"
             );
             let request = (h.since >= since).then_some(*ctx);
             self.end_wait(provisional, h, request, Evidence::Task, out);
+        }
+        // Its child tasks' calls, for a request read before each was created.
+        for (child, child_born) in self.linker.children_since(pid, task, born, since) {
+            let key = HeldFor::Task {
+                pid,
+                task: child,
+                born: child_born,
+            };
+            while let Some((provisional, h)) = self.holds.take_for(&key) {
+                tracing::debug!(
+                    pid,
+                    task,
+                    child,
+                    call_since = h.since,
+                    "task answered for its child"
+                );
+                let request = (h.since >= since).then_some(*ctx);
+                self.end_wait(provisional, h, request, Evidence::Task, out);
+            }
         }
     }
 
@@ -798,7 +818,9 @@ impl Correlator {
                 "request answered"
             );
             if let Some((ctx, since)) = finished {
-                self.task_answered(c.pid, exchange.response.first.py_task, &ctx, since, out);
+                let first = exchange.response.first;
+                let task = (first.py_task, first.lineage.origin_ns);
+                self.task_answered(c.pid, task, &ctx, since, out);
             }
             let ctx = match (finished.map(|f| f.0), tp) {
                 (Some(ctx), _) => ctx,
@@ -877,7 +899,12 @@ impl Correlator {
                         let wait = self.linker.task_context(c.pid, first.py_task);
                         tracing::debug!(
                             pid = c.pid,
+                            tid = first.tid,
+                            write_ns = first.enter_ns,
                             py_task = first.py_task,
+                            origin = first.lineage.origin,
+                            born = first.lineage.origin_ns,
+                            origin_born = first.lineage.waker_origin_ns,
                             wait,
                             ?why,
                             "call placed by no rule"
@@ -892,10 +919,22 @@ impl Correlator {
                             Some((source, _)) => Some(HeldFor::AckMode { pid: c.pid, source }),
                             // Its task's next response may name its request:
                             // its trace waits for it (`causality/python.rs`).
-                            None if wait => Some(HeldFor::Task {
-                                pid: c.pid,
-                                task: first.py_task,
-                            }),
+                            None if wait => {
+                                // Or its creator's (a child task).
+                                if first.lineage.origin != 0 {
+                                    let l = first.lineage;
+                                    self.linker.child_task(
+                                        c.pid,
+                                        first.py_task,
+                                        (l.origin, l.origin_ns, l.waker_origin_ns),
+                                    );
+                                }
+                                Some(HeldFor::Task {
+                                    pid: c.pid,
+                                    task: first.py_task,
+                                    born: first.lineage.origin_ns,
+                                })
+                            }
                             // Go: its writer's next hand-off may name it.
                             None if goroutine => Some(HeldFor::Handed {
                                 conn: c.id,

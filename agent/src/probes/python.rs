@@ -140,6 +140,22 @@ impl Finder {
         Ok((minor, threads))
     }
 
+    /// The interpreter file process `pid` runs (the executable, or the
+    /// `libpython` it links), as a path that reaches it from here, and its
+    /// device and inode.
+    pub fn interpreter_file(&mut self, pid: u32) -> Option<(std::path::PathBuf, (u64, u64))> {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        interpreter_mappings(&maps)
+            .into_iter()
+            .find_map(|(_, path)| {
+                self.symbols(pid, &path)?;
+                let file = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
+                let meta = std::fs::metadata(&file).ok()?;
+                use std::os::unix::fs::MetadataExt;
+                Some((file, (meta.dev(), meta.ino())))
+            })
+    }
+
     fn symbols(&mut self, pid: u32, path: &str) -> Option<Symbols> {
         let file = format!("/proc/{pid}/root{path}");
         let meta = std::fs::metadata(&file).ok()?;

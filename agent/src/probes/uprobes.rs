@@ -138,6 +138,9 @@ pub struct Inspector {
     finder: python::Finder,
     /// Followed Python processes -> the threads entered so far.
     python_threads: HashMap<u32, std::collections::HashSet<u32>>,
+    /// Interpreter files (device, inode) whose context copies are probed,
+    /// with the links (kept: dropped, they would detach).
+    python_files: HashMap<(u64, u64), Option<LinkSet>>,
     exes: tls::Seen,
     shared: tls::Seen,
     rescanned: HashMap<u32, Instant>,
@@ -163,6 +166,7 @@ impl Inspector {
             libraries,
             finder: python::Finder::default(),
             python_threads: HashMap::new(),
+            python_files: HashMap::new(),
             exes: Default::default(),
             shared: Default::default(),
             rescanned: HashMap::new(),
@@ -262,6 +266,7 @@ impl Inspector {
         };
         if fresh {
             self.python_threads.remove(&pid);
+            self.python_copies(pid, probes);
         }
         if self.python_threads.len() >= MAX_PYTHON && !self.python_threads.contains_key(&pid) {
             return;
@@ -280,6 +285,40 @@ impl Inspector {
             Ok(entered) => known.extend(entered),
             Err(e) => tracing::warn!(pid, "Python threads not entered: {e}"),
         }
+    }
+
+    /// Probes the context copies of Python process `pid`'s interpreter
+    /// file, once per file: a child task's calls then name the task that
+    /// created it (`agent-ebpf/src/python.rs`). Without them (a build that
+    /// does not export `PyContext_CopyCurrent`), those calls stay roots.
+    fn python_copies(&mut self, pid: u32, probes: &Arc<Mutex<Probes>>) {
+        let Some((file, key)) = self.finder.interpreter_file(pid) else {
+            return;
+        };
+        if self.python_files.contains_key(&key) {
+            return;
+        }
+        if self.python_files.len() >= MAX_LIBRARIES {
+            return;
+        }
+        let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut links = LinkSet::default();
+        let at = || UProbeAttachLocation::Symbol("PyContext_CopyCurrent");
+        let attached = links
+            .attach(&mut p, "py_copy_context", at(), &file)
+            .and_then(|()| links.attach(&mut p, "py_copy_context_ret", at(), &file));
+        let links = match attached {
+            Ok(()) => {
+                tracing::info!(pid, file = %file.display(), "Python context copies probed");
+                Some(links)
+            }
+            Err(e) => {
+                tracing::warn!(pid, file = %file.display(), "Python context copies not probed (child tasks' calls stay roots): {e}");
+                links.undo(&mut p);
+                None
+            }
+        };
+        self.python_files.insert(key, links);
     }
 
     /// Walks the followed Python processes again for new threads; forgets

@@ -37,8 +37,12 @@ fn main() {
             event_loop();
             Ok(())
         }),
+        Trial::test("asyncio_gather_eight_in_flight", || {
+            asyncio_eight_in_flight(true);
+            Ok(())
+        }),
         Trial::test("asyncio_eight_in_flight", || {
-            asyncio_eight_in_flight();
+            asyncio_eight_in_flight(false);
             Ok(())
         }),
         Trial::test("node_event_loop_eight_in_flight", || {
@@ -194,7 +198,7 @@ fn answer(mut s: TcpStream) {
 
 /// The agent, a downstream service, and `async_server.py` (named
 /// `service`) calling it; the guards, then the server's port.
-fn async_server(service: &str) -> ((Agent, Proc, Proc), u16) {
+fn async_server(service: &str, fanout: &str) -> ((Agent, Proc, Proc), u16) {
     let a = agent(&[]);
     let down = free_port();
     let down_proc = python_server(down, "downstream");
@@ -202,7 +206,8 @@ fn async_server(service: &str) -> ((Agent, Proc, Proc), u16) {
     let mut cmd = Command::new("python3");
     cmd.arg(fixture("linking/async_server.py"))
         .args([port.to_string(), down.to_string()])
-        .env("OTEL_SERVICE_NAME", service);
+        .env("OTEL_SERVICE_NAME", service)
+        .env("FANOUT", fanout);
     let srv = ready(cmd);
     python_followed(&a, 2);
     ((a, srv, down_proc), port)
@@ -222,7 +227,7 @@ fn python_followed(a: &Agent, n: usize) {
 }
 
 fn event_loop() {
-    let ((a, _srv, _down), port) = async_server("loop");
+    let ((a, _srv, _down), port) = async_server("loop", "");
 
     let before = http_get(&a.metrics, "/metrics").unwrap();
     answer(send(port, "/solo"));
@@ -324,16 +329,23 @@ fn two_calls_each_exported(s: &[ReceivedSpan], service: &str, n: usize) -> bool 
 /// (`async_server.py` /r/<id>: two sequential calls, each on a new
 /// connection): a task's continuation runs in the loop's next iteration,
 /// after a poll, so no tick links a call to its request. Whatever is linked must be under the right request; the rest
-/// stays roots (ARCHITECTURE.md, "Per runtime class").
-fn asyncio_eight_in_flight() {
+/// stays roots (ARCHITECTURE.md, "Per runtime class"). `gather`: the two
+/// calls are made at once, each in a task `asyncio.gather` creates, which
+/// never answers a request: they wait for their creator's answer.
+fn asyncio_eight_in_flight(gather: bool) {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
-    let ((a, _srv, _down), port) = async_server("asyncio-loop");
+    let service = if gather {
+        "asyncio-gather"
+    } else {
+        "asyncio-loop"
+    };
+    let ((a, _srv, _down), port) = async_server(service, if gather { "gather" } else { "" });
     load(port, 0..N, IN_FLIGHT);
-    let spans = wait_spans(&a.store, |s| two_calls_each_exported(s, "asyncio-loop", N));
+    let spans = wait_spans(&a.store, |s| two_calls_each_exported(s, service, N));
     let found = Found {
         spans: &spans,
-        service: "asyncio-loop",
+        service,
     };
     let (mut linked, mut wrong, mut roots) = (0, vec![], vec![]);
     let mut by_evidence = std::collections::BTreeMap::<String, usize>::new();
@@ -358,7 +370,7 @@ fn asyncio_eight_in_flight() {
         }
     }
     eprintln!(
-        "asyncio, {N} requests, {IN_FLIGHT} in flight: {linked} of {} calls under their request, {} wrong parents; by evidence {by_evidence:?}; roots {roots:?} ({})",
+        "{service}, {N} requests, {IN_FLIGHT} in flight: {linked} of {} calls under their request, {} wrong parents; by evidence {by_evidence:?}; roots {roots:?} ({})",
         2 * N,
         wrong.len(),
         ambiguity(&a)

@@ -178,6 +178,9 @@ pub struct Linker {
     /// Python contexts (pid, task) seen reading requests of two connections
     /// at once (`python.rs`).
     shared_contexts: HashSet<(u32, u32)>,
+    /// Python: tasks (pid, creator) -> the child tasks they created whose
+    /// calls wait, and when each was created (`python.rs`).
+    py_children: HashMap<(u32, u32), Vec<python::Child>>,
     /// Go: hand-offs after a write whose call has not come yet.
     handoffs: goroutines::HandOffs,
     /// Go: requests goroutines served that are over, for late records.
@@ -295,6 +298,7 @@ impl Linker {
     /// goroutines whose answered requests are kept.
     pub fn marked_threads(&self) -> usize {
         self.marked
+            + self.py_children.len()
             + self.openers.len()
             + self.multiplex.len()
             + self.handoffs.len()

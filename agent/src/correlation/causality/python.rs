@@ -28,7 +28,24 @@
 //! - A task that works on two requests at once (a batch) and answers them
 //!   in another order than it called would mislead; asyncio handlers serve
 //!   one request per task.
+//!
+//! A task the handler starts (`asyncio.gather`'s, `create_task`'s, a client
+//! library's own, as Tornado's HTTP client runs each fetch) never writes a
+//! response itself. Its context is a copy of its creator's, and the kernel
+//! names the creator with each call (`Lineage::origin`, from the uprobes on
+//! `PyContext_CopyCurrent`). Such a call waits for its own task's response
+//! as above, or for its creator's: the request its creator answers next
+//! was the call's if it was read before the child task was created (a
+//! task started during an earlier request is no child of the next one, as
+//! for a goroutine's `go`).
 use super::Linker;
+
+/// Bound on child tasks remembered per process and in all.
+const MAX_CHILDREN: usize = 16384;
+
+/// A child task whose calls wait: its context, when it was created, and
+/// when its creator's context was created (that creator's life).
+pub(super) type Child = (u32, u64, u64);
 
 impl Linker {
     /// Request `conn` of `pid` was read (its last read) in Python context
@@ -62,5 +79,57 @@ impl Linker {
     /// was made for (it is not shared by several requests' work).
     pub fn task_context(&self, pid: u32, task: u32) -> bool {
         task != 0 && !self.shared_contexts.contains(&(pid, task))
+    }
+
+    /// A call of task `child` waits for a response: its creator `origin`'s
+    /// may name it too, for a request read by `origin_ns` (when the child
+    /// was created).
+    /// `origin_born`: when `origin`'s context was created (its address may
+    /// be another context's later).
+    pub fn child_task(
+        &mut self,
+        pid: u32,
+        child: u32,
+        (origin, origin_ns, origin_born): (u32, u64, u64),
+    ) {
+        if !self.task_context(pid, origin) || origin == child {
+            return;
+        }
+        if self.py_children.len() >= MAX_CHILDREN && !self.py_children.contains_key(&(pid, origin))
+        {
+            self.marks_dropped += self.py_children.len() as u64;
+            self.py_children.clear();
+        }
+        let kids = self.py_children.entry((pid, origin)).or_default();
+        if !kids.iter().any(|k| k.0 == child && k.1 == origin_ns) {
+            if kids.len() >= 64 {
+                kids.remove(0);
+                self.marks_dropped += 1;
+            }
+            kids.push((child, origin_ns, origin_born));
+        }
+    }
+
+    /// Task `task` of `pid` (whose context was created at `born`, 0:
+    /// unknown) answered a request read at `since`: the child tasks it
+    /// created since then, whose calls wait. Older children are forgotten
+    /// (started for an earlier request, answered already), and so are the
+    /// children of another context that had the same address before.
+    /// Each child comes with when its context was created (its hold's
+    /// `born`).
+    pub fn children_since(
+        &mut self,
+        pid: u32,
+        task: u32,
+        born: u64,
+        since: u64,
+    ) -> Vec<(u32, u64)> {
+        let Some(kids) = self.py_children.remove(&(pid, task)) else {
+            return vec![];
+        };
+        kids.into_iter()
+            .filter(|&(_, at, origin_born)| at >= since && origin_born == born)
+            .map(|(c, at, _)| (c, at))
+            .collect()
     }
 }

@@ -880,3 +880,35 @@ fn an_asyncio_consumer_is_never_given_its_oldest_delivery() {
         Parent::Request(d2, Evidence::SameThread)
     );
 }
+
+/// Python: a task the handler created (`gather`, a client's own task)
+/// waits for its creator's answer, for a request read before it was
+/// created; a context that had the creator's address before (another life:
+/// created at another time) names nothing, nor does a shared context.
+#[test]
+fn a_child_tasks_calls_go_to_the_request_its_creator_answers() {
+    let mut l = Linker::default();
+    let (handler, child, other) = (0x8000_0100, 0x8000_0200, 0x8000_0300);
+    // The handler's context was created at 10; its child at 25.
+    l.child_task(1, child, (handler, 25, 10));
+    // Another life of the handler's address (created at 40) made a child.
+    l.child_task(1, other, (handler, 45, 40));
+    // The handler (created at 10) answers a request read at 20.
+    assert_eq!(l.children_since(1, handler, 10, 20), vec![(child, 25)]);
+    assert!(
+        l.children_since(1, handler, 10, 20).is_empty(),
+        "taken once"
+    );
+    // A child created before the answered request was read is another
+    // request's: forgotten.
+    l.child_task(1, child, (handler, 15, 10));
+    assert!(l.children_since(1, handler, 10, 20).is_empty());
+    // A creator seen reading requests of two connections at once is shared
+    // by several requests' work: no child waits for it.
+    l.request_started(1, 50, 50, 7, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 51, 51, 7, 6, None, &Sampler::AlwaysOn);
+    l.request_read_in(1, 50, handler);
+    l.request_read_in(1, 51, handler);
+    l.child_task(1, child, (handler, 30, 10));
+    assert!(l.children_since(1, handler, 10, 20).is_empty());
+}
