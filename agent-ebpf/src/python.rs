@@ -20,24 +20,54 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{Array, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
 };
 use sonde_common::{python_task_id, GoOrigin};
 
 use crate::maps::PY_THREADS;
 
-/// Thread id -> the context it is copying (`PyContext_CopyCurrent`, from
-/// its entry to its return), and when it entered.
-#[map]
-static PY_COPYING: LruHashMap<u32, GoOrigin> = LruHashMap::with_max_entries(4096, 0);
+/// A context copy in progress on this CPU (`PyContext_CopyCurrent`, from
+/// its entry to its return, which run on one thread with no syscall in
+/// between): the thread, the context copied, when. An array entry, not a
+/// hash map's: this runs at every `copy_context` of every followed Python
+/// thread (each task, each `call_soon`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Copying {
+    tid: u32,
+    from: u32,
+    at_ns: u64,
+}
 
-/// (tgid << 32 | context name) -> the context it was copied from and when
-/// (`GoOrigin`'s `creator` holds a context's name here). LRU: contexts are
-/// freed and their addresses reused without a trace; a reused address
-/// gets its new origin at its copy, and an old entry ages out.
 #[map]
-static PY_ORIGINS: LruHashMap<u64, GoOrigin> = LruHashMap::with_max_entries(16384, 0);
+static PY_COPYING: PerCpuArray<Copying> = PerCpuArray::with_max_entries(1, 0);
+
+/// A context's origin, in a direct-mapped table (`PY_ORIGINS`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OriginSlot {
+    /// (tgid << 32 | context name); 0: empty.
+    key: u64,
+    origin: GoOrigin,
+}
+
+/// Bits of `PY_ORIGINS`' index.
+const ORIGIN_BITS: u32 = 14;
+
+/// (tgid, context name) -> the context it was copied from and when
+/// (`GoOrigin`'s `creator` holds a context's name here), at the slot its
+/// key hashes to: a newer context whose key hashes there takes the slot
+/// (its older neighbour's calls then stay to the other rules). Contexts
+/// are freed and their addresses reused without a trace; a reused address
+/// gets its new origin at its copy.
+#[map]
+static PY_ORIGINS: Array<OriginSlot> = Array::with_max_entries(1 << ORIGIN_BITS, 0);
+
+#[inline(always)]
+fn origin_slot(key: u64) -> u32 {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ORIGIN_BITS)) as u32
+}
 
 /// The context the Python thread `id` (pid_tgid) runs in, as a task id;
 /// 0 if it has no entry, the entry is another process's (a reused tid), or
@@ -66,7 +96,16 @@ fn context(id: u64) -> u64 {
 /// this agent saw its copy.
 #[inline(always)]
 pub fn origin(tgid: u32, task: u32) -> Option<GoOrigin> {
-    unsafe { PY_ORIGINS.get(&(((tgid as u64) << 32) | task as u64)) }.copied()
+    let key = ((tgid as u64) << 32) | task as u64;
+    let slot = PY_ORIGINS.get_ptr(origin_slot(key))?;
+    // SAFETY: a map value. The key is read before and after the body: a
+    // writer clears it first and sets it last (`py_copy_context_ret`).
+    unsafe {
+        let before = core::ptr::read_volatile(&(*slot).key);
+        let origin = core::ptr::read_volatile(&(*slot).origin);
+        let after = core::ptr::read_volatile(&(*slot).key);
+        (before == key && after == key).then_some(origin)
+    }
 }
 
 #[uprobe]
@@ -74,12 +113,16 @@ pub fn py_copy_context(_ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let from = context(id);
     if from != 0 {
-        let o = GoOrigin {
-            creator: python_task_id(from),
-            _pad: 0,
-            at_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        let _ = PY_COPYING.insert(&(id as u32), &o, 0);
+        if let Some(c) = PY_COPYING.get_ptr_mut(0) {
+            // SAFETY: this CPU's entry.
+            unsafe {
+                *c = Copying {
+                    tid: id as u32,
+                    from: python_task_id(from),
+                    at_ns: bpf_ktime_get_ns(),
+                }
+            };
+        }
     }
     0
 }
@@ -87,15 +130,39 @@ pub fn py_copy_context(_ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn py_copy_context_ret(ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let tid = id as u32;
-    let Some(o) = (unsafe { PY_COPYING.get(&tid) }).copied() else {
+    let Some(c) = PY_COPYING.get_ptr_mut(0) else {
         return 0;
     };
-    let _ = PY_COPYING.remove(&tid);
+    // SAFETY: this CPU's entry.
+    let c = unsafe { &mut *c };
+    if c.tid != id as u32 || c.from == 0 {
+        // Another thread's copy, or the thread moved between its entry
+        // and its return: its origin is not known.
+        return 0;
+    }
+    let from = c.from;
+    c.from = 0;
     let new: u64 = ctx.ret();
-    if new != 0 {
-        let key = ((id >> 32) << 32) | python_task_id(new) as u64;
-        let _ = PY_ORIGINS.insert(&key, &o, 0);
+    if new == 0 {
+        return 0;
+    }
+    let key = ((id >> 32) << 32) | python_task_id(new) as u64;
+    if let Some(slot) = PY_ORIGINS.get_ptr_mut(origin_slot(key)) {
+        let origin = GoOrigin {
+            creator: from,
+            _pad: 0,
+            at_ns: c.at_ns,
+        };
+        // SAFETY: a map value. The key is cleared before the body and set
+        // after it, so that a reader (`origin`), which reads the key on
+        // both sides, does not pair one context's key with another's
+        // origin while one writer writes. (Two writers of one slot within
+        // the same few nanoseconds, on two CPUs, could still interleave.)
+        unsafe {
+            core::ptr::write_volatile(&mut (*slot).key, 0);
+            core::ptr::write_volatile(&mut (*slot).origin, origin);
+            core::ptr::write_volatile(&mut (*slot).key, key);
+        }
     }
     0
 }

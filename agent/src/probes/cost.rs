@@ -95,6 +95,7 @@ fn ours(name: &str) -> bool {
             .chain(KERNEL_IO.iter().map(|k| k.program))
             .chain(GO_PROBES.iter().copied())
             .chain(super::tls::programs())
+            .chain(super::python::PROGRAMS.iter().copied())
             .any(|p| kernel_name(p) == name)
 }
 

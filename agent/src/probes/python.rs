@@ -26,6 +26,10 @@ use std::{
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
+/// The uprobes on the interpreter's context copies (`agent-ebpf/src/python.rs`):
+/// entry and return of `PyContext_CopyCurrent`.
+pub const PROGRAMS: &[&str] = &["py_copy_context", "py_copy_context_ret"];
+
 /// Offsets of the fields walked, for one CPython minor version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {

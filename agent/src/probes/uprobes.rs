@@ -304,9 +304,12 @@ impl Inspector {
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut links = LinkSet::default();
         let at = || UProbeAttachLocation::Symbol("PyContext_CopyCurrent");
+        let [entry, ret] = python::PROGRAMS else {
+            unreachable!("an entry and a return")
+        };
         let attached = links
-            .attach(&mut p, "py_copy_context", at(), &file)
-            .and_then(|()| links.attach(&mut p, "py_copy_context_ret", at(), &file));
+            .attach(&mut p, entry, at(), &file)
+            .and_then(|()| links.attach(&mut p, ret, at(), &file));
         let links = match attached {
             Ok(()) => {
                 tracing::info!(pid, file = %file.display(), "Python context copies probed");
