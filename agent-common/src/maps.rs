@@ -109,6 +109,10 @@ pub mod stat {
     /// its connection is not enrolled (opened before the agent, or outside
     /// the cgroups the `sock_ops` program is attached to).
     pub const INJECT_NOT_ENROLLED: u32 = 14;
+    /// A Python context's origin overwritten by another context's whose
+    /// key hashes to the same slot of `PY_ORIGINS` (also how the contexts
+    /// of exited processes are reclaimed).
+    pub const PY_ORIGIN_EVICTED: u32 = 15;
     pub const COUNT: u32 = 16;
 }
 

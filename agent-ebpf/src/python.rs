@@ -153,6 +153,11 @@ pub fn py_copy_context_ret(ctx: RetProbeContext) -> u32 {
             _pad: 0,
             at_ns: c.at_ns,
         };
+        // SAFETY: a map value (read here to count what it evicts).
+        let old = unsafe { core::ptr::read_volatile(&(*slot).key) };
+        if old != 0 && old != key {
+            crate::maps::count(sonde_common::stat::PY_ORIGIN_EVICTED);
+        }
         // SAFETY: a map value. The key is cleared before the body and set
         // after it, so that a reader (`origin`), which reads the key on
         // both sides, does not pair one context's key with another's

@@ -86,6 +86,7 @@ pub fn health_fn(
             c("sonde_kernel_read_faults_total", "Faults copying user memory in the kernel.", vec![], k.read_faults),
             c("sonde_kernel_map_full_total", "Kernel map inserts refused.", vec![], k.map_full),
             c("sonde_kernel_goroutine_handoffs_lost_total", "Goroutine hand-offs (a channel send to a waiting goroutine) overwritten in the kernel's table by another's before their receiver ran: that receiver's calls are placed by other evidence or stay roots.", vec![], k.go_handoffs_lost),
+            c("sonde_kernel_python_origins_evicted_total", "Python contexts whose origin (the context they were copied from) was overwritten in the kernel's table by another context's that hashes to the same slot (also how the contexts of exited processes are reclaimed): a child task's calls whose creator is lost stay roots unless their own task answers.", vec![], k.py_origins_evicted),
             c("sonde_kernel_goroutines_evicted_total", "Ways of the kernel's goroutine table given to a new goroutine from the one created longest ago, its set being full (also how the goroutines of exited processes are reclaimed): a goroutine that still runs loses its origin, and its calls are placed by other evidence or stay roots.", vec![], k.go_evicted),
             c("sonde_decode_errors_total", "Ring buffer records that failed to decode.", vec![], u.decode_errors),
             c("sonde_unrecognised_connections_total", "Connections no parser recognised (payload copy stopped).", vec![], disp.unrecognised.load(Relaxed)),

@@ -784,6 +784,9 @@ pub struct KernelCounters {
     /// Goroutines whose origin the kernel's goroutine table lost to
     /// another goroutine's (`GOROUTINES`).
     pub go_evicted: u64,
+    /// Python contexts whose origin the kernel's table lost to another
+    /// context's (`PY_ORIGINS`).
+    pub py_origins_evicted: u64,
     /// Goroutine hand-offs overwritten before their receiver ran
     /// (`GO_HANDOFFS`).
     pub go_handoffs_lost: u64,
@@ -813,6 +816,7 @@ impl KernelStats {
             orphan_exits: get(stat::ORPHAN_EXITS),
             tls_no_socket: get(stat::TLS_NO_SOCKET),
             go_evicted: get(stat::GO_EVICTED),
+            py_origins_evicted: get(stat::PY_ORIGIN_EVICTED),
             go_handoffs_lost: get(stat::GO_HANDOFF_LOST),
             injections: INJECT_OUTCOMES.map(|(_, i)| get(i)),
         }
