@@ -761,19 +761,7 @@ impl Correlator {
         if task == 0 {
             return;
         }
-        let key = HeldFor::Task { pid, task, born };
-        while let Some((provisional, h)) = self.holds.take_for(&key) {
-            tracing::debug!(
-                pid,
-                task,
-                born,
-                call_since = h.since,
-                request_since = since,
-                "task answered"
-            );
-            let request = (h.since >= since).then_some(*ctx);
-            self.end_wait(provisional, h, request, Evidence::Task, out);
-        }
+        self.release_task(HeldFor::Task { pid, task, born }, ctx, since, out);
         // Its child tasks' calls, for a request read before each was created.
         for (child, child_born) in self.linker.children_since(pid, task, born, since) {
             let key = HeldFor::Task {
@@ -781,17 +769,22 @@ impl Correlator {
                 task: child,
                 born: child_born,
             };
-            while let Some((provisional, h)) = self.holds.take_for(&key) {
-                tracing::debug!(
-                    pid,
-                    task,
-                    child,
-                    call_since = h.since,
-                    "task answered for its child"
-                );
-                let request = (h.since >= since).then_some(*ctx);
-                self.end_wait(provisional, h, request, Evidence::Task, out);
-            }
+            self.release_task(key, ctx, since, out);
+        }
+    }
+
+    /// The calls held for task `key` go under request `ctx` (read at
+    /// `since`) if they were made after it was read; else out roots.
+    fn release_task(&mut self, key: HeldFor, ctx: &SpanCtx, since: u64, out: &mut Vec<Linked>) {
+        while let Some((provisional, h)) = self.holds.take_for(&key) {
+            tracing::debug!(
+                ?key,
+                call_since = h.since,
+                request_since = since,
+                "task answered"
+            );
+            let request = (h.since >= since).then_some(*ctx);
+            self.end_wait(provisional, h, request, Evidence::Task, out);
         }
     }
 

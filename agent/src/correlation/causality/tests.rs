@@ -387,6 +387,17 @@ fn a_new_connections_first_call_is_its_openers() {
     assert_eq!(l.marked_threads(), 1, "forgotten at close");
 }
 
+/// Deliveries 10 and 11 of channel connection 3 of process 1, arrived at 5
+/// and read by thread 100 in one read (at `ns`, in `tick`).
+fn two_deliveries_read(l: &mut Linker, ns: u64, tick: u32) -> (SpanCtx, SpanCtx) {
+    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
+    let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
+    l.delivery_read(1, in_tick(100, ns, tick), 10, 3, first.span_id);
+    l.delivery_read(1, in_tick(100, ns, tick), 11, 3, second.span_id);
+    (first, second)
+}
+
 /// One read brought a batch of deliveries; an event-loop consumer runs a
 /// callback for each in that tick, and the first opens a pooled
 /// connection: any of them may have, so its first call names none. (Taking
@@ -395,11 +406,7 @@ fn a_new_connections_first_call_is_its_openers() {
 #[test]
 fn a_connection_opened_in_a_tick_that_read_several_requests_names_none() {
     let mut l = Linker::default();
-    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
-    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
-    let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
-    l.delivery_read(1, in_tick(100, 5, 4), 10, 3, first.span_id);
-    l.delivery_read(1, in_tick(100, 5, 4), 11, 3, second.span_id);
+    two_deliveries_read(&mut l, 5, 4);
     l.connection_opened(1, 50, (100, 4));
     assert_eq!(l.openers.len(), 0);
     let p = l.parent_of(1, in_tick(100, 9, 7), 50);
@@ -649,11 +656,7 @@ fn a_goroutine_started_before_its_starters_request_is_not_its_child() {
 fn a_batch_of_deliveries_is_worked_on_oldest_first_from_the_reads_tick() {
     let mut l = Linker::default();
     // One read (tick 4) on channel connection 3 brought two deliveries.
-    l.request_started(1, 10, 3, 100, 5, None, &Sampler::AlwaysOn);
-    l.request_started(1, 11, 3, 100, 5, None, &Sampler::AlwaysOn);
-    let (first, second) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
-    l.delivery_read(1, in_tick(100, 4, 4), 10, 3, first.span_id);
-    l.delivery_read(1, in_tick(100, 4, 4), 11, 3, second.span_id);
+    let (first, second) = two_deliveries_read(&mut l, 4, 4);
     // The handler's first write, nothing read since: the first delivery's
     // (the consumer acked nothing before it).
     assert_eq!(
