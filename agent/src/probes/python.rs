@@ -28,7 +28,9 @@ use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// The uprobes on the interpreter's context copies (`agent-ebpf/src/python.rs`):
 /// entry and return of `PyContext_CopyCurrent`.
-pub const PROGRAMS: &[&str] = &["py_copy_context", "py_copy_context_ret"];
+pub const COPY_ENTRY: &str = "py_copy_context";
+pub const COPY_RETURN: &str = "py_copy_context_ret";
+pub const PROGRAMS: &[&str] = &[COPY_ENTRY, COPY_RETURN];
 
 /// Offsets of the fields walked, for one CPython minor version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -299,17 +299,18 @@ impl Inspector {
             return;
         }
         if self.python_files.len() >= MAX_LIBRARIES {
+            tracing::debug!(
+                pid,
+                "Python context copies not probed: {MAX_LIBRARIES} interpreter files are"
+            );
             return;
         }
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut links = LinkSet::default();
         let at = || UProbeAttachLocation::Symbol("PyContext_CopyCurrent");
-        let [entry, ret] = python::PROGRAMS else {
-            unreachable!("an entry and a return")
-        };
         let attached = links
-            .attach(&mut p, entry, at(), &file)
-            .and_then(|()| links.attach(&mut p, ret, at(), &file));
+            .attach(&mut p, python::COPY_ENTRY, at(), &file)
+            .and_then(|()| links.attach(&mut p, python::COPY_RETURN, at(), &file));
         let links = match attached {
             Ok(()) => {
                 tracing::info!(pid, file = %file.display(), "Python context copies probed");
