@@ -456,9 +456,10 @@ const GO_WAYS: u32 = 4;
 pub static GOROUTINES: Array<Goroutine> = Array::with_max_entries(1 << (GO_SET_BITS + 2), 0);
 
 /// `key`'s hash: Fibonacci hashing, whose top bits depend on every bit of
-/// the key (its tgid and the `g` address alike).
+/// the key (its tgid and the `g` or context address alike). Also indexes
+/// Python's `PY_ORIGINS`.
 #[inline(always)]
-fn go_hash(key: u64, bits: u32) -> u32 {
+pub fn go_hash(key: u64, bits: u32) -> u32 {
     (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as u32
 }
 

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use sonde_common::{python_task_id, GoOrigin};
 
-use crate::maps::PY_THREADS;
+use crate::maps::{go_hash, go_key, PY_THREADS};
 
 /// A context copy in progress on this CPU (`PyContext_CopyCurrent`, from
 /// its entry to its return, which run on one thread with no syscall in
@@ -55,7 +55,8 @@ pub struct OriginSlot {
 /// Bits of `PY_ORIGINS`' index.
 const ORIGIN_BITS: u32 = 14;
 
-/// (tgid, context name) -> the context it was copied from and when
+/// (tgid, context name), keyed as goroutines are (`maps::go_key`) -> the
+/// context it was copied from and when
 /// (`GoOrigin`'s `creator` holds a context's name here), at the slot its
 /// key hashes to: a newer context whose key hashes there takes the slot
 /// (its older neighbour's calls then stay to the other rules). Contexts
@@ -63,11 +64,6 @@ const ORIGIN_BITS: u32 = 14;
 /// gets its new origin at its copy.
 #[map]
 static PY_ORIGINS: Array<OriginSlot> = Array::with_max_entries(1 << ORIGIN_BITS, 0);
-
-#[inline(always)]
-fn origin_slot(key: u64) -> u32 {
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ORIGIN_BITS)) as u32
-}
 
 /// The context the Python thread `id` (pid_tgid) runs in, as a task id;
 /// 0 if it has no entry, the entry is another process's (a reused tid), or
@@ -92,12 +88,12 @@ fn context(id: u64) -> u64 {
     unsafe { bpf_probe_read_user(t.context_at as *const u64) }.unwrap_or(0)
 }
 
-/// Where context `task` (a name) of process `tgid` was copied from, if
-/// this agent saw its copy.
+/// Where context `task` (a name) of the process of thread `id` (its
+/// pid_tgid) was copied from, if this agent saw its copy.
 #[inline(always)]
-pub fn origin(tgid: u32, task: u32) -> Option<GoOrigin> {
-    let key = ((tgid as u64) << 32) | task as u64;
-    let slot = PY_ORIGINS.get_ptr(origin_slot(key))?;
+pub fn origin(id: u64, task: u32) -> Option<GoOrigin> {
+    let key = go_key(id, task);
+    let slot = PY_ORIGINS.get_ptr(go_hash(key, ORIGIN_BITS))?;
     // SAFETY: a map value. The key is read before and after the body: a
     // writer clears it first and sets it last (`py_copy_context_ret`).
     unsafe {
@@ -146,8 +142,8 @@ pub fn py_copy_context_ret(ctx: RetProbeContext) -> u32 {
     if new == 0 {
         return 0;
     }
-    let key = ((id >> 32) << 32) | python_task_id(new) as u64;
-    if let Some(slot) = PY_ORIGINS.get_ptr_mut(origin_slot(key)) {
+    let key = go_key(id, python_task_id(new));
+    if let Some(slot) = PY_ORIGINS.get_ptr_mut(go_hash(key, ORIGIN_BITS)) {
         let origin = GoOrigin {
             creator: from,
             _pad: 0,

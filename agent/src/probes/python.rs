@@ -88,6 +88,22 @@ struct Symbols {
     base: u64,
 }
 
+/// A followed Python process: its CPython minor version, its threads, and
+/// its interpreter file.
+pub struct Followed {
+    pub minor: u32,
+    pub threads: Vec<PyThread>,
+    pub interpreter: Interpreter,
+}
+
+/// The file that holds a process's interpreter (the executable, or the
+/// `libpython` it links), as a path that reaches it from here, and its
+/// device and inode.
+pub struct Interpreter {
+    pub file: std::path::PathBuf,
+    pub key: (u64, u64),
+}
+
 /// A Python thread: its id and where its current context is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PyThread {
@@ -108,12 +124,13 @@ const MAX_THREADS: usize = 4096;
 
 impl Finder {
     /// The threads of process `pid` and where each keeps its context, with
-    /// the CPython minor version; or why it is not followed.
-    pub fn threads_of(&mut self, pid: u32) -> Result<(u32, Vec<PyThread>), Skip> {
+    /// the CPython minor version and its interpreter file; or why it is not
+    /// followed.
+    pub fn threads_of(&mut self, pid: u32) -> Result<Followed, Skip> {
         let maps =
             std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| Skip::NotPython)?;
         // The executable, or the `libpython` it links (`--enable-shared`).
-        let (start, sym) = interpreter_mappings(&maps)
+        let (start, (sym, interpreter)) = interpreter_mappings(&maps)
             .into_iter()
             .find_map(|(start, path)| Some((start, self.symbols(pid, &path)?)))
             .ok_or(Skip::NotPython)?;
@@ -143,34 +160,28 @@ impl Finder {
             &tasks,
         )
         .ok_or(Skip::Layout)?;
-        Ok((minor, threads))
+        Ok(Followed {
+            minor,
+            threads,
+            interpreter,
+        })
     }
 
-    /// The interpreter file process `pid` runs (the executable, or the
-    /// `libpython` it links), as a path that reaches it from here, and its
-    /// device and inode.
-    pub fn interpreter_file(&mut self, pid: u32) -> Option<(std::path::PathBuf, (u64, u64))> {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-        interpreter_mappings(&maps)
-            .into_iter()
-            .find_map(|(_, path)| {
-                self.symbols(pid, &path)?;
-                let file = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
-                let meta = std::fs::metadata(&file).ok()?;
-                use std::os::unix::fs::MetadataExt;
-                Some((file, (meta.dev(), meta.ino())))
-            })
-    }
-
-    fn symbols(&mut self, pid: u32, path: &str) -> Option<Symbols> {
+    /// The interpreter file's symbols, and the file (reached through the
+    /// process's root) with its device and inode.
+    fn symbols(&mut self, pid: u32, path: &str) -> Option<(Symbols, Interpreter)> {
         let file = format!("/proc/{pid}/root{path}");
         let meta = std::fs::metadata(&file).ok()?;
         let key = {
             use std::os::unix::fs::MetadataExt;
             (meta.dev(), meta.ino())
         };
+        let interpreter = Interpreter {
+            file: file.clone().into(),
+            key,
+        };
         if let Some(s) = self.files.get(&key) {
-            return *s;
+            return s.map(|s| (s, interpreter));
         }
         // Read through a cache: only the headers and dynamic symbols.
         let s = std::fs::File::open(&file)
@@ -180,7 +191,7 @@ impl Finder {
             self.files.clear();
         }
         self.files.insert(key, s);
-        s
+        s.map(|s| (s, interpreter))
     }
 }
 
@@ -395,10 +406,16 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         match found {
-            Ok((minor, threads)) => {
-                assert!((11..=13).contains(&minor));
-                assert_eq!(threads.len(), 1);
-                assert_eq!(threads[0].tid, child.id(), "the main thread");
+            Ok(f) => {
+                assert!((11..=13).contains(&f.minor));
+                assert_eq!(f.threads.len(), 1);
+                assert_eq!(f.threads[0].tid, child.id(), "the main thread");
+                let name = f.interpreter.file.file_name().unwrap().to_string_lossy();
+                assert!(
+                    name.starts_with("python3") || name.starts_with("libpython3."),
+                    "{}",
+                    f.interpreter.file.display()
+                );
             }
             // An interpreter this module does not support.
             Err(Skip::Version) => eprintln!("python3 here is not 3.11 to 3.13"),

@@ -243,13 +243,13 @@ impl Inspector {
     /// Enters the threads of Python process `pid` not entered yet (`fresh`:
     /// a process seen for the first time, or again after an exec).
     fn python_threads_of(&mut self, pid: u32, probes: &Arc<Mutex<Probes>>, fresh: bool) {
-        let threads = match self.finder.threads_of(pid) {
-            Ok((minor, t)) => {
+        let (threads, interpreter) = match self.finder.threads_of(pid) {
+            Ok(f) => {
                 if fresh || !self.python_threads.contains_key(&pid) {
-                    tracing::info!(pid, version = %format!("3.{minor}"), threads = t.len(), "Python tasks followed");
+                    tracing::info!(pid, version = %format!("3.{}", f.minor), threads = f.threads.len(), "Python tasks followed");
                     Stats::inc(&self.stats.python_followed);
                 }
-                t
+                (f.threads, f.interpreter)
             }
             Err(python::Skip::NotPython) => {
                 self.python_threads.remove(&pid);
@@ -266,7 +266,7 @@ impl Inspector {
         };
         if fresh {
             self.python_threads.remove(&pid);
-            self.python_copies(pid, probes);
+            self.python_copies(pid, interpreter, probes);
         }
         if self.python_threads.len() >= MAX_PYTHON && !self.python_threads.contains_key(&pid) {
             return;
@@ -291,10 +291,12 @@ impl Inspector {
     /// file, once per file: a child task's calls then name the task that
     /// created it (`agent-ebpf/src/python.rs`). Without them (a build that
     /// does not export `PyContext_CopyCurrent`), those calls stay roots.
-    fn python_copies(&mut self, pid: u32, probes: &Arc<Mutex<Probes>>) {
-        let Some((file, key)) = self.finder.interpreter_file(pid) else {
-            return;
-        };
+    fn python_copies(
+        &mut self,
+        pid: u32,
+        python::Interpreter { file, key }: python::Interpreter,
+        probes: &Arc<Mutex<Probes>>,
+    ) {
         if self.python_files.contains_key(&key) {
             return;
         }
