@@ -53,7 +53,7 @@ pub struct OriginSlot {
 }
 
 /// Bits of `PY_ORIGINS`' index.
-const ORIGIN_BITS: u32 = 14;
+const ORIGIN_BITS: u32 = 16;
 
 /// (tgid, context name), keyed as goroutines are (`maps::go_key`) -> the
 /// context it was copied from and when
