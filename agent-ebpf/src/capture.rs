@@ -103,11 +103,13 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     if runtime == Some(0) {
         call.py_task = crate::python::task(id);
         if call.py_task != 0 {
-            if let Some(o) = crate::python::origin(id, call.py_task) {
+            let now = call.enter_ns;
+            if let Some(o) = crate::python::origin(id, call.py_task, now) {
                 call.py_origin = o;
                 // When the creator itself was created: a context's address
                 // is reused, and this tells its lives apart.
-                call.py_origin_born = crate::python::origin(id, o.creator).map_or(0, |c| c.at_ns);
+                call.py_origin_born =
+                    crate::python::origin(id, o.creator, now).map_or(0, |c| c.at_ns);
             }
         }
     }

@@ -43,27 +43,43 @@ pub struct Copying {
 #[map]
 static PY_COPYING: PerCpuArray<Copying> = PerCpuArray::with_max_entries(1, 0);
 
-/// A context's origin, in a direct-mapped table (`PY_ORIGINS`).
+/// A context's origin, in one way of `PY_ORIGINS`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct OriginSlot {
-    /// (tgid << 32 | context name); 0: empty.
+    /// (tgid << 32 | context name); 0: a free way.
     key: u64,
     origin: GoOrigin,
+    /// When the context was last created or named by a call's record: a
+    /// full set gives up the way touched longest ago.
+    touched_ns: u64,
 }
 
-/// Bits of `PY_ORIGINS`' index.
-const ORIGIN_BITS: u32 = 16;
+/// `PY_ORIGINS`' shape: 2^15 sets of 2 ways (65,536 contexts, 2 MiB; a
+/// set is one 64-byte cache line). With 4 ways a copy cost 35-40 ns more
+/// (README, "Python child tasks"); with 2 no more than the direct-mapped
+/// table did.
+const SET_BITS: u32 = 15;
+const WAYS: u32 = 2;
 
 /// (tgid, context name), keyed as goroutines are (`maps::go_key`) -> the
-/// context it was copied from and when
-/// (`GoOrigin`'s `creator` holds a context's name here), at the slot its
-/// key hashes to: a newer context whose key hashes there takes the slot
-/// (its older neighbour's calls then stay to the other rules). Contexts
-/// are freed and their addresses reused without a trace; a reused address
-/// gets its new origin at its copy.
+/// context it was copied from and when (`GoOrigin`'s `creator` holds a
+/// context's name here), in a set-associative table. Most copies are a
+/// `call_soon` callback's context, which lives for one callback; a task
+/// that serves a request lives through hundreds of them. When the table was
+/// direct-mapped (each key one slot), any copy could take a live task's
+/// slot: at 2,000 requests/s and 13 copies each, 65,536 slots turn over
+/// every 2.5 s, so a handler that runs 100 ms lost its origin once in 25,
+/// and its children's calls went out roots. Here a copy that finds its set full takes the way
+/// touched longest ago (its creation, or a call naming it): a callback's
+/// context, not a task that keeps making calls. Evictions are counted
+/// (`stat::PY_ORIGIN_EVICTED`); an evicted context's calls stay to the
+/// other rules, and a reader checks the key, so a way given to another
+/// context never lends it this one's origin. Contexts are freed and their
+/// addresses reused without a trace; a reused address gets its new origin
+/// at its copy.
 #[map]
-static PY_ORIGINS: Array<OriginSlot> = Array::with_max_entries(1 << ORIGIN_BITS, 0);
+static PY_ORIGINS: Array<OriginSlot> = Array::with_max_entries(1 << (SET_BITS + 1), 0);
 
 /// The context the Python thread `id` (pid_tgid) runs in, as a task id;
 /// 0 if it has no entry, the entry is another process's (a reused tid), or
@@ -89,19 +105,32 @@ fn context(id: u64) -> u64 {
 }
 
 /// Where context `task` (a name) of the process of thread `id` (its
-/// pid_tgid) was copied from, if this agent saw its copy.
+/// pid_tgid) was copied from, if this agent saw its copy. A hit marks the
+/// context touched at `now`.
 #[inline(always)]
-pub fn origin(id: u64, task: u32) -> Option<GoOrigin> {
+pub fn origin(id: u64, task: u32, now: u64) -> Option<GoOrigin> {
     let key = go_key(id, task);
-    let slot = PY_ORIGINS.get_ptr(go_hash(key, ORIGIN_BITS))?;
-    // SAFETY: a map value. The key is read before and after the body: a
-    // writer clears it first and sets it last (`py_copy_context_ret`).
-    unsafe {
-        let before = core::ptr::read_volatile(&(*slot).key);
-        let origin = core::ptr::read_volatile(&(*slot).origin);
-        let after = core::ptr::read_volatile(&(*slot).key);
-        (before == key && after == key).then_some(origin)
+    let first = go_hash(key, SET_BITS) * WAYS;
+    for w in 0..WAYS {
+        let e = PY_ORIGINS.get_ptr_mut(first + w)?;
+        // SAFETY: a map value. The key is read before and after the body: a
+        // writer that gives the way to another context clears it first and
+        // sets it last (`py_copy_context_ret`); stores and loads keep their
+        // order on x86-64, the only architecture whose uprobes attach.
+        unsafe {
+            if core::ptr::read_volatile(&(*e).key) == key {
+                let origin = core::ptr::read_volatile(&(*e).origin);
+                if core::ptr::read_volatile(&(*e).key) != key {
+                    return None;
+                }
+                // A racing writer may have taken the way since: its new
+                // context then looks touched now, which costs it nothing.
+                core::ptr::write_volatile(&mut (*e).touched_ns, now);
+                return Some(origin);
+            }
+        }
     }
+    None
 }
 
 #[uprobe]
@@ -143,27 +172,51 @@ pub fn py_copy_context_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let key = go_key(id, python_task_id(new));
-    if let Some(slot) = PY_ORIGINS.get_ptr_mut(go_hash(key, ORIGIN_BITS)) {
-        let origin = GoOrigin {
-            creator: from,
-            _pad: 0,
-            at_ns: c.at_ns,
+    let origin = GoOrigin {
+        creator: from,
+        _pad: 0,
+        at_ns: c.at_ns,
+    };
+    // The way: the context's own (a reused address), else a free one, else
+    // the one touched longest ago.
+    let first = go_hash(key, SET_BITS) * WAYS;
+    let mut way: Option<(*mut OriginSlot, u64)> = None;
+    for w in 0..WAYS {
+        let Some(e) = PY_ORIGINS.get_ptr_mut(first + w) else {
+            return 0;
         };
-        // SAFETY: a map value (read here to count what it evicts).
-        let old = unsafe { core::ptr::read_volatile(&(*slot).key) };
-        if old != 0 && old != key {
-            crate::maps::count(sonde_common::stat::PY_ORIGIN_EVICTED);
+        // SAFETY: a map value.
+        let (k, touched) = unsafe {
+            (
+                core::ptr::read_volatile(&(*e).key),
+                core::ptr::read_volatile(&(*e).touched_ns),
+            )
+        };
+        let rank = match k {
+            k if k == key => 0,
+            0 => 1,
+            _ => touched.saturating_add(2),
+        };
+        if way.is_none_or(|(_, r)| rank < r) {
+            way = Some((e, rank));
         }
-        // SAFETY: a map value. The key is cleared before the body and set
-        // after it, so that a reader (`origin`), which reads the key on
-        // both sides, does not pair one context's key with another's
-        // origin while one writer writes. (Two writers of one slot within
-        // the same few nanoseconds, on two CPUs, could still interleave.)
-        unsafe {
-            core::ptr::write_volatile(&mut (*slot).key, 0);
-            core::ptr::write_volatile(&mut (*slot).origin, origin);
-            core::ptr::write_volatile(&mut (*slot).key, key);
-        }
+    }
+    let Some((e, rank)) = way else {
+        return 0;
+    };
+    if rank > 1 {
+        crate::maps::count(sonde_common::stat::PY_ORIGIN_EVICTED);
+    }
+    // SAFETY: a map value. The key is cleared before the body and set after
+    // it, so that a reader (`origin`), which reads the key on both sides,
+    // does not pair one context's key with another's origin while one
+    // writer writes. (Two writers of one way within the same few
+    // nanoseconds, on two CPUs, could still interleave.)
+    unsafe {
+        core::ptr::write_volatile(&mut (*e).key, 0);
+        core::ptr::write_volatile(&mut (*e).origin, origin);
+        core::ptr::write_volatile(&mut (*e).touched_ns, c.at_ns);
+        core::ptr::write_volatile(&mut (*e).key, key);
     }
     0
 }

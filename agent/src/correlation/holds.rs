@@ -12,6 +12,12 @@ use super::{relay::ClientKey, Linked};
 
 /// How long a finished server span waits for a late client on this node.
 pub const HOLD_NS: u64 = 1_000_000_000;
+/// How long a call held for its Python task waits for that task's (or its
+/// creator's) response: as long as the handler may still run. A handler
+/// that waited on a slow call (a 1 s SYN retransmit, a slow query) for
+/// longer than `HOLD_NS` answered after its earlier calls had gone out
+/// roots.
+pub const TASK_HOLD_NS: u64 = 10_000_000_000;
 /// Bound on held traces; the oldest goes out as it is when full.
 const MAX_HELD: usize = 4096;
 /// How long an adopted trace's provisional id is still renamed: the
@@ -45,6 +51,18 @@ pub enum HeldFor {
     /// goroutine `writer` hands a value to next, in the same run
     /// (`causality/goroutines.rs`).
     Handed { conn: u64, writer: u32, since: u64 },
+}
+
+impl HeldFor {
+    /// How long a trace held for this waits, and which of `Holds::order`'s
+    /// queues keeps it (each queue's waits are all as long, so each stays
+    /// in the order its waits end).
+    fn wait(&self) -> (u64, usize) {
+        match self {
+            HeldFor::Task { .. } => (TASK_HOLD_NS, 1),
+            _ => (HOLD_NS, 0),
+        }
+    }
 }
 
 /// Where an adopted provisional trace went.
@@ -110,10 +128,11 @@ pub struct Holds {
     by_key: Index<HeldFor>,
     /// By (`conn`, `since`): the request or delivery held.
     by_request: Index<(u64, u64)>,
-    /// Trace ids in the order their wait ends (monotonic ns). An entry
-    /// whose trace was taken since stays until it comes to the front (or
-    /// the next compaction), and is skipped there.
-    order: VecDeque<([u8; 16], u64)>,
+    /// Trace ids in the order their wait ends (monotonic ns), one queue
+    /// per length of wait (`HeldFor::wait`). An entry whose trace was taken
+    /// since stays until it comes to the front (or the next compaction),
+    /// and is skipped there.
+    order: [VecDeque<([u8; 16], u64)>; 2],
     /// Provisional trace ids of adopted traces -> the real trace (id,
     /// sampled), for the items their contexts still make.
     aliases: HashMap<[u8; 16], Alias>,
@@ -130,13 +149,14 @@ pub struct Holds {
 }
 
 impl Holds {
-    /// Starts holding `trace_id`'s items until `now_ns + HOLD_NS`.
+    /// Starts holding `trace_id`'s items until `now_ns` plus its key's wait.
     pub fn start(&mut self, trace_id: [u8; 16], held: Held, now_ns: u64, out: &mut Vec<Linked>) {
         if self.by_trace.len() >= MAX_HELD {
             self.released_early += 1;
             self.release_oldest(out);
         }
-        let until = now_ns + HOLD_NS;
+        let (wait, queue) = held.key.wait();
+        let until = now_ns + wait;
         if let Some((_, old)) = self.take(trace_id) {
             // Held twice: the first hold's items go out as they are.
             self.unlinked.extend(old.why);
@@ -145,12 +165,12 @@ impl Holds {
         self.by_key.add(held.key, trace_id);
         self.by_request.add((held.conn, held.since), trace_id);
         self.by_trace.insert(trace_id, (held, until));
-        if self.order.len() >= 2 * MAX_HELD {
+        let order = &mut self.order[queue];
+        if order.len() >= 2 * MAX_HELD {
             let live = &self.by_trace;
-            self.order
-                .retain(|(t, u)| live.get(t).is_some_and(|(_, until)| until == u));
+            order.retain(|(t, u)| live.get(t).is_some_and(|(_, until)| until == u));
         }
-        self.order.push_back((trace_id, until));
+        order.push_back((trace_id, until));
     }
 
     /// A held trace was adopted into `real`: items that still carry its
@@ -209,7 +229,16 @@ impl Holds {
 
     /// Lets the trace whose wait ends first go, as it is.
     fn release_oldest(&mut self, out: &mut Vec<Linked>) {
-        while let Some((trace_id, until)) = self.order.pop_front() {
+        loop {
+            let queue = match (self.order[0].front(), self.order[1].front()) {
+                (Some(a), Some(b)) => usize::from(b.1 < a.1),
+                (Some(_), None) => 0,
+                (None, Some(_)) => 1,
+                (None, None) => return,
+            };
+            let Some((trace_id, until)) = self.order[queue].pop_front() else {
+                return;
+            };
             if self.release_if_due(trace_id, until, out).is_some() {
                 return;
             }
@@ -241,15 +270,18 @@ impl Holds {
     /// Ends the waits that are over at `now_ns` (all of them with None, at
     /// shutdown): their items go out as they are.
     pub fn release_due(&mut self, now_ns: Option<u64>, out: &mut Vec<Linked>) {
-        while let Some(&(trace_id, until)) = self.order.front() {
-            if now_ns.is_some_and(|n| until > n) {
-                break;
-            }
-            self.order.pop_front();
-            let ended = self.release_if_due(trace_id, until, out);
-            if now_ns.is_some() && matches!(ended, Some(HeldFor::Client(..) | HeldFor::Publish(_)))
-            {
-                self.partners_not_come += 1;
+        for queue in 0..self.order.len() {
+            while let Some(&(trace_id, until)) = self.order[queue].front() {
+                if now_ns.is_some_and(|n| until > n) {
+                    break;
+                }
+                self.order[queue].pop_front();
+                let ended = self.release_if_due(trace_id, until, out);
+                if now_ns.is_some()
+                    && matches!(ended, Some(HeldFor::Client(..) | HeldFor::Publish(_)))
+                {
+                    self.partners_not_come += 1;
+                }
             }
         }
         while let Some(&(from, until)) = self.alias_order.front() {
@@ -345,9 +377,9 @@ mod tests {
         assert_eq!(h.partners_not_come, 2, "0 and 2 went out roots");
         assert!(h.take_request(3, 0).is_some());
         // Its entry in `order` stays until it comes to the front.
-        assert_eq!(h.order.len(), 1);
+        assert_eq!(h.order[0].len(), 1);
         h.release_due(None, &mut out);
-        assert!(h.order.is_empty() && h.is_empty());
+        assert!(h.order[0].is_empty() && h.is_empty());
         // A task's wait that ends is counted by its `why`, not here; nor is
         // what shutdown lets go.
         h.start(
@@ -373,6 +405,35 @@ mod tests {
     }
 
     #[test]
+    fn a_task_waits_longer_than_a_partner_and_neither_blocks_the_other() {
+        let (mut h, mut out) = (Holds::default(), vec![]);
+        let task = HeldFor::Task {
+            pid: 1,
+            task: 2,
+            born: 3,
+        };
+        h.start(id(1), held(1, 0, task), 0, &mut out);
+        start_n(&mut h, 2, 5, &mut out);
+        // The partner's wait ends first though its hold began later.
+        h.release_due(Some(5 + HOLD_NS), &mut out);
+        assert!(h.take_request(2, 0).is_none(), "the publish's wait ended");
+        assert_eq!(h.partners_not_come, 1);
+        h.release_due(Some(TASK_HOLD_NS - 1), &mut out);
+        assert_eq!(h.by_trace.len(), 1, "the task still waits");
+        h.release_due(Some(TASK_HOLD_NS), &mut out);
+        assert!(h.is_empty());
+        // When full, the wait that ends first goes, whichever its queue.
+        h.start(id(3), held(3, 0, task), 0, &mut out);
+        for n in 0..MAX_HELD as u64 - 1 {
+            start_n(&mut h, 10 + n, 100, &mut out);
+        }
+        start_n(&mut h, 1 << 20, 100, &mut out);
+        assert_eq!(h.released_early, 1);
+        assert!(h.take_request(3, 0).is_some(), "the task's wait ends last");
+        assert!(h.take_request(10, 0).is_none(), "the first publish went");
+    }
+
+    #[test]
     fn when_full_the_trace_whose_wait_ends_first_goes() {
         let (mut h, mut out) = (Holds::default(), vec![]);
         for n in 0..MAX_HELD as u64 {
@@ -383,7 +444,7 @@ mod tests {
             }
         }
         assert_eq!(h.by_trace.len(), MAX_HELD / 2);
-        assert!(h.order.len() < 2 * MAX_HELD);
+        assert!(h.order[0].len() < 2 * MAX_HELD);
         for n in MAX_HELD as u64..(MAX_HELD + MAX_HELD / 2) as u64 {
             start_n(&mut h, n, n, &mut out);
         }
