@@ -126,3 +126,67 @@ fn a_context_that_reads_several_requests_itself_is_no_evidence() {
     assert_eq!(evidence(b1), r#"Str("ambiguous")"#);
     assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 1);
 }
+
+/// A handler that answers seconds after its call (a slow query, a SYN sent
+/// again) still takes it: a call held for its task waits `TASK_HOLD_NS`,
+/// not the 1 s a late partner waits. One that answers later still goes out
+/// a root when that wait ends.
+#[test]
+fn a_task_that_answers_seconds_later_still_takes_its_call() {
+    use crate::correlation::holds::TASK_HOLD_NS;
+    const S: u64 = 1_000_000_000;
+    let mut l7 = l7();
+    let (a, b) = (server(2, 5000), server(3, 5001));
+    let (da, db) = (client(5, 6000), client(6, 6001));
+    let mut events: Vec<StreamEvent> = [&a, &b, &da, &db]
+        .into_iter()
+        .map(|x| StreamEvent::Open(x.clone()))
+        .collect();
+    events.extend([
+        in_py(&a, Direction::Ingress, S, 1, 11, &req("a")),
+        in_py(&b, Direction::Ingress, S + 100, 2, 12, &req("b")),
+        in_py(&da, Direction::Egress, S + 200, 3, 21, &req("a1")),
+        in_py(&db, Direction::Egress, S + 300, 3, 22, &req("b1")),
+        in_py(&da, Direction::Ingress, S + 400, 4, 31, RESP),
+        in_py(&db, Direction::Ingress, S + 500, 5, 32, RESP),
+    ]);
+    let mut spans = feed(&mut l7, vec![], events);
+    // Three seconds on (the harness's events all come at `NOW`), a's task
+    // answers; b's answers past the task wait.
+    l7.release_held(Some(NOW + 3 * S), &mut spans);
+    spans = feed(
+        &mut l7,
+        spans,
+        [in_py(&a, Direction::Egress, 4 * S, 6, 21, RESP)],
+    );
+    l7.release_held(Some(NOW + TASK_HOLD_NS), &mut spans);
+    spans = feed(
+        &mut l7,
+        spans,
+        [in_py(
+            &b,
+            Direction::Egress,
+            S + 600 + TASK_HOLD_NS,
+            7,
+            22,
+            RESP,
+        )],
+    );
+    l7.release_held(None, &mut spans);
+    let named = |n: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == n)
+            .unwrap_or_else(|| panic!("{n}: {spans:?}"))
+    };
+    let (a1, ga) = (named("GET /a1"), named("GET /a"));
+    assert_eq!(
+        (a1.trace_id, a1.parent_span_id),
+        (ga.trace_id, Some(ga.span_id))
+    );
+    assert_eq!(evidence(a1), r#"Str("task")"#);
+    let b1 = named("GET /b1");
+    assert_eq!(b1.parent_span_id, None, "its task answered after the wait");
+    assert_eq!(evidence(b1), r#"Str("ambiguous")"#);
+    assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 1);
+}
