@@ -143,6 +143,22 @@ fn feed(
     spans
 }
 
+/// The span named `n`; panics, listing them all, if there is none.
+fn named<'a>(spans: &'a [Span], n: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| s.name == n)
+        .unwrap_or_else(|| panic!("{n}: {spans:?}"))
+}
+
+/// The `Open` events of `conns`.
+fn opens(conns: &[&ConnInfo]) -> Vec<StreamEvent> {
+    conns
+        .iter()
+        .map(|c| StreamEvent::Open((*c).clone()))
+        .collect()
+}
+
 mod go;
 mod inject;
 mod late_partners;
@@ -467,15 +483,9 @@ fn an_event_loops_interleaved_requests_each_get_their_own_calls() {
             data_on(&b, Direction::Egress, 1_900, t(5), RESP),
         ],
     );
-    let named = |n: &str| {
-        spans
-            .iter()
-            .find(|s| s.name == n)
-            .unwrap_or_else(|| panic!("{n}: {spans:?}"))
-    };
-    let (sa, sb) = (named("GET /a"), named("GET /b"));
+    let (sa, sb) = (named(&spans, "GET /a"), named(&spans, "GET /b"));
     for (call, parent) in [("GET /a1", sa), ("GET /b1", sb), ("GET /b2", sb)] {
-        let s = named(call);
+        let s = named(&spans, call);
         assert_eq!(
             (s.trace_id, s.parent_span_id),
             (parent.trace_id, Some(parent.span_id)),

@@ -56,10 +56,7 @@ fn a_task_s_calls_go_under_the_request_it_answers() {
     let mut l7 = l7();
     let (a, b, c) = (server(2, 5000), server(3, 5001), server(4, 5002));
     let (da, db, dc) = (client(5, 6000), client(6, 6001), client(7, 6002));
-    let mut events: Vec<StreamEvent> = [&a, &b, &c, &da, &db, &dc]
-        .into_iter()
-        .map(|x| StreamEvent::Open(x.clone()))
-        .collect();
+    let mut events = opens(&[&a, &b, &c, &da, &db, &dc]);
     events.extend([
         in_py(&a, Direction::Ingress, 1_000, 1, 11, &req("a")),
         in_py(&b, Direction::Ingress, 1_100, 2, 12, &req("b")),
@@ -76,14 +73,8 @@ fn a_task_s_calls_go_under_the_request_it_answers() {
     ]);
     let mut spans = feed(&mut l7, vec![], events);
     l7.release_held(None, &mut spans);
-    let named = |n: &str| {
-        spans
-            .iter()
-            .find(|s| s.name == n)
-            .unwrap_or_else(|| panic!("{n}: {spans:?}"))
-    };
     for (call, parent) in [("GET /a1", "GET /a"), ("GET /b1", "GET /b")] {
-        let (s, p) = (named(call), named(parent));
+        let (s, p) = (named(&spans, call), named(&spans, parent));
         assert_eq!(
             (s.trace_id, s.parent_span_id),
             (p.trace_id, Some(p.span_id)),
@@ -91,7 +82,7 @@ fn a_task_s_calls_go_under_the_request_it_answers() {
         );
         assert_eq!(evidence(s), r#"Str("task")"#, "{call}");
     }
-    let c0 = named("GET /c0");
+    let c0 = named(&spans, "GET /c0");
     assert_eq!(
         c0.parent_span_id, None,
         "made before its task's request was read"
@@ -105,10 +96,7 @@ fn a_context_that_reads_several_requests_itself_is_no_evidence() {
     let mut l7 = l7();
     let (a, b) = (server(2, 5000), server(3, 5001));
     let (da, db) = (client(5, 6000), client(6, 6001));
-    let mut events: Vec<StreamEvent> = [&a, &b, &da, &db]
-        .into_iter()
-        .map(|x| StreamEvent::Open(x.clone()))
-        .collect();
+    let mut events = opens(&[&a, &b, &da, &db]);
     events.extend([
         in_py(&a, Direction::Ingress, 1_000, 1, 30, &req("a")),
         in_py(&b, Direction::Ingress, 1_100, 2, 30, &req("b")),
@@ -121,7 +109,7 @@ fn a_context_that_reads_several_requests_itself_is_no_evidence() {
     ]);
     let mut spans = feed(&mut l7, vec![], events);
     l7.release_held(None, &mut spans);
-    let b1 = spans.iter().find(|s| s.name == "GET /b1").unwrap();
+    let b1 = named(&spans, "GET /b1");
     assert_eq!(b1.parent_span_id, None);
     assert_eq!(evidence(b1), r#"Str("ambiguous")"#);
     assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 1);
@@ -138,10 +126,7 @@ fn a_task_that_answers_seconds_later_still_takes_its_call() {
     let mut l7 = l7();
     let (a, b) = (server(2, 5000), server(3, 5001));
     let (da, db) = (client(5, 6000), client(6, 6001));
-    let mut events: Vec<StreamEvent> = [&a, &b, &da, &db]
-        .into_iter()
-        .map(|x| StreamEvent::Open(x.clone()))
-        .collect();
+    let mut events = opens(&[&a, &b, &da, &db]);
     events.extend([
         in_py(&a, Direction::Ingress, S, 1, 11, &req("a")),
         in_py(&b, Direction::Ingress, S + 100, 2, 12, &req("b")),
@@ -173,19 +158,13 @@ fn a_task_that_answers_seconds_later_still_takes_its_call() {
         )],
     );
     l7.release_held(None, &mut spans);
-    let named = |n: &str| {
-        spans
-            .iter()
-            .find(|s| s.name == n)
-            .unwrap_or_else(|| panic!("{n}: {spans:?}"))
-    };
-    let (a1, ga) = (named("GET /a1"), named("GET /a"));
+    let (a1, ga) = (named(&spans, "GET /a1"), named(&spans, "GET /a"));
     assert_eq!(
         (a1.trace_id, a1.parent_span_id),
         (ga.trace_id, Some(ga.span_id))
     );
     assert_eq!(evidence(a1), r#"Str("task")"#);
-    let b1 = named("GET /b1");
+    let b1 = named(&spans, "GET /b1");
     assert_eq!(b1.parent_span_id, None, "its task answered after the wait");
     assert_eq!(evidence(b1), r#"Str("ambiguous")"#);
     assert_eq!(l7.counts().ambiguous.iter().sum::<u64>(), 1);
