@@ -70,9 +70,9 @@ const WAYS: u32 = 2;
 /// direct-mapped (each key one slot), any copy could take a live task's
 /// slot: at 2,000 requests/s and 13 copies each, 65,536 slots turn over
 /// every 2.5 s, so a handler that runs 100 ms lost its origin once in 25,
-/// and its children's calls went out roots. Here a copy that finds its set full takes the way
-/// touched longest ago (its creation, or a call naming it): a callback's
-/// context, not a task that keeps making calls. Evictions are counted
+/// and its children's calls went out roots. Here a copy that finds its set
+/// full takes the way touched longest ago (its creation, or a call naming
+/// it): a callback's context, not a task that keeps making calls. Evictions are counted
 /// (`stat::PY_ORIGIN_EVICTED`); an evicted context's calls stay to the
 /// other rules, and a reader checks the key, so a way given to another
 /// context never lends it this one's origin. Contexts are freed and their
