@@ -243,13 +243,14 @@ impl Inspector {
     /// Enters the threads of Python process `pid` not entered yet (`fresh`:
     /// a process seen for the first time, or again after an exec).
     fn python_threads_of(&mut self, pid: u32, probes: &Arc<Mutex<Probes>>, fresh: bool) {
-        let (threads, interpreter) = match self.finder.threads_of(pid) {
+        // Announced (logged, counted) once its copies are probed and its
+        // threads entered: a test, or a user, that waits for the count
+        // then sees every call's task from the first request.
+        let (threads, interpreter, announce) = match self.finder.threads_of(pid) {
             Ok(f) => {
-                if fresh || !self.python_threads.contains_key(&pid) {
-                    tracing::info!(pid, version = %format!("3.{}", f.minor), threads = f.threads.len(), "Python tasks followed");
-                    Stats::inc(&self.stats.python_followed);
-                }
-                (f.threads, f.interpreter)
+                let announce = (fresh || !self.python_threads.contains_key(&pid))
+                    .then_some((f.minor, f.threads.len()));
+                (f.threads, f.interpreter, announce)
             }
             Err(python::Skip::NotPython) => {
                 self.python_threads.remove(&pid);
@@ -268,22 +269,25 @@ impl Inspector {
             self.python_threads.remove(&pid);
             self.python_copies(pid, interpreter, probes);
         }
-        if self.python_threads.len() >= MAX_PYTHON && !self.python_threads.contains_key(&pid) {
-            return;
+        if self.python_threads.len() < MAX_PYTHON || self.python_threads.contains_key(&pid) {
+            let known = self.python_threads.entry(pid).or_default();
+            let new: Vec<python::PyThread> = threads
+                .into_iter()
+                .filter(|t| !known.contains(&t.tid))
+                .collect();
+            if !new.is_empty() {
+                let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+                match p.enter_python_threads(pid, &new) {
+                    // A thread refused (a full map) is offered again at the
+                    // next walk.
+                    Ok(entered) => known.extend(entered),
+                    Err(e) => tracing::warn!(pid, "Python threads not entered: {e}"),
+                }
+            }
         }
-        let known = self.python_threads.entry(pid).or_default();
-        let new: Vec<python::PyThread> = threads
-            .into_iter()
-            .filter(|t| !known.contains(&t.tid))
-            .collect();
-        if new.is_empty() {
-            return;
-        }
-        let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-        match p.enter_python_threads(pid, &new) {
-            // A thread refused (a full map) is offered again at the next walk.
-            Ok(entered) => known.extend(entered),
-            Err(e) => tracing::warn!(pid, "Python threads not entered: {e}"),
+        if let Some((minor, threads)) = announce {
+            tracing::info!(pid, version = %format!("3.{minor}"), threads, "Python tasks followed");
+            Stats::inc(&self.stats.python_followed);
         }
     }
 
