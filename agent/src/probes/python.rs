@@ -170,28 +170,27 @@ impl Finder {
     /// The interpreter file's symbols, and the file (reached through the
     /// process's root) with its device and inode.
     fn symbols(&mut self, pid: u32, path: &str) -> Option<(Symbols, Interpreter)> {
-        let file = format!("/proc/{pid}/root{path}");
+        let file = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
         let meta = std::fs::metadata(&file).ok()?;
         let key = {
             use std::os::unix::fs::MetadataExt;
             (meta.dev(), meta.ino())
         };
-        let interpreter = Interpreter {
-            file: file.clone().into(),
-            key,
+        let s = match self.files.get(&key) {
+            Some(s) => *s,
+            None => {
+                // Read through a cache: only the headers and dynamic symbols.
+                let s = std::fs::File::open(&file)
+                    .ok()
+                    .and_then(|f| symbols_in(&object::ReadCache::new(f)));
+                if self.files.len() >= MAX_FILES {
+                    self.files.clear();
+                }
+                self.files.insert(key, s);
+                s
+            }
         };
-        if let Some(s) = self.files.get(&key) {
-            return s.map(|s| (s, interpreter));
-        }
-        // Read through a cache: only the headers and dynamic symbols.
-        let s = std::fs::File::open(&file)
-            .ok()
-            .and_then(|f| symbols_in(&object::ReadCache::new(f)));
-        if self.files.len() >= MAX_FILES {
-            self.files.clear();
-        }
-        self.files.insert(key, s);
-        s.map(|s| (s, interpreter))
+        s.map(|s| (s, Interpreter { file, key }))
     }
 }
 
