@@ -54,8 +54,13 @@ pub struct GoThread {
 }
 
 pub mod sock_flags {
-    /// Stop copying payload for this socket: user space classified it as
-    /// uninteresting. Timing and byte counts are still reported.
+    /// User space released this socket (a protocol it does not parse, or
+    /// the unparsed end of one it does, such as a database server's): its
+    /// payload is never copied, and its calls are not reported at all,
+    /// except a write in a tick that a reported read began (`TICK_LOUD`),
+    /// which causality may need (a request's input that wrote something);
+    /// that one comes with its timing and byte count. The rest are counted
+    /// (`stat::QUIET_SKIPPED`).
     pub const QUIET: u8 = 1;
     /// Copy up to `MAX_CAPTURE` bytes per plain read or write (not vectored
     /// I/O, whose verified loops stay bounded by one size), whatever `--capture-size`
@@ -113,7 +118,10 @@ pub mod stat {
     /// key hashes to the same slot of `PY_ORIGINS` (also how the contexts
     /// of exited processes are reclaimed).
     pub const PY_ORIGIN_EVICTED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Calls on a released socket (`sock_flags::QUIET`) left unreported:
+    /// not a loss, what user space asked for.
+    pub const QUIET_SKIPPED: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 #[cfg(feature = "user")]

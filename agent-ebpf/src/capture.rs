@@ -90,6 +90,17 @@ fn enter(ctx: &TracePointContext, sc: u8) {
     {
         return;
     }
+    // A released socket: only a write that may tell user space that a
+    // request's input wrote something is reported (`tick::quiet_unneeded`).
+    // The slot's call is voided, so that this call's exit finds none.
+    if info.flags & sock_flags::QUIET != 0
+        && tick::quiet_unneeded(syscall::is_egress(sc), &t, goroutine)
+    {
+        count(stat::QUIET_SKIPPED);
+        // SAFETY: a map value, this thread's own.
+        unsafe { (*slot).call.live = 0 };
+        return;
+    }
     let mut call = ActiveCall::new(
         unsafe { bpf_ktime_get_ns() },
         arg(ctx, 1),
@@ -182,6 +193,13 @@ fn exit(ctx: &TracePointContext, sc: u8) {
     let rv = ret(ctx);
     if rv <= 0 {
         return;
+    }
+    // A read is about to be reported with the tick as it is now. (Here,
+    // not after the records: after `recvmmsg`'s loop it would be verified
+    // once per state the loop leaves.)
+    if !syscall::is_egress(sc) {
+        // SAFETY: a map value, this thread's own.
+        tick::loud(unsafe { &mut (*p).tick });
     }
     let tgid = (id >> 32) as u32;
     // The socket as it was at entry (it may have been closed by another

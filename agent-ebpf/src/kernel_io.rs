@@ -196,6 +196,9 @@ fn on_return(ctx: &RetProbeContext, sc: u8) {
     };
     let tick = record_tick(&kc.call, crate::tick::current(id as u32));
     emit(id, kc.tgid, &kc.call, rv, &info, src, tick);
+    if !syscall::is_egress(sc) {
+        crate::tick::loud_thread(id as u32);
+    }
 }
 
 #[kprobe]

@@ -357,7 +357,7 @@ pub struct Tick {
     /// Advances with `n`, except when the thread waits uninterruptibly (a
     /// page fault, a kernel lock): it is still doing the same thing.
     pub activity: u32,
-    /// `TICKING`, `TICK_TLS`.
+    /// `TICKING`, `TICK_TLS`, `TICK_LOUD`.
     pub flags: u32,
 }
 
@@ -369,6 +369,12 @@ pub const TICK_TLS: u32 = 1;
 /// wrote, connected, forked) has no tick: it reads as zeros and nothing
 /// advances it.
 pub const TICKING: u32 = 2;
+/// `Tick::flags`: a reported read carries the thread's tick as it is now
+/// (set as the record is written, cleared whenever the tick moves). User
+/// space marks a request's input by its read's tick, and asks whether that
+/// tick wrote anything; a write on a released socket (`QUIET`) is reported
+/// only in such a tick, where the answer may matter.
+pub const TICK_LOUD: u32 = 4;
 
 /// Go (`goroutine.rs`): tid -> the goroutine running on that thread, what
 /// its run was handed, and its last write (`GoThread`), in a slot (see

@@ -19,7 +19,7 @@ use aya_ebpf::{
 
 use aya_ebpf::EbpfContext;
 
-use crate::maps::{thread, thread_new, Tick, TICKING, TICK_TLS};
+use crate::maps::{thread, thread_new, Tick, TICKING, TICK_LOUD, TICK_TLS};
 
 /// Advances `tid`'s tick and activity, if it has a tick: it turned to
 /// something other than a tracked socket's read (a poll, a sleep).
@@ -64,7 +64,7 @@ fn started(read_fd: i32, flags: u32) -> Tick {
         n: 1,
         read_fd,
         activity: 1,
-        flags: flags | TICKING,
+        flags: (flags & !TICK_LOUD) | TICKING,
     }
 }
 
@@ -75,6 +75,39 @@ fn advance(t: &mut Tick, read_fd: i32) {
     t.n = t.n.wrapping_add(1);
     t.activity = t.activity.wrapping_add(1);
     t.read_fd = read_fd;
+    t.flags &= !TICK_LOUD;
+}
+
+/// A read's record carrying the thread's tick as it is now was written:
+/// the tick is `TICK_LOUD` until it moves.
+#[inline(always)]
+pub fn loud(t: &mut Tick) {
+    if t.flags & TICKING != 0 {
+        t.flags |= TICK_LOUD;
+    }
+}
+
+/// [`loud`], for thread `tid`.
+#[inline(always)]
+pub fn loud_thread(tid: u32) {
+    if let Some(p) = thread(tid) {
+        // SAFETY: a map value; only the thread itself writes its tick.
+        loud(unsafe { &mut (*p).tick });
+    }
+}
+
+/// Whether a call on a released socket (`sock_flags::QUIET`) need not be
+/// reported. Only one place uses such a call: a write that follows a
+/// request's input, in the tick its read's record carried, tells user
+/// space that the input's tick wrote something (rules `connect` and the
+/// stalled case of `tick`). Every input user space marks came in a
+/// reported read, so every other call on the socket, its reads included,
+/// is unneeded. `tick`: the thread's tick at the call (for a write, the
+/// one its record would carry). A goroutine's calls stand for the
+/// goroutine, not the thread, and are all reported as before.
+#[inline(always)]
+pub fn quiet_unneeded(egress: bool, tick: &Tick, goroutine: u32) -> bool {
+    goroutine == 0 && !(egress && tick.flags & TICK_LOUD != 0)
 }
 
 /// The tick of a thread that has none.
@@ -95,7 +128,7 @@ fn followed(tid: u32) -> Option<&'static mut Tick> {
     let t = unsafe { &mut (*p).tick };
     if t.flags & TICKING == 0 {
         *t = Tick {
-            flags: t.flags | TICKING,
+            flags: (t.flags & !TICK_LOUD) | TICKING,
             ..NONE
         };
     }
@@ -194,6 +227,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
                 let t = unsafe { &mut (*p).tick };
                 if t.flags & TICKING != 0 {
                     t.n = t.n.wrapping_add(1);
+                    t.flags &= !TICK_LOUD;
                 }
             }
         } else {

@@ -367,9 +367,27 @@ fn deliver(id: u64, c: &TlsCall, bytes: i64, op: u8) {
     } else {
         syscall::TLS_WRITE
     };
+    let now = tick::get(id as u32);
+    // A released socket (`tick::quiet_unneeded`). A write whose tick moved
+    // during the library's call is judged by a tick no longer known: it is
+    // reported.
+    if info.flags & sock_flags::QUIET != 0
+        && (op == op::READ || now.n == c.tick)
+        && tick::quiet_unneeded(
+            op != op::READ,
+            &now,
+            crate::goroutine::runtime(id as u32).unwrap_or(0),
+        )
+    {
+        count(stat::QUIET_SKIPPED);
+        return;
+    }
     let call = ActiveCall::new(c.enter_ns, c.buf, bytes as u64, fd, sc, c.tick);
-    let tick = record_tick(&call, tick::current(id as u32));
+    let tick = record_tick(&call, now.n);
     emit(id, tgid, &call, bytes, &info, Source::Buf(c.buf), tick);
+    if op == op::READ {
+        tick::loud_thread(id as u32);
+    }
 }
 
 /// Called by every socket syscall entry on a tracked socket: whether the

@@ -264,8 +264,8 @@ impl Session {
         self.kernel_io.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Stops payload copying for a connection classified as uninteresting;
-    /// its data events keep their timing and byte counts.
+    /// Releases a connection classified as uninteresting
+    /// (`KernelSockets::set_quiet`).
     pub fn set_quiet(&self, pid: u32, fd: i32) -> Result<(), QuietError> {
         self.sockets
             .lock()

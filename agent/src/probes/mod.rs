@@ -658,8 +658,10 @@ pub enum QuietError {
 }
 
 impl KernelSockets {
-    /// Stops payload copying for one socket: the kernel keeps reporting
-    /// timing and byte counts, with `PAYLOAD_SKIPPED` set.
+    /// Releases one socket (`sock_flags::QUIET`): its payload is no longer
+    /// copied, and the kernel reports only the writes causality may need
+    /// (with timing and byte count, `PAYLOAD_SKIPPED` set); the other calls
+    /// are counted in `stat::QUIET_SKIPPED`.
     pub fn set_quiet(&mut self, pid: u32, fd: i32) -> Result<(), QuietError> {
         self.set_flag(pid, fd, sonde_common::sock_flags::QUIET)
     }
@@ -787,6 +789,9 @@ pub struct KernelCounters {
     /// Python contexts whose origin the kernel's table lost to another
     /// context's (`PY_ORIGINS`).
     pub py_origins_evicted: u64,
+    /// Calls on released sockets the kernel left unreported, as asked
+    /// (`sock_flags::QUIET`).
+    pub quiet_skipped: u64,
     /// Goroutine hand-offs overwritten before their receiver ran
     /// (`GO_HANDOFFS`).
     pub go_handoffs_lost: u64,
@@ -817,6 +822,7 @@ impl KernelStats {
             tls_no_socket: get(stat::TLS_NO_SOCKET),
             go_evicted: get(stat::GO_EVICTED),
             py_origins_evicted: get(stat::PY_ORIGIN_EVICTED),
+            quiet_skipped: get(stat::QUIET_SKIPPED),
             go_handoffs_lost: get(stat::GO_HANDOFF_LOST),
             injections: INJECT_OUTCOMES.map(|(_, i)| get(i)),
         }

@@ -76,7 +76,8 @@ pub const PIPE_HEAD: usize = 64;
 /// The one backward edge, to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Stop copying this connection's payload (timing and counts go on).
+    /// Stop copying this connection's payload, and reporting its calls but
+    /// for the writes causality may need (`sock_flags::QUIET`).
     Release { conn: u64, pid: u32, fd: i32 },
     /// Copy up to the ceiling on this connection: its protocol is framed.
     CopyWhole { conn: u64, pid: u32, fd: i32 },

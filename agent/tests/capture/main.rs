@@ -58,8 +58,12 @@ fn main() {
             sendfile();
             Ok(())
         }),
-        Trial::test("quiet_connection_keeps_counts_without_payload", || {
+        Trial::test("quiet_connection_reports_nothing_it_need_not", || {
             quiet();
+            Ok(())
+        }),
+        Trial::test("quiet_write_after_a_reported_read_keeps_its_count", || {
+            quiet_write_after_reported_read();
             Ok(())
         }),
         Trial::test("accept_without_sockaddr_still_gets_its_tuple", || {
@@ -267,6 +271,8 @@ fn sendfile() {
     );
 }
 
+/// A released socket whose thread read no reported input: neither its
+/// write nor its read is reported, and both are counted.
 fn quiet() {
     let (server, client) = pair("write", &["--wait"]);
     let (s, c) = (server.key(), client.key());
@@ -279,31 +285,90 @@ fn quiet() {
         session.set_quiet(c.0, 9999).is_err(),
         "an untracked fd is refused"
     );
+    let before = session.kernel_counters().quiet_skipped;
     let events = complete(&rt, &mut session, server, client);
     let quiet = data_of(&events, c.0);
-    assert!(!quiet.is_empty());
+    assert!(
+        quiet.is_empty(),
+        "a released socket's calls reported: {quiet:?}"
+    );
+    // Its write and its read, at least (a read may take several calls).
+    let skipped = session.kernel_counters().quiet_skipped - before;
+    assert!(skipped >= 2, "{skipped} calls counted as skipped");
+    // The other end of the same connection is unaffected.
+    assert_eq!(
+        bytes_of(&events, s.0, Direction::Ingress),
+        peer::request("write")
+    );
+    assert_eq!(
+        bytes_of(&events, s.0, Direction::Egress),
+        peer::response("write")
+    );
+}
+
+/// A write on a released socket right after a reported read, in the tick
+/// that read's record carries: reported, with its count and timing but no
+/// payload (user space learns that the input wrote something).
+fn quiet_write_after_reported_read() {
+    let (mut server, mut client) = pair("two", &["--wait"]);
+    let (s, c) = (server.key(), client.key());
+    let (s_side, c_side) = (server.side_fd(), client.side_fd());
+    let rt = runtime();
+    let mut session = start(&rt, SessionConfig::default());
+    session
+        .set_quiet(s.0, s_side)
+        .expect("the server's second socket is tracked");
+    let events = complete(&rt, &mut session, server, client);
+    let on_side: Vec<_> = data_of(&events, s.0)
+        .into_iter()
+        .filter(|(conn, _)| conn.fd == s_side)
+        .collect();
+    assert!(
+        !on_side.is_empty(),
+        "the write after the read was not reported"
+    );
     let mut sent = 0;
-    for (_, d) in &quiet {
+    for (_, d) in &on_side {
+        assert_eq!(d.direction, Direction::Egress, "{d:?}");
         assert!(
             d.payload.is_empty(),
             "payload copied for a quiet socket: {d:?}"
         );
         assert_ne!(d.flags & sonde_common::data_flags::PAYLOAD_SKIPPED, 0);
         assert!(d.enter_ns <= d.exit_ns);
-        if d.direction == Direction::Egress {
-            sent += d.bytes;
-        }
+        sent += d.bytes;
     }
     assert_eq!(
         sent as usize,
-        peer::request("write").len(),
-        "byte counts kept"
+        peer::response("two").len(),
+        "byte count kept"
     );
-    // The other end of the same connection is unaffected.
+    // The read it followed, and the write's tick is that read's.
+    let read = data_of(&events, s.0)
+        .into_iter()
+        .rfind(|(conn, d)| conn.fd == s.1 && d.direction == Direction::Ingress)
+        .expect("the request's read")
+        .1;
     assert_eq!(
         bytes_of(&events, s.0, Direction::Ingress),
-        peer::request("write")
+        peer::request("two")
     );
+    assert_ne!(read.tick, 0);
+    assert!(
+        on_side.iter().all(|(_, d)| d.tick == read.tick),
+        "{on_side:?} after {read:?}"
+    );
+    // The client's ends are not released: all reported, payload and all.
+    assert_eq!(
+        bytes_of(&events, c.0, Direction::Egress),
+        peer::request("two")
+    );
+    let side_in: Vec<u8> = data_of(&events, c.0)
+        .into_iter()
+        .filter(|(conn, d)| conn.fd == c_side && d.direction == Direction::Ingress)
+        .flat_map(|(_, d)| d.payload.clone())
+        .collect();
+    assert_eq!(side_in, peer::response("two"));
 }
 
 fn payload_larger_than_capture() {

@@ -6,7 +6,10 @@
 //! prints `LISTEN <port>`; `peer client <mode> <port> [--wait]` connects.
 //! Both print `SOCKET fd=<fd> local=<addr> remote=<addr>`, then (with
 //! `--wait`) `READY` and wait for a line on stdin, then exchange one request
-//! and one response, print `DONE` and close.
+//! and one response, print `DONE` and close. In mode `two` the client opens
+//! a second connection (`SIDE fd=<fd>`, printed by both) and the response
+//! comes back on it: the server writes it right after reading the request
+//! on the first.
 use std::{
     io::{BufRead, Write},
     net::{TcpListener, TcpStream},
@@ -334,8 +337,19 @@ pub fn main(args: &[String]) {
                 l.accept().unwrap().0.into_raw_fd()
             };
             report(fd);
+            let side = (mode == "two").then(|| {
+                let side = l.accept().unwrap().0.into_raw_fd();
+                out(format!("SIDE fd={side}"));
+                side
+            });
             wait_for_go(wait);
             match mode {
+                "two" => {
+                    let side = side.unwrap();
+                    assert_eq!(recv(fd, "write", request(mode).len()), request(mode));
+                    send(side, "write", &response(mode));
+                    unsafe { libc::close(side) };
+                }
                 "flood" => {
                     let mut total = 0;
                     let mut buf = vec![0u8; 65536];
@@ -375,8 +389,22 @@ pub fn main(args: &[String]) {
                 .unwrap()
                 .into_raw_fd();
             report(fd);
+            let side = (mode == "two").then(|| {
+                let side = TcpStream::connect(("127.0.0.1", port))
+                    .unwrap()
+                    .into_raw_fd();
+                out(format!("SIDE fd={side}"));
+                side
+            });
             wait_for_go(wait);
             match mode {
+                "two" => {
+                    let side = side.unwrap();
+                    send(fd, "write", &request(mode));
+                    let got = recv(side, "write", response(mode).len());
+                    assert_eq!(got, response(mode));
+                    unsafe { libc::close(side) };
+                }
                 "flood" => {
                     for seq in 0..FLOOD_COUNT as u32 {
                         send(fd, "write", &flood_message(seq));

@@ -89,6 +89,14 @@ impl Peer {
         (self.pid, self.fd)
     }
 
+    /// The fd of the second connection a peer of mode `two` printed.
+    pub fn side_fd(&mut self) -> i32 {
+        Self::line(&mut self.out, "SIDE")
+            .trim_start_matches("fd=")
+            .parse()
+            .unwrap()
+    }
+
     /// Lets a `--wait` peer go on.
     pub fn go(&mut self) {
         Self::line(&mut self.out, "READY");
