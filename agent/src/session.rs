@@ -135,6 +135,7 @@ impl Session {
         });
 
         let table_stats = stats.clone();
+        let lost_stats = kernel_stats.clone();
         // Its /proc reads (process names, unresolved sockets) block, so the
         // table runs on a thread of the blocking pool, not on a worker.
         let rt = tokio::runtime::Handle::current();
@@ -171,7 +172,16 @@ impl Session {
                             }
                         }
                         _ = sweep.tick() => {
-                            table.sweep(&mut out);
+                            // Records lost before the table: closes it
+                            // may not have read.
+                            let lost = lost_stats.read().ringbuf_drops
+                                + table_stats
+                                    .reader_channel_drops
+                                    .load(std::sync::atomic::Ordering::Relaxed)
+                                + table_stats
+                                    .decode_errors
+                                    .load(std::sync::atomic::Ordering::Relaxed);
+                            table.sweep(lost, &mut out);
                             if trimmer.observe(table.entries()) {
                                 crate::memory::release();
                             }

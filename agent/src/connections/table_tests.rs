@@ -1,3 +1,4 @@
+use std::os::fd::AsRawFd;
 use std::sync::{atomic::Ordering::Relaxed, Arc};
 
 use sonde_common::{conn_flags, SockInfo};
@@ -318,13 +319,14 @@ fn sweep_removes_connections_of_dead_processes() {
     apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, PID, 3)));
     let mut out = vec![];
     // The first sweep only marks it: its last records may still be queued.
-    t.sweep(&mut out);
+    // (Exits are checked whether or not records were lost.)
+    t.sweep(0, &mut out);
     assert!(out.is_empty(), "{out:?}");
     // They come, and find their connection.
     let out = apply(&mut t, data(PID, 3, b"late"));
     assert!(matches!(out.as_slice(), [StreamEvent::Data(..)]), "{out:?}");
     let mut out = vec![];
-    t.sweep(&mut out);
+    t.sweep(0, &mut out);
     assert_eq!(out.len(), 1);
     assert!(t.is_empty());
 }
@@ -345,17 +347,76 @@ fn a_closed_socket_is_swept_only_when_two_sweeps_find_it_gone() {
     let fd = 100_001;
     apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, pid, fd)));
     let mut out = vec![];
-    t.sweep(&mut out);
+    // Its close record was lost.
+    t.sweep(1, &mut out);
     assert!(out.is_empty(), "{out:?}");
     let out = apply(&mut t, data(pid, fd, b"tail"));
     assert!(matches!(out.as_slice(), [StreamEvent::Data(..)]), "{out:?}");
     let mut out = vec![];
-    t.sweep(&mut out);
+    t.sweep(1, &mut out);
     assert!(
         matches!(out.as_slice(), [StreamEvent::Close(..)]),
         "{out:?}"
     );
     assert_eq!(t.stats.swept_closes.load(Relaxed), 1);
+}
+
+/// With no record lost, every close was read: a sweep looks at fds only
+/// at every `FULL_SWEEP_EVERY`th (a socket closed without `close()`, here
+/// an fd that is not open), or as soon as records were lost.
+#[test]
+fn a_sweep_looks_at_fds_after_lost_records_or_at_the_full_sweep() {
+    let pid = std::process::id();
+    let mut t = table();
+    t.processes().insert(ProcessInfo {
+        pid,
+        comm: "self".into(),
+        ..Default::default()
+    });
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (closed, file) = (100_002, std::fs::File::open("/proc/self/status").unwrap());
+    for fd in [open.as_raw_fd(), closed, file.as_raw_fd()] {
+        apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, pid, fd)));
+    }
+    // The fds ended so far, in order of fd.
+    let ended = |out: &[StreamEvent]| -> Vec<i32> {
+        let mut fds: Vec<i32> = out
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Close(c, _) => Some(c.fd),
+                _ => None,
+            })
+            .collect();
+        fds.sort_unstable();
+        fds
+    };
+    let mut out = vec![];
+    for _ in 1..FULL_SWEEP_EVERY {
+        t.sweep(0, &mut out);
+    }
+    assert_eq!(
+        ended(&out),
+        Vec::<i32>::new(),
+        "nothing lost, nothing looked at"
+    );
+    // The full sweep suspects both, the next ends them.
+    t.sweep(0, &mut out);
+    assert_eq!(ended(&out), Vec::<i32>::new());
+    t.sweep(0, &mut out);
+    assert_eq!(ended(&out), vec![file.as_raw_fd(), closed]);
+    // A record lost: the next sweep looks, the one after ends.
+    let other = 100_003;
+    apply(
+        &mut t,
+        KernelEvent::Conn(conn(ConnKind::Connect, pid, other)),
+    );
+    t.sweep(0, &mut out);
+    assert_eq!(ended(&out).len(), 2, "not looked at yet");
+    t.sweep(1, &mut out);
+    t.sweep(1, &mut out);
+    assert_eq!(ended(&out), vec![file.as_raw_fd(), closed, other]);
+    assert_eq!(t.len(), 1, "the open socket stays");
+    assert_eq!(t.stats.swept_closes.load(Relaxed), 3);
 }
 
 #[test]
