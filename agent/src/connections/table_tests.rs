@@ -331,11 +331,8 @@ fn sweep_removes_connections_of_dead_processes() {
     assert!(t.is_empty());
 }
 
-/// A socket closed while its records lag behind /proc: one sweep does not
-/// end it, so its last data arrive to the connection they belong to, not
-/// to a new one opened from /proc.
-#[test]
-fn a_closed_socket_is_swept_only_when_two_sweeps_find_it_gone() {
+/// A table that knows this test process, whose real fds the sweeps read.
+fn own_table() -> (u32, ConnTable<Recorder>) {
     let pid = std::process::id();
     let mut t = table();
     t.processes().insert(ProcessInfo {
@@ -343,6 +340,15 @@ fn a_closed_socket_is_swept_only_when_two_sweeps_find_it_gone() {
         comm: "self".into(),
         ..Default::default()
     });
+    (pid, t)
+}
+
+/// A socket closed while its records lag behind /proc: one sweep does not
+/// end it, so its last data arrive to the connection they belong to, not
+/// to a new one opened from /proc.
+#[test]
+fn a_closed_socket_is_swept_only_when_two_sweeps_find_it_gone() {
+    let (pid, mut t) = own_table();
     // An fd number no socket of this process has.
     let fd = 100_001;
     apply(&mut t, KernelEvent::Conn(conn(ConnKind::Connect, pid, fd)));
@@ -366,13 +372,7 @@ fn a_closed_socket_is_swept_only_when_two_sweeps_find_it_gone() {
 /// an fd that is not open), or as soon as records were lost.
 #[test]
 fn a_sweep_looks_at_fds_after_lost_records_or_at_the_full_sweep() {
-    let pid = std::process::id();
-    let mut t = table();
-    t.processes().insert(ProcessInfo {
-        pid,
-        comm: "self".into(),
-        ..Default::default()
-    });
+    let (pid, mut t) = own_table();
     let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (closed, file) = (100_002, std::fs::File::open("/proc/self/status").unwrap());
     for fd in [open.as_raw_fd(), closed, file.as_raw_fd()] {
