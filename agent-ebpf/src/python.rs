@@ -72,12 +72,12 @@ const WAYS: u32 = 2;
 /// every 2.5 s, so a handler that runs 100 ms lost its origin once in 25,
 /// and its children's calls went out roots. Here a copy that finds its set
 /// full takes the way touched longest ago (its creation, or a call naming
-/// it): a callback's context, not a task that keeps making calls. Evictions are counted
-/// (`stat::PY_ORIGIN_EVICTED`); an evicted context's calls stay to the
-/// other rules, and a reader checks the key, so a way given to another
-/// context never lends it this one's origin. Contexts are freed and their
-/// addresses reused without a trace; a reused address gets its new origin
-/// at its copy.
+/// it): a callback's context, not a task that keeps making calls.
+/// Evictions are counted (`stat::PY_ORIGIN_EVICTED`); an evicted context's
+/// calls stay to the other rules, and a reader checks the key, so a way
+/// given to another context never lends it this one's origin. Contexts are
+/// freed and their addresses reused without a trace; a reused address gets
+/// its new origin at its copy.
 #[map]
 static PY_ORIGINS: Array<OriginSlot> = Array::with_max_entries(1 << (SET_BITS + 1), 0);
 
