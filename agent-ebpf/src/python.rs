@@ -12,36 +12,20 @@
 //!
 //! A task's context is a copy of the context current when it was created
 //! (`PyContext_CopyCurrent`, which `asyncio.Task` and every other
-//! `copy_context` call): a uprobe at its entry and return on the
-//! interpreter file (attached by user space) keeps, for each new context,
-//! the context it was copied from and when (`PY_ORIGINS`). A call made in
+//! `copy_context` call): a uprobe at its return on the interpreter file
+//! (attached by user space) keeps, for each new context, the context it
+//! was copied from and when (`PY_ORIGINS`). A call made in
 //! a child task (`asyncio.gather`, `create_task`, a client library's own
 //! task) carries its context's origin, the task that started it.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
-    maps::{Array, PerCpuArray},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{map, uretprobe},
+    maps::Array,
+    programs::RetProbeContext,
 };
 use sonde_common::{python_task_id, GoOrigin};
 
 use crate::maps::{go_hash, go_key, PY_THREADS};
-
-/// A context copy in progress on this CPU (`PyContext_CopyCurrent`, from
-/// its entry to its return, which run on one thread with no syscall in
-/// between): the thread, the context copied, when. An array entry, not a
-/// hash map's: this runs at every `copy_context` of every followed Python
-/// thread (each task, each `call_soon`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Copying {
-    tid: u32,
-    from: u32,
-    at_ns: u64,
-}
-
-#[map]
-static PY_COPYING: PerCpuArray<Copying> = PerCpuArray::with_max_entries(1, 0);
 
 /// A context's origin, in one way of `PY_ORIGINS`.
 #[repr(C)]
@@ -133,49 +117,30 @@ pub fn origin(id: u64, task: u32, now: u64) -> Option<GoOrigin> {
     None
 }
 
-#[uprobe]
-pub fn py_copy_context(_ctx: ProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let from = context(id);
-    if from != 0 {
-        if let Some(c) = PY_COPYING.get_ptr_mut(0) {
-            // SAFETY: this CPU's entry.
-            unsafe {
-                *c = Copying {
-                    tid: id as u32,
-                    from: python_task_id(from),
-                    at_ns: bpf_ktime_get_ns(),
-                }
-            };
-        }
-    }
-    0
-}
-
+/// At `PyContext_CopyCurrent`'s return: the new context (its return value)
+/// was copied from the thread's current one, which the copy does not change
+/// (a thread that had none gets an empty one first, and the copy is of
+/// that). So one program at the return learns both, and the entry needs
+/// none: this was an entry and a return uprobe handing the copied context
+/// and the time over in a per-CPU entry, two runs and two reads of the
+/// thread's state per copy (README, "Python child tasks").
 #[uretprobe]
 pub fn py_copy_context_ret(ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(c) = PY_COPYING.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's entry.
-    let c = unsafe { &mut *c };
-    if c.tid != id as u32 || c.from == 0 {
-        // Another thread's copy, or the thread moved between its entry
-        // and its return: its origin is not known.
-        return 0;
-    }
-    let from = c.from;
-    c.from = 0;
     let new: u64 = ctx.ret();
     if new == 0 {
         return 0;
     }
+    let id = bpf_get_current_pid_tgid();
+    let from = context(id);
+    if from == 0 {
+        return 0;
+    }
+    let at_ns = unsafe { bpf_ktime_get_ns() };
     let key = go_key(id, python_task_id(new));
     let origin = GoOrigin {
-        creator: from,
+        creator: python_task_id(from),
         _pad: 0,
-        at_ns: c.at_ns,
+        at_ns,
     };
     // The way: the context's own (a reused address), else a free one, else
     // the one touched longest ago.
@@ -215,7 +180,7 @@ pub fn py_copy_context_ret(ctx: RetProbeContext) -> u32 {
     unsafe {
         core::ptr::write_volatile(&mut (*e).key, 0);
         core::ptr::write_volatile(&mut (*e).origin, origin);
-        core::ptr::write_volatile(&mut (*e).touched_ns, c.at_ns);
+        core::ptr::write_volatile(&mut (*e).touched_ns, at_ns);
         core::ptr::write_volatile(&mut (*e).key, key);
     }
     0

@@ -26,11 +26,10 @@ use std::{
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
-/// The uprobes on the interpreter's context copies (`agent-ebpf/src/python.rs`):
-/// entry and return of `PyContext_CopyCurrent`.
-pub const COPY_ENTRY: &str = "py_copy_context";
+/// The uprobe on the interpreter's context copies (`agent-ebpf/src/python.rs`):
+/// the return of `PyContext_CopyCurrent`.
 pub const COPY_RETURN: &str = "py_copy_context_ret";
-pub const PROGRAMS: &[&str] = &[COPY_ENTRY, COPY_RETURN];
+pub const PROGRAMS: &[&str] = &[COPY_RETURN];
 
 /// Offsets of the fields walked, for one CPython minor version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

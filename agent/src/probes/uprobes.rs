@@ -313,10 +313,8 @@ impl Inspector {
         }
         let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut links = LinkSet::default();
-        let at = || UProbeAttachLocation::Symbol("PyContext_CopyCurrent");
-        let attached = links
-            .attach(&mut p, python::COPY_ENTRY, at(), &file)
-            .and_then(|()| links.attach(&mut p, python::COPY_RETURN, at(), &file));
+        let at = UProbeAttachLocation::Symbol("PyContext_CopyCurrent");
+        let attached = links.attach(&mut p, python::COPY_RETURN, at, &file);
         let links = match attached {
             Ok(()) => {
                 tracing::info!(pid, file = %file.display(), "Python context copies probed");
