@@ -14,9 +14,9 @@
 //! (`PyContext_CopyCurrent`, which `asyncio.Task` and every other
 //! `copy_context` call): a uprobe at its return on the interpreter file
 //! (attached by user space) keeps, for each new context, the context it
-//! was copied from and when (`PY_ORIGINS`). A call made in
-//! a child task (`asyncio.gather`, `create_task`, a client library's own
-//! task) carries its context's origin, the task that started it.
+//! was copied from and when (`PY_ORIGINS`). A call made in a child task
+//! (`asyncio.gather`, `create_task`, a client library's own task) carries
+//! its context's origin, the task that started it.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uretprobe},
