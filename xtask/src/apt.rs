@@ -47,6 +47,8 @@ pub const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("mysql-connector-python", "mysql.connector"),
     ("pika", "pika"),
     ("aio-pika", "aio_pika"),
+    // The libuv event loop of the linking suite's uvloop service.
+    ("uvloop", "uvloop"),
     // The gRPC client and server of the http2 suite.
     ("grpcio", "grpc"),
     ("kubernetes-validate", "kubernetes_validate"),
@@ -81,8 +83,21 @@ pub fn ensure_python() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: pip installing {}", missing.join(" "));
-    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(&missing))
-        .context("pip install of the test clients; fix: python3 -m pip install psycopg[binary] requests pymysql redis mysql-connector-python pika aio-pika grpcio kubernetes-validate flask opentelemetry-distro opentelemetry-exporter-otlp-proto-http opentelemetry-instrumentation-flask")
+    sh(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(&missing))
+    .with_context(|| {
+        format!(
+            "pip install of the test clients; fix: python3 -m pip install {}",
+            missing.join(" ")
+        )
+    })
 }
 
 fn installed(pkg: &str) -> bool {

@@ -38,11 +38,15 @@ fn main() {
             Ok(())
         }),
         Trial::test("asyncio_gather_eight_in_flight", || {
-            asyncio_eight_in_flight(true);
+            asyncio_eight_in_flight(Loop::Gather);
             Ok(())
         }),
         Trial::test("asyncio_eight_in_flight", || {
-            asyncio_eight_in_flight(false);
+            asyncio_eight_in_flight(Loop::Asyncio);
+            Ok(())
+        }),
+        Trial::test("uvloop_eight_in_flight", || {
+            asyncio_eight_in_flight(Loop::Uvloop);
             Ok(())
         }),
         Trial::test("node_event_loop_eight_in_flight", || {
@@ -198,7 +202,7 @@ fn answer(mut s: TcpStream) {
 
 /// The agent, a downstream service, and `async_server.py` (named
 /// `service`) calling it; the guards, then the server's port.
-fn async_server(service: &str, fanout: &str) -> ((Agent, Proc, Proc), u16) {
+fn async_server(service: &str, fanout: &str, event_loop: &str) -> ((Agent, Proc, Proc), u16) {
     let a = agent(&[]);
     let down = free_port();
     let down_proc = python_server(down, "downstream");
@@ -207,7 +211,8 @@ fn async_server(service: &str, fanout: &str) -> ((Agent, Proc, Proc), u16) {
     cmd.arg(fixture("linking/async_server.py"))
         .args([port.to_string(), down.to_string()])
         .env("OTEL_SERVICE_NAME", service)
-        .env("FANOUT", fanout);
+        .env("FANOUT", fanout)
+        .env("LOOP", event_loop);
     let srv = ready(cmd);
     python_followed(&a, 2);
     ((a, srv, down_proc), port)
@@ -227,7 +232,7 @@ fn python_followed(a: &Agent, n: usize) {
 }
 
 fn event_loop() {
-    let ((a, _srv, _down), port) = async_server("loop", "");
+    let ((a, _srv, _down), port) = async_server("loop", "", "asyncio");
 
     let before = http_get(&a.metrics, "/metrics").unwrap();
     answer(send(port, "/solo"));
@@ -308,6 +313,15 @@ fn event_loop() {
     assert_eq!(ambiguous, 0.0, "no call is left ambiguous");
 }
 
+/// The Python event loops of `asyncio_eight_in_flight`.
+#[derive(Clone, Copy)]
+enum Loop {
+    Asyncio,
+    /// Both calls at once, in tasks `asyncio.gather` creates.
+    Gather,
+    Uvloop,
+}
+
 /// Every span of `n` requests to `service` that each make two downstream
 /// calls has arrived: the service's SERVER spans, its CLIENT spans and the
 /// downstream's. The downstream's come first (a call's server ends before
@@ -332,15 +346,19 @@ fn two_calls_each_exported(s: &[ReceivedSpan], service: &str, n: usize) -> bool 
 /// stays roots (ARCHITECTURE.md, "Per runtime class"). `gather`: the two
 /// calls are made at once, each in a task `asyncio.gather` creates, which
 /// never answers a request: they wait for their creator's answer.
-fn asyncio_eight_in_flight(gather: bool) {
+/// `Uvloop`: the sequential calls on uvloop, which runs the task steps
+/// woken by a loop iteration's reads right after them, in their tick: a
+/// task's write there follows reads made for other requests, and only a
+/// read in the task's own context is evidence.
+fn asyncio_eight_in_flight(variant: Loop) {
     const N: usize = 40;
     const IN_FLIGHT: usize = 8;
-    let service = if gather {
-        "asyncio-gather"
-    } else {
-        "asyncio-loop"
+    let (service, fanout, event_loop) = match variant {
+        Loop::Asyncio => ("asyncio-loop", "", "asyncio"),
+        Loop::Gather => ("asyncio-gather", "gather", "asyncio"),
+        Loop::Uvloop => ("uvloop", "", "uvloop"),
     };
-    let ((a, _srv, _down), port) = async_server(service, if gather { "gather" } else { "" });
+    let ((a, _srv, _down), port) = async_server(service, fanout, event_loop);
     load(port, 0..N, IN_FLIGHT);
     let spans = wait_spans(&a.store, |s| two_calls_each_exported(s, service, N));
     let found = Found {

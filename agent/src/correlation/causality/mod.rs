@@ -117,6 +117,8 @@ struct Mark {
     wrote: bool,
     /// The thread opened a client connection in this tick.
     connected: bool,
+    /// Python: the context the read ran in (0: none known).
+    py_task: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +126,8 @@ struct Opener {
     tid: u32,
     tick: u32,
     request: [u8; 8],
+    /// Python: the context of the read that named `request` (0: none known).
+    py_task: u32,
 }
 
 /// The delivery a consumer thread acknowledged last. If it made no call
@@ -342,12 +346,20 @@ impl Linker {
             return;
         }
         m.connected = true;
-        let request = m.request;
+        let (request, py_task) = (m.request, m.py_task);
         if self.openers.len() >= MAX_THREADS {
             self.marks_dropped += self.openers.len() as u64;
             self.openers.clear();
         }
-        self.openers.insert(conn, Opener { tid, tick, request });
+        self.openers.insert(
+            conn,
+            Opener {
+                tid,
+                tick,
+                request,
+                py_task,
+            },
+        );
     }
 
     /// The read `at` on `conn` delivered input of request `request`: the
@@ -427,6 +439,7 @@ impl Linker {
             reply,
             wrote: false,
             connected: false,
+            py_task: at.py_task,
         });
     }
 

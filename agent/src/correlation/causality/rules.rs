@@ -206,7 +206,9 @@ impl Linker {
         at: SegTime,
         o: Opener,
     ) -> Option<Parent> {
-        if o.tid != at.tid {
+        // Python: the connect's tick was read in another context than the
+        // one writing (see `by_tick`).
+        if o.tid != at.tid || o.py_task != at.py_task {
             return None;
         }
         let f = list
@@ -244,6 +246,11 @@ impl Linker {
                 f.ctx.span_id == m.request && f.tid == at.tid && f.since_ns <= at.enter_ns
             })
         };
+        // Python: only a read in the write's own context. uvloop reads every
+        // ready socket (each transport's callback in its own context), then
+        // runs the task steps those reads woke, with no poll in between: a
+        // task's write then follows, in one tick, reads made for other
+        // requests. (asyncio's own loop polls before it runs them.)
         let read: Vec<(&Mark, &InFlight)> = self
             .marks
             .get(&pid)?
@@ -252,6 +259,7 @@ impl Linker {
             .rev()
             .skip_while(|m| m.tick != at.tick)
             .take_while(|m| m.tick == at.tick)
+            .filter(|m| m.py_task == at.py_task)
             .filter_map(|m| in_flight(m).map(|f| (m, f)))
             .collect();
         let &(m, f) = read.last()?;

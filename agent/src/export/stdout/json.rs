@@ -25,33 +25,26 @@ struct Line<'a> {
 }
 
 /// `[{"key": k, "value": {"stringValue": v}}, ...]`: a span's attributes
-/// (static keys), or a resource's (owned keys) after its service name and
-/// namespace.
+/// (static keys), or a resource's (owned keys; `service.name` among them).
 struct Attributes<'a, K> {
-    service: Option<(&'a str, Option<&'a str>)>,
     list: &'a [(K, Value)],
 }
 
 struct KeyValue<'a>(&'a str, AnyValue<'a>);
 
-enum AnyValue<'a> {
-    Str(&'a str),
-    Value(&'a Value),
-}
+/// OTLP JSON's `AnyValue`.
+struct AnyValue<'a>(&'a Value);
 
 impl Serialize for AnyValue<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(1))?;
-        match self {
-            AnyValue::Str(v) => m.serialize_entry("stringValue", v)?,
-            AnyValue::Value(Value::Str(v)) => m.serialize_entry("stringValue", v)?,
-            AnyValue::Value(Value::Ip(ip)) => {
-                m.serialize_entry("stringValue", &*crate::spans::IpText::new(*ip))?
-            }
+        match self.0 {
+            Value::Str(v) => m.serialize_entry("stringValue", v)?,
+            Value::Ip(ip) => m.serialize_entry("stringValue", &*crate::spans::IpText::new(*ip))?,
             // OTLP JSON writes 64-bit integers as strings.
-            AnyValue::Value(Value::Int(i)) => m.serialize_entry("intValue", &i.to_string())?,
-            AnyValue::Value(Value::Bool(b)) => m.serialize_entry("boolValue", b)?,
-            AnyValue::Value(Value::Double(d)) => m.serialize_entry("doubleValue", d)?,
+            Value::Int(i) => m.serialize_entry("intValue", &i.to_string())?,
+            Value::Bool(b) => m.serialize_entry("boolValue", b)?,
+            Value::Double(d) => m.serialize_entry("doubleValue", d)?,
         }
         m.end()
     }
@@ -69,15 +62,9 @@ impl Serialize for KeyValue<'_> {
 impl<K: AsRef<str>> Serialize for Attributes<'_, K> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(None)?;
-        if let Some((name, namespace)) = self.service {
-            seq.serialize_element(&KeyValue("service.name", AnyValue::Str(name)))?;
-            if let Some(ns) = namespace {
-                seq.serialize_element(&KeyValue("service.namespace", AnyValue::Str(ns)))?;
-            }
-        }
+        let mut seq = s.serialize_seq(Some(self.list.len()))?;
         for (k, v) in self.list {
-            seq.serialize_element(&KeyValue(k.as_ref(), AnyValue::Value(v)))?;
+            seq.serialize_element(&KeyValue(k.as_ref(), AnyValue(v)))?;
         }
         seq.end()
     }
@@ -107,7 +94,6 @@ pub fn json(s: &Span) -> String {
         start_time_unix_nano: s.start_unix_ns.to_string(),
         end_time_unix_nano: s.end_unix_ns.to_string(),
         attributes: Attributes {
-            service: None,
             list: &s.attributes,
         },
         status: match &s.status {
@@ -122,10 +108,6 @@ pub fn json(s: &Span) -> String {
         },
         resource: ResourceJson {
             attributes: Attributes {
-                service: Some((
-                    &s.resource.service_name,
-                    s.resource.service_namespace.as_deref(),
-                )),
                 list: &s.resource.attributes,
             },
         },

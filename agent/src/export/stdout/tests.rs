@@ -33,10 +33,11 @@ fn span(
         end_unix_ns: T0 + (start_us + dur_us) * 1000,
         attributes: vec![],
         status: Status::Unset,
+        // As `ResourceBuilder` makes it: the name among the attributes.
         resource: Arc::new(Resource {
             service_name: service.into(),
             service_namespace: None,
-            attributes: vec![],
+            attributes: vec![("service.name".into(), service.to_string().into())],
         }),
     }
 }
@@ -255,6 +256,16 @@ fn printer_formats() {
     assert_eq!(
         server["resource"]["attributes"][0]["value"]["stringValue"],
         "login"
+    );
+    assert_eq!(
+        server["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["key"] == "service.name")
+            .count(),
+        1,
+        "the service's name once"
     );
     assert_eq!(rows[3]["status"]["code"], "STATUS_CODE_ERROR");
     assert!(
