@@ -11,7 +11,8 @@
 //!    the delivery its thread acknowledged last;
 //! 1. **tick**: the request whose input (the request, or the reply to a
 //!    call made for it) its thread read last, with nothing between that
-//!    read and the call's write, in the same kernel tick; else, for a new
+//!    read and the call's write, in the same kernel tick (and, in a followed
+//!    CPython thread, the same Python context); else, for a new
 //!    connection's first call, the request whose input opened the tick of
 //!    the connect (**connect**);
 //! 2. **goroutine** / **same_thread**: the request in flight on the

@@ -6,7 +6,9 @@
 //! thread (`agent-ebpf/src/python.rs`). No read ties a task to its request
 //! when the call is made: the request was read by the transport's callback,
 //! in another context, and the task's continuation runs a loop iteration
-//! later, after a poll. What ties them is the task's response: a handler
+//! later, after a poll (asyncio's loop), or right after that iteration's
+//! reads of other sockets (uvloop: the tick rule takes a read only in the
+//! writing context). What ties them is the task's response: a handler
 //! task writes the response of the request it serves, after the calls it
 //! made for it. So a call that no rule placed, made by task T, waits (held,
 //! `correlation::holds`) for T's next response; if that response's request
