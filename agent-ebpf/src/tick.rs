@@ -14,7 +14,9 @@
 //! have a tick (`TICKING`, in their `THREADS` entry); every other read,
 //! poll and switch on the node costs one lookup that finds none.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{tracepoint, uprobe},
+    programs::{ProbeContext, TracePointContext},
 };
 
 use aya_ebpf::EbpfContext;
@@ -202,6 +204,17 @@ poll_probes!(
     sys_enter_pselect6,
     sys_enter_getsockopt
 );
+
+/// libuv (Node.js): after the poll phase's callbacks, the loop runs its
+/// check phase (`setImmediate`) and its timers with no syscall between, so
+/// a continuation there would seem to follow the poll phase's last read.
+/// User space attaches this at the entries of `uv__run_check` and
+/// `uv__run_timers` (`agent/src/probes/libuv.rs`): each starts a tick.
+#[uprobe]
+pub fn uv_phase(_ctx: ProbeContext) -> u32 {
+    bump(bpf_get_current_pid_tgid() as u32);
+    0
+}
 
 // `sched:sched_switch` fields (format stable since 4.x): prev_pid at 24,
 // prev_state (long) at 32.

@@ -116,6 +116,12 @@ pub struct CaptureArgs {
     #[arg(long, env = "SONDE_NO_PYTHON_TASKS")]
     pub no_python_tasks: bool,
 
+    /// Never attach the uprobes that start a tick at the check and timer
+    /// phases of libuv loops (Node.js): a call a handler makes after
+    /// `setImmediate` or a timer may then nest under the request read last.
+    #[arg(long, env = "SONDE_NO_LIBUV_PROBES")]
+    pub no_libuv_probes: bool,
+
     /// Never attach the TLS uprobes to OpenSSL: encrypted connections then
     /// stay opaque (counted in `sonde_tls_connections_total`), and TLS
     /// calls cost nothing.
@@ -138,6 +144,7 @@ impl CaptureArgs {
                 go_at_entries: self.go_probes_at_entries,
                 tls_at_entries: self.tls_probes_at_entries,
                 python_tasks: !self.no_python_tasks,
+                libuv_phases: !self.no_libuv_probes,
                 tls_probes: !self.no_tls_probes,
                 ..ProbeConfig::default()
             },

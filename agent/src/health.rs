@@ -45,6 +45,7 @@ pub fn health_fn(
         };
         let c = |name, help, labels, v| metric(name, help, "counter", labels, v);
         const PY_PROCS: &str = "CPython processes, by whether the context each thread runs in (its asyncio task) is followed.";
+        const LIBUV_BINS: &str = "libuv executables of traced processes (Node.js), by whether the probes on their loop's check and timer phases are attached.";
         const TLS_LIBS: &str =
             "TLS library files of traced processes, by whether the plaintext probes are attached.";
         const PROCS_GONE: &str = "Processes that had exited or were exiting when first looked up in /proc (their records were read after their exit began), by what named them: the kernel's copy of their exec (executable, command line, OTEL_SERVICE_NAME), or only their command name (a process older than the agent, or a dropped exec record).";
@@ -121,6 +122,8 @@ pub fn health_fn(
             c("sonde_go_binaries_total", "Go executables of traced processes, by whether the goroutine probes are attached.", vec![("outcome", "failed")], u.go_failed),
             c("sonde_python_processes_total", PY_PROCS, vec![("outcome", "followed")], u.python_followed),
             c("sonde_python_processes_total", PY_PROCS, vec![("outcome", "unsupported")], u.python_unsupported),
+            c("sonde_libuv_binaries_total", LIBUV_BINS, vec![("outcome", "attached")], u.libuv_attached),
+            c("sonde_libuv_binaries_total", LIBUV_BINS, vec![("outcome", "failed")], u.libuv_failed),
             c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "attached")], u.tls_attached),
             c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "no_symbols")], u.tls_no_symbols),
             c("sonde_tls_libraries_total", TLS_LIBS, vec![("outcome", "failed")], u.tls_failed),

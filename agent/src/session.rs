@@ -110,7 +110,11 @@ impl Session {
         // New processes go to the Go runtime inspector (started below, once
         // the probes are shared).
         let (new_procs_tx, new_procs_rx) = mpsc::channel(1024);
-        if cfg.probes.go_probes || cfg.probes.tls_probes || cfg.probes.python_tasks {
+        if cfg.probes.go_probes
+            || cfg.probes.tls_probes
+            || cfg.probes.python_tasks
+            || cfg.probes.libuv_phases
+        {
             table.processes().notify_new(new_procs_tx);
         }
         // Processes whose TLS sonde could not read: their libraries again.
@@ -212,6 +216,7 @@ impl Session {
         );
         inspector.go_at_entries = cfg.probes.go_at_entries;
         inspector.tls_at_entries = cfg.probes.tls_at_entries;
+        inspector.libuv = cfg.probes.libuv_phases;
         tasks.push(tokio::spawn(crate::probes::uprobes::run(
             new_procs_rx,
             tls_rescan_rx,

@@ -42,6 +42,10 @@ pub struct Stats {
     /// release without a known layout, or a walk that did not check out).
     pub python_followed: AtomicU64,
     pub python_unsupported: AtomicU64,
+    /// libuv executables (Node.js) whose loop phases start ticks
+    /// (`probes/libuv.rs`), and those the kernel refused them.
+    pub libuv_attached: AtomicU64,
+    pub libuv_failed: AtomicU64,
     /// TLS library files (`probes/tls.rs`): given the plaintext probes,
     /// without the OpenSSL symbols, or refused by the kernel.
     pub tls_attached: AtomicU64,
@@ -82,6 +86,8 @@ pub struct StatsSnapshot {
     pub go_failed: u64,
     pub python_followed: u64,
     pub python_unsupported: u64,
+    pub libuv_attached: u64,
+    pub libuv_failed: u64,
     pub tls_attached: u64,
     pub tls_no_symbols: u64,
     pub tls_failed: u64,
@@ -117,6 +123,8 @@ impl Stats {
             go_failed: self.go_failed.load(Relaxed),
             python_followed: self.python_followed.load(Relaxed),
             python_unsupported: self.python_unsupported.load(Relaxed),
+            libuv_attached: self.libuv_attached.load(Relaxed),
+            libuv_failed: self.libuv_failed.load(Relaxed),
             tls_attached: self.tls_attached.load(Relaxed),
             tls_no_symbols: self.tls_no_symbols.load(Relaxed),
             tls_failed: self.tls_failed.load(Relaxed),

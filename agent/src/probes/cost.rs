@@ -335,6 +335,7 @@ pub const TICK_PROGRAMS: &[&str] = &[
     "sys_enter_pselect6",
     "sys_enter_getsockopt",
     "sched_switch",
+    "uv_phase",
 ];
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod goruntime;
 pub mod gotls;
 pub mod inject;
 pub mod layout;
+pub mod libuv;
 pub mod programs;
 pub mod python;
 pub mod runtime;
@@ -59,6 +60,9 @@ pub struct ProbeConfig {
     /// Follow the contextvars context (the asyncio task) each thread of a
     /// traced CPython process runs in (`python.rs`).
     pub python_tasks: bool,
+    /// Start a tick at the check and timer phases of traced libuv programs'
+    /// loops (Node.js; `libuv.rs`).
+    pub libuv_phases: bool,
     /// Attach the TLS plaintext uprobes to the OpenSSL libraries of traced
     /// processes.
     pub tls_probes: bool,
@@ -79,6 +83,7 @@ impl Default for ProbeConfig {
             go_at_entries: false,
             tls_at_entries: false,
             python_tasks: true,
+            libuv_phases: true,
             tls_probes: true,
             inject: None,
         }

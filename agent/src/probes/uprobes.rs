@@ -1,6 +1,7 @@
 //! The task that gives traced processes their user-space probes: the
-//! goroutine probes on Go runtimes (`goruntime.rs`) and the TLS plaintext
-//! probes on OpenSSL (`tls.rs`); and that enters the threads of CPython
+//! goroutine probes on Go runtimes (`goruntime.rs`), the loop-phase probes
+//! on libuv programs (`libuv.rs`) and the TLS plaintext probes on OpenSSL
+//! (`tls.rs`); and that enters the threads of CPython
 //! processes in the kernel's `PY_THREADS` (`python.rs`), again every
 //! [`PYTHON_REFRESH`] for the threads they start later.
 //!
@@ -23,7 +24,7 @@ use aya::programs::{
 };
 use tokio::sync::mpsc;
 
-use super::{goruntime, gotls, python, tls, Probes};
+use super::{goruntime, gotls, libuv, python, tls, Probes};
 use crate::stats::Stats;
 
 /// Uprobes attached as one set, taken back together when the set cannot be
@@ -134,6 +135,8 @@ pub struct Inspector {
     /// OpenSSL's probes at the public entries (`ProbeConfig`).
     pub tls_at_entries: bool,
     pub tls: bool,
+    /// The loop-phase probes on libuv programs (`libuv.rs`).
+    pub libuv: bool,
     pub libraries: Libraries,
     finder: python::Finder,
     /// Followed Python processes -> the threads entered so far.
@@ -163,6 +166,7 @@ impl Inspector {
             python,
             tls_at_entries: false,
             tls,
+            libuv: false,
             libraries,
             finder: python::Finder::default(),
             python_threads: HashMap::new(),
@@ -181,11 +185,15 @@ impl Inspector {
         };
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let inside = std::fs::read_link(&exe).map(|l| l.to_string_lossy().into_owned());
-        if self.go || self.tls {
+        if self.go || self.tls || self.libuv {
             if let Some((file, elf)) = self.exes.open_first_time(&exe) {
                 let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
                 let target = tls::fd_path(&file);
                 let name = target.to_string_lossy().into_owned();
+                if self.libuv {
+                    let path = inside.as_deref().unwrap_or(&name);
+                    libuv::on_executable(pid, path, &target, &elf, &mut p, &self.stats);
+                }
                 let go = self.go
                     && goruntime::on_executable(
                         pid,
