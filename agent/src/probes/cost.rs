@@ -96,6 +96,7 @@ fn ours(name: &str) -> bool {
             .chain(GO_PROBES.iter().copied())
             .chain(super::tls::programs())
             .chain(super::python::PROGRAMS.iter().copied())
+            .chain([super::libuv::PROGRAM])
             .any(|p| kernel_name(p) == name)
 }
 
