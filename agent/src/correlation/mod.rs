@@ -137,10 +137,15 @@ pub enum Ambiguity {
     /// request reaches a goroutine, so "the only request in flight" is no
     /// evidence here: a worker's next job may be another request's.
     Goroutine,
+    /// Python: made in a task after that task answered its request (work
+    /// it goes on with after the response, as a background task does),
+    /// while requests other contexts read are in flight: none of them is
+    /// evidence, and the request it works for is over.
+    AfterAnswer,
 }
 
 impl Ambiguity {
-    pub const ALL: [Ambiguity; 8] = [
+    pub const ALL: [Ambiguity; 9] = [
         Ambiguity::Several,
         Ambiguity::PoolHandOff,
         Ambiguity::Streams,
@@ -149,6 +154,7 @@ impl Ambiguity {
         Ambiguity::UnknownTask,
         Ambiguity::IdenticalMessages,
         Ambiguity::Goroutine,
+        Ambiguity::AfterAnswer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -161,6 +167,7 @@ impl Ambiguity {
             Ambiguity::UnknownTask => "unknown_task",
             Ambiguity::IdenticalMessages => "identical_messages",
             Ambiguity::Goroutine => "goroutine_without_evidence",
+            Ambiguity::AfterAnswer => "after_answer",
         }
     }
 }
@@ -812,6 +819,7 @@ impl Correlator {
             );
             if let Some((ctx, since)) = finished {
                 let first = exchange.response.first;
+                self.linker.context_answered(c.pid, first);
                 let task = (first.py_task, first.lineage.origin_ns);
                 self.task_answered(c.pid, task, &ctx, since, out);
             }

@@ -37,6 +37,10 @@ fn main() {
             event_loop();
             Ok(())
         }),
+        Trial::test("asyncio_work_after_the_response", || {
+            work_after_the_response();
+            Ok(())
+        }),
         Trial::test("asyncio_gather_eight_in_flight", || {
             asyncio_eight_in_flight(Loop::Gather);
             Ok(())
@@ -328,6 +332,55 @@ enum Loop {
     /// Both calls at once, in tasks `asyncio.gather` creates.
     Gather,
     Uvloop,
+}
+
+/// asyncio: a handler's task answers /bg, then goes on working (as a
+/// response's background task does) and calls downstream while /c, read
+/// by another context, is the only request in flight. /c is not that
+/// call's parent: it stays a root, counted as `after_answer`.
+fn work_after_the_response() {
+    let ((a, _srv, _down), port) = async_server("after", "", "asyncio");
+    answer(send(port, "/bg"));
+    answer(send(port, "/c"));
+    let spans = wait_spans(&a.store, |s| {
+        s.iter().any(|x| {
+            x.service() == "after"
+                && kind_of(x) == SpanKind::Client
+                && x.attr("url.full").is_some_and(|u| u.ends_with("/from-bg"))
+        }) && s
+            .iter()
+            .any(|x| x.service() == "after" && x.attr("url.path").as_deref() == Some("/c"))
+    });
+    let call = spans
+        .iter()
+        .find(|s| {
+            s.service() == "after" && s.attr("url.full").is_some_and(|u| u.ends_with("/from-bg"))
+        })
+        .unwrap();
+    let c = spans
+        .iter()
+        .find(|s| s.service() == "after" && s.attr("url.path").as_deref() == Some("/c"))
+        .unwrap();
+    assert_ne!(call.span.parent_span_id, c.span.span_id, "under /c");
+    assert!(
+        call.span.parent_span_id.is_empty(),
+        "a root, not under {:?}",
+        spans
+            .iter()
+            .find(|s| s.span.span_id == call.span.parent_span_id)
+            .map(|s| s.span.name.clone())
+    );
+    assert_eq!(
+        call.attr("sonde.link.evidence").as_deref(),
+        Some("ambiguous")
+    );
+    let text = http_get(&a.metrics, "/metrics").unwrap();
+    assert_eq!(
+        prom_sum(&text, "sonde_calls_ambiguous_total", &["after_answer"]),
+        1.0,
+        "{}",
+        ambiguity(&a)
+    );
 }
 
 /// Every span of `n` requests to `service` that each make two downstream

@@ -186,6 +186,9 @@ pub struct Linker {
     /// Python: tasks (pid, creator) -> the child tasks they created whose
     /// calls wait, and when each was created (`python.rs`).
     py_children: HashMap<(u32, u32), Vec<python::Child>>,
+    /// Python: contexts (pid, context) that wrote a response -> when the
+    /// context was created and when it last answered (`python.rs`).
+    answered: HashMap<(u32, u32), (u64, u64)>,
     /// Go: hand-offs after a write whose call has not come yet.
     handoffs: goroutines::HandOffs,
     /// Go: requests goroutines served that are over, for late records.
@@ -304,6 +307,7 @@ impl Linker {
     pub fn marked_threads(&self) -> usize {
         self.marked
             + self.py_children.len()
+            + self.answered.len()
             + self.openers.len()
             + self.multiplex.len()
             + self.handoffs.len()
@@ -682,8 +686,17 @@ impl Linker {
             }
             return p;
         }
+        // Python: a task's work after its own response (`python.rs`).
+        let after_answer = self.after_answer(pid, at);
+        let read_here = |span: [u8; 8]| {
+            list.iter()
+                .any(|f| f.ctx.span_id == span && f.reader == at.py_task)
+        };
         if let Some(p) = self.on_thread(list, pid, at.tid, at.enter_ns, at.py_task) {
             return match p {
+                Parent::Request(ctx, _) if after_answer && !read_here(ctx.span_id) => {
+                    Parent::Ambiguous(Ambiguity::AfterAnswer)
+                }
                 Parent::Request(ctx, _) if is_goroutine(at.tid) => {
                     Parent::Request(ctx, Evidence::Goroutine)
                 }
@@ -715,6 +728,9 @@ impl Linker {
             (Some(_), None) if blind => Parent::Ambiguous(Ambiguity::Consumer),
             (Some(only), None) if self.may_work_on_acked(pid, at.tid, only) => {
                 Parent::Ambiguous(Ambiguity::Consumer)
+            }
+            (Some(only), None) if after_answer && only.reader != at.py_task => {
+                Parent::Ambiguous(Ambiguity::AfterAnswer)
             }
             (Some(only), None) => Parent::Request(only.ctx, Evidence::OnlyInFlight),
             (Some(_), Some(_)) => Parent::Ambiguous(Ambiguity::Several),

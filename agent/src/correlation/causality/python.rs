@@ -41,6 +41,7 @@
 //! task started during an earlier request is no child of the next one, as
 //! for a goroutine's `go`).
 use super::Linker;
+use crate::protocols::SegTime;
 
 /// Bound on child tasks remembered per process and in all.
 const MAX_CHILDREN: usize = 16384;
@@ -75,6 +76,36 @@ impl Linker {
                 &mut self.marks_dropped,
             );
         }
+    }
+
+    /// A response of `pid` was written at `at`: if in a known Python
+    /// context, that context answered a request (`after_answer`).
+    pub fn context_answered(&mut self, pid: u32, at: SegTime) {
+        if at.py_task == 0 {
+            return;
+        }
+        if self.answered.len() >= MAX_CHILDREN && !self.answered.contains_key(&(pid, at.py_task)) {
+            self.marks_dropped += self.answered.len() as u64;
+            self.answered.clear();
+        }
+        self.answered
+            .insert((pid, at.py_task), (at.lineage.origin_ns, at.enter_ns));
+    }
+
+    /// Whether call `at` of `pid` was made in a Python context (this life
+    /// of it: created at the same time) after it answered a request: work
+    /// it goes on with after its response, as a background task does
+    /// (Starlette runs a response's background tasks in the request's own
+    /// task). The thread rules' "the request in flight" is then a request
+    /// another context read, never this call's.
+    pub(super) fn after_answer(&self, pid: u32, at: SegTime) -> bool {
+        at.py_task != 0
+            && self
+                .answered
+                .get(&(pid, at.py_task))
+                .is_some_and(|&(born, answered)| {
+                    born == at.lineage.origin_ns && answered <= at.enter_ns
+                })
     }
 
     /// Whether Python context `task` of `pid` may name the request a call
