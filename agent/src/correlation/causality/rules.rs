@@ -251,7 +251,7 @@ impl Linker {
         // runs the task steps those reads woke, with no poll in between: a
         // task's write then follows, in one tick, reads made for other
         // requests. (asyncio's own loop polls before it runs them.)
-        let read: Vec<(&Mark, &InFlight)> = self
+        let marks: Vec<&Mark> = self
             .marks
             .get(&pid)?
             .get(&at.tid)?
@@ -260,9 +260,21 @@ impl Linker {
             .skip_while(|m| m.tick != at.tick)
             .take_while(|m| m.tick == at.tick)
             .filter(|m| m.py_task == at.py_task)
-            .filter_map(|m| in_flight(m).map(|f| (m, f)))
             .collect();
-        let &(m, f) = read.last()?;
+        let read: Vec<(&Mark, &InFlight)> = marks
+            .iter()
+            .filter_map(|&m| in_flight(m).map(|f| (m, f)))
+            .collect();
+        let Some(&(m, f)) = read.last() else {
+            // The tick's input was a request's that is answered now (the
+            // reply to its call, then its response written): the write is
+            // that request's work after its response (a Node.js handler
+            // that answers, then calls), never a request in flight.
+            let answered = marks
+                .iter()
+                .any(|m| !list.iter().any(|f| f.ctx.span_id == m.request));
+            return answered.then_some(Parent::Ambiguous(Ambiguity::AfterAnswer));
+        };
         // A hand-off may be any of the requests the tick's read delivered
         // (a dispatcher hands each on), not necessarily the first.
         if self.exact && read.iter().any(|(_, o)| o.ctx.span_id != f.ctx.span_id) {

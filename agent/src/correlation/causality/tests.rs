@@ -1011,3 +1011,33 @@ fn a_python_tasks_calls_after_its_answer_are_no_other_requests() {
         Parent::Request(b, Evidence::SameThread)
     );
 }
+
+/// An event loop: a handler reads its call's reply, answers its request,
+/// then calls on (work after its response) in that same tick, while
+/// another request is the only one in flight on the thread. The tick's
+/// input was the answered request's: the call is none of the requests in
+/// flight. (Taking the one in flight put 21 and 24 of 40 such calls of an
+/// Express service under another request.)
+#[test]
+fn a_write_after_an_answered_requests_input_is_no_other_requests() {
+    let mut l = Linker::default();
+    let (a, b) = (
+        started(&mut l, 1, 10, 100, 5),
+        started(&mut l, 1, 11, 100, 6),
+    );
+    l.read_delivered(1, in_tick(100, 5, 21), 10, a.span_id, false);
+    l.read_delivered(1, in_tick(100, 6, 22), 11, b.span_id, false);
+    // a's call on connection 50 is answered in tick 30; a answers.
+    l.read_delivered(1, in_tick(100, 9, 30), 50, a.span_id, true);
+    l.request_finished(1, 10);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 10, 30), 51),
+        Parent::Ambiguous(Ambiguity::AfterAnswer)
+    );
+    // b's own reply, read later, still names b.
+    l.read_delivered(1, in_tick(100, 11, 31), 52, b.span_id, true);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 12, 31), 53),
+        Parent::Request(b, Evidence::Tick)
+    );
+}
