@@ -224,6 +224,39 @@ impl Linker {
         (last.tick == o.tick && !last.wrote).then_some(Parent::Request(f.ctx, Evidence::Opener))
     }
 
+    /// A write whose tick's input (`marks`) was only answered requests':
+    /// the reply to a call, then the request's response written. A thread
+    /// that serves one connection or channel in order goes on to the next
+    /// request of that source it read before (pipelined requests, a
+    /// consumer's prefetched deliveries): the other rules place the write.
+    /// Else it is the answered request's work after its response (a
+    /// Node.js handler that answers, then calls), never a request in flight
+    /// that came another way (`after_answer`).
+    fn after_answered_input(
+        &self,
+        list: &[InFlight],
+        pid: u32,
+        at: SegTime,
+        marks: &[&Mark],
+    ) -> Option<Parent> {
+        let answered = |m: &&&Mark| !list.iter().any(|f| f.ctx.span_id == m.request);
+        if !marks.iter().any(|m| answered(&m)) {
+            return None;
+        }
+        let thread = self.marks.get(&pid)?.get(&at.tid)?;
+        let next_in_line = marks.iter().filter(answered).any(|a| {
+            thread
+                .iter()
+                .find(|k| k.request == a.request && !k.reply)
+                .is_some_and(|read| {
+                    list.iter().any(|f| {
+                        f.source == read.source && f.tid == at.tid && f.since_ns <= at.enter_ns
+                    })
+                })
+        });
+        (!next_in_line).then_some(Parent::Ambiguous(Ambiguity::AfterAnswer))
+    }
+
     /// Rule 1: the request whose input this thread read last, with nothing
     /// between that read and the write `at`.
     pub(super) fn by_tick(
@@ -266,14 +299,7 @@ impl Linker {
             .filter_map(|&m| in_flight(m).map(|f| (m, f)))
             .collect();
         let Some(&(m, f)) = read.last() else {
-            // The tick's input was a request's that is answered now (the
-            // reply to its call, then its response written): the write is
-            // that request's work after its response (a Node.js handler
-            // that answers, then calls), never a request in flight.
-            let answered = marks
-                .iter()
-                .any(|m| !list.iter().any(|f| f.ctx.span_id == m.request));
-            return answered.then_some(Parent::Ambiguous(Ambiguity::AfterAnswer));
+            return self.after_answered_input(list, pid, at, &marks);
         };
         // A hand-off may be any of the requests the tick's read delivered
         // (a dispatcher hands each on), not necessarily the first.

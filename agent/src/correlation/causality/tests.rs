@@ -1041,3 +1041,24 @@ fn a_write_after_an_answered_requests_input_is_no_other_requests() {
         Parent::Request(b, Evidence::Tick)
     );
 }
+
+/// A thread that serves one connection in order goes on from an answered
+/// request to the next it read before, without a read: pipelined requests
+/// (or a consumer's prefetched deliveries). That write is the next one's.
+#[test]
+fn after_an_answered_request_a_thread_goes_on_to_the_next_of_its_source() {
+    let mut l = Linker::default();
+    // c and d pipelined on connection 12, read in one tick.
+    l.request_started(1, 12, 12, 100, 5, None, &Sampler::AlwaysOn);
+    l.request_started(1, 12, 12, 100, 5, None, &Sampler::AlwaysOn);
+    let (c, d) = (l.by_pid[&1][0].ctx, l.by_pid[&1][1].ctx);
+    l.read_delivered(1, in_tick(100, 5, 21), 12, c.span_id, false);
+    l.read_delivered(1, in_tick(100, 5, 21), 12, d.span_id, false);
+    // c's query is answered in tick 30; c answers; d's query follows.
+    l.read_delivered(1, in_tick(100, 9, 30), 50, c.span_id, true);
+    l.request_finished(1, 12);
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 10, 30), 50),
+        Parent::Request(d, Evidence::SameThread)
+    );
+}
