@@ -137,10 +137,10 @@ pub enum Ambiguity {
     /// request reaches a goroutine, so "the only request in flight" is no
     /// evidence here: a worker's next job may be another request's.
     Goroutine,
-    /// Python: made in a task after that task answered its request (work
-    /// it goes on with after the response, as a background task does),
-    /// while requests other contexts read are in flight: none of them is
-    /// evidence, and the request it works for is over.
+    /// The work of a request already answered: written in the tick of that
+    /// request's input (a Node.js handler that answers, then calls), or in
+    /// a Python task after it wrote its response (a background task). No
+    /// request in flight is its parent, and the one it works for is over.
     AfterAnswer,
 }
 
