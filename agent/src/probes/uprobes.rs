@@ -190,10 +190,6 @@ impl Inspector {
                 let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
                 let target = tls::fd_path(&file);
                 let name = target.to_string_lossy().into_owned();
-                if self.libuv {
-                    let path = inside.as_deref().unwrap_or(&name);
-                    libuv::on_executable(pid, path, &target, &elf, &mut p, &self.stats);
-                }
                 let go = self.go
                     && goruntime::on_executable(
                         pid,
@@ -204,6 +200,11 @@ impl Inspector {
                         &self.stats,
                     );
                 let inside = inside.unwrap_or(name.clone());
+                // After the goroutine probes (not delayed by this scan of the
+                // symbol table), and not on a Go program (no libuv).
+                if self.libuv && !go {
+                    libuv::on_executable(pid, &inside, &target, &elf, &mut p, &self.stats);
+                }
                 // Go's crypto/tls needs the goroutine probes: its calls are
                 // keyed by goroutine.
                 if go && self.tls {
