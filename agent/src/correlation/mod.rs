@@ -142,10 +142,16 @@ pub enum Ambiguity {
     /// a Python task after it wrote its response (a background task). No
     /// request in flight is its parent, and the one it works for is over.
     AfterAnswer,
+    /// The one request in flight on a thread seen serving requests of two
+    /// connections at once (an event loop), with no read in the call's tick
+    /// naming it. Such a thread also runs callbacks of requests already
+    /// answered (work after the response, timers, a library's deferrals):
+    /// being alone in flight there says nothing.
+    EventLoop,
 }
 
 impl Ambiguity {
-    pub const ALL: [Ambiguity; 9] = [
+    pub const ALL: [Ambiguity; 10] = [
         Ambiguity::Several,
         Ambiguity::PoolHandOff,
         Ambiguity::Streams,
@@ -155,6 +161,7 @@ impl Ambiguity {
         Ambiguity::IdenticalMessages,
         Ambiguity::Goroutine,
         Ambiguity::AfterAnswer,
+        Ambiguity::EventLoop,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -168,6 +175,7 @@ impl Ambiguity {
             Ambiguity::IdenticalMessages => "identical_messages",
             Ambiguity::Goroutine => "goroutine_without_evidence",
             Ambiguity::AfterAnswer => "after_answer",
+            Ambiguity::EventLoop => "event_loop",
         }
     }
 }

@@ -69,16 +69,13 @@ fn main() {
             node_event_loop(None, Some("timeout"));
             Ok(())
         }),
-        // Ignored (run it with `--ignored`): not yet met. In three local runs
-        // its second calls were 0 wrong parents, but a fresh-clone CI run
-        // (2026-12-06) had 1 of 40 under another request: a call whose tick
-        // had no input still takes an event loop's one other request in
-        // flight (ARCHITECTURE.md, "Causality", rule 1).
+        // A second call whose tick had no input took the loop's one other
+        // request in flight (1 of 40 in a fresh-clone CI run) until an event
+        // loop's one request stopped counting (`event_loop`).
         Trial::test("node_event_loop_calling_after_the_response", || {
             node_event_loop(None, Some("after"));
             Ok(())
-        })
-        .with_ignored_flag(true),
+        }),
         Trial::test("go_goroutines_eight_in_flight", || {
             go_goroutines();
             Ok(())

@@ -16,8 +16,11 @@
 //!    connection's first call, the request whose input opened the tick of
 //!    the connect (**connect**);
 //! 2. **goroutine** / **same_thread**: the request in flight on the
-//!    call's goroutine (Go) or thread; for a goroutine serving none, that
-//!    of the goroutine that sent it the call on a channel or started it;
+//!    call's goroutine (Go) or thread, but not on a thread seen serving
+//!    requests of two connections at once (an event loop: it also runs the
+//!    callbacks of answered requests, `event_loop`); for a goroutine serving
+//!    none, that of the goroutine that sent it the call on a channel or
+//!    started it;
 //! 3. **only_in_flight**: the only request in flight in the process;
 //! 4. **task** (Python, decided later by the correlator with `python.rs`
 //!    here): a call left ambiguous by the rules above, made in an asyncio
@@ -180,6 +183,10 @@ pub struct Linker {
     exact: bool,
     /// Threads that write a call while another of theirs is unanswered.
     multiplex: multiplex::Multiplex,
+    /// Threads (pid, tid) seen with requests of two connections (or
+    /// streams, or channels) in flight at once: event loops. Their one
+    /// request in flight is no evidence (`Ambiguity::EventLoop`).
+    event_loops: HashSet<(u32, u32)>,
     /// Python contexts (pid, task) seen reading requests of two connections
     /// at once (`python.rs`).
     shared_contexts: HashSet<(u32, u32)>,
@@ -254,6 +261,12 @@ impl Linker {
             list.remove(0);
             self.evicted += 1;
         }
+        // A thread that reads a request while one of another connection
+        // waits on it interleaves them. (A goroutine that does is an HTTP/2
+        // connection's reader, whose streams the Go rules follow.)
+        if !is_goroutine(tid) && list.iter().any(|f| f.tid == tid && f.source != source) {
+            bounded_insert(&mut self.event_loops, (pid, tid), &mut self.marks_dropped);
+        }
         self.next_seq += 1;
         list.push(InFlight {
             seq: self.next_seq,
@@ -302,8 +315,8 @@ impl Linker {
     }
 
     /// Threads with remembered reads, new connections with an opener,
-    /// unanswered calls, Go hand-offs waiting for their call, and
-    /// goroutines whose answered requests are kept.
+    /// unanswered calls, Go hand-offs waiting for their call, goroutines
+    /// whose answered requests are kept, and event loops.
     pub fn marked_threads(&self) -> usize {
         self.marked
             + self.py_children.len()
@@ -312,6 +325,7 @@ impl Linker {
             + self.multiplex.len()
             + self.handoffs.len()
             + self.served.len()
+            + self.event_loops.len()
     }
 
     /// Entries dropped at a bound (`tick_marks` stage).
@@ -696,6 +710,15 @@ impl Linker {
             return match p {
                 Parent::Request(ctx, _) if after_answer && !read_here(ctx.span_id) => {
                     Parent::Ambiguous(Ambiguity::AfterAnswer)
+                }
+                // No read in its tick named it, and an event loop runs
+                // answered requests' callbacks too. (A Python context that
+                // read the delivery itself is evidence.)
+                Parent::Request(ctx, _)
+                    if self.event_loops.contains(&(pid, at.tid))
+                        && !(at.py_task != 0 && read_here(ctx.span_id)) =>
+                {
+                    Parent::Ambiguous(Ambiguity::EventLoop)
                 }
                 Parent::Request(ctx, _) if is_goroutine(at.tid) => {
                     Parent::Request(ctx, Evidence::Goroutine)

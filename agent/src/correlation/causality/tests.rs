@@ -384,7 +384,11 @@ fn a_new_connections_first_call_is_its_openers() {
     ));
     l.connection_opened(1, 53, (100, 21));
     l.connection_closed(1, 53);
-    assert_eq!(l.marked_threads(), 1, "forgotten at close");
+    assert_eq!(
+        l.marked_threads(),
+        2,
+        "forgotten at close (left: the thread's reads, and that it is an event loop)"
+    );
 }
 
 /// Deliveries 10 and 11 of channel connection 3 of process 1, arrived at 5
@@ -470,8 +474,19 @@ fn an_event_loop_serving_two_connections_at_once_is_ambiguous() {
     l.request_finished(1, 10);
     assert_eq!(
         l.parent_of(1, at(100, 9), 0),
-        Parent::Request(b, Evidence::SameThread),
-        "a answered: b's call"
+        Parent::Ambiguous(Ambiguity::EventLoop),
+        "a answered, b alone: but the loop may run a's work after its response"
+    );
+    assert_eq!(l.request_finished(1, 11), Some(b));
+    // A thread that serves its connections one after the other (thread per
+    // connection, keep-alive) is no event loop.
+    let mut l = Linker::default();
+    started(&mut l, 1, 10, 100, 5);
+    l.request_finished(1, 10);
+    let c = started(&mut l, 1, 11, 100, 7);
+    assert_eq!(
+        l.parent_of(1, at(100, 8), 0),
+        Parent::Request(c, Evidence::SameThread)
     );
 }
 
@@ -740,9 +755,15 @@ fn http2_streams_are_concurrent_requests() {
     // Each finishes by its own key; closing the connection ends the rest.
     assert_eq!(l.request_finished(1, 1003), Some(b));
     assert_eq!(l.request_finished(1, 1001), Some(a));
+    // c alone now, but with no tick: the thread serves streams interleaved.
     assert_eq!(
         l.parent_of(1, at(100, 9), 20),
-        Parent::Request(c, Evidence::SameThread)
+        Parent::Ambiguous(Ambiguity::EventLoop)
+    );
+    assert_eq!(
+        l.parent_of(1, in_tick(100, 9, 8), 20),
+        Parent::Request(c, Evidence::Tick),
+        "the tick still names it"
     );
     l.connection_closed(1, 10);
     assert_eq!(l.entries(), 0);
@@ -820,8 +841,16 @@ fn a_hand_off_is_placed_only_when_one_request_is_named() {
         l.parent_of(1, in_tick(100, 6, 4), 60),
         Parent::Request(a, Evidence::Tick)
     );
-    // With one request in flight, the hand-off is placed.
+    // One request left, on a thread that served two at once: no evidence.
     l.request_finished(1, 11);
+    assert_eq!(
+        l.handoff_parent(1, at(100, 7), 50),
+        Parent::Ambiguous(Ambiguity::EventLoop)
+    );
+    // With one request in flight on a thread that serves one at a time, the
+    // hand-off is placed.
+    let mut l = Linker::default();
+    let a = started(&mut l, 1, 10, 100, 5);
     assert_eq!(
         l.handoff_parent(1, at(100, 7), 50),
         Parent::Request(a, Evidence::SameThread)
