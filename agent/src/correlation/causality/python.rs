@@ -43,8 +43,9 @@
 use super::Linker;
 use crate::protocols::SegTime;
 
-/// Bound on child tasks remembered per process and in all.
-const MAX_CHILDREN: usize = 16384;
+/// Bound on the contexts remembered: creators with child tasks whose
+/// calls wait, and contexts that answered a request.
+const MAX_CONTEXTS: usize = 16384;
 
 /// A child task whose calls wait: its context, when it was created, and
 /// when its creator's context was created (that creator's life).
@@ -84,7 +85,7 @@ impl Linker {
         if at.py_task == 0 {
             return;
         }
-        if self.answered.len() >= MAX_CHILDREN && !self.answered.contains_key(&(pid, at.py_task)) {
+        if self.answered.len() >= MAX_CONTEXTS && !self.answered.contains_key(&(pid, at.py_task)) {
             self.marks_dropped += self.answered.len() as u64;
             self.answered.clear();
         }
@@ -128,7 +129,7 @@ impl Linker {
         if !self.task_context(pid, origin) || origin == child {
             return;
         }
-        if self.py_children.len() >= MAX_CHILDREN && !self.py_children.contains_key(&(pid, origin))
+        if self.py_children.len() >= MAX_CONTEXTS && !self.py_children.contains_key(&(pid, origin))
         {
             self.marks_dropped += self.py_children.len() as u64;
             self.py_children.clear();

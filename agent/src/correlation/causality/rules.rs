@@ -1,6 +1,7 @@
 //! The rules that place a client call, in the order `find_parent` tries
 //! them (see the module's documentation and ARCHITECTURE.md, "Causality").
 use foldhash::{HashMap, HashMapExt};
+use std::collections::VecDeque;
 
 use super::{InFlight, Linker, Mark, Opener, Parent};
 use crate::{
@@ -233,17 +234,15 @@ impl Linker {
     /// Node.js handler that answers, then calls), never a request in flight
     /// that came another way (`after_answer`).
     fn after_answered_input(
-        &self,
         list: &[InFlight],
-        pid: u32,
         at: SegTime,
+        thread: &VecDeque<Mark>,
         marks: &[&Mark],
     ) -> Option<Parent> {
         let answered = |m: &&&Mark| !list.iter().any(|f| f.ctx.span_id == m.request);
         if !marks.iter().any(|m| answered(&m)) {
             return None;
         }
-        let thread = self.marks.get(&pid)?.get(&at.tid)?;
         let next_in_line = marks.iter().filter(answered).any(|a| {
             thread
                 .iter()
@@ -284,10 +283,8 @@ impl Linker {
         // runs the task steps those reads woke, with no poll in between: a
         // task's write then follows, in one tick, reads made for other
         // requests. (asyncio's own loop polls before it runs them.)
-        let marks: Vec<&Mark> = self
-            .marks
-            .get(&pid)?
-            .get(&at.tid)?
+        let thread = self.marks.get(&pid)?.get(&at.tid)?;
+        let marks: Vec<&Mark> = thread
             .iter()
             .rev()
             .skip_while(|m| m.tick != at.tick)
@@ -299,7 +296,7 @@ impl Linker {
             .filter_map(|&m| in_flight(m).map(|f| (m, f)))
             .collect();
         let Some(&(m, f)) = read.last() else {
-            return self.after_answered_input(list, pid, at, &marks);
+            return Self::after_answered_input(list, at, thread, &marks);
         };
         // A hand-off may be any of the requests the tick's read delivered
         // (a dispatcher hands each on), not necessarily the first.
@@ -324,7 +321,7 @@ impl Linker {
             // Each request's last input before this tick, in one pass over
             // the thread's marks (the newest first).
             let mut last: HashMap<[u8; 8], &Mark> = HashMap::new();
-            for k in self.marks[&pid][&at.tid].iter().rev() {
+            for k in thread.iter().rev() {
                 if k.tick != at.tick {
                     last.entry(k.request).or_insert(k);
                 }
