@@ -1091,3 +1091,26 @@ fn after_an_answered_request_a_thread_goes_on_to_the_next_of_its_source() {
         Parent::Request(d, Evidence::SameThread)
     );
 }
+
+/// On an event loop, its one request in flight is evidence only for the
+/// Python context that read it: a blocking-style handler calls from its
+/// read's context, while another context may be any request's work.
+#[test]
+fn an_event_loops_one_delivery_counts_only_for_the_context_that_read_it() {
+    let mut l = Linker::default();
+    // An HTTP request (connection 20) and a delivery of channel 3 in flight
+    // at once on thread 100: an event loop.
+    started(&mut l, 1, 20, 100, 4);
+    let d = delivered(&mut l, 10, 5, 7);
+    l.request_finished(1, 20);
+    assert_eq!(
+        l.parent_of(1, in_context(100, 9, 30, 7), 0),
+        Parent::Request(d, Evidence::SameThread),
+        "the context that read it"
+    );
+    assert_eq!(
+        l.parent_of(1, in_context(100, 9, 31, 8), 0),
+        Parent::Ambiguous(Ambiguity::EventLoop),
+        "another context"
+    );
+}
