@@ -702,9 +702,12 @@ impl Linker {
         }
         // Python: a task's work after its own response (`python.rs`).
         let after_answer = self.after_answer(pid, at);
+        // The call's own Python context read that request (a delivery).
         let read_here = |span: [u8; 8]| {
-            list.iter()
-                .any(|f| f.ctx.span_id == span && f.reader == at.py_task)
+            at.py_task != 0
+                && list
+                    .iter()
+                    .any(|f| f.ctx.span_id == span && f.reader == at.py_task)
         };
         if let Some(p) = self.on_thread(list, pid, at.tid, at.enter_ns, at.py_task) {
             return match p {
@@ -715,8 +718,7 @@ impl Linker {
                 // answered requests' callbacks too. (A Python context that
                 // read the delivery itself is evidence.)
                 Parent::Request(ctx, _)
-                    if self.event_loops.contains(&(pid, at.tid))
-                        && !(at.py_task != 0 && read_here(ctx.span_id)) =>
+                    if self.event_loops.contains(&(pid, at.tid)) && !read_here(ctx.span_id) =>
                 {
                     Parent::Ambiguous(Ambiguity::EventLoop)
                 }
