@@ -22,6 +22,13 @@
 //!   the sender (and the sender's origin) as their lineage. Other wakeups
 //!   (unlocks, timers) hand nothing over and are not followed.
 //!
+//! - `runtime.chansend`'s call of `gopark`: the sender blocks, no receiver
+//!   waiting. If it wrote on a socket in this run and handed nothing over
+//!   since, that write is kept as its *parked write* (`go_send_park`), and
+//!   `runtime.recv(c, sg, ..)` (`go_recv`), where a receiver that came late
+//!   takes a waiting sender's value, reports the hand-off that `send` would
+//!   have reported had the receiver been first.
+//!
 //! All are called with Go's register ABI (Go 1.17+ on amd64): arguments in
 //! RAX, RBX, RCX; the running goroutine's `g` in R14.
 use aya_ebpf::{
@@ -74,8 +81,10 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     let task = goroutine_id(gp);
-    // A hand-off holds for this run of the goroutine only.
-    let handed = go_take_handed(go_key(id, task));
+    // A hand-off holds for this run of the goroutine only. A parked write
+    // (`go_send_park`) is over too: the goroutine runs again, so no
+    // receiver took its value while it waited.
+    let handed = go_take_handed(go_key(id, task)).filter(|h| parked_write_of(h).is_none());
     // The thread's one entry, updated in place: this runs at every
     // goroutine switch.
     match thread(tid) {
@@ -176,29 +185,9 @@ fn send(g: u64, receiver: impl FnOnce() -> Option<u64>) {
     // Only for a run that was handed nothing: a write after a hand-off
     // names its sender already (`current`), and user space places it by
     // that.
-    if t.writer == waker && t.task != waker {
+    if wrote_unhanded(t, waker) {
         t.writer = 0;
-        let to_origin = go_origin(go_key(id, receiver)).unwrap_or_default();
-        let ev = HandOffEvent {
-            hdr: EventHeader {
-                kind: kind::HANDOFF,
-                _pad: [0; 3],
-                tgid: (id >> 32) as u32,
-                tid,
-                fd: t.wrote_fd,
-                ts_ns: unsafe { bpf_ktime_get_ns() },
-                comm: [0; 16],
-            },
-            from: waker,
-            to: receiver,
-            wrote_ns: t.wrote_ns,
-            to_origin: to_origin.creator,
-            _pad: 0,
-            to_origin_ns: to_origin.at_ns,
-        };
-        crate::capture::output(unsafe {
-            core::slice::from_raw_parts(&ev as *const HandOffEvent as *const u8, HANDOFF_EVENT_SIZE)
-        });
+        report_hand_off(id, waker, receiver, t.wrote_fd, t.wrote_ns);
     }
     // An answer to the goroutine that handed this run its work (a worker
     // telling a job's goroutine that the job is done; net/http's
@@ -211,6 +200,116 @@ fn send(g: u64, receiver: impl FnOnce() -> Option<u64>) {
     if t.task == waker && t.handed.waker == receiver {
         t.task = 0;
     }
+}
+
+/// Whether goroutine `g`, running on the thread whose entry is `t`, wrote
+/// on a socket in this run, and was handed nothing for it and handed
+/// nothing over since: a write its next hand-off places.
+#[inline(always)]
+fn wrote_unhanded(t: &GoThread, g: u32) -> bool {
+    t.writer == g && t.task != g
+}
+
+/// Reports that goroutine `from` of process `id` (pid_tgid), having written
+/// on `fd` in the write that entered at `wrote_ns`, handed a value to
+/// goroutine `to`.
+#[inline(always)]
+fn report_hand_off(id: u64, from: u32, to: u32, fd: i32, wrote_ns: u64) {
+    let to_origin = go_origin(go_key(id, to)).unwrap_or_default();
+    let ev = HandOffEvent {
+        hdr: EventHeader {
+            kind: kind::HANDOFF,
+            _pad: [0; 3],
+            tgid: (id >> 32) as u32,
+            tid: id as u32,
+            fd,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            comm: [0; 16],
+        },
+        from,
+        to,
+        wrote_ns,
+        to_origin: to_origin.creator,
+        _pad: 0,
+        to_origin_ns: to_origin.at_ns,
+    };
+    crate::capture::output(unsafe {
+        core::slice::from_raw_parts(&ev as *const HandOffEvent as *const u8, HANDOFF_EVENT_SIZE)
+    });
+}
+
+/// A parked write, kept in `GO_HANDOFFS` where the goroutine's hand-off
+/// would be: `waker` 0, which no hand-off has (every goroutine id has its
+/// top bit set); the socket in `origin`, the write's entry in `origin_ns`.
+/// One table, so that the goroutine's next run (`go_execute`), which takes
+/// its hand-off there anyway, drops it at no added cost.
+#[inline(always)]
+fn parked_write(fd: i32, wrote_ns: u64) -> Lineage {
+    Lineage {
+        origin: fd as u32,
+        origin_ns: wrote_ns,
+        ..Lineage::default()
+    }
+}
+
+/// The socket and write entry of `h`, if it is a parked write.
+#[inline(always)]
+fn parked_write_of(h: &Lineage) -> Option<(i32, u64)> {
+    (h.waker == 0).then_some((h.origin as i32, h.origin_ns))
+}
+
+/// At `runtime.chansend`'s calls of `gopark(unlockf, &c.lock, ..)`: the
+/// sender, running here, blocks until a receiver takes its value. It is
+/// already in the channel's queue of senders, but no receiver can take it
+/// out before `gopark` releases the channel's lock, so the parked write is
+/// in place before `go_recv` can look for it. A nil channel's send parks
+/// for ever, with no `unlockf`.
+#[uprobe]
+pub fn go_send_park(ctx: ProbeContext) -> u32 {
+    let Some(((unlockf, _, g), id, t)) = on_thread(&ctx) else {
+        return 0;
+    };
+    let sender = goroutine_id(g);
+    // SAFETY: a map value.
+    let t = unsafe { &*t };
+    if unlockf != 0 && t.running == sender && wrote_unhanded(t, sender) {
+        go_hand(go_key(id, sender), parked_write(t.wrote_fd, t.wrote_ns));
+    }
+    0
+}
+
+/// At `runtime.recv(c, sg, ..)` (after its stack check: the arguments are
+/// the entry's): the goroutine running here takes the value of the sender
+/// `sg.g` (the sudog's first field), which waited for it. If that sender
+/// parked with a write (`go_send_park`), this is its hand-off, reported as
+/// `send` reports one. Only for an unbuffered channel (`c.dataqsiz`, the
+/// second word of every Go release's `hchan`, is 0): from a full buffer
+/// the receiver takes the oldest value, another send's, and the sender's
+/// goes into the buffer.
+#[uprobe]
+pub fn go_recv(ctx: ProbeContext) -> u32 {
+    let Some((c, sg, g)) = regs(&ctx) else {
+        return 0;
+    };
+    let Ok(sender) = (unsafe { bpf_probe_read_user(sg as *const u64) }) else {
+        return 0;
+    };
+    let id = bpf_get_current_pid_tgid();
+    let sender = goroutine_id(sender);
+    // Taken, whatever it holds: the sender runs next, and its run would
+    // drop it anyway (`go_execute`).
+    let Some((fd, wrote_ns)) = go_take_handed(go_key(id, sender))
+        .as_ref()
+        .and_then(parked_write_of)
+    else {
+        return 0;
+    };
+    let buffered = unsafe { bpf_probe_read_user((c + 8) as *const u64) };
+    if buffered != Ok(0) {
+        return 0;
+    }
+    report_hand_off(id, sender, goroutine_id(g), fd, wrote_ns);
+    0
 }
 
 /// At `runtime.newproc`'s call `runqput(pp, newg, true)`: the `go`

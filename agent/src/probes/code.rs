@@ -34,6 +34,18 @@ pub fn call_site(code: &[u8], at: u64, target: u64) -> Option<u64> {
     found
 }
 
+/// The offsets in `code` (a function at address `at`) of all its direct
+/// calls of `target`, in order. None if the bytes do not decode.
+pub fn call_sites(code: &[u8], at: u64, target: u64) -> Option<Vec<u64>> {
+    instructions(code, at)
+        .filter_map(|i| match i {
+            Some(i) if direct_call(&i) == Some(target) => Some(Some(i.ip() - at)),
+            Some(_) => None,
+            None => Some(None),
+        })
+        .collect()
+}
+
 /// The function that `code` (a function at address `at`) wraps, if it is a
 /// thin wrapper: its first call, direct, comes before any jump and after
 /// nothing but a stack frame's setup, so the callee gets the wrapper's own
@@ -235,6 +247,27 @@ mod tests {
         for n in 0..NEWPROC_FUNC1.len() {
             let got = call_site(&NEWPROC_FUNC1[..n], at, 0x4458e0);
             assert!(got.is_none() || got == Some(0x40), "cut at {n}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn finds_every_call_of_a_callee() {
+        let at = 0x441760;
+        assert_eq!(call_sites(NEWPROC_FUNC1, at, 0x4458e0), Some(vec![0x40]));
+        assert_eq!(call_sites(NEWPROC_FUNC1, at, 0x400000), Some(vec![]));
+        // A second call of runqput, appended: `e8` with a displacement
+        // that lands on it from the end of the function.
+        let end = NEWPROC_FUNC1.len() as u64;
+        let rel = (0x4458e0 - (at + end + 5)) as u32;
+        let twice = [NEWPROC_FUNC1, &[0xe8], &rel.to_le_bytes()].concat();
+        assert_eq!(call_sites(&twice, at, 0x4458e0), Some(vec![0x40, end]));
+        // Cut anywhere: never a panic; either no answer, or the calls
+        // wholly within the cut.
+        for n in 0..twice.len() {
+            match call_sites(&twice[..n], at, 0x4458e0) {
+                None => {}
+                Some(v) => assert!(v.iter().all(|&o| o + 5 <= n as u64), "cut at {n}: {v:?}"),
+            }
         }
     }
 

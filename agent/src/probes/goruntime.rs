@@ -25,14 +25,25 @@
 //!   where the receiver is in a register: at `send`'s entry it must be read
 //!   from the program's memory.
 //!
+//!
 //! Where the code does not have that shape (a call not found, or found
 //! twice), the entry probes take over: the same evidence, at more cost.
+//!
+//! A pair more, where both are found: `runtime.chansend`'s calls of
+//! `gopark` (`go_send_park`) and `runtime.recv` after its stack check
+//! (`go_recv`), for a hand-off whose receiver came after its sender had
+//! blocked (`agent-ebpf/src/goroutine.rs`). Without them that hand-off is
+//! not seen, and its call stays a root; they are not needed for the rest.
 use std::path::Path;
 
 use aya::programs::uprobe::UProbeAttachLocation;
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::{code::call_site, uprobes::LinkSet, Probes};
+use super::{
+    code::{call_site, stack_check},
+    uprobes::LinkSet,
+    Probes,
+};
 use crate::stats::Stats;
 
 /// A probe on the one call of `callee` inside `function`, and the entry
@@ -84,6 +95,8 @@ pub const GO_PROBES: &[&str] = &[
     "go_newproc1",
     "go_runqput",
     "go_send",
+    "go_send_park",
+    "go_recv",
 ];
 
 /// What was found in an executable.
@@ -177,7 +190,8 @@ pub(super) fn on_executable<'a>(
     match attach(p, exe, &sites) {
         Ok(()) => {
             let at_calls = sites.iter().filter(|s| s.is_some()).count();
-            tracing::info!(pid, %version, at_calls, "goroutine probes attached");
+            let late_receivers = attach_late_receivers(p, exe, elf);
+            tracing::info!(pid, %version, at_calls, late_receivers, "goroutine probes attached");
             Stats::inc(&stats.go_attached);
             return true;
         }
@@ -279,6 +293,63 @@ fn attach(p: &mut Probes, exe: &str, sites: &[Option<u64>; SITES]) -> Result<(),
     Ok(())
 }
 
+/// Where the late receiver's pair goes in a Go executable: every call of
+/// `runtime.gopark` in `runtime.chansend` (a blocking send parks there,
+/// and a send on a nil channel, which the probe tells apart), and
+/// `runtime.recv`'s stack check (its entry if it has none). None where a
+/// symbol or the calls are missing.
+pub fn late_receiver_sites<'a>(elf: impl object::ReadRef<'a>) -> Option<(Vec<u64>, u64)> {
+    let file = object::File::parse(elf).ok()?;
+    let (mut chansend, mut gopark, mut recv) = (None, None, None);
+    for sym in file.symbols().filter(|s| s.is_definition()) {
+        let at = || Some((sym.section_index()?, sym.address(), sym.size()));
+        match sym.name() {
+            Ok("runtime.chansend") => chansend = at(),
+            Ok("runtime.gopark") => gopark = Some(sym.address()),
+            Ok("runtime.recv") => recv = at(),
+            _ => {}
+        }
+    }
+    // A function's bytes alone, as in `call_sites`.
+    let code = |(section, at, size)| {
+        let section = file.section_by_index(section).ok()?;
+        section.data_range(at, size).ok().flatten()
+    };
+    let (chansend, recv) = (chansend?, recv?);
+    let parks = super::code::call_sites(code(chansend)?, chansend.1, gopark?)?;
+    let recv = stack_check(code(recv)?).unwrap_or(0);
+    (!parks.is_empty()).then_some((parks, recv))
+}
+
+/// Attaches the late receiver's pair to the executable at `exe`, both or
+/// neither, where their sites are found. Whether they are attached; a
+/// failure is logged, and the other goroutine probes stand without them.
+fn attach_late_receivers<'a>(p: &mut Probes, exe: &str, elf: impl object::ReadRef<'a>) -> bool {
+    let Some((parks, recv)) = late_receiver_sites(elf) else {
+        return false;
+    };
+    let mut set = LinkSet::default();
+    let target = Path::new(exe);
+    let attached = parks
+        .iter()
+        .try_for_each(|&off| {
+            let at = UProbeAttachLocation::SymbolOffset("runtime.chansend", off);
+            set.attach(p, "go_send_park", at, target)
+        })
+        .and_then(|()| {
+            let at = UProbeAttachLocation::SymbolOffset("runtime.recv", recv);
+            set.attach(p, "go_recv", at, target)
+        });
+    match attached {
+        Ok(()) => true,
+        Err(e) => {
+            set.undo(p);
+            tracing::warn!(exe, "late receivers' hand-offs not followed: {e}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +398,8 @@ mod tests {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert_eq!(call_sites(me.as_slice()), [None; SITES]);
         assert_eq!(call_sites(&b"garbage"[..]), [None; SITES]);
+        assert_eq!(late_receiver_sites(me.as_slice()), None);
+        assert_eq!(late_receiver_sites(&b"garbage"[..]), None);
     }
 
     #[test]

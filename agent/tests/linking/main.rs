@@ -84,6 +84,10 @@ fn main() {
             go_two_replicas();
             Ok(())
         }),
+        Trial::test("go_audit_receiver_late_eight_in_flight", || {
+            go_late_receivers();
+            Ok(())
+        }),
         Trial::test("go_probes_at_entries_eight_in_flight", || {
             go_probes_at_entries();
             Ok(())
@@ -606,6 +610,18 @@ fn go_goroutines() {
     go_services(&["go-svc"], Sites::Calls);
 }
 
+/// The same, each handler sleeping 3 to 24 ms between handing its audit
+/// record over and waiting for it to be written (`AUDIT_LATE`). The worker,
+/// done first, blocks sending on the unbuffered `written`; the handler's
+/// receive readies it, and only `runtime.recv` (probe `go_recv`, after
+/// `go_send_park` kept the worker's write) tells which request the write
+/// was for. Without that pair, 7 and 11 of 40 audit records were roots in
+/// two runs here; under load the same race left 1 to 3 of 40 roots in the
+/// trials above (ci71: 37 of 40).
+fn go_late_receivers() {
+    go_services(&["go-late"], Sites::LateReceivers);
+}
+
 /// The same, with the probes at the runtime functions' entries: what a Go
 /// binary whose code lacks the calls they go on gets (`goruntime.rs`).
 fn go_probes_at_entries() {
@@ -619,6 +635,8 @@ enum Sites {
     Calls,
     /// At the functions' entries (`--go-probes-at-entries`).
     Entries,
+    /// At the calls, the handlers receiving late (`go_late_receivers`).
+    LateReceivers,
 }
 
 /// Two processes of the same Go binary (replicas of one service, as on a
@@ -644,7 +662,7 @@ fn go_services(services: &[&str], sites: Sites) {
     let bin = go_build("linking/go_server.go", &dir);
     let (_dbs, db_ports) = server_script("db_servers.py");
     let a = agent(match sites {
-        Sites::Calls => &[],
+        Sites::Calls | Sites::LateReceivers => &[],
         Sites::Entries => &["--go-probes-at-entries"],
     });
     let down = free_port();
@@ -664,6 +682,9 @@ fn go_services(services: &[&str], sites: Sites) {
             ])
             .env("OTEL_SERVICE_NAME", service)
             .env("GOMAXPROCS", "2");
+            if sites == Sites::LateReceivers {
+                cmd.env("AUDIT_LATE", "3ms");
+            }
             (ready(cmd), port)
         })
         .collect();
@@ -752,6 +773,10 @@ fn go_services(services: &[&str], sites: Sites) {
     let (ran, not) = match sites {
         Sites::Calls => (
             ["go_spawned ", "go_send_ready "].as_slice(),
+            ["go_newproc1 ", "go_runqput ", "go_send "].as_slice(),
+        ),
+        Sites::LateReceivers => (
+            ["go_spawned ", "go_send_ready ", "go_send_park ", "go_recv "].as_slice(),
             ["go_newproc1 ", "go_runqput ", "go_send "].as_slice(),
         ),
         Sites::Entries => (
