@@ -20,14 +20,17 @@
 //!   first field in every Go release, read from memory): the sender hands
 //!   it a value. When the receiver next runs, its writes carry
 //!   the sender (and the sender's origin) as their lineage. Other wakeups
-//!   (unlocks, timers) hand nothing over and are not followed.
-//!
+//!   (unlocks, timers) hand nothing over and are not followed;
 //! - `runtime.chansend`'s call of `gopark`: the sender blocks, no receiver
 //!   waiting. If it wrote on a socket in this run and handed nothing over
 //!   since, that write is kept as its *parked write* (`go_send_park`), and
 //!   `runtime.recv(c, sg, ..)` (`go_recv`), where a receiver that came late
 //!   takes a waiting sender's value, reports the hand-off that `send` would
-//!   have reported had the receiver been first.
+//!   have reported had the receiver been first;
+//! - `runtime.exitsyscall0`'s and `runtime.goschedImpl`'s calls of
+//!   `casgstatus(gp, ..)` (`go_paused`): `gp` stops without waiting for
+//!   anything (its syscall outlasted its P, or it was preempted); its
+//!   unhanded write is kept, and its next run goes on with it.
 //!
 //! All are called with Go's register ABI (Go 1.17+ on amd64): arguments in
 //! RAX, RBX, RCX; the running goroutine's `g` in R14.
@@ -81,10 +84,19 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     let task = goroutine_id(gp);
-    // A hand-off holds for this run of the goroutine only. A parked write
-    // (`go_send_park`) is over too: the goroutine runs again, so no
-    // receiver took its value while it waited.
-    let handed = go_take_handed(go_key(id, task)).filter(|h| parked_write_of(h).is_none());
+    // A hand-off holds for this run of the goroutine only. A kept write
+    // (`kept_write`) is taken with it: a paused one goes on in this run; a
+    // parked one is over (no receiver took its value while it waited).
+    let taken = go_take_handed(go_key(id, task));
+    let (handed, resumed) = match taken.as_ref().map(|h| (h, kept_write_of(h))) {
+        Some((h, None)) => (Some(*h), None),
+        Some((_, Some(w))) => (None, w.paused.then_some(w)),
+        None => (None, None),
+    };
+    let (writer, wrote_fd, wrote_ns) = match resumed {
+        Some(w) => (task, w.fd, w.wrote_ns),
+        None => (0, -1, 0),
+    };
     // The thread's one entry, updated in place: this runs at every
     // goroutine switch.
     match thread(tid) {
@@ -92,7 +104,7 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
             // SAFETY: a map value only this thread writes.
             let t = unsafe { &mut *p };
             t.running = task;
-            t.writer = 0;
+            t.writer = writer;
             match handed {
                 Some(h) => {
                     t.task = task;
@@ -100,7 +112,13 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
                     t.wrote_fd = -1;
                     t.wrote_ns = 0;
                 }
-                None => t.task = 0,
+                None => {
+                    t.task = 0;
+                    if resumed.is_some() {
+                        t.wrote_fd = wrote_fd;
+                        t.wrote_ns = wrote_ns;
+                    }
+                }
             }
         }
         None => {
@@ -108,9 +126,9 @@ pub fn go_execute(ctx: ProbeContext) -> u32 {
                 running: task,
                 task: if handed.is_some() { task } else { 0 },
                 handed: handed.unwrap_or_default(),
-                writer: 0,
-                wrote_fd: -1,
-                wrote_ns: 0,
+                writer,
+                wrote_fd,
+                wrote_ns,
                 spawning: 0,
                 _pad: 0,
             };
@@ -238,42 +256,91 @@ fn report_hand_off(id: u64, from: u32, to: u32, fd: i32, wrote_ns: u64) {
     });
 }
 
-/// A parked write, kept in `GO_HANDOFFS` where the goroutine's hand-off
-/// would be: `waker` 0, which no hand-off has (every goroutine id has its
-/// top bit set); the socket in `origin`, the write's entry in `origin_ns`.
-/// One table, so that the goroutine's next run (`go_execute`), which takes
-/// its hand-off there anyway, drops it at no added cost.
+/// A goroutine's client write whose hand-off has not come, kept past the
+/// goroutine's run (`kept_write`).
+#[derive(Clone, Copy)]
+struct KeptWrite {
+    fd: i32,
+    wrote_ns: u64,
+    /// Paused (`go_paused`): the goroutine did not stop for other work of
+    /// its own, and its next run goes on from the write. Else parked
+    /// (`go_send_park`): only the receiver that takes its value uses it.
+    paused: bool,
+}
+
+/// A kept write, in `GO_HANDOFFS` where the goroutine's hand-off would be:
+/// `waker` 0, which no hand-off has (every goroutine id has its top bit
+/// set); the socket in `origin`, the write's entry in `origin_ns`, paused
+/// or parked in `waker_origin`. One table, so that the goroutine's next run
+/// (`go_execute`), which takes its hand-off there anyway, takes it too at
+/// no added cost.
 #[inline(always)]
-fn parked_write(fd: i32, wrote_ns: u64) -> Lineage {
+fn kept_write(w: KeptWrite) -> Lineage {
     Lineage {
-        origin: fd as u32,
-        origin_ns: wrote_ns,
+        origin: w.fd as u32,
+        origin_ns: w.wrote_ns,
+        waker_origin: w.paused as u32,
         ..Lineage::default()
     }
 }
 
-/// The socket and write entry of `h`, if it is a parked write.
+/// `h` as a kept write, if it is one.
 #[inline(always)]
-fn parked_write_of(h: &Lineage) -> Option<(i32, u64)> {
-    (h.waker == 0).then_some((h.origin as i32, h.origin_ns))
+fn kept_write_of(h: &Lineage) -> Option<KeptWrite> {
+    (h.waker == 0).then_some(KeptWrite {
+        fd: h.origin as i32,
+        wrote_ns: h.origin_ns,
+        paused: h.waker_origin != 0,
+    })
+}
+
+/// Keeps the unhanded write of goroutine `g` (its `g` pointer), stopping on
+/// the thread whose entry is `t`, of process `id` (pid_tgid), if it has one
+/// (`wrote_unhanded`).
+#[inline(always)]
+fn keep_write(id: u64, t: &GoThread, g: u32, paused: bool) {
+    if t.running == g && wrote_unhanded(t, g) {
+        let w = KeptWrite {
+            fd: t.wrote_fd,
+            wrote_ns: t.wrote_ns,
+            paused,
+        };
+        go_hand(go_key(id, g), kept_write(w));
+    }
+}
+
+/// At `runtime.exitsyscall0`'s and `runtime.goschedImpl`'s calls of
+/// `casgstatus(gp, .., _Grunnable)` (on the thread's system stack): the
+/// goroutine `gp` (RAX), back from a syscall that outlasted its P (the
+/// scheduler gave the P to another thread meanwhile), or preempted, or
+/// yielding, goes back to a run queue without waiting for anything. Its
+/// next run goes on from where this one stopped, so its unhanded write is
+/// kept for it (`go_execute` gives it back). Without this, a worker whose
+/// write syscall was slow (a busy machine) lost the write at that switch,
+/// and its answer named no call.
+#[uprobe]
+pub fn go_paused(ctx: ProbeContext) -> u32 {
+    if let Some(((gp, _, _), id, t)) = on_thread(&ctx) {
+        // SAFETY: a map value.
+        keep_write(id, unsafe { &*t }, goroutine_id(gp), true);
+    }
+    0
 }
 
 /// At `runtime.chansend`'s calls of `gopark(unlockf, &c.lock, ..)`: the
-/// sender, running here, blocks until a receiver takes its value. It is
-/// already in the channel's queue of senders, but no receiver can take it
-/// out before `gopark` releases the channel's lock, so the parked write is
-/// in place before `go_recv` can look for it. A nil channel's send parks
+/// sender, running here, blocks until a receiver takes its value; its
+/// unhanded write is kept, parked. It is already in the channel's queue of
+/// senders, but no receiver can take it out before `gopark` releases the
+/// channel's lock, so the write is kept before `go_recv` can look for it. A nil channel's send parks
 /// for ever, with no `unlockf`.
 #[uprobe]
 pub fn go_send_park(ctx: ProbeContext) -> u32 {
     let Some(((unlockf, _, g), id, t)) = on_thread(&ctx) else {
         return 0;
     };
-    let sender = goroutine_id(g);
-    // SAFETY: a map value.
-    let t = unsafe { &*t };
-    if unlockf != 0 && t.running == sender && wrote_unhanded(t, sender) {
-        go_hand(go_key(id, sender), parked_write(t.wrote_fd, t.wrote_ns));
+    if unlockf != 0 {
+        // SAFETY: a map value.
+        keep_write(id, unsafe { &*t }, goroutine_id(g), false);
     }
     0
 }
@@ -298,9 +365,9 @@ pub fn go_recv(ctx: ProbeContext) -> u32 {
     let sender = goroutine_id(sender);
     // Taken, whatever it holds: the sender runs next, and its run would
     // drop it anyway (`go_execute`).
-    let Some((fd, wrote_ns)) = go_take_handed(go_key(id, sender))
+    let Some(w) = go_take_handed(go_key(id, sender))
         .as_ref()
-        .and_then(parked_write_of)
+        .and_then(kept_write_of)
     else {
         return 0;
     };
@@ -308,7 +375,7 @@ pub fn go_recv(ctx: ProbeContext) -> u32 {
     if buffered != Ok(0) {
         return 0;
     }
-    report_hand_off(id, sender, goroutine_id(g), fd, wrote_ns);
+    report_hand_off(id, sender, goroutine_id(g), w.fd, w.wrote_ns);
     0
 }
 

@@ -29,11 +29,16 @@
 //! Where the code does not have that shape (a call not found, or found
 //! twice), the entry probes take over: the same evidence, at more cost.
 //!
-//! A pair more, where both are found: `runtime.chansend`'s calls of
-//! `gopark` (`go_send_park`) and `runtime.recv` after its stack check
-//! (`go_recv`), for a hand-off whose receiver came after its sender had
-//! blocked (`agent-ebpf/src/goroutine.rs`). Without them that hand-off is
-//! not seen, and its call stays a root; they are not needed for the rest.
+//! Two sets more, each attached where all its sites are found, and not
+//! needed for the rest (without one, the hand-offs it follows are not
+//! seen, and their calls stay roots; `agent-ebpf/src/goroutine.rs`):
+//! - a hand-off whose receiver came after its sender had blocked:
+//!   `runtime.chansend`'s calls of `gopark` (`go_send_park`) and
+//!   `runtime.recv` after its stack check (`go_recv`);
+//! - a write whose goroutine stopped before its hand-off without waiting
+//!   for anything: the calls of `casgstatus` in `runtime.exitsyscall0` (a
+//!   syscall that outlasted its P) and `runtime.goschedImpl` (preempted or
+//!   yielding) (`go_paused`).
 use std::path::Path;
 
 use aya::programs::uprobe::UProbeAttachLocation;
@@ -97,6 +102,7 @@ pub const GO_PROBES: &[&str] = &[
     "go_send",
     "go_send_park",
     "go_recv",
+    "go_paused",
 ];
 
 /// What was found in an executable.
@@ -191,7 +197,8 @@ pub(super) fn on_executable<'a>(
         Ok(()) => {
             let at_calls = sites.iter().filter(|s| s.is_some()).count();
             let late_receivers = attach_late_receivers(p, exe, elf);
-            tracing::info!(pid, %version, at_calls, late_receivers, "goroutine probes attached");
+            let pauses = attach_pauses(p, exe, elf);
+            tracing::info!(pid, %version, at_calls, late_receivers, pauses, "goroutine probes attached");
             Stats::inc(&stats.go_attached);
             return true;
         }
@@ -350,6 +357,59 @@ fn attach_late_receivers<'a>(p: &mut Probes, exe: &str, elf: impl object::ReadRe
     }
 }
 
+/// The functions whose one call of `runtime.casgstatus` puts a goroutine
+/// back on a run queue without waiting (`go_paused`).
+const PAUSES: [&str; 2] = ["runtime.exitsyscall0", "runtime.goschedImpl"];
+
+/// Where `go_paused` goes in a Go executable: the one call of
+/// `runtime.casgstatus` in each of `PAUSES`. None where one is missing.
+pub fn pause_sites<'a>(elf: impl object::ReadRef<'a>) -> Option<[u64; 2]> {
+    let file = object::File::parse(elf).ok()?;
+    let mut functions = [None; 2];
+    let mut casgstatus = None;
+    for sym in file.symbols().filter(|s| s.is_definition()) {
+        let Ok(name) = sym.name() else { continue };
+        if name == "runtime.casgstatus" {
+            casgstatus = Some(sym.address());
+        } else if let Some(i) = PAUSES.iter().position(|f| *f == name) {
+            functions[i] = sym.section_index().map(|s| (s, sym.address(), sym.size()));
+        }
+    }
+    let casgstatus = casgstatus?;
+    let mut out = [0; 2];
+    for (o, f) in out.iter_mut().zip(functions) {
+        let (section, at, size) = f?;
+        // The function's bytes alone, as in `call_sites`.
+        let section = file.section_by_index(section).ok()?;
+        let code = section.data_range(at, size).ok().flatten()?;
+        *o = call_site(code, at, casgstatus)?;
+    }
+    Some(out)
+}
+
+/// Attaches `go_paused` to the executable at `exe`, at both of `PAUSES` or
+/// neither, where their calls are found. Whether it is attached; a failure
+/// is logged, and the other goroutine probes stand without it.
+fn attach_pauses<'a>(p: &mut Probes, exe: &str, elf: impl object::ReadRef<'a>) -> bool {
+    let Some(sites) = pause_sites(elf) else {
+        return false;
+    };
+    let mut set = LinkSet::default();
+    let target = Path::new(exe);
+    let attached = PAUSES.iter().zip(sites).try_for_each(|(function, off)| {
+        let at = UProbeAttachLocation::SymbolOffset(function, off);
+        set.attach(p, "go_paused", at, target)
+    });
+    match attached {
+        Ok(()) => true,
+        Err(e) => {
+            set.undo(p);
+            tracing::warn!(exe, "paused goroutines' writes not followed: {e}");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +460,8 @@ mod tests {
         assert_eq!(call_sites(&b"garbage"[..]), [None; SITES]);
         assert_eq!(late_receiver_sites(me.as_slice()), None);
         assert_eq!(late_receiver_sites(&b"garbage"[..]), None);
+        assert_eq!(pause_sites(me.as_slice()), None);
+        assert_eq!(pause_sites(&b"garbage"[..]), None);
     }
 
     #[test]

@@ -84,8 +84,8 @@ fn main() {
             go_two_replicas();
             Ok(())
         }),
-        Trial::test("go_audit_receiver_late_eight_in_flight", || {
-            go_late_receivers();
+        Trial::test("go_audit_worker_paused_and_answered_late", || {
+            go_late_and_paused();
             Ok(())
         }),
         Trial::test("go_probes_at_entries_eight_in_flight", || {
@@ -611,15 +611,22 @@ fn go_goroutines() {
 }
 
 /// The same, each handler sleeping 3 to 24 ms between handing its audit
-/// record over and waiting for it to be written (`AUDIT_LATE`). The worker,
-/// done first, blocks sending on the unbuffered `written`; the handler's
-/// receive readies it, and only `runtime.recv` (probe `go_recv`, after
-/// `go_send_park` kept the worker's write) tells which request the write
-/// was for. Without that pair, 7 and 11 of 40 audit records were roots in
-/// two runs here; under load the same race left 1 to 3 of 40 roots in the
-/// trials above (ci71: 37 of 40).
-fn go_late_receivers() {
-    go_services(&["go-late"], Sites::LateReceivers);
+/// record over and waiting for it to be written (`AUDIT_LATE`), and the
+/// worker yielding between each write and its answer (`AUDIT_YIELD`):
+/// - the worker, done first, blocks sending on the unbuffered `written`;
+///   the handler's receive readies it, and only `runtime.recv` (probe
+///   `go_recv`, after `go_send_park` kept the worker's write) tells which
+///   request the write was for. Without that pair, 7 and 11 of 40 audit
+///   records were roots in two runs here;
+/// - the yield ends the worker's run between its write and its answer, as
+///   a preemption, or a write syscall that outlasted its P, does; only
+///   `go_paused` keeps the write for the next run (without it, 1 of 40
+///   complete in two runs).
+///
+/// Under load, both left 1 to 3 of 40 audit records roots in the trials
+/// above (ci71: 37 of 40).
+fn go_late_and_paused() {
+    go_services(&["go-late"], Sites::LateAndPaused);
 }
 
 /// The same, with the probes at the runtime functions' entries: what a Go
@@ -635,8 +642,9 @@ enum Sites {
     Calls,
     /// At the functions' entries (`--go-probes-at-entries`).
     Entries,
-    /// At the calls, the handlers receiving late (`go_late_receivers`).
-    LateReceivers,
+    /// At the calls, the worker yielding and the handlers receiving late
+    /// (`go_late_and_paused`).
+    LateAndPaused,
 }
 
 /// Two processes of the same Go binary (replicas of one service, as on a
@@ -662,7 +670,7 @@ fn go_services(services: &[&str], sites: Sites) {
     let bin = go_build("linking/go_server.go", &dir);
     let (_dbs, db_ports) = server_script("db_servers.py");
     let a = agent(match sites {
-        Sites::Calls | Sites::LateReceivers => &[],
+        Sites::Calls | Sites::LateAndPaused => &[],
         Sites::Entries => &["--go-probes-at-entries"],
     });
     let down = free_port();
@@ -682,8 +690,8 @@ fn go_services(services: &[&str], sites: Sites) {
             ])
             .env("OTEL_SERVICE_NAME", service)
             .env("GOMAXPROCS", "2");
-            if sites == Sites::LateReceivers {
-                cmd.env("AUDIT_LATE", "3ms");
+            if sites == Sites::LateAndPaused {
+                cmd.env("AUDIT_LATE", "3ms").env("AUDIT_YIELD", "1");
             }
             (ready(cmd), port)
         })
@@ -775,8 +783,15 @@ fn go_services(services: &[&str], sites: Sites) {
             ["go_spawned ", "go_send_ready "].as_slice(),
             ["go_newproc1 ", "go_runqput ", "go_send "].as_slice(),
         ),
-        Sites::LateReceivers => (
-            ["go_spawned ", "go_send_ready ", "go_send_park ", "go_recv "].as_slice(),
+        Sites::LateAndPaused => (
+            [
+                "go_spawned ",
+                "go_send_ready ",
+                "go_send_park ",
+                "go_recv ",
+                "go_paused ",
+            ]
+            .as_slice(),
             ["go_newproc1 ", "go_runqput ", "go_send "].as_slice(),
         ),
         Sites::Entries => (
