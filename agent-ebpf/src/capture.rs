@@ -458,14 +458,20 @@ pub fn emit(
     // Go: a goroutine's write, remembered for its next hand-off (`go_send`).
     // After the record, read back from the map, and never in a batch's loop
     // (Go makes none): its branches must not multiply the copy's states.
-    if egress && !batch {
+    // A goroutine's read of a client socket may be its last write's reply
+    // (`goroutine::replied`).
+    if !batch {
         let ev = unsafe { &*(scratch as *const DataEvent) };
         let task = unsafe { core::ptr::read_volatile(&ev.task) };
         if task != 0 {
             let client = unsafe { core::ptr::read_volatile(&ev.role) } == role::CLIENT;
             let fd = unsafe { core::ptr::read_volatile(&ev.hdr.fd) };
-            let enter_ns = unsafe { core::ptr::read_volatile(&ev.enter_ns) };
-            crate::goroutine::wrote(id as u32, task, if client { fd } else { -1 }, enter_ns);
+            if egress {
+                let enter_ns = unsafe { core::ptr::read_volatile(&ev.enter_ns) };
+                crate::goroutine::wrote(id, task, if client { fd } else { -1 }, enter_ns);
+            } else if client {
+                crate::goroutine::replied(id, task, fd);
+            }
         }
     }
 }

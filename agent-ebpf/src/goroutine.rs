@@ -45,7 +45,8 @@ use sonde_common::{
 
 use crate::maps::{
     go_born, go_hand, go_key, go_origin, go_overflow_mark, go_overflow_used, go_take_handed,
-    slot_claim, slot_free, slot_get, GO_CURRENT, GO_SLOTS,
+    go_write_forget, go_write_keep, go_write_on, slot_claim, slot_free, slot_get, GO_CURRENT,
+    GO_SLOTS,
 };
 
 /// `tid`'s entry: its slot's, else the overflow's (and Python threads').
@@ -205,6 +206,7 @@ fn send(g: u64, receiver: impl FnOnce() -> Option<u64>) {
     // that.
     if wrote_unhanded(t, waker) {
         t.writer = 0;
+        go_write_forget(go_key(id, waker));
         report_hand_off(id, waker, receiver, t.wrote_fd, t.wrote_ns);
     }
     // An answer to the goroutine that handed this run its work (a worker
@@ -375,6 +377,7 @@ pub fn go_recv(ctx: ProbeContext) -> u32 {
     if buffered != Ok(0) {
         return 0;
     }
+    go_write_forget(go_key(id, sender));
     report_hand_off(id, sender, goroutine_id(g), w.fd, w.wrote_ns);
     0
 }
@@ -478,18 +481,54 @@ pub fn current(id: u64, egress: bool) -> (u32, Lineage) {
     (task, l)
 }
 
-/// Goroutine `task` on thread `tid` wrote, in a call that entered at
-/// `enter_ns`, on client socket `fd` (-1: on another socket): remembered
-/// for its next hand-off in this run (`go_send`); a write on another socket
-/// ends what the last client write's hand-off could mean.
+/// Goroutine `task` on thread `id` (pid_tgid) wrote, in a call that
+/// entered at `enter_ns`, on client socket `fd` (-1: on another socket):
+/// remembered for its next hand-off in this run (`go_send`); a write on
+/// another socket ends what the last client write's hand-off could mean.
+/// A client write in a run handed nothing is also kept past the run, for
+/// its reply (`replied`).
 #[inline(always)]
-pub fn wrote(tid: u32, task: u32, fd: i32, enter_ns: u64) {
-    if let Some(t) = thread(tid) {
+pub fn wrote(id: u64, task: u32, fd: i32, enter_ns: u64) {
+    if let Some(t) = thread(id as u32) {
         // SAFETY: a map value only this thread writes.
         let t = unsafe { &mut *t };
         t.writer = if fd < 0 { 0 } else { task };
         t.wrote_fd = fd;
         t.wrote_ns = enter_ns;
+        let key = go_key(id, task);
+        if fd >= 0 && t.task != task {
+            go_write_keep(key, fd, enter_ns);
+        } else {
+            go_write_forget(key);
+        }
+    }
+}
+
+/// Goroutine `task` on thread `id` (pid_tgid) read client socket `fd`. A
+/// client call's reply most often comes after its writer stopped to wait
+/// for it (Go parks a goroutine whose read would block), which ended the
+/// write's run: a worker that writes a query, waits, reads the reply and
+/// answers the job's goroutine answered in a run with no write. If the
+/// goroutine's kept write (`wrote`) was on this socket, the reply is that
+/// write's, and the run goes on from the write: its next hand-off names it,
+/// as one in the write's own run would. Only a read of the same socket does
+/// this: whatever else the goroutine did after its wait may be other work.
+#[inline(always)]
+pub fn replied(id: u64, task: u32, fd: i32) {
+    let Some(t) = thread(id as u32) else {
+        return;
+    };
+    // SAFETY: a map value only this thread writes.
+    let t = unsafe { &mut *t };
+    // Already this run's (its write was in it), or a run handed something,
+    // whose hand-off is never reported.
+    if t.running != task || t.writer == task || t.task == task {
+        return;
+    }
+    if let Some(wrote_ns) = go_write_on(go_key(id, task), fd) {
+        t.writer = task;
+        t.wrote_fd = fd;
+        t.wrote_ns = wrote_ns;
     }
 }
 

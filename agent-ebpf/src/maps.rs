@@ -643,6 +643,97 @@ pub fn go_take_handed(key: u64) -> Option<sonde_common::Lineage> {
     }
 }
 
+/// A goroutine's last client write (`goroutine::wrote`), kept past its run.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoWrite {
+    /// Its writer's `go_key`; 0: a free way.
+    pub key: u64,
+    pub fd: i32,
+    pub _pad: u32,
+    /// The write's entry.
+    pub wrote_ns: u64,
+}
+
+/// `GO_WRITES`' length: 2^13 sets of 2 ways.
+const WRITE_SET_BITS: u32 = 13;
+
+/// Go: per goroutine, its last client write made in a run handed nothing,
+/// until its hand-off is reported or it writes on another socket
+/// (`goroutine.rs`, "the reply"). Sets of 2 ways by a hash of the writer's
+/// key; a write that finds both ways held by others takes the first (the
+/// other goroutine's write is then not followed past its run: its call is
+/// placed by other evidence or stays a root, never under another's request,
+/// since a reader checks the key). 384 KiB.
+#[map]
+pub static GO_WRITES: Array<[GoWrite; 2]> = Array::with_max_entries(1 << WRITE_SET_BITS, 0);
+
+/// Keeps goroutine `key`'s client write on `fd`, entered at `wrote_ns`.
+#[inline(always)]
+pub fn go_write_keep(key: u64, fd: i32, wrote_ns: u64) {
+    let Some(set) = GO_WRITES.get_ptr_mut(go_hash(key, WRITE_SET_BITS)) else {
+        return;
+    };
+    // SAFETY: a map value. Only the goroutine itself writes its way (from
+    // its own calls, one at a time); a way given to another goroutine has
+    // its key cleared first and set last, and a reader reads the key again
+    // after its copy (`go_origin`).
+    unsafe {
+        let k0 = core::ptr::read_volatile(&(*set)[0].key);
+        let k1 = core::ptr::read_volatile(&(*set)[1].key);
+        // Its own way, else a free one, else the first.
+        let w = if k0 == key {
+            0
+        } else if k1 == key || (k0 != 0 && k1 == 0) {
+            1
+        } else {
+            0
+        };
+        let e = &mut (*set)[w];
+        core::ptr::write_volatile(&mut e.key, 0);
+        core::ptr::write_volatile(&mut e.fd, fd);
+        core::ptr::write_volatile(&mut e.wrote_ns, wrote_ns);
+        core::ptr::write_volatile(&mut e.key, key);
+    }
+}
+
+/// The entry of goroutine `key`'s kept client write, if it was on `fd`.
+#[inline(always)]
+pub fn go_write_on(key: u64, fd: i32) -> Option<u64> {
+    let set = GO_WRITES.get_ptr(go_hash(key, WRITE_SET_BITS))?;
+    // SAFETY: a map value; see `go_write_keep`.
+    unsafe {
+        for w in 0..2 {
+            let e = &(*set)[w];
+            if core::ptr::read_volatile(&e.key) == key {
+                let (f, ns) = (
+                    core::ptr::read_volatile(&e.fd),
+                    core::ptr::read_volatile(&e.wrote_ns),
+                );
+                return (core::ptr::read_volatile(&e.key) == key && f == fd).then_some(ns);
+            }
+        }
+    }
+    None
+}
+
+/// Forgets goroutine `key`'s kept client write, if any.
+#[inline(always)]
+pub fn go_write_forget(key: u64) {
+    let Some(set) = GO_WRITES.get_ptr_mut(go_hash(key, WRITE_SET_BITS)) else {
+        return;
+    };
+    // SAFETY: a map value; clearing a key only frees its way.
+    unsafe {
+        for w in 0..2 {
+            let e = &mut (*set)[w];
+            if core::ptr::read_volatile(&e.key) == key {
+                core::ptr::write_volatile(&mut e.key, 0);
+            }
+        }
+    }
+}
+
 /// Client sockets between SYN_SENT and ESTABLISHED: struct sock address ->
 /// sock_key. ESTABLISHED fires in softirq, where `current` is unrelated.
 #[map]

@@ -88,6 +88,10 @@ fn main() {
             go_late_and_paused();
             Ok(())
         }),
+        Trial::test("go_query_worker_pool_eight_in_flight", || {
+            go_query_pool();
+            Ok(())
+        }),
         Trial::test("go_probes_at_entries_eight_in_flight", || {
             go_probes_at_entries();
             Ok(())
@@ -629,6 +633,19 @@ fn go_late_and_paused() {
     go_services(&["go-late"], Sites::LateAndPaused);
 }
 
+/// The same, each request's query made by a pool of 2 worker goroutines
+/// fed by a buffered channel (`QUERY_POOL`), its answer taken by the
+/// handler after its first call. A worker writes the query, parks until
+/// the reply comes, reads it, and answers in a run without a write; with 8
+/// requests in flight most jobs come from the buffer, so nothing hands the
+/// worker its job. Only the reply (`goroutine::replied`: the worker's read
+/// of the socket its kept write was on) carries the write into the run
+/// that answers; without it, 29 of 40 such queries were roots outside this
+/// repository.
+fn go_query_pool() {
+    go_services(&["go-pool"], Sites::QueryPool);
+}
+
 /// The same, with the probes at the runtime functions' entries: what a Go
 /// binary whose code lacks the calls they go on gets (`goruntime.rs`).
 fn go_probes_at_entries() {
@@ -645,6 +662,8 @@ enum Sites {
     /// At the calls, the worker yielding and the handlers receiving late
     /// (`go_late_and_paused`).
     LateAndPaused,
+    /// At the calls, the queries made by a worker pool (`go_query_pool`).
+    QueryPool,
 }
 
 /// Two processes of the same Go binary (replicas of one service, as on a
@@ -670,7 +689,7 @@ fn go_services(services: &[&str], sites: Sites) {
     let bin = go_build("linking/go_server.go", &dir);
     let (_dbs, db_ports) = server_script("db_servers.py");
     let a = agent(match sites {
-        Sites::Calls | Sites::LateAndPaused => &[],
+        Sites::Calls | Sites::LateAndPaused | Sites::QueryPool => &[],
         Sites::Entries => &["--go-probes-at-entries"],
     });
     let down = free_port();
@@ -690,8 +709,14 @@ fn go_services(services: &[&str], sites: Sites) {
             ])
             .env("OTEL_SERVICE_NAME", service)
             .env("GOMAXPROCS", "2");
-            if sites == Sites::LateAndPaused {
-                cmd.env("AUDIT_LATE", "3ms").env("AUDIT_YIELD", "1");
+            match sites {
+                Sites::LateAndPaused => {
+                    cmd.env("AUDIT_LATE", "3ms").env("AUDIT_YIELD", "1");
+                }
+                Sites::QueryPool => {
+                    cmd.env("QUERY_POOL", "2");
+                }
+                _ => {}
             }
             (ready(cmd), port)
         })
@@ -737,15 +762,18 @@ fn go_services(services: &[&str], sites: Sites) {
             && services.iter().all(|service| {
                 let mine = || s.iter().filter(|x| x.service() == *service);
                 mine().filter(|x| kind_of(x) == SpanKind::Server).count() >= n + in_flight
-                    // An audit record's call waits for its writer's hand-off
-                    // (`HeldFor::Handed`) and may come last.
-                    && mine()
-                        .filter(|x| {
-                            x.attr("db.query.text")
-                                .is_some_and(|q| q.starts_with("RPUSH audit:"))
-                        })
-                        .count()
-                        >= n + in_flight
+                    // An audit record's call, or a pool's query, waits for
+                    // its writer's hand-off (`HeldFor::Handed`) and may come
+                    // last.
+                    && ["RPUSH audit:r", " AS r"].iter().all(|call| {
+                        mine()
+                            .filter(|x| {
+                                x.attr("db.query.text")
+                                    .is_some_and(|q| q.contains(call))
+                            })
+                            .count()
+                            >= n + in_flight
+                    })
             })
     });
     for (k, service) in services.iter().enumerate() {
@@ -779,7 +807,7 @@ fn go_services(services: &[&str], sites: Sites) {
     // entry probes that stand in where they are not found; or, asked, by
     // those.
     let (ran, not) = match sites {
-        Sites::Calls => (
+        Sites::Calls | Sites::QueryPool => (
             ["go_spawned ", "go_send_ready "].as_slice(),
             ["go_newproc1 ", "go_runqput ", "go_send "].as_slice(),
         ),
