@@ -30,7 +30,10 @@
 //! - `runtime.exitsyscall0`'s and `runtime.goschedImpl`'s calls of
 //!   `casgstatus(gp, ..)` (`go_paused`): `gp` stops without waiting for
 //!   anything (its syscall outlasted its P, or it was preempted); its
-//!   unhanded write is kept, and its next run goes on with it.
+//!   unhanded write is kept, and its next run goes on with it;
+//! - and, from the data records, a goroutine's read of the client socket its
+//!   last unhanded write was on (`replied`): that write's reply, after which
+//!   its run goes on from the write, however long it waited.
 //!
 //! All are called with Go's register ABI (Go 1.17+ on amd64): arguments in
 //! RAX, RBX, RCX; the running goroutine's `g` in R14.
