@@ -476,6 +476,21 @@ pub fn emit(
     }
 }
 
+/// The header of a `kind` record about `fd` of thread `id` (pid_tgid),
+/// stamped now, with no command name (the reader has the process's).
+#[inline(always)]
+pub fn header(kind: u8, id: u64, fd: i32) -> sonde_common::EventHeader {
+    sonde_common::EventHeader {
+        kind,
+        _pad: [0; 3],
+        tgid: (id >> 32) as u32,
+        tid: id as u32,
+        fd,
+        ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        comm: [0; 16],
+    }
+}
+
 /// Writes a record, waking the reader only once enough data is queued: the
 /// reader also drains on a short timer, so batching costs no lost events.
 #[inline(always)]

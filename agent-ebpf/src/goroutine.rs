@@ -43,7 +43,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use sonde_common::{
-    goroutine_id, kind, EventHeader, GoOrigin, GoThread, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
+    goroutine_id, kind, GoOrigin, GoThread, HandOffEvent, Lineage, HANDOFF_EVENT_SIZE,
 };
 
 use crate::maps::{
@@ -240,15 +240,7 @@ fn wrote_unhanded(t: &GoThread, g: u32) -> bool {
 fn report_hand_off(id: u64, from: u32, to: u32, fd: i32, wrote_ns: u64) {
     let to_origin = go_origin(go_key(id, to)).unwrap_or_default();
     let ev = HandOffEvent {
-        hdr: EventHeader {
-            kind: kind::HANDOFF,
-            _pad: [0; 3],
-            tgid: (id >> 32) as u32,
-            tid: id as u32,
-            fd,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            comm: [0; 16],
-        },
+        hdr: crate::capture::header(kind::HANDOFF, id, fd),
         from,
         to,
         wrote_ns,

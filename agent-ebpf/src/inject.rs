@@ -36,7 +36,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
+        bpf_get_prandom_u32, bpf_probe_read_kernel_buf,
         generated::{bpf_get_socket_cookie, bpf_msg_pop_data, bpf_msg_pull_data},
     },
     macros::{map, sk_msg, sock_ops},
@@ -46,7 +46,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
-use sonde_common::{context, kind, stat, ContextEvent, DataEvent, EventHeader, DATA_EVENT_SIZE};
+use sonde_common::{context, kind, stat, ContextEvent, DataEvent, DATA_EVENT_SIZE};
 
 use crate::{
     capture::output,
@@ -564,15 +564,7 @@ fn report(
     sampled: bool,
 ) {
     let ev = ContextEvent {
-        hdr: EventHeader {
-            kind: kind::CONTEXT,
-            _pad: [0; 3],
-            tgid: (id >> 32) as u32,
-            tid: id as u32,
-            fd,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            comm: [0; 16],
-        },
+        hdr: crate::capture::header(kind::CONTEXT, id, fd),
         enter_ns,
         trace_id: *trace,
         span_id: *span,

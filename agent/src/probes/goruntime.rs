@@ -335,23 +335,33 @@ fn attach_late_receivers<'a>(p: &mut Probes, exe: &str, elf: impl object::ReadRe
     let Some((parks, recv)) = late_receiver_sites(elf) else {
         return false;
     };
+    let sites = parks
+        .iter()
+        .map(|&off| ("go_send_park", "runtime.chansend", off))
+        .chain([("go_recv", "runtime.recv", recv)]);
+    attach_optional(p, exe, sites, "late receivers' hand-offs")
+}
+
+/// Attaches each (program, function, offset) of `sites` to the executable
+/// at `exe`, all or none. Whether they are; a failure is logged (`what`
+/// names what goes unfollowed), and the other goroutine probes stand.
+fn attach_optional(
+    p: &mut Probes,
+    exe: &str,
+    sites: impl IntoIterator<Item = (&'static str, &'static str, u64)>,
+    what: &str,
+) -> bool {
     let mut set = LinkSet::default();
     let target = Path::new(exe);
-    let attached = parks
-        .iter()
-        .try_for_each(|&off| {
-            let at = UProbeAttachLocation::SymbolOffset("runtime.chansend", off);
-            set.attach(p, "go_send_park", at, target)
-        })
-        .and_then(|()| {
-            let at = UProbeAttachLocation::SymbolOffset("runtime.recv", recv);
-            set.attach(p, "go_recv", at, target)
-        });
+    let attached = sites.into_iter().try_for_each(|(program, function, off)| {
+        let at = UProbeAttachLocation::SymbolOffset(function, off);
+        set.attach(p, program, at, target)
+    });
     match attached {
         Ok(()) => true,
         Err(e) => {
             set.undo(p);
-            tracing::warn!(exe, "late receivers' hand-offs not followed: {e}");
+            tracing::warn!(exe, "{what} not followed: {e}");
             false
         }
     }
@@ -394,20 +404,11 @@ fn attach_pauses<'a>(p: &mut Probes, exe: &str, elf: impl object::ReadRef<'a>) -
     let Some(sites) = pause_sites(elf) else {
         return false;
     };
-    let mut set = LinkSet::default();
-    let target = Path::new(exe);
-    let attached = PAUSES.iter().zip(sites).try_for_each(|(function, off)| {
-        let at = UProbeAttachLocation::SymbolOffset(function, off);
-        set.attach(p, "go_paused", at, target)
-    });
-    match attached {
-        Ok(()) => true,
-        Err(e) => {
-            set.undo(p);
-            tracing::warn!(exe, "paused goroutines' writes not followed: {e}");
-            false
-        }
-    }
+    let sites = PAUSES
+        .iter()
+        .zip(sites)
+        .map(|(function, off)| ("go_paused", *function, off));
+    attach_optional(p, exe, sites, "paused goroutines' writes")
 }
 
 #[cfg(test)]
