@@ -121,7 +121,12 @@ pub mod stat {
     /// Calls on a released socket (`sock_flags::QUIET`) left unreported:
     /// not a loss, what user space asked for.
     pub const QUIET_SKIPPED: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// A goroutine's kept client write (`GO_WRITES`) overwritten by
+    /// another goroutine's, both ways of its set being held (also how the
+    /// writes of goroutines that are gone are reclaimed): if it was still
+    /// waiting for its reply, its call stays a root.
+    pub const GO_WRITE_EVICTED: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 #[cfg(feature = "user")]

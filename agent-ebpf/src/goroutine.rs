@@ -328,8 +328,8 @@ pub fn go_paused(ctx: ProbeContext) -> u32 {
 /// sender, running here, blocks until a receiver takes its value; its
 /// unhanded write is kept, parked. It is already in the channel's queue of
 /// senders, but no receiver can take it out before `gopark` releases the
-/// channel's lock, so the write is kept before `go_recv` can look for it. A nil channel's send parks
-/// for ever, with no `unlockf`.
+/// channel's lock, so the write is kept before `go_recv` can look for it.
+/// A nil channel's send parks for ever, with no `unlockf`.
 #[uprobe]
 pub fn go_send_park(ctx: ProbeContext) -> u32 {
     let Some(((unlockf, _, g), id, t)) = on_thread(&ctx) else {

@@ -661,10 +661,13 @@ const WRITE_SET_BITS: u32 = 13;
 /// Go: per goroutine, its last client write made in a run handed nothing,
 /// until its hand-off is reported or it writes on another socket
 /// (`goroutine.rs`, "the reply"). Sets of 2 ways by a hash of the writer's
-/// key; a write that finds both ways held by others takes the first (the
-/// other goroutine's write is then not followed past its run: its call is
-/// placed by other evidence or stays a root, never under another's request,
-/// since a reader checks the key). 384 KiB.
+/// key; a write that finds both ways held by others takes the one written
+/// longest ago, counted as `go_write_evicted` (the other goroutine's write
+/// is then not followed past its run: its call is placed by other evidence
+/// or stays a root, never under another's request, since a reader checks
+/// the key).
+/// Nothing else removes the writes of goroutines that are gone: their ways
+/// are taken this way. 384 KiB.
 #[map]
 pub static GO_WRITES: Array<[GoWrite; 2]> = Array::with_max_entries(1 << WRITE_SET_BITS, 0);
 
@@ -681,13 +684,23 @@ pub fn go_write_keep(key: u64, fd: i32, wrote_ns: u64) {
     unsafe {
         let k0 = core::ptr::read_volatile(&(*set)[0].key);
         let k1 = core::ptr::read_volatile(&(*set)[1].key);
-        // Its own way, else a free one, else the first.
+        // Its own way, else a free one, else the one written longest ago
+        // (counted): most often a goroutine's that got its reply long since.
         let w = if k0 == key {
             0
         } else if k1 == key || (k0 != 0 && k1 == 0) {
             1
-        } else {
+        } else if k0 == 0 {
             0
+        } else {
+            count(sonde_common::stat::GO_WRITE_EVICTED);
+            let older0 = core::ptr::read_volatile(&(*set)[0].wrote_ns)
+                <= core::ptr::read_volatile(&(*set)[1].wrote_ns);
+            if older0 {
+                0
+            } else {
+                1
+            }
         };
         let e = &mut (*set)[w];
         core::ptr::write_volatile(&mut e.key, 0);

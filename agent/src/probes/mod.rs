@@ -800,6 +800,9 @@ pub struct KernelCounters {
     /// Goroutine hand-offs overwritten before their receiver ran
     /// (`GO_HANDOFFS`).
     pub go_handoffs_lost: u64,
+    /// Goroutines' kept client writes overwritten by another's
+    /// (`GO_WRITES`).
+    pub go_writes_evicted: u64,
     /// `traceparent` injection, by [`INJECT_OUTCOMES`].
     pub injections: [u64; 7],
 }
@@ -829,6 +832,7 @@ impl KernelStats {
             py_origins_evicted: get(stat::PY_ORIGIN_EVICTED),
             quiet_skipped: get(stat::QUIET_SKIPPED),
             go_handoffs_lost: get(stat::GO_HANDOFF_LOST),
+            go_writes_evicted: get(stat::GO_WRITE_EVICTED),
             injections: INJECT_OUTCOMES.map(|(_, i)| get(i)),
         }
     }
