@@ -21,17 +21,10 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Reg
 /// call of `target`. None if there is none, or more than one, or the bytes
 /// do not decode.
 pub fn call_site(code: &[u8], at: u64, target: u64) -> Option<u64> {
-    let mut found = None;
-    for i in instructions(code, at) {
-        let i = i?;
-        if direct_call(&i) == Some(target) {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(i.ip() - at);
-        }
+    match call_sites(code, at, target)?.as_slice() {
+        [one] => Some(*one),
+        _ => None,
     }
-    found
 }
 
 /// The offsets in `code` (a function at address `at`) of all its direct

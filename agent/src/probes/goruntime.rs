@@ -25,7 +25,6 @@
 //!   where the receiver is in a register: at `send`'s entry it must be read
 //!   from the program's memory.
 //!
-//!
 //! Where the code does not have that shape (a call not found, or found
 //! twice), the entry probes take over: the same evidence, at more cost.
 //!
@@ -226,33 +225,46 @@ pub fn call_sites<'a>(elf: impl object::ReadRef<'a>) -> [Option<u64>; SITES] {
     let Ok(file) = object::File::parse(elf) else {
         return [None; SITES];
     };
-    let mut functions = [None; SITES];
-    let mut callees = [None; SITES];
+    let names: Vec<&str> = CALL_SITES
+        .iter()
+        .flat_map(|s| [s.function, s.callee])
+        .collect();
+    let found = functions(&file, &names);
+    std::array::from_fn(|i| {
+        let (function, callee) = (found[2 * i]?, found[2 * i + 1]?);
+        call_site(code(&file, function)?, function.1, callee.1)
+    })
+}
+
+/// A function symbol: its section, address and size.
+type Function = (object::SectionIndex, u64, u64);
+
+/// The functions of `file` named `names`, in their order (None: not
+/// defined there).
+fn functions<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    names: &[&str],
+) -> Vec<Option<Function>> {
+    let mut out = vec![None; names.len()];
     for sym in file.symbols().filter(|s| s.is_definition()) {
         let Ok(name) = sym.name() else { continue };
-        for (i, site) in CALL_SITES.iter().enumerate() {
-            if name == site.function {
-                functions[i] = sym.section_index().map(|s| (s, sym.address(), sym.size()));
-            }
-            if name == site.callee {
-                callees[i] = Some(sym.address());
+        for (o, n) in out.iter_mut().zip(names) {
+            if name == *n {
+                *o = sym.section_index().map(|s| (s, sym.address(), sym.size()));
             }
         }
     }
-    let mut out = [None; SITES];
-    for i in 0..CALL_SITES.len() {
-        let (Some((section, at, size)), Some(callee)) = (functions[i], callees[i]) else {
-            continue;
-        };
-        // The function's bytes alone: a file read through a cache reads no
-        // more of its section.
-        let code = file
-            .section_by_index(section)
-            .ok()
-            .and_then(|s| s.data_range(at, size).ok().flatten());
-        out[i] = code.and_then(|code| call_site(code, at, callee));
-    }
     out
+}
+
+/// A function's bytes alone: a file read through a cache reads no more of
+/// its section.
+fn code<'d, R: object::ReadRef<'d>>(
+    file: &object::File<'d, R>,
+    (section, at, size): Function,
+) -> Option<&'d [u8]> {
+    let section = file.section_by_index(section).ok()?;
+    section.data_range(at, size).ok().flatten()
 }
 
 /// Where `go_execute` goes in a Go executable: its call site when found,
@@ -307,24 +319,13 @@ fn attach(p: &mut Probes, exe: &str, sites: &[Option<u64>; SITES]) -> Result<(),
 /// symbol or the calls are missing.
 pub fn late_receiver_sites<'a>(elf: impl object::ReadRef<'a>) -> Option<(Vec<u64>, u64)> {
     let file = object::File::parse(elf).ok()?;
-    let (mut chansend, mut gopark, mut recv) = (None, None, None);
-    for sym in file.symbols().filter(|s| s.is_definition()) {
-        let at = || Some((sym.section_index()?, sym.address(), sym.size()));
-        match sym.name() {
-            Ok("runtime.chansend") => chansend = at(),
-            Ok("runtime.gopark") => gopark = Some(sym.address()),
-            Ok("runtime.recv") => recv = at(),
-            _ => {}
-        }
-    }
-    // A function's bytes alone, as in `call_sites`.
-    let code = |(section, at, size)| {
-        let section = file.section_by_index(section).ok()?;
-        section.data_range(at, size).ok().flatten()
-    };
-    let (chansend, recv) = (chansend?, recv?);
-    let parks = super::code::call_sites(code(chansend)?, chansend.1, gopark?)?;
-    let recv = stack_check(code(recv)?).unwrap_or(0);
+    let found = functions(
+        &file,
+        &["runtime.chansend", "runtime.gopark", "runtime.recv"],
+    );
+    let (chansend, gopark, recv) = (found[0]?, found[1]?, found[2]?);
+    let parks = super::code::call_sites(code(&file, chansend)?, chansend.1, gopark.1)?;
+    let recv = stack_check(code(&file, recv)?).unwrap_or(0);
     (!parks.is_empty()).then_some((parks, recv))
 }
 
@@ -375,24 +376,12 @@ const PAUSES: [&str; 2] = ["runtime.exitsyscall0", "runtime.goschedImpl"];
 /// `runtime.casgstatus` in each of `PAUSES`. None where one is missing.
 pub fn pause_sites<'a>(elf: impl object::ReadRef<'a>) -> Option<[u64; 2]> {
     let file = object::File::parse(elf).ok()?;
-    let mut functions = [None; 2];
-    let mut casgstatus = None;
-    for sym in file.symbols().filter(|s| s.is_definition()) {
-        let Ok(name) = sym.name() else { continue };
-        if name == "runtime.casgstatus" {
-            casgstatus = Some(sym.address());
-        } else if let Some(i) = PAUSES.iter().position(|f| *f == name) {
-            functions[i] = sym.section_index().map(|s| (s, sym.address(), sym.size()));
-        }
-    }
-    let casgstatus = casgstatus?;
+    let found = functions(&file, &[PAUSES[0], PAUSES[1], "runtime.casgstatus"]);
+    let casgstatus = found[2]?.1;
     let mut out = [0; 2];
-    for (o, f) in out.iter_mut().zip(functions) {
-        let (section, at, size) = f?;
-        // The function's bytes alone, as in `call_sites`.
-        let section = file.section_by_index(section).ok()?;
-        let code = section.data_range(at, size).ok().flatten()?;
-        *o = call_site(code, at, casgstatus)?;
+    for (o, f) in out.iter_mut().zip(&found[..2]) {
+        let f = (*f)?;
+        *o = call_site(code(&file, f)?, f.1, casgstatus)?;
     }
     Some(out)
 }
